@@ -1,0 +1,73 @@
+"""Listen and upstream addresses: `tcp://HOST:PORT` and `unix:///path`, parsed once."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+
+class AddressError(ValueError):
+    """An address the gateway cannot use; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    scheme: str  # "tcp" or "unix"
+    host: str = ""  # tcp only; IPv6 without brackets
+    port: int = 0  # tcp only
+    path: str = ""  # unix only
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    def with_port(self, port: int) -> Address:
+        return Address(self.scheme, self.host, port, self.path)
+
+    def is_loopback(self) -> bool:
+        """True when only this machine can reach it: a unix socket or a loopback TCP address.
+
+        A name is resolved, and every address it resolves to must be loopback.
+        """
+        if self.scheme == "unix":
+            return True
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            return False
+        return bool(infos) and all(
+            ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+        )
+
+
+def parse_address(text: str, *, default_port: int = 2375) -> Address:
+    """Parse `tcp://HOST:PORT`, `tcp://[V6]:PORT`, `unix:///path` (and `http://` as `tcp://`)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise AddressError(f"{text!r}: expected tcp://HOST:PORT or unix:///path")
+    if scheme == "unix":
+        if not rest.startswith("/"):
+            raise AddressError(f"{text!r}: a unix socket path must be absolute")
+        return Address("unix", path=rest)
+    if scheme not in ("tcp", "http"):
+        raise AddressError(f"{text!r}: unsupported scheme {scheme!r} (use tcp:// or unix://)")
+    rest = rest.rstrip("/")
+    if rest.startswith("["):
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise AddressError(f"{text!r}: malformed IPv6 address")
+        port_text = after[1:]
+    else:
+        host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not host:
+        raise AddressError(f"{text!r}: missing host")
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise AddressError(f"{text!r}: invalid port {port_text!r}")
+        port = int(port_text)
+    else:
+        port = default_port
+    return Address("tcp", host=host, port=port)

@@ -1,0 +1,40 @@
+"""The `serve` configuration, validated in one place; the CLI turns errors into exit messages."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dockgate.addresses import Address, parse_address
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
+DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    listen: list[Address] = Field(default_factory=lambda: [parse_address(DEFAULT_LISTEN)])
+    upstream: Address = Field(default_factory=lambda: parse_address(DEFAULT_UPSTREAM))
+    insecure: bool = False
+    log_format: Literal["text", "json"] = "text"
+    access_log: str = "-"
+    workers: int = Field(default=1, ge=1, le=256)
+    # Seconds for a started request head to arrive whole (slow-header attacks).
+    header_timeout: float = Field(default=10.0, gt=0)
+    # Seconds a keep-alive connection may wait for its next request. Longer than the 90 s that
+    # Go's HTTP client (the docker CLI) keeps idle connections, so the client closes them first.
+    idle_timeout: float = Field(default=120.0, gt=0)
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    socket_group: str | None = None
+    upstream_pool_size: int = Field(default=64, ge=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _at_least_one_listener(cls, value: list[Address]) -> list[Address]:
+        if not value:
+            raise ValueError("at least one --listen address is needed")
+        return value

@@ -1,0 +1,214 @@
+"""Sans-IO reader of the daemon's responses: finds each response's head and where its body ends.
+
+Response bodies are relayed as the daemon framed them (chunked stays chunked, byte for byte):
+the reader only tracks framing, so the gateway can tell when the upstream connection is free
+again. Chunk framing is tracked by llhttp (through httptools) with no Python callback per chunk,
+which matters for `logs` streams that the daemon writes in pieces of a few dozen bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import httptools
+
+from dockgate.errors import UpstreamError
+
+MAX_RESPONSE_HEAD_BYTES = 256 * 1024
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+# The daemon answers a hijacked attach or exec in these media types (moby api/types).
+RAW_STREAM_TYPES = (
+    b"application/vnd.docker.raw-stream",
+    b"application/vnd.docker.multiplexed-stream",
+)
+
+
+class Framing(Enum):
+    NONE = "none"  # HEAD, 1xx, 204, 304: the head is the whole response
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"  # no length: the body ends when the daemon closes
+    SWITCHED = "switched"  # 101: the connection is now a raw tunnel
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    raw: bytes
+    framing: Framing
+    keep_alive: bool
+    raw_stream: bool  # body is Docker's raw stream: the daemon has hijacked the connection
+
+    @property
+    def informational(self) -> bool:
+        return 100 <= self.status < 200 and self.status != 101
+
+
+@dataclass(slots=True)
+class ResponseBody:
+    """Body bytes exactly as the daemon sent them (including chunk framing)."""
+
+    data: bytes
+
+
+@dataclass(slots=True)
+class EndOfResponse:
+    """The response is complete; `trailing` holds bytes past its end (tunnel data after a 101)."""
+
+    trailing: bytes = b""
+
+
+ResponseEvent = ResponseHead | ResponseBody | EndOfResponse
+
+
+class _ChunkTracker:
+    """Lets llhttp find the end of a chunked body; it calls back only once, at the end."""
+
+    __slots__ = ("complete", "parser")
+
+    def __init__(self) -> None:
+        self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
+        # Prime the parser with a synthetic head so that it reads what follows as a chunked body.
+        self.parser.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class ResponseReader:
+    """Reads one response (after any 1xx) to a request made with `method`."""
+
+    __slots__ = (
+        "_buffer",
+        "_framing",
+        "_head_done",
+        "_method",
+        "_remaining",
+        "_tracker",
+        "done",
+        "keep_alive",
+    )
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._buffer = b""
+        self._head_done = False
+        self._framing = Framing.NONE
+        self._remaining = 0
+        self._tracker: _ChunkTracker | None = None
+        self.done = False
+        # Whether the daemon keeps the connection open after the final response.
+        self.keep_alive = True
+
+    @property
+    def head_done(self) -> bool:
+        return self._head_done
+
+    def feed(self, data: bytes) -> list[ResponseEvent]:
+        if self._head_done:
+            return self._body(data)
+        self._buffer += data
+        events: list[ResponseEvent] = []
+        while not self._head_done:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_RESPONSE_HEAD_BYTES:
+                    raise UpstreamError("the daemon sent a response head that is too large")
+                return events
+            raw, rest = self._buffer[: end + 4], self._buffer[end + 4 :]
+            self._buffer = b""
+            head = self._parse_head(raw)
+            events.append(head)
+            if head.informational:
+                self._buffer = rest
+                continue
+            self._head_done = True
+            if head.framing in (Framing.NONE, Framing.SWITCHED):
+                self.done = True
+                events.append(EndOfResponse(rest))
+                return events
+            if rest:
+                events.extend(self._body(rest))
+        return events
+
+    def eof(self) -> list[ResponseEvent]:
+        """The daemon closed the connection; ends an until-close body, else it is an error."""
+        if self._head_done and self._framing == Framing.UNTIL_CLOSE and not self.done:
+            self.done = True
+            return [EndOfResponse()]
+        if self.done:
+            return []
+        raise UpstreamError("the daemon closed the connection before the response was complete")
+
+    def _body(self, data: bytes) -> list[ResponseEvent]:
+        framing = self._framing
+        if framing == Framing.CHUNKED:
+            tracker = self._tracker
+            assert tracker is not None
+            try:
+                tracker.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
+            if tracker.complete:
+                self.done = True
+                return [ResponseBody(data), EndOfResponse()]
+            return [ResponseBody(data)]
+        if framing == Framing.LENGTH:
+            remaining = self._remaining
+            if len(data) < remaining:
+                self._remaining = remaining - len(data)
+                return [ResponseBody(data)]
+            self._remaining = 0
+            self.done = True
+            # Bytes past the declared length are a daemon bug; they are not relayed.
+            return [ResponseBody(data[:remaining]), EndOfResponse()]
+        return [ResponseBody(data)] if data else []
+
+    def _parse_head(self, raw: bytes) -> ResponseHead:
+        lines = raw[:-4].split(b"\r\n")
+        match = _STATUS_LINE.fullmatch(lines[0])
+        if match is None:
+            raise UpstreamError("the daemon sent an invalid status line")
+        minor, status = int(match.group(1)), int(match.group(2))
+        content_length: int | None = None
+        chunked = False
+        connection = b""
+        content_type = b""
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            value = value.strip()
+            if name == b"content-length":
+                if not value.isdigit() or (
+                    content_length is not None and int(value) != content_length
+                ):
+                    raise UpstreamError("the daemon sent an invalid Content-Length")
+                content_length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+            elif name == b"connection":
+                connection = value.lower()
+            elif name == b"content-type":
+                content_type = value.lower()
+        keep_alive = b"close" not in connection if minor == 1 else b"keep-alive" in connection
+        raw_stream = content_type.startswith(RAW_STREAM_TYPES)
+        if status == 101:
+            framing = Framing.SWITCHED
+        elif 100 <= status < 200 or status in (204, 304) or self._method == "HEAD":
+            framing = Framing.NONE
+        elif chunked:
+            framing = Framing.CHUNKED
+            self._tracker = _ChunkTracker()
+        elif content_length is not None:
+            framing = Framing.LENGTH if content_length else Framing.NONE
+            self._remaining = content_length
+        else:
+            framing = Framing.UNTIL_CLOSE
+            keep_alive = False
+        if not (100 <= status < 200):
+            self._framing = framing
+            self.keep_alive = keep_alive
+        return ResponseHead(status, raw, framing, keep_alive, raw_stream)

@@ -1,0 +1,557 @@
+"""One client connection: reads requests, relays each to the daemon, relays the answers back.
+
+Per connection, requests are served one at a time and in order (pipelined requests wait in the
+reader's buffer). An exchange ends when the daemon's response is complete; then the upstream
+connection goes back to the pool if it is clean, and the next request is read.
+
+After a `101 Switching Protocols` (or the older `200` with a Docker raw-stream body that the
+daemon answers to a hijacked attach/exec), the connection becomes a tunnel: two one-way pumps of
+raw bytes, with a half-close passed on as a half-close (`write_eof`), closed when both are done.
+
+Flow control: when one side's write buffer is over its high-water mark, reading from the other
+side pauses, so a slow reader never makes the gateway buffer a whole `docker export`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import TYPE_CHECKING, cast
+
+from dockgate.accesslog import AccessRecord
+from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, error_response
+from dockgate.http.request import Body, EndOfRequest, RequestEvent, RequestHead, RequestReader
+from dockgate.http.response import (
+    EndOfResponse,
+    Framing,
+    ResponseBody,
+    ResponseHead,
+    ResponseReader,
+)
+from dockgate.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from dockgate.server import Gateway
+
+# Write-buffer marks for both sides; large enough to batch small stream writes, small enough
+# that thousands of slow clients cannot exhaust memory.
+WRITE_HIGH_WATER_BYTES = 256 * 1024
+WRITE_LOW_WATER_BYTES = 64 * 1024
+# Bytes of pipelined requests held while the current exchange runs, before reading pauses.
+HELD_BYTES_LIMIT = 256 * 1024
+# After an early response (the daemon answered before the whole body arrived), the rest of the
+# body is read and dropped for at most this long so the client sees the answer, not a reset.
+LINGER_SECONDS = 2.0
+
+_CONNECTION_HEADER = re.compile(rb"\r\n[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]:[^\r]*")
+
+# Reasons for which reading from the client is paused; reading resumes when none is left.
+_PAUSE_UPSTREAM_FULL = 1  # the daemon is not reading fast enough
+_PAUSE_CONNECTING = 2  # no upstream connection yet
+_PAUSE_HELD = 4  # pipelined bytes waiting for the current exchange
+_PAUSE_TUNNEL_SETUP = 8  # waiting for the daemon's answer to a request that may hijack
+
+
+class ClientConnection(asyncio.Protocol):
+    """The downstream side of the gateway: one per accepted client connection."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.reader = RequestReader(gateway.config.max_header_bytes)
+        # Deadline (loop time) by which the next request head must be complete; None while an
+        # exchange or a tunnel is running. Checked by the gateway's periodic sweep.
+        self.deadline: float | None = None
+        self.closing = False
+        self.close_after_exchange = False  # set by a graceful shutdown
+        self._pause_reasons = 0
+        self._client_write_paused = False
+        # The current exchange.
+        self._head: RequestHead | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._outbox: list[bytes] = []  # bytes for the daemon before its connection is ready
+        self._response: ResponseReader | None = None
+        self._status = 0
+        self._request_done = False
+        self._response_started = False
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._started = 0.0
+        self._retry_allowed = False
+        self._upstream_reused = False
+        self._connect_task: asyncio.Task[None] | None = None
+        # Tunnel state (after a hijack): which directions are still open.
+        self.tunnel = False
+        self._client_eof = False
+        self._upstream_eof = False
+        self._lingering = False
+
+    # ----- the client side -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+        peer = self.transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            host = peer[0]
+            self.client = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        else:
+            self.client = "unix"
+        self.gateway.connections.add(self)
+        self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            self._bytes_in += len(data)
+            upstream = self._upstream
+            if upstream is not None:
+                upstream.write(data)
+            return
+        if self._lingering:
+            return
+        if self._head is None and not self.reader.started:
+            # First byte of a new head after an idle wait: the head timeout starts now.
+            self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+        try:
+            events = self.reader.feed(data)
+        except ClientProtocolError as exc:
+            self._fail(exc)
+            return
+        if events:
+            self._handle(events)
+        if self.reader.request_complete and self.reader.buffered > HELD_BYTES_LIMIT:
+            self._pause_reading(_PAUSE_HELD)
+
+    def eof_received(self) -> bool:
+        if self.tunnel:
+            self._client_eof = True
+            upstream = self._upstream
+            transport = upstream.transport if upstream is not None else None
+            if transport is not None and transport.can_write_eof():
+                transport.write_eof()
+            self._maybe_end_tunnel()
+            return True
+        if self._head is not None and not self._request_done:
+            # The client stopped sending mid-request; its request can never complete.
+            self._abandon("client closed mid-request")
+            return False
+        if self._head is not None:
+            # HTTP/1.1 allows a client to half-close after its request; answer, then close.
+            self.close_after_exchange = True
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.gateway.connections.discard(self)
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        if self._head is not None or self.tunnel:
+            self._log(note="client gone" if not self.tunnel else "")
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            # Mid-exchange: the daemon may still be streaming; this connection is not reusable.
+            upstream.close()
+        self._head = None
+
+    def pause_writing(self) -> None:
+        self._client_write_paused = True
+        upstream = self._upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._client_write_paused = False
+        upstream = self._upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.resume_reading()
+
+    # ----- requests ----------------------------------------------------------------------------
+
+    def _handle(self, events: list[RequestEvent]) -> None:
+        for event in events:
+            if isinstance(event, Body):
+                self._bytes_in += len(event.data)
+                self._send_upstream(
+                    b"%x\r\n%b\r\n" % (len(event.data), event.data)
+                    if self._head is not None and self._head.chunked
+                    else event.data
+                )
+            elif isinstance(event, RequestHead):
+                self._start_exchange(event)
+            elif isinstance(event, EndOfRequest):
+                self._request_done = True
+                head = self._head
+                if head is not None and head.chunked:
+                    self._send_upstream(b"0\r\n\r\n")
+                if head is not None and _may_hijack(head):
+                    # Bytes after this request are either the next request or raw stdin for a
+                    # hijacked stream; only the daemon's answer tells which, so wait for it.
+                    self._pause_reading(_PAUSE_TUNNEL_SETUP)
+                    return
+        # Events after a pause are impossible: the reader stops at the end of each request.
+
+    def _start_exchange(self, head: RequestHead) -> None:
+        self.deadline = None
+        self._head = head
+        self._status = 0
+        self._request_done = False
+        self._response_started = False
+        self._started = time.monotonic()
+        self._bytes_in = len(head.raw)
+        self._bytes_out = 0
+        self._response = ResponseReader(head.method)
+        raw = head.raw
+        if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
+            # The client's "Connection: close" is about its own connection; the one to the
+            # daemon stays reusable.
+            raw = _CONNECTION_HEADER.sub(b"", raw)
+        self._retry_allowed = not head.has_body
+        conn = self.gateway.pool.take_idle()
+        if conn is not None:
+            self._attach(conn)
+            conn.write(raw)
+        else:
+            self._outbox.append(raw)
+            self._pause_reading(_PAUSE_CONNECTING)
+            self._connect_task = self.gateway.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.gateway.pool.connect()
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError) as exc:
+            self._connect_task = None
+            self._upstream_failed(
+                UpstreamError(
+                    f"cannot connect to the Docker daemon at {self.gateway.pool.address}: "
+                    f"{_describe(exc)}"
+                )
+            )
+            return
+        self._connect_task = None
+        if self.closing or self._head is None:
+            conn.close()
+            return
+        self._attach(conn)
+        outbox, self._outbox = self._outbox, []
+        conn.write(b"".join(outbox))
+        self._resume_reading(_PAUSE_CONNECTING)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        conn.owner = self
+        self._upstream_reused = conn.reused
+        self._upstream = conn
+        if self._client_write_paused and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def _send_upstream(self, data: bytes) -> None:
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.write(data)
+            self._retry_allowed = False
+        else:
+            self._outbox.append(data)
+
+    # ----- responses ---------------------------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self.tunnel:
+            self._bytes_out += len(data)
+            transport.write(data)
+            return
+        response = self._response
+        if response is None:
+            return
+        self._retry_allowed = False
+        try:
+            events = response.feed(data)
+        except UpstreamError as exc:
+            self._upstream_failed(exc)
+            return
+        for event in events:
+            if isinstance(event, ResponseBody):
+                self._bytes_out += len(event.data)
+                transport.write(event.data)
+            elif isinstance(event, ResponseHead):
+                self._bytes_out += len(event.raw)
+                transport.write(event.raw)
+                if event.informational:
+                    continue
+                self._status = event.status
+                self._response_started = True
+                if event.framing is Framing.UNTIL_CLOSE and event.raw_stream:
+                    # Older hijack form: the daemon took over the connection with a 200.
+                    self._enter_tunnel()
+            elif isinstance(event, EndOfResponse):
+                if self._status == 101:
+                    self._bytes_out += len(event.trailing)
+                    if event.trailing:
+                        transport.write(event.trailing)
+                    self._enter_tunnel()
+                else:
+                    self._finish_exchange()
+                return
+
+    def upstream_eof(self) -> bool:
+        if self.tunnel:
+            self._upstream_eof = True
+            transport = self.transport
+            if transport is not None and not transport.is_closing() and transport.can_write_eof():
+                transport.write_eof()
+            self._maybe_end_tunnel()
+            return True
+        response = self._response
+        if response is None:
+            return False
+        try:
+            events = response.eof()
+        except UpstreamError as exc:
+            self._upstream_failed(exc)
+            return False
+        if events:
+            # An until-close body ended: so does the client's connection, as the daemon framed it.
+            self.close_after_exchange = True
+            self._finish_exchange()
+        return False
+
+    def upstream_lost(self) -> None:
+        self._upstream = None
+        if self.tunnel:
+            self._upstream_eof = True
+            self._end_tunnel()
+            return
+        if self._head is None or self._response is None or self._response.done:
+            return
+        if self._retry_allowed and self._upstream_reused and not self._response_started:
+            # A pooled connection the daemon had already closed: safe to send again, since not
+            # one byte of an answer came back and the request had no body.
+            self._retry_allowed = False
+            head = self._head
+            raw = head.raw
+            if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
+                raw = _CONNECTION_HEADER.sub(b"", raw)
+            self._outbox = [raw]
+            self._pause_reading(_PAUSE_CONNECTING)
+            self._connect_task = self.gateway.loop.create_task(self._connect())
+            return
+        self._upstream_failed(UpstreamError("the Docker daemon closed the connection mid-response"))
+
+    def upstream_paused(self) -> None:
+        self._pause_reading(_PAUSE_UPSTREAM_FULL)
+
+    def upstream_resumed(self) -> None:
+        self._resume_reading(_PAUSE_UPSTREAM_FULL)
+
+    def _finish_exchange(self) -> None:
+        self._log()
+        upstream, self._upstream = self._upstream, None
+        head = self._head
+        response = self._response
+        self._head = None
+        self._response = None
+        if not self._request_done:
+            # Early response: the daemon did not read the whole body, so neither connection can
+            # carry another request. Let the client read the answer, then close.
+            if upstream is not None:
+                upstream.close()
+            self._linger_close()
+            return
+        reusable = response is not None and response.done and response.keep_alive
+        if upstream is not None:
+            if reusable:
+                self.gateway.pool.release(upstream)
+            else:
+                upstream.close()
+        # A "Connection: close" from the daemon was relayed to the client, so it ends both.
+        if self.close_after_exchange or head is None or not head.keep_alive or not reusable:
+            self._close()
+            return
+        self.deadline = self.gateway.loop.time() + self.gateway.config.idle_timeout
+        self._resume_reading(_PAUSE_HELD | _PAUSE_TUNNEL_SETUP)
+        try:
+            events = self.reader.next_request()
+        except ClientProtocolError as exc:
+            self._fail(exc)
+            return
+        if events:
+            self._handle(events)
+
+    # ----- tunnels -----------------------------------------------------------------------------
+
+    def _enter_tunnel(self) -> None:
+        self.tunnel = True
+        self.deadline = None
+        leftover = self.reader.take_buffered()
+        self._pause_reasons &= ~(_PAUSE_TUNNEL_SETUP | _PAUSE_HELD)
+        if leftover and self._upstream is not None:
+            self._bytes_in += len(leftover)
+            self._upstream.write(leftover)
+        self._apply_pause()
+
+    def _maybe_end_tunnel(self) -> None:
+        if self._client_eof and self._upstream_eof:
+            self._end_tunnel()
+
+    def _end_tunnel(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        self._close()
+
+    # ----- endings -----------------------------------------------------------------------------
+
+    def _upstream_failed(self, exc: GatewayError) -> None:
+        """The daemon could not answer: 502 if nothing was relayed yet, else cut the stream."""
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._response_started:
+            self._status = exc.status
+            body = error_response(exc.status, exc.message)
+            self._bytes_out += len(body)
+            transport.write(body)
+            self._log(note="upstream failed")
+            self._head = None
+            self._close()
+        else:
+            # Part of the answer is already out; closing tells the client it is truncated.
+            self._log(note="upstream failed mid-response")
+            self._head = None
+            self._close()
+
+    def _fail(self, exc: ClientProtocolError) -> None:
+        """A client protocol error: answer 400 with the reason, and close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._response_started or self.tunnel:
+            self._close()
+            return
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        transport.write(error_response(exc.status, f"dockgate: {exc.message}"))
+        self.gateway.access_log.write(
+            AccessRecord(self.client, "-", "-", "-", exc.status, 0, 0, 0.0, exc.message)
+        )
+        self._head = None
+        self._close()
+
+    def _abandon(self, note: str) -> None:
+        self._log(note=note)
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        self._head = None
+        self._close()
+
+    def _linger_close(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        self._pause_reasons = 0
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.gateway.loop.call_later(LINGER_SECONDS, self._close)
+
+    def _close(self) -> None:
+        self.closing = True
+        self.deadline = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()  # flushes what is buffered, then closes
+
+    def close_now(self) -> None:
+        """Close now (shutdown deadline, or a timeout)."""
+        self.closing = True
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def idle(self) -> bool:
+        """No exchange is running: the connection waits for a request head."""
+        return self._head is None and not self.tunnel
+
+    def head_timed_out(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.reader.started:
+            transport.write(error_response(408, "dockgate: request head not received in time"))
+        self._close()
+
+    def _log(self, note: str = "") -> None:
+        head = self._head
+        if head is None:
+            return
+        self.gateway.access_log.write(
+            AccessRecord(
+                client=self.client,
+                method=head.method,
+                target=head.target,
+                version=f"{head.version[0]}.{head.version[1]}",
+                status=self._status,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                duration_s=time.monotonic() - self._started,
+                note=note,
+            )
+        )
+
+    # ----- read pausing ------------------------------------------------------------------------
+
+    def _pause_reading(self, reason: int) -> None:
+        self._pause_reasons |= reason
+        self._apply_pause()
+
+    def _resume_reading(self, reasons: int) -> None:
+        self._pause_reasons &= ~reasons
+        self._apply_pause()
+
+    def _apply_pause(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._pause_reasons:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+
+def _may_hijack(head: RequestHead) -> bool:
+    """Could the daemon turn this request's connection into a raw stream?
+
+    Upgrade requests, and the attach and exec-start endpoints, which the daemon hijacks even
+    without an Upgrade header (moby: router/container, router/exec).
+    """
+    if head.upgrade:
+        return True
+    if head.method != "POST":
+        return False
+    path = head.target.partition("?")[0]
+    if path.endswith("/attach"):
+        return "/containers/" in path
+    return path.endswith("/start") and "/exec/" in path
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,304 @@
+"""Listeners, worker processes, timeouts and graceful shutdown.
+
+The parent binds every listener once (so `--listen tcp://127.0.0.1:0` gets one real port and
+errors are reported once), then serves in-process (`--workers 1`) or forks N workers that accept
+on the inherited sockets, the pre-fork design of nginx and gunicorn. The parent restarts a
+worker that dies and forwards SIGTERM/SIGINT to all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+
+import uvloop
+
+from dockgate.accesslog import AccessLog, open_access_log
+from dockgate.addresses import Address
+from dockgate.config import ServeConfig
+from dockgate.proxy import ClientConnection
+from dockgate.upstream import UpstreamPool
+
+LISTEN_BACKLOG = 1024
+SWEEP_INTERVAL_SECONDS = 0.5
+SHUTDOWN_POLL_SECONDS = 0.05
+WORKER_RESTART_DELAY_SECONDS = 1.0
+
+
+class StartupError(Exception):
+    """The gateway refuses to start; the message says why in one line."""
+
+
+class Gateway:
+    """Per-process state shared by all client connections."""
+
+    def __init__(self, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
+        self.access_log: AccessLog = open_access_log(config.access_log, config.log_format)
+        self.connections: set[ClientConnection] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def connection_factory(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    async def serve(
+        self, listeners: list[tuple[Address, socket.socket]], stop: asyncio.Event
+    ) -> None:
+        servers: list[asyncio.AbstractServer] = []
+        for address, sock in listeners:
+            if address.scheme == "unix":
+                server = await self.loop.create_unix_server(
+                    self.connection_factory, sock=sock, backlog=LISTEN_BACKLOG
+                )
+            else:
+                server = await self.loop.create_server(
+                    self.connection_factory, sock=sock, backlog=LISTEN_BACKLOG
+                )
+            servers.append(server)
+        self._sweeper = self.loop.create_task(self._sweep(), name="dockgate-timeout-sweep")
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(servers)
+
+    async def _sweep(self) -> None:
+        """Close connections whose request head did not arrive in time (slowloris, idle)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                deadline = conn.deadline
+                if deadline is not None and now > deadline:
+                    conn.head_timed_out()
+
+    async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
+        for server in servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.idle() and not conn.reader.started:
+                conn.close_now()
+            else:
+                conn.close_after_exchange = True
+        deadline = self.loop.time() + self.config.shutdown_timeout
+        # Polling is simpler than an event per exchange and costs nothing on the request path.
+        while self.loop.time() < deadline and any(not c.idle() for c in self.connections):  # noqa: ASYNC110
+            await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
+        for conn in list(self.connections):
+            conn.close_now()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        # Let transports flush and run connection_lost before the loop stops.
+        await asyncio.sleep(0)
+        self.pool.close_all()
+        self.access_log.flush()
+
+
+# ----- listeners --------------------------------------------------------------------------------
+
+
+def _bind_tcp(address: Address) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve {address}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_unix(address: Address, mode: int, group: str | None) -> socket.socket:
+    path = address.path
+    if os.path.exists(path):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise StartupError(f"cannot listen on {address}: the path exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # a stale socket from a previous run
+        else:
+            raise StartupError(f"cannot listen on {address}: another process is listening there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        if group is not None:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        sock.listen(LISTEN_BACKLOG)
+    except KeyError:
+        sock.close()
+        raise StartupError(f"--socket-group: no group named {group!r}") from None
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def bind_listeners(config: ServeConfig) -> list[tuple[Address, socket.socket]]:
+    bound: list[tuple[Address, socket.socket]] = []
+    try:
+        for address in config.listen:
+            if address.scheme == "unix":
+                sock = _bind_unix(address, config.socket_mode, config.socket_group)
+                bound.append((address, sock))
+            else:
+                sock = _bind_tcp(address)
+                bound.append((address.with_port(sock.getsockname()[1]), sock))
+    except BaseException:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def check_exposure(config: ServeConfig) -> None:
+    """Refuse a non-loopback TCP listener without authentication unless --insecure is given."""
+    exposed = [address for address in config.listen if not address.is_loopback()]
+    if not exposed:
+        return
+    names = ", ".join(str(a) for a in exposed)
+    if not config.insecure:
+        raise StartupError(
+            f"refusing to listen on {names} without authentication: whoever reaches it is root "
+            "on this host. Listen on loopback or a unix socket, or pass --insecure to accept that"
+        )
+    print(
+        f"dockgate: warning: --insecure: {names} accepts anyone who can reach it, with full "
+        "control of the Docker daemon (root on this host)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# ----- running ----------------------------------------------------------------------------------
+
+
+async def _serve_process(
+    config: ServeConfig, listeners: list[tuple[Address, socket.socket]]
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    gateway = Gateway(config, loop)
+    await gateway.serve(listeners, stop)
+
+
+def _run_worker(config: ServeConfig, listeners: list[tuple[Address, socket.socket]]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve_process(config, listeners))
+
+
+def run(config: ServeConfig) -> None:
+    check_exposure(config)
+    listeners = bind_listeners(config)
+    try:
+        for address, _ in listeners:
+            print(f"dockgate: listening on {address}", file=sys.stderr, flush=True)
+        print(f"dockgate: forwarding to {config.upstream}", file=sys.stderr, flush=True)
+        if config.workers == 1:
+            _run_worker(config, listeners)
+        else:
+            _supervise(config, listeners)
+    finally:
+        for address, sock in listeners:
+            sock.close()
+            if address.scheme == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(address.path)
+
+
+def _spawn(config: ServeConfig, listeners: list[tuple[Address, socket.socket]]) -> int:
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 0
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _run_worker(config, listeners)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+@contextlib.contextmanager
+def _forwarded_signals(workers: dict[int, float]) -> Iterator[list[bool]]:
+    stopping = [False]
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping[0] = True
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopping
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _supervise(config: ServeConfig, listeners: list[tuple[Address, socket.socket]]) -> None:
+    workers: dict[int, float] = {}  # pid -> start time
+    with _forwarded_signals(workers) as stopping:
+        for _ in range(config.workers):
+            pid = _spawn(config, listeners)
+            workers[pid] = time.monotonic()
+        while workers:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.1)
+                continue
+            started = workers.pop(pid, None)
+            if started is None or stopping[0]:
+                continue
+            print(
+                f"dockgate: worker {pid} exited ({_wait_description(status)}); restarting",
+                file=sys.stderr,
+                flush=True,
+            )
+            if time.monotonic() - started < WORKER_RESTART_DELAY_SECONDS:
+                time.sleep(WORKER_RESTART_DELAY_SECONDS)
+            if not stopping[0]:
+                workers[_spawn(config, listeners)] = time.monotonic()
+
+
+def _wait_description(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"status {os.waitstatus_to_exitcode(status)}"
