@@ -276,29 +276,42 @@ class ClientConnection(asyncio.Protocol):
         except UpstreamError as exc:
             self._upstream_failed(exc)
             return
+        # One write per read from the daemon: the head and body bytes it brought go out in a
+        # single system call.
+        out: list[bytes] = []
         for event in events:
             if isinstance(event, ResponseBody):
-                self._bytes_out += len(event.data)
-                transport.write(event.data)
+                out.append(event.data)
             elif isinstance(event, ResponseHead):
-                self._bytes_out += len(event.raw)
-                transport.write(event.raw)
+                out.append(event.raw)
                 if event.informational:
                     continue
                 self._status = event.status
                 self._response_started = True
                 if event.framing is Framing.UNTIL_CLOSE and event.raw_stream:
                     # Older hijack form: the daemon took over the connection with a 200.
+                    self._write_client(out)
                     self._enter_tunnel()
             elif isinstance(event, EndOfResponse):
                 if self._status == 101:
-                    self._bytes_out += len(event.trailing)
                     if event.trailing:
-                        transport.write(event.trailing)
+                        out.append(event.trailing)
+                    self._write_client(out)
                     self._enter_tunnel()
                 else:
+                    self._write_client(out)
                     self._finish_exchange()
                 return
+        self._write_client(out)
+
+    def _write_client(self, out: list[bytes]) -> None:
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._bytes_out += len(data)
+        assert self.transport is not None
+        self.transport.write(data)
 
     def upstream_eof(self) -> bool:
         if self.tunnel:

@@ -36,7 +36,6 @@ class RequestHead:
     method: str
     target: str
     version: tuple[int, int]
-    headers: list[tuple[bytes, bytes]]  # (lower-case name, value) in order received
     raw: bytes
     content_length: int | None
     chunked: bool
@@ -48,12 +47,9 @@ class RequestHead:
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
-    def header(self, name: bytes) -> bytes | None:
-        """The value of a header that is known to appear at most once, else None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Every header field as (lower-case name, value), in order; parsed on demand."""
+        return header_fields(self.raw)
 
 
 @dataclass(slots=True)
@@ -194,42 +190,36 @@ class RequestReader:
         return parse_head(raw)
 
 
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# The fast path: one regex for the request line, one for the whole header block. A head that
+# fails either is re-read line by line by `_explain` only to say precisely what is wrong.
+_REQUEST_LINE = re.compile(
+    rb"([A-Z]{1,20}) (/[!$&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~%]*) HTTP/1\.([01])\r\n"
+)
+_HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
+# Only these fields matter for framing and connection handling; found with one scan.
+_FRAMING_FIELD = re.compile(
+    rb"\r\n(content-length|transfer-encoding|host|connection|upgrade|expect)[ \t]*:([^\r]*)",
+    re.IGNORECASE,
+)
+
+
 def parse_head(raw: bytes) -> RequestHead:
     """Validate one complete request head (ending in CRLF CRLF) and extract what framing needs."""
-    lines = raw[:-4].split(b"\r\n")
-    request_line = lines[0]
-    parts = request_line.split(b" ")
-    if len(parts) != 3:
-        raise ClientProtocolError("malformed request line")
-    method, target, version_text = parts
-    if not _METHOD.fullmatch(method):
-        raise ClientProtocolError("invalid method (methods are upper case)")
-    if not _TARGET.fullmatch(target):
-        raise ClientProtocolError("invalid request target")
-    version = _VERSIONS.get(version_text)
-    if version is None:
-        raise ClientProtocolError("unsupported HTTP version")
+    line = _REQUEST_LINE.match(raw)
+    if line is None or _HEADER_BLOCK.fullmatch(raw, line.end()) is None:
+        raise ClientProtocolError(_explain(raw))
+    version = (1, 1) if line.group(3) == b"1" else (1, 0)
 
-    headers: list[tuple[bytes, bytes]] = []
     content_length: int | None = None
     transfer_encoding: bytes | None = None
-    connection_tokens: set[bytes] = set()
+    connection_tokens: tuple[bytes, ...] = ()
     hosts = 0
     upgrade_header = False
     expect_continue = False
-    for line in lines[1:]:
-        if b"\n" in line:
-            raise ClientProtocolError("bare LF in request head")
-        if line[:1] in (b" ", b"\t"):
-            raise ClientProtocolError("obsolete line folding in header")
-        name, colon, value = line.partition(b":")
-        if not colon or not _FIELD_NAME.fullmatch(name):
-            raise ClientProtocolError("invalid header field")
-        value = value.strip(b" \t")
-        if _FIELD_VALUE_BAD.search(value):
-            raise ClientProtocolError("control character in header value")
-        name = name.lower()
-        headers.append((name, value))
+    for field in _FRAMING_FIELD.finditer(raw, line.end() - 2):
+        name = field.group(1).lower()
+        value = field.group(2).strip(b" \t")
         if name == b"content-length":
             if content_length is not None:
                 raise ClientProtocolError("duplicate Content-Length")
@@ -243,12 +233,12 @@ def parse_head(raw: bytes) -> RequestHead:
         elif name == b"host":
             hosts += 1
         elif name == b"connection":
-            connection_tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
+            connection_tokens += tuple(t.strip(b" \t").lower() for t in value.split(b","))
         elif name == b"upgrade":
             upgrade_header = True
-        elif name == b"expect":
-            if value.lower() != b"100-continue":
-                raise ClientProtocolError("unsupported Expect header")
+        elif value.lower() != b"100-continue":  # expect
+            raise ClientProtocolError("unsupported Expect header")
+        else:
             expect_continue = True
 
     chunked = False
@@ -268,10 +258,9 @@ def parse_head(raw: bytes) -> RequestHead:
     else:
         keep_alive = b"keep-alive" in connection_tokens
     return RequestHead(
-        method=method.decode("ascii"),
-        target=target.decode("ascii"),
+        method=line.group(1).decode("ascii"),
+        target=line.group(2).decode("ascii"),
         version=version,
-        headers=headers,
         raw=raw,
         content_length=content_length,
         chunked=chunked,
@@ -279,3 +268,38 @@ def parse_head(raw: bytes) -> RequestHead:
         upgrade=upgrade_header and b"upgrade" in connection_tokens,
         expect_continue=expect_continue,
     )
+
+
+def header_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """All header fields of a validated head as (lower-case name, value), in order."""
+    fields = []
+    for line in raw[:-4].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields.append((name.lower(), value.strip(b" \t")))
+    return fields
+
+
+def _explain(raw: bytes) -> str:
+    """Say what is wrong with a head that failed the fast-path checks."""
+    lines = raw[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        return "malformed request line"
+    method, target, version = parts
+    if not _METHOD.fullmatch(method):
+        return "invalid method (methods are upper case)"
+    if not _TARGET.fullmatch(target):
+        return "invalid request target"
+    if version not in _VERSIONS:
+        return "unsupported HTTP version"
+    for line in lines[1:]:
+        if b"\n" in line:
+            return "bare LF in request head"
+        if line[:1] in (b" ", b"\t"):
+            return "obsolete line folding in header"
+        name, colon, value = line.partition(b":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            return "invalid header field"
+        if _FIELD_VALUE_BAD.search(value):
+            return "control character in header value"
+    return "malformed request head"

@@ -17,7 +17,8 @@ import httptools
 from dockgate.errors import UpstreamError
 
 MAX_RESPONSE_HEAD_BYTES = 256 * 1024
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n")
+
 # The daemon answers a hijacked attach or exec in these media types (moby api/types).
 RAW_STREAM_TYPES = (
     b"application/vnd.docker.raw-stream",
@@ -168,32 +169,22 @@ class ResponseReader:
         return [ResponseBody(data)] if data else []
 
     def _parse_head(self, raw: bytes) -> ResponseHead:
-        lines = raw[:-4].split(b"\r\n")
-        match = _STATUS_LINE.fullmatch(lines[0])
+        match = _STATUS_LINE.match(raw)
         if match is None:
             raise UpstreamError("the daemon sent an invalid status line")
-        minor, status = int(match.group(1)), int(match.group(2))
+        minor, status = match.group(1), int(match.group(2))
+        # Lower-case once, then look up the four fields that matter with C-speed finds.
+        lowered = raw.lower()
         content_length: int | None = None
-        chunked = False
-        connection = b""
-        content_type = b""
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            value = value.strip()
-            if name == b"content-length":
-                if not value.isdigit() or (
-                    content_length is not None and int(value) != content_length
-                ):
-                    raise UpstreamError("the daemon sent an invalid Content-Length")
-                content_length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = value.lower() == b"chunked"
-            elif name == b"connection":
-                connection = value.lower()
-            elif name == b"content-type":
-                content_type = value.lower()
-        keep_alive = b"close" not in connection if minor == 1 else b"keep-alive" in connection
+        length_text = _field(raw, lowered, b"\r\ncontent-length:")
+        if length_text is not None:
+            if not length_text.isdigit() or lowered.count(b"\r\ncontent-length:") > 1:
+                raise UpstreamError("the daemon sent an invalid Content-Length")
+            content_length = int(length_text)
+        chunked = (_field(raw, lowered, b"\r\ntransfer-encoding:") or b"").lower() == b"chunked"
+        connection = (_field(raw, lowered, b"\r\nconnection:") or b"").lower()
+        content_type = (_field(raw, lowered, b"\r\ncontent-type:") or b"").lower()
+        keep_alive = b"close" not in connection if minor == b"1" else b"keep-alive" in connection
         raw_stream = content_type.startswith(RAW_STREAM_TYPES)
         if status == 101:
             framing = Framing.SWITCHED
@@ -212,3 +203,12 @@ class ResponseReader:
             self._framing = framing
             self.keep_alive = keep_alive
         return ResponseHead(status, raw, framing, keep_alive, raw_stream)
+
+
+def _field(raw: bytes, lowered: bytes, marker: bytes) -> bytes | None:
+    """The value of the first header line starting with `marker` (CRLF, lower-case name, colon)."""
+    start = lowered.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    return raw[start : raw.index(b"\r\n", start)].strip(b" \t")
