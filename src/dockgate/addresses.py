@@ -62,10 +62,12 @@ def parse_address(text: str, *, default_port: int = 2375) -> Address:
         port_text = after[1:]
     else:
         host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        if ":" in host:
+            raise AddressError(f"{text!r}: write an IPv6 address in brackets, tcp://[::1]:2375")
     if not host:
         raise AddressError(f"{text!r}: missing host")
     if port_text:
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
             raise AddressError(f"{text!r}: invalid port {port_text!r}")
         port = int(port_text)
     else:

@@ -19,9 +19,13 @@ MAX_TRAILER_BYTES = 16 * 1024
 _SIZE_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"  # chunk-size
     rb"((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # ; ext-name
-    rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[^\"\\\x00-\x1f\x7f]|\\.)*\"))?)*)"
+    rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+    rb"|\"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*\"))?)*)"
     rb"[ \t]*"
 )
+
+# A trailer field has the syntax of a header field (RFC 9110 5.5).
+_TRAILER_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
 
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
@@ -64,7 +68,8 @@ class ChunkedDecoder:
             elif state == _SIZE:
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
-                    if end - pos > MAX_SIZE_LINE_BYTES:
+                    # +1: a CR at the very end may be the start of the line's CRLF.
+                    if end - pos > MAX_SIZE_LINE_BYTES + 1:
                         raise ClientProtocolError("chunk-size line too long")
                     self._check_no_bare_lf(buf, pos, end)
                     break
@@ -105,7 +110,7 @@ class ChunkedDecoder:
                 if not line:
                     self._state = _DONE
                     return pieces, buf[pos:]
-                if b":" not in line or line[:1] in b" \t" or b"\n" in line:
+                if not _TRAILER_FIELD.fullmatch(line):
                     raise ClientProtocolError("invalid chunked trailer field")
             else:  # _DONE: nothing more belongs to this body
                 return pieces, buf[pos:]

@@ -73,13 +73,22 @@ _HEAD, _LENGTH, _CHUNKED, _DONE = range(4)
 class RequestReader:
     """Turns client bytes into request events, one request at a time."""
 
-    __slots__ = ("_buffer", "_chunked", "_max_head_bytes", "_remaining", "_state", "started")
+    __slots__ = (
+        "_buffer",
+        "_chunked",
+        "_max_head_bytes",
+        "_remaining",
+        "_skipped",
+        "_state",
+        "started",
+    )
 
     def __init__(self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         self._max_head_bytes = max_head_bytes
         self._state = _HEAD
         self._buffer = b""
         self._remaining = 0
+        self._skipped = 0  # empty lines skipped before the current head
         self._chunked: ChunkedDecoder | None = None
         # True once any byte of the next request head has arrived (for timeouts and shutdown).
         self.started = False
@@ -172,9 +181,13 @@ class RequestReader:
 
     def _read_head(self) -> RequestHead | None:
         buf = self._buffer
-        # RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request-line.
+        # RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request-line;
+        # they count against the head limit so that they cannot be sent forever.
         while buf.startswith(b"\r\n"):
             buf = buf[2:]
+            self._skipped += 2
+            if self._skipped > self._max_head_bytes:
+                raise ClientProtocolError("request head too large")
         self._buffer = buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
@@ -187,6 +200,7 @@ class RequestReader:
             raise ClientProtocolError("request head too large")
         raw = buf[: end + 4]
         self._buffer = buf[end + 4 :]
+        self._skipped = 0
         return parse_head(raw)
 
 

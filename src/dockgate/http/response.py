@@ -65,15 +65,20 @@ ResponseEvent = ResponseHead | ResponseBody | EndOfResponse
 
 
 class _ChunkTracker:
-    """Lets llhttp find the end of a chunked body; it calls back only once, at the end."""
+    """Lets llhttp find the end of a chunked body; it calls back at the ends, not per chunk."""
 
-    __slots__ = ("complete", "parser")
+    __slots__ = ("complete", "messages", "parser")
 
     def __init__(self) -> None:
         self.complete = False
+        self.messages = 0
         self.parser = httptools.HttpResponseParser(self)
         # Prime the parser with a synthetic head so that it reads what follows as a chunked body.
         self.parser.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def on_message_begin(self) -> None:
+        # The first is the synthetic head; a second means bytes followed the end of the body.
+        self.messages += 1
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -153,6 +158,10 @@ class ResponseReader:
                 tracker.parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
+            if tracker.messages > 1:
+                # Nothing may follow a response on a connection that carries one request at a
+                # time; relaying it would put the client out of step, so the stream is cut.
+                raise UpstreamError("the daemon sent bytes after the end of a chunked response")
             if tracker.complete:
                 self.done = True
                 return [ResponseBody(data), EndOfResponse()]
@@ -164,7 +173,10 @@ class ResponseReader:
                 return [ResponseBody(data)]
             self._remaining = 0
             self.done = True
-            # Bytes past the declared length are a daemon bug; they are not relayed.
+            if len(data) > remaining:
+                # Bytes past the declared length are a daemon bug: not relayed, and the
+                # connection is not reused.
+                self.keep_alive = False
             return [ResponseBody(data[:remaining]), EndOfResponse()]
         return [ResponseBody(data)] if data else []
 
