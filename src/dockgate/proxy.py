@@ -67,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.close_after_exchange = False  # set by a graceful shutdown
         self._pause_reasons = 0
+        self._reading_paused = False
         self._client_write_paused = False
         # The current exchange.
         self._head: RequestHead | None = None
@@ -475,7 +476,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._lingering = True
         self._pause_reasons = 0
-        transport.resume_reading()
+        self._apply_pause()
         if transport.can_write_eof():
             transport.write_eof()
         self.gateway.loop.call_later(LINGER_SECONDS, self._close)
@@ -537,10 +538,14 @@ class ClientConnection(asyncio.Protocol):
         self._apply_pause()
 
     def _apply_pause(self) -> None:
+        paused = bool(self._pause_reasons)
+        if paused == self._reading_paused:
+            return
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._pause_reasons:
+        self._reading_paused = paused
+        if paused:
             transport.pause_reading()
         else:
             transport.resume_reading()

@@ -185,32 +185,30 @@ class ResponseReader:
         if match is None:
             raise UpstreamError("the daemon sent an invalid status line")
         minor, status = match.group(1), int(match.group(2))
-        # Lower-case once, then look up the four fields that matter with C-speed finds.
+        # Lower-case once, then look up only the fields that decide framing, with C-speed finds.
         lowered = raw.lower()
-        content_length: int | None = None
+        connection = (_field(raw, lowered, b"\r\nconnection:") or b"").lower()
+        keep_alive = b"close" not in connection if minor == b"1" else b"keep-alive" in connection
+        raw_stream = False
         length_text = _field(raw, lowered, b"\r\ncontent-length:")
-        if length_text is not None:
+        if status == 101:
+            framing = Framing.SWITCHED
+            raw_stream = _is_raw_stream(raw, lowered)
+        elif 100 <= status < 200 or status in (204, 304) or self._method == "HEAD":
+            framing = Framing.NONE
+        elif (_field(raw, lowered, b"\r\ntransfer-encoding:") or b"").lower() == b"chunked":
+            framing = Framing.CHUNKED
+            self._tracker = _ChunkTracker()
+        elif length_text is not None:
             if not length_text.isdigit() or lowered.count(b"\r\ncontent-length:") > 1:
                 raise UpstreamError("the daemon sent an invalid Content-Length")
             content_length = int(length_text)
-        chunked = (_field(raw, lowered, b"\r\ntransfer-encoding:") or b"").lower() == b"chunked"
-        connection = (_field(raw, lowered, b"\r\nconnection:") or b"").lower()
-        content_type = (_field(raw, lowered, b"\r\ncontent-type:") or b"").lower()
-        keep_alive = b"close" not in connection if minor == b"1" else b"keep-alive" in connection
-        raw_stream = content_type.startswith(RAW_STREAM_TYPES)
-        if status == 101:
-            framing = Framing.SWITCHED
-        elif 100 <= status < 200 or status in (204, 304) or self._method == "HEAD":
-            framing = Framing.NONE
-        elif chunked:
-            framing = Framing.CHUNKED
-            self._tracker = _ChunkTracker()
-        elif content_length is not None:
             framing = Framing.LENGTH if content_length else Framing.NONE
             self._remaining = content_length
         else:
             framing = Framing.UNTIL_CLOSE
             keep_alive = False
+            raw_stream = _is_raw_stream(raw, lowered)
         if not (100 <= status < 200):
             self._framing = framing
             self.keep_alive = keep_alive
@@ -224,3 +222,8 @@ def _field(raw: bytes, lowered: bytes, marker: bytes) -> bytes | None:
         return None
     start += len(marker)
     return raw[start : raw.index(b"\r\n", start)].strip(b" \t")
+
+
+def _is_raw_stream(raw: bytes, lowered: bytes) -> bool:
+    content_type = (_field(raw, lowered, b"\r\ncontent-type:") or b"").lower()
+    return content_type.startswith(RAW_STREAM_TYPES)
