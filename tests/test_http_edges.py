@@ -1191,6 +1191,38 @@ def test_client_disconnect_mid_stream_closes_upstream(gw: Gateway, fake: FakeUps
             assert nxt.json()["conn"] != state["conn"], "the dropped upstream connection was reused"
 
 
+def test_client_leaving_a_quiet_stream_closes_upstream(gw: Gateway, fake: FakeUpstream) -> None:
+    """When the client leaves a stream on which the daemon sends nothing (a quiet `events`),
+    the upstream connection is closed within 2 s, not when the daemon next writes."""
+    saw_close = threading.Event()
+    state: dict[str, float] = {}
+
+    def handler(ex: Exchange) -> None:
+        if ex.path != "/quiet":
+            default_handler(ex)
+            return
+        ex.read_body()
+        ex.start_chunked(200)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not ex.conn.peer_closed():
+            time.sleep(0.02)
+        state["closed_at"] = time.monotonic()
+        saw_close.set()
+        ex.abort()
+
+    fake.handler = handler
+    c = gw.connect()
+    try:
+        c.send(request("GET", "/quiet"))
+        resp = c.read_head()
+        assert resp.status == 200, resp.describe()
+    finally:
+        c.close()
+    dropped_at = time.monotonic()
+    assert saw_close.wait(5), "upstream connection still open 5 s after the client left"
+    assert state["closed_at"] - dropped_at < 2.0
+
+
 # ---------------------------------------------------------------------------------------------
 # 14. Hijacked connections (attach)
 # ---------------------------------------------------------------------------------------------

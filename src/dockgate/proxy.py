@@ -135,14 +135,13 @@ class ClientConnection(asyncio.Protocol):
                 transport.write_eof()
             self._maybe_end_tunnel()
             return True
-        if self._head is not None and not self._request_done:
-            # The client stopped sending mid-request; its request can never complete.
-            self._abandon("client closed mid-request")
-            return False
         if self._head is not None:
-            # HTTP/1.1 allows a client to half-close after its request; answer, then close.
-            self.close_after_exchange = True
-            return True
+            # The client closed its side mid-exchange. HTTP/1.1 would allow a half-close after a
+            # complete request, but like Go's server and nginx (proxy_ignore_client_abort off)
+            # the gateway takes it as the client leaving: otherwise a quiet stream (`events`)
+            # would hold its upstream connection until the daemon next wrote something.
+            self._abandon("client gone")
+            return False
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
