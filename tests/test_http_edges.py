@@ -1021,6 +1021,21 @@ def test_http10_request_gets_response_then_close(gw: Gateway, fake: FakeUpstream
         assert closed, f"HTTP/1.0 connection still open 2 s after the response ({extra!r})"
 
 
+def test_connection_close_is_announced_and_honoured(gw: Gateway, fake: FakeUpstream) -> None:
+    """A client's ``Connection: close`` gets a response that says ``Connection: close`` (RFC 9112
+    9.6) and then a closed connection, while the daemon's connection stays reusable."""
+    before = fake.opened_count
+    for _ in range(3):
+        with gw.connect() as c:
+            c.send(request("GET", "/_ping", "Connection: close"))
+            resp = c.read_response()
+            assert resp.status == 200, resp.describe()
+            assert (resp.header("connection") or "").lower() == "close", resp.describe()
+            closed, extra = c.wait_closed(2.0)
+            assert closed, f"connection still open after a Connection: close exchange ({extra!r})"
+    assert fake.opened_count - before <= 1, "the upstream connection was not reused"
+
+
 # ---------------------------------------------------------------------------------------------
 # 10. Streaming, 11. upstream dies mid-stream
 # ---------------------------------------------------------------------------------------------

@@ -271,6 +271,19 @@ class ClientConnection(asyncio.Protocol):
         if response is None:
             return
         self._retry_allowed = False
+        if response.head_done:
+            # Streams (events, logs, stats, export) spend their life here: relay and move on.
+            try:
+                data, done = response.relay_body(data)
+            except UpstreamError as exc:
+                self._upstream_failed(exc)
+                return
+            if data:
+                self._bytes_out += len(data)
+                transport.write(data)
+            if done:
+                self._finish_exchange()
+            return
         try:
             events = response.feed(data)
         except UpstreamError as exc:
@@ -283,9 +296,16 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(event, ResponseBody):
                 out.append(event.data)
             elif isinstance(event, ResponseHead):
-                out.append(event.raw)
                 if event.informational:
+                    out.append(event.raw)
                     continue
+                head = self._head
+                if head is not None and not head.keep_alive and event.keep_alive:
+                    # The gateway will close after this response because the client asked to;
+                    # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
+                    out.append(event.raw[:-2] + b"Connection: close\r\n\r\n")
+                else:
+                    out.append(event.raw)
                 self._status = event.status
                 self._response_started = True
                 if event.framing is Framing.UNTIL_CLOSE and event.raw_stream:

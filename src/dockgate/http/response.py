@@ -140,6 +140,28 @@ class ResponseReader:
                 events.extend(self._body(rest))
         return events
 
+    def relay_body(self, data: bytes) -> tuple[bytes, bool]:
+        """Fast path once the head is done: (bytes to relay, whether the response is complete).
+
+        The same framing logic as `feed`, without allocating events: a stream of `events` or
+        `logs` arrives here once per read from the daemon.
+        """
+        if self._framing == Framing.CHUNKED:
+            tracker = self._tracker
+            assert tracker is not None
+            try:
+                tracker.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
+            if tracker.messages > 1:
+                raise UpstreamError("the daemon sent bytes after the end of a chunked response")
+            if tracker.complete:
+                self.done = True
+            return data, self.done
+        events = self._body(data)
+        relay = b"".join(e.data for e in events if isinstance(e, ResponseBody))
+        return relay, self.done
+
     def eof(self) -> list[ResponseEvent]:
         """The daemon closed the connection; ends an until-close body, else it is an error."""
         if self._head_done and self._framing == Framing.UNTIL_CLOSE and not self.done:
