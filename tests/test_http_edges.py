@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pathlib
 import queue
 import random
 import re
@@ -42,6 +43,10 @@ pytestmark = pytest.mark.timeout(60)
 # ---------------------------------------------------------------------------------------------
 # The gateway subprocess
 # ---------------------------------------------------------------------------------------------
+# A policy that allows every request, even those the route table cannot place.
+ALLOW_ALL_POLICY = pathlib.Path(__file__).parent / "policies" / "allow-all.yaml"
+
+
 class Gateway:
     """``python -m dockgate serve --listen tcp://127.0.0.1:0 --upstream URL [extra...]``."""
 
@@ -58,6 +63,8 @@ class Gateway:
             "tcp://127.0.0.1:0",
             "--upstream",
             upstream_url,
+            # These tests are about the relay, not the policy: let everything through.
+            *(() if "--policy" in extra else ("--policy", str(ALLOW_ALL_POLICY))),
             *extra,
         ]
         self.stdout_lines: list[str] = []

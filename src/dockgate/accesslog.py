@@ -28,6 +28,8 @@ class AccessRecord:
     bytes_out: int
     duration_s: float
     note: str = ""  # why the exchange ended unusually ("client gone", "upstream failed", ...)
+    operation: str = "-"  # the Engine API operation, e.g. ContainerList
+    decision: str = "-"  # e.g. allow:environment:rule-5, deny:ci:read-only
 
 
 class AccessLog:
@@ -52,6 +54,8 @@ class AccessLog:
                 "bytes_in": record.bytes_in,
                 "bytes_out": record.bytes_out,
                 "duration_ms": round(record.duration_s * 1000, 3),
+                "operation": record.operation,
+                "decision": record.decision,
             }
             if record.note:
                 fields["note"] = record.note
@@ -61,7 +65,8 @@ class AccessLog:
             line = (
                 f'{record.client} "{record.method} {record.target} HTTP/{record.version}" '
                 f"{record.status} in={record.bytes_in} out={record.bytes_out} "
-                f"dur_ms={record.duration_s * 1000:.3f}{note}\n"
+                f"dur_ms={record.duration_s * 1000:.3f} op={record.operation} "
+                f"decision={record.decision}{note}\n"
             )
         self._pending.append(line)
         self._pending_chars += len(line)

@@ -15,6 +15,11 @@ from pydantic import ValidationError
 from dockgate import __version__
 from dockgate.addresses import AddressError, parse_address
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
+from dockgate.gatekeeper import Gatekeeper
+from dockgate.policy.loader import PolicyError, load_policy_file
+from dockgate.policy.rules import PolicySet, Rule
+from dockgate.policy.sources import load_policies
+from dockgate.policy.tecnativa import EnvironmentError_
 from dockgate.server import StartupError, run
 
 
@@ -57,7 +62,44 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket-group", default=None, metavar="NAME|GID")
     serve.add_argument("--upstream-pool-size", type=int, default=64, metavar="N")
     serve.add_argument("--max-header-bytes", type=int, default=64 * 1024, metavar="N")
+    _policy_options(serve)
+
+    check = commands.add_parser(
+        "check", help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'"
+    )
+    check.add_argument("request", metavar="'METHOD /path'")
+    check.add_argument("--host", default=None, help="the Host header to assume")
+    check.add_argument("--origin", default=None, help="the Origin header to assume")
+    _policy_options(check)
+
+    policy = commands.add_parser("policy", help="policy file tools")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    validate = policy_commands.add_parser("validate", help="check a policy file; exit 1 if bad")
+    validate.add_argument("file")
     return parser
+
+
+def _policy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="policy file (.yaml/.yml or .toml); without it, Tecnativa-style variables apply",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin allowed to call the API (scheme://host[:port]); repeatable",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name accepted in the Host header; repeatable",
+    )
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -89,8 +131,86 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+def _load_policies(args: argparse.Namespace) -> PolicySet:
+    policies, warnings = load_policies(
+        args.policy, os.environ, origins=args.allow_origin, hosts=args.allow_host
+    )
+    for warning in warnings:
+        print(f"dockgate: warning: {warning}", file=sys.stderr)
+    return policies
+
+
+def _check(args: argparse.Namespace) -> int:
+    method, _, target = args.request.strip().partition(" ")
+    if not target.startswith("/"):
+        print("dockgate: error: give the request as 'METHOD /path'", file=sys.stderr)
+        return 2
+    policies = _load_policies(args)
+    gatekeeper = Gatekeeper(policies)
+    host = args.host.encode() if args.host is not None else None
+    origin = args.origin.encode() if args.origin is not None else None
+    verdict = gatekeeper.check(method, target.strip(), host, origin)
+    print(f"request:   {method} {target.strip()}")
+    match = verdict.match
+    if match is not None:
+        op = match.operation
+        kind = "can change state" if op.writes else "read-only"
+        print(f"operation: {op.name} (section {op.section}, {kind}, {op.method} {op.path})")
+    else:
+        print("operation: unknown (the daemon's router would not route it)")
+    policy = policies.active
+    print(f"policy:    {policy.name} (from {policies.source})")
+    if match is not None or verdict.status == 403:
+        path = target.strip().partition("?")[0]
+        for rule, matched in policy.explain(method, match, path):
+            mark = "matches" if matched else "-"
+            what = f"[{rule.note}] " if rule.note else (f"(line {rule.line}) " if rule.line else "")
+            print(
+                f"  rule {rule.number:>3} {rule.effect:<5} {what}{_describe_matcher(rule)}  {mark}"
+            )
+    if verdict.allowed:
+        print(f"decision:  allow ({verdict.label})")
+        return 0
+    print(f"decision:  deny, {verdict.status}: {verdict.message}")
+    return 1
+
+
+def _describe_matcher(rule: Rule) -> str:
+    m = rule.matcher
+    parts = []
+    if m.unknown:
+        parts.append("unknown")
+    for name in ("sections", "operations", "methods"):
+        value = getattr(m, name)
+        if value is not None:
+            shown = ",".join(sorted(value))
+            parts.append(f"{name}={shown if len(shown) < 60 else shown[:57] + '...'}")
+    if m.paths is not None:
+        parts.append("paths=" + ",".join(p.pattern for p in m.paths))
+    return " ".join(parts)
+
+
+def _validate(path: str) -> int:
+    try:
+        policies = load_policy_file(path)
+    except PolicyError as exc:
+        print(f"dockgate: error: {exc}", file=sys.stderr)
+        return 1
+    names = ", ".join(policies.policies)
+    print(f"{path}: ok ({len(policies.policies)} policies: {names}; default {policies.default})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args)
+        if args.command == "policy":
+            return _validate(args.file)
+    except (PolicyError, EnvironmentError_) as exc:
+        print(f"dockgate: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         try:
             config = _serve_config(args)
@@ -99,7 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dockgate: error: {message}", file=sys.stderr)
             return 2
         try:
-            run(config)
+            policies = _load_policies(args)
+        except (PolicyError, EnvironmentError_) as exc:
+            print(f"dockgate: error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            run(config, policies)
         except StartupError as exc:
             print(f"dockgate: error: {exc}", file=sys.stderr)
             return 2

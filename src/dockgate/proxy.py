@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 
 from dockgate.accesslog import AccessRecord
 from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, error_response
+from dockgate.gatekeeper import Verdict
 from dockgate.http.request import Body, EndOfRequest, RequestEvent, RequestHead, RequestReader
 from dockgate.http.response import (
     EndOfResponse,
@@ -82,6 +83,8 @@ class ClientConnection(asyncio.Protocol):
         self._started = 0.0
         self._retry_allowed = False
         self._upstream_reused = False
+        self._refused = False
+        self._verdict: Verdict | None = None
         self._connect_task: asyncio.Task[None] | None = None
         # Tunnel state (after a hijack): which directions are still open.
         self.tunnel = False
@@ -174,6 +177,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _handle(self, events: list[RequestEvent]) -> None:
         for event in events:
+            if self._refused:
+                if isinstance(event, EndOfRequest):
+                    self._after_refusal()
+                    return
+                continue  # the body of a refused request is read and dropped
             if isinstance(event, Body):
                 self._bytes_in += len(event.data)
                 self._send_upstream(
@@ -202,8 +210,14 @@ class ClientConnection(asyncio.Protocol):
         self._request_done = False
         self._response_started = False
         self._started = time.monotonic()
-        self._bytes_in = len(head.raw)
+        # The access log counts body bytes each way (heads excluded), as relayed.
+        self._bytes_in = 0
         self._bytes_out = 0
+        verdict = self.gateway.gatekeeper.check(head.method, head.target, head.host, head.origin)
+        self._verdict = verdict
+        if not verdict.allowed:
+            self._refuse(head, verdict)
+            return
         self._response = ResponseReader(head.method)
         raw = head.raw
         if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
@@ -258,6 +272,40 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._outbox.append(data)
 
+    def _refuse(self, head: RequestHead, verdict: Verdict) -> None:
+        """Answer a refused request here; it never reaches the daemon."""
+        self._refused = True
+        self._status = verdict.status
+        # A refused upload is not read to its end: close after the answer (lingering, so the
+        # client sees the answer rather than a reset). Without a body, keep-alive goes on.
+        closing = head.has_body or not head.keep_alive or self.close_after_exchange
+        body = error_response(verdict.status, verdict.message, close=closing)
+        self._bytes_out = _body_length(body)
+        self._response_started = True
+        assert self.transport is not None
+        self.transport.write(body)
+        self._log()
+        if head.has_body:
+            self._head = None
+            self._linger_close()
+
+    def _after_refusal(self) -> None:
+        if self._lingering:
+            return
+        self._refused = False
+        head, self._head = self._head, None
+        if head is None or not head.keep_alive or self.close_after_exchange:
+            self._close()
+            return
+        self.deadline = self.gateway.loop.time() + self.gateway.config.idle_timeout
+        try:
+            events = self.reader.next_request()
+        except ClientProtocolError as exc:
+            self._fail(exc)
+            return
+        if events:
+            self._handle(events)
+
     # ----- responses ---------------------------------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
@@ -296,16 +344,21 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(event, ResponseBody):
                 out.append(event.data)
             elif isinstance(event, ResponseHead):
-                if event.informational:
-                    out.append(event.raw)
-                    continue
+                head_bytes = event.raw
                 head = self._head
-                if head is not None and not head.keep_alive and event.keep_alive:
+                if (
+                    not event.informational
+                    and head is not None
+                    and not head.keep_alive
+                    and event.keep_alive
+                ):
                     # The gateway will close after this response because the client asked to;
                     # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
-                    out.append(event.raw[:-2] + b"Connection: close\r\n\r\n")
-                else:
-                    out.append(event.raw)
+                    head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+                out.append(head_bytes)
+                self._bytes_out -= len(head_bytes)  # the log counts body bytes only
+                if event.informational:
+                    continue
                 self._status = event.status
                 self._response_started = True
                 if event.framing is Framing.UNTIL_CLOSE and event.raw_stream:
@@ -452,7 +505,7 @@ class ClientConnection(asyncio.Protocol):
         if not self._response_started:
             self._status = exc.status
             body = error_response(exc.status, exc.message)
-            self._bytes_out += len(body)
+            self._bytes_out += _body_length(body)
             transport.write(body)
             self._log(note="upstream failed")
             self._head = None
@@ -543,6 +596,8 @@ class ClientConnection(asyncio.Protocol):
                 bytes_out=self._bytes_out,
                 duration_s=time.monotonic() - self._started,
                 note=note,
+                operation=self._verdict.operation if self._verdict is not None else "-",
+                decision=self._verdict.label if self._verdict is not None else "-",
             )
         )
 
@@ -584,6 +639,10 @@ def _may_hijack(head: RequestHead) -> bool:
     if path.endswith("/attach"):
         return "/containers/" in path
     return path.endswith("/start") and "/exec/" in path
+
+
+def _body_length(response: bytes) -> int:
+    return len(response) - response.index(b"\r\n\r\n") - 4
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,6 +25,8 @@ import uvloop
 from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
 from dockgate.config import ServeConfig
+from dockgate.gatekeeper import Gatekeeper
+from dockgate.policy.rules import PolicySet
 from dockgate.proxy import ClientConnection
 from dockgate.upstream import UpstreamPool
 
@@ -41,9 +43,12 @@ class StartupError(Exception):
 class Gateway:
     """Per-process state shared by all client connections."""
 
-    def __init__(self, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, config: ServeConfig, loop: asyncio.AbstractEventLoop, policies: PolicySet
+    ) -> None:
         self.config = config
         self.loop = loop
+        self.gatekeeper = Gatekeeper(policies)
         self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
         self.access_log: AccessLog = open_access_log(config.access_log, config.log_format)
         self.connections: set[ClientConnection] = set()
@@ -154,13 +159,25 @@ def _bind_unix(address: Address, mode: int, group: str | None) -> socket.socket:
             os.chown(path, -1, gid)
         sock.listen(LISTEN_BACKLOG)
     except KeyError:
-        sock.close()
+        _discard_unix(sock, path)
         raise StartupError(f"--socket-group: no group named {group!r}") from None
     except OSError as exc:
-        sock.close()
+        _discard_unix(sock, path)
         raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+def _discard_unix(sock: socket.socket, path: str) -> None:
+    """Close a unix listener and remove its file, if this process created it."""
+    try:
+        bound = sock.getsockname() == path
+    except OSError:
+        bound = False
+    sock.close()
+    if bound:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def bind_listeners(config: ServeConfig) -> list[tuple[Address, socket.socket]]:
@@ -174,8 +191,11 @@ def bind_listeners(config: ServeConfig) -> list[tuple[Address, socket.socket]]:
                 sock = _bind_tcp(address)
                 bound.append((address.with_port(sock.getsockname()[1]), sock))
     except BaseException:
-        for _, sock in bound:
-            sock.close()
+        for address, sock in bound:
+            if address.scheme == "unix":
+                _discard_unix(sock, address.path)
+            else:
+                sock.close()
         raise
     return bound
 
@@ -203,32 +223,39 @@ def check_exposure(config: ServeConfig) -> None:
 
 
 async def _serve_process(
-    config: ServeConfig, listeners: list[tuple[Address, socket.socket]]
+    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    gateway = Gateway(config, loop)
+    gateway = Gateway(config, loop, policies)
     await gateway.serve(listeners, stop)
 
 
-def _run_worker(config: ServeConfig, listeners: list[tuple[Address, socket.socket]]) -> None:
+def _run_worker(
+    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
+) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_process(config, listeners))
+        runner.run(_serve_process(config, listeners, policies))
 
 
-def run(config: ServeConfig) -> None:
+def run(config: ServeConfig, policies: PolicySet) -> None:
     check_exposure(config)
     listeners = bind_listeners(config)
     try:
         for address, _ in listeners:
             print(f"dockgate: listening on {address}", file=sys.stderr, flush=True)
         print(f"dockgate: forwarding to {config.upstream}", file=sys.stderr, flush=True)
+        print(
+            f"dockgate: policy {policies.default} from {policies.source}",
+            file=sys.stderr,
+            flush=True,
+        )
         if config.workers == 1:
-            _run_worker(config, listeners)
+            _run_worker(config, listeners, policies)
         else:
-            _supervise(config, listeners)
+            _supervise(config, listeners, policies)
     finally:
         for address, sock in listeners:
             sock.close()
@@ -237,14 +264,16 @@ def run(config: ServeConfig) -> None:
                     os.unlink(address.path)
 
 
-def _spawn(config: ServeConfig, listeners: list[tuple[Address, socket.socket]]) -> int:
+def _spawn(
+    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
+) -> int:
     pid = os.fork()
     if pid == 0:  # the worker
         code = 0
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _run_worker(config, listeners)
+            _run_worker(config, listeners, policies)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -256,11 +285,17 @@ def _spawn(config: ServeConfig, listeners: list[tuple[Address, socket.socket]]) 
 
 
 @contextlib.contextmanager
-def _forwarded_signals(workers: dict[int, float]) -> Iterator[list[bool]]:
+def _forwarded_signals(
+    workers: dict[int, float], listeners: list[tuple[Address, socket.socket]]
+) -> Iterator[list[bool]]:
     stopping = [False]
 
     def forward(signum: int, _frame: object) -> None:
         stopping[0] = True
+        # The workers close their copies as they stop accepting; the parent's copy must go too,
+        # or the kernel keeps queueing connections that nobody will answer.
+        for _, sock in listeners:
+            sock.close()
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -273,11 +308,13 @@ def _forwarded_signals(workers: dict[int, float]) -> Iterator[list[bool]]:
             signal.signal(signum, handler)
 
 
-def _supervise(config: ServeConfig, listeners: list[tuple[Address, socket.socket]]) -> None:
+def _supervise(
+    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
+) -> None:
     workers: dict[int, float] = {}  # pid -> start time
-    with _forwarded_signals(workers) as stopping:
+    with _forwarded_signals(workers, listeners) as stopping:
         for _ in range(config.workers):
-            pid = _spawn(config, listeners)
+            pid = _spawn(config, listeners, policies)
             workers[pid] = time.monotonic()
         while workers:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -295,7 +332,7 @@ def _supervise(config: ServeConfig, listeners: list[tuple[Address, socket.socket
             if time.monotonic() - started < WORKER_RESTART_DELAY_SECONDS:
                 time.sleep(WORKER_RESTART_DELAY_SECONDS)
             if not stopping[0]:
-                workers[_spawn(config, listeners)] = time.monotonic()
+                workers[_spawn(config, listeners, policies)] = time.monotonic()
 
 
 def _wait_description(status: int) -> str:

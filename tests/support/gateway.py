@@ -8,6 +8,7 @@ and stderr in background threads so the pipes never fill.
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import IO
+
+ALLOW_ALL_POLICY = pathlib.Path(__file__).parent.parent / "policies" / "allow-all.yaml"
 
 LISTENING_RE = re.compile(r"dockgate: listening on (tcp://(?:\[[^\]]+\]|[^\s:]+):(\d+))")
 
@@ -62,6 +65,9 @@ class Gateway:
             self.listen,
             "--upstream",
             self.upstream,
+            # Unless a test brings its own policy, let everything through: these tests are
+            # about the relay. Policy tests pass --policy explicitly.
+            *(() if "--policy" in self.extra_args else ("--policy", str(ALLOW_ALL_POLICY))),
             *self.extra_args,
         ]
 

@@ -42,6 +42,8 @@ class RequestHead:
     keep_alive: bool
     upgrade: bool
     expect_continue: bool
+    host: bytes | None = None
+    origin: bytes | None = None
 
     @property
     def has_body(self) -> bool:
@@ -213,7 +215,7 @@ _REQUEST_LINE = re.compile(
 _HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
 # Only these fields matter for framing and connection handling; found with one scan.
 _FRAMING_FIELD = re.compile(
-    rb"\r\n(content-length|transfer-encoding|host|connection|upgrade|expect)[ \t]*:([^\r]*)",
+    rb"\r\n(content-length|transfer-encoding|host|connection|upgrade|expect|origin)[ \t]*:([^\r]*)",
     re.IGNORECASE,
 )
 
@@ -229,6 +231,8 @@ def parse_head(raw: bytes) -> RequestHead:
     transfer_encoding: bytes | None = None
     connection_tokens: tuple[bytes, ...] = ()
     hosts = 0
+    host: bytes | None = None
+    origin: bytes | None = None
     upgrade_header = False
     expect_continue = False
     for field in _FRAMING_FIELD.finditer(raw, line.end() - 2):
@@ -246,10 +250,15 @@ def parse_head(raw: bytes) -> RequestHead:
             transfer_encoding = value
         elif name == b"host":
             hosts += 1
+            host = value
         elif name == b"connection":
             connection_tokens += tuple(t.strip(b" \t").lower() for t in value.split(b","))
         elif name == b"upgrade":
             upgrade_header = True
+        elif name == b"origin":
+            if origin is not None:
+                raise ClientProtocolError("duplicate Origin")
+            origin = value
         elif value.lower() != b"100-continue":  # expect
             raise ClientProtocolError("unsupported Expect header")
         else:
@@ -281,6 +290,8 @@ def parse_head(raw: bytes) -> RequestHead:
         keep_alive=keep_alive,
         upgrade=upgrade_header and b"upgrade" in connection_tokens,
         expect_continue=expect_continue,
+        host=host,
+        origin=origin,
     )
 
 

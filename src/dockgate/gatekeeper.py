@@ -1,0 +1,58 @@
+"""Decides, for each request head, whether it may reach the daemon: one place, one value.
+
+The request-target is read once (`parse_target`), identified once (`identify`), and that same
+value is handed to the browser checks, the policy, and the access log. What is forwarded is the
+raw target that was checked: it is never decoded twice nor re-encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dockgate.browser import BrowserGuard
+from dockgate.errors import ClientProtocolError
+from dockgate.policy.rules import PolicySet
+from dockgate.routes import RouteMatch, identify
+from dockgate.target import parse_target
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    status: int  # 0 when allowed; 400 or 403 otherwise
+    message: str  # for the client, in Docker's {"message": ...}
+    operation: str  # the operation name, or "unknown"
+    label: str  # for the access log: "allow:policy:rule-3", "deny:policy:read-only"
+    match: RouteMatch | None = None
+
+
+class Gatekeeper:
+    def __init__(self, policies: PolicySet, *, authenticated: bool = False) -> None:
+        self.policies = policies
+        self.guard = BrowserGuard(policies.origins, policies.hosts)
+        self.authenticated = authenticated
+
+    def check(
+        self,
+        method: str,
+        raw_target: str,
+        host: bytes | None = None,
+        origin: bytes | None = None,
+    ) -> Verdict:
+        try:
+            target = parse_target(raw_target)
+        except ClientProtocolError as exc:
+            return Verdict(False, 400, f"dockgate: {exc.message}", "unknown", "deny:-:bad-target")
+        match = identify(method, target.path)
+        operation = match.operation.name if match is not None else "unknown"
+        if host is not None or origin is not None:
+            refusal = self.guard.refusal(host, origin, self.authenticated)
+            if refusal is not None:
+                return Verdict(False, 403, refusal, operation, "deny:-:browser", match)
+        decision = self.policies.active.decide(method, match, target.path)
+        if decision.allowed:
+            return Verdict(True, 0, "", operation, decision.label, match)
+        subject = operation if match is not None else f"unknown operation {method} {target.path}"
+        return Verdict(
+            False, 403, decision.denial_message(subject), operation, decision.label, match
+        )

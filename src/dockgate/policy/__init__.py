@@ -1,0 +1,1 @@
+"""Access policy: which Engine API operations a caller may use, decided by declarative rules."""

@@ -1,0 +1,312 @@
+"""Policy files (YAML or TOML): parsed, validated and compiled in one place.
+
+Every problem is reported as `PolicyError` naming the file, the line and what is wrong; the
+gateway never starts on a half-understood policy. Unknown keys, unknown sections or operations,
+duplicate keys and bad patterns are all errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dockgate.policy.rules import (
+    ALLOW,
+    DENY,
+    Matcher,
+    PatternError,
+    Policy,
+    PolicySet,
+    Rule,
+    compile_path_pattern,
+)
+from dockgate.routes import OPERATIONS, SECTIONS
+
+Location = tuple[str | int, ...]
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; `str()` is `FILE:LINE: problem`."""
+
+    def __init__(self, source: str, line: int | None, problem: str) -> None:
+        self.source = source
+        self.line = line
+        self.problem = problem
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {problem}")
+
+
+# ----- the file's schema --------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchSpec(_Strict):
+    sections: list[str] | None = None
+    operations: list[str] | None = None
+    methods: list[str] | None = None
+    paths: list[str] | None = None
+    unknown: bool = False
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> MatchSpec:
+        given = [
+            self.sections is not None,
+            self.operations is not None,
+            self.methods is not None,
+            self.paths is not None,
+            self.unknown,
+        ]
+        if not any(given):
+            raise ValueError(
+                "a rule needs at least one of sections, operations, methods, paths, unknown"
+            )
+        if self.unknown and (self.sections is not None or self.operations is not None):
+            raise ValueError(
+                "'unknown: true' matches unidentified requests: no sections/operations"
+            )
+        for field_name in ("sections", "operations", "methods", "paths"):
+            value = getattr(self, field_name)
+            if value is not None and not value:
+                raise ValueError(f"'{field_name}' is empty; leave it out to match any")
+        return self
+
+
+class RuleSpec(_Strict):
+    allow: MatchSpec | None = None
+    deny: MatchSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_effect(self) -> RuleSpec:
+        if (self.allow is None) == (self.deny is None):
+            raise ValueError("a rule is exactly one of 'allow:' or 'deny:'")
+        return self
+
+
+class PolicySpec(_Strict):
+    read_only: bool = False
+    rules: list[RuleSpec] = Field(default_factory=list)
+
+
+class PolicyFileSpec(_Strict):
+    version: Literal[1] = 1
+    default: str | None = None
+    origins: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    policies: dict[str, PolicySpec]
+
+
+# ----- reading with line numbers ---------------------------------------------------------------
+
+
+def _yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
+    """Parse YAML into plain data, recording the line of every key and item (1-based)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(source, line, f"invalid YAML: {problem}") from None
+    lines: dict[Location, int] = {}
+    constructor = yaml.SafeLoader("")
+
+    def convert(n: yaml.Node, loc: Location) -> Any:
+        lines.setdefault(loc, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in n.value:
+                key = key_node.value
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise PolicyError(source, key_node.start_mark.line + 1, "keys must be plain")
+                if key in out:
+                    raise PolicyError(
+                        source, key_node.start_mark.line + 1, f"duplicate key {key!r}"
+                    )
+                lines[(*loc, key)] = key_node.start_mark.line + 1
+                out[key] = convert(value_node, (*loc, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [convert(item, (*loc, i)) for i, item in enumerate(n.value)]
+        # Scalars: resolve with the safe constructor so `true`, `1` and strings keep their types.
+        return constructor.construct_object(n, deep=True)
+
+    if node is None:
+        raise PolicyError(source, 1, "the file is empty")
+    return convert(node, ()), lines
+
+
+def _toml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
+    """Parse TOML; lines of keys are found by name, since tomllib keeps no positions."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise PolicyError(
+            source, int(match.group(1)) if match else None, f"invalid TOML: {exc}"
+        ) from None
+    text_lines = text.splitlines()
+    lines: dict[Location, int] = {}
+
+    def find(key: str, start: int) -> int | None:
+        pattern = re.compile(
+            rf"^\s*(?:\[+\s*)?(?:[\w.\"-]*\.)?\"?{re.escape(key)}\"?\s*(?:=|\]|\.)"
+        )
+        for number in range(start, len(text_lines)):
+            if pattern.search(text_lines[number]):
+                return number + 1
+        return None
+
+    def walk(value: Any, loc: Location, start: int) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                found = find(str(key), start)
+                line = found if found is not None else start + 1
+                lines[(*loc, key)] = line
+                walk(item, (*loc, key), line - 1)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                lines[(*loc, i)] = start + 1
+                walk(item, (*loc, i), start)
+
+    walk(data, (), 0)
+    return data, lines
+
+
+def _line_for(lines: Mapping[Location, int], loc: Location) -> int | None:
+    for end in range(len(loc), -1, -1):
+        line = lines.get(tuple(loc[:end]))
+        if line is not None:
+            return line
+    return None
+
+
+# ----- compiling --------------------------------------------------------------------------------
+
+
+def load_policy_file(path: str | Path) -> PolicySet:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(source, None, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(source, None, "not UTF-8 text") from None
+    return parse_policy_text(text, source, toml=source.endswith(".toml"))
+
+
+def parse_policy_text(text: str, source: str, *, toml: bool = False) -> PolicySet:
+    data, lines = _toml_with_lines(text, source) if toml else _yaml_with_lines(text, source)
+    if not isinstance(data, dict):
+        raise PolicyError(source, 1, "the top level must be a mapping with a 'policies' key")
+    try:
+        spec = PolicyFileSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        where = ".".join(str(p) for p in loc) or "top level"
+        message = first["msg"].removeprefix("Value error, ")
+        raise PolicyError(source, _line_for(lines, loc), f"{where}: {message}") from None
+    return _compile(spec, source, lines)
+
+
+def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -> PolicySet:
+    def fail(loc: Location, problem: str) -> PolicyError:
+        return PolicyError(source, _line_for(lines, loc), problem)
+
+    if not spec.policies:
+        raise fail(("policies",), "at least one policy is needed")
+    policies: dict[str, Policy] = {}
+    for name, policy_spec in spec.policies.items():
+        if not _NAME.fullmatch(name):
+            raise fail(("policies", name), f"policy name {name!r}: use letters, digits, . _ -")
+        rules: list[Rule] = []
+        for index, rule_spec in enumerate(policy_spec.rules):
+            effect = ALLOW if rule_spec.allow is not None else DENY
+            match_spec = rule_spec.allow or rule_spec.deny
+            assert match_spec is not None
+            loc: Location = ("policies", name, "rules", index, effect)
+            rules.append(
+                Rule(
+                    number=index + 1,
+                    effect=effect,
+                    matcher=_compile_matcher(match_spec, loc, fail),
+                    line=_line_for(lines, ("policies", name, "rules", index)),
+                )
+            )
+        policies[name] = Policy(name, policy_spec.read_only, tuple(rules))
+
+    default = spec.default
+    if default is None:
+        if len(policies) != 1:
+            raise fail(("policies",), "several policies: say which applies with 'default:'")
+        default = next(iter(policies))
+    elif default not in policies:
+        raise fail(("default",), f"default policy {default!r} is not defined")
+    for i, origin in enumerate(spec.origins):
+        if not re.fullmatch(r"(https?://[^/\s]+|null)", origin):
+            raise fail(("origins", i), f"origin {origin!r}: write scheme://host[:port], no path")
+    for i, host in enumerate(spec.hosts):
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise fail(("hosts", i), f"host {host!r}: a DNS name without port")
+    return PolicySet(
+        policies=policies,
+        default=default,
+        origins=frozenset(o.lower() for o in spec.origins),
+        hosts=frozenset(h.lower().rstrip(".") for h in spec.hosts),
+        source=source,
+    )
+
+
+def _compile_matcher(spec: MatchSpec, loc: Location, fail: Any) -> Matcher:
+    sections = operations = methods = None
+    paths = None
+    if spec.sections is not None:
+        for i, section in enumerate(spec.sections):
+            if section != "*" and section not in SECTIONS:
+                raise fail(
+                    (*loc, "sections", i),
+                    f"unknown section {section!r} (known: {', '.join(sorted(SECTIONS))})",
+                )
+        sections = frozenset(spec.sections)
+    if spec.operations is not None:
+        for i, operation in enumerate(spec.operations):
+            if operation not in OPERATIONS:
+                close = _suggest(operation)
+                hint = f"; did you mean {close}?" if close else ""
+                raise fail((*loc, "operations", i), f"unknown operation {operation!r}{hint}")
+        operations = frozenset(spec.operations)
+    if spec.methods is not None:
+        for i, method in enumerate(spec.methods):
+            if method not in _METHODS:
+                raise fail(
+                    (*loc, "methods", i), f"unknown method {method!r} (methods are upper case)"
+                )
+        methods = frozenset(spec.methods)
+    if spec.paths is not None:
+        compiled = []
+        for i, pattern in enumerate(spec.paths):
+            try:
+                compiled.append(compile_path_pattern(pattern))
+            except PatternError as exc:
+                raise fail((*loc, "paths", i), str(exc)) from None
+        paths = tuple(compiled)
+    return Matcher(sections, operations, methods, paths, spec.unknown)
+
+
+def _suggest(name: str) -> str | None:
+    lowered = name.lower()
+    for known in OPERATIONS:
+        if known.lower() == lowered:
+            return str(known)
+    return None

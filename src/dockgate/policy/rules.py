@@ -1,0 +1,181 @@
+"""Compiled policies and the decision they make: pure functions of the request's facts.
+
+Precedence, the same for every policy (and documented in docs/policy.md):
+
+1. `read_only: true` denies every operation that can change something (`Operation.writes`) and
+   every request the route table cannot place, whatever the rules say;
+2. otherwise the first matching `deny` rule denies: an explicit deny always wins over an allow;
+3. otherwise the first matching `allow` rule allows;
+4. otherwise the request is denied (default deny).
+
+A decision is a value (`Decision`); logging observes it, it never makes it. Decisions that depend
+only on the operation and the method are computed once per operation and cached, so a policy of
+a hundred rules costs one dictionary look-up per request unless a rule matches on paths.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from dockgate.routes import Operation, RouteMatch
+
+ALLOW = "allow"
+DENY = "deny"
+
+# `{name}` is one path segment, `{name*}` any remainder (slashes included), as the daemon's
+# `{name:.*}` variables; everything else in a pattern is literal.
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
+_VERSION_PREFIX = re.compile(r"/v[0-9.]+(?=/)")
+
+
+class PatternError(ValueError):
+    """A path pattern that cannot be compiled."""
+
+
+def compile_path_pattern(pattern: str) -> re.Pattern[str]:
+    if not pattern.startswith("/"):
+        raise PatternError(f"path pattern {pattern!r} must start with '/'")
+    parts: list[str] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(pattern):
+        parts.append(re.escape(pattern[pos : match.start()]))
+        parts.append(".+" if match.group(2) else "[^/]+")
+        pos = match.end()
+    leftover = _PLACEHOLDER.sub("", pattern)
+    if "{" in leftover or "}" in leftover:
+        raise PatternError(f"path pattern {pattern!r} has a malformed {{placeholder}}")
+    parts.append(re.escape(pattern[pos:]))
+    return re.compile("".join(parts))
+
+
+def strip_version(path: str) -> str:
+    """`/v1.41/containers/json` -> `/containers/json` (the daemon's `/v{version:[0-9.]+}`)."""
+    match = _VERSION_PREFIX.match(path)
+    return path[match.end() :] if match else path
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """The conditions of one rule; all given conditions must hold (lists are alternatives)."""
+
+    sections: frozenset[str] | None = None  # None: any; {"*"}: any identified operation
+    operations: frozenset[str] | None = None
+    methods: frozenset[str] | None = None
+    paths: tuple[re.Pattern[str], ...] | None = None
+    unknown: bool = False  # matches only requests the route table cannot place
+
+    def static_match(self, operation: Operation | None, method: str) -> bool:
+        """Whether the conditions that do not depend on the concrete path hold."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        if operation is None:
+            return self.unknown
+        if self.unknown:
+            return False
+        sections = self.sections
+        if sections is not None and "*" not in sections and operation.section not in sections:
+            return False
+        return self.operations is None or operation.name in self.operations
+
+    def path_match(self, path: str) -> bool:
+        if self.paths is None:
+            return True
+        return any(p.fullmatch(path) for p in self.paths)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    number: int  # 1-based, in file order within its policy
+    effect: str  # ALLOW or DENY
+    matcher: Matcher
+    line: int | None = None  # where it was written, for explanations
+    note: str = ""  # where it came from, when not from a file (e.g. "CONTAINERS=1")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    policy: str
+    rule: int | None  # the deciding rule, None for read-only and default deny
+    reason: str  # "rule 3", "read-only", "no rule allows it"
+
+    def denial_message(self, operation: str) -> str:
+        return f"dockgate: {operation} denied by policy {self.policy} ({self.reason})"
+
+    @property
+    def label(self) -> str:
+        """Short form for logs: `allow:env#3`, `deny:ci#read-only`."""
+        what = f"rule {self.rule}" if self.rule is not None else self.reason
+        return f"{ALLOW if self.allowed else DENY}:{self.policy}:{what.replace(' ', '-')}"
+
+
+@dataclass(slots=True)
+class Policy:
+    name: str
+    read_only: bool
+    rules: tuple[Rule, ...]
+    _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
+
+    def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:
+        """Decide for a request; `path` is the decoded path (version prefix included or not)."""
+        operation = match.operation if match is not None else None
+        if operation is not None:
+            key = (operation.name, method)
+            cached = self._static.get(key)
+            if cached is None:
+                cached = self._precompute(operation, method)
+                self._static[key] = cached
+            if isinstance(cached, Decision):
+                return cached
+            return self._walk(cached, strip_version(path))
+        if self.read_only:
+            return Decision(False, self.name, None, "read-only")
+        candidates = [r for r in self.rules if r.matcher.static_match(None, method)]
+        return self._walk(candidates, strip_version(path))
+
+    def _precompute(self, operation: Operation, method: str) -> Decision | list[Rule]:
+        if self.read_only and operation.writes:
+            return Decision(False, self.name, None, "read-only")
+        candidates = [r for r in self.rules if r.matcher.static_match(operation, method)]
+        if all(r.matcher.paths is None for r in candidates):
+            return self._walk(candidates, "")
+        return candidates
+
+    def _walk(self, candidates: Iterable[Rule], path: str) -> Decision:
+        first_allow: Rule | None = None
+        for rule in candidates:
+            if not rule.matcher.path_match(path):
+                continue
+            if rule.effect == DENY:
+                return Decision(False, self.name, rule.number, f"rule {rule.number}")
+            if first_allow is None:
+                first_allow = rule
+        if first_allow is not None:
+            return Decision(True, self.name, first_allow.number, f"rule {first_allow.number}")
+        return Decision(False, self.name, None, "no rule allows it")
+
+    def explain(self, method: str, match: RouteMatch | None, path: str) -> list[tuple[Rule, bool]]:
+        """Every rule with whether it matches this request, for `dockgate check`."""
+        operation = match.operation if match is not None else None
+        bare = strip_version(path)
+        return [
+            (r, r.matcher.static_match(operation, method) and r.matcher.path_match(bare))
+            for r in self.rules
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Everything a policy source defines. Until identities exist, `default` applies to all."""
+
+    policies: Mapping[str, Policy]
+    default: str
+    origins: frozenset[str] = frozenset()
+    hosts: frozenset[str] = frozenset()
+    source: str = ""  # file name, or "environment"
+
+    @property
+    def active(self) -> Policy:
+        return self.policies[self.default]
