@@ -15,6 +15,14 @@ from dockgate.policy.rules import PolicySet
 from dockgate.routes import RouteMatch, identify
 from dockgate.target import parse_target
 
+# The only operations whose connection may switch protocols (moby: attach and exec start
+# hijack with "Upgrade: tcp", attach/ws is a WebSocket, session and grpc use "Upgrade: h2c").
+# Any other request asking to upgrade is refused: a daemon that speaks h2c on an upgraded
+# connection would take further requests on it that the gateway never sees one by one.
+UPGRADABLE_OPERATIONS = frozenset(
+    {"ContainerAttach", "ContainerAttachWebsocket", "ExecStart", "Session", "GrpcSession"}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -38,6 +46,8 @@ class Gatekeeper:
         raw_target: str,
         host: bytes | None = None,
         origin: bytes | None = None,
+        *,
+        upgrade: bool = False,
     ) -> Verdict:
         try:
             target = parse_target(raw_target)
@@ -49,6 +59,9 @@ class Gatekeeper:
             refusal = self.guard.refusal(host, origin, self.authenticated)
             if refusal is not None:
                 return Verdict(False, 403, refusal, operation, "deny:-:browser", match)
+        if upgrade and operation not in UPGRADABLE_OPERATIONS:
+            message = f"dockgate: {operation} cannot switch protocols (Upgrade refused)"
+            return Verdict(False, 403, message, operation, "deny:-:upgrade", match)
         decision = self.policies.active.decide(method, match, target.path)
         if decision.allowed:
             return Verdict(True, 0, "", operation, decision.label, match)
