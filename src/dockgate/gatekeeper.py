@@ -34,11 +34,36 @@ class Verdict:
     match: RouteMatch | None = None
 
 
+# Verdicts are pure functions of the request facts below and the (immutable) policy, and
+# clients repeat the same requests (`/_ping`, `/containers/json`, `/events`): remembering the
+# last few thousand saves parsing and matching on the hot path. Cleared when full, so memory
+# stays bounded whatever a client sends.
+VERDICT_CACHE_ENTRIES = 4096
+
+
 class Gatekeeper:
     def __init__(self, policies: PolicySet, *, authenticated: bool = False) -> None:
         self.policies = policies
         self.guard = BrowserGuard(policies.origins, policies.hosts)
         self.authenticated = authenticated
+        self._cache: dict[tuple[str, str, bytes | None, bytes | None, bool], Verdict] = {}
+
+    def check_cached(
+        self,
+        method: str,
+        raw_target: str,
+        host: bytes | None,
+        origin: bytes | None,
+        upgrade: bool,
+    ) -> Verdict:
+        key = (method, raw_target, host, origin, upgrade)
+        verdict = self._cache.get(key)
+        if verdict is None:
+            verdict = self.check(method, raw_target, host, origin, upgrade=upgrade)
+            if len(self._cache) >= VERDICT_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = verdict
+        return verdict
 
     def check(
         self,

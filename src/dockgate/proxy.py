@@ -213,8 +213,8 @@ class ClientConnection(asyncio.Protocol):
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
-        verdict = self.gateway.gatekeeper.check(
-            head.method, head.target, head.host, head.origin, upgrade=head.upgrade
+        verdict = self.gateway.gatekeeper.check_cached(
+            head.method, head.target, head.host, head.origin, head.upgrade
         )
         self._verdict = verdict
         if not verdict.allowed:

@@ -29,7 +29,7 @@ _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RequestHead:
     """One request head, validated. `raw` is exactly what is forwarded to the daemon."""
 
@@ -203,7 +203,25 @@ class RequestReader:
         raw = buf[: end + 4]
         self._buffer = buf[end + 4 :]
         self._skipped = 0
-        return parse_head(raw)
+        return parse_head_cached(raw)
+
+
+# Heads are parsed by a pure function, and clients send the same few heads again and again (a
+# poller's `GET /containers/json`, a load balancer's `GET /_ping`): the last few thousand
+# results are kept. The cache is cleared when full, so its memory stays bounded.
+HEAD_CACHE_ENTRIES = 4096
+_head_cache: dict[bytes, RequestHead] = {}
+
+
+def parse_head_cached(raw: bytes) -> RequestHead:
+    """`parse_head`, remembered. Only valid heads are kept; RequestHead is never mutated."""
+    head = _head_cache.get(raw)
+    if head is None:
+        head = parse_head(raw)
+        if len(_head_cache) >= HEAD_CACHE_ENTRIES:
+            _head_cache.clear()
+        _head_cache[raw] = head
+    return head
 
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
