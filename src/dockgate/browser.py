@@ -9,17 +9,20 @@ Docker clients send neither an `Origin` nor a DNS name other than the ones accep
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Host names the Docker clients themselves send: the CLI over a unix socket sends
 # `api.moby.localhost` (older: `docker`), the Python SDK `localhost`.
 _CLIENT_HOST_NAMES = frozenset({"localhost", "docker"})
+HOST_CACHE_ENTRIES = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class BrowserGuard:
     origins: frozenset[str] = frozenset()  # lower-case `scheme://host[:port]`
     hosts: frozenset[str] = frozenset()  # lower-case DNS names accepted in Host
+    # Host values seen, with their answer: clients send the same one or two. Bounded.
+    _host_cache: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def refusal(self, host: bytes | None, origin: bytes | None, authenticated: bool) -> str | None:
         """Why this request is refused, or None. `authenticated`: the listener checks identity."""
@@ -30,8 +33,14 @@ class BrowserGuard:
                     f"dockgate: requests from web pages are refused (Origin {text} is not allowed)"
                 )
         if host is not None and not authenticated:
-            name = _host_name(host.decode("latin-1").strip().lower())
-            if not self._host_allowed(name):
+            allowed = self._host_cache.get(host)
+            if allowed is None:
+                allowed = self._host_allowed(_host_name(host.decode("latin-1").strip().lower()))
+                if len(self._host_cache) >= HOST_CACHE_ENTRIES:
+                    self._host_cache.clear()
+                self._host_cache[host] = allowed
+            if not allowed:
+                name = _host_name(host.decode("latin-1").strip().lower())
                 return (
                     f"dockgate: Host {name!r} is not accepted on this listener "
                     "(DNS-rebinding protection); configure it under 'hosts'"

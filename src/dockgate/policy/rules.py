@@ -132,8 +132,13 @@ class Policy:
             return self._walk(cached, strip_version(path))
         if self.read_only:
             return Decision(False, self.name, None, "read-only")
-        candidates = [r for r in self.rules if r.matcher.static_match(None, method)]
-        return self._walk(candidates, strip_version(path))
+        unknown = self._static.get(("", method))
+        if unknown is None:
+            unknown = [r for r in self.rules if r.matcher.static_match(None, method)]
+            self._static[("", method)] = unknown
+        if isinstance(unknown, Decision):  # only lists are stored for unknown requests
+            return unknown
+        return self._walk(unknown, strip_version(path))
 
     def _precompute(self, operation: Operation, method: str) -> Decision | list[Rule]:
         if self.read_only and operation.writes:
