@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from dockgate.policy.rules import (
     ALLOW,
@@ -56,7 +56,7 @@ class MatchSpec(_Strict):
     operations: list[str] | None = None
     methods: list[str] | None = None
     paths: list[str] | None = None
-    unknown: bool = False
+    unknown: StrictBool = False
 
     @model_validator(mode="after")
     def _meaningful(self) -> MatchSpec:
@@ -94,7 +94,7 @@ class RuleSpec(_Strict):
 
 
 class PolicySpec(_Strict):
-    read_only: bool = False
+    read_only: StrictBool = False
     rules: list[RuleSpec] = Field(default_factory=list)
 
 
@@ -167,6 +167,17 @@ def _toml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
                 return number + 1
         return None
 
+    def find_table_header(start: int) -> int | None:
+        """The next `[[array.of.tables]]` header line at or after `start`, skipping the keys
+        of the table before it; None when the items are not written as such headers."""
+        for number in range(start, len(text_lines)):
+            stripped = text_lines[number].strip()
+            if stripped.startswith("[["):
+                return number + 1
+            if stripped.startswith("["):
+                return None
+        return None
+
     def walk(value: Any, loc: Location, start: int) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
@@ -175,9 +186,19 @@ def _toml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
                 lines[(*loc, key)] = line
                 walk(item, (*loc, key), line - 1)
         elif isinstance(value, list):
+            # Items (tables of an array such as [[policies.x.rules]]) follow one another: each
+            # is searched for after the previous one, so a key repeated in every rule is found
+            # in the right rule.
+            position = start
             for i, item in enumerate(value):
-                lines[(*loc, i)] = start + 1
-                walk(item, (*loc, i), start)
+                line = position + 1
+                if isinstance(item, dict) and item:
+                    found = find_table_header(position) or find(str(next(iter(item))), position)
+                    if found is not None:
+                        line = found
+                lines[(*loc, i)] = line
+                walk(item, (*loc, i), line - 1)
+                position = line
 
     walk(data, (), 0)
     return data, lines
@@ -212,10 +233,15 @@ def parse_policy_text(text: str, source: str, *, toml: bool = False) -> PolicySe
     try:
         spec = PolicyFileSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # An unknown key explains a missing one (`polices:` for `policies:`): report it first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
         loc = tuple(first["loc"])
         where = ".".join(str(p) for p in loc) or "top level"
-        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"unknown key {loc[-1]!r}"
+        else:
+            message = first["msg"].removeprefix("Value error, ")
         raise PolicyError(source, _line_for(lines, loc), f"{where}: {message}") from None
     return _compile(spec, source, lines)
 
@@ -254,7 +280,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
     elif default not in policies:
         raise fail(("default",), f"default policy {default!r} is not defined")
     for i, origin in enumerate(spec.origins):
-        if not re.fullmatch(r"(https?://[^/\s]+|null)", origin):
+        if not re.fullmatch(r"(https?://[a-z0-9.\-\[\]:]+|null)", origin.lower().rstrip("/")):
             raise fail(("origins", i), f"origin {origin!r}: write scheme://host[:port], no path")
     for i, host in enumerate(spec.hosts):
         if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
@@ -262,7 +288,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
     return PolicySet(
         policies=policies,
         default=default,
-        origins=frozenset(o.lower() for o in spec.origins),
+        origins=frozenset(o.lower().rstrip("/") for o in spec.origins),
         hosts=frozenset(h.lower().rstrip(".") for h in spec.hosts),
         source=source,
     )
@@ -296,6 +322,11 @@ def _compile_matcher(spec: MatchSpec, loc: Location, fail: Any) -> Matcher:
     if spec.paths is not None:
         compiled = []
         for i, pattern in enumerate(spec.paths):
+            if re.match(r"/v[0-9.]+/", pattern):
+                raise fail(
+                    (*loc, "paths", i),
+                    f"path pattern {pattern!r}: patterns match the path without its /vX.Y prefix",
+                )
             try:
                 compiled.append(compile_path_pattern(pattern))
             except PatternError as exc:

@@ -128,8 +128,13 @@ def policy_from_environment(env: Mapping[str, str]) -> PolicySet:
     closing = [n for n in CLOSING_VARIABLES if not _flag(env, n, True)]
     add(DENY, closed - granted_actions, " ".join(f"{n}=0" for n in closing))
     # 2. Read-only as the method switches say; the narrow action grants stay open.
+    # Never looser than Tecnativa: with a method switched off, every operation of that method
+    # is blocked, even the few POSTs that only read (wait, auth); and write channels opened by
+    # GET (attach over WebSocket) are blocked unless POST=1.
     blocked_writes = frozenset(
-        op.name for op in OPERATIONS.values() if op.writes and not method_open.get(op.method, False)
+        op.name
+        for op in OPERATIONS.values()
+        if not method_open.get(op.method, False) and (op.writes or op.method not in ("GET", "HEAD"))
     )
     switches = " ".join(f"{m}={int(method_open[m])}" for m in METHOD_VARIABLES)
     add(DENY, blocked_writes - granted_actions, f"writes not opened by {switches}")
