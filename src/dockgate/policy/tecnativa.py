@@ -63,7 +63,10 @@ CLOSING_VARIABLES: dict[str, frozenset[str]] = {
     "ALLOW_EXEC": frozenset({"ContainerExec"}),
     "ALLOW_KILL": frozenset({"ContainerKill"}),
     "ALLOW_ATTACH": frozenset({"ContainerAttach", "ContainerAttachWebsocket"}),
-    "ALLOW_ARCHIVE": frozenset({"ContainerArchive", "ContainerArchiveInfo", "PutContainerArchive"}),
+    "ALLOW_ARCHIVE": frozenset(
+        # ContainerCopy: the 20.10-only POST /containers/{id}/copy also reads files out.
+        {"ContainerArchive", "ContainerArchiveInfo", "PutContainerArchive", "ContainerCopy"}
+    ),
     "ALLOW_EXPORT": frozenset({"ContainerExport"}),
     "ALLOW_LOGS": frozenset({"ContainerLogs"}),
 }
