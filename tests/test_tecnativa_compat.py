@@ -317,11 +317,13 @@ def test_denial_message_by_rule() -> None:
 
 
 def test_denial_message_without_rule() -> None:
-    """A request no variable opens is denied with '(no rule allows it)'."""
+    """A request no variable opens is denied with '(no rule allows it)' and the variable that
+    would open it."""
     verdict = check({}, "GET /v1.41/containers/json")
     assert verdict.status == 403
     assert verdict.message == (
-        "dockgate: ContainerList denied by policy environment (no rule allows it)"
+        "dockgate: ContainerList denied by policy environment "
+        "(no rule allows it; needs CONTAINERS=1)"
     )
     assert verdict.label == "deny:environment:no-rule-allows-it"
 

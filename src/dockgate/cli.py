@@ -70,6 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("request", metavar="'METHOD /path'")
     check.add_argument("--host", default=None, help="the Host header to assume")
     check.add_argument("--origin", default=None, help="the Origin header to assume")
+    check.add_argument("--upgrade", action="store_true", help="assume an Upgrade header")
     _policy_options(check)
 
     policy = commands.add_parser("policy", help="policy file tools")
@@ -149,7 +150,7 @@ def _check(args: argparse.Namespace) -> int:
     gatekeeper = Gatekeeper(policies)
     host = args.host.encode() if args.host is not None else None
     origin = args.origin.encode() if args.origin is not None else None
-    verdict = gatekeeper.check(method, target.strip(), host, origin)
+    verdict = gatekeeper.check(method, target.strip(), host, origin, upgrade=args.upgrade)
     print(f"request:   {method} {target.strip()}")
     match = verdict.match
     if match is not None:

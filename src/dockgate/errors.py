@@ -48,7 +48,9 @@ REASONS = {
 }
 
 
-def error_response(status: int, message: str, *, close: bool = True) -> bytes:
+def error_response(
+    status: int, message: str, *, close: bool = True, head_only: bool = False
+) -> bytes:
     """A complete HTTP/1.1 response whose body has Docker's `{"message": ...}` error shape.
 
     The docker CLI and SDK show the `message` field to their users as they do the daemon's own.
@@ -63,4 +65,5 @@ def error_response(status: int, message: str, *, close: bool = True) -> bytes:
     )
     if close:
         head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
+    # A response to HEAD ends at the blank line: a body would be read as the next response.
+    return head + b"\r\n" + (b"" if head_only else body)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from dockgate.browser import BrowserGuard
 from dockgate.errors import ClientProtocolError
 from dockgate.policy.rules import PolicySet
+from dockgate.policy.tecnativa import missing_variable_hint
 from dockgate.routes import RouteMatch, identify
 from dockgate.target import parse_target
 
@@ -91,6 +92,9 @@ class Gatekeeper:
         if decision.allowed:
             return Verdict(True, 0, "", operation, decision.label, match)
         subject = operation if match is not None else f"unknown operation {method} {target.path}"
-        return Verdict(
-            False, 403, decision.denial_message(subject), operation, decision.label, match
-        )
+        message = decision.denial_message(subject)
+        if self.policies.source == "environment" and decision.rule is None:
+            # Tecnativa users think in variables: say which one would open this.
+            hint = missing_variable_hint(match.operation if match is not None else None)
+            message = message[:-1] + hint + ")" if hint else message
+        return Verdict(False, 403, message, operation, decision.label, match)

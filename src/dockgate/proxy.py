@@ -214,7 +214,7 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_in = 0
         self._bytes_out = 0
         verdict = self.gateway.gatekeeper.check_cached(
-            head.method, head.target, head.host, head.origin, head.upgrade
+            head.method, head.target, head.host, head.origin, head.upgrade_header
         )
         self._verdict = verdict
         if not verdict.allowed:
@@ -281,7 +281,9 @@ class ClientConnection(asyncio.Protocol):
         # A refused upload is not read to its end: close after the answer (lingering, so the
         # client sees the answer rather than a reset). Without a body, keep-alive goes on.
         closing = head.has_body or not head.keep_alive or self.close_after_exchange
-        body = error_response(verdict.status, verdict.message, close=closing)
+        body = error_response(
+            verdict.status, verdict.message, close=closing, head_only=head.method == "HEAD"
+        )
         self._bytes_out = _body_length(body)
         self._response_started = True
         assert self.transport is not None
@@ -368,6 +370,11 @@ class ClientConnection(asyncio.Protocol):
                     self._write_client(out)
                     self._enter_tunnel()
             elif isinstance(event, EndOfResponse):
+                if self._status == 101 and not (self._head and self._head.upgrade_header):
+                    # Only a request that asked to switch, and was allowed to, may become a
+                    # tunnel; a 101 to anything else is a daemon the gateway cannot follow.
+                    self._upstream_failed(UpstreamError("the daemon switched protocols unasked"))
+                    return
                 if self._status == 101:
                     if event.trailing:
                         out.append(event.trailing)
@@ -506,7 +513,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if not self._response_started:
             self._status = exc.status
-            body = error_response(exc.status, exc.message)
+            head = self._head
+            body = error_response(
+                exc.status, exc.message, head_only=head is not None and head.method == "HEAD"
+            )
             self._bytes_out += _body_length(body)
             transport.write(body)
             self._log(note="upstream failed")

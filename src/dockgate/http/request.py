@@ -40,10 +40,13 @@ class RequestHead:
     content_length: int | None
     chunked: bool
     keep_alive: bool
-    upgrade: bool
+    upgrade: bool  # a protocol switch asked for properly (Upgrade + Connection: upgrade)
     expect_continue: bool
     host: bytes | None = None
     origin: bytes | None = None
+    # Any Upgrade header at all, even without the Connection token: some servers (Go's h2c
+    # handler) switch on less, so the gatekeeper treats it as a request to switch.
+    upgrade_header: bool = False
 
     @property
     def has_body(self) -> bool:
@@ -307,6 +310,7 @@ def parse_head(raw: bytes) -> RequestHead:
         chunked=chunked,
         keep_alive=keep_alive,
         upgrade=upgrade_header and b"upgrade" in connection_tokens,
+        upgrade_header=upgrade_header,
         expect_continue=expect_continue,
         host=host,
         origin=origin,

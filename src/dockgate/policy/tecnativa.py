@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from dockgate.policy.rules import ALLOW, DENY, Matcher, Policy, PolicySet, Rule
-from dockgate.routes import OPERATIONS
+from dockgate.routes import OPERATIONS, Operation
 
 POLICY_NAME = "environment"
 
@@ -161,3 +161,24 @@ def policy_from_environment(env: Mapping[str, str]) -> PolicySet:
 
 def compatibility_variables_set(env: Mapping[str, str]) -> list[str]:
     return [name for name in ALL_VARIABLES if name in env]
+
+
+def missing_variable_hint(operation: Operation | None) -> str:
+    """For a request the environment policy denied: which variable would open its section."""
+    if operation is None:
+        return ""
+    segment = _first_segment(operation.path)
+    for name, (section_segment, _) in SECTION_VARIABLES.items():
+        if section_segment == segment:
+            needs = (
+                [name]
+                if operation.method in ("GET", "HEAD") and not operation.writes
+                else [
+                    name,
+                    "POST",
+                ]
+            )
+            if operation.name == "ContainerExec":
+                needs.append("EXEC")
+            return "; needs " + " ".join(f"{n}=1" for n in needs)
+    return ""
