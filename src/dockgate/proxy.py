@@ -301,14 +301,7 @@ class ClientConnection(asyncio.Protocol):
         if head is None or not head.keep_alive or self.close_after_exchange:
             self._close()
             return
-        self.deadline = self.gateway.loop.time() + self.gateway.config.idle_timeout
-        try:
-            events = self.reader.next_request()
-        except ClientProtocolError as exc:
-            self._fail(exc)
-            return
-        if events:
-            self._handle(events)
+        self._read_next_request()
 
     # ----- responses ---------------------------------------------------------------------------
 
@@ -469,6 +462,10 @@ class ClientConnection(asyncio.Protocol):
         if self.close_after_exchange or head is None or not head.keep_alive or not reusable:
             self._close()
             return
+        self._read_next_request()
+
+    def _read_next_request(self) -> None:
+        """Keep-alive: wait for the next request, starting with any bytes already buffered."""
         self.deadline = self.gateway.loop.time() + self.gateway.config.idle_timeout
         self._resume_reading(_PAUSE_HELD | _PAUSE_TUNNEL_SETUP)
         try:

@@ -147,20 +147,26 @@ class ResponseReader:
         `logs` arrives here once per read from the daemon.
         """
         if self._framing == Framing.CHUNKED:
-            tracker = self._tracker
-            assert tracker is not None
-            try:
-                tracker.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
-            if tracker.messages > 1:
-                raise UpstreamError("the daemon sent bytes after the end of a chunked response")
-            if tracker.complete:
-                self.done = True
-            return data, self.done
+            return data, self._track_chunks(data)
         events = self._body(data)
         relay = b"".join(e.data for e in events if isinstance(e, ResponseBody))
         return relay, self.done
+
+    def _track_chunks(self, data: bytes) -> bool:
+        """Feed raw chunked bytes to the tracker; True once the body is complete."""
+        tracker = self._tracker
+        assert tracker is not None
+        try:
+            tracker.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
+        if tracker.messages > 1:
+            # Nothing may follow a response on a connection that carries one request at a
+            # time; relaying it would put the client out of step, so the stream is cut.
+            raise UpstreamError("the daemon sent bytes after the end of a chunked response")
+        if tracker.complete:
+            self.done = True
+        return self.done
 
     def eof(self) -> list[ResponseEvent]:
         """The daemon closed the connection; ends an until-close body, else it is an error."""
@@ -174,18 +180,7 @@ class ResponseReader:
     def _body(self, data: bytes) -> list[ResponseEvent]:
         framing = self._framing
         if framing == Framing.CHUNKED:
-            tracker = self._tracker
-            assert tracker is not None
-            try:
-                tracker.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
-            if tracker.messages > 1:
-                # Nothing may follow a response on a connection that carries one request at a
-                # time; relaying it would put the client out of step, so the stream is cut.
-                raise UpstreamError("the daemon sent bytes after the end of a chunked response")
-            if tracker.complete:
-                self.done = True
+            if self._track_chunks(data):
                 return [ResponseBody(data), EndOfResponse()]
             return [ResponseBody(data)]
         if framing == Framing.LENGTH:
