@@ -1,0 +1,371 @@
+"""The things being compared: dockerd itself, nginx, HAProxy and dockgate in front of its socket.
+
+A *target* is a name ("nginx", "dockgate-w2", ...); `launch()` starts one fresh *instance* of it
+(its own process, port, config and logs under a work dir) and returns an `Instance` that says how
+to reach it and which processes to measure.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from procs import Proc, Reaper, process_tree
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+TEMPLATES = BENCH_DIR / "templates"
+
+START_TIMEOUT_S = 30.0
+LISTENING_RE = re.compile(r"dockgate: listening on tcp://127\.0\.0\.1:(\d+)")
+
+# Column order of the report. "direct-unix" is dockerd's own unix socket, for the clients that can
+# speak it (curl, the docker CLI, the event client); wrk cannot, so its rows show "-" there.
+ALL_TARGETS = (
+    "direct",
+    "direct-unix",
+    "nginx",
+    "haproxy",
+    "haproxy-ka",
+    "dockgate",
+    "dockgate-w2",
+)
+DEFAULT_TARGETS = ("direct", "direct-unix", "nginx", "haproxy", "dockgate", "dockgate-w2")
+TCP_ONLY_WORKLOADS = frozenset({"ping", "list", "close"})
+
+# Docker API sections, as in Tecnativa/docker-socket-proxy's switches (one env var each).
+API_SECTIONS = (
+    *("auth", "build", "commit", "configs", "containers", "distribution", "events", "exec"),
+    *("grpc", "images", "info", "networks", "nodes", "_ping", "plugins", "secrets"),
+    *("services", "session", "swarm", "system", "tasks", "version", "volumes"),
+)
+# Container sub-endpoints that Tecnativa gates behind their own ALLOW_* switch.
+GATED_CONTAINER_OPS = ("exec", "kill", "attach", "archive", "export", "logs")
+# Container actions that Tecnativa allows by their own switch even without CONTAINERS=1.
+ACTION_SWITCHES = (
+    ("restarts", "((stop)|(restart)|(kill))"),
+    ("start", "start"),
+    ("stop", "stop"),
+    ("pause", "pause"),
+    ("unpause", "unpause"),
+)
+# Tecnativa's switches that this benchmark needs on (run/attach/wait/rm, logs, export, events,
+# volumes). HAProxy's config reads them, and so does dockgate without a --policy file, so both
+# enforce the same access.
+POLICY_ENV_ON = (
+    *("POST", "DELETE", "CONTAINERS", "IMAGES", "EVENTS", "PING", "VERSION", "INFO", "VOLUMES"),
+    *("EXEC", "ALLOW_START", "ALLOW_STOP", "ALLOW_RESTARTS", "ALLOW_ATTACH", "ALLOW_EXPORT"),
+    *("ALLOW_LOGS", "ALLOW_EXEC", "ALLOW_KILL", "ALLOW_ARCHIVE"),
+)
+
+
+@dataclass
+class Instance:
+    """A running target: how to reach it, and which processes are its own."""
+
+    target: str
+    tcp_port: int | None
+    unix_path: pathlib.Path | None
+    pids: Callable[[], list[int]]
+    proc: Proc | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def docker_host(self) -> str:
+        if self.tcp_port is not None:
+            return f"tcp://127.0.0.1:{self.tcp_port}"
+        return f"unix://{self.unix_path}"
+
+    @property
+    def base_url(self) -> str:
+        if self.tcp_port is not None:
+            return f"http://127.0.0.1:{self.tcp_port}"
+        return "http://docker"
+
+    def curl_args(self) -> list[str]:
+        return ["--unix-socket", str(self.unix_path)] if self.tcp_port is None else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def raw_get(inst: Instance, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """One `GET path` with `Connection: close`; returns (status, raw body bytes)."""
+    if inst.tcp_port is not None:
+        sock = socket.create_connection(("127.0.0.1", inst.tcp_port), timeout=timeout)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(str(inst.unix_path))
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    return (int(match.group(1)) if match else 0), body
+
+
+def wait_ready(inst: Instance, proc: Proc | None, timeout: float = START_TIMEOUT_S) -> None:
+    """Poll `GET /_ping` until it answers 200 (or the process dies, or `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{inst.target} exited during start:\n{proc.log_tail()}")
+        try:
+            status, _ = raw_get(inst, "/_ping", timeout=2)
+            if status == 200:
+                return
+            last = f"status {status}"
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    tail = proc.log_tail() if proc else ""
+    raise TimeoutError(f"{inst.target} not ready after {timeout}s ({last})\n{tail}")
+
+
+class Launcher:
+    """Starts fresh instances of the targets against one daemon socket."""
+
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        daemon_socket: pathlib.Path,
+        daemon_tcp_port: int,
+        daemon_pid: int,
+        reaper: Reaper,
+        *,
+        dockgate_src: pathlib.Path = REPO_ROOT / "src",
+    ) -> None:
+        self.workdir = workdir
+        self.socket = daemon_socket
+        self.daemon_tcp_port = daemon_tcp_port
+        self.daemon_pid = daemon_pid
+        self.reaper = reaper
+        self.dockgate_src = dockgate_src
+        self._count = 0
+
+    def _dir(self, target: str) -> pathlib.Path:
+        self._count += 1
+        path = self.workdir / f"{target}-{self._count}"
+        path.mkdir(parents=True)
+        return path
+
+    def launch(self, target: str) -> Instance:
+        if target == "direct":
+            return Instance(target, self.daemon_tcp_port, None, lambda: [self.daemon_pid])
+        if target == "direct-unix":
+            return Instance(target, None, self.socket, lambda: [self.daemon_pid])
+        if target == "nginx":
+            return self._nginx()
+        if target in ("haproxy", "haproxy-ka"):
+            return self._haproxy(target, server_close=target == "haproxy")
+        if target == "dockgate":
+            return self._dockgate(target, workers=1)
+        if target == "dockgate-w2":
+            return self._dockgate(target, workers=2)
+        raise ValueError(f"unknown target {target!r}")
+
+    def _nginx(self) -> Instance:
+        prefix = self._dir("nginx")
+        port = free_tcp_port()
+        conf = prefix / "nginx.conf"
+        template = string.Template((TEMPLATES / "nginx.conf").read_text())
+        conf.write_text(template.substitute(prefix=prefix, socket=self.socket, port=port))
+        proc = Proc(
+            "nginx",
+            [
+                "nginx",
+                "-c",
+                str(conf),
+                "-p",
+                str(prefix),
+                "-e",
+                str(prefix / "error.log"),
+                "-g",
+                "daemon off;",
+            ],
+            prefix / "stdout.log",
+            self.reaper,
+        )
+        inst = Instance("nginx", port, None, proc.tree, proc)
+        self._ready(inst, proc)
+        return inst
+
+    def _haproxy(self, target: str, server_close: bool) -> Instance:
+        prefix = self._dir(target)
+        port = free_tcp_port()
+        cfg = prefix / "haproxy.cfg"
+        cfg.write_text(render_haproxy(prefix, self.socket, port, server_close))
+        env = dict(os.environ)
+        env.update(dict.fromkeys(POLICY_ENV_ON, "1"))
+        proc = Proc(
+            target,
+            ["haproxy", "-db", "-f", str(cfg)],
+            prefix / "access.log",
+            self.reaper,
+            env=env,
+            stderr_path=prefix / "stderr.log",
+        )
+        inst = Instance(target, port, None, proc.tree, proc)
+        self._ready(inst, proc)
+        return inst
+
+    def _dockgate(self, target: str, workers: int) -> Instance:
+        prefix = self._dir(target)
+        argv = [
+            sys.executable,
+            "-m",
+            "dockgate",
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--upstream",
+            f"unix://{self.socket}",
+            "--access-log",
+            str(prefix / "access.log"),
+        ]
+        if workers != 1:
+            argv += ["--workers", str(workers)]
+        stderr = prefix / "stderr.log"
+        proc = Proc(
+            target,
+            argv,
+            prefix / "stdout.log",
+            self.reaper,
+            env=dockgate_env(self.dockgate_src),
+            stderr_path=stderr,
+        )
+        port = None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while port is None and time.monotonic() < deadline:
+            if not proc.alive():
+                proc.stop()
+                raise RuntimeError(f"{target} exited during start:\n{proc.log_tail()}")
+            match = LISTENING_RE.search(stderr.read_text())
+            if match:
+                port = int(match.group(1))
+            else:
+                time.sleep(0.05)
+        if port is None:
+            proc.stop()
+            raise TimeoutError(f"{target} printed no listening line:\n{proc.log_tail()}")
+        inst = Instance(target, port, None, proc.tree, proc)
+        self._ready(inst, proc)
+        if workers > 1:
+            # Workers may fork after the listening line; wait until they all exist.
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while len(process_tree(proc.pid)) < workers and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return inst
+
+    def _ready(self, inst: Instance, proc: Proc) -> None:
+        try:
+            wait_ready(inst, proc)
+        except BaseException:
+            proc.stop()
+            raise
+
+
+def dockgate_env(src: pathlib.Path) -> dict[str, str]:
+    """Environment for a gateway run from the package under `src`, with the bench's switches."""
+    env = dict(os.environ)
+    env.update(dict.fromkeys(POLICY_ENV_ON, "1"))
+    env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def snapshot_dockgate(dest: pathlib.Path) -> pathlib.Path:
+    """Copy src/ to `dest` so that edits made during the run do not reach later-started gateways."""
+    shutil.copytree(
+        REPO_ROOT / "src", dest, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    return dest
+
+
+def dockgate_available(src: pathlib.Path) -> tuple[bool, str]:
+    """Whether `python -m dockgate serve --help` works from `src`."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dockgate", "serve", "--help"],
+            env=dockgate_env(src),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "`python -m dockgate serve --help` timed out"
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        return False, err[-1] if err else f"exit status {proc.returncode}"
+    return True, ""
+
+
+def render_haproxy(prefix: pathlib.Path, socket_path: pathlib.Path, port: int, close: bool) -> str:
+    ver = r"^(/v[\d\.]+)?"
+    ctr = f"{ver}/containers/[a-zA-Z0-9_.-]+"
+    lines = [
+        "    # One ACL per API section and per gated container sub-endpoint.",
+    ]
+    for section in API_SECTIONS:
+        lines.append(f"    acl {section.strip('_')} path,url_dec -m reg -i {ver}/{section}")
+    for op in GATED_CONTAINER_OPS:
+        lines.append(f"    acl ctr_{op} path,url_dec -m reg -i {ctr}/{op}")
+    for name, regex in ACTION_SWITCHES:
+        lines.append(f"    acl act_{name} path,url_dec -m reg -i {ctr}/{regex}")
+    lines += [
+        "    # Methods other than GET/HEAD only when switched on.",
+        "    http-request deny unless METH_GET || METH_POST { env(POST) -m bool } || "
+        "METH_DELETE { env(DELETE) -m bool } || METH_PUT { env(PUT) -m bool } || "
+        "{ method PATCH } { env(PATCH) -m bool }",
+        "    # Gated sub-endpoints are denied before any allow rule.",
+    ]
+    for op in GATED_CONTAINER_OPS:
+        lines.append(f"    http-request deny if ctr_{op} !{{ env(ALLOW_{op.upper()}) -m bool }}")
+    lines.append("    # Allow rules, one per switch; everything else is denied.")
+    for name, _ in ACTION_SWITCHES:
+        switch = f"ALLOW_{name.upper()}"
+        lines.append(f"    http-request allow if act_{name} {{ env({switch}) -m bool }}")
+    for section in API_SECTIONS:
+        acl = section.strip("_")
+        lines.append(f"    http-request allow if {acl} {{ env({acl.upper()}) -m bool }}")
+    lines.append("    http-request deny")
+    errors = pathlib.Path("/etc/haproxy/errors")
+    errorfiles = "\n".join(
+        f"    errorfile {code} {errors}/{code}.http"
+        for code in (400, 403, 408, 500, 502, 503, 504)
+        if (errors / f"{code}.http").is_file()
+    )
+    template = string.Template((TEMPLATES / "haproxy.cfg").read_text())
+    return template.substitute(
+        prefix=prefix,
+        socket=socket_path,
+        port=port,
+        server_close="option http-server-close" if close else "# option http-server-close",
+        errorfiles=errorfiles,
+        rules="\n".join(lines),
+    )
