@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from support.clients import Cleanup, DirectEndpoint, DockerCLI, DockerPopen, GatewayLike
-from support.daemon import PrivateDaemon, free_tcp_port
+from support.daemon import PrivateDaemon, free_tcp_port, run_docker
 from support.gateway import Gateway
-from support.streams import stop_process
+from support.procs import stop_process
 
 DIRECT = os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0")
 
@@ -111,7 +111,6 @@ def client_env(gateway: GatewayLike, client_config_dir: pathlib.Path) -> dict[st
 @pytest.fixture
 def docker_cli(client_env: dict[str, str]) -> DockerCLI:
     """Run the docker CLI through the endpoint under test; raises with its output on failure."""
-    docker_bin = shutil.which("docker") or "docker"
 
     def run(
         *args: str,
@@ -119,15 +118,7 @@ def docker_cli(client_env: dict[str, str]) -> DockerCLI:
         timeout: float = 120,
         check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
-        proc = subprocess.run(
-            [docker_bin, *args],
-            env=client_env,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        proc = run_docker(client_env, *args, input=input, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"docker {' '.join(args)} exited {proc.returncode}\n"

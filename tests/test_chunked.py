@@ -6,32 +6,18 @@ and followed by trailing data that must come back untouched as the leftover.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import pytest
 
 from dockgate.errors import ClientProtocolError
 from dockgate.http.chunked import MAX_SIZE_LINE_BYTES, MAX_TRAILER_BYTES, ChunkedDecoder
+from support.splits import split, two_piece_splits
 
-PATTERNS = ["whole", "bytewise", "by2", "by5"]
-_STRIDES = {"bytewise": 1, "by2": 2, "by5": 5}
+PATTERNS = ["whole", "bytewise", "by2", "by5"]  # for support.splits.split
 
 # Whatever follows the body: a pipelined request, with bytes that look like chunk framing.
 TRAILING = b"0\r\n\r\nGET / HTTP/1.1\r\nHost: d\r\n\r\n"
-
-
-def split(data: bytes, pattern: str) -> list[bytes]:
-    """`data` cut into the pieces of a named split pattern."""
-    if pattern == "whole":
-        return [data]
-    stride = _STRIDES[pattern]
-    return [data[i : i + stride] for i in range(0, len(data), stride)]
-
-
-def two_piece_splits(data: bytes) -> Iterator[list[bytes]]:
-    """`data` cut in two at every position (both pieces non-empty)."""
-    for i in range(1, len(data)):
-        yield [data[:i], data[i:]]
 
 
 def decode(pieces: Iterable[bytes]) -> tuple[bytes, bytes, bool, int]:

@@ -35,11 +35,34 @@ def _out(proc: subprocess.CompletedProcess[bytes]) -> str:
     return proc.stdout.decode(errors="replace")
 
 
-def _run_sleeper(docker_cli: DockerCLI, cleanup: Cleanup, image: str, name: str) -> str:
-    """Start a detached container that just sleeps; returns its id."""
-    cid = _out(docker_cli("run", "-d", "--name", name, image, "sleep", "300")).strip()
+def _run_detached(
+    docker_cli: DockerCLI,
+    cleanup: Cleanup,
+    image: str,
+    name: str,
+    *command: str,
+    interactive: bool = False,
+) -> str:
+    """Start a detached container (``-i`` if ``interactive``) running ``command``; returns its
+    id."""
+    options = ("-d", "-i") if interactive else ("-d",)
+    cid = _out(docker_cli("run", *options, "--name", name, image, *command)).strip()
     cleanup.container(name)
     return cid
+
+
+def _run_sleeper(docker_cli: DockerCLI, cleanup: Cleanup, image: str, name: str) -> str:
+    """Start a detached container that just sleeps; returns its id."""
+    return _run_detached(docker_cli, cleanup, image, name, "sleep", "300")
+
+
+def _follow(
+    docker_popen: DockerPopen, *args: str, stdin: int | None = None
+) -> tuple[subprocess.Popen[bytes], LineReader]:
+    """Start a long-running docker command; returns it and a reader of its stdout."""
+    proc = docker_popen(*args, stdin=stdin)
+    assert proc.stdout is not None
+    return proc, LineReader(proc.stdout)
 
 
 # --- basics ------------------------------------------------------------------------------------
@@ -143,20 +166,10 @@ def test_logs_follow_until_container_exits(
 ) -> None:
     """`docker logs -f` streams lines as they are printed and ends when the container exits."""
     name = unique("logsf")
-    docker_cli(
-        "run",
-        "-d",
-        "--name",
-        name,
-        busybox_image,
-        "sh",
-        "-c",
-        "for i in $(seq 1 20); do echo line-$i; sleep 0.05; done",
-    )
-    cleanup.container(name)
-    proc = docker_popen("logs", "-f", name)
-    assert proc.stdout is not None
-    lines = LineReader(proc.stdout).read_to_eof(timeout=30)
+    script = "for i in $(seq 1 20); do echo line-$i; sleep 0.05; done"
+    _run_detached(docker_cli, cleanup, busybox_image, name, "sh", "-c", script)
+    proc, reader = _follow(docker_popen, "logs", "-f", name)
+    lines = reader.read_to_eof(timeout=30)
     assert proc.wait(10) == 0
     assert lines == [f"line-{i}" for i in range(1, 21)]
 
@@ -170,20 +183,9 @@ def test_logs_follow_streams_live(
 ) -> None:
     """`docker logs -f` on an endless printer delivers new lines while the container still runs."""
     name = unique("logslive")
-    docker_cli(
-        "run",
-        "-d",
-        "--name",
-        name,
-        busybox_image,
-        "sh",
-        "-c",
-        "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done",
-    )
-    cleanup.container(name)
-    proc = docker_popen("logs", "-f", "--tail", "0", name)
-    assert proc.stdout is not None
-    reader = LineReader(proc.stdout)
+    script = "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done"
+    _run_detached(docker_cli, cleanup, busybox_image, name, "sh", "-c", script)
+    proc, reader = _follow(docker_popen, "logs", "-f", "--tail", "0", name)
     first = int(reader.expect(r"^tick-(\d+)$", timeout=15).group(1))
     # Ten more lines: they can only come from a stream that is flushed as it goes.
     for _ in range(10):
@@ -293,11 +295,8 @@ def test_attach_to_running_container_output(
 ) -> None:
     """`docker attach` streams a running container's output and exits with its exit code."""
     name = unique("attach")
-    docker_cli("run", "-d", "--name", name, busybox_image, "sh", "-c", TICKER)
-    cleanup.container(name)
-    proc = docker_popen("attach", "--no-stdin", "--sig-proxy=false", name)
-    assert proc.stdout is not None
-    reader = LineReader(proc.stdout)
+    _run_detached(docker_cli, cleanup, busybox_image, name, "sh", "-c", TICKER)
+    proc, reader = _follow(docker_popen, "attach", "--no-stdin", "--sig-proxy=false", name)
     reader.expect(r"^tick-\d+$", timeout=15)
     reader.expect(r"^tick-\d+$", timeout=5)
     docker_cli("exec", name, "touch", "/tmp/stop")
@@ -315,12 +314,9 @@ def test_run_interactive_then_attach_with_stdin(
     """`docker attach` to a `run -d -i` container sends our stdin in and its answers back."""
     name = unique("attach-in")
     script = 'while read -r line; do [ "$line" = quit ] && exit 0; echo "got:$line"; done'
-    docker_cli("run", "-d", "-i", "--name", name, busybox_image, "sh", "-c", script)
-    cleanup.container(name)
-    proc = docker_popen("attach", name, stdin=subprocess.PIPE)
+    _run_detached(docker_cli, cleanup, busybox_image, name, "sh", "-c", script, interactive=True)
+    proc, reader = _follow(docker_popen, "attach", name, stdin=subprocess.PIPE)
     assert proc.stdin is not None
-    assert proc.stdout is not None
-    reader = LineReader(proc.stdout)
     # The attach may not be connected yet when we first write: resend until an answer comes.
     deadline = time.monotonic() + 20
     while True:
@@ -469,11 +465,8 @@ def test_events_stream_live(
     """`docker events` (no --until) delivers a new container's events while the stream is open."""
     name = unique("events-live")
     t0 = time.time() - 1
-    proc = docker_popen(
-        "events", "--since", f"{t0:.3f}", "--filter", f"container={name}", "--format", "{{.Action}}"
-    )
-    assert proc.stdout is not None
-    reader = LineReader(proc.stdout)
+    events = ("events", "--since", f"{t0:.3f}", "--filter", f"container={name}")
+    proc, reader = _follow(docker_popen, *events, "--format", "{{.Action}}")
     _run_sleeper(docker_cli, cleanup, busybox_image, name)
     reader.expect(r"^start$", timeout=15)
     docker_cli("kill", name)
@@ -592,19 +585,17 @@ def test_volume_create_use_rm(
 # --- swarm -------------------------------------------------------------------------------------
 
 
+def _swarm_init(port: int) -> tuple[str, ...]:
+    """The arguments of ``docker swarm init`` on loopback, the swarm's listener on ``port``."""
+    return ("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{port}")
+
+
 @pytest.fixture(scope="class")
 def swarm(daemon: PrivateDaemon, gateway: object) -> Iterator[PrivateDaemon]:
     """The session daemon as a one-node swarm manager; always leaves the swarm afterwards."""
     port = free_tcp_port()
     # Initialised straight on the daemon; the tests drive everything else through the gateway.
-    daemon.docker(
-        "swarm",
-        "init",
-        "--advertise-addr",
-        "127.0.0.1",
-        "--listen-addr",
-        f"127.0.0.1:{port}",
-    )
+    daemon.docker(*_swarm_init(port))
     try:
         yield daemon
     finally:
@@ -620,15 +611,7 @@ class TestSwarm:
         """`docker swarm init` on a free port and `swarm leave --force` work through the gateway."""
         port = free_tcp_port()
         try:
-            proc = docker_cli(
-                "swarm",
-                "init",
-                "--advertise-addr",
-                "127.0.0.1",
-                "--listen-addr",
-                f"127.0.0.1:{port}",
-                timeout=60,
-            )
+            proc = docker_cli(*_swarm_init(port), timeout=60)
             assert "Swarm initialized" in _out(proc)
             state = _out(docker_cli("info", "--format", "{{.Swarm.LocalNodeState}}")).strip()
             assert state == "active"

@@ -12,30 +12,27 @@ import contextlib
 import hashlib
 import json
 import os
-import pathlib
-import queue
 import random
 import re
 import select
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from support.fake_upstream import Exchange, FakeUpstream, default_handler
+from support.fake_upstream import Exchange, FakeUpstream, Handler, default_handler
+from support.gateway import REPO, gateway_env
+from support.gateway import Gateway as GatewayProcess
+from support.procs import pid_tree
+from support.rawhttp import BufferedConn, header_value
+from support.streams import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
 IO_TIMEOUT = 5.0
-LISTENING_RE = re.compile(r"dockgate: listening on tcp://127\.0\.0\.1:(\d+)")
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,103 +40,21 @@ pytestmark = pytest.mark.timeout(60)
 # ---------------------------------------------------------------------------------------------
 # The gateway subprocess
 # ---------------------------------------------------------------------------------------------
-# A policy that allows every request, even those the route table cannot place.
-ALLOW_ALL_POLICY = pathlib.Path(__file__).parent / "policies" / "allow-all.yaml"
+class Gateway(GatewayProcess):
+    """``python -m dockgate serve --listen tcp://127.0.0.1:0 --upstream URL [extra...]`` with
+    ``--policy allow-all.yaml`` (these tests are about the relay, not the policy), not yet
+    started; ``start()`` it."""
 
-
-class Gateway:
-    """``python -m dockgate serve --listen tcp://127.0.0.1:0 --upstream URL [extra...]``."""
-
-    def __init__(self, upstream_url: str, *extra: str, start_timeout: float = 20.0) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-        env.pop("DOCKER_HOST", None)
-        self.args = [
-            sys.executable,
-            "-m",
-            "dockgate",
-            "serve",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--upstream",
-            upstream_url,
-            # These tests are about the relay, not the policy: let everything through.
-            *(() if "--policy" in extra else ("--policy", str(ALLOW_ALL_POLICY))),
-            *extra,
-        ]
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        self._ports: queue.Queue[int | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            self.args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=str(REPO),
+    def __init__(self, upstream_url: str, *extra: str) -> None:
+        super().__init__(
+            upstream_url, *extra, env=gateway_env(), cwd=REPO, start_timeout=20.0, stop_timeout=10
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._threads = [
-            threading.Thread(
-                target=self._drain, args=(self.proc.stderr, self.stderr_lines, True), daemon=True
-            ),
-            threading.Thread(
-                target=self._drain, args=(self.proc.stdout, self.stdout_lines, False), daemon=True
-            ),
-        ]
-        for t in self._threads:
-            t.start()
-        try:
-            port = self._ports.get(timeout=start_timeout)
-        except queue.Empty:
-            port = None
-        if port is None:
-            self.stop()
-            raise RuntimeError(
-                f"gateway did not print its listening line (rc={self.proc.returncode}): "
-                f"{' '.join(self.args)}\n{self.output()}"
-            )
-        self.port: int = port
-        self.pid = self.proc.pid
-
-    def _drain(self, pipe: IO[bytes], sink: list[str], watch: bool) -> None:
-        try:
-            for raw in iter(pipe.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                sink.append(line)
-                if watch and (m := LISTENING_RE.search(line)):
-                    self._ports.put(int(m.group(1)))
-        except (OSError, ValueError):
-            pass
-        finally:
-            if watch:
-                self._ports.put(None)
-
-    def output(self, tail: int = 40) -> str:
-        return "stderr:\n" + "\n".join(self.stderr_lines[-tail:])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def pids(self) -> list[int]:
         return pid_tree(self.pid)
 
     def connect(self, timeout: float = IO_TIMEOUT) -> Client:
         return Client(self.port, timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for t in self._threads:
-            t.join(5)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 class GatewayHolder:
@@ -155,26 +70,12 @@ class GatewayHolder:
             self.gw.stop()
             self.gw = None
         if self.gw is None:
-            self.gw = Gateway(self.upstream_url, *self.extra)
+            self.gw = Gateway(self.upstream_url, *self.extra).start()
         return self.gw
 
     def close(self) -> None:
         if self.gw is not None:
             self.gw.stop()
-
-
-def pid_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (workers, if any)."""
-    out = [pid]
-    i = 0
-    while i < len(out):
-        p = out[i]
-        i += 1
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{task}/children") as f:
-                    out += [int(c) for c in f.read().split()]
-    return out
 
 
 def fd_count(pids: list[int]) -> int:
@@ -210,11 +111,7 @@ class Response:
     head_at: float = 0.0
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.headers:
-            if k.lower() == lname:
-                return v
-        return None
+        return header_value(self.headers, name)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -223,28 +120,15 @@ class Response:
         return f"{self.raw_head.decode('latin-1')!r} body={self.body[:300]!r}"
 
 
-class Client:
+class Client(BufferedConn):
     """A TCP connection to the gateway with a read buffer (bytes read past a response stay)."""
 
+    RECV_SIZE = 262144
+
     def __init__(self, port: int, timeout: float = IO_TIMEOUT) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.timeout = timeout
-        self.buf = bytearray()
-        self.eof = False
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=timeout), timeout)
 
     # -- sending -----------------------------------------------------------------------------
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
     def send_tolerant(self, data: bytes) -> bool:
         """sendall, but a gateway that already closed is fine (returns False)."""
         try:
@@ -264,33 +148,6 @@ class Client:
         return len(data)
 
     # -- receiving ---------------------------------------------------------------------------
-    def _fill(self, timeout: float | None = None) -> bool:
-        if self.eof:
-            return False
-        self.sock.settimeout(self.timeout if timeout is None else timeout)
-        try:
-            data = self.sock.recv(262144)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buf += data
-        return True
-
-    def read_until(self, delim: bytes, limit: int = 1 << 20) -> bytes:
-        start = 0
-        while (idx := self.buf.find(delim, start)) < 0:
-            if len(self.buf) > limit:
-                raise AssertionError(f"no {delim!r} in {bytes(self.buf[:200])!r}...")
-            start = max(0, len(self.buf) - len(delim) + 1)
-            if not self._fill():
-                raise EOFError(f"EOF before {delim!r}; got {bytes(self.buf[:300])!r}")
-        end = idx + len(delim)
-        out = bytes(self.buf[:end])
-        del self.buf[:end]
-        return out
-
     def read_exact(self, n: int) -> bytes:
         while len(self.buf) < n:
             if not self._fill():
@@ -327,6 +184,16 @@ class Client:
             headers.append((name, value.strip()))
         return Response(m.group(1), int(m.group(2)), m.group(3) or "", headers, raw, head_at=at)
 
+    def iter_exact(self, n: int, where: str) -> Iterator[bytes]:
+        """The next ``n`` bytes, in pieces as they arrive; EOF before the last one fails."""
+        left = n
+        while left:
+            piece = self.read_some(left)
+            if not piece:
+                raise EOFError(f"EOF {where} ({left} of {n} bytes missing)")
+            left -= len(piece)
+            yield piece
+
     def iter_body(self, resp: Response, method: str = "GET") -> Iterator[bytes]:
         """Decoded body pieces as they arrive (chunked, Content-Length or until close)."""
         if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
@@ -341,22 +208,10 @@ class Client:
                     while self.read_until(b"\r\n", 65536) != b"\r\n":
                         pass
                     return
-                left = size
-                while left:
-                    piece = self.read_some(left)
-                    if not piece:
-                        raise EOFError(f"EOF inside a chunk ({left} of {size} bytes missing)")
-                    left -= len(piece)
-                    yield piece
+                yield from self.iter_exact(size, "inside a chunk")
                 assert self.read_exact(2) == b"\r\n", "chunk data not followed by CRLF"
         elif (cl := resp.header("content-length")) is not None:
-            left = int(cl)
-            while left:
-                piece = self.read_some(left)
-                if not piece:
-                    raise EOFError(f"EOF with {left} of {cl} body bytes missing")
-                left -= len(piece)
-                yield piece
+            yield from self.iter_exact(int(cl), "in a Content-Length body")
         else:
             while piece := self.read_some():
                 yield piece
@@ -374,23 +229,6 @@ class Client:
         if resp.status != 101:
             resp.body = b"".join(self.iter_body(resp, method))
         return resp
-
-    def wait_closed(self, timeout: float) -> tuple[bool, bytes]:
-        """Read until EOF/reset for up to ``timeout`` s: (closed?, bytes that arrived meanwhile)."""
-        deadline = time.monotonic() + timeout
-        got = bytearray(self.buf)
-        self.buf.clear()
-        while not self.eof:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False, bytes(got)
-            try:
-                if self._fill(left):
-                    got += self.buf
-                    self.buf.clear()
-            except TimeoutError:
-                return False, bytes(got)
-        return True, bytes(got)
 
     def nothing_pending(self, wait: float = 0.3) -> bytes:
         """Bytes that arrive (unasked) within ``wait`` s; b"" is what a correct relay gives."""
@@ -423,6 +261,29 @@ def request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
+def streaming(path: str, stream: Handler) -> Handler:
+    """A fake-daemon handler: a request for ``path`` gets a 200 chunked head, then ``stream(ex)``
+    sends what follows; any other request gets the default handler."""
+
+    def handler(ex: Exchange) -> None:
+        if ex.path != path:
+            default_handler(ex)
+            return
+        ex.read_body()
+        ex.start_chunked(200)
+        stream(ex)
+
+    return handler
+
+
+def open_stream(c: Client, target: str) -> Response:
+    """``GET target`` on ``c``: the 200 head of a streamed response (its body left to read)."""
+    c.send(request("GET", target))
+    resp = c.read_head()
+    assert resp.status == 200, resp.describe()
+    return resp
+
+
 def run_in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
     """Run ``fn`` in a daemon thread; exceptions are collected (pytest turns stray ones into
     errors)."""
@@ -437,16 +298,6 @@ def run_in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[Base
     t = threading.Thread(target=wrapper, daemon=True)
     t.start()
     return t, errors
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,14 +334,14 @@ def gw(_gateway_holder: GatewayHolder, fake: FakeUpstream) -> Iterator[Gateway]:
     g = _gateway_holder.get()
     yield g
     if not g.alive():
-        pytest.fail(f"the gateway exited during the test (rc={g.proc.returncode})\n{g.output()}")
+        pytest.fail(f"the gateway exited during the test (rc={g.returncode})\n{g.output(40)}")
 
 
 @pytest.fixture(scope="module")
 def short_timeout_env() -> Iterator[tuple[Gateway, FakeUpstream]]:
     """A gateway with ``--header-timeout 1 --idle-timeout 1`` in front of its own fake daemon."""
     with FakeUpstream() as f:
-        g = Gateway(f.url, "--header-timeout", "1", "--idle-timeout", "1")
+        g = Gateway(f.url, "--header-timeout", "1", "--idle-timeout", "1").start()
         try:
             yield g, f
         finally:
@@ -576,23 +427,17 @@ MALFORMED = [
     ),
 ]
 
-BYTEWISE = [
-    pytest.param(b"GARBAGE\r\n\r\n", id="garbage-request-line"),
-    pytest.param(b"GET /x HTTP/1.1\r\nHost : docker\r\n\r\n", id="space-before-colon"),
-    pytest.param(request("GET", "/x", "X-A: a\x00b"), id="nul-in-header-value"),
-    pytest.param(
-        request("POST", "/x", "Content-Length: 5", "Content-Length: 6") + b"hello!",
-        id="two-different-content-lengths",
-    ),
-    pytest.param(
-        request("POST", "/x", "Content-Length: 5", "Transfer-Encoding: chunked")
-        + b"5\r\nhello\r\n0\r\n\r\n",
-        id="content-length-and-chunked",
-    ),
-    pytest.param(
-        request("POST", "/x", "Transfer-Encoding: gzip") + b"hello", id="transfer-encoding-gzip"
-    ),
-]
+# Some of them again, trickled one byte per send.
+BYTEWISE_IDS = (
+    "garbage-request-line",
+    "space-before-colon",
+    "nul-in-header-value",
+    "two-different-content-lengths",
+    "content-length-and-chunked",
+    "transfer-encoding-gzip",
+)
+BYTEWISE = [p for p in MALFORMED if p.id in BYTEWISE_IDS]
+assert len(BYTEWISE) == len(BYTEWISE_IDS)
 
 
 @pytest.mark.parametrize("data", MALFORMED)
@@ -1070,22 +915,15 @@ def test_streamed_chunks_are_flushed_immediately(gw: Gateway, fake: FakeUpstream
     payloads = [b'{"status":"tick","n":%d}\n' % i for i in range(6)]
     sent: list[float] = []
 
-    def handler(ex: Exchange) -> None:
-        if ex.path != "/events":
-            default_handler(ex)
-            return
-        ex.read_body()
-        ex.start_chunked(200)
+    def stream(ex: Exchange) -> None:
         for p in payloads:
             time.sleep(0.2)
             sent.append(ex.send_chunk(p))
         ex.end_chunked()
 
-    fake.handler = handler
+    fake.handler = streaming("/events", stream)
     with gw.connect() as c:
-        c.send(request("GET", "/events?since=0"))
-        resp = c.read_head()
-        assert resp.status == 200, resp.describe()
+        resp = open_stream(c, "/events?since=0")
         arrivals = _payload_arrivals(c, resp, payloads)
     assert resp.head_at < sent[0], (
         f"head arrived {resp.head_at - sent[0]:.3f} s after the first chunk was sent"
@@ -1099,25 +937,18 @@ def test_upstream_dying_mid_stream_ends_response(gw: Gateway, fake: FakeUpstream
     response ends (close or terminator) within 2 s, and the gateway keeps serving."""
     closed_at: list[float] = []
 
-    def handler(ex: Exchange) -> None:
-        if ex.path != "/dies":
-            default_handler(ex)
-            return
-        ex.read_body()
-        ex.start_chunked(200)
+    def stream(ex: Exchange) -> None:
         for i in range(3):
             ex.send_chunk(b'{"n":%d}\n' % i)
             time.sleep(0.05)
         closed_at.append(time.monotonic())
         ex.abort()
 
-    fake.handler = handler
+    fake.handler = streaming("/dies", stream)
     got = bytearray()
     ended_by = "?"
     with gw.connect() as c:
-        c.send(request("GET", "/dies"))
-        resp = c.read_head()
-        assert resp.status == 200, resp.describe()
+        resp = open_stream(c, "/dies")
         try:
             for piece in c.iter_body(resp):
                 got += piece
@@ -1141,7 +972,7 @@ def test_unreachable_upstream_gives_json_502() -> None:
     (Content-Type application/json) naming the upstream, request after request."""
     tmp = tempfile.mkdtemp(prefix="dg-noup-", dir="/tmp")
     missing = os.path.join(tmp, "nonexistent.sock")
-    g = Gateway("unix://" + missing)
+    g = Gateway("unix://" + missing).start()
     try:
         for _ in range(2):
             with g.connect() as c:
@@ -1161,19 +992,31 @@ def test_unreachable_upstream_gives_json_502() -> None:
 # ---------------------------------------------------------------------------------------------
 # 13. Client disconnect mid-stream
 # ---------------------------------------------------------------------------------------------
+def leave_stream(gw: Gateway, path: str, lines: int = 0) -> float:
+    """``GET path``, read the 200 head (and the first ``lines`` lines of the streamed body), then
+    close the connection: returns when (``time.monotonic()``)."""
+    c = gw.connect()
+    try:
+        resp = open_stream(c, path)
+        if lines:
+            data = bytearray()
+            for piece in c.iter_body(resp):
+                data += piece
+                if data.count(b"\n") >= lines:
+                    break
+    finally:
+        c.close()
+    return time.monotonic()
+
+
 def test_client_disconnect_mid_stream_closes_upstream(gw: Gateway, fake: FakeUpstream) -> None:
     """When the client drops a long streamed response, the upstream connection is closed within
     2 s and is never reused for a later request."""
     state: dict[str, Any] = {}
     saw_close = threading.Event()
 
-    def handler(ex: Exchange) -> None:
-        if ex.path != "/endless":
-            default_handler(ex)
-            return
-        ex.read_body()
+    def stream(ex: Exchange) -> None:
         state["conn"] = ex.conn.id
-        ex.start_chunked(200)
         try:
             for i in range(600):  # 30 s at most
                 if ex.conn.peer_closed():
@@ -1187,20 +1030,8 @@ def test_client_disconnect_mid_stream_closes_upstream(gw: Gateway, fake: FakeUps
             saw_close.set()
         ex.abort()
 
-    fake.handler = handler
-    c = gw.connect()
-    try:
-        c.send(request("GET", "/endless"))
-        resp = c.read_head()
-        assert resp.status == 200, resp.describe()
-        data = bytearray()
-        for piece in c.iter_body(resp):
-            data += piece
-            if data.count(b"\n") >= 3:
-                break
-    finally:
-        c.close()
-    dropped_at = time.monotonic()
+    fake.handler = streaming("/endless", stream)
+    dropped_at = leave_stream(gw, "/endless", lines=3)
     assert saw_close.wait(5), "upstream still streaming 5 s after the client left"
     assert state["closed_at"] - dropped_at < 2.0, (
         f"upstream saw the close {state['closed_at'] - dropped_at:.2f} s after the client left"
@@ -1219,12 +1050,7 @@ def test_client_leaving_a_quiet_stream_closes_upstream(gw: Gateway, fake: FakeUp
     saw_close = threading.Event()
     state: dict[str, float] = {}
 
-    def handler(ex: Exchange) -> None:
-        if ex.path != "/quiet":
-            default_handler(ex)
-            return
-        ex.read_body()
-        ex.start_chunked(200)
+    def stream(ex: Exchange) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not ex.conn.peer_closed():
             time.sleep(0.02)
@@ -1232,15 +1058,8 @@ def test_client_leaving_a_quiet_stream_closes_upstream(gw: Gateway, fake: FakeUp
         saw_close.set()
         ex.abort()
 
-    fake.handler = handler
-    c = gw.connect()
-    try:
-        c.send(request("GET", "/quiet"))
-        resp = c.read_head()
-        assert resp.status == 200, resp.describe()
-    finally:
-        c.close()
-    dropped_at = time.monotonic()
+    fake.handler = streaming("/quiet", stream)
+    dropped_at = leave_stream(gw, "/quiet")
     assert saw_close.wait(5), "upstream connection still open 5 s after the client left"
     assert state["closed_at"] - dropped_at < 2.0
 
@@ -1355,7 +1174,7 @@ def test_no_fd_leak_after_2000_connections(gw: Gateway, fake: FakeUpstream) -> N
         counts.append(client_fds())
         return counts[-1] <= baseline + 5
 
-    assert wait_for(settled, 5.0, 0.1), (
+    assert wait_until(settled, 5.0, 0.1), (
         f"fd count did not settle: baseline {baseline}, last samples {counts[-5:]}"
     )
     with gw.connect() as c:

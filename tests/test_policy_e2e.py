@@ -39,6 +39,7 @@ from dockgate.policy.tecnativa import ALL_VARIABLES
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway
+from support.rawhttp import json_message
 
 pytestmark = [
     pytest.mark.daemon,
@@ -78,11 +79,7 @@ class Response:
 
     @property
     def message(self) -> str | None:
-        try:
-            value = json.loads(self.body)
-        except ValueError:
-            return None
-        return value.get("message") if isinstance(value, dict) else None
+        return json_message(self.body)
 
 
 class RawConnection:
@@ -294,22 +291,6 @@ def clean_environment() -> dict[str, str]:
     for key in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
         env.pop(key, None)
     return env
-
-
-class EnvGateway(Gateway):
-    """A gateway whose policy comes from the environment only (no ``--policy`` at all).
-
-    `Gateway` adds ``--policy allow-all.yaml`` whenever its arguments name no policy, which
-    would make the Tecnativa variables ignored; this one leaves the command line without it.
-    """
-
-    @property
-    def command(self) -> list[str]:
-        command = super().command
-        if "--policy" in command and "--policy" not in self.extra_args:
-            at = command.index("--policy")
-            del command[at : at + 2]
-        return command
 
 
 @pytest.fixture(scope="module")
@@ -951,7 +932,7 @@ def test_tecnativa_containers_only(
     (IMAGES is not set); `docker run` is refused by the write rule (POST defaults to 0); the
     access log shows the environment policy's decisions."""
     env = clean_environment() | {"CONTAINERS": "1"}
-    with EnvGateway(daemon.host, env=env) as gw:
+    with Gateway(daemon.host, env=env, policy=None) as gw:
         assert "--policy" not in gw.command
         denv = docker_env(gw)
         ps = run_docker(denv, "ps", "--format", "{{.Names}}")
@@ -987,7 +968,7 @@ def test_tecnativa_containers_post_images_exec(
     (create, attach, start, wait all allowed), `docker exec` runs a command in a running
     container; `docker volume ls` is still refused (VOLUMES is not set)."""
     env = clean_environment() | {"CONTAINERS": "1", "POST": "1", "IMAGES": "1", "EXEC": "1"}
-    with EnvGateway(daemon.host, env=env) as gw:
+    with Gateway(daemon.host, env=env, policy=None) as gw:
         denv = docker_env(gw)
         name = cleanup.container(f"dgt-pe-tec-run-{RUN}")
         run = run_docker(denv, "run", "--rm", "--name", name, busybox_image, "echo", "hi")

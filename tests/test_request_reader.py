@@ -7,7 +7,7 @@ a hijack-able request must come back untouched from `take_buffered()`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -21,27 +21,13 @@ from dockgate.http.request import (
     RequestHead,
     RequestReader,
 )
+from support.splits import split, two_piece_splits
 
 # ----- helpers --------------------------------------------------------------------------------
 
-PATTERNS = ["whole", "bytewise", "by3", "by7"]
-_STRIDES = {"bytewise": 1, "by3": 3, "by7": 7}
+PATTERNS = ["whole", "bytewise", "by3", "by7"]  # for support.splits.split
 
 PIPELINED = b"GET /next HTTP/1.1\r\nHost: second\r\n\r\n"
-
-
-def split(data: bytes, pattern: str) -> list[bytes]:
-    """`data` cut into the pieces of a named split pattern."""
-    if pattern == "whole":
-        return [data]
-    stride = _STRIDES[pattern]
-    return [data[i : i + stride] for i in range(0, len(data), stride)]
-
-
-def two_piece_splits(data: bytes) -> Iterator[list[bytes]]:
-    """`data` cut in two at every position (both pieces non-empty)."""
-    for i in range(1, len(data)):
-        yield [data[:i], data[i:]]
 
 
 def normalise(events: Iterable[RequestEvent]) -> list[RequestEvent]:

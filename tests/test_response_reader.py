@@ -21,18 +21,13 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
+from support.splits import two_piece_splits
 
 # ----- helpers --------------------------------------------------------------------------------
 
 
 def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
-
-
-def two_piece_splits(data: bytes) -> Iterator[list[bytes]]:
-    """`data` cut in two at every position (both pieces non-empty)."""
-    for i in range(1, len(data)):
-        yield [data[:i], data[i:]]
 
 
 def all_splits(data: bytes) -> Iterator[list[bytes]]:

@@ -32,10 +32,15 @@ pytestmark = pytest.mark.daemon
 Unique = Callable[[str], str]
 
 
-def _sleeper(sdk: Any, cleanup: Cleanup, image: str, name: str) -> Any:
-    container = sdk.containers.run(image, ["sleep", "300"], name=name, detach=True)
+def _run_detached(sdk: Any, cleanup: Cleanup, image: str, name: str, command: list[str]) -> Any:
+    """Start a detached container named ``name`` running ``command``; returns it."""
+    container = sdk.containers.run(image, command, name=name, detach=True)
     cleanup.container(name)
     return container
+
+
+def _sleeper(sdk: Any, cleanup: Cleanup, image: str, name: str) -> Any:
+    return _run_detached(sdk, cleanup, image, name, ["sleep", "300"])
 
 
 def _tar_of(files: dict[str, bytes]) -> bytes:
@@ -101,13 +106,8 @@ def test_containers_run_foreground_output_and_error(sdk: Any, busybox_image: str
 def test_logs_and_wait(sdk: Any, cleanup: Cleanup, busybox_image: str, unique: Unique) -> None:
     """logs() returns stdout and stderr separately on request, and wait() gives the exit code."""
     name = unique("sdk-logs")
-    container = sdk.containers.run(
-        busybox_image,
-        ["sh", "-c", "echo out-a; echo err-a >&2; exit 2"],
-        name=name,
-        detach=True,
-    )
-    cleanup.container(name)
+    script = "echo out-a; echo err-a >&2; exit 2"
+    container = _run_detached(sdk, cleanup, busybox_image, name, ["sh", "-c", script])
     assert container.wait(timeout=30)["StatusCode"] == 2
     assert container.logs(stdout=True, stderr=False) == b"out-a\n"
     assert container.logs(stdout=False, stderr=True) == b"err-a\n"
@@ -116,13 +116,8 @@ def test_logs_and_wait(sdk: Any, cleanup: Cleanup, busybox_image: str, unique: U
 def test_logs_stream_follow(sdk: Any, cleanup: Cleanup, busybox_image: str, unique: Unique) -> None:
     """logs(stream=True, follow=True) yields lines while the container runs, then ends."""
     name = unique("sdk-logsf")
-    container = sdk.containers.run(
-        busybox_image,
-        ["sh", "-c", "for i in $(seq 1 15); do echo line-$i; sleep 0.05; done"],
-        name=name,
-        detach=True,
-    )
-    cleanup.container(name)
+    script = "for i in $(seq 1 15); do echo line-$i; sleep 0.05; done"
+    container = _run_detached(sdk, cleanup, busybox_image, name, ["sh", "-c", script])
     received = b"".join(container.logs(stream=True, follow=True))
     assert received.decode().splitlines() == [f"line-{i}" for i in range(1, 16)]
 
@@ -130,13 +125,8 @@ def test_logs_stream_follow(sdk: Any, cleanup: Cleanup, busybox_image: str, uniq
 def test_logs_stream_live(sdk: Any, cleanup: Cleanup, busybox_image: str, unique: Unique) -> None:
     """A followed log stream delivers new output while an endless container still prints."""
     name = unique("sdk-logslive")
-    container = sdk.containers.run(
-        busybox_image,
-        ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done"],
-        name=name,
-        detach=True,
-    )
-    cleanup.container(name)
+    script = "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done"
+    container = _run_detached(sdk, cleanup, busybox_image, name, ["sh", "-c", script])
     stream = container.logs(stream=True, follow=True, tail=0)
     seen: list[str] = []
     buf = b""

@@ -19,7 +19,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,19 +26,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
 
 import pytest
 
-from support.daemon import PrivateDaemon
+from support.daemon import PrivateDaemon, run_docker
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
+from support.gateway import REPO, Gateway, gateway_env, serve_command
+from support.procs import children, pid_alive
+from support.rawhttp import BufferedConn
+from support.streams import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
 IO_TIMEOUT = 5.0
 START_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 2.0  # --shutdown-timeout given to the gateways of the shutdown tests
-LISTENING_RE = re.compile(r"dockgate: listening on (\S+)")
+SHUTDOWN_ARGS = ("--shutdown-timeout", str(SHUTDOWN_TIMEOUT))
 TEXT_LOG_RE = re.compile(
     r'^(?P<client>\S+) "(?P<method>[A-Z]+) (?P<path>\S+) HTTP/(?P<version>1\.[01])" '
     r"(?P<status>\d{3}) in=(?P<bytes_in>\d+) out=(?P<bytes_out>\d+) "
@@ -58,124 +58,39 @@ JSON_LOG_KEYS = {
 
 pytestmark = pytest.mark.timeout(30)
 
+StartGateway = Callable[..., Gateway]  # the ``serve`` fixture: serve(*args, env=None)
+
 
 # ---------------------------------------------------------------------------------------------
 # Processes
 # ---------------------------------------------------------------------------------------------
-def gateway_env(
-    extra: dict[str, str] | None = None, *, keep_docker_host: bool = False
-) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    if not keep_docker_host:
-        env.pop("DOCKER_HOST", None)
-    env.update(OPEN_POLICY_ENV)
-    env.update(extra or {})
-    return env
+def serve_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The gateway's environment: OPEN_POLICY_ENV, then ``extra``."""
+    return gateway_env({**OPEN_POLICY_ENV, **(extra or {})})
 
 
-def serve_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dockgate", "serve", *args]
-
-
-class Serve:
-    """A ``dockgate serve ARGS...`` subprocess; stdout and stderr are drained in threads."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = serve_command(*args)
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        self._lock = threading.Lock()
-        self.proc = subprocess.Popen(
-            self.args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env if env is not None else gateway_env(),
-            cwd=str(REPO),
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._threads = [
-            threading.Thread(
-                target=self._drain, args=(self.proc.stderr, self.stderr_lines), daemon=True
-            ),
-            threading.Thread(
-                target=self._drain, args=(self.proc.stdout, self.stdout_lines), daemon=True
-            ),
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _drain(self, pipe: IO[bytes], sink: list[str]) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for raw in iter(pipe.readline, b""):
-                with self._lock:
-                    sink.append(raw.decode("utf-8", "replace").rstrip("\n"))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stderr(self) -> list[str]:
-        with self._lock:
-            return list(self.stderr_lines)
-
-    def stdout(self) -> list[str]:
-        with self._lock:
-            return list(self.stdout_lines)
-
-    def output(self) -> str:
-        return (
-            f"command: {' '.join(self.args)}\nrc={self.proc.poll()}\n--- stderr ---\n"
-            + "\n".join(self.stderr()[-40:])
-            + "\n--- stdout ---\n"
-            + "\n".join(self.stdout()[-40:])
-        )
-
-    def listening(self, count: int, timeout: float = START_TIMEOUT) -> list[str]:
-        """Wait for ``count`` ``dockgate: listening on ADDR`` lines; returns the addresses."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [m.group(1) for line in self.stderr() if (m := LISTENING_RE.search(line))]
-            if len(found) >= count:
-                return found
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                time.sleep(0.1)  # let the drain threads catch the last lines
-                raise AssertionError(
-                    f"expected {count} listening lines, got {found}\n{self.output()}"
-                )
-            time.sleep(0.02)
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout)
-        for t in self._threads:
-            t.join(5)
-        return code
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for t in self._threads:
-            t.join(5)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        return self.proc.returncode
+def serve_process(*args: str, env: dict[str, str] | None = None) -> Gateway:
+    """A started ``dockgate serve ARGS...`` subprocess (the arguments as given: no policy added);
+    ``listening(count)`` waits for its listeners."""
+    return Gateway(
+        None,
+        *args,
+        listen=None,
+        policy=None,
+        env=env if env is not None else serve_env(),
+        cwd=REPO,
+        start_timeout=START_TIMEOUT,
+        stop_timeout=10,
+    ).spawn()
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., Serve]]:
+def serve() -> Iterator[StartGateway]:
     """Start ``dockgate serve`` subprocesses; all of them (and their workers) are stopped after."""
-    started: list[Serve] = []
+    started: list[Gateway] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Serve:
-        s = Serve(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None) -> Gateway:
+        s = serve_process(*args, env=env)
         started.append(s)
         return s
 
@@ -183,7 +98,7 @@ def serve() -> Iterator[Callable[..., Serve]]:
         yield start
     finally:
         for s in started:
-            workers = children(s.pid) if s.proc.poll() is None else []
+            workers = children(s.pid) if s.alive() else []
             s.stop()
             for pid in workers:  # orphans, should the parent have died without them
                 with contextlib.suppress(ProcessLookupError):
@@ -198,38 +113,10 @@ def run_serve(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=gateway_env(),
+        env=serve_env(),
         cwd=str(REPO),
         check=False,
     )
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-                out += [int(c) for c in f.read().split()]
-    return sorted(out)
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a live process (a zombie counts as gone)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,59 +134,23 @@ def tcp_target(url: str) -> tuple[int, tuple[str, int]]:
     return socket.AF_INET, (host, int(m.group(3)))
 
 
-class Conn:
+class Conn(BufferedConn):
     """One client connection to a gateway listener, with a read buffer."""
 
     def __init__(self, url: str, timeout: float = IO_TIMEOUT) -> None:
         if url.startswith("unix://"):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target: object = url[len("unix://") :]
         else:
             family, target = tcp_target(url)
-            self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
-            self.sock.connect(target)
+            sock.connect(target)
         except BaseException:
-            self.sock.close()
+            sock.close()
             raise
-        self.timeout = timeout
-        self.buf = bytearray()
-        self.eof = False
-
-    def __enter__(self) -> Conn:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, timeout: float | None = None) -> bool:
-        if self.eof:
-            return False
-        self.sock.settimeout(self.timeout if timeout is None else timeout)
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buf += data
-        return True
-
-    def read_until(self, delim: bytes) -> bytes:
-        while (idx := self.buf.find(delim)) < 0:
-            if not self._fill():
-                raise EOFError(f"EOF before {delim!r}; got {bytes(self.buf[:300])!r}")
-        out = bytes(self.buf[: idx + len(delim)])
-        del self.buf[: idx + len(delim)]
-        return out
+        super().__init__(sock, timeout)
 
     def read_response(self) -> tuple[int, dict[str, str], bytes]:
         """A Content-Length (or until-close) response: (status, lower-cased headers, body)."""
@@ -324,23 +175,6 @@ class Conn:
             body = bytes(self.buf)
             self.buf.clear()
         return int(m.group(1)), headers, body
-
-    def wait_closed(self, timeout: float) -> tuple[bool, bytes]:
-        """Read until EOF/reset for up to ``timeout`` s: (closed?, bytes that arrived meanwhile)."""
-        deadline = time.monotonic() + timeout
-        got = bytearray(self.buf)
-        self.buf.clear()
-        while not self.eof:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False, bytes(got)
-            try:
-                if self._fill(left):
-                    got += self.buf
-                    self.buf.clear()
-            except TimeoutError:
-                return False, bytes(got)
-        return True, bytes(got)
 
 
 def get(url: str, path: str = "/_ping", *, timeout: float = IO_TIMEOUT) -> tuple[int, bytes]:
@@ -516,7 +350,7 @@ def test_non_loopback_listener_is_refused_without_insecure(fake: FakeUpstream) -
 
 
 def test_insecure_non_loopback_listener_warns_and_serves(
-    fake: FakeUpstream, serve: Callable[..., Serve]
+    fake: FakeUpstream, serve: StartGateway
 ) -> None:
     """With --insecure a non-loopback listener starts, prints a warning on stderr and serves
     /_ping."""
@@ -528,9 +362,7 @@ def test_insecure_non_loopback_listener_warns_and_serves(
     assert_ping(url)
 
 
-def test_loopback_listener_starts_without_warning(
-    fake: FakeUpstream, serve: Callable[..., Serve]
-) -> None:
+def test_loopback_listener_starts_without_warning(fake: FakeUpstream, serve: StartGateway) -> None:
     """A loopback TCP listener starts and serves without printing any warning."""
     s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url)
     (url,) = s.listening(1)
@@ -574,19 +406,19 @@ def ipv6_loopback_available() -> bool:
     return True
 
 
+def listen_on(*addresses: str) -> list[str]:
+    """``--listen ADDRESS`` for each address, in order."""
+    return [arg for address in addresses for arg in ("--listen", address)]
+
+
 def test_several_listeners_each_print_and_serve(
-    fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str
+    fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str
 ) -> None:
     """Two TCP listeners and a unix listener given at once each print a ``listening on`` line
     (with the real port) and each serve GET /_ping."""
     sock_path = os.path.join(tmp_sock_dir, "gw.sock")
     s = serve(
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--listen",
-        f"unix://{sock_path}",
+        *listen_on("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", f"unix://{sock_path}"),
         "--upstream",
         fake.url,
     )
@@ -602,7 +434,7 @@ def test_several_listeners_each_print_and_serve(
 
 
 def test_ipv6_listener_serves_next_to_ipv4_and_unix(
-    fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str
+    fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str
 ) -> None:
     """``tcp://[::1]:0`` next to an IPv4 and a unix listener prints ``listening on
     tcp://[::1]:PORT`` and serves GET /_ping over IPv6."""
@@ -610,12 +442,7 @@ def test_ipv6_listener_serves_next_to_ipv4_and_unix(
         pytest.skip("no IPv6 loopback (socket.has_ipv6 is false or ::1 cannot be bound)")
     sock_path = os.path.join(tmp_sock_dir, "gw6.sock")
     s = serve(
-        "--listen",
-        "tcp://[::1]:0",
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--listen",
-        f"unix://{sock_path}",
+        *listen_on("tcp://[::1]:0", "tcp://127.0.0.1:0", f"unix://{sock_path}"),
         "--upstream",
         fake.url,
     )
@@ -654,7 +481,7 @@ def other_group() -> Iterator[tuple[str, int]]:
 )
 def test_unix_socket_mode(
     fake: FakeUpstream,
-    serve: Callable[..., Serve],
+    serve: StartGateway,
     tmp_sock_dir: str,
     extra: tuple[str, ...],
     want_mode: int,
@@ -672,7 +499,7 @@ def test_unix_socket_mode(
 @pytest.mark.parametrize("form", ["name", "gid"])
 def test_unix_socket_group(
     fake: FakeUpstream,
-    serve: Callable[..., Serve],
+    serve: StartGateway,
     tmp_sock_dir: str,
     other_group: tuple[str, int],
     form: str,
@@ -721,7 +548,7 @@ def test_refused_start_leaves_no_unix_socket_file(
 
 
 def test_stale_unix_socket_file_is_replaced(
-    fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str
+    fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str
 ) -> None:
     """A stale socket file (nobody listening) at the listen path is replaced and served."""
     sock_path = os.path.join(tmp_sock_dir, "gw.sock")
@@ -736,7 +563,7 @@ def test_stale_unix_socket_file_is_replaced(
 
 
 def test_unix_path_in_use_by_another_gateway_is_refused(
-    fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str
+    fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str
 ) -> None:
     """A second gateway on a unix path where a gateway is listening exits non-zero with a clear
     error, and the first one keeps its socket and keeps serving."""
@@ -766,7 +593,7 @@ def test_non_socket_file_at_unix_path_is_refused(fake: FakeUpstream, tmp_sock_di
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_unix_socket_removed_at_shutdown(
-    fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str, workers: int
+    fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str, workers: int
 ) -> None:
     """After SIGTERM the gateway exits 0 and its unix socket file is gone."""
     sock_path = os.path.join(tmp_sock_dir, "gw.sock")
@@ -777,12 +604,11 @@ def test_unix_socket_removed_at_shutdown(
         fake.url,
         "--workers",
         str(workers),
-        "--shutdown-timeout",
-        str(SHUTDOWN_TIMEOUT),
+        *SHUTDOWN_ARGS,
     )
     s.listening(1)
     assert_ping(f"unix://{sock_path}")
-    s.proc.send_signal(signal.SIGTERM)
+    s.signal(signal.SIGTERM)
     assert s.wait(SHUTDOWN_TIMEOUT + 5) == 0, s.output()
     assert not os.path.exists(sock_path), "socket file left after shutdown"
 
@@ -790,14 +616,12 @@ def test_unix_socket_removed_at_shutdown(
 # ---------------------------------------------------------------------------------------------
 # 3. Upstream selection
 # ---------------------------------------------------------------------------------------------
-def test_docker_host_is_used_without_upstream(
-    fake: FakeUpstream, serve: Callable[..., Serve]
-) -> None:
+def test_docker_host_is_used_without_upstream(fake: FakeUpstream, serve: StartGateway) -> None:
     """Without --upstream, ``DOCKER_HOST=unix://...`` from the environment is the upstream."""
     s = serve(
         "--listen",
         "tcp://127.0.0.1:0",
-        env=gateway_env({"DOCKER_HOST": fake.url}),
+        env=serve_env({"DOCKER_HOST": fake.url}),
     )
     (url,) = s.listening(1)
     target = "/v1.41/version?dgtest=dockerhost"
@@ -810,7 +634,7 @@ def test_docker_host_is_used_without_upstream(
 
 
 def test_upstream_option_wins_over_docker_host(
-    fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str
+    fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str
 ) -> None:
     """``--upstream`` takes precedence over ``DOCKER_HOST``."""
     bogus = f"unix://{tmp_sock_dir}/nobody-here.sock"
@@ -819,13 +643,13 @@ def test_upstream_option_wins_over_docker_host(
         "tcp://127.0.0.1:0",
         "--upstream",
         fake.url,
-        env=gateway_env({"DOCKER_HOST": bogus}),
+        env=serve_env({"DOCKER_HOST": bogus}),
     )
     (url,) = s.listening(1)
     assert_ping(url)
 
 
-def test_tcp_upstream_is_relayed(fake: FakeUpstream, serve: Callable[..., Serve]) -> None:
+def test_tcp_upstream_is_relayed(fake: FakeUpstream, serve: StartGateway) -> None:
     """A ``tcp://`` upstream works: requests reach the daemon through a TCP connection."""
     with TcpToUnixForwarder(fake.path) as fwd:
         s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fwd.url)
@@ -848,7 +672,7 @@ def wait_children(pid: int, count: int, timeout: float) -> list[int]:
         found = [p for p in children(pid) if pid_alive(p)]
         return len(found) == count
 
-    assert wait_for(enough, timeout), f"expected {count} workers under {pid}, found {found}"
+    assert wait_until(enough, timeout), f"expected {count} workers under {pid}, found {found}"
     return found
 
 
@@ -864,7 +688,7 @@ def ping_many(url: str, n: int, concurrency: int = 8) -> list[tuple[int, bytes]]
 
 
 def test_workers_start_and_answer_200_fresh_connections(
-    fake: FakeUpstream, serve: Callable[..., Serve]
+    fake: FakeUpstream, serve: StartGateway
 ) -> None:
     """``--workers 2`` runs two worker processes under the gateway, and 200 requests over fresh
     connections are all answered."""
@@ -876,7 +700,7 @@ def test_workers_start_and_answer_200_fresh_connections(
     assert not bad, f"{len(bad)} of 200 failed, e.g. {bad[:3]}"
 
 
-def test_killed_worker_is_replaced(fake: FakeUpstream, serve: Callable[..., Serve]) -> None:
+def test_killed_worker_is_replaced(fake: FakeUpstream, serve: StartGateway) -> None:
     """A worker killed with SIGKILL is replaced by a new one within 3 s and service continues."""
     s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, "--workers", "2")
     (url,) = s.listening(1)
@@ -892,27 +716,20 @@ def test_killed_worker_is_replaced(fake: FakeUpstream, serve: Callable[..., Serv
         now = [p for p in children(s.pid) if pid_alive(p)]
         return len(now) == 2 and victim not in now
 
-    assert wait_for(replaced, 3.0), f"workers before {first}, now {now}\n{s.output()}"
+    assert wait_until(replaced, 3.0), f"workers before {first}, now {now}\n{s.output()}"
     assert first[1] in now
     bad = [r for r in ping_many(url, 50) if r != (200, b"OK")]
     assert not bad, f"{len(bad)} of 50 failed after the restart, e.g. {bad[:3]}"
-    assert s.proc.poll() is None
+    assert s.alive()
 
 
 def test_sigterm_stops_all_workers_within_shutdown_timeout(
-    fake: FakeUpstream, serve: Callable[..., Serve]
+    fake: FakeUpstream, serve: StartGateway
 ) -> None:
     """SIGTERM to the parent of ``--workers 2`` makes it and every worker exit (status 0) by the
     shutdown deadline (+1.5 s), even with a never-ending stream open."""
     s = serve(
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--upstream",
-        fake.url,
-        "--workers",
-        "2",
-        "--shutdown-timeout",
-        str(SHUTDOWN_TIMEOUT),
+        "--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, "--workers", "2", *SHUTDOWN_ARGS
     )
     (url,) = s.listening(1)
     workers = wait_children(s.pid, 2, 5)
@@ -920,14 +737,14 @@ def test_sigterm_stops_all_workers_within_shutdown_timeout(
         stream.send(STREAM_REQUEST)
         stream.read_until(b"tick")
         t0 = time.monotonic()
-        s.proc.send_signal(signal.SIGTERM)
+        s.signal(signal.SIGTERM)
         code = s.wait(SHUTDOWN_TIMEOUT + 5)
         took = time.monotonic() - t0
         closed, _ = stream.wait_closed(2)
     assert code == 0, s.output()
     assert took < SHUTDOWN_TIMEOUT + 1.5, f"exit took {took:.2f}s"
     assert closed
-    assert wait_for(lambda: not any(pid_alive(p) for p in workers), 2), (
+    assert wait_until(lambda: not any(pid_alive(p) for p in workers), 2), (
         f"workers still alive: {[p for p in workers if pid_alive(p)]}"
     )
 
@@ -936,15 +753,8 @@ def test_sigterm_stops_all_workers_within_shutdown_timeout(
 # 5. Graceful shutdown
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def shutdown_gateway(fake: FakeUpstream, serve: Callable[..., Serve]) -> tuple[Serve, str]:
-    s = serve(
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--upstream",
-        fake.url,
-        "--shutdown-timeout",
-        str(SHUTDOWN_TIMEOUT),
-    )
+def shutdown_gateway(fake: FakeUpstream, serve: StartGateway) -> tuple[Gateway, str]:
+    s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, *SHUTDOWN_ARGS)
     (url,) = s.listening(1)
     return s, url
 
@@ -958,18 +768,18 @@ def start_slow_request(fake: FakeUpstream, url: str) -> Conn:
     before = count()
     c = Conn(url)
     c.send(SLOW_REQUEST)
-    assert wait_for(lambda: count() > before, 3), "the slow request was not forwarded"
+    assert wait_until(lambda: count() > before, 3), "the slow request was not forwarded"
     return c
 
 
 def test_shutdown_lets_in_flight_request_finish(
-    fake: FakeUpstream, shutdown_gateway: tuple[Serve, str]
+    fake: FakeUpstream, shutdown_gateway: tuple[Gateway, str]
 ) -> None:
     """A request in flight when SIGTERM arrives still gets its full response, and the gateway
     then exits 0."""
     s, url = shutdown_gateway
     with start_slow_request(fake, url) as c:
-        s.proc.send_signal(signal.SIGTERM)
+        s.signal(signal.SIGTERM)
         status, _, body = c.read_response()
         assert status == 200
         assert body == SLOW_BODY
@@ -980,7 +790,7 @@ def test_shutdown_lets_in_flight_request_finish(
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_shutdown_refuses_new_connections(
-    fake: FakeUpstream, serve: Callable[..., Serve], workers: int
+    fake: FakeUpstream, serve: StartGateway, workers: int
 ) -> None:
     """After SIGTERM, while a stream keeps the gateway running until its deadline, a new
     connection is refused, or closed without any response within 0.5 s (not left waiting)."""
@@ -991,8 +801,7 @@ def test_shutdown_refuses_new_connections(
         fake.url,
         "--workers",
         str(workers),
-        "--shutdown-timeout",
-        str(SHUTDOWN_TIMEOUT),
+        *SHUTDOWN_ARGS,
     )
     (url,) = s.listening(1)
     if workers > 1:
@@ -1000,9 +809,9 @@ def test_shutdown_refuses_new_connections(
     with Conn(url) as stream:
         stream.send(STREAM_REQUEST)
         stream.read_until(b"tick")
-        s.proc.send_signal(signal.SIGTERM)
+        s.signal(signal.SIGTERM)
         time.sleep(0.3)
-        assert s.proc.poll() is None, "gateway exited before the stream's deadline"
+        assert s.alive(), "gateway exited before the stream's deadline"
         t0 = time.monotonic()
         outcome = "refused"
         got = b""
@@ -1026,7 +835,7 @@ def test_shutdown_refuses_new_connections(
 
 
 def test_shutdown_closes_idle_keepalive_connection_promptly(
-    fake: FakeUpstream, shutdown_gateway: tuple[Serve, str]
+    fake: FakeUpstream, shutdown_gateway: tuple[Gateway, str]
 ) -> None:
     """On SIGTERM an idle keep-alive connection is closed at once (within 0.5 s), not at the
     shutdown deadline or exit."""
@@ -1036,7 +845,7 @@ def test_shutdown_closes_idle_keepalive_connection_promptly(
         assert idle.read_response()[2] == b"OK"
         with start_slow_request(fake, url) as slow:  # keeps the gateway alive for ~1 s
             t0 = time.monotonic()
-            s.proc.send_signal(signal.SIGTERM)
+            s.signal(signal.SIGTERM)
             closed, extra = idle.wait_closed(SHUTDOWN_TIMEOUT + 2)
             took = time.monotonic() - t0
             assert closed and extra == b"", f"closed={closed} extra={extra[:100]!r}"
@@ -1046,7 +855,7 @@ def test_shutdown_closes_idle_keepalive_connection_promptly(
 
 
 def test_shutdown_cuts_endless_stream_at_deadline(
-    fake: FakeUpstream, shutdown_gateway: tuple[Serve, str]
+    fake: FakeUpstream, shutdown_gateway: tuple[Gateway, str]
 ) -> None:
     """A never-ending streamed response keeps flowing after SIGTERM, is closed at the shutdown
     deadline, and the gateway exits 0 within deadline + 2 s."""
@@ -1055,7 +864,7 @@ def test_shutdown_cuts_endless_stream_at_deadline(
         stream.send(STREAM_REQUEST)
         stream.read_until(b"tick")
         t0 = time.monotonic()
-        s.proc.send_signal(signal.SIGTERM)
+        s.signal(signal.SIGTERM)
         got_late = 0
         closed_at = None
         while time.monotonic() - t0 < SHUTDOWN_TIMEOUT + 3:
@@ -1079,13 +888,13 @@ def test_shutdown_cuts_endless_stream_at_deadline(
 
 
 def test_shutdown_writes_access_log_of_in_flight_request(
-    fake: FakeUpstream, shutdown_gateway: tuple[Serve, str]
+    fake: FakeUpstream, shutdown_gateway: tuple[Gateway, str]
 ) -> None:
     """The access-log line of a request in flight at SIGTERM is written before the gateway
     exits."""
     s, url = shutdown_gateway
     with start_slow_request(fake, url) as c:
-        s.proc.send_signal(signal.SIGTERM)
+        s.signal(signal.SIGTERM)
         assert c.read_response()[0] == 200
     assert s.wait(SHUTDOWN_TIMEOUT + 3) == 0, s.output()
     lines = [line for line in s.stdout() if '"GET /v1.41/version HTTP/1.1" 200' in line]
@@ -1093,14 +902,14 @@ def test_shutdown_writes_access_log_of_in_flight_request(
 
 
 def test_shutdown_writes_access_log_of_cut_stream(
-    fake: FakeUpstream, shutdown_gateway: tuple[Serve, str]
+    fake: FakeUpstream, shutdown_gateway: tuple[Gateway, str]
 ) -> None:
     """The access-log line of a stream cut at the shutdown deadline is written before exit."""
     s, url = shutdown_gateway
     with Conn(url) as stream:
         stream.send(STREAM_REQUEST)
         stream.read_until(b"tick")
-        s.proc.send_signal(signal.SIGTERM)
+        s.signal(signal.SIGTERM)
         assert s.wait(SHUTDOWN_TIMEOUT + 3) == 0, s.output()
     lines = [line for line in s.stdout() if '"GET /v1.41/events HTTP/1.1" 200' in line]
     assert len(lines) == 1, f"access log:\n{s.stdout()}"
@@ -1142,19 +951,28 @@ def send_logged_requests(url: str) -> tuple[str, list[tuple[str, str, int, int, 
 
 
 def wait_lines(read: Callable[[], list[str]], count: int, timeout: float = 2.0) -> list[str]:
-    wait_for(lambda: len([x for x in read() if x.strip()]) >= count, timeout)
+    wait_until(lambda: len([x for x in read() if x.strip()]) >= count, timeout)
     time.sleep(0.2)  # and nothing more arrives
     return [x for x in read() if x.strip()]
 
 
-def test_text_access_log_line_per_request(fake: FakeUpstream, serve: Callable[..., Serve]) -> None:
-    """The default text access log has one line per request on stdout with client address,
-    method, path, status, ``in=``, ``out=`` and ``dur_ms=``."""
-    s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url)
+def access_log_of_requests(
+    serve: StartGateway, fake: FakeUpstream, *extra: str
+) -> tuple[str, list[tuple[str, str, int, int, int]], list[str]]:
+    """Send the REQUESTS through a gateway (``extra`` options) in front of ``fake``: (client
+    address, what `send_logged_requests` saw, the access-log lines, one per request)."""
+    s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, *extra)
     (url,) = s.listening(1)
     client, sent = send_logged_requests(url)
     lines = wait_lines(s.stdout, len(sent))
     assert len(lines) == len(sent), "\n".join(lines)
+    return client, sent, lines
+
+
+def test_text_access_log_line_per_request(fake: FakeUpstream, serve: StartGateway) -> None:
+    """The default text access log has one line per request on stdout with client address,
+    method, path, status, ``in=``, ``out=`` and ``dur_ms=``."""
+    client, sent, lines = access_log_of_requests(serve, fake)
     for line, (method, path, status, _, _) in zip(lines, sent, strict=True):
         m = TEXT_LOG_RE.match(line)
         assert m, f"access-log line not in the documented format: {line!r}"
@@ -1164,16 +982,10 @@ def test_text_access_log_line_per_request(fake: FakeUpstream, serve: Callable[..
         assert float(m["dur_ms"]) >= 0
 
 
-def test_json_access_log_object_per_request(
-    fake: FakeUpstream, serve: Callable[..., Serve]
-) -> None:
+def test_json_access_log_object_per_request(fake: FakeUpstream, serve: StartGateway) -> None:
     """``--log-format json`` writes one JSON object per line per request with the keys time,
     client, method, path, status, bytes_in, bytes_out and duration_ms."""
-    s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, "--log-format", "json")
-    (url,) = s.listening(1)
-    client, sent = send_logged_requests(url)
-    lines = wait_lines(s.stdout, len(sent))
-    assert len(lines) == len(sent), "\n".join(lines)
+    client, sent, lines = access_log_of_requests(serve, fake, "--log-format", "json")
     for line, (method, path, status, _, _) in zip(lines, sent, strict=True):
         obj = json.loads(line)
         assert isinstance(obj, dict)
@@ -1190,16 +1002,10 @@ def test_json_access_log_object_per_request(
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_access_log_counts_body_bytes(
-    fake: FakeUpstream, serve: Callable[..., Serve], fmt: str
-) -> None:
+def test_access_log_counts_body_bytes(fake: FakeUpstream, serve: StartGateway, fmt: str) -> None:
     """The access log's in/out (bytes_in/bytes_out) are the request and response *body* bytes,
     as in the documented example ``"GET /v1.41/containers/json HTTP/1.1" 200 in=0 out=3``."""
-    s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, "--log-format", fmt)
-    (url,) = s.listening(1)
-    _, sent = send_logged_requests(url)
-    lines = wait_lines(s.stdout, len(sent))
-    assert len(lines) == len(sent), "\n".join(lines)
+    _, sent, lines = access_log_of_requests(serve, fake, "--log-format", fmt)
     got = []
     for line in lines:
         if fmt == "json":
@@ -1213,9 +1019,7 @@ def test_access_log_counts_body_bytes(
     assert got == want, f"(path, in, out) logged {got}, body bytes were {want}"
 
 
-def test_access_log_file(
-    fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str
-) -> None:
+def test_access_log_file(fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str) -> None:
     """``--access-log FILE`` writes the lines to FILE within 0.5 s and none to stdout."""
     log_path = os.path.join(tmp_sock_dir, "access.log")
     s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, "--access-log", log_path)
@@ -1229,7 +1033,7 @@ def test_access_log_file(
         except FileNotFoundError:
             return []
 
-    assert wait_for(lambda: len(logged()) >= 1, 0.5), (
+    assert wait_until(lambda: len(logged()) >= 1, 0.5), (
         f"nothing in {log_path} after {time.monotonic() - t0:.2f}s"
     )
     lines = logged()
@@ -1239,14 +1043,14 @@ def test_access_log_file(
     assert not [x for x in s.stdout() if x.strip()], f"stdout: {s.stdout()}"
 
 
-def test_access_log_off(fake: FakeUpstream, serve: Callable[..., Serve], tmp_sock_dir: str) -> None:
+def test_access_log_off(fake: FakeUpstream, serve: StartGateway, tmp_sock_dir: str) -> None:
     """``--access-log off`` writes no access-log line anywhere (not on stdout, not to a file
     named ``off``)."""
     s = serve("--listen", "tcp://127.0.0.1:0", "--upstream", fake.url, "--access-log", "off")
     (url,) = s.listening(1)
     for _ in range(5):
         assert_ping(url)
-    s.proc.send_signal(signal.SIGTERM)
+    s.signal(signal.SIGTERM)
     assert s.wait(10) == 0, s.output()
     assert not [x for x in s.stdout() if x.strip()], f"stdout: {s.stdout()}"
     assert not [x for x in s.stderr() if "/_ping" in x], f"stderr: {s.stderr()}"
@@ -1257,28 +1061,22 @@ def test_access_log_off(fake: FakeUpstream, serve: Callable[..., Serve], tmp_soc
 # 7. The real daemon and the docker CLI, TCP upstream and unix listener
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def real_gateway(daemon: PrivateDaemon) -> Iterator[tuple[str, str, Serve]]:
+def real_gateway(daemon: PrivateDaemon) -> Iterator[tuple[str, str, Gateway]]:
     """A gateway with a TCP and a unix listener whose upstream is ``tcp://`` (a forwarder to the
     private daemon's socket): (tcp url, unix url, process)."""
     sock_dir = tempfile.mkdtemp(prefix="dgs-", dir="/tmp")
     sock_path = os.path.join(sock_dir, "gw.sock")
     try:
         with TcpToUnixForwarder(str(daemon.socket_path)) as fwd:
-            s = Serve(
-                "--listen",
-                "tcp://127.0.0.1:0",
-                "--listen",
-                f"unix://{sock_path}",
-                "--upstream",
-                fwd.url,
-                "--access-log",
-                "off",
+            s = serve_process(
+                *listen_on("tcp://127.0.0.1:0", f"unix://{sock_path}"),
+                *("--upstream", fwd.url, "--access-log", "off"),
             )
             try:
                 urls = s.listening(2)
                 tcp_url = next(u for u in urls if u.startswith("tcp://"))
                 yield tcp_url, f"unix://{sock_path}", s
-                assert s.proc.poll() is None, f"the gateway exited:\n{s.output()}"
+                assert s.alive(), f"the gateway exited:\n{s.output()}"
             finally:
                 s.stop()
     finally:
@@ -1301,15 +1099,7 @@ def cli_env() -> Iterator[dict[str, str]]:
 def docker(
     env: dict[str, str], host: str, *args: str, input: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(
-        [shutil.which("docker") or "docker", "-H", host, *args],
-        env=env,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        timeout=20,
-        check=False,
-    )
+    proc = run_docker(env, "-H", host, *args, input=input, timeout=20)
     assert proc.returncode == 0, (
         f"docker -H {host} {' '.join(args)} exited {proc.returncode}\n"
         f"stdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr[-2000:]!r}"
@@ -1320,7 +1110,7 @@ def docker(
 @pytest.mark.daemon
 @pytest.mark.timeout(180)  # the session daemon may be started by this test
 def test_docker_version_through_tcp_upstream(
-    real_gateway: tuple[str, str, Serve], cli_env: dict[str, str], daemon: PrivateDaemon
+    real_gateway: tuple[str, str, Gateway], cli_env: dict[str, str], daemon: PrivateDaemon
 ) -> None:
     """``docker version`` through a gateway whose upstream is ``tcp://`` reports the daemon's
     server version."""
@@ -1335,7 +1125,7 @@ def test_docker_version_through_tcp_upstream(
 @pytest.mark.daemon
 @pytest.mark.timeout(180)
 def test_docker_ps_through_unix_listener(
-    real_gateway: tuple[str, str, Serve],
+    real_gateway: tuple[str, str, Gateway],
     cli_env: dict[str, str],
     daemon: PrivateDaemon,
     busybox_image: str,
@@ -1354,9 +1144,7 @@ def test_docker_ps_through_unix_listener(
 @pytest.mark.daemon
 @pytest.mark.timeout(180)
 def test_docker_run_i_cat_through_unix_listener(
-    real_gateway: tuple[str, str, Serve],
-    cli_env: dict[str, str],
-    busybox_image: str,
+    real_gateway: tuple[str, str, Gateway], cli_env: dict[str, str], busybox_image: str
 ) -> None:
     """``docker -H unix://<gateway socket> run --rm -i IMAGE cat`` echoes its stdin back whole."""
     _, unix_url, _ = real_gateway

@@ -10,6 +10,7 @@ import pytest
 
 from dockgate.errors import ClientProtocolError
 from dockgate.target import RequestTarget, parse_target
+from support.gourl import go_unescape_path
 
 # (raw target, decoded path, raw query)
 CANONICAL = [
@@ -247,27 +248,11 @@ def test_every_refusal_class_has_several_variants() -> None:
 
 
 def _go_unescape_path(s: str) -> bytes:
-    """A direct transcription of Go's ``unescape(s, encodePath)``, as a cross-check."""
-    ishex = set(b"0123456789abcdefABCDEF")
-    b = s.encode("latin-1")
-    i = 0
-    while i < len(b):
-        if b[i] == ord("%"):
-            if i + 2 >= len(b) or b[i + 1] not in ishex or b[i + 2] not in ishex:
-                raise ValueError("invalid URL escape")
-            i += 3
-        else:
-            i += 1
-    out = bytearray()
-    i = 0
-    while i < len(b):
-        if b[i] == ord("%"):
-            out.append(int(b[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(b[i])
-            i += 1
-    return bytes(out)
+    """Go's ``unescape(s, encodePath)`` as a cross-check, raising where Go returns an error."""
+    out = go_unescape_path(s)
+    if out is None:
+        raise ValueError("invalid URL escape")
+    return out
 
 
 @pytest.mark.parametrize("raw", [c[0] for c in CANONICAL])

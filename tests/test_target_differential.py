@@ -35,6 +35,8 @@ import pytest
 from dockgate.errors import ClientProtocolError
 from dockgate.target import parse_target
 from support.daemon import PrivateDaemon
+from support.gourl import go_unescape_path
+from support.rawhttp import json_message
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
@@ -162,24 +164,6 @@ def _id(raw: str, daemon: str) -> str:
     return f"{raw!a} -> {_decision(raw)} | daemon: {daemon}"
 
 
-def go_unescape_path(raw_path: str) -> bytes | None:
-    """Go's ``unescape(s, encodePath)`` (None for an EscapeError), transcribed."""
-    data = raw_path.encode("latin-1")
-    hexdigits = set(b"0123456789abcdefABCDEF")
-    out = bytearray()
-    i = 0
-    while i < len(data):
-        if data[i] == ord("%"):
-            if i + 2 >= len(data) or data[i + 1] not in hexdigits or data[i + 2] not in hexdigits:
-                return None
-            out.append(int(data[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(data[i])
-            i += 1
-    return bytes(out)
-
-
 def reencode(path: bytes | str, raw: str) -> str:
     """The plain origin-form for a decoded `path`, with `raw`'s query (and '?') unchanged."""
     _, question, query = raw.partition("?")
@@ -194,11 +178,7 @@ class Answer:
 
     @property
     def message(self) -> str | None:
-        try:
-            value = json.loads(self.body)
-        except ValueError:
-            return None
-        return value.get("message") if isinstance(value, dict) else None
+        return json_message(self.body)
 
     def classify(self) -> str:
         if self.status == 301:

@@ -25,8 +25,9 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
-from types import TracebackType
+from collections.abc import Iterator, Mapping
+
+from support.procs import StartStop, pid_alive, terminate
 
 # AF_UNIX sun_path is 108 bytes on Linux; keep a margin.
 _MAX_UNIX_PATH = 100
@@ -72,6 +73,22 @@ def free_tcp_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def run_docker(
+    env: Mapping[str, str], *args: str, input: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``docker`` CLI with ``env``: output captured, stdin closed unless ``input``, never
+    raising for its exit status."""
+    return subprocess.run(
+        [shutil.which("docker") or "docker", *args],
+        env=env,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def find_busybox() -> pathlib.Path:
@@ -147,22 +164,7 @@ def _pids_mentioning(needle: str) -> list[int]:
     return pids
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-class PrivateDaemon:
+class PrivateDaemon(StartStop):
     """A dockerd of our own, rooted in ``base_dir``, for one test session."""
 
     def __init__(self, base_dir: pathlib.Path, tcp_port: int | None = None) -> None:
@@ -253,14 +255,8 @@ class PrivateDaemon:
 
     def stop(self) -> None:
         """Stop dockerd (SIGTERM, then SIGKILL), its containerd and shims; unmount; clean up."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if self._proc is not None:
+            terminate(self._proc, 30)
         self._proc = None
         if self._log_file is not None:
             self._log_file.close()
@@ -279,14 +275,14 @@ class PrivateDaemon:
         needles = [str(self.exec_root) + "/", str(self.data_root) + "/"]
         pids = sorted({p for n in needles for p in _pids_mentioning(n)})
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            alive = [p for p in pids if _pid_alive(p)]
+            alive = [p for p in pids if pid_alive(p)]
             if not alive:
                 return
             for p in alive:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p, sig)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(_pid_alive(p) for p in alive):
+            while time.monotonic() < deadline and any(pid_alive(p) for p in alive):
                 time.sleep(0.1)
 
     def _unmount_all(self) -> None:
@@ -319,18 +315,6 @@ class PrivateDaemon:
             return "(no dockerd log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def __enter__(self) -> PrivateDaemon:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- clients -----------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
@@ -352,16 +336,7 @@ class PrivateDaemon:
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run the ``docker`` CLI against this daemon directly (not through any gateway)."""
-        docker_bin = shutil.which("docker") or "docker"
-        proc = subprocess.run(
-            [docker_bin, *args],
-            env=self.env(),
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        proc = run_docker(self.env(), *args, input=input, timeout=timeout)
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(
                 proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr

@@ -38,7 +38,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from support.procs import StartStop
+from support.rawhttp import header_value
 
 RAW_RECORD_LIMIT = 8 * 1024 * 1024
 BODY_KEEP_LIMIT = 1024 * 1024
@@ -97,11 +99,7 @@ class RequestRecord:
     complete: bool = False
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.headers:
-            if k.lower() == lname:
-                return v
-        return None
+        return header_value(self.headers, name)
 
 
 class UpstreamConn:
@@ -490,7 +488,7 @@ def parse_request_head(conn: UpstreamConn, head: bytes) -> RequestRecord:
     )
 
 
-class FakeUpstream:
+class FakeUpstream(StartStop):
     """The fake daemon: ``with FakeUpstream() as fake: ... fake.url ...``."""
 
     def __init__(self, path: str | None = None) -> None:
@@ -544,17 +542,6 @@ class FakeUpstream:
             os.unlink(self.path)
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Back to the default handler; forget requests and errors (connections stay)."""

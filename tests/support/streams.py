@@ -1,11 +1,9 @@
-"""Helpers for tests that read a long-running client's output as it arrives."""
+"""Reading a long-running client's output as it arrives; waiting for a condition."""
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -76,21 +74,6 @@ class LineReader:
         return self.lines
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """Terminate a client we started, then kill it if it does not exit."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
 def wait_for(
     probe: Callable[[], T | None], timeout: float = 30, interval: float = 0.1, what: str = ""
 ) -> T:
@@ -104,3 +87,15 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or probe!r}")
         time.sleep(interval)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    """Poll ``pred`` every ``step`` s until it is true (True) or ``timeout`` s have passed
+    (False): the caller asserts, with its own message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
