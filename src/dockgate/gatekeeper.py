@@ -40,6 +40,9 @@ class Verdict:
 # last few thousand saves parsing and matching on the hot path. Cleared when full, so memory
 # stays bounded whatever a client sends.
 VERDICT_CACHE_ENTRIES = 4096
+# Requests with a long target, Host or Origin (a filter in the query) are decided each time
+# rather than remembered, which bounds the cache to a few megabytes.
+VERDICT_CACHE_MAX_TARGET = 512
 
 
 class Gatekeeper:
@@ -61,6 +64,12 @@ class Gatekeeper:
         verdict = self._cache.get(key)
         if verdict is None:
             verdict = self.check(method, raw_target, host, origin, upgrade=upgrade)
+            if (
+                len(raw_target) > VERDICT_CACHE_MAX_TARGET
+                or len(host or b"") > VERDICT_CACHE_MAX_TARGET
+                or len(origin or b"") > VERDICT_CACHE_MAX_TARGET
+            ):
+                return verdict
             if len(self._cache) >= VERDICT_CACHE_ENTRIES:
                 self._cache.clear()
             self._cache[key] = verdict

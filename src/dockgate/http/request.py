@@ -213,6 +213,9 @@ class RequestReader:
 # poller's `GET /containers/json`, a load balancer's `GET /_ping`): the last few thousand
 # results are kept. The cache is cleared when full, so its memory stays bounded.
 HEAD_CACHE_ENTRIES = 4096
+# Only ordinary heads are remembered, so the cache holds at most a few megabytes whatever
+# clients send (4096 x 1 KiB), never 4096 heads of the 64 KiB limit.
+HEAD_CACHE_MAX_HEAD_BYTES = 1024
 _head_cache: dict[bytes, RequestHead] = {}
 
 
@@ -221,6 +224,8 @@ def parse_head_cached(raw: bytes) -> RequestHead:
     head = _head_cache.get(raw)
     if head is None:
         head = parse_head(raw)
+        if len(raw) > HEAD_CACHE_MAX_HEAD_BYTES:
+            return head
         if len(_head_cache) >= HEAD_CACHE_ENTRIES:
             _head_cache.clear()
         _head_cache[raw] = head
