@@ -1,0 +1,1 @@
+"""Identities: who is calling (htpasswd users, tokens, TLS client certificates)."""

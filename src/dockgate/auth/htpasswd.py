@@ -1,0 +1,190 @@
+"""htpasswd files: parsed strictly, checked in constant time, successful checks remembered.
+
+Formats: bcrypt (`htpasswd -B`: `$2y$`, `$2b$`, `$2a$`) and argon2 (`$argon2id$`, `$argon2i$`)
+are the supported ones; the legacy Apache forms, MD5-crypt (`$apr1$`) and SHA-1 (`{SHA}`), are
+accepted with a warning at load time; plaintext and DES crypt are refused, never guessed at.
+
+Password hashes are slow by design (bcrypt cost 10 is tens of milliseconds), which would make
+every request slow and hand attackers a cheap way to burn CPU. A successful check is therefore
+remembered under an HMAC of user and password with a per-process random key: a changed
+password or a reloaded file never matches an old entry, and the cache holds no password.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import argon2
+import bcrypt
+
+# A bcrypt hash checked when the user is unknown, so that "no such user" and "wrong password"
+# take the same time and cannot be told apart from outside.
+_DUMMY_BCRYPT = bcrypt.hashpw(b"dockgate-dummy", bcrypt.gensalt(rounds=10))
+_USER = re.compile(r"[^:\s]+")
+SUCCESS_CACHE_ENTRIES = 4096
+
+
+class HtpasswdError(ValueError):
+    """A file that cannot be used; `str()` is `FILE:LINE: problem`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    user: str
+    scheme: str  # "bcrypt", "argon2", "apr1", "sha1"
+    hash: str
+
+
+@dataclass(slots=True)
+class Htpasswd:
+    source: str
+    credentials: dict[str, Credential]
+    warnings: list[str] = field(default_factory=list)
+    _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    _successes: set[bytes] = field(default_factory=set, repr=False)
+
+    def verify(self, user: str, password: str) -> bool:
+        """Whether `password` is `user`'s; unknown users cost the same as wrong passwords."""
+        token = hmac.new(
+            self._key, user.encode() + b"\x00" + password.encode(), hashlib.sha256
+        ).digest()
+        credential = self.credentials.get(user)
+        if credential is not None and token in self._successes:
+            return True
+        if credential is None:
+            bcrypt.checkpw(password.encode(), _DUMMY_BCRYPT)
+            return False
+        ok = _check(credential, password)
+        if ok:
+            if len(self._successes) >= SUCCESS_CACHE_ENTRIES:
+                self._successes.clear()
+            self._successes.add(token)
+        return ok
+
+
+def _check(credential: Credential, password: str) -> bool:
+    secret = password.encode()
+    if credential.scheme == "bcrypt":
+        # htpasswd writes $2y$, which is $2b$ for every purpose here.
+        stored = credential.hash.replace("$2y$", "$2b$", 1).encode()
+        return bcrypt.checkpw(secret, stored)
+    if credential.scheme == "argon2":
+        try:
+            return argon2.PasswordHasher().verify(credential.hash, password)
+        except argon2.exceptions.VerificationError:
+            return False
+        except argon2.exceptions.InvalidHashError:
+            return False
+    if credential.scheme == "sha1":
+        digest = base64.b64encode(
+            hashlib.sha1(secret).digest()
+        ).decode()  # legacy format, not for new hashes
+        return hmac.compare_digest(digest, credential.hash[len("{SHA}") :])
+    if credential.scheme == "apr1":
+        salt = credential.hash.split("$")[2]
+        return hmac.compare_digest(apr1_crypt(secret, salt.encode()), credential.hash)
+    return False
+
+
+def _scheme(hashed: str) -> str | None:
+    if re.fullmatch(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}", hashed):
+        return "bcrypt"
+    if hashed.startswith(("$argon2id$", "$argon2i$")):
+        return "argon2"
+    if re.fullmatch(r"\$apr1\$[./A-Za-z0-9]{1,8}\$[./A-Za-z0-9]{22}", hashed):
+        return "apr1"
+    if re.fullmatch(r"\{SHA\}[A-Za-z0-9+/]{27}=", hashed):
+        return "sha1"
+    return None
+
+
+def parse_htpasswd(text: str, source: str) -> Htpasswd:
+    credentials: dict[str, Credential] = {}
+    warnings: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        user, colon, hashed = stripped.partition(":")
+        if not colon or not _USER.fullmatch(user) or not hashed:
+            raise HtpasswdError(f"{source}:{number}: expected user:hash")
+        if user in credentials:
+            raise HtpasswdError(f"{source}:{number}: user {user!r} appears twice")
+        scheme = _scheme(hashed)
+        if scheme is None:
+            raise HtpasswdError(
+                f"{source}:{number}: user {user!r}: unsupported or plaintext password; "
+                "write it with `htpasswd -B` (bcrypt) or argon2"
+            )
+        if scheme in ("apr1", "sha1"):
+            warnings.append(
+                f"{source}:{number}: user {user!r} uses the legacy {scheme} hash; "
+                "re-create it with `htpasswd -B`"
+            )
+        credentials[user] = Credential(user, scheme, hashed)
+    return Htpasswd(source, credentials, warnings)
+
+
+def load_htpasswd(path: str | Path) -> Htpasswd:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HtpasswdError(f"{source}: cannot read: {exc.strerror}") from None
+    return parse_htpasswd(text, source)
+
+
+# ----- Apache MD5-crypt ($apr1$), for legacy files only -----------------------------------------
+
+_APR1_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def apr1_crypt(password: bytes, salt: bytes) -> str:
+    """Apache's `$apr1$` hash (Poul-Henning Kamp's MD5-crypt with the `$apr1$` magic)."""
+    magic = b"$apr1$"
+    salt = salt[:8]
+    alternate = hashlib.md5(
+        password + salt + password
+    ).digest()  # legacy format, not for new hashes
+    ctx = password + magic + salt
+    length = len(password)
+    while length > 0:
+        ctx += alternate[: min(16, length)]
+        length -= 16
+    length = len(password)
+    while length:
+        ctx += b"\x00" if length & 1 else password[:1]
+        length >>= 1
+    final = hashlib.md5(ctx).digest()  # legacy format, not for new hashes
+    for i in range(1000):
+        round_input = password if i & 1 else final
+        if i % 3:
+            round_input += salt
+        if i % 7:
+            round_input += password
+        round_input += final if i & 1 else password
+        final = hashlib.md5(round_input).digest()  # legacy format, not for new hashes
+
+    def encode(a: int, b: int, c: int, n: int) -> str:
+        value = (final[a] << 16) | (final[b] << 8) | final[c]
+        out = ""
+        for _ in range(n):
+            out += _APR1_ALPHABET[value & 0x3F]
+            value >>= 6
+        return out
+
+    encoded = (
+        encode(0, 6, 12, 4)
+        + encode(1, 7, 13, 4)
+        + encode(2, 8, 14, 4)
+        + encode(3, 9, 15, 4)
+        + encode(4, 10, 5, 4)
+        + "".join(_APR1_ALPHABET[(final[11] >> (6 * k)) & 0x3F] for k in range(2))
+    )
+    return f"$apr1${salt.decode()}${encoded}"
