@@ -82,9 +82,7 @@ def _check(credential: Credential, password: str) -> bool:
         except argon2.exceptions.InvalidHashError:
             return False
     if credential.scheme == "sha1":
-        digest = base64.b64encode(
-            hashlib.sha1(secret).digest()
-        ).decode()  # legacy format, not for new hashes
+        digest = base64.b64encode(hashlib.sha1(secret).digest()).decode()
         return hmac.compare_digest(digest, credential.hash[len("{SHA}") :])
     if credential.scheme == "apr1":
         salt = credential.hash.split("$")[2]
@@ -140,7 +138,7 @@ def load_htpasswd(path: str | Path) -> Htpasswd:
     return parse_htpasswd(text, source)
 
 
-# ----- Apache MD5-crypt ($apr1$), for legacy files only -----------------------------------------
+# ----- Apache MD5-crypt ($apr1$): legacy files only; MD5 and SHA-1 never make new hashes
 
 _APR1_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -149,9 +147,7 @@ def apr1_crypt(password: bytes, salt: bytes) -> str:
     """Apache's `$apr1$` hash (Poul-Henning Kamp's MD5-crypt with the `$apr1$` magic)."""
     magic = b"$apr1$"
     salt = salt[:8]
-    alternate = hashlib.md5(
-        password + salt + password
-    ).digest()  # legacy format, not for new hashes
+    alternate = hashlib.md5(password + salt + password).digest()
     ctx = password + magic + salt
     length = len(password)
     while length > 0:
@@ -161,7 +157,7 @@ def apr1_crypt(password: bytes, salt: bytes) -> str:
     while length:
         ctx += b"\x00" if length & 1 else password[:1]
         length >>= 1
-    final = hashlib.md5(ctx).digest()  # legacy format, not for new hashes
+    final = hashlib.md5(ctx).digest()
     for i in range(1000):
         round_input = password if i & 1 else final
         if i % 3:
@@ -169,7 +165,7 @@ def apr1_crypt(password: bytes, salt: bytes) -> str:
         if i % 7:
             round_input += password
         round_input += final if i & 1 else password
-        final = hashlib.md5(round_input).digest()  # legacy format, not for new hashes
+        final = hashlib.md5(round_input).digest()
 
     def encode(a: int, b: int, c: int, n: int) -> str:
         value = (final[a] << 16) | (final[b] << 8) | final[c]
