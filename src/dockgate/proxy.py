@@ -45,6 +45,9 @@ HELD_BYTES_LIMIT = 256 * 1024
 # body is read and dropped for at most this long so the client sees the answer, not a reset.
 LINGER_SECONDS = 2.0
 
+# Requests that may be sent again after a stale pooled connection (net/http isReplayable).
+_REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 _CONNECTION_HEADER = re.compile(rb"\r\n[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]:[^\r]*")
 
 # Reasons for which reading from the client is paused; reading resumes when none is left.
@@ -84,6 +87,9 @@ class ClientConnection(asyncio.Protocol):
         self._retry_allowed = False
         self._upstream_reused = False
         self._refused = False
+        self._handling = False  # inside _handle: finished exchanges hand over to its loop
+        self._parse_next = False
+        self._queued: list[RequestEvent] = []
         self._verdict: Verdict | None = None
         self._connect_task: asyncio.Task[None] | None = None
         # Tunnel state (after a hijack): which directions are still open.
@@ -176,6 +182,33 @@ class ClientConnection(asyncio.Protocol):
     # ----- requests ----------------------------------------------------------------------------
 
     def _handle(self, events: list[RequestEvent]) -> None:
+        """Act on request events; then, while an exchange finished without waiting for the
+        daemon (a refusal) and pipelined bytes are buffered, go on with the next request.
+
+        A loop rather than recursion, so a client pipelining thousands of refused requests
+        cannot exhaust the stack.
+        """
+        if self._handling:
+            self._queued.extend(events)  # taken by the running loop below
+            return
+        self._handling = True
+        try:
+            while True:
+                self._handle_events(events)
+                if self._queued:
+                    events, self._queued = self._queued, []
+                    continue
+                if not self._parse_next:
+                    return
+                self._parse_next = False
+                next_events = self._next_request_events()
+                if next_events is None:
+                    return
+                events = next_events
+        finally:
+            self._handling = False
+
+    def _handle_events(self, events: list[RequestEvent]) -> None:
         for event in events:
             if self._refused:
                 if isinstance(event, EndOfRequest):
@@ -263,8 +296,11 @@ class ClientConnection(asyncio.Protocol):
         conn.owner = self
         self._upstream_reused = conn.reused
         self._upstream = conn
-        if self._client_write_paused and conn.transport is not None:
-            conn.transport.pause_reading()
+        transport = conn.transport
+        if self._client_write_paused and transport is not None:
+            transport.pause_reading()
+        if transport is not None and transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
+            self._pause_reading(_PAUSE_UPSTREAM_FULL)
 
     def _send_upstream(self, data: bytes) -> None:
         upstream = self._upstream
@@ -358,7 +394,12 @@ class ClientConnection(asyncio.Protocol):
                     continue
                 self._status = event.status
                 self._response_started = True
-                if event.framing is Framing.UNTIL_CLOSE and event.raw_stream:
+                if (
+                    event.framing is Framing.UNTIL_CLOSE
+                    and event.raw_stream
+                    and head is not None
+                    and _may_hijack(head)
+                ):
                     # Older hijack form: the daemon took over the connection with a 200.
                     self._write_client(out)
                     self._enter_tunnel()
@@ -399,6 +440,8 @@ class ClientConnection(asyncio.Protocol):
         response = self._response
         if response is None:
             return False
+        if self._retry_now():
+            return False
         try:
             events = response.eof()
         except UpstreamError as exc:
@@ -418,19 +461,35 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._head is None or self._response is None or self._response.done:
             return
-        if self._retry_allowed and self._upstream_reused and not self._response_started:
-            # A pooled connection the daemon had already closed: safe to send again, since not
-            # one byte of an answer came back and the request had no body.
-            self._retry_allowed = False
-            head = self._head
-            raw = head.raw
-            if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
-                raw = _CONNECTION_HEADER.sub(b"", raw)
-            self._outbox = [raw]
-            self._pause_reading(_PAUSE_CONNECTING)
-            self._connect_task = self.gateway.loop.create_task(self._connect())
+        if self._retry_now():
             return
         self._upstream_failed(UpstreamError("the Docker daemon closed the connection mid-response"))
+
+    def _retry_now(self) -> bool:
+        """Send the request again on a new connection if the pooled one it went out on was
+        already closed by the daemon: not one byte of an answer came back, and, as Go's client
+        decides, the request has no body and a method that may be repeated."""
+        head = self._head
+        if not (
+            head is not None
+            and self._retry_allowed
+            and self._upstream_reused
+            and not self._response_started
+            and head.method in _REPLAYABLE_METHODS
+        ):
+            return False
+        self._retry_allowed = False
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        raw = head.raw
+        if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
+            raw = _CONNECTION_HEADER.sub(b"", raw)
+        self._outbox = [raw]
+        self._response = ResponseReader(head.method)
+        self._pause_reading(_PAUSE_CONNECTING)
+        self._connect_task = self.gateway.loop.create_task(self._connect())
+        return True
 
     def upstream_paused(self) -> None:
         self._pause_reading(_PAUSE_UPSTREAM_FULL)
@@ -466,15 +525,29 @@ class ClientConnection(asyncio.Protocol):
 
     def _read_next_request(self) -> None:
         """Keep-alive: wait for the next request, starting with any bytes already buffered."""
-        self.deadline = self.gateway.loop.time() + self.gateway.config.idle_timeout
-        self._resume_reading(_PAUSE_HELD | _PAUSE_TUNNEL_SETUP)
+        # Whatever paused reading belonged to the exchange that just ended.
+        self._resume_reading(_PAUSE_HELD | _PAUSE_TUNNEL_SETUP | _PAUSE_UPSTREAM_FULL)
+        if self._handling:
+            self._parse_next = True  # the running _handle loop takes it from here
+            return
+        events = self._next_request_events()
+        if events:
+            self._handle(events)
+
+    def _next_request_events(self) -> list[RequestEvent] | None:
         try:
             events = self.reader.next_request()
         except ClientProtocolError as exc:
             self._fail(exc)
-            return
-        if events:
-            self._handle(events)
+            return None
+        # Part of the next head already here: the (short) head timeout runs, not the idle one.
+        timeout = (
+            self.gateway.config.header_timeout
+            if self.reader.started
+            else self.gateway.config.idle_timeout
+        )
+        self.deadline = self.gateway.loop.time() + timeout
+        return events
 
     # ----- tunnels -----------------------------------------------------------------------------
 
@@ -537,9 +610,14 @@ class ClientConnection(asyncio.Protocol):
         if upstream is not None:
             upstream.close()
         transport.write(error_response(exc.status, f"dockgate: {exc.message}"))
-        self.gateway.access_log.write(
-            AccessRecord(self.client, "-", "-", "-", exc.status, 0, 0, 0.0, exc.message)
-        )
+        if self._head is not None:
+            # Part of this request may already have reached the daemon: log it as itself.
+            self._status = exc.status
+            self._log(note=exc.message)
+        else:
+            self.gateway.access_log.write(
+                AccessRecord(self.client, "-", "-", "-", exc.status, 0, 0, 0.0, exc.message)
+            )
         self._head = None
         self._close()
 
@@ -588,6 +666,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.reader.started:
             transport.write(error_response(408, "dockgate: request head not received in time"))
+            self.gateway.access_log.write(
+                AccessRecord(self.client, "-", "-", "-", 408, 0, 0, 0.0, "head timeout")
+            )
         self._close()
 
     def _log(self, note: str = "") -> None:
@@ -640,7 +721,7 @@ def _may_hijack(head: RequestHead) -> bool:
     Upgrade requests, and the attach and exec-start endpoints, which the daemon hijacks even
     without an Upgrade header (moby: router/container, router/exec).
     """
-    if head.upgrade:
+    if head.upgrade_header:
         return True
     if head.method != "POST":
         return False

@@ -15,6 +15,8 @@ from typing import Protocol, cast
 from dockgate.addresses import Address
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+UPSTREAM_WRITE_HIGH_WATER = 256 * 1024
+UPSTREAM_WRITE_LOW_WATER = 64 * 1024
 
 
 class UpstreamOwner(Protocol):
@@ -113,6 +115,8 @@ class UpstreamPool:
                 lambda: UpstreamConnection(self), address.host, address.port
             )
         transport, conn = await asyncio.wait_for(coro, CONNECT_TIMEOUT_SECONDS)
+        # The same marks as the client side, so "the daemon is not reading" means the same.
+        transport.set_write_buffer_limits(UPSTREAM_WRITE_HIGH_WATER, UPSTREAM_WRITE_LOW_WATER)
         if address.scheme == "tcp":
             sock = transport.get_extra_info("socket")
             if sock is not None:
