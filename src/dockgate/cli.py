@@ -64,6 +64,19 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket-group", default=None, metavar="NAME|GID")
     serve.add_argument("--upstream-pool-size", type=int, default=64, metavar="N")
     serve.add_argument("--max-header-bytes", type=int, default=64 * 1024, metavar="N")
+    serve.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate chain: TCP listeners speak TLS",
+    )
+    serve.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key")
+    serve.add_argument(
+        "--tls-client-ca",
+        default=None,
+        metavar="FILE",
+        help="require client certificates signed by this CA (PEM)",
+    )
     _policy_options(serve)
 
     check = commands.add_parser(
@@ -153,13 +166,19 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         socket_group=args.socket_group,
         upstream_pool_size=args.upstream_pool_size,
         max_header_bytes=args.max_header_bytes,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
 
 
 def _validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "options"
-    return f"{where}: {first['msg']}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not first["loc"]:
+        return message
+    where = "--" + str(first["loc"][0]).replace("_", "-")
+    return f"{where}: {message}"
 
 
 def _load_policies(args: argparse.Namespace) -> PolicySet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dockgate.addresses import Address, parse_address
 
@@ -31,6 +31,11 @@ class ServeConfig(BaseModel):
     socket_group: str | None = None
     upstream_pool_size: int = Field(default=64, ge=0)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # TLS on TCP listeners (unix listeners stay plain): certificate chain and key files, and a
+    # CA whose client certificates are required (which makes a TLS listener authenticated).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
     @field_validator("listen")
     @classmethod
@@ -38,3 +43,19 @@ class ServeConfig(BaseModel):
         if not value:
             raise ValueError("at least one --listen address is needed")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> ServeConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def client_certificates_required(self) -> bool:
+        return self.tls_cert is not None and self.tls_client_ca is not None

@@ -18,7 +18,7 @@ import stat
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvloop
 
@@ -28,6 +28,7 @@ from dockgate.config import ServeConfig
 from dockgate.gatekeeper import Gatekeeper
 from dockgate.policy.rules import PolicySet
 from dockgate.proxy import ClientConnection
+from dockgate.tls import ServerTLS, TLSConfigError, TLSProtocol
 from dockgate.upstream import UpstreamPool
 
 LISTEN_BACKLOG = 1024
@@ -44,9 +45,14 @@ class Gateway:
     """Per-process state shared by all client connections."""
 
     def __init__(
-        self, config: ServeConfig, loop: asyncio.AbstractEventLoop, policies: PolicySet
+        self,
+        config: ServeConfig,
+        loop: asyncio.AbstractEventLoop,
+        policies: PolicySet,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.config = config
+        self.tls = tls
         self.loop = loop
         self.gatekeeper = Gatekeeper(policies)
         self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
@@ -66,6 +72,10 @@ class Gateway:
                 server = await self.loop.create_unix_server(
                     self.connection_factory, sock=sock, backlog=LISTEN_BACKLOG
                 )
+            elif self.tls is not None:
+                server = await self.loop.create_server(
+                    self._tls_factory(self.tls), sock=sock, backlog=LISTEN_BACKLOG
+                )
             else:
                 server = await self.loop.create_server(
                     self.connection_factory, sock=sock, backlog=LISTEN_BACKLOG
@@ -76,6 +86,10 @@ class Gateway:
             await stop.wait()
         finally:
             await self._shutdown(servers)
+
+    def _tls_factory(self, tls: ServerTLS) -> Callable[[], TLSProtocol]:
+        timeout = self.config.header_timeout
+        return lambda: TLSProtocol(self.connection_factory, tls, timeout)
 
     async def _sweep(self) -> None:
         """Close connections whose request head did not arrive in time (slowloris, idle)."""
@@ -201,8 +215,17 @@ def bind_listeners(config: ServeConfig) -> list[tuple[Address, socket.socket]]:
 
 
 def check_exposure(config: ServeConfig) -> None:
-    """Refuse a non-loopback TCP listener without authentication unless --insecure is given."""
-    exposed = [address for address in config.listen if not address.is_loopback()]
+    """Refuse a non-loopback TCP listener without authentication unless --insecure is given.
+
+    TLS with required client certificates (--tls-client-ca) authenticates every TCP client;
+    TLS alone only encrypts, so it still needs --insecure.
+    """
+    exposed = [
+        address
+        for address in config.listen
+        if not address.is_loopback()
+        and not (address.scheme != "unix" and config.client_certificates_required)
+    ]
     if not exposed:
         return
     names = ", ".join(str(a) for a in exposed)
@@ -223,29 +246,52 @@ def check_exposure(config: ServeConfig) -> None:
 
 
 async def _serve_process(
-    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
+    config: ServeConfig,
+    listeners: list[tuple[Address, socket.socket]],
+    policies: PolicySet,
+    tls: ServerTLS | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    gateway = Gateway(config, loop, policies)
+    gateway = Gateway(config, loop, policies, tls)
     await gateway.serve(listeners, stop)
 
 
 def _run_worker(
-    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
+    config: ServeConfig,
+    listeners: list[tuple[Address, socket.socket]],
+    policies: PolicySet,
+    tls: ServerTLS | None,
 ) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_process(config, listeners, policies))
+        runner.run(_serve_process(config, listeners, policies, tls))
+
+
+def load_tls(config: ServeConfig) -> ServerTLS | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        return ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca)
+    except TLSConfigError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def run(config: ServeConfig, policies: PolicySet) -> None:
     check_exposure(config)
+    tls = load_tls(config)
     listeners = bind_listeners(config)
     try:
         for address, _ in listeners:
             print(f"dockgate: listening on {address}", file=sys.stderr, flush=True)
+        if tls is not None:
+            clients = (
+                f"client certificates required (CA {tls.client_ca})"
+                if tls.client_ca is not None
+                else "no client certificates"
+            )
+            print(f"dockgate: TLS on TCP listeners, {clients}", file=sys.stderr, flush=True)
         print(f"dockgate: forwarding to {config.upstream}", file=sys.stderr, flush=True)
         print(
             f"dockgate: policy {policies.default} from {policies.source}",
@@ -253,9 +299,9 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
             flush=True,
         )
         if config.workers == 1:
-            _run_worker(config, listeners, policies)
+            _run_worker(config, listeners, policies, tls)
         else:
-            _supervise(config, listeners, policies)
+            _supervise(config, listeners, policies, tls)
     finally:
         for address, sock in listeners:
             sock.close()
@@ -265,7 +311,10 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
 
 
 def _spawn(
-    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
+    config: ServeConfig,
+    listeners: list[tuple[Address, socket.socket]],
+    policies: PolicySet,
+    tls: ServerTLS | None,
 ) -> int:
     pid = os.fork()
     if pid == 0:  # the worker
@@ -273,7 +322,7 @@ def _spawn(
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _run_worker(config, listeners, policies)
+            _run_worker(config, listeners, policies, tls)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -309,12 +358,15 @@ def _forwarded_signals(
 
 
 def _supervise(
-    config: ServeConfig, listeners: list[tuple[Address, socket.socket]], policies: PolicySet
+    config: ServeConfig,
+    listeners: list[tuple[Address, socket.socket]],
+    policies: PolicySet,
+    tls: ServerTLS | None,
 ) -> None:
     workers: dict[int, float] = {}  # pid -> start time
     with _forwarded_signals(workers, listeners) as stopping:
         for _ in range(config.workers):
-            pid = _spawn(config, listeners, policies)
+            pid = _spawn(config, listeners, policies, tls)
             workers[pid] = time.monotonic()
         while workers:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -332,7 +384,7 @@ def _supervise(
             if time.monotonic() - started < WORKER_RESTART_DELAY_SECONDS:
                 time.sleep(WORKER_RESTART_DELAY_SECONDS)
             if not stopping[0]:
-                workers[_spawn(config, listeners, policies)] = time.monotonic()
+                workers[_spawn(config, listeners, policies, tls)] = time.monotonic()
 
 
 def _wait_description(status: int) -> str:

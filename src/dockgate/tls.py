@@ -1,0 +1,507 @@
+"""TLS for TCP listeners, done in the gateway over a plain transport.
+
+uvloop's own SSL transport (``create_server(ssl=...)``) cannot half-close: ``can_write_eof()`` is
+False, and a client's TLS close_notify ends the connection whatever ``eof_received()`` returns.
+A hijacked ``docker run -i`` needs exactly that half-close (stdin ends, output keeps coming), so
+TLS runs here instead, with ``SSLContext.wrap_bio`` over memory BIOs:
+
+- ciphertext from the socket goes into ``incoming``; ``SSLObject.read`` yields plaintext for the
+  inner protocol (a ``ClientConnection``);
+- plaintext from the inner protocol goes through ``SSLObject.write``; whatever lands in
+  ``outgoing`` is written to the socket after every SSLObject call;
+- a close_notify from the client is the client's half-close: the inner protocol's
+  ``eof_received()`` decides whether the connection stays open for writing (TLS 1.3 and OpenSSL
+  allow writing after receiving close_notify); ``write_eof()`` sends our close_notify, then a
+  TCP FIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+# Plaintext read per SSLObject.read call: larger than a TLS record (16 KiB), so a read never
+# leaves part of a record decrypted inside OpenSSL.
+READ_CHUNK_BYTES = 64 * 1024
+RELOAD_CHECK_SECONDS = 1.0
+DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+_HTTP_ON_TLS_PORT = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+    b"Client sent an HTTP request to an HTTPS server.\n"
+)
+
+_FileStamp = tuple[int, int, int] | None
+
+
+def _log(message: str) -> None:
+    print(f"dockgate: {message}", file=sys.stderr, flush=True)
+
+
+class TLSConfigError(Exception):
+    """A certificate, key or CA file cannot be used; the message says which and why."""
+
+
+class ServerTLS:
+    """The server's TLS settings: certificate, key and optional client CA, reloaded on change.
+
+    ``context()`` looks at the files' inode, size and mtime at most once a second and builds a
+    new context when they changed; if the new files do not load (a half-written file, a key that
+    does not match), the previous context stays in use and one line goes to stderr.
+    """
+
+    def __init__(
+        self,
+        cert: str,
+        key: str,
+        client_ca: str | None = None,
+        *,
+        check_interval: float = RELOAD_CHECK_SECONDS,
+    ) -> None:
+        self.cert = cert
+        self.key = key
+        self.client_ca = client_ca
+        self._check_interval = check_interval
+        self._stamps = self._current_stamps()
+        self._context = self._build()  # raises TLSConfigError
+        self._checked = time.monotonic()
+
+    @property
+    def requires_client_cert(self) -> bool:
+        return self.client_ca is not None
+
+    def _paths(self) -> list[str]:
+        return [self.cert, self.key] + ([self.client_ca] if self.client_ca is not None else [])
+
+    def _current_stamps(self) -> list[_FileStamp]:
+        stamps: list[_FileStamp] = []
+        for path in self._paths():
+            try:
+                st = os.stat(path)
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return stamps
+
+    def _build(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(
+                f"--tls-cert {self.cert} / --tls-key {self.key}: {_describe(exc)}"
+            ) from None
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                message = f"--tls-client-ca {self.client_ca}: {_describe(exc)}"
+                raise TLSConfigError(message) from None
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def context(self) -> ssl.SSLContext:
+        now = time.monotonic()
+        if now - self._checked < self._check_interval:
+            return self._context
+        self._checked = now
+        stamps = self._current_stamps()
+        if stamps == self._stamps:
+            return self._context
+        # Remember these stamps even if they do not load: one log line per change, not per
+        # connection. A later change (the second file of a pair being written) tries again.
+        self._stamps = stamps
+        try:
+            self._context = self._build()
+        except TLSConfigError as exc:
+            _log(f"TLS reload failed, keeping the previous certificate: {exc}")
+        else:
+            _log("TLS certificate files changed: reloaded")
+        return self._context
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{exc.reason} ({exc.library or 'ssl'})" if exc.library else str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _subject_field(cert: dict[str, Any], field: str) -> str | None:
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == field:
+                return cast(str, value)
+    return None
+
+
+def peer_names(cert: dict[str, Any] | None) -> list[str]:
+    """Every name a client certificate carries: subject CN, then SAN DNS names and emails."""
+    if not cert:
+        return []
+    names: list[str] = []
+    cn = _subject_field(cert, "commonName")
+    if cn:
+        names.append(cn)
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind in ("DNS", "email") and value not in names:
+            names.append(value)
+    return names
+
+
+def peer_identity(cert: dict[str, Any] | None) -> str | None:
+    """The identity of a verified client certificate: its subject CN, else its first SAN DNS
+    name or email; None without a certificate."""
+    names = peer_names(cert)
+    return names[0] if names else None
+
+
+class TLSTransport:
+    """What the inner protocol sees as its transport: the asyncio.Transport methods the proxy
+    uses, with plaintext in and out."""
+
+    def __init__(self, owner: TLSProtocol) -> None:
+        self._owner = owner
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._owner.app_write(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        self._owner.app_write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        self._owner.app_write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._owner.app_close()
+
+    def abort(self) -> None:
+        self._owner.app_abort()
+
+    def is_closing(self) -> bool:
+        return self._owner.app_is_closing()
+
+    def pause_reading(self) -> None:
+        self._owner.app_pause_reading()
+
+    def resume_reading(self) -> None:
+        self._owner.app_resume_reading()
+
+    def is_reading(self) -> bool:
+        return not self._owner.app_paused
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._owner.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._owner.raw.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._owner.raw.get_write_buffer_limits()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._owner.extra_info(name, default)
+
+
+class TLSProtocol(asyncio.Protocol):
+    """TLS server side of one TCP connection, around an inner protocol made once the handshake
+    is complete."""
+
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        tls: ServerTLS,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+    ) -> None:
+        self._factory = factory
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
+        self._raw: asyncio.Transport | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj: ssl.SSLObject | None = None
+        self._inner: asyncio.Protocol | None = None
+        self._adapter: TLSTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._handshaking = True
+        self._closing = False  # the inner protocol (or a failure) closed the connection
+        self._lost = False
+        self._shutdown_sent = False  # our close_notify is out
+        self._peer_eof = False  # the client's close_notify (or TCP FIN) was passed on
+        self._raw_eof = False  # TCP FIN from the client
+        self._keep_open = False  # what the inner protocol's eof_received() answered
+        self._reading = False  # inside _read_app (no re-entry)
+        self._read_scheduled = False
+        self.app_paused = False
+        self._peer = "-"
+
+    # ----- for the adapter --------------------------------------------------------------------
+
+    @property
+    def raw(self) -> asyncio.Transport:
+        assert self._raw is not None
+        return self._raw
+
+    def extra_info(self, name: str, default: Any = None) -> Any:
+        sslobj = self._sslobj
+        if name == "ssl_object":
+            return sslobj
+        if name == "peercert":
+            return sslobj.getpeercert() if sslobj is not None else default
+        if name == "peercert_binary":
+            return sslobj.getpeercert(binary_form=True) if sslobj is not None else default
+        if name == "cipher":
+            return sslobj.cipher() if sslobj is not None else default
+        if name == "sslcontext":
+            return sslobj.context if sslobj is not None else default
+        return self.raw.get_extra_info(name, default)
+
+    def app_write(self, data: bytes) -> None:
+        sslobj = self._sslobj
+        if not data or self._closing or self._shutdown_sent or sslobj is None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                count = sslobj.write(view)
+                view = view[count:]
+        except ssl.SSLError as exc:
+            self._flush()
+            self._fail(f"TLS write to {self._peer} failed: {_describe(exc)}")
+            return
+        self._flush()
+
+    def app_write_eof(self) -> None:
+        if self._closing or self._shutdown_sent:
+            return
+        self._send_close_notify()
+        raw = self._raw
+        if raw is not None and not raw.is_closing() and raw.can_write_eof():
+            raw.write_eof()
+
+    def app_close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        self._send_close_notify()
+        raw = self._raw
+        if raw is not None and not raw.is_closing():
+            raw.close()  # flushes what is buffered, then closes
+
+    def app_abort(self) -> None:
+        self._closing = True
+        self._cancel_timer()
+        if self._raw is not None:
+            self._raw.abort()
+
+    def app_is_closing(self) -> bool:
+        return self._closing or self._raw is None or self._raw.is_closing()
+
+    def app_pause_reading(self) -> None:
+        if self.app_paused:
+            return
+        self.app_paused = True
+        raw = self._raw
+        if raw is not None and not raw.is_closing():
+            raw.pause_reading()
+
+    def app_resume_reading(self) -> None:
+        if not self.app_paused:
+            return
+        self.app_paused = False
+        raw = self._raw
+        if raw is not None and not raw.is_closing() and not self._raw_eof:
+            raw.resume_reading()
+        # Plaintext (or an EOF) may be waiting in the BIO from before the pause.
+        if not self._read_scheduled and not self._reading:
+            self._read_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_read)
+
+    # ----- raw transport events ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._raw = cast(asyncio.Transport, transport)
+        peer = self._raw.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            host = peer[0]
+            self._peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        self._sslobj = self._tls.context().wrap_bio(
+            self._incoming, self._outgoing, server_side=True
+        )
+        self._timer = asyncio.get_running_loop().call_later(
+            self._handshake_timeout, self._handshake_timed_out
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._incoming.write(data)
+        if self._handshaking:
+            self._do_handshake()
+            if self._handshaking or self._closing:
+                return
+        self._read_app()
+
+    def eof_received(self) -> bool:
+        self._raw_eof = True
+        if self._handshaking:
+            # A port probe, or a client that gave up: nothing to say.
+            self._closing = True
+            self._cancel_timer()
+            return False
+        if self._closing:
+            return False
+        # Plaintext may still be in the BIO; the EOF reaches the inner protocol after it.
+        self._read_app()
+        # Keep the socket open for writing unless the inner protocol said otherwise (then it has
+        # closed the connection already).
+        return not self._closing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._cancel_timer()
+        inner = self._inner
+        if inner is not None:
+            inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    # ----- internals --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            data = self._outgoing.read()
+            raw = self._raw
+            if raw is not None and not raw.is_closing():
+                raw.write(data)
+
+    def _do_handshake(self) -> None:
+        sslobj = self._sslobj
+        assert sslobj is not None
+        try:
+            sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._flush()  # the alert, so the client learns why
+            if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
+                self._write_raw(_HTTP_ON_TLS_PORT)
+            self._fail(f"TLS handshake with {self._peer} failed: {_describe(exc)}")
+            return
+        self._flush()
+        self._handshaking = False
+        self._cancel_timer()
+        self._adapter = TLSTransport(self)
+        self._inner = self._factory()
+        self._inner.connection_made(cast(asyncio.BaseTransport, self._adapter))
+
+    def _write_raw(self, data: bytes) -> None:
+        raw = self._raw
+        if raw is not None and not raw.is_closing():
+            raw.write(data)
+
+    def _scheduled_read(self) -> None:
+        self._read_scheduled = False
+        if not self._closing and not self._handshaking:
+            self._read_app()
+
+    def _read_app(self) -> None:
+        """Pass decrypted data (then the client's EOF) to the inner protocol, unless paused."""
+        if self._reading:
+            return
+        sslobj = self._sslobj
+        inner = self._inner
+        assert sslobj is not None
+        assert inner is not None
+        self._reading = True
+        try:
+            while not self.app_paused and not self._closing and not self._peer_eof:
+                try:
+                    chunk = sslobj.read(READ_CHUNK_BYTES)
+                except ssl.SSLWantReadError:
+                    self._flush()  # e.g. a key update answer
+                    if self._raw_eof:
+                        self._deliver_eof(inner)  # a TCP FIN without close_notify
+                    return
+                except ssl.SSLZeroReturnError:
+                    self._flush()
+                    self._deliver_eof(inner)
+                    return
+                except ssl.SSLError as exc:
+                    self._flush()
+                    self._fail(f"TLS error from {self._peer}: {_describe(exc)}")
+                    return
+                self._flush()  # TLS 1.3 session tickets go out with the first read
+                if not chunk:
+                    self._deliver_eof(inner)  # close_notify
+                    return
+                inner.data_received(chunk)
+        finally:
+            self._reading = False
+
+    def _deliver_eof(self, inner: asyncio.Protocol) -> None:
+        if self._peer_eof:
+            return
+        self._peer_eof = True
+        self._keep_open = bool(inner.eof_received())
+        if not self._keep_open:
+            self.app_close()
+
+    def _send_close_notify(self) -> None:
+        sslobj = self._sslobj
+        if self._shutdown_sent or sslobj is None or self._handshaking:
+            return
+        self._shutdown_sent = True
+        # unwrap() calls SSL_shutdown twice: the second call tries to read the client's
+        # close_notify and would consume (and reject) application data still waiting in the
+        # incoming BIO. Take that ciphertext out for the call and put it back after.
+        waiting = self._incoming.read()
+        try:
+            sslobj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
+        finally:
+            if waiting:
+                self._incoming.write(waiting)
+        self._flush()
+
+    def _fail(self, message: str) -> None:
+        _log(message)
+        self._closing = True
+        self._cancel_timer()
+        raw = self._raw
+        if raw is not None and not raw.is_closing():
+            raw.close()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._handshaking and not self._closing:
+            self._fail(f"TLS handshake with {self._peer} timed out")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
