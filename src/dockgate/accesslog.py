@@ -30,6 +30,7 @@ class AccessRecord:
     note: str = ""  # why the exchange ended unusually ("client gone", "upstream failed", ...)
     operation: str = "-"  # the Engine API operation, e.g. ContainerList
     decision: str = "-"  # e.g. allow:environment:rule-5, deny:ci:read-only
+    identity: str = "-"  # the authenticated caller, "-" when none is required
 
 
 class AccessLog:
@@ -56,6 +57,7 @@ class AccessLog:
                 "duration_ms": round(record.duration_s * 1000, 3),
                 "operation": record.operation,
                 "decision": record.decision,
+                "identity": record.identity,
             }
             if record.note:
                 fields["note"] = record.note
@@ -66,7 +68,7 @@ class AccessLog:
                 f'{record.client} "{record.method} {record.target} HTTP/{record.version}" '
                 f"{record.status} in={record.bytes_in} out={record.bytes_out} "
                 f"dur_ms={record.duration_s * 1000:.3f} op={record.operation} "
-                f"decision={record.decision}{note}\n"
+                f"decision={record.decision} user={record.identity}{note}\n"
             )
         self._pending.append(line)
         self._pending_chars += len(line)

@@ -77,6 +77,18 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="require client certificates signed by this CA (PEM)",
     )
+    serve.add_argument(
+        "--htpasswd",
+        default=None,
+        metavar="FILE",
+        help="require Basic credentials from this htpasswd file (htpasswd -B)",
+    )
+    serve.add_argument(
+        "--tokens",
+        default=None,
+        metavar="FILE",
+        help="accept bearer tokens from this file ('dockgate token create')",
+    )
     _policy_options(serve)
 
     check = commands.add_parser(
@@ -169,6 +181,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        htpasswd=args.htpasswd,
+        tokens=args.tokens,
     )
 
 

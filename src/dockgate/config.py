@@ -36,6 +36,10 @@ class ServeConfig(BaseModel):
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # Identities: an htpasswd file (Basic) and a tokens file (Bearer); either makes every
+    # listener require authentication.
+    htpasswd: str | None = None
+    tokens: str | None = None
 
     @field_validator("listen")
     @classmethod

@@ -49,7 +49,12 @@ REASONS = {
 
 
 def error_response(
-    status: int, message: str, *, close: bool = True, head_only: bool = False
+    status: int,
+    message: str,
+    *,
+    close: bool = True,
+    head_only: bool = False,
+    extra_headers: bytes = b"",
 ) -> bytes:
     """A complete HTTP/1.1 response whose body has Docker's `{"message": ...}` error shape.
 
@@ -63,6 +68,7 @@ def error_response(
         b"Content-Length: %d\r\n"
         b"Server: dockgate\r\n" % (status, reason, len(body))
     )
+    head += extra_headers  # complete lines, each ending in CRLF
     if close:
         head += b"Connection: close\r\n"
     # A response to HEAD ends at the blank line: a body would be read as the next response.

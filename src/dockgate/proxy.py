@@ -45,9 +45,13 @@ HELD_BYTES_LIMIT = 256 * 1024
 # body is read and dropped for at most this long so the client sees the answer, not a reset.
 LINGER_SECONDS = 2.0
 
+# RFC 7617: what a 401 asks for. The docker CLI sends whatever its config.json HttpHeaders say.
+_CHALLENGE = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
+
 # Requests that may be sent again after a stale pooled connection (net/http isReplayable).
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+_AUTHORIZATION_HEADER = re.compile(rb"\r\nauthorization[ \t]*:[^\r]*", re.IGNORECASE)
 _CONNECTION_HEADER = re.compile(rb"\r\n[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]:[^\r]*")
 
 # Reasons for which reading from the client is paused; reading resumes when none is left.
@@ -91,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self._parse_next = False
         self._queued: list[RequestEvent] = []
         self._verdict: Verdict | None = None
+        self._identity = "-"  # who made the current request, for the access log
         self._connect_task: asyncio.Task[None] | None = None
         # Tunnel state (after a hijack): which directions are still open.
         self.tunnel = False
@@ -246,6 +251,20 @@ class ClientConnection(asyncio.Protocol):
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
+        authenticator = self.gateway.authenticator
+        if authenticator.required:
+            identity = authenticator.authenticate(head.authorization)
+            if identity is None:
+                message = (
+                    "dockgate: authentication required"
+                    if head.authorization is None
+                    else "dockgate: invalid credentials"
+                )
+                self._verdict = Verdict(False, 401, message, "-", "deny:-:unauthenticated")
+                self._identity = "-"
+                self._refuse(head, self._verdict)
+                return
+            self._identity = identity.name
         verdict = self.gateway.gatekeeper.check_cached(
             head.method, head.target, head.host, head.origin, head.upgrade_header
         )
@@ -254,11 +273,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(head, verdict)
             return
         self._response = ResponseReader(head.method)
-        raw = head.raw
-        if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
-            # The client's "Connection: close" is about its own connection; the one to the
-            # daemon stays reusable.
-            raw = _CONNECTION_HEADER.sub(b"", raw)
+        raw = _forwarded_head(head)
         self._retry_allowed = not head.has_body
         conn = self.gateway.pool.take_idle()
         if conn is not None:
@@ -318,7 +333,11 @@ class ClientConnection(asyncio.Protocol):
         # client sees the answer rather than a reset). Without a body, keep-alive goes on.
         closing = head.has_body or not head.keep_alive or self.close_after_exchange
         body = error_response(
-            verdict.status, verdict.message, close=closing, head_only=head.method == "HEAD"
+            verdict.status,
+            verdict.message,
+            close=closing,
+            head_only=head.method == "HEAD",
+            extra_headers=_CHALLENGE if verdict.status == 401 else b"",
         )
         self._bytes_out = _body_length(body)
         self._response_started = True
@@ -482,10 +501,7 @@ class ClientConnection(asyncio.Protocol):
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
-        raw = head.raw
-        if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
-            raw = _CONNECTION_HEADER.sub(b"", raw)
-        self._outbox = [raw]
+        self._outbox = [_forwarded_head(head)]
         self._response = ResponseReader(head.method)
         self._pause_reading(_PAUSE_CONNECTING)
         self._connect_task = self.gateway.loop.create_task(self._connect())
@@ -688,6 +704,7 @@ class ClientConnection(asyncio.Protocol):
                 note=note,
                 operation=self._verdict.operation if self._verdict is not None else "-",
                 decision=self._verdict.label if self._verdict is not None else "-",
+                identity=self._identity,
             )
         )
 
@@ -713,6 +730,19 @@ class ClientConnection(asyncio.Protocol):
             transport.pause_reading()
         else:
             transport.resume_reading()
+
+
+def _forwarded_head(head: RequestHead) -> bytes:
+    """The head as the daemon gets it: as received, less what belongs to the gateway."""
+    raw = head.raw
+    if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
+        # The client's "Connection: close" is about its own connection; the one to the
+        # daemon stays reusable.
+        raw = _CONNECTION_HEADER.sub(b"", raw)
+    if head.authorization is not None:
+        # Credentials are the gateway's business; the daemon never sees them.
+        raw = _AUTHORIZATION_HEADER.sub(b"", raw)
+    return raw
 
 
 def _may_hijack(head: RequestHead) -> bool:

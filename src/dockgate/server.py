@@ -24,6 +24,9 @@ import uvloop
 
 from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
+from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.htpasswd import HtpasswdError, load_htpasswd
+from dockgate.auth.tokens import TokenFileError, load_tokens
 from dockgate.config import ServeConfig
 from dockgate.gatekeeper import Gatekeeper
 from dockgate.policy.rules import PolicySet
@@ -54,7 +57,11 @@ class Gateway:
         self.config = config
         self.tls = tls
         self.loop = loop
-        self.gatekeeper = Gatekeeper(policies)
+        self.authenticator = load_authenticator(config)
+        self.gatekeeper = Gatekeeper(
+            policies,
+            authenticated=self.authenticator.required or config.client_certificates_required,
+        )
         self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
         self.access_log: AccessLog = open_access_log(config.access_log, config.log_format)
         self.connections: set[ClientConnection] = set()
@@ -220,10 +227,12 @@ def check_exposure(config: ServeConfig) -> None:
     TLS with required client certificates (--tls-client-ca) authenticates every TCP client;
     TLS alone only encrypts, so it still needs --insecure.
     """
+    authenticated = config.htpasswd is not None or config.tokens is not None
     exposed = [
         address
         for address in config.listen
         if not address.is_loopback()
+        and not authenticated
         and not (address.scheme != "unix" and config.client_certificates_required)
     ]
     if not exposed:
@@ -278,9 +287,23 @@ def load_tls(config: ServeConfig) -> ServerTLS | None:
         raise StartupError(str(exc)) from None
 
 
+def load_authenticator(config: ServeConfig) -> Authenticator:
+    """The htpasswd and tokens files, read and checked; errors stop the start."""
+    try:
+        htpasswd = load_htpasswd(config.htpasswd) if config.htpasswd is not None else None
+        tokens = load_tokens(config.tokens) if config.tokens is not None else None
+    except (HtpasswdError, TokenFileError) as exc:
+        raise StartupError(str(exc)) from None
+    return Authenticator(htpasswd, tokens)
+
+
 def run(config: ServeConfig, policies: PolicySet) -> None:
     check_exposure(config)
     tls = load_tls(config)
+    authenticator = load_authenticator(config)
+    if authenticator.htpasswd is not None:
+        for warning in authenticator.htpasswd.warnings:
+            print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
     listeners = bind_listeners(config)
     try:
         for address, _ in listeners:

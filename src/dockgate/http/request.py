@@ -47,6 +47,7 @@ class RequestHead:
     # Any Upgrade header at all, even without the Connection token: some servers (Go's h2c
     # handler) switch on less, so the gatekeeper treats it as a request to switch.
     upgrade_header: bool = False
+    authorization: bytes | None = None  # consumed by the gateway, never forwarded
 
     @property
     def has_body(self) -> bool:
@@ -241,7 +242,8 @@ _REQUEST_LINE = re.compile(
 _HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
 # Only these fields matter for framing and connection handling; found with one scan.
 _FRAMING_FIELD = re.compile(
-    rb"\r\n(content-length|transfer-encoding|host|connection|upgrade|expect|origin)[ \t]*:([^\r]*)",
+    rb"\r\n(content-length|transfer-encoding|host|connection|upgrade|expect|origin|authorization)"
+    rb"[ \t]*:([^\r]*)",
     re.IGNORECASE,
 )
 
@@ -259,6 +261,7 @@ def parse_head(raw: bytes) -> RequestHead:
     hosts = 0
     host: bytes | None = None
     origin: bytes | None = None
+    authorization: bytes | None = None
     upgrade_header = False
     expect_continue = False
     for field in _FRAMING_FIELD.finditer(raw, line.end() - 2):
@@ -285,6 +288,10 @@ def parse_head(raw: bytes) -> RequestHead:
             if origin is not None:
                 raise ClientProtocolError("duplicate Origin")
             origin = value
+        elif name == b"authorization":
+            if authorization is not None:
+                raise ClientProtocolError("duplicate Authorization")
+            authorization = value
         elif value.lower() != b"100-continue":  # expect
             raise ClientProtocolError("unsupported Expect header")
         else:
@@ -319,6 +326,7 @@ def parse_head(raw: bytes) -> RequestHead:
         expect_continue=expect_continue,
         host=host,
         origin=origin,
+        authorization=authorization,
     )
 
 
