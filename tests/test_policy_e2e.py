@@ -193,7 +193,8 @@ PING_CLOSE = http("GET /_ping HTTP/1.1", "Connection: close")
 
 ACCESS_LINE = re.compile(
     r'^(?P<client>\S+) "(?P<method>\S+) (?P<target>\S+) HTTP/(?P<version>\S+)" (?P<status>\d+) '
-    r"in=\d+ out=\d+ dur_ms=\S+ op=(?P<op>\S+) decision=(?P<decision>\S+)(?: user=\S+)?(?: \((?P<note>.*)\))?$"
+    r"in=\d+ out=\d+ dur_ms=\S+ op=(?P<op>\S+) decision=(?P<decision>\S+)(?: user=\S+)?"
+    r"(?: \((?P<note>.*)\))?$"
 )
 
 
