@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import uvloop
 
@@ -48,18 +49,14 @@ class Gateway:
     """Per-process state shared by all client connections."""
 
     def __init__(
-        self,
-        config: ServeConfig,
-        loop: asyncio.AbstractEventLoop,
-        policies: PolicySet,
-        tls: ServerTLS | None = None,
+        self, config: ServeConfig, loop: asyncio.AbstractEventLoop, loaded: Loaded
     ) -> None:
         self.config = config
-        self.tls = tls
+        self.tls = loaded.tls
         self.loop = loop
-        self.authenticator = load_authenticator(config)
+        self.authenticator = loaded.authenticator
         self.gatekeeper = Gatekeeper(
-            policies,
+            loaded.policies,
             authenticated=self.authenticator.required or config.client_certificates_required,
         )
         self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
@@ -257,25 +254,23 @@ def check_exposure(config: ServeConfig) -> None:
 async def _serve_process(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
-    policies: PolicySet,
-    tls: ServerTLS | None,
+    loaded: Loaded,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    gateway = Gateway(config, loop, policies, tls)
+    gateway = Gateway(config, loop, loaded)
     await gateway.serve(listeners, stop)
 
 
 def _run_worker(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
-    policies: PolicySet,
-    tls: ServerTLS | None,
+    loaded: Loaded,
 ) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_process(config, listeners, policies, tls))
+        runner.run(_serve_process(config, listeners, loaded))
 
 
 def load_tls(config: ServeConfig) -> ServerTLS | None:
@@ -297,10 +292,21 @@ def load_authenticator(config: ServeConfig) -> Authenticator:
     return Authenticator(htpasswd, tokens)
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What the files name, read once by the parent before it binds (so errors stop the start)
+    and inherited by the workers."""
+
+    policies: PolicySet
+    tls: ServerTLS | None
+    authenticator: Authenticator
+
+
 def run(config: ServeConfig, policies: PolicySet) -> None:
     check_exposure(config)
     tls = load_tls(config)
     authenticator = load_authenticator(config)
+    loaded = Loaded(policies, tls, authenticator)
     if authenticator.htpasswd is not None:
         for warning in authenticator.htpasswd.warnings:
             print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
@@ -322,9 +328,9 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
             flush=True,
         )
         if config.workers == 1:
-            _run_worker(config, listeners, policies, tls)
+            _run_worker(config, listeners, loaded)
         else:
-            _supervise(config, listeners, policies, tls)
+            _supervise(config, listeners, loaded)
     finally:
         for address, sock in listeners:
             sock.close()
@@ -336,8 +342,7 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
 def _spawn(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
-    policies: PolicySet,
-    tls: ServerTLS | None,
+    loaded: Loaded,
 ) -> int:
     pid = os.fork()
     if pid == 0:  # the worker
@@ -345,7 +350,7 @@ def _spawn(
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _run_worker(config, listeners, policies, tls)
+            _run_worker(config, listeners, loaded)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -383,13 +388,12 @@ def _forwarded_signals(
 def _supervise(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
-    policies: PolicySet,
-    tls: ServerTLS | None,
+    loaded: Loaded,
 ) -> None:
     workers: dict[int, float] = {}  # pid -> start time
     with _forwarded_signals(workers, listeners) as stopping:
         for _ in range(config.workers):
-            pid = _spawn(config, listeners, policies, tls)
+            pid = _spawn(config, listeners, loaded)
             workers[pid] = time.monotonic()
         while workers:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -407,7 +411,7 @@ def _supervise(
             if time.monotonic() - started < WORKER_RESTART_DELAY_SECONDS:
                 time.sleep(WORKER_RESTART_DELAY_SECONDS)
             if not stopping[0]:
-                workers[_spawn(config, listeners, policies, tls)] = time.monotonic()
+                workers[_spawn(config, listeners, loaded)] = time.monotonic()
 
 
 def _wait_description(status: int) -> str:
