@@ -30,15 +30,11 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
-from dockgate.upstream import UpstreamConnection
+from dockgate.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, UpstreamConnection
 
 if TYPE_CHECKING:
     from dockgate.server import Gateway
 
-# Write-buffer marks for both sides; large enough to batch small stream writes, small enough
-# that thousands of slow clients cannot exhaust memory.
-WRITE_HIGH_WATER_BYTES = 256 * 1024
-WRITE_LOW_WATER_BYTES = 64 * 1024
 # Bytes of pipelined requests held while the current exchange runs, before reading pauses.
 HELD_BYTES_LIMIT = 256 * 1024
 # After an early response (the daemon answered before the whole body arrived), the rest of the

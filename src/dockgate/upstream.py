@@ -15,8 +15,11 @@ from typing import Protocol, cast
 from dockgate.addresses import Address
 
 CONNECT_TIMEOUT_SECONDS = 10.0
-UPSTREAM_WRITE_HIGH_WATER = 256 * 1024
-UPSTREAM_WRITE_LOW_WATER = 64 * 1024
+# Write-buffer marks for both sides of the gateway (the client side uses them too): large
+# enough to batch small stream writes, small enough that thousands of slow peers cannot
+# exhaust memory. Past the high mark, reading from the other side pauses.
+WRITE_HIGH_WATER_BYTES = 256 * 1024
+WRITE_LOW_WATER_BYTES = 64 * 1024
 
 
 class UpstreamOwner(Protocol):
@@ -115,8 +118,7 @@ class UpstreamPool:
                 lambda: UpstreamConnection(self), address.host, address.port
             )
         transport, conn = await asyncio.wait_for(coro, CONNECT_TIMEOUT_SECONDS)
-        # The same marks as the client side, so "the daemon is not reading" means the same.
-        transport.set_write_buffer_limits(UPSTREAM_WRITE_HIGH_WATER, UPSTREAM_WRITE_LOW_WATER)
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
         if address.scheme == "tcp":
             sock = transport.get_extra_info("socket")
             if sock is not None:
