@@ -23,6 +23,8 @@ from pathlib import Path
 import argon2
 import bcrypt
 
+from dockgate.files import read_config_text
+
 # A bcrypt hash checked when the user is unknown, so that "no such user" and "wrong password"
 # take the same time and cannot be told apart from outside.
 _DUMMY_BCRYPT = bcrypt.hashpw(b"dockgate-dummy", bcrypt.gensalt(rounds=10))
@@ -131,10 +133,7 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
 
 def load_htpasswd(path: str | Path) -> Htpasswd:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise HtpasswdError(f"{source}: cannot read: {exc.strerror}") from None
+    text = read_config_text(path, lambda problem: HtpasswdError(f"{source}: {problem}"))
     return parse_htpasswd(text, source)
 
 

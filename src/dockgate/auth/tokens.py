@@ -18,6 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from dockgate.files import read_config_text
+
 TOKEN_PREFIX = "dg_"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -82,10 +84,7 @@ def parse_tokens(text: str, source: str) -> Tokens:
 
 def load_tokens(path: str | Path) -> Tokens:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TokenFileError(f"{source}: cannot read: {exc.strerror}") from None
+    text = read_config_text(path, lambda problem: TokenFileError(f"{source}: {problem}"))
     return parse_tokens(text, source)
 
 

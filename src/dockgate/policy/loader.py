@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
+from dockgate.files import read_config_text
 from dockgate.policy.rules import (
     ALLOW,
     DENY,
@@ -217,12 +218,7 @@ def _line_for(lines: Mapping[Location, int], loc: Location) -> int | None:
 
 def load_policy_file(path: str | Path) -> PolicySet:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(source, None, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise PolicyError(source, None, "not UTF-8 text") from None
+    text = read_config_text(path, lambda problem: PolicyError(source, None, problem))
     return parse_policy_text(text, source, toml=source.endswith(".toml"))
 
 
