@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from dockgate.caching import remember
+
 # Host names the Docker clients themselves send: the CLI over a unix socket sends
 # `api.moby.localhost` (older: `docker`), the Python SDK `localhost`.
 _CLIENT_HOST_NAMES = frozenset({"localhost", "docker"})
@@ -36,9 +38,7 @@ class BrowserGuard:
             allowed = self._host_cache.get(host)
             if allowed is None:
                 allowed = self._host_allowed(_host_name(host.decode("latin-1").strip().lower()))
-                if len(self._host_cache) >= HOST_CACHE_ENTRIES:
-                    self._host_cache.clear()
-                self._host_cache[host] = allowed
+                remember(self._host_cache, host, allowed, HOST_CACHE_ENTRIES)
             if not allowed:
                 name = _host_name(host.decode("latin-1").strip().lower())
                 return (

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dockgate.browser import BrowserGuard
+from dockgate.caching import remember
 from dockgate.errors import ClientProtocolError
 from dockgate.policy.rules import PolicySet
 from dockgate.policy.tecnativa import missing_variable_hint
@@ -70,9 +71,7 @@ class Gatekeeper:
                 or len(origin or b"") > VERDICT_CACHE_MAX_TARGET
             ):
                 return verdict
-            if len(self._cache) >= VERDICT_CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[key] = verdict
+            remember(self._cache, key, verdict, VERDICT_CACHE_ENTRIES)
         return verdict
 
     def check(

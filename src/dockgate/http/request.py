@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dockgate.caching import remember
 from dockgate.errors import ClientProtocolError
 from dockgate.http.chunked import ChunkedDecoder
 
@@ -227,9 +228,7 @@ def parse_head_cached(raw: bytes) -> RequestHead:
         head = parse_head(raw)
         if len(raw) > HEAD_CACHE_MAX_HEAD_BYTES:
             return head
-        if len(_head_cache) >= HEAD_CACHE_ENTRIES:
-            _head_cache.clear()
-        _head_cache[raw] = head
+        remember(_head_cache, raw, head, HEAD_CACHE_ENTRIES)
     return head
 
 
