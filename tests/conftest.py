@@ -20,7 +20,7 @@ import pytest
 
 from support.clients import Cleanup, DirectEndpoint, DockerCLI, DockerPopen, GatewayLike
 from support.daemon import PrivateDaemon, free_tcp_port, run_docker
-from support.gateway import Gateway
+from support.gateway import Gateway, running
 from support.procs import stop_process
 
 DIRECT = os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0")
@@ -60,17 +60,8 @@ def gateway(daemon: PrivateDaemon) -> Iterator[GatewayLike]:
         port = int(daemon.tcp_host.rsplit(":", 1)[1])
         yield DirectEndpoint(url=daemon.tcp_host, port=port, http_base=f"http://127.0.0.1:{port}")
         return
-    gw = Gateway(daemon.host)
-    gw.start()
-    try:
+    with running(Gateway(daemon.host), "the session's gateway") as gw:
         yield gw
-    finally:
-        died = gw.returncode
-        gw.stop()
-    if died is not None:
-        pytest.fail(
-            f"the gateway exited on its own (status {died}) during the session:\n{gw.output()}"
-        )
 
 
 @pytest.hookimpl(wrapper=True)

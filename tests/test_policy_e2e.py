@@ -329,11 +329,8 @@ def origin_gateway(daemon: PrivateDaemon) -> Iterator[Gateway]:
         "http://dash.example",
         env=clean_environment(),
     )
-    gw.start()
-    try:
+    with gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture

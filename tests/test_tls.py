@@ -21,7 +21,7 @@ import trustme
 from dockgate.tls import peer_identity, peer_names
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon, run_docker
-from support.gateway import Gateway
+from support.gateway import Gateway, running
 
 pytestmark = pytest.mark.daemon
 
@@ -86,15 +86,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def tls_gateway(daemon: PrivateDaemon, pki: Pki) -> Iterator[Gateway]:
-    gw = Gateway(daemon.host, *_tls_args(pki))
-    gw.start()
-    try:
+    with running(Gateway(daemon.host, *_tls_args(pki)), "the TLS gateway") as gw:
         yield gw
-    finally:
-        died = gw.returncode
-        gw.stop()
-    if died is not None:
-        pytest.fail(f"the TLS gateway exited on its own (status {died}):\n{gw.output()}")
 
 
 @pytest.fixture(scope="module")

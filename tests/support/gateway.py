@@ -8,6 +8,7 @@ with ``--policy allow-all.yaml``), waits for its ``dockgate: listening on ADDRES
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -15,8 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Self
+
+import pytest
 
 from support.procs import StartStop, terminate
 
@@ -246,3 +249,16 @@ class Gateway(StartStop):
         code = terminate(self._proc, self.stop_timeout if timeout is None else timeout)
         self._join_drains()
         return code
+
+
+@contextlib.contextmanager
+def running(gateway: Gateway, what: str = "the gateway") -> Iterator[Gateway]:
+    """Start `gateway` for a fixture, stop it afterwards, and fail if it died on its own."""
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        died = gateway.returncode
+        gateway.stop()
+    if died is not None:
+        pytest.fail(f"{what} exited on its own (status {died}):\n{gateway.output()}")
