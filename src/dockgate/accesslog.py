@@ -1,20 +1,26 @@
 """The access log: one line per request, human-readable or JSON.
 
-Lines are buffered and flushed shortly after they are written (or when the buffer is large), so
-that logging costs one small string per request rather than one system call.
+Lines go through a `dockgate.logsink.LineSink`: buffered, and flushed shortly after they are
+written (or when the buffer is large), so that logging costs one small string per request rather
+than one system call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import TextIO
 
-FLUSH_DELAY_SECONDS = 0.05
-FLUSH_BUFFER_CHARS = 64 * 1024
+from dockgate.logsink import FLUSH_BUFFER_CHARS, FLUSH_DELAY_SECONDS, LineSink, open_sink
+
+__all__ = [
+    "FLUSH_BUFFER_CHARS",
+    "FLUSH_DELAY_SECONDS",
+    "AccessLog",
+    "AccessRecord",
+    "open_access_log",
+]
 
 
 @dataclass(slots=True)
@@ -34,15 +40,18 @@ class AccessRecord:
 
 
 class AccessLog:
-    def __init__(self, stream: TextIO | None, fmt: str = "text") -> None:
-        self._stream = stream
+    """Formats `AccessRecord`s as lines for a `LineSink` (a stream is wrapped in one, not owned)."""
+
+    def __init__(self, stream: TextIO | LineSink | None, fmt: str = "text") -> None:
+        self._sink = stream if isinstance(stream, LineSink) or stream is None else LineSink(stream)
         self._json = fmt == "json"
-        self._pending: list[str] = []
-        self._pending_chars = 0
-        self._flush_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._sink is not None
 
     def write(self, record: AccessRecord) -> None:
-        if self._stream is None:
+        if self._sink is None:
             return
         if self._json:
             fields: dict[str, object] = {
@@ -61,42 +70,28 @@ class AccessLog:
             }
             if record.note:
                 fields["note"] = record.note
-            line = json.dumps(fields) + "\n"
+            line = json.dumps(fields)
         else:
             note = f" ({record.note})" if record.note else ""
             line = (
                 f'{record.client} "{record.method} {record.target} HTTP/{record.version}" '
                 f"{record.status} in={record.bytes_in} out={record.bytes_out} "
                 f"dur_ms={record.duration_s * 1000:.3f} op={record.operation} "
-                f"decision={record.decision} user={record.identity}{note}\n"
+                f"decision={record.decision} user={record.identity}{note}"
             )
-        self._pending.append(line)
-        self._pending_chars += len(line)
-        if self._pending_chars >= FLUSH_BUFFER_CHARS:
-            self.flush()
-        elif self._flush_handle is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._flush_handle = loop.call_later(FLUSH_DELAY_SECONDS, self.flush)
+        self._sink.write(line)
 
     def flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._pending and self._stream is not None:
-            self._stream.write("".join(self._pending))
-            self._stream.flush()
-        self._pending.clear()
-        self._pending_chars = 0
+        if self._sink is not None:
+            self._sink.flush()
+
+    def close(self) -> None:
+        """Flush, and close the file if `open_access_log` opened one."""
+        if self._sink is not None:
+            self._sink.close()
 
 
 def open_access_log(target: str, fmt: str) -> AccessLog:
-    """`-` is stdout, `off` disables the access log, anything else is a file appended to."""
-    if target == "off":
-        return AccessLog(None, fmt)
-    if target == "-":
-        return AccessLog(sys.stdout, fmt)
-    return AccessLog(open(target, "a", encoding="utf-8"), fmt)
+    """`-` is stdout, `off` disables the access log, anything else is a file appended to
+    (created with mode 0600 when new)."""
+    return AccessLog(open_sink(target), fmt)
