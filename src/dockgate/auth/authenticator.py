@@ -2,53 +2,156 @@
 
 The header is consumed here and never forwarded to the daemon. Unknown users, wrong passwords
 and unknown tokens all get the same answer, so the outside cannot tell them apart.
+
+The htpasswd and tokens files are watched: when one changes (a user added, a token revoked),
+it is read again within a second, without a restart. A file that no longer loads leaves the
+previous contents in force, with one log line per change.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from dockgate.auth.htpasswd import Htpasswd
-from dockgate.auth.tokens import Tokens
+from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd
+from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens
+from dockgate.identity import BASIC, TOKEN, Identity
+
+RELOAD_CHECK_SECONDS = 1.0
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    name: str  # the user name, or the token's identity
-    method: str  # "basic" or "token"
-    detail: str = ""  # the token's name, for the audit trail
+class WatchedFile(Generic[T]):
+    """A file's parsed contents, parsed again when the file changes (checked at most once per
+    RELOAD_CHECK_SECONDS, so the hot path costs a clock read)."""
+
+    def __init__(self, path: str, load: Callable[[str], T], errors: tuple[type[Exception], ...]):
+        self.path = path
+        self._load = load
+        self._errors = errors
+        self._stamp = _stamp(path)
+        self.value = load(path)  # errors at start are the caller's: the gateway does not start
+        self._checked = time.monotonic()
+        self.generation = 0
+
+    def refresh(self, now: float) -> bool:
+        """Reload if the file changed; True when the contents were replaced."""
+        if now - self._checked < RELOAD_CHECK_SECONDS:
+            return False
+        self._checked = now
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp  # one attempt (and one log line) per change
+        try:
+            self.value = self._load(self.path)
+        except self._errors as exc:
+            _log(f"reload of {self.path} failed, keeping the previous contents: {exc}")
+            return False
+        self.generation += 1
+        _log(f"{self.path} changed: reloaded")
+        return True
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _log(message: str) -> None:
+    print(f"dockgate: {message}", file=sys.stderr, flush=True)
 
 
 class Authenticator:
-    def __init__(self, htpasswd: Htpasswd | None = None, tokens: Tokens | None = None) -> None:
-        self.htpasswd = htpasswd
-        self.tokens = tokens
+    def __init__(
+        self,
+        htpasswd: WatchedFile[Htpasswd] | Htpasswd | None = None,
+        tokens: WatchedFile[Tokens] | Tokens | None = None,
+    ) -> None:
+        self._htpasswd = htpasswd
+        self._tokens = tokens
+
+    @classmethod
+    def from_files(cls, htpasswd: str | None, tokens: str | None) -> Authenticator:
+        """Load (and then watch) the files; HtpasswdError / TokenFileError stop the start."""
+        return cls(
+            WatchedFile(htpasswd, load_htpasswd, (HtpasswdError,)) if htpasswd else None,
+            WatchedFile(tokens, load_tokens, (TokenFileError,)) if tokens else None,
+        )
+
+    @property
+    def htpasswd(self) -> Htpasswd | None:
+        source = self._htpasswd
+        return source.value if isinstance(source, WatchedFile) else source
+
+    @property
+    def tokens(self) -> Tokens | None:
+        source = self._tokens
+        return source.value if isinstance(source, WatchedFile) else source
 
     @property
     def required(self) -> bool:
-        return self.htpasswd is not None or self.tokens is not None
+        return self._htpasswd is not None or self._tokens is not None
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a file is reloaded: identities remembered before are stale."""
+        total = 0
+        for source in (self._htpasswd, self._tokens):
+            if isinstance(source, WatchedFile):
+                total += source.generation
+        return total
+
+    def refresh(self, now: float) -> None:
+        for source in (self._htpasswd, self._tokens):
+            if isinstance(source, WatchedFile):
+                source.refresh(now)
 
     def authenticate(self, authorization: bytes | None) -> Identity | None:
         if authorization is None:
             return None
-        scheme, _, credentials = authorization.strip().partition(b" ")
-        scheme = scheme.lower()
-        credentials = credentials.strip()
-        if scheme == b"basic" and self.htpasswd is not None:
-            try:
-                decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            user, colon, password = decoded.partition(":")
-            if not colon:
-                return None
-            if self.htpasswd.verify(user, password):
-                return Identity(user, "basic")
+        scheme, credentials = _split(authorization)
+        htpasswd = self.htpasswd
+        if scheme == b"basic" and htpasswd is not None:
+            pair = _basic_pair(credentials)
+            if pair is not None and htpasswd.verify(pair[0], pair[1]):
+                return Identity(pair[0], BASIC)
             return None
-        if scheme == b"bearer" and self.tokens is not None:
-            entry = self.tokens.identify(credentials.decode("latin-1"))
+        tokens = self.tokens
+        if scheme == b"bearer" and tokens is not None:
+            entry = tokens.identify(credentials.decode("latin-1"))
             if entry is not None:
-                return Identity(entry.identity, "token", entry.name)
+                return Identity(entry.identity, TOKEN, entry.name)
         return None
+
+
+def claimed_user(authorization: bytes) -> str | None:
+    """The user name a Basic header claims (unverified), for per-user throttling."""
+    scheme, credentials = _split(authorization)
+    if scheme != b"basic":
+        return None
+    pair = _basic_pair(credentials)
+    return pair[0] if pair is not None else None
+
+
+def _split(authorization: bytes) -> tuple[bytes, bytes]:
+    scheme, _, credentials = authorization.strip().partition(b" ")
+    return scheme.lower(), credentials.strip()
+
+
+def _basic_pair(credentials: bytes) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
