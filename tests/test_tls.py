@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 import trustme
 
-from dockgate.tls import peer_identity, peer_names
+from dockgate.tls import peer_identity, peer_names, peer_subject
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon, run_docker
 from support.gateway import Gateway, running
@@ -349,7 +349,12 @@ def test_peer_identity_from_a_certificate_dict() -> None:
         "subjectAltName": (("email", "alice@example.test"), ("DNS", "alice.example.test")),
     }
     assert peer_identity(cert) == "alice"
-    assert peer_names(cert) == ["alice", "alice@example.test", "alice.example.test"]
+    assert peer_names(cert) == ["alice", "alice.example.test", "alice@example.test"]
     assert peer_identity({"subjectAltName": (("DNS", "bob"),)}) == "bob"
     assert peer_identity({}) is None
     assert peer_identity(None) is None
+    # --tls-identity chooses the fields and their order.
+    assert peer_identity(cert, ("email", "cn")) == "alice@example.test"
+    assert peer_identity(cert, ("dns",)) == "alice.example.test"
+    assert peer_identity(cert, ("uri",)) is None
+    assert peer_subject(cert) == "O=x,CN=alice"

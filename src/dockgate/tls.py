@@ -143,25 +143,47 @@ def _subject_field(cert: dict[str, Any], field: str) -> str | None:
     return None
 
 
-def peer_names(cert: dict[str, Any] | None) -> list[str]:
-    """Every name a client certificate carries: subject CN, then SAN DNS names and emails."""
+# Where a client certificate's identity may come from (`--tls-identity`), in the order tried.
+IDENTITY_FIELDS = ("cn", "dns", "email", "uri")
+DEFAULT_IDENTITY_FIELDS = ("cn", "dns", "email")
+_SAN_KINDS = {"dns": "DNS", "email": "email", "uri": "URI"}
+
+
+def peer_names(
+    cert: dict[str, Any] | None, fields: tuple[str, ...] = DEFAULT_IDENTITY_FIELDS
+) -> list[str]:
+    """The names a client certificate carries in the given fields, in that order: subject CN,
+    SAN DNS names, emails, URIs."""
     if not cert:
         return []
     names: list[str] = []
-    cn = _subject_field(cert, "commonName")
-    if cn:
-        names.append(cn)
-    for kind, value in cert.get("subjectAltName", ()):
-        if kind in ("DNS", "email") and value not in names:
-            names.append(value)
+    for wanted in fields:
+        if wanted == "cn":
+            found = [cn] if (cn := _subject_field(cert, "commonName")) else []
+        else:
+            kind = _SAN_KINDS[wanted]
+            found = [v for k, v in cert.get("subjectAltName", ()) if k == kind]
+        names.extend(n for n in found if n not in names)
     return names
 
 
-def peer_identity(cert: dict[str, Any] | None) -> str | None:
-    """The identity of a verified client certificate: its subject CN, else its first SAN DNS
-    name or email; None without a certificate."""
-    names = peer_names(cert)
+def peer_identity(
+    cert: dict[str, Any] | None, fields: tuple[str, ...] = DEFAULT_IDENTITY_FIELDS
+) -> str | None:
+    """The identity of a verified client certificate: the first name found in `fields`, in
+    order; None without a certificate or without any of those fields."""
+    names = peer_names(cert, fields)
     return names[0] if names else None
+
+
+def peer_subject(cert: dict[str, Any] | None) -> str:
+    """The certificate's subject as `CN=alice,O=Example`, for the audit trail."""
+    if not cert:
+        return ""
+    short = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU"}
+    return ",".join(
+        f"{short.get(name, name)}={value}" for rdn in cert.get("subject", ()) for name, value in rdn
+    )
 
 
 class TLSTransport:

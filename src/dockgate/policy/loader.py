@@ -20,6 +20,7 @@ from dockgate.files import read_config_text
 from dockgate.policy.rules import (
     ALLOW,
     DENY,
+    Binding,
     Matcher,
     PatternError,
     Policy,
@@ -28,6 +29,7 @@ from dockgate.policy.rules import (
     compile_path_pattern,
 )
 from dockgate.routes import OPERATIONS, SECTIONS
+from dockgate.sourceaddr import AddressListError, SourceRules, parse_address_list
 
 Location = tuple[str | int, ...]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -99,11 +101,46 @@ class PolicySpec(_Strict):
     rules: list[RuleSpec] = Field(default_factory=list)
 
 
+class SourcesSpec(_Strict):
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class BindingSpec(_Strict):
+    policy: str
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    certificates: list[str] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    anonymous: StrictBool = False
+    authenticated: StrictBool = False
+    sources: SourcesSpec | None = None
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> BindingSpec:
+        if not (
+            self.users
+            or self.groups
+            or self.certificates
+            or self.tokens
+            or self.anonymous
+            or self.authenticated
+        ):
+            raise ValueError(
+                "a binding names who it is for: users, groups, certificates, tokens, "
+                "anonymous: true or authenticated: true"
+            )
+        return self
+
+
 class PolicyFileSpec(_Strict):
     version: Literal[1] = 1
     default: str | None = None
     origins: list[str] = Field(default_factory=list)
     hosts: list[str] = Field(default_factory=list)
+    sources: SourcesSpec | None = None
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    bindings: list[BindingSpec] | None = None
     policies: dict[str, PolicySpec]
 
 
@@ -268,8 +305,17 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
             )
         policies[name] = Policy(name, policy_spec.read_only, tuple(rules))
 
+    bindings = _compile_bindings(spec, policies, lines, fail)
     default = spec.default
-    if default is None:
+    if bindings is not None:
+        if default is not None:
+            raise fail(
+                ("default",),
+                "with 'bindings:', each caller gets the policy of its binding; 'default:' "
+                "would bind everyone (write a binding with 'authenticated: true' instead)",
+            )
+        default = bindings[0].policy if bindings else next(iter(policies))
+    elif default is None:
         if len(policies) != 1:
             raise fail(("policies",), "several policies: say which applies with 'default:'")
         default = next(iter(policies))
@@ -287,7 +333,68 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
         origins=frozenset(o.lower().rstrip("/") for o in spec.origins),
         hosts=frozenset(h.lower().rstrip(".") for h in spec.hosts),
         source=source,
+        bindings=bindings,
+        sources=_compile_sources(spec.sources, ("sources",), fail) or SourceRules(),
     )
+
+
+def _compile_sources(spec: SourcesSpec | None, loc: Location, fail: Any) -> SourceRules | None:
+    if spec is None:
+        return None
+    lists = []
+    for key, entries in (("allow", spec.allow), ("deny", spec.deny)):
+        for i, entry in enumerate(entries):
+            try:
+                parse_address_list([entry])
+            except AddressListError as exc:
+                raise fail((*loc, key, i), f"source address {exc}") from None
+        lists.append(parse_address_list(entries))
+    return SourceRules(lists[0], lists[1])
+
+
+def _compile_bindings(
+    spec: PolicyFileSpec,
+    policies: Mapping[str, Policy],
+    lines: Mapping[Location, int],
+    fail: Any,
+) -> tuple[Binding, ...] | None:
+    for group, listed in spec.groups.items():
+        if not _NAME.fullmatch(group):
+            raise fail(("groups", group), f"group name {group!r}: use letters, digits, . _ -")
+        if not listed:
+            raise fail(("groups", group), f"group {group!r} has no members")
+    if spec.bindings is None:
+        if spec.groups:
+            raise fail(("groups",), "groups are used by 'bindings:', and there are none")
+        return None
+    if not spec.bindings:
+        raise fail(("bindings",), "'bindings:' is empty: nobody would get a policy")
+    bindings = []
+    for index, item in enumerate(spec.bindings):
+        loc: Location = ("bindings", index)
+        if item.policy not in policies:
+            raise fail((*loc, "policy"), f"policy {item.policy!r} is not defined")
+        members: set[str] = set()
+        for i, group in enumerate(item.groups):
+            if group not in spec.groups:
+                raise fail((*loc, "groups", i), f"group {group!r} is not defined in 'groups:'")
+            members.update(spec.groups[group])
+        bindings.append(
+            Binding(
+                number=index + 1,
+                policy=item.policy,
+                users=frozenset(item.users),
+                tokens=frozenset(item.tokens),
+                certificates=frozenset(item.certificates),
+                members=frozenset(members),
+                groups=tuple(item.groups),
+                anonymous=item.anonymous,
+                authenticated=item.authenticated,
+                sources=_compile_sources(item.sources, (*loc, "sources"), fail),
+                line=_line_for(lines, loc),
+            )
+        )
+    return tuple(bindings)
 
 
 def _compile_matcher(spec: MatchSpec, loc: Location, fail: Any) -> Matcher:

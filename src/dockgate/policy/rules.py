@@ -19,7 +19,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dockgate.caching import remember
+from dockgate.identity import ANONYMOUS, BASIC, CERTIFICATE, NONE, TOKEN, Identity
 from dockgate.routes import Operation, RouteMatch
+from dockgate.sourceaddr import SourceRules
 
 ALLOW = "allow"
 DENY = "deny"
@@ -172,15 +175,93 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class Binding:
+    """Who gets a policy: any listed identity matches (lists are alternatives), and the
+    caller's source address must pass `sources` when it is given."""
+
+    number: int  # 1-based, in file order
+    policy: str
+    users: frozenset[str] = frozenset()  # Basic users, and tokens acting as these identities
+    tokens: frozenset[str] = frozenset()  # token names (the first column of the tokens file)
+    certificates: frozenset[str] = frozenset()  # client certificate names (--tls-identity)
+    members: frozenset[str] = frozenset()  # names from the bound groups, any method
+    groups: tuple[str, ...] = ()  # for explanations only; `members` is what matches
+    anonymous: bool = False  # callers without credentials
+    authenticated: bool = False  # any authenticated caller
+    sources: SourceRules | None = None
+    line: int | None = None
+
+    def matches(self, identity: Identity, source: str) -> bool:
+        if not self._identity_matches(identity):
+            return False
+        return self.sources is None or self.sources.permits(source)
+
+    def _identity_matches(self, identity: Identity) -> bool:
+        method = identity.method
+        if method in (ANONYMOUS, NONE):
+            return self.anonymous
+        if self.authenticated or identity.name in self.members:
+            return True
+        if method == BASIC:
+            return identity.name in self.users
+        if method == TOKEN:
+            return identity.name in self.users or identity.detail in self.tokens
+        if method == CERTIFICATE:
+            return identity.name in self.certificates
+        return False
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySet:
-    """Everything a policy source defines. Until identities exist, `default` applies to all."""
+    """Everything a policy source defines.
+
+    Without bindings, `default` applies to every caller that passes authentication. With
+    bindings, each caller gets the policy of the first binding that matches it, and a caller
+    no binding matches is denied.
+    """
 
     policies: Mapping[str, Policy]
     default: str
     origins: frozenset[str] = frozenset()
     hosts: frozenset[str] = frozenset()
     source: str = ""  # file name, or "environment"
+    bindings: tuple[Binding, ...] | None = None
+    sources: SourceRules = field(default_factory=SourceRules)  # global source address allow/deny
+    _bound: dict[tuple[str, str, str, str], Binding | None] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
     @property
     def active(self) -> Policy:
         return self.policies[self.default]
+
+    @property
+    def binds_anonymous(self) -> bool:
+        """Whether callers without credentials can get a policy (else they are asked for
+        credentials where authentication is configured)."""
+        return self.bindings is None or any(b.anonymous for b in self.bindings)
+
+    def binding_for(self, identity: Identity, source: str) -> Binding | None:
+        """The first binding for this caller, or None when none matches."""
+        key = (identity.method, identity.name, identity.detail, source)
+        cached = self._bound.get(key, _UNSET)
+        if cached is not _UNSET:
+            return cached  # type: ignore[return-value]
+        found = None
+        for binding in self.bindings or ():
+            if binding.matches(identity, source):
+                found = binding
+                break
+        remember(self._bound, key, found, BINDING_CACHE_ENTRIES)
+        return found
+
+    def policy_for(self, identity: Identity, source: str) -> Policy | None:
+        if self.bindings is None:
+            return self.policies[self.default]
+        binding = self.binding_for(identity, source)
+        return self.policies[binding.policy] if binding is not None else None
+
+
+# Callers repeat: the binding of an (identity, source) pair is remembered, bounded.
+BINDING_CACHE_ENTRIES = 4096
+_UNSET = object()

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dockgate.policy.loader import load_policy_file
 from dockgate.policy.rules import PolicySet
 from dockgate.policy.tecnativa import compatibility_variables_set, policy_from_environment
+from dockgate.sourceaddr import SourceRules
 
 
 def load_policies(
@@ -16,6 +17,7 @@ def load_policies(
     *,
     origins: Iterable[str] = (),
     hosts: Iterable[str] = (),
+    sources: SourceRules | None = None,
 ) -> tuple[PolicySet, list[str]]:
     """The policies in force, and warnings for the operator (ignored variables)."""
     warnings: list[str] = []
@@ -31,10 +33,11 @@ def load_policies(
         policies = policy_from_environment(env)
     extra_origins = frozenset(o.lower().rstrip("/") for o in origins)
     extra_hosts = frozenset(h.lower().rstrip(".") for h in hosts)
-    if extra_origins or extra_hosts:
+    if extra_origins or extra_hosts or sources:
         policies = dataclasses.replace(
             policies,
             origins=policies.origins | extra_origins,
             hosts=policies.hosts | extra_hosts,
+            sources=policies.sources | sources if sources else policies.sources,
         )
     return policies, warnings
