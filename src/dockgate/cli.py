@@ -18,11 +18,14 @@ from dockgate.addresses import AddressError, parse_address
 from dockgate.auth.tokens import TokenFileError, create_token_line, load_tokens
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
 from dockgate.gatekeeper import Gatekeeper
+from dockgate.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
 from dockgate.policy.loader import PolicyError, load_policy_file
 from dockgate.policy.rules import PolicySet, Rule
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
 from dockgate.server import StartupError, run
+from dockgate.sourceaddr import AddressListError, SourceRules, parse_address_list
+from dockgate.tls import DEFAULT_IDENTITY_FIELDS
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -89,6 +92,46 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="accept bearer tokens from this file ('dockgate token create')",
     )
+    serve.add_argument(
+        "--tls-identity",
+        default=",".join(DEFAULT_IDENTITY_FIELDS),
+        metavar="FIELDS",
+        help="client certificate fields that name the caller, in order (cn,dns,email,uri; "
+        "default %(default)s)",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a load balancer whose X-Forwarded-For (or PROXY header) is believed; repeatable",
+    )
+    serve.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="connections from --trusted-proxy addresses start with a PROXY protocol header",
+    )
+    serve.add_argument(
+        "--auth-failures",
+        type=int,
+        default=20,
+        metavar="N",
+        help="failed logins per source address per window before 429 (0: no limit)",
+    )
+    serve.add_argument(
+        "--auth-failures-per-user",
+        type=int,
+        default=50,
+        metavar="N",
+        help="failed logins per user name per window before 429 (0: no limit)",
+    )
+    serve.add_argument("--auth-failure-window", type=float, default=60.0, metavar="SECONDS")
+    serve.add_argument(
+        "--audit-log",
+        default="off",
+        metavar="PATH",
+        help="structured audit trail (JSON lines): 'off' (default), '-' for stdout, or a file",
+    )
     _policy_options(serve)
 
     check = commands.add_parser(
@@ -98,6 +141,17 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--host", default=None, help="the Host header to assume")
     check.add_argument("--origin", default=None, help="the Origin header to assume")
     check.add_argument("--upgrade", action="store_true", help="assume an Upgrade header")
+    check.add_argument(
+        "--as",
+        dest="caller",
+        default=None,
+        metavar="WHO",
+        help="the caller: user:NAME, token:TOKEN-NAME:IDENTITY, certificate:NAME or anonymous "
+        "(default: anonymous)",
+    )
+    check.add_argument(
+        "--source", default="127.0.0.1", metavar="ADDR", help="the client address to assume"
+    )
     _policy_options(check)
 
     policy = commands.add_parser("policy", help="policy file tools")
@@ -156,6 +210,20 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a DNS name accepted in the Host header; repeatable",
     )
+    parser.add_argument(
+        "--allow-source",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="only these client addresses may connect (IP, CIDR or 'unix'); repeatable",
+    )
+    parser.add_argument(
+        "--deny-source",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="these client addresses are refused (wins over --allow-source); repeatable",
+    )
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -183,6 +251,13 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         tls_client_ca=args.tls_client_ca,
         htpasswd=args.htpasswd,
         tokens=args.tokens,
+        tls_identity=tuple(f.strip() for f in args.tls_identity.split(",") if f.strip()),
+        trusted_proxies=parse_address_list(args.trusted_proxy),
+        proxy_protocol=args.proxy_protocol,
+        auth_failures_per_source=args.auth_failures,
+        auth_failures_per_user=args.auth_failures_per_user,
+        auth_failure_window=args.auth_failure_window,
+        audit_log=args.audit_log,
     )
 
 
@@ -197,7 +272,13 @@ def _validation_message(exc: ValidationError) -> str:
 
 def _load_policies(args: argparse.Namespace) -> PolicySet:
     policies, warnings = load_policies(
-        args.policy, os.environ, origins=args.allow_origin, hosts=args.allow_host
+        args.policy,
+        os.environ,
+        origins=args.allow_origin,
+        hosts=args.allow_host,
+        sources=SourceRules(
+            parse_address_list(args.allow_source), parse_address_list(args.deny_source)
+        ),
     )
     for warning in warnings:
         print(f"dockgate: warning: {warning}", file=sys.stderr)
@@ -210,11 +291,27 @@ def _check(args: argparse.Namespace) -> int:
         print("dockgate: error: give the request as 'METHOD /path'", file=sys.stderr)
         return 2
     policies = _load_policies(args)
+    caller = _caller(args.caller)
+    print(f"request:   {method} {target.strip()}")
+    print(f"caller:    {caller.describe()} from {args.source}")
+    if policies.sources and not policies.sources.permits(args.source):
+        print(f"decision:  deny, 403: requests from {args.source} are not allowed")
+        return 1
+    policy = policies.policy_for(caller, args.source)
+    if policies.bindings is not None:
+        binding = policies.binding_for(caller, args.source)
+        if binding is None or policy is None:
+            print(f"decision:  deny, 403: no policy is bound to {caller.describe()}")
+            return 1
+        where = f" (line {binding.line})" if binding.line else ""
+        print(f"binding:   {binding.number}{where} -> policy {binding.policy}")
+    assert policy is not None
     gatekeeper = Gatekeeper(policies)
     host = args.host.encode() if args.host is not None else None
     origin = args.origin.encode() if args.origin is not None else None
-    verdict = gatekeeper.check(method, target.strip(), host, origin, upgrade=args.upgrade)
-    print(f"request:   {method} {target.strip()}")
+    verdict = gatekeeper.check(
+        method, target.strip(), host, origin, upgrade=args.upgrade, policy=policy
+    )
     match = verdict.match
     if match is not None:
         op = match.operation
@@ -222,7 +319,6 @@ def _check(args: argparse.Namespace) -> int:
         print(f"operation: {op.name} (section {op.section}, {kind}, {op.method} {op.path})")
     else:
         print("operation: unknown (the daemon's router would not route it)")
-    policy = policies.active
     print(f"policy:    {policy.name} (from {policies.source})")
     if match is not None or verdict.status == 403:
         path = target.strip().partition("?")[0]
@@ -237,6 +333,27 @@ def _check(args: argparse.Namespace) -> int:
         return 0
     print(f"decision:  deny, {verdict.status}: {verdict.message}")
     return 1
+
+
+def _caller(text: str | None) -> Identity:
+    """`user:alice`, `token:ci-runner:ci`, `certificate:ops`, `anonymous` (the default)."""
+    if text is None or text == "anonymous":
+        return ANONYMOUS_IDENTITY
+    kind, _, rest = text.partition(":")
+    if kind == "user" and rest:
+        return Identity(rest, BASIC)
+    if kind == "certificate" and rest:
+        return Identity(rest, CERTIFICATE)
+    name, _, identity = rest.partition(":")
+    if kind == "token" and name and identity:
+        return Identity(identity, TOKEN, name)
+    raise CallerError(
+        f"--as {text!r}: use user:NAME, token:TOKEN-NAME:IDENTITY, certificate:NAME or anonymous"
+    )
+
+
+class CallerError(ValueError):
+    """A --as value that names no kind of caller."""
 
 
 def _describe_matcher(rule: Rule) -> str:
@@ -261,7 +378,12 @@ def _validate(path: str) -> int:
         print(f"dockgate: error: {exc}", file=sys.stderr)
         return 1
     names = ", ".join(policies.policies)
-    print(f"{path}: ok ({len(policies.policies)} policies: {names}; default {policies.default})")
+    who = (
+        f"{len(policies.bindings)} bindings"
+        if policies.bindings is not None
+        else f"default {policies.default}"
+    )
+    print(f"{path}: ok ({len(policies.policies)} policies: {names}; {who})")
     return 0
 
 
@@ -274,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.file)
         if args.command == "token":
             return _token_create(args)
-    except (PolicyError, EnvironmentError_, TokenFileError) as exc:
+    except (PolicyError, EnvironmentError_, TokenFileError, CallerError, AddressListError) as exc:
         print(f"dockgate: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
@@ -282,10 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = _serve_config(args)
         except (AddressError, ValueError) as exc:
             message = _validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+            if isinstance(exc, AddressListError):
+                message = f"--trusted-proxy: {message}"
             print(f"dockgate: error: {message}", file=sys.stderr)
             return 2
         try:
             policies = _load_policies(args)
+        except AddressListError as exc:
+            print(f"dockgate: error: --allow-source/--deny-source: {exc}", file=sys.stderr)
+            return 2
         except (PolicyError, EnvironmentError_) as exc:
             print(f"dockgate: error: {exc}", file=sys.stderr)
             return 2

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dockgate.addresses import Address, parse_address
+from dockgate.sourceaddr import AddressList
+from dockgate.tls import DEFAULT_IDENTITY_FIELDS, IDENTITY_FIELDS
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
@@ -40,6 +42,26 @@ class ServeConfig(BaseModel):
     # listener require authentication.
     htpasswd: str | None = None
     tokens: str | None = None
+    # Which client-certificate fields name the caller, in the order tried (--tls-identity).
+    tls_identity: tuple[str, ...] = DEFAULT_IDENTITY_FIELDS
+    # Load balancers whose word about the client is believed: X-Forwarded-For from them, and,
+    # with proxy_protocol, a PROXY protocol header that their connections must start with.
+    trusted_proxies: AddressList = Field(default_factory=AddressList)
+    proxy_protocol: bool = False
+    # Failed authentication attempts per window before 429: per source address, per user name.
+    auth_failures_per_source: int = Field(default=20, ge=0)
+    auth_failures_per_user: int = Field(default=50, ge=0)
+    auth_failure_window: float = Field(default=60.0, gt=0)
+    # The audit trail: "off", "-" (stdout) or a file; JSON lines.
+    audit_log: str = "off"
+
+    @field_validator("tls_identity")
+    @classmethod
+    def _known_identity_fields(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [f for f in value if f not in IDENTITY_FIELDS]
+        if unknown or not value:
+            raise ValueError(f"use some of {', '.join(IDENTITY_FIELDS)} (comma-separated)")
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -54,6 +76,10 @@ class ServeConfig(BaseModel):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.proxy_protocol and not self.trusted_proxies.networks:
+            raise ValueError(
+                "--proxy-protocol needs --trusted-proxy: the addresses whose PROXY header counts"
+            )
         return self
 
     @property

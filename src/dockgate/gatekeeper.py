@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dockgate.browser import BrowserGuard
 from dockgate.caching import remember
 from dockgate.errors import ClientProtocolError
-from dockgate.policy.rules import PolicySet
+from dockgate.policy.rules import Policy, PolicySet
 from dockgate.policy.tecnativa import missing_variable_hint
 from dockgate.routes import RouteMatch, identify
 from dockgate.target import parse_target
@@ -34,6 +34,8 @@ class Verdict:
     operation: str  # the operation name, or "unknown"
     label: str  # for the access log: "allow:policy:rule-3", "deny:policy:read-only"
     match: RouteMatch | None = None
+    policy: str | None = None  # the policy that decided, None when refused before it
+    reason: str = ""  # "rule 3", "read-only", "no rule allows it", "browser", ...
 
 
 # Verdicts are pure functions of the request facts below and the (immutable) policy, and
@@ -51,7 +53,7 @@ class Gatekeeper:
         self.policies = policies
         self.guard = BrowserGuard(policies.origins, policies.hosts)
         self.authenticated = authenticated
-        self._cache: dict[tuple[str, str, bytes | None, bytes | None, bool], Verdict] = {}
+        self._cache: dict[tuple[str, str, str, bytes | None, bytes | None, bool], Verdict] = {}
 
     def check_cached(
         self,
@@ -60,11 +62,16 @@ class Gatekeeper:
         host: bytes | None,
         origin: bytes | None,
         upgrade: bool,
+        *,
+        policy: Policy | None = None,
     ) -> Verdict:
-        key = (method, raw_target, host, origin, upgrade)
+        if policy is None:
+            policy = self.policies.active
+        # Policy names are unique within the (immutable) policy set.
+        key = (policy.name, method, raw_target, host, origin, upgrade)
         verdict = self._cache.get(key)
         if verdict is None:
-            verdict = self.check(method, raw_target, host, origin, upgrade=upgrade)
+            verdict = self.check(method, raw_target, host, origin, upgrade=upgrade, policy=policy)
             if (
                 len(raw_target) > VERDICT_CACHE_MAX_TARGET
                 or len(host or b"") > VERDICT_CACHE_MAX_TARGET
@@ -82,27 +89,46 @@ class Gatekeeper:
         origin: bytes | None = None,
         *,
         upgrade: bool = False,
+        policy: Policy | None = None,
     ) -> Verdict:
+        """The verdict of `policy` (the default one when not given) on one request head."""
         try:
             target = parse_target(raw_target)
         except ClientProtocolError as exc:
-            return Verdict(False, 400, f"dockgate: {exc.message}", "unknown", "deny:-:bad-target")
+            return Verdict(
+                False,
+                400,
+                f"dockgate: {exc.message}",
+                "unknown",
+                "deny:-:bad-target",
+                reason="bad target",
+            )
         match = identify(method, target.path)
         operation = match.operation.name if match is not None else "unknown"
         if host is not None or origin is not None:
             refusal = self.guard.refusal(host, origin, self.authenticated)
             if refusal is not None:
-                return Verdict(False, 403, refusal, operation, "deny:-:browser", match)
+                return Verdict(
+                    False, 403, refusal, operation, "deny:-:browser", match, reason="browser"
+                )
         if upgrade and operation not in UPGRADABLE_OPERATIONS:
             message = f"dockgate: {operation} cannot switch protocols (Upgrade refused)"
-            return Verdict(False, 403, message, operation, "deny:-:upgrade", match)
-        decision = self.policies.active.decide(method, match, target.path)
+            return Verdict(
+                False, 403, message, operation, "deny:-:upgrade", match, reason="upgrade"
+            )
+        if policy is None:
+            policy = self.policies.active
+        decision = policy.decide(method, match, target.path)
         if decision.allowed:
-            return Verdict(True, 0, "", operation, decision.label, match)
+            return Verdict(
+                True, 0, "", operation, decision.label, match, decision.policy, decision.reason
+            )
         subject = operation if match is not None else f"unknown operation {method} {target.path}"
         message = decision.denial_message(subject)
         if self.policies.source == "environment" and decision.rule is None:
             # Tecnativa users think in variables: say which one would open this.
             hint = missing_variable_hint(match.operation if match is not None else None)
             message = message[:-1] + hint + ")" if hint else message
-        return Verdict(False, 403, message, operation, decision.label, match)
+        return Verdict(
+            False, 403, message, operation, decision.label, match, decision.policy, decision.reason
+        )

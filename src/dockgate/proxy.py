@@ -20,8 +20,17 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from dockgate.accesslog import AccessRecord
+from dockgate.admission import Admission, ConnectionFacts
+from dockgate.audit import (
+    AUDIT_BODY_LIMIT,
+    AUDITED_BODIES,
+    AuditRecord,
+    audit_details,
+    target_object,
+)
 from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, error_response
 from dockgate.gatekeeper import Verdict
+from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import Body, EndOfRequest, RequestEvent, RequestHead, RequestReader
 from dockgate.http.response import (
     EndOfResponse,
@@ -30,6 +39,7 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
+from dockgate.sourceaddr import UNIX_SOURCE
 from dockgate.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -43,6 +53,8 @@ LINGER_SECONDS = 2.0
 
 # RFC 7617: what a 401 asks for. The docker CLI sends whatever its config.json HttpHeaders say.
 _CHALLENGE = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
+
+_REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
 
 # Requests that may be sent again after a stale pooled connection (net/http isReplayable).
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -91,7 +103,14 @@ class ClientConnection(asyncio.Protocol):
         self._parse_next = False
         self._queued: list[RequestEvent] = []
         self._verdict: Verdict | None = None
-        self._identity = "-"  # who made the current request, for the access log
+        self._admission: Admission | None = None  # who sent the current request, from where
+        # The start of an audited request body (container create, exec create), kept for the
+        # audit record; None when the current request's body is not audited.
+        self._capture: bytearray | None = None
+        self._wall_started = 0.0
+        self.facts = ConnectionFacts("-", "-")
+        # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
+        self._proxy_header: bytes | None = None
         self._connect_task: asyncio.Task[None] | None = None
         # Tunnel state (after a hijack): which directions are still open.
         self.tunnel = False
@@ -109,8 +128,12 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple):
             host = peer[0]
             self.client = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            address = host.partition("%")[0]  # a link-local zone is not part of the address
         else:
-            self.client = "unix"
+            self.client = address = UNIX_SOURCE
+        self.facts = ConnectionFacts(address, address, self.gateway.certificate_identity(self))
+        if self.gateway.expects_proxy_header(address):
+            self._proxy_header = b""
         self.gateway.connections.add(self)
         self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
 
@@ -123,6 +146,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._lingering:
             return
+        if self._proxy_header is not None:
+            data = self._read_proxy_header(data)
+            if not data:
+                return
         if self._head is None and not self.reader.started:
             # First byte of a new head after an idle wait: the head timeout starts now.
             self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
@@ -135,6 +162,24 @@ class ClientConnection(asyncio.Protocol):
             self._handle(events)
         if self.reader.request_complete and self.reader.buffered > HELD_BYTES_LIMIT:
             self._pause_reading(_PAUSE_HELD)
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """Take the PROXY protocol header a trusted proxy starts with; what follows is HTTP."""
+        buffered = (self._proxy_header or b"") + data
+        try:
+            header = parse_proxy_header(buffered)
+        except ProxyHeaderError as exc:
+            self._proxy_header = None
+            self._fail(ClientProtocolError(f"PROXY protocol: {exc}"))
+            return b""
+        if header is None:
+            self._proxy_header = buffered
+            return b""
+        self._proxy_header = None
+        if header.source is not None:
+            self.facts.source = header.source[0]
+            self.client = f"{self.client} via PROXY {header.source[0]}"
+        return buffered[header.consumed :]
 
     def eof_received(self) -> bool:
         if self.tunnel:
@@ -218,6 +263,9 @@ class ClientConnection(asyncio.Protocol):
                 continue  # the body of a refused request is read and dropped
             if isinstance(event, Body):
                 self._bytes_in += len(event.data)
+                capture = self._capture
+                if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
+                    capture += event.data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
                 self._send_upstream(
                     b"%x\r\n%b\r\n" % (len(event.data), event.data)
                     if self._head is not None and self._head.chunked
@@ -244,30 +292,21 @@ class ClientConnection(asyncio.Protocol):
         self._request_done = False
         self._response_started = False
         self._started = time.monotonic()
+        self._wall_started = time.time()
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
-        authenticator = self.gateway.authenticator
-        if authenticator.required:
-            identity = authenticator.authenticate(head.authorization)
-            if identity is None:
-                message = (
-                    "dockgate: authentication required"
-                    if head.authorization is None
-                    else "dockgate: invalid credentials"
-                )
-                self._verdict = Verdict(False, 401, message, "-", "deny:-:unauthenticated")
-                self._identity = "-"
-                self._refuse(head, self._verdict)
-                return
-            self._identity = identity.name
-        verdict = self.gateway.gatekeeper.check_cached(
-            head.method, head.target, head.host, head.origin, head.upgrade_header
-        )
-        self._verdict = verdict
+        admission = self.gateway.admissions.admit(head, self.facts, self._started)
+        self._admission = admission
+        verdict = self._verdict = admission.verdict
         if not verdict.allowed:
-            self._refuse(head, verdict)
+            self._refuse(head, verdict, admission.retry_after)
             return
+        self._capture = (
+            bytearray()
+            if self.gateway.audit.enabled and verdict.operation in AUDITED_BODIES
+            else None
+        )
         self._response = ResponseReader(head.method)
         raw = _forwarded_head(head)
         self._retry_allowed = not head.has_body
@@ -321,7 +360,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._outbox.append(data)
 
-    def _refuse(self, head: RequestHead, verdict: Verdict) -> None:
+    def _refuse(self, head: RequestHead, verdict: Verdict, retry_after: int | None = None) -> None:
         """Answer a refused request here; it never reaches the daemon."""
         self._refused = True
         self._status = verdict.status
@@ -333,7 +372,7 @@ class ClientConnection(asyncio.Protocol):
             verdict.message,
             close=closing,
             head_only=head.method == "HEAD",
-            extra_headers=_CHALLENGE if verdict.status == 401 else b"",
+            extra_headers=_refusal_headers(verdict.status, retry_after),
         )
         self._bytes_out = _body_length(body)
         self._response_started = True
@@ -700,7 +739,47 @@ class ClientConnection(asyncio.Protocol):
                 note=note,
                 operation=self._verdict.operation if self._verdict is not None else "-",
                 decision=self._verdict.label if self._verdict is not None else "-",
-                identity=self._identity,
+                identity=self._admission.identity.name if self._admission is not None else "-",
+            )
+        )
+        if self.gateway.audit.enabled:
+            self._audit(head)
+
+    def _audit(self, head: RequestHead) -> None:
+        admission, verdict = self._admission, self._verdict
+        if admission is None or verdict is None:
+            return  # a protocol error before any decision: the access log has it
+        identity = admission.identity
+        match = verdict.match
+        capture, self._capture = self._capture, None
+        # Registry credentials are only ever noted as present, never recorded.
+        registry_auth = any(name in _REGISTRY_HEADERS for name, _ in head.headers())
+        details = audit_details(
+            verdict.operation if capture is not None and verdict.allowed else "",
+            bytes(capture[:AUDIT_BODY_LIMIT]) if capture is not None else b"",
+            capture is not None and len(capture) > AUDIT_BODY_LIMIT,
+            registry_auth=registry_auth,
+        )
+        self.gateway.audit.write(
+            AuditRecord(
+                started=self._wall_started,
+                identity=identity.name,
+                auth=identity.method,
+                auth_detail=identity.detail,
+                source=admission.source,
+                peer=self.client,
+                method=head.method,
+                target=head.target,
+                operation=verdict.operation,
+                object=target_object(match, head.target.partition("?")[2]),
+                allowed=verdict.allowed,
+                policy=verdict.policy,
+                reason=verdict.reason,
+                status=self._status,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                duration_s=time.monotonic() - self._started,
+                details=details,
             )
         )
 
@@ -726,6 +805,14 @@ class ClientConnection(asyncio.Protocol):
             transport.pause_reading()
         else:
             transport.resume_reading()
+
+
+def _refusal_headers(status: int, retry_after: int | None) -> bytes:
+    if status == 401:
+        return _CHALLENGE
+    if retry_after is not None:
+        return b"Retry-After: %d\r\n" % retry_after
+    return b""
 
 
 def _forwarded_head(head: RequestHead) -> bytes:

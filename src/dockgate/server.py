@@ -25,14 +25,18 @@ import uvloop
 
 from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
+from dockgate.admission import Admissions
+from dockgate.audit import AuditLog, open_audit_log
 from dockgate.auth.authenticator import Authenticator
-from dockgate.auth.htpasswd import HtpasswdError, load_htpasswd
-from dockgate.auth.tokens import TokenFileError, load_tokens
+from dockgate.auth.htpasswd import HtpasswdError
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.auth.tokens import TokenFileError
 from dockgate.config import ServeConfig
 from dockgate.gatekeeper import Gatekeeper
+from dockgate.identity import CERTIFICATE, Identity
 from dockgate.policy.rules import PolicySet
 from dockgate.proxy import ClientConnection
-from dockgate.tls import ServerTLS, TLSConfigError, TLSProtocol
+from dockgate.tls import ServerTLS, TLSConfigError, TLSProtocol, peer_identity, peer_subject
 from dockgate.upstream import UpstreamPool
 
 LISTEN_BACKLOG = 1024
@@ -59,13 +63,37 @@ class Gateway:
             loaded.policies,
             authenticated=self.authenticator.required or config.client_certificates_required,
         )
+        throttle = FailureThrottle(
+            ThrottleSettings(
+                per_source=config.auth_failures_per_source,
+                per_user=config.auth_failures_per_user,
+                window_s=config.auth_failure_window,
+            )
+        )
+        self.admissions = Admissions(
+            loaded.policies, self.gatekeeper, self.authenticator, throttle, config.trusted_proxies
+        )
         self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
         self.access_log: AccessLog = open_access_log(config.access_log, config.log_format)
+        self.audit: AuditLog = open_audit_log(config.audit_log)
         self.connections: set[ClientConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     def connection_factory(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def certificate_identity(self, conn: ClientConnection) -> Identity | None:
+        """The caller a verified client certificate names, on a TLS listener that requires
+        them; None otherwise (or when the certificate has none of the --tls-identity fields)."""
+        if self.tls is None or self.tls.client_ca is None or conn.transport is None:
+            return None
+        cert = conn.transport.get_extra_info("peercert")
+        name = peer_identity(cert, self.config.tls_identity)
+        return Identity(name, CERTIFICATE, peer_subject(cert)) if name else None
+
+    def expects_proxy_header(self, address: str) -> bool:
+        config = self.config
+        return config.proxy_protocol and config.trusted_proxies.contains(address)
 
     async def serve(
         self, listeners: list[tuple[Address, socket.socket]], stop: asyncio.Event
@@ -127,6 +155,7 @@ class Gateway:
         await asyncio.sleep(0)
         self.pool.close_all()
         self.access_log.flush()
+        self.audit.flush()
 
 
 # ----- listeners --------------------------------------------------------------------------------
@@ -283,13 +312,12 @@ def load_tls(config: ServeConfig) -> ServerTLS | None:
 
 
 def load_authenticator(config: ServeConfig) -> Authenticator:
-    """The htpasswd and tokens files, read and checked; errors stop the start."""
+    """The htpasswd and tokens files, read and checked; errors stop the start. Each worker
+    then watches them and reloads on change."""
     try:
-        htpasswd = load_htpasswd(config.htpasswd) if config.htpasswd is not None else None
-        tokens = load_tokens(config.tokens) if config.tokens is not None else None
+        return Authenticator.from_files(config.htpasswd, config.tokens)
     except (HtpasswdError, TokenFileError) as exc:
         raise StartupError(str(exc)) from None
-    return Authenticator(htpasswd, tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,11 +350,14 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
             )
             print(f"dockgate: TLS on TCP listeners, {clients}", file=sys.stderr, flush=True)
         print(f"dockgate: forwarding to {config.upstream}", file=sys.stderr, flush=True)
-        print(
-            f"dockgate: policy {policies.default} from {policies.source}",
-            file=sys.stderr,
-            flush=True,
+        in_force = (
+            f"policies from {policies.source}, {len(policies.bindings)} bindings"
+            if policies.bindings is not None
+            else f"policy {policies.default} from {policies.source}"
         )
+        print(f"dockgate: {in_force}", file=sys.stderr, flush=True)
+        if config.audit_log != "off":
+            print(f"dockgate: audit log to {config.audit_log}", file=sys.stderr, flush=True)
         if config.workers == 1:
             _run_worker(config, listeners, loaded)
         else:
