@@ -22,12 +22,16 @@ from dataclasses import dataclass
 
 from dockgate.auth.authenticator import Authenticator, claimed_user
 from dockgate.auth.throttle import FailureThrottle
+from dockgate.caching import remember
 from dockgate.errors import ClientProtocolError
 from dockgate.gatekeeper import Gatekeeper, Verdict
 from dockgate.http.request import RequestHead
 from dockgate.identity import ANONYMOUS_IDENTITY, NO_AUTH_IDENTITY, Identity
 from dockgate.policy.rules import PolicySet
-from dockgate.sourceaddr import AddressList, forwarded_client
+from dockgate.sourceaddr import AddressList, SourceRules, forwarded_client
+
+# Source addresses whose verdict under the global lists is remembered (bounded).
+SOURCE_CACHE_ENTRIES = 4096
 
 
 @dataclass(slots=True)
@@ -73,10 +77,21 @@ class Admissions:
         self._anonymous_bound = policies.bindings is not None and any(
             b.anonymous for b in policies.bindings
         )
+        # Decided once: most deployments use neither, and the hot path then skips both.
+        self._trusts_proxies = bool(trusted_proxies)
+        self._source_rules = policies.sources if policies.sources else None
+        self._permits: dict[str, bool] = {}
+
+    def _permitted(self, rules: SourceRules, source: str) -> bool:
+        permitted = self._permits.get(source)
+        if permitted is None:
+            permitted = rules.permits(source)
+            remember(self._permits, source, permitted, SOURCE_CACHE_ENTRIES)
+        return permitted
 
     def admit(self, head: RequestHead, facts: ConnectionFacts, now: float) -> Admission:
         source = facts.source
-        if self.trusted_proxies and self.trusted_proxies.contains(source):
+        if self._trusts_proxies and self.trusted_proxies.contains(source):
             forwarded = [v for n, v in head.headers() if n == b"x-forwarded-for"]
             if forwarded:
                 try:
@@ -84,8 +99,8 @@ class Admissions:
                 except ClientProtocolError as exc:
                     verdict = _refusal(400, f"dockgate: {exc.message}", "deny:-:bad-xff", "bad")
                     return Admission(verdict, NO_AUTH_IDENTITY, source)
-        sources = self.policies.sources
-        if sources and not sources.permits(source):
+        sources = self._source_rules
+        if sources is not None and not self._permitted(sources, source):
             message = f"dockgate: requests from {source} are not allowed"
             verdict = _refusal(403, message, "deny:-:source", "source denied")
             return Admission(verdict, NO_AUTH_IDENTITY, source)
