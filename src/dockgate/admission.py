@@ -118,7 +118,13 @@ class Admissions:
                 _refusal(403, message, "deny:-:no-binding", "no binding"), identity, source
             )
         verdict = self.gatekeeper.check_cached(
-            head.method, head.target, head.host, head.origin, head.upgrade_header, policy=policy
+            head.method,
+            head.target,
+            head.host,
+            head.origin,
+            head.upgrade_header,
+            policy=policy,
+            authenticated=identity.authenticated,
         )
         return Admission(verdict, identity, source)
 
@@ -161,7 +167,7 @@ class Admissions:
             return facts.certificate, None
         if not authenticator.required:
             return NO_AUTH_IDENTITY, None
-        if self._anonymous_bound:
+        if self._anonymous_bound and self.policies.binding_for(ANONYMOUS_IDENTITY, source):
             return ANONYMOUS_IDENTITY, None
         verdict = _refusal(
             401, "dockgate: authentication required", "deny:-:unauthenticated", "no credentials"

@@ -6,6 +6,7 @@ Only this module exits the process.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from dockgate.policy.rules import PolicySet, Rule
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
 from dockgate.server import StartupError, run
-from dockgate.sourceaddr import AddressListError, SourceRules, parse_address_list
+from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS
 
 
@@ -292,6 +293,11 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     policies = _load_policies(args)
     caller = _caller(args.caller)
+    if args.source != UNIX_SOURCE:
+        try:
+            ipaddress.ip_address(args.source)
+        except ValueError:
+            raise CallerError(f"--source {args.source!r}: an IP address, or 'unix'") from None
     print(f"request:   {method} {target.strip()}")
     print(f"caller:    {caller.describe()} from {args.source}")
     if policies.sources and not policies.sources.permits(args.source):

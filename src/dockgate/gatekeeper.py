@@ -53,7 +53,9 @@ class Gatekeeper:
         self.policies = policies
         self.guard = BrowserGuard(policies.origins, policies.hosts)
         self.authenticated = authenticated
-        self._cache: dict[tuple[str, str, str, bytes | None, bytes | None, bool], Verdict] = {}
+        self._cache: dict[
+            tuple[str, str, str, bytes | None, bytes | None, bool, bool], Verdict
+        ] = {}
 
     def check_cached(
         self,
@@ -64,14 +66,25 @@ class Gatekeeper:
         upgrade: bool,
         *,
         policy: Policy | None = None,
+        authenticated: bool | None = None,
     ) -> Verdict:
         if policy is None:
             policy = self.policies.active
+        if authenticated is None:
+            authenticated = self.authenticated
         # Policy names are unique within the (immutable) policy set.
-        key = (policy.name, method, raw_target, host, origin, upgrade)
+        key = (policy.name, method, raw_target, host, origin, upgrade, authenticated)
         verdict = self._cache.get(key)
         if verdict is None:
-            verdict = self.check(method, raw_target, host, origin, upgrade=upgrade, policy=policy)
+            verdict = self.check(
+                method,
+                raw_target,
+                host,
+                origin,
+                upgrade=upgrade,
+                policy=policy,
+                authenticated=authenticated,
+            )
             if (
                 len(raw_target) > VERDICT_CACHE_MAX_TARGET
                 or len(host or b"") > VERDICT_CACHE_MAX_TARGET
@@ -90,8 +103,14 @@ class Gatekeeper:
         *,
         upgrade: bool = False,
         policy: Policy | None = None,
+        authenticated: bool | None = None,
     ) -> Verdict:
-        """The verdict of `policy` (the default one when not given) on one request head."""
+        """The verdict of `policy` (the default one when not given) on one request head.
+
+        `authenticated`: whether this caller proved who it is (None: the gatekeeper's setting);
+        only then may the Host header name any DNS name, since a browser tricked by DNS
+        rebinding cannot present credentials or a client certificate.
+        """
         try:
             target = parse_target(raw_target)
         except ClientProtocolError as exc:
@@ -106,7 +125,9 @@ class Gatekeeper:
         match = identify(method, target.path)
         operation = match.operation.name if match is not None else "unknown"
         if host is not None or origin is not None:
-            refusal = self.guard.refusal(host, origin, self.authenticated)
+            if authenticated is None:
+                authenticated = self.authenticated
+            refusal = self.guard.refusal(host, origin, authenticated)
             if refusal is not None:
                 return Verdict(
                     False, 403, refusal, operation, "deny:-:browser", match, reason="browser"

@@ -320,6 +320,24 @@ def load_authenticator(config: ServeConfig) -> Authenticator:
         raise StartupError(str(exc)) from None
 
 
+def unknown_binding_names(policies: PolicySet, authenticator: Authenticator) -> list[str]:
+    """Bindings that name users or tokens the credential files do not have: most likely a
+    typo that binds nobody (the files may still gain them later, hence a warning)."""
+    htpasswd, tokens = authenticator.htpasswd, authenticator.tokens
+    known_users = set(htpasswd.credentials) if htpasswd else set()
+    entries = tokens.by_digest.values() if tokens else ()
+    known_users |= {entry.identity for entry in entries}
+    known_tokens = {entry.name for entry in entries}
+    warnings = []
+    for binding in policies.bindings or ():
+        where = f"binding {binding.number}" + (f" (line {binding.line})" if binding.line else "")
+        for user in sorted(binding.users - known_users):
+            warnings.append(f"{where}: user {user!r} is in no --htpasswd or --tokens file")
+        for token in sorted(binding.tokens - known_tokens):
+            warnings.append(f"{where}: token {token!r} is not in the --tokens file")
+    return warnings
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """What the files name, read once by the parent before it binds (so errors stop the start)
@@ -335,9 +353,10 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
     tls = load_tls(config)
     authenticator = load_authenticator(config)
     loaded = Loaded(policies, tls, authenticator)
-    if authenticator.htpasswd is not None:
-        for warning in authenticator.htpasswd.warnings:
-            print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
+    warnings = list(authenticator.htpasswd.warnings) if authenticator.htpasswd else []
+    warnings += unknown_binding_names(policies, authenticator)
+    for warning in warnings:
+        print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
     listeners = bind_listeners(config)
     try:
         for address, _ in listeners:

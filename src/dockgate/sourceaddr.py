@@ -64,22 +64,34 @@ def parse_address_list(entries: Iterable[str]) -> AddressList:
                 unix = True
                 continue
             try:
-                networks.append(ipaddress.ip_network(item, strict=True))
+                network = ipaddress.ip_network(item, strict=True)
             except ValueError as exc:
                 raise AddressListError(f"{item!r}: {exc}") from None
+            networks.append(_unmapped(network))
     return AddressList(tuple(networks), unix)
+
+
+def _unmapped(network: Network) -> Network:
+    """`::ffff:10.0.0.0/104` is written for IPv4 clients, which are compared as IPv4."""
+    mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 @dataclass(frozen=True, slots=True)
 class SourceRules:
     """Allow and deny lists: deny wins; an empty allow list allows every address.
 
-    Unix-socket clients are judged by the lists only when a list names "unix"; otherwise an
-    allow list of networks does not shut out the local socket (its file mode guards it).
+    Globally (`unix_exempt`), unix-socket clients are judged by the lists only when a list
+    names "unix": an allow list of networks does not shut out the local socket, which its file
+    mode guards. In a binding, an allow list means "only from these": unix clients must be
+    listed like any other.
     """
 
     allow: AddressList = field(default_factory=AddressList)
     deny: AddressList = field(default_factory=AddressList)
+    unix_exempt: bool = True
 
     def __bool__(self) -> bool:
         return bool(self.allow) or bool(self.deny)
@@ -89,12 +101,14 @@ class SourceRules:
             return False
         if not self.allow:
             return True
-        if source == UNIX_SOURCE and not self.allow.unix:
+        if source == UNIX_SOURCE and self.unix_exempt and not self.allow.unix:
             return True
         return self.allow.contains(source)
 
     def __or__(self, other: SourceRules) -> SourceRules:
-        return SourceRules(self.allow | other.allow, self.deny | other.deny)
+        return SourceRules(
+            self.allow | other.allow, self.deny | other.deny, self.unix_exempt and other.unix_exempt
+        )
 
 
 def forwarded_client(peer: str, forwarded_for: list[bytes], trusted: AddressList) -> str:

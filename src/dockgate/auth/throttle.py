@@ -15,12 +15,16 @@ Memory is bounded: attackers choose user names freely, so past `max_keys` keys t
 emptied (forgetting failures is the safe direction for availability; the limit is a brake, not
 the only barrier: passwords are still bcrypt or argon2).
 
+An IPv6 source counts by its /64: one machine usually holds a whole /64, and counting single
+addresses would give it billions of fresh budgets.
+
 With several workers (`--workers N`) each process counts on its own; the effective limit is up
 to N times the configured one. Documented in docs/security.md.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,7 +58,8 @@ class FailureThrottle:
         if not self._sources and not self._users:
             return None  # the hot path when nobody is failing
         now = self._clock()
-        wait = _wait(self._sources.get(source), self.settings.per_source, self.settings, now)
+        key = _source_key(source)
+        wait = _wait(self._sources.get(key), self.settings.per_source, self.settings, now)
         if user is not None:
             user_wait = _wait(self._users.get(user), self.settings.per_user, self.settings, now)
             if user_wait is not None:
@@ -63,13 +68,22 @@ class FailureThrottle:
 
     def failed(self, source: str, user: str | None) -> None:
         now = self._clock()
-        _record(self._sources, source, self.settings.per_source, self.settings, now)
+        _record(self._sources, _source_key(source), self.settings.per_source, self.settings, now)
         if user is not None:
             _record(self._users, user, self.settings.per_user, self.settings, now)
 
     def succeeded(self, user: str | None) -> None:
         if user is not None and self._users:
             self._users.pop(user, None)
+
+
+def _source_key(source: str) -> str:
+    if ":" not in source:
+        return source
+    try:
+        return str(ipaddress.IPv6Network((source, 64), strict=False))
+    except ValueError:
+        return source
 
 
 def _wait(

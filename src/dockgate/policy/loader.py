@@ -314,7 +314,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
                 "with 'bindings:', each caller gets the policy of its binding; 'default:' "
                 "would bind everyone (write a binding with 'authenticated: true' instead)",
             )
-        default = bindings[0].policy if bindings else next(iter(policies))
+        default = ""  # nobody gets a policy by default: PolicySet.active denies
     elif default is None:
         if len(policies) != 1:
             raise fail(("policies",), "several policies: say which applies with 'default:'")
@@ -338,7 +338,9 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
     )
 
 
-def _compile_sources(spec: SourcesSpec | None, loc: Location, fail: Any) -> SourceRules | None:
+def _compile_sources(
+    spec: SourcesSpec | None, loc: Location, fail: Any, *, unix_exempt: bool = True
+) -> SourceRules | None:
     if spec is None:
         return None
     lists = []
@@ -349,7 +351,7 @@ def _compile_sources(spec: SourcesSpec | None, loc: Location, fail: Any) -> Sour
             except AddressListError as exc:
                 raise fail((*loc, key, i), f"source address {exc}") from None
         lists.append(parse_address_list(entries))
-    return SourceRules(lists[0], lists[1])
+    return SourceRules(lists[0], lists[1], unix_exempt)
 
 
 def _compile_bindings(
@@ -390,7 +392,7 @@ def _compile_bindings(
                 groups=tuple(item.groups),
                 anonymous=item.anonymous,
                 authenticated=item.authenticated,
-                sources=_compile_sources(item.sources, (*loc, "sources"), fail),
+                sources=_compile_sources(item.sources, (*loc, "sources"), fail, unix_exempt=False),
                 line=_line_for(lines, loc),
             )
         )

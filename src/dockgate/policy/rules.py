@@ -233,13 +233,11 @@ class PolicySet:
 
     @property
     def active(self) -> Policy:
+        """The policy for a caller nobody identified: the default one, or, with bindings,
+        a policy that allows nothing (a code path that forgets the binding denies)."""
+        if self.bindings is not None:
+            return NO_BINDING_POLICY
         return self.policies[self.default]
-
-    @property
-    def binds_anonymous(self) -> bool:
-        """Whether callers without credentials can get a policy (else they are asked for
-        credentials where authentication is configured)."""
-        return self.bindings is None or any(b.anonymous for b in self.bindings)
 
     def binding_for(self, identity: Identity, source: str) -> Binding | None:
         """The first binding for this caller, or None when none matches."""
@@ -261,6 +259,8 @@ class PolicySet:
         binding = self.binding_for(identity, source)
         return self.policies[binding.policy] if binding is not None else None
 
+
+NO_BINDING_POLICY = Policy("no-binding", read_only=True, rules=())
 
 # Callers repeat: the binding of an (identity, source) pair is remembered, bounded.
 BINDING_CACHE_ENTRIES = 4096

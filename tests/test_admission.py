@@ -1,0 +1,773 @@
+"""Admission of requests (dockgate.admission.Admissions.admit) with real credential files.
+
+Claims under test, in the documented order: a trusted peer's X-Forwarded-For names the source
+(read right to left; a malformed chain is 400; untrusted peers' headers are ignored); the global
+source lists refuse (403) before any credential is checked; credentials: throttled sources and
+user names get 429 with Retry-After, bad credentials 401 (the same for every kind of mistake),
+a good Authorization is remembered per connection until the credential files change; a
+verified certificate names the caller when there is no Authorization; callers without either
+are anonymous, asked for credentials (401) when authentication is configured and no binding
+takes anonymous callers; the first matching binding names the policy (403 when none does); the
+policy decides.
+"""
+
+from __future__ import annotations
+
+import base64
+import pathlib
+import time
+from collections.abc import Iterable
+
+import bcrypt
+import pytest
+
+from dockgate.admission import Admission, Admissions, ConnectionFacts
+from dockgate.auth.authenticator import Authenticator, WatchedFile
+from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd, parse_htpasswd
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens, parse_tokens
+from dockgate.auth.tokens import create_token_line as new_token_line
+from dockgate.gatekeeper import Gatekeeper
+from dockgate.http.request import RequestHead, parse_head
+from dockgate.identity import (
+    ANONYMOUS_IDENTITY,
+    BASIC,
+    CERTIFICATE,
+    NO_AUTH_IDENTITY,
+    TOKEN,
+    Identity,
+)
+from dockgate.policy.loader import parse_policy_text
+from dockgate.policy.rules import PolicySet
+from dockgate.sourceaddr import AddressList, parse_address_list
+
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "mallory": "mallory-pw"}
+
+POLICY = """\
+sources:
+  deny: [192.0.2.0/24]
+groups:
+  ops: [carol]
+bindings:
+  - policy: admin
+    users: [alice]
+  - policy: readonly
+    users: [bob]
+  - policy: ci
+    tokens: [ci-runner]
+  - policy: admin
+    groups: [ops]
+    sources: {allow: [10.50.0.0/16]}
+  - policy: admin
+    certificates: [deploy]
+    sources: {allow: [10.50.0.0/16]}
+policies:
+  admin:
+    rules:
+      - allow: {sections: ["*"]}
+  readonly:
+    read_only: true
+    rules:
+      - allow: {sections: ["*"]}
+  ci:
+    rules:
+      - allow: {sections: [images]}
+"""
+
+WITH_ANONYMOUS = POLICY.replace(
+    "policies:\n",
+    "  - policy: readonly\n    anonymous: true\n    sources: {allow: [unix]}\npolicies:\n",
+    1,
+)
+
+CREATE = "/v1.41/containers/create"
+LIST = "/v1.41/containers/json"
+IMAGES = "/v1.41/images/json"
+LB = "10.0.0.1"  # the trusted load balancer
+CLIENT = "198.51.100.7"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def htpasswd_text() -> str:
+    return "".join(
+        f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+        for user, pw in PASSWORDS.items()
+    )
+
+
+@pytest.fixture(scope="module")
+def token_lines() -> dict[str, tuple[str, str]]:
+    """name -> (token, line): ci-runner acts as "ci", bobs-laptop as "bob"."""
+    return {
+        "ci-runner": new_token_line("ci-runner", "ci"),
+        "bobs-laptop": new_token_line("bobs-laptop", "bob"),
+    }
+
+
+@pytest.fixture
+def htpasswd(htpasswd_text: str) -> Htpasswd:
+    return parse_htpasswd(htpasswd_text, "test.htpasswd")
+
+
+@pytest.fixture
+def tokens(token_lines: dict[str, tuple[str, str]]) -> Tokens:
+    return parse_tokens("".join(line + "\n" for _, line in token_lines.values()), "test.tokens")
+
+
+def basic(user: str, password: str | None = None) -> str:
+    pw = PASSWORDS[user] if password is None else password
+    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+
+def head(
+    method: str = "GET",
+    target: str = LIST,
+    authorization: str | None = None,
+    forwarded_for: Iterable[str] = (),
+) -> RequestHead:
+    lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    lines.extend(f"X-Forwarded-For: {value}" for value in forwarded_for)
+    return parse_head(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+def admissions(
+    authenticator: Authenticator,
+    policy: str = POLICY,
+    *,
+    trusted: AddressList | None = None,
+    settings: ThrottleSettings | None = None,
+    clock: FakeClock | None = None,
+) -> Admissions:
+    policies: PolicySet = parse_policy_text(policy, "test.yaml")
+    return Admissions(
+        policies,
+        Gatekeeper(policies, authenticated=authenticator.required),
+        authenticator,
+        FailureThrottle(settings or ThrottleSettings(3, 5, 60.0), clock or FakeClock()),
+        trusted if trusted is not None else parse_address_list(["10.0.0.0/24"]),
+    )
+
+
+def facts(source: str = CLIENT, certificate: Identity | None = None) -> ConnectionFacts:
+    return ConnectionFacts(source, source, certificate)
+
+
+@pytest.fixture
+def gate(htpasswd: Htpasswd, tokens: Tokens) -> Admissions:
+    return admissions(Authenticator(htpasswd, tokens))
+
+
+def admit(gate: Admissions, request: RequestHead, conn: ConnectionFacts | None = None) -> Admission:
+    return gate.admit(request, conn or facts(), 0.0)
+
+
+def assert_refused(
+    admission: Admission, status: int, message: str, label: str, reason: str
+) -> None:
+    verdict = admission.verdict
+    assert not verdict.allowed
+    assert (verdict.status, verdict.message, verdict.label, verdict.reason) == (
+        status,
+        message,
+        label,
+        reason,
+    )
+    assert verdict.operation == "-"
+    assert verdict.policy is None
+
+
+# ----- identities and policies ------------------------------------------------------------------
+
+
+def test_two_users_get_their_own_policies_on_the_same_request(gate: Admissions) -> None:
+    alice = admit(gate, head("POST", CREATE, basic("alice")))
+    assert alice.identity == Identity("alice", BASIC)
+    assert alice.source == CLIENT
+    assert alice.retry_after is None
+    assert alice.verdict.allowed
+    assert (alice.verdict.policy, alice.verdict.label) == ("admin", "allow:admin:rule-1")
+    assert alice.verdict.operation == "ContainerCreate"
+
+    bob = admit(gate, head("POST", CREATE, basic("bob")))
+    assert bob.identity == Identity("bob", BASIC)
+    assert not bob.verdict.allowed
+    assert bob.verdict.status == 403
+    assert bob.verdict.policy == "readonly"
+    assert bob.verdict.label == "deny:readonly:read-only"
+    assert bob.verdict.message == "dockgate: ContainerCreate denied by policy readonly (read-only)"
+    assert admit(gate, head("GET", LIST, basic("bob"))).verdict.allowed
+
+
+def test_token_matches_by_its_name(
+    gate: Admissions, token_lines: dict[str, tuple[str, str]]
+) -> None:
+    token = token_lines["ci-runner"][0]
+    images = admit(gate, head("GET", IMAGES, f"Bearer {token}"))
+    assert images.identity == Identity("ci", TOKEN, "ci-runner")
+    assert images.verdict.allowed
+    assert images.verdict.label == "allow:ci:rule-1"
+    create = admit(gate, head("POST", CREATE, f"Bearer {token}"))
+    assert create.verdict.status == 403
+    assert create.verdict.label == "deny:ci:no-rule-allows-it"
+
+
+def test_token_matches_by_its_identity(
+    gate: Admissions, token_lines: dict[str, tuple[str, str]]
+) -> None:
+    token = token_lines["bobs-laptop"][0]
+    admission = admit(gate, head("POST", CREATE, f"Bearer {token}"))
+    assert admission.identity == Identity("bob", TOKEN, "bobs-laptop")
+    assert admission.verdict.policy == "readonly"
+    assert admission.verdict.label == "deny:readonly:read-only"
+
+
+def test_group_member_bound_only_from_its_network(gate: Admissions) -> None:
+    inside = admit(gate, head("POST", CREATE, basic("carol")), facts("10.50.3.4"))
+    assert inside.identity == Identity("carol", BASIC)
+    assert inside.verdict.allowed
+    outside = admit(gate, head("POST", CREATE, basic("carol")), facts(CLIENT))
+    assert outside.identity == Identity("carol", BASIC)
+    assert_refused(
+        outside,
+        403,
+        f"dockgate: no policy is bound to user carol from {CLIENT}",
+        "deny:-:no-binding",
+        "no binding",
+    )
+
+
+def test_authenticated_user_without_binding_is_403(gate: Admissions) -> None:
+    admission = admit(gate, head("GET", LIST, basic("mallory")))
+    assert admission.identity == Identity("mallory", BASIC)
+    assert_refused(
+        admission,
+        403,
+        f"dockgate: no policy is bound to user mallory from {CLIENT}",
+        "deny:-:no-binding",
+        "no binding",
+    )
+
+
+def test_no_binding_message_names_no_source_when_bindings_have_no_sources(
+    htpasswd: Htpasswd,
+) -> None:
+    policy = """\
+bindings:
+  - policy: p
+    users: [alice]
+policies:
+  p:
+    rules:
+      - allow: {sections: ["*"]}
+"""
+    gate = admissions(Authenticator(htpasswd), policy)
+    assert_refused(
+        admit(gate, head("GET", LIST, basic("bob"))),
+        403,
+        "dockgate: no policy is bound to user bob",
+        "deny:-:no-binding",
+        "no binding",
+    )
+
+
+def test_certificate_names_the_caller_without_authorization(gate: Admissions) -> None:
+    deploy = Identity("deploy", CERTIFICATE, "CN=deploy")
+    inside = admit(gate, head("POST", CREATE), facts("10.50.0.9", deploy))
+    assert inside.identity == deploy
+    assert inside.verdict.allowed
+    outside = admit(gate, head("POST", CREATE), facts(CLIENT, deploy))
+    assert_refused(
+        outside,
+        403,
+        f"dockgate: no policy is bound to certificate deploy from {CLIENT}",
+        "deny:-:no-binding",
+        "no binding",
+    )
+
+
+def test_authorization_wins_over_the_certificate(gate: Admissions) -> None:
+    deploy = Identity("deploy", CERTIFICATE, "CN=deploy")
+    conn = facts("10.50.0.9", deploy)
+    as_bob = admit(gate, head("POST", CREATE, basic("bob")), conn)
+    assert as_bob.identity == Identity("bob", BASIC)
+    assert as_bob.verdict.label == "deny:readonly:read-only"
+    # A bad Authorization is not rescued by a good certificate.
+    bad = admit(gate, head("POST", CREATE, basic("bob", "wrong")), conn)
+    assert bad.verdict.status == 401
+    assert bad.identity == ANONYMOUS_IDENTITY
+
+
+# ----- anonymous callers --------------------------------------------------------------------------
+
+
+def test_no_credentials_where_no_binding_takes_anonymous_is_401(gate: Admissions) -> None:
+    for source in (CLIENT, "unix"):
+        admission = admit(gate, head("GET", LIST), facts(source))
+        assert admission.identity == ANONYMOUS_IDENTITY
+        assert_refused(
+            admission,
+            401,
+            "dockgate: authentication required",
+            "deny:-:unauthenticated",
+            "no credentials",
+        )
+
+
+def test_anonymous_binding_takes_callers_without_credentials(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    gate = admissions(Authenticator(htpasswd, tokens), WITH_ANONYMOUS)
+    listing = admit(gate, head("GET", LIST), facts("unix"))
+    assert listing.identity == ANONYMOUS_IDENTITY
+    assert listing.source == "unix"
+    assert listing.verdict.allowed
+    assert listing.verdict.label == "allow:readonly:rule-1"
+    create = admit(gate, head("POST", CREATE), facts("unix"))
+    assert create.verdict.label == "deny:readonly:read-only"
+    # Callers with credentials are judged as themselves, never as anonymous.
+    assert admit(gate, head("GET", LIST, basic("mallory")), facts("unix")).verdict.status == 403
+    assert admit(gate, head("GET", LIST, basic("alice", "x")), facts("unix")).verdict.status == 401
+
+
+def test_anonymous_caller_outside_the_anonymous_bindings_sources_is_asked_to_log_in(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    gate = admissions(Authenticator(htpasswd, tokens), WITH_ANONYMOUS)
+    admission = admit(gate, head("GET", LIST), facts(CLIENT))
+    assert admission.verdict.status == 401
+    assert admission.verdict.message == "dockgate: authentication required"
+
+
+ANONYMOUS_EVERYWHERE = """\
+bindings:
+  - policy: readonly
+    users: [alice]
+  - policy: readonly
+    anonymous: true
+policies:
+  readonly:
+    read_only: true
+    rules:
+      - allow: {sections: ["*"]}
+"""
+
+
+def test_anonymous_callers_keep_the_dns_rebinding_host_check(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    # Built as server.py builds it: the listener "authenticates" because a file is configured.
+    gate = admissions(Authenticator(htpasswd, tokens), ANONYMOUS_EVERYWHERE)
+    rebound = parse_head(b"GET /v1.41/containers/json HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    admission = admit(gate, rebound)
+    assert admission.identity == ANONYMOUS_IDENTITY
+    assert admission.verdict.status == 403
+    assert admission.verdict.label == "deny:-:browser"
+
+
+def test_authenticated_callers_skip_the_host_check(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    gate = admissions(Authenticator(htpasswd, tokens), ANONYMOUS_EVERYWHERE)
+    authorization = basic("alice").encode()
+    raw = b"GET /v1.41/containers/json HTTP/1.1\r\nHost: gateway.example\r\nAuthorization: "
+    admission = admit(gate, parse_head(raw + authorization + b"\r\n\r\n"))
+    assert admission.identity == Identity("alice", BASIC)
+    assert admission.verdict.allowed
+
+
+def test_without_authentication_everyone_is_anonymous(htpasswd: Htpasswd) -> None:
+    gate = admissions(Authenticator(), WITH_ANONYMOUS)
+    # No credentials are checked; an Authorization header is ignored, not refused.
+    for authorization in (None, basic("alice"), "Basic garbage"):
+        admission = admit(gate, head("GET", LIST, authorization), facts("unix"))
+        assert admission.identity == NO_AUTH_IDENTITY
+        assert admission.verdict.label == "allow:readonly:rule-1"
+    assert_refused(
+        admit(gate, head("GET", LIST, basic("alice")), facts(CLIENT)),
+        403,
+        "dockgate: no policy is bound to anonymous callers",
+        "deny:-:no-binding",
+        "no binding",
+    )
+
+
+def test_without_bindings_the_default_policy_applies_to_everyone(htpasswd: Htpasswd) -> None:
+    policy = """\
+policies:
+  ro:
+    read_only: true
+    rules:
+      - allow: {sections: ["*"]}
+"""
+    open_gate = admissions(Authenticator(), policy)
+    admission = admit(open_gate, head("GET", LIST), facts(CLIENT))
+    assert admission.identity == NO_AUTH_IDENTITY
+    assert admission.verdict.label == "allow:ro:rule-1"
+    auth_gate = admissions(Authenticator(htpasswd), policy)
+    assert admit(auth_gate, head("GET", LIST, basic("mallory"))).verdict.label == "allow:ro:rule-1"
+    # With authentication configured and no bindings, anonymous callers must log in.
+    assert admit(auth_gate, head("GET", LIST)).verdict.status == 401
+
+
+# ----- bad credentials ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        basic("alice", "wrong"),
+        basic("nobody", "alice-pw"),
+        "Bearer dg_not-a-real-token",
+        "Basic !!!not-base64",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Digest username=alice",
+        "",
+    ],
+)
+def test_bad_credentials_all_get_the_same_401(gate: Admissions, authorization: str) -> None:
+    admission = admit(gate, head("GET", LIST, authorization))
+    assert admission.identity == ANONYMOUS_IDENTITY
+    assert admission.retry_after is None
+    assert_refused(
+        admission, 401, "dockgate: invalid credentials", "deny:-:unauthenticated", "bad credentials"
+    )
+
+
+# ----- global sources and X-Forwarded-For ---------------------------------------------------------
+
+
+def test_global_deny_refuses_before_credentials_are_checked(gate: Admissions) -> None:
+    for authorization in (basic("alice"), basic("alice", "wrong"), None):
+        admission = admit(gate, head("GET", LIST, authorization), facts("192.0.2.5"))
+        assert admission.identity == NO_AUTH_IDENTITY
+        assert admission.source == "192.0.2.5"
+        assert_refused(
+            admission,
+            403,
+            "dockgate: requests from 192.0.2.5 are not allowed",
+            "deny:-:source",
+            "source denied",
+        )
+    # The wrong password was never tried, so nothing was counted against the source.
+    assert gate.throttle.retry_after("192.0.2.5", "alice") is None
+    assert not gate.throttle._sources
+
+
+def test_global_deny_wins_over_allow(htpasswd: Htpasswd) -> None:
+    policy = """\
+sources:
+  allow: [10.0.0.0/8, unix]
+  deny: [10.66.0.0/16]
+policies:
+  p:
+    rules:
+      - allow: {sections: ["*"]}
+"""
+    gate = admissions(Authenticator(htpasswd), policy)
+    assert admit(gate, head("GET", LIST, basic("bob")), facts("10.1.1.1")).verdict.allowed
+    assert admit(gate, head("GET", LIST, basic("bob")), facts("unix")).verdict.allowed
+    for source in ("10.66.0.1", "::ffff:10.66.0.1", "192.0.2.1"):
+        assert_refused(
+            admit(gate, head("GET", LIST, basic("bob")), facts(source)),
+            403,
+            f"dockgate: requests from {source} are not allowed",
+            "deny:-:source",
+            "source denied",
+        )
+
+
+def test_trusted_proxy_names_the_source(gate: Admissions) -> None:
+    admission = admit(gate, head("POST", CREATE, basic("carol"), ["10.50.1.1"]), facts(LB))
+    assert admission.source == "10.50.1.1"
+    assert admission.verdict.allowed  # carol's binding is for 10.50/16
+
+
+def test_several_trusted_hops_and_spoofed_left_entries(gate: Admissions) -> None:
+    # The client claims 10.50.1.1 itself; the balancers appended 198.51.100.7, then 10.0.0.7.
+    chain = ["10.50.1.1, 198.51.100.7, 10.0.0.7"]
+    admission = admit(gate, head("POST", CREATE, basic("carol"), chain), facts(LB))
+    assert admission.source == CLIENT
+    assert admission.verdict.status == 403
+    assert admission.verdict.message == (
+        f"dockgate: no policy is bound to user carol from {CLIENT}"
+    )
+    # The same chain over two header fields.
+    split = ["10.50.1.1", "198.51.100.7, 10.0.0.7"]
+    assert admit(gate, head("GET", LIST, basic("carol"), split), facts(LB)).source == CLIENT
+
+
+def test_untrusted_peer_forwarded_for_is_ignored(gate: Admissions) -> None:
+    for chain in (["10.50.1.1"], ["garbage"]):
+        admission = admit(gate, head("POST", CREATE, basic("carol"), chain), facts(CLIENT))
+        assert admission.source == CLIENT
+        assert admission.verdict.status == 403
+    unix = admit(gate, head("GET", LIST, basic("alice"), ["192.0.2.5"]), facts("unix"))
+    assert unix.source == "unix"
+    assert unix.verdict.allowed
+
+
+def test_ipv4_mapped_peer_is_a_trusted_proxy(gate: Admissions) -> None:
+    admission = admit(
+        gate, head("POST", CREATE, basic("carol"), ["10.50.1.1"]), facts("::ffff:10.0.0.1")
+    )
+    assert admission.source == "10.50.1.1"
+    assert admission.verdict.allowed
+
+
+def test_forwarded_source_meets_the_global_deny_list(gate: Admissions) -> None:
+    admission = admit(gate, head("GET", LIST, basic("alice"), ["192.0.2.44"]), facts(LB))
+    assert admission.source == "192.0.2.44"
+    assert_refused(
+        admission,
+        403,
+        "dockgate: requests from 192.0.2.44 are not allowed",
+        "deny:-:source",
+        "source denied",
+    )
+
+
+@pytest.mark.parametrize("chain", [["garbage"], ["198.51.100.7, "], ["10.50.1.1, nope, 10.0.0.7"]])
+def test_malformed_forwarded_for_from_a_trusted_proxy_is_400(
+    gate: Admissions, chain: list[str]
+) -> None:
+    admission = admit(gate, head("GET", LIST, basic("alice"), chain), facts(LB))
+    assert admission.source == LB
+    assert admission.identity == NO_AUTH_IDENTITY
+    assert_refused(admission, 400, "dockgate: malformed X-Forwarded-For", "deny:-:bad-xff", "bad")
+
+
+def test_trusted_unix_socket_proxy(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    gate = admissions(Authenticator(htpasswd, tokens), trusted=parse_address_list(["unix"]))
+    admission = admit(gate, head("POST", CREATE, basic("carol"), ["10.50.9.9"]), facts("unix"))
+    assert admission.source == "10.50.9.9"
+    assert admission.verdict.allowed
+
+
+def test_no_trusted_proxies_means_no_forwarded_for(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    gate = admissions(Authenticator(htpasswd, tokens), trusted=AddressList())
+    admission = admit(gate, head("GET", LIST, basic("alice"), ["192.0.2.44"]), facts(LB))
+    assert admission.source == LB
+    assert admission.verdict.allowed
+
+
+# ----- throttling ---------------------------------------------------------------------------
+
+
+def throttled_gate(
+    htpasswd: Htpasswd, tokens: Tokens, per_source: int = 3, per_user: int = 5
+) -> tuple[Admissions, FakeClock]:
+    clock = FakeClock()
+    gate = admissions(
+        Authenticator(htpasswd, tokens),
+        settings=ThrottleSettings(per_source, per_user, 60.0),
+        clock=clock,
+    )
+    return gate, clock
+
+
+def assert_throttled(admission: Admission, retry_after: int) -> None:
+    assert admission.identity == ANONYMOUS_IDENTITY
+    assert admission.retry_after == retry_after
+    assert_refused(
+        admission,
+        429,
+        "dockgate: too many failed attempts; try again later",
+        "deny:-:throttled",
+        "throttled",
+    )
+
+
+def test_429_after_n_failures_from_one_source(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    gate, clock = throttled_gate(htpasswd, tokens, per_source=3, per_user=100)
+    for user in ("alice", "bob", "nobody"):
+        assert admit(gate, head("GET", LIST, basic(user, "wrong"))).verdict.status == 401
+    # Even the right password is not checked now, for any user, from that source.
+    conn = facts()
+    assert_throttled(admit(gate, head("GET", LIST, basic("alice")), conn), 60)
+    assert conn.remembered is None
+    assert_throttled(admit(gate, head("GET", LIST, "Bearer dg_x")), 60)
+    # Another source is not affected.
+    assert admit(gate, head("GET", LIST, basic("alice")), facts("198.51.100.8")).verdict.allowed
+    # Retry-After is whole seconds, rounded up, at least 1.
+    start = clock.now  # the three failures happened now
+    for elapsed, retry_after in ((0.5, 60), (29.8, 31), (59.2, 1), (59.99, 1)):
+        clock.now = start + elapsed
+        assert_throttled(admit(gate, head("GET", LIST, basic("alice"))), retry_after)
+    # The window has passed: credentials are checked again.
+    clock.now = start + 60.0
+    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed
+
+
+def test_behind_a_trusted_proxy_failures_count_against_the_forwarded_client(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=2, per_user=100)
+    balancer = facts(LB)
+    for _ in range(2):
+        wrong = admit(gate, head("GET", LIST, basic("bob", "x"), ["203.0.113.1"]), balancer)
+        assert wrong.verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("bob"), ["203.0.113.1"]), balancer), 60)
+    # Another client behind the same balancer is not throttled, nor is the balancer itself.
+    other = admit(gate, head("GET", LIST, basic("bob"), ["203.0.113.2"]), balancer)
+    assert other.source == "203.0.113.2"
+    assert other.verdict.allowed
+    assert gate.throttle.retry_after(LB, None) is None
+
+
+def test_bad_tokens_count_against_the_source(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=2, per_user=100)
+    for _ in range(2):
+        assert admit(gate, head("GET", LIST, "Bearer dg_wrong")).verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("alice"))), 60)
+
+
+def test_429_per_user_across_sources(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    gate, clock = throttled_gate(htpasswd, tokens, per_source=100, per_user=3)
+    for i in range(3):
+        clock.now += 1
+        wrong = admit(gate, head("GET", LIST, basic("alice", "wrong")), facts(f"198.51.100.{i}"))
+        assert wrong.verdict.status == 401
+    # From a fresh source, alice is throttled even with her password; bob is not.
+    fresh = facts("203.0.113.50")
+    assert_throttled(admit(gate, head("GET", LIST, basic("alice")), fresh), 58)
+    assert admit(gate, head("GET", LIST, basic("bob")), fresh).verdict.label == (
+        "allow:readonly:rule-1"
+    )
+    clock.now += 58
+    assert admit(gate, head("GET", LIST, basic("alice")), fresh).verdict.allowed
+
+
+def test_success_clears_the_user_counter_but_not_the_source(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=3, per_user=3)
+    for _ in range(2):
+        assert admit(gate, head("GET", LIST, basic("alice", "wrong"))).verdict.status == 401
+    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed  # clears alice
+    other = facts("198.51.100.200")
+    for _ in range(2):
+        assert admit(gate, head("GET", LIST, basic("alice", "w")), other).verdict.status == 401
+    # alice: 2 failures since her success (not 4), so she may try from a third source ...
+    assert admit(gate, head("GET", LIST, basic("alice")), facts("203.0.113.1")).verdict.allowed
+    # ... while the first source keeps its 2 failures: one more and it is throttled.
+    assert admit(gate, head("GET", LIST, basic("bob", "wrong"))).verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("bob"))), 60)
+
+
+# ----- the per-connection memo ------------------------------------------------------------
+
+
+def test_success_is_remembered_on_the_connection(gate: Admissions) -> None:
+    conn = facts()
+    authorization = basic("alice")
+    admit(gate, head("GET", LIST, authorization), conn)
+    assert conn.remembered == (authorization.encode(), 0, Identity("alice", BASIC))
+    # A failure does not replace it.
+    admit(gate, head("GET", LIST, basic("alice", "wrong")), conn)
+    assert conn.remembered == (authorization.encode(), 0, Identity("alice", BASIC))
+
+
+def test_remembered_identity_is_used_without_a_check(gate: Admissions) -> None:
+    authorization = basic("bob", "not bob's password").encode()
+    conn = facts()
+    conn.remembered = (authorization, 0, Identity("alice", BASIC))
+    admission = admit(gate, head("POST", CREATE, authorization.decode()), conn)
+    assert admission.identity == Identity("alice", BASIC)
+    assert admission.verdict.allowed
+    # Another header on the same connection is checked as usual.
+    other = admit(gate, head("POST", CREATE, basic("bob")), conn)
+    assert other.identity == Identity("bob", BASIC)
+    assert conn.remembered == (basic("bob").encode(), 0, Identity("bob", BASIC))
+
+
+def test_remembered_identity_of_another_generation_is_ignored(gate: Admissions) -> None:
+    authorization = basic("bob", "wrong").encode()
+    conn = facts()
+    conn.remembered = (authorization, 7, Identity("alice", BASIC))
+    admission = admit(gate, head("GET", LIST, authorization.decode()), conn)
+    assert admission.verdict.status == 401
+
+
+def test_remembered_authorization_is_not_throttled(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=2, per_user=100)
+    conn = facts()
+    assert admit(gate, head("GET", LIST, basic("alice")), conn).verdict.allowed
+    for _ in range(2):
+        assert admit(gate, head("GET", LIST, basic("bob", "x"))).verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("bob"))), 60)
+    # The keep-alive connection that already proved alice goes on working.
+    assert admit(gate, head("GET", LIST, basic("alice")), conn).verdict.allowed
+
+
+def test_memo_is_dropped_when_the_htpasswd_file_changes(
+    tmp_path: pathlib.Path, htpasswd_text: str
+) -> None:
+    path = tmp_path / "htpasswd"
+    path.write_text(htpasswd_text, encoding="utf-8")
+    authenticator = Authenticator(WatchedFile(str(path), load_htpasswd, (HtpasswdError,)))
+    gate = admissions(authenticator)
+    conn = facts()
+    authorization = basic("alice")
+    start = time.monotonic()
+    assert gate.admit(head("GET", LIST, authorization), conn, start).verdict.allowed
+    assert conn.remembered is not None
+    assert conn.remembered[1] == 0
+
+    # alice is removed from the file: the next request on the same connection is refused.
+    without_alice = "".join(
+        line + "\n" for line in htpasswd_text.splitlines() if not line.startswith("alice:")
+    )
+    path.write_text(without_alice, encoding="utf-8")
+    refused = gate.admit(head("GET", LIST, authorization), conn, start + 2)
+    assert authenticator.generation == 1
+    assert refused.verdict.status == 401
+    assert refused.verdict.message == "dockgate: invalid credentials"
+
+
+def test_memo_is_renewed_when_the_file_changes_but_the_user_stays(
+    tmp_path: pathlib.Path, htpasswd_text: str
+) -> None:
+    path = tmp_path / "htpasswd"
+    path.write_text(htpasswd_text, encoding="utf-8")
+    authenticator = Authenticator(WatchedFile(str(path), load_htpasswd, (HtpasswdError,)))
+    gate = admissions(authenticator)
+    conn = facts()
+    authorization = basic("alice")
+    start = time.monotonic()
+    assert gate.admit(head("GET", LIST, authorization), conn, start).verdict.allowed
+    without_bob = "".join(
+        line + "\n" for line in htpasswd_text.splitlines() if not line.startswith("bob:")
+    )
+    path.write_text(without_bob, encoding="utf-8")
+    again = gate.admit(head("GET", LIST, authorization), conn, start + 2)
+    assert again.verdict.allowed
+    assert conn.remembered == (authorization.encode(), 1, Identity("alice", BASIC))
+
+
+def test_memo_is_dropped_when_a_token_is_revoked(
+    tmp_path: pathlib.Path, token_lines: dict[str, tuple[str, str]]
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("".join(line + "\n" for _, line in token_lines.values()), encoding="utf-8")
+    authenticator = Authenticator(None, WatchedFile(str(path), load_tokens, (TokenFileError,)))
+    gate = admissions(authenticator)
+    conn = facts()
+    authorization = "Bearer " + token_lines["ci-runner"][0]
+    start = time.monotonic()
+    first = gate.admit(head("GET", IMAGES, authorization), conn, start)
+    assert first.identity == Identity("ci", TOKEN, "ci-runner")
+    assert first.verdict.allowed
+    path.write_text(token_lines["bobs-laptop"][1] + "\n", encoding="utf-8")  # ci-runner revoked
+    # Within a second of the last check the file is not looked at again.
+    assert gate.admit(head("GET", IMAGES, authorization), conn, start + 0.5).verdict.allowed
+    revoked = gate.admit(head("GET", IMAGES, authorization), conn, start + 2)
+    assert authenticator.generation == 1
+    assert revoked.verdict.status == 401

@@ -1,0 +1,231 @@
+"""Throttling of failed logins (dockgate.auth.throttle.FailureThrottle), on a fake clock.
+
+Claims under test: after `per_source` failures inside the window a source is throttled until
+its oldest counted failure leaves the window (a sliding window), and `per_user` failures for one
+user name from any sources throttle that name everywhere; a success clears the user's failures
+but not the source's; a limit of 0 turns that key off; the tables never hold more than
+`max_keys` keys (expired keys are dropped first, then everything).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.cli import _build_parser
+from dockgate.config import ServeConfig
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make(
+    per_source: int = 3, per_user: int = 5, window_s: float = 60.0, max_keys: int = 100_000
+) -> tuple[FailureThrottle, FakeClock]:
+    clock = FakeClock()
+    settings = ThrottleSettings(per_source, per_user, window_s, max_keys)
+    return FailureThrottle(settings, clock), clock
+
+
+def test_defaults_agree_with_the_command_line_and_the_config() -> None:
+    settings = ThrottleSettings()
+    # Documented: the per-user limit is higher than the per-source one.
+    assert 0 < settings.per_source < settings.per_user
+    assert settings.window_s == 60.0
+    assert settings.max_keys == 100_000
+    assert settings.enabled
+    fields = ServeConfig.model_fields
+    assert fields["auth_failures_per_source"].default == settings.per_source
+    assert fields["auth_failures_per_user"].default == settings.per_user
+    assert fields["auth_failure_window"].default == settings.window_s
+    args = _build_parser().parse_args(["serve"])
+    assert (args.auth_failures, args.auth_failures_per_user) == (
+        settings.per_source,
+        settings.per_user,
+    )
+    assert args.auth_failure_window == settings.window_s
+
+
+@pytest.mark.parametrize(
+    ("per_source", "per_user", "enabled"),
+    [(0, 0, False), (1, 0, True), (0, 1, True), (-1, 0, False)],
+)
+def test_enabled(per_source: int, per_user: int, enabled: bool) -> None:
+    assert ThrottleSettings(per_source, per_user).enabled is enabled
+
+
+def test_nobody_failing_is_never_throttled() -> None:
+    throttle, _ = make()
+    assert throttle.retry_after("192.0.2.1", "alice") is None
+    assert throttle.retry_after("192.0.2.1", None) is None
+
+
+def test_per_source_limit_counts_failures_of_any_user() -> None:
+    throttle, clock = make(per_source=3, per_user=100)
+    throttle.failed("192.0.2.1", "alice")
+    clock.advance(10)
+    throttle.failed("192.0.2.1", "bob")
+    assert throttle.retry_after("192.0.2.1", "carol") is None  # 2 of 3
+    clock.advance(10)
+    throttle.failed("192.0.2.1", None)  # a bad token: no user name
+    # The oldest failure (t=0) leaves the window at t=60; it is t=20 now.
+    assert throttle.retry_after("192.0.2.1", "carol") == 40.0
+    assert throttle.retry_after("192.0.2.1", None) == 40.0
+    # Other sources are not affected; neither are the users on their own.
+    assert throttle.retry_after("192.0.2.2", "alice") is None
+    assert throttle.retry_after("192.0.2.2", None) is None
+
+
+def test_per_user_limit_counts_failures_from_any_source() -> None:
+    throttle, clock = make(per_source=100, per_user=3)
+    for i in range(3):
+        throttle.failed(f"192.0.2.{i}", "alice")
+        clock.advance(1)
+    # t=3: alice's oldest failure (t=0) leaves the window at t=60.
+    assert throttle.retry_after("198.51.100.9", "alice") == 57.0
+    assert throttle.retry_after("198.51.100.9", "bob") is None
+    assert throttle.retry_after("198.51.100.9", None) is None
+    assert throttle.retry_after("192.0.2.0", None) is None  # 1 failure of 100 from there
+
+
+def test_longer_of_the_two_waits_wins() -> None:
+    throttle, clock = make(per_source=2, per_user=2, window_s=60)
+    throttle.failed("192.0.2.1", "alice")  # t=0
+    clock.advance(30)
+    throttle.failed("192.0.2.1", "bob")  # t=30: the source is at its limit, until t=60
+    throttle.failed("192.0.2.2", "alice")  # alice is at her limit, until t=60
+    clock.advance(5)
+    throttle.failed("192.0.2.3", "alice")  # t=35: alice's last two now run until t=90
+    assert throttle.retry_after("192.0.2.1", None) == 25.0
+    assert throttle.retry_after("192.0.2.1", "alice") == 55.0
+    assert throttle.retry_after("192.0.2.9", "alice") == 55.0
+
+
+def test_window_expiry_releases_the_source() -> None:
+    throttle, clock = make(per_source=2, per_user=100, window_s=60)
+    throttle.failed("192.0.2.1", "alice")
+    throttle.failed("192.0.2.1", "alice")
+    assert throttle.retry_after("192.0.2.1", "alice") == 60.0
+    clock.advance(59.5)
+    assert throttle.retry_after("192.0.2.1", "alice") == 0.5
+    clock.advance(0.5)
+    assert throttle.retry_after("192.0.2.1", "alice") is None
+
+
+def test_window_slides_one_failure_at_a_time() -> None:
+    throttle, clock = make(per_source=3, per_user=100, window_s=60)
+    for _ in range(3):
+        throttle.failed("192.0.2.1", None)  # t=0, 10, 20
+        clock.advance(10)
+    clock.now = 1060.0  # the t=0 failure has left the window: one more attempt is allowed
+    assert throttle.retry_after("192.0.2.1", None) is None
+    throttle.failed("192.0.2.1", None)
+    # Counted now: t=10, 20, 60; throttled until the t=10 one leaves, at t=70.
+    assert throttle.retry_after("192.0.2.1", None) == 10.0
+
+
+def test_success_clears_the_user_but_not_the_source() -> None:
+    throttle, _ = make(per_source=3, per_user=3)
+    for _ in range(3):
+        throttle.failed("192.0.2.1", "alice")
+    assert throttle.retry_after("192.0.2.2", "alice") == 60.0
+    throttle.succeeded("alice")
+    assert throttle.retry_after("192.0.2.2", "alice") is None
+    # The source spent its attempts: a valid account must not reset its guesses at others.
+    assert throttle.retry_after("192.0.2.1", "alice") == 60.0
+    assert throttle.retry_after("192.0.2.1", None) == 60.0
+
+
+def test_success_of_one_user_does_not_clear_another() -> None:
+    throttle, _ = make(per_source=100, per_user=2)
+    throttle.failed("192.0.2.1", "alice")
+    throttle.failed("192.0.2.2", "alice")
+    throttle.succeeded("bob")
+    throttle.succeeded(None)
+    assert throttle.retry_after("192.0.2.3", "alice") == 60.0
+
+
+def test_a_limit_of_zero_turns_that_key_off() -> None:
+    throttle, _ = make(per_source=0, per_user=2)
+    for i in range(50):
+        throttle.failed("192.0.2.1", f"user{i}")
+    assert throttle.retry_after("192.0.2.1", None) is None
+    assert throttle.retry_after("192.0.2.1", "user0") is None
+    throttle.failed("192.0.2.1", "user0")
+    assert throttle.retry_after("192.0.2.1", "user0") == 60.0
+
+    throttle, _ = make(per_source=2, per_user=0)
+    for i in range(50):
+        throttle.failed(f"192.0.2.{i}", "alice")
+    assert throttle.retry_after("198.51.100.1", "alice") is None
+    assert throttle.retry_after("192.0.2.0", None) is None  # one failure each
+    throttle.failed("192.0.2.0", "alice")
+    assert throttle.retry_after("192.0.2.0", "alice") == 60.0
+
+
+def test_counts_are_capped_at_the_limit() -> None:
+    throttle, clock = make(per_source=2, per_user=100)
+    for _ in range(10):
+        throttle.failed("192.0.2.1", None)
+        clock.advance(1)
+    # Only the last two failures (t=8, t=9) are kept; the oldest of them leaves at t=68.
+    assert len(throttle._sources["192.0.2.1"]) == 2
+    assert throttle.retry_after("192.0.2.1", None) == 58.0
+
+
+def test_memory_is_bounded_by_max_keys() -> None:
+    throttle, _ = make(per_source=1, per_user=1, max_keys=3)
+    for i in range(3):
+        throttle.failed(f"192.0.2.{i}", f"user{i}")
+    assert throttle.retry_after("192.0.2.0", None) == 60.0
+    assert throttle.retry_after("192.0.2.9", "user0") == 60.0
+    assert len(throttle._sources) == 3
+    assert len(throttle._users) == 3
+    # A fourth key while none has expired: the table is emptied (forgetting is the safe way).
+    throttle.failed("192.0.2.3", "user3")
+    assert len(throttle._sources) == 1
+    assert len(throttle._users) == 1
+    assert throttle.retry_after("192.0.2.0", None) is None
+    assert throttle.retry_after("192.0.2.9", "user0") is None
+    assert throttle.retry_after("192.0.2.3", "user3") == 60.0
+
+
+def test_expired_keys_are_dropped_before_the_table_is_emptied() -> None:
+    throttle, clock = make(per_source=1, per_user=100, max_keys=3)
+    throttle.failed("192.0.2.0", None)  # t=0, expires at t=60
+    clock.advance(30)
+    throttle.failed("192.0.2.1", None)  # t=30
+    throttle.failed("192.0.2.2", None)  # t=30
+    clock.advance(30)  # t=60: 192.0.2.0 has expired
+    throttle.failed("192.0.2.3", None)
+    assert sorted(throttle._sources) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert throttle.retry_after("192.0.2.1", None) == 30.0
+    assert throttle.retry_after("192.0.2.3", None) == 60.0
+
+
+def test_failures_of_a_known_key_never_empty_the_table() -> None:
+    throttle, _ = make(per_source=5, per_user=100, max_keys=2)
+    throttle.failed("192.0.2.0", None)
+    throttle.failed("192.0.2.1", None)
+    for _ in range(4):
+        throttle.failed("192.0.2.1", None)
+    assert sorted(throttle._sources) == ["192.0.2.0", "192.0.2.1"]
+    assert throttle.retry_after("192.0.2.1", None) == 60.0
+
+
+def test_an_ipv6_source_counts_by_its_64() -> None:
+    """One machine holds a whole /64: its addresses share one budget, the next /64 does not."""
+    throttle, _ = make(per_source=3, per_user=0)
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::9"):
+        throttle.failed(host, None)
+    assert throttle.retry_after("2001:db8:1:2::abcd", None) == 60.0
+    assert throttle.retry_after("2001:db8:1:3::1", None) is None
+    assert throttle.retry_after("192.0.2.1", None) is None
