@@ -43,7 +43,7 @@ def test_defaults_agree_with_the_command_line_and_the_config() -> None:
     assert settings.max_keys == 100_000
     assert settings.enabled
     fields = ServeConfig.model_fields
-    assert fields["auth_failures_per_source"].default == settings.per_source
+    assert fields["auth_failures"].default == settings.per_source
     assert fields["auth_failures_per_user"].default == settings.per_user
     assert fields["auth_failure_window"].default == settings.window_s
     args = _build_parser().parse_args(["serve"])

@@ -37,6 +37,9 @@ class AccessRecord:
     operation: str = "-"  # the Engine API operation, e.g. ContainerList
     decision: str = "-"  # e.g. allow:environment:rule-5, deny:ci:read-only
     identity: str = "-"  # the authenticated caller, "-" when none is required
+    # The client a trusted proxy reported (X-Forwarded-For, PROXY header), when it is not the
+    # connected peer; "" otherwise.
+    source: str = ""
 
 
 class AccessLog:
@@ -68,11 +71,15 @@ class AccessLog:
                 "decision": record.decision,
                 "identity": record.identity,
             }
+            if record.source:
+                fields["source"] = record.source
             if record.note:
                 fields["note"] = record.note
             line = json.dumps(fields)
         else:
             note = f" ({record.note})" if record.note else ""
+            if record.source:
+                note = f" src={record.source}{note}"
             line = (
                 f'{record.client} "{record.method} {record.target} HTTP/{record.version}" '
                 f"{record.status} in={record.bytes_in} out={record.bytes_out} "

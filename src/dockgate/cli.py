@@ -255,7 +255,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         tls_identity=tuple(f.strip() for f in args.tls_identity.split(",") if f.strip()),
         trusted_proxies=parse_address_list(args.trusted_proxy),
         proxy_protocol=args.proxy_protocol,
-        auth_failures_per_source=args.auth_failures,
+        auth_failures=args.auth_failures,
         auth_failures_per_user=args.auth_failures_per_user,
         auth_failure_window=args.auth_failure_window,
         audit_log=args.audit_log,

@@ -49,7 +49,7 @@ class ServeConfig(BaseModel):
     trusted_proxies: AddressList = Field(default_factory=AddressList)
     proxy_protocol: bool = False
     # Failed authentication attempts per window before 429: per source address, per user name.
-    auth_failures_per_source: int = Field(default=20, ge=0)
+    auth_failures: int = Field(default=20, ge=0)
     auth_failures_per_user: int = Field(default=50, ge=0)
     auth_failure_window: float = Field(default=60.0, gt=0)
     # The audit trail: "off", "-" (stdout) or a file; JSON lines.

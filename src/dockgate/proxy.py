@@ -40,6 +40,7 @@ from dockgate.http.response import (
     ResponseReader,
 )
 from dockgate.sourceaddr import UNIX_SOURCE
+from dockgate.tls import PROXY_SOURCE_INFO
 from dockgate.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -132,7 +133,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.client = address = UNIX_SOURCE
         self.facts = ConnectionFacts(address, address, self.gateway.certificate_identity(self))
-        if self.gateway.expects_proxy_header(address):
+        proxied = self.transport.get_extra_info(PROXY_SOURCE_INFO)
+        if proxied is not None:  # the TLS layer read a PROXY header before the handshake
+            if proxied:
+                self.facts.source = proxied
+        elif self.gateway.expects_proxy_header(address):
             self._proxy_header = b""
         self.gateway.connections.add(self)
         self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
@@ -178,7 +183,6 @@ class ClientConnection(asyncio.Protocol):
         self._proxy_header = None
         if header.source is not None:
             self.facts.source = header.source[0]
-            self.client = f"{self.client} via PROXY {header.source[0]}"
         return buffered[header.consumed :]
 
     def eof_received(self) -> bool:
@@ -740,10 +744,17 @@ class ClientConnection(asyncio.Protocol):
                 operation=self._verdict.operation if self._verdict is not None else "-",
                 decision=self._verdict.label if self._verdict is not None else "-",
                 identity=self._admission.identity.name if self._admission is not None else "-",
+                source=self._forwarded_source(),
             )
         )
         if self.gateway.audit.enabled:
             self._audit(head)
+
+    def _forwarded_source(self) -> str:
+        admission = self._admission
+        if admission is None or admission.source == self.facts.peer:
+            return ""
+        return admission.source
 
     def _audit(self, head: RequestHead) -> None:
         admission, verdict = self._admission, self._verdict

@@ -65,7 +65,7 @@ class Gateway:
         )
         throttle = FailureThrottle(
             ThrottleSettings(
-                per_source=config.auth_failures_per_source,
+                per_source=config.auth_failures,
                 per_user=config.auth_failures_per_user,
                 window_s=config.auth_failure_window,
             )
@@ -121,7 +121,7 @@ class Gateway:
 
     def _tls_factory(self, tls: ServerTLS) -> Callable[[], TLSProtocol]:
         timeout = self.config.header_timeout
-        return lambda: TLSProtocol(self.connection_factory, tls, timeout)
+        return lambda: TLSProtocol(self.connection_factory, tls, timeout, self.expects_proxy_header)
 
     async def _sweep(self) -> None:
         """Close connections whose request head did not arrive in time (slowloris, idle)."""
@@ -348,8 +348,21 @@ class Loaded:
     authenticator: Authenticator
 
 
+def check_log_files(config: ServeConfig) -> None:
+    """Create (or open) the log files before anything starts, so a bad path is a one-line
+    error at start rather than a worker dying later. New files get mode 600."""
+    for option, target in (("--access-log", config.access_log), ("--audit-log", config.audit_log)):
+        if target in ("-", "off"):
+            continue
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StartupError(f"{option} {target}: {exc.strerror or exc}") from None
+
+
 def run(config: ServeConfig, policies: PolicySet) -> None:
     check_exposure(config)
+    check_log_files(config)
     tls = load_tls(config)
     authenticator = load_authenticator(config)
     loaded = Loaded(policies, tls, authenticator)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
+
 # Plaintext read per SSLObject.read call: larger than a TLS record (16 KiB), so a read never
 # leaves part of a record decrypted inside OpenSSL.
 READ_CHUNK_BYTES = 64 * 1024
@@ -143,6 +145,10 @@ def _subject_field(cert: dict[str, Any], field: str) -> str | None:
     return None
 
 
+# The extra-info key under which a TLS connection tells the inner protocol what the PROXY
+# header before the handshake said: the client address, or "" for a LOCAL/UNKNOWN header.
+PROXY_SOURCE_INFO = "dockgate_proxy_source"
+
 # Where a client certificate's identity may come from (`--tls-identity`), in the order tried.
 IDENTITY_FIELDS = ("cn", "dns", "email", "uri")
 DEFAULT_IDENTITY_FIELDS = ("cn", "dns", "email")
@@ -245,8 +251,14 @@ class TLSProtocol(asyncio.Protocol):
         factory: Callable[[], asyncio.Protocol],
         tls: ServerTLS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+        expects_proxy_header: Callable[[str], bool] | None = None,
     ) -> None:
         self._factory = factory
+        self._expects_proxy_header = expects_proxy_header
+        # A load balancer's PROXY header comes in clear, before the ClientHello: bytes of it
+        # while it is incomplete, None when none is expected (or it has been read).
+        self._proxy_pending: bytes | None = None
+        self._proxy_source: str | None = None  # what the header said ("" for LOCAL/UNKNOWN)
         self._tls = tls
         self._handshake_timeout = handshake_timeout
         self._raw: asyncio.Transport | None = None
@@ -287,6 +299,8 @@ class TLSProtocol(asyncio.Protocol):
             return sslobj.cipher() if sslobj is not None else default
         if name == "sslcontext":
             return sslobj.context if sslobj is not None else default
+        if name == PROXY_SOURCE_INFO:
+            return self._proxy_source if self._proxy_source is not None else default
         return self.raw.get_extra_info(name, default)
 
     def app_write(self, data: bytes) -> None:
@@ -360,6 +374,9 @@ class TLSProtocol(asyncio.Protocol):
         if isinstance(peer, tuple):
             host = peer[0]
             self._peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            expects = self._expects_proxy_header
+            if expects is not None and expects(host.partition("%")[0]):
+                self._proxy_pending = b""
         self._sslobj = self._tls.context().wrap_bio(
             self._incoming, self._outgoing, server_side=True
         )
@@ -370,12 +387,34 @@ class TLSProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._proxy_pending is not None:
+            data = self._read_proxy_header(data)
+            if not data:
+                return
         self._incoming.write(data)
         if self._handshaking:
             self._do_handshake()
             if self._handshaking or self._closing:
                 return
         self._read_app()
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        buffered = (self._proxy_pending or b"") + data
+        try:
+            header = parse_proxy_header(buffered)
+        except ProxyHeaderError as exc:
+            _log(f"{self._peer}: PROXY protocol: {exc}; connection closed")
+            self._proxy_pending = None
+            self._closing = True
+            self._cancel_timer()
+            self.raw.abort()
+            return b""
+        if header is None:
+            self._proxy_pending = buffered
+            return b""
+        self._proxy_pending = None
+        self._proxy_source = header.source[0] if header.source is not None else ""
+        return buffered[header.consumed :]
 
     def eof_received(self) -> bool:
         self._raw_eof = True
