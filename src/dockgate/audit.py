@@ -25,11 +25,11 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 from urllib.parse import unquote_plus
 
+from dockgate.body.gojson import MISSING, GoObject, Struct, parse, scalar, slice_, struct
 from dockgate.logsink import LineSink, open_sink
 from dockgate.routes import RouteMatch
 
@@ -101,7 +101,7 @@ def _bounded(value: object, depth: int = 0) -> object:
         return value if math.isfinite(value) else str(value)
     if depth >= _MAX_DEPTH:
         return ELLIPSIS
-    if isinstance(value, _Object):
+    if isinstance(value, GoObject):
         return {_cut(k): _bounded(v, depth + 1) for k, v in value.pairs}
     if isinstance(value, dict):
         return {_cut(str(k)): _bounded(v, depth + 1) for k, v in value.items()}
@@ -227,122 +227,46 @@ def _with_tag(image: str, tag: str | None) -> str:
 # ----- request bodies, read as the daemon reads them -------------------------------------------
 
 
-class _Object:
-    """A JSON object as its key/value pairs in order, duplicates kept (Go acts on each)."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self, pairs: list[tuple[str, object]]) -> None:
-        self.pairs = pairs
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")  # Go refuses NaN and Infinity
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_Object, parse_constant=_reject_constant)
-_GO_WHITESPACE = " \t\r\n"
-_MISSING: Final = object()
-# The non-ASCII runes whose Unicode simple-fold orbit contains an ASCII letter (Go's
-# bytes.EqualFold, hence encoding/json, matches them): KELVIN SIGN and LATIN SMALL LETTER LONG S.
-_FOLD = str.maketrans({"\u212a": "k", "\u017f": "s"})
-
-# A struct as the objects decoded into it, in order (Go merges them field by field).
-_Struct: TypeAlias = Sequence[_Object]
-
-
-def _parse(body: bytes) -> object:
-    text = body.decode("utf-8", "replace")
-    start = len(text) - len(text.lstrip(_GO_WHITESPACE))
-    value, _end = _DECODER.raw_decode(text, start)
-    return value
-
-
-def _values(struct: _Struct, field: str) -> list[object]:
-    """The values given for `field`, in order: keys equal to it under Go's case folding."""
-    want = field.lower()
-    found: list[object] = []
-    for obj in struct:
-        for key, value in obj.pairs:
-            if len(key) == len(field):
-                folded = key.translate(_FOLD)
-                if folded.isascii() and folded.lower() == want:
-                    found.append(value)
-    return found
-
-
-def _scalar(struct: _Struct, field: str) -> object:
-    """A string/bool field: the last non-null value (null leaves such a field unchanged)."""
-    result: object = _MISSING
-    for value in _values(struct, field):
-        if value is not None:
-            result = value
-    return result
-
-
-def _slice(struct: _Struct, field: str, *, strslice: bool = False) -> object:
-    """A slice field: the last value (null makes it nil, i.e. absent). A `strslice` (Cmd and
-    Entrypoint of a container) also takes a lone string as a one-element list."""
-    result: object = _MISSING
-    for value in _values(struct, field):
-        result = _MISSING if value is None else value
-    if strslice and isinstance(result, str):
-        return [result]
-    return result
-
-
-def _struct(struct: _Struct, field: str, *, pointer: bool) -> list[_Object]:
-    """A struct field: the objects decoded into it (they merge); null resets a pointer."""
-    result: list[_Object] = []
-    for value in _values(struct, field):
-        if isinstance(value, _Object):
-            result.append(value)
-        elif value is None and pointer:
-            result = []
-        # anything else is a type error: the daemon refuses the request, nothing to merge
-    return result
-
-
-def _env_names(struct: _Struct) -> list[str] | None:
+def _env_names(struct: Struct) -> list[str] | None:
     """The names of an Env list (never its values); None when there is no such list."""
-    env = _slice(struct, "Env")
+    env = slice_(struct, "Env")
     if not isinstance(env, list):
         return None
     return [item.partition("=")[0] for item in env if isinstance(item, str)]
 
 
-def _mounts(struct: _Struct) -> list[dict[str, object]] | None:
+def _mounts(struct: Struct) -> list[dict[str, object]] | None:
     """Type, Source and Target of each mount (never its options: driver options hold secrets)."""
-    mounts = _slice(struct, "Mounts")
+    mounts = slice_(struct, "Mounts")
     if not isinstance(mounts, list):
         return None
     summary: list[dict[str, object]] = []
     for mount in mounts:
-        if isinstance(mount, _Object):
+        if isinstance(mount, GoObject):
             item: dict[str, object] = {}
             for field in ("Type", "Source", "Target"):
-                value = _scalar((mount,), field)
-                if value is not _MISSING:
+                value = scalar((mount,), field)
+                if value is not MISSING:
                     item[field.lower()] = value
             summary.append(item)
     return summary
 
 
 def _put(details: Details, key: str, value: object) -> None:
-    if value is not _MISSING:
+    if value is not MISSING:
         details[key] = value
 
 
-def _container_create(config: _Struct) -> Details:
+def _container_create(config: Struct) -> Details:
     details: Details = {}
-    _put(details, "image", _scalar(config, "Image"))
-    _put(details, "cmd", _slice(config, "Cmd", strslice=True))
-    _put(details, "entrypoint", _slice(config, "Entrypoint", strslice=True))
-    host = _struct(config, "HostConfig", pointer=True)
-    if _scalar(host, "Privileged") is True:
+    _put(details, "image", scalar(config, "Image"))
+    _put(details, "cmd", slice_(config, "Cmd", strslice=True))
+    _put(details, "entrypoint", slice_(config, "Entrypoint", strslice=True))
+    host = struct(config, "HostConfig", pointer=True)
+    if scalar(host, "Privileged") is True:
         details["privileged"] = True
-    binds = _slice(host, "Binds")
-    if binds is not _MISSING and binds != []:
+    binds = slice_(host, "Binds")
+    if binds is not MISSING and binds != []:
         details["binds"] = binds
     mounts = _mounts(host)
     if mounts:
@@ -353,30 +277,30 @@ def _container_create(config: _Struct) -> Details:
     return details
 
 
-def _exec_create(config: _Struct) -> Details:
+def _exec_create(config: Struct) -> Details:
     details: Details = {}
-    _put(details, "cmd", _slice(config, "Cmd"))
-    user = _scalar(config, "User")
-    if user is not _MISSING and user != "":
+    _put(details, "cmd", slice_(config, "Cmd"))
+    user = scalar(config, "User")
+    if user is not MISSING and user != "":
         details["user"] = user
-    if _scalar(config, "Privileged") is True:
+    if scalar(config, "Privileged") is True:
         details["privileged"] = True
-    _put(details, "tty", _scalar(config, "Tty"))
+    _put(details, "tty", scalar(config, "Tty"))
     names = _env_names(config)
     if names:
         details["env_names"] = names
     return details
 
 
-def _service(spec: _Struct, *, create: bool) -> Details:
+def _service(spec: Struct, *, create: bool) -> Details:
     details: Details = {}
     if create:
-        _put(details, "name", _scalar(spec, "Name"))
-    task = _struct(spec, "TaskTemplate", pointer=False)
-    container = _struct(task, "ContainerSpec", pointer=True)
-    _put(details, "image", _scalar(container, "Image"))
-    _put(details, "cmd", _slice(container, "Command"))
-    _put(details, "args", _slice(container, "Args"))
+        _put(details, "name", scalar(spec, "Name"))
+    task = struct(spec, "TaskTemplate", pointer=False)
+    container = struct(task, "ContainerSpec", pointer=True)
+    _put(details, "image", scalar(container, "Image"))
+    _put(details, "cmd", slice_(container, "Command"))
+    _put(details, "args", slice_(container, "Args"))
     mounts = _mounts(container)
     if mounts:
         details["mounts"] = mounts
@@ -403,10 +327,10 @@ def body_details(operation: str, body: bytes, truncated: bool) -> Details | None
     if truncated:
         return dict(TOO_LARGE)
     try:
-        parsed = _parse(body)
+        parsed = parse(body)
     except (ValueError, RecursionError):  # JSONDecodeError, an int too long to convert, ...
         return dict(UNPARSABLE)
-    if not isinstance(parsed, _Object):
+    if not isinstance(parsed, GoObject):
         return dict(UNPARSABLE)
     top = (parsed,)
     if operation == "ContainerCreate":
