@@ -27,7 +27,7 @@ from dockgate.errors import ClientProtocolError
 from dockgate.gatekeeper import Gatekeeper, Verdict
 from dockgate.http.request import RequestHead
 from dockgate.identity import ANONYMOUS_IDENTITY, NO_AUTH_IDENTITY, Identity
-from dockgate.policy.rules import PolicySet
+from dockgate.policy.rules import Policy, PolicySet
 from dockgate.sourceaddr import AddressList, SourceRules, forwarded_client
 
 # Source addresses whose verdict under the global lists is remembered (bounded).
@@ -52,6 +52,7 @@ class Admission:
     identity: Identity
     source: str
     retry_after: int | None = None  # seconds, for a 429
+    policy: Policy | None = None  # the bound policy, once one decided
 
 
 def _refusal(status: int, message: str, label: str, reason: str) -> Verdict:
@@ -126,7 +127,7 @@ class Admissions:
             policy=policy,
             authenticated=identity.authenticated,
         )
-        return Admission(verdict, identity, source)
+        return Admission(verdict, identity, source, policy=policy)
 
     def _identify(
         self, head: RequestHead, facts: ConnectionFacts, source: str, now: float

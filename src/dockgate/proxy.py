@@ -15,6 +15,7 @@ side pauses, so a slow reader never makes the gateway buffer a whole `docker exp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from typing import TYPE_CHECKING, cast
@@ -28,10 +29,25 @@ from dockgate.audit import (
     audit_details,
     target_object,
 )
+from dockgate.body.guardrails import (
+    BODY_CHECKED,
+    CHECKED_BODY_LIMIT,
+    QUERY_CHECKED,
+    Guardrails,
+    Refusal,
+    check_request,
+)
 from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, error_response
 from dockgate.gatekeeper import Verdict
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
-from dockgate.http.request import Body, EndOfRequest, RequestEvent, RequestHead, RequestReader
+from dockgate.http.request import (
+    Body,
+    EndOfRequest,
+    RequestEvent,
+    RequestHead,
+    RequestReader,
+    with_content_length,
+)
 from dockgate.http.response import (
     EndOfResponse,
     Framing,
@@ -108,6 +124,9 @@ class ClientConnection(asyncio.Protocol):
         # The start of an audited request body (container create, exec create), kept for the
         # audit record; None when the current request's body is not audited.
         self._capture: bytearray | None = None
+        # A body read whole before forwarding, for the guardrails of the bound policy.
+        self._held_body: bytearray | None = None
+        self._held_guardrails: Guardrails | None = None
         self._wall_started = 0.0
         self.facts = ConnectionFacts("-", "-")
         # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
@@ -265,6 +284,9 @@ class ClientConnection(asyncio.Protocol):
                     self._after_refusal()
                     return
                 continue  # the body of a refused request is read and dropped
+            if self._held_body is not None:
+                self._hold(event)
+                continue
             if isinstance(event, Body):
                 self._bytes_in += len(event.data)
                 capture = self._capture
@@ -289,6 +311,63 @@ class ClientConnection(asyncio.Protocol):
                     return
         # Events after a pause are impossible: the reader stops at the end of each request.
 
+    def _hold(self, event: RequestEvent) -> None:
+        """A body being read whole for the guardrails: keep it, then judge and forward it."""
+        held, head = self._held_body, self._head
+        assert held is not None and head is not None
+        if isinstance(event, Body):
+            self._bytes_in += len(event.data)
+            capture = self._capture
+            if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
+                capture += event.data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
+            held += event.data
+            if len(held) > CHECKED_BODY_LIMIT:
+                self._held_body = None
+                message = (
+                    f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes "
+                    "cannot be checked"
+                )
+                self._refuse(head, self._guardrail_verdict(Refusal(413, message), raw=True))
+            return
+        if not isinstance(event, EndOfRequest):
+            return
+        self._held_body = None
+        guardrails = self._held_guardrails
+        assert guardrails is not None
+        body = bytes(held)
+        try:
+            check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
+        except Refusal as refusal:
+            # The body was read to its end: the connection stays usable.
+            self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
+            self._after_refusal()
+            return
+        self._request_done = True
+        self._send_head(with_content_length(_forwarded_head(head), len(body)), replayable=False)
+        self._send_upstream(body)
+
+    def _operation(self) -> str:
+        return self._verdict.operation if self._verdict is not None else "-"
+
+    def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
+        verdict = self._verdict
+        assert verdict is not None
+        policy = verdict.policy or "-"
+        if raw:
+            message = refusal.reason
+        elif refusal.status == 403:
+            message = f"dockgate: {verdict.operation} denied by policy {policy}: {refusal.reason}"
+        else:
+            message = f"dockgate: {verdict.operation}: {refusal.reason}"
+        return dataclasses.replace(
+            verdict,
+            allowed=False,
+            status=refusal.status,
+            message=message,
+            label=f"deny:{policy}:guardrails",
+            reason=f"guardrails: {refusal.reason}",
+        )
+
     def _start_exchange(self, head: RequestHead) -> None:
         self.deadline = None
         self._head = head
@@ -311,9 +390,29 @@ class ClientConnection(asyncio.Protocol):
             if self.gateway.audit.enabled and verdict.operation in AUDITED_BODIES
             else None
         )
-        self._response = ResponseReader(head.method)
-        raw = _forwarded_head(head)
-        self._retry_allowed = not head.has_body
+        guardrails = admission.policy.guardrails if admission.policy is not None else None
+        if guardrails is not None:
+            if verdict.operation in QUERY_CHECKED:
+                try:
+                    check_request(guardrails, verdict.operation, head.target.partition("?")[2], b"")
+                except Refusal as refusal:
+                    self._refuse(head, self._guardrail_verdict(refusal))
+                    return
+            elif verdict.operation in BODY_CHECKED:
+                # The body is read whole, judged, and only then forwarded (with a
+                # Content-Length): the bytes checked are the bytes the daemon gets.
+                self._held_body = bytearray()
+                self._held_guardrails = guardrails
+                if head.expect_continue:
+                    assert self.transport is not None
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                return
+        self._send_head(_forwarded_head(head), replayable=not head.has_body)
+
+    def _send_head(self, raw: bytes, *, replayable: bool) -> None:
+        assert self._head is not None
+        self._response = ResponseReader(self._head.method)
+        self._retry_allowed = replayable
         conn = self.gateway.pool.take_idle()
         if conn is not None:
             self._attach(conn)
@@ -364,13 +463,22 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._outbox.append(data)
 
-    def _refuse(self, head: RequestHead, verdict: Verdict, retry_after: int | None = None) -> None:
+    def _refuse(
+        self,
+        head: RequestHead,
+        verdict: Verdict,
+        retry_after: int | None = None,
+        *,
+        body_read: bool = False,
+    ) -> None:
         """Answer a refused request here; it never reaches the daemon."""
         self._refused = True
+        self._verdict = verdict
         self._status = verdict.status
         # A refused upload is not read to its end: close after the answer (lingering, so the
         # client sees the answer rather than a reset). Without a body, keep-alive goes on.
-        closing = head.has_body or not head.keep_alive or self.close_after_exchange
+        unread_body = head.has_body and not body_read
+        closing = unread_body or not head.keep_alive or self.close_after_exchange
         body = error_response(
             verdict.status,
             verdict.message,
@@ -383,7 +491,7 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(body)
         self._log()
-        if head.has_body:
+        if unread_body:
             self._head = None
             self._linger_close()
 

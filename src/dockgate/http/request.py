@@ -362,3 +362,15 @@ def _explain(raw: bytes) -> str:
         if _FIELD_VALUE_BAD.search(value):
             return "control character in header value"
     return "malformed request head"
+
+
+_FRAMING_LINE = re.compile(
+    rb"\r\n(?:content-length|transfer-encoding|expect)[ \t]*:[^\r]*", re.IGNORECASE
+)
+
+
+def with_content_length(raw: bytes, length: int) -> bytes:
+    """A validated head re-framed for a body the gateway read whole: its Content-Length,
+    Transfer-Encoding and Expect fields replaced by one `Content-Length`."""
+    stripped = _FRAMING_LINE.sub(b"", raw[:-2])  # keep the last field's CRLF
+    return stripped + b"Content-Length: %d\r\n\r\n" % length

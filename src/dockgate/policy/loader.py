@@ -7,6 +7,7 @@ duplicate keys and bad patterns are all errors, never ignored.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import tomllib
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
+from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
 from dockgate.files import read_config_text
 from dockgate.policy.rules import (
     ALLOW,
@@ -96,9 +98,41 @@ class RuleSpec(_Strict):
         return self
 
 
+class HostPathSpec(_Strict):
+    path: str
+    read_only: StrictBool = False
+
+
+class ExecSpec(_Strict):
+    root: StrictBool = True
+    privileged: StrictBool = False
+
+
+class GuardrailsSpec(_Strict):
+    privileged: StrictBool = False
+    capabilities: list[str] = Field(default_factory=list)
+    devices: StrictBool = False
+    host_paths: list[HostPathSpec] = Field(default_factory=list)
+    volumes_from: StrictBool = False
+    namespaces: list[str] = Field(default_factory=list)
+    security_overrides: StrictBool = False
+    require_no_new_privileges: StrictBool = False
+    sysctls: list[str] = Field(default_factory=list)
+    runtimes: list[str] | None = None
+    images: list[str] | None = None
+    required_labels: dict[str, str] = Field(default_factory=dict)
+    max_memory: str | int | None = None
+    max_cpus: float | None = None
+    exec: ExecSpec = Field(default_factory=ExecSpec)
+    image_import_urls: StrictBool = False
+    plugin_privileges: StrictBool = False
+
+
 class PolicySpec(_Strict):
     read_only: StrictBool = False
     rules: list[RuleSpec] = Field(default_factory=list)
+    # Absent: the safe defaults; false: no body checks at all (root for whoever may create).
+    guardrails: GuardrailsSpec | StrictBool | None = None
 
 
 class SourcesSpec(_Strict):
@@ -303,7 +337,10 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
                     line=_line_for(lines, ("policies", name, "rules", index)),
                 )
             )
-        policies[name] = Policy(name, policy_spec.read_only, tuple(rules))
+        guardrails = _compile_guardrails(
+            policy_spec.guardrails, ("policies", name, "guardrails"), fail
+        )
+        policies[name] = Policy(name, policy_spec.read_only, tuple(rules), guardrails)
 
     bindings = _compile_bindings(spec, policies, lines, fail)
     default = spec.default
@@ -335,6 +372,71 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
         source=source,
         bindings=bindings,
         sources=_compile_sources(spec.sources, ("sources",), fail) or SourceRules(),
+    )
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: str | int) -> int:
+    """`512m`, `2g`, `1073741824`: bytes, with the docker CLI's 1024-based units."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not a size (write 512m, 2g, or bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _compile_guardrails(
+    spec: GuardrailsSpec | bool | None, loc: Location, fail: Any
+) -> Guardrails | None:
+    if spec is False:
+        return None
+    if spec is None or spec is True:
+        return Guardrails()
+    assert isinstance(spec, GuardrailsSpec)
+    host_paths = []
+    for i, item in enumerate(spec.host_paths):
+        if not item.path.startswith("/"):
+            raise fail((*loc, "host_paths", i), f"host path {item.path!r} must be absolute")
+        prefix = "/" + posixpath.normpath(item.path).lstrip("/")
+        host_paths.append(HostPathRule(prefix, item.read_only))
+    for i, namespace in enumerate(spec.namespaces):
+        base, _, suffix = namespace.partition(":")
+        if base not in NAMESPACES or suffix not in ("", "container"):
+            known = ", ".join(NAMESPACES)
+            raise fail(
+                (*loc, "namespaces", i),
+                f"namespace {namespace!r}: use {known} (or NAME:container to join another "
+                "container's)",
+            )
+    try:
+        max_memory = parse_size(spec.max_memory) if spec.max_memory is not None else None
+    except ValueError as exc:
+        raise fail((*loc, "max_memory"), str(exc)) from None
+    if spec.max_cpus is not None and spec.max_cpus <= 0:
+        raise fail((*loc, "max_cpus"), "max_cpus must be positive")
+    return Guardrails(
+        privileged=spec.privileged,
+        capabilities=frozenset(normalize_capability(c) for c in spec.capabilities),
+        devices=spec.devices,
+        host_paths=tuple(host_paths),
+        volumes_from=spec.volumes_from,
+        namespaces=frozenset(spec.namespaces),
+        security_overrides=spec.security_overrides,
+        require_no_new_privileges=spec.require_no_new_privileges,
+        sysctls=tuple(spec.sysctls),
+        runtimes=frozenset(spec.runtimes) if spec.runtimes is not None else None,
+        images=tuple(spec.images) if spec.images is not None else None,
+        required_labels=dict(spec.required_labels),
+        max_memory=max_memory,
+        max_nano_cpus=round(spec.max_cpus * 1e9) if spec.max_cpus is not None else None,
+        exec_root=spec.exec.root,
+        exec_privileged=spec.exec.privileged,
+        image_import_urls=spec.image_import_urls,
+        plugin_privileges=spec.plugin_privileges,
     )
 
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dockgate.body.guardrails import Guardrails
 from dockgate.caching import remember
 from dockgate.identity import ANONYMOUS, BASIC, CERTIFICATE, NONE, TOKEN, Identity
 from dockgate.routes import Operation, RouteMatch
@@ -119,6 +120,9 @@ class Policy:
     name: str
     read_only: bool
     rules: tuple[Rule, ...]
+    # What bodies of allowed operations may ask for; None: not checked (environment policies,
+    # and policy files that say `guardrails: false`).
+    guardrails: Guardrails | None = None
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:
@@ -260,7 +264,7 @@ class PolicySet:
         return self.policies[binding.policy] if binding is not None else None
 
 
-NO_BINDING_POLICY = Policy("no-binding", read_only=True, rules=())
+NO_BINDING_POLICY = Policy("no-binding", read_only=True, rules=(), guardrails=Guardrails())
 
 # Callers repeat: the binding of an (identity, source) pair is remembered, bounded.
 BINDING_CACHE_ENTRIES = 4096

@@ -1,0 +1,309 @@
+"""What a request body asks the daemon to run, read as the daemon reads it.
+
+Each operation that creates or changes what runs has its own struct layout; this module turns
+each into one value, `Workload`, holding only what guardrails judge (privileges, host paths,
+namespaces, devices, image, resources). A field of the wrong JSON type is a `BodyError`: the
+daemon would refuse the request, and a checker that skipped what it does not understand would
+be a bypass.
+
+Container create (moby runconfig.ContainerConfigWrapper): the body is a `container.Config`
+with two host configs, `"HostConfig": {...}` and, for backward compatibility, HostConfig fields
+written at the top level. The daemon uses the inner one if given (taking Memory, MemorySwap,
+CPUShares, CpusetCpus and VolumeDriver from the top level when the inner one leaves them zero),
+else the top-level one. Both are read here the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dockgate.body.gojson import MISSING, GoObject, Struct, mapping, scalar, slice_, struct, values
+
+
+class BodyError(ValueError):
+    """A body that cannot be judged; the message says why (it becomes a 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPath:
+    """A path of the host that would be visible in the container (or the task)."""
+
+    path: str
+    read_only: bool
+    via: str  # "Binds", "Mounts", "volume driver options", ...
+
+
+@dataclass(slots=True)
+class Workload:
+    kind: str  # "container", "service", "exec", "update", "volume"
+    image: str | None = None
+    user: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    privileged: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)  # what reaches host devices
+    host_paths: list[HostPath] = field(default_factory=list)
+    volumes_from: list[str] = field(default_factory=list)
+    # Host namespaces asked for: "network", "pid", "ipc", "uts", "userns", "cgroup".
+    host_namespaces: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    runtime: str = ""
+    memory: int = 0  # bytes, 0 = unlimited
+    nano_cpus: int = 0  # 1e9 per CPU, 0 = unlimited (CpuQuota/CpuPeriod folded in)
+    networks: list[str] = field(default_factory=list)  # service networks
+
+
+# ----- typed accessors: the daemon refuses a wrong type, so do we ----------------------------
+
+
+def _string(parent: Struct, name: str, where: str) -> str | None:
+    value = scalar(parent, name)
+    if value is MISSING:
+        return None
+    if not isinstance(value, str):
+        raise BodyError(f"{where}{name} must be a string")
+    return value
+
+
+def _bool(parent: Struct, name: str, where: str) -> bool:
+    value = scalar(parent, name)
+    if value is MISSING:
+        return False
+    if not isinstance(value, bool):
+        raise BodyError(f"{where}{name} must be true or false")
+    return value
+
+
+def _int(parent: Struct, name: str, where: str) -> int:
+    value = scalar(parent, name)
+    if value is MISSING:
+        return 0
+    # Go refuses 1.5 and 1e3 for an int64, and "1" too; bool is not a number.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BodyError(f"{where}{name} must be an integer")
+    return value
+
+
+def _strings(parent: Struct, name: str, where: str, *, strslice: bool = False) -> list[str]:
+    value = slice_(parent, name, strslice=strslice)
+    if value is MISSING:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BodyError(f"{where}{name} must be a list of strings")
+    return list(value)
+
+
+def _objects(parent: Struct, name: str, where: str) -> list[GoObject]:
+    value = slice_(parent, name)
+    if value is MISSING:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, GoObject) for v in value):
+        raise BodyError(f"{where}{name} must be a list of objects")
+    return list(value)
+
+
+def _string_map(parent: Struct, name: str, where: str) -> dict[str, str]:
+    for value in values(parent, name):
+        if value is not None and not isinstance(value, GoObject):
+            raise BodyError(f"{where}{name} must be an object")
+    result = mapping(parent, name) or {}
+    if not all(isinstance(v, str) for v in result.values()):
+        raise BodyError(f"{where}{name} values must be strings")
+    return {k: str(v) for k, v in result.items()}
+
+
+def _top_object(parsed: object) -> GoObject:
+    if not isinstance(parsed, GoObject):
+        raise BodyError("the body must be a JSON object")
+    return parsed
+
+
+# ----- mounts ----------------------------------------------------------------------------------
+
+
+def parse_bind(spec: str) -> HostPath | None:
+    """A `Binds` entry (`src:dst[:opts]`), as the daemon's Linux parser reads it: a source
+    starting with "/" is a host path; anything else names a volume (None here)."""
+    parts = spec.split(":")
+    if len(parts) < 2 or len(parts) > 3:
+        raise BodyError(f"Binds entry {spec!r}: expected SOURCE:TARGET[:OPTIONS]")
+    source = parts[0]
+    if not source.startswith("/"):
+        return None
+    options = parts[2].split(",") if len(parts) == 3 else []
+    return HostPath(source, "ro" in options, "Binds")
+
+
+def _mount_paths(mounts: list[GoObject], where: str) -> list[HostPath]:
+    paths: list[HostPath] = []
+    for index, mount in enumerate(mounts):
+        here = f"{where}Mounts[{index}]."
+        one = (mount,)
+        kind = (_string(one, "Type", here) or "").lower()
+        source = _string(one, "Source", here) or ""
+        read_only = _bool(one, "ReadOnly", here)
+        if kind == "bind":
+            paths.append(HostPath(source, read_only, "Mounts"))
+        elif kind == "volume":
+            options = struct(one, "VolumeOptions", pointer=True)
+            driver = struct(options, "DriverConfig", pointer=True)
+            name = _string(driver, "Name", here + "VolumeOptions.DriverConfig.") or ""
+            opts = _string_map(driver, "Options", here + "VolumeOptions.DriverConfig.")
+            host = local_driver_host_path(name, opts)
+            if host is not None:
+                paths.append(HostPath(host, read_only, "volume driver options"))
+        elif kind not in ("tmpfs", ""):
+            # npipe and cluster volumes have nothing to do on Linux; an unknown type is refused.
+            raise BodyError(f"{here}Type {kind!r} is not supported by dockgate's guardrails")
+        if kind == "":
+            raise BodyError(f"{here}Type is required")
+    return paths
+
+
+def local_driver_host_path(driver: str, options: dict[str, str]) -> str | None:
+    """The host path (or device) a `local` volume would mount: `device` with `o=bind` (or
+    `type=none`) is a bind mount of a host path, any other `device` a host block device or
+    share; None for an ordinary volume or another driver."""
+    if driver not in ("", "local"):
+        return None
+    device = options.get("device")
+    if device is None:
+        return None
+    return device
+
+
+# ----- operations ------------------------------------------------------------------------------
+
+
+def container_create(parsed: object) -> Workload:
+    top = _top_object(parsed)
+    config = (top,)
+    inner = struct(config, "HostConfig", pointer=True)
+    # Top-level HostConfig fields (the deprecated form) count when there is no inner one.
+    host: Struct = inner if inner else config
+    workload = Workload("container")
+    workload.image = _string(config, "Image", "")
+    workload.user = _string(config, "User", "")
+    workload.labels = _string_map(config, "Labels", "")
+    _host_config(host, "HostConfig." if inner else "", workload)
+    if inner and workload.memory == 0:
+        # getHostConfig: Memory (among others) comes from the top level when the inner
+        # HostConfig leaves it zero.
+        workload.memory = _int(config, "Memory", "")
+    return workload
+
+
+def _host_config(host: Struct, where: str, workload: Workload) -> None:
+    workload.privileged = _bool(host, "Privileged", where)
+    # `Capabilities` (API 1.40) replaced the whole set; treat its entries as added.
+    workload.cap_add = _strings(host, "CapAdd", where) + _strings(host, "Capabilities", where)
+    for index, device in enumerate(_objects(host, "Devices", where)):
+        path = _string((device,), "PathOnHost", f"{where}Devices[{index}].")
+        workload.devices.append(path or "?")
+    for rule in _strings(host, "DeviceCgroupRules", where):
+        workload.devices.append(f"cgroup rule {rule}")
+    for index, _request in enumerate(_objects(host, "DeviceRequests", where)):
+        workload.devices.append(f"device request {index + 1}")
+    for bind in _strings(host, "Binds", where):
+        bound = parse_bind(bind)
+        if bound is not None:
+            workload.host_paths.append(bound)
+    workload.host_paths += _mount_paths(_objects(host, "Mounts", where), where)
+    workload.volumes_from = _strings(host, "VolumesFrom", where)
+    for name, mode_field in (
+        ("network", "NetworkMode"),
+        ("pid", "PidMode"),
+        ("ipc", "IpcMode"),
+        ("uts", "UTSMode"),
+        ("userns", "UsernsMode"),
+        ("cgroup", "CgroupnsMode"),
+    ):
+        mode = _string(host, mode_field, where) or ""
+        if mode == "host":
+            workload.host_namespaces.append(name)
+        elif mode.startswith("container:"):
+            # Joining another container's namespace: whatever that container has (perhaps the
+            # host's), so it needs its own permission.
+            workload.host_namespaces.append(f"{name}:container")
+    workload.security_opt = _strings(host, "SecurityOpt", where)
+    workload.sysctls = _string_map(host, "Sysctls", where)
+    workload.runtime = _string(host, "Runtime", where) or ""
+    workload.memory = _int(host, "Memory", where)
+    _cpus(host, where, workload)
+
+
+def _cpus(resources: Struct, where: str, workload: Workload) -> None:
+    nano = _int(resources, "NanoCpus", where)
+    quota = _int(resources, "CpuQuota", where)
+    period = _int(resources, "CpuPeriod", where) or 100_000
+    if quota > 0:
+        from_quota = quota * 1_000_000_000 // period
+        nano = max(nano, from_quota) if nano else from_quota
+    workload.nano_cpus = nano
+
+
+def container_update(parsed: object) -> Workload:
+    top = (_top_object(parsed),)
+    workload = Workload("update")
+    workload.memory = _int(top, "Memory", "")
+    _cpus(top, "", workload)
+    for index, device in enumerate(_objects(top, "Devices", "")):
+        path = _string((device,), "PathOnHost", f"Devices[{index}].")
+        workload.devices.append(path or "?")
+    return workload
+
+
+def exec_create(parsed: object) -> Workload:
+    top = (_top_object(parsed),)
+    workload = Workload("exec")
+    workload.user = _string(top, "User", "") or ""
+    workload.privileged = _bool(top, "Privileged", "")
+    return workload
+
+
+def service_spec(parsed: object) -> Workload:
+    """ServiceCreate/ServiceUpdate: the task's container as the swarm will run it."""
+    top = (_top_object(parsed),)
+    workload = Workload("service")
+    workload.labels = _string_map(top, "Labels", "")
+    task = struct(top, "TaskTemplate", pointer=False)
+    where = "TaskTemplate.ContainerSpec."
+    spec = struct(task, "ContainerSpec", pointer=True)
+    workload.image = _string(spec, "Image", where)
+    workload.user = _string(spec, "User", where)
+    container_labels = _string_map(spec, "Labels", where)
+    workload.labels = {**workload.labels, **container_labels}
+    workload.cap_add = _strings(spec, "CapabilityAdd", where)
+    workload.host_paths = _mount_paths(_objects(spec, "Mounts", where), where)
+    workload.sysctls = _string_map(spec, "Sysctls", where)
+    privileges = struct(spec, "Privileges", pointer=True)
+    selinux = struct(privileges, "SELinuxContext", pointer=True)
+    if _bool(selinux, "Disable", where + "Privileges.SELinuxContext."):
+        workload.security_opt.append("label=disable")
+    resources = struct(task, "Resources", pointer=True)
+    limits = struct(resources, "Limits", pointer=True)
+    workload.memory = _int(limits, "MemoryBytes", "TaskTemplate.Resources.Limits.")
+    workload.nano_cpus = _int(limits, "NanoCPUs", "TaskTemplate.Resources.Limits.")
+    for index, network in enumerate(_objects(task, "Networks", "TaskTemplate.")):
+        target = _string((network,), "Target", f"TaskTemplate.Networks[{index}].") or ""
+        workload.networks.append(target)
+    for index, network in enumerate(_objects(top, "Networks", "")):
+        target = _string((network,), "Target", f"Networks[{index}].") or ""
+        workload.networks.append(target)
+    if any(name == "host" for name in workload.networks):
+        workload.host_namespaces.append("network")
+    return workload
+
+
+def volume_create(parsed: object) -> Workload:
+    top = (_top_object(parsed),)
+    workload = Workload("volume")
+    driver = _string(top, "Driver", "") or ""
+    options = _string_map(top, "DriverOpts", "")
+    host = local_driver_host_path(driver, options)
+    if host is not None:
+        read_only = "ro" in options.get("o", "").split(",")
+        workload.host_paths.append(HostPath(host, read_only, "volume driver options"))
+    workload.labels = _string_map(top, "Labels", "")
+    return workload
