@@ -17,11 +17,12 @@ from pydantic import ValidationError
 from dockgate import __version__
 from dockgate.addresses import AddressError, parse_address
 from dockgate.auth.tokens import TokenFileError, create_token_line, load_tokens
+from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
 from dockgate.gatekeeper import Gatekeeper
 from dockgate.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
 from dockgate.policy.loader import PolicyError, load_policy_file
-from dockgate.policy.rules import PolicySet, Rule
+from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
 from dockgate.server import StartupError, run
@@ -152,6 +153,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--source", default="127.0.0.1", metavar="ADDR", help="the client address to assume"
+    )
+    check.add_argument(
+        "--body",
+        default=None,
+        metavar="FILE",
+        help="the request body (JSON), judged by the policy's guardrails ('-' for stdin)",
     )
     _policy_options(check)
 
@@ -334,11 +341,42 @@ def _check(args: argparse.Namespace) -> int:
             print(
                 f"  rule {rule.number:>3} {rule.effect:<5} {what}{_describe_matcher(rule)}  {mark}"
             )
+    if verdict.allowed and match is not None:
+        refusal = _explain_guardrails(args, policy, match.operation.name, target.strip())
+        if refusal is not None:
+            print(f"decision:  deny, {refusal}")
+            return 1
     if verdict.allowed:
         print(f"decision:  allow ({verdict.label})")
         return 0
     print(f"decision:  deny, {verdict.status}: {verdict.message}")
     return 1
+
+
+def _explain_guardrails(
+    args: argparse.Namespace, policy: Policy, operation: str, target: str
+) -> str | None:
+    """Print each guardrail check of the request; the refusal, or None when all pass."""
+    judged = operation in BODY_CHECKED or operation in QUERY_CHECKED
+    if not judged:
+        return None
+    if policy.guardrails is None:
+        print("guardrails: off in this policy (bodies are not checked)")
+        return None
+    if operation in BODY_CHECKED and args.body is None:
+        print(f"guardrails: {operation} bodies are checked; give one with --body FILE")
+        return None
+    body = b""
+    if args.body is not None:
+        body = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+    query = target.partition("?")[2]
+    first: str | None = None
+    for name, problem in explain_request(policy.guardrails, operation, query, body):
+        print(f"  guardrail {name:<12} {'ok' if problem is None else 'DENIES: ' + problem}")
+        if problem is not None and first is None:
+            # An unreadable body is a 400 at the gateway, a refused one a 403.
+            first = f"{400 if name == 'read' else 403}: {problem}"
+    return first
 
 
 def _caller(text: str | None) -> Identity:

@@ -134,6 +134,29 @@ def find_problem(g: Guardrails, w: Workload) -> str | None:
     return None
 
 
+def explain_request(
+    guardrails: Guardrails, operation: str, query: str, body: bytes
+) -> list[tuple[str, str | None]]:
+    """Every guardrail check with its finding (None: passed), for `dockgate check --body`.
+    A body that cannot be read gives one ("read", reason) entry."""
+    if operation in QUERY_CHECKED or operation in ("PluginPull", "PluginUpgrade"):
+        try:
+            check_request(guardrails, operation, query, body)
+        except Refusal as refusal:
+            return [("request", refusal.reason)]
+        return [("request", None)]
+    if operation not in BODY_CHECKED:
+        return []
+    try:
+        workload = _READERS[operation](gojson.parse(body, strict_end=True))
+    except (ValueError, RecursionError) as exc:
+        reason = (
+            str(exc) if isinstance(exc, BodyError) else "the request body is not one JSON value"
+        )
+        return [("read", reason)]
+    return [(check.__name__.lstrip("_"), check(guardrails, workload)) for check in _CHECKS]
+
+
 def _privileges(g: Guardrails, w: Workload) -> str | None:
     if w.privileged and not (g.exec_privileged if w.kind == "exec" else g.privileged):
         return "privileged " + ("exec" if w.kind == "exec" else "containers") + " are not allowed"
