@@ -37,8 +37,16 @@ from dockgate.body.guardrails import (
     Refusal,
     check_request,
 )
+from dockgate.body.redact import (
+    REDACT_LIMIT,
+    REDACTED_OPERATIONS,
+    Redaction,
+    RedactionError,
+    redact_response,
+)
 from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, error_response
 from dockgate.gatekeeper import Verdict
+from dockgate.http.chunked import ChunkedDecoder
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import (
     Body,
@@ -127,6 +135,10 @@ class ClientConnection(asyncio.Protocol):
         # A body read whole before forwarding, for the guardrails of the bound policy.
         self._held_body: bytearray | None = None
         self._held_guardrails: Guardrails | None = None
+        # Response redaction: what the policy hides, and the answer being read whole for it.
+        self._redaction: Redaction | None = None
+        self._redact_head: ResponseHead | None = None
+        self._redact_body: bytearray | None = None
         self._wall_started = 0.0
         self.facts = ConnectionFacts("-", "-")
         # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
@@ -371,6 +383,7 @@ class ClientConnection(asyncio.Protocol):
     def _start_exchange(self, head: RequestHead) -> None:
         self.deadline = None
         self._head = head
+        self._redaction = None
         self._status = 0
         self._request_done = False
         self._response_started = False
@@ -390,7 +403,10 @@ class ClientConnection(asyncio.Protocol):
             if self.gateway.audit.enabled and verdict.operation in AUDITED_BODIES
             else None
         )
-        guardrails = admission.policy.guardrails if admission.policy is not None else None
+        policy = admission.policy
+        if policy is not None and policy.redaction and verdict.operation in REDACTED_OPERATIONS:
+            self._redaction = policy.redaction
+        guardrails = policy.guardrails if policy is not None else None
         if guardrails is not None:
             if verdict.operation in QUERY_CHECKED:
                 try:
@@ -525,6 +541,9 @@ class ClientConnection(asyncio.Protocol):
             except UpstreamError as exc:
                 self._upstream_failed(exc)
                 return
+            if self._redact_body is not None:
+                self._collect_for_redaction(data, done)
+                return
             if data:
                 self._bytes_out += len(data)
                 transport.write(data)
@@ -540,9 +559,29 @@ class ClientConnection(asyncio.Protocol):
         # single system call.
         out: list[bytes] = []
         for event in events:
+            if self._redact_body is not None:
+                if isinstance(event, ResponseBody):
+                    self._collect_for_redaction(event.data, done=False)
+                    if self._redact_body is None:
+                        return  # too large: the exchange has failed
+                elif isinstance(event, EndOfResponse):
+                    self._collect_for_redaction(b"", done=True)
+                    return
+                continue
             if isinstance(event, ResponseBody):
                 out.append(event.data)
             elif isinstance(event, ResponseHead):
+                if (
+                    self._redaction is not None
+                    and event.status == 200
+                    and event.framing in (Framing.LENGTH, Framing.CHUNKED)
+                ):
+                    # Held back: the answer goes out redacted, with a new Content-Length.
+                    self._redact_head = event
+                    self._redact_body = bytearray()
+                    self._status = event.status
+                    self._response_started = True
+                    continue
                 head_bytes = event.raw
                 head = self._head
                 if (
@@ -585,6 +624,38 @@ class ClientConnection(asyncio.Protocol):
                     self._finish_exchange()
                 return
         self._write_client(out)
+
+    def _collect_for_redaction(self, data: bytes, done: bool) -> None:
+        body, head = self._redact_body, self._redact_head
+        assert body is not None and head is not None
+        body += data
+        if len(body) > REDACT_LIMIT:
+            self._redact_body = None
+            self._response_started = False
+            self._upstream_failed(UpstreamError("the answer is too large to redact"))
+            return
+        if not done:
+            return
+        self._redact_body = self._redact_head = None
+        raw = bytes(body)
+        try:
+            if head.framing is Framing.CHUNKED:
+                pieces, _ = ChunkedDecoder().feed(raw)
+                raw = b"".join(pieces)
+            redaction = self._redaction
+            assert redaction is not None
+            rewritten = redact_response(self._operation(), raw, redaction)
+        except (RedactionError, ClientProtocolError) as exc:
+            self._response_started = False
+            message = exc.message if isinstance(exc, ClientProtocolError) else str(exc)
+            self._upstream_failed(UpstreamError(f"cannot redact: {message}"))
+            return
+        head_bytes = with_content_length(head.raw, len(rewritten))
+        if self._head is not None and not self._head.keep_alive and head.keep_alive:
+            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+        self._bytes_out += len(rewritten)
+        self._write_client([head_bytes, rewritten])
+        self._finish_exchange()
 
     def _write_client(self, out: list[bytes]) -> None:
         if not out:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
+from dockgate.body.redact import Redaction
 from dockgate.files import read_config_text
 from dockgate.policy.rules import (
     ALLOW,
@@ -128,8 +129,15 @@ class GuardrailsSpec(_Strict):
     plugin_privileges: StrictBool = False
 
 
+class RedactSpec(_Strict):
+    env: StrictBool = False
+    mounts: StrictBool = False
+    labels: StrictBool = False
+
+
 class PolicySpec(_Strict):
     read_only: StrictBool = False
+    redact: RedactSpec = Field(default_factory=RedactSpec)
     rules: list[RuleSpec] = Field(default_factory=list)
     # Absent: the safe defaults; false: no body checks at all (root for whoever may create).
     guardrails: GuardrailsSpec | StrictBool | None = None
@@ -340,7 +348,14 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
         guardrails = _compile_guardrails(
             policy_spec.guardrails, ("policies", name, "guardrails"), fail
         )
-        policies[name] = Policy(name, policy_spec.read_only, tuple(rules), guardrails)
+        redact = policy_spec.redact
+        policies[name] = Policy(
+            name,
+            policy_spec.read_only,
+            tuple(rules),
+            guardrails,
+            Redaction(redact.env, redact.mounts, redact.labels),
+        )
 
     bindings = _compile_bindings(spec, policies, lines, fail)
     default = spec.default

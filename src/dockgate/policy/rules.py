@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dockgate.body.guardrails import Guardrails
+from dockgate.body.redact import Redaction
 from dockgate.caching import remember
 from dockgate.identity import ANONYMOUS, BASIC, CERTIFICATE, NONE, TOKEN, Identity
 from dockgate.routes import Operation, RouteMatch
@@ -123,6 +124,7 @@ class Policy:
     # What bodies of allowed operations may ask for; None: not checked (environment policies,
     # and policy files that say `guardrails: false`).
     guardrails: Guardrails | None = None
+    redaction: Redaction = field(default_factory=Redaction)  # what inspect/list answers hide
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:
