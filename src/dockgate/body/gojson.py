@@ -25,13 +25,54 @@ from typing import Final, TypeAlias
 class GoObject:
     """A JSON object as its key/value pairs in order, duplicates kept (Go acts on each)."""
 
-    __slots__ = ("pairs",)
+    __slots__ = ("_folded", "pairs")
 
     def __init__(self, pairs: list[tuple[str, object]]) -> None:
         self.pairs = pairs
+        self._folded: _Unique | dict[str, list[object]] | None = None
 
     def __repr__(self) -> str:
         return f"GoObject({self.pairs!r})"
+
+    def lookup(self, want: str) -> list[object]:
+        """The values of the keys that fold to `want` (lower case), in order."""
+        index = self._folded
+        if index is None:
+            index = self._folded = self._build_index()
+        if isinstance(index, _Unique):
+            found = index.get(want, _ABSENT)
+            return [] if found is _ABSENT else [found]
+        return index.get(want, [])
+
+    def _build_index(self) -> _Unique | dict[str, list[object]]:
+        """Built once per object, at C speed in the common case of no two keys folding alike."""
+        keys = [_fold_key(key) for key, _ in self.pairs]
+        unique = _Unique(zip(keys, [value for _, value in self.pairs], strict=True))
+        if len(unique) == len(keys):
+            return unique
+        lists: dict[str, list[object]] = {}
+        for key, (_, value) in zip(keys, self.pairs, strict=True):
+            lists.setdefault(key, []).append(value)
+        return lists
+
+
+class _Unique(dict[str, object]):
+    """An index where each folded key appears once: values stored bare."""
+
+
+_ABSENT = object()
+
+
+_NO_FIELD = "\x00"  # no field name holds a NUL: where keys that can match no field go
+
+
+def _fold_key(key: str) -> str:
+    """A key as Go compares it with ASCII field names. Only ASCII keys (after folding long s
+    and the Kelvin sign) can equal one; any other key becomes `_NO_FIELD`."""
+    if key.isascii():
+        return key.lower()
+    translated = key.translate(_FOLD)
+    return translated.lower() if translated.isascii() else _NO_FIELD
 
 
 def _reject_constant(name: str) -> object:
@@ -63,13 +104,11 @@ def parse(body: bytes, *, strict_end: bool = False) -> object:
 def values(struct: Struct, field: str) -> list[object]:
     """The values given for `field`, in order: keys equal to it under Go's case folding."""
     want = field.lower()
+    if len(struct) == 1:
+        return struct[0].lookup(want)
     found: list[object] = []
     for obj in struct:
-        for key, value in obj.pairs:
-            if len(key) == len(field):
-                folded = key.translate(_FOLD)
-                if folded.isascii() and folded.lower() == want:
-                    found.append(value)
+        found.extend(obj.lookup(want))
     return found
 
 
