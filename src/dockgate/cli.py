@@ -368,7 +368,10 @@ def _explain_guardrails(
         return None
     body = b""
     if args.body is not None:
-        body = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+        try:
+            body = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+        except OSError as exc:
+            raise CallerError(f"--body {args.body}: {exc.strerror or exc}") from None
     query = target.partition("?")[2]
     first: str | None = None
     for name, problem in explain_request(policy.guardrails, operation, query, body):

@@ -43,8 +43,9 @@ BODY_CHECKED = frozenset(
 # The largest body of those the gateway reads whole; a larger one gets 413. Create bodies
 # are a few kilobytes; a megabyte leaves room for long command lines and many labels.
 CHECKED_BODY_LIMIT = 1024 * 1024
-# Operations judged by their query string only (their bodies are tar streams or images).
-QUERY_CHECKED = frozenset({"ImageBuild", "ImageCreate"})
+# Operations judged by their query string only (their bodies are tar streams or images), and
+# the plugin operations that install or reconfigure what runs with host privileges.
+QUERY_CHECKED = frozenset({"ImageBuild", "ImageCreate", "PluginCreate", "PluginSet"})
 
 _READERS = {
     "ContainerCreate": container_create,
@@ -87,6 +88,7 @@ class Guardrails:
     required_labels: Mapping[str, str] = field(default_factory=dict)  # name -> value pattern
     max_memory: int | None = None  # bytes
     max_nano_cpus: int | None = None
+    volume_drivers: frozenset[str] = frozenset()  # besides `local`
     exec_root: bool = True
     exec_privileged: bool = False
     image_import_urls: bool = False
@@ -159,7 +161,11 @@ def explain_request(
 
 def _privileges(g: Guardrails, w: Workload) -> str | None:
     if w.privileged and not (g.exec_privileged if w.kind == "exec" else g.privileged):
-        return "privileged " + ("exec" if w.kind == "exec" else "containers") + " are not allowed"
+        return (
+            "privileged exec is not allowed"
+            if w.kind == "exec"
+            else ("privileged containers are not allowed")
+        )
     return None
 
 
@@ -184,6 +190,10 @@ def _host_paths(g: Guardrails, w: Workload) -> str | None:
             return problem
     if w.volumes_from and not g.volumes_from:
         return "VolumesFrom is not allowed (it shares another container's mounts)"
+    for driver in w.volume_drivers:
+        if driver not in ("local", *g.volume_drivers):
+            # A volume plugin mounts whatever it likes: only the ones the policy names.
+            return f"volume driver {driver!r} is not allowed"
     return None
 
 
@@ -215,7 +225,8 @@ def _security(g: Guardrails, w: Workload) -> str | None:
     for option in w.security_opt:
         key, value = _split_option(option)
         if key == "no-new-privileges":
-            no_new_privileges = value in ("", "true")
+            # The daemon reads the value with Go's strconv.ParseBool.
+            no_new_privileges = value in ("", "1", "t", "true")
             continue
         if not g.security_overrides:
             return f"security option {option!r} is not allowed"
@@ -241,7 +252,8 @@ def _sysctls(g: Guardrails, w: Workload) -> str | None:
 
 
 def _runtime(g: Guardrails, w: Workload) -> str | None:
-    if g.runtimes is not None and w.kind == "container" and w.runtime not in g.runtimes:
+    # The daemon's default runtime (no Runtime given) is the operator's own choice: allowed.
+    if g.runtimes is not None and w.kind == "container" and w.runtime not in ("", *g.runtimes):
         return f"runtime {w.runtime or '(default)'!r} is not allowed"
     return None
 
@@ -275,14 +287,13 @@ def _labels(g: Guardrails, w: Workload) -> str | None:
 def _resources(g: Guardrails, w: Workload) -> str | None:
     if w.kind not in ("container", "service", "update"):
         return None
-    if g.max_memory is not None and (w.memory <= 0 or w.memory > g.max_memory):
-        if w.kind == "update" and w.memory == 0:
-            return None  # an update that leaves memory alone
-        return f"a memory limit of at most {g.max_memory} bytes is required"
-    if g.max_nano_cpus is not None and (w.nano_cpus <= 0 or w.nano_cpus > g.max_nano_cpus):
-        if w.kind == "update" and w.nano_cpus == 0:
-            return None
-        return f"a CPU limit of at most {g.max_nano_cpus / 1e9:g} CPUs is required"
+    # An update that does not mention a resource leaves it alone (0: not given).
+    update = w.kind == "update"
+    memory, cpus = g.max_memory, g.max_nano_cpus
+    if memory is not None and not (update and w.memory == 0) and not 0 < w.memory <= memory:
+        return f"a memory limit of at most {memory} bytes is required"
+    if cpus is not None and not (update and w.nano_cpus == 0) and not 0 < w.nano_cpus <= cpus:
+        return f"a CPU limit of at most {cpus / 1e9:g} CPUs is required"
     return None
 
 
@@ -293,7 +304,7 @@ def _exec_user(g: Guardrails, w: Workload) -> str | None:
     uid = user.partition(":")[0].strip()
     if not uid:
         return "exec without a user runs as the container's user: give a numeric user (-u UID)"
-    if not uid.isdigit():
+    if not (uid.isascii() and uid.isdigit()):
         # A name may resolve to uid 0 in the container's /etc/passwd: only numbers are judged.
         return f"exec as user {uid!r}: give a numeric user id (names may resolve to root)"
     if int(uid) == 0:
@@ -339,8 +350,10 @@ def image_repository(reference: str) -> str | None:
         name = name[:colon]
     if not name:
         return None
-    if "/" not in name and len(name) >= 12 and all(c in "0123456789abcdef" for c in name):
-        return None  # most likely an ID (prefix); a repository would need to say so
+    if "/" not in name and all(c in "0123456789abcdef" for c in name):
+        # The daemon takes an unknown name that could be an image ID prefix for one, so a
+        # hex name may run any local image: refused when images are restricted.
+        return None
     first, _, rest = name.partition("/")
     if not rest:
         return f"docker.io/library/{name}"
@@ -353,8 +366,16 @@ def _check_query(g: Guardrails, operation: str, query: str) -> None:
     params = parse_qsl(query, keep_blank_values=True)
     if operation == "ImageBuild":
         for key, value in params:
-            if key == "networkmode" and value == "host" and "network" not in g.namespaces:
+            if key != "networkmode":
+                continue
+            if value == "host" and "network" not in g.namespaces:
                 raise Refusal(403, "building with the host's network namespace is not allowed")
+            if value.startswith("container:") and "network:container" not in g.namespaces:
+                raise Refusal(403, "building in another container's network is not allowed")
+    elif operation in ("PluginCreate", "PluginSet") and not g.plugin_privileges:
+        # A plugin's config (in PluginCreate's tar) or settings (PluginSet: mounts, devices,
+        # env) decide its host privileges; they are not read, so they need the permission.
+        raise Refusal(403, "creating or reconfiguring plugins is not allowed")
     elif operation == "ImageCreate":
         for key, value in params:
             if key == "fromSrc" and value not in ("", "-") and not g.image_import_urls:

@@ -52,6 +52,7 @@ class Workload:
     memory: int = 0  # bytes, 0 = unlimited
     nano_cpus: int = 0  # 1e9 per CPU, 0 = unlimited (CpuQuota/CpuPeriod folded in)
     networks: list[str] = field(default_factory=list)  # service networks
+    volume_drivers: list[str] = field(default_factory=list)  # named drivers other than local
 
 
 # ----- typed accessors: the daemon refuses a wrong type, so do we ----------------------------
@@ -108,9 +109,10 @@ def _string_map(parent: Struct, name: str, where: str) -> dict[str, str]:
         if value is not None and not isinstance(value, GoObject):
             raise BodyError(f"{where}{name} must be an object")
     result = mapping(parent, name) or {}
-    if not all(isinstance(v, str) for v in result.values()):
+    if not all(v is None or isinstance(v, str) for v in result.values()):
         raise BodyError(f"{where}{name} values must be strings")
-    return {k: str(v) for k, v in result.items()}
+    # A null value is Go's zero value: the empty string.
+    return {k: "" if v is None else str(v) for k, v in result.items()}
 
 
 def _top_object(parsed: object) -> GoObject:
@@ -126,6 +128,8 @@ def parse_bind(spec: str) -> HostPath | None:
     """A `Binds` entry (`src:dst[:opts]`), as the daemon's Linux parser reads it: a source
     starting with "/" is a host path; anything else names a volume (None here)."""
     parts = spec.split(":")
+    if len(parts) == 1 and spec.startswith("/"):
+        return None  # a target alone: an anonymous volume
     if len(parts) < 2 or len(parts) > 3:
         raise BodyError(f"Binds entry {spec!r}: expected SOURCE:TARGET[:OPTIONS]")
     source = parts[0]
@@ -135,7 +139,11 @@ def parse_bind(spec: str) -> HostPath | None:
     return HostPath(source, "ro" in options, "Binds")
 
 
-def _mount_paths(mounts: list[GoObject], where: str) -> list[HostPath]:
+def _mount_paths(
+    mounts: list[GoObject], where: str, drivers: list[str] | None = None
+) -> list[HostPath]:
+    """Host paths of a Mounts list; volume drivers named go to `drivers`."""
+    drivers = drivers if drivers is not None else []
     paths: list[HostPath] = []
     for index, mount in enumerate(mounts):
         here = f"{where}Mounts[{index}]."
@@ -150,6 +158,8 @@ def _mount_paths(mounts: list[GoObject], where: str) -> list[HostPath]:
             driver = struct(options, "DriverConfig", pointer=True)
             name = _string(driver, "Name", here + "VolumeOptions.DriverConfig.") or ""
             opts = _string_map(driver, "Options", here + "VolumeOptions.DriverConfig.")
+            if name:
+                drivers.append(name)
             host = local_driver_host_path(name, opts)
             if host is not None:
                 paths.append(HostPath(host, read_only, "volume driver options"))
@@ -168,8 +178,8 @@ def local_driver_host_path(driver: str, options: dict[str, str]) -> str | None:
     if driver not in ("", "local"):
         return None
     device = options.get("device")
-    if device is None:
-        return None
+    if device is None or options.get("type") == "tmpfs":
+        return None  # an ordinary volume, or a tmpfs (its "device" is a label)
     return device
 
 
@@ -197,7 +207,9 @@ def container_create(parsed: object) -> Workload:
 def _host_config(host: Struct, where: str, workload: Workload) -> None:
     workload.privileged = _bool(host, "Privileged", where)
     # `Capabilities` (API 1.40) replaced the whole set; treat its entries as added.
-    workload.cap_add = _strings(host, "CapAdd", where) + _strings(host, "Capabilities", where)
+    workload.cap_add = _strings(host, "CapAdd", where, strslice=True) + _strings(
+        host, "Capabilities", where
+    )
     for index, device in enumerate(_objects(host, "Devices", where)):
         path = _string((device,), "PathOnHost", f"{where}Devices[{index}].")
         workload.devices.append(path or "?")
@@ -209,7 +221,9 @@ def _host_config(host: Struct, where: str, workload: Workload) -> None:
         bound = parse_bind(bind)
         if bound is not None:
             workload.host_paths.append(bound)
-    workload.host_paths += _mount_paths(_objects(host, "Mounts", where), where)
+    workload.host_paths += _mount_paths(
+        _objects(host, "Mounts", where), where, workload.volume_drivers
+    )
     workload.volumes_from = _strings(host, "VolumesFrom", where)
     for name, mode_field in (
         ("network", "NetworkMode"),
@@ -227,6 +241,15 @@ def _host_config(host: Struct, where: str, workload: Workload) -> None:
             # host's), so it needs its own permission.
             workload.host_namespaces.append(f"{name}:container")
     workload.security_opt = _strings(host, "SecurityOpt", where)
+    # The daemon fills in its masked and read-only /proc paths only when these are absent or
+    # null: any list (even empty) unmasks them, like systempaths=unconfined.
+    for paths_field in ("MaskedPaths", "ReadonlyPaths"):
+        if slice_(host, paths_field) is not MISSING:
+            _strings(host, paths_field, where)  # the type, as the daemon checks it
+            workload.security_opt.append(f"{paths_field}=<set>")
+    volume_driver = _string(host, "VolumeDriver", where) or ""
+    if volume_driver:
+        workload.volume_drivers.append(volume_driver)
     workload.sysctls = _string_map(host, "Sysctls", where)
     workload.runtime = _string(host, "Runtime", where) or ""
     workload.memory = _int(host, "Memory", where)
@@ -234,12 +257,21 @@ def _host_config(host: Struct, where: str, workload: Workload) -> None:
 
 
 def _cpus(resources: Struct, where: str, workload: Workload) -> None:
+    """CPUs, in 1e9 per CPU: NanoCpus, or CpuQuota/CpuPeriod (the daemon writes the quota over
+    the one it computes from NanoCpus). -1 means "no limit asked for", which differs from 0
+    ("not given", for an update that leaves the limit alone)."""
     nano = _int(resources, "NanoCpus", where)
     quota = _int(resources, "CpuQuota", where)
-    period = _int(resources, "CpuPeriod", where) or 100_000
-    if quota > 0:
-        from_quota = quota * 1_000_000_000 // period
+    period = _int(resources, "CpuPeriod", where)
+    if quota < 0 or (workload.kind == "update" and (quota > 0) != (period > 0)):
+        # -1 is "no quota"; in an update, half of a quota/period pair combines with the
+        # container's other half, which the gateway cannot see.
+        nano = -1
+    elif quota > 0:
+        from_quota = quota * 1_000_000_000 // (period or 100_000)
         nano = max(nano, from_quota) if nano else from_quota
+    elif period != 0 and nano == 0:
+        nano = -1  # a new period alone rescales a quota the gateway cannot see
     workload.nano_cpus = nano
 
 
@@ -275,12 +307,11 @@ def service_spec(parsed: object) -> Workload:
     container_labels = _string_map(spec, "Labels", where)
     workload.labels = {**workload.labels, **container_labels}
     workload.cap_add = _strings(spec, "CapabilityAdd", where)
-    workload.host_paths = _mount_paths(_objects(spec, "Mounts", where), where)
+    workload.host_paths = _mount_paths(
+        _objects(spec, "Mounts", where), where, workload.volume_drivers
+    )
     workload.sysctls = _string_map(spec, "Sysctls", where)
-    privileges = struct(spec, "Privileges", pointer=True)
-    selinux = struct(privileges, "SELinuxContext", pointer=True)
-    if _bool(selinux, "Disable", where + "Privileges.SELinuxContext."):
-        workload.security_opt.append("label=disable")
+    _service_privileges(struct(spec, "Privileges", pointer=True), where + "Privileges.", workload)
     resources = struct(task, "Resources", pointer=True)
     limits = struct(resources, "Limits", pointer=True)
     workload.memory = _int(limits, "MemoryBytes", "TaskTemplate.Resources.Limits.")
@@ -296,11 +327,35 @@ def service_spec(parsed: object) -> Workload:
     return workload
 
 
+def _service_privileges(privileges: Struct, where: str, workload: Workload) -> None:
+    """Swarm's ContainerSpec.Privileges as the security options they amount to."""
+    selinux = struct(privileges, "SELinuxContext", pointer=True)
+    here = where + "SELinuxContext."
+    if _bool(selinux, "Disable", here):
+        workload.security_opt.append("label=disable")
+    for name in ("User", "Role", "Type", "Level"):
+        value = _string(selinux, name, here)
+        if value:
+            workload.security_opt.append(f"label={name.lower()}:{value}")
+    seccomp = struct(privileges, "Seccomp", pointer=True)
+    mode = _string(seccomp, "Mode", where + "Seccomp.") or ""
+    if mode not in ("", "default"):
+        workload.security_opt.append(f"seccomp={mode}")
+    apparmor = struct(privileges, "AppArmor", pointer=True)
+    mode = _string(apparmor, "Mode", where + "AppArmor.") or ""
+    if mode not in ("", "default"):
+        workload.security_opt.append(f"apparmor={mode}")
+    if _bool(privileges, "NoNewPrivileges", where):
+        workload.security_opt.append("no-new-privileges=true")
+
+
 def volume_create(parsed: object) -> Workload:
     top = (_top_object(parsed),)
     workload = Workload("volume")
     driver = _string(top, "Driver", "") or ""
     options = _string_map(top, "DriverOpts", "")
+    if driver not in ("", "local"):
+        workload.volume_drivers.append(driver)
     host = local_driver_host_path(driver, options)
     if host is not None:
         read_only = "ro" in options.get("o", "").split(",")

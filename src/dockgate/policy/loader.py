@@ -7,6 +7,7 @@ duplicate keys and bad patterns are all errors, never ignored.
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import tomllib
@@ -15,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
 from dockgate.body.redact import Redaction
@@ -122,8 +131,9 @@ class GuardrailsSpec(_Strict):
     runtimes: list[str] | None = None
     images: list[str] | None = None
     required_labels: dict[str, str] = Field(default_factory=dict)
-    max_memory: str | int | None = None
+    max_memory: str | StrictInt | None = None
     max_cpus: float | None = None
+    volume_drivers: list[str] = Field(default_factory=list)
     exec: ExecSpec = Field(default_factory=ExecSpec)
     image_import_urls: StrictBool = False
     plugin_privileges: StrictBool = False
@@ -309,9 +319,12 @@ def parse_policy_text(text: str, source: str, *, toml: bool = False) -> PolicySe
         spec = PolicyFileSpec.model_validate(data)
     except ValidationError as exc:
         # An unknown key explains a missing one (`polices:` for `policies:`): report it first.
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        # A union (`guardrails: {...} | false`) reports each member: the mapping's own error is
+        # the one that explains, and the member's name is not part of the location.
+        errors = [e for e in exc.errors() if _UNION_BOOL not in e["loc"]] or exc.errors()
+        errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")
         first = errors[0]
-        loc = tuple(first["loc"])
+        loc = tuple(p for p in first["loc"] if p not in _UNION_MEMBERS)
         where = ".".join(str(p) for p in loc) or "top level"
         if first["type"] == "extra_forbidden":
             message = f"unknown key {loc[-1]!r}"
@@ -319,6 +332,10 @@ def parse_policy_text(text: str, source: str, *, toml: bool = False) -> PolicySe
             message = first["msg"].removeprefix("Value error, ")
         raise PolicyError(source, _line_for(lines, loc), f"{where}: {message}") from None
     return _compile(spec, source, lines)
+
+
+_UNION_BOOL = "bool"
+_UNION_MEMBERS = frozenset({"GuardrailsSpec", _UNION_BOOL})
 
 
 def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -> PolicySet:
@@ -431,13 +448,16 @@ def _compile_guardrails(
         max_memory = parse_size(spec.max_memory) if spec.max_memory is not None else None
     except ValueError as exc:
         raise fail((*loc, "max_memory"), str(exc)) from None
-    if spec.max_cpus is not None and spec.max_cpus <= 0:
-        raise fail((*loc, "max_cpus"), "max_cpus must be positive")
+    if max_memory is not None and max_memory <= 0:
+        raise fail((*loc, "max_memory"), "max_memory must be positive")
+    if spec.max_cpus is not None and not (math.isfinite(spec.max_cpus) and spec.max_cpus > 0):
+        raise fail((*loc, "max_cpus"), "max_cpus must be a positive number")
     return Guardrails(
         privileged=spec.privileged,
         capabilities=frozenset(normalize_capability(c) for c in spec.capabilities),
         devices=spec.devices,
-        host_paths=tuple(host_paths),
+        # The most specific rule decides: `/srv` read-only and `/srv/ci` read-write.
+        host_paths=tuple(sorted(host_paths, key=lambda r: len(r.prefix), reverse=True)),
         volumes_from=spec.volumes_from,
         namespaces=frozenset(spec.namespaces),
         security_overrides=spec.security_overrides,
@@ -448,6 +468,7 @@ def _compile_guardrails(
         required_labels=dict(spec.required_labels),
         max_memory=max_memory,
         max_nano_cpus=round(spec.max_cpus * 1e9) if spec.max_cpus is not None else None,
+        volume_drivers=frozenset(spec.volume_drivers),
         exec_root=spec.exec.root,
         exec_privileged=spec.exec.privileged,
         image_import_urls=spec.image_import_urls,
