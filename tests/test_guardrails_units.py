@@ -1282,7 +1282,8 @@ def test_max_cpus() -> None:
         ("0000", "exec as root is not allowed"),
         ("0:0", "exec as root is not allowed"),
         ("0:1000", "exec as root is not allowed"),
-        (" 0", "exec as root is not allowed"),
+        # Judged as written: the daemon does not trim, so " 0" is a name.
+        (" 0", "exec as user ' 0': give a numeric user id (names may resolve to root)"),
         ("root", "exec as user 'root': give a numeric user id (names may resolve to root)"),
         ("nobody:0", "exec as user 'nobody': give a numeric user id (names may resolve to root)"),
         ("+0", "exec as user '+0': give a numeric user id (names may resolve to root)"),
@@ -1339,6 +1340,7 @@ def test_find_problem_reports_the_first_check_in_order() -> None:
 def test_operation_sets() -> None:
     assert {
         "ContainerCreate",
+        "ContainerStart",
         "ContainerUpdate",
         "ContainerExec",
         "ServiceCreate",
@@ -1457,9 +1459,19 @@ def test_wrongly_shaped_bodies_are_400() -> None:
 
 
 def test_unchecked_operations_pass_anything() -> None:
-    assert judge(Guardrails(), "ContainerStart", b"not json") is None
     assert judge(Guardrails(), "ExecStart", b"{") is None
-    assert explain_request(Guardrails(), "ContainerStart", "", b"{") == []
+    assert judge(Guardrails(), "ContainerStop", b"not json") is None
+    assert explain_request(Guardrails(), "ExecStart", "", b"{") == []
+
+
+def test_a_start_body_may_not_carry_a_host_config() -> None:
+    """API < 1.24: the daemon reads a start body as a HostConfig replacing the container's."""
+    for empty in (b"", b"{}", b" null\n"):
+        assert judge(Guardrails(), "ContainerStart", empty) is None
+    for body in (b'{"Binds": ["/:/h"]}', b"not json", b'{"Privileged": true}'):
+        assert judge(Guardrails(), "ContainerStart", body) == denied(
+            "a start request may not carry a HostConfig (API < 1.24)"
+        )
 
 
 def test_refusal_carries_status_and_reason() -> None:

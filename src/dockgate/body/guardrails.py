@@ -31,6 +31,7 @@ from dockgate.body.workload import (
 BODY_CHECKED = frozenset(
     {
         "ContainerCreate",
+        "ContainerStart",
         "ContainerUpdate",
         "ContainerExec",
         "ServiceCreate",
@@ -111,6 +112,9 @@ def check_request(guardrails: Guardrails, operation: str, query: str, body: byte
         return
     if operation not in BODY_CHECKED:
         return
+    if operation == "ContainerStart":
+        _check_start(body)
+        return
     try:
         parsed = gojson.parse(body, strict_end=True)
     except (ValueError, RecursionError):
@@ -141,7 +145,7 @@ def explain_request(
 ) -> list[tuple[str, str | None]]:
     """Every guardrail check with its finding (None: passed), for `dockgate check --body`.
     A body that cannot be read gives one ("read", reason) entry."""
-    if operation in QUERY_CHECKED or operation in ("PluginPull", "PluginUpgrade"):
+    if operation in QUERY_CHECKED or operation in ("PluginPull", "PluginUpgrade", "ContainerStart"):
         try:
             check_request(guardrails, operation, query, body)
         except Refusal as refusal:
@@ -300,8 +304,9 @@ def _resources(g: Guardrails, w: Workload) -> str | None:
 def _exec_user(g: Guardrails, w: Workload) -> str | None:
     if w.kind != "exec" or g.exec_root:
         return None
-    user = (w.user or "").strip()
-    uid = user.partition(":")[0].strip()
+    # Judged as written: the daemon does not trim, and "1000 " is a user *name* (which the
+    # container's /etc/passwd may map to uid 0).
+    uid = (w.user or "").partition(":")[0]
     if not uid:
         return "exec without a user runs as the container's user: give a numeric user (-u UID)"
     if not (uid.isascii() and uid.isdigit()):
@@ -380,6 +385,13 @@ def _check_query(g: Guardrails, operation: str, query: str) -> None:
         for key, value in params:
             if key == "fromSrc" and value not in ("", "-") and not g.image_import_urls:
                 raise Refusal(403, "importing an image from a URL is not allowed")
+
+
+def _check_start(body: bytes) -> None:
+    """Below API 1.24 the daemon (20.10) reads a start body as a HostConfig that replaces the
+    container's own: a clean container could start privileged. Newer clients send none."""
+    if body.strip(b" \t\r\n") not in (b"", b"{}", b"null"):
+        raise Refusal(403, "a start request may not carry a HostConfig (API < 1.24)")
 
 
 def _check_plugin(g: Guardrails, parsed: object) -> None:

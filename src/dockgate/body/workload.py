@@ -96,6 +96,10 @@ def _strings(parent: Struct, name: str, where: str, *, strslice: bool = False) -
 
 
 def _objects(parent: Struct, name: str, where: str) -> list[GoObject]:
+    # Go decodes a second list of objects *into* the first one's elements, so their fields
+    # merge (golang/go#21092); reading that exactly depends on the Go version: refused.
+    if sum(v is not None for v in values(parent, name)) > 1:
+        raise BodyError(f"{where}{name} is given more than once")
     value = slice_(parent, name)
     if value is MISSING:
         return []
