@@ -711,6 +711,7 @@ def test_check_shows_the_binding_and_allows(
         "POST /containers/create)",
         f"policy:    admin (from {policy_file})",
         "  rule   1 allow (line 28) sections=*  matches",
+        "guardrails: ContainerCreate bodies are checked; give one with --body FILE",
         "decision:  allow (allow:admin:rule-1)",
     ]
 
