@@ -7,20 +7,25 @@ Every call here is bounded in time (a subprocess timeout or an asyncio deadline)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
+import os
 import pathlib
 import re
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import cast
+from typing import Any, cast
 
-from procs import rss_kib
-from targets import Instance
+from procs import cpu_seconds, rss_kib
+from targets import BENCH_DIR, Instance
 
 uvloop: ModuleType | None
 try:
@@ -65,18 +70,216 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def run_wrk(
-    url: str, duration_s: int, conns: int = 32, threads: int = 2, close: bool = False
+    url: str,
+    duration_s: int,
+    *,
+    conns: int = 32,
+    threads: int = 2,
+    close: bool = False,
+    headers: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration_s}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
+    for header in headers:
+        argv += ["-H", header]
     argv.append(url)
     proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration_s + 60, check=False
+        argv, capture_output=True, text=True, timeout=duration_s + 60, check=False, env=env
     )
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()}")
     return parse_wrk(proc.stdout)
+
+
+WRK_CLIENT_CERT_C = BENCH_DIR / "templates" / "wrk_client_cert.c"
+
+
+def build_wrk_client_cert(dest: pathlib.Path) -> tuple[pathlib.Path | None, str]:
+    """Compile the LD_PRELOAD shim that makes wrk present a client certificate.
+
+    Returns (the shared object, "") or (None, why not)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None, "no C compiler"
+    argv = [cc, "-O2", "-shared", "-fPIC", "-o", str(dest), str(WRK_CLIENT_CERT_C), "-ldl"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        return None, f"cc failed: {proc.stderr.strip()[-300:]}"
+    return dest, ""
+
+
+def wrk_env(inst: Instance, shim: pathlib.Path | None) -> dict[str, str] | None:
+    """wrk's environment for `inst`: the client-certificate shim preloaded where one is needed."""
+    if not inst.client_cert:
+        return None
+    if shim is None or inst.creds is None:
+        raise RuntimeError("wrk cannot present a client certificate in this run")
+    return dict(
+        os.environ,
+        LD_PRELOAD=str(shim),
+        DGB_CLIENT_CERT=str(inst.creds.client_cert),
+        DGB_CLIENT_KEY=str(inst.creds.client_key),
+    )
+
+
+# -- the Python load generator (bench/pyload.py) -------------------------------------------------
+
+PYLOAD = BENCH_DIR / "pyload.py"
+PYLOAD_START_DELAY_S = 0.6  # for the processes to start and connect (TLS included): ~0.2 s here
+PYLOAD_GAP_S = 0.05  # pyload.SLICE_GAP_S
+CPU_SAMPLE_S = 0.02
+
+
+def pyload_target(inst: Instance, path: str) -> dict[str, object]:
+    """pyload's description of `inst`: port, headers, TLS and client certificate."""
+    if inst.tcp_port is None:
+        raise ValueError("pyload speaks TCP only")
+    spec: dict[str, object] = {"name": inst.target, "port": inst.tcp_port, "path": path}
+    if inst.headers:
+        spec["headers"] = list(inst.headers)
+    if inst.tls is not None:
+        spec["tls"] = True
+        if inst.creds is not None:
+            spec["cafile"] = str(inst.creds.ca)
+            if inst.client_cert:
+                spec["cert"] = str(inst.creds.client_cert)
+                spec["key"] = str(inst.creds.client_key)
+    return spec
+
+
+def run_pyload(
+    insts: list[Instance],
+    path: str,
+    *,
+    slice_s: float,
+    cycles: int,
+    shift: int = 0,
+    conns: int = 32,
+    procs: int = 2,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Alternating slices over `insts` with `procs` pyload processes, `conns` connections per
+    target in all (every one opened before the first slice).
+
+    Returns one sample per slice (target, slice number, req/s, p50/p99 in ms, the CPU time the
+    target's processes used during the slice) and a summary of the run (errors, generator CPU).
+    Slices that a process was not ready for in time are left out (`skipped` in the summary).
+    """
+    start_at = time.monotonic() + PYLOAD_START_DELAY_S
+    argv = [
+        sys.executable,
+        str(PYLOAD),
+        "--spec",
+        json.dumps([pyload_target(i, path) for i in insts]),
+    ]
+    argv += ["--slice", str(slice_s), "--cycles", str(cycles), "--shift", str(shift)]
+    argv += ["--start-at", f"{start_at:.6f}"]
+    span = cycles * len(insts) * (slice_s + PYLOAD_GAP_S)
+    pids = {inst.target: inst.pids() for inst in insts}
+    timeline: list[tuple[float, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="dgb-pyload-") as tmp:
+        children = []
+        for i in range(procs):
+            n = conns // procs + (1 if i < conns % procs else 0)
+            with open(f"{tmp}/{i}.out", "wb") as out, open(f"{tmp}/{i}.err", "wb") as err:
+                children.append(
+                    subprocess.Popen([*argv, "--conns", str(n)], stdout=out, stderr=err)
+                )
+        deadline = start_at + span + 60
+        try:
+            while any(c.poll() is None for c in children):
+                now = time.monotonic()
+                timeline.append((now, {t: cpu_seconds(p) for t, p in pids.items()}))
+                if now > deadline:
+                    raise TimeoutError(f"pyload still running {span + 60:.0f}s after its start")
+                time.sleep(CPU_SAMPLE_S)
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait(timeout=10)
+        outs = []
+        for i, child in enumerate(children):
+            if child.returncode != 0:
+                err_text = pathlib.Path(f"{tmp}/{i}.err").read_text(errors="replace")
+                raise RuntimeError(f"pyload exit {child.returncode}: {err_text.strip()[-300:]}")
+            outs.append(json.loads(pathlib.Path(f"{tmp}/{i}.out").read_text()))
+    return merge_pyload(outs, timeline, slice_s, len(insts))
+
+
+def _cpu_at(timeline: list[tuple[float, dict[str, float]]], target: str, at: float) -> float:
+    """The target's CPU seconds at time `at`, interpolated between the samples around it."""
+    before = [(t, c[target]) for t, c in timeline if t <= at]
+    after = [(t, c[target]) for t, c in timeline if t >= at]
+    if not before:
+        return after[0][1]
+    if not after:
+        return before[-1][1]
+    (t0, c0), (t1, c1) = before[-1], after[0]
+    return c0 if t1 == t0 else c0 + (c1 - c0) * (at - t0) / (t1 - t0)
+
+
+def merge_pyload(
+    outs: list[dict[str, Any]],
+    timeline: list[tuple[float, dict[str, float]]],
+    slice_s: float,
+    n_targets: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    errors: collections.Counter[str] = collections.Counter()
+    for o in outs:
+        errors.update(o["errors"])
+    samples = []
+    skipped = 0
+    for slots in zip(*(o["slots"] for o in outs), strict=True):
+        if any(s.get("skipped") for s in slots):
+            skipped += 1
+            continue
+        hist: collections.Counter[int] = collections.Counter()
+        for s in slots:
+            hist.update({int(k): int(v) for k, v in s["hist"].items()})
+        first = slots[0]
+        count = sum(int(s["count"]) for s in slots)
+        cpu = _cpu_at(timeline, first["target"], first["end"]) - _cpu_at(
+            timeline, first["target"], first["start"]
+        )
+        sample: dict[str, Any] = {
+            "target": first["target"],
+            "slice": int(first["index"]) // n_targets,
+            "rps": count / slice_s,
+            "requests": float(count),
+            "non2xx": float(sum(int(s["non2xx"]) for s in slots)),
+            "target_cpu_s": cpu,
+            "target_us_per_req": cpu / count * 1e6 if count else None,
+        }
+        for pct in (50, 99):
+            value = hist_percentile(hist, pct)
+            if value is not None:
+                sample[f"p{pct}_ms"] = value / 1e3
+        samples.append(sample)
+    summary = {
+        "errors": dict(errors),
+        "reasons": sorted({r for o in outs for r in o["reasons"]})[:3],
+        "skipped": skipped,
+        "client_cpu_s": sum(float(o["cpu_s"]) for o in outs),
+        "slices_s": slice_s * len(samples),
+        "conns": [o["conns"] for o in outs],
+    }
+    return samples, summary
+
+
+def hist_percentile(hist: collections.Counter[int], pct: float) -> float | None:
+    """The `pct` percentile of a {value: count} histogram (nearest rank)."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = max(1, -(-total * pct // 100))
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen >= rank:
+            return float(value)
+    return float(max(hist))
 
 
 # -- curl downloads -------------------------------------------------------------------------------

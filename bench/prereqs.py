@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import os
 import re
 import resource
@@ -109,6 +111,23 @@ def ensure_python_deps() -> None:
     if missing:
         print(f"bench: pip install {' '.join(missing)}", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", *missing], check=True, timeout=900)
+
+
+def ensure_pip_module(module: str, package: str | None = None) -> None:
+    """pip-install `package` (default: the module's name) if `module` does not import."""
+    if importlib.util.find_spec(module) is not None:
+        return
+    print(f"bench: pip install {package or module}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", package or module], check=True, timeout=900
+    )
+    importlib.invalidate_caches()
+
+
+def ensure_cc() -> None:
+    """A C compiler (and libc headers) for bench/templates/wrk_client_cert.c."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        apt_install(["gcc", "libc6-dev"])
 
 
 def ensure_py_spy() -> str | None:

@@ -169,6 +169,16 @@ def _stat_fields(pid: int | str) -> list[str] | None:
         return None
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds used so far by `pids` (processes that vanished count 0)."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 def _cpu_ticks() -> dict[tuple[int, int], int]:
     """(pid, start time) -> user + system clock ticks, for every process now alive."""
     snap: dict[tuple[int, int], int] = {}

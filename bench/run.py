@@ -3,13 +3,15 @@
 
 Run as root from the repository root::
 
-    python3 bench/run.py            # full run, about 12 minutes on 2 cores
+    python3 bench/run.py            # full run, about 14 minutes on 2 cores
     python3 bench/run.py --quick    # smaller sizes and shorter runs, about 3 minutes
 
 It starts a private dockerd (tests/support/daemon.py) that also listens on a loopback TCP port,
 puts nginx, HAProxy and dockgate in front of its unix socket, runs each workload against every
 target in turn (round-robin, rotating the order each repetition so that machine drift hits all
 alike), prints one table and writes it to bench/results/latest.md (raw samples in latest.json).
+A second table compares dockgate's authenticated variants (Basic, TLS, mTLS) with unauthenticated
+dockgate on small keep-alive requests.
 Everything it starts is stopped, and its temp dir removed, on exit, error or Ctrl-C.
 """
 
@@ -33,25 +35,30 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import auth_report
 import loads
 import prereqs
 import report
-from procs import LoadMeter, Reaper, cmdline, process_tree
+from procs import LoadMeter, Reaper, cmdline, cpu_seconds, process_tree
 from report import Cell, Row
 from targets import (
     ALL_TARGETS,
+    AUTH_TARGETS,
+    CLIENT_CERT_TARGETS,
     DEFAULT_TARGETS,
     REPO_ROOT,
     TCP_ONLY_WORKLOADS,
     Instance,
     Launcher,
+    check_auth_enforced,
     dockgate_available,
     free_tcp_port,
     raw_get,
+    runs,
     snapshot_dockgate,
 )
 
-ROUND_WORKLOADS = ("ping", "list", "close", "logs", "export", "cat", "run")
+ROUND_WORKLOADS = ("ping", "pyping", "list", "close", "logs", "export", "cat", "run")
 ALL_WORKLOADS = (*ROUND_WORKLOADS, "events")
 LOG_LINE = "dockgate-bench log line 0123456789abcdefghij"  # 44 bytes + newline = 45
 IMAGE_TAG = "dockgate-test/busybox:latest"
@@ -62,6 +69,8 @@ STREAM_CONTAINER = "dgbench-stream"
 class Params:
     reps: int
     duration_s: int
+    py_cycles: int
+    py_slice_s: int
     warmup_s: int
     containers: int
     streams: int
@@ -77,10 +86,12 @@ class Params:
 FULL = Params(
     reps=3, duration_s=7, warmup_s=2, containers=50, streams=2000, triggers=5,
     logs_mb=60, export_mb=500, cat_mb=50, run_n=3, cli_timeout_s=20, event_reps=2,
+    py_cycles=3, py_slice_s=1,
 )  # fmt: skip
 QUICK = Params(
     reps=1, duration_s=3, warmup_s=1, containers=50, streams=2000, triggers=3,
     logs_mb=20, export_mb=100, cat_mb=10, run_n=3, cli_timeout_s=15, event_reps=1,
+    py_cycles=3, py_slice_s=1,
 )  # fmt: skip
 
 
@@ -112,6 +123,7 @@ class Bench:
         self.instances: dict[str, Instance] = {}
         self.skip: set[tuple[str, str]] = set()
         self.profile_text = ""
+        self.wrk_shim: pathlib.Path | None = None  # LD_PRELOAD for wrk's client certificate
         self.extra_text: list[str] = []
         self.container_count = 0
 
@@ -157,6 +169,11 @@ class Bench:
                 for _ in range(self.p.cat_mb):
                     fh.write(os.urandom(1_000_000))
             self.cat_sha, self.cat_size = loads.sha256_file(self.cat_input)
+        if "ping" in self.workloads and CLIENT_CERT_TARGETS & set(self.targets):
+            self.wrk_shim, why = loads.build_wrk_client_cert(self.tmp / "wrk_client_cert.so")
+            if self.wrk_shim is None:
+                say(f"wrk cannot present a client certificate ({why}): mTLS by pyload only")
+                self.notes.append(f"wrk_client_cert.c not built ({why}): no wrk row for mTLS")
         out = self.daemon.docker("ps", "-aq").stdout.split()
         self.container_count = len(out)
         for target in self.targets:
@@ -190,13 +207,68 @@ class Bench:
                 status, _ = raw_get(inst, path)
                 if status != 200:
                     raise RuntimeError(f"{target}: GET {path} answered {status}")
-            if self.p.warmup_s and inst.tcp_port is not None and "ping" in self.workloads:
-                loads.run_wrk(f"http://127.0.0.1:{inst.tcp_port}/_ping", self.p.warmup_s)
+            if target in AUTH_TARGETS:
+                check_auth_enforced(inst)
+            if not self.p.warmup_s or inst.tcp_port is None:
+                continue
+            if "ping" in self.workloads and self.runs("ping", target):
+                self.wrk(inst, "/_ping", self.p.warmup_s)
+            elif "pyping" in self.workloads and self.runs("pyping", target):
+                loads.run_pyload([inst], "/_ping", slice_s=self.p.warmup_s, cycles=1)
+
+    def runs(self, workload: str, target: str) -> bool:
+        return runs(workload, target, wrk_client_cert=self.wrk_shim is not None)
+
+    def wrk(self, inst: Instance, path: str, secs: int, close: bool = False) -> dict[str, Any]:
+        """wrk against `inst`, with its credentials (header, or client certificate)."""
+        env = loads.wrk_env(inst, self.wrk_shim)
+        url = inst.base_url + path
+        return loads.run_wrk(url, secs, close=close, headers=inst.headers, env=env)
 
     # -- one measurement per workload ---------------------------------------------------------
 
     def m_ping(self, inst: Instance, rep: int) -> dict[str, Any]:
-        return loads.run_wrk(f"{inst.base_url}/_ping", self.p.duration_s)
+        return with_cpu(inst, lambda: self.wrk(inst, "/_ping", self.p.duration_s))
+
+    def pyload_slices(self, rep: int) -> None:
+        """`dockgate` and its variants in alternating slices over open connections (pyload).
+
+        One pyload run per repetition: `py_cycles` cycles, each with one `py_slice_s` slice per
+        target in an order rotated every cycle. A variant's ratio to `dockgate` is taken per
+        cycle, between slices about a second apart, so that other work on the machine, which
+        comes and goes, hits both alike; the TLS handshakes are made before the first slice.
+        """
+        group = [t for t in ("dockgate", *AUTH_TARGETS) if t in self.targets]
+        group = [t for t in group if self.runs("pyping", t)]
+        if not any(t in AUTH_TARGETS for t in group):
+            return
+        cycles = self.p.py_cycles
+        try:
+            slices, summary = loads.run_pyload(
+                [self.instances[t] for t in group],
+                "/_ping",
+                slice_s=self.p.py_slice_s,
+                cycles=cycles,
+                shift=rep * cycles,
+            )
+        except Exception as exc:
+            slices, summary = [], {"error": repr(exc)[:300]}
+        summary["rep"] = rep
+        self.samples["pyping-runs"]["all"].append(summary)
+        for sample in slices:
+            sample.update(rep=rep, cycle=rep * cycles + sample["slice"])
+            self.samples["pyping-slices"][sample["target"]].append(sample)
+        if "error" in summary:
+            say(f"rep {rep + 1}/{self.p.reps} pyload slices: ERROR {summary['error']}")
+            return
+        medians = []
+        for target in group:
+            rps = [s["rps"] for s in slices if s["target"] == target]
+            medians.append(f"{target} {report.median(rps) or 0:.0f}")
+        say(
+            f"rep {rep + 1}/{self.p.reps} pyload {cycles} x {len(group)} slices, median req/s: "
+            + ", ".join(medians)
+        )
 
     def m_list(self, inst: Instance, rep: int) -> dict[str, Any]:
         return loads.run_wrk(f"{inst.base_url}/containers/json?all=1", self.p.duration_s)
@@ -268,8 +340,12 @@ class Bench:
             order = self.targets[shift:] + self.targets[:shift]
             for wl in workloads:
                 for target in order:
+                    if wl == "pyping":
+                        continue  # measured in pyload_slices below
                     inst = self.instances[target]
                     if wl in TCP_ONLY_WORKLOADS and inst.tcp_port is None:
+                        continue
+                    if not self.runs(wl, target):
                         continue
                     if (wl, target) in self.skip:
                         continue
@@ -280,11 +356,14 @@ class Bench:
                     sample["rep"] = rep
                     self.samples[wl][target].append(sample)
                     say(f"rep {rep + 1}/{self.p.reps} {wl:<6} {target:<12} {brief(wl, sample)}")
+                if wl == "pyping":
+                    self.pyload_slices(rep)
 
     def events(self) -> None:
+        targets = [t for t in self.targets if self.runs("events", t)]
         for rep in range(self.p.event_reps):
-            shift = rep % len(self.targets)
-            for target in self.targets[shift:] + self.targets[:shift]:
+            shift = rep % len(targets)
+            for target in targets[shift:] + targets[:shift]:
                 inst = self.instances[target]
                 fresh = inst
                 try:
@@ -536,7 +615,16 @@ class Bench:
 
     def write_report(self, started: float) -> str:
         rows, cells = self.cells()
-        table = report.build_table(rows, self.targets, cells, "direct")
+        main_targets = [t for t in self.targets if t not in AUTH_TARGETS]
+        table = report.build_table(rows, main_targets, cells, "direct")
+        auth_table, auth_lines = auth_report.section(self.samples, self.targets)
+        auth_title = (
+            "Authenticated GET /_ping, keep-alive, 32 conns: each variant against "
+            "unauthenticated `dockgate` with the same load generator in the same run (wrk "
+            "-t2 -c32, bench/templates/wrk_client_cert.c preloaded for the client certificate, "
+            "paired by repetition; pyload = bench/pyload.py, 2 processes x 16 connections per "
+            "target, alternating slices, paired by cycle)"
+        )
         machine = report.machine_info()
         p = self.p
         mode = "quick" if self.args.quick else "full"
@@ -552,7 +640,8 @@ class Bench:
             load_line += ": other work disturbed this run, compare ratios rather than figures"
         params = (
             f"{mode} run, {p.reps} repetition(s) round-robin (events: {p.event_reps}); "
-            f"wrk -t2 -c32 -d{p.duration_s}s; figures are medians over repetitions, ratios the "
+            f"wrk -t2 -c32 -d{p.duration_s}s; pyload: {p.py_cycles} cycles of {p.py_slice_s}s "
+            "slices per repetition; figures are medians over repetitions, ratios the "
             f"median of each repetition's ratio; `run --rm`: median of {p.run_n} per repetition; "
             f"event latency: median of {p.triggers} events; "
             f"took {(time.monotonic() - started) / 60:.1f} min"
@@ -564,6 +653,12 @@ class Bench:
             "ratios are to `direct` (dockerd's TCP port) in the same repetition; the event row "
             "shows the difference in ms; RSS per stream is compared with nginx (dockerd is not a "
             "fresh process); '!' = see notes",
+            *(
+                ["", auth_title + ":", "", report.to_text(auth_table), *auth_lines]
+                if auth_table
+                else []
+            ),
+            "",
             params,
             load_line,
             *(f"{k}: {v}" for k, v in machine.items()),
@@ -583,6 +678,18 @@ class Bench:
             "(dockerd is not a fresh process). `direct-unix` is dockerd's unix socket (wrk cannot "
             "use it). `!` marks a cell with errors, see the notes.",
             "",
+            *(
+                [
+                    auth_title + ".",
+                    "",
+                    report.to_markdown(auth_table),
+                    "",
+                    *(f"- {x}" for x in auth_lines),
+                    "",
+                ]
+                if auth_table
+                else []
+            ),
             params + ".",
             "",
             load_line + ".",
@@ -610,6 +717,18 @@ class Bench:
         return "\n".join(text_lines)
 
 
+def with_cpu(inst: Instance, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `load` and add the CPU time the target's processes used meanwhile, per request."""
+    pids = inst.pids()
+    before = cpu_seconds(pids)
+    res = dict(load())
+    used = cpu_seconds(pids) - before
+    res["target_cpu_s"] = used
+    if res.get("requests"):
+        res["target_us_per_req"] = used / res["requests"] * 1e6
+    return res
+
+
 def brief(wl: str, s: dict[str, Any]) -> str:
     """One progress line for a sample."""
     if "error" in s:
@@ -619,6 +738,7 @@ def brief(wl: str, s: dict[str, Any]) -> str:
         return (
             f"{s['rps']:.0f} req/s p50 {s.get('p50_ms', 0):.2f} ms p99 {s.get('p99_ms', 0):.2f} ms"
             + (f" ({errs:.0f} errors)" if errs else "")
+            + (f", target {s['target_us_per_req']:.0f} us/req" if "target_us_per_req" in s else "")
         )
     if wl in ("logs", "export"):
         return (
@@ -694,6 +814,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--reps", type=int, help="repetitions of the round-robin")
     ap.add_argument("--duration", type=int, help="seconds per wrk run")
+    ap.add_argument("--py-cycles", type=int, help="pyload slices per target and repetition")
+    ap.add_argument("--py-slice", type=int, help="seconds per pyload slice")
     ap.add_argument("--streams", type=int, help="concurrent GET /events streams")
     ap.add_argument("--logs-mb", type=int, help="MB of container logs to read back")
     ap.add_argument("--export-mb", type=int, help="MB file in the exported container")
@@ -718,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "reps": args.reps,
         "duration_s": args.duration,
+        "py_cycles": args.py_cycles,
+        "py_slice_s": args.py_slice,
         "streams": args.streams,
         "logs_mb": args.logs_mb,
         "export_mb": args.export_mb,
@@ -733,6 +857,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     prereqs.ensure_tools(need_dockgate=any(t.startswith("dockgate") for t in targets))
+    if set(AUTH_TARGETS) & set(targets):
+        prereqs.ensure_pip_module("trustme")  # bench/credentials.py: the TLS certificates
+    if CLIENT_CERT_TARGETS & set(targets) and "ping" in workloads:
+        prereqs.ensure_cc()  # to build wrk's client-certificate shim
     nofile = prereqs.raise_nofile()
     if params.streams * 2 + 200 > nofile:
         print(f"bench: RLIMIT_NOFILE is {nofile}; streams may fail", flush=True)

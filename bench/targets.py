@@ -12,13 +12,15 @@ import pathlib
 import re
 import shutil
 import socket
+import ssl
 import string
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from credentials import Credentials, make_credentials
 from procs import Proc, Reaper, process_tree
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
@@ -28,6 +30,11 @@ TEMPLATES = BENCH_DIR / "templates"
 START_TIMEOUT_S = 30.0
 LISTENING_RE = re.compile(r"dockgate: listening on tcp://127\.0\.0\.1:(\d+)")
 
+# The authenticated variants of dockgate (1 worker, otherwise as `dockgate`): Basic credentials
+# checked against a bcrypt htpasswd entry; TLS on the listener; TLS with required client
+# certificates. They run only the small-request workloads (AUTH_WORKLOADS) and have their own
+# table, where they are compared with `dockgate` in the same run.
+AUTH_TARGETS = ("dockgate+basic", "dockgate+tls", "dockgate+mtls")
 # Column order of the report. "direct-unix" is dockerd's own unix socket, for the clients that can
 # speak it (curl, the docker CLI, the event client); wrk cannot, so its rows show "-" there.
 ALL_TARGETS = (
@@ -38,9 +45,32 @@ ALL_TARGETS = (
     "haproxy-ka",
     "dockgate",
     "dockgate-w2",
+    *AUTH_TARGETS,
 )
-DEFAULT_TARGETS = ("direct", "direct-unix", "nginx", "haproxy", "dockgate", "dockgate-w2")
-TCP_ONLY_WORKLOADS = frozenset({"ping", "list", "close"})
+DEFAULT_TARGETS = (
+    *("direct", "direct-unix", "nginx", "haproxy", "dockgate", "dockgate-w2"),
+    *AUTH_TARGETS,
+)
+TCP_ONLY_WORKLOADS = frozenset({"ping", "pyping", "list", "close"})
+AUTH_WORKLOADS = frozenset({"ping", "pyping"})
+# The Python load generator (bench/pyload.py), which can present a client certificate without
+# help, runs against these only: dockgate and its authenticated variants.
+PYPING_TARGETS = frozenset({"dockgate", *AUTH_TARGETS})
+# The target for which wrk needs bench/templates/wrk_client_cert.c preloaded.
+CLIENT_CERT_TARGETS = frozenset({"dockgate+mtls"})
+
+
+def runs(workload: str, target: str, *, wrk_client_cert: bool = True) -> bool:
+    """Whether `workload` is measured on `target` (others show "-"); `wrk_client_cert` says
+    whether wrk can present a client certificate in this run."""
+    if workload == "pyping":
+        return target in PYPING_TARGETS
+    if workload == "ping" and target in CLIENT_CERT_TARGETS and not wrk_client_cert:
+        return False
+    if target in AUTH_TARGETS:
+        return workload in AUTH_WORKLOADS
+    return not (workload in TCP_ONLY_WORKLOADS and target == "direct-unix")
+
 
 # Docker API sections, as in Tecnativa/docker-socket-proxy's switches (one env var each).
 API_SECTIONS = (
@@ -78,6 +108,10 @@ class Instance:
     pids: Callable[[], list[int]]
     proc: Proc | None = None
     notes: list[str] = field(default_factory=list)
+    headers: tuple[str, ...] = ()  # "Name: value" sent with every request (Authorization)
+    tls: ssl.SSLContext | None = None  # client context for a TLS listener
+    creds: Credentials | None = None
+    client_cert: bool = False  # whether the client must present its certificate
 
     @property
     def docker_host(self) -> str:
@@ -88,7 +122,8 @@ class Instance:
     @property
     def base_url(self) -> str:
         if self.tcp_port is not None:
-            return f"http://127.0.0.1:{self.tcp_port}"
+            scheme = "https" if self.tls is not None else "http"
+            return f"{scheme}://127.0.0.1:{self.tcp_port}"
         return "http://docker"
 
     def curl_args(self) -> list[str]:
@@ -108,14 +143,18 @@ def free_tcp_port() -> int:
 
 def raw_get(inst: Instance, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """One `GET path` with `Connection: close`; returns (status, raw body bytes)."""
+    sock: socket.socket
     if inst.tcp_port is not None:
         sock = socket.create_connection(("127.0.0.1", inst.tcp_port), timeout=timeout)
+        if inst.tls is not None:
+            sock = inst.tls.wrap_socket(sock, server_hostname="127.0.0.1")
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         sock.connect(str(inst.unix_path))
+    lines = ["GET " + path + " HTTP/1.1", "Host: docker", *inst.headers, "Connection: close"]
     with sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         chunks = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -127,6 +166,22 @@ def raw_get(inst: Instance, path: str, timeout: float = 5.0) -> tuple[int, bytes
     head, _, body = raw.partition(b"\r\n\r\n")
     match = re.match(rb"HTTP/1\.[01] (\d{3})", head)
     return (int(match.group(1)) if match else 0), body
+
+
+def check_auth_enforced(inst: Instance) -> None:
+    """An authenticated variant must refuse a client without its credentials (else the figures
+    would be those of an open gateway)."""
+    if inst.headers:
+        status, _ = raw_get(replace(inst, headers=()), "/_ping")
+        if status != 401:
+            raise RuntimeError(f"{inst.target}: GET /_ping without credentials answered {status}")
+    if inst.client_cert and inst.creds is not None:
+        try:
+            status, _ = raw_get(replace(inst, tls=inst.creds.client_context(False)), "/_ping")
+        except OSError:
+            return  # refused during or right after the handshake
+        if status == 200:
+            raise RuntimeError(f"{inst.target}: GET /_ping without a client certificate: 200")
 
 
 def wait_ready(inst: Instance, proc: Proc | None, timeout: float = START_TIMEOUT_S) -> None:
@@ -168,6 +223,14 @@ class Launcher:
         self.reaper = reaper
         self.dockgate_src = dockgate_src
         self._count = 0
+        self._creds: Credentials | None = None
+
+    @property
+    def creds(self) -> Credentials:
+        """The htpasswd file and certificates of the authenticated variants, made on first use."""
+        if self._creds is None:
+            self._creds = make_credentials(self.workdir / "credentials")
+        return self._creds
 
     def _dir(self, target: str) -> pathlib.Path:
         self._count += 1
@@ -188,7 +251,28 @@ class Launcher:
             return self._dockgate(target, workers=1)
         if target == "dockgate-w2":
             return self._dockgate(target, workers=2)
+        if target in AUTH_TARGETS:
+            return self._dockgate_auth(target)
         raise ValueError(f"unknown target {target!r}")
+
+    def _dockgate_auth(self, target: str) -> Instance:
+        creds = self.creds
+        if target == "dockgate+basic":
+            inst = self._dockgate(
+                target, workers=1, extra=["--htpasswd", str(creds.htpasswd)],
+                headers=(creds.basic_header,),
+            )  # fmt: skip
+        else:
+            mtls = target == "dockgate+mtls"
+            extra = ["--tls-cert", str(creds.server_cert), "--tls-key", str(creds.server_key)]
+            if mtls:
+                extra += ["--tls-client-ca", str(creds.ca)]
+            inst = self._dockgate(
+                target, workers=1, extra=extra, tls=creds.client_context(with_cert=mtls)
+            )
+            inst.client_cert = mtls
+        inst.creds = creds
+        return inst
 
     def _nginx(self) -> Instance:
         prefix = self._dir("nginx")
@@ -235,7 +319,15 @@ class Launcher:
         self._ready(inst, proc)
         return inst
 
-    def _dockgate(self, target: str, workers: int) -> Instance:
+    def _dockgate(
+        self,
+        target: str,
+        workers: int,
+        *,
+        extra: list[str] | None = None,
+        headers: tuple[str, ...] = (),
+        tls: ssl.SSLContext | None = None,
+    ) -> Instance:
         prefix = self._dir(target)
         argv = [
             sys.executable,
@@ -251,6 +343,7 @@ class Launcher:
         ]
         if workers != 1:
             argv += ["--workers", str(workers)]
+        argv += extra or []
         stderr = prefix / "stderr.log"
         proc = Proc(
             target,
@@ -274,7 +367,7 @@ class Launcher:
         if port is None:
             proc.stop()
             raise TimeoutError(f"{target} printed no listening line:\n{proc.log_tail()}")
-        inst = Instance(target, port, None, proc.tree, proc)
+        inst = Instance(target, port, None, proc.tree, proc, headers=headers, tls=tls)
         self._ready(inst, proc)
         if workers > 1:
             # Workers may fork after the listening line; wait until they all exist.
