@@ -55,6 +55,7 @@ from dockgate.http.request import (
     RequestHead,
     RequestReader,
     with_content_length,
+    with_target,
 )
 from dockgate.http.response import (
     EndOfResponse,
@@ -63,7 +64,19 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
+from dockgate.lookup import LookupError_, find
+from dockgate.ownership import (
+    FILTERED,
+    OWNED_CREATES,
+    Kind,
+    object_kind,
+    reference_of,
+    with_owner_filter,
+    with_owner_label,
+    with_reference,
+)
 from dockgate.sourceaddr import UNIX_SOURCE
+from dockgate.target import parse_target
 from dockgate.tls import PROXY_SOURCE_INFO
 from dockgate.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, UpstreamConnection
 
@@ -92,6 +105,7 @@ _PAUSE_UPSTREAM_FULL = 1  # the daemon is not reading fast enough
 _PAUSE_CONNECTING = 2  # no upstream connection yet
 _PAUSE_HELD = 4  # pipelined bytes waiting for the current exchange
 _PAUSE_TUNNEL_SETUP = 8  # waiting for the daemon's answer to a request that may hijack
+_PAUSE_LOOKUP = 16  # waiting for the daemon's answer about who owns an object
 
 
 class ClientConnection(asyncio.Protocol):
@@ -135,6 +149,10 @@ class ClientConnection(asyncio.Protocol):
         # A body read whole before forwarding, for the guardrails of the bound policy.
         self._held_body: bytearray | None = None
         self._held_guardrails: Guardrails | None = None
+        # Ownership mode: the caller's name, and the events that wait for a look-up.
+        self._owner: str | None = None
+        self._deferred: list[RequestEvent] | None = None
+        self._lookup_task: asyncio.Task[None] | None = None
         # Response redaction: what the policy hides, and the answer being read whole for it.
         self._redaction: Redaction | None = None
         self._redact_head: ResponseHead | None = None
@@ -240,6 +258,9 @@ class ClientConnection(asyncio.Protocol):
         if self._connect_task is not None:
             self._connect_task.cancel()
             self._connect_task = None
+        if self._lookup_task is not None:
+            self._lookup_task.cancel()
+            self._lookup_task = None
         if self._head is not None or self.tunnel:
             self._log(note="client gone" if not self.tunnel else "")
         upstream, self._upstream = self._upstream, None
@@ -291,6 +312,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _handle_events(self, events: list[RequestEvent]) -> None:
         for event in events:
+            deferred = self._deferred
+            if deferred is not None:
+                deferred.append(event)  # an ownership look-up is running
+                continue
             if self._refused:
                 if isinstance(event, EndOfRequest):
                     self._after_refusal()
@@ -345,10 +370,15 @@ class ClientConnection(asyncio.Protocol):
             return
         self._held_body = None
         guardrails = self._held_guardrails
-        assert guardrails is not None
         body = bytes(held)
         try:
-            check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
+            if guardrails is not None:
+                check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
+            if self._owner is not None and self._operation() in OWNED_CREATES:
+                try:
+                    body = with_owner_label(body, self._operation(), self._owner)
+                except ValueError as exc:
+                    raise Refusal(400, str(exc)) from None
         except Refusal as refusal:
             # The body was read to its end: the connection stays usable.
             self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
@@ -404,9 +434,91 @@ class ClientConnection(asyncio.Protocol):
             else None
         )
         policy = admission.policy
+        self._owner = None
+        if policy is not None and policy.ownership:
+            self._owner = admission.identity.name
+            if not self._own(head, verdict):
+                return  # refused, or waiting for the daemon's answer about the object
+            head = self._head
+        self._proceed(head)
+
+    def _own(self, head: RequestHead, verdict: Verdict) -> bool:
+        """Ownership mode: narrow a list to the caller's objects, or look up the object the
+        request is about. True to go on now; False when refused or waiting."""
+        owner = self._owner
+        operation = verdict.operation
+        assert owner is not None
+        if operation in FILTERED:
+            try:
+                target = with_owner_filter(head.target, owner)
+            except ValueError as exc:
+                self._refuse(head, self._refusal(400, f"dockgate: filters: {exc}"))
+                return False
+            self._head = with_target(head, target)
+            return True
+        match = verdict.match
+        kind = object_kind(operation, match.operation.path) if match is not None else None
+        if kind is None:
+            return True
+        found = reference_of(parse_target(head.target).path, kind)
+        if found is None:
+            return True
+        index, reference = found
+        # Until the daemon answers, what the client sends waits, in order.
+        self._deferred = []
+        self._pause_reading(_PAUSE_LOOKUP)
+        self._lookup_task = self.gateway.loop.create_task(
+            self._check_owner(head, kind, index, reference)
+        )
+        return False
+
+    async def _check_owner(self, head: RequestHead, kind: Kind, index: int, reference: str) -> None:
+        try:
+            found = await find(self.gateway.pool.address, kind, reference)
+        except LookupError_ as exc:
+            self._lookup_task = None
+            self._deferred = None
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {exc}"))
+            return
+        self._lookup_task = None
+        if self.closing or self._head is not head:
+            return
+        if found is None or found.owner != self._owner:
+            # As if it did not exist: the daemon's own answer for a missing object.
+            self._refuse(head, self._refusal(404, kind.missing.format(reference)))
+        else:
+            head = with_target(head, with_reference(head.target, index, found.full_id))
+            self._head = head
+            self._proceed(head)
+        deferred, self._deferred = self._deferred, None
+        self._resume_reading(_PAUSE_LOOKUP)
+        if deferred:
+            self._handle(deferred)
+
+    def _refusal(self, status: int, message: str) -> Verdict:
+        verdict = self._verdict
+        assert verdict is not None
+        return dataclasses.replace(
+            verdict,
+            allowed=False,
+            status=status,
+            message=message,
+            label=f"deny:{verdict.policy or '-'}:ownership",
+            reason="ownership" if status == 404 else "bad filters",
+        )
+
+    def _proceed(self, head: RequestHead) -> None:
+        """The request is allowed: guardrails, redaction and labels as the policy says, then
+        on to the daemon."""
+        admission, verdict = self._admission, self._verdict
+        assert admission is not None and verdict is not None
+        policy = admission.policy
         if policy is not None and policy.redaction and verdict.operation in REDACTED_OPERATIONS:
             self._redaction = policy.redaction
         guardrails = policy.guardrails if policy is not None else None
+        if self._owner is not None and verdict.operation in OWNED_CREATES:
+            self._hold_body(head, guardrails)
+            return
         if guardrails is not None:
             if verdict.operation in QUERY_CHECKED:
                 try:
@@ -415,15 +527,18 @@ class ClientConnection(asyncio.Protocol):
                     self._refuse(head, self._guardrail_verdict(refusal))
                     return
             elif verdict.operation in BODY_CHECKED:
-                # The body is read whole, judged, and only then forwarded (with a
-                # Content-Length): the bytes checked are the bytes the daemon gets.
-                self._held_body = bytearray()
-                self._held_guardrails = guardrails
-                if head.expect_continue:
-                    assert self.transport is not None
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._hold_body(head, guardrails)
                 return
         self._send_head(_forwarded_head(head), replayable=not head.has_body)
+
+    def _hold_body(self, head: RequestHead, guardrails: Guardrails | None) -> None:
+        """Read the body whole, judge it and label it, and only then forward it (with a
+        Content-Length): the bytes checked are the bytes the daemon gets."""
+        self._held_body = bytearray()
+        self._held_guardrails = guardrails
+        if head.expect_continue:
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
         assert self._head is not None

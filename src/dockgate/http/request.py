@@ -9,6 +9,7 @@ request, or the raw stream of a hijacked connection, stay untouched in its buffe
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -327,6 +328,15 @@ def parse_head(raw: bytes) -> RequestHead:
         origin=origin,
         authorization=authorization,
     )
+
+
+def with_target(head: RequestHead, target: str) -> RequestHead:
+    """The same request for another target (a rewritten query or object reference); the
+    request line is written again, the header fields are kept as they came."""
+    _, _, rest = head.raw.partition(b"\r\n")
+    version = b"HTTP/1.1" if head.version == (1, 1) else b"HTTP/1.0"
+    line = b"%s %s %s\r\n" % (head.method.encode(), target.encode("ascii"), version)
+    return dataclasses.replace(head, target=target, raw=line + rest)
 
 
 def header_fields(raw: bytes) -> list[tuple[bytes, bytes]]:

@@ -148,6 +148,7 @@ class RedactSpec(_Strict):
 class PolicySpec(_Strict):
     read_only: StrictBool = False
     redact: RedactSpec = Field(default_factory=RedactSpec)
+    ownership: StrictBool = False
     rules: list[RuleSpec] = Field(default_factory=list)
     # Absent: the safe defaults; false: no body checks at all (root for whoever may create).
     guardrails: GuardrailsSpec | StrictBool | None = None
@@ -372,6 +373,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
             tuple(rules),
             guardrails,
             Redaction(redact.env, redact.mounts, redact.labels),
+            policy_spec.ownership,
         )
 
     bindings = _compile_bindings(spec, policies, lines, fail)

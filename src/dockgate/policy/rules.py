@@ -125,6 +125,7 @@ class Policy:
     # and policy files that say `guardrails: false`).
     guardrails: Guardrails | None = None
     redaction: Redaction = field(default_factory=Redaction)  # what inspect/list answers hide
+    ownership: bool = False  # callers see and touch only what they created (ownership.py)
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:

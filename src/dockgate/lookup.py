@@ -1,0 +1,90 @@
+"""Questions the gateway asks the daemon itself: who owns an object (ownership mode).
+
+One short HTTP/1.0 request per question on a connection of its own (so the daemon answers with
+a plain body and closes), never on a client's upstream connection. Answers are not cached: an
+object's labels are read at the moment the request about it is decided, and the request then
+names the object by the full ID that was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from dockgate.addresses import Address
+from dockgate.ownership import PARENT_FIELD, Kind, owner_of
+
+LOOKUP_TIMEOUT_SECONDS = 10.0
+LOOKUP_MAX_BYTES = 8 * 1024 * 1024
+
+
+class LookupError_(Exception):
+    """The daemon could not be asked (the request fails with 502)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    full_id: str  # the object's full ID (a volume's name)
+    owner: str | None  # its owner label, for exec instances and tasks their parent's
+
+
+async def get_json(address: Address, path: str) -> tuple[int, object]:
+    """GET `path` from the daemon: its status and decoded JSON answer (None if not JSON)."""
+    try:
+        if address.scheme == "unix":
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(address.path), LOOKUP_TIMEOUT_SECONDS
+            )
+        else:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address.host, address.port), LOOKUP_TIMEOUT_SECONDS
+            )
+    except (OSError, TimeoutError) as exc:
+        raise LookupError_(f"cannot connect to the daemon: {exc}") from None
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(LOOKUP_MAX_BYTES), LOOKUP_TIMEOUT_SECONDS)
+        while True:  # an HTTP/1.0 answer ends when the daemon closes
+            more = await asyncio.wait_for(reader.read(65536), LOOKUP_TIMEOUT_SECONDS)
+            if not more:
+                break
+            raw += more
+            if len(raw) > LOOKUP_MAX_BYTES:
+                raise LookupError_("the daemon's answer is too large")
+    except (OSError, TimeoutError) as exc:
+        raise LookupError_(f"the daemon did not answer: {exc}") from None
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise LookupError_("the daemon's answer is not HTTP")
+    try:
+        document = json.loads(body) if body else None
+    except ValueError:
+        document = None
+    return int(status_line[1]), document
+
+
+async def find(address: Address, kind: Kind, reference: str) -> Found | None:
+    """The object `reference` names, as the daemon resolves it (full ID, unique ID prefix,
+    name), with its owner; None when the daemon knows no such object."""
+    status, answer = await get_json(address, kind.inspect.format(quote(reference, safe="")))
+    if status == 404:
+        return None
+    if status != 200 or not isinstance(answer, dict):
+        raise LookupError_(f"the daemon answered {status} to a look-up of {kind.name} {reference}")
+    full_id = answer.get(kind.id_field)
+    if not isinstance(full_id, str):
+        raise LookupError_(f"no {kind.id_field} in the daemon's {kind.name} answer")
+    parent = PARENT_FIELD.get(kind.name)
+    if parent is None:
+        return Found(full_id, owner_of(answer, kind))
+    field, parent_kind = parent
+    parent_id = answer.get(field)
+    if not isinstance(parent_id, str) or not parent_id:
+        return Found(full_id, None)
+    owner = await find(address, parent_kind, parent_id)
+    return Found(full_id, owner.owner if owner is not None else None)

@@ -1,0 +1,170 @@
+"""Ownership mode: each caller sees and touches only the objects it created through dockgate.
+
+With `ownership: true` in a policy, objects created through the gateway (containers, networks,
+volumes, services, secrets, configs) get the label `io.dockgate.owner=<identity>`; lists,
+prunes and events are narrowed to the caller's label (merged into the caller's own
+`filters`); and a request about one object (inspect, start, exec, attach, delete, ...) is
+first looked up on the daemon: someone else's object, or none, is answered `404` exactly as
+the daemon answers for a missing one. The request then goes on with the object's full ID in
+place of the name the client used, so that the daemon acts on the very object that was checked
+(a name deleted and created again in between cannot inherit the rights).
+
+This module is the pure part: which operation concerns which kind of object, how labels and
+filters are written into requests, how targets are rewritten. The daemon look-ups are in
+`lookup.py`, the wiring in `proxy.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode
+
+OWNER_LABEL = "io.dockgate.owner"
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str  # "container", ...
+    segment: str  # the path segment before the object reference: "containers"
+    inspect: str  # the daemon's inspect path for a reference, `{}` the reference
+    id_field: str  # where the inspect answer keeps the full ID
+    labels: tuple[str, ...]  # where the inspect answer keeps the labels
+    missing: str  # the daemon's 404 message, `{}` the reference
+
+
+CONTAINER = Kind(
+    "container", "containers", "/containers/{}/json", "Id", ("Config", "Labels"),
+    "No such container: {}",
+)  # fmt: skip
+NETWORK = Kind("network", "networks", "/networks/{}", "Id", ("Labels",), "network {} not found")
+VOLUME = Kind("volume", "volumes", "/volumes/{}", "Name", ("Labels",), "get {}: no such volume")
+SERVICE = Kind(
+    "service", "services", "/services/{}", "ID", ("Spec", "Labels"), "service {} not found"
+)
+SECRET = Kind("secret", "secrets", "/secrets/{}", "ID", ("Spec", "Labels"), "secret {} not found")
+CONFIG = Kind("config", "configs", "/configs/{}", "ID", ("Spec", "Labels"), "config {} not found")
+# Exec instances and tasks have no labels: they belong to a container, a service.
+EXEC = Kind("exec", "exec", "/exec/{}/json", "ID", (), "No such exec instance: {}")
+TASK = Kind("task", "tasks", "/tasks/{}", "ID", (), "task {} not found")
+PARENT_FIELD = {"exec": ("ContainerID", CONTAINER), "task": ("ServiceID", SERVICE)}
+
+_KINDS_BY_SEGMENT = {k.segment: k for k in (CONTAINER, NETWORK, VOLUME, SERVICE, SECRET, CONFIG)}
+_KINDS_BY_SEGMENT["exec"] = EXEC
+_KINDS_BY_SEGMENT["tasks"] = TASK
+
+# Creations that get the owner label.
+OWNED_CREATES = frozenset(
+    {
+        "ContainerCreate",
+        "NetworkCreate",
+        "VolumeCreate",
+        "ServiceCreate",
+        "ServiceUpdate",  # a full spec: the label is written again, so it cannot be dropped
+        "SecretCreate",
+        "ConfigCreate",
+    }
+)
+# Lists (and prunes, and events) narrowed to the caller's label through `filters`.
+FILTERED = frozenset(
+    {
+        "ContainerList",
+        "ContainerPrune",
+        "NetworkList",
+        "NetworkPrune",
+        "VolumeList",
+        "VolumePrune",
+        "ServiceList",
+        "SecretList",
+        "ConfigList",
+        "TaskList",
+        "SystemEvents",
+    }
+)
+# Operations without an object of their own, and not narrowed: still allowed as the policy says.
+_NO_OBJECT = frozenset({"ContainerCreate", "NetworkCreate", "VolumeCreate", "ServiceCreate"})
+
+
+def object_kind(operation: str, template: str) -> Kind | None:
+    """The kind of object an operation's path names (`/containers/{id}/start` -> container),
+    or None when it names none."""
+    if operation in _NO_OBJECT or operation in FILTERED:
+        return None
+    parts = template.split("/")
+    if len(parts) < 3 or not parts[2].startswith("{"):
+        return None
+    return _KINDS_BY_SEGMENT.get(parts[1])
+
+
+def reference_of(path: str, kind: Kind) -> tuple[int, str] | None:
+    """Where, among the `/`-separated parts of a (decoded, canonical) path, the object
+    reference is, and the reference: `/v1.41/containers/web/start` -> (3, "web")."""
+    parts = path.split("/")
+    for index in range(1, min(len(parts) - 1, 3)):
+        if parts[index] == kind.segment:
+            return index + 1, parts[index + 1]
+    return None
+
+
+def with_reference(raw_target: str, index: int, replacement: str) -> str:
+    """The raw target with its path part `index` replaced (the query is kept as it came)."""
+    path, question, query = raw_target.partition("?")
+    parts = path.split("/")
+    parts[index] = quote(replacement, safe="")
+    return "/".join(parts) + question + query
+
+
+def owner_of(answer: object, kind: Kind) -> str | None:
+    node = answer
+    for key in kind.labels:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        owner = node.get(OWNER_LABEL)
+        return owner if isinstance(owner, str) else None
+    return None
+
+
+def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
+    """The body with the owner label added last, so that Go's decoder (maps merge key by key,
+    the last duplicate wins) keeps it whatever the client wrote. For a service, the task's
+    containers are labelled too, so that they belong to the same caller."""
+    text = body.rstrip(b" \t\r\n")
+    if not text.endswith(b"}"):
+        raise ValueError("the body must be a JSON object")
+    label = json.dumps({OWNER_LABEL: owner}).encode()
+    addition = b'"Labels":' + label
+    if operation in ("ServiceCreate", "ServiceUpdate"):
+        addition += b',"TaskTemplate":{"ContainerSpec":{"Labels":' + label + b"}}"
+    inner = text[:-1].rstrip(b" \t\r\n")
+    separator = b"" if inner.endswith(b"{") else b","
+    return inner + separator + addition + b"}"
+
+
+def with_owner_filter(raw_target: str, owner: str) -> str:
+    """The target with `label=io.dockgate.owner=<owner>` merged into its `filters` (the daemon
+    reads the first `filters` value; both of its JSON forms are kept as they are)."""
+    path, _, query = raw_target.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    given = next((value for key, value in pairs if key == "filters"), "")
+    filters: dict[str, object] = {}
+    if given:
+        parsed = json.loads(given)  # a ValueError is the caller's: the daemon would refuse too
+        if not isinstance(parsed, dict):
+            raise ValueError("filters must be a JSON object")
+        filters = parsed
+    wanted = f"{OWNER_LABEL}={owner}"
+    labels = filters.get("label")
+    # The daemon reads the whole object in one of two forms ({"label": ["a=b"]}, or the form
+    # the docker CLI sends, {"label": {"a=b": true}}); the added label follows the others.
+    map_form = any(isinstance(value, dict) for value in filters.values())
+    if isinstance(labels, dict):
+        filters["label"] = {**labels, wanted: True}
+    elif isinstance(labels, list):
+        filters["label"] = [*labels, wanted]
+    elif labels is None:
+        filters["label"] = {wanted: True} if map_form else [wanted]
+    else:
+        raise ValueError("filters.label must be a list")
+    kept = [(k, v) for k, v in pairs if k != "filters"]
+    kept.append(("filters", json.dumps(filters, separators=(",", ":"))))
+    return path + "?" + urlencode(kept, quote_via=quote)
