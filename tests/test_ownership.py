@@ -24,6 +24,8 @@ POLICY = """\
 policies:
   shared:
     ownership: true
+    # What ownership is about here (sharing with another container) opened in the guardrails.
+    guardrails: {volumes_from: true, namespaces: ["pid:container"]}
     rules:
       - allow:
           sections: [ping, version, info, events, containers, exec, volumes, networks, images]
@@ -220,3 +222,37 @@ def test_events_show_only_the_callers_objects(
         assert name not in bob.docker(*args).stdout
     finally:
         daemon.docker("rm", "-f", name, check=False)
+
+
+def test_bodies_may_name_only_the_callers_objects(
+    callers: dict[str, Caller], objects: dict[str, str], busybox_image: str, daemon: PrivateDaemon
+) -> None:
+    """Joining someone else's network, mounting their volume, sharing their container's volumes
+    or namespaces, or connecting their container: each reads as a missing object."""
+    alice, bob = callers["alice"], callers["bob"]
+    volume, network, container = objects["volume"], objects["network"], objects["container"]
+    cases = [
+        (("run", "--rm", "-v", f"{volume}:/d", busybox_image, "true"), "no such volume"),
+        (("run", "--rm", "--network", network, busybox_image, "true"), f"network {network}"),
+        (("run", "--rm", "--volumes-from", container, busybox_image, "true"), container),
+        (("run", "--rm", "--pid", f"container:{container}", busybox_image, "true"), container),
+    ]
+    for args, missing in cases:
+        done = bob.docker(*args, check=False)
+        assert done.returncode != 0, args
+        assert "Error response from daemon: dockgate: " in done.stderr, (args, done.stderr)
+        assert missing in done.stderr, (args, done.stderr)
+    bob_network = f"dgt-own-bnet-{os.urandom(4).hex()}"
+    bob.docker("network", "create", bob_network)
+    try:
+        done = bob.docker("network", "connect", bob_network, container, check=False)
+        assert f"No such container: {container}" in done.stderr
+        inspect = daemon.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container)
+        assert bob_network.encode() not in inspect.stdout
+    finally:
+        daemon.docker("network", "rm", bob_network, check=False)
+    # The owner may name its own objects.
+    done = alice.docker(
+        "run", "--rm", "-v", f"{volume}:/d", "--network", network, busybox_image, "echo", "ok"
+    )
+    assert done.stdout == "ok\n"

@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
+from dockgate.body import gojson
+
 OWNER_LABEL = "io.dockgate.owner"
 
 
@@ -168,3 +170,100 @@ def with_owner_filter(raw_target: str, owner: str) -> str:
     kept = [(k, v) for k, v in pairs if k != "filters"]
     kept.append(("filters", json.dumps(filters, separators=(",", ":"))))
     return path + "?" + urlencode(kept, quote_via=quote)
+
+
+# ----- references to other objects inside a request body --------------------------------------
+
+# Networks every caller may name: the daemon's own (they carry no owner label).
+PREDEFINED_NETWORKS = frozenset({"", "default", "bridge", "host", "none", "ingress"})
+# Bodies that name other objects, which must then be the caller's too.
+REFERENCING = frozenset(
+    {"ContainerCreate", "ServiceCreate", "ServiceUpdate", "NetworkConnect", "NetworkDisconnect"}
+)
+
+
+def references(operation: str, body: bytes) -> list[tuple[Kind, str]]:
+    """The objects a body names (read as the daemon reads it): networks, containers, volumes,
+    secrets and configs it would join, share, mount or hand to a task. A body that cannot be
+    read names nothing here (the daemon refuses it)."""
+    try:
+        top = gojson.parse(body)
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(top, gojson.GoObject):
+        return []
+    found: list[tuple[Kind, str]] = []
+    one = (top,)
+    if operation in ("NetworkConnect", "NetworkDisconnect"):
+        _add(found, CONTAINER, gojson.scalar(one, "Container"))
+    elif operation == "ContainerCreate":
+        inner = gojson.struct(one, "HostConfig", pointer=True)
+        host = inner if inner else one
+        _container_references(host, found)
+        networking = gojson.struct(one, "NetworkingConfig", pointer=True)
+        endpoints = gojson.mapping(networking, "EndpointsConfig") or {}
+        for network in endpoints:
+            if network not in PREDEFINED_NETWORKS:
+                found.append((NETWORK, network))
+    else:
+        task = gojson.struct(one, "TaskTemplate", pointer=False)
+        spec = gojson.struct(task, "ContainerSpec", pointer=True)
+        for kind, field, id_field, name_field in (
+            (SECRET, "Secrets", "SecretID", "SecretName"),
+            (CONFIG, "Configs", "ConfigID", "ConfigName"),
+        ):
+            for item in _objects(spec, field):
+                reference = gojson.scalar((item,), id_field)
+                if not isinstance(reference, str) or not reference:
+                    reference = gojson.scalar((item,), name_field)
+                _add(found, kind, reference)
+        for networks in (_objects(task, "Networks"), _objects(one, "Networks")):
+            for item in networks:
+                target = gojson.scalar((item,), "Target")
+                if isinstance(target, str) and target not in PREDEFINED_NETWORKS:
+                    found.append((NETWORK, target))
+        for mount in _objects(spec, "Mounts"):
+            _mount_reference(mount, found)
+    return found
+
+
+def _container_references(host: gojson.Struct, found: list[tuple[Kind, str]]) -> None:
+    for mode_field in ("NetworkMode", "PidMode", "IpcMode"):
+        mode = gojson.scalar(host, mode_field)
+        if not isinstance(mode, str):
+            continue
+        if mode.startswith("container:"):
+            _add(found, CONTAINER, mode.partition(":")[2])
+        elif mode_field == "NetworkMode" and mode not in PREDEFINED_NETWORKS:
+            found.append((NETWORK, mode))
+    for item in _strings(host, "VolumesFrom"):
+        _add(found, CONTAINER, item.partition(":")[0])
+    for link in _strings(host, "Links"):
+        _add(found, CONTAINER, link.partition(":")[0].lstrip("/"))
+    for bind in _strings(host, "Binds"):
+        source = bind.split(":")[0]
+        if ":" in bind and source and not source.startswith("/"):
+            found.append((VOLUME, source))
+    for mount in _objects(host, "Mounts"):
+        _mount_reference(mount, found)
+
+
+def _mount_reference(mount: gojson.GoObject, found: list[tuple[Kind, str]]) -> None:
+    kind = gojson.scalar((mount,), "Type")
+    if isinstance(kind, str) and kind.lower() == "volume":
+        _add(found, VOLUME, gojson.scalar((mount,), "Source"))
+
+
+def _add(found: list[tuple[Kind, str]], kind: Kind, reference: object) -> None:
+    if isinstance(reference, str) and reference:
+        found.append((kind, reference))
+
+
+def _objects(parent: gojson.Struct, field: str) -> list[gojson.GoObject]:
+    value = gojson.slice_(parent, field)
+    return [v for v in value if isinstance(v, gojson.GoObject)] if isinstance(value, list) else []
+
+
+def _strings(parent: gojson.Struct, field: str) -> list[str]:
+    value = gojson.slice_(parent, field)
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []

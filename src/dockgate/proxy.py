@@ -68,9 +68,11 @@ from dockgate.lookup import LookupError_, find
 from dockgate.ownership import (
     FILTERED,
     OWNED_CREATES,
+    REFERENCING,
     Kind,
     object_kind,
     reference_of,
+    references,
     with_owner_filter,
     with_owner_label,
     with_reference,
@@ -384,9 +386,53 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
             self._after_refusal()
             return
+        named = (
+            references(self._operation(), bytes(held))
+            if self._owner is not None and self._operation() in REFERENCING
+            else []
+        )
+        if named:
+            # The objects the body names must be the caller's too: ask the daemon first.
+            self._lookup_task = self.gateway.loop.create_task(
+                self._check_references(head, body, named)
+            )
+            return
+        self._forward_held(head, body)
+
+    def _forward_held(self, head: RequestHead, body: bytes) -> None:
         self._request_done = True
         self._send_head(with_content_length(_forwarded_head(head), len(body)), replayable=False)
         self._send_upstream(body)
+
+    async def _check_references(
+        self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
+    ) -> None:
+        self._pause_reading(_PAUSE_LOOKUP)
+        try:
+            for kind, reference in named:
+                found = await find(self.gateway.pool.address, kind, reference)
+                # A volume that does not exist yet is created by the daemon (unlabelled: it is
+                # nobody's); other missing objects are the daemon's to report.
+                if found is not None and found.owner != self._owner:
+                    self._lookup_task = None
+                    if self.closing or self._head is not head:
+                        return
+                    # 403, not 404: the docker CLI takes a 404 to a create for a missing image
+                    # and would try to pull it.
+                    message = f"dockgate: {kind.missing.format(reference)}"
+                    self._refuse(head, self._refusal(403, message), body_read=True)
+                    self._resume_reading(_PAUSE_LOOKUP)
+                    self._after_refusal()
+                    return
+        except LookupError_ as exc:
+            self._lookup_task = None
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {exc}"))
+            return
+        self._lookup_task = None
+        if self.closing or self._head is not head:
+            return
+        self._resume_reading(_PAUSE_LOOKUP)
+        self._forward_held(head, body)
 
     def _operation(self) -> str:
         return self._verdict.operation if self._verdict is not None else "-"
@@ -504,7 +550,7 @@ class ClientConnection(asyncio.Protocol):
             status=status,
             message=message,
             label=f"deny:{verdict.policy or '-'}:ownership",
-            reason="ownership" if status == 404 else "bad filters",
+            reason="bad filters" if status == 400 else "ownership",
         )
 
     def _proceed(self, head: RequestHead) -> None:
@@ -516,7 +562,9 @@ class ClientConnection(asyncio.Protocol):
         if policy is not None and policy.redaction and verdict.operation in REDACTED_OPERATIONS:
             self._redaction = policy.redaction
         guardrails = policy.guardrails if policy is not None else None
-        if self._owner is not None and verdict.operation in OWNED_CREATES:
+        if self._owner is not None and (
+            verdict.operation in OWNED_CREATES or verdict.operation in REFERENCING
+        ):
             self._hold_body(head, guardrails)
             return
         if guardrails is not None:
