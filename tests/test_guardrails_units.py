@@ -1349,7 +1349,15 @@ def test_operation_sets() -> None:
         "PluginPull",
         "PluginUpgrade",
     } == BODY_CHECKED
-    assert {"ImageBuild", "ImageCreate", "PluginCreate", "PluginSet"} == QUERY_CHECKED
+    assert {
+        "ImageBuild",
+        "ImageCreate",
+        "PluginCreate",
+        "PluginSet",
+        "SwarmInit",
+        "SwarmJoin",
+        "SwarmUpdate",
+    } == QUERY_CHECKED
 
 
 @pytest.mark.parametrize(
@@ -2045,3 +2053,12 @@ def test_build_in_another_containers_network_needs_naming() -> None:
 def test_max_memory_must_be_positive() -> None:
     for value in ("0", "-1", "true"):
         assert "max_memory" in policy_error(f"guardrails:\n  max_memory: {value}\n")
+
+
+def test_swarm_membership_needs_the_swarm_guardrail() -> None:
+    for operation in ("SwarmInit", "SwarmJoin", "SwarmUpdate"):
+        assert judge(Guardrails(), operation, b"{}", "") == denied(
+            "initialising, joining or reconfiguring a swarm is not allowed"
+        )
+        assert judge(Guardrails(swarm=True), operation, b"{}", "") is None
+    assert load("guardrails: {swarm: true}") == Guardrails(swarm=True)

@@ -175,3 +175,14 @@ def test_references_in_bodies() -> None:
         ("container", "web")
     ]
     assert references("ContainerCreate", b"not json") == []
+
+
+def test_a_build_gets_the_owner_label() -> None:
+    from dockgate.ownership import with_build_label  # noqa: PLC0415
+
+    target = with_build_label('/v1.41/build?t=app&labels={"a":"b","io.dockgate.owner":"x"}', "al")
+    query = dict(parse_qsl(target.partition("?")[2]))
+    assert query["t"] == "app"
+    assert json.loads(query["labels"]) == {"a": "b", OWNER_LABEL: "al"}
+    with pytest.raises(ValueError):
+        with_build_label("/build?labels=[]", "al")

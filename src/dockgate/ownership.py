@@ -67,6 +67,8 @@ OWNED_CREATES = frozenset(
         "ConfigCreate",
     }
 )
+# Builds: the image gets the label through the `labels` query parameter.
+LABELLED_BUILD = "ImageBuild"
 # Lists (and prunes, and events) narrowed to the caller's label through `filters`.
 FILTERED = frozenset(
     {
@@ -140,6 +142,20 @@ def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
     inner = text[:-1].rstrip(b" \t\r\n")
     separator = b"" if inner.endswith(b"{") else b","
     return inner + separator + addition + b"}"
+
+
+def with_build_label(raw_target: str, owner: str) -> str:
+    """A build's target with the owner label merged into its `labels` (a JSON object)."""
+    path, _, query = raw_target.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    given = next((value for key, value in pairs if key == "labels"), "")
+    labels = json.loads(given) if given else {}
+    if not isinstance(labels, dict):
+        raise ValueError("labels must be a JSON object")  # noqa: TRY004 - a 400, as json.loads
+    labels[OWNER_LABEL] = owner
+    kept = [(k, v) for k, v in pairs if k != "labels"]
+    kept.append(("labels", json.dumps(labels, separators=(",", ":"))))
+    return path + "?" + urlencode(kept, quote_via=quote)
 
 
 def with_owner_filter(raw_target: str, owner: str) -> str:

@@ -67,12 +67,14 @@ from dockgate.http.response import (
 from dockgate.lookup import LookupError_, find
 from dockgate.ownership import (
     FILTERED,
+    LABELLED_BUILD,
     OWNED_CREATES,
     REFERENCING,
     Kind,
     object_kind,
     reference_of,
     references,
+    with_build_label,
     with_owner_filter,
     with_owner_label,
     with_reference,
@@ -494,11 +496,12 @@ class ClientConnection(asyncio.Protocol):
         owner = self._owner
         operation = verdict.operation
         assert owner is not None
-        if operation in FILTERED:
+        if operation in FILTERED or operation == LABELLED_BUILD:
+            rewrite = with_build_label if operation == LABELLED_BUILD else with_owner_filter
             try:
-                target = with_owner_filter(head.target, owner)
+                target = rewrite(head.target, owner)
             except ValueError as exc:
-                self._refuse(head, self._refusal(400, f"dockgate: filters: {exc}"))
+                self._refuse(head, self._refusal(400, f"dockgate: {exc}"))
                 return False
             self._head = with_target(head, target)
             return True

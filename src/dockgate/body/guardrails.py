@@ -46,7 +46,18 @@ BODY_CHECKED = frozenset(
 CHECKED_BODY_LIMIT = 1024 * 1024
 # Operations judged by their query string only (their bodies are tar streams or images), and
 # the plugin operations that install or reconfigure what runs with host privileges.
-QUERY_CHECKED = frozenset({"ImageBuild", "ImageCreate", "PluginCreate", "PluginSet"})
+QUERY_CHECKED = frozenset(
+    {
+        "ImageBuild",
+        "ImageCreate",
+        "PluginCreate",
+        "PluginSet",
+        "SwarmInit",
+        "SwarmJoin",
+        "SwarmUpdate",
+    }
+)
+_SWARM_MEMBERSHIP = frozenset({"SwarmInit", "SwarmJoin", "SwarmUpdate"})
 
 _READERS = {
     "ContainerCreate": container_create,
@@ -94,6 +105,7 @@ class Guardrails:
     exec_privileged: bool = False
     image_import_urls: bool = False
     plugin_privileges: bool = False
+    swarm: bool = False  # init, join, or reconfigure a swarm (CA, join tokens, raft)
 
 
 class Refusal(Exception):
@@ -377,6 +389,10 @@ def _check_query(g: Guardrails, operation: str, query: str) -> None:
                 raise Refusal(403, "building with the host's network namespace is not allowed")
             if value.startswith("container:") and "network:container" not in g.namespaces:
                 raise Refusal(403, "building in another container's network is not allowed")
+    elif operation in _SWARM_MEMBERSHIP and not g.swarm:
+        # Joining a swarm hands the node to that swarm's managers (they can run anything on
+        # it); init and update set its CA, tokens and raft: a guardrail, not only a rule.
+        raise Refusal(403, "initialising, joining or reconfiguring a swarm is not allowed")
     elif operation in ("PluginCreate", "PluginSet") and not g.plugin_privileges:
         # A plugin's config (in PluginCreate's tar) or settings (PluginSet: mounts, devices,
         # env) decide its host privileges; they are not read, so they need the permission.

@@ -137,6 +137,7 @@ class GuardrailsSpec(_Strict):
     exec: ExecSpec = Field(default_factory=ExecSpec)
     image_import_urls: StrictBool = False
     plugin_privileges: StrictBool = False
+    swarm: StrictBool = False
 
 
 class RedactSpec(_Strict):
@@ -475,6 +476,7 @@ def _compile_guardrails(
         exec_privileged=spec.exec.privileged,
         image_import_urls=spec.image_import_urls,
         plugin_privileges=spec.plugin_privileges,
+        swarm=spec.swarm,
     )
 
 
