@@ -17,6 +17,7 @@ filters are written into requests, how targets are rewritten. The daemon look-up
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -146,45 +147,49 @@ def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
 
 def with_build_label(raw_target: str, owner: str) -> str:
     """A build's target with the owner label merged into its `labels` (a JSON object)."""
-    path, _, query = raw_target.partition("?")
-    pairs = parse_qsl(query, keep_blank_values=True)
-    given = next((value for key, value in pairs if key == "labels"), "")
-    labels = json.loads(given) if given else {}
-    if not isinstance(labels, dict):
-        raise ValueError("labels must be a JSON object")  # noqa: TRY004 - a 400, as json.loads
-    labels[OWNER_LABEL] = owner
-    kept = [(k, v) for k, v in pairs if k != "labels"]
-    kept.append(("labels", json.dumps(labels, separators=(",", ":"))))
-    return path + "?" + urlencode(kept, quote_via=quote)
+
+    def label(labels: dict[str, object]) -> dict[str, object]:
+        return {**labels, OWNER_LABEL: owner}
+
+    return _with_json_parameter(raw_target, "labels", label)
 
 
 def with_owner_filter(raw_target: str, owner: str) -> str:
     """The target with `label=io.dockgate.owner=<owner>` merged into its `filters` (the daemon
     reads the first `filters` value; both of its JSON forms are kept as they are)."""
+    wanted = f"{OWNER_LABEL}={owner}"
+
+    def narrow(filters: dict[str, object]) -> dict[str, object]:
+        labels = filters.get("label")
+        # The daemon reads the whole object in one of two forms ({"label": ["a=b"]}, or the
+        # form the docker CLI sends, {"label": {"a=b": true}}); the label follows the others.
+        map_form = any(isinstance(value, dict) for value in filters.values())
+        if isinstance(labels, dict):
+            return {**filters, "label": {**labels, wanted: True}}
+        if isinstance(labels, list):
+            return {**filters, "label": [*labels, wanted]}
+        if labels is None:
+            return {**filters, "label": {wanted: True} if map_form else [wanted]}
+        raise ValueError("filters.label must be a list")
+
+    return _with_json_parameter(raw_target, "filters", narrow)
+
+
+def _with_json_parameter(
+    raw_target: str,
+    key: str,
+    change: Callable[[dict[str, object]], dict[str, object]],
+) -> str:
+    """The target with the JSON-object query parameter `key` (the daemon reads its first
+    value) replaced by `change` of it; other parameters are kept, and `key` appears once."""
     path, _, query = raw_target.partition("?")
     pairs = parse_qsl(query, keep_blank_values=True)
-    given = next((value for key, value in pairs if key == "filters"), "")
-    filters: dict[str, object] = {}
-    if given:
-        parsed = json.loads(given)  # a ValueError is the caller's: the daemon would refuse too
-        if not isinstance(parsed, dict):
-            raise ValueError("filters must be a JSON object")
-        filters = parsed
-    wanted = f"{OWNER_LABEL}={owner}"
-    labels = filters.get("label")
-    # The daemon reads the whole object in one of two forms ({"label": ["a=b"]}, or the form
-    # the docker CLI sends, {"label": {"a=b": true}}); the added label follows the others.
-    map_form = any(isinstance(value, dict) for value in filters.values())
-    if isinstance(labels, dict):
-        filters["label"] = {**labels, wanted: True}
-    elif isinstance(labels, list):
-        filters["label"] = [*labels, wanted]
-    elif labels is None:
-        filters["label"] = {wanted: True} if map_form else [wanted]
-    else:
-        raise ValueError("filters.label must be a list")
-    kept = [(k, v) for k, v in pairs if k != "filters"]
-    kept.append(("filters", json.dumps(filters, separators=(",", ":"))))
+    given = next((value for name, value in pairs if name == key), "")
+    value = json.loads(given) if given else {}  # a ValueError is a 400, as the daemon's
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a JSON object")  # noqa: TRY004 - a 400 like the rest
+    kept = [(name, v) for name, v in pairs if name != key]
+    kept.append((key, json.dumps(change(value), separators=(",", ":"))))
     return path + "?" + urlencode(kept, quote_via=quote)
 
 
