@@ -174,7 +174,10 @@ def test_references_in_bodies() -> None:
     assert [(k.name, r) for k, r in references("NetworkConnect", b'{"Container": "web"}')] == [
         ("container", "web")
     ]
-    assert references("ContainerCreate", b"not json") == []
+    # A body that cannot be read here is refused, never taken to name nothing.
+    for unreadable in (b"not json", b"[]", b'{"a": 1} {}', b"[" * 1500 + b"]" * 1500):
+        with pytest.raises(ValueError):
+            references("ContainerCreate", unreadable)
 
 
 def test_a_build_gets_the_owner_label() -> None:

@@ -45,14 +45,17 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
         raise LookupError_(f"cannot connect to the daemon: {exc}") from None
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-        raw = await asyncio.wait_for(reader.read(LOOKUP_MAX_BYTES), LOOKUP_TIMEOUT_SECONDS)
+        pieces: list[bytes] = []
+        size = 0
         while True:  # an HTTP/1.0 answer ends when the daemon closes
             more = await asyncio.wait_for(reader.read(65536), LOOKUP_TIMEOUT_SECONDS)
             if not more:
                 break
-            raw += more
-            if len(raw) > LOOKUP_MAX_BYTES:
+            pieces.append(more)
+            size += len(more)
+            if size > LOOKUP_MAX_BYTES:
                 raise LookupError_("the daemon's answer is too large")
+        raw = b"".join(pieces)
     except (OSError, TimeoutError) as exc:
         raise LookupError_(f"the daemon did not answer: {exc}") from None
     finally:
@@ -71,6 +74,8 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
 async def find(address: Address, kind: Kind, reference: str) -> Found | None:
     """The object `reference` names, as the daemon resolves it (full ID, unique ID prefix,
     name), with its owner; None when the daemon knows no such object."""
+    # A lone surrogate (a JSON "\udfff") is U+FFFD to Go: the same here, so it can be quoted.
+    reference = reference.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     status, answer = await get_json(address, kind.inspect.format(quote(reference, safe="")))
     if status == 404:
         return None

@@ -65,9 +65,18 @@ OWNED_CREATES = frozenset(
         "ServiceCreate",
         "ServiceUpdate",  # a full spec: the label is written again, so it cannot be dropped
         "SecretCreate",
+        "SecretUpdate",  # a full spec too
         "ConfigCreate",
+        "ConfigUpdate",
     }
 )
+# Operations not available in ownership mode: their answers are about every caller's objects.
+UNAVAILABLE = frozenset({"SystemDataUsage"})
+# Operations naming an object in their query: (parameter, kind). Checked and pinned like a
+# path reference.
+QUERY_REFERENCES = {"ImageCommit": "container"}  # operation -> the parameter naming a container
+# At most this many objects named in one body are looked up; more is refused.
+MAX_REFERENCES = 64
 # Builds: the image gets the label through the `labels` query parameter.
 LABELLED_BUILD = "ImageBuild"
 # Lists (and prunes, and events) narrowed to the caller's label through `filters`.
@@ -133,9 +142,10 @@ def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
     """The body with the owner label added last, so that Go's decoder (maps merge key by key,
     the last duplicate wins) keeps it whatever the client wrote. For a service, the task's
     containers are labelled too, so that they belong to the same caller."""
+    # One JSON value only: 20.10 decodes the first and ignores the rest, so a label written
+    # after a second value would be ignored, and one inside the first kept.
+    _one_object(body)
     text = body.rstrip(b" \t\r\n")
-    if not text.endswith(b"}"):
-        raise ValueError("the body must be a JSON object")
     label = json.dumps({OWNER_LABEL: owner}).encode()
     addition = b'"Labels":' + label
     if operation in ("ServiceCreate", "ServiceUpdate"):
@@ -185,7 +195,10 @@ def _with_json_parameter(
     path, _, query = raw_target.partition("?")
     pairs = parse_qsl(query, keep_blank_values=True)
     given = next((value for name, value in pairs if name == key), "")
-    value = json.loads(given) if given else {}  # a ValueError is a 400, as the daemon's
+    try:
+        value = json.loads(given) if given else {}  # a ValueError is a 400, as the daemon's
+    except RecursionError:
+        raise ValueError(f"{key} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"{key} must be a JSON object")  # noqa: TRY004 - a 400 like the rest
     kept = [(name, v) for name, v in pairs if name != key]
@@ -205,27 +218,28 @@ REFERENCING = frozenset(
 
 def references(operation: str, body: bytes) -> list[tuple[Kind, str]]:
     """The objects a body names (read as the daemon reads it): networks, containers, volumes,
-    secrets and configs it would join, share, mount or hand to a task. A body that cannot be
-    read names nothing here (the daemon refuses it)."""
-    try:
-        top = gojson.parse(body)
-    except (ValueError, RecursionError):
-        return []
-    if not isinstance(top, gojson.GoObject):
-        return []
+    secrets and configs it would join, share, mount or hand to a task. ValueError for a body
+    that cannot be read here (refused: Go may read what Python cannot, e.g. deeper nesting)."""
+    top = _one_object(body)
     found: list[tuple[Kind, str]] = []
     one = (top,)
     if operation in ("NetworkConnect", "NetworkDisconnect"):
         _add(found, CONTAINER, gojson.scalar(one, "Container"))
+        # The daemon prefers an endpoint's NetworkID to the network the path names.
+        endpoint = gojson.struct(one, "EndpointConfig", pointer=True)
+        _add(found, NETWORK, gojson.scalar(endpoint, "NetworkID"))
     elif operation == "ContainerCreate":
         inner = gojson.struct(one, "HostConfig", pointer=True)
         host = inner if inner else one
         _container_references(host, found)
         networking = gojson.struct(one, "NetworkingConfig", pointer=True)
         endpoints = gojson.mapping(networking, "EndpointsConfig") or {}
-        for network in endpoints:
+        for network, settings in endpoints.items():
             if network not in PREDEFINED_NETWORKS:
                 found.append((NETWORK, network))
+            if isinstance(settings, gojson.GoObject):
+                # Preferred by the daemon over the key.
+                _add(found, NETWORK, gojson.scalar((settings,), "NetworkID"))
     else:
         task = gojson.struct(one, "TaskTemplate", pointer=False)
         spec = gojson.struct(task, "ContainerSpec", pointer=True)
@@ -246,6 +260,38 @@ def references(operation: str, body: bytes) -> list[tuple[Kind, str]]:
         for mount in _objects(spec, "Mounts"):
             _mount_reference(mount, found)
     return found
+
+
+def _one_object(body: bytes) -> gojson.GoObject:
+    """The body's one JSON object, or ValueError (a 400): not JSON, not an object, more than
+    one value, or nested deeper than Python reads (Go reads deeper: never guess)."""
+    try:
+        parsed = gojson.parse(body, strict_end=True)
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, gojson.GoObject):
+        raise ValueError("the body must be one JSON object")  # noqa: TRY004 - a 400
+    return parsed
+
+
+def hex_name_problem(operation: str, query: str, body: bytes) -> str | None:
+    """A name made only of hex digits for a new container, network, service, secret or
+    config: it could be read as (a prefix of) another object's ID wherever it is named later,
+    and so stand for someone else's object. None when the name is fine."""
+    names: list[object] = []
+    if operation in ("ContainerCreate", "ContainerRename"):
+        names += [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"]
+    elif operation in ("NetworkCreate", "ServiceCreate", "SecretCreate", "ConfigCreate"):
+        try:
+            top = gojson.parse(body)
+        except (ValueError, RecursionError):
+            return None  # refused elsewhere
+        if isinstance(top, gojson.GoObject):
+            names.append(gojson.scalar((top,), "Name"))
+    for name in names:
+        if isinstance(name, str) and name and all(c in "0123456789abcdef" for c in name.lower()):
+            return f"name {name!r}: names made only of hex digits could stand for another ID"
+    return None
 
 
 def _container_references(host: gojson.Struct, found: list[tuple[Kind, str]]) -> None:
@@ -288,3 +334,99 @@ def _objects(parent: gojson.Struct, field: str) -> list[gojson.GoObject]:
 def _strings(parent: gojson.Struct, field: str) -> list[str]:
     value = gojson.slice_(parent, field)
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+# ----- what to do with one request: a plan the proxy carries out --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LookUp:
+    """Ask the daemon who owns `reference` (of `kind`); not the caller's: `status` with the
+    kind's not-found message; the caller's: go on with `pin(full_id)` as the new target."""
+
+    kind: Kind
+    reference: str
+    pin: Callable[[str], str]
+    status: int = 404
+
+
+Plan = Refuse | LookUp | str | None  # a str is the rewritten target; None: go on as it is
+
+
+def plan(operation: str, template: str, raw_target: str, path: str, owner: str) -> Plan:
+    """What ownership mode does with one allowed request (`path`: its decoded path)."""
+    if operation in UNAVAILABLE:
+        return Refuse(403, f"dockgate: {operation} is not available in ownership mode")
+    query = raw_target.partition("?")[2]
+    try:
+        if operation in FILTERED:
+            return with_owner_filter(raw_target, owner)
+        if operation in ("ContainerCreate", "ContainerRename"):
+            problem = hex_name_problem(operation, query, b"")
+            if problem is not None:
+                return Refuse(400, f"dockgate: {problem}")
+        if operation == LABELLED_BUILD:
+            return _build_plan(with_build_label(raw_target, owner))
+    except ValueError as exc:
+        return Refuse(400, f"dockgate: {exc}")
+    if operation in QUERY_REFERENCES:
+        parameter = QUERY_REFERENCES[operation]
+        value = _first(query, parameter)
+        if not value:
+            return None
+        return LookUp(
+            CONTAINER, value, lambda full_id: _with_parameter(raw_target, parameter, full_id)
+        )
+    kind = object_kind(operation, template)
+    if kind is None:
+        return None
+    found = reference_of(path, kind)
+    if found is None:
+        return None
+    index, reference = found
+    return LookUp(kind, reference, lambda full_id: with_reference(raw_target, index, full_id))
+
+
+def _build_plan(target: str) -> Plan:
+    """A build's `networkmode` may name a network or `container:X`: someone else's is refused
+    (403, as for body references), the caller's is pinned to its full ID."""
+    mode = _first(target.partition("?")[2], "networkmode")
+    if not mode or mode in PREDEFINED_NETWORKS:
+        return target
+    if mode.startswith("container:"):
+        kind, reference, prefix = CONTAINER, mode.partition(":")[2], "container:"
+    else:
+        kind, reference, prefix = NETWORK, mode, ""
+    return LookUp(
+        kind,
+        reference,
+        lambda full_id: _with_parameter(target, "networkmode", prefix + full_id),
+        status=403,
+    )
+
+
+def _first(query: str, key: str) -> str | None:
+    """The first value of `key`, as the daemon's r.Form.Get reads it."""
+    return next((v for k, v in parse_qsl(query, keep_blank_values=True) if k == key), None)
+
+
+def _with_parameter(raw_target: str, key: str, value: str) -> str:
+    path, _, query = raw_target.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != key]
+    kept.append((key, value))
+    return path + "?" + urlencode(kept, quote_via=quote)
+
+
+def is_form_body(content_type: bytes | None) -> bool:
+    """A form-encoded body, which the daemon (Go's ParseForm) reads as query parameters that
+    come *before* the query's own: it could replace what the gateway checked or added."""
+    if content_type is None:
+        return False
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/x-www-form-urlencoded"

@@ -64,21 +64,21 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
-from dockgate.lookup import LookupError_, find
+from dockgate.lookup import find
 from dockgate.ownership import (
-    FILTERED,
-    LABELLED_BUILD,
+    MAX_REFERENCES,
     OWNED_CREATES,
     REFERENCING,
+    VOLUME,
     Kind,
-    object_kind,
-    reference_of,
+    LookUp,
+    Refuse,
+    hex_name_problem,
+    is_form_body,
     references,
-    with_build_label,
-    with_owner_filter,
     with_owner_label,
-    with_reference,
 )
+from dockgate.ownership import plan as ownership_plan
 from dockgate.sourceaddr import UNIX_SOURCE
 from dockgate.target import parse_target
 from dockgate.tls import PROXY_SOURCE_INFO
@@ -388,11 +388,14 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
             self._after_refusal()
             return
-        named = (
-            references(self._operation(), bytes(held))
-            if self._owner is not None and self._operation() in REFERENCING
-            else []
-        )
+        named: list[tuple[Kind, str]] = []
+        if self._owner is not None:
+            try:
+                named = self._named_objects(bytes(held))
+            except Refusal as refusal:
+                self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
+                self._after_refusal()
+                return
         if named:
             # The objects the body names must be the caller's too: ask the daemon first.
             self._lookup_task = self.gateway.loop.create_task(
@@ -400,6 +403,23 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         self._forward_held(head, body)
+
+    def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
+        """Ownership: the objects the body names (to look up), after refusing new objects
+        with hex-only names. Refusal (400) for a body that cannot be read here."""
+        operation = self._operation()
+        problem = hex_name_problem(operation, "", body)
+        if problem is not None:
+            raise Refusal(400, f"dockgate: {problem}")
+        if operation not in REFERENCING:
+            return []
+        try:
+            named = references(operation, body)
+        except ValueError as exc:
+            raise Refusal(400, f"dockgate: {exc}") from None
+        if len(named) > MAX_REFERENCES:
+            raise Refusal(400, f"dockgate: a body may name at most {MAX_REFERENCES} objects")
+        return named
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
         self._request_done = True
@@ -414,8 +434,11 @@ class ClientConnection(asyncio.Protocol):
             for kind, reference in named:
                 found = await find(self.gateway.pool.address, kind, reference)
                 # A volume that does not exist yet is created by the daemon (unlabelled: it is
-                # nobody's); other missing objects are the daemon's to report.
-                if found is not None and found.owner != self._owner:
+                # nobody's). A missing network or container is refused: the daemon keeps the
+                # name and would resolve it later, to whoever then holds it.
+                if (found is None and kind is not VOLUME) or (
+                    found is not None and found.owner != self._owner
+                ):
                     self._lookup_task = None
                     if self.closing or self._head is not head:
                         return
@@ -426,9 +449,9 @@ class ClientConnection(asyncio.Protocol):
                     self._resume_reading(_PAUSE_LOOKUP)
                     self._after_refusal()
                     return
-        except LookupError_ as exc:
+        except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
-            self._upstream_failed(UpstreamError(f"ownership look-up failed: {exc}"))
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {_describe(exc)}"))
             return
         self._lookup_task = None
         if self.closing or self._head is not head:
@@ -483,6 +506,17 @@ class ClientConnection(asyncio.Protocol):
         )
         policy = admission.policy
         self._owner = None
+        if (
+            policy is not None
+            and (policy.ownership or policy.guardrails is not None)
+            and head.has_body
+            and is_form_body(_content_type(head))
+        ):
+            # Go's ParseForm reads such a body as parameters that come before the query's
+            # own: they would replace what the gateway checked or added (filters, fromSrc).
+            message = "dockgate: form-encoded bodies are not accepted"
+            self._refuse(head, self._refusal(400, message))
+            return
         if policy is not None and policy.ownership:
             self._owner = admission.identity.name
             if not self._own(head, verdict):
@@ -491,52 +525,51 @@ class ClientConnection(asyncio.Protocol):
         self._proceed(head)
 
     def _own(self, head: RequestHead, verdict: Verdict) -> bool:
-        """Ownership mode: narrow a list to the caller's objects, or look up the object the
-        request is about. True to go on now; False when refused or waiting."""
+        """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up
+        the object the request is about. True to go on now; False when refused or waiting."""
         owner = self._owner
-        operation = verdict.operation
-        assert owner is not None
-        if operation in FILTERED or operation == LABELLED_BUILD:
-            rewrite = with_build_label if operation == LABELLED_BUILD else with_owner_filter
-            try:
-                target = rewrite(head.target, owner)
-            except ValueError as exc:
-                self._refuse(head, self._refusal(400, f"dockgate: {exc}"))
-                return False
-            self._head = with_target(head, target)
-            return True
         match = verdict.match
-        kind = object_kind(operation, match.operation.path) if match is not None else None
-        if kind is None:
+        assert owner is not None and match is not None
+        step = ownership_plan(
+            verdict.operation,
+            match.operation.path,
+            head.target,
+            parse_target(head.target).path,
+            owner,
+        )
+        if step is None:
             return True
-        found = reference_of(parse_target(head.target).path, kind)
-        if found is None:
+        if isinstance(step, str):
+            self._head = with_target(head, step)
             return True
-        index, reference = found
+        if isinstance(step, Refuse):
+            self._refuse(head, self._refusal(step.status, step.message))
+            return False
         # Until the daemon answers, what the client sends waits, in order.
         self._deferred = []
         self._pause_reading(_PAUSE_LOOKUP)
-        self._lookup_task = self.gateway.loop.create_task(
-            self._check_owner(head, kind, index, reference)
-        )
+        self._lookup_task = self.gateway.loop.create_task(self._check_owner(head, step))
         return False
 
-    async def _check_owner(self, head: RequestHead, kind: Kind, index: int, reference: str) -> None:
+    async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
         try:
-            found = await find(self.gateway.pool.address, kind, reference)
-        except LookupError_ as exc:
+            found = await find(self.gateway.pool.address, step.kind, step.reference)
+        except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
             self._deferred = None
-            self._upstream_failed(UpstreamError(f"ownership look-up failed: {exc}"))
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {_describe(exc)}"))
             return
         self._lookup_task = None
         if self.closing or self._head is not head:
             return
         if found is None or found.owner != self._owner:
             # As if it did not exist: the daemon's own answer for a missing object.
-            self._refuse(head, self._refusal(404, kind.missing.format(reference)))
+            message = step.kind.missing.format(step.reference)
+            if step.status != 404:
+                message = f"dockgate: {message}"
+            self._refuse(head, self._refusal(step.status, message))
         else:
-            head = with_target(head, with_reference(head.target, index, found.full_id))
+            head = with_target(head, step.pin(found.full_id))
             self._head = head
             self._proceed(head)
         deferred, self._deferred = self._deferred, None
@@ -737,11 +770,11 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(event, ResponseBody):
                 out.append(event.data)
             elif isinstance(event, ResponseHead):
-                if (
-                    self._redaction is not None
-                    and event.status == 200
-                    and event.framing in (Framing.LENGTH, Framing.CHUNKED)
-                ):
+                if self._redaction is not None and event.status == 200:
+                    if event.framing not in (Framing.LENGTH, Framing.CHUNKED):
+                        # An answer ending at close (to HTTP/1.0): never passed unredacted.
+                        self._upstream_failed(UpstreamError("cannot redact an unframed answer"))
+                        return
                     # Held back: the answer goes out redacted, with a new Content-Length.
                     self._redact_head = event
                     self._redact_body = bytearray()
@@ -819,7 +852,7 @@ class ClientConnection(asyncio.Protocol):
         head_bytes = with_content_length(head.raw, len(rewritten))
         if self._head is not None and not self._head.keep_alive and head.keep_alive:
             head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
-        self._bytes_out += len(rewritten)
+        self._bytes_out -= len(head_bytes)  # the log counts body bytes only
         self._write_client([head_bytes, rewritten])
         self._finish_exchange()
 
@@ -1161,6 +1194,10 @@ class ClientConnection(asyncio.Protocol):
             transport.pause_reading()
         else:
             transport.resume_reading()
+
+
+def _content_type(head: RequestHead) -> bytes | None:
+    return next((value for name, value in head.headers() if name == b"content-type"), None)
 
 
 def _refusal_headers(status: int, retry_after: int | None) -> bytes:
