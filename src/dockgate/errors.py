@@ -73,3 +73,11 @@ def error_response(
         head += b"Connection: close\r\n"
     # A response to HEAD ends at the blank line: a body would be read as the next response.
     return head + b"\r\n" + (b"" if head_only else body)
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

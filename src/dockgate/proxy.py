@@ -10,13 +10,14 @@ raw bytes, with a half-close passed on as a half-close (`write_eof`), closed whe
 
 Flow control: when one side's write buffer is over its high-water mark, reading from the other
 side pauses, so a slow reader never makes the gateway buffer a whole `docker export`.
+
+What a bound policy adds between admission and the daemon (ownership look-ups, bodies judged
+and labelled, redaction) is in `steps.py`, mixed into `ClientConnection`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import re
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -30,23 +31,19 @@ from dockgate.audit import (
     target_object,
 )
 from dockgate.body.guardrails import (
-    BODY_CHECKED,
-    CHECKED_BODY_LIMIT,
-    QUERY_CHECKED,
     Guardrails,
-    Refusal,
-    check_request,
 )
 from dockgate.body.redact import (
-    REDACT_LIMIT,
-    REDACTED_OPERATIONS,
     Redaction,
-    RedactionError,
-    redact_response,
 )
-from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, error_response
+from dockgate.errors import (
+    ClientProtocolError,
+    GatewayError,
+    UpstreamError,
+    describe_error,
+    error_response,
+)
 from dockgate.gatekeeper import Verdict
-from dockgate.http.chunked import ChunkedDecoder
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import (
     Body,
@@ -54,8 +51,7 @@ from dockgate.http.request import (
     RequestEvent,
     RequestHead,
     RequestReader,
-    with_content_length,
-    with_target,
+    forwarded_head,
 )
 from dockgate.http.response import (
     EndOfResponse,
@@ -64,23 +60,11 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
-from dockgate.lookup import find
 from dockgate.ownership import (
-    MAX_REFERENCES,
-    OWNED_CREATES,
-    REFERENCING,
-    VOLUME,
-    Kind,
-    LookUp,
-    Refuse,
-    hex_name_problem,
     is_form_body,
-    references,
-    with_owner_label,
 )
-from dockgate.ownership import plan as ownership_plan
 from dockgate.sourceaddr import UNIX_SOURCE
-from dockgate.target import parse_target
+from dockgate.steps import PolicySteps
 from dockgate.tls import PROXY_SOURCE_INFO
 from dockgate.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, UpstreamConnection
 
@@ -101,18 +85,15 @@ _REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
 # Requests that may be sent again after a stale pooled connection (net/http isReplayable).
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-_AUTHORIZATION_HEADER = re.compile(rb"\r\nauthorization[ \t]*:[^\r]*", re.IGNORECASE)
-_CONNECTION_HEADER = re.compile(rb"\r\n[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]:[^\r]*")
 
 # Reasons for which reading from the client is paused; reading resumes when none is left.
 _PAUSE_UPSTREAM_FULL = 1  # the daemon is not reading fast enough
 _PAUSE_CONNECTING = 2  # no upstream connection yet
 _PAUSE_HELD = 4  # pipelined bytes waiting for the current exchange
 _PAUSE_TUNNEL_SETUP = 8  # waiting for the daemon's answer to a request that may hijack
-_PAUSE_LOOKUP = 16  # waiting for the daemon's answer about who owns an object
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(PolicySteps, asyncio.Protocol):
     """The downstream side of the gateway: one per accepted client connection."""
 
     def __init__(self, gateway: Gateway) -> None:
@@ -352,135 +333,6 @@ class ClientConnection(asyncio.Protocol):
                     return
         # Events after a pause are impossible: the reader stops at the end of each request.
 
-    def _hold(self, event: RequestEvent) -> None:
-        """A body being read whole for the guardrails: keep it, then judge and forward it."""
-        held, head = self._held_body, self._head
-        assert held is not None and head is not None
-        if isinstance(event, Body):
-            self._bytes_in += len(event.data)
-            capture = self._capture
-            if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
-                capture += event.data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
-            held += event.data
-            if len(held) > CHECKED_BODY_LIMIT:
-                self._held_body = None
-                message = (
-                    f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes "
-                    "cannot be checked"
-                )
-                self._refuse(head, self._guardrail_verdict(Refusal(413, message), raw=True))
-            return
-        if not isinstance(event, EndOfRequest):
-            return
-        self._held_body = None
-        guardrails = self._held_guardrails
-        body = bytes(held)
-        try:
-            if guardrails is not None:
-                check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
-            if self._owner is not None and self._operation() in OWNED_CREATES:
-                try:
-                    body = with_owner_label(body, self._operation(), self._owner)
-                except ValueError as exc:
-                    raise Refusal(400, str(exc)) from None
-        except Refusal as refusal:
-            # The body was read to its end: the connection stays usable.
-            self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
-            self._after_refusal()
-            return
-        named: list[tuple[Kind, str]] = []
-        if self._owner is not None:
-            try:
-                named = self._named_objects(bytes(held))
-            except Refusal as refusal:
-                self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
-                self._after_refusal()
-                return
-        if named:
-            # The objects the body names must be the caller's too: ask the daemon first.
-            self._lookup_task = self.gateway.loop.create_task(
-                self._check_references(head, body, named)
-            )
-            return
-        self._forward_held(head, body)
-
-    def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
-        """Ownership: the objects the body names (to look up), after refusing new objects
-        with hex-only names. Refusal (400) for a body that cannot be read here."""
-        operation = self._operation()
-        problem = hex_name_problem(operation, "", body)
-        if problem is not None:
-            raise Refusal(400, f"dockgate: {problem}")
-        if operation not in REFERENCING:
-            return []
-        try:
-            named = references(operation, body)
-        except ValueError as exc:
-            raise Refusal(400, f"dockgate: {exc}") from None
-        if len(named) > MAX_REFERENCES:
-            raise Refusal(400, f"dockgate: a body may name at most {MAX_REFERENCES} objects")
-        return named
-
-    def _forward_held(self, head: RequestHead, body: bytes) -> None:
-        self._request_done = True
-        self._send_head(with_content_length(_forwarded_head(head), len(body)), replayable=False)
-        self._send_upstream(body)
-
-    async def _check_references(
-        self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
-    ) -> None:
-        self._pause_reading(_PAUSE_LOOKUP)
-        try:
-            for kind, reference in named:
-                found = await find(self.gateway.pool.address, kind, reference)
-                # A volume that does not exist yet is created by the daemon (unlabelled: it is
-                # nobody's). A missing network or container is refused: the daemon keeps the
-                # name and would resolve it later, to whoever then holds it.
-                if (found is None and kind is not VOLUME) or (
-                    found is not None and found.owner != self._owner
-                ):
-                    self._lookup_task = None
-                    if self.closing or self._head is not head:
-                        return
-                    # 403, not 404: the docker CLI takes a 404 to a create for a missing image
-                    # and would try to pull it.
-                    message = f"dockgate: {kind.missing.format(reference)}"
-                    self._refuse(head, self._refusal(403, message), body_read=True)
-                    self._resume_reading(_PAUSE_LOOKUP)
-                    self._after_refusal()
-                    return
-        except Exception as exc:  # any failure must answer, or the paused client would hang
-            self._lookup_task = None
-            self._upstream_failed(UpstreamError(f"ownership look-up failed: {_describe(exc)}"))
-            return
-        self._lookup_task = None
-        if self.closing or self._head is not head:
-            return
-        self._resume_reading(_PAUSE_LOOKUP)
-        self._forward_held(head, body)
-
-    def _operation(self) -> str:
-        return self._verdict.operation if self._verdict is not None else "-"
-
-    def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
-        verdict = self._verdict
-        assert verdict is not None
-        policy = verdict.policy or "-"
-        if raw:
-            message = refusal.reason
-        elif refusal.status == 403:
-            message = f"dockgate: {verdict.operation} denied by policy {policy}: {refusal.reason}"
-        else:
-            message = f"dockgate: {verdict.operation}: {refusal.reason}"
-        return dataclasses.replace(
-            verdict,
-            allowed=False,
-            status=refusal.status,
-            message=message,
-            label=f"deny:{policy}:guardrails",
-            reason=f"guardrails: {refusal.reason}",
-        )
-
     def _start_exchange(self, head: RequestHead) -> None:
         self.deadline = None
         self._head = head
@@ -524,106 +376,6 @@ class ClientConnection(asyncio.Protocol):
             head = self._head
         self._proceed(head)
 
-    def _own(self, head: RequestHead, verdict: Verdict) -> bool:
-        """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up
-        the object the request is about. True to go on now; False when refused or waiting."""
-        owner = self._owner
-        match = verdict.match
-        assert owner is not None and match is not None
-        step = ownership_plan(
-            verdict.operation,
-            match.operation.path,
-            head.target,
-            parse_target(head.target).path,
-            owner,
-        )
-        if step is None:
-            return True
-        if isinstance(step, str):
-            self._head = with_target(head, step)
-            return True
-        if isinstance(step, Refuse):
-            self._refuse(head, self._refusal(step.status, step.message))
-            return False
-        # Until the daemon answers, what the client sends waits, in order.
-        self._deferred = []
-        self._pause_reading(_PAUSE_LOOKUP)
-        self._lookup_task = self.gateway.loop.create_task(self._check_owner(head, step))
-        return False
-
-    async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
-        try:
-            found = await find(self.gateway.pool.address, step.kind, step.reference)
-        except Exception as exc:  # any failure must answer, or the paused client would hang
-            self._lookup_task = None
-            self._deferred = None
-            self._upstream_failed(UpstreamError(f"ownership look-up failed: {_describe(exc)}"))
-            return
-        self._lookup_task = None
-        if self.closing or self._head is not head:
-            return
-        if found is None or found.owner != self._owner:
-            # As if it did not exist: the daemon's own answer for a missing object.
-            message = step.kind.missing.format(step.reference)
-            if step.status != 404:
-                message = f"dockgate: {message}"
-            self._refuse(head, self._refusal(step.status, message))
-        else:
-            head = with_target(head, step.pin(found.full_id))
-            self._head = head
-            self._proceed(head)
-        deferred, self._deferred = self._deferred, None
-        self._resume_reading(_PAUSE_LOOKUP)
-        if deferred:
-            self._handle(deferred)
-
-    def _refusal(self, status: int, message: str) -> Verdict:
-        verdict = self._verdict
-        assert verdict is not None
-        return dataclasses.replace(
-            verdict,
-            allowed=False,
-            status=status,
-            message=message,
-            label=f"deny:{verdict.policy or '-'}:ownership",
-            reason="bad filters" if status == 400 else "ownership",
-        )
-
-    def _proceed(self, head: RequestHead) -> None:
-        """The request is allowed: guardrails, redaction and labels as the policy says, then
-        on to the daemon."""
-        admission, verdict = self._admission, self._verdict
-        assert admission is not None and verdict is not None
-        policy = admission.policy
-        if policy is not None and policy.redaction and verdict.operation in REDACTED_OPERATIONS:
-            self._redaction = policy.redaction
-        guardrails = policy.guardrails if policy is not None else None
-        if self._owner is not None and (
-            verdict.operation in OWNED_CREATES or verdict.operation in REFERENCING
-        ):
-            self._hold_body(head, guardrails)
-            return
-        if guardrails is not None:
-            if verdict.operation in QUERY_CHECKED:
-                try:
-                    check_request(guardrails, verdict.operation, head.target.partition("?")[2], b"")
-                except Refusal as refusal:
-                    self._refuse(head, self._guardrail_verdict(refusal))
-                    return
-            elif verdict.operation in BODY_CHECKED:
-                self._hold_body(head, guardrails)
-                return
-        self._send_head(_forwarded_head(head), replayable=not head.has_body)
-
-    def _hold_body(self, head: RequestHead, guardrails: Guardrails | None) -> None:
-        """Read the body whole, judge it and label it, and only then forward it (with a
-        Content-Length): the bytes checked are the bytes the daemon gets."""
-        self._held_body = bytearray()
-        self._held_guardrails = guardrails
-        if head.expect_continue:
-            assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
         assert self._head is not None
         self._response = ResponseReader(self._head.method)
@@ -647,7 +399,7 @@ class ClientConnection(asyncio.Protocol):
             self._upstream_failed(
                 UpstreamError(
                     f"cannot connect to the Docker daemon at {self.gateway.pool.address}: "
-                    f"{_describe(exc)}"
+                    f"{describe_error(exc)}"
                 )
             )
             return
@@ -824,38 +576,6 @@ class ClientConnection(asyncio.Protocol):
                 return
         self._write_client(out)
 
-    def _collect_for_redaction(self, data: bytes, done: bool) -> None:
-        body, head = self._redact_body, self._redact_head
-        assert body is not None and head is not None
-        body += data
-        if len(body) > REDACT_LIMIT:
-            self._redact_body = None
-            self._response_started = False
-            self._upstream_failed(UpstreamError("the answer is too large to redact"))
-            return
-        if not done:
-            return
-        self._redact_body = self._redact_head = None
-        raw = bytes(body)
-        try:
-            if head.framing is Framing.CHUNKED:
-                pieces, _ = ChunkedDecoder().feed(raw)
-                raw = b"".join(pieces)
-            redaction = self._redaction
-            assert redaction is not None
-            rewritten = redact_response(self._operation(), raw, redaction)
-        except (RedactionError, ClientProtocolError) as exc:
-            self._response_started = False
-            message = exc.message if isinstance(exc, ClientProtocolError) else str(exc)
-            self._upstream_failed(UpstreamError(f"cannot redact: {message}"))
-            return
-        head_bytes = with_content_length(head.raw, len(rewritten))
-        if self._head is not None and not self._head.keep_alive and head.keep_alive:
-            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
-        self._bytes_out -= len(head_bytes)  # the log counts body bytes only
-        self._write_client([head_bytes, rewritten])
-        self._finish_exchange()
-
     def _write_client(self, out: list[bytes]) -> None:
         if not out:
             return
@@ -918,7 +638,7 @@ class ClientConnection(asyncio.Protocol):
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
-        self._outbox = [_forwarded_head(head)]
+        self._outbox = [forwarded_head(head)]
         self._response = ResponseReader(head.method)
         self._pause_reading(_PAUSE_CONNECTING)
         self._connect_task = self.gateway.loop.create_task(self._connect())
@@ -1208,19 +928,6 @@ def _refusal_headers(status: int, retry_after: int | None) -> bytes:
     return b""
 
 
-def _forwarded_head(head: RequestHead) -> bytes:
-    """The head as the daemon gets it: as received, less what belongs to the gateway."""
-    raw = head.raw
-    if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
-        # The client's "Connection: close" is about its own connection; the one to the
-        # daemon stays reusable.
-        raw = _CONNECTION_HEADER.sub(b"", raw)
-    if head.authorization is not None:
-        # Credentials are the gateway's business; the daemon never sees them.
-        raw = _AUTHORIZATION_HEADER.sub(b"", raw)
-    return raw
-
-
 def _may_hijack(head: RequestHead) -> bool:
     """Could the daemon turn this request's connection into a raw stream?
 
@@ -1239,11 +946,3 @@ def _may_hijack(head: RequestHead) -> bool:
 
 def _body_length(response: bytes) -> int:
     return len(response) - response.index(b"\r\n\r\n") - 4
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -384,3 +384,20 @@ def with_content_length(raw: bytes, length: int) -> bytes:
     Transfer-Encoding and Expect fields replaced by one `Content-Length`."""
     stripped = _FRAMING_LINE.sub(b"", raw[:-2])  # keep the last field's CRLF
     return stripped + b"Content-Length: %d\r\n\r\n" % length
+
+
+_AUTHORIZATION_HEADER = re.compile(rb"\r\nauthorization[ \t]*:[^\r]*", re.IGNORECASE)
+_CONNECTION_HEADER = re.compile(rb"\r\n[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]:[^\r]*")
+
+
+def forwarded_head(head: RequestHead) -> bytes:
+    """The head as the daemon gets it: as received, less what belongs to the gateway."""
+    raw = head.raw
+    if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
+        # The client's "Connection: close" is about its own connection; the one to the
+        # daemon stays reusable.
+        raw = _CONNECTION_HEADER.sub(b"", raw)
+    if head.authorization is not None:
+        # Credentials are the gateway's business; the daemon never sees them.
+        raw = _AUTHORIZATION_HEADER.sub(b"", raw)
+    return raw

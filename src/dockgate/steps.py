@@ -1,0 +1,370 @@
+"""The policy's steps in one exchange, between admission and the daemon.
+
+`ClientConnection` (proxy.py) relays bytes; this mixin holds what a bound policy adds on the
+way: ownership look-ups (the request waits, in order, until the daemon says whose object it
+is), bodies read whole to be judged by the guardrails and labelled with their owner, the
+objects a body names, and response redaction. The decisions themselves are pure functions in
+`body/` and `ownership.py`; here they are carried out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import TYPE_CHECKING
+
+from dockgate.audit import AUDIT_BODY_LIMIT
+from dockgate.body.guardrails import (
+    BODY_CHECKED,
+    CHECKED_BODY_LIMIT,
+    QUERY_CHECKED,
+    Guardrails,
+    Refusal,
+    check_request,
+)
+from dockgate.body.redact import (
+    REDACT_LIMIT,
+    REDACTED_OPERATIONS,
+    Redaction,
+    RedactionError,
+    redact_response,
+)
+from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, describe_error
+from dockgate.gatekeeper import Verdict
+from dockgate.http.chunked import ChunkedDecoder
+from dockgate.http.request import (
+    Body,
+    EndOfRequest,
+    RequestEvent,
+    RequestHead,
+    forwarded_head,
+    with_content_length,
+    with_target,
+)
+from dockgate.http.response import Framing, ResponseHead
+from dockgate.lookup import find
+from dockgate.ownership import (
+    MAX_REFERENCES,
+    OWNED_CREATES,
+    REFERENCING,
+    VOLUME,
+    Kind,
+    LookUp,
+    Refuse,
+    hex_name_problem,
+    references,
+    with_owner_label,
+)
+from dockgate.ownership import plan as ownership_plan
+from dockgate.target import parse_target
+
+if TYPE_CHECKING:
+    from dockgate.admission import Admission
+    from dockgate.server import Gateway
+
+# Reading from the client is paused while the daemon is asked who owns an object.
+PAUSE_LOOKUP = 16
+
+
+class PolicySteps:
+    """Mixed into ClientConnection, whose state and relay methods it uses."""
+
+    if TYPE_CHECKING:
+        gateway: Gateway
+        transport: asyncio.Transport | None
+        closing: bool
+        _head: RequestHead | None
+        _verdict: Verdict | None
+        _admission: Admission | None
+        _owner: str | None
+        _deferred: list[RequestEvent] | None
+        _lookup_task: asyncio.Task[None] | None
+        _held_body: bytearray | None
+        _held_guardrails: Guardrails | None
+        _capture: bytearray | None
+        _redaction: Redaction | None
+        _redact_head: ResponseHead | None
+        _redact_body: bytearray | None
+        _request_done: bool
+        _response_started: bool
+        _bytes_in: int
+        _bytes_out: int
+
+        def _refuse(
+            self,
+            head: RequestHead,
+            verdict: Verdict,
+            retry_after: int | None = None,
+            *,
+            body_read: bool = False,
+        ) -> None: ...
+        def _after_refusal(self) -> None: ...
+        def _send_head(self, raw: bytes, *, replayable: bool) -> None: ...
+        def _send_upstream(self, data: bytes) -> None: ...
+        def _upstream_failed(self, exc: GatewayError) -> None: ...
+        def _handle(self, events: list[RequestEvent]) -> None: ...
+        def _pause_reading(self, reason: int) -> None: ...
+        def _resume_reading(self, reasons: int) -> None: ...
+        def _finish_exchange(self) -> None: ...
+        def _write_client(self, out: list[bytes]) -> None: ...
+
+    def _hold(self, event: RequestEvent) -> None:
+        """A body being read whole for the guardrails: keep it, then judge and forward it."""
+        held, head = self._held_body, self._head
+        assert held is not None and head is not None
+        if isinstance(event, Body):
+            self._bytes_in += len(event.data)
+            capture = self._capture
+            if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
+                capture += event.data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
+            held += event.data
+            if len(held) > CHECKED_BODY_LIMIT:
+                self._held_body = None
+                message = (
+                    f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes "
+                    "cannot be checked"
+                )
+                self._refuse(head, self._guardrail_verdict(Refusal(413, message), raw=True))
+            return
+        if not isinstance(event, EndOfRequest):
+            return
+        self._held_body = None
+        guardrails = self._held_guardrails
+        body = bytes(held)
+        try:
+            if guardrails is not None:
+                check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
+            if self._owner is not None and self._operation() in OWNED_CREATES:
+                try:
+                    body = with_owner_label(body, self._operation(), self._owner)
+                except ValueError as exc:
+                    raise Refusal(400, str(exc)) from None
+        except Refusal as refusal:
+            # The body was read to its end: the connection stays usable.
+            self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
+            self._after_refusal()
+            return
+        named: list[tuple[Kind, str]] = []
+        if self._owner is not None:
+            try:
+                named = self._named_objects(bytes(held))
+            except Refusal as refusal:
+                self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
+                self._after_refusal()
+                return
+        if named:
+            # The objects the body names must be the caller's too: ask the daemon first.
+            self._lookup_task = self.gateway.loop.create_task(
+                self._check_references(head, body, named)
+            )
+            return
+        self._forward_held(head, body)
+
+    def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
+        """Ownership: the objects the body names (to look up), after refusing new objects
+        with hex-only names. Refusal (400) for a body that cannot be read here."""
+        operation = self._operation()
+        problem = hex_name_problem(operation, "", body)
+        if problem is not None:
+            raise Refusal(400, f"dockgate: {problem}")
+        if operation not in REFERENCING:
+            return []
+        try:
+            named = references(operation, body)
+        except ValueError as exc:
+            raise Refusal(400, f"dockgate: {exc}") from None
+        if len(named) > MAX_REFERENCES:
+            raise Refusal(400, f"dockgate: a body may name at most {MAX_REFERENCES} objects")
+        return named
+
+    def _forward_held(self, head: RequestHead, body: bytes) -> None:
+        self._request_done = True
+        self._send_head(with_content_length(forwarded_head(head), len(body)), replayable=False)
+        self._send_upstream(body)
+
+    async def _check_references(
+        self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
+    ) -> None:
+        self._pause_reading(PAUSE_LOOKUP)
+        try:
+            for kind, reference in named:
+                found = await find(self.gateway.pool.address, kind, reference)
+                # A volume that does not exist yet is created by the daemon (unlabelled: it is
+                # nobody's). A missing network or container is refused: the daemon keeps the
+                # name and would resolve it later, to whoever then holds it.
+                if (found is None and kind is not VOLUME) or (
+                    found is not None and found.owner != self._owner
+                ):
+                    self._lookup_task = None
+                    if self.closing or self._head is not head:
+                        return
+                    # 403, not 404: the docker CLI takes a 404 to a create for a missing image
+                    # and would try to pull it.
+                    message = f"dockgate: {kind.missing.format(reference)}"
+                    self._refuse(head, self._refusal(403, message), body_read=True)
+                    self._resume_reading(PAUSE_LOOKUP)
+                    self._after_refusal()
+                    return
+        except Exception as exc:  # any failure must answer, or the paused client would hang
+            self._lookup_task = None
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
+            return
+        self._lookup_task = None
+        if self.closing or self._head is not head:
+            return
+        self._resume_reading(PAUSE_LOOKUP)
+        self._forward_held(head, body)
+
+    def _operation(self) -> str:
+        return self._verdict.operation if self._verdict is not None else "-"
+
+    def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
+        verdict = self._verdict
+        assert verdict is not None
+        policy = verdict.policy or "-"
+        if raw:
+            message = refusal.reason
+        elif refusal.status == 403:
+            message = f"dockgate: {verdict.operation} denied by policy {policy}: {refusal.reason}"
+        else:
+            message = f"dockgate: {verdict.operation}: {refusal.reason}"
+        return dataclasses.replace(
+            verdict,
+            allowed=False,
+            status=refusal.status,
+            message=message,
+            label=f"deny:{policy}:guardrails",
+            reason=f"guardrails: {refusal.reason}",
+        )
+
+    def _own(self, head: RequestHead, verdict: Verdict) -> bool:
+        """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up
+        the object the request is about. True to go on now; False when refused or waiting."""
+        owner = self._owner
+        match = verdict.match
+        assert owner is not None and match is not None
+        step = ownership_plan(
+            verdict.operation,
+            match.operation.path,
+            head.target,
+            parse_target(head.target).path,
+            owner,
+        )
+        if step is None:
+            return True
+        if isinstance(step, str):
+            self._head = with_target(head, step)
+            return True
+        if isinstance(step, Refuse):
+            self._refuse(head, self._refusal(step.status, step.message))
+            return False
+        # Until the daemon answers, what the client sends waits, in order.
+        self._deferred = []
+        self._pause_reading(PAUSE_LOOKUP)
+        self._lookup_task = self.gateway.loop.create_task(self._check_owner(head, step))
+        return False
+
+    async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
+        try:
+            found = await find(self.gateway.pool.address, step.kind, step.reference)
+        except Exception as exc:  # any failure must answer, or the paused client would hang
+            self._lookup_task = None
+            self._deferred = None
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
+            return
+        self._lookup_task = None
+        if self.closing or self._head is not head:
+            return
+        if found is None or found.owner != self._owner:
+            # As if it did not exist: the daemon's own answer for a missing object.
+            message = step.kind.missing.format(step.reference)
+            if step.status != 404:
+                message = f"dockgate: {message}"
+            self._refuse(head, self._refusal(step.status, message))
+        else:
+            head = with_target(head, step.pin(found.full_id))
+            self._head = head
+            self._proceed(head)
+        deferred, self._deferred = self._deferred, None
+        self._resume_reading(PAUSE_LOOKUP)
+        if deferred:
+            self._handle(deferred)
+
+    def _refusal(self, status: int, message: str) -> Verdict:
+        verdict = self._verdict
+        assert verdict is not None
+        return dataclasses.replace(
+            verdict,
+            allowed=False,
+            status=status,
+            message=message,
+            label=f"deny:{verdict.policy or '-'}:ownership",
+            reason="bad filters" if status == 400 else "ownership",
+        )
+
+    def _proceed(self, head: RequestHead) -> None:
+        """The request is allowed: guardrails, redaction and labels as the policy says, then
+        on to the daemon."""
+        admission, verdict = self._admission, self._verdict
+        assert admission is not None and verdict is not None
+        policy = admission.policy
+        if policy is not None and policy.redaction and verdict.operation in REDACTED_OPERATIONS:
+            self._redaction = policy.redaction
+        guardrails = policy.guardrails if policy is not None else None
+        if self._owner is not None and (
+            verdict.operation in OWNED_CREATES or verdict.operation in REFERENCING
+        ):
+            self._hold_body(head, guardrails)
+            return
+        if guardrails is not None:
+            if verdict.operation in QUERY_CHECKED:
+                try:
+                    check_request(guardrails, verdict.operation, head.target.partition("?")[2], b"")
+                except Refusal as refusal:
+                    self._refuse(head, self._guardrail_verdict(refusal))
+                    return
+            elif verdict.operation in BODY_CHECKED:
+                self._hold_body(head, guardrails)
+                return
+        self._send_head(forwarded_head(head), replayable=not head.has_body)
+
+    def _hold_body(self, head: RequestHead, guardrails: Guardrails | None) -> None:
+        """Read the body whole, judge it and label it, and only then forward it (with a
+        Content-Length): the bytes checked are the bytes the daemon gets."""
+        self._held_body = bytearray()
+        self._held_guardrails = guardrails
+        if head.expect_continue:
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _collect_for_redaction(self, data: bytes, done: bool) -> None:
+        body, head = self._redact_body, self._redact_head
+        assert body is not None and head is not None
+        body += data
+        if len(body) > REDACT_LIMIT:
+            self._redact_body = None
+            self._response_started = False
+            self._upstream_failed(UpstreamError("the answer is too large to redact"))
+            return
+        if not done:
+            return
+        self._redact_body = self._redact_head = None
+        raw = bytes(body)
+        try:
+            if head.framing is Framing.CHUNKED:
+                pieces, _ = ChunkedDecoder().feed(raw)
+                raw = b"".join(pieces)
+            redaction = self._redaction
+            assert redaction is not None
+            rewritten = redact_response(self._operation(), raw, redaction)
+        except (RedactionError, ClientProtocolError) as exc:
+            self._response_started = False
+            message = exc.message if isinstance(exc, ClientProtocolError) else str(exc)
+            self._upstream_failed(UpstreamError(f"cannot redact: {message}"))
+            return
+        head_bytes = with_content_length(head.raw, len(rewritten))
+        if self._head is not None and not self._head.keep_alive and head.keep_alive:
+            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+        self._bytes_out -= len(head_bytes)  # the log counts body bytes only
+        self._write_client([head_bytes, rewritten])
+        self._finish_exchange()
