@@ -129,6 +129,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--auth-failure-window", type=float, default=60.0, metavar="SECONDS")
     serve.add_argument(
+        "--admin-listen",
+        default=None,
+        metavar="ADDR",
+        help="health endpoints /healthz and /readyz on their own listener, e.g. "
+        "tcp://127.0.0.1:9375 (default: none)",
+    )
+    serve.add_argument(
         "--audit-log",
         default="off",
         metavar="PATH",
@@ -266,6 +273,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         auth_failures_per_user=args.auth_failures_per_user,
         auth_failure_window=args.auth_failure_window,
         audit_log=args.audit_log,
+        admin_listen=parse_address(args.admin_listen) if args.admin_listen else None,
     )
 
 

@@ -54,6 +54,8 @@ class ServeConfig(BaseModel):
     auth_failure_window: float = Field(default=60.0, gt=0)
     # The audit trail: "off", "-" (stdout) or a file; JSON lines.
     audit_log: str = "off"
+    # Health (/healthz, /readyz) on a listener of its own; None: no admin listener.
+    admin_listen: Address | None = None
 
     @field_validator("tls_identity")
     @classmethod

@@ -25,6 +25,7 @@ import uvloop
 
 from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
+from dockgate.admin import AdminConnection
 from dockgate.admission import Admissions
 from dockgate.audit import AuditLog, open_audit_log
 from dockgate.auth.authenticator import Authenticator
@@ -76,6 +77,7 @@ class Gateway:
         self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
         self.access_log: AccessLog = open_access_log(config.access_log, config.log_format)
         self.audit: AuditLog = open_audit_log(config.audit_log)
+        self._admin = loaded.admin
         self.connections: set[ClientConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -112,6 +114,15 @@ class Gateway:
                 server = await self.loop.create_server(
                     self.connection_factory, sock=sock, backlog=LISTEN_BACKLOG
                 )
+            servers.append(server)
+        if self._admin is not None:
+            address, sock = self._admin
+            upstream = self.config.upstream
+            factory = lambda: AdminConnection(upstream)  # noqa: E731
+            if address.scheme == "unix":
+                server = await self.loop.create_unix_server(factory, sock=sock)
+            else:
+                server = await self.loop.create_server(factory, sock=sock)
             servers.append(server)
         self._sweeper = self.loop.create_task(self._sweep(), name="dockgate-timeout-sweep")
         try:
@@ -247,6 +258,19 @@ def bind_listeners(config: ServeConfig) -> list[tuple[Address, socket.socket]]:
     return bound
 
 
+def bind_admin(config: ServeConfig) -> tuple[Address, socket.socket] | None:
+    address = config.admin_listen
+    if address is None:
+        return None
+    try:
+        if address.scheme == "unix":
+            return address, _bind_unix(address, config.socket_mode, config.socket_group)
+        sock = _bind_tcp(address)
+    except OSError as exc:
+        raise StartupError(f"--admin-listen {address}: {exc.strerror or exc}") from None
+    return address.with_port(sock.getsockname()[1]), sock
+
+
 def check_exposure(config: ServeConfig) -> None:
     """Refuse a non-loopback TCP listener without authentication unless --insecure is given.
 
@@ -346,6 +370,7 @@ class Loaded:
     policies: PolicySet
     tls: ServerTLS | None
     authenticator: Authenticator
+    admin: tuple[Address, socket.socket] | None = None  # the admin listener, bound
 
 
 def check_log_files(config: ServeConfig) -> None:
@@ -365,7 +390,8 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
     check_log_files(config)
     tls = load_tls(config)
     authenticator = load_authenticator(config)
-    loaded = Loaded(policies, tls, authenticator)
+    admin = bind_admin(config)
+    loaded = Loaded(policies, tls, authenticator, admin)
     warnings = list(authenticator.htpasswd.warnings) if authenticator.htpasswd else []
     warnings += unknown_binding_names(policies, authenticator)
     for warning in warnings:
@@ -390,12 +416,14 @@ def run(config: ServeConfig, policies: PolicySet) -> None:
         print(f"dockgate: {in_force}", file=sys.stderr, flush=True)
         if config.audit_log != "off":
             print(f"dockgate: audit log to {config.audit_log}", file=sys.stderr, flush=True)
+        if admin is not None:
+            print(f"dockgate: health on {admin[0]}", file=sys.stderr, flush=True)
         if config.workers == 1:
             _run_worker(config, listeners, loaded)
         else:
             _supervise(config, listeners, loaded)
     finally:
-        for address, sock in listeners:
+        for address, sock in [*listeners, *([admin] if admin is not None else [])]:
             sock.close()
             if address.scheme == "unix":
                 with contextlib.suppress(OSError):
