@@ -142,6 +142,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="structured audit trail (JSON lines): 'off' (default), '-' for stdout, or a file",
     )
     _policy_options(serve)
+    serve.epilog = (
+        "Every option can also be given as an environment variable: DOCKGATE_ and the option's "
+        "name in upper case with '_' for '-' (DOCKGATE_LISTEN, DOCKGATE_HTPASSWD, ...); "
+        "repeatable options take a comma-separated list; switches take 1/true/yes. Options on "
+        "the command line win."
+    )
+    _defaults_from_environment(serve, dict(os.environ))
 
     check = commands.add_parser(
         "check", help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'"
@@ -183,6 +190,41 @@ def _build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, help="a name for this token (unique)")
     create.add_argument("--identity", required=True, help="the identity policies bind to")
     return parser
+
+
+ENV_PREFIX = "DOCKGATE_"
+# Repeatable options given by variables: dest -> values, used when the command line has none.
+_ENV_LISTS: dict[str, list[str]] = {}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class EnvironmentOptionError(ValueError):
+    """A DOCKGATE_ variable that does not fit its option."""
+
+
+def _defaults_from_environment(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
+    """Give each option of `parser` the default its DOCKGATE_ variable says (for containers:
+    a Swarm service or compose file sets variables, not arguments)."""
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if not long or action.dest == "help":
+            continue
+        name = ENV_PREFIX + long[0][2:].upper().replace("-", "_")
+        value = env.get(name)
+        if value is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            lowered = value.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise EnvironmentOptionError(f"{name}={value!r}: use 1/true/yes or 0/false/no")
+            action.default = lowered in _TRUE
+        elif isinstance(action, argparse._AppendAction):
+            # Not a default: argparse would append the command line's values to it, and the
+            # command line must replace the variable's. Applied after parsing (main).
+            _ENV_LISTS[action.dest] = [item.strip() for item in value.split(",") if item.strip()]
+        else:
+            action.default = value
 
 
 def _token_create(args: argparse.Namespace) -> int:
@@ -445,7 +487,16 @@ def _validate(path: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    try:
+        parser = _build_parser()
+    except EnvironmentOptionError as exc:
+        print(f"dockgate: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        for dest, values in _ENV_LISTS.items():
+            if not getattr(args, dest):
+                setattr(args, dest, values)
     try:
         if args.command == "check":
             return _check(args)
