@@ -28,6 +28,7 @@ from dockgate.policy.tecnativa import EnvironmentError_
 from dockgate.server import StartupError, run
 from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS
+from dockgate.watched import WatchedFile
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -516,8 +517,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 message = f"--trusted-proxy: {message}"
             print(f"dockgate: error: {message}", file=sys.stderr)
             return 2
+        watched: WatchedFile[PolicySet] | None = None
         try:
-            policies = _load_policies(args)
+            if args.policy is not None:
+                # Watched: a changed file (a new Docker config, an edit) or SIGHUP loads it
+                # again; one that does not load leaves the old policies in force.
+                watched = WatchedFile(
+                    args.policy,
+                    lambda _path: _load_policies(args),
+                    (PolicyError, EnvironmentError_, AddressListError),
+                )
+                policies = watched.value
+            else:
+                policies = _load_policies(args)
         except AddressListError as exc:
             print(f"dockgate: error: --allow-source/--deny-source: {exc}", file=sys.stderr)
             return 2
@@ -525,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dockgate: error: {exc}", file=sys.stderr)
             return 2
         try:
-            run(config, policies)
+            run(config, policies, watched)
         except StartupError as exc:
             print(f"dockgate: error: {exc}", file=sys.stderr)
             return 2

@@ -39,6 +39,7 @@ from dockgate.policy.rules import PolicySet
 from dockgate.proxy import ClientConnection
 from dockgate.tls import ServerTLS, TLSConfigError, TLSProtocol, peer_identity, peer_subject
 from dockgate.upstream import UpstreamPool
+from dockgate.watched import WatchedFile
 
 LISTEN_BACKLOG = 1024
 SWEEP_INTERVAL_SECONDS = 0.5
@@ -71,6 +72,8 @@ class Gateway:
                 window_s=config.auth_failure_window,
             )
         )
+        self._throttle = throttle
+        self._policy_file = loaded.policy_file
         self.admissions = Admissions(
             loaded.policies, self.gatekeeper, self.authenticator, throttle, config.trusted_proxies
         )
@@ -134,10 +137,35 @@ class Gateway:
         timeout = self.config.header_timeout
         return lambda: TLSProtocol(self.connection_factory, tls, timeout, self.expects_proxy_header)
 
+    def reload(self, *, force: bool = False) -> None:
+        """Take a changed policy file (and, with `force`, for SIGHUP: the credential files and
+        TLS certificates too). A file that does not load leaves the old one in force; requests
+        already decided are not affected, new ones get the new policies."""
+        now = time.monotonic()
+        if force:
+            self.authenticator.refresh(now, force=True)
+            if self.tls is not None:
+                self.tls.reload_now()
+        watched = self._policy_file
+        if watched is None or not watched.refresh(now, force=force):
+            return
+        policies = watched.value
+        gatekeeper = Gatekeeper(policies, authenticated=self.gatekeeper.authenticated)
+        self.gatekeeper = gatekeeper
+        self.admissions = Admissions(
+            policies,
+            gatekeeper,
+            self.authenticator,
+            self._throttle,
+            self.config.trusted_proxies,
+        )
+
     async def _sweep(self) -> None:
-        """Close connections whose request head did not arrive in time (slowloris, idle)."""
+        """Close connections whose request head did not arrive in time (slowloris, idle), and
+        look for a changed policy file."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            self.reload()
             now = self.loop.time()
             for conn in list(self.connections):
                 deadline = conn.deadline
@@ -314,6 +342,7 @@ async def _serve_process(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     gateway = Gateway(config, loop, loaded)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload(force=True))
     await gateway.serve(listeners, stop)
 
 
@@ -371,6 +400,9 @@ class Loaded:
     tls: ServerTLS | None
     authenticator: Authenticator
     admin: tuple[Address, socket.socket] | None = None  # the admin listener, bound
+    # The policy file, watched: a change (or SIGHUP) loads it again; None without a file
+    # (policies from variables change with a restart).
+    policy_file: WatchedFile[PolicySet] | None = None
 
 
 def check_log_files(config: ServeConfig) -> None:
@@ -385,13 +417,17 @@ def check_log_files(config: ServeConfig) -> None:
             raise StartupError(f"{option} {target}: {exc.strerror or exc}") from None
 
 
-def run(config: ServeConfig, policies: PolicySet) -> None:
+def run(
+    config: ServeConfig,
+    policies: PolicySet,
+    policy_file: WatchedFile[PolicySet] | None = None,
+) -> None:
     check_exposure(config)
     check_log_files(config)
     tls = load_tls(config)
     authenticator = load_authenticator(config)
     admin = bind_admin(config)
-    loaded = Loaded(policies, tls, authenticator, admin)
+    loaded = Loaded(policies, tls, authenticator, admin, policy_file)
     warnings = list(authenticator.htpasswd.warnings) if authenticator.htpasswd else []
     warnings += unknown_binding_names(policies, authenticator)
     for warning in warnings:
@@ -468,7 +504,13 @@ def _forwarded_signals(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def reload(signum: int, _frame: object) -> None:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         yield stopping
     finally:

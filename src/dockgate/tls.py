@@ -109,6 +109,12 @@ class ServerTLS:
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 
+    def reload_now(self) -> None:
+        """SIGHUP: read the files again now, whether or not they look changed."""
+        self._stamps = []
+        self._checked = float("-inf")
+        self.context()
+
     def context(self) -> ssl.SSLContext:
         now = time.monotonic()
         if now - self._checked < self._check_interval:

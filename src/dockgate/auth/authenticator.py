@@ -12,63 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import sys
-import time
-from collections.abc import Callable
-from typing import Generic, TypeVar
 
 from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd
 from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens
 from dockgate.identity import BASIC, TOKEN, Identity
-
-RELOAD_CHECK_SECONDS = 1.0
-
-T = TypeVar("T")
-
-
-class WatchedFile(Generic[T]):
-    """A file's parsed contents, parsed again when the file changes (checked at most once per
-    RELOAD_CHECK_SECONDS, so the hot path costs a clock read)."""
-
-    def __init__(self, path: str, load: Callable[[str], T], errors: tuple[type[Exception], ...]):
-        self.path = path
-        self._load = load
-        self._errors = errors
-        self._stamp = _stamp(path)
-        self.value = load(path)  # errors at start are the caller's: the gateway does not start
-        self._checked = time.monotonic()
-        self.generation = 0
-
-    def refresh(self, now: float) -> bool:
-        """Reload if the file changed; True when the contents were replaced."""
-        if now - self._checked < RELOAD_CHECK_SECONDS:
-            return False
-        self._checked = now
-        stamp = _stamp(self.path)
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp  # one attempt (and one log line) per change
-        try:
-            self.value = self._load(self.path)
-        except self._errors as exc:
-            _log(f"reload of {self.path} failed, keeping the previous contents: {exc}")
-            return False
-        self.generation += 1
-        _log(f"{self.path} changed: reloaded")
-        return True
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _log(message: str) -> None:
-    print(f"dockgate: {message}", file=sys.stderr, flush=True)
+from dockgate.watched import WatchedFile
 
 
 class Authenticator:
@@ -111,10 +59,10 @@ class Authenticator:
                 total += source.generation
         return total
 
-    def refresh(self, now: float) -> None:
+    def refresh(self, now: float, *, force: bool = False) -> None:
         for source in (self._htpasswd, self._tokens):
             if isinstance(source, WatchedFile):
-                source.refresh(now)
+                source.refresh(now, force=force)
 
     def authenticate(self, authorization: bytes | None) -> Identity | None:
         if authorization is None:
