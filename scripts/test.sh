@@ -39,6 +39,7 @@ section "system packages"
 APT_PACKAGES=(
     docker.io        # dockerd (the real daemon the tests run privately), containerd, runc
     busybox-static   # /bin/busybox: the rootfs of the test image
+    debootstrap      # a Debian rootfs with python3: the base of the dockgate image under test
     util-linux       # script, umount
     tar
     ca-certificates
