@@ -310,10 +310,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 self._hold(event)
                 continue
             if isinstance(event, Body):
-                self._bytes_in += len(event.data)
-                capture = self._capture
-                if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
-                    capture += event.data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
+                self._count_body(event.data)
                 self._send_upstream(
                     b"%x\r\n%b\r\n" % (len(event.data), event.data)
                     if self._head is not None and self._head.chunked

@@ -113,10 +113,7 @@ class PolicySteps:
         held, head = self._held_body, self._head
         assert held is not None and head is not None
         if isinstance(event, Body):
-            self._bytes_in += len(event.data)
-            capture = self._capture
-            if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
-                capture += event.data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
+            self._count_body(event.data)
             held += event.data
             if len(held) > CHECKED_BODY_LIMIT:
                 self._held_body = None
@@ -130,28 +127,23 @@ class PolicySteps:
             return
         self._held_body = None
         guardrails = self._held_guardrails
-        body = bytes(held)
+        received = body = bytes(held)
+        named: list[tuple[Kind, str]] = []
         try:
             if guardrails is not None:
                 check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
-            if self._owner is not None and self._operation() in OWNED_CREATES:
-                try:
-                    body = with_owner_label(body, self._operation(), self._owner)
-                except ValueError as exc:
-                    raise Refusal(400, str(exc)) from None
+            if self._owner is not None:
+                if self._operation() in OWNED_CREATES:
+                    try:
+                        body = with_owner_label(body, self._operation(), self._owner)
+                    except ValueError as exc:
+                        raise Refusal(400, str(exc)) from None
+                named = self._named_objects(received)
         except Refusal as refusal:
             # The body was read to its end: the connection stays usable.
             self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
             self._after_refusal()
             return
-        named: list[tuple[Kind, str]] = []
-        if self._owner is not None:
-            try:
-                named = self._named_objects(bytes(held))
-            except Refusal as refusal:
-                self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
-                self._after_refusal()
-                return
         if named:
             # The objects the body names must be the caller's too: ask the daemon first.
             self._lookup_task = self.gateway.loop.create_task(
@@ -159,6 +151,14 @@ class PolicySteps:
             )
             return
         self._forward_held(head, body)
+
+    def _count_body(self, data: bytes) -> None:
+        """A piece of the request body: counted for the access log, and its start kept for
+        the audit record when the operation's body is audited."""
+        self._bytes_in += len(data)
+        capture = self._capture
+        if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
+            capture += data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
 
     def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
         """Ownership: the objects the body names (to look up), after refusing new objects
@@ -228,13 +228,19 @@ class PolicySteps:
             message = f"dockgate: {verdict.operation} denied by policy {policy}: {refusal.reason}"
         else:
             message = f"dockgate: {verdict.operation}: {refusal.reason}"
+        return self._denied(refusal.status, message, "guardrails", f"guardrails: {refusal.reason}")
+
+    def _denied(self, status: int, message: str, step: str, reason: str) -> Verdict:
+        """The request's verdict, turned into a refusal by one of the policy's steps."""
+        verdict = self._verdict
+        assert verdict is not None
         return dataclasses.replace(
             verdict,
             allowed=False,
-            status=refusal.status,
+            status=status,
             message=message,
-            label=f"deny:{policy}:guardrails",
-            reason=f"guardrails: {refusal.reason}",
+            label=f"deny:{verdict.policy or '-'}:{step}",
+            reason=reason,
         )
 
     def _own(self, head: RequestHead, verdict: Verdict) -> bool:
@@ -291,16 +297,8 @@ class PolicySteps:
             self._handle(deferred)
 
     def _refusal(self, status: int, message: str) -> Verdict:
-        verdict = self._verdict
-        assert verdict is not None
-        return dataclasses.replace(
-            verdict,
-            allowed=False,
-            status=status,
-            message=message,
-            label=f"deny:{verdict.policy or '-'}:ownership",
-            reason="bad filters" if status == 400 else "ownership",
-        )
+        reason = "bad filters" if status == 400 else "ownership"
+        return self._denied(status, message, "ownership", reason)
 
     def _proceed(self, head: RequestHead) -> None:
         """The request is allowed: guardrails, redaction and labels as the policy says, then
