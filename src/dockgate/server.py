@@ -61,22 +61,18 @@ class Gateway:
         self.tls = loaded.tls
         self.loop = loop
         self.authenticator = loaded.authenticator
-        self.gatekeeper = Gatekeeper(
-            loaded.policies,
-            authenticated=self.authenticator.required or config.client_certificates_required,
-        )
-        throttle = FailureThrottle(
+        self._throttle = FailureThrottle(
             ThrottleSettings(
                 per_source=config.auth_failures,
                 per_user=config.auth_failures_per_user,
                 window_s=config.auth_failure_window,
             )
         )
-        self._throttle = throttle
         self._policy_file = loaded.policy_file
-        self.admissions = Admissions(
-            loaded.policies, self.gatekeeper, self.authenticator, throttle, config.trusted_proxies
-        )
+        # Set by _install, again on each reload of the policy file.
+        self.gatekeeper: Gatekeeper
+        self.admissions: Admissions
+        self._install(loaded.policies)
         self.pool = UpstreamPool(config.upstream, config.upstream_pool_size)
         self.access_log: AccessLog = open_access_log(config.access_log, config.log_format)
         self.audit: AuditLog = open_audit_log(config.audit_log)
@@ -149,12 +145,17 @@ class Gateway:
         watched = self._policy_file
         if watched is None or not watched.refresh(now, force=force):
             return
-        policies = watched.value
-        gatekeeper = Gatekeeper(policies, authenticated=self.gatekeeper.authenticated)
-        self.gatekeeper = gatekeeper
+        self._install(watched.value)
+
+    def _install(self, policies: PolicySet) -> None:
+        """Put `policies` in force for the requests that follow (at start, and on reload)."""
+        self.gatekeeper = Gatekeeper(
+            policies,
+            authenticated=self.authenticator.required or self.config.client_certificates_required,
+        )
         self.admissions = Admissions(
             policies,
-            gatekeeper,
+            self.gatekeeper,
             self.authenticator,
             self._throttle,
             self.config.trusted_proxies,
