@@ -18,7 +18,6 @@ TLS runs here instead, with ``SSLContext.wrap_bio`` over memory BIOs:
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import sys
 import time
@@ -26,19 +25,17 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
+from dockgate.watched import RELOAD_CHECK_SECONDS, FileStamp, file_stamp
 
 # Plaintext read per SSLObject.read call: larger than a TLS record (16 KiB), so a read never
 # leaves part of a record decrypted inside OpenSSL.
 READ_CHUNK_BYTES = 64 * 1024
-RELOAD_CHECK_SECONDS = 1.0
 DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 _HTTP_ON_TLS_PORT = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
     b"Client sent an HTTP request to an HTTPS server.\n"
 )
-
-_FileStamp = tuple[int, int, int] | None
 
 
 def _log(message: str) -> None:
@@ -80,16 +77,8 @@ class ServerTLS:
     def _paths(self) -> list[str]:
         return [self.cert, self.key] + ([self.client_ca] if self.client_ca is not None else [])
 
-    def _current_stamps(self) -> list[_FileStamp]:
-        stamps: list[_FileStamp] = []
-        for path in self._paths():
-            try:
-                st = os.stat(path)
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        return stamps
+    def _current_stamps(self) -> list[FileStamp]:
+        return [file_stamp(path) for path in self._paths()]
 
     def _build(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

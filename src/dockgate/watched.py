@@ -27,7 +27,7 @@ class WatchedFile(Generic[T]):
         self.path = path
         self._load = load
         self._errors = errors
-        self._stamp = _stamp(path)
+        self._stamp = file_stamp(path)
         self.value = load(path)  # errors at start are the caller's: the gateway does not start
         self._checked = time.monotonic()
         self.generation = 0
@@ -38,7 +38,7 @@ class WatchedFile(Generic[T]):
         if not force and now - self._checked < RELOAD_CHECK_SECONDS:
             return False
         self._checked = now
-        stamp = _stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp == self._stamp and not force:
             return False
         self._stamp = stamp  # one attempt (and one log line) per change
@@ -52,7 +52,10 @@ class WatchedFile(Generic[T]):
         return True
 
 
-def _stamp(path: str) -> tuple[int, int, int] | None:
+FileStamp = tuple[int, int, int] | None  # inode, size, mtime; None: the file is not there
+
+
+def file_stamp(path: str) -> FileStamp:
     try:
         st = os.stat(path)
     except OSError:
