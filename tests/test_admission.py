@@ -18,7 +18,6 @@ import pathlib
 import time
 from collections.abc import Iterable
 
-import bcrypt
 import pytest
 
 from dockgate.admission import Admission, Admissions, ConnectionFacts
@@ -40,6 +39,7 @@ from dockgate.identity import (
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.rules import PolicySet
 from dockgate.sourceaddr import AddressList, parse_address_list
+from support.remote import htpasswd_text as hashed_lines
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "mallory": "mallory-pw"}
 
@@ -97,10 +97,7 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def htpasswd_text() -> str:
-    return "".join(
-        f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
-        for user, pw in PASSWORDS.items()
-    )
+    return hashed_lines(PASSWORDS)
 
 
 @pytest.fixture(scope="module")

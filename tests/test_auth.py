@@ -14,13 +14,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import bcrypt
 import docker
 import pytest
 
 from support.daemon import PrivateDaemon
 from support.fake_upstream import FakeUpstream
 from support.gateway import Gateway
+from support.remote import create_token, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
 
@@ -32,19 +32,9 @@ def credentials(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, s
     """An htpasswd file (bcrypt) for USER and a tokens file with one token, and that token."""
     directory = tmp_path_factory.mktemp("auth")
     htpasswd = directory / "htpasswd"
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    htpasswd.write_text(f"{USER}:{hashed}\n")
+    write_htpasswd(htpasswd, {USER: PASSWORD})
     tokens = directory / "tokens"
-    created = subprocess.run(
-        [
-            *("python3", "-m", "dockgate", "token", "create"),
-            *("--file", str(tokens), "--name", "ci", "--identity", "runner"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return htpasswd, tokens, created.stdout.strip()
+    return htpasswd, tokens, create_token(tokens, "ci", "runner")
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import itertools
 import json
-import os
 import pathlib
 import socket
 import ssl
@@ -27,7 +25,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import bcrypt
 import docker
 import docker.errors
 import docker.tls
@@ -38,6 +35,7 @@ import trustme
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.remote import basic_header, create_token, remote_docker, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
 
@@ -72,37 +70,7 @@ READ_ONLY_CREATE = "dockgate: ContainerCreate denied by policy containers-read-o
 
 
 def basic(user: str, password: str | None = None) -> str:
-    secret = PASSWORDS[user] if password is None else password
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
-
-
-def write_htpasswd(path: pathlib.Path, users: Mapping[str, str]) -> None:
-    """An htpasswd file (bcrypt, cost 4), replaced atomically."""
-    lines = [
-        f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
-        for user, pw in users.items()
-    ]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
-
-
-def create_token(tokens: pathlib.Path, name: str, identity: str) -> str:
-    created = subprocess.run(
-        [
-            *("python3", "-m", "dockgate", "token", "create"),
-            *("--file", str(tokens), "--name", name, "--identity", identity),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    token = created.stdout.strip()
-    assert token.startswith("dg_"), created
-    return token
-
-
-_config_numbers = itertools.count()
+    return basic_header(user, PASSWORDS[user] if password is None else password)
 
 
 def docker_cli(
@@ -113,26 +81,7 @@ def docker_cli(
     cert_path: pathlib.Path | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """The docker CLI against `url`, with `headers` in a fresh config.json (HttpHeaders) and,
-    with `cert_path` (ca.pem, cert.pem, key.pem), over verified TLS."""
-    config = tmp / f"docker-config-{next(_config_numbers)}"
-    config.mkdir(parents=True)
-    (config / "config.json").write_text(json.dumps({"HttpHeaders": dict(headers or {})}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-    env |= {"DOCKER_CONFIG": str(config), "DOCKER_BUILDKIT": "0", "DOCKER_CLI_HINTS": "false"}
-    tls: list[str] = []
-    if cert_path is not None:
-        env["DOCKER_CERT_PATH"] = str(cert_path)
-        tls = ["--tlsverify"]
-    return subprocess.run(
-        ["docker", *tls, "-H", url, *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return remote_docker(url, tmp, *args, headers=headers, cert_path=cert_path, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

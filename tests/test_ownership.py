@@ -12,11 +12,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-import bcrypt
 import pytest
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.remote import write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -60,12 +60,7 @@ def callers(
 ) -> Iterator[dict[str, Caller]]:
     base = tmp_path_factory.mktemp("ownership")
     htpasswd = base / "htpasswd"
-    htpasswd.write_text(
-        "".join(
-            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
-            for u, p in USERS.items()
-        )
-    )
+    write_htpasswd(htpasswd, USERS)
     policy = base / "policy.yaml"
     policy.write_text(POLICY)
     gateway = Gateway(

@@ -27,11 +27,11 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-import bcrypt
 import pytest
 
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
+from support.remote import write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -119,12 +119,7 @@ class Api:
 def gw(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     base = tmp_path_factory.mktemp("review-ownership")
     htpasswd = base / "htpasswd"
-    htpasswd.write_text(
-        "".join(
-            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
-            for u, p in USERS.items()
-        )
-    )
+    write_htpasswd(htpasswd, USERS)
     policy = base / "policy.yaml"
     policy.write_text(POLICY)
     gateway = Gateway(
