@@ -129,19 +129,24 @@ class PolicySteps:
         guardrails = self._held_guardrails
         received = body = bytes(held)
         named: list[tuple[Kind, str]] = []
+        refused: Verdict | None = None
         try:
             if guardrails is not None:
                 check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
-            if self._owner is not None:
-                if self._operation() in OWNED_CREATES:
-                    try:
-                        body = with_owner_label(body, self._operation(), self._owner)
-                    except ValueError as exc:
-                        raise Refusal(400, str(exc)) from None
-                named = self._named_objects(received)
         except Refusal as refusal:
+            refused = self._guardrail_verdict(refusal)
+        if refused is None and self._owner is not None:
+            try:
+                if self._operation() in OWNED_CREATES:
+                    body = with_owner_label(body, self._operation(), self._owner)
+                named = self._named_objects(received)
+            except (Refusal, ValueError) as exc:
+                status = exc.status if isinstance(exc, Refusal) else 400
+                reason = exc.reason if isinstance(exc, Refusal) else str(exc)
+                refused = self._refusal(status, f"dockgate: {self._operation()}: {reason}")
+        if refused is not None:
             # The body was read to its end: the connection stays usable.
-            self._refuse(head, self._guardrail_verdict(refusal), body_read=True)
+            self._refuse(head, refused, body_read=True)
             self._after_refusal()
             return
         if named:
@@ -166,15 +171,12 @@ class PolicySteps:
         operation = self._operation()
         problem = hex_name_problem(operation, "", body)
         if problem is not None:
-            raise Refusal(400, f"dockgate: {problem}")
+            raise Refusal(400, problem)
         if operation not in REFERENCING:
             return []
-        try:
-            named = references(operation, body)
-        except ValueError as exc:
-            raise Refusal(400, f"dockgate: {exc}") from None
+        named = references(operation, body)  # ValueError: unreadable, refused by the caller
         if len(named) > MAX_REFERENCES:
-            raise Refusal(400, f"dockgate: a body may name at most {MAX_REFERENCES} objects")
+            raise Refusal(400, f"a body may name at most {MAX_REFERENCES} objects")
         return named
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
