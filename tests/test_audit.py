@@ -31,10 +31,10 @@ from dockgate.audit import (
     body_details,
     format_time,
     open_audit_log,
-    query_value,
     render,
     target_object,
 )
+from dockgate.http.query import query_value
 from dockgate.logsink import LineSink, open_sink
 from dockgate.routes import identify
 from support.clients import Cleanup

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Final, TypeAlias
-from urllib.parse import unquote_plus
 
 from dockgate.body.gojson import MISSING, GoObject, Struct, parse, scalar, slice_, struct
+from dockgate.http.query import query_value
 from dockgate.logsink import LineSink, open_sink
 from dockgate.routes import RouteMatch
 
@@ -172,21 +171,6 @@ def open_audit_log(target: str) -> AuditLog:
 # ----- the object of a request ------------------------------------------------------------------
 
 _OBJECT_PARAMS = ("id", "name")  # the spec's path variables naming the target object
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-def query_value(query: str, key: str) -> str | None:
-    """The first value of `key` in `query`, parsed as Go's ``url.ParseQuery`` (what the daemon's
-    ``r.FormValue`` sees): pairs split on ``&``, a pair with ``;`` or a bad %-escape skipped."""
-    if query.startswith("?"):
-        query = query[1:]
-    for pair in query.split("&"):
-        if not pair or ";" in pair or _BAD_ESCAPE.search(pair):
-            continue
-        raw_key, _, raw_value = pair.partition("=")
-        if unquote_plus(raw_key, errors="replace") == key:
-            return unquote_plus(raw_value, errors="replace")
-    return None
 
 
 def target_object(match: RouteMatch | None, query: str) -> str | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
 from dockgate.body import gojson
+from dockgate.http.query import query_value
 
 OWNER_LABEL = "io.dockgate.owner"
 
@@ -377,7 +378,7 @@ def plan(operation: str, template: str, raw_target: str, path: str, owner: str) 
         return Refuse(400, f"dockgate: {exc}")
     if operation in QUERY_REFERENCES:
         parameter = QUERY_REFERENCES[operation]
-        value = _first(query, parameter)
+        value = query_value(query, parameter)
         if not value:
             return None
         return LookUp(
@@ -396,7 +397,7 @@ def plan(operation: str, template: str, raw_target: str, path: str, owner: str) 
 def _build_plan(target: str) -> Plan:
     """A build's `networkmode` may name a network or `container:X`: someone else's is refused
     (403, as for body references), the caller's is pinned to its full ID."""
-    mode = _first(target.partition("?")[2], "networkmode")
+    mode = query_value(target.partition("?")[2], "networkmode")
     if not mode or mode in PREDEFINED_NETWORKS:
         return target
     if mode.startswith("container:"):
@@ -409,11 +410,6 @@ def _build_plan(target: str) -> Plan:
         lambda full_id: _with_parameter(target, "networkmode", prefix + full_id),
         status=403,
     )
-
-
-def _first(query: str, key: str) -> str | None:
-    """The first value of `key`, as the daemon's r.Form.Get reads it."""
-    return next((v for k, v in parse_qsl(query, keep_blank_values=True) if k == key), None)
 
 
 def _with_parameter(raw_target: str, key: str, value: str) -> str:

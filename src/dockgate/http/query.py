@@ -1,0 +1,26 @@
+"""Reading a request's query as the daemon does: Go's ``url.ParseQuery`` and ``r.FormValue``.
+
+Python's ``parse_qsl`` differs from Go on the pairs that matter for a check: it splits on ``;``
+too in older versions, and decodes a bad %-escape where Go drops the pair. A value the gateway
+judges or looks up must be the value the daemon will use."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_plus
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def query_value(query: str, key: str) -> str | None:
+    """The first value of `key` in `query`, parsed as Go's ``url.ParseQuery`` (what the daemon's
+    ``r.FormValue`` sees): pairs split on ``&``, a pair with ``;`` or a bad %-escape skipped."""
+    if query.startswith("?"):
+        query = query[1:]
+    for pair in query.split("&"):
+        if not pair or ";" in pair or _BAD_ESCAPE.search(pair):
+            continue
+        raw_key, _, raw_value = pair.partition("=")
+        if unquote_plus(raw_key, errors="replace") == key:
+            return unquote_plus(raw_value, errors="replace")
+    return None
