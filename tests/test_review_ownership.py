@@ -444,8 +444,11 @@ def test_network_reference_resolves_to_someone_elses_network_at_start(
     bob_net = f"dgt-rev-bobpfx-{_suffix()}"
     bob_id = _network(bob, bob_net, leftovers)
     decoy = bob_id[:12]
-    status, _ = alice.call("POST", "/v1.41/networks/create", {"Name": decoy})
+    status, answer = alice.call("POST", "/v1.41/networks/create", {"Name": decoy})
     assert status == 400
+    # One prefix, the operation once: "dockgate: NetworkCreate: ... hex ...".
+    message = answer["message"]
+    assert message.startswith("dockgate: NetworkCreate: ") and message.count("dockgate:") == 1
     assert daemon.docker("network", "inspect", bob_net, check=False).returncode == 0
 
 
