@@ -21,6 +21,7 @@ import pytest
 from support.clients import Cleanup, DirectEndpoint, DockerCLI, DockerPopen, GatewayLike
 from support.daemon import PrivateDaemon, free_tcp_port, run_docker
 from support.gateway import Gateway, running
+from support.image import build_dockgate_image
 from support.procs import stop_process
 
 DIRECT = os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0")
@@ -50,6 +51,12 @@ def daemon() -> Iterator[PrivateDaemon]:
 def busybox_image(daemon: PrivateDaemon) -> str:
     """Tag of a tiny image imported from the host's static busybox."""
     return daemon.make_busybox_image()
+
+
+@pytest.fixture(scope="session")
+def dockgate_image(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """dockgate's container image, built on `daemon` from the repository's Dockerfile."""
+    return build_dockgate_image(daemon, tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture(scope="session")

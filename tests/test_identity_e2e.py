@@ -21,7 +21,7 @@ import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,17 +71,6 @@ READ_ONLY_CREATE = "dockgate: ContainerCreate denied by policy containers-read-o
 
 def basic(user: str, password: str | None = None) -> str:
     return basic_header(user, PASSWORDS[user] if password is None else password)
-
-
-def docker_cli(
-    url: str,
-    tmp: pathlib.Path,
-    *args: str,
-    headers: Mapping[str, str] | None = None,
-    cert_path: pathlib.Path | None = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    return remote_docker(url, tmp, *args, headers=headers, cert_path=cert_path, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -378,7 +367,7 @@ def test_same_run_is_allowed_for_alice_and_denied_for_bob(
     bob = {"Authorization": basic("bob")}
     name = cleanup.container(unique("alice-run"))
     proc = ok(
-        docker_cli(
+        remote_docker(
             basic_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image,
             "echo", f"alice-{RUN}", headers=alice,
         )
@@ -386,7 +375,7 @@ def test_same_run_is_allowed_for_alice_and_denied_for_bob(
     assert proc.stdout.strip() == f"alice-{RUN}"
 
     name = cleanup.container(unique("bob-run"))
-    proc = docker_cli(
+    proc = remote_docker(
         basic_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image, "true",
         headers=bob,
     )  # fmt: skip
@@ -395,7 +384,8 @@ def test_same_run_is_allowed_for_alice_and_denied_for_bob(
 
     for headers in (alice, bob):
         assert (
-            "CONTAINER ID" in ok(docker_cli(basic_gw.url, tmp_path, "ps", headers=headers)).stdout
+            "CONTAINER ID"
+            in ok(remote_docker(basic_gw.url, tmp_path, "ps", headers=headers)).stdout
         )
     wait_access_log(
         basic_gw.gw,
@@ -411,7 +401,7 @@ def test_same_run_is_allowed_for_alice_and_denied_for_bob(
 def test_user_without_binding_gets_403(basic_gw: Served, tmp_path: pathlib.Path, user: str) -> None:
     """A valid user no binding names is refused. `ci` and `cert-alice` are bound, but as a token
     name and as a certificate: a Basic user of the same name is not them."""
-    proc = docker_cli(basic_gw.url, tmp_path, "ps", headers={"Authorization": basic(user)})
+    proc = remote_docker(basic_gw.url, tmp_path, "ps", headers={"Authorization": basic(user)})
     refused(proc, f"dockgate: no policy is bound to user {user}")
     reply = raw_request(basic_gw.port, "GET", "/_ping", [("Authorization", basic(user))])
     assert reply.status == 403
@@ -442,9 +432,9 @@ def test_tokens_get_the_policy_of_their_binding(
     (identity deployer) by `users: [deployer]` to read-only."""
     token = creds.ci_token if which == "ci" else creds.deploy_token
     headers = {"Authorization": f"Bearer {token}"}
-    ok(docker_cli(basic_gw.url, tmp_path, "ps", headers=headers))
+    ok(remote_docker(basic_gw.url, tmp_path, "ps", headers=headers))
     name = cleanup.container(unique(f"token-{which}"))
-    proc = docker_cli(
+    proc = remote_docker(
         basic_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image,
         "echo", f"token-{RUN}", headers=headers,
     )  # fmt: skip
@@ -472,7 +462,7 @@ def test_token_identity_is_not_its_name(
     """Token `impostor` has the identity `ci`; `tokens: [ci]` names the token called ci, so the
     impostor gets no policy."""
     headers = {"Authorization": f"Bearer {creds.impostor_token}"}
-    proc = docker_cli(basic_gw.url, tmp_path, "ps", headers=headers)
+    proc = remote_docker(basic_gw.url, tmp_path, "ps", headers=headers)
     refused(proc, "dockgate: no policy is bound to token impostor (ci)")
 
 
@@ -491,10 +481,12 @@ def test_client_certificates_get_the_policy_of_their_cn(
 ) -> None:
     alice, bob = pki.clients["cert-alice"], pki.clients["cert-bob"]
     for cert in (alice, bob):
-        assert "CONTAINER ID" in ok(docker_cli(tls_gw.url, tmp_path, "ps", cert_path=cert)).stdout
+        assert (
+            "CONTAINER ID" in ok(remote_docker(tls_gw.url, tmp_path, "ps", cert_path=cert)).stdout
+        )
 
     name = cleanup.container(unique("cert-alice"))
-    proc = docker_cli(
+    proc = remote_docker(
         tls_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image,
         "echo", f"cert-{RUN}", cert_path=alice,
     )  # fmt: skip
@@ -510,7 +502,7 @@ def test_client_certificates_get_the_policy_of_their_cn(
     assert "CN=cert-alice" in record["auth_detail"]
 
     name = cleanup.container(unique("cert-bob"))
-    proc = docker_cli(
+    proc = remote_docker(
         tls_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image, "true",
         cert_path=bob,
     )  # fmt: skip
@@ -521,7 +513,7 @@ def test_client_certificates_get_the_policy_of_their_cn(
 def test_certificate_without_binding_gets_403(
     tls_gw: Served, pki: Pki, tmp_path: pathlib.Path
 ) -> None:
-    proc = docker_cli(tls_gw.url, tmp_path, "ps", cert_path=pki.clients["cert-nobody"])
+    proc = remote_docker(tls_gw.url, tmp_path, "ps", cert_path=pki.clients["cert-nobody"])
     refused(proc, "dockgate: no policy is bound to certificate cert-nobody")
 
 
@@ -537,7 +529,7 @@ def test_tls_identity_dns_names_the_caller_by_its_san(
     """With --tls-identity dns, cert-bob is build.clients.test (bound to everything, where its CN
     is read-only), and cert-alice is alice.clients.test (bound to nothing)."""
     name = cleanup.container(unique("cert-dns"))
-    proc = docker_cli(
+    proc = remote_docker(
         tls_dns_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image,
         "echo", f"dns-{RUN}", cert_path=pki.clients["cert-bob"],
     )  # fmt: skip
@@ -551,7 +543,7 @@ def test_tls_identity_dns_names_the_caller_by_its_san(
         "certificate",
         "everything",
     )
-    proc = docker_cli(tls_dns_gw.url, tmp_path, "ps", cert_path=pki.clients["cert-alice"])
+    proc = remote_docker(tls_dns_gw.url, tmp_path, "ps", cert_path=pki.clients["cert-alice"])
     refused(proc, "dockgate: no policy is bound to certificate alice.clients.test")
 
 
@@ -560,7 +552,7 @@ def test_certificate_from_another_ca_fails_the_handshake(
 ) -> None:
     """Same CN as a bound certificate, wrong issuer: no TLS session, so no request at all."""
     before = len(audit_records(tls_gw.audit))
-    proc = docker_cli(tls_gw.url, tmp_path, "ps", cert_path=pki.clients["stranger"], timeout=60)
+    proc = remote_docker(tls_gw.url, tmp_path, "ps", cert_path=pki.clients["stranger"], timeout=60)
     assert proc.returncode != 0
     err = proc.stderr.lower()
     assert "tls" in err or "certificate" in err, proc.stderr
@@ -588,7 +580,7 @@ def test_group_binding_covers_a_basic_user(
     unique: Callable[[str], str],
 ) -> None:
     name = cleanup.container(unique("group-dave"))
-    proc = docker_cli(
+    proc = remote_docker(
         basic_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image,
         "echo", f"dave-{RUN}", headers={"Authorization": basic("dave")},
     )  # fmt: skip
@@ -605,7 +597,7 @@ def test_group_binding_covers_a_certificate(
     unique: Callable[[str], str],
 ) -> None:
     name = cleanup.container(unique("group-cert"))
-    proc = docker_cli(
+    proc = remote_docker(
         tls_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image,
         "echo", f"ops-{RUN}", cert_path=pki.clients["cert-ops"],
     )  # fmt: skip
@@ -633,10 +625,10 @@ def test_anonymous_binding_allows_only_probes(
             "dockgate: ContainerList denied by policy probes (no rule allows it)"
         )
         # The real client: `docker version` needs only the probes, `docker ps` does not.
-        proc = ok(docker_cli(gw.url, tmp_path, "version", "--format", "{{.Server.APIVersion}}"))
+        proc = ok(remote_docker(gw.url, tmp_path, "version", "--format", "{{.Server.APIVersion}}"))
         assert proc.stdout.strip() == version.json()["ApiVersion"]
         refused(
-            docker_cli(gw.url, tmp_path, "ps"),
+            remote_docker(gw.url, tmp_path, "ps"),
             "dockgate: ContainerList denied by policy probes (no rule allows it)",
         )
         # Wrong credentials are not anonymous: they stay a 401.
@@ -663,7 +655,7 @@ def test_without_anonymous_binding_callers_are_asked_for_credentials(
     assert ping.status_code == 401
     assert ping.headers["WWW-Authenticate"].startswith('Basic realm="dockgate"')
     assert ping.json()["message"] == "dockgate: authentication required"
-    proc = docker_cli(basic_gw.url, tmp_path, "ps")
+    proc = remote_docker(basic_gw.url, tmp_path, "ps")
     assert proc.returncode != 0
     assert "dockgate: authentication required" in proc.stderr
 
@@ -711,13 +703,13 @@ def test_failed_logins_throttle_the_source(
         )
         # Other users from the same address too, and the CLI shows why.
         assert _ping(gw, basic("bob")).status_code == 429
-        proc = docker_cli(gw.url, tmp_path, "ps", headers={"Authorization": basic("alice")})
+        proc = remote_docker(gw.url, tmp_path, "ps", headers={"Authorization": basic("alice")})
         assert proc.returncode != 0
         assert "too many failed attempts" in proc.stderr
         time.sleep(max(0.0, throttled_at + retry_after + 0.3 - time.monotonic()))
         reply = _ping(gw, basic("alice"))
         assert reply.status_code == 200, reply.text
-        ok(docker_cli(gw.url, tmp_path, "ps", headers={"Authorization": basic("alice")}))
+        ok(remote_docker(gw.url, tmp_path, "ps", headers={"Authorization": basic("alice")}))
 
 
 def test_failed_logins_throttle_the_user(daemon: PrivateDaemon, creds: Credentials) -> None:
@@ -786,7 +778,7 @@ def test_secrets_never_reach_the_logs(
     )
 
     # A container's environment: the audit record keeps the names only.
-    proc = docker_cli(
+    proc = remote_docker(
         basic_gw.url, tmp_path, "run", "--rm", "-e", f"DGT_SECRET={ENV_SECRET}", busybox_image,
         "sh", "-c", 'test -n "$DGT_SECRET"', headers={"Authorization": basic("alice")},
     )  # fmt: skip
@@ -913,7 +905,7 @@ def test_audit_records_create_and_exec(
 ) -> None:
     alice = {"Authorization": basic("alice")}
     name = cleanup.container(unique("audit-run"))
-    proc = docker_cli(
+    proc = remote_docker(
         basic_gw.url, tmp_path, "run", "--name", name, busybox_image, "echo", "hi",
         headers=alice,
     )  # fmt: skip
@@ -946,7 +938,7 @@ def test_audit_records_create_and_exec(
     sleeper = cleanup.container(unique("audit-exec"))
     daemon.docker("run", "-d", "--name", sleeper, busybox_image, "sleep", "60")
     marker = f"exec-{RUN}"
-    proc = docker_cli(basic_gw.url, tmp_path, "exec", sleeper, "echo", marker, headers=alice)
+    proc = remote_docker(basic_gw.url, tmp_path, "exec", sleeper, "echo", marker, headers=alice)
     assert ok(proc).stdout.strip() == marker
     exec_create = wait_audit(
         basic_gw.audit, lambda r: r["operation"] == "ContainerExec" and r.get("object") == sleeper
@@ -975,7 +967,7 @@ def test_audit_records_denials(
     unique: Callable[[str], str],
 ) -> None:
     name = cleanup.container(unique("audit-deny"))
-    proc = docker_cli(
+    proc = remote_docker(
         basic_gw.url, tmp_path, "create", "--name", name, busybox_image, "true",
         headers={"Authorization": basic("bob")},
     )  # fmt: skip
@@ -1111,7 +1103,7 @@ def test_binding_sources_apply_to_their_clients_only(
     """The docker CLI behind a (pretend) proxy: config.json adds X-Forwarded-For."""
     headers = {"Authorization": basic(user), "X-Forwarded-For": address}
     name = cleanup.container(unique("source"))
-    proc = docker_cli(
+    proc = remote_docker(
         sources_gw.url, tmp_path, "run", "--rm", "--name", name, busybox_image,
         "echo", f"from-{address}", headers=headers,
     )  # fmt: skip
@@ -1119,7 +1111,7 @@ def test_binding_sources_apply_to_their_clients_only(
         assert ok(proc).stdout.strip() == f"from-{address}"
     elif outcome == "read-only":
         refused(proc, READ_ONLY_CREATE)
-        ok(docker_cli(sources_gw.url, tmp_path, "ps", headers=headers))
+        ok(remote_docker(sources_gw.url, tmp_path, "ps", headers=headers))
     else:
         refused(proc, f"dockgate: no policy is bound to user {user} from {address}")
     if outcome != "run":
@@ -1141,7 +1133,7 @@ def test_deny_source_refuses_a_direct_client(deny_gw: Gateway, tmp_path: pathlib
     for headers in ([], [("X-Forwarded-For", "127.0.0.2")]):
         reply = raw_request(deny_gw.port, "GET", "/_ping", headers)
         assert (reply.status, reply.message) == (403, message)
-    refused(docker_cli(deny_gw.url, tmp_path, "ps"), message)
+    refused(remote_docker(deny_gw.url, tmp_path, "ps"), message)
     reply = raw_request(deny_gw.port, "GET", "/_ping", source="127.0.0.2")
     assert (reply.status, reply.body) == (200, b"OK")
 
@@ -1324,7 +1316,7 @@ def test_credential_files_are_reloaded(daemon: PrivateDaemon, tmp_path: pathlib.
         assert _ping(gw, frank).status_code == 401
         write_htpasswd(htpasswd, {**users, "frank": f"frank-{RUN}"})
         assert _wait_status(gw, frank, 200) <= RELOAD_LIMIT_SECONDS
-        ok(docker_cli(gw.url, tmp_path, "ps", headers={"Authorization": frank}))
+        ok(remote_docker(gw.url, tmp_path, "ps", headers={"Authorization": frank}))
 
         # A keep-alive connection that authenticated frank before is not trusted after.
         with KeepAlive(gw.port) as conn:
@@ -1332,7 +1324,7 @@ def test_credential_files_are_reloaded(daemon: PrivateDaemon, tmp_path: pathlib.
             write_htpasswd(htpasswd, users)
             assert _wait_status(gw, frank, 401) <= RELOAD_LIMIT_SECONDS
             assert conn.status("GET", "/_ping", [("Authorization", frank)]) == 401
-        proc = docker_cli(gw.url, tmp_path, "ps", headers={"Authorization": frank})
+        proc = remote_docker(gw.url, tmp_path, "ps", headers={"Authorization": frank})
         assert proc.returncode != 0 and "dockgate: invalid credentials" in proc.stderr
 
         # A file that no longer loads keeps the previous contents, with one line saying so.
