@@ -40,7 +40,9 @@ APT_PACKAGES=(
     docker.io        # dockerd (the real daemon the tests run privately), containerd, runc
     busybox-static   # /bin/busybox: the rootfs of the test image
     debootstrap      # a Debian rootfs with python3: the base of the dockgate image under test
-    util-linux       # script, umount
+    docker-compose   # brings up deploy/compose.sidecar.yml in tests/test_compose.py
+    iproute2         # ip netns + veth: the Swarm and compose tests' daemons get a network of their own
+    util-linux       # nsenter, script, umount
     tar
     ca-certificates
 )
