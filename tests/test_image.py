@@ -10,62 +10,17 @@ started as another user without the socket's group it says which --group-add to 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
-import shutil
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from support.daemon import PrivateDaemon
+from support.daemon import PrivateDaemon, free_tcp_port
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(900)]
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BASE_TAG = "dockgate-test/debian-python:bookworm"
-IMAGE_TAG = "dockgate-test/dockgate:test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def image(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("debootstrap") is None:
-        pytest.fail("debootstrap not found: scripts/test.sh installs it")
-    work = tmp_path_factory.mktemp("image")
-    if daemon.docker("image", "inspect", BASE_TAG, check=False).returncode != 0:
-        rootfs = work / "rootfs"
-        subprocess.run(
-            [
-                "debootstrap", "--variant=minbase", "--include=python3",
-                "bookworm", str(rootfs), "http://deb.debian.org/debian",
-            ],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
-        tar = subprocess.run(
-            ["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True, timeout=300
-        ).stdout
-        daemon.docker("import", "-", BASE_TAG, input=tar, timeout=300)
-    context = work / "context"
-    context.mkdir()
-    shutil.copy(REPO / "Dockerfile", context / "Dockerfile")
-    shutil.copytree(REPO / "deploy", context / "deploy")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", str(REPO), "-w", str(context / "wheels")],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    daemon.docker(
-        "build", "--build-arg", f"BASE={BASE_TAG}", "-t", IMAGE_TAG, str(context), timeout=600
-    )
-    yield IMAGE_TAG
 
 
 def _run(daemon: PrivateDaemon, image: str, *args: str) -> str:
@@ -100,11 +55,11 @@ def _wait(predicate: object, timeout: float) -> bool:
 
 
 def test_the_image_runs_unprivileged_read_only_and_healthy(
-    daemon: PrivateDaemon, image: str
+    daemon: PrivateDaemon, dockgate_image: str
 ) -> None:
-    api, admin = _free_port(), _free_port()
+    api, admin = free_tcp_port(), free_tcp_port()
     name = _run(
-        daemon, image,
+        daemon, dockgate_image,
         "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{api}",
         "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{admin}",
         "--health-cmd",
@@ -139,10 +94,12 @@ def test_the_image_runs_unprivileged_read_only_and_healthy(
 
 
 def test_another_user_without_the_socket_group_is_told_what_to_add(
-    daemon: PrivateDaemon, image: str
+    daemon: PrivateDaemon, dockgate_image: str
 ) -> None:
     group = daemon.socket_path.stat().st_gid
-    name = _run(daemon, image, "--user", "1000:1000", "-e", "DOCKGATE_LISTEN=tcp://127.0.0.1:0")
+    name = _run(
+        daemon, dockgate_image, "--user", "1000:1000", "-e", "DOCKGATE_LISTEN=tcp://127.0.0.1:0"
+    )
     try:
         assert _wait(
             lambda: not json.loads(daemon.docker("inspect", name).stdout)[0]["State"]["Running"],
@@ -150,5 +107,83 @@ def test_another_user_without_the_socket_group_is_told_what_to_add(
         )
         logs = daemon.docker("logs", name).stderr.decode()
         assert f"--group-add {group}" in logs, logs
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
+
+
+def _rewrite_unseen(path: pathlib.Path, text: str) -> None:
+    """Rewrite ``path`` in place with ``text`` of the same size and put its mtime back: the
+    file watcher's stamp (inode, size, mtime) stays as it was, so only SIGHUP can load it."""
+    before = path.stat()
+    data = text.encode()
+    assert len(data) == before.st_size
+    with path.open("r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _same_size(*texts: str) -> list[str]:
+    width = max(len(t) for t in texts)
+    return [t + "#" * (width - len(t)) + "\n" for t in texts]
+
+
+def test_sighup_to_the_container_reloads_and_a_bad_file_keeps_the_old_policy(
+    daemon: PrivateDaemon, dockgate_image: str, tmp_path: pathlib.Path
+) -> None:
+    """The single-host set-up of the README: the policy in a host directory mounted read-only;
+    edit it, then `docker kill --signal HUP`."""
+    closed, opened, broken = _same_size(
+        "version: 1\npolicies: {p: {rules: [{allow: {sections: [ping, version]}}]}}\n",
+        "version: 1\npolicies: {p: {rules: [{allow: {sections: [ping, version, containers]}}]}}\n",
+        "version: 1\npolicies: {p: {rules: [{allow: {sections: [nonsense]}}]}}\n",
+    )
+    conf = tmp_path / "conf"
+    conf.mkdir(mode=0o755)
+    policy = conf / "policy.yaml"
+    policy.write_text(closed)
+    policy.chmod(0o644)
+    api, admin = free_tcp_port(), free_tcp_port()
+    name = _run(
+        daemon, dockgate_image,
+        "-v", f"{conf}:/etc/dockgate:ro",
+        "-e", "DOCKGATE_POLICY=/etc/dockgate/policy.yaml",
+        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{api}",
+        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{admin}",
+    )  # fmt: skip
+    try:
+        assert _wait(lambda: _get(admin, "/readyz")[0] == 200, 60)
+        assert _get(api, "/v1.41/containers/json")[0] == 403
+        # A broken file, then SIGHUP: refused with the reason, the old policy stays.
+        _rewrite_unseen(policy, broken)
+        daemon.docker("kill", "--signal", "HUP", name)
+        assert _wait(lambda: "nonsense" in daemon.docker("logs", name).stderr.decode(), 10)
+        assert _get(api, "/v1.41/containers/json")[0] == 403
+        assert _get(api, "/_ping") == (200, b"OK")
+        # Unseen by the watcher, so only the signal can make this one count.
+        _rewrite_unseen(policy, opened)
+        time.sleep(3)  # longer than the watcher's interval: it must not have noticed
+        assert _get(api, "/v1.41/containers/json")[0] == 403
+        daemon.docker("kill", "--signal", "HUP", name)
+        assert _wait(lambda: _get(api, "/v1.41/containers/json")[0] == 200, 10)
+        assert json.loads(daemon.docker("inspect", name).stdout)[0]["State"]["Running"]
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
+
+
+def test_tecnativa_variables_work_in_the_image(daemon: PrivateDaemon, dockgate_image: str) -> None:
+    """docker-socket-proxy's switches, unchanged: CONTAINERS=1 opens container reads, and
+    images stay closed (as with Tecnativa's defaults)."""
+    api, admin = free_tcp_port(), free_tcp_port()
+    name = _run(
+        daemon, dockgate_image,
+        "-e", "CONTAINERS=1",
+        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{api}",
+        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{admin}",
+    )  # fmt: skip
+    try:
+        assert _wait(lambda: _get(admin, "/readyz")[0] == 200, 60)
+        status, body = _get(api, "/v1.41/containers/json")
+        assert status == 200 and isinstance(json.loads(body), list)
+        assert _get(api, "/v1.41/images/json")[0] == 403
     finally:
         daemon.docker("rm", "-f", name, check=False)
