@@ -3,8 +3,10 @@
 #
 #   python3 -m pip wheel . -w wheels/            # dockgate and its dependencies, for the base's Python
 #   docker build --build-arg BASE=debian:bookworm-slim -t dockgate .
-#   docker run -d -v /var/run/docker.sock:/var/run/docker.sock:ro --read-only \
-#       -e DOCKGATE_HTPASSWD=/run/secrets/htpasswd ... -p 2375:2375 dockgate
+#   docker run -d --read-only -v /var/run/docker.sock:/var/run/docker.sock \
+#       -v /etc/dockgate:/etc/dockgate:ro -e DOCKGATE_HTPASSWD=/etc/dockgate/htpasswd ... \
+#       -p 2375:2375 dockgate
+#   (a Swarm service on the managers: deploy/stack.yml; beside Traefik: deploy/compose.sidecar.yml)
 #
 # BASE needs python3 (3.11 for the wheels above) and nothing else; no compiler, no pip.
 ARG BASE=debian:bookworm-slim
