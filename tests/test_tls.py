@@ -10,6 +10,7 @@ import os
 import pathlib
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -358,3 +359,78 @@ def test_peer_identity_from_a_certificate_dict() -> None:
     assert peer_identity(cert, ("dns",)) == "alice.example.test"
     assert peer_identity(cert, ("uri",)) is None
     assert peer_subject(cert) == "O=x,CN=alice"
+
+
+class _MemoryTLSClient:
+    """A TLS client over a plain socket, so that the test decides what reaches the wire: here
+    a TCP FIN with no close_notify before it."""
+
+    def __init__(self, port: int, pki: Pki) -> None:
+        context = ssl.create_default_context(cafile=str(pki.cert_path / "ca.pem"))
+        context.load_cert_chain(pki.cert_path / "cert.pem", pki.cert_path / "key.pem")
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._pump()
+        self.sock.sendall(self.outgoing.read())
+
+    def _pump(self) -> bool:
+        if self.outgoing.pending:
+            self.sock.sendall(self.outgoing.read())
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.incoming.write(data)
+        return True
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.sock.sendall(self.outgoing.read())
+
+    def read_some(self) -> bytes:
+        while True:
+            try:
+                return self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                if not self._pump():
+                    return b""
+
+    def read_until_closed(self) -> bytes:
+        """Everything the server sends, until its TCP FIN (or close_notify)."""
+        got = b""
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                if not self._pump():
+                    return got
+                continue
+            except ssl.SSLZeroReturnError:
+                return got
+            if not chunk:
+                return got
+            got += chunk
+
+
+def test_a_tcp_fin_without_close_notify_is_the_clients_end(tls_gateway: Gateway, pki: Pki) -> None:
+    """A client that ends with a bare TCP FIN, no close_notify (an abrupt client): the gateway
+    takes it as the end of the client's input and closes at once, rather than keeping the
+    connection until the idle timeout."""
+    client = _MemoryTLSClient(tls_gateway.port, pki)
+    try:
+        client.send(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nOK"):
+            answer += client.read_some()
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        client.sock.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        assert client.read_until_closed() == b""  # raises on the socket's 10 s timeout
+        assert time.monotonic() - started < 5
+    finally:
+        client.sock.close()
