@@ -492,9 +492,16 @@ class TLSProtocol(asyncio.Protocol):
         inner = self._inner
         assert sslobj is not None
         assert inner is not None
+        incoming = self._incoming
         self._reading = True
         try:
             while not self.app_paused and not self._closing and not self._peer_eof:
+                if not incoming.pending and not sslobj.pending():
+                    # Nothing received is left to read: read() would only raise
+                    # SSLWantReadError, and an exception per request is measurable.
+                    if self._raw_eof:
+                        self._deliver_eof(inner)  # a TCP FIN without close_notify
+                    return
                 try:
                     chunk = sslobj.read(READ_CHUNK_BYTES)
                 except ssl.SSLWantReadError:
