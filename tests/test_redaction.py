@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import subprocess
+import time
 from collections.abc import Iterator
 
 import docker
@@ -15,6 +16,7 @@ import pytest
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.procs import stop_process
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
 
@@ -177,3 +179,144 @@ def test_an_answer_that_is_not_json_is_not_passed_on() -> None:
 
     with pytest.raises(RedactionError):
         redact_response("ContainerInspect", b"{not json", Redaction(env=True))
+
+
+# ----- the event stream -------------------------------------------------------------------------
+
+
+def _events_cli(gw: Gateway, since: str, until: str, *filters: str) -> list[dict[str, object]]:
+    out = _cli(gw, "events", "--since", since, "--until", until, "--format", "{{json .}}", *filters)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_events_lose_labels_through_the_cli_and_the_sdk(
+    daemon: PrivateDaemon, dashboard: Gateway, busybox_image: str, tmp_path: pathlib.Path
+) -> None:
+    """Container events carry the container's labels among their actor's attributes; with
+    `redact: labels` they are gone (the attributes the daemon sets itself stay), in the docker
+    CLI's stream and in the SDK's, and the same stream without redaction still has them."""
+    started = str(int(time.time()) - 1)  # unix seconds: what the SDK and the CLI both take
+    name = f"dgt-redact-ev-{os.urandom(3).hex()}"
+    daemon.docker("run", "--name", name, "--label", f"api.key={SECRET}", busybox_image, "true")
+    try:
+        ended = str(int(time.time()) + 1)
+        filters = ("--filter", f"container={name}")
+        seen = _events_cli(dashboard, started, ended, *filters)
+        assert {e["Action"] for e in seen} >= {"create", "start", "die"}, seen
+        for event in seen:
+            attributes = event["Actor"]["Attributes"]  # type: ignore[index]
+            assert "api.key" not in attributes and SECRET not in json.dumps(event)
+            assert attributes["name"] == name and attributes["image"] == busybox_image
+        die = next(e for e in seen if e["Action"] == "die")
+        assert die["Actor"]["Attributes"]["exitCode"] == "0"  # type: ignore[index]
+
+        client = docker.DockerClient(base_url=dashboard.url, version="1.41", timeout=60)
+        try:
+            sdk_events = list(
+                client.events(since=started, until=ended, filters={"container": name}, decode=True)
+            )
+        finally:
+            client.close()
+        assert len(sdk_events) == len(seen)
+        assert SECRET not in json.dumps(sdk_events)
+
+        plain_events = PLAIN_POLICY.replace("containers]", "containers, events]")
+        with running(_gateway(daemon, tmp_path, plain_events)) as plain:
+            unredacted = _events_cli(plain, started, ended, *filters)
+        assert any(
+            e["Actor"]["Attributes"].get("api.key") == SECRET  # type: ignore[index]
+            for e in unredacted
+        )
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
+
+
+def test_a_live_event_stream_is_redacted_as_it_goes(
+    daemon: PrivateDaemon, dashboard: Gateway, busybox_image: str
+) -> None:
+    """`docker events` left running: each event arrives while the stream stays open."""
+    name = f"dgt-redact-live-{os.urandom(3).hex()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env["DOCKER_HOST"] = dashboard.url
+    watcher = subprocess.Popen(
+        ["docker", "events", "--format", "{{json .}}", "--filter", f"container={name}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1)  # the stream is open before the container exists
+        daemon.docker("create", "--name", name, "--label", f"api.key={SECRET}", busybox_image)
+        assert watcher.stdout is not None
+        line = watcher.stdout.readline()  # blocks until the create event arrives
+        event = json.loads(line)
+        assert event["Action"] == "create"
+        assert event["Actor"]["Attributes"] == {"image": busybox_image, "name": name}
+        assert watcher.poll() is None  # still streaming
+    finally:
+        stop_process(watcher)
+        daemon.docker("rm", "-f", name, check=False)
+
+
+def _chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def test_event_stream_redaction_whatever_the_chunking() -> None:
+    """In process: events split across chunks, several in one chunk, fed a byte at a time; the
+    output is valid chunked framing of the same events, redacted."""
+    from dockgate.body.redact import EventStreamRedaction, Redaction  # noqa: PLC0415
+    from dockgate.http.chunked import ChunkedDecoder  # noqa: PLC0415
+
+    events = [
+        {"Type": "container", "Action": "create", "Actor": {"ID": "c1", "Attributes": {
+            "image": "busybox", "name": "web", "secret.label": "s3cret",
+            "exitCode": "s3cret"}}},  # a label named like the attribute of another action
+        {"Type": "container", "Action": "exec_start: sh -c id", "Actor": {"ID": "c1",
+            "Attributes": {"image": "busybox", "name": "web", "execID": "e1", "a": "s3cret"}}},
+        {"Type": "container", "Action": "die", "Actor": {"ID": "c1", "Attributes": {
+            "image": "busybox", "name": "web", "exitCode": "3", "secret.label": "s3cret"}}},
+        {"Type": "image", "Action": "tag", "Actor": {"ID": "i1", "Attributes": {
+            "name": "busybox:x", "maintainer": "s3cret"}}},
+        {"Type": "volume", "Action": "mount", "Actor": {"ID": "v1", "Attributes": {
+            "container": "c1", "destination": "/s3cret", "driver": "local",
+            "propagation": "", "read/write": "true"}}},
+        {"Type": "network", "Action": "connect", "Actor": {"ID": "n1", "Attributes": {
+            "container": "c1", "name": "bridge", "type": "bridge"}}},
+    ]  # fmt: skip
+    text = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    # Chunk boundaries inside events, and two events in one chunk.
+    raw = _chunked(text[:10], text[10:200], text[200:])
+    for step in (len(raw), 1, 7):
+        stream = EventStreamRedaction(Redaction(labels=True, mounts=True))
+        out = b"".join(stream.feed(raw[i : i + step]) for i in range(0, len(raw), step))
+        decoder = ChunkedDecoder()
+        pieces, rest = decoder.feed(out)
+        assert decoder.done and rest == b""
+        got = [json.loads(line) for line in b"".join(pieces).splitlines()]
+        assert b"s3cret" not in out
+        assert [e["Action"] for e in got] == [e["Action"] for e in events]
+        assert got[0]["Actor"]["Attributes"] == {"image": "busybox", "name": "web"}
+        assert got[1]["Actor"]["Attributes"]["execID"] == "e1"
+        assert got[2]["Actor"]["Attributes"]["exitCode"] == "3"
+        assert got[3]["Actor"]["Attributes"] == {"name": "busybox:x"}
+        assert got[4]["Actor"]["Attributes"] == {"container": "c1", "driver": "local"}
+        assert got[5] == events[5]  # nothing to hide in a network event
+
+
+def test_an_event_stream_that_cannot_be_redacted_is_cut() -> None:
+    from dockgate.body.redact import (  # noqa: PLC0415
+        MAX_EVENT_BYTES,
+        EventStreamRedaction,
+        Redaction,
+        RedactionError,
+    )
+
+    for raw in (
+        _chunked(b"{not json}\n"),
+        _chunked(b"[1, 2]\n"),
+        b"zz\r\n",  # not chunked framing
+        b"%x\r\n" % (MAX_EVENT_BYTES + 10) + b"{" * (MAX_EVENT_BYTES + 10),
+    ):
+        with pytest.raises(RedactionError):
+            EventStreamRedaction(Redaction(labels=True)).feed(raw)

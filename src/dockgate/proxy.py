@@ -34,7 +34,10 @@ from dockgate.body.guardrails import (
     Guardrails,
 )
 from dockgate.body.redact import (
+    REDACTED_STREAMS,
+    EventStreamRedaction,
     Redaction,
+    RedactionError,
 )
 from dockgate.errors import (
     ClientProtocolError,
@@ -142,6 +145,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._redaction: Redaction | None = None
         self._redact_head: ResponseHead | None = None
         self._redact_body: bytearray | None = None
+        # ... or the event stream, rewritten as it goes.
+        self._redact_stream: EventStreamRedaction | None = None
         self._wall_started = 0.0
         self.facts = ConnectionFacts("-", "-")
         # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
@@ -334,6 +339,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.deadline = None
         self._head = head
         self._redaction = None
+        self._redact_stream = None
         self._status = 0
         self._request_done = False
         self._response_started = False
@@ -486,6 +492,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             # Streams (events, logs, stats, export) spend their life here: relay and move on.
             try:
                 data, done = response.relay_body(data)
+                if self._redact_stream is not None:
+                    data = self._redacted_events(data)
             except UpstreamError as exc:
                 self._upstream_failed(exc)
                 return
@@ -517,9 +525,26 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     return
                 continue
             if isinstance(event, ResponseBody):
-                out.append(event.data)
+                if self._redact_stream is None:
+                    out.append(event.data)
+                    continue
+                try:
+                    out.append(self._redacted_events(event.data))
+                except UpstreamError as exc:
+                    self._upstream_failed(exc)
+                    return
             elif isinstance(event, ResponseHead):
-                if self._redaction is not None and event.status == 200:
+                if (
+                    self._redaction is not None
+                    and event.status == 200
+                    and self._operation() in REDACTED_STREAMS
+                ):
+                    if event.framing is not Framing.CHUNKED:
+                        self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
+                        return
+                    # The head goes out as it is; each event is rewritten on its way.
+                    self._redact_stream = EventStreamRedaction(self._redaction)
+                elif self._redaction is not None and event.status == 200:
                     if event.framing not in (Framing.LENGTH, Framing.CHUNKED):
                         # An answer ending at close (to HTTP/1.0): never passed unredacted.
                         self._upstream_failed(UpstreamError("cannot redact an unframed answer"))
@@ -572,6 +597,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     self._finish_exchange()
                 return
         self._write_client(out)
+
+    def _redacted_events(self, raw: bytes) -> bytes:
+        """The daemon's chunked event bytes, rewritten by the policy's redaction."""
+        stream = self._redact_stream
+        assert stream is not None
+        try:
+            return stream.feed(raw)
+        except RedactionError as exc:
+            raise UpstreamError(f"cannot redact: {exc}") from None
 
     def _write_client(self, out: list[bytes]) -> None:
         if not out:

@@ -25,6 +25,7 @@ from dockgate.body.guardrails import (
 from dockgate.body.redact import (
     REDACT_LIMIT,
     REDACTED_OPERATIONS,
+    REDACTED_STREAMS,
     Redaction,
     RedactionError,
     redact_response,
@@ -308,7 +309,11 @@ class PolicySteps:
         admission, verdict = self._admission, self._verdict
         assert admission is not None and verdict is not None
         policy = admission.policy
-        if policy is not None and policy.redaction and verdict.operation in REDACTED_OPERATIONS:
+        if (
+            policy is not None
+            and policy.redaction
+            and (verdict.operation in REDACTED_OPERATIONS or verdict.operation in REDACTED_STREAMS)
+        ):
             self._redaction = policy.redaction
         guardrails = policy.guardrails if policy is not None else None
         if self._owner is not None and (

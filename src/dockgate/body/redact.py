@@ -1,9 +1,10 @@
-"""Response redaction: what a policy hides from inspect and list answers.
+"""Response redaction: what a policy hides from inspect and list answers, and from events.
 
 A dashboard needs to see containers, not their secrets: environment variables hold passwords
 and tokens, mounts show the host's layout, labels sometimes carry credentials too. A policy's
 `redact:` says which of these to hide; the gateway reads the daemon's JSON answer whole,
-removes them, and sends the rest with a new Content-Length.
+removes them, and sends the rest with a new Content-Length. The event stream cannot be read
+whole: it is rewritten one event at a time (`EventStreamRedaction`), each event a chunk.
 
 Environment variables keep their names (`DB_PASSWORD=<redacted>`): which variables exist is
 useful to an operator, their values are the secret.
@@ -15,8 +16,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# The answers redaction applies to. Events also carry labels (as actor attributes), and are
-# not rewritten: see docs/policy.md.
+from dockgate.errors import ClientProtocolError
+from dockgate.http.chunked import ChunkedDecoder
+
+# The answers read whole to be redacted.
 REDACTED_OPERATIONS = frozenset(
     {
         "ContainerInspect",
@@ -31,6 +34,28 @@ REDACTED_OPERATIONS = frozenset(
 # a few megabytes); a larger one fails closed (502) rather than passing unredacted.
 REDACT_LIMIT = 64 * 1024 * 1024
 REDACTED = "<redacted>"
+# The streams rewritten as they go.
+REDACTED_STREAMS = frozenset({"SystemEvents"})
+# One event is a small JSON object; a line longer than this is not an event stream.
+MAX_EVENT_BYTES = 1024 * 1024
+# The actor attributes the daemon sets itself on container and image events (moby's
+# daemon/events.go and its callers): every other attribute there is one of the object's labels.
+# The daemon copies the labels in first, so a label may only hide under a name the daemon then
+# writes over (image, name), or under one of the few that belong to one action.
+_CONTAINER_ATTRIBUTES = frozenset({"image", "name"})
+_CONTAINER_ACTION_ATTRIBUTES = {
+    "die": frozenset({"exitCode", "execDuration"}),
+    "kill": frozenset({"signal"}),
+    "rename": frozenset({"oldName"}),
+    "resize": frozenset({"height", "width"}),
+    "exec_create": frozenset({"execID"}),
+    "exec_start": frozenset({"execID"}),
+    "exec_die": frozenset({"execID", "exitCode"}),
+    "exec_detach": frozenset({"execID"}),
+}
+_IMAGE_ATTRIBUTES = frozenset({"name"})
+# Volume (un)mount events say where in the container a volume is mounted.
+_MOUNT_ATTRIBUTES = frozenset({"destination", "propagation", "read/write"})
 
 
 class RedactionError(ValueError):
@@ -135,3 +160,68 @@ _WALKERS: dict[str, Callable[[dict[str, object], Redaction], None]] = {
     "TaskInspect": _task,
     "TaskList": _task,
 }
+
+
+def redact_event(event: dict[str, object], r: Redaction) -> None:
+    """One event of `GET /events`: labels (container and image events carry them among their
+    actor's attributes) and volume mount details removed."""
+    actor = _child(event, "Actor")
+    attributes = _child(actor, "Attributes") if actor is not None else None
+    if attributes is None or actor is None:
+        return
+    kind = event.get("Type")
+    kept: frozenset[str] | None = None
+    if r.labels and kind == "container":
+        # "exec_start: sh -c ..." and "health_status: healthy" carry more after the colon.
+        action = str(event.get("Action", "")).partition(":")[0]
+        kept = _CONTAINER_ATTRIBUTES | _CONTAINER_ACTION_ATTRIBUTES.get(action, frozenset())
+    elif r.labels and kind == "image":
+        kept = _IMAGE_ATTRIBUTES
+    if kept is not None:
+        attributes = {k: v for k, v in attributes.items() if k in kept}
+    if r.mounts and kind == "volume":
+        attributes = {k: v for k, v in attributes.items() if k not in _MOUNT_ATTRIBUTES}
+    actor["Attributes"] = attributes
+
+
+class EventStreamRedaction:
+    """The daemon's event stream (chunked, one JSON object a line) rewritten as it arrives:
+    chunks decoded, each complete event redacted and sent as a chunk of its own. Sans-IO:
+    `feed` takes the daemon's raw bytes and returns the client's."""
+
+    __slots__ = ("_decoder", "_partial", "_redaction")
+
+    def __init__(self, redaction: Redaction) -> None:
+        self._redaction = redaction
+        self._decoder = ChunkedDecoder()
+        self._partial = b""
+
+    def feed(self, raw: bytes) -> bytes:
+        """RedactionError for a stream that cannot be rewritten (it is then cut, never passed
+        on as it is)."""
+        try:
+            pieces, _ = self._decoder.feed(raw)
+        except ClientProtocolError as exc:
+            raise RedactionError(f"the event stream's framing: {exc.message}") from None
+        data = self._partial + b"".join(pieces) if pieces else self._partial
+        *lines, self._partial = data.split(b"\n")
+        if len(self._partial) > MAX_EVENT_BYTES:
+            raise RedactionError("an event too large to redact")
+        out = [self._chunk(line) for line in lines if line.strip()]
+        if self._decoder.done:
+            if self._partial.strip():
+                out.append(self._chunk(self._partial))  # a last event without its newline
+            self._partial = b""
+            out.append(b"0\r\n\r\n")
+        return b"".join(out)
+
+    def _chunk(self, line: bytes) -> bytes:
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError):
+            raise RedactionError("the event stream holds something that is not JSON") from None
+        if not isinstance(event, dict):
+            raise RedactionError("the event stream holds something that is not an event")
+        redact_event(event, self._redaction)
+        body = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+        return b"%x\r\n%s\r\n" % (len(body), body)
