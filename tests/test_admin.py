@@ -27,7 +27,9 @@ def _get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str]
 
 
 def _admin_port(gateway: Gateway) -> int:
-    match = re.search(r"dockgate: health on tcp://127\.0\.0\.1:(\d+)", gateway.stderr_text())
+    match = re.search(
+        r"dockgate: health and metrics on tcp://127\.0\.0\.1:(\d+)", gateway.stderr_text()
+    )
     assert match is not None, gateway.stderr_text()
     return int(match.group(1))
 

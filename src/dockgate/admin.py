@@ -1,7 +1,8 @@
-"""The admin listener: health for orchestrators, apart from the Engine API.
+"""The admin listener: health and metrics for orchestrators, apart from the Engine API.
 
 `GET /healthz` answers 200 while the process serves (liveness); `GET /readyz` answers 200 when
-the daemon answers `_ping` through the same upstream, else 503 with the reason (readiness). They
+the daemon answers `_ping` through the same upstream, else 503 with the reason (readiness);
+`GET /metrics` is the Prometheus exposition (dockgate/metrics.py). They
 live on their own listener (`--admin-listen`, loopback unless told otherwise) so that they never
 collide with the Engine API's paths, are never subject to a policy, and are never exposed by
 accident with the API. One request per connection; anything else is 404 or 405.
@@ -11,27 +12,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import cast
 
 from dockgate.addresses import Address
 from dockgate.lookup import LookupError_, get_json
+from dockgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 MAX_REQUEST_BYTES = 8 * 1024
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 
 def _answer(status: int, reason: str, body: dict[str, str], *, head_only: bool) -> bytes:
-    payload = (json.dumps(body) + "\n").encode()
+    return _raw_answer(
+        status, reason, (json.dumps(body) + "\n").encode(), "application/json", head_only=head_only
+    )
+
+
+def _raw_answer(
+    status: int, reason: str, payload: bytes, content_type: str, *, head_only: bool
+) -> bytes:
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(payload)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
     ).encode()
     return head if head_only else head + payload
 
 
 class AdminConnection(asyncio.Protocol):
-    def __init__(self, upstream: Address) -> None:
+    def __init__(self, upstream: Address, metrics: Callable[[], bytes]) -> None:
         self._upstream = upstream
+        self._metrics = metrics
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -65,12 +76,15 @@ class AdminConnection(asyncio.Protocol):
             self._timer.cancel()  # the answer may wait for the daemon (readyz)
         method, path = line[0], line[1].split(b"?", 1)[0]
         head_only = method == b"HEAD"
-        if path not in (b"/healthz", b"/readyz"):
+        if path not in (b"/healthz", b"/readyz", b"/metrics"):
             self._send(_answer(404, "Not Found", {"status": "not found"}, head_only=head_only))
         elif method not in (b"GET", b"HEAD"):
             self._send(_answer(405, "Method Not Allowed", {"status": "GET only"}, head_only=False))
         elif path == b"/healthz":
             self._send(_answer(200, "OK", {"status": "ok"}, head_only=head_only))
+        elif path == b"/metrics":
+            body = self._metrics()
+            self._send(_raw_answer(200, "OK", body, METRICS_CONTENT_TYPE, head_only=head_only))
         else:
             self._task = asyncio.get_running_loop().create_task(self._ready(head_only))
 

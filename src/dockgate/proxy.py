@@ -164,6 +164,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+        self.gateway.metrics.connections += 1
         peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             host = peer[0]
@@ -856,9 +857,28 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._close()
 
     def _log(self, note: str = "") -> None:
+        """The end of an exchange: counted for the metrics, written to the access log and,
+        when on, the audit log."""
         head = self._head
         if head is None:
             return
+        verdict = self._verdict
+        duration = time.monotonic() - self._started
+        self.gateway.metrics.record(
+            verdict.operation if verdict is not None else "-",
+            decision="-" if verdict is None else "allow" if verdict.allowed else "deny",
+            policy=(verdict.policy or "-") if verdict is not None else "-",
+            status=self._status,
+            duration=duration,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+        )
+        if self.gateway.access_log.enabled:
+            self._access_line(head, duration, note)
+        if self.gateway.audit.enabled:
+            self._audit(head)
+
+    def _access_line(self, head: RequestHead, duration: float, note: str) -> None:
         self.gateway.access_log.write(
             AccessRecord(
                 client=self.client,
@@ -868,7 +888,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 status=self._status,
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
-                duration_s=time.monotonic() - self._started,
+                duration_s=duration,
                 note=note,
                 operation=self._verdict.operation if self._verdict is not None else "-",
                 decision=self._verdict.label if self._verdict is not None else "-",
@@ -876,8 +896,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 source=self._forwarded_source(),
             )
         )
-        if self.gateway.audit.enabled:
-            self._audit(head)
 
     def _forwarded_source(self) -> str:
         admission = self._admission

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import os
 import signal
@@ -20,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvloop
 
@@ -35,6 +37,13 @@ from dockgate.auth.tokens import TokenFileError
 from dockgate.config import ServeConfig
 from dockgate.gatekeeper import Gatekeeper
 from dockgate.identity import CERTIFICATE, Identity
+from dockgate.metrics import (
+    SNAPSHOT_SECONDS,
+    Reloads,
+    RequestCounts,
+    SnapshotDirectory,
+)
+from dockgate.metrics import render as render_metrics
 from dockgate.policy.rules import PolicySet
 from dockgate.proxy import ClientConnection
 from dockgate.tls import ServerTLS, TLSConfigError, TLSProtocol, peer_identity, peer_subject
@@ -79,6 +88,9 @@ class Gateway:
         self._admin = loaded.admin
         self.connections: set[ClientConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = RequestCounts()
+        self._snapshots = loaded.snapshots
+        self._snapshot_due = 0.0
 
     def connection_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -117,7 +129,7 @@ class Gateway:
         if self._admin is not None:
             address, sock = self._admin
             upstream = self.config.upstream
-            factory = lambda: AdminConnection(upstream)  # noqa: E731
+            factory = lambda: AdminConnection(upstream, self.metrics_text)  # noqa: E731
             if address.scheme == "unix":
                 server = await self.loop.create_unix_server(factory, sock=sock)
             else:
@@ -161,13 +173,36 @@ class Gateway:
             self.config.trusted_proxies,
         )
 
+    def metrics_text(self) -> bytes:
+        """`GET /metrics` on the admin listener: this process's counts, and the other
+        workers' last snapshots."""
+        counts = RequestCounts()
+        counts.add(self._counts_now(), gauges=True)
+        if self._snapshots is not None:
+            for other, alive in self._snapshots.others(os.getpid()):
+                counts.add(other, gauges=alive)
+        watched: list[tuple[str, WatchedFile[Any]]] = self.authenticator.watched()
+        if self._policy_file is not None:
+            watched.insert(0, ("policy", self._policy_file))
+        reloads = [Reloads(name, w.generation, w.failures) for name, w in watched]
+        return render_metrics(counts, reloads, self.config.workers)
+
+    def _counts_now(self) -> RequestCounts:
+        counts = self.metrics
+        counts.open_connections = len(self.connections)
+        counts.open_tunnels = sum(1 for conn in self.connections if conn.tunnel)
+        return counts
+
     async def _sweep(self) -> None:
-        """Close connections whose request head did not arrive in time (slowloris, idle), and
-        look for a changed policy file."""
+        """Close connections whose request head did not arrive in time (slowloris, idle),
+        look for a changed policy file, and leave this worker's metrics for the others."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
             self.reload()
             now = self.loop.time()
+            if self._snapshots is not None and now >= self._snapshot_due:
+                self._snapshot_due = now + SNAPSHOT_SECONDS
+                self._snapshots.write(os.getpid(), self._counts_now())
             for conn in list(self.connections):
                 deadline = conn.deadline
                 if deadline is not None and now > deadline:
@@ -404,6 +439,8 @@ class Loaded:
     # The policy file, watched: a change (or SIGHUP) loads it again; None without a file
     # (policies from variables change with a restart).
     policy_file: WatchedFile[PolicySet] | None = None
+    # With several workers: where each leaves its metrics for the one that answers a scrape.
+    snapshots: SnapshotDirectory | None = None
 
 
 def check_log_files(config: ServeConfig) -> None:
@@ -454,11 +491,16 @@ def run(
         if config.audit_log != "off":
             print(f"dockgate: audit log to {config.audit_log}", file=sys.stderr, flush=True)
         if admin is not None:
-            print(f"dockgate: health on {admin[0]}", file=sys.stderr, flush=True)
+            print(f"dockgate: health and metrics on {admin[0]}", file=sys.stderr, flush=True)
         if config.workers == 1:
             _run_worker(config, listeners, loaded)
         else:
-            _supervise(config, listeners, loaded)
+            snapshots = SnapshotDirectory.create() if admin is not None else None
+            try:
+                _supervise(config, listeners, dataclasses.replace(loaded, snapshots=snapshots))
+            finally:
+                if snapshots is not None:
+                    snapshots.remove()
     finally:
         for address, sock in [*listeners, *([admin] if admin is not None else [])]:
             sock.close()

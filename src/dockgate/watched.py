@@ -30,7 +30,8 @@ class WatchedFile(Generic[T]):
         self._stamp = file_stamp(path)
         self.value = load(path)  # errors at start are the caller's: the gateway does not start
         self._checked = time.monotonic()
-        self.generation = 0
+        self.generation = 0  # reloads that took
+        self.failures = 0  # reloads refused (the previous contents kept)
 
     def refresh(self, now: float, *, force: bool = False) -> bool:
         """Reload if the file changed (or `force`, for SIGHUP); True when the contents were
@@ -45,6 +46,7 @@ class WatchedFile(Generic[T]):
         try:
             self.value = self._load(self.path)
         except self._errors as exc:
+            self.failures += 1
             _log(f"reload of {self.path} failed, keeping the previous contents: {exc}")
             return False
         self.generation += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd
 from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens
@@ -45,6 +46,11 @@ class Authenticator:
     def tokens(self) -> Tokens | None:
         source = self._tokens
         return source.value if isinstance(source, WatchedFile) else source
+
+    def watched(self) -> list[tuple[str, WatchedFile[Any]]]:
+        """The credential files watched for changes, by kind (for the reload metrics)."""
+        named = (("htpasswd", self._htpasswd), ("tokens", self._tokens))
+        return [(name, source) for name, source in named if isinstance(source, WatchedFile)]
 
     @property
     def required(self) -> bool:
