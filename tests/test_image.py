@@ -9,12 +9,14 @@ started as another user without the socket's group it says which --group-add to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,6 +42,24 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
             raw += chunk
     head, _, body = raw.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
+
+
+@contextlib.contextmanager
+def _serving(daemon: PrivateDaemon, image: str, *args: str) -> Iterator[tuple[str, int]]:
+    """The image run with ``args``, the API and admin listeners on free loopback ports, once
+    /readyz answers; yields the container's name and the API port, removes it afterwards."""
+    api, admin = free_tcp_port(), free_tcp_port()
+    name = _run(
+        daemon, image, *args,
+        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{api}",
+        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{admin}",
+    )  # fmt: skip
+    try:
+        ready = _wait(lambda: _get(admin, "/readyz")[0] == 200, 60)
+        assert ready, daemon.docker("logs", name, check=False).stderr
+        yield name, api
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
 
 
 def _wait(predicate: object, timeout: float) -> bool:
@@ -142,16 +162,10 @@ def test_sighup_to_the_container_reloads_and_a_bad_file_keeps_the_old_policy(
     policy = conf / "policy.yaml"
     policy.write_text(closed)
     policy.chmod(0o644)
-    api, admin = free_tcp_port(), free_tcp_port()
-    name = _run(
+    with _serving(
         daemon, dockgate_image,
-        "-v", f"{conf}:/etc/dockgate:ro",
-        "-e", "DOCKGATE_POLICY=/etc/dockgate/policy.yaml",
-        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{api}",
-        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{admin}",
-    )  # fmt: skip
-    try:
-        assert _wait(lambda: _get(admin, "/readyz")[0] == 200, 60)
+        "-v", f"{conf}:/etc/dockgate:ro", "-e", "DOCKGATE_POLICY=/etc/dockgate/policy.yaml",
+    ) as (name, api):  # fmt: skip
         assert _get(api, "/v1.41/containers/json")[0] == 403
         # A broken file, then SIGHUP: refused with the reason, the old policy stays.
         _rewrite_unseen(policy, broken)
@@ -166,24 +180,12 @@ def test_sighup_to_the_container_reloads_and_a_bad_file_keeps_the_old_policy(
         daemon.docker("kill", "--signal", "HUP", name)
         assert _wait(lambda: _get(api, "/v1.41/containers/json")[0] == 200, 10)
         assert json.loads(daemon.docker("inspect", name).stdout)[0]["State"]["Running"]
-    finally:
-        daemon.docker("rm", "-f", name, check=False)
 
 
 def test_tecnativa_variables_work_in_the_image(daemon: PrivateDaemon, dockgate_image: str) -> None:
     """docker-socket-proxy's switches, unchanged: CONTAINERS=1 opens container reads, and
     images stay closed (as with Tecnativa's defaults)."""
-    api, admin = free_tcp_port(), free_tcp_port()
-    name = _run(
-        daemon, dockgate_image,
-        "-e", "CONTAINERS=1",
-        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{api}",
-        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{admin}",
-    )  # fmt: skip
-    try:
-        assert _wait(lambda: _get(admin, "/readyz")[0] == 200, 60)
+    with _serving(daemon, dockgate_image, "-e", "CONTAINERS=1") as (_, api):
         status, body = _get(api, "/v1.41/containers/json")
         assert status == 200 and isinstance(json.loads(body), list)
         assert _get(api, "/v1.41/images/json")[0] == 403
-    finally:
-        daemon.docker("rm", "-f", name, check=False)

@@ -89,18 +89,18 @@ def files(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield htpasswd, policy
 
 
+def _gateway(daemon: PrivateDaemon, files: tuple[Path, Path], *extra: str) -> Gateway:
+    htpasswd, policy = files
+    admin = ("--admin-listen", "tcp://127.0.0.1:0")
+    return Gateway(daemon.host, "--htpasswd", str(htpasswd), *admin, *extra, policy=str(policy))
+
+
 def test_requests_are_counted_as_the_clients_made_them(
     daemon: PrivateDaemon, files: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    htpasswd, policy = files
+    _, policy = files
     alice = basic_header("alice", PASSWORD)
-    with running(
-        Gateway(
-            daemon.host,
-            *("--htpasswd", str(htpasswd), "--admin-listen", "tcp://127.0.0.1:0"),
-            policy=str(policy),
-        )
-    ) as gw:
+    with running(_gateway(daemon, files)) as gw:
         admin = _admin_port(gw)
         for _ in range(3):
             assert _get(gw.port, "/_ping", alice) == 200
@@ -139,16 +139,8 @@ def test_two_workers_add_up_whichever_answers(
 ) -> None:
     """Each scrape is answered by one worker; it adds the other's snapshot to its own counts.
     One worker is stopped (SIGSTOP) while the other answers, then the other way round."""
-    htpasswd, policy = files
     alice = basic_header("alice", PASSWORD)
-    with running(
-        Gateway(
-            daemon.host,
-            *("--htpasswd", str(htpasswd), "--admin-listen", "tcp://127.0.0.1:0"),
-            *("--workers", "2"),
-            policy=str(policy),
-        )
-    ) as gw:
+    with running(_gateway(daemon, files, "--workers", "2")) as gw:
         admin = _admin_port(gw)
         deadline = time.monotonic() + 5
         while len(workers := children(gw.pid)) < 2:
