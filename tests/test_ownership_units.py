@@ -189,3 +189,30 @@ def test_a_build_gets_the_owner_label() -> None:
     assert json.loads(query["labels"]) == {"a": "b", OWNER_LABEL: "al"}
     with pytest.raises(ValueError):
         with_build_label("/build?labels=[]", "al")
+
+
+def test_checked_answers_hide_the_holder_and_other_callers_volumes() -> None:
+    from dockgate.ownership import OWNER_LABEL, Refuse, checked_answer  # noqa: PLC0415
+
+    holder = "3f2c" + "a" * 60
+    clash = json.dumps(
+        {
+            "message": f'Conflict. The container name "/web" is already in use by container '
+            f'"{holder}". You have to remove (or rename) that container to be able to reuse '
+            "that name."
+        }
+    ).encode()
+    out = checked_answer("ContainerCreate", 409, clash, "alice")
+    assert isinstance(out, bytes) and holder not in out.decode()
+    assert "already in use by another container. You have to remove" in json.loads(out)["message"]
+
+    bobs = json.dumps({"Name": "data", "Labels": {OWNER_LABEL: "bob"}}).encode()
+    assert checked_answer("VolumeCreate", 201, bobs, "alice") == Refuse(
+        409, "dockgate: a volume named 'data' exists and is not yours"
+    )
+    assert checked_answer("VolumeCreate", 201, bobs, "bob") == bobs
+    unlabelled = json.dumps({"Name": "data", "Labels": None}).encode()
+    assert isinstance(checked_answer("VolumeCreate", 201, unlabelled, "bob"), Refuse)
+    for bad in (b"not json", b"[1]"):
+        with pytest.raises((ValueError, TypeError)):
+            checked_answer("VolumeCreate", 201, bad, "bob")

@@ -537,28 +537,38 @@ def test_secret_update_rewrites_the_owner_label(alice: Api, bob: Api, swarm: Pri
 # ----- 6. what a caller learns about other callers' objects --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, documented: a name clash answers 409 with the other caller's container ID, "
-    "and VolumeCreate with an existing name returns that volume (the daemon's own answers)",
-)
-def test_creates_reveal_someone_elses_objects(
+def test_creates_do_not_reveal_someone_elses_objects(
     alice: Api, bob: Api, busybox_image: str, leftovers: dict[str, list[str]]
 ) -> None:
+    """Fixed: a name clash answered 409 with the other caller's container ID, and VolumeCreate
+    with an existing name returned that volume (the daemon's own answers). Now the clash's
+    message names no ID, and someone else's volume is a 409."""
     name = f"dgt-rev-bobname-{_suffix()}"
     leftovers["container"].append(name)
     bob_id = _create(bob, name, busybox_image, "true")
     volume = f"dgt-rev-bobv-{_suffix()}"
     leftovers["volume"].append(volume)
     assert bob.call("POST", "/v1.41/volumes/create", {"Name": volume})[0] == 201
-    _, answer = alice.call(
+    status, answer = alice.call(
         "POST", f"/v1.41/containers/create?name={name}", {"Image": busybox_image}
     )
+    assert status == 409 and "by another container" in answer["message"], answer
+    assert bob_id not in json.dumps(answer) and bob_id[:12] not in json.dumps(answer)
     status_v, answer_v = alice.call("POST", "/v1.41/volumes/create", {"Name": volume})
-    assert bob_id not in json.dumps(answer), answer
-    assert not (
-        status_v == 201 and (answer_v.get("Labels") or {}).get("io.dockgate.owner") == "bob"
-    ), answer_v
+    assert status_v == 409, answer_v
+    assert answer_v == {"message": f"dockgate: a volume named {volume!r} exists and is not yours"}
+    # Her own volume, created again, is hers as before (the daemon's idempotent answer).
+    mine = f"dgt-rev-alicev-{_suffix()}"
+    leftovers["volume"].append(mine)
+    for _ in range(2):
+        status_m, answer_m = alice.call("POST", "/v1.41/volumes/create", {"Name": mine})
+        assert status_m == 201 and answer_m["Name"] == mine
+    # Renaming onto bob's name: the same clash, the same silence about his container.
+    own = f"dgt-rev-aliceown-{_suffix()}"
+    leftovers["container"].append(own)
+    _create(alice, own, busybox_image, "true")
+    status_r, answer_r = alice.call("POST", f"/v1.41/containers/{own}/rename?name={name}")
+    assert status_r == 409 and bob_id not in json.dumps(answer_r), answer_r
 
 
 # ----- 7. the proxy flow -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ filters are written into requests, how targets are rewritten. The daemon look-up
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
@@ -426,3 +427,35 @@ def is_form_body(content_type: bytes | None) -> bool:
         return False
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/x-www-form-urlencoded"
+
+
+# ----- the daemon's answers that would show another caller's objects ----------------------------
+
+# The daemon's answers read whole in ownership mode, by status and operation: a name clash names
+# the container that holds the name; creating a volume whose name exists returns that volume.
+CHECKED_ANSWERS = frozenset(
+    {(409, "ContainerCreate"), (409, "ContainerRename"), (201, "VolumeCreate")}
+)
+# `... is already in use by container "3f2c...". You have to remove ...` (moby's nameConflict).
+_HOLDER_ID = re.compile(r'by container \\?"?[0-9a-f]{64}\\?"?')
+
+
+def checked_answer(operation: str, status: int, body: bytes, owner: str) -> bytes | Refuse:
+    """One of `CHECKED_ANSWERS`, made safe to show `owner`: the clash's message without the
+    holder's ID (its name is what the caller asked for; which container holds it is not the
+    caller's business), or, for a volume that is someone else's, a 409 in place of the
+    volume. ValueError or TypeError for an answer that is not the JSON the daemon sends."""
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise TypeError(f"the daemon's {operation} answer is not a JSON object")
+    if status == 409:
+        message = document.get("message")
+        if isinstance(message, str):
+            document["message"] = _HOLDER_ID.sub("by another container", message)
+        return json.dumps(document).encode() + b"\n"
+    labels = document.get("Labels")
+    holder = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
+    if holder != owner:
+        name = document.get("Name")
+        return Refuse(409, f"dockgate: a volume named {name!r} exists and is not yours")
+    return body

@@ -141,10 +141,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._owner: str | None = None
         self._deferred: list[RequestEvent] | None = None
         self._lookup_task: asyncio.Task[None] | None = None
-        # Response redaction: what the policy hides, and the answer being read whole for it.
+        # Response redaction: what the policy hides, and the answer being read whole for it
+        # (or, in ownership mode, to hide another caller's object).
         self._redaction: Redaction | None = None
-        self._redact_head: ResponseHead | None = None
-        self._redact_body: bytearray | None = None
+        self._answer_head: ResponseHead | None = None
+        self._answer_body: bytearray | None = None
         # ... or the event stream, rewritten as it goes.
         self._redact_stream: EventStreamRedaction | None = None
         self._wall_started = 0.0
@@ -498,8 +499,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             except UpstreamError as exc:
                 self._upstream_failed(exc)
                 return
-            if self._redact_body is not None:
-                self._collect_for_redaction(data, done)
+            if self._answer_body is not None:
+                self._collect_answer(data, done)
                 return
             if data:
                 self._bytes_out += len(data)
@@ -516,13 +517,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # single system call.
         out: list[bytes] = []
         for event in events:
-            if self._redact_body is not None:
+            if self._answer_body is not None:
                 if isinstance(event, ResponseBody):
-                    self._collect_for_redaction(event.data, done=False)
-                    if self._redact_body is None:
+                    self._collect_answer(event.data, done=False)
+                    if self._answer_body is None:
                         return  # too large: the exchange has failed
                 elif isinstance(event, EndOfResponse):
-                    self._collect_for_redaction(b"", done=True)
+                    self._collect_answer(b"", done=True)
                     return
                 continue
             if isinstance(event, ResponseBody):
@@ -545,14 +546,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                         return
                     # The head goes out as it is; each event is rewritten on its way.
                     self._redact_stream = EventStreamRedaction(self._redaction)
-                elif self._redaction is not None and event.status == 200:
+                elif self._holds_answer(event.status):
                     if event.framing not in (Framing.LENGTH, Framing.CHUNKED):
-                        # An answer ending at close (to HTTP/1.0): never passed unredacted.
+                        # An answer ending at close (to HTTP/1.0): never passed unchecked.
                         self._upstream_failed(UpstreamError("cannot redact an unframed answer"))
                         return
-                    # Held back: the answer goes out redacted, with a new Content-Length.
-                    self._redact_head = event
-                    self._redact_body = bytearray()
+                    # Held back: the answer goes out rewritten, with a new Content-Length.
+                    self._answer_head = event
+                    self._answer_body = bytearray()
                     self._status = event.status
                     self._response_started = True
                     continue

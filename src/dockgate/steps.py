@@ -30,7 +30,13 @@ from dockgate.body.redact import (
     RedactionError,
     redact_response,
 )
-from dockgate.errors import ClientProtocolError, GatewayError, UpstreamError, describe_error
+from dockgate.errors import (
+    ClientProtocolError,
+    GatewayError,
+    UpstreamError,
+    describe_error,
+    error_response,
+)
 from dockgate.gatekeeper import Verdict
 from dockgate.http.chunked import ChunkedDecoder
 from dockgate.http.request import (
@@ -45,6 +51,7 @@ from dockgate.http.request import (
 from dockgate.http.response import Framing, ResponseHead
 from dockgate.lookup import find
 from dockgate.ownership import (
+    CHECKED_ANSWERS,
     MAX_REFERENCES,
     OWNED_CREATES,
     REFERENCING,
@@ -52,6 +59,7 @@ from dockgate.ownership import (
     Kind,
     LookUp,
     Refuse,
+    checked_answer,
     hex_name_problem,
     references,
     with_owner_label,
@@ -84,8 +92,8 @@ class PolicySteps:
         _held_guardrails: Guardrails | None
         _capture: bytearray | None
         _redaction: Redaction | None
-        _redact_head: ResponseHead | None
-        _redact_body: bytearray | None
+        _answer_head: ResponseHead | None
+        _answer_body: bytearray | None
         _request_done: bool
         _response_started: bool
         _bytes_in: int
@@ -342,30 +350,49 @@ class PolicySteps:
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _collect_for_redaction(self, data: bytes, done: bool) -> None:
-        body, head = self._redact_body, self._redact_head
+    def _holds_answer(self, status: int) -> bool:
+        """Whether the daemon's answer is read whole before it goes out: to be redacted, or, in
+        ownership mode, so that it shows nothing of another caller's objects."""
+        operation = self._operation()
+        if self._redaction is not None and status == 200 and operation in REDACTED_OPERATIONS:
+            return True
+        return self._owner is not None and (status, operation) in CHECKED_ANSWERS
+
+    def _collect_answer(self, data: bytes, done: bool) -> None:
+        body, head = self._answer_body, self._answer_head
         assert body is not None and head is not None
         body += data
         if len(body) > REDACT_LIMIT:
-            self._redact_body = None
+            self._answer_body = None
             self._response_started = False
             self._upstream_failed(UpstreamError("the answer is too large to redact"))
             return
         if not done:
             return
-        self._redact_body = self._redact_head = None
+        self._answer_body = self._answer_head = None
         raw = bytes(body)
         try:
             if head.framing is Framing.CHUNKED:
                 pieces, _ = ChunkedDecoder().feed(raw)
                 raw = b"".join(pieces)
-            redaction = self._redaction
-            assert redaction is not None
-            rewritten = redact_response(self._operation(), raw, redaction)
-        except (RedactionError, ClientProtocolError) as exc:
+            rewritten = self._rewritten_answer(head, raw)
+        except (RedactionError, ClientProtocolError, ValueError, TypeError) as exc:
             self._response_started = False
             message = exc.message if isinstance(exc, ClientProtocolError) else str(exc)
             self._upstream_failed(UpstreamError(f"cannot redact: {message}"))
+            return
+        if isinstance(rewritten, Refuse):
+            # The daemon changed nothing (an existing volume is returned as it is): answer as
+            # if the name were taken.
+            request = self._head
+            assert request is not None
+            self._status = rewritten.status
+            answer = error_response(
+                rewritten.status, rewritten.message, close=not request.keep_alive
+            )
+            self._write_client([answer])
+            self._bytes_out -= answer.index(b"\r\n\r\n") + 4  # the log counts body bytes only
+            self._finish_exchange()
             return
         head_bytes = with_content_length(head.raw, len(rewritten))
         if self._head is not None and not self._head.keep_alive and head.keep_alive:
@@ -373,3 +400,10 @@ class PolicySteps:
         self._bytes_out -= len(head_bytes)  # the log counts body bytes only
         self._write_client([head_bytes, rewritten])
         self._finish_exchange()
+
+    def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refuse:
+        operation = self._operation()
+        if self._redaction is not None and operation in REDACTED_OPERATIONS:
+            return redact_response(operation, raw, self._redaction)
+        assert self._owner is not None
+        return checked_answer(operation, head.status, raw, self._owner)
