@@ -39,6 +39,7 @@ REASONS = {
     403: b"Forbidden",
     404: b"Not Found",
     408: b"Request Timeout",
+    409: b"Conflict",
     413: b"Payload Too Large",
     429: b"Too Many Requests",
     500: b"Internal Server Error",

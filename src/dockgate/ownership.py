@@ -445,14 +445,23 @@ def checked_answer(operation: str, status: int, body: bytes, owner: str) -> byte
     holder's ID (its name is what the caller asked for; which container holds it is not the
     caller's business), or, for a volume that is someone else's, a 409 in place of the
     volume. ValueError or TypeError for an answer that is not the JSON the daemon sends."""
-    document = json.loads(body)
+    if status == 409:
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            # API versions before 1.24 get the error as plain text.
+            text = body.decode("utf-8", errors="replace")
+            return _HOLDER_ID.sub("by another container", text).encode()
+        if isinstance(document, dict) and isinstance(document.get("message"), str):
+            document["message"] = _HOLDER_ID.sub("by another container", document["message"])
+            return json.dumps(document).encode() + b"\n"
+        return _HOLDER_ID.sub("by another container", body.decode("utf-8", "replace")).encode()
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        raise ValueError(f"the daemon's {operation} answer is nested too deeply") from None
     if not isinstance(document, dict):
         raise TypeError(f"the daemon's {operation} answer is not a JSON object")
-    if status == 409:
-        message = document.get("message")
-        if isinstance(message, str):
-            document["message"] = _HOLDER_ID.sub("by another container", message)
-        return json.dumps(document).encode() + b"\n"
     labels = document.get("Labels")
     holder = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
     if holder != owner:

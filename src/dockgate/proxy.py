@@ -38,6 +38,7 @@ from dockgate.body.redact import (
     EventStreamRedaction,
     Redaction,
     RedactionError,
+    label_filter_problem,
 )
 from dockgate.errors import (
     ClientProtocolError,
@@ -374,6 +375,16 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             message = "dockgate: form-encoded bodies are not accepted"
             self._refuse(head, self._refusal(400, message))
             return
+        if policy is not None and policy.redaction.labels:
+            problem = label_filter_problem(
+                verdict.operation, head.target.partition("?")[2], policy.redaction
+            )
+            if problem is not None:
+                message = (
+                    f"dockgate: {verdict.operation} denied by policy {verdict.policy}: {problem}"
+                )
+                self._refuse(head, self._denied(403, message, "redaction", f"redaction: {problem}"))
+                return
         if policy is not None and policy.ownership:
             self._owner = admission.identity.name
             if not self._own(head, verdict):

@@ -25,9 +25,7 @@ from dockgate.body.guardrails import (
 from dockgate.body.redact import (
     REDACT_LIMIT,
     REDACTED_OPERATIONS,
-    REDACTED_STREAMS,
     Redaction,
-    RedactionError,
     redact_response,
 )
 from dockgate.errors import (
@@ -48,7 +46,7 @@ from dockgate.http.request import (
     with_content_length,
     with_target,
 )
-from dockgate.http.response import Framing, ResponseHead
+from dockgate.http.response import Framing, ResponseHead, ResponseReader
 from dockgate.lookup import find
 from dockgate.ownership import (
     CHECKED_ANSWERS,
@@ -82,7 +80,9 @@ class PolicySteps:
         gateway: Gateway
         transport: asyncio.Transport | None
         closing: bool
+        close_after_exchange: bool
         _head: RequestHead | None
+        _response: ResponseReader | None
         _verdict: Verdict | None
         _admission: Admission | None
         _owner: str | None
@@ -317,11 +317,7 @@ class PolicySteps:
         admission, verdict = self._admission, self._verdict
         assert admission is not None and verdict is not None
         policy = admission.policy
-        if (
-            policy is not None
-            and policy.redaction
-            and (verdict.operation in REDACTED_OPERATIONS or verdict.operation in REDACTED_STREAMS)
-        ):
+        if policy is not None and policy.redaction.rewrites(verdict.operation):
             self._redaction = policy.redaction
         guardrails = policy.guardrails if policy is not None else None
         if self._owner is not None and (
@@ -353,6 +349,8 @@ class PolicySteps:
     def _holds_answer(self, status: int) -> bool:
         """Whether the daemon's answer is read whole before it goes out: to be redacted, or, in
         ownership mode, so that it shows nothing of another caller's objects."""
+        if self._redaction is None and self._owner is None:
+            return False
         operation = self._operation()
         if self._redaction is not None and status == 200 and operation in REDACTED_OPERATIONS:
             return True
@@ -376,10 +374,10 @@ class PolicySteps:
                 pieces, _ = ChunkedDecoder().feed(raw)
                 raw = b"".join(pieces)
             rewritten = self._rewritten_answer(head, raw)
-        except (RedactionError, ClientProtocolError, ValueError, TypeError) as exc:
+        except Exception as exc:
             self._response_started = False
-            message = exc.message if isinstance(exc, ClientProtocolError) else str(exc)
-            self._upstream_failed(UpstreamError(f"cannot redact: {message}"))
+            message = exc.message if isinstance(exc, ClientProtocolError) else describe_error(exc)
+            self._upstream_failed(UpstreamError(f"cannot check the answer: {message}"))
             return
         if isinstance(rewritten, Refuse):
             # The daemon changed nothing (an existing volume is returned as it is): answer as
@@ -387,9 +385,13 @@ class PolicySteps:
             request = self._head
             assert request is not None
             self._status = rewritten.status
-            answer = error_response(
-                rewritten.status, rewritten.message, close=not request.keep_alive
+            response = self._response
+            close = (
+                not request.keep_alive
+                or self.close_after_exchange
+                or (response is not None and not response.keep_alive)
             )
+            answer = error_response(rewritten.status, rewritten.message, close=close)
             self._write_client([answer])
             self._bytes_out -= answer.index(b"\r\n\r\n") + 4  # the log counts body bytes only
             self._finish_exchange()

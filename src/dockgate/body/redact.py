@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from dockgate.errors import ClientProtocolError
 from dockgate.http.chunked import ChunkedDecoder
+from dockgate.http.query import query_value
 
 # The answers read whole to be redacted.
 REDACTED_OPERATIONS = frozenset(
@@ -36,6 +37,9 @@ REDACT_LIMIT = 64 * 1024 * 1024
 REDACTED = "<redacted>"
 # The streams rewritten as they go.
 REDACTED_STREAMS = frozenset({"SystemEvents"})
+# The redacted answers whose `filters` may name labels: whether anything matches `label=k=v`
+# would tell a hidden label's value without showing it.
+LABEL_FILTERED = frozenset({"ContainerList", "ServiceList", "TaskList", "SystemEvents"})
 # One event is a small JSON object; a line longer than this is not an event stream.
 MAX_EVENT_BYTES = 1024 * 1024
 # The actor attributes the daemon sets itself on container and image events (moby's
@@ -70,6 +74,30 @@ class Redaction:
 
     def __bool__(self) -> bool:
         return self.env or self.mounts or self.labels
+
+    def rewrites(self, operation: str) -> bool:
+        """Whether this redaction changes `operation`'s answers (events carry no environment)."""
+        if operation in REDACTED_STREAMS:
+            return self.labels or self.mounts
+        return operation in REDACTED_OPERATIONS and bool(self)
+
+
+def label_filter_problem(operation: str, query: str, redaction: Redaction) -> str | None:
+    """Why a request may not filter by label under `redaction` (None when it may): where labels
+    are hidden, a `label` filter would still tell their values by what it matches. Filters
+    the gateway cannot read are refused too (the daemon would answer 400 to most of them)."""
+    if not redaction.labels or operation not in LABEL_FILTERED:
+        return None
+    given = query_value(query, "filters")
+    if not given:
+        return None
+    try:
+        filters = json.loads(given)
+    except (ValueError, RecursionError):
+        return "filters that cannot be read are not accepted where labels are redacted"
+    if isinstance(filters, dict) and "label" in filters:
+        return "label filters are not accepted where labels are redacted"
+    return None
 
 
 def redact_response(operation: str, body: bytes, redaction: Redaction) -> bytes:
