@@ -320,3 +320,37 @@ def test_an_event_stream_that_cannot_be_redacted_is_cut() -> None:
     ):
         with pytest.raises(RedactionError):
             EventStreamRedaction(Redaction(labels=True)).feed(raw)
+
+
+def test_label_filters_are_refused_where_labels_are_redacted(
+    daemon: PrivateDaemon, dashboard: Gateway, victims: list[str], tmp_path: pathlib.Path
+) -> None:
+    """Whether `label=owner.token=<guess>` matches would tell a hidden label's value: refused
+    (403, with the reason) in lists and events; other filters go on; a policy that shows
+    labels takes label filters as before."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env["DOCKER_HOST"] = dashboard.url
+    probe = f"label=owner.token={SECRET}-0-" + "x" * 200
+    for args in (["ps", "-a", "--filter", probe], ["events", "--until", "1", "--filter", probe]):
+        done = subprocess.run(
+            ["docker", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode != 0, done
+        assert "label filters are not accepted where labels are redacted" in done.stderr
+    assert victims[0] in _cli(dashboard, "ps", "-a", "--filter", f"name={victims[0]}")
+    with running(_gateway(daemon, tmp_path, PLAIN_POLICY)) as plain:
+        assert victims[0] in _cli(plain, "ps", "-a", "--filter", probe)
+
+
+def test_text_409s_and_deep_answers_are_checked() -> None:
+    """API versions before 1.24 get errors as plain text; an answer nested too deeply to read
+    is refused (the connection then gets a 502), never passed on."""
+    from dockgate.ownership import checked_answer  # noqa: PLC0415
+
+    holder = "b" * 64
+    text = f'Conflict. The container name "/web" is already in use by container "{holder}".\n'
+    out = checked_answer("ContainerCreate", 409, text.encode(), "alice")
+    assert isinstance(out, bytes) and holder not in out.decode() and b"another container" in out
+    deep = b'{"Name": "v", "Labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ValueError, match="nested too deeply"):
+        checked_answer("VolumeCreate", 201, deep, "alice")
