@@ -105,14 +105,17 @@ def test_requests_are_counted_as_the_clients_made_them(
         for _ in range(3):
             assert _get(gw.port, "/_ping", alice) == 200
         assert _get(gw.port, "/_ping") == 401
+        assert _http(gw.port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         samples = scrape(admin)
+        # Malformed, before any head could be read: no operation, no decision, no policy.
+        assert requests_of(samples, operation="-", decision="-", policy="-", code="400") == 1
         ping = {"operation": "SystemPing", "policy": "pinger", "decision": "allow", "code": "200"}
         assert requests_of(samples, **ping) == 3
         # Refused before any policy looked at it: no operation, no policy.
         assert requests_of(samples, operation="-", decision="deny", policy="-", code="401") == 1
         count = samples["dockgate_request_duration_seconds_count", (("operation", "SystemPing"),)]
         assert count == 3
-        assert samples["dockgate_connections_total", ()] == 4
+        assert samples["dockgate_connections_total", ()] == 5
 
         proc = remote_docker(gw.url, tmp_path, "ps", headers={"Authorization": alice})
         assert proc.returncode != 0 and "ContainerList" in proc.stderr
@@ -149,15 +152,46 @@ def test_two_workers_add_up_whichever_answers(
         for _ in range(60):
             assert _get(gw.port, "/_ping", alice) == 200
         time.sleep(2.5)  # a snapshot a second
-        for stopped, answering in (workers, reversed(workers)):
+        for stopped in workers:
             os.kill(stopped, signal.SIGSTOP)
             try:
                 for _ in range(3):
                     assert requests_of(scrape(admin), operation="SystemPing") == 60
             finally:
                 os.kill(stopped, signal.SIGCONT)
-            del answering
             time.sleep(1.5)  # the stopped worker catches up on its snapshot
+        # More requests, scraped at once (no snapshot interval waited for), then the worker
+        # that served them killed: what a scrape showed, no later scrape shows less.
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as kept:
+            for _ in range(20):
+                kept.sendall(
+                    f"GET /_ping HTTP/1.1\r\nHost: x\r\nAuthorization: {alice}\r\n\r\n".encode()
+                )
+                assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+            seen = [requests_of(scrape(admin), operation="SystemPing") for _ in range(4)]
+            assert all(n in (60, 80) for n in seen) and seen == sorted(seen), seen
+            server_side = next(p for p in workers if _holds_connection(p, kept))
+            os.kill(server_side, signal.SIGKILL)
+        time.sleep(0.5)
+        after = [requests_of(scrape(admin), operation="SystemPing") for _ in range(4)]
+        assert min(after) >= max(seen), (seen, after)
+
+
+def _holds_connection(pid: int, conn: socket.socket) -> bool:
+    """Whether process `pid` holds the other end of `conn` (a TCP connection on loopback)."""
+    local_port = conn.getsockname()[1]
+    wanted = f":{local_port:04X}"
+    inodes = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2].endswith(wanted):  # the remote address is our client end
+            inodes.add(fields[9])
+    fds = Path(f"/proc/{pid}/fd")
+    return any(
+        os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes
+        for fd in fds.iterdir()
+        if os.readlink(fd).startswith("socket:[")
+    )
 
 
 def test_render_parses_back_and_buckets_are_cumulative() -> None:
@@ -169,7 +203,7 @@ def test_render_parses_back_and_buckets_are_cumulative() -> None:
         )  # fmt: skip
     other = RequestCounts.from_json(counts.to_json())
     counts.add(other, gauges=False)
-    text = render(counts, [], workers=2).decode()
+    text = render(counts, workers=2).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     buckets = {
         s.labels["le"]: s.value

@@ -5,8 +5,9 @@ prometheus_client only renders the exposition format when `/metrics` is scraped,
 counts handed to it (`render`). With `--workers N` every worker counts for itself and writes its
 counts to a snapshot file of its own about once a second (`SnapshotDirectory`, a directory the
 parent makes); the worker that answers a scrape adds the other workers' snapshots to its own
-live counts. Snapshots of workers that have died stay counted, so totals never go backwards;
-their gauges (open connections) do not.
+live counts, after writing its own (so that what one scrape reports, the next one still
+counts). Snapshots of workers that have died stay counted; their gauges (open connections) do
+not. What a worker counted after its last snapshot is lost if it dies.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pathlib
 import shutil
 import tempfile
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -57,6 +58,9 @@ class RequestCounts:
     # Gauges, set when a snapshot is taken or a scrape is answered.
     open_connections: int = 0
     open_tunnels: int = 0
+    # Reloads of each watched file, [ok, failed], as this process saw them: every worker
+    # reloads the same files, so workers are not added up but the highest count is taken.
+    reloads: dict[str, list[int]] = field(default_factory=dict)
 
     def record(
         self,
@@ -98,6 +102,9 @@ class RequestCounts:
         if gauges:
             self.open_connections += other.open_connections
             self.open_tunnels += other.open_tunnels
+        for name, (ok, failed) in other.reloads.items():
+            mine = self.reloads.setdefault(name, [0, 0])
+            mine[0], mine[1] = max(mine[0], ok), max(mine[1], failed)
 
     def count_of(self, operation: str) -> int:
         return sum(n for (op, *_), n in self.requests.items() if op == operation)
@@ -111,6 +118,7 @@ class RequestCounts:
                 "bytes": [self.bytes_in, self.bytes_out],
                 "connections": self.connections,
                 "open": [self.open_connections, self.open_tunnels],
+                "reloads": self.reloads,
             }
         )
 
@@ -124,16 +132,8 @@ class RequestCounts:
         counts.bytes_in, counts.bytes_out = data["bytes"]
         counts.connections = data["connections"]
         counts.open_connections, counts.open_tunnels = data["open"]
+        counts.reloads = data["reloads"]
         return counts
-
-
-@dataclass(frozen=True)
-class Reloads:
-    """A watched file's reloads, as this process saw them."""
-
-    file: str  # policy, htpasswd, tokens
-    ok: int
-    failed: int
 
 
 class SnapshotDirectory:
@@ -143,10 +143,15 @@ class SnapshotDirectory:
         self.path = path
 
     @classmethod
-    def create(cls) -> SnapshotDirectory:
-        # /dev/shm is memory, and writable even in a container with a read-only root.
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        return cls(pathlib.Path(tempfile.mkdtemp(prefix="dockgate-metrics-", dir=base)))
+    def create(cls) -> SnapshotDirectory | None:
+        """A new directory in /dev/shm (memory, and writable even in a container with a
+        read-only root), else /tmp; None when neither can have one."""
+        for base in ("/dev/shm", "/tmp"):
+            try:
+                return cls(pathlib.Path(tempfile.mkdtemp(prefix="dockgate-metrics-", dir=base)))
+            except OSError:
+                continue
+        return None
 
     def write(self, pid: int, counts: RequestCounts) -> None:
         target = self.path / f"{pid}.json"
@@ -181,9 +186,8 @@ def _alive(pid: int) -> bool:
 
 
 class _Collector(Collector):
-    def __init__(self, counts: RequestCounts, reloads: Iterable[Reloads], workers: int) -> None:
+    def __init__(self, counts: RequestCounts, workers: int) -> None:
         self._counts = counts
-        self._reloads = list(reloads)
         self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
@@ -239,13 +243,13 @@ class _Collector(Collector):
 
         reloads = CounterMetricFamily(
             "dockgate_reloads",
-            "Reloads of a watched file (on change or SIGHUP), as the answering worker saw "
-            "them; a failed one kept the previous contents.",
+            "Reloads of a watched file (on change or SIGHUP), the most any worker saw; a "
+            "failed one kept the previous contents.",
             labels=["file", "result"],
         )
-        for watched in self._reloads:
-            reloads.add_metric([watched.file, "ok"], watched.ok)
-            reloads.add_metric([watched.file, "failed"], watched.failed)
+        for name, (ok, failed) in sorted(c.reloads.items()):
+            reloads.add_metric([name, "ok"], ok)
+            reloads.add_metric([name, "failed"], failed)
         yield reloads
 
 
@@ -253,8 +257,8 @@ def _bound(value: float) -> str:
     return "+Inf" if math.isinf(value) else repr(value)
 
 
-def render(counts: RequestCounts, reloads: Iterable[Reloads], workers: int) -> bytes:
+def render(counts: RequestCounts, workers: int) -> bytes:
     """The Prometheus text exposition of `counts` (all workers' added up)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(counts, reloads, workers))
+    registry.register(_Collector(counts, workers))
     return generate_latest(registry)

@@ -812,9 +812,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._status = exc.status
             self._log(note=exc.message)
         else:
-            self.gateway.access_log.write(
-                AccessRecord(self.client, "-", "-", "-", exc.status, 0, 0, 0.0, exc.message)
-            )
+            self._log_headless(exc.status, exc.message)
         self._head = None
         self._close()
 
@@ -863,10 +861,17 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         if self.reader.started:
             transport.write(error_response(408, "dockgate: request head not received in time"))
-            self.gateway.access_log.write(
-                AccessRecord(self.client, "-", "-", "-", 408, 0, 0, 0.0, "head timeout")
-            )
+            self._log_headless(408, "head timeout")
         self._close()
+
+    def _log_headless(self, status: int, note: str) -> None:
+        """A request answered before its head could be read (malformed, or too slow)."""
+        self.gateway.metrics.record(
+            "-", decision="-", policy="-", status=status, duration=0.0, bytes_in=0, bytes_out=0
+        )
+        self.gateway.access_log.write(
+            AccessRecord(self.client, "-", "-", "-", status, 0, 0, 0.0, note)
+        )
 
     def _log(self, note: str = "") -> None:
         """The end of an exchange: counted for the metrics, written to the access log and,

@@ -39,7 +39,6 @@ from dockgate.gatekeeper import Gatekeeper
 from dockgate.identity import CERTIFICATE, Identity
 from dockgate.metrics import (
     SNAPSHOT_SECONDS,
-    Reloads,
     RequestCounts,
     SnapshotDirectory,
 )
@@ -175,22 +174,25 @@ class Gateway:
 
     def metrics_text(self) -> bytes:
         """`GET /metrics` on the admin listener: this process's counts, and the other
-        workers' last snapshots."""
+        workers' last snapshots (this one's written first, so no later scrape counts less)."""
+        own = self._counts_now()
         counts = RequestCounts()
-        counts.add(self._counts_now(), gauges=True)
+        counts.add(own, gauges=True)
         if self._snapshots is not None:
-            for other, alive in self._snapshots.others(os.getpid()):
+            pid = os.getpid()
+            self._snapshots.write(pid, own)
+            for other, alive in self._snapshots.others(pid):
                 counts.add(other, gauges=alive)
-        watched: list[tuple[str, WatchedFile[Any]]] = self.authenticator.watched()
-        if self._policy_file is not None:
-            watched.insert(0, ("policy", self._policy_file))
-        reloads = [Reloads(name, w.generation, w.failures) for name, w in watched]
-        return render_metrics(counts, reloads, self.config.workers)
+        return render_metrics(counts, self.config.workers)
 
     def _counts_now(self) -> RequestCounts:
         counts = self.metrics
         counts.open_connections = len(self.connections)
         counts.open_tunnels = sum(1 for conn in self.connections if conn.tunnel)
+        watched: list[tuple[str, WatchedFile[Any]]] = self.authenticator.watched()
+        if self._policy_file is not None:
+            watched.append(("policy", self._policy_file))
+        counts.reloads = {name: [w.generation, w.failures] for name, w in watched}
         return counts
 
     async def _sweep(self) -> None:
@@ -496,6 +498,13 @@ def run(
             _run_worker(config, listeners, loaded)
         else:
             snapshots = SnapshotDirectory.create() if admin is not None else None
+            if admin is not None and snapshots is None:
+                print(
+                    "dockgate: warning: no directory for the workers' metrics in /dev/shm or "
+                    "/tmp: each scrape shows the counts of the worker that answers it",
+                    file=sys.stderr,
+                    flush=True,
+                )
             try:
                 _supervise(config, listeners, dataclasses.replace(loaded, snapshots=snapshots))
             finally:
