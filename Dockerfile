@@ -14,11 +14,14 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE} AS build
 COPY deploy/install_wheels.py /build/install_wheels.py
 COPY wheels/ /build/wheels/
-RUN python3 /build/install_wheels.py /build/wheels /opt/dockgate/lib
+RUN python3 /build/install_wheels.py /build/wheels /opt/dockgate/lib && mkdir -p /build/run/dockgate
 
 FROM ${BASE}
 COPY --from=build /opt/dockgate /opt/dockgate
 COPY deploy/entrypoint.py /opt/dockgate/entrypoint.py
+# Where a unix listener goes (the sidecar's shared volume): the unprivileged user's, and a named
+# volume mounted here starts with this ownership. COPY rather than RUN: BASE needs no shell.
+COPY --from=build --chown=65532:65532 /build/run/ /run/
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DOCKGATE_LISTEN=tcp://0.0.0.0:2375 \

@@ -17,15 +17,30 @@ UNPRIVILEGED = 65532
 sys.path.insert(0, "/opt/dockgate/lib")
 
 
-def _socket_path() -> str | None:
-    upstream = os.environ.get("DOCKGATE_UPSTREAM") or os.environ.get("DOCKER_HOST") or ""
+def _upstream_argument(argv: list[str]) -> str | None:
+    """`--upstream X` or `--upstream=X` on the command line (which wins over variables)."""
+    for index, arg in enumerate(argv):
+        if arg == "--upstream" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--upstream="):
+            return arg.partition("=")[2]
+    return None
+
+
+def _socket_path(argv: list[str]) -> str | None:
+    upstream = (
+        _upstream_argument(argv)
+        or os.environ.get("DOCKGATE_UPSTREAM")
+        or os.environ.get("DOCKER_HOST")
+        or ""
+    )
     if upstream.startswith("unix://"):
         return upstream[len("unix://") :]
     return "/var/run/docker.sock" if not upstream else None
 
 
 def main() -> int:
-    path = _socket_path()
+    path = _socket_path(sys.argv[1:])
     group = None
     if path is not None:
         try:

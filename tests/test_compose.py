@@ -1,15 +1,17 @@
 """deploy/compose.sidecar.yml brought up with docker-compose on a private daemon in a network
-namespace of its own (compose's bridge networks need a daemon that may manage them).
+namespace of its own.
 
 Only the gateway half of the Traefik sidecar runs: there is no Traefik image without a
-registry, so a client container on the same private network makes the calls Traefik's Docker
-provider makes. Claims checked: the gateway answers discovery calls by its service name on the
-internal network, refuses what the Traefik policy does not allow, and publishes no port.
+registry, so a client container that mounts the shared volume, as Traefik does, makes the
+calls Traefik's Docker provider makes. Claims checked: the gateway answers discovery calls on
+the unix socket in the volume (environment values redacted), refuses what the Traefik policy
+does not allow, and has no network at all.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -25,24 +27,27 @@ from support.netns import NamespacedDaemon, namespaced_daemon
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
 
 PROJECT = "dgside"
-NETWORK = f"{PROJECT}_docker-api"
+VOLUME = f"{PROJECT}_dockgate-api"
+SECRET = "sidecar-env-canary"
 
 # What Traefik's Docker provider asks, then two things it must not be able to do.
 CLIENT = """
-import json, urllib.request, urllib.error
+import http.client, json, socket, sys
+class UnixHTTP(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect("/run/dockgate/dockgate.sock")
 def call(method, path, body=None):
-    req = urllib.request.Request("http://dockgate:2375" + path, method=method, data=body)
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
+    conn = UnixHTTP("docker", timeout=20)
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    return answer.status, json.load(answer)
 print(json.dumps({
     "version": call("GET", "/v1.41/version"),
     "list": call("GET", "/v1.41/containers/json"),
+    "inspect": call("GET", "/v1.41/containers/" + sys.argv[1] + "/json"),
     "create": call("POST", "/v1.41/containers/create", b'{"Image": "x"}'),
-    "exec": call("POST", "/v1.41/containers/dgside_dockgate_1/exec", b'{"Cmd": ["id"]}'),
+    "exec": call("POST", "/v1.41/containers/" + sys.argv[1] + "/exec", b'{"Cmd": ["id"]}'),
 }))
 """
 
@@ -89,28 +94,43 @@ def sidecar(daemon: PrivateDaemon, dockgate_image: str) -> Iterator[Sidecar]:
             node.docker("image", "rm", "--force", image, check=False)
 
 
-def test_traefik_calls_answered_on_the_private_network(sidecar: Sidecar) -> None:
-    proc = sidecar.node.docker(
-        "run", "--rm", "--network", NETWORK, "--user", "65532",
-        "--entrypoint", "python3", sidecar.image, "-c", CLIENT,
-        check=False, timeout=120,
-    )  # fmt: skip
+def test_traefik_calls_answered_on_the_shared_socket(sidecar: Sidecar) -> None:
+    """A container started with a secret in its environment, as the sites Traefik routes to are."""
+    site = f"dgside-site-{os.urandom(3).hex()}"
+    sidecar.node.docker("create", "--name", site, "-e", f"TOKEN={SECRET}", sidecar.image)
+    try:
+        proc = sidecar.node.docker(
+            "run", "--rm", "--network", "none", "-v", f"{VOLUME}:/run/dockgate:ro",
+            "--user", "1000", "--entrypoint", "python3", sidecar.image, "-c", CLIENT, site,
+            check=False, timeout=120,
+        )  # fmt: skip
+    finally:
+        sidecar.node.docker("rm", "-f", site, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     answers = json.loads(proc.stdout)
     assert answers["version"][0] == 200
     status, containers = answers["list"]
     assert status == 200
     assert any(f"/{PROJECT}_dockgate_1" in c["Names"] for c in containers)
+    status, inspected = answers["inspect"]
+    assert status == 200 and "TOKEN=<redacted>" in inspected["Config"]["Env"]
+    assert SECRET not in json.dumps(answers)
     for refused in ("create", "exec"):
         status, body = answers[refused]
         assert status == 403, answers
         assert body["message"].startswith("dockgate:")
 
 
-def test_the_gateway_is_not_published_and_its_network_is_internal(sidecar: Sidecar) -> None:
+def test_the_gateway_has_no_network(sidecar: Sidecar) -> None:
     state = json.loads(sidecar.node.docker("inspect", f"{PROJECT}_dockgate_1").stdout)[0]
-    assert not any(state["NetworkSettings"]["Ports"].values())
-    assert list(state["NetworkSettings"]["Networks"]) == [NETWORK]
+    assert state["HostConfig"]["NetworkMode"] == "none"
+    assert not state["NetworkSettings"]["Ports"]
     assert state["HostConfig"]["ReadonlyRootfs"] is True
-    network = json.loads(sidecar.node.docker("network", "inspect", NETWORK).stdout)[0]
-    assert network["Internal"] is True
+    # Its socket is in the volume, owned by the unprivileged user.
+    mounts = {m["Destination"]: m for m in state["Mounts"]}
+    assert mounts["/run/dockgate"]["Name"] == VOLUME
+    listing = sidecar.node.docker(
+        "run", "--rm", "-v", f"{VOLUME}:/v:ro", "--entrypoint", "python3", sidecar.image,
+        "-c", "import os; s = os.stat('/v/dockgate.sock'); print(s.st_uid, oct(s.st_mode))",
+    ).stdout.decode().split()  # fmt: skip
+    assert listing == ["65532", "0o140666"], listing

@@ -10,6 +10,7 @@ started as another user without the socket's group it says which --group-add to 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from support.daemon import PrivateDaemon, free_tcp_port
+from support.image import REPO
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(900)]
 
@@ -189,3 +191,21 @@ def test_tecnativa_variables_work_in_the_image(daemon: PrivateDaemon, dockgate_i
         status, body = _get(api, "/v1.41/containers/json")
         assert status == 200 and isinstance(json.loads(body), list)
         assert _get(api, "/v1.41/images/json")[0] == 403
+
+
+def test_the_entrypoint_finds_the_socket_the_command_line_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In process: `--upstream` on the command line wins over the variables, as in dockgate."""
+    spec = importlib.util.spec_from_file_location("entrypoint", REPO / "deploy" / "entrypoint.py")
+    assert spec is not None and spec.loader is not None
+    entrypoint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entrypoint)
+    monkeypatch.setenv("DOCKGATE_UPSTREAM", "unix:///from/env.sock")
+    assert entrypoint._socket_path(["serve"]) == "/from/env.sock"
+    assert entrypoint._socket_path(["serve", "--upstream", "unix:///a.sock"]) == "/a.sock"
+    assert entrypoint._socket_path(["serve", "--upstream=unix:///b.sock"]) == "/b.sock"
+    assert entrypoint._socket_path(["serve", "--upstream", "tcp://10.0.0.1:2375"]) is None
+    monkeypatch.delenv("DOCKGATE_UPSTREAM")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert entrypoint._socket_path(["serve"]) == "/var/run/docker.sock"

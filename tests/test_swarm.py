@@ -159,7 +159,9 @@ def test_the_stack_runs_on_the_manager_with_its_secrets_and_config(stack: Swarm)
     assert spec["UpdateConfig"]["FailureAction"] == "rollback"
     assert task["Resources"]["Limits"]["MemoryBytes"] == 256 * 1024 * 1024
     secrets = {s["SecretName"]: s["File"] for s in task["ContainerSpec"]["Secrets"]}
-    assert set(secrets) == {"dockgate_htpasswd", "dockgate_tls_cert", "dockgate_tls_key"}
+    names = ("dockgate_htpasswd", "dockgate_tls_cert", "dockgate_tls_key")
+    assert set(secrets) == {f"{name}_1" for name in names}
+    assert {f["Name"] for f in secrets.values()} == set(names)  # /run/secrets/<name>
     assert all((f["UID"], f["Mode"]) == ("65532", 0o400) for f in secrets.values())
     assert [c["ConfigName"] for c in task["ContainerSpec"]["Configs"]] == ["dockgate_policy_1"]
 

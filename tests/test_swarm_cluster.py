@@ -112,8 +112,10 @@ def test_three_managers_answer_and_two_keep_answering(cluster: Cluster) -> None:
     roles = nodes[0].docker("node", "ls", "--format", "{{.ManagerStatus}}").stdout.split()
     assert sorted(r.decode() for r in roles) == ["Leader", "Reachable", "Reachable"]
 
-    # One manager goes away (its daemon, its tasks, its published port).
+    # The leader goes away (its daemon, its tasks, its published port).
     stopped, *alive = nodes
+    leader = stopped.docker("node", "inspect", "self", "--format", "{{.ManagerStatus.Leader}}")
+    assert leader.stdout.decode().strip() == "true"
     stopped.stop()
     for node in alive:
         assert _until(lambda n=node: SERVICE in (cluster.service_names(n) or []), 60), (

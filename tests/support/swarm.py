@@ -17,8 +17,9 @@ from support.remote import write_htpasswd
 def create_stack_secrets(
     manager: PrivateDaemon, work: pathlib.Path, addresses: list[str], users: Mapping[str, str]
 ) -> pathlib.Path:
-    """``dockgate_htpasswd`` for ``users``, and ``dockgate_tls_cert``/``dockgate_tls_key``: a
-    server certificate for ``addresses`` from a new CA. Returns the clients' DOCKER_CERT_PATH
+    """``dockgate_htpasswd_1`` for ``users``, and ``dockgate_tls_cert_1``/``dockgate_tls_key_1``
+    (version 1 of each, as deploy/stack.yml names them): a server certificate for
+    ``addresses`` from a new CA. Returns the clients' DOCKER_CERT_PATH
     (``ca.pem`` only: the gateway asks for passwords, not client certificates)."""
     ca = trustme.CA()
     server = ca.issue_cert(*addresses)
@@ -28,9 +29,9 @@ def create_stack_secrets(
     (files / "chain.pem").write_bytes(b"".join(p.bytes() for p in server.cert_chain_pems))
     server.private_key_pem.write_to_path(str(files / "key.pem"))
     for name, source in (
-        ("dockgate_htpasswd", "htpasswd"),
-        ("dockgate_tls_cert", "chain.pem"),
-        ("dockgate_tls_key", "key.pem"),
+        ("dockgate_htpasswd_1", "htpasswd"),
+        ("dockgate_tls_cert_1", "chain.pem"),
+        ("dockgate_tls_key_1", "key.pem"),
     ):
         manager.docker("secret", "create", name, str(files / source))
     client = work / "client"
