@@ -307,9 +307,13 @@ def test_the_private_variant_answers_only_on_its_overlay(swarm: Swarm) -> None:
     (with_auth, names), (without, _) = json.loads(proc.stdout)
     assert with_auth == 200 and f"{PRIVATE_STACK}_gateway" in names
     assert without == 401
-    # Nothing is published on the node.
+    # Nothing is published on the node; names resolve to the tasks; the overlay is encrypted.
     with pytest.raises(OSError), socket.create_connection((swarm.node.netns.address, 2375), 5):
         pass
+    endpoint = swarm.service(f"{PRIVATE_STACK}_gateway")["Spec"]["EndpointSpec"]  # type: ignore[index]
+    assert endpoint["Mode"] == "dnsrr" and not endpoint.get("Ports")
+    network = json.loads(swarm.node.docker("network", "inspect", f"{PRIVATE_STACK}_api").stdout)
+    assert "encrypted" in network[0]["Options"]
 
 
 def _readme_service_create() -> list[str]:
