@@ -282,6 +282,32 @@ def test_a_new_policy_version_then_a_broken_one_rolled_back(stack: Swarm) -> Non
     assert wait_for(ps_allowed, 120, every=2)
 
 
+def test_a_task_that_never_gets_healthy_is_rolled_back(stack: Swarm) -> None:
+    """The other half of `failure_action: rollback`: a new task that runs but is not healthy
+    (here: pointed at a daemon that is not there, so /readyz says 503) fails the update, and
+    Swarm puts the previous spec back."""
+    before = stack.service()["UpdateStatus"]  # from the test above: a finished rollback
+    stack.node.docker(
+        *("service", "update", "--detach", "--env-add", "DOCKGATE_UPSTREAM=tcp://127.0.0.1:9"),
+        SERVICE,
+        timeout=120,
+    )
+
+    def rolled_back_again() -> bool:
+        update = stack.service().get("UpdateStatus")
+        return (
+            isinstance(update, dict)
+            and update != before
+            and update.get("State") == "rollback_completed"
+        )
+
+    assert wait_for(rolled_back_again, 300, every=2), (stack.service(), stack.tasks())
+    env = stack.service()["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]  # type: ignore[index]
+    assert not any(e.startswith("DOCKGATE_UPSTREAM=") for e in env)
+    stack.wait_healthy()
+    assert wait_for(lambda: stack.cli("ps")[0] == 0, 120, every=2)
+
+
 def test_the_private_variant_answers_only_on_its_overlay(swarm: Swarm) -> None:
     swarm.deploy("stack-private.yml", PRIVATE_STACK)
     swarm.wait_healthy(f"{PRIVATE_STACK}_gateway")
