@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from dockgate.logsink import FLUSH_BUFFER_CHARS, FLUSH_DELAY_SECONDS, LineSink, open_sink
+from dockgate.logsink import FLUSH_BUFFER_CHARS, FLUSH_DELAY_SECONDS, LineSink, SinkLog, open_sink
 
 __all__ = [
     "FLUSH_BUFFER_CHARS",
@@ -42,16 +42,14 @@ class AccessRecord:
     source: str = ""
 
 
-class AccessLog:
+class AccessLog(SinkLog):
     """Formats `AccessRecord`s as lines for a `LineSink` (a stream is wrapped in one, not owned)."""
 
     def __init__(self, stream: TextIO | LineSink | None, fmt: str = "text") -> None:
-        self._sink = stream if isinstance(stream, LineSink) or stream is None else LineSink(stream)
+        super().__init__(
+            stream if isinstance(stream, LineSink) or stream is None else LineSink(stream)
+        )
         self._json = fmt == "json"
-
-    @property
-    def enabled(self) -> bool:
-        return self._sink is not None
 
     def write(self, record: AccessRecord) -> None:
         if self._sink is None:
@@ -87,15 +85,6 @@ class AccessLog:
                 f"decision={record.decision} user={record.identity}{note}"
             )
         self._sink.write(line)
-
-    def flush(self) -> None:
-        if self._sink is not None:
-            self._sink.flush()
-
-    def close(self) -> None:
-        """Flush, and close the file if `open_access_log` opened one."""
-        if self._sink is not None:
-            self._sink.close()
 
 
 def open_access_log(target: str, fmt: str) -> AccessLog:

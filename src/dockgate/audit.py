@@ -29,7 +29,7 @@ from typing import Final, TypeAlias
 
 from dockgate.body.gojson import MISSING, GoObject, Struct, parse, scalar, slice_, struct
 from dockgate.http.query import query_value
-from dockgate.logsink import LineSink, open_sink
+from dockgate.logsink import SinkLog, open_sink
 from dockgate.routes import RouteMatch
 
 AUDIT_BODY_LIMIT = 256 * 1024  # bytes of a request body the gateway keeps for body_details
@@ -137,29 +137,12 @@ def render(record: AuditRecord) -> str:
     return json.dumps(_bounded(fields, -1), ensure_ascii=True, separators=(",", ":"))
 
 
-class AuditLog:
+class AuditLog(SinkLog):
     """Writes `AuditRecord`s as JSON lines to a `LineSink`; without one it writes nothing."""
-
-    def __init__(self, sink: LineSink | None) -> None:
-        self._sink = sink
-
-    @property
-    def enabled(self) -> bool:
-        """False for ``--audit-log off``: callers may skip collecting what would be recorded."""
-        return self._sink is not None
 
     def write(self, record: AuditRecord) -> None:
         if self._sink is not None:
             self._sink.write(render(record))
-
-    def flush(self) -> None:
-        if self._sink is not None:
-            self._sink.flush()
-
-    def close(self) -> None:
-        """Flush, and close the file if `open_audit_log` opened one."""
-        if self._sink is not None:
-            self._sink.close()
 
 
 def open_audit_log(target: str) -> AuditLog:

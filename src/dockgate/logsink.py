@@ -93,6 +93,28 @@ class LineSink:
                 stream.close()
 
 
+class SinkLog:
+    """What the access and audit logs share: an optional sink (None: the log is off), flushed
+    and closed with the log."""
+
+    def __init__(self, sink: LineSink | None) -> None:
+        self._sink = sink
+
+    @property
+    def enabled(self) -> bool:
+        """False when the log is off: callers may skip collecting what it would record."""
+        return self._sink is not None
+
+    def flush(self) -> None:
+        if self._sink is not None:
+            self._sink.flush()
+
+    def close(self) -> None:
+        """Flush, and close the file if the log opened one."""
+        if self._sink is not None:
+            self._sink.close()
+
+
 def open_sink(target: str) -> LineSink | None:
     """`-` is stdout, `off` is no sink (None), anything else a file appended to.
 
