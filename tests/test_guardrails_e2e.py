@@ -45,7 +45,7 @@ from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.fake_upstream import FakeUpstream
 from support.gateway import Gateway, running
-from support.rawhttp import json_message
+from support.rawhttp import json_message, parse_head
 
 pytestmark = [
     pytest.mark.daemon,
@@ -1207,12 +1207,7 @@ class Raw:
                 if not self._fill():
                     raise AssertionError(f"closed before a response: {self.buffer!r}")
             head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ")[1])
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+            status, headers = parse_head(head)
             if status == 100:
                 continue
             if status in (204, 304):

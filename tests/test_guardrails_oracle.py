@@ -52,6 +52,7 @@ import pytest
 from dockgate.policy.tecnativa import ALL_VARIABLES
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.rawhttp import parse_head
 
 pytestmark = [
     pytest.mark.daemon,
@@ -180,12 +181,7 @@ class Conn:
                         raise AssertionError(f"closed inside a head: {self.buf[:300]!r}")
                     return None
             head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            status = int(lines[0].split(b" ")[1])
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.decode("latin-1").strip().lower()] = value.strip().decode("latin-1")
+            status, headers = parse_head(head)
             if 100 <= status < 200:
                 interim.append(status)
                 continue

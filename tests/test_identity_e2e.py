@@ -35,6 +35,7 @@ import trustme
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.rawhttp import dechunk, parse_head
 from support.remote import basic_header, create_token, remote_docker, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
@@ -120,27 +121,10 @@ def raw_exchange(
             answer += chunk
     head, sep, body = answer.partition(b"\r\n\r\n")
     assert sep, f"no complete response: {answer!r}"
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = parse_head(head)
     if headers.get("transfer-encoding") == "chunked":
-        body = _dechunk(body)
+        body = dechunk(body)
     return Reply(status, headers, body)
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2 :]
-    return out
 
 
 def request_bytes(

@@ -39,7 +39,7 @@ from dockgate.policy.tecnativa import ALL_VARIABLES
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway
-from support.rawhttp import json_message
+from support.rawhttp import json_message, parse_head
 
 pytestmark = [
     pytest.mark.daemon,
@@ -138,11 +138,7 @@ class RawConnection:
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         assert re.fullmatch(rb"HTTP/1\.[01] \d{3} .*", lines[0]), f"not a status line: {head!r}"
-        status = int(lines[0].split(b" ")[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
+        status, headers = parse_head(head)
         if head_request or status < 200 or status in (204, 304):
             body = b""
         elif headers.get("transfer-encoding", "").lower() == "chunked":

@@ -36,7 +36,7 @@ from dockgate.errors import ClientProtocolError
 from dockgate.target import parse_target
 from support.daemon import PrivateDaemon
 from support.gourl import go_unescape_path
-from support.rawhttp import json_message
+from support.rawhttp import dechunk, json_message, parse_head
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
@@ -193,17 +193,6 @@ class Answer:
         return f"{self.status} location={self.location!r} body={self.body[:200]!r}"
 
 
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return out
-        out += data[:size]
-        data = data[size + 2 :]
-
-
 def ask(daemon: PrivateDaemon, target: str) -> Answer:
     """Send ``GET <target>`` as raw bytes to the daemon's socket; read the whole answer."""
     request = f"GET {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
@@ -215,14 +204,9 @@ def ask(daemon: PrivateDaemon, target: str) -> Answer:
         while chunk := sock.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = parse_head(head)
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)
+        body = dechunk(body)
     return Answer(status=status, location=headers.get("location"), body=body)
 
 

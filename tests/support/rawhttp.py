@@ -96,3 +96,28 @@ class BufferedConn:
             except TimeoutError:
                 return False, bytes(got)
         return True, bytes(got)
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """A response head (without its blank line): the status and the lower-cased headers (the
+    last of a repeated header wins)."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def dechunk(data: bytes) -> bytes:
+    """A whole chunked body decoded (extensions ignored, trailers dropped)."""
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return out
