@@ -38,7 +38,6 @@ from dockgate.body.redact import (
     EventStreamRedaction,
     Redaction,
     RedactionError,
-    label_filter_problem,
 )
 from dockgate.errors import (
     ClientProtocolError,
@@ -376,14 +375,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._refuse(head, self._refusal(400, message))
             return
         if policy is not None and policy.redaction.labels:
-            problem = label_filter_problem(
-                verdict.operation, head.target.partition("?")[2], policy.redaction
-            )
-            if problem is not None:
-                message = (
-                    f"dockgate: {verdict.operation} denied by policy {verdict.policy}: {problem}"
-                )
-                self._refuse(head, self._denied(403, message, "redaction", f"redaction: {problem}"))
+            refusal = self._label_filter_refusal(head, policy)
+            if refusal is not None:
+                self._refuse(head, refusal)
                 return
         if policy is not None and policy.ownership:
             self._owner = admission.identity.name

@@ -26,6 +26,7 @@ from dockgate.body.redact import (
     REDACT_LIMIT,
     REDACTED_OPERATIONS,
     Redaction,
+    label_filter_problem,
     redact_response,
 )
 from dockgate.errors import (
@@ -67,6 +68,7 @@ from dockgate.target import parse_target
 
 if TYPE_CHECKING:
     from dockgate.admission import Admission
+    from dockgate.policy.rules import Policy
     from dockgate.server import Gateway
 
 # Reading from the client is paused while the daemon is asked who owns an object.
@@ -230,16 +232,29 @@ class PolicySteps:
         return self._verdict.operation if self._verdict is not None else "-"
 
     def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
+        if refusal.status == 403 and not raw:
+            return self._policy_denial("guardrails", refusal.reason)
+        verdict = self._verdict
+        assert verdict is not None
+        message = refusal.reason if raw else f"dockgate: {verdict.operation}: {refusal.reason}"
+        return self._denied(refusal.status, message, "guardrails", f"guardrails: {refusal.reason}")
+
+    def _policy_denial(self, step: str, reason: str) -> Verdict:
+        """A 403 from one of the policy's steps: "dockgate: <Op> denied by policy <P>: why"."""
         verdict = self._verdict
         assert verdict is not None
         policy = verdict.policy or "-"
-        if raw:
-            message = refusal.reason
-        elif refusal.status == 403:
-            message = f"dockgate: {verdict.operation} denied by policy {policy}: {refusal.reason}"
-        else:
-            message = f"dockgate: {verdict.operation}: {refusal.reason}"
-        return self._denied(refusal.status, message, "guardrails", f"guardrails: {refusal.reason}")
+        message = f"dockgate: {verdict.operation} denied by policy {policy}: {reason}"
+        return self._denied(403, message, step, f"{step}: {reason}")
+
+    def _label_filter_refusal(self, head: RequestHead, policy: Policy) -> Verdict | None:
+        """Where the policy redacts labels, a `label` filter would still tell their values by
+        what it matches: refused (redact.label_filter_problem)."""
+        verdict = self._verdict
+        assert verdict is not None
+        query = head.target.partition("?")[2]
+        problem = label_filter_problem(verdict.operation, query, policy.redaction)
+        return None if problem is None else self._policy_denial("redaction", problem)
 
     def _denied(self, status: int, message: str, step: str, reason: str) -> Verdict:
         """The request's verdict, turned into a refusal by one of the policy's steps."""
