@@ -4,7 +4,6 @@ on a listener of its own that the Engine API never shares."""
 from __future__ import annotations
 
 import json
-import re
 import socket
 
 import pytest
@@ -26,17 +25,9 @@ def _get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str]
     return status, json.loads(body) if body else None
 
 
-def _admin_port(gateway: Gateway) -> int:
-    match = re.search(
-        r"dockgate: health and metrics on tcp://127\.0\.0\.1:(\d+)", gateway.stderr_text()
-    )
-    assert match is not None, gateway.stderr_text()
-    return int(match.group(1))
-
-
 def test_health_and_readiness(daemon: PrivateDaemon) -> None:
     with running(Gateway(daemon.host, "--admin-listen", "tcp://127.0.0.1:0")) as gw:
-        port = _admin_port(gw)
+        port = gw.admin_port()
         assert _get(port, "/healthz") == (200, {"status": "ok"})
         assert _get(port, "/readyz") == (200, {"status": "ready"})
         assert _get(port, "/healthz", "HEAD") == (200, None)
@@ -51,7 +42,7 @@ def test_readiness_follows_the_daemon(tmp_path: object) -> None:
     with running(
         Gateway("unix:///nonexistent/docker.sock", "--admin-listen", "tcp://127.0.0.1:0")
     ) as gw:
-        port = _admin_port(gw)
+        port = gw.admin_port()
         assert _get(port, "/healthz") == (200, {"status": "ok"})
         status, body = _get(port, "/readyz")
         assert status == 503

@@ -5,7 +5,6 @@ and, with two workers, every scrape adding up both, whichever worker answers it.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import time
@@ -32,12 +31,6 @@ policies:
     rules:
       - allow: {sections: [ping, version]}
 """
-
-
-def _admin_port(gateway: Gateway) -> int:
-    match = re.search(r"health and metrics on tcp://127\.0\.0\.1:(\d+)", gateway.stderr_text())
-    assert match is not None, gateway.stderr_text()
-    return int(match.group(1))
 
 
 def _http(port: int, request: bytes) -> bytes:
@@ -101,7 +94,7 @@ def test_requests_are_counted_as_the_clients_made_them(
     _, policy = files
     alice = basic_header("alice", PASSWORD)
     with running(_gateway(daemon, files)) as gw:
-        admin = _admin_port(gw)
+        admin = gw.admin_port()
         for _ in range(3):
             assert _get(gw.port, "/_ping", alice) == 200
         assert _get(gw.port, "/_ping") == 401
@@ -144,7 +137,7 @@ def test_two_workers_add_up_whichever_answers(
     One worker is stopped (SIGSTOP) while the other answers, then the other way round."""
     alice = basic_header("alice", PASSWORD)
     with running(_gateway(daemon, files, "--workers", "2")) as gw:
-        admin = _admin_port(gw)
+        admin = gw.admin_port()
         deadline = time.monotonic() + 5
         while len(workers := children(gw.pid)) < 2:
             assert time.monotonic() < deadline

@@ -222,6 +222,26 @@ class Gateway(StartStop):
             f"expected {count} listening lines, got {found}: the gateway {why}\n{self.output()}"
         )
 
+    def wait_stderr(self, pattern: str, timeout: float | None = None) -> re.Match[str]:
+        """Wait until a line printed on stderr matches ``pattern``; returns the match. The lines
+        after the first listener (TLS, upstream, policy, admin) may come a moment later."""
+        proc = self._started()
+        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
+        regex = re.compile(pattern)
+        with self._cond:
+            while True:
+                for line in self.stderr_lines:
+                    if match := regex.search(line):
+                        return match
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                self._cond.wait(0.02)
+        raise GatewayError(f"no stderr line matched {pattern!r}\n{self.output()}")
+
+    def admin_port(self) -> int:
+        """The port of the admin listener (``--admin-listen tcp://127.0.0.1:0``), once printed."""
+        return int(self.wait_stderr(r"health and metrics on tcp://127\.0\.0\.1:(\d+)").group(1))
+
     def start(self) -> Self:
         """Start the process and wait until its first listener is up (else stop it and fail)."""
         self.spawn()
