@@ -56,6 +56,7 @@ from targets import (
     raw_get,
     runs,
     snapshot_dockgate,
+    snapshot_revision,
 )
 
 ROUND_WORKLOADS = ("ping", "pyping", "list", "close", "logs", "export", "cat", "run")
@@ -142,6 +143,10 @@ class Bench:
                 say(f"dockgate is not runnable ({why}); leaving it out")
                 self.notes.append(f"dockgate left out: `serve --help` failed: {why}")
                 self.targets = [t for t in self.targets if not t.startswith("dockgate")]
+        self.baseline_src: pathlib.Path | None = None
+        if self.args.baseline:
+            self.baseline_src = snapshot_revision(self.args.baseline, self.tmp / "base")
+            self.notes.append(f"dockgate-base: dockgate at git {self.args.baseline}")
         daemon_mod = import_daemon()
         self.daemon = daemon_mod.PrivateDaemon(self.tmp / "d", tcp_port=free_tcp_port())
         self.reaper.add("private dockerd", self.daemon.cleanup)
@@ -155,6 +160,7 @@ class Bench:
             self.daemon.pid,
             self.reaper,
             dockgate_src=self.dockgate_src,
+            baseline_src=self.baseline_src,
         )
         self.docker_env = self.daemon.env()
         if {"list"} & set(self.workloads):
@@ -821,6 +827,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--export-mb", type=int, help="MB file in the exported container")
     ap.add_argument("--cat-mb", type=int, help="MB piped through docker run -i cat")
     ap.add_argument("--profile", action="store_true", help="py-spy dockgate during /_ping")
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run `dockgate-base`: dockgate at git REV, to compare a change in one run",
+    )
     ap.add_argument("--keep-tmp", action="store_true", help="keep target configs and logs")
     ap.add_argument(
         "--out",
@@ -849,6 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
     targets = [t for t in args.targets.split(",") if t]
+    if args.baseline and "dockgate-base" not in targets:
+        targets.append("dockgate-base")
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = [t for t in targets if t not in ALL_TARGETS]
     unknown += [w for w in workloads if w not in ALL_WORKLOADS]

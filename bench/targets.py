@@ -45,6 +45,8 @@ ALL_TARGETS = (
     "haproxy-ka",
     "dockgate",
     "dockgate-w2",
+    # `dockgate` as it was at `--baseline REV`: a change's cost, measured in the same run.
+    "dockgate-base",
     *AUTH_TARGETS,
 )
 DEFAULT_TARGETS = (
@@ -215,6 +217,7 @@ class Launcher:
         reaper: Reaper,
         *,
         dockgate_src: pathlib.Path = REPO_ROOT / "src",
+        baseline_src: pathlib.Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.socket = daemon_socket
@@ -222,6 +225,7 @@ class Launcher:
         self.daemon_pid = daemon_pid
         self.reaper = reaper
         self.dockgate_src = dockgate_src
+        self.baseline_src = baseline_src
         self._count = 0
         self._creds: Credentials | None = None
 
@@ -251,6 +255,10 @@ class Launcher:
             return self._dockgate(target, workers=1)
         if target == "dockgate-w2":
             return self._dockgate(target, workers=2)
+        if target == "dockgate-base":
+            if self.baseline_src is None:
+                raise ValueError("dockgate-base needs --baseline REV")
+            return self._dockgate(target, workers=1, src=self.baseline_src)
         if target in AUTH_TARGETS:
             return self._dockgate_auth(target)
         raise ValueError(f"unknown target {target!r}")
@@ -327,6 +335,7 @@ class Launcher:
         extra: list[str] | None = None,
         headers: tuple[str, ...] = (),
         tls: ssl.SSLContext | None = None,
+        src: pathlib.Path | None = None,
     ) -> Instance:
         prefix = self._dir(target)
         argv = [
@@ -350,7 +359,7 @@ class Launcher:
             argv,
             prefix / "stdout.log",
             self.reaper,
-            env=dockgate_env(self.dockgate_src),
+            env=dockgate_env(src or self.dockgate_src),
             stderr_path=stderr,
         )
         port = None
@@ -398,6 +407,19 @@ def snapshot_dockgate(dest: pathlib.Path) -> pathlib.Path:
         REPO_ROOT / "src", dest, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
     return dest
+
+
+def snapshot_revision(revision: str, dest: pathlib.Path) -> pathlib.Path:
+    """src/ as it was at git `revision`, unpacked under `dest` (for the dockgate-base target)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", revision, "src"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    return dest / "src"
 
 
 def dockgate_available(src: pathlib.Path) -> tuple[bool, str]:
