@@ -46,7 +46,7 @@ async def named_volumes_problem(
         status, answer = await get_json(address, f"/volumes/{quote(name, safe='')}")
         if status == 404:
             continue
-        if 400 <= status < 500:
+        if status < 500 and status != 200:
             # A name the daemon cannot look up is one it would not use either.
             return f"volume {name!r} cannot be looked up (the daemon answered {status})"
         if status != 200:

@@ -31,7 +31,7 @@ class HostPath:
 
     path: str
     read_only: bool
-    via: str  # "Binds", "Mounts", "volume driver options", ...
+    via: str  # "Binds", "Mounts", "bind device, DriverOpts", ...
 
 
 @dataclass(frozen=True, slots=True)
