@@ -17,7 +17,9 @@ Tests marked "fails on the old code" passed an attack before this change (dockga
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -28,9 +30,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from dockgate.ownership import OWNER_LABEL
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon, run_docker
 from support.gateway import Gateway, running
+from support.remote import write_htpasswd
 
 pytestmark = [
     pytest.mark.daemon,
@@ -442,3 +446,71 @@ def test_an_allowed_host_path_through_a_bind_volume(host_policy: Via, cleanup: C
             operation="VolumeCreate",
             reason=f"host path {ALLOWED_DIR} (bind device, DriverOpts) must be mounted read-only",
         )  # fmt: skip
+
+
+# ----- ownership mode ---------------------------------------------------------------------------
+
+OWNERSHIP_POLICY = """
+policies:
+  owned:
+    ownership: true
+    rules: [{allow: {sections: ["*"]}}]
+bindings:
+  - {policy: owned, authenticated: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def alice(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Via]:
+    """A caller of an ownership policy with the default guardrails (Basic auth as alice)."""
+    directory = tmp_path_factory.mktemp("volopts-owned")
+    write_htpasswd(directory / "htpasswd", {"alice": "alice-pw"})
+    (directory / "policy.yaml").write_text(OWNERSHIP_POLICY)
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(directory / "htpasswd"), "--auth-failures", "0"),
+        policy=directory / "policy.yaml",
+    )
+    token = base64.b64encode(b"alice:alice-pw").decode()
+    config = directory / "config"
+    config.mkdir()
+    (config / "config.json").write_text(
+        json.dumps({"HttpHeaders": {"Authorization": f"Basic {token}"}})
+    )
+    with running(gateway, "the ownership gateway") as gw:
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        yield Via("owned", base_env | {"DOCKER_HOST": gw.url, "DOCKER_CONFIG": str(config)}, daemon)
+
+
+def test_ownership_mode_judges_own_volumes_and_hides_others(
+    alice: Via, daemon: PrivateDaemon, planted: dict[str, str], cleanup: Cleanup
+) -> None:
+    """In ownership mode a volume used by name is judged after ownership: someone else's (here
+    nobody's: planted straight on the daemon) reads as missing, with nothing said about its
+    options or host path; the caller's own volume is judged by its options (one planted with
+    the caller's owner label and a bind of the secret directory is refused), and an ordinary
+    own volume works."""
+    own = cleanup.volume(volume_name("owned"))
+    alice.ok("volume", "create", own)
+    assert alice.ok("run", "--rm", "-v", f"{own}:/d", IMAGE, "sh", "-c", "echo ok") == "ok\n"
+    labels = daemon.docker("volume", "inspect", "-f", "{{json .Labels}}", own).stdout
+    owner = json.loads(labels)[OWNER_LABEL]
+    before = state(daemon)
+    proc = alice.docker("run", "--rm", "-v", f"{planted['bind']}:/h", IMAGE, "true")
+    stderr = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0 and "no such volume" in stderr, stderr
+    assert str(SECRET_DIR) not in stderr and "host path" not in stderr, stderr
+    assert state(daemon) == before
+    mine = cleanup.volume(volume_name("owned-bind"))
+    daemon.docker(
+        "volume", "create", "--label", f"{OWNER_LABEL}={owner}", "-o", "type=tmpfs",
+        "-o", f"device={SECRET_DIR}", "-o", "o=bind", mine,
+    )  # fmt: skip
+    alice.refused(
+        "run", "--rm", "-v", f"{mine}:/h", IMAGE, "cat", "/h/marker",
+        operation="ContainerCreate",
+        reason=f"host path {SECRET_DIR} (bind device, volume {mine!r} used by HostConfig.Binds) "
+        "is not allowed",
+    )  # fmt: skip

@@ -17,6 +17,7 @@ from dockgate.addresses import Address
 from dockgate.body.guardrails import Guardrails, named_volume_problem
 from dockgate.body.workload import NamedVolume
 from dockgate.lookup import LookupError_, get_json
+from dockgate.ownership import VOLUME, owner_of
 
 # A create names a handful of volumes; more than this is refused rather than looked up one by one.
 MAX_NAMED_VOLUMES = 64
@@ -34,10 +35,19 @@ def to_look_up(volumes: tuple[NamedVolume, ...]) -> list[NamedVolume]:
 
 
 async def named_volumes_problem(
-    address: Address, guardrails: Guardrails, volumes: list[NamedVolume]
+    address: Address,
+    guardrails: Guardrails,
+    volumes: list[NamedVolume],
+    owner: str | None = None,
+    owner_checked: frozenset[str] = frozenset(),
 ) -> str | None:
     """The first volume the guardrails do not allow, as a sentence; None if all pass.
-    LookupError_ when the daemon cannot be asked."""
+    LookupError_ when the daemon cannot be asked.
+
+    In ownership mode (`owner`), a volume of `owner_checked` (the names ownership looks up
+    next, and refuses unless they are the caller's) that is not the caller's is left to that
+    check: judging it here would tell the caller about another's volume (its options, its
+    host path) instead of "no such volume"."""
     if len(volumes) > MAX_NAMED_VOLUMES:
         return f"a body may use at most {MAX_NAMED_VOLUMES} volumes by name"
     for volume in volumes:
@@ -51,6 +61,8 @@ async def named_volumes_problem(
             return f"volume {name!r} cannot be looked up (the daemon answered {status})"
         if status != 200:
             raise LookupError_(f"the daemon answered {status} to a look-up of volume {name}")
+        if owner is not None and volume.name in owner_checked and owner_of(answer, VOLUME) != owner:
+            continue
         problem = named_volume_problem(guardrails, volume, answer)
         if problem is not None:
             return problem

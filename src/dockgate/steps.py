@@ -212,7 +212,10 @@ class PolicySteps:
         look-ups of the objects it names, if any, then on to the daemon."""
         self._pause_reading(PAUSE_LOOKUP)
         try:
-            problem = await named_volumes_problem(self.gateway.pool.address, guardrails, volumes)
+            owner_checked = frozenset(ref for kind, ref in named if kind is VOLUME)
+            problem = await named_volumes_problem(
+                self.gateway.pool.address, guardrails, volumes, self._owner, owner_checked
+            )
         except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
             self._upstream_failed(UpstreamError(f"volume look-up failed: {describe_error(exc)}"))
