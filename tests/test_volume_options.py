@@ -57,6 +57,15 @@ def problem(g: Guardrails, options: dict[str, str], read_only: bool = False) -> 
             {"type": "proc", "device": "/x", "o": "nosuid,rbind"},
             LocalMount("bind", "/x", "proc"),
         ),
+        (
+            # moby makes only the top of a bind read-only: under rbind, submounts stay writable.
+            {"type": "none", "device": "/x", "o": "rbind,ro"},
+            LocalMount("bind", "/x", "none", read_only=False),
+        ),
+        (
+            {"type": "none", "device": "/x", "o": "bind,ro"},
+            LocalMount("bind", "/x", "none", read_only=True),
+        ),
         ({"type": "none", "device": "/x", "o": "bind,ro,rw"}, LocalMount("bind", "/x", "none")),
         (
             {"type": "none", "device": "/x", "o": "rw,bind,ro"},
@@ -147,7 +156,8 @@ def test_refused_under_a_host_path_rule(options: dict[str, str], expected: str) 
         ({"type": "tmpfs", "device": "t", "o": "nr_inodes=9,nr_blocks=9,mpol=default"}, False),
         ({"type": "tmpfs", "device": "t", "o": "ro,nosuid,nodev,noexec,noatime,private"}, False),
         ({"type": "none", "device": "/srv/a", "o": "bind,ro"}, False),
-        ({"type": "none", "device": "/srv/../srv/a", "o": "rbind,rslave,ro"}, False),
+        ({"type": "none", "device": "/srv/../srv/a", "o": "bind,rslave,ro"}, False),
+        ({"type": "none", "device": "/srv/a", "o": "rbind,ro"}, True),  # the mount using it is ro
         ({"type": "none", "device": "/srv/a", "o": "bind"}, True),  # the mount using it is ro
     ],
 )
@@ -156,8 +166,9 @@ def test_allowed(options: dict[str, str], read_only: bool) -> None:
 
 
 def test_a_writable_bind_of_a_read_only_path() -> None:
-    """`ro,rw` is read-write (the last word wins). Old code: "ro" anywhere counted."""
-    for o in ("bind", "bind,ro,rw"):
+    """`ro,rw` is read-write (the last word wins), and `rbind,ro` leaves submounts writable.
+    Old code: "ro" anywhere counted."""
+    for o in ("bind", "bind,ro,rw", "rbind,ro"):
         assert problem(SRV, {"type": "none", "device": "/srv", "o": o}) == (
             "host path /srv (bind device, DriverOpts) must be mounted read-only"
         )
@@ -171,6 +182,7 @@ def test_a_writable_bind_of_a_read_only_path() -> None:
         ({"type": "nfs", "device": "[::1]:/e"}, "nfs server '::1' (DriverOpts) is not allowed"),
         ({"type": "nfs", "device": "10.0.0.5:/", "o": "addr=127.0.0.1"}, "nfs server '127.0.0.1'"),
         ({"type": "nfs", "device": "10.0.0.5:/", "o": "mountaddr=10.9.9.9"}, "nfs server '10.9"),
+        ({"type": "nfs", "device": "10.0.0.5:/", "o": "mounthost=x"}, "nfs server 'x'"),
         ({"type": "nfs", "device": "/export"}, "nfs device '/export' is not HOST:/PATH"),
         ({"type": "cifs", "device": "//fs1/share", "o": "username=u,password=p"}, None),
         ({"type": "cifs", "device": "//fs2/share"}, "cifs server 'fs2' (DriverOpts) is not"),

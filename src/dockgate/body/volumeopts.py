@@ -48,10 +48,11 @@ REFUSED_FLAGS = frozenset({"remount", "shared", "rshared", "mand"})
 TMPFS_DATA = frozenset({"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "mpol"})
 # Network file systems a policy may allow (`volume_types`), and the data options that name a
 # server the kernel connects to (each must be an allowed server, as must the device's host):
-# nfs `addr=` and `mountaddr=` (fs/nfs/fs_context.c), cifs `ip=`/`addr=` (fs/smb/client).
+# nfs `addr=`, `mountaddr=` and `mounthost=` (fs/nfs/fs_context.c), cifs `ip=`/`addr=`
+# (fs/smb/client/fs_context.c).
 NETWORK_TYPES = {
-    "nfs": frozenset({"addr", "mountaddr"}),
-    "nfs4": frozenset({"addr", "mountaddr"}),
+    "nfs": frozenset({"addr", "mountaddr", "mounthost"}),
+    "nfs4": frozenset({"addr", "mountaddr", "mounthost"}),
     "cifs": frozenset({"ip", "addr"}),
     "smb3": frozenset({"ip", "addr"}),
 }
@@ -86,7 +87,7 @@ def local_mount(options: Mapping[str, str]) -> LocalMount:
     if not fs_type and not device:
         # needsMount: nothing is mounted without a device or a type (a `size` quota alone).
         return LocalMount("none")
-    bind = read_only = False
+    bind = read_only = recursive = False
     data: list[str] = []
     for word in options.get("o", "").split(","):
         if word not in MOUNT_FLAGS:
@@ -97,13 +98,16 @@ def local_mount(options: Mapping[str, str]) -> LocalMount:
             raise VolumeOptionRefused(f"mount option {word!r} (o=) is not allowed")
         if word in BIND_FLAGS:
             bind = True
+            recursive = recursive or word == "rbind"
         elif word in ("ro", "rw"):
             read_only = word == "ro"  # "rw" clears MS_RDONLY: "ro,rw" is read-write
     if bind:
         if data:
             # The kernel ignores data on a bind; nothing legitimate needs any.
             raise VolumeOptionRefused(f"mount option {data[0]!r} (o=) is not allowed with bind")
-        return LocalMount("bind", device, fs_type, read_only)
+        # moby remounts only the top of a bind read-only (mounter_linux.go `broflags`): under
+        # an rbind, the mounts inside `device` stay writable, so it is not read-only.
+        return LocalMount("bind", device, fs_type, read_only and not recursive)
     return LocalMount("filesystem", device, fs_type, read_only, tuple(data))
 
 
