@@ -514,3 +514,29 @@ def test_ownership_mode_judges_own_volumes_and_hides_others(
         reason=f"host path {SECRET_DIR} (bind device, volume {mine!r} used by HostConfig.Binds) "
         "is not allowed",
     )  # fmt: skip
+
+
+def test_rbind_ro_leaves_submounts_writable_so_it_is_not_read_only(
+    host_policy: Via, daemon: PrivateDaemon, cleanup: Cleanup
+) -> None:
+    """moby makes only the top of a bind read-only: with `o=rbind,ro` a container writes into
+    a mount under the bound directory (shown straight on the daemon, the file appears on the
+    host), so under a read-only host-path rule dockgate refuses it. Old code: allowed."""
+    sub = ALLOWED_DIR / f"sub-{uuid.uuid4().hex[:6]}"
+    sub.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "dgv-sub", str(sub)], check=True)
+    try:
+        options = ("-o", "type=none", "-o", "o=rbind,ro", "-o", f"device={ALLOWED_DIR}")
+        direct = cleanup.volume(volume_name("rbind-ro-direct"))
+        daemon.docker("volume", "create", *options, direct)
+        script = f"touch /h/{sub.name}/written && ! touch /h/top 2>/dev/null"
+        direct_read(daemon, "-v", f"{direct}:/h", IMAGE, "sh", "-c", script)
+        assert (sub / "written").exists()
+        host_policy.refused(
+            "volume", "create", *options, volume_name("rbind-ro"),
+            operation="VolumeCreate",
+            reason=f"host path {ALLOWED_DIR} (bind device, DriverOpts) must be mounted read-only",
+        )  # fmt: skip
+    finally:
+        cleanup.run()  # the volume's mount holds the submount
+        subprocess.run(["umount", "-l", str(sub)], check=False)
