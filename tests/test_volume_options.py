@@ -388,6 +388,13 @@ def test_named_volumes_problem_asks_the_daemon() -> None:
                     results.append(await named_volumes_problem(address, Guardrails(), volumes))
                 except Exception as exc:  # the test records which one
                     results.append(type(exc).__name__)
+            # Ownership mode: someone else's volume (no owner label here) that the ownership
+            # check looks up next is left to it; one it does not look up is judged here.
+            bound = [NamedVolume("bound", False, "HostConfig.Binds")]
+            for checked in (frozenset({"bound"}), frozenset()):
+                results.append(
+                    await named_volumes_problem(address, Guardrails(), bound, "alice", checked)
+                )
         return results
 
     with tempfile.TemporaryDirectory(prefix="dgv-", dir="/tmp") as directory:
@@ -397,6 +404,8 @@ def test_named_volumes_problem_asks_the_daemon() -> None:
         "host path / (bind device, volume 'bound' used by HostConfig.Binds) is not allowed",
         "volume 'odd/name' cannot be looked up (the daemon answered 301)",
         "LookupError_",
+        None,
+        "host path / (bind device, volume 'bound' used by HostConfig.Binds) is not allowed",
     ]
     assert asked == [
         "/volumes/plain",
@@ -405,4 +414,6 @@ def test_named_volumes_problem_asks_the_daemon() -> None:
         "/volumes/bound",
         "/volumes/odd%2Fname",
         "/volumes/broken",
+        "/volumes/bound",
+        "/volumes/bound",
     ]
