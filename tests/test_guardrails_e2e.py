@@ -371,7 +371,8 @@ def test_guardrails_false_lets_host_access_through(
                 "type=volume,dst=/h,volume-driver=local,volume-opt=type=none,"
                 "volume-opt=o=bind,volume-opt=device=/",
             ),
-            "host path / (volume driver options) is not allowed",
+            "host path / (bind device, HostConfig.Mounts[0].VolumeOptions.DriverConfig.Options) "
+            "is not allowed",
         ),
         (
             ("--volumes-from", TARGET),
@@ -403,7 +404,7 @@ def test_volume_binding_a_host_path_is_denied_by_default(guarded: Caller, unique
     guarded.refused(
         *("volume", "create", "--driver", "local", "--opt", "type=none", "--opt", "o=bind"),
         *("--opt", "device=/", name),
-        reason="host path / (volume driver options) is not allowed",
+        reason="host path / (bind device, DriverOpts) is not allowed",
         operation="VolumeCreate",
     )
     assert inspect(guarded.daemon, "volumes", name) is None
@@ -474,7 +475,7 @@ def test_volume_binding_an_allowed_host_path(
         "--opt",
         "o=bind",
         writable,
-        reason="host path /tmp/dg-allowed (volume driver options) must be mounted read-only",
+        reason="host path /tmp/dg-allowed (bind device, DriverOpts) must be mounted read-only",
         operation="VolumeCreate",
     )
     read_only = cleanup.volume(unique("rovol"))
@@ -1102,7 +1103,7 @@ def test_sdk_volume_binding_the_host_is_denied(guarded: Caller, unique: Any) -> 
         )
     assert caught.value.status_code == 403
     assert caught.value.explanation == denial(
-        GUARDED, "host path / (volume driver options) is not allowed", "VolumeCreate"
+        GUARDED, "host path / (bind device, DriverOpts) is not allowed", "VolumeCreate"
     )
     assert inspect(guarded.daemon, "volumes", name) is None
 

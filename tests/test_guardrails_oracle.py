@@ -312,9 +312,13 @@ class Baseline:
 
 
 def host_device(options: dict[str, str] | None) -> bool:
-    """Local volume driver options that mount something of the host: any `device`, except
-    the name a tmpfs mount is given (a tmpfs reaches nothing of the host)."""
-    return bool(options) and "device" in options and options.get("type") != "tmpfs"
+    """Local volume driver options that mount something of the host: a bind (any `bind` or
+    `rbind` word of `o` makes the kernel bind `device`, whatever `type` says), or any file
+    system other than a tmpfs (whose device is only a label)."""
+    if not options or not (options.get("device") or options.get("type")):
+        return False
+    words = (options.get("o") or "").split(",")
+    return "bind" in words or "rbind" in words or options.get("type") != "tmpfs"
 
 
 def forbidden_in_effect(d: Daemon, info: dict[str, Any], base: Baseline) -> list[str]:
@@ -643,6 +647,16 @@ CASES: list[Case] = [
         ),
         "allow",
         note="a tmpfs: its device is a label",
+    ),
+    Case(
+        "mounts-volume-tmpfs-typed-bind",
+        _hc(
+            '"Mounts": [{"Type": "volume", "Source": "@VOL@", "Target": "/t", "VolumeOptions": '
+            '{"DriverConfig": {"Name": "local", "Options": '
+            '{"type": "tmpfs", "device": "/", "o": "size=1m,rbind"}}}}]'
+        ),
+        "deny",
+        note="issue 11 finding 1: rbind makes the kernel bind the device; allowed before",
     ),
     Case(
         "mounts-merge-arrays",

@@ -47,11 +47,12 @@ from dockgate.body.guardrails import (
 from dockgate.body.workload import (
     BodyError,
     HostPath,
+    LocalVolume,
+    NamedVolume,
     Workload,
     container_create,
     container_update,
     exec_create,
-    local_driver_host_path,
     parse_bind,
     service_spec,
     volume_create,
@@ -65,6 +66,7 @@ CHECK_NAMES = [
     "capabilities",
     "devices",
     "host_paths",
+    "volume_options",
     "namespaces",
     "security",
     "sysctls",
@@ -314,6 +316,7 @@ def test_container_create_with_an_inner_host_config() -> None:
         cap_add=["NET_ADMIN", "CAP_SYS_TIME"],
         devices=["/dev/fuse", "?", "cgroup rule c 10:229 rwm", "device request 1"],
         host_paths=[HostPath("/srv/data", True, "Binds"), HostPath("/srv/m", False, "Mounts")],
+        named_volumes=[NamedVolume("named", False, "HostConfig.Binds")],
         volumes_from=["other:ro"],
         security_opt=["seccomp=unconfined"],
         sysctls={"net.ipv4.ip_forward": "1"},
@@ -443,23 +446,18 @@ def test_mounts_bind_volume_and_tmpfs() -> None:
     assert workload.host_paths == [
         HostPath("/srv/a", True, "Mounts"),
         HostPath("/srv/b", False, "Mounts"),
-        HostPath("/etc", False, "volume driver options"),
-        HostPath("/dev/sdb1", True, "volume driver options"),
     ]
-
-
-@pytest.mark.parametrize(
-    ("driver", "options", "expected"),
-    [
-        ("local", {"type": "none", "o": "bind", "device": "/srv"}, "/srv"),
-        ("", {"device": "/dev/sdb1", "type": "ext4"}, "/dev/sdb1"),
-        ("local", {"type": "tmpfs", "o": "size=1m"}, None),
-        ("local", {"Device": "/srv"}, None),  # option names are exact
-        ("other", {"device": "/srv"}, None),
-    ],
-)
-def test_local_driver_host_path(driver: str, options: dict[str, str], expected: str | None) -> None:
-    assert local_driver_host_path(driver, options) == expected
+    # Local driver options are kept as written, to be judged as the kernel mounts them
+    # (tests/test_volume_options.py); another driver's are that driver's business.
+    options = "HostConfig.Mounts[{}].VolumeOptions.DriverConfig.Options"
+    assert workload.local_volumes == [
+        LocalVolume({"type": "none", "o": "bind", "device": "/etc"}, False, options.format(2)),
+        LocalVolume({"device": "/dev/sdb1"}, True, options.format(3)),
+    ]
+    assert workload.named_volumes == [
+        NamedVolume("named", False, "HostConfig.Mounts[4].Source"),
+    ]
+    assert workload.volume_drivers == ["local", "nfs-plugin"]
 
 
 @pytest.mark.parametrize(
@@ -718,10 +716,16 @@ def test_volume_create() -> None:
     assert bound == Workload(
         "volume",
         labels={"team": "ops"},
-        host_paths=[HostPath("/srv/data", True, "volume driver options")],
+        local_volumes=[
+            LocalVolume(
+                {"type": "none", "o": "bind,ro", "device": "/srv/data"}, False, "DriverOpts"
+            )
+        ],
     )
     default_driver = volume_create(parse('{"DriverOpts": {"o": "bind", "device": "/etc"}}'))
-    assert default_driver.host_paths == [HostPath("/etc", False, "volume driver options")]
+    assert default_driver.local_volumes == [
+        LocalVolume({"o": "bind", "device": "/etc"}, False, "DriverOpts")
+    ]
     # Another driver: no host path of the local kind, but the driver itself must be allowed.
     assert volume_create(parse('{"Driver": "rexray", "DriverOpts": {"device": "/etc"}}')) == (
         Workload("volume", volume_drivers=["rexray"])
@@ -934,7 +938,8 @@ def test_the_first_covering_rule_decides() -> None:
                     }
                 ]
             },
-            "host path /etc (volume driver options) is not allowed",
+            "host path /etc (bind device, HostConfig.Mounts[0].VolumeOptions.DriverConfig.Options)"
+            " is not allowed",
         ),
         (
             {"Binds": ["/etc/ssl/certs:/c"]},
@@ -980,12 +985,12 @@ def test_host_paths_of_services_and_volumes() -> None:
     )
     volume = {"Driver": "local", "DriverOpts": {"type": "none", "o": "bind", "device": "/etc"}}
     assert judge(Guardrails(), "VolumeCreate", volume) == denied(
-        "host path /etc (volume driver options) is not allowed"
+        "host path /etc (bind device, DriverOpts) is not allowed"
     )
     read_only = {"DriverOpts": {"type": "none", "o": "bind,ro", "device": "/etc/ssl/x"}}
     assert judge(RULES, "VolumeCreate", read_only) is None
     assert judge(RULES, "VolumeCreate", {"DriverOpts": {"o": "bind", "device": "/etc/ssl/x"}}) == (
-        denied("host path /etc/ssl/x (volume driver options) must be mounted read-only")
+        denied("host path /etc/ssl/x (bind device, DriverOpts) must be mounted read-only")
     )
 
 
@@ -1498,6 +1503,7 @@ def test_explain_request_lists_every_check() -> None:
         ("capabilities", None),
         ("devices", None),
         ("host_paths", None),
+        ("volume_options", None),
         ("namespaces", "the host's pid namespace is not allowed"),
         ("security", None),
         ("sysctls", None),

@@ -29,6 +29,7 @@ from dockgate.body.redact import (
     label_filter_problem,
     redact_response,
 )
+from dockgate.body.workload import NamedVolume
 from dockgate.errors import (
     ClientProtocolError,
     GatewayError,
@@ -49,6 +50,7 @@ from dockgate.http.request import (
 )
 from dockgate.http.response import Framing, ResponseHead, ResponseReader
 from dockgate.lookup import find
+from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownership import (
     CHECKED_ANSWERS,
     MAX_REFERENCES,
@@ -140,10 +142,12 @@ class PolicySteps:
         guardrails = self._held_guardrails
         received = body = bytes(held)
         named: list[tuple[Kind, str]] = []
+        volumes: list[NamedVolume] = []
         refused: Verdict | None = None
         try:
             if guardrails is not None:
-                check_request(guardrails, self._operation(), head.target.partition("?")[2], body)
+                query = head.target.partition("?")[2]
+                volumes = to_look_up(check_request(guardrails, self._operation(), query, body))
         except Refusal as refusal:
             refused = self._guardrail_verdict(refusal)
         if refused is None and self._owner is not None:
@@ -159,6 +163,12 @@ class PolicySteps:
             # The body was read to its end: the connection stays usable.
             self._refuse(head, refused, body_read=True)
             self._after_refusal()
+            return
+        if volumes and guardrails is not None:
+            # Volumes used by name are judged on their options, which only the daemon knows.
+            self._lookup_task = self.gateway.loop.create_task(
+                self._check_named_volumes(head, body, guardrails, volumes, named)
+            )
             return
         if named:
             # The objects the body names must be the caller's too: ask the daemon first.
@@ -189,6 +199,42 @@ class PolicySteps:
         if len(named) > MAX_REFERENCES:
             raise Refusal(400, f"a body may name at most {MAX_REFERENCES} objects")
         return named
+
+    async def _check_named_volumes(
+        self,
+        head: RequestHead,
+        body: bytes,
+        guardrails: Guardrails,
+        volumes: list[NamedVolume],
+        named: list[tuple[Kind, str]],
+    ) -> None:
+        """Guardrails on the volumes a body uses by name (namedvolumes.py), then ownership's
+        look-ups of the objects it names, if any, then on to the daemon."""
+        self._pause_reading(PAUSE_LOOKUP)
+        try:
+            owner_checked = frozenset(ref for kind, ref in named if kind is VOLUME)
+            problem = await named_volumes_problem(
+                self.gateway.pool.address, guardrails, volumes, self._owner, owner_checked
+            )
+        except Exception as exc:  # any failure must answer, or the paused client would hang
+            self._lookup_task = None
+            self._upstream_failed(UpstreamError(f"volume look-up failed: {describe_error(exc)}"))
+            return
+        if self.closing or self._head is not head:
+            self._lookup_task = None
+            return
+        if problem is not None:
+            self._lookup_task = None
+            self._refuse(head, self._guardrail_verdict(Refusal(403, problem)), body_read=True)
+            self._resume_reading(PAUSE_LOOKUP)
+            self._after_refusal()
+            return
+        if named:
+            await self._check_references(head, body, named)
+            return
+        self._lookup_task = None
+        self._resume_reading(PAUSE_LOOKUP)
+        self._forward_held(head, body)
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
         self._request_done = True

@@ -16,9 +16,18 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from dockgate.body import gojson
+from dockgate.body.volumeopts import (
+    NETWORK_TYPES,
+    VolumeOptionRefused,
+    local_mount,
+    network_servers,
+    tmpfs_problem,
+)
 from dockgate.body.workload import (
     BodyError,
     HostPath,
+    LocalVolume,
+    NamedVolume,
     Workload,
     container_create,
     container_update,
@@ -101,6 +110,9 @@ class Guardrails:
     max_memory: int | None = None  # bytes
     max_nano_cpus: int | None = None
     volume_drivers: frozenset[str] = frozenset()  # besides `local`
+    # Network file systems the `local` driver may mount (nfs, cifs, ...), each with the servers
+    # (`*` wildcards) it may connect to; tmpfs needs no entry, and nothing else can have one.
+    volume_types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     exec_root: bool = True
     exec_privileged: bool = False
     image_import_urls: bool = False
@@ -117,16 +129,20 @@ class Refusal(Exception):
         self.reason = reason
 
 
-def check_request(guardrails: Guardrails, operation: str, query: str, body: bytes) -> None:
-    """Raise `Refusal` when the request asks for more than the guardrails allow."""
+def check_request(
+    guardrails: Guardrails, operation: str, query: str, body: bytes
+) -> tuple[NamedVolume, ...]:
+    """Raise `Refusal` when the request asks for more than the guardrails allow. What it
+    returns is still to be judged: the volumes it uses by name, whose options only the daemon
+    knows (`named_volume_problem` on each one's inspect answer)."""
     if operation in QUERY_CHECKED:
         _check_query(guardrails, operation, query)
-        return
+        return ()
     if operation not in BODY_CHECKED:
-        return
+        return ()
     if operation == "ContainerStart":
         _check_start(body)
-        return
+        return ()
     try:
         parsed = gojson.parse(body, strict_end=True)
     except (ValueError, RecursionError):
@@ -134,13 +150,14 @@ def check_request(guardrails: Guardrails, operation: str, query: str, body: byte
     try:
         if operation in ("PluginPull", "PluginUpgrade"):
             _check_plugin(guardrails, parsed)
-            return
+            return ()
         workload = _READERS[operation](parsed)
     except BodyError as exc:
         raise Refusal(400, str(exc)) from None
     problem = find_problem(guardrails, workload)
     if problem is not None:
         raise Refusal(403, problem)
+    return tuple(workload.named_volumes)
 
 
 def find_problem(g: Guardrails, w: Workload) -> str | None:
@@ -224,6 +241,65 @@ def host_path_problem(g: Guardrails, mount: HostPath) -> str | None:
                 return f"host path {path} ({mount.via}) must be mounted read-only"
             return None
     return f"host path {path} ({mount.via}) is not allowed"
+
+
+def _volume_options(g: Guardrails, w: Workload) -> str | None:
+    for volume in w.local_volumes:
+        problem = local_volume_problem(g, volume)
+        if problem is not None:
+            return problem
+    return None
+
+
+def local_volume_problem(g: Guardrails, volume: LocalVolume) -> str | None:
+    """`local` driver options judged as the kernel would mount them (volumeopts.py): a bind
+    (any `bind`/`rbind` in `o`, whatever `type` says) is a host path; a file system must be a
+    plain tmpfs or a network file system the policy allows, with allowed servers."""
+    try:
+        return _local_mount_problem(g, volume)
+    except VolumeOptionRefused as refused:
+        return f"{refused} ({volume.via})"
+
+
+def _local_mount_problem(g: Guardrails, volume: LocalVolume) -> str | None:
+    where = volume.via
+    mount = local_mount(volume.options)
+    if mount.kind == "none":
+        return None
+    if mount.kind == "bind":
+        read_only = mount.read_only or volume.read_only
+        return host_path_problem(g, HostPath(mount.device, read_only, f"bind device, {where}"))
+    if mount.fs_type == "tmpfs":
+        problem = tmpfs_problem(mount)
+        return None if problem is None else f"{problem} ({where})"
+    servers = g.volume_types.get(mount.fs_type)
+    if servers is None or mount.fs_type not in NETWORK_TYPES:
+        return f"file system type {mount.fs_type!r} (type=, {where}) is not allowed"
+    for server in network_servers(mount):
+        if not any(fnmatch.fnmatchcase(server.lower(), p.lower()) for p in servers):
+            return f"{mount.fs_type} server {server!r} ({where}) is not allowed"
+    return None
+
+
+def named_volume_problem(g: Guardrails, volume: NamedVolume, inspect: object) -> str | None:
+    """A volume used by name, judged on the daemon's `GET /volumes/NAME` answer (None: no such
+    volume, which the daemon creates as a plain one) as if its options were in the body."""
+    if inspect is None:
+        return None
+    if not isinstance(inspect, dict):
+        return f"volume {volume.name!r}: the daemon's answer cannot be read"
+    driver = inspect.get("Driver")
+    options = inspect.get("Options") or {}
+    if not isinstance(driver, str) or not isinstance(options, dict):
+        return f"volume {volume.name!r}: the daemon's answer cannot be read"
+    if not all(isinstance(v, str) for v in options.values()):
+        return f"volume {volume.name!r}: the daemon's answer cannot be read"
+    if driver not in ("local", *g.volume_drivers):
+        return f"volume {volume.name!r} of driver {driver!r} is not allowed"
+    if driver != "local" or not options:
+        return None
+    via = f"volume {volume.name!r} used by {volume.via}"
+    return local_volume_problem(g, LocalVolume(dict(options), volume.read_only, via))
 
 
 def _namespaces(g: Guardrails, w: Workload) -> str | None:
@@ -334,6 +410,7 @@ _CHECKS = (
     _capabilities,
     _devices,
     _host_paths,
+    _volume_options,
     _namespaces,
     _security,
     _sysctls,

@@ -15,6 +15,7 @@ else the top-level one. Both are read here the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from dockgate.body.gojson import MISSING, GoObject, Struct, mapping, scalar, slice_, struct, values
@@ -30,7 +31,27 @@ class HostPath:
 
     path: str
     read_only: bool
-    via: str  # "Binds", "Mounts", "volume driver options", ...
+    via: str  # "Binds", "Mounts", "bind device, DriverOpts", ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalVolume:
+    """Options of the `local` volume driver in the body (VolumeCreate's DriverOpts, a volume
+    mount's DriverConfig.Options), to be judged as the kernel mounts them (volumeopts.py)."""
+
+    options: dict[str, str]
+    read_only: bool  # the mount that uses it is read-only
+    via: str  # where the options are, for the refusal
+
+
+@dataclass(frozen=True, slots=True)
+class NamedVolume:
+    """A volume a container or service uses by name: it may already exist, made with options
+    the body does not show, so the daemon is asked for them before the body goes on."""
+
+    name: str
+    read_only: bool
+    via: str
 
 
 @dataclass(slots=True)
@@ -53,6 +74,8 @@ class Workload:
     nano_cpus: int = 0  # 1e9 per CPU, 0 = unlimited (CpuQuota/CpuPeriod folded in)
     networks: list[str] = field(default_factory=list)  # service networks
     volume_drivers: list[str] = field(default_factory=list)  # named drivers other than local
+    local_volumes: list[LocalVolume] = field(default_factory=list)
+    named_volumes: list[NamedVolume] = field(default_factory=list)
 
 
 # ----- typed accessors: the daemon refuses a wrong type, so do we ----------------------------
@@ -143,11 +166,19 @@ def parse_bind(spec: str) -> HostPath | None:
     return HostPath(source, "ro" in options, "Binds")
 
 
-def _mount_paths(
-    mounts: list[GoObject], where: str, drivers: list[str] | None = None
-) -> list[HostPath]:
-    """Host paths of a Mounts list; volume drivers named go to `drivers`."""
-    drivers = drivers if drivers is not None else []
+def bind_volume(spec: str) -> NamedVolume | None:
+    """The volume a `Binds` entry names (`name:/dst[:opts]`), None for a host path or an
+    anonymous volume (moby volume/mounts/linux_parser.go: a source not starting with "/")."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or parts[0].startswith("/"):
+        return None
+    options = parts[2].split(",") if len(parts) == 3 else []
+    return NamedVolume(parts[0], "ro" in options, "Binds")
+
+
+def _mount_paths(mounts: list[GoObject], where: str, workload: Workload) -> list[HostPath]:
+    """Host paths of a Mounts list; the volumes it uses (by name, by driver, by local driver
+    options) go to `workload`."""
     paths: list[HostPath] = []
     for index, mount in enumerate(mounts):
         here = f"{where}Mounts[{index}]."
@@ -163,28 +194,19 @@ def _mount_paths(
             name = _string(driver, "Name", here + "VolumeOptions.DriverConfig.") or ""
             opts = _string_map(driver, "Options", here + "VolumeOptions.DriverConfig.")
             if name:
-                drivers.append(name)
-            host = local_driver_host_path(name, opts)
-            if host is not None:
-                paths.append(HostPath(host, read_only, "volume driver options"))
+                workload.volume_drivers.append(name)
+            if name in ("", "local") and opts:
+                via = here + "VolumeOptions.DriverConfig.Options"
+                workload.local_volumes.append(LocalVolume(opts, read_only, via))
+            if source:
+                # An existing volume of that name is used as it is (its options, not these).
+                workload.named_volumes.append(NamedVolume(source, read_only, here + "Source"))
         elif kind not in ("tmpfs", ""):
             # npipe and cluster volumes have nothing to do on Linux; an unknown type is refused.
             raise BodyError(f"{here}Type {kind!r} is not supported by dockgate's guardrails")
         if kind == "":
             raise BodyError(f"{here}Type is required")
     return paths
-
-
-def local_driver_host_path(driver: str, options: dict[str, str]) -> str | None:
-    """The host path (or device) a `local` volume would mount: `device` with `o=bind` (or
-    `type=none`) is a bind mount of a host path, any other `device` a host block device or
-    share; None for an ordinary volume or another driver."""
-    if driver not in ("", "local"):
-        return None
-    device = options.get("device")
-    if device is None or options.get("type") == "tmpfs":
-        return None  # an ordinary volume, or a tmpfs (its "device" is a label)
-    return device
 
 
 # ----- operations ------------------------------------------------------------------------------
@@ -225,9 +247,10 @@ def _host_config(host: Struct, where: str, workload: Workload) -> None:
         bound = parse_bind(bind)
         if bound is not None:
             workload.host_paths.append(bound)
-    workload.host_paths += _mount_paths(
-        _objects(host, "Mounts", where), where, workload.volume_drivers
-    )
+        named = bind_volume(bind)
+        if named is not None:
+            workload.named_volumes.append(dataclasses.replace(named, via=f"{where}Binds"))
+    workload.host_paths += _mount_paths(_objects(host, "Mounts", where), where, workload)
     workload.volumes_from = _strings(host, "VolumesFrom", where)
     for name, mode_field in (
         ("network", "NetworkMode"),
@@ -311,9 +334,7 @@ def service_spec(parsed: object) -> Workload:
     container_labels = _string_map(spec, "Labels", where)
     workload.labels = {**workload.labels, **container_labels}
     workload.cap_add = _strings(spec, "CapabilityAdd", where)
-    workload.host_paths = _mount_paths(
-        _objects(spec, "Mounts", where), where, workload.volume_drivers
-    )
+    workload.host_paths = _mount_paths(_objects(spec, "Mounts", where), where, workload)
     workload.sysctls = _string_map(spec, "Sysctls", where)
     _service_privileges(struct(spec, "Privileges", pointer=True), where + "Privileges.", workload)
     resources = struct(task, "Resources", pointer=True)
@@ -360,9 +381,7 @@ def volume_create(parsed: object) -> Workload:
     options = _string_map(top, "DriverOpts", "")
     if driver not in ("", "local"):
         workload.volume_drivers.append(driver)
-    host = local_driver_host_path(driver, options)
-    if host is not None:
-        read_only = "ro" in options.get("o", "").split(",")
-        workload.host_paths.append(HostPath(host, read_only, "volume driver options"))
+    elif options:
+        workload.local_volumes.append(LocalVolume(options, False, "DriverOpts"))
     workload.labels = _string_map(top, "Labels", "")
     return workload

@@ -28,6 +28,7 @@ from pydantic import (
 
 from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
 from dockgate.body.redact import Redaction
+from dockgate.body.volumeopts import NETWORK_TYPES
 from dockgate.files import read_config_text
 from dockgate.policy.rules import (
     ALLOW,
@@ -134,6 +135,7 @@ class GuardrailsSpec(_Strict):
     max_memory: str | StrictInt | None = None
     max_cpus: float | None = None
     volume_drivers: list[str] = Field(default_factory=list)
+    volume_types: dict[str, list[str]] = Field(default_factory=dict)
     exec: ExecSpec = Field(default_factory=ExecSpec)
     image_import_urls: StrictBool = False
     plugin_privileges: StrictBool = False
@@ -447,6 +449,16 @@ def _compile_guardrails(
                 f"namespace {namespace!r}: use {known} (or NAME:container to join another "
                 "container's)",
             )
+    for fs_type, servers in spec.volume_types.items():
+        if fs_type not in NETWORK_TYPES:
+            known = ", ".join(NETWORK_TYPES)
+            raise fail(
+                (*loc, "volume_types", fs_type),
+                f"volume type {fs_type!r}: only network file systems may be allowed ({known}); "
+                "tmpfs needs no entry",
+            )
+        if not servers:
+            raise fail((*loc, "volume_types", fs_type), "name the servers it may connect to")
     try:
         max_memory = parse_size(spec.max_memory) if spec.max_memory is not None else None
     except ValueError as exc:
@@ -472,6 +484,7 @@ def _compile_guardrails(
         max_memory=max_memory,
         max_nano_cpus=round(spec.max_cpus * 1e9) if spec.max_cpus is not None else None,
         volume_drivers=frozenset(spec.volume_drivers),
+        volume_types={t: tuple(servers) for t, servers in spec.volume_types.items()},
         exec_root=spec.exec.root,
         exec_privileged=spec.exec.privileged,
         image_import_urls=spec.image_import_urls,
