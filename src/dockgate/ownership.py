@@ -279,10 +279,18 @@ def _one_object(body: bytes) -> gojson.GoObject:
 def hex_name_problem(operation: str, query: str, body: bytes) -> str | None:
     """A name made only of hex digits for a new container, network, service, secret or
     config: it could be read as (a prefix of) another object's ID wherever it is named later,
-    and so stand for someone else's object. None when the name is fine."""
+    and so stand for someone else's object. None when the name is fine. Names are judged as
+    the daemon stores them: a container's without its leading `/`; networks (daemon/network.go
+    createNetwork), services, secrets and configs (swarmkit's name validation) are stored as
+    given. Volumes are not judged: the daemon finds a volume by its exact name only."""
     names: list[object] = []
     if operation in ("ContainerCreate", "ContainerRename"):
-        names += [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"]
+        # The daemon names the container without one leading `/` (daemon/names.go
+        # reserveName: `strings.TrimPrefix(name, "/")`; rename.go adds the `/` back): judged
+        # as it will be stored, so `/abc123` is `abc123`.
+        names += [
+            v.removeprefix("/") for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"
+        ]
     elif operation in ("NetworkCreate", "ServiceCreate", "SecretCreate", "ConfigCreate"):
         try:
             top = gojson.parse(body)

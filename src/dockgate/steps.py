@@ -29,6 +29,7 @@ from dockgate.body.redact import (
     label_filter_problem,
     redact_response,
 )
+from dockgate.body.repeated import repeated_list
 from dockgate.errors import (
     ClientProtocolError,
     GatewayError,
@@ -177,9 +178,13 @@ class PolicySteps:
             capture += data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
 
     def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
-        """Ownership: the objects the body names (to look up), after refusing new objects
-        with hex-only names. Refusal (400) for a body that cannot be read here."""
+        """Ownership: the objects the body names (to look up), after refusing a list given
+        twice (body/repeated.py) and new objects with hex-only names. Refusal (400) for a
+        body that cannot be read here."""
         operation = self._operation()
+        repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
+        if repeated is not None:
+            raise Refusal(400, f"{repeated} is given twice (Go would merge the two lists)")
         problem = hex_name_problem(operation, "", body)
         if problem is not None:
             raise Refusal(400, problem)

@@ -1,0 +1,341 @@
+"""Ownership holes of issue 11 (finding 8's ownership parts), closed and tested by effect on the
+real daemon: lists given twice in a body, names judged as the daemon stores them, objects named
+in bodies pinned to the full IDs that were checked, and owners named by how they authenticated.
+
+Two tenants, alice and bob, share a policy with `ownership: true` and `guardrails: false`, so
+that what holds here is ownership's own doing (the guardrails' field walk refuses repeated lists
+too, for guarded policies). Where it can, a test first sends the attack straight to the daemon,
+the way the old gateway forwarded it (body labelled with the attacker as owner), to show that it
+works there; then through dockgate, where it is refused and nothing changed on the daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import pathlib
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dockgate.ownership import with_owner_label
+from support.daemon import PrivateDaemon, free_tcp_port
+from support.gateway import Gateway, running
+from support.remote import create_token, write_htpasswd
+
+pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+POLICY = """\
+policies:
+  tenants:
+    ownership: true
+    guardrails: false
+    rules:
+      - allow:
+          sections: [ping, version, info, containers, exec, volumes, networks, services, tasks,
+                     secrets, configs]
+bindings:
+  - {policy: tenants, authenticated: true}
+"""
+
+
+def _suffix() -> str:
+    return os.urandom(4).hex()
+
+
+class Api:
+    """HTTP/1.1 calls to the gateway as one caller (`Authorization` header given)."""
+
+    def __init__(self, gateway: Gateway, authorization: str) -> None:
+        self.gateway = gateway
+        self.authorization = authorization
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
+        headers = {"Authorization": self.authorization}
+        data: bytes | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            answer = conn.getresponse()
+            raw = answer.read()
+        finally:
+            conn.close()
+        try:
+            return answer.status, json.loads(raw)
+        except ValueError:
+            return answer.status, raw
+
+
+def basic(user: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()
+
+
+def daemon_call(
+    daemon: PrivateDaemon, method: str, target: str, body: bytes = b""
+) -> tuple[int, Any]:
+    """One HTTP/1.0 exchange straight with the daemon (not through dockgate)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(str(daemon.socket_path))
+        head = f"{method} {target} HTTP/1.0\r\nHost: docker\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        s.sendall(head.encode() + b"\r\n" + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head_bytes, _, raw = data.partition(b"\r\n\r\n")
+    try:
+        answer: Any = json.loads(raw)
+    except ValueError:
+        answer = raw
+    return int(head_bytes.split(b" ", 2)[1]), answer
+
+
+def exists(daemon: PrivateDaemon, kind: str, name: str) -> bool:
+    target = f"/{kind}/{name}/json" if kind == "containers" else f"/{kind}/{name}"
+    status, _ = daemon_call(daemon, "GET", target)
+    return status == 200
+
+
+@pytest.fixture(scope="module")
+def gw(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    base = tmp_path_factory.mktemp("ownership-holes")
+    write_htpasswd(base / "htpasswd", USERS)
+    (base / "policy.yaml").write_text(POLICY)
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
+        policy=str(base / "policy.yaml"),
+    )
+    with running(gateway) as started:
+        yield started
+
+
+@pytest.fixture
+def alice(gw: Gateway) -> Api:
+    return Api(gw, basic("alice"))
+
+
+@pytest.fixture
+def bob(gw: Gateway) -> Api:
+    return Api(gw, basic("bob"))
+
+
+@pytest.fixture
+def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
+    """Objects to remove straight on the daemon after the test."""
+    names: dict[str, list[str]] = {
+        "service": [], "container": [], "network": [], "volume": [], "secret": []
+    }  # fmt: skip
+    yield names
+    for service in names["service"]:
+        daemon.docker("service", "rm", service, check=False)
+    if names["container"]:
+        daemon.docker("rm", "-f", *names["container"], check=False)
+    for network in names["network"]:
+        daemon.docker("network", "rm", network, check=False)
+    if names["volume"]:
+        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
+    for secret in names["secret"]:
+        for _ in range(50):  # a removed service's tasks hold the secret for a moment
+            if daemon.docker("secret", "rm", secret, check=False).returncode == 0:
+                break
+            time.sleep(0.2)
+
+
+def forwarded_as_before(body: bytes, operation: str, owner: str) -> bytes:
+    """The body as the old gateway forwarded it: labelled with the caller as owner."""
+    return with_owner_label(body, operation, owner)
+
+
+def wait_for(what: str, probe: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+# ----- lists given twice --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swarm(daemon: PrivateDaemon, gw: Gateway) -> Iterator[PrivateDaemon]:
+    port = free_tcp_port()
+    done = daemon.docker(
+        *("swarm", "init", "--advertise-addr", "127.0.0.1"),
+        *("--listen-addr", f"127.0.0.1:{port}"),
+        check=False,
+    )
+    assert done.returncode == 0 or b"already part of a swarm" in done.stderr, done.stderr
+    try:
+        yield daemon
+    finally:
+        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+
+
+def _secret_service_body(name: str, image: str, first: str, second: str) -> bytes:
+    """A service whose ContainerSpec gives `Secrets` twice (the raw lists `first`, `second`):
+    Python keeps one key, so the JSON is written by hand."""
+    spec = (
+        f'{{"Image":{json.dumps(image)},'
+        '"Command":["sh","-c","cat /run/secrets/s > /dev/null && sleep 600"],'
+        f'"Secrets":{first},"Secrets":{second}}}'
+    )
+    return f'{{"Name":{json.dumps(name)},"TaskTemplate":{{"ContainerSpec":{spec}}}}}'.encode()
+
+
+def _task_container(daemon: PrivateDaemon, service_id: str) -> str | None:
+    label = f"label=com.docker.swarm.service.id={service_id}"
+    ids = daemon.docker("ps", "-q", "--filter", label).stdout.decode().split()
+    return ids[0] if ids else None
+
+
+def test_secrets_given_twice_do_not_mount_someone_elses_secret(
+    alice: Api, bob: Api, swarm: PrivateDaemon, busybox_image: str,
+    leftovers: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """Failed before: the reference check read the last `Secrets` list (nothing named in it),
+    while Go decodes the second list into the first one's elements, so the first list's
+    SecretID/SecretName (alice's) survive and bob's task reads alice's secret. Now a list
+    given twice is refused (400) and no service, no task, mounts it."""
+    canary = f"alice-canary-{_suffix()}"
+    secret_name = f"dgt-hole-secret-{_suffix()}"
+    status, answer = alice.call(
+        "POST", "/v1.41/secrets/create",
+        {"Name": secret_name, "Data": base64.b64encode(canary.encode()).decode()},
+    )  # fmt: skip
+    assert status == 201, answer
+    leftovers["secret"].append(secret_name)
+    secret_id = answer["ID"]
+    file = {"Name": "s", "UID": "0", "GID": "0", "Mode": 292}
+    first = json.dumps([{"SecretID": secret_id, "SecretName": secret_name, "File": file}])
+    second = json.dumps([{"File": file}])
+
+    # Straight to the daemon, as the old gateway forwarded it: bob's task reads alice's secret.
+    direct = f"dgt-hole-direct-{_suffix()}"
+    body = _secret_service_body(direct, busybox_image, first, second)
+    status, created = daemon_call(
+        swarm, "POST", "/v1.41/services/create",
+        forwarded_as_before(body, "ServiceCreate", "bob"),
+    )  # fmt: skip
+    assert status == 201, created
+    leftovers["service"].append(direct)
+    task = wait_for("bob's task", lambda: _task_container(swarm, created["ID"]))
+    read = wait_for(
+        "the secret in bob's task",
+        lambda: swarm.docker("exec", task, "cat", "/run/secrets/s", check=False).stdout,
+    )
+    assert read.decode() == canary, "the attack is not reproduced: the test would be vacuous"
+    swarm.docker("service", "rm", direct, check=False)
+
+    # Through dockgate: refused, and nothing was created.
+    through = f"dgt-hole-through-{_suffix()}"
+    leftovers["service"].append(through)
+    body = _secret_service_body(through, busybox_image, first, second)
+    status, answer = bob.call("POST", "/v1.41/services/create", body)
+    assert status == 400, answer
+    assert "Secrets is given twice" in answer["message"], answer
+    assert not exists(swarm, "services", through)
+    # The same with the key spelled another way (Go folds case) and inside a second
+    # TaskTemplate object (Go merges the two).
+    body = (
+        f'{{"Name":"{through}","TaskTemplate":{{"ContainerSpec":{{"Image":"{busybox_image}",'
+        f'"Secrets":{first}}}}},"taskTemplate":{{"containerSpec":{{"secrets":{second}}}}}}}'
+    ).encode()
+    status, answer = bob.call("POST", "/v1.41/services/create", body)
+    assert status == 400, answer
+    assert not exists(swarm, "services", through)
+
+
+def test_mounts_given_twice_do_not_mount_someone_elses_volume(
+    alice: Api, bob: Api, daemon: PrivateDaemon, busybox_image: str,
+    leftovers: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """Failed before: `HostConfig.Mounts` given twice was judged on its last list (no volume
+    named), while the daemon kept the first list's Type and Source (alice's volume). Now
+    refused (400), with `guardrails: false`: ownership holds by itself."""
+    volume = f"dgt-hole-vol-{_suffix()}"
+    canary = f"alice-volume-{_suffix()}"
+    status, answer = alice.call("POST", "/v1.41/volumes/create", {"Name": volume})
+    assert status == 201, answer
+    leftovers["volume"].append(volume)
+    daemon.docker(
+        "run", "--rm", "-v", f"{volume}:/v", busybox_image, "sh", "-c", f"echo {canary} > /v/f"
+    )
+    first = json.dumps([{"Type": "volume", "Source": volume, "Target": "/v"}])
+    second = json.dumps([{"Target": "/v"}])
+
+    def body(name: str) -> tuple[str, bytes]:
+        raw = (
+            f'{{"Image":"{busybox_image}","Cmd":["cat","/v/f"],'
+            f'"HostConfig":{{"Mounts":{first},"Mounts":{second}}}}}'
+        )
+        return f"/v1.41/containers/create?name={name}", raw.encode()
+
+    direct = f"dgt-hole-mdirect-{_suffix()}"
+    leftovers["container"].append(direct)
+    target, raw = body(direct)
+    status, answer = daemon_call(
+        daemon, "POST", target, forwarded_as_before(raw, "ContainerCreate", "bob")
+    )
+    assert status == 201, answer
+    daemon.docker("start", "-a", direct)
+    logs = daemon.docker("logs", direct).stdout.decode()
+    assert canary in logs, "the attack is not reproduced: the test would be vacuous"
+
+    through = f"dgt-hole-mthrough-{_suffix()}"
+    leftovers["container"].append(through)
+    target, raw = body(through)
+    status, answer = bob.call("POST", target, raw)
+    assert status == 400, answer
+    assert "Mounts is given twice" in answer["message"], answer
+    assert not exists(daemon, "containers", through)
+
+
+# ----- names as the daemon stores them -------------------------------------------------------
+
+
+def test_slash_hex_container_name_is_refused(
+    alice: Api, bob: Api, daemon: PrivateDaemon, busybox_image: str,
+    leftovers: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """Failed before: `name=/<hex>` passed the hex-name check, and the daemon strips the `/`,
+    so bob's container was named after a prefix of alice's container ID. Now 400 for create
+    and rename, and no container holds that name."""
+    owned = f"dgt-hole-a-{_suffix()}"
+    leftovers["container"].append(owned)
+    status, answer = alice.call(
+        "POST", f"/v1.41/containers/create?name={owned}", {"Image": busybox_image}
+    )
+    assert status == 201, answer
+    decoy = answer["Id"][:12]
+    leftovers["container"].append(decoy)
+    status, answer = bob.call(
+        "POST", f"/v1.41/containers/create?name=%2F{decoy}", {"Image": busybox_image}
+    )
+    assert status == 400, answer
+    status, listed = daemon_call(daemon, "GET", "/containers/json?all=1")
+    assert f"/{decoy}" not in [n for c in listed for n in c["Names"]]
+    mine = f"dgt-hole-b-{_suffix()}"
+    leftovers["container"].append(mine)
+    status, answer = bob.call(
+        "POST", f"/v1.41/containers/create?name={mine}", {"Image": busybox_image}
+    )
+    assert status == 201, answer
+    status, answer = bob.call("POST", f"/v1.41/containers/{mine}/rename?name=/{decoy}")
+    assert status == 400, answer
+    status, listed = daemon_call(daemon, "GET", "/containers/json?all=1")
+    assert f"/{decoy}" not in [n for c in listed for n in c["Names"]]
