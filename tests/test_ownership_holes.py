@@ -17,11 +17,15 @@ import json
 import os
 import pathlib
 import socket
+import ssl
 import time
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import trustme
 
 from dockgate.ownership import with_owner_label
 from support.daemon import PrivateDaemon, free_tcp_port
@@ -42,6 +46,7 @@ policies:
                      secrets, configs]
 bindings:
   - {policy: tenants, authenticated: true}
+  - {policy: tenants, anonymous: true}
 """
 
 
@@ -58,7 +63,7 @@ class Api:
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
-        headers = {"Authorization": self.authorization}
+        headers = {"Authorization": self.authorization} if self.authorization else {}
         data: bytes | None = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -339,3 +344,176 @@ def test_slash_hex_container_name_is_refused(
     assert status == 400, answer
     status, listed = daemon_call(daemon, "GET", "/containers/json?all=1")
     assert f"/{decoy}" not in [n for c in listed for n in c["Names"]]
+
+
+# ----- owners named by how they authenticated -----------------------------------------------
+
+
+def test_anonymous_callers_own_nothing(
+    alice: Api, gw: Gateway, daemon: PrivateDaemon, busybox_image: str,
+    leftovers: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """Failed before: an anonymous caller of an ownership policy was the owner `anonymous`
+    (every anonymous caller the same one). Now it owns nothing: creating, listing and
+    touching objects is refused (403); requests about no object still go on."""
+    anonymous = Api(gw, "")
+    owned = f"dgt-hole-own-{_suffix()}"
+    leftovers["container"].append(owned)
+    status, answer = alice.call(
+        "POST", f"/v1.41/containers/create?name={owned}", {"Image": busybox_image}
+    )
+    assert status == 201, answer
+    status, _ = anonymous.call("GET", "/_ping")
+    assert status == 200
+    created = f"dgt-hole-anon-{_suffix()}"
+    leftovers["container"].append(created)
+    for method, path, body in (
+        ("POST", f"/v1.41/containers/create?name={created}", {"Image": busybox_image}),
+        ("GET", "/v1.41/containers/json?all=1", None),
+        ("GET", f"/v1.41/containers/{owned}/json", None),
+        ("DELETE", f"/v1.41/containers/{owned}?force=1", None),
+        ("POST", "/v1.41/volumes/create", {"Name": f"dgt-hole-anonvol-{_suffix()}"}),
+    ):
+        status, answer = anonymous.call(method, path, body)
+        assert status == 403, (path, answer)
+        assert "anonymous callers own nothing" in answer["message"]
+    assert not exists(daemon, "containers", created)
+    assert exists(daemon, "containers", owned)
+
+
+@dataclass
+class Tls:
+    server_cert: pathlib.Path
+    server_key: pathlib.Path
+    client_ca: pathlib.Path
+    client: ssl.SSLContext  # a client certificate whose CN is `alice`
+    tokens: pathlib.Path
+    token: str  # a bearer token whose identity is `alice`
+    htpasswd: pathlib.Path
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    root = tmp_path_factory.mktemp("holes-pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    server_cert, server_key = root / "server.pem", root / "server-key.pem"
+    server_cert.write_bytes(b"".join(b.bytes() for b in server.cert_chain_pems))
+    server_key.write_bytes(server.private_key_pem.bytes())
+    (root / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    client = ssl.create_default_context(cafile=str(root / "ca.pem"))
+    ca.issue_cert("alice.clients.test", common_name="alice").configure_cert(client)
+    write_htpasswd(root / "htpasswd", USERS)
+    token = create_token(root / "tokens", "alice-laptop", "alice")
+    return Tls(server_cert, server_key, root / "ca.pem", client, root / "tokens", token,
+               root / "htpasswd")  # fmt: skip
+
+
+class TlsApi(Api):
+    """A caller holding alice's certificate, with or without an Authorization header."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, authorization: str) -> None:
+        self.port = port
+        self.context = context
+        self.authorization = authorization
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=60)
+        headers = {"Authorization": self.authorization} if self.authorization else {}
+        data = json.dumps(body).encode() if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            answer = conn.getresponse()
+            raw = answer.read()
+        finally:
+            conn.close()
+        try:
+            return answer.status, json.loads(raw)
+        except ValueError:
+            return answer.status, raw
+
+
+def _tls_gateway(daemon: PrivateDaemon, tls: Tls, base: pathlib.Path, owners: str) -> Gateway:
+    policy = base / "policy.yaml"
+    policy.write_text(POLICY.replace("bindings:", owners + "bindings:", 1))
+    return Gateway(
+        daemon.host,
+        *("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)),
+        *("--tls-client-ca", str(tls.client_ca)),
+        *("--htpasswd", str(tls.htpasswd), "--tokens", str(tls.tokens)),
+        "--auth-failures", "0",
+        policy=str(policy),
+    )  # fmt: skip
+
+
+def _alices(gateway: Gateway, tls: Tls) -> dict[str, TlsApi]:
+    """The three ways alice can come: certificate alone, password, token (same certificate)."""
+    return {
+        "cert:alice": TlsApi(gateway.port, tls.client, ""),
+        "user:alice": TlsApi(gateway.port, tls.client, basic("alice")),
+        "token:alice": TlsApi(gateway.port, tls.client, f"Bearer {tls.token}"),
+    }
+
+
+def _label(daemon: PrivateDaemon, name: str) -> str | None:
+    _, inspected = daemon_call(daemon, "GET", f"/containers/{name}/json")
+    value = (inspected["Config"]["Labels"] or {}).get("io.dockgate.owner")
+    return value if isinstance(value, str) else None
+
+
+def test_owners_are_named_by_how_they_authenticated(
+    daemon: PrivateDaemon, tls: Tls, busybox_image: str,
+    tmp_path: pathlib.Path, leftovers: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """Failed before: the owner was the bare name, so a certificate whose CN is `alice`, the
+    htpasswd user `alice` and a token of identity `alice` were one owner (whoever gets a
+    certificate or token named like a user got that user's objects). Now each writes its own
+    label (`cert:alice`, `user:alice`, `token:alice`) and sees only its own objects."""
+    with running(_tls_gateway(daemon, tls, tmp_path, "")) as gateway:
+        callers = _alices(gateway, tls)
+        made: dict[str, str] = {}
+        for key, api in callers.items():
+            name = f"dgt-hole-{key.partition(':')[0]}-{_suffix()}"
+            leftovers["container"].append(name)
+            status, answer = api.call(
+                "POST", f"/v1.41/containers/create?name={name}", {"Image": busybox_image}
+            )
+            assert status == 201, answer
+            assert _label(daemon, name) == key
+            made[key] = name
+        for key, api in callers.items():
+            for other, name in made.items():
+                status, _ = api.call("GET", f"/v1.41/containers/{name}/json")
+                assert status == (200 if other == key else 404), (key, other)
+            filters = urllib.parse.quote(json.dumps({"name": list(made.values())}))
+            status, listed = api.call("GET", f"/v1.41/containers/json?all=1&filters={filters}")
+            assert status == 200
+            assert [c["Names"] for c in listed] == [[f"/{made[key]}"]]
+
+
+def test_owners_mapping_joins_identities_and_keeps_old_labels(
+    daemon: PrivateDaemon, tls: Tls, busybox_image: str,
+    tmp_path: pathlib.Path, leftovers: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """`owners:` names one owner for several identities: alice's certificate, password and
+    token all write and see the label `alice`, the bare name labels had before owners were
+    qualified, so an object labelled `alice` by an older gateway is hers again."""
+    old = f"dgt-hole-old-{_suffix()}"
+    leftovers["container"].append(old)
+    daemon.docker("create", "--name", old, "--label", "io.dockgate.owner=alice", busybox_image)
+    owners = "owners:\n  alice: [user:alice, cert:alice, token:alice]\n"
+    with running(_tls_gateway(daemon, tls, tmp_path, owners)) as gateway:
+        callers = _alices(gateway, tls)
+        made = f"dgt-hole-mapped-{_suffix()}"
+        leftovers["container"].append(made)
+        status, answer = callers["cert:alice"].call(
+            "POST", f"/v1.41/containers/create?name={made}", {"Image": busybox_image}
+        )
+        assert status == 201, answer
+        assert _label(daemon, made) == "alice"
+        for key, api in callers.items():
+            for name in (old, made):
+                status, _ = api.call("GET", f"/v1.41/containers/{name}/json")
+                assert status == 200, (key, name)

@@ -112,6 +112,20 @@ def object_kind(operation: str, template: str) -> Kind | None:
     return _KINDS_BY_SEGMENT.get(parts[1])
 
 
+def concerns_objects(operation: str, template: str) -> bool:
+    """Whether ownership mode narrows, labels, refuses or looks up anything for this
+    operation: what a caller who owns nothing (anonymous) may not do."""
+    return (
+        operation in UNAVAILABLE
+        or operation in FILTERED
+        or operation in OWNED_CREATES
+        or operation in REFERENCING
+        or operation in QUERY_REFERENCES
+        or operation == LABELLED_BUILD
+        or object_kind(operation, template) is not None
+    )
+
+
 def reference_of(path: str, kind: Kind) -> tuple[int, str] | None:
     """Where, among the `/`-separated parts of a (decoded, canonical) path, the object
     reference is, and the reference: `/v1.41/containers/web/start` -> (3, "web")."""

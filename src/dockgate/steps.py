@@ -60,6 +60,7 @@ from dockgate.ownership import (
     LookUp,
     Refuse,
     checked_answer,
+    concerns_objects,
     hex_name_problem,
     references,
     with_owner_label,
@@ -182,9 +183,11 @@ class PolicySteps:
         twice (body/repeated.py) and new objects with hex-only names. Refusal (400) for a
         body that cannot be read here."""
         operation = self._operation()
-        repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
-        if repeated is not None:
-            raise Refusal(400, f"{repeated} is given twice (Go would merge the two lists)")
+        if operation in OWNED_CREATES or operation in REFERENCING:
+            # The bodies ownership reads (to label, to look up what they name).
+            repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
+            if repeated is not None:
+                raise Refusal(400, f"{repeated} is given twice (Go would merge the two lists)")
         problem = hex_name_problem(operation, "", body)
         if problem is not None:
             raise Refusal(400, problem)
@@ -279,7 +282,18 @@ class PolicySteps:
         the object the request is about. True to go on now; False when refused or waiting."""
         owner = self._owner
         match = verdict.match
-        assert owner is not None and match is not None
+        assert match is not None
+        if owner is None:
+            # An anonymous caller owns nothing: what ownership would narrow, label or look
+            # up is refused; the rest (ping, version, images...) goes on as the policy says.
+            if not concerns_objects(verdict.operation, match.operation.path):
+                return True
+            message = (
+                f"dockgate: {verdict.operation}: ownership mode needs an authenticated caller "
+                "(anonymous callers own nothing)"
+            )
+            self._refuse(head, self._refusal(403, message))
+            return False
         step = ownership_plan(
             verdict.operation,
             match.operation.path,
