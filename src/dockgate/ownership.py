@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from dockgate.body import gojson
 from dockgate.http.query import query_value
+from dockgate.pinning import PREDEFINED_NETWORKS, parse_link
 
 OWNER_LABEL = "io.dockgate.owner"
 
@@ -224,8 +225,6 @@ def _with_json_parameter(
 
 # ----- references to other objects inside a request body --------------------------------------
 
-# Networks every caller may name: the daemon's own (they carry no owner label).
-PREDEFINED_NETWORKS = frozenset({"", "default", "bridge", "host", "none", "ingress"})
 # Bodies that name other objects, which must then be the caller's too.
 REFERENCING = frozenset(
     {"ContainerCreate", "ServiceCreate", "ServiceUpdate", "NetworkConnect", "NetworkDisconnect"}
@@ -330,7 +329,9 @@ def _container_references(host: gojson.Struct, found: list[tuple[Kind, str]]) ->
     for item in _strings(host, "VolumesFrom"):
         _add(found, CONTAINER, item.partition(":")[0])
     for link in _strings(host, "Links"):
-        _add(found, CONTAINER, link.partition(":")[0].lstrip("/"))
+        parsed = parse_link(link)  # as the daemon reads it; what it refuses names nothing
+        if parsed is not None:
+            _add(found, CONTAINER, parsed[0])
     for bind in _strings(host, "Binds"):
         source = bind.split(":")[0]
         if ":" in bind and source and not source.startswith("/"):

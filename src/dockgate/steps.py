@@ -66,6 +66,7 @@ from dockgate.ownership import (
     with_owner_label,
 )
 from dockgate.ownership import plan as ownership_plan
+from dockgate.pinning import pinned_body
 from dockgate.target import parse_target
 
 if TYPE_CHECKING:
@@ -207,9 +208,12 @@ class PolicySteps:
         self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
     ) -> None:
         self._pause_reading(PAUSE_LOOKUP)
+        pins: dict[tuple[str, str], str] = {}
         try:
             for kind, reference in named:
                 found = await find(self.gateway.pool.address, kind, reference)
+                if found is not None:
+                    pins[kind.name, reference] = found.full_id
                 # A volume that does not exist yet is created by the daemon (unlabelled: it is
                 # nobody's). A missing network or container is refused: the daemon keeps the
                 # name and would resolve it later, to whoever then holds it.
@@ -232,6 +236,15 @@ class PolicySteps:
             return
         self._lookup_task = None
         if self.closing or self._head is not head:
+            return
+        try:
+            # The daemon then acts on exactly the objects that were checked (pinning.py).
+            body = pinned_body(self._operation(), body, pins)
+        except ValueError as exc:
+            message = f"dockgate: {self._operation()}: {exc}"
+            self._refuse(head, self._refusal(400, message), body_read=True)
+            self._resume_reading(PAUSE_LOOKUP)
+            self._after_refusal()
             return
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
