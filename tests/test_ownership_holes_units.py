@@ -3,8 +3,11 @@ as the daemon stores them, pinned bodies read back as Go reads them, owners by m
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from dockgate.body import gojson
 from dockgate.body.repeated import repeated_list
 from dockgate.identity import (
     ANONYMOUS_IDENTITY,
@@ -16,6 +19,7 @@ from dockgate.identity import (
 )
 from dockgate.owners import identity_key, owner_for
 from dockgate.ownership import hex_name_problem
+from dockgate.pinning import parse_link, pinned_body
 from dockgate.policy.loader import PolicyError, parse_policy_text
 
 
@@ -136,3 +140,129 @@ def test_owners_mapping_errors_name_the_line(
         parse_policy_text(POLICY.format(owners=owners, ownership=ownership), "p.yaml")
     assert problem in str(caught.value)
     assert f"p.yaml:{line}" in str(caught.value), str(caught.value)
+
+
+# ----- pinned bodies, read back as Go reads them -------------------------------------------
+
+ID = {name: name[0].upper() * 64 for name in ("web", "db", "cache", "net", "other")}
+PINS = {
+    ("container", "web"): ID["web"],
+    ("container", "db"): ID["db"],
+    ("container", "cache"): ID["cache"],
+    ("network", "net"): ID["net"],
+    ("network", "other"): ID["other"],
+}
+
+
+def _read(body: bytes) -> gojson.GoObject:
+    top = gojson.parse(body, strict_end=True)
+    assert isinstance(top, gojson.GoObject)
+    return top
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_container_references_are_pinned_where_the_daemon_reads_them(legacy: bool) -> None:
+    host = {
+        "NetworkMode": "container:web",
+        "PidMode": "container:web",
+        "IpcMode": "shareable",
+        "VolumesFrom": ["db:ro", "web"],
+        "Links": ["/cache:/me/c", "db", "web:w"],
+        "Memory": 1.5e9,
+    }
+    body = {"Image": "x", **host} if legacy else {"Image": "x", "HostConfig": host}
+    pinned = _read(pinned_body("ContainerCreate", json.dumps(body).encode(), PINS))
+    one = (pinned,)
+    inner = gojson.struct(one, "HostConfig", pointer=True)
+    assert bool(inner) is not legacy  # the top-level form stays the top-level form
+    read = inner or one
+    assert gojson.scalar(read, "NetworkMode") == f"container:{ID['web']}"
+    assert gojson.scalar(read, "PidMode") == f"container:{ID['web']}"
+    assert gojson.scalar(read, "IpcMode") == "shareable"
+    assert gojson.slice_(read, "VolumesFrom") == [f"{ID['db']}:ro", ID["web"]]
+    assert gojson.slice_(read, "Links") == [f"{ID['cache']}:c", f"{ID['db']}:db", f"{ID['web']}:w"]
+    assert gojson.scalar(read, "Memory") == 1.5e9
+    assert gojson.scalar(one, "Image") == "x"
+
+
+def test_networks_are_pinned_by_network_id() -> None:
+    body = {
+        "Image": "x",
+        "HostConfig": {"NetworkMode": "net"},
+        "NetworkingConfig": {"EndpointsConfig": {"net": {"Aliases": ["a"], "NetworkID": ""}}},
+    }
+    pinned = _read(pinned_body("ContainerCreate", json.dumps(body).encode(), PINS))
+    host = gojson.struct((pinned,), "HostConfig", pointer=True)
+    assert gojson.scalar(host, "NetworkMode") == ID["net"]
+    networking = gojson.struct((pinned,), "NetworkingConfig", pointer=True)
+    endpoints = gojson.mapping(networking, "EndpointsConfig")
+    assert endpoints is not None and list(endpoints) == ["net"]
+    settings = endpoints["net"]
+    assert isinstance(settings, gojson.GoObject)
+    assert gojson.scalar((settings,), "NetworkID") == ID["net"]
+    assert gojson.slice_((settings,), "Aliases") == ["a"]
+    # A network mode without an endpoint of its own gets one, keyed by the ID.
+    body = {"Image": "x", "NetworkMode": "net"}
+    pinned = _read(pinned_body("ContainerCreate", json.dumps(body).encode(), PINS))
+    assert gojson.scalar((pinned,), "NetworkMode") == ID["net"]
+    endpoints = gojson.mapping(
+        gojson.struct((pinned,), "NetworkingConfig", pointer=True), "EndpointsConfig"
+    )
+    assert endpoints is not None and list(endpoints) == [ID["net"]]
+    # An endpoint's NetworkID is what the daemon uses: that is what is pinned.
+    body = {"Image": "x", "NetworkingConfig": {"EndpointsConfig": {"net": {"NetworkID": "other"}}}}
+    pinned = _read(pinned_body("ContainerCreate", json.dumps(body).encode(), PINS))
+    endpoints = gojson.mapping(
+        gojson.struct((pinned,), "NetworkingConfig", pointer=True), "EndpointsConfig"
+    )
+    assert endpoints is not None
+    assert gojson.scalar((endpoints["net"],), "NetworkID") == ID["other"]  # type: ignore[arg-type]
+
+
+def test_network_connect_and_service_networks_are_pinned() -> None:
+    body = b'{"container":"web","EndpointConfig":{"NetworkID":"net","Aliases":["a"]}}'
+    pinned = _read(pinned_body("NetworkConnect", body, PINS))
+    assert gojson.scalar((pinned,), "Container") == ID["web"]
+    endpoint = gojson.struct((pinned,), "EndpointConfig", pointer=True)
+    assert gojson.scalar(endpoint, "NetworkID") == ID["net"]
+    assert gojson.slice_(endpoint, "Aliases") == ["a"]
+    body = json.dumps(
+        {
+            "Name": "s",
+            "TaskTemplate": {
+                "ContainerSpec": {"Image": "x"},
+                "Networks": [{"Target": "net", "Aliases": ["n"]}, {"Target": "ingress"}],
+            },
+        }
+    ).encode()
+    pinned = _read(pinned_body("ServiceCreate", body, PINS))
+    task = gojson.struct((pinned,), "TaskTemplate", pointer=False)
+    # Go decodes the appended list into the client's: element by element, the last Target.
+    elements = [v for v in gojson.values(task, "Networks") if isinstance(v, list)]
+    merged = [
+        [e for e in column if isinstance(e, gojson.GoObject)]
+        for column in zip(*elements, strict=True)
+    ]
+    assert [gojson.scalar(m, "Target") for m in merged] == [ID["net"], "ingress"]
+    assert gojson.slice_(merged[0], "Aliases") == ["n"]
+
+
+def test_nothing_to_pin_leaves_the_body() -> None:
+    body = b'{"Image":"x","HostConfig":{"Binds":["v:/v"]}}'
+    assert pinned_body("ContainerCreate", body, {}) == body
+    assert pinned_body("ContainerCreate", body, PINS) == body
+
+
+@pytest.mark.parametrize(
+    ("link", "parsed"),
+    [
+        ("db", ("db", "db")),
+        ("db:alias", ("db", "alias")),
+        ("/db:/app/alias", ("db", "alias")),
+        ("/db", ("/db", "/db")),
+        ("a:b:c", None),
+        ("", None),
+    ],
+)
+def test_links_parse_as_moby_does(link: str, parsed: tuple[str, str] | None) -> None:
+    assert parse_link(link) == parsed

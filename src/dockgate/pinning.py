@@ -17,18 +17,22 @@ replaced whole, so each is re-written whole. The client's own body has no list g
 
 Where the daemon takes the reference (moby v20.10.24):
 
-- `HostConfig.NetworkMode`, `PidMode`, `IpcMode` `container:X`: resolved at every start
-  (daemon/container_operations.go getNetworkedContainer, daemon/oci_linux.go); `container:<id>`.
+- `HostConfig.NetworkMode`, `PidMode`, `IpcMode` `container:X`: the daemon resolves X once,
+  at create, and stores `container:<id>` itself (daemon/daemon_unix.go
+  adaptSharedNamespaceContainer); pinned to `container:<id>` here so that the container it
+  resolves is the one that was checked (the window between look-up and create).
 - `HostConfig.VolumesFrom` `X[:mode]`, `HostConfig.Links` `X[:alias]`: resolved at create
   (daemon/volumes.go parseVolumesFrom, daemon/daemon_unix.go registerLinks with
   opts.ParseLink); `<id>:mode`, `<id>:alias` (the alias the link had, so the linked
-  container's host name and variables stay the same).
+  container's host name and variables stay the same). VolumesFrom is stored as given: the
+  pinned form is what inspect then shows.
 - a user-defined `HostConfig.NetworkMode` and each `NetworkingConfig.EndpointsConfig` entry:
   the network is found by the endpoint's `NetworkID` when set, else by the key, at every start
-  (container_operations.go getNetworkID, findAndAttachNetwork). The mode becomes the full ID,
-  and each endpoint gets `NetworkID` (its key is kept: the daemon files the endpoint under the
-  network's name); a mode with no endpoint of its own gets one, keyed by the ID, which the
-  daemon moves under the network's name (updateContainerNetworkSettings).
+  until the first one (container_operations.go getNetworkID, findAndAttachNetwork): a network
+  removed and created again under its name by another caller was joined at start. The mode
+  becomes the full ID, and each endpoint gets `NetworkID` (its key is kept: the daemon files
+  the endpoint under the network's name); a mode with no endpoint of its own gets one, keyed
+  by the ID, which the daemon moves under the network's name (updateContainerNetworkSettings).
 - NetworkConnect/Disconnect `Container`, and `EndpointConfig.NetworkID`: full IDs.
 - service `TaskTemplate.Networks[].Target` (or the old top-level `Networks`): the daemon
   itself turns each target into an ID at create (daemon/cluster/networks.go
