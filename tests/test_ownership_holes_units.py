@@ -18,9 +18,10 @@ from dockgate.identity import (
     Identity,
 )
 from dockgate.owners import identity_key, owner_for
-from dockgate.ownership import hex_name_problem
+from dockgate.ownership import OWNED_CREATES, concerns_objects, hex_name_problem
 from dockgate.pinning import parse_link, pinned_body
 from dockgate.policy.loader import PolicyError, parse_policy_text
+from dockgate.routes import OPERATIONS
 
 
 @pytest.mark.parametrize(
@@ -266,3 +267,13 @@ def test_nothing_to_pin_leaves_the_body() -> None:
 )
 def test_links_parse_as_moby_does(link: str, parsed: tuple[str, str] | None) -> None:
     assert parse_link(link) == parsed
+
+
+def test_what_an_anonymous_caller_may_not_do() -> None:
+    """Every operation ownership labels, narrows or looks up concerns objects (an anonymous
+    caller is refused it); requests about no object do not."""
+    concerned = {name for name, op in OPERATIONS.items() if concerns_objects(name, op.path)}
+    assert concerned >= OWNED_CREATES
+    assert {"ContainerList", "ContainerInspect", "ContainerDelete", "NetworkConnect"} <= concerned
+    assert {"ImageBuild", "ImageCommit", "SystemDataUsage", "SystemEvents"} <= concerned
+    assert not {"SystemPing", "SystemVersion", "SystemInfo", "ImageList"} & concerned
