@@ -667,3 +667,57 @@ def test_network_connect_is_pinned(
     assert status == 200, answer
     _, inspected = daemon_call(daemon, "GET", f"/containers/{box}/json")
     assert net in inspected["NetworkSettings"]["Networks"]
+
+
+# ----- a legacy start body -----------------------------------------------------------------
+
+
+def test_legacy_start_body_does_not_reach_someone_elses_volumes(
+    alice: Api, bob: Api, daemon: PrivateDaemon, busybox_image: str,
+    leftovers: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """Failed before: with `guardrails: false`, bob's `POST /v1.23/containers/b/start` with
+    `{"VolumesFrom":["<alice's container>"]}` was forwarded unread, and the daemon (API < 1.24)
+    took it as b's new HostConfig: b read alice's volume. Now a start body the daemon would
+    read (over 7 bytes) is refused in ownership mode, and b never starts."""
+    db = f"dgt-hole-sdb-{_suffix()}"
+    leftovers["container"].append(db)
+    canary = f"alice-start-{_suffix()}"
+    status, answer = alice.call(
+        "POST", f"/v1.41/containers/create?name={db}",
+        {"Image": busybox_image, "Volumes": {"/data": {}},
+         "Cmd": ["sh", "-c", f"echo {canary} > /data/f; sleep 600"]},
+    )  # fmt: skip
+    assert status == 201, answer
+    assert alice.call("POST", f"/v1.41/containers/{db}/start")[0] == 204
+    wait_for("db's file", lambda: canary.encode() in daemon.docker(
+        "exec", db, "cat", "/data/f", check=False).stdout)  # fmt: skip
+    start_body = json.dumps({"VolumesFrom": [db]}).encode()
+
+    def bobs_container() -> str:
+        name = f"dgt-hole-sb-{_suffix()}"
+        leftovers["container"].append(name)
+        status, answer = bob.call(
+            "POST", f"/v1.41/containers/create?name={name}",
+            {"Image": busybox_image, "Cmd": ["cat", "/data/f"]},
+        )  # fmt: skip
+        assert status == 201, answer
+        return name
+
+    # Straight to the daemon, as the old gateway forwarded it: bob reads alice's volume.
+    direct = bobs_container()
+    status, answer = daemon_call(daemon, "POST", f"/v1.23/containers/{direct}/start", start_body)
+    assert status == 204, answer
+    wait_for("the direct container's output", lambda: canary.encode() in daemon.docker(
+        "logs", direct, check=False).stdout)  # fmt: skip
+
+    through = bobs_container()
+    status, answer = bob.call("POST", f"/v1.23/containers/{through}/start", start_body)
+    assert status == 403, answer
+    assert "start body" in answer["message"]
+    _, inspected = daemon_call(daemon, "GET", f"/containers/{through}/json")
+    assert inspected["State"]["StartedAt"].startswith("0001-")
+    assert inspected["HostConfig"]["VolumesFrom"] is None
+    # A body the daemon ignores (7 bytes or less) still starts the container.
+    status, answer = bob.call("POST", f"/v1.23/containers/{through}/start", b"{}")
+    assert status == 204, answer
