@@ -102,7 +102,7 @@ def test_created_objects_carry_the_owner_label(
         ("network", objects["network"], "{{json .Labels}}"),
     ):
         labels = json.loads(daemon.docker(kind, "inspect", "-f", path, name).stdout)
-        assert labels.get("io.dockgate.owner") == "alice", (kind, labels)
+        assert labels.get("io.dockgate.owner") == "user:alice", (kind, labels)
 
 
 def test_lists_show_only_the_callers_objects(

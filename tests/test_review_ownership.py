@@ -492,13 +492,13 @@ def test_trailing_json_forges_the_owner_label(
 ) -> None:
     name = f"dgt-rev-planted-{_suffix()}"
     leftovers["network"].append(name)
-    body = json.dumps({"Name": name, "Labels": {"io.dockgate.owner": "bob"}}).encode() + b" {}"
+    body = json.dumps({"Name": name, "Labels": {"io.dockgate.owner": "user:bob"}}).encode() + b" {}"
     status, _ = alice.call("POST", "/v1.41/networks/create", body)
     if status == 201:  # (a 400 for the trailing data would be the fix)
         labels = json.loads(_inspect(daemon, "{{json .Labels}}", name))
         filters = urllib.parse.quote(json.dumps({"name": [name]}))
         _, listed = bob.call("GET", f"/v1.41/networks?filters={filters}")
-        assert labels.get("io.dockgate.owner") == "alice", (
+        assert labels.get("io.dockgate.owner") == "user:alice", (
             f"planted in bob's name: {labels}; bob lists {[n['Name'] for n in listed]}"
         )
 
@@ -526,7 +526,7 @@ def test_secret_update_rewrites_the_owner_label(alice: Api, bob: Api, swarm: Pri
         version = inspected["Version"]["Index"]
         alice.call(
             "POST", f"/v1.41/secrets/{secret_id}/update?version={version}",
-            {"Name": name, "Labels": {"io.dockgate.owner": "bob"}},
+            {"Name": name, "Labels": {"io.dockgate.owner": "user:bob"}},
         )  # fmt: skip
         status, _ = bob.call("GET", f"/v1.41/secrets/{secret_id}")
         assert status == 404, "alice's secret now belongs to bob"

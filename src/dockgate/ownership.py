@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from dockgate.body import gojson
 from dockgate.http.query import query_value
+from dockgate.pinning import PREDEFINED_NETWORKS, parse_link
 
 OWNER_LABEL = "io.dockgate.owner"
 
@@ -110,6 +111,20 @@ def object_kind(operation: str, template: str) -> Kind | None:
     if len(parts) < 3 or not parts[2].startswith("{"):
         return None
     return _KINDS_BY_SEGMENT.get(parts[1])
+
+
+def concerns_objects(operation: str, template: str) -> bool:
+    """Whether ownership mode narrows, labels, refuses or looks up anything for this
+    operation: what a caller who owns nothing (anonymous) may not do."""
+    return (
+        operation in UNAVAILABLE
+        or operation in FILTERED
+        or operation in OWNED_CREATES
+        or operation in REFERENCING
+        or operation in QUERY_REFERENCES
+        or operation == LABELLED_BUILD
+        or object_kind(operation, template) is not None
+    )
 
 
 def reference_of(path: str, kind: Kind) -> tuple[int, str] | None:
@@ -210,8 +225,6 @@ def _with_json_parameter(
 
 # ----- references to other objects inside a request body --------------------------------------
 
-# Networks every caller may name: the daemon's own (they carry no owner label).
-PREDEFINED_NETWORKS = frozenset({"", "default", "bridge", "host", "none", "ingress"})
 # Bodies that name other objects, which must then be the caller's too.
 REFERENCING = frozenset(
     {"ContainerCreate", "ServiceCreate", "ServiceUpdate", "NetworkConnect", "NetworkDisconnect"}
@@ -276,13 +289,41 @@ def _one_object(body: bytes) -> gojson.GoObject:
     return parsed
 
 
+# A container start whose body ownership reads: before API 1.24 the daemon takes it as the
+# container's new HostConfig, with its VolumesFrom, Links and `container:X` modes.
+START = "ContainerStart"
+# The daemon reads a start body only when it is longer than this (api/server/router/container/
+# container_routes.go postContainersStart: "A non-nil json object is at least 7 characters").
+_START_BODY_IGNORED = 7
+
+
+def start_body_problem(body: bytes) -> str | None:
+    """A start body the daemon would read as a HostConfig (API < 1.24; later versions refuse
+    it): it could name another caller's container or volumes, and is refused whatever the
+    guardrails say. None for what the daemon ignores."""
+    if len(body) > _START_BODY_IGNORED:
+        return (
+            "a start body would replace the container's HostConfig (API < 1.24): "
+            "not accepted in ownership mode"
+        )
+    return None
+
+
 def hex_name_problem(operation: str, query: str, body: bytes) -> str | None:
     """A name made only of hex digits for a new container, network, service, secret or
     config: it could be read as (a prefix of) another object's ID wherever it is named later,
-    and so stand for someone else's object. None when the name is fine."""
+    and so stand for someone else's object. None when the name is fine. Names are judged as
+    the daemon stores them: a container's without its leading `/`; networks (daemon/network.go
+    createNetwork), services, secrets and configs (swarmkit's name validation) are stored as
+    given. Volumes are not judged: the daemon finds a volume by its exact name only."""
     names: list[object] = []
     if operation in ("ContainerCreate", "ContainerRename"):
-        names += [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"]
+        # The daemon names the container without one leading `/` (daemon/names.go
+        # reserveName: `strings.TrimPrefix(name, "/")`; rename.go adds the `/` back): judged
+        # as it will be stored, so `/abc123` is `abc123`.
+        names += [
+            v.removeprefix("/") for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"
+        ]
     elif operation in ("NetworkCreate", "ServiceCreate", "SecretCreate", "ConfigCreate"):
         try:
             top = gojson.parse(body)
@@ -308,7 +349,9 @@ def _container_references(host: gojson.Struct, found: list[tuple[Kind, str]]) ->
     for item in _strings(host, "VolumesFrom"):
         _add(found, CONTAINER, item.partition(":")[0])
     for link in _strings(host, "Links"):
-        _add(found, CONTAINER, link.partition(":")[0].lstrip("/"))
+        parsed = parse_link(link)  # as the daemon reads it; what it refuses names nothing
+        if parsed is not None:
+            _add(found, CONTAINER, parsed[0])
     for bind in _strings(host, "Binds"):
         source = bind.split(":")[0]
         if ":" in bind and source and not source.startswith("/"):

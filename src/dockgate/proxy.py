@@ -63,6 +63,7 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
+from dockgate.owners import owner_for
 from dockgate.ownership import (
     is_form_body,
 )
@@ -380,7 +381,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 self._refuse(head, refusal)
                 return
         if policy is not None and policy.ownership:
-            self._owner = admission.identity.name
+            # Named by how the caller authenticated, or as `owners:` maps it (owners.py);
+            # None for an anonymous caller, who owns nothing (refused by _own).
+            owners = self.gateway.admissions.policies.owners
+            self._owner = owner_for(admission.identity, owners)
             if not self._own(head, verdict):
                 return  # refused, or waiting for the daemon's answer about the object
             head = self._head

@@ -29,6 +29,7 @@ from dockgate.body.redact import (
     label_filter_problem,
     redact_response,
 )
+from dockgate.body.repeated import repeated_list
 from dockgate.body.workload import NamedVolume
 from dockgate.errors import (
     ClientProtocolError,
@@ -56,16 +57,20 @@ from dockgate.ownership import (
     MAX_REFERENCES,
     OWNED_CREATES,
     REFERENCING,
+    START,
     VOLUME,
     Kind,
     LookUp,
     Refuse,
     checked_answer,
+    concerns_objects,
     hex_name_problem,
     references,
+    start_body_problem,
     with_owner_label,
 )
 from dockgate.ownership import plan as ownership_plan
+from dockgate.pinning import pinned_body
 from dockgate.target import parse_target
 
 if TYPE_CHECKING:
@@ -187,9 +192,20 @@ class PolicySteps:
             capture += data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
 
     def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
-        """Ownership: the objects the body names (to look up), after refusing new objects
-        with hex-only names. Refusal (400) for a body that cannot be read here."""
+        """Ownership: the objects the body names (to look up), after refusing a list given
+        twice (body/repeated.py) and new objects with hex-only names. Refusal (400) for a
+        body that cannot be read here."""
         operation = self._operation()
+        if operation == START:
+            problem = start_body_problem(body)
+            if problem is not None:
+                raise Refusal(403, problem)
+            return []
+        if operation in OWNED_CREATES or operation in REFERENCING:
+            # The bodies ownership reads (to label, to look up what they name).
+            repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
+            if repeated is not None:
+                raise Refusal(400, f"{repeated} is given twice (Go would merge the two lists)")
         problem = hex_name_problem(operation, "", body)
         if problem is not None:
             raise Refusal(400, problem)
@@ -245,9 +261,12 @@ class PolicySteps:
         self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
     ) -> None:
         self._pause_reading(PAUSE_LOOKUP)
+        pins: dict[tuple[str, str], str] = {}
         try:
             for kind, reference in named:
                 found = await find(self.gateway.pool.address, kind, reference)
+                if found is not None:
+                    pins[kind.name, reference] = found.full_id
                 # A volume that does not exist yet is created by the daemon (unlabelled: it is
                 # nobody's). A missing network or container is refused: the daemon keeps the
                 # name and would resolve it later, to whoever then holds it.
@@ -270,6 +289,15 @@ class PolicySteps:
             return
         self._lookup_task = None
         if self.closing or self._head is not head:
+            return
+        try:
+            # The daemon then acts on exactly the objects that were checked (pinning.py).
+            body = pinned_body(self._operation(), body, pins)
+        except ValueError as exc:
+            message = f"dockgate: {self._operation()}: {exc}"
+            self._refuse(head, self._refusal(400, message), body_read=True)
+            self._resume_reading(PAUSE_LOOKUP)
+            self._after_refusal()
             return
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
@@ -320,7 +348,18 @@ class PolicySteps:
         the object the request is about. True to go on now; False when refused or waiting."""
         owner = self._owner
         match = verdict.match
-        assert owner is not None and match is not None
+        assert match is not None
+        if owner is None:
+            # An anonymous caller owns nothing: what ownership would narrow, label or look
+            # up is refused; the rest (ping, version, images...) goes on as the policy says.
+            if not concerns_objects(verdict.operation, match.operation.path):
+                return True
+            message = (
+                f"dockgate: {verdict.operation}: ownership mode needs an authenticated caller "
+                "(anonymous callers own nothing)"
+            )
+            self._refuse(head, self._refusal(403, message))
+            return False
         step = ownership_plan(
             verdict.operation,
             match.operation.path,
@@ -382,7 +421,9 @@ class PolicySteps:
             self._redaction = policy.redaction
         guardrails = policy.guardrails if policy is not None else None
         if self._owner is not None and (
-            verdict.operation in OWNED_CREATES or verdict.operation in REFERENCING
+            verdict.operation in OWNED_CREATES
+            or verdict.operation in REFERENCING
+            or (verdict.operation == START and head.has_body)
         ):
             self._hold_body(head, guardrails)
             return

@@ -30,6 +30,7 @@ from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, norma
 from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
 from dockgate.files import read_config_text
+from dockgate.owners import OWNER_NAME, parse_identity
 from dockgate.policy.rules import (
     ALLOW,
     DENY,
@@ -197,6 +198,8 @@ class PolicyFileSpec(_Strict):
     sources: SourcesSpec | None = None
     groups: dict[str, list[str]] = Field(default_factory=dict)
     bindings: list[BindingSpec] | None = None
+    # Ownership: owner name -> the identities that count as that owner (owners.py).
+    owners: dict[str, list[str]] = Field(default_factory=dict)
     policies: dict[str, PolicySpec]
 
 
@@ -409,7 +412,38 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
         source=source,
         bindings=bindings,
         sources=_compile_sources(spec.sources, ("sources",), fail) or SourceRules(),
+        owners=_compile_owners(spec, fail),
     )
+
+
+def _compile_owners(spec: PolicyFileSpec, fail: Any) -> dict[str, str]:
+    """`owners:` as identity key -> owner name, each identity under one owner only."""
+    if spec.owners and not any(p.ownership for p in spec.policies.values()):
+        raise fail(("owners",), "'owners:' names owners for ownership mode: no policy has it")
+    owners: dict[str, str] = {}
+    for owner, identities in spec.owners.items():
+        if not OWNER_NAME.fullmatch(owner):
+            raise fail(
+                ("owners", owner),
+                f"owner name {owner!r}: use letters, digits, . _ - @ (no ':', which marks an "
+                "identity's own label such as user:alice)",
+            )
+        if not identities:
+            raise fail(("owners", owner), f"owner {owner!r} lists no identity")
+        for index, text in enumerate(identities):
+            key = parse_identity(text)
+            if key is None:
+                raise fail(
+                    ("owners", owner, index),
+                    f"identity {text!r}: write user:NAME, token:IDENTITY, cert:NAME or anonymous",
+                )
+            if key in owners:
+                raise fail(
+                    ("owners", owner, index),
+                    f"identity {text!r} is already owner {owners[key]!r}: one owner each",
+                )
+            owners[key] = owner
+    return owners
 
 
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?", re.IGNORECASE)

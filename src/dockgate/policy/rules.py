@@ -234,6 +234,8 @@ class PolicySet:
     source: str = ""  # file name, or "environment"
     bindings: tuple[Binding, ...] | None = None
     sources: SourceRules = field(default_factory=SourceRules)  # global source address allow/deny
+    # Ownership: identity key (`user:alice`) -> the owner it counts as (owners.py).
+    owners: Mapping[str, str] = field(default_factory=dict)
     _bound: dict[tuple[str, str, str, str], Binding | None] = field(
         default_factory=dict, init=False, compare=False, hash=False, repr=False
     )
