@@ -15,7 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
+from dockgate.config import ServeConfig
 from support.fake_upstream import FakeUpstream
 from support.gateway import Gateway, gateway_env, running
 from support.rawhttp import BufferedConn
@@ -197,3 +199,19 @@ def test_slow_body_gets_408(fake: FakeUpstream) -> None:
                 assert 1.0 <= waited < 3.0
                 assert sock.wait_closed(4.0)[0]
         assert len(fake.requests) == seen
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("67108864", 64 * 2**20), ("64MiB", 64 * 2**20), ("512k", 512 * 2**10), ("1 GiB", 2**30)],
+)
+def test_held_bodies_max_sizes(text: str, size: int) -> None:
+    """--held-bodies-max (and DOCKGATE_HELD_BODIES_MAX) take bytes or binary units."""
+    assert ServeConfig(held_bodies_max=text).held_bodies_max == size
+
+
+@pytest.mark.parametrize("text", ["64MB?", "-1", "1KiB", ""])
+def test_held_bodies_max_refuses_nonsense(text: str) -> None:
+    """Not a size, or under 64 KiB: the CLI reports it and does not start."""
+    with pytest.raises(ValidationError):
+        ServeConfig(held_bodies_max=text)
