@@ -385,21 +385,22 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             else None
         )
         self._owner = None
-        # What the body may be, in every policy (body/content.py): form bodies never pass.
-        refusal = judge_head(
-            verdict.operation,
-            _content_types(head),
-            head.has_body,
-            None if head.chunked else head.content_length,
-        )
-        if refusal is not None:
-            self._refuse(head, self._content_verdict(refusal))
-            return
-        if head.has_body and drops_body(verdict.operation):
-            # Read it whole first (the policy's steps then see a request without a body).
-            if self._start_hold(head):
-                self._ignored = bytearray()
-            return
+        if head.has_body:  # (a request without a body passes whatever it says it is)
+            # What the body may be, in every policy (body/content.py): form bodies never pass.
+            refusal = judge_head(
+                verdict.operation,
+                _content_types(head),
+                True,
+                None if head.chunked else head.content_length,
+            )
+            if refusal is not None:
+                self._refuse(head, self._content_verdict(refusal))
+                return
+            if drops_body(verdict.operation):
+                # Read it whole first (the policy's steps then see a request without a body).
+                if self._start_hold(head):
+                    self._ignored = bytearray()
+                return
         self._continue_exchange(head)
 
     def _continue_exchange(self, head: RequestHead) -> None:
