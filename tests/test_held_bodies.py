@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from dockgate.config import ServeConfig
-from support.fake_upstream import FakeUpstream
+from support.fake_upstream import Exchange, FakeUpstream
 from support.gateway import Gateway, gateway_env, running
 from support.rawhttp import BufferedConn
 
@@ -215,3 +215,37 @@ def test_held_bodies_max_refuses_nonsense(text: str) -> None:
     """Not a size, or under 64 KiB: the CLI reports it and does not start."""
     with pytest.raises(ValidationError):
         ServeConfig(held_bodies_max=text)
+
+
+def test_held_answers_share_the_budget(fake: FakeUpstream, tmp_path: pathlib.Path) -> None:
+    """Answers read whole to be redacted count against --held-bodies-max too: with a 64 KiB
+    budget, a 200 KB container list gets 503 instead of the answer (the held part given back:
+    the next, small list is answered, redacted)."""
+    policy = tmp_path / "redact.yaml"
+    policy.write_text(
+        "policies:\n  dash:\n    redact: {env: true}\n    rules:\n"
+        "      - allow: {sections: [containers]}\n"
+    )
+    big = [
+        {"Id": f"{i:064x}", "Names": [f"/c{i}"], "Labels": {"pad": "x" * 150}} for i in range(1000)
+    ]
+    small = [{"Id": "0" * 64, "Names": ["/c"], "Labels": {}}]
+
+    def handler(ex: Exchange) -> None:
+        ex.respond_json(big if "all=1" in ex.target else small)
+
+    fake.handler = handler
+    gw = Gateway(fake.url, "--policy", str(policy), "--held-bodies-max", "64KiB")
+    try:
+        with running(gw):
+            with connect(gw) as sock:
+                sock.send(b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                status, _, answer = sock.response()
+                assert status == 503, answer[:200]
+                assert "too many answers" in json.loads(answer)["message"]
+            with connect(gw) as sock:
+                sock.send(b"GET /v1.41/containers/json HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                status, _, answer = sock.response()
+                assert status == 200 and json.loads(answer)[0]["Names"] == ["/c"]
+    finally:
+        fake.handler = None
