@@ -65,6 +65,21 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N")
     serve.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS")
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a body held to be checked must arrive whole within this time, else 408 "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--held-bodies-max",
+        default="64MiB",
+        metavar="SIZE",
+        help="all bodies and answers held whole at once, per process, beyond which 503 "
+        "(bytes, or with KiB/MiB/GiB; default %(default)s)",
+    )
     serve.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--socket-mode", default="660", metavar="OCTAL")
     serve.add_argument("--socket-group", default=None, metavar="NAME|GID")
@@ -299,6 +314,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         workers=args.workers,
         header_timeout=args.header_timeout,
         idle_timeout=args.idle_timeout,
+        body_timeout=args.body_timeout,
+        held_bodies_max=args.held_bodies_max,
         shutdown_timeout=args.shutdown_timeout,
         socket_mode=socket_mode,
         socket_group=args.socket_group,

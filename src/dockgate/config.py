@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dockgate.addresses import Address, parse_address
+from dockgate.holding import DEFAULT_HELD_BODIES_MAX_BYTES
 from dockgate.sourceaddr import AddressList
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS, IDENTITY_FIELDS
 
@@ -28,6 +30,10 @@ class ServeConfig(BaseModel):
     # Seconds a keep-alive connection may wait for its next request. Longer than the 90 s that
     # Go's HTTP client (the docker CLI) keeps idle connections, so the client closes them first.
     idle_timeout: float = Field(default=120.0, gt=0)
+    # Seconds for a body the gateway holds whole (to judge it) to arrive whole, from its head.
+    body_timeout: float = Field(default=30.0, gt=0)
+    # Bytes all held bodies and answers of one process may take together (holding.py).
+    held_bodies_max: int = Field(default=DEFAULT_HELD_BODIES_MAX_BYTES, ge=64 * 1024)
     shutdown_timeout: float = Field(default=10.0, ge=0)
     socket_mode: int = Field(default=0o660, ge=0, le=0o777)
     socket_group: str | None = None
@@ -56,6 +62,11 @@ class ServeConfig(BaseModel):
     audit_log: str = "off"
     # Health (/healthz, /readyz) on a listener of its own; None: no admin listener.
     admin_listen: Address | None = None
+
+    @field_validator("held_bodies_max", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("tls_identity")
     @classmethod
@@ -91,3 +102,15 @@ class ServeConfig(BaseModel):
     @property
     def client_certificates_required(self) -> bool:
         return self.tls_cert is not None and self.tls_client_ca is not None
+
+
+_SIZE = re.compile(r"([0-9]+)\s*(|k|kib|m|mib|g|gib)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """`67108864`, `64MiB`, `64m`, `512KiB`: bytes, with binary units."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with KiB, MiB or GiB)")
+    return int(match[1]) * _UNITS[match[2].lower()]

@@ -41,6 +41,7 @@ REASONS = {
     408: b"Request Timeout",
     409: b"Conflict",
     413: b"Payload Too Large",
+    415: b"Unsupported Media Type",
     429: b"Too Many Requests",
     500: b"Internal Server Error",
     502: b"Bad Gateway",

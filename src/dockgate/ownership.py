@@ -463,15 +463,6 @@ def _with_parameter(raw_target: str, key: str, value: str) -> str:
     return path + "?" + urlencode(kept, quote_via=quote)
 
 
-def is_form_body(content_type: bytes | None) -> bool:
-    """A form-encoded body, which the daemon (Go's ParseForm) reads as query parameters that
-    come *before* the query's own: it could replace what the gateway checked or added."""
-    if content_type is None:
-        return False
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/x-www-form-urlencoded"
-
-
 # ----- the daemon's answers that would show another caller's objects ----------------------------
 
 # The daemon's answers read whole in ownership mode, by status and operation: a name clash names

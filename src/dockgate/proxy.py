@@ -30,6 +30,14 @@ from dockgate.audit import (
     audit_details,
     target_object,
 )
+from dockgate.body.content import (
+    IGNORED_BODY_LIMIT,
+    ContentRefusal,
+    drops_body,
+    ignored_body_refusal,
+    judge_head,
+    too_large,
+)
 from dockgate.body.guardrails import (
     Guardrails,
 )
@@ -47,6 +55,7 @@ from dockgate.errors import (
     error_response,
 )
 from dockgate.gatekeeper import Verdict
+from dockgate.holding import Share
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import (
     Body,
@@ -55,6 +64,7 @@ from dockgate.http.request import (
     RequestHead,
     RequestReader,
     forwarded_head,
+    without_body,
 )
 from dockgate.http.response import (
     EndOfResponse,
@@ -64,9 +74,6 @@ from dockgate.http.response import (
     ResponseReader,
 )
 from dockgate.owners import owner_for
-from dockgate.ownership import (
-    is_form_body,
-)
 from dockgate.sourceaddr import UNIX_SOURCE
 from dockgate.steps import PolicySteps
 from dockgate.tls import PROXY_SOURCE_INFO
@@ -138,6 +145,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # A body read whole before forwarding, for the guardrails of the bound policy.
         self._held_body: bytearray | None = None
         self._held_guardrails: Guardrails | None = None
+        # A body read whole and dropped: the operation's handler reads none (body/content.py).
+        self._ignored: bytearray | None = None
+        # Loop time by which a held body (either kind) must be complete; None when none is
+        # held. Checked by the gateway's periodic sweep (--body-timeout).
+        self.body_deadline: float | None = None
+        # This connection's part of the process's budget for held bodies and answers.
+        self._hold_share = Share(gateway.holds)
+        self._answer_share = Share(gateway.holds)
         # Ownership mode: the caller's name, and the events that wait for a look-up.
         self._owner: str | None = None
         self._deferred: list[RequestEvent] | None = None
@@ -261,6 +276,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             # Mid-exchange: the daemon may still be streaming; this connection is not reusable.
             upstream.close()
         self._head = None
+        # Whatever was held is garbage now: give its memory budget back.
+        self._held_body = self._ignored = self._answer_body = None
+        self.body_deadline = None
+        self._hold_share.end()
+        self._answer_share.end()
 
     def pause_writing(self) -> None:
         self._client_write_paused = True
@@ -314,6 +334,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     self._after_refusal()
                     return
                 continue  # the body of a refused request is read and dropped
+            if self._ignored is not None:
+                self._read_ignored(event)
+                continue
             if self._held_body is not None:
                 self._hold(event)
                 continue
@@ -362,19 +385,30 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             if self.gateway.audit.enabled and verdict.operation in AUDITED_BODIES
             else None
         )
-        policy = admission.policy
         self._owner = None
-        if (
-            policy is not None
-            and (policy.ownership or policy.guardrails is not None)
-            and head.has_body
-            and is_form_body(_content_type(head))
-        ):
-            # Go's ParseForm reads such a body as parameters that come before the query's
-            # own: they would replace what the gateway checked or added (filters, fromSrc).
-            message = "dockgate: form-encoded bodies are not accepted"
-            self._refuse(head, self._refusal(400, message))
-            return
+        if head.has_body:  # (a request without a body passes whatever it says it is)
+            # What the body may be, in every policy (body/content.py): form bodies never pass.
+            refusal = judge_head(
+                verdict.operation,
+                _content_types(head),
+                True,
+                None if head.chunked else head.content_length,
+            )
+            if refusal is not None:
+                self._refuse(head, self._content_verdict(refusal))
+                return
+            if drops_body(verdict.operation):
+                # Read it whole first (the policy's steps then see a request without a body).
+                if self._start_hold(head):
+                    self._ignored = bytearray()
+                return
+        self._continue_exchange(head)
+
+    def _continue_exchange(self, head: RequestHead) -> None:
+        """The policy's steps, once the request's shape is known to be acceptable."""
+        admission, verdict = self._admission, self._verdict
+        assert admission is not None and verdict is not None
+        policy = admission.policy
         if policy is not None and policy.redaction.labels:
             refusal = self._label_filter_refusal(head, policy)
             if refusal is not None:
@@ -387,7 +421,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._owner = owner_for(admission.identity, owners)
             if not self._own(head, verdict):
                 return  # refused, or waiting for the daemon's answer about the object
-            head = self._head
+            owned = self._head  # the target may have been rewritten (a narrowed list)
+            assert owned is not None
+            head = owned
         self._proceed(head)
 
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
@@ -485,6 +521,52 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._close()
             return
         self._read_next_request()
+
+    def _content_verdict(self, refusal: ContentRefusal) -> Verdict:
+        return self._denied(refusal.status, refusal.message, "content", "body shape")
+
+    def _read_ignored(self, event: RequestEvent) -> None:
+        """A body on an operation whose handler reads none: read it whole, judge it, drop it;
+        then go on with the same request, without a body (the daemon gets Content-Length: 0)."""
+        ignored, head, verdict = self._ignored, self._head, self._verdict
+        assert ignored is not None and head is not None and verdict is not None
+        if isinstance(event, Body):
+            self._count_body(event.data)
+            ignored += event.data
+            if len(ignored) > IGNORED_BODY_LIMIT:
+                self._ignored = None
+                self._end_hold()
+                large = ContentRefusal(413, too_large(verdict.operation))
+                self._refuse(head, self._content_verdict(large))
+            elif not self._grow_hold(head, len(ignored)):
+                self._ignored = None
+            return
+        if not isinstance(event, EndOfRequest):
+            return
+        self._ignored = None
+        self._end_hold()
+        refusal = ignored_body_refusal(verdict.operation, bytes(ignored))
+        if refusal is not None:
+            self._refuse(head, self._content_verdict(refusal), body_read=True)
+            self._after_refusal()
+            return
+        head = self._head = without_body(head)
+        self._continue_exchange(head)
+        # The request's end, as the steps that followed expect to see it (the reader has
+        # already passed it).
+        self._handle_events([event])
+
+    def body_timed_out(self) -> None:
+        """A held body did not arrive whole within --body-timeout: 408, and close."""
+        self.body_deadline = None
+        head = self._head
+        if head is None or (self._held_body is None and self._ignored is None):
+            return
+        self._held_body = self._ignored = None
+        self._end_hold()
+        seconds = self.gateway.config.body_timeout
+        message = f"dockgate: the request body did not arrive within {seconds:g} s"
+        self._refuse(head, self._denied(408, message, "body-timeout", "body timeout"))
 
     # ----- responses ---------------------------------------------------------------------------
 
@@ -980,8 +1062,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             transport.resume_reading()
 
 
-def _content_type(head: RequestHead) -> bytes | None:
-    return next((value for name, value in head.headers() if name == b"content-type"), None)
+def _content_types(head: RequestHead) -> list[bytes]:
+    return [value for name, value in head.headers() if name == b"content-type"]
 
 
 def _refusal_headers(status: int, retry_after: int | None) -> bytes:

@@ -36,6 +36,7 @@ from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.auth.tokens import TokenFileError
 from dockgate.config import ServeConfig
 from dockgate.gatekeeper import Gatekeeper
+from dockgate.holding import HoldBudget
 from dockgate.identity import CERTIFICATE, Identity
 from dockgate.metrics import (
     SNAPSHOT_SECONDS,
@@ -86,6 +87,8 @@ class Gateway:
         self.audit: AuditLog = open_audit_log(config.audit_log)
         self._admin = loaded.admin
         self.connections: set[ClientConnection] = set()
+        # Every body and answer held whole, together (holding.py).
+        self.holds = HoldBudget(config.held_bodies_max)
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics = RequestCounts()
         self._snapshots = loaded.snapshots
@@ -196,8 +199,9 @@ class Gateway:
         return counts
 
     async def _sweep(self) -> None:
-        """Close connections whose request head did not arrive in time (slowloris, idle),
-        look for a changed policy file, and leave this worker's metrics for the others."""
+        """Close connections whose request head or held body did not arrive in time
+        (slowloris, idle), look for a changed policy file, and leave this worker's metrics
+        for the others."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
             self.reload()
@@ -209,6 +213,9 @@ class Gateway:
                 deadline = conn.deadline
                 if deadline is not None and now > deadline:
                     conn.head_timed_out()
+                deadline = conn.body_deadline
+                if deadline is not None and now > deadline:
+                    conn.body_timed_out()
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
         for server in servers:

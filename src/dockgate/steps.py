@@ -39,6 +39,7 @@ from dockgate.errors import (
     error_response,
 )
 from dockgate.gatekeeper import Verdict
+from dockgate.holding import Share
 from dockgate.http.chunked import ChunkedDecoder
 from dockgate.http.request import (
     Body,
@@ -99,6 +100,9 @@ class PolicySteps:
         _lookup_task: asyncio.Task[None] | None
         _held_body: bytearray | None
         _held_guardrails: Guardrails | None
+        body_deadline: float | None
+        _hold_share: Share
+        _answer_share: Share
         _capture: bytearray | None
         _redaction: Redaction | None
         _answer_head: ResponseHead | None
@@ -135,15 +139,15 @@ class PolicySteps:
             held += event.data
             if len(held) > CHECKED_BODY_LIMIT:
                 self._held_body = None
-                message = (
-                    f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes "
-                    "cannot be checked"
-                )
-                self._refuse(head, self._guardrail_verdict(Refusal(413, message), raw=True))
+                self._end_hold()
+                self._refuse_too_large(head)
+            elif not self._grow_hold(head, len(held)):
+                self._held_body = None
             return
         if not isinstance(event, EndOfRequest):
             return
         self._held_body = None
+        self._end_hold()
         guardrails = self._held_guardrails
         received = body = bytes(held)
         named: list[tuple[Kind, str]] = []
@@ -442,11 +446,55 @@ class PolicySteps:
     def _hold_body(self, head: RequestHead, guardrails: Guardrails | None) -> None:
         """Read the body whole, judge it and label it, and only then forward it (with a
         Content-Length): the bytes checked are the bytes the daemon gets."""
+        if not head.chunked and (head.content_length or 0) > CHECKED_BODY_LIMIT:
+            self._refuse_too_large(head)  # said up front: no need to read it
+            return
+        if not self._start_hold(head):
+            return
         self._held_body = bytearray()
         self._held_guardrails = guardrails
+
+    def _refuse_too_large(self, head: RequestHead) -> None:
+        message = (
+            f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes cannot be "
+            "checked"
+        )
+        self._refuse(head, self._guardrail_verdict(Refusal(413, message), raw=True))
+
+    # ----- the memory and time a held body may take ---------------------------------------------
+
+    def _start_hold(self, head: RequestHead) -> bool:
+        """Start holding `head`'s body: its Content-Length, when given, is taken from the
+        process's budget up front (503 when it does not fit), and the body must be whole
+        within --body-timeout. False when refused."""
+        if not head.chunked and not self._hold_share.cover(head.content_length or 0):
+            self._refuse_over_budget(head)
+            return False
+        self.body_deadline = self.gateway.loop.time() + self.gateway.config.body_timeout
         if head.expect_continue:
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _grow_hold(self, head: RequestHead, total: int) -> bool:
+        """A held body is now `total` bytes: within budget, or cut with a 503 (False)."""
+        if self._hold_share.cover(total):
+            return True
+        self._refuse_over_budget(head)
+        return False
+
+    def _end_hold(self) -> None:
+        self._hold_share.end()
+        self.body_deadline = None
+
+    def _refuse_over_budget(self, head: RequestHead) -> None:
+        self._end_hold()
+        message = (
+            "dockgate: too many request bodies are being checked at once "
+            "(--held-bodies-max); try again"
+        )
+        verdict = self._denied(503, message, "held-bodies", "held bodies over budget")
+        self._refuse(head, verdict, retry_after=1)
 
     def _holds_answer(self, status: int) -> bool:
         """Whether the daemon's answer is read whole before it goes out: to be redacted, or, in
@@ -464,12 +512,22 @@ class PolicySteps:
         body += data
         if len(body) > REDACT_LIMIT:
             self._answer_body = None
+            self._answer_share.end()
             self._response_started = False
             self._upstream_failed(UpstreamError("the answer is too large to redact"))
+            return
+        if not self._answer_share.cover(len(body)):
+            # Answers held whole share the budget of held bodies (holding.py).
+            self._answer_body = None
+            self._answer_share.end()
+            self._response_started = False
+            message = "dockgate: too many answers are being checked at once; try again"
+            self._upstream_failed(GatewayError(message, 503))
             return
         if not done:
             return
         self._answer_body = self._answer_head = None
+        self._answer_share.end()
         raw = bytes(body)
         try:
             if head.framing is Framing.CHUNKED:

@@ -386,6 +386,18 @@ def with_content_length(raw: bytes, length: int) -> bytes:
     return stripped + b"Content-Length: %d\r\n\r\n" % length
 
 
+def without_body(head: RequestHead) -> RequestHead:
+    """The same request with its body taken away (read by the gateway and dropped): framed
+    with `Content-Length: 0`, nothing left to expect."""
+    return dataclasses.replace(
+        head,
+        raw=with_content_length(head.raw, 0),
+        content_length=0,
+        chunked=False,
+        expect_continue=False,
+    )
+
+
 _AUTHORIZATION_HEADER = re.compile(rb"\r\nauthorization[ \t]*:[^\r]*", re.IGNORECASE)
 _CONNECTION_HEADER = re.compile(rb"\r\n[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]:[^\r]*")
 

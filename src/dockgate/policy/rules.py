@@ -136,7 +136,7 @@ class Policy:
             cached = self._static.get(key)
             if cached is None:
                 cached = self._precompute(operation, method)
-                self._static[key] = cached
+                remember(self._static, key, cached, STATIC_DECISION_ENTRIES)
             if isinstance(cached, Decision):
                 return cached
             return self._walk(cached, strip_version(path))
@@ -144,8 +144,10 @@ class Policy:
             return Decision(False, self.name, None, "read-only")
         unknown = self._static.get(("", method))
         if unknown is None:
+            # Any method a client makes up lands here (`[A-Z]{1,20}`): bounded, like every
+            # table a client can add keys to.
             unknown = [r for r in self.rules if r.matcher.static_match(None, method)]
-            self._static[("", method)] = unknown
+            remember(self._static, ("", method), unknown, STATIC_DECISION_ENTRIES)
         if isinstance(unknown, Decision):  # only lists are stored for unknown requests
             return unknown
         return self._walk(unknown, strip_version(path))
@@ -268,6 +270,10 @@ class PolicySet:
         binding = self.binding_for(identity, source)
         return self.policies[binding.policy] if binding is not None else None
 
+
+# Decisions remembered per (operation, method): a few hundred known pairs, plus whatever
+# unknown methods clients send; cleared when full.
+STATIC_DECISION_ENTRIES = 1024
 
 NO_BINDING_POLICY = Policy("no-binding", read_only=True, rules=(), guardrails=Guardrails())
 
