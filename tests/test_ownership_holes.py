@@ -679,7 +679,7 @@ def test_legacy_start_body_does_not_reach_someone_elses_volumes(
     """Failed before: with `guardrails: false`, bob's `POST /v1.23/containers/b/start` with
     `{"VolumesFrom":["<alice's container>"]}` was forwarded unread, and the daemon (API < 1.24)
     took it as b's new HostConfig: b read alice's volume. Now a start body the daemon would
-    read (over 7 bytes) is refused in ownership mode, and b never starts."""
+    read (over 7 bytes) is refused (body/content.py, every policy), and b never starts."""
     db = f"dgt-hole-sdb-{_suffix()}"
     leftovers["container"].append(db)
     canary = f"alice-start-{_suffix()}"
@@ -714,7 +714,8 @@ def test_legacy_start_body_does_not_reach_someone_elses_volumes(
     through = bobs_container()
     status, answer = bob.call("POST", f"/v1.23/containers/{through}/start", start_body)
     assert status == 403, answer
-    assert "start body" in answer["message"]
+    # body/content.py: a start body with a value is refused in every policy.
+    assert "ContainerStart with a request body is refused" in answer["message"]
     _, inspected = daemon_call(daemon, "GET", f"/containers/{through}/json")
     assert inspected["State"]["StartedAt"].startswith("0001-")
     assert inspected["HostConfig"]["VolumesFrom"] is None

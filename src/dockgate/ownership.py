@@ -289,26 +289,6 @@ def _one_object(body: bytes) -> gojson.GoObject:
     return parsed
 
 
-# A container start whose body ownership reads: before API 1.24 the daemon takes it as the
-# container's new HostConfig, with its VolumesFrom, Links and `container:X` modes.
-START = "ContainerStart"
-# The daemon reads a start body only when it is longer than this (api/server/router/container/
-# container_routes.go postContainersStart: "A non-nil json object is at least 7 characters").
-_START_BODY_IGNORED = 7
-
-
-def start_body_problem(body: bytes) -> str | None:
-    """A start body the daemon would read as a HostConfig (API < 1.24; later versions refuse
-    it): it could name another caller's container or volumes, and is refused whatever the
-    guardrails say. None for what the daemon ignores."""
-    if len(body) > _START_BODY_IGNORED:
-        return (
-            "a start body would replace the container's HostConfig (API < 1.24): "
-            "not accepted in ownership mode"
-        )
-    return None
-
-
 def hex_name_problem(operation: str, query: str, body: bytes) -> str | None:
     """A name made only of hex digits for a new container, network, service, secret or
     config: it could be read as (a prefix of) another object's ID wherever it is named later,

@@ -58,7 +58,6 @@ from dockgate.ownership import (
     MAX_REFERENCES,
     OWNED_CREATES,
     REFERENCING,
-    START,
     VOLUME,
     Kind,
     LookUp,
@@ -67,7 +66,6 @@ from dockgate.ownership import (
     concerns_objects,
     hex_name_problem,
     references,
-    start_body_problem,
     with_owner_label,
 )
 from dockgate.ownership import plan as ownership_plan
@@ -200,11 +198,6 @@ class PolicySteps:
         twice (body/repeated.py) and new objects with hex-only names. Refusal (400) for a
         body that cannot be read here."""
         operation = self._operation()
-        if operation == START:
-            problem = start_body_problem(body)
-            if problem is not None:
-                raise Refusal(403, problem)
-            return []
         if operation in OWNED_CREATES or operation in REFERENCING:
             # The bodies ownership reads (to label, to look up what they name).
             repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
@@ -425,9 +418,7 @@ class PolicySteps:
             self._redaction = policy.redaction
         guardrails = policy.guardrails if policy is not None else None
         if self._owner is not None and (
-            verdict.operation in OWNED_CREATES
-            or verdict.operation in REFERENCING
-            or (verdict.operation == START and head.has_body)
+            verdict.operation in OWNED_CREATES or verdict.operation in REFERENCING
         ):
             self._hold_body(head, guardrails)
             return
