@@ -337,6 +337,19 @@ CREATE_BODY = obj(
     }
 )
 
+_COMMIT = (
+    "api/server/router/image/image_routes.go postCommit: runconfig DecodeConfig reads a create "
+    "body; only its Config is used"
+)
+# The commit body: a create body, whose Config is merged into the committed image's config; its
+# host and networking parts are decoded (and must decode) but not used. Judged as a create's.
+COMMIT_BODY = obj(
+    {
+        **{name: replace(node, source=_COMMIT) for name, node in CREATE_BODY.fields.items()},
+        **CONFIG_FIELDS,
+    }
+)
+
 UPDATE_BODY = obj(
     {
         **RESOURCES,
@@ -345,6 +358,8 @@ UPDATE_BODY = obj(
         "DeviceCgroupRules": R,
         "DeviceRequests": ListOf(R),
         "RestartPolicy": RESTART_POLICY,
+        # The specs list it under Resources; Go's UpdateConfig has no Init: ignored.
+        "Init": I,
     }
 )
 
@@ -593,7 +608,7 @@ BODIES: dict[str, Node] = {
     "ContainerCreate": CREATE_BODY,
     # runconfig ContainerDecoder.DecodeConfig: the commit body is read as a create body, and
     # only its Config is used (merged into the committed image's config).
-    "ImageCommit": CREATE_BODY,
+    "ImageCommit": COMMIT_BODY,
     "ContainerUpdate": UPDATE_BODY,
     "ContainerExec": EXEC_BODY,
     "ExecStart": EXEC_START_BODY,

@@ -81,7 +81,7 @@ _CHANGE_INSTRUCTIONS = frozenset(
 )
 # Network drivers that stay inside the host (a bridge of its own, or swarm's overlay); others
 # (macvlan, ipvlan, plugins) attach containers to the host's interfaces or run plugin code.
-BUILTIN_NETWORK_DRIVERS = frozenset({"", "bridge", "overlay"})
+BUILTIN_NETWORK_DRIVERS = frozenset({"bridge", "overlay"})
 # Driver options of bridge and overlay networks that reach nothing outside the network
 # (libnetwork drivers/bridge/labels.go, netlabel/labels.go, drivers/overlay). Not here, so
 # refused: com.docker.network.bridge.name (an existing host bridge, perhaps with the host's
@@ -516,8 +516,8 @@ def _check_network(g: Guardrails, parsed: object) -> None:
         raise Refusal(400, "the body must be a JSON object")
     top = (parsed,)
     driver = gojson.scalar(top, "Driver")
-    if driver is gojson.MISSING:
-        driver = ""
+    if driver is gojson.MISSING or driver == "":
+        driver = "bridge"  # the daemon's default (daemon/network.go createNetwork)
     if not isinstance(driver, str):
         raise Refusal(400, "Driver must be a string")
     if driver in g.network_drivers:
