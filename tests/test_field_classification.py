@@ -18,15 +18,27 @@ Three parts:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import http.client
+import http.server
+import io
 import json
+import os
 import pathlib
 import re
+import shutil
+import socket
 import subprocess
+import tarfile
+import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
+import docker
 import pytest
 import yaml
 
@@ -42,6 +54,9 @@ from dockgate.body.guardrails import (
     check_request,
 )
 from dockgate.routes import _TABLE
+from support.clients import Cleanup
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
 
 SPECS = pathlib.Path("/work/shared/docker-api")
 VERSIONS = ("v1.41", "v1.56")
@@ -527,3 +542,519 @@ def test_the_walk_is_cheap() -> None:
         fields.check_body("ContainerCreate", parsed)
     per_call = (time.perf_counter() - start) / 1000
     assert per_call < 50e-6, per_call
+
+
+# ----- real clients and the open guardrails, against the session's dockerd ---------------------
+
+POLICIES = pathlib.Path(__file__).resolve().parent / "policies"
+GUARDED_POLICY = POLICIES / "guardrails-defaults.yaml"  # policy `guarded`: the safe defaults
+IMAGE = "dockgate-test/busybox:latest"
+IO_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass
+class Through:
+    """The gateway with the default guardrails, and the daemon behind it."""
+
+    gateway: Gateway
+    daemon: PrivateDaemon
+    env: dict[str, str]
+
+    def docker(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        """The docker CLI through the gateway; fails the test unless it exits 0."""
+        proc = subprocess.run(
+            [shutil.which("docker") or "docker", *args],
+            env=self.env,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.returncode}\n{out}\n{err}"
+        return subprocess.CompletedProcess(proc.args, 0, out, err)
+
+    def request(
+        self, method: str, target: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """One request through the gateway: (status, JSON answer or raw bytes)."""
+        port = int(self.gateway.url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT)
+        return _exchange(conn, method, target, body, headers)
+
+    def direct(self, method: str, target: str, body: Any = None) -> tuple[int, Any]:
+        """The same request straight to the daemon's socket (not through dockgate)."""
+        conn = _UnixConnection(str(self.daemon.socket_path))
+        return _exchange(conn, method, target, body, None)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("docker", timeout=IO_TIMEOUT)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _exchange(
+    conn: http.client.HTTPConnection,
+    method: str,
+    target: str,
+    body: Any,
+    headers: dict[str, str] | None,
+) -> tuple[int, Any]:
+    raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    sent = {"Content-Type": "application/json"} if raw is not None else {}
+    try:
+        conn.request(method, target, body=raw, headers=sent | (headers or {}))
+        answer = conn.getresponse()
+        data = answer.read()
+    finally:
+        conn.close()
+    try:
+        return answer.status, json.loads(data) if data else None
+    except ValueError:
+        return answer.status, data
+
+
+def denied(reason: str, operation: str) -> dict[str, str]:
+    return {"message": f"dockgate: {operation} denied by policy guarded: {reason}"}
+
+
+def state(daemon: PrivateDaemon) -> dict[str, Any]:
+    """What a refused request would have changed on the daemon."""
+    lines = {}
+    for kind, fmt in (
+        ("ps", "{{.ID}} {{.Names}}"),
+        ("images", "{{.ID}} {{.Repository}}:{{.Tag}}"),
+        ("volume", "{{.Name}}"),
+        ("network", "{{.ID}} {{.Name}} {{.Driver}}"),
+    ):
+        args = ("ps", "-a") if kind == "ps" else (kind, "ls") if kind != "images" else ("images",)
+        out = daemon.docker(*args, "--format", fmt).stdout.decode()
+        lines[kind] = sorted(out.splitlines())
+    return lines
+
+
+@pytest.fixture(scope="module")
+def through(daemon: PrivateDaemon, busybox_image: str) -> Iterator[Through]:
+    assert busybox_image == IMAGE
+    with (
+        running(Gateway(daemon.host, policy=GUARDED_POLICY), "the guarded gateway") as gw,
+        tempfile.TemporaryDirectory(prefix="dgt-fields-") as config,
+    ):
+        pathlib.Path(config, "config.json").write_text("{}")
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        env = base | {
+            "DOCKER_HOST": gw.url,
+            "DOCKER_CONFIG": config,
+            "DOCKER_BUILDKIT": "0",
+            "DOCKER_CLI_HINTS": "false",
+        }
+        yield Through(gw, daemon, env)
+
+
+def name(prefix: str) -> str:
+    return f"dgt-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(240)
+def test_the_docker_cli_and_docker_py_still_work_through_the_allowlist(
+    through: Through, cleanup: Cleanup, tmp_path: pathlib.Path
+) -> None:
+    """`docker run` with common flags, docker-py's `containers.run`, `docker network create`,
+    `connect` and `disconnect`, `docker volume create`, `docker build` (classic builder, with
+    build args, labels and a memory limit), `docker commit --change` and `docker exec` all
+    work through the default guardrails: the allowlist knows what ordinary clients send."""
+    volume = cleanup.volume(name("vol"))
+    through.docker("volume", "create", "--label", "team=ci", volume)
+    network = cleanup.network(name("net"))
+    through.docker(
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--label",
+        "a=b",
+        "--subnet",
+        "10.231.0.0/24",
+        "--opt",
+        "com.docker.network.driver.mtu=1400",
+        network,
+    )
+    ctr = cleanup.container(name("run"))
+    run = through.docker(
+        "run",
+        "--name",
+        ctr,
+        "-e",
+        "A=1",
+        "--label",
+        "x=y",
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "-w",
+        "/tmp",
+        "--user",
+        "1000:1000",
+        "--hostname",
+        "h",
+        "--add-host",
+        "a.example:10.0.0.1",
+        "--dns",
+        "10.0.0.53",
+        "--tmpfs",
+        "/scratch",
+        "--cap-drop",
+        "ALL",
+        "--read-only",
+        "--restart",
+        "no",
+        "--log-opt",
+        "max-size=1m",
+        "--ulimit",
+        "nofile=100:200",
+        "--pids-limit",
+        "50",
+        "--shm-size",
+        "8m",
+        "-p",
+        "127.0.0.1::80",
+        "--network",
+        network,
+        "--network-alias",
+        "svc",
+        "-v",
+        f"{volume}:/data",
+        "--mount",
+        "type=tmpfs,destination=/t,tmpfs-size=1m",
+        "--health-cmd",
+        "true",
+        "--stop-signal",
+        "SIGTERM",
+        "--stop-timeout",
+        "5",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo $A; id -u; hostname",
+    )
+    assert run.stdout.split() == ["1", "1000", "h"], run.stdout
+    through.docker("network", "disconnect", network, ctr)
+    through.docker("network", "connect", "--alias", "again", network, ctr)
+
+    keeper = cleanup.container(name("keep"))
+    through.docker("run", "-d", "--name", keeper, IMAGE, "sleep", "60")
+    assert through.docker("exec", "-e", "B=2", keeper, "sh", "-c", "echo $B").stdout == "2\n"
+    image = cleanup.image(name("commit").replace("-", "") + ":v1")
+    through.docker(
+        "commit",
+        "--change",
+        "ENV C=3",
+        "--change",
+        'CMD ["sh"]',
+        "-m",
+        "msg",
+        "-a",
+        "me",
+        keeper,
+        image,
+    )
+    out = through.docker("run", "--rm", image, "sh", "-c", "echo $C").stdout
+    assert out == "3\n"
+
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nARG X\nRUN echo $X > /x\nLABEL l=1\n")
+    built = cleanup.image(name("build").replace("-", "") + ":v1")
+    through.docker(
+        "build",
+        "-q",
+        "--build-arg",
+        "X=built",
+        "--label",
+        "k=v",
+        "--memory",
+        "128m",
+        "--network",
+        "default",
+        "--add-host",
+        "b.example:10.0.0.2",
+        "-t",
+        built,
+        str(tmp_path),
+    )
+    assert through.docker("run", "--rm", built, "cat", "/x").stdout == "built\n"
+
+    port = int(through.gateway.url.rsplit(":", 1)[1])
+    client = docker.DockerClient(base_url=f"tcp://127.0.0.1:{port}", version="auto")
+    try:
+        out_bytes = client.containers.run(
+            IMAGE,
+            ["sh", "-c", "echo $D"],
+            environment={"D": "4"},
+            labels={"l": "v"},
+            mem_limit="64m",
+            remove=True,
+            network=network,
+            volumes={volume: {"bind": "/v"}},
+        )
+        assert out_bytes == b"4\n"
+        made = client.networks.create(name("pynet"), driver="bridge", labels={"a": "b"})
+        cleanup.network(made.name)
+        made.remove()
+        vol = client.volumes.create(name("pyvol"), labels={"a": "b"})
+        cleanup.volume(vol.name)
+    finally:
+        client.close()
+
+
+@pytest.mark.daemon
+def test_an_unknown_create_field_is_refused_and_nothing_is_created(through: Through) -> None:
+    """A v1.56 field the 20.10 daemon does not know (HostConfig.Annotations, which newer
+    daemons hand to the runtime), and a made-up one, each with a value: 403 naming it, and the
+    daemon has nothing new. Failed on the old code: both went through, the container was made."""
+    before = state(through.daemon)
+    for field_name, body in (
+        ("HostConfig.Annotations[run.oci.x]", {"HostConfig": {"Annotations": {"run.oci.x": "1"}}}),
+        ("HostConfig.Frobnicate", {"HostConfig": {"Frobnicate": True}}),
+    ):
+        wanted = "is not allowed" if "Annotations" in field_name else "is not known to dockgate"
+        status, answer = through.request(
+            "POST", f"/v1.41/containers/create?name={name('unknown')}", {"Image": IMAGE, **body}
+        )
+        assert (status, answer) == (403, denied(f"field {field_name} {wanted}", "ContainerCreate"))
+    assert state(through.daemon) == before
+
+
+@pytest.fixture
+def host_bridge() -> Iterator[str]:
+    """A bridge of the host's own (the stand-in for one holding the host's uplink)."""
+    bridge = f"dgtbr{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        yield bridge
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=False)
+
+
+@pytest.mark.daemon
+def test_host_attached_networks_are_refused(
+    through: Through, cleanup: Cleanup, host_bridge: str
+) -> None:
+    """Straight to the daemon, a bridge network naming a bridge of the host
+    (`com.docker.network.bridge.name`) puts its containers on that bridge (the daemon takes the
+    existing bridge: not vacuous). Through dockgate's defaults that, `macvlan` and `ipvlan`
+    (which attach to a host interface) and `ConfigFrom` are refused, and nothing is created.
+    Failed on the old code: NetworkCreate bodies were not read."""
+    direct = cleanup.network(name("hostbr-direct"))
+    option = {"com.docker.network.bridge.name": host_bridge}
+    status, answer = through.direct(
+        "POST", "/networks/create", {"Name": direct, "Driver": "bridge", "Options": option}
+    )
+    assert status == 201, answer
+    ctr = cleanup.container(name("on-host-bridge"))
+    through.daemon.docker("run", "-d", "--name", ctr, "--network", direct, IMAGE, "sleep", "30")
+    links = subprocess.run(
+        ["ip", "-o", "link", "show", "master", host_bridge],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "veth" in links, links  # the container's interface is on the host's bridge
+    through.daemon.docker("rm", "-f", ctr)
+    through.daemon.docker("network", "rm", direct)
+
+    before = state(through.daemon)
+    for body, reason in (
+        (
+            {"Driver": "bridge", "Options": option},
+            "network option 'com.docker.network.bridge.name' is not allowed",
+        ),
+        ({"Options": option}, "network option 'com.docker.network.bridge.name' is not allowed"),
+        ({"Driver": "macvlan", "Internal": True}, "network driver 'macvlan' is not allowed"),
+        (
+            {"Driver": "ipvlan", "Options": {"parent": "lo"}},
+            "network driver 'ipvlan' is not allowed",
+        ),
+        ({"ConfigFrom": {"Network": "x"}}, "field ConfigFrom.Network is not allowed"),
+        ({"ConfigOnly": True}, "field ConfigOnly is not allowed"),
+    ):
+        refused = cleanup.network(name("refused"))
+        status, answer = through.request("POST", "/networks/create", {"Name": refused, **body})
+        assert (status, answer) == (403, denied(reason, "NetworkCreate"))
+    assert state(through.daemon) == before
+    assert (
+        "veth"
+        not in subprocess.run(
+            ["ip", "-o", "link", "show", "master", host_bridge],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        _Recorder.seen.append(self.path)
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            data = f"FROM {IMAGE}\n".encode()
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        payload = context.getvalue()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-tar")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[str]:
+    """An HTTP server on the host's loopback that records what it is asked for."""
+    _Recorder.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.daemon
+def test_build_from_a_loopback_url_is_not_fetched(
+    through: Through, loopback_server: str, cleanup: Cleanup
+) -> None:
+    """`POST /build?remote=URL`: straight to the daemon, the daemon fetches the URL from the
+    host's loopback (the server sees the request); through dockgate's defaults: 403 and the
+    server sees nothing. Failed on the old code (finding 8: any URL was fetched)."""
+    tag = cleanup.image(name("remote").replace("-", "") + ":v1")
+    status, _ = through.direct("POST", f"/build?remote={loopback_server}/direct.tar&t={tag}")
+    assert status == 200
+    assert _Recorder.seen == ["/direct.tar"]  # not vacuous: the daemon fetched it
+    _Recorder.seen.clear()
+    status, answer = through.request(
+        "POST",
+        f"/v1.41/build?remote={loopback_server}/gateway.tar",
+        b"",
+        {"Content-Type": "application/x-tar"},
+    )
+    assert (status, answer) == (
+        403,
+        denied("building from a URL (remote=) is not allowed", "ImageBuild"),
+    )
+    time.sleep(0.5)
+    assert _Recorder.seen == []
+
+
+@pytest.mark.daemon
+def test_commit_bodies_are_judged(through: Through, cleanup: Cleanup) -> None:
+    """`POST /commit` is body-checked: a config with a field dockgate does not know, or a
+    change that is not a config instruction, is refused and no image is made; a plain config
+    commits. Failed on the old code (the commit body and changes were not read)."""
+    keeper = cleanup.container(name("commit-src"))
+    through.daemon.docker("run", "-d", "--name", keeper, IMAGE, "sleep", "60")
+    before = state(through.daemon)
+    repo = name("commit").replace("-", "")
+    status, answer = through.request(
+        "POST", f"/v1.41/commit?container={keeper}&repo={repo}", {"Env": ["A=1"], "Bogus": 1}
+    )
+    assert (status, answer) == (403, denied("field Bogus is not known to dockgate", "ImageCommit"))
+    status, answer = through.request(
+        "POST", f"/v1.41/commit?container={keeper}&repo={repo}&changes=COPY+%2F+%2Fx", {}
+    )
+    assert (status, answer) == (
+        403,
+        denied("the COPY instruction is not allowed in changes", "ImageCommit"),
+    )
+    assert state(through.daemon) == before
+    cleanup.image(f"{repo}:latest")
+    status, answer = through.request(
+        "POST", f"/v1.41/commit?container={keeper}&repo={repo}", {"Env": ["A=1"]}
+    )
+    assert status == 201, answer
+    env = json.loads(through.daemon.docker("image", "inspect", repo).stdout)[0]["Config"]["Env"]
+    assert "A=1" in env
+
+
+@pytest.fixture(scope="module")
+def swarm(through: Through) -> Iterator[None]:
+    """The daemon as a single-node swarm (made directly, not through the gateway)."""
+    through.daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        yield
+    finally:
+        through.daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(180)
+def test_service_create_works_and_rollback_is_refused(through: Through, swarm: None) -> None:
+    """`docker service create` with common flags works through the defaults. `rollback=previous`
+    would deploy the service's PreviousSpec, which the gateway never judged: refused, and the
+    service keeps its spec; straight to the daemon the same request rolls it back (not
+    vacuous). Failed on the old code (the query was not read)."""
+    service = name("svc")
+    try:
+        through.docker(
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            service,
+            "--env",
+            "E=1",
+            "--label",
+            "a=b",
+            "--limit-memory",
+            "64m",
+            "--replicas",
+            "1",
+            "--restart-condition",
+            "none",
+            "--mount",
+            "type=tmpfs,destination=/t",
+            "--update-parallelism",
+            "1",
+            IMAGE,
+            "sleep",
+            "30",
+        )
+        through.docker("service", "update", "--detach", "--env-add", "E=2", service)
+        spec = json.loads(through.daemon.docker("service", "inspect", service).stdout)[0]
+        env = spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+        assert env == ["E=2"]
+        target = f"/v1.41/services/{spec['ID']}/update?version={spec['Version']['Index']}"
+        status, answer = through.request("POST", target + "&rollback=previous", spec["Spec"])
+        assert (status, answer) == (
+            403,
+            denied(
+                "rollback= deploys the service's previous spec, which dockgate did not judge",
+                "ServiceUpdate",
+            ),
+        )
+        after = json.loads(through.daemon.docker("service", "inspect", service).stdout)[0]
+        assert after["Version"] == spec["Version"]
+        status, answer = through.direct("POST", target + "&rollback=previous", spec["Spec"])
+        assert status == 200, answer
+        rolled = json.loads(through.daemon.docker("service", "inspect", service).stdout)[0]
+        assert rolled["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["E=1"]
+    finally:
+        through.daemon.docker("service", "rm", service, check=False)
