@@ -1357,8 +1357,6 @@ def test_operation_sets() -> None:
         "NetworkDisconnect",
         "SecretCreate",
         "SecretUpdate",
-        "ConfigCreate",
-        "ConfigUpdate",
         "NodeUpdate",
     } == BODY_CHECKED
     assert {

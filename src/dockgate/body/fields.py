@@ -378,6 +378,9 @@ EXEC_BODY = obj(
         "WorkingDir": I,
         # api/types/configs.go ExecConfig.Detach: the CLI sends it; the daemon ignores it.
         "Detach": legacy(I, "api/types/configs.go ExecConfig.Detach"),
+        # docker-py (api/exec_api.py exec_create) sends the container's ID; ExecConfig has no
+        # such field, so the daemon ignores it.
+        "Container": legacy(I, "docker-py exec_create; not in api/types/configs.go ExecConfig"),
     }
 )
 EXEC_START_BODY = obj({"Detach": I, "Tty": I, "ConsoleSize": I})
