@@ -32,6 +32,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -53,6 +54,7 @@ from dockgate.body.guardrails import (
     change_problem,
     check_request,
 )
+from dockgate.policy.loader import PolicyError, parse_policy_text
 from dockgate.routes import _TABLE
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
@@ -542,6 +544,29 @@ def test_the_walk_is_cheap() -> None:
         fields.check_body("ContainerCreate", parsed)
     per_call = (time.perf_counter() - start) / 1000
     assert per_call < 50e-6, per_call
+
+
+def policy_guardrails(guardrails_yaml: str) -> Guardrails | None:
+    text = "policies:\n  ci:\n    rules:\n      - allow: {sections: ['*']}\n    guardrails:\n"
+    text += textwrap.indent(textwrap.dedent(guardrails_yaml).strip("\n"), "      ") + "\n"
+    return parse_policy_text(text, "p.yaml").policies["ci"].guardrails
+
+
+def test_the_loader_reads_the_new_guardrails() -> None:
+    """`fetch_urls` (with `image_import_urls` as its older name) and `network_drivers`."""
+    assert policy_guardrails("fetch_urls: true") == Guardrails(fetch_urls=True)
+    assert policy_guardrails("image_import_urls: true") == Guardrails(fetch_urls=True)
+    assert policy_guardrails("image_import_urls: true\nfetch_urls: true") == Guardrails(
+        fetch_urls=True
+    )
+    assert policy_guardrails("privileged: false") == Guardrails()
+    with pytest.raises(PolicyError, match="older name of fetch_urls"):
+        policy_guardrails("image_import_urls: true\nfetch_urls: false")
+    assert policy_guardrails("network_drivers: [macvlan, ipvlan]") == Guardrails(
+        network_drivers=frozenset({"macvlan", "ipvlan"})
+    )
+    with pytest.raises(PolicyError, match="network driver name is required"):
+        policy_guardrails("network_drivers: ['']")
 
 
 # ----- real clients and the open guardrails, against the session's dockerd ---------------------
