@@ -44,6 +44,14 @@ class GoObject:
             return [] if found is _ABSENT else [found]
         return index.get(want, [])
 
+    def unique_keys(self) -> dict[str, object] | None:
+        """Each folded key with its value, when no two keys fold alike (the common case; the
+        index is built once and shared with `lookup`); None when some do."""
+        index = self._folded
+        if index is None:
+            index = self._folded = self._build_index()
+        return index if isinstance(index, _Unique) else None
+
     def _build_index(self) -> _Unique | dict[str, list[object]]:
         """Built once per object, at C speed in the common case of no two keys folding alike."""
         keys = [_fold_key(key) for key, _ in self.pairs]
