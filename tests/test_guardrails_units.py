@@ -1358,6 +1358,7 @@ def test_operation_sets() -> None:
         "SecretCreate",
         "SecretUpdate",
         "NodeUpdate",
+        "CheckpointCreate",
     } == BODY_CHECKED
     assert {
         "ImageBuild",

@@ -646,6 +646,16 @@ BODIES: dict[str, Node] = {
     "PluginPull": judged("plugin_privileges"),
     "PluginUpgrade": judged("plugin_privileges"),
     "PluginSet": judged("plugin_privileges"),
+    # API < 1.24: a start body is a HostConfig that replaces the container's (20.10 reads it);
+    # guardrails._check_start refuses any but an empty one.
+    "ContainerStart": legacy(
+        R, "api/server/router/container/container_routes.go postContainersStart (API < 1.24)"
+    ),
+    # Experimental daemons only: a checkpoint written to (or restored from) a host directory.
+    "CheckpointCreate": legacy(
+        obj({"CheckpointID": I, "CheckpointDir": R, "Exit": I}),
+        "api/server/router/checkpoint/checkpoint_routes.go postContainerCheckpoint",
+    ),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -804,6 +814,11 @@ QUERIES: dict[str, dict[str, Leaf]] = {
     "ConfigDelete": {},
     "ConfigUpdate": {"version": I},
     "Session": {},
+    "GrpcSession": {},
+    "CheckpointCreate": {},
+    "CheckpointDelete": {
+        "dir": legacy(R, "api/server/router/checkpoint/checkpoint_routes.go (a host directory)")
+    },
 }
 
 # Request headers the daemon reads, for the record (the proxy handles Content-Type and the

@@ -49,6 +49,7 @@ BODY_CHECKED = frozenset(
         "NodeUpdate",
         "PluginPull",
         "PluginUpgrade",
+        "CheckpointCreate",
     }
 )
 # The largest body of those the gateway reads whole; a larger one gets 413. Create bodies
