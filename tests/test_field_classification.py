@@ -50,6 +50,7 @@ from dockgate.body.guardrails import (
     BODY_CHECKED,
     QUERY_CHECKED,
     Guardrails,
+    HostPathRule,
     Refusal,
     change_problem,
     check_request,
@@ -403,6 +404,26 @@ def test_a_list_of_objects_given_twice_is_refused() -> None:
     # A list of strings given twice is simply replaced: Go keeps the last.
     strings = b'{"Image": "busybox", "Env": ["A=1"], "Env": ["B=2"]}'
     assert judge("ContainerCreate", strings) is None
+
+
+def test_bind_options_that_loosen_a_bind_are_refused() -> None:
+    """Shared propagation and non-recursive read-only binds: not judged by `host_paths`, so
+    refused (failed on the old code, which did not read BindOptions)."""
+    mount = {"Type": "bind", "Source": "/srv", "Target": "/s", "ReadOnly": True}
+    g = Guardrails(host_paths=(HostPathRule("/srv", True),))
+
+    def create(options: dict[str, Any]) -> Any:
+        body = {**CREATE, "HostConfig": {"Mounts": [{**mount, "BindOptions": options}]}}
+        return judge("ContainerCreate", body, g=g)
+
+    assert create({}) is None
+    assert create({"Propagation": "rslave"}) is None
+    assert create({"Propagation": "rshared"}) == not_allowed(
+        "HostConfig.Mounts[0].BindOptions.Propagation"
+    )
+    assert create({"ReadOnlyNonRecursive": True}) == not_allowed(
+        "HostConfig.Mounts[0].BindOptions.ReadOnlyNonRecursive"
+    )
 
 
 def test_a_struct_field_of_the_wrong_type_is_malformed() -> None:

@@ -192,11 +192,14 @@ MOUNT = obj(
         "Consistency": I,
         "BindOptions": obj(
             {
-                # An unprivileged container cannot mount, so propagation reaches nothing.
-                "Propagation": I,
+                # Shared propagation carries mounts made in the container back to the host
+                # (with a capability that lets it mount): only private and slave ones.
+                "Propagation": only("private", "rprivate", "slave", "rslave"),
                 "NonRecursive": I,
                 "CreateMountpoint": judged("host_paths"),
-                "ReadOnlyNonRecursive": judged("host_paths"),
+                # Leaves the submounts of a read-only bind writable (API 1.44+): a read-only
+                # host path rule would not hold. Not judged: refused.
+                "ReadOnlyNonRecursive": R,
                 "ReadOnlyForceRecursive": I,
             }
         ),
