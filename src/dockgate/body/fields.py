@@ -911,7 +911,8 @@ def _walk_object(node: Obj, value: GoObject, where: str) -> None:
     # The hot path: a create body has a hundred keys, most of them inert. When no two keys
     # fold alike (the folded index is built anyway, for the readers), the keys that take any
     # value are dropped in one pass at C speed; paths are built only for what is walked on.
-    unique = value.unique_keys()
+    # Small objects are walked key by key (an index would cost more than it saves).
+    unique = value.unique_keys() if len(value.pairs) > _SMALL else None
     if unique is None:
         _walk_pairs(node, value, where)
         return
@@ -942,11 +943,18 @@ def _key_path(value: GoObject, folded: str, where: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+_SMALL = 6
+
+
 def _walk_pairs(node: Obj, value: GoObject, where: str) -> None:
-    """Key by key, in order: some keys fold alike, so each is applied in turn (as Go does)."""
+    """Key by key, in order (a small object, or some keys fold alike: each is applied in
+    turn, as Go does)."""
     lists: set[str] = set()
+    skip = node.skip
     for key, item in value.pairs:
-        folded = fold_key(key)
+        folded = key.lower() if key.isascii() else fold_key(key)
+        if folded in skip:
+            continue
         found = node.index.get(folded)
         if found is None:
             if not is_zero(item):

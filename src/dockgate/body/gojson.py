@@ -54,7 +54,8 @@ class GoObject:
 
     def _build_index(self) -> _Unique | dict[str, list[object]]:
         """Built once per object, at C speed in the common case of no two keys folding alike."""
-        keys = [_fold_key(key) for key, _ in self.pairs]
+        # ASCII keys (all of them, from ordinary clients) fold inline: no call per key.
+        keys = [key.lower() if key.isascii() else _fold_key(key) for key, _ in self.pairs]
         unique = _Unique(zip(keys, [value for _, value in self.pairs], strict=True))
         if len(unique) == len(keys):
             return unique
