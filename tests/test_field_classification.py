@@ -426,6 +426,31 @@ def test_bind_options_that_loosen_a_bind_are_refused() -> None:
     )
 
 
+def test_a_list_of_objects_in_a_struct_given_twice_is_refused() -> None:
+    """`"HostConfig"` given twice: Go decodes the second object into the first one's struct,
+    so `Ulimits` in each is a list given twice (its elements merge)."""
+    body = (
+        b'{"Image": "busybox", "HostConfig": {"Ulimits": [{"Name": "nofile", "Soft": 1}]}, '
+        b'"hostConfig": {"Ulimits": [{"Hard": 2}]}}'
+    )
+    assert judge("ContainerCreate", body) == (
+        400,
+        "field HostConfig.Ulimits is given more than once",
+    )
+    ports = (
+        b'{"TaskTemplate": {"ContainerSpec": {"Image": "x"}}, '
+        b'"EndpointSpec": {"Ports": [{"TargetPort": 80}]}, '
+        b'"EndpointSpec": {"Ports": [{"PublishedPort": 8080}]}}'
+    )
+    assert judge("ServiceCreate", ports) == (
+        400,
+        "field EndpointSpec.Ports is given more than once",
+    )
+    # The same struct twice, each with other fields, merges harmlessly.
+    merged = b'{"Image": "busybox", "HostConfig": {"Memory": 1}, "HostConfig": {"ShmSize": 2}}'
+    assert judge("ContainerCreate", merged) is None
+
+
 def test_a_struct_field_of_the_wrong_type_is_malformed() -> None:
     assert judge("ContainerCreate", {**CREATE, "Healthcheck": "x"}) == (
         400,

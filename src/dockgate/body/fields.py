@@ -949,28 +949,42 @@ _SMALL = 6
 def _walk_pairs(node: Obj, value: GoObject, where: str) -> None:
     """Key by key, in order (a small object, or some keys fold alike: each is applied in
     turn, as Go does)."""
+    _walk_struct(node, [value], where)
+
+
+def _walk_struct(node: Obj, objects: list[GoObject], where: str) -> None:
+    """The objects Go decodes into one struct, in order: a struct field given twice merges
+    (the second object is decoded into the first one's struct), so a list of objects given
+    once in each of them is a list given twice, and struct fields are walked as one group."""
     lists: set[str] = set()
+    groups: dict[str, tuple[str, Obj, list[GoObject]]] = {}
     skip = node.skip
-    for key, item in value.pairs:
-        folded = key.lower() if key.isascii() else fold_key(key)
-        if folded in skip:
-            continue
-        found = node.index.get(folded)
-        if found is None:
-            if not is_zero(item):
-                prefix = f"{where}." if where else ""
-                raise FieldError(403, f"field {prefix}{key} is not known to dockgate")
-            continue
-        name, child = found
-        if item is None:
-            continue
-        if isinstance(child, ListOf) and not isinstance(child.item, Leaf):
-            # Go decodes a second list into the first one's elements (their fields merge).
-            if folded in lists:
-                prefix = f"{where}." if where else ""
-                raise FieldError(400, f"field {prefix}{name} is given more than once")
-            lists.add(folded)
-        _walk(child, item, f"{where}.{name}" if where else name)
+    for value in objects:
+        for key, item in value.pairs:
+            folded = key.lower() if key.isascii() else fold_key(key)
+            if folded in skip:
+                continue
+            found = node.index.get(folded)
+            if found is None:
+                if not is_zero(item):
+                    prefix = f"{where}." if where else ""
+                    raise FieldError(403, f"field {prefix}{key} is not known to dockgate")
+                continue
+            name, child = found
+            if item is None:
+                continue
+            path = f"{where}.{name}" if where else name
+            if isinstance(child, Obj) and isinstance(item, GoObject):
+                groups.setdefault(folded, (path, child, []))[2].append(item)
+                continue
+            if isinstance(child, ListOf) and not isinstance(child.item, Leaf):
+                # Go decodes a second list into the first one's elements (they merge).
+                if folded in lists:
+                    raise FieldError(400, f"field {path} is given more than once")
+                lists.add(folded)
+            _walk(child, item, path)
+    for path, child, group in groups.values():
+        _walk_struct(child, group, path)
 
 
 def check_query(operation: str, pairs: list[tuple[str, str]]) -> None:
