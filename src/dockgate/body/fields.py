@@ -31,8 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias, TypeVar
 
-from dockgate.body.gojson import GoObject
-from dockgate.body.gojson import _fold_key as fold_key
+from dockgate.body.gojson import GoObject, fold_key
 
 # --------------------------------------------------------------------------------------------
 # The node types of the table.

@@ -84,6 +84,10 @@ def _fold_key(key: str) -> str:
     return translated.lower() if translated.isascii() else _NO_FIELD
 
 
+# Public for the field table (fields.py), which walks keys as Go matches them to fields.
+fold_key = _fold_key
+
+
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")  # Go refuses NaN and Infinity
 
