@@ -887,8 +887,9 @@ def test_the_docker_cli_and_docker_py_still_work_through_the_allowlist(
 @pytest.mark.daemon
 def test_an_unknown_create_field_is_refused_and_nothing_is_created(through: Through) -> None:
     """A v1.56 field the 20.10 daemon does not know (HostConfig.Annotations, which newer
-    daemons hand to the runtime), and a made-up one, each with a value: 403 naming it, and the
-    daemon has nothing new. Failed on the old code: both went through, the container was made."""
+    daemons hand to the runtime), a made-up one, and a made-up query parameter, each with a
+    value: 403 naming it, and the daemon has nothing new. Failed on the old code: all went
+    through, and the containers were made."""
     before = state(through.daemon)
     for field_name, body in (
         ("HostConfig.Annotations[run.oci.x]", {"HostConfig": {"Annotations": {"run.oci.x": "1"}}}),
@@ -899,6 +900,13 @@ def test_an_unknown_create_field_is_refused_and_nothing_is_created(through: Thro
             "POST", f"/v1.41/containers/create?name={name('unknown')}", {"Image": IMAGE, **body}
         )
         assert (status, answer) == (403, denied(f"field {field_name} {wanted}", "ContainerCreate"))
+    status, answer = through.request(
+        "POST", f"/v1.41/containers/create?name={name('unknown')}&frob=1", {"Image": IMAGE}
+    )
+    assert (status, answer) == (
+        403,
+        denied("query parameter 'frob' is not known to dockgate", "ContainerCreate"),
+    )
     assert state(through.daemon) == before
 
 
