@@ -258,6 +258,57 @@ _FORM_READ = re.compile(
 )
 
 
+JUDGES = {
+    # workload.py readers, by the guardrail (Guardrails field or check) that decides
+    "privileged",
+    "capabilities",
+    "devices",
+    "host_paths",
+    "namespaces",
+    "security_overrides",
+    "sysctls",
+    "runtimes",
+    "images",
+    "labels",
+    "resources",
+    "exec_user",
+    "volume_drivers",
+    # guardrails.py's own checks
+    "network_drivers",
+    "fetch_urls",
+    "image_changes",
+    "swarm",
+    "plugin_privileges",
+}
+
+
+def test_every_judged_entry_names_a_guardrail_that_judges_it() -> None:
+    """A typo in a guardrail name would leave a field "judged" by nothing."""
+    named = {leaf.guardrail for table in QUERIES.values() for leaf in table.values()}
+    for node in BODIES.values():
+        named |= {
+            n.guardrail for _, n in [("", node), *fields.iter_table(node)] if isinstance(n, Leaf)
+        }
+    assert named - {""} <= JUDGES, named - JUDGES
+    attributes = set(Guardrails.__dataclass_fields__)
+    assert {
+        "privileged",
+        "capabilities",
+        "devices",
+        "host_paths",
+        "namespaces",
+        "security_overrides",
+        "sysctls",
+        "runtimes",
+        "images",
+        "volume_drivers",
+        "network_drivers",
+        "fetch_urls",
+        "swarm",
+        "plugin_privileges",
+    } <= attributes
+
+
 @pytest.mark.parametrize(
     ("ref", "path"),
     [
