@@ -634,10 +634,10 @@ def test_the_walk_is_cheap() -> None:
     ).encode()
     parsed = parse(body)
     fields.check_body("ContainerCreate", parsed)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(1000):
         fields.check_body("ContainerCreate", parsed)
-    per_call = (time.perf_counter() - start) / 1000
+    per_call = (time.process_time() - start) / 1000
     assert per_call < 50e-6, per_call
 
 
