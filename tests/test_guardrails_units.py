@@ -75,6 +75,7 @@ CHECK_NAMES = [
     "labels",
     "resources",
     "exec_user",
+    "fields",  # the field table (fields.py): unknown or refused fields and parameters
 ]
 
 
@@ -1353,6 +1354,16 @@ def test_operation_sets() -> None:
         "VolumeCreate",
         "PluginPull",
         "PluginUpgrade",
+        # The field table (fields.py) judges these bodies too.
+        "ImageCommit",
+        "VolumeUpdate",
+        "NetworkCreate",
+        "NetworkConnect",
+        "NetworkDisconnect",
+        "SecretCreate",
+        "SecretUpdate",
+        "NodeUpdate",
+        "CheckpointCreate",
     } == BODY_CHECKED
     assert {
         "ImageBuild",
@@ -1362,7 +1373,9 @@ def test_operation_sets() -> None:
         "SwarmInit",
         "SwarmJoin",
         "SwarmUpdate",
-    } == QUERY_CHECKED
+    } <= QUERY_CHECKED
+    # Every write operation's query is judged against the table, one way or the other.
+    assert not QUERY_CHECKED & BODY_CHECKED
 
 
 @pytest.mark.parametrize(
@@ -1380,14 +1393,17 @@ def test_operation_sets() -> None:
         ("networkmode=bridge", None),
         ("networkmode=none", None),
         ("networkmode=", None),
-        ("NetworkMode=host", None),  # Go's form values are case-sensitive: the daemon ignores it
+        # Go's form values are case-sensitive: the daemon ignores it, and the field table
+        # refuses a parameter it does not know that carries a value.
+        ("NetworkMode=host", denied("query parameter 'NetworkMode' is not known to dockgate")),
         ("", None),
     ],
 )
 def test_image_build_network_mode(query: str, verdict: tuple[int, str] | None) -> None:
     # The body (a tar stream) is never read.
     assert judge(Guardrails(), "ImageBuild", b"\x00not json", query) == verdict
-    assert judge(Guardrails(namespaces=frozenset({"network"})), "ImageBuild", b"", query) is None
+    allowed = judge(Guardrails(namespaces=frozenset({"network"})), "ImageBuild", b"", query)
+    assert allowed == (verdict if verdict and "not known" in verdict[1] else None)
 
 
 @pytest.mark.parametrize(
@@ -1409,7 +1425,7 @@ def test_image_build_network_mode(query: str, verdict: tuple[int, str] | None) -
 )
 def test_image_create_from_url(query: str, verdict: tuple[int, str] | None) -> None:
     assert judge(Guardrails(), "ImageCreate", b"", query) == verdict
-    assert judge(Guardrails(image_import_urls=True), "ImageCreate", b"", query) is None
+    assert judge(Guardrails(fetch_urls=True), "ImageCreate", b"", query) is None
 
 
 def test_plugin_privileges() -> None:
@@ -1474,7 +1490,8 @@ def test_wrongly_shaped_bodies_are_400() -> None:
 def test_unchecked_operations_pass_anything() -> None:
     assert judge(Guardrails(), "ExecStart", b"{") is None
     assert judge(Guardrails(), "ContainerStop", b"not json") is None
-    assert explain_request(Guardrails(), "ExecStart", "", b"{") == []
+    # Its query is judged against the field table (it has no parameters); its body is not read.
+    assert explain_request(Guardrails(), "ExecStart", "", b"{") == [("request", None)]
 
 
 def test_a_start_body_may_not_carry_a_host_config() -> None:
@@ -1512,6 +1529,7 @@ def test_explain_request_lists_every_check() -> None:
         ("labels", None),
         ("resources", f"a memory limit of at most {MiB} bytes is required"),
         ("exec_user", None),
+        ("fields", None),
     ]
     clean = explain_request(Guardrails(), "ContainerExec", "", b'{"User": "0"}')
     assert clean == [(name, None) for name in CHECK_NAMES]
@@ -1604,7 +1622,7 @@ def test_every_guardrail_key_is_compiled() -> None:
         max_nano_cpus=1_500_000_000,
         exec_root=False,
         exec_privileged=True,
-        image_import_urls=True,
+        fetch_urls=True,
         plugin_privileges=True,
     )
 
@@ -2028,7 +2046,8 @@ def test_plugin_create_and_set_need_plugin_privileges() -> None:
         assert judge(Guardrails(), operation, b"", "name=x") == denied(
             "creating or reconfiguring plugins is not allowed"
         )
-        assert judge(Guardrails(plugin_privileges=True), operation, b"", "name=x") is None
+        query = "name=x" if operation == "PluginCreate" else ""  # PluginSet has no parameters
+        assert judge(Guardrails(plugin_privileges=True), operation, b"", query) is None
 
 
 def test_the_most_specific_host_path_rule_decides() -> None:

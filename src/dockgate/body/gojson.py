@@ -44,9 +44,18 @@ class GoObject:
             return [] if found is _ABSENT else [found]
         return index.get(want, [])
 
+    def unique_keys(self) -> dict[str, object] | None:
+        """Each folded key with its value, when no two keys fold alike (the common case; the
+        index is built once and shared with `lookup`); None when some do."""
+        index = self._folded
+        if index is None:
+            index = self._folded = self._build_index()
+        return index if isinstance(index, _Unique) else None
+
     def _build_index(self) -> _Unique | dict[str, list[object]]:
         """Built once per object, at C speed in the common case of no two keys folding alike."""
-        keys = [_fold_key(key) for key, _ in self.pairs]
+        # ASCII keys (all of them, from ordinary clients) fold inline: no call per key.
+        keys = [key.lower() if key.isascii() else _fold_key(key) for key, _ in self.pairs]
         unique = _Unique(zip(keys, [value for _, value in self.pairs], strict=True))
         if len(unique) == len(keys):
             return unique
@@ -73,6 +82,10 @@ def _fold_key(key: str) -> str:
         return key.lower()
     translated = key.translate(_FOLD)
     return translated.lower() if translated.isascii() else _NO_FIELD
+
+
+# Public for the field table (fields.py), which walks keys as Go matches them to fields.
+fold_key = _fold_key
 
 
 def _reject_constant(name: str) -> object:

@@ -13,9 +13,8 @@ import fnmatch
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
 
-from dockgate.body import gojson
+from dockgate.body import fields, gojson
 from dockgate.body.volumeopts import (
     NETWORK_TYPES,
     VolumeOptionRefused,
@@ -35,38 +34,81 @@ from dockgate.body.workload import (
     service_spec,
     volume_create,
 )
+from dockgate.http.query import query_pairs
 
-# Operations whose body is read whole and judged before it is forwarded.
+# Operations whose body is read whole and judged before it is forwarded: by the guardrails'
+# readers (workload.py) and by the field table (fields.py). ExecStart's body (Detach, Tty,
+# ConsoleSize: all inert) opens a hijacked stream and is not held.
 BODY_CHECKED = frozenset(
     {
         "ContainerCreate",
-        "ContainerStart",
         "ContainerUpdate",
         "ContainerExec",
         "ServiceCreate",
         "ServiceUpdate",
         "VolumeCreate",
+        "VolumeUpdate",
+        "NetworkCreate",
+        "NetworkConnect",
+        "NetworkDisconnect",
+        "ImageCommit",
+        "SecretCreate",
+        "SecretUpdate",
+        "NodeUpdate",
         "PluginPull",
         "PluginUpgrade",
+        "CheckpointCreate",
     }
 )
 # The largest body of those the gateway reads whole; a larger one gets 413. Create bodies
-# are a few kilobytes; a megabyte leaves room for long command lines and many labels.
+# are a few kilobytes; a megabyte leaves room for long command lines and many labels, and for
+# a secret (500 KiB at most, base64-encoded). Swarm configs hold up to 1000 KiB: their bodies
+# (ConfigCreate, ConfigUpdate) are classified in fields.py but not held, so `Templating` in
+# them is not judged.
 CHECKED_BODY_LIMIT = 1024 * 1024
-# Operations judged by their query string only (their bodies are tar streams or images), and
-# the plugin operations that install or reconfigure what runs with host privileges.
-QUERY_CHECKED = frozenset(
+# Operations judged by their query string only: their bodies are tar streams or images, or
+# none, or (swarm membership, plugin settings) the whole operation needs a guardrail.
+QUERY_CHECKED = frozenset(fields.QUERIES) - BODY_CHECKED
+_SWARM_MEMBERSHIP = frozenset({"SwarmInit", "SwarmJoin", "SwarmUpdate"})
+# Where a build takes its context from the client rather than fetching it (moby
+# builder/remotecontext/detect.go ClientSessionRemote, builder-next "upload-request").
+_CLIENT_CONTEXTS = frozenset({"", "client-session", "upload-request"})
+# The Dockerfile instructions `changes` may hold (moby builder/dockerfile/builder.go
+# validCommitCommands; the daemon refuses any other): they change the image's config only.
+_CHANGE_INSTRUCTIONS = frozenset(
     {
-        "ImageBuild",
-        "ImageCreate",
-        "PluginCreate",
-        "PluginSet",
-        "SwarmInit",
-        "SwarmJoin",
-        "SwarmUpdate",
+        "cmd",
+        "entrypoint",
+        "healthcheck",
+        "env",
+        "expose",
+        "label",
+        "onbuild",
+        "user",
+        "volume",
+        "workdir",
     }
 )
-_SWARM_MEMBERSHIP = frozenset({"SwarmInit", "SwarmJoin", "SwarmUpdate"})
+# Network drivers that stay inside the host (a bridge of its own, or swarm's overlay); others
+# (macvlan, ipvlan, plugins) attach containers to the host's interfaces or run plugin code.
+BUILTIN_NETWORK_DRIVERS = frozenset({"bridge", "overlay"})
+# Driver options of bridge and overlay networks that reach nothing outside the network
+# (libnetwork drivers/bridge/labels.go, netlabel/labels.go, drivers/overlay). Not here, so
+# refused: com.docker.network.bridge.name (an existing host bridge, perhaps with the host's
+# uplink in it), com.docker.network.bridge.default_bridge, trusted host interfaces.
+INERT_NETWORK_OPTIONS = frozenset(
+    {
+        "com.docker.network.bridge.enable_icc",
+        "com.docker.network.bridge.enable_ip_masquerade",
+        "com.docker.network.bridge.host_binding_ipv4",
+        "com.docker.network.bridge.inhibit_ipv4",
+        "com.docker.network.driver.mtu",
+        "com.docker.network.container_iface_prefix",
+        "com.docker.network.enable_ipv6",
+        "com.docker.network.driver.overlay.vxlanid_list",
+        "encrypted",
+    }
+)
 
 _READERS = {
     "ContainerCreate": container_create,
@@ -115,7 +157,13 @@ class Guardrails:
     volume_types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     exec_root: bool = True
     exec_privileged: bool = False
-    image_import_urls: bool = False
+    # The daemon fetches a URL the caller names: ImageCreate fromSrc=URL (docker import) and
+    # ImageBuild remote=URL (docker build URL), loopback included. `image_import_urls` in
+    # policy files is the older name.
+    fetch_urls: bool = False
+    # Network drivers allowed besides bridge and overlay (macvlan, ipvlan, plugins); a driver
+    # named here also takes any driver Options (bridge.name, parent=...).
+    network_drivers: frozenset[str] = frozenset()
     plugin_privileges: bool = False
     swarm: bool = False  # init, join, or reconfigure a swarm (CA, join tokens, raft)
 
@@ -132,32 +180,56 @@ class Refusal(Exception):
 def check_request(
     guardrails: Guardrails, operation: str, query: str, body: bytes
 ) -> tuple[NamedVolume, ...]:
-    """Raise `Refusal` when the request asks for more than the guardrails allow. What it
-    returns is still to be judged: the volumes it uses by name, whose options only the daemon
-    knows (`named_volume_problem` on each one's inspect answer)."""
-    if operation in QUERY_CHECKED:
-        _check_query(guardrails, operation, query)
-        return ()
+    """Raise `Refusal` when the request asks for more than the guardrails allow: what the
+    guardrails judge (workload.py's readers), and every query parameter and body field against
+    the table (fields.py), which refuses what is unknown or not allowed. What it returns is
+    still to be judged: the volumes the body uses by name, whose options only the daemon knows
+    (`named_volume_problem` on each one's inspect answer)."""
+    pairs = query_pairs(query)
+    _check_fields(guardrails, operation, pairs, None)
     if operation not in BODY_CHECKED:
         return ()
-    if operation == "ContainerStart":
-        _check_start(body)
-        return ()
-    try:
-        parsed = gojson.parse(body, strict_end=True)
-    except (ValueError, RecursionError):
-        raise Refusal(400, "the request body is not one JSON value") from None
+    if operation == "ImageCommit" and not body.strip(b" \t\r\n"):
+        return ()  # no config given: the container's own is committed
+    parsed = _parse(body)
     try:
         if operation in ("PluginPull", "PluginUpgrade"):
             _check_plugin(guardrails, parsed)
             return ()
-        workload = _READERS[operation](parsed)
+        reader = _READERS.get(operation)
+        workload = reader(parsed) if reader is not None else None
     except BodyError as exc:
         raise Refusal(400, str(exc)) from None
-    problem = find_problem(guardrails, workload)
-    if problem is not None:
-        raise Refusal(403, problem)
-    return tuple(workload.named_volumes)
+    if workload is not None:
+        problem = find_problem(guardrails, workload)
+        if problem is not None:
+            raise Refusal(403, problem)
+    _check_fields(guardrails, operation, [], parsed)
+    return tuple(workload.named_volumes) if workload is not None else ()
+
+
+def _parse(body: bytes) -> object:
+    try:
+        return gojson.parse(body, strict_end=True)
+    except (ValueError, RecursionError):
+        raise Refusal(400, "the request body is not one JSON value") from None
+
+
+def _check_fields(
+    g: Guardrails, operation: str, pairs: list[tuple[str, str]], parsed: object | None
+) -> None:
+    """The query parameters (`pairs`) or the parsed body against the table, and the judged
+    values that no workload reader covers (network drivers, build remotes, changes)."""
+    try:
+        if parsed is None:
+            _check_query(g, operation, pairs)
+            fields.check_query(operation, pairs)
+            return
+        if operation == "NetworkCreate":
+            _check_network(g, parsed)
+        fields.check_body(operation, parsed)
+    except fields.FieldError as exc:
+        raise Refusal(exc.status, exc.reason) from None
 
 
 def find_problem(g: Guardrails, w: Workload) -> str | None:
@@ -172,24 +244,30 @@ def find_problem(g: Guardrails, w: Workload) -> str | None:
 def explain_request(
     guardrails: Guardrails, operation: str, query: str, body: bytes
 ) -> list[tuple[str, str | None]]:
-    """Every guardrail check with its finding (None: passed), for `dockgate check --body`.
-    A body that cannot be read gives one ("read", reason) entry."""
-    if operation in QUERY_CHECKED or operation in ("PluginPull", "PluginUpgrade", "ContainerStart"):
+    """Every guardrail check with its finding (None: passed), for `dockgate check --body`,
+    then the field table's ("fields"). A body that cannot be read gives one ("read", reason)."""
+    if operation not in _READERS:
         try:
             check_request(guardrails, operation, query, body)
         except Refusal as refusal:
             return [("request", refusal.reason)]
         return [("request", None)]
-    if operation not in BODY_CHECKED:
-        return []
     try:
-        workload = _READERS[operation](gojson.parse(body, strict_end=True))
+        parsed = gojson.parse(body, strict_end=True)
+        workload = _READERS[operation](parsed)
     except (ValueError, RecursionError) as exc:
         reason = (
             str(exc) if isinstance(exc, BodyError) else "the request body is not one JSON value"
         )
         return [("read", reason)]
-    return [(check.__name__.lstrip("_"), check(guardrails, workload)) for check in _CHECKS]
+    found = [(check.__name__.lstrip("_"), check(guardrails, workload)) for check in _CHECKS]
+    table: str | None = None
+    try:
+        _check_fields(guardrails, operation, query_pairs(query), None)
+        _check_fields(guardrails, operation, [], parsed)
+    except Refusal as refusal:
+        table = refusal.reason
+    return [*found, ("fields", table)]
 
 
 def _privileges(g: Guardrails, w: Workload) -> str | None:
@@ -456,35 +534,77 @@ def image_repository(reference: str) -> str | None:
     return f"docker.io/{name}"
 
 
-def _check_query(g: Guardrails, operation: str, query: str) -> None:
-    params = parse_qsl(query, keep_blank_values=True)
-    if operation == "ImageBuild":
-        for key, value in params:
-            if key != "networkmode":
-                continue
+def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -> None:
+    """The query parameters the table marks as judged. Every value of a repeated key is
+    judged: the daemon reads the first for most, all of them for `changes`."""
+    if operation in _SWARM_MEMBERSHIP and not g.swarm:
+        # Joining a swarm hands the node to that swarm's managers (they can run anything on
+        # it); init and update set its CA, tokens and raft: a guardrail, not only a rule.
+        raise Refusal(403, "initialising, joining or reconfiguring a swarm is not allowed")
+    if operation in ("PluginCreate", "PluginSet") and not g.plugin_privileges:
+        # A plugin's config (in PluginCreate's tar) or settings (PluginSet: mounts, devices,
+        # env) decide its host privileges; they are not read, so they need the permission.
+        raise Refusal(403, "creating or reconfiguring plugins is not allowed")
+    for key, value in params:
+        if operation == "ImageBuild" and key == "networkmode":
             if value == "host" and "network" not in g.namespaces:
                 raise Refusal(403, "building with the host's network namespace is not allowed")
             if value.startswith("container:") and "network:container" not in g.namespaces:
                 raise Refusal(403, "building in another container's network is not allowed")
-    elif operation in _SWARM_MEMBERSHIP and not g.swarm:
-        # Joining a swarm hands the node to that swarm's managers (they can run anything on
-        # it); init and update set its CA, tokens and raft: a guardrail, not only a rule.
-        raise Refusal(403, "initialising, joining or reconfiguring a swarm is not allowed")
-    elif operation in ("PluginCreate", "PluginSet") and not g.plugin_privileges:
-        # A plugin's config (in PluginCreate's tar) or settings (PluginSet: mounts, devices,
-        # env) decide its host privileges; they are not read, so they need the permission.
-        raise Refusal(403, "creating or reconfiguring plugins is not allowed")
-    elif operation == "ImageCreate":
-        for key, value in params:
-            if key == "fromSrc" and value not in ("", "-") and not g.image_import_urls:
+        elif operation == "ImageBuild" and key == "remote":
+            if value not in _CLIENT_CONTEXTS and not g.fetch_urls:
+                # The daemon fetches it (or clones it) from the host, loopback included.
+                raise Refusal(403, "building from a URL (remote=) is not allowed")
+        elif operation == "ImageCreate" and key == "fromSrc":
+            if value not in ("", "-") and not g.fetch_urls:
                 raise Refusal(403, "importing an image from a URL is not allowed")
+        elif key == "changes" and operation in ("ImageCommit", "ImageCreate"):
+            problem = change_problem(value)
+            if problem is not None:
+                raise Refusal(403, problem)
+        elif operation == "ServiceUpdate" and key == "rollback" and value != "":
+            # The daemon deploys the service's PreviousSpec, which dockgate never judged
+            # (it may predate the policy, or have been written by someone else).
+            raise Refusal(
+                403, "rollback= deploys the service's previous spec, which dockgate did not judge"
+            )
 
 
-def _check_start(body: bytes) -> None:
-    """Below API 1.24 the daemon (20.10) reads a start body as a HostConfig that replaces the
-    container's own: a clean container could start privileged. Newer clients send none."""
-    if body.strip(b" \t\r\n") not in (b"", b"{}", b"null"):
-        raise Refusal(403, "a start request may not carry a HostConfig (API < 1.24)")
+def change_problem(change: str) -> str | None:
+    """One `changes` entry (docker commit/import --change): one Dockerfile instruction of the
+    kinds the daemon applies to an image's config. Several lines (or a continuation, whose
+    next line could be anything) are refused rather than parsed as the daemon's Dockerfile
+    parser would."""
+    if not change.strip():
+        return None
+    if "\n" in change or "\r" in change or change.rstrip().endswith(("\\", "`")):
+        return "a changes entry must be one single-line instruction"
+    instruction = change.split(None, 1)[0].lower()
+    if instruction not in _CHANGE_INSTRUCTIONS:
+        return f"the {instruction.upper()} instruction is not allowed in changes"
+    return None
+
+
+def _check_network(g: Guardrails, parsed: object) -> None:
+    """NetworkCreate: the driver, and its options when the driver is a built-in one."""
+    if not isinstance(parsed, gojson.GoObject):
+        raise Refusal(400, "the body must be a JSON object")
+    top = (parsed,)
+    driver = gojson.scalar(top, "Driver")
+    if driver is gojson.MISSING or driver == "":
+        driver = "bridge"  # the daemon's default (daemon/network.go createNetwork)
+    if not isinstance(driver, str):
+        raise Refusal(400, "Driver must be a string")
+    if driver in g.network_drivers:
+        return  # the operator trusts this driver with any options
+    if driver not in BUILTIN_NETWORK_DRIVERS:
+        raise Refusal(403, f"network driver {driver!r} is not allowed")
+    for value in gojson.values(top, "Options"):
+        if value is not None and not isinstance(value, gojson.GoObject):
+            raise Refusal(400, "Options must be an object")
+    for key in gojson.mapping(top, "Options") or {}:
+        if key not in INERT_NETWORK_OPTIONS:
+            raise Refusal(403, f"network option {key!r} is not allowed")
 
 
 def _check_plugin(g: Guardrails, parsed: object) -> None:

@@ -24,3 +24,19 @@ def query_value(query: str, key: str) -> str | None:
         if unquote_plus(raw_key, errors="replace") == key:
             return unquote_plus(raw_value, errors="replace")
     return None
+
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    """Every (key, value) of `query` in order, as Go's ``url.ParseQuery`` keeps them (the same
+    pairs `query_value` looks through)."""
+    if query.startswith("?"):
+        query = query[1:]
+    pairs: list[tuple[str, str]] = []
+    for pair in query.split("&"):
+        if not pair or ";" in pair or _BAD_ESCAPE.search(pair):
+            continue
+        raw_key, _, raw_value = pair.partition("=")
+        pairs.append(
+            (unquote_plus(raw_key, errors="replace"), unquote_plus(raw_value, errors="replace"))
+        )
+    return pairs

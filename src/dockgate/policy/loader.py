@@ -138,7 +138,9 @@ class GuardrailsSpec(_Strict):
     volume_drivers: list[str] = Field(default_factory=list)
     volume_types: dict[str, list[str]] = Field(default_factory=dict)
     exec: ExecSpec = Field(default_factory=ExecSpec)
-    image_import_urls: StrictBool = False
+    fetch_urls: StrictBool | None = None
+    image_import_urls: StrictBool | None = None  # the older name of fetch_urls
+    network_drivers: list[str] = Field(default_factory=list)
     plugin_privileges: StrictBool = False
     swarm: StrictBool = False
 
@@ -501,6 +503,17 @@ def _compile_guardrails(
         raise fail((*loc, "max_memory"), "max_memory must be positive")
     if spec.max_cpus is not None and not (math.isfinite(spec.max_cpus) and spec.max_cpus > 0):
         raise fail((*loc, "max_cpus"), "max_cpus must be a positive number")
+    fetch_urls = spec.fetch_urls
+    if spec.image_import_urls is not None:
+        if fetch_urls is not None and fetch_urls != spec.image_import_urls:
+            raise fail(
+                (*loc, "image_import_urls"),
+                "image_import_urls is the older name of fetch_urls: give one of them",
+            )
+        fetch_urls = spec.image_import_urls
+    for i, driver in enumerate(spec.network_drivers):
+        if not driver:
+            raise fail((*loc, "network_drivers", i), "a network driver name is required")
     return Guardrails(
         privileged=spec.privileged,
         capabilities=frozenset(normalize_capability(c) for c in spec.capabilities),
@@ -521,7 +534,8 @@ def _compile_guardrails(
         volume_types={t: tuple(servers) for t, servers in spec.volume_types.items()},
         exec_root=spec.exec.root,
         exec_privileged=spec.exec.privileged,
-        image_import_urls=spec.image_import_urls,
+        fetch_urls=bool(fetch_urls),
+        network_drivers=frozenset(spec.network_drivers),
         plugin_privileges=spec.plugin_privileges,
         swarm=spec.swarm,
     )
