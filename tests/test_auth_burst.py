@@ -198,3 +198,63 @@ def test_an_unknown_user_costs_what_a_wrong_password_costs(
         f"{statistics.median(unknown) * 1e3:.2f} ms, ratio {ratio:.2f}"
     )
     assert 1 / 3 < ratio < 3
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"Basic " + b"\xff" * 100,
+        b"Basic " + base64.b64encode(b"\xff\xfe:\xff"),
+        b"Basic " + base64.b64encode(b"alice:" + b"x" * 40_000),
+        b"Bearer " + b"\xff" * 40_000,
+        b"Basic",
+    ],
+    ids=["not-base64", "not-utf8", "40k-password", "40k-token", "empty"],
+)
+def test_odd_credentials_are_a_plain_401(
+    gateway: tuple[Gateway, int], authorization: bytes
+) -> None:
+    """Whatever the header holds (within the head size limit), the answer is the same 401."""
+    gw, _ = gateway
+    with connect(gw, "127.0.2.1") as conn:
+        status, body, _ = exchange(conn, authorization)
+    assert (status, message(body)) in {
+        (401, "dockgate: invalid credentials"),
+        (401, "dockgate: authentication required"),
+    }
+    assert "Traceback" not in gw.stderr_text()
+
+
+def test_requests_sent_during_the_check_wait_in_order(
+    gateway: tuple[Gateway, int], daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """A create with its body and an inspect, pipelined in one write with a password the
+    gateway has not seen yet: both wait for the check, then reach the daemon in order (the
+    container exists, and the second answer describes it)."""
+    gw, cost = gateway
+    name = f"dg-auth-pipelined-{cost}"
+    daemon.docker("rm", "-f", name, check=False)
+    body = json.dumps({"Image": busybox_image, "Cmd": ["true"]}).encode()
+    authorization = basic("bob", "bob-pw")
+    with connect(gw, "127.0.2.2") as conn:
+        conn.send(
+            b"POST /v1.41/containers/create?name=%b HTTP/1.1\r\nHost: dockgate\r\n"
+            b"Authorization: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+            b"GET /v1.41/containers/%b/json HTTP/1.1\r\nHost: dockgate\r\nAuthorization: %b\r\n\r\n"
+            % (name.encode(), authorization, len(body), body, name.encode(), authorization)
+        )
+        try:
+            answers = []
+            for _ in range(2):
+                status, headers = parse_head(conn.read_until(b"\r\n\r\n")[:-4])
+                length = int(headers["content-length"])
+                while len(conn.buf) < length:
+                    assert conn._fill(), "EOF inside a body"
+                answers.append((status, json.loads(bytes(conn.buf[:length]))))
+                del conn.buf[:length]
+            assert answers[0][0] == 201
+            assert answers[1][0] == 200
+            assert answers[1][1]["Id"] == answers[0][1]["Id"]
+            assert answers[1][1]["Name"] == "/" + name
+        finally:
+            daemon.docker("rm", "-f", name, check=False)
