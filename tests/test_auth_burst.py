@@ -22,13 +22,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.rawhttp import BufferedConn, parse_head
+from support.rawhttp import BufferedConn, dechunk, parse_head
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
@@ -92,6 +93,19 @@ def exchange(conn: BufferedConn, authorization: bytes) -> tuple[int, bytes, floa
     body = bytes(conn.buf[:length])
     del conn.buf[:length]
     return status, body, time.perf_counter() - started
+
+
+def read_answer(conn: BufferedConn) -> tuple[int, Any]:
+    """A JSON answer, with a Content-Length or chunked (dockerd chunks the larger ones)."""
+    status, headers = parse_head(conn.read_until(b"\r\n\r\n")[:-4])
+    if headers.get("transfer-encoding") == "chunked":
+        return status, json.loads(dechunk(conn.read_until(b"\r\n0\r\n\r\n")))
+    length = int(headers["content-length"])
+    while len(conn.buf) < length:
+        assert conn._fill(), "EOF inside a body"
+    body = bytes(conn.buf[:length])
+    del conn.buf[:length]
+    return status, json.loads(body)
 
 
 def message(body: bytes) -> str:
@@ -244,14 +258,7 @@ def test_requests_sent_during_the_check_wait_in_order(
             % (name.encode(), authorization, len(body), body, name.encode(), authorization)
         )
         try:
-            answers = []
-            for _ in range(2):
-                status, headers = parse_head(conn.read_until(b"\r\n\r\n")[:-4])
-                length = int(headers["content-length"])
-                while len(conn.buf) < length:
-                    assert conn._fill(), "EOF inside a body"
-                answers.append((status, json.loads(bytes(conn.buf[:length]))))
-                del conn.buf[:length]
+            answers = [read_answer(conn) for _ in range(2)]
             assert answers[0][0] == 201
             assert answers[1][0] == 200
             assert answers[1][1]["Id"] == answers[0][1]["Id"]
