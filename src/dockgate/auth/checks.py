@@ -12,10 +12,10 @@ answers 503 at once instead of queueing without end (a flood of guesses must not
 backlog that delays honest logins by minutes). Successful checks are remembered by the caller
 (htpasswd.py), so a client that has logged in once never comes here again.
 
-The threads also run at a lower priority (nice +10, on Linux where a thread has its own): on
-a small machine two busy hashing threads would otherwise take their fair share of the cores
-from the event loop thread, and everybody's requests would wait for CPU instead of for a lock
-(measured with bench/auth_burst.py: /_ping p99 during a burst 36 ms at equal priority).
+The threads run at the process's priority: lowering theirs (nice +10) made no difference beyond
+the noise in bench/auth_burst.py on 2 shared cores, one thread instead of two neither (a little
+lower p99, a burst drained more slowly), and a low-priority thread holding the GIL could keep
+the event loop waiting.
 
 With `--workers N` each process has its own pool. The threads start at the first check, so
 never before the workers are forked.
@@ -24,16 +24,11 @@ never before the workers are forked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 CHECK_THREADS = 2
 CHECK_QUEUE = 64  # checks waiting or running at once
-CHECK_NICENESS = 10  # added to the worker threads' nice value
 
 
 class CheckPool:
@@ -51,7 +46,7 @@ class CheckPool:
         executor = self._executor
         if executor is None:
             executor = self._executor = ThreadPoolExecutor(
-                self.threads, thread_name_prefix="dockgate-auth", initializer=_lower_priority
+                self.threads, thread_name_prefix="dockgate-auth"
             )
         future = asyncio.get_running_loop().run_in_executor(executor, _never_raises, check)
         self.pending += 1
@@ -66,17 +61,6 @@ class CheckPool:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-
-
-def _lower_priority() -> None:
-    """Make this worker thread yield to the event loop. Linux keeps a nice value per thread
-    (setpriority(2) with a thread id); elsewhere it would lower the whole process: skipped."""
-    if sys.platform != "linux":
-        return
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError):  # a sandbox may refuse it: the checks run all the same
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + CHECK_NICENESS))
 
 
 def _never_raises(check: Callable[[], bool]) -> bool:
