@@ -265,3 +265,21 @@ def test_requests_sent_during_the_check_wait_in_order(
             assert answers[1][1]["Name"] == "/" + name
         finally:
             daemon.docker("rm", "-f", name, check=False)
+
+
+def test_a_client_that_leaves_during_its_check_changes_nothing_for_others(
+    gateway: tuple[Gateway, int],
+) -> None:
+    """Clients that close their connection while their password is being hashed: the gateway
+    goes on (no traceback), and a client from the same address logs in afterwards."""
+    gw, _ = gateway
+    for i in range(5):
+        with connect(gw, "127.0.2.3") as conn:
+            conn.send(
+                b"GET /_ping HTTP/1.1\r\nHost: dockgate\r\nAuthorization: %b\r\n\r\n"
+                % basic(USER if i % 2 else "nobody", f"gone-{i}")
+            )
+    with connect(gw, "127.0.2.3") as conn:
+        status, body, _ = exchange(conn, basic(USER, PASSWORD))
+    assert (status, body) == (200, b"OK")
+    assert "Traceback" not in gw.stderr_text()
