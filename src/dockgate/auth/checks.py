@@ -6,18 +6,19 @@ client's `/_ping` from 1.3 ms to 780 ms for 15 s. Here the check runs in a worke
 (bcrypt and argon2-cffi release the GIL while they hash), and the request that needs it waits,
 paused, while the loop serves everybody else.
 
-Bounded both ways: `threads` checks run at once (more would only take CPU from the loop on a
-small machine), and at most `limit` wait or run; past that, `submit` says no and the caller
-answers 503 at once instead of queueing without end (a flood of guesses must not build a
-backlog that delays honest logins by minutes). Successful checks are remembered by the caller
-(htpasswd.py), so a client that has logged in once never comes here again.
+Bounded both ways: `threads` checks run at once, and at most `limit` wait or run; past that,
+`submit` says no and the caller answers 503 at once instead of queueing without end (a flood of
+guesses must not build a backlog that delays honest logins by minutes). Successful checks are
+remembered by the caller (htpasswd.py), so a client that has logged in once never comes here
+again.
 
-The threads run at the process's priority: lowering theirs (nice +10) made no difference beyond
-the noise in bench/auth_burst.py on 2 shared cores, one thread instead of two neither (a little
-lower p99, a burst drained more slowly), and a low-priority thread holding the GIL could keep
-the event loop waiting.
+One thread per process: a hash keeps a core busy, and the event loop, the daemon and the other
+clients need the rest. Measured with bench/auth_burst.py on 2 shared cores (200 cost-10 guesses,
+`/_ping` every 5 ms): p99 during the burst 12-23 ms with one thread, 16-39 ms with two (idle:
+4-5 ms); lowering the threads' priority (nice +10) made no difference beyond the noise, and a
+low-priority thread holding the GIL could keep the loop waiting. `--workers N` gives N threads.
 
-With `--workers N` each process has its own pool. The threads start at the first check, so
+Each worker process has its own pool. The threads start at the first check, so
 never before the workers are forked.
 """
 
@@ -27,7 +28,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-CHECK_THREADS = 2
+CHECK_THREADS = 1
 CHECK_QUEUE = 64  # checks waiting or running at once
 
 
