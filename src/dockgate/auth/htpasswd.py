@@ -80,8 +80,10 @@ class Htpasswd:
         return ok
 
     def remembered(self, user: str, password: str) -> bool:
-        """Whether this password already succeeded for this user (no hash computed)."""
-        return user in self.credentials and self._token(user, password) in self._successes
+        """Whether this password already succeeded for this user (no hash computed; the same
+        work for known and unknown users)."""
+        token = self._token(user, password)
+        return token in self._successes and user in self.credentials
 
     def check(self, user: str, password: str) -> bool:
         """The hash check: slow by design, safe in a worker thread (it changes nothing).
