@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import auth_burst
 import auth_report
 import loads
 import prereqs
@@ -60,7 +61,7 @@ from targets import (
 )
 
 ROUND_WORKLOADS = ("ping", "pyping", "list", "close", "logs", "export", "cat", "run")
-ALL_WORKLOADS = (*ROUND_WORKLOADS, "events")
+ALL_WORKLOADS = (*ROUND_WORKLOADS, "events", "authburst")
 LOG_LINE = "dockgate-bench log line 0123456789abcdefghij"  # 44 bytes + newline = 45
 IMAGE_TAG = "dockgate-test/busybox:latest"
 STREAM_CONTAINER = "dgbench-stream"
@@ -454,6 +455,26 @@ class Bench:
             self.profile()
         if any(t.startswith("dockgate") for t in self.targets):
             self.policy_cost()
+            if "authburst" in self.workloads:
+                self.auth_burst()
+
+    def auth_burst(self) -> None:
+        """/_ping latency during a burst of failed logins (bench/auth_burst.py), this tree's
+        code only (`python3 bench/auth_burst.py --baseline REV` compares with another)."""
+        say("measuring /_ping latency during a burst of 200 failed logins (bench/auth_burst.py)")
+        try:
+            results = auth_burst.measure(
+                self.daemon.socket_path,
+                {"this tree": self.dockgate_src},
+                self.tmp / "authburst",
+                self.reaper,
+                costs=(5, 10),
+                reps=1 if self.args.quick else 2,
+            )
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            self.notes.append(f"auth_burst: {exc}")
+            return
+        self.extra_text.append(auth_burst.report(results))
 
     # -- results ------------------------------------------------------------------------------
 

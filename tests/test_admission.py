@@ -13,6 +13,7 @@ policy decides.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import pathlib
 import time
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from dockgate.admission import Admission, Admissions, ConnectionFacts
+from dockgate.admission import Admission, Admissions, ConnectionFacts, PendingAdmission
 from dockgate.auth.authenticator import Authenticator, WatchedFile
 from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd, parse_htpasswd
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
@@ -164,8 +165,19 @@ def gate(htpasswd: Htpasswd, tokens: Tokens) -> Admissions:
     return admissions(Authenticator(htpasswd, tokens))
 
 
-def admit(gate: Admissions, request: RequestHead, conn: ConnectionFacts | None = None) -> Admission:
-    return gate.admit(request, conn or facts(), 0.0)
+def admit(
+    gate: Admissions, request: RequestHead, conn: ConnectionFacts | None = None, now: float = 0.0
+) -> Admission:
+    """The admission, after the password check when one runs (in the pool, on a loop)."""
+
+    async def admitted() -> Admission:
+        found = gate.admit(request, conn or facts(), now)
+        if isinstance(found, PendingAdmission):
+            await asyncio.wait([found.future])
+            return found.admission()
+        return found
+
+    return asyncio.run(admitted())
 
 
 def assert_refused(
@@ -714,7 +726,7 @@ def test_memo_is_dropped_when_the_htpasswd_file_changes(
     conn = facts()
     authorization = basic("alice")
     start = time.monotonic()
-    assert gate.admit(head("GET", LIST, authorization), conn, start).verdict.allowed
+    assert admit(gate, head("GET", LIST, authorization), conn, start).verdict.allowed
     assert conn.remembered is not None
     assert conn.remembered[1] == 0
 
@@ -723,7 +735,7 @@ def test_memo_is_dropped_when_the_htpasswd_file_changes(
         line + "\n" for line in htpasswd_text.splitlines() if not line.startswith("alice:")
     )
     path.write_text(without_alice, encoding="utf-8")
-    refused = gate.admit(head("GET", LIST, authorization), conn, start + 2)
+    refused = admit(gate, head("GET", LIST, authorization), conn, start + 2)
     assert authenticator.generation == 1
     assert refused.verdict.status == 401
     assert refused.verdict.message == "dockgate: invalid credentials"
@@ -739,12 +751,12 @@ def test_memo_is_renewed_when_the_file_changes_but_the_user_stays(
     conn = facts()
     authorization = basic("alice")
     start = time.monotonic()
-    assert gate.admit(head("GET", LIST, authorization), conn, start).verdict.allowed
+    assert admit(gate, head("GET", LIST, authorization), conn, start).verdict.allowed
     without_bob = "".join(
         line + "\n" for line in htpasswd_text.splitlines() if not line.startswith("bob:")
     )
     path.write_text(without_bob, encoding="utf-8")
-    again = gate.admit(head("GET", LIST, authorization), conn, start + 2)
+    again = admit(gate, head("GET", LIST, authorization), conn, start + 2)
     assert again.verdict.allowed
     assert conn.remembered == (authorization.encode(), 1, Identity("alice", BASIC))
 
@@ -759,12 +771,12 @@ def test_memo_is_dropped_when_a_token_is_revoked(
     conn = facts()
     authorization = "Bearer " + token_lines["ci-runner"][0]
     start = time.monotonic()
-    first = gate.admit(head("GET", IMAGES, authorization), conn, start)
+    first = admit(gate, head("GET", IMAGES, authorization), conn, start)
     assert first.identity == Identity("ci", TOKEN, "ci-runner")
     assert first.verdict.allowed
     path.write_text(token_lines["bobs-laptop"][1] + "\n", encoding="utf-8")  # ci-runner revoked
     # Within a second of the last check the file is not looked at again.
-    assert gate.admit(head("GET", IMAGES, authorization), conn, start + 0.5).verdict.allowed
-    revoked = gate.admit(head("GET", IMAGES, authorization), conn, start + 2)
+    assert admit(gate, head("GET", IMAGES, authorization), conn, start + 0.5).verdict.allowed
+    revoked = admit(gate, head("GET", IMAGES, authorization), conn, start + 2)
     assert authenticator.generation == 1
     assert revoked.verdict.status == 401

@@ -8,20 +8,27 @@ The order is fixed, and each step can refuse:
    (403), so a refused network never gets to try passwords;
 2. credentials, when the request carries an Authorization header: throttled sources and user
    names get 429 without a check; wrong ones 401 (the same answer for an unknown user, a
-   wrong password and an unknown token). Without the header, a verified client certificate
-   names the caller; without either, the caller is anonymous, which is asked for credentials
-   (401) where authentication is configured and no binding takes anonymous callers;
+   wrong password and an unknown token). A password that needs its hash checked is counted as
+   a failure first, then checked in a worker thread (auth/checks.py): `admit` answers a
+   `PendingAdmission`, and the connection waits for it, paused (503 when too many checks are
+   already waiting). A password that succeeded before is decided at once. Without the
+   header, a verified client certificate names the caller; without either, the caller is
+   anonymous, which is asked for credentials (401) where authentication is configured and no
+   binding takes anonymous callers;
 3. the binding: the first binding for this identity and source names the policy; none is 403;
 4. the policy's verdict on the request (gatekeeper.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from dockgate.auth.authenticator import Authenticator, claimed_user
-from dockgate.auth.throttle import FailureThrottle
+from dockgate.auth.authenticator import Authenticator, PasswordCheck, claimed_user
+from dockgate.auth.checks import CheckPool
+from dockgate.auth.throttle import Charge, FailureThrottle
 from dockgate.caching import remember
 from dockgate.errors import ClientProtocolError
 from dockgate.gatekeeper import Gatekeeper, Verdict
@@ -55,6 +62,19 @@ class Admission:
     policy: Policy | None = None  # the bound policy, once one decided
 
 
+@dataclass(slots=True)
+class PendingAdmission:
+    """A request waiting for its password check. Once `future` is done, `admission()` is the
+    request's admission (the throttle and the success cache were settled by then, by a callback
+    that runs whether or not the client is still connected)."""
+
+    future: asyncio.Future[bool]
+    _decide: Callable[[], Admission]
+
+    def admission(self) -> Admission:
+        return self._decide()
+
+
 def _refusal(status: int, message: str, label: str, reason: str) -> Verdict:
     return Verdict(False, status, message, "-", label, reason=reason)
 
@@ -69,12 +89,15 @@ class Admissions:
         authenticator: Authenticator,
         throttle: FailureThrottle,
         trusted_proxies: AddressList,
+        *,
+        checks: CheckPool | None = None,
     ) -> None:
         self.policies = policies
         self.gatekeeper = gatekeeper
         self.authenticator = authenticator
         self.throttle = throttle
         self.trusted_proxies = trusted_proxies
+        self.checks = checks if checks is not None else CheckPool()
         self._anonymous_bound = policies.bindings is not None and any(
             b.anonymous for b in policies.bindings
         )
@@ -90,7 +113,9 @@ class Admissions:
             remember(self._permits, source, permitted, SOURCE_CACHE_ENTRIES)
         return permitted
 
-    def admit(self, head: RequestHead, facts: ConnectionFacts, now: float) -> Admission:
+    def admit(
+        self, head: RequestHead, facts: ConnectionFacts, now: float
+    ) -> Admission | PendingAdmission:
         source = facts.source
         if self._trusts_proxies and self.trusted_proxies.contains(source):
             forwarded = [v for n, v in head.headers() if n == b"x-forwarded-for"]
@@ -106,10 +131,13 @@ class Admissions:
             verdict = _refusal(403, message, "deny:-:source", "source denied")
             return Admission(verdict, NO_AUTH_IDENTITY, source)
 
-        identity, refusal = self._identify(head, facts, source, now)
-        if refusal is not None:
-            return refusal
+        identified = self._identify(head, facts, source, now)
+        if isinstance(identified, Identity):
+            return self._decide(head, identified, source)
+        return identified
 
+    def _decide(self, head: RequestHead, identity: Identity, source: str) -> Admission:
+        """The binding for the caller, then its policy's verdict."""
         policy = self.policies.policy_for(identity, source)
         if policy is None:
             message = f"dockgate: no policy is bound to {identity.describe()}"
@@ -131,7 +159,8 @@ class Admissions:
 
     def _identify(
         self, head: RequestHead, facts: ConnectionFacts, source: str, now: float
-    ) -> tuple[Identity, Admission | None]:
+    ) -> Identity | Admission | PendingAdmission:
+        """The caller, or the refusal, or the password check that will tell."""
         authenticator = self.authenticator
         authorization = head.authorization
         if authorization is not None and authenticator.required:
@@ -142,38 +171,86 @@ class Admissions:
                 and remembered[0] == authorization
                 and remembered[1] == authenticator.generation
             ):
-                return remembered[2], None
+                return remembered[2]
             user = claimed_user(authorization)
             wait = self.throttle.retry_after(source, user)
             if wait is not None:
                 message = "dockgate: too many failed attempts; try again later"
                 verdict = _refusal(429, message, "deny:-:throttled", "throttled")
-                return ANONYMOUS_IDENTITY, Admission(
-                    verdict, ANONYMOUS_IDENTITY, source, max(1, math.ceil(wait))
-                )
-            identity = authenticator.authenticate(authorization)
-            if identity is None:
+                return Admission(verdict, ANONYMOUS_IDENTITY, source, max(1, math.ceil(wait)))
+            found = authenticator.identify(authorization)
+            if isinstance(found, PasswordCheck):
+                return self._check_password(head, facts, source, authorization, found)
+            if found is None:
                 self.throttle.failed(source, user)
-                verdict = _refusal(
-                    401,
-                    "dockgate: invalid credentials",
-                    "deny:-:unauthenticated",
-                    "bad credentials",
-                )
-                return ANONYMOUS_IDENTITY, Admission(verdict, ANONYMOUS_IDENTITY, source)
+                return _bad_credentials(source)
             self.throttle.succeeded(user)
-            facts.remembered = (authorization, authenticator.generation, identity)
-            return identity, None
+            facts.remembered = (authorization, authenticator.generation, found)
+            return found
         if facts.certificate is not None:
-            return facts.certificate, None
+            return facts.certificate
         if not authenticator.required:
-            return NO_AUTH_IDENTITY, None
+            return NO_AUTH_IDENTITY
         if self._anonymous_bound and self.policies.binding_for(ANONYMOUS_IDENTITY, source):
-            return ANONYMOUS_IDENTITY, None
+            return ANONYMOUS_IDENTITY
         verdict = _refusal(
             401, "dockgate: authentication required", "deny:-:unauthenticated", "no credentials"
         )
-        return ANONYMOUS_IDENTITY, Admission(verdict, ANONYMOUS_IDENTITY, source)
+        return Admission(verdict, ANONYMOUS_IDENTITY, source)
+
+    def _check_password(
+        self,
+        head: RequestHead,
+        facts: ConnectionFacts,
+        source: str,
+        authorization: bytes,
+        check: PasswordCheck,
+    ) -> Admission | PendingAdmission:
+        """Count a failure, then hash in the pool: a burst of guesses sent at once meets the
+        throttle's limit before its hashes run, not after."""
+        throttle = self.throttle
+        charge = throttle.charge(source, check.user)
+        future = self.checks.submit(check.run)
+        if future is None:
+            throttle.refund(charge)  # nothing was checked
+            message = "dockgate: too many password checks at once; try again later"
+            verdict = _refusal(503, message, "deny:-:auth-busy", "password checks busy")
+            return Admission(verdict, ANONYMOUS_IDENTITY, source, retry_after=1)
+        generation = self.authenticator.generation
+        future.add_done_callback(lambda done: _settle(done, throttle, charge, check))
+
+        def decide() -> Admission:
+            if not _succeeded(future):
+                return _bad_credentials(source)
+            identity = check.identity
+            facts.remembered = (authorization, generation, identity)
+            return self._decide(head, identity, source)
+
+        return PendingAdmission(future, decide)
+
+
+def _succeeded(future: asyncio.Future[bool]) -> bool:
+    return (
+        future.done() and not future.cancelled() and future.exception() is None and future.result()
+    )
+
+
+def _settle(
+    future: asyncio.Future[bool], throttle: FailureThrottle, charge: Charge, check: PasswordCheck
+) -> None:
+    """A finished check: a right password takes its charged failure back (and clears the
+    user's failures, as a success always did) and is remembered; a wrong one stays counted."""
+    if _succeeded(future):
+        throttle.refund(charge)
+        throttle.succeeded(check.user)
+        check.remember()
+
+
+def _bad_credentials(source: str) -> Admission:
+    verdict = _refusal(
+        401, "dockgate: invalid credentials", "deny:-:unauthenticated", "bad credentials"
+    )
+    return Admission(verdict, ANONYMOUS_IDENTITY, source)
 
 
 def _has_source_rules(policies: PolicySet) -> bool:

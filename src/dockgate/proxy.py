@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from dockgate.accesslog import AccessRecord
-from dockgate.admission import Admission, ConnectionFacts
+from dockgate.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.audit import (
     AUDIT_BODY_LIMIT,
     AUDITED_BODIES,
@@ -102,6 +102,8 @@ _PAUSE_UPSTREAM_FULL = 1  # the daemon is not reading fast enough
 _PAUSE_CONNECTING = 2  # no upstream connection yet
 _PAUSE_HELD = 4  # pipelined bytes waiting for the current exchange
 _PAUSE_TUNNEL_SETUP = 8  # waiting for the daemon's answer to a request that may hijack
+# 16 is steps.PAUSE_LOOKUP
+_PAUSE_PASSWORD = 32  # a password hash is being checked
 
 
 class ClientConnection(PolicySteps, asyncio.Protocol):
@@ -374,7 +376,30 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
-        admission = self.gateway.admissions.admit(head, self.facts, self._started)
+        admitted = self.gateway.admissions.admit(head, self.facts, self._started)
+        if isinstance(admitted, PendingAdmission):
+            self._await_password_check(head, admitted)
+            return
+        self._admitted(head, admitted)
+
+    def _await_password_check(self, head: RequestHead, pending: PendingAdmission) -> None:
+        """The password is being hashed in a worker thread (auth/checks.py): until it is done,
+        what the client sends waits, in order, as for an ownership look-up."""
+        self._admission = self._verdict = None
+        self._deferred = []
+        self._pause_reading(_PAUSE_PASSWORD)
+        pending.future.add_done_callback(lambda _: self._password_checked(head, pending))
+
+    def _password_checked(self, head: RequestHead, pending: PendingAdmission) -> None:
+        if self.closing or self._head is not head:
+            return  # the client left; the throttle was settled all the same (admission.py)
+        deferred, self._deferred = self._deferred, None
+        self._resume_reading(_PAUSE_PASSWORD)
+        self._admitted(head, pending.admission())
+        if deferred:
+            self._handle(deferred)
+
+    def _admitted(self, head: RequestHead, admission: Admission) -> None:
         self._admission = admission
         verdict = self._verdict = admission.verdict
         if not verdict.allowed:

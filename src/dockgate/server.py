@@ -31,6 +31,7 @@ from dockgate.admin import AdminConnection
 from dockgate.admission import Admissions
 from dockgate.audit import AuditLog, open_audit_log
 from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.checks import CheckPool
 from dockgate.auth.htpasswd import HtpasswdError
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.auth.tokens import TokenFileError
@@ -77,6 +78,8 @@ class Gateway:
                 window_s=config.auth_failure_window,
             )
         )
+        # Like the throttle, one per process, kept across policy reloads.
+        self._checks = CheckPool()
         self._policy_file = loaded.policy_file
         # Set by _install, again on each reload of the policy file.
         self.gatekeeper: Gatekeeper
@@ -173,6 +176,7 @@ class Gateway:
             self.authenticator,
             self._throttle,
             self.config.trusted_proxies,
+            checks=self._checks,
         )
 
     def metrics_text(self) -> bytes:
@@ -238,6 +242,7 @@ class Gateway:
         # Let transports flush and run connection_lost before the loop stops.
         await asyncio.sleep(0)
         self.pool.close_all()
+        self._checks.close()
         self.access_log.flush()
         self.audit.flush()
 

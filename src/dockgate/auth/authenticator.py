@@ -6,18 +6,44 @@ and unknown tokens all get the same answer, so the outside cannot tell them apar
 The htpasswd and tokens files are watched: when one changes (a user added, a token revoked),
 it is read again within a second, without a restart. A file that no longer loads leaves the
 previous contents in force, with one log line per change.
+
+A Basic password that has not succeeded before needs a hash check (slow by design): `identify`
+hands it back as a `PasswordCheck`, which admission.py runs off the event loop (auth/checks.py).
+Everything else (tokens, remembered passwords, malformed headers) is decided at once.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Any
 
 from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd
 from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens
 from dockgate.identity import BASIC, TOKEN, Identity
 from dockgate.watched import WatchedFile
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordCheck:
+    """Basic credentials that only a password hash can decide."""
+
+    htpasswd: Htpasswd
+    user: str
+    password: str
+
+    def run(self) -> bool:
+        """The hash check; runs in a worker thread (it changes nothing)."""
+        return self.htpasswd.check(self.user, self.password)
+
+    def remember(self) -> None:
+        """On the event loop, after `run` said yes: later requests skip the hash."""
+        self.htpasswd.remember(self.user, self.password)
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.user, BASIC)
 
 
 class Authenticator:
@@ -70,22 +96,37 @@ class Authenticator:
             if isinstance(source, WatchedFile):
                 source.refresh(now, force=force)
 
-    def authenticate(self, authorization: bytes | None) -> Identity | None:
+    def identify(self, authorization: bytes | None) -> Identity | PasswordCheck | None:
+        """The caller, None for credentials that are wrong, or the password check that will
+        tell (no hash is computed here)."""
         if authorization is None:
             return None
         scheme, credentials = _split(authorization)
         htpasswd = self.htpasswd
         if scheme == b"basic" and htpasswd is not None:
             pair = _basic_pair(credentials)
-            if pair is not None and htpasswd.verify(pair[0], pair[1]):
-                return Identity(pair[0], BASIC)
-            return None
+            if pair is None:
+                return None
+            user, password = pair
+            if htpasswd.remembered(user, password):
+                return Identity(user, BASIC)
+            return PasswordCheck(htpasswd, user, password)
         tokens = self.tokens
         if scheme == b"bearer" and tokens is not None:
             entry = tokens.identify(credentials.decode("latin-1"))
             if entry is not None:
                 return Identity(entry.identity, TOKEN, entry.name)
         return None
+
+    def authenticate(self, authorization: bytes | None) -> Identity | None:
+        """`identify` with the password check run here, on the calling thread (tools, tests)."""
+        found = self.identify(authorization)
+        if isinstance(found, PasswordCheck):
+            if not found.run():
+                return None
+            found.remember()
+            return found.identity
+        return found
 
 
 def claimed_user(authorization: bytes) -> str | None:

@@ -8,6 +8,20 @@ Password hashes are slow by design (bcrypt cost 10 is tens of milliseconds), whi
 every request slow and hand attackers a cheap way to burn CPU. A successful check is therefore
 remembered under an HMAC of user and password with a per-process random key: a changed
 password or a reloaded file never matches an old entry, and the cache holds no password.
+
+The two halves are separate so that the slow one can leave the event loop: `remembered` is the
+look-up (microseconds, on the loop), `check` the hash (run in a worker thread by
+auth/checks.py: it only reads this object), and `remember` records a success (on the loop).
+
+An unknown user is checked against a dummy hash of the algorithm and cost most used in the
+file, made when the file is loaded: "no such user" then costs what "wrong password" costs, and
+the two cannot be told apart by timing (a fixed bcrypt cost 10 made an unknown user 25 times
+slower than a user of `htpasswd -B`, which writes cost 5).
+
+bcrypt reads at most 72 bytes of a password: Apache's crypt_blowfish (apr-util) and Go's
+golang.org/x/crypto/bcrypt compare only those, so a longer password is checked by its first 72
+bytes, as the servers that wrote and read htpasswd files always did (the `bcrypt` package, 5.0
+on, raises instead of truncating, which gave a traceback rather than a 401).
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +40,10 @@ import bcrypt
 
 from dockgate.files import read_config_text
 
-# A bcrypt hash checked when the user is unknown, so that "no such user" and "wrong password"
-# take the same time and cannot be told apart from outside.
-_DUMMY_BCRYPT = bcrypt.hashpw(b"dockgate-dummy", bcrypt.gensalt(rounds=10))
+# bcrypt's key schedule takes 72 bytes (18 32-bit words); crypt_blowfish ignores the rest.
+BCRYPT_MAX_PASSWORD = 72
+# The dummy's cost for a file without users (bcrypt.gensalt's default).
+DEFAULT_BCRYPT_COST = 10
 _USER = re.compile(r"[^:\s]+")
 SUCCESS_CACHE_ENTRIES = 4096
 
@@ -48,26 +64,45 @@ class Htpasswd:
     source: str
     credentials: dict[str, Credential]
     warnings: list[str] = field(default_factory=list)
+    # Checked for unknown users: the file's most used algorithm and cost, with a random salt.
+    dummy: Credential = field(default_factory=lambda: dummy_credential([]))
     _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     _successes: set[bytes] = field(default_factory=set, repr=False)
 
     def verify(self, user: str, password: str) -> bool:
-        """Whether `password` is `user`'s; unknown users cost the same as wrong passwords."""
-        token = hmac.new(
-            self._key, user.encode() + b"\x00" + password.encode(), hashlib.sha256
-        ).digest()
-        credential = self.credentials.get(user)
-        if credential is not None and token in self._successes:
+        """Whether `password` is `user`'s, all on the calling thread (tests, tools); the gateway
+        uses `remembered`, then `check` off the event loop, then `remember`."""
+        if self.remembered(user, password):
             return True
-        if credential is None:
-            bcrypt.checkpw(password.encode(), _DUMMY_BCRYPT)
-            return False
-        ok = _check(credential, password)
+        ok = self.check(user, password)
         if ok:
-            if len(self._successes) >= SUCCESS_CACHE_ENTRIES:
-                self._successes.clear()
-            self._successes.add(token)
+            self.remember(user, password)
         return ok
+
+    def remembered(self, user: str, password: str) -> bool:
+        """Whether this password already succeeded for this user (no hash computed; the same
+        work for known and unknown users)."""
+        token = self._token(user, password)
+        return token in self._successes and user in self.credentials
+
+    def check(self, user: str, password: str) -> bool:
+        """The hash check: slow by design, safe in a worker thread (it changes nothing).
+        Unknown users cost the same as wrong passwords (the dummy); never raises."""
+        credential = self.credentials.get(user)
+        if credential is None:
+            _check(self.dummy, password)
+            return False
+        return _check(credential, password)
+
+    def remember(self, user: str, password: str) -> None:
+        """Record a success, so that the next request with these credentials skips the hash."""
+        if len(self._successes) >= SUCCESS_CACHE_ENTRIES:
+            self._successes.clear()
+        self._successes.add(self._token(user, password))
+
+    def _token(self, user: str, password: str) -> bytes:
+        message = user.encode() + b"\x00" + password.encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
 
 
 def _check(credential: Credential, password: str) -> bool:
@@ -75,13 +110,14 @@ def _check(credential: Credential, password: str) -> bool:
     if credential.scheme == "bcrypt":
         # htpasswd writes $2y$, which is $2b$ for every purpose here.
         stored = credential.hash.replace("$2y$", "$2b$", 1).encode()
-        return bcrypt.checkpw(secret, stored)
+        try:
+            return bcrypt.checkpw(secret[:BCRYPT_MAX_PASSWORD], stored)
+        except ValueError:  # not expected after the truncation and parse_htpasswd's checks
+            return False
     if credential.scheme == "argon2":
         try:
             return argon2.PasswordHasher().verify(credential.hash, password)
-        except argon2.exceptions.VerificationError:
-            return False
-        except argon2.exceptions.InvalidHashError:
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
     if credential.scheme == "sha1":
         digest = base64.b64encode(hashlib.sha1(secret).digest()).decode()
@@ -128,7 +164,42 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
                 "re-create it with `htpasswd -B`"
             )
         credentials[user] = Credential(user, scheme, hashed)
-    return Htpasswd(source, credentials, warnings)
+    return Htpasswd(source, credentials, warnings, dummy_credential(list(credentials.values())))
+
+
+def _cost(credential: Credential) -> str:
+    """What a check of this hash costs: its algorithm and parameters, without salt or digest."""
+    if credential.scheme == "bcrypt":
+        return credential.hash[:7]  # "$2y$05$": variant and cost
+    if credential.scheme == "argon2":
+        return credential.hash.rsplit("$", 2)[0]  # "$argon2id$v=19$m=65536,t=3,p=4"
+    return credential.scheme  # apr1 and SHA-1 have no cost parameter
+
+
+def dummy_credential(credentials: list[Credential]) -> Credential:
+    """A hash no password matches, with the algorithm and cost most used in `credentials`.
+
+    Made without hashing anything (a file reload runs on the event loop): checking a password
+    computes the whole hash from the salt and parameters and only then compares the digest, so
+    a random salt and a digest of the right shape cost exactly what a real entry costs.
+    """
+    counts = Counter(_cost(c) for c in credentials)
+    if not counts:
+        salt = bcrypt.gensalt(rounds=DEFAULT_BCRYPT_COST).decode()
+        return Credential("", "bcrypt", salt + "." * 31)
+    cost, _ = counts.most_common(1)[0]
+    example = next(c for c in credentials if _cost(c) == cost)
+    if example.scheme == "bcrypt":
+        salt = bcrypt.gensalt(rounds=int(cost[4:6])).decode()[7:]
+        return Credential("", "bcrypt", cost + salt + "." * 31)
+    if example.scheme == "argon2":
+        params = argon2.extract_parameters(example.hash)
+        salt = base64.b64encode(os.urandom(params.salt_len)).decode().rstrip("=")
+        digest = base64.b64encode(bytes(params.hash_len)).decode().rstrip("=")
+        return Credential("", "argon2", f"{cost}${salt}${digest}")
+    if example.scheme == "apr1":
+        return Credential("", "apr1", "$apr1$" + "." * 8 + "$" + "." * 22)
+    return Credential("", "sha1", "{SHA}" + "A" * 27 + "=")
 
 
 def load_htpasswd(path: str | Path) -> Htpasswd:

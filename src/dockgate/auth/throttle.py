@@ -18,6 +18,11 @@ the only barrier: passwords are still bcrypt or argon2).
 An IPv6 source counts by its /64: one machine usually holds a whole /64, and counting single
 addresses would give it billions of fresh budgets.
 
+A password check is charged as a failure before its hash is computed (`charge`), and the charge
+is taken back when the password turns out right (`refund`): the hashes run in worker threads
+(auth/checks.py), so without the charge a burst sent at once would have all its guesses checked
+before the first failure was counted, whatever the limit.
+
 With several workers (`--workers N`) each process counts on its own; the effective limit is up
 to N times the configured one. Documented in docs/security.md.
 """
@@ -41,6 +46,15 @@ class ThrottleSettings:
     @property
     def enabled(self) -> bool:
         return self.per_source > 0 or self.per_user > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A failure counted ahead of its check: where it was counted, and when."""
+
+    source_key: str
+    user: str | None
+    at: float
 
 
 class FailureThrottle:
@@ -67,10 +81,24 @@ class FailureThrottle:
         return wait
 
     def failed(self, source: str, user: str | None) -> None:
+        self.charge(source, user)
+
+    def charge(self, source: str, user: str | None) -> Charge:
+        """Count a failure now, for an attempt whose check is still to run; `refund` it if the
+        check succeeds."""
         now = self._clock()
-        _record(self._sources, _source_key(source), self.settings.per_source, self.settings, now)
+        key = _source_key(source)
+        _record(self._sources, key, self.settings.per_source, self.settings, now)
         if user is not None:
             _record(self._users, user, self.settings.per_user, self.settings, now)
+        return Charge(key, user, now)
+
+    def refund(self, charge: Charge) -> None:
+        """Take back a charged failure (the check succeeded, or never ran). A failure already
+        pushed out of its key's deque, or a table emptied since, leaves nothing to take back."""
+        _take_back(self._sources, charge.source_key, charge.at)
+        if charge.user is not None:
+            _take_back(self._users, charge.user, charge.at)
 
     def succeeded(self, user: str | None) -> None:
         if user is not None and self._users:
@@ -113,6 +141,15 @@ def _record(
                 table.clear()
         failures = table[key] = deque(maxlen=limit)
     failures.append(now)
+
+
+def _take_back(table: dict[str, deque[float]], key: str, at: float) -> None:
+    failures = table.get(key)
+    if failures is None or at not in failures:
+        return
+    failures.remove(at)  # failures at the same instant are alike: any one of them will do
+    if not failures:
+        del table[key]
 
 
 def _forget_expired(table: dict[str, deque[float]], window: float, now: float) -> None:
