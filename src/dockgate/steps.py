@@ -26,7 +26,7 @@ from dockgate.body.redact import (
     REDACT_LIMIT,
     REDACTED_OPERATIONS,
     Redaction,
-    label_filter_problem,
+    query_problem,
     redact_response,
 )
 from dockgate.errors import (
@@ -248,12 +248,12 @@ class PolicySteps:
         return self._denied(403, message, step, f"{step}: {reason}")
 
     def _label_filter_refusal(self, head: RequestHead, policy: Policy) -> Verdict | None:
-        """Where the policy redacts labels, a `label` filter would still tell their values by
-        what it matches: refused (redact.label_filter_problem)."""
+        """Where the policy redacts, a `label` filter would still tell hidden values by what it
+        matches, and `top?ps_args=e` would print environments: refused (redact.query_problem)."""
         verdict = self._verdict
         assert verdict is not None
         query = head.target.partition("?")[2]
-        problem = label_filter_problem(verdict.operation, query, policy.redaction)
+        problem = query_problem(verdict.operation, query, policy.redaction)
         return None if problem is None else self._policy_denial("redaction", problem)
 
     def _denied(self, status: int, message: str, step: str, reason: str) -> Verdict:
