@@ -39,6 +39,7 @@ from dockgate.body.redact import (
     Redaction,
     RedactionError,
 )
+from dockgate.browser import ANSWER_HEADERS
 from dockgate.errors import (
     ClientProtocolError,
     GatewayError,
@@ -80,6 +81,7 @@ HELD_BYTES_LIMIT = 256 * 1024
 # body is read and dropped for at most this long so the client sees the answer, not a reset.
 LINGER_SECONDS = 2.0
 
+_ANSWER_TAIL = ANSWER_HEADERS + b"\r\n"
 # RFC 7617: what a 401 asks for. The docker CLI sends whatever its config.json HttpHeaders say.
 _CHALLENGE = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
 
@@ -541,6 +543,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     self._upstream_failed(exc)
                     return
             elif isinstance(event, ResponseHead):
+                # Every head the daemon sends goes out with the browser guard's headers (before
+                # its blank line); a held answer is rewritten from this same head.
+                event.raw = event.raw[:-2] + _ANSWER_TAIL
                 if (
                     self._redaction is not None
                     and event.status == 200
