@@ -207,3 +207,46 @@ def test_filters_that_match_hidden_values_are_refused(
         assert status == 200 and planted.container.encode() in direct
         status, answer = _via_gateway(dashboard, f"/containers/json?{query}")
         assert status == 403, answer[:300]
+
+
+WRITER_POLICY = """\
+policies:
+  writer:
+    redact: {mounts: true, labels: true}
+    rules:
+      - allow: {sections: [ping, version, volumes]}
+"""
+
+
+def test_creating_an_existing_volume_does_not_show_it(
+    planted: Planted, daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    """`POST /volumes/create` with an existing volume's name answers 201 with that volume, its
+    labels and options included; it was not redacted (only 200 answers were held)."""
+    body = json.dumps({"Name": planted.volume}).encode()
+    raw = (
+        f"POST /volumes/create HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(daemon.socket_path))
+    direct = _send(sock, raw)
+    assert direct.startswith(b"HTTP/1.1 201") and planted.volume_path.encode() in direct
+    assert LABEL_SECRET.encode() in direct
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(WRITER_POLICY)
+    with running(Gateway(daemon.host, policy=str(policy))) as gw:
+        answer = _send(socket.create_connection(("127.0.0.1", gw.port)), raw)
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    assert planted.volume.encode() in answer
+    assert planted.volume_path.encode() not in answer and LABEL_SECRET.encode() not in answer
+
+
+def _send(sock: socket.socket, raw: bytes) -> bytes:
+    with sock:
+        sock.settimeout(30)
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data

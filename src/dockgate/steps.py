@@ -367,7 +367,12 @@ class PolicySteps:
         if self._redaction is None and self._owner is None:
             return False
         operation = self._operation()
-        if self._redaction is not None and status == 200 and operation in REDACTED_OPERATIONS:
+        # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
+        if (
+            self._redaction is not None
+            and status in (200, 201)
+            and operation in REDACTED_OPERATIONS
+        ):
             return True
         return self._owner is not None and (status, operation) in CHECKED_ANSWERS
 
