@@ -376,7 +376,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             message = "dockgate: form-encoded bodies are not accepted"
             self._refuse(head, self._refusal(400, message))
             return
-        if policy is not None and policy.redaction:
+        if policy is not None and policy.redaction.active:
             refusal = self._label_filter_refusal(head, policy)
             if refusal is not None:
                 self._refuse(head, refusal)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 from dockgate.body.exposure import ENV, LABELS, MOUNTS, refused_filters, rewritten_areas
@@ -66,9 +66,14 @@ class Redaction:
     env: bool = False
     mounts: bool = False
     labels: bool = False
+    # Whether anything is hidden: read on every request of the policy, so computed once.
+    active: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "active", self.env or self.mounts or self.labels)
 
     def __bool__(self) -> bool:
-        return self.env or self.mounts or self.labels
+        return self.active
 
     def rewrites(self, operation: str) -> bool:
         """Whether this redaction changes `operation`'s answers (exposure.py says which)."""
