@@ -16,6 +16,7 @@ Config.Env, so what shows them is `top` with `e` (refused here) and the workload
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -250,3 +251,53 @@ def _send(sock: socket.socket, raw: bytes) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
     return data
+
+
+OWNERSHIP_POLICY = """\
+policies:
+  shared:
+    ownership: true
+    redact: {labels: true, mounts: true}
+    rules:
+      - allow: {sections: [ping, version, volumes]}
+bindings:
+  - {policy: shared, authenticated: true}
+"""
+
+
+def test_ownership_still_judges_a_redacted_volume_create(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    """With ownership and redaction both on, `VolumeCreate` of another caller's volume name is
+    still the ownership 409 (redaction of 201 answers must not take its place), and the
+    caller's own volume comes back with its labels hidden."""
+    from support.remote import write_htpasswd  # noqa: PLC0415
+
+    users = {"alice": "alice-pw", "bob": "bob-pw"}
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, users)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(OWNERSHIP_POLICY)
+    name = f"dgt-bypass-own-{os.urandom(3).hex()}"
+    body = json.dumps({"Name": name, "Labels": {"note": LABEL_SECRET}}).encode()
+
+    def create(port: int, user: str) -> bytes:
+        token = base64.b64encode(f"{user}:{users[user]}".encode()).decode()
+        raw = (
+            f"POST /volumes/create HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            f"Authorization: Basic {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        return _send(socket.create_connection(("127.0.0.1", port)), raw)
+
+    gateway = Gateway(daemon.host, "--htpasswd", str(htpasswd), policy=str(policy))
+    try:
+        with running(gateway) as gw:
+            mine = create(gw.port, "alice")
+            assert mine.startswith(b"HTTP/1.1 201"), mine[:300]
+            assert name.encode() in mine and LABEL_SECRET.encode() not in mine
+            theirs = create(gw.port, "bob")
+            assert theirs.startswith(b"HTTP/1.1 409"), theirs[:300]
+            assert LABEL_SECRET.encode() not in theirs
+    finally:
+        daemon.docker("volume", "rm", "-f", name, check=False)

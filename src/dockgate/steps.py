@@ -425,6 +425,17 @@ class PolicySteps:
 
     def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refuse:
         operation = self._operation()
+        if self._owner is not None and (head.status, operation) in CHECKED_ANSWERS:
+            # Ownership first (another caller's volume becomes a 409), then redaction of what
+            # stays (VolumeCreate is both).
+            checked = checked_answer(operation, head.status, raw, self._owner)
+            if (
+                isinstance(checked, Refuse)
+                or self._redaction is None
+                or operation not in REDACTED_OPERATIONS
+            ):
+                return checked
+            return redact_response(operation, checked, self._redaction)
         if self._redaction is not None and operation in REDACTED_OPERATIONS:
             return redact_response(operation, raw, self._redaction)
         assert self._owner is not None
