@@ -81,6 +81,8 @@ EXPOSURES: dict[str, tuple[Exposure, ...]] = {
     "ContainerExport": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
     "ContainerArchive": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
     "ExecStart": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT + " (`env` prints it)"),),
+    "ServiceLogs": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
+    "TaskLogs": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
     "ImageInspect": (
         # A committed container's Config (its Env and Labels) becomes the image's Config and
         # ContainerConfig (moby daemon/commit.go merges them): a container secret lands here.
