@@ -81,6 +81,7 @@ HELD_BYTES_LIMIT = 256 * 1024
 # body is read and dropped for at most this long so the client sees the answer, not a reset.
 LINGER_SECONDS = 2.0
 
+# What ends every relayed response head: the browser guard's headers, then the blank line.
 _ANSWER_TAIL = ANSWER_HEADERS + b"\r\n"
 # RFC 7617: what a 401 asks for. The docker CLI sends whatever its config.json HttpHeaders say.
 _CHALLENGE = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
