@@ -4,6 +4,7 @@ secret, with the daemon's retry without `-q` (moby v20.10.24 daemon/top_unix.go)
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -105,3 +106,19 @@ def test_no_accepted_argument_list_prints_an_environment(victim: int) -> None:
         assert SECRET.encode() not in _ps_output(ps_args, victim), ps_args
     assert accepted > 200
     assert leaking_refused > 0
+
+
+def test_every_accepted_e_group_prints_no_environment(victim: int) -> None:
+    """`-e` is accepted only with letters whose UNIX parse cannot fail: every such group of up
+    to three letters (repeats included), alone, as `-eXo FORMAT` and with `-o FORMAT`, is run
+    through the real ps, and none prints the secret."""
+    accepted = 0
+    for count in range(4):
+        for letters in itertools.product("fFlyjLwAa", repeat=count):
+            group = "-e" + "".join(letters)
+            for ps_args in (group, f"{group}o pid,args", f"{group} -o pid,user"):
+                if top_args_problem(ps_args) is not None:
+                    continue
+                accepted += 1
+                assert SECRET.encode() not in _ps_output(ps_args, victim), ps_args
+    assert accepted > 1000
