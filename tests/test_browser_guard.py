@@ -1,11 +1,12 @@
 """Browser protections (dockgate.browser.BrowserGuard) and the gatekeeper's other refusals.
 
 Claims: a request carrying any `Origin` is refused unless that origin is configured (exact,
-case-insensitive); a `Host` is accepted only when it is an IP literal, a name the Docker clients
-send (`localhost`, `*.localhost`, `docker`) or a configured name, so a DNS-rebinding page is
-refused; authenticated listeners skip the Host check but not the Origin check; a request without
-Host (HTTP/1.0) passes. The gatekeeper refuses a protocol upgrade on any operation but attach,
-exec start, session and grpc, and lets the policy decide those.
+case-insensitive) or is the gateway's own (tests/test_browser_answers.py); a `Host` is accepted
+only when it is an IP literal, a name the Docker clients send (`localhost`, `*.localhost`,
+`docker`) or a configured name, so a DNS-rebinding page is refused; authenticated listeners skip
+the Host check but not the Origin check; a request without Host (HTTP/1.0) passes. The
+gatekeeper refuses a protocol upgrade on any operation but attach, exec start, session and
+grpc, and lets the policy decide those.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ CONFIGURED_GUARD = BrowserGuard(
     [b"https://evil.example.com", b"http://127.0.0.1:2375", b"null", b"http://localhost", b""],
 )
 def test_any_origin_is_refused_unless_configured(origin: bytes) -> None:
-    """With no origins configured, every Origin header (even loopback, even `null`) is refused."""
-    refusal = GUARD.refusal(b"localhost", origin, authenticated=False)
+    """With no origins configured, every Origin header (even loopback, even `null`) but the
+    gateway's own (the scheme and this request's Host, here `localhost:2376`) is refused."""
+    refusal = GUARD.refusal(b"localhost:2376", origin, authenticated=False)
     assert refusal is not None
     assert "Origin" in refusal
     assert refusal.startswith("dockgate: requests from web pages are refused")

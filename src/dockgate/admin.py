@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import cast
 
 from dockgate.addresses import Address
+from dockgate.browser import ANSWER_HEADERS
 from dockgate.lookup import LookupError_, get_json
 from dockgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -33,9 +34,13 @@ def _raw_answer(
     status: int, reason: str, payload: bytes, content_type: str, *, head_only: bool
 ) -> bytes:
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(payload)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-    ).encode()
+        (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(payload)}\r\nCache-Control: no-store\r\nConnection: close\r\n"
+        ).encode()
+        + ANSWER_HEADERS
+        + b"\r\n"
+    )
     return head if head_only else head + payload
 
 

@@ -3,12 +3,19 @@
 A TCP port on loopback is reachable from any web page the operator opens: a page can POST to
 `http://127.0.0.1:2375/containers/create` (the browser sends an `Origin` header), or rebind its
 own DNS name to 127.0.0.1 and then read the answers (the browser sends that name as `Host`).
-Docker clients send neither an `Origin` nor a DNS name other than the ones accepted here.
+Docker clients send neither an `Origin` nor a DNS name other than the ones accepted here, with
+one exception: websocket-client (docker-py's `attach_socket(ws=True)`) sends the origin of the URL
+it connects to, `http://HOST:PORT`, which is the gateway's own. That origin is accepted: a page
+can only have it if the gateway served it, and every answer the gateway sends, its own and the
+daemon's, carries `ANSWER_HEADERS`, so no document served from that origin can run a script
+(`Content-Security-Policy: sandbox` gives it an opaque origin and no scripts) or be sniffed
+into HTML (`X-Content-Type-Options: nosniff`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from dockgate.caching import remember
@@ -17,12 +24,19 @@ from dockgate.caching import remember
 # `api.moby.localhost` (older: `docker`), the Python SDK `localhost`.
 _CLIENT_HOST_NAMES = frozenset({"localhost", "docker"})
 HOST_CACHE_ENTRIES = 1024
+# On every answer (complete header lines): a document from the gateway's origin is sandboxed
+# (no scripts, an opaque origin of its own) and never sniffed into another type.
+ANSWER_HEADERS = b"Content-Security-Policy: sandbox\r\nX-Content-Type-Options: nosniff\r\n"
+# A Host value that can be an origin's authority: a name or an IP literal, and a port.
+_AUTHORITY = re.compile(r"(?:\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::[0-9]{1,5})?")
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
 @dataclass(frozen=True, slots=True)
 class BrowserGuard:
     origins: frozenset[str] = frozenset()  # lower-case `scheme://host[:port]`
     hosts: frozenset[str] = frozenset()  # lower-case DNS names accepted in Host
+    scheme: str = "http"  # the listeners' scheme: "https" when they speak TLS
     # Host values seen, with their answer: clients send the same one or two. Bounded.
     _host_cache: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
 
@@ -30,7 +44,7 @@ class BrowserGuard:
         """Why this request is refused, or None. `authenticated`: the listener checks identity."""
         if origin is not None:
             text = origin.decode("latin-1").strip().lower()
-            if text not in self.origins:
+            if text not in self.origins and not self._own_origin(text, host):
                 return (
                     f"dockgate: requests from web pages are refused (Origin {text} is not allowed)"
                 )
@@ -46,6 +60,22 @@ class BrowserGuard:
                     "(DNS-rebinding protection); configure it under 'hosts'"
                 )
         return None
+
+    def _own_origin(self, origin: str, host: bytes | None) -> bool:
+        """Whether `origin` is the gateway's own: the listeners' scheme and this request's Host,
+        a Host the guard accepts (checked here even where authentication skips the Host check:
+        a rebinding page's origin names the attacker's DNS name)."""
+        if host is None or not origin.startswith(self.scheme + "://"):
+            return False
+        own = host.decode("latin-1").strip().lower()
+        if _AUTHORITY.fullmatch(own) is None:
+            return False
+        # Browsers leave the scheme's default port out of an origin; clients may send it.
+        default = _DEFAULT_PORTS[self.scheme]
+        authority = origin[len(self.scheme) + 3 :]
+        if authority.removesuffix(default) != own.removesuffix(default):
+            return False
+        return self._host_allowed(_host_name(own))
 
     def _host_allowed(self, name: str) -> bool:
         if not name or name in _CLIENT_HOST_NAMES or name.endswith(".localhost"):

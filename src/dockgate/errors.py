@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from dockgate.browser import ANSWER_HEADERS
+
 
 class GatewayError(Exception):
     """A failure that the client is told about with `status` and a Docker-style JSON body."""
@@ -68,7 +70,7 @@ def error_response(
         b"HTTP/1.1 %d %s\r\n"
         b"Content-Type: application/json\r\n"
         b"Content-Length: %d\r\n"
-        b"Server: dockgate\r\n" % (status, reason, len(body))
+        b"Server: dockgate\r\n%s" % (status, reason, len(body), ANSWER_HEADERS)
     )
     head += extra_headers  # complete lines, each ending in CRLF
     if close:

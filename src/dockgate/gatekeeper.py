@@ -49,9 +49,11 @@ VERDICT_CACHE_MAX_TARGET = 512
 
 
 class Gatekeeper:
-    def __init__(self, policies: PolicySet, *, authenticated: bool = False) -> None:
+    def __init__(
+        self, policies: PolicySet, *, authenticated: bool = False, tls: bool = False
+    ) -> None:
         self.policies = policies
-        self.guard = BrowserGuard(policies.origins, policies.hosts)
+        self.guard = BrowserGuard(policies.origins, policies.hosts, "https" if tls else "http")
         self.authenticated = authenticated
         self._cache: dict[
             tuple[str, str, str, bytes | None, bytes | None, bool, bool], Verdict

@@ -47,6 +47,7 @@ from dockgate.body.redact import (
     Redaction,
     RedactionError,
 )
+from dockgate.browser import ANSWER_HEADERS
 from dockgate.errors import (
     ClientProtocolError,
     GatewayError,
@@ -88,6 +89,8 @@ HELD_BYTES_LIMIT = 256 * 1024
 # body is read and dropped for at most this long so the client sees the answer, not a reset.
 LINGER_SECONDS = 2.0
 
+# What ends every relayed response head: the browser guard's headers, then the blank line.
+_ANSWER_TAIL = ANSWER_HEADERS + b"\r\n"
 # RFC 7617: what a 401 asks for. The docker CLI sends whatever its config.json HttpHeaders say.
 _CHALLENGE = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
 
@@ -434,7 +437,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         admission, verdict = self._admission, self._verdict
         assert admission is not None and verdict is not None
         policy = admission.policy
-        if policy is not None and policy.redaction.labels:
+        if policy is not None and policy.redaction.active:
             refusal = self._label_filter_refusal(head, policy)
             if refusal is not None:
                 self._refuse(head, refusal)
@@ -652,6 +655,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     self._upstream_failed(exc)
                     return
             elif isinstance(event, ResponseHead):
+                # Every head the daemon sends goes out with the browser guard's headers (before
+                # its blank line); a held answer is rewritten from this same head.
+                event.raw = event.raw[:-2] + _ANSWER_TAIL
                 if (
                     self._redaction is not None
                     and event.status == 200

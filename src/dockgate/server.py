@@ -169,6 +169,7 @@ class Gateway:
         self.gatekeeper = Gatekeeper(
             policies,
             authenticated=self.authenticator.required or self.config.client_certificates_required,
+            tls=self.tls is not None,  # TCP listeners speak TLS: the gateway's origin is https
         )
         self.admissions = Admissions(
             policies,

@@ -26,7 +26,7 @@ from dockgate.body.redact import (
     REDACT_LIMIT,
     REDACTED_OPERATIONS,
     Redaction,
-    label_filter_problem,
+    query_problem,
     redact_response,
 )
 from dockgate.body.repeated import repeated_list
@@ -319,12 +319,12 @@ class PolicySteps:
         return self._denied(403, message, step, f"{step}: {reason}")
 
     def _label_filter_refusal(self, head: RequestHead, policy: Policy) -> Verdict | None:
-        """Where the policy redacts labels, a `label` filter would still tell their values by
-        what it matches: refused (redact.label_filter_problem)."""
+        """Where the policy redacts, a `label` filter would still tell hidden values by what it
+        matches, and `top?ps_args=e` would print environments: refused (redact.query_problem)."""
         verdict = self._verdict
         assert verdict is not None
         query = head.target.partition("?")[2]
-        problem = label_filter_problem(verdict.operation, query, policy.redaction)
+        problem = query_problem(verdict.operation, query, policy.redaction)
         return None if problem is None else self._policy_denial("redaction", problem)
 
     def _denied(self, status: int, message: str, step: str, reason: str) -> Verdict:
@@ -493,7 +493,12 @@ class PolicySteps:
         if self._redaction is None and self._owner is None:
             return False
         operation = self._operation()
-        if self._redaction is not None and status == 200 and operation in REDACTED_OPERATIONS:
+        # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
+        if (
+            self._redaction is not None
+            and status in (200, 201)
+            and operation in REDACTED_OPERATIONS
+        ):
             return True
         return self._owner is not None and (status, operation) in CHECKED_ANSWERS
 
@@ -556,6 +561,17 @@ class PolicySteps:
 
     def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refuse:
         operation = self._operation()
+        if self._owner is not None and (head.status, operation) in CHECKED_ANSWERS:
+            # Ownership first (another caller's volume becomes a 409), then redaction of what
+            # stays (VolumeCreate is both).
+            checked = checked_answer(operation, head.status, raw, self._owner)
+            if (
+                isinstance(checked, Refuse)
+                or self._redaction is None
+                or operation not in REDACTED_OPERATIONS
+            ):
+                return checked
+            return redact_response(operation, checked, self._redaction)
         if self._redaction is not None and operation in REDACTED_OPERATIONS:
             return redact_response(operation, raw, self._redaction)
         assert self._owner is not None

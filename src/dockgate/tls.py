@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from dockgate.browser import ANSWER_HEADERS
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.watched import RELOAD_CHECK_SECONDS, FileStamp, file_stamp
 
@@ -33,8 +34,9 @@ READ_CHUNK_BYTES = 64 * 1024
 DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 _HTTP_ON_TLS_PORT = (
-    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
-    b"Client sent an HTTP request to an HTTPS server.\n"
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    + ANSWER_HEADERS  # a plain-HTTP page at this port is a document too: sandboxed
+    + b"\r\nClient sent an HTTP request to an HTTPS server.\n"
 )
 
 

@@ -8,38 +8,33 @@ whole: it is rewritten one event at a time (`EventStreamRedaction`), each event 
 
 Environment variables keep their names (`DB_PASSWORD=<redacted>`): which variables exist is
 useful to an operator, their values are the secret.
+
+Which operations show what, and what happens to each, is the table in `exposure.py`; this
+module holds the walkers that rewrite answers and the checks of requests (filters, ps_args)
+that would show a hidden value another way.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import unquote_plus
 
+from dockgate.body.exposure import ENV, LABELS, MOUNTS, refused_filters, rewritten_areas
+from dockgate.body.psargs import top_args_problem
 from dockgate.errors import ClientProtocolError
 from dockgate.http.chunked import ChunkedDecoder
 from dockgate.http.query import query_value
 
-# The answers read whole to be redacted.
-REDACTED_OPERATIONS = frozenset(
-    {
-        "ContainerInspect",
-        "ContainerList",
-        "ServiceInspect",
-        "ServiceList",
-        "TaskInspect",
-        "TaskList",
-    }
-)
 # The largest answer the gateway reads whole to redact (a list of thousands of containers is
 # a few megabytes); a larger one fails closed (502) rather than passing unredacted.
 REDACT_LIMIT = 64 * 1024 * 1024
 REDACTED = "<redacted>"
-# The streams rewritten as they go.
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# The streams rewritten as they go (every other rewritten answer is read whole).
 REDACTED_STREAMS = frozenset({"SystemEvents"})
-# The redacted answers whose `filters` may name labels: whether anything matches `label=k=v`
-# would tell a hidden label's value without showing it.
-LABEL_FILTERED = frozenset({"ContainerList", "ServiceList", "TaskList", "SystemEvents"})
 # One event is a small JSON object; a line longer than this is not an event stream.
 MAX_EVENT_BYTES = 1024 * 1024
 # The actor attributes the daemon sets itself on container and image events (moby's
@@ -71,22 +66,42 @@ class Redaction:
     env: bool = False
     mounts: bool = False
     labels: bool = False
+    # Whether anything is hidden: read on every request of the policy, so computed once.
+    active: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "active", self.env or self.mounts or self.labels)
 
     def __bool__(self) -> bool:
-        return self.env or self.mounts or self.labels
+        return self.active
 
     def rewrites(self, operation: str) -> bool:
-        """Whether this redaction changes `operation`'s answers (events carry no environment)."""
-        if operation in REDACTED_STREAMS:
-            return self.labels or self.mounts
-        return operation in REDACTED_OPERATIONS and bool(self)
+        """Whether this redaction changes `operation`'s answers (exposure.py says which)."""
+        areas = rewritten_areas(operation)
+        return bool(areas) and (
+            (self.env and ENV in areas)
+            or (self.mounts and MOUNTS in areas)
+            or (self.labels and LABELS in areas)
+        )
+
+    def hides(self, area: str) -> bool:
+        return bool(getattr(self, area))
 
 
-def label_filter_problem(operation: str, query: str, redaction: Redaction) -> str | None:
-    """Why a request may not filter by label under `redaction` (None when it may): where labels
-    are hidden, a `label` filter would still tell their values by what it matches. Filters
-    the gateway cannot read are refused too (the daemon would answer 400 to most of them)."""
-    if not redaction.labels or operation not in LABEL_FILTERED:
+def query_problem(operation: str, query: str, redaction: Redaction) -> str | None:
+    """Why a request may not be made as it is under `redaction` (None when it may): a filter
+    whose matches would tell a hidden value (`label=k=v`, `volume=/host/path`), or `top`
+    arguments that would print hidden environments. What the gateway cannot read is refused
+    too (the daemon would answer 400 to most of it)."""
+    if operation == "ContainerTop" and redaction.env:
+        return _top_problem(query)
+    filtered = [
+        key
+        for area in (ENV, MOUNTS, LABELS)
+        if redaction.hides(area)
+        for key in refused_filters(operation, area)
+    ]
+    if not filtered:
         return None
     given = query_value(query, "filters")
     if not given:
@@ -94,9 +109,33 @@ def label_filter_problem(operation: str, query: str, redaction: Redaction) -> st
     try:
         filters = json.loads(given)
     except (ValueError, RecursionError):
-        return "filters that cannot be read are not accepted where labels are redacted"
-    if isinstance(filters, dict) and "label" in filters:
-        return "label filters are not accepted where labels are redacted"
+        return "filters that cannot be read are not accepted where answers are redacted"
+    if not isinstance(filters, dict):
+        return None
+    for key in filters:
+        for name in filtered:
+            # `node.label` (tasks, nodes), and any spelling a newer daemon may add, as `label`.
+            if key == name or (name == "label" and "label" in str(key)):
+                return f"{name} filters are not accepted where {_AREA_OF[name]} are redacted"
+    return None
+
+
+_AREA_OF = {"label": "labels", "volume": "mounts"}
+
+
+def _top_problem(query: str) -> str | None:
+    """Every `ps_args` the query gives is judged (the daemon takes the first, Go's
+    `r.Form.Get`). A query the gateway might read differently from Go (a `;`, which older Go
+    split on, or a bad %-escape) is refused whole."""
+    if ";" in query or _BAD_ESCAPE.search(query):
+        return "a query that cannot be read is not accepted where environments are redacted"
+    for pair in query.lstrip("?").split("&"):
+        raw_key, _, raw_value = pair.partition("=")
+        if unquote_plus(raw_key, errors="replace") != "ps_args":
+            continue
+        problem = top_args_problem(unquote_plus(raw_value, errors="replace"))
+        if problem is not None:
+            return f"{problem} where environments are redacted"
     return None
 
 
@@ -140,12 +179,14 @@ def _container_spec(spec: dict[str, object] | None, r: Redaction) -> None:
         spec["Env"] = _env(spec["Env"])
     if r.mounts and "Mounts" in spec:
         spec["Mounts"] = []
-    if r.labels and "Labels" in spec:
-        spec["Labels"] = {}
+    if r.labels:
+        if "Labels" in spec:
+            spec["Labels"] = {}
+        _mount_labels(spec.get("Mounts"))
 
 
 def _container(item: dict[str, object], r: Redaction) -> None:
-    """ContainerInspect, and one entry of ContainerList."""
+    """ContainerInspect (every version's shape), and one entry of ContainerList."""
     config = _child(item, "Config")
     host = _child(item, "HostConfig")
     if r.env and config is not None and "Env" in config:
@@ -153,6 +194,10 @@ def _container(item: dict[str, object], r: Redaction) -> None:
     if r.mounts:
         if "Mounts" in item:
             item["Mounts"] = []
+        # API < 1.20 (moby api/types/versions/v1p19): container path -> host path, and -> rw.
+        for key in ("Volumes", "VolumesRW"):
+            if key in item:
+                item[key] = {}
         if host is not None:
             for key in ("Binds", "Mounts"):
                 if key in host:
@@ -162,6 +207,18 @@ def _container(item: dict[str, object], r: Redaction) -> None:
             item["Labels"] = {}
         if config is not None and "Labels" in config:
             config["Labels"] = {}
+        if host is not None:
+            _mount_labels(host.get("Mounts"))
+
+
+def _mount_labels(mounts: object) -> None:
+    """`Mounts[].VolumeOptions.Labels`: the labels a mount gives the volume it creates."""
+    if not isinstance(mounts, list):
+        return
+    for mount in mounts:
+        options = _child(mount, "VolumeOptions") if isinstance(mount, dict) else None
+        if options is not None and "Labels" in options:
+            options["Labels"] = {}
 
 
 def _service(item: dict[str, object], r: Redaction) -> None:
@@ -175,9 +232,103 @@ def _service(item: dict[str, object], r: Redaction) -> None:
 
 
 def _task(item: dict[str, object], r: Redaction) -> None:
+    if r.labels:
+        if "Labels" in item:
+            item["Labels"] = {}
+        # The networks the task is attached to, with their labels.
+        _each(item.get("NetworksAttachments"), _network_attachment, r)
+    _container_spec(_child(item, "Spec", "ContainerSpec"), r)
+
+
+def _image(item: dict[str, object], r: Redaction) -> None:
+    """ImageInspect: a committed container's Env and Labels are the image's Config and
+    ContainerConfig (moby daemon/commit.go); ImageList entries have Labels only."""
+    for key in ("Config", "ContainerConfig"):
+        config = _child(item, key)
+        if config is None:
+            continue
+        if r.env and "Env" in config:
+            config["Env"] = _env(config["Env"])
+        if r.labels and "Labels" in config:
+            config["Labels"] = {}
     if r.labels and "Labels" in item:
         item["Labels"] = {}
-    _container_spec(_child(item, "Spec", "ContainerSpec"), r)
+
+
+def _volume(item: dict[str, object], r: Redaction) -> None:
+    if r.mounts and "Options" in item:
+        item["Options"] = {}
+    if r.labels and "Labels" in item:
+        item["Labels"] = {}
+
+
+def _volume_list(item: dict[str, object], r: Redaction) -> None:
+    _each(item.get("Volumes"), _volume, r)
+
+
+def _data_usage(item: dict[str, object], r: Redaction) -> None:
+    """SystemDataUsage: Containers, Images, Volumes (20.10), or their newer spelling,
+    ContainerUsage.Items and so on (moby api/types/system/disk_usage.go)."""
+    for key, walk in (("Container", _container), ("Image", _image), ("Volume", _volume)):
+        _each(item.get(key + "s"), walk, r)
+        usage = _child(item, key + "Usage")
+        if usage is not None:
+            _each(usage.get("Items"), walk, r)
+
+
+def _labels(item: dict[str, object], r: Redaction) -> None:
+    """Networks, and SystemInfo (the engine's labels, a list of "k=v", and the swarm's)."""
+    if r.labels and "Labels" in item:
+        item["Labels"] = [] if isinstance(item["Labels"], list) else {}
+    cluster = _child(item, "Swarm", "Cluster")
+    if cluster is not None:
+        _spec_labels(cluster, r)
+
+
+def _network_attachment(item: dict[str, object], r: Redaction) -> None:
+    network = _child(item, "Network")
+    if network is not None:
+        _spec_labels(network, r)  # moby's swarm.Network: Spec.Labels
+        _labels(network, r)  # the spec's shape: Labels
+
+
+def _spec_labels(item: dict[str, object], r: Redaction) -> None:
+    """Secrets, configs, the swarm, and nodes (whose engine labels are SystemInfo's)."""
+    if not r.labels:
+        return
+    spec = _child(item, "Spec")
+    if spec is not None and "Labels" in spec:
+        spec["Labels"] = {}
+    engine = _child(item, "Description", "Engine")
+    if engine is not None and "Labels" in engine:
+        engine["Labels"] = {}
+
+
+def _plugin(item: dict[str, object], r: Redaction) -> None:
+    settings, config = _child(item, "Settings"), _child(item, "Config")
+    for node in (settings, config):
+        if node is None:
+            continue
+        if r.mounts and "Mounts" in node:
+            node["Mounts"] = []
+        if r.env and "Env" in node:
+            values = node["Env"]
+            if node is settings:
+                node["Env"] = _env(values)
+            elif isinstance(values, list):
+                # Config.Env: [{Name, Description, Settable, Value}]
+                for entry in values:
+                    if isinstance(entry, dict) and entry.get("Value") is not None:
+                        entry["Value"] = REDACTED
+
+
+def _each(
+    items: object, walk: Callable[[dict[str, object], Redaction], None], r: Redaction
+) -> None:
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict):
+                walk(item, r)
 
 
 _WALKERS: dict[str, Callable[[dict[str, object], Redaction], None]] = {
@@ -187,7 +338,29 @@ _WALKERS: dict[str, Callable[[dict[str, object], Redaction], None]] = {
     "ServiceList": _service,
     "TaskInspect": _task,
     "TaskList": _task,
+    "ImageInspect": _image,
+    "ImageList": _image,
+    "SystemDataUsage": _data_usage,
+    "SystemInfo": _labels,
+    "VolumeList": _volume_list,
+    "VolumeInspect": _volume,
+    "VolumeCreate": _volume,
+    "NetworkList": _labels,
+    "NetworkInspect": _labels,
+    "PluginList": _plugin,
+    "PluginInspect": _plugin,
+    "PluginDelete": _plugin,
+    "NodeList": _spec_labels,
+    "NodeInspect": _spec_labels,
+    "SwarmInspect": _spec_labels,
+    "SecretList": _spec_labels,
+    "SecretInspect": _spec_labels,
+    "ConfigList": _spec_labels,
+    "ConfigInspect": _spec_labels,
 }
+# The answers read whole to be redacted: every operation a walker rewrites (exposure.py's
+# REWRITTEN entries but the event stream; tests/test_exposure.py checks they agree).
+REDACTED_OPERATIONS = frozenset(_WALKERS)
 
 
 def redact_event(event: dict[str, object], r: Redaction) -> None:
