@@ -223,7 +223,7 @@ def test_held_answers_share_the_budget(fake: FakeUpstream, tmp_path: pathlib.Pat
     the next, small list is answered, redacted)."""
     policy = tmp_path / "redact.yaml"
     policy.write_text(
-        "policies:\n  dash:\n    redact: {env: true}\n    rules:\n"
+        "policies:\n  dash:\n    redact: {labels: true}\n    rules:\n"
         "      - allow: {sections: [containers]}\n"
     )
     big = [
