@@ -1,0 +1,258 @@
+"""Issue 11, "attack your own change": what a limited caller still gets past dockgate.
+
+Each test is one finding of the review, proven by its effect on the real daemon (a container
+wrote a file of a read-only host path, the daemon used a volume plugin the policy excludes,
+...), and marked `xfail(strict=True)`: it passes while the hole is open and fails (XPASS)
+once it is closed, so that the fix must turn the test into an ordinary one.
+
+Callers: a CI runner (the guardrails of examples/policies/ci-runner.yaml, one read-only host
+directory), and ownership tenants alice and bob.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.server
+import json
+import os
+import pathlib
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from support.remote import write_htpasswd
+
+pytestmark = [
+    pytest.mark.daemon,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
+        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
+    ),
+]
+
+RUN = uuid.uuid4().hex[:8]
+ALLOWED_DIR = pathlib.Path(f"/tmp/dga-allowed-{RUN}")  # allowed read-only by the CI policy
+SECRET_DIR = pathlib.Path(f"/tmp/dga-secret-{RUN}")  # allowed by no policy
+MARKER = f"dga-secret-file-{RUN}"
+
+# examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
+CI_POLICY = f"""
+version: 1
+policies:
+  ci-runner:
+    rules:
+      - deny: {{sections: [swarm, services, tasks, nodes, secrets, configs]}}
+      - deny: {{sections: [plugins]}}
+      - deny:
+          operations: [ContainerPrune, ImagePrune, VolumePrune, NetworkPrune, BuildPrune]
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, session,
+                     volumes, networks]
+    guardrails:
+      privileged: false
+      capabilities: []
+      devices: false
+      host_paths:
+        - {{path: {ALLOWED_DIR}, read_only: true}}
+      namespaces: []
+      security_overrides: false
+      require_no_new_privileges: true
+      max_memory: 4g
+      max_cpus: 2
+      exec: {{root: true, privileged: false}}
+      image_import_urls: false
+"""
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+TENANTS_POLICY = """
+policies:
+  tenants:
+    ownership: true
+    rules:
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, volumes,
+                     networks]
+bindings:
+  - {policy: tenants, authenticated: true}
+"""
+
+
+class Api:
+    """HTTP/1.1 calls to one gateway as one caller."""
+
+    def __init__(self, gateway: Gateway, authorization: str = "") -> None:
+        self.gateway = gateway
+        self.authorization = authorization
+
+    def call(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
+        sent = {"Authorization": self.authorization} if self.authorization else {}
+        data: bytes | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
+        try:
+            conn.request(method, path, body=data, headers=sent)
+            answer = conn.getresponse()
+            raw = answer.read()
+        finally:
+            conn.close()
+        try:
+            return answer.status, json.loads(raw)
+        except ValueError:
+            return answer.status, raw
+
+    def run(self, body: dict[str, Any], name: str = "") -> tuple[str, str]:
+        """Create, start and wait for a container; its ID and output (stdout and stderr)."""
+        query = f"?name={name}" if name else ""
+        status, created = self.call("POST", f"/v1.41/containers/create{query}", body)
+        assert status == 201, (status, created)
+        cid = created["Id"]
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/start")
+        assert status == 204, (status, answer)
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/wait")
+        assert status == 200, (status, answer)
+        return cid, logs(self, cid)
+
+
+def logs(api: Api, cid: str) -> str:
+    status, raw = api.call("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
+    assert status == 200, (status, raw)
+    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
+
+
+def demux(raw: bytes) -> str:
+    """The text of a multiplexed (non-TTY) log stream."""
+    out = b""
+    while len(raw) >= 8:
+        size = int.from_bytes(raw[4:8], "big")
+        out += raw[8 : 8 + size]
+        raw = raw[8 + size :]
+    return out.decode(errors="replace")
+
+
+def ci_container(image: str, cmd: str, host_config: dict[str, Any]) -> dict[str, Any]:
+    """A container body the CI policy's guardrails ask for (no-new-privileges, limits)."""
+    return {
+        "Image": image,
+        "Cmd": ["sh", "-c", cmd],
+        "HostConfig": {
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": 256 * 1024 * 1024,
+            "NanoCpus": 1_000_000_000,
+            **host_config,
+        },
+    }
+
+
+# ----- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def host_dirs() -> Iterator[None]:
+    ALLOWED_DIR.mkdir()
+    (ALLOWED_DIR / "tool").write_text("the shared cache\n")
+    SECRET_DIR.mkdir()
+    (SECRET_DIR / "marker").write_text(MARKER)
+    try:
+        yield
+    finally:
+        shutil.rmtree(ALLOWED_DIR, ignore_errors=True)
+        shutil.rmtree(SECRET_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ci(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    host_dirs: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Api]:
+    """A gateway with the CI runner's policy; no credentials."""
+    base = tmp_path_factory.mktemp("attack-ci")
+    (base / "policy.yaml").write_text(CI_POLICY)
+    with running(Gateway(daemon.host, policy=str(base / "policy.yaml"))) as gateway:
+        yield Api(gateway)
+
+
+@pytest.fixture(scope="module")
+def tenants(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Api]]:
+    """A gateway with an ownership policy (default guardrails) and two tenants."""
+    base = tmp_path_factory.mktemp("attack-tenants")
+    write_htpasswd(base / "htpasswd", USERS)
+    (base / "policy.yaml").write_text(TENANTS_POLICY)
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
+        policy=str(base / "policy.yaml"),
+    )
+    with running(gateway) as started:
+        yield {
+            user: Api(started, "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+            for user, pw in USERS.items()
+        }
+
+
+@pytest.fixture
+def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
+    """Objects to remove straight on the daemon after the test."""
+    names: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
+    yield names
+    if names["container"]:
+        daemon.docker("rm", "-f", *names["container"], check=False)
+    if names["volume"]:
+        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
+    for network in names["network"]:
+        daemon.docker("network", "rm", network, check=False)
+
+
+# ----- volumes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a volume mounted twice in one body: bind options judged on the read-only mount, "
+    "the second (read-write) mount of the same new volume writes the read-only host path",
+)
+def test_read_only_host_path_written_through_the_same_volume_mounted_twice(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    volume = f"dga-twice-{RUN}"
+    leftovers["volume"].append(volume)
+    options = {"type": "none", "o": "bind", "device": str(ALLOWED_DIR)}
+    body = ci_container(
+        busybox_image,
+        "echo planted > /rw/planted",
+        {
+            "Mounts": [
+                {
+                    "Type": "volume",
+                    "Source": volume,
+                    "Target": "/ro",
+                    "ReadOnly": True,
+                    "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": options}},
+                },
+                {"Type": "volume", "Source": volume, "Target": "/rw"},
+            ]
+        },
+    )
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+    # The policy allows that directory read-only: nothing may be written into it.
+    assert not (ALLOWED_DIR / "planted").exists()
