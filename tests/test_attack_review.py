@@ -256,3 +256,89 @@ def test_read_only_host_path_written_through_the_same_volume_mounted_twice(
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
     # The policy allows that directory read-only: nothing may be written into it.
     assert not (ALLOWED_DIR / "planted").exists()
+
+
+class _PluginHandler(http.server.BaseHTTPRequestHandler):
+    """A legacy volume plugin (docs: plugins_volume.md) whose every volume is SECRET_DIR."""
+
+    calls: list[str]
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        name = request.get("Name", "")
+        created = any(call == f"/VolumeDriver.Create {name}" for call in self.calls)
+        self.calls.append(f"{self.path} {name}")
+        answers: dict[str, object] = {
+            "/Plugin.Activate": {"Implements": ["VolumeDriver"]},
+            "/VolumeDriver.Capabilities": {"Capabilities": {"Scope": "local"}},
+            "/VolumeDriver.Get": (
+                {"Volume": {"Name": name}, "Err": ""} if created else {"Err": "no such volume"}
+            ),
+            "/VolumeDriver.List": {"Volumes": [], "Err": ""},
+            "/VolumeDriver.Path": {"Mountpoint": str(SECRET_DIR), "Err": ""},
+            "/VolumeDriver.Mount": {"Mountpoint": str(SECRET_DIR), "Err": ""},
+        }
+        data = json.dumps(answers.get(self.path, {"Err": ""})).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def volume_plugin(host_dirs: None) -> Iterator[tuple[str, list[str]]]:
+    """A volume plugin the daemon finds by its spec file (/etc/docker/plugins/NAME.spec): the
+    kind of plugin an operator installs for another policy. Its name, and the calls it got."""
+    name = f"dga-plugin-{RUN}"
+    calls: list[str] = []
+    handler = type("Handler", (_PluginHandler,), {"calls": calls})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    spec = pathlib.Path("/etc/docker/plugins") / f"{name}.spec"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(f"tcp://127.0.0.1:{server.server_address[1]}\n")
+    try:
+        yield name, calls
+    finally:
+        spec.unlink(missing_ok=True)
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="top-level (deprecated) VolumeDriver is taken by the daemon when HostConfig has "
+    "none, but only HostConfig.VolumeDriver is judged: volume_drivers bypassed",
+)
+def test_volume_driver_at_the_top_level_beside_a_host_config(
+    ci: Api,
+    busybox_image: str,
+    volume_plugin: tuple[str, list[str]],
+    leftovers: dict[str, list[str]],
+) -> None:
+    plugin, calls = volume_plugin
+    volume = f"dga-plugvol-{RUN}"
+    leftovers["volume"].append(volume)
+    # The policy names no volume driver: inside HostConfig, the same field is refused.
+    inner = ci_container(busybox_image, "cat /v/marker", {"Binds": [f"{volume}:/v"]})
+    inner["HostConfig"]["VolumeDriver"] = plugin
+    status, answer = ci.call("POST", "/v1.41/containers/create", inner)
+    assert status == 403, (status, answer)
+    body = ci_container(busybox_image, "cat /v/marker", {"Binds": [f"{volume}:/v"]})
+    body["VolumeDriver"] = plugin  # runconfig getHostConfig copies it into the HostConfig
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    output = ""
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+        output = logs(ci, created["Id"])
+    # The plugin was never asked to make a volume, and no host directory was read through it.
+    assert f"/VolumeDriver.Create {volume}" not in calls
+    assert MARKER not in output
