@@ -342,3 +342,55 @@ def test_volume_driver_at_the_top_level_beside_a_host_config(
     # The plugin was never asked to make a volume, and no host directory was read through it.
     assert f"/VolumeDriver.Create {volume}" not in calls
     assert MARKER not in output
+
+
+# ----- ownership -------------------------------------------------------------------------------
+
+
+def _exec_output(api: Api, cid: str, *cmd: str) -> str:
+    status, created = api.call(
+        "POST", f"/v1.41/containers/{cid}/exec", {"Cmd": list(cmd), "AttachStdout": True}
+    )
+    assert status == 201, (status, created)
+    status, raw = api.call("POST", f"/v1.41/exec/{created['Id']}/start", {"Detach": False})
+    assert status == 200, (status, raw)
+    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a volume made by a create's Mounts[].VolumeOptions.Labels carries any owner label: "
+    "alice plants a volume that is bob's to dockgate, bob's volume create returns it, alice "
+    "reads what bob writes",
+)
+def test_volume_planted_with_another_owners_label_through_mount_labels(
+    tenants: dict[str, Api], busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    alice, bob = tenants["alice"], tenants["bob"]
+    volume = f"dga-cache-{RUN}"
+    leftovers["volume"].append(volume)
+    mount = {
+        "Type": "volume",
+        "Source": volume,
+        "Target": "/spy",
+        "VolumeOptions": {"Labels": {"io.dockgate.owner": "user:bob"}},
+    }
+    body = {"Image": busybox_image, "Cmd": ["sleep", "600"], "HostConfig": {"Mounts": [mount]}}
+    status, created = alice.call("POST", "/v1.41/containers/create", body)
+    spy = created.get("Id") if status == 201 else None
+    if spy:
+        leftovers["container"].append(spy)
+        alice.call("POST", f"/v1.41/containers/{spy}/start")
+    # Bob makes his cache volume, as `docker volume create` does, and keeps a token in it.
+    status, answer = bob.call("POST", "/v1.41/volumes/create", {"Name": volume})
+    if status != 201:
+        return  # bob's create is refused: the volume is not his (what a fix may do too)
+    job = {
+        "Image": busybox_image,
+        "Cmd": ["sh", "-c", f"echo bob-token-{RUN} > /cache/token"],
+        "HostConfig": {"Binds": [f"{volume}:/cache"]},
+    }
+    cid, _ = bob.run(job)
+    leftovers["container"].append(cid)
+    stolen = _exec_output(alice, spy, "cat", "/spy/token") if spy else ""
+    assert f"bob-token-{RUN}" not in stolen
