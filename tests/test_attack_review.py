@@ -290,25 +290,31 @@ class _PluginHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+_plugin_server: http.server.ThreadingHTTPServer | None = None
+_plugin_calls: list[str] = []
+
+
 @pytest.fixture
 def volume_plugin(host_dirs: None) -> Iterator[tuple[str, list[str]]]:
     """A volume plugin the daemon finds by its spec file (/etc/docker/plugins/NAME.spec): the
-    kind of plugin an operator installs for another policy. Its name, and the calls it got."""
+    kind of plugin an operator installs for another policy. Its name, and the calls it got.
+
+    The server lives as long as the test process: once the daemon has used a plugin it keeps
+    asking it about every volume name looked up, and a plugin gone away would make each such
+    look-up wait for the daemon's retries (tens of seconds) in every later test."""
+    global _plugin_server  # noqa: PLW0603 - one server per process, see above
     name = f"dga-plugin-{RUN}"
-    calls: list[str] = []
-    handler = type("Handler", (_PluginHandler,), {"calls": calls})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    if _plugin_server is None:
+        handler = type("Handler", (_PluginHandler,), {"calls": _plugin_calls})
+        _plugin_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=_plugin_server.serve_forever, daemon=True).start()
     spec = pathlib.Path("/etc/docker/plugins") / f"{name}.spec"
     spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(f"tcp://127.0.0.1:{server.server_address[1]}\n")
+    spec.write_text(f"tcp://127.0.0.1:{_plugin_server.server_address[1]}\n")
     try:
-        yield name, calls
+        yield name, _plugin_calls
     finally:
         spec.unlink(missing_ok=True)
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.xfail(
