@@ -258,6 +258,43 @@ def test_read_only_host_path_written_through_the_same_volume_mounted_twice(
     assert not (ALLOWED_DIR / "planted").exists()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a bind volume without `ro` in its options is judged read-only when the mount is "
+    "ReadOnly, but the daemon copies the image's files into a new volume whatever the mount "
+    "says: they land in the read-only host path",
+)
+def test_read_only_host_path_written_by_the_copy_of_image_content_into_a_new_volume(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    empty = ALLOWED_DIR / f"empty-{uuid.uuid4().hex[:6]}"  # under the read-only rule
+    empty.mkdir()
+    volume = f"dga-copyup-{RUN}"
+    leftovers["volume"].append(volume)
+    options = {"type": "none", "o": "bind", "device": str(empty)}
+    body = ci_container(
+        busybox_image,
+        "true",
+        {
+            "Mounts": [
+                {
+                    "Type": "volume",
+                    "Source": volume,
+                    "Target": "/etc",  # the image has files there: passwd, group
+                    "ReadOnly": True,
+                    "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": options}},
+                }
+            ]
+        },
+    )
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+    assert sorted(p.name for p in empty.iterdir()) == []
+
+
 class _PluginHandler(http.server.BaseHTTPRequestHandler):
     """A legacy volume plugin (docs: plugins_volume.md) whose every volume is SECRET_DIR."""
 
