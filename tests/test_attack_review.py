@@ -437,3 +437,55 @@ def test_volume_planted_with_another_owners_label_through_mount_labels(
     leftovers["container"].append(cid)
     stolen = _exec_output(alice, spy, "cat", "/spy/token") if spy else ""
     assert f"bob-token-{RUN}" not in stolen
+
+
+@pytest.fixture
+def bob_network(tenants: dict[str, Api], leftovers: dict[str, list[str]]) -> tuple[str, str]:
+    """A network of bob's: its name and ID."""
+    name = f"dga-bobnet-{RUN}-{uuid.uuid4().hex[:4]}"
+    status, created = tenants["bob"].call("POST", "/v1.41/networks/create", {"Name": name})
+    assert status == 201, (status, created)
+    leftovers["network"].append(created["Id"])
+    return name, created["Id"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a network created under another tenant's network name (CheckDuplicate false) "
+    "answers with the daemon's warning, which carries the other tenant's network ID",
+)
+def test_network_create_warning_names_another_tenants_network_id(
+    tenants: dict[str, Api], bob_network: tuple[str, str], leftovers: dict[str, list[str]]
+) -> None:
+    name, bob_id = bob_network
+    body = {"Name": name, "CheckDuplicate": False}
+    status, created = tenants["alice"].call("POST", "/v1.41/networks/create", body)
+    if status == 201:
+        leftovers["network"].append(created["Id"])
+    assert bob_id not in json.dumps(created)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a network created under another tenant's network name makes every look-up of "
+    "that name ambiguous: the other tenant's requests naming his network fail with 502",
+)
+def test_network_of_the_same_name_breaks_another_tenants_requests(
+    tenants: dict[str, Api],
+    busybox_image: str,
+    bob_network: tuple[str, str],
+    leftovers: dict[str, list[str]],
+) -> None:
+    name, _ = bob_network
+    body = {"Name": name, "CheckDuplicate": False}
+    status, created = tenants["alice"].call("POST", "/v1.41/networks/create", body)
+    if status == 201:
+        leftovers["network"].append(created["Id"])
+    bob = tenants["bob"]
+    status, answer = bob.call("GET", f"/v1.41/networks/{name}")
+    assert status == 200, (status, answer)
+    create = {"Image": busybox_image, "HostConfig": {"NetworkMode": name}}
+    status, answer = bob.call("POST", "/v1.41/containers/create", create)
+    if status == 201:
+        leftovers["container"].append(answer["Id"])
+    assert status == 201, (status, answer)
