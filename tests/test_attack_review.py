@@ -19,6 +19,7 @@ import os
 import pathlib
 import shutil
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -583,3 +584,42 @@ def test_deeply_nested_endpoint_settings_hang_the_request(
         leftovers["container"].append(json.loads(answer.partition(b"\r\n\r\n")[2])["Id"])
     assert answer.startswith(b"HTTP/1.1 "), "no answer within 5 s"
     assert "Task exception was never retrieved" not in alice.gateway.stderr_text()
+
+
+# ----- redaction -------------------------------------------------------------------------------
+
+DASHBOARD_POLICY = pathlib.Path(__file__).resolve().parents[1] / "examples/policies/dashboard.yaml"
+
+
+@pytest.fixture(scope="module")
+def dashboard(daemon: PrivateDaemon, busybox_image: str) -> Iterator[Api]:
+    """A gateway with the dashboard example (env and mounts redacted); no credentials."""
+    with running(Gateway(daemon.host, policy=str(DASHBOARD_POLICY))) as gateway:
+        yield Api(gateway)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="where mounts are redacted, ContainerList's `volume` filter still answers whether "
+    "a host path is mounted in a container (an oracle on every host path)",
+)
+def test_volume_filter_tells_redacted_host_paths(
+    dashboard: Api, daemon: PrivateDaemon, busybox_image: str, host_dirs: None
+) -> None:
+    name = f"dga-mounted-{RUN}"
+    daemon.docker(
+        "create", "--name", name, "-v", f"{SECRET_DIR}:/data:ro", busybox_image, "true"
+    )
+    try:
+        status, inspect = dashboard.call("GET", f"/v1.41/containers/{name}/json")
+        assert status == 200, (status, inspect)
+        assert str(SECRET_DIR) not in json.dumps(inspect)  # redacted there
+        hits = {}
+        for probe in (str(SECRET_DIR), "/nowhere"):
+            filters = urllib.parse.quote(json.dumps({"volume": [probe], "name": [name]}))
+            status, listed = dashboard.call("GET", f"/v1.41/containers/json?all=1&filters={filters}")
+            hits[probe] = status == 200 and len(listed) > 0
+        # Whether the container mounts SECRET_DIR must not be told by what the filter matches.
+        assert hits[str(SECRET_DIR)] == hits["/nowhere"]
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
