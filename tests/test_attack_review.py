@@ -388,6 +388,32 @@ def test_volume_driver_at_the_top_level_beside_a_host_config(
     assert MARKER not in output
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="HostConfig.Tmpfs options are not judged: {'/sys/': 'remount'} remounts the "
+    "container's sysfs read-write, and root in the job writes the host kernel's parameters",
+)
+def test_tmpfs_remount_makes_sysfs_writable(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    # A harmless host-wide knob: the value read is written back unchanged; on the read-only
+    # sysfs of every unprivileged container the write fails with EROFS.
+    knob = "/sys/module/printk/parameters/time"
+    script = (
+        "grep ' /sys sysfs ' /proc/mounts; "
+        f"v=$(cat {knob}); echo $v > {knob} && echo HOST-KNOB-WRITTEN"
+    )
+    body = ci_container(busybox_image, script, {"Tmpfs": {"/sys/": "remount"}})
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    output = ""
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+        output = logs(ci, created["Id"])
+    assert "HOST-KNOB-WRITTEN" not in output, output
+
+
 # ----- ownership -------------------------------------------------------------------------------
 
 
