@@ -414,6 +414,28 @@ def test_tmpfs_remount_makes_sysfs_writable(
     assert "HOST-KNOB-WRITTEN" not in output, output
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="HostConfig.Tmpfs options are not judged: a 'remount' tmpfs over an allowed "
+    "read-only bind ({'/cache/': 'remount'}) makes it read-write, the host path is written",
+)
+def test_tmpfs_remount_makes_a_read_only_host_path_writable(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    planted = ALLOWED_DIR / f"tmpfs-planted-{uuid.uuid4().hex[:6]}"
+    body = ci_container(
+        busybox_image,
+        f"echo planted > /cache/{planted.name}",
+        {"Binds": [f"{ALLOWED_DIR}:/cache:ro"], "Tmpfs": {"/cache/": "remount"}},
+    )
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+    assert not planted.exists()
+
+
 # ----- ownership -------------------------------------------------------------------------------
 
 
