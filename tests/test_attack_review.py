@@ -301,7 +301,7 @@ class _PluginHandler(http.server.BaseHTTPRequestHandler):
 
     calls: list[str]
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         request = json.loads(self.rfile.read(length) or b"{}")
         name = request.get("Name", "")
@@ -324,7 +324,7 @@ class _PluginHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -474,7 +474,7 @@ def test_volume_planted_with_another_owners_label_through_mount_labels(
         leftovers["container"].append(spy)
         alice.call("POST", f"/v1.41/containers/{spy}/start")
     # Bob makes his cache volume, as `docker volume create` does, and keeps a token in it.
-    status, answer = bob.call("POST", "/v1.41/volumes/create", {"Name": volume})
+    status, _ = bob.call("POST", "/v1.41/volumes/create", {"Name": volume})
     if status != 201:
         return  # bob's create is refused: the volume is not his (what a fix may do too)
     job = {
@@ -655,9 +655,7 @@ def test_volume_filter_tells_redacted_host_paths(
     dashboard: Api, daemon: PrivateDaemon, busybox_image: str, host_dirs: None
 ) -> None:
     name = f"dga-mounted-{RUN}"
-    daemon.docker(
-        "create", "--name", name, "-v", f"{SECRET_DIR}:/data:ro", busybox_image, "true"
-    )
+    daemon.docker("create", "--name", name, "-v", f"{SECRET_DIR}:/data:ro", busybox_image, "true")
     try:
         status, inspect = dashboard.call("GET", f"/v1.41/containers/{name}/json")
         assert status == 200, (status, inspect)
@@ -665,7 +663,9 @@ def test_volume_filter_tells_redacted_host_paths(
         hits = {}
         for probe in (str(SECRET_DIR), "/nowhere"):
             filters = urllib.parse.quote(json.dumps({"volume": [probe], "name": [name]}))
-            status, listed = dashboard.call("GET", f"/v1.41/containers/json?all=1&filters={filters}")
+            status, listed = dashboard.call(
+                "GET", f"/v1.41/containers/json?all=1&filters={filters}"
+            )
             hits[probe] = status == 200 and len(listed) > 0
         # Whether the container mounts SECRET_DIR must not be told by what the filter matches.
         assert hits[str(SECRET_DIR)] == hits["/nowhere"]
