@@ -436,6 +436,32 @@ def test_tmpfs_remount_makes_a_read_only_host_path_writable(
     assert not planted.exists()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a classic build's RUN steps are containers without the policy's memory and CPU "
+    "limits (build memory/cpuquota parameters unset or unjudged): max_memory/max_cpus bypassed",
+)
+def test_build_run_steps_escape_the_memory_limit(ci: Api, busybox_image: str) -> None:
+    dockerfile = (
+        f"FROM {busybox_image}\n"
+        "RUN echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+        "|| cat /sys/fs/cgroup/memory.max)\n"
+    ).encode()
+    status, answer = ci.call(
+        "POST",
+        "/v1.41/build?rm=1&forcerm=1&nocache=1",
+        _tar({"Dockerfile": dockerfile}),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert status == 200, (status, answer)
+    text = answer.decode() if isinstance(answer, bytes) else json.dumps(answer)
+    found = [line for line in text.splitlines() if "limit=" in line and "RUN" not in line]
+    assert found, text
+    limit = json.loads(found[0])["stream"].strip().removeprefix("limit=")
+    # The CI policy's max_memory is 4g: every container it runs is limited to that.
+    assert limit.isdigit() and int(limit) <= 4 * 1024**3, limit
+
+
 # ----- ownership -------------------------------------------------------------------------------
 
 
