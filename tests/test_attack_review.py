@@ -462,6 +462,50 @@ def test_build_run_steps_escape_the_memory_limit(ci: Api, busybox_image: str) ->
     assert limit.isdigit() and int(limit) <= 4 * 1024**3, limit
 
 
+class _LoopbackService(http.server.BaseHTTPRequestHandler):
+    """A service listening on the host's loopback only, answering a secret to any GET (as a
+    404: the daemon quotes the body of an error answer it cannot parse)."""
+
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        data = f"loopback-only-secret-{RUN}".encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ImageCreate fromImage=127.0.0.1:PORT/x makes the daemon GET a loopback-only "
+    "service (loopback registries are plain HTTP by default) and echoes its answer in the "
+    "error; image_import_urls guards fromSrc and build remote only",
+)
+def test_image_pull_reads_a_loopback_only_service(ci: Api) -> None:
+    requests: list[str] = []
+    handler = type("Handler", (_LoopbackService,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        status, answer = ci.call(
+            "POST", f"/v1.41/images/create?fromImage=127.0.0.1:{port}/internal/x&tag=latest"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"loopback-only-secret-{RUN}" not in json.dumps(answer, default=repr)
+    assert requests == []
+
+
 # ----- ownership -------------------------------------------------------------------------------
 
 
