@@ -496,7 +496,7 @@ def test_image_pull_reads_a_loopback_only_service(ci: Api) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
-        status, answer = ci.call(
+        _, answer = ci.call(
             "POST", f"/v1.41/images/create?fromImage=127.0.0.1:{port}/internal/x&tag=latest"
         )
     finally:
