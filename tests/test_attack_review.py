@@ -12,6 +12,7 @@ directory), and ownership tenants alice and bob.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import http.server
 import json
@@ -347,12 +348,16 @@ def volume_plugin(host_dirs: None) -> Iterator[tuple[str, list[str]]]:
         _plugin_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=_plugin_server.serve_forever, daemon=True).start()
     spec = pathlib.Path("/etc/docker/plugins") / f"{name}.spec"
+    made = [d for d in (spec.parent.parent, spec.parent) if not d.exists()]
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(f"tcp://127.0.0.1:{_plugin_server.server_address[1]}\n")
     try:
         yield name, _plugin_calls
     finally:
         spec.unlink(missing_ok=True)
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 @pytest.mark.xfail(
@@ -441,7 +446,9 @@ def test_tmpfs_remount_makes_a_read_only_host_path_writable(
     reason="a classic build's RUN steps are containers without the policy's memory and CPU "
     "limits (build memory/cpuquota parameters unset or unjudged): max_memory/max_cpus bypassed",
 )
-def test_build_run_steps_escape_the_memory_limit(ci: Api, busybox_image: str) -> None:
+def test_build_run_steps_escape_the_memory_limit(
+    ci: Api, busybox_image: str, daemon: PrivateDaemon
+) -> None:
     dockerfile = (
         f"FROM {busybox_image}\n"
         "RUN echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
@@ -455,6 +462,9 @@ def test_build_run_steps_escape_the_memory_limit(ci: Api, busybox_image: str) ->
     )
     assert status == 200, (status, answer)
     text = answer.decode() if isinstance(answer, bytes) else json.dumps(answer)
+    for line in text.splitlines():
+        if '"aux"' in line:  # {"aux":{"ID":"sha256:..."}}: the image built
+            daemon.docker("rmi", "-f", json.loads(line)["aux"]["ID"], check=False)
     found = [line for line in text.splitlines() if "limit=" in line and "RUN" not in line]
     assert found, text
     limit = json.loads(found[0])["stream"].strip().removeprefix("limit=")
