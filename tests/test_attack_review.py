@@ -1,0 +1,779 @@
+"""Issue 11, "attack your own change": what a limited caller still gets past dockgate.
+
+Each test is one finding of the review, proven by its effect on the real daemon (a container
+wrote a file of a read-only host path, the daemon used a volume plugin the policy excludes,
+...), and marked `xfail(strict=True)`: it passes while the hole is open and fails (XPASS)
+once it is closed, so that the fix must turn the test into an ordinary one.
+
+Callers: a CI runner (the guardrails of examples/policies/ci-runner.yaml, one read-only host
+directory), and ownership tenants alice and bob.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import http.server
+import json
+import os
+import pathlib
+import shutil
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from support.remote import write_htpasswd
+
+pytestmark = [
+    pytest.mark.daemon,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
+        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
+    ),
+]
+
+RUN = uuid.uuid4().hex[:8]
+ALLOWED_DIR = pathlib.Path(f"/tmp/dga-allowed-{RUN}")  # allowed read-only by the CI policy
+SECRET_DIR = pathlib.Path(f"/tmp/dga-secret-{RUN}")  # allowed by no policy
+MARKER = f"dga-secret-file-{RUN}"
+
+# examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
+CI_POLICY = f"""
+version: 1
+policies:
+  ci-runner:
+    rules:
+      - deny: {{sections: [swarm, services, tasks, nodes, secrets, configs]}}
+      - deny: {{sections: [plugins]}}
+      - deny:
+          operations: [ContainerPrune, ImagePrune, VolumePrune, NetworkPrune, BuildPrune]
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, session,
+                     volumes, networks]
+    guardrails:
+      privileged: false
+      capabilities: []
+      devices: false
+      host_paths:
+        - {{path: {ALLOWED_DIR}, read_only: true}}
+      namespaces: []
+      security_overrides: false
+      require_no_new_privileges: true
+      max_memory: 4g
+      max_cpus: 2
+      exec: {{root: true, privileged: false}}
+      image_import_urls: false
+"""
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+TENANTS_POLICY = """
+policies:
+  tenants:
+    ownership: true
+    rules:
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, volumes,
+                     networks]
+bindings:
+  - {policy: tenants, authenticated: true}
+"""
+
+
+class Api:
+    """HTTP/1.1 calls to one gateway as one caller."""
+
+    def __init__(self, gateway: Gateway, authorization: str = "") -> None:
+        self.gateway = gateway
+        self.authorization = authorization
+
+    def call(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
+        sent = {"Authorization": self.authorization} if self.authorization else {}
+        data: bytes | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
+        try:
+            conn.request(method, path, body=data, headers=sent)
+            answer = conn.getresponse()
+            raw = answer.read()
+        finally:
+            conn.close()
+        try:
+            return answer.status, json.loads(raw)
+        except ValueError:
+            return answer.status, raw
+
+    def run(self, body: dict[str, Any], name: str = "") -> tuple[str, str]:
+        """Create, start and wait for a container; its ID and output (stdout and stderr)."""
+        query = f"?name={name}" if name else ""
+        status, created = self.call("POST", f"/v1.41/containers/create{query}", body)
+        assert status == 201, (status, created)
+        cid = created["Id"]
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/start")
+        assert status == 204, (status, answer)
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/wait")
+        assert status == 200, (status, answer)
+        return cid, logs(self, cid)
+
+
+def logs(api: Api, cid: str) -> str:
+    status, raw = api.call("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
+    assert status == 200, (status, raw)
+    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
+
+
+def demux(raw: bytes) -> str:
+    """The text of a multiplexed (non-TTY) log stream."""
+    out = b""
+    while len(raw) >= 8:
+        size = int.from_bytes(raw[4:8], "big")
+        out += raw[8 : 8 + size]
+        raw = raw[8 + size :]
+    return out.decode(errors="replace")
+
+
+def ci_container(image: str, cmd: str, host_config: dict[str, Any]) -> dict[str, Any]:
+    """A container body the CI policy's guardrails ask for (no-new-privileges, limits)."""
+    return {
+        "Image": image,
+        "Cmd": ["sh", "-c", cmd],
+        "HostConfig": {
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": 256 * 1024 * 1024,
+            "NanoCpus": 1_000_000_000,
+            **host_config,
+        },
+    }
+
+
+# ----- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def host_dirs() -> Iterator[None]:
+    ALLOWED_DIR.mkdir()
+    (ALLOWED_DIR / "tool").write_text("the shared cache\n")
+    SECRET_DIR.mkdir()
+    (SECRET_DIR / "marker").write_text(MARKER)
+    try:
+        yield
+    finally:
+        shutil.rmtree(ALLOWED_DIR, ignore_errors=True)
+        shutil.rmtree(SECRET_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ci(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    host_dirs: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Api]:
+    """A gateway with the CI runner's policy; no credentials."""
+    base = tmp_path_factory.mktemp("attack-ci")
+    (base / "policy.yaml").write_text(CI_POLICY)
+    with running(Gateway(daemon.host, policy=str(base / "policy.yaml"))) as gateway:
+        yield Api(gateway)
+
+
+@pytest.fixture(scope="module")
+def tenants(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Api]]:
+    """A gateway with an ownership policy (default guardrails) and two tenants."""
+    base = tmp_path_factory.mktemp("attack-tenants")
+    write_htpasswd(base / "htpasswd", USERS)
+    (base / "policy.yaml").write_text(TENANTS_POLICY)
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
+        policy=str(base / "policy.yaml"),
+    )
+    with running(gateway) as started:
+        yield {
+            user: Api(started, "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+            for user, pw in USERS.items()
+        }
+
+
+@pytest.fixture
+def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
+    """Objects to remove straight on the daemon after the test."""
+    names: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
+    yield names
+    if names["container"]:
+        daemon.docker("rm", "-f", *names["container"], check=False)
+    if names["volume"]:
+        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
+    for network in names["network"]:
+        daemon.docker("network", "rm", network, check=False)
+
+
+# ----- volumes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a volume mounted twice in one body: bind options judged on the read-only mount, "
+    "the second (read-write) mount of the same new volume writes the read-only host path",
+)
+def test_read_only_host_path_written_through_the_same_volume_mounted_twice(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    volume = f"dga-twice-{RUN}"
+    leftovers["volume"].append(volume)
+    options = {"type": "none", "o": "bind", "device": str(ALLOWED_DIR)}
+    body = ci_container(
+        busybox_image,
+        "echo planted > /rw/planted",
+        {
+            "Mounts": [
+                {
+                    "Type": "volume",
+                    "Source": volume,
+                    "Target": "/ro",
+                    "ReadOnly": True,
+                    "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": options}},
+                },
+                {"Type": "volume", "Source": volume, "Target": "/rw"},
+            ]
+        },
+    )
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+    # The policy allows that directory read-only: nothing may be written into it.
+    assert not (ALLOWED_DIR / "planted").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a bind volume without `ro` in its options is judged read-only when the mount is "
+    "ReadOnly, but the daemon copies the image's files into a new volume whatever the mount "
+    "says: they land in the read-only host path",
+)
+def test_read_only_host_path_written_by_the_copy_of_image_content_into_a_new_volume(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    empty = ALLOWED_DIR / f"empty-{uuid.uuid4().hex[:6]}"  # under the read-only rule
+    empty.mkdir()
+    volume = f"dga-copyup-{RUN}"
+    leftovers["volume"].append(volume)
+    options = {"type": "none", "o": "bind", "device": str(empty)}
+    body = ci_container(
+        busybox_image,
+        "true",
+        {
+            "Mounts": [
+                {
+                    "Type": "volume",
+                    "Source": volume,
+                    "Target": "/etc",  # the image has files there: passwd, group
+                    "ReadOnly": True,
+                    "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": options}},
+                }
+            ]
+        },
+    )
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+    assert sorted(p.name for p in empty.iterdir()) == []
+
+
+class _PluginHandler(http.server.BaseHTTPRequestHandler):
+    """A legacy volume plugin (docs: plugins_volume.md) whose every volume is SECRET_DIR."""
+
+    calls: list[str]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        name = request.get("Name", "")
+        created = any(call == f"/VolumeDriver.Create {name}" for call in self.calls)
+        self.calls.append(f"{self.path} {name}")
+        answers: dict[str, object] = {
+            "/Plugin.Activate": {"Implements": ["VolumeDriver"]},
+            "/VolumeDriver.Capabilities": {"Capabilities": {"Scope": "local"}},
+            "/VolumeDriver.Get": (
+                {"Volume": {"Name": name}, "Err": ""} if created else {"Err": "no such volume"}
+            ),
+            "/VolumeDriver.List": {"Volumes": [], "Err": ""},
+            "/VolumeDriver.Path": {"Mountpoint": str(SECRET_DIR), "Err": ""},
+            "/VolumeDriver.Mount": {"Mountpoint": str(SECRET_DIR), "Err": ""},
+        }
+        data = json.dumps(answers.get(self.path, {"Err": ""})).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+_plugin_server: http.server.ThreadingHTTPServer | None = None
+_plugin_calls: list[str] = []
+
+
+@pytest.fixture
+def volume_plugin(host_dirs: None) -> Iterator[tuple[str, list[str]]]:
+    """A volume plugin the daemon finds by its spec file (/etc/docker/plugins/NAME.spec): the
+    kind of plugin an operator installs for another policy. Its name, and the calls it got.
+
+    The server lives as long as the test process: once the daemon has used a plugin it keeps
+    asking it about every volume name looked up, and a plugin gone away would make each such
+    look-up wait for the daemon's retries (tens of seconds) in every later test."""
+    global _plugin_server  # noqa: PLW0603 - one server per process, see above
+    name = f"dga-plugin-{RUN}"
+    if _plugin_server is None:
+        handler = type("Handler", (_PluginHandler,), {"calls": _plugin_calls})
+        _plugin_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=_plugin_server.serve_forever, daemon=True).start()
+    spec = pathlib.Path("/etc/docker/plugins") / f"{name}.spec"
+    made = [d for d in (spec.parent.parent, spec.parent) if not d.exists()]
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(f"tcp://127.0.0.1:{_plugin_server.server_address[1]}\n")
+    try:
+        yield name, _plugin_calls
+    finally:
+        spec.unlink(missing_ok=True)
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="top-level (deprecated) VolumeDriver is taken by the daemon when HostConfig has "
+    "none, but only HostConfig.VolumeDriver is judged: volume_drivers bypassed",
+)
+def test_volume_driver_at_the_top_level_beside_a_host_config(
+    ci: Api,
+    busybox_image: str,
+    volume_plugin: tuple[str, list[str]],
+    leftovers: dict[str, list[str]],
+) -> None:
+    plugin, calls = volume_plugin
+    volume = f"dga-plugvol-{RUN}"
+    leftovers["volume"].append(volume)
+    # The policy names no volume driver: inside HostConfig, the same field is refused.
+    inner = ci_container(busybox_image, "cat /v/marker", {"Binds": [f"{volume}:/v"]})
+    inner["HostConfig"]["VolumeDriver"] = plugin
+    status, answer = ci.call("POST", "/v1.41/containers/create", inner)
+    assert status == 403, (status, answer)
+    body = ci_container(busybox_image, "cat /v/marker", {"Binds": [f"{volume}:/v"]})
+    body["VolumeDriver"] = plugin  # runconfig getHostConfig copies it into the HostConfig
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    output = ""
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+        output = logs(ci, created["Id"])
+    # The plugin was never asked to make a volume, and no host directory was read through it.
+    assert f"/VolumeDriver.Create {volume}" not in calls
+    assert MARKER not in output
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HostConfig.Tmpfs options are not judged: {'/sys/': 'remount'} remounts the "
+    "container's sysfs read-write, and root in the job writes the host kernel's parameters",
+)
+def test_tmpfs_remount_makes_sysfs_writable(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    # A harmless host-wide knob: the value read is written back unchanged; on the read-only
+    # sysfs of every unprivileged container the write fails with EROFS.
+    knob = "/sys/module/printk/parameters/time"
+    script = (
+        "grep ' /sys sysfs ' /proc/mounts; "
+        f"v=$(cat {knob}); echo $v > {knob} && echo HOST-KNOB-WRITTEN"
+    )
+    body = ci_container(busybox_image, script, {"Tmpfs": {"/sys/": "remount"}})
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    output = ""
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+        output = logs(ci, created["Id"])
+    assert "HOST-KNOB-WRITTEN" not in output, output
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HostConfig.Tmpfs options are not judged: a 'remount' tmpfs over an allowed "
+    "read-only bind ({'/cache/': 'remount'}) makes it read-write, the host path is written",
+)
+def test_tmpfs_remount_makes_a_read_only_host_path_writable(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    planted = ALLOWED_DIR / f"tmpfs-planted-{uuid.uuid4().hex[:6]}"
+    body = ci_container(
+        busybox_image,
+        f"echo planted > /cache/{planted.name}",
+        {"Binds": [f"{ALLOWED_DIR}:/cache:ro"], "Tmpfs": {"/cache/": "remount"}},
+    )
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
+    assert not planted.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a classic build's RUN steps are containers without the policy's memory and CPU "
+    "limits (build memory/cpuquota parameters unset or unjudged): max_memory/max_cpus bypassed",
+)
+def test_build_run_steps_escape_the_memory_limit(
+    ci: Api, busybox_image: str, daemon: PrivateDaemon
+) -> None:
+    dockerfile = (
+        f"FROM {busybox_image}\n"
+        "RUN echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+        "|| cat /sys/fs/cgroup/memory.max)\n"
+    ).encode()
+    status, answer = ci.call(
+        "POST",
+        "/v1.41/build?rm=1&forcerm=1&nocache=1",
+        _tar({"Dockerfile": dockerfile}),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert status == 200, (status, answer)
+    text = answer.decode() if isinstance(answer, bytes) else json.dumps(answer)
+    for line in text.splitlines():
+        if '"aux"' in line:  # {"aux":{"ID":"sha256:..."}}: the image built
+            daemon.docker("rmi", "-f", json.loads(line)["aux"]["ID"], check=False)
+    found = [line for line in text.splitlines() if "limit=" in line and "RUN" not in line]
+    assert found, text
+    limit = json.loads(found[0])["stream"].strip().removeprefix("limit=")
+    # The CI policy's max_memory is 4g: every container it runs is limited to that.
+    assert limit.isdigit() and int(limit) <= 4 * 1024**3, limit
+
+
+class _LoopbackService(http.server.BaseHTTPRequestHandler):
+    """A service listening on the host's loopback only, answering a secret to any GET (as a
+    404: the daemon quotes the body of an error answer it cannot parse)."""
+
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        data = f"loopback-only-secret-{RUN}".encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ImageCreate fromImage=127.0.0.1:PORT/x makes the daemon GET a loopback-only "
+    "service (loopback registries are plain HTTP by default) and echoes its answer in the "
+    "error; image_import_urls guards fromSrc and build remote only",
+)
+def test_image_pull_reads_a_loopback_only_service(ci: Api) -> None:
+    requests: list[str] = []
+    handler = type("Handler", (_LoopbackService,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        _, answer = ci.call(
+            "POST", f"/v1.41/images/create?fromImage=127.0.0.1:{port}/internal/x&tag=latest"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"loopback-only-secret-{RUN}" not in json.dumps(answer, default=repr)
+    assert requests == []
+
+
+# ----- ownership -------------------------------------------------------------------------------
+
+
+def _exec_output(api: Api, cid: str, *cmd: str) -> str:
+    status, created = api.call(
+        "POST", f"/v1.41/containers/{cid}/exec", {"Cmd": list(cmd), "AttachStdout": True}
+    )
+    assert status == 201, (status, created)
+    status, raw = api.call("POST", f"/v1.41/exec/{created['Id']}/start", {"Detach": False})
+    assert status == 200, (status, raw)
+    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a volume made by a create's Mounts[].VolumeOptions.Labels carries any owner label: "
+    "alice plants a volume that is bob's to dockgate, bob's volume create returns it, alice "
+    "reads what bob writes",
+)
+def test_volume_planted_with_another_owners_label_through_mount_labels(
+    tenants: dict[str, Api], busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    alice, bob = tenants["alice"], tenants["bob"]
+    volume = f"dga-cache-{RUN}"
+    leftovers["volume"].append(volume)
+    mount = {
+        "Type": "volume",
+        "Source": volume,
+        "Target": "/spy",
+        "VolumeOptions": {"Labels": {"io.dockgate.owner": "user:bob"}},
+    }
+    body = {"Image": busybox_image, "Cmd": ["sleep", "600"], "HostConfig": {"Mounts": [mount]}}
+    status, created = alice.call("POST", "/v1.41/containers/create", body)
+    spy = created.get("Id") if status == 201 else None
+    if spy:
+        leftovers["container"].append(spy)
+        alice.call("POST", f"/v1.41/containers/{spy}/start")
+    # Bob makes his cache volume, as `docker volume create` does, and keeps a token in it.
+    status, _ = bob.call("POST", "/v1.41/volumes/create", {"Name": volume})
+    if status != 201:
+        return  # bob's create is refused: the volume is not his (what a fix may do too)
+    job = {
+        "Image": busybox_image,
+        "Cmd": ["sh", "-c", f"echo bob-token-{RUN} > /cache/token"],
+        "HostConfig": {"Binds": [f"{volume}:/cache"]},
+    }
+    cid, _ = bob.run(job)
+    leftovers["container"].append(cid)
+    stolen = _exec_output(alice, spy, "cat", "/spy/token") if spy else ""
+    assert f"bob-token-{RUN}" not in stolen
+
+
+@pytest.fixture
+def bob_network(tenants: dict[str, Api], leftovers: dict[str, list[str]]) -> tuple[str, str]:
+    """A network of bob's: its name and ID."""
+    name = f"dga-bobnet-{RUN}-{uuid.uuid4().hex[:4]}"
+    status, created = tenants["bob"].call("POST", "/v1.41/networks/create", {"Name": name})
+    assert status == 201, (status, created)
+    leftovers["network"].append(created["Id"])
+    return name, created["Id"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a network created under another tenant's network name (CheckDuplicate false) "
+    "answers with the daemon's warning, which carries the other tenant's network ID",
+)
+def test_network_create_warning_names_another_tenants_network_id(
+    tenants: dict[str, Api], bob_network: tuple[str, str], leftovers: dict[str, list[str]]
+) -> None:
+    name, bob_id = bob_network
+    body = {"Name": name, "CheckDuplicate": False}
+    status, created = tenants["alice"].call("POST", "/v1.41/networks/create", body)
+    if status == 201:
+        leftovers["network"].append(created["Id"])
+    assert bob_id not in json.dumps(created)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a network created under another tenant's network name makes every look-up of "
+    "that name ambiguous: the other tenant's requests naming his network fail with 502",
+)
+def test_network_of_the_same_name_breaks_another_tenants_requests(
+    tenants: dict[str, Api],
+    busybox_image: str,
+    bob_network: tuple[str, str],
+    leftovers: dict[str, list[str]],
+) -> None:
+    name, _ = bob_network
+    body = {"Name": name, "CheckDuplicate": False}
+    status, created = tenants["alice"].call("POST", "/v1.41/networks/create", body)
+    if status == 201:
+        leftovers["network"].append(created["Id"])
+    bob = tenants["bob"]
+    status, answer = bob.call("GET", f"/v1.41/networks/{name}")
+    assert status == 200, (status, answer)
+    create = {"Image": busybox_image, "HostConfig": {"NetworkMode": name}}
+    status, answer = bob.call("POST", "/v1.41/containers/create", create)
+    if status == 201:
+        leftovers["container"].append(answer["Id"])
+    assert status == 201, (status, answer)
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io  # noqa: PLC0415
+    import tarfile  # noqa: PLC0415
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a build's intermediate containers take their labels from the Dockerfile (or base "
+    "image), not from dockgate: LABEL io.dockgate.owner=user:bob plants containers that are "
+    "bob's (rm=0 keeps them)",
+)
+def test_build_plants_containers_owned_by_another_tenant(
+    tenants: dict[str, Api], busybox_image: str, daemon: PrivateDaemon
+) -> None:
+    alice, bob = tenants["alice"], tenants["bob"]
+    marker = f"planted-{RUN}-{uuid.uuid4().hex[:4]}"
+    dockerfile = (
+        f"FROM {busybox_image}\nLABEL io.dockgate.owner=user:bob\nRUN echo {marker}\n"
+    ).encode()
+    tag = f"dga-planted-{RUN}"
+    status, _ = bob.call("GET", "/v1.41/containers/json?all=1")
+    assert status == 200
+    status, answer = alice.call(
+        "POST",
+        f"/v1.41/build?rm=0&t={tag}",
+        _tar({"Dockerfile": dockerfile}),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    try:
+        assert status == 200, (status, answer)
+        status, listed = bob.call("GET", "/v1.41/containers/json?all=1")
+        assert status == 200, (status, listed)
+        planted = [c for c in listed if marker in c.get("Command", "")]
+        assert planted == []
+    finally:
+        everything = daemon.docker("ps", "-aq", "--no-trunc").stdout.decode().split()
+        for cid in everything:
+            inspect = daemon.docker("inspect", "-f", "{{.Path}} {{.Args}}", cid, check=False)
+            if marker.encode() in inspect.stdout:
+                daemon.docker("rm", "-f", cid, check=False)
+        daemon.docker("rmi", "-f", tag, check=False)
+
+
+# ----- robustness ------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an endpoint setting nested ~600 deep passes the parse but pinning re-writes it "
+    "recursively: RecursionError in the look-up task, no answer ever, the connection hangs",
+)
+def test_deeply_nested_endpoint_settings_hang_the_request(
+    tenants: dict[str, Api], busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    import socket  # noqa: PLC0415
+
+    alice = tenants["alice"]
+    network = f"dga-alicenet-{RUN}-{uuid.uuid4().hex[:4]}"
+    status, created = alice.call("POST", "/v1.41/networks/create", {"Name": network})
+    assert status == 201, (status, created)
+    leftovers["network"].append(created["Id"])
+    depth = 600
+    body = (
+        f'{{"Image":{json.dumps(busybox_image)},"HostConfig":{{"NetworkMode":"{network}"}},'
+        f'"NetworkingConfig":{{"EndpointsConfig":{{"{network}":{{"Junk":'
+        + "[" * depth
+        + "]" * depth
+        + "}}}}"
+    ).encode()
+    head = (
+        "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n"
+        f"Authorization: {alice.authorization}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", alice.gateway.port), timeout=5) as s:
+        s.sendall(head + body)
+        try:
+            answer = s.recv(65536)
+        except TimeoutError:
+            answer = b""
+    if answer.startswith(b"HTTP/1.1 201"):
+        leftovers["container"].append(json.loads(answer.partition(b"\r\n\r\n")[2])["Id"])
+    assert answer.startswith(b"HTTP/1.1 "), "no answer within 5 s"
+    assert "Task exception was never retrieved" not in alice.gateway.stderr_text()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a container named with its leading / (as inspect writes names: NetworkConnect "
+    "Container '/web', VolumesFrom '/web:ro') is looked up as /containers/%2Fweb/json, which "
+    "the daemon redirects (301): a 502 for a body the daemon accepts",
+)
+def test_own_container_named_with_a_leading_slash_gets_a_502(
+    tenants: dict[str, Api], busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    alice = tenants["alice"]
+    name = f"dga-web-{RUN}"
+    status, created = alice.call(
+        "POST", f"/v1.41/containers/create?name={name}", {"Image": busybox_image}
+    )
+    assert status == 201, (status, created)
+    leftovers["container"].append(created["Id"])
+    network = f"dga-webnet-{RUN}"
+    status, made = alice.call("POST", "/v1.41/networks/create", {"Name": network})
+    assert status == 201, (status, made)
+    leftovers["network"].append(made["Id"])
+    status, answer = alice.call(
+        "POST", f"/v1.41/networks/{network}/connect", {"Container": f"/{name}"}
+    )
+    assert status < 500, (status, answer)
+
+
+# ----- redaction -------------------------------------------------------------------------------
+
+DASHBOARD_POLICY = pathlib.Path(__file__).resolve().parents[1] / "examples/policies/dashboard.yaml"
+
+
+@pytest.fixture(scope="module")
+def dashboard(daemon: PrivateDaemon, busybox_image: str) -> Iterator[Api]:
+    """A gateway with the dashboard example (env and mounts redacted); no credentials."""
+    with running(Gateway(daemon.host, policy=str(DASHBOARD_POLICY))) as gateway:
+        yield Api(gateway)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="where mounts are redacted, ContainerList's `volume` filter still answers whether "
+    "a host path is mounted in a container (an oracle on every host path)",
+)
+def test_volume_filter_tells_redacted_host_paths(
+    dashboard: Api, daemon: PrivateDaemon, busybox_image: str, host_dirs: None
+) -> None:
+    name = f"dga-mounted-{RUN}"
+    daemon.docker("create", "--name", name, "-v", f"{SECRET_DIR}:/data:ro", busybox_image, "true")
+    try:
+        status, inspect = dashboard.call("GET", f"/v1.41/containers/{name}/json")
+        assert status == 200, (status, inspect)
+        assert str(SECRET_DIR) not in json.dumps(inspect)  # redacted there
+        hits = {}
+        for probe in (str(SECRET_DIR), "/nowhere"):
+            filters = urllib.parse.quote(json.dumps({"volume": [probe], "name": [name]}))
+            status, listed = dashboard.call(
+                "GET", f"/v1.41/containers/json?all=1&filters={filters}"
+            )
+            hits[probe] = status == 200 and len(listed) > 0
+        # Whether the container mounts SECRET_DIR must not be told by what the filter matches.
+        assert hits[str(SECRET_DIR)] == hits["/nowhere"]
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
