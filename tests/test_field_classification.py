@@ -45,7 +45,6 @@ import yaml
 
 from dockgate.body import fields
 from dockgate.body.fields import BODIES, QUERIES, Leaf, ListOf, MapOf, Node, Obj
-from dockgate.body.gojson import parse
 from dockgate.body.guardrails import (
     BODY_CHECKED,
     QUERY_CHECKED,
@@ -613,32 +612,6 @@ def test_network_create_drivers_and_options() -> None:
 def test_operation_sets_follow_the_table() -> None:
     assert BODY_CHECKED - {"ContainerStart"} <= set(BODIES)
     assert set(QUERIES) == BODY_CHECKED | QUERY_CHECKED
-
-
-def test_the_walk_is_cheap() -> None:
-    """A docker-run-sized create body is walked in well under the 100 us budget of the whole
-    check (bench/body_cost.py measures the whole)."""
-    body = json.dumps(
-        {
-            **CREATE,
-            "Env": ["A=1"] * 20,
-            "Labels": {f"l{i}": "v" for i in range(20)},
-            "HostConfig": {
-                **{k: None for k in ("Binds", "Dns", "Links", "CapAdd")},
-                "Memory": 1,
-                "LogConfig": {"Type": "", "Config": {}},
-                "RestartPolicy": {"Name": "no"},
-            },
-            "NetworkingConfig": {"EndpointsConfig": {"bridge": {}}},
-        }
-    ).encode()
-    parsed = parse(body)
-    fields.check_body("ContainerCreate", parsed)
-    start = time.process_time()
-    for _ in range(1000):
-        fields.check_body("ContainerCreate", parsed)
-    per_call = (time.process_time() - start) / 1000
-    assert per_call < 50e-6, per_call
 
 
 def policy_guardrails(guardrails_yaml: str) -> Guardrails | None:
