@@ -493,13 +493,11 @@ class _LoopbackService(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ImageCreate fromImage=127.0.0.1:PORT/x makes the daemon GET a loopback-only "
-    "service (loopback registries are plain HTTP by default) and echoes its answer in the "
-    "error; image_import_urls guards fromSrc and build remote only",
-)
 def test_image_pull_reads_a_loopback_only_service(ci: Api) -> None:
+    """Found by the review: ImageCreate fromImage=127.0.0.1:PORT/x made the daemon GET a
+    loopback-only service (loopback registries are plain HTTP by default) and echo its answer
+    in the error. Closed: a pull from a loopback registry is refused unless `images` lists it
+    (guardrails.pull_problem), and the service sees no request."""
     requests: list[str] = []
     handler = type("Handler", (_LoopbackService,), {"requests": requests})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -10,7 +10,9 @@ Every finding is a sentence for the caller: the first one denies (403).
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import posixpath
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -166,6 +168,10 @@ class Guardrails:
     network_drivers: frozenset[str] = frozenset()
     plugin_privileges: bool = False
     swarm: bool = False  # init, join, or reconfigure a swarm (CA, join tokens, raft)
+    # BuildKit's control API (POST /grpc, docker buildx): solve requests travel inside an
+    # HTTP/2 tunnel the gateway cannot read, and may ask for the network.host entitlement,
+    # which the daemon grants by default.
+    buildkit: bool = False
 
 
 class Refusal(Exception):
@@ -541,6 +547,12 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
         # Joining a swarm hands the node to that swarm's managers (they can run anything on
         # it); init and update set its CA, tokens and raft: a guardrail, not only a rule.
         raise Refusal(403, "initialising, joining or reconfiguring a swarm is not allowed")
+    if operation == "GrpcSession" and not g.buildkit:
+        raise Refusal(
+            403,
+            "BuildKit's control API (docker buildx) cannot be judged: use the classic builder "
+            "(DOCKER_BUILDKIT=0), or allow buildkit",
+        )
     if operation in ("PluginCreate", "PluginSet") and not g.plugin_privileges:
         # A plugin's config (in PluginCreate's tar) or settings (PluginSet: mounts, devices,
         # env) decide its host privileges; they are not read, so they need the permission.
@@ -555,6 +567,10 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
             if value not in _CLIENT_CONTEXTS and not g.fetch_urls:
                 # The daemon fetches it (or clones it) from the host, loopback included.
                 raise Refusal(403, "building from a URL (remote=) is not allowed")
+        elif operation == "ImageCreate" and key == "fromImage" and value:
+            problem = pull_problem(g, value)
+            if problem is not None:
+                raise Refusal(403, problem)
         elif operation == "ImageCreate" and key == "fromSrc":
             if value not in ("", "-") and not g.fetch_urls:
                 raise Refusal(403, "importing an image from a URL is not allowed")
@@ -568,6 +584,51 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
             raise Refusal(
                 403, "rollback= deploys the service's previous spec, which dockgate did not judge"
             )
+
+
+def pull_problem(g: Guardrails, reference: str) -> str | None:
+    """A pull (`fromImage`): with `images` set, the repository must be one of them; without,
+    a registry on the daemon host's loopback is refused, since the daemon reaches it over plain
+    HTTP (127.0.0.0/8 is an insecure registry by default) and quotes its answers back: a
+    service only the host can reach would answer the caller."""
+    repository = image_repository(reference)
+    if g.images is not None:
+        if repository is None or not any(
+            fnmatch.fnmatchcase(repository, image_repository(p) or p) for p in g.images
+        ):
+            return f"pulling {reference!r} is not allowed (images)"
+        return None
+    if repository is not None and is_loopback_registry(repository.partition("/")[0]):
+        return (
+            f"pulling from a registry on the daemon's loopback ({reference!r}) is not allowed; "
+            "list it under images to allow it"
+        )
+    return None
+
+
+def is_loopback_registry(host: str) -> bool:
+    """`localhost[:port]`, `*.localhost`, `127.x.y.z[:port]`, `[::1]:port`, `0.0.0.0`: names
+    and addresses that reach the daemon host itself (a DNS name that resolves there cannot be
+    told from its text)."""
+    name = host.lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.removesuffix(".")  # `localhost.` is the same name
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(name)
+    except ValueError:
+        # The C resolver also takes inet_aton's forms: `127.1`, `0x7f.1`, `2130706433`.
+        if not name or name.strip("0123456789abcdefx.") or name.startswith("."):
+            return False
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return False
+    return address.is_loopback or address.is_unspecified or address.is_link_local
 
 
 def change_problem(change: str) -> str | None:

@@ -143,6 +143,7 @@ class GuardrailsSpec(_Strict):
     network_drivers: list[str] = Field(default_factory=list)
     plugin_privileges: StrictBool = False
     swarm: StrictBool = False
+    buildkit: StrictBool = False
 
 
 class RedactSpec(_Strict):
@@ -538,6 +539,7 @@ def _compile_guardrails(
         network_drivers=frozenset(spec.network_drivers),
         plugin_privileges=spec.plugin_privileges,
         swarm=spec.swarm,
+        buildkit=spec.buildkit,
     )
 
 
