@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -123,6 +124,39 @@ def test_a_chunked_list_is_redacted_whole(
     assert all(item["Labels"] == {} and item["Mounts"] == [] for item in mine)
     assert SECRET not in json.dumps(answer)
     assert victims[0] in listed and SECRET not in listed
+
+
+def _http10_get(host: str, port: int, path: str) -> tuple[bytes, bytes]:
+    """One HTTP/1.0 request (curl -0, old scripts): the response head and everything after it."""
+    with socket.create_connection((host, port), timeout=20) as conn:
+        conn.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while piece := conn.recv(65536):
+            data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_an_http10_answer_ending_at_close_is_redacted(
+    dashboard: Gateway, daemon: PrivateDaemon, victims: list[str]
+) -> None:
+    """To HTTP/1.0 the daemon sends a large answer without a length, ending at close; it is
+    read to the close, redacted, and sent with a Content-Length (it was a 502 before)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(20)
+        raw.connect(str(daemon.socket_path))
+        raw.sendall(f"GET /containers/{victims[0]}/json HTTP/1.0\r\nHost: d\r\n\r\n".encode())
+        direct = b""
+        while piece := raw.recv(65536):
+            direct += piece
+    direct_head, _, direct_body = direct.partition(b"\r\n\r\n")
+    assert b"content-length" not in direct_head.lower()  # framed by the close
+    assert SECRET.encode() in direct_body
+    head, body = _http10_get("127.0.0.1", dashboard.port, f"/containers/{victims[0]}/json")
+    assert head.split(b" ")[1] == b"200", head
+    assert b"content-length: %d" % len(body) in head.lower()
+    assert SECRET.encode() not in body
+    assert "DB_PASSWORD=<redacted>" in json.loads(body)["Config"]["Env"]
 
 
 def test_sdk_inspect_is_redacted(dashboard: Gateway, victims: list[str]) -> None:

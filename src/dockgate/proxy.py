@@ -669,11 +669,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     # The head goes out as it is; each event is rewritten on its way.
                     self._redact_stream = EventStreamRedaction(self._redaction)
                 elif self._holds_answer(event.status):
-                    if event.framing not in (Framing.LENGTH, Framing.CHUNKED):
-                        # An answer ending at close (to HTTP/1.0): never passed unchecked.
-                        self._upstream_failed(UpstreamError("cannot redact an unframed answer"))
-                        return
-                    # Held back: the answer goes out rewritten, with a new Content-Length.
+                    # Held back: the answer goes out rewritten, with a new Content-Length. One
+                    # that ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
                     self._answer_head = event
                     self._answer_body = bytearray()
                     self._status = event.status
@@ -761,7 +758,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if events:
             # An until-close body ended: so does the client's connection, as the daemon framed it.
             self.close_after_exchange = True
-            self._finish_exchange()
+            if self._answer_body is not None:
+                self._collect_answer(b"", done=True)  # checked whole, then sent and finished
+            else:
+                self._finish_exchange()
         return False
 
     def upstream_lost(self) -> None:
