@@ -258,6 +258,7 @@ def test_read_only_host_path_written_through_the_same_volume_mounted_twice(
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
     # The policy allows that directory read-only: nothing may be written into it.
     assert not (ALLOWED_DIR / "planted").exists()
+    assert status == 403 and "must be mounted read-only" in created["message"], created
 
 
 def test_read_only_host_path_written_by_the_copy_of_image_content_into_a_new_volume(
@@ -293,6 +294,7 @@ def test_read_only_host_path_written_by_the_copy_of_image_content_into_a_new_vol
         ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
     assert sorted(p.name for p in empty.iterdir()) == []
+    assert status == 403 and "must be mounted read-only" in created["message"], created
 
 
 class _PluginHandler(http.server.BaseHTTPRequestHandler):
@@ -389,10 +391,11 @@ def test_volume_driver_at_the_top_level_beside_a_host_config(
     # The plugin was never asked to make a volume, and no host directory was read through it.
     assert f"/VolumeDriver.Create {volume}" not in calls
     assert MARKER not in output
+    assert (status, created) == (403, answer), created  # refused as the inner field is
 
 
 def test_tmpfs_remount_makes_sysfs_writable(
-    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+    ci: Api, busybox_image: str, daemon: PrivateDaemon, leftovers: dict[str, list[str]]
 ) -> None:
     """Found by the review: HostConfig.Tmpfs options were never judged; {'/sys/': 'remount'}
     makes runc remount the container's sysfs read-write and root in the job writes the host
@@ -414,10 +417,26 @@ def test_tmpfs_remount_makes_sysfs_writable(
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
         output = logs(ci, created["Id"])
     assert "HOST-KNOB-WRITTEN" not in output, output
+    assert status == 403 and "tmpfs option 'remount'" in created["message"], (status, created)
+    # Not vacuous: straight to the daemon, the same option makes sysfs writable.
+    direct = daemon.docker(
+        "run", "--rm", "--tmpfs", "/sys/:remount", busybox_image, "sh", "-c", script
+    ).stdout.decode()
+    assert "HOST-KNOB-WRITTEN" in direct, direct
+    # What a job asks of a tmpfs (size, mode, exec) still runs through dockgate.
+    cid, output = ci.run(
+        ci_container(
+            busybox_image,
+            "grep ' /scratch ' /proc/mounts && touch /scratch/f",
+            {"Tmpfs": {"/scratch": "size=1m,mode=1777,exec"}},
+        )
+    )
+    leftovers["container"].append(cid)
+    assert output.startswith("tmpfs /scratch tmpfs rw,") and "size=1024k" in output, output
 
 
 def test_tmpfs_remount_makes_a_read_only_host_path_writable(
-    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+    ci: Api, busybox_image: str, daemon: PrivateDaemon, leftovers: dict[str, list[str]]
 ) -> None:
     """Found by the review: a 'remount' tmpfs over an allowed read-only bind
     ({'/cache/': 'remount'}) made it read-write, and the host path was written. Closed: tmpfs
@@ -434,6 +453,16 @@ def test_tmpfs_remount_makes_a_read_only_host_path_writable(
         ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
     assert not planted.exists()
+    assert status == 403 and "tmpfs option 'remount'" in created["message"], (status, created)
+    # Not vacuous: straight to the daemon, the same body writes the read-only host path.
+    try:
+        daemon.docker(
+            "run", "--rm", "-v", f"{ALLOWED_DIR}:/cache:ro", "--tmpfs", "/cache/:remount",
+            busybox_image, "sh", "-c", f"echo planted > /cache/{planted.name}",
+        )  # fmt: skip
+        assert planted.exists()
+    finally:
+        planted.unlink(missing_ok=True)
 
 
 def test_build_run_steps_escape_the_memory_limit(
