@@ -224,14 +224,14 @@ def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
 # ----- volumes ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a volume mounted twice in one body: bind options judged on the read-only mount, "
-    "the second (read-write) mount of the same new volume writes the read-only host path",
-)
 def test_read_only_host_path_written_through_the_same_volume_mounted_twice(
     ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
 ) -> None:
+    """Found by the review: a `local` bind volume was judged read-only by the ReadOnly of the
+    mount carrying its options, but the driver binds the device once as the volume's own `o`
+    says, and a second (read-write) mount of the same new volume wrote the read-only host path.
+    Closed: a bind volume is read-only only by `ro` in its own `o` (guardrails.py
+    _local_mount_problem), so the body is refused. Fails on the old code (the file is planted)."""
     volume = f"dga-twice-{RUN}"
     leftovers["volume"].append(volume)
     options = {"type": "none", "o": "bind", "device": str(ALLOWED_DIR)}
@@ -258,17 +258,16 @@ def test_read_only_host_path_written_through_the_same_volume_mounted_twice(
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
     # The policy allows that directory read-only: nothing may be written into it.
     assert not (ALLOWED_DIR / "planted").exists()
+    assert status == 403 and "must be mounted read-only" in created["message"], created
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bind volume without `ro` in its options is judged read-only when the mount is "
-    "ReadOnly, but the daemon copies the image's files into a new volume whatever the mount "
-    "says: they land in the read-only host path",
-)
 def test_read_only_host_path_written_by_the_copy_of_image_content_into_a_new_volume(
     ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
 ) -> None:
+    """Found by the review: a bind volume without `ro` in its options, mounted ReadOnly, was
+    allowed under a read-only rule, but the daemon copies the image's files at the target into
+    a new volume whatever the mount says: they landed in the read-only host path. Closed: the
+    volume's own `o` decides (guardrails.py _local_mount_problem). Fails on the old code."""
     empty = ALLOWED_DIR / f"empty-{uuid.uuid4().hex[:6]}"  # under the read-only rule
     empty.mkdir()
     volume = f"dga-copyup-{RUN}"
@@ -295,6 +294,7 @@ def test_read_only_host_path_written_by_the_copy_of_image_content_into_a_new_vol
         ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
     assert sorted(p.name for p in empty.iterdir()) == []
+    assert status == 403 and "must be mounted read-only" in created["message"], created
 
 
 class _PluginHandler(http.server.BaseHTTPRequestHandler):
@@ -360,17 +360,17 @@ def volume_plugin(host_dirs: None) -> Iterator[tuple[str, list[str]]]:
                 directory.rmdir()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="top-level (deprecated) VolumeDriver is taken by the daemon when HostConfig has "
-    "none, but only HostConfig.VolumeDriver is judged: volume_drivers bypassed",
-)
 def test_volume_driver_at_the_top_level_beside_a_host_config(
     ci: Api,
     busybox_image: str,
     volume_plugin: tuple[str, list[str]],
     leftovers: dict[str, list[str]],
 ) -> None:
+    """Found by the review: a top-level (deprecated) VolumeDriver beside an inner HostConfig
+    is copied in by the daemon when the inner one has none (runconfig/config_unix.go
+    getHostConfig), but only HostConfig.VolumeDriver was judged: volume_drivers bypassed.
+    Closed: workload.container_create reads the top-level fields getHostConfig copies.
+    Fails on the old code (the plugin is asked to create the volume)."""
     plugin, calls = volume_plugin
     volume = f"dga-plugvol-{RUN}"
     leftovers["volume"].append(volume)
@@ -391,16 +391,16 @@ def test_volume_driver_at_the_top_level_beside_a_host_config(
     # The plugin was never asked to make a volume, and no host directory was read through it.
     assert f"/VolumeDriver.Create {volume}" not in calls
     assert MARKER not in output
+    assert (status, created) == (403, answer), created  # refused as the inner field is
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HostConfig.Tmpfs options are not judged: {'/sys/': 'remount'} remounts the "
-    "container's sysfs read-write, and root in the job writes the host kernel's parameters",
-)
 def test_tmpfs_remount_makes_sysfs_writable(
-    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+    ci: Api, busybox_image: str, daemon: PrivateDaemon, leftovers: dict[str, list[str]]
 ) -> None:
+    """Found by the review: HostConfig.Tmpfs options were never judged; {'/sys/': 'remount'}
+    makes runc remount the container's sysfs read-write and root in the job writes the host
+    kernel's parameters. Closed: tmpfs option words are an allowlist (body/tmpfs.py), so
+    `remount` is refused. Fails on the old code (HOST-KNOB-WRITTEN)."""
     # A harmless host-wide knob: the value read is written back unchanged; on the read-only
     # sysfs of every unprivileged container the write fails with EROFS.
     knob = "/sys/module/printk/parameters/time"
@@ -417,16 +417,30 @@ def test_tmpfs_remount_makes_sysfs_writable(
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
         output = logs(ci, created["Id"])
     assert "HOST-KNOB-WRITTEN" not in output, output
+    assert status == 403 and "tmpfs option 'remount'" in created["message"], (status, created)
+    # Not vacuous: straight to the daemon, the same option makes sysfs writable.
+    direct = daemon.docker(
+        "run", "--rm", "--tmpfs", "/sys/:remount", busybox_image, "sh", "-c", script
+    ).stdout.decode()
+    assert "HOST-KNOB-WRITTEN" in direct, direct
+    # What a job asks of a tmpfs (size, mode, exec) still runs through dockgate.
+    cid, output = ci.run(
+        ci_container(
+            busybox_image,
+            "grep ' /scratch ' /proc/mounts && touch /scratch/f",
+            {"Tmpfs": {"/scratch": "size=1m,mode=1777,exec"}},
+        )
+    )
+    leftovers["container"].append(cid)
+    assert output.startswith("tmpfs /scratch tmpfs rw,") and "size=1024k" in output, output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HostConfig.Tmpfs options are not judged: a 'remount' tmpfs over an allowed "
-    "read-only bind ({'/cache/': 'remount'}) makes it read-write, the host path is written",
-)
 def test_tmpfs_remount_makes_a_read_only_host_path_writable(
-    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+    ci: Api, busybox_image: str, daemon: PrivateDaemon, leftovers: dict[str, list[str]]
 ) -> None:
+    """Found by the review: a 'remount' tmpfs over an allowed read-only bind
+    ({'/cache/': 'remount'}) made it read-write, and the host path was written. Closed: tmpfs
+    option words are an allowlist (body/tmpfs.py). Fails on the old code (the file is planted)."""
     planted = ALLOWED_DIR / f"tmpfs-planted-{uuid.uuid4().hex[:6]}"
     body = ci_container(
         busybox_image,
@@ -439,31 +453,51 @@ def test_tmpfs_remount_makes_a_read_only_host_path_writable(
         ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
         ci.call("POST", f"/v1.41/containers/{created['Id']}/wait")
     assert not planted.exists()
+    assert status == 403 and "tmpfs option 'remount'" in created["message"], (status, created)
+    # Not vacuous: straight to the daemon, the same body writes the read-only host path.
+    try:
+        daemon.docker(
+            "run", "--rm", "-v", f"{ALLOWED_DIR}:/cache:ro", "--tmpfs", "/cache/:remount",
+            busybox_image, "sh", "-c", f"echo planted > /cache/{planted.name}",
+        )  # fmt: skip
+        assert planted.exists()
+    finally:
+        planted.unlink(missing_ok=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a classic build's RUN steps are containers without the policy's memory and CPU "
-    "limits (build memory/cpuquota parameters unset or unjudged): max_memory/max_cpus bypassed",
-)
 def test_build_run_steps_escape_the_memory_limit(
     ci: Api, busybox_image: str, daemon: PrivateDaemon
 ) -> None:
+    """Found by the review: a classic build's RUN steps are containers without the policy's
+    memory and CPU limits (the build's memory/cpuquota parameters were unset or unjudged).
+    Closed: with max_memory/max_cpus a build must ask for limits within them
+    (body/buildlimits.py); this one asks for none and is refused (403), and one with
+    `memory` and `cpuquota` within the maxima runs its steps under that limit. Fails on the
+    old code (the unlimited build ran)."""
     dockerfile = (
         f"FROM {busybox_image}\n"
         "RUN echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
         "|| cat /sys/fs/cgroup/memory.max)\n"
     ).encode()
+    context = _tar({"Dockerfile": dockerfile})
+    tar = {"Content-Type": "application/x-tar"}
+    # The review's build, without limits: refused, naming the docker build flag.
+    status, answer = ci.call("POST", "/v1.41/build?rm=1&forcerm=1&nocache=1", context, tar)
+    text = answer.decode() if isinstance(answer, bytes) else json.dumps(answer)
+    for line in text.splitlines():
+        if '"aux"' in line:  # {"aux":{"ID":"sha256:..."}}: the image built
+            daemon.docker("rmi", "-f", json.loads(line)["aux"]["ID"], check=False)
+    assert "limit=" not in text, text  # no RUN step ran
+    assert status == 403 and "--memory" in text, (status, text)
+    # With limits within the maxima, every RUN step runs under them.
+    limited = "memory=268435456&cpuquota=100000&cpuperiod=100000"
     status, answer = ci.call(
-        "POST",
-        "/v1.41/build?rm=1&forcerm=1&nocache=1",
-        _tar({"Dockerfile": dockerfile}),
-        headers={"Content-Type": "application/x-tar"},
+        "POST", f"/v1.41/build?rm=1&forcerm=1&nocache=1&{limited}", context, tar
     )
     assert status == 200, (status, answer)
     text = answer.decode() if isinstance(answer, bytes) else json.dumps(answer)
     for line in text.splitlines():
-        if '"aux"' in line:  # {"aux":{"ID":"sha256:..."}}: the image built
+        if '"aux"' in line:
             daemon.docker("rmi", "-f", json.loads(line)["aux"]["ID"], check=False)
     found = [line for line in text.splitlines() if "limit=" in line and "RUN" not in line]
     assert found, text

@@ -362,10 +362,25 @@ def test_ci_runner_exec_and_build_work_but_privileged_exec_does_not(
     assert proc.returncode != 0
     assert b"privileged exec is not allowed" in proc.stderr
     tag = cleanup.image(f"dockgate-test/ci-built:{RUN}")
-    build = subprocess.run(
-        [shutil.which("docker") or "docker", "build", "-q", "-t", tag, "-"],
+    docker = shutil.which("docker") or "docker"
+    dockerfile = f"FROM {IMAGE}\nRUN echo built > /built\n".encode()
+    # max_memory/max_cpus hold a build's RUN steps too: without limits it is refused.
+    unlimited = subprocess.run(
+        [docker, "build", "-q", "-t", tag, "-"],
         env=runner.env,
-        input=f"FROM {IMAGE}\nRUN echo built > /built\n".encode(),
+        input=dockerfile,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert unlimited.returncode != 0
+    assert b"--memory" in unlimited.stderr, unlimited.stderr
+    assert runner.daemon.docker("image", "inspect", tag, check=False).returncode != 0
+    limits = ("--memory", "1g", "--cpu-quota", "100000", "--cpu-period", "100000")
+    build = subprocess.run(
+        [docker, "build", *limits, "-q", "-t", tag, "-"],
+        env=runner.env,
+        input=dockerfile,
         capture_output=True,
         timeout=120,
         check=False,

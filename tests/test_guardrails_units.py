@@ -1875,7 +1875,9 @@ def test_check_query_checked_and_unjudged_operations(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy = write_policy(tmp_path)
-    status = main(["check", "--policy", str(policy), "POST /v1.41/build?t=x&networkmode=host"])
+    status = main(
+        ["check", "--policy", str(policy), "POST /v1.41/build?t=x&memory=33554432&networkmode=host"]
+    )
     out = capsys.readouterr().out
     assert status == 1
     assert guardrail_lines(out) == [

@@ -213,7 +213,9 @@ MOUNT = obj(
             }
         ),
         "ImageOptions": obj({"Subpath": I}),
-        "TmpfsOptions": obj({"SizeBytes": I, "Mode": I, "Options": I}),
+        # SizeBytes and Mode are numbers the daemon formats; Options (API 1.46+) are option
+        # words like HostConfig.Tmpfs's, judged by body/tmpfs.py.
+        "TmpfsOptions": obj({"SizeBytes": I, "Mode": I, "Options": judged("host_paths")}),
         # Cluster volumes (CSI): not judged.
         "ClusterOptions": legacy(R, "api/types/mount/mount.go ClusterOptions (API 1.42+)"),
     }
@@ -249,7 +251,9 @@ HOST_CONFIG_FIELDS: dict[str, Node] = {
     "SecurityOpt": judged("security_overrides"),
     # Storage-driver options (overlay2 size, ...): not judged.
     "StorageOpt": MapOf(R),
-    "Tmpfs": MapOf(I),
+    # Target -> mount option words ("remount" would make sysfs or a read-only bind
+    # writable): judged by body/tmpfs.py.
+    "Tmpfs": MapOf(judged("host_paths")),
     "UTSMode": judged("namespaces"),
     "UsernsMode": judged("namespaces"),
     "ShmSize": I,
@@ -719,12 +723,14 @@ QUERIES: dict[str, dict[str, Leaf]] = {
         "pull": I,
         "rm": I,
         "forcerm": I,
-        "memory": I,
+        # The classic builder's RUN containers get these limits (builder/dockerfile
+        # internals.go hostConfigFromOptions): judged against max_memory/max_cpus.
+        "memory": judged("resources"),
         "memswap": I,
         "cpushares": I,
         "cpusetcpus": I,
-        "cpuperiod": I,
-        "cpuquota": I,
+        "cpuperiod": judged("resources"),
+        "cpuquota": judged("resources"),
         "buildargs": I,
         "shmsize": I,
         "squash": I,
@@ -733,7 +739,7 @@ QUERIES: dict[str, dict[str, Leaf]] = {
         "platform": I,
         "target": I,
         "outputs": I,  # exporters write through the client's session, not the host
-        "version": I,
+        "version": judged("resources"),  # BuildKit (2) ignores the limits above
         "cpusetmems": legacy(I, _BUILD),
         "cgroupparent": legacy(R, _BUILD),
         # Linux daemons refuse any security option on build; refused here too.

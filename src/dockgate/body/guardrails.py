@@ -16,7 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dockgate.body import fields, gojson
+from dockgate.body import buildlimits, fields, gojson, tmpfs
 from dockgate.body.volumeopts import (
     NETWORK_TYPES,
     VolumeOptionRefused,
@@ -305,6 +305,11 @@ def _host_paths(g: Guardrails, w: Workload) -> str | None:
         problem = host_path_problem(g, mount)
         if problem is not None:
             return problem
+    for made in w.tmpfs:
+        # Whatever the policy: `remount` over a read-only bind or sysfs makes it writable.
+        problem = tmpfs.tmpfs_problem(made)
+        if problem is not None:
+            return problem
     if w.volumes_from and not g.volumes_from:
         return "VolumesFrom is not allowed (it shares another container's mounts)"
     for driver in w.volume_drivers:
@@ -351,8 +356,14 @@ def _local_mount_problem(g: Guardrails, volume: LocalVolume) -> str | None:
     if mount.kind == "none":
         return None
     if mount.kind == "bind":
-        read_only = mount.read_only or volume.read_only
-        return host_path_problem(g, HostPath(mount.device, read_only, f"bind device, {where}"))
+        # Read-only only by the volume's own `o`, never by the mount that uses it: the driver
+        # binds the device once, as `o` says, and the daemon writes into the volume whatever
+        # the mount says (it copies the image's files at the target into a new volume,
+        # daemon/volumes.go), as does any other mount of the same volume (in the same body,
+        # or later, by name).
+        return host_path_problem(
+            g, HostPath(mount.device, mount.read_only, f"bind device, {where}")
+        )
     if mount.fs_type == "tmpfs":
         problem = tmpfs_problem(mount)
         return None if problem is None else f"{problem} ({where})"
@@ -557,6 +568,10 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
         # A plugin's config (in PluginCreate's tar) or settings (PluginSet: mounts, devices,
         # env) decide its host privileges; they are not read, so they need the permission.
         raise Refusal(403, "creating or reconfiguring plugins is not allowed")
+    if operation == "ImageBuild":
+        problem = buildlimits.build_limits_problem(g.max_memory, g.max_nano_cpus, params)
+        if problem is not None:
+            raise Refusal(403, problem)
     for key, value in params:
         if operation == "ImageBuild" and key == "networkmode":
             if value == "host" and "network" not in g.namespaces:

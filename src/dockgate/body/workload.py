@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from dockgate.body.gojson import MISSING, GoObject, Struct, mapping, scalar, slice_, struct, values
+from dockgate.body.tmpfs import TmpfsMount, option_words, tmpfs_data_words
 
 
 class BodyError(ValueError):
@@ -40,7 +41,9 @@ class LocalVolume:
     mount's DriverConfig.Options), to be judged as the kernel mounts them (volumeopts.py)."""
 
     options: dict[str, str]
-    read_only: bool  # the mount that uses it is read-only
+    # The mount that uses it is read-only. Not how a bind volume binds its device: the volume
+    # is mounted once, by its own `o`, and may be used again read-write (volumeopts.py).
+    read_only: bool
     via: str  # where the options are, for the refusal
 
 
@@ -76,6 +79,7 @@ class Workload:
     volume_drivers: list[str] = field(default_factory=list)  # named drivers other than local
     local_volumes: list[LocalVolume] = field(default_factory=list)
     named_volumes: list[NamedVolume] = field(default_factory=list)
+    tmpfs: list[TmpfsMount] = field(default_factory=list)  # HostConfig.Tmpfs, tmpfs Mounts
 
 
 # ----- typed accessors: the daemon refuses a wrong type, so do we ----------------------------
@@ -201,12 +205,34 @@ def _mount_paths(mounts: list[GoObject], where: str, workload: Workload) -> list
             if source:
                 # An existing volume of that name is used as it is (its options, not these).
                 workload.named_volumes.append(NamedVolume(source, read_only, here + "Source"))
-        elif kind not in ("tmpfs", ""):
+        elif kind == "tmpfs":
+            _tmpfs_mount(one, here, workload)
+        elif kind != "":
             # npipe and cluster volumes have nothing to do on Linux; an unknown type is refused.
             raise BodyError(f"{here}Type {kind!r} is not supported by dockgate's guardrails")
         if kind == "":
             raise BodyError(f"{here}Type is required")
     return paths
+
+
+def _tmpfs_mount(one: Struct, here: str, workload: Workload) -> None:
+    """A Mounts entry of Type tmpfs: SizeBytes and Mode are numbers the daemon formats itself
+    (inert); `Options` (API 1.46+) are words like `--tmpfs`'s, judged (tmpfs.py)."""
+    where = here + "TmpfsOptions."
+    tmpfs_options = struct(one, "TmpfsOptions", pointer=True)
+    if sum(v is not None for v in values(tmpfs_options, "Options")) > 1:
+        raise BodyError(f"{where}Options is given more than once")
+    value = slice_(tmpfs_options, "Options")
+    if value is MISSING:
+        return
+    if not isinstance(value, list) or not all(
+        isinstance(o, list) and 1 <= len(o) <= 2 and all(isinstance(w, str) for w in o)
+        for o in value
+    ):
+        # linux_parser.go validateTmpfsOptions: "invalid option array length".
+        raise BodyError(f"{where}Options must be a list of [option] or [option, value]")
+    target = _string(one, "Target", here) or ""
+    workload.tmpfs.append(TmpfsMount(target, option_words(value), where + "Options"))
 
 
 # ----- operations ------------------------------------------------------------------------------
@@ -223,10 +249,16 @@ def container_create(parsed: object) -> Workload:
     workload.user = _string(config, "User", "")
     workload.labels = _string_map(config, "Labels", "")
     _host_config(host, "HostConfig." if inner else "", workload)
-    if inner and workload.memory == 0:
-        # getHostConfig: Memory (among others) comes from the top level when the inner
-        # HostConfig leaves it zero.
-        workload.memory = _int(config, "Memory", "")
+    if inner:
+        # runconfig/config_unix.go getHostConfig (v20.10.24): with an inner HostConfig, the
+        # top-level Memory, MemorySwap, CPUShares, CpusetCpus and VolumeDriver (and Cpuset, as
+        # CpusetCpus) are copied in where the inner one leaves them zero; every other
+        # top-level field is ignored. Of those, Memory and VolumeDriver are judged.
+        if workload.memory == 0:
+            workload.memory = _int(config, "Memory", "")
+        top_driver = _string(config, "VolumeDriver", "") or ""
+        if top_driver and not _string(inner, "VolumeDriver", "HostConfig."):
+            workload.volume_drivers.append(top_driver)
     return workload
 
 
@@ -277,6 +309,10 @@ def _host_config(host: Struct, where: str, workload: Workload) -> None:
     volume_driver = _string(host, "VolumeDriver", where) or ""
     if volume_driver:
         workload.volume_drivers.append(volume_driver)
+    # container.TmpfsMounts (container/container_unix.go): one tmpfs per entry, its value the
+    # option words oci_linux.go merges with the daemon's defaults.
+    for target, data in _string_map(host, "Tmpfs", where).items():
+        workload.tmpfs.append(TmpfsMount(target, tmpfs_data_words(data), f"{where}Tmpfs"))
     workload.sysctls = _string_map(host, "Sysctls", where)
     workload.runtime = _string(host, "Runtime", where) or ""
     workload.memory = _int(host, "Memory", where)
