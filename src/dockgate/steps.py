@@ -186,25 +186,23 @@ class PolicySteps:
 
     def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
         """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
-        self._lookup_task = self.gateway.loop.create_task(self._answering(work))
+        self._lookup_task = self.gateway.loop.create_task(
+            self._answering(work), name="dockgate-ownership-lookup"
+        )
 
     async def _answering(self, work: Coroutine[object, object, None]) -> None:
         """`work`, made to answer whatever it raises. Each task answers the failures it
-        expects; anything else would end the task with an exception nobody retrieves while the
-        client waits, paused, for an answer that never comes (found by the attack review: a
-        RecursionError while pinning). An unreadable body is a 400, anything else a 502; the
+        expects (an unreadable body 400, a daemon that cannot be asked 502); anything else
+        would end the task with an exception nobody retrieves while the client waits, paused,
+        for an answer that never comes (found by the attack review: a RecursionError while
+        pinning). Anything else is the gateway's failure to check the request: a 502, and the
         connection is closed after it, since the request may have gone part of its way."""
         try:
             await work
         except Exception as exc:
             self._lookup_task = None
             self._deferred = None
-            if self.closing:
-                return
-            if isinstance(exc, (ValueError, RecursionError)):
-                message = f"dockgate: {self._operation()}: {_unreadable(exc)}"
-                self._upstream_failed(GatewayError(message, 400))
-            else:
+            if not self.closing:
                 message = f"ownership look-up failed: {describe_error(exc)}"
                 self._upstream_failed(UpstreamError(message))
 
