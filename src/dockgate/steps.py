@@ -414,17 +414,11 @@ class PolicySteps:
         return False
 
     async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
+        unresolved: Unresolved | None = None
         try:
             found = await find(self.gateway.pool.address, step.kind, step.reference)
         except Unresolved as exc:
-            self._lookup_task = None
-            if not self.closing and self._head is head:
-                self._refuse(head, self._unresolved(exc))
-            deferred, self._deferred = self._deferred, None
-            self._resume_reading(PAUSE_LOOKUP)
-            if deferred:
-                self._handle(deferred)
-            return
+            found, unresolved = None, exc
         except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
             self._deferred = None
@@ -433,7 +427,9 @@ class PolicySteps:
         self._lookup_task = None
         if self.closing or self._head is not head:
             return
-        if found is None or found.owner != self._owner:
+        if unresolved is not None:
+            self._refuse(head, self._unresolved(unresolved))
+        elif found is None or found.owner != self._owner:
             # As if it did not exist: the daemon's own answer for a missing object.
             message = step.kind.missing.format(step.reference)
             if step.status != 404:
