@@ -229,8 +229,14 @@ def _with_json_parameter(
         raise ValueError(f"{key} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"{key} must be a JSON object")  # noqa: TRY004 - a 400 like the rest
+    try:
+        # Written back as read: a value Python just read deep enough is also written (the
+        # same recursion limit), but it is bounded here all the same, as a 400.
+        written = json.dumps(change(value), separators=(",", ":"))
+    except RecursionError:
+        raise ValueError(f"{key} is nested too deeply") from None
     kept = [(name, v) for name, v in pairs if name != key]
-    kept.append((key, json.dumps(change(value), separators=(",", ":"))))
+    kept.append((key, written))
     return path + "?" + urlencode(kept, quote_via=quote)
 
 
