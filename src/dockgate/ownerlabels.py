@@ -47,9 +47,14 @@ def foreign_owner_label(body: bytes, owner: str) -> str | None:
             for key, item in value.pairs:
                 if key == OWNER_LABEL and item != owner:
                     return _spelt(where)
-                stack.append((item, _Where(where, f".{key}")))
+                if isinstance(item, (gojson.GoObject, list)):  # scalars hold no labels
+                    stack.append((item, _Where(where, f".{key}")))
         elif isinstance(value, list):
-            stack.extend((item, _Where(where, f"[{i}]")) for i, item in enumerate(value))
+            stack.extend(
+                (item, _Where(where, f"[{i}]"))
+                for i, item in enumerate(value)
+                if isinstance(item, (gojson.GoObject, list))
+            )
     return None
 
 
