@@ -24,6 +24,12 @@ class LookupError_(Exception):
     """The daemon could not be asked (the request fails with 502)."""
 
 
+class Unresolved(Exception):
+    """The daemon answered that it cannot tell which object the reference names (400: a name
+    two networks share, an ID prefix of several objects): the request is refused with a 400,
+    as the daemon refuses it, not failed with a 502."""
+
+
 @dataclass(frozen=True, slots=True)
 class Found:
     full_id: str  # the object's full ID (a volume's name)
@@ -76,11 +82,31 @@ async def find(address: Address, kind: Kind, reference: str) -> Found | None:
     name), with its owner; None when the daemon knows no such object."""
     # A lone surrogate (a JSON "\udfff") is U+FFFD to Go: the same here, so it can be quoted.
     reference = reference.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    status, answer = await get_json(address, kind.inspect.format(quote(reference, safe="")))
+    asked = reference
+    by_name_only = kind.name == "container" and reference.startswith("/")
+    if by_name_only:
+        # `/web` is how inspect writes a container's name, and bodies may name it so
+        # (NetworkConnect's Container, VolumesFrom `/web:ro`, `container:/web`). The daemon
+        # finds it by name only (daemon/container.go GetContainer: no ID is `/...`; GetByName
+        # adds the `/` that names are stored with). It cannot be asked as written: the router
+        # decodes `%2F` and redirects the unclean path (301). So `web` is asked, and the answer
+        # counts only if that container's name is `/web` (not an ID or prefix that is `web`).
+        asked = reference[1:]
+        if "/" in asked:
+            return None  # no name has another `/` (daemon/names.go validContainerNamePattern)
+    status, answer = await get_json(address, kind.inspect.format(quote(asked, safe="")))
     if status == 404:
         return None
+    if status == 400:
+        raise Unresolved(f"the daemon cannot tell which {kind.name} {reference!r} names")
+    if 300 <= status < 400:
+        # The router redirects a path that is not clean (`..`, `//` in a reference): it cannot
+        # be asked about, and is not found as written either.
+        raise Unresolved(f"{kind.name} {reference!r} cannot be looked up as written")
     if status != 200 or not isinstance(answer, dict):
         raise LookupError_(f"the daemon answered {status} to a look-up of {kind.name} {reference}")
+    if by_name_only and answer.get("Name") != reference:
+        return None
     full_id = answer.get(kind.id_field)
     if not isinstance(full_id, str):
         raise LookupError_(f"no {kind.id_field} in the daemon's {kind.name} answer")

@@ -158,7 +158,8 @@ def owner_of(answer: object, kind: Kind) -> str | None:
 def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
     """The body with the owner label added last, so that Go's decoder (maps merge key by key,
     the last duplicate wins) keeps it whatever the client wrote. For a service, the task's
-    containers are labelled too, so that they belong to the same caller."""
+    containers are labelled too, so that they belong to the same caller; a network is created
+    only under a name nobody holds (`CheckDuplicate`)."""
     # One JSON value only: 20.10 decodes the first and ignores the rest, so a label written
     # after a second value would be ignored, and one inside the first kept.
     _one_object(body)
@@ -167,6 +168,16 @@ def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
     addition = b'"Labels":' + label
     if operation in ("ServiceCreate", "ServiceUpdate"):
         addition += b',"TaskTemplate":{"ContainerSpec":{"Labels":' + label + b"}}"
+    if operation == "NetworkCreate":
+        # Network names are not unique: with `CheckDuplicate: false` the 20.10 daemon creates
+        # a second network of a name another caller holds, and answers with a warning naming
+        # the holder's network ID (daemon/network.go createNetwork); every look-up of that name
+        # is then ambiguous (400), breaking the holder's requests. Written last, the check is
+        # always made: the name taken is a 409 that names no one
+        # (api/server/router/network/network_routes.go nameConflict). API 1.44 and newer
+        # dropped the field and always check (daemon/libnetwork/controller.go NewNetwork);
+        # Go ignores the unknown key there.
+        addition += b',"CheckDuplicate":true'
     inner = text[:-1].rstrip(b" \t\r\n")
     separator = b"" if inner.endswith(b"{") else b","
     return inner + separator + addition + b"}"
@@ -218,8 +229,14 @@ def _with_json_parameter(
         raise ValueError(f"{key} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"{key} must be a JSON object")  # noqa: TRY004 - a 400 like the rest
+    try:
+        # Written back as read: a value Python just read deep enough is also written (the
+        # same recursion limit), but it is bounded here all the same, as a 400.
+        written = json.dumps(change(value), separators=(",", ":"))
+    except RecursionError:
+        raise ValueError(f"{key} is nested too deeply") from None
     kept = [(name, v) for name, v in pairs if name != key]
-    kept.append((key, json.dumps(change(value), separators=(",", ":"))))
+    kept.append((key, written))
     return path + "?" + urlencode(kept, quote_via=quote)
 
 

@@ -56,6 +56,10 @@ from dockgate.body import gojson
 # (kind name, reference as the body gave it) -> the full ID that was looked up.
 Pins = Mapping[tuple[str, str], str]
 
+# How deep a value re-written whole (an endpoint's settings, a service's network attachment)
+# may be nested: theirs are a few levels; a deeper one is refused (400), never recursed into.
+MAX_REWRITTEN_DEPTH = 32
+
 # Networks every caller may name: the daemon's own (they carry no owner label).
 PREDEFINED_NETWORKS = frozenset({"", "default", "bridge", "host", "none", "ingress"})
 
@@ -166,7 +170,7 @@ def _endpoints(one: gojson.Struct, pins: Pins, mode_network: str | None) -> list
             continue
         covered = covered or full == mode_network
         pairs = list(settings.pairs) if isinstance(settings, gojson.GoObject) else []
-        fields = [(k, _dumps(v)) for k, v in pairs]
+        fields = [(k, _dumps(v, 1)) for k, v in pairs]
         written.append((key, _object([*fields, ("NetworkID", json.dumps(full))])))
     if mode_network is not None and not covered:
         written.append((mode_network, _object([("NetworkID", json.dumps(mode_network))])))
@@ -198,9 +202,9 @@ def _pinned_networks(parent: gojson.Struct, pins: Pins) -> str | None:
     moved = False
     for item in value:
         if not isinstance(item, gojson.GoObject):
-            elements.append(_dumps(item))
+            elements.append(_dumps(item, 1))
             continue
-        fields = [(k, _dumps(v)) for k, v in item.pairs]
+        fields = [(k, _dumps(v, 1)) for k, v in item.pairs]
         full = _pin(pins, "network", gojson.scalar((item,), "Target"))
         if full is not None:
             fields.append(("Target", json.dumps(full)))
@@ -226,13 +230,18 @@ def _object(fields: list[tuple[str, str]]) -> str:
     return "{" + ",".join(json.dumps(key) + ":" + value for key, value in fields) + "}"
 
 
-def _dumps(value: object) -> str:
+def _dumps(value: object, depth: int = 0) -> str:
     """A parsed value written back as JSON, duplicate keys and their order kept (Go acts on
-    each). ValueError for a number Python read as infinite (Go would refuse it anyway)."""
+    each). ValueError for a number Python read as infinite (Go would refuse it anyway), and
+    for a value nested deeper than MAX_REWRITTEN_DEPTH."""
+    if depth > MAX_REWRITTEN_DEPTH:
+        # Bounded here, not by Python's recursion limit: a RecursionError in the look-up task
+        # left the request without an answer (found by the attack review).
+        raise ValueError(f"a pinned value is nested deeper than {MAX_REWRITTEN_DEPTH} levels")
     if isinstance(value, gojson.GoObject):
-        return _object([(k, _dumps(v)) for k, v in value.pairs])
+        return _object([(k, _dumps(v, depth + 1)) for k, v in value.pairs])
     if isinstance(value, list):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
+        return "[" + ",".join([_dumps(v, depth + 1) for v in value]) + "]"
     return json.dumps(value, allow_nan=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
 from dockgate.audit import AUDIT_BODY_LIMIT
@@ -51,12 +52,14 @@ from dockgate.http.request import (
     with_target,
 )
 from dockgate.http.response import Framing, ResponseHead, ResponseReader
-from dockgate.lookup import find
+from dockgate.lookup import Unresolved, find
 from dockgate.namedvolumes import named_volumes_problem, to_look_up
+from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
     MAX_REFERENCES,
     OWNED_CREATES,
+    OWNER_LABEL,
     REFERENCING,
     VOLUME,
     Kind,
@@ -162,9 +165,9 @@ class PolicySteps:
                 if self._operation() in OWNED_CREATES:
                     body = with_owner_label(body, self._operation(), self._owner)
                 named = self._named_objects(received)
-            except (Refusal, ValueError) as exc:
+            except (Refusal, ValueError, RecursionError) as exc:
                 status = exc.status if isinstance(exc, Refusal) else 400
-                reason = exc.reason if isinstance(exc, Refusal) else str(exc)
+                reason = exc.reason if isinstance(exc, Refusal) else _unreadable(exc)
                 refused = self._refusal(status, f"dockgate: {self._operation()}: {reason}")
         if refused is not None:
             # The body was read to its end: the connection stays usable.
@@ -173,17 +176,35 @@ class PolicySteps:
             return
         if volumes and guardrails is not None:
             # Volumes used by name are judged on their options, which only the daemon knows.
-            self._lookup_task = self.gateway.loop.create_task(
-                self._check_named_volumes(head, body, guardrails, volumes, named)
-            )
+            self._start_lookup(self._check_named_volumes(head, body, guardrails, volumes, named))
             return
         if named:
             # The objects the body names must be the caller's too: ask the daemon first.
-            self._lookup_task = self.gateway.loop.create_task(
-                self._check_references(head, body, named)
-            )
+            self._start_lookup(self._check_references(head, body, named))
             return
         self._forward_held(head, body)
+
+    def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
+        """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
+        self._lookup_task = self.gateway.loop.create_task(
+            self._answering(work), name="dockgate-ownership-lookup"
+        )
+
+    async def _answering(self, work: Coroutine[object, object, None]) -> None:
+        """`work`, made to answer whatever it raises. Each task answers the failures it
+        expects (an unreadable body 400, a daemon that cannot be asked 502); anything else
+        would end the task with an exception nobody retrieves while the client waits, paused,
+        for an answer that never comes (found by the attack review: a RecursionError while
+        pinning). Anything else is the gateway's failure to check the request: a 502, and the
+        connection is closed after it, since the request may have gone part of its way."""
+        try:
+            await work
+        except Exception as exc:
+            self._lookup_task = None
+            self._deferred = None
+            if not self.closing:
+                message = f"ownership look-up failed: {describe_error(exc)}"
+                self._upstream_failed(UpstreamError(message))
 
     def _count_body(self, data: bytes) -> None:
         """A piece of the request body: counted for the access log, and its start kept for
@@ -195,7 +216,8 @@ class PolicySteps:
 
     def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
         """Ownership: the objects the body names (to look up), after refusing a list given
-        twice (body/repeated.py) and new objects with hex-only names. Refusal (400) for a
+        twice (body/repeated.py), another owner's label (ownerlabels.py) and new objects with
+        hex-only names. Refusal (400) for a
         body that cannot be read here."""
         operation = self._operation()
         if operation in OWNED_CREATES or operation in REFERENCING:
@@ -203,6 +225,11 @@ class PolicySteps:
             repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
             if repeated is not None:
                 raise Refusal(400, f"{repeated} is given twice (Go would merge the two lists)")
+            # Labels the daemon takes from deeper in the body (ownerlabels.py).
+            assert self._owner is not None
+            where = foreign_owner_label(body, self._owner)
+            if where is not None:
+                raise Refusal(403, f"an owner label ({OWNER_LABEL}) that is not yours at {where}")
         problem = hex_name_problem(operation, "", body)
         if problem is not None:
             raise Refusal(400, problem)
@@ -280,6 +307,14 @@ class PolicySteps:
                     self._resume_reading(PAUSE_LOOKUP)
                     self._after_refusal()
                     return
+        except Unresolved as exc:
+            self._lookup_task = None
+            if self.closing or self._head is not head:
+                return
+            self._refuse(head, self._unresolved(exc), body_read=True)
+            self._resume_reading(PAUSE_LOOKUP)
+            self._after_refusal()
+            return
         except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
             self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
@@ -290,8 +325,8 @@ class PolicySteps:
         try:
             # The daemon then acts on exactly the objects that were checked (pinning.py).
             body = pinned_body(self._operation(), body, pins)
-        except ValueError as exc:
-            message = f"dockgate: {self._operation()}: {exc}"
+        except (ValueError, RecursionError) as exc:
+            message = f"dockgate: {self._operation()}: {_unreadable(exc)}"
             self._refuse(head, self._refusal(400, message), body_read=True)
             self._resume_reading(PAUSE_LOOKUP)
             self._after_refusal()
@@ -375,12 +410,15 @@ class PolicySteps:
         # Until the daemon answers, what the client sends waits, in order.
         self._deferred = []
         self._pause_reading(PAUSE_LOOKUP)
-        self._lookup_task = self.gateway.loop.create_task(self._check_owner(head, step))
+        self._start_lookup(self._check_owner(head, step))
         return False
 
     async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
+        unresolved: Unresolved | None = None
         try:
             found = await find(self.gateway.pool.address, step.kind, step.reference)
+        except Unresolved as exc:
+            found, unresolved = None, exc
         except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
             self._deferred = None
@@ -389,7 +427,9 @@ class PolicySteps:
         self._lookup_task = None
         if self.closing or self._head is not head:
             return
-        if found is None or found.owner != self._owner:
+        if unresolved is not None:
+            self._refuse(head, self._unresolved(unresolved))
+        elif found is None or found.owner != self._owner:
             # As if it did not exist: the daemon's own answer for a missing object.
             message = step.kind.missing.format(step.reference)
             if step.status != 404:
@@ -403,6 +443,12 @@ class PolicySteps:
         self._resume_reading(PAUSE_LOOKUP)
         if deferred:
             self._handle(deferred)
+
+    def _unresolved(self, exc: Unresolved) -> Verdict:
+        """A reference the daemon cannot resolve (an ambiguous name or ID prefix): a 400, as
+        the daemon answers, rather than a 502 (the gateway did not fail)."""
+        message = f"dockgate: {self._operation()}: {exc}; name it by its full ID"
+        return self._denied(400, message, "ownership", "unresolved reference")
 
     def _refusal(self, status: int, message: str) -> Verdict:
         reason = "bad filters" if status == 400 else "ownership"
@@ -576,3 +622,10 @@ class PolicySteps:
             return redact_response(operation, raw, self._redaction)
         assert self._owner is not None
         return checked_answer(operation, head.status, raw, self._owner)
+
+
+def _unreadable(exc: ValueError | RecursionError) -> str:
+    """The reason for a 400 about a body that cannot be read here."""
+    if isinstance(exc, RecursionError):
+        return "the body is nested too deeply"
+    return str(exc)
