@@ -1,0 +1,267 @@
+"""Issue 11, "attack your own change", second pass: what a limited caller still gets past
+dockgate, beyond the first pass's findings (tests/test_attack_review.py).
+
+Each test is one finding, proven by its effect on the real daemon (or, for the gateway's own
+robustness, by a measurement), and marked `xfail(strict=True)`: it passes while the hole is
+open and fails (XPASS) once it is closed, so that the fix must turn it into an ordinary test.
+
+Callers: a CI runner (the guardrails of examples/policies/ci-runner.yaml, one read-only host
+directory), ownership tenants alice and bob, and a Tecnativa-style environment policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from support.remote import write_htpasswd
+
+pytestmark = [
+    pytest.mark.daemon,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
+        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
+    ),
+]
+
+RUN = uuid.uuid4().hex[:8]
+ALLOWED_DIR = pathlib.Path(f"/tmp/dgb-allowed-{RUN}")  # allowed read-only by the CI policy
+
+# examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
+CI_POLICY = f"""
+version: 1
+policies:
+  ci-runner:
+    rules:
+      - deny: {{sections: [swarm, services, tasks, nodes, secrets, configs]}}
+      - deny: {{sections: [plugins]}}
+      - deny:
+          operations: [ContainerPrune, ImagePrune, VolumePrune, NetworkPrune, BuildPrune]
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, session,
+                     volumes, networks]
+    guardrails:
+      privileged: false
+      capabilities: []
+      devices: false
+      host_paths:
+        - {{path: {ALLOWED_DIR}, read_only: true}}
+      namespaces: []
+      security_overrides: false
+      require_no_new_privileges: true
+      max_memory: 4g
+      max_cpus: 2
+      exec: {{root: true, privileged: false}}
+      fetch_urls: false
+      network_drivers: []
+"""
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+TENANTS_POLICY = """
+policies:
+  tenants:
+    ownership: true
+    redact: {env: true, mounts: true, labels: true}
+    rules:
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, volumes,
+                     networks]
+bindings:
+  - {policy: tenants, authenticated: true}
+"""
+
+
+class Api:
+    """HTTP/1.1 calls to one gateway as one caller."""
+
+    def __init__(self, gateway: Gateway, authorization: str = "") -> None:
+        self.gateway = gateway
+        self.authorization = authorization
+
+    def call(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
+        sent = {"Authorization": self.authorization} if self.authorization else {}
+        data: bytes | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
+        try:
+            conn.request(method, path, body=data, headers=sent)
+            answer = conn.getresponse()
+            raw = answer.read()
+        finally:
+            conn.close()
+        try:
+            return answer.status, json.loads(raw)
+        except ValueError:
+            return answer.status, raw
+
+    def create(self, body: dict[str, Any], name: str = "") -> str:
+        query = f"?name={name}" if name else ""
+        status, created = self.call("POST", f"/v1.41/containers/create{query}", body)
+        assert status == 201, (status, created)
+        return str(created["Id"])
+
+    def start(self, cid: str) -> None:
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/start")
+        assert status == 204, (status, answer)
+
+    def run(self, body: dict[str, Any], name: str = "") -> tuple[str, str]:
+        """Create, start and wait for a container; its ID and output (stdout and stderr)."""
+        cid = self.create(body, name)
+        self.start(cid)
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/wait")
+        assert status == 200, (status, answer)
+        return cid, logs(self, cid)
+
+
+def logs(api: Api, cid: str) -> str:
+    status, raw = api.call("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
+    assert status == 200, (status, raw)
+    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
+
+
+def demux(raw: bytes) -> str:
+    """The text of a multiplexed (non-TTY) log stream."""
+    out = b""
+    while len(raw) >= 8:
+        size = int.from_bytes(raw[4:8], "big")
+        out += raw[8 : 8 + size]
+        raw = raw[8 + size :]
+    return out.decode(errors="replace")
+
+
+def ci_container(image: str, cmd: str, host_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A container body the CI policy's guardrails ask for (no-new-privileges, limits)."""
+    return {
+        "Image": image,
+        "Cmd": ["sh", "-c", cmd],
+        "HostConfig": {
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": 256 * 1024 * 1024,
+            "NanoCpus": 1_000_000_000,
+            **(host_config or {}),
+        },
+    }
+
+
+# ----- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ci(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """A gateway with the CI runner's policy; no credentials."""
+    ALLOWED_DIR.mkdir(exist_ok=True)
+    base = tmp_path_factory.mktemp("attack2-ci")
+    (base / "policy.yaml").write_text(CI_POLICY)
+    try:
+        with running(Gateway(daemon.host, policy=str(base / "policy.yaml"))) as gateway:
+            yield Api(gateway)
+    finally:
+        shutil.rmtree(ALLOWED_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tenants(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Api]]:
+    """A gateway with an ownership policy (default guardrails, everything redacted) and two
+    tenants."""
+    base = tmp_path_factory.mktemp("attack2-tenants")
+    write_htpasswd(base / "htpasswd", USERS)
+    (base / "policy.yaml").write_text(TENANTS_POLICY)
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
+        policy=str(base / "policy.yaml"),
+    )
+    with running(gateway) as started:
+        yield {
+            user: Api(started, "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+            for user, pw in USERS.items()
+        }
+
+
+@pytest.fixture
+def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
+    """Objects to remove straight on the daemon after the test."""
+    names: dict[str, list[str]] = {"container": [], "volume": [], "network": [], "image": []}
+    yield names
+    if names["container"]:
+        daemon.docker("rm", "-f", *names["container"], check=False)
+    if names["volume"]:
+        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
+    for network in names["network"]:
+        daemon.docker("network", "rm", network, check=False)
+    if names["image"]:
+        daemon.docker("rmi", "-f", *names["image"], check=False)
+
+
+# ----- networks --------------------------------------------------------------------------------
+
+# TEST-NET-2 (RFC 5737): the host reaches it through its default route, out of its uplink.
+HIJACKED_SUBNET = "198.51.100.0/24"
+HIJACKED_ADDRESS = "198.51.100.77"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NetworkCreate IPAM.Config Subnet/Gateway and an endpoint's IPv4Address are inert: "
+    "a job's bridge network takes over a host route, and a container answers the host's own "
+    "traffic to that address (the host's resolver, its registry, a LAN peer)",
+)
+def test_bridge_subnet_and_static_address_capture_the_hosts_traffic(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    network = f"dgb-route-{RUN}"
+    status, answer = ci.call(
+        "POST",
+        "/v1.41/networks/create",
+        {"Name": network, "IPAM": {"Config": [{"Subnet": HIJACKED_SUBNET}]}},
+    )
+    if status == 201:
+        leftovers["network"].append(network)
+        body = ci_container(
+            busybox_image, "echo answered-by-the-job | nc -l -p 8080", {"NetworkMode": network}
+        )
+        endpoint = {"IPAMConfig": {"IPv4Address": HIJACKED_ADDRESS}}
+        body["NetworkingConfig"] = {"EndpointsConfig": {network: endpoint}}
+        status, created = ci.call("POST", "/v1.41/containers/create", body)
+        if status == 201:
+            leftovers["container"].append(created["Id"])
+            ci.start(created["Id"])
+    route = subprocess.run(
+        ["ip", "route", "get", HIJACKED_ADDRESS], capture_output=True, text=True, check=False
+    ).stdout
+    heard = b""
+    if "dev br-" in route:
+        # The host's own connection to that (outside) address ends in the job's container.
+        for _ in range(30):
+            try:
+                with socket.create_connection((HIJACKED_ADDRESS, 8080), timeout=2) as conn:
+                    heard = conn.recv(100)
+                    break
+            except OSError:
+                time.sleep(0.2)
+    assert "dev br-" not in route, route
+    assert b"answered-by-the-job" not in heard
