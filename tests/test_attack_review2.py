@@ -265,3 +265,42 @@ def test_bridge_subnet_and_static_address_capture_the_hosts_traffic(
                 time.sleep(0.2)
     assert "dev br-" not in route, route
     assert b"answered-by-the-job" not in heard
+
+
+# ----- authentication --------------------------------------------------------------------------
+
+
+def _version_status(port: int, user: str, password: str, source: str = "127.0.0.1") -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    try:
+        conn.request("GET", "/v1.41/version", headers={"Authorization": f"Basic {token}"})
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        conn.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="anyone who reaches the port locks a user out: 50 wrong passwords for her name "
+    "(from three addresses, default limits, a tenth of a second) and her right password, "
+    "remembered as a success, gets 429 for the whole window",
+)
+def test_wrong_guesses_lock_out_a_user_with_a_remembered_password(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    write_htpasswd(tmp_path / "htpasswd", USERS)
+    (tmp_path / "policy.yaml").write_text(TENANTS_POLICY)
+    gateway = Gateway(
+        daemon.host, "--htpasswd", str(tmp_path / "htpasswd"), policy=str(tmp_path / "policy.yaml")
+    )
+    with running(gateway) as started:
+        assert _version_status(started.port, "alice", USERS["alice"]) == 200
+        # Default limits: 20 failures per address, 50 per user name, in 60 s.
+        for index in range(60):
+            source = f"127.0.0.{2 + index // 20}"
+            _version_status(started.port, "alice", f"guess-{index}", source)
+        assert _version_status(started.port, "bob", USERS["bob"]) == 200
+        assert _version_status(started.port, "alice", USERS["alice"]) == 200
