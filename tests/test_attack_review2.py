@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import base64
 import http.client
+import http.server
+import io
 import json
 import os
 import pathlib
 import shutil
 import socket
 import subprocess
+import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -304,3 +308,79 @@ def test_wrong_guesses_lock_out_a_user_with_a_remembered_password(
             _version_status(started.port, "alice", f"guess-{index}", source)
         assert _version_status(started.port, "bob", USERS["bob"]) == 200
         assert _version_status(started.port, "alice", USERS["alice"]) == 200
+
+
+# ----- builds ----------------------------------------------------------------------------------
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class _LoopbackSecret(http.server.BaseHTTPRequestHandler):
+    """A service on the host's loopback only (an admin port, a metadata proxy, a daemon's TCP
+    socket): it answers a secret to any GET."""
+
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        data = f"loopback-only-secret-{RUN}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _built_images(text: str) -> list[str]:
+    return [
+        json.loads(line)["aux"]["ID"]
+        for line in text.splitlines()
+        if '"aux"' in line and '"ID"' in line
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a Dockerfile's ADD http://127.0.0.1:PORT/... is fetched by the daemon from the "
+    "host's network namespace and its whole answer lands in the image (RUN cat prints it): "
+    "fetch_urls: false (remote=, fromSrc=) is bypassed, loopback-only services are read",
+)
+def test_dockerfile_add_url_reads_a_loopback_only_service(
+    ci: Api, busybox_image: str, daemon: PrivateDaemon
+) -> None:
+    requests: list[str] = []
+    handler = type("Handler", (_LoopbackSecret,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        dockerfile = (
+            f"FROM {busybox_image}\n"
+            f"ADD http://127.0.0.1:{port}/internal/secret /secret\n"
+            "RUN cat /secret\n"
+        ).encode()
+        status, answer = ci.call(
+            "POST",
+            "/v1.41/build?rm=1&forcerm=1&nocache=1",
+            _tar({"Dockerfile": dockerfile}),
+            headers={"Content-Type": "application/x-tar"},
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
+    for image in _built_images(text):
+        daemon.docker("rmi", "-f", image, check=False)
+    assert f"loopback-only-secret-{RUN}" not in text
+    assert requests == []
