@@ -472,3 +472,34 @@ def test_one_tenant_starves_the_held_bodies_budget_of_everyone(
     if status == 201:
         leftovers["container"].append(answer["Id"])
     assert status == 201, (status, answer)
+
+
+# ----- inert fields that reach the host ----------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HostConfig.Blkio*Device*[].Path is inert, but the daemon stats it on the host at "
+    "start: its error tells whether any host path exists ('stat X: no such file' vs a cgroup "
+    "write error), e.g. /root/.ssh/id_rsa; the paths policy is not asked",
+)
+def test_blkio_device_path_tells_which_host_files_exist(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]], tmp_path: pathlib.Path
+) -> None:
+    present = tmp_path / f"present-{RUN}"
+    present.write_text("x")
+    answers = {}
+    for path in (present, tmp_path / f"absent-{RUN}"):
+        body = ci_container(
+            busybox_image, "true", {"BlkioDeviceReadBps": [{"Path": str(path), "Rate": 1 << 20}]}
+        )
+        status, created = ci.call("POST", "/v1.41/containers/create", body)
+        if status != 201:
+            answers[path.name] = f"create {status}"
+            continue
+        leftovers["container"].append(created["Id"])
+        status, started = ci.call("POST", f"/v1.41/containers/{created['Id']}/start")
+        answers[path.name] = json.dumps(started, default=repr)
+    told = [name for name, text in answers.items() if "no such file or directory" in text]
+    # The two answers must not differ by whether a host path the policy does not allow exists.
+    assert told != [f"absent-{RUN}"], answers
