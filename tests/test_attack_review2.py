@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from support.daemon import PrivateDaemon
+from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
 from support.remote import write_htpasswd
 
@@ -503,3 +503,43 @@ def test_blkio_device_path_tells_which_host_files_exist(
     told = [name for name, text in answers.items() if "no such file or directory" in text]
     # The two answers must not differ by whether a host path the policy does not allow exists.
     assert told != [f"absent-{RUN}"], answers
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HostConfig.PortBindings HostIp/HostPort are inert: a job takes any free port on "
+    "the host's loopback (privileged ones too; docker-proxy runs as root) and answers the "
+    "host's own clients of a local service that is down or not started yet",
+)
+def test_port_binding_squats_a_host_loopback_port(
+    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    port = free_tcp_port()
+    network = f"dgb-ports-{RUN}"
+    status, answer = ci.call("POST", "/v1.41/networks/create", {"Name": network})
+    assert status == 201, (status, answer)
+    leftovers["network"].append(network)
+    body = ci_container(
+        busybox_image,
+        "echo answered-by-the-job | nc -l -p 8080",
+        {
+            "NetworkMode": network,
+            "PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]},
+        },
+    )
+    body["ExposedPorts"] = {"8080/tcp": {}}
+    status, created = ci.call("POST", "/v1.41/containers/create", body)
+    heard = b""
+    if status == 201:
+        leftovers["container"].append(created["Id"])
+        ci.start(created["Id"])
+        for _ in range(30):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                    heard = conn.recv(100)
+                if heard:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+    assert b"answered-by-the-job" not in heard
