@@ -507,3 +507,65 @@ def test_port_binding_squats_a_host_loopback_port(
                 pass
             time.sleep(0.2)
     assert b"answered-by-the-job" not in heard
+
+
+# ----- the gateway's own resources -------------------------------------------------------------
+
+
+def _ping_seconds(port: int) -> float:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        while conn.recv(65536):
+            pass
+    return time.monotonic() - started
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="checked bodies are parsed and walked on the event loop (~0.1-0.2 s of CPU per "
+    "1 MiB create of many small mounts): one caller sending them back to back from 8 "
+    "connections takes everyone's /_ping from ~1 ms to a median of hundreds of ms",
+)
+def test_one_caller_s_checked_bodies_stall_the_event_loop(ci: Api) -> None:
+    port = ci.gateway.port
+    mounts = ",".join('{"Type":"tmpfs","Target":"/t"}' for _ in range(33000))
+    body = (
+        '{"Image":"x","HostConfig":{"SecurityOpt":["no-new-privileges"],"Memory":268435456,'
+        f'"NanoCpus":1000000000,"Mounts":[{mounts}]}}}}'
+    ).encode()
+    assert len(body) <= 1024 * 1024
+    head = (
+        "POST /v1.41/containers/create HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    stop = time.monotonic() + 4
+    sent = [0]
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+                    conn.sendall(head + body)
+                    while conn.recv(65536):
+                        pass
+                sent[0] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    idle = sorted(_ping_seconds(port) for _ in range(10))
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    loaded: list[float] = []
+    while time.monotonic() < stop:
+        loaded.append(_ping_seconds(port))
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    loaded.sort()
+    median = loaded[len(loaded) // 2]
+    assert sent[0] > 0
+    assert median < 0.05, (f"idle median {idle[5]:.4f}s", f"loaded median {median:.3f}s", sent)
