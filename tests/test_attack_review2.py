@@ -12,6 +12,7 @@ directory), ownership tenants alice and bob, and a Tecnativa-style environment p
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import http.server
 import io
@@ -569,3 +570,51 @@ def test_one_caller_s_checked_bodies_stall_the_event_loop(ci: Api) -> None:
     median = loaded[len(loaded) // 2]
     assert sent[0] > 0
     assert median < 0.05, (f"idle median {idle[5]:.4f}s", f"loaded median {median:.3f}s", sent)
+
+
+def _buildkit_output(raw: bytes) -> bytes:
+    """The step output of a BuildKit build answer (its base64 trace records)."""
+    out = b""
+    for line in raw.split(b"\r\n"):
+        if b"moby.buildkit.trace" not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            out += base64.b64decode(json.loads(line)["aux"])
+    return out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BuildKit cache mounts (RUN --mount=type=cache,id=X, POST /build?version=2) are "
+    "one daemon-wide store: alice's build reads what bob's build left in it (and can plant "
+    "into it for bob's next build); ownership does not separate them",
+)
+def test_buildkit_cache_mount_is_shared_between_tenants(
+    tenants: dict[str, Api], busybox_image: str, daemon: PrivateDaemon
+) -> None:
+    alice, bob = tenants["alice"], tenants["bob"]
+    secret = f"bob-build-secret-{RUN}"
+    # networkmode=none: the session's daemon has no default bridge (--bridge=none).
+    query = "/v1.41/build?version=2&networkmode=none&rm=1"
+    writes = (
+        f"FROM {busybox_image}\n"
+        f"RUN --mount=type=cache,id=deps-{RUN},target=/cache "
+        f"sh -c 'echo {secret} > /cache/token'\n"
+    ).encode()
+    status, answer = bob.call(
+        "POST", query, _tar({"Dockerfile": writes}), headers={"Content-Type": "application/x-tar"}
+    )
+    assert status == 200, (status, answer)
+    assert isinstance(answer, bytes) and b'"error"' not in answer, answer
+    reads = (
+        f"FROM {busybox_image}\n"
+        f"RUN --mount=type=cache,id=deps-{RUN},target=/c sh -c 'cat /c/token || true'\n"
+    ).encode()
+    status, answer = alice.call(
+        "POST", query, _tar({"Dockerfile": reads}), headers={"Content-Type": "application/x-tar"}
+    )
+    assert status == 200, (status, answer)
+    daemon.docker("builder", "prune", "-af", check=False)
+    daemon.docker("image", "prune", "-f", check=False)  # the two untagged images built
+    assert isinstance(answer, bytes)
+    assert secret.encode() not in _buildkit_output(answer)
