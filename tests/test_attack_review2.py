@@ -239,7 +239,7 @@ def test_bridge_subnet_and_static_address_capture_the_hosts_traffic(
     ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
 ) -> None:
     network = f"dgb-route-{RUN}"
-    status, answer = ci.call(
+    status, _ = ci.call(
         "POST",
         "/v1.41/networks/create",
         {"Name": network, "IPAM": {"Config": [{"Subnet": HIJACKED_SUBNET}]}},
@@ -343,6 +343,10 @@ class _LoopbackSecret(http.server.BaseHTTPRequestHandler):
         pass
 
 
+# Within the CI policy's max_memory and max_cpus (a classic build's RUN steps get them).
+BUILD_LIMITS = "memory=268435456&cpuquota=100000&cpuperiod=100000"
+
+
 def _built_images(text: str) -> list[str]:
     return [
         json.loads(line)["aux"]["ID"]
@@ -371,9 +375,9 @@ def test_dockerfile_add_url_reads_a_loopback_only_service(
             f"ADD http://127.0.0.1:{port}/internal/secret /secret\n"
             "RUN cat /secret\n"
         ).encode()
-        status, answer = ci.call(
+        _, answer = ci.call(
             "POST",
-            "/v1.41/build?rm=1&forcerm=1&nocache=1",
+            f"/v1.41/build?rm=1&forcerm=1&nocache=1&{BUILD_LIMITS}",
             _tar({"Dockerfile": dockerfile}),
             headers={"Content-Type": "application/x-tar"},
         )
