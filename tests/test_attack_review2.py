@@ -622,3 +622,47 @@ def test_buildkit_cache_mount_is_shared_between_tenants(
     daemon.docker("image", "prune", "-f", check=False)  # the two untagged images built
     assert isinstance(answer, bytes)
     assert secret.encode() not in _buildkit_output(answer)
+
+
+class _LoopbackRegistry(_LoopbackSecret):
+    """The same service answering as a broken registry would: a 404 whose body the daemon
+    quotes in its error."""
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        data = f"loopback-only-secret-{RUN}".encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_HEAD = do_GET
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the loopback-registry refusal judges ImageCreate fromImage only: a build's "
+    "FROM 127.0.0.1:PORT/x (or COPY --from=) makes the daemon GET the loopback-only service "
+    "and quote its answer in the build's error",
+)
+def test_build_from_a_loopback_registry_reads_a_loopback_only_service(ci: Api) -> None:
+    requests: list[str] = []
+    handler = type("Handler", (_LoopbackRegistry,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        dockerfile = f"FROM 127.0.0.1:{port}/internal/x\n".encode()
+        _, answer = ci.call(
+            "POST",
+            f"/v1.41/build?rm=1&forcerm=1&{BUILD_LIMITS}",
+            _tar({"Dockerfile": dockerfile}),
+            headers={"Content-Type": "application/x-tar"},
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
+    assert f"loopback-only-secret-{RUN}" not in text
+    assert requests == []
