@@ -637,7 +637,7 @@ class _LoopbackRegistry(_LoopbackSecret):
         self.end_headers()
         self.wfile.write(data)
 
-    do_HEAD = do_GET
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_GET
 
 
 @pytest.mark.xfail(
@@ -666,3 +666,36 @@ def test_build_from_a_loopback_registry_reads_a_loopback_only_service(ci: Api) -
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
     assert f"loopback-only-secret-{RUN}" not in text
     assert requests == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the loopback-registry refusal judges ImageCreate fromImage only: tagging an image "
+    "127.0.0.1:PORT/x and pushing it makes the daemon send GET and POST (the layers' upload) "
+    "to a loopback-only service and quote its answer",
+)
+def test_push_to_a_loopback_registry_reads_a_loopback_only_service(
+    ci: Api, busybox_image: str, daemon: PrivateDaemon
+) -> None:
+    requests: list[str] = []
+    handler = type("Handler", (_LoopbackRegistry,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    repository = f"127.0.0.1:{port}/internal/x"
+    try:
+        status, answer = ci.call(
+            "POST", f"/v1.41/images/{busybox_image}/tag?repo={repository}&tag=latest"
+        )
+        _, answer = ci.call(
+            "POST",
+            f"/v1.41/images/{repository}/push?tag=latest",
+            headers={"X-Registry-Auth": base64.b64encode(b"{}").decode()},
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        daemon.docker("rmi", f"{repository}:latest", check=False)
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
+    assert requests == [], (status, text)
+    assert f"loopback-only-secret-{RUN}" not in text
