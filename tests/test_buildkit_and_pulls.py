@@ -60,6 +60,25 @@ def test_loopback_registries_are_recognised(host: str, loopback: bool) -> None:
     assert is_loopback_registry(host) is loopback
 
 
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("[::ffff:7f00:1]:5000", True),
+        ("[::ffff:127.0.0.1]", True),
+        ("[::FFFF:127.0.0.2]:443", True),
+        ("[::ffff:0.0.0.0]:5000", True),
+        ("[::ffff:169.254.169.254]", True),
+        ("[::ffff:10.0.0.5]:5000", False),
+    ],
+)
+def test_ipv4_mapped_loopback_registries_are_recognised(host: str, loopback: bool) -> None:
+    """Found by the second attack review: an IPv4-mapped IPv6 literal reaches the IPv4
+    address (Go's net.Dial), yet was not taken for loopback (the old check asked ipaddress's
+    is_loopback of the IPv6 address, which is false). Closed: the mapped address is judged."""
+    assert is_loopback_registry(host) is loopback
+    assert ("loopback" in (pull_problem(Guardrails(), f"{host}/x") or "")) is loopback
+
+
 def test_pulls_are_judged_by_images_when_set() -> None:
     """Without `images`, only loopback registries are refused; with it, only what it lists
     may be pulled (a loopback registry included, when listed)."""

@@ -622,7 +622,8 @@ def pull_problem(g: Guardrails, reference: str) -> str | None:
 
 
 def is_loopback_registry(host: str) -> bool:
-    """`localhost[:port]`, `*.localhost`, `127.x.y.z[:port]`, `[::1]:port`, `0.0.0.0`: names
+    """`localhost[:port]`, `*.localhost`, `127.x.y.z[:port]`, `[::1]:port`, `0.0.0.0`,
+    `[::ffff:127.0.0.1]` (an IPv4-mapped IPv6 address): names
     and addresses that reach the daemon host itself (a DNS name that resolves there cannot be
     told from its text)."""
     name = host.lower()
@@ -643,6 +644,9 @@ def is_loopback_registry(host: str) -> bool:
             address = ipaddress.IPv4Address(socket.inet_aton(name))
         except OSError:
             return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # `[::ffff:127.0.0.1]` and `[::ffff:7f00:1]`: Go's net.Dial reaches the IPv4 address.
+        address = address.ipv4_mapped
     return address.is_loopback or address.is_unspecified or address.is_link_local
 
 
