@@ -446,15 +446,13 @@ def test_log_details_print_redacted_env_and_labels(
 # ----- inert fields that reach the host ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HostConfig.Blkio*Device*[].Path is inert, but the daemon stats it on the host at "
-    "start: its error tells whether any host path exists ('stat X: no such file' vs a cgroup "
-    "write error), e.g. /root/.ssh/id_rsa; the paths policy is not asked",
-)
 def test_blkio_device_path_tells_which_host_files_exist(
     ci: Api, busybox_image: str, leftovers: dict[str, list[str]], tmp_path: pathlib.Path
 ) -> None:
+    """Found by the review: HostConfig.Blkio*Device*[].Path was inert, but the daemon stats
+    it on the host at start: its error told whether any host path exists ('stat X: no such
+    file' vs a cgroup write error), e.g. /root/.ssh/id_rsa; the paths policy was not asked.
+    Closed: those paths are host devices, judged by the `devices` guardrail (refused here)."""
     present = tmp_path / f"present-{RUN}"
     present.write_text("x")
     answers = {}
@@ -472,6 +470,7 @@ def test_blkio_device_path_tells_which_host_files_exist(
     told = [name for name, text in answers.items() if "no such file or directory" in text]
     # The two answers must not differ by whether a host path the policy does not allow exists.
     assert told != [f"absent-{RUN}"], answers
+    assert answers == {f"present-{RUN}": "create 403", f"absent-{RUN}": "create 403"}, answers
 
 
 @pytest.mark.xfail(

@@ -749,6 +749,37 @@ def test_container_update() -> None:
     assert body_error(container_update, '{"Memory": "1m"}') == "Memory must be an integer"
 
 
+BLKIO_FIELDS = [
+    ("BlkioWeightDevice", {"Path": "/root/.ssh/id_rsa", "Weight": 100}),
+    ("BlkioDeviceReadBps", {"Path": "/root/.ssh/id_rsa", "Rate": 1048576}),
+    ("BlkioDeviceWriteBps", {"Path": "/root/.ssh/id_rsa", "Rate": 1048576}),
+    ("BlkioDeviceReadIOps", {"Path": "/root/.ssh/id_rsa", "Rate": 100}),
+    ("BlkioDeviceWriteIOps", {"Path": "/root/.ssh/id_rsa", "Rate": 100}),
+]
+
+
+@pytest.mark.parametrize(("name", "entry"), BLKIO_FIELDS)
+def test_blkio_device_paths_are_host_devices(name: str, entry: dict[str, Any]) -> None:
+    """Found by the second attack review: Blkio*Device*[].Path were inert, but the daemon
+    stats each path on the host at start and its error tells whether the path exists (the old
+    code passed all of these). Closed: judged by the `devices` guardrail, in ContainerCreate's
+    inner and top-level (legacy) HostConfig and in ContainerUpdate."""
+    reason = denied(f"host devices are not allowed ({name} /root/.ssh/id_rsa)")
+    assert judge(Guardrails(), "ContainerCreate", container({name: [entry]})) == reason
+    assert judge(Guardrails(), "ContainerCreate", {"Image": "busybox", name: [entry]}) == reason
+    assert judge(Guardrails(), "ContainerUpdate", {name: [entry]}) == reason
+    # Case-folded field names, as Go reads them.
+    assert judge(Guardrails(), "ContainerUpdate", {name.lower(): [entry]}) == reason
+    allowed = Guardrails(devices=True)
+    assert judge(allowed, "ContainerCreate", container({name: [entry]})) is None
+    assert judge(allowed, "ContainerUpdate", {name: [entry]}) is None
+    # Empty and null lists ask for nothing.
+    assert judge(Guardrails(), "ContainerCreate", container({name: []})) is None
+    assert judge(Guardrails(), "ContainerUpdate", {name: None}) is None
+    # With an inner HostConfig the daemon ignores the top-level field (getHostConfig).
+    assert create(container({}, **{name: [entry]})).devices == []
+
+
 # ----- guardrails: the checks -------------------------------------------------------------------
 
 

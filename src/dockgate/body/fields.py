@@ -119,8 +119,10 @@ R = REFUSED
 _LOG_DRIVERS = ("json-file", "local", "journald", "none")
 LOG_CONFIG = obj({"Type": only(*_LOG_DRIVERS), "Config": MapOf(I)})
 
-THROTTLE = ListOf(obj({"Path": I, "Rate": I}))
-WEIGHT_DEVICE = ListOf(obj({"Path": I, "Weight": I}))
+# A block device's host path, stat'ed by the daemon at start (its error tells whether the
+# path exists): judged as a host device by workload._blkio_devices.
+THROTTLE = ListOf(obj({"Path": judged("devices"), "Rate": I}))
+WEIGHT_DEVICE = ListOf(obj({"Path": judged("devices"), "Weight": I}))
 ULIMITS = ListOf(obj({"Name": I, "Soft": I, "Hard": I}))
 DEVICES = ListOf(
     obj(

@@ -275,6 +275,7 @@ def _host_config(host: Struct, where: str, workload: Workload) -> None:
         workload.devices.append(f"cgroup rule {rule}")
     for index, _request in enumerate(_objects(host, "DeviceRequests", where)):
         workload.devices.append(f"device request {index + 1}")
+    _blkio_devices(host, where, workload)
     for bind in _strings(host, "Binds", where):
         bound = parse_bind(bind)
         if bound is not None:
@@ -346,7 +347,28 @@ def container_update(parsed: object) -> Workload:
     for index, device in enumerate(_objects(top, "Devices", "")):
         path = _string((device,), "PathOnHost", f"Devices[{index}].")
         workload.devices.append(path or "?")
+    _blkio_devices(top, "", workload)
     return workload
+
+
+# Resources fields that name a host block device by path (api/types/blkiodev). The daemon
+# stats each path on the host when the container starts (daemon/daemon_unix.go getBlkioWeightDevices
+# and getBlkioThrottleDevices, unix.Stat), and its error tells whether any host path exists:
+# a probe of the host's file system, judged as host devices.
+BLKIO_DEVICE_FIELDS = (
+    "BlkioWeightDevice",
+    "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps",
+    "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps",
+)
+
+
+def _blkio_devices(resources: Struct, where: str, workload: Workload) -> None:
+    for name in BLKIO_DEVICE_FIELDS:
+        for index, device in enumerate(_objects(resources, name, where)):
+            path = _string((device,), "Path", f"{where}{name}[{index}].")
+            workload.devices.append(f"{name} {path or '?'}")
 
 
 def exec_create(parsed: object) -> Workload:
