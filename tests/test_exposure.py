@@ -254,3 +254,40 @@ def test_requests_that_would_show_hidden_values(
 ) -> None:
     """Filters that match hidden values, and top arguments that print environments."""
     assert (query_problem(operation, query, redaction) is not None) is refused
+
+
+@pytest.mark.parametrize("operation", ["ContainerLogs", "ServiceLogs", "TaskLogs"])
+@pytest.mark.parametrize(
+    ("query", "refused"),
+    [
+        ("stdout=1&details=1", True),
+        ("details=true", True),
+        ("details=yes", True),
+        ("details=on", True),
+        ("details=anything", True),
+        ("details=+1+", True),  # "1" once trimmed
+        ("details=%00", True),  # not a false word: BoolValue reads it as true
+        ("details=%C2%A0", True),  # Go's TrimSpace trims U+00A0 too; not judged, refused
+        ("details=0&details=1", True),  # every value is judged
+        ("x=1;details=1", True),  # unreadable: refused whole
+        ("details=1%", True),
+        ("stdout=1", False),
+        ("details=", False),
+        ("details=0", False),
+        ("details=FALSE", False),
+        ("details=+no+", False),
+        ("details=None", False),
+        ("Details=1", False),  # the key is exact (r.FormValue)
+    ],
+)
+@pytest.mark.parametrize("redaction", [Redaction(env=True), Redaction(labels=True)])
+def test_log_details_are_refused_where_env_or_labels_are_redacted(
+    operation: str, query: str, refused: bool, redaction: Redaction
+) -> None:
+    """Found by the second attack review: `details=1` printed the values of the variables and
+    labels the log options name (`--log-opt env=,labels=`), which redaction hides elsewhere
+    (the old query_problem passed every logs query). Closed: a `details` the daemon reads as
+    true (moby httputils.BoolValue) is refused where env or labels are redacted."""
+    assert (query_problem(operation, query, redaction) is not None) is refused
+    assert query_problem(operation, query, Redaction(mounts=True)) is None
+    assert query_problem(operation, query, Redaction()) is None

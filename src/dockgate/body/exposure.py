@@ -67,6 +67,15 @@ _PLUGIN = (
     _rewritten(MOUNTS, "Settings.Mounts, Config.Mounts"),
 )
 _OUTPUT = "the workload's own output or files: nothing to rewrite"
+# details=1 prefixes each line with the values of the variables and labels the container's
+# log options name (--log-opt env=,labels=,env-regex=; moby daemon/logger/loginfo.go
+# ExtraAttributes): refused by redact.query_problem where either is redacted.
+_DETAILS = "details= (a truthy value, as httputils.BoolValue reads it)"
+_LOGS = (
+    Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),
+    Exposure(ENV, Treatment.REFUSED, _DETAILS),
+    Exposure(LABELS, Treatment.REFUSED, _DETAILS),
+)
 
 EXPOSURES: dict[str, tuple[Exposure, ...]] = {
     "ContainerInspect": _CONTAINER,
@@ -75,14 +84,14 @@ EXPOSURES: dict[str, tuple[Exposure, ...]] = {
     "ContainerTop": (
         Exposure(ENV, Treatment.REFUSED, "ps_args that may print environments (BSD `e`)"),
     ),
-    "ContainerLogs": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
+    "ContainerLogs": _LOGS,
     "ContainerAttach": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
     "ContainerAttachWebsocket": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
     "ContainerExport": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
     "ContainerArchive": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
     "ExecStart": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT + " (`env` prints it)"),),
-    "ServiceLogs": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
-    "TaskLogs": (Exposure(ENV, Treatment.NOT_COVERED, _OUTPUT),),
+    "ServiceLogs": _LOGS,
+    "TaskLogs": _LOGS,
     "ImageInspect": (
         # A committed container's Config (its Env and Labels) becomes the image's Config and
         # ContainerConfig (moby daemon/commit.go merges them): a container secret lands here.

@@ -26,7 +26,7 @@ from dockgate.body.exposure import ENV, LABELS, MOUNTS, refused_filters, rewritt
 from dockgate.body.psargs import top_args_problem
 from dockgate.errors import ClientProtocolError
 from dockgate.http.chunked import ChunkedDecoder
-from dockgate.http.query import query_value
+from dockgate.http.query import query_pairs, query_value
 
 # The largest answer the gateway reads whole to redact (a list of thousands of containers is
 # a few megabytes); a larger one fails closed (502) rather than passing unredacted.
@@ -95,6 +95,10 @@ def query_problem(operation: str, query: str, redaction: Redaction) -> str | Non
     too (the daemon would answer 400 to most of it)."""
     if operation == "ContainerTop" and redaction.env:
         return _top_problem(query)
+    if operation in LOG_OPERATIONS and (redaction.env or redaction.labels):
+        problem = _details_problem(query)
+        if problem is not None:
+            return problem
     filtered = [
         key
         for area in (ENV, MOUNTS, LABELS)
@@ -121,6 +125,35 @@ def query_problem(operation: str, query: str, redaction: Redaction) -> str | Non
 
 
 _AREA_OF = {"label": "labels", "volume": "mounts"}
+
+
+# Logs reads whose `details=1` prefixes every line with the log's attributes: the values of
+# the environment variables and labels the container's log options name (`env=`, `labels=`,
+# `env-regex=`; moby daemon/logger/loginfo.go ExtraAttributes, daemon/logs.go).
+LOG_OPERATIONS = frozenset({"ContainerLogs", "ServiceLogs", "TaskLogs"})
+# What moby's httputils.BoolValue reads as false (lower-cased, spaces trimmed); any other
+# value is true.
+_FALSE_WORDS = frozenset({"", "0", "no", "false", "none"})
+
+
+def _details_problem(query: str) -> str | None:
+    """`details` given a value the daemon reads as true (httputils.BoolValue on the first
+    value; every value is judged here). Only ASCII is trimmed and lower-cased: where Go's
+    strings.TrimSpace or ToLower would read a value differently, it is taken as true."""
+    if ";" in query or _BAD_ESCAPE.search(query):
+        return (
+            "a query that cannot be read is not accepted where environments or labels are redacted"
+        )
+    for key, value in query_pairs(query):
+        if key != "details":
+            continue
+        word = value.strip(" \t\n\r\v\f")
+        if not (word.isascii() and word.lower() in _FALSE_WORDS):
+            return (
+                "details= (log attributes: the values of the variables and labels the log "
+                "options name) is not accepted where environments or labels are redacted"
+            )
+    return None
 
 
 def _top_problem(query: str) -> str | None:
