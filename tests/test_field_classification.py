@@ -274,6 +274,7 @@ JUDGES = {
     "volume_drivers",
     # guardrails.py's own checks
     "network_drivers",
+    "network_subnets",
     "fetch_urls",
     "image_changes",
     "swarm",
@@ -775,8 +776,7 @@ def test_the_docker_cli_and_docker_py_still_work_through_the_allowlist(
         "bridge",
         "--label",
         "a=b",
-        "--subnet",
-        "10.231.0.0/24",
+        # No --subnet: explicit subnets need network_subnets (the daemon's pools need nothing).
         "--opt",
         "com.docker.network.driver.mtu=1400",
         network,

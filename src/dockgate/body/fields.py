@@ -279,7 +279,12 @@ HOST_CONFIG = obj(HOST_CONFIG_FIELDS)
 
 ENDPOINT_SETTINGS = obj(
     {
-        "IPAMConfig": obj({"IPv4Address": I, "IPv6Address": I, "LinkLocalIPs": I}),
+        # A static address must lie in the network's pool (libnetwork ipam/allocator.go
+        # RequestAddress: ErrIPOutOfRange), whose subnet is the operator's or judged by
+        # network_subnets. Link-local IPs are added to the interface unchecked (v20.10
+        # daemon/network.go buildCreateEndpointOptions: any address), e.g. another
+        # container's or the gateway's: not judged, refused.
+        "IPAMConfig": obj({"IPv4Address": I, "IPv6Address": I, "LinkLocalIPs": R}),
         "Links": I,
         "Aliases": I,
         "MacAddress": I,
@@ -589,8 +594,17 @@ NETWORK_CREATE_BODY = obj(
             {
                 # An IPAM plugin: only the built-in allocator.
                 "Driver": only("default"),
+                # Ranges and addresses: judged by body/subnets.py (a bridge's subnet is a
+                # route on the host).
                 "Config": ListOf(
-                    obj({"Subnet": I, "IPRange": I, "Gateway": I, "AuxiliaryAddresses": MapOf(I)})
+                    obj(
+                        {
+                            "Subnet": judged("network_subnets"),
+                            "IPRange": judged("network_subnets"),
+                            "Gateway": judged("network_subnets"),
+                            "AuxiliaryAddresses": MapOf(judged("network_subnets")),
+                        }
+                    )
                 ),
                 "Options": MapOf(I),
             }

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dockgate.body import buildlimits, fields, gojson, tmpfs
+from dockgate.body import buildlimits, fields, gojson, subnets, tmpfs
 from dockgate.body.volumeopts import (
     NETWORK_TYPES,
     VolumeOptionRefused,
@@ -166,6 +166,9 @@ class Guardrails:
     # Network drivers allowed besides bridge and overlay (macvlan, ipvlan, plugins); a driver
     # named here also takes any driver Options (bridge.name, parent=...).
     network_drivers: frozenset[str] = frozenset()
+    # Address ranges a NetworkCreate may name in IPAM.Config (Subnet, IPRange, Gateway,
+    # AuxiliaryAddresses), of any driver; none: the daemon's own address pools only.
+    network_subnets: tuple[subnets.Network, ...] = ()
     plugin_privileges: bool = False
     swarm: bool = False  # init, join, or reconfigure a swarm (CA, join tokens, raft)
     # BuildKit's control API (POST /grpc, docker buildx): solve requests travel inside an
@@ -666,9 +669,17 @@ def change_problem(change: str) -> str | None:
 
 
 def _check_network(g: Guardrails, parsed: object) -> None:
-    """NetworkCreate: the driver, and its options when the driver is a built-in one."""
+    """NetworkCreate: the address ranges (network_subnets), the driver, and its options when
+    the driver is a built-in one."""
     if not isinstance(parsed, gojson.GoObject):
         raise Refusal(400, "the body must be a JSON object")
+    try:
+        problem = subnets.ipam_problem(g.network_subnets, parsed)
+    except subnets.SubnetError as exc:
+        raise Refusal(exc.status, exc.reason) from None
+    if problem is not None:
+        # Judged whatever the driver: a bridge's subnet is a route on the host.
+        raise Refusal(403, problem)
     top = (parsed,)
     driver = gojson.scalar(top, "Driver")
     if driver is gojson.MISSING or driver == "":

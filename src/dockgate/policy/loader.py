@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from dockgate.body import subnets
 from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
 from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
@@ -141,6 +142,7 @@ class GuardrailsSpec(_Strict):
     fetch_urls: StrictBool | None = None
     image_import_urls: StrictBool | None = None  # the older name of fetch_urls
     network_drivers: list[str] = Field(default_factory=list)
+    network_subnets: list[str] = Field(default_factory=list)
     plugin_privileges: StrictBool = False
     swarm: StrictBool = False
     buildkit: StrictBool = False
@@ -515,6 +517,12 @@ def _compile_guardrails(
     for i, driver in enumerate(spec.network_drivers):
         if not driver:
             raise fail((*loc, "network_drivers", i), "a network driver name is required")
+    network_subnets = []
+    for i, text in enumerate(spec.network_subnets):
+        try:
+            network_subnets.append(subnets.parse_network(text))
+        except ValueError as exc:
+            raise fail((*loc, "network_subnets", i), f"network_subnets: {exc}") from None
     return Guardrails(
         privileged=spec.privileged,
         capabilities=frozenset(normalize_capability(c) for c in spec.capabilities),
@@ -537,6 +545,7 @@ def _compile_guardrails(
         exec_privileged=spec.exec.privileged,
         fetch_urls=bool(fetch_urls),
         network_drivers=frozenset(spec.network_drivers),
+        network_subnets=tuple(network_subnets),
         plugin_privileges=spec.plugin_privileges,
         swarm=spec.swarm,
         buildkit=spec.buildkit,
