@@ -291,3 +291,41 @@ def test_log_details_are_refused_where_env_or_labels_are_redacted(
     assert (query_problem(operation, query, redaction) is not None) is refused
     assert query_problem(operation, query, Redaction(mounts=True)) is None
     assert query_problem(operation, query, Redaction()) is None
+
+
+def test_log_driver_options_are_redacted_with_the_environment() -> None:
+    """Found by the second attack review (decided with the log details finding): a log
+    driver's options hold remote drivers' credentials (splunk-token, a loki-url with a
+    password) and inspect showed them where `env` is redacted (the old walkers left them).
+    Closed: their values are redacted with the environment, the keys kept."""
+    secret = "splunk-token-4c1d"
+    container = {
+        "Id": "x",
+        "HostConfig": {"LogConfig": {"Type": "splunk", "Config": {"splunk-token": secret}}},
+    }
+    out = json.loads(
+        redact_response("ContainerInspect", json.dumps(container).encode(), Redaction(env=True))
+    )
+    assert out["HostConfig"]["LogConfig"] == {
+        "Type": "splunk",
+        "Config": {"splunk-token": REDACTED},
+    }
+    kept = redact_response(
+        "ContainerInspect", json.dumps(container).encode(), Redaction(labels=True, mounts=True)
+    )
+    assert secret in kept.decode()
+    log_driver = {"Name": "splunk", "Options": {"splunk-token": secret}}
+    service = {"Spec": {"TaskTemplate": {"LogDriver": log_driver}}}
+    service["PreviousSpec"] = json.loads(json.dumps(service["Spec"]))
+    task = {"Spec": {"LogDriver": log_driver}}
+    for operation, answer in (
+        ("ServiceInspect", service),
+        ("ServiceList", [service]),
+        ("TaskInspect", task),
+        ("TaskList", [task]),
+    ):
+        out_text = redact_response(
+            operation, json.dumps(answer).encode(), Redaction(env=True)
+        ).decode()
+        assert secret not in out_text, operation
+        assert '"splunk-token":"<redacted>"' in out_text, operation

@@ -45,6 +45,8 @@ _CONTAINER = (
     # moby daemon/inspect.go: ContainerInspectCurrent, containerInspect120 (v1p20: Mounts) and
     # containerInspectPre120 (v1p19: Volumes, VolumesRW map container paths to host paths).
     _rewritten(ENV, "Config.Env (values; a linked container's env shows up there as ALIAS_ENV_*)"),
+    # Remote log drivers' credentials (splunk-token, loki-url, ...): values, keys kept.
+    _rewritten(ENV, "HostConfig.LogConfig.Config (values)"),
     _rewritten(MOUNTS, "Mounts, HostConfig.Binds, HostConfig.Mounts, Volumes, VolumesRW (v1.19)"),
     _rewritten(LABELS, "Config.Labels"),
 )
@@ -54,6 +56,7 @@ _CONTAINER_SUMMARY = (
 )
 _CONTAINER_SPEC = (
     _rewritten(ENV, "Spec(.TaskTemplate).ContainerSpec.Env (Spec and PreviousSpec)"),
+    _rewritten(ENV, "Spec(.TaskTemplate).LogDriver.Options (values)"),
     _rewritten(MOUNTS, "ContainerSpec.Mounts"),
     _rewritten(LABELS, "Spec.Labels, ContainerSpec.Labels, Labels", "label"),
 )

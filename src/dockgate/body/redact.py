@@ -218,12 +218,25 @@ def _container_spec(spec: dict[str, object] | None, r: Redaction) -> None:
         _mount_labels(spec.get("Mounts"))
 
 
+def _log_options(options: dict[str, object] | None) -> None:
+    """A log driver's options (HostConfig.LogConfig.Config, a swarm spec's LogDriver.Options),
+    redacted with the environment: remote drivers take credentials there (splunk-token,
+    loki-url with a password, awslogs' and gcplogs' settings; moby daemon/logger/*), and
+    `env=`/`labels=` name what details= would print. Keys stay: which driver options exist is
+    the operator's to see, their values may be secrets."""
+    if options is not None:
+        for key in options:
+            options[key] = REDACTED
+
+
 def _container(item: dict[str, object], r: Redaction) -> None:
     """ContainerInspect (every version's shape), and one entry of ContainerList."""
     config = _child(item, "Config")
     host = _child(item, "HostConfig")
     if r.env and config is not None and "Env" in config:
         config["Env"] = _env(config["Env"])
+    if r.env and host is not None:
+        _log_options(_child(host, "LogConfig", "Config"))
     if r.mounts:
         if "Mounts" in item:
             item["Mounts"] = []
@@ -261,6 +274,8 @@ def _service(item: dict[str, object], r: Redaction) -> None:
             continue
         if r.labels and "Labels" in spec:
             spec["Labels"] = {}
+        if r.env:
+            _log_options(_child(spec, "TaskTemplate", "LogDriver", "Options"))
         _container_spec(_child(spec, "TaskTemplate", "ContainerSpec"), r)
 
 
@@ -270,6 +285,8 @@ def _task(item: dict[str, object], r: Redaction) -> None:
             item["Labels"] = {}
         # The networks the task is attached to, with their labels.
         _each(item.get("NetworksAttachments"), _network_attachment, r)
+    if r.env:
+        _log_options(_child(item, "Spec", "LogDriver", "Options"))
     _container_spec(_child(item, "Spec", "ContainerSpec"), r)
 
 
