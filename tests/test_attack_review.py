@@ -29,7 +29,7 @@ import pytest
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.remote import write_htpasswd
+from support.remote import json_call, write_htpasswd
 
 pytestmark = [
     pytest.mark.daemon,
@@ -97,23 +97,8 @@ class Api:
     def call(
         self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
         sent = {"Authorization": self.authorization} if self.authorization else {}
-        data: bytes | None = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            sent["Content-Type"] = "application/json"
-        sent.update(headers or {})
-        try:
-            conn.request(method, path, body=data, headers=sent)
-            answer = conn.getresponse()
-            raw = answer.read()
-        finally:
-            conn.close()
-        try:
-            return answer.status, json.loads(raw)
-        except ValueError:
-            return answer.status, raw
+        return json_call(self.gateway.port, method, path, body, headers={**sent, **(headers or {})})
 
     def run(self, body: dict[str, Any], name: str = "") -> tuple[str, str]:
         """Create, start and wait for a container; its ID and output (stdout and stderr)."""

@@ -30,7 +30,7 @@ import trustme
 from dockgate.ownership import with_owner_label
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
-from support.remote import create_token, write_htpasswd
+from support.remote import create_token, json_call, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -62,22 +62,8 @@ class Api:
         self.authorization = authorization
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
         headers = {"Authorization": self.authorization} if self.authorization else {}
-        data: bytes | None = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            answer = conn.getresponse()
-            raw = answer.read()
-        finally:
-            conn.close()
-        try:
-            return answer.status, json.loads(raw)
-        except ValueError:
-            return answer.status, raw
+        return json_call(self.gateway.port, method, path, body, headers=headers)
 
 
 def basic(user: str) -> str:

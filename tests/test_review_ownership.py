@@ -31,7 +31,7 @@ import pytest
 
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
-from support.remote import write_htpasswd
+from support.remote import json_call, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -83,23 +83,8 @@ class Api:
         headers: dict[str, str] | None = None,
         timeout: float = 60,
     ) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=timeout)
-        sent = dict(self.headers())
-        sent.update(headers or {})
-        data: bytes | None = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            sent.setdefault("Content-Type", "application/json")
-        try:
-            conn.request(method, path, body=data, headers=sent)
-            answer = conn.getresponse()
-            raw = answer.read()
-        finally:
-            conn.close()
-        try:
-            return answer.status, json.loads(raw)
-        except ValueError:
-            return answer.status, raw
+        sent = {**self.headers(), **(headers or {})}
+        return json_call(self.gateway.port, method, path, body, headers=sent, timeout=timeout)
 
     def raw(self, request: bytes, timeout: float = 10) -> bytes:
         """Send `request` as is on a new connection; everything the gateway sends until it

@@ -4,12 +4,14 @@ gateway URL with extra HTTP headers (config.json ``HttpHeaders``) and, optionall
 from __future__ import annotations
 
 import base64
+import http.client
 import itertools
 import json
 import os
 import pathlib
 import subprocess
 from collections.abc import Mapping
+from typing import Any
 
 import bcrypt
 
@@ -17,6 +19,36 @@ import bcrypt
 def basic_header(user: str, password: str) -> str:
     """The ``Authorization`` value for HTTP Basic."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def json_call(
+    port: int,
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> tuple[int, Any]:
+    """One HTTP/1.1 request to 127.0.0.1:`port` on a new connection: `body` as JSON (bytes as
+    they are, `application/json` unless `headers` say otherwise); the status and the answer,
+    decoded from JSON when it is JSON, else its bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    sent = dict(headers or {})
+    data: bytes | None = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=data, headers=sent)
+        answer = conn.getresponse()
+        raw = answer.read()
+    finally:
+        conn.close()
+    try:
+        return answer.status, json.loads(raw)
+    except ValueError:
+        return answer.status, raw
 
 
 def htpasswd_text(users: Mapping[str, str]) -> str:
