@@ -587,41 +587,71 @@ def _buildkit_output(raw: bytes) -> bytes:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BuildKit cache mounts (RUN --mount=type=cache,id=X, POST /build?version=2) are "
-    "one daemon-wide store: alice's build reads what bob's build left in it (and can plant "
-    "into it for bob's next build); ownership does not separate them",
-)
 def test_buildkit_cache_mount_is_shared_between_tenants(
     tenants: dict[str, Api], busybox_image: str, daemon: PrivateDaemon
 ) -> None:
+    """Found by the review: BuildKit cache mounts (RUN --mount=type=cache,id=X,
+    POST /build?version=2) are one daemon-wide store: alice's build read what bob's build left
+    in it (and could plant into it for bob's next build). Closed: ownership mode refuses
+    BuildKit builds (403, use the classic builder) and BuildPrune. Shown straight on the daemon
+    first (bob's secret is there for any BuildKit build), then through the gateway: both
+    builds are refused and nothing of bob's is read. Fails on the old code (both were 200)."""
     alice, bob = tenants["alice"], tenants["bob"]
     secret = f"bob-build-secret-{RUN}"
     # networkmode=none: the session's daemon has no default bridge (--bridge=none).
     query = "/v1.41/build?version=2&networkmode=none&rm=1"
+    tar = {"Content-Type": "application/x-tar"}
     writes = (
         f"FROM {busybox_image}\n"
         f"RUN --mount=type=cache,id=deps-{RUN},target=/cache "
         f"sh -c 'echo {secret} > /cache/token'\n"
     ).encode()
-    status, answer = bob.call(
-        "POST", query, _tar({"Dockerfile": writes}), headers={"Content-Type": "application/x-tar"}
-    )
-    assert status == 200, (status, answer)
-    assert isinstance(answer, bytes) and b'"error"' not in answer, answer
     reads = (
         f"FROM {busybox_image}\n"
         f"RUN --mount=type=cache,id=deps-{RUN},target=/c sh -c 'cat /c/token || true'\n"
     ).encode()
-    status, answer = alice.call(
-        "POST", query, _tar({"Dockerfile": reads}), headers={"Content-Type": "application/x-tar"}
-    )
-    assert status == 200, (status, answer)
-    daemon.docker("builder", "prune", "-af", check=False)
-    daemon.docker("image", "prune", "-f", check=False)  # the two untagged images built
-    assert isinstance(answer, bytes)
-    assert secret.encode() not in _buildkit_output(answer)
+    try:
+        # Straight on the daemon: one build's cache mount is read by the next one's.
+        status, answer = _direct(daemon, "POST", query, _tar({"Dockerfile": writes}), tar)
+        assert status == 200 and b'"error"' not in answer, (status, answer)
+        status, answer = _direct(daemon, "POST", query, _tar({"Dockerfile": reads}), tar)
+        assert status == 200, (status, answer)
+        assert secret.encode() in _buildkit_output(answer)
+        # Through dockgate, in ownership mode: both refused, nothing of bob's read.
+        status, refused = bob.call("POST", query, _tar({"Dockerfile": writes}), tar)
+        assert status == 403, (status, refused)
+        assert "classic builder" in refused["message"], refused
+        status, refused = alice.call("POST", query, _tar({"Dockerfile": reads}), tar)
+        assert status == 403, (status, refused)
+        assert secret not in json.dumps(refused)
+        # The classic builder still works for tenants (no cache mounts there).
+        classic = f"FROM {busybox_image}\nRUN true\n".encode()
+        status, built = alice.call(
+            "POST", "/v1.41/build?networkmode=none&rm=1", _tar({"Dockerfile": classic}), tar
+        )
+        assert status == 200 and b'"error"' not in built, (status, built)
+        # A build-cache prune would wipe every tenant's cache: refused.
+        status, refused = alice.call("POST", "/v1.41/build/prune?all=1")
+        assert status == 403, (status, refused)
+    finally:
+        daemon.docker("builder", "prune", "-af", check=False)
+        daemon.docker("image", "prune", "-f", check=False)  # the untagged images built
+
+
+def _direct(
+    daemon: PrivateDaemon, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """One request straight to the daemon's unix socket (no gateway)."""
+    conn = http.client.HTTPConnection("localhost", timeout=60)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(daemon.host.removeprefix("unix://"))
+    conn.sock = sock
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
 
 
 class _LoopbackRegistry(_LoopbackSecret):
