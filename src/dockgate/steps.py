@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING
 
 from dockgate.audit import AUDIT_BODY_LIMIT
@@ -157,7 +157,9 @@ class PolicySteps:
         try:
             if guardrails is not None:
                 query = head.target.partition("?")[2]
-                volumes = to_look_up(check_request(guardrails, self._operation(), query, body))
+                volumes = to_look_up(
+                    check_request(guardrails, self._operation(), query, body, self._params())
+                )
         except Refusal as refusal:
             refused = self._guardrail_verdict(refusal)
         if refused is None and self._owner is not None:
@@ -337,6 +339,12 @@ class PolicySteps:
     def _operation(self) -> str:
         return self._verdict.operation if self._verdict is not None else "-"
 
+    def _params(self) -> Mapping[str, str]:
+        """The path variables of the request's route (ImagePush's image `name`)."""
+        verdict = self._verdict
+        match = verdict.match if verdict is not None else None
+        return match.params if match is not None else {}
+
     def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
         if refusal.status == 403 and not raw:
             return self._policy_denial("guardrails", refusal.reason)
@@ -471,7 +479,8 @@ class PolicySteps:
         if guardrails is not None:
             if verdict.operation in QUERY_CHECKED:
                 try:
-                    check_request(guardrails, verdict.operation, head.target.partition("?")[2], b"")
+                    query = head.target.partition("?")[2]
+                    check_request(guardrails, verdict.operation, query, b"", self._params())
                 except Refusal as refusal:
                     self._refuse(head, self._guardrail_verdict(refusal))
                     return

@@ -184,7 +184,11 @@ class Refusal(Exception):
 
 
 def check_request(
-    guardrails: Guardrails, operation: str, query: str, body: bytes
+    guardrails: Guardrails,
+    operation: str,
+    query: str,
+    body: bytes,
+    path_params: Mapping[str, str] | None = None,
 ) -> tuple[NamedVolume, ...]:
     """Raise `Refusal` when the request asks for more than the guardrails allow: what the
     guardrails judge (workload.py's readers), and every query parameter and body field against
@@ -193,6 +197,7 @@ def check_request(
     (`named_volume_problem` on each one's inspect answer)."""
     pairs = query_pairs(query)
     _check_fields(guardrails, operation, pairs, None)
+    _check_path(guardrails, operation, path_params or {})
     if operation not in BODY_CHECKED:
         return ()
     if operation == "ImageCommit" and not body.strip(b" \t\r\n"):
@@ -248,13 +253,17 @@ def find_problem(g: Guardrails, w: Workload) -> str | None:
 
 
 def explain_request(
-    guardrails: Guardrails, operation: str, query: str, body: bytes
+    guardrails: Guardrails,
+    operation: str,
+    query: str,
+    body: bytes,
+    path_params: Mapping[str, str] | None = None,
 ) -> list[tuple[str, str | None]]:
     """Every guardrail check with its finding (None: passed), for `dockgate check --body`,
     then the field table's ("fields"). A body that cannot be read gives one ("read", reason)."""
     if operation not in _READERS:
         try:
-            check_request(guardrails, operation, query, body)
+            check_request(guardrails, operation, query, body, path_params)
         except Refusal as refusal:
             return [("request", refusal.reason)]
         return [("request", None)]
@@ -546,7 +555,9 @@ def image_repository(reference: str) -> str | None:
     first, _, rest = name.partition("/")
     if not rest:
         return f"docker.io/library/{name}"
-    if "." in first or ":" in first or first == "localhost":
+    # A first element with an upper-case letter is a domain to newer daemons (distribution
+    # reference normalize.go splitDockerDomain; 20.10 refuses such a name): `LOCALHOST/x`.
+    if "." in first or ":" in first or first == "localhost" or first.lower() != first:
         return name.lower() if first == "localhost" else name
     return f"docker.io/{name}"
 
@@ -586,6 +597,10 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
             problem = pull_problem(g, value)
             if problem is not None:
                 raise Refusal(403, problem)
+        elif (operation, key) in _IMAGE_NAMES and value:
+            problem = registry_name_problem(g, value)
+            if problem is not None:
+                raise Refusal(403, f"{problem} ({key}=)")
         elif operation == "ImageCreate" and key == "fromSrc":
             if value not in ("", "-") and not g.fetch_urls:
                 raise Refusal(403, "importing an image from a URL is not allowed")
@@ -619,6 +634,45 @@ def pull_problem(g: Guardrails, reference: str) -> str | None:
             "list it under images to allow it"
         )
     return None
+
+
+# Query parameters that name an image the daemon may later push or build under (moby
+# api/server/router/image/image_routes.go postImagesTag `repo`, postCommit `repo`, build
+# `t`, one per value: every value is judged). A name on a loopback registry is refused at the
+# tag, so that no local image gets one through the API (ImageLoad tars can still carry any
+# names: the push, judged on its path, is what stops them).
+_IMAGE_NAMES = frozenset({("ImageTag", "repo"), ("ImageCommit", "repo"), ("ImageBuild", "t")})
+
+
+def registry_name_problem(g: Guardrails, reference: str) -> str | None:
+    """An image name given to tag, commit, build or push: a name on a registry on the daemon
+    host's loopback is refused unless `images` lists it, as for pulls (`pull_problem`): a push
+    of it makes the daemon talk plain HTTP (GET, then POST/PUT of the layers) to a service only
+    the host can reach, and quote its answers. Names on other registries are not judged here
+    (`images` is about what runs)."""
+    repository = image_repository(reference)
+    if repository is None or not is_loopback_registry(repository.partition("/")[0]):
+        return None
+    if g.images is not None and any(
+        fnmatch.fnmatchcase(repository, image_repository(p) or p) for p in g.images
+    ):
+        return None
+    return (
+        f"an image name on a registry on the daemon's loopback ({reference!r}) is not allowed; "
+        "list it under images to allow it"
+    )
+
+
+def _check_path(g: Guardrails, operation: str, params: Mapping[str, str]) -> None:
+    """The image name in ImagePush's path (`/images/{name}/push`): the registry the daemon
+    pushes to is the name's (moby api/server/router/image/image_routes.go postImagesPush,
+    distribution/push.go), with `tag=` only choosing the tag."""
+    if operation != "ImagePush":
+        return
+    name = params.get("name", "")
+    problem = registry_name_problem(g, name) if name else None
+    if problem is not None:
+        raise Refusal(403, f"pushing: {problem}")
 
 
 def is_loopback_registry(host: str) -> bool:
