@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from dockgate.body import guardrails
+from dockgate.body import bodycost, guardrails
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
 from support.remote import write_htpasswd
@@ -529,13 +529,14 @@ def _ping_seconds(port: int) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checked bodies are parsed and walked on the event loop (~0.1-0.2 s of CPU per "
-    "1 MiB create of many small mounts): one caller sending them back to back from 8 "
-    "connections takes everyone's /_ping from ~1 ms to a median of hundreds of ms",
-)
 def test_one_caller_s_checked_bodies_stall_the_event_loop(ci: Api) -> None:
+    """Found by the review: checked bodies are parsed and walked on the event loop (~0.1-0.2 s
+    of CPU per 1 MiB create of many small mounts): one caller sending them back to back from 8
+    connections took everyone's /_ping from ~1 ms to a median of hundreds of ms. Closed: a
+    checked body may hold at most bodycost.MAX_SEPARATORS keys and list entries, counted
+    before it is parsed (413), and the readers' per-entry work is cheaper. Deterministic part:
+    the body is refused 413 for its count; timing part: /_ping stays fast meanwhile. Fails on
+    the old code (the body was judged, and /_ping's median was ~1 s)."""
     port = ci.gateway.port
     mounts = ",".join('{"Type":"tmpfs","Target":"/t"}' for _ in range(33000))
     body = (
@@ -543,6 +544,9 @@ def test_one_caller_s_checked_bodies_stall_the_event_loop(ci: Api) -> None:
         f'"NanoCpus":1000000000,"Mounts":[{mounts}]}}}}'
     ).encode()
     assert len(body) <= 1024 * 1024
+    status, refused = ci.call("POST", "/v1.41/containers/create", body)
+    assert status == 413, (status, refused)
+    assert f"at most {bodycost.MAX_SEPARATORS} are checked" in refused["message"], refused
     head = (
         "POST /v1.41/containers/create HTTP/1.1\r\nHost: localhost\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -576,7 +580,9 @@ def test_one_caller_s_checked_bodies_stall_the_event_loop(ci: Api) -> None:
     loaded.sort()
     median = loaded[len(loaded) // 2]
     assert sent[0] > 0
-    assert median < 0.05, (f"idle median {idle[5]:.4f}s", f"loaded median {median:.3f}s", sent)
+    # Measured on a loaded 2-core machine: ~0.03 s now (the gateway reads ~250 MiB/s of
+    # bodies), ~1 s before; the bound leaves room for the load of other tests.
+    assert median < 0.15, (f"idle median {idle[5]:.4f}s", f"loaded median {median:.3f}s", sent)
 
 
 def _buildkit_output(raw: bytes) -> bytes:

@@ -21,6 +21,7 @@ from dockgate.body.guardrails import (
     QUERY_CHECKED,
     Guardrails,
     Refusal,
+    check_body_cost,
     check_request,
 )
 from dockgate.body.redact import (
@@ -155,6 +156,9 @@ class PolicySteps:
         volumes: list[NamedVolume] = []
         refused: Verdict | None = None
         try:
+            # The bound on what checking it may cost (bodycost.py), before the guardrails or
+            # ownership parse it (check_request counts again: a millisecond per MiB at most).
+            check_body_cost(body)
             if guardrails is not None:
                 query = head.target.partition("?")[2]
                 volumes = to_look_up(

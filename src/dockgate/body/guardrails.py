@@ -16,7 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dockgate.body import buildlimits, fields, gojson, tmpfs
+from dockgate.body import bodycost, buildlimits, fields, gojson, tmpfs
 from dockgate.body.volumeopts import (
     NETWORK_TYPES,
     VolumeOptionRefused,
@@ -202,6 +202,7 @@ def check_request(
         return ()
     if operation == "ImageCommit" and not body.strip(b" \t\r\n"):
         return ()  # no config given: the container's own is committed
+    check_body_cost(body)
     parsed = _parse(body)
     try:
         if operation in ("PluginPull", "PluginUpgrade"):
@@ -217,6 +218,14 @@ def check_request(
             raise Refusal(403, problem)
     _check_fields(guardrails, operation, [], parsed)
     return tuple(workload.named_volumes) if workload is not None else ()
+
+
+def check_body_cost(body: bytes) -> None:
+    """Refuse (413) a body too costly to check: more keys and list entries than
+    `bodycost.MAX_SEPARATORS`, counted before it is parsed."""
+    problem = bodycost.cost_problem(body)
+    if problem is not None:
+        raise Refusal(413, problem)
 
 
 def _parse(body: bytes) -> object:
