@@ -5,6 +5,8 @@ judged `fromImage` only and let every build through to BuildKit."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
 from dockgate.body.guardrails import Guardrails, Refusal, check_request
@@ -36,6 +38,32 @@ def test_loopback_names_in_the_query_are_refused(name: str, operation: str, quer
     with pytest.raises(Refusal) as refused:
         check_request(Guardrails(), operation, query.format(name), b"")
     assert refused.value.status == 403 and "loopback" in refused.value.reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '["127.0.0.1:5000/cache"]',
+        '["busybox","localhost:5000/c"]',
+        '["busybox,localhost:5000/c"]',  # BuildKit splits the joined list on ","
+        '["type=registry,ref=127.0.0.1:5000/c"]',
+    ],
+)
+def test_a_build_s_cache_from_on_a_loopback_registry_is_refused(value: str) -> None:
+    with pytest.raises(Refusal, match="cachefrom"):
+        check_request(Guardrails(), "ImageBuild", f"cachefrom={quote(value)}", b"")
+
+
+@pytest.mark.parametrize("value", ["", "null", "[]", '["busybox","registry.example.com/c"]'])
+def test_other_cache_from_values_go_on(value: str) -> None:
+    check_request(Guardrails(), "ImageBuild", f"cachefrom={quote(value)}", b"")
+
+
+@pytest.mark.parametrize("value", ["[", '"x"', "[1]", '{"a":"b"}'])
+def test_unreadable_cache_from_is_400(value: str) -> None:
+    with pytest.raises(Refusal) as refused:
+        check_request(Guardrails(), "ImageBuild", f"cachefrom={quote(value)}", b"")
+    assert refused.value.status == 400
 
 
 @pytest.mark.parametrize("name", LOOPBACK_NAMES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import posixpath
 import socket
 from collections.abc import Mapping
@@ -610,6 +611,11 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
             problem = registry_name_problem(g, value)
             if problem is not None:
                 raise Refusal(403, f"{problem} ({key}=)")
+        elif operation == "ImageBuild" and key == "cachefrom" and value:
+            for reference in cache_from_references(value):
+                problem = registry_name_problem(g, reference)
+                if problem is not None:
+                    raise Refusal(403, f"{problem} (cachefrom=)")
         elif operation == "ImageCreate" and key == "fromSrc":
             if value not in ("", "-") and not g.fetch_urls:
                 raise Refusal(403, "importing an image from a URL is not allowed")
@@ -647,7 +653,8 @@ def pull_problem(g: Guardrails, reference: str) -> str | None:
 
 # Query parameters that name an image the daemon may later push or build under (moby
 # api/server/router/image/image_routes.go postImagesTag `repo`, postCommit `repo`, build
-# `t`, one per value: every value is judged). A name on a loopback registry is refused at the
+# `t`, one per value: every value is judged). A build's `cachefrom` names images BuildKit
+# fetches: `cache_from_references`. A name on a loopback registry is refused at the
 # tag, so that no local image gets one through the API (ImageLoad tars can still carry any
 # names: the push, judged on its path, is what stops them).
 _IMAGE_NAMES = frozenset({("ImageTag", "repo"), ("ImageCommit", "repo"), ("ImageBuild", "t")})
@@ -670,6 +677,24 @@ def registry_name_problem(g: Guardrails, reference: str) -> str | None:
         f"an image name on a registry on the daemon's loopback ({reference!r}) is not allowed; "
         "list it under images to allow it"
     )
+
+
+def cache_from_references(value: str) -> list[str]:
+    """The image references of a build's `cachefrom` (a JSON list of strings, moby
+    api/server/router/build/build_routes.go). BuildKit joins them with "," into the frontend's
+    `cache-from`, which splits on "," and imports each piece from its registry (buildkit
+    frontend/dockerfile/builder/build.go); newer frontends read `type=registry,ref=X`. Every
+    piece is judged, `ref=` stripped. Unreadable: refused (the daemon refuses it too)."""
+    try:
+        entries = json.loads(value)
+    except ValueError:
+        raise Refusal(400, "cachefrom must be a JSON list of image names") from None
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise Refusal(400, "cachefrom must be a JSON list of image names")
+    pieces = [piece.strip() for entry in entries for piece in entry.split(",")]
+    return [piece.removeprefix("ref=") for piece in pieces if piece]
 
 
 def _check_path(g: Guardrails, operation: str, params: Mapping[str, str]) -> None:
