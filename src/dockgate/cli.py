@@ -9,7 +9,7 @@ import argparse
 import ipaddress
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -410,7 +410,9 @@ def _check(args: argparse.Namespace) -> int:
                 f"  rule {rule.number:>3} {rule.effect:<5} {what}{_describe_matcher(rule)}  {mark}"
             )
     if verdict.allowed and match is not None:
-        refusal = _explain_guardrails(args, policy, match.operation.name, target.strip())
+        refusal = _explain_guardrails(
+            args, policy, match.operation.name, target.strip(), match.params
+        )
         if refusal is not None:
             print(f"decision:  deny, {refusal}")
             return 1
@@ -422,7 +424,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _explain_guardrails(
-    args: argparse.Namespace, policy: Policy, operation: str, target: str
+    args: argparse.Namespace,
+    policy: Policy,
+    operation: str,
+    target: str,
+    path_params: Mapping[str, str] | None = None,
 ) -> str | None:
     """Print each guardrail check of the request; the refusal, or None when all pass."""
     judged = operation in BODY_CHECKED or operation in QUERY_CHECKED
@@ -444,7 +450,7 @@ def _explain_guardrails(
             raise CallerError(f"--body {args.body}: {exc.strerror or exc}") from None
     query = target.partition("?")[2]
     first: str | None = None
-    for name, problem in explain_request(policy.guardrails, operation, query, body):
+    for name, problem in explain_request(policy.guardrails, operation, query, body, path_params):
         print(f"  guardrail {name:<12} {'ok' if problem is None else 'DENIES: ' + problem}")
         if problem is not None and first is None:
             # An unreadable body is a 400 at the gateway, a refused one a 403.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
 from dockgate.body import gojson
-from dockgate.http.query import query_value
+from dockgate.http.query import query_pairs, query_value
 from dockgate.pinning import PREDEFINED_NETWORKS, parse_link
 
 OWNER_LABEL = "io.dockgate.owner"
@@ -74,7 +74,9 @@ OWNED_CREATES = frozenset(
     }
 )
 # Operations not available in ownership mode: their answers are about every caller's objects.
-UNAVAILABLE = frozenset({"SystemDataUsage"})
+# BuildPrune wipes the daemon's one build cache, every tenant's (its filters name no owner:
+# moby builder/builder-next/builder.go Prune), so it is refused rather than narrowed.
+UNAVAILABLE = frozenset({"SystemDataUsage", "BuildPrune"})
 # Operations naming an object in their query: (parameter, kind). Checked and pinned like a
 # path reference.
 QUERY_REFERENCES = {"ImageCommit": "container"}  # operation -> the parameter naming a container
@@ -414,6 +416,8 @@ def plan(operation: str, template: str, raw_target: str, path: str, owner: str) 
             if problem is not None:
                 return Refuse(400, f"dockgate: {problem}")
         if operation == LABELLED_BUILD:
+            if _buildkit_build(query):
+                return Refuse(403, BUILDKIT_REFUSED)
             return _build_plan(with_build_label(raw_target, owner))
     except ValueError as exc:
         return Refuse(400, f"dockgate: {exc}")
@@ -433,6 +437,23 @@ def plan(operation: str, template: str, raw_target: str, path: str, owner: str) 
         return None
     index, reference = found
     return LookUp(kind, reference, lambda full_id: with_reference(raw_target, index, full_id))
+
+
+# BuildKit keeps one daemon-wide store of `RUN --mount=type=cache` directories (keyed by the
+# Dockerfile's `id=`, moby builder/builder-next with buildkit's cache mounts), of local
+# sources and of cache records: a tenant's build reads what another's left there and can
+# plant files for the other's next build. The classic builder has no cache mounts.
+BUILDKIT_REFUSED = (
+    "dockgate: BuildKit builds (version=2) share their cache mounts between callers and are "
+    "not available in ownership mode; use the classic builder (DOCKER_BUILDKIT=0)"
+)
+
+
+def _buildkit_build(query: str) -> bool:
+    """Whether a build asks for BuildKit. The daemon reads the first `version` value, "1" or
+    "2" (moby api/server/router/build/build_routes.go parseVersion, anything else is refused):
+    any value but "1" or "" in any position is taken as BuildKit."""
+    return any(key == "version" and value not in ("", "1") for key, value in query_pairs(query))
 
 
 def _build_plan(target: str) -> Plan:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING
 
 from dockgate.audit import AUDIT_BODY_LIMIT
@@ -21,6 +21,7 @@ from dockgate.body.guardrails import (
     QUERY_CHECKED,
     Guardrails,
     Refusal,
+    check_body_cost,
     check_request,
 )
 from dockgate.body.redact import (
@@ -155,9 +156,14 @@ class PolicySteps:
         volumes: list[NamedVolume] = []
         refused: Verdict | None = None
         try:
+            # The bound on what checking it may cost (bodycost.py), before the guardrails or
+            # ownership parse it (check_request counts again: a millisecond per MiB at most).
+            check_body_cost(body)
             if guardrails is not None:
                 query = head.target.partition("?")[2]
-                volumes = to_look_up(check_request(guardrails, self._operation(), query, body))
+                volumes = to_look_up(
+                    check_request(guardrails, self._operation(), query, body, self._params())
+                )
         except Refusal as refusal:
             refused = self._guardrail_verdict(refusal)
         if refused is None and self._owner is not None:
@@ -337,6 +343,12 @@ class PolicySteps:
     def _operation(self) -> str:
         return self._verdict.operation if self._verdict is not None else "-"
 
+    def _params(self) -> Mapping[str, str]:
+        """The path variables of the request's route (ImagePush's image `name`)."""
+        verdict = self._verdict
+        match = verdict.match if verdict is not None else None
+        return match.params if match is not None else {}
+
     def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
         if refusal.status == 403 and not raw:
             return self._policy_denial("guardrails", refusal.reason)
@@ -471,7 +483,8 @@ class PolicySteps:
         if guardrails is not None:
             if verdict.operation in QUERY_CHECKED:
                 try:
-                    check_request(guardrails, verdict.operation, head.target.partition("?")[2], b"")
+                    query = head.target.partition("?")[2]
+                    check_request(guardrails, verdict.operation, query, b"", self._params())
                 except Refusal as refusal:
                     self._refuse(head, self._guardrail_verdict(refusal))
                     return

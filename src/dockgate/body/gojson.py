@@ -127,6 +127,13 @@ def values(struct: Struct, field: str) -> list[object]:
 
 def scalar(struct: Struct, field: str) -> object:
     """A string/number/bool field: the last non-null value (null leaves it unchanged)."""
+    if len(struct) == 1:
+        # The common case, one object with no two keys folding alike: one dict look-up
+        # (this runs for every field of every list entry a body holds).
+        index = struct[0].unique_keys()
+        if index is not None:
+            found = index.get(field.lower(), MISSING)
+            return MISSING if found is None else found
     result: object = MISSING
     for value in values(struct, field):
         if value is not None:

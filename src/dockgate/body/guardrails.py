@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import posixpath
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dockgate.body import buildlimits, fields, gojson, subnets, tmpfs
+from dockgate.body import bodycost, buildlimits, fields, gojson, subnets, tmpfs
 from dockgate.body.volumeopts import (
     NETWORK_TYPES,
     VolumeOptionRefused,
@@ -187,7 +188,11 @@ class Refusal(Exception):
 
 
 def check_request(
-    guardrails: Guardrails, operation: str, query: str, body: bytes
+    guardrails: Guardrails,
+    operation: str,
+    query: str,
+    body: bytes,
+    path_params: Mapping[str, str] | None = None,
 ) -> tuple[NamedVolume, ...]:
     """Raise `Refusal` when the request asks for more than the guardrails allow: what the
     guardrails judge (workload.py's readers), and every query parameter and body field against
@@ -196,10 +201,12 @@ def check_request(
     (`named_volume_problem` on each one's inspect answer)."""
     pairs = query_pairs(query)
     _check_fields(guardrails, operation, pairs, None)
+    _check_path(guardrails, operation, path_params or {})
     if operation not in BODY_CHECKED:
         return ()
     if operation == "ImageCommit" and not body.strip(b" \t\r\n"):
         return ()  # no config given: the container's own is committed
+    check_body_cost(body)
     parsed = _parse(body)
     try:
         if operation in ("PluginPull", "PluginUpgrade"):
@@ -215,6 +222,14 @@ def check_request(
             raise Refusal(403, problem)
     _check_fields(guardrails, operation, [], parsed)
     return tuple(workload.named_volumes) if workload is not None else ()
+
+
+def check_body_cost(body: bytes) -> None:
+    """Refuse (413) a body too costly to check: more keys and list entries than
+    `bodycost.MAX_SEPARATORS`, counted before it is parsed."""
+    problem = bodycost.cost_problem(body)
+    if problem is not None:
+        raise Refusal(413, problem)
 
 
 def _parse(body: bytes) -> object:
@@ -251,13 +266,17 @@ def find_problem(g: Guardrails, w: Workload) -> str | None:
 
 
 def explain_request(
-    guardrails: Guardrails, operation: str, query: str, body: bytes
+    guardrails: Guardrails,
+    operation: str,
+    query: str,
+    body: bytes,
+    path_params: Mapping[str, str] | None = None,
 ) -> list[tuple[str, str | None]]:
     """Every guardrail check with its finding (None: passed), for `dockgate check --body`,
     then the field table's ("fields"). A body that cannot be read gives one ("read", reason)."""
     if operation not in _READERS:
         try:
-            check_request(guardrails, operation, query, body)
+            check_request(guardrails, operation, query, body, path_params)
         except Refusal as refusal:
             return [("request", refusal.reason)]
         return [("request", None)]
@@ -549,7 +568,9 @@ def image_repository(reference: str) -> str | None:
     first, _, rest = name.partition("/")
     if not rest:
         return f"docker.io/library/{name}"
-    if "." in first or ":" in first or first == "localhost":
+    # A first element with an upper-case letter is a domain to newer daemons (distribution
+    # reference normalize.go splitDockerDomain; 20.10 refuses such a name): `LOCALHOST/x`.
+    if "." in first or ":" in first or first == "localhost" or first.lower() != first:
         return name.lower() if first == "localhost" else name
     return f"docker.io/{name}"
 
@@ -589,6 +610,15 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
             problem = pull_problem(g, value)
             if problem is not None:
                 raise Refusal(403, problem)
+        elif (operation, key) in _IMAGE_NAMES and value:
+            problem = registry_name_problem(g, value)
+            if problem is not None:
+                raise Refusal(403, f"{problem} ({key}=)")
+        elif operation == "ImageBuild" and key == "cachefrom" and value:
+            for reference in cache_from_references(value):
+                problem = registry_name_problem(g, reference)
+                if problem is not None:
+                    raise Refusal(403, f"{problem} (cachefrom=)")
         elif operation == "ImageCreate" and key == "fromSrc":
             if value not in ("", "-") and not g.fetch_urls:
                 raise Refusal(403, "importing an image from a URL is not allowed")
@@ -622,6 +652,64 @@ def pull_problem(g: Guardrails, reference: str) -> str | None:
             "list it under images to allow it"
         )
     return None
+
+
+# Query parameters that name an image the daemon may later push or build under (moby
+# api/server/router/image/image_routes.go postImagesTag `repo`, postCommit `repo`, build
+# `t`, one per value: every value is judged). A build's `cachefrom` names images BuildKit
+# fetches: `cache_from_references`. A name on a loopback registry is refused at the
+# tag, so that no local image gets one through the API (ImageLoad tars can still carry any
+# names: the push, judged on its path, is what stops them).
+_IMAGE_NAMES = frozenset({("ImageTag", "repo"), ("ImageCommit", "repo"), ("ImageBuild", "t")})
+
+
+def registry_name_problem(g: Guardrails, reference: str) -> str | None:
+    """An image name given to tag, commit, build or push: a name on a registry on the daemon
+    host's loopback is refused unless `images` lists it, as for pulls (`pull_problem`): a push
+    of it makes the daemon talk plain HTTP (GET, then POST/PUT of the layers) to a service only
+    the host can reach, and quote its answers. Names on other registries are not judged here
+    (`images` is about what runs)."""
+    repository = image_repository(reference)
+    if repository is None or not is_loopback_registry(repository.partition("/")[0]):
+        return None
+    if g.images is not None and any(
+        fnmatch.fnmatchcase(repository, image_repository(p) or p) for p in g.images
+    ):
+        return None
+    return (
+        f"an image name on a registry on the daemon's loopback ({reference!r}) is not allowed; "
+        "list it under images to allow it"
+    )
+
+
+def cache_from_references(value: str) -> list[str]:
+    """The image references of a build's `cachefrom` (a JSON list of strings, moby
+    api/server/router/build/build_routes.go). BuildKit joins them with "," into the frontend's
+    `cache-from`, which splits on "," and imports each piece from its registry (buildkit
+    frontend/dockerfile/builder/build.go); newer frontends read `type=registry,ref=X`. Every
+    piece is judged, `ref=` stripped. Unreadable: refused (the daemon refuses it too)."""
+    try:
+        entries = json.loads(value)
+    except ValueError:
+        raise Refusal(400, "cachefrom must be a JSON list of image names") from None
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise Refusal(400, "cachefrom must be a JSON list of image names")
+    pieces = [piece.strip() for entry in entries for piece in entry.split(",")]
+    return [piece.removeprefix("ref=") for piece in pieces if piece]
+
+
+def _check_path(g: Guardrails, operation: str, params: Mapping[str, str]) -> None:
+    """The image name in ImagePush's path (`/images/{name}/push`): the registry the daemon
+    pushes to is the name's (moby api/server/router/image/image_routes.go postImagesPush,
+    distribution/push.go), with `tag=` only choosing the tag."""
+    if operation != "ImagePush":
+        return
+    name = params.get("name", "")
+    problem = registry_name_problem(g, name) if name else None
+    if problem is not None:
+        raise Refusal(403, f"pushing: {problem}")
 
 
 def is_loopback_registry(host: str) -> bool:
