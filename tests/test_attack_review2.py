@@ -47,6 +47,7 @@ pytestmark = [
 
 RUN = uuid.uuid4().hex[:8]
 ALLOWED_DIR = pathlib.Path(f"/tmp/dgb-allowed-{RUN}")  # allowed read-only by the CI policy
+LISTED_PORT = free_tcp_port()  # the one fixed host port the CI policy lets a job publish on
 
 # examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
 CI_POLICY = f"""
@@ -75,6 +76,7 @@ policies:
       exec: {{root: true, privileged: false}}
       fetch_urls: false
       network_drivers: []
+      host_ports: [{LISTED_PORT}]
 """
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -497,44 +499,93 @@ def test_blkio_device_path_tells_which_host_files_exist(
     assert answers == {f"present-{RUN}": "create 403", f"absent-{RUN}": "create 403"}, answers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HostConfig.PortBindings HostIp/HostPort are inert: a job takes any free port on "
-    "the host's loopback (privileged ones too; docker-proxy runs as root) and answers the "
-    "host's own clients of a local service that is down or not started yet",
-)
+def _answer_on(port: int, tries: int = 30) -> bytes:
+    """What a listener on the host's 127.0.0.1:`port` says first (b"" if nothing answers)."""
+    for _ in range(tries):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                heard = conn.recv(100)
+            if heard:
+                return heard
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return b""
+
+
+def _published_container(image: str, network: str, bindings: dict[str, Any]) -> dict[str, Any]:
+    body = ci_container(
+        image,
+        "echo answered-by-the-job | nc -l -p 8080",
+        {"NetworkMode": network, "PortBindings": {"8080/tcp": [bindings]}},
+    )
+    body["ExposedPorts"] = {"8080/tcp": {}}
+    return body
+
+
 def test_port_binding_squats_a_host_loopback_port(
-    ci: Api, busybox_image: str, leftovers: dict[str, list[str]]
+    ci: Api, busybox_image: str, daemon: PrivateDaemon, leftovers: dict[str, list[str]]
 ) -> None:
-    port = free_tcp_port()
+    """Found by the review: HostConfig.PortBindings HostIp/HostPort were inert, so a job took
+    any free port on the host's loopback (privileged ones too; docker-proxy runs as root) and
+    answered the host's own clients of a local service that was down or not started yet.
+    Closed: a fixed host port must lie in the policy's `host_ports` (none by default);
+    ephemeral ones (the daemon picks) stay allowed. Sent straight to the daemon, the squat
+    answers on the host port; through dockgate it is refused (inner and legacy top-level
+    PortBindings) and no container is made; `-p 127.0.0.1::8080` and a listed port still work.
+    Fails on the old code (the create passed and the job answered on the port)."""
     network = f"dgb-ports-{RUN}"
     status, answer = ci.call("POST", "/v1.41/networks/create", {"Name": network})
     assert status == 201, (status, answer)
     leftovers["network"].append(network)
-    body = ci_container(
-        busybox_image,
-        "echo answered-by-the-job | nc -l -p 8080",
-        {
-            "NetworkMode": network,
-            "PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]},
-        },
+
+    # The attack works when sent straight to the daemon (so the refusal below is not vacuous).
+    port = free_tcp_port()
+    direct = f"dgb-squat-direct-{RUN}"
+    leftovers["container"].append(direct)
+    daemon.docker(
+        *("run", "-d", "--name", direct, "--network", network),
+        *("-p", f"127.0.0.1:{port}:8080", busybox_image),
+        *("sh", "-c", "echo answered-by-the-job | nc -l -p 8080"),
     )
-    body["ExposedPorts"] = {"8080/tcp": {}}
-    status, created = ci.call("POST", "/v1.41/containers/create", body)
-    heard = b""
-    if status == 201:
-        leftovers["container"].append(created["Id"])
-        ci.start(created["Id"])
-        for _ in range(30):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-                    heard = conn.recv(100)
-                if heard:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-    assert b"answered-by-the-job" not in heard
+    assert b"answered-by-the-job" in _answer_on(port)
+
+    # Through dockgate: refused, inner HostConfig and the legacy top-level form alike.
+    port = free_tcp_port()
+    squat = {"HostIp": "127.0.0.1", "HostPort": str(port)}
+    inner = _published_container(busybox_image, network, squat)
+    legacy = {**inner, **inner["HostConfig"]}
+    del legacy["HostConfig"]
+    for body in (inner, legacy, _published_container(busybox_image, network, {"HostPort": "80"})):
+        name = f"dgb-squat-{RUN}"
+        status, refused = ci.call("POST", f"/v1.41/containers/create?name={name}", body)
+        if status == 201:
+            leftovers["container"].append(refused["Id"])
+        assert status == 403, (status, refused)
+        assert "is not allowed" in refused["message"] and "host_ports" in refused["message"]
+        listed = daemon.docker("ps", "-aq", "--filter", f"name={name}").stdout.strip()
+        assert listed == b"", listed
+    assert _answer_on(port, tries=3) == b""
+
+    # An ephemeral port on the loopback (`-p 127.0.0.1::8080`): the daemon picks it.
+    body = _published_container(busybox_image, network, {"HostIp": "127.0.0.1", "HostPort": ""})
+    cid = ci.create(body)
+    leftovers["container"].append(cid)
+    ci.start(cid)
+    status, inspected = ci.call("GET", f"/v1.41/containers/{cid}/json")
+    assert status == 200, (status, inspected)
+    picked = int(inspected["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
+    assert picked != 0
+    assert b"answered-by-the-job" in _answer_on(picked)
+
+    # The port the policy lists.
+    body = _published_container(
+        busybox_image, network, {"HostIp": "127.0.0.1", "HostPort": str(LISTED_PORT)}
+    )
+    cid = ci.create(body)
+    leftovers["container"].append(cid)
+    ci.start(cid)
+    assert b"answered-by-the-job" in _answer_on(LISTED_PORT)
 
 
 # ----- the gateway's own resources -------------------------------------------------------------

@@ -275,6 +275,7 @@ JUDGES = {
     # guardrails.py's own checks
     "network_drivers",
     "network_subnets",
+    "host_ports",
     "fetch_urls",
     "image_changes",
     "swarm",

@@ -228,7 +228,9 @@ HOST_CONFIG_FIELDS: dict[str, Node] = {
     "ContainerIDFile": I,  # written by the client, not the daemon
     "LogConfig": LOG_CONFIG,
     "NetworkMode": judged("namespaces"),
-    "PortBindings": MapOf(ListOf(obj({"HostIp": I, "HostPort": I}))),
+    # A fixed HostPort must lie in the policy's host_ports (body/hostports.py); the address
+    # matters not: a bind on 0.0.0.0 also answers the host's loopback.
+    "PortBindings": MapOf(ListOf(obj({"HostIp": I, "HostPort": judged("host_ports")}))),
     "RestartPolicy": RESTART_POLICY,
     "AutoRemove": I,
     "VolumeDriver": judged("volume_drivers"),
@@ -558,7 +560,7 @@ SERVICE_BODY = obj(
                             "Name": I,
                             "Protocol": I,
                             "TargetPort": I,
-                            "PublishedPort": I,
+                            "PublishedPort": judged("host_ports"),
                             "PublishMode": I,
                         }
                     )

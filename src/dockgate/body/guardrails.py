@@ -17,7 +17,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dockgate.body import bodycost, buildlimits, fields, gojson, subnets, tmpfs
+from dockgate.body import bodycost, buildlimits, fields, gojson, hostports, subnets, tmpfs
 from dockgate.body.volumeopts import (
     NETWORK_TYPES,
     VolumeOptionRefused,
@@ -170,6 +170,10 @@ class Guardrails:
     # Address ranges a NetworkCreate may name in IPAM.Config (Subnet, IPRange, Gateway,
     # AuxiliaryAddresses), of any driver; none: the daemon's own address pools only.
     network_subnets: tuple[subnets.Network, ...] = ()
+    # Fixed host ports a published port may take (merged ranges, hostports.merge); ephemeral
+    # ones (the daemon picks) are always allowed. None by default: a fixed port would let a
+    # job answer the host's own clients of a local service that is not listening.
+    host_ports: tuple[hostports.PortRange, ...] = ()
     plugin_privileges: bool = False
     swarm: bool = False  # init, join, or reconfigure a swarm (CA, join tokens, raft)
     # BuildKit's control API (POST /grpc, docker buildx): solve requests travel inside an
@@ -506,6 +510,14 @@ def _resources(g: Guardrails, w: Workload) -> str | None:
     return None
 
 
+def _host_ports(g: Guardrails, w: Workload) -> str | None:
+    for port in w.host_ports:
+        problem = hostports.host_port_problem(g.host_ports, port)
+        if problem is not None:
+            return problem
+    return None
+
+
 def _exec_user(g: Guardrails, w: Workload) -> str | None:
     if w.kind != "exec" or g.exec_root:
         return None
@@ -535,6 +547,7 @@ _CHECKS = (
     _image,
     _labels,
     _resources,
+    _host_ports,
     _exec_user,
 )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dockgate.body.gojson import MISSING, GoObject, Struct, mapping, scalar, slice_, struct, values
+from dockgate.body.hostports import HostPort, parse_host_port
 from dockgate.body.tmpfs import TmpfsMount, option_words, tmpfs_data_words
 
 
@@ -79,6 +80,8 @@ class Workload:
     local_volumes: list[LocalVolume] = field(default_factory=list)
     named_volumes: list[NamedVolume] = field(default_factory=list)
     tmpfs: list[TmpfsMount] = field(default_factory=list)  # HostConfig.Tmpfs, tmpfs Mounts
+    # Published ports' host ports (PortBindings, a service's EndpointSpec.Ports).
+    host_ports: list[HostPort] = field(default_factory=list)
 
 
 # ----- typed accessors: the daemon refuses a wrong type, so do we ----------------------------
@@ -318,6 +321,34 @@ def _host_config(host: Struct, where: str, workload: Workload) -> None:
     workload.runtime = _string(host, "Runtime", where) or ""
     workload.memory = _int(host, "Memory", where)
     _cpus(host, where, workload)
+    _port_bindings(host, where, workload)
+
+
+def _port_bindings(host: Struct, where: str, workload: Workload) -> None:
+    """HostConfig.PortBindings (nat.PortMap: container port -> list of {HostIp, HostPort}).
+    Map keys are exact and merge across objects, the last duplicate winning (gojson.mapping,
+    as Go decodes a map); each entry's HostPort is read as the daemon reads it (hostports.py).
+    PublishAllPorts and an empty HostPort ask for ephemeral ports."""
+    for value in values(host, "PortBindings"):
+        if value is not None and not isinstance(value, GoObject):
+            raise BodyError(f"{where}PortBindings must be an object")
+    for port, bindings in (mapping(host, "PortBindings") or {}).items():
+        here = f"{where}PortBindings[{port!r}]"
+        if bindings is None:
+            continue  # a nil list: no binding
+        if not isinstance(bindings, list):
+            raise BodyError(f"{here} must be a list of objects")
+        for index, binding in enumerate(bindings):
+            if binding is None:
+                continue  # Go leaves the element zero: HostPort "", ephemeral
+            if not isinstance(binding, GoObject):
+                raise BodyError(f"{here} must be a list of objects")
+            text = _string((binding,), "HostPort", f"{here}[{index}].") or ""
+            try:
+                first, last = parse_host_port(text)
+            except ValueError as exc:
+                raise BodyError(f"{here}[{index}]: {exc}") from None
+            workload.host_ports.append(HostPort(first, last, f"{here}[{index}].HostPort"))
 
 
 def _cpus(resources: Struct, where: str, workload: Workload) -> None:
@@ -407,7 +438,24 @@ def service_spec(parsed: object) -> Workload:
         workload.networks.append(target)
     if any(name == "host" for name in workload.networks):
         workload.host_namespaces.append("network")
+    _endpoint_ports(top, workload)
     return workload
+
+
+def _endpoint_ports(top: Struct, workload: Workload) -> None:
+    """A service's EndpointSpec.Ports[].PublishedPort (uint32; 0: swarm picks one, from its
+    dynamic range for the routing mesh, or any free port in host mode). Both publish modes
+    listen on the node: `ingress` on every node, `host` where a task runs. A Ports list given
+    twice is left to the field table, which refuses it (400) right after the guardrails."""
+    endpoint = struct(top, "EndpointSpec", pointer=True)
+    if sum(v is not None for v in values(endpoint, "Ports")) > 1:
+        return
+    for index, port in enumerate(_objects(endpoint, "Ports", "EndpointSpec.")):
+        here = f"EndpointSpec.Ports[{index}]."
+        published = _int((port,), "PublishedPort", here)
+        if not 0 <= published <= 0xFFFFFFFF:
+            raise BodyError(f"{here}PublishedPort must be an unsigned 32-bit integer")
+        workload.host_ports.append(HostPort(published, published, f"{here}PublishedPort"))
 
 
 def _service_privileges(privileges: Struct, where: str, workload: Workload) -> None:

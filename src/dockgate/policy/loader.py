@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from dockgate.body import subnets
+from dockgate.body import hostports, subnets
 from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
 from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
@@ -143,6 +143,7 @@ class GuardrailsSpec(_Strict):
     image_import_urls: StrictBool | None = None  # the older name of fetch_urls
     network_drivers: list[str] = Field(default_factory=list)
     network_subnets: list[str] = Field(default_factory=list)
+    host_ports: list[StrictInt | str] = Field(default_factory=list)
     plugin_privileges: StrictBool = False
     swarm: StrictBool = False
     buildkit: StrictBool = False
@@ -523,6 +524,12 @@ def _compile_guardrails(
             network_subnets.append(subnets.parse_network(text))
         except ValueError as exc:
             raise fail((*loc, "network_subnets", i), f"network_subnets: {exc}") from None
+    host_ports = []
+    for i, entry in enumerate(spec.host_ports):
+        try:
+            host_ports.append(hostports.parse_policy_range(entry))
+        except ValueError as exc:
+            raise fail((*loc, "host_ports", i), f"host_ports: {exc}") from None
     return Guardrails(
         privileged=spec.privileged,
         capabilities=frozenset(normalize_capability(c) for c in spec.capabilities),
@@ -546,6 +553,7 @@ def _compile_guardrails(
         fetch_urls=bool(fetch_urls),
         network_drivers=frozenset(spec.network_drivers),
         network_subnets=tuple(network_subnets),
+        host_ports=hostports.merge(host_ports),
         plugin_privileges=spec.plugin_privileges,
         swarm=spec.swarm,
         buildkit=spec.buildkit,
