@@ -74,6 +74,7 @@ CHECK_NAMES = [
     "image",
     "labels",
     "resources",
+    "host_ports",
     "exec_user",
     "fields",  # the field table (fields.py): unknown or refused fields and parameters
 ]
@@ -1557,6 +1558,7 @@ def test_explain_request_lists_every_check() -> None:
         ("image", None),
         ("labels", None),
         ("resources", f"a memory limit of at most {MiB} bytes is required"),
+        ("host_ports", None),
         ("exec_user", None),
         ("fields", None),
     ]
