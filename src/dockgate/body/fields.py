@@ -306,6 +306,18 @@ ENDPOINT_SETTINGS = obj(
 )
 NETWORKING_CONFIG = obj({"EndpointsConfig": MapOf(ENDPOINT_SETTINGS)})
 
+# container.HealthConfig: a command run inside the container, and its timings.
+HEALTHCHECK = obj(
+    {
+        "Test": I,
+        "Interval": I,
+        "Timeout": I,
+        "Retries": I,
+        "StartPeriod": I,
+        "StartInterval": I,
+    }
+)
+
 # api/types/container/config.go Config.
 CONFIG_FIELDS: dict[str, Node] = {
     "Hostname": I,
@@ -320,16 +332,7 @@ CONFIG_FIELDS: dict[str, Node] = {
     "StdinOnce": I,
     "Env": I,
     "Cmd": I,
-    "Healthcheck": obj(
-        {
-            "Test": I,
-            "Interval": I,
-            "Timeout": I,
-            "Retries": I,
-            "StartPeriod": I,
-            "StartInterval": I,
-        }
-    ),
+    "Healthcheck": HEALTHCHECK,
     "ArgsEscaped": I,
     "Image": judged("images"),
     "Volumes": MapOf(I),  # anonymous volumes of the default driver
@@ -475,16 +478,7 @@ CONTAINER_SPEC = obj(
         "ReadOnly": I,
         "Mounts": ListOf(MOUNT),
         "StopGracePeriod": I,
-        "HealthCheck": obj(
-            {
-                "Test": I,
-                "Interval": I,
-                "Timeout": I,
-                "Retries": I,
-                "StartPeriod": I,
-                "StartInterval": I,
-            }
-        ),
+        "HealthCheck": HEALTHCHECK,
         "Hosts": I,
         "DNSConfig": obj({"Nameservers": I, "Search": I, "Options": I}),
         "Secrets": ListOf(obj({"File": _FILE, "SecretID": I, "SecretName": I})),
