@@ -11,9 +11,9 @@ import math
 import posixpath
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -49,6 +49,10 @@ from dockgate.sourceaddr import AddressListError, SourceRules, parse_address_lis
 Location = tuple[str | int, ...]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+_E = TypeVar("_E")
+_T = TypeVar("_T")
 
 
 class PolicyError(ValueError):
@@ -518,18 +522,10 @@ def _compile_guardrails(
     for i, driver in enumerate(spec.network_drivers):
         if not driver:
             raise fail((*loc, "network_drivers", i), "a network driver name is required")
-    network_subnets = []
-    for i, text in enumerate(spec.network_subnets):
-        try:
-            network_subnets.append(subnets.parse_network(text))
-        except ValueError as exc:
-            raise fail((*loc, "network_subnets", i), f"network_subnets: {exc}") from None
-    host_ports = []
-    for i, entry in enumerate(spec.host_ports):
-        try:
-            host_ports.append(hostports.parse_policy_range(entry))
-        except ValueError as exc:
-            raise fail((*loc, "host_ports", i), f"host_ports: {exc}") from None
+    network_subnets = _parse_each(
+        spec.network_subnets, subnets.parse_network, loc, "network_subnets", fail
+    )
+    host_ports = _parse_each(spec.host_ports, hostports.parse_policy_range, loc, "host_ports", fail)
     return Guardrails(
         privileged=spec.privileged,
         capabilities=frozenset(normalize_capability(c) for c in spec.capabilities),
@@ -558,6 +554,20 @@ def _compile_guardrails(
         swarm=spec.swarm,
         buildkit=spec.buildkit,
     )
+
+
+def _parse_each(
+    entries: Sequence[_E], parse: Callable[[_E], _T], loc: Location, key: str, fail: Any
+) -> list[_T]:
+    """Each entry of a guardrail list parsed; the first that does not parse is an error at its
+    own line, `KEY: why`."""
+    parsed = []
+    for i, entry in enumerate(entries):
+        try:
+            parsed.append(parse(entry))
+        except ValueError as exc:
+            raise fail((*loc, key, i), f"{key}: {exc}") from None
+    return parsed
 
 
 def _compile_sources(
