@@ -75,7 +75,7 @@ class _LoopbackIndex(http.server.BaseHTTPRequestHandler):
     reason="ImageSearch term=127.0.0.1:PORT/x (or localhost:PORT/x) is not judged: the daemon "
     "GETs /v1/_ping and /v1/search from a loopback-only service and returns its answer",
 )
-def test_image_search_reads_a_loopback_only_service(ci: Api) -> None:
+def test_image_search_reads_a_loopback_only_service(ci: Api) -> None:  # noqa: F811
     requests: list[str] = []
     handler = type("Handler", (_LoopbackIndex,), {"requests": requests})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
