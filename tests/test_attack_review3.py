@@ -1,0 +1,225 @@
+"""Issue 11, "attack your own change", third pass: the fixes of the last hour (tmpfs option
+allowlist, bind volumes judged by their own `o`, legacy top-level HostConfig fields, build
+limits, network subnets, blkio paths, logs details, loopback registry names, the checked-body
+cost bound, owner labels at any depth, pinning, leading-slash references), attacked as a
+limited caller against the real daemon.
+
+Each test is one finding, proven by its effect on the real daemon (or, for the gateway's own
+robustness, by a measurement), and marked `xfail(strict=True)`: it passes while the hole is
+open and fails (XPASS) once it is closed, so that the fix must turn it into an ordinary test.
+Fixtures and helpers are the second pass's (tests/test_attack_review2.py): `ci` is a gateway
+with the CI runner's policy, `tenants` two ownership tenants.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import pathlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dockgate.body import bodycost
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from test_attack_review2 import (  # noqa: F401  (fixtures are found by name)
+    RUN,
+    Api,
+    _LoopbackRegistry,
+    ci,
+    leftovers,
+    tenants,
+)
+
+pytestmark = [
+    pytest.mark.daemon,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
+        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
+    ),
+]
+
+SECRET = f"loopback-only-secret-{RUN}"
+
+
+class _LoopbackIndex(http.server.BaseHTTPRequestHandler):
+    """A service on the host's loopback only, answering as a v1 registry index would: its
+    search results are whatever it holds (here, a secret)."""
+
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        if self.path.startswith("/v1/search"):
+            data = json.dumps(
+                {"num_results": 1, "query": "x", "results": [{"name": SECRET, "description": ""}]}
+            ).encode()
+        else:
+            data = b"true"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ImageSearch term=127.0.0.1:PORT/x (or localhost:PORT/x) is not judged: the daemon "
+    "GETs /v1/_ping and /v1/search from a loopback-only service and returns its answer",
+)
+def test_image_search_reads_a_loopback_only_service(ci: Api) -> None:  # noqa: F811
+    requests: list[str] = []
+    handler = type("Handler", (_LoopbackIndex,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        # The same registry is refused for a pull (guardrails.pull_problem).
+        status, answer = ci.call("POST", f"/v1.41/images/create?fromImage=127.0.0.1:{port}/x")
+        assert status == 403 and "loopback" in answer["message"], (status, answer)
+        status, answer = ci.call("GET", f"/v1.41/images/search?term=127.0.0.1:{port}/x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert SECRET not in json.dumps(answer, default=repr), (status, answer)
+    assert requests == []
+
+
+def _hosts_file_loopback_name() -> str | None:
+    """A name other than localhost that /etc/hosts maps to a loopback address (the daemon's
+    resolver reads /etc/hosts before DNS)."""
+    try:
+        lines = pathlib.Path("/etc/hosts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.partition("#")[0].split()
+        if len(fields) < 2 or not fields[0].startswith("127."):
+            continue
+        for name in fields[1:]:
+            if "." not in name and name != "localhost" and name.isalnum():
+                return name
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a registry named by a host name that /etc/hosts maps to 127.0.0.1 (here `vm`, "
+    "`runsc`) is not seen as loopback: a pull of NAME:PORT/x makes the daemon GET the "
+    "loopback-only service and quote its answer (documented as 'a DNS name'; the gateway "
+    "could resolve the name as the daemon does)",
+)
+def test_pull_from_a_hosts_file_name_reads_a_loopback_only_service(ci: Api) -> None:  # noqa: F811
+    name = _hosts_file_loopback_name()
+    if name is None:
+        pytest.skip("no name other than localhost maps to 127.0.0.1 in /etc/hosts")
+    requests: list[str] = []
+    handler = type("Handler", (_LoopbackRegistry,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        status, answer = ci.call(
+            "POST", f"/v1.41/images/create?fromImage={name}:{port}/internal/x&tag=latest"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert SECRET not in json.dumps(answer, default=repr), (status, answer)
+    assert requests == []
+
+
+# ----- the gateway's own resources -------------------------------------------------------------
+
+SUBNETS_POLICY = """
+version: 1
+policies:
+  ci-runner:
+    rules:
+      - allow: {sections: [ping, version, info, networks]}
+    guardrails:
+      network_subnets: [10.0.0.0/8]
+"""
+
+
+@pytest.fixture(scope="module")
+def subnets_gateway(
+    daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway whose policy lets networks take subnets inside 10.0.0.0/8."""
+    base = tmp_path_factory.mktemp("attack3-subnets")
+    (base / "policy.yaml").write_text(SUBNETS_POLICY)
+    with running(Gateway(daemon.host, policy=str(base / "policy.yaml"))) as gateway:
+        yield gateway
+
+
+def _ping_seconds(port: int) -> float:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        while conn.recv(65536):
+            pass
+    return time.monotonic() - started
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a NetworkCreate of ~5,000 IPAM.Config subnets (under the separator bound) costs "
+    "~0.1 s of event-loop CPU to judge against network_subnets: one caller's bodies from 8 "
+    "connections take everyone's /_ping from ~1 ms to a median over 0.15 s",
+)
+def test_network_subnets_of_one_caller_stall_the_event_loop(subnets_gateway: Gateway) -> None:
+    port = subnets_gateway.port
+    # Every subnet is judged (each inside the allowed range), the last one is outside: the
+    # body is refused (403) after all of them were read, and the daemon never sees it.
+    configs = ",".join(['{"Subnet":"10.19.0.0/16"}'] * 4990 + ['{"Subnet":"192.0.2.0/24"}'])
+    body = f'{{"Name":"x-{RUN}","IPAM":{{"Config":[{configs}]}}}}'.encode()
+    assert bodycost.cost_problem(body) is None
+    api = Api(subnets_gateway)
+    status, refused = api.call("POST", "/v1.41/networks/create", body)
+    assert status == 403 and "192.0.2.0/24" in refused["message"], (status, refused)
+    head = (
+        "POST /v1.41/networks/create HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    stop = time.monotonic() + 4
+    sent = [0]
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+                    conn.sendall(head + body)
+                    while conn.recv(65536):
+                        pass
+                sent[0] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    idle = sorted(_ping_seconds(port) for _ in range(10))
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    loaded: list[float] = []
+    while time.monotonic() < stop:
+        loaded.append(_ping_seconds(port))
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    loaded.sort()
+    median = loaded[len(loaded) // 2]
+    assert sent[0] > 0
+    # The bound of the second pass's stall test (checked container bodies now: ~0.03 s).
+    assert median < 0.15, (f"idle median {idle[5]:.4f}s", f"loaded median {median:.3f}s", sent)
