@@ -20,7 +20,12 @@ import textwrap
 
 import pytest
 
-from dockgate.body.guardrails import Guardrails, is_loopback_registry, pull_problem
+from dockgate.body.guardrails import (
+    Guardrails,
+    is_loopback_registry,
+    pull_problem,
+    search_problem,
+)
 from dockgate.policy.loader import parse_policy_text
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
@@ -151,3 +156,22 @@ def test_buildkit_control_api_needs_the_guardrail(
         assert message.startswith("dockgate: GrpcSession denied by policy builder: ")
         assert "BuildKit's control API (docker buildx) cannot be judged" in message
     assert _grpc_upgrade(daemon.socket_path)[0] == 101  # the daemon's own answer
+
+
+@pytest.mark.parametrize(
+    ("term", "refused"),
+    [
+        ("busybox", False),  # Docker Hub
+        ("library/busybox", False),  # Docker Hub: no dot, colon or localhost before the `/`
+        ("registry.example.com/app", False),
+        ("127.0.0.1:5000/x", True),
+        ("localhost/x", True),
+        ("LOCALHOST:5000/x", True),
+        ("[::1]:5000/x", True),
+    ],
+)
+def test_searches_of_loopback_registries_are_refused(term: str, refused: bool) -> None:
+    """ImageSearch makes the daemon contact the registry a term names (review 3)."""
+    assert (search_problem(Guardrails(), term) is not None) is refused
+    listed = Guardrails(images=("localhost:5000/*",))
+    assert search_problem(listed, "localhost:5000/tools") is None

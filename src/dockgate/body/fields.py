@@ -780,6 +780,9 @@ QUERIES: dict[str, dict[str, Leaf]] = {
         "platform": I,
     },
     "ImagePush": {"tag": I, "platform": I},
+    # A read, but the daemon contacts the registry a term names (registry.ParseSearchIndexInfo):
+    # a loopback one is refused like a pull.
+    "ImageSearch": {"term": judged("images"), "limit": I, "filters": I},
     "ImageTag": {"repo": I, "tag": I},
     "ImageDelete": {"force": I, "noprune": I, "platforms": I},
     "ImagePrune": {"filters": I},

@@ -619,6 +619,10 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
             if value not in _CLIENT_CONTEXTS and not g.fetch_urls:
                 # The daemon fetches it (or clones it) from the host, loopback included.
                 raise Refusal(403, "building from a URL (remote=) is not allowed")
+        elif operation == "ImageSearch" and key == "term":
+            problem = search_problem(g, value)
+            if problem is not None:
+                raise Refusal(403, problem)
         elif operation == "ImageCreate" and key == "fromImage" and value:
             problem = pull_problem(g, value)
             if problem is not None:
@@ -723,6 +727,25 @@ def _check_path(g: Guardrails, operation: str, params: Mapping[str, str]) -> Non
     problem = registry_name_problem(g, name) if name else None
     if problem is not None:
         raise Refusal(403, f"pushing: {problem}")
+
+
+def search_problem(g: Guardrails, term: str) -> str | None:
+    """ImageSearch `term`: `INDEX/TERM` searches the registry INDEX when it looks like a host
+    (moby registry.ParseSearchIndexInfo, via splitReposSearchTerm: a dot, a colon or
+    `localhost` before the first `/`). A loopback one is refused unless `images` names a
+    repository on it."""
+    index, slash, _ = term.partition("/")
+    if not slash or not ("." in index or ":" in index or index.lower() == "localhost"):
+        return None  # Docker Hub
+    if not is_loopback_registry(index):
+        return None
+    listed = g.images or ()
+    if any((image_repository(p) or p).startswith(index + "/") for p in listed):
+        return None
+    return (
+        f"searching a registry on the daemon's loopback ({index!r}) is not allowed; "
+        "list a repository on it under images to allow it"
+    )
 
 
 def is_loopback_registry(host: str) -> bool:

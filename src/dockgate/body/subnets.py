@@ -58,6 +58,11 @@ def parse_network(text: str) -> Network:
     return ipaddress.ip_network(f"{address}/{int(prefix)}", strict=False)
 
 
+# Bounds on what one NetworkCreate body makes the gateway parse and compare.
+MAX_IPAM_CONFIGS = 16
+MAX_IPAM_VALUES = 256
+
+
 def ipam_problem(allowed: Sequence[Network], body: gojson.GoObject) -> str | None:
     """The first range or address of NetworkCreate's `IPAM.Config` outside `allowed`, as a
     sentence; None when there is none. Raises SubnetError(400) for what cannot be read."""
@@ -105,6 +110,10 @@ def _ipam_values(body: gojson.GoObject) -> list[tuple[str, str]]:
         return []
     if not isinstance(configs, list) or not all(isinstance(c, gojson.GoObject) for c in configs):
         raise SubnetError(400, "IPAM.Config must be a list of objects")
+    if len(configs) > MAX_IPAM_CONFIGS:
+        # A network has a subnet or two per address family; thousands of entries only make
+        # the gateway parse and compare addresses on its event loop (review 3).
+        raise SubnetError(400, f"IPAM.Config may have at most {MAX_IPAM_CONFIGS} entries")
     found: list[tuple[str, str]] = []
     for index, config in enumerate(configs):
         entry = (config,)
@@ -122,4 +131,6 @@ def _ipam_values(body: gojson.GoObject) -> list[tuple[str, str]]:
             if not isinstance(value, str):
                 raise SubnetError(400, "IPAM.Config[].AuxiliaryAddresses values must be strings")
             found.append((f"AuxiliaryAddresses[{key}]", value))
+        if len(found) > MAX_IPAM_VALUES:
+            raise SubnetError(400, f"IPAM.Config may name at most {MAX_IPAM_VALUES} addresses")
     return found
