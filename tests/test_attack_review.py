@@ -15,7 +15,6 @@ import contextlib
 import http.client
 import http.server
 import json
-import os
 import pathlib
 import shutil
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 
 from support.attack import (
+    ATTACK_MARKS,
     Api,
     LoopbackHandler,
     ci_container,
@@ -35,21 +35,12 @@ from support.attack import (
     direct,
     logs,
     loopback_service,
-    tenant_apis,
-    tenants_gateway,
+    running_tenants,
 )
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.remote import write_htpasswd
 
-pytestmark = [
-    pytest.mark.daemon,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
-        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
-    ),
-]
+pytestmark = ATTACK_MARKS
 
 RUN = uuid.uuid4().hex[:8]
 ALLOWED_DIR = pathlib.Path(f"/tmp/dga-allowed-{RUN}")  # allowed read-only by the CI policy
@@ -109,10 +100,8 @@ def tenants(
 ) -> Iterator[dict[str, Api]]:
     """A gateway with an ownership policy (default guardrails) and two tenants."""
     base = tmp_path_factory.mktemp("attack-tenants")
-    write_htpasswd(base / "htpasswd", USERS)
-    (base / "policy.yaml").write_text(TENANTS_POLICY)
-    with running(tenants_gateway(daemon, base, base / "policy.yaml")) as started:
-        yield tenant_apis(started, USERS)
+    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
+        yield apis
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +111,12 @@ def unguarded_tenants(
     """The same tenants under `ownership: true` with `guardrails: false` (no field table: what
     ownership reads of a body is all that is read)."""
     base = tmp_path_factory.mktemp("attack-tenants-unguarded")
-    write_htpasswd(base / "htpasswd", USERS)
     policy = TENANTS_POLICY.replace(
         "    ownership: true\n", "    ownership: true\n    guardrails: false\n"
     )
     assert "guardrails: false" in policy
-    (base / "policy.yaml").write_text(policy)
-    with running(tenants_gateway(daemon, base, base / "policy.yaml")) as started:
-        yield tenant_apis(started, USERS)
+    with running_tenants(daemon, base, policy, USERS) as apis:
+        yield apis
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import http.client
 import http.server
 import io
 import json
-import os
 import pathlib
 import shutil
 import socket
@@ -32,6 +31,7 @@ import pytest
 
 from dockgate.body import bodycost, guardrails
 from support.attack import (
+    ATTACK_MARKS,
     Api,
     LoopbackHandler,
     ci_container,
@@ -39,21 +39,13 @@ from support.attack import (
     demux,
     loopback_service,
     pings_under_load,
-    tenant_apis,
-    tenants_gateway,
+    running_tenants,
 )
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
 from support.remote import UnixHTTPConnection, write_htpasswd
 
-pytestmark = [
-    pytest.mark.daemon,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
-        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
-    ),
-]
+pytestmark = ATTACK_MARKS
 
 RUN = uuid.uuid4().hex[:8]
 ALLOWED_DIR = pathlib.Path(f"/tmp/dgb-allowed-{RUN}")  # allowed read-only by the CI policy
@@ -105,10 +97,8 @@ def tenants(
     """A gateway with an ownership policy (default guardrails, everything redacted) and two
     tenants."""
     base = tmp_path_factory.mktemp("attack2-tenants")
-    write_htpasswd(base / "htpasswd", USERS)
-    (base / "policy.yaml").write_text(TENANTS_POLICY)
-    with running(tenants_gateway(daemon, base, base / "policy.yaml")) as started:
-        yield tenant_apis(started, USERS)
+    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
+        yield apis
 
 
 @pytest.fixture

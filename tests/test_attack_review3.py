@@ -14,14 +14,13 @@ with the CI runner's policy, `tenants` two ownership tenants.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from collections.abc import Iterator
 
 import pytest
 
 from dockgate.body import bodycost
-from support.attack import Api, LoopbackHandler, loopback_service, pings_under_load
+from support.attack import ATTACK_MARKS, Api, LoopbackHandler, loopback_service, pings_under_load
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from test_attack_review2 import (  # noqa: F401  (fixtures are found by name)
@@ -32,14 +31,7 @@ from test_attack_review2 import (  # noqa: F401  (fixtures are found by name)
     tenants,
 )
 
-pytestmark = [
-    pytest.mark.daemon,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
-        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
-    ),
-]
+pytestmark = ATTACK_MARKS
 
 SECRET = f"loopback-only-secret-{RUN}"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import os
 import pathlib
 import socket
 import threading
@@ -14,9 +15,27 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pytest
+
 from support.daemon import PrivateDaemon
-from support.gateway import Gateway
-from support.remote import UnixHTTPConnection, basic_header, json_call, json_exchange
+from support.gateway import Gateway, running
+from support.remote import (
+    UnixHTTPConnection,
+    basic_header,
+    json_call,
+    json_exchange,
+    write_htpasswd,
+)
+
+# The marks of every attack-review module: they need the daemon, and are about the gateway.
+ATTACK_MARKS = [
+    pytest.mark.daemon,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
+        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
+    ),
+]
 
 
 class Api:
@@ -51,19 +70,22 @@ class Api:
         return cid, logs(self, cid)
 
 
-def tenant_apis(gateway: Gateway, users: Mapping[str, str]) -> dict[str, Api]:
-    """One Basic-authenticated caller of `gateway` per user."""
-    return {user: Api(gateway, basic_header(user, pw)) for user, pw in users.items()}
-
-
-def tenants_gateway(daemon: PrivateDaemon, base: pathlib.Path, policy: pathlib.Path) -> Gateway:
-    """A gateway with `policy` and the htpasswd file at `base`/htpasswd, never locking a user
-    out (the reviews' tenants guess on purpose)."""
-    return Gateway(
+@contextlib.contextmanager
+def running_tenants(
+    daemon: PrivateDaemon, base: pathlib.Path, policy: str, users: Mapping[str, str]
+) -> Iterator[dict[str, Api]]:
+    """A gateway with `policy` and an htpasswd file of `users` (both written in `base`), never
+    locking a user out (the reviews' tenants guess on purpose); one Basic-authenticated caller
+    per user."""
+    write_htpasswd(base / "htpasswd", users)
+    (base / "policy.yaml").write_text(policy)
+    gateway = Gateway(
         daemon.host,
         *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
-        policy=str(policy),
+        policy=str(base / "policy.yaml"),
     )
+    with running(gateway) as started:
+        yield {user: Api(started, basic_header(user, pw)) for user, pw in users.items()}
 
 
 def logs(api: Api, cid: str) -> str:
