@@ -205,11 +205,16 @@ def ping_seconds(port: int) -> float:
 
 
 def pings_under_load(
-    port: int, request: bytes, *, seconds: float = 4, connections: int = 8
+    port: int, path: str, body: bytes, *, seconds: float = 4, connections: int = 8
 ) -> tuple[list[float], list[float], int]:
-    """/_ping times (sorted) of 10 pings first, then while `connections` threads send
-    `request` (a whole HTTP/1.1 message with `Connection: close`) back to back for `seconds`;
-    and how many of those requests were answered."""
+    """/_ping times (sorted) of 10 pings first, then while `connections` threads POST the JSON
+    `body` to `path` back to back for `seconds` (one connection each); and how many of those
+    requests were answered."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
     stop = time.monotonic() + seconds
     sent = [0]
 
