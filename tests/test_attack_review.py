@@ -35,6 +35,7 @@ from support.attack import (
     direct,
     logs,
     loopback_service,
+    remove_leftovers,
     running_tenants,
 )
 from support.daemon import PrivateDaemon
@@ -124,12 +125,7 @@ def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
     """Objects to remove straight on the daemon after the test."""
     names: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
     yield names
-    if names["container"]:
-        daemon.docker("rm", "-f", *names["container"], check=False)
-    if names["volume"]:
-        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
-    for network in names["network"]:
-        daemon.docker("network", "rm", network, check=False)
+    remove_leftovers(daemon, names)
 
 
 # ----- volumes ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from support.attack import (
     demux,
     loopback_service,
     pings_under_load,
+    remove_leftovers,
     running_tenants,
 )
 from support.daemon import PrivateDaemon, free_tcp_port
@@ -106,14 +107,7 @@ def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
     """Objects to remove straight on the daemon after the test."""
     names: dict[str, list[str]] = {"container": [], "volume": [], "network": [], "image": []}
     yield names
-    if names["container"]:
-        daemon.docker("rm", "-f", *names["container"], check=False)
-    if names["volume"]:
-        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
-    for network in names["network"]:
-        daemon.docker("network", "rm", network, check=False)
-    if names["image"]:
-        daemon.docker("rmi", "-f", *names["image"], check=False)
+    remove_leftovers(daemon, names)
 
 
 # ----- networks --------------------------------------------------------------------------------

@@ -191,6 +191,19 @@ def direct(daemon: PrivateDaemon, method: str, path: str, body: object = None) -
     return json_exchange(UnixHTTPConnection(str(daemon.socket_path)), method, path, body)
 
 
+def remove_leftovers(daemon: PrivateDaemon, names: Mapping[str, list[str]]) -> None:
+    """Remove straight on the daemon the objects a test noted under "container", "volume",
+    "network" and (if the test's fixture has it) "image"."""
+    if names["container"]:
+        daemon.docker("rm", "-f", *names["container"], check=False)
+    if names["volume"]:
+        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
+    for network in names["network"]:
+        daemon.docker("network", "rm", network, check=False)
+    if names.get("image"):
+        daemon.docker("rmi", "-f", *names["image"], check=False)
+
+
 # ----- one caller's load and everyone's /_ping -------------------------------------------------
 
 
