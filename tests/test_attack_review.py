@@ -11,12 +11,10 @@ directory), and ownership tenants alice and bob.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import http.server
 import json
-import os
 import pathlib
 import shutil
 import threading
@@ -27,18 +25,23 @@ from typing import Any
 
 import pytest
 
+from support.attack import (
+    ATTACK_MARKS,
+    Api,
+    LoopbackHandler,
+    ci_container,
+    ci_runner_policy,
+    demux,
+    direct,
+    logs,
+    loopback_service,
+    remove_leftovers,
+    running_tenants,
+)
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.remote import json_call, write_htpasswd
 
-pytestmark = [
-    pytest.mark.daemon,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
-        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
-    ),
-]
+pytestmark = ATTACK_MARKS
 
 RUN = uuid.uuid4().hex[:8]
 ALLOWED_DIR = pathlib.Path(f"/tmp/dga-allowed-{RUN}")  # allowed read-only by the CI policy
@@ -46,32 +49,7 @@ SECRET_DIR = pathlib.Path(f"/tmp/dga-secret-{RUN}")  # allowed by no policy
 MARKER = f"dga-secret-file-{RUN}"
 
 # examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
-CI_POLICY = f"""
-version: 1
-policies:
-  ci-runner:
-    rules:
-      - deny: {{sections: [swarm, services, tasks, nodes, secrets, configs]}}
-      - deny: {{sections: [plugins]}}
-      - deny:
-          operations: [ContainerPrune, ImagePrune, VolumePrune, NetworkPrune, BuildPrune]
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, session,
-                     volumes, networks]
-    guardrails:
-      privileged: false
-      capabilities: []
-      devices: false
-      host_paths:
-        - {{path: {ALLOWED_DIR}, read_only: true}}
-      namespaces: []
-      security_overrides: false
-      require_no_new_privileges: true
-      max_memory: 4g
-      max_cpus: 2
-      exec: {{root: true, privileged: false}}
-      image_import_urls: false
-"""
+CI_POLICY = ci_runner_policy(ALLOWED_DIR, "      image_import_urls: false\n")
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 TENANTS_POLICY = """
@@ -85,62 +63,6 @@ policies:
 bindings:
   - {policy: tenants, authenticated: true}
 """
-
-
-class Api:
-    """HTTP/1.1 calls to one gateway as one caller."""
-
-    def __init__(self, gateway: Gateway, authorization: str = "") -> None:
-        self.gateway = gateway
-        self.authorization = authorization
-
-    def call(
-        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
-        sent = {"Authorization": self.authorization} if self.authorization else {}
-        return json_call(self.gateway.port, method, path, body, headers={**sent, **(headers or {})})
-
-    def run(self, body: dict[str, Any], name: str = "") -> tuple[str, str]:
-        """Create, start and wait for a container; its ID and output (stdout and stderr)."""
-        query = f"?name={name}" if name else ""
-        status, created = self.call("POST", f"/v1.41/containers/create{query}", body)
-        assert status == 201, (status, created)
-        cid = created["Id"]
-        status, answer = self.call("POST", f"/v1.41/containers/{cid}/start")
-        assert status == 204, (status, answer)
-        status, answer = self.call("POST", f"/v1.41/containers/{cid}/wait")
-        assert status == 200, (status, answer)
-        return cid, logs(self, cid)
-
-
-def logs(api: Api, cid: str) -> str:
-    status, raw = api.call("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
-    assert status == 200, (status, raw)
-    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
-
-
-def demux(raw: bytes) -> str:
-    """The text of a multiplexed (non-TTY) log stream."""
-    out = b""
-    while len(raw) >= 8:
-        size = int.from_bytes(raw[4:8], "big")
-        out += raw[8 : 8 + size]
-        raw = raw[8 + size :]
-    return out.decode(errors="replace")
-
-
-def ci_container(image: str, cmd: str, host_config: dict[str, Any]) -> dict[str, Any]:
-    """A container body the CI policy's guardrails ask for (no-new-privileges, limits)."""
-    return {
-        "Image": image,
-        "Cmd": ["sh", "-c", cmd],
-        "HostConfig": {
-            "SecurityOpt": ["no-new-privileges"],
-            "Memory": 256 * 1024 * 1024,
-            "NanoCpus": 1_000_000_000,
-            **host_config,
-        },
-    }
 
 
 # ----- fixtures ------------------------------------------------------------------------------
@@ -179,18 +101,8 @@ def tenants(
 ) -> Iterator[dict[str, Api]]:
     """A gateway with an ownership policy (default guardrails) and two tenants."""
     base = tmp_path_factory.mktemp("attack-tenants")
-    write_htpasswd(base / "htpasswd", USERS)
-    (base / "policy.yaml").write_text(TENANTS_POLICY)
-    gateway = Gateway(
-        daemon.host,
-        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
-        policy=str(base / "policy.yaml"),
-    )
-    with running(gateway) as started:
-        yield {
-            user: Api(started, "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
-            for user, pw in USERS.items()
-        }
+    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
+        yield apis
 
 
 @pytest.fixture(scope="module")
@@ -200,48 +112,12 @@ def unguarded_tenants(
     """The same tenants under `ownership: true` with `guardrails: false` (no field table: what
     ownership reads of a body is all that is read)."""
     base = tmp_path_factory.mktemp("attack-tenants-unguarded")
-    write_htpasswd(base / "htpasswd", USERS)
     policy = TENANTS_POLICY.replace(
         "    ownership: true\n", "    ownership: true\n    guardrails: false\n"
     )
     assert "guardrails: false" in policy
-    (base / "policy.yaml").write_text(policy)
-    gateway = Gateway(
-        daemon.host,
-        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
-        policy=str(base / "policy.yaml"),
-    )
-    with running(gateway) as started:
-        yield {
-            user: Api(started, "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
-            for user, pw in USERS.items()
-        }
-
-
-def direct(daemon: PrivateDaemon, method: str, path: str, body: object = None) -> tuple[int, Any]:
-    """One call straight to the daemon (no gateway): what the daemon does with a request."""
-
-    class _Unix(http.client.HTTPConnection):
-        def connect(self) -> None:
-            import socket  # noqa: PLC0415
-
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(60)
-            self.sock.connect(str(daemon.socket_path))
-
-    conn = _Unix("docker")
-    data = None if body is None else json.dumps(body).encode()
-    headers = {} if body is None else {"Content-Type": "application/json"}
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        answer = conn.getresponse()
-        raw = answer.read()
-    finally:
-        conn.close()
-    try:
-        return answer.status, json.loads(raw)
-    except ValueError:
-        return answer.status, raw
+    with running_tenants(daemon, base, policy, USERS) as apis:
+        yield apis
 
 
 @pytest.fixture
@@ -249,12 +125,7 @@ def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
     """Objects to remove straight on the daemon after the test."""
     names: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
     yield names
-    if names["container"]:
-        daemon.docker("rm", "-f", *names["container"], check=False)
-    if names["volume"]:
-        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
-    for network in names["network"]:
-        daemon.docker("network", "rm", network, check=False)
+    remove_leftovers(daemon, names)
 
 
 # ----- volumes ---------------------------------------------------------------------------------
@@ -542,25 +413,15 @@ def test_build_run_steps_escape_the_memory_limit(
     assert limit.isdigit() and int(limit) <= 4 * 1024**3, limit
 
 
-class _LoopbackService(http.server.BaseHTTPRequestHandler):
+class _LoopbackService(LoopbackHandler):
     """A service listening on the host's loopback only, answering a secret to any GET (as a
     404: the daemon quotes the body of an error answer it cannot parse)."""
 
-    requests: list[str]
-
     def do_GET(self) -> None:
         self.requests.append(self.path)
-        data = f"loopback-only-secret-{RUN}".encode()
-        self.send_response(404)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.answer(404, "text/plain", f"loopback-only-secret-{RUN}".encode())
 
     do_HEAD = do_GET
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def test_image_pull_reads_a_loopback_only_service(ci: Api) -> None:
@@ -568,18 +429,10 @@ def test_image_pull_reads_a_loopback_only_service(ci: Api) -> None:
     loopback-only service (loopback registries are plain HTTP by default) and echo its answer
     in the error. Closed: a pull from a loopback registry is refused unless `images` lists it
     (guardrails.pull_problem), and the service sees no request."""
-    requests: list[str] = []
-    handler = type("Handler", (_LoopbackService,), {"requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with loopback_service(_LoopbackService) as (port, requests):
         _, answer = ci.call(
             "POST", f"/v1.41/images/create?fromImage=127.0.0.1:{port}/internal/x&tag=latest"
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert f"loopback-only-secret-{RUN}" not in json.dumps(answer, default=repr)
     assert requests == []
 

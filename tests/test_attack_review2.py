@@ -17,13 +17,11 @@ import http.client
 import http.server
 import io
 import json
-import os
 import pathlib
 import shutil
 import socket
 import subprocess
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,52 +30,33 @@ from typing import Any
 import pytest
 
 from dockgate.body import bodycost, guardrails
+from support.attack import (
+    ATTACK_MARKS,
+    Api,
+    LoopbackHandler,
+    ci_container,
+    ci_runner_policy,
+    demux,
+    loopback_service,
+    pings_under_load,
+    remove_leftovers,
+    running_tenants,
+)
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
-from support.remote import write_htpasswd
+from support.remote import UnixHTTPConnection, write_htpasswd
 
-pytestmark = [
-    pytest.mark.daemon,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
-        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
-    ),
-]
+pytestmark = ATTACK_MARKS
 
 RUN = uuid.uuid4().hex[:8]
 ALLOWED_DIR = pathlib.Path(f"/tmp/dgb-allowed-{RUN}")  # allowed read-only by the CI policy
 LISTED_PORT = free_tcp_port()  # the one fixed host port the CI policy lets a job publish on
 
 # examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
-CI_POLICY = f"""
-version: 1
-policies:
-  ci-runner:
-    rules:
-      - deny: {{sections: [swarm, services, tasks, nodes, secrets, configs]}}
-      - deny: {{sections: [plugins]}}
-      - deny:
-          operations: [ContainerPrune, ImagePrune, VolumePrune, NetworkPrune, BuildPrune]
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, session,
-                     volumes, networks]
-    guardrails:
-      privileged: false
-      capabilities: []
-      devices: false
-      host_paths:
-        - {{path: {ALLOWED_DIR}, read_only: true}}
-      namespaces: []
-      security_overrides: false
-      require_no_new_privileges: true
-      max_memory: 4g
-      max_cpus: 2
-      exec: {{root: true, privileged: false}}
-      fetch_urls: false
-      network_drivers: []
-      host_ports: [{LISTED_PORT}]
-"""
+CI_POLICY = ci_runner_policy(
+    ALLOWED_DIR,
+    f"      fetch_urls: false\n      network_drivers: []\n      host_ports: [{LISTED_PORT}]\n",
+)
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 TENANTS_POLICY = """
@@ -92,83 +71,6 @@ policies:
 bindings:
   - {policy: tenants, authenticated: true}
 """
-
-
-class Api:
-    """HTTP/1.1 calls to one gateway as one caller."""
-
-    def __init__(self, gateway: Gateway, authorization: str = "") -> None:
-        self.gateway = gateway
-        self.authorization = authorization
-
-    def call(
-        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=60)
-        sent = {"Authorization": self.authorization} if self.authorization else {}
-        data: bytes | None = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            sent["Content-Type"] = "application/json"
-        sent.update(headers or {})
-        try:
-            conn.request(method, path, body=data, headers=sent)
-            answer = conn.getresponse()
-            raw = answer.read()
-        finally:
-            conn.close()
-        try:
-            return answer.status, json.loads(raw)
-        except ValueError:
-            return answer.status, raw
-
-    def create(self, body: dict[str, Any], name: str = "") -> str:
-        query = f"?name={name}" if name else ""
-        status, created = self.call("POST", f"/v1.41/containers/create{query}", body)
-        assert status == 201, (status, created)
-        return str(created["Id"])
-
-    def start(self, cid: str) -> None:
-        status, answer = self.call("POST", f"/v1.41/containers/{cid}/start")
-        assert status == 204, (status, answer)
-
-    def run(self, body: dict[str, Any], name: str = "") -> tuple[str, str]:
-        """Create, start and wait for a container; its ID and output (stdout and stderr)."""
-        cid = self.create(body, name)
-        self.start(cid)
-        status, answer = self.call("POST", f"/v1.41/containers/{cid}/wait")
-        assert status == 200, (status, answer)
-        return cid, logs(self, cid)
-
-
-def logs(api: Api, cid: str) -> str:
-    status, raw = api.call("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
-    assert status == 200, (status, raw)
-    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
-
-
-def demux(raw: bytes) -> str:
-    """The text of a multiplexed (non-TTY) log stream."""
-    out = b""
-    while len(raw) >= 8:
-        size = int.from_bytes(raw[4:8], "big")
-        out += raw[8 : 8 + size]
-        raw = raw[8 + size :]
-    return out.decode(errors="replace")
-
-
-def ci_container(image: str, cmd: str, host_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A container body the CI policy's guardrails ask for (no-new-privileges, limits)."""
-    return {
-        "Image": image,
-        "Cmd": ["sh", "-c", cmd],
-        "HostConfig": {
-            "SecurityOpt": ["no-new-privileges"],
-            "Memory": 256 * 1024 * 1024,
-            "NanoCpus": 1_000_000_000,
-            **(host_config or {}),
-        },
-    }
 
 
 # ----- fixtures ------------------------------------------------------------------------------
@@ -196,18 +98,8 @@ def tenants(
     """A gateway with an ownership policy (default guardrails, everything redacted) and two
     tenants."""
     base = tmp_path_factory.mktemp("attack2-tenants")
-    write_htpasswd(base / "htpasswd", USERS)
-    (base / "policy.yaml").write_text(TENANTS_POLICY)
-    gateway = Gateway(
-        daemon.host,
-        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
-        policy=str(base / "policy.yaml"),
-    )
-    with running(gateway) as started:
-        yield {
-            user: Api(started, "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
-            for user, pw in USERS.items()
-        }
+    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
+        yield apis
 
 
 @pytest.fixture
@@ -215,14 +107,7 @@ def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
     """Objects to remove straight on the daemon after the test."""
     names: dict[str, list[str]] = {"container": [], "volume": [], "network": [], "image": []}
     yield names
-    if names["container"]:
-        daemon.docker("rm", "-f", *names["container"], check=False)
-    if names["volume"]:
-        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
-    for network in names["network"]:
-        daemon.docker("network", "rm", network, check=False)
-    if names["image"]:
-        daemon.docker("rmi", "-f", *names["image"], check=False)
+    remove_leftovers(daemon, names)
 
 
 # ----- networks --------------------------------------------------------------------------------
@@ -342,23 +227,13 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-class _LoopbackSecret(http.server.BaseHTTPRequestHandler):
+class _LoopbackSecret(LoopbackHandler):
     """A service on the host's loopback only (an admin port, a metadata proxy, a daemon's TCP
     socket): it answers a secret to any GET."""
 
-    requests: list[str]
-
     def do_GET(self) -> None:
         self.requests.append(self.path)
-        data = f"loopback-only-secret-{RUN}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(200, "text/plain", f"loopback-only-secret-{RUN}\n".encode())
 
 
 # Within the CI policy's max_memory and max_cpus (a classic build's RUN steps get them).
@@ -384,12 +259,7 @@ def _built_images(text: str) -> list[str]:
 def test_dockerfile_add_url_reads_a_loopback_only_service(
     ci: Api, busybox_image: str, daemon: PrivateDaemon
 ) -> None:
-    requests: list[str] = []
-    handler = type("Handler", (_LoopbackSecret,), {"requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with loopback_service(_LoopbackSecret) as (port, requests):
         dockerfile = (
             f"FROM {busybox_image}\n"
             f"ADD http://127.0.0.1:{port}/internal/secret /secret\n"
@@ -401,9 +271,6 @@ def test_dockerfile_add_url_reads_a_loopback_only_service(
             _tar({"Dockerfile": dockerfile}),
             headers={"Content-Type": "application/x-tar"},
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
     for image in _built_images(text):
         daemon.docker("rmi", "-f", image, check=False)
@@ -591,15 +458,6 @@ def test_port_binding_squats_a_host_loopback_port(
 # ----- the gateway's own resources -------------------------------------------------------------
 
 
-def _ping_seconds(port: int) -> float:
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-        conn.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        while conn.recv(65536):
-            pass
-    return time.monotonic() - started
-
-
 def test_one_caller_s_checked_bodies_stall_the_event_loop(ci: Api) -> None:
     """Found by the review: checked bodies are parsed and walked on the event loop (~0.1-0.2 s
     of CPU per 1 MiB create of many small mounts): one caller sending them back to back from 8
@@ -618,39 +476,9 @@ def test_one_caller_s_checked_bodies_stall_the_event_loop(ci: Api) -> None:
     status, refused = ci.call("POST", "/v1.41/containers/create", body)
     assert status == 413, (status, refused)
     assert f"at most {bodycost.MAX_SEPARATORS} are checked" in refused["message"], refused
-    head = (
-        "POST /v1.41/containers/create HTTP/1.1\r\nHost: localhost\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    stop = time.monotonic() + 4
-    sent = [0]
-
-    def hammer() -> None:
-        while time.monotonic() < stop:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-                    conn.sendall(head + body)
-                    while conn.recv(65536):
-                        pass
-                sent[0] += 1
-            except OSError:
-                time.sleep(0.01)
-
-    idle = sorted(_ping_seconds(port) for _ in range(10))
-    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)
-    loaded: list[float] = []
-    while time.monotonic() < stop:
-        loaded.append(_ping_seconds(port))
-        time.sleep(0.05)
-    for thread in threads:
-        thread.join()
-    loaded.sort()
+    idle, loaded, sent = pings_under_load(port, "/v1.41/containers/create", body)
     median = loaded[len(loaded) // 2]
-    assert sent[0] > 0
+    assert sent > 0
     # Measured on a loaded 2-core machine: ~0.03 s now (the gateway reads ~250 MiB/s of
     # bodies), ~1 s before; the bound leaves room for the load of other tests.
     assert median < 0.15, (f"idle median {idle[5]:.4f}s", f"loaded median {median:.3f}s", sent)
@@ -722,10 +550,7 @@ def _direct(
     daemon: PrivateDaemon, method: str, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, bytes]:
     """One request straight to the daemon's unix socket (no gateway)."""
-    conn = http.client.HTTPConnection("localhost", timeout=60)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(daemon.host.removeprefix("unix://"))
-    conn.sock = sock
+    conn = UnixHTTPConnection(daemon.host.removeprefix("unix://"))
     try:
         conn.request(method, path, body=body, headers=headers)
         answer = conn.getresponse()
@@ -740,12 +565,7 @@ class _LoopbackRegistry(_LoopbackSecret):
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
-        data = f"loopback-only-secret-{RUN}".encode()
-        self.send_response(404)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.answer(404, "text/plain", f"loopback-only-secret-{RUN}".encode())
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_GET
 
@@ -759,12 +579,7 @@ class _LoopbackRegistry(_LoopbackSecret):
     "read soundly): documented in docs/policy.md 'What guardrails do not see'",
 )
 def test_build_from_a_loopback_registry_reads_a_loopback_only_service(ci: Api) -> None:
-    requests: list[str] = []
-    handler = type("Handler", (_LoopbackRegistry,), {"requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with loopback_service(_LoopbackRegistry) as (port, requests):
         dockerfile = f"FROM 127.0.0.1:{port}/internal/x\n".encode()
         _, answer = ci.call(
             "POST",
@@ -772,9 +587,6 @@ def test_build_from_a_loopback_registry_reads_a_loopback_only_service(ci: Api) -
             _tar({"Dockerfile": dockerfile}),
             headers={"Content-Type": "application/x-tar"},
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
     assert f"loopback-only-secret-{RUN}" not in text
     assert requests == []
@@ -790,48 +602,42 @@ def test_push_to_a_loopback_registry_reads_a_loopback_only_service(
     ImageBuild `t`, ImagePush's path name), refused unless `images` lists them. The push of a
     name tagged straight on the daemon (as an ImageLoad tar could carry it) is refused too,
     and the service hears nothing. Fails on the old code (tag and push went through)."""
-    requests: list[str] = []
-    handler = type("Handler", (_LoopbackRegistry,), {"requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
-    repository = f"127.0.0.1:{port}/internal/x"
-    auth = {"X-Registry-Auth": base64.b64encode(b"{}").decode()}
-    try:
-        status, answer = ci.call(
-            "POST", f"/v1.41/images/{busybox_image}/tag?repo={repository}&tag=latest"
-        )
-        assert status == 403, (status, answer)
-        assert "loopback" in answer["message"], answer
-        # The other ways a caller names an image: a commit's (the CI policy has no commit: as
-        # a unit) and a build's (every `t`).
-        with pytest.raises(guardrails.Refusal, match="loopback"):
-            guardrails.check_request(
-                guardrails.Guardrails(), "ImageCommit", f"container=x&repo={repository}", b""
+    with loopback_service(_LoopbackRegistry) as (port, requests):
+        repository = f"127.0.0.1:{port}/internal/x"
+        auth = {"X-Registry-Auth": base64.b64encode(b"{}").decode()}
+        try:
+            status, answer = ci.call(
+                "POST", f"/v1.41/images/{busybox_image}/tag?repo={repository}&tag=latest"
             )
-        status, answer = ci.call(
-            "POST",
-            f"/v1.41/build?t=ok:1&t=localhost:{port}/y&{BUILD_LIMITS}",
-            _tar({"Dockerfile": f"FROM {busybox_image}\n".encode()}),
-            headers={"Content-Type": "application/x-tar"},
-        )
-        assert status == 403 and "loopback" in answer["message"], (status, answer)
-        # A local image with that name (made straight on the daemon, as a loaded tar would
-        # name it): its push is refused before the daemon is asked.
-        daemon.docker("tag", busybox_image, f"{repository}:latest")
-        status, answer = ci.call(
-            "POST", f"/v1.41/images/{repository}/push?tag=latest", headers=auth
-        )
-        assert status == 403 and "pushing" in answer["message"], (status, answer)
-        assert requests == []
-        # Not vacuous: the same push straight to the daemon reaches the service.
-        _, direct = _direct(
-            daemon, "POST", f"/v1.41/images/{repository}/push?tag=latest", b"", auth
-        )
-        assert requests, direct
-    finally:
-        server.shutdown()
-        server.server_close()
-        daemon.docker("rmi", f"{repository}:latest", check=False)
+            assert status == 403, (status, answer)
+            assert "loopback" in answer["message"], answer
+            # The other ways a caller names an image: a commit's (the CI policy has no commit: as
+            # a unit) and a build's (every `t`).
+            with pytest.raises(guardrails.Refusal, match="loopback"):
+                guardrails.check_request(
+                    guardrails.Guardrails(), "ImageCommit", f"container=x&repo={repository}", b""
+                )
+            status, answer = ci.call(
+                "POST",
+                f"/v1.41/build?t=ok:1&t=localhost:{port}/y&{BUILD_LIMITS}",
+                _tar({"Dockerfile": f"FROM {busybox_image}\n".encode()}),
+                headers={"Content-Type": "application/x-tar"},
+            )
+            assert status == 403 and "loopback" in answer["message"], (status, answer)
+            # A local image with that name (made straight on the daemon, as a loaded tar would
+            # name it): its push is refused before the daemon is asked.
+            daemon.docker("tag", busybox_image, f"{repository}:latest")
+            status, answer = ci.call(
+                "POST", f"/v1.41/images/{repository}/push?tag=latest", headers=auth
+            )
+            assert status == 403 and "pushing" in answer["message"], (status, answer)
+            assert requests == []
+            # Not vacuous: the same push straight to the daemon reaches the service.
+            _, direct = _direct(
+                daemon, "POST", f"/v1.41/images/{repository}/push?tag=latest", b"", auth
+            )
+            assert requests, direct
+        finally:
+            daemon.docker("rmi", f"{repository}:latest", check=False)
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
     assert f"loopback-only-secret-{RUN}" not in text

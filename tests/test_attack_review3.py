@@ -13,46 +13,32 @@ with the CI runner's policy, `tenants` two ownership tenants.
 
 from __future__ import annotations
 
-import http.server
 import json
-import os
 import pathlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from dockgate.body import bodycost
+from support.attack import ATTACK_MARKS, Api, LoopbackHandler, loopback_service, pings_under_load
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from test_attack_review2 import (  # noqa: F401  (fixtures are found by name)
     RUN,
-    Api,
     _LoopbackRegistry,
     ci,
     leftovers,
     tenants,
 )
 
-pytestmark = [
-    pytest.mark.daemon,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
-        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
-    ),
-]
+pytestmark = ATTACK_MARKS
 
 SECRET = f"loopback-only-secret-{RUN}"
 
 
-class _LoopbackIndex(http.server.BaseHTTPRequestHandler):
+class _LoopbackIndex(LoopbackHandler):
     """A service on the host's loopback only, answering as a v1 registry index would: its
     search results are whatever it holds (here, a secret)."""
-
-    requests: list[str]
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
@@ -62,14 +48,7 @@ class _LoopbackIndex(http.server.BaseHTTPRequestHandler):
             ).encode()
         else:
             data = b"true"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(200, "application/json", data)
 
 
 def test_image_search_reads_a_loopback_only_service(ci: Api) -> None:  # noqa: F811
@@ -77,19 +56,11 @@ def test_image_search_reads_a_loopback_only_service(ci: Api) -> None:  # noqa: F
     GET /v1/_ping and /v1/search from a loopback-only service and returned its answer. Closed:
     a search of a loopback registry is refused like a pull (guardrails.search_problem), and
     the service sees no request; a Docker Hub term is still searched by the daemon."""
-    requests: list[str] = []
-    handler = type("Handler", (_LoopbackIndex,), {"requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with loopback_service(_LoopbackIndex) as (port, requests):
         # The same registry is refused for a pull (guardrails.pull_problem).
         status, answer = ci.call("POST", f"/v1.41/images/create?fromImage=127.0.0.1:{port}/x")
         assert status == 403 and "loopback" in answer["message"], (status, answer)
         status, answer = ci.call("GET", f"/v1.41/images/search?term=127.0.0.1:{port}/x")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert status == 403 and "searching a registry on the daemon's loopback" in answer["message"]
     assert SECRET not in json.dumps(answer, default=repr), (status, answer)
     assert requests == []
@@ -123,18 +94,10 @@ def test_pull_from_a_hosts_file_name_reads_a_loopback_only_service(ci: Api) -> N
     name = _hosts_file_loopback_name()
     if name is None:
         pytest.skip("no name other than localhost maps to 127.0.0.1 in /etc/hosts")
-    requests: list[str] = []
-    handler = type("Handler", (_LoopbackRegistry,), {"requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with loopback_service(_LoopbackRegistry) as (port, requests):
         status, answer = ci.call(
             "POST", f"/v1.41/images/create?fromImage={name}:{port}/internal/x&tag=latest"
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert SECRET not in json.dumps(answer, default=repr), (status, answer)
     assert requests == []
 
@@ -163,15 +126,6 @@ def subnets_gateway(
         yield gateway
 
 
-def _ping_seconds(port: int) -> float:
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-        conn.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        while conn.recv(65536):
-            pass
-    return time.monotonic() - started
-
-
 def test_network_subnets_of_one_caller_stall_the_event_loop(subnets_gateway: Gateway) -> None:
     """Found by the review: a NetworkCreate of ~5,000 IPAM.Config subnets (under the body cost
     bound) cost ~0.1 s of event-loop CPU to judge against network_subnets, and 8 connections
@@ -185,38 +139,8 @@ def test_network_subnets_of_one_caller_stall_the_event_loop(subnets_gateway: Gat
     status, refused = api.call("POST", "/v1.41/networks/create", body)
     assert status == 400, (status, refused)
     assert "IPAM.Config may have at most 16 entries" in refused["message"], refused
-    head = (
-        "POST /v1.41/networks/create HTTP/1.1\r\nHost: localhost\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    stop = time.monotonic() + 4
-    sent = [0]
-
-    def hammer() -> None:
-        while time.monotonic() < stop:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-                    conn.sendall(head + body)
-                    while conn.recv(65536):
-                        pass
-                sent[0] += 1
-            except OSError:
-                time.sleep(0.01)
-
-    idle = sorted(_ping_seconds(port) for _ in range(10))
-    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)
-    loaded: list[float] = []
-    while time.monotonic() < stop:
-        loaded.append(_ping_seconds(port))
-        time.sleep(0.05)
-    for thread in threads:
-        thread.join()
-    loaded.sort()
+    idle, loaded, sent = pings_under_load(port, "/v1.41/networks/create", body)
     median = loaded[len(loaded) // 2]
-    assert sent[0] > 0
+    assert sent > 0
     # The bound of the second pass's stall test (checked container bodies now: ~0.03 s).
     assert median < 0.15, (f"idle median {idle[5]:.4f}s", f"loaded median {median:.3f}s", sent)

@@ -30,7 +30,7 @@ import trustme
 from dockgate.ownership import with_owner_label
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
-from support.remote import create_token, json_call, write_htpasswd
+from support.remote import create_token, json_call, json_exchange, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -406,19 +406,7 @@ class TlsApi(Api):
     def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=60)
         headers = {"Authorization": self.authorization} if self.authorization else {}
-        data = json.dumps(body).encode() if body is not None else None
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            answer = conn.getresponse()
-            raw = answer.read()
-        finally:
-            conn.close()
-        try:
-            return answer.status, json.loads(raw)
-        except ValueError:
-            return answer.status, raw
+        return json_exchange(conn, method, path, body, headers=headers)
 
 
 def _tls_gateway(daemon: PrivateDaemon, tls: Tls, base: pathlib.Path, owners: str) -> Gateway:

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import pathlib
+import socket
 import subprocess
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +35,19 @@ def json_call(
     they are, `application/json` unless `headers` say otherwise); the status and the answer,
     decoded from JSON when it is JSON, else its bytes."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    return json_exchange(conn, method, path, body, headers=headers)
+
+
+def json_exchange(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One request on `conn` (any HTTP, HTTPS or unix-socket connection), which is closed
+    after: `body` and the answer as for `json_call`."""
     sent = dict(headers or {})
     data: bytes | None = None
     if body is not None:
@@ -49,6 +63,19 @@ def json_call(
         return answer.status, json.loads(raw)
     except ValueError:
         return answer.status, raw
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (the daemon's), with `timeout` on every read."""
+
+    def __init__(self, socket_path: str, timeout: float = 60) -> None:
+        super().__init__("docker", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
 
 
 def htpasswd_text(users: Mapping[str, str]) -> str:

@@ -1,0 +1,257 @@
+"""What the attack reviews (tests/test_attack_review*.py) share: a caller of one gateway, the
+CI runner's policy, a loopback-only HTTP service, calls straight to the daemon, and the
+"does one caller stall everyone's /_ping" measurement."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import pathlib
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from support.remote import (
+    UnixHTTPConnection,
+    basic_header,
+    json_call,
+    json_exchange,
+    write_htpasswd,
+)
+
+# The marks of every attack-review module: they need the daemon, and are about the gateway.
+ATTACK_MARKS = [
+    pytest.mark.daemon,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
+        reason="DOCKGATE_TEST_DIRECT=1: these tests are about the gateway's guardrails",
+    ),
+]
+
+
+class Api:
+    """HTTP/1.1 calls to one gateway as one caller."""
+
+    def __init__(self, gateway: Gateway, authorization: str = "") -> None:
+        self.gateway = gateway
+        self.authorization = authorization
+
+    def call(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        sent = {"Authorization": self.authorization} if self.authorization else {}
+        return json_call(self.gateway.port, method, path, body, headers={**sent, **(headers or {})})
+
+    def create(self, body: dict[str, Any], name: str = "") -> str:
+        query = f"?name={name}" if name else ""
+        status, created = self.call("POST", f"/v1.41/containers/create{query}", body)
+        assert status == 201, (status, created)
+        return str(created["Id"])
+
+    def start(self, cid: str) -> None:
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/start")
+        assert status == 204, (status, answer)
+
+    def run(self, body: dict[str, Any], name: str = "") -> tuple[str, str]:
+        """Create, start and wait for a container; its ID and output (stdout and stderr)."""
+        cid = self.create(body, name)
+        self.start(cid)
+        status, answer = self.call("POST", f"/v1.41/containers/{cid}/wait")
+        assert status == 200, (status, answer)
+        return cid, logs(self, cid)
+
+
+@contextlib.contextmanager
+def running_tenants(
+    daemon: PrivateDaemon, base: pathlib.Path, policy: str, users: Mapping[str, str]
+) -> Iterator[dict[str, Api]]:
+    """A gateway with `policy` and an htpasswd file of `users` (both written in `base`), never
+    locking a user out (the reviews' tenants guess on purpose); one Basic-authenticated caller
+    per user."""
+    write_htpasswd(base / "htpasswd", users)
+    (base / "policy.yaml").write_text(policy)
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
+        policy=str(base / "policy.yaml"),
+    )
+    with running(gateway) as started:
+        yield {user: Api(started, basic_header(user, pw)) for user, pw in users.items()}
+
+
+def logs(api: Api, cid: str) -> str:
+    status, raw = api.call("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
+    assert status == 200, (status, raw)
+    return demux(raw if isinstance(raw, bytes) else json.dumps(raw).encode())
+
+
+def demux(raw: bytes) -> str:
+    """The text of a multiplexed (non-TTY) log stream."""
+    out = b""
+    while len(raw) >= 8:
+        size = int.from_bytes(raw[4:8], "big")
+        out += raw[8 : 8 + size]
+        raw = raw[8 + size :]
+    return out.decode(errors="replace")
+
+
+def ci_container(image: str, cmd: str, host_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A container body the CI policy's guardrails ask for (no-new-privileges, limits)."""
+    return {
+        "Image": image,
+        "Cmd": ["sh", "-c", cmd],
+        "HostConfig": {
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": 256 * 1024 * 1024,
+            "NanoCpus": 1_000_000_000,
+            **(host_config or {}),
+        },
+    }
+
+
+def ci_runner_policy(allowed_dir: pathlib.Path, more_guardrails: str) -> str:
+    """examples/policies/ci-runner.yaml with the read-only cache at `allowed_dir` and no
+    `hosts:`; `more_guardrails` are further guardrail lines (six spaces in)."""
+    return f"""
+version: 1
+policies:
+  ci-runner:
+    rules:
+      - deny: {{sections: [swarm, services, tasks, nodes, secrets, configs]}}
+      - deny: {{sections: [plugins]}}
+      - deny:
+          operations: [ContainerPrune, ImagePrune, VolumePrune, NetworkPrune, BuildPrune]
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, session,
+                     volumes, networks]
+    guardrails:
+      privileged: false
+      capabilities: []
+      devices: false
+      host_paths:
+        - {{path: {allowed_dir}, read_only: true}}
+      namespaces: []
+      security_overrides: false
+      require_no_new_privileges: true
+      max_memory: 4g
+      max_cpus: 2
+      exec: {{root: true, privileged: false}}
+{more_guardrails}"""
+
+
+# ----- a service on the host's loopback only ---------------------------------------------------
+
+
+class LoopbackHandler(http.server.BaseHTTPRequestHandler):
+    """A quiet handler of a loopback-only service; subclasses answer, noting each path in
+    `requests` (set by `loopback_service`)."""
+
+    requests: list[str]
+
+    def answer(self, status: int, content_type: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def loopback_service(handler: type[LoopbackHandler]) -> Iterator[tuple[int, list[str]]]:
+    """`handler` served on 127.0.0.1 (a port of its own) while the block runs; the port and the
+    paths it was asked for."""
+    requests: list[str] = []
+    served = type("Handler", (handler,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), served)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ----- straight to the daemon ------------------------------------------------------------------
+
+
+def direct(daemon: PrivateDaemon, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    """One call straight to the daemon (no gateway): what the daemon does with a request."""
+    return json_exchange(UnixHTTPConnection(str(daemon.socket_path)), method, path, body)
+
+
+def remove_leftovers(daemon: PrivateDaemon, names: Mapping[str, list[str]]) -> None:
+    """Remove straight on the daemon the objects a test noted under "container", "volume",
+    "network" and (if the test's fixture has it) "image"."""
+    if names["container"]:
+        daemon.docker("rm", "-f", *names["container"], check=False)
+    if names["volume"]:
+        daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
+    for network in names["network"]:
+        daemon.docker("network", "rm", network, check=False)
+    if names.get("image"):
+        daemon.docker("rmi", "-f", *names["image"], check=False)
+
+
+# ----- one caller's load and everyone's /_ping -------------------------------------------------
+
+
+def ping_seconds(port: int) -> float:
+    """How long one GET /_ping to the gateway at `port` takes, on a new connection."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        while conn.recv(65536):
+            pass
+    return time.monotonic() - started
+
+
+def pings_under_load(
+    port: int, path: str, body: bytes, *, seconds: float = 4, connections: int = 8
+) -> tuple[list[float], list[float], int]:
+    """/_ping times (sorted) of 10 pings first, then while `connections` threads POST the JSON
+    `body` to `path` back to back for `seconds` (one connection each); and how many of those
+    requests were answered."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+    stop = time.monotonic() + seconds
+    sent = [0]
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+                    conn.sendall(request)
+                    while conn.recv(65536):
+                        pass
+                sent[0] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    idle = sorted(ping_seconds(port) for _ in range(10))
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    loaded: list[float] = []
+    while time.monotonic() < stop:
+        loaded.append(ping_seconds(port))
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    loaded.sort()
+    return idle, loaded, sent[0]
