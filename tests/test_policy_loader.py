@@ -665,3 +665,23 @@ def test_serve_with_bad_policy_exits_2_without_listening() -> None:
     assert f"{BAD_OPERATION_YAML}:6: unknown operation 'systemping'" in proc.stderr
     assert "in use" not in proc.stderr
     assert "listening" not in (proc.stdout + proc.stderr).lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "toml", "expected"),
+    [
+        ("policies:\n  p:\n    read_only: !foo true\n", False, "p.yaml:3: invalid value"),
+        ('policies:\n  p:\n    read_only: !!int "x"\n', False, "p.yaml:3: invalid value"),
+        ("policies: " + "[" * 3000 + "]" * 3000 + "\n", False, "nested too deeply"),
+        ("a = " + "[" * 3000 + "]" * 3000 + "\n", True, "nested too deeply"),
+    ],
+    ids=["unknown-tag", "tag-that-does-not-fit", "deep-yaml", "deep-toml"],
+)
+def test_what_the_readers_themselves_refuse_is_a_policy_error(
+    text: str, toml: bool, expected: str
+) -> None:
+    """Issue 12, item 2: a YAML tag error or deep nesting raised the reader's own exception
+    (ConstructorError, ValueError, RecursionError); it is a PolicyError with the line now."""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy_text(text, "p.yaml", toml=toml)
+    assert expected in str(caught.value)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dockgate.watched import WatchedFile
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 
@@ -93,3 +94,64 @@ def test_policy_file_change_and_sighup(daemon: PrivateDaemon, tmp_path: Path, wo
         gw.signal(signal.SIGHUP)
         assert _wait_for(lambda: _status(gw.port, "/v1.41/containers/json") == 403)
         assert gw.alive()  # still running
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        ("policies:\n  p:\n    read_only: !foo true\n    rules: []\n", "invalid value"),
+        ('policies:\n  p:\n    read_only: !!int "x"\n    rules: []\n', "invalid value"),
+        ("policies:\n  p:\n    rules: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    ],
+    ids=["unknown-tag", "tag-that-does-not-fit", "deep-nesting"],
+)
+def test_a_policy_that_breaks_the_yaml_reader_does_not_stop_the_sweeper(
+    daemon: PrivateDaemon, tmp_path: Path, broken: str, reason: str
+) -> None:
+    """Issue 12, item 2 (failed before: the YAML reader's own errors escaped the watcher and
+    ended the periodic task silently, so header timeouts stopped and a later, correct policy
+    was never loaded). Now such a file is one more refused reload, logged with its reason;
+    a partial head still gets its 408, and the next good file is taken."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LIST)
+    with running(
+        Gateway(daemon.host, "--header-timeout", "1", policy=str(policy)), "the gateway"
+    ) as gw:
+        assert _status(gw.port, "/v1.41/containers/json") == 200
+        policy.write_text(broken)
+        assert _wait_for(lambda: "reload of" in gw.stderr_text() and reason in gw.stderr_text())
+        assert _status(gw.port, "/v1.41/containers/json") == 200  # the old policy stays
+        # The sweeper still runs: a head that never ends is answered 408 and closed.
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as slow:
+            slow.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n")
+            answer = b""
+            while piece := slow.recv(4096):
+                answer += piece
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        # A later, stricter policy is loaded by the watcher, without SIGHUP.
+        policy.write_text(DENY_LIST)
+        assert _wait_for(lambda: _status(gw.port, "/v1.41/containers/json") == 403)
+        assert gw.alive()
+
+
+def test_a_loader_that_fails_unexpectedly_keeps_the_previous_contents(tmp_path: Path) -> None:
+    """Whatever a loader raises, a reload is refused and counted, and the watcher goes on
+    (a loader bug must not end the sweep that calls it)."""
+    path = tmp_path / "file"
+    path.write_text("one")
+    calls: list[str] = []
+
+    def load(name: str) -> str:
+        text = Path(name).read_text()
+        calls.append(text)
+        if text == "boom":
+            raise RuntimeError("a loader bug")
+        return text
+
+    watched = WatchedFile(str(path), load, (ValueError,))
+    path.write_text("boom")
+    assert watched.refresh(0, force=True) is False
+    assert (watched.value, watched.failures) == ("one", 1)
+    path.write_text("two")
+    assert watched.refresh(0, force=True) is True
+    assert (watched.value, watched.generation, calls) == ("two", 1, ["one", "boom", "two"])

@@ -96,6 +96,7 @@ class Gateway:
         self.metrics = RequestCounts()
         self._snapshots = loaded.snapshots
         self._snapshot_due = 0.0
+        self.sweep_failures = 0  # sweep passes that raised (logged; the sweeper goes on)
 
     def connection_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -209,18 +210,29 @@ class Gateway:
         for the others."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
-            self.reload()
-            now = self.loop.time()
-            if self._snapshots is not None and now >= self._snapshot_due:
-                self._snapshot_due = now + SNAPSHOT_SECONDS
-                self._snapshots.write(os.getpid(), self._counts_now())
-            for conn in list(self.connections):
-                deadline = conn.deadline
-                if deadline is not None and now > deadline:
-                    conn.head_timed_out()
-                deadline = conn.body_deadline
-                if deadline is not None and now > deadline:
-                    conn.body_timed_out()
+            try:
+                self._sweep_once()
+            except Exception as exc:  # the timeouts must keep running whatever one pass hit
+                self.sweep_failures += 1
+                print(
+                    f"dockgate: sweep failed ({type(exc).__name__}: {exc}); continuing",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def _sweep_once(self) -> None:
+        self.reload()
+        now = self.loop.time()
+        if self._snapshots is not None and now >= self._snapshot_due:
+            self._snapshot_due = now + SNAPSHOT_SECONDS
+            self._snapshots.write(os.getpid(), self._counts_now())
+        for conn in list(self.connections):
+            deadline = conn.deadline
+            if deadline is not None and now > deadline:
+                conn.head_timed_out()
+            deadline = conn.body_deadline
+            if deadline is not None and now > deadline:
+                conn.body_timed_out()
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
         for server in servers:

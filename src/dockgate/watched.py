@@ -49,6 +49,13 @@ class WatchedFile(Generic[T]):
             self.failures += 1
             _log(f"reload of {self.path} failed, keeping the previous contents: {exc}")
             return False
+        except Exception as exc:  # a loader bug must not stop the loop that calls refresh
+            self.failures += 1
+            _log(
+                f"reload of {self.path} failed unexpectedly, keeping the previous contents: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            return False
         self.generation += 1
         _log(f"{self.path} changed: reloaded")
         return True

@@ -225,6 +225,8 @@ def _yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyError(source, line, f"invalid YAML: {problem}") from None
+    except RecursionError:
+        raise PolicyError(source, None, "the file is nested too deeply") from None
     lines: dict[Location, int] = {}
     constructor = yaml.SafeLoader("")
 
@@ -246,11 +248,20 @@ def _yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
         if isinstance(n, yaml.SequenceNode):
             return [convert(item, (*loc, i)) for i, item in enumerate(n.value)]
         # Scalars: resolve with the safe constructor so `true`, `1` and strings keep their types.
-        return constructor.construct_object(n, deep=True)
+        try:
+            return constructor.construct_object(n, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            # An unknown tag (`!foo true`) or one that does not fit its value (`!!int "x"`):
+            # a PolicyError like any other, never an exception that stops a reload loop.
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise PolicyError(source, n.start_mark.line + 1, f"invalid value: {problem}") from None
 
     if node is None:
         raise PolicyError(source, 1, "the file is empty")
-    return convert(node, ()), lines
+    try:
+        return convert(node, ()), lines
+    except RecursionError:
+        raise PolicyError(source, None, "the file is nested too deeply") from None
 
 
 def _toml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
@@ -262,6 +273,8 @@ def _toml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
         raise PolicyError(
             source, int(match.group(1)) if match else None, f"invalid TOML: {exc}"
         ) from None
+    except RecursionError:
+        raise PolicyError(source, None, "the file is nested too deeply") from None
     text_lines = text.splitlines()
     lines: dict[Location, int] = {}
 
