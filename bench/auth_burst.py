@@ -29,19 +29,23 @@ import argparse
 import asyncio
 import base64
 import collections
-import importlib
 import pathlib
 import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from typing import Any
 
 from procs import Proc, Reaper
-from targets import LISTENING_RE, REPO_ROOT, START_TIMEOUT_S, dockgate_env, snapshot_dockgate
+from targets import (
+    LISTENING_RE,
+    START_TIMEOUT_S,
+    dockgate_env,
+    import_daemon,
+    snapshot_dockgate,
+    snapshot_revision,
+)
 
 USER, PASSWORD = "bench", "bench-password"
 SOURCES = [f"127.0.0.{i}" for i in range(2, 12)]
@@ -254,29 +258,6 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def baseline_src(rev: str, dest: pathlib.Path) -> pathlib.Path:
-    """src/ of git revision `rev`, unpacked under `dest`."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "archive", rev, "src"], capture_output=True, check=True
-    ).stdout
-    dest.mkdir(parents=True)
-    tar_path = dest / "src.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "src"
-
-
-def import_daemon() -> Any:
-    """tests/support/daemon.py's module (tests/ may or may not be a package), as run.py."""
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        return importlib.import_module("tests.support.daemon")
-    except ImportError:
-        sys.path.insert(0, str(REPO_ROOT / "tests"))
-        return importlib.import_module("support.daemon")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", help="also measure the code of this git revision")
@@ -289,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         versions = {}
         if args.baseline:
-            versions[f"before ({args.baseline})"] = baseline_src(args.baseline, tmp / "baseline")
+            versions[f"before ({args.baseline})"] = snapshot_revision(
+                args.baseline, tmp / "baseline"
+            )
         versions["this tree"] = snapshot_dockgate(tmp / "src")
         daemon = import_daemon().PrivateDaemon(tmp / "d")
         reaper.add("private dockerd", daemon.cleanup)

@@ -21,7 +21,6 @@ import argparse
 import collections
 import contextlib
 import datetime
-import importlib
 import json
 import os
 import pathlib
@@ -54,6 +53,7 @@ from targets import (
     check_auth_enforced,
     dockgate_available,
     free_tcp_port,
+    import_daemon,
     raw_get,
     runs,
     snapshot_dockgate,
@@ -95,16 +95,6 @@ QUICK = Params(
     logs_mb=20, export_mb=100, cat_mb=10, run_n=3, cli_timeout_s=15, event_reps=1,
     py_cycles=3, py_slice_s=1,
 )  # fmt: skip
-
-
-def import_daemon() -> Any:
-    """tests/support/daemon.py's module (tests/ may or may not be a package)."""
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        return importlib.import_module("tests.support.daemon")
-    except ImportError:
-        sys.path.insert(0, str(REPO_ROOT / "tests"))
-        return importlib.import_module("support.daemon")
 
 
 def say(msg: str) -> None:

@@ -7,6 +7,7 @@ to reach it and which processes to measure.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import re
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from credentials import Credentials, make_credentials
 from procs import Proc, Reaper, process_tree
@@ -407,6 +409,16 @@ def snapshot_dockgate(dest: pathlib.Path) -> pathlib.Path:
         REPO_ROOT / "src", dest, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
     return dest
+
+
+def import_daemon() -> Any:
+    """tests/support/daemon.py's module (tests/ may or may not be a package)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        return importlib.import_module("tests.support.daemon")
+    except ImportError:
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
+        return importlib.import_module("support.daemon")
 
 
 def snapshot_revision(revision: str, dest: pathlib.Path) -> pathlib.Path:
