@@ -680,6 +680,16 @@ BODIES: dict[str, Node] = {
 # Query parameters, by operation (exact keys, as r.FormValue reads them).
 
 _BUILD = "api/server/router/build/build_routes.go newImageBuildOptions"
+# Attach, hijacked or over a WebSocket, reads the same parameters (postContainersAttach,
+# wsContainersAttach).
+_ATTACH: dict[str, Leaf] = {
+    "detachKeys": I,
+    "logs": I,
+    "stream": I,
+    "stdin": I,
+    "stdout": I,
+    "stderr": I,
+}
 QUERIES: dict[str, dict[str, Leaf]] = {
     "ContainerCreate": {"name": I, "platform": I},
     "ContainerStart": {
@@ -697,22 +707,8 @@ QUERIES: dict[str, dict[str, Leaf]] = {
     "ContainerKill": {"signal": I},
     "ContainerRename": {"name": I},
     "ContainerResize": {"h": I, "w": I},
-    "ContainerAttach": {
-        "detachKeys": I,
-        "logs": I,
-        "stream": I,
-        "stdin": I,
-        "stdout": I,
-        "stderr": I,
-    },
-    "ContainerAttachWebsocket": {
-        "detachKeys": I,
-        "logs": I,
-        "stream": I,
-        "stdin": I,
-        "stdout": I,
-        "stderr": I,
-    },
+    "ContainerAttach": _ATTACH,
+    "ContainerAttachWebsocket": _ATTACH,
     "ContainerDelete": {"v": I, "force": I, "link": I},
     "PutContainerArchive": {"path": I, "noOverwriteDirNonDir": I, "copyUIDGID": I},
     "ContainerPrune": {"filters": I},
