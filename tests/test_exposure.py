@@ -235,7 +235,6 @@ def test_legacy_inspect_volumes_are_redacted() -> None:
         ("ContainerTop", "ps_args=auxe", Redaction(labels=True), False),  # env not hidden
         ("ContainerTop", "ps_args=aux&ps_args=auxe", Redaction(env=True), True),
         ("ContainerTop", "ps_args=a%75xe", Redaction(env=True), True),
-        ("ContainerTop", "x=1;ps_args=auxe", Redaction(env=True), True),
         ("ContainerTop", "ps_args=aux%", Redaction(env=True), True),
         ("ContainerTop", "ps_args=-eo+pid,comm", Redaction(env=True), False),
         ("ContainerList", 'filters={"volume":["/etc"]}', Redaction(mounts=True), True),
@@ -269,7 +268,6 @@ def test_requests_that_would_show_hidden_values(
         ("details=%00", True),  # not a false word: BoolValue reads it as true
         ("details=%C2%A0", True),  # Go's TrimSpace trims U+00A0 too; not judged, refused
         ("details=0&details=1", True),  # every value is judged
-        ("x=1;details=1", True),  # unreadable: refused whole
         ("details=1%", True),
         ("stdout=1", False),
         ("details=", False),

@@ -38,6 +38,13 @@ CANONICAL = [
     ("/v1.41/_ping?%zz=%", "/v1.41/_ping", "%zz=%"),
     # Only the first '?' splits; later ones belong to the query (Go: strings.Cut).
     ("/v1.41/_ping?a=?b?", "/v1.41/_ping", "a=?b?"),
+    # An encoded ';' is a literal character of a value (url.Values.Encode and urlencode write
+    # it so); only a raw one is refused.
+    (
+        "/v1.41/containers/json?filters=%7B%22label%22%3A%5B%22a%3Bb%22%5D%7D",
+        "/v1.41/containers/json",
+        "filters=%7B%22label%22%3A%5B%22a%3Bb%22%5D%7D",
+    ),
     # An empty query: Go sets ForceQuery, the path is the same; the '?' stays in `raw`.
     ("/v1.41/_ping?", "/v1.41/_ping", ""),
     # '+' is not a space in a path (only query components decode it).
@@ -227,6 +234,16 @@ REFUSED: dict[str, list[str]] = {
         "/v1.41/_ping?x=\x00",
         "/v1.41/_ping?x=\r\n",
         "/v1.41/_ping?x=\x7f",
+    ],
+    # Issue 12, item 9: a separator to daemons built with Go < 1.17, one dropped pair to newer
+    # ones; the old code passed every one of these (and query_problem refused only two reads).
+    "semicolon in query": [
+        "/v1.41/containers/json?all=1;filters=%7B%7D",
+        "/v1.41/containers/x/top?x=1;ps_args=auxe",
+        "/v1.41/containers/x/logs?stdout=1&x=1;details=1",
+        "/v1.41/_ping?;",
+        "/_ping?a=?;",
+        "/v1.41/images/a;b/json?x=;",
     ],
 }
 

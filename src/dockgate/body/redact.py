@@ -139,8 +139,9 @@ _FALSE_WORDS = frozenset({"", "0", "no", "false", "none"})
 def _details_problem(query: str) -> str | None:
     """`details` given a value the daemon reads as true (httputils.BoolValue on the first
     value; every value is judged here). Only ASCII is trimmed and lower-cased: where Go's
-    strings.TrimSpace or ToLower would read a value differently, it is taken as true."""
-    if ";" in query or _BAD_ESCAPE.search(query):
+    strings.TrimSpace or ToLower would read a value differently, it is taken as true. A `;`
+    never gets here (target.py refuses it in every query)."""
+    if _BAD_ESCAPE.search(query):
         return (
             "a query that cannot be read is not accepted where environments or labels are redacted"
         )
@@ -158,9 +159,9 @@ def _details_problem(query: str) -> str | None:
 
 def _top_problem(query: str) -> str | None:
     """Every `ps_args` the query gives is judged (the daemon takes the first, Go's
-    `r.Form.Get`). A query the gateway might read differently from Go (a `;`, which older Go
-    split on, or a bad %-escape) is refused whole."""
-    if ";" in query or _BAD_ESCAPE.search(query):
+    `r.Form.Get`). A query the gateway might read differently from Go (a bad %-escape) is
+    refused whole; a `;`, which older Go split on, is refused for every request (target.py)."""
+    if _BAD_ESCAPE.search(query):
         return "a query that cannot be read is not accepted where environments are redacted"
     for pair in query.lstrip("?").split("&"):
         raw_key, _, raw_value = pair.partition("=")
