@@ -145,6 +145,7 @@ def admissions(
     trusted: AddressList | None = None,
     settings: ThrottleSettings | None = None,
     clock: FakeClock | None = None,
+    proxy_protocol: bool = False,
 ) -> Admissions:
     policies: PolicySet = parse_policy_text(policy, "test.yaml")
     return Admissions(
@@ -153,6 +154,7 @@ def admissions(
         authenticator,
         FailureThrottle(settings or ThrottleSettings(3, 5, 60.0), clock or FakeClock()),
         trusted if trusted is not None else parse_address_list(["10.0.0.0/24"]),
+        proxy_protocol=proxy_protocol,
     )
 
 
@@ -565,6 +567,22 @@ def test_no_trusted_proxies_means_no_forwarded_for(htpasswd: Htpasswd, tokens: T
     admission = admit(gate, head("GET", LIST, basic("alice"), ["192.0.2.44"]), facts(LB))
     assert admission.source == LB
     assert admission.verdict.allowed
+
+
+@pytest.mark.parametrize("source", [LB, "10.0.0.9", "unix"])
+def test_proxy_protocol_means_no_forwarded_for(
+    htpasswd: Htpasswd, tokens: Tokens, source: str
+) -> None:
+    """Issue 12, item 6 (failed before: a source that is a trusted proxy, which is what a
+    PROXY header without a client leaves, had the client's own header read). Behind
+    --proxy-protocol the balancer is layer 4: X-Forwarded-For is the client's, never read,
+    not even a malformed one (no 400)."""
+    trusted = parse_address_list(["10.0.0.0/24", "unix"])
+    gate = admissions(Authenticator(htpasswd, tokens), trusted=trusted, proxy_protocol=True)
+    for chain in (["192.0.2.44"], ["garbage"]):
+        admission = admit(gate, head("GET", LIST, basic("alice"), chain), facts(source))
+        assert admission.source == source
+        assert admission.verdict.allowed
 
 
 # ----- throttling ---------------------------------------------------------------------------

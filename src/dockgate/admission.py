@@ -4,8 +4,9 @@ proxy does the I/O and the logging.
 
 The order is fixed, and each step can refuse:
 
-1. the source address (after a trusted X-Forwarded-For) must pass the global allow/deny lists
-   (403), so a refused network never gets to try passwords;
+1. the source address (after a trusted X-Forwarded-For, which is never read on a gateway with
+   `--proxy-protocol`) must pass the global allow/deny lists (403), so a refused network never
+   gets to try passwords;
 2. credentials, when the request carries an Authorization header: throttled sources and user
    names get 429 without a check; wrong ones 401 (the same answer for an unknown user, a
    wrong password and an unknown token). A password that needs its hash checked is counted as
@@ -91,6 +92,7 @@ class Admissions:
         trusted_proxies: AddressList,
         *,
         checks: CheckPool | None = None,
+        proxy_protocol: bool = False,
     ) -> None:
         self.policies = policies
         self.gatekeeper = gatekeeper
@@ -102,7 +104,12 @@ class Admissions:
             b.anonymous for b in policies.bindings
         )
         # Decided once: most deployments use neither, and the hot path then skips both.
-        self._trusts_proxies = bool(trusted_proxies)
+        # Behind --proxy-protocol the trusted proxies are layer-4 balancers, which never write
+        # X-Forwarded-For: the header is the client's own, and is never read. The client's
+        # address comes from the PROXY header alone; without one that names a client (v1
+        # UNKNOWN, v2 LOCAL, v2 AF_UNSPEC or AF_UNIX) the source stays the proxy itself
+        # (proxy.py, tls.py), and its trust must not make the client's header believed.
+        self._trusts_proxies = bool(trusted_proxies) and not proxy_protocol
         self._source_rules = policies.sources if policies.sources else None
         self._permits: dict[str, bool] = {}
 

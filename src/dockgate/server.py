@@ -179,6 +179,7 @@ class Gateway:
             self._throttle,
             self.config.trusted_proxies,
             checks=self._checks,
+            proxy_protocol=self.config.proxy_protocol,
         )
 
     def metrics_text(self) -> bytes:

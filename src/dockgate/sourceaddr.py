@@ -6,7 +6,8 @@ protection is the socket's file mode; address lists never match it unless they n
 Behind a load balancer every connection comes from the balancer. Its word about the real client
 (`X-Forwarded-For`, or a PROXY protocol header) is taken only when the connection comes from an
 address listed with `--trusted-proxy`; from anywhere else those headers are ignored, since
-anybody can write them.
+anybody can write them. With `--proxy-protocol` the trusted proxies are layer-4 balancers and
+only their PROXY header counts: X-Forwarded-For is never read (admission.py).
 """
 
 from __future__ import annotations
