@@ -61,6 +61,9 @@ class RequestCounts:
     # Reloads of each watched file, [ok, failed], as this process saw them: every worker
     # reloads the same files, so workers are not added up but the highest count is taken.
     reloads: dict[str, list[int]] = field(default_factory=dict)
+    # Passes of the periodic sweep (timeouts, reloads, snapshots) that raised: each is logged
+    # and the sweeper goes on (server.py); a count above zero is a bug worth an alert.
+    sweep_failures: int = 0
 
     def record(
         self,
@@ -99,6 +102,7 @@ class RequestCounts:
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
         self.connections += other.connections
+        self.sweep_failures += other.sweep_failures  # each worker sweeps for itself
         if gauges:
             self.open_connections += other.open_connections
             self.open_tunnels += other.open_tunnels
@@ -119,6 +123,7 @@ class RequestCounts:
                 "connections": self.connections,
                 "open": [self.open_connections, self.open_tunnels],
                 "reloads": self.reloads,
+                "sweep_failures": self.sweep_failures,
             }
         )
 
@@ -133,6 +138,7 @@ class RequestCounts:
         counts.connections = data["connections"]
         counts.open_connections, counts.open_tunnels = data["open"]
         counts.reloads = data["reloads"]
+        counts.sweep_failures = data["sweep_failures"]
         return counts
 
 
@@ -251,6 +257,14 @@ class _Collector(Collector):
             reloads.add_metric([name, "ok"], ok)
             reloads.add_metric([name, "failed"], failed)
         yield reloads
+
+        yield CounterMetricFamily(
+            "dockgate_sweep_failures",
+            "Passes of the periodic sweep (header and body timeouts, file reloads, worker "
+            "snapshots) that failed with an unexpected error, all workers added up; each is "
+            "logged, and the sweep goes on. Any is a bug.",
+            value=c.sweep_failures,
+        )
 
 
 def _bound(value: float) -> str:

@@ -96,7 +96,6 @@ class Gateway:
         self.metrics = RequestCounts()
         self._snapshots = loaded.snapshots
         self._snapshot_due = 0.0
-        self.sweep_failures = 0  # sweep passes that raised (logged; the sweeper goes on)
 
     def connection_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -214,7 +213,7 @@ class Gateway:
             try:
                 self._sweep_once()
             except Exception as exc:  # the timeouts must keep running whatever one pass hit
-                self.sweep_failures += 1
+                self.metrics.sweep_failures += 1  # dockgate_sweep_failures_total
                 print(
                     f"dockgate: sweep failed ({type(exc).__name__}: {exc}); continuing",
                     file=sys.stderr,
