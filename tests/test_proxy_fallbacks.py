@@ -18,11 +18,14 @@ deny list and the header are what the test thinks they are.
 from __future__ import annotations
 
 import pathlib
+import socket
+import ssl
 import struct
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import trustme
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
@@ -32,6 +35,7 @@ from test_identity_e2e import (
     Served,
     proxy_v2,
     raw_request,
+    request_bytes,
     wait_access_log,
     wait_audit,
 )
@@ -155,3 +159,47 @@ def test_without_proxy_protocol_the_same_peer_s_header_is_read(
     )
     with running(gw, "the X-Forwarded-For gateway"):
         assert _ping(Served(gw, audit), b"") == (SPOOFED, 403)
+
+
+def test_a_header_without_a_client_before_tls_leaves_the_proxy_as_the_source(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    """The same on a TLS listener, where the PROXY header comes before the handshake
+    (tls.py reads it). Failed before: 403, the spoofed address refused."""
+    ca = trustme.CA()
+    server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("proxyq.clients.test")
+    files = {
+        "server.pem": b"".join(b.bytes() for b in server.cert_chain_pems),
+        "server-key.pem": server.private_key_pem.bytes(),
+        "ca.pem": ca.cert_pem.bytes(),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    audit = tmp_path / "audit.jsonl"
+    gw = Gateway(
+        daemon.host,
+        *(
+            "--tls-cert",
+            str(tmp_path / "server.pem"),
+            "--tls-key",
+            str(tmp_path / "server-key.pem"),
+        ),
+        *("--tls-client-ca", str(tmp_path / "ca.pem"), "--audit-log", str(audit)),
+        *("--trusted-proxy", ",".join(TRUSTED), "--proxy-protocol", "--deny-source", SPOOFED),
+        *NO_THROTTLE,
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    client.configure_cert(context)
+    target = f"/_ping?dgt={uuid.uuid4().hex}"
+    with running(gw, "the TLS PROXY protocol gateway"):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(NO_CLIENT["v1-unknown"])
+            with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(request_bytes("GET", target, [("X-Forwarded-For", SPOOFED)]))
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        record = wait_audit(audit, lambda r: r["path"] == target)
+        assert (record["source"], record["decision"]) == (PROXY_PEER, "allow")
