@@ -36,7 +36,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dockgate.admission import Admission, Admissions, ConnectionFacts
+from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.auth.tokens import create_token_line, parse_tokens
 from dockgate.clientcerts import PeerCertificate, TrustSet
+from dockgate.gatekeeper import Gatekeeper
+from dockgate.http.request import parse_head as parse_request_head
+from dockgate.identity import CERTIFICATE, Identity
+from dockgate.policy.loader import parse_policy_text
+from dockgate.sourceaddr import parse_address_list
 from dockgate.tls import SeveralNames, peer_identity
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
@@ -493,3 +502,44 @@ def test_trust_check_by_subject_and_key() -> None:
         expires = leaf.cert.not_valid_after_utc.timestamp()
         assert peer.problem(renewed, expires) is not None
         assert "expired" in (peer.problem(renewed, expires + 1) or "")
+
+
+def test_admission_refuses_a_stale_certificate_before_anything_else() -> None:
+    """Admission asks the connection's certificate first: a valid bearer token on a connection
+    whose certificate's CA was reloaded away is 401 all the same, and the connection is to
+    close; with the CA in force the token names the caller. (Before: only the Authorization
+    header decided.)"""
+    token, line = create_token_line("ci", "ci")
+    policies = parse_policy_text(
+        "policies:\n  p:\n    rules: [{allow: {sections: ['*']}}]\n"
+        "bindings:\n  - {policy: p, tokens: [ci], certificates: [alice]}\n",
+        "test.yaml",
+    )
+    ca1, ca2 = make_ca("CA 1"), make_ca("CA 2")
+    leaf = issue(ca1, "alice")
+    handshake = TrustSet.from_der([_der(ca1)], 0)
+    trust = [handshake]
+    gate = Admissions(
+        policies,
+        Gatekeeper(policies, authenticated=True),
+        Authenticator(None, parse_tokens(line + "\n", "test.tokens")),
+        FailureThrottle(ThrottleSettings(3, 5, 60.0)),
+        parse_address_list([]),
+        trust=lambda: trust[0],
+    )
+    request = parse_request_head(
+        f"GET /_ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    facts = ConnectionFacts("10.1.1.1", "10.1.1.1", Identity("alice", CERTIFICATE, "CN=alice"))
+    facts.peer_certificate = PeerCertificate([_der(leaf), _der(ca1)], handshake)
+    allowed = gate.admit(request, facts, 0.0)
+    assert isinstance(allowed, Admission)
+    assert allowed.verdict.allowed and not allowed.close
+    assert allowed.identity.name == "ci"
+
+    trust[0] = TrustSet.from_der([_der(ca2)], 1)
+    refused = gate.admit(request, facts, 0.0)
+    assert isinstance(refused, Admission)
+    assert (refused.verdict.status, refused.close) == (401, True)
+    assert refused.verdict.reason == "certificate invalid"
+    assert "no longer in --tls-client-ca" in refused.verdict.message

@@ -97,15 +97,25 @@ class PeerCertificate:
     """One connection's verified client certificate: when it stops being valid, and the CA it
     must still be anchored at."""
 
-    __slots__ = ("_anchor", "_checked", "expires")
+    __slots__ = ("_anchor", "_chain", "_checked", "_handshake", "expires")
 
     def __init__(self, chain_der: list[bytes], trust: TrustSet) -> None:
         """`chain_der`: the verified chain, leaf first (or the leaf alone); `trust`: the CA set
         the handshake verified it against."""
         chain = [x509.load_der_x509_certificate(der) for der in chain_der]
         self.expires = min((_not_after(c) for c in chain), default=float("-inf"))
-        self._anchor = trust.anchor_for(chain)
+        # The anchor is looked up at the first reload, if any: most connections never see one,
+        # and the lookup (a subject and a key encoded) is most of the cost (~40 of ~50 us).
+        self._chain: list[x509.Certificate] | None = chain
+        self._handshake: TrustSet | None = trust
+        self._anchor: AnchorKey | None = None
         self._checked = trust.generation
+
+    def _anchor_key(self) -> AnchorKey | None:
+        if self._handshake is not None and self._chain is not None:
+            self._anchor = self._handshake.anchor_for(self._chain)
+            self._handshake = self._chain = None
+        return self._anchor
 
     def problem(self, trust: TrustSet, now: float) -> str | None:
         """Why the certificate no longer authenticates its connection (`now`: Unix time), or
@@ -114,7 +124,8 @@ class PeerCertificate:
             when = datetime.datetime.fromtimestamp(self.expires, datetime.UTC)
             return f"the client certificate expired at {when:%Y-%m-%dT%H:%M:%SZ}"
         if trust.generation != self._checked:
-            until = trust.anchors.get(self._anchor) if self._anchor is not None else None
+            anchor = self._anchor_key()
+            until = trust.anchors.get(anchor) if anchor is not None else None
             if until is None or now >= until:
                 return "the client certificate's CA is no longer in --tls-client-ca"
             self._checked = trust.generation
