@@ -16,9 +16,8 @@ The order is fixed, and each step can refuse:
    `PendingAdmission`, and the connection waits for it, paused (503 when too many checks are
    already waiting). A password that succeeded before is decided at once. Without the
    header, a verified client certificate names the caller (401 when it names several: two
-   CNs); without either, the caller is
-   anonymous, which is asked for credentials (401) where authentication is configured and no
-   binding takes anonymous callers;
+   CNs); without either, the caller is anonymous, which is asked for credentials (401) where
+   authentication is configured and no binding takes anonymous callers;
 3. the binding: the first binding for this identity and source names the policy; none is 403;
 4. the policy's verdict on the request (gatekeeper.py).
 """

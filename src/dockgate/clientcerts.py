@@ -103,7 +103,9 @@ class PeerCertificate:
         """`chain_der`: the verified chain, leaf first (or the leaf alone); `trust`: the CA set
         the handshake verified it against."""
         chain = [x509.load_der_x509_certificate(der) for der in chain_der]
-        self.expires = min((_not_after(c) for c in chain), default=float("-inf"))
+        if not chain:
+            raise ValueError("no certificate")
+        self.expires = min(_not_after(c) for c in chain)
         # The anchor is looked up at the first reload, if any: most connections never see one,
         # and the lookup (a subject and a key encoded) is most of the cost (~40 of ~50 us).
         self._chain: list[x509.Certificate] | None = chain

@@ -172,9 +172,10 @@ _FIELD_LABELS = {"cn": "CN", "dns": "DNS", "email": "email", "uri": "URI"}
 
 class SeveralNames(ValueError):
     """The field that names the caller holds several values: which one is the caller is a
-    matter of convention (Python's `ssl` and OpenSSL list them in order, Go's
-    crypto/x509/pkix `Name.FillFromRDNSequence` keeps the last CN, which is what moby's
-    daemon and most CA tooling show), so the certificate names no one."""
+    matter of convention (Python's `ssl` lists them in order and dockgate took the first; Go's
+    crypto/x509/pkix `Name.FillFromRDNSequence` keeps the last CN, and that `CommonName` is
+    the user moby's authorization plugins are told, pkg/authorization/middleware.go), so the
+    certificate names no one."""
 
 
 def _field_values(cert: dict[str, Any], wanted: str) -> list[str]:
@@ -233,12 +234,13 @@ def _verified_chain(sslobj: ssl.SSLObject) -> list[bytes]:
     """
     public = getattr(sslobj, "get_verified_chain", None)
     if public is not None:
-        return [bytes(der) for der in public()]
-    inner = getattr(sslobj, "_sslobj", None)
-    private = getattr(inner, "get_verified_chain", None)
-    if private is not None:
-        der = getattr(_ssl, "ENCODING_DER", 1)
-        return [cert.public_bytes(der) for cert in private()]
+        chain = [bytes(der) for der in public() or ()]
+    else:
+        private = getattr(getattr(sslobj, "_sslobj", None), "get_verified_chain", None)
+        encoding = getattr(_ssl, "ENCODING_DER", 1)
+        chain = [cert.public_bytes(encoding) for cert in private() or ()] if private else []
+    if chain:
+        return chain
     leaf = sslobj.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 
