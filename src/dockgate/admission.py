@@ -4,6 +4,9 @@ proxy does the I/O and the logging.
 
 The order is fixed, and each step can refuse:
 
+0. on a TLS connection, the client certificate must still be valid: not expired, its CA still
+   in the client CA file as reloaded (clientcerts.py); otherwise 401, and the connection ends
+   after the answer;
 1. the source address (after a trusted X-Forwarded-For, which is never read on a gateway with
    `--proxy-protocol`) must pass the global allow/deny lists (403), so a refused network never
    gets to try passwords;
@@ -13,9 +16,9 @@ The order is fixed, and each step can refuse:
    a failure first, then checked in a worker thread (auth/checks.py): `admit` answers a
    `PendingAdmission`, and the connection waits for it, paused (503 when too many checks are
    already waiting). A password that succeeded before is decided at once. Without the
-   header, a verified client certificate names the caller; without either, the caller is
-   anonymous, which is asked for credentials (401) where authentication is configured and no
-   binding takes anonymous callers;
+   header, a verified client certificate names the caller (401 when it names several: two
+   CNs); without either, the caller is anonymous, which is asked for credentials (401) where
+   authentication is configured and no binding takes anonymous callers;
 3. the binding: the first binding for this identity and source names the policy; none is 403;
 4. the policy's verdict on the request (gatekeeper.py).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +35,7 @@ from dockgate.auth.authenticator import Authenticator, PasswordCheck, claimed_us
 from dockgate.auth.checks import CheckPool
 from dockgate.auth.throttle import Charge, FailureThrottle
 from dockgate.caching import remember
+from dockgate.clientcerts import PeerCertificate, TrustSet
 from dockgate.errors import ClientProtocolError
 from dockgate.gatekeeper import Gatekeeper, Verdict
 from dockgate.http.request import RequestHead
@@ -52,6 +57,10 @@ class ConnectionFacts:
     # The last Authorization header that succeeded on this connection, with the credential
     # files' generation then: keep-alive clients repeat it on every request.
     remembered: tuple[bytes, int, Identity] | None = None
+    # The verified client certificate, checked again on every request (clientcerts.py) ...
+    peer_certificate: PeerCertificate | None = None
+    # ... and why it names no one, when it is ambiguous (tls.SeveralNames).
+    certificate_refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,7 @@ class Admission:
     source: str
     retry_after: int | None = None  # seconds, for a 429
     policy: Policy | None = None  # the bound policy, once one decided
+    close: bool = False  # end the connection after the answer (its certificate is no longer valid)
 
 
 @dataclass(slots=True)
@@ -93,6 +103,8 @@ class Admissions:
         *,
         checks: CheckPool | None = None,
         proxy_protocol: bool = False,
+        trust: Callable[[], TrustSet] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.policies = policies
         self.gatekeeper = gatekeeper
@@ -100,6 +112,9 @@ class Admissions:
         self.throttle = throttle
         self.trusted_proxies = trusted_proxies
         self.checks = checks if checks is not None else CheckPool()
+        # The client CA set in force (ServerTLS.trust), and the wall clock certificates expire by.
+        self._trust = trust
+        self._clock = clock
         self._anonymous_bound = policies.bindings is not None and any(
             b.anonymous for b in policies.bindings
         )
@@ -124,6 +139,15 @@ class Admissions:
         self, head: RequestHead, facts: ConnectionFacts, now: float
     ) -> Admission | PendingAdmission:
         source = facts.source
+        peer = facts.peer_certificate
+        if peer is not None and self._trust is not None:
+            problem = peer.problem(self._trust(), self._clock())
+            if problem is not None:
+                # Whatever else the request carries: the connection itself is no longer one a
+                # handshake would accept now.
+                message = f"dockgate: {problem}; connect again with a valid certificate"
+                verdict = _refusal(401, message, "deny:-:unauthenticated", "certificate invalid")
+                return Admission(verdict, ANONYMOUS_IDENTITY, source, close=True)
         if self._trusts_proxies and self.trusted_proxies.contains(source):
             forwarded = [v for n, v in head.headers() if n == b"x-forwarded-for"]
             if forwarded:
@@ -196,6 +220,10 @@ class Admissions:
             return found
         if facts.certificate is not None:
             return facts.certificate
+        if facts.certificate_refusal is not None:
+            message = f"dockgate: {facts.certificate_refusal}"
+            verdict = _refusal(401, message, "deny:-:unauthenticated", "ambiguous certificate")
+            return Admission(verdict, ANONYMOUS_IDENTITY, source)
         if not authenticator.required:
             return NO_AUTH_IDENTITY
         if self._anonymous_bound and self.policies.binding_for(ANONYMOUS_IDENTITY, source):

@@ -194,7 +194,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             address = host.partition("%")[0]  # a link-local zone is not part of the address
         else:
             self.client = address = UNIX_SOURCE
-        self.facts = ConnectionFacts(address, address, self.gateway.certificate_identity(self))
+        self.facts = ConnectionFacts(address, address)
+        self.gateway.add_certificate(self, self.facts)
         proxied = self.transport.get_extra_info(PROXY_SOURCE_INFO)
         if proxied is not None:  # the TLS layer read a PROXY header before the handshake
             if proxied:
@@ -404,6 +405,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _admitted(self, head: RequestHead, admission: Admission) -> None:
         self._admission = admission
+        if admission.close:  # the connection's client certificate is no longer valid
+            self.close_after_exchange = True
         verdict = self._verdict = admission.verdict
         if not verdict.allowed:
             self._refuse(head, verdict, admission.retry_after)

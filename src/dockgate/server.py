@@ -28,7 +28,7 @@ import uvloop
 from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
 from dockgate.admin import AdminConnection
-from dockgate.admission import Admissions
+from dockgate.admission import Admissions, ConnectionFacts
 from dockgate.audit import AuditLog, open_audit_log
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.checks import CheckPool
@@ -47,7 +47,15 @@ from dockgate.metrics import (
 from dockgate.metrics import render as render_metrics
 from dockgate.policy.rules import PolicySet
 from dockgate.proxy import ClientConnection
-from dockgate.tls import ServerTLS, TLSConfigError, TLSProtocol, peer_identity, peer_subject
+from dockgate.tls import (
+    PEER_CERTIFICATE_INFO,
+    ServerTLS,
+    SeveralNames,
+    TLSConfigError,
+    TLSProtocol,
+    peer_identity,
+    peer_subject,
+)
 from dockgate.upstream import UpstreamPool
 from dockgate.watched import WatchedFile
 
@@ -100,14 +108,24 @@ class Gateway:
     def connection_factory(self) -> ClientConnection:
         return ClientConnection(self)
 
-    def certificate_identity(self, conn: ClientConnection) -> Identity | None:
-        """The caller a verified client certificate names, on a TLS listener that requires
-        them; None otherwise (or when the certificate has none of the --tls-identity fields)."""
+    def add_certificate(self, conn: ClientConnection, facts: ConnectionFacts) -> None:
+        """On a TLS listener that requires client certificates: the verified certificate, to be
+        checked again on each request, and the caller it names (none when it has none of the
+        --tls-identity fields; none, with the reason logged once, when it names several)."""
         if self.tls is None or self.tls.client_ca is None or conn.transport is None:
-            return None
+            return
+        facts.peer_certificate = conn.transport.get_extra_info(PEER_CERTIFICATE_INFO)
         cert = conn.transport.get_extra_info("peercert")
-        name = peer_identity(cert, self.config.tls_identity)
-        return Identity(name, CERTIFICATE, peer_subject(cert)) if name else None
+        subject = peer_subject(cert)
+        try:
+            name = peer_identity(cert, self.config.tls_identity)
+        except SeveralNames as exc:
+            reason = f"the client certificate {subject} names several callers: {exc}"
+            facts.certificate_refusal = reason
+            print(f"dockgate: {conn.client}: {reason}; refused", file=sys.stderr, flush=True)
+            return
+        if name:
+            facts.certificate = Identity(name, CERTIFICATE, subject)
 
     def expects_proxy_header(self, address: str) -> bool:
         config = self.config
@@ -171,6 +189,7 @@ class Gateway:
             authenticated=self.authenticator.required or self.config.client_certificates_required,
             tls=self.tls is not None,  # TCP listeners speak TLS: the gateway's origin is https
         )
+        tls = self.tls  # client certificates are checked again, on each request, against it
         self.admissions = Admissions(
             policies,
             self.gatekeeper,
@@ -179,6 +198,7 @@ class Gateway:
             self.config.trusted_proxies,
             checks=self._checks,
             proxy_protocol=self.config.proxy_protocol,
+            trust=tls.trust if tls is not None and tls.requires_client_cert else None,
         )
 
     def metrics_text(self) -> bytes:

@@ -17,6 +17,7 @@ TLS runs here instead, with ``SSLContext.wrap_bio`` over memory BIOs:
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import ssl
 import sys
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from dockgate.browser import ANSWER_HEADERS
+from dockgate.clientcerts import EMPTY_TRUST, PeerCertificate, TrustSet
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.watched import RELOAD_CHECK_SECONDS, FileStamp, file_stamp
 
@@ -53,7 +55,9 @@ class ServerTLS:
 
     ``context()`` looks at the files' inode, size and mtime at most once a second and builds a
     new context when they changed; if the new files do not load (a half-written file, a key that
-    does not match), the previous context stays in use and one line goes to stderr.
+    does not match), the previous context stays in use and one line goes to stderr. ``trust()``
+    does the same and answers the client CA certificates of the context in use, which open
+    connections' certificates are checked against again (clientcerts.py).
     """
 
     def __init__(
@@ -69,7 +73,8 @@ class ServerTLS:
         self.client_ca = client_ca
         self._check_interval = check_interval
         self._stamps = self._current_stamps()
-        self._context = self._build()  # raises TLSConfigError
+        self.generation = 0  # reloads that took
+        self._context, self._trust = self._build(0)  # raises TLSConfigError
         self._checked = time.monotonic()
 
     @property
@@ -82,7 +87,7 @@ class ServerTLS:
     def _current_stamps(self) -> list[FileStamp]:
         return [file_stamp(path) for path in self._paths()]
 
-    def _build(self) -> ssl.SSLContext:
+    def _build(self, generation: int) -> tuple[ssl.SSLContext, TrustSet]:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -98,7 +103,10 @@ class ServerTLS:
                 message = f"--tls-client-ca {self.client_ca}: {_describe(exc)}"
                 raise TLSConfigError(message) from None
             context.verify_mode = ssl.CERT_REQUIRED
-        return context
+            # What OpenSSL loaded, not a second reading of the file: the two cannot disagree.
+            trust = TrustSet.from_der(context.get_ca_certs(binary_form=True), generation)
+            return context, trust
+        return context, EMPTY_TRUST
 
     def reload_now(self) -> None:
         """SIGHUP: read the files again now, whether or not they look changed."""
@@ -107,23 +115,38 @@ class ServerTLS:
         self.context()
 
     def context(self) -> ssl.SSLContext:
+        self._refresh()
+        return self._context
+
+    def current(self) -> tuple[ssl.SSLContext, TrustSet]:
+        """For a new connection: the context, and the client CA set it verifies against."""
+        self._refresh()
+        return self._context, self._trust
+
+    def trust(self) -> TrustSet:
+        """The client CA certificates in force now (the files looked at first, as for a new
+        connection): asked on every request of a connection with a client certificate."""
+        self._refresh()
+        return self._trust
+
+    def _refresh(self) -> None:
         now = time.monotonic()
         if now - self._checked < self._check_interval:
-            return self._context
+            return
         self._checked = now
         stamps = self._current_stamps()
         if stamps == self._stamps:
-            return self._context
+            return
         # Remember these stamps even if they do not load: one log line per change, not per
         # connection. A later change (the second file of a pair being written) tries again.
         self._stamps = stamps
         try:
-            self._context = self._build()
+            self._context, self._trust = self._build(self.generation + 1)
         except TLSConfigError as exc:
             _log(f"TLS reload failed, keeping the previous certificate: {exc}")
         else:
+            self.generation += 1
             _log("TLS certificate files changed: reloaded")
-        return self._context
 
 
 def _describe(exc: BaseException) -> str:
@@ -134,22 +157,38 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _subject_field(cert: dict[str, Any], field: str) -> str | None:
-    for rdn in cert.get("subject", ()):
-        for name, value in rdn:
-            if name == field:
-                return cast(str, value)
-    return None
-
-
 # The extra-info key under which a TLS connection tells the inner protocol what the PROXY
 # header before the handshake said: the client address, or "" for a LOCAL/UNKNOWN header.
 PROXY_SOURCE_INFO = "dockgate_proxy_source"
+# ... and the one for its verified client certificate, as a PeerCertificate (clientcerts.py).
+PEER_CERTIFICATE_INFO = "dockgate_peer_certificate"
 
 # Where a client certificate's identity may come from (`--tls-identity`), in the order tried.
 IDENTITY_FIELDS = ("cn", "dns", "email", "uri")
 DEFAULT_IDENTITY_FIELDS = ("cn", "dns", "email")
 _SAN_KINDS = {"dns": "DNS", "email": "email", "uri": "URI"}
+_FIELD_LABELS = {"cn": "CN", "dns": "DNS", "email": "email", "uri": "URI"}
+
+
+class SeveralNames(ValueError):
+    """The field that names the caller holds several values: which one is the caller is a
+    matter of convention (Python's `ssl` lists them in order and dockgate took the first; Go's
+    crypto/x509/pkix `Name.FillFromRDNSequence` keeps the last CN, and that `CommonName` is
+    the user moby's authorization plugins are told, pkg/authorization/middleware.go), so the
+    certificate names no one."""
+
+
+def _field_values(cert: dict[str, Any], wanted: str) -> list[str]:
+    """Every value of one identity field, in certificate order, empty ones included."""
+    if wanted == "cn":
+        return [
+            cast(str, value)
+            for rdn in cert.get("subject", ())  # several CNs in one RDN (CN=a+CN=b) count too
+            for name, value in rdn
+            if name == "commonName"
+        ]
+    kind = _SAN_KINDS[wanted]
+    return [cast(str, value) for k, value in cert.get("subjectAltName", ()) if k == kind]
 
 
 def peer_names(
@@ -161,22 +200,49 @@ def peer_names(
         return []
     names: list[str] = []
     for wanted in fields:
-        if wanted == "cn":
-            found = [cn] if (cn := _subject_field(cert, "commonName")) else []
-        else:
-            kind = _SAN_KINDS[wanted]
-            found = [v for k, v in cert.get("subjectAltName", ()) if k == kind]
-        names.extend(n for n in found if n not in names)
+        names.extend(n for n in _field_values(cert, wanted) if n and n not in names)
     return names
 
 
 def peer_identity(
     cert: dict[str, Any] | None, fields: tuple[str, ...] = DEFAULT_IDENTITY_FIELDS
 ) -> str | None:
-    """The identity of a verified client certificate: the first name found in `fields`, in
-    order; None without a certificate or without any of those fields."""
-    names = peer_names(cert, fields)
-    return names[0] if names else None
+    """The identity of a verified client certificate: the value of the first of `fields` (in
+    order) that the certificate has; None without a certificate or without any of those
+    fields. Raises SeveralNames when that field holds more than one value (`CN=admin,CN=bob`;
+    two SAN DNS names where `dns` names the caller); the later fields are not read then, as
+    they would not have been for a single value."""
+    if not cert:
+        return None
+    for wanted in fields:
+        values = _field_values(cert, wanted)
+        if not any(values):
+            continue
+        if len(values) > 1:
+            listed = ", ".join(repr(v) for v in values)
+            raise SeveralNames(f"{len(values)} {_FIELD_LABELS[wanted]} values ({listed})")
+        return values[0]
+    return None
+
+
+def _verified_chain(sslobj: ssl.SSLObject) -> list[bytes]:
+    """The client's chain as the handshake verified it, leaf first, trust anchor last (DER).
+
+    Python 3.13 has SSLObject.get_verified_chain(); 3.10 to 3.12 have it on the private
+    _ssl object, returning _ssl.Certificate objects. Without either, the leaf alone (its
+    issuer is then looked up in the CA set: enough for a chain of one).
+    """
+    public = getattr(sslobj, "get_verified_chain", None)
+    if public is not None:
+        chain = [bytes(der) for der in public() or ()]
+    else:
+        private = getattr(getattr(sslobj, "_sslobj", None), "get_verified_chain", None)
+        encoding = getattr(_ssl, "ENCODING_DER", 1)
+        chain = [cert.public_bytes(encoding) for cert in private() or ()] if private else []
+    if chain:
+        return chain
+    leaf = sslobj.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
 
 
 def peer_subject(cert: dict[str, Any] | None) -> str:
@@ -262,6 +328,8 @@ class TLSProtocol(asyncio.Protocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._sslobj: ssl.SSLObject | None = None
+        self._trust = EMPTY_TRUST  # the client CA set of the context this connection uses
+        self._peer_certificate: PeerCertificate | None = None
         self._inner: asyncio.Protocol | None = None
         self._adapter: TLSTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -298,6 +366,8 @@ class TLSProtocol(asyncio.Protocol):
             return sslobj.context if sslobj is not None else default
         if name == PROXY_SOURCE_INFO:
             return self._proxy_source if self._proxy_source is not None else default
+        if name == PEER_CERTIFICATE_INFO:
+            return self._peer_certificate if self._peer_certificate is not None else default
         return self.raw.get_extra_info(name, default)
 
     def app_write(self, data: bytes) -> None:
@@ -374,9 +444,8 @@ class TLSProtocol(asyncio.Protocol):
             expects = self._expects_proxy_header
             if expects is not None and expects(host.partition("%")[0]):
                 self._proxy_pending = b""
-        self._sslobj = self._tls.context().wrap_bio(
-            self._incoming, self._outgoing, server_side=True
-        )
+        context, self._trust = self._tls.current()
+        self._sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._timer = asyncio.get_running_loop().call_later(
             self._handshake_timeout, self._handshake_timed_out
         )
@@ -472,6 +541,12 @@ class TLSProtocol(asyncio.Protocol):
         self._flush()
         self._handshaking = False
         self._cancel_timer()
+        if self._tls.requires_client_cert:  # one was required, and OpenSSL verified it
+            try:
+                self._peer_certificate = PeerCertificate(_verified_chain(sslobj), self._trust)
+            except ValueError as exc:  # OpenSSL took what cryptography cannot read: refuse
+                self._fail(f"client certificate from {self._peer} cannot be read: {exc}")
+                return
         self._adapter = TLSTransport(self)
         self._inner = self._factory()
         self._inner.connection_made(cast(asyncio.BaseTransport, self._adapter))
