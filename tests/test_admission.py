@@ -675,6 +675,23 @@ def test_a_success_makes_its_source_known_and_clears_nothing(
     assert_throttled(admit(gate, head("GET", LIST, basic("alice"))), 60)
 
 
+def test_a_known_source_gets_its_password_hashed_while_the_name_is_locked(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    """The exemption holds on the hash path too (a password not remembered, e.g. after the
+    htpasswd file was reloaded): the check is charged, runs, succeeds, and is refunded."""
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=100, per_user=2)
+    gate.throttle.succeeded(CLIENT, "alice")
+    for i in range(2):
+        admit(gate, head("GET", LIST, basic("alice", "w")), facts(f"198.51.100.{i}"))
+    assert not htpasswd.remembered("alice", PASSWORDS["alice"])
+    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed
+    assert htpasswd.remembered("alice", PASSWORDS["alice"])
+    assert CLIENT not in gate.throttle._sources  # the charge was taken back
+    assert list(gate.throttle._users["alice"]) == [5000.0, 5000.0]
+    assert_throttled(admit(gate, head("GET", LIST, basic("alice")), facts("203.0.113.1")), 60)
+
+
 def test_a_token_success_makes_no_source_known(
     htpasswd: Htpasswd, tokens: Tokens, token_lines: dict[str, tuple[str, str]]
 ) -> None:

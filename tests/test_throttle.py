@@ -348,3 +348,17 @@ def test_thousands_of_long_names_take_bounded_memory() -> None:
         tracemalloc.stop()
     assert len(throttle._users) <= ThrottleSettings().max_keys
     assert grown < 8 * 2**20, grown
+
+
+def test_a_refund_gives_back_the_failure_its_charge_pushed_out() -> None:
+    """A right password checked while its name is at the limit (from a known source) must not
+    lift the lock by one attempt (failed on the old code: the charge pushed the oldest failure
+    out of the full list, the refund removed the charge, one failure was lost)."""
+    throttle, clock = make(per_source=100, per_user=2)
+    throttle.failed("198.51.100.1", "alice")  # t=0
+    clock.advance(1)
+    throttle.failed("198.51.100.2", "alice")  # t=1: alice is locked until t=60
+    clock.advance(1)
+    throttle.refund(throttle.charge("192.0.2.1", "alice"))  # t=2, a success
+    assert list(throttle._users["alice"]) == [1000.0, 1001.0]
+    assert throttle.retry_after("203.0.113.1", "alice") == 58.0

@@ -74,6 +74,10 @@ class Charge:
     source_key: str
     user: str | None
     at: float
+    # The failures the charge pushed out of a full list (given back with the refund: a right
+    # password must not lift a lock by one attempt).
+    source_dropped: float | None = None
+    user_dropped: float | None = None
 
 
 class FailureThrottle:
@@ -116,17 +120,21 @@ class FailureThrottle:
             self._sweep(now)
         key = source_key(source)
         settings = self.settings
-        _record(self._sources, key, settings.per_source, settings, now)
+        source_dropped = _record(self._sources, key, settings.per_source, settings, now)
+        user_dropped = None
         if user is not None:
-            _record(self._users, user, settings.per_user, settings, now)
-        return Charge(key, user, now)
+            user_dropped = _record(self._users, user, settings.per_user, settings, now)
+        return Charge(key, user, now, source_dropped, user_dropped)
 
     def refund(self, charge: Charge) -> None:
         """Take back a charged failure (the check succeeded, or never ran). A failure already
         pushed out of its key's list, or a table emptied since, leaves nothing to take back."""
-        _take_back(self._sources, charge.source_key, charge.at)
+        limits = self.settings
+        _take_back(
+            self._sources, charge.source_key, charge.at, charge.source_dropped, limits.per_source
+        )
         if charge.user is not None:
-            _take_back(self._users, charge.user, charge.at)
+            _take_back(self._users, charge.user, charge.at, charge.user_dropped, limits.per_user)
 
     def succeeded(self, source: str, user: str | None) -> None:
         """`user` authenticated from `source`: from there, the per-user lock no longer applies
@@ -206,18 +214,22 @@ def _record(
     limit: int,
     settings: ThrottleSettings,
     now: float,
-) -> None:
+) -> float | None:
+    """Count a failure; the one it pushed out of a full list, if any."""
     if limit <= 0:
-        return
+        return None
     failures = table.get(key)
     if failures is None:
         if len(table) >= settings.max_keys:
             _make_room(table, limit, settings, now)
         table[key] = array("d", (now,))
-        return
+        return None
     failures.append(now)
-    if len(failures) > limit:
-        del failures[0]  # only the last `limit` failures decide (at most `limit` doubles)
+    if len(failures) <= limit:
+        return None
+    dropped = failures[0]
+    del failures[0]  # only the last `limit` failures decide (at most `limit` doubles)
+    return dropped
 
 
 def _make_room(
@@ -238,10 +250,14 @@ def _forget(table: dict[str, array[float]], stale: Callable[[array[float]], bool
         del table[key]
 
 
-def _take_back(table: dict[str, array[float]], key: str, at: float) -> None:
+def _take_back(
+    table: dict[str, array[float]], key: str, at: float, dropped: float | None, limit: int
+) -> None:
     failures = table.get(key)
     if failures is None or at not in failures:
         return
     failures.remove(at)  # failures at the same instant are alike: any one of them will do
+    if dropped is not None and len(failures) < limit:
+        failures.insert(0, dropped)  # the oldest: the list stays in order
     if not failures:
         del table[key]
