@@ -39,7 +39,7 @@ from dockgate.identity import (
 )
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.rules import PolicySet
-from dockgate.sourceaddr import AddressList, parse_address_list
+from dockgate.sourceaddr import UNIX_SOURCE, AddressList, parse_address_list
 from support.remote import htpasswd_text as hashed_lines
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "mallory": "mallory-pw"}
@@ -672,21 +672,95 @@ def test_429_per_user_across_sources(htpasswd: Htpasswd, tokens: Tokens) -> None
     assert admit(gate, head("GET", LIST, basic("alice")), fresh).verdict.allowed
 
 
-def test_success_clears_the_user_counter_but_not_the_source(
+def test_a_success_makes_its_source_known_and_clears_nothing(
     htpasswd: Htpasswd, tokens: Tokens
 ) -> None:
+    """Issue 12, item 3: guesses at alice from other sources lock alice out of new sources
+    only; where she authenticated, she keeps working (failed on the old code: 429 for alice
+    everywhere). Her success no longer clears her failures (before, it gave the guessers a
+    fresh budget at each of her logins)."""
     gate, _ = throttled_gate(htpasswd, tokens, per_source=3, per_user=3)
-    for _ in range(2):
-        assert admit(gate, head("GET", LIST, basic("alice", "wrong"))).verdict.status == 401
-    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed  # clears alice
-    other = facts("198.51.100.200")
-    for _ in range(2):
-        assert admit(gate, head("GET", LIST, basic("alice", "w")), other).verdict.status == 401
-    # alice: 2 failures since her success (not 4), so she may try from a third source ...
-    assert admit(gate, head("GET", LIST, basic("alice")), facts("203.0.113.1")).verdict.allowed
-    # ... while the first source keeps its 2 failures: one more and it is throttled.
-    assert admit(gate, head("GET", LIST, basic("bob", "wrong"))).verdict.status == 401
+    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed  # from CLIENT
+    for i in range(3):
+        guess = admit(gate, head("GET", LIST, basic("alice", "w")), facts(f"198.51.100.{i}"))
+        assert guess.verdict.status == 401
+    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed
+    # Another success from CLIENT cleared nothing: a new source is still locked for alice.
+    assert_throttled(admit(gate, head("GET", LIST, basic("alice")), facts("203.0.113.1")), 60)
+    # The known source keeps its own bound: its failures count, for any name.
+    for _ in range(3):
+        assert admit(gate, head("GET", LIST, basic("bob", "wrong"))).verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("alice"))), 60)
+
+
+def test_a_known_source_gets_its_password_hashed_while_the_name_is_locked(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    """The exemption holds on the hash path too (a password not remembered, e.g. after the
+    htpasswd file was reloaded): the check is charged, runs, succeeds, and is refunded."""
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=100, per_user=2)
+    gate.throttle.succeeded(CLIENT, "alice")
+    for i in range(2):
+        admit(gate, head("GET", LIST, basic("alice", "w")), facts(f"198.51.100.{i}"))
+    assert not htpasswd.remembered("alice", PASSWORDS["alice"])
+    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed
+    assert htpasswd.remembered("alice", PASSWORDS["alice"])
+    assert CLIENT not in gate.throttle._sources  # the charge was taken back
+    assert list(gate.throttle._users["alice"]) == [5000.0, 5000.0]
+    assert_throttled(admit(gate, head("GET", LIST, basic("alice")), facts("203.0.113.1")), 60)
+
+
+def test_a_token_success_makes_no_source_known(
+    htpasswd: Htpasswd, tokens: Tokens, token_lines: dict[str, tuple[str, str]]
+) -> None:
+    """Tokens have no claimed user name: a token holder's source is not exempt from the
+    per-user lock of the Basic name it acts as."""
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=100, per_user=2)
+    bob_token = "Bearer " + token_lines["bobs-laptop"][0]
+    assert admit(gate, head("GET", LIST, bob_token)).verdict.allowed
+    for i in range(2):
+        admit(gate, head("GET", LIST, basic("bob", "w")), facts(f"198.51.100.{i}"))
     assert_throttled(admit(gate, head("GET", LIST, basic("bob"))), 60)
+
+
+def test_unix_socket_clients_count_by_uid(htpasswd: Htpasswd, tokens: Tokens) -> None:
+    """Issue 12, item 3: all unix-socket clients shared the key "unix", so one local user's
+    guesses throttled every local client (failed on the old code)."""
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=2, per_user=100)
+    guesser = ConnectionFacts(UNIX_SOURCE, UNIX_SOURCE, uid=1000)
+    other = ConnectionFacts(UNIX_SOURCE, UNIX_SOURCE, uid=0)
+    for _ in range(2):
+        assert admit(gate, head("GET", LIST, basic("bob", "w")), guesser).verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("bob")), guesser), 60)
+    allowed = admit(gate, head("GET", LIST, basic("bob")), other)
+    assert allowed.verdict.allowed
+    assert allowed.source == UNIX_SOURCE  # address lists still see "unix"
+    # Without a uid (a platform without SO_PEERCRED), the shared key, as before.
+    shared = ConnectionFacts(UNIX_SOURCE, UNIX_SOURCE)
+    for _ in range(2):
+        assert admit(gate, head("GET", LIST, basic("bob", "w")), shared).verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("bob")), shared), 60)
+    assert admit(gate, head("GET", LIST, basic("bob")), other).verdict.allowed
+
+
+def test_an_over_long_user_name_is_refused_before_any_bookkeeping(
+    htpasswd: Htpasswd, tokens: Tokens
+) -> None:
+    """Issue 12, item 4: a name over 256 bytes is wrong credentials (401) and takes no entry
+    in the user table (failed on the old code: each such name was kept, 47 KiB for the
+    longest a request head admits). The attempt counts against its source, like any
+    malformed credentials."""
+    gate, _ = throttled_gate(htpasswd, tokens, per_source=100, per_user=1)
+    for size in (257, 1000, 40_000):
+        name = "a" * size
+        refused = admit(gate, head("GET", LIST, basic(name, "x")))
+        assert refused.verdict.status == 401
+        assert refused.verdict.message == "dockgate: invalid credentials"
+    assert not gate.throttle._users
+    assert len(gate.throttle._sources[CLIENT]) == 3
+    # 256 bytes is still a name (counted: one failure locks it with per_user=1).
+    assert admit(gate, head("GET", LIST, basic("é" * 128, "x"))).verdict.status == 401
+    assert list(gate.throttle._users) == ["é" * 128]
 
 
 # ----- the per-connection memo ------------------------------------------------------------

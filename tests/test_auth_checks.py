@@ -252,8 +252,8 @@ def test_bcrypt_passwords_over_72_bytes_are_checked_by_their_first_72() -> None:
 
 def test_a_refund_takes_back_only_what_is_still_counted() -> None:
     """refund removes the charged failure from both keys, and a key it empties is dropped; a
-    charge already pushed out of its deque, cleared by a success, or never recorded (a limit
-    of 0) leaves the other failures alone."""
+    charge already pushed out of its list, or never recorded (a limit of 0), leaves the other
+    failures alone; a success clears no failure (issue 12, item 3)."""
     now = [0.0]
     settings = ThrottleSettings(per_source=2, per_user=5, window_s=60.0)
     throttle = FailureThrottle(settings, lambda: now[0])
@@ -267,10 +267,11 @@ def test_a_refund_takes_back_only_what_is_still_counted() -> None:
     assert list(throttle._sources["192.0.2.1"]) == [1.0, 2.0]
     assert "alice" not in throttle._users
     assert list(throttle._users["bob"]) == [1.0, 2.0]
+    now[0] = 3.0
     charge = throttle.charge("192.0.2.7", "bob")
-    throttle.succeeded("bob")  # clears bob's failures, the charge's among them
+    throttle.succeeded("192.0.2.7", "bob")  # clears nothing: the refund takes the charge back
     throttle.refund(charge)
-    assert "bob" not in throttle._users and "192.0.2.7" not in throttle._sources
+    assert list(throttle._users["bob"]) == [1.0, 2.0] and "192.0.2.7" not in throttle._sources
     off = FailureThrottle(ThrottleSettings(per_source=0, per_user=0))
     off.refund(off.charge("192.0.2.1", "alice"))
     assert off._sources == {} and off._users == {}

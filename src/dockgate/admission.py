@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from dockgate.auth.authenticator import Authenticator, PasswordCheck, claimed_user
 from dockgate.auth.checks import CheckPool
-from dockgate.auth.throttle import Charge, FailureThrottle
+from dockgate.auth.throttle import UNIX_UID_PREFIX, Charge, FailureThrottle
 from dockgate.caching import remember
 from dockgate.clientcerts import PeerCertificate, TrustSet
 from dockgate.errors import ClientProtocolError
@@ -41,7 +41,7 @@ from dockgate.gatekeeper import Gatekeeper, Verdict
 from dockgate.http.request import RequestHead
 from dockgate.identity import ANONYMOUS_IDENTITY, NO_AUTH_IDENTITY, Identity
 from dockgate.policy.rules import Policy, PolicySet
-from dockgate.sourceaddr import AddressList, SourceRules, forwarded_client
+from dockgate.sourceaddr import UNIX_SOURCE, AddressList, SourceRules, forwarded_client
 
 # Source addresses whose verdict under the global lists is remembered (bounded).
 SOURCE_CACHE_ENTRIES = 4096
@@ -54,6 +54,9 @@ class ConnectionFacts:
     peer: str  # the connected peer's address, "unix" for the unix socket
     source: str  # the client's address: the peer, or what a trusted PROXY header said
     certificate: Identity | None = None  # from a verified client certificate
+    # A unix-socket client's uid (SO_PEERCRED): its throttle key, so that one local user's
+    # failures do not throttle the others (they all have the source "unix").
+    uid: int | None = None
     # The last Authorization header that succeeded on this connection, with the credential
     # files' generation then: keep-alive clients repeat it on every request.
     remembered: tuple[bytes, int, Identity] | None = None
@@ -204,7 +207,8 @@ class Admissions:
             ):
                 return remembered[2]
             user = claimed_user(authorization)
-            wait = self.throttle.retry_after(source, user)
+            counted = throttle_source(source, facts)
+            wait = self.throttle.retry_after(counted, user)
             if wait is not None:
                 message = "dockgate: too many failed attempts; try again later"
                 verdict = _refusal(429, message, "deny:-:throttled", "throttled")
@@ -213,9 +217,9 @@ class Admissions:
             if isinstance(found, PasswordCheck):
                 return self._check_password(head, facts, source, authorization, found)
             if found is None:
-                self.throttle.failed(source, user)
+                self.throttle.failed(counted, user)
                 return _bad_credentials(source)
-            self.throttle.succeeded(user)
+            self.throttle.succeeded(counted, user)
             facts.remembered = (authorization, authenticator.generation, found)
             return found
         if facts.certificate is not None:
@@ -244,7 +248,8 @@ class Admissions:
         """Count a failure, then hash in the pool: a burst of guesses sent at once meets the
         throttle's limit before its hashes run, not after."""
         throttle = self.throttle
-        charge = throttle.charge(source, check.user)
+        counted = throttle_source(source, facts)
+        charge = throttle.charge(counted, check.user)
         future = self.checks.submit(check.run)
         if future is None:
             throttle.refund(charge)  # nothing was checked
@@ -252,7 +257,7 @@ class Admissions:
             verdict = _refusal(503, message, "deny:-:auth-busy", "password checks busy")
             return Admission(verdict, ANONYMOUS_IDENTITY, source, retry_after=1)
         generation = self.authenticator.generation
-        future.add_done_callback(lambda done: _settle(done, throttle, charge, check))
+        future.add_done_callback(lambda done: _settle(done, throttle, charge, check, counted))
 
         def decide() -> Admission:
             if not _succeeded(future):
@@ -271,14 +276,26 @@ def _succeeded(future: asyncio.Future[bool]) -> bool:
 
 
 def _settle(
-    future: asyncio.Future[bool], throttle: FailureThrottle, charge: Charge, check: PasswordCheck
+    future: asyncio.Future[bool],
+    throttle: FailureThrottle,
+    charge: Charge,
+    check: PasswordCheck,
+    counted: str,
 ) -> None:
-    """A finished check: a right password takes its charged failure back (and clears the
-    user's failures, as a success always did) and is remembered; a wrong one stays counted."""
+    """A finished check: a right password takes its charged failure back (and makes its
+    source known for the user) and is remembered; a wrong one stays counted."""
     if _succeeded(future):
         throttle.refund(charge)
-        throttle.succeeded(check.user)
+        throttle.succeeded(counted, check.user)
         check.remember()
+
+
+def throttle_source(source: str, facts: ConnectionFacts) -> str:
+    """The source failures count under: the client's address, or for a unix-socket client its
+    peer uid (a trusted proxy on the socket names its client's address instead)."""
+    if source == UNIX_SOURCE and facts.uid is not None:
+        return f"{UNIX_UID_PREFIX}{facts.uid}"
+    return source
 
 
 def _bad_credentials(source: str) -> Admission:

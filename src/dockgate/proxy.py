@@ -75,6 +75,7 @@ from dockgate.http.response import (
     ResponseReader,
 )
 from dockgate.owners import owner_for
+from dockgate.peercred import peer_uid
 from dockgate.sourceaddr import UNIX_SOURCE
 from dockgate.steps import PolicySteps
 from dockgate.tls import PROXY_SOURCE_INFO
@@ -195,6 +196,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         else:
             self.client = address = UNIX_SOURCE
         self.facts = ConnectionFacts(address, address)
+        if address == UNIX_SOURCE:
+            self.facts.uid = peer_uid(self.transport)
         self.gateway.add_certificate(self, self.facts)
         proxied = self.transport.get_extra_info(PROXY_SOURCE_INFO)
         if proxied is not None:  # the TLS layer read a PROXY header before the handshake

@@ -24,6 +24,12 @@ from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens
 from dockgate.identity import BASIC, TOKEN, Identity
 from dockgate.watched import WatchedFile
 
+# The longest Basic user name considered, in bytes (UTF-8). Apache's htpasswd refuses longer
+# ones (MAX_STRING_LEN 256, support/htpasswd.c); longer names are wrong credentials, refused
+# before any bookkeeping: an attacker's 47 KiB name once took 47 KiB of the throttle's table
+# for every attempt (issue 12, item 4).
+MAX_USER_NAME_BYTES = 256
+
 
 @dataclass(frozen=True, slots=True)
 class PasswordCheck:
@@ -130,7 +136,8 @@ class Authenticator:
 
 
 def claimed_user(authorization: bytes) -> str | None:
-    """The user name a Basic header claims (unverified), for per-user throttling."""
+    """The user name a Basic header claims (unverified), for per-user throttling; None for a
+    name over MAX_USER_NAME_BYTES (no user could have it: it is never counted)."""
     scheme, credentials = _split(authorization)
     if scheme != b"basic":
         return None
@@ -149,4 +156,6 @@ def _basic_pair(credentials: bytes) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     user, colon, password = decoded.partition(":")
-    return (user, password) if colon else None
+    if not colon or len(user.encode("utf-8")) > MAX_USER_NAME_BYTES:
+        return None
+    return user, password

@@ -1,22 +1,36 @@
-"""Throttling of failed authentication attempts, per source address and per user name.
+"""Throttling of failed authentication attempts, per source and per user name, built so that an
+attacker cannot turn it against a user.
 
-Each key (a source address, a user name) keeps the times of its recent failures, at most `limit`
-of them. Once `limit` failures fall inside the window, further attempts under that key are
-answered `429 Too Many Requests` without checking any credentials (which also spares the CPU
-a password hash costs) until the oldest failure leaves the window.
+Each key (a source, a user name) keeps the times of its recent failures, at most `limit` of
+them. Once `limit` failures fall inside the window, further attempts under that key are answered
+`429 Too Many Requests` without checking any credentials (which also spares the CPU a password
+hash costs) until the oldest failure leaves the window.
 
 Why both keys: per source stops one machine guessing many users; per user stops many machines
-(a botnet) guessing one user. The per-user limit is higher than the per-source one, since
-anybody can spend a user's attempts: the lock slows guessing without locking the user out for
-long. A success clears the user's failures, not the source's (a source holding one valid
-account must not reset its guesses at others).
+(a botnet) guessing one user. Anybody can spend a user's attempts, though: 50 guesses at alice
+from three addresses used to lock alice out everywhere, renewable forever (issue 12, item 3).
+So a source that authenticated a user successfully (`succeeded`) is *known* for that user for
+`known_source_s`, and the per-user lock does not apply to that user from there: alice keeps
+working from the places she logs in from, while a new source guessing her is still stopped by
+the per-user limit (the brute-force bound from new sources stays). A known source still has its
+own per-source bound, for every name it tries, alice's included. This is the "known device"
+exemption of OWASP's authentication guidance, and Django-axes' ip-and-username lockout. A
+success no longer clears the user's failures: it would hand an attacker a fresh budget each
+time the user logs in (the docker CLI opens a connection per command).
 
-Memory is bounded: attackers choose user names freely, so past `max_keys` keys the table is
-emptied (forgetting failures is the safe direction for availability; the limit is a brake, not
-the only barrier: passwords are still bcrypt or argon2).
+Sources: an IPv4 address; an IPv6 source counts by its /64 (one machine usually holds a whole
+/64, and counting single addresses would give it billions of fresh budgets); a unix-socket
+client by its peer uid (admission.py: `throttle_source`), so one local user's guesses do not
+throttle every other local user.
 
-An IPv6 source counts by its /64: one machine usually holds a whole /64, and counting single
-addresses would give it billions of fresh budgets.
+Memory is bounded, since attackers choose user names and (with IPv6) sources freely: names
+over 256 bytes are refused before they get here (authenticator.py), failures are kept as packed
+doubles, a key whose failures all left the window is dropped (when looked up, and in a pass
+over both tables once per window), and each table holds at most `max_keys` keys: past that,
+expired keys go first, then keys that throttle nothing yet, then everything (forgetting is the
+safe direction for availability; the limit is a brake, not the only barrier: passwords are
+still bcrypt or argon2). The known sources are bounded by the users in the credential files
+times `known_sources_per_user`.
 
 A password check is charged as a failure before its hash is computed (`charge`), and the charge
 is taken back when the password turns out right (`refund`): the hashes run in worker threads
@@ -24,24 +38,29 @@ is taken back when the password turns out right (`refund`): the hashes run in wo
 before the first failure was counted, whatever the limit.
 
 With several workers (`--workers N`) each process counts on its own; the effective limit is up
-to N times the configured one. Documented in docs/security.md.
+to N times the configured one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# The prefix of a unix-socket client's throttle key; no IP address starts with it.
+UNIX_UID_PREFIX = "unix uid "
 
 
 @dataclass(frozen=True, slots=True)
 class ThrottleSettings:
-    per_source: int = 20  # failures per window from one source address
-    per_user: int = 50  # failures per window for one user name, from anywhere
+    per_source: int = 20  # failures per window from one source
+    per_user: int = 50  # failures per window for one user name, from new sources
     window_s: float = 60.0
-    max_keys: int = 100_000
+    max_keys: int = 10_000  # per table (sources, user names)
+    known_source_s: float = 7 * 24 * 3600.0  # how long a success exempts (source, user)
+    known_sources_per_user: int = 16  # the most recent ones are kept
 
     @property
     def enabled(self) -> bool:
@@ -55,6 +74,10 @@ class Charge:
     source_key: str
     user: str | None
     at: float
+    # The failures the charge pushed out of a full list (given back with the refund: a right
+    # password must not lift a lock by one attempt).
+    source_dropped: float | None = None
+    user_dropped: float | None = None
 
 
 class FailureThrottle:
@@ -63,8 +86,13 @@ class FailureThrottle:
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self._sources: dict[str, deque[float]] = {}
-        self._users: dict[str, deque[float]] = {}
+        # Failure times, oldest first, as packed doubles: 8 bytes each (a deque of floats, as
+        # before, cost about 1 KiB for a key with one failure).
+        self._sources: dict[str, array[float]] = {}
+        self._users: dict[str, array[float]] = {}
+        # user name -> {source key: time of its last success}, oldest first.
+        self._known: dict[str, dict[str, float]] = {}
+        self._next_sweep = clock() + settings.window_s
 
     def retry_after(self, source: str, user: str | None) -> float | None:
         """Seconds until an attempt from `source` (for `user`) is considered again, or None if
@@ -72,11 +100,12 @@ class FailureThrottle:
         if not self._sources and not self._users:
             return None  # the hot path when nobody is failing
         now = self._clock()
-        key = _source_key(source)
-        wait = _wait(self._sources.get(key), self.settings.per_source, self.settings, now)
+        key = source_key(source)
+        settings = self.settings
+        wait = _wait(self._sources, key, settings.per_source, settings.window_s, now)
         if user is not None:
-            user_wait = _wait(self._users.get(user), self.settings.per_user, self.settings, now)
-            if user_wait is not None:
+            user_wait = _wait(self._users, user, settings.per_user, settings.window_s, now)
+            if user_wait is not None and not self._is_known(key, user, now):
                 wait = max(wait or 0.0, user_wait)
         return wait
 
@@ -87,26 +116,75 @@ class FailureThrottle:
         """Count a failure now, for an attempt whose check is still to run; `refund` it if the
         check succeeds."""
         now = self._clock()
-        key = _source_key(source)
-        _record(self._sources, key, self.settings.per_source, self.settings, now)
+        if now >= self._next_sweep:
+            self._sweep(now)
+        key = source_key(source)
+        settings = self.settings
+        source_dropped = _record(self._sources, key, settings.per_source, settings, now)
+        user_dropped = None
         if user is not None:
-            _record(self._users, user, self.settings.per_user, self.settings, now)
-        return Charge(key, user, now)
+            user_dropped = _record(self._users, user, settings.per_user, settings, now)
+        return Charge(key, user, now, source_dropped, user_dropped)
 
     def refund(self, charge: Charge) -> None:
         """Take back a charged failure (the check succeeded, or never ran). A failure already
-        pushed out of its key's deque, or a table emptied since, leaves nothing to take back."""
-        _take_back(self._sources, charge.source_key, charge.at)
+        pushed out of its key's list, or a table emptied since, leaves nothing to take back."""
+        limits = self.settings
+        _take_back(
+            self._sources, charge.source_key, charge.at, charge.source_dropped, limits.per_source
+        )
         if charge.user is not None:
-            _take_back(self._users, charge.user, charge.at)
+            _take_back(self._users, charge.user, charge.at, charge.user_dropped, limits.per_user)
 
-    def succeeded(self, user: str | None) -> None:
-        if user is not None and self._users:
-            self._users.pop(user, None)
+    def succeeded(self, source: str, user: str | None) -> None:
+        """`user` authenticated from `source`: from there, the per-user lock no longer applies
+        to `user` (for `known_source_s`). The user's failures stay counted."""
+        if user is None or self.settings.per_user <= 0:
+            return
+        now = self._clock()
+        key = source_key(source)
+        known = self._known.get(user)
+        if known is None:
+            if len(self._known) >= self.settings.max_keys:
+                self._forget_unknown(now)
+            known = self._known[user] = {}
+        else:
+            known.pop(key, None)  # re-inserted last: the dict stays ordered by last success
+        known[key] = now
+        if len(known) > self.settings.known_sources_per_user:
+            del known[next(iter(known))]
+
+    def _is_known(self, key: str, user: str, now: float) -> bool:
+        known = self._known.get(user)
+        if not known:
+            return False
+        at = known.get(key)
+        return at is not None and now - at < self.settings.known_source_s
+
+    def _sweep(self, now: float) -> None:
+        """Drop every key whose failures have all left the window: the tables hold only what
+        still counts (once per window, so the cost per failure stays constant)."""
+        window = self.settings.window_s
+        _forget(self._sources, lambda failures: failures[-1] + window <= now)
+        _forget(self._users, lambda failures: failures[-1] + window <= now)
+        self._next_sweep = now + window
+
+    def _forget_unknown(self, now: float) -> None:
+        """Known sources past their time go; if the table is still full, all of it (it holds
+        only users that authenticated: full means a huge credential file, not an attack)."""
+        horizon = now - self.settings.known_source_s
+        for user, known in list(self._known.items()):
+            for key in [k for k, at in known.items() if at <= horizon]:
+                del known[key]
+            if not known:
+                del self._known[user]
+        if len(self._known) >= self.settings.max_keys:
+            self._known.clear()
 
 
-def _source_key(source: str) -> str:
-    if ":" not in source:
+def source_key(source: str) -> str:
+    """The key a source counts under: an IPv6 address by its /64, anything else as it is."""
+    if ":" not in source or source.startswith(UNIX_UID_PREFIX):
         return source
     try:
         return str(ipaddress.IPv6Network((source, 64), strict=False))
@@ -115,43 +193,71 @@ def _source_key(source: str) -> str:
 
 
 def _wait(
-    failures: deque[float] | None, limit: int, settings: ThrottleSettings, now: float
+    table: dict[str, array[float]], key: str, limit: int, window: float, now: float
 ) -> float | None:
-    if failures is None or limit <= 0 or len(failures) < limit:
+    failures = table.get(key)
+    if failures is None or limit <= 0:
         return None
-    # The deque holds the last `limit` failures: throttled while the oldest is in the window.
-    remaining = failures[0] + settings.window_s - now
+    if failures[-1] + window <= now:
+        del table[key]  # every failure has left the window: the key counts nothing
+        return None
+    if len(failures) < limit:
+        return None
+    # The list holds the last `limit` failures: throttled while the oldest is in the window.
+    remaining = failures[0] + window - now
     return remaining if remaining > 0 else None
 
 
 def _record(
-    table: dict[str, deque[float]],
+    table: dict[str, array[float]],
     key: str,
     limit: int,
     settings: ThrottleSettings,
     now: float,
-) -> None:
+) -> float | None:
+    """Count a failure; the one it pushed out of a full list, if any."""
     if limit <= 0:
-        return
+        return None
     failures = table.get(key)
     if failures is None:
         if len(table) >= settings.max_keys:
-            _forget_expired(table, settings.window_s, now)
-            if len(table) >= settings.max_keys:
-                table.clear()
-        failures = table[key] = deque(maxlen=limit)
+            _make_room(table, limit, settings, now)
+        table[key] = array("d", (now,))
+        return None
     failures.append(now)
+    if len(failures) <= limit:
+        return None
+    dropped = failures[0]
+    del failures[0]  # only the last `limit` failures decide (at most `limit` doubles)
+    return dropped
 
 
-def _take_back(table: dict[str, deque[float]], key: str, at: float) -> None:
+def _make_room(
+    table: dict[str, array[float]], limit: int, settings: ThrottleSettings, now: float
+) -> None:
+    """A full table: expired keys go first, then keys under their limit (they throttle
+    nothing yet: forgetting one gives back at most `limit - 1` attempts), then everything."""
+    window = settings.window_s
+    _forget(table, lambda failures: failures[-1] + window <= now)
+    if len(table) >= settings.max_keys:
+        _forget(table, lambda failures: len(failures) < limit or failures[0] + window <= now)
+    if len(table) >= settings.max_keys:
+        table.clear()
+
+
+def _forget(table: dict[str, array[float]], stale: Callable[[array[float]], bool]) -> None:
+    for key in [k for k, failures in table.items() if stale(failures)]:
+        del table[key]
+
+
+def _take_back(
+    table: dict[str, array[float]], key: str, at: float, dropped: float | None, limit: int
+) -> None:
     failures = table.get(key)
     if failures is None or at not in failures:
         return
     failures.remove(at)  # failures at the same instant are alike: any one of them will do
+    if dropped is not None and len(failures) < limit:
+        failures.insert(0, dropped)  # the oldest: the list stays in order
     if not failures:
-        del table[key]
-
-
-def _forget_expired(table: dict[str, deque[float]], window: float, now: float) -> None:
-    for key in [k for k, failures in table.items() if failures[-1] + window <= now]:
         del table[key]
