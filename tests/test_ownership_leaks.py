@@ -7,7 +7,10 @@ daemon with two tenants, alice and bob: each leak is first shown in the daemon's
   CLI and docker-py still read the daemon's version and OS from it.
 - `DELETE /images/X` answered 409 with the ID of alice's container using the image.
 - `docker ps --filter before=<alice's container>` listed bob's containers created before
-  alice's, and a 404 or not told whether alice's container existed.
+  alice's, and an error or not told whether alice's container existed.
+- In a swarm, `docker service ps <alice's service>` answered bob an empty list where a
+  missing service is a 404, and a port alice's service publishes answered bob's service
+  create with her service's name and ID.
 """
 
 from __future__ import annotations
@@ -25,20 +28,22 @@ import pytest
 
 from dockgate.ownedanswers import INFO_COUNTS
 from support.attack import ATTACK_MARKS, Api, direct, remove_leftovers, running_tenants
-from support.daemon import PrivateDaemon
+from support.daemon import PrivateDaemon, free_tcp_port
 
 pytestmark = ATTACK_MARKS
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-TENANTS_POLICY = """
+PUBLISHED_PORT = 38000 + int.from_bytes(os.urandom(1), "big") % 100
+TENANTS_POLICY = f"""
 policies:
   tenants:
     ownership: true
+    guardrails: {{host_ports: [{PUBLISHED_PORT}]}}
     rules:
-      - allow: {sections: [ping, version, info, events, containers, images]}
+      - allow: {{sections: [ping, version, info, events, containers, images, services, tasks]}}
 bindings:
-  - {policy: tenants, authenticated: true}
-  - {policy: tenants, anonymous: true}
+  - {{policy: tenants, authenticated: true}}
+  - {{policy: tenants, anonymous: true}}
 """
 RUN = os.urandom(3).hex()
 
@@ -272,3 +277,86 @@ def test_before_and_since_ones_own_containers_still_work(
     assert status == 200 and _ids(answer) == [ordered["b2"]], answer
     status, answer = _list(bob, {"since": [ordered["b1-name"]], "before": [ordered["b2"]]})
     assert (status, answer) == (200, []), answer
+
+
+# ----- swarm: a task list's service, a service's port conflict -------------------------------
+
+
+@pytest.fixture(scope="module")
+def swarm(daemon: PrivateDaemon, tenants: dict[str, Api]) -> Iterator[PrivateDaemon]:
+    port = free_tcp_port()
+    daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                  f"127.0.0.1:{port}")  # fmt: skip
+    try:
+        yield daemon
+    finally:
+        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+
+
+def _service(name: str, image: str, port: int) -> dict[str, Any]:
+    """A service of no replicas (nothing runs) publishing `port` on the ingress network."""
+    return {
+        "Name": name,
+        "TaskTemplate": {"ContainerSpec": {"Image": image, "Command": ["sleep", "60"]}},
+        "Mode": {"Replicated": {"Replicas": 0}},
+        "EndpointSpec": {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": port}]},
+    }
+
+
+@pytest.fixture
+def alices_service(
+    tenants: dict[str, Api], swarm: PrivateDaemon, busybox_image: str
+) -> Iterator[tuple[str, str]]:
+    """A service of alice's, created through dockgate: its name and ID."""
+    name = f"leaks-web-{RUN}-{os.urandom(2).hex()}"
+    body = _service(name, busybox_image, PUBLISHED_PORT)
+    status, created = tenants["alice"].call("POST", "/v1.41/services/create", body)
+    assert status == 201, created
+    try:
+        yield name, str(created["ID"])
+    finally:
+        swarm.docker("service", "rm", created["ID"], check=False)
+
+
+def test_a_task_list_of_another_tenants_service_tells_nothing(
+    tenants: dict[str, Api], swarm: PrivateDaemon, alices_service: tuple[str, str]
+) -> None:
+    """Fails on the old code: bob's `docker service ps <alice's service>` was an empty list
+    (200) where a missing service is a 404. Now both are the same 404."""
+    bob = tenants["bob"]
+    name, service_id = alices_service
+    mine = {"label": ["io.dockgate.owner=user:bob"]}
+    for reference in (name, service_id, service_id[:6]):
+        # The leak, straight from the daemon, narrowed as dockgate narrows bob's lists.
+        query = urllib.parse.urlencode({"filters": json.dumps({**mine, "service": [reference]})})
+        assert direct(swarm, "GET", f"/v1.41/tasks?{query}") == (200, [])
+        query = urllib.parse.urlencode({"filters": json.dumps({"service": [reference]})})
+        status, answer = bob.call("GET", f"/v1.41/tasks?{query}")
+        assert (status, answer) == (404, {"message": f"service {reference} not found"})
+    missing = f"leaks-none-{RUN}"
+    query = urllib.parse.urlencode({"filters": json.dumps({"service": [missing]})})
+    assert bob.call("GET", f"/v1.41/tasks?{query}")[0] == 404
+    # alice's own service: her task list (empty: no replicas) by name.
+    query = urllib.parse.urlencode({"filters": json.dumps({"service": {name: True}})})
+    assert tenants["alice"].call("GET", f"/v1.41/tasks?{query}") == (200, [])
+
+
+def test_a_port_conflict_names_no_other_service(
+    tenants: dict[str, Api],
+    swarm: PrivateDaemon,
+    busybox_image: str,
+    alices_service: tuple[str, str],
+) -> None:
+    """Fails on the old code: bob's service publishing the port alice's service holds was
+    refused (400) with her service's name and ID."""
+    name, service_id = alices_service
+    mine = f"leaks-bob-{RUN}-{os.urandom(2).hex()}"
+    body = _service(mine, busybox_image, PUBLISHED_PORT)
+    # The leak, straight from the daemon (a 400: nothing is created).
+    status, answer = direct(swarm, "POST", "/v1.41/services/create", body)
+    assert status == 400 and name in answer["message"] and service_id in answer["message"]
+    status, answer = tenants["bob"].call("POST", "/v1.41/services/create", body)
+    assert status == 400, answer
+    assert name not in answer["message"] and service_id not in answer["message"], answer
+    assert "already in use by another service" in answer["message"], answer
+    assert direct(swarm, "GET", f"/v1.41/services/{mine}")[0] == 404

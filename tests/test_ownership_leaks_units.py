@@ -197,3 +197,14 @@ def test_too_many_references_are_refused() -> None:
     names = json.dumps({"before": [f"c{i}" for i in range(MAX_REFERENCES + 1)]})
     with pytest.raises(ValueError, match="at most"):
         list_plan("ContainerList", _narrowed(f"/containers/json?filters={names}"))
+
+
+def test_a_task_lists_services_are_looked_up_and_pinned() -> None:
+    """`docker service ps NAME`: the daemon resolves each `service` value (GetTasks)."""
+    target = _narrowed('/v1.41/tasks?filters={"service":{"web":true},"node":["n1"]}')
+    plan = list_plan("TaskList", target)
+    assert plan is not None and plan.kind.name == "service" and plan.references == ("web",)
+    written = json.loads(_query(plan.pin({"web": "q" * 25}))["filters"])
+    assert written["service"] == {"q" * 25: True} and written["node"] == ["n1"]
+    # A `service` parameter is not read by the daemon: nothing to look up.
+    assert list_plan("TaskList", _narrowed("/v1.41/tasks?service=web")) is None
