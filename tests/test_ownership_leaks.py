@@ -40,7 +40,8 @@ policies:
     ownership: true
     guardrails: {{host_ports: [{PUBLISHED_PORT}]}}
     rules:
-      - allow: {{sections: [ping, version, info, events, containers, images, services, tasks]}}
+      - allow:
+          sections: [ping, version, info, events, containers, images, volumes, services, tasks]
 bindings:
   - {{policy: tenants, authenticated: true}}
   - {{policy: tenants, anonymous: true}}
@@ -211,6 +212,35 @@ def test_image_delete_conflict_names_no_container(
     # Nothing changed: the image is there, alice's container too.
     assert daemon.docker("image", "inspect", image_id, check=False).returncode == 0
     assert direct(daemon, "GET", f"/v1.41/containers/{cid}/json")[0] == 200
+
+
+# ----- VolumeDelete's 409 -------------------------------------------------------------------
+
+
+def test_a_volume_in_use_names_no_container(
+    tenants: dict[str, Api],
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    leftovers: dict[str, list[str]],
+) -> None:
+    """Fails on the old code: bob's `docker volume rm` of his volume, used by a container
+    that is not his (here an operator's, made straight on the daemon), answered with that
+    container's ID."""
+    bob = tenants["bob"]
+    volume = f"leaks-vol-{RUN}-{os.urandom(2).hex()}"
+    leftovers["volume"].append(volume)
+    status, answer = bob.call("POST", "/v1.41/volumes/create", {"Name": volume})
+    assert status == 201, answer
+    done = daemon.docker("create", "-v", f"{volume}:/data", busybox_image, "true")
+    other = done.stdout.decode().strip()
+    leftovers["container"].append(other)
+    # The leak, straight from the daemon (a 409: nothing is removed).
+    status, answer = direct(daemon, "DELETE", f"/v1.41/volumes/{volume}")
+    assert status == 409 and other in answer["message"], answer
+    status, answer = bob.call("DELETE", f"/v1.41/volumes/{volume}")
+    assert status == 409, answer
+    assert answer["message"] == f"remove {volume}: volume is in use - [1 container]", answer
+    assert direct(daemon, "GET", f"/v1.41/volumes/{volume}")[0] == 200
 
 
 # ----- ContainerList's since / before -----------------------------------------------------------

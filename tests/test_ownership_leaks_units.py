@@ -208,3 +208,13 @@ def test_a_task_lists_services_are_looked_up_and_pinned() -> None:
     assert written["service"] == {"q" * 25: True} and written["node"] == ["n1"]
     # A `service` parameter is not read by the daemon: nothing to look up.
     assert list_plan("TaskList", _narrowed("/v1.41/tasks?service=web")) is None
+
+
+def test_a_volume_in_use_names_no_container() -> None:
+    """moby volume/service/errors.go OpErr: the references, whole IDs, become a count."""
+    other = "7" * 64
+    body = json.dumps({"message": f"remove v1: volume is in use - [{ALICE}, {other}]"}).encode()
+    scrubbed = json.loads(scrubbed_answer("VolumeDelete", 409, body))["message"]
+    assert scrubbed == "remove v1: volume is in use - [2 containers]"
+    one = scrubbed_answer("VolumeDelete", 409, f"remove v1: volume is in use - [{ALICE}]".encode())
+    assert one == b"remove v1: volume is in use - [1 container]"

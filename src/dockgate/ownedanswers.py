@@ -18,6 +18,12 @@ count or name other callers' objects:
   referenced image ...", "image is being used by running container 3f2c1234abcd". The ID is
   taken out ("a running container"); that the image is in use is what the 409 is about, and
   stays.
+- `DELETE /volumes/{name}` of a volume in use answers `409` with the IDs of the containers
+  that use it (moby volume/service/errors.go OpErr: `remove v: volume is in use - [id, id]`).
+  Ownership lets only the caller's own containers name the caller's volume, but a container
+  made outside dockgate (an operator's), or one made in the instant a volume was removed and
+  created again under its name, may be another's: the list becomes a count ("[2 containers]";
+  `docker ps -a --filter volume=NAME` lists the caller's own).
 - A service create or update publishing a port another service holds answers `400` naming
   that service and its ID (swarmkit manager/controlapi/service.go checkPortConflicts): the
   service is no longer named.
@@ -35,7 +41,13 @@ from collections.abc import Callable
 # (status, operation) of the answers rewritten here, in ownership mode, for every caller of
 # the policy (anonymous ones too: they may read /info and delete images).
 SCRUBBED_ANSWERS = frozenset(
-    {(200, "SystemInfo"), (409, "ImageDelete"), (400, "ServiceCreate"), (400, "ServiceUpdate")}
+    {
+        (200, "SystemInfo"),
+        (409, "ImageDelete"),
+        (409, "VolumeDelete"),
+        (400, "ServiceCreate"),
+        (400, "ServiceUpdate"),
+    }
 )
 
 # SystemInfo's counts that include other callers' objects or activity (both API specs,
@@ -55,6 +67,8 @@ INFO_COUNTS = (
 # running container 3f2c...`, `by stopped container 3f2c...`), a 12-digit ID in moby, matched
 # up to a full one in case a version writes it whole.
 _IMAGE_USER = re.compile(r"\b(running |stopped )?container [0-9a-f]{12,64}\b")
+# VolumeDelete: `volume is in use - [<id>, <id>]` (the references: container IDs, whole).
+_VOLUME_USERS = re.compile(r"volume is in use - \[([^\]]*)\]")
 # swarmkit: `port '8080' is already in use by service 'web' (qw3...) as an ingress port`. A
 # service name has no `'` (swarmkit's name validation), its ID is 25 alphanumerics.
 _PORT_HOLDER = re.compile(r"in use by service '[^']*' \([0-9A-Za-z]+\)")
@@ -68,6 +82,8 @@ def scrubbed_answer(operation: str, status: int, body: bytes) -> bytes:
         return _info(body)
     if operation == "ImageDelete":
         return _message(body, lambda text: _IMAGE_USER.sub(_a_container, text))
+    if operation == "VolumeDelete":
+        return _message(body, lambda text: _VOLUME_USERS.sub(_counted, text))
     return _message(body, lambda text: _PORT_HOLDER.sub("in use by another service", text))
 
 
@@ -88,6 +104,11 @@ def _info(body: bytes) -> bytes:
 
 def _a_container(match: re.Match[str]) -> str:
     return f"a {match.group(1) or ''}container"
+
+
+def _counted(match: re.Match[str]) -> str:
+    count = len(match.group(1).split(","))
+    return f"volume is in use - [{count} container{'s' if count > 1 else ''}]"
 
 
 def _message(body: bytes, scrub: Callable[[str], str]) -> bytes:
