@@ -390,3 +390,31 @@ def test_a_port_conflict_names_no_other_service(
     assert name not in answer["message"] and service_id not in answer["message"], answer
     assert "already in use by another service" in answer["message"], answer
     assert direct(swarm, "GET", f"/v1.41/services/{mine}")[0] == 404
+
+
+def test_docker_ps_before_and_since_through_the_gateway(
+    tenants: dict[str, Api], ordered: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """The docker CLI (filters in its map form): bob's own container works, alice's is an
+    error like a missing one."""
+    bob = tenants["bob"]
+    env = _client_config(tmp_path / "bob", "bob") | {"DOCKER_HOST": bob.gateway.url}
+
+    def ps(*filters: str) -> subprocess.CompletedProcess[str]:
+        args = [arg for f in filters for arg in ("--filter", f)]
+        return subprocess.run(
+            ["docker", "ps", "-a", "--no-trunc", "--format", "{{.ID}}", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    shown = ps(f"before={ordered['b2-name']}", f"since={ordered['b1-name']}")
+    assert shown.returncode == 0 and shown.stdout == "", shown
+    shown = ps(f"since={ordered['b1']}")
+    assert shown.returncode == 0 and shown.stdout.split() == [ordered["b2"]], shown
+    theirs, missing = ps(f"before={ordered['a1-name']}"), ps(f"before=leaks-none-{RUN}")
+    assert theirs.returncode != 0 and "No such container" in theirs.stderr, theirs
+    assert missing.returncode != 0 and "No such container" in missing.stderr, missing
