@@ -418,3 +418,47 @@ def test_docker_ps_before_and_since_through_the_gateway(
     theirs, missing = ps(f"before={ordered['a1-name']}"), ps(f"before=leaks-none-{RUN}")
     assert theirs.returncode != 0 and "No such container" in theirs.stderr, theirs
     assert missing.returncode != 0 and "No such container" in missing.stderr, missing
+
+
+# ----- an ID prefix the daemon finds ambiguous -------------------------------------------------
+
+
+def test_an_ambiguous_prefix_of_other_tenants_containers_tells_nothing(
+    tenants: dict[str, Api],
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    leftovers: dict[str, list[str]],
+) -> None:
+    """Fails on the old code: a prefix two containers of alice's share was the daemon's
+    ambiguity to bob (a 502: the 20.10 daemon's 500), where a prefix of one or none is a
+    404: probing prefixes told him how many containers there are and how their IDs begin.
+    Now it reads as missing; and a prefix bob's container shares with alice's names his."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    status, listed = bob.call("GET", "/v1.41/containers/json?all=1")
+    assert status == 200, listed
+    bobs = {str(item["Id"])[0] for item in listed}  # first digits bob holds already
+    firsts: dict[str, list[str]] = {}
+    shared = ""
+    for _ in range(64):  # 16 digits: a few containers suffice
+        cid = _container(alice, busybox_image, leftovers)
+        firsts.setdefault(cid[0], []).append(cid)
+        shared = next((f for f, ids in firsts.items() if len(ids) > 1 and f not in bobs), "")
+        if shared:
+            break
+    assert shared, "no two containers of alice's share a first digit bob does not hold"
+    # The leak, straight from the daemon: the prefix is ambiguous (20.10: a 500).
+    status, answer = direct(daemon, "GET", f"/v1.41/containers/{shared}/json")
+    assert status in (400, 500) and "Multiple IDs" in answer["message"], answer
+    status, answer = bob.call("GET", f"/v1.41/containers/{shared}/json")
+    assert (status, answer) == (404, {"message": f"No such container: {shared}"})
+    # bob's own container sharing a first digit with one of alice's: ambiguous to the daemon,
+    # his to dockgate.
+    for _ in range(64):
+        mine = _container(bob, busybox_image, leftovers)
+        if mine[0] in firsts and mine[0] not in bobs:
+            break
+    else:
+        pytest.fail("no container of bob's shares a first digit with alice's")
+    assert direct(daemon, "GET", f"/v1.41/containers/{mine[0]}/json")[0] in (400, 500)
+    status, answer = bob.call("GET", f"/v1.41/containers/{mine[0]}/json")
+    assert status == 200 and answer["Id"] == mine, answer

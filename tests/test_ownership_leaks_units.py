@@ -12,9 +12,11 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from dockgate.lookup import Unresolved
 from dockgate.ownedanswers import INFO_COUNTS, SCRUBBED_ANSWERS, scrubbed_answer
 from dockgate.ownedlists import list_plan
-from dockgate.ownership import MAX_REFERENCES, with_owner_filter
+from dockgate.ownedprefix import resolved
+from dockgate.ownership import CONTAINER, MAX_REFERENCES, NETWORK, SERVICE, with_owner_filter
 
 ALICE = "3f2c1234abcd" + "5" * 52  # a container's full ID (64 hex digits)
 IMAGE = "sha256:" + "9" * 64
@@ -218,3 +220,47 @@ def test_a_volume_in_use_names_no_container() -> None:
     assert scrubbed == "remove v1: volume is in use - [2 containers]"
     one = scrubbed_answer("VolumeDelete", 409, f"remove v1: volume is in use - [{ALICE}]".encode())
     assert one == b"remove v1: volume is in use - [1 container]"
+
+
+# ----- an ambiguous reference, resolved among the caller's own objects ------------------------
+
+_MINE = [
+    {"Id": "abc1" + "0" * 60, "Names": ["/web"]},
+    {"Id": "abd2" + "0" * 60, "Names": ["/db"]},
+]
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("abc", "abc1"),  # a prefix of one of them
+        ("abd2" + "0" * 60, "abd2"),  # a full ID
+        ("web", "abc1"),  # a name (the list writes it with its `/`)
+        ("/db", "abd2"),  # by name only
+        ("ff", None),  # none of the caller's: missing
+        ("/ab", None),  # `/` names, never IDs
+    ],
+)
+def test_an_ambiguous_container_reference_among_ones_own(
+    reference: str, expected: str | None
+) -> None:
+    """The daemon found it ambiguous (several containers, anyone's): among the caller's own,
+    as the daemon resolves (full ID, name, prefix)."""
+    found = resolved(CONTAINER, reference, list(_MINE))
+    assert (found[:4] if found else None) == expected
+
+
+def test_a_reference_ambiguous_among_ones_own_stays_ambiguous() -> None:
+    with pytest.raises(Unresolved):
+        resolved(CONTAINER, "ab", list(_MINE))
+    twins = [{"Id": "n1" + "0" * 62, "Name": "twin"}, {"Id": "n2" + "0" * 62, "Name": "twin"}]
+    with pytest.raises(Unresolved):
+        resolved(NETWORK, "twin", list(twins))
+    assert resolved(NETWORK, "n2", list(twins)) == "n2" + "0" * 62
+
+
+def test_swarm_objects_are_named_in_their_spec() -> None:
+    services: list[object] = [{"ID": "qw3e", "Spec": {"Name": "web"}}, "not an object", {}]
+    assert resolved(SERVICE, "web", services) == "qw3e"
+    assert resolved(SERVICE, "qw", services) == "qw3e"
+    assert resolved(SERVICE, "zz", services) is None

@@ -53,10 +53,11 @@ from dockgate.http.request import (
     with_target,
 )
 from dockgate.http.response import Framing, ResponseHead, ResponseReader
-from dockgate.lookup import Unresolved, find
+from dockgate.lookup import Unresolved
 from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownedanswers import SCRUBBED_ANSWERS, scrubbed_answer
 from dockgate.ownedlists import LookUpAll, list_plan
+from dockgate.ownedprefix import find_owned
 from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
@@ -296,7 +297,7 @@ class PolicySteps:
         pins: dict[tuple[str, str], str] = {}
         try:
             for kind, reference in named:
-                found = await find(self.gateway.pool.address, kind, reference)
+                found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
                 if found is not None:
                     pins[kind.name, reference] = found.full_id
                 # A volume that does not exist yet is created by the daemon (unlabelled: it is
@@ -441,7 +442,9 @@ class PolicySteps:
     async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
         unresolved: Unresolved | None = None
         try:
-            found = await find(self.gateway.pool.address, step.kind, step.reference)
+            found = await find_owned(
+                self.gateway.pool.address, step.kind, step.reference, self._owner
+            )
         except Unresolved as exc:
             found, unresolved = None, exc
         except Exception as exc:  # any failure must answer, or the paused client would hang
@@ -476,7 +479,9 @@ class PolicySteps:
         refused: Verdict | None = None
         try:
             for reference in step.references:
-                found = await find(self.gateway.pool.address, step.kind, reference)
+                found = await find_owned(
+                    self.gateway.pool.address, step.kind, reference, self._owner
+                )
                 if found is None or found.owner != self._owner:
                     message = step.kind.missing.format(reference)
                     refused = self._refusal(404, message)
