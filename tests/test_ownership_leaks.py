@@ -19,6 +19,8 @@ import base64
 import json
 import os
 import pathlib
+import re
+import socket
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -462,3 +464,34 @@ def test_an_ambiguous_prefix_of_other_tenants_containers_tells_nothing(
     assert direct(daemon, "GET", f"/v1.41/containers/{mine[0]}/json")[0] in (400, 500)
     status, answer = bob.call("GET", f"/v1.41/containers/{mine[0]}/json")
     assert status == 200 and answer["Id"] == mine, answer
+
+
+def test_requests_pipelined_behind_a_list_look_up_wait_their_turn(
+    tenants: dict[str, Api], ordered: dict[str, str]
+) -> None:
+    """A list whose filters name containers is held while they are looked up; what the
+    client sent after it on the same connection is answered after it, in order (the
+    refused one too)."""
+    bob = tenants["bob"]
+
+    def request(filters: dict[str, object]) -> bytes:
+        query = urllib.parse.urlencode({"all": "1", "filters": json.dumps(filters)})
+        return (
+            f"GET /v1.41/containers/json?{query} HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: {bob.authorization}\r\n\r\n"
+        ).encode()
+
+    ping = f"GET /_ping HTTP/1.1\r\nHost: localhost\r\nAuthorization: {bob.authorization}\r\n"
+    sent = (
+        request({"before": [ordered["b2"]]})
+        + request({"before": [ordered["a1"]]})
+        + (ping + "Connection: close\r\n\r\n").encode()
+    )
+    with socket.create_connection(("127.0.0.1", bob.gateway.port), timeout=30) as conn:
+        conn.sendall(sent)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    statuses = re.findall(rb"^HTTP/1\.1 (\d{3})", received, flags=re.MULTILINE)
+    assert statuses == [b"200", b"404", b"200"], received
+    assert ordered["b1"].encode() in received and ordered["a1"].encode() in received
