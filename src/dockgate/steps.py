@@ -53,8 +53,11 @@ from dockgate.http.request import (
     with_target,
 )
 from dockgate.http.response import Framing, ResponseHead, ResponseReader
-from dockgate.lookup import Unresolved, find
+from dockgate.lookup import Unresolved
 from dockgate.namedvolumes import named_volumes_problem, to_look_up
+from dockgate.ownedanswers import SCRUBBED_ANSWERS, scrubbed_answer
+from dockgate.ownedlists import LookUpAll, list_plan
+from dockgate.ownedprefix import find_owned
 from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
@@ -294,7 +297,7 @@ class PolicySteps:
         pins: dict[tuple[str, str], str] = {}
         try:
             for kind, reference in named:
-                found = await find(self.gateway.pool.address, kind, reference)
+                found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
                 if found is not None:
                     pins[kind.name, reference] = found.full_id
                 # A volume that does not exist yet is created by the daemon (unlabelled: it is
@@ -414,8 +417,19 @@ class PolicySteps:
         if step is None:
             return True
         if isinstance(step, str):
-            self._head = with_target(head, step)
-            return True
+            try:
+                # A list ordered against containers (`before=`) names them: looked up too.
+                ordered = list_plan(verdict.operation, step)
+            except ValueError as exc:
+                self._refuse(head, self._refusal(400, f"dockgate: {exc}"))
+                return False
+            if ordered is None:
+                self._head = with_target(head, step)
+                return True
+            self._deferred = []
+            self._pause_reading(PAUSE_LOOKUP)
+            self._start_lookup(self._check_owners(head, ordered))
+            return False
         if isinstance(step, Refuse):
             self._refuse(head, self._refusal(step.status, step.message))
             return False
@@ -428,7 +442,9 @@ class PolicySteps:
     async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
         unresolved: Unresolved | None = None
         try:
-            found = await find(self.gateway.pool.address, step.kind, step.reference)
+            found = await find_owned(
+                self.gateway.pool.address, step.kind, step.reference, self._owner
+            )
         except Unresolved as exc:
             found, unresolved = None, exc
         except Exception as exc:  # any failure must answer, or the paused client would hang
@@ -449,6 +465,42 @@ class PolicySteps:
             self._refuse(head, self._refusal(step.status, message))
         else:
             head = with_target(head, step.pin(found.full_id))
+            self._head = head
+            self._proceed(head)
+        deferred, self._deferred = self._deferred, None
+        self._resume_reading(PAUSE_LOOKUP)
+        if deferred:
+            self._handle(deferred)
+
+    async def _check_owners(self, head: RequestHead, step: LookUpAll) -> None:
+        """`_check_owner` for several references (ownedlists.py): all must be the
+        caller's, the first that is not is answered as missing."""
+        full_ids: dict[str, str] = {}
+        refused: Verdict | None = None
+        try:
+            for reference in step.references:
+                found = await find_owned(
+                    self.gateway.pool.address, step.kind, reference, self._owner
+                )
+                if found is None or found.owner != self._owner:
+                    message = step.kind.missing.format(reference)
+                    refused = self._refusal(404, message)
+                    break
+                full_ids[reference] = found.full_id
+        except Unresolved as exc:
+            refused = self._unresolved(exc)
+        except Exception as exc:  # any failure must answer, or the paused client would hang
+            self._lookup_task = None
+            self._deferred = None
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
+            return
+        self._lookup_task = None
+        if self.closing or self._head is not head:
+            return
+        if refused is not None:
+            self._refuse(head, refused)
+        else:
+            head = with_target(head, step.pin(full_ids))
             self._head = head
             self._proceed(head)
         deferred, self._deferred = self._deferred, None
@@ -549,7 +601,7 @@ class PolicySteps:
     def _holds_answer(self, status: int) -> bool:
         """Whether the daemon's answer is read whole before it goes out: to be redacted, or, in
         ownership mode, so that it shows nothing of another caller's objects."""
-        if self._redaction is None and self._owner is None:
+        if self._redaction is None and not self._ownership_mode():
             return False
         operation = self._operation()
         # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
@@ -559,7 +611,14 @@ class PolicySteps:
             and operation in REDACTED_OPERATIONS
         ):
             return True
+        if self._ownership_mode() and (status, operation) in SCRUBBED_ANSWERS:
+            return True
         return self._owner is not None and (status, operation) in CHECKED_ANSWERS
+
+    def _ownership_mode(self) -> bool:
+        """Whether the request's policy is in ownership mode (its caller may be anonymous)."""
+        admission = self._admission
+        return admission is not None and admission.policy is not None and admission.policy.ownership
 
     def _collect_answer(self, data: bytes, done: bool) -> None:
         body, head = self._answer_body, self._answer_head
@@ -620,6 +679,10 @@ class PolicySteps:
 
     def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refuse:
         operation = self._operation()
+        if self._ownership_mode() and (head.status, operation) in SCRUBBED_ANSWERS:
+            # What it counts or names of other callers' objects (ownedanswers.py), then the
+            # policy's redaction (SystemInfo's labels).
+            raw = scrubbed_answer(operation, head.status, raw)
         if self._owner is not None and (head.status, operation) in CHECKED_ANSWERS:
             # Ownership first (another caller's volume becomes a 409), then redaction of what
             # stays (VolumeCreate is both).
@@ -633,8 +696,7 @@ class PolicySteps:
             return redact_response(operation, checked, self._redaction)
         if self._redaction is not None and operation in REDACTED_OPERATIONS:
             return redact_response(operation, raw, self._redaction)
-        assert self._owner is not None
-        return checked_answer(operation, head.status, raw, self._owner)
+        return raw  # scrubbed only
 
 
 def _unreadable(exc: ValueError | RecursionError) -> str:

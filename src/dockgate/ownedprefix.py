@@ -1,0 +1,123 @@
+"""Ownership mode: a reference the daemon finds ambiguous is resolved among the caller's own
+objects, so that ambiguity tells nothing of other callers' objects.
+
+The daemon resolves a reference as a full ID, then a name, then an ID prefix, and fails when
+a prefix (or a network name) fits several objects: a 400 for networks and swarm objects
+(daemon/network.go FindNetwork, swarmkit's getService, getSecret, getConfig: "is
+ambiguous"), a 500 for containers on 20.10 (daemon/container.go GetContainer: truncindex's
+"Multiple IDs found with provided prefix"). Passed on (a 400, or a 502 where the look-up
+failed), that told bob that two objects, anyone's, start with `3f`, where one or none is a
+404: probing prefixes rebuilt the tree of every
+container ID on the daemon, so their count too (what /info no longer says).
+
+So on that 400, the caller's own objects of the kind are listed (its owner label as the
+filter, one request) and the reference is resolved among them as the daemon resolves it: one
+fits, and it is looked up again by its full ID (so the owner that counts is the one
+`lookup.find` reads, with whatever trust it puts in labels); none fits, and it is missing
+(404, as when it names someone else's object); several of the caller's own fit, and it stays
+ambiguous (400: about the caller's own objects only). The request then goes on pinned to the
+full ID, as every checked reference does: the daemon acts on the caller's object even where,
+asked with the prefix, it would have found it ambiguous.
+
+Volumes are found by exact name only; exec instances and tasks have no labels to list by (a
+task ID prefix stays the daemon's ambiguity).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from dockgate.addresses import Address
+from dockgate.lookup import Found, LookupError_, Unresolved, find, get_json
+from dockgate.ownership import CONFIG, CONTAINER, NETWORK, OWNER_LABEL, SECRET, SERVICE, Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """How to list the caller's objects of a kind, and where each keeps its ID and name."""
+
+    path: str  # the list endpoint, to which `filters=` is added
+    id_field: str
+    name_path: tuple[str, ...]  # where its name is (containers: `Names`, a list of "/name")
+
+
+_LISTED = {
+    CONTAINER.name: Listed("/containers/json?all=1&", "Id", ("Names",)),
+    NETWORK.name: Listed("/networks?", "Id", ("Name",)),
+    SERVICE.name: Listed("/services?", "ID", ("Spec", "Name")),
+    SECRET.name: Listed("/secrets?", "ID", ("Spec", "Name")),
+    CONFIG.name: Listed("/configs?", "ID", ("Spec", "Name")),
+}
+
+
+async def find_owned(
+    address: Address, kind: Kind, reference: str, owner: str | None
+) -> Found | None:
+    """`lookup.find`, with an ambiguous reference resolved among `owner`'s objects."""
+    try:
+        return await find(address, kind, reference)
+    except (Unresolved, LookupError_):
+        # LookupError_: the 20.10 daemon answers an ambiguous container prefix with a 500
+        # ("Multiple IDs found with provided prefix", daemon/container.go GetContainer:
+        # errdefs.System of truncindex's error). A daemon that failed otherwise fails the
+        # list too, and its own failure stands.
+        listed = _LISTED.get(kind.name)
+        if owner is None or listed is None:
+            raise
+        filters = json.dumps({"label": [f"{OWNER_LABEL}={owner}"]})
+        status, answer = await get_json(address, listed.path + "filters=" + quote(filters))
+        if status != 200 or not isinstance(answer, list):
+            # No list to resolve it in (a daemon does not fail this way): the daemon's own
+            # answer, ambiguous, stands.
+            raise
+        full_id = resolved(kind, reference, answer)
+    if full_id is None:
+        return None
+    return await find(address, kind, full_id)
+
+
+def resolved(kind: Kind, reference: str, items: list[object]) -> str | None:
+    """The full ID of the one object among `items` (a list answer) that `reference` names as
+    the daemon resolves it: a full ID, then a name, then an ID prefix. None when none does;
+    Unresolved when several do."""
+    listed = _LISTED[kind.name]
+    objects: list[tuple[str, list[str]]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        full_id = item.get(listed.id_field)
+        if isinstance(full_id, str) and full_id:
+            objects.append((full_id, _names(item, listed)))
+    if kind is CONTAINER and reference.startswith("/"):
+        # By name only (lookup.find: no ID starts with `/`).
+        steps = [[i for i, names in objects if reference in names]]
+    else:
+        steps = [
+            [i for i, _ in objects if i == reference],
+            [i for i, names in objects if _bare(kind, reference) in names],
+            [i for i, _ in objects if i.startswith(reference)],
+        ]
+    for fits in steps:
+        if len(set(fits)) == 1:
+            return fits[0]
+        if fits:
+            raise Unresolved(f"the daemon cannot tell which {kind.name} {reference!r} names")
+    return None
+
+
+def _names(item: dict[str, object], listed: Listed) -> list[str]:
+    node: object = item
+    for key in listed.name_path:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, list):
+        return [n for n in node if isinstance(n, str)]
+    return []
+
+
+def _bare(kind: Kind, reference: str) -> str:
+    """The reference as the list writes a name: a container's with its leading `/`."""
+    return "/" + reference if kind is CONTAINER else reference
