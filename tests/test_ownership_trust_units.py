@@ -54,7 +54,9 @@ def test_a_list_keeps_only_the_callers_trusted_containers() -> None:
     step = {"Id": "2", "ImageID": IMAGE_B, "Labels": {OWNER_LABEL: "user:alice"}}
     gone = {"Id": "3", "ImageID": "sha256:" + "c" * 64, "Labels": {OWNER_LABEL: "user:alice"}}
     other = {"Id": "4", "ImageID": IMAGE_A, "Labels": {OWNER_LABEL: "user:bob"}}
-    entries: list[object] = [mine, step, gone, other, "junk", {"Id": "5"}]
+    # An entry without an image cannot be judged: left out.
+    no_image = {"Id": "6", "Labels": {OWNER_LABEL: "user:alice"}}
+    entries: list[object] = [mine, step, gone, other, "junk", {"Id": "5"}, no_image]
     owners = {IMAGE_A: "", IMAGE_B: "user:alice"}
     assert vouched_list(entries, "user:alice", owners) == [mine, gone]
     assert image_ids_of(entries) == [IMAGE_A, IMAGE_B, "sha256:" + "c" * 64]
@@ -115,7 +117,7 @@ def test_the_image_a_create_names_is_read_as_go_reads_it() -> None:
 
 
 def test_image_owners_are_cached_by_id_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Image IDs are content digests: asked once each; names are never cached or asked."""
+    """Image IDs are content digests: asked once each; names are asked each time."""
     from dockgate import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
 
@@ -145,7 +147,8 @@ def test_image_owners_are_cached_by_id_and_bounded(monkeypatch: pytest.MonkeyPat
 
     answers = asyncio.run(run())
     assert answers[0] == answers[1] == answers[4] == "sha256:aaaaa"
-    assert answers[5] is None
+    assert answers[5] == "busybox:late"
     assert answers[6] is None
-    assert len(asked) == 5  # a, b, c, a again, the missing one; never the name
+    # a, b, c, a again, the name, the missing one; neither of the last two kept.
+    assert len(asked) == 6
     assert len(cache) == 2

@@ -128,11 +128,12 @@ async def find(address: Address, kind: Kind, reference: str) -> Found | None:
         owner = owner_of(answer, kind)
         if kind is CONTAINER and owner is not None:
             # Trusted only if the container's image did not put it there (trusted_owner).
+            # Every container has an image: without one, it cannot be judged.
             image = answer.get("Image")
-            image_owner = (
-                await IMAGE_OWNERS.owner(address, image) if isinstance(image, str) else None
-            )
-            owner = trusted_owner(owner, image_owner)
+            if isinstance(image, str) and image:
+                owner = trusted_owner(owner, await IMAGE_OWNERS.owner(address, image))
+            else:
+                owner = None
         return Found(full_id, owner)
     field, parent_kind = parent
     parent_id = answer.get(field)
@@ -170,8 +171,8 @@ class ImageOwners:
     async def owner(self, address: Address, image_id: str) -> str | None:
         """The owner label of the image `image_id`; None when it has none or is unknown."""
         if not _IMAGE_ID.fullmatch(image_id):
-            # Not an ID (a container's `Image` always is): never guessed, vouches for nothing.
-            return None
+            # Not an ID (a container's `Image` is one on 20.10): asked, never kept.
+            return await named_image_owner(address, image_id)
         if image_id in self._owners:
             self._owners.move_to_end(image_id)
             return self._owners[image_id]

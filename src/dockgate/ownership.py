@@ -281,7 +281,9 @@ def vouched_list(
         labels = entry.get("Labels")
         label = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
         image = entry.get("ImageID")
-        image_owner = image_owners.get(image) if isinstance(image, str) else None
+        if not isinstance(image, str) or not image:
+            continue  # every container has an image: without it, it cannot be judged
+        image_owner = image_owners.get(image)
         if trusted_owner(label if isinstance(label, str) else None, image_owner) == owner:
             kept.append(entry)
     return kept
