@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from support.attack import ATTACK_MARKS, Api, direct, logs, running_tenants
-from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar
+from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar, free_tcp_port
 
 pytestmark = ATTACK_MARKS
 
@@ -38,7 +38,7 @@ policies:
     rules:
       - allow:
           sections: [ping, version, info, events, containers, exec, images, build, commit,
-                     volumes, networks]
+                     volumes, networks, services, tasks]
 bindings:
   - {policy: tenants, authenticated: true}
 """
@@ -333,3 +333,98 @@ def test_a_create_from_an_image_carrying_the_callers_own_label_is_refused(
     assert cid in [c["Id"] for c in listed]
     status, answer = alice.call("GET", f"/v1.41/containers/{cid}/json")
     assert status == 404, (status, answer)
+
+
+# ----- service tasks: containers the swarm makes from a service spec ---------------------------
+
+
+@pytest.fixture(scope="module")
+def swarm(daemon: PrivateDaemon, tenants: dict[str, Api]) -> Iterator[PrivateDaemon]:
+    port = free_tcp_port()
+    done = daemon.docker(
+        *("swarm", "init", "--advertise-addr", "127.0.0.1"),
+        *("--listen-addr", f"127.0.0.1:{port}"),
+        check=False,
+    )
+    assert done.returncode == 0 or b"already part of a swarm" in done.stderr, done.stderr
+    try:
+        yield daemon
+    finally:
+        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+
+
+def _task_container(daemon: PrivateDaemon, service_id: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    label = f"label=com.docker.swarm.service.id={service_id}"
+    while time.monotonic() < deadline:
+        ids = daemon.docker("ps", "-q", "--no-trunc", "--filter", label).stdout.decode().split()
+        if ids:
+            return ids[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no task container for service {service_id}")
+
+
+def test_service_task_containers_stay_their_owners(
+    tenants: dict[str, Api], swarm: PrivateDaemon, busybox_image: str, images: list[str]
+) -> None:
+    """A service alice creates through dockgate: its task container (made by the swarm, with
+    the label dockgate wrote into `ContainerSpec.Labels`) is hers end to end (listed,
+    inspected, exec'd into, logs, files), and not bob's. A service from an image carrying her
+    own label is refused up front: its tasks would be nobody's (fails on the old code: the
+    service was created)."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    services: list[str] = []
+    name = f"dgo-svc-{RUN}"
+    spec = {
+        "Name": name,
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": busybox_image,
+                "Command": ["sh", "-c", "echo task-up; sleep 120"],
+            }
+        },
+    }
+    status, created = alice.call("POST", "/v1.41/services/create", spec)
+    assert status == 201, (status, created)
+    services.append(created["ID"])
+    try:
+        cid = _task_container(swarm, created["ID"])
+        status, listed = alice.call("GET", "/v1.41/containers/json")
+        assert status == 200
+        assert cid in [c["Id"] for c in listed]
+        status, inspected = alice.call("GET", f"/v1.41/containers/{cid}/json")
+        assert status == 200, (status, inspected)
+        status, made = alice.call(
+            "POST",
+            f"/v1.41/containers/{cid}/exec",
+            {"Cmd": ["echo", "in-task"], "AttachStdout": True},
+        )
+        assert status == 201, (status, made)
+        status, output = alice.call(
+            "POST", f"/v1.41/exec/{made['Id']}/start", {"Detach": False, "Tty": True}
+        )
+        assert status == 200 and b"in-task" in output, (status, output)
+        deadline = time.monotonic() + 20
+        while "task-up" not in logs(alice, cid) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert "task-up" in logs(alice, cid)
+        status, _ = alice.call("GET", f"/v1.41/containers/{cid}/archive?path=/bin/sh")
+        assert status == 200
+        status, answer = bob.call("GET", f"/v1.41/containers/{cid}/json")
+        assert status == 404, (status, answer)
+        status, listed = bob.call("GET", "/v1.41/containers/json")
+        assert cid not in [c["Id"] for c in listed]
+
+        vouching = f"dgo-svc-vouching-{RUN}"
+        _import_labelled(swarm, vouching, "user:alice")
+        images.append(vouching)
+        spec["Name"] = f"{name}-vouching"
+        spec["TaskTemplate"]["ContainerSpec"]["Image"] = vouching  # type: ignore[index]
+        status, answer = alice.call("POST", "/v1.41/services/create", spec)
+        if status == 201:
+            services.append(answer["ID"])
+        assert status == 403, (status, answer)
+        assert "carries your owner label" in answer["message"]
+    finally:
+        for service in services:
+            swarm.docker("service", "rm", service, check=False)

@@ -108,12 +108,18 @@ def test_build_labels_are_written_as_one_json_object() -> None:
 
 
 def test_the_image_a_create_names_is_read_as_go_reads_it() -> None:
-    assert created_image(b'{"Image":"a","image":"b"}') == "b"
-    assert created_image(b'{"Image":"a","IMAGE":null}') == "a"
-    assert created_image(b'{"Cmd":["x"]}') is None
-    assert created_image(b'{"Image":""}') is None
+    assert created_image("ContainerCreate", b'{"Image":"a","image":"b"}') == "b"
+    assert created_image("ContainerCreate", b'{"Image":"a","IMAGE":null}') == "a"
+    assert created_image("ContainerCreate", b'{"Cmd":["x"]}') is None
+    assert created_image("ContainerCreate", b'{"Image":""}') is None
     with pytest.raises(ValueError):
-        created_image(b"[]")
+        created_image("ContainerCreate", b"[]")
+    service = (
+        b'{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"a"}},'
+        b'"taskTemplate":{"containerSpec":{"image":"b"}}}'
+    )
+    assert created_image("ServiceCreate", service) == "b"  # objects given twice merge
+    assert created_image("ServiceUpdate", b'{"Image":"a"}') is None
 
 
 def test_image_owners_are_cached_by_id_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

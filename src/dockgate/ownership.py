@@ -227,10 +227,19 @@ def with_commit_label(raw_target: str, owner: str) -> str:
     return path + "?" + (query + "&" if query else "") + addition
 
 
-def created_image(body: bytes) -> str | None:
-    """The image a ContainerCreate body names (as Go reads it: the last non-null `Image`,
-    keys folded), or None. ValueError for a body that cannot be read."""
-    image = gojson.scalar((_one_object(body),), "Image")
+# Creates whose image is looked up first: it must not carry the caller's own owner label.
+IMAGE_CHECKED = frozenset({"ContainerCreate", "ServiceCreate", "ServiceUpdate"})
+
+
+def created_image(operation: str, body: bytes) -> str | None:
+    """The image a ContainerCreate body names, or a service's task containers will run
+    (`TaskTemplate.ContainerSpec.Image`), as Go reads it (the last non-null value, keys
+    folded), or None. ValueError for a body that cannot be read."""
+    top: gojson.Struct = (_one_object(body),)
+    if operation != "ContainerCreate":
+        task = gojson.struct(top, "TaskTemplate", pointer=False)
+        top = gojson.struct(task, "ContainerSpec", pointer=True)
+    image = gojson.scalar(top, "Image")
     return image if isinstance(image, str) and image else None
 
 

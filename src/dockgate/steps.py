@@ -58,6 +58,7 @@ from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
+    IMAGE_CHECKED,
     MAX_REFERENCES,
     OWNED_CREATES,
     OWNER_LABEL,
@@ -187,7 +188,7 @@ class PolicySteps:
             # Volumes used by name are judged on their options, which only the daemon knows.
             self._start_lookup(self._check_named_volumes(head, body, guardrails, volumes, named))
             return
-        if named or self._operation() == "ContainerCreate":
+        if named or self._operation() in IMAGE_CHECKED:
             # The objects the body names must be the caller's too (and a new container's
             # image must not carry the caller's label): ask the daemon first.
             self._start_lookup(self._check_references(head, body, named))
@@ -279,7 +280,7 @@ class PolicySteps:
             self._resume_reading(PAUSE_LOOKUP)
             self._after_refusal()
             return
-        if named or (self._owner is not None and self._operation() == "ContainerCreate"):
+        if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
             await self._check_references(head, body, named)
             return
         self._lookup_task = None
@@ -355,13 +356,13 @@ class PolicySteps:
         self._forward_held(head, body)
 
     async def _vouching_image(self, body: bytes) -> str | None:
-        """ContainerCreate: why its image may not be used (it carries the caller's own owner
-        label, so the container would not be trusted as the caller's: ownership.trusted_owner),
-        or None."""
-        owner = self._owner
-        if owner is None or self._operation() != "ContainerCreate":
+        """A container's or service's create: why its image may not be used (it carries the
+        caller's own owner label, so the containers would not be trusted as the caller's:
+        ownership.trusted_owner), or None."""
+        owner, operation = self._owner, self._operation()
+        if owner is None or operation not in IMAGE_CHECKED:
             return None
-        image = created_image(body)  # read before, when the body was judged
+        image = created_image(operation, body)  # read before, when the body was judged
         if image is None or await named_image_owner(self.gateway.pool.address, image) != owner:
             return None
         return vouching_image_problem(image, owner)
