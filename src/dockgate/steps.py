@@ -188,7 +188,7 @@ class PolicySteps:
             # Volumes used by name are judged on their options, which only the daemon knows.
             self._start_lookup(self._check_named_volumes(head, body, guardrails, volumes, named))
             return
-        if named or self._operation() in IMAGE_CHECKED:
+        if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
             # The objects the body names must be the caller's too (and a new container's
             # image must not carry the caller's label): ask the daemon first.
             self._start_lookup(self._check_references(head, body, named))
