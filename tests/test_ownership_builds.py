@@ -216,6 +216,31 @@ def test_another_callers_build_steps_are_not_alices(
     assert status == 404
 
 
+def test_a_failed_build_leaves_no_step_container_for_a_prune(
+    tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
+) -> None:
+    """bob's build fails in a step labelled `user:alice` (`rm=0&forcerm=0` asked): the step
+    container is removed all the same (forcerm is forced), so alice's list and prune, narrowed
+    by her label, never reach it. Fails on the old code (the stopped step container stayed,
+    labelled alice's: listed to her, and removed by her `docker container prune`)."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    marker = f"dgo-failed-{RUN}"
+    dockerfile = (
+        f"FROM {busybox_image}\nLABEL {OWNER_LABEL}=user:alice\nRUN echo {marker} && false\n"
+    )
+    tag = f"dgo-failed-{RUN}"
+    status, answer = _build(bob, dockerfile, tag, "&rm=0&forcerm=0")
+    assert status == 200, (status, answer)
+    assert b"errorDetail" in answer if isinstance(answer, bytes) else "errorDetail" in str(answer)
+    status, listed = direct(daemon, "GET", "/containers/json?all=1")
+    left = [c["Id"] for c in listed if marker in c.get("Command", "")]
+    images.extend(f"container:{cid}" for cid in left)
+    assert left == []
+    status, listed = alice.call("GET", "/v1.41/containers/json?all=1")
+    assert status == 200
+    assert [c for c in listed if marker in c.get("Command", "")] == []
+
+
 def test_a_commit_gives_an_image_with_an_empty_owner_label(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
 ) -> None:
