@@ -453,3 +453,49 @@ def test_service_task_containers_stay_their_owners(
     finally:
         for service in services:
             swarm.docker("service", "rm", service, check=False)
+
+
+@pytest.fixture(scope="module")
+def unguarded(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Api]]:
+    """The same tenants under `guardrails: false`: only ownership reads the `changes`."""
+    base = tmp_path_factory.mktemp("ownership-builds-unguarded")
+    policy = POLICY.replace("    ownership: true\n", "    ownership: true\n    guardrails: false\n")
+    assert "guardrails: false" in policy
+    with running_tenants(daemon, base, policy, USERS) as apis:
+        yield apis
+
+
+def test_a_change_continued_onto_dockgates_label_is_refused(
+    unguarded: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
+) -> None:
+    """The daemon joins `changes` with newlines: `ENV x \\` continues onto the `LABEL` line
+    dockgate appends, which becomes part of the environment value, and the committed image
+    keeps the container's `user:alice` (shown straight on the daemon, with dockgate's line
+    written as it would be). Through dockgate such a change is refused (400) and no image is
+    made. Fails on the code before this check (the commit went through with alice's label)."""
+    alice = unguarded["alice"]
+    cid = alice.create({"Image": busybox_image, "Cmd": ["true"]})
+    images.append(f"container:{cid}")
+    ours = f'LABEL {OWNER_LABEL}="" {BUILT_BY}=user:alice'
+    swallowing = urllib.parse.quote("ENV x \\")
+    repo = f"dgo-continued-{RUN}"
+    status, answer = direct(
+        daemon,
+        "POST",
+        f"/commit?container={cid}&repo={repo}&tag=direct"
+        f"&changes={swallowing}&changes={urllib.parse.quote(ours)}",
+    )
+    assert status == 201, (status, answer)
+    images.append(f"{repo}:direct")
+    assert _image_labels(daemon, f"{repo}:direct").get(OWNER_LABEL) == "user:alice"
+
+    status, answer = alice.call(
+        "POST", f"/v1.41/commit?container={cid}&repo={repo}&tag=x&changes={swallowing}"
+    )
+    if status == 201:
+        images.append(f"{repo}:x")
+    assert status == 400, (status, answer)
+    status, _ = direct(daemon, "GET", f"/images/{repo}:x/json")
+    assert status == 404

@@ -13,6 +13,8 @@ from dockgate.ownership import (
     BUILT_BY_LABEL,
     OWNER_LABEL,
     LookUp,
+    Refuse,
+    continued_change,
     created_image,
     image_ids_of,
     image_owner_of,
@@ -158,3 +160,29 @@ def test_image_owners_are_cached_by_id_and_bounded(monkeypatch: pytest.MonkeyPat
     # a, b, c, a again, the name, the missing one; neither of the last two kept.
     assert len(asked) == 6
     assert len(cache) == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["ENV x \\", "ENV x \\  ", "ENV x `", "CMD a\nENV y \\", "CMD a\rLABEL b=c", "ENV x \\\t"],
+)
+def test_a_change_that_continues_onto_dockgates_is_refused(change: str) -> None:
+    """The daemon joins `changes` with newlines: a continued last line would swallow the
+    `LABEL` dockgate appends (`ENV x \\` made it an environment value, and the image kept
+    the container's owner label). Fails on the old code (no such check)."""
+    from urllib.parse import quote  # noqa: PLC0415
+
+    query = f"container=web&changes=CMD%20sh&changes={quote(change)}"
+    assert continued_change(query) is not None
+    step = plan("ImageCommit", "/commit", f"/v1.41/commit?{query}", "/v1.41/commit", "u:a")
+    assert isinstance(step, Refuse)
+    assert step.status == 400
+    imported = plan(
+        "ImageCreate", "/images/create", f"/images/create?fromSrc=-&{query}", "/", "u:a"
+    )
+    assert isinstance(imported, Refuse)
+
+
+def test_single_line_changes_pass() -> None:
+    assert continued_change("changes=CMD%20sh&changes=LABEL%20a%3Db%20%5C%20c") is None
+    assert continued_change("container=x") is None

@@ -253,6 +253,25 @@ def vouching_image_problem(image: str, owner: str) -> str:
     )
 
 
+def continued_change(query: str) -> str | None:
+    """Why the client's `changes` would swallow the one dockgate appends (with_commit_label),
+    or None. The daemon joins them with newlines and parses the whole as a Dockerfile (moby
+    builder/dockerfile/builder.go BuildFromConfig): an entry ending with the escape character
+    (`\\`, or `` ` `` after an `# escape=` directive), trailing blanks allowed, continues onto
+    dockgate's `LABEL` line, which would become part of the client's instruction (`ENV x \\`
+    makes it an environment value), and an entry holding a line break is several lines. Judged
+    in ownership mode whatever the guardrails say (they refuse the same, when on)."""
+    for key, value in query_pairs(query):
+        if key != "changes":
+            continue
+        if "\n" in value or "\r" in value or value.rstrip().endswith(("\\", "`")):
+            return (
+                "a changes entry must be one single-line instruction that does not continue "
+                "onto the next (ownership mode appends its own)"
+            )
+    return None
+
+
 def image_owner_of(image_answer: object) -> str | None:
     """The owner label of an image (the daemon's `GET /images/{id}/json` answer)."""
     config = image_answer.get("Config") if isinstance(image_answer, dict) else None
@@ -538,10 +557,16 @@ def plan(operation: str, template: str, raw_target: str, path: str, owner: str) 
     if operation == "ImageCreate" and query_value(query, "fromSrc"):
         # An import applies its `changes` as a commit does (daemon/images/image_import.go
         # ImportImage, BuildFromConfig): its owner label is emptied the same way.
+        problem = continued_change(query)
+        if problem is not None:
+            return Refuse(400, f"dockgate: {problem}")
         return with_commit_label(raw_target, owner)
     if operation in QUERY_REFERENCES:
         parameter = QUERY_REFERENCES[operation]
         value = query_value(query, parameter)
+        problem = continued_change(query)
+        if problem is not None:
+            return Refuse(400, f"dockgate: {problem}")
         if not value:
             return None
 
