@@ -619,15 +619,14 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a build's intermediate containers take their labels from the Dockerfile (or base "
-    "image), not from dockgate: LABEL io.dockgate.owner=user:bob plants containers that are "
-    "bob's (rm=0 keeps them)",
-)
 def test_build_plants_containers_owned_by_another_tenant(
     tenants: dict[str, Api], busybox_image: str, daemon: PrivateDaemon
 ) -> None:
+    """Found by the review: a build's step containers take their labels from the Dockerfile
+    (or base image), not from dockgate: `LABEL io.dockgate.owner=user:bob` planted containers
+    that were bob's (rm=0 kept them). Closed (issue 12): builds always remove their step
+    containers, and a container whose image carries the same owner label is nobody's
+    (ownership.trusted_owner; tests/test_ownership_builds.py covers the running step)."""
     alice, bob = tenants["alice"], tenants["bob"]
     marker = f"planted-{RUN}-{uuid.uuid4().hex[:4]}"
     dockerfile = (

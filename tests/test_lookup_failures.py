@@ -33,12 +33,19 @@ bindings:
 """
 ALICE = "Basic " + base64.b64encode(b"alice:alice-pw").decode()
 # What the fake daemon answers to each look-up path (status, JSON document).
+IMAGE = "sha256:" + "0" * 64
 ANSWERS: dict[str, tuple[int, object]] = {
-    # An ID Python cannot put back into a path (a lone surrogate): quoting it raises.
+    # An ID Python cannot put back into a path (a lone surrogate): quoting it raises. (With
+    # an image, which carries no owner label: a container without one is nobody's.)
     "/containers/odd/json": (
         200,
-        {"Id": "\udfff", "Config": {"Labels": {"io.dockgate.owner": "user:alice"}}},
+        {
+            "Id": "\udfff",
+            "Image": IMAGE,
+            "Config": {"Labels": {"io.dockgate.owner": "user:alice"}},
+        },
     ),
+    f"/images/{IMAGE}/json": (200, {"Id": IMAGE, "Config": {"Labels": None}}),
     "/networks/twin": (400, {"message": "network twin is ambiguous (2 matches found on name)"}),
     "/containers/web/json": (301, {}),
 }

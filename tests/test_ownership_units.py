@@ -180,13 +180,20 @@ def test_references_in_bodies() -> None:
             references("ContainerCreate", unreadable)
 
 
-def test_a_build_gets_the_owner_label() -> None:
-    from dockgate.ownership import with_build_label  # noqa: PLC0415
+def test_a_build_gets_an_empty_owner_label_and_its_builder_as_provenance() -> None:
+    """Issue 12: an image never vouches for an owner (its step containers would be the
+    owner's); the old code wrote the builder's own label. Step containers are always removed."""
+    from dockgate.ownership import BUILT_BY_LABEL, with_build_label  # noqa: PLC0415
 
-    target = with_build_label('/v1.41/build?t=app&labels={"a":"b","io.dockgate.owner":"x"}', "al")
-    query = dict(parse_qsl(target.partition("?")[2]))
+    target = with_build_label(
+        '/v1.41/build?t=app&rm=0&forcerm=0&labels={"a":"b","io.dockgate.owner":"x"}', "al"
+    )
+    pairs = parse_qsl(target.partition("?")[2])
+    query = dict(pairs)
     assert query["t"] == "app"
-    assert json.loads(query["labels"]) == {"a": "b", OWNER_LABEL: "al"}
+    assert json.loads(query["labels"]) == {"a": "b", OWNER_LABEL: "", BUILT_BY_LABEL: "al"}
+    assert [v for k, v in pairs if k == "rm"] == ["1"]
+    assert [v for k, v in pairs if k == "forcerm"] == ["1"]
     with pytest.raises(ValueError):
         with_build_label("/build?labels=[]", "al")
 

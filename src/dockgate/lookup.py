@@ -3,18 +3,31 @@
 One short HTTP/1.0 request per question on a connection of its own (so the daemon answers with
 a plain body and closes), never on a client's upstream connection. Answers are not cached: an
 object's labels are read at the moment the request about it is decided, and the request then
-names the object by the full ID that was read.
+names the object by the full ID that was read. The one exception is an image's owner label,
+asked by image ID: an image ID is the digest of the image's config, labels included, so what
+it says never changes (a bounded cache, `ImageOwners`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from dockgate.addresses import Address
-from dockgate.ownership import PARENT_FIELD, Kind, owner_of
+from dockgate.ownership import (
+    CONTAINER,
+    PARENT_FIELD,
+    Kind,
+    image_ids_of,
+    image_owner_of,
+    owner_of,
+    trusted_owner,
+    vouched_list,
+)
 
 LOOKUP_TIMEOUT_SECONDS = 10.0
 LOOKUP_MAX_BYTES = 8 * 1024 * 1024
@@ -112,10 +125,95 @@ async def find(address: Address, kind: Kind, reference: str) -> Found | None:
         raise LookupError_(f"no {kind.id_field} in the daemon's {kind.name} answer")
     parent = PARENT_FIELD.get(kind.name)
     if parent is None:
-        return Found(full_id, owner_of(answer, kind))
+        owner = owner_of(answer, kind)
+        if kind is CONTAINER and owner is not None:
+            # Trusted only if the container's image did not put it there (trusted_owner).
+            # Every container has an image: without one, it cannot be judged.
+            image = answer.get("Image")
+            if isinstance(image, str) and image:
+                owner = trusted_owner(owner, await IMAGE_OWNERS.owner(address, image))
+            else:
+                owner = None
+        return Found(full_id, owner)
     field, parent_kind = parent
     parent_id = answer.get(field)
     if not isinstance(parent_id, str) or not parent_id:
         return Found(full_id, None)
-    owner = await find(address, parent_kind, parent_id)
-    return Found(full_id, owner.owner if owner is not None else None)
+    # An exec instance is its container's: the container's trusted owner (above).
+    found_parent = await find(address, parent_kind, parent_id)
+    return Found(full_id, found_parent.owner if found_parent is not None else None)
+
+
+# ----- images: whose owner label they carry ------------------------------------------------------
+
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+IMAGE_OWNERS_CACHED = 4096  # image IDs remembered (about 200 bytes each)
+
+
+class ImageOwners:
+    """Image ID -> the image's owner label (or None), least recently used forgotten first.
+
+    Only full image IDs are asked and kept: an ID is the digest of the image's config (moby
+    image/store.go, the ID is the content digest), so its labels cannot change and nothing
+    kept here goes stale. An image the daemon no longer knows (force-removed while a stopped
+    container still uses it) is not kept, and vouches for nothing: a container's label is
+    then trusted. A running container's image cannot be removed, even forced (daemon/images/
+    image_delete.go, conflictRunningContainer is a hard conflict), nor one with child images
+    (a build's step images), so a build's running step containers keep their image."""
+
+    def __init__(self, size: int = IMAGE_OWNERS_CACHED) -> None:
+        self._size = size
+        self._owners: OrderedDict[str, str | None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    async def owner(self, address: Address, image_id: str) -> str | None:
+        """The owner label of the image `image_id`; None when it has none or is unknown."""
+        if not _IMAGE_ID.fullmatch(image_id):
+            # Not an ID (a container's `Image` is one on 20.10): asked, never kept.
+            return await named_image_owner(address, image_id)
+        if image_id in self._owners:
+            self._owners.move_to_end(image_id)
+            return self._owners[image_id]
+        status, answer = await get_json(address, f"/images/{image_id}/json")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(answer, dict):
+            raise LookupError_(f"the daemon answered {status} to a look-up of image {image_id}")
+        owner = image_owner_of(answer)
+        self._owners[image_id] = owner
+        while len(self._owners) > self._size:
+            self._owners.popitem(last=False)
+        return owner
+
+
+IMAGE_OWNERS = ImageOwners()
+
+
+async def named_image_owner(address: Address, name: str) -> str | None:
+    """The owner label of the image `name` (a name, tag, digest or ID, resolved by the daemon
+    now); None when it has none, or when the daemon does not find it (the create that names it
+    then fails the same way, or the client pulls it and asks again)."""
+    name = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    status, answer = await get_json(address, f"/images/{quote(name, safe='/:@')}/json")
+    if status in (400, 404) or 300 <= status < 400:
+        return None  # not an image the daemon would create from either
+    if status != 200 or not isinstance(answer, dict):
+        raise LookupError_(f"the daemon answered {status} to a look-up of image {name}")
+    return image_owner_of(answer)
+
+
+async def vouched_containers(address: Address, raw: bytes, owner: str) -> bytes:
+    """The daemon's container list (narrowed to `owner`'s label by the daemon) without the
+    containers whose label came from their image (ownership.vouched_list): one look-up per
+    distinct image not yet known. ValueError or TypeError for an answer that is not the JSON
+    array the daemon sends."""
+    try:
+        entries = json.loads(raw)
+    except RecursionError:
+        raise ValueError("the daemon's ContainerList answer is nested too deeply") from None
+    if not isinstance(entries, list):
+        raise TypeError("the daemon's ContainerList answer is not a JSON array")
+    owners = {image: await IMAGE_OWNERS.owner(address, image) for image in image_ids_of(entries)}
+    return json.dumps(vouched_list(entries, owner, owners)).encode() + b"\n"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -27,6 +27,11 @@ from dockgate.http.query import query_pairs, query_value
 from dockgate.pinning import PREDEFINED_NETWORKS, parse_link
 
 OWNER_LABEL = "io.dockgate.owner"
+# Who built or committed an image through dockgate: provenance only, trusted by no rule (an
+# image's owner label is emptied instead: images never vouch for an owner, `trusted_owner`).
+BUILT_BY_LABEL = "io.dockgate.built-by"
+# An owner written into a commit's `LABEL` change without quoting.
+_PLAIN_OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9:@._+-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +191,140 @@ def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
 
 
 def with_build_label(raw_target: str, owner: str) -> str:
-    """A build's target with the owner label merged into its `labels` (a JSON object)."""
+    """A build's target with the owner label emptied and the builder named under
+    `BUILT_BY_LABEL` in its `labels` (a JSON object), and its step containers always removed.
+
+    An image never vouches for an owner (see `trusted_owner`): the classic builder creates
+    each `RUN` step's container from the previous step's image config, labels included
+    (moby builder/dockerfile/internals.go create, containerbackend.go), so an image carrying
+    `user:bob` would make the step containers of anyone's build `FROM` it bob's. The build's
+    `labels` are applied as a last `LABEL` instruction (builder/dockerfile/builder.go
+    buildLabelOptions), after whatever the Dockerfile says, so the owner label ends empty.
+    `rm` and `forcerm` are forced on: a step container left behind is a stopped container
+    carrying its image's labels, which a prune narrowed by label could remove for another
+    caller (the daemon reads the first value: the only one kept)."""
 
     def label(labels: dict[str, object]) -> dict[str, object]:
-        return {**labels, OWNER_LABEL: owner}
+        return {**labels, OWNER_LABEL: "", BUILT_BY_LABEL: owner}
 
-    return _with_json_parameter(raw_target, "labels", label)
+    target = _with_json_parameter(raw_target, "labels", label)
+    return _with_parameter(_with_parameter(target, "rm", "1"), "forcerm", "1")
+
+
+def with_commit_label(raw_target: str, owner: str) -> str:
+    """A commit's target with one more `changes` entry, last, that empties the owner label of
+    the image made (and names the committer under `BUILT_BY_LABEL`). The daemon applies every
+    `changes` entry in order on top of the body's config (moby builder/dockerfile/builder.go
+    BuildFromConfig), then fills only the labels still unset from the container's config
+    (daemon/commit.go merge): the last `LABEL` wins over the body, the other changes and the
+    container's own owner label."""
+    change = f'LABEL {OWNER_LABEL}=""'
+    if _PLAIN_OWNER.fullmatch(owner):
+        # Provenance only, and only when it needs no quoting in a Dockerfile word.
+        change += f" {BUILT_BY_LABEL}={owner}"
+    path, _, query = raw_target.partition("?")
+    addition = urlencode([("changes", change)], quote_via=quote)
+    return path + "?" + (query + "&" if query else "") + addition
+
+
+# Creates whose image is looked up first: it must not carry the caller's own owner label.
+IMAGE_CHECKED = frozenset({"ContainerCreate", "ServiceCreate", "ServiceUpdate"})
+
+
+def created_image(operation: str, body: bytes) -> str | None:
+    """The image a ContainerCreate body names, or a service's task containers will run
+    (`TaskTemplate.ContainerSpec.Image`), as Go reads it (the last non-null value, keys
+    folded), or None. ValueError for a body that cannot be read."""
+    top: gojson.Struct = (_one_object(body),)
+    if operation != "ContainerCreate":
+        task = gojson.struct(top, "TaskTemplate", pointer=False)
+        top = gojson.struct(task, "ContainerSpec", pointer=True)
+    image = gojson.scalar(top, "Image")
+    return image if isinstance(image, str) and image else None
+
+
+def vouching_image_problem(image: str, owner: str) -> str:
+    """Why a container may not be created from an image that carries `owner`'s own label."""
+    return (
+        f"the image {image!r} carries your owner label ({OWNER_LABEL}={owner}): a container "
+        "created from it could not be told from one the daemon created from the image by "
+        "itself (a build's step), and would not be yours; build it again through dockgate, "
+        f"or give it an empty owner label (LABEL {OWNER_LABEL}=)"
+    )
+
+
+def continued_change(query: str) -> str | None:
+    """Why the client's `changes` would swallow the one dockgate appends (with_commit_label),
+    or None. The daemon joins them with newlines and parses the whole as a Dockerfile (moby
+    builder/dockerfile/builder.go BuildFromConfig): an entry ending with the escape character
+    (`\\`, or `` ` `` after an `# escape=` directive), trailing blanks allowed, continues onto
+    dockgate's `LABEL` line, which would become part of the client's instruction (`ENV x \\`
+    makes it an environment value), and an entry holding a line break is several lines. Judged
+    in ownership mode whatever the guardrails say (they refuse the same, when on)."""
+    for key, value in query_pairs(query):
+        if key != "changes":
+            continue
+        if "\n" in value or "\r" in value or value.rstrip().endswith(("\\", "`")):
+            return (
+                "a changes entry must be one single-line instruction that does not continue "
+                "onto the next (ownership mode appends its own)"
+            )
+    return None
+
+
+def image_owner_of(image_answer: object) -> str | None:
+    """The owner label of an image (the daemon's `GET /images/{id}/json` answer)."""
+    config = image_answer.get("Config") if isinstance(image_answer, dict) else None
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    owner = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
+    return owner if isinstance(owner, str) else None
+
+
+def trusted_owner(container_owner: str | None, image_owner: str | None) -> str | None:
+    """A container's owner as far as dockgate trusts it: its owner label, unless its image
+    carries the same value.
+
+    The daemon gives a container its image's labels under every key the create body did not
+    set (daemon/create.go, merge in daemon/commit.go), and dockgate writes the caller's owner
+    label last in every create body (`with_owner_label`, and a service's
+    `ContainerSpec.Labels`). So a container dockgate created for alice carries `user:alice`
+    whatever its image says, while one the daemon created by itself from an image (a build's
+    step container) carries exactly the image's label: equal values mean the image put it
+    there. An image whose labels are unknown (`None`: force-removed) vouches for nothing."""
+    if container_owner is None or container_owner == image_owner:
+        return None
+    return container_owner
+
+
+def vouched_list(
+    entries: list[object], owner: str, image_owners: Mapping[str, str | None]
+) -> list[object]:
+    """A container list (the daemon's `GET /containers/json`, already narrowed to `owner`'s
+    label) without the containers whose owner label came from their image (`ImageID`,
+    `image_owners` maps each image ID to its owner label): see `trusted_owner`."""
+    kept: list[object] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue  # not the daemon's answer: shown nothing rather than guessed
+        labels = entry.get("Labels")
+        label = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
+        image = entry.get("ImageID")
+        if not isinstance(image, str) or not image:
+            continue  # every container has an image: without it, it cannot be judged
+        image_owner = image_owners.get(image)
+        if trusted_owner(label if isinstance(label, str) else None, image_owner) == owner:
+            kept.append(entry)
+    return kept
+
+
+def image_ids_of(entries: list[object]) -> list[str]:
+    """The distinct image IDs of a container list's entries, in order."""
+    seen: dict[str, None] = {}
+    for entry in entries:
+        image = entry.get("ImageID") if isinstance(entry, dict) else None
+        if isinstance(image, str) and image:
+            seen.setdefault(image, None)
+    return list(seen)
 
 
 def with_owner_filter(raw_target: str, owner: str) -> str:
@@ -421,14 +554,27 @@ def plan(operation: str, template: str, raw_target: str, path: str, owner: str) 
             return _build_plan(with_build_label(raw_target, owner))
     except ValueError as exc:
         return Refuse(400, f"dockgate: {exc}")
+    if operation == "ImageCreate" and query_value(query, "fromSrc"):
+        # An import applies its `changes` as a commit does (daemon/images/image_import.go
+        # ImportImage, BuildFromConfig): its owner label is emptied the same way.
+        problem = continued_change(query)
+        if problem is not None:
+            return Refuse(400, f"dockgate: {problem}")
+        return with_commit_label(raw_target, owner)
     if operation in QUERY_REFERENCES:
         parameter = QUERY_REFERENCES[operation]
         value = query_value(query, parameter)
+        problem = continued_change(query)
+        if problem is not None:
+            return Refuse(400, f"dockgate: {problem}")
         if not value:
             return None
-        return LookUp(
-            CONTAINER, value, lambda full_id: _with_parameter(raw_target, parameter, full_id)
-        )
+
+        def pin(full_id: str) -> str:
+            # The committed image's owner label ends empty (with_commit_label).
+            return with_commit_label(_with_parameter(raw_target, parameter, full_id), owner)
+
+        return LookUp(CONTAINER, value, pin)
     kind = object_kind(operation, template)
     if kind is None:
         return None
@@ -483,6 +629,9 @@ def _with_parameter(raw_target: str, key: str, value: str) -> str:
 
 # ----- the daemon's answers that would show another caller's objects ----------------------------
 
+# The daemon's container list, read whole in ownership mode: the containers whose owner label
+# came from their image are taken out (trusted_owner, lookup.vouched_containers).
+VOUCHED_LIST = (200, "ContainerList")
 # The daemon's answers read whole in ownership mode, by status and operation: a name clash names
 # the container that holds the name; creating a volume whose name exists returns that volume.
 CHECKED_ANSWERS = frozenset(

@@ -53,7 +53,7 @@ from dockgate.http.request import (
     with_target,
 )
 from dockgate.http.response import Framing, ResponseHead, ResponseReader
-from dockgate.lookup import Unresolved
+from dockgate.lookup import Unresolved, named_image_owner, vouched_containers
 from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownedanswers import SCRUBBED_ANSWERS, scrubbed_answer
 from dockgate.ownedlists import LookUpAll, list_plan
@@ -61,18 +61,22 @@ from dockgate.ownedprefix import find_owned
 from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
+    IMAGE_CHECKED,
     MAX_REFERENCES,
     OWNED_CREATES,
     OWNER_LABEL,
     REFERENCING,
     VOLUME,
+    VOUCHED_LIST,
     Kind,
     LookUp,
     Refuse,
     checked_answer,
     concerns_objects,
+    created_image,
     hex_name_problem,
     references,
+    vouching_image_problem,
     with_owner_label,
 )
 from dockgate.ownership import plan as ownership_plan
@@ -187,8 +191,9 @@ class PolicySteps:
             # Volumes used by name are judged on their options, which only the daemon knows.
             self._start_lookup(self._check_named_volumes(head, body, guardrails, volumes, named))
             return
-        if named:
-            # The objects the body names must be the caller's too: ask the daemon first.
+        if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
+            # The objects the body names must be the caller's too (and a new container's
+            # image must not carry the caller's label): ask the daemon first.
             self._start_lookup(self._check_references(head, body, named))
             return
         self._forward_held(head, body)
@@ -278,7 +283,7 @@ class PolicySteps:
             self._resume_reading(PAUSE_LOOKUP)
             self._after_refusal()
             return
-        if named:
+        if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
             await self._check_references(head, body, named)
             return
         self._lookup_task = None
@@ -296,6 +301,16 @@ class PolicySteps:
         self._pause_reading(PAUSE_LOOKUP)
         pins: dict[tuple[str, str], str] = {}
         try:
+            problem = await self._vouching_image(body)
+            if problem is not None:
+                self._lookup_task = None
+                if self.closing or self._head is not head:
+                    return
+                message = f"dockgate: {self._operation()}: {problem}"
+                self._refuse(head, self._refusal(403, message), body_read=True)
+                self._resume_reading(PAUSE_LOOKUP)
+                self._after_refusal()
+                return
             for kind, reference in named:
                 found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
                 if found is not None:
@@ -342,6 +357,18 @@ class PolicySteps:
             return
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
+
+    async def _vouching_image(self, body: bytes) -> str | None:
+        """A container's or service's create: why its image may not be used (it carries the
+        caller's own owner label, so the containers would not be trusted as the caller's:
+        ownership.trusted_owner), or None."""
+        owner, operation = self._owner, self._operation()
+        if owner is None or operation not in IMAGE_CHECKED:
+            return None
+        image = created_image(operation, body)  # read before, when the body was judged
+        if image is None or await named_image_owner(self.gateway.pool.address, image) != owner:
+            return None
+        return vouching_image_problem(image, owner)
 
     def _operation(self) -> str:
         return self._verdict.operation if self._verdict is not None else "-"
@@ -613,7 +640,9 @@ class PolicySteps:
             return True
         if self._ownership_mode() and (status, operation) in SCRUBBED_ANSWERS:
             return True
-        return self._owner is not None and (status, operation) in CHECKED_ANSWERS
+        return self._owner is not None and (
+            (status, operation) in CHECKED_ANSWERS or (status, operation) == VOUCHED_LIST
+        )
 
     def _ownership_mode(self) -> bool:
         """Whether the request's policy is in ownership mode (its caller may be anonymous)."""
@@ -647,12 +676,48 @@ class PolicySteps:
             if head.framing is Framing.CHUNKED:
                 pieces, _ = ChunkedDecoder().feed(raw)
                 raw = b"".join(pieces)
+            if self._owner is not None and (head.status, self._operation()) == VOUCHED_LIST:
+                # The images of the listed containers are looked up first (lookup.py): the
+                # client's reading stays paused (a request is read only once the answer to the
+                # one before it is out), and the task is cancelled if the client leaves.
+                self._lookup_task = self.gateway.loop.create_task(
+                    self._answering(self._vouched_answer(head, raw)),
+                    name="dockgate-ownership-list",
+                )
+                return
             rewritten = self._rewritten_answer(head, raw)
         except Exception as exc:
-            self._response_started = False
-            message = exc.message if isinstance(exc, ClientProtocolError) else describe_error(exc)
-            self._upstream_failed(UpstreamError(f"cannot check the answer: {message}"))
+            self._answer_failed(exc)
             return
+        self._send_answer(head, rewritten)
+
+    def _answer_failed(self, exc: Exception) -> None:
+        self._response_started = False
+        message = exc.message if isinstance(exc, ClientProtocolError) else describe_error(exc)
+        self._upstream_failed(UpstreamError(f"cannot check the answer: {message}"))
+
+    async def _vouched_answer(self, head: ResponseHead, raw: bytes) -> None:
+        """ContainerList in ownership mode: the containers whose owner label came from their
+        image (a build's step containers, ownership.trusted_owner) taken out, then redacted
+        as the policy says, then sent."""
+        owner = self._owner
+        assert owner is not None
+        try:
+            rewritten = await vouched_containers(self.gateway.pool.address, raw, owner)
+            if self._redaction is not None and "ContainerList" in REDACTED_OPERATIONS:
+                rewritten = redact_response("ContainerList", rewritten, self._redaction)
+        except Exception as exc:
+            self._lookup_task = None
+            if not self.closing:
+                self._answer_failed(exc)
+            return
+        self._lookup_task = None
+        if self.closing:
+            return
+        self._send_answer(head, rewritten)
+
+    def _send_answer(self, head: ResponseHead, rewritten: bytes | Refuse) -> None:
+        """A held answer, checked and rewritten: out to the client, and the exchange ends."""
         if isinstance(rewritten, Refuse):
             # The daemon changed nothing (an existing volume is returned as it is): answer as
             # if the name were taken.

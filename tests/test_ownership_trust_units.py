@@ -1,0 +1,188 @@
+"""Issue 12, item 1, the pure part: which owner labels ownership mode trusts, and how builds,
+commits and imports are rewritten so that an image never vouches for an owner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import parse_qsl
+
+import pytest
+
+from dockgate.ownership import (
+    BUILT_BY_LABEL,
+    OWNER_LABEL,
+    LookUp,
+    Refuse,
+    continued_change,
+    created_image,
+    image_ids_of,
+    image_owner_of,
+    plan,
+    trusted_owner,
+    vouched_list,
+    with_commit_label,
+)
+
+IMAGE_A = "sha256:" + "a" * 64
+IMAGE_B = "sha256:" + "b" * 64
+
+
+def test_a_label_equal_to_the_images_is_not_trusted() -> None:
+    """The rule: the daemon copies the image's labels under keys the body did not set, and
+    dockgate always sets the owner label, so equal values mean the image put it there. Fails
+    on the old code (there was no image to compare with: every label was trusted)."""
+    assert trusted_owner("user:alice", "user:alice") is None
+    assert trusted_owner("user:alice", None) == "user:alice"
+    assert trusted_owner("user:alice", "") == "user:alice"
+    assert trusted_owner("user:alice", "user:bob") == "user:alice"
+    assert trusted_owner(None, "user:alice") is None
+    assert trusted_owner(None, None) is None
+
+
+def test_image_owner_of_reads_the_config_labels_only() -> None:
+    assert image_owner_of({"Config": {"Labels": {OWNER_LABEL: "user:a"}}}) == "user:a"
+    assert image_owner_of({"Config": {"Labels": {OWNER_LABEL: ""}}}) == ""
+    assert image_owner_of({"Config": {"Labels": None}}) is None
+    # The config a container was made with (ContainerConfig) is not the image's.
+    assert image_owner_of({"ContainerConfig": {"Labels": {OWNER_LABEL: "user:a"}}}) is None
+    assert image_owner_of({"Config": {"Labels": {OWNER_LABEL: 1}}}) is None
+    assert image_owner_of([]) is None
+
+
+def test_a_list_keeps_only_the_callers_trusted_containers() -> None:
+    """Fails on the old code (no such filter: the step container was listed)."""
+    mine = {"Id": "1", "ImageID": IMAGE_A, "Labels": {OWNER_LABEL: "user:alice"}}
+    step = {"Id": "2", "ImageID": IMAGE_B, "Labels": {OWNER_LABEL: "user:alice"}}
+    gone = {"Id": "3", "ImageID": "sha256:" + "c" * 64, "Labels": {OWNER_LABEL: "user:alice"}}
+    other = {"Id": "4", "ImageID": IMAGE_A, "Labels": {OWNER_LABEL: "user:bob"}}
+    # An entry without an image cannot be judged: left out.
+    no_image = {"Id": "6", "Labels": {OWNER_LABEL: "user:alice"}}
+    entries: list[object] = [mine, step, gone, other, "junk", {"Id": "5"}, no_image]
+    owners = {IMAGE_A: "", IMAGE_B: "user:alice"}
+    assert vouched_list(entries, "user:alice", owners) == [mine, gone]
+    assert image_ids_of(entries) == [IMAGE_A, IMAGE_B, "sha256:" + "c" * 64]
+
+
+def test_a_commit_gets_a_last_change_that_empties_the_owner_label() -> None:
+    """Every `changes` entry the client wrote is kept, in order; dockgate's comes last (the
+    daemon applies them in order, the last LABEL wins). Fails on the old code (no change)."""
+    target = with_commit_label(
+        "/v1.41/commit?container=abc&changes=LABEL%20io.dockgate.owner%3Duser%3Aalice"
+        "&changes=CMD%20sh",
+        "user:alice",
+    )
+    changes = [v for k, v in parse_qsl(target.partition("?")[2]) if k == "changes"]
+    assert changes[:2] == ["LABEL io.dockgate.owner=user:alice", "CMD sh"]
+    assert changes[2] == f'LABEL {OWNER_LABEL}="" {BUILT_BY_LABEL}=user:alice'
+    bare = with_commit_label("/v1.41/commit", "user:alice")
+    assert bare.startswith("/v1.41/commit?changes=")
+    # An owner that would need quoting in a Dockerfile word is not written as provenance.
+    odd = with_commit_label("/commit?container=x", 'cert:CN=a b"c')
+    assert [v for k, v in parse_qsl(odd.partition("?")[2]) if k == "changes"] == [
+        f'LABEL {OWNER_LABEL}=""'
+    ]
+
+
+def test_commit_and_import_plans_empty_the_owner_label() -> None:
+    step = plan("ImageCommit", "/commit", "/v1.41/commit?container=web", "/v1.41/commit", "u:a")
+    assert isinstance(step, LookUp)
+    pinned = step.pin("f" * 64)
+    pairs = parse_qsl(pinned.partition("?")[2])
+    assert ("container", "f" * 64) in pairs
+    assert pairs[-1] == ("changes", f'LABEL {OWNER_LABEL}="" {BUILT_BY_LABEL}=u:a')
+    imported = plan("ImageCreate", "/images/create", "/v1.41/images/create?fromSrc=-", "/", "u:a")
+    assert isinstance(imported, str)
+    assert ("changes", f'LABEL {OWNER_LABEL}="" {BUILT_BY_LABEL}=u:a') in parse_qsl(
+        imported.partition("?")[2]
+    )
+    # A pull is not rewritten.
+    assert plan("ImageCreate", "/images/create", "/images/create?fromImage=x", "/", "u") is None
+
+
+def test_build_labels_are_written_as_one_json_object() -> None:
+    step = plan("ImageBuild", "/build", '/v1.41/build?labels={"a":"1"}&rm=0', "/", "u:a")
+    assert isinstance(step, str)
+    query = dict(parse_qsl(step.partition("?")[2]))
+    assert json.loads(query["labels"]) == {"a": "1", OWNER_LABEL: "", BUILT_BY_LABEL: "u:a"}
+    assert query["rm"] == "1"
+    assert query["forcerm"] == "1"
+
+
+def test_the_image_a_create_names_is_read_as_go_reads_it() -> None:
+    assert created_image("ContainerCreate", b'{"Image":"a","image":"b"}') == "b"
+    assert created_image("ContainerCreate", b'{"Image":"a","IMAGE":null}') == "a"
+    assert created_image("ContainerCreate", b'{"Cmd":["x"]}') is None
+    assert created_image("ContainerCreate", b'{"Image":""}') is None
+    with pytest.raises(ValueError):
+        created_image("ContainerCreate", b"[]")
+    service = (
+        b'{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"a"}},'
+        b'"taskTemplate":{"containerSpec":{"image":"b"}}}'
+    )
+    assert created_image("ServiceCreate", service) == "b"  # objects given twice merge
+    assert created_image("ServiceUpdate", b'{"Image":"a"}') is None
+
+
+def test_image_owners_are_cached_by_id_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image IDs are content digests: asked once each; names are asked each time."""
+    from dockgate import lookup  # noqa: PLC0415
+    from dockgate.addresses import Address  # noqa: PLC0415
+
+    asked: list[str] = []
+
+    async def fake_get_json(address: Address, path: str) -> tuple[int, object]:
+        asked.append(path)
+        if "dead" in path:
+            return 404, None
+        return 200, {"Config": {"Labels": {OWNER_LABEL: path[8:20]}}}
+
+    monkeypatch.setattr(lookup, "get_json", fake_get_json)
+    cache = lookup.ImageOwners(size=2)
+    address = Address("unix", path="/nowhere")
+
+    async def run() -> list[str | None]:
+        ids = ["sha256:" + c * 64 for c in "abc"]
+        return [
+            await cache.owner(address, ids[0]),
+            await cache.owner(address, ids[0]),
+            await cache.owner(address, ids[1]),
+            await cache.owner(address, ids[2]),  # the first is forgotten
+            await cache.owner(address, ids[0]),
+            await cache.owner(address, "busybox:latest"),
+            await cache.owner(address, "sha256:" + "dead" * 16),
+        ]
+
+    answers = asyncio.run(run())
+    assert answers[0] == answers[1] == answers[4] == "sha256:aaaaa"
+    assert answers[5] == "busybox:late"
+    assert answers[6] is None
+    # a, b, c, a again, the name, the missing one; neither of the last two kept.
+    assert len(asked) == 6
+    assert len(cache) == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["ENV x \\", "ENV x \\  ", "ENV x `", "CMD a\nENV y \\", "CMD a\rLABEL b=c", "ENV x \\\t"],
+)
+def test_a_change_that_continues_onto_dockgates_is_refused(change: str) -> None:
+    """The daemon joins `changes` with newlines: a continued last line would swallow the
+    `LABEL` dockgate appends (`ENV x \\` made it an environment value, and the image kept
+    the container's owner label). Fails on the old code (no such check)."""
+    from urllib.parse import quote  # noqa: PLC0415
+
+    query = f"container=web&changes=CMD%20sh&changes={quote(change)}"
+    assert continued_change(query) is not None
+    step = plan("ImageCommit", "/commit", f"/v1.41/commit?{query}", "/v1.41/commit", "u:a")
+    assert isinstance(step, Refuse)
+    assert step.status == 400
+    imported = plan(
+        "ImageCreate", "/images/create", f"/images/create?fromSrc=-&{query}", "/", "u:a"
+    )
+    assert isinstance(imported, Refuse)
+
+
+def test_single_line_changes_pass() -> None:
+    assert continued_change("changes=CMD%20sh&changes=LABEL%20a%3Db%20%5C%20c") is None
+    assert continued_change("container=x") is None
