@@ -1,0 +1,92 @@
+"""Issue 12, "attack your own change": the PROXY protocol fallbacks and X-Forwarded-For
+(admission.py, sourceaddr.py), the raw `;` query rule (target.py), and the sweeper's
+robustness and metrics (server.py `_sweep`, `dockgate_sweep_failures_total`), attacked against
+the real daemon.
+
+Each test is one finding, proven by its effect on the gateway process, and marked
+`xfail(strict=True)`: it passes while the hole is open and fails (XPASS) once it is closed, so
+that the fix must turn it into an ordinary test.
+
+What held (tried, no test needed): a spoofed source through every PROXY fallback (v1 UNKNOWN
+with and without addresses, v2 LOCAL with a TCP4 block, AF_UNSPEC, AF_UNIX) on the plain and the
+TLS listener; X-Forwarded-For from an untrusted peer, from a client inside a PROXY header, left
+of the proxy's own entry, with ports, brackets, IPv4-mapped and scoped IPv6 entries, empty and
+garbage entries; a PROXY header from an untrusted peer; header-name variants (`X_Forwarded_For`,
+whitespace before the colon: refused by the reader). `;` in every spelling that reaches the
+daemon's query parser (`&amp;`, after a second `?`, in a hijack's query) is a 400; `%3B` is
+data, as in Go; form bodies (the other place Go reads parameters) are refused whatever the
+media type's case or parameters; `+`, duplicate keys, empty keys, `%00` and invalid escapes are
+read as Go's `url.ParseQuery` reads them (a pair Go drops is dropped; every value of a repeated
+key is judged); ownership's query rewrites re-encode `;` as `%3B`. Real clients (docker CLI,
+docker-py/requests, Node's querystring, Java's URLEncoder, yarl) all write `%3B`. No client
+request makes a sweep pass raise: the timeouts guard closed and closing transports, and a body
+timeout on a connection whose exchange ended returns early.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+
+import pytest
+
+from support.attack import ATTACK_MARKS, ping_seconds
+from support.daemon import PrivateDaemon
+from support.gateway import ALLOW_ALL_POLICY, Gateway, running
+
+pytestmark = ATTACK_MARKS
+
+
+# ----- the sweeper: a policy file whose reload never ends ----------------------------------------
+
+
+def _alias_bomb(levels: int, width: int) -> str:
+    """A valid-YAML policy file of a few hundred bytes whose anchors expand to width**levels
+    scalars (a "billion laughs"), under keys the loader refuses anyway (`x-l0`...)."""
+    lines = ["x-l0: &a0 [" + ", ".join(['"https://x.example"'] * width) + "]"]
+    lines += [
+        f"x-l{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)
+    ]
+    return "\n".join(lines) + "\npolicies:\n  p:\n    rules:\n      - allow: {sections: ['*']}\n"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a policy file with YAML aliases expands them all inside the sweeper: every worker's "
+    "event loop stops (no request, no timeout) for as long as the expansion takes",
+)
+def test_a_yaml_alias_bomb_in_the_policy_file_stops_the_gateway(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    """The reload runs in the sweep pass, on the event loop, and `_yaml_with_lines` converts the
+    composed node graph alias by alias (recording a line for every path) before any key is
+    validated. A 541-byte file (6 levels of 9) took 0.9 s and 130 MB; 597 bytes (7 levels) 11 s
+    and 1.2 GB; each further line multiplies both by 9 (8 levels: ~100 s, ~11 GB: the worker is
+    OOM-killed, and the worker started in its place finds the same changed file). No error is
+    raised while it runs, so nothing is logged or counted in dockgate_sweep_failures_total, and
+    `dockgate policy validate` hangs the same way. Here 6 levels of 10 (under 600 bytes, about
+    250 MB): a /_ping sent while the file loads waits for the whole expansion."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_ALL_POLICY.read_text())
+    with running(Gateway(daemon.host, policy=policy), "the gateway with a watched policy") as gw:
+        assert max(ping_seconds(gw.port) for _ in range(5)) < 0.5
+        bomb = _alias_bomb(levels=6, width=10)
+        assert len(bomb) < 600
+        stop = time.monotonic() + 8
+        slowest = [0.0]
+
+        def ping_until_stop() -> None:
+            while time.monotonic() < stop:
+                slowest[0] = max(slowest[0], ping_seconds(gw.port))
+                time.sleep(0.05)
+
+        pinger = threading.Thread(target=ping_until_stop, daemon=True)
+        pinger.start()
+        time.sleep(0.5)
+        policy.write_text(bomb)  # the operator's next deploy, or a mistake in a shared anchor
+        pinger.join(timeout=60)
+        gw.wait_stderr(r"reload of .*policy\.yaml failed", timeout=30)  # it did load, then fail
+        # Expected: the gateway keeps answering while a file loads (or refuses aliases that
+        # expand beyond a bound). Observed: every ping waited for the expansion (seconds).
+        assert slowest[0] < 0.8, f"a /_ping waited {slowest[0]:.1f} s for the policy reload"
