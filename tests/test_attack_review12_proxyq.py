@@ -17,10 +17,14 @@ daemon's query parser (`&amp;`, after a second `?`, in a hijack's query) is a 40
 data, as in Go; form bodies (the other place Go reads parameters) are refused whatever the
 media type's case or parameters; `+`, duplicate keys, empty keys, `%00` and invalid escapes are
 read as Go's `url.ParseQuery` reads them (a pair Go drops is dropped; every value of a repeated
-key is judged); ownership's query rewrites re-encode `;` as `%3B`. Real clients (docker CLI,
-docker-py/requests, Node's querystring, Java's URLEncoder, yarl) all write `%3B`. No client
-request makes a sweep pass raise: the timeouts guard closed and closing transports, and a body
-timeout on a connection whose exchange ended returns early.
+key is judged); ownership's query rewrites re-encode `;` as `%3B`. Real clients write `%3B`:
+through the gateway, the docker CLI (create --label, cp both ways with `;` in the paths, ps and
+ls filters, a classic build with `;` in --build-arg and --label, logs) and docker-py (a label
+filter, put_archive/get_archive of `q;r`, top) all worked; Node's querystring and
+URLSearchParams and Java's URLEncoder encode it too. No client request makes a sweep pass
+raise: the timeouts guard closed and closing transports, and a body timeout on a connection
+whose exchange ended returns early; so the sweeper findings below inject their faults, as
+tests/test_sweep_metrics.py does.
 """
 
 from __future__ import annotations
