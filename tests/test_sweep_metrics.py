@@ -28,7 +28,7 @@ from test_metrics import scrape
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
 SWEEP_FAILURES = ("dockgate_sweep_failures_total", ())
-INJECTED = "sweep failed (RuntimeError: injected sweep fault); continuing"
+INJECTED = "sweep failed in pass (RuntimeError: injected sweep fault); continuing"
 
 # `python -c` with this, then `serve ...`: the gateway, with every sweep pass raising while the
 # file named by DGT_SWEEP_FAULT exists.

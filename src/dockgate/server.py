@@ -230,29 +230,42 @@ class Gateway:
         for the others."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
-            try:
-                self._sweep_once()
-            except Exception as exc:  # the timeouts must keep running whatever one pass hit
-                self.metrics.sweep_failures += 1  # dockgate_sweep_failures_total
-                print(
-                    f"dockgate: sweep failed ({type(exc).__name__}: {exc}); continuing",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            self._sweep_step("pass", self._sweep_once)
 
     def _sweep_once(self) -> None:
-        self.reload()
+        """One pass. Each step is tried on its own: a step that fails every time (a reload
+        that raises) must not take the timeouts or the metrics snapshot with it."""
+        self._sweep_step("reload", self.reload)
         now = self.loop.time()
+        for conn in list(self.connections):
+            self._sweep_step("timeouts", lambda conn=conn: self._time_out(conn, now))
+        # Last, so that this pass's failures reach the other workers' scrapes.
+        self._sweep_step("snapshot", lambda: self._write_snapshot(now))
+
+    def _sweep_step(self, name: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as exc:  # the sweeper must keep running whatever one step hit
+            self.metrics.sweep_failures += 1  # dockgate_sweep_failures_total
+            print(
+                f"dockgate: sweep failed in {name} ({type(exc).__name__}: {exc}); continuing",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @staticmethod
+    def _time_out(conn: ClientConnection, now: float) -> None:
+        deadline = conn.deadline
+        if deadline is not None and now > deadline:
+            conn.head_timed_out()
+        deadline = conn.body_deadline
+        if deadline is not None and now > deadline:
+            conn.body_timed_out()
+
+    def _write_snapshot(self, now: float) -> None:
         if self._snapshots is not None and now >= self._snapshot_due:
             self._snapshot_due = now + SNAPSHOT_SECONDS
             self._snapshots.write(os.getpid(), self._counts_now())
-        for conn in list(self.connections):
-            deadline = conn.deadline
-            if deadline is not None and now > deadline:
-                conn.head_timed_out()
-            deadline = conn.body_deadline
-            if deadline is not None and now > deadline:
-                conn.body_timed_out()
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
         for server in servers:

@@ -49,6 +49,11 @@ from dockgate.sourceaddr import AddressListError, SourceRules, parse_address_lis
 Location = tuple[str | int, ...]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# The most keys, items and scalars a YAML policy file may expand to. Aliases repeat what they
+# name without copying it in the text, so a file of a few hundred bytes can stand for millions
+# of values (a "billion laughs"), and reading it would stop every worker's event loop (a reload
+# runs in the sweep). Real policies hold hundreds; this is far above any of them.
+MAX_POLICY_VALUES = 20_000
 
 
 _E = TypeVar("_E")
@@ -229,8 +234,17 @@ def _yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Location, int]]:
         raise PolicyError(source, None, "the file is nested too deeply") from None
     lines: dict[Location, int] = {}
     constructor = yaml.SafeLoader("")
+    budget = [MAX_POLICY_VALUES]  # values left to convert, aliases counted each time they are used
 
     def convert(n: yaml.Node, loc: Location) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise PolicyError(
+                source,
+                n.start_mark.line + 1,
+                f"the file stands for more than {MAX_POLICY_VALUES} keys and values "
+                "(YAML aliases repeat what they name)",
+            )
         lines.setdefault(loc, n.start_mark.line + 1)
         if isinstance(n, yaml.MappingNode):
             out: dict[str, Any] = {}
