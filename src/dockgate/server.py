@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import grp
 import os
 import signal
@@ -238,7 +239,7 @@ class Gateway:
         self._sweep_step("reload", self.reload)
         now = self.loop.time()
         for conn in list(self.connections):
-            self._sweep_step("timeouts", lambda conn=conn: self._time_out(conn, now))
+            self._sweep_step("timeouts", functools.partial(self._time_out, conn, now))
         # Last, so that this pass's failures reach the other workers' scrapes.
         self._sweep_step("snapshot", lambda: self._write_snapshot(now))
 
