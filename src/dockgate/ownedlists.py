@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
-from dockgate.ownership import CONTAINER, MAX_REFERENCES, SERVICE, Kind
+from dockgate.ownership import CONTAINER, MAX_REFERENCES, SERVICE, Kind, LookUp
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +58,20 @@ REFERRING_LISTS = {
 
 @dataclass(frozen=True, slots=True)
 class LookUpAll:
-    """Ask the daemon who owns each of `references` (all of `kind`); any not the caller's: a
-    404 with the kind's not-found message for it; all the caller's: go on with
-    `pin(full IDs by reference)` as the new target."""
+    """Ask the daemon who owns each of `references` (all of `kind`); any not the caller's:
+    `status` with the kind's not-found message for it; all the caller's: go on with
+    `pin(full IDs by reference)` as the new target. One reference is ownership.LookUp's case
+    (`of_one`)."""
 
     kind: Kind
     references: tuple[str, ...]
     pin: Callable[[Mapping[str, str]], str]
+    status: int = 404
+
+    @classmethod
+    def of_one(cls, step: LookUp) -> LookUpAll:
+        reference, pin = step.reference, step.pin
+        return cls(step.kind, (reference,), lambda full_ids: pin(full_ids[reference]), step.status)
 
 
 def list_plan(operation: str, raw_target: str) -> LookUpAll | None:

@@ -69,7 +69,6 @@ from dockgate.ownership import (
     VOLUME,
     VOUCHED_LIST,
     Kind,
-    LookUp,
     Refuse,
     checked_answer,
     concerns_objects,
@@ -463,45 +462,14 @@ class PolicySteps:
         # Until the daemon answers, what the client sends waits, in order.
         self._deferred = []
         self._pause_reading(PAUSE_LOOKUP)
-        self._start_lookup(self._check_owner(head, step))
+        self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
         return False
 
-    async def _check_owner(self, head: RequestHead, step: LookUp) -> None:
-        unresolved: Unresolved | None = None
-        try:
-            found = await find_owned(
-                self.gateway.pool.address, step.kind, step.reference, self._owner
-            )
-        except Unresolved as exc:
-            found, unresolved = None, exc
-        except Exception as exc:  # any failure must answer, or the paused client would hang
-            self._lookup_task = None
-            self._deferred = None
-            self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
-            return
-        self._lookup_task = None
-        if self.closing or self._head is not head:
-            return
-        if unresolved is not None:
-            self._refuse(head, self._unresolved(unresolved))
-        elif found is None or found.owner != self._owner:
-            # As if it did not exist: the daemon's own answer for a missing object.
-            message = step.kind.missing.format(step.reference)
-            if step.status != 404:
-                message = f"dockgate: {message}"
-            self._refuse(head, self._refusal(step.status, message))
-        else:
-            head = with_target(head, step.pin(found.full_id))
-            self._head = head
-            self._proceed(head)
-        deferred, self._deferred = self._deferred, None
-        self._resume_reading(PAUSE_LOOKUP)
-        if deferred:
-            self._handle(deferred)
-
     async def _check_owners(self, head: RequestHead, step: LookUpAll) -> None:
-        """`_check_owner` for several references (ownedlists.py): all must be the
-        caller's, the first that is not is answered as missing."""
+        """The objects a request names must be the caller's (ownership.LookUp, or several of
+        them for a list's filters, ownedlists.py): the first that is not is answered as
+        missing (the kind's not-found message, with the step's status); all the caller's, the
+        request goes on pinned to their full IDs."""
         full_ids: dict[str, str] = {}
         refused: Verdict | None = None
         try:
@@ -510,8 +478,11 @@ class PolicySteps:
                     self.gateway.pool.address, step.kind, reference, self._owner
                 )
                 if found is None or found.owner != self._owner:
+                    # As if it did not exist: the daemon's own answer for a missing object.
                     message = step.kind.missing.format(reference)
-                    refused = self._refusal(404, message)
+                    if step.status != 404:
+                        message = f"dockgate: {message}"
+                    refused = self._refusal(step.status, message)
                     break
                 full_ids[reference] = found.full_id
         except Unresolved as exc:
