@@ -1,0 +1,136 @@
+"""Attack review of issue 12's identity changes (throttling, client-certificate revalidation),
+as a limited caller against the real daemon. Each finding is pinned as a strict xfail: it
+passes while the hole is there and fails (XPASS) once it is fixed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import socket
+import ssl
+import time
+import uuid
+
+import pytest
+
+from support.daemon import PrivateDaemon
+from support.gateway import running
+from support.rawhttp import parse_head
+from test_tls_revalidation import (
+    Issuer,
+    Pki,
+    issue,
+    make_ca,
+    make_pki,
+    start_gateway,
+    write_pair,
+)
+
+pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
+
+
+class Hole(AssertionError):
+    """The finding itself: only this makes a test xfail (`raises=Hole`); a failed precondition
+    is an ordinary failure, never a silent xfail."""
+
+
+def hole(condition: bool, message: str) -> None:
+    if not condition:
+        raise Hole(message)
+
+
+# ----- certificates: TLS session resumption -----------------------------------------------------
+
+
+def _context(pki: Pki, leaf: Issuer, *chain: Issuer) -> ssl.SSLContext:
+    name = uuid.uuid4().hex[:8]
+    cert = write_pair(pki.root, name, leaf, *chain)
+    context = ssl.create_default_context(cadata=pki.server_ca.pem().decode())
+    context.load_cert_chain(cert, pki.root / f"{name}-key.pem")
+    return context
+
+
+def _get(
+    port: int, context: ssl.SSLContext, path: str, session: ssl.SSLSession | None = None
+) -> tuple[int, bool, ssl.SSLSession | None]:
+    """One request on a new TLS connection (resuming `session` when given): the status (0 when
+    the connection was refused), whether the session was resumed, and the session to resume
+    next time."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock = context.wrap_socket(raw, server_hostname="127.0.0.1", session=session)
+    except (ssl.SSLError, OSError):
+        raw.close()
+        return 0, False, None
+    try:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+        buf = b""
+        try:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return 0, sock.session_reused, None
+                buf += data
+        except (ssl.SSLError, OSError):
+            return 0, sock.session_reused, None
+        status, headers = parse_head(buf.partition(b"\r\n\r\n")[0])
+        length = int(headers.get("content-length", "0"))
+        body = buf.partition(b"\r\n\r\n")[2]
+        while len(body) < length:
+            data = sock.recv(65536)
+            if not data:
+                break
+            body += data
+        return status, sock.session_reused, sock.session
+    finally:
+        sock.close()
+
+
+def _expiring_ca(parent: Issuer, seconds: float) -> Issuer:
+    """An intermediate CA under `parent` whose notAfter is `seconds` from now."""
+    ca = make_ca("short-lived client intermediate", parent=parent)
+    # make_ca has no lifetime in seconds: re-sign its certificate with the short notAfter.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(ca.cert.issuer)
+        .public_key(ca.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(ca.cert.not_valid_before_utc)
+        .not_valid_after(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds))
+    )
+    for ext in ca.cert.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    return Issuer(builder.sign(parent.key, hashes.SHA256()), ca.key)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Hole,
+    reason="a resumed TLS session carries no verified chain: only the leaf's notAfter is "
+    "checked, so a client whose intermediate CA expired keeps getting new, served connections",
+)
+def test_resumed_session_outlives_an_expired_intermediate(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    pki = make_pki(tmp_path)
+    lifetime = 4.0
+    intermediate = _expiring_ca(pki.ca1, lifetime)
+    expires = intermediate.cert.not_valid_after_utc.timestamp()
+    leaf = issue(intermediate, "alice")  # valid for a day: longer than its CA
+    context = _context(pki, leaf, intermediate)
+    with running(start_gateway(daemon, pki), "the TLS gateway") as gw:
+        status, reused, session = _get(gw.port, context, "/v1.41/version")
+        assert status == 200 and not reused and session is not None
+        time.sleep(max(0.0, expires - time.time()) + 1.5)
+        # A full handshake now is refused: the intermediate has expired ...
+        assert _get(gw.port, context, "/v1.41/version")[0] == 0
+        # ... and so must a resumed one be: the gateway promises 401 "past the notAfter of
+        # any certificate of its verified chain". The hole: served (200), the daemon reached.
+        status, reused, _ = _get(gw.port, context, "/v1.41/version", session)
+        assert reused, "the client did not resume (nothing shown)"
+        hole(status != 200, "a resumed session with an expired intermediate was served")
