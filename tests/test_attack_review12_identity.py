@@ -5,7 +5,9 @@ passes while the hole is there and fails (XPASS) once it is fixed.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import http.client
 import pathlib
 import socket
 import ssl
@@ -15,8 +17,9 @@ import uuid
 import pytest
 
 from support.daemon import PrivateDaemon
-from support.gateway import running
+from support.gateway import Gateway, running
 from support.rawhttp import parse_head
+from support.remote import write_htpasswd
 from test_tls_revalidation import (
     Issuer,
     Pki,
@@ -134,3 +137,89 @@ def test_resumed_session_outlives_an_expired_intermediate(
         status, reused, _ = _get(gw.port, context, "/v1.41/version", session)
         assert reused, "the client did not resume (nothing shown)"
         hole(status != 200, "a resumed session with an expired intermediate was served")
+
+
+# ----- throttling: sources that embed an IPv4 address -------------------------------------------
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+THROTTLE_POLICY = """
+policies:
+  readers:
+    rules:
+      - allow: {sections: [ping, version]}
+bindings:
+  - {policy: readers, authenticated: true}
+"""
+PER_SOURCE = 20
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _version_as(port: int, user: str, password: str, forwarded: str | None = None) -> int:
+    """GET /version with Basic credentials on a new connection (through a trusted proxy writing
+    `forwarded` as the client), its status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": _basic(user, password)}
+    if forwarded is not None:
+        headers["X-Forwarded-For"] = forwarded
+    try:
+        conn.request("GET", "/v1.41/version", headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def throttle_files(tmp_path: pathlib.Path) -> pathlib.Path:
+    write_htpasswd(tmp_path / "htpasswd", USERS)
+    (tmp_path / "policy.yaml").write_text(THROTTLE_POLICY)
+    return tmp_path
+
+
+def _proxied_gateway(daemon: PrivateDaemon, files: pathlib.Path) -> Gateway:
+    return Gateway(
+        daemon.host,
+        *("--htpasswd", str(files / "htpasswd"), "--trusted-proxy", "127.0.0.1"),
+        policy=str(files / "policy.yaml"),
+    )
+
+
+def _lockout(port: int, attacker: str, victim: str) -> tuple[int, list[int], int]:
+    """Alice logs in from `victim`; the attacker sends PER_SOURCE wrong passwords (for bob)
+    from `attacker`; alice's right password from `victim` again. The three outcomes."""
+    first = _version_as(port, "alice", USERS["alice"], victim)
+    guesses = [_version_as(port, "bob", f"guess-{i}", attacker) for i in range(PER_SOURCE)]
+    after = _version_as(port, "alice", USERS["alice"], victim)
+    return first, guesses, after
+
+
+def test_control_two_ipv4_clients_are_throttled_apart(
+    daemon: PrivateDaemon, throttle_files: pathlib.Path
+) -> None:
+    """Held: two IPv4 clients behind the trusted proxy count apart."""
+    with running(_proxied_gateway(daemon, throttle_files)) as gw:
+        first, guesses, after = _lockout(gw.port, "192.0.2.66", "192.0.2.10")
+        assert (first, guesses, after) == (200, [401] * PER_SOURCE, 200)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Hole,
+    reason="IPv4 clients seen through NAT64/SIIT (64:ff9b::a.b.c.d) all count under one /64: "
+    "one client's 20 wrong passwords lock every IPv4 client out, alice at her known source too",
+)
+def test_nat64_ipv4_clients_share_one_throttle_key(
+    daemon: PrivateDaemon, throttle_files: pathlib.Path
+) -> None:
+    # 64:ff9b::/96 (RFC 6052): an IPv6-only gateway's view of IPv4 clients behind a stateless
+    # translator (SIIT-DC) or of a proxy that reports them so. 192.0.2.66 and 192.0.2.10 are two
+    # different IPv4 machines.
+    attacker, alice = "64:ff9b::c000:242", "64:ff9b::c000:20a"
+    with running(_proxied_gateway(daemon, throttle_files)) as gw:
+        first, guesses, after = _lockout(gw.port, attacker, alice)
+        assert first == 200 and guesses == [401] * PER_SOURCE, (first, guesses)
+        hole(after == 200, f"alice, from her own address, got {after} after another's guesses")
