@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime
 import http.client
+import os
 import pathlib
 import socket
 import ssl
@@ -19,7 +20,8 @@ import pytest
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.rawhttp import parse_head
-from support.remote import write_htpasswd
+from support.remote import UnixHTTPConnection, write_htpasswd
+from test_throttle_e2e import _guess_as, socket_dir, version  # noqa: F401  (a fixture)
 from test_tls_revalidation import (
     Issuer,
     Pki,
@@ -223,3 +225,35 @@ def test_nat64_ipv4_clients_share_one_throttle_key(
         first, guesses, after = _lockout(gw.port, attacker, alice)
         assert first == 200 and guesses == [401] * PER_SOURCE, (first, guesses)
         hole(after == 200, f"alice, from her own address, got {after} after another's guesses")
+
+
+# ----- throttling: unix-socket clients of one uid -----------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a client as root in a child process")
+@pytest.mark.xfail(
+    strict=True,
+    raises=Hole,
+    reason="unix-socket clients count by uid only: every root container (and the host's root) "
+    "is 'unix uid 0', so one container's 20 wrong passwords lock every other one out",
+)
+def test_root_containers_share_one_throttle_key(
+    daemon: PrivateDaemon, throttle_files: pathlib.Path, socket_dir: pathlib.Path
+) -> None:
+    """Two clients of the socket that are different programs (two containers the socket is
+    mounted into, both running as root, as most do; with userns-remap both are the same
+    remapped uid): a child process running as uid 0 is what either is to SO_PEERCRED."""
+    socket_path = str(socket_dir / "gw.sock")
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(throttle_files / "htpasswd"), "--socket-mode", "666"),
+        listen=f"unix://{socket_path}",
+        policy=str(throttle_files / "policy.yaml"),
+    )
+    with running(gateway):
+        # alice's container logs in: the socket is now a known source for alice.
+        assert version(UnixHTTPConnection(socket_path), "alice", USERS["alice"])[0] == 200
+        # Another root container guesses bob's password.
+        assert _guess_as(0, socket_path, PER_SOURCE) == [401] * PER_SOURCE
+        status = version(UnixHTTPConnection(socket_path), "alice", USERS["alice"])[0]
+        hole(status == 200, f"alice's container, with her right password, got {status}")
