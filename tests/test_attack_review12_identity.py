@@ -16,12 +16,15 @@ import time
 import uuid
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.rawhttp import parse_head
 from support.remote import UnixHTTPConnection, write_htpasswd
-from test_throttle_e2e import _guess_as, socket_dir, version  # noqa: F401  (a fixture)
+from test_throttle_e2e import _guess_as, version
+from test_throttle_e2e import socket_dir  # noqa: F401  (a fixture, found by name)
 from test_tls_revalidation import (
     Issuer,
     Pki,
@@ -96,9 +99,6 @@ def _expiring_ca(parent: Issuer, seconds: float) -> Issuer:
     """An intermediate CA under `parent` whose notAfter is `seconds` from now."""
     ca = make_ca("short-lived client intermediate", parent=parent)
     # make_ca has no lifetime in seconds: re-sign its certificate with the short notAfter.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
     builder = (
         x509.CertificateBuilder()
         .subject_name(ca.cert.subject)
