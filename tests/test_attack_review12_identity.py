@@ -23,8 +23,11 @@ from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.rawhttp import parse_head
 from support.remote import UnixHTTPConnection, write_htpasswd
-from test_throttle_e2e import _guess_as, version
-from test_throttle_e2e import socket_dir  # noqa: F401  (a fixture, found by name)
+from test_throttle_e2e import (
+    _guess_as,
+    socket_dir,  # noqa: F401  (a fixture, found by name)
+    version,
+)
 from test_tls_revalidation import (
     Issuer,
     Pki,
