@@ -241,7 +241,9 @@ def test_nat64_ipv4_clients_share_one_throttle_key(
     "is 'unix uid 0', so one container's 20 wrong passwords lock every other one out",
 )
 def test_root_containers_share_one_throttle_key(
-    daemon: PrivateDaemon, throttle_files: pathlib.Path, socket_dir: pathlib.Path
+    daemon: PrivateDaemon,
+    throttle_files: pathlib.Path,
+    socket_dir: pathlib.Path,  # noqa: F811
 ) -> None:
     """Two clients of the socket that are different programs (two containers the socket is
     mounted into, both running as root, as most do; with userns-remap both are the same
