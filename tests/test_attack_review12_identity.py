@@ -6,6 +6,7 @@ passes while the hole is there and fails (XPASS) once it is fixed.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime
 import http.client
 import os
@@ -20,6 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from dockgate.auth.htpasswd import apr1_crypt
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.rawhttp import parse_head
@@ -313,3 +315,64 @@ def test_a_reload_keeping_the_ca_ends_a_resumed_session_under_an_intermediate(
         # The control: a full handshake's connection survives the same reload
         # (tests/test_tls_revalidation.py::test_a_reload_that_keeps_the_ca_keeps_the_session).
         hole(after == 200, f"a valid resumed session got {after} after a reload that kept its CA")
+
+
+# ----- throttling: over-long passwords ----------------------------------------------------------
+
+LONG_PASSWORD = "p" * (44 * 1024)  # the request head stays under the gateway's 64 KiB
+
+
+def _apr1_files(tmp_path: pathlib.Path) -> pathlib.Path:
+    """An htpasswd file as `htpasswd` writes it by default (MD5, `$apr1$`)."""
+    lines = "".join(
+        f"{user}:{apr1_crypt(pw.encode(), uuid.uuid4().hex[:8].encode())}\n"
+        for user, pw in USERS.items()
+    )
+    (tmp_path / "htpasswd").write_text(lines)
+    (tmp_path / "policy.yaml").write_text(THROTTLE_POLICY)
+    return tmp_path
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Hole,
+    reason="passwords have no length limit: with $apr1$ (htpasswd's default) a 44 KiB guess "
+    "costs the hashing thread ~0.2 s instead of ~1 ms, so a few sources under their limits "
+    "fill the check queue and a user's login waits seconds or gets 503",
+)
+def test_long_passwords_starve_the_password_checks(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    """Measured: bob's login took 8.6 s (80 guesses of 44 KiB from 8 addresses, 401 or 503);
+    with 8-byte guesses, everything else equal, it is answered at once."""
+    files = _apr1_files(tmp_path)
+    gateway = Gateway(
+        daemon.host, "--htpasswd", str(files / "htpasswd"), policy=str(files / "policy.yaml")
+    )
+    with running(gateway) as gw:
+        port = gw.port
+
+        def guess(index: int) -> int:
+            # 8 addresses, 10 guesses each: every one under its per-source limit (20).
+            conn = http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=60, source_address=(f"127.0.3.{index % 8 + 1}", 0)
+            )
+            # Names nobody has (each under the per-user limit): the dummy hash is $apr1$ too.
+            return version(conn, f"user{index}", LONG_PASSWORD)[0]
+
+        with concurrent.futures.ThreadPoolExecutor(80) as pool:
+            guesses = [pool.submit(guess, i) for i in range(80)]
+            time.sleep(1.0)  # the guesses are queued
+            # bob logs in (for the first time since the start: his password is hashed).
+            started = time.monotonic()
+            conn = http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=60, source_address=("127.0.3.50", 0)
+            )
+            status = version(conn, "bob", USERS["bob"])[0]
+            waited = time.monotonic() - started
+            statuses = sorted({f.result() for f in guesses})
+        assert set(statuses) <= {401, 503}, statuses
+        hole(
+            status == 200 and waited < 2.0,
+            f"bob's right password: {status} after {waited:.1f} s (guesses: {statuses})",
+        )
