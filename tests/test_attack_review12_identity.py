@@ -218,16 +218,26 @@ def test_control_two_ipv4_clients_are_throttled_apart(
 @pytest.mark.xfail(
     strict=True,
     raises=Hole,
-    reason="IPv4 clients seen through NAT64/SIIT (64:ff9b::a.b.c.d) all count under one /64: "
-    "one client's 20 wrong passwords lock every IPv4 client out, alice at her known source too",
+    reason="IPv4 clients seen through NAT64/SIIT (64:ff9b::a.b.c.d), or Teredo clients of one "
+    "server, all count under one /64: one client's 20 wrong passwords lock all the others out, "
+    "alice at her known source too",
 )
-def test_nat64_ipv4_clients_share_one_throttle_key(
-    daemon: PrivateDaemon, throttle_files: pathlib.Path
+@pytest.mark.parametrize(
+    ("attacker", "alice"),
+    [
+        # 64:ff9b::/96 (RFC 6052): an IPv6-only gateway's view of IPv4 clients behind a stateless
+        # translator (SIIT-DC), or a proxy that reports them so: 192.0.2.66 and 192.0.2.10, two
+        # different IPv4 machines.
+        ("64:ff9b::c000:242", "64:ff9b::c000:20a"),
+        # Teredo (RFC 4380): 2001:0:<server IPv4>:<flags>:<port>:<client IPv4>, obfuscated; the
+        # /64 is the server's: two machines behind different NATs.
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136:e378:8000:f227:bec0:f5fd"),
+    ],
+    ids=["nat64", "teredo"],
+)
+def test_ipv4_embedding_clients_share_one_throttle_key(
+    daemon: PrivateDaemon, throttle_files: pathlib.Path, attacker: str, alice: str
 ) -> None:
-    # 64:ff9b::/96 (RFC 6052): an IPv6-only gateway's view of IPv4 clients behind a stateless
-    # translator (SIIT-DC) or of a proxy that reports them so. 192.0.2.66 and 192.0.2.10 are two
-    # different IPv4 machines.
-    attacker, alice = "64:ff9b::c000:242", "64:ff9b::c000:20a"
     with running(_proxied_gateway(daemon, throttle_files)) as gw:
         first, guesses, after = _lockout(gw.port, attacker, alice)
         assert first == 200 and guesses == [401] * PER_SOURCE, (first, guesses)
