@@ -32,6 +32,7 @@ from test_throttle_e2e import (
     version,
 )
 from test_tls_revalidation import (
+    Client,
     Issuer,
     Pki,
     issue,
@@ -386,3 +387,32 @@ def test_long_passwords_starve_the_password_checks(
             status == 200 and waited < 2.0,
             f"bob's right password: {status} after {waited:.1f} s (guesses: {statuses})",
         )
+
+
+# ----- certificates: the refusal's log line -----------------------------------------------------
+
+FORGED = "dockgate: TLS certificate files changed: reloaded"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Hole,
+    reason="the several-names refusal prints the certificate's subject unescaped to stderr: a "
+    "CN holding a newline writes a line of the holder's choosing into the gateway's log",
+)
+def test_several_names_refusal_log_line_can_be_forged(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    pki = make_pki(tmp_path)
+    # Two CNs (refused, as it should be), the second with a line break and a line of its own.
+    leaf = issue(pki.ca1, "alice", f"x\n{FORGED}\n")
+    with running(start_gateway(daemon, pki), "the TLS gateway") as gw:
+        client = Client(gw, pki, leaf)
+        try:
+            status = client.request("GET", "/_ping")[0]
+        finally:
+            client.close()
+        assert status == 401
+        wait_for_log(gw, "names several callers")
+        forged = [line for line in gw.stderr() if line.strip() == FORGED]
+        hole(not forged, f"a log line written by the certificate's holder: {forged}")
