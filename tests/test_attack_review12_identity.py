@@ -130,6 +130,13 @@ def _expiring_ca(parent: Issuer, seconds: float) -> Issuer:
 def test_resumed_session_outlives_an_expired_intermediate(
     daemon: PrivateDaemon, tmp_path: pathlib.Path
 ) -> None:
+    """OpenSSL keeps no verified chain for a resumed session: `_verified_chain` falls back to
+    the leaf, so `PeerCertificate.expires` is the leaf's notAfter alone. A resumed session gets
+    new tickets (measured: the new session's time is that of the resumption, timeout 7200 s),
+    so a client that reconnects within two hours keeps being served until its leaf's own
+    notAfter, whatever became of its CA's, for as long as the TLS files are not reloaded. The
+    same holds for an expired root of the CA file. (A replaced CA file held: a reload makes a
+    new context, whose tickets the old sessions do not match.)"""
     pki = make_pki(tmp_path)
     lifetime = 4.0
     intermediate = _expiring_ca(pki.ca1, lifetime)
