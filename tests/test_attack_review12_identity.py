@@ -103,9 +103,9 @@ def _get(
         sock.close()
 
 
-def _expiring_ca(parent: Issuer, seconds: float) -> Issuer:
-    """An intermediate CA under `parent` whose notAfter is `seconds` from now."""
-    ca = make_ca("short-lived client intermediate", parent=parent)
+def _expiring_ca(parent: Issuer | None, seconds: float) -> Issuer:
+    """A CA under `parent` (self-signed without one) whose notAfter is `seconds` from now."""
+    ca = make_ca("short-lived client CA", parent=parent)
     # make_ca has no lifetime in seconds: re-sign its certificate with the short notAfter.
     builder = (
         x509.CertificateBuilder()
@@ -118,42 +118,50 @@ def _expiring_ca(parent: Issuer, seconds: float) -> Issuer:
     )
     for ext in ca.cert.extensions:
         builder = builder.add_extension(ext.value, ext.critical)
-    return Issuer(builder.sign(parent.key, hashes.SHA256()), ca.key)
+    return Issuer(builder.sign((parent or ca).key, hashes.SHA256()), ca.key)
 
 
 @pytest.mark.xfail(
     strict=True,
     raises=Hole,
     reason="a resumed TLS session carries no verified chain: only the leaf's notAfter is "
-    "checked, so a client whose intermediate CA expired keeps getting new, served connections",
+    "checked, so a client whose intermediate or root CA expired keeps getting new, served "
+    "connections",
 )
-def test_resumed_session_outlives_an_expired_intermediate(
-    daemon: PrivateDaemon, tmp_path: pathlib.Path
+@pytest.mark.parametrize("expiring", ["intermediate", "root"])
+def test_resumed_session_outlives_an_expired_ca(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path, expiring: str
 ) -> None:
     """OpenSSL keeps no verified chain for a resumed session: `_verified_chain` falls back to
     the leaf, so `PeerCertificate.expires` is the leaf's notAfter alone. A resumed session gets
     new tickets (measured: the new session's time is that of the resumption, timeout 7200 s),
     so a client that reconnects within two hours keeps being served until its leaf's own
-    notAfter, whatever became of its CA's, for as long as the TLS files are not reloaded. The
-    same holds for an expired root of the CA file. (A replaced CA file held: a reload makes a
-    new context, whose tickets the old sessions do not match.)"""
+    notAfter, whatever became of its CA's, for as long as the TLS files are not reloaded: an
+    intermediate the client sends, or the root in --tls-client-ca itself. (A replaced CA file
+    held: a reload makes a new context, whose tickets the old sessions do not match.)"""
     pki = make_pki(tmp_path)
     lifetime = 4.0
-    intermediate = _expiring_ca(pki.ca1, lifetime)
-    expires = intermediate.cert.not_valid_after_utc.timestamp()
-    leaf = issue(intermediate, "alice")  # valid for a day: longer than its CA
-    context = _context(pki, leaf, intermediate)
+    if expiring == "intermediate":
+        ca = _expiring_ca(pki.ca1, lifetime)
+        chain = [ca]
+    else:
+        ca = _expiring_ca(None, lifetime)
+        pki.client_ca.write_bytes(ca.pem())
+        chain = []
+    expires = ca.cert.not_valid_after_utc.timestamp()
+    leaf = issue(ca, "alice")  # valid for a day: longer than its CA
+    context = _context(pki, leaf, *chain)
     with running(start_gateway(daemon, pki), "the TLS gateway") as gw:
         status, reused, session = _get(gw.port, context, "/v1.41/version")
         assert status == 200 and not reused and session is not None
         time.sleep(max(0.0, expires - time.time()) + 1.5)
-        # A full handshake now is refused: the intermediate has expired ...
+        # A full handshake now is refused: the CA has expired ...
         assert _get(gw.port, context, "/v1.41/version")[0] == 0
         # ... and so must a resumed one be: the gateway promises 401 "past the notAfter of
         # any certificate of its verified chain". The hole: served (200), the daemon reached.
         status, reused, _ = _get(gw.port, context, "/v1.41/version", session)
         assert reused, "the client did not resume (nothing shown)"
-        hole(status != 200, "a resumed session with an expired intermediate was served")
+        hole(status != 200, f"a resumed session under an expired {expiring} was served")
 
 
 # ----- throttling: sources that embed an IPv4 address -------------------------------------------
