@@ -1,6 +1,26 @@
 """Attack review of issue 12's identity changes (throttling, client-certificate revalidation),
-as a limited caller against the real daemon. Each finding is pinned as a strict xfail: it
-passes while the hole is there and fails (XPASS) once it is fixed.
+as a limited caller against the real daemon. Each finding is pinned as a strict xfail raising
+`Hole` only for the finding itself: it passes while the hole is there and fails (XPASS) once
+it is fixed; a broken precondition is an ordinary failure.
+
+Findings:
+- a resumed TLS session has no verified chain (OpenSSL keeps none): only the leaf's notAfter
+  is checked, so new connections are served past an expired intermediate or root CA, renewable
+  by resuming (tickets renew) until the TLS files are reloaded;
+- the same fallback leaves a resumed session under an intermediate without an anchor: any
+  reload of the TLS files, even one that keeps the CA, ends it with 401;
+- IPv4 clients that reach the gateway as IPv6 addresses embedding them (NAT64/SIIT
+  64:ff9b::/96, Teredo) share one /64 throttle key: one client locks all the others out;
+- unix-socket clients of one uid share a key: every root container is "unix uid 0";
+- passwords have no length limit: under $apr1$ a 44 KiB guess costs ~250 times a short one, so
+  a few sources within their limits fill the check queue;
+- the several-names refusal logs the certificate's subject unescaped (a forged log line).
+
+Held (tried, no effect): a replaced CA file ends resumed sessions too (a reload makes a new
+context, whose tickets no longer match); a resumed session past its leaf's notAfter gets 401;
+user-name case/unicode variants are other names (neither lock nor guess alice); distinct IPv6
+/64s by the 30,000 grow the gateway by 2.6 MiB (the tables are bounded); another uid on the
+unix socket cannot spend alice's budget.
 """
 
 from __future__ import annotations
