@@ -687,9 +687,17 @@ def test_a_success_makes_its_source_known_and_clears_nothing(
     assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed
     # Another success from CLIENT cleared nothing: a new source is still locked for alice.
     assert_throttled(admit(gate, head("GET", LIST, basic("alice")), facts("203.0.113.1")), 60)
-    # The known source keeps its own bound: its failures count, for any name.
+    # Bob's failures lock CLIENT for bob and for any name not known there, not for alice: she
+    # is judged by her own failures from CLIENT (the attack review of issue 12: one user of a
+    # shared source locked the others out; failed on the old code, 429 for alice) ...
     for _ in range(3):
         assert admit(gate, head("GET", LIST, basic("bob", "wrong"))).verdict.status == 401
+    assert_throttled(admit(gate, head("GET", LIST, basic("bob"))), 60)
+    assert_throttled(admit(gate, head("GET", LIST, "Bearer dg_x")), 60)
+    assert admit(gate, head("GET", LIST, basic("alice"))).verdict.allowed
+    # ... which keep their bound: 3 wrong passwords for alice from CLIENT lock her there.
+    for _ in range(3):
+        assert admit(gate, head("GET", LIST, basic("alice", "wrong"))).verdict.status == 401
     assert_throttled(admit(gate, head("GET", LIST, basic("alice"))), 60)
 
 

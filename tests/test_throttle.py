@@ -3,17 +3,20 @@
 Claims under test: after `per_source` failures inside the window a source is throttled until
 its oldest counted failure leaves the window (a sliding window), and `per_user` failures for one
 user name from any sources throttle that name from every source that has not authenticated
-that user; a success makes (source, user) known, exempt from the per-user lock only, and clears
-nothing; a limit of 0 turns that key off; the tables never hold more than `max_keys` keys
-(expired keys are dropped first, then keys under their limit, then everything), keys expire with
-the window, and the memory per key is small (issue 12, items 3 and 4).
+that user; a success makes (source, user) known, and a known pair is judged by its own failures
+only (up to `per_source`), not by the source's nor the name's; a success clears nothing; an IPv6
+address that carries an IPv4 client (IPv4-mapped, NAT64, 6to4, Teredo) counts as that IPv4
+address, any other by its /64; a limit of 0 turns that key off; the tables never hold more
+than `max_keys` keys (expired keys are dropped first, then keys under their limit, then
+everything), keys expire with the window, and the memory per key is small (issue 12, items 3
+and 4, and its attack review).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings, source_key
 from dockgate.cli import _build_parser
 from dockgate.config import ServeConfig
 
@@ -169,12 +172,15 @@ def test_a_success_clears_no_failures() -> None:
     throttle.succeeded("192.0.2.1", "alice")
     assert throttle.retry_after("203.0.113.7", "alice") == 60.0
     assert throttle.retry_after("192.0.2.1", "alice") is None
-    # The source spent its attempts: a valid account must not reset its guesses at others.
+    # The source spent its attempts: a valid account must not reset its guesses at others
+    # (alice herself is judged by her own failures there: the pair rule, tested below).
     throttle, _ = make(per_source=3, per_user=100)
     for _ in range(3):
         throttle.failed("192.0.2.1", "bob")
     throttle.succeeded("192.0.2.1", "alice")
-    assert throttle.retry_after("192.0.2.1", "alice") == 60.0
+    assert throttle.retry_after("192.0.2.1", "bob") == 60.0
+    assert throttle.retry_after("192.0.2.1", "carol") == 60.0
+    assert throttle.retry_after("192.0.2.1", None) == 60.0
 
 
 def test_a_known_source_is_forgotten_after_its_time() -> None:
@@ -362,3 +368,168 @@ def test_a_refund_gives_back_the_failure_its_charge_pushed_out() -> None:
     throttle.refund(throttle.charge("192.0.2.1", "alice"))  # t=2, a success
     assert list(throttle._users["alice"]) == [1000.0, 1001.0]
     assert throttle.retry_after("203.0.113.1", "alice") == 58.0
+
+
+# ----- the attack review of issue 12: a known pair counts its own failures ---------------------
+
+
+def test_other_users_of_a_shared_source_cannot_lock_a_user_out_where_she_logs_in() -> None:
+    """A NAT, a unix-socket uid that every root container has: one user of the source spending
+    its budget locked out every other user, where they log in (failed on the old code: alice
+    got the source's wait)."""
+    throttle, _ = make(per_source=3, per_user=100)
+    throttle.succeeded("unix uid 0", "alice")
+    for _ in range(3):
+        throttle.failed("unix uid 0", "bob")
+    assert throttle.retry_after("unix uid 0", "alice") is None
+    # The source stays locked for every name not known there, and for tokens (no name).
+    assert throttle.retry_after("unix uid 0", "bob") == 60.0
+    assert throttle.retry_after("unix uid 0", "carol") == 60.0
+    assert throttle.retry_after("unix uid 0", None) == 60.0
+    # What stays: a user's first login from there waits, like an attacker's guess.
+    throttle.failed("198.51.100.1", "dave")
+    assert throttle.retry_after("unix uid 0", "dave") == 60.0
+
+
+def test_a_known_pair_is_bounded_by_its_own_failures() -> None:
+    """The brute-force bound on alice from a source where she logged in: `per_source` per
+    window on the pair, whoever sends them, however the source's count stands."""
+    throttle, clock = make(per_source=3, per_user=100)
+    throttle.succeeded("192.0.2.1", "alice")
+    for _ in range(2):
+        throttle.failed("192.0.2.1", "alice")
+    clock.advance(10)
+    assert throttle.retry_after("192.0.2.1", "alice") is None
+    throttle.failed("192.0.2.1", "alice")
+    assert throttle.retry_after("192.0.2.1", "alice") == 50.0
+    assert throttle.retry_after("192.0.2.1", None) == 50.0  # they count for the source too
+    assert list(throttle._pairs[("192.0.2.1", "alice")]) == [1000.0, 1000.0, 1010.0]
+    # Another user known at the source is not affected by alice's failures.
+    throttle.succeeded("192.0.2.1", "bob")
+    assert throttle.retry_after("192.0.2.1", "bob") is None
+    clock.advance(50)  # the first two left the window: the pair is free again
+    assert throttle.retry_after("192.0.2.1", "alice") is None
+
+
+def test_a_known_pair_ignores_the_per_user_lock_and_counts_toward_it() -> None:
+    throttle, _ = make(per_source=3, per_user=2)
+    throttle.succeeded("192.0.2.1", "alice")
+    throttle.failed("192.0.2.1", "alice")
+    throttle.failed("198.51.100.1", "alice")
+    assert throttle.retry_after("192.0.2.1", "alice") is None  # one failure on the pair
+    assert throttle.retry_after("203.0.113.1", "alice") == 60.0  # two for the name
+
+
+def test_failures_before_the_pair_was_known_do_not_count_on_it() -> None:
+    """The pair's own count starts when it becomes known: failures at alice from that source
+    before were bounded by the source-wide count (a success needs an unlocked source)."""
+    throttle, _ = make(per_source=3, per_user=100)
+    throttle.failed("192.0.2.1", "alice")
+    throttle.failed("192.0.2.1", "alice")
+    throttle.succeeded("192.0.2.1", "alice")
+    assert ("192.0.2.1", "alice") not in throttle._pairs
+    throttle.failed("192.0.2.1", "alice")
+    assert list(throttle._pairs[("192.0.2.1", "alice")]) == [1000.0]
+    assert throttle.retry_after("192.0.2.1", "alice") is None
+    assert throttle.retry_after("192.0.2.1", "bob") == 60.0
+
+
+def test_a_refund_takes_back_the_pairs_charge() -> None:
+    throttle, _ = make(per_source=2, per_user=100)
+    throttle.succeeded("192.0.2.1", "alice")
+    throttle.failed("192.0.2.1", "alice")
+    charge = throttle.charge("192.0.2.1", "alice")
+    assert charge.pair == ("192.0.2.1", "alice")
+    assert throttle.retry_after("192.0.2.1", "alice") == 60.0  # charged while it is checked
+    throttle.refund(charge)  # the password was right
+    assert list(throttle._pairs[("192.0.2.1", "alice")]) == [1000.0]
+    assert throttle.retry_after("192.0.2.1", "alice") is None
+    # A charge made before the pair was known has no pair to take back from.
+    assert throttle.charge("192.0.2.2", "alice").pair is None
+
+
+def test_a_success_makes_the_pair_known_with_the_per_user_limit_off() -> None:
+    """The pair rule is about the source's count too: it holds with `per_user` 0 (the old code
+    recorded no known source then)."""
+    throttle, _ = make(per_source=2, per_user=0)
+    throttle.succeeded("192.0.2.1", "alice")
+    throttle.failed("192.0.2.1", "bob")
+    throttle.failed("192.0.2.1", "bob")
+    assert throttle.retry_after("192.0.2.1", "alice") is None
+    assert throttle.retry_after("192.0.2.1", "bob") == 60.0
+
+
+def test_a_forgotten_pair_is_judged_by_the_source_again() -> None:
+    clock = FakeClock()
+    throttle = FailureThrottle(ThrottleSettings(2, 100, 60.0, known_source_s=3600.0), clock)
+    throttle.succeeded("192.0.2.1", "alice")
+    clock.advance(3600)
+    throttle.failed("192.0.2.1", "bob")
+    throttle.failed("192.0.2.1", "bob")
+    assert throttle.retry_after("192.0.2.1", "alice") == 60.0
+
+
+def test_pair_keys_expire_with_the_window() -> None:
+    throttle, clock = make(per_source=5, per_user=100)
+    throttle.succeeded("192.0.2.1", "alice")
+    throttle.failed("192.0.2.1", "alice")
+    clock.advance(61)
+    throttle.failed("198.51.100.1", "bob")  # past the sweep time: the tables are swept
+    assert not throttle._pairs
+
+
+# ----- the attack review of issue 12: IPv6 addresses that carry an IPv4 client ------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.66", "192.0.2.66"),
+        ("unix uid 0", "unix uid 0"),
+        ("unix", "unix"),
+        # IPv4-mapped (RFC 4291, 2.5.5.2).
+        ("::ffff:192.0.2.66", "192.0.2.66"),
+        # NAT64's well-known prefix, /96 layout (RFC 6052, 2.2): the last 32 bits.
+        ("64:ff9b::c000:242", "192.0.2.66"),
+        ("64:ff9b::c000:20a", "192.0.2.10"),
+        # 6to4 (RFC 3056, 2): bits 16..47, whichever /64 of the site's /48.
+        ("2002:c000:242::1", "192.0.2.66"),
+        ("2002:c000:242:ffff:1:2:3:4", "192.0.2.66"),
+        # Teredo (RFC 4380, 4): the client's public address, XORed with all ones, in the last
+        # 32 bits (c000:022d XOR ffff:ffff = 3fff:fdd2); the port (bits 80..95) is not kept.
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),
+        ("2001:0:4136:e378:8000:1234:3fff:fdd2", "192.0.2.45"),
+        ("2001:0:4136:e378:8000:f227:bec0:f5fd", "65.63.10.2"),
+        # Everything else by its /64, translation prefixes of unknown layout included.
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("64:ff9b:1::c000:242", "64:ff9b:1::/64"),
+        ("64:ff9b::1:c000:242", "64:ff9b::/64"),  # outside the /96
+        ("2001:1::1", "2001:1::/64"),  # not Teredo (2001:0::/32 only)
+        ("::1", "::/64"),
+    ],
+)
+def test_source_keys(address: str, key: str) -> None:
+    assert source_key(address) == key
+
+
+def test_ipv4_clients_behind_a_translator_count_apart() -> None:
+    """Failed on the old code: 64:ff9b::c000:242 and 64:ff9b::c000:20a (two IPv4 machines
+    through NAT64) shared the /64 64:ff9b::/64, so one locked the other out, as did the clients
+    of one Teredo server."""
+    throttle, _ = make(per_source=3, per_user=100)
+    for _ in range(3):
+        throttle.failed("64:ff9b::c000:242", "bob")
+    assert throttle.retry_after("64:ff9b::c000:242", "carol") == 60.0
+    assert throttle.retry_after("64:ff9b::c000:20a", "carol") is None
+    # The same IPv4 machine however it is seen: directly, mapped, through 6to4.
+    assert throttle.retry_after("192.0.2.66", "carol") == 60.0
+    assert throttle.retry_after("::ffff:192.0.2.66", "carol") == 60.0
+    assert throttle.retry_after("2002:c000:242:7::1", "carol") == 60.0
+
+
+def test_a_6to4_site_is_one_source() -> None:
+    """A 6to4 site holds a /48: by /64 it had 65,536 budgets from one IPv4 address."""
+    throttle, _ = make(per_source=3, per_user=100)
+    for subnet in range(3):
+        throttle.failed(f"2002:c000:242:{subnet}::1", "bob")
+    assert throttle.retry_after("2002:c000:242:ffff::1", None) == 60.0

@@ -292,7 +292,10 @@ def _settle(
 
 def throttle_source(source: str, facts: ConnectionFacts) -> str:
     """The source failures count under: the client's address, or for a unix-socket client its
-    peer uid (a trusted proxy on the socket names its client's address instead)."""
+    peer uid (a trusted proxy on the socket names its client's address instead). Many clients
+    can share one: every root container on the socket is uid 0. The throttle judges a user at
+    a source where she authenticated by her own failures there (auth/throttle.py), so the
+    other clients of a shared source cannot lock her out of it."""
     if source == UNIX_SOURCE and facts.uid is not None:
         return f"{UNIX_UID_PREFIX}{facts.uid}"
     return source
