@@ -10,8 +10,10 @@ Findings:
 - the same fallback leaves a resumed session under an intermediate without an anchor: any
   reload of the TLS files, even one that keeps the CA, ends it with 401;
 - IPv4 clients that reach the gateway as IPv6 addresses embedding them (NAT64/SIIT
-  64:ff9b::/96, Teredo) share one /64 throttle key: one client locks all the others out;
-- unix-socket clients of one uid share a key: every root container is "unix uid 0";
+  64:ff9b::/96, Teredo) share one /64 throttle key: one client locks all the others out
+  (fixed: such an address counts as the IPv4 client it carries, auth/throttle.py);
+- unix-socket clients of one uid share a key: every root container is "unix uid 0" (fixed: a
+  user is judged by her own failures at a source where she authenticated, not the source's);
 - passwords have no length limit: under $apr1$ a 44 KiB guess costs ~250 times a short one, so
   a few sources within their limits fill the check queue;
 - the several-names refusal logs the certificate's subject unescaped (a forged log line).
@@ -186,7 +188,7 @@ def test_resumed_session_outlives_an_expired_ca(
         )
 
 
-# ----- throttling: sources that embed an IPv4 address -------------------------------------------
+# ----- throttling: sources that embed an IPv4 address (fixed) -----------------------------------
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 THROTTLE_POLICY = """
@@ -253,13 +255,6 @@ def test_control_two_ipv4_clients_are_throttled_apart(
         assert (first, guesses, after) == (200, [401] * PER_SOURCE, 200)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Hole,
-    reason="IPv4 clients seen through NAT64/SIIT (64:ff9b::a.b.c.d), or Teredo clients of one "
-    "server, all count under one /64: one client's 20 wrong passwords lock all the others out, "
-    "alice at her known source too",
-)
 @pytest.mark.parametrize(
     ("attacker", "alice"),
     [
@@ -276,22 +271,41 @@ def test_control_two_ipv4_clients_are_throttled_apart(
 def test_ipv4_embedding_clients_share_one_throttle_key(
     daemon: PrivateDaemon, throttle_files: pathlib.Path, attacker: str, alice: str
 ) -> None:
+    """The finding: IPv4 clients seen through NAT64/SIIT (64:ff9b::a.b.c.d), or Teredo clients
+    of one server, all counted under one /64: one client's 20 wrong passwords locked all the
+    others out, alice at her known source too (429; a strict xfail until fixed).
+
+    Fixed: an IPv6 address that carries an IPv4 client counts as that IPv4 address
+    (auth/throttle.py `source_key`), so the two machines count apart, like the IPv4 control
+    above; and alice, at the source she logged in from, is judged by her own failures there."""
     with running(_proxied_gateway(daemon, throttle_files)) as gw:
         first, guesses, after = _lockout(gw.port, attacker, alice)
         assert first == 200 and guesses == [401] * PER_SOURCE, (first, guesses)
         hole(after == 200, f"alice, from her own address, got {after} after another's guesses")
 
 
+def test_users_behind_one_nat_keep_working_where_they_logged_in(
+    daemon: PrivateDaemon, throttle_files: pathlib.Path
+) -> None:
+    """Fixed with the pair rule: behind one IPv4 NAT (one source), another user's 20 wrong
+    passwords for bob no longer lock alice out where she logged in (429 on the old code). The
+    same IPv4 machine seen through NAT64 is the same source, known for alice too. What stays:
+    bob's first login from there waits, and the source is still bounded for every name."""
+    nat = "192.0.2.10"
+    with running(_proxied_gateway(daemon, throttle_files)) as gw:
+        first, guesses, after = _lockout(gw.port, nat, nat)
+        assert (first, guesses) == (200, [401] * PER_SOURCE), (first, guesses)
+        assert after == 200
+        assert _version_as(gw.port, "alice", USERS["alice"], "64:ff9b::c000:20a") == 200
+        assert _version_as(gw.port, "bob", USERS["bob"], nat) == 429
+        assert _version_as(gw.port, "bob", USERS["bob"], "64:ff9b::c000:20a") == 429
+        assert _version_as(gw.port, "bob", USERS["bob"], "192.0.2.11") == 200
+
+
 # ----- throttling: unix-socket clients of one uid -----------------------------------------------
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs a client as root in a child process")
-@pytest.mark.xfail(
-    strict=True,
-    raises=Hole,
-    reason="unix-socket clients count by uid only: every root container (and the host's root) "
-    "is 'unix uid 0', so one container's 20 wrong passwords lock every other one out",
-)
 def test_root_containers_share_one_throttle_key(
     daemon: PrivateDaemon,
     throttle_files: pathlib.Path,
@@ -299,7 +313,16 @@ def test_root_containers_share_one_throttle_key(
 ) -> None:
     """Two clients of the socket that are different programs (two containers the socket is
     mounted into, both running as root, as most do; with userns-remap both are the same
-    remapped uid): a child process running as uid 0 is what either is to SO_PEERCRED."""
+    remapped uid): a child process running as uid 0 is what either is to SO_PEERCRED.
+
+    The finding: unix-socket clients counted by uid only: every root container (and the host's
+    root) is "unix uid 0", so one container's 20 wrong passwords locked every other one out,
+    alice's container with her right password too (429; a strict xfail until fixed).
+
+    Fixed: a (source, user) pair where the user authenticated is judged by its own failures
+    (auth/throttle.py), so bob's guesses from uid 0 leave alice's login there alone. What stays:
+    the uid is still one source for names not known there (bob's right password waits), and
+    alice's own bound from there holds (20 wrong passwords for alice lock her there)."""
     socket_path = str(socket_dir / "gw.sock")
     gateway = Gateway(
         daemon.host,
@@ -314,6 +337,15 @@ def test_root_containers_share_one_throttle_key(
         assert _guess_as(0, socket_path, PER_SOURCE) == [401] * PER_SOURCE
         status = version(UnixHTTPConnection(socket_path), "alice", USERS["alice"])[0]
         hole(status == 200, f"alice's container, with her right password, got {status}")
+        # What stays: bob never logged in over the socket, so uid 0 is locked for him ...
+        assert version(UnixHTTPConnection(socket_path), "bob", USERS["bob"])[0] == 429
+        # ... and guesses at alice from uid 0 are bounded by her own count there.
+        guesses = [
+            version(UnixHTTPConnection(socket_path), "alice", f"guess-{i}")[0]
+            for i in range(PER_SOURCE + 1)
+        ]
+        assert guesses == [401] * PER_SOURCE + [429], guesses
+        assert version(UnixHTTPConnection(socket_path), "alice", USERS["alice"])[0] == 429
 
 
 def _request(sock: ssl.SSLSocket, path: str) -> int:
