@@ -478,6 +478,17 @@ def test_pair_keys_expire_with_the_window() -> None:
     assert not throttle._pairs
 
 
+def test_the_pair_table_is_bounded_and_holds_only_known_pairs() -> None:
+    throttle, _ = make(per_source=5, per_user=100, max_keys=2)
+    for i in range(50):
+        throttle.failed(f"192.0.2.{i}", "alice")  # no success: no pair is counted
+    assert not throttle._pairs
+    for i in range(3):
+        throttle.succeeded(f"198.51.100.{i}", "alice")
+        throttle.failed(f"198.51.100.{i}", "alice")
+    assert len(throttle._pairs) <= 2
+
+
 # ----- the attack review of issue 12: IPv6 addresses that carry an IPv4 client ------------------
 
 

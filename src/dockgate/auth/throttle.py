@@ -65,7 +65,7 @@ from typing import TypeVar
 # The prefix of a unix-socket client's throttle key; no IP address starts with it.
 UNIX_UID_PREFIX = "unix uid "
 
-# IPv6 prefixes whose addresses carry an IPv4 client (see `source_key`).
+# NAT64's well-known prefix: its addresses carry an IPv4 client (see `embedded_ipv4`).
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052, section 2.1
 
 # A table's key: a source key, a user name, or a (source key, user name) pair.
@@ -77,7 +77,7 @@ class ThrottleSettings:
     per_source: int = 20  # failures per window from one source
     per_user: int = 50  # failures per window for one user name, from new sources
     window_s: float = 60.0
-    max_keys: int = 10_000  # per table (sources, user names)
+    max_keys: int = 10_000  # per table (sources, user names, known pairs)
     known_source_s: float = 7 * 24 * 3600.0  # how long a success keeps (source, user) known
     known_sources_per_user: int = 16  # the most recent ones are kept
 
