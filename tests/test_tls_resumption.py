@@ -1,0 +1,130 @@
+"""TLS session resumption when client certificates are required (issue 12, attack review).
+
+A resumed session has no verified chain (OpenSSL keeps the leaf only), so the gateway sends no
+session tickets (TLS 1.3 and 1.2) and judges the one resumption it cannot turn off, TLS 1.2 by
+session ID, by the chain of the session's full handshake, remembered by session ID
+(clientcerts.ResumableSessions). tests/test_attack_review12_identity.py shows the effect on
+expired CAs and reloads; here: the memory's rules, the context's settings, and curl, which
+resumes sessions within one process, still served with both TLS versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import re
+import ssl
+import subprocess
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from dockgate.clientcerts import PeerCertificate, ResumableSessions, TrustSet
+from dockgate.tls import ServerTLS
+from support.daemon import PrivateDaemon
+from support.gateway import running
+from test_tls_revalidation import Issuer, issue, make_ca, make_pki, start_gateway, write_pair
+
+
+def _der(issuer: Issuer) -> bytes:
+    return issuer.cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_resumed_session_is_its_full_handshakes_chain() -> None:
+    """The copy a resumption gets has the full handshake's notAfter (the intermediate's, here,
+    shorter than the leaf's) and its anchor: a reload keeping the root keeps it, one dropping
+    the root ends it. Failed before: there was no memory, a resumption had the leaf alone."""
+    root = make_ca("root")
+    intermediate = make_ca("intermediate", parent=root, days=2)
+    leaf = issue(intermediate, "alice", lifetime=datetime.timedelta(days=30))
+    trust = TrustSet.from_der([_der(root)], 0)
+    full = PeerCertificate([_der(leaf), _der(intermediate), _der(root)], trust)
+    sessions = ResumableSessions()
+    sessions.remember(b"session-1", _der(leaf), full)
+    resumed = sessions.resume(b"session-1", _der(leaf))
+    assert resumed is not None and resumed is not full
+    assert resumed.expires == intermediate.cert.not_valid_after_utc.timestamp()
+    now = time.time()
+    assert resumed.problem(trust, now) is None
+    assert resumed.problem(TrustSet.from_der([_der(root)], 1), now) is None  # kept the root
+    assert resumed.problem(TrustSet.from_der([], 2), now) is not None  # dropped it
+    assert resumed.problem(trust, resumed.expires) is not None
+    # Neither a session ID nobody had nor a known ID with another leaf.
+    assert sessions.resume(b"session-2", _der(leaf)) is None
+    assert sessions.resume(b"session-1", _der(issue(intermediate, "bob"))) is None
+    assert sessions.resume(b"", _der(leaf)) is None
+
+
+def test_the_memory_is_bounded_and_a_resumption_keeps_its_session() -> None:
+    ca = make_ca("CA")
+    trust = TrustSet.from_der([_der(ca)], 0)
+    leaves = [_der(issue(ca, f"user{i}")) for i in range(4)]
+    sessions = ResumableSessions(limit=3)
+    for i in range(3):
+        sessions.remember(bytes([i]), leaves[i], PeerCertificate([leaves[i]], trust))
+    assert sessions.resume(bytes([0]), leaves[0]) is not None  # now the most recent
+    sessions.remember(bytes([3]), leaves[3], PeerCertificate([leaves[3]], trust))
+    assert len(sessions) == 3
+    assert sessions.resume(bytes([1]), leaves[1]) is None  # the oldest, evicted
+    assert all(sessions.resume(bytes([i]), leaves[i]) is not None for i in (0, 2, 3))
+    sessions.remember(b"", leaves[0], PeerCertificate([leaves[0]], trust))  # no ID: not kept
+    assert len(sessions) == 3
+
+
+def test_no_tickets_when_client_certificates_are_required(tmp_path: pathlib.Path) -> None:
+    """Failed before: the client-certificate context sent two TLS 1.3 tickets and TLS 1.2
+    tickets. Without client certificates resumption is left as it was (no identity rides on
+    the session)."""
+    pki = make_pki(tmp_path)
+    with_ca = ServerTLS(str(pki.server_cert), str(pki.server_key), str(pki.client_ca))
+    context = with_ca.context()
+    assert context.num_tickets == 0 and context.options & ssl.OP_NO_TICKET
+    without = ServerTLS(str(pki.server_cert), str(pki.server_key)).context()
+    assert without.num_tickets > 0 and not without.options & ssl.OP_NO_TICKET
+
+
+def _curl(port: int, cert: pathlib.Path, key: pathlib.Path, ca: pathlib.Path, *extra: str) -> str:
+    """Three requests from one curl process (which resumes TLS sessions across its
+    connections: each on a new connection here); curl's verbose output."""
+    url = f"https://127.0.0.1:{port}/_ping"
+    proc = subprocess.run(
+        [
+            *("curl", "-sS", "-v", "--fail", "--cacert", str(ca)),
+            *("--cert", str(cert), "--key", str(key), *extra),
+            *(url, "--next", "--cacert", str(ca), "--cert", str(cert), "--key", str(key)),
+            *(*extra, url, "--next", "--cacert", str(ca), "--cert", str(cert)),
+            *("--key", str(key), *extra, url),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "OKOKOK", proc.stdout
+    return proc.stderr
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_curl_reconnecting_is_served(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path, tls: str
+) -> None:
+    """A real client that resumes sessions: every request is answered. TLS 1.2 resumes by
+    session ID (judged by the remembered full handshake); TLS 1.3 makes full handshakes."""
+    pki = make_pki(tmp_path)
+    intermediate = make_ca("client intermediate", parent=pki.ca1)
+    cert = write_pair(pki.root, "curl", issue(intermediate, "alice"), intermediate)
+    ca = pki.root / "server-ca.pem"
+    ca.write_bytes(pki.server_ca.pem())
+    extra = ("--tlsv1.2", "--tls-max", "1.2", "--no-keepalive", "-H", "Connection: close")
+    if tls == "1.3":
+        extra = ("--tlsv1.3", "--no-keepalive", "-H", "Connection: close")
+    with running(start_gateway(daemon, pki), "the TLS gateway") as gw:
+        verbose = _curl(gw.port, cert, pki.root / "curl-key.pem", ca, *extra)
+    handshakes = re.findall(r"SSL connection using (TLSv[\d.]+)", verbose)
+    assert handshakes == [f"TLSv{tls}"] * 3, verbose
+    reused = verbose.count("SSL re-using session ID")
+    assert reused == (2 if tls == "1.2" else 0), verbose
