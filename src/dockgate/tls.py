@@ -28,6 +28,7 @@ from typing import Any, cast
 from dockgate.browser import ANSWER_HEADERS
 from dockgate.clientcerts import EMPTY_TRUST, PeerCertificate, ResumableSessions, TrustSet
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
+from dockgate.logtext import printable
 from dockgate.watched import RELOAD_CHECK_SECONDS, FileStamp, file_stamp
 
 # Plaintext read per SSLObject.read call: larger than a TLS record (16 KiB), so a read never
@@ -583,7 +584,8 @@ class TLSProtocol(asyncio.Protocol):
         try:
             peer = PeerCertificate(_verified_chain(sslobj), self._trust)
         except ValueError as exc:  # OpenSSL took what cryptography cannot read: refuse
-            self._fail(f"client certificate from {self._peer} cannot be read: {exc}")
+            problem = printable(str(exc))  # the parser's words may quote the certificate
+            self._fail(f"client certificate from {self._peer} cannot be read: {problem}")
             return None
         if sessions is not None and sslobj.version() == "TLSv1.2":
             sessions.remember(session_id, leaf, peer)  # resumable by ID (no tickets)
