@@ -10,9 +10,11 @@ resumes sessions within one process, still served with both TLS versions.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import pathlib
 import re
+import socket
 import ssl
 import subprocess
 import time
@@ -21,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from dockgate.clientcerts import PeerCertificate, ResumableSessions, TrustSet
-from dockgate.tls import ServerTLS
+from dockgate.tls import ServerTLS, TLSProtocol
 from support.daemon import PrivateDaemon
 from support.gateway import running
 from test_tls_revalidation import Issuer, issue, make_ca, make_pki, start_gateway, write_pair
@@ -128,3 +130,65 @@ def test_curl_reconnecting_is_served(
     assert handshakes == [f"TLSv{tls}"] * 3, verbose
     reused = verbose.count("SSL re-using session ID")
     assert reused == (2 if tls == "1.2" else 0), verbose
+
+
+class _Ping(asyncio.Protocol):
+    """The inner protocol: answers `ok` to anything and closes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"ok")  # type: ignore[attr-defined]
+        self.transport.close()
+
+
+def test_a_resumption_without_a_remembered_handshake_is_refused(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TLSProtocol in-process (TLS 1.2): a session whose full handshake is not remembered
+    (forgotten here, as an eviction would) is refused after its handshake, and as it was not
+    shut down cleanly OpenSSL drops it from its cache: the client's next attempt with the same
+    session makes a full handshake and is served."""
+    pki = make_pki(tmp_path)
+    cert = write_pair(pki.root, "client", issue(pki.ca1, "alice"))
+    client = ssl.create_default_context(cadata=pki.server_ca.pem().decode())
+    client.load_cert_chain(cert, pki.root / "client-key.pem")
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    tls = ServerTLS(str(pki.server_cert), str(pki.server_key), str(pki.client_ca))
+
+    def connect(port: int, session: ssl.SSLSession | None) -> tuple[bytes, bool, ssl.SSLSession]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as sock:
+            sock.sendall(b"ping")
+            answer = b""
+            try:
+                while data := sock.recv(100):
+                    answer += data
+            except (ssl.SSLError, OSError):
+                pass
+            return answer, sock.session_reused, sock.session
+
+    async def scenario() -> list[tuple[bytes, bool]]:
+        server = await asyncio.get_running_loop().create_server(
+            lambda: TLSProtocol(_Ping, tls), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        outcomes = []
+        try:
+            answer, reused, session = await asyncio.to_thread(connect, port, None)
+            outcomes.append((answer, reused))
+            answer, reused, _ = await asyncio.to_thread(connect, port, session)
+            outcomes.append((answer, reused))  # remembered: served
+            tls._sessions = ResumableSessions()  # forgotten, as an eviction would
+            answer, reused, _ = await asyncio.to_thread(connect, port, session)
+            outcomes.append((answer, reused))
+            answer, reused, _ = await asyncio.to_thread(connect, port, session)
+            outcomes.append((answer, reused))
+        finally:
+            server.close()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == [(b"ok", False), (b"ok", True), (b"", True), (b"ok", False)]
+    assert "has no known full handshake; refused" in capsys.readouterr().err
