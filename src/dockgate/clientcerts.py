@@ -124,9 +124,12 @@ class PeerCertificate:
         self._anchor: AnchorKey | None = None
         self._checked = self._checked_at_handshake = trust.generation
 
-    def settle(self) -> None:
-        """Look the anchor up now (and let the parsed chain go)."""
-        self._anchor_key()
+    def settle(self, interned: dict[AnchorKey, AnchorKey]) -> None:
+        """Look the anchor up now (and let the parsed chain go), keeping one copy of each
+        anchor's key in `interned` (a context's sessions share a few CAs)."""
+        anchor = self._anchor_key()
+        if anchor is not None:
+            self._anchor = interned.setdefault(anchor, anchor)
 
     def resumed(self) -> PeerCertificate:
         """The same verified certificate for another connection that resumed this one's TLS
@@ -173,12 +176,14 @@ class ResumableSessions:
     client's next connection makes a full handshake, which is checked like any other.
     """
 
-    __slots__ = ("_limit", "_sessions")
+    __slots__ = ("_anchors", "_limit", "_sessions")
 
     def __init__(self, limit: int = MAX_REMEMBERED_SESSIONS) -> None:
         self._limit = limit
         # session ID -> (the leaf's SHA-256, its full handshake's certificate)
         self._sessions: OrderedDict[bytes, tuple[bytes, PeerCertificate]] = OrderedDict()
+        # One copy of each anchor's key (bounded by the CA file: anchors are its CAs).
+        self._anchors: dict[AnchorKey, AnchorKey] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -187,7 +192,7 @@ class ResumableSessions:
         """After a full handshake whose session can be resumed by ID."""
         if not session_id:
             return
-        peer.settle()  # the parsed chain is not kept for as long as the session
+        peer.settle(self._anchors)  # the parsed chain is not kept as long as the session
         self._sessions[session_id] = (hashlib.sha256(leaf_der).digest(), peer)
         self._sessions.move_to_end(session_id)
         while len(self._sessions) > self._limit:
