@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from dockgate.logsink import FLUSH_BUFFER_CHARS, FLUSH_DELAY_SECONDS, LineSink, SinkLog, open_sink
+from dockgate.logtext import printable
 
 __all__ = [
     "FLUSH_BUFFER_CHARS",
@@ -82,7 +83,9 @@ class AccessLog(SinkLog):
                 f'{record.client} "{record.method} {record.target} HTTP/{record.version}" '
                 f"{record.status} in={record.bytes_in} out={record.bytes_out} "
                 f"dur_ms={record.duration_s * 1000:.3f} op={record.operation} "
-                f"decision={record.decision} user={record.identity}{note}"
+                # The identity may be a certificate's CN, the holder's text: one line, one
+                # field (JSON lines are escaped by json.dumps).
+                f"decision={record.decision} user={printable(record.identity, spaces=True)}{note}"
             )
         self._sink.write(line)
 

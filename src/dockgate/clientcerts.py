@@ -17,6 +17,15 @@ connection asks `PeerCertificate.problem()`:
 A problem ends the connection after the current exchange (admission.py answers 401 and asks the
 proxy to close; a hijacked tunnel runs to its end, having been admitted before).
 
+A resumed TLS session has no verified chain: OpenSSL keeps the leaf in the session, not the
+chain it verified (`SSL_get0_verified_chain` is NULL after an abbreviated handshake), so the
+leaf alone would leave an expired intermediate or root CA unchecked, and an intermediate's
+session without an anchor (issue 12, attack review). tls.py therefore turns TLS 1.3 tickets and
+TLS 1.2 tickets off when client certificates are required, and the one resumption left, TLS 1.2
+by session ID from OpenSSL's per-context cache (CPython sets a session ID context on every
+context and offers no way to turn that cache off), is judged by the full handshake's
+`PeerCertificate`, remembered here by session ID (`ResumableSessions`).
+
 Certificates are parsed with `cryptography` (the chain once per connection, the CA file once per
 reload); the check on the hot path is a clock read and two comparisons.
 """
@@ -24,6 +33,8 @@ reload); the check on the hot path is a clock read and two comparisons.
 from __future__ import annotations
 
 import datetime
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -97,7 +108,7 @@ class PeerCertificate:
     """One connection's verified client certificate: when it stops being valid, and the CA it
     must still be anchored at."""
 
-    __slots__ = ("_anchor", "_chain", "_checked", "_handshake", "expires")
+    __slots__ = ("_anchor", "_chain", "_checked", "_checked_at_handshake", "_handshake", "expires")
 
     def __init__(self, chain_der: list[bytes], trust: TrustSet) -> None:
         """`chain_der`: the verified chain, leaf first (or the leaf alone); `trust`: the CA set
@@ -111,7 +122,24 @@ class PeerCertificate:
         self._chain: list[x509.Certificate] | None = chain
         self._handshake: TrustSet | None = trust
         self._anchor: AnchorKey | None = None
-        self._checked = trust.generation
+        self._checked = self._checked_at_handshake = trust.generation
+
+    def settle(self, interned: dict[AnchorKey, AnchorKey]) -> None:
+        """Look the anchor up now (and let the parsed chain go), keeping one copy of each
+        anchor's key in `interned` (a context's sessions share a few CAs)."""
+        anchor = self._anchor_key()
+        if anchor is not None:
+            self._anchor = interned.setdefault(anchor, anchor)
+
+    def resumed(self) -> PeerCertificate:
+        """The same verified certificate for another connection that resumed this one's TLS
+        session (the same chain, verified against the same context's CA set)."""
+        other = PeerCertificate.__new__(PeerCertificate)
+        other.expires = self.expires
+        other._anchor = self._anchor_key()
+        other._chain = other._handshake = None
+        other._checked = self._checked_at_handshake
+        return other
 
     def _anchor_key(self) -> AnchorKey | None:
         if self._handshake is not None and self._chain is not None:
@@ -132,3 +160,50 @@ class PeerCertificate:
                 return "the client certificate's CA is no longer in --tls-client-ca"
             self._checked = trust.generation
         return None
+
+
+# OpenSSL's default session cache size (SSL_SESSION_CACHE_MAX_SIZE_DEFAULT, ssl/ssl_local.h): a
+# session it can still resume is remembered here too, unless a resumption was refused since.
+MAX_REMEMBERED_SESSIONS = 1024 * 20
+
+
+class ResumableSessions:
+    """The full handshakes' verified certificates of one TLS context, by TLS 1.2 session ID.
+
+    One per context: OpenSSL's session cache belongs to its SSL_CTX, so a reload of the TLS
+    files (a new context) starts with an empty cache and an empty memory. A resumed session
+    whose full handshake is not remembered (evicted first here, or never seen) is refused: the
+    client's next connection makes a full handshake, which is checked like any other.
+    """
+
+    __slots__ = ("_anchors", "_limit", "_sessions")
+
+    def __init__(self, limit: int = MAX_REMEMBERED_SESSIONS) -> None:
+        self._limit = limit
+        # session ID -> (the leaf's SHA-256, its full handshake's certificate)
+        self._sessions: OrderedDict[bytes, tuple[bytes, PeerCertificate]] = OrderedDict()
+        # One copy of each anchor's key (bounded by the CA file: anchors are its CAs).
+        self._anchors: dict[AnchorKey, AnchorKey] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def remember(self, session_id: bytes, leaf_der: bytes, peer: PeerCertificate) -> None:
+        """After a full handshake whose session can be resumed by ID."""
+        if not session_id:
+            return
+        peer.settle(self._anchors)  # the parsed chain is not kept as long as the session
+        self._sessions[session_id] = (hashlib.sha256(leaf_der).digest(), peer)
+        self._sessions.move_to_end(session_id)
+        while len(self._sessions) > self._limit:
+            self._sessions.popitem(last=False)
+
+    def resume(self, session_id: bytes, leaf_der: bytes) -> PeerCertificate | None:
+        """The certificate a resumed session stands for, None when its full handshake is not
+        known here (or named another leaf: never expected, as OpenSSL found the session by
+        the same ID)."""
+        found = self._sessions.get(session_id) if session_id else None
+        if found is None or found[0] != hashlib.sha256(leaf_der).digest():
+            return None
+        self._sessions.move_to_end(session_id)  # resumed: as recent as OpenSSL's copy
+        return found[1].resumed()

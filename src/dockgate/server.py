@@ -40,6 +40,7 @@ from dockgate.config import ServeConfig
 from dockgate.gatekeeper import Gatekeeper
 from dockgate.holding import HoldBudget
 from dockgate.identity import CERTIFICATE, Identity
+from dockgate.logtext import printable
 from dockgate.metrics import (
     SNAPSHOT_SECONDS,
     RequestCounts,
@@ -121,7 +122,9 @@ class Gateway:
         try:
             name = peer_identity(cert, self.config.tls_identity)
         except SeveralNames as exc:
-            reason = f"the client certificate {subject} names several callers: {exc}"
+            # The subject is the certificate holder's text, printed escaped: one log line
+            # (SeveralNames lists the values with repr(), escaped already).
+            reason = f"the client certificate {printable(subject)} names several callers: {exc}"
             facts.certificate_refusal = reason
             print(f"dockgate: {conn.client}: {reason}; refused", file=sys.stderr, flush=True)
             return

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from dockgate.browser import ANSWER_HEADERS
-from dockgate.clientcerts import EMPTY_TRUST, PeerCertificate, TrustSet
+from dockgate.clientcerts import EMPTY_TRUST, PeerCertificate, ResumableSessions, TrustSet
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
+from dockgate.logtext import printable
 from dockgate.watched import RELOAD_CHECK_SECONDS, FileStamp, file_stamp
 
 # Plaintext read per SSLObject.read call: larger than a TLS record (16 KiB), so a read never
@@ -75,6 +76,7 @@ class ServerTLS:
         self._stamps = self._current_stamps()
         self.generation = 0  # reloads that took
         self._context, self._trust = self._build(0)  # raises TLSConfigError
+        self._sessions = ResumableSessions()
         self._checked = time.monotonic()
 
     @property
@@ -103,6 +105,15 @@ class ServerTLS:
                 message = f"--tls-client-ca {self.client_ca}: {_describe(exc)}"
                 raise TLSConfigError(message) from None
             context.verify_mode = ssl.CERT_REQUIRED
+            # No resumption by ticket: a resumed session carries no verified chain (OpenSSL
+            # keeps the leaf only), and a ticket, re-issued at each resumption, would carry a
+            # session past its CA's notAfter (clientcerts.py). TLS 1.3: no tickets at all
+            # (with OP_NO_TICKET alone OpenSSL sends stateful ones); TLS 1.2: no RFC 5077
+            # tickets. What is left is TLS 1.2 resumption by session ID from the context's
+            # cache, which CPython cannot turn off: TLSProtocol judges it by the session's
+            # full handshake (ResumableSessions). A full handshake costs ~2 ms.
+            context.num_tickets = 0
+            context.options |= ssl.OP_NO_TICKET
             # What OpenSSL loaded, not a second reading of the file: the two cannot disagree.
             trust = TrustSet.from_der(context.get_ca_certs(binary_form=True), generation)
             return context, trust
@@ -118,10 +129,11 @@ class ServerTLS:
         self._refresh()
         return self._context
 
-    def current(self) -> tuple[ssl.SSLContext, TrustSet]:
-        """For a new connection: the context, and the client CA set it verifies against."""
+    def current(self) -> tuple[ssl.SSLContext, TrustSet, ResumableSessions]:
+        """For a new connection: the context, the client CA set it verifies against, and the
+        full handshakes behind the sessions it can resume."""
         self._refresh()
-        return self._context, self._trust
+        return self._context, self._trust, self._sessions
 
     def trust(self) -> TrustSet:
         """The client CA certificates in force now (the files looked at first, as for a new
@@ -146,6 +158,7 @@ class ServerTLS:
             _log(f"TLS reload failed, keeping the previous certificate: {exc}")
         else:
             self.generation += 1
+            self._sessions = ResumableSessions()  # the new context's cache is empty
             _log("TLS certificate files changed: reloaded")
 
 
@@ -329,6 +342,7 @@ class TLSProtocol(asyncio.Protocol):
         self._outgoing = ssl.MemoryBIO()
         self._sslobj: ssl.SSLObject | None = None
         self._trust = EMPTY_TRUST  # the client CA set of the context this connection uses
+        self._sessions: ResumableSessions | None = None  # ... and its resumable sessions
         self._peer_certificate: PeerCertificate | None = None
         self._inner: asyncio.Protocol | None = None
         self._adapter: TLSTransport | None = None
@@ -444,7 +458,7 @@ class TLSProtocol(asyncio.Protocol):
             expects = self._expects_proxy_header
             if expects is not None and expects(host.partition("%")[0]):
                 self._proxy_pending = b""
-        context, self._trust = self._tls.current()
+        context, self._trust, self._sessions = self._tls.current()
         self._sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._timer = asyncio.get_running_loop().call_later(
             self._handshake_timeout, self._handshake_timed_out
@@ -542,14 +556,40 @@ class TLSProtocol(asyncio.Protocol):
         self._handshaking = False
         self._cancel_timer()
         if self._tls.requires_client_cert:  # one was required, and OpenSSL verified it
-            try:
-                self._peer_certificate = PeerCertificate(_verified_chain(sslobj), self._trust)
-            except ValueError as exc:  # OpenSSL took what cryptography cannot read: refuse
-                self._fail(f"client certificate from {self._peer} cannot be read: {exc}")
+            peer = self._verified_peer(sslobj)
+            if peer is None:
                 return
+            self._peer_certificate = peer
         self._adapter = TLSTransport(self)
         self._inner = self._factory()
         self._inner.connection_made(cast(asyncio.BaseTransport, self._adapter))
+
+    def _verified_peer(self, sslobj: ssl.SSLObject) -> PeerCertificate | None:
+        """The client certificate the handshake verified (None: refused, connection closed)."""
+        sessions = self._sessions
+        session = sslobj.session
+        session_id = session.id if session is not None else b""
+        leaf = sslobj.getpeercert(binary_form=True) or b""
+        if sslobj.session_reused:
+            # No chain to check (OpenSSL keeps none for a resumed session): the full
+            # handshake's, if it is known. Refused otherwise, and as the connection is not
+            # shut down cleanly, OpenSSL drops the session from its cache (ssl_clear_bad_session):
+            # the client's next connection makes a full handshake.
+            found = sessions.resume(session_id, leaf) if sessions is not None else None
+            if found is None:
+                self._fail(
+                    f"TLS session resumed by {self._peer} has no known full handshake; refused"
+                )
+            return found
+        try:
+            peer = PeerCertificate(_verified_chain(sslobj), self._trust)
+        except ValueError as exc:  # OpenSSL took what cryptography cannot read: refuse
+            problem = printable(str(exc))  # the parser's words may quote the certificate
+            self._fail(f"client certificate from {self._peer} cannot be read: {problem}")
+            return None
+        if sessions is not None and sslobj.version() == "TLSv1.2":
+            sessions.remember(session_id, leaf, peer)  # resumable by ID (no tickets)
+        return peer
 
     def _write_raw(self, data: bytes) -> None:
         raw = self._raw

@@ -29,6 +29,14 @@ from dockgate.watched import WatchedFile
 # before any bookkeeping: an attacker's 47 KiB name once took 47 KiB of the throttle's table
 # for every attempt (issue 12, item 4).
 MAX_USER_NAME_BYTES = 256
+# The longest Basic password considered, in bytes (UTF-8). A hash check costs more the longer
+# the password ($apr1$, htpasswd's default, hashes it 1001 times: ~0.6 ms for 8 bytes, 3.6 ms
+# at this limit, 150 ms for 44 KiB), and a few sources within their limits sending long guesses
+# kept the check threads busy for seconds (issue 12, attack review). Apache's htpasswd makes
+# none over 255 bytes (MAX_STRING_LEN 256, support/passwd_common.c get_password) and bcrypt
+# reads 72: longer ones are wrong credentials, refused before any hash and counted against the
+# source only, as a malformed header is.
+MAX_PASSWORD_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +145,8 @@ class Authenticator:
 
 def claimed_user(authorization: bytes) -> str | None:
     """The user name a Basic header claims (unverified), for per-user throttling; None for a
-    name over MAX_USER_NAME_BYTES (no user could have it: it is never counted)."""
+    name over MAX_USER_NAME_BYTES (no user could have it: it is never counted) or a password
+    over MAX_PASSWORD_BYTES (no user's password: counted against the source only)."""
     scheme, credentials = _split(authorization)
     if scheme != b"basic":
         return None
@@ -156,6 +165,10 @@ def _basic_pair(credentials: bytes) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     user, colon, password = decoded.partition(":")
-    if not colon or len(user.encode("utf-8")) > MAX_USER_NAME_BYTES:
+    if (
+        not colon
+        or len(user.encode("utf-8")) > MAX_USER_NAME_BYTES
+        or len(password.encode("utf-8")) > MAX_PASSWORD_BYTES
+    ):
         return None
     return user, password
