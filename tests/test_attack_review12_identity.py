@@ -1,22 +1,26 @@
 """Attack review of issue 12's identity changes (throttling, client-certificate revalidation),
-as a limited caller against the real daemon. Each finding is pinned as a strict xfail raising
-`Hole` only for the finding itself: it passes while the hole is there and fails (XPASS) once
-it is fixed; a broken precondition is an ordinary failure.
+as a limited caller against the real daemon. Each finding was pinned as a strict xfail raising
+`Hole` only for the finding itself (a broken precondition was an ordinary failure); all are
+fixed now, and each test is an ordinary one that failed before its fix.
 
-Findings:
+Findings, all fixed:
 - a resumed TLS session has no verified chain (OpenSSL keeps none): only the leaf's notAfter
-  is checked, so new connections are served past an expired intermediate or root CA, renewable
-  by resuming (tickets renew) until the TLS files are reloaded;
-- the same fallback leaves a resumed session under an intermediate without an anchor: any
-  reload of the TLS files, even one that keeps the CA, ends it with 401;
+  was checked, so new connections were served past an expired intermediate or root CA,
+  renewable by resuming (fixed: TLS 1.3 tickets are off when client certificates are required,
+  and a TLS 1.2 resumption by session ID is judged by its full handshake's chain,
+  clientcerts.ResumableSessions);
+- the same fallback left a resumed session under an intermediate without an anchor: any
+  reload of the TLS files, even one that keeps the CA, ended it with 401 (fixed likewise);
 - IPv4 clients that reach the gateway as IPv6 addresses embedding them (NAT64/SIIT
-  64:ff9b::/96, Teredo) share one /64 throttle key: one client locks all the others out
+  64:ff9b::/96, Teredo) shared one /64 throttle key: one client locked all the others out
   (fixed: such an address counts as the IPv4 client it carries, auth/throttle.py);
 - unix-socket clients of one uid share a key: every root container is "unix uid 0" (fixed: a
   user is judged by her own failures at a source where she authenticated, not the source's);
-- passwords have no length limit: under $apr1$ a 44 KiB guess costs ~250 times a short one, so
-  a few sources within their limits fill the check queue;
-- the several-names refusal logs the certificate's subject unescaped (a forged log line).
+- passwords had no length limit: under $apr1$ a 44 KiB guess cost ~250 times a short one, so
+  a few sources within their limits filled the check queue (fixed: over 1024 bytes is a wrong
+  password, before any hash);
+- the several-names refusal logged the certificate's subject unescaped, a forged log line
+  (fixed: logtext.printable).
 
 Held (tried, no effect): a replaced CA file ends resumed sessions too (a reload makes a new
 context, whose tickets no longer match); a resumed session past its leaf's notAfter gets 401;
