@@ -211,3 +211,64 @@ def test_a_label_step_plants_a_container_in_bobs_list(
     assert result["build"][0] == 200, result
     # Today: bob inspects a `#(nop) LABEL io.dockgate.owner=user:bob` step of alice's build.
     assert inspected == [], [" ".join(i["Args"]) for i in inspected]
+
+
+def _import_labelled(daemon: PrivateDaemon, tag: str, owner: str) -> None:
+    """An image carrying `owner`'s label, made straight on the daemon (as an image built
+    through an older dockgate, loaded or pulled carries it)."""
+    from support.daemon import DEFAULT_PATH, busybox_rootfs_tar
+
+    daemon.docker(
+        "import",
+        *("--change", f"ENV PATH={DEFAULT_PATH}", "--change", 'CMD ["sh"]'),
+        *("--change", f"LABEL {OWNER_LABEL}={owner}"),
+        "-",
+        tag,
+        input=busybox_rootfs_tar(),
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ContainerPrune is narrowed by label only, not by trusted_owner: bob's prune removes "
+    "(and names) the step containers of alice's build FROM an image carrying bob's label",
+)
+def test_bobs_prune_breaks_alices_build_from_an_image_carrying_his_label(
+    tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
+) -> None:
+    """An image carrying `io.dockgate.owner=user:bob` (built by bob through dockgate before
+    the upgrade, or loaded by him) used as alice's base: her build's step containers are
+    nobody's to every request and list (trusted_owner), but `POST /containers/prune` is
+    narrowed by the label alone (ownership.FILTERED), and each build step's container sits
+    in the `created` state between its create and its removal. bob, pruning in a loop while
+    alice builds, gets the IDs of alice's step containers in `ContainersDeleted` and alice's
+    build fails ("container is marked for removal and cannot be started" / "No such
+    container")."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    base = f"dgo-atk-{RUN}-bobbase-{os.urandom(2).hex()}"
+    _import_labelled(daemon, base, "user:bob")
+    images.append(base)
+    tag = f"dgo-atk-{RUN}-alice-{os.urandom(2).hex()}"
+    images.append(tag)
+    lines = [f"FROM {base}", *(f"ENV V{i}={i}" for i in range(40)), "RUN true"]
+    result: dict[str, Any] = {}
+    builder = threading.Thread(
+        target=lambda: result.setdefault(
+            "build", _build(alice, {"Dockerfile": "\n".join(lines).encode()}, tag, "&nocache=1")
+        )
+    )
+    builder.start()
+    pruned: list[str] = []
+    try:
+        while builder.is_alive():
+            status, answer = bob.call("POST", "/v1.41/containers/prune")
+            assert status == 200, (status, answer)
+            pruned += answer.get("ContainersDeleted") or []
+    finally:
+        builder.join(timeout=60)
+    status, answer = result["build"]
+    assert status == 200, (status, answer)
+    # Today: bob's prune removed alice's step containers (their IDs came back to him) and her
+    # build ended with an error.
+    assert pruned == [], pruned
+    assert b"errorDetail" not in answer, answer[-300:]
