@@ -412,3 +412,37 @@ def test_a_missing_volume_checked_then_created_by_alice_is_mounted_by_bob(
         if made:
             daemon.docker("rm", "-f", *made, check=False)
         daemon.docker("volume", "rm", "-f", *volumes, check=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ImageDelete's 409 still says whether the container using the image is running or "
+    "stopped: another caller's `docker run` shows, as /info's counts did",
+)
+def test_image_delete_tells_whether_alices_container_runs(
+    tenants: dict[str, Api], daemon: PrivateDaemon, images: list[str]
+) -> None:
+    """/info's counts were zeroed because bob saw `ContainersRunning` move with alice's
+    `docker run` (issue 12, item 8). `DELETE /images/<id>` by bob (no force: nothing is
+    removed) tells the same for any image he can list: "image is being used by a stopped
+    container" while alice's container from it is created or exited, "... by a running
+    container" while it runs (the ID is scrubbed, the state is not)."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    tag = f"dgo-atk-{RUN}-img-{os.urandom(2).hex()}"
+    _import_labelled(daemon, tag, "")
+    images.append(tag)
+    status, inspected = direct(daemon, "GET", f"/images/{tag}/json")
+    image_id = inspected["Id"]
+    cid = alice.create({"Image": tag, "Cmd": ["sleep", "30"]})
+    try:
+        status, stopped = bob.call("DELETE", f"/v1.41/images/{image_id}")
+        assert status == 409, (status, stopped)
+        alice.start(cid)
+        status, running = bob.call("DELETE", f"/v1.41/images/{image_id}")
+        assert status == 409, (status, running)
+        assert cid[:12] not in str(stopped) + str(running)
+        # Today: "... - image is being used by a stopped container" against "(cannot be
+        # forced) - image is being used by a running container".
+        assert stopped == running, (stopped, running)
+    finally:
+        daemon.docker("rm", "-f", cid, check=False)
