@@ -6,7 +6,9 @@ once it is closed.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import tarfile
 import threading
@@ -446,3 +448,85 @@ def test_image_delete_tells_whether_alices_container_runs(
         assert stopped == running, (stopped, running)
     finally:
         daemon.docker("rm", "-f", cid, check=False)
+
+
+def _relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
+    """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
+    caller allowed ImageLoad can send)."""
+    saved = daemon.docker("save", image).stdout
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(saved)) as source,
+        tarfile.open(fileobj=out, mode="w") as target,
+    ):
+        manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config_name = manifest[0]["Config"]
+        config = json.loads(source.extractfile(config_name).read())  # type: ignore[union-attr]
+        config["config"]["Labels"] = labels
+        raw = json.dumps(config).encode()
+        new_name = hashlib.sha256(raw).hexdigest() + ".json"
+        manifest[0]["Config"] = new_name
+        manifest[0]["RepoTags"] = [f"{tag}:latest"]
+        for member in source.getmembers():
+            if member.name in ("manifest.json", config_name, "repositories"):
+                continue
+            target.addfile(member, source.extractfile(member) if member.isfile() else None)
+        for name, data in ((new_name, raw), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bob's build step from a loaded image carrying alice's label and 9 MB of labels "
+    "is in alice's label-narrowed list; its image look-up is over 8 MB: her docker ps is a 502",
+)
+def test_bob_breaks_alices_container_list_with_a_big_image_carrying_her_label(
+    tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
+) -> None:
+    """bob loads (`POST /images/load`) an image whose config carries
+    `io.dockgate.owner=user:alice` and 9 MB of other labels, and builds `FROM` it with a
+    `RUN sleep`. The step container carries the image's labels: nobody's (trusted_owner),
+    but the daemon's answer to alice's `docker ps`, narrowed by her label, holds it, and the
+    gateway looks up each listed container's image before taking the vouched ones out
+    (lookup.vouched_containers). That image's inspect is over LOOKUP_MAX_BYTES (8 MiB): the
+    look-up fails and alice's whole list is a 502 for as long as bob's step runs (he picks
+    how long). alice did nothing but list her own containers."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    mine = alice.create({"Image": busybox_image, "Cmd": ["true"]})
+    tag = f"dgo-atk-{RUN}-big-{os.urandom(2).hex()}"
+    labels = {OWNER_LABEL: "user:alice", **{f"k{i}": "x" * 60000 for i in range(150)}}
+    status, answer = bob.call(
+        "POST",
+        "/v1.41/images/load?quiet=1",
+        _relabelled_image(daemon, busybox_image, labels, tag),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert status == 200, (status, answer)
+    images.extend([tag, f"{tag}-b"])
+    marker = f"dgo-big-{RUN}-{os.urandom(2).hex()}"
+    result: dict[str, Any] = {}
+    dockerfile = f"FROM {tag}\nRUN echo {marker} && sleep 6\n"
+    builder = threading.Thread(
+        target=lambda: result.setdefault(
+            "build", _build(bob, {"Dockerfile": dockerfile.encode()}, f"{tag}-b", "&nocache=1")
+        )
+    )
+    builder.start()
+    try:
+        running = False
+        deadline = time.monotonic() + 20
+        while not running and time.monotonic() < deadline:
+            status, listed = direct(daemon, "GET", "/containers/json")
+            running = any(marker in entry.get("Command", "") for entry in listed)
+            time.sleep(0.1)
+        assert running, "bob's step never ran"
+        status, listed = alice.call("GET", "/v1.41/containers/json?all=1")
+        # Today: 502 "cannot check the answer: the daemon's answer is too large".
+        assert status == 200, (status, listed)
+        assert [entry["Id"] for entry in listed] == [mine], listed
+    finally:
+        builder.join(timeout=60)
+        daemon.docker("rm", "-f", mine, check=False)
