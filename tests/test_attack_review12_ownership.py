@@ -13,6 +13,7 @@ import os
 import tarfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -583,3 +584,58 @@ def test_the_image_owner_cache_grows_with_the_owner_values_bob_chooses(
     grown = _rss_bytes(pid) - before
     # Today about 60 MB more than before, kept (the cache holds every value).
     assert grown < 20 * 1024 * 1024, grown
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a nobody's container becomes its label's owner's once its image is gone, and any "
+    "caller may force-remove an image: alice revives a leftover build step of carol's",
+)
+def test_alice_claims_a_leftover_step_container_by_removing_its_image(
+    tenants: dict[str, Api], daemon: PrivateDaemon, images: list[str]
+) -> None:
+    """docs/policy.md: leftover step containers of older builds (`rm=0`) carrying someone's
+    label are nobody's now. One is made here straight on the daemon, as an older dockgate let
+    carol build: `FROM` an image carrying alice's label, with carol's build argument, failing
+    at its `RUN` (rm=0, forcerm=0), so the step container stays, with `user:alice` from the
+    image and carol's secret in its environment. Nobody's: but "an image the daemon no longer
+    knows vouches for nothing" (lookup.ImageOwners), and ImageDelete is not owned. alice lists
+    the images carrying her label (`GET /images/json?filters=label=...`), force-removes them
+    by ID (the step's image is a leaf: the build stopped there; a stopped container does not
+    hold it), and the step container is hers: she reads carol's build argument."""
+    alice = tenants["alice"]
+    base = f"dgo-atk-{RUN}-alicebase-{os.urandom(2).hex()}"
+    _import_labelled(daemon, base, "user:alice")
+    images.append(base)
+    secret = f"carol-secret-{os.urandom(6).hex()}"
+    dockerfile = f"FROM {base}\nARG CAROL_SECRET\nRUN false\n"
+    query = urllib.parse.urlencode(
+        {"rm": "0", "forcerm": "0", "buildargs": json.dumps({"CAROL_SECRET": secret})}
+    )
+    status, answer = direct(
+        daemon, "POST", f"/build?{query}", _tar({"Dockerfile": dockerfile.encode()})
+    )
+    assert status == 200, (status, answer)
+    status, listed = direct(daemon, "GET", "/containers/json?all=1")
+    step = next(
+        entry
+        for entry in listed
+        if entry["Labels"].get(OWNER_LABEL) == "user:alice" and "false" in entry["Command"]
+    )
+    cid = step["Id"]
+    try:
+        # carol's argument is in the leftover step container's environment.
+        status, inspected = direct(daemon, "GET", f"/containers/{cid}/json")
+        assert f"CAROL_SECRET={secret}" in inspected["Config"]["Env"]
+        # alice removes every image carrying her label that will go.
+        filters = urllib.parse.quote(json.dumps({"label": [f"{OWNER_LABEL}=user:alice"]}))
+        status, labelled = alice.call("GET", f"/v1.41/images/json?all=1&filters={filters}")
+        assert status == 200, (status, labelled)
+        assert step["ImageID"] in [image["Id"] for image in labelled]
+        for image in labelled:
+            alice.call("DELETE", f"/v1.41/images/{image['Id']}?force=1")
+        status, answer = alice.call("GET", f"/v1.41/containers/{cid}/json")
+        # Today: 200, with carol's secret in `Config.Env`.
+        assert status == 404, (status, answer["Config"]["Env"])
+    finally:
+        daemon.docker("rm", "-f", cid, check=False)
