@@ -1,7 +1,28 @@
 """Attack review of issue 12's ownership changes (items 1 and 8), against the real daemon.
 
-Each finding is an xfail(strict=True) test: it passes while the hole is open and fails (XPASS)
-once it is closed.
+Two tenants, alice and bob (Basic), one ownership policy. Each finding is an
+xfail(strict=True) test asserting what should hold: it fails today (the hole is open) and
+XPASSes once closed.
+
+- A Dockerfile `LABEL` step commits through a container created from the previous step's
+  image with the new labels (moby dispatchers.go dispatchLabel -> internals.go commit): the
+  container carries the owner label the LABEL sets, its image does not, so trusted_owner
+  trusts it. Through ONBUILD (alice's base image), alice lists bob's build steps and reads
+  his build context; any build plants containers in another caller's list.
+- ContainerPrune is narrowed by label, not by trusted_owner: bob removes (and gets the IDs
+  of) the step containers of alice's build FROM an image carrying his label; her build fails.
+- ownedprefix: an ambiguous prefix still costs a list of the caller's own containers, and
+  its time tells it apart from a missing one (the caller makes that list as slow as he likes).
+- A missing volume named by a create is let through unpinned: created by its owner in
+  between, another caller's container mounts it and reads her data.
+- ImageDelete's 409 still says whether the container using the image runs.
+- A loaded image carrying alice's label and 9 MB of labels, built FROM by bob: the step
+  container is in alice's narrowed list, its image look-up is over 8 MiB, her `docker ps`
+  is a 502 while his step runs.
+- The image-owner cache keeps owner values of any length (gateway memory grows with what bob
+  loads).
+- An image removed (any caller may) vouches for nothing: alice force-removes the image of a
+  leftover step container carrying her label and reads carol's build argument.
 """
 
 from __future__ import annotations
