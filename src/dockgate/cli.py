@@ -26,6 +26,7 @@ from dockgate.policy.loader import PolicyError, load_policy_file
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
+from dockgate.privatefiles import PrivateFileError, append_private_line
 from dockgate.server import StartupError, run
 from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS
@@ -303,9 +304,11 @@ def _token_create(args: argparse.Namespace) -> int:
         print(f"dockgate: error: {path}: a token named {args.name!r} exists", file=sys.stderr)
         return 2
     token, line = create_token_line(args.name, args.identity)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-    path.chmod(0o600)
+    try:
+        append_private_line(path, line)
+    except PrivateFileError as exc:
+        print(f"dockgate: error: {exc}", file=sys.stderr)
+        return 2
     print(token)
     print(
         f"dockgate: token {args.name!r} for identity {args.identity!r} added to {path}; "
