@@ -338,7 +338,7 @@ def test_environment_denials_name_the_variable(daemon: PrivateDaemon) -> None:
         )
         assert create.status_code == 403
         assert create.json()["message"] == (
-            "dockgate: ContainerCreate denied by policy environment (writes are off; needs POST=1)"
+            "dockgate: ContainerCreate denied by policy environment (needs POST=1)"
         )
         images = requests.get(f"{gw.http_base}/v1.41/images/json", timeout=10)
         assert images.json()["message"].endswith("(no rule allows it; needs IMAGES=1)")

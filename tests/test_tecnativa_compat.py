@@ -313,11 +313,11 @@ def test_denial_message_by_rule() -> None:
     verdict = check({"CONTAINERS": "1"}, "POST /v1.41/containers/create")
     assert verdict.status == 403
     assert verdict.message == (
-        "dockgate: ContainerCreate denied by policy environment (writes are off; needs POST=1)"
+        "dockgate: ContainerCreate denied by policy environment (needs POST=1)"
     ), verdict.message
     assert verdict.operation == "ContainerCreate"
     both = check({}, "POST /v1.41/containers/create")
-    assert both.message.endswith("(writes are off; needs CONTAINERS=1 POST=1)"), both.message
+    assert both.message.endswith("(needs CONTAINERS=1 POST=1)"), both.message
     closed = check({"CONTAINERS": "1", "POST": "1", "ALLOW_EXEC": "0"}, "POST /containers/x/exec")
     assert closed.message == (
         "dockgate: ContainerExec denied by policy environment (closed by ALLOW_EXEC=0)"

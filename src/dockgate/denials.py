@@ -53,15 +53,16 @@ def _environment_denial(
     rule = _rule(policy, decision.rule) if decision.rule is not None else None
     if rule is not None and rule.note.endswith("=0") and not rule.note.startswith("writes"):
         return f"dockgate: {subject} denied by policy {policy.name} (closed by {rule.note})"
-    needs = _missing_variables(policy, operation)
-    what = decision.reason if rule is None else "writes are off"
+    needs = " ".join(f"{name}=1" for name in _missing_variables(policy, operation))
+    # Denied by the method switches (rule `writes not opened by POST=0 ...`): what is missing
+    # is all there is to say; denied by no rule: say that, as before.
+    what = [decision.reason] if rule is None else []
     if needs:
-        return (
-            f"dockgate: {subject} denied by policy {policy.name} "
-            f"({what}; needs {' '.join(n + '=1' for n in needs)})"
-        )
-    hint = missing_variable_hint(operation) if rule is None else ""
-    return f"dockgate: {subject} denied by policy {policy.name} ({what}{hint})"
+        what.append(f"needs {needs}")
+    elif rule is not None:
+        what.append(rule.note)
+    hint = missing_variable_hint(operation) if rule is None and not needs else ""
+    return f"dockgate: {subject} denied by policy {policy.name} ({'; '.join(what)}{hint})"
 
 
 def _missing_variables(policy: Policy, operation: Operation | None) -> list[str]:
