@@ -10,9 +10,11 @@ looped, started on a directory, printed `[SSL] PEM lib`, ignored typos silently,
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
+import re
 import socket
 import stat
 import subprocess
@@ -29,7 +31,9 @@ import trustme
 from dockgate.addresses import parse_address
 from dockgate.startup import check_upstream_socket
 from support.daemon import PrivateDaemon, free_tcp_port
+from support.fake_upstream import FakeUpstream
 from support.gateway import Gateway, gateway_env, running, serve_command
+from support.remote import write_htpasswd
 
 START_TIMEOUT = 20
 
@@ -414,3 +418,40 @@ def test_token_create_on_a_fresh_host(short_tmp: pathlib.Path) -> None:
     assert "Traceback" not in impossible.stderr
     assert f"cannot create the directory {blocked}" in impossible.stderr, impossible.stderr
     assert "install -d -m 700" in impossible.stderr
+
+
+OWNERSHIP_POLICY = """
+policies:
+  tenants:
+    ownership: true
+    rules:
+      - allow: {sections: [ping, containers]}
+bindings:
+  - {policy: tenants, authenticated: true}
+"""
+
+
+def test_forwarded_requests_and_ownership_look_ups_carry_the_hop_field(
+    tmp_path: pathlib.Path,
+) -> None:
+    """What the daemon (a recording fake) gets: one `X-Dockgate-Hop` field, the gateway's,
+    on a forwarded request and on the look-up ownership makes on its own (which would
+    otherwise start afresh in a ring, without the token)."""
+    write_htpasswd(tmp_path / "htpasswd", {"alice": "alice-pw"})
+    (tmp_path / "policy.yaml").write_text(OWNERSHIP_POLICY)
+    alice = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
+    with FakeUpstream() as fake:
+        gw = new_gateway(
+            fake.url,
+            *("--htpasswd", str(tmp_path / "htpasswd")),
+            policy=str(tmp_path / "policy.yaml"),
+        )
+        with running(gw):
+            fake.reset()  # the start-up _ping, which carries it too
+            assert requests.get(f"{gw.http_base}/_ping", headers=alice, timeout=10).ok
+            requests.get(f"{gw.http_base}/v1.41/containers/web/json", headers=alice, timeout=10)
+        seen = {record.target: record for record in fake.requests}
+    ping, look_up = seen["/_ping"], seen["/containers/web/json"]
+    tokens = {ping.header("x-dockgate-hop"), look_up.header("x-dockgate-hop")}
+    assert len(tokens) == 1 and re.fullmatch(r"dockgate-[0-9a-f]{32}", tokens.pop() or ""), seen
+    assert b"authorization" not in look_up.head_raw.lower()
