@@ -908,7 +908,9 @@ def test_docker_sdk_shows_the_denial(
         with pytest.raises(docker.errors.APIError) as caught:
             client.images.list()
         assert caught.value.status_code == 403
-        assert "dockgate: ImageList denied by policy" in str(caught.value.explanation)
+        assert f'dockgate: no rule of policy "{POLICY}" allows ImageList' in str(
+            caught.value.explanation
+        )
         assert VICTIM in [c.name for c in client.containers.list()]
     finally:
         client.close()
