@@ -606,14 +606,15 @@ def test_anonymous_binding_allows_only_probes(
         listing = requests.get(gw.http_base + "/containers/json", timeout=10)
         assert listing.status_code == 403
         assert listing.json()["message"] == (
-            "dockgate: ContainerList denied by policy probes (no rule allows it)"
+            'dockgate: no rule of policy "probes" allows ContainerList (allow it with a rule of '
+            "operations: [ContainerList] or sections: [containers])"
         )
         # The real client: `docker version` needs only the probes, `docker ps` does not.
         proc = ok(remote_docker(gw.url, tmp_path, "version", "--format", "{{.Server.APIVersion}}"))
         assert proc.stdout.strip() == version.json()["ApiVersion"]
         refused(
             remote_docker(gw.url, tmp_path, "ps"),
-            "dockgate: ContainerList denied by policy probes (no rule allows it)",
+            'dockgate: no rule of policy "probes" allows ContainerList',
         )
         # Wrong credentials are not anonymous: they stay a 401.
         bad = requests.get(

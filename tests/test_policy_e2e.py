@@ -36,6 +36,7 @@ import docker.errors
 import pytest
 
 from dockgate.policy.tecnativa import ALL_VARIABLES
+from dockgate.routes import OPERATIONS
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway
@@ -401,7 +402,8 @@ def unknown(method: str, path: str) -> Refusal:
 def no_rule(op: str) -> Refusal:
     return Refusal(
         403,
-        f"dockgate: {op} denied by policy {POLICY} (no rule allows it)",
+        f'dockgate: no rule of policy "{POLICY}" allows {op} (allow it with a rule of '
+        f"operations: [{op}] or sections: [{OPERATIONS[op].section}])",
         op,
         f"deny:{POLICY}:no-rule-allows-it",
     )
@@ -879,7 +881,7 @@ def test_docker_cli_shows_the_denial(
 
     images = run_docker(env, "images")
     assert images.returncode != 0, images
-    assert f"dockgate: ImageList denied by policy {POLICY} (no rule allows it)" in images.stderr
+    assert f'dockgate: no rule of policy "{POLICY}" allows ImageList' in images.stderr
 
     ps = run_docker(env, "ps", "--format", "{{.Names}}")
     assert ps.returncode == 0, ps
@@ -906,7 +908,9 @@ def test_docker_sdk_shows_the_denial(
         with pytest.raises(docker.errors.APIError) as caught:
             client.images.list()
         assert caught.value.status_code == 403
-        assert "dockgate: ImageList denied by policy" in str(caught.value.explanation)
+        assert f'dockgate: no rule of policy "{POLICY}" allows ImageList' in str(
+            caught.value.explanation
+        )
         assert VICTIM in [c.name for c in client.containers.list()]
     finally:
         client.close()
@@ -943,7 +947,9 @@ def test_tecnativa_containers_only(
         name = cleanup.container(f"dgt-pe-tec-{RUN}")
         run = run_docker(denv, "run", "--rm", "--name", name, IMAGE, "true")
         assert run.returncode != 0, run
-        assert "dockgate: ContainerCreate denied by policy environment (rule 1)" in run.stderr, run
+        assert (
+            "dockgate: ContainerCreate denied by policy environment (needs POST=1)" in run.stderr
+        ), run
         assert daemon.docker("inspect", name, check=False).returncode != 0
 
         log = _wait_log(gw, "op=ContainerCreate ")

@@ -307,13 +307,21 @@ def test_false_values(value: str) -> None:
 
 
 def test_denial_message_by_rule() -> None:
-    """A write denied by the read-only rule names the operation, the policy and the rule."""
+    """A write denied by the read-only rule names the operation, the policy and the variable
+    still missing (issue 13: it said `(rule 1)`, which tells a Tecnativa user nothing); the
+    ones already set are not repeated."""
     verdict = check({"CONTAINERS": "1"}, "POST /v1.41/containers/create")
     assert verdict.status == 403
-    assert re.fullmatch(
-        r"dockgate: ContainerCreate denied by policy environment \(rule \d+\)", verdict.message
+    assert verdict.message == (
+        "dockgate: ContainerCreate denied by policy environment (needs POST=1)"
     ), verdict.message
     assert verdict.operation == "ContainerCreate"
+    both = check({}, "POST /v1.41/containers/create")
+    assert both.message.endswith("(needs CONTAINERS=1 POST=1)"), both.message
+    closed = check({"CONTAINERS": "1", "POST": "1", "ALLOW_EXEC": "0"}, "POST /containers/x/exec")
+    assert closed.message == (
+        "dockgate: ContainerExec denied by policy environment (closed by ALLOW_EXEC=0)"
+    ), closed.message
 
 
 def test_denial_message_without_rule() -> None:

@@ -19,12 +19,14 @@ from dockgate.addresses import AddressError, parse_address
 from dockgate.auth.tokens import TokenFileError, create_token_line, load_tokens
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
+from dockgate.envwarnings import environment_warnings
 from dockgate.gatekeeper import Gatekeeper
 from dockgate.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
 from dockgate.policy.loader import PolicyError, load_policy_file
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
+from dockgate.privatefiles import PrivateFileError, append_private_line
 from dockgate.server import StartupError, run
 from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS
@@ -169,7 +171,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'"
     )
-    check.add_argument("request", metavar="'METHOD /path'")
+    # One argument ('GET /path') or two (GET /path): the shell's quoting is not the point.
+    check.add_argument("request", nargs="+", metavar="METHOD /path")
     check.add_argument("--host", default=None, help="the Host header to assume")
     check.add_argument("--origin", default=None, help="the Origin header to assume")
     check.add_argument("--upgrade", action="store_true", help="assume an Upgrade header")
@@ -215,8 +218,48 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
+# Every DOCKGATE_ variable an option reads (envwarnings.py warns about the others).
+ENV_OPTION_NAMES: set[str] = set()
+# Options given by variables: --option -> (variable, value), to name the variable in errors.
+_ENV_NAMES: dict[str, tuple[str, str]] = {}
+
+
 class EnvironmentOptionError(ValueError):
     """A DOCKGATE_ variable that does not fit its option."""
+
+
+def _check_environment_type(action: argparse.Action, name: str, value: str) -> None:
+    """argparse converts a string default with the option's type at parse time, and reports a
+    bad one as the option's (`--workers`) with the usage: say it here, naming the variable."""
+    if not callable(action.type):
+        return
+    try:
+        action.type(value)
+    except (ValueError, TypeError):
+        kind = (
+            "a whole number"
+            if action.type is int
+            else "a number"
+            if action.type is float
+            else "a valid value"
+        )
+        raise EnvironmentOptionError(
+            f"{name}={value!r}: {kind} is needed (the variable sets {action.option_strings[-1]})"
+        ) from None
+
+
+def _named_variable(message: str, argv: Sequence[str]) -> str:
+    """An error about an option that came from a DOCKGATE_ variable (not given on the command
+    line), said about the variable: the user never typed the option."""
+    given = {token.partition("=")[0] for token in argv if token.startswith("--")}
+    for option, (name, value) in _ENV_NAMES.items():
+        if option in given:
+            continue
+        if message.startswith(option + ":") or message.startswith(option + " "):
+            return f"{name}={value!r} ({option}){message[len(option) :]}"
+        if value.strip() and repr(value.strip()) in message:
+            return f"{name}: {message}"
+    return message
 
 
 def _defaults_from_environment(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
@@ -227,9 +270,12 @@ def _defaults_from_environment(parser: argparse.ArgumentParser, env: dict[str, s
         if not long or action.dest == "help":
             continue
         name = ENV_PREFIX + long[0][2:].upper().replace("-", "_")
+        ENV_OPTION_NAMES.add(name)
         value = env.get(name)
         if value is None:
             continue
+        _ENV_NAMES[long[0]] = (name, value)
+        _check_environment_type(action, name, value)
         if isinstance(action, argparse._StoreTrueAction):
             lowered = value.strip().lower()
             if lowered not in _TRUE | _FALSE:
@@ -243,6 +289,14 @@ def _defaults_from_environment(parser: argparse.ArgumentParser, env: dict[str, s
             action.default = value
 
 
+def _warn_about_environment(args: argparse.Namespace) -> None:
+    """Variables that look meant for dockgate but are ignored (envwarnings.py)."""
+    for warning in environment_warnings(
+        os.environ, ENV_OPTION_NAMES, compatibility=args.policy is None
+    ):
+        print(f"dockgate: warning: {warning}", file=sys.stderr)
+
+
 def _token_create(args: argparse.Namespace) -> int:
     path = Path(args.file)
     existing = load_tokens(path) if path.exists() else None
@@ -250,9 +304,11 @@ def _token_create(args: argparse.Namespace) -> int:
         print(f"dockgate: error: {path}: a token named {args.name!r} exists", file=sys.stderr)
         return 2
     token, line = create_token_line(args.name, args.identity)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-    path.chmod(0o600)
+    try:
+        append_private_line(path, line)
+    except PrivateFileError as exc:
+        print(f"dockgate: error: {exc}", file=sys.stderr)
+        return 2
     print(token)
     print(
         f"dockgate: token {args.name!r} for identity {args.identity!r} added to {path}; "
@@ -362,9 +418,14 @@ def _load_policies(args: argparse.Namespace) -> PolicySet:
 
 
 def _check(args: argparse.Namespace) -> int:
-    method, _, target = args.request.strip().partition(" ")
-    if not target.startswith("/"):
-        print("dockgate: error: give the request as 'METHOD /path'", file=sys.stderr)
+    method, _, target = " ".join(args.request).strip().partition(" ")
+    target = target.strip()
+    if not target.startswith("/") or " " in target:
+        print(
+            "dockgate: error: give the request as METHOD /path, e.g. dockgate check GET "
+            "/v1.41/containers/json",
+            file=sys.stderr,
+        )
         return 2
     policies = _load_policies(args)
     caller = _caller(args.caller)
@@ -532,12 +593,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dockgate: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        _warn_about_environment(args)
         try:
             config = _serve_config(args)
         except (AddressError, ValueError) as exc:
             message = _validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
             if isinstance(exc, AddressListError):
                 message = f"--trusted-proxy: {message}"
+            message = _named_variable(message, sys.argv[1:] if argv is None else argv)
             print(f"dockgate: error: {message}", file=sys.stderr)
             return 2
         watched: WatchedFile[PolicySet] | None = None

@@ -49,6 +49,7 @@ REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    508: b"Loop Detected",
 }
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from dockgate.browser import BrowserGuard
 from dockgate.caching import remember
+from dockgate.denials import denial_message
 from dockgate.errors import ClientProtocolError
 from dockgate.policy.rules import Policy, PolicySet
-from dockgate.policy.tecnativa import missing_variable_hint
 from dockgate.routes import RouteMatch, identify
 from dockgate.target import parse_target
 
@@ -147,11 +147,14 @@ class Gatekeeper:
                 True, 0, "", operation, decision.label, match, decision.policy, decision.reason
             )
         subject = operation if match is not None else f"unknown operation {method} {target.path}"
-        message = decision.denial_message(subject)
-        if self.policies.source == "environment" and decision.rule is None:
-            # Tecnativa users think in variables: say which one would open this.
-            hint = missing_variable_hint(match.operation if match is not None else None)
-            message = message[:-1] + hint + ")" if hint else message
+        # Saying what would allow it: the variables, or the rule and the policy (denials.py).
+        message = denial_message(
+            policy,
+            decision,
+            subject,
+            match.operation if match is not None else None,
+            environment=self.policies.source == "environment",
+        )
         return Verdict(
             False, 403, message, operation, decision.label, match, decision.policy, decision.reason
         )

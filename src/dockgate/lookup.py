@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from dockgate.addresses import Address
+from dockgate.hops import with_hop
 from dockgate.ownership import (
     CONTAINER,
     PARENT_FIELD,
@@ -63,7 +64,9 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
     except (OSError, TimeoutError) as exc:
         raise LookupError_(f"cannot connect to the daemon: {exc}") from None
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        # With this gateway's hop field (hops.py): in a ring of gateways, a look-up that
+        # comes back is refused like any forwarded request, rather than starting another.
+        writer.write(with_hop(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()))
         pieces: list[bytes] = []
         size = 0
         while True:  # an HTTP/1.0 answer ends when the daemon closes

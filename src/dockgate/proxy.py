@@ -57,6 +57,7 @@ from dockgate.errors import (
 )
 from dockgate.gatekeeper import Verdict
 from dockgate.holding import Share
+from dockgate.hops import LOOP_MESSAGE, came_back
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import (
     Body,
@@ -80,6 +81,9 @@ from dockgate.sourceaddr import UNIX_SOURCE
 from dockgate.steps import PolicySteps
 from dockgate.tls import PROXY_SOURCE_INFO
 from dockgate.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, UpstreamConnection
+
+# A request this gateway forwarded that came back to it (hops.py): never forwarded again.
+LOOP_VERDICT = Verdict(False, 508, LOOP_MESSAGE, "unknown", "deny:-:loop", reason="loop")
 
 if TYPE_CHECKING:
     from dockgate.server import Gateway
@@ -383,6 +387,12 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
+        if came_back(head.raw):
+            # Forwarded by this very gateway and back again: a loop (hops.py). Answered here,
+            # before anything else, so it goes round once and never again.
+            self._admission = None
+            self._refuse(head, LOOP_VERDICT)
+            return
         admitted = self.gateway.admissions.admit(head, self.facts, self._started)
         if isinstance(admitted, PendingAdmission):
             self._await_password_check(head, admitted)

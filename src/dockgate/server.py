@@ -49,6 +49,14 @@ from dockgate.metrics import (
 from dockgate.metrics import render as render_metrics
 from dockgate.policy.rules import PolicySet
 from dockgate.proxy import ClientConnection
+from dockgate.startup import (
+    StartupCheckError,
+    check_certificate_files,
+    check_upstream_socket,
+    ping_upstream,
+    refuse_own_listener,
+)
+from dockgate.summary import summaries
 from dockgate.tls import (
     PEER_CERTIFICATE_INFO,
     ServerTLS,
@@ -519,6 +527,29 @@ def check_log_files(config: ServeConfig) -> None:
             raise StartupError(f"{option} {target}: {exc.strerror or exc}") from None
 
 
+def _startup_checks(config: ServeConfig) -> list[str]:
+    """The upstream socket and the certificate files (startup.py): errors stop the start,
+    warnings are printed with the others."""
+    try:
+        # A unix upstream that is one of the listeners' paths: said before the socket check,
+        # which would only find it missing.
+        refuse_own_listener(config.upstream, [(address, None) for address in config.listen])
+        return check_upstream_socket(config.upstream) + check_certificate_files(config)
+    except StartupCheckError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _after_binding(config: ServeConfig, bound: list[tuple[Address, socket.socket | None]]) -> None:
+    """With the listeners bound (their real ports known): refuse an upstream that is one of
+    them, then ask the daemon for `_ping` (a warning when it does not answer)."""
+    try:
+        refuse_own_listener(config.upstream, bound)
+    except StartupCheckError as exc:
+        raise StartupError(str(exc)) from None
+    for warning in ping_upstream(config.upstream):
+        print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
+
+
 def run(
     config: ServeConfig,
     policies: PolicySet,
@@ -526,16 +557,18 @@ def run(
 ) -> None:
     check_exposure(config)
     check_log_files(config)
+    early_warnings = _startup_checks(config)
     tls = load_tls(config)
     authenticator = load_authenticator(config)
     admin = bind_admin(config)
     loaded = Loaded(policies, tls, authenticator, admin, policy_file)
     warnings = list(authenticator.htpasswd.warnings) if authenticator.htpasswd else []
     warnings += unknown_binding_names(policies, authenticator)
-    for warning in warnings:
+    for warning in early_warnings + warnings:
         print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
     listeners = bind_listeners(config)
     try:
+        _after_binding(config, [*listeners, *([admin] if admin is not None else [])])
         for address, _ in listeners:
             print(f"dockgate: listening on {address}", file=sys.stderr, flush=True)
         if tls is not None:
@@ -552,6 +585,8 @@ def run(
             else f"policy {policies.default} from {policies.source}"
         )
         print(f"dockgate: {in_force}", file=sys.stderr, flush=True)
+        for line in summaries(policies):
+            print(f"dockgate: {line}", file=sys.stderr, flush=True)
         if config.audit_log != "off":
             print(f"dockgate: audit log to {config.audit_log}", file=sys.stderr, flush=True)
         if admin is not None:

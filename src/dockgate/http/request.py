@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from dockgate.caching import remember
 from dockgate.errors import ClientProtocolError
+from dockgate.hops import with_hop
 from dockgate.http.chunked import ChunkedDecoder
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -412,4 +413,5 @@ def forwarded_head(head: RequestHead) -> bytes:
     if head.authorization is not None:
         # Credentials are the gateway's business; the daemon never sees them.
         raw = _AUTHORIZATION_HEADER.sub(b"", raw)
-    return raw
+    # Marked as having passed here, so a request that comes back is caught (hops.py).
+    return with_hop(raw)
