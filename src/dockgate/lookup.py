@@ -28,6 +28,7 @@ from dockgate.ownership import (
     trusted_owner,
     vouched_list,
 )
+from dockgate.upstreamtls import tls_failure
 
 LOOKUP_TIMEOUT_SECONDS = 10.0
 LOOKUP_MAX_BYTES = 8 * 1024 * 1024
@@ -56,12 +57,19 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(address.path), LOOKUP_TIMEOUT_SECONDS
             )
+        elif address.tls is not None:  # the same TLS as the upstream pool (upstreamtls.py)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    address.host, address.port, ssl=address.tls, server_hostname=address.host
+                ),
+                LOOKUP_TIMEOUT_SECONDS,
+            )
         else:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(address.host, address.port), LOOKUP_TIMEOUT_SECONDS
             )
     except (OSError, TimeoutError) as exc:
-        raise LookupError_(f"cannot connect to the daemon: {exc}") from None
+        raise LookupError_(f"cannot connect to the daemon: {tls_failure(exc) or exc}") from None
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
         pieces: list[bytes] = []
@@ -76,7 +84,7 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
                 raise LookupError_("the daemon's answer is too large")
         raw = b"".join(pieces)
     except (OSError, TimeoutError) as exc:
-        raise LookupError_(f"the daemon did not answer: {exc}") from None
+        raise LookupError_(f"the daemon did not answer: {tls_failure(exc) or exc}") from None
     finally:
         writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")

@@ -27,7 +27,7 @@ class UpstreamOwner(Protocol):
 
     def upstream_data(self, data: bytes) -> None: ...
     def upstream_eof(self) -> bool: ...
-    def upstream_lost(self) -> None: ...
+    def upstream_lost(self, exc: Exception | None = None) -> None: ...
     def upstream_paused(self) -> None: ...
     def upstream_resumed(self) -> None: ...
 
@@ -65,7 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         owner, self.owner = self.owner, None
         if owner is not None:
-            owner.upstream_lost()
+            owner.upstream_lost(exc)
 
     def pause_writing(self) -> None:
         if self.owner is not None:
@@ -113,6 +113,18 @@ class UpstreamPool:
         address = self.address
         if address.scheme == "unix":
             coro = loop.create_unix_connection(lambda: UpstreamConnection(self), address.path)
+        elif address.tls is not None:
+            # uvloop's SSL transport: the daemon's certificate is checked against the CA and
+            # the upstream's host name before the connection is handed out. (It cannot
+            # half-close: see upstreamtls.py on hijacked stdin.)
+            coro = loop.create_connection(
+                lambda: UpstreamConnection(self),
+                address.host,
+                address.port,
+                ssl=address.tls,
+                server_hostname=address.host,
+                ssl_handshake_timeout=CONNECT_TIMEOUT_SECONDS,
+            )
         else:
             coro = loop.create_connection(
                 lambda: UpstreamConnection(self), address.host, address.port
