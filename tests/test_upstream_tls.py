@@ -332,3 +332,16 @@ def test_no_client_certificate_for_a_tlsverify_daemon_is_a_clear_502(
             assert status == 502, body
             assert "the daemon refused our client certificate" in str(body["message"]), body
             time.sleep(0.1)
+
+
+def test_hijacked_stdin_half_close_reaches_the_tls_daemon(
+    gateway: Gateway, image: str, tmp_path: pathlib.Path
+) -> None:
+    """`docker run -i` with stdin that ends: the end must reach the container (a TLS
+    close_notify towards the daemon) while its output keeps coming back. With uvloop's own SSL
+    transport for the pool (the first version of this change) it hung until the timeout:
+    that transport cannot half-close (tlsclient.py)."""
+    env = _env(gateway, tmp_path / "cfg")
+    data = os.urandom(64 * 1024).hex().encode()
+    done = run_docker(env, "run", "-i", "--rm", image, "wc", "-c", input=data, timeout=40)
+    assert _ok(done).strip() == str(len(data))

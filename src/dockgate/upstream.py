@@ -10,9 +10,11 @@ import asyncio
 import collections
 import contextlib
 import socket
+import ssl
 from typing import Protocol, cast
 
 from dockgate.addresses import Address
+from dockgate.tlsclient import ClientTLS
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Write-buffer marks for both sides of the gateway (the client side uses them too): large
@@ -87,6 +89,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _tune(transport: asyncio.BaseTransport, address: Address) -> None:
+    cast(asyncio.Transport, transport).set_write_buffer_limits(
+        WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
+    )
+    if address.scheme == "tcp":
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class UpstreamPool:
     """Opens upstream connections and keeps up to `max_idle` idle ones for reuse."""
 
@@ -111,30 +123,39 @@ class UpstreamPool:
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         address = self.address
+        if address.tls is not None:
+            return await self._connect_tls(address, address.tls)
         if address.scheme == "unix":
             coro = loop.create_unix_connection(lambda: UpstreamConnection(self), address.path)
-        elif address.tls is not None:
-            # uvloop's SSL transport: the daemon's certificate is checked against the CA and
-            # the upstream's host name before the connection is handed out. (It cannot
-            # half-close: see upstreamtls.py on hijacked stdin.)
-            coro = loop.create_connection(
-                lambda: UpstreamConnection(self),
-                address.host,
-                address.port,
-                ssl=address.tls,
-                server_hostname=address.host,
-                ssl_handshake_timeout=CONNECT_TIMEOUT_SECONDS,
-            )
         else:
             coro = loop.create_connection(
                 lambda: UpstreamConnection(self), address.host, address.port
             )
         transport, conn = await asyncio.wait_for(coro, CONNECT_TIMEOUT_SECONDS)
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
-        if address.scheme == "tcp":
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(transport, address)
+        return conn
+
+    async def _connect_tls(self, address: Address, context: ssl.SSLContext) -> UpstreamConnection:
+        """A connection whose TLS handshake is done: the daemon's certificate is checked
+        against the CA and the upstream's host name before it is handed out (tlsclient.py,
+        which also lets a hijacked stream half-close)."""
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        conn = UpstreamConnection(self)
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: ClientTLS(conn, context, address.host, handshake),
+                address.host,
+                address.port,
+            ),
+            CONNECT_TIMEOUT_SECONDS,
+        )
+        try:
+            await asyncio.wait_for(handshake, CONNECT_TIMEOUT_SECONDS)
+        except BaseException:
+            transport.abort()
+            raise
+        _tune(transport, address)
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
