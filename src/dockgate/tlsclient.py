@@ -97,7 +97,7 @@ class ClientTLS(asyncio.Protocol):
         self._handshake = handshake
         self._raw: asyncio.Transport | None = None
         self._handshaking = True
-        self._error: Exception | None = None  # the TLS failure the inner protocol is told
+        self.error: Exception | None = None  # the TLS failure the inner protocol is told
         self.closing = False
         self._shutdown_sent = False
         self._peer_eof = False  # the daemon's close_notify (or FIN) was passed on
@@ -199,10 +199,10 @@ class ClientTLS(asyncio.Protocol):
         self.closing = True
         if self._handshaking:
             self._handshake_failed(
-                self._error or exc or ConnectionResetError("connection lost in the TLS handshake")
+                self.error or exc or ConnectionResetError("connection lost in the TLS handshake")
             )
             return
-        self.inner.connection_lost(self._error or exc)
+        self.inner.connection_lost(self.error or exc)
 
     def pause_writing(self) -> None:
         if not self._handshaking:
@@ -312,7 +312,7 @@ class ClientTLS(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         """A TLS error on an established connection: drop it; the inner protocol hears why."""
-        self._error = exc
+        self.error = exc
         self.closing = True
         raw = self._raw
         if raw is not None and not raw.is_closing():

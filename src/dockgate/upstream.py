@@ -142,7 +142,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         handshake: asyncio.Future[None] = loop.create_future()
         conn = UpstreamConnection(self)
-        transport, _ = await asyncio.wait_for(
+        transport, tls = await asyncio.wait_for(
             loop.create_connection(
                 lambda: ClientTLS(conn, context, address.host, handshake),
                 address.host,
@@ -155,6 +155,11 @@ class UpstreamPool:
         except BaseException:
             transport.abort()
             raise
+        if conn.closed:
+            # Lost between the handshake and now: a TLS 1.3 daemon's alert refusing our client
+            # certificate comes right after the handshake. Handed out, the connection would
+            # swallow the request and the client would wait for ever.
+            raise tls.error or ConnectionResetError("the daemon closed the connection")
         _tune(transport, address)
         return conn
 
