@@ -348,6 +348,18 @@ def test_hijacked_stdin_half_close_reaches_the_tls_daemon(
     transport for the pool (the first version of this change) it hung until the timeout:
     that transport cannot half-close (tlsclient.py)."""
     env = _env(gateway, tmp_path / "cfg")
-    data = os.urandom(64 * 1024).hex().encode()
-    done = run_docker(env, "run", "-i", "--rm", image, "wc", "-c", input=data, timeout=40)
-    assert _ok(done).strip() == str(len(data))
+    data = os.urandom(1024 * 1024).hex().encode()  # 2 MiB: most of it comes back after the end
+    done = run_docker(
+        env,
+        "run",
+        "-i",
+        "--rm",
+        image,
+        "sh",
+        "-c",
+        "cat; echo end-of-stdin",
+        input=data,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data + b"end-of-stdin\n"
