@@ -59,11 +59,20 @@ def make_pki(root: pathlib.Path) -> None:
     (root / "key.pem").write_bytes(client.private_key_pem.bytes())
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (/proc/PID/stat, clock ticks)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--conns", type=int, default=16)
+    parser.add_argument(
+        "--path", action="append", default=[], help="(repeatable) default /_ping and a list"
+    )
     args = parser.parse_args()
     base = pathlib.Path(tempfile.mkdtemp(prefix="dg-bt-", dir="/tmp"))
     (base / "pki").mkdir()
@@ -88,23 +97,35 @@ def main() -> int:
         for gw in gateways.values():
             gw.start()
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
-        for path in ("/_ping", "/v1.41/containers/json?all=1"):
+        assert daemon.pid is not None
+        for path in args.path or ["/_ping", "/v1.41/containers/json?all=1"]:
             for round_ in range(args.rounds):
                 order = list(gateways) if round_ % 2 == 0 else list(reversed(gateways))
                 for name in order:
-                    url = gateways[name].http_base + path
-                    run_wrk(url, 1, conns=args.conns)  # warm the pool
-                    out = run_wrk(url, args.seconds, conns=args.conns)
+                    gw = gateways[name]
+                    run_wrk(gw.http_base + path, 1, conns=args.conns)  # warm the pool
+                    before = (_cpu_seconds(gw.pid), _cpu_seconds(daemon.pid))
+                    out = run_wrk(gw.http_base + path, args.seconds, conns=args.conns)
+                    after = (_cpu_seconds(gw.pid), _cpu_seconds(daemon.pid))
                     assert out["non2xx"] == 0 and out["socket_errors"] == 0, out
+                    # CPU microseconds per request, of dockgate and of dockerd.
+                    out["gw_us"] = 1e6 * (after[0] - before[0]) / out["requests"]
+                    out["d_us"] = 1e6 * (after[1] - before[1]) / out["requests"]
                     results.setdefault((path, name), []).append(out)
                     time.sleep(0.5)
-        print(f"wrk -t2 -c{args.conns} -d{args.seconds}s, median of {args.rounds} rounds")
-        print(f"{'path':<30} {'upstream':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(
+            f"wrk -t2 -c{args.conns} -d{args.seconds}s keep-alive, median of {args.rounds} rounds"
+        )
+        print(
+            f"{'path':<30} {'upstream':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'dockgate us/req':>16} {'dockerd us/req':>15}"
+        )
         for (path, name), runs in results.items():
-            rps = statistics.median(r["rps"] for r in runs)
-            p50 = statistics.median(r["p50_ms"] for r in runs)
-            p99 = statistics.median(r["p99_ms"] for r in runs)
-            print(f"{path:<30} {name:<8} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f}")
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            print(
+                f"{path:<30} {name:<8} {med['rps']:>9.0f} {med['p50_ms']:>8.2f} "
+                f"{med['p99_ms']:>8.2f} {med['gw_us']:>16.0f} {med['d_us']:>15.0f}"
+            )
     finally:
         for gw in gateways.values():
             gw.stop()
