@@ -331,13 +331,21 @@ def test_no_client_certificate_for_a_tlsverify_daemon_is_a_clear_502(
     handshake, often before the new connection is handed to the exchange: the pool must not
     hand out that dead connection (before the fix, the request waited for ever, within 5
     tries every time)."""
-    gw = Gateway(_upstream(tls_daemon), *_tls_options(pki, client=False), env=gateway_env())
+    gw = Gateway(
+        _upstream(tls_daemon),
+        *_tls_options(pki, client=False),
+        "--admin-listen",
+        "tcp://127.0.0.1:0",
+        env=gateway_env(),
+    )
     with running(gw) as started:
         for _ in range(5):  # a fresh connection each time: none is ever pooled
             status, body = _get(f"{started.http_base}/v1.41/containers/json")
             assert status == 502, body
             assert "the daemon refused our client certificate" in str(body["message"]), body
             time.sleep(0.1)
+        status, body = _get(f"http://127.0.0.1:{started.admin_port()}/readyz")
+        assert status == 503 and "refused our client certificate" in str(body["reason"]), body
 
 
 def test_hijacked_stdin_half_close_reaches_the_tls_daemon(
