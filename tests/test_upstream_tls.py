@@ -282,6 +282,7 @@ def test_docker_tls_verify_and_cert_path_are_honoured(
     # Two workers: the context is made by the parent before it forks, and used by each.
     with running(Gateway(None, "--workers", "2", env=env)) as gw:
         gw.wait_stderr(r"forwarding to tcp://127\.0\.0\.1:\d+ over TLS")
+        gw.wait_stderr(r"TLS, daemon verified against \S+/client/ca\.pem, client certificate ")
         for _ in range(4):
             _ok(run_docker(_env(gw, tmp_path / "cfg"), "version"))
 

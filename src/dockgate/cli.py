@@ -326,15 +326,11 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         cert=args.upstream_tls_cert,
         key=args.upstream_tls_key,
     )
-    if upstream_tls is not None:
-        print(
-            f"dockgate: upstream {upstream}: {describe_upstream_tls(upstream_tls)}", file=sys.stderr
-        )
     try:
         socket_mode = int(args.socket_mode, 8)
     except ValueError:
         raise ValueError(f"--socket-mode {args.socket_mode!r} is not an octal mode") from None
-    return ServeConfig(
+    config = ServeConfig(
         listen=[parse_address(text) for text in (args.listen or [DEFAULT_LISTEN])],
         upstream=upstream,
         insecure=args.insecure,
@@ -364,6 +360,11 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         audit_log=args.audit_log,
         admin_listen=parse_address(args.admin_listen) if args.admin_listen else None,
     )
+    if upstream_tls is not None:
+        print(
+            f"dockgate: upstream {upstream}: {describe_upstream_tls(upstream_tls)}", file=sys.stderr
+        )
+    return config
 
 
 def _validation_message(exc: ValidationError) -> str:
