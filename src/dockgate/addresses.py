@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 
 
 class AddressError(ValueError):
@@ -17,6 +18,9 @@ class Address:
     host: str = ""  # tcp only; IPv6 without brackets
     port: int = 0  # tcp only
     path: str = ""  # unix only
+    # An upstream reached over TLS: the client context every connection to it is made with
+    # (upstreamtls.py). None: plain. Not part of the address's identity.
+    tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         if self.scheme == "unix":

@@ -30,6 +30,8 @@ from dockgate.privatefiles import PrivateFileError, append_private_line
 from dockgate.server import StartupError, run
 from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS
+from dockgate.upstreamtls import describe as describe_upstream_tls
+from dockgate.upstreamtls import resolve_upstream
 from dockgate.watched import WatchedFile
 
 
@@ -51,6 +53,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "--upstream",
         metavar="ADDR",
         help=f"the Docker daemon (default: $DOCKER_HOST, else {DEFAULT_UPSTREAM})",
+    )
+    serve.add_argument(
+        "--upstream-tls-ca",
+        default=None,
+        metavar="FILE",
+        help="a tcp:// upstream speaks TLS; its certificate must be signed by this CA (PEM) "
+        "and name its host (default from $DOCKER_TLS_VERIFY/$DOCKER_CERT_PATH with $DOCKER_HOST)",
+    )
+    serve.add_argument(
+        "--upstream-tls-cert",
+        default=None,
+        metavar="FILE",
+        help="client certificate (PEM) presented to a TLS upstream (with --upstream-tls-key)",
+    )
+    serve.add_argument(
+        "--upstream-tls-key", default=None, metavar="FILE", help="its private key (PEM)"
     )
     serve.add_argument(
         "--insecure",
@@ -356,14 +374,21 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
-    upstream_text = args.upstream or os.environ.get("DOCKER_HOST") or DEFAULT_UPSTREAM
+    upstream, upstream_tls = resolve_upstream(
+        args.upstream,
+        os.environ,
+        DEFAULT_UPSTREAM,
+        ca=args.upstream_tls_ca,
+        cert=args.upstream_tls_cert,
+        key=args.upstream_tls_key,
+    )
     try:
         socket_mode = int(args.socket_mode, 8)
     except ValueError:
         raise ValueError(f"--socket-mode {args.socket_mode!r} is not an octal mode") from None
-    return ServeConfig(
+    config = ServeConfig(
         listen=[parse_address(text) for text in (args.listen or [DEFAULT_LISTEN])],
-        upstream=parse_address(upstream_text),
+        upstream=upstream,
         insecure=args.insecure,
         log_format=args.log_format,
         access_log=args.access_log,
@@ -391,6 +416,11 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         audit_log=args.audit_log,
         admin_listen=parse_address(args.admin_listen) if args.admin_listen else None,
     )
+    if upstream_tls is not None:
+        print(
+            f"dockgate: upstream {upstream}: {describe_upstream_tls(upstream_tls)}", file=sys.stderr
+        )
+    return config
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -29,6 +29,7 @@ from dockgate.ownership import (
     trusted_owner,
     vouched_list,
 )
+from dockgate.upstreamtls import tls_failure
 
 LOOKUP_TIMEOUT_SECONDS = 10.0
 LOOKUP_MAX_BYTES = 8 * 1024 * 1024
@@ -57,12 +58,19 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(address.path), LOOKUP_TIMEOUT_SECONDS
             )
+        elif address.tls is not None:  # the same TLS as the upstream pool (upstreamtls.py)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    address.host, address.port, ssl=address.tls, server_hostname=address.host
+                ),
+                LOOKUP_TIMEOUT_SECONDS,
+            )
         else:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(address.host, address.port), LOOKUP_TIMEOUT_SECONDS
             )
     except (OSError, TimeoutError) as exc:
-        raise LookupError_(f"cannot connect to the daemon: {exc}") from None
+        raise LookupError_(f"cannot connect to the daemon: {tls_failure(exc) or exc}") from None
     try:
         # With this gateway's hop field (hops.py): in a ring of gateways, a look-up that
         # comes back is refused like any forwarded request, rather than starting another.
@@ -79,7 +87,7 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
                 raise LookupError_("the daemon's answer is too large")
         raw = b"".join(pieces)
     except (OSError, TimeoutError) as exc:
-        raise LookupError_(f"the daemon did not answer: {exc}") from None
+        raise LookupError_(f"the daemon did not answer: {tls_failure(exc) or exc}") from None
     finally:
         writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")

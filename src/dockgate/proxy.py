@@ -52,7 +52,6 @@ from dockgate.errors import (
     ClientProtocolError,
     GatewayError,
     UpstreamError,
-    describe_error,
     error_response,
 )
 from dockgate.gatekeeper import Verdict
@@ -81,6 +80,7 @@ from dockgate.sourceaddr import UNIX_SOURCE
 from dockgate.steps import PolicySteps
 from dockgate.tls import PROXY_SOURCE_INFO
 from dockgate.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, UpstreamConnection
+from dockgate.upstreamtls import describe_upstream_error
 
 # A request this gateway forwarded that came back to it (hops.py): never forwarded again.
 LOOP_VERDICT = Verdict(False, 508, LOOP_MESSAGE, "unknown", "deny:-:loop", reason="loop")
@@ -493,7 +493,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._upstream_failed(
                 UpstreamError(
                     f"cannot connect to the Docker daemon at {self.gateway.pool.address}: "
-                    f"{describe_error(exc)}"
+                    f"{describe_upstream_error(exc)}"
                 )
             )
             return
@@ -780,7 +780,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 self._finish_exchange()
         return False
 
-    def upstream_lost(self) -> None:
+    def upstream_lost(self, exc: Exception | None = None) -> None:
         self._upstream = None
         if self.tunnel:
             self._upstream_eof = True
@@ -790,7 +790,12 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         if self._retry_now():
             return
-        self._upstream_failed(UpstreamError("the Docker daemon closed the connection mid-response"))
+        # A reason, when there is one, is the daemon's TLS alert (a TLS 1.3 daemon refuses a
+        # missing client certificate after the handshake, at the first read): say which.
+        why = f": {describe_upstream_error(exc)}" if exc is not None else ""
+        self._upstream_failed(
+            UpstreamError(f"the Docker daemon closed the connection mid-response{why}")
+        )
 
     def _retry_now(self) -> bool:
         """Send the request again on a new connection if the pooled one it went out on was

@@ -578,7 +578,8 @@ def run(
                 else "no client certificates"
             )
             print(f"dockgate: TLS on TCP listeners, {clients}", file=sys.stderr, flush=True)
-        print(f"dockgate: forwarding to {config.upstream}", file=sys.stderr, flush=True)
+        over = " over TLS" if config.upstream.tls is not None else ""
+        print(f"dockgate: forwarding to {config.upstream}{over}", file=sys.stderr, flush=True)
         in_force = (
             f"policies from {policies.source}, {len(policies.bindings)} bindings"
             if policies.bindings is not None

@@ -10,9 +10,11 @@ import asyncio
 import collections
 import contextlib
 import socket
+import ssl
 from typing import Protocol, cast
 
 from dockgate.addresses import Address
+from dockgate.tlsclient import ClientTLS
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Write-buffer marks for both sides of the gateway (the client side uses them too): large
@@ -27,7 +29,7 @@ class UpstreamOwner(Protocol):
 
     def upstream_data(self, data: bytes) -> None: ...
     def upstream_eof(self) -> bool: ...
-    def upstream_lost(self) -> None: ...
+    def upstream_lost(self, exc: Exception | None = None) -> None: ...
     def upstream_paused(self) -> None: ...
     def upstream_resumed(self) -> None: ...
 
@@ -65,7 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         owner, self.owner = self.owner, None
         if owner is not None:
-            owner.upstream_lost()
+            owner.upstream_lost(exc)
 
     def pause_writing(self) -> None:
         if self.owner is not None:
@@ -85,6 +87,16 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.abort()
+
+
+def _tune(transport: asyncio.BaseTransport, address: Address) -> None:
+    cast(asyncio.Transport, transport).set_write_buffer_limits(
+        WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
+    )
+    if address.scheme == "tcp":
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class UpstreamPool:
@@ -111,6 +123,8 @@ class UpstreamPool:
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         address = self.address
+        if address.tls is not None:
+            return await self._connect_tls(address, address.tls)
         if address.scheme == "unix":
             coro = loop.create_unix_connection(lambda: UpstreamConnection(self), address.path)
         else:
@@ -118,11 +132,35 @@ class UpstreamPool:
                 lambda: UpstreamConnection(self), address.host, address.port
             )
         transport, conn = await asyncio.wait_for(coro, CONNECT_TIMEOUT_SECONDS)
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
-        if address.scheme == "tcp":
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(transport, address)
+        return conn
+
+    async def _connect_tls(self, address: Address, context: ssl.SSLContext) -> UpstreamConnection:
+        """A connection whose TLS handshake is done: the daemon's certificate is checked
+        against the CA and the upstream's host name before it is handed out (tlsclient.py,
+        which also lets a hijacked stream half-close)."""
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        conn = UpstreamConnection(self)
+        transport, tls = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: ClientTLS(conn, context, address.host, handshake),
+                address.host,
+                address.port,
+            ),
+            CONNECT_TIMEOUT_SECONDS,
+        )
+        try:
+            await asyncio.wait_for(handshake, CONNECT_TIMEOUT_SECONDS)
+        except BaseException:
+            transport.abort()
+            raise
+        if conn.closed:
+            # Lost between the handshake and now: a TLS 1.3 daemon's alert refusing our client
+            # certificate comes right after the handshake. Handed out, the connection would
+            # swallow the request and the client would wait for ever.
+            raise tls.error or ConnectionResetError("the daemon closed the connection")
+        _tune(transport, address)
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
