@@ -285,6 +285,8 @@ def test_docker_tls_verify_and_cert_path_are_honoured(
         gw.wait_stderr(r"TLS, daemon verified against \S+/client/ca\.pem, client certificate ")
         for _ in range(4):
             _ok(run_docker(_env(gw, tmp_path / "cfg"), "version"))
+        # The start-up `_ping` spoke TLS too: no warning that the daemon does not answer.
+        assert "does not answer" not in gw.stderr_text(), gw.stderr_text()
 
 
 def test_docker_tls_verify_without_certificates_refuses_to_start(

@@ -265,6 +265,12 @@ def ping_upstream(upstream: Address, timeout: float = PING_TIMEOUT_SECONDS) -> l
                 raise
         else:
             sock = socket.create_connection((upstream.host, upstream.port), timeout=timeout)
+            if upstream.tls is not None:  # the upstream's own TLS (upstreamtls.py), verified
+                try:
+                    sock = upstream.tls.wrap_socket(sock, server_hostname=upstream.host)
+                except BaseException:
+                    sock.close()
+                    raise
         with sock:
             sock.sendall(request)
             answer = b""
