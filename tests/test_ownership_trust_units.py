@@ -11,14 +11,17 @@ import pytest
 
 from dockgate.ownership import (
     BUILT_BY_LABEL,
+    MAX_OWNER_BYTES,
     OWNER_LABEL,
     LookUp,
     Refuse,
+    container_ids_of,
     continued_change,
     created_image,
-    image_ids_of,
     image_owner_of,
+    log_driver_of,
     plan,
+    silent_log_problem,
     trusted_owner,
     vouched_list,
     with_commit_label,
@@ -32,12 +35,92 @@ def test_a_label_equal_to_the_images_is_not_trusted() -> None:
     """The rule: the daemon copies the image's labels under keys the body did not set, and
     dockgate always sets the owner label, so equal values mean the image put it there. Fails
     on the old code (there was no image to compare with: every label was trusted)."""
-    assert trusted_owner("user:alice", "user:alice") is None
-    assert trusted_owner("user:alice", None) == "user:alice"
-    assert trusted_owner("user:alice", "") == "user:alice"
-    assert trusted_owner("user:alice", "user:bob") == "user:alice"
-    assert trusted_owner(None, "user:alice") is None
-    assert trusted_owner(None, None) is None
+    log = "json-file"
+    assert trusted_owner("user:alice", "user:alice", log) is None
+    assert trusted_owner("user:alice", None, log) == "user:alice"
+    assert trusted_owner("user:alice", "", log) == "user:alice"
+    assert trusted_owner("user:alice", "user:bob", log) == "user:alice"
+    assert trusted_owner(None, "user:alice", log) is None
+    assert trusted_owner(None, None, log) is None
+
+
+def test_a_build_steps_log_driver_makes_a_container_nobodys() -> None:
+    """Every container the classic builder creates has the log driver `none` (moby
+    builder/dockerfile/internals.go defaultLogConfig): a LABEL step's container carries a
+    label its image does not, and is still nobody's; so is a leftover step whose image is
+    gone. Fails on the old code (trusted_owner had no log driver: both were trusted)."""
+    assert trusted_owner("user:alice", "user:bob", "none") is None
+    assert trusted_owner("user:alice", None, "none") is None
+    # Not the daemon's answer (it always names the driver): not judged.
+    assert trusted_owner("user:alice", None, None) is None
+    assert trusted_owner("user:alice", None, "") is None
+    assert trusted_owner("user:alice", None, "local") == "user:alice"
+    assert log_driver_of({"HostConfig": {"LogConfig": {"Type": "none", "Config": {}}}}) == "none"
+    assert log_driver_of({"HostConfig": None}) is None
+
+
+def test_an_owner_label_longer_than_any_identity_is_nobodys() -> None:
+    """Fails on the old code (labels of any length were trusted and kept)."""
+    long = "user:" + "x" * MAX_OWNER_BYTES
+    assert trusted_owner(long, None, "local") is None
+    assert trusted_owner("user:" + "é" * 510, None, "local") is None  # bytes, not characters
+    assert trusted_owner("user:" + "x" * (MAX_OWNER_BYTES - 5), None, "local") is not None
+    refused = plan("ContainerList", "/containers/json", "/containers/json", "/", long)
+    assert isinstance(refused, Refuse)
+    assert refused.status == 403
+
+
+@pytest.mark.parametrize(
+    ("operation", "body", "default", "refused"),
+    [
+        ("ContainerCreate", b'{"HostConfig":{"LogConfig":{"Type":"none"}}}', "json-file", True),
+        # Go struct fields fold case; the last value wins; null leaves it as it was.
+        ("ContainerCreate", b'{"hostconfig":{"logconfig":{"type":"none"}}}', "local", True),
+        (
+            "ContainerCreate",
+            b'{"HostConfig":{"LogConfig":{"Type":"local","TYPE":"none"}}}',
+            "",
+            True,
+        ),
+        ("ContainerCreate", b'{"HostConfig":{"LogConfig":{"Type":"none","Type":null}}}', "x", True),
+        # The deprecated top-level HostConfig fields count when `HostConfig` is absent ...
+        ("ContainerCreate", b'{"LogConfig":{"Type":"none"}}', "local", True),
+        # ... and not when it is given (runconfig ContainerConfigWrapper.getHostConfig).
+        ("ContainerCreate", b'{"LogConfig":{"Type":"none"},"HostConfig":{}}', "local", False),
+        # The value is exact: the daemon refuses a driver it does not know.
+        ("ContainerCreate", b'{"HostConfig":{"LogConfig":{"Type":"None"}}}', "local", False),
+        ("ContainerCreate", b'{"HostConfig":{"LogConfig":{"Type":"local"}}}', "none", False),
+        # No driver: the daemon's default, refused when it is `none`.
+        ("ContainerCreate", b'{"Image":"x"}', "json-file", False),
+        ("ContainerCreate", b'{"Image":"x"}', "none", True),
+        ("ContainerCreate", b'{"HostConfig":{"LogConfig":{"Type":""}}}', "none", True),
+        ("ContainerCreate", b'{"Image":"x"}', None, False),
+        ("ServiceCreate", b'{"TaskTemplate":{"LogDriver":{"Name":"none"}}}', "local", True),
+        ("ServiceUpdate", b'{"taskTemplate":{"logDriver":{"name":"none"}}}', "local", True),
+        (
+            "ServiceCreate",
+            b'{"TaskTemplate":{"LogDriver":{"Name":"none"},"LogDriver":null}}',
+            "local",
+            False,
+        ),
+        ("ServiceCreate", b'{"TaskTemplate":{"ContainerSpec":{}}}', "none", True),
+        ("ServiceCreate", b'{"TaskTemplate":{"LogDriver":{"Name":"local"}}}', "none", False),
+    ],
+)
+def test_the_build_steps_log_driver_is_refused_at_create(
+    operation: str, body: bytes, default: str | None, refused: bool
+) -> None:
+    """Fails on the old code (no such check: a container created with `--log-driver none`
+    through dockgate would be nobody's now)."""
+    assert (silent_log_problem(operation, body, default) is not None) is refused
+
+
+def test_container_prune_is_not_available() -> None:
+    """Fails on the old code (the prune was narrowed by label, build steps included)."""
+    step = plan("ContainerPrune", "/containers/prune", "/v1.41/containers/prune", "/", "u:a")
+    assert isinstance(step, Refuse)
+    assert step.status == 403
+    assert "docker rm" in step.message
 
 
 def test_image_owner_of_reads_the_config_labels_only() -> None:
@@ -54,14 +137,12 @@ def test_a_list_keeps_only_the_callers_trusted_containers() -> None:
     """Fails on the old code (no such filter: the step container was listed)."""
     mine = {"Id": "1", "ImageID": IMAGE_A, "Labels": {OWNER_LABEL: "user:alice"}}
     step = {"Id": "2", "ImageID": IMAGE_B, "Labels": {OWNER_LABEL: "user:alice"}}
-    gone = {"Id": "3", "ImageID": "sha256:" + "c" * 64, "Labels": {OWNER_LABEL: "user:alice"}}
+    failed = {"Id": "3", "ImageID": IMAGE_A, "Labels": {OWNER_LABEL: "user:alice"}}
     other = {"Id": "4", "ImageID": IMAGE_A, "Labels": {OWNER_LABEL: "user:bob"}}
-    # An entry without an image cannot be judged: left out.
-    no_image = {"Id": "6", "Labels": {OWNER_LABEL: "user:alice"}}
-    entries: list[object] = [mine, step, gone, other, "junk", {"Id": "5"}, no_image]
-    owners = {IMAGE_A: "", IMAGE_B: "user:alice"}
-    assert vouched_list(entries, "user:alice", owners) == [mine, gone]
-    assert image_ids_of(entries) == [IMAGE_A, IMAGE_B, "sha256:" + "c" * 64]
+    entries: list[object] = [mine, step, failed, other, "junk", {"Id": ""}, mine]
+    verdicts = {"1": "user:alice", "2": None, "4": "user:bob"}  # "3": its look-up failed
+    assert vouched_list(entries, "user:alice", verdicts) == [mine, mine]
+    assert container_ids_of(entries) == ["1", "2", "3", "4"]
 
 
 def test_a_commit_gets_a_last_change_that_empties_the_owner_label() -> None:
