@@ -267,3 +267,123 @@ def test_a_change_that_continues_onto_dockgates_is_refused(change: str) -> None:
 def test_single_line_changes_pass() -> None:
     assert continued_change("changes=CMD%20sh&changes=LABEL%20a%3Db%20%5C%20c") is None
     assert continued_change("container=x") is None
+
+
+# ----- the look-ups: per-container verdicts, cached; a failed look-up hides one container --------
+
+
+def _container(cid: str, owner: str | None, log: str = "json-file", image: str = IMAGE_A) -> dict:
+    labels = {OWNER_LABEL: owner} if owner is not None else {}
+    return {
+        "Id": cid,
+        "Image": image,
+        "Config": {"Labels": labels},
+        "HostConfig": {"LogConfig": {"Type": log, "Config": {}}},
+    }
+
+
+def test_a_list_judges_each_container_and_hides_only_those_it_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fails on the old code (one image look-up over the bound failed the whole list, and a
+    LABEL step's container, `none` log driver, was listed)."""
+    from dockgate import lookup  # noqa: PLC0415
+    from dockgate.addresses import Address  # noqa: PLC0415
+
+    ids = {name: name * 64 for name in "abcdef"}
+    inspected = {
+        ids["a"]: _container(ids["a"], "user:alice"),
+        ids["b"]: _container(ids["b"], "user:alice", log="none"),  # a build step
+        ids["c"]: _container(ids["c"], "user:alice", image=IMAGE_B),  # from an image of hers
+        ids["f"]: _container(ids["f"], "user:alice", image="sha256:" + "f" * 64),
+    }
+    asked: list[str] = []
+    running = [0, 0]  # now, most at once
+
+    async def fake_get_json(address: Address, path: str) -> tuple[int, object]:
+        asked.append(path)
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            await asyncio.sleep(0.01)
+            if path == f"/containers/{ids['d']}/json":
+                raise lookup.TooLarge("the daemon's answer is too large")
+            if path == f"/containers/{ids['e']}/json":
+                raise lookup.LookupError_("cannot connect")
+            if path.startswith("/containers/"):
+                return 200, inspected[path.split("/")[2]]
+            if path == f"/images/{IMAGE_B}/json":
+                return 200, {"Config": {"Labels": {OWNER_LABEL: "user:alice"}}}
+            if path == "/images/sha256:" + "f" * 64 + "/json":
+                raise lookup.TooLarge("the daemon's answer is too large")
+            return 200, {"Config": {"Labels": {}}}
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(lookup, "get_json", fake_get_json)
+    monkeypatch.setattr(lookup, "CONTAINER_VERDICTS", lookup.ContainerVerdicts())
+    monkeypatch.setattr(lookup, "IMAGE_OWNERS", lookup.ImageOwners())
+    address = Address("unix", path="/nowhere")
+    entries = [{"Id": ids[n], "Labels": {OWNER_LABEL: "user:alice"}} for n in "abcdef"]
+    raw = json.dumps(entries).encode()
+    first = json.loads(asyncio.run(lookup.vouched_containers(address, raw, "user:alice")))
+    assert [e["Id"] for e in first] == [ids["a"]]
+    asked_first = len(asked)
+    second = json.loads(asyncio.run(lookup.vouched_containers(address, raw, "user:alice")))
+    assert second == first
+    # Verdicts are kept (an inspect over the bound too); the failed look-up is asked again.
+    assert asked[asked_first:] == [f"/containers/{ids['e']}/json"]
+    # The build step was judged without its image.
+    assert f"/images/{IMAGE_A}/json" in asked
+    assert asked.count(f"/images/{IMAGE_A}/json") == 1
+
+
+def test_list_look_ups_run_at_most_eight_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dockgate import lookup  # noqa: PLC0415
+    from dockgate.addresses import Address  # noqa: PLC0415
+
+    running = [0, 0]
+
+    async def fake_get_json(address: Address, path: str) -> tuple[int, object]:
+        running[0] += 1
+        running[1] = max(running)
+        await asyncio.sleep(0.005)
+        running[0] -= 1
+        if path.startswith("/containers/"):
+            return 200, _container(path.split("/")[2], "user:alice")
+        return 200, {"Config": {"Labels": {}}}
+
+    monkeypatch.setattr(lookup, "get_json", fake_get_json)
+    monkeypatch.setattr(lookup, "CONTAINER_VERDICTS", lookup.ContainerVerdicts())
+    entries = [{"Id": f"{i:064x}"} for i in range(40)]
+    address = Address("unix", path="/nowhere")
+    kept = json.loads(
+        asyncio.run(lookup.vouched_containers(address, json.dumps(entries).encode(), "user:alice"))
+    )
+    assert len(kept) == 40
+    assert running[1] == lookup.LIST_LOOKUPS_AT_ONCE
+
+
+def test_the_caches_keep_small_values_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image's owner label over MAX_OWNER_BYTES is kept as no label (it cannot equal any
+    trusted owner); the verdict cache is bounded. Fails on the old code (the value was kept
+    whole)."""
+    from dockgate import lookup  # noqa: PLC0415
+    from dockgate.addresses import Address  # noqa: PLC0415
+
+    huge = "x" * (4 * 1024 * 1024)
+
+    async def fake_get_json(address: Address, path: str) -> tuple[int, object]:
+        return 200, {"Config": {"Labels": {OWNER_LABEL: huge}}}
+
+    monkeypatch.setattr(lookup, "get_json", fake_get_json)
+    cache = lookup.ImageOwners()
+    address = Address("unix", path="/nowhere")
+    assert asyncio.run(cache.owner(address, IMAGE_A)) is None
+    assert len(cache) == 1
+    verdicts = lookup.ContainerVerdicts(size=2)
+    for cid in "abc":
+        verdicts.keep(cid, "user:alice")
+    assert len(verdicts) == 2
+    assert verdicts.known("a") == (False, None)
+    assert verdicts.known("c") == (True, "user:alice")
