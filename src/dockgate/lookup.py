@@ -158,9 +158,10 @@ class ImageOwners:
     image/store.go, the ID is the content digest), so its labels cannot change and nothing
     kept here goes stale. An image the daemon no longer knows (force-removed while a stopped
     container still uses it) is not kept, and vouches for nothing: a container's label is
-    then trusted. A running container's image cannot be removed, even forced (daemon/images/
-    image_delete.go, conflictRunningContainer is a hard conflict), nor one with child images
-    (a build's step images), so a build's running step containers keep their image."""
+    then trusted, unless its log driver is the build steps' (`none`, ownership.trusted_owner),
+    so a leftover step container stays nobody's when its image is removed. An owner label
+    over MAX_OWNER_BYTES is kept as None: it cannot equal a trusted owner, and the cache stays
+    small (4 MB owner values were kept whole)."""
 
     def __init__(self, size: int = IMAGE_OWNERS_CACHED) -> None:
         self._size = size

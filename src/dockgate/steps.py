@@ -683,9 +683,9 @@ class PolicySteps:
         self._upstream_failed(UpstreamError(f"cannot check the answer: {message}"))
 
     async def _vouched_answer(self, head: ResponseHead, raw: bytes) -> None:
-        """ContainerList in ownership mode: the containers whose owner label came from their
-        image (a build's step containers, ownership.trusted_owner) taken out, then redacted
-        as the policy says, then sent."""
+        """ContainerList in ownership mode: only the containers trusted as the caller's
+        (lookup.vouched_containers: a build's step containers, and any container whose
+        look-up fails, taken out), then redacted as the policy says, then sent."""
         owner = self._owner
         assert owner is not None
         try:
