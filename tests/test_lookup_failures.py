@@ -36,13 +36,15 @@ ALICE = "Basic " + base64.b64encode(b"alice:alice-pw").decode()
 IMAGE = "sha256:" + "0" * 64
 ANSWERS: dict[str, tuple[int, object]] = {
     # An ID Python cannot put back into a path (a lone surrogate): quoting it raises. (With
-    # an image, which carries no owner label: a container without one is nobody's.)
+    # an image, which carries no owner label, and a log driver, as the daemon always stores
+    # one: a container without either is nobody's.)
     "/containers/odd/json": (
         200,
         {
             "Id": "\udfff",
             "Image": IMAGE,
             "Config": {"Labels": {"io.dockgate.owner": "user:alice"}},
+            "HostConfig": {"LogConfig": {"Type": "json-file", "Config": {}}},
         },
     ),
     f"/images/{IMAGE}/json": (200, {"Id": IMAGE, "Config": {"Labels": None}}),

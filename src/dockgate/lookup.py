@@ -5,7 +5,9 @@ a plain body and closes), never on a client's upstream connection. Answers are n
 object's labels are read at the moment the request about it is decided, and the request then
 names the object by the full ID that was read. The one exception is an image's owner label,
 asked by image ID: an image ID is the digest of the image's config, labels included, so what
-it says never changes (a bounded cache, `ImageOwners`).
+it says never changes (a bounded cache, `ImageOwners`); and a container's verdict (its trusted
+owner, ownership.trusted_owner), asked by full container ID: its labels, image and log driver
+are fixed at its create (`ContainerVerdicts`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from dockgate.addresses import Address
 from dockgate.hops import with_hop
 from dockgate.ownership import (
     CONTAINER,
+    MAX_OWNER_BYTES,
     PARENT_FIELD,
     Kind,
-    image_ids_of,
+    container_ids_of,
     image_owner_of,
+    log_driver_of,
     owner_of,
     trusted_owner,
     vouched_list,
@@ -37,6 +41,10 @@ LOOKUP_MAX_BYTES = 8 * 1024 * 1024
 
 class LookupError_(Exception):
     """The daemon could not be asked (the request fails with 502)."""
+
+
+class TooLarge(LookupError_):
+    """The daemon's answer is over LOOKUP_MAX_BYTES."""
 
 
 class Unresolved(Exception):
@@ -84,7 +92,7 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
             pieces.append(more)
             size += len(more)
             if size > LOOKUP_MAX_BYTES:
-                raise LookupError_("the daemon's answer is too large")
+                raise TooLarge("the daemon's answer is too large")
         raw = b"".join(pieces)
     except (OSError, TimeoutError) as exc:
         raise LookupError_(f"the daemon did not answer: {tls_failure(exc) or exc}") from None
@@ -136,16 +144,9 @@ async def find(address: Address, kind: Kind, reference: str) -> Found | None:
         raise LookupError_(f"no {kind.id_field} in the daemon's {kind.name} answer")
     parent = PARENT_FIELD.get(kind.name)
     if parent is None:
-        owner = owner_of(answer, kind)
-        if kind is CONTAINER and owner is not None:
-            # Trusted only if the container's image did not put it there (trusted_owner).
-            # Every container has an image: without one, it cannot be judged.
-            image = answer.get("Image")
-            if isinstance(image, str) and image:
-                owner = trusted_owner(owner, await IMAGE_OWNERS.owner(address, image))
-            else:
-                owner = None
-        return Found(full_id, owner)
+        if kind is CONTAINER:
+            return Found(full_id, await CONTAINER_VERDICTS.verdict(address, full_id, answer))
+        return Found(full_id, owner_of(answer, kind))
     field, parent_kind = parent
     parent_id = answer.get(field)
     if not isinstance(parent_id, str) or not parent_id:
@@ -168,9 +169,10 @@ class ImageOwners:
     image/store.go, the ID is the content digest), so its labels cannot change and nothing
     kept here goes stale. An image the daemon no longer knows (force-removed while a stopped
     container still uses it) is not kept, and vouches for nothing: a container's label is
-    then trusted. A running container's image cannot be removed, even forced (daemon/images/
-    image_delete.go, conflictRunningContainer is a hard conflict), nor one with child images
-    (a build's step images), so a build's running step containers keep their image."""
+    then trusted, unless its log driver is the build steps' (`none`, ownership.trusted_owner),
+    so a leftover step container stays nobody's when its image is removed. An owner label
+    over MAX_OWNER_BYTES is kept as None: it cannot equal a trusted owner, and the cache stays
+    small (4 MB owner values were kept whole)."""
 
     def __init__(self, size: int = IMAGE_OWNERS_CACHED) -> None:
         self._size = size
@@ -193,6 +195,10 @@ class ImageOwners:
         if status != 200 or not isinstance(answer, dict):
             raise LookupError_(f"the daemon answered {status} to a look-up of image {image_id}")
         owner = image_owner_of(answer)
+        if owner is not None and len(owner.encode("utf-8", "surrogatepass")) > MAX_OWNER_BYTES:
+            # No container's trusted owner is that long (trusted_owner): it cannot equal one,
+            # so it judges as no label at all, and the cache keeps small values only.
+            owner = None
         self._owners[image_id] = owner
         while len(self._owners) > self._size:
             self._owners.popitem(last=False)
@@ -215,16 +221,135 @@ async def named_image_owner(address: Address, name: str) -> str | None:
     return image_owner_of(answer)
 
 
+# ----- the daemon's default log driver ----------------------------------------------------------
+
+DEFAULT_LOG_DRIVER_SECONDS = 60.0  # how long /info's LoggingDriver is kept (set at daemon start)
+_default_log_driver: tuple[float, str | None] | None = None
+
+
+async def default_log_driver(address: Address) -> str | None:
+    """The daemon's default log driver (`GET /info` LoggingDriver: daemon/info.go, the
+    daemon's `log-driver` setting), kept DEFAULT_LOG_DRIVER_SECONDS; None when /info does not
+    say. A container created without a driver gets it (daemon/logs.go
+    mergeAndVerifyLogConfig): when it is `none`, ownership cannot tell such a container from a
+    build step (ownership.silent_log_problem)."""
+    global _default_log_driver  # noqa: PLW0603 - one daemon per gateway, one value
+    now = asyncio.get_running_loop().time()
+    kept = _default_log_driver
+    if kept is not None and now - kept[0] < DEFAULT_LOG_DRIVER_SECONDS:
+        return kept[1]
+    status, answer = await get_json(address, "/info")
+    if status != 200 or not isinstance(answer, dict):
+        raise LookupError_(f"the daemon answered {status} to /info")
+    driver = answer.get("LoggingDriver")
+    value = driver if isinstance(driver, str) else None
+    _default_log_driver = (now, value)
+    return value
+
+
+# ----- containers: whom dockgate trusts them to be ---------------------------------------------
+
+CONTAINER_VERDICTS_CACHED = 16384  # container IDs remembered (under 1.2 KB each)
+LIST_LOOKUPS_AT_ONCE = 8  # container inspects one list answer runs at the same time
+
+
+class ContainerVerdicts:
+    """Full container ID -> its trusted owner (ownership.trusted_owner) or None, least recently
+    used forgotten first. A verdict never changes: a container's labels, image and log driver
+    are fixed at its create, and a container ID is never reused. Owners are at most
+    MAX_OWNER_BYTES (longer labels are nobody's), so the cache stays small."""
+
+    def __init__(self, size: int = CONTAINER_VERDICTS_CACHED) -> None:
+        self._size = size
+        self._verdicts: OrderedDict[str, str | None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
+    def known(self, container_id: str) -> tuple[bool, str | None]:
+        if container_id in self._verdicts:
+            self._verdicts.move_to_end(container_id)
+            return True, self._verdicts[container_id]
+        return False, None
+
+    def keep(self, container_id: str, owner: str | None) -> None:
+        self._verdicts[container_id] = owner
+        self._verdicts.move_to_end(container_id)
+        while len(self._verdicts) > self._size:
+            self._verdicts.popitem(last=False)
+
+    async def verdict(self, address: Address, container_id: str, answer: object) -> str | None:
+        """The trusted owner of the container `container_id` (full ID), whose inspect answer
+        is `answer`: from the cache, or judged now (its image looked up unless the label or
+        the log driver already decide) and kept."""
+        cached, owner = self.known(container_id)
+        if cached:
+            return owner
+        owner = owner_of(answer, CONTAINER)
+        log_driver = log_driver_of(answer)
+        if trusted_owner(owner, None, log_driver) is None:
+            owner = None  # decided without the image: no label, a build step's log driver, ...
+        else:
+            # Every container has an image: without one, it cannot be judged.
+            image = answer.get("Image") if isinstance(answer, dict) else None
+            if isinstance(image, str) and image:
+                try:
+                    image_owner = await IMAGE_OWNERS.owner(address, image)
+                except TooLarge:
+                    # Its labels are over the look-up bound, and so are the container's own
+                    # (copied from it): not judged, nobody's.
+                    owner = None
+                else:
+                    owner = trusted_owner(owner, image_owner, log_driver)
+            else:
+                owner = None
+        self.keep(container_id, owner)
+        return owner
+
+
+CONTAINER_VERDICTS = ContainerVerdicts()
+
+
+async def listed_verdict(address: Address, container_id: str) -> str | None:
+    """A listed container's trusted owner: cached, or its inspect asked for (the list answer
+    has no log driver). A container the daemon no longer knows, or whose look-up fails, is
+    nobody's for this list (not kept: it may answer next time); one whose inspect is over the
+    look-up bound is nobody's for good (its size is its labels')."""
+    cached, owner = CONTAINER_VERDICTS.known(container_id)
+    if cached:
+        return owner
+    try:
+        status, answer = await get_json(address, CONTAINER.inspect.format(container_id))
+        if status != 200 or not isinstance(answer, dict) or answer.get("Id") != container_id:
+            return None
+        return await CONTAINER_VERDICTS.verdict(address, container_id, answer)
+    except TooLarge:
+        CONTAINER_VERDICTS.keep(container_id, None)
+        return None
+    except LookupError_:
+        return None
+
+
 async def vouched_containers(address: Address, raw: bytes, owner: str) -> bytes:
-    """The daemon's container list (narrowed to `owner`'s label by the daemon) without the
-    containers whose label came from their image (ownership.vouched_list): one look-up per
-    distinct image not yet known. ValueError or TypeError for an answer that is not the JSON
-    array the daemon sends."""
+    """The daemon's container list (narrowed to `owner`'s label by the daemon) with only the
+    containers trusted as `owner`'s (ownership.vouched_list): each container without a
+    cached verdict is inspected, LIST_LOOKUPS_AT_ONCE at a time. A look-up that fails hides
+    that container, never fails the list (one container whose inspect was over the bound, a
+    build step of someone else's, made every list of its label's owner a 502). ValueError or
+    TypeError for an answer that is not the JSON array the daemon sends."""
     try:
         entries = json.loads(raw)
     except RecursionError:
         raise ValueError("the daemon's ContainerList answer is nested too deeply") from None
     if not isinstance(entries, list):
         raise TypeError("the daemon's ContainerList answer is not a JSON array")
-    owners = {image: await IMAGE_OWNERS.owner(address, image) for image in image_ids_of(entries)}
-    return json.dumps(vouched_list(entries, owner, owners)).encode() + b"\n"
+    gate = asyncio.Semaphore(LIST_LOOKUPS_AT_ONCE)
+
+    async def judged(container_id: str) -> str | None:
+        async with gate:
+            return await listed_verdict(address, container_id)
+
+    ids = container_ids_of(entries)
+    found = await asyncio.gather(*(judged(cid) for cid in ids))
+    verdicts = dict(zip(ids, found, strict=True))
+    return json.dumps(vouched_list(entries, owner, verdicts)).encode() + b"\n"

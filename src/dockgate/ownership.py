@@ -81,7 +81,19 @@ OWNED_CREATES = frozenset(
 # Operations not available in ownership mode: their answers are about every caller's objects.
 # BuildPrune wipes the daemon's one build cache, every tenant's (its filters name no owner:
 # moby builder/builder-next/builder.go Prune), so it is refused rather than narrowed.
-UNAVAILABLE = frozenset({"SystemDataUsage", "BuildPrune"})
+# ContainerPrune: the daemon's prune can be narrowed by label only, and a label does not make a
+# container the caller's (`trusted_owner`): every build step's container sits in the `created`
+# state between its create and its removal, carrying whatever owner label its image or its
+# `LABEL` step gives it, so a prune narrowed to `user:bob` removed (and named) the steps of
+# alice's build FROM an image carrying bob's label. Refused rather than emulated: containers
+# are removed one by one, by name (`docker rm`), each looked up and pinned like any request.
+UNAVAILABLE = frozenset({"SystemDataUsage", "BuildPrune", "ContainerPrune"})
+UNAVAILABLE_REASONS = {
+    "ContainerPrune": (
+        "its filters cannot tell your containers from build steps carrying your label; "
+        "remove your containers by name or ID (docker rm)"
+    ),
+}
 # Operations naming an object in their query: (parameter, kind). Checked and pinned like a
 # path reference.
 QUERY_REFERENCES = {"ImageCommit": "container"}  # operation -> the parameter naming a container
@@ -93,7 +105,6 @@ LABELLED_BUILD = "ImageBuild"
 FILTERED = frozenset(
     {
         "ContainerList",
-        "ContainerPrune",
         "NetworkList",
         "NetworkPrune",
         "VolumeList",
@@ -280,50 +291,123 @@ def image_owner_of(image_answer: object) -> str | None:
     return owner if isinstance(owner, str) else None
 
 
-def trusted_owner(container_owner: str | None, image_owner: str | None) -> str | None:
-    """A container's owner as far as dockgate trusts it: its owner label, unless its image
-    carries the same value.
+# No identity is longer (plan refuses one that is): a longer owner label is nobody's, so that
+# the verdicts and image owners kept in memory (lookup.py) stay small whatever labels callers
+# give their images (an owner label of 4 MB was kept whole by the image-owner cache).
+MAX_OWNER_BYTES = 1024
+# The log driver the classic builder gives EVERY container it creates, one per step (RUN,
+# LABEL, COPY, ENV, ...: moby v20.10.24 builder/dockerfile/internals.go `defaultLogConfig =
+# container.LogConfig{Type: "none"}`, used by hostConfigFromOptions for probeAndCreate; the
+# same in daemon/builder/dockerfile/internals.go today). Containers with it are never trusted.
+SILENT_LOG_DRIVER = "none"
 
-    The daemon gives a container its image's labels under every key the create body did not
-    set (daemon/create.go, merge in daemon/commit.go), and dockgate writes the caller's owner
-    label last in every create body (`with_owner_label`, and a service's
-    `ContainerSpec.Labels`). So a container dockgate created for alice carries `user:alice`
-    whatever its image says, while one the daemon created by itself from an image (a build's
-    step container) carries exactly the image's label: equal values mean the image put it
-    there. An image whose labels are unknown (`None`: force-removed) vouches for nothing."""
-    if container_owner is None or container_owner == image_owner:
+
+def trusted_owner(
+    container_owner: str | None, image_owner: str | None, log_driver: object
+) -> str | None:
+    """A container's owner as far as dockgate trusts it: its owner label, unless (a) its log
+    driver (as the daemon stored it, `HostConfig.LogConfig.Type`) is `none`, or (b) its
+    image carries the same value.
+
+    (a) The classic builder creates each step's container with the log driver `none`
+    (SILENT_LOG_DRIVER), with the previous step's image's labels, and for a `LABEL` step
+    (also an `ONBUILD LABEL` trigger) with the NEW labels, which its image does not carry
+    (moby builder/dockerfile/dispatchers.go dispatchLabel -> internals.go commit ->
+    probeAndCreate): (b) alone trusted those. dockgate refuses to create a container or a
+    service with the log driver `none` in ownership mode (`silent_log_problem`), and the
+    daemon fills an empty type with its default at create (daemon/logs.go
+    mergeAndVerifyLogConfig), so no container created through dockgate has it. A log driver
+    cannot be changed after the create (ContainerUpdate has no LogConfig; the legacy start
+    body that replaced a HostConfig is refused in every policy, body/content.py).
+
+    (b) The daemon gives a container its image's labels under every key the create body did
+    not set (daemon/create.go, merge in daemon/commit.go), and dockgate writes the caller's
+    owner label last in every create body (`with_owner_label`, and a service's
+    `ContainerSpec.Labels`): equal values mean the image put it there (a container created
+    from a labelled image straight on the daemon, or by swarm outside dockgate). An image
+    whose labels are unknown (`None`: removed) vouches for nothing; with (a) a leftover build
+    step stays nobody's whatever happens to its image.
+
+    A label over MAX_OWNER_BYTES is nobody's."""
+    if container_owner is None or log_driver == SILENT_LOG_DRIVER:
+        return None
+    if not isinstance(log_driver, str) or not log_driver:
+        return None  # not the daemon's answer (it always names the driver): cannot be judged
+    if len(container_owner.encode("utf-8", "surrogatepass")) > MAX_OWNER_BYTES:
+        return None
+    if container_owner == image_owner:
         return None
     return container_owner
 
 
+def log_driver_of(container_answer: object) -> object:
+    """The log driver a container inspect answer names (`HostConfig.LogConfig.Type`)."""
+    host = container_answer.get("HostConfig") if isinstance(container_answer, dict) else None
+    config = host.get("LogConfig") if isinstance(host, dict) else None
+    return config.get("Type") if isinstance(config, dict) else None
+
+
+def silent_log_problem(operation: str, body: bytes, daemon_default: str | None) -> str | None:
+    """Why a ContainerCreate, ServiceCreate or ServiceUpdate may not be made in ownership mode
+    because of its log driver, or None: `none` (SILENT_LOG_DRIVER), the build steps' driver,
+    would make the container nobody's (`trusted_owner`). An empty or absent driver is the
+    daemon's default (`daemon_default`, /info's LoggingDriver; None: unknown), refused when that
+    is `none`. Read as Go reads the body (struct fields case-insensitive, the value exact: the
+    daemon refuses a driver it does not know, `None` included). ValueError for a body that
+    cannot be read."""
+    one: gojson.Struct = (_one_object(body),)
+    if operation == "ContainerCreate":
+        # The HostConfig the daemon uses: `HostConfig`, or the deprecated top-level fields
+        # when it is absent (runconfig/config.go ContainerConfigWrapper.getHostConfig).
+        inner = gojson.struct(one, "HostConfig", pointer=True)
+        host = inner if inner else one
+        log = gojson.struct(host, "LogConfig", pointer=False)
+        driver = gojson.scalar(log, "Type")
+        where = "HostConfig.LogConfig.Type"
+    else:
+        # swarm TaskSpec.LogDriver *Driver; absent, the node's default applies (daemon/cluster/
+        # executor/container/container.go hostConfig).
+        task = gojson.struct(one, "TaskTemplate", pointer=False)
+        log = gojson.struct(task, "LogDriver", pointer=True)
+        driver = gojson.scalar(log, "Name")
+        where = "TaskTemplate.LogDriver.Name"
+    if driver == SILENT_LOG_DRIVER:
+        return (
+            f"the log driver {SILENT_LOG_DRIVER!r} ({where}) is the one build steps run with: "
+            "in ownership mode a container with it cannot be told from a build step and "
+            "would not be yours; use another log driver"
+        )
+    if (driver is gojson.MISSING or driver == "") and daemon_default == SILENT_LOG_DRIVER:
+        return (
+            f"the daemon's default log driver is {SILENT_LOG_DRIVER!r}, the one build steps "
+            "run with: in ownership mode a container with it would not be yours; name another "
+            f"log driver ({where}, e.g. --log-driver local)"
+        )
+    return None
+
+
 def vouched_list(
-    entries: list[object], owner: str, image_owners: Mapping[str, str | None]
+    entries: list[object], owner: str, verdicts: Mapping[str, str | None]
 ) -> list[object]:
     """A container list (the daemon's `GET /containers/json`, already narrowed to `owner`'s
-    label) without the containers whose owner label came from their image (`ImageID`,
-    `image_owners` maps each image ID to its owner label): see `trusted_owner`."""
+    label) with only the containers trusted as `owner`'s: `verdicts` maps container IDs to
+    their trusted owner (`trusted_owner`); a container without a verdict (its look-up failed)
+    is left out."""
     kept: list[object] = []
     for entry in entries:
-        if not isinstance(entry, dict):
-            continue  # not the daemon's answer: shown nothing rather than guessed
-        labels = entry.get("Labels")
-        label = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
-        image = entry.get("ImageID")
-        if not isinstance(image, str) or not image:
-            continue  # every container has an image: without it, it cannot be judged
-        image_owner = image_owners.get(image)
-        if trusted_owner(label if isinstance(label, str) else None, image_owner) == owner:
+        cid = entry.get("Id") if isinstance(entry, dict) else None
+        if isinstance(cid, str) and cid and verdicts.get(cid) == owner:
             kept.append(entry)
     return kept
 
 
-def image_ids_of(entries: list[object]) -> list[str]:
-    """The distinct image IDs of a container list's entries, in order."""
+def container_ids_of(entries: list[object]) -> list[str]:
+    """The distinct container IDs of a container list's entries, in order."""
     seen: dict[str, None] = {}
     for entry in entries:
-        image = entry.get("ImageID") if isinstance(entry, dict) else None
-        if isinstance(image, str) and image:
-            seen.setdefault(image, None)
+        cid = entry.get("Id") if isinstance(entry, dict) else None
+        if isinstance(cid, str) and cid:
+            seen.setdefault(cid, None)
     return list(seen)
 
 
@@ -539,7 +623,15 @@ Plan = Refuse | LookUp | str | None  # a str is the rewritten target; None: go o
 def plan(operation: str, template: str, raw_target: str, path: str, owner: str) -> Plan:
     """What ownership mode does with one allowed request (`path`: its decoded path)."""
     if operation in UNAVAILABLE:
-        return Refuse(403, f"dockgate: {operation} is not available in ownership mode")
+        reason = UNAVAILABLE_REASONS.get(operation)
+        return Refuse(
+            403,
+            f"dockgate: {operation} is not available in ownership mode"
+            + (f": {reason}" if reason else ""),
+        )
+    if len(owner.encode("utf-8", "surrogatepass")) > MAX_OWNER_BYTES:
+        # Longer owner labels are nobody's (trusted_owner): refused rather than made and lost.
+        return Refuse(403, f"dockgate: identities over {MAX_OWNER_BYTES} bytes cannot own objects")
     query = raw_target.partition("?")[2]
     try:
         if operation in FILTERED:
@@ -630,7 +722,7 @@ def _with_parameter(raw_target: str, key: str, value: str) -> str:
 # ----- the daemon's answers that would show another caller's objects ----------------------------
 
 # The daemon's container list, read whole in ownership mode: the containers whose owner label
-# came from their image are taken out (trusted_owner, lookup.vouched_containers).
+# is not trusted as the caller's are taken out (trusted_owner, lookup.vouched_containers).
 VOUCHED_LIST = (200, "ContainerList")
 # The daemon's answers read whole in ownership mode, by status and operation: a name clash names
 # the container that holds the name; creating a volume whose name exists returns that volume.

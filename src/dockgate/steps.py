@@ -53,7 +53,12 @@ from dockgate.http.request import (
     with_target,
 )
 from dockgate.http.response import Framing, ResponseHead, ResponseReader
-from dockgate.lookup import Unresolved, named_image_owner, vouched_containers
+from dockgate.lookup import (
+    Unresolved,
+    default_log_driver,
+    named_image_owner,
+    vouched_containers,
+)
 from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownedanswers import SCRUBBED_ANSWERS, scrubbed_answer
 from dockgate.ownedlists import LookUpAll, list_plan
@@ -66,6 +71,7 @@ from dockgate.ownership import (
     OWNED_CREATES,
     OWNER_LABEL,
     REFERENCING,
+    SILENT_LOG_DRIVER,
     VOLUME,
     VOUCHED_LIST,
     Kind,
@@ -75,6 +81,7 @@ from dockgate.ownership import (
     created_image,
     hex_name_problem,
     references,
+    silent_log_problem,
     vouching_image_problem,
     with_owner_label,
 )
@@ -364,6 +371,14 @@ class PolicySteps:
         owner, operation = self._owner, self._operation()
         if owner is None or operation not in IMAGE_CHECKED:
             return None
+        # Nor may it get the build steps' log driver (ownership.silent_log_problem): the
+        # daemon's default is asked only when the body names none.
+        silent = silent_log_problem(operation, body, None)
+        if silent is None and silent_log_problem(operation, body, SILENT_LOG_DRIVER) is not None:
+            address = self.gateway.pool.address
+            silent = silent_log_problem(operation, body, await default_log_driver(address))
+        if silent is not None:
+            return silent
         image = created_image(operation, body)  # read before, when the body was judged
         if image is None or await named_image_owner(self.gateway.pool.address, image) != owner:
             return None
@@ -668,9 +683,9 @@ class PolicySteps:
         self._upstream_failed(UpstreamError(f"cannot check the answer: {message}"))
 
     async def _vouched_answer(self, head: ResponseHead, raw: bytes) -> None:
-        """ContainerList in ownership mode: the containers whose owner label came from their
-        image (a build's step containers, ownership.trusted_owner) taken out, then redacted
-        as the policy says, then sent."""
+        """ContainerList in ownership mode: only the containers trusted as the caller's
+        (lookup.vouched_containers: a build's step containers, and any container whose
+        look-up fails, taken out), then redacted as the policy says, then sent."""
         owner = self._owner
         assert owner is not None
         try:
