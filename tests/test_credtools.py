@@ -514,3 +514,46 @@ def test_an_unwritable_place_is_one_line_naming_the_path_and_the_fix(
         assert lines[0].startswith(f"dockgate: error: {where}: Permission denied; "), err
         assert "sudo" in lines[0] and "--file" in lines[0]
     assert list(shared_dir.iterdir()) == []
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A read-only file system (a tmpfs mounted `ro`), where even root cannot write: a Docker
+    secret's or a ConfigMap's mount is one."""
+    target = tmp_path / "ro"
+    target.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(target)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_a_read_only_file_system_is_one_line_with_the_fix(read_only_dir: pathlib.Path) -> None:
+    """Root on a read-only file system: one line naming the path, the cause and the fix."""
+    for target, where in (
+        (read_only_dir / "sub" / "tokens", f"cannot create the directory {read_only_dir}/sub"),
+        (read_only_dir / "tokens", f"cannot write in {read_only_dir}"),
+    ):
+        proc = dockgate("token", "create", "--file", str(target), "--name", "a", "--identity", "b")
+        line = one_line_error(proc, 2, where, "Read-only file system", "--file")
+        assert "file system is read-only" in line
+        assert proc.stdout == ""  # no token shown that was not stored
+
+
+def test_a_symbolic_link_is_followed_and_kept(tmp_path: pathlib.Path) -> None:
+    """`--file` naming a link edits the file it points to; the link stays a link."""
+    real = tmp_path / "real" / "htpasswd"
+    real.parent.mkdir()
+    real.write_text("")
+    link = tmp_path / "htpasswd"
+    link.symlink_to(real)
+    add(link, "alice", PASSWORD, *FAST)
+    assert link.is_symlink() and link.resolve() == real
+    assert load_htpasswd(real).verify("alice", PASSWORD)
