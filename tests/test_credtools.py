@@ -557,3 +557,16 @@ def test_a_symbolic_link_is_followed_and_kept(tmp_path: pathlib.Path) -> None:
     add(link, "alice", PASSWORD, *FAST)
     assert link.is_symlink() and link.resolve() == real
     assert load_htpasswd(real).verify("alice", PASSWORD)
+
+
+def test_a_fifo_or_a_directory_as_file_is_refused_not_read(tmp_path: pathlib.Path) -> None:
+    """A FIFO would block the read forever and a directory is no file: one line, exit 2."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        for args in (["htpasswd", "list"], ["token", "list"], ["token", "revoke", "x"]):
+            proc = dockgate(*args, "--file", str(path))
+            one_line_error(proc, 2, f"{path} is not a regular file")
+        proc = dockgate("htpasswd", "add", "a", "--file", str(path), "--password-stdin", *FAST,
+                        stdin="pw\n")  # fmt: skip
+        one_line_error(proc, 2, f"{path} is not a regular file")

@@ -18,8 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-from dockgate.auth.credfile import CredentialFileError, MissingFile, Written, edit_file
-from dockgate.auth.htpasswd import HtpasswdError, load_htpasswd
+from dockgate.auth.credfile import (
+    CredentialFileError,
+    MissingFile,
+    Written,
+    edit_file,
+    read_existing,
+)
+from dockgate.auth.htpasswd import HtpasswdError, load_htpasswd, parse_htpasswd
 from dockgate.auth.htpasswd_edit import (
     MAX_BCRYPT_COST,
     MIN_BCRYPT_COST,
@@ -39,7 +45,6 @@ from dockgate.auth.tokens import (
     create_token_line,
     line_identity,
     line_name,
-    load_tokens,
     parse_tokens,
 )
 
@@ -236,10 +241,16 @@ def _htpasswd_remove(path: Path, user: str) -> int:
     return OK
 
 
-def _htpasswd_list(path: Path) -> int:
-    if not path.exists():
+def _existing_text(path: Path) -> str:
+    """The file's text for `list` (a missing file is exit 1; a FIFO is refused, not read)."""
+    text = read_existing(path)
+    if text is None:
         raise NotFound(f"{path}: no such file")
-    htpasswd = load_htpasswd(path)
+    return text
+
+
+def _htpasswd_list(path: Path) -> int:
+    htpasswd = parse_htpasswd(_existing_text(path), str(path))
     for warning in htpasswd.warnings:
         _note(f"warning: {warning}")
     rows = describe_users(htpasswd)
@@ -277,9 +288,7 @@ def _token_create(path: Path, name: str, identity: str) -> int:
 
 
 def _token_list(path: Path) -> int:
-    if not path.exists():
-        raise NotFound(f"{path}: no such file")
-    entries = list(load_tokens(path).by_digest.values())
+    entries = list(parse_tokens(_existing_text(path), str(path)).by_digest.values())
     rows = [("NAME", "IDENTITY", "CREATED")]
     rows += [(e.name, e.identity, e.created or "-") for e in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]

@@ -100,11 +100,11 @@ def ensure_directory(directory: Path) -> list[Path]:
 def read_existing(path: Path) -> str | None:
     """The UTF-8 text of `path`, or None when there is no such file."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a directory, a FIFO (would block), ...
+            raise CredentialFileError(f"{path} is not a regular file: give --file a file's path")
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise CredentialFileError(f"{path} is a directory: give --file the file's path") from None
     except OSError as exc:
         raise CredentialFileError(f"{path}: cannot read: {_describe(exc)}; {_fix(exc)}") from None
     try:
