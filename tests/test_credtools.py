@@ -13,12 +13,14 @@ here did not exist.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pathlib
 import pty
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -322,9 +324,19 @@ def _prompted(args: list[str], answers: list[bytes]) -> tuple[int, str]:
         if not chunk:
             break
         shown += chunk
-        if pending and shown.rstrip().endswith(b":"):
+        # A prompt ends with ": "; answering on anything else (the line end after an answer)
+        # could come before getpass's TCSAFLUSH of the next prompt, which would drop it.
+        if pending and shown.endswith(b": "):
             os.write(fd, pending.pop(0))
-    _, status = os.waitpid(pid, 0)
+    exit_by = time.monotonic() + 15
+    reaped, status = os.waitpid(pid, os.WNOHANG)
+    while reaped == 0 and time.monotonic() < exit_by:
+        time.sleep(0.05)
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    if reaped == 0:  # still waiting for input: a failure, not a hang
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
 

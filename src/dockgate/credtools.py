@@ -305,10 +305,9 @@ def _token_revoke(path: Path, name: str | None, identity: str | None) -> int:
     def edit(text: str | None) -> str:
         kept = []
         for line in (text or "").splitlines(keepends=True):
+            # Lines found as parse_tokens finds them (comments and blank lines are None).
             if (name is not None and line_name(line) == name) or (
-                identity is not None
-                and line_name(line) is not None
-                and line_identity(line) == identity
+                identity is not None and line_identity(line) == identity
             ):
                 revoked.append(line_name(line) or "")
             else:
