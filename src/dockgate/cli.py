@@ -14,9 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from dockgate import __version__
+from dockgate import __version__, credtools
 from dockgate.addresses import AddressError, parse_address
-from dockgate.auth.tokens import TokenFileError, create_token_line, load_tokens
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
 from dockgate.envwarnings import environment_warnings
@@ -26,7 +25,6 @@ from dockgate.policy.loader import PolicyError, load_policy_file
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
-from dockgate.privatefiles import PrivateFileError, append_private_line
 from dockgate.server import StartupError, run
 from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS
@@ -218,14 +216,7 @@ def _build_parser() -> argparse.ArgumentParser:
     validate = policy_commands.add_parser("validate", help="check a policy file; exit 1 if bad")
     validate.add_argument("file")
 
-    token = commands.add_parser("token", help="bearer tokens")
-    token_commands = token.add_subparsers(dest="token_command", required=True)
-    create = token_commands.add_parser(
-        "create", help="create a token, append its hash to FILE, print the token once"
-    )
-    create.add_argument("--file", required=True, help="the tokens file (created if missing)")
-    create.add_argument("--name", required=True, help="a name for this token (unique)")
-    create.add_argument("--identity", required=True, help="the identity policies bind to")
+    credtools.add_commands(commands)  # htpasswd add/remove/list, token create/list/revoke
     return parser
 
 
@@ -313,27 +304,6 @@ def _warn_about_environment(args: argparse.Namespace) -> None:
         os.environ, ENV_OPTION_NAMES, compatibility=args.policy is None
     ):
         print(f"dockgate: warning: {warning}", file=sys.stderr)
-
-
-def _token_create(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    existing = load_tokens(path) if path.exists() else None
-    if existing is not None and any(e.name == args.name for e in existing.by_digest.values()):
-        print(f"dockgate: error: {path}: a token named {args.name!r} exists", file=sys.stderr)
-        return 2
-    token, line = create_token_line(args.name, args.identity)
-    try:
-        append_private_line(path, line)
-    except PrivateFileError as exc:
-        print(f"dockgate: error: {exc}", file=sys.stderr)
-        return 2
-    print(token)
-    print(
-        f"dockgate: token {args.name!r} for identity {args.identity!r} added to {path}; "
-        "this is the only time it is shown",
-        file=sys.stderr,
-    )
-    return 0
 
 
 def _policy_options(parser: argparse.ArgumentParser) -> None:
@@ -617,9 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "policy":
             return _validate(args.file)
-        if args.command == "token":
-            return _token_create(args)
-    except (PolicyError, EnvironmentError_, TokenFileError, CallerError, AddressListError) as exc:
+        if args.command in credtools.COMMANDS:
+            return credtools.run(args)
+    except (PolicyError, EnvironmentError_, CallerError, AddressListError) as exc:
         print(f"dockgate: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
