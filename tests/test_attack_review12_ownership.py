@@ -438,11 +438,6 @@ def test_a_missing_volume_checked_then_created_by_alice_is_mounted_by_bob(
         daemon.docker("volume", "rm", "-f", *volumes, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ImageDelete's 409 still says whether the container using the image is running or "
-    "stopped: another caller's `docker run` shows, as /info's counts did",
-)
 def test_image_delete_tells_whether_alices_container_runs(
     tenants: dict[str, Api], daemon: PrivateDaemon, images: list[str]
 ) -> None:
@@ -450,7 +445,11 @@ def test_image_delete_tells_whether_alices_container_runs(
     `docker run` (issue 12, item 8). `DELETE /images/<id>` by bob (no force: nothing is
     removed) tells the same for any image he can list: "image is being used by a stopped
     container" while alice's container from it is created or exited, "... by a running
-    container" while it runs (the ID is scrubbed, the state is not)."""
+    container" while it runs (the ID is scrubbed, the state is not).
+
+    Fixed: in ownership mode both are one answer, "(in use) - image is being used by a
+    container: remove the containers that use it first ..." (ownedanswers.py). This failed
+    before (a strict xfail of the attack review)."""
     alice, bob = tenants["alice"], tenants["bob"]
     tag = f"dgo-atk-{RUN}-img-{os.urandom(2).hex()}"
     _import_labelled(daemon, tag, "")
@@ -465,9 +464,12 @@ def test_image_delete_tells_whether_alices_container_runs(
         status, running = bob.call("DELETE", f"/v1.41/images/{image_id}")
         assert status == 409, (status, running)
         assert cid[:12] not in str(stopped) + str(running)
-        # Today: "... - image is being used by a stopped container" against "(cannot be
-        # forced) - image is being used by a running container".
+        # Before the fix: "... - image is being used by a stopped container" against
+        # "(cannot be forced) - image is being used by a running container".
         assert stopped == running, (stopped, running)
+        # Straight from the daemon the two differ (the test is not vacuous).
+        status, told = direct(daemon, "DELETE", f"/images/{image_id}")
+        assert status == 409 and "running container" in told["message"], told
     finally:
         daemon.docker("rm", "-f", cid, check=False)
 
