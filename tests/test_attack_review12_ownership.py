@@ -295,11 +295,6 @@ def test_bobs_prune_breaks_alices_build_from_an_image_carrying_his_label(
     assert b"errorDetail" not in answer, answer[-300:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an ambiguous container prefix still costs a list of the caller's own containers: "
-    "its latency tells bob that two or more containers (anyone's) start with it",
-)
 def test_prefix_ambiguity_still_shows_in_the_answer_time(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str
 ) -> None:
@@ -310,7 +305,12 @@ def test_prefix_ambiguity_still_shows_in_the_answer_time(
     list takes: ten containers of his with 100 KiB of labels each make the ambiguous 404
     several milliseconds slower than the plain one, far above the noise (about 10 ms against
     2.5 ms here). Walking prefixes by answer time gives back the tree of IDs the 400/500
-    used to show."""
+    used to show.
+
+    Fixed: in ownership mode a hex-only reference shorter than a full ID is always resolved
+    among the caller's own objects (one list, ownedprefix.find_owned), never by the daemon's
+    prefix search: both prefixes cost the same list. This failed before (a strict xfail of
+    the attack review)."""
     alice, bob = tenants["alice"], tenants["bob"]
     made: list[str] = []
     try:
@@ -350,7 +350,7 @@ def test_prefix_ambiguity_still_shows_in_the_answer_time(
                 assert answer == {"message": f"No such container: {prefix}"}, answer
         slow = sorted(times["ambiguous"])[len(times["ambiguous"]) // 2]
         fast = sorted(times["missing"])[len(times["missing"]) // 2]
-        # Today about 10 ms against 2.5: the ambiguous prefix is told by its time.
+        # Before the fix about 10 ms against 2.5: the ambiguous prefix was told by its time.
         assert slow < fast + 0.003, (slow, fast)
     finally:
         if made:
