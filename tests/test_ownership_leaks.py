@@ -179,8 +179,8 @@ def lone_image(daemon: PrivateDaemon, busybox_image: str) -> Iterator[tuple[str,
     [
         # alice's container running?, the image deleted by ID (else by its one tag), the 409
         (False, False, "- a container is using its referenced image"),
-        (False, True, "image is being used by a stopped container"),
-        (True, True, "image is being used by a running container"),
+        (False, True, "(in use) - image is being used by a container: remove"),
+        (True, True, "(in use) - image is being used by a container: remove"),
     ],
 )
 def test_image_delete_conflict_names_no_container(

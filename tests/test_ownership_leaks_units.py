@@ -100,8 +100,29 @@ def test_image_delete_conflicts_name_no_container(template: str, shown: str) -> 
     scrubbed = json.loads(scrubbed_answer("ImageDelete", 409, body))["message"]
     assert ALICE[:12] not in scrubbed
     assert IMAGE[7:19] in scrubbed
-    said = ("- a container is using", "by a running container", "by a stopped container")
+    said = ("- a container is using", "(in use) - image is being used by a container: ")
     assert any(words in scrubbed for words in said)
+    assert "running" not in scrubbed and "stopped" not in scrubbed and "forced" not in scrubbed
+
+
+def test_image_delete_says_the_same_whether_the_container_runs() -> None:
+    """Fails on the old code (attack review 12, finding 5): "(cannot be forced) ... running
+    container" against "(must be forced) ... stopped container" told whether another
+    caller's container runs. One answer now, which says what the caller can do."""
+    said = {
+        scrubbed_answer(
+            "ImageDelete", 409, json.dumps({"message": t.format(c=c, i=IMAGE[7:19])}).encode()
+        )
+        for t in (_RUNNING, _STOPPED)
+        for c in (ALICE[:12], ALICE)
+    }
+    assert len(said) == 1, said
+    message = json.loads(said.pop())["message"]
+    assert message == (
+        f"conflict: unable to delete {IMAGE[7:19]} (in use) - image is being used by a "
+        "container: remove the containers that use it first (`docker ps -a --filter "
+        f"ancestor={IMAGE[7:19]}` lists yours)"
+    )
 
 
 def test_image_delete_conflict_in_plain_text() -> None:
@@ -109,7 +130,8 @@ def test_image_delete_conflict_in_plain_text() -> None:
     text = _RUNNING.format(c=ALICE[:12], i=IMAGE[7:19]).encode()
     scrubbed = scrubbed_answer("ImageDelete", 409, text)
     assert ALICE[:12].encode() not in scrubbed
-    assert scrubbed.endswith(b"by a running container")
+    assert scrubbed.endswith(f"ancestor={IMAGE[7:19]}` lists yours)".encode())
+    assert b"running" not in scrubbed
 
 
 def test_other_image_delete_conflicts_are_kept() -> None:

@@ -61,6 +61,14 @@ class Found:
 
 async def get_json(address: Address, path: str) -> tuple[int, object]:
     """GET `path` from the daemon: its status and decoded JSON answer (None if not JSON)."""
+    return await ask_json(address, "GET", path)
+
+
+async def ask_json(
+    address: Address, method: str, path: str, body: bytes | None = None
+) -> tuple[int, object]:
+    """`method path` (with a JSON `body`, if any) to the daemon: its status and decoded JSON
+    answer (None if not JSON). One HTTP/1.0 exchange on a connection of its own."""
     try:
         if address.scheme == "unix":
             reader, writer = await asyncio.wait_for(
@@ -82,7 +90,10 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
     try:
         # With this gateway's hop field (hops.py): in a ring of gateways, a look-up that
         # comes back is refused like any forwarded request, rather than starting another.
-        writer.write(with_hop(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()))
+        request = f"{method} {path} HTTP/1.0\r\nHost: docker\r\n"
+        if body is not None:
+            request += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        writer.write(with_hop((request + "\r\n").encode()) + (body or b""))
         pieces: list[bytes] = []
         size = 0
         while True:  # an HTTP/1.0 answer ends when the daemon closes
@@ -98,12 +109,12 @@ async def get_json(address: Address, path: str) -> tuple[int, object]:
         raise LookupError_(f"the daemon did not answer: {tls_failure(exc) or exc}") from None
     finally:
         writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split(b" ")
+    answer_head, _, answer_body = raw.partition(b"\r\n\r\n")
+    status_line = answer_head.split(b"\r\n", 1)[0].split(b" ")
     if len(status_line) < 2 or not status_line[1].isdigit():
         raise LookupError_("the daemon's answer is not HTTP")
     try:
-        document = json.loads(body) if body else None
+        document = json.loads(answer_body) if answer_body else None
     except ValueError:
         document = None
     return int(status_line[1]), document

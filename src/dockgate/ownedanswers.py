@@ -16,8 +16,11 @@ count or name other callers' objects:
   v20.10.24 daemon/images/image_delete.go, and daemon/containerd/image_delete.go of newer
   ones, both with `stringid.TruncateID`: 12 hex digits): "container 3f2c1234abcd is using its
   referenced image ...", "image is being used by running container 3f2c1234abcd". The ID is
-  taken out ("a running container"); that the image is in use is what the 409 is about, and
-  stays.
+  taken out; that the image is in use is what the 409 is about, and stays. Whether that
+  container runs is taken out too: "(cannot be forced) - ... by running container" against
+  "(must be forced) - ... by stopped container" told bob when alice's container from an image
+  he can list started and stopped (what /info's counts no longer say), so both are one
+  answer, "(in use) - image is being used by a container", with what the caller can do.
 - `DELETE /volumes/{name}` of a volume in use answers `409` with the IDs of the containers
   that use it (moby volume/service/errors.go OpErr: `remove v: volume is in use - [id, id]`).
   Ownership lets only the caller's own containers name the caller's volume, but a container
@@ -67,6 +70,13 @@ INFO_COUNTS = (
 # running container 3f2c...`, `by stopped container 3f2c...`), a 12-digit ID in moby, matched
 # up to a full one in case a version writes it whole.
 _IMAGE_USER = re.compile(r"\b(running |stopped )?container [0-9a-f]{12,64}\b")
+# `unable to delete <image> (cannot be forced) - image is being used by running container <id>`
+# and `(must be forced) - ... by stopped container <id>` (imageDeleteConflict.Error): one answer
+# for both, whether the container runs or not.
+_IMAGE_IN_USE = re.compile(
+    r"unable to delete (.*?) \((?:cannot|must) be forced\) - "
+    r"image is being used by (?:running|stopped) container [0-9a-f]{12,64}\b"
+)
 # VolumeDelete: `volume is in use - [<id>, <id>]` (the references: container IDs, whole).
 _VOLUME_USERS = re.compile(r"volume is in use - \[([^\]]*)\]")
 # swarmkit: `port '8080' is already in use by service 'web' (qw3...) as an ingress port`. A
@@ -81,7 +91,7 @@ def scrubbed_answer(operation: str, status: int, body: bytes) -> bytes:
     if (status, operation) == (200, "SystemInfo"):
         return _info(body)
     if operation == "ImageDelete":
-        return _message(body, lambda text: _IMAGE_USER.sub(_a_container, text))
+        return _message(body, _image_delete)
     if operation == "VolumeDelete":
         return _message(body, lambda text: _VOLUME_USERS.sub(_counted, text))
     return _message(body, lambda text: _PORT_HOLDER.sub("in use by another service", text))
@@ -100,6 +110,20 @@ def _info(body: bytes) -> bytes:
         if key in document:
             document[key] = 0
     return json.dumps(document).encode() + b"\n"
+
+
+def _image_delete(text: str) -> str:
+    return _IMAGE_USER.sub(_a_container, _IMAGE_IN_USE.sub(_in_use, text))
+
+
+def _in_use(match: re.Match[str]) -> str:
+    # Not "use force": a forced delete fails for a running container only, and would tell.
+    image = match.group(1)
+    return (
+        f"unable to delete {image} (in use) - image is being used by a container: remove "
+        f"the containers that use it first (`docker ps -a --filter ancestor={image}` "
+        "lists yours)"
+    )
 
 
 def _a_container(match: re.Match[str]) -> str:

@@ -63,6 +63,7 @@ from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownedanswers import SCRUBBED_ANSWERS, scrubbed_answer
 from dockgate.ownedlists import LookUpAll, list_plan
 from dockgate.ownedprefix import find_owned
+from dockgate.ownedvolumes import Unreadable, VolumeSpec, create_volume, volume_specs
 from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
@@ -317,16 +318,18 @@ class PolicySteps:
                 self._resume_reading(PAUSE_LOOKUP)
                 self._after_refusal()
                 return
+            missing_volumes: list[str] = []
             for kind, reference in named:
                 found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
                 if found is not None:
                     pins[kind.name, reference] = found.full_id
-                # A volume that does not exist yet is created by the daemon (unlabelled: it is
-                # nobody's). A missing network or container is refused: the daemon keeps the
-                # name and would resolve it later, to whoever then holds it.
-                if (found is None and kind is not VOLUME) or (
-                    found is not None and found.owner != self._owner
-                ):
+                if found is None and kind is VOLUME:
+                    # Created last, once everything else the body names is checked.
+                    missing_volumes.append(reference)
+                    continue
+                # A missing network or container is refused: the daemon keeps the name and
+                # would resolve it later, to whoever then holds it.
+                if found is None or found.owner != self._owner:
                     self._lookup_task = None
                     if self.closing or self._head is not head:
                         return
@@ -337,6 +340,15 @@ class PolicySteps:
                     self._resume_reading(PAUSE_LOOKUP)
                     self._after_refusal()
                     return
+            refusal = await self._create_missing_volumes(body, missing_volumes)
+            if refusal is not None:
+                self._lookup_task = None
+                if self.closing or self._head is not head:
+                    return
+                self._refuse(head, refusal, body_read=True)
+                self._resume_reading(PAUSE_LOOKUP)
+                self._after_refusal()
+                return
         except Unresolved as exc:
             self._lookup_task = None
             if self.closing or self._head is not head:
@@ -479,6 +491,36 @@ class PolicySteps:
         self._pause_reading(PAUSE_LOOKUP)
         self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
         return False
+
+    async def _create_missing_volumes(self, body: bytes, names: list[str]) -> Verdict | None:
+        """In ownership mode, the volumes a new container mounts that do not exist are created
+        first, the caller's (ownedvolumes.py): a name cannot be pinned, and another caller's
+        volume of that name created in between would be mounted. A refusal when one is
+        someone else's by then (as for any other's volume) or cannot be created. Elsewhere
+        (a service's mounts: made by each task on its node) a missing volume passes, nobody's."""
+        if not names or self._owner is None or self._operation() != "ContainerCreate":
+            return None
+        try:
+            specs = volume_specs(body)
+        except Unreadable:
+            return None  # the daemon refuses the body itself, and creates nothing
+        address = self.gateway.pool.address
+        for name in names:
+            created = await create_volume(address, name, specs.get(name, VolumeSpec()), self._owner)
+            if created.status not in (200, 201):
+                # The daemon would not create it either (a name it refuses, a driver it does
+                # not know, one that holds the name already): whose it is, if it is anyone's.
+                found = await find_owned(address, VOLUME, name, self._owner)
+                if found is None:
+                    message = f"dockgate: cannot create volume {name!r}: {created.message}"
+                    return self._refusal(400 if created.status == 400 else 403, message)
+                if found.owner == self._owner:
+                    continue  # the daemon answers the create as it would have
+            elif created.owner == self._owner:
+                continue
+            # Someone else's: 403, not 404 (the docker CLI would try to pull an image).
+            return self._refusal(403, f"dockgate: {VOLUME.missing.format(name)}")
+        return None
 
     async def _check_owners(self, head: RequestHead, step: LookUpAll) -> None:
         """The objects a request names must be the caller's (ownership.LookUp, or several of

@@ -1,0 +1,148 @@
+"""Ownership mode: a volume a new container names that does not exist yet is created by the
+gateway, the caller's, before the container.
+
+A container create that mounts a named volume (`Binds: ["NAME:/data"]`, a `Mounts` entry of
+type volume) makes the daemon create that volume when it does not exist (moby v20.10.24
+daemon/volumes.go registerMountPoints -> volume/service/store.go create), and use it as it is
+when it does. dockgate looks the name up first (ownership refuses someone else's volume), but a
+name cannot be pinned to anything: when another caller's `docker volume create NAME` lands
+between that look-up (missing) and the daemon's handling of the container create, the new
+container mounts her volume and reads her data (attack review 12, finding 4).
+
+So in ownership mode dockgate creates a missing volume itself first (`POST /volumes/create`),
+as the daemon would for that mount, with the caller's owner label written last, and reads the
+answer: the volume is the caller's (just made, or it already was) and the create goes on; it
+is someone else's (a race lost: the daemon answers a create of an existing name with that
+volume, ignoring driver options and labels, store.go create's "there is an existing volume")
+and the create is refused as for any volume of someone else's. Her own `volume create` of the
+name afterwards gets ownership's "exists and is not yours" 409.
+
+As the daemon would create it: a `Binds` volume with `HostConfig.VolumeDriver` (volumemounts
+ParseMountRaw; the top-level `VolumeDriver` when the inner HostConfig leaves it empty, runconfig
+getHostConfig), a `Mounts` volume with `VolumeOptions.DriverConfig.Name` and `.Options` and
+`VolumeOptions.Labels` (registerMountPoints; the guardrails and ownerlabels.py judged them
+already); `Binds` come first, so the first of several mounts of one name is the one that
+creates it. Service mounts are not covered: the volume is made on each node by the task, out
+of the gateway's reach (THREAT_MODEL.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from dockgate.addresses import Address
+from dockgate.body import gojson
+from dockgate.lookup import LookupError_, ask_json
+from dockgate.ownership import OWNER_LABEL, VOLUME, owner_of
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSpec:
+    """How the daemon would create a volume a container mounts: `POST /volumes/create`'s
+    Driver, DriverOpts and Labels."""
+
+    driver: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Unreadable(ValueError):
+    """A part of the body the daemon refuses at decoding (a map value that is not a string):
+    nothing is created, the daemon answers the create itself."""
+
+
+def volume_specs(body: bytes) -> dict[str, VolumeSpec]:
+    """The named volumes a ContainerCreate body mounts, each with what it would be created
+    with (the first mount of a name). Unreadable for a body the daemon would not decode."""
+    try:
+        top = gojson.parse(body)
+    except (ValueError, RecursionError):
+        raise Unreadable("the body cannot be read") from None
+    if not isinstance(top, gojson.GoObject):
+        raise Unreadable("the body is not a JSON object")
+    one = (top,)
+    inner = gojson.struct(one, "HostConfig", pointer=True)
+    host: gojson.Struct = inner if inner else one
+    driver = _string(host, "VolumeDriver")
+    if inner and not driver:
+        driver = _string(one, "VolumeDriver")
+    specs: dict[str, VolumeSpec] = {}
+    binds = gojson.slice_(host, "Binds")
+    for bind in binds if isinstance(binds, list) else []:
+        if not isinstance(bind, str):
+            continue
+        parts = bind.split(":")
+        # `NAME:/dst` or `NAME:/dst:mode` (linux_parser.go ParseMountRaw); a source that is
+        # an absolute path is a bind mount, not a volume.
+        if len(parts) in (2, 3) and parts[0] and not parts[0].startswith("/"):
+            specs.setdefault(parts[0], VolumeSpec(driver))
+    mounts = gojson.slice_(host, "Mounts")
+    for mount in mounts if isinstance(mounts, list) else []:
+        if not isinstance(mount, gojson.GoObject):
+            continue
+        kind = gojson.scalar((mount,), "Type")
+        source = gojson.scalar((mount,), "Source")
+        # Any case, as ownership.references reads it (an unknown case is the daemon's 400).
+        if not (isinstance(kind, str) and kind.lower() == "volume"):
+            continue
+        if not (isinstance(source, str) and source):
+            continue
+        options = gojson.struct((mount,), "VolumeOptions", pointer=True)
+        config = gojson.struct(options, "DriverConfig", pointer=True)
+        specs.setdefault(
+            source,
+            VolumeSpec(
+                _string(config, "Name"),
+                _strings(gojson.mapping(config, "Options")),
+                _strings(gojson.mapping(options, "Labels")),
+            ),
+        )
+    return specs
+
+
+def _string(struct: gojson.Struct, name: str) -> str:
+    value = gojson.scalar(struct, name)
+    return value if isinstance(value, str) else ""
+
+
+def _strings(mapping: dict[str, object] | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in (mapping or {}).items():
+        if value is None:
+            result[key] = ""  # null into a Go string leaves it empty
+        elif isinstance(value, str):
+            result[key] = value
+        else:
+            raise Unreadable(f"{key!r}: a string is expected")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The daemon's answer to the gateway's volume create: the volume's owner label when it
+    answered with the volume (201), else its status and message."""
+
+    status: int
+    owner: str | None = None
+    message: str = ""
+
+
+async def create_volume(address: Address, name: str, spec: VolumeSpec, owner: str) -> Created:
+    """`POST /volumes/create` of `name` as `spec`, labelled `owner`'s (last). LookupError_
+    when the daemon cannot be asked or fails (5xx)."""
+    document = {
+        "Name": name,
+        "Driver": spec.driver,
+        "DriverOpts": spec.options,
+        "Labels": {**spec.labels, OWNER_LABEL: owner},
+    }
+    status, answer = await ask_json(
+        address, "POST", "/volumes/create", json.dumps(document).encode()
+    )
+    if status >= 500:
+        raise LookupError_(f"the daemon answered {status} to a create of volume {name}")
+    if status in (200, 201):
+        return Created(status, owner_of(answer, VOLUME))
+    message = answer.get("message") if isinstance(answer, dict) else None
+    return Created(status, None, message if isinstance(message, str) else "")
