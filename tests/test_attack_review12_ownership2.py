@@ -8,6 +8,9 @@ XPASSes once closed.
   his own volume after the gateway's look-up, alice creates hers under the name, and bob's
   container mounts it (he reads her data). The first review's fix covered missing volumes
   only; THREAT_MODEL.md calls this case a residual accident, but the caller drives it.
+- A container create the daemon refuses leaves the volumes the gateway made for it: 63 a
+  request, without limit, under a policy with no volume operation to list or remove them
+  (the daemon alone makes none for such a create).
 """
 
 from __future__ import annotations
@@ -156,3 +159,57 @@ def test_bob_removes_his_checked_volume_and_his_container_mounts_alices(
         if made:
             daemon.docker("rm", "-f", *made, check=False)
         daemon.docker("volume", "rm", "-f", *volumes, check=False)
+
+
+CONTAINERS_ONLY = """
+policies:
+  jobs:
+    ownership: true
+    rules:
+      - allow:
+          sections: [ping, version, containers]
+bindings:
+  - {policy: jobs, authenticated: true}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a container create the daemon refuses still leaves the named volumes the gateway "
+    "made for it, 64 a request, under a policy that allows no volume operation",
+)
+def test_failed_creates_leave_the_gateways_volumes_behind(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """In ownership mode the gateway creates a missing volume a new container mounts before
+    forwarding the create (ownedvolumes.py), and nothing removes it when the daemon then
+    refuses the create. bob, under a policy that allows containers only (no VolumeCreate,
+    VolumeList or VolumeDelete), sends creates naming 63 new volumes and an image that does
+    not exist: each is a 404 from the daemon, which alone would have made no volume (it
+    resolves the image before it registers mounts), and each leaves 63 volumes of his that
+    he can neither list nor remove, without limit (a disk and inode exhaustion, and a volume
+    list that grows for the operator). Should hold: the gateway removes the volumes it made
+    when the create fails (or the daemon's answer is not a 201)."""
+    base = tmp_path_factory.mktemp("atk12-own2-jobs")
+    with running_tenants(daemon, base, CONTAINERS_ONLY, {"bob": "bob-pw"}) as apis:
+        bob = apis["bob"]
+        prefix = f"dgo-atk2-{RUN}-left"
+        names = [f"{prefix}-{r}-{i}" for r in range(3) for i in range(63)]
+        try:
+            status, _ = bob.call("POST", "/v1.41/volumes/create", {"Name": f"{prefix}-x"})
+            assert status == 403  # no volume operation in this policy
+            for r in range(3):
+                binds = [f"{prefix}-{r}-{i}:/v{i}" for i in range(63)]
+                status, answer = bob.call(
+                    "POST",
+                    "/v1.41/containers/create",
+                    {"Image": f"dgo-atk2-{RUN}-nosuchimage", "HostConfig": {"Binds": binds}},
+                )
+                assert status == 404, (status, answer)
+            status, listed = direct(daemon, "GET", "/volumes")
+            left = [v["Name"] for v in listed["Volumes"] if v["Name"].startswith(prefix)]
+            status, answer = bob.call("DELETE", f"/v1.41/volumes/{names[0]}")
+            assert status == 403, (status, answer)  # and bob cannot remove them
+            assert left == [], f"{len(left)} volumes left by 3 refused creates"
+        finally:
+            daemon.docker("volume", "rm", "-f", *names, check=False)
