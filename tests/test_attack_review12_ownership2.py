@@ -14,11 +14,18 @@ XPASSes once closed.
 - A container create the daemon refuses leaves the volumes the gateway made for it: 63 a
   request, without limit, under a policy with no volume operation to list or remove them
   (the daemon alone makes none for such a create).
+- The prefix fix (finding 3) lists the caller's containers by label under the 8 MiB
+  look-up bound: a build step of bob's carrying alice's label and 9 MB of labels (finding
+  6's setup) makes every short-ID request of alice's a 502 while it runs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -255,3 +262,112 @@ def test_failed_creates_leave_the_gateways_volumes_behind(
             assert left == [], f"{len(left)} volumes left by 3 refused creates"
         finally:
             daemon.docker("volume", "rm", "-f", *names, check=False)
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
+    """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
+    caller allowed ImageLoad can send; as in test_attack_review12_ownership.py)."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(daemon.docker("save", image).stdout)) as source,
+        tarfile.open(fileobj=out, mode="w") as target,
+    ):
+        manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config_name = manifest[0]["Config"]
+        config = json.loads(source.extractfile(config_name).read())  # type: ignore[union-attr]
+        config["config"]["Labels"] = labels
+        raw = json.dumps(config).encode()
+        new_name = hashlib.sha256(raw).hexdigest() + ".json"
+        manifest[0]["Config"] = new_name
+        manifest[0]["RepoTags"] = [f"{tag}:latest"]
+        for member in source.getmembers():
+            if member.name in ("manifest.json", config_name, "repositories"):
+                continue
+            target.addfile(member, source.extractfile(member) if member.isfile() else None)
+        for name, data in ((new_name, raw), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bob's build step carrying alice's label and 9 MB of labels makes every short-ID "
+    "reference of alice's a 502 (her owned list is over the look-up bound) while it runs",
+)
+def test_bobs_build_step_breaks_every_short_id_of_alices(
+    tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """The first review's finding 3 fix (ownedprefix) resolves every hex-only ID prefix among
+    the caller's own containers: one `GET /containers/json?all=1&filters={"label":
+    ["io.dockgate.owner=user:alice"]}` read with lookup.get_json, whose answer may not exceed
+    LOOKUP_MAX_BYTES (8 MiB). The daemon's label filter is not the trust rule: it also
+    returns containers carrying alice's label that are nobody's, such as the RUN step of
+    bob's build FROM an image he loaded (`POST /images/load`) carrying
+    `io.dockgate.owner=user:alice` and 9 MB of other labels (finding 6's setup: that fix
+    hides such a container from `docker ps`, but the prefix list has no such escape). While
+    the step runs (`RUN sleep`, as long as bob likes), every request of alice's naming her
+    own container by a short ID (what `docker ps` prints: `docker stop 3f2c1234abcd`,
+    `docker logs`, `exec`, ...) is a 502. Should hold: alice's own container answers her
+    by its short ID whatever others build."""
+    alice, bob = tenants["alice"], tenants["bob"]
+    cid = alice.create({"Image": busybox_image, "Cmd": ["true"]})
+    short = cid[:12]
+    tag = f"dgo-atk2-{RUN}-fat-{os.urandom(2).hex()}"
+    marker = f"dgo-atk2-fat-{RUN}-{os.urandom(2).hex()}"
+    try:
+        status, answer = alice.call("GET", f"/v1.41/containers/{short}/json")
+        assert status == 200, (status, answer)
+        labels = {OWNER_LABEL: "user:alice", **{f"k{i}": "x" * 60000 for i in range(150)}}
+        status, answer = bob.call(
+            "POST",
+            "/v1.41/images/load?quiet=1",
+            _relabelled_image(daemon, busybox_image, labels, tag),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        assert status == 200, (status, answer)
+        dockerfile = f"FROM {tag}\nRUN echo {marker} && sleep 6\n"
+        context = _tar({"Dockerfile": dockerfile.encode()})
+        result: dict[str, Any] = {}
+
+        def build() -> None:
+            result["build"] = bob.call(
+                "POST",
+                f"/v1.41/build?t={tag}-b&nocache=1",
+                context,
+                headers={"Content-Type": "application/x-tar"},
+            )
+
+        builder = threading.Thread(target=build)
+        builder.start()
+        seen: list[tuple[int, Any]] = []
+        try:
+            deadline = time.monotonic() + 20
+            while builder.is_alive() and time.monotonic() < deadline and not seen:
+                status, listed = direct(daemon, "GET", "/containers/json")
+                if any(marker in entry.get("Command", "") for entry in listed):
+                    seen.append(alice.call("GET", f"/v1.41/containers/{short}/json"))
+                    seen.append(alice.call("GET", f"/v1.41/containers/{cid}/json"))
+                time.sleep(0.1)
+        finally:
+            builder.join(timeout=60)
+        assert result["build"][0] == 200, result
+        assert seen, "bob's step never ran"
+        # Her full ID still answers (a direct look-up); her short ID does not.
+        assert seen[1][0] == 200, seen[1]
+        # Today: 502 "ownership look-up failed: the daemon's answer is too large".
+        assert seen[0][0] == 200, seen[0]
+    finally:
+        daemon.docker("rm", "-f", cid, check=False)
+        daemon.docker("rmi", "-f", tag, f"{tag}-b", check=False)
