@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from dockgate.addresses import Address
-from dockgate.lookup import Found, LookupError_, Unresolved, find, get_json
+from dockgate.lookup import Found, LookupError_, TooLarge, Unresolved, find, get_json
 from dockgate.ownership import CONFIG, CONTAINER, NETWORK, OWNER_LABEL, SECRET, SERVICE, Kind
 
 
@@ -91,15 +91,7 @@ async def find_owned(
     objects."""
     listed = _LISTED.get(kind.name)
     if owner is not None and listed is not None and is_id_prefix(kind, reference):
-        status, answer = await get_json(address, _owned_list(listed, owner))
-        if status != 200 or not isinstance(answer, list):
-            # A daemon that lists nothing here fails the request (502), rather than asking
-            # it the prefix (whose time would tell).
-            raise LookupError_(
-                f"the daemon answered {status} to a list of the caller's {kind.name}s"
-            )
-        full_id = resolved(kind, reference, answer)
-        return None if full_id is None else await find(address, kind, full_id)
+        return await _find_prefix(address, kind, reference, owner, listed)
     try:
         return await find(address, kind, reference)
     except (Unresolved, LookupError_):
@@ -120,9 +112,61 @@ async def find_owned(
     return await find(address, kind, full_id)
 
 
-def _owned_list(listed: Listed, owner: str) -> str:
-    filters = json.dumps({"label": [f"{OWNER_LABEL}={owner}"]})
-    return listed.path + "filters=" + quote(filters)
+async def _find_prefix(
+    address: Address, kind: Kind, reference: str, owner: str, listed: Listed
+) -> Found | None:
+    """An ID prefix, resolved among the objects carrying `owner`'s label, each judged as
+    lookup.find judges it. The label is not the trust rule: another caller's build step from
+    an image carrying `owner`'s label is listed too, and with megabytes of labels it made the
+    list too large to read, every short ID of `owner`'s a 502 (attack review 12, second
+    ownership pass). Then the list is asked again narrowed by the daemon to IDs holding the
+    prefix (its `id` filter), where such a step is only if its random ID starts with it. Not
+    the first choice: for containers 20.10 finds `id=` values through its ID index, which
+    finds nothing for a prefix several containers share, anyone's (daemon/list.go
+    filterByNameIDMatches), so the caller's own container would read as missing."""
+    try:
+        status, answer = await get_json(address, _owned_list(listed, owner))
+    except TooLarge:
+        status, answer = await get_json(address, _owned_list(listed, owner, reference))
+    if status != 200 or not isinstance(answer, list):
+        # A daemon that lists nothing here fails the request (502), rather than asking it
+        # the prefix (whose time would tell).
+        raise LookupError_(f"the daemon answered {status} to a list of the caller's {kind.name}s")
+    try:
+        full_id = resolved(kind, reference, answer)
+    except Unresolved:
+        # Several carry the label: the label is not the trust rule (a build step made from an
+        # image carrying it), so only those lookup.find gives the caller count.
+        return await _one_trusted(address, kind, reference, owner, answer)
+    return None if full_id is None else await find(address, kind, full_id)
+
+
+async def _one_trusted(
+    address: Address, kind: Kind, reference: str, owner: str, items: list[object]
+) -> Found | None:
+    listed = _LISTED[kind.name]
+    owned: list[Found] = []
+    for item in items:
+        full_id = item.get(listed.id_field) if isinstance(item, dict) else None
+        if isinstance(full_id, str) and full_id.startswith(reference):
+            found = await find(address, kind, full_id)
+            if found is not None and found.owner == owner:
+                owned.append(found)
+    if len(owned) > 1:
+        raise Unresolved(f"the daemon cannot tell which {kind.name} {reference!r} names")
+    return owned[0] if owned else None
+
+
+def _owned_list(listed: Listed, owner: str, prefix: str | None = None) -> str:
+    """The list of `owner`'s objects (by label), narrowed to IDs holding `prefix` if given:
+    the daemon's `id` filter matches an ID prefix for containers (20.10 answers
+    `id=<prefix>`, not `id=^<prefix>`) and swarm objects (swarmkit's IDPrefixes), and an
+    unanchored regular expression for networks (moby's filters.Args.Match): a superset, of
+    which `resolved` keeps the IDs that start with it."""
+    wanted: dict[str, list[str]] = {"label": [f"{OWNER_LABEL}={owner}"]}
+    if prefix is not None:
+        wanted["id"] = [prefix]
+    return listed.path + "filters=" + quote(json.dumps(wanted))
 
 
 def resolved(kind: Kind, reference: str, items: list[object]) -> str | None:
