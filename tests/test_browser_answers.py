@@ -131,6 +131,9 @@ def _heads(port: int, raw: bytes, count: int = 1) -> list[tuple[int, dict[str, l
     """Send `raw` on a fresh connection; the first `count` response heads (bodies skipped by
     their length or chunks; a 101 or a raw stream ends the reading)."""
     out: list[tuple[int, dict[str, list[str]]]] = []
+    # A body that never ends (data keeps coming, so no recv times out) fails within a minute,
+    # naming the request and what was read, rather than at the test's own timeout.
+    deadline = time.monotonic() + 60
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(raw)
         data = b""
@@ -158,6 +161,7 @@ def _heads(port: int, raw: bytes, count: int = 1) -> list[tuple[int, dict[str, l
                     chunk = sock.recv(65536)
                     assert chunk
                     data += chunk
+                    assert time.monotonic() < deadline, (raw, head, data[:300], data[-300:])
                 data = (b"\r\n" + data).partition(b"\r\n0\r\n\r\n")[2]
     return out
 

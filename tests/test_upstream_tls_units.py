@@ -155,7 +155,9 @@ def test_the_cli_refuses_to_start_with_the_message(
     code = main(["serve", "--upstream", "tcp://127.0.0.1:2376", "--listen", "tcp://127.0.0.1:0"])
     assert code == 2
     err = capsys.readouterr().err
-    assert f"dockgate: error: --upstream-tls-ca {certs / 'bad.pem'}: not a PEM" in err
+    # The error came from a variable: it is named (the start-up checks' rule), with the option.
+    assert err.startswith("dockgate: error: DOCKGATE_UPSTREAM_TLS_CA="), err
+    assert f"(--upstream-tls-ca) {certs / 'bad.pem'}: not a PEM" in err, err
 
 
 def test_tls_failures_say_what_to_change() -> None:
