@@ -63,7 +63,15 @@ from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownedanswers import SCRUBBED_ANSWERS, scrubbed_answer
 from dockgate.ownedlists import LookUpAll, list_plan
 from dockgate.ownedprefix import find_owned
-from dockgate.ownedvolumes import Unreadable, VolumeSpec, create_volume, volume_specs
+from dockgate.ownedvolumes import (
+    Settled,
+    Unreadable,
+    VolumeSpec,
+    create_volume,
+    remove_volumes,
+    settle_create,
+    volume_specs,
+)
 from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
@@ -97,10 +105,26 @@ if TYPE_CHECKING:
 
 # Reading from the client is paused while the daemon is asked who owns an object.
 PAUSE_LOOKUP = 16
+# The checks of new containers' mounts still running (kept from garbage collection; each
+# outlives a client that leaves, so that a container mounting another's volume is removed).
+_SETTLING: set[asyncio.Task[Settled]] = set()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MountCheck:
+    """A ContainerCreate forwarded in ownership mode that mounts named volumes: its answer is
+    held until the new container's mounts are checked (ownedvolumes.settle_create)."""
+
+    head: RequestHead
+    names: frozenset[str]
+    made: tuple[str, ...]  # the volumes the gateway created for it
 
 
 class PolicySteps:
     """Mixed into ClientConnection, whose state and relay methods it uses."""
+
+    # Set for the exchange of the request it names only (see _checks_mounts).
+    _mount_check: MountCheck | None = None
 
     if TYPE_CHECKING:
         gateway: Gateway
@@ -319,6 +343,7 @@ class PolicySteps:
                 self._after_refusal()
                 return
             missing_volumes: list[str] = []
+            made: list[str] = []
             for kind, reference in named:
                 found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
                 if found is not None:
@@ -340,8 +365,11 @@ class PolicySteps:
                     self._resume_reading(PAUSE_LOOKUP)
                     self._after_refusal()
                     return
-            refusal = await self._create_missing_volumes(body, missing_volumes)
+            refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
+                # The create does not happen: the volumes made for it go.
+                assert self._owner is not None
+                await remove_volumes(self.gateway.pool.address, tuple(made), self._owner)
                 self._lookup_task = None
                 if self.closing or self._head is not head:
                     return
@@ -373,6 +401,10 @@ class PolicySteps:
             self._resume_reading(PAUSE_LOOKUP)
             self._after_refusal()
             return
+        volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
+        if self._owner is not None and self._operation() == "ContainerCreate" and volumes:
+            # A volume name cannot be pinned: the answer waits for the mounts' check.
+            self._mount_check = MountCheck(head, volumes, tuple(made))
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
 
@@ -492,12 +524,15 @@ class PolicySteps:
         self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
         return False
 
-    async def _create_missing_volumes(self, body: bytes, names: list[str]) -> Verdict | None:
+    async def _create_missing_volumes(
+        self, body: bytes, names: list[str], made: list[str]
+    ) -> Verdict | None:
         """In ownership mode, the volumes a new container mounts that do not exist are created
         first, the caller's (ownedvolumes.py): a name cannot be pinned, and another caller's
         volume of that name created in between would be mounted. A refusal when one is
         someone else's by then (as for any other's volume) or cannot be created. Elsewhere
-        (a service's mounts: made by each task on its node) a missing volume passes, nobody's."""
+        (a service's mounts: made by each task on its node) a missing volume passes, nobody's.
+        The volumes made, the caller's, are added to `made` (removed if the create fails)."""
         if not names or self._owner is None or self._operation() != "ContainerCreate":
             return None
         try:
@@ -517,6 +552,7 @@ class PolicySteps:
                 if found.owner == self._owner:
                     continue  # the daemon answers the create as it would have
             elif created.owner == self._owner:
+                made.append(name)
                 continue
             # Someone else's: 403, not 404 (the docker CLI would try to pull an image).
             return self._refusal(403, f"dockgate: {VOLUME.missing.format(name)}")
@@ -668,9 +704,16 @@ class PolicySteps:
             return True
         if self._ownership_mode() and (status, operation) in SCRUBBED_ANSWERS:
             return True
+        if self._checks_mounts():
+            return True  # whatever the status: a refused create's volumes are removed
         return self._owner is not None and (
             (status, operation) in CHECKED_ANSWERS or (status, operation) == VOUCHED_LIST
         )
+
+    def _checks_mounts(self) -> bool:
+        """Whether the answer being read is to a ContainerCreate whose mounts are checked."""
+        check = self._mount_check
+        return check is not None and check.head is self._head and self._owner is not None
 
     def _ownership_mode(self) -> bool:
         """Whether the request's policy is in ownership mode (its caller may be anonymous)."""
@@ -704,6 +747,15 @@ class PolicySteps:
             if head.framing is Framing.CHUNKED:
                 pieces, _ = ChunkedDecoder().feed(raw)
                 raw = b"".join(pieces)
+            if self._checks_mounts():
+                check = self._mount_check
+                assert check is not None
+                self._mount_check = None
+                self._lookup_task = self.gateway.loop.create_task(
+                    self._answering(self._settled_answer(head, raw, check)),
+                    name="dockgate-ownership-mounts",
+                )
+                return
             if self._owner is not None and (head.status, self._operation()) == VOUCHED_LIST:
                 # The images of the listed containers are looked up first (lookup.py): the
                 # client's reading stays paused (a request is read only once the answer to the
@@ -738,6 +790,48 @@ class PolicySteps:
             self._lookup_task = None
             if not self.closing:
                 self._answer_failed(exc)
+            return
+        self._lookup_task = None
+        if self.closing:
+            return
+        self._send_answer(head, rewritten)
+
+    async def _settled_answer(self, head: ResponseHead, raw: bytes, check: MountCheck) -> None:
+        """ContainerCreate in ownership mode naming volumes: the answer goes out once the new
+        container is known to mount only the caller's volumes (ownedvolumes.settle_create):
+        else it is removed, and the client answered as for another's volume (403, as the
+        check before the create) or 502 when the check failed. The check runs on when the
+        client leaves meanwhile (a container of someone else's volume must not stay)."""
+        owner = self._owner
+        assert owner is not None
+        settling = self.gateway.loop.create_task(
+            settle_create(
+                self.gateway.pool.address,
+                head.status,
+                raw,
+                names=check.names,
+                made=check.made,
+                owner=owner,
+            ),
+            name="dockgate-ownership-settle",
+        )
+        _SETTLING.add(settling)
+        settling.add_done_callback(_SETTLING.discard)
+        rewritten: bytes | Refuse | Exception
+        try:
+            settled = await asyncio.shield(settling)
+            if settled.foreign is not None:
+                rewritten = Refuse(403, f"dockgate: {VOLUME.missing.format(settled.foreign)}")
+            elif settled.failure is not None:
+                rewritten = UpstreamError(settled.failure)
+            else:
+                rewritten = self._rewritten_answer(head, raw)
+        except Exception as exc:
+            rewritten = exc
+        if isinstance(rewritten, Exception):
+            self._lookup_task = None
+            if not self.closing:
+                self._answer_failed(rewritten)
             return
         self._lookup_task = None
         if self.closing:
