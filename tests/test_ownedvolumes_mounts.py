@@ -330,3 +330,26 @@ def test_measure_the_added_latency(
         if made:
             daemon.docker("rm", "-f", *made, check=False)
         daemon.docker("volume", "rm", "-f", *names, check=False)
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(120)
+def test_a_create_refused_while_the_gateway_makes_volumes_leaves_none(
+    bob: Api, daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """The gateway makes the missing volumes one after another; when one is refused (a name
+    the local driver refuses), the create is refused and the ones already made are removed.
+    Failed before (the first volume stayed)."""
+    made = f"dgo-ownvol-{RUN}-first"
+    status, answer = bob.call(
+        "POST",
+        "/v1.41/containers/create",
+        {"Image": busybox_image, "HostConfig": {"Binds": [f"{made}:/a", "x!y:/b"]}},
+    )
+    try:
+        assert status == 400, (status, answer)
+        assert "x!y" in answer["message"], answer
+        status, volume = direct(daemon, "GET", f"/volumes/{made}")
+        assert status == 404, (status, volume)
+    finally:
+        daemon.docker("volume", "rm", "-f", made, check=False)

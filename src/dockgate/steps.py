@@ -331,6 +331,7 @@ class PolicySteps:
     ) -> None:
         self._pause_reading(PAUSE_LOOKUP)
         pins: dict[tuple[str, str], str] = {}
+        made: list[str] = []  # the volumes the gateway creates for this request
         try:
             problem = await self._vouching_image(body)
             if problem is not None:
@@ -343,7 +344,6 @@ class PolicySteps:
                 self._after_refusal()
                 return
             missing_volumes: list[str] = []
-            made: list[str] = []
             for kind, reference in named:
                 found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
                 if found is not None:
@@ -367,9 +367,7 @@ class PolicySteps:
                     return
             refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
-                # The create does not happen: the volumes made for it go.
-                assert self._owner is not None
-                await remove_volumes(self.gateway.pool.address, tuple(made), self._owner)
+                await self._drop_made(made)  # the create does not happen
                 self._lookup_task = None
                 if self.closing or self._head is not head:
                     return
@@ -386,27 +384,43 @@ class PolicySteps:
             self._after_refusal()
             return
         except Exception as exc:  # any failure must answer, or the paused client would hang
+            await self._drop_made(made)
             self._lookup_task = None
             self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
             return
-        self._lookup_task = None
         if self.closing or self._head is not head:
+            await self._drop_made(made)
+            self._lookup_task = None
             return
         try:
             # The daemon then acts on exactly the objects that were checked (pinning.py).
             body = pinned_body(self._operation(), body, pins)
         except (ValueError, RecursionError) as exc:
+            await self._drop_made(made)
+            self._lookup_task = None
+            if self.closing or self._head is not head:
+                return
             message = f"dockgate: {self._operation()}: {_unreadable(exc)}"
             self._refuse(head, self._refusal(400, message), body_read=True)
             self._resume_reading(PAUSE_LOOKUP)
             self._after_refusal()
             return
+        self._lookup_task = None
         volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
         if self._owner is not None and self._operation() == "ContainerCreate" and volumes:
             # A volume name cannot be pinned: the answer waits for the mounts' check.
             self._mount_check = MountCheck(head, volumes, tuple(made))
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
+
+    async def _drop_made(self, made: list[str]) -> None:
+        """The volumes the gateway made for a request that does not go to the daemon: removed
+        (each while still the caller's; ownedvolumes.remove_volumes), best effort."""
+        if made and self._owner is not None:
+            try:
+                await remove_volumes(self.gateway.pool.address, tuple(made), self._owner)
+            except Exception:  # the request's own answer matters more
+                return
 
     async def _vouching_image(self, body: bytes) -> str | None:
         """A container's or service's create: why its image may not be used (it carries the
