@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from dockgate import ownedvolumes
 from dockgate.addresses import parse_address
 from dockgate.lookup import LookupError_
-from dockgate.ownedvolumes import Settled, foreign_mount, settle_create
+from dockgate.ownedvolumes import Settled, foreign_mount, settle_create, sweep_mounts
 from dockgate.ownership import OWNER_LABEL
 from support.attack import Api, direct, running_tenants
 from support.daemon import PrivateDaemon
@@ -165,6 +166,40 @@ def test_a_refused_create_removes_the_made_volumes_still_the_callers(
     )
     assert settled == Settled()
     assert [call for call in fake.calls if call[0] == "DELETE"] == [("DELETE", "/volumes/a")]
+
+
+def test_a_sweep_removes_the_callers_containers_mounting_anothers_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client left before its create's answer could be checked (the upstream is closed,
+    the container's ID unknown): bob's containers mounting the names are listed (his label,
+    the volume), each checked, the one mounting alice's `v` removed, his own left; then the
+    volumes made for the create go if still his. Failed before (nothing looked)."""
+    other = "d" * 64
+    listed = (200, [{"Id": CID}, {"Id": other}])
+    fake = FakeDaemon(
+        {
+            ("GET", f"/containers/{CID}/json"): _inspect(("volume", "v")),
+            ("GET", f"/containers/{other}/json"): _inspect(("volume", "mine")),
+            ("GET", "/volumes/v"): _volume("user:alice"),
+            ("GET", "/volumes/mine"): _volume(BOB),
+            REMOVE: (204, None),
+            ("DELETE", "/volumes/mine"): (409, {"message": "in use"}),
+        }
+    )
+    for name in ("mine", "v"):
+        filters = {"label": [f"{OWNER_LABEL}={BOB}"], "volume": [name]}
+        fake.answers[
+            "GET", f"/containers/json?all=1&filters={quote(json.dumps(filters), safe='')}"
+        ] = listed
+    monkeypatch.setattr(ownedvolumes, "ask_json", fake.ask_json)
+    monkeypatch.setattr(ownedvolumes, "get_json", fake.get_json)
+    monkeypatch.setattr(ownedvolumes, "SWEEP_DELAYS", (0.0,))
+    asyncio.run(sweep_mounts(ADDRESS, frozenset({"mine", "v"}), ("mine",), BOB))
+    deletes = [call for call in fake.calls if call[0] == "DELETE"]
+    assert REMOVE in deletes
+    assert ("DELETE", f"/containers/{other}?force=1&v=1") not in deletes
+    assert deletes[-1] == ("DELETE", "/volumes/mine")
 
 
 # ----- end to end ------------------------------------------------------------------------------

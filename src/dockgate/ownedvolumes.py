@@ -28,6 +28,7 @@ of the gateway's reach (THREAT_MODEL.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass, field
@@ -266,3 +267,36 @@ async def remove_volumes(address: Address, names: tuple[str, ...], owner: str) -
                 await ask_json(address, "DELETE", path)
         except LookupError_:
             continue
+
+
+SWEEP_DELAYS = (0.0, 1.0, 4.0)  # seconds before each sweep (a create lands in milliseconds)
+
+
+async def sweep_mounts(
+    address: Address, names: frozenset[str], made: tuple[str, ...], owner: str
+) -> None:
+    """The client left (or the upstream failed) before the answer to its create could be
+    checked: the gateway does not know whether the container was made, nor its ID. Each of
+    `owner`'s containers that mounts a volume of `names` is checked as settle_create checks
+    one, and removed if it mounts a volume not `owner`'s (else he could start it later, found
+    in his list); then the volumes made for the create go, unless something uses them. A few
+    sweeps, the last seconds later, since the create may still be on its way. Best effort: a
+    failed look-up is skipped."""
+    for delay in SWEEP_DELAYS:
+        await asyncio.sleep(delay)
+        for name in sorted(names):
+            filters = {"label": [f"{OWNER_LABEL}={owner}"], "volume": [name]}
+            path = f"/containers/json?all=1&filters={quote(json.dumps(filters), safe='')}"
+            try:
+                status, listed = await get_json(address, path)
+                if status != 200 or not isinstance(listed, list):
+                    continue
+                for entry in listed:
+                    found = entry.get("Id") if isinstance(entry, dict) else None
+                    if not (isinstance(found, str) and _FULL_ID.fullmatch(found)):
+                        continue
+                    if await foreign_mount(address, found, names, owner) is not None:
+                        await _remove_container(address, found)
+            except LookupError_:
+                continue
+    await remove_volumes(address, made, owner)

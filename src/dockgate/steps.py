@@ -70,6 +70,7 @@ from dockgate.ownedvolumes import (
     create_volume,
     remove_volumes,
     settle_create,
+    sweep_mounts,
     volume_specs,
 )
 from dockgate.ownerlabels import foreign_owner_label
@@ -108,9 +109,11 @@ PAUSE_LOOKUP = 16
 # The checks of new containers' mounts still running (kept from garbage collection; each
 # outlives a client that leaves, so that a container mounting another's volume is removed).
 _SETTLING: set[asyncio.Task[Settled]] = set()
+_WATCHING: set[asyncio.Task[None]] = set()
+MOUNT_WATCH_SECONDS = 0.25  # how often a pending check looks whether its client is gone
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class MountCheck:
     """A ContainerCreate forwarded in ownership mode that mounts named volumes: its answer is
     held until the new container's mounts are checked (ownedvolumes.settle_create)."""
@@ -118,6 +121,7 @@ class MountCheck:
     head: RequestHead
     names: frozenset[str]
     made: tuple[str, ...]  # the volumes the gateway created for it
+    taken: bool = False  # its answer arrived and is being checked
 
 
 class PolicySteps:
@@ -409,9 +413,26 @@ class PolicySteps:
         volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
         if self._owner is not None and self._operation() == "ContainerCreate" and volumes:
             # A volume name cannot be pinned: the answer waits for the mounts' check.
-            self._mount_check = MountCheck(head, volumes, tuple(made))
+            check = MountCheck(head, volumes, tuple(made))
+            self._mount_check = check
+            watch = self.gateway.loop.create_task(
+                self._watch_mounts(check, self._owner), name="dockgate-ownership-mounts-watch"
+            )
+            _WATCHING.add(watch)
+            watch.add_done_callback(_WATCHING.discard)
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
+
+    async def _watch_mounts(self, check: MountCheck, owner: str) -> None:
+        """Until the create's answer arrives: if the exchange ends without it (the client
+        gone, which closes the upstream connection; the upstream failed), the container may
+        exist, unchecked, its ID unknown: the caller's containers mounting those names are
+        swept instead (ownedvolumes.sweep_mounts). Not tied to the connection."""
+        while not check.taken:
+            if self.closing or self._head is not check.head or self._mount_check is not check:
+                await sweep_mounts(self.gateway.pool.address, check.names, check.made, owner)
+                return
+            await asyncio.sleep(MOUNT_WATCH_SECONDS)
 
     async def _drop_made(self, made: list[str]) -> None:
         """The volumes the gateway made for a request that does not go to the daemon: removed
@@ -764,6 +785,7 @@ class PolicySteps:
             if self._checks_mounts():
                 check = self._mount_check
                 assert check is not None
+                check.taken = True
                 self._mount_check = None
                 self._lookup_task = self.gateway.loop.create_task(
                     self._answering(self._settled_answer(head, raw, check)),
