@@ -11,10 +11,13 @@ one ContainerCreate. The races themselves are in test_attack_review12_ownership2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +33,8 @@ from dockgate.ownedvolumes import Settled, foreign_mount, settle_create, sweep_m
 from dockgate.ownership import OWNER_LABEL
 from support.attack import Api, direct, running_tenants
 from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from support.remote import basic_header, write_htpasswd
 
 ADDRESS = parse_address("tcp://127.0.0.1:1")
 CID = "c" * 64
@@ -388,3 +393,114 @@ def test_a_create_refused_while_the_gateway_makes_volumes_leaves_none(
         assert status == 404, (status, volume)
     finally:
         daemon.docker("volume", "rm", "-f", made, check=False)
+
+
+class SlowCreateRelay:
+    """TCP on 127.0.0.1 to the daemon's unix socket, holding each container create `delay`
+    seconds before passing it on, and passing it on even when the gateway has hung up by
+    then (as a daemon that already had the request would go on with it)."""
+
+    def __init__(self, socket_path: str, delay: float) -> None:
+        self.socket_path = socket_path
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.creates = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.socket(socket.AF_UNIX)
+        upstream.connect(self.socket_path)
+
+        def back() -> None:
+            with contextlib.suppress(OSError):
+                while data := upstream.recv(65536):
+                    client.sendall(data)
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)  # a FIN, whatever the other thread holds
+
+        threading.Thread(target=back, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if b"/containers/create" in data:
+                    self.creates += 1
+                    time.sleep(self.delay)
+                upstream.sendall(data)
+        time.sleep(self.delay)  # the daemon finishes what it was given
+        upstream.close()
+        client.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(120)
+def test_a_client_gone_before_the_check_leaves_no_container_on_anothers_volume(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """bob's create of `V` (his) is forwarded; he hangs up at once, which closes the
+    gateway's upstream connection, so the answer (and its check) never comes. Meanwhile he
+    removes `V` and alice creates hers; the daemon then handles the create and mounts hers
+    (a relay holds the create a second to make that order certain). The gateway sweeps bob's
+    containers mounting `V` when the exchange ends unanswered: none is left mounting alice's
+    volume (he would find it in his list and start it). Failed without the sweep."""
+    base = tmp_path_factory.mktemp("ownvol-gone")
+    relay = SlowCreateRelay(str(daemon.socket_path), 1.0)
+    users = {"alice": "alice-pw", "bob": "bob-pw"}
+    write_htpasswd(base / "htpasswd", users)
+    (base / "policy.yaml").write_text(POLICY)
+    gateway = Gateway(
+        f"tcp://127.0.0.1:{relay.port}",
+        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
+        policy=str(base / "policy.yaml"),
+    )
+    name = f"dgo-ownvol-{RUN}-gone"
+    try:
+        with running(gateway) as started:
+            alice = Api(started, basic_header("alice", "alice-pw"))
+            bob = Api(started, basic_header("bob", "bob-pw"))
+            assert bob.call("POST", "/v1.41/volumes/create", {"Name": name})[0] == 201
+            body = json.dumps(
+                {"Image": busybox_image, "Cmd": ["true"], "HostConfig": {"Binds": [f"{name}:/d"]}}
+            ).encode()
+            request = (
+                "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n"
+                f"Authorization: {bob.authorization}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            with socket.create_connection(("127.0.0.1", started.port)) as conn:
+                conn.sendall(request)
+                deadline = time.monotonic() + 10
+                while relay.creates == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert relay.creates == 1  # forwarded: every look-up was done
+            # bob gone; while the relay holds his create, the swap.
+            assert direct(daemon, "DELETE", f"/volumes/{name}")[0] == 204
+            status, _ = alice.call("POST", "/v1.41/volumes/create", {"Name": name})
+            assert status == 201
+            time.sleep(1.5)  # the create lands (mounting alice's volume)
+            query = quote(json.dumps({"volume": [name]}))
+            deadline = time.monotonic() + 15
+            users_of: list[Any] = [None]
+            while users_of and time.monotonic() < deadline:
+                status, users_of = direct(daemon, "GET", f"/containers/json?all=1&filters={query}")
+                time.sleep(0.5)
+            assert users_of == [], users_of
+            status, volume = direct(daemon, "GET", f"/volumes/{name}")
+            assert volume["Labels"][OWNER_LABEL] == "user:alice", volume
+    finally:
+        relay.close()
+        query = quote(json.dumps({"volume": [name]}))
+        status, left = direct(daemon, "GET", f"/containers/json?all=1&filters={query}")
+        if status == 200 and left:
+            daemon.docker("rm", "-f", *(entry["Id"] for entry in left), check=False)
+        daemon.docker("volume", "rm", "-f", name, check=False)
