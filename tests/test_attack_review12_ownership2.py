@@ -8,12 +8,13 @@ XPASSes once closed.
   his own volume after the gateway's look-up, alice creates hers under the name, and bob's
   container mounts it (he reads her data). The first review's fix covered missing volumes
   only; THREAT_MODEL.md calls this case a residual accident, but the caller drives it.
+  Fixed: the new container's mounts are checked before its 201 goes out.
 - The same for that fix itself: the volume the gateway creates first for a missing name is
   bob's until the create lands; bob removes it while the gateway makes his other missing
-  volumes, alice creates hers, and the daemon mounts hers.
+  volumes, alice creates hers, and the daemon mounts hers. Fixed the same way.
 - A container create the daemon refuses leaves the volumes the gateway made for it: 63 a
   request, without limit, under a policy with no volume operation to list or remove them
-  (the daemon alone makes none for such a create).
+  (the daemon alone makes none for such a create). Fixed: removed when the create fails.
 - The prefix fix (finding 3) lists the caller's containers by label under the 8 MiB
   look-up bound: a build step of bob's carrying alice's label and 9 MB of labels (finding
   6's setup) makes every short-ID request of alice's a 502 while it runs.
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -72,20 +74,37 @@ def _demux(raw: bytes) -> str:
     return out.decode(errors="replace")
 
 
+def _destroyed(daemon: PrivateDaemon, since: float) -> int:
+    """How many containers of bob's the daemon removed since `since` (the gateway's removal
+    of a create it caught after the fact; the test removes its containers at the end only)."""
+    filters = {"type": ["container"], "event": ["destroy"], "label": [f"{OWNER_LABEL}=user:bob"]}
+    query = f"since={since:.6f}&until={time.time():.6f}&filters={quote(json.dumps(filters))}"
+    status, raw = direct(daemon, "GET", f"/events?{query}")
+    assert status == 200, (status, raw)
+    if not isinstance(raw, bytes):
+        return 1  # one event, decoded
+    return sum(1 for line in raw.splitlines() if line.strip())
+
+
 def _swap_under_bobs_create(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, missing: bool
-) -> str:
+) -> tuple[str, int]:
     """Rounds of: bob's container create mounting `V:/data` and 60 more volumes of his
     (existing ones, or missing ones the gateway makes first, one after another); while the
     gateway is still busy with the others, bob removes `V` (his: 204) and alice creates `V`
     (201). When bob's create lands (201), alice writes her data into her volume, bob starts
-    his container and prints /data/secret. What he read."""
+    his container and prints /data/secret. What he read, and how many rounds the swap was
+    made in time and bob's create was refused AFTER the daemon made his container (403, as
+    for another's volume; the gateway removed the container, nothing mounts her volume).
+    Rounds where the gateway's look-up came after the swap (refused before the create) do
+    not count."""
     alice, bob = tenants["alice"], tenants["bob"]
     tag = "miss" if missing else "have"
     made: list[str] = []
     volumes: list[str] = []
     secret = f"alice-data-{os.urandom(6).hex()}"
     stolen = ""
+    caught = 0
 
     def pads(round_: int) -> list[str]:
         # Missing ones are new each round (the gateway makes them); existing ones are shared.
@@ -125,14 +144,30 @@ def _swap_under_bobs_create(
                 got["answer"] = bob.call("POST", "/v1.41/containers/create", body(name, round_))
 
             thread = threading.Thread(target=create)
+            round_started = time.time()
             thread.start()
-            time.sleep(took * (0.45 + 0.05 * (round_ % 10)))
+            # Spread over the whole create: its look-ups (or the gateway's volume creates) come
+            # first, then, since the fix, the check of the new container's mounts.
+            time.sleep(took * (0.05 + 0.1 * (round_ % 10)))
             removed = bob.call("DELETE", f"/v1.41/volumes/{name}")[0]
             planted = alice.call("POST", "/v1.41/volumes/create", {"Name": name})[0]
             thread.join(timeout=30)
             status, created = got["answer"]
             if status == 201:
                 made.append(created["Id"])
+            if removed == 204 and planted == 201 and status == 403:
+                # The swap landed in time and the gateway caught it after the create: the
+                # container it made is gone (nothing mounts alice's volume), hers is intact.
+                assert "no such volume" in created["message"], created
+                query = quote(json.dumps({"volume": [name]}))
+                status, users = direct(daemon, "GET", f"/containers/json?all=1&filters={query}")
+                assert (status, users) == (200, []), users
+                status, volume = direct(daemon, "GET", f"/volumes/{name}")
+                assert volume["Labels"][OWNER_LABEL] == "user:alice", volume
+                caught += 1 if _destroyed(daemon, round_started) else 0
+                if caught == 2:
+                    break
+                continue
             if not (removed == 204 and planted == 201 and status == 201):
                 continue
             status, inspected = direct(daemon, "GET", f"/containers/{created['Id']}/json")
@@ -158,18 +193,13 @@ def _swap_under_bobs_create(
             stolen = _demux(raw) if isinstance(raw, bytes) else str(raw)
             assert secret in stolen, stolen
             break
-        return stolen
+        return stolen, caught
     finally:
         if made:
             daemon.docker("rm", "-f", *made, check=False)
         daemon.docker("volume", "rm", "-f", *volumes, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bob removes his own volume after the gateway's look-up; alice's volume created "
-    "under its name is mounted by his container (he reads her data)",
-)
 def test_bob_removes_his_checked_volume_and_his_container_mounts_alices(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str
 ) -> None:
@@ -188,16 +218,16 @@ def test_bob_removes_his_checked_volume_and_his_container_mounts_alices(
 
     Should hold: a container the gateway lets through mounts only volumes of the caller's
     (e.g. the created container's `Mounts` checked after the create, when a volume in use
-    can no longer be removed, and the container removed if one is someone else's)."""
-    stolen = _swap_under_bobs_create(tenants, daemon, busybox_image, missing=False)
+    can no longer be removed, and the container removed if one is someone else's).
+
+    Fixed (ownedvolumes.settle_create): the 201 is held until the new container's volume
+    mounts are looked up, and the container is removed (403) when one is not bob's. Failed
+    before (bob read alice's data in the first round)."""
+    stolen, caught = _swap_under_bobs_create(tenants, daemon, busybox_image, missing=False)
     assert stolen == "", stolen
+    assert caught, "the swap never landed between the look-up and the create"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the volume the gateway creates first for a missing name is removed by bob before "
-    "his create lands; alice's volume of the name is mounted (finding 4's fix bypassed)",
-)
 def test_the_gateways_fresh_volume_is_swapped_before_bobs_create_lands(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str
 ) -> None:
@@ -205,9 +235,12 @@ def test_the_gateways_fresh_volume_is_swapped_before_bobs_create_lands(
     the caller's, then forwards the container create by name. bob's create names `V` and 60
     more missing volumes, which the gateway creates one after another after `V`: in that
     window bob removes `V` (his: 204) and alice creates hers under the name (201); the daemon
-    mounts alice's `V` into bob's container, and he reads her data."""
-    stolen = _swap_under_bobs_create(tenants, daemon, busybox_image, missing=True)
+    mounts alice's `V` into bob's container, and he reads her data.
+
+    Fixed as the test above (the mounts checked after the create). Failed before."""
+    stolen, caught = _swap_under_bobs_create(tenants, daemon, busybox_image, missing=True)
     assert stolen == "", stolen
+    assert caught, "the swap never landed between the gateway's volume create and the create"
 
 
 CONTAINERS_ONLY = """
@@ -222,11 +255,6 @@ bindings:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a container create the daemon refuses still leaves the named volumes the gateway "
-    "made for it, 64 a request, under a policy that allows no volume operation",
-)
 def test_failed_creates_leave_the_gateways_volumes_behind(
     daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -238,7 +266,10 @@ def test_failed_creates_leave_the_gateways_volumes_behind(
     resolves the image before it registers mounts), and each leaves 63 volumes of his that
     he can neither list nor remove, without limit (a disk and inode exhaustion, and a volume
     list that grows for the operator). Should hold: the gateway removes the volumes it made
-    when the create fails (or the daemon's answer is not a 201)."""
+    when the create fails (or the daemon's answer is not a 201).
+
+    Fixed: a ContainerCreate answer that is not a 201 removes the volumes the gateway made
+    for it (those still bob's) before it goes out. Failed before (189 volumes left)."""
     base = tmp_path_factory.mktemp("atk12-own2-jobs")
     with running_tenants(daemon, base, CONTAINERS_ONLY, {"bob": "bob-pw"}) as apis:
         bob = apis["bob"]

@@ -28,12 +28,15 @@ of the gateway's reach (THREAT_MODEL.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from dockgate.addresses import Address
 from dockgate.body import gojson
-from dockgate.lookup import LookupError_, ask_json
+from dockgate.lookup import LookupError_, ask_json, get_json
 from dockgate.ownership import OWNER_LABEL, VOLUME, owner_of
 
 
@@ -146,3 +149,154 @@ async def create_volume(address: Address, name: str, spec: VolumeSpec, owner: st
         return Created(status, owner_of(answer, VOLUME))
     message = answer.get("message") if isinstance(answer, dict) else None
     return Created(status, None, message if isinstance(message, str) else "")
+
+
+# ----- after the create: the container mounts what was checked ---------------------------------
+#
+# A volume name cannot be pinned (the daemon finds a volume by exact name only), so between
+# the gateway's look-up (or its own create) and the daemon's handling of the container create,
+# the caller can remove his volume and another caller create hers under the name: the daemon
+# mounts hers (attack review 12, second pass). Once the container exists, though, a volume it
+# mounts cannot be removed (volume/service/store.go Remove: "volume is in use"), so the name
+# stays on the same volume: the created container's mounts are checked then, and a container
+# that mounts someone else's volume is removed before the client hears of it.
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How a held ContainerCreate answer ends: sent on (neither set), refused as someone
+    else's volume (`foreign`: the container was removed), or a 502 (`failure`: the check
+    could not be made; the container was removed)."""
+
+    foreign: str | None = None
+    failure: str | None = None
+
+
+async def settle_create(
+    address: Address,
+    status: int,
+    raw: bytes,
+    *,
+    names: frozenset[str],
+    made: tuple[str, ...],
+    owner: str,
+) -> Settled:
+    """The daemon answered `status` (`raw`) to a ContainerCreate that mounts the named
+    volumes `names`, for which the gateway created `made`. A refused create: the volumes the
+    gateway made are removed (the daemon alone would have made none: it resolves the image
+    before it registers the mounts). A created container: every volume of `names` it mounts
+    must be `owner`'s; if one is not, or the check fails, the container is removed too."""
+    if status != 201:
+        await remove_volumes(address, made, owner)
+        return Settled()
+    container_id = _created_id(raw)
+    if container_id is None:
+        await remove_volumes(address, made, owner)
+        return Settled(failure="the daemon's answer to the create names no container")
+    try:
+        foreign = await foreign_mount(address, container_id, names, owner)
+    except Exception as exc:
+        await _remove_container(address, container_id)
+        await remove_volumes(address, made, owner)
+        return Settled(failure=f"cannot check the new container's volumes: {exc}")
+    if foreign is None:
+        return Settled()
+    await _remove_container(address, container_id)
+    await remove_volumes(address, made, owner)
+    return Settled(foreign=foreign)
+
+
+def _created_id(raw: bytes) -> str | None:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return None
+    found = answer.get("Id") if isinstance(answer, dict) else None
+    # A full ID only: it goes into a path as it is.
+    return found if isinstance(found, str) and _FULL_ID.fullmatch(found) else None
+
+
+_FULL_ID = re.compile(r"[0-9a-f]{64}")
+
+
+async def foreign_mount(
+    address: Address, container_id: str, names: frozenset[str], owner: str
+) -> str | None:
+    """The first volume of `names` the container mounts that is not `owner`'s, or None.
+    LookupError_ when the daemon cannot say. Anonymous volumes (a name the caller did not
+    give: the image's VOLUMEs, `-v /data`) are the container's own and are not looked up."""
+    status, answer = await get_json(address, f"/containers/{container_id}/json")
+    mounts = answer.get("Mounts") if isinstance(answer, dict) else None
+    if status != 200 or not isinstance(mounts, list):
+        raise LookupError_(f"the daemon answered {status} to an inspect of the new container")
+    for mount in mounts:
+        if not isinstance(mount, dict) or mount.get("Type") != "volume":
+            continue
+        name = mount.get("Name")
+        if not isinstance(name, str) or name not in names:
+            continue
+        status, volume = await get_json(address, f"/volumes/{quote(name, safe='')}")
+        if status == 404:
+            return name  # in use, so it cannot be gone: whatever happened, not checked
+        if status != 200:
+            raise LookupError_(f"the daemon answered {status} to a look-up of volume {name}")
+        if owner_of(volume, VOLUME) != owner:
+            return name
+    return None
+
+
+async def _remove_container(address: Address, container_id: str) -> None:
+    """`v=1` removes the container's anonymous volumes too, never a named one (moby
+    daemon/mounts.go removeMountPoints skips a mount point with a Source): nothing of the
+    container is left, and the other caller's volume stays. LookupError_ if it stays."""
+    status, _ = await ask_json(address, "DELETE", f"/containers/{container_id}?force=1&v=1")
+    if status not in (204, 404):
+        raise LookupError_(f"the daemon answered {status} to a removal of the new container")
+
+
+async def remove_volumes(address: Address, names: tuple[str, ...], owner: str) -> None:
+    """Remove the volumes the gateway made for a request that failed, each only while it is
+    still `owner`'s (its name could be another caller's volume by now: only a volume made in
+    the instant between this look-up and the removal, and unused, would go). A failure is
+    harmless (the daemon refuses to remove a volume in use) and ignored."""
+    for name in names:
+        path = f"/volumes/{quote(name, safe='')}"
+        try:
+            status, volume = await get_json(address, path)
+            if status == 200 and owner_of(volume, VOLUME) == owner:
+                await ask_json(address, "DELETE", path)
+        except LookupError_:
+            continue
+
+
+SWEEP_DELAYS = (0.0, 1.0, 4.0)  # seconds before each sweep (a create lands in milliseconds)
+
+
+async def sweep_mounts(
+    address: Address, names: frozenset[str], made: tuple[str, ...], owner: str
+) -> None:
+    """The client left (or the upstream failed) before the answer to its create could be
+    checked: the gateway does not know whether the container was made, nor its ID. Each of
+    `owner`'s containers that mounts a volume of `names` is checked as settle_create checks
+    one, and removed if it mounts a volume not `owner`'s (else he could start it later, found
+    in his list); then the volumes made for the create go, unless something uses them. A few
+    sweeps, the last seconds later, since the create may still be on its way. Best effort: a
+    failed look-up is skipped."""
+    for delay in SWEEP_DELAYS:
+        await asyncio.sleep(delay)
+        for name in sorted(names):
+            filters = {"label": [f"{OWNER_LABEL}={owner}"], "volume": [name]}
+            path = f"/containers/json?all=1&filters={quote(json.dumps(filters), safe='')}"
+            try:
+                status, listed = await get_json(address, path)
+                if status != 200 or not isinstance(listed, list):
+                    continue
+                for entry in listed:
+                    found = entry.get("Id") if isinstance(entry, dict) else None
+                    if not (isinstance(found, str) and _FULL_ID.fullmatch(found)):
+                        continue
+                    if await foreign_mount(address, found, names, owner) is not None:
+                        await _remove_container(address, found)
+            except LookupError_:
+                continue
+    await remove_volumes(address, made, owner)

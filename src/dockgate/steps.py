@@ -63,7 +63,16 @@ from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.ownedanswers import SCRUBBED_ANSWERS, scrubbed_answer
 from dockgate.ownedlists import LookUpAll, list_plan
 from dockgate.ownedprefix import find_owned
-from dockgate.ownedvolumes import Unreadable, VolumeSpec, create_volume, volume_specs
+from dockgate.ownedvolumes import (
+    Settled,
+    Unreadable,
+    VolumeSpec,
+    create_volume,
+    remove_volumes,
+    settle_create,
+    sweep_mounts,
+    volume_specs,
+)
 from dockgate.ownerlabels import foreign_owner_label
 from dockgate.ownership import (
     CHECKED_ANSWERS,
@@ -97,10 +106,29 @@ if TYPE_CHECKING:
 
 # Reading from the client is paused while the daemon is asked who owns an object.
 PAUSE_LOOKUP = 16
+# The checks of new containers' mounts still running (kept from garbage collection; each
+# outlives a client that leaves, so that a container mounting another's volume is removed).
+_SETTLING: set[asyncio.Task[Settled]] = set()
+_WATCHING: set[asyncio.Task[None]] = set()
+MOUNT_WATCH_SECONDS = 0.25  # how often a pending check looks whether its client is gone
+
+
+@dataclasses.dataclass(slots=True)
+class MountCheck:
+    """A ContainerCreate forwarded in ownership mode that mounts named volumes: its answer is
+    held until the new container's mounts are checked (ownedvolumes.settle_create)."""
+
+    head: RequestHead
+    names: frozenset[str]
+    made: tuple[str, ...]  # the volumes the gateway created for it
+    taken: bool = False  # its answer arrived and is being checked
 
 
 class PolicySteps:
     """Mixed into ClientConnection, whose state and relay methods it uses."""
+
+    # Set for the exchange of the request it names only (see _checks_mounts).
+    _mount_check: MountCheck | None = None
 
     if TYPE_CHECKING:
         gateway: Gateway
@@ -307,6 +335,7 @@ class PolicySteps:
     ) -> None:
         self._pause_reading(PAUSE_LOOKUP)
         pins: dict[tuple[str, str], str] = {}
+        made: list[str] = []  # the volumes the gateway creates for this request
         try:
             problem = await self._vouching_image(body)
             if problem is not None:
@@ -340,8 +369,9 @@ class PolicySteps:
                     self._resume_reading(PAUSE_LOOKUP)
                     self._after_refusal()
                     return
-            refusal = await self._create_missing_volumes(body, missing_volumes)
+            refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
+                await self._drop_made(made)  # the create does not happen
                 self._lookup_task = None
                 if self.closing or self._head is not head:
                     return
@@ -358,23 +388,60 @@ class PolicySteps:
             self._after_refusal()
             return
         except Exception as exc:  # any failure must answer, or the paused client would hang
+            await self._drop_made(made)
             self._lookup_task = None
             self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
             return
-        self._lookup_task = None
         if self.closing or self._head is not head:
+            await self._drop_made(made)
+            self._lookup_task = None
             return
         try:
             # The daemon then acts on exactly the objects that were checked (pinning.py).
             body = pinned_body(self._operation(), body, pins)
         except (ValueError, RecursionError) as exc:
+            await self._drop_made(made)
+            self._lookup_task = None
+            if self.closing or self._head is not head:
+                return
             message = f"dockgate: {self._operation()}: {_unreadable(exc)}"
             self._refuse(head, self._refusal(400, message), body_read=True)
             self._resume_reading(PAUSE_LOOKUP)
             self._after_refusal()
             return
+        self._lookup_task = None
+        volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
+        if self._owner is not None and self._operation() == "ContainerCreate" and volumes:
+            # A volume name cannot be pinned: the answer waits for the mounts' check.
+            check = MountCheck(head, volumes, tuple(made))
+            self._mount_check = check
+            watch = self.gateway.loop.create_task(
+                self._watch_mounts(check, self._owner), name="dockgate-ownership-mounts-watch"
+            )
+            _WATCHING.add(watch)
+            watch.add_done_callback(_WATCHING.discard)
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
+
+    async def _watch_mounts(self, check: MountCheck, owner: str) -> None:
+        """Until the create's answer arrives: if the exchange ends without it (the client
+        gone, which closes the upstream connection; the upstream failed), the container may
+        exist, unchecked, its ID unknown: the caller's containers mounting those names are
+        swept instead (ownedvolumes.sweep_mounts). Not tied to the connection."""
+        while not check.taken:
+            if self.closing or self._head is not check.head or self._mount_check is not check:
+                await sweep_mounts(self.gateway.pool.address, check.names, check.made, owner)
+                return
+            await asyncio.sleep(MOUNT_WATCH_SECONDS)
+
+    async def _drop_made(self, made: list[str]) -> None:
+        """The volumes the gateway made for a request that does not go to the daemon: removed
+        (each while still the caller's; ownedvolumes.remove_volumes), best effort."""
+        if made and self._owner is not None:
+            try:
+                await remove_volumes(self.gateway.pool.address, tuple(made), self._owner)
+            except Exception:  # the request's own answer matters more
+                return
 
     async def _vouching_image(self, body: bytes) -> str | None:
         """A container's or service's create: why its image may not be used (it carries the
@@ -492,12 +559,15 @@ class PolicySteps:
         self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
         return False
 
-    async def _create_missing_volumes(self, body: bytes, names: list[str]) -> Verdict | None:
+    async def _create_missing_volumes(
+        self, body: bytes, names: list[str], made: list[str]
+    ) -> Verdict | None:
         """In ownership mode, the volumes a new container mounts that do not exist are created
         first, the caller's (ownedvolumes.py): a name cannot be pinned, and another caller's
         volume of that name created in between would be mounted. A refusal when one is
         someone else's by then (as for any other's volume) or cannot be created. Elsewhere
-        (a service's mounts: made by each task on its node) a missing volume passes, nobody's."""
+        (a service's mounts: made by each task on its node) a missing volume passes, nobody's.
+        The volumes made, the caller's, are added to `made` (removed if the create fails)."""
         if not names or self._owner is None or self._operation() != "ContainerCreate":
             return None
         try:
@@ -517,6 +587,7 @@ class PolicySteps:
                 if found.owner == self._owner:
                     continue  # the daemon answers the create as it would have
             elif created.owner == self._owner:
+                made.append(name)
                 continue
             # Someone else's: 403, not 404 (the docker CLI would try to pull an image).
             return self._refusal(403, f"dockgate: {VOLUME.missing.format(name)}")
@@ -668,9 +739,16 @@ class PolicySteps:
             return True
         if self._ownership_mode() and (status, operation) in SCRUBBED_ANSWERS:
             return True
+        if self._checks_mounts():
+            return True  # whatever the status: a refused create's volumes are removed
         return self._owner is not None and (
             (status, operation) in CHECKED_ANSWERS or (status, operation) == VOUCHED_LIST
         )
+
+    def _checks_mounts(self) -> bool:
+        """Whether the answer being read is to a ContainerCreate whose mounts are checked."""
+        check = self._mount_check
+        return check is not None and check.head is self._head and self._owner is not None
 
     def _ownership_mode(self) -> bool:
         """Whether the request's policy is in ownership mode (its caller may be anonymous)."""
@@ -704,6 +782,16 @@ class PolicySteps:
             if head.framing is Framing.CHUNKED:
                 pieces, _ = ChunkedDecoder().feed(raw)
                 raw = b"".join(pieces)
+            if self._checks_mounts():
+                check = self._mount_check
+                assert check is not None
+                check.taken = True
+                self._mount_check = None
+                self._lookup_task = self.gateway.loop.create_task(
+                    self._answering(self._settled_answer(head, raw, check)),
+                    name="dockgate-ownership-mounts",
+                )
+                return
             if self._owner is not None and (head.status, self._operation()) == VOUCHED_LIST:
                 # The images of the listed containers are looked up first (lookup.py): the
                 # client's reading stays paused (a request is read only once the answer to the
@@ -738,6 +826,48 @@ class PolicySteps:
             self._lookup_task = None
             if not self.closing:
                 self._answer_failed(exc)
+            return
+        self._lookup_task = None
+        if self.closing:
+            return
+        self._send_answer(head, rewritten)
+
+    async def _settled_answer(self, head: ResponseHead, raw: bytes, check: MountCheck) -> None:
+        """ContainerCreate in ownership mode naming volumes: the answer goes out once the new
+        container is known to mount only the caller's volumes (ownedvolumes.settle_create):
+        else it is removed, and the client answered as for another's volume (403, as the
+        check before the create) or 502 when the check failed. The check runs on when the
+        client leaves meanwhile (a container of someone else's volume must not stay)."""
+        owner = self._owner
+        assert owner is not None
+        settling = self.gateway.loop.create_task(
+            settle_create(
+                self.gateway.pool.address,
+                head.status,
+                raw,
+                names=check.names,
+                made=check.made,
+                owner=owner,
+            ),
+            name="dockgate-ownership-settle",
+        )
+        _SETTLING.add(settling)
+        settling.add_done_callback(_SETTLING.discard)
+        rewritten: bytes | Refuse | Exception
+        try:
+            settled = await asyncio.shield(settling)
+            if settled.foreign is not None:
+                rewritten = Refuse(403, f"dockgate: {VOLUME.missing.format(settled.foreign)}")
+            elif settled.failure is not None:
+                rewritten = UpstreamError(settled.failure)
+            else:
+                rewritten = self._rewritten_answer(head, raw)
+        except Exception as exc:
+            rewritten = exc
+        if isinstance(rewritten, Exception):
+            self._lookup_task = None
+            if not self.closing:
+                self._answer_failed(rewritten)
             return
         self._lookup_task = None
         if self.closing:
