@@ -1,8 +1,8 @@
 """Second attack review of issue 12's ownership fixes, against the real daemon.
 
-Two tenants, alice and bob (Basic), one ownership policy. Each finding is an
-xfail(strict=True) test asserting what should hold: it fails today (the hole is open) and
-XPASSes once closed.
+Two tenants, alice and bob (Basic), one ownership policy. Each finding was pinned as an
+xfail(strict=True) test asserting what should hold; all are fixed, and each test is an
+ordinary one that failed before its fix.
 
 - A volume that exists and is the caller's is checked by name and not pinned: bob removes
   his own volume after the gateway's look-up, alice creates hers under the name, and bob's
@@ -17,7 +17,8 @@ XPASSes once closed.
   (the daemon alone makes none for such a create). Fixed: removed when the create fails.
 - The prefix fix (finding 3) lists the caller's containers by label under the 8 MiB
   look-up bound: a build step of bob's carrying alice's label and 9 MB of labels (finding
-  6's setup) makes every short-ID request of alice's a 502 while it runs.
+  6's setup) makes every short-ID request of alice's a 502 while it runs. Fixed: a list too
+  large is asked again narrowed to IDs holding the prefix.
 """
 
 from __future__ import annotations
