@@ -29,11 +29,9 @@ from dockgate.browser import ANSWER_HEADERS
 from dockgate.clientcerts import EMPTY_TRUST, PeerCertificate, ResumableSessions, TrustSet
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.logtext import printable
+from dockgate.tlspump import TLSPump
 from dockgate.watched import RELOAD_CHECK_SECONDS, FileStamp, file_stamp
 
-# Plaintext read per SSLObject.read call: larger than a TLS record (16 KiB), so a read never
-# leaves part of a record decrypted inside OpenSSL.
-READ_CHUNK_BYTES = 64 * 1024
 DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 _HTTP_ON_TLS_PORT = (
@@ -318,7 +316,7 @@ class TLSTransport:
         return self._owner.extra_info(name, default)
 
 
-class TLSProtocol(asyncio.Protocol):
+class TLSProtocol(TLSPump):
     """TLS server side of one TCP connection, around an inner protocol made once the handshake
     is complete."""
 
@@ -329,6 +327,7 @@ class TLSProtocol(asyncio.Protocol):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
         expects_proxy_header: Callable[[str], bool] | None = None,
     ) -> None:
+        super().__init__()
         self._factory = factory
         self._expects_proxy_header = expects_proxy_header
         # A load balancer's PROXY header comes in clear, before the ClientHello: bytes of it
@@ -337,34 +336,14 @@ class TLSProtocol(asyncio.Protocol):
         self._proxy_source: str | None = None  # what the header said ("" for LOCAL/UNKNOWN)
         self._tls = tls
         self._handshake_timeout = handshake_timeout
-        self._raw: asyncio.Transport | None = None
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj: ssl.SSLObject | None = None
         self._trust = EMPTY_TRUST  # the client CA set of the context this connection uses
         self._sessions: ResumableSessions | None = None  # ... and its resumable sessions
         self._peer_certificate: PeerCertificate | None = None
-        self._inner: asyncio.Protocol | None = None
         self._adapter: TLSTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._handshaking = True
-        self._closing = False  # the inner protocol (or a failure) closed the connection
-        self._lost = False
-        self._shutdown_sent = False  # our close_notify is out
-        self._peer_eof = False  # the client's close_notify (or TCP FIN) was passed on
-        self._raw_eof = False  # TCP FIN from the client
-        self._keep_open = False  # what the inner protocol's eof_received() answered
-        self._reading = False  # inside _read_app (no re-entry)
-        self._read_scheduled = False
-        self.app_paused = False
         self._peer = "-"
 
     # ----- for the adapter --------------------------------------------------------------------
-
-    @property
-    def raw(self) -> asyncio.Transport:
-        assert self._raw is not None
-        return self._raw
 
     def extra_info(self, name: str, default: Any = None) -> Any:
         sslobj = self._sslobj
@@ -384,67 +363,11 @@ class TLSProtocol(asyncio.Protocol):
             return self._peer_certificate if self._peer_certificate is not None else default
         return self.raw.get_extra_info(name, default)
 
-    def app_write(self, data: bytes) -> None:
-        sslobj = self._sslobj
-        if not data or self._closing or self._shutdown_sent or sslobj is None:
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                count = sslobj.write(view)
-                view = view[count:]
-        except ssl.SSLError as exc:
-            self._flush()
-            self._fail(f"TLS write to {self._peer} failed: {_describe(exc)}")
-            return
-        self._flush()
-
-    def app_write_eof(self) -> None:
-        if self._closing or self._shutdown_sent:
-            return
-        self._send_close_notify()
-        raw = self._raw
-        if raw is not None and not raw.is_closing() and raw.can_write_eof():
-            raw.write_eof()
-
-    def app_close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._cancel_timer()
-        self._send_close_notify()
-        raw = self._raw
-        if raw is not None and not raw.is_closing():
-            raw.close()  # flushes what is buffered, then closes
-
     def app_abort(self) -> None:
         self._closing = True
         self._cancel_timer()
         if self._raw is not None:
             self._raw.abort()
-
-    def app_is_closing(self) -> bool:
-        return self._closing or self._raw is None or self._raw.is_closing()
-
-    def app_pause_reading(self) -> None:
-        if self.app_paused:
-            return
-        self.app_paused = True
-        raw = self._raw
-        if raw is not None and not raw.is_closing():
-            raw.pause_reading()
-
-    def app_resume_reading(self) -> None:
-        if not self.app_paused:
-            return
-        self.app_paused = False
-        raw = self._raw
-        if raw is not None and not raw.is_closing() and not self._raw_eof:
-            raw.resume_reading()
-        # Plaintext (or an EOF) may be waiting in the BIO from before the pause.
-        if not self._read_scheduled and not self._reading:
-            self._read_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_read)
 
     # ----- raw transport events ---------------------------------------------------------------
 
@@ -471,12 +394,7 @@ class TLSProtocol(asyncio.Protocol):
             data = self._read_proxy_header(data)
             if not data:
                 return
-        self._incoming.write(data)
-        if self._handshaking:
-            self._do_handshake()
-            if self._handshaking or self._closing:
-                return
-        self._read_app()
+        self._receive(data)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         buffered = (self._proxy_pending or b"") + data
@@ -521,22 +439,7 @@ class TLSProtocol(asyncio.Protocol):
         if inner is not None:
             inner.connection_lost(exc)
 
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
-
     # ----- internals --------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        if self._outgoing.pending:
-            data = self._outgoing.read()
-            raw = self._raw
-            if raw is not None and not raw.is_closing():
-                raw.write(data)
 
     def _do_handshake(self) -> None:
         sslobj = self._sslobj
@@ -591,82 +494,12 @@ class TLSProtocol(asyncio.Protocol):
             sessions.remember(session_id, leaf, peer)  # resumable by ID (no tickets)
         return peer
 
-    def _write_raw(self, data: bytes) -> None:
-        raw = self._raw
-        if raw is not None and not raw.is_closing():
-            raw.write(data)
-
-    def _scheduled_read(self) -> None:
-        self._read_scheduled = False
-        if not self._closing and not self._handshaking:
-            self._read_app()
-
-    def _read_app(self) -> None:
-        """Pass decrypted data (then the client's EOF) to the inner protocol, unless paused."""
-        if self._reading:
-            return
-        sslobj = self._sslobj
-        inner = self._inner
-        assert sslobj is not None
-        assert inner is not None
-        incoming = self._incoming
-        self._reading = True
-        try:
-            while not self.app_paused and not self._closing and not self._peer_eof:
-                if not incoming.pending and not sslobj.pending():
-                    # Nothing received is left to read: read() would only raise
-                    # SSLWantReadError, and an exception per request is measurable.
-                    if self._raw_eof:
-                        self._deliver_eof(inner)  # a TCP FIN without close_notify
-                    return
-                try:
-                    chunk = sslobj.read(READ_CHUNK_BYTES)
-                except ssl.SSLWantReadError:
-                    self._flush()  # e.g. a key update answer
-                    if self._raw_eof:
-                        self._deliver_eof(inner)  # a TCP FIN without close_notify
-                    return
-                except ssl.SSLZeroReturnError:
-                    self._flush()
-                    self._deliver_eof(inner)
-                    return
-                except ssl.SSLError as exc:
-                    self._flush()
-                    self._fail(f"TLS error from {self._peer}: {_describe(exc)}")
-                    return
-                self._flush()  # TLS 1.3 session tickets go out with the first read
-                if not chunk:
-                    self._deliver_eof(inner)  # close_notify
-                    return
-                inner.data_received(chunk)
-        finally:
-            self._reading = False
-
-    def _deliver_eof(self, inner: asyncio.Protocol) -> None:
-        if self._peer_eof:
-            return
-        self._peer_eof = True
-        self._keep_open = bool(inner.eof_received())
-        if not self._keep_open:
-            self.app_close()
-
-    def _send_close_notify(self) -> None:
-        sslobj = self._sslobj
-        if self._shutdown_sent or sslobj is None or self._handshaking:
-            return
-        self._shutdown_sent = True
-        # unwrap() calls SSL_shutdown twice: the second call tries to read the client's
-        # close_notify and would consume (and reject) application data still waiting in the
-        # incoming BIO. Take that ciphertext out for the call and put it back after.
-        waiting = self._incoming.read()
-        try:
-            sslobj.unwrap()
-        except (ssl.SSLWantReadError, ssl.SSLError):
-            pass
-        finally:
-            if waiting:
-                self._incoming.write(waiting)
+    def _write_failed(self, exc: ssl.SSLError) -> None:
         self._flush()
+        self._fail(f"TLS write to {self._peer} failed: {_describe(exc)}")
+
+    def _read_failed(self, exc: ssl.SSLError) -> None:
+        self._fail(f"TLS error from {self._peer}: {_describe(exc)}")
 
     def _fail(self, message: str) -> None:
         _log(message)

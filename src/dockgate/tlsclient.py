@@ -22,8 +22,7 @@ import asyncio
 import ssl
 from typing import Any, cast
 
-# Plaintext read per SSLObject.read call: more than one TLS record (16 KiB).
-READ_CHUNK_BYTES = 64 * 1024
+from dockgate.tlspump import TLSPump
 
 
 class ClientTLSTransport:
@@ -51,7 +50,7 @@ class ClientTLSTransport:
         self._owner.raw.abort()
 
     def is_closing(self) -> bool:
-        return self._owner.closing or self._owner.raw.is_closing()
+        return self._owner.app_is_closing()
 
     def pause_reading(self) -> None:
         self._owner.app_pause_reading()
@@ -72,12 +71,10 @@ class ClientTLSTransport:
         return self._owner.raw.get_write_buffer_limits()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "ssl_object":
-            return self._owner.sslobj
-        return self._owner.raw.get_extra_info(name, default)
+        return self._owner.extra_info(name, default)
 
 
-class ClientTLS(asyncio.Protocol):
+class ClientTLS(TLSPump):
     """The client side of TLS on one connection to the daemon. `handshake` is resolved when the
     handshake is done (the inner protocol then has its transport), or fails with the reason."""
 
@@ -88,80 +85,13 @@ class ClientTLS(asyncio.Protocol):
         server_hostname: str,
         handshake: asyncio.Future[None],
     ) -> None:
-        self.inner = inner
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self.sslobj = context.wrap_bio(
+        super().__init__()
+        self._inner = inner
+        self._sslobj = context.wrap_bio(
             self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
         )
         self._handshake = handshake
-        self._raw: asyncio.Transport | None = None
-        self._handshaking = True
         self.error: Exception | None = None  # the TLS failure the inner protocol is told
-        self.closing = False
-        self._shutdown_sent = False
-        self._peer_eof = False  # the daemon's close_notify (or FIN) was passed on
-        self._raw_eof = False
-        self._reading = False
-        self._read_scheduled = False
-        self._lost = False
-        self.app_paused = False
-
-    @property
-    def raw(self) -> asyncio.Transport:
-        assert self._raw is not None
-        return self._raw
-
-    # ----- for the adapter --------------------------------------------------------------------
-
-    def app_write(self, data: bytes) -> None:
-        if not data or self.closing or self._shutdown_sent:
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[self.sslobj.write(view) :]
-        except ssl.SSLError as exc:
-            self._fail(exc)
-            return
-        self._flush()
-
-    def app_write_eof(self) -> None:
-        if self.closing or self._shutdown_sent:
-            return
-        self._send_close_notify()
-        raw = self._raw
-        if raw is not None and not raw.is_closing() and raw.can_write_eof():
-            raw.write_eof()
-
-    def app_close(self) -> None:
-        if self.closing:
-            return
-        self.closing = True
-        self._send_close_notify()
-        raw = self._raw
-        if raw is not None and not raw.is_closing():
-            raw.close()
-
-    def app_pause_reading(self) -> None:
-        if self.app_paused:
-            return
-        self.app_paused = True
-        raw = self._raw
-        if raw is not None and not raw.is_closing():
-            raw.pause_reading()
-
-    def app_resume_reading(self) -> None:
-        if not self.app_paused:
-            return
-        self.app_paused = False
-        raw = self._raw
-        if raw is not None and not raw.is_closing() and not self._raw_eof:
-            raw.resume_reading()
-        # Plaintext (or the daemon's EOF) may be waiting in the BIO from before the pause.
-        if not self._read_scheduled and not self._reading:
-            self._read_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_read)
 
     # ----- raw transport events ---------------------------------------------------------------
 
@@ -171,14 +101,9 @@ class ClientTLS(asyncio.Protocol):
         self._do_handshake()  # the ClientHello
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self._closing:
             return
-        self._incoming.write(data)
-        if self._handshaking:
-            self._do_handshake()
-            if self._handshaking or self.closing:
-                return
-        self._read_app()
+        self._receive(data)
 
     def eof_received(self) -> bool:
         self._raw_eof = True
@@ -187,43 +112,32 @@ class ClientTLS(asyncio.Protocol):
                 ConnectionResetError("the daemon closed the connection during the TLS handshake")
             )
             return False
-        if self.closing:
+        if self._closing:
             return False
         self._read_app()  # plaintext may still be in the BIO; the EOF reaches the inner after it
-        return not self.closing
+        return not self._closing
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
             return
         self._lost = True
-        self.closing = True
+        self._closing = True
         if self._handshaking:
             self._handshake_failed(
                 self.error or exc or ConnectionResetError("connection lost in the TLS handshake")
             )
             return
-        self.inner.connection_lost(self.error or exc)
-
-    def pause_writing(self) -> None:
-        if not self._handshaking:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if not self._handshaking:
-            self.inner.resume_writing()
+        assert self._inner is not None
+        self._inner.connection_lost(self.error or exc)
 
     # ----- internals --------------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        if self._outgoing.pending:
-            data = self._outgoing.read()
-            raw = self._raw
-            if raw is not None and not raw.is_closing():
-                raw.write(data)
-
     def _do_handshake(self) -> None:
+        sslobj, inner = self._sslobj, self._inner
+        assert sslobj is not None
+        assert inner is not None
         try:
-            self.sslobj.do_handshake()
+            sslobj.do_handshake()
         except ssl.SSLWantReadError:
             self._flush()
             return
@@ -233,87 +147,30 @@ class ClientTLS(asyncio.Protocol):
             return
         self._flush()
         self._handshaking = False
-        self.inner.connection_made(cast(asyncio.BaseTransport, ClientTLSTransport(self)))
+        inner.connection_made(cast(asyncio.BaseTransport, ClientTLSTransport(self)))
         if not self._handshake.done():
             self._handshake.set_result(None)
         if self._incoming.pending:
             self._read_app()
 
     def _handshake_failed(self, exc: BaseException) -> None:
-        self.closing = True
+        self._closing = True
         if not self._handshake.done():
             self._handshake.set_exception(exc)
         raw = self._raw
         if raw is not None and not raw.is_closing():
             raw.abort()
 
-    def _scheduled_read(self) -> None:
-        self._read_scheduled = False
-        if not self.closing:
-            self._read_app()
+    def _write_failed(self, exc: ssl.SSLError) -> None:
+        self._fail(exc)
 
-    def _read_app(self) -> None:
-        """Pass decrypted data (then the daemon's EOF) to the inner protocol, unless paused."""
-        if self._reading:
-            return
-        sslobj, inner, incoming = self.sslobj, self.inner, self._incoming
-        self._reading = True
-        try:
-            while not self.app_paused and not self.closing and not self._peer_eof:
-                if not incoming.pending and not sslobj.pending():
-                    if self._raw_eof:
-                        self._deliver_eof()  # a TCP FIN without close_notify
-                    return
-                try:
-                    chunk = sslobj.read(READ_CHUNK_BYTES)
-                except ssl.SSLWantReadError:
-                    self._flush()  # a key update answer
-                    if self._raw_eof:
-                        self._deliver_eof()
-                    return
-                except ssl.SSLZeroReturnError:
-                    self._flush()
-                    self._deliver_eof()
-                    return
-                except ssl.SSLError as exc:
-                    self._flush()
-                    self._fail(exc)
-                    return
-                self._flush()
-                if not chunk:
-                    self._deliver_eof()
-                    return
-                inner.data_received(chunk)
-        finally:
-            self._reading = False
-
-    def _deliver_eof(self) -> None:
-        if self._peer_eof:
-            return
-        self._peer_eof = True
-        if not self.inner.eof_received():
-            self.app_close()
-
-    def _send_close_notify(self) -> None:
-        if self._shutdown_sent or self._handshaking:
-            return
-        self._shutdown_sent = True
-        # unwrap() would go on to read the daemon's close_notify and consume (and reject) data
-        # still waiting in the incoming BIO: take it out for the call and put it back after.
-        waiting = self._incoming.read()
-        try:
-            self.sslobj.unwrap()
-        except (ssl.SSLWantReadError, ssl.SSLError):
-            pass
-        finally:
-            if waiting:
-                self._incoming.write(waiting)
-        self._flush()
+    def _read_failed(self, exc: ssl.SSLError) -> None:
+        self._fail(exc)
 
     def _fail(self, exc: Exception) -> None:
         """A TLS error on an established connection: drop it; the inner protocol hears why."""
         self.error = exc
-        self.closing = True
+        self._closing = True
         raw = self._raw
         if raw is not None and not raw.is_closing():
             raw.abort()
