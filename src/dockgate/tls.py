@@ -29,7 +29,7 @@ from dockgate.browser import ANSWER_HEADERS
 from dockgate.clientcerts import EMPTY_TRUST, PeerCertificate, ResumableSessions, TrustSet
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.logtext import printable
-from dockgate.tlspump import TLSPump
+from dockgate.tlspump import TLSPump, TLSPumpTransport
 from dockgate.watched import RELOAD_CHECK_SECONDS, FileStamp, file_stamp
 
 DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 10.0
@@ -266,56 +266,6 @@ def peer_subject(cert: dict[str, Any] | None) -> str:
     )
 
 
-class TLSTransport:
-    """What the inner protocol sees as its transport: the asyncio.Transport methods the proxy
-    uses, with plaintext in and out."""
-
-    def __init__(self, owner: TLSProtocol) -> None:
-        self._owner = owner
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._owner.app_write(bytes(data))
-
-    def writelines(self, chunks: Any) -> None:
-        self._owner.app_write(b"".join(chunks))
-
-    def write_eof(self) -> None:
-        self._owner.app_write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._owner.app_close()
-
-    def abort(self) -> None:
-        self._owner.app_abort()
-
-    def is_closing(self) -> bool:
-        return self._owner.app_is_closing()
-
-    def pause_reading(self) -> None:
-        self._owner.app_pause_reading()
-
-    def resume_reading(self) -> None:
-        self._owner.app_resume_reading()
-
-    def is_reading(self) -> bool:
-        return not self._owner.app_paused
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._owner.raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._owner.raw.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._owner.raw.get_write_buffer_limits()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._owner.extra_info(name, default)
-
-
 class TLSProtocol(TLSPump):
     """TLS server side of one TCP connection, around an inner protocol made once the handshake
     is complete."""
@@ -339,7 +289,7 @@ class TLSProtocol(TLSPump):
         self._trust = EMPTY_TRUST  # the client CA set of the context this connection uses
         self._sessions: ResumableSessions | None = None  # ... and its resumable sessions
         self._peer_certificate: PeerCertificate | None = None
-        self._adapter: TLSTransport | None = None
+        self._adapter: TLSPumpTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._peer = "-"
 
@@ -463,7 +413,7 @@ class TLSProtocol(TLSPump):
             if peer is None:
                 return
             self._peer_certificate = peer
-        self._adapter = TLSTransport(self)
+        self._adapter = TLSPumpTransport(self)
         self._inner = self._factory()
         self._inner.connection_made(cast(asyncio.BaseTransport, self._adapter))
 

@@ -20,58 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, cast
+from typing import cast
 
-from dockgate.tlspump import TLSPump
-
-
-class ClientTLSTransport:
-    """What the inner protocol sees as its transport: plaintext in and out."""
-
-    def __init__(self, owner: ClientTLS) -> None:
-        self._owner = owner
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._owner.app_write(bytes(data))
-
-    def writelines(self, chunks: Any) -> None:
-        self._owner.app_write(b"".join(chunks))
-
-    def write_eof(self) -> None:
-        self._owner.app_write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._owner.app_close()
-
-    def abort(self) -> None:
-        self._owner.raw.abort()
-
-    def is_closing(self) -> bool:
-        return self._owner.app_is_closing()
-
-    def pause_reading(self) -> None:
-        self._owner.app_pause_reading()
-
-    def resume_reading(self) -> None:
-        self._owner.app_resume_reading()
-
-    def is_reading(self) -> bool:
-        return not self._owner.app_paused
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._owner.raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._owner.raw.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._owner.raw.get_write_buffer_limits()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._owner.extra_info(name, default)
+from dockgate.tlspump import TLSPump, TLSPumpTransport
 
 
 class ClientTLS(TLSPump):
@@ -147,7 +98,7 @@ class ClientTLS(TLSPump):
             return
         self._flush()
         self._handshaking = False
-        inner.connection_made(cast(asyncio.BaseTransport, ClientTLSTransport(self)))
+        inner.connection_made(cast(asyncio.BaseTransport, TLSPumpTransport(self)))
         if not self._handshake.done():
             self._handshake.set_result(None)
         if self._incoming.pending:

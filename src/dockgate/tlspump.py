@@ -24,6 +24,56 @@ from typing import Any
 READ_CHUNK_BYTES = 64 * 1024
 
 
+class TLSPumpTransport:
+    """What the inner protocol sees as its transport: the asyncio.Transport methods the proxy
+    uses, with plaintext in and out."""
+
+    def __init__(self, owner: TLSPump) -> None:
+        self._owner = owner
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._owner.app_write(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        self._owner.app_write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        self._owner.app_write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._owner.app_close()
+
+    def abort(self) -> None:
+        self._owner.app_abort()
+
+    def is_closing(self) -> bool:
+        return self._owner.app_is_closing()
+
+    def pause_reading(self) -> None:
+        self._owner.app_pause_reading()
+
+    def resume_reading(self) -> None:
+        self._owner.app_resume_reading()
+
+    def is_reading(self) -> bool:
+        return not self._owner.app_paused
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._owner.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._owner.raw.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._owner.raw.get_write_buffer_limits()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._owner.extra_info(name, default)
+
+
 class TLSPump(asyncio.Protocol):
     """The raw transport's protocol: moves bytes between it, the memory BIOs and the inner
     protocol. A subclass sets ``_sslobj``, runs the handshake (``_do_handshake``, which sets
@@ -99,6 +149,9 @@ class TLSPump(asyncio.Protocol):
         raw = self._raw
         if raw is not None and not raw.is_closing():
             raw.close()  # flushes what is buffered, then closes
+
+    def app_abort(self) -> None:
+        self.raw.abort()
 
     def app_is_closing(self) -> bool:
         return self._closing or self._raw is None or self._raw.is_closing()
