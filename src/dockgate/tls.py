@@ -364,32 +364,17 @@ class TLSProtocol(TLSPump):
         self._proxy_source = header.source[0] if header.source is not None else ""
         return buffered[header.consumed :]
 
-    def eof_received(self) -> bool:
-        self._raw_eof = True
-        if self._handshaking:
-            # A port probe, or a client that gave up: nothing to say.
-            self._closing = True
-            self._cancel_timer()
-            return False
-        if self._closing:
-            return False
-        # Plaintext may still be in the BIO; the EOF reaches the inner protocol after it.
-        self._read_app()
-        # Keep the socket open for writing unless the inner protocol said otherwise (then it has
-        # closed the connection already).
-        return not self._closing
+    # ----- internals --------------------------------------------------------------------------
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost:
-            return
-        self._lost = True
+    def _eof_in_handshake(self) -> None:
+        # A port probe, or a client that gave up: nothing to say.
         self._closing = True
         self._cancel_timer()
+
+    def _tell_lost(self, exc: Exception | None) -> None:
         inner = self._inner
         if inner is not None:
             inner.connection_lost(exc)
-
-    # ----- internals --------------------------------------------------------------------------
 
     def _do_handshake(self) -> None:
         sslobj = self._sslobj

@@ -56,23 +56,14 @@ class ClientTLS(TLSPump):
             return
         self._receive(data)
 
-    def eof_received(self) -> bool:
-        self._raw_eof = True
-        if self._handshaking:
-            self._handshake_failed(
-                ConnectionResetError("the daemon closed the connection during the TLS handshake")
-            )
-            return False
-        if self._closing:
-            return False
-        self._read_app()  # plaintext may still be in the BIO; the EOF reaches the inner after it
-        return not self._closing
+    # ----- internals --------------------------------------------------------------------------
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        self._closing = True
+    def _eof_in_handshake(self) -> None:
+        self._handshake_failed(
+            ConnectionResetError("the daemon closed the connection during the TLS handshake")
+        )
+
+    def _tell_lost(self, exc: Exception | None) -> None:
         if self._handshaking:
             self._handshake_failed(
                 self.error or exc or ConnectionResetError("connection lost in the TLS handshake")
@@ -80,8 +71,6 @@ class ClientTLS(TLSPump):
             return
         assert self._inner is not None
         self._inner.connection_lost(self.error or exc)
-
-    # ----- internals --------------------------------------------------------------------------
 
     def _do_handshake(self) -> None:
         sslobj, inner = self._sslobj, self._inner

@@ -113,6 +113,14 @@ class TLSPump(asyncio.Protocol):
         """SSLObject.read failed (after the outgoing BIO was flushed): drop the connection."""
         raise NotImplementedError
 
+    def _eof_in_handshake(self) -> None:
+        """The peer's TCP FIN before the handshake was done (the connection then closes)."""
+        raise NotImplementedError
+
+    def _tell_lost(self, exc: Exception | None) -> None:
+        """The raw connection is gone (once): tell whom it concerns."""
+        raise NotImplementedError
+
     def _cancel_timer(self) -> None:
         """Stop a handshake timer, for a side that has one."""
 
@@ -186,6 +194,27 @@ class TLSPump(asyncio.Protocol):
             if self._handshaking or self._closing:
                 return
         self._read_app()
+
+    def eof_received(self) -> bool:
+        self._raw_eof = True
+        if self._handshaking:
+            self._eof_in_handshake()
+            return False
+        if self._closing:
+            return False
+        # Plaintext may still be in the BIO; the EOF reaches the inner protocol after it.
+        self._read_app()
+        # Keep the socket open for writing unless the inner protocol said otherwise (then it has
+        # closed the connection already).
+        return not self._closing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._cancel_timer()
+        self._tell_lost(exc)
 
     def pause_writing(self) -> None:
         if not self._handshaking and self._inner is not None:
