@@ -379,19 +379,8 @@ class TLSProtocol(TLSPump):
     def _do_handshake(self) -> None:
         sslobj = self._sslobj
         assert sslobj is not None
-        try:
-            sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
+        if not self._step_handshake():
             return
-        except (ssl.SSLError, ssl.CertificateError) as exc:
-            self._flush()  # the alert, so the client learns why
-            if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
-                self._write_raw(_HTTP_ON_TLS_PORT)
-            self._fail(f"TLS handshake with {self._peer} failed: {_describe(exc)}")
-            return
-        self._flush()
-        self._handshaking = False
         self._cancel_timer()
         if self._tls.requires_client_cert:  # one was required, and OpenSSL verified it
             peer = self._verified_peer(sslobj)
@@ -428,6 +417,12 @@ class TLSProtocol(TLSPump):
         if sessions is not None and sslobj.version() == "TLSv1.2":
             sessions.remember(session_id, leaf, peer)  # resumable by ID (no tickets)
         return peer
+
+    def _handshake_error(self, exc: ssl.SSLError | ssl.CertificateError) -> None:
+        # The alert went out, so the client learns why.
+        if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
+            self._write_raw(_HTTP_ON_TLS_PORT)
+        self._fail(f"TLS handshake with {self._peer} failed: {_describe(exc)}")
 
     def _write_failed(self, exc: ssl.SSLError) -> None:
         self._flush()

@@ -73,25 +73,18 @@ class ClientTLS(TLSPump):
         self._inner.connection_lost(self.error or exc)
 
     def _do_handshake(self) -> None:
-        sslobj, inner = self._sslobj, self._inner
-        assert sslobj is not None
+        inner = self._inner
         assert inner is not None
-        try:
-            sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
+        if not self._step_handshake():
             return
-        except (ssl.SSLError, ssl.CertificateError) as exc:
-            self._flush()  # our alert, so the daemon logs why
-            self._handshake_failed(exc)
-            return
-        self._flush()
-        self._handshaking = False
         inner.connection_made(cast(asyncio.BaseTransport, TLSPumpTransport(self)))
         if not self._handshake.done():
             self._handshake.set_result(None)
         if self._incoming.pending:
             self._read_app()
+
+    def _handshake_error(self, exc: ssl.SSLError | ssl.CertificateError) -> None:
+        self._handshake_failed(exc)  # our alert went out, so the daemon logs why
 
     def _handshake_failed(self, exc: BaseException) -> None:
         self._closing = True

@@ -105,6 +105,10 @@ class TLSPump(asyncio.Protocol):
     def _do_handshake(self) -> None:
         raise NotImplementedError
 
+    def _handshake_error(self, exc: ssl.SSLError | ssl.CertificateError) -> None:
+        """The handshake failed (our alert is flushed): drop the connection."""
+        raise NotImplementedError
+
     def _write_failed(self, exc: ssl.SSLError) -> None:
         """SSLObject.write failed: drop the connection."""
         raise NotImplementedError
@@ -225,6 +229,23 @@ class TLSPump(asyncio.Protocol):
             self._inner.resume_writing()
 
     # ----- internals --------------------------------------------------------------------------
+
+    def _step_handshake(self) -> bool:
+        """Take the handshake a step on, what it sends flushed; True once it is done."""
+        sslobj = self._sslobj
+        assert sslobj is not None
+        try:
+            sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._flush()  # our alert, so the peer learns why
+            self._handshake_error(exc)
+            return False
+        self._flush()
+        self._handshaking = False
+        return True
 
     def _flush(self) -> None:
         if self._outgoing.pending:
