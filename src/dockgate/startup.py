@@ -122,14 +122,23 @@ def _read(option: str, path: str) -> bytes:
         raise StartupCheckError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
-def _certificates(option: str, path: str) -> list[x509.Certificate]:
+def _read_pem(option: str, path: str, marker: bytes, what: str, line: str) -> bytes:
+    """The file's bytes, which hold `marker`; if not, it has no PEM `what` (no `line` line),
+    and the error says what PEM it holds instead."""
     data = _read(option, path)
-    if b"-----BEGIN CERTIFICATE-----" not in data:
+    if marker not in data:
         found = _pem_kinds(data)
         raise StartupCheckError(
-            f"{option} {path}: no PEM certificate in the file (no '-----BEGIN CERTIFICATE-----' "
+            f"{option} {path}: no PEM {what} in the file (no '{line}' "
             f"line{'; it holds ' + found if found else ''})"
         )
+    return data
+
+
+def _certificates(option: str, path: str) -> list[x509.Certificate]:
+    data = _read_pem(
+        option, path, b"-----BEGIN CERTIFICATE-----", "certificate", "-----BEGIN CERTIFICATE-----"
+    )
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -137,13 +146,9 @@ def _certificates(option: str, path: str) -> list[x509.Certificate]:
 
 
 def _private_key(option: str, path: str) -> PrivateKeyTypes:
-    data = _read(option, path)
-    if b"PRIVATE KEY-----" not in data:
-        found = _pem_kinds(data)
-        raise StartupCheckError(
-            f"{option} {path}: no PEM private key in the file (no '-----BEGIN ... PRIVATE "
-            f"KEY-----' line{'; it holds ' + found if found else ''})"
-        )
+    data = _read_pem(
+        option, path, b"PRIVATE KEY-----", "private key", "-----BEGIN ... PRIVATE KEY-----"
+    )
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
