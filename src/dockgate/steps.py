@@ -314,9 +314,7 @@ class PolicySteps:
             return
         if problem is not None:
             self._lookup_task = None
-            self._refuse(head, self._guardrail_verdict(Refusal(403, problem)), body_read=True)
-            self._resume_reading(PAUSE_LOOKUP)
-            self._after_refusal()
+            self._refuse_held(head, self._guardrail_verdict(Refusal(403, problem)))
             return
         if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
             await self._check_references(head, body, named)
@@ -324,6 +322,19 @@ class PolicySteps:
         self._lookup_task = None
         self._resume_reading(PAUSE_LOOKUP)
         self._forward_held(head, body)
+
+    def _lookup_ended(self, head: RequestHead) -> bool:
+        """The look-up for `head` is over: True when its answer is no longer wanted (the client
+        is gone, or the request is no longer the one waiting)."""
+        self._lookup_task = None
+        return self.closing or self._head is not head
+
+    def _refuse_held(self, head: RequestHead, verdict: Verdict) -> None:
+        """Refuse a request whose body was held, read to its end, for a look-up: the
+        connection stays usable and reading goes on."""
+        self._refuse(head, verdict, body_read=True)
+        self._resume_reading(PAUSE_LOOKUP)
+        self._after_refusal()
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
         self._request_done = True
@@ -339,13 +350,10 @@ class PolicySteps:
         try:
             problem = await self._vouching_image(body)
             if problem is not None:
-                self._lookup_task = None
-                if self.closing or self._head is not head:
+                if self._lookup_ended(head):
                     return
                 message = f"dockgate: {self._operation()}: {problem}"
-                self._refuse(head, self._refusal(403, message), body_read=True)
-                self._resume_reading(PAUSE_LOOKUP)
-                self._after_refusal()
+                self._refuse_held(head, self._refusal(403, message))
                 return
             missing_volumes: list[str] = []
             for kind, reference in named:
@@ -359,33 +367,24 @@ class PolicySteps:
                 # A missing network or container is refused: the daemon keeps the name and
                 # would resolve it later, to whoever then holds it.
                 if found is None or found.owner != self._owner:
-                    self._lookup_task = None
-                    if self.closing or self._head is not head:
+                    if self._lookup_ended(head):
                         return
                     # 403, not 404: the docker CLI takes a 404 to a create for a missing image
                     # and would try to pull it.
                     message = f"dockgate: {kind.missing.format(reference)}"
-                    self._refuse(head, self._refusal(403, message), body_read=True)
-                    self._resume_reading(PAUSE_LOOKUP)
-                    self._after_refusal()
+                    self._refuse_held(head, self._refusal(403, message))
                     return
             refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
                 await self._drop_made(made)  # the create does not happen
-                self._lookup_task = None
-                if self.closing or self._head is not head:
+                if self._lookup_ended(head):
                     return
-                self._refuse(head, refusal, body_read=True)
-                self._resume_reading(PAUSE_LOOKUP)
-                self._after_refusal()
+                self._refuse_held(head, refusal)
                 return
         except Unresolved as exc:
-            self._lookup_task = None
-            if self.closing or self._head is not head:
+            if self._lookup_ended(head):
                 return
-            self._refuse(head, self._unresolved(exc), body_read=True)
-            self._resume_reading(PAUSE_LOOKUP)
-            self._after_refusal()
+            self._refuse_held(head, self._unresolved(exc))
             return
         except Exception as exc:  # any failure must answer, or the paused client would hang
             await self._drop_made(made)
@@ -401,13 +400,10 @@ class PolicySteps:
             body = pinned_body(self._operation(), body, pins)
         except (ValueError, RecursionError) as exc:
             await self._drop_made(made)
-            self._lookup_task = None
-            if self.closing or self._head is not head:
+            if self._lookup_ended(head):
                 return
             message = f"dockgate: {self._operation()}: {_unreadable(exc)}"
-            self._refuse(head, self._refusal(400, message), body_read=True)
-            self._resume_reading(PAUSE_LOOKUP)
-            self._after_refusal()
+            self._refuse_held(head, self._refusal(400, message))
             return
         self._lookup_task = None
         volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
@@ -620,8 +616,7 @@ class PolicySteps:
             self._deferred = None
             self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
             return
-        self._lookup_task = None
-        if self.closing or self._head is not head:
+        if self._lookup_ended(head):
             return
         if refused is not None:
             self._refuse(head, refused)
