@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from dockgate.addresses import Address
+from dockgate.daemonjson import daemon_array
 from dockgate.hops import with_hop
 from dockgate.ownership import (
     CONTAINER,
@@ -348,12 +349,7 @@ async def vouched_containers(address: Address, raw: bytes, owner: str) -> bytes:
     that container, never fails the list (one container whose inspect was over the bound, a
     build step of someone else's, made every list of its label's owner a 502). ValueError or
     TypeError for an answer that is not the JSON array the daemon sends."""
-    try:
-        entries = json.loads(raw)
-    except RecursionError:
-        raise ValueError("the daemon's ContainerList answer is nested too deeply") from None
-    if not isinstance(entries, list):
-        raise TypeError("the daemon's ContainerList answer is not a JSON array")
+    entries = daemon_array("ContainerList", raw)
     gate = asyncio.Semaphore(LIST_LOOKUPS_AT_ONCE)
 
     async def judged(container_id: str) -> str | None:

@@ -41,6 +41,8 @@ import json
 import re
 from collections.abc import Callable
 
+from dockgate.daemonjson import daemon_object
+
 # (status, operation) of the answers rewritten here, in ownership mode, for every caller of
 # the policy (anonymous ones too: they may read /info and delete images).
 SCRUBBED_ANSWERS = frozenset(
@@ -98,12 +100,7 @@ def scrubbed_answer(operation: str, status: int, body: bytes) -> bytes:
 
 
 def _info(body: bytes) -> bytes:
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        raise ValueError("the daemon's SystemInfo answer is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise TypeError("the daemon's SystemInfo answer is not a JSON object")
+    document = daemon_object("SystemInfo", body)
     for key in INFO_COUNTS:
         # Only counts the daemon sent (an older or newer daemon may lack one); any value, a
         # number or not, is replaced.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
 from dockgate.body import gojson
+from dockgate.daemonjson import daemon_object
 from dockgate.http.query import query_pairs, query_value
 from dockgate.pinning import PREDEFINED_NETWORKS, parse_link
 
@@ -749,12 +750,7 @@ def checked_answer(operation: str, status: int, body: bytes, owner: str) -> byte
             document["message"] = _HOLDER_ID.sub("by another container", document["message"])
             return json.dumps(document).encode() + b"\n"
         return _HOLDER_ID.sub("by another container", body.decode("utf-8", "replace")).encode()
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        raise ValueError(f"the daemon's {operation} answer is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise TypeError(f"the daemon's {operation} answer is not a JSON object")
+    document = daemon_object(operation, body)
     labels = document.get("Labels")
     holder = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
     if holder != owner:
