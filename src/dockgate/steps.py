@@ -813,19 +813,14 @@ class PolicySteps:
         look-up fails, taken out), then redacted as the policy says, then sent."""
         owner = self._owner
         assert owner is not None
+        rewritten: bytes | Exception
         try:
             rewritten = await vouched_containers(self.gateway.pool.address, raw, owner)
             if self._redaction is not None and "ContainerList" in REDACTED_OPERATIONS:
                 rewritten = redact_response("ContainerList", rewritten, self._redaction)
         except Exception as exc:
-            self._lookup_task = None
-            if not self.closing:
-                self._answer_failed(exc)
-            return
-        self._lookup_task = None
-        if self.closing:
-            return
-        self._send_answer(head, rewritten)
+            rewritten = exc
+        self._looked_up_answer(head, rewritten)
 
     async def _settled_answer(self, head: ResponseHead, raw: bytes, check: MountCheck) -> None:
         """ContainerCreate in ownership mode naming volumes: the answer goes out once the new
@@ -859,13 +854,16 @@ class PolicySteps:
                 rewritten = self._rewritten_answer(head, raw)
         except Exception as exc:
             rewritten = exc
-        if isinstance(rewritten, Exception):
-            self._lookup_task = None
-            if not self.closing:
-                self._answer_failed(rewritten)
-            return
+        self._looked_up_answer(head, rewritten)
+
+    def _looked_up_answer(self, head: ResponseHead, rewritten: bytes | Refuse | Exception) -> None:
+        """The look-ups an answer waited for are over: the answer (or why it cannot be checked)
+        goes out, unless the client is gone."""
         self._lookup_task = None
         if self.closing:
+            return
+        if isinstance(rewritten, Exception):
+            self._answer_failed(rewritten)
             return
         self._send_answer(head, rewritten)
 
