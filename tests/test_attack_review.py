@@ -29,6 +29,7 @@ from support.attack import (
     ATTACK_MARKS,
     Api,
     LoopbackHandler,
+    build_context,
     ci_container,
     ci_runner_policy,
     demux,
@@ -386,7 +387,7 @@ def test_build_run_steps_escape_the_memory_limit(
         "RUN echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
         "|| cat /sys/fs/cgroup/memory.max)\n"
     ).encode()
-    context = _tar({"Dockerfile": dockerfile})
+    context = build_context({"Dockerfile": dockerfile})
     tar = {"Content-Type": "application/x-tar"}
     # The review's build, without limits: refused, naming the docker build flag.
     status, answer = ci.call("POST", "/v1.41/build?rm=1&forcerm=1&nocache=1", context, tar)
@@ -606,19 +607,6 @@ def test_an_ambiguous_network_name_is_a_400_not_a_502(
     assert status == 200, (status, answer)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    import io  # noqa: PLC0415
-    import tarfile  # noqa: PLC0415
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_build_plants_containers_owned_by_another_tenant(
     tenants: dict[str, Api], busybox_image: str, daemon: PrivateDaemon
 ) -> None:
@@ -638,7 +626,7 @@ def test_build_plants_containers_owned_by_another_tenant(
     status, answer = alice.call(
         "POST",
         f"/v1.41/build?rm=0&t={tag}",
-        _tar({"Dockerfile": dockerfile}),
+        build_context({"Dockerfile": dockerfile}),
         headers={"Content-Type": "application/x-tar"},
     )
     try:

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.attack import ATTACK_MARKS, Api, build_context, direct, running_tenants
 from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar
 
 pytestmark = ATTACK_MARKS
@@ -78,21 +78,11 @@ def images(daemon: PrivateDaemon) -> Iterator[list[str]]:
         daemon.docker("rmi", "-f", name, check=False)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _build(api: Api, files: dict[str, bytes], tag: str, query: str = "") -> tuple[int, Any]:
     return api.call(
         "POST",
         f"/v1.41/build?t={tag}{query}",
-        _tar(files),
+        build_context(files),
         headers={"Content-Type": "application/x-tar"},
     )
 
@@ -653,7 +643,7 @@ def test_alice_claims_a_leftover_step_container_by_removing_its_image(
         {"rm": "0", "forcerm": "0", "buildargs": json.dumps({"CAROL_SECRET": secret})}
     )
     status, answer = direct(
-        daemon, "POST", f"/build?{query}", _tar({"Dockerfile": dockerfile.encode()})
+        daemon, "POST", f"/build?{query}", build_context({"Dockerfile": dockerfile.encode()})
     )
     assert status == 200, (status, answer)
     status, listed = direct(daemon, "GET", "/containers/json?all=1")

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.attack import ATTACK_MARKS, Api, build_context, direct, running_tenants
 from support.daemon import PrivateDaemon
 
 pytestmark = ATTACK_MARKS
@@ -296,16 +296,6 @@ def test_failed_creates_leave_the_gateways_volumes_behind(
             daemon.docker("volume", "rm", "-f", *names, check=False)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
     """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
     caller allowed ImageLoad can send; as in test_attack_review12_ownership.py)."""
@@ -368,7 +358,7 @@ def test_bobs_build_step_does_not_break_alices_short_ids(
         )
         assert status == 200, (status, answer)
         dockerfile = f"FROM {tag}\nRUN echo {marker} && sleep 6\n"
-        context = _tar({"Dockerfile": dockerfile.encode()})
+        context = build_context({"Dockerfile": dockerfile.encode()})
         result: dict[str, Any] = {}
 
         def build() -> None:

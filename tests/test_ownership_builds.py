@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, logs, running_tenants
+from support.attack import ATTACK_MARKS, Api, build_context, direct, logs, running_tenants
 from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar, free_tcp_port
 
 pytestmark = ATTACK_MARKS
@@ -65,21 +65,11 @@ def images(daemon: PrivateDaemon) -> Iterator[list[str]]:
         daemon.docker("rmi", "-f", name, check=False)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _build(api: Api, dockerfile: str, tag: str, query: str = "") -> tuple[int, Any]:
     return api.call(
         "POST",
         f"/v1.41/build?t={tag}{query}",
-        _tar({"Dockerfile": dockerfile.encode()}),
+        build_context({"Dockerfile": dockerfile.encode()}),
         headers={"Content-Type": "application/x-tar"},
     )
 
@@ -193,7 +183,7 @@ def test_another_callers_build_steps_are_not_alices(
         status, answer = alice.call(
             "PUT",
             f"/v1.41/containers/{cid}/archive?path=/",
-            _tar({"planted": b"alice was here\n"}),
+            build_context({"planted": b"alice was here\n"}),
             headers={"Content-Type": "application/x-tar"},
         )
         assert status == 404, (status, answer)
@@ -282,7 +272,7 @@ def test_an_import_gives_an_image_with_an_empty_owner_label(
     status, answer = alice.call(
         "POST",
         f"/v1.41/images/create?fromSrc=-&repo={repo}&tag=x&changes={changes}",
-        _tar({"hello": b"hi\n"}),
+        build_context({"hello": b"hi\n"}),
         headers={"Content-Type": "application/x-tar"},
     )
     assert status == 200, (status, answer)
@@ -322,7 +312,7 @@ def test_alices_own_containers_still_work_end_to_end(
     status, answer = alice.call(
         "PUT",
         f"/v1.41/containers/{cid}/archive?path=/tmp",
-        _tar({"put": b"mine\n"}),
+        build_context({"put": b"mine\n"}),
         headers={"Content-Type": "application/x-tar"},
     )
     assert status == 200, (status, answer)

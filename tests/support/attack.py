@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import json
 import os
 import pathlib
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -146,6 +148,17 @@ policies:
       max_cpus: 2
       exec: {{root: true, privileged: false}}
 {more_guardrails}"""
+
+
+def build_context(files: Mapping[str, bytes]) -> bytes:
+    """A tar of `files` (name: content), a build context for `POST /build`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 # ----- a service on the host's loopback only ---------------------------------------------------
