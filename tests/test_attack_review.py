@@ -27,6 +27,7 @@ import pytest
 
 from support.attack import (
     ATTACK_MARKS,
+    TENANT_USERS,
     Api,
     LoopbackHandler,
     build_context,
@@ -38,6 +39,8 @@ from support.attack import (
     loopback_service,
     remove_leftovers,
     running_tenants,
+    tenants_fixture,
+    tenants_policy,
 )
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
@@ -52,18 +55,10 @@ MARKER = f"dga-secret-file-{RUN}"
 # examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
 CI_POLICY = ci_runner_policy(ALLOWED_DIR, "      image_import_urls: false\n")
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-TENANTS_POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, volumes,
-                     networks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+USERS = TENANT_USERS
+TENANTS_POLICY = tenants_policy(
+    "ping, version, info, events, containers, exec, images, build, volumes, networks"
+)
 
 
 # ----- fixtures ------------------------------------------------------------------------------
@@ -96,14 +91,7 @@ def ci(
         yield Api(gateway)
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    """A gateway with an ownership policy (default guardrails) and two tenants."""
-    base = tmp_path_factory.mktemp("attack-tenants")
-    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(TENANTS_POLICY, "attack-tenants")
 
 
 @pytest.fixture(scope="module")

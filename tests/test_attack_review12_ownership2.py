@@ -30,40 +30,30 @@ import os
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, build_context, direct, running_tenants
+from support.attack import (
+    ATTACK_MARKS,
+    Api,
+    build_context,
+    direct,
+    running_tenants,
+    tenants_fixture,
+    tenants_policy,
+)
 from support.daemon import PrivateDaemon
 
 pytestmark = ATTACK_MARKS
 
 RUN = os.urandom(3).hex()
 OWNER_LABEL = "io.dockgate.owner"
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, commit,
-                     volumes, networks, services, tasks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+POLICY = tenants_policy()
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("atk12-own2")
-    with running_tenants(daemon, base, POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(POLICY, "atk12-own2")
 
 
 def _demux(raw: bytes) -> str:

@@ -30,6 +30,7 @@ import pytest
 from dockgate.body import bodycost, guardrails
 from support.attack import (
     ATTACK_MARKS,
+    TENANT_USERS,
     Api,
     LoopbackHandler,
     build_context,
@@ -39,7 +40,8 @@ from support.attack import (
     loopback_service,
     pings_under_load,
     remove_leftovers,
-    running_tenants,
+    tenants_fixture,
+    tenants_policy,
 )
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
@@ -57,19 +59,11 @@ CI_POLICY = ci_runner_policy(
     f"      fetch_urls: false\n      network_drivers: []\n      host_ports: [{LISTED_PORT}]\n",
 )
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-TENANTS_POLICY = """
-policies:
-  tenants:
-    ownership: true
-    redact: {env: true, mounts: true, labels: true}
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, volumes,
-                     networks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+USERS = TENANT_USERS
+TENANTS_POLICY = tenants_policy(
+    "ping, version, info, events, containers, exec, images, build, volumes, networks",
+    more="    redact: {env: true, mounts: true, labels: true}\n",
+)
 
 
 # ----- fixtures ------------------------------------------------------------------------------
@@ -90,15 +84,7 @@ def ci(
         shutil.rmtree(ALLOWED_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    """A gateway with an ownership policy (default guardrails, everything redacted) and two
-    tenants."""
-    base = tmp_path_factory.mktemp("attack2-tenants")
-    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(TENANTS_POLICY, "attack2-tenants")
 
 
 @pytest.fixture

@@ -22,7 +22,17 @@ from typing import Any
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, build_context, direct, logs, running_tenants
+from support.attack import (
+    ATTACK_MARKS,
+    TENANT_USERS,
+    Api,
+    build_context,
+    direct,
+    logs,
+    running_tenants,
+    tenants_fixture,
+    tenants_policy,
+)
 from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar, free_tcp_port
 
 pytestmark = ATTACK_MARKS
@@ -30,27 +40,11 @@ pytestmark = ATTACK_MARKS
 RUN = uuid.uuid4().hex[:8]
 OWNER_LABEL = "io.dockgate.owner"
 BUILT_BY = "io.dockgate.built-by"
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, commit,
-                     volumes, networks, services, tasks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+USERS = TENANT_USERS
+POLICY = tenants_policy()
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("ownership-builds")
-    with running_tenants(daemon, base, POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(POLICY, "ownership-builds")
 
 
 @pytest.fixture

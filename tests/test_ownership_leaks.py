@@ -29,35 +29,30 @@ from typing import Any
 import pytest
 
 from dockgate.ownedanswers import INFO_COUNTS
-from support.attack import ATTACK_MARKS, Api, direct, remove_leftovers, running_tenants
+from support.attack import (
+    ATTACK_MARKS,
+    TENANT_USERS,
+    Api,
+    direct,
+    remove_leftovers,
+    tenants_fixture,
+    tenants_policy,
+)
 from support.daemon import PrivateDaemon, free_tcp_port
 
 pytestmark = ATTACK_MARKS
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+USERS = TENANT_USERS
 PUBLISHED_PORT = 38000 + int.from_bytes(os.urandom(1), "big") % 100
-TENANTS_POLICY = f"""
-policies:
-  tenants:
-    ownership: true
-    guardrails: {{host_ports: [{PUBLISHED_PORT}]}}
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, images, volumes, services, tasks]
-bindings:
-  - {{policy: tenants, authenticated: true}}
-  - {{policy: tenants, anonymous: true}}
-"""
+TENANTS_POLICY = tenants_policy(
+    "ping, version, info, events, containers, images, volumes, services, tasks",
+    more=f"    guardrails: {{host_ports: [{PUBLISHED_PORT}]}}\n",
+    bindings="  - {policy: tenants, anonymous: true}\n",
+)
 RUN = os.urandom(3).hex()
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("leaks-tenants")
-    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(TENANTS_POLICY, "leaks-tenants")
 
 
 @pytest.fixture

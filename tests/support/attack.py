@@ -14,7 +14,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -88,6 +88,46 @@ def running_tenants(
     )
     with running(gateway) as started:
         yield {user: Api(started, basic_header(user, pw)) for user, pw in users.items()}
+
+
+# ----- two tenants of one ownership policy ------------------------------------------------------
+
+TENANT_USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+# What the issue-12 ownership reviews allow their tenants.
+OWNERSHIP_SECTIONS = (
+    "ping, version, info, events, containers, exec, images, build, commit, volumes, networks,"
+    " services, tasks"
+)
+
+
+def tenants_policy(
+    sections: str = OWNERSHIP_SECTIONS, *, more: str = "", bindings: str = ""
+) -> str:
+    """A policy `tenants` in ownership mode allowing `sections` (a YAML list's items), bound to
+    every authenticated caller; `more` are further lines of the policy (four spaces in),
+    `bindings` further bindings (two spaces in)."""
+    return (
+        "\npolicies:\n  tenants:\n    ownership: true\n"
+        f"{more}    rules:\n      - allow:\n          sections: [{sections}]\n"
+        f"bindings:\n  - {{policy: tenants, authenticated: true}}\n{bindings}"
+    )
+
+
+def tenants_fixture(
+    policy: str, directory: str, users: Mapping[str, str] = TENANT_USERS
+) -> Callable[..., Iterator[dict[str, Api]]]:
+    """A module-scoped `tenants` fixture: the callers (an `Api` a user) of a gateway with
+    `policy` (running_tenants in a new temporary `directory`)."""
+
+    @pytest.fixture(scope="module")
+    def tenants(
+        daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[dict[str, Api]]:
+        base = tmp_path_factory.mktemp(directory)
+        with running_tenants(daemon, base, policy, users) as apis:
+            yield apis
+
+    return tenants
 
 
 def logs(api: Api, cid: str) -> str:
