@@ -35,9 +35,9 @@ from support.attack import (
     ci_runner_policy,
     demux,
     direct,
+    leftovers_fixture,
     logs,
     loopback_service,
-    remove_leftovers,
     running_tenants,
     tenants_fixture,
     tenants_policy,
@@ -109,12 +109,7 @@ def unguarded_tenants(
         yield apis
 
 
-@pytest.fixture
-def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
-    """Objects to remove straight on the daemon after the test."""
-    names: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
-    yield names
-    remove_leftovers(daemon, names)
+leftovers = leftovers_fixture(("container", "volume", "network"))
 
 
 # ----- volumes ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from support.attack import (
     ATTACK_MARKS,
     Api,
     build_context,
+    demux,
     direct,
     running_tenants,
     tenants_fixture,
@@ -54,15 +55,6 @@ POLICY = tenants_policy()
 
 
 tenants = tenants_fixture(POLICY, "atk12-own2")
-
-
-def _demux(raw: bytes) -> str:
-    out = b""
-    while len(raw) >= 8:
-        size = int.from_bytes(raw[4:8], "big")
-        out += raw[8 : 8 + size]
-        raw = raw[8 + size :]
-    return out.decode(errors="replace")
 
 
 def _destroyed(daemon: PrivateDaemon, since: float) -> int:
@@ -181,7 +173,7 @@ def _swap_under_bobs_create(
             status, raw = bob.call(
                 "GET", f"/v1.41/containers/{created['Id']}/logs?stdout=1&stderr=1"
             )
-            stolen = _demux(raw) if isinstance(raw, bytes) else str(raw)
+            stolen = demux(raw) if isinstance(raw, bytes) else str(raw)
             assert secret in stolen, stolen
             break
         return stolen, caught

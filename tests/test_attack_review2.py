@@ -37,9 +37,9 @@ from support.attack import (
     ci_container,
     ci_runner_policy,
     demux,
+    leftovers_fixture,
     loopback_service,
     pings_under_load,
-    remove_leftovers,
     tenants_fixture,
     tenants_policy,
 )
@@ -87,12 +87,7 @@ def ci(
 tenants = tenants_fixture(TENANTS_POLICY, "attack2-tenants")
 
 
-@pytest.fixture
-def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
-    """Objects to remove straight on the daemon after the test."""
-    names: dict[str, list[str]] = {"container": [], "volume": [], "network": [], "image": []}
-    yield names
-    remove_leftovers(daemon, names)
+leftovers = leftovers_fixture()
 
 
 # ----- networks --------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from support.attack import (
     TENANT_USERS,
     Api,
     direct,
-    remove_leftovers,
+    leftovers_fixture,
     tenants_fixture,
     tenants_policy,
 )
@@ -55,11 +55,7 @@ RUN = os.urandom(3).hex()
 tenants = tenants_fixture(TENANTS_POLICY, "leaks-tenants")
 
 
-@pytest.fixture
-def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
-    names: dict[str, list[str]] = {"container": [], "volume": [], "network": [], "image": []}
-    yield names
-    remove_leftovers(daemon, names)
+leftovers = leftovers_fixture()
 
 
 def _container(api: Api, image: str, leftovers: dict[str, list[str]], name: str = "") -> str:

@@ -257,6 +257,22 @@ def remove_leftovers(daemon: PrivateDaemon, names: Mapping[str, list[str]]) -> N
         daemon.docker("rmi", "-f", *names["image"], check=False)
 
 
+def leftovers_fixture(
+    kinds: tuple[str, ...] = ("container", "volume", "network", "image"),
+) -> Callable[..., Iterator[dict[str, list[str]]]]:
+    """A `leftovers` fixture: lists (one of each of `kinds`) of the objects a test made, removed
+    straight on the daemon after it (remove_leftovers)."""
+
+    @pytest.fixture
+    def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
+        """Objects to remove straight on the daemon after the test."""
+        names: dict[str, list[str]] = {kind: [] for kind in kinds}
+        yield names
+        remove_leftovers(daemon, names)
+
+    return leftovers
+
+
 # ----- one caller's load and everyone's /_ping -------------------------------------------------
 
 
