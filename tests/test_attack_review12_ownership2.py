@@ -23,11 +23,8 @@ ordinary one that failed before its fix.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import tarfile
 import threading
 import time
 from typing import Any
@@ -41,6 +38,7 @@ from support.attack import (
     build_context,
     demux,
     direct,
+    relabelled_image,
     running_tenants,
     tenants_fixture,
     tenants_policy,
@@ -278,33 +276,6 @@ def test_failed_creates_leave_the_gateways_volumes_behind(
             daemon.docker("volume", "rm", "-f", *names, check=False)
 
 
-def _relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
-    """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
-    caller allowed ImageLoad can send; as in test_attack_review12_ownership.py)."""
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(daemon.docker("save", image).stdout)) as source,
-        tarfile.open(fileobj=out, mode="w") as target,
-    ):
-        manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        config_name = manifest[0]["Config"]
-        config = json.loads(source.extractfile(config_name).read())  # type: ignore[union-attr]
-        config["config"]["Labels"] = labels
-        raw = json.dumps(config).encode()
-        new_name = hashlib.sha256(raw).hexdigest() + ".json"
-        manifest[0]["Config"] = new_name
-        manifest[0]["RepoTags"] = [f"{tag}:latest"]
-        for member in source.getmembers():
-            if member.name in ("manifest.json", config_name, "repositories"):
-                continue
-            target.addfile(member, source.extractfile(member) if member.isfile() else None)
-        for name, data in ((new_name, raw), ("manifest.json", json.dumps(manifest).encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            target.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def test_bobs_build_step_does_not_break_alices_short_ids(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str
 ) -> None:
@@ -335,7 +306,7 @@ def test_bobs_build_step_does_not_break_alices_short_ids(
         status, answer = bob.call(
             "POST",
             "/v1.41/images/load?quiet=1",
-            _relabelled_image(daemon, busybox_image, labels, tag),
+            relabelled_image(daemon, busybox_image, labels, tag),
             headers={"Content-Type": "application/x-tar"},
         )
         assert status == 200, (status, answer)

@@ -5,6 +5,7 @@ CI runner's policy, a loopback-only HTTP service, calls straight to the daemon, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import io
 import json
@@ -199,6 +200,38 @@ def build_context(files: Mapping[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
+    """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
+    caller allowed ImageLoad can send)."""
+    return relabelled_tar(daemon.docker("save", image).stdout, labels, tag)
+
+
+def relabelled_tar(saved: bytes, labels: dict[str, str], tag: str) -> bytes:
+    """`saved` (a `docker save` tar of one image) with `labels` in its config, tagged `tag`."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(saved)) as source,
+        tarfile.open(fileobj=out, mode="w") as target,
+    ):
+        manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config_name = manifest[0]["Config"]
+        config = json.loads(source.extractfile(config_name).read())  # type: ignore[union-attr]
+        config["config"]["Labels"] = labels
+        raw = json.dumps(config).encode()
+        new_name = hashlib.sha256(raw).hexdigest() + ".json"
+        manifest[0]["Config"] = new_name
+        manifest[0]["RepoTags"] = [f"{tag}:latest"]
+        for member in source.getmembers():
+            if member.name in ("manifest.json", config_name, "repositories"):
+                continue
+            target.addfile(member, source.extractfile(member) if member.isfile() else None)
+        for name, data in ((new_name, raw), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 # ----- a service on the host's loopback only ---------------------------------------------------
