@@ -33,7 +33,8 @@ from support.attack import (
     tenants_fixture,
     tenants_policy,
 )
-from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar, free_tcp_port
+from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar
+from support.swarm import single_node_swarm
 
 pytestmark = ATTACK_MARKS
 
@@ -349,17 +350,8 @@ def test_a_create_from_an_image_carrying_the_callers_own_label_is_refused(
 
 @pytest.fixture(scope="module")
 def swarm(daemon: PrivateDaemon, tenants: dict[str, Api]) -> Iterator[PrivateDaemon]:
-    port = free_tcp_port()
-    done = daemon.docker(
-        *("swarm", "init", "--advertise-addr", "127.0.0.1"),
-        *("--listen-addr", f"127.0.0.1:{port}"),
-        check=False,
-    )
-    assert done.returncode == 0 or b"already part of a swarm" in done.stderr, done.stderr
-    try:
-        yield daemon
-    finally:
-        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+    with single_node_swarm(daemon, joined_ok=True) as manager:
+        yield manager
 
 
 def _task_container(daemon: PrivateDaemon, service_id: str, timeout: float = 60) -> str:

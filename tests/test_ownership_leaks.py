@@ -38,7 +38,8 @@ from support.attack import (
     tenants_fixture,
     tenants_policy,
 )
-from support.daemon import PrivateDaemon, free_tcp_port
+from support.daemon import PrivateDaemon
+from support.swarm import single_node_swarm
 
 pytestmark = ATTACK_MARKS
 
@@ -307,13 +308,8 @@ def test_before_and_since_ones_own_containers_still_work(
 
 @pytest.fixture(scope="module")
 def swarm(daemon: PrivateDaemon, tenants: dict[str, Api]) -> Iterator[PrivateDaemon]:
-    port = free_tcp_port()
-    daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
-                  f"127.0.0.1:{port}")  # fmt: skip
-    try:
-        yield daemon
-    finally:
-        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+    with single_node_swarm(daemon) as manager:
+        yield manager
 
 
 def _service(name: str, image: str, port: int) -> dict[str, Any]:
