@@ -27,16 +27,20 @@ import pytest
 
 from support.attack import (
     ATTACK_MARKS,
+    TENANT_USERS,
     Api,
     LoopbackHandler,
+    build_context,
     ci_container,
     ci_runner_policy,
     demux,
     direct,
+    leftovers_fixture,
     logs,
     loopback_service,
-    remove_leftovers,
     running_tenants,
+    tenants_fixture,
+    tenants_policy,
 )
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
@@ -51,18 +55,10 @@ MARKER = f"dga-secret-file-{RUN}"
 # examples/policies/ci-runner.yaml with the read-only cache at ALLOWED_DIR and no `hosts:`.
 CI_POLICY = ci_runner_policy(ALLOWED_DIR, "      image_import_urls: false\n")
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-TENANTS_POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, volumes,
-                     networks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+USERS = TENANT_USERS
+TENANTS_POLICY = tenants_policy(
+    "ping, version, info, events, containers, exec, images, build, volumes, networks"
+)
 
 
 # ----- fixtures ------------------------------------------------------------------------------
@@ -95,14 +91,7 @@ def ci(
         yield Api(gateway)
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    """A gateway with an ownership policy (default guardrails) and two tenants."""
-    base = tmp_path_factory.mktemp("attack-tenants")
-    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(TENANTS_POLICY, "attack-tenants")
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +109,7 @@ def unguarded_tenants(
         yield apis
 
 
-@pytest.fixture
-def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
-    """Objects to remove straight on the daemon after the test."""
-    names: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
-    yield names
-    remove_leftovers(daemon, names)
+leftovers = leftovers_fixture(("container", "volume", "network"))
 
 
 # ----- volumes ---------------------------------------------------------------------------------
@@ -386,7 +370,7 @@ def test_build_run_steps_escape_the_memory_limit(
         "RUN echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
         "|| cat /sys/fs/cgroup/memory.max)\n"
     ).encode()
-    context = _tar({"Dockerfile": dockerfile})
+    context = build_context({"Dockerfile": dockerfile})
     tar = {"Content-Type": "application/x-tar"}
     # The review's build, without limits: refused, naming the docker build flag.
     status, answer = ci.call("POST", "/v1.41/build?rm=1&forcerm=1&nocache=1", context, tar)
@@ -606,19 +590,6 @@ def test_an_ambiguous_network_name_is_a_400_not_a_502(
     assert status == 200, (status, answer)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    import io  # noqa: PLC0415
-    import tarfile  # noqa: PLC0415
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_build_plants_containers_owned_by_another_tenant(
     tenants: dict[str, Api], busybox_image: str, daemon: PrivateDaemon
 ) -> None:
@@ -638,7 +609,7 @@ def test_build_plants_containers_owned_by_another_tenant(
     status, answer = alice.call(
         "POST",
         f"/v1.41/build?rm=0&t={tag}",
-        _tar({"Dockerfile": dockerfile}),
+        build_context({"Dockerfile": dockerfile}),
         headers={"Content-Type": "application/x-tar"},
     )
     try:

@@ -27,7 +27,6 @@ XPASSes once closed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -40,34 +39,26 @@ from typing import Any
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.attack import (
+    ATTACK_MARKS,
+    Api,
+    build_context,
+    direct,
+    relabelled_image,
+    relabelled_tar,
+    tenants_fixture,
+    tenants_policy,
+)
 from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar
 
 pytestmark = ATTACK_MARKS
 
 RUN = os.urandom(3).hex()
 OWNER_LABEL = "io.dockgate.owner"
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, commit,
-                     volumes, networks, services, tasks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+POLICY = tenants_policy()
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("atk12-own")
-    with running_tenants(daemon, base, POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(POLICY, "atk12-own")
 
 
 @pytest.fixture
@@ -78,21 +69,11 @@ def images(daemon: PrivateDaemon) -> Iterator[list[str]]:
         daemon.docker("rmi", "-f", name, check=False)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _build(api: Api, files: dict[str, bytes], tag: str, query: str = "") -> tuple[int, Any]:
     return api.call(
         "POST",
         f"/v1.41/build?t={tag}{query}",
-        _tar(files),
+        build_context(files),
         headers={"Content-Type": "application/x-tar"},
     )
 
@@ -491,37 +472,6 @@ def test_image_delete_tells_whether_alices_container_runs(
         daemon.docker("rm", "-f", cid, check=False)
 
 
-def _relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
-    """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
-    caller allowed ImageLoad can send)."""
-    return _relabelled_tar(daemon.docker("save", image).stdout, labels, tag)
-
-
-def _relabelled_tar(saved: bytes, labels: dict[str, str], tag: str) -> bytes:
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(saved)) as source,
-        tarfile.open(fileobj=out, mode="w") as target,
-    ):
-        manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        config_name = manifest[0]["Config"]
-        config = json.loads(source.extractfile(config_name).read())  # type: ignore[union-attr]
-        config["config"]["Labels"] = labels
-        raw = json.dumps(config).encode()
-        new_name = hashlib.sha256(raw).hexdigest() + ".json"
-        manifest[0]["Config"] = new_name
-        manifest[0]["RepoTags"] = [f"{tag}:latest"]
-        for member in source.getmembers():
-            if member.name in ("manifest.json", config_name, "repositories"):
-                continue
-            target.addfile(member, source.extractfile(member) if member.isfile() else None)
-        for name, data in ((new_name, raw), ("manifest.json", json.dumps(manifest).encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            target.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def test_bob_breaks_alices_container_list_with_a_big_image_carrying_her_label(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str, images: list[str]
 ) -> None:
@@ -545,7 +495,7 @@ def test_bob_breaks_alices_container_list_with_a_big_image_carrying_her_label(
     status, answer = bob.call(
         "POST",
         "/v1.41/images/load?quiet=1",
-        _relabelled_image(daemon, busybox_image, labels, tag),
+        relabelled_image(daemon, busybox_image, labels, tag),
         headers={"Content-Type": "application/x-tar"},
     )
     assert status == 200, (status, answer)
@@ -607,7 +557,7 @@ def test_the_image_owner_cache_grows_with_the_owner_values_bob_chooses(
     for round_ in range(12):
         tag = f"dgo-atk-{RUN}-owner-{round_}-{os.urandom(2).hex()}"
         owner = f"{round_}-" + "x" * (4 * 1024 * 1024)
-        tar = _relabelled_tar(template, {OWNER_LABEL: owner}, tag)
+        tar = relabelled_tar(template, {OWNER_LABEL: owner}, tag)
         status, answer = bob.call(
             "POST", "/v1.41/images/load?quiet=1", tar, headers={"Content-Type": "application/x-tar"}
         )
@@ -653,7 +603,7 @@ def test_alice_claims_a_leftover_step_container_by_removing_its_image(
         {"rm": "0", "forcerm": "0", "buildargs": json.dumps({"CAROL_SECRET": secret})}
     )
     status, answer = direct(
-        daemon, "POST", f"/build?{query}", _tar({"Dockerfile": dockerfile.encode()})
+        daemon, "POST", f"/build?{query}", build_context({"Dockerfile": dockerfile.encode()})
     )
     assert status == 200, (status, answer)
     status, listed = direct(daemon, "GET", "/containers/json?all=1")

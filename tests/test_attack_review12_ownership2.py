@@ -23,56 +23,36 @@ ordinary one that failed before its fix.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.attack import (
+    ATTACK_MARKS,
+    Api,
+    build_context,
+    demux,
+    direct,
+    relabelled_image,
+    running_tenants,
+    tenants_fixture,
+    tenants_policy,
+)
 from support.daemon import PrivateDaemon
 
 pytestmark = ATTACK_MARKS
 
 RUN = os.urandom(3).hex()
 OWNER_LABEL = "io.dockgate.owner"
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, commit,
-                     volumes, networks, services, tasks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+POLICY = tenants_policy()
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("atk12-own2")
-    with running_tenants(daemon, base, POLICY, USERS) as apis:
-        yield apis
-
-
-def _demux(raw: bytes) -> str:
-    out = b""
-    while len(raw) >= 8:
-        size = int.from_bytes(raw[4:8], "big")
-        out += raw[8 : 8 + size]
-        raw = raw[8 + size :]
-    return out.decode(errors="replace")
+tenants = tenants_fixture(POLICY, "atk12-own2")
 
 
 def _destroyed(daemon: PrivateDaemon, since: float) -> int:
@@ -191,7 +171,7 @@ def _swap_under_bobs_create(
             status, raw = bob.call(
                 "GET", f"/v1.41/containers/{created['Id']}/logs?stdout=1&stderr=1"
             )
-            stolen = _demux(raw) if isinstance(raw, bytes) else str(raw)
+            stolen = demux(raw) if isinstance(raw, bytes) else str(raw)
             assert secret in stolen, stolen
             break
         return stolen, caught
@@ -296,43 +276,6 @@ def test_failed_creates_leave_the_gateways_volumes_behind(
             daemon.docker("volume", "rm", "-f", *names, check=False)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
-    """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
-    caller allowed ImageLoad can send; as in test_attack_review12_ownership.py)."""
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(daemon.docker("save", image).stdout)) as source,
-        tarfile.open(fileobj=out, mode="w") as target,
-    ):
-        manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        config_name = manifest[0]["Config"]
-        config = json.loads(source.extractfile(config_name).read())  # type: ignore[union-attr]
-        config["config"]["Labels"] = labels
-        raw = json.dumps(config).encode()
-        new_name = hashlib.sha256(raw).hexdigest() + ".json"
-        manifest[0]["Config"] = new_name
-        manifest[0]["RepoTags"] = [f"{tag}:latest"]
-        for member in source.getmembers():
-            if member.name in ("manifest.json", config_name, "repositories"):
-                continue
-            target.addfile(member, source.extractfile(member) if member.isfile() else None)
-        for name, data in ((new_name, raw), ("manifest.json", json.dumps(manifest).encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            target.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def test_bobs_build_step_does_not_break_alices_short_ids(
     tenants: dict[str, Api], daemon: PrivateDaemon, busybox_image: str
 ) -> None:
@@ -363,12 +306,12 @@ def test_bobs_build_step_does_not_break_alices_short_ids(
         status, answer = bob.call(
             "POST",
             "/v1.41/images/load?quiet=1",
-            _relabelled_image(daemon, busybox_image, labels, tag),
+            relabelled_image(daemon, busybox_image, labels, tag),
             headers={"Content-Type": "application/x-tar"},
         )
         assert status == 200, (status, answer)
         dockerfile = f"FROM {tag}\nRUN echo {marker} && sleep 6\n"
-        context = _tar({"Dockerfile": dockerfile.encode()})
+        context = build_context({"Dockerfile": dockerfile.encode()})
         result: dict[str, Any] = {}
 
         def build() -> None:

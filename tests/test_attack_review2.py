@@ -15,13 +15,11 @@ import base64
 import contextlib
 import http.client
 import http.server
-import io
 import json
 import pathlib
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,15 +30,18 @@ import pytest
 from dockgate.body import bodycost, guardrails
 from support.attack import (
     ATTACK_MARKS,
+    TENANT_USERS,
     Api,
     LoopbackHandler,
+    build_context,
     ci_container,
     ci_runner_policy,
     demux,
+    leftovers_fixture,
     loopback_service,
     pings_under_load,
-    remove_leftovers,
-    running_tenants,
+    tenants_fixture,
+    tenants_policy,
 )
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, running
@@ -58,19 +59,11 @@ CI_POLICY = ci_runner_policy(
     f"      fetch_urls: false\n      network_drivers: []\n      host_ports: [{LISTED_PORT}]\n",
 )
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-TENANTS_POLICY = """
-policies:
-  tenants:
-    ownership: true
-    redact: {env: true, mounts: true, labels: true}
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, volumes,
-                     networks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+USERS = TENANT_USERS
+TENANTS_POLICY = tenants_policy(
+    "ping, version, info, events, containers, exec, images, build, volumes, networks",
+    more="    redact: {env: true, mounts: true, labels: true}\n",
+)
 
 
 # ----- fixtures ------------------------------------------------------------------------------
@@ -91,23 +84,10 @@ def ci(
         shutil.rmtree(ALLOWED_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    """A gateway with an ownership policy (default guardrails, everything redacted) and two
-    tenants."""
-    base = tmp_path_factory.mktemp("attack2-tenants")
-    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(TENANTS_POLICY, "attack2-tenants")
 
 
-@pytest.fixture
-def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
-    """Objects to remove straight on the daemon after the test."""
-    names: dict[str, list[str]] = {"container": [], "volume": [], "network": [], "image": []}
-    yield names
-    remove_leftovers(daemon, names)
+leftovers = leftovers_fixture()
 
 
 # ----- networks --------------------------------------------------------------------------------
@@ -213,16 +193,6 @@ def test_wrong_guesses_lock_out_a_user_with_a_remembered_password(
 # ----- builds ----------------------------------------------------------------------------------
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 class _LoopbackSecret(LoopbackHandler):
     """A service on the host's loopback only (an admin port, a metadata proxy, a daemon's TCP
     socket): it answers a secret to any GET."""
@@ -264,7 +234,7 @@ def test_dockerfile_add_url_reads_a_loopback_only_service(
         _, answer = ci.call(
             "POST",
             f"/v1.41/build?rm=1&forcerm=1&nocache=1&{BUILD_LIMITS}",
-            _tar({"Dockerfile": dockerfile}),
+            build_context({"Dockerfile": dockerfile}),
             headers={"Content-Type": "application/x-tar"},
         )
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
@@ -516,22 +486,25 @@ def test_buildkit_cache_mount_is_shared_between_tenants(
     ).encode()
     try:
         # Straight on the daemon: one build's cache mount is read by the next one's.
-        status, answer = _direct(daemon, "POST", query, _tar({"Dockerfile": writes}), tar)
+        status, answer = _direct(daemon, "POST", query, build_context({"Dockerfile": writes}), tar)
         assert status == 200 and b'"error"' not in answer, (status, answer)
-        status, answer = _direct(daemon, "POST", query, _tar({"Dockerfile": reads}), tar)
+        status, answer = _direct(daemon, "POST", query, build_context({"Dockerfile": reads}), tar)
         assert status == 200, (status, answer)
         assert secret.encode() in _buildkit_output(answer)
         # Through dockgate, in ownership mode: both refused, nothing of bob's read.
-        status, refused = bob.call("POST", query, _tar({"Dockerfile": writes}), tar)
+        status, refused = bob.call("POST", query, build_context({"Dockerfile": writes}), tar)
         assert status == 403, (status, refused)
         assert "classic builder" in refused["message"], refused
-        status, refused = alice.call("POST", query, _tar({"Dockerfile": reads}), tar)
+        status, refused = alice.call("POST", query, build_context({"Dockerfile": reads}), tar)
         assert status == 403, (status, refused)
         assert secret not in json.dumps(refused)
         # The classic builder still works for tenants (no cache mounts there).
         classic = f"FROM {busybox_image}\nRUN true\n".encode()
         status, built = alice.call(
-            "POST", "/v1.41/build?networkmode=none&rm=1", _tar({"Dockerfile": classic}), tar
+            "POST",
+            "/v1.41/build?networkmode=none&rm=1",
+            build_context({"Dockerfile": classic}),
+            tar,
         )
         assert status == 200 and b'"error"' not in built, (status, built)
         # A build-cache prune would wipe every tenant's cache: refused.
@@ -580,7 +553,7 @@ def test_build_from_a_loopback_registry_reads_a_loopback_only_service(ci: Api) -
         _, answer = ci.call(
             "POST",
             f"/v1.41/build?rm=1&forcerm=1&{BUILD_LIMITS}",
-            _tar({"Dockerfile": dockerfile}),
+            build_context({"Dockerfile": dockerfile}),
             headers={"Content-Type": "application/x-tar"},
         )
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
@@ -616,7 +589,7 @@ def test_push_to_a_loopback_registry_reads_a_loopback_only_service(
             status, answer = ci.call(
                 "POST",
                 f"/v1.41/build?t=ok:1&t=localhost:{port}/y&{BUILD_LIMITS}",
-                _tar({"Dockerfile": f"FROM {busybox_image}\n".encode()}),
+                build_context({"Dockerfile": f"FROM {busybox_image}\n".encode()}),
                 headers={"Content-Type": "application/x-tar"},
             )
             assert status == 403 and "loopback" in answer["message"], (status, answer)

@@ -17,22 +17,18 @@ from typing import Any
 import pytest
 
 from dockgate.ownedvolumes import Unreadable, VolumeSpec, volume_specs
-from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.attack import (
+    ATTACK_MARKS,
+    Api,
+    direct,
+    tenants_fixture,
+    tenants_policy,
+)
 from support.daemon import PrivateDaemon
 
 RUN = os.urandom(3).hex()
 OWNER_LABEL = "io.dockgate.owner"
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, containers, volumes]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+POLICY = tenants_policy("ping, version, containers, volumes")
 
 
 # ----- reading the body (units) -----------------------------------------------------------------
@@ -93,13 +89,7 @@ def _on_daemon(test: Any) -> Any:
     return test
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("ownedvolumes")
-    with running_tenants(daemon, base, POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(POLICY, "ownedvolumes")
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from dockgate.addresses import parse_address
 from dockgate.lookup import LookupError_
 from dockgate.ownedvolumes import Settled, foreign_mount, settle_create, sweep_mounts
 from dockgate.ownership import OWNER_LABEL
-from support.attack import Api, direct, running_tenants
+from support.attack import Api, direct, running_tenants, tenants_policy
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.remote import basic_header, write_htpasswd
@@ -210,16 +210,7 @@ def test_a_sweep_removes_the_callers_containers_mounting_anothers_volume(
 # ----- end to end ------------------------------------------------------------------------------
 
 RUN = os.urandom(3).hex()
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, volumes]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+POLICY = tenants_policy("ping, version, info, events, containers, exec, images, volumes")
 
 
 @pytest.fixture(scope="module")

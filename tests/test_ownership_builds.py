@@ -22,35 +22,30 @@ from typing import Any
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, logs, running_tenants
-from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar, free_tcp_port
+from support.attack import (
+    ATTACK_MARKS,
+    TENANT_USERS,
+    Api,
+    build_context,
+    direct,
+    logs,
+    running_tenants,
+    tenants_fixture,
+    tenants_policy,
+)
+from support.daemon import DEFAULT_PATH, PrivateDaemon, busybox_rootfs_tar
+from support.swarm import single_node_swarm
 
 pytestmark = ATTACK_MARKS
 
 RUN = uuid.uuid4().hex[:8]
 OWNER_LABEL = "io.dockgate.owner"
 BUILT_BY = "io.dockgate.built-by"
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, build, commit,
-                     volumes, networks, services, tasks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+USERS = TENANT_USERS
+POLICY = tenants_policy()
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("ownership-builds")
-    with running_tenants(daemon, base, POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(POLICY, "ownership-builds")
 
 
 @pytest.fixture
@@ -65,21 +60,11 @@ def images(daemon: PrivateDaemon) -> Iterator[list[str]]:
         daemon.docker("rmi", "-f", name, check=False)
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _build(api: Api, dockerfile: str, tag: str, query: str = "") -> tuple[int, Any]:
     return api.call(
         "POST",
         f"/v1.41/build?t={tag}{query}",
-        _tar({"Dockerfile": dockerfile.encode()}),
+        build_context({"Dockerfile": dockerfile.encode()}),
         headers={"Content-Type": "application/x-tar"},
     )
 
@@ -193,7 +178,7 @@ def test_another_callers_build_steps_are_not_alices(
         status, answer = alice.call(
             "PUT",
             f"/v1.41/containers/{cid}/archive?path=/",
-            _tar({"planted": b"alice was here\n"}),
+            build_context({"planted": b"alice was here\n"}),
             headers={"Content-Type": "application/x-tar"},
         )
         assert status == 404, (status, answer)
@@ -282,7 +267,7 @@ def test_an_import_gives_an_image_with_an_empty_owner_label(
     status, answer = alice.call(
         "POST",
         f"/v1.41/images/create?fromSrc=-&repo={repo}&tag=x&changes={changes}",
-        _tar({"hello": b"hi\n"}),
+        build_context({"hello": b"hi\n"}),
         headers={"Content-Type": "application/x-tar"},
     )
     assert status == 200, (status, answer)
@@ -322,7 +307,7 @@ def test_alices_own_containers_still_work_end_to_end(
     status, answer = alice.call(
         "PUT",
         f"/v1.41/containers/{cid}/archive?path=/tmp",
-        _tar({"put": b"mine\n"}),
+        build_context({"put": b"mine\n"}),
         headers={"Content-Type": "application/x-tar"},
     )
     assert status == 200, (status, answer)
@@ -365,17 +350,8 @@ def test_a_create_from_an_image_carrying_the_callers_own_label_is_refused(
 
 @pytest.fixture(scope="module")
 def swarm(daemon: PrivateDaemon, tenants: dict[str, Api]) -> Iterator[PrivateDaemon]:
-    port = free_tcp_port()
-    done = daemon.docker(
-        *("swarm", "init", "--advertise-addr", "127.0.0.1"),
-        *("--listen-addr", f"127.0.0.1:{port}"),
-        check=False,
-    )
-    assert done.returncode == 0 or b"already part of a swarm" in done.stderr, done.stderr
-    try:
-        yield daemon
-    finally:
-        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+    with single_node_swarm(daemon, joined_ok=True) as manager:
+        yield manager
 
 
 def _task_container(daemon: PrivateDaemon, service_id: str, timeout: float = 60) -> str:

@@ -28,9 +28,10 @@ import pytest
 import trustme
 
 from dockgate.ownership import with_owner_label
-from support.daemon import PrivateDaemon, free_tcp_port
+from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.remote import create_token, json_call, json_exchange, write_htpasswd
+from support.swarm import single_node_swarm
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -164,17 +165,8 @@ def wait_for(what: str, probe: Any, timeout: float = 60) -> Any:
 
 @pytest.fixture(scope="module")
 def swarm(daemon: PrivateDaemon, gw: Gateway) -> Iterator[PrivateDaemon]:
-    port = free_tcp_port()
-    done = daemon.docker(
-        *("swarm", "init", "--advertise-addr", "127.0.0.1"),
-        *("--listen-addr", f"127.0.0.1:{port}"),
-        check=False,
-    )
-    assert done.returncode == 0 or b"already part of a swarm" in done.stderr, done.stderr
-    try:
-        yield daemon
-    finally:
-        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+    with single_node_swarm(daemon, joined_ok=True) as manager:
+        yield manager
 
 
 def _secret_service_body(name: str, image: str, first: str, second: str) -> bytes:

@@ -29,42 +29,34 @@ from typing import Any
 import pytest
 
 from dockgate.ownedanswers import INFO_COUNTS
-from support.attack import ATTACK_MARKS, Api, direct, remove_leftovers, running_tenants
-from support.daemon import PrivateDaemon, free_tcp_port
+from support.attack import (
+    ATTACK_MARKS,
+    TENANT_USERS,
+    Api,
+    direct,
+    leftovers_fixture,
+    tenants_fixture,
+    tenants_policy,
+)
+from support.daemon import PrivateDaemon
+from support.swarm import single_node_swarm
 
 pytestmark = ATTACK_MARKS
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+USERS = TENANT_USERS
 PUBLISHED_PORT = 38000 + int.from_bytes(os.urandom(1), "big") % 100
-TENANTS_POLICY = f"""
-policies:
-  tenants:
-    ownership: true
-    guardrails: {{host_ports: [{PUBLISHED_PORT}]}}
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, images, volumes, services, tasks]
-bindings:
-  - {{policy: tenants, authenticated: true}}
-  - {{policy: tenants, anonymous: true}}
-"""
+TENANTS_POLICY = tenants_policy(
+    "ping, version, info, events, containers, images, volumes, services, tasks",
+    more=f"    guardrails: {{host_ports: [{PUBLISHED_PORT}]}}\n",
+    bindings="  - {policy: tenants, anonymous: true}\n",
+)
 RUN = os.urandom(3).hex()
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("leaks-tenants")
-    with running_tenants(daemon, base, TENANTS_POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(TENANTS_POLICY, "leaks-tenants")
 
 
-@pytest.fixture
-def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
-    names: dict[str, list[str]] = {"container": [], "volume": [], "network": [], "image": []}
-    yield names
-    remove_leftovers(daemon, names)
+leftovers = leftovers_fixture()
 
 
 def _container(api: Api, image: str, leftovers: dict[str, list[str]], name: str = "") -> str:
@@ -316,13 +308,8 @@ def test_before_and_since_ones_own_containers_still_work(
 
 @pytest.fixture(scope="module")
 def swarm(daemon: PrivateDaemon, tenants: dict[str, Api]) -> Iterator[PrivateDaemon]:
-    port = free_tcp_port()
-    daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
-                  f"127.0.0.1:{port}")  # fmt: skip
-    try:
-        yield daemon
-    finally:
-        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+    with single_node_swarm(daemon) as manager:
+        yield manager
 
 
 def _service(name: str, image: str, port: int) -> dict[str, Any]:

@@ -15,33 +15,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, running_tenants
+from support.attack import (
+    ATTACK_MARKS,
+    Api,
+    direct,
+    tenants_fixture,
+    tenants_policy,
+)
 from support.daemon import PrivateDaemon
 
 pytestmark = ATTACK_MARKS
 
 RUN = os.urandom(3).hex()
 OWNER_LABEL = "io.dockgate.owner"
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
-POLICY = """
-policies:
-  tenants:
-    ownership: true
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, images, services, tasks]
-bindings:
-  - {policy: tenants, authenticated: true}
-"""
+POLICY = tenants_policy("ping, version, info, events, containers, exec, images, services, tasks")
 
 
-@pytest.fixture(scope="module")
-def tenants(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Api]]:
-    base = tmp_path_factory.mktemp("own-logdriver")
-    with running_tenants(daemon, base, POLICY, USERS) as apis:
-        yield apis
+tenants = tenants_fixture(POLICY, "own-logdriver")
 
 
 @pytest.fixture

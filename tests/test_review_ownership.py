@@ -29,9 +29,10 @@ from typing import Any
 
 import pytest
 
-from support.daemon import PrivateDaemon, free_tcp_port
+from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.remote import json_call, write_htpasswd
+from support.swarm import single_node_swarm
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -490,13 +491,8 @@ def test_trailing_json_forges_the_owner_label(
 
 @pytest.fixture(scope="module")
 def swarm(daemon: PrivateDaemon, gw: Gateway) -> Iterator[PrivateDaemon]:
-    port = free_tcp_port()
-    daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
-                  f"127.0.0.1:{port}")  # fmt: skip
-    try:
-        yield daemon
-    finally:
-        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
+    with single_node_swarm(daemon) as manager:
+        yield manager
 
 
 def test_secret_update_rewrites_the_owner_label(alice: Api, bob: Api, swarm: PrivateDaemon) -> None:

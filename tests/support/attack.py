@@ -5,14 +5,17 @@ CI runner's policy, a loopback-only HTTP service, calls straight to the daemon, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
+import io
 import json
 import os
 import pathlib
 import socket
+import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -88,6 +91,46 @@ def running_tenants(
         yield {user: Api(started, basic_header(user, pw)) for user, pw in users.items()}
 
 
+# ----- two tenants of one ownership policy ------------------------------------------------------
+
+TENANT_USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+# What the issue-12 ownership reviews allow their tenants.
+OWNERSHIP_SECTIONS = (
+    "ping, version, info, events, containers, exec, images, build, commit, volumes, networks,"
+    " services, tasks"
+)
+
+
+def tenants_policy(
+    sections: str = OWNERSHIP_SECTIONS, *, more: str = "", bindings: str = ""
+) -> str:
+    """A policy `tenants` in ownership mode allowing `sections` (a YAML list's items), bound to
+    every authenticated caller; `more` are further lines of the policy (four spaces in),
+    `bindings` further bindings (two spaces in)."""
+    return (
+        "\npolicies:\n  tenants:\n    ownership: true\n"
+        f"{more}    rules:\n      - allow:\n          sections: [{sections}]\n"
+        f"bindings:\n  - {{policy: tenants, authenticated: true}}\n{bindings}"
+    )
+
+
+def tenants_fixture(
+    policy: str, directory: str, users: Mapping[str, str] = TENANT_USERS
+) -> Callable[..., Iterator[dict[str, Api]]]:
+    """A module-scoped `tenants` fixture: the callers (an `Api` a user) of a gateway with
+    `policy` (running_tenants in a new temporary `directory`)."""
+
+    @pytest.fixture(scope="module")
+    def tenants(
+        daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[dict[str, Api]]:
+        base = tmp_path_factory.mktemp(directory)
+        with running_tenants(daemon, base, policy, users) as apis:
+            yield apis
+
+    return tenants
+
+
 def logs(api: Api, cid: str) -> str:
     status, raw = api.call("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
     assert status == 200, (status, raw)
@@ -148,6 +191,49 @@ policies:
 {more_guardrails}"""
 
 
+def build_context(files: Mapping[str, bytes]) -> bytes:
+    """A tar of `files` (name: content), a build context for `POST /build`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def relabelled_image(daemon: PrivateDaemon, image: str, labels: dict[str, str], tag: str) -> bytes:
+    """A `docker save` tar of `image` whose config carries `labels`, tagged `tag` (what any
+    caller allowed ImageLoad can send)."""
+    return relabelled_tar(daemon.docker("save", image).stdout, labels, tag)
+
+
+def relabelled_tar(saved: bytes, labels: dict[str, str], tag: str) -> bytes:
+    """`saved` (a `docker save` tar of one image) with `labels` in its config, tagged `tag`."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(saved)) as source,
+        tarfile.open(fileobj=out, mode="w") as target,
+    ):
+        manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config_name = manifest[0]["Config"]
+        config = json.loads(source.extractfile(config_name).read())  # type: ignore[union-attr]
+        config["config"]["Labels"] = labels
+        raw = json.dumps(config).encode()
+        new_name = hashlib.sha256(raw).hexdigest() + ".json"
+        manifest[0]["Config"] = new_name
+        manifest[0]["RepoTags"] = [f"{tag}:latest"]
+        for member in source.getmembers():
+            if member.name in ("manifest.json", config_name, "repositories"):
+                continue
+            target.addfile(member, source.extractfile(member) if member.isfile() else None)
+        for name, data in ((new_name, raw), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 # ----- a service on the host's loopback only ---------------------------------------------------
 
 
@@ -202,6 +288,22 @@ def remove_leftovers(daemon: PrivateDaemon, names: Mapping[str, list[str]]) -> N
         daemon.docker("network", "rm", network, check=False)
     if names.get("image"):
         daemon.docker("rmi", "-f", *names["image"], check=False)
+
+
+def leftovers_fixture(
+    kinds: tuple[str, ...] = ("container", "volume", "network", "image"),
+) -> Callable[..., Iterator[dict[str, list[str]]]]:
+    """A `leftovers` fixture: lists (one of each of `kinds`) of the objects a test made, removed
+    straight on the daemon after it (remove_leftovers)."""
+
+    @pytest.fixture
+    def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
+        """Objects to remove straight on the daemon after the test."""
+        names: dict[str, list[str]] = {kind: [] for kind in kinds}
+        yield names
+        remove_leftovers(daemon, names)
+
+    return leftovers
 
 
 # ----- one caller's load and everyone's /_ping -------------------------------------------------

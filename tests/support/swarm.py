@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import trustme
 
-from support.daemon import PrivateDaemon, run_docker
+from support.daemon import PrivateDaemon, free_tcp_port, run_docker
 from support.image import REPO
 from support.remote import write_htpasswd
 
@@ -60,3 +61,25 @@ def healthy_task(node: PrivateDaemon, service: str) -> str | None:
         if state.get("Health", {}).get("Status") == "healthy":
             return cid
     return None
+
+
+@contextlib.contextmanager
+def single_node_swarm(daemon: PrivateDaemon, *, joined_ok: bool = False) -> Iterator[PrivateDaemon]:
+    """`daemon` the manager of a swarm of its own (on a free loopback port) while the block
+    runs, and out of it (forced) after; with `joined_ok`, a daemon already in a swarm is used
+    as it is."""
+    port = free_tcp_port()
+    if joined_ok:
+        done = daemon.docker(
+            *("swarm", "init", "--advertise-addr", "127.0.0.1"),
+            *("--listen-addr", f"127.0.0.1:{port}"),
+            check=False,
+        )
+        assert done.returncode == 0 or b"already part of a swarm" in done.stderr, done.stderr
+    else:
+        daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                      f"127.0.0.1:{port}")  # fmt: skip
+    try:
+        yield daemon
+    finally:
+        daemon.docker("swarm", "leave", "--force", check=False, timeout=60)
