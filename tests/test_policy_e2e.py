@@ -1032,14 +1032,17 @@ BROWSER_REFUSALS: list[tuple[str, bytes, str, str]] = [
      "dockgate: requests from web pages are refused (Origin null is not allowed)", "SystemPing"),
     ("rebinding-host", http("GET /_ping HTTP/1.1", host="evil.example.com"),
      "dockgate: Host 'evil.example.com' is not accepted on this listener (DNS-rebinding "
-     "protection); configure it under 'hosts'", "SystemPing"),
+     "protection); allow it with --allow-host evil.example.com (DOCKGATE_ALLOW_HOST in the "
+     "environment) or under 'hosts' in the policy file", "SystemPing"),
     ("rebinding-host-with-port",
      http("GET /containers/json HTTP/1.1", host="evil.example.com:2375"),
      "dockgate: Host 'evil.example.com' is not accepted on this listener (DNS-rebinding "
-     "protection); configure it under 'hosts'", "ContainerList"),
+     "protection); allow it with --allow-host evil.example.com (DOCKGATE_ALLOW_HOST in the "
+     "environment) or under 'hosts' in the policy file", "ContainerList"),
     ("rebinding-host-ip-lookalike", http("GET /_ping HTTP/1.1", host="127.0.0.1.evil.example"),
      "dockgate: Host '127.0.0.1.evil.example' is not accepted on this listener (DNS-rebinding "
-     "protection); configure it under 'hosts'", "SystemPing"),
+     "protection); allow it with --allow-host 127.0.0.1.evil.example (DOCKGATE_ALLOW_HOST in the "
+     "environment) or under 'hosts' in the policy file", "SystemPing"),
 ]  # fmt: skip
 
 

@@ -345,6 +345,9 @@ def test_non_loopback_listener_is_refused_without_insecure(fake: FakeUpstream) -
     errors = error_lines(proc.stderr)
     assert len(errors) == 1, f"stderr:\n{proc.stderr}"
     assert "--insecure" in errors[0]
+    # The fix as a variable too, for the image run with -e (issue 13: the Tecnativa drop-in
+    # exited naming only the option).
+    assert "DOCKGATE_INSECURE=1" in errors[0]
     assert "Traceback" not in proc.stderr
     assert "listening on" not in proc.stderr
 

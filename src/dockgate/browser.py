@@ -57,7 +57,8 @@ class BrowserGuard:
                 name = _host_name(host.decode("latin-1").strip().lower())
                 return (
                     f"dockgate: Host {name!r} is not accepted on this listener "
-                    "(DNS-rebinding protection); configure it under 'hosts'"
+                    f"(DNS-rebinding protection); allow it with --allow-host {name} "
+                    "(DOCKGATE_ALLOW_HOST in the environment) or under 'hosts' in the policy file"
                 )
         return None
 

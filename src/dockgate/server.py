@@ -427,7 +427,9 @@ def check_exposure(config: ServeConfig) -> None:
     if not config.insecure:
         raise StartupError(
             f"refusing to listen on {names} without authentication: whoever reaches it is root "
-            "on this host. Listen on loopback or a unix socket, or pass --insecure to accept that"
+            "on this host. Listen on loopback or a unix socket, add authentication (--htpasswd, "
+            "--tokens or --tls-client-ca), or pass --insecure (DOCKGATE_INSECURE=1 in the "
+            "environment) to accept that"
         )
     print(
         f"dockgate: warning: --insecure: {names} accepts anyone who can reach it, with full "
