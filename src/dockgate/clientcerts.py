@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from dockgate.caching import Recent
 
 # A CA by what makes it the same CA for the certificates it signed: subject name and public key
 # (both DER).
@@ -176,12 +177,11 @@ class ResumableSessions:
     client's next connection makes a full handshake, which is checked like any other.
     """
 
-    __slots__ = ("_anchors", "_limit", "_sessions")
+    __slots__ = ("_anchors", "_sessions")
 
     def __init__(self, limit: int = MAX_REMEMBERED_SESSIONS) -> None:
-        self._limit = limit
         # session ID -> (the leaf's SHA-256, its full handshake's certificate)
-        self._sessions: OrderedDict[bytes, tuple[bytes, PeerCertificate]] = OrderedDict()
+        self._sessions: Recent[bytes, tuple[bytes, PeerCertificate]] = Recent(limit)
         # One copy of each anchor's key (bounded by the CA file: anchors are its CAs).
         self._anchors: dict[AnchorKey, AnchorKey] = {}
 
@@ -193,17 +193,14 @@ class ResumableSessions:
         if not session_id:
             return
         peer.settle(self._anchors)  # the parsed chain is not kept as long as the session
-        self._sessions[session_id] = (hashlib.sha256(leaf_der).digest(), peer)
-        self._sessions.move_to_end(session_id)
-        while len(self._sessions) > self._limit:
-            self._sessions.popitem(last=False)
+        self._sessions.put(session_id, (hashlib.sha256(leaf_der).digest(), peer))
 
     def resume(self, session_id: bytes, leaf_der: bytes) -> PeerCertificate | None:
         """The certificate a resumed session stands for, None when its full handshake is not
         known here (or named another leaf: never expected, as OpenSSL found the session by
         the same ID)."""
+        # Found, it is now the most recently used, as OpenSSL's copy is once resumed.
         found = self._sessions.get(session_id) if session_id else None
         if found is None or found[0] != hashlib.sha256(leaf_der).digest():
             return None
-        self._sessions.move_to_end(session_id)  # resumed: as recent as OpenSSL's copy
         return found[1].resumed()

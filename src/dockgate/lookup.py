@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from dockgate.addresses import Address
+from dockgate.caching import Recent
 from dockgate.daemonjson import daemon_array
 from dockgate.hops import with_hop
 from dockgate.ownership import (
@@ -187,8 +187,7 @@ class ImageOwners:
     small (4 MB owner values were kept whole)."""
 
     def __init__(self, size: int = IMAGE_OWNERS_CACHED) -> None:
-        self._size = size
-        self._owners: OrderedDict[str, str | None] = OrderedDict()
+        self._owners: Recent[str, str | None] = Recent(size)
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -199,8 +198,7 @@ class ImageOwners:
             # Not an ID (a container's `Image` is one on 20.10): asked, never kept.
             return await named_image_owner(address, image_id)
         if image_id in self._owners:
-            self._owners.move_to_end(image_id)
-            return self._owners[image_id]
+            return self._owners.get(image_id)
         status, answer = await get_json(address, f"/images/{image_id}/json")
         if status == 404:
             return None
@@ -211,9 +209,7 @@ class ImageOwners:
             # No container's trusted owner is that long (trusted_owner): it cannot equal one,
             # so it judges as no label at all, and the cache keeps small values only.
             owner = None
-        self._owners[image_id] = owner
-        while len(self._owners) > self._size:
-            self._owners.popitem(last=False)
+        self._owners.put(image_id, owner)
         return owner
 
 
@@ -272,23 +268,18 @@ class ContainerVerdicts:
     MAX_OWNER_BYTES (longer labels are nobody's), so the cache stays small."""
 
     def __init__(self, size: int = CONTAINER_VERDICTS_CACHED) -> None:
-        self._size = size
-        self._verdicts: OrderedDict[str, str | None] = OrderedDict()
+        self._verdicts: Recent[str, str | None] = Recent(size)
 
     def __len__(self) -> int:
         return len(self._verdicts)
 
     def known(self, container_id: str) -> tuple[bool, str | None]:
         if container_id in self._verdicts:
-            self._verdicts.move_to_end(container_id)
-            return True, self._verdicts[container_id]
+            return True, self._verdicts.get(container_id)
         return False, None
 
     def keep(self, container_id: str, owner: str | None) -> None:
-        self._verdicts[container_id] = owner
-        self._verdicts.move_to_end(container_id)
-        while len(self._verdicts) > self._size:
-            self._verdicts.popitem(last=False)
+        self._verdicts.put(container_id, owner)
 
     async def verdict(self, address: Address, container_id: str, answer: object) -> str | None:
         """The trusted owner of the container `container_id` (full ID), whose inspect answer
