@@ -18,6 +18,9 @@ from dockgate import __version__, credtools
 from dockgate.addresses import AddressError, parse_address
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
+from dockgate.doctor import to_json as doctor_json
+from dockgate.doctor import to_text as doctor_text
+from dockgate.doctorprobe import Setup, diagnose
 from dockgate.envwarnings import environment_warnings
 from dockgate.gatekeeper import Gatekeeper
 from dockgate.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
@@ -28,8 +31,8 @@ from dockgate.policy.tecnativa import EnvironmentError_
 from dockgate.server import StartupError, run
 from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.tls import DEFAULT_IDENTITY_FIELDS
+from dockgate.upstreamtls import UpstreamTLSFiles, resolve_upstream
 from dockgate.upstreamtls import describe as describe_upstream_tls
-from dockgate.upstreamtls import resolve_upstream
 from dockgate.watched import WatchedFile
 
 
@@ -183,6 +186,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "the command line win."
     )
     _defaults_from_environment(serve, dict(os.environ))
+
+    # `serve`'s own options (the same action objects, with the defaults their variables gave),
+    # so that every option and DOCKGATE_ variable means to `doctor` what it means to `serve`.
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[serve],
+        add_help=False,
+        help="check a configuration as `serve` would, and report (paste it into an issue)",
+        description="Run serve's start-up checks with these options and variables, without "
+        "serving; report who can reach each listener, what the policy allows and what a "
+        "client sets. Exit status 1 when a check is an error.",
+    )
+    doctor.add_argument("--format", choices=["text", "json"], default="text")
 
     check = commands.add_parser(
         "check", help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'"
@@ -344,6 +360,18 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    config, upstream_tls = _serve_config_and_tls(args)
+    if upstream_tls is not None:
+        print(
+            f"dockgate: upstream {config.upstream}: {describe_upstream_tls(upstream_tls)}",
+            file=sys.stderr,
+        )
+    return config
+
+
+def _serve_config_and_tls(
+    args: argparse.Namespace,
+) -> tuple[ServeConfig, UpstreamTLSFiles | None]:
     upstream, upstream_tls = resolve_upstream(
         args.upstream,
         os.environ,
@@ -386,11 +414,39 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         audit_log=args.audit_log,
         admin_listen=parse_address(args.admin_listen) if args.admin_listen else None,
     )
-    if upstream_tls is not None:
-        print(
-            f"dockgate: upstream {upstream}: {describe_upstream_tls(upstream_tls)}", file=sys.stderr
-        )
-    return config
+    return config, upstream_tls
+
+
+def _config_error(exc: ValueError, argv: Sequence[str]) -> str:
+    """What `serve` says about options (or variables) that make no configuration."""
+    message = _validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+    if isinstance(exc, AddressListError):
+        message = f"--trusted-proxy: {message}"
+    return _named_variable(message, argv)
+
+
+def _doctor(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`dockgate doctor`: `serve`'s configuration and policies, built by the same functions,
+    then its checks and a report (doctorprobe.py, doctor.py); 1 when a check is an error."""
+    setup = Setup(None, None, "plain", None, None)
+    try:
+        setup.config, upstream_tls = _serve_config_and_tls(args)
+        if upstream_tls is not None:
+            setup.upstream_link = describe_upstream_tls(upstream_tls)
+    except ValueError as exc:  # AddressError, UpstreamTLSError and pydantic's among them
+        setup.config_error = _config_error(exc, argv)
+    try:
+        setup.policies, setup.policy_warnings = _policies_and_warnings(args)
+    except AddressListError as exc:
+        setup.policy_error = f"--allow-source/--deny-source: {exc}"
+    except (PolicyError, EnvironmentError_) as exc:
+        setup.policy_error = str(exc)
+    setup.environment_warnings = environment_warnings(
+        os.environ, ENV_OPTION_NAMES, compatibility=args.policy is None
+    )
+    report = diagnose(setup)
+    sys.stdout.write(doctor_json(report) if args.format == "json" else doctor_text(report))
+    return report.exit_code
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -403,7 +459,14 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def _load_policies(args: argparse.Namespace) -> PolicySet:
-    policies, warnings = load_policies(
+    policies, warnings = _policies_and_warnings(args)
+    for warning in warnings:
+        print(f"dockgate: warning: {warning}", file=sys.stderr)
+    return policies
+
+
+def _policies_and_warnings(args: argparse.Namespace) -> tuple[PolicySet, list[str]]:
+    return load_policies(
         args.policy,
         os.environ,
         origins=args.allow_origin,
@@ -412,9 +475,6 @@ def _load_policies(args: argparse.Namespace) -> PolicySet:
             parse_address_list(args.allow_source), parse_address_list(args.deny_source)
         ),
     )
-    for warning in warnings:
-        print(f"dockgate: warning: {warning}", file=sys.stderr)
-    return policies
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -578,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dockgate: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    if args.command == "serve":
+    if args.command in ("serve", "doctor"):
         for dest, values in _ENV_LISTS.items():
             if not getattr(args, dest):
                 setattr(args, dest, values)
@@ -589,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.file)
         if args.command in credtools.COMMANDS:
             return credtools.run(args)
+        if args.command == "doctor":
+            return _doctor(args, sys.argv[1:] if argv is None else argv)
     except (PolicyError, EnvironmentError_, CallerError, AddressListError) as exc:
         print(f"dockgate: error: {exc}", file=sys.stderr)
         return 2
@@ -597,10 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = _serve_config(args)
         except (AddressError, ValueError) as exc:
-            message = _validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
-            if isinstance(exc, AddressListError):
-                message = f"--trusted-proxy: {message}"
-            message = _named_variable(message, sys.argv[1:] if argv is None else argv)
+            message = _config_error(exc, sys.argv[1:] if argv is None else argv)
             print(f"dockgate: error: {message}", file=sys.stderr)
             return 2
         watched: WatchedFile[PolicySet] | None = None

@@ -192,12 +192,31 @@ def refuse_own_listener(
     request would come back to it, round and round."""
     for address, sock in listeners:
         if _same_endpoint(upstream, address, sock):
-            raise StartupCheckError(
-                f"the upstream {upstream} is this gateway's own listener {address}: every "
-                "request would come back to it (a loop). Set --upstream to the Docker daemon's "
-                "socket (unix:///var/run/docker.sock); a DOCKER_HOST that names this gateway is "
-                "for its clients, unset it (or give --upstream) for `dockgate serve`"
-            )
+            raise StartupCheckError(own_listener_message(upstream, address))
+
+
+def own_listener_message(upstream: Address, listener: Address) -> str:
+    return (
+        f"the upstream {upstream} is this gateway's own listener {listener}: every "
+        "request would come back to it (a loop). Set --upstream to the Docker daemon's "
+        "socket (unix:///var/run/docker.sock); a DOCKER_HOST that names this gateway is "
+        "for its clients, unset it (or give --upstream) for `dockgate serve`"
+    )
+
+
+def configured_own_listener(upstream: Address, listeners: list[Address]) -> Address | None:
+    """Without binding (`dockgate doctor`, while the gateway may hold the ports): the listener
+    the upstream names, if any. A TCP listener is compared by the addresses its host resolves
+    to and its port; a `:0` port is only chosen when bound, so never the same."""
+    for address in listeners:
+        if address.scheme == "tcp" and address.port != 0 and address.port == upstream.port:
+            if upstream.scheme == "tcp" and any(
+                _reaches(upstream, ip) for ip in _resolve(address.host, address.port)
+            ):
+                return address
+        elif _same_endpoint(upstream, address, None):
+            return address
+    return None
 
 
 def _same_endpoint(upstream: Address, listener: Address, sock: socket.socket | None) -> bool:
@@ -216,6 +235,12 @@ def _same_endpoint(upstream: Address, listener: Address, sock: socket.socket | N
     bound_ip, bound_port = ipaddress.ip_address(str(bound[0]).split("%")[0]), int(bound[1])
     if upstream.port != bound_port:
         return False
+    return _reaches(upstream, bound_ip)
+
+
+def _reaches(upstream: Address, bound_ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a connection to the upstream's host lands on a listener bound to `bound_ip`
+    (the ports already compared)."""
     for ip in _resolve(upstream.host, upstream.port):
         if ip == bound_ip:
             return True

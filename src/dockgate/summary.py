@@ -1,31 +1,70 @@
-"""What a policy allows, in one line, printed at start: the first thing to look at when a
-client gets 403 (`dockgate check` then explains one request)."""
+"""What a policy allows: per section of the API, whether its reads and its writes are allowed
+(all, some, none). One computation, two views: the one line printed at start (the first thing to
+look at when a client gets 403; `dockgate check` then explains one request) and the table of
+`dockgate doctor` (doctor.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dockgate.policy.rules import Policy, PolicySet
 from dockgate.routes import OPERATIONS, RouteMatch
+
+ALL = "all"
+SOME = "some"
+NONE = "none"
+NO_OPERATION = "-"  # the section has no operation of this kind (`ping` never writes)
+
+
+@dataclass(frozen=True, slots=True)
+class SectionAccess:
+    """One section of routes.py: how many of its reading and writing operations the policy
+    allows, as ALL, SOME, NONE or NO_OPERATION."""
+
+    section: str
+    read: str
+    write: str
+
+
+def _verdict(answers: list[bool]) -> str:
+    if not answers:
+        return NO_OPERATION
+    return ALL if all(answers) else SOME if any(answers) else NONE
+
+
+def section_access(policy: Policy) -> list[SectionAccess]:
+    """Every section, sorted by name. Each operation is decided as a request to its path
+    template would be (rules with `paths:` may decide real paths otherwise, hence "some" can be
+    approximate for them); a read-only policy's writes are all denied (rules.py)."""
+    allowed: dict[tuple[str, bool], list[bool]] = {}
+    sections: set[str] = set()
+    for op in OPERATIONS.values():
+        decision = policy.decide(op.method, RouteMatch(op, None, {}), op.path)
+        allowed.setdefault((op.section, op.writes), []).append(decision.allowed)
+        sections.add(op.section)
+    return [
+        SectionAccess(
+            section,
+            _verdict(allowed.get((section, False), [])),
+            _verdict(allowed.get((section, True), [])),
+        )
+        for section in sorted(sections)
+    ]
 
 
 def policy_summary(policy: Policy) -> str:
     """`policy "environment": read containers, events, ping, version; write: none`.
 
-    Per section (routes.py), split into operations that only read and those that change
-    state; a section where only some of them are allowed is marked `(some)`. Each operation is
-    decided as a request to its path template would be (rules with `paths:` may decide real
-    paths otherwise, hence "some" can be approximate for them).
+    A section where only some of its operations (of that kind) are allowed is marked `(some)`.
     """
-    allowed: dict[tuple[str, bool], list[bool]] = {}
-    for op in OPERATIONS.values():
-        decision = policy.decide(op.method, RouteMatch(op, None, {}), op.path)
-        allowed.setdefault((op.section, op.writes), []).append(decision.allowed)
+    access = section_access(policy)
     parts = []
-    for writes, label in ((False, "read"), (True, "write")):
+    for label in ("read", "write"):
         sections = []
-        for (section, op_writes), answers in sorted(allowed.items()):
-            if op_writes != writes or not any(answers):
-                continue
-            sections.append(section if all(answers) else f"{section} (some)")
+        for row in access:
+            verdict = row.read if label == "read" else row.write
+            if verdict in (ALL, SOME):
+                sections.append(row.section if verdict == ALL else f"{row.section} (some)")
         parts.append(f"{label}: {', '.join(sections) if sections else 'none'}")
     extras = []
     if policy.guardrails is not None:
