@@ -288,8 +288,12 @@ def client_settings(address: Address, credentials: Credentials, *, hostname: str
             "TOKEN: what `dockgate token create` printed (the tokens file keeps only a hash)"
         )
     if credentials.htpasswd is not None:
-        header = "Basic BASE64" if header is None else header + "  (or: Basic BASE64)"
-        notes.append("BASE64: printf '%s' 'USER:PASSWORD' | base64")
+        basic = "BASE64: printf '%s' 'USER:PASSWORD' | base64"
+        if header is None:
+            header = "Basic BASE64"
+        else:
+            basic = f'or, for a user of the htpasswd file, "Basic BASE64" with {basic}'
+        notes.append(basic)
     if header is not None:
         config_json = f'{{ "HttpHeaders": {{ "Authorization": "{header}" }} }}'
         environment.append(f"DOCKER_CONFIG={CLIENT_DIR}")
@@ -411,12 +415,14 @@ def to_json(report: Report) -> str:
     return json.dumps(data, indent=2)
 
 
-def _wrapped(text: str, indent: str, first: str = "") -> list[str]:
+def _wrapped(text: str, indent: str, first: str = "", then: str = "    ") -> list[str]:
+    """`text` in lines of at most WRAP_COLUMNS (a word longer than that stays whole), the
+    first starting with `first`, the others with `then`."""
     return textwrap.wrap(
         text,
         WRAP_COLUMNS,
         initial_indent=indent + first,
-        subsequent_indent=indent + "    ",
+        subsequent_indent=indent + then,
         break_long_words=False,
         break_on_hyphens=False,
     ) or [indent + first]
@@ -475,11 +481,11 @@ def to_text(report: Report) -> str:
             assert item.client is not None
             lines.append(f"{item.address}:")
             lines += [f"  export {line}" for line in item.client.environment]
-            lines += _wrapped(item.client.context, "  ")
+            lines.append(f"  {item.client.context}")  # a command: whole, to copy
             if item.client.config_json is not None:
                 lines.append(f"  config.json: {item.client.config_json}")
             for note in item.client.notes:
-                lines += _wrapped(note, "  ", "# ")
+                lines += _wrapped(note, "  ", "# ", "#   ")
     for note in report.notes:
         lines += _wrapped(note, "", "note: ")
     return "\n".join(lines) + "\n"
