@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -266,6 +269,8 @@ def test_what_serve_refuses_doctor_reports_as_an_error() -> None:
             "is this gateway's own listener",
         ),
         ((), {"DOCKGATE_WORKERS": "0"}, "DOCKGATE_WORKERS='0' (--workers)"),
+        (("--policy", "/nonexistent/policy.yaml"), {}, "/nonexistent/policy.yaml"),
+        (("--tls-cert", __file__, "--tls-key", __file__), {}, "no PEM certificate in the file"),
     ]
     for args, env, words in cases:
         report = doctor(*args, env=env)
@@ -312,6 +317,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     leaf.cert_chain_pems[0].write_to_path(str(base / "server.pem"))
     leaf.private_key_pem.write_to_path(str(base / "server-key.pem"))
     ca.cert_pem.write_to_path(str(base / "ca.pem"))
+    client = ca.issue_cert("doctor@example.test", common_name="doctor")
+    client.cert_chain_pems[0].write_to_path(str(base / "client.pem"))
+    client.private_key_pem.write_to_path(str(base / "client-key.pem"))
     write_htpasswd(base / "htpasswd", {"alice": "correct horse", "bob": "battery staple"})
     token, line = create_token_line("ci", "ci")
     (base / "tokens").write_text(line + "\n")
@@ -403,3 +411,99 @@ def test_a_running_gateway_is_described_as_it_is(
     assert f"unix socket {sock} mode 0600 owner root group root: root" in text, text
     assert "as serve will create it" not in text
     assert os.getuid() == 0 and socket.gethostname()
+
+
+# ----- through the upstream's TLS ---------------------------------------------------------------
+
+
+class TLSFront:
+    """The private daemon behind a TLS listener on 127.0.0.1 that requires a client certificate
+    (as `dockerd --tlsverify` does): each connection relayed to the daemon's unix socket."""
+
+    def __init__(self, daemon_socket: str, pki: pathlib.Path) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(pki / "server.pem", pki / "server-key.pem")
+        self.context.load_verify_locations(pki / "ca.pem")
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.daemon_socket = daemon_socket
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.handshakes: list[str] = []  # "ok" or the reason a handshake failed
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(10)
+        try:
+            client = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.handshakes.append(str(exc))
+            raw.close()
+            return
+        self.handshakes.append("ok")
+        with client, socket.socket(socket.AF_UNIX) as upstream:
+            upstream.connect(self.daemon_socket)
+            request = b""
+            while b"\r\n\r\n" not in request:  # a GET: the head is the whole request
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            upstream.sendall(request)
+            while chunk := upstream.recv(65536):
+                client.sendall(chunk)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_daemon_is_asked_through_the_upstream_tls(
+    daemon: PrivateDaemon, secured: dict[str, str]
+) -> None:
+    """`--upstream-tls-*` (and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH): `_ping` and `/version`
+    go through TLS with the client certificate. Without the options the same upstream does
+    not answer (plain HTTP to a TLS port): an error, so the test is not vacuous."""
+    base = pathlib.Path(secured["dir"])
+    front = TLSFront(str(daemon.socket_path), base)
+    upstream = f"tcp://127.0.0.1:{front.port}"
+    tls = [
+        "--upstream-tls-ca",
+        str(base / "ca.pem"),
+        "--upstream-tls-cert",
+        str(base / "client.pem"),
+        "--upstream-tls-key",
+        str(base / "client-key.pem"),
+    ]
+    try:
+        proc = doctor("--upstream", upstream, *tls)
+        assert proc.returncode == 0, proc.stdout
+        assert f"upstream: {upstream} (TLS, daemon verified against {base / 'ca.pem'}" in (
+            proc.stdout
+        )
+        assert "answers GET /_ping: Docker" in proc.stdout
+        assert "ok" in front.handshakes
+        cert_path = base / "docker"
+        cert_path.mkdir(exist_ok=True)
+        for ours, docker_name in (("ca", "ca"), ("client", "cert"), ("client-key", "key")):
+            shutil.copy(base / f"{ours}.pem", cert_path / f"{docker_name}.pem")
+        by_variables = doctor(
+            env={
+                "DOCKER_HOST": upstream,
+                "DOCKER_TLS_VERIFY": "1",
+                "DOCKER_CERT_PATH": str(cert_path),
+            }
+        )
+        assert by_variables.returncode == 0, by_variables.stdout
+        assert "answers GET /_ping: Docker" in by_variables.stdout
+        plain = doctor("--upstream", upstream)
+        assert plain.returncode == 1, plain.stdout
+        assert "[error] daemon: the Docker daemon at" in plain.stdout
+    finally:
+        front.close()

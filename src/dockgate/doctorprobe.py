@@ -112,9 +112,14 @@ def diagnose(setup: Setup) -> Report:
     credentials, credential_checks = _credentials(config, setup.policies)
     checks += _exposure_checks(config)
     checks += _own_listener_checks(config)
-    checks += _guarded("upstream socket", lambda: check_upstream_socket(config.upstream))
-    if config.upstream.scheme != "unix":
-        checks[-1] = Check("upstream socket", OK, f"{config.upstream} is TCP: no socket to check")
+    if config.upstream.scheme == "unix":
+        checks += _guarded(
+            "upstream socket",
+            lambda: check_upstream_socket(config.upstream),
+            f"{config.upstream.path} is a socket this user may write to",
+        )
+    else:
+        checks.append(Check("upstream socket", OK, f"{config.upstream} is TCP: no socket"))
     checks += _certificate_checks(config)
     checks += credential_checks
     daemon, answer = probe_daemon(config.upstream, setup.upstream_link)
@@ -145,13 +150,13 @@ def _policy(policies: PolicySet | None, *, authenticated: bool) -> PolicyFacts |
     return policy_facts(policies, authenticated=authenticated) if policies is not None else None
 
 
-def _guarded(name: str, check: Callable[[], list[str]]) -> list[Check]:
+def _guarded(name: str, check: Callable[[], list[str]], ok: str) -> list[Check]:
     """A startup.py check: its warnings, or its error (StartupCheckError), as Checks."""
     try:
         warnings = check()
     except (StartupCheckError, StartupError) as exc:
         return [Check(name, ERROR, str(exc))]
-    return checks_from(name, warnings, "fine")
+    return checks_from(name, warnings, ok)
 
 
 def _exposure_checks(config: ServeConfig) -> list[Check]:
@@ -180,15 +185,14 @@ def _own_listener_checks(config: ServeConfig) -> list[Check]:
 def _certificate_checks(config: ServeConfig) -> list[Check]:
     if config.tls_cert is None:
         return [Check("certificates", OK, "no TLS on the listeners: no certificate to check")]
-    checks = _guarded("certificates", lambda: check_certificate_files(config))
+    loaded = "--tls-cert, --tls-key" + (" and --tls-client-ca" if config.tls_client_ca else "")
+    checks = _guarded("certificates", lambda: check_certificate_files(config), loaded + " load")
     if any(check.status == ERROR for check in checks):
         return checks
     try:
         load_tls(config)  # as `serve` loads them: the chain, the key, the client CA together
     except StartupError as exc:
         return [Check("certificates", ERROR, str(exc))]
-    if checks == [Check("certificates", OK, "fine")]:
-        return [Check("certificates", OK, "--tls-cert, --tls-key and the client CA load")]
     return checks
 
 
