@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import requests
 import trustme
 
 from dockgate.addresses import parse_address
@@ -160,6 +161,11 @@ def test_authentication_in_words_counts_and_never_lists() -> None:
     # An anonymous binding: callers without credentials still get a policy.
     anonymous = load_policy_file(str(POLICIES / "identity-anonymous.yaml"))
     assert "callers without credentials get policy" in authentication(wild, creds, anonymous)
+    # Bindings and no credentials on this listener: only an anonymous binding lets anyone in.
+    bound = load_policy_file(str(BINDINGS))
+    assert "every request is refused" in authentication(_unix(0o660), Credentials(), bound)
+    probes = authentication(_unix(0o660), Credentials(), anonymous)
+    assert probes == "none: callers get policy probes"
 
 
 def test_client_settings() -> None:
@@ -507,3 +513,22 @@ def test_the_daemon_is_asked_through_the_upstream_tls(
         assert "[error] daemon: the Docker daemon at" in plain.stdout
     finally:
         front.close()
+
+
+def test_what_the_report_says_about_callers_is_what_the_gateway_does(
+    daemon: PrivateDaemon,
+) -> None:
+    """Bindings without credential files: the report says every request is refused, and a
+    gateway with the same options refuses `_ping` with 403; with an anonymous binding it says
+    which policy callers get, and the gateway lets them ping but not list containers."""
+    for policy, expected, ping, containers in (
+        (BINDINGS, "every request is refused", 403, 403),
+        (POLICIES / "identity-anonymous.yaml", "none: callers get policy probes", 200, 403),
+    ):
+        report = doctor("--upstream", daemon.host, "--policy", str(policy))
+        assert expected in " ".join(report.stdout.split()), report.stdout
+        gw = Gateway(daemon.host, policy=policy, env=gateway_env())
+        with running(gw):
+            assert requests.get(f"{gw.http_base}/_ping", timeout=10).status_code == ping
+            listed = requests.get(f"{gw.http_base}/v1.41/containers/json", timeout=10)
+            assert listed.status_code == containers, listed.text

@@ -238,11 +238,20 @@ def authentication(
         )
     if methods:
         parts.append("credentials: " + " or ".join(methods))
+    bindings = policies.bindings if policies is not None else None
+    anonymous = [b for b in bindings or () if b.anonymous]
+    if not parts and bindings is not None:
+        # Callers without credentials match only anonymous bindings (rules.Binding).
+        if not anonymous:
+            return (
+                "none, and no binding takes callers without credentials: every request "
+                "is refused (403 no policy is bound)"
+            )
+        return "none: callers get policy " + ", ".join(sorted({b.policy for b in anonymous}))
     if not parts:
         if facts.loopback:
             return "none: every caller that reaches it gets the policy"
         return "NONE: anyone who reaches it controls the Docker daemon (root on its host)"
-    anonymous = [b for b in (policies.bindings or ()) if b.anonymous] if policies else []
     if anonymous and credentials.required:
         parts.append(
             "callers without credentials get policy "
