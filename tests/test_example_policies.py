@@ -41,7 +41,8 @@ GATEWAY_ONLY = pytest.mark.skipif(
 
 
 def test_there_are_examples() -> None:
-    """The directory holds the examples the README points to (a rename would empty this test)."""
+    """The directory holds the examples the README and docs/ point to (a rename would empty
+    this test)."""
     names = {p.stem for p in EXAMPLE_FILES}
     assert {"ci-runner", "dashboard", "traefik", "portainer", "monitoring", "quickstart"} <= names
 
