@@ -44,6 +44,8 @@ README = REPO / "README.md"
 LISTEN = ("127.0.0.1", 2375)  # what the README's "try it" commands call
 RUN = uuid.uuid4().hex[:8]
 INSTALL_TIMEOUT = 600  # venv + pip install from the index, on a loaded 2-core machine
+# pytest-timeout counts the module fixture (the install) into the first test that uses it.
+SLOW = pytest.mark.timeout(INSTALL_TIMEOUT + 300)
 
 GATEWAY_ONLY = pytest.mark.skipif(
     os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0"),
@@ -337,6 +339,7 @@ def quickstart(daemon: PrivateDaemon, busybox_image: str) -> Iterator[QuickStart
 
 @pytest.mark.daemon
 @GATEWAY_ONLY
+@SLOW
 def test_the_gateway_runs_on_debians_python_from_the_venv(quickstart: QuickStart) -> None:
     """The venv the first command made is Debian's /usr/bin/python3 (not this test run's), and
     the process listening on 127.0.0.1:2375 is its dockgate."""
@@ -365,6 +368,7 @@ def test_the_gateway_runs_on_debians_python_from_the_venv(quickstart: QuickStart
 
 @pytest.mark.daemon
 @GATEWAY_ONLY
+@SLOW
 def test_every_try_it_command_works_as_the_readme_says(quickstart: QuickStart) -> None:
     """Each line of the README's "try it" block, run as written: `docker ps` lists the running
     container, `docker run --rm busybox echo hello` prints hello and leaves nothing behind,
@@ -398,6 +402,7 @@ def test_every_try_it_command_works_as_the_readme_says(quickstart: QuickStart) -
 
 @pytest.mark.daemon
 @GATEWAY_ONLY
+@SLOW
 def test_what_the_quick_start_refuses_is_refused_with_the_readmes_message(
     quickstart: QuickStart,
 ) -> None:
