@@ -42,6 +42,7 @@ APT_PACKAGES=(
     debootstrap      # a Debian rootfs with python3: the base of the dockgate image under test
     docker-compose   # brings up deploy/compose.sidecar.yml in tests/test_compose.py
     iproute2         # ip netns + veth: the Swarm and compose tests' daemons get a network of their own
+    python3-venv     # the README's quick start on Debian's own python3 (tests/test_readme_quickstart.py)
     util-linux       # nsenter, script, umount
     tar
     ca-certificates

@@ -41,9 +41,10 @@ GATEWAY_ONLY = pytest.mark.skipif(
 
 
 def test_there_are_examples() -> None:
-    """The directory holds the examples the README points to (a rename would empty this test)."""
+    """The directory holds the examples the README and docs/ point to (a rename would empty
+    this test)."""
     names = {p.stem for p in EXAMPLE_FILES}
-    assert {"ci-runner", "dashboard", "traefik", "portainer", "monitoring"} <= names
+    assert {"ci-runner", "dashboard", "traefik", "portainer", "monitoring", "quickstart"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
@@ -115,6 +116,21 @@ EXERCISES: dict[str, list[tuple[str, str, bool]]] = {
         ("GET", "/volumes", True),
         ("POST", "/swarm/init", False),
         ("POST", "/plugins/pull?remote=x", False),
+    ],
+    "quickstart.yaml": [
+        ("GET", "/_ping", True),
+        ("GET", "/info", True),
+        ("GET", "/containers/json", True),
+        ("GET", "/containers/{c}/logs?stdout=1", True),
+        ("GET", "/images/{i}/json", True),
+        ("GET", "/volumes", True),
+        ("GET", "/networks", True),
+        ("GET", "/swarm", False),  # the join tokens
+        ("GET", "/secrets", False),
+        ("POST", "/swarm/leave", False),
+        ("GET", "/plugins", False),
+        ("POST", "/build", False),
+        ("GET", "/debug/vars", False),
     ],
     "traefik.yaml": [
         ("GET", "/_ping", True),

@@ -152,7 +152,7 @@ def _same_size(*texts: str) -> list[str]:
 def test_sighup_to_the_container_reloads_and_a_bad_file_keeps_the_old_policy(
     daemon: PrivateDaemon, dockgate_image: str, tmp_path: pathlib.Path
 ) -> None:
-    """The single-host set-up of the README: the policy in a host directory mounted read-only;
+    """The single-host set-up of docs/deploy.md: the policy in a host directory mounted read-only;
     edit it, then `docker kill --signal HUP`."""
     closed, opened, broken = _same_size(
         "version: 1\npolicies: {p: {rules: [{allow: {sections: [ping, version]}}]}}\n",

@@ -235,7 +235,7 @@ def test_the_task_log_is_the_audit_trail(stack: Swarm) -> None:
 
 def test_a_new_policy_version_then_a_broken_one_rolled_back(stack: Swarm) -> None:
     before = healthy_task(stack.node, SERVICE)
-    # Version 2, the way the README says: bump the version, deploy the stack again.
+    # Version 2, the way docs/deploy.md says: bump the version, deploy the stack again.
     policy_v2 = stack.work / "policy-v2.yaml"
     policy_v2.write_text(POLICY_V2)
     stack.deploy(
@@ -343,8 +343,8 @@ def test_the_private_variant_answers_only_on_its_overlay(swarm: Swarm) -> None:
 
 
 def _readme_service_create() -> list[str]:
-    """The README's one-command `docker service create`, as words."""
-    text = (REPO / "README.md").read_text()
+    """docs/deploy.md's one-command `docker service create`, as words."""
+    text = (REPO / "docs" / "deploy.md").read_text()
     marker = text.index("<!-- test_swarm.py runs this command")
     block = text[marker:].split("```sh\n", 1)[1].split("```", 1)[0]
     words = shlex.split(block)
