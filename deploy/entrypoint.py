@@ -4,7 +4,8 @@ Started as root (the default), it looks at the group owning the mounted Docker s
 that group as a supplementary one, drops to uid/gid 65532, and runs dockgate: no root process
 stays. Started as another user (`--user`), it checks that the socket is usable and, when not,
 says in one line which `--group-add` the container needs. Arguments go to dockgate (`serve` by
-default).
+default). Run by the virtual environment's python3 (/opt/dockgate/bin, first on the image's
+PATH), which is the one that has dockgate installed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import stat
 import sys
 
 UNPRIVILEGED = 65532
-sys.path.insert(0, "/opt/dockgate/lib")
 
 
 def _upstream_argument(argv: list[str]) -> str | None:

@@ -1,11 +1,12 @@
-"""The container image, built for real: a Debian base made here with debootstrap (no registry
-is reachable), dockgate installed from wheels built on the host, run on the private daemon with
+"""The container image, built for real: the repository's Dockerfile on the repository root
+(tests/support/image.py: a Debian base made here with debootstrap as BASE, since no registry is
+reachable, and the offline WHEELS argument, since no PyPI is), run on the private daemon with
 the daemon's socket mounted, a read-only root file system, and its HEALTHCHECK.
 
-Claims checked: the image builds from the repository's Dockerfile with the base as a build
-argument; the gateway process runs as uid 65532 with the socket's group; a read-only root
+Claims checked: the gateway process runs as uid 65532 with the socket's group; a read-only root
 works; /readyz answers and Docker reports the container healthy; the API answers through it;
-started as another user without the socket's group it says which --group-add to pass."""
+started as another user without the socket's group it says which --group-add to pass; the
+final stage holds dockgate's venv and nothing of the build (no pip, no source)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,29 @@ def test_the_image_runs_unprivileged_read_only_and_healthy(
         )
     finally:
         daemon.docker("rm", "-f", name, check=False)
+
+
+def test_the_final_stage_is_the_venv_without_pip_or_the_build(
+    daemon: PrivateDaemon, dockgate_image: str
+) -> None:
+    """`python3` on the image's PATH is the venv's, which has dockgate and not pip (uninstalled
+    in the build stage); the source copied into the build stage did not come along. Would fail
+    on the old image (wheels unpacked into /opt/dockgate/lib, run by the system python3)."""
+    probe = (
+        "import importlib.util, json, os, sys; print(json.dumps(["
+        "sys.prefix, importlib.util.find_spec('dockgate').origin,"
+        "importlib.util.find_spec('pip') is None, os.path.exists('/build')]))"
+    )
+    out = daemon.docker(
+        "run", "--rm", "--read-only", "--entrypoint", "python3", dockgate_image, "-c", probe
+    ).stdout
+    prefix, origin, no_pip, build_left = json.loads(out)
+    assert prefix == "/opt/dockgate"
+    assert origin.startswith("/opt/dockgate/lib/python3.") and origin.endswith(
+        "/site-packages/dockgate/__init__.py"
+    )
+    assert no_pip is True
+    assert build_left is False
 
 
 def test_another_user_without_the_socket_group_is_told_what_to_add(
