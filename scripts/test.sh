@@ -42,6 +42,7 @@ APT_PACKAGES=(
     debootstrap      # a Debian rootfs with python3: the base of the dockgate image under test
     docker-compose   # brings up deploy/compose.sidecar.yml in tests/test_compose.py
     iproute2         # ip netns + veth: the Swarm and compose tests' daemons get a network of their own
+    systemd          # systemd-analyze verify (deploy/systemd units), systemd-socket-activate
     util-linux       # nsenter, script, umount
     tar
     ca-certificates

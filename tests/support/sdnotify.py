@@ -70,11 +70,13 @@ class NotifyListener:
 
 # The shell sets LISTEN_PID to its own pid, then becomes the service (exec keeps the pid), with
 # the sockets moved from wherever they are in the test to 3, 4, ... as systemd places them.
-def activated_command(command: list[str], fds: list[int]) -> list[str]:
+# bash, not sh: dash takes no descriptor above 9 in a redirection.
+def activated_command(command: list[str], fds: list[int], listen_pid: str = "$$") -> list[str]:
     """``command`` run with ``fds`` as the service's fds 3, 4, ... (give them to Popen as
-    ``pass_fds``; none may already be 3 or above 3 + len(fds), see ``high_fds``)."""
+    ``pass_fds``; none may already be 3 or above 3 + len(fds), see ``high_fds``), LISTEN_PID
+    its own pid (or ``listen_pid``, to play a variable inherited from another process)."""
     moves = " ".join(f"{3 + i}<&{fd} {fd}<&-" for i, fd in enumerate(fds))
-    return ["sh", "-c", f'LISTEN_PID=$$ exec "$@" {moves}', "sh", *command]
+    return ["bash", "-c", f'export LISTEN_PID={listen_pid}; exec "$@" {moves}', "sh", *command]
 
 
 def high_fds(socks: list[socket.socket]) -> list[int]:
@@ -85,10 +87,12 @@ def high_fds(socks: list[socket.socket]) -> list[int]:
 class ActivatedGateway(Gateway):
     """A ``dockgate serve`` started as systemd starts a socket-activated service."""
 
-    def __init__(self, *args: object, fds: list[int], **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, fds: list[int], listen_pid: str = "$$", **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.fds = fds
-        self.command = activated_command(self.command, fds)
+        self.command = activated_command(self.command, fds, listen_pid)
 
     def spawn(self) -> ActivatedGateway:
         # Gateway.spawn, with the listening sockets kept open in the child.
