@@ -15,9 +15,11 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
+import pathlib
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import trustme
 
 from support.daemon import PrivateDaemon, free_tcp_port, run_docker
 from support.gateway import ALLOW_ALL_POLICY, REPO, Gateway, gateway_env
@@ -270,6 +273,63 @@ def test_unix_socket_every_user_may_connect_to_is_refused_without_authentication
         assert "SocketMode=0660 and SocketGroup=docker" in err
         # left as systemd made it
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+    finally:
+        sock.close()
+
+
+def test_tls_with_client_certificates_applies_to_an_inherited_socket(
+    daemon: PrivateDaemon, tmp_dir: str, notify: NotifyListener, started: list[Gateway]
+) -> None:
+    """TLS applies to inherited TCP sockets as to --listen ones, and client certificates
+    authenticate a non-loopback one as they do a --listen one: it starts without --insecure,
+    answers a client with a certificate (through to the daemon), and a client without one gets
+    no answer."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("alice@example.test", common_name="alice")
+    files = {
+        name: pathlib.Path(tmp_dir, name)
+        for name in ("cert.pem", "key.pem", "ca.pem", "client.pem", "client-key.pem")
+    }
+    files["cert.pem"].write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    files["key.pem"].write_bytes(leaf.private_key_pem.bytes())
+    files["ca.pem"].write_bytes(ca.cert_pem.bytes())
+    files["client.pem"].write_bytes(b"".join(b.bytes() for b in client.cert_chain_pems))
+    files["client-key.pem"].write_bytes(client.private_key_pem.bytes())
+    sock = tcp_listener("0.0.0.0")
+    port = sock.getsockname()[1]
+    try:
+        gw = activated(
+            daemon,
+            [sock],
+            notify,
+            *("--policy", str(ALLOW_ALL_POLICY)),
+            *("--tls-cert", str(files["cert.pem"]), "--tls-key", str(files["key.pem"])),
+            *("--tls-client-ca", str(files["ca.pem"])),
+        )
+        started.append(gw)
+        notify.wait_for("READY")
+        context = ssl.create_default_context(cafile=str(files["ca.pem"]))
+        context.load_cert_chain(str(files["client.pem"]), str(files["client-key.pem"]))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert b"Api-Version: " in answer  # the daemon's answer
+        bare = ssl.create_default_context(cafile=str(files["ca.pem"]))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            pytest.raises((ssl.SSLError, ConnectionError)),
+            bare.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert tls.recv(65536) == b""  # TLS 1.3: the refusal comes after the handshake
+            raise ConnectionError("closed without an answer")
     finally:
         sock.close()
 
