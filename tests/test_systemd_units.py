@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dockgate import server
 from dockgate.addresses import Address, parse_address
 from dockgate.config import ServeConfig
 from dockgate.server import StartupError, check_exposure
@@ -369,3 +370,53 @@ def test_units_pass_systemd_analyze_verify(tmp_dir: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
     assert proc.stdout.strip() == "", proc.stdout
+
+
+# ----- the parent's view of its workers ---------------------------------------------------------
+
+
+def test_parent_tells_ready_once_every_worker_accepts_and_reloaded(
+    tmp_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --workers 2: READY=1 only after both workers' bytes; after SIGHUP, READY=1 after
+    both reloaded, or, when one never says so (it died), after RELOAD_REPORT_SECONDS with that
+    said in STATUS=."""
+    monkeypatch.setattr(server, "RELOAD_REPORT_SECONDS", 0.3)
+    listener = NotifyListener(tmp_dir)
+    notifier = Notifier(listener.target)
+    reports = server._WorkerReports(notifier, 2, "policy p")
+    try:
+        reports.from_worker(server.READY)
+        reports.wait(0.05)
+        assert listener.receive(0.2) is None
+        reports.from_worker(server.STOPPING)  # not the parent's business: nothing written
+        reports.from_worker(server.READY)
+        reports.wait(0.05)
+        assert listener.receive(1) == {"READY": "1", "STATUS": "policy p"}
+        reports.from_worker(server.READY)  # a restarted worker: no second READY=1
+        reports.wait(0.05)
+        assert listener.receive(0.2) is None
+
+        reports.reloading(2)
+        assert (listener.receive(1) or {}).get("RELOADING") == "1"
+        reports.from_worker(server.RELOADED)
+        reports.wait(0.05)
+        assert listener.receive(0.2) is None
+        reports.from_worker(server.RELOADED)
+        reports.wait(0.05)
+        assert listener.receive(1) == {"READY": "1", "STATUS": "reloaded by 2 workers; policy p"}
+
+        reports.reloading(2)
+        listener.receive(1)
+        reports.from_worker(server.RELOADED)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and (message := listener.receive(0.05)) is None:
+            reports.wait(0.05)
+        assert message == {
+            "READY": "1",
+            "STATUS": "1 of the workers did not say they reloaded; policy p",
+        }
+    finally:
+        reports.close()
+        notifier.close()
+        listener.close()

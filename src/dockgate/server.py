@@ -810,7 +810,7 @@ class _WorkerReports:
                     for byte in os.read(self.read_fd, 4096):
                         self._heard(byte)
         if self._reloads_due and time.monotonic() > self._reload_deadline:
-            self._reloaded()
+            self._reloaded(f"{self._reloads_due} of the workers did not say they reloaded")
 
     def _heard(self, byte: int) -> None:
         if byte == ord("r"):
@@ -824,10 +824,12 @@ class _WorkerReports:
             if not self._reloads_due:
                 self._reloaded()
 
-    def _reloaded(self) -> None:
+    def _reloaded(self, problem: str = "") -> None:
         self._reloads_due = 0
         if self.notifier is not None:
-            self.notifier.ready(f"reloaded by {self.workers} workers; {self.status}")
+            done = problem or f"reloaded by {self.workers} workers"
+            # The policy summary is the start's: the workers do not tell the parent theirs.
+            self.notifier.ready(f"{done}; {self.status}")
 
 
 @contextlib.contextmanager
