@@ -183,6 +183,29 @@ def test_tcp_socket_from_systemd_serves_and_tells_readiness_reload_and_stop(
         sock.close()
 
 
+def test_notify_socket_nobody_reads_never_stops_the_gateway(
+    daemon: PrivateDaemon, tmp_dir: str, started: list[Gateway]
+) -> None:
+    """NOTIFY_SOCKET names a socket that is gone (a manager restarted): one warning line, and
+    the gateway serves, reloads and stops as without it."""
+    gone = NotifyListener(tmp_dir)
+    gone.close()
+    sock = tcp_listener()
+    try:
+        gw = activated(daemon, [sock], gone, "--policy", str(ALLOW_ALL_POLICY))
+        started.append(gw)
+        gw.listening(1)
+        direct = server_version(daemon, daemon.host)
+        assert server_version(daemon, tcp_host(sock)) == direct
+        gw.signal(signal.SIGHUP)
+        assert server_version(daemon, tcp_host(sock)) == direct
+        gw.signal(signal.SIGTERM)
+        assert gw.wait(15) == 0, gw.output()
+        assert gw.stderr_text().count("cannot notify systemd") == 1, gw.output()
+    finally:
+        sock.close()
+
+
 def test_listen_pid_of_another_process_is_not_activation(
     daemon: PrivateDaemon, started: list[Gateway]
 ) -> None:
