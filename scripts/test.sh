@@ -43,6 +43,7 @@ APT_PACKAGES=(
     docker-compose   # brings up deploy/compose.sidecar.yml in tests/test_compose.py
     iproute2         # ip netns + veth: the Swarm and compose tests' daemons get a network of their own
     python3-venv     # the README's quick start on Debian's own python3 (tests/test_readme_quickstart.py)
+    systemd          # systemd-analyze verify (deploy/systemd units), systemd-socket-activate
     util-linux       # nsenter, script, umount
     tar
     ca-certificates

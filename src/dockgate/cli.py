@@ -682,7 +682,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dockgate: error: {exc}", file=sys.stderr)
             return 2
         try:
-            run(config, policies, watched)
+            # Sockets passed by systemd (LISTEN_FDS) replace the default listener (server.py).
+            run(config, policies, watched, listen_given=bool(args.listen))
         except StartupError as exc:
             print(f"dockgate: error: {exc}", file=sys.stderr)
             return 2

@@ -14,13 +14,14 @@ import dataclasses
 import functools
 import grp
 import os
+import select
 import signal
 import socket
 import stat
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,13 @@ from dockgate.startup import (
     refuse_own_listener,
 )
 from dockgate.summary import summaries
+from dockgate.systemd import (
+    ActivationError,
+    Inherited,
+    Notifier,
+    check_listen_option,
+    inherited_sockets,
+)
 from dockgate.tls import (
     PEER_CERTIFICATE_INFO,
     ServerTLS,
@@ -73,6 +81,14 @@ LISTEN_BACKLOG = 1024
 SWEEP_INTERVAL_SECONDS = 0.5
 SHUTDOWN_POLL_SECONDS = 0.05
 WORKER_RESTART_DELAY_SECONDS = 1.0
+# With workers, how long the parent waits for each to say it reloaded (SIGHUP) before it tells
+# systemd READY=1 anyway (a worker that died meanwhile never says so).
+RELOAD_REPORT_SECONDS = 5.0
+
+# What a serving process reports (Report): its listeners accept, a SIGHUP reload begins and
+# ends, it stops. One process tells systemd itself; workers tell the parent (_WorkerReports).
+READY, RELOADING, RELOADED, STOPPING = "ready", "reloading", "reloaded", "stopping"
+Report = Callable[[str], None]
 
 
 class StartupError(Exception):
@@ -144,7 +160,10 @@ class Gateway:
         return config.proxy_protocol and config.trusted_proxies.contains(address)
 
     async def serve(
-        self, listeners: list[tuple[Address, socket.socket]], stop: asyncio.Event
+        self,
+        listeners: list[tuple[Address, socket.socket]],
+        stop: asyncio.Event,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         servers: list[asyncio.AbstractServer] = []
         for address, sock in listeners:
@@ -171,6 +190,8 @@ class Gateway:
                 server = await self.loop.create_server(factory, sock=sock)
             servers.append(server)
         self._sweeper = self.loop.create_task(self._sweep(), name="dockgate-timeout-sweep")
+        if on_ready is not None:
+            on_ready()  # every server accepts: READY=1 for systemd (systemd.py)
         try:
             await stop.wait()
         finally:
@@ -407,17 +428,20 @@ def bind_admin(config: ServeConfig) -> tuple[Address, socket.socket] | None:
     return address.with_port(sock.getsockname()[1]), sock
 
 
-def check_exposure(config: ServeConfig) -> None:
+def check_exposure(config: ServeConfig, inherited: Sequence[Inherited] = ()) -> None:
     """Refuse a non-loopback TCP listener without authentication unless --insecure is given.
 
     TLS with required client certificates (--tls-client-ca) authenticates every TCP client;
-    TLS alone only encrypts, so it still needs --insecure.
+    TLS alone only encrypts, so it still needs --insecure. A unix socket systemd passed that
+    every local user may connect to (abstract, or mode o+w: systemd's default SocketMode= is
+    0666) is exposed too: dockgate did not set its mode, so it cannot count on it.
     """
     authenticated = config.htpasswd is not None or config.tokens is not None
+    open_unix = {one.address for one in inherited if one.open_to_all}
     exposed = [
         address
         for address in config.listen
-        if not address.is_loopback()
+        if (not address.is_loopback() or address in open_unix)
         and not authenticated
         and not (address.scheme != "unix" and config.client_certificates_required)
     ]
@@ -425,9 +449,15 @@ def check_exposure(config: ServeConfig) -> None:
         return
     names = ", ".join(str(a) for a in exposed)
     if not config.insecure:
+        fix = (
+            "In the .socket unit, listen on loopback (ListenStream=127.0.0.1:2375) or a unix "
+            "socket with SocketMode=0660 and SocketGroup=docker"
+            if inherited
+            else "Listen on loopback or a unix socket"
+        )
         raise StartupError(
             f"refusing to listen on {names} without authentication: whoever reaches it is root "
-            "on this host. Listen on loopback or a unix socket, add authentication (--htpasswd, "
+            f"on this host. {fix}, add authentication (--htpasswd, "
             "--tokens or --tls-client-ca), or pass --insecure (DOCKGATE_INSECURE=1 in the "
             "environment) to accept that"
         )
@@ -446,23 +476,72 @@ async def _serve_process(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
     loaded: Loaded,
+    report: Report,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def stopping() -> None:
+        report(STOPPING)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stopping)
     gateway = Gateway(config, loop, loaded)
-    loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload(force=True))
-    await gateway.serve(listeners, stop)
+
+    def reload() -> None:
+        report(RELOADING)
+        try:
+            gateway.reload(force=True)
+        finally:
+            report(RELOADED)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await gateway.serve(listeners, stop, on_ready=lambda: report(READY))
 
 
 def _run_worker(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
     loaded: Loaded,
+    report: Report,
 ) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_process(config, listeners, loaded))
+        runner.run(_serve_process(config, listeners, loaded, report))
+
+
+def in_force(policies: PolicySet) -> str:
+    """Where the policies come from (a start-up line)."""
+    if policies.bindings is not None:
+        return f"policies from {policies.source}, {len(policies.bindings)} bindings"
+    return f"policy {policies.default} from {policies.source}"
+
+
+def status_line(policies: PolicySet) -> str:
+    """The policies in force, in one line: systemd's STATUS= (`systemctl status` shows it)."""
+    if policies.bindings is not None:
+        return in_force(policies)
+    return f"{in_force(policies)}; {summaries(policies)[0]}"
+
+
+def _notifier_reports(notifier: Notifier | None, loaded: Loaded) -> Report:
+    """One process (no workers): it tells systemd itself. After a reload, the STATUS= line
+    says the policies now in force (a file that did not load leaves the old ones)."""
+
+    def report(event: str) -> None:
+        if notifier is None:
+            return
+        if event == READY:
+            notifier.ready(status_line(loaded.policies))
+        elif event == RELOADING:
+            notifier.reloading()
+        elif event == RELOADED:
+            now = loaded.policy_file.value if loaded.policy_file is not None else None
+            notifier.ready("reloaded; " + status_line(now or loaded.policies))
+        elif event == STOPPING:
+            notifier.stopping()
+
+    return report
 
 
 def load_tls(config: ServeConfig) -> ServerTLS | None:
@@ -552,12 +631,46 @@ def _after_binding(config: ServeConfig, bound: list[tuple[Address, socket.socket
         print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
 
 
+def _activation(config: ServeConfig, listen_given: bool) -> tuple[ServeConfig, list[Inherited]]:
+    """The sockets systemd passed (LISTEN_FDS), if any: they are the listeners, in place of
+    --listen's, which may only name them again (systemd.check_listen_option)."""
+    try:
+        inherited = inherited_sockets(os.environ)
+        if inherited and listen_given:
+            check_listen_option(inherited, config.listen)
+    except ActivationError as exc:
+        raise StartupError(str(exc)) from None
+    if not inherited:
+        return config, []
+    return config.model_copy(update={"listen": [one.address for one in inherited]}), inherited
+
+
 def run(
     config: ServeConfig,
     policies: PolicySet,
     policy_file: WatchedFile[PolicySet] | None = None,
+    *,
+    listen_given: bool = True,
 ) -> None:
-    check_exposure(config)
+    """Serve until SIGTERM/SIGINT. `listen_given`: --listen (or DOCKGATE_LISTEN) was given,
+    rather than the default, which sockets passed by systemd replace silently."""
+    config, inherited = _activation(config, listen_given)
+    notifier = Notifier.from_environ(os.environ)
+    try:
+        _run(config, policies, policy_file, inherited, notifier)
+    finally:
+        if notifier is not None:
+            notifier.close()
+
+
+def _run(
+    config: ServeConfig,
+    policies: PolicySet,
+    policy_file: WatchedFile[PolicySet] | None,
+    inherited: list[Inherited],
+    notifier: Notifier | None,
+) -> None:
+    check_exposure(config, inherited)
     check_log_files(config)
     early_warnings = _startup_checks(config)
     tls = load_tls(config)
@@ -568,10 +681,13 @@ def run(
     warnings += unknown_binding_names(policies, authenticator)
     for warning in early_warnings + warnings:
         print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
-    listeners = bind_listeners(config)
+    # Sockets systemd passed are already bound and listening; their unix files are systemd's.
+    listeners = [(one.address, one.sock) for one in inherited] or bind_listeners(config)
     try:
         _after_binding(config, [*listeners, *([admin] if admin is not None else [])])
-        for address, _ in listeners:
+        for one in inherited:
+            print(f"dockgate: listening on {one.describe()}", file=sys.stderr, flush=True)
+        for address, _ in [] if inherited else listeners:
             print(f"dockgate: listening on {address}", file=sys.stderr, flush=True)
         if tls is not None:
             clients = (
@@ -582,12 +698,7 @@ def run(
             print(f"dockgate: TLS on TCP listeners, {clients}", file=sys.stderr, flush=True)
         over = " over TLS" if config.upstream.tls is not None else ""
         print(f"dockgate: forwarding to {config.upstream}{over}", file=sys.stderr, flush=True)
-        in_force = (
-            f"policies from {policies.source}, {len(policies.bindings)} bindings"
-            if policies.bindings is not None
-            else f"policy {policies.default} from {policies.source}"
-        )
-        print(f"dockgate: {in_force}", file=sys.stderr, flush=True)
+        print(f"dockgate: {in_force(policies)}", file=sys.stderr, flush=True)
         for line in summaries(policies):
             print(f"dockgate: {line}", file=sys.stderr, flush=True)
         if config.audit_log != "off":
@@ -595,7 +706,7 @@ def run(
         if admin is not None:
             print(f"dockgate: health and metrics on {admin[0]}", file=sys.stderr, flush=True)
         if config.workers == 1:
-            _run_worker(config, listeners, loaded)
+            _run_worker(config, listeners, loaded, _notifier_reports(notifier, loaded))
         else:
             snapshots = SnapshotDirectory.create() if admin is not None else None
             if admin is not None and snapshots is None:
@@ -606,14 +717,19 @@ def run(
                     flush=True,
                 )
             try:
-                _supervise(config, listeners, dataclasses.replace(loaded, snapshots=snapshots))
+                _supervise(
+                    config,
+                    listeners,
+                    dataclasses.replace(loaded, snapshots=snapshots),
+                    _WorkerReports(notifier, config.workers, status_line(policies)),
+                )
             finally:
                 if snapshots is not None:
                     snapshots.remove()
     finally:
         for address, sock in [*listeners, *([admin] if admin is not None else [])]:
-            sock.close()
-            if address.scheme == "unix":
+            sock.close()  # an inherited one: this process's copy; systemd keeps its own
+            if address.scheme == "unix" and all(address != one.address for one in inherited):
                 with contextlib.suppress(OSError):
                     os.unlink(address.path)
 
@@ -622,6 +738,7 @@ def _spawn(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
     loaded: Loaded,
+    reports: _WorkerReports,
 ) -> int:
     pid = os.fork()
     if pid == 0:  # the worker
@@ -629,7 +746,9 @@ def _spawn(
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _run_worker(config, listeners, loaded)
+            # Until its loop takes SIGHUP (a reload), not the parent's handler, nor death.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            _run_worker(config, listeners, loaded, reports.from_worker)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -640,13 +759,90 @@ def _spawn(
     return pid
 
 
+class _WorkerReports:
+    """With workers, the parent is the process systemd listens to (NotifyAccess=main): each
+    worker writes one byte on a pipe when its listeners accept and when it has reloaded on
+    SIGHUP; the parent sends READY=1 once every worker accepts, and after a SIGHUP once every
+    worker reloaded (or RELOAD_REPORT_SECONDS passed)."""
+
+    def __init__(self, notifier: Notifier | None, workers: int, status: str) -> None:
+        self.notifier = notifier
+        self.workers = workers
+        self.status = status
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self._started = 0
+        self._ready = False
+        self._reloads_due = 0
+        self._reload_deadline = 0.0
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # In a worker.
+    def from_worker(self, event: str) -> None:
+        byte = {READY: b"r", RELOADED: b"h"}.get(event)
+        if byte is not None:
+            with contextlib.suppress(OSError):  # the parent is gone: nothing to tell
+                os.write(self._write_fd, byte)
+
+    # In the parent.
+    def reloading(self, workers: int) -> None:
+        if self.notifier is not None:
+            self.notifier.reloading()
+        self._reloads_due = workers
+        self._reload_deadline = time.monotonic() + RELOAD_REPORT_SECONDS
+        if workers == 0:
+            self._reloaded()
+
+    def stopping(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
+
+    def wait(self, timeout: float) -> None:
+        """Read what the workers said, waiting up to `timeout` seconds for it."""
+        with contextlib.suppress(InterruptedError):  # a signal: the caller's loop goes on
+            readable, _, _ = select.select([self.read_fd], [], [], timeout)
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    for byte in os.read(self.read_fd, 4096):
+                        self._heard(byte)
+        if self._reloads_due and time.monotonic() > self._reload_deadline:
+            self._reloaded(f"{self._reloads_due} of the workers did not say they reloaded")
+
+    def _heard(self, byte: int) -> None:
+        if byte == ord("r"):
+            self._started += 1
+            if not self._ready and self._started >= self.workers:
+                self._ready = True
+                if self.notifier is not None:
+                    self.notifier.ready(self.status)
+        elif byte == ord("h") and self._reloads_due:
+            self._reloads_due -= 1
+            if not self._reloads_due:
+                self._reloaded()
+
+    def _reloaded(self, problem: str = "") -> None:
+        self._reloads_due = 0
+        if self.notifier is not None:
+            done = problem or f"reloaded by {self.workers} workers"
+            # The policy summary is the start's: the workers do not tell the parent theirs.
+            self.notifier.ready(f"{done}; {self.status}")
+
+
 @contextlib.contextmanager
 def _forwarded_signals(
-    workers: dict[int, float], listeners: list[tuple[Address, socket.socket]]
+    workers: dict[int, float],
+    listeners: list[tuple[Address, socket.socket]],
+    reports: _WorkerReports,
 ) -> Iterator[list[bool]]:
     stopping = [False]
 
     def forward(signum: int, _frame: object) -> None:
+        if not stopping[0]:
+            reports.stopping()
         stopping[0] = True
         # The workers close their copies as they stop accepting; the parent's copy must go too,
         # or the kernel keeps queueing connections that nobody will answer.
@@ -657,6 +853,7 @@ def _forwarded_signals(
                 os.kill(pid, signal.SIGTERM)
 
     def reload(signum: int, _frame: object) -> None:
+        reports.reloading(len(workers))
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)
@@ -674,16 +871,30 @@ def _supervise(
     config: ServeConfig,
     listeners: list[tuple[Address, socket.socket]],
     loaded: Loaded,
+    reports: _WorkerReports,
 ) -> None:
     workers: dict[int, float] = {}  # pid -> start time
-    with _forwarded_signals(workers, listeners) as stopping:
+    try:
+        _supervise_workers(config, listeners, loaded, reports, workers)
+    finally:
+        reports.close()
+
+
+def _supervise_workers(
+    config: ServeConfig,
+    listeners: list[tuple[Address, socket.socket]],
+    loaded: Loaded,
+    reports: _WorkerReports,
+    workers: dict[int, float],
+) -> None:
+    with _forwarded_signals(workers, listeners, reports) as stopping:
         for _ in range(config.workers):
-            pid = _spawn(config, listeners, loaded)
+            pid = _spawn(config, listeners, loaded, reports)
             workers[pid] = time.monotonic()
         while workers:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
-                time.sleep(0.1)
+                reports.wait(0.1)  # in place of a sleep: the workers' reports wake it
                 continue
             started = workers.pop(pid, None)
             if started is None or stopping[0]:
@@ -696,7 +907,7 @@ def _supervise(
             if time.monotonic() - started < WORKER_RESTART_DELAY_SECONDS:
                 time.sleep(WORKER_RESTART_DELAY_SECONDS)
             if not stopping[0]:
-                workers[_spawn(config, listeners, loaded)] = time.monotonic()
+                workers[_spawn(config, listeners, loaded, reports)] = time.monotonic()
 
 
 def _wait_description(status: int) -> str:
