@@ -26,6 +26,7 @@ from typing import Any
 
 import uvloop
 
+from dockgate import dropin
 from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
 from dockgate.admin import AdminConnection
@@ -407,11 +408,13 @@ def bind_admin(config: ServeConfig) -> tuple[Address, socket.socket] | None:
     return address.with_port(sock.getsockname()[1]), sock
 
 
-def check_exposure(config: ServeConfig) -> None:
-    """Refuse a non-loopback TCP listener without authentication unless --insecure is given.
+def check_exposure(config: ServeConfig, policies: PolicySet) -> PolicySet:
+    """Refuse a non-loopback TCP listener without authentication unless --insecure is given,
+    or the container drop-in rule (dropin.py) finds that only the container's networks reach it.
 
     TLS with required client certificates (--tls-client-ca) authenticates every TCP client;
-    TLS alone only encrypts, so it still needs --insecure.
+    TLS alone only encrypts, so it still needs --insecure. Returns `policies` with the names
+    other containers reach this one by accepted as Host (browser.py), when the daemon said.
     """
     authenticated = config.htpasswd is not None or config.tokens is not None
     exposed = [
@@ -422,14 +425,21 @@ def check_exposure(config: ServeConfig) -> None:
         and not (address.scheme != "unix" and config.client_certificates_required)
     ]
     if not exposed:
-        return
+        return policies
     names = ", ".join(str(a) for a in exposed)
+    verdict = dropin.judge(config.upstream, policies)
+    if verdict.names:
+        policies = dataclasses.replace(policies, hosts=policies.hosts | verdict.names)
+    if verdict.reason is None and verdict.found is not None and not config.insecure:
+        print(dropin.warning_line(names, verdict.found, os.environ), file=sys.stderr, flush=True)
+        return policies
     if not config.insecure:
         raise StartupError(
             f"refusing to listen on {names} without authentication: whoever reaches it is root "
             "on this host. Listen on loopback or a unix socket, add authentication (--htpasswd, "
             "--tokens or --tls-client-ca), or pass --insecure (DOCKGATE_INSECURE=1 in the "
-            "environment) to accept that"
+            "environment) to accept that. Not a container reachable only from its networks: "
+            f"{verdict.reason}"
         )
     print(
         f"dockgate: warning: --insecure: {names} accepts anyone who can reach it, with full "
@@ -437,6 +447,7 @@ def check_exposure(config: ServeConfig) -> None:
         file=sys.stderr,
         flush=True,
     )
+    return policies
 
 
 # ----- running ----------------------------------------------------------------------------------
@@ -557,9 +568,10 @@ def run(
     policies: PolicySet,
     policy_file: WatchedFile[PolicySet] | None = None,
 ) -> None:
-    check_exposure(config)
     check_log_files(config)
     early_warnings = _startup_checks(config)
+    # After the socket check: the drop-in rule asks the daemon through it.
+    policies = check_exposure(config, policies)
     tls = load_tls(config)
     authenticator = load_authenticator(config)
     admin = bind_admin(config)

@@ -1,0 +1,150 @@
+"""The Tecnativa drop-in: dockgate's image run as `docker run -e CONTAINERS=1 -v
+/var/run/docker.sock:/var/run/docker.sock` on a container network, with no other option
+(containerself.py, dropin.py, THREAT_MODEL.md "The container drop-in").
+
+Every case runs the real image on a private daemon in a network namespace of its own (its own
+iptables, so `-p` really publishes). Claims checked by effect:
+- on a user-defined network, no port published: it starts with one warning line naming the
+  container and its network; a client container on the network calling
+  `tcp://dockerproxy:2375` (so Host `dockerproxy:2375`) lists the containers, a POST is refused,
+  and a dotted Host name is still refused (the DNS-rebinding check stays for those);
+- with a published port (`-p`, `-P`, even on 127.0.0.1) or `--network host`: it exits, the
+  message naming what was found, DOCKGATE_INSECURE=1 and authentication.
+Before this change the first case exited ("refusing to listen on tcp://0.0.0.0:2375") and the
+client got 403 for its Host header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from support.daemon import PrivateDaemon
+from support.image import copy_image
+from support.netns import NamespacedDaemon, namespaced_daemon
+
+pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
+
+WARNING = "accepts anyone without authentication"
+
+# A client on the network: what a Tecnativa client does, over plain HTTP to SERVICE:2375.
+CLIENT = """
+import http.client, json, sys
+def call(method, path, host=None, body=None):
+    conn = http.client.HTTPConnection(sys.argv[1], 2375, timeout=20)
+    headers = {"Content-Type": "application/json"}
+    if host:
+        headers["Host"] = host
+    conn.request(method, path, body=body, headers=headers)
+    answer = conn.getresponse()
+    return answer.status, json.loads(answer.read() or b"null")
+print(json.dumps({
+    "list": call("GET", "/v1.41/containers/json"),
+    "create": call("POST", "/v1.41/containers/create", body=b'{"Image": "x"}'),
+    "dotted": call("GET", "/v1.41/containers/json", host="rebind.example.com:2375"),
+}))
+"""
+
+
+@dataclass
+class Node:
+    daemon: NamespacedDaemon
+    image: str
+    network: str
+
+
+@pytest.fixture(scope="module")
+def node(daemon: PrivateDaemon, dockgate_image: str) -> Iterator[Node]:
+    with namespaced_daemon() as ns:
+        image = copy_image(daemon, ns, dockgate_image)
+        network = f"dgdrop-{uuid.uuid4().hex[:6]}"
+        ns.docker("network", "create", network)
+        yield Node(ns, image, network)
+
+
+def _start(node: Node, name: str, *options: str) -> None:
+    """The Tecnativa command line, with `options` (network, ports) added."""
+    node.daemon.docker(
+        "run", "-d", "--name", name, *options, "-e", "CONTAINERS=1",
+        "-v", f"{node.daemon.socket_path}:/var/run/docker.sock", node.image,
+    )  # fmt: skip
+
+
+def _settle(node: Node, name: str, timeout: float = 60) -> tuple[str, str]:
+    """Wait until the gateway listens or its container exits: (status, logs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = json.loads(node.daemon.docker("inspect", name).stdout)[0]["State"]
+        logs = node.daemon.docker("logs", name).stderr.decode()
+        if state["Status"] == "exited" or "dockgate: listening on" in logs:
+            return state["Status"], logs
+        if time.monotonic() > deadline:
+            return state["Status"], logs
+        time.sleep(0.5)
+
+
+def _remove(node: Node, name: str) -> None:
+    node.daemon.docker("rm", "-f", name, check=False)
+
+
+def test_starts_on_a_network_and_serves_clients_by_service_name(node: Node) -> None:
+    """Fails on the old code: the container exited (no listener without --insecure), and once
+    started with DOCKGATE_INSECURE=1 the client's Host `dockerproxy:2375` got 403."""
+    _start(node, "dockerproxy", "--network", node.network)
+    try:
+        status, logs = _settle(node, "dockerproxy")
+        assert status == "running", logs
+        warnings = [line for line in logs.splitlines() if WARNING in line]
+        assert len(warnings) == 1, logs
+        assert "container dockerproxy" in warnings[0] and node.network in warnings[0]
+        assert "CONTAINERS=1" in warnings[0]
+        proc = node.daemon.docker(
+            "run", "--rm", "--network", node.network, "--entrypoint", "python3",
+            node.image, "-c", CLIENT, "dockerproxy",
+            check=False, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr.decode()
+        answers = json.loads(proc.stdout)
+        status_list, containers = answers["list"]
+        assert status_list == 200, answers
+        assert any("/dockerproxy" in c["Names"] for c in containers)
+        assert answers["create"][0] == 403, answers
+        status_dotted, body = answers["dotted"]
+        assert status_dotted == 403 and "DNS-rebinding" in body["message"], answers
+    finally:
+        _remove(node, "dockerproxy")
+
+
+@pytest.mark.parametrize(
+    ("options", "found"),
+    [
+        (("-p", "2375"), "port 2375/tcp is published on 0.0.0.0:"),
+        (("-p", "127.0.0.1:2375:2375"), "port 2375/tcp is published on 127.0.0.1:2375"),
+        (("-P",), "all exposed ports are published (-P)"),
+        (("--network", "host"), "network mode host"),
+    ],
+    ids=["published", "published-loopback", "publish-all", "network-host"],
+)
+def test_refused_when_reachable_from_outside(
+    node: Node, options: tuple[str, ...], found: str
+) -> None:
+    """Exposed otherwise than on its networks: the container exits with what was found and the
+    two ways out (DOCKGATE_INSECURE=1, authentication)."""
+    name = f"dgdrop-{uuid.uuid4().hex[:6]}"
+    network = () if "--network" in options else ("--network", node.network)
+    _start(node, name, *network, *options)
+    try:
+        status, logs = _settle(node, name)
+        assert status == "exited", logs
+        errors = [line for line in logs.splitlines() if line.startswith("dockgate: error:")]
+        assert len(errors) == 1, logs
+        assert found in errors[0] and "DOCKGATE_INSECURE=1" in errors[0], errors[0]
+        assert "--htpasswd" in errors[0]
+        assert WARNING not in logs
+    finally:
+        _remove(node, name)
