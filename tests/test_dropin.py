@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from dockgate.containerself import container_id_from_mountinfo
 from support.daemon import PrivateDaemon
 from support.image import copy_image
 from support.netns import NamespacedDaemon, namespaced_daemon
@@ -148,3 +149,17 @@ def test_refused_when_reachable_from_outside(
         assert WARNING not in logs
     finally:
         _remove(node, name)
+
+
+def test_mountinfo_of_a_real_container_names_it(node: Node) -> None:
+    """The parser (containerself.container_id_from_mountinfo) on what the daemon really mounts."""
+    name = f"dgdrop-{uuid.uuid4().hex[:6]}"
+    proc = node.daemon.docker(
+        "run", "--name", name, "--network", node.network, "--entrypoint", "cat",
+        node.image, "/proc/self/mountinfo",
+    )  # fmt: skip
+    try:
+        full_id = node.daemon.docker("inspect", "-f", "{{.Id}}", name).stdout.decode().strip()
+    finally:
+        _remove(node, name)
+    assert container_id_from_mountinfo(proc.stdout.decode()) == full_id
