@@ -136,8 +136,10 @@ def container_problems(inspected: Mapping[str, Any], hostname: str) -> list[str]
             public = False
         if public:
             problems.append(f"network {network} gives it the public IPv6 address {address}")
-    configured = str(_dict(inspected.get("Config")).get("Hostname") or "")
-    if mode != "host" and configured != hostname:
+    config = _dict(inspected.get("Config"))
+    configured = str(config.get("Hostname") or "")
+    domain = str(config.get("Domainname") or "")
+    if mode != "host" and hostname not in (configured, f"{configured}.{domain}"):
         problems.append(
             f"its hostname {configured!r} is not this process's {hostname!r} (is this the "
             "container dockgate runs in?)"
