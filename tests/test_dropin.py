@@ -28,6 +28,7 @@ from dockgate.containerself import container_id_from_mountinfo
 from support.daemon import PrivateDaemon
 from support.image import copy_image
 from support.netns import NamespacedDaemon, namespaced_daemon
+from support.swarm import single_node_swarm
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
 
@@ -35,7 +36,13 @@ WARNING = "accepts anyone without authentication"
 
 # A client on the network: what a Tecnativa client does, over plain HTTP to SERVICE:2375.
 CLIENT = """
-import http.client, json, sys
+import http.client, json, socket, sys, time
+for _ in range(60):  # a Swarm service's name is in the network's DNS a moment after its task
+    try:
+        socket.getaddrinfo(sys.argv[1], 2375)
+        break
+    except OSError:
+        time.sleep(0.5)
 def call(method, path, host=None, body=None):
     conn = http.client.HTTPConnection(sys.argv[1], 2375, timeout=20)
     headers = {"Content-Type": "application/json"}
@@ -163,3 +170,55 @@ def test_mountinfo_of_a_real_container_names_it(node: Node) -> None:
     finally:
         _remove(node, name)
     assert container_id_from_mountinfo(proc.stdout.decode()) == full_id
+
+
+def _task_logs(node: Node, service: str, until: str, timeout: float = 90) -> str:
+    """The logs of a task container of `service` once they contain `until` (or at timeout)."""
+    label = f"label=com.docker.swarm.service.name={service}"
+    deadline = time.monotonic() + timeout
+    logs = ""
+    while time.monotonic() < deadline:
+        for cid in node.daemon.docker("ps", "-aq", "--filter", label).stdout.decode().split():
+            logs = node.daemon.docker("logs", cid, check=False).stderr.decode()
+            if until in logs:
+                return logs
+        time.sleep(1)
+    return logs
+
+
+def test_swarm_service_by_its_name_and_refused_when_it_publishes(node: Node) -> None:
+    """A Swarm task: reached by its service name on an overlay network; a service that
+    publishes its port through the routing mesh (which the task's own container does not show)
+    exits with the service port named."""
+    mount = f"type=bind,src={node.daemon.socket_path},dst=/var/run/docker.sock"
+    with single_node_swarm(node.daemon):
+        overlay = f"dgdrop-ov-{uuid.uuid4().hex[:6]}"
+        node.daemon.docker("network", "create", "-d", "overlay", "--attachable", overlay)
+        try:
+            # The service name answers with the task's own address (dnsrr): the virtual IP's
+            # load balancing (IPVS) does not answer in this test's network namespace.
+            for name, publish in (
+                ("swarmproxy", ("--endpoint-mode", "dnsrr")),
+                ("swarmpublished", ("-p", "2375")),
+            ):
+                node.daemon.docker(
+                    "service", "create", "--detach", "--name", name, "--network", overlay,
+                    "-e", "CONTAINERS=1", "--mount", mount, *publish, node.image,
+                )  # fmt: skip
+            logs = _task_logs(node, "swarmproxy", "dockgate: listening on")
+            warnings = [line for line in logs.splitlines() if WARNING in line]
+            assert len(warnings) == 1 and overlay in warnings[0], logs
+            proc = node.daemon.docker(
+                "run", "--rm", "--network", overlay, "--entrypoint", "python3",
+                node.image, "-c", CLIENT, "swarmproxy",
+                check=False, timeout=120,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr.decode()
+            answers = json.loads(proc.stdout)
+            assert answers["list"][0] == 200 and answers["create"][0] == 403, answers
+            refused = _task_logs(node, "swarmpublished", "dockgate: error:")
+            assert "service port 2375/tcp is published on" in refused, refused
+            assert "DOCKGATE_INSECURE=1" in refused and WARNING not in refused
+        finally:
+            node.daemon.docker("service", "rm", "swarmproxy", "swarmpublished", check=False)
+            node.daemon.docker("network", "rm", overlay, check=False)
