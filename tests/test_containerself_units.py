@@ -8,6 +8,9 @@ daemon test cannot set up cheaply (Swarm services, macvlan, routed bridges, publ
 
 from __future__ import annotations
 
+import asyncio
+import json
+import pathlib
 from typing import Any
 
 import pytest
@@ -15,9 +18,11 @@ import pytest
 from dockgate import dropin
 from dockgate.addresses import parse_address
 from dockgate.containerself import (
+    CannotTell,
     ContainerSelf,
     container_id_from_mountinfo,
     container_problems,
+    inspect_self,
     network_problems,
     reachable_names,
     service_problems,
@@ -238,3 +243,67 @@ def test_the_warning_names_the_container_networks_and_variables() -> None:
     assert "container dockerproxy (0db4ce43a80c) on network(s) front, proxy" in line
     assert "what CONTAINERS=1 POST=0 allow" in line
     assert policy_from_environment({"CONTAINERS": "1"}).source == "environment"
+
+
+def _serve_answers(answers: dict[str, tuple[int, object]], path: str) -> Any:
+    """A daemon on a unix socket that answers each path from `answers` (404 otherwise)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        target = head.split(b" ")[1].decode()
+        status, body = answers.get(target, (404, {"message": f"no such object: {target}"}))
+        data = json.dumps(body).encode()
+        writer.write(
+            f"HTTP/1.0 {status} X\r\nContent-Type: application/json\r\n\r\n".encode() + data
+        )
+        await writer.drain()
+        writer.close()
+
+    return asyncio.start_unix_server(handle, path)
+
+
+def _ask_daemon(answers: dict[str, tuple[int, object]], tmp_path: pathlib.Path) -> object:
+    path = str(tmp_path / "d.sock")
+
+    async def go() -> object:
+        server = await _serve_answers(answers, path)
+        async with server:
+            try:
+                return await inspect_self(parse_address(f"unix://{path}"), ID, "0db4ce43a80c")
+            except CannotTell as exc:
+                return str(exc)
+
+    return asyncio.run(go())
+
+
+NETWORK = ("/networks/" + "n" * 64, (200, {"Name": "proxy", "Driver": "bridge", "Options": {}}))
+
+
+def test_inspect_self_on_a_daemon_that_answers(tmp_path: pathlib.Path) -> None:
+    found = _ask_daemon(
+        {f"/containers/{ID}/json": (200, _inspected()), NETWORK[0]: NETWORK[1]}, tmp_path
+    )
+    assert isinstance(found, ContainerSelf), found
+    assert found.problems == () and found.networks == ("proxy",) and "dockerproxy" in found.names
+
+
+def test_inspect_self_when_the_daemon_does_not_know_this_container(tmp_path: pathlib.Path) -> None:
+    """A socket of another daemon mounted: it answers 404 (or another container's answer)."""
+    said = _ask_daemon({NETWORK[0]: NETWORK[1]}, tmp_path)
+    assert isinstance(said, str) and said.startswith("could not ask the daemon about container")
+    said = _ask_daemon({f"/containers/{ID}/json": (200, _inspected(Id=OTHER))}, tmp_path)
+    assert isinstance(said, str) and "does not know container 0db4ce43a80c" in said
+
+
+def test_inspect_self_of_a_swarm_task_on_a_worker(tmp_path: pathlib.Path) -> None:
+    """A worker cannot tell whether the service publishes: refused, with the daemon's words."""
+    task = _inspected(
+        Config={"Hostname": "0db4ce43a80c", "Labels": {"com.docker.swarm.service.id": "s1"}}
+    )
+    answers = {
+        f"/containers/{ID}/json": (200, task),
+        NETWORK[0]: NETWORK[1],
+        "/services/s1": (503, {"message": "This node is not a swarm manager."}),
+    }
+    said = _ask_daemon(answers, tmp_path)
+    assert said == "could not ask the daemon about its service: This node is not a swarm manager."
