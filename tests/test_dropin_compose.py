@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import pytest
 
 from support.daemon import PrivateDaemon
-from support.image import IMAGE_TAG, copy_image
+from support.image import copy_image
 from support.netns import NamespacedDaemon, namespaced_daemon
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
@@ -96,12 +96,13 @@ def _traefik_image(node: NamespacedDaemon) -> str:
     return TRAEFIK_TAG
 
 
-def _manager_image(node: NamespacedDaemon, work: pathlib.Path) -> str:
+def _manager_image(node: NamespacedDaemon, work: pathlib.Path, base: str) -> str:
+    """dockgate's image (`base`, the tag `docker load` kept) with the manager's script."""
     context = work / "manager"
     context.mkdir()
     shutil.copy(FILES / "manager.py", context / "manager.py")
     (context / "Dockerfile").write_text(
-        f'FROM {IMAGE_TAG}\nCOPY manager.py /manager.py\nENTRYPOINT ["python3", "/manager.py"]\n'
+        f'FROM {base}\nCOPY manager.py /manager.py\nENTRYPOINT ["python3", "/manager.py"]\n'
     )
     node.docker("build", "-q", "-t", MANAGER_TAG, str(context), timeout=300)
     return MANAGER_TAG
@@ -116,7 +117,7 @@ def node(
     with namespaced_daemon() as ns:
         image = copy_image(daemon, ns, dockgate_image)
         work = tmp_path_factory.mktemp("dropin-compose")
-        yield Node(ns, image, _traefik_image(ns), _manager_image(ns, work))
+        yield Node(ns, image, _traefik_image(ns), _manager_image(ns, work, dockgate_image))
 
 
 @contextlib.contextmanager
