@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from dockgate import __version__
 from dockgate.addresses import Address
 from dockgate.config import ServeConfig
+from dockgate.containerself import CannotTell, find_self
 from dockgate.doctor import (
     ADMIN,
     API,
     ERROR,
     OK,
+    WARNING,
     Check,
     Credentials,
     Daemon,
@@ -110,7 +112,7 @@ def diagnose(setup: Setup) -> Report:
             ("the configuration does not parse: nothing else was checked",),
         )
     credentials, credential_checks = _credentials(config, setup.policies)
-    checks += _exposure_checks(config)
+    checks += _exposure_checks(config, setup.policies)
     checks += _own_listener_checks(config)
     if config.upstream.scheme == "unix":
         checks += _guarded(
@@ -159,13 +161,16 @@ def _guarded(name: str, check: Callable[[], list[str]], ok: str) -> list[Check]:
     return checks_from(name, warnings, ok)
 
 
-def _exposure_checks(config: ServeConfig) -> list[Check]:
+def _exposure_checks(config: ServeConfig, policies: PolicySet | None) -> list[Check]:
     """server.check_exposure as `serve` runs it: its refusal is an error; the warning it prints
-    (--insecure) is captured, so the report says what `serve` says, whatever rule it applies."""
+    (--insecure, the container drop-in) is captured, so the report says what `serve` says,
+    whatever rule it applies."""
+    if policies is None:
+        return [Check("exposure", WARNING, "not checked: the policy does not load")]
     printed = io.StringIO()
     try:
         with contextlib.redirect_stderr(printed):
-            check_exposure(config)
+            check_exposure(config, policies)
     except StartupError as exc:
         return [Check("exposure", ERROR, str(exc))]
     lines = [line.removeprefix("dockgate: ") for line in printed.getvalue().splitlines()]
@@ -313,8 +318,8 @@ def _exposure_facts(
     config: ServeConfig, credentials: Credentials, container: str | None
 ) -> list[str]:
     facts = [f"running in a container ({container})" if container else "not running in a container"]
-    # The container-network rule of the Tecnativa drop-in (containerself.py, issue 13) adds
-    # its facts here: whether a port is published, which networks the container is on.
+    if container:
+        facts += _container_facts(config.upstream)
     for address in config.listen:
         if address.scheme != "tcp" or address.is_loopback():
             continue
@@ -325,6 +330,21 @@ def _exposure_facts(
                 "clear text; give it TLS (--tls-cert, --tls-key)"
             )
     return facts
+
+
+def _container_facts(upstream: Address) -> list[str]:
+    """What the daemon says of this container (containerself.py, the drop-in rule's facts)."""
+    try:
+        found = asyncio.run(find_self(upstream))
+    except CannotTell as exc:
+        return [f"the daemon's view of this container: unknown ({exc})"]
+    names = ", ".join(sorted(found.names)) or "none"
+    reach = "; ".join(found.problems) or "only from its networks (no port published)"
+    return [
+        f"the daemon says: {found.describe()}",
+        f"names other containers reach it by (accepted as Host): {names}",
+        f"reachable: {reach}",
+    ]
 
 
 def probe_header() -> Header:

@@ -27,6 +27,7 @@ from typing import Any
 
 import uvloop
 
+from dockgate import dropin
 from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
 from dockgate.admin import AdminConnection
@@ -428,13 +429,18 @@ def bind_admin(config: ServeConfig) -> tuple[Address, socket.socket] | None:
     return address.with_port(sock.getsockname()[1]), sock
 
 
-def check_exposure(config: ServeConfig, inherited: Sequence[Inherited] = ()) -> None:
-    """Refuse a non-loopback TCP listener without authentication unless --insecure is given.
+def check_exposure(
+    config: ServeConfig, policies: PolicySet, inherited: Sequence[Inherited] = ()
+) -> PolicySet:
+    """Refuse a non-loopback TCP listener without authentication unless --insecure is given,
+    or the container drop-in rule (dropin.py) finds that only the container's networks reach it.
 
     TLS with required client certificates (--tls-client-ca) authenticates every TCP client;
     TLS alone only encrypts, so it still needs --insecure. A unix socket systemd passed that
     every local user may connect to (abstract, or mode o+w: systemd's default SocketMode= is
-    0666) is exposed too: dockgate did not set its mode, so it cannot count on it.
+    0666) is exposed too: dockgate did not set its mode, so it cannot count on it. Returns
+    `policies` with the names other containers reach this one by accepted as Host
+    (browser.py), when the daemon said.
     """
     authenticated = config.htpasswd is not None or config.tokens is not None
     open_unix = {one.address for one in inherited if one.open_to_all}
@@ -446,8 +452,18 @@ def check_exposure(config: ServeConfig, inherited: Sequence[Inherited] = ()) -> 
         and not (address.scheme != "unix" and config.client_certificates_required)
     ]
     if not exposed:
-        return
+        return policies
     names = ", ".join(str(a) for a in exposed)
+    verdict = (
+        dropin.Verdict(None, "the listeners are sockets systemd passed")
+        if inherited
+        else dropin.judge(config.upstream, policies)
+    )
+    if verdict.names:
+        policies = dataclasses.replace(policies, hosts=policies.hosts | verdict.names)
+    if verdict.reason is None and verdict.found is not None and not config.insecure:
+        print(dropin.warning_line(names, verdict.found, os.environ), file=sys.stderr, flush=True)
+        return policies
     if not config.insecure:
         fix = (
             "In the .socket unit, listen on loopback (ListenStream=127.0.0.1:2375) or a unix "
@@ -459,7 +475,8 @@ def check_exposure(config: ServeConfig, inherited: Sequence[Inherited] = ()) -> 
             f"refusing to listen on {names} without authentication: whoever reaches it is root "
             f"on this host. {fix}, add authentication (--htpasswd, "
             "--tokens or --tls-client-ca), or pass --insecure (DOCKGATE_INSECURE=1 in the "
-            "environment) to accept that"
+            "environment) to accept that. Not a container reachable only from its networks: "
+            f"{verdict.reason}"
         )
     print(
         f"dockgate: warning: --insecure: {names} accepts anyone who can reach it, with full "
@@ -467,6 +484,7 @@ def check_exposure(config: ServeConfig, inherited: Sequence[Inherited] = ()) -> 
         file=sys.stderr,
         flush=True,
     )
+    return policies
 
 
 # ----- running ----------------------------------------------------------------------------------
@@ -670,9 +688,10 @@ def _run(
     inherited: list[Inherited],
     notifier: Notifier | None,
 ) -> None:
-    check_exposure(config, inherited)
     check_log_files(config)
     early_warnings = _startup_checks(config)
+    # After the socket check: the drop-in rule asks the daemon through it.
+    policies = check_exposure(config, policies, inherited)
     tls = load_tls(config)
     authenticator = load_authenticator(config)
     admin = bind_admin(config)

@@ -1,0 +1,57 @@
+"""The container drop-in: whether an unauthenticated listener on all interfaces may start
+without --insecure, and the one warning line it then prints (THREAT_MODEL.md, "The container
+drop-in").
+
+Only for the environment policy (Tecnativa's variables, no policy file): that is the
+configuration a Tecnativa user switches with, and its access is what the warning states. The
+container facts come from containerself.py, asked once at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dockgate.addresses import Address
+from dockgate.containerself import CannotTell, ContainerSelf, find_self
+from dockgate.policy.rules import PolicySet
+from dockgate.policy.tecnativa import compatibility_variables_set
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    found: ContainerSelf | None  # the container dockgate runs in, when the daemon said
+    reason: str | None  # why the drop-in rule does not apply; None: it does
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Host names to accept: the ones other containers reach this one by."""
+        return self.found.names if self.found is not None else frozenset()
+
+
+def judge(upstream: Address, policies: PolicySet) -> Verdict:
+    """Ask the daemon (once) whether this process's container is reachable only from its
+    networks. Called at start, before the workers; the answer is not revisited (a later
+    `docker network connect` or `docker service update --publish-add` is not seen)."""
+    if policies.source != "environment":
+        return Verdict(None, "a policy file is in force (the rule is for the environment policy)")
+    try:
+        found = asyncio.run(find_self(upstream))
+    except CannotTell as exc:
+        return Verdict(None, str(exc))
+    if found.problems:
+        return Verdict(found, f"{found.describe()}: {'; '.join(found.problems)}")
+    return Verdict(found, None)
+
+
+def warning_line(listeners: str, found: ContainerSelf, env: Mapping[str, str]) -> str:
+    """The one line printed when the rule lets the listener start."""
+    variables = " ".join(f"{n}={env[n]}" for n in compatibility_variables_set(env))
+    allowed = f"what {variables} allow" if variables else "what the default variables allow"
+    return (
+        f"dockgate: warning: {listeners} accepts anyone without authentication: "
+        f"{found.describe()}, no port published; every container on those networks (and "
+        f"this host) can do {allowed}; checked once at start (DOCKGATE_HTPASSWD or "
+        "DOCKGATE_TOKENS to require authentication)"
+    )
