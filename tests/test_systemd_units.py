@@ -23,6 +23,7 @@ import pytest
 from dockgate import server
 from dockgate.addresses import Address, parse_address
 from dockgate.config import ServeConfig
+from dockgate.policy.tecnativa import policy_from_environment
 from dockgate.server import StartupError, check_exposure
 from dockgate.systemd import (
     ActivationError,
@@ -230,6 +231,9 @@ def test_listen_naming_another_address_is_refused(other: str) -> None:
 
 # ----- the exposure rule ------------------------------------------------------------------------
 
+# The environment policy: the drop-in rule's own case, which sockets from systemd never use.
+ENVIRONMENT = policy_from_environment({})
+
 
 def test_inherited_unix_socket_open_to_all_needs_authentication(tmp_dir: str) -> None:
     """New with socket activation: a unix socket of mode 666 (systemd's default) is refused
@@ -240,10 +244,10 @@ def test_inherited_unix_socket_open_to_all_needs_authentication(tmp_dir: str) ->
     try:
         config = ServeConfig(listen=[address])
         with pytest.raises(StartupError, match=r"SocketMode=0660 and SocketGroup=docker"):
-            check_exposure(config, [one])
+            check_exposure(config, ENVIRONMENT, [one])
         # the same address not marked open (mode 660) starts, as does an authenticated one
-        check_exposure(config, [Inherited(3, "", address, one.sock)])
-        check_exposure(ServeConfig(listen=[address], tokens="/nonexistent"), [one])
+        check_exposure(config, ENVIRONMENT, [Inherited(3, "", address, one.sock)])
+        check_exposure(ServeConfig(listen=[address], tokens="/nonexistent"), ENVIRONMENT, [one])
     finally:
         one.sock.close()
 
@@ -252,7 +256,7 @@ def test_inherited_non_loopback_tcp_socket_message_names_the_socket_unit() -> No
     one = inherited_tcp("0.0.0.0", 2375)
     try:
         with pytest.raises(StartupError) as caught:
-            check_exposure(ServeConfig(listen=[one.address]), [one])
+            check_exposure(ServeConfig(listen=[one.address]), ENVIRONMENT, [one])
     finally:
         one.sock.close()
     message = str(caught.value)
