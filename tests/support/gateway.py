@@ -85,6 +85,7 @@ class Gateway(StartStop):
         )
         self.env = env
         self.cwd = cwd
+        self.pass_fds: tuple[int, ...] = ()  # descriptors the child keeps (socket activation)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.url = ""  # the first TCP listener, tcp://HOST:PORT
@@ -184,6 +185,7 @@ class Gateway(StartStop):
             stderr=subprocess.PIPE,
             env=env,
             cwd=self.cwd,
+            pass_fds=self.pass_fds,
         )
         assert self._proc.stdout is not None
         assert self._proc.stderr is not None

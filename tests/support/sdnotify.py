@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import threading
 import time
 import uuid
 
@@ -92,28 +90,5 @@ class ActivatedGateway(Gateway):
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.fds = fds
+        self.pass_fds = tuple(fds)
         self.command = activated_command(self.command, fds, listen_pid)
-
-    def spawn(self) -> ActivatedGateway:
-        # Gateway.spawn, with the listening sockets kept open in the child.
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self._proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=self.cwd,
-            pass_fds=self.fds,
-        )
-        assert self._proc.stdout is not None
-        assert self._proc.stderr is not None
-        for stream, sink, watch in (
-            (self._proc.stdout, self.stdout_lines, False),
-            (self._proc.stderr, self.stderr_lines, True),
-        ):
-            t = threading.Thread(target=self._drain, args=(stream, sink, watch), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
