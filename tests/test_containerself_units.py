@@ -23,6 +23,7 @@ from dockgate.containerself import (
     container_id_from_mountinfo,
     container_problems,
     inspect_self,
+    loopback_publish_filtered,
     network_problems,
     reachable_names,
     service_problems,
@@ -277,11 +278,17 @@ def _ask_daemon(answers: dict[str, tuple[int, object]], tmp_path: pathlib.Path) 
 
 
 NETWORK = ("/networks/" + "n" * 64, (200, {"Name": "proxy", "Driver": "bridge", "Options": {}}))
+VERSION = ("/version", (200, {"Version": "20.10.24", "ApiVersion": "1.41"}))
 
 
 def test_inspect_self_on_a_daemon_that_answers(tmp_path: pathlib.Path) -> None:
     found = _ask_daemon(
-        {f"/containers/{ID}/json": (200, _inspected()), NETWORK[0]: NETWORK[1]}, tmp_path
+        {
+            f"/containers/{ID}/json": (200, _inspected()),
+            NETWORK[0]: NETWORK[1],
+            VERSION[0]: VERSION[1],
+        },
+        tmp_path,
     )
     assert isinstance(found, ContainerSelf), found
     assert found.problems == () and found.networks == ("proxy",) and "dockerproxy" in found.names
@@ -303,7 +310,52 @@ def test_inspect_self_of_a_swarm_task_on_a_worker(tmp_path: pathlib.Path) -> Non
     answers = {
         f"/containers/{ID}/json": (200, task),
         NETWORK[0]: NETWORK[1],
+        VERSION[0]: VERSION[1],
         "/services/s1": (503, {"message": "This node is not a swarm manager."}),
     }
     said = _ask_daemon(answers, tmp_path)
     assert said == "could not ask the daemon about its service: This node is not a swarm manager."
+
+
+LOOPBACK_PUBLISH = {
+    "HostConfig__PortBindings": {"2375/tcp": [{"HostIp": "127.0.0.1", "HostPort": "2375"}]},
+    "NetworkSettings__Ports": {"2375/tcp": [{"HostIp": "127.0.0.1", "HostPort": "2375"}]},
+}
+
+
+def test_a_loopback_publish_counts_unless_the_daemon_filters_it() -> None:
+    """Tecnativa's own `-p 127.0.0.1:2375:2375`: from Docker 28.0 (API 1.48) the daemon drops
+    what other machines send to a loopback-published port, so only the host's processes reach
+    it; before, the LAN did (moby#45610), and the refusal says so. 0.0.0.0 counts either way."""
+    inspected = _inspected(**LOOPBACK_PUBLISH)
+    before = container_problems(inspected, "0db4ce43a80c")
+    assert before == [
+        "port 2375/tcp is published on 127.0.0.1:2375 (before Docker 28.0, which this daemon "
+        "is, the LAN reaches a port published on loopback: moby#45610)"
+    ]
+    assert container_problems(inspected, "0db4ce43a80c", loopback_filtered=True) == []
+    everywhere = _inspected(
+        NetworkSettings__Ports={"2375/tcp": [{"HostIp": "0.0.0.0", "HostPort": "2375"}]}
+    )
+    assert container_problems(everywhere, "0db4ce43a80c", loopback_filtered=True) != []
+
+
+@pytest.mark.parametrize(
+    ("api", "filtered"),
+    [("1.41", False), ("1.47", False), ("1.48", True), ("1.52", True), ("", False), ("x", False)],
+)
+def test_which_daemons_filter_loopback_publishes(api: str, filtered: bool) -> None:
+    assert loopback_publish_filtered({"ApiVersion": api}) is filtered
+
+
+def test_inspect_self_asks_the_version_for_a_loopback_publish(tmp_path: pathlib.Path) -> None:
+    answers = {
+        f"/containers/{ID}/json": (200, _inspected(**LOOPBACK_PUBLISH)),
+        NETWORK[0]: NETWORK[1],
+        VERSION[0]: VERSION[1],
+    }
+    old = _ask_daemon(answers, tmp_path)
+    assert isinstance(old, ContainerSelf) and "moby#45610" in old.problems[0]
+    answers["/version"] = (200, {"Version": "28.0.0", "ApiVersion": "1.48"})
+    new = _ask_daemon(answers, tmp_path)
+    assert isinstance(new, ContainerSelf) and new.problems == ()

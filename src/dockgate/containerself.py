@@ -95,9 +95,15 @@ def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _published(ports: object) -> list[str]:
+def _published(ports: object, loopback_filtered: bool = False) -> list[str]:
     """`port 2375/tcp is published on 0.0.0.0:49153` for each binding in a port map
-    (HostConfig.PortBindings or NetworkSettings.Ports: `{"2375/tcp": [{"HostIp", "HostPort"}]}`)."""
+    (HostConfig.PortBindings or NetworkSettings.Ports: `{"2375/tcp": [{"HostIp", "HostPort"}]}`).
+
+    A binding on a loopback address reaches the host's own processes only when the daemon
+    drops what other machines send to it (`loopback_filtered`): before Docker 28.0 the DNAT
+    rule answered on every interface, so a host on the same LAN sending to 127.0.0.1 through
+    this one got in (moby#41872, #45610); 28.0 added a raw-table DROP for packets to it that
+    do not come from `lo` (libnetwork bridge iptabler port.go filterPortMappedOnLoopback)."""
     found = []
     for port, bindings in sorted(_dict(ports).items()):
         if not isinstance(bindings, list):
@@ -105,23 +111,45 @@ def _published(ports: object) -> list[str]:
         for binding in bindings:
             b = _dict(binding)
             host_ip = b.get("HostIp") or "0.0.0.0"
+            loopback = _is_loopback(str(host_ip))
+            if loopback and loopback_filtered:
+                continue
             where = f"[{host_ip}]" if ":" in str(host_ip) else str(host_ip)
-            note = ""
-            try:
-                if ipaddress.ip_address(str(host_ip)).is_loopback:
-                    # Docker DNATs the port on every interface: a host on the same LAN that
-                    # sends to 127.0.0.1 through this host reaches it (moby#41872, #45610).
-                    note = " (loopback publishing is reachable from the LAN: moby#45610)"
-            except ValueError:
-                pass
+            note = (
+                " (before Docker 28.0, which this daemon is, the LAN reaches a port published on "
+                "loopback: moby#45610)"
+                if loopback
+                else ""
+            )
             found.append(
                 f"port {port} is published on {where}:{b.get('HostPort') or '(any)'}{note}"
             )
     return found
 
 
-def container_problems(inspected: Mapping[str, Any], hostname: str) -> list[str]:
-    """What in a container's inspect answer makes it reachable from outside its networks."""
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_publish_filtered(version: Mapping[str, Any]) -> bool:
+    """Whether the daemon (its /version answer) drops LAN packets to loopback-published ports:
+    Docker Engine 28.0 and later, API 1.48 (`DOCKER_INSECURE_NO_IPTABLES_RAW=1` on the daemon
+    turns that off, which the API does not show: THREAT_MODEL.md says so)."""
+    try:
+        major, minor = (int(part) for part in str(version.get("ApiVersion") or "").split("."))
+    except ValueError:
+        return False
+    return (major, minor) >= (1, 48)
+
+
+def container_problems(
+    inspected: Mapping[str, Any], hostname: str, *, loopback_filtered: bool = False
+) -> list[str]:
+    """What in a container's inspect answer makes it reachable from outside its networks (a
+    publish on the host's loopback only is not, when the daemon filters it: `_published`)."""
     host_config = _dict(inspected.get("HostConfig"))
     settings = _dict(inspected.get("NetworkSettings"))
     problems: list[str] = []
@@ -136,8 +164,9 @@ def container_problems(inspected: Mapping[str, Any], hostname: str) -> list[str]
     # was asked for (HostConfig.PortBindings) for a port it did not bind (yet).
     bound = _dict(settings.get("Ports"))
     asked = _dict(host_config.get("PortBindings"))
-    problems += _published(bound)
-    problems += _published({p: b for p, b in asked.items() if not isinstance(bound.get(p), list)})
+    problems += _published(bound, loopback_filtered)
+    unbound = {p: b for p, b in asked.items() if not isinstance(bound.get(p), list)}
+    problems += _published(unbound, loopback_filtered)
     for network, endpoint in sorted(_dict(settings.get("Networks")).items()):
         address = str(_dict(endpoint).get("GlobalIPv6Address") or "")
         try:
@@ -225,7 +254,10 @@ async def inspect_self(upstream: Address, container_id: str, hostname: str) -> C
             f"the daemon behind {upstream} does not know container {container_id[:12]} "
             "(is it the daemon that runs this container?)"
         )
-    problems = container_problems(inspected, hostname)
+    version = await _ask(upstream, "/version", "its version")
+    problems = container_problems(
+        inspected, hostname, loopback_filtered=loopback_publish_filtered(version)
+    )
     attached = _dict(_dict(inspected.get("NetworkSettings")).get("Networks"))
     for name, endpoint in sorted(attached.items()):
         if name == "host":

@@ -339,7 +339,10 @@ def _container_facts(upstream: Address) -> list[str]:
     except CannotTell as exc:
         return [f"the daemon's view of this container: unknown ({exc})"]
     names = ", ".join(sorted(found.names)) or "none"
-    reach = "; ".join(found.problems) or "only from its networks (no port published)"
+    reach = (
+        "; ".join(found.problems)
+        or "only from its networks (no port published beyond the host's loopback)"
+    )
     return [
         f"the daemon says: {found.describe()}",
         f"names other containers reach it by (accepted as Host): {names}",

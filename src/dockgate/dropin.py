@@ -51,7 +51,7 @@ def warning_line(listeners: str, found: ContainerSelf, env: Mapping[str, str]) -
     allowed = f"what {variables} allow" if variables else "what the default variables allow"
     return (
         f"dockgate: warning: {listeners} accepts anyone without authentication: "
-        f"{found.describe()}, no port published; every container on those networks (and "
-        f"this host) can do {allowed}; checked once at start (DOCKGATE_HTPASSWD or "
-        "DOCKGATE_TOKENS to require authentication)"
+        f"{found.describe()}, no port published beyond the host's loopback; every container "
+        f"on those networks (and this host) can do {allowed}; checked once at start "
+        "(DOCKGATE_HTPASSWD or DOCKGATE_TOKENS to require authentication)"
     )
