@@ -4,7 +4,18 @@ The README and the policy's header say that with quickstart.yaml "nothing sent t
 gateway is root on the host". The policy allows `containers` and `exec` on every container of
 the daemon (no ownership), with the default guardrails, which judge only what a caller creates.
 Each test below is one finding, proven by its effect on the real daemon, and marked
-`xfail(strict=True)`: it passes while the hole is open and fails (XPASS) once it is closed.
+`xfail(strict=True)` and asserts what should hold: it fails while the hole is open (so the
+module passes) and XPASSes once it is closed. The image's variant of the first finding (exec
+into dockgate's own container, as the README's nginx migration runs it with this policy) is in
+tests/test_attack_review13_image.py.
+
+What held (tried through the quickstart gateway against the real daemon, no test needed): a
+create whose `NetworkingConfig.EndpointsConfig` names `host` (the container is attached by
+name only and stays in a network namespace of its own: `ip a` shows only `lo`);
+`POST /networks/host/connect` (the daemon's 400); ExecCreate `Privileged` in either key case;
+ContainerUpdate `Devices`; a `/v1.23/.../start` body with `Binds`; VolumeCreate binding `/`;
+a macvlan network; `images/create?fromSrc=` a loopback URL; plugins, `GET /swarm` and builds
+(403 by the rules); a create binding `/` (403, host_paths).
 """
 
 from __future__ import annotations
