@@ -1,10 +1,16 @@
 """Issue 13, "attack your own change": dockgate's image (Dockerfile, deploy/entrypoint.py), as
 the README's nginx migration runs it with examples/policies/quickstart.yaml.
 
-The entrypoint drops the gateway's own process to uid 65532, but the image has no `USER`: the
-container's user is root, so every `docker exec` into it (which the entrypoint never sees)
-runs as uid 0, next to the mounted Docker socket. Marked `xfail(strict=True)`, asserting what
-should hold: it fails while the hole is open and XPASSes once it is closed.
+- The entrypoint drops the gateway's own process to uid 65532, but the image has no `USER`:
+  the container's user is root, so every `docker exec` into it (which the entrypoint never
+  sees) runs as uid 0, next to the mounted Docker socket.
+- "A read-only root" (README) is a run option the README's own compose snippets leave out:
+  `docker cp` (the daemon writes as root) replaces /opt/dockgate/entrypoint.py, which runs as
+  root at the next start, which the caller asks for. (The HEALTHCHECK, also run as root every
+  10 s, starts /opt/dockgate/bin/python3, which `docker cp` can replace as well: no restart.)
+
+Each test is marked `xfail(strict=True)`, asserting what should hold: it fails while the hole
+is open and XPASSes once it is closed.
 """
 
 from __future__ import annotations
