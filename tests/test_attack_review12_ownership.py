@@ -321,7 +321,7 @@ def test_prefix_ambiguity_still_shows_in_the_answer_time(
                 continue
             mine += 1
         times: dict[str, list[float]] = {"ambiguous": [], "missing": []}
-        for _ in range(15):
+        for _ in range(25):
             for name, prefix in (("ambiguous", ambiguous), ("missing", missing)):
                 started = time.perf_counter()
                 status, answer = bob.call("GET", f"/v1.41/containers/{prefix}/json")
@@ -329,10 +329,11 @@ def test_prefix_ambiguity_still_shows_in_the_answer_time(
                 # The same answer to both: the fix of item 8 holds on the surface.
                 assert status == 404, (status, answer)
                 assert answer == {"message": f"No such container: {prefix}"}, answer
-        slow = sorted(times["ambiguous"])[len(times["ambiguous"]) // 2]
-        fast = sorted(times["missing"])[len(times["missing"]) // 2]
-        # Before the fix about 10 ms against 2.5: the ambiguous prefix was told by its time.
-        assert slow < fast + 0.003, (slow, fast)
+        # The fastest of each (what the work costs, with the least of the machine's other load
+        # in it: a median moved by 4 ms when CI ran beside other jobs). Before the fix about
+        # 10 ms against 2.5: the ambiguous prefix was told by its time, four times the other.
+        slow, fast = min(times["ambiguous"]), min(times["missing"])
+        assert slow < 2 * fast + 0.002, (slow, fast)
     finally:
         if made:
             daemon.docker("rm", "-f", *made, check=False)

@@ -254,8 +254,8 @@ class QuickStart:
     copy: pathlib.Path
     env: dict[str, str]
     daemon: PrivateDaemon
-    running: str  # a container started straight on the daemon, for `docker ps` to show
-    service: str  # a swarm service made straight on the daemon, for /services to list
+    running: str  # a container started straight on the daemon, which `docker ps` must not show
+    service: str  # a swarm service made straight on the daemon, which /services must not list
 
     def sh(
         self, command: str, cli: str | None = None, timeout: float = 120
@@ -381,34 +381,57 @@ def test_the_gateway_runs_on_debians_python_from_the_venv(quickstart: QuickStart
 @SLOW
 @pytest.mark.parametrize("cli", CLIS)
 def test_every_try_it_command_works_as_the_readme_says(quickstart: QuickStart, cli: str) -> None:
-    """Each line of the README's "try it" block, run as written: `docker ps` lists the running
-    container, `docker run --rm busybox echo hello` prints hello and leaves nothing behind,
-    `curl .../services` lists the swarm's service. Each line must be one of these three (a new
-    line in the README needs its check here)."""
-    commands = readme_commands("try")
+    """Each line of the README's "try it" and swarm blocks, run as written: `docker run --rm
+    busybox echo hello` prints hello and leaves nothing behind, `docker run -d --name web`
+    makes a container labelled for the gateway's anonymous owner, `docker ps` lists it and not
+    the host's own container (ownership), `docker service create --name api` makes a service
+    and `curl .../services` lists it and not the host's own service. Each line must be one of
+    these (a new line in the README needs its check here)."""
+    commands = readme_commands("try") + readme_commands("swarm")
     checked = set()
-    for command in commands:
-        words = shlex.split(command)
-        before = quickstart.container_ids()
-        proc = quickstart.sh(command, cli)
-        what = f"{command!r} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-        assert proc.returncode == 0, what
-        if words[-2:] == ["docker", "ps"]:
-            lines = proc.stdout.splitlines()
-            assert lines[0].startswith("CONTAINER ID"), what
-            assert any(line.endswith(quickstart.running) for line in lines[1:]), what
-            checked.add("ps")
-        elif "run" in words and words[-2:] == ["echo", "hello"]:
-            assert proc.stdout == "hello\n", what
-            assert quickstart.container_ids() == before, "docker run --rm left a container"
-            checked.add("run")
-        elif words[0] == "curl" and words[-1].endswith("/services"):
-            names = [s["Spec"]["Name"] for s in json.loads(proc.stdout)]
-            assert quickstart.service in names, what
-            checked.add("services")
-        else:
-            pytest.fail(f"a try-it command this test does not check: {command!r}")
-    assert checked == {"ps", "run", "services"}, commands
+    try:
+        for command in commands:
+            words = shlex.split(command)
+            before = quickstart.container_ids()
+            proc = quickstart.sh(command, cli)
+            what = f"{command!r} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            assert proc.returncode == 0, what
+            if words[-2:] == ["docker", "ps"]:
+                lines = proc.stdout.splitlines()
+                assert lines[0].startswith("CONTAINER ID"), what
+                assert any(line.endswith(" web") for line in lines[1:]), what
+                assert not any(line.endswith(quickstart.running) for line in lines[1:]), what
+                checked.add("ps")
+            elif words[1:3] == ["docker", "run"] and words[-2:] == ["echo", "hello"]:
+                assert proc.stdout == "hello\n", what
+                assert quickstart.container_ids() == before, "docker run --rm left a container"
+                checked.add("run --rm")
+            elif words[1:3] == ["docker", "run"] and "-d" in words:
+                name = words[words.index("--name") + 1]
+                labels = quickstart.daemon.docker(
+                    "inspect", "-f", "{{json .Config.Labels}}", name
+                ).stdout
+                assert json.loads(labels).get("io.dockgate.owner") == "local", labels
+                checked.add("run -d")
+            elif words[1:4] == ["docker", "service", "create"]:
+                name = words[words.index("--name") + 1]
+                quickstart.daemon.docker("service", "inspect", name)
+                checked.add("service create")
+            elif words[0] == "curl" and words[-1].endswith("/services"):
+                names = [s["Spec"]["Name"] for s in json.loads(proc.stdout)]
+                assert "api" in names and quickstart.service not in names, what
+                checked.add("services")
+            else:
+                pytest.fail(f"a try-it command this test does not check: {command!r}")
+        # What ownership keeps out: the host's own container, made straight on the daemon.
+        denied = quickstart.sh(
+            f"DOCKER_HOST=tcp://127.0.0.1:2375 docker exec {quickstart.running} true", cli
+        )
+        assert denied.returncode != 0 and "No such container" in denied.stderr, denied
+    finally:
+        quickstart.daemon.docker("rm", "-f", "web", check=False)
+        quickstart.daemon.docker("service", "rm", "api", check=False)
+    assert checked == {"run --rm", "run -d", "ps", "service create", "services"}, commands
 
 
 @pytest.mark.daemon
