@@ -121,8 +121,8 @@ EXERCISES: dict[str, list[tuple[str, str, bool]]] = {
         ("GET", "/_ping", True),
         ("GET", "/info", True),
         ("GET", "/containers/json", True),
-        ("GET", "/containers/{c}/logs?stdout=1", True),
         ("GET", "/images/{i}/json", True),
+        ("POST", "/images/{i}/tag?repo=dgt-ex-moved&tag=1", False),  # image names are shared
         ("GET", "/volumes", True),
         ("GET", "/networks", True),
         ("GET", "/swarm", False),  # the join tokens
