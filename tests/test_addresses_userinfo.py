@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from dockgate.addresses import AddressError, parse_address, shown_address
+from dockgate.policy.loader import PolicyError, load_policy_file
 from dockgate.upstreamtls import UpstreamTLSError, resolve_upstream
 from support.gateway import gateway_env, serve_command
 
@@ -103,6 +104,18 @@ def test_a_docker_host_that_does_not_parse_is_named() -> None:
     assert SECRET not in str(raised.value)
     with pytest.raises(AddressError, match=r"^'tcp://\*\*\*@gw:1': "):  # --upstream wins
         resolve_upstream(f"tcp://a:{SECRET}@gw:1", env, "unix:///var/run/docker.sock")
+
+
+def test_a_policy_origin_with_a_password_is_refused_without_it(tmp_path: pathlib.Path) -> None:
+    """policy/loader.py quoted a refused origin whole (also from --allow-origin)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"origins:\n  - https://alice:{SECRET}@ui.example.com\npolicies:\n  ci: {{}}\n"
+    )
+    with pytest.raises(PolicyError) as raised:
+        load_policy_file(str(policy))
+    assert SECRET not in str(raised.value)
+    assert "origin 'https://***@ui.example.com'" in str(raised.value)
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
