@@ -1,8 +1,8 @@
 """Issue 13, "attack your own change": credential tooling (credtools.py, auth/credfile.py) and
 the modes of the files it writes.
 
-Marked `xfail(strict=True)`, asserting what should hold: it fails while the hole is open and
-XPASSes once it is closed.
+First pinned as `xfail(strict=True)` (asserting what should hold; it failed on the code of the
+review), now closed: a plain test that fails if the hole reopens.
 
 What held (tried, no test needed): a new file is 0600 and new directories 0700 whatever the
 umask; the temporary file is made by mkstemp (0600, O_EXCL) in the target's directory; `list`
@@ -15,8 +15,6 @@ import pathlib
 import stat
 import subprocess
 import sys
-
-import pytest
 
 from support.gateway import gateway_env
 
@@ -37,11 +35,6 @@ def dockgate(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="credtools: `htpasswd add` writes a new user's bcrypt hash into a world-readable file"
-    " (the old file's 0644 is kept) without a word; serve and doctor say nothing either",
-)
 def test_a_new_hash_does_not_land_in_a_world_readable_file_silently(
     tmp_path: pathlib.Path,
 ) -> None:

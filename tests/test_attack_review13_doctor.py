@@ -1,8 +1,8 @@
 """Issue 13, "attack your own change": `dockgate doctor` must never print a secret and must
 change nothing (docs/cli.md "dockgate doctor"; its output is meant to be pasted into an issue).
 
-Each test is one finding, marked `xfail(strict=True)` and asserting what should hold: it fails
-while the hole is open and XPASSes once it is closed.
+Each test is one finding, first pinned as `xfail(strict=True)` (asserting what should hold; it
+failed on the code of the review) and now closed: plain tests that fail if the hole reopens.
 
 What held (tried, no test needed): an htpasswd file with a plaintext, a malformed and an apr1
 entry, and a tokens file with a raw token where the digest goes (the errors name the file, the
@@ -44,11 +44,6 @@ def short_tmp() -> Iterator[pathlib.Path]:
         yield pathlib.Path(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="doctor (and serve's start-up warning) prints the value of any variable whose name is"
-    " a Tecnativa one in another case (auth=, Secrets=): a password pasted into an issue",
-)
 def test_a_lower_case_variable_named_like_a_tecnativa_switch_is_not_printed(
     short_tmp: pathlib.Path,
 ) -> None:
@@ -57,7 +52,9 @@ def test_a_lower_case_variable_named_like_a_tecnativa_switch_is_not_printed(
     whatever the value: `auth`, `secrets`, `configs` and `build` are ordinary names for a
     container's own settings (an application's `auth=` password, a `secrets=` path or key).
     The look-alike check on other names keeps to switch values (0/1/true/...); this one does
-    not. Both the text and the JSON report carry the value."""
+    not. Both the text and the JSON report carried the value. Fixed: envwarnings names the
+    variable only (`auth=... is ignored ...; did you mean AUTH?`) unless the value is a switch
+    value (tests/test_envwarnings_values.py pins the edges)."""
     secrets = {"auth": "db-password-hunter2", "Secrets": "sk_live_4eC39HqLyjWDarjtT1zdp7dc"}
     env = {"CONTAINERS": "1", **secrets}
     upstream = f"unix://{short_tmp}/docker.sock"  # no daemon needed: the report still prints
@@ -72,16 +69,13 @@ def test_a_lower_case_variable_named_like_a_tecnativa_switch_is_not_printed(
             assert value not in output, (fmt, value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="doctor echoes DOCKER_HOST whole in its configuration error: a password a user put"
-    " in tcp://USER:PASSWORD@HOST (for the gateway itself) is printed",
-)
 def test_a_password_in_docker_host_is_not_printed() -> None:
     """A client shell that tried `DOCKER_HOST=tcp://alice:PASSWORD@gw:2375` (the docker CLI
     takes it and drops the user part, which doctor's own client notes mention) runs
     `dockgate doctor` to see why: the upstream is read from DOCKER_HOST, does not parse, and
-    the error quotes it, password included, in the text and in the JSON report."""
+    the error quoted it, password included, in the text and in the JSON report (and said
+    "write an IPv6 address in brackets"). Fixed: addresses.py refuses user info with its own
+    message and shows it as `***@` (tests/test_addresses_userinfo.py pins the edges)."""
     password = "alice-pw-Zq8r5Wd2"
     env = {"DOCKER_HOST": f"tcp://alice:{password}@gateway.example:2375"}
     for fmt in ("text", "json"):

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from dockgate import __version__, credtools
-from dockgate.addresses import AddressError, parse_address
+from dockgate.addresses import AddressError, parse_address, shown_address
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
 from dockgate.doctor import to_json as doctor_json
@@ -280,9 +280,12 @@ def _named_variable(message: str, argv: Sequence[str]) -> str:
     for option, (name, value) in _ENV_NAMES.items():
         if option in given:
             continue
+        # An address's user info (DOCKGATE_UPSTREAM=tcp://USER:PASSWORD@HOST) is never
+        # quoted: addresses.py's messages show it as `***@`, and so does this one.
+        shown = shown_address(value)
         if message.startswith(option + ":") or message.startswith(option + " "):
-            return f"{name}={value!r} ({option}){message[len(option) :]}"
-        if value.strip() and repr(value.strip()) in message:
+            return f"{name}={shown!r} ({option}){message[len(option) :]}"
+        if value.strip() and repr(shown_address(value.strip())) in message:
             return f"{name}: {message}"
     return message
 

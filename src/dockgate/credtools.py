@@ -25,6 +25,7 @@ from dockgate.auth.credfile import (
     edit_file,
     read_existing,
 )
+from dockgate.auth.filemode import mode_warning
 from dockgate.auth.htpasswd import HtpasswdError, load_htpasswd, parse_htpasswd
 from dockgate.auth.htpasswd_edit import (
     MAX_BCRYPT_COST,
@@ -165,13 +166,18 @@ def _note(message: str) -> None:
     print(f"dockgate: {message}", file=sys.stderr)
 
 
-def _report(written: Written) -> None:
+def _report(written: Written, kind: str) -> None:
     for directory in written.created_directories:
         _note(f"created the directory {directory} (mode 700)")
     if written.created:
         _note(f"created {written.path} (mode 600)")
     for warning in written.warnings:
         _note(f"warning: {warning}")
+    # The edit kept the old file's mode (credfile.py): say so when it lets others read the
+    # hashes or write the file; `serve` and `doctor` say the same (auth/filemode.py).
+    mode = mode_warning(written.path, kind)
+    if mode is not None:
+        _note(f"warning: {mode}")
 
 
 # ----- htpasswd ---------------------------------------------------------------------------------
@@ -191,7 +197,7 @@ def _htpasswd_add(path: Path, user: str, cost: int, from_stdin: bool) -> int:
         return edited.text
 
     written = edit_file(path, edit)
-    _report(written)
+    _report(written, "htpasswd")
     what = "password changed in" if replaced else "added to"
     _note(f"user {user!r} {what} {path} (a running gateway reads it within a second)")
     warning = mixed_costs(load_htpasswd(path))
@@ -236,7 +242,7 @@ def _htpasswd_remove(path: Path, user: str) -> int:
             raise NotFound(f"{path}: no user {user!r}")
         return edited.text
 
-    _report(edit_file(path, edit, create=False))
+    _report(edit_file(path, edit, create=False), "htpasswd")
     _note(f"user {user!r} removed from {path} (a running gateway reads it within a second)")
     return OK
 
@@ -278,7 +284,7 @@ def _token_create(path: Path, name: str, identity: str) -> int:
         return _tokens_loadable(old + line + "\n", path)
 
     written = edit_file(path, edit)
-    _report(written)
+    _report(written, "tokens")
     print(token)
     _note(
         f"token {name!r} for identity {identity!r} added to {path}; "
@@ -317,7 +323,7 @@ def _token_revoke(path: Path, name: str | None, identity: str | None) -> int:
             raise NotFound(f"{path}: no {which}")
         return _tokens_loadable("".join(kept), path)
 
-    _report(edit_file(path, edit, create=False))
+    _report(edit_file(path, edit, create=False), "tokens")
     names = ", ".join(repr(n) for n in revoked)
     _note(f"revoked {names} in {path} (a running gateway refuses it within a second)")
     return OK

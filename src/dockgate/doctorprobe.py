@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from dockgate import __version__
 from dockgate.addresses import Address
+from dockgate.auth.filemode import credential_file_warnings
 from dockgate.config import ServeConfig
 from dockgate.containerself import CannotTell, find_self
 from dockgate.doctor import (
@@ -228,6 +229,7 @@ def _credentials(
         client_ca=config.tls_client_ca,
     )
     warnings = list(htpasswd.warnings) if htpasswd is not None else []
+    warnings += credential_file_warnings(config.htpasswd, config.tokens)  # as serve says it
     if policies is not None:
         warnings += unknown_binding_names(policies, authenticator)
     return counted, checks_from("credentials", warnings, "the credential files load")

@@ -43,12 +43,22 @@ def _tecnativa_lookalike(name: str, value: str) -> str | None:
     if name in names:
         return None
     upper = name.upper()
+    switch = value.strip().lower() in _SWITCH_VALUES
     if upper in names:
+        # Warned whatever the value (`containers=1` is surely meant for CONTAINERS), but the
+        # value is quoted only when it is a switch value: `auth`, `secrets`, `configs` are
+        # ordinary names for an application's own settings (a password, a key), and these
+        # lines go to the log and into `dockgate doctor`'s report.
+        if not switch and value.strip():
+            return (
+                f"{name}=... is ignored: variable names are case-sensitive (the value is not "
+                f"shown); did you mean {upper}?"
+            )
         return (
             f"{name}={value} is ignored: variable names are case-sensitive; did you mean "
             f"{upper}={value}?"
         )
-    if value.strip().lower() not in _SWITCH_VALUES:
+    if not switch:
         return None
     close = difflib.get_close_matches(upper, names, n=1, cutoff=CUTOFF)
     if not close:

@@ -35,6 +35,7 @@ from dockgate.admission import Admissions, ConnectionFacts
 from dockgate.audit import AuditLog, open_audit_log
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.checks import CheckPool
+from dockgate.auth.filemode import credential_file_warnings
 from dockgate.auth.htpasswd import HtpasswdError
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.auth.tokens import TokenFileError
@@ -697,6 +698,7 @@ def _run(
     admin = bind_admin(config)
     loaded = Loaded(policies, tls, authenticator, admin, policy_file)
     warnings = list(authenticator.htpasswd.warnings) if authenticator.htpasswd else []
+    warnings += credential_file_warnings(config.htpasswd, config.tokens)
     warnings += unknown_binding_names(policies, authenticator)
     for warning in early_warnings + warnings:
         print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)

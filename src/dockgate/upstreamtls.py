@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dockgate.addresses import Address, parse_address
+from dockgate.addresses import Address, AddressError, parse_address, shown_address
 from dockgate.errors import describe_error
 
 # The port `tcp://HOST` means without one, as the docker CLI reads DOCKER_HOST (opts/hosts.go:
@@ -111,7 +111,7 @@ def _from_environment(env: Mapping[str, str], host: str) -> UpstreamTLSFiles | N
             # certificates named for a TCP daemon and then not used are refused, not ignored.
             raise UpstreamTLSError(
                 f"DOCKER_CERT_PATH is set ({cert_path}) but DOCKER_TLS_VERIFY is not: the link "
-                f"to {host} would be plain HTTP; set DOCKER_TLS_VERIFY=1 to use the "
+                f"to {shown_address(host)} would be plain HTTP; set DOCKER_TLS_VERIFY=1 to use the "
                 "certificates, or unset DOCKER_CERT_PATH"
             )
         return None
@@ -161,7 +161,13 @@ def resolve_upstream(
             files = _from_environment(env, docker_host)
     else:
         text = default
-    address = parse_address(text, default_port=TLS_PORT if files is not None else PLAIN_PORT)
+    try:
+        address = parse_address(text, default_port=TLS_PORT if files is not None else PLAIN_PORT)
+    except AddressError as exc:
+        if upstream or not docker_host:
+            raise
+        # Nobody typed it on this command line: say where it came from.
+        raise AddressError(f"DOCKER_HOST: {exc}") from None
     if files is None:
         return address, None
     if address.scheme != "tcp":

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from dockgate.addresses import shown_address
 from dockgate.body import hostports, subnets
 from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
 from dockgate.body.redact import Redaction
@@ -437,7 +438,9 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
         raise fail(("default",), f"default policy {default!r} is not defined")
     for i, origin in enumerate(spec.origins):
         if not re.fullmatch(r"(https?://[a-z0-9.\-\[\]:]+|null)", origin.lower().rstrip("/")):
-            raise fail(("origins", i), f"origin {origin!r}: write scheme://host[:port], no path")
+            # shown_address: an origin with USER:PASSWORD@ in it is refused without the password.
+            shown = shown_address(origin)
+            raise fail(("origins", i), f"origin {shown!r}: write scheme://host[:port], no path")
     for i, host in enumerate(spec.hosts):
         if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
             raise fail(("hosts", i), f"host {host!r}: a DNS name without port")

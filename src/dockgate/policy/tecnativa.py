@@ -96,7 +96,12 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise EnvironmentError_(f"{name}={raw!r}: expected 0 or 1 (or true/false)")
+    # The value is not quoted: not a switch value, it may be anything, a password among them
+    # (an env_file shared with an application that has its own AUTH=).
+    raise EnvironmentError_(
+        f"{name} is set to something other than a switch value: expected 0 or 1 (or "
+        "true/false, yes/no, on/off; the value is not shown)"
+    )
 
 
 def _first_segment(template: str) -> str:
