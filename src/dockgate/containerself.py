@@ -12,8 +12,11 @@ listener is reachable from the container's networks and nowhere else (THREAT_MOD
   (moby container/container_unix.go NetworkMounts), so /proc/self/mountinfo names the ID; the
   inspected container's hostname must be this process's (a cross-check);
 - the container publishes no port (HostConfig.PortBindings, HostConfig.PublishAllPorts,
-  NetworkSettings.Ports), does not share the host's network or another container's
-  (HostConfig.NetworkMode), and a Swarm task's service publishes none (Endpoint.Ports);
+  NetworkSettings.Ports), does not share the host's network (HostConfig.NetworkMode), and a
+  Swarm task's service publishes none (Endpoint.Ports). A container run with
+  `--network container:X` gets X's three files and hostname (moby daemon/container_operations.go
+  initializeNetworking), so the container judged is X, whose network namespace the listener is
+  in; an X that itself joins another's (`container:` again) is refused;
 - each network it is on keeps its members to themselves: a bridge or overlay network (macvlan
   and ipvlan put the container on the host's LAN), not in a routed gateway mode (moby
   libnetwork/drivers/bridge: `com.docker.network.bridge.gateway_mode_ipv4|6` `routed` and
