@@ -8,8 +8,9 @@ SOCKET:/var/run/docker.sock`, no DOCKGATE_INSECURE), and proves reachability by 
 process in ANOTHER network namespace (a machine on the LAN, not a container and not the
 Docker host) lists the daemon's containers through the gateway.
 
-Findings (strict xfails raising `Hole` only for the finding itself; a broken precondition is an
-ordinary failure):
+Findings (pinned as strict xfails raising `Hole` only for the finding itself, a broken
+precondition being an ordinary failure; fixed since, so they pass, and would fail on the old
+code):
 - a `bridge` network whose bridge is an existing host bridge with a LAN port
   (`-o com.docker.network.bridge.name=br0`, the usual way to put containers on the LAN without
   macvlan) passes the "bridge or overlay driver" condition: the gateway starts with its warning
@@ -22,6 +23,11 @@ ordinary failure):
 
 The daemon's namespace gets the FORWARD policy DROP that Docker sets when it turns forwarding
 on itself, so nothing here relies on a host that forwards everything.
+
+The fixes: containerself.network_problems refuses a bridge network that names its bridge
+(`com.docker.network.bridge.name`) but the daemon's default `bridge` on docker0;
+containerself.ipv6_problems refuses any IPv6 address but a link-local one when a listener
+accepts IPv6 (dropin.accepts_ipv6).
 """
 
 from __future__ import annotations
@@ -60,8 +66,8 @@ except OSError as exc:
 
 
 class Hole(AssertionError):
-    """The finding itself: only this makes a test xfail (`raises=Hole`); a failed precondition
-    is an ordinary failure, never a silent xfail."""
+    """The finding itself (it made the strict xfails of the review fail as expected); a failed
+    precondition is an ordinary failure."""
 
 
 def hole(condition: bool, message: str) -> None:
@@ -156,19 +162,14 @@ def _inspect(node: Node, name: str) -> dict[str, object]:
     return inspected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Hole,
-    reason="a bridge network on an existing host bridge with a LAN port passes the drop-in "
-    "rule: the LAN lists containers through the unauthenticated gateway",
-)
 def test_bridge_network_on_an_existing_lan_bridge(node: Node) -> None:
     """`docker network create -o com.docker.network.bridge.name=brlan`, where `brlan` is a
     bridge the operator made with a LAN interface in it (the LAN here: another namespace's veth
     on that bridge): the driver is `bridge`, so containerself.network_problems says nothing,
     yet every machine on the segment reaches the container's address (moby
     libnetwork/drivers/bridge/bridge.go: an existing bridge is used as it is, ifaceCreatedByUser).
-    """
+    Pinned by the attack review (a strict xfail on the old code); now the drop-in refuses to
+    start (network_problems names the option)."""
     tag = uuid.uuid4().hex[:6]
     bridge, network, name = f"brl{tag}", f"dglan-{tag}", f"dgdrop-{tag}"
     daemon_ns = node.daemon.netns.name
@@ -211,35 +212,45 @@ def _ipv6_network(node: Node, network: str, tag: str) -> tuple[str, str]:
     return v6, v4
 
 
-def _dual_stack_gateway(node: Node, name: str, network: str) -> tuple[str, str, str]:
-    """The drop-in on `network`, listening on IPv4 and IPv6 (the image's 0.0.0.0 and `[::]`):
-    (its logs, its IPv4 address, its IPv6 address); it must have started."""
-    _start(node, name, "--network", network,
-           "-e", "DOCKGATE_LISTEN=tcp://0.0.0.0:2375,tcp://[::]:2375")  # fmt: skip
+DUAL_STACK = "DOCKGATE_LISTEN=tcp://0.0.0.0:2375,tcp://[::]:2375"
+
+
+def _gateway(node: Node, name: str, network: str, *env: str) -> tuple[str, str, str]:
+    """The drop-in on `network` with the variables `env`: (its logs, its IPv4 address, its IPv6
+    address); it must have started."""
+    _start(node, name, "--network", network, *(x for v in env for x in ("-e", v)))
     status, logs = _settle(node, name)
-    assert status == "running", logs  # the precondition: the drop-in rule let it start
+    assert status == "running", logs  # the precondition: it started
     endpoint = _inspect(node, name)["NetworkSettings"]["Networks"][network]  # type: ignore[index]
     v4, v6 = endpoint["IPAddress"], endpoint["GlobalIPv6Address"]
     assert v6.startswith("fd77:"), endpoint
     return logs, v4, v6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Hole,
-    reason="a ULA IPv6 address is not 'public' to the drop-in rule, but a routed machine "
-    "reaches the unpublished port (no ip6tables on 20.10) and lists containers",
-)
+def _refused_on_ipv6(node: Node, name: str, network: str) -> None:
+    """The fix: the drop-in listening on IPv4 and IPv6 (0.0.0.0 and `[::]`) without
+    DOCKGATE_INSECURE does not start, and says why (the IPv6 address) and what to do."""
+    _start(node, name, "--network", network, "-e", DUAL_STACK)
+    status, logs = _settle(node, name)
+    hole(
+        status == "exited" and "gives it the IPv6 address fd77:" in logs
+        and "DOCKGATE_LISTEN=tcp://0.0.0.0:2375" in logs,
+        f"the drop-in on an IPv6 network listening on [::] was not refused ({status}): {logs}",
+    )  # fmt: skip
+
+
 def test_ula_ipv6_address_reached_by_a_routed_machine(node: Node) -> None:
-    """An IPv6 network with a ULA subnet (`docker network create --ipv6 --subnet
-    fd77:...::/64`) and a listener on `[::]`: the rule refuses only a *global*
-    GlobalIPv6Address (containerself.container_problems, is_global), but ULA prefixes are
-    routed inside sites like any other; the bridge driver turns IPv6 forwarding on itself (moby
+    """Pinned by the attack review (a strict xfail on the old code, which refused only a
+    *global* GlobalIPv6Address): an IPv6 network with a ULA subnet (`docker network create
+    --ipv6 --subnet fd77:...::/64`) and a listener on `[::]`. ULA prefixes are routed inside
+    sites like any other; the bridge driver turns IPv6 forwarding on itself (moby
     libnetwork/drivers/bridge setupIPv6Forwarding) and 20.10 writes no ip6tables rules unless
-    --ip6tables (experimental). A machine with a route to the network's subnets through the
-    Docker host: its IPv4 connection is dropped (the FORWARD policy DROP Docker sets when it
-    turns forwarding on, so this is not THREAT_MODEL's IPv4 caveat), its IPv6 one lists the
-    daemon's containers."""
+    --ip6tables (experimental). The control (DOCKGATE_INSECURE=1): a machine with a route to
+    the network's subnets through the Docker host has its IPv4 connection dropped (the FORWARD
+    policy DROP Docker sets when it turns forwarding on, so this is not THREAT_MODEL's IPv4
+    caveat) and its IPv6 one lists the daemon's containers. Without it the drop-in now refuses
+    to start (containerself.ipv6_problems); with the image's default IPv4-only listener it
+    starts, and the routed machine reaches nothing (the warning line stays true)."""
     tag = uuid.uuid4().hex[:6]
     network, name = f"dgv6-{tag}", f"dgdrop-{tag}"
     daemon_ns = node.daemon.netns.name
@@ -252,38 +263,36 @@ def test_ula_ipv6_address_reached_by_a_routed_machine(node: Node) -> None:
         try:
             _ip("-n", lan.name, "-6", "route", "add", v6_subnet, "via", "fd99::1")
             _ip("-n", lan.name, "route", "add", v4_subnet, "via", "10.78.0.1")
-            logs, v4, v6 = _dual_stack_gateway(node, name, network)
+            _, v4, v6 = _gateway(node, name + "-ctl", network, DUAL_STACK, "DOCKGATE_INSECURE=1")
             by_v4 = lan.get_containers(v4)
             assert by_v4["status"] is None, by_v4  # IPv4: the host's FORWARD policy drops it
+            by_v6 = lan.get_containers(v6)
+            assert by_v6["status"] == 200, by_v6  # IPv6: the attack works (the control)
+            node.daemon.docker("rm", "-f", name + "-ctl")
+            _refused_on_ipv6(node, name, network)
+            node.daemon.docker("rm", "-f", name)
+            logs, v4, v6 = _gateway(node, name, network)  # the image's tcp://0.0.0.0:2375
+            assert WARNING in logs, logs
             answer = lan.get_containers(v6)
-            hole(
-                answer["status"] is None,
-                f"the gateway started ({[x for x in logs.splitlines() if WARNING in x]}) "
-                f"and a routed machine got {answer['status']} with "
-                f"{len(answer.get('body') or [])} containers from [{v6}]:2375",
-            )
+            hole(answer["status"] is None, f"IPv4-only, yet [{v6}]:2375 answered: {answer}")
         finally:
-            node.daemon.docker("rm", "-f", name, check=False)
+            node.daemon.docker("rm", "-f", name, name + "-ctl", check=False)
             node.daemon.docker("network", "rm", network, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Hole,
-    reason="on IPv6 (no ip6tables on 20.10) a container on ANOTHER network reaches the "
-    "drop-in's unpublished port, which the warning line says only its networks reach",
-)
 def test_ula_ipv6_address_reached_from_another_network(node: Node) -> None:
-    """The drop-in on IPv6 network A; a client container on IPv6 network B (not one of the
-    gateway's networks, so not among "every container on those networks" of its warning line).
-    Over IPv4 Docker's DOCKER-ISOLATION chains drop B -> A (the control); over IPv6 nothing
-    does on 20.10 (no ip6tables), and the client lists the daemon's containers."""
+    """Pinned by the attack review (a strict xfail on the old code): the drop-in on IPv6
+    network A; a client container on IPv6 network B (not one of the gateway's networks, so not
+    among "every container on those networks" of its warning line). The control
+    (DOCKGATE_INSECURE=1): over IPv4 Docker's DOCKER-ISOLATION chains drop B -> A; over IPv6
+    nothing does on 20.10 (no ip6tables), and the client lists the daemon's containers.
+    Without it the drop-in now refuses to start."""
     tag, other = uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
     network, elsewhere, name = f"dgv6-{tag}", f"dgv6-{other}", f"dgdrop-{tag}"
     _ipv6_network(node, network, tag)
     try:
         _ipv6_network(node, elsewhere, other)
-        logs, v4, v6 = _dual_stack_gateway(node, name, network)
+        _, v4, v6 = _gateway(node, name, network, DUAL_STACK, "DOCKGATE_INSECURE=1")
 
         def call(address: str) -> dict[str, object]:
             proc = node.daemon.docker(
@@ -296,13 +305,10 @@ def test_ula_ipv6_address_reached_from_another_network(node: Node) -> None:
 
         by_v4 = call(v4)
         assert by_v4["status"] is None, by_v4  # IPv4: Docker's isolation between networks
-        answer = call(v6)
-        hole(
-            answer["status"] is None,
-            f"the gateway started ({[x for x in logs.splitlines() if WARNING in x]}) and a "
-            f"container on network {elsewhere} got {answer['status']} with "
-            f"{len(answer.get('body') or [])} containers from [{v6}]:2375",
-        )
+        by_v6 = call(v6)
+        assert by_v6["status"] == 200, by_v6  # IPv6: the attack works (the control)
+        node.daemon.docker("rm", "-f", name)
+        _refused_on_ipv6(node, name, network)
     finally:
         node.daemon.docker("rm", "-f", name, check=False)
         node.daemon.docker("network", "rm", network, elsewhere, check=False)

@@ -2,13 +2,18 @@
 an inherited unix socket every local user may connect to must be refused without
 authentication; here a local user makes the check look at another file.
 
-Finding (a strict xfail raising `Hole` only for the finding itself):
+Finding (pinned as a strict xfail raising `Hole` only for the finding itself; fixed since,
+so the test passes, and would fail on the old code):
 - the check stats the socket's *path* (systemd._unix: os.stat(getsockname())), not the socket:
   when the socket sits in a directory the attacker may write to (world-writable without the
   sticky bit), the attacker renames systemd's 0666 socket (SocketMode='s default) away and puts
   a 0600 socket file of its own at the path; the gateway then sees "mode 600", starts without
   authentication, and the attacker, an ordinary user (nobody), calls the daemon through the
   renamed socket. The directory is not checked at all (compare sshd's StrictModes).
+
+The fix: systemd.swappable checks every directory the path is looked up in, as StrictModes
+does; a socket in a directory others may write to counts as open to all, refused without
+authentication with the directory named.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ except OSError as exc:
 
 
 class Hole(AssertionError):
-    """The finding itself: only this makes a test xfail (`raises=Hole`)."""
+    """The finding itself (it made the review's strict xfail fail as expected)."""
 
 
 def hole(condition: bool, message: str) -> None:
@@ -86,12 +91,6 @@ def _as_nobody(*args: str) -> subprocess.CompletedProcess[bytes]:
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Hole,
-    reason="a local user swaps systemd's 0666 socket for a 0600 decoy at its path: the exposure "
-    "check stats the decoy, the gateway starts unauthenticated, the user calls the daemon",
-)
 def test_socket_swapped_in_a_writable_directory(daemon: PrivateDaemon, open_dir: str) -> None:
     path = os.path.join(open_dir, "dockgate.sock")
     renamed = os.path.join(open_dir, "mine.sock")
@@ -121,11 +120,15 @@ def test_socket_swapped_in_a_writable_directory(daemon: PrivateDaemon, open_dir:
             while gw.alive() and "listening on" not in gw.stderr_text():
                 assert time.monotonic() < deadline, gw.stderr_text()
                 time.sleep(0.2)
+            while not gw.alive() and "error" not in gw.stderr_text():
+                assert time.monotonic() < deadline + 5, gw.stderr_text()  # its last words
+                time.sleep(0.1)
             call = _as_nobody("-c", CALL, renamed)
             assert call.returncode == 0, call.stderr.decode()
             answer = json.loads(call.stdout)
+            refused = not gw.alive() and f"directory {open_dir} is writable" in gw.stderr_text()
             hole(
-                not gw.alive() or answer["status"] is None,
+                refused or answer["status"] is None,
                 f"the gateway started ({gw.stderr_text().strip().splitlines()[:1]}) and user "
                 f"nobody got {answer['status']} with {len(answer.get('body') or [])} containers "
                 f"through {renamed}",

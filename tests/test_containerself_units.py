@@ -3,7 +3,8 @@ what in inspect answers makes a container reachable from outside its networks, w
 other containers reach it by, and that the rule is for the environment policy only.
 
 The daemon tests (test_dropin.py) run the same code on real answers; these pin the edges a
-daemon test cannot set up cheaply (Swarm services, macvlan, routed bridges, public IPv6).
+daemon test cannot set up cheaply (Swarm services, macvlan, routed bridges, existing bridges, IPv6
+addresses).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dockgate.containerself import (
     container_id_from_mountinfo,
     container_problems,
     inspect_self,
+    ipv6_problems,
     loopback_publish_filtered,
     network_problems,
     reachable_names,
@@ -31,6 +33,8 @@ from dockgate.containerself import (
 from dockgate.policy.rules import PolicySet
 from dockgate.policy.tecnativa import policy_from_environment
 
+BRIDGE_NAME = "com.docker.network.bridge.name"
+DEFAULT = {"com.docker.network.bridge.default_bridge": "true"}
 ID = "0db4ce43a80c" + "5" * 52
 OTHER = "687bb3390712" + "7" * 52
 
@@ -123,10 +127,6 @@ def test_a_container_on_its_network_only_has_no_problem() -> None:
             {"NetworkSettings__Ports": {"2375/tcp": [{"HostIp": "::", "HostPort": "49153"}]}},
             "port 2375/tcp is published on [::]:49153",
         ),
-        (
-            {"NetworkSettings__Networks__proxy__GlobalIPv6Address": "2001:4860::5"},
-            "public IPv6 address 2001:4860::5",
-        ),
         ({"Config__Hostname": "elsewhere"}, "is not this process's"),
     ],
 )
@@ -147,9 +147,53 @@ def test_a_bound_port_is_said_once_with_the_port_the_daemon_chose() -> None:
     assert problems == ["port 2375/tcp is published on 0.0.0.0:32768"]
 
 
-def test_a_private_ipv6_address_is_no_problem() -> None:
-    inspected = _inspected(NetworkSettings__Networks__proxy__GlobalIPv6Address="fd00:1::5")
+@pytest.mark.parametrize(
+    ("address", "counts"),
+    [
+        ("2001:4860::5", True),  # global
+        ("fd00:1::5", True),  # ULA: the old code let it through (is_global is False)
+        ("fc00::5", True),
+        ("2001:db8::5", True),  # documentation prefix, routed all the same
+        ("not an address", True),  # not known to be harmless
+        ("fe80::42:acff:fe11:2", False),  # link-local: the link only, as IPv4 on the bridge
+        ("fe80::2%eth0", False),
+        ("", False),  # no IPv6 on this network
+    ],
+)
+def test_ipv6_addresses_but_link_local_count(address: str, counts: bool) -> None:
+    """The attack review's ULA finding (tests/test_attack_review13_dropin.py): any IPv6
+    address but a link-local one is reached by routed machines and other IPv6 networks on
+    20.10 (no ip6tables). Not in container_problems: it counts for an IPv6 listener only."""
+    inspected = _inspected(NetworkSettings__Networks__proxy__GlobalIPv6Address=address)
     assert container_problems(inspected, "0db4ce43a80c") == []
+    found = ipv6_problems(inspected)
+    if counts:
+        assert len(found) == 1 and f"IPv6 address {address}" in found[0], found
+        assert "network proxy" in found[0] and "DOCKGATE_LISTEN=tcp://0.0.0.0:2375" in found[0]
+    else:
+        assert found == []
+
+
+@pytest.mark.parametrize(
+    ("listen", "ipv6"),
+    [
+        ("tcp://0.0.0.0:2375", False),  # the image's default
+        ("tcp://10.0.0.5:2375", False),
+        ("tcp://[::]:2375", True),  # Linux binds it dual-stack
+        ("tcp://[fd00::5]:2375", True),
+        ("tcp://dockgate:2375", True),  # a name may resolve to IPv6
+        ("unix:///run/dockgate.sock", False),
+    ],
+)
+def test_ipv6_problems_count_for_a_listener_that_accepts_ipv6(listen: str, ipv6: bool) -> None:
+    found = ContainerSelf(ID, "p", ("proxy",), frozenset(), (), ("network proxy gives it ...",))
+    listeners = [parse_address("tcp://0.0.0.0:2375"), parse_address(listen)]
+    assert dropin.accepts_ipv6(parse_address(listen)) == ipv6
+    assert dropin.reachable_from_outside(found, listeners) == (
+        ["network proxy gives it ..."] if ipv6 else []
+    )
+    both = ContainerSelf(ID, "p", ("proxy",), frozenset(), ("published",), ("v6",))
+    assert dropin.reachable_from_outside(both, listeners) == ["published"] + (["v6"] * ipv6)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +218,45 @@ def test_a_private_ipv6_address_is_no_problem() -> None:
                 "Options": {"com.docker.network.bridge.gateway_mode_ipv6": "nat-unprotected"},
             },
             "gateway_mode_ipv6=nat-unprotected",
+        ),
+        # The attack review's bridge finding: a bridge the operator made (a LAN port on it).
+        (
+            {"Name": "lan", "Driver": "bridge", "Options": {BRIDGE_NAME: "br0"}},
+            "com.docker.network.bridge.name=br0 (the daemon uses an existing bridge",
+        ),
+        # default_bridge=true may be set by anyone (fromLabels parses it): not the default
+        # network unless it is named `bridge` too.
+        (
+            {"Name": "lan", "Driver": "bridge", "Options": {BRIDGE_NAME: "docker0", **DEFAULT}},
+            "com.docker.network.bridge.name=docker0",
+        ),
+        # dockerd -b br0: the default network on a bridge the operator made.
+        (
+            {"Name": "bridge", "Driver": "bridge", "Options": {BRIDGE_NAME: "br0", **DEFAULT}},
+            "com.docker.network.bridge.name=br0",
+        ),
+        (
+            {"Name": "bridge", "Driver": "bridge", "Options": {BRIDGE_NAME: "docker0", **DEFAULT}},
+            None,
+        ),
+        # The other options of the bridge driver: harmless (the table in containerself.py).
+        (
+            {
+                "Name": "proxy",
+                "Driver": "bridge",
+                "Options": {
+                    "com.docker.network.bridge.enable_ip_masquerade": "false",
+                    "com.docker.network.bridge.enable_icc": "false",
+                    "com.docker.network.bridge.inhibit_ipv4": "true",
+                    "com.docker.network.bridge.host_binding_ipv4": "10.0.0.5",
+                    "com.docker.network.bridge.trusted_host_interfaces": "eth0",
+                    "com.docker.network.bridge.gateway_mode_ipv4": "nat",
+                    "com.docker.network.bridge.gateway_mode_ipv6": "isolated",
+                    "com.docker.network.driver.mtu": "1400",
+                    "com.docker.network.container_iface_prefix": "lan",
+                },
+            },
+            None,
         ),
     ],
 )
@@ -292,6 +375,29 @@ def test_inspect_self_on_a_daemon_that_answers(tmp_path: pathlib.Path) -> None:
     )
     assert isinstance(found, ContainerSelf), found
     assert found.problems == () and found.networks == ("proxy",) and "dockerproxy" in found.names
+
+
+def test_inspect_self_reads_a_config_from_network_with_its_config(tmp_path: pathlib.Path) -> None:
+    """`docker network create --config-from lancfg`: the options are the config-only
+    network's (libnetwork network.go applyConfigurationTo), which the bridge-name rule must see
+    (on the old code no bridge name was looked at at all), and the IPv6 address is said apart."""
+    network = {"Name": "proxy", "Driver": "bridge", "Options": {}, "ConfigFrom": {"Network": "c"}}
+    config = {"Name": "c", "Driver": "null", "Options": {BRIDGE_NAME: "br0"}, "ConfigOnly": True}
+    found = _ask_daemon(
+        {
+            f"/containers/{ID}/json": (
+                200,
+                _inspected(NetworkSettings__Networks__proxy__GlobalIPv6Address="fd00::5"),
+            ),
+            NETWORK[0]: (200, network),
+            "/networks/c": (200, config),
+            VERSION[0]: VERSION[1],
+        },
+        tmp_path,
+    )
+    assert isinstance(found, ContainerSelf), found
+    assert len(found.problems) == 1 and f"{BRIDGE_NAME}=br0" in found.problems[0]
+    assert len(found.ipv6_problems) == 1 and "fd00::5" in found.ipv6_problems[0]
 
 
 def test_inspect_self_when_the_daemon_does_not_know_this_container(tmp_path: pathlib.Path) -> None:

@@ -222,3 +222,38 @@ def test_swarm_service_by_its_name_and_refused_when_it_publishes(node: Node) -> 
         finally:
             node.daemon.docker("service", "rm", "swarmproxy", "swarmpublished", check=False)
             node.daemon.docker("network", "rm", overlay, check=False)
+
+
+@pytest.mark.parametrize("publish", [False, True], ids=["unpublished", "published"])
+def test_network_of_another_container_is_judged_as_that_container(
+    node: Node, publish: bool
+) -> None:
+    """`--network container:X`: the daemon bind-mounts X's /etc/hostname, /etc/hosts and
+    /etc/resolv.conf into the joining container (moby v20.10.24 daemon/container_operations.go
+    initializeNetworking, container_operations_unix.go initializeNetworkingPaths: X's paths,
+    X's hostname), so mountinfo names X and dockgate judges X, whose
+    network namespace the listener is in: X's networks, X's published ports. It starts when X
+    is reachable from its networks only (the warning names X), and is refused when X publishes
+    a port (the listener is behind it). THREAT_MODEL.md said this mode was refused."""
+    holder = f"dgholder-{uuid.uuid4().hex[:6]}"
+    name = f"dgdrop-{uuid.uuid4().hex[:6]}"
+    ports = ("-p", "2375") if publish else ()
+    node.daemon.docker(
+        "run", "-d", "--name", holder, "--network", node.network, *ports,
+        "--entrypoint", "python3", node.image, "-c", "import time; time.sleep(600)",
+    )  # fmt: skip
+    try:
+        _start(node, name, "--network", f"container:{holder}")
+        status, logs = _settle(node, name)
+        if publish:
+            assert status == "exited", logs
+            assert "port 2375/tcp is published on 0.0.0.0:" in logs, logs
+            assert f"container {holder}" in logs, logs
+        else:
+            assert status == "running", logs
+            warnings = [line for line in logs.splitlines() if WARNING in line]
+            assert len(warnings) == 1 and f"container {holder}" in warnings[0], logs
+            assert node.network in warnings[0]
+    finally:
+        _remove(node, name)
+        _remove(node, holder)

@@ -12,13 +12,19 @@ listener is reachable from the container's networks and nowhere else (THREAT_MOD
   (moby container/container_unix.go NetworkMounts), so /proc/self/mountinfo names the ID; the
   inspected container's hostname must be this process's (a cross-check);
 - the container publishes no port (HostConfig.PortBindings, HostConfig.PublishAllPorts,
-  NetworkSettings.Ports), does not share the host's network or another container's
-  (HostConfig.NetworkMode), and a Swarm task's service publishes none (Endpoint.Ports);
+  NetworkSettings.Ports), does not share the host's network (HostConfig.NetworkMode), and a
+  Swarm task's service publishes none (Endpoint.Ports). A container run with
+  `--network container:X` gets X's three files and hostname (moby daemon/container_operations.go
+  initializeNetworking), so the container judged is X, whose network namespace the listener is
+  in; an X that itself joins another's (`container:` again) is refused;
 - each network it is on keeps its members to themselves: a bridge or overlay network (macvlan
   and ipvlan put the container on the host's LAN), not in a routed gateway mode (moby
   libnetwork/drivers/bridge: `com.docker.network.bridge.gateway_mode_ipv4|6` `routed` and
-  `nat-unprotected` let the LAN reach unpublished ports), with no public IPv6 address on the
-  container (routed to it from outside whether or not a port is published).
+  `nat-unprotected` let the LAN reach unpublished ports), on a bridge the daemon made itself
+  (`com.docker.network.bridge.name` names an existing bridge, which may have a LAN port), and,
+  when a listener accepts IPv6, with no IPv6 address on the container but a link-local one
+  (routed to it from outside, and from the daemon's other networks, whether or not a port is
+  published: 20.10 writes no ip6tables rules).
 
 The same answer gives the names other containers reach this one by (its name, its network
 aliases and DNS names, its Compose service and Swarm service): those, and only those, are
@@ -52,6 +58,29 @@ _GATEWAY_MODE_OPTIONS = (
     "com.docker.network.bridge.gateway_mode_ipv4",
     "com.docker.network.bridge.gateway_mode_ipv6",
 )
+# The bridge driver's options (moby v20.10.24 vendor/github.com/docker/libnetwork/drivers/
+# bridge/labels.go and bridge.go fromLabels; HEAD daemon/libnetwork/drivers/bridge/labels.go,
+# bridge_linux.go), decided one by one:
+# - bridge.name: the driver uses an existing bridge as it is (bridge.go: ifaceCreatedByUser)
+#   with whatever else the operator enslaved to it, a LAN port included: refused, but for the
+#   daemon's own default network on docker0, which the daemon makes itself (daemon_unix.go
+#   initBridgeDriver: DefaultBridgeName, unless dockerd -b names another bridge).
+# - gateway_mode_ipv4|6 `routed`/`nat-unprotected` (HEAD): the LAN reaches unpublished ports:
+#   refused; `nat` and `isolated` are not.
+# - enable_ip_masquerade: the SNAT of what the members send out (setup_ip_tables.go); what
+#   comes in still meets the DOCKER chain, which accepts published ports only: harmless.
+# - enable_icc: false only isolates members from each other: harmless.
+# - inhibit_ipv4: no IPv4 address on the bridge itself: harmless (an existing bridge, its use,
+#   is refused by bridge.name).
+# - host_binding_ipv4 (DefaultBindingIP), HEAD trusted_host_interfaces: where *published*
+#   ports bind or who reaches them directly; a published port is refused anyway: harmless.
+# - default_bridge: a user may set it on any network (fromLabels parses it), so it proves
+#   nothing alone; the default network is told by its name `bridge` as well.
+# - com.docker.network.driver.mtu, container_iface_prefix, host_ipv4|6 (the SNAT source):
+#   harmless.
+_BRIDGE_NAME = "com.docker.network.bridge.name"
+_DEFAULT_BRIDGE = "com.docker.network.bridge.default_bridge"
+_DOCKER0 = "docker0"
 # A name other containers can resolve: one DNS label (Docker's container names also allow
 # `_`; the embedded DNS resolves them).
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -68,6 +97,8 @@ class ContainerSelf:
     networks: tuple[str, ...]  # network names, sorted
     names: frozenset[str]  # single-label names other containers reach it by, lower case
     problems: tuple[str, ...]  # why it is reachable from outside its networks; empty: it is not
+    # Why it is, for a listener that accepts IPv6 (its IPv6 addresses); empty: it is not.
+    ipv6_problems: tuple[str, ...] = ()
 
     def describe(self) -> str:
         networks = ", ".join(self.networks) if self.networks else "none"
@@ -167,14 +198,6 @@ def container_problems(
     problems += _published(bound, loopback_filtered)
     unbound = {p: b for p, b in asked.items() if not isinstance(bound.get(p), list)}
     problems += _published(unbound, loopback_filtered)
-    for network, endpoint in sorted(_dict(settings.get("Networks")).items()):
-        address = str(_dict(endpoint).get("GlobalIPv6Address") or "")
-        try:
-            public = bool(address) and ipaddress.ip_address(address).is_global
-        except ValueError:
-            public = False
-        if public:
-            problems.append(f"network {network} gives it the public IPv6 address {address}")
     config = _dict(inspected.get("Config"))
     configured = str(config.get("Hostname") or "")
     domain = str(config.get("Domainname") or "")
@@ -186,17 +209,68 @@ def container_problems(
     return problems
 
 
+def ipv6_problems(inspected: Mapping[str, Any]) -> list[str]:
+    """The container's IPv6 addresses but link-local ones, for a listener that accepts IPv6.
+
+    Not only global ones: a ULA (fd00::/8) is routed inside a site like any other prefix, the
+    bridge driver turns IPv6 forwarding on itself (setup_ipv6.go), and 20.10 writes no
+    ip6tables rules (no DOCKER chain, no isolation between networks) unless --ip6tables: a
+    machine with a route to the subnet, and a container on another IPv6 network of the same
+    daemon, reach the unpublished port. A link-local address is reached from the link only
+    (the network's members and the host), as IPv4 is."""
+    found = []
+    networks = _dict(_dict(inspected.get("NetworkSettings")).get("Networks"))
+    for network, endpoint in sorted(networks.items()):
+        address = str(_dict(endpoint).get("GlobalIPv6Address") or "")
+        try:
+            link_local = ipaddress.ip_address(address.split("%", 1)[0]).is_link_local
+        except ValueError:
+            link_local = False  # not an address: not known to be harmless
+        if address and not link_local:
+            found.append(
+                f"network {network} gives it the IPv6 address {address} and a listener accepts "
+                "IPv6 (routed machines and the daemon's other IPv6 networks reach it where the "
+                "daemon writes no ip6tables rules, as 20.10 by default); listen on IPv4 only "
+                "(DOCKGATE_LISTEN=tcp://0.0.0.0:2375)"
+            )
+    return found
+
+
 def network_problems(name: str, network: Mapping[str, Any]) -> list[str]:
-    """What in a network's inspect answer lets machines outside it reach its members."""
+    """What in a network's inspect answer lets machines outside it reach its members (the
+    bridge driver's options: the table above `_BRIDGE_NAME`)."""
     driver = str(network.get("Driver") or "")
     if driver not in _CONTAINED_DRIVERS:
         return [f"network {name} uses the {driver or 'unknown'} driver (on the host's LAN)"]
     options = _dict(network.get("Options"))
-    return [
+    problems = [
         f"network {name} has {option}={options[option]} (the LAN reaches unpublished ports)"
         for option in _GATEWAY_MODE_OPTIONS
         if str(options.get(option, "")).lower() in _ROUTED_MODES
     ]
+    if driver == "bridge" and _BRIDGE_NAME in options:
+        bridge = str(options[_BRIDGE_NAME])
+        default = (
+            network.get("Name") == "bridge"
+            and str(options.get(_DEFAULT_BRIDGE, "")).lower() == "true"
+            and bridge == _DOCKER0
+        )
+        if not default:
+            problems.append(
+                f"network {name} has {_BRIDGE_NAME}={bridge} (the daemon uses an existing bridge "
+                "as it is: dockgate cannot tell what else is on it, a LAN port included); use a "
+                "network whose bridge the daemon makes (no -o com.docker.network.bridge.name)"
+            )
+    return problems
+
+
+def merged_options(network: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """A `--config-from` network as the daemon builds it: the config-only network's options
+    (moby libnetwork network.go applyConfigurationTo copies its generic options) under the
+    network's own."""
+    merged = dict(network)
+    merged["Options"] = {**_dict(config.get("Options")), **_dict(network.get("Options"))}
+    return merged
 
 
 def service_problems(service: Mapping[str, Any]) -> list[str]:
@@ -264,6 +338,12 @@ async def inspect_self(upstream: Address, container_id: str, hostname: str) -> C
             continue  # said above: network mode host
         network_id = str(_dict(endpoint).get("NetworkID") or name)
         network = await _ask(upstream, f"/networks/{quote(network_id, safe='')}", f"network {name}")
+        source = str(_dict(network.get("ConfigFrom")).get("Network") or "")
+        if source:
+            config = await _ask(
+                upstream, f"/networks/{quote(source, safe='')}", f"config network {source}"
+            )
+            network = merged_options(network, config)
         problems += network_problems(name, network)
     labels = _dict(_dict(inspected.get("Config")).get("Labels"))
     service_id = labels.get("com.docker.swarm.service.id")
@@ -276,6 +356,7 @@ async def inspect_self(upstream: Address, container_id: str, hostname: str) -> C
         networks=tuple(sorted(attached)),
         names=reachable_names(inspected),
         problems=tuple(problems),
+        ipv6_problems=tuple(ipv6_problems(inspected)),
     )
 
 

@@ -10,7 +10,8 @@ container facts come from containerself.py, asked once at start.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dockgate.addresses import Address
@@ -30,18 +31,42 @@ class Verdict:
         return self.found.names if self.found is not None else frozenset()
 
 
-def judge(upstream: Address, policies: PolicySet) -> Verdict:
+def accepts_ipv6(address: Address) -> bool:
+    """Whether a listener may accept IPv6 connections: a TCP address but an IPv4 literal (an
+    IPv6 literal, `::` included, which Linux binds dual-stack; a name, which may resolve to
+    IPv6; all interfaces)."""
+    if address.scheme != "tcp":
+        return False
+    try:
+        return ipaddress.ip_address(address.host).version == 6
+    except ValueError:
+        return True
+
+
+def reachable_from_outside(found: ContainerSelf, listeners: Sequence[Address]) -> list[str]:
+    """Why `listeners` in container `found` are reachable from outside its networks: its
+    problems, and its IPv6 ones when a listener accepts IPv6."""
+    problems = list(found.problems)
+    if any(accepts_ipv6(address) for address in listeners):
+        problems += found.ipv6_problems
+    return problems
+
+
+def judge(upstream: Address, policies: PolicySet, listeners: Sequence[Address] = ()) -> Verdict:
     """Ask the daemon (once) whether this process's container is reachable only from its
-    networks. Called at start, before the workers; the answer is not revisited (a later
-    `docker network connect` or `docker service update --publish-add` is not seen)."""
+    networks by `listeners`. Called at start, before the workers; the answer is not revisited
+    (a later `docker network connect` or `docker service update --publish-add` is not seen).
+    The container's IPv6 addresses count only when a listener accepts IPv6 (the image's
+    default, tcp://0.0.0.0:2375, does not)."""
     if policies.source != "environment":
         return Verdict(None, "a policy file is in force (the rule is for the environment policy)")
     try:
         found = asyncio.run(find_self(upstream))
     except CannotTell as exc:
         return Verdict(None, str(exc))
-    if found.problems:
-        return Verdict(found, f"{found.describe()}: {'; '.join(found.problems)}")
+    problems = reachable_from_outside(found, listeners)
+    if problems:
+        return Verdict(found, f"{found.describe()}: {'; '.join(problems)}")
     return Verdict(found, None)
 
 

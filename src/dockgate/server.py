@@ -458,7 +458,7 @@ def check_exposure(
     verdict = (
         dropin.Verdict(None, "the listeners are sockets systemd passed")
         if inherited
-        else dropin.judge(config.upstream, policies)
+        else dropin.judge(config.upstream, policies, exposed)
     )
     if verdict.names:
         policies = dataclasses.replace(policies, hosts=policies.hosts | verdict.names)
@@ -472,9 +472,17 @@ def check_exposure(
             if inherited
             else "Listen on loopback or a unix socket"
         )
+        # A socket in a directory others may write to: its mode says nothing (systemd.swappable).
+        swapped = "".join(
+            f" {one.address}: {one.swappable}, so another user may swap the socket for a file "
+            "of their own; put it in a directory only root may write to (/run, or the "
+            "service's RuntimeDirectory=)."
+            for one in inherited
+            if one.swappable and one.address in exposed
+        )
         raise StartupError(
             f"refusing to listen on {names} without authentication: whoever reaches it is root "
-            f"on this host. {fix}, add authentication (--htpasswd, "
+            f"on this host.{swapped} {fix}, add authentication (--htpasswd, "
             "--tokens or --tls-client-ca), or pass --insecure (DOCKGATE_INSECURE=1 in the "
             "environment) to accept that. Not a container reachable only from its networks: "
             f"{verdict.reason}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
 import socket
 import stat
 import sys
@@ -44,6 +45,8 @@ class Inherited:
     # like a non-loopback TCP listener.
     open_to_all: bool = False
     detail: str = ""  # "mode 660, group docker" for a file socket: what systemd made of it
+    # Why another user could put another file at its path (swappable()); empty: none can.
+    swappable: str = ""
 
     def describe(self) -> str:
         parts = [f"fd {self.fd}"]
@@ -147,16 +150,89 @@ def _unix(fd: int, name: str, label: str, sock: socket.socket, bound: object) ->
         raise ActivationError(f"LISTEN_FDS: {label} is a unix socket bound to no path")
     address = Address("unix", path=path)
     try:
+        # The path, not the socket (a unix socket's fstat is its sockfs inode, not the file):
+        # so the mode read is this socket's only if nobody else may have replaced the file.
+        why = swappable(path)
         info = os.stat(path)
     except OSError as exc:
         raise ActivationError(f"LISTEN_FDS: {label} {address}: {exc.strerror or exc}") from None
     mode = stat.S_IMODE(info.st_mode)
+    detail = f"mode {mode:o}, group {_group(info.st_gid)}"
+    open_to_all = bool(mode & _OTHERS_WRITE) or bool(why)
+    return Inherited(fd, name, address, sock, open_to_all, detail, why)
+
+
+def _user(uid: int) -> str:
     try:
-        group = grp.getgrgid(info.st_gid).gr_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        group = str(info.st_gid)
-    detail = f"mode {mode:o}, group {group}"
-    return Inherited(fd, name, address, sock, bool(mode & _OTHERS_WRITE), detail)
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+# Symbolic links followed before giving up (the kernel's own limit, fs/namei.c MAXSYMLINKS).
+_MAX_LINKS = 40
+
+
+def swappable(path: str, uid: int | None = None, gid: int | None = None) -> str:
+    """Why a user other than root and this process's could rename the file at `path` away and
+    put another in its place (a 0600 decoy, so that a 0666 socket looks private), or "".
+
+    As sshd's StrictModes (auth.c secure_path), every directory the path is looked up in, from
+    `/` on and through symbolic links, is checked: it must belong to root or this process's
+    user, and not be writable by others nor by a group other than root's or this process's,
+    unless it has the sticky bit (then only an entry's owner may rename it: the entry looked
+    up must belong to root or this process's user, as must the socket file itself). Not the
+    socket file's group: the file is the one that could be a decoy, so it cannot vouch for the
+    directory it is in."""
+    trusted_users = {0, os.geteuid() if uid is None else uid}
+    trusted_groups = {0, os.getegid() if gid is None else gid}
+    directory = "/"
+    remaining = [part for part in path.split("/") if part]
+    links = 0
+    while remaining:
+        part = remaining.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            directory = os.path.dirname(directory)  # `directory` holds no link: lexical is right
+            continue
+        entry = os.path.join(directory, part)
+        held = os.stat(directory)
+        info = os.lstat(entry)
+        mode = stat.S_IMODE(held.st_mode)
+        sticky = bool(mode & stat.S_ISVTX)
+        if held.st_uid not in trusted_users:
+            return f"directory {directory} belongs to user {_user(held.st_uid)}"
+        if mode & stat.S_IWOTH and not sticky:
+            return f"directory {directory} is writable by every user (mode {mode:o}, no sticky bit)"
+        if mode & stat.S_IWGRP and not sticky and held.st_gid not in trusted_groups:
+            return (
+                f"directory {directory} is writable by group {_group(held.st_gid)} "
+                f"(mode {mode:o}, no sticky bit)"
+            )
+        if sticky and mode & (stat.S_IWOTH | stat.S_IWGRP) and info.st_uid not in trusted_users:
+            owner = _user(info.st_uid)
+            return f"{entry} belongs to user {owner} in the shared directory {directory}"
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > _MAX_LINKS:
+                raise OSError(f"more than {_MAX_LINKS} symbolic links")
+            target = os.readlink(entry)
+            if target.startswith("/"):
+                directory = "/"
+            remaining = [p for p in target.split("/") if p] + remaining
+            continue
+        if not remaining and info.st_uid not in trusted_users:
+            return f"{entry} belongs to user {_user(info.st_uid)}"  # who may chmod it
+        directory = entry
+    return ""
 
 
 def check_listen_option(inherited: Sequence[Inherited], listen: Sequence[Address]) -> None:
