@@ -14,9 +14,8 @@ from __future__ import annotations
 import pathlib
 import stat
 import subprocess
-import sys
 
-from support.gateway import gateway_env
+from support.gateway import run_dockgate
 
 # An entry as Apache's `htpasswd -B -c` writes it: that tool creates the file 0666 & ~umask,
 # 0644 under the usual umask (an nginx setup's file, which the README's migration keeps).
@@ -24,15 +23,7 @@ APACHE_ENTRY = "alice:$2y$05$abcdefghijklmnopqrstuuJ5s8Ah6V4aYQvKQpd7wJlOPAPy2E9
 
 
 def dockgate(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dockgate", *args],
-        env=gateway_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_dockgate(*args, stdin=stdin)
 
 
 def test_a_new_hash_does_not_land_in_a_world_readable_file_silently(

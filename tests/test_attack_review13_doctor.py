@@ -16,26 +16,18 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 
 import pytest
 
-from support.gateway import gateway_env
+from support.gateway import run_dockgate
 
 RUN_TIMEOUT = 30
 
 
 def doctor(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dockgate", "doctor", *args],
-        env=gateway_env(env),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
+    return run_dockgate("doctor", *args, env=env, timeout=RUN_TIMEOUT)
 
 
 @pytest.fixture

@@ -12,27 +12,18 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
 from dockgate.auth.filemode import credential_file_warnings, mode_warning
 from support.fake_upstream import FakeUpstream
-from support.gateway import Gateway, gateway_env, running
+from support.gateway import Gateway, run_dockgate, running
 
 APACHE_ENTRY = "alice:$2y$05$abcdefghijklmnopqrstuuJ5s8Ah6V4aYQvKQpd7wJlOPAPy2E9Ty\n"
 
 
 def dockgate(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dockgate", *args],
-        env=gateway_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_dockgate(*args, stdin=stdin)
 
 
 def credential_file(tmp_path: pathlib.Path, mode: int, text: str = APACHE_ENTRY) -> pathlib.Path:

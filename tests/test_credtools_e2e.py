@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
-import sys
 import time
 import uuid
 
@@ -23,7 +22,7 @@ import requests
 
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
-from support.gateway import Gateway, gateway_env, running
+from support.gateway import Gateway, run_dockgate, running
 from support.remote import basic_header, remote_docker
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
@@ -35,16 +34,7 @@ RUN = uuid.uuid4().hex[:10]
 
 
 def dockgate(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dockgate", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=gateway_env(),
-        check=False,
-        timeout=60,
-    )
-    return proc
+    return run_dockgate(*args, stdin=stdin)
 
 
 def done(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ from dockgate.sourceaddr import SourceRules, parse_address_list
 from dockgate.startup import configured_own_listener
 from dockgate.summary import policy_summary, section_access
 from support.daemon import PrivateDaemon, free_tcp_port
-from support.gateway import Gateway, gateway_env, running, serve_command
+from support.gateway import Gateway, gateway_env, run_dockgate, running, serve_command
 from support.remote import write_htpasswd
 
 POLICIES = pathlib.Path(__file__).parent / "policies"
@@ -63,14 +62,7 @@ RUN_TIMEOUT = 30
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dockgate", "doctor", *args],
-        env=gateway_env(env),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
+    return run_dockgate("doctor", *args, env=env, timeout=RUN_TIMEOUT)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import re
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from dockgate.addresses import parse_address
 from dockgate.startup import check_upstream_socket
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.fake_upstream import FakeUpstream
-from support.gateway import Gateway, gateway_env, running, serve_command
+from support.gateway import Gateway, gateway_env, run_dockgate, running, serve_command
 from support.remote import write_htpasswd
 
 START_TIMEOUT = 20
@@ -51,14 +50,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 
 def dockgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dockgate", *args],
-        env=gateway_env(env),
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        check=False,
-    )
+    return run_dockgate(*args, env=env, timeout=START_TIMEOUT)
 
 
 def new_gateway(upstream: str, *args: str, **kwargs: Any) -> Gateway:

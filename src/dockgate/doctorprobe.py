@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import io
 import os
 import platform
-import pwd
 import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dockgate import __version__
+from dockgate.accounts import group_name, user_name
 from dockgate.addresses import Address
 from dockgate.auth.filemode import credential_file_warnings
 from dockgate.config import ServeConfig
@@ -292,28 +291,14 @@ def _socket_file(path: str, config: ServeConfig) -> SocketFile:
         info = None
     if info is not None and stat.S_ISSOCK(info.st_mode):
         return SocketFile(
-            stat.S_IMODE(info.st_mode), _user(info.st_uid), _group(info.st_gid), exists=True
+            stat.S_IMODE(info.st_mode), user_name(info.st_uid), group_name(info.st_gid), exists=True
         )
     group = config.socket_group
     if group is None:
-        group = _group(os.getegid())
+        group = group_name(os.getegid())
     elif group.isdigit():
-        group = _group(int(group))
-    return SocketFile(config.socket_mode, _user(os.geteuid()), group, exists=False)
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+        group = group_name(int(group))
+    return SocketFile(config.socket_mode, user_name(os.geteuid()), group, exists=False)
 
 
 def _exposure_facts(
@@ -359,9 +344,9 @@ def probe_header() -> Header:
         platform.python_version(),
         platform.platform(),
         container_marker(),
-        f"{os.geteuid()} ({_user(os.geteuid())})",
-        f"{os.getegid()} ({_group(os.getegid())})",
-        tuple(f"{gid} ({_group(gid)})" for gid in groups),
+        f"{os.geteuid()} ({user_name(os.geteuid())})",
+        f"{os.getegid()} ({group_name(os.getegid())})",
+        tuple(f"{gid} ({group_name(gid)})" for gid in groups),
         socket.gethostname(),
     )
 

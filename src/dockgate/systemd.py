@@ -8,9 +8,7 @@ sd_notify(3).
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-import pwd
 import socket
 import stat
 import sys
@@ -18,6 +16,7 @@ import time
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
+from dockgate.accounts import group_name, user_name
 from dockgate.addresses import Address
 
 # sd-daemon.h: SD_LISTEN_FDS_START, the first inherited descriptor.
@@ -157,23 +156,9 @@ def _unix(fd: int, name: str, label: str, sock: socket.socket, bound: object) ->
     except OSError as exc:
         raise ActivationError(f"LISTEN_FDS: {label} {address}: {exc.strerror or exc}") from None
     mode = stat.S_IMODE(info.st_mode)
-    detail = f"mode {mode:o}, group {_group(info.st_gid)}"
+    detail = f"mode {mode:o}, group {group_name(info.st_gid)}"
     open_to_all = bool(mode & _OTHERS_WRITE) or bool(why)
     return Inherited(fd, name, address, sock, open_to_all, detail, why)
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 # Symbolic links followed before giving up (the kernel's own limit, fs/namei.c MAXSYMLINKS).
@@ -209,16 +194,16 @@ def swappable(path: str, uid: int | None = None, gid: int | None = None) -> str:
         mode = stat.S_IMODE(held.st_mode)
         sticky = bool(mode & stat.S_ISVTX)
         if held.st_uid not in trusted_users:
-            return f"directory {directory} belongs to user {_user(held.st_uid)}"
+            return f"directory {directory} belongs to user {user_name(held.st_uid)}"
         if mode & stat.S_IWOTH and not sticky:
             return f"directory {directory} is writable by every user (mode {mode:o}, no sticky bit)"
         if mode & stat.S_IWGRP and not sticky and held.st_gid not in trusted_groups:
             return (
-                f"directory {directory} is writable by group {_group(held.st_gid)} "
+                f"directory {directory} is writable by group {group_name(held.st_gid)} "
                 f"(mode {mode:o}, no sticky bit)"
             )
         if sticky and mode & (stat.S_IWOTH | stat.S_IWGRP) and info.st_uid not in trusted_users:
-            owner = _user(info.st_uid)
+            owner = user_name(info.st_uid)
             return f"{entry} belongs to user {owner} in the shared directory {directory}"
         if stat.S_ISLNK(info.st_mode):
             links += 1
@@ -230,7 +215,7 @@ def swappable(path: str, uid: int | None = None, gid: int | None = None) -> str:
             remaining = [p for p in target.split("/") if p] + remaining
             continue
         if not remaining and info.st_uid not in trusted_users:
-            return f"{entry} belongs to user {_user(info.st_uid)}"  # who may chmod it
+            return f"{entry} belongs to user {user_name(info.st_uid)}"  # who may chmod it
         directory = entry
     return ""
 

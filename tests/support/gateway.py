@@ -53,6 +53,25 @@ def gateway_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def run_dockgate(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stdin: str = "",
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m dockgate ARGS`` run to its end with this tree's code (``gateway_env(env)``):
+    the one-shot commands (check, doctor, policy validate, htpasswd, token)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dockgate", *args],
+        input=stdin,
+        env=gateway_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class Gateway(StartStop):
     """A ``dockgate serve`` subprocess.
 
