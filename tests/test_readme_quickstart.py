@@ -331,7 +331,10 @@ def quickstart(daemon: PrivateDaemon, busybox_image: str) -> Iterator[QuickStart
                     start_new_session=True,  # its own process group: stopped as one
                 )
             deadline = time.monotonic() + INSTALL_TIMEOUT
-            while not _listening(LISTEN):
+            # Its own "listening on" line, not just someone answering on the port (another
+            # process may have taken it since the check above).
+            mine = f"dockgate: listening on tcp://{LISTEN[0]}:{LISTEN[1]}"
+            while not (_listening(LISTEN) and mine in log.read_text(errors="replace")):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
                     pytest.fail(f"the README's first command did not start a gateway:\n{tail}")
