@@ -231,3 +231,36 @@ def test_socket_swapped_in_a_directory_an_acl_opens(daemon: PrivateDaemon, acl_d
             gw.stop()
     finally:
         real.close()
+
+
+# ----- messages: a password given in an address -------------------------------------------------
+
+_PASSWORD = "hunter2-a13c"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="addresses.shown_address keeps text starting with '/' or '.' whole: DOCKER_HOST=//USER:"
+    "PASSWORD@HOST (and ./, /tcp://) is quoted with its password by serve and doctor",
+)
+@pytest.mark.parametrize("command", [["serve"], ["doctor"], ["doctor", "--format", "json"]])
+@pytest.mark.parametrize(
+    "value",
+    [f"//admin:{_PASSWORD}@10.0.0.5:2375", f"/tcp://admin:{_PASSWORD}@10.0.0.5:2375"],
+)
+def test_a_password_in_a_mistyped_docker_host_is_printed(command: list[str], value: str) -> None:
+    """shown_address treats any text starting with `/` or `.` as a unix path (a file name, shown
+    as it is). A DOCKER_HOST with the scheme left out (`//USER:PASSWORD@HOST`, a
+    scheme-relative URL Go's url.Parse reads with its user info) or a stray leading `/` is
+    refused by parse_address, and the refusal quotes the whole value, password included, on
+    stderr (serve) and in doctor's report (text and JSON: "paste it into an issue"). The same
+    value with the scheme (`tcp://admin:PASSWORD@HOST`) is shown as `tcp://***@HOST`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER", "DOCKGATE"))}
+    env |= {"PYTHONPATH": str(REPO / "src"), "DOCKER_HOST": value}
+    done = subprocess.run(
+        ["python3", "-m", "dockgate", *command],
+        env=env, capture_output=True, text=True, timeout=30, check=False, cwd=REPO,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert "DOCKER_HOST" in output, output  # the refusal itself, not a start
+    assert _PASSWORD not in output, output
