@@ -264,3 +264,54 @@ def test_a_password_in_a_mistyped_docker_host_is_printed(command: list[str], val
     output = done.stdout + done.stderr
     assert "DOCKER_HOST" in output, output  # the refusal itself, not a start
     assert _PASSWORD not in output, output
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="quickstart ownership: network names are shared; a caller creates the network a host"
+    " container later joins by name and reaches its ports from a container of its own",
+)
+def test_a_network_made_first_reaches_the_host_containers_ports(
+    qs: Api, daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """The operator's scripts run `docker network create appnet || true` then `docker run
+    --network appnet ...` (Compose does the same for `myapp_default`, with a warning only):
+    the daemon uses the network that has the name. A quickstart caller who made the name first
+    (NetworkCreate, allowed: `networks`) owns it, and its own container on it reaches the
+    operator's service there by name, here a web server handing out a token. Control: a
+    network the operator made first is refused to the caller (not the caller's)."""
+    token = f"operator-token-{uuid.uuid4().hex}"
+    squatted, control, server = f"appnet-{RUN}", f"opnet-{RUN}", f"opweb-{RUN}"
+    serve = f"mkdir -p /www && echo {token} > /www/t && httpd -f -p 8080 -h /www"
+    fetch = ["sh", "-c", f"printf 'GET /t HTTP/1.0\\r\\n\\r\\n' | nc {server} 8080"]
+    try:
+        daemon.docker("network", "create", control)
+        status, answer = qs.call(
+            "POST",
+            "/v1.41/containers/create",
+            {"Image": busybox_image, "Cmd": fetch, "HostConfig": {"NetworkMode": control}},
+        )
+        assert status != 201, (status, answer)
+
+        status, answer = qs.call("POST", "/v1.41/networks/create", {"Name": squatted})
+        assert status == 201, (status, answer)
+        daemon.docker("network", "create", squatted, check=False)  # `|| true`: it exists
+        daemon.docker(
+            "run", "-d", "--name", server, "--network", squatted, busybox_image, "sh", "-c", serve
+        )  # fmt: skip
+        time.sleep(1)
+        # By address: this static busybox cannot resolve names (its wget crashes); a client
+        # with a resolver reaches the same by the name the daemon's DNS gives it.
+        inspected = json.loads(daemon.docker("inspect", server).stdout)[0]
+        address = inspected["NetworkSettings"]["Networks"][squatted]["IPAddress"]
+        fetch[:] = ["sh", "-c", f"printf 'GET /t HTTP/1.0\\r\\n\\r\\n' | nc {address} 8080"]
+        body = {"Image": busybox_image, "Cmd": fetch, "HostConfig": {"NetworkMode": squatted}}
+        _, out = qs.run(body)
+        assert token not in out, f"the caller's container read the operator's service: {out}"
+    finally:
+        daemon.docker("rm", "-f", server, check=False)
+        for cid in (
+            daemon.docker("ps", "-aq", "--filter", f"network={squatted}").stdout.decode().split()
+        ):
+            daemon.docker("rm", "-f", cid, check=False)
+        daemon.docker("network", "rm", squatted, control, check=False)
