@@ -1,7 +1,16 @@
 """Issue 13, attack review, second pass: examples/policies/quickstart.yaml (now with ownership for
 the anonymous callers of loopback) attacked as its caller, against the real daemon.
 
-Each finding is one `xfail(strict=True)` test, proven by its effect on the daemon.
+Each finding is one `xfail(strict=True)` test, proven by its effect:
+- names are shared (as image names are, THREAT_MODEL.md): a caller who creates a volume or a
+  network under a name the host's own containers later use by name owns it, and gets what the
+  host's container writes to the volume, or reaches its ports on the network (the controls: the
+  same objects made first by the operator are refused to the caller);
+- systemd.swappable reads mode bits only: a directory a POSIX ACL opens to another user passes,
+  and that user swaps the inherited 0666 socket for a link to a root file (the final file need
+  not be a socket): the gateway serves the real socket without authentication;
+- shown_address keeps text starting with `/` or `.` whole: a DOCKER_HOST without its scheme
+  (`//USER:PASSWORD@HOST`) is quoted with its password by serve and doctor.
 
 What held (tried through the quickstart gateway against the real daemon, not kept as tests):
 containers: `--volumes-from`, `--network`/`--pid`/`--ipc container:X` of a container made on the
