@@ -189,12 +189,6 @@ def acl_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="systemd.swappable reads mode bits only: a directory whose ACL lets another user"
-    " write (mode 0775, group root) passes, and that user swaps the 0666 socket for a link to"
-    " a root file: the gateway serves it without authentication",
-)
 def test_socket_swapped_in_a_directory_an_acl_opens(daemon: PrivateDaemon, acl_dir: str) -> None:
     """The socket-activation check (systemd._unix) trusts the path's directories by their mode
     bits (StrictModes-like). A POSIX ACL entry (`setfacl -m u:nobody:rwx /run/dockgate`, as an
@@ -247,11 +241,6 @@ def test_socket_swapped_in_a_directory_an_acl_opens(daemon: PrivateDaemon, acl_d
 _PASSWORD = "hunter2-a13c"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="addresses.shown_address keeps text starting with '/' or '.' whole: DOCKER_HOST=//USER:"
-    "PASSWORD@HOST (and ./, /tcp://) is quoted with its password by serve and doctor",
-)
 @pytest.mark.parametrize("command", [["serve"], ["doctor"], ["doctor", "--format", "json"]])
 @pytest.mark.parametrize(
     "value",

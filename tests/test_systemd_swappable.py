@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import tempfile
 from collections.abc import Iterator
 
@@ -49,9 +50,10 @@ def _dir(parent: str, name: str, mode: int, uid: int = 0, gid: int = 0) -> str:
 
 
 def _file(parent: str, name: str = "d.sock", uid: int = 0) -> str:
+    """A unix socket's file at `parent/name` (bound, then closed: the file stays)."""
     path = os.path.join(parent, name)
-    with open(path, "w"):
-        pass
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(path)
     os.chown(path, uid, 0)
     return path
 
@@ -156,3 +158,31 @@ def test_refusal_names_the_directory_and_the_fix(base: str) -> None:
     message = str(caught.value)
     assert f"directory {shared} is writable by every user" in message
     assert "RuntimeDirectory=" in message
+
+
+def test_a_file_that_is_not_a_socket_is_swapped(base: str) -> None:
+    """The second attack pass: a symbolic link to /etc/passwd put at the socket's path passed,
+    its target being root's in root's directories. The file found must be a socket."""
+    run = _dir(base, "run", 0o755)
+    os.symlink("/etc/passwd", os.path.join(run, "d.sock"))
+    assert "is not a socket" in swappable(os.path.join(run, "d.sock"))
+
+
+def test_a_directory_with_an_acl_is_swappable(base: str) -> None:
+    """The second attack pass: `setfacl -m u:nobody:rwx` on a 0755 directory (its mode then
+    reads 0775, group root) let nobody swap the socket while the mode bits looked safe."""
+    run = _dir(base, "run", 0o755)
+    path = _file(run)
+    try:
+        os.setxattr(run, "system.posix_acl_access", _acl_user_rwx(NOBODY))
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs on this file system: {exc}")
+    assert "access control list" in swappable(path)
+
+
+def _acl_user_rwx(uid: int) -> bytes:
+    """The xattr value `setfacl -m u:UID:rwx` writes (linux/posix_acl_xattr.h, version 2):
+    USER_OBJ rwx, USER uid rwx, GROUP_OBJ r-x, MASK rwx, OTHER r-x."""
+    entries = [(0x01, 7, 0xFFFFFFFF), (0x02, 7, uid), (0x04, 5, 0xFFFFFFFF),
+               (0x10, 7, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)]  # fmt: skip
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)

@@ -66,8 +66,11 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 def shown_address(text: str) -> str:
     """`text` as messages may quote it: user info (`USER:PASSWORD@`, or a token as the user)
     replaced by `***@`, so a password given in an address is never printed. An absolute unix
-    path is a file name, shown as it is (an "@" in it is no user info)."""
-    if "@" not in text or text.startswith(("unix:///", "/", ".")):
+    path is a file name, shown as it is (an "@" in it is no user info); a text that only
+    starts like one (`//user:pw@host`, `/tcp://user:pw@host`: a mistyped DOCKER_HOST) is not."""
+    if "@" not in text or text.startswith("unix:///"):
+        return text
+    if text.startswith(("/", ".")) and "://" not in text and not text.startswith("//"):
         return text
     scheme, sep, _ = text.partition("://")
     prefix = scheme + sep if sep and _SCHEME.fullmatch(scheme) else ""

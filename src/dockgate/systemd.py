@@ -195,6 +195,10 @@ def swappable(path: str, uid: int | None = None, gid: int | None = None) -> str:
         sticky = bool(mode & stat.S_ISVTX)
         if held.st_uid not in trusted_users:
             return f"directory {directory} belongs to user {user_name(held.st_uid)}"
+        if _has_acl(directory):
+            # An ACL entry (`setfacl -m u:nobody:rwx`) lets a user write where the mode bits,
+            # which show only its mask as the group's, say nobody may.
+            return f"directory {directory} has an access control list (only mode bits are read)"
         if mode & stat.S_IWOTH and not sticky:
             return f"directory {directory} is writable by every user (mode {mode:o}, no sticky bit)"
         if mode & stat.S_IWGRP and not sticky and held.st_gid not in trusted_groups:
@@ -216,8 +220,19 @@ def swappable(path: str, uid: int | None = None, gid: int | None = None) -> str:
             continue
         if not remaining and info.st_uid not in trusted_users:
             return f"{entry} belongs to user {user_name(info.st_uid)}"  # who may chmod it
+        if not remaining and not stat.S_ISSOCK(info.st_mode):
+            return f"{entry} is not a socket (the one systemd passed is no longer at its path)"
         directory = entry
     return ""
+
+
+def _has_acl(directory: str) -> bool:
+    """Whether `directory` carries a POSIX access ACL (an extended attribute of that name; a
+    file system without them answers ENOTSUP)."""
+    try:
+        return "system.posix_acl_access" in os.listxattr(directory)
+    except OSError:
+        return False
 
 
 def check_listen_option(inherited: Sequence[Inherited], listen: Sequence[Address]) -> None:
