@@ -18,6 +18,7 @@ import pytest
 
 from dockgate.addresses import AddressError, parse_address, shown_address
 from dockgate.policy.loader import PolicyError, load_policy_file
+from dockgate.sourceaddr import AddressListError, parse_address_list
 from dockgate.upstreamtls import UpstreamTLSError, resolve_upstream
 from support.gateway import gateway_env, serve_command
 
@@ -146,3 +147,23 @@ def test_doctor_json_hides_the_password_of_dockgate_upstream(tmp_path: pathlib.P
     json.loads(proc.stdout)
     assert SECRET not in proc.stdout + proc.stderr
     assert "DOCKGATE_UPSTREAM" in proc.stdout
+
+
+def test_a_password_in_the_port_position_is_not_quoted() -> None:
+    """The second attack pass: `tcp://h:PASSWORD` (user info without its `@`) was quoted back
+    as "invalid port 'PASSWORD'"."""
+    with pytest.raises(AddressError) as raised:
+        parse_address(f"tcp://gw:{SECRET}")
+    assert SECRET not in str(raised.value)
+    assert str(raised.value).startswith("'tcp://gw:***': the port is not a number")
+    with pytest.raises(AddressError, match=r"invalid port '99999'"):  # a number is shown
+        parse_address("tcp://gw:99999")
+
+
+def test_a_trusted_proxy_with_user_info_is_not_quoted() -> None:
+    with pytest.raises(AddressListError) as raised:
+        parse_address_list([f"tcp://alice:{SECRET}@10.0.0.1"])
+    assert SECRET not in str(raised.value)
+    assert "'tcp://***@10.0.0.1': not an address or network" in str(raised.value)
+    with pytest.raises(AddressListError, match=r"'10.0.0.300'"):  # a typo is still shown
+        parse_address_list(["10.0.0.300"])

@@ -108,7 +108,11 @@ def parse_address(text: str, *, default_port: int = 2375) -> Address:
     if not host:
         raise AddressError(f"{shown}: missing host")
     if port_text:
-        if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()):
+            # Not shown: `tcp://user:PASSWORD` without the `@` puts a password here.
+            masked = repr(shown_address(text)[: -len(port_text)] + "***")
+            raise AddressError(f"{masked}: the port is not a number (not shown)")
+        if not 0 <= int(port_text) <= 65535:
             raise AddressError(f"{shown}: invalid port {port_text!r}")
         port = int(port_text)
     else:

@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dockgate.addresses import shown_address
 from dockgate.errors import ClientProtocolError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,6 +68,9 @@ def parse_address_list(entries: Iterable[str]) -> AddressList:
             try:
                 network = ipaddress.ip_network(item, strict=True)
             except ValueError as exc:
+                if "@" in item:  # an address with user info (a password): not quoted
+                    shown = shown_address(item)
+                    raise AddressListError(f"{shown!r}: not an address or network") from None
                 raise AddressListError(f"{item!r}: {exc}") from None
             networks.append(_unmapped(network))
     return AddressList(tuple(networks), unix)
