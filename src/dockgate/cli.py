@@ -514,8 +514,16 @@ def _check(args: argparse.Namespace) -> int:
     gatekeeper = Gatekeeper(policies)
     host = args.host.encode() if args.host is not None else None
     origin = args.origin.encode() if args.origin is not None else None
+    # As admission.py asks it: whether this caller proved who it is decides whether its Host
+    # may be any DNS name (a browser tricked by DNS rebinding presents no credentials).
     verdict = gatekeeper.check(
-        method, target.strip(), host, origin, upgrade=args.upgrade, policy=policy
+        method,
+        target.strip(),
+        host,
+        origin,
+        upgrade=args.upgrade,
+        policy=policy,
+        authenticated=caller.authenticated,
     )
     match = verdict.match
     if match is not None:

@@ -107,10 +107,6 @@ class UpstreamPool:
         self.max_idle = max_idle
         self._idle: collections.deque[UpstreamConnection] = collections.deque()
 
-    @property
-    def idle_count(self) -> int:
-        return len(self._idle)
-
     def take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
         while idle:
