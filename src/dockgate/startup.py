@@ -9,7 +9,6 @@ warnings (it may work later: the daemon can start after the gateway).
 from __future__ import annotations
 
 import datetime
-import grp
 import ipaddress
 import os
 import socket
@@ -20,6 +19,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from dockgate.accounts import group_name
 from dockgate.addresses import Address
 from dockgate.config import ServeConfig
 from dockgate.hops import HOP_HEADER, TOKEN
@@ -75,10 +75,7 @@ def check_upstream_socket(upstream: Address) -> list[str]:
 
 
 def _socket_permission_fix(info: os.stat_result) -> str:
-    try:
-        group = grp.getgrgid(info.st_gid).gr_name
-    except KeyError:
-        group = str(info.st_gid)
+    group = group_name(info.st_gid)
     return (
         f"the socket is mode {stat.S_IMODE(info.st_mode):o}, group {group}; run dockgate as a "
         f"member of group {group} (usermod -aG {group} USER, or in a container "
