@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from dockgate.audit import body_details
 from dockgate.body.guardrails import check_request
+from dockgate.observe.audit import body_details
 from dockgate.policy.loader import parse_policy_text
 
 POLICY = """

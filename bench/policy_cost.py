@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from dockgate.gatekeeper import Gatekeeper
+from dockgate.api.routes import OPERATIONS, SECTIONS
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import load_policy_file
-from dockgate.routes import OPERATIONS, SECTIONS
 
 CORPUS = [
     ("GET", "/_ping"),

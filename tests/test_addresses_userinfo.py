@@ -17,9 +17,9 @@ import sys
 import pytest
 
 from dockgate.addresses import AddressError, parse_address, shown_address
+from dockgate.auth.sourceaddr import AddressListError, parse_address_list
 from dockgate.policy.loader import PolicyError, load_policy_file
-from dockgate.sourceaddr import AddressListError, parse_address_list
-from dockgate.upstreamtls import UpstreamTLSError, resolve_upstream
+from dockgate.relay.upstreamtls import UpstreamTLSError, resolve_upstream
 from support.gateway import gateway_env, serve_command
 
 SECRET = "Zq8r5Wd2-secret"

@@ -1,4 +1,4 @@
-"""Admission of requests (dockgate.admission.Admissions.admit) with real credential files.
+"""Admission of requests (dockgate.policy.admission.Admissions.admit) with real credential files.
 
 Claims under test, in the documented order: a trusted peer's X-Forwarded-For names the source
 (read right to left; a malformed chain is 400; untrusted peers' headers are ignored); the global
@@ -21,15 +21,9 @@ from collections.abc import Iterable
 
 import pytest
 
-from dockgate.admission import Admission, Admissions, ConnectionFacts, PendingAdmission
 from dockgate.auth.authenticator import Authenticator, WatchedFile
 from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd, parse_htpasswd
-from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
-from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens, parse_tokens
-from dockgate.auth.tokens import create_token_line as new_token_line
-from dockgate.gatekeeper import Gatekeeper
-from dockgate.http.request import RequestHead, parse_head
-from dockgate.identity import (
+from dockgate.auth.identity import (
     ANONYMOUS_IDENTITY,
     BASIC,
     CERTIFICATE,
@@ -37,9 +31,15 @@ from dockgate.identity import (
     TOKEN,
     Identity,
 )
+from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressList, parse_address_list
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens, parse_tokens
+from dockgate.auth.tokens import create_token_line as new_token_line
+from dockgate.http.request import RequestHead, parse_head
+from dockgate.policy.admission import Admission, Admissions, ConnectionFacts, PendingAdmission
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.rules import PolicySet
-from dockgate.sourceaddr import UNIX_SOURCE, AddressList, parse_address_list
 from support.remote import htpasswd_text as hashed_lines
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "mallory": "mallory-pw"}

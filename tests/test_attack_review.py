@@ -444,7 +444,7 @@ def test_volume_planted_with_another_owners_label_through_mount_labels(
     daemon made for the mount with any owner (`user:bob`): bob's to dockgate, listed to him,
     returned by his `volume create` of that name, written by his job, read by alice's spy.
     Closed: an owner label other than the caller's own anywhere in a body ownership reads is
-    refused (ownerlabels.py); the volume is never made. Fails on the old code (alice's create
+    refused (ownership/labels.py); the volume is never made. Fails on the old code (alice's create
     was a 201 and her spy read bob's token)."""
     alice, bob = tenants["alice"], tenants["bob"]
     volume = f"dga-cache-{RUN}"

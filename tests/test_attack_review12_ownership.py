@@ -352,7 +352,7 @@ def test_a_missing_volume_checked_then_created_by_alice_is_mounted_by_bob(
     reads it.
 
     Fixed: in ownership mode dockgate creates a missing volume a new container mounts
-    itself, the caller's, before the container (ownedvolumes.py), and refuses the create if
+    itself, the caller's, before the container (ownership/volumes.py), and refuses the create if
     the volume it gets back is someone else's. In every round one of them has the name: bob
     (his volume, alice's create a 409) or alice (her volume, bob's creates refused); never
     both. This failed before (a strict xfail of the attack review): a round let bob's
@@ -447,7 +447,7 @@ def test_image_delete_tells_whether_alices_container_runs(
     container" while it runs (the ID is scrubbed, the state is not).
 
     Fixed: in ownership mode both are one answer, "(in use) - image is being used by a
-    container: remove the containers that use it first ..." (ownedanswers.py). This failed
+    container: remove the containers that use it first ..." (ownership/answers.py). This failed
     before (a strict xfail of the attack review)."""
     alice, bob = tenants["alice"], tenants["bob"]
     tag = f"dgo-atk-{RUN}-img-{os.urandom(2).hex()}"

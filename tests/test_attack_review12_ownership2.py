@@ -240,7 +240,7 @@ def test_failed_creates_leave_the_gateways_volumes_behind(
     daemon: PrivateDaemon, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """In ownership mode the gateway creates a missing volume a new container mounts before
-    forwarding the create (ownedvolumes.py), and nothing removes it when the daemon then
+    forwarding the create (ownership/volumes.py), and nothing removes it when the daemon then
     refuses the create. bob, under a policy that allows containers only (no VolumeCreate,
     VolumeList or VolumeDelete), sends creates naming 63 new volumes and an image that does
     not exist: each is a 404 from the daemon, which alone would have made no volume (it

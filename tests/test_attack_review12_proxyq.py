@@ -1,5 +1,5 @@
 """Issue 12, "attack your own change": the PROXY protocol fallbacks and X-Forwarded-For
-(admission.py, sourceaddr.py), the raw `;` query rule (target.py), and the sweeper's
+(policy/admission.py, auth/sourceaddr.py), the raw `;` query rule (api/target.py), and the sweeper's
 robustness and metrics (server.py `_sweep`, `dockgate_sweep_failures_total`), attacked against
 the real daemon.
 

@@ -1,4 +1,4 @@
-"""Issue 13, "attack your own change": credential tooling (credtools.py, auth/credfile.py) and
+"""Issue 13, "attack your own change": credential tooling (auth/credtools.py, auth/credfile.py) and
 the modes of the files it writes.
 
 First pinned as `xfail(strict=True)` (asserting what should hold; it failed on the code of the

@@ -1,6 +1,6 @@
-"""Attack review of issue 13's container drop-in (containerself.py, dropin.py): make the
-gateway believe it is reachable only from its container networks while something else reaches
-it, unauthenticated, with the environment policy.
+"""Attack review of issue 13's container drop-in (startup/containerself.py, startup/dropin.py):
+make the gateway believe it is reachable only from its container networks while something else
+reaches it, unauthenticated, with the environment policy.
 
 Every case runs the real image on a private daemon in a network namespace of its own (its own
 iptables, as tests/test_dropin.py does), started the Tecnativa way (`-e CONTAINERS=1 -v

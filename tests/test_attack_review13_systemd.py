@@ -1,6 +1,6 @@
-"""Attack review of issue 13's systemd socket activation (systemd.py, server.check_exposure):
-an inherited unix socket every local user may connect to must be refused without
-authentication; here a local user makes the check look at another file.
+"""Attack review of issue 13's systemd socket activation (startup/systemd.py,
+server.check_exposure): an inherited unix socket every local user may connect to must be refused
+without authentication; here a local user makes the check look at another file.
 
 Finding (pinned as a strict xfail raising `Hole` only for the finding itself; fixed since,
 so the test passes, and would fail on the old code):

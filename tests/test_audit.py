@@ -1,6 +1,6 @@
-"""The audit trail (dockgate.audit), the shared line sink (dockgate.logsink) and the access log
-on top of it: rendering, the object of a request, what of a request body is recorded (read as
-the daemon reads it, checked against a real dockerd at the end), files, and flushing."""
+"""The audit trail (dockgate.observe.audit), the shared line sink (dockgate.observe.logsink) and
+the access log on top of it: rendering, the object of a request, what of a request body is recorded
+(read as the daemon reads it, checked against a real dockerd at the end), files, and flushing."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from dockgate import logsink
-from dockgate.accesslog import AccessLog, AccessRecord, open_access_log
-from dockgate.audit import (
+from dockgate.api.routes import identify
+from dockgate.http.query import query_value
+from dockgate.observe import logsink
+from dockgate.observe.accesslog import AccessLog, AccessRecord, open_access_log
+from dockgate.observe.audit import (
     AUDIT_BODY_LIMIT,
     AUDITED_BODIES,
     MAX_STRING_CHARS,
@@ -34,9 +36,7 @@ from dockgate.audit import (
     render,
     target_object,
 )
-from dockgate.http.query import query_value
-from dockgate.logsink import LineSink, open_sink
-from dockgate.routes import identify
+from dockgate.observe.logsink import LineSink, open_sink
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 

@@ -1,5 +1,5 @@
 """Password checks off the event loop (auth/checks.py) and their order with the throttle
-(admission.py), on an event loop with real htpasswd entries; no daemon.
+(policy/admission.py), on an event loop with real htpasswd entries; no daemon.
 
 Claims under test: a check runs in a worker thread while the loop goes on; at most `limit`
 checks wait or run, the next is refused at once (503 with Retry-After, nothing charged); a
@@ -22,15 +22,15 @@ import argon2
 import bcrypt
 import pytest
 
-from dockgate.admission import Admission, Admissions, ConnectionFacts, PendingAdmission
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.checks import CheckPool
 from dockgate.auth.htpasswd import Htpasswd, dummy_credential, parse_htpasswd
+from dockgate.auth.sourceaddr import parse_address_list
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
-from dockgate.gatekeeper import Gatekeeper
 from dockgate.http.request import RequestHead, parse_head
+from dockgate.policy.admission import Admission, Admissions, ConnectionFacts, PendingAdmission
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import parse_policy_text
-from dockgate.sourceaddr import parse_address_list
 
 POLICY = """\
 bindings:

@@ -19,8 +19,8 @@ import textwrap
 import pytest
 
 from dockgate import cli
-from dockgate.gatekeeper import Gatekeeper
-from dockgate.identity import (
+from dockgate.api.routes import identify
+from dockgate.auth.identity import (
     ANONYMOUS,
     ANONYMOUS_IDENTITY,
     BASIC,
@@ -30,10 +30,10 @@ from dockgate.identity import (
     TOKEN,
     Identity,
 )
+from dockgate.auth.sourceaddr import UNIX_SOURCE, parse_address_list
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import PolicyError, parse_policy_text
 from dockgate.policy.rules import NO_BINDING_POLICY, Binding, PolicySet
-from dockgate.routes import identify
-from dockgate.sourceaddr import UNIX_SOURCE, parse_address_list
 
 MARK = "# <- here"
 

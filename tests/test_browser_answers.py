@@ -17,7 +17,7 @@ import docker
 import pytest
 import websocket
 
-from dockgate.browser import ANSWER_HEADERS, BrowserGuard
+from dockgate.policy.browser import ANSWER_HEADERS, BrowserGuard
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 
@@ -81,9 +81,9 @@ def test_other_origins_are_still_refused(
 def test_the_gateways_fixed_answers_carry_the_headers() -> None:
     """The admin listener's answers and the plain-HTTP answer of a TLS port are documents in
     an origin too."""
-    from dockgate.admin import _answer  # noqa: PLC0415
-    from dockgate.errors import error_response  # noqa: PLC0415
-    from dockgate.tls import _HTTP_ON_TLS_PORT  # noqa: PLC0415
+    from dockgate.http.errors import error_response  # noqa: PLC0415
+    from dockgate.observe.admin import _answer  # noqa: PLC0415
+    from dockgate.relay.tls import _HTTP_ON_TLS_PORT  # noqa: PLC0415
 
     for raw in (
         _answer(200, "OK", {"status": "ok"}, head_only=False),

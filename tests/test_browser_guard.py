@@ -1,4 +1,4 @@
-"""Browser protections (dockgate.browser.BrowserGuard) and the gatekeeper's other refusals.
+"""Browser protections (dockgate.policy.browser.BrowserGuard) and the gatekeeper's other refusals.
 
 Claims: a request carrying any `Origin` is refused unless that origin is configured (exact,
 case-insensitive) or is the gateway's own (tests/test_browser_answers.py); a `Host` is accepted
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from dockgate.browser import BrowserGuard
-from dockgate.gatekeeper import UPGRADABLE_OPERATIONS, Gatekeeper
+from dockgate.policy.browser import BrowserGuard
+from dockgate.policy.gatekeeper import UPGRADABLE_OPERATIONS, Gatekeeper
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.rules import PolicySet
 

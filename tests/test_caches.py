@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dockgate.gatekeeper import VERDICT_CACHE_ENTRIES, Gatekeeper
 from dockgate.http import request
 from dockgate.http.request import parse_head, parse_head_cached
+from dockgate.policy.gatekeeper import VERDICT_CACHE_ENTRIES, Gatekeeper
 from dockgate.policy.tecnativa import policy_from_environment
 
 

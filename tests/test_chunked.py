@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from dockgate.errors import ClientProtocolError
 from dockgate.http.chunked import MAX_SIZE_LINE_BYTES, MAX_TRAILER_BYTES, ChunkedDecoder
+from dockgate.http.errors import ClientProtocolError
 from support.splits import split, two_piece_splits
 
 PATTERNS = ["whole", "bytewise", "by2", "by5"]  # for support.splits.split

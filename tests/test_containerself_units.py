@@ -1,6 +1,7 @@
-"""containerself.py and dropin.py without a daemon: which container /proc/self/mountinfo names,
-what in inspect answers makes a container reachable from outside its networks, which names
-other containers reach it by, and that the rule is for the environment policy only.
+"""startup/containerself.py and startup/dropin.py without a daemon: which container
+/proc/self/mountinfo names, what in inspect answers makes a container reachable from outside its
+networks, which names other containers reach it by, and that the rule is for the environment policy
+only.
 
 The daemon tests (test_dropin.py) run the same code on real answers; these pin the edges a
 daemon test cannot set up cheaply (Swarm services, macvlan, routed bridges, existing bridges, IPv6
@@ -16,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from dockgate import dropin
 from dockgate.addresses import parse_address
-from dockgate.containerself import (
+from dockgate.policy.rules import PolicySet
+from dockgate.policy.tecnativa import policy_from_environment
+from dockgate.startup import dropin
+from dockgate.startup.containerself import (
     CannotTell,
     ContainerSelf,
     container_id_from_mountinfo,
@@ -30,8 +33,6 @@ from dockgate.containerself import (
     reachable_names,
     service_problems,
 )
-from dockgate.policy.rules import PolicySet
-from dockgate.policy.tecnativa import policy_from_environment
 
 BRIDGE_NAME = "com.docker.network.bridge.name"
 DEFAULT = {"com.docker.network.bridge.default_bridge": "true"}
@@ -239,7 +240,7 @@ def test_ipv6_problems_count_for_a_listener_that_accepts_ipv6(listen: str, ipv6:
             {"Name": "bridge", "Driver": "bridge", "Options": {BRIDGE_NAME: "docker0", **DEFAULT}},
             None,
         ),
-        # The other options of the bridge driver: harmless (the table in containerself.py).
+        # The other options of the bridge driver: harmless (the table in startup/containerself.py).
         (
             {
                 "Name": "proxy",

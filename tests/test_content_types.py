@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dockgate.api.routes import OPERATIONS
 from dockgate.body.content import (
     EXPECTED,
     IGNORED_BODY_LIMIT,
@@ -20,7 +21,6 @@ from dockgate.body.content import (
     media_type,
 )
 from dockgate.body.guardrails import BODY_CHECKED
-from dockgate.routes import OPERATIONS
 
 SPEC_DIR = pathlib.Path("/work/shared/docker-api")
 SPEC_FILES = ("v1.41.yaml", "v1.56.yaml")

@@ -1,6 +1,6 @@
 """Issue 13, `dockgate doctor`: serve's start-up checks on demand, who can reach each listener,
-what the policy allows, what a client sets. Unit tests on the report as data (doctor.py), then
-real `python3 -m dockgate doctor` processes against the session's private daemon, a missing
+what the policy allows, what a client sets. Unit tests on the report as data (startup/doctor.py),
+then real `python3 -m dockgate doctor` processes against the session's private daemon, a missing
 socket, a policy file with bindings, TLS and credentials (no secret in the output), and
 Tecnativa-style variables with typos.
 
@@ -27,8 +27,13 @@ import requests
 import trustme
 
 from dockgate.addresses import parse_address
+from dockgate.auth.sourceaddr import SourceRules, parse_address_list
 from dockgate.auth.tokens import create_token_line
-from dockgate.doctor import (
+from dockgate.policy.loader import load_policy_file
+from dockgate.policy.summary import policy_summary, section_access
+from dockgate.policy.tecnativa import policy_from_environment
+from dockgate.startup.checks import configured_own_listener
+from dockgate.startup.doctor import (
     ADMIN,
     API,
     ERROR,
@@ -46,12 +51,7 @@ from dockgate.doctor import (
     to_json,
     to_text,
 )
-from dockgate.doctorprobe import Setup, diagnose, probe_header
-from dockgate.policy.loader import load_policy_file
-from dockgate.policy.tecnativa import policy_from_environment
-from dockgate.sourceaddr import SourceRules, parse_address_list
-from dockgate.startup import configured_own_listener
-from dockgate.summary import policy_summary, section_access
+from dockgate.startup.doctorprobe import Setup, diagnose, probe_header
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.gateway import Gateway, gateway_env, run_dockgate, running, serve_command
 from support.remote import write_htpasswd
@@ -132,7 +132,7 @@ def test_reach_in_words() -> None:
     text = reach(wild, limited, in_container=False)
     assert "all interfaces: any host that can route here" in text
     assert "only from 10.0.0.0/8 (--allow-source)" in text
-    # The global lists do not judge unix clients unless they name "unix" (sourceaddr.py).
+    # The global lists do not judge unix clients unless they name "unix" (auth/sourceaddr.py).
     assert "--allow-source" not in reach(_unix(0o660), limited, in_container=False)
     one = ListenerFacts(parse_address("tcp://192.0.2.7:2375"), API, False)
     assert "any host that can route to 192.0.2.7" in reach(one, rules, in_container=False)

@@ -1,6 +1,6 @@
 """The Tecnativa drop-in: dockgate's image run as `docker run -e CONTAINERS=1 -v
 /var/run/docker.sock:/var/run/docker.sock` on a container network, with no other option
-(containerself.py, dropin.py, THREAT_MODEL.md "The container drop-in").
+(startup/containerself.py, startup/dropin.py, THREAT_MODEL.md "The container drop-in").
 
 Every case runs the real image on a private daemon in a network namespace of its own (its own
 iptables, so `-p` really publishes). Claims checked by effect:
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dockgate.containerself import container_id_from_mountinfo
+from dockgate.startup.containerself import container_id_from_mountinfo
 from support.daemon import PrivateDaemon
 from support.image import copy_image
 from support.netns import NamespacedDaemon, namespaced_daemon

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from dockgate.envwarnings import environment_warnings
 from dockgate.policy.tecnativa import EnvironmentError_, policy_from_environment
+from dockgate.startup.envwarnings import environment_warnings
 
 SECRET = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
 

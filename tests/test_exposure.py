@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dockgate.api.routes import OPERATIONS
 from dockgate.body.exposure import EXPOSURES, SHOWS_NONE, Treatment
 from dockgate.body.redact import (
     REDACTED,
@@ -21,7 +22,6 @@ from dockgate.body.redact import (
     query_problem,
     redact_response,
 )
-from dockgate.routes import OPERATIONS
 
 SPEC_DIR = pathlib.Path("/work/shared/docker-api")
 SPEC_FILES = ("v1.41.yaml", "v1.56.yaml")

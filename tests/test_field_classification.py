@@ -43,6 +43,7 @@ import docker
 import pytest
 import yaml
 
+from dockgate.api.routes import _TABLE
 from dockgate.body import fields
 from dockgate.body.fields import BODIES, QUERIES, Leaf, ListOf, MapOf, Node, Obj
 from dockgate.body.guardrails import (
@@ -55,7 +56,6 @@ from dockgate.body.guardrails import (
     check_request,
 )
 from dockgate.policy.loader import PolicyError, parse_policy_text
-from dockgate.routes import _TABLE
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running

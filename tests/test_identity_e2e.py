@@ -1168,7 +1168,7 @@ def test_proxy_header_names_the_client(proxy_gw: Served, header: bytes, client: 
 
 
 def test_audit_peer_behind_a_proxy_header_is_the_proxy(proxy_gw: Served) -> None:
-    """audit.py: `peer` is "the directly connected peer ("10.0.0.2:51234" or "unix")"; the
+    """observe/audit.py: `peer` is "the directly connected peer ("10.0.0.2:51234" or "unix")"; the
     client the PROXY header names is `source`."""
     target = f"/_ping?dgt={uuid.uuid4().hex}"
     header = b"PROXY TCP4 10.9.8.7 10.0.0.1 5555 2375\r\n"

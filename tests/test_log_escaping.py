@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from dockgate.accesslog import AccessLog, AccessRecord
-from dockgate.logtext import printable
+from dockgate.observe.accesslog import AccessLog, AccessRecord
+from dockgate.observe.logtext import printable
 from support.daemon import PrivateDaemon
 from support.gateway import running
 from test_tls_revalidation import Client, issue, make_pki, start_gateway

@@ -12,17 +12,17 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 
-from dockgate.admission import Admissions, ConnectionFacts
+from dockgate.api.routes import identify
 from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.sourceaddr import parse_address_list
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.auth.tokens import create_token_line, parse_tokens
-from dockgate.gatekeeper import Gatekeeper
 from dockgate.http.request import parse_head_cached
+from dockgate.policy.admission import Admissions, ConnectionFacts
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.rules import STATIC_DECISION_ENTRIES, Policy, PolicySet
 from dockgate.policy.tecnativa import policy_from_environment
-from dockgate.routes import identify
-from dockgate.sourceaddr import parse_address_list
 
 POLICY = """
 bindings:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dockgate.metrics import RequestCounts, render
+from dockgate.observe.metrics import RequestCounts, render
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.procs import children

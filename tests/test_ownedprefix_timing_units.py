@@ -11,11 +11,11 @@ import asyncio
 
 import pytest
 
-from dockgate import ownedprefix
 from dockgate.addresses import Address
-from dockgate.lookup import Found, LookupError_
-from dockgate.ownedprefix import find_owned, is_id_prefix
-from dockgate.ownership import CONTAINER, NETWORK, SECRET, SERVICE, VOLUME, Kind
+from dockgate.ownership import prefix as ownedprefix
+from dockgate.ownership.lookup import Found, LookupError_
+from dockgate.ownership.operations import CONTAINER, NETWORK, SECRET, SERVICE, VOLUME, Kind
+from dockgate.ownership.prefix import find_owned, is_id_prefix
 
 MINE = "abc1" + "0" * 60
 ADDRESS = Address("unix", path="/nonexistent")

@@ -1,5 +1,5 @@
 """Ownership mode: a missing volume a new container mounts is created by the gateway, the
-caller's, before the container (ownedvolumes.py; attack review 12, finding 4). The race
+caller's, before the container (ownership/volumes.py; attack review 12, finding 4). The race
 itself is tests/test_attack_review12_ownership.py
 test_a_missing_volume_checked_then_created_by_alice_is_mounted_by_bob; here, that the volume
 made is the one the daemon would have made (driver, options, labels, compared with the same
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dockgate.ownedvolumes import Unreadable, VolumeSpec, volume_specs
+from dockgate.ownership.volumes import Unreadable, VolumeSpec, volume_specs
 from support.attack import (
     ATTACK_MARKS,
     Api,

@@ -26,11 +26,11 @@ from urllib.parse import quote
 
 import pytest
 
-from dockgate import ownedvolumes
 from dockgate.addresses import parse_address
-from dockgate.lookup import LookupError_
-from dockgate.ownedvolumes import Settled, foreign_mount, settle_create, sweep_mounts
-from dockgate.ownership import OWNER_LABEL
+from dockgate.ownership import volumes as ownedvolumes
+from dockgate.ownership.lookup import LookupError_
+from dockgate.ownership.operations import OWNER_LABEL
+from dockgate.ownership.volumes import Settled, foreign_mount, settle_create, sweep_mounts
 from support.attack import Api, direct, running_tenants, tenants_policy
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running

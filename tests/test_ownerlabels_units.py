@@ -1,5 +1,5 @@
 """Ownership's pure edges closed after the first attack review: owner labels a body carries
-anywhere (ownerlabels.py), the duplicate check written into network creates, and the bound on
+anywhere (ownership/labels.py), the duplicate check written into network creates, and the bound on
 values pinning re-writes whole."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import json
 import pytest
 
 from dockgate.body import gojson
-from dockgate.ownerlabels import foreign_owner_label
-from dockgate.ownership import OWNER_LABEL, with_owner_label
-from dockgate.pinning import MAX_REWRITTEN_DEPTH, pinned_body
+from dockgate.ownership.labels import foreign_owner_label
+from dockgate.ownership.operations import OWNER_LABEL, with_owner_label
+from dockgate.ownership.pinning import MAX_REWRITTEN_DEPTH, pinned_body
 
 ALICE = "user:alice"
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import trustme
 
-from dockgate.ownership import with_owner_label
+from dockgate.ownership.operations import with_owner_label
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.remote import create_token, json_call, json_exchange, write_htpasswd

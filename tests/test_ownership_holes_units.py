@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from dockgate.body import gojson
-from dockgate.body.repeated import repeated_list
-from dockgate.identity import (
+from dockgate.api.routes import OPERATIONS
+from dockgate.auth.identity import (
     ANONYMOUS_IDENTITY,
     BASIC,
     CERTIFICATE,
@@ -17,11 +16,12 @@ from dockgate.identity import (
     TOKEN,
     Identity,
 )
-from dockgate.owners import identity_key, owner_for
-from dockgate.ownership import OWNED_CREATES, concerns_objects, hex_name_problem
-from dockgate.pinning import parse_link, pinned_body
+from dockgate.body import gojson
+from dockgate.body.repeated import repeated_list
+from dockgate.ownership.operations import OWNED_CREATES, concerns_objects, hex_name_problem
+from dockgate.ownership.owners import identity_key, owner_for
+from dockgate.ownership.pinning import parse_link, pinned_body
 from dockgate.policy.loader import PolicyError, parse_policy_text
-from dockgate.routes import OPERATIONS
 
 
 @pytest.mark.parametrize(

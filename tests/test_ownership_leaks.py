@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from dockgate.ownedanswers import INFO_COUNTS
+from dockgate.ownership.answers import INFO_COUNTS
 from support.attack import (
     ATTACK_MARKS,
     TENANT_USERS,

@@ -12,11 +12,17 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from dockgate.lookup import Unresolved
-from dockgate.ownedanswers import INFO_COUNTS, SCRUBBED_ANSWERS, scrubbed_answer
-from dockgate.ownedlists import list_plan
-from dockgate.ownedprefix import resolved
-from dockgate.ownership import CONTAINER, MAX_REFERENCES, NETWORK, SERVICE, with_owner_filter
+from dockgate.ownership.answers import INFO_COUNTS, SCRUBBED_ANSWERS, scrubbed_answer
+from dockgate.ownership.lists import list_plan
+from dockgate.ownership.lookup import Unresolved
+from dockgate.ownership.operations import (
+    CONTAINER,
+    MAX_REFERENCES,
+    NETWORK,
+    SERVICE,
+    with_owner_filter,
+)
+from dockgate.ownership.prefix import resolved
 
 ALICE = "3f2c1234abcd" + "5" * 52  # a container's full ID (64 hex digits)
 IMAGE = "sha256:" + "9" * 64

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from dockgate.ownership import (
+from dockgate.ownership.operations import (
     BUILT_BY_LABEL,
     MAX_OWNER_BYTES,
     OWNER_LABEL,

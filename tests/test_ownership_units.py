@@ -9,8 +9,9 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from dockgate.api.routes import OPERATIONS
 from dockgate.body import gojson
-from dockgate.ownership import (
+from dockgate.ownership.operations import (
     CONTAINER,
     EXEC,
     NETWORK,
@@ -25,7 +26,6 @@ from dockgate.ownership import (
     with_owner_label,
     with_reference,
 )
-from dockgate.routes import OPERATIONS
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def test_references_in_bodies() -> None:
 def test_a_build_gets_an_empty_owner_label_and_its_builder_as_provenance() -> None:
     """Issue 12: an image never vouches for an owner (its step containers would be the
     owner's); the old code wrote the builder's own label. Step containers are always removed."""
-    from dockgate.ownership import BUILT_BY_LABEL, with_build_label  # noqa: PLC0415
+    from dockgate.ownership.operations import BUILT_BY_LABEL, with_build_label  # noqa: PLC0415
 
     target = with_build_label(
         '/v1.41/build?t=app&rm=0&forcerm=0&labels={"a":"b","io.dockgate.owner":"x"}', "al"
@@ -199,7 +199,7 @@ def test_a_build_gets_an_empty_owner_label_and_its_builder_as_provenance() -> No
 
 
 def test_checked_answers_hide_the_holder_and_other_callers_volumes() -> None:
-    from dockgate.ownership import OWNER_LABEL, Refuse, checked_answer  # noqa: PLC0415
+    from dockgate.ownership.operations import OWNER_LABEL, Refuse, checked_answer  # noqa: PLC0415
 
     holder = "3f2c" + "a" * 60
     clash = json.dumps(

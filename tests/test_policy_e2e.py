@@ -35,8 +35,8 @@ import docker
 import docker.errors
 import pytest
 
+from dockgate.api.routes import OPERATIONS
 from dockgate.policy.tecnativa import ALL_VARIABLES
-from dockgate.routes import OPERATIONS
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway

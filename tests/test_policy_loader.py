@@ -19,10 +19,10 @@ import textwrap
 
 import pytest
 
+from dockgate.api.routes import OPERATIONS, SECTIONS, identify
 from dockgate.policy.loader import PolicyError, load_policy_file, parse_policy_text
 from dockgate.policy.rules import Policy, PolicySet
 from dockgate.policy.tecnativa import ALL_VARIABLES
-from dockgate.routes import OPERATIONS, SECTIONS, identify
 
 POLICIES = pathlib.Path(__file__).parent / "policies"
 EQUIVALENT_YAML = POLICIES / "equivalent.yaml"

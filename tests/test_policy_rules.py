@@ -2,7 +2,7 @@
 
 Every test builds its policy from YAML text through the loader (the way operators write them) or
 from `Matcher`/`Rule` values directly, and asks `Policy.decide` with the operation that
-`dockgate.routes.identify` finds for the request, exactly as the gatekeeper does.
+`dockgate.api.routes.identify` finds for the request, exactly as the gatekeeper does.
 
 Precedence under test (docstring of dockgate.policy.rules):
 1. `read_only: true` denies every `writes=True` operation and every unidentified request;
@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dockgate.api.routes import OPERATIONS, SECTIONS, Operation, RouteMatch, identify
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.rules import (
     Decision,
@@ -30,7 +31,6 @@ from dockgate.policy.rules import (
     compile_path_pattern,
     strip_version,
 )
-from dockgate.routes import OPERATIONS, SECTIONS, Operation, RouteMatch, identify
 
 
 def load(text: str) -> Policy:

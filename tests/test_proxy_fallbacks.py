@@ -165,7 +165,7 @@ def test_a_header_without_a_client_before_tls_leaves_the_proxy_as_the_source(
     daemon: PrivateDaemon, tmp_path: pathlib.Path
 ) -> None:
     """The same on a TLS listener, where the PROXY header comes before the handshake
-    (tls.py reads it). Failed before: 403, the spoofed address refused."""
+    (relay/tls.py reads it). Failed before: 403, the spoofed address refused."""
     ca = trustme.CA()
     server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("proxyq.clients.test")
     files = {

@@ -379,7 +379,7 @@ def test_label_filters_are_refused_where_labels_are_redacted(
 def test_text_409s_and_deep_answers_are_checked() -> None:
     """API versions before 1.24 get errors as plain text; an answer nested too deeply to read
     is refused (the connection then gets a 502), never passed on."""
-    from dockgate.ownership import checked_answer  # noqa: PLC0415
+    from dockgate.ownership.operations import checked_answer  # noqa: PLC0415
 
     holder = "b" * 64
     text = f'Conflict. The container name "/web" is already in use by container "{holder}".\n'

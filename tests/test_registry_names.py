@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import pytest
 
+from dockgate.api.routes import identify
 from dockgate.body.guardrails import Guardrails, Refusal, check_request
-from dockgate.ownership import Refuse, plan
-from dockgate.routes import identify
+from dockgate.ownership.operations import Refuse, plan
 
 LOOPBACK_NAMES = [
     "127.0.0.1:5000/x",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dockgate.errors import ClientProtocolError
+from dockgate.http.errors import ClientProtocolError
 from dockgate.http.request import (
     DEFAULT_MAX_HEAD_BYTES,
     Body,

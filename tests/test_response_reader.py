@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from dockgate.errors import UpstreamError
+from dockgate.http.errors import UpstreamError
 from dockgate.http.response import (
     MAX_RESPONSE_HEAD_BYTES,
     EndOfResponse,

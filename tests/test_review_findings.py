@@ -1,4 +1,5 @@
-"""Findings of a review of proxy.py / upstream.py / server.py, each pinned by a test.
+"""Findings of a review of relay/connection.py / relay/upstream.py / server.py, each pinned by a
+test.
 
 Tests that fail today demonstrate a bug (the docstring says what should happen instead); tests
 that pass pin a subtle behaviour that was checked and is right. They drive a real

@@ -1,4 +1,5 @@
-"""Operation identification (dockgate.routes) against the specs, moby's router, and a real dockerd.
+"""Operation identification (dockgate.api.routes) against the specs, moby's router, and a real
+dockerd.
 
 Three independent references:
 
@@ -27,8 +28,15 @@ from typing import Any
 import pytest
 import yaml
 
-from dockgate import routes
-from dockgate.routes import DAEMON_SPECIFIC, OPERATIONS, SECTIONS, Operation, RouteMatch, identify
+from dockgate.api import routes
+from dockgate.api.routes import (
+    DAEMON_SPECIFIC,
+    OPERATIONS,
+    SECTIONS,
+    Operation,
+    RouteMatch,
+    identify,
+)
 from support.daemon import PrivateDaemon
 
 SPEC_DIR = pathlib.Path("/work/shared/docker-api")

@@ -1,5 +1,5 @@
-"""Client source addresses (dockgate.sourceaddr): address lists, allow/deny rules, and the client
-a chain of trusted proxies reports in X-Forwarded-For.
+"""Client source addresses (dockgate.auth.sourceaddr): address lists, allow/deny rules, and the
+client a chain of trusted proxies reports in X-Forwarded-For.
 
 Claims under test: entries are IPs, CIDRs, "unix" or comma lists of them, and anything else is an
 `AddressListError` naming the entry; deny wins over allow, an empty allow list allows every
@@ -15,8 +15,7 @@ import ipaddress
 
 import pytest
 
-from dockgate.errors import ClientProtocolError
-from dockgate.sourceaddr import (
+from dockgate.auth.sourceaddr import (
     UNIX_SOURCE,
     AddressList,
     AddressListError,
@@ -24,6 +23,7 @@ from dockgate.sourceaddr import (
     forwarded_client,
     parse_address_list,
 )
+from dockgate.http.errors import ClientProtocolError
 
 
 def rules(allow: list[str] | None = None, deny: list[str] | None = None) -> SourceRules:

@@ -28,7 +28,7 @@ import requests
 import trustme
 
 from dockgate.addresses import parse_address
-from dockgate.startup import check_upstream_socket
+from dockgate.startup.checks import check_upstream_socket
 from support.daemon import PrivateDaemon, free_tcp_port
 from support.fake_upstream import FakeUpstream
 from support.gateway import Gateway, gateway_env, run_dockgate, running, serve_command

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dockgate.metrics import RequestCounts, render
+from dockgate.observe.metrics import RequestCounts, render
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, gateway_env, running
 from test_metrics import scrape

@@ -24,7 +24,7 @@ from dockgate.addresses import Address
 from dockgate.config import ServeConfig
 from dockgate.policy.tecnativa import policy_from_environment
 from dockgate.server import StartupError, check_exposure
-from dockgate.systemd import Inherited, _take, swappable
+from dockgate.startup.systemd import Inherited, _take, swappable
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""systemd.py on its own: reading LISTEN_* as sd_listen_fds(3) does, checking each inherited
+"""startup/systemd.py on its own: reading LISTEN_* as sd_listen_fds(3) does, checking each inherited
 socket, the --listen rule, the exposure rule for inherited unix sockets, sd_notify datagrams,
 and the unit files in deploy/systemd (systemd-analyze verify when it is installed).
 
@@ -25,7 +25,7 @@ from dockgate.addresses import Address, parse_address
 from dockgate.config import ServeConfig
 from dockgate.policy.tecnativa import policy_from_environment
 from dockgate.server import StartupError, check_exposure
-from dockgate.systemd import (
+from dockgate.startup.systemd import (
     ActivationError,
     Inherited,
     Notifier,

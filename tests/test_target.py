@@ -1,4 +1,4 @@
-"""Table tests for `dockgate.target.parse_target`: Go's decoding, and every refusal class.
+"""Table tests for `dockgate.api.target.parse_target`: Go's decoding, and every refusal class.
 
 The daemon's side of these decisions is checked against a real dockerd by
 ``test_target_differential.py``; here each rule is pinned down on its own.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from dockgate.errors import ClientProtocolError
-from dockgate.target import RequestTarget, parse_target
+from dockgate.api.target import RequestTarget, parse_target
+from dockgate.http.errors import ClientProtocolError
 from support.gourl import go_unescape_path
 
 # (raw target, decoded path, raw query)

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from dockgate.errors import ClientProtocolError
-from dockgate.target import parse_target
+from dockgate.api.target import parse_target
+from dockgate.http.errors import ClientProtocolError
 from support.daemon import PrivateDaemon
 from support.gourl import go_unescape_path
 from support.rawhttp import dechunk, json_message, parse_head

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from dockgate.gatekeeper import Gatekeeper, Verdict
+from dockgate.api.routes import OPERATIONS
+from dockgate.policy.gatekeeper import Gatekeeper, Verdict
 from dockgate.policy.tecnativa import (
     ACTION_VARIABLES,
     CLOSING_VARIABLES,
@@ -25,7 +26,6 @@ from dockgate.policy.tecnativa import (
     EnvironmentError_,
     policy_from_environment,
 )
-from dockgate.routes import OPERATIONS
 
 DEFAULT_ON = ("EVENTS", "PING", "VERSION")
 

@@ -215,7 +215,7 @@ def test_known_sources_per_user_are_capped_keeping_the_latest() -> None:
 
 
 def test_unix_uids_are_separate_sources() -> None:
-    """The key admission.py gives a unix-socket client: one per peer uid."""
+    """The key policy/admission.py gives a unix-socket client: one per peer uid."""
     throttle, _ = make(per_source=2, per_user=100)
     throttle.failed("unix uid 1000", None)
     throttle.failed("unix uid 1000", None)

@@ -1,6 +1,6 @@
 """TLS on TCP listeners (`--tls-cert/--tls-key/--tls-client-ca`), with a real daemon and clients.
 
-The gateway does TLS itself over a plain transport (src/dockgate/tls.py) so that a hijacked
+The gateway does TLS itself over a plain transport (src/dockgate/relay/tls.py) so that a hijacked
 `docker --tlsverify run -i` keeps its half-close: stdin ends, output keeps coming.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 import trustme
 
-from dockgate.tls import peer_identity, peer_names, peer_subject
+from dockgate.relay.tls import peer_identity, peer_names, peer_subject
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon, run_docker
 from support.gateway import Gateway, running

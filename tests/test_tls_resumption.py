@@ -22,8 +22,8 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from dockgate.clientcerts import PeerCertificate, ResumableSessions, TrustSet
-from dockgate.tls import ServerTLS, TLSProtocol
+from dockgate.auth.clientcerts import PeerCertificate, ResumableSessions, TrustSet
+from dockgate.relay.tls import ServerTLS, TLSProtocol
 from support.daemon import PrivateDaemon
 from support.gateway import running
 from test_tls_revalidation import Issuer, issue, make_ca, make_pki, start_gateway, write_pair

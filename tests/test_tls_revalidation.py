@@ -36,24 +36,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dockgate.admission import Admission, Admissions, ConnectionFacts
 from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.clientcerts import PeerCertificate, TrustSet
+from dockgate.auth.identity import CERTIFICATE, Identity
+from dockgate.auth.sourceaddr import parse_address_list
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.auth.tokens import create_token_line, parse_tokens
-from dockgate.clientcerts import PeerCertificate, TrustSet
-from dockgate.gatekeeper import Gatekeeper
 from dockgate.http.request import parse_head as parse_request_head
-from dockgate.identity import CERTIFICATE, Identity
+from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import parse_policy_text
-from dockgate.sourceaddr import parse_address_list
-from dockgate.tls import SeveralNames, peer_identity
+from dockgate.relay.tls import SeveralNames, peer_identity
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.rawhttp import json_message, parse_head
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
-# The TLS files are looked at at most once a second (tls.py, watched.py).
+# The TLS files are looked at at most once a second (relay/tls.py, watched.py).
 RELOAD_WAIT_SECONDS = 1.3
 LOG_WAIT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 10.0

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trustme
 
-from dockgate.tlsclient import ClientTLS
+from dockgate.relay.tlsclient import ClientTLS
 
 
 class FakeRaw:

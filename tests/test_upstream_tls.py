@@ -226,7 +226,7 @@ bindings:
 def test_ownership_look_ups_use_tls(
     tls_daemon: TLSDaemon, pki: Pki, image: str, tmp_path: pathlib.Path
 ) -> None:
-    """Ownership mode asks the daemon who owns what on connections of its own (lookup.py):
+    """Ownership mode asks the daemon who owns what on connections of its own (ownership/lookup.py):
     they are TLS too. Alice's container is hers by label; `stop` by name needs a look-up and
     works for her; Bob's look-up finds it not his."""
     users = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -357,7 +357,7 @@ def test_hijacked_stdin_half_close_reaches_the_tls_daemon(
     """`docker run -i` with stdin that ends: the end must reach the container (a TLS
     close_notify towards the daemon) while its output keeps coming back. With uvloop's own SSL
     transport for the pool (the first version of this change) it hung until the timeout:
-    that transport cannot half-close (tlsclient.py)."""
+    that transport cannot half-close (relay/tlsclient.py)."""
     env = _env(gateway, tmp_path / "cfg")
     data = os.urandom(1024 * 1024).hex().encode()  # 2 MiB: most of it comes back after the end
     done = run_docker(

@@ -13,7 +13,7 @@ import trustme
 
 from dockgate.addresses import parse_address
 from dockgate.cli import main
-from dockgate.upstreamtls import UpstreamTLSError, resolve_upstream, tls_failure
+from dockgate.relay.upstreamtls import UpstreamTLSError, resolve_upstream, tls_failure
 
 DEFAULT = "unix:///var/run/docker.sock"
 

@@ -27,9 +27,9 @@ from dockgate.body.guardrails import (
     local_volume_problem,
     named_volume_problem,
 )
+from dockgate.body.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.body.volumeopts import LocalMount, VolumeOptionRefused, local_mount
 from dockgate.body.workload import LocalVolume, NamedVolume
-from dockgate.namedvolumes import named_volumes_problem, to_look_up
 from dockgate.policy.loader import PolicyError, parse_policy_text
 
 SRV = Guardrails(host_paths=(HostPathRule("/srv", True),))

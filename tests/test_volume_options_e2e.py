@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dockgate.ownership import OWNER_LABEL
+from dockgate.ownership.operations import OWNER_LABEL
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon, run_docker
 from support.gateway import Gateway, running

@@ -20,7 +20,7 @@ class Address:
     port: int = 0  # tcp only
     path: str = ""  # unix only
     # An upstream reached over TLS: the client context every connection to it is made with
-    # (upstreamtls.py). None: plain. Not part of the address's identity.
+    # (relay/upstreamtls.py). None: plain. Not part of the address's identity.
     tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:

@@ -14,25 +14,26 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from dockgate import __version__, credtools
+from dockgate import __version__
 from dockgate.addresses import AddressError, parse_address, shown_address
+from dockgate.auth import credtools
+from dockgate.auth.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
+from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
-from dockgate.doctor import to_json as doctor_json
-from dockgate.doctor import to_text as doctor_text
-from dockgate.doctorprobe import Setup, diagnose
-from dockgate.envwarnings import environment_warnings
-from dockgate.gatekeeper import Gatekeeper
-from dockgate.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import PolicyError, load_policy_file
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
+from dockgate.relay.tls import DEFAULT_IDENTITY_FIELDS
+from dockgate.relay.upstreamtls import UpstreamTLSFiles, resolve_upstream
+from dockgate.relay.upstreamtls import describe as describe_upstream_tls
 from dockgate.server import StartupError, run
-from dockgate.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
-from dockgate.tls import DEFAULT_IDENTITY_FIELDS
-from dockgate.upstreamtls import UpstreamTLSFiles, resolve_upstream
-from dockgate.upstreamtls import describe as describe_upstream_tls
+from dockgate.startup.doctor import to_json as doctor_json
+from dockgate.startup.doctor import to_text as doctor_text
+from dockgate.startup.doctorprobe import Setup, diagnose
+from dockgate.startup.envwarnings import environment_warnings
 from dockgate.watched import WatchedFile
 
 
@@ -243,7 +244,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
-# Every DOCKGATE_ variable an option reads (envwarnings.py warns about the others).
+# Every DOCKGATE_ variable an option reads (startup/envwarnings.py warns about the others).
 ENV_OPTION_NAMES: set[str] = set()
 # Options given by variables: --option -> (variable, value), to name the variable in errors.
 _ENV_NAMES: dict[str, tuple[str, str]] = {}
@@ -318,7 +319,7 @@ def _defaults_from_environment(parser: argparse.ArgumentParser, env: dict[str, s
 
 
 def _warn_about_environment(args: argparse.Namespace) -> None:
-    """Variables that look meant for dockgate but are ignored (envwarnings.py)."""
+    """Variables that look meant for dockgate but are ignored (startup/envwarnings.py)."""
     for warning in environment_warnings(
         os.environ, ENV_OPTION_NAMES, compatibility=args.policy is None
     ):
@@ -430,7 +431,8 @@ def _config_error(exc: ValueError, argv: Sequence[str]) -> str:
 
 def _doctor(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """`dockgate doctor`: `serve`'s configuration and policies, built by the same functions,
-    then its checks and a report (doctorprobe.py, doctor.py); 1 when a check is an error."""
+    then its checks and a report (startup/doctorprobe.py, startup/doctor.py); 1 when a check is an
+    error."""
     setup = Setup(None, None, "plain", None, None)
     try:
         setup.config, upstream_tls = _serve_config_and_tls(args)
@@ -514,7 +516,7 @@ def _check(args: argparse.Namespace) -> int:
     gatekeeper = Gatekeeper(policies)
     host = args.host.encode() if args.host is not None else None
     origin = args.origin.encode() if args.origin is not None else None
-    # As admission.py asks it: whether this caller proved who it is decides whether its Host
+    # As policy/admission.py asks it: whether this caller proved who it is decides whether its Host
     # may be any DNS name (a browser tricked by DNS rebinding presents no credentials).
     verdict = gatekeeper.check(
         method,

@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dockgate.addresses import Address, parse_address
-from dockgate.holding import DEFAULT_HELD_BODIES_MAX_BYTES
-from dockgate.sourceaddr import AddressList
-from dockgate.tls import DEFAULT_IDENTITY_FIELDS, IDENTITY_FIELDS
+from dockgate.auth.sourceaddr import AddressList
+from dockgate.relay.holding import DEFAULT_HELD_BODIES_MAX_BYTES
+from dockgate.relay.tls import DEFAULT_IDENTITY_FIELDS, IDENTITY_FIELDS
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
@@ -32,7 +32,7 @@ class ServeConfig(BaseModel):
     idle_timeout: float = Field(default=120.0, gt=0)
     # Seconds for a body the gateway holds whole (to judge it) to arrive whole, from its head.
     body_timeout: float = Field(default=30.0, gt=0)
-    # Bytes all held bodies and answers of one process may take together (holding.py).
+    # Bytes all held bodies and answers of one process may take together (relay/holding.py).
     held_bodies_max: int = Field(default=DEFAULT_HELD_BODIES_MAX_BYTES, ge=64 * 1024)
     shutdown_timeout: float = Field(default=10.0, ge=0)
     socket_mode: int = Field(default=0o660, ge=0, le=0o777)

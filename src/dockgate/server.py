@@ -27,47 +27,32 @@ from typing import Any
 
 import uvloop
 
-from dockgate import dropin
-from dockgate.accesslog import AccessLog, open_access_log
 from dockgate.addresses import Address
-from dockgate.admin import AdminConnection
-from dockgate.admission import Admissions, ConnectionFacts
-from dockgate.audit import AuditLog, open_audit_log
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.checks import CheckPool
 from dockgate.auth.filemode import credential_file_warnings
 from dockgate.auth.htpasswd import HtpasswdError
+from dockgate.auth.identity import CERTIFICATE, Identity
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.auth.tokens import TokenFileError
 from dockgate.config import ServeConfig
-from dockgate.gatekeeper import Gatekeeper
-from dockgate.holding import HoldBudget
-from dockgate.identity import CERTIFICATE, Identity
-from dockgate.logtext import printable
-from dockgate.metrics import (
+from dockgate.observe.accesslog import AccessLog, open_access_log
+from dockgate.observe.admin import AdminConnection
+from dockgate.observe.audit import AuditLog, open_audit_log
+from dockgate.observe.logtext import printable
+from dockgate.observe.metrics import (
     SNAPSHOT_SECONDS,
     RequestCounts,
     SnapshotDirectory,
 )
-from dockgate.metrics import render as render_metrics
+from dockgate.observe.metrics import render as render_metrics
+from dockgate.policy.admission import Admissions, ConnectionFacts
+from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.rules import PolicySet
-from dockgate.proxy import ClientConnection
-from dockgate.startup import (
-    StartupCheckError,
-    check_certificate_files,
-    check_upstream_socket,
-    ping_upstream,
-    refuse_own_listener,
-)
-from dockgate.summary import summaries
-from dockgate.systemd import (
-    ActivationError,
-    Inherited,
-    Notifier,
-    check_listen_option,
-    inherited_sockets,
-)
-from dockgate.tls import (
+from dockgate.policy.summary import summaries
+from dockgate.relay.connection import ClientConnection
+from dockgate.relay.holding import HoldBudget
+from dockgate.relay.tls import (
     PEER_CERTIFICATE_INFO,
     ServerTLS,
     SeveralNames,
@@ -76,7 +61,22 @@ from dockgate.tls import (
     peer_identity,
     peer_subject,
 )
-from dockgate.upstream import UpstreamPool
+from dockgate.relay.upstream import UpstreamPool
+from dockgate.startup import dropin
+from dockgate.startup.checks import (
+    StartupCheckError,
+    check_certificate_files,
+    check_upstream_socket,
+    ping_upstream,
+    refuse_own_listener,
+)
+from dockgate.startup.systemd import (
+    ActivationError,
+    Inherited,
+    Notifier,
+    check_listen_option,
+    inherited_sockets,
+)
 from dockgate.watched import WatchedFile
 
 LISTEN_BACKLOG = 1024
@@ -126,7 +126,7 @@ class Gateway:
         self.audit: AuditLog = open_audit_log(config.audit_log)
         self._admin = loaded.admin
         self.connections: set[ClientConnection] = set()
-        # Every body and answer held whole, together (holding.py).
+        # Every body and answer held whole, together (relay/holding.py).
         self.holds = HoldBudget(config.held_bodies_max)
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics = RequestCounts()
@@ -193,7 +193,7 @@ class Gateway:
             servers.append(server)
         self._sweeper = self.loop.create_task(self._sweep(), name="dockgate-timeout-sweep")
         if on_ready is not None:
-            on_ready()  # every server accepts: READY=1 for systemd (systemd.py)
+            on_ready()  # every server accepts: READY=1 for systemd (startup/systemd.py)
         try:
             await stop.wait()
         finally:
@@ -434,14 +434,15 @@ def check_exposure(
     config: ServeConfig, policies: PolicySet, inherited: Sequence[Inherited] = ()
 ) -> PolicySet:
     """Refuse a non-loopback TCP listener without authentication unless --insecure is given,
-    or the container drop-in rule (dropin.py) finds that only the container's networks reach it.
+    or the container drop-in rule (startup/dropin.py) finds that only the container's networks
+    reach it.
 
     TLS with required client certificates (--tls-client-ca) authenticates every TCP client;
     TLS alone only encrypts, so it still needs --insecure. A unix socket systemd passed that
     every local user may connect to (abstract, or mode o+w: systemd's default SocketMode= is
     0666) is exposed too: dockgate did not set its mode, so it cannot count on it. Returns
     `policies` with the names other containers reach this one by accepted as Host
-    (browser.py), when the daemon said.
+    (policy/browser.py), when the daemon said.
     """
     authenticated = config.htpasswd is not None or config.tokens is not None
     open_unix = {one.address for one in inherited if one.open_to_all}
@@ -636,7 +637,7 @@ def check_log_files(config: ServeConfig) -> None:
 
 
 def _startup_checks(config: ServeConfig) -> list[str]:
-    """The upstream socket and the certificate files (startup.py): errors stop the start,
+    """The upstream socket and the certificate files (startup/checks.py): errors stop the start,
     warnings are printed with the others."""
     try:
         # A unix upstream that is one of the listeners' paths: said before the socket check,

@@ -8,8 +8,9 @@ it is read again within a second, without a restart. A file that no longer loads
 previous contents in force, with one log line per change.
 
 A Basic password that has not succeeded before needs a hash check (slow by design): `identify`
-hands it back as a `PasswordCheck`, which admission.py runs off the event loop (auth/checks.py).
-Everything else (tokens, remembered passwords, malformed headers) is decided at once.
+hands it back as a `PasswordCheck`, which policy/admission.py runs off the event loop
+(auth/checks.py). Everything else (tokens, remembered passwords, malformed headers) is decided at
+once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dockgate.auth.htpasswd import Htpasswd, HtpasswdError, load_htpasswd
+from dockgate.auth.identity import BASIC, TOKEN, Identity
 from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens
-from dockgate.identity import BASIC, TOKEN, Identity
 from dockgate.watched import WatchedFile
 
 # The longest Basic user name considered, in bytes (UTF-8). Apache's htpasswd refuses longer

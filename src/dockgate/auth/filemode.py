@@ -1,6 +1,6 @@
 """Whether a credential file (--htpasswd, --tokens) can be read or written by users it should
-not be: one warning line, the same in `htpasswd add`/`token create` (credtools.py), at `serve`
-start-up (server.py) and in `dockgate doctor`'s credentials check (doctorprobe.py).
+not be: one warning line, the same in `htpasswd add`/`token create` (auth/credtools.py), at `serve`
+start-up (server.py) and in `dockgate doctor`'s credentials check (startup/doctorprobe.py).
 
 A warning, never a change: dockgate does not chmod a file it did not create. An htpasswd file
 made by Apache's `htpasswd -c` is 0666 & ~umask, 0644 as a rule, and nginx reads it as its

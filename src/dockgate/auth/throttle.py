@@ -32,8 +32,8 @@ Sources (`source_key`): an IPv4 address; an IPv6 address that carries an IPv4 cl
 mapped, NAT64's well-known prefix, 6to4, Teredo) by that IPv4 address, since it is one IPv4
 machine (or NAT) however its IPv6 address reads; any other IPv6 source by its /64 (one machine
 usually holds a whole /64, and counting single addresses would give it billions of fresh
-budgets); a unix-socket client by its peer uid (admission.py: `throttle_source`), so one local
-user's guesses do not throttle every other local user.
+budgets); a unix-socket client by its peer uid (policy/admission.py: `throttle_source`), so one
+local user's guesses do not throttle every other local user.
 
 Memory is bounded, since attackers choose user names and (with IPv6) sources freely: names
 over 256 bytes are refused before they get here (authenticator.py), failures are kept as packed

@@ -1,8 +1,8 @@
 """Every read that can show an environment, mounts or labels, and what `redact:` does to it.
 
-This is data: `redact.py` rewrites the answers marked REWRITTEN, `steps.py` refuses the requests
-marked REFUSED (through `redact.query_problem`), and docs/policy.md lists the rest as not covered.
-tests/test_exposure.py walks both Engine API specs and fails when an operation whose answer
+This is data: `redact.py` rewrites the answers marked REWRITTEN, `relay/steps.py` refuses the
+requests marked REFUSED (through `redact.query_problem`), and docs/policy.md lists the rest as not
+covered. tests/test_exposure.py walks both Engine API specs and fails when an operation whose answer
 holds `Env`, `Mounts`, `Binds`, `Labels`, `Volumes`, `Mountpoint`, `CreatedBy` or
 `ProcessConfig` is in neither this table nor `SHOWS_NONE`, so an operation of a newer API cannot
 pass unconsidered.

@@ -24,8 +24,8 @@ from urllib.parse import unquote_plus
 
 from dockgate.body.exposure import ENV, LABELS, MOUNTS, refused_filters, rewritten_areas
 from dockgate.body.psargs import top_args_problem
-from dockgate.errors import ClientProtocolError
 from dockgate.http.chunked import ChunkedDecoder
+from dockgate.http.errors import ClientProtocolError
 from dockgate.http.query import query_pairs, query_value
 
 # The largest answer the gateway reads whole to redact (a list of thousands of containers is
@@ -140,7 +140,7 @@ def _details_problem(query: str) -> str | None:
     """`details` given a value the daemon reads as true (httputils.BoolValue on the first
     value; every value is judged here). Only ASCII is trimmed and lower-cased: where Go's
     strings.TrimSpace or ToLower would read a value differently, it is taken as true. A `;`
-    never gets here (target.py refuses it in every query)."""
+    never gets here (api/target.py refuses it in every query)."""
     if _BAD_ESCAPE.search(query):
         return (
             "a query that cannot be read is not accepted where environments or labels are redacted"
@@ -160,7 +160,7 @@ def _details_problem(query: str) -> str | None:
 def _top_problem(query: str) -> str | None:
     """Every `ps_args` the query gives is judged (the daemon takes the first, Go's
     `r.Form.Get`). A query the gateway might read differently from Go (a bad %-escape) is
-    refused whole; a `;`, which older Go split on, is refused for every request (target.py)."""
+    refused whole; a `;`, which older Go split on, is refused for every request (api/target.py)."""
     if _BAD_ESCAPE.search(query):
         return "a query that cannot be read is not accepted where environments are redacted"
     for pair in query.lstrip("?").split("&"):

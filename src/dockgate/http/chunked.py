@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from dockgate.errors import ClientProtocolError
+from dockgate.http.errors import ClientProtocolError
 
 # A chunk-size line is short; anything longer is an attack or a broken client.
 MAX_SIZE_LINE_BYTES = 4096

@@ -14,7 +14,7 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 def query_value(query: str, key: str) -> str | None:
     """The first value of `key` in `query`, parsed as Go's ``url.ParseQuery`` (what the daemon's
-    ``r.FormValue`` sees): pairs split on ``&``, a pair with ``;`` (as Go 1.17+; target.py
+    ``r.FormValue`` sees): pairs split on ``&``, a pair with ``;`` (as Go 1.17+; api/target.py
     refuses such a query before any rule reads it) or a bad %-escape skipped."""
     if query.startswith("?"):
         query = query[1:]

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 
 from dockgate.caching import remember
-from dockgate.errors import ClientProtocolError
-from dockgate.hops import with_hop
 from dockgate.http.chunked import ChunkedDecoder
+from dockgate.http.errors import ClientProtocolError
+from dockgate.http.hops import with_hop
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 
@@ -413,5 +413,5 @@ def forwarded_head(head: RequestHead) -> bytes:
     if head.authorization is not None:
         # Credentials are the gateway's business; the daemon never sees them.
         raw = _AUTHORIZATION_HEADER.sub(b"", raw)
-    # Marked as having passed here, so a request that comes back is caught (hops.py).
+    # Marked as having passed here, so a request that comes back is caught (http/hops.py).
     return with_hop(raw)

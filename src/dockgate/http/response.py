@@ -14,7 +14,7 @@ from enum import Enum
 
 import httptools
 
-from dockgate.errors import UpstreamError
+from dockgate.http.errors import UpstreamError
 
 MAX_RESPONSE_HEAD_BYTES = 256 * 1024
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n")

@@ -27,12 +27,14 @@ from pydantic import (
 )
 
 from dockgate.addresses import shown_address
+from dockgate.api.routes import OPERATIONS, SECTIONS
+from dockgate.auth.sourceaddr import AddressListError, SourceRules, parse_address_list
 from dockgate.body import hostports, subnets
 from dockgate.body.guardrails import NAMESPACES, Guardrails, HostPathRule, normalize_capability
 from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
 from dockgate.files import read_config_text
-from dockgate.owners import OWNER_NAME, parse_identity
+from dockgate.ownership.owners import OWNER_NAME, parse_identity
 from dockgate.policy.rules import (
     ALLOW,
     DENY,
@@ -44,8 +46,6 @@ from dockgate.policy.rules import (
     Rule,
     compile_path_pattern,
 )
-from dockgate.routes import OPERATIONS, SECTIONS
-from dockgate.sourceaddr import AddressListError, SourceRules, parse_address_list
 
 Location = tuple[str | int, ...]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -214,7 +214,7 @@ class PolicyFileSpec(_Strict):
     sources: SourcesSpec | None = None
     groups: dict[str, list[str]] = Field(default_factory=dict)
     bindings: list[BindingSpec] | None = None
-    # Ownership: owner name -> the identities that count as that owner (owners.py).
+    # Ownership: owner name -> the identities that count as that owner (ownership/owners.py).
     owners: dict[str, list[str]] = Field(default_factory=dict)
     policies: dict[str, PolicySpec]
 

@@ -19,12 +19,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dockgate.api.routes import Operation, RouteMatch
+from dockgate.auth.identity import ANONYMOUS, BASIC, CERTIFICATE, NONE, TOKEN, Identity
+from dockgate.auth.sourceaddr import SourceRules
 from dockgate.body.guardrails import Guardrails
 from dockgate.body.redact import Redaction
 from dockgate.caching import remember
-from dockgate.identity import ANONYMOUS, BASIC, CERTIFICATE, NONE, TOKEN, Identity
-from dockgate.routes import Operation, RouteMatch
-from dockgate.sourceaddr import SourceRules
 
 ALLOW = "allow"
 DENY = "deny"
@@ -125,7 +125,9 @@ class Policy:
     # and policy files that say `guardrails: false`).
     guardrails: Guardrails | None = None
     redaction: Redaction = field(default_factory=Redaction)  # what inspect/list answers hide
-    ownership: bool = False  # callers see and touch only what they created (ownership.py)
+    ownership: bool = (
+        False  # callers see and touch only what they created (ownership/operations.py)
+    )
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:
@@ -236,7 +238,7 @@ class PolicySet:
     source: str = ""  # file name, or "environment"
     bindings: tuple[Binding, ...] | None = None
     sources: SourceRules = field(default_factory=SourceRules)  # global source address allow/deny
-    # Ownership: identity key (`user:alice`) -> the owner it counts as (owners.py).
+    # Ownership: identity key (`user:alice`) -> the owner it counts as (ownership/owners.py).
     owners: Mapping[str, str] = field(default_factory=dict)
     _bound: dict[tuple[str, str, str, str], Binding | None] = field(
         default_factory=dict, init=False, compare=False, hash=False, repr=False

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
+from dockgate.auth.sourceaddr import SourceRules
 from dockgate.policy.loader import load_policy_file
 from dockgate.policy.rules import PolicySet
 from dockgate.policy.tecnativa import compatibility_variables_set, policy_from_environment
-from dockgate.sourceaddr import SourceRules
 
 
 def load_policies(

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dockgate.api.routes import OPERATIONS, Operation
 from dockgate.policy.rules import ALLOW, DENY, Matcher, Policy, PolicySet, Rule
-from dockgate.routes import OPERATIONS, Operation
 
 POLICY_NAME = "environment"
 

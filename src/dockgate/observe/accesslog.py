@@ -1,0 +1,102 @@
+"""The access log: one line per request, human-readable or JSON.
+
+Lines go through a `dockgate.observe.logsink.LineSink`: buffered, and flushed shortly after they are
+written (or when the buffer is large), so that logging costs one small string per request rather
+than one system call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from dockgate.observe.logsink import (
+    FLUSH_BUFFER_CHARS,
+    FLUSH_DELAY_SECONDS,
+    LineSink,
+    SinkLog,
+    open_sink,
+)
+from dockgate.observe.logtext import printable
+
+__all__ = [
+    "FLUSH_BUFFER_CHARS",
+    "FLUSH_DELAY_SECONDS",
+    "AccessLog",
+    "AccessRecord",
+    "open_access_log",
+]
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    client: str
+    method: str
+    target: str
+    version: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration_s: float
+    note: str = ""  # why the exchange ended unusually ("client gone", "upstream failed", ...)
+    operation: str = "-"  # the Engine API operation, e.g. ContainerList
+    decision: str = "-"  # e.g. allow:environment:rule-5, deny:ci:read-only
+    identity: str = "-"  # the authenticated caller, "-" when none is required
+    # The client a trusted proxy reported (X-Forwarded-For, PROXY header), when it is not the
+    # connected peer; "" otherwise.
+    source: str = ""
+
+
+class AccessLog(SinkLog):
+    """Formats `AccessRecord`s as lines for a `LineSink` (a stream is wrapped in one, not owned)."""
+
+    def __init__(self, stream: TextIO | LineSink | None, fmt: str = "text") -> None:
+        super().__init__(
+            stream if isinstance(stream, LineSink) or stream is None else LineSink(stream)
+        )
+        self._json = fmt == "json"
+
+    def write(self, record: AccessRecord) -> None:
+        if self._sink is None:
+            return
+        if self._json:
+            fields: dict[str, object] = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "client": record.client,
+                "method": record.method,
+                "path": record.target,
+                "http_version": record.version,
+                "status": record.status,
+                "bytes_in": record.bytes_in,
+                "bytes_out": record.bytes_out,
+                "duration_ms": round(record.duration_s * 1000, 3),
+                "operation": record.operation,
+                "decision": record.decision,
+                "identity": record.identity,
+            }
+            if record.source:
+                fields["source"] = record.source
+            if record.note:
+                fields["note"] = record.note
+            line = json.dumps(fields)
+        else:
+            note = f" ({record.note})" if record.note else ""
+            if record.source:
+                note = f" src={record.source}{note}"
+            line = (
+                f'{record.client} "{record.method} {record.target} HTTP/{record.version}" '
+                f"{record.status} in={record.bytes_in} out={record.bytes_out} "
+                f"dur_ms={record.duration_s * 1000:.3f} op={record.operation} "
+                # The identity may be a certificate's CN, the holder's text: one line, one
+                # field (JSON lines are escaped by json.dumps).
+                f"decision={record.decision} user={printable(record.identity, spaces=True)}{note}"
+            )
+        self._sink.write(line)
+
+
+def open_access_log(target: str, fmt: str) -> AccessLog:
+    """`-` is stdout, `off` disables the access log, anything else is a file appended to
+    (created with mode 0600 when new)."""
+    return AccessLog(open_sink(target), fmt)

@@ -1,0 +1,160 @@
+"""Decides, for each request head, whether it may reach the daemon: one place, one value.
+
+The request-target is read once (`parse_target`), identified once (`identify`), and that same
+value is handed to the browser checks, the policy, and the access log. What is forwarded is the
+raw target that was checked: it is never decoded twice nor re-encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dockgate.api.routes import RouteMatch, identify
+from dockgate.api.target import parse_target
+from dockgate.caching import remember
+from dockgate.http.errors import ClientProtocolError
+from dockgate.policy.browser import BrowserGuard
+from dockgate.policy.denials import denial_message
+from dockgate.policy.rules import Policy, PolicySet
+
+# The only operations whose connection may switch protocols (moby: attach and exec start
+# hijack with "Upgrade: tcp", attach/ws is a WebSocket, session and grpc use "Upgrade: h2c").
+# Any other request asking to upgrade is refused: a daemon that speaks h2c on an upgraded
+# connection would take further requests on it that the gateway never sees one by one.
+UPGRADABLE_OPERATIONS = frozenset(
+    {"ContainerAttach", "ContainerAttachWebsocket", "ExecStart", "Session", "GrpcSession"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    status: int  # 0 when allowed; 400 or 403 otherwise
+    message: str  # for the client, in Docker's {"message": ...}
+    operation: str  # the operation name, or "unknown"
+    label: str  # for the access log: "allow:policy:rule-3", "deny:policy:read-only"
+    match: RouteMatch | None = None
+    policy: str | None = None  # the policy that decided, None when refused before it
+    reason: str = ""  # "rule 3", "read-only", "no rule allows it", "browser", ...
+
+
+# Verdicts are pure functions of the request facts below and the (immutable) policy, and
+# clients repeat the same requests (`/_ping`, `/containers/json`, `/events`): remembering the
+# last few thousand saves parsing and matching on the hot path. Cleared when full, so memory
+# stays bounded whatever a client sends.
+VERDICT_CACHE_ENTRIES = 4096
+# Requests with a long target, Host or Origin (a filter in the query) are decided each time
+# rather than remembered, which bounds the cache to a few megabytes.
+VERDICT_CACHE_MAX_TARGET = 512
+
+
+class Gatekeeper:
+    def __init__(
+        self, policies: PolicySet, *, authenticated: bool = False, tls: bool = False
+    ) -> None:
+        self.policies = policies
+        self.guard = BrowserGuard(policies.origins, policies.hosts, "https" if tls else "http")
+        self.authenticated = authenticated
+        self._cache: dict[
+            tuple[str, str, str, bytes | None, bytes | None, bool, bool], Verdict
+        ] = {}
+
+    def check_cached(
+        self,
+        method: str,
+        raw_target: str,
+        host: bytes | None,
+        origin: bytes | None,
+        upgrade: bool,
+        *,
+        policy: Policy | None = None,
+        authenticated: bool | None = None,
+    ) -> Verdict:
+        if policy is None:
+            policy = self.policies.active
+        if authenticated is None:
+            authenticated = self.authenticated
+        # Policy names are unique within the (immutable) policy set.
+        key = (policy.name, method, raw_target, host, origin, upgrade, authenticated)
+        verdict = self._cache.get(key)
+        if verdict is None:
+            verdict = self.check(
+                method,
+                raw_target,
+                host,
+                origin,
+                upgrade=upgrade,
+                policy=policy,
+                authenticated=authenticated,
+            )
+            if (
+                len(raw_target) > VERDICT_CACHE_MAX_TARGET
+                or len(host or b"") > VERDICT_CACHE_MAX_TARGET
+                or len(origin or b"") > VERDICT_CACHE_MAX_TARGET
+            ):
+                return verdict
+            remember(self._cache, key, verdict, VERDICT_CACHE_ENTRIES)
+        return verdict
+
+    def check(
+        self,
+        method: str,
+        raw_target: str,
+        host: bytes | None = None,
+        origin: bytes | None = None,
+        *,
+        upgrade: bool = False,
+        policy: Policy | None = None,
+        authenticated: bool | None = None,
+    ) -> Verdict:
+        """The verdict of `policy` (the default one when not given) on one request head.
+
+        `authenticated`: whether this caller proved who it is (None: the gatekeeper's setting);
+        only then may the Host header name any DNS name, since a browser tricked by DNS
+        rebinding cannot present credentials or a client certificate.
+        """
+        try:
+            target = parse_target(raw_target)
+        except ClientProtocolError as exc:
+            return Verdict(
+                False,
+                400,
+                f"dockgate: {exc.message}",
+                "unknown",
+                "deny:-:bad-target",
+                reason="bad target",
+            )
+        match = identify(method, target.path)
+        operation = match.operation.name if match is not None else "unknown"
+        if host is not None or origin is not None:
+            if authenticated is None:
+                authenticated = self.authenticated
+            refusal = self.guard.refusal(host, origin, authenticated)
+            if refusal is not None:
+                return Verdict(
+                    False, 403, refusal, operation, "deny:-:browser", match, reason="browser"
+                )
+        if upgrade and operation not in UPGRADABLE_OPERATIONS:
+            message = f"dockgate: {operation} cannot switch protocols (Upgrade refused)"
+            return Verdict(
+                False, 403, message, operation, "deny:-:upgrade", match, reason="upgrade"
+            )
+        if policy is None:
+            policy = self.policies.active
+        decision = policy.decide(method, match, target.path)
+        if decision.allowed:
+            return Verdict(
+                True, 0, "", operation, decision.label, match, decision.policy, decision.reason
+            )
+        subject = operation if match is not None else f"unknown operation {method} {target.path}"
+        # Saying what would allow it: the variables, or the rule and the policy (policy/denials.py).
+        message = denial_message(
+            policy,
+            decision,
+            subject,
+            match.operation if match is not None else None,
+            environment=self.policies.source == "environment",
+        )
+        return Verdict(
+            False, 403, message, operation, decision.label, match, decision.policy, decision.reason
+        )

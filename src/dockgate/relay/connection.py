@@ -1,0 +1,1150 @@
+"""One client connection: reads requests, relays each to the daemon, relays the answers back.
+
+Per connection, requests are served one at a time and in order (pipelined requests wait in the
+reader's buffer). An exchange ends when the daemon's response is complete; then the upstream
+connection goes back to the pool if it is clean, and the next request is read.
+
+After a `101 Switching Protocols` (or the older `200` with a Docker raw-stream body that the
+daemon answers to a hijacked attach/exec), the connection becomes a tunnel: two one-way pumps of
+raw bytes, with a half-close passed on as a half-close (`write_eof`), closed when both are done.
+
+Flow control: when one side's write buffer is over its high-water mark, reading from the other
+side pauses, so a slow reader never makes the gateway buffer a whole `docker export`.
+
+What a bound policy adds between admission and the daemon (ownership look-ups, bodies judged
+and labelled, redaction) is in `relay/steps.py`, mixed into `ClientConnection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, cast
+
+from dockgate.auth.peercred import peer_uid
+from dockgate.auth.sourceaddr import UNIX_SOURCE
+from dockgate.body.content import (
+    IGNORED_BODY_LIMIT,
+    ContentRefusal,
+    drops_body,
+    ignored_body_refusal,
+    judge_head,
+    too_large,
+)
+from dockgate.body.guardrails import (
+    Guardrails,
+)
+from dockgate.body.redact import (
+    REDACTED_STREAMS,
+    EventStreamRedaction,
+    Redaction,
+    RedactionError,
+)
+from dockgate.http.errors import (
+    ClientProtocolError,
+    GatewayError,
+    UpstreamError,
+    error_response,
+)
+from dockgate.http.hops import LOOP_MESSAGE, came_back
+from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
+from dockgate.http.request import (
+    Body,
+    EndOfRequest,
+    RequestEvent,
+    RequestHead,
+    RequestReader,
+    forwarded_head,
+    without_body,
+)
+from dockgate.http.response import (
+    EndOfResponse,
+    Framing,
+    ResponseBody,
+    ResponseHead,
+    ResponseReader,
+)
+from dockgate.observe.accesslog import AccessRecord
+from dockgate.observe.audit import (
+    AUDIT_BODY_LIMIT,
+    AUDITED_BODIES,
+    AuditRecord,
+    audit_details,
+    target_object,
+)
+from dockgate.ownership.owners import owner_for
+from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
+from dockgate.policy.browser import ANSWER_HEADERS
+from dockgate.policy.gatekeeper import Verdict
+from dockgate.relay.holding import Share
+from dockgate.relay.steps import PolicySteps
+from dockgate.relay.tls import PROXY_SOURCE_INFO
+from dockgate.relay.upstream import (
+    WRITE_HIGH_WATER_BYTES,
+    WRITE_LOW_WATER_BYTES,
+    UpstreamConnection,
+)
+from dockgate.relay.upstreamtls import describe_upstream_error
+
+# A request this gateway forwarded that came back to it (http/hops.py): never forwarded again.
+LOOP_VERDICT = Verdict(False, 508, LOOP_MESSAGE, "unknown", "deny:-:loop", reason="loop")
+
+if TYPE_CHECKING:
+    from dockgate.server import Gateway
+
+# Bytes of pipelined requests held while the current exchange runs, before reading pauses.
+HELD_BYTES_LIMIT = 256 * 1024
+# After an early response (the daemon answered before the whole body arrived), the rest of the
+# body is read and dropped for at most this long so the client sees the answer, not a reset.
+LINGER_SECONDS = 2.0
+
+# What ends every relayed response head: the browser guard's headers, then the blank line.
+_ANSWER_TAIL = ANSWER_HEADERS + b"\r\n"
+# RFC 7617: what a 401 asks for. The docker CLI sends whatever its config.json HttpHeaders say.
+_CHALLENGE = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
+
+_REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
+
+# Requests that may be sent again after a stale pooled connection (net/http isReplayable).
+_REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+# Reasons for which reading from the client is paused; reading resumes when none is left.
+_PAUSE_UPSTREAM_FULL = 1  # the daemon is not reading fast enough
+_PAUSE_CONNECTING = 2  # no upstream connection yet
+_PAUSE_HELD = 4  # pipelined bytes waiting for the current exchange
+_PAUSE_TUNNEL_SETUP = 8  # waiting for the daemon's answer to a request that may hijack
+# 16 is steps.PAUSE_LOOKUP
+_PAUSE_PASSWORD = 32  # a password hash is being checked
+
+
+class ClientConnection(PolicySteps, asyncio.Protocol):
+    """The downstream side of the gateway: one per accepted client connection."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.reader = RequestReader(gateway.config.max_header_bytes)
+        # Deadline (loop time) by which the next request head must be complete; None while an
+        # exchange or a tunnel is running. Checked by the gateway's periodic sweep.
+        self.deadline: float | None = None
+        self.closing = False
+        self.close_after_exchange = False  # set by a graceful shutdown
+        self._pause_reasons = 0
+        self._reading_paused = False
+        self._client_write_paused = False
+        # The current exchange.
+        self._head: RequestHead | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._outbox: list[bytes] = []  # bytes for the daemon before its connection is ready
+        self._response: ResponseReader | None = None
+        self._status = 0
+        self._request_done = False
+        self._response_started = False
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._started = 0.0
+        self._retry_allowed = False
+        self._upstream_reused = False
+        self._refused = False
+        self._handling = False  # inside _handle: finished exchanges hand over to its loop
+        self._parse_next = False
+        self._queued: list[RequestEvent] = []
+        self._verdict: Verdict | None = None
+        self._admission: Admission | None = None  # who sent the current request, from where
+        # The start of an audited request body (container create, exec create), kept for the
+        # audit record; None when the current request's body is not audited.
+        self._capture: bytearray | None = None
+        # A body read whole before forwarding, for the guardrails of the bound policy.
+        self._held_body: bytearray | None = None
+        self._held_guardrails: Guardrails | None = None
+        # A body read whole and dropped: the operation's handler reads none (body/content.py).
+        self._ignored: bytearray | None = None
+        # Loop time by which a held body (either kind) must be complete; None when none is
+        # held. Checked by the gateway's periodic sweep (--body-timeout).
+        self.body_deadline: float | None = None
+        # This connection's part of the process's budget for held bodies and answers.
+        self._hold_share = Share(gateway.holds)
+        self._answer_share = Share(gateway.holds)
+        # Ownership mode: the caller's name, and the events that wait for a look-up.
+        self._owner: str | None = None
+        self._deferred: list[RequestEvent] | None = None
+        self._lookup_task: asyncio.Task[None] | None = None
+        # Response redaction: what the policy hides, and the answer being read whole for it
+        # (or, in ownership mode, to hide another caller's object).
+        self._redaction: Redaction | None = None
+        self._answer_head: ResponseHead | None = None
+        self._answer_body: bytearray | None = None
+        # ... or the event stream, rewritten as it goes.
+        self._redact_stream: EventStreamRedaction | None = None
+        self._wall_started = 0.0
+        self.facts = ConnectionFacts("-", "-")
+        # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
+        self._proxy_header: bytes | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        # Tunnel state (after a hijack): which directions are still open.
+        self.tunnel = False
+        self._client_eof = False
+        self._upstream_eof = False
+        self._lingering = False
+
+    # ----- the client side -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+        self.gateway.metrics.connections += 1
+        peer = self.transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            host = peer[0]
+            self.client = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            address = host.partition("%")[0]  # a link-local zone is not part of the address
+        else:
+            self.client = address = UNIX_SOURCE
+        self.facts = ConnectionFacts(address, address)
+        if address == UNIX_SOURCE:
+            self.facts.uid = peer_uid(self.transport)
+        self.gateway.add_certificate(self, self.facts)
+        proxied = self.transport.get_extra_info(PROXY_SOURCE_INFO)
+        if proxied is not None:  # the TLS layer read a PROXY header before the handshake
+            if proxied:
+                self.facts.source = proxied
+        elif self.gateway.expects_proxy_header(address):
+            self._proxy_header = b""
+        self.gateway.connections.add(self)
+        self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            self._bytes_in += len(data)
+            upstream = self._upstream
+            if upstream is not None:
+                upstream.write(data)
+            return
+        if self._lingering:
+            return
+        if self._proxy_header is not None:
+            data = self._read_proxy_header(data)
+            if not data:
+                return
+        if self._head is None and not self.reader.started:
+            # First byte of a new head after an idle wait: the head timeout starts now.
+            self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+        try:
+            events = self.reader.feed(data)
+        except ClientProtocolError as exc:
+            self._fail(exc)
+            return
+        if events:
+            self._handle(events)
+        if self.reader.request_complete and self.reader.buffered > HELD_BYTES_LIMIT:
+            self._pause_reading(_PAUSE_HELD)
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """Take the PROXY protocol header a trusted proxy starts with; what follows is HTTP."""
+        buffered = (self._proxy_header or b"") + data
+        try:
+            header = parse_proxy_header(buffered)
+        except ProxyHeaderError as exc:
+            self._proxy_header = None
+            self._fail(ClientProtocolError(f"PROXY protocol: {exc}"))
+            return b""
+        if header is None:
+            self._proxy_header = buffered
+            return b""
+        self._proxy_header = None
+        if header.source is not None:
+            self.facts.source = header.source[0]
+        return buffered[header.consumed :]
+
+    def eof_received(self) -> bool:
+        if self.tunnel:
+            self._client_eof = True
+            upstream = self._upstream
+            transport = upstream.transport if upstream is not None else None
+            if transport is not None and transport.can_write_eof():
+                transport.write_eof()
+            self._maybe_end_tunnel()
+            return True
+        if self._head is not None:
+            # The client closed its side mid-exchange. HTTP/1.1 would allow a half-close after a
+            # complete request, but like Go's server and nginx (proxy_ignore_client_abort off)
+            # the gateway takes it as the client leaving: otherwise a quiet stream (`events`)
+            # would hold its upstream connection until the daemon next wrote something.
+            self._abandon("client gone")
+            return False
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.gateway.connections.discard(self)
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        if self._lookup_task is not None:
+            self._lookup_task.cancel()
+            self._lookup_task = None
+        if self._head is not None or self.tunnel:
+            self._log(note="client gone" if not self.tunnel else "")
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            # Mid-exchange: the daemon may still be streaming; this connection is not reusable.
+            upstream.close()
+        self._head = None
+        # Whatever was held is garbage now: give its memory budget back.
+        self._held_body = self._ignored = self._answer_body = None
+        self.body_deadline = None
+        self._hold_share.end()
+        self._answer_share.end()
+
+    def pause_writing(self) -> None:
+        self._client_write_paused = True
+        upstream = self._upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._client_write_paused = False
+        upstream = self._upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.resume_reading()
+
+    # ----- requests ----------------------------------------------------------------------------
+
+    def _handle(self, events: list[RequestEvent]) -> None:
+        """Act on request events; then, while an exchange finished without waiting for the
+        daemon (a refusal) and pipelined bytes are buffered, go on with the next request.
+
+        A loop rather than recursion, so a client pipelining thousands of refused requests
+        cannot exhaust the stack.
+        """
+        if self._handling:
+            self._queued.extend(events)  # taken by the running loop below
+            return
+        self._handling = True
+        try:
+            while True:
+                self._handle_events(events)
+                if self._queued:
+                    events, self._queued = self._queued, []
+                    continue
+                if not self._parse_next:
+                    return
+                self._parse_next = False
+                next_events = self._next_request_events()
+                if next_events is None:
+                    return
+                events = next_events
+        finally:
+            self._handling = False
+
+    def _handle_events(self, events: list[RequestEvent]) -> None:
+        for event in events:
+            deferred = self._deferred
+            if deferred is not None:
+                deferred.append(event)  # an ownership look-up is running
+                continue
+            if self._refused:
+                if isinstance(event, EndOfRequest):
+                    self._after_refusal()
+                    return
+                continue  # the body of a refused request is read and dropped
+            if self._ignored is not None:
+                self._read_ignored(event)
+                continue
+            if self._held_body is not None:
+                self._hold(event)
+                continue
+            if isinstance(event, Body):
+                self._count_body(event.data)
+                self._send_upstream(
+                    b"%x\r\n%b\r\n" % (len(event.data), event.data)
+                    if self._head is not None and self._head.chunked
+                    else event.data
+                )
+            elif isinstance(event, RequestHead):
+                self._start_exchange(event)
+            elif isinstance(event, EndOfRequest):
+                self._request_done = True
+                head = self._head
+                if head is not None and head.chunked:
+                    self._send_upstream(b"0\r\n\r\n")
+                if head is not None and _may_hijack(head):
+                    # Bytes after this request are either the next request or raw stdin for a
+                    # hijacked stream; only the daemon's answer tells which, so wait for it.
+                    self._pause_reading(_PAUSE_TUNNEL_SETUP)
+                    return
+        # Events after a pause are impossible: the reader stops at the end of each request.
+
+    def _start_exchange(self, head: RequestHead) -> None:
+        self.deadline = None
+        self._head = head
+        self._redaction = None
+        self._redact_stream = None
+        self._status = 0
+        self._request_done = False
+        self._response_started = False
+        self._started = time.monotonic()
+        self._wall_started = time.time()
+        # The access log counts body bytes each way (heads excluded), as relayed.
+        self._bytes_in = 0
+        self._bytes_out = 0
+        if came_back(head.raw):
+            # Forwarded by this very gateway and back again: a loop (http/hops.py). Answered here,
+            # before anything else, so it goes round once and never again.
+            self._admission = None
+            self._refuse(head, LOOP_VERDICT)
+            return
+        admitted = self.gateway.admissions.admit(head, self.facts, self._started)
+        if isinstance(admitted, PendingAdmission):
+            self._await_password_check(head, admitted)
+            return
+        self._admitted(head, admitted)
+
+    def _await_password_check(self, head: RequestHead, pending: PendingAdmission) -> None:
+        """The password is being hashed in a worker thread (auth/checks.py): until it is done,
+        what the client sends waits, in order, as for an ownership look-up."""
+        self._admission = self._verdict = None
+        self._deferred = []
+        self._pause_reading(_PAUSE_PASSWORD)
+        pending.future.add_done_callback(lambda _: self._password_checked(head, pending))
+
+    def _password_checked(self, head: RequestHead, pending: PendingAdmission) -> None:
+        if self.closing or self._head is not head:
+            return  # the client left; the throttle was settled all the same (policy/admission.py)
+        deferred, self._deferred = self._deferred, None
+        self._resume_reading(_PAUSE_PASSWORD)
+        self._admitted(head, pending.admission())
+        if deferred:
+            self._handle(deferred)
+
+    def _admitted(self, head: RequestHead, admission: Admission) -> None:
+        self._admission = admission
+        if admission.close:  # the connection's client certificate is no longer valid
+            self.close_after_exchange = True
+        verdict = self._verdict = admission.verdict
+        if not verdict.allowed:
+            self._refuse(head, verdict, admission.retry_after)
+            return
+        self._capture = (
+            bytearray()
+            if self.gateway.audit.enabled and verdict.operation in AUDITED_BODIES
+            else None
+        )
+        self._owner = None
+        if head.has_body:  # (a request without a body passes whatever it says it is)
+            # What the body may be, in every policy (body/content.py): form bodies never pass.
+            refusal = judge_head(
+                verdict.operation,
+                _content_types(head),
+                True,
+                None if head.chunked else head.content_length,
+            )
+            if refusal is not None:
+                self._refuse(head, self._content_verdict(refusal))
+                return
+            if drops_body(verdict.operation):
+                # Read it whole first (the policy's steps then see a request without a body).
+                if self._start_hold(head):
+                    self._ignored = bytearray()
+                return
+        self._continue_exchange(head)
+
+    def _continue_exchange(self, head: RequestHead) -> None:
+        """The policy's steps, once the request's shape is known to be acceptable."""
+        admission, verdict = self._admission, self._verdict
+        assert admission is not None and verdict is not None
+        policy = admission.policy
+        if policy is not None and policy.redaction.active:
+            refusal = self._label_filter_refusal(head, policy)
+            if refusal is not None:
+                self._refuse(head, refusal)
+                return
+        if policy is not None and policy.ownership:
+            # Named by how the caller authenticated, or as `owners:` maps it (ownership/owners.py);
+            # None for an anonymous caller, who owns nothing (refused by _own).
+            owners = self.gateway.admissions.policies.owners
+            self._owner = owner_for(admission.identity, owners)
+            if not self._own(head, verdict):
+                return  # refused, or waiting for the daemon's answer about the object
+            owned = self._head  # the target may have been rewritten (a narrowed list)
+            assert owned is not None
+            head = owned
+        self._proceed(head)
+
+    def _send_head(self, raw: bytes, *, replayable: bool) -> None:
+        assert self._head is not None
+        self._response = ResponseReader(self._head.method)
+        self._retry_allowed = replayable
+        conn = self.gateway.pool.take_idle()
+        if conn is not None:
+            self._attach(conn)
+            conn.write(raw)
+        else:
+            self._outbox.append(raw)
+            self._pause_reading(_PAUSE_CONNECTING)
+            self._connect_task = self.gateway.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.gateway.pool.connect()
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError) as exc:
+            self._connect_task = None
+            self._upstream_failed(
+                UpstreamError(
+                    f"cannot connect to the Docker daemon at {self.gateway.pool.address}: "
+                    f"{describe_upstream_error(exc)}"
+                )
+            )
+            return
+        self._connect_task = None
+        if self.closing or self._head is None:
+            conn.close()
+            return
+        self._attach(conn)
+        outbox, self._outbox = self._outbox, []
+        conn.write(b"".join(outbox))
+        self._resume_reading(_PAUSE_CONNECTING)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        conn.owner = self
+        self._upstream_reused = conn.reused
+        self._upstream = conn
+        transport = conn.transport
+        if self._client_write_paused and transport is not None:
+            transport.pause_reading()
+        if transport is not None and transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
+            self._pause_reading(_PAUSE_UPSTREAM_FULL)
+
+    def _send_upstream(self, data: bytes) -> None:
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.write(data)
+            self._retry_allowed = False
+        else:
+            self._outbox.append(data)
+
+    def _refuse(
+        self,
+        head: RequestHead,
+        verdict: Verdict,
+        retry_after: int | None = None,
+        *,
+        body_read: bool = False,
+    ) -> None:
+        """Answer a refused request here; it never reaches the daemon."""
+        self._refused = True
+        self._verdict = verdict
+        self._status = verdict.status
+        # A refused upload is not read to its end: close after the answer (lingering, so the
+        # client sees the answer rather than a reset). Without a body, keep-alive goes on.
+        unread_body = head.has_body and not body_read
+        closing = unread_body or not head.keep_alive or self.close_after_exchange
+        body = error_response(
+            verdict.status,
+            verdict.message,
+            close=closing,
+            head_only=head.method == "HEAD",
+            extra_headers=_refusal_headers(verdict.status, retry_after),
+        )
+        self._bytes_out = _body_length(body)
+        self._response_started = True
+        assert self.transport is not None
+        self.transport.write(body)
+        self._log()
+        if unread_body:
+            self._head = None
+            self._linger_close()
+
+    def _after_refusal(self) -> None:
+        if self._lingering:
+            return
+        self._refused = False
+        head, self._head = self._head, None
+        if head is None or not head.keep_alive or self.close_after_exchange:
+            self._close()
+            return
+        self._read_next_request()
+
+    def _content_verdict(self, refusal: ContentRefusal) -> Verdict:
+        return self._denied(refusal.status, refusal.message, "content", "body shape")
+
+    def _read_ignored(self, event: RequestEvent) -> None:
+        """A body on an operation whose handler reads none: read it whole, judge it, drop it;
+        then go on with the same request, without a body (the daemon gets Content-Length: 0)."""
+        ignored, head, verdict = self._ignored, self._head, self._verdict
+        assert ignored is not None and head is not None and verdict is not None
+        if isinstance(event, Body):
+            self._count_body(event.data)
+            ignored += event.data
+            if len(ignored) > IGNORED_BODY_LIMIT:
+                self._ignored = None
+                self._end_hold()
+                large = ContentRefusal(413, too_large(verdict.operation))
+                self._refuse(head, self._content_verdict(large))
+            elif not self._grow_hold(head, len(ignored)):
+                self._ignored = None
+            return
+        if not isinstance(event, EndOfRequest):
+            return
+        self._ignored = None
+        self._end_hold()
+        refusal = ignored_body_refusal(verdict.operation, bytes(ignored))
+        if refusal is not None:
+            self._refuse(head, self._content_verdict(refusal), body_read=True)
+            self._after_refusal()
+            return
+        head = self._head = without_body(head)
+        self._continue_exchange(head)
+        # The request's end, as the steps that followed expect to see it (the reader has
+        # already passed it).
+        self._handle_events([event])
+
+    def body_timed_out(self) -> None:
+        """A held body did not arrive whole within --body-timeout: 408, and close."""
+        self.body_deadline = None
+        head = self._head
+        if head is None or (self._held_body is None and self._ignored is None):
+            return
+        self._held_body = self._ignored = None
+        self._end_hold()
+        seconds = self.gateway.config.body_timeout
+        message = f"dockgate: the request body did not arrive within {seconds:g} s"
+        self._refuse(head, self._denied(408, message, "body-timeout", "body timeout"))
+
+    # ----- responses ---------------------------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self.tunnel:
+            self._bytes_out += len(data)
+            transport.write(data)
+            return
+        response = self._response
+        if response is None:
+            return
+        self._retry_allowed = False
+        if response.head_done:
+            # Streams (events, logs, stats, export) spend their life here: relay and move on.
+            try:
+                data, done = response.relay_body(data)
+                if self._redact_stream is not None:
+                    data = self._redacted_events(data)
+            except UpstreamError as exc:
+                self._upstream_failed(exc)
+                return
+            if self._answer_body is not None:
+                self._collect_answer(data, done)
+                return
+            if data:
+                self._bytes_out += len(data)
+                transport.write(data)
+            if done:
+                self._finish_exchange()
+            return
+        try:
+            events = response.feed(data)
+        except UpstreamError as exc:
+            self._upstream_failed(exc)
+            return
+        # One write per read from the daemon: the head and body bytes it brought go out in a
+        # single system call.
+        out: list[bytes] = []
+        for event in events:
+            if self._answer_body is not None:
+                if isinstance(event, ResponseBody):
+                    self._collect_answer(event.data, done=False)
+                    if self._answer_body is None:
+                        return  # too large: the exchange has failed
+                elif isinstance(event, EndOfResponse):
+                    self._collect_answer(b"", done=True)
+                    return
+                continue
+            if isinstance(event, ResponseBody):
+                if self._redact_stream is None:
+                    out.append(event.data)
+                    continue
+                try:
+                    out.append(self._redacted_events(event.data))
+                except UpstreamError as exc:
+                    self._upstream_failed(exc)
+                    return
+            elif isinstance(event, ResponseHead):
+                # Every head the daemon sends goes out with the browser guard's headers (before
+                # its blank line); a held answer is rewritten from this same head.
+                event.raw = event.raw[:-2] + _ANSWER_TAIL
+                if (
+                    self._redaction is not None
+                    and event.status == 200
+                    and self._operation() in REDACTED_STREAMS
+                ):
+                    if event.framing is not Framing.CHUNKED:
+                        self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
+                        return
+                    # The head goes out as it is; each event is rewritten on its way.
+                    self._redact_stream = EventStreamRedaction(self._redaction)
+                elif self._holds_answer(event.status):
+                    # Held back: the answer goes out rewritten, with a new Content-Length. One
+                    # that ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
+                    self._answer_head = event
+                    self._answer_body = bytearray()
+                    self._status = event.status
+                    self._response_started = True
+                    continue
+                head_bytes = event.raw
+                head = self._head
+                if (
+                    not event.informational
+                    and head is not None
+                    and not head.keep_alive
+                    and event.keep_alive
+                ):
+                    # The gateway will close after this response because the client asked to;
+                    # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
+                    head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+                out.append(head_bytes)
+                self._bytes_out -= len(head_bytes)  # the log counts body bytes only
+                if event.informational:
+                    continue
+                self._status = event.status
+                self._response_started = True
+                if (
+                    event.framing is Framing.UNTIL_CLOSE
+                    and event.raw_stream
+                    and head is not None
+                    and _may_hijack(head)
+                ):
+                    # Older hijack form: the daemon took over the connection with a 200.
+                    self._write_client(out)
+                    self._enter_tunnel()
+            elif isinstance(event, EndOfResponse):
+                if self._status == 101 and not (self._head and self._head.upgrade_header):
+                    # Only a request that asked to switch, and was allowed to, may become a
+                    # tunnel; a 101 to anything else is a daemon the gateway cannot follow.
+                    self._upstream_failed(UpstreamError("the daemon switched protocols unasked"))
+                    return
+                if self._status == 101:
+                    if event.trailing:
+                        out.append(event.trailing)
+                    self._write_client(out)
+                    self._enter_tunnel()
+                else:
+                    self._write_client(out)
+                    self._finish_exchange()
+                return
+        self._write_client(out)
+
+    def _redacted_events(self, raw: bytes) -> bytes:
+        """The daemon's chunked event bytes, rewritten by the policy's redaction."""
+        stream = self._redact_stream
+        assert stream is not None
+        try:
+            return stream.feed(raw)
+        except RedactionError as exc:
+            raise UpstreamError(f"cannot redact: {exc}") from None
+
+    def _write_client(self, out: list[bytes]) -> None:
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._bytes_out += len(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def upstream_eof(self) -> bool:
+        if self.tunnel:
+            self._upstream_eof = True
+            transport = self.transport
+            if transport is not None and not transport.is_closing() and transport.can_write_eof():
+                transport.write_eof()
+            self._maybe_end_tunnel()
+            return True
+        response = self._response
+        if response is None:
+            return False
+        if self._retry_now():
+            return False
+        try:
+            events = response.eof()
+        except UpstreamError as exc:
+            self._upstream_failed(exc)
+            return False
+        if events:
+            # An until-close body ended: so does the client's connection, as the daemon framed it.
+            self.close_after_exchange = True
+            if self._answer_body is not None:
+                self._collect_answer(b"", done=True)  # checked whole, then sent and finished
+            else:
+                self._finish_exchange()
+        return False
+
+    def upstream_lost(self, exc: Exception | None = None) -> None:
+        self._upstream = None
+        if self.tunnel:
+            self._upstream_eof = True
+            self._end_tunnel()
+            return
+        if self._head is None or self._response is None or self._response.done:
+            return
+        if self._retry_now():
+            return
+        # A reason, when there is one, is the daemon's TLS alert (a TLS 1.3 daemon refuses a
+        # missing client certificate after the handshake, at the first read): say which.
+        why = f": {describe_upstream_error(exc)}" if exc is not None else ""
+        self._upstream_failed(
+            UpstreamError(f"the Docker daemon closed the connection mid-response{why}")
+        )
+
+    def _retry_now(self) -> bool:
+        """Send the request again on a new connection if the pooled one it went out on was
+        already closed by the daemon: not one byte of an answer came back, and, as Go's client
+        decides, the request has no body and a method that may be repeated."""
+        head = self._head
+        if not (
+            head is not None
+            and self._retry_allowed
+            and self._upstream_reused
+            and not self._response_started
+            and head.method in _REPLAYABLE_METHODS
+        ):
+            return False
+        self._retry_allowed = False
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        self._outbox = [forwarded_head(head)]
+        self._response = ResponseReader(head.method)
+        self._pause_reading(_PAUSE_CONNECTING)
+        self._connect_task = self.gateway.loop.create_task(self._connect())
+        return True
+
+    def upstream_paused(self) -> None:
+        self._pause_reading(_PAUSE_UPSTREAM_FULL)
+
+    def upstream_resumed(self) -> None:
+        self._resume_reading(_PAUSE_UPSTREAM_FULL)
+
+    def _finish_exchange(self) -> None:
+        self._log()
+        upstream, self._upstream = self._upstream, None
+        head = self._head
+        response = self._response
+        self._head = None
+        self._response = None
+        if not self._request_done:
+            # Early response: the daemon did not read the whole body, so neither connection can
+            # carry another request. Let the client read the answer, then close.
+            if upstream is not None:
+                upstream.close()
+            self._linger_close()
+            return
+        reusable = response is not None and response.done and response.keep_alive
+        if upstream is not None:
+            if reusable:
+                self.gateway.pool.release(upstream)
+            else:
+                upstream.close()
+        # A "Connection: close" from the daemon was relayed to the client, so it ends both.
+        if self.close_after_exchange or head is None or not head.keep_alive or not reusable:
+            self._close()
+            return
+        self._read_next_request()
+
+    def _read_next_request(self) -> None:
+        """Keep-alive: wait for the next request, starting with any bytes already buffered."""
+        # Whatever paused reading belonged to the exchange that just ended.
+        self._resume_reading(_PAUSE_HELD | _PAUSE_TUNNEL_SETUP | _PAUSE_UPSTREAM_FULL)
+        if self._handling:
+            self._parse_next = True  # the running _handle loop takes it from here
+            return
+        events = self._next_request_events()
+        if events:
+            self._handle(events)
+
+    def _next_request_events(self) -> list[RequestEvent] | None:
+        try:
+            events = self.reader.next_request()
+        except ClientProtocolError as exc:
+            self._fail(exc)
+            return None
+        # Part of the next head already here: the (short) head timeout runs, not the idle one.
+        timeout = (
+            self.gateway.config.header_timeout
+            if self.reader.started
+            else self.gateway.config.idle_timeout
+        )
+        self.deadline = self.gateway.loop.time() + timeout
+        return events
+
+    # ----- tunnels -----------------------------------------------------------------------------
+
+    def _enter_tunnel(self) -> None:
+        self.tunnel = True
+        self.deadline = None
+        leftover = self.reader.take_buffered()
+        self._pause_reasons &= ~(_PAUSE_TUNNEL_SETUP | _PAUSE_HELD)
+        if leftover and self._upstream is not None:
+            self._bytes_in += len(leftover)
+            self._upstream.write(leftover)
+        self._apply_pause()
+
+    def _maybe_end_tunnel(self) -> None:
+        if self._client_eof and self._upstream_eof:
+            self._end_tunnel()
+
+    def _end_tunnel(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        self._close()
+
+    # ----- endings -----------------------------------------------------------------------------
+
+    def _upstream_failed(self, exc: GatewayError) -> None:
+        """The daemon could not answer: 502 if nothing was relayed yet, else cut the stream."""
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._response_started:
+            self._status = exc.status
+            head = self._head
+            body = error_response(
+                exc.status, exc.message, head_only=head is not None and head.method == "HEAD"
+            )
+            self._bytes_out += _body_length(body)
+            transport.write(body)
+            self._log(note="upstream failed")
+            self._head = None
+            self._close()
+        else:
+            # Part of the answer is already out; closing tells the client it is truncated.
+            self._log(note="upstream failed mid-response")
+            self._head = None
+            self._close()
+
+    def _fail(self, exc: ClientProtocolError) -> None:
+        """A client protocol error: answer 400 with the reason, and close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._response_started or self.tunnel:
+            self._close()
+            return
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        transport.write(error_response(exc.status, f"dockgate: {exc.message}"))
+        if self._head is not None:
+            # Part of this request may already have reached the daemon: log it as itself.
+            self._status = exc.status
+            self._log(note=exc.message)
+        else:
+            self._log_headless(exc.status, exc.message)
+        self._head = None
+        self._close()
+
+    def _abandon(self, note: str) -> None:
+        self._log(note=note)
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        self._head = None
+        self._close()
+
+    def _linger_close(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        self._pause_reasons = 0
+        self._apply_pause()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.gateway.loop.call_later(LINGER_SECONDS, self._close)
+
+    def _close(self) -> None:
+        self.closing = True
+        self.deadline = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()  # flushes what is buffered, then closes
+
+    def close_now(self) -> None:
+        """Close now (shutdown deadline, or a timeout)."""
+        self.closing = True
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def idle(self) -> bool:
+        """No exchange is running: the connection waits for a request head."""
+        return self._head is None and not self.tunnel
+
+    def head_timed_out(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.reader.started:
+            transport.write(error_response(408, "dockgate: request head not received in time"))
+            self._log_headless(408, "head timeout")
+        self._close()
+
+    def _log_headless(self, status: int, note: str) -> None:
+        """A request answered before its head could be read (malformed, or too slow)."""
+        self.gateway.metrics.record(
+            "-", decision="-", policy="-", status=status, duration=0.0, bytes_in=0, bytes_out=0
+        )
+        self.gateway.access_log.write(
+            AccessRecord(self.client, "-", "-", "-", status, 0, 0, 0.0, note)
+        )
+
+    def _log(self, note: str = "") -> None:
+        """The end of an exchange: counted for the metrics, written to the access log and,
+        when on, the audit log."""
+        head = self._head
+        if head is None:
+            return
+        verdict = self._verdict
+        duration = time.monotonic() - self._started
+        self.gateway.metrics.record(
+            verdict.operation if verdict is not None else "-",
+            decision="-" if verdict is None else "allow" if verdict.allowed else "deny",
+            policy=(verdict.policy or "-") if verdict is not None else "-",
+            status=self._status,
+            duration=duration,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+        )
+        if self.gateway.access_log.enabled:
+            self._access_line(head, duration, note)
+        if self.gateway.audit.enabled:
+            self._audit(head)
+
+    def _access_line(self, head: RequestHead, duration: float, note: str) -> None:
+        self.gateway.access_log.write(
+            AccessRecord(
+                client=self.client,
+                method=head.method,
+                target=head.target,
+                version=f"{head.version[0]}.{head.version[1]}",
+                status=self._status,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                duration_s=duration,
+                note=note,
+                operation=self._verdict.operation if self._verdict is not None else "-",
+                decision=self._verdict.label if self._verdict is not None else "-",
+                identity=self._admission.identity.name if self._admission is not None else "-",
+                source=self._forwarded_source(),
+            )
+        )
+
+    def _forwarded_source(self) -> str:
+        admission = self._admission
+        if admission is None or admission.source == self.facts.peer:
+            return ""
+        return admission.source
+
+    def _audit(self, head: RequestHead) -> None:
+        admission, verdict = self._admission, self._verdict
+        if admission is None or verdict is None:
+            return  # a protocol error before any decision: the access log has it
+        identity = admission.identity
+        match = verdict.match
+        capture, self._capture = self._capture, None
+        # Registry credentials are only ever noted as present, never recorded.
+        registry_auth = any(name in _REGISTRY_HEADERS for name, _ in head.headers())
+        details = audit_details(
+            verdict.operation if capture is not None and verdict.allowed else "",
+            bytes(capture[:AUDIT_BODY_LIMIT]) if capture is not None else b"",
+            capture is not None and len(capture) > AUDIT_BODY_LIMIT,
+            registry_auth=registry_auth,
+        )
+        self.gateway.audit.write(
+            AuditRecord(
+                started=self._wall_started,
+                identity=identity.name,
+                auth=identity.method,
+                auth_detail=identity.detail,
+                source=admission.source,
+                peer=self.client,
+                method=head.method,
+                target=head.target,
+                operation=verdict.operation,
+                object=target_object(match, head.target.partition("?")[2]),
+                allowed=verdict.allowed,
+                policy=verdict.policy,
+                reason=verdict.reason,
+                status=self._status,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                duration_s=time.monotonic() - self._started,
+                details=details,
+            )
+        )
+
+    # ----- read pausing ------------------------------------------------------------------------
+
+    def _pause_reading(self, reason: int) -> None:
+        self._pause_reasons |= reason
+        self._apply_pause()
+
+    def _resume_reading(self, reasons: int) -> None:
+        self._pause_reasons &= ~reasons
+        self._apply_pause()
+
+    def _apply_pause(self) -> None:
+        paused = bool(self._pause_reasons)
+        if paused == self._reading_paused:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._reading_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+
+def _content_types(head: RequestHead) -> list[bytes]:
+    return [value for name, value in head.headers() if name == b"content-type"]
+
+
+def _refusal_headers(status: int, retry_after: int | None) -> bytes:
+    if status == 401:
+        return _CHALLENGE
+    if retry_after is not None:
+        return b"Retry-After: %d\r\n" % retry_after
+    return b""
+
+
+def _may_hijack(head: RequestHead) -> bool:
+    """Could the daemon turn this request's connection into a raw stream?
+
+    Upgrade requests, and the attach and exec-start endpoints, which the daemon hijacks even
+    without an Upgrade header (moby: router/container, router/exec).
+    """
+    if head.upgrade_header:
+        return True
+    if head.method != "POST":
+        return False
+    path = head.target.partition("?")[0]
+    if path.endswith("/attach"):
+        return "/containers/" in path
+    return path.endswith("/start") and "/exec/" in path
+
+
+def _body_length(response: bytes) -> int:
+    return len(response) - response.index(b"\r\n\r\n") - 4

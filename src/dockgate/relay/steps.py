@@ -1,0 +1,922 @@
+"""The policy's steps in one exchange, between admission and the daemon.
+
+`ClientConnection` (relay/connection.py) relays bytes; this mixin holds what a bound policy adds on
+the way: ownership look-ups (the request waits, in order, until the daemon says whose object it
+is), bodies read whole to be judged by the guardrails and labelled with their owner, the
+objects a body names, and response redaction. The decisions themselves are pure functions in
+`body/` and `ownership/operations.py`; here they are carried out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING
+
+from dockgate.api.target import parse_target
+from dockgate.body.guardrails import (
+    BODY_CHECKED,
+    CHECKED_BODY_LIMIT,
+    QUERY_CHECKED,
+    Guardrails,
+    Refusal,
+    check_body_cost,
+    check_request,
+)
+from dockgate.body.namedvolumes import named_volumes_problem, to_look_up
+from dockgate.body.redact import (
+    REDACT_LIMIT,
+    REDACTED_OPERATIONS,
+    Redaction,
+    query_problem,
+    redact_response,
+)
+from dockgate.body.repeated import repeated_list
+from dockgate.body.workload import NamedVolume
+from dockgate.http.chunked import ChunkedDecoder
+from dockgate.http.errors import (
+    ClientProtocolError,
+    GatewayError,
+    UpstreamError,
+    describe_error,
+    error_response,
+)
+from dockgate.http.request import (
+    Body,
+    EndOfRequest,
+    RequestEvent,
+    RequestHead,
+    forwarded_head,
+    with_content_length,
+    with_target,
+)
+from dockgate.http.response import Framing, ResponseHead, ResponseReader
+from dockgate.observe.audit import AUDIT_BODY_LIMIT
+from dockgate.ownership.answers import SCRUBBED_ANSWERS, scrubbed_answer
+from dockgate.ownership.labels import foreign_owner_label
+from dockgate.ownership.lists import LookUpAll, list_plan
+from dockgate.ownership.lookup import (
+    Unresolved,
+    default_log_driver,
+    named_image_owner,
+    vouched_containers,
+)
+from dockgate.ownership.operations import (
+    CHECKED_ANSWERS,
+    IMAGE_CHECKED,
+    MAX_REFERENCES,
+    OWNED_CREATES,
+    OWNER_LABEL,
+    REFERENCING,
+    SILENT_LOG_DRIVER,
+    VOLUME,
+    VOUCHED_LIST,
+    Kind,
+    Refuse,
+    checked_answer,
+    concerns_objects,
+    created_image,
+    hex_name_problem,
+    references,
+    silent_log_problem,
+    vouching_image_problem,
+    with_owner_label,
+)
+from dockgate.ownership.operations import plan as ownership_plan
+from dockgate.ownership.pinning import pinned_body
+from dockgate.ownership.prefix import find_owned
+from dockgate.ownership.volumes import (
+    Settled,
+    Unreadable,
+    VolumeSpec,
+    create_volume,
+    remove_volumes,
+    settle_create,
+    sweep_mounts,
+    volume_specs,
+)
+from dockgate.policy.gatekeeper import Verdict
+from dockgate.relay.holding import Share
+
+if TYPE_CHECKING:
+    from dockgate.policy.admission import Admission
+    from dockgate.policy.rules import Policy
+    from dockgate.server import Gateway
+
+# Reading from the client is paused while the daemon is asked who owns an object.
+PAUSE_LOOKUP = 16
+# The checks of new containers' mounts still running (kept from garbage collection; each
+# outlives a client that leaves, so that a container mounting another's volume is removed).
+_SETTLING: set[asyncio.Task[Settled]] = set()
+_WATCHING: set[asyncio.Task[None]] = set()
+MOUNT_WATCH_SECONDS = 0.25  # how often a pending check looks whether its client is gone
+
+
+@dataclasses.dataclass(slots=True)
+class MountCheck:
+    """A ContainerCreate forwarded in ownership mode that mounts named volumes: its answer is
+    held until the new container's mounts are checked (ownedvolumes.settle_create)."""
+
+    head: RequestHead
+    names: frozenset[str]
+    made: tuple[str, ...]  # the volumes the gateway created for it
+    taken: bool = False  # its answer arrived and is being checked
+
+
+class PolicySteps:
+    """Mixed into ClientConnection, whose state and relay methods it uses."""
+
+    # Set for the exchange of the request it names only (see _checks_mounts).
+    _mount_check: MountCheck | None = None
+
+    if TYPE_CHECKING:
+        gateway: Gateway
+        transport: asyncio.Transport | None
+        closing: bool
+        close_after_exchange: bool
+        _head: RequestHead | None
+        _response: ResponseReader | None
+        _verdict: Verdict | None
+        _admission: Admission | None
+        _owner: str | None
+        _deferred: list[RequestEvent] | None
+        _lookup_task: asyncio.Task[None] | None
+        _held_body: bytearray | None
+        _held_guardrails: Guardrails | None
+        body_deadline: float | None
+        _hold_share: Share
+        _answer_share: Share
+        _capture: bytearray | None
+        _redaction: Redaction | None
+        _answer_head: ResponseHead | None
+        _answer_body: bytearray | None
+        _request_done: bool
+        _response_started: bool
+        _bytes_in: int
+        _bytes_out: int
+
+        def _refuse(
+            self,
+            head: RequestHead,
+            verdict: Verdict,
+            retry_after: int | None = None,
+            *,
+            body_read: bool = False,
+        ) -> None: ...
+        def _after_refusal(self) -> None: ...
+        def _send_head(self, raw: bytes, *, replayable: bool) -> None: ...
+        def _send_upstream(self, data: bytes) -> None: ...
+        def _upstream_failed(self, exc: GatewayError) -> None: ...
+        def _handle(self, events: list[RequestEvent]) -> None: ...
+        def _pause_reading(self, reason: int) -> None: ...
+        def _resume_reading(self, reasons: int) -> None: ...
+        def _finish_exchange(self) -> None: ...
+        def _write_client(self, out: list[bytes]) -> None: ...
+
+    def _hold(self, event: RequestEvent) -> None:
+        """A body being read whole for the guardrails: keep it, then judge and forward it."""
+        held, head = self._held_body, self._head
+        assert held is not None and head is not None
+        if isinstance(event, Body):
+            self._count_body(event.data)
+            held += event.data
+            if len(held) > CHECKED_BODY_LIMIT:
+                self._held_body = None
+                self._end_hold()
+                self._refuse_too_large(head)
+            elif not self._grow_hold(head, len(held)):
+                self._held_body = None
+            return
+        if not isinstance(event, EndOfRequest):
+            return
+        self._held_body = None
+        self._end_hold()
+        guardrails = self._held_guardrails
+        received = body = bytes(held)
+        named: list[tuple[Kind, str]] = []
+        volumes: list[NamedVolume] = []
+        refused: Verdict | None = None
+        try:
+            # The bound on what checking it may cost (bodycost.py), before the guardrails or
+            # ownership parse it (check_request counts again: a millisecond per MiB at most).
+            check_body_cost(body)
+            if guardrails is not None:
+                query = head.target.partition("?")[2]
+                volumes = to_look_up(
+                    check_request(guardrails, self._operation(), query, body, self._params())
+                )
+        except Refusal as refusal:
+            refused = self._guardrail_verdict(refusal)
+        if refused is None and self._owner is not None:
+            try:
+                if self._operation() in OWNED_CREATES:
+                    body = with_owner_label(body, self._operation(), self._owner)
+                named = self._named_objects(received)
+            except (Refusal, ValueError, RecursionError) as exc:
+                status = exc.status if isinstance(exc, Refusal) else 400
+                reason = exc.reason if isinstance(exc, Refusal) else _unreadable(exc)
+                refused = self._refusal(status, f"dockgate: {self._operation()}: {reason}")
+        if refused is not None:
+            # The body was read to its end: the connection stays usable.
+            self._refuse(head, refused, body_read=True)
+            self._after_refusal()
+            return
+        if volumes and guardrails is not None:
+            # Volumes used by name are judged on their options, which only the daemon knows.
+            self._start_lookup(self._check_named_volumes(head, body, guardrails, volumes, named))
+            return
+        if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
+            # The objects the body names must be the caller's too (and a new container's
+            # image must not carry the caller's label): ask the daemon first.
+            self._start_lookup(self._check_references(head, body, named))
+            return
+        self._forward_held(head, body)
+
+    def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
+        """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
+        self._lookup_task = self.gateway.loop.create_task(
+            self._answering(work), name="dockgate-ownership-lookup"
+        )
+
+    async def _answering(self, work: Coroutine[object, object, None]) -> None:
+        """`work`, made to answer whatever it raises. Each task answers the failures it
+        expects (an unreadable body 400, a daemon that cannot be asked 502); anything else
+        would end the task with an exception nobody retrieves while the client waits, paused,
+        for an answer that never comes (found by the attack review: a RecursionError while
+        pinning). Anything else is the gateway's failure to check the request: a 502, and the
+        connection is closed after it, since the request may have gone part of its way."""
+        try:
+            await work
+        except Exception as exc:
+            self._lookup_task = None
+            self._deferred = None
+            if not self.closing:
+                message = f"ownership look-up failed: {describe_error(exc)}"
+                self._upstream_failed(UpstreamError(message))
+
+    def _count_body(self, data: bytes) -> None:
+        """A piece of the request body: counted for the access log, and its start kept for
+        the audit record when the operation's body is audited."""
+        self._bytes_in += len(data)
+        capture = self._capture
+        if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
+            capture += data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
+
+    def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
+        """Ownership: the objects the body names (to look up), after refusing a list given
+        twice (body/repeated.py), another owner's label (ownership/labels.py) and new objects with
+        hex-only names. Refusal (400) for a
+        body that cannot be read here."""
+        operation = self._operation()
+        if operation in OWNED_CREATES or operation in REFERENCING:
+            # The bodies ownership reads (to label, to look up what they name).
+            repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
+            if repeated is not None:
+                raise Refusal(400, f"{repeated} is given twice (Go would merge the two lists)")
+            # Labels the daemon takes from deeper in the body (ownership/labels.py).
+            assert self._owner is not None
+            where = foreign_owner_label(body, self._owner)
+            if where is not None:
+                raise Refusal(403, f"an owner label ({OWNER_LABEL}) that is not yours at {where}")
+        problem = hex_name_problem(operation, "", body)
+        if problem is not None:
+            raise Refusal(400, problem)
+        if operation not in REFERENCING:
+            return []
+        named = references(operation, body)  # ValueError: unreadable, refused by the caller
+        if len(named) > MAX_REFERENCES:
+            raise Refusal(400, f"a body may name at most {MAX_REFERENCES} objects")
+        return named
+
+    async def _check_named_volumes(
+        self,
+        head: RequestHead,
+        body: bytes,
+        guardrails: Guardrails,
+        volumes: list[NamedVolume],
+        named: list[tuple[Kind, str]],
+    ) -> None:
+        """Guardrails on the volumes a body uses by name (body/namedvolumes.py), then ownership's
+        look-ups of the objects it names, if any, then on to the daemon."""
+        self._pause_reading(PAUSE_LOOKUP)
+        try:
+            owner_checked = frozenset(ref for kind, ref in named if kind is VOLUME)
+            problem = await named_volumes_problem(
+                self.gateway.pool.address, guardrails, volumes, self._owner, owner_checked
+            )
+        except Exception as exc:  # any failure must answer, or the paused client would hang
+            self._lookup_task = None
+            self._upstream_failed(UpstreamError(f"volume look-up failed: {describe_error(exc)}"))
+            return
+        if self.closing or self._head is not head:
+            self._lookup_task = None
+            return
+        if problem is not None:
+            self._lookup_task = None
+            self._refuse_held(head, self._guardrail_verdict(Refusal(403, problem)))
+            return
+        if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
+            await self._check_references(head, body, named)
+            return
+        self._lookup_task = None
+        self._resume_reading(PAUSE_LOOKUP)
+        self._forward_held(head, body)
+
+    def _lookup_ended(self, head: RequestHead) -> bool:
+        """The look-up for `head` is over: True when its answer is no longer wanted (the client
+        is gone, or the request is no longer the one waiting)."""
+        self._lookup_task = None
+        return self.closing or self._head is not head
+
+    def _refuse_held(self, head: RequestHead, verdict: Verdict) -> None:
+        """Refuse a request whose body was held, read to its end, for a look-up: the
+        connection stays usable and reading goes on."""
+        self._refuse(head, verdict, body_read=True)
+        self._resume_reading(PAUSE_LOOKUP)
+        self._after_refusal()
+
+    def _forward_held(self, head: RequestHead, body: bytes) -> None:
+        self._request_done = True
+        self._send_head(with_content_length(forwarded_head(head), len(body)), replayable=False)
+        self._send_upstream(body)
+
+    async def _check_references(
+        self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
+    ) -> None:
+        self._pause_reading(PAUSE_LOOKUP)
+        pins: dict[tuple[str, str], str] = {}
+        made: list[str] = []  # the volumes the gateway creates for this request
+        try:
+            problem = await self._vouching_image(body)
+            if problem is not None:
+                if self._lookup_ended(head):
+                    return
+                message = f"dockgate: {self._operation()}: {problem}"
+                self._refuse_held(head, self._refusal(403, message))
+                return
+            missing_volumes: list[str] = []
+            for kind, reference in named:
+                found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
+                if found is not None:
+                    pins[kind.name, reference] = found.full_id
+                if found is None and kind is VOLUME:
+                    # Created last, once everything else the body names is checked.
+                    missing_volumes.append(reference)
+                    continue
+                # A missing network or container is refused: the daemon keeps the name and
+                # would resolve it later, to whoever then holds it.
+                if found is None or found.owner != self._owner:
+                    if self._lookup_ended(head):
+                        return
+                    # 403, not 404: the docker CLI takes a 404 to a create for a missing image
+                    # and would try to pull it.
+                    message = f"dockgate: {kind.missing.format(reference)}"
+                    self._refuse_held(head, self._refusal(403, message))
+                    return
+            refusal = await self._create_missing_volumes(body, missing_volumes, made)
+            if refusal is not None:
+                await self._drop_made(made)  # the create does not happen
+                if self._lookup_ended(head):
+                    return
+                self._refuse_held(head, refusal)
+                return
+        except Unresolved as exc:
+            if self._lookup_ended(head):
+                return
+            self._refuse_held(head, self._unresolved(exc))
+            return
+        except Exception as exc:  # any failure must answer, or the paused client would hang
+            await self._drop_made(made)
+            self._lookup_task = None
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
+            return
+        if self.closing or self._head is not head:
+            await self._drop_made(made)
+            self._lookup_task = None
+            return
+        try:
+            # The daemon then acts on exactly the objects that were checked (ownership/pinning.py).
+            body = pinned_body(self._operation(), body, pins)
+        except (ValueError, RecursionError) as exc:
+            await self._drop_made(made)
+            if self._lookup_ended(head):
+                return
+            message = f"dockgate: {self._operation()}: {_unreadable(exc)}"
+            self._refuse_held(head, self._refusal(400, message))
+            return
+        self._lookup_task = None
+        volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
+        if self._owner is not None and self._operation() == "ContainerCreate" and volumes:
+            # A volume name cannot be pinned: the answer waits for the mounts' check.
+            check = MountCheck(head, volumes, tuple(made))
+            self._mount_check = check
+            watch = self.gateway.loop.create_task(
+                self._watch_mounts(check, self._owner), name="dockgate-ownership-mounts-watch"
+            )
+            _WATCHING.add(watch)
+            watch.add_done_callback(_WATCHING.discard)
+        self._resume_reading(PAUSE_LOOKUP)
+        self._forward_held(head, body)
+
+    async def _watch_mounts(self, check: MountCheck, owner: str) -> None:
+        """Until the create's answer arrives: if the exchange ends without it (the client
+        gone, which closes the upstream connection; the upstream failed), the container may
+        exist, unchecked, its ID unknown: the caller's containers mounting those names are
+        swept instead (ownedvolumes.sweep_mounts). Not tied to the connection."""
+        while not check.taken:
+            if self.closing or self._head is not check.head or self._mount_check is not check:
+                await sweep_mounts(self.gateway.pool.address, check.names, check.made, owner)
+                return
+            await asyncio.sleep(MOUNT_WATCH_SECONDS)
+
+    async def _drop_made(self, made: list[str]) -> None:
+        """The volumes the gateway made for a request that does not go to the daemon: removed
+        (each while still the caller's; ownedvolumes.remove_volumes), best effort."""
+        if made and self._owner is not None:
+            try:
+                await remove_volumes(self.gateway.pool.address, tuple(made), self._owner)
+            except Exception:  # the request's own answer matters more
+                return
+
+    async def _vouching_image(self, body: bytes) -> str | None:
+        """A container's or service's create: why its image may not be used (it carries the
+        caller's own owner label, so the containers would not be trusted as the caller's:
+        ownership.trusted_owner), or None."""
+        owner, operation = self._owner, self._operation()
+        if owner is None or operation not in IMAGE_CHECKED:
+            return None
+        # Nor may it get the build steps' log driver (ownership.silent_log_problem): the
+        # daemon's default is asked only when the body names none.
+        silent = silent_log_problem(operation, body, None)
+        if silent is None and silent_log_problem(operation, body, SILENT_LOG_DRIVER) is not None:
+            address = self.gateway.pool.address
+            silent = silent_log_problem(operation, body, await default_log_driver(address))
+        if silent is not None:
+            return silent
+        image = created_image(operation, body)  # read before, when the body was judged
+        if image is None or await named_image_owner(self.gateway.pool.address, image) != owner:
+            return None
+        return vouching_image_problem(image, owner)
+
+    def _operation(self) -> str:
+        return self._verdict.operation if self._verdict is not None else "-"
+
+    def _params(self) -> Mapping[str, str]:
+        """The path variables of the request's route (ImagePush's image `name`)."""
+        verdict = self._verdict
+        match = verdict.match if verdict is not None else None
+        return match.params if match is not None else {}
+
+    def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
+        if refusal.status == 403 and not raw:
+            return self._policy_denial("guardrails", refusal.reason)
+        verdict = self._verdict
+        assert verdict is not None
+        message = refusal.reason if raw else f"dockgate: {verdict.operation}: {refusal.reason}"
+        return self._denied(refusal.status, message, "guardrails", f"guardrails: {refusal.reason}")
+
+    def _policy_denial(self, step: str, reason: str) -> Verdict:
+        """A 403 from one of the policy's steps: "dockgate: <Op> denied by policy <P>: why"."""
+        verdict = self._verdict
+        assert verdict is not None
+        policy = verdict.policy or "-"
+        message = f"dockgate: {verdict.operation} denied by policy {policy}: {reason}"
+        return self._denied(403, message, step, f"{step}: {reason}")
+
+    def _label_filter_refusal(self, head: RequestHead, policy: Policy) -> Verdict | None:
+        """Where the policy redacts, a `label` filter would still tell hidden values by what it
+        matches, and `top?ps_args=e` would print environments: refused (redact.query_problem)."""
+        verdict = self._verdict
+        assert verdict is not None
+        query = head.target.partition("?")[2]
+        problem = query_problem(verdict.operation, query, policy.redaction)
+        return None if problem is None else self._policy_denial("redaction", problem)
+
+    def _denied(self, status: int, message: str, step: str, reason: str) -> Verdict:
+        """The request's verdict, turned into a refusal by one of the policy's steps."""
+        verdict = self._verdict
+        assert verdict is not None
+        return dataclasses.replace(
+            verdict,
+            allowed=False,
+            status=status,
+            message=message,
+            label=f"deny:{verdict.policy or '-'}:{step}",
+            reason=reason,
+        )
+
+    def _own(self, head: RequestHead, verdict: Verdict) -> bool:
+        """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up
+        the object the request is about. True to go on now; False when refused or waiting."""
+        owner = self._owner
+        match = verdict.match
+        assert match is not None
+        if owner is None:
+            # An anonymous caller owns nothing: what ownership would narrow, label or look
+            # up is refused; the rest (ping, version, images...) goes on as the policy says.
+            if not concerns_objects(verdict.operation, match.operation.path):
+                return True
+            message = (
+                f"dockgate: {verdict.operation}: ownership mode needs an authenticated caller "
+                "(anonymous callers own nothing)"
+            )
+            self._refuse(head, self._refusal(403, message))
+            return False
+        step = ownership_plan(
+            verdict.operation,
+            match.operation.path,
+            head.target,
+            parse_target(head.target).path,
+            owner,
+        )
+        if step is None:
+            return True
+        if isinstance(step, str):
+            try:
+                # A list ordered against containers (`before=`) names them: looked up too.
+                ordered = list_plan(verdict.operation, step)
+            except ValueError as exc:
+                self._refuse(head, self._refusal(400, f"dockgate: {exc}"))
+                return False
+            if ordered is None:
+                self._head = with_target(head, step)
+                return True
+            self._deferred = []
+            self._pause_reading(PAUSE_LOOKUP)
+            self._start_lookup(self._check_owners(head, ordered))
+            return False
+        if isinstance(step, Refuse):
+            self._refuse(head, self._refusal(step.status, step.message))
+            return False
+        # Until the daemon answers, what the client sends waits, in order.
+        self._deferred = []
+        self._pause_reading(PAUSE_LOOKUP)
+        self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
+        return False
+
+    async def _create_missing_volumes(
+        self, body: bytes, names: list[str], made: list[str]
+    ) -> Verdict | None:
+        """In ownership mode, the volumes a new container mounts that do not exist are created
+        first, the caller's (ownership/volumes.py): a name cannot be pinned, and another caller's
+        volume of that name created in between would be mounted. A refusal when one is
+        someone else's by then (as for any other's volume) or cannot be created. Elsewhere
+        (a service's mounts: made by each task on its node) a missing volume passes, nobody's.
+        The volumes made, the caller's, are added to `made` (removed if the create fails)."""
+        if not names or self._owner is None or self._operation() != "ContainerCreate":
+            return None
+        try:
+            specs = volume_specs(body)
+        except Unreadable:
+            return None  # the daemon refuses the body itself, and creates nothing
+        address = self.gateway.pool.address
+        for name in names:
+            created = await create_volume(address, name, specs.get(name, VolumeSpec()), self._owner)
+            if created.status not in (200, 201):
+                # The daemon would not create it either (a name it refuses, a driver it does
+                # not know, one that holds the name already): whose it is, if it is anyone's.
+                found = await find_owned(address, VOLUME, name, self._owner)
+                if found is None:
+                    message = f"dockgate: cannot create volume {name!r}: {created.message}"
+                    return self._refusal(400 if created.status == 400 else 403, message)
+                if found.owner == self._owner:
+                    continue  # the daemon answers the create as it would have
+            elif created.owner == self._owner:
+                made.append(name)
+                continue
+            # Someone else's: 403, not 404 (the docker CLI would try to pull an image).
+            return self._refusal(403, f"dockgate: {VOLUME.missing.format(name)}")
+        return None
+
+    async def _check_owners(self, head: RequestHead, step: LookUpAll) -> None:
+        """The objects a request names must be the caller's (ownership.LookUp, or several of
+        them for a list's filters, ownership/lists.py): the first that is not is answered as
+        missing (the kind's not-found message, with the step's status); all the caller's, the
+        request goes on pinned to their full IDs."""
+        full_ids: dict[str, str] = {}
+        refused: Verdict | None = None
+        try:
+            for reference in step.references:
+                found = await find_owned(
+                    self.gateway.pool.address, step.kind, reference, self._owner
+                )
+                if found is None or found.owner != self._owner:
+                    # As if it did not exist: the daemon's own answer for a missing object.
+                    message = step.kind.missing.format(reference)
+                    if step.status != 404:
+                        message = f"dockgate: {message}"
+                    refused = self._refusal(step.status, message)
+                    break
+                full_ids[reference] = found.full_id
+        except Unresolved as exc:
+            refused = self._unresolved(exc)
+        except Exception as exc:  # any failure must answer, or the paused client would hang
+            self._lookup_task = None
+            self._deferred = None
+            self._upstream_failed(UpstreamError(f"ownership look-up failed: {describe_error(exc)}"))
+            return
+        if self._lookup_ended(head):
+            return
+        if refused is not None:
+            self._refuse(head, refused)
+        else:
+            head = with_target(head, step.pin(full_ids))
+            self._head = head
+            self._proceed(head)
+        deferred, self._deferred = self._deferred, None
+        self._resume_reading(PAUSE_LOOKUP)
+        if deferred:
+            self._handle(deferred)
+
+    def _unresolved(self, exc: Unresolved) -> Verdict:
+        """A reference the daemon cannot resolve (an ambiguous name or ID prefix): a 400, as
+        the daemon answers, rather than a 502 (the gateway did not fail)."""
+        message = f"dockgate: {self._operation()}: {exc}; name it by its full ID"
+        return self._denied(400, message, "ownership", "unresolved reference")
+
+    def _refusal(self, status: int, message: str) -> Verdict:
+        reason = "bad filters" if status == 400 else "ownership"
+        return self._denied(status, message, "ownership", reason)
+
+    def _proceed(self, head: RequestHead) -> None:
+        """The request is allowed: guardrails, redaction and labels as the policy says, then
+        on to the daemon."""
+        admission, verdict = self._admission, self._verdict
+        assert admission is not None and verdict is not None
+        policy = admission.policy
+        if policy is not None and policy.redaction.rewrites(verdict.operation):
+            self._redaction = policy.redaction
+        guardrails = policy.guardrails if policy is not None else None
+        if self._owner is not None and (
+            verdict.operation in OWNED_CREATES or verdict.operation in REFERENCING
+        ):
+            self._hold_body(head, guardrails)
+            return
+        if guardrails is not None:
+            if verdict.operation in QUERY_CHECKED:
+                try:
+                    query = head.target.partition("?")[2]
+                    check_request(guardrails, verdict.operation, query, b"", self._params())
+                except Refusal as refusal:
+                    self._refuse(head, self._guardrail_verdict(refusal))
+                    return
+            elif verdict.operation in BODY_CHECKED:
+                self._hold_body(head, guardrails)
+                return
+        self._send_head(forwarded_head(head), replayable=not head.has_body)
+
+    def _hold_body(self, head: RequestHead, guardrails: Guardrails | None) -> None:
+        """Read the body whole, judge it and label it, and only then forward it (with a
+        Content-Length): the bytes checked are the bytes the daemon gets."""
+        if not head.chunked and (head.content_length or 0) > CHECKED_BODY_LIMIT:
+            self._refuse_too_large(head)  # said up front: no need to read it
+            return
+        if not self._start_hold(head):
+            return
+        self._held_body = bytearray()
+        self._held_guardrails = guardrails
+
+    def _refuse_too_large(self, head: RequestHead) -> None:
+        message = (
+            f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes cannot be "
+            "checked"
+        )
+        self._refuse(head, self._guardrail_verdict(Refusal(413, message), raw=True))
+
+    # ----- the memory and time a held body may take ---------------------------------------------
+
+    def _start_hold(self, head: RequestHead) -> bool:
+        """Start holding `head`'s body: its Content-Length, when given, is taken from the
+        process's budget up front (503 when it does not fit), and the body must be whole
+        within --body-timeout. False when refused."""
+        if not head.chunked and not self._hold_share.cover(head.content_length or 0):
+            self._refuse_over_budget(head)
+            return False
+        self.body_deadline = self.gateway.loop.time() + self.gateway.config.body_timeout
+        if head.expect_continue:
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _grow_hold(self, head: RequestHead, total: int) -> bool:
+        """A held body is now `total` bytes: within budget, or cut with a 503 (False)."""
+        if self._hold_share.cover(total):
+            return True
+        self._refuse_over_budget(head)
+        return False
+
+    def _end_hold(self) -> None:
+        self._hold_share.end()
+        self.body_deadline = None
+
+    def _refuse_over_budget(self, head: RequestHead) -> None:
+        self._end_hold()
+        message = (
+            "dockgate: too many request bodies are being checked at once "
+            "(--held-bodies-max); try again"
+        )
+        verdict = self._denied(503, message, "held-bodies", "held bodies over budget")
+        self._refuse(head, verdict, retry_after=1)
+
+    def _holds_answer(self, status: int) -> bool:
+        """Whether the daemon's answer is read whole before it goes out: to be redacted, or, in
+        ownership mode, so that it shows nothing of another caller's objects."""
+        if self._redaction is None and not self._ownership_mode():
+            return False
+        operation = self._operation()
+        # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
+        if (
+            self._redaction is not None
+            and status in (200, 201)
+            and operation in REDACTED_OPERATIONS
+        ):
+            return True
+        if self._ownership_mode() and (status, operation) in SCRUBBED_ANSWERS:
+            return True
+        if self._checks_mounts():
+            return True  # whatever the status: a refused create's volumes are removed
+        return self._owner is not None and (
+            (status, operation) in CHECKED_ANSWERS or (status, operation) == VOUCHED_LIST
+        )
+
+    def _checks_mounts(self) -> bool:
+        """Whether the answer being read is to a ContainerCreate whose mounts are checked."""
+        check = self._mount_check
+        return check is not None and check.head is self._head and self._owner is not None
+
+    def _ownership_mode(self) -> bool:
+        """Whether the request's policy is in ownership mode (its caller may be anonymous)."""
+        admission = self._admission
+        return admission is not None and admission.policy is not None and admission.policy.ownership
+
+    def _collect_answer(self, data: bytes, done: bool) -> None:
+        body, head = self._answer_body, self._answer_head
+        assert body is not None and head is not None
+        body += data
+        if len(body) > REDACT_LIMIT:
+            self._answer_body = None
+            self._answer_share.end()
+            self._response_started = False
+            self._upstream_failed(UpstreamError("the answer is too large to redact"))
+            return
+        if not self._answer_share.cover(len(body)):
+            # Answers held whole share the budget of held bodies (relay/holding.py).
+            self._answer_body = None
+            self._answer_share.end()
+            self._response_started = False
+            message = "dockgate: too many answers are being checked at once; try again"
+            self._upstream_failed(GatewayError(message, 503))
+            return
+        if not done:
+            return
+        self._answer_body = self._answer_head = None
+        self._answer_share.end()
+        raw = bytes(body)
+        try:
+            if head.framing is Framing.CHUNKED:
+                pieces, _ = ChunkedDecoder().feed(raw)
+                raw = b"".join(pieces)
+            if self._checks_mounts():
+                check = self._mount_check
+                assert check is not None
+                check.taken = True
+                self._mount_check = None
+                self._lookup_task = self.gateway.loop.create_task(
+                    self._answering(self._settled_answer(head, raw, check)),
+                    name="dockgate-ownership-mounts",
+                )
+                return
+            if self._owner is not None and (head.status, self._operation()) == VOUCHED_LIST:
+                # The images of the listed containers are looked up first (ownership/lookup.py): the
+                # client's reading stays paused (a request is read only once the answer to the
+                # one before it is out), and the task is cancelled if the client leaves.
+                self._lookup_task = self.gateway.loop.create_task(
+                    self._answering(self._vouched_answer(head, raw)),
+                    name="dockgate-ownership-list",
+                )
+                return
+            rewritten = self._rewritten_answer(head, raw)
+        except Exception as exc:
+            self._answer_failed(exc)
+            return
+        self._send_answer(head, rewritten)
+
+    def _answer_failed(self, exc: Exception) -> None:
+        self._response_started = False
+        message = exc.message if isinstance(exc, ClientProtocolError) else describe_error(exc)
+        self._upstream_failed(UpstreamError(f"cannot check the answer: {message}"))
+
+    async def _vouched_answer(self, head: ResponseHead, raw: bytes) -> None:
+        """ContainerList in ownership mode: only the containers trusted as the caller's
+        (lookup.vouched_containers: a build's step containers, and any container whose
+        look-up fails, taken out), then redacted as the policy says, then sent."""
+        owner = self._owner
+        assert owner is not None
+        rewritten: bytes | Exception
+        try:
+            rewritten = await vouched_containers(self.gateway.pool.address, raw, owner)
+            if self._redaction is not None and "ContainerList" in REDACTED_OPERATIONS:
+                rewritten = redact_response("ContainerList", rewritten, self._redaction)
+        except Exception as exc:
+            rewritten = exc
+        self._looked_up_answer(head, rewritten)
+
+    async def _settled_answer(self, head: ResponseHead, raw: bytes, check: MountCheck) -> None:
+        """ContainerCreate in ownership mode naming volumes: the answer goes out once the new
+        container is known to mount only the caller's volumes (ownedvolumes.settle_create):
+        else it is removed, and the client answered as for another's volume (403, as the
+        check before the create) or 502 when the check failed. The check runs on when the
+        client leaves meanwhile (a container of someone else's volume must not stay)."""
+        owner = self._owner
+        assert owner is not None
+        settling = self.gateway.loop.create_task(
+            settle_create(
+                self.gateway.pool.address,
+                head.status,
+                raw,
+                names=check.names,
+                made=check.made,
+                owner=owner,
+            ),
+            name="dockgate-ownership-settle",
+        )
+        _SETTLING.add(settling)
+        settling.add_done_callback(_SETTLING.discard)
+        rewritten: bytes | Refuse | Exception
+        try:
+            settled = await asyncio.shield(settling)
+            if settled.foreign is not None:
+                rewritten = Refuse(403, f"dockgate: {VOLUME.missing.format(settled.foreign)}")
+            elif settled.failure is not None:
+                rewritten = UpstreamError(settled.failure)
+            else:
+                rewritten = self._rewritten_answer(head, raw)
+        except Exception as exc:
+            rewritten = exc
+        self._looked_up_answer(head, rewritten)
+
+    def _looked_up_answer(self, head: ResponseHead, rewritten: bytes | Refuse | Exception) -> None:
+        """The look-ups an answer waited for are over: the answer (or why it cannot be checked)
+        goes out, unless the client is gone."""
+        self._lookup_task = None
+        if self.closing:
+            return
+        if isinstance(rewritten, Exception):
+            self._answer_failed(rewritten)
+            return
+        self._send_answer(head, rewritten)
+
+    def _send_answer(self, head: ResponseHead, rewritten: bytes | Refuse) -> None:
+        """A held answer, checked and rewritten: out to the client, and the exchange ends."""
+        if isinstance(rewritten, Refuse):
+            # The daemon changed nothing (an existing volume is returned as it is): answer as
+            # if the name were taken.
+            request = self._head
+            assert request is not None
+            self._status = rewritten.status
+            response = self._response
+            close = (
+                not request.keep_alive
+                or self.close_after_exchange
+                or (response is not None and not response.keep_alive)
+            )
+            answer = error_response(rewritten.status, rewritten.message, close=close)
+            self._write_client([answer])
+            self._bytes_out -= answer.index(b"\r\n\r\n") + 4  # the log counts body bytes only
+            self._finish_exchange()
+            return
+        head_bytes = with_content_length(head.raw, len(rewritten))
+        if self._head is not None and not self._head.keep_alive and head.keep_alive:
+            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+        self._bytes_out -= len(head_bytes)  # the log counts body bytes only
+        self._write_client([head_bytes, rewritten])
+        self._finish_exchange()
+
+    def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refuse:
+        operation = self._operation()
+        if self._ownership_mode() and (head.status, operation) in SCRUBBED_ANSWERS:
+            # What it counts or names of other callers' objects (ownership/answers.py), then the
+            # policy's redaction (SystemInfo's labels).
+            raw = scrubbed_answer(operation, head.status, raw)
+        if self._owner is not None and (head.status, operation) in CHECKED_ANSWERS:
+            # Ownership first (another caller's volume becomes a 409), then redaction of what
+            # stays (VolumeCreate is both).
+            checked = checked_answer(operation, head.status, raw, self._owner)
+            if (
+                isinstance(checked, Refuse)
+                or self._redaction is None
+                or operation not in REDACTED_OPERATIONS
+            ):
+                return checked
+            return redact_response(operation, checked, self._redaction)
+        if self._redaction is not None and operation in REDACTED_OPERATIONS:
+            return redact_response(operation, raw, self._redaction)
+        return raw  # scrubbed only
+
+
+def _unreadable(exc: ValueError | RecursionError) -> str:
+    """The reason for a 400 about a body that cannot be read here."""
+    if isinstance(exc, RecursionError):
+        return "the body is nested too deeply"
+    return str(exc)
