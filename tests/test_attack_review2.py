@@ -582,7 +582,7 @@ def test_push_to_a_loopback_registry_reads_a_loopback_only_service(
             assert "loopback" in answer["message"], answer
             # The other ways a caller names an image: a commit's (the CI policy has no commit: as
             # a unit) and a build's (every `t`).
-            with pytest.raises(guardrails.Refusal, match="loopback"):
+            with pytest.raises(guardrails.BodyRefused, match="loopback"):
                 guardrails.check_request(
                     guardrails.Guardrails(), "ImageCommit", f"container=x&repo={repository}", b""
                 )

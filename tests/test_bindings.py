@@ -711,6 +711,7 @@ def test_check_shows_the_binding_and_allows(
         "POST /containers/create)",
         f"policy:    admin (from {policy_file})",
         "  rule   1 allow (line 28) sections=*  matches",
+        "  body       read whole to be judged",
         "guardrails: ContainerCreate bodies are checked; give one with --body FILE",
         "decision:  allow (allow:admin:rule-1)",
     ]
@@ -774,7 +775,7 @@ def test_check_unbound_caller_is_denied(
     assert lines == [
         "request:   GET /v1.41/containers/json",
         "caller:    user mallory from 127.0.0.1",
-        "decision:  deny, 403: no policy is bound to user mallory",
+        "decision:  deny, 403: dockgate: no policy is bound to user mallory from 127.0.0.1",
     ]
 
 
@@ -784,7 +785,7 @@ def test_check_anonymous_only_from_the_unix_socket(
     args = ("GET /v1.41/containers/json", "--policy", str(policy_file))
     status, lines, _ = run_check(capsys, *args)  # default: anonymous from 127.0.0.1
     assert status == 1
-    assert lines[-1] == "decision:  deny, 403: no policy is bound to anonymous callers"
+    assert lines[-1] == "decision:  deny, 403: dockgate: no policy is bound to anonymous callers"
     status, lines, _ = run_check(capsys, *args, "--as", "anonymous", "--source", "unix")
     assert status == 0
     assert lines[1] == "caller:    anonymous callers from unix"
@@ -800,7 +801,7 @@ def test_check_global_source_deny(
         *("--as", "user:alice", "--source", "192.0.2.9"),
     )
     assert status == 1
-    assert lines[-1] == "decision:  deny, 403: requests from 192.0.2.9 are not allowed"
+    assert lines[-1] == "decision:  deny, 403: dockgate: requests from 192.0.2.9 are not allowed"
     assert not any(line.startswith("binding:") for line in lines)
 
 
@@ -812,12 +813,12 @@ def test_check_command_line_source_lists_join_the_file(
         capsys, *args, "--source", "10.1.1.1", "--deny-source", "10.0.0.0/8"
     )
     assert status == 1
-    assert lines[-1] == "decision:  deny, 403: requests from 10.1.1.1 are not allowed"
+    assert lines[-1] == "decision:  deny, 403: dockgate: requests from 10.1.1.1 are not allowed"
     status, lines, _ = run_check(
         capsys, *args, "--source", "10.1.1.1", "--allow-source", "198.51.100.0/24"
     )
     assert status == 1
-    assert lines[-1] == "decision:  deny, 403: requests from 10.1.1.1 are not allowed"
+    assert lines[-1] == "decision:  deny, 403: dockgate: requests from 10.1.1.1 are not allowed"
     status, _, _ = run_check(
         capsys, *args, "--source", "198.51.100.3", "--allow-source", "198.51.100.0/24"
     )

@@ -11,7 +11,7 @@ import pytest
 
 from dockgate.body import gojson
 from dockgate.body.bodycost import MAX_SEPARATORS, separators
-from dockgate.body.guardrails import Guardrails, Refusal, check_request
+from dockgate.body.guardrails import BodyRefused, Guardrails, check_request
 
 
 def _create(host_config: str = "", top: str = "") -> bytes:
@@ -56,7 +56,7 @@ def test_a_body_over_the_bound_is_refused_413_before_it_is_parsed() -> None:
     body = _mounts(33000)
     assert len(body) <= 1024 * 1024
     started = time.process_time()
-    with pytest.raises(Refusal) as refused:
+    with pytest.raises(BodyRefused) as refused:
         check_request(Guardrails(), "ContainerCreate", "", body)
     assert refused.value.status == 413
     assert f"at most {MAX_SEPARATORS} are checked" in refused.value.reason
@@ -68,7 +68,7 @@ def test_the_bound_is_exact_and_leaves_room_for_real_bodies() -> None:
     per_mount = separators(_mounts(2)) - separators(_mounts(1))
     fits = (MAX_SEPARATORS - separators(_mounts(0))) // per_mount
     check_request(Guardrails(), "ContainerCreate", "", _mounts(fits))  # judged, allowed
-    with pytest.raises(Refusal) as refused:
+    with pytest.raises(BodyRefused) as refused:
         check_request(Guardrails(), "ContainerCreate", "", _mounts(fits + 1))
     assert refused.value.status == 413
     # A docker CLI `docker run` body has under 200; compose's a few hundred.

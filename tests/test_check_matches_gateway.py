@@ -48,7 +48,7 @@ def test_a_dns_host_is_decided_alike_by_check_and_the_gateway(
         status, answer = json_call(gw.port, "GET", "/v1.41/containers/json", headers=headers)
     checked = run_dockgate(
         "check", "--policy", str(policy), "--as", caller, "--host", "gw.example.com",
-        "GET", "/v1.41/containers/json",
+        "--auth-required", "GET", "/v1.41/containers/json",
     )  # fmt: skip
     decision = next(line for line in checked.stdout.splitlines() if line.startswith("decision:"))
     if authorization:
@@ -56,8 +56,8 @@ def test_a_dns_host_is_decided_alike_by_check_and_the_gateway(
         assert status == 200, (status, answer)
         assert decision.startswith("decision:  allow"), checked.stdout
     else:
-        # Without credentials the gateway asks for them (401) before any Host check; check,
-        # which has no credentials step, gives the Host refusal an anonymous caller would get
-        # once authenticated callers are not required (the same Gatekeeper verdict).
+        # Without credentials the gateway asks for them (401) before any Host check, and so
+        # does check told that the gateway requires credentials (--auth-required): the same
+        # admission code.
         assert status == 401, (status, answer)
-        assert decision.startswith("decision:  deny, 403"), checked.stdout
+        assert decision == f"decision:  deny, 401: {answer['message']}", checked.stdout

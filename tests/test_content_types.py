@@ -14,13 +14,13 @@ from dockgate.body.content import (
     EXPECTED,
     IGNORED_BODY_LIMIT,
     BodyKind,
-    ContentRefusal,
     ignored_body_refusal,
     is_empty_json,
     judge_head,
     media_type,
 )
 from dockgate.body.guardrails import BODY_CHECKED
+from dockgate.refusal import Refusal
 
 SPEC_DIR = pathlib.Path("/work/shared/docker-api")
 SPEC_FILES = ("v1.41.yaml", "v1.56.yaml")
@@ -102,13 +102,13 @@ def test_media_type_as_go_reads_it(values: list[bytes], expected: str | None) ->
 def test_non_ascii_content_type_is_refused() -> None:
     """Go's ToLower maps U+0130 to `i`: `multİpart/form-data` is multipart to the daemon."""
     refusal = media_type(["multİpart/form-data".encode()])
-    assert isinstance(refusal, ContentRefusal) and refusal.status == 400
+    assert isinstance(refusal, Refusal) and refusal.status == 400
 
 
 def test_two_content_types_are_refused() -> None:
     """Go's Header.Get reads the first; a reader of the last would judge another body."""
     refusal = media_type([b"application/json", b"multipart/form-data; boundary=x"])
-    assert isinstance(refusal, ContentRefusal) and refusal.status == 400
+    assert isinstance(refusal, Refusal) and refusal.status == 400
 
 
 # ----- the head's judgement ------------------------------------------------------------------
@@ -121,7 +121,9 @@ FORMS = (b"multipart/form-data; boundary=xyz", b"application/x-www-form-urlencod
 def test_form_bodies_are_refused_on_every_operation(operation: str, form: bytes) -> None:
     """Go's FormValue/ParseForm would read their fields as parameters before the query's."""
     refusal = judge_head(operation, [form], True, 20)
-    assert refusal == ContentRefusal(400, "dockgate: form-encoded bodies are not accepted")
+    assert refusal == Refusal(
+        400, "dockgate: form-encoded bodies are not accepted", "content", "body shape"
+    )
     chunked = judge_head(operation, [form], True, None)
     assert chunked is not None and chunked.status == 400
 

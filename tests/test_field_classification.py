@@ -49,9 +49,9 @@ from dockgate.body.fields import BODIES, QUERIES, Leaf, ListOf, MapOf, Node, Obj
 from dockgate.body.guardrails import (
     BODY_CHECKED,
     QUERY_CHECKED,
+    BodyRefused,
     Guardrails,
     HostPathRule,
-    Refusal,
     change_problem,
     check_request,
 )
@@ -346,7 +346,7 @@ def judge(operation: str, body: Any = b"", query: str = "", g: Guardrails | None
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     try:
         check_request(g or Guardrails(), operation, query, raw)
-    except Refusal as refusal:
+    except BodyRefused as refusal:
         return refusal.status, refusal.reason
     return None
 

@@ -10,7 +10,7 @@ Claims under test:
   would see it (inner and top-level HostConfig, Binds, Mounts, local volume driver options,
   service specs...), and a field of the wrong type is a `BodyError` naming the field;
 - `dockgate.body.guardrails` judges a `Workload` against a policy's `Guardrails` with one exact
-  sentence per finding, and `check_request` turns them into `Refusal(403)` (or 400 for a body
+  sentence per finding, and `check_request` turns them into `BodyRefused(403)` (or 400 for a body
   that cannot be read);
 - the policy loader compiles `guardrails:` (absent, false, true, every key) and reports mistakes
   as `FILE:LINE: problem`;
@@ -34,9 +34,9 @@ from dockgate.body import gojson
 from dockgate.body.guardrails import (
     BODY_CHECKED,
     QUERY_CHECKED,
+    BodyRefused,
     Guardrails,
     HostPathRule,
-    Refusal,
     check_request,
     explain_request,
     find_problem,
@@ -117,7 +117,7 @@ def judge(
         raw = json.dumps(body).encode("utf-8")
     try:
         check_request(guardrails, operation, query, raw)
-    except Refusal as refusal:
+    except BodyRefused as refusal:
         return refusal.status, refusal.reason
     return None
 
@@ -1535,7 +1535,7 @@ def test_a_start_body_is_not_the_guardrails_business() -> None:
 
 
 def test_refusal_carries_status_and_reason() -> None:
-    refusal = Refusal(403, "nope")
+    refusal = BodyRefused(403, "nope")
     assert (refusal.status, refusal.reason, str(refusal)) == (403, "nope", "nope")
 
 
@@ -1819,7 +1819,10 @@ def test_check_body_prints_each_guardrail_and_the_deciding_one(
             "resources": f"a memory limit of at most {64 * MiB} bytes is required",
         }
     )
-    assert out.splitlines()[-1] == "decision:  deny, 403: privileged containers are not allowed"
+    assert out.splitlines()[-1] == (
+        "decision:  deny, 403: dockgate: ContainerCreate denied by policy ci: "
+        "privileged containers are not allowed"
+    )
     assert "operation: ContainerCreate (section containers" in out
 
 
@@ -1852,7 +1855,10 @@ def test_check_body_from_stdin(
     out = capsys.readouterr().out
     assert status == 1
     assert guardrail_lines(out) == expected_lines({"exec_user": "exec as root is not allowed"})
-    assert out.splitlines()[-1] == "decision:  deny, 403: exec as root is not allowed"
+    assert out.splitlines()[-1] == (
+        "decision:  deny, 403: dockgate: ContainerExec denied by policy ci: "
+        "exec as root is not allowed"
+    )
 
 
 def test_check_unreadable_body_is_a_400(
@@ -1868,8 +1874,9 @@ def test_check_unreadable_body_is_a_400(
     assert guardrail_lines(out) == [
         "  guardrail read         DENIES: HostConfig.Privileged must be true or false"
     ]
-    assert (
-        out.splitlines()[-1] == "decision:  deny, 400: HostConfig.Privileged must be true or false"
+    assert out.splitlines()[-1] == (
+        "decision:  deny, 400: dockgate: ContainerCreate: HostConfig.Privileged must be true "
+        "or false"
     )
 
 
@@ -1917,17 +1924,19 @@ def test_check_query_checked_and_unjudged_operations(
         "  guardrail request      DENIES: building with the host's network namespace is not allowed"
     ]
     assert out.splitlines()[-1] == (
-        "decision:  deny, 403: building with the host's network namespace is not allowed"
+        "decision:  deny, 403: dockgate: ImageBuild denied by policy ci: building with the "
+        "host's network namespace is not allowed"
     )
     status = main(["check", "--policy", str(policy), "POST /v1.41/images/create?fromSrc=-&repo=x"])
     out = capsys.readouterr().out
     assert status == 0
     assert guardrail_lines(out) == ["  guardrail request      ok"]
+    # A start without a body, as every current client sends it: the gateway judges the empty
+    # body (it reads it whole, zero bytes), and check shows that judgement.
     status = main(["check", "--policy", str(policy), "POST /v1.41/containers/abc/start"])
     out = capsys.readouterr().out
     assert status == 0
-    assert guardrail_lines(out) == []
-    assert "guardrails" not in out
+    assert guardrail_lines(out) == ["  guardrail request      ok"]
 
 
 def test_check_rules_deny_before_guardrails(

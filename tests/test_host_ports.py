@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dockgate.body import hostports
-from dockgate.body.guardrails import Guardrails, Refusal, check_request
+from dockgate.body.guardrails import BodyRefused, Guardrails, check_request
 from dockgate.policy.loader import PolicyError, parse_policy_text
 
 
@@ -22,7 +22,7 @@ def judge(operation: str, body: Any, g: Guardrails | None = None) -> tuple[int, 
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     try:
         check_request(g or Guardrails(), operation, "", raw)
-    except Refusal as refusal:
+    except BodyRefused as refusal:
         return refusal.status, refusal.reason
     return None
 

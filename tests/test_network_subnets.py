@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dockgate.body import subnets
-from dockgate.body.guardrails import Guardrails, Refusal, check_request
+from dockgate.body.guardrails import BodyRefused, Guardrails, check_request
 from dockgate.policy.loader import PolicyError, parse_policy_text
 
 LAB = Guardrails(
@@ -32,7 +32,7 @@ def judge(g: Guardrails, operation: str, body: Any) -> tuple[int, str] | None:
     raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     try:
         check_request(g, operation, "", raw)
-    except Refusal as refusal:
+    except BodyRefused as refusal:
         return refusal.status, refusal.reason
     return None
 

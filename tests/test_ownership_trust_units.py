@@ -14,7 +14,6 @@ from dockgate.ownership.operations import (
     MAX_OWNER_BYTES,
     OWNER_LABEL,
     LookUp,
-    Refuse,
     container_ids_of,
     continued_change,
     created_image,
@@ -26,6 +25,7 @@ from dockgate.ownership.operations import (
     vouched_list,
     with_commit_label,
 )
+from dockgate.refusal import Refusal
 
 IMAGE_A = "sha256:" + "a" * 64
 IMAGE_B = "sha256:" + "b" * 64
@@ -66,7 +66,7 @@ def test_an_owner_label_longer_than_any_identity_is_nobodys() -> None:
     assert trusted_owner("user:" + "é" * 510, None, "local") is None  # bytes, not characters
     assert trusted_owner("user:" + "x" * (MAX_OWNER_BYTES - 5), None, "local") is not None
     refused = plan("ContainerList", "/containers/json", "/containers/json", "/", long)
-    assert isinstance(refused, Refuse)
+    assert isinstance(refused, Refusal)
     assert refused.status == 403
 
 
@@ -118,7 +118,7 @@ def test_the_build_steps_log_driver_is_refused_at_create(
 def test_container_prune_is_not_available() -> None:
     """Fails on the old code (the prune was narrowed by label, build steps included)."""
     step = plan("ContainerPrune", "/containers/prune", "/v1.41/containers/prune", "/", "u:a")
-    assert isinstance(step, Refuse)
+    assert isinstance(step, Refusal)
     assert step.status == 403
     assert "docker rm" in step.message
 
@@ -207,8 +207,8 @@ def test_the_image_a_create_names_is_read_as_go_reads_it() -> None:
 
 def test_image_owners_are_cached_by_id_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Image IDs are content digests: asked once each; names are asked each time."""
-    from dockgate.ownership import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     asked: list[str] = []
 
@@ -256,12 +256,12 @@ def test_a_change_that_continues_onto_dockgates_is_refused(change: str) -> None:
     query = f"container=web&changes=CMD%20sh&changes={quote(change)}"
     assert continued_change(query) is not None
     step = plan("ImageCommit", "/commit", f"/v1.41/commit?{query}", "/v1.41/commit", "u:a")
-    assert isinstance(step, Refuse)
+    assert isinstance(step, Refusal)
     assert step.status == 400
     imported = plan(
         "ImageCreate", "/images/create", f"/images/create?fromSrc=-&{query}", "/", "u:a"
     )
-    assert isinstance(imported, Refuse)
+    assert isinstance(imported, Refusal)
 
 
 def test_single_line_changes_pass() -> None:
@@ -287,8 +287,8 @@ def test_a_list_judges_each_container_and_hides_only_those_it_cannot(
 ) -> None:
     """Fails on the old code (one image look-up over the bound failed the whole list, and a
     LABEL step's container, `none` log driver, was listed)."""
-    from dockgate.ownership import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     ids = {name: name * 64 for name in "abcdef"}
     inspected = {
@@ -339,8 +339,8 @@ def test_a_list_judges_each_container_and_hides_only_those_it_cannot(
 
 
 def test_list_look_ups_run_at_most_eight_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dockgate.ownership import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     running = [0, 0]
 
@@ -368,8 +368,8 @@ def test_the_caches_keep_small_values_only(monkeypatch: pytest.MonkeyPatch) -> N
     """An image's owner label over MAX_OWNER_BYTES is kept as no label (it cannot equal any
     trusted owner); the verdict cache is bounded. Fails on the old code (the value was kept
     whole)."""
-    from dockgate.ownership import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     huge = "x" * (4 * 1024 * 1024)
 

@@ -199,7 +199,8 @@ def test_a_build_gets_an_empty_owner_label_and_its_builder_as_provenance() -> No
 
 
 def test_checked_answers_hide_the_holder_and_other_callers_volumes() -> None:
-    from dockgate.ownership.operations import OWNER_LABEL, Refuse, checked_answer  # noqa: PLC0415
+    from dockgate.ownership.operations import OWNER_LABEL, checked_answer, refuse  # noqa: PLC0415
+    from dockgate.refusal import Refusal  # noqa: PLC0415
 
     holder = "3f2c" + "a" * 60
     clash = json.dumps(
@@ -214,12 +215,12 @@ def test_checked_answers_hide_the_holder_and_other_callers_volumes() -> None:
     assert "already in use by another container. You have to remove" in json.loads(out)["message"]
 
     bobs = json.dumps({"Name": "data", "Labels": {OWNER_LABEL: "bob"}}).encode()
-    assert checked_answer("VolumeCreate", 201, bobs, "alice") == Refuse(
+    assert checked_answer("VolumeCreate", 201, bobs, "alice") == refuse(
         409, "dockgate: a volume named 'data' exists and is not yours"
     )
     assert checked_answer("VolumeCreate", 201, bobs, "bob") == bobs
     unlabelled = json.dumps({"Name": "data", "Labels": None}).encode()
-    assert isinstance(checked_answer("VolumeCreate", 201, unlabelled, "bob"), Refuse)
+    assert isinstance(checked_answer("VolumeCreate", 201, unlabelled, "bob"), Refusal)
     for bad in (b"not json", b"[1]"):
         with pytest.raises((ValueError, TypeError)):
             checked_answer("VolumeCreate", 201, bad, "bob")

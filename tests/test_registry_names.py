@@ -10,8 +10,9 @@ from urllib.parse import quote
 import pytest
 
 from dockgate.api.routes import identify
-from dockgate.body.guardrails import Guardrails, Refusal, check_request
-from dockgate.ownership.operations import Refuse, plan
+from dockgate.body.guardrails import BodyRefused, Guardrails, check_request
+from dockgate.ownership.operations import plan
+from dockgate.refusal import Refusal
 
 LOOPBACK_NAMES = [
     "127.0.0.1:5000/x",
@@ -35,7 +36,7 @@ LOOPBACK_NAMES = [
     ],
 )
 def test_loopback_names_in_the_query_are_refused(name: str, operation: str, query: str) -> None:
-    with pytest.raises(Refusal) as refused:
+    with pytest.raises(BodyRefused) as refused:
         check_request(Guardrails(), operation, query.format(name), b"")
     assert refused.value.status == 403 and "loopback" in refused.value.reason
 
@@ -50,7 +51,7 @@ def test_loopback_names_in_the_query_are_refused(name: str, operation: str, quer
     ],
 )
 def test_a_build_s_cache_from_on_a_loopback_registry_is_refused(value: str) -> None:
-    with pytest.raises(Refusal, match="cachefrom"):
+    with pytest.raises(BodyRefused, match="cachefrom"):
         check_request(Guardrails(), "ImageBuild", f"cachefrom={quote(value)}", b"")
 
 
@@ -61,7 +62,7 @@ def test_other_cache_from_values_go_on(value: str) -> None:
 
 @pytest.mark.parametrize("value", ["[", '"x"', "[1]", '{"a":"b"}'])
 def test_unreadable_cache_from_is_400(value: str) -> None:
-    with pytest.raises(Refusal) as refused:
+    with pytest.raises(BodyRefused) as refused:
         check_request(Guardrails(), "ImageBuild", f"cachefrom={quote(value)}", b"")
     assert refused.value.status == 400
 
@@ -70,7 +71,7 @@ def test_unreadable_cache_from_is_400(value: str) -> None:
 def test_a_push_is_judged_on_its_path_name(name: str) -> None:
     match = identify("POST", f"/v1.41/images/{name}/push")
     assert match is not None and match.operation.name == "ImagePush"
-    with pytest.raises(Refusal, match="pushing"):
+    with pytest.raises(BodyRefused, match="pushing"):
         check_request(Guardrails(), "ImagePush", "tag=latest", b"", match.params)
 
 
@@ -88,7 +89,7 @@ def test_images_listing_a_loopback_registry_allows_it() -> None:
     allowed = Guardrails(images=("127.0.0.1:5000/*",))
     check_request(allowed, "ImageTag", "repo=127.0.0.1:5000/app", b"")
     check_request(allowed, "ImagePush", "", b"", {"name": "127.0.0.1:5000/app"})
-    with pytest.raises(Refusal):
+    with pytest.raises(BodyRefused):
         check_request(allowed, "ImagePush", "", b"", {"name": "127.0.0.1:5001/app"})
 
 
@@ -97,16 +98,16 @@ def test_images_listing_a_loopback_registry_allows_it() -> None:
 )
 def test_buildkit_builds_are_refused_in_ownership_mode(query: str) -> None:
     decided = plan("ImageBuild", "/build", f"/v1.41/build?{query}", "/v1.41/build", "user:a")
-    assert isinstance(decided, Refuse) and decided.status == 403
+    assert isinstance(decided, Refusal) and decided.status == 403
     assert "classic builder" in decided.message
 
 
 @pytest.mark.parametrize("query", ["", "version=1", "version="])
 def test_classic_builds_go_on_in_ownership_mode(query: str) -> None:
     decided = plan("ImageBuild", "/build", f"/v1.41/build?{query}", "/v1.41/build", "user:a")
-    assert not isinstance(decided, Refuse)
+    assert not isinstance(decided, Refusal)
 
 
 def test_build_prune_is_not_available_in_ownership_mode() -> None:
     decided = plan("BuildPrune", "/build/prune", "/v1.41/build/prune", "/v1.41/build/prune", "o")
-    assert isinstance(decided, Refuse) and decided.status == 403
+    assert isinstance(decided, Refusal) and decided.status == 403

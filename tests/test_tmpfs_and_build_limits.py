@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dockgate.body.buildlimits import build_limits_problem, go_int64_or_zero
-from dockgate.body.guardrails import Guardrails, Refusal, check_request
+from dockgate.body.guardrails import BodyRefused, Guardrails, check_request
 from dockgate.body.tmpfs import TmpfsMount, tmpfs_data_words, tmpfs_problem, word_problem
 from dockgate.http.query import query_pairs
 
@@ -25,7 +25,7 @@ def judge(g: Guardrails, operation: str, body: object, query: str = "") -> objec
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     try:
         return check_request(g, operation, query, data)
-    except Refusal as refusal:
+    except BodyRefused as refusal:
         return refusal.status, refusal.reason
 
 

@@ -20,9 +20,9 @@ import pytest
 
 from dockgate.addresses import Address
 from dockgate.body.guardrails import (
+    BodyRefused,
     Guardrails,
     HostPathRule,
-    Refusal,
     check_request,
     local_volume_problem,
     named_volume_problem,
@@ -236,7 +236,7 @@ def test_volume_types_in_a_policy_file() -> None:
 def judge(g: Guardrails, operation: str, body: dict[str, Any]) -> object:
     try:
         return check_request(g, operation, "", json.dumps(body).encode())
-    except Refusal as refusal:
+    except BodyRefused as refusal:
         return refusal.status, refusal.reason
 
 

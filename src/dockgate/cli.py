@@ -9,7 +9,7 @@ import argparse
 import ipaddress
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -19,11 +19,10 @@ from dockgate.addresses import AddressError, parse_address, shown_address
 from dockgate.auth import credtools
 from dockgate.auth.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
 from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
-from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
+from dockgate.check import CheckRequest, run_check
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
-from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import PolicyError, load_policy_file
-from dockgate.policy.rules import Policy, PolicySet, Rule
+from dockgate.policy.rules import PolicySet
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
 from dockgate.relay.tls import DEFAULT_IDENTITY_FIELDS
@@ -225,6 +224,19 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="the request body (JSON), judged by the policy's guardrails ('-' for stdin)",
+    )
+    check.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="another request header, e.g. 'Content-Type: application/x-tar'; repeatable",
+    )
+    check.add_argument(
+        "--auth-required",
+        action="store_true",
+        help="the gateway asks for credentials (serve --htpasswd or --tokens): an anonymous "
+        "caller not bound as such is answered 401",
     )
     _policy_options(check)
 
@@ -483,6 +495,7 @@ def _policies_and_warnings(args: argparse.Namespace) -> tuple[PolicySet, list[st
 
 
 def _check(args: argparse.Namespace) -> int:
+    """`dockgate check`: the gateway's own admission and plan, explained (check.py)."""
     method, _, target = " ".join(args.request).strip().partition(" ")
     target = target.strip()
     if not target.startswith("/") or " " in target:
@@ -493,103 +506,36 @@ def _check(args: argparse.Namespace) -> int:
         )
         return 2
     policies = _load_policies(args)
-    caller = _caller(args.caller)
     if args.source != UNIX_SOURCE:
         try:
             ipaddress.ip_address(args.source)
         except ValueError:
             raise CallerError(f"--source {args.source!r}: an IP address, or 'unix'") from None
-    print(f"request:   {method} {target.strip()}")
-    print(f"caller:    {caller.describe()} from {args.source}")
-    if policies.sources and not policies.sources.permits(args.source):
-        print(f"decision:  deny, 403: requests from {args.source} are not allowed")
-        return 1
-    policy = policies.policy_for(caller, args.source)
-    if policies.bindings is not None:
-        binding = policies.binding_for(caller, args.source)
-        if binding is None or policy is None:
-            print(f"decision:  deny, 403: no policy is bound to {caller.describe()}")
-            return 1
-        where = f" (line {binding.line})" if binding.line else ""
-        print(f"binding:   {binding.number}{where} -> policy {binding.policy}")
-    assert policy is not None
-    gatekeeper = Gatekeeper(policies)
-    host = args.host.encode() if args.host is not None else None
-    origin = args.origin.encode() if args.origin is not None else None
-    # As policy/admission.py asks it: whether this caller proved who it is decides whether its Host
-    # may be any DNS name (a browser tricked by DNS rebinding presents no credentials).
-    verdict = gatekeeper.check(
-        method,
-        target.strip(),
-        host,
-        origin,
-        upgrade=args.upgrade,
-        policy=policy,
-        authenticated=caller.authenticated,
-    )
-    match = verdict.match
-    if match is not None:
-        op = match.operation
-        kind = "can change state" if op.writes else "read-only"
-        print(f"operation: {op.name} (section {op.section}, {kind}, {op.method} {op.path})")
-    else:
-        print("operation: unknown (the daemon's router would not route it)")
-    print(f"policy:    {policy.name} (from {policies.source})")
-    if match is not None or verdict.status == 403:
-        path = target.strip().partition("?")[0]
-        for rule, matched in policy.explain(method, match, path):
-            mark = "matches" if matched else "-"
-            what = f"[{rule.note}] " if rule.note else (f"(line {rule.line}) " if rule.line else "")
-            print(
-                f"  rule {rule.number:>3} {rule.effect:<5} {what}{_describe_matcher(rule)}  {mark}"
-            )
-    if verdict.allowed and match is not None:
-        refusal = _explain_guardrails(
-            args, policy, match.operation.name, target.strip(), match.params
-        )
-        if refusal is not None:
-            print(f"decision:  deny, {refusal}")
-            return 1
-    if verdict.allowed:
-        print(f"decision:  allow ({verdict.label})")
-        return 0
-    print(f"decision:  deny, {verdict.status}: {verdict.message}")
-    return 1
-
-
-def _explain_guardrails(
-    args: argparse.Namespace,
-    policy: Policy,
-    operation: str,
-    target: str,
-    path_params: Mapping[str, str] | None = None,
-) -> str | None:
-    """Print each guardrail check of the request; the refusal, or None when all pass."""
-    judged = operation in BODY_CHECKED or operation in QUERY_CHECKED
-    if not judged:
-        return None
-    if policy.guardrails is None:
-        print("guardrails: off in this policy (bodies are not checked)")
-        return None
-    if operation == "ContainerStart" and args.body is None:
-        return None  # a start without a body, as every current client sends it: nothing to judge
-    if operation in BODY_CHECKED and args.body is None:
-        print(f"guardrails: {operation} bodies are checked; give one with --body FILE")
-        return None
-    body = b""
+    for line in args.header:
+        if ":" not in line or "\r" in line or "\n" in line:
+            raise CallerError(f"--header {line!r}: give it as 'Name: value'")
+    body = None
     if args.body is not None:
         try:
             body = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
         except OSError as exc:
             raise CallerError(f"--body {args.body}: {exc.strerror or exc}") from None
-    query = target.partition("?")[2]
-    first: str | None = None
-    for name, problem in explain_request(policy.guardrails, operation, query, body, path_params):
-        print(f"  guardrail {name:<12} {'ok' if problem is None else 'DENIES: ' + problem}")
-        if problem is not None and first is None:
-            # An unreadable body is a 400 at the gateway, a refused one a 403.
-            first = f"{400 if name == 'read' else 403}: {problem}"
-    return first
+    request = CheckRequest(
+        method=method,
+        target=target,
+        caller=_caller(args.caller),
+        source=args.source,
+        host=args.host,
+        origin=args.origin,
+        upgrade=args.upgrade,
+        headers=tuple(args.header),
+        body=body,
+        credentials_required=args.auth_required,
+    )
+    out: list[str] = []
+    status = run_check(request, policies, out)
+    print("\n".join(out))
+    return status
 
 
 def _caller(text: str | None) -> Identity:
@@ -611,21 +557,6 @@ def _caller(text: str | None) -> Identity:
 
 class CallerError(ValueError):
     """A --as value that names no kind of caller."""
-
-
-def _describe_matcher(rule: Rule) -> str:
-    m = rule.matcher
-    parts = []
-    if m.unknown:
-        parts.append("unknown")
-    for name in ("sections", "operations", "methods"):
-        value = getattr(m, name)
-        if value is not None:
-            shown = ",".join(sorted(value))
-            parts.append(f"{name}={shown if len(shown) < 60 else shown[:57] + '...'}")
-    if m.paths is not None:
-        parts.append("paths=" + ",".join(p.pattern for p in m.paths))
-    return " ".join(parts)
 
 
 def _validate(path: str) -> int:

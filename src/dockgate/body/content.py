@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
+
+from dockgate.refusal import Refusal
 
 
 class BodyKind(enum.Enum):
@@ -203,53 +204,52 @@ JSON_TYPE = "application/json"
 _JSON_SPACE = b" \t\r\n"
 
 
-@dataclass(frozen=True, slots=True)
-class ContentRefusal:
-    status: int  # 400 malformed, 403 denied, 413 too large, 415 wrong media type
-    message: str  # for the client, "dockgate: ..."
+def _refused(status: int, message: str) -> Refusal:
+    """400 malformed, 403 denied, 413 too large, 415 wrong media type."""
+    return Refusal(status, message, "content", "body shape")
 
 
 def expected_kind(operation: str) -> BodyKind:
     return EXPECTED.get(operation, UNKNOWN_KIND)
 
 
-def media_type(values: list[bytes]) -> str | ContentRefusal | None:
+def media_type(values: list[bytes]) -> str | Refusal | None:
     """The media type of a request's Content-Type fields as Go's `mime.ParseMediaType` reads
     it (None: no field, or an empty one), or a refusal for a field Go could read otherwise."""
     if not values:
         return None
     if len(values) > 1:
-        return ContentRefusal(400, "dockgate: more than one Content-Type field")
+        return _refused(400, "dockgate: more than one Content-Type field")
     raw = values[0]
     if not raw.isascii():
-        return ContentRefusal(400, "dockgate: a Content-Type with non-ASCII bytes")
+        return _refused(400, "dockgate: a Content-Type with non-ASCII bytes")
     media = raw.split(b";", 1)[0].strip(b" \t").lower().decode("ascii")
     return media or None
 
 
 def judge_head(
     operation: str, content_types: list[bytes], has_body: bool, length: int | None
-) -> ContentRefusal | None:
+) -> Refusal | None:
     """Refusal for what the head says the body is, or None. `length` is the Content-Length
     (None when chunked); a request without a body passes whatever its Content-Type."""
     if not has_body:
         return None
     media = media_type(content_types)
-    if isinstance(media, ContentRefusal):
+    if isinstance(media, Refusal):
         return media
     if media in FORM_TYPES:
         # The existing message (and 400) kept: clients and tests match on it.
-        return ContentRefusal(400, "dockgate: form-encoded bodies are not accepted")
+        return _refused(400, "dockgate: form-encoded bodies are not accepted")
     kind = expected_kind(operation)
     if kind is BodyKind.STREAM:
         return None
     if media is not None and media != JSON_TYPE:
         what = "a JSON body" if kind is BodyKind.JSON else "no body (or JSON)"
-        return ContentRefusal(
+        return _refused(
             415, f"dockgate: {operation} takes {what}, not a {media} body (Content-Type)"
         )
     if kind is not BodyKind.JSON and length is not None and length > IGNORED_BODY_LIMIT:
-        return ContentRefusal(413, too_large(operation))
+        return _refused(413, too_large(operation))
     return None
 
 
@@ -262,12 +262,12 @@ def drops_body(operation: str) -> bool:
     return expected_kind(operation) in (BodyKind.NONE, BodyKind.EMPTY)
 
 
-def ignored_body_refusal(operation: str, body: bytes) -> ContentRefusal | None:
+def ignored_body_refusal(operation: str, body: bytes) -> Refusal | None:
     """For a body read whole on an operation whose handler reads none: refused when some API
     version's handler would read it (`EMPTY`) and it is more than an empty JSON value."""
     if expected_kind(operation) is not BodyKind.EMPTY or is_empty_json(body):
         return None
-    return ContentRefusal(
+    return _refused(
         403,
         f"dockgate: {operation} with a request body is refused (below API 1.24 the daemon "
         "reads it as a HostConfig that replaces the container's)",

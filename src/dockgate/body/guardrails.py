@@ -182,7 +182,7 @@ class Guardrails:
     buildkit: bool = False
 
 
-class Refusal(Exception):
+class BodyRefused(Exception):
     """A body the guardrails do not let through: `status` 400 (unreadable) or 403."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -198,7 +198,7 @@ def check_request(
     body: bytes,
     path_params: Mapping[str, str] | None = None,
 ) -> tuple[NamedVolume, ...]:
-    """Raise `Refusal` when the request asks for more than the guardrails allow: what the
+    """Raise `BodyRefused` when the request asks for more than the guardrails allow: what the
     guardrails judge (workload.py's readers), and every query parameter and body field against
     the table (fields.py), which refuses what is unknown or not allowed. What it returns is
     still to be judged: the volumes the body uses by name, whose options only the daemon knows
@@ -219,11 +219,11 @@ def check_request(
         reader = _READERS.get(operation)
         workload = reader(parsed) if reader is not None else None
     except BodyError as exc:
-        raise Refusal(400, str(exc)) from None
+        raise BodyRefused(400, str(exc)) from None
     if workload is not None:
         problem = find_problem(guardrails, workload)
         if problem is not None:
-            raise Refusal(403, problem)
+            raise BodyRefused(403, problem)
     _check_fields(guardrails, operation, [], parsed)
     return tuple(workload.named_volumes) if workload is not None else ()
 
@@ -233,14 +233,14 @@ def check_body_cost(body: bytes) -> None:
     `bodycost.MAX_SEPARATORS`, counted before it is parsed."""
     problem = bodycost.cost_problem(body)
     if problem is not None:
-        raise Refusal(413, problem)
+        raise BodyRefused(413, problem)
 
 
 def _parse(body: bytes) -> object:
     try:
         return gojson.parse(body, strict_end=True)
     except (ValueError, RecursionError):
-        raise Refusal(400, "the request body is not one JSON value") from None
+        raise BodyRefused(400, "the request body is not one JSON value") from None
 
 
 def _check_fields(
@@ -257,7 +257,7 @@ def _check_fields(
             _check_network(g, parsed)
         fields.check_body(operation, parsed)
     except fields.FieldError as exc:
-        raise Refusal(exc.status, exc.reason) from None
+        raise BodyRefused(exc.status, exc.reason) from None
 
 
 def find_problem(g: Guardrails, w: Workload) -> str | None:
@@ -281,7 +281,7 @@ def explain_request(
     if operation not in _READERS:
         try:
             check_request(guardrails, operation, query, body, path_params)
-        except Refusal as refusal:
+        except BodyRefused as refusal:
             return [("request", refusal.reason)]
         return [("request", None)]
     try:
@@ -297,7 +297,7 @@ def explain_request(
     try:
         _check_fields(guardrails, operation, query_pairs(query), None)
         _check_fields(guardrails, operation, [], parsed)
-    except Refusal as refusal:
+    except BodyRefused as refusal:
         table = refusal.reason
     return [*found, ("fields", table)]
 
@@ -594,9 +594,9 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
     if operation in _SWARM_MEMBERSHIP and not g.swarm:
         # Joining a swarm hands the node to that swarm's managers (they can run anything on
         # it); init and update set its CA, tokens and raft: a guardrail, not only a rule.
-        raise Refusal(403, "initialising, joining or reconfiguring a swarm is not allowed")
+        raise BodyRefused(403, "initialising, joining or reconfiguring a swarm is not allowed")
     if operation == "GrpcSession" and not g.buildkit:
-        raise Refusal(
+        raise BodyRefused(
             403,
             "BuildKit's control API (docker buildx) cannot be judged: use the classic builder "
             "(DOCKER_BUILDKIT=0), or allow buildkit",
@@ -604,49 +604,49 @@ def _check_query(g: Guardrails, operation: str, params: list[tuple[str, str]]) -
     if operation in ("PluginCreate", "PluginSet") and not g.plugin_privileges:
         # A plugin's config (in PluginCreate's tar) or settings (PluginSet: mounts, devices,
         # env) decide its host privileges; they are not read, so they need the permission.
-        raise Refusal(403, "creating or reconfiguring plugins is not allowed")
+        raise BodyRefused(403, "creating or reconfiguring plugins is not allowed")
     if operation == "ImageBuild":
         problem = buildlimits.build_limits_problem(g.max_memory, g.max_nano_cpus, params)
         if problem is not None:
-            raise Refusal(403, problem)
+            raise BodyRefused(403, problem)
     for key, value in params:
         if operation == "ImageBuild" and key == "networkmode":
             if value == "host" and "network" not in g.namespaces:
-                raise Refusal(403, "building with the host's network namespace is not allowed")
+                raise BodyRefused(403, "building with the host's network namespace is not allowed")
             if value.startswith("container:") and "network:container" not in g.namespaces:
-                raise Refusal(403, "building in another container's network is not allowed")
+                raise BodyRefused(403, "building in another container's network is not allowed")
         elif operation == "ImageBuild" and key == "remote":
             if value not in _CLIENT_CONTEXTS and not g.fetch_urls:
                 # The daemon fetches it (or clones it) from the host, loopback included.
-                raise Refusal(403, "building from a URL (remote=) is not allowed")
+                raise BodyRefused(403, "building from a URL (remote=) is not allowed")
         elif operation == "ImageSearch" and key == "term":
             problem = search_problem(g, value)
             if problem is not None:
-                raise Refusal(403, problem)
+                raise BodyRefused(403, problem)
         elif operation == "ImageCreate" and key == "fromImage" and value:
             problem = pull_problem(g, value)
             if problem is not None:
-                raise Refusal(403, problem)
+                raise BodyRefused(403, problem)
         elif (operation, key) in _IMAGE_NAMES and value:
             problem = registry_name_problem(g, value)
             if problem is not None:
-                raise Refusal(403, f"{problem} ({key}=)")
+                raise BodyRefused(403, f"{problem} ({key}=)")
         elif operation == "ImageBuild" and key == "cachefrom" and value:
             for reference in cache_from_references(value):
                 problem = registry_name_problem(g, reference)
                 if problem is not None:
-                    raise Refusal(403, f"{problem} (cachefrom=)")
+                    raise BodyRefused(403, f"{problem} (cachefrom=)")
         elif operation == "ImageCreate" and key == "fromSrc":
             if value not in ("", "-") and not g.fetch_urls:
-                raise Refusal(403, "importing an image from a URL is not allowed")
+                raise BodyRefused(403, "importing an image from a URL is not allowed")
         elif key == "changes" and operation in ("ImageCommit", "ImageCreate"):
             problem = change_problem(value)
             if problem is not None:
-                raise Refusal(403, problem)
+                raise BodyRefused(403, problem)
         elif operation == "ServiceUpdate" and key == "rollback" and value != "":
             # The daemon deploys the service's PreviousSpec, which dockgate never judged
             # (it may predate the policy, or have been written by someone else).
-            raise Refusal(
+            raise BodyRefused(
                 403, "rollback= deploys the service's previous spec, which dockgate did not judge"
             )
 
@@ -708,11 +708,11 @@ def cache_from_references(value: str) -> list[str]:
     try:
         entries = json.loads(value)
     except ValueError:
-        raise Refusal(400, "cachefrom must be a JSON list of image names") from None
+        raise BodyRefused(400, "cachefrom must be a JSON list of image names") from None
     if entries is None:
         return []
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise Refusal(400, "cachefrom must be a JSON list of image names")
+        raise BodyRefused(400, "cachefrom must be a JSON list of image names")
     pieces = [piece.strip() for entry in entries for piece in entry.split(",")]
     return [piece.removeprefix("ref=") for piece in pieces if piece]
 
@@ -726,7 +726,7 @@ def _check_path(g: Guardrails, operation: str, params: Mapping[str, str]) -> Non
     name = params.get("name", "")
     problem = registry_name_problem(g, name) if name else None
     if problem is not None:
-        raise Refusal(403, f"pushing: {problem}")
+        raise BodyRefused(403, f"pushing: {problem}")
 
 
 def search_problem(g: Guardrails, term: str) -> str | None:
@@ -796,34 +796,34 @@ def _check_network(g: Guardrails, parsed: object) -> None:
     """NetworkCreate: the address ranges (network_subnets), the driver, and its options when
     the driver is a built-in one."""
     if not isinstance(parsed, gojson.GoObject):
-        raise Refusal(400, "the body must be a JSON object")
+        raise BodyRefused(400, "the body must be a JSON object")
     try:
         problem = subnets.ipam_problem(g.network_subnets, parsed)
     except subnets.SubnetError as exc:
-        raise Refusal(exc.status, exc.reason) from None
+        raise BodyRefused(exc.status, exc.reason) from None
     if problem is not None:
         # Judged whatever the driver: a bridge's subnet is a route on the host.
-        raise Refusal(403, problem)
+        raise BodyRefused(403, problem)
     top = (parsed,)
     driver = gojson.scalar(top, "Driver")
     if driver is gojson.MISSING or driver == "":
         driver = "bridge"  # the daemon's default (daemon/network.go createNetwork)
     if not isinstance(driver, str):
-        raise Refusal(400, "Driver must be a string")
+        raise BodyRefused(400, "Driver must be a string")
     if driver in g.network_drivers:
         return  # the operator trusts this driver with any options
     if driver not in BUILTIN_NETWORK_DRIVERS:
-        raise Refusal(403, f"network driver {driver!r} is not allowed")
+        raise BodyRefused(403, f"network driver {driver!r} is not allowed")
     for value in gojson.values(top, "Options"):
         if value is not None and not isinstance(value, gojson.GoObject):
-            raise Refusal(400, "Options must be an object")
+            raise BodyRefused(400, "Options must be an object")
     for key in gojson.mapping(top, "Options") or {}:
         if key not in INERT_NETWORK_OPTIONS:
-            raise Refusal(403, f"network option {key!r} is not allowed")
+            raise BodyRefused(403, f"network option {key!r} is not allowed")
 
 
 def _check_plugin(g: Guardrails, parsed: object) -> None:
     if not isinstance(parsed, list):
-        raise Refusal(400, "the body must be a list of plugin privileges")
+        raise BodyRefused(400, "the body must be a list of plugin privileges")
     if parsed and not g.plugin_privileges:
-        raise Refusal(403, "plugins that ask for privileges are not allowed")
+        raise BodyRefused(403, "plugins that ask for privileges are not allowed")

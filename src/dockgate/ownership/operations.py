@@ -26,6 +26,7 @@ from dockgate.api.daemonjson import daemon_object
 from dockgate.body import gojson
 from dockgate.http.query import query_pairs, query_value
 from dockgate.ownership.pinning import PREDEFINED_NETWORKS, parse_link
+from dockgate.refusal import Refusal
 
 OWNER_LABEL = "io.dockgate.owner"
 # Who built or committed an image through dockgate: provenance only, trusted by no rule (an
@@ -601,10 +602,9 @@ def _strings(parent: gojson.Struct, field: str) -> list[str]:
 # ----- what to do with one request: a plan the proxy carries out --------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Refuse:
-    status: int
-    message: str
+def refuse(status: int, message: str) -> Refusal:
+    """Ownership's refusal: 400 for what cannot be read here, else as the step says."""
+    return Refusal(status, message, "ownership", "bad filters" if status == 400 else "ownership")
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,21 +618,21 @@ class LookUp:
     status: int = 404
 
 
-Plan = Refuse | LookUp | str | None  # a str is the rewritten target; None: go on as it is
+Plan = Refusal | LookUp | str | None  # a str is the rewritten target; None: go on as it is
 
 
 def plan(operation: str, template: str, raw_target: str, path: str, owner: str) -> Plan:
     """What ownership mode does with one allowed request (`path`: its decoded path)."""
     if operation in UNAVAILABLE:
         reason = UNAVAILABLE_REASONS.get(operation)
-        return Refuse(
+        return refuse(
             403,
             f"dockgate: {operation} is not available in ownership mode"
             + (f": {reason}" if reason else ""),
         )
     if len(owner.encode("utf-8", "surrogatepass")) > MAX_OWNER_BYTES:
         # Longer owner labels are nobody's (trusted_owner): refused rather than made and lost.
-        return Refuse(403, f"dockgate: identities over {MAX_OWNER_BYTES} bytes cannot own objects")
+        return refuse(403, f"dockgate: identities over {MAX_OWNER_BYTES} bytes cannot own objects")
     query = raw_target.partition("?")[2]
     try:
         if operation in FILTERED:
@@ -640,26 +640,26 @@ def plan(operation: str, template: str, raw_target: str, path: str, owner: str) 
         if operation in ("ContainerCreate", "ContainerRename"):
             problem = hex_name_problem(operation, query, b"")
             if problem is not None:
-                return Refuse(400, f"dockgate: {problem}")
+                return refuse(400, f"dockgate: {problem}")
         if operation == LABELLED_BUILD:
             if _buildkit_build(query):
-                return Refuse(403, BUILDKIT_REFUSED)
+                return refuse(403, BUILDKIT_REFUSED)
             return _build_plan(with_build_label(raw_target, owner))
     except ValueError as exc:
-        return Refuse(400, f"dockgate: {exc}")
+        return refuse(400, f"dockgate: {exc}")
     if operation == "ImageCreate" and query_value(query, "fromSrc"):
         # An import applies its `changes` as a commit does (daemon/images/image_import.go
         # ImportImage, BuildFromConfig): its owner label is emptied the same way.
         problem = continued_change(query)
         if problem is not None:
-            return Refuse(400, f"dockgate: {problem}")
+            return refuse(400, f"dockgate: {problem}")
         return with_commit_label(raw_target, owner)
     if operation in QUERY_REFERENCES:
         parameter = QUERY_REFERENCES[operation]
         value = query_value(query, parameter)
         problem = continued_change(query)
         if problem is not None:
-            return Refuse(400, f"dockgate: {problem}")
+            return refuse(400, f"dockgate: {problem}")
         if not value:
             return None
 
@@ -734,7 +734,7 @@ CHECKED_ANSWERS = frozenset(
 _HOLDER_ID = re.compile(r'by container \\?"?[0-9a-f]{64}\\?"?')
 
 
-def checked_answer(operation: str, status: int, body: bytes, owner: str) -> bytes | Refuse:
+def checked_answer(operation: str, status: int, body: bytes, owner: str) -> bytes | Refusal:
     """One of `CHECKED_ANSWERS`, made safe to show `owner`: the clash's message without the
     holder's ID (its name is what the caller asked for; which container holds it is not the
     caller's business), or, for a volume that is someone else's, a 409 in place of the
@@ -755,5 +755,5 @@ def checked_answer(operation: str, status: int, body: bytes, owner: str) -> byte
     holder = labels.get(OWNER_LABEL) if isinstance(labels, dict) else None
     if holder != owner:
         name = document.get("Name")
-        return Refuse(409, f"dockgate: a volume named {name!r} exists and is not yours")
+        return refuse(409, f"dockgate: a volume named {name!r} exists and is not yours")
     return body

@@ -160,16 +160,26 @@ class Admissions:
                 except ClientProtocolError as exc:
                     verdict = _refusal(400, f"dockgate: {exc.message}", "deny:-:bad-xff", "bad")
                     return Admission(verdict, NO_AUTH_IDENTITY, source)
-        sources = self._source_rules
-        if sources is not None and not self._permitted(sources, source):
-            message = f"dockgate: requests from {source} are not allowed"
-            verdict = _refusal(403, message, "deny:-:source", "source denied")
-            return Admission(verdict, NO_AUTH_IDENTITY, source)
-
+        refused = self._source_refusal(source)
+        if refused is not None:
+            return refused
         identified = self._identify(head, facts, source, now)
         if isinstance(identified, Identity):
             return self._decide(head, identified, source)
         return identified
+
+    def judge(self, head: RequestHead, identity: Identity, source: str) -> Admission:
+        """`admit` for a caller already known (`dockgate check --as`): the source lists, the
+        binding and the policy's verdict, decided by the same code as a live request."""
+        return self._source_refusal(source) or self._decide(head, identity, source)
+
+    def _source_refusal(self, source: str) -> Admission | None:
+        sources = self._source_rules
+        if sources is None or self._permitted(sources, source):
+            return None
+        message = f"dockgate: requests from {source} are not allowed"
+        verdict = _refusal(403, message, "deny:-:source", "source denied")
+        return Admission(verdict, NO_AUTH_IDENTITY, source)
 
     def _decide(self, head: RequestHead, identity: Identity, source: str) -> Admission:
         """The binding for the caller, then its policy's verdict."""

@@ -25,7 +25,6 @@ from dockgate.auth.peercred import peer_uid
 from dockgate.auth.sourceaddr import UNIX_SOURCE
 from dockgate.body.content import (
     IGNORED_BODY_LIMIT,
-    ContentRefusal,
     drops_body,
     ignored_body_refusal,
     judge_head,
@@ -76,6 +75,7 @@ from dockgate.ownership.owners import owner_for
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.refusal import Refusal
 from dockgate.relay.holding import Share
 from dockgate.relay.steps import PolicySteps
 from dockgate.relay.tls import PROXY_SOURCE_INFO
@@ -570,7 +570,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         self._read_next_request()
 
-    def _content_verdict(self, refusal: ContentRefusal) -> Verdict:
+    def _content_verdict(self, refusal: Refusal) -> Verdict:
         return self._denied(refusal.status, refusal.message, "content", "body shape")
 
     def _read_ignored(self, event: RequestEvent) -> None:
@@ -584,7 +584,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             if len(ignored) > IGNORED_BODY_LIMIT:
                 self._ignored = None
                 self._end_hold()
-                large = ContentRefusal(413, too_large(verdict.operation))
+                large = Refusal(413, too_large(verdict.operation), "content", "body shape")
                 self._refuse(head, self._content_verdict(large))
             elif not self._grow_hold(head, len(ignored)):
                 self._ignored = None

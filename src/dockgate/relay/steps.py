@@ -19,8 +19,8 @@ from dockgate.body.guardrails import (
     BODY_CHECKED,
     CHECKED_BODY_LIMIT,
     QUERY_CHECKED,
+    BodyRefused,
     Guardrails,
-    Refusal,
     check_body_cost,
     check_request,
 )
@@ -73,12 +73,12 @@ from dockgate.ownership.operations import (
     VOLUME,
     VOUCHED_LIST,
     Kind,
-    Refuse,
     checked_answer,
     concerns_objects,
     created_image,
     hex_name_problem,
     references,
+    refuse,
     silent_log_problem,
     vouching_image_problem,
     with_owner_label,
@@ -97,6 +97,7 @@ from dockgate.ownership.volumes import (
     volume_specs,
 )
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.refusal import Refusal
 from dockgate.relay.holding import Share
 
 if TYPE_CHECKING:
@@ -206,16 +207,16 @@ class PolicySteps:
                 volumes = to_look_up(
                     check_request(guardrails, self._operation(), query, body, self._params())
                 )
-        except Refusal as refusal:
+        except BodyRefused as refusal:
             refused = self._guardrail_verdict(refusal)
         if refused is None and self._owner is not None:
             try:
                 if self._operation() in OWNED_CREATES:
                     body = with_owner_label(body, self._operation(), self._owner)
                 named = self._named_objects(received)
-            except (Refusal, ValueError, RecursionError) as exc:
-                status = exc.status if isinstance(exc, Refusal) else 400
-                reason = exc.reason if isinstance(exc, Refusal) else _unreadable(exc)
+            except (BodyRefused, ValueError, RecursionError) as exc:
+                status = exc.status if isinstance(exc, BodyRefused) else 400
+                reason = exc.reason if isinstance(exc, BodyRefused) else _unreadable(exc)
                 refused = self._refusal(status, f"dockgate: {self._operation()}: {reason}")
         if refused is not None:
             # The body was read to its end: the connection stays usable.
@@ -266,27 +267,29 @@ class PolicySteps:
     def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
         """Ownership: the objects the body names (to look up), after refusing a list given
         twice (body/repeated.py), another owner's label (ownership/labels.py) and new objects with
-        hex-only names. Refusal (400) for a
+        hex-only names. BodyRefused (400) for a
         body that cannot be read here."""
         operation = self._operation()
         if operation in OWNED_CREATES or operation in REFERENCING:
             # The bodies ownership reads (to label, to look up what they name).
             repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
             if repeated is not None:
-                raise Refusal(400, f"{repeated} is given twice (Go would merge the two lists)")
+                raise BodyRefused(400, f"{repeated} is given twice (Go would merge the two lists)")
             # Labels the daemon takes from deeper in the body (ownership/labels.py).
             assert self._owner is not None
             where = foreign_owner_label(body, self._owner)
             if where is not None:
-                raise Refusal(403, f"an owner label ({OWNER_LABEL}) that is not yours at {where}")
+                raise BodyRefused(
+                    403, f"an owner label ({OWNER_LABEL}) that is not yours at {where}"
+                )
         problem = hex_name_problem(operation, "", body)
         if problem is not None:
-            raise Refusal(400, problem)
+            raise BodyRefused(400, problem)
         if operation not in REFERENCING:
             return []
         named = references(operation, body)  # ValueError: unreadable, refused by the caller
         if len(named) > MAX_REFERENCES:
-            raise Refusal(400, f"a body may name at most {MAX_REFERENCES} objects")
+            raise BodyRefused(400, f"a body may name at most {MAX_REFERENCES} objects")
         return named
 
     async def _check_named_volumes(
@@ -314,7 +317,7 @@ class PolicySteps:
             return
         if problem is not None:
             self._lookup_task = None
-            self._refuse_held(head, self._guardrail_verdict(Refusal(403, problem)))
+            self._refuse_held(head, self._guardrail_verdict(BodyRefused(403, problem)))
             return
         if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
             await self._check_references(head, body, named)
@@ -468,7 +471,7 @@ class PolicySteps:
         match = verdict.match if verdict is not None else None
         return match.params if match is not None else {}
 
-    def _guardrail_verdict(self, refusal: Refusal, *, raw: bool = False) -> Verdict:
+    def _guardrail_verdict(self, refusal: BodyRefused, *, raw: bool = False) -> Verdict:
         if refusal.status == 403 and not raw:
             return self._policy_denial("guardrails", refusal.reason)
         verdict = self._verdict
@@ -546,7 +549,7 @@ class PolicySteps:
             self._pause_reading(PAUSE_LOOKUP)
             self._start_lookup(self._check_owners(head, ordered))
             return False
-        if isinstance(step, Refuse):
+        if isinstance(step, Refusal):
             self._refuse(head, self._refusal(step.status, step.message))
             return False
         # Until the daemon answers, what the client sends waits, in order.
@@ -658,7 +661,7 @@ class PolicySteps:
                 try:
                     query = head.target.partition("?")[2]
                     check_request(guardrails, verdict.operation, query, b"", self._params())
-                except Refusal as refusal:
+                except BodyRefused as refusal:
                     self._refuse(head, self._guardrail_verdict(refusal))
                     return
             elif verdict.operation in BODY_CHECKED:
@@ -682,7 +685,7 @@ class PolicySteps:
             f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes cannot be "
             "checked"
         )
-        self._refuse(head, self._guardrail_verdict(Refusal(413, message), raw=True))
+        self._refuse(head, self._guardrail_verdict(BodyRefused(413, message), raw=True))
 
     # ----- the memory and time a held body may take ---------------------------------------------
 
@@ -843,11 +846,11 @@ class PolicySteps:
         )
         _SETTLING.add(settling)
         settling.add_done_callback(_SETTLING.discard)
-        rewritten: bytes | Refuse | Exception
+        rewritten: bytes | Refusal | Exception
         try:
             settled = await asyncio.shield(settling)
             if settled.foreign is not None:
-                rewritten = Refuse(403, f"dockgate: {VOLUME.missing.format(settled.foreign)}")
+                rewritten = refuse(403, f"dockgate: {VOLUME.missing.format(settled.foreign)}")
             elif settled.failure is not None:
                 rewritten = UpstreamError(settled.failure)
             else:
@@ -856,7 +859,7 @@ class PolicySteps:
             rewritten = exc
         self._looked_up_answer(head, rewritten)
 
-    def _looked_up_answer(self, head: ResponseHead, rewritten: bytes | Refuse | Exception) -> None:
+    def _looked_up_answer(self, head: ResponseHead, rewritten: bytes | Refusal | Exception) -> None:
         """The look-ups an answer waited for are over: the answer (or why it cannot be checked)
         goes out, unless the client is gone."""
         self._lookup_task = None
@@ -867,9 +870,9 @@ class PolicySteps:
             return
         self._send_answer(head, rewritten)
 
-    def _send_answer(self, head: ResponseHead, rewritten: bytes | Refuse) -> None:
+    def _send_answer(self, head: ResponseHead, rewritten: bytes | Refusal) -> None:
         """A held answer, checked and rewritten: out to the client, and the exchange ends."""
-        if isinstance(rewritten, Refuse):
+        if isinstance(rewritten, Refusal):
             # The daemon changed nothing (an existing volume is returned as it is): answer as
             # if the name were taken.
             request = self._head
@@ -893,7 +896,7 @@ class PolicySteps:
         self._write_client([head_bytes, rewritten])
         self._finish_exchange()
 
-    def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refuse:
+    def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refusal:
         operation = self._operation()
         if self._ownership_mode() and (head.status, operation) in SCRUBBED_ANSWERS:
             # What it counts or names of other callers' objects (ownership/answers.py), then the
@@ -904,7 +907,7 @@ class PolicySteps:
             # stays (VolumeCreate is both).
             checked = checked_answer(operation, head.status, raw, self._owner)
             if (
-                isinstance(checked, Refuse)
+                isinstance(checked, Refusal)
                 or self._redaction is None
                 or operation not in REDACTED_OPERATIONS
             ):

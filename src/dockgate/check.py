@@ -1,0 +1,312 @@
+"""`dockgate check`: how the gateway would decide one request, step by step.
+
+Nothing here decides anything: the request head is parsed by the gateway's own reader from the
+bytes a client would send, admitted by the same `Admissions` (source lists, credentials asked
+for, binding, the policy's rules, the browser guard), and planned by the same `policy/plan.py`
+(body shape, redaction filters, ownership, guardrails on the query and on the body given with
+`--body`). What only the daemon can tell (who owns an object a request names, a named volume's
+options) is said, not guessed: exit status 3.
+
+Exit status: 0 allow, 1 deny, 3 decided by a look-up in the daemon (see the `lookup:` lines).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from dockgate.api.routes import RouteMatch
+from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.identity import Identity
+from dockgate.auth.sourceaddr import AddressList
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
+from dockgate.http.errors import ClientProtocolError
+from dockgate.http.request import RequestHead, RequestReader, without_body
+from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
+from dockgate.policy.gatekeeper import Gatekeeper
+from dockgate.policy.plan import (
+    Answer,
+    DrainBody,
+    Forward,
+    HoldBody,
+    JudgedBody,
+    LookUp,
+    Step,
+    Trace,
+    answer_handling,
+    judge_body,
+    judge_drained,
+    plan_admitted,
+    plan_request,
+)
+from dockgate.policy.rules import Policy, PolicySet, Rule
+from dockgate.refusal import Refusal
+
+ALLOW, DENY, USAGE, LOOKUP = 0, 1, 2, 3
+# Held operations that current clients send without a body: judged as sent, without --body.
+BODYLESS = frozenset({"ContainerStart"})
+# Large enough for any head a test or an operator writes; the gateway's own limit is an option.
+_MAX_HEAD = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    """What `dockgate check` was asked: the request as a client would send it, and who sends it."""
+
+    method: str
+    target: str
+    caller: Identity
+    source: str
+    host: str | None = None
+    origin: str | None = None
+    upgrade: bool = False
+    headers: tuple[str, ...] = ()  # extra "Name: value" lines
+    body: bytes | None = None
+    # The gateway asks for credentials (serve --htpasswd/--tokens): an anonymous caller not
+    # bound as such is answered 401, as the gateway does.
+    credentials_required: bool = False
+
+
+def request_bytes(request: CheckRequest) -> bytes:
+    """The bytes of the request head (and body) a client would send. Without --host, an
+    HTTP/1.0 request without a Host header (HTTP/1.1 requires one)."""
+    version = "HTTP/1.1" if request.host is not None else "HTTP/1.0"
+    lines = [f"{request.method} {request.target} {version}"]
+    if request.host is not None:
+        lines.append(f"Host: {request.host}")
+    if request.origin is not None:
+        lines.append(f"Origin: {request.origin}")
+    if request.upgrade:
+        lines += ["Upgrade: tcp", "Connection: Upgrade"]
+    lines += request.headers
+    body = request.body
+    if body is not None:
+        named = {line.partition(":")[0].strip().lower() for line in request.headers}
+        if "content-type" not in named:
+            lines.append("Content-Type: application/json")
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+def parse_head(raw: bytes) -> RequestHead:
+    """ClientProtocolError as the gateway's reader raises it (answered 400 there)."""
+    for event in RequestReader(_MAX_HEAD).feed(raw):
+        if isinstance(event, RequestHead):
+            return event
+    raise ClientProtocolError("the request head is not complete")
+
+
+def admissions_for(policies: PolicySet, *, credentials_required: bool) -> Admissions:
+    authenticator = Authenticator.from_files(None, None)
+    if credentials_required:
+        authenticator = _RequiredAuthenticator()
+    gatekeeper = Gatekeeper(policies, authenticated=credentials_required)
+    throttle = FailureThrottle(ThrottleSettings())
+    return Admissions(policies, gatekeeper, authenticator, throttle, AddressList())
+
+
+class _RequiredAuthenticator(Authenticator):
+    """An authenticator that asks for credentials and knows none: `check` never sends any (the
+    caller is given with --as), so only the question "are credentials required?" is asked."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+
+    @property
+    def required(self) -> bool:
+        return True
+
+
+def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int:
+    """Decide `request` as the gateway would, writing the explanation lines to `out`."""
+    caller = request.caller
+    out.append(f"request:   {request.method} {request.target}")
+    out.append(f"caller:    {caller.describe()} from {request.source}")
+    try:
+        head = parse_head(request_bytes(request))
+    except ClientProtocolError as exc:
+        return _decide(out, Refusal(400, f"dockgate: {exc.message}", "http", "malformed"))
+    admissions = admissions_for(policies, credentials_required=request.credentials_required)
+    admission = _admit(admissions, head, caller, request.source)
+    _explain_admission(out, policies, admission, head, request.source)
+    _explain_query(out, admission, head)
+    trace: Trace = []
+    step: Step = plan_request(head, admission, policies.owners, trace)
+    body = request.body or b""
+    while True:
+        _flush(out, trace)
+        if isinstance(step, Refusal):
+            return _decide(out, step)
+        if isinstance(step, DrainBody):
+            refusal = judge_drained(step.allowed, body)
+            if refusal is not None:
+                return _decide(out, refusal)
+            step = plan_admitted(without_body(step.head), step.allowed, trace)
+            continue
+        if isinstance(step, LookUp):
+            objects = step.objects
+            names = ", ".join(repr(name) for name in objects.references)
+            out.append(
+                f"lookup:    the daemon is asked whose {objects.kind.name} {names} is: the "
+                f"caller's goes on, pinned to its full ID; any other is answered "
+                f"{objects.status} as if it did not exist"
+            )
+            return _decide_by_lookup(out, step.allowed.verdict.label)
+        if isinstance(step, HoldBody):
+            if request.body is None and step.allowed.operation not in BODYLESS:
+                # The head is allowed; what decides now is the body, which was not given.
+                out.append(
+                    f"guardrails: {step.allowed.operation} bodies are checked; give one with "
+                    "--body FILE"
+                )
+                out.append(f"decision:  allow ({step.allowed.verdict.label})")
+                return ALLOW
+            _explain_guardrails(out, step, body)
+            judged = judge_body(step, body, trace)
+            _flush(out, trace)
+            if isinstance(judged, Refusal):
+                return _decide(out, judged)
+            if judged.needs_daemon:
+                _explain_lookups(out, judged)
+                return _decide_by_lookup(out, step.allowed.verdict.label)
+            step = Forward(step.head, step.allowed, replayable=False)
+            continue
+        assert isinstance(step, Forward)
+        answer = answer_handling(step.allowed, 200)
+        if answer is not Answer.RELAY:
+            out.append(f"answer:    {answer.value} (a 200 answer)")
+        if step.head.target != head.target:
+            out.append(f"forwarded: {step.head.method} {step.head.target}")
+        out.append(f"decision:  allow ({step.allowed.verdict.label})")
+        return ALLOW
+
+
+def _admit(admissions: Admissions, head: RequestHead, caller: Identity, source: str) -> Admission:
+    """A caller named by --as is taken as authenticated the way it says; an anonymous or
+    certificate caller goes through `admit` itself (no Authorization header is sent)."""
+    if caller.method in ("basic", "token"):
+        return admissions.judge(head, caller, source)
+    facts = ConnectionFacts(source, source)
+    if caller.method == "certificate":
+        facts.certificate = caller
+    admitted = admissions.admit(head, facts, time.time())
+    assert isinstance(admitted, Admission)  # no password to check: never pending
+    return admitted
+
+
+def _explain_admission(
+    out: list[str],
+    policies: PolicySet,
+    admission: Admission,
+    head: RequestHead,
+    source: str,
+) -> None:
+    verdict = admission.verdict
+    if policies.bindings is not None and admission.policy is not None:
+        binding = policies.binding_for(admission.identity, source)
+        if binding is not None:
+            where = f" (line {binding.line})" if binding.line else ""
+            out.append(f"binding:   {binding.number}{where} -> policy {binding.policy}")
+    match = verdict.match
+    if match is not None:
+        op = match.operation
+        kind = "can change state" if op.writes else "read-only"
+        out.append(f"operation: {op.name} (section {op.section}, {kind}, {op.method} {op.path})")
+    elif admission.policy is not None:
+        out.append("operation: unknown (the daemon's router would not route it)")
+    policy = admission.policy
+    if policy is None:
+        return
+    out.append(f"policy:    {policy.name} (from {policies.source})")
+    if match is not None or verdict.status == 403:
+        _explain_rules(out, policy, head, match)
+
+
+def _explain_rules(
+    out: list[str], policy: Policy, head: RequestHead, match: RouteMatch | None
+) -> None:
+    path = head.target.partition("?")[0]
+    for rule, matched in policy.explain(head.method, match, path):
+        mark = "matches" if matched else "-"
+        what = f"[{rule.note}] " if rule.note else (f"(line {rule.line}) " if rule.line else "")
+        out.append(
+            f"  rule {rule.number:>3} {rule.effect:<5} {what}{describe_matcher(rule)}  {mark}"
+        )
+
+
+def _explain_query(out: list[str], admission: Admission, head: RequestHead) -> None:
+    """The guardrails of an allowed request: off, or each check of its query parameters."""
+    verdict, policy = admission.verdict, admission.policy
+    operation = verdict.operation
+    if not verdict.allowed or policy is None:
+        return
+    if operation not in BODY_CHECKED and operation not in QUERY_CHECKED:
+        return
+    if policy.guardrails is None:
+        out.append("guardrails: off in this policy (bodies are not checked)")
+        return
+    if operation in QUERY_CHECKED:
+        query = head.target.partition("?")[2]
+        params = verdict.match.params if verdict.match is not None else {}
+        for name, problem in explain_request(policy.guardrails, operation, query, b"", params):
+            out.append(
+                f"  guardrail {name:<12} {'ok' if problem is None else 'DENIES: ' + problem}"
+            )
+
+
+def _explain_guardrails(out: list[str], hold: HoldBody, body: bytes) -> None:
+    """Each guardrail check of the body, for the reader (judge_body decides)."""
+    guardrails = hold.guardrails
+    if guardrails is None:
+        return
+    query = hold.head.target.partition("?")[2]
+    operation = hold.allowed.operation
+    found = explain_request(guardrails, operation, query, body, hold.allowed.params)
+    out.extend(_guardrail_lines(found))
+
+
+def _guardrail_lines(found: list[tuple[str, str | None]]) -> list[str]:
+    return [
+        f"  guardrail {name:<12} {'ok' if problem is None else 'DENIES: ' + problem}"
+        for name, problem in found
+    ]
+
+
+def _explain_lookups(out: list[str], judged: JudgedBody) -> None:
+    for volume in judged.volumes:
+        out.append(f"lookup:    volume {volume.name!r}: its options, judged by the guardrails")
+    for kind, reference in judged.named:
+        out.append(f"lookup:    {kind.name} {reference!r} must be the caller's")
+    if judged.check_image:
+        out.append("lookup:    the image must not carry the caller's own owner label")
+
+
+def _flush(out: list[str], trace: Trace) -> None:
+    out.extend(f"  {step:<10} {finding}" for step, finding in trace)
+    trace.clear()
+
+
+def _decide(out: list[str], refusal: Refusal) -> int:
+    out.append(f"decision:  deny, {refusal.status}: {refusal.message}")
+    return DENY
+
+
+def _decide_by_lookup(out: list[str], label: str) -> int:
+    out.append(f"decision:  allow ({label}) if the look-ups above say so, else deny")
+    return LOOKUP
+
+
+def describe_matcher(rule: Rule) -> str:
+    m = rule.matcher
+    parts = []
+    if m.unknown:
+        parts.append("unknown")
+    for name in ("sections", "operations", "methods"):
+        value = getattr(m, name)
+        if value is not None:
+            shown = ",".join(sorted(value))
+            parts.append(f"{name}={shown if len(shown) < 60 else shown[:57] + '...'}")
+    if m.paths is not None:
+        parts.append("paths=" + ",".join(p.pattern for p in m.paths))
+    return " ".join(parts)

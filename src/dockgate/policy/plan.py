@@ -1,0 +1,430 @@
+"""The plan for one request: what the gateway does with it, decided without any I/O.
+
+Admission (policy/admission.py) has said who the caller is, which policy applies and whether the
+policy's rules allow the operation. The plan takes it from there and answers one value:
+
+- `Refusal` (refusal.py): answered here, never forwarded;
+- `DrainBody`: the operation's handler reads no body: read it whole, judge it (`judge_drained`),
+  then plan the same request without it (`plan_admitted`);
+- `LookUp`: ownership must first ask the daemon whose the named objects are; when they are the
+  caller's, go on with `plan_forward(pinned head)`, else answer as if they did not exist;
+- `HoldBody`: read the body whole, then `judge_body` it (guardrails, owner label, the objects it
+  names) before forwarding it with a Content-Length;
+- `Forward`: send the head (rewritten when ownership narrowed a list) and stream the body.
+
+An answer is then held whole or rewritten as it goes as `answer_handling` says.
+
+The gateway (relay/) carries the plan out; `dockgate check` (cli.py) calls the same functions and
+prints the trace each step leaves, so the two cannot disagree on anything decided here. What needs
+the daemon (the look-ups) is named in the plan and done by the gateway alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dockgate.api.target import parse_target
+from dockgate.body.content import (
+    drops_body,
+    ignored_body_refusal,
+    judge_head,
+)
+from dockgate.body.guardrails import (
+    BODY_CHECKED,
+    CHECKED_BODY_LIMIT,
+    QUERY_CHECKED,
+    BodyRefused,
+    Guardrails,
+    check_body_cost,
+    check_request,
+)
+from dockgate.body.namedvolumes import to_look_up
+from dockgate.body.redact import REDACTED_OPERATIONS, REDACTED_STREAMS, Redaction, query_problem
+from dockgate.body.repeated import repeated_list
+from dockgate.body.workload import NamedVolume
+from dockgate.http.request import RequestHead, with_target
+from dockgate.ownership.answers import SCRUBBED_ANSWERS
+from dockgate.ownership.labels import foreign_owner_label
+from dockgate.ownership.lists import LookUpAll, list_plan
+from dockgate.ownership.operations import (
+    CHECKED_ANSWERS,
+    IMAGE_CHECKED,
+    MAX_REFERENCES,
+    OWNED_CREATES,
+    OWNER_LABEL,
+    REFERENCING,
+    VOUCHED_LIST,
+    Kind,
+    concerns_objects,
+    hex_name_problem,
+    references,
+    with_owner_label,
+)
+from dockgate.ownership.operations import plan as ownership_plan
+from dockgate.ownership.owners import owner_for
+from dockgate.policy.admission import Admission
+from dockgate.policy.gatekeeper import Verdict
+from dockgate.policy.rules import Policy
+from dockgate.refusal import Refusal
+
+# What each step found, in order: (step, finding). Only `dockgate check` asks for it.
+Trace = list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """An admitted request's facts that the later steps read."""
+
+    verdict: Verdict  # allowed: the operation, its route match, the deciding policy's name
+    policy: Policy | None  # the bound policy (None only for an unbound, ungated gateway)
+    owner: str | None  # ownership mode: the caller's owner label value; None: owns nothing
+
+    @property
+    def operation(self) -> str:
+        return self.verdict.operation
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The path variables of the request's route (ImagePush's image `name`)."""
+        match = self.verdict.match
+        return match.params if match is not None else {}
+
+    @property
+    def ownership(self) -> bool:
+        return self.policy is not None and self.policy.ownership
+
+    @property
+    def redaction(self) -> Redaction | None:
+        policy = self.policy
+        if policy is not None and policy.redaction.rewrites(self.verdict.operation):
+            return policy.redaction
+        return None
+
+    def refusal(self, status: int, message: str, stage: str, reason: str) -> Refusal:
+        return Refusal(status, message, stage, reason)
+
+    def policy_denial(self, stage: str, reason: str) -> Refusal:
+        """A 403 from one of the policy's steps: "dockgate: <Op> denied by policy <P>: why"."""
+        policy = self.verdict.policy or "-"
+        message = f"dockgate: {self.operation} denied by policy {policy}: {reason}"
+        return Refusal(403, message, stage, f"{stage}: {reason}")
+
+    def guardrail_refusal(self, refused: BodyRefused, *, raw: bool = False) -> Refusal:
+        if refused.status == 403 and not raw:
+            return self.policy_denial("guardrails", refused.reason)
+        message = refused.reason if raw else f"dockgate: {self.operation}: {refused.reason}"
+        return Refusal(refused.status, message, "guardrails", f"guardrails: {refused.reason}")
+
+    def ownership_refusal(self, status: int, message: str) -> Refusal:
+        return Refusal(
+            status, message, "ownership", "bad filters" if status == 400 else "ownership"
+        )
+
+    def unresolved(self, problem: str) -> Refusal:
+        """A reference the daemon cannot resolve (an ambiguous name or ID prefix): a 400, as
+        the daemon answers, rather than a 502 (the gateway did not fail)."""
+        message = f"dockgate: {self.operation}: {problem}; name it by its full ID"
+        return Refusal(400, message, "ownership", "unresolved reference")
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    head: RequestHead  # as it goes to the daemon
+    allowed: Allowed
+    # The request has no body and may be sent again on a fresh connection when a pooled one
+    # turns out to be closed (Go's isReplayable); a streamed body cannot be.
+    replayable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldBody:
+    head: RequestHead
+    allowed: Allowed
+    guardrails: Guardrails | None  # None: held for ownership alone (the owner label)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainBody:
+    head: RequestHead
+    allowed: Allowed
+
+
+@dataclass(frozen=True, slots=True)
+class LookUp:
+    head: RequestHead
+    allowed: Allowed
+    objects: LookUpAll
+
+
+Step = Refusal | DrainBody | LookUp | HoldBody | Forward
+
+
+def allowed_of(admission: Admission, owners: Mapping[str, str]) -> Allowed:
+    policy = admission.policy
+    owner = None
+    if policy is not None and policy.ownership:
+        # Named by how the caller authenticated, or as `owners:` maps it (ownership/owners.py);
+        # None for an anonymous caller, who owns nothing.
+        owner = owner_for(admission.identity, owners)
+    return Allowed(admission.verdict, policy, owner)
+
+
+def plan_request(
+    head: RequestHead,
+    admission: Admission,
+    owners: Mapping[str, str],
+    trace: Trace | None = None,
+) -> Step:
+    """The first step for an admitted (or refused) request head."""
+    verdict = admission.verdict
+    if not verdict.allowed:
+        return admission_refusal(admission)
+    allowed = allowed_of(admission, owners)
+    if head.has_body:  # (a request without a body passes whatever it says it is)
+        # What the body may be, in every policy (body/content.py): form bodies never pass.
+        content_types = [value for name, value in head.headers() if name == b"content-type"]
+        shape = judge_head(
+            verdict.operation,
+            content_types,
+            True,
+            None if head.chunked else head.content_length,
+        )
+        if shape is not None:
+            return shape
+        if trace is not None:
+            trace.append(("body", "content type accepted"))
+        if drops_body(verdict.operation):
+            # Read whole first; the steps below then see a request without a body.
+            if trace is not None:
+                trace.append(("body", f"{verdict.operation} reads no body: read and dropped"))
+            return DrainBody(head, allowed)
+    return plan_admitted(head, allowed, trace)
+
+
+def admission_refusal(admission: Admission) -> Refusal:
+    verdict = admission.verdict
+    return Refusal(
+        verdict.status,
+        verdict.message,
+        "policy" if verdict.policy is not None else verdict.label.rsplit(":", 1)[-1],
+        verdict.reason,
+        retry_after=admission.retry_after,
+        close=admission.close,
+    )
+
+
+def judge_drained(allowed: Allowed, body: bytes) -> Refusal | None:
+    """A body read whole on an operation whose handler reads none (body/content.py)."""
+    return ignored_body_refusal(allowed.operation, body)
+
+
+def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = None) -> Step:
+    """The policy's steps, once the request's shape is known to be acceptable."""
+    policy = allowed.policy
+    if policy is not None and policy.redaction.active:
+        # Where the policy redacts, a `label` filter would still tell hidden values by what it
+        # matches, and `top?ps_args=e` would print environments (redact.query_problem).
+        query = head.target.partition("?")[2]
+        problem = query_problem(allowed.operation, query, policy.redaction)
+        if problem is not None:
+            return allowed.policy_denial("redaction", problem)
+    if allowed.ownership:
+        owned = _own(head, allowed, trace)
+        if not isinstance(owned, RequestHead):
+            return owned
+        head = owned
+    return plan_forward(head, allowed, trace)
+
+
+def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHead | Step:
+    """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up the
+    object the request is about."""
+    owner, match = allowed.owner, allowed.verdict.match
+    assert match is not None
+    operation = allowed.operation
+    if owner is None:
+        # An anonymous caller owns nothing: what ownership would narrow, label or look up is
+        # refused; the rest (ping, version, images...) goes on as the policy says.
+        if not concerns_objects(operation, match.operation.path):
+            return head
+        message = (
+            f"dockgate: {operation}: ownership mode needs an authenticated caller "
+            "(anonymous callers own nothing)"
+        )
+        return allowed.ownership_refusal(403, message)
+    path = parse_target(head.target).path
+    step = ownership_plan(operation, match.operation.path, head.target, path, owner)
+    if step is None:
+        if trace is not None:
+            trace.append(("ownership", f"{owner}: nothing to look up"))
+        return head
+    if isinstance(step, str):
+        try:
+            # A list ordered against containers (`before=`) names them: looked up too.
+            ordered = list_plan(operation, step)
+        except ValueError as exc:
+            return allowed.ownership_refusal(400, f"dockgate: {exc}")
+        if trace is not None:
+            trace.append(("ownership", f"{owner}: target rewritten to {step}"))
+        if ordered is None:
+            return with_target(head, step)
+        return LookUp(head, allowed, ordered)
+    if isinstance(step, Refusal):
+        return step
+    if trace is not None:
+        trace.append(("ownership", f"{owner}: {step.kind.name} {step.reference!r} looked up"))
+    return LookUp(head, allowed, LookUpAll.of_one(step))
+
+
+def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None) -> Step:
+    """The request is allowed: guardrails and labels as the policy says, then the daemon."""
+    policy = allowed.policy
+    operation = allowed.operation
+    guardrails = policy.guardrails if policy is not None else None
+    if allowed.owner is not None and (operation in OWNED_CREATES or operation in REFERENCING):
+        return hold_body(head, allowed, guardrails, trace)
+    if guardrails is not None:
+        if operation in QUERY_CHECKED:
+            try:
+                query = head.target.partition("?")[2]
+                check_request(guardrails, operation, query, b"", allowed.params)
+            except BodyRefused as refused:
+                return allowed.guardrail_refusal(refused)
+            if trace is not None:
+                trace.append(("guardrails", "query accepted"))
+        elif operation in BODY_CHECKED:
+            return hold_body(head, allowed, guardrails, trace)
+    return Forward(head, allowed, replayable=not head.has_body)
+
+
+def hold_body(
+    head: RequestHead, allowed: Allowed, guardrails: Guardrails | None, trace: Trace | None
+) -> Step:
+    """Read the body whole, judge it and label it, and only then forward it (with a
+    Content-Length): the bytes checked are the bytes the daemon gets."""
+    if not head.chunked and (head.content_length or 0) > CHECKED_BODY_LIMIT:
+        return too_large(allowed)  # said up front: no need to read it
+    if trace is not None:
+        trace.append(("body", "read whole to be judged"))
+    return HoldBody(head, allowed, guardrails)
+
+
+def too_large(allowed: Allowed) -> Refusal:
+    message = (
+        f"dockgate: a {allowed.operation} body over {CHECKED_BODY_LIMIT} bytes cannot be checked"
+    )
+    return allowed.guardrail_refusal(BodyRefused(413, message), raw=True)
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedBody:
+    """A held body that passed: what goes to the daemon, and what must be looked up first."""
+
+    body: bytes  # labelled with its owner in ownership mode
+    volumes: list[NamedVolume]  # named volumes, judged on their options (namedvolumes.py)
+    named: list[tuple[Kind, str]]  # the objects it names, which must be the caller's
+    check_image: bool  # ownership: the image must not carry the caller's own label
+
+    @property
+    def needs_daemon(self) -> bool:
+        return bool(self.volumes or self.named or self.check_image)
+
+
+def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
+    """A held body, whole: the guardrails' judgement, the owner label, the objects it names."""
+    allowed, head = hold.allowed, hold.head
+    operation = allowed.operation
+    received = body
+    volumes: list[NamedVolume] = []
+    try:
+        # The bound on what checking it may cost (bodycost.py), before the guardrails or
+        # ownership parse it (check_request counts again: a millisecond per MiB at most).
+        check_body_cost(body)
+        if hold.guardrails is not None:
+            query = head.target.partition("?")[2]
+            volumes = to_look_up(
+                check_request(hold.guardrails, operation, query, body, allowed.params)
+            )
+            if trace is not None:
+                trace.append(("guardrails", "body accepted"))
+    except BodyRefused as refused:
+        return allowed.guardrail_refusal(refused)
+    named: list[tuple[Kind, str]] = []
+    owner = allowed.owner
+    if owner is not None:
+        try:
+            if operation in OWNED_CREATES:
+                body = with_owner_label(body, operation, owner)
+            named = _named_objects(operation, owner, received)
+        except (BodyRefused, ValueError, RecursionError) as exc:
+            status = exc.status if isinstance(exc, BodyRefused) else 400
+            reason = exc.reason if isinstance(exc, BodyRefused) else unreadable(exc)
+            return allowed.ownership_refusal(status, f"dockgate: {operation}: {reason}")
+        if trace is not None:
+            trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
+    return JudgedBody(body, volumes, named, owner is not None and operation in IMAGE_CHECKED)
+
+
+def _named_objects(operation: str, owner: str, body: bytes) -> list[tuple[Kind, str]]:
+    """Ownership: the objects the body names (to look up), after refusing a list given twice
+    (body/repeated.py), another owner's label (ownership/labels.py) and new objects with
+    hex-only names. ValueError for a body that cannot be read here."""
+    if operation in OWNED_CREATES or operation in REFERENCING:
+        repeated = repeated_list(body)
+        if repeated is not None:
+            raise BodyRefused(400, f"{repeated} is given twice (Go would merge the two lists)")
+        # Labels the daemon takes from deeper in the body (ownership/labels.py).
+        where = foreign_owner_label(body, owner)
+        if where is not None:
+            raise BodyRefused(403, f"an owner label ({OWNER_LABEL}) that is not yours at {where}")
+    problem = hex_name_problem(operation, "", body)
+    if problem is not None:
+        raise BodyRefused(400, problem)
+    if operation not in REFERENCING:
+        return []
+    named = references(operation, body)
+    if len(named) > MAX_REFERENCES:
+        raise BodyRefused(400, f"a body may name at most {MAX_REFERENCES} objects")
+    return named
+
+
+def unreadable(exc: ValueError | RecursionError) -> str:
+    """The reason for a 400 about a body that cannot be read here."""
+    if isinstance(exc, RecursionError):
+        return "the body is nested too deeply"
+    return str(exc)
+
+
+class Answer(enum.Enum):
+    """What happens to the daemon's answer."""
+
+    RELAY = "relay"  # as it comes
+    REWRITE_STREAM = "rewrite stream"  # the event stream, each event redacted on its way
+    HOLD = "hold"  # read whole, checked and rewritten, then sent with a new Content-Length
+
+
+def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = False) -> Answer:
+    """Whether the answer is read whole before it goes out: to be redacted, or, in ownership
+    mode, so that it shows nothing of another caller's objects. `mounts_checked`: the answer is
+    to a ContainerCreate whose mounts are checked (held whatever its status: a refused create's
+    volumes are removed)."""
+    redaction = allowed.redaction
+    if redaction is None and not allowed.ownership:
+        return Answer.RELAY
+    operation = allowed.operation
+    if redaction is not None and status == 200 and operation in REDACTED_STREAMS:
+        return Answer.REWRITE_STREAM
+    # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
+    if redaction is not None and status in (200, 201) and operation in REDACTED_OPERATIONS:
+        return Answer.HOLD
+    if allowed.ownership and (status, operation) in SCRUBBED_ANSWERS:
+        return Answer.HOLD
+    if mounts_checked:
+        return Answer.HOLD
+    if allowed.owner is not None and (
+        (status, operation) in CHECKED_ANSWERS or (status, operation) == VOUCHED_LIST
+    ):
+        return Answer.HOLD
+    return Answer.RELAY
