@@ -40,8 +40,9 @@ from dockgate.auth.throttle import UNIX_UID_PREFIX, Charge, FailureThrottle
 from dockgate.caching import remember
 from dockgate.http.errors import ClientProtocolError
 from dockgate.http.request import RequestHead
-from dockgate.policy.gatekeeper import Gatekeeper, Verdict
+from dockgate.policy.gatekeeper import Gatekeeper, Verdict, refused_before_policy
 from dockgate.policy.rules import Policy, PolicySet
+from dockgate.refusal import Refusal
 
 # Source addresses whose verdict under the global lists is remembered (bounded).
 SOURCE_CACHE_ENTRIES = 4096
@@ -89,8 +90,12 @@ class PendingAdmission:
         return self._decide()
 
 
-def _refusal(status: int, message: str, label: str, reason: str) -> Verdict:
-    return Verdict(False, status, message, "-", label, reason=reason)
+def _refusal(
+    status: int, message: str, label: str, reason: str, retry_after: int | None = None
+) -> Verdict:
+    """`label` is `deny:-:STAGE`: refused before any policy decided."""
+    stage = label.rsplit(":", 1)[-1]
+    return refused_before_policy(Refusal(status, message, stage, reason, retry_after))
 
 
 class Admissions:
@@ -222,8 +227,9 @@ class Admissions:
             wait = self.throttle.retry_after(counted, user)
             if wait is not None:
                 message = "dockgate: too many failed attempts; try again later"
-                verdict = _refusal(429, message, "deny:-:throttled", "throttled")
-                return Admission(verdict, ANONYMOUS_IDENTITY, source, max(1, math.ceil(wait)))
+                retry = max(1, math.ceil(wait))
+                verdict = _refusal(429, message, "deny:-:throttled", "throttled", retry)
+                return Admission(verdict, ANONYMOUS_IDENTITY, source, retry)
             found = authenticator.identify(authorization)
             if isinstance(found, PasswordCheck):
                 return self._check_password(head, facts, source, authorization, found)
@@ -265,7 +271,7 @@ class Admissions:
         if future is None:
             throttle.refund(charge)  # nothing was checked
             message = "dockgate: too many password checks at once; try again later"
-            verdict = _refusal(503, message, "deny:-:auth-busy", "password checks busy")
+            verdict = _refusal(503, message, "deny:-:auth-busy", "password checks busy", 1)
             return Admission(verdict, ANONYMOUS_IDENTITY, source, retry_after=1)
         generation = self.authenticator.generation
         future.add_done_callback(lambda done: _settle(done, throttle, charge, check, counted))

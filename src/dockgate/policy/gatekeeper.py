@@ -7,7 +7,7 @@ raw target that was checked: it is never decoded twice nor re-encoded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dockgate.api.routes import RouteMatch, identify
 from dockgate.api.target import parse_target
@@ -16,6 +16,7 @@ from dockgate.http.errors import ClientProtocolError
 from dockgate.policy.browser import BrowserGuard
 from dockgate.policy.denials import denial_message
 from dockgate.policy.rules import Policy, PolicySet
+from dockgate.refusal import Refusal
 
 # The only operations whose connection may switch protocols (moby: attach and exec start
 # hijack with "Upgrade: tcp", attach/ws is a WebSocket, session and grpc use "Upgrade: h2c").
@@ -28,14 +29,42 @@ UPGRADABLE_OPERATIONS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    allowed: bool
-    status: int  # 0 when allowed; 400 or 403 otherwise
-    message: str  # for the client, in Docker's {"message": ...}
-    operation: str  # the operation name, or "unknown"
+    """The decision on one request, as the access log, the audit record and the metrics tell
+    it: allowed, or refused with the one `Refusal` the client is answered with."""
+
+    operation: str  # the operation name, or "unknown" ("-" when refused before it is known)
     label: str  # for the access log: "allow:policy:rule-3", "deny:policy:read-only"
     match: RouteMatch | None = None
     policy: str | None = None  # the policy that decided, None when refused before it
     reason: str = ""  # "rule 3", "read-only", "no rule allows it", "browser", ...
+    refusal: Refusal | None = None  # None: allowed
+
+    @property
+    def allowed(self) -> bool:
+        return self.refusal is None
+
+    @property
+    def status(self) -> int:
+        """0 when allowed; the refusal's status otherwise."""
+        return 0 if self.refusal is None else self.refusal.status
+
+    @property
+    def message(self) -> str:
+        return "" if self.refusal is None else self.refusal.message
+
+    def refused(self, refusal: Refusal) -> Verdict:
+        """This request, refused by a step after the policy's rules allowed it."""
+        return replace(
+            self,
+            refusal=refusal,
+            label=f"deny:{self.policy or '-'}:{refusal.stage}",
+            reason=refusal.reason,
+        )
+
+
+def refused_before_policy(refusal: Refusal, operation: str = "-") -> Verdict:
+    """A request refused before any policy decided (source, credentials, binding, a loop)."""
+    return Verdict(operation, f"deny:-:{refusal.stage}", reason=refusal.reason, refusal=refusal)
 
 
 # Verdicts are pure functions of the request facts below and the (immutable) policy, and
@@ -116,36 +145,26 @@ class Gatekeeper:
         try:
             target = parse_target(raw_target)
         except ClientProtocolError as exc:
-            return Verdict(
-                False,
-                400,
-                f"dockgate: {exc.message}",
-                "unknown",
-                "deny:-:bad-target",
-                reason="bad target",
-            )
+            refusal = Refusal(400, f"dockgate: {exc.message}", "bad-target", "bad target")
+            return Verdict("unknown", "deny:-:bad-target", reason="bad target", refusal=refusal)
         match = identify(method, target.path)
         operation = match.operation.name if match is not None else "unknown"
         if host is not None or origin is not None:
             if authenticated is None:
                 authenticated = self.authenticated
-            refusal = self.guard.refusal(host, origin, authenticated)
-            if refusal is not None:
-                return Verdict(
-                    False, 403, refusal, operation, "deny:-:browser", match, reason="browser"
-                )
+            problem = self.guard.refusal(host, origin, authenticated)
+            if problem is not None:
+                denied = Refusal(403, problem, "browser", "browser")
+                return Verdict(operation, "deny:-:browser", match, reason="browser", refusal=denied)
         if upgrade and operation not in UPGRADABLE_OPERATIONS:
             message = f"dockgate: {operation} cannot switch protocols (Upgrade refused)"
-            return Verdict(
-                False, 403, message, operation, "deny:-:upgrade", match, reason="upgrade"
-            )
+            denied = Refusal(403, message, "upgrade", "upgrade")
+            return Verdict(operation, "deny:-:upgrade", match, reason="upgrade", refusal=denied)
         if policy is None:
             policy = self.policies.active
         decision = policy.decide(method, match, target.path)
         if decision.allowed:
-            return Verdict(
-                True, 0, "", operation, decision.label, match, decision.policy, decision.reason
-            )
+            return Verdict(operation, decision.label, match, decision.policy, decision.reason)
         subject = operation if match is not None else f"unknown operation {method} {target.path}"
         # Saying what would allow it: the variables, or the rule and the policy (policy/denials.py).
         message = denial_message(
@@ -155,6 +174,7 @@ class Gatekeeper:
             match.operation if match is not None else None,
             environment=self.policies.source == "environment",
         )
+        denied = Refusal(403, message, "policy", decision.reason)
         return Verdict(
-            False, 403, message, operation, decision.label, match, decision.policy, decision.reason
+            operation, decision.label, match, decision.policy, decision.reason, refusal=denied
         )

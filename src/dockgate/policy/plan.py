@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dockgate.api.target import parse_target
 from dockgate.body.content import (
@@ -204,15 +204,10 @@ def plan_request(
 
 
 def admission_refusal(admission: Admission) -> Refusal:
-    verdict = admission.verdict
-    return Refusal(
-        verdict.status,
-        verdict.message,
-        "policy" if verdict.policy is not None else verdict.label.rsplit(":", 1)[-1],
-        verdict.reason,
-        retry_after=admission.retry_after,
-        close=admission.close,
-    )
+    refusal = admission.verdict.refusal
+    assert refusal is not None
+    # A client certificate no longer valid: the connection ends after the answer.
+    return replace(refusal, close=True) if admission.close else refusal
 
 
 def judge_drained(allowed: Allowed, body: bytes) -> Refusal | None:

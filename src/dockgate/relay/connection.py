@@ -74,7 +74,7 @@ from dockgate.observe.audit import (
 from dockgate.ownership.owners import owner_for
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.browser import ANSWER_HEADERS
-from dockgate.policy.gatekeeper import Verdict
+from dockgate.policy.gatekeeper import Verdict, refused_before_policy
 from dockgate.refusal import Refusal
 from dockgate.relay.holding import Share
 from dockgate.relay.steps import PolicySteps
@@ -87,7 +87,7 @@ from dockgate.relay.upstream import (
 from dockgate.relay.upstreamtls import describe_upstream_error
 
 # A request this gateway forwarded that came back to it (http/hops.py): never forwarded again.
-LOOP_VERDICT = Verdict(False, 508, LOOP_MESSAGE, "unknown", "deny:-:loop", reason="loop")
+LOOP_VERDICT = refused_before_policy(Refusal(508, LOOP_MESSAGE, "loop", "loop"), "unknown")
 
 if TYPE_CHECKING:
     from dockgate.server import Gateway

@@ -500,14 +500,7 @@ class PolicySteps:
         """The request's verdict, turned into a refusal by one of the policy's steps."""
         verdict = self._verdict
         assert verdict is not None
-        return dataclasses.replace(
-            verdict,
-            allowed=False,
-            status=status,
-            message=message,
-            label=f"deny:{verdict.policy or '-'}:{step}",
-            reason=reason,
-        )
+        return verdict.refused(Refusal(status, message, step, reason))
 
     def _own(self, head: RequestHead, verdict: Verdict) -> bool:
         """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up
