@@ -1,0 +1,795 @@
+"""`dockgate check` decides every request of a corpus as the gateway does (issue 14).
+
+Each request is run twice, with the same policy file and options:
+
+(a) through a real gateway (`dockgate serve` in a subprocess) in front of a fake daemon that
+    answers 200 to anything it receives, sent as raw bytes over a socket: the very bytes
+    `dockgate check` builds (`check.request_bytes`), plus what only the wire carries (an
+    `Authorization` header where check says `--as`, an `X-Forwarded-For` from a trusted proxy
+    where check says `--source`);
+(b) through `dockgate check` in-process (`dockgate.cli.main`).
+
+The claim, for each request: the same decision; for a refusal the same status and exactly the
+gateway's error `message`; an allowed request reaches the daemon (and comes back with its 200)
+and a refused one never does. Requests whose answer needs a look-up in the daemon (ownership)
+are not compared: check must say so (exit status 3).
+
+The gateway still runs its own relay code (relay/connection.py, relay/steps.py) while check runs
+policy/plan.py: a disagreement here is a place where the two differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import io
+import json
+import pathlib
+import socket
+import tarfile
+from collections.abc import Iterator
+
+import bcrypt
+import pytest
+
+from dockgate.auth.identity import ANONYMOUS_IDENTITY
+from dockgate.body.guardrails import CHECKED_BODY_LIMIT
+from dockgate.check import CheckRequest, request_bytes
+from dockgate.cli import main
+from support.fake_upstream import Exchange, FakeUpstream
+from support.gateway import Gateway, run_dockgate, running
+from support.rawhttp import BufferedConn, dechunk, json_message, parse_head
+
+IO_TIMEOUT = 10.0
+ALLOW, DENY, LOOKUP = 0, 1, 3
+STARTUP_AGENT = "dockgate-startup"  # the gateway's own start-up `_ping` (startup/checks.py)
+
+# ----- the set-ups: one policy file and one set of options each --------------------------------
+
+READ_ONLY = """\
+policies:
+  containers-read-only:
+    read_only: true
+    rules:
+      - allow: {sections: [containers, ping, version]}
+"""
+
+IDENTITIES = """\
+policies:
+  everything:
+    rules:
+      - allow: {sections: ["*"]}
+  containers-read-only:
+    read_only: true
+    rules:
+      - allow: {sections: [containers, ping, version]}
+  probes:
+    rules:
+      - allow: {operations: [SystemPing, SystemPingHead, SystemVersion]}
+bindings:
+  - {policy: everything, users: [alice]}
+  - {policy: containers-read-only, users: [bob]}
+  - {policy: containers-read-only, tokens: [ci]}
+  - {policy: probes, anonymous: true, sources: {allow: [127.0.0.1]}}
+"""
+
+GUARDED = """\
+policies:
+  guarded:
+    rules:
+      - allow: {sections: ["*"]}
+"""
+
+REDACTED = """\
+policies:
+  dashboard:
+    read_only: true
+    redact: {env: true, mounts: true, labels: true}
+    rules:
+      - allow: {sections: [ping, version, containers, images]}
+"""
+
+OWNED = """\
+policies:
+  tenants:
+    ownership: true
+    rules:
+      - allow: {sections: [ping, version, system, containers, images, build, volumes, networks]}
+bindings:
+  - {policy: tenants, authenticated: true}
+  - {policy: tenants, anonymous: true}
+"""
+
+# Users of the htpasswd file (bcrypt cost 4: the test is not about hashing) and the token.
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+TOKEN_NAME, TOKEN_IDENTITY = "ci", "ci-bot"
+# Global source lists of the identity set-up (the gateway's peer, 127.0.0.1, is a trusted proxy
+# whose X-Forwarded-For names the client).
+ALLOW_SOURCES = "127.0.0.0/8,10.0.0.0/8"
+DENY_SOURCES = "10.66.0.0/16"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    policy: str
+    credentials: bool = False  # serve --htpasswd --tokens; check --auth-required
+    gateway_args: tuple[str, ...] = ()  # serve only
+    shared_args: tuple[str, ...] = ()  # serve and check alike
+
+
+SETUPS = {
+    "read-only": Setup(READ_ONLY),
+    "identities": Setup(
+        IDENTITIES,
+        credentials=True,
+        gateway_args=("--trusted-proxy", "127.0.0.1"),
+        shared_args=("--allow-source", ALLOW_SOURCES, "--deny-source", DENY_SOURCES),
+    ),
+    "guarded": Setup(GUARDED),
+    "redacted": Setup(REDACTED),
+    "owned": Setup(OWNED, credentials=True),
+}
+
+# ----- the corpus -----------------------------------------------------------------------------
+
+JSON = "application/json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One request as `dockgate check` takes it (and the gateway gets it)."""
+
+    setup: str
+    id: str
+    method: str
+    target: str
+    host: str | None = "localhost"  # None: an HTTP/1.0 request without Host, as check sends
+    origin: str | None = None
+    upgrade: bool = False
+    headers: tuple[str, ...] = ()
+    body: bytes | None = None
+    caller: str = "anonymous"  # check --as; on the wire, the Authorization header it stands for
+    source: str = "127.0.0.1"  # check --source; on the wire, X-Forwarded-For unless loopback
+    lookup: bool = False  # decided by a look-up in the daemon: check exits 3, no comparison
+
+    @property
+    def param_id(self) -> str:
+        return f"{self.setup}:{self.id}"
+
+
+VICTIM, IDLE, SMUGGLED = "dgt-victim", "dgt-idle", "dgt-smuggled"
+PRIVILEGED_CREATE = json.dumps(
+    {
+        "Image": "busybox",
+        "Cmd": ["sh", "-c", "touch /host/tmp/escaped"],
+        "HostConfig": {
+            "Privileged": True,
+            "Binds": ["/:/host"],
+            "PidMode": "host",
+            "NetworkMode": "host",
+        },
+    }
+).encode()
+HIDDEN_CREATE = (
+    f"POST /containers/create?name={SMUGGLED} HTTP/1.1\r\nHost: localhost\r\n"
+    "Content-Type: application/json\r\nContent-Length: 33\r\n\r\n"
+    '{"Image": "busybox", "Cmd": ["x"]}'
+).encode()
+EXEC_BODY = b'{"Cmd": ["touch", "/tmp/pwned"], "AttachStdout": true}'
+SWARM_INIT = b'{"ListenAddr": "127.0.0.1:2377", "AdvertiseAddr": "127.0.0.1"}'
+WEBSOCKET = ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13")
+EVIL = "http://evil.example"
+
+
+def _tar(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def read_only_corpus() -> list[Case]:
+    """tests/test_policy_e2e.py's bypass corpus (refused under the read-only "containers only"
+    policy), its browser refusals and its allowed controls, as `dockgate check` can say them.
+    Left out, since check's options cannot write them: the absolute and asterisk forms and the
+    HTTP/2 preface (check takes a target starting with '/'), a bare LF, an HTTP/1.1 request
+    without Host (check sends HTTP/1.0 then), a chunked body, and pipelined requests."""
+    v = VICTIM
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("read-only", id, method, target, **kw)  # type: ignore[arg-type]
+
+    ct_json = f"Content-Type: {JSON}"
+    return [
+        # -- dotted and encoded paths ------------------------------------------------------
+        c("dotdot", "GET", "/containers/../secrets"),
+        c("dotdot-encoded", "GET", "/containers/%2e%2e/secrets"),
+        c("dotdot-encoded-upper", "GET", "/containers/%2E%2E/secrets"),
+        c("dotdot-versioned", "GET", "/v1.41/containers/json/../../secrets"),
+        c("dotdot-trailing", "GET", "/secrets/containers/json/.."),
+        c("dot-segment", "GET", "/./secrets"),
+        c("encoded-slashes", "GET", "/containers/json%2F..%2F..%2Fsecrets"),
+        c("double-encoded-dots", "GET", "/containers/%252e%252e/secrets"),
+        c("overlong-utf8-dot", "GET", "/containers/%C0%AE%C0%AE/secrets"),
+        c("double-slash", "GET", "//secrets"),
+        c("double-slash-versioned", "GET", "/v1.41//secrets"),
+        c("double-slash-dotdot", "GET", "//containers/../secrets"),
+        c("trailing-slash", "GET", "/containers/json/"),
+        c("nul", "GET", "/containers/json%00"),
+        c("encoded-newline", "GET", f"/containers/{v}%0A/json"),
+        c("backslash", "GET", "/containers\\..\\secrets"),
+        c("backslash-encoded", "GET", "/containers/%5C..%5Csecrets"),
+        c("fragment", "GET", "/containers/json#/../../secrets"),
+        # -- version tricks ----------------------------------------------------------------
+        c("version-twice", "GET", "/v1.41/v1.41/secrets"),
+        c("version-upper-v", "GET", "/V1.41/secrets"),
+        c("version-then-secrets", "GET", "/v1.41/secrets"),
+        # -- methods -----------------------------------------------------------------------
+        c("method-lower", "post", "/containers/create", body=PRIVILEGED_CREATE),
+        c("method-mixed", "Post", "/containers/create", body=PRIVILEGED_CREATE),
+        c("get-create", "GET", "/containers/create"),
+        c("get-create-with-body", "GET", "/containers/create", body=PRIVILEGED_CREATE),
+        c("method-override-header", "GET", "/containers/create",
+          headers=("X-HTTP-Method-Override: POST",), body=PRIVILEGED_CREATE),
+        c("head-kill", "HEAD", f"/containers/{v}/kill"),
+        c("head-dotdot", "HEAD", "/containers/../_ping"),
+        c("head-ping-evil-origin", "HEAD", "/_ping", origin=EVIL),
+        # -- operations that change something ----------------------------------------------
+        c("create-privileged", "POST", f"/containers/create?name={SMUGGLED}",
+          body=PRIVILEGED_CREATE),
+        c("create-versioned", "POST", "/v1.41/containers/create", body=PRIVILEGED_CREATE),
+        c("create-encoded-letters", "POST", "/%63ontainers/%63reate", body=PRIVILEGED_CREATE),
+        c("create-expect-continue", "POST", "/containers/create", headers=(
+            ct_json, "Expect: 100-continue", f"Content-Length: {len(PRIVILEGED_CREATE)}")),
+        c("delete-force", "DELETE", f"/containers/{v}?force=1&v=1"),
+        c("exec-create", "POST", f"/containers/{v}/exec", body=EXEC_BODY),
+        c("start", "POST", f"/containers/{IDLE}/start"),
+        c("kill", "POST", f"/containers/{v}/kill?signal=KILL"),
+        c("rename", "POST", f"/containers/{v}/rename?name={SMUGGLED}"),
+        c("prune", "POST", "/containers/prune"),
+        c("commit", "POST", f"/commit?container={v}&repo=dgt-commit"),
+        c("put-archive", "PUT", f"/containers/{v}/archive?path=/tmp",
+          headers=("Content-Type: application/x-tar",), body=_tar("pwned", b"written\n")),
+        c("attach-upgrade", "POST", f"/containers/{v}/attach?stream=1&stdin=1&stdout=1",
+          upgrade=True),
+        c("attach-websocket", "GET", f"/containers/{v}/attach/ws?stream=1&stdin=1",
+          headers=("Connection: Upgrade", "Upgrade: websocket", *WEBSOCKET)),
+        c("volume-create", "POST", "/volumes/create", body=b'{"Name": "dgt-volume"}'),
+        c("swarm-init", "POST", "/swarm/init", body=SWARM_INIT),
+        # -- reads outside the allowed sections --------------------------------------------
+        c("secrets", "GET", "/secrets"),
+        c("secrets-encoded-letter", "GET", "/%73ecrets"),
+        c("secrets-query-looks-allowed", "GET", "/secrets?/containers/json"),
+        c("secrets-semicolon", "GET", "/secrets;/containers/json"),
+        c("images", "GET", "/images/json"),
+        c("info", "GET", "/info"),
+        c("events", "GET", "/events"),
+        c("debug-vars", "GET", "/debug/vars"),
+        c("options-containers-json", "OPTIONS", "/containers/json"),
+        c("options-containers-create", "OPTIONS", "/containers/create"),
+        # -- protocol switches on an allowed read ------------------------------------------
+        c("h2c-upgrade", "GET", "/containers/json", headers=(
+            "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c",
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA")),
+        c("websocket-upgrade", "GET", "/containers/json",
+          headers=("Connection: upgrade", "Upgrade: websocket", *WEBSOCKET)),
+        c("tcp-upgrade-on-logs", "GET", f"/containers/{v}/logs?stdout=1&follow=1",
+          headers=("Connection: keep-alive", "Connection: Upgrade", "Upgrade: tcp")),
+        c("upgrade-on-ping", "GET", "/_ping", upgrade=True),
+        # -- framing and smuggling ---------------------------------------------------------
+        c("cl-and-te", "GET", "/containers/json",
+          headers=("Content-Length: 4", "Transfer-Encoding: chunked")),
+        c("te-and-cl", "POST", "/containers/json",
+          headers=("Transfer-Encoding: chunked", f"Content-Length: {5 + len(HIDDEN_CREATE)}")),
+        c("two-content-lengths", "GET", "/containers/json",
+          headers=("Content-Length: 0", f"Content-Length: {len(HIDDEN_CREATE)}")),
+        c("two-content-lengths-case", "GET", "/containers/json",
+          headers=("content-length: 0", "CONTENT-LENGTH: 0")),
+        c("two-transfer-encodings", "GET", "/containers/json",
+          headers=("Transfer-Encoding: chunked", "Transfer-Encoding: chunked")),
+        c("te-chunked-identity", "GET", "/containers/json",
+          headers=("Transfer-Encoding: chunked, identity",)),
+        c("te-in-http10", "GET", "/containers/json", host=None,
+          headers=("Transfer-Encoding: chunked",)),
+        c("obs-fold-te", "GET", "/containers/json",
+          headers=("X-Pad: a", " Transfer-Encoding: chunked")),
+        c("space-before-colon", "GET", "/containers/json",
+          headers=("Transfer-Encoding : chunked",)),
+        c("two-hosts", "GET", "/containers/json", headers=("Host: evil",)),
+        c("two-origins", "GET", "/_ping", headers=("Origin: http://a", "Origin: http://b")),
+        c("hidden-in-denied-body", "POST", f"/containers/{IDLE}/start", body=HIDDEN_CREATE),
+        # -- browsers (Origin) and DNS rebinding (Host) ------------------------------------
+        c("evil-origin-ping", "GET", "/_ping", origin=EVIL),
+        c("evil-origin-list", "GET", "/containers/json", origin=EVIL),
+        c("evil-origin-create", "POST", "/containers/create", origin=EVIL,
+          headers=("Content-Type: text/plain",), body=PRIVILEGED_CREATE),
+        c("null-origin", "GET", "/_ping", origin="null"),
+        c("rebinding-host", "GET", "/_ping", host="evil.example.com"),
+        c("rebinding-host-with-port", "GET", "/containers/json", host="evil.example.com:2375"),
+        c("rebinding-host-ip-lookalike", "GET", "/_ping", host="127.0.0.1.evil.example"),
+        # -- allowed -----------------------------------------------------------------------
+        c("allowed-containers-json", "GET", "/containers/json"),
+        c("allowed-containers-json-versioned", "GET", "/v1.41/containers/json"),
+        c("allowed-containers-json-http10", "GET", "/containers/json", host=None),
+        c("allowed-head-ping", "HEAD", "/_ping"),
+        c("allowed-ping", "GET", "/_ping"),
+        c("allowed-version", "GET", "/version"),
+        c("allowed-inspect", "GET", f"/containers/{v}/json"),
+        c("allowed-encoded-letters", "GET", "/containers/%6Aso%6E"),
+        c("allowed-dotdot-in-query", "GET", "/containers/json?x=/../../secrets"),
+        c("allowed-head-archive", "HEAD", f"/containers/{v}/archive?path=/etc"),
+        c("allowed-docker-host", "GET", "/_ping", host="docker"),
+        c("allowed-loopback-host", "GET", "/_ping", host="127.0.0.1:2375"),
+    ]  # fmt: skip
+
+
+def identity_corpus() -> list[Case]:
+    """Callers: htpasswd users bound to different policies, a bearer token, an unbound user,
+    anonymous callers (bound from the loopback only), source lists, and client addresses
+    reported by a trusted proxy."""
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("identities", id, method, target, **kw)  # type: ignore[arg-type]
+
+    token = f"token:{TOKEN_NAME}:{TOKEN_IDENTITY}"
+    return [
+        c("alice-list", "GET", "/containers/json", caller="user:alice"),
+        c("alice-kill", "POST", f"/containers/{VICTIM}/kill", caller="user:alice"),
+        c("alice-images", "GET", "/images/json", caller="user:alice"),
+        c("bob-list", "GET", "/containers/json", caller="user:bob"),
+        c("bob-kill-read-only", "POST", f"/containers/{VICTIM}/kill", caller="user:bob"),
+        c("bob-images-no-rule", "GET", "/images/json", caller="user:bob"),
+        c("token-list", "GET", "/containers/json", caller=token),
+        c("token-delete-read-only", "DELETE", f"/containers/{VICTIM}", caller=token),
+        c("carol-unbound", "GET", "/_ping", caller="user:carol"),
+        c("anonymous-loopback-ping", "GET", "/_ping"),
+        c("anonymous-loopback-version", "GET", "/version"),
+        c("anonymous-loopback-list-no-rule", "GET", "/containers/json"),
+        c("anonymous-elsewhere-401", "GET", "/_ping", source="10.1.2.3"),
+        c("alice-via-proxy", "GET", "/containers/json", caller="user:alice", source="10.1.2.3"),
+        c("alice-denied-source", "GET", "/_ping", caller="user:alice", source="10.66.1.1"),
+        c("alice-not-allowed-source", "GET", "/_ping", caller="user:alice",
+          source="192.168.7.7"),
+        c("anonymous-denied-source", "GET", "/_ping", source="10.66.1.1"),
+        c("bob-via-proxy-kill", "POST", f"/containers/{VICTIM}/kill", caller="user:bob",
+          source="10.1.2.3"),
+        c("carol-via-proxy-unbound", "GET", "/_ping", caller="user:carol", source="10.1.2.3"),
+        # DNS rebinding: a dotted Host is refused to anonymous callers only.
+        c("alice-dotted-host", "GET", "/containers/json", caller="user:alice",
+          host="gw.example.com"),
+        c("token-dotted-host", "GET", "/containers/json", caller=token, host="gw.example.com"),
+        c("anonymous-dotted-host", "GET", "/_ping", host="gw.example.com"),
+        c("alice-foreign-origin", "GET", "/containers/json", caller="user:alice", origin=EVIL),
+        c("alice-upgrade-on-list", "GET", "/containers/json", caller="user:alice",
+          upgrade=True),
+        c("alice-http10", "GET", "/containers/json", caller="user:alice", host=None),
+    ]  # fmt: skip
+
+
+def _body(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def guarded_corpus() -> list[Case]:
+    """Bodies and queries under the guardrails' defaults: what they refuse, what they let
+    through, and the shape a body may have."""
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("guarded", id, method, target, **kw)  # type: ignore[arg-type]
+
+    def create(host_config: dict[str, object]) -> bytes:
+        return _body({"Image": "busybox", "HostConfig": host_config})
+
+    big = b'{"Image": "busybox", "Env": ["X=' + b"x" * CHECKED_BODY_LIMIT + b'"]}'
+    form = "Content-Type: application/x-www-form-urlencoded"
+    return [
+        c("create-allowed", "POST", "/containers/create", body=_body({"Image": "busybox"})),
+        c("create-allowed-versioned", "POST", "/v1.41/containers/create?name=web",
+          body=create({"Memory": 1 << 24, "CapDrop": ["ALL"]})),
+        c("create-privileged", "POST", "/containers/create", body=create({"Privileged": True})),
+        c("create-bind-root", "POST", "/containers/create", body=create({"Binds": ["/:/host"]})),
+        c("create-bind-docker-sock", "POST", "/containers/create",
+          body=create({"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]})),
+        c("create-mount-host-path", "POST", "/containers/create",
+          body=create({"Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/x"}]})),
+        c("create-cap-add", "POST", "/containers/create", body=create({"CapAdd": ["SYS_ADMIN"]})),
+        c("create-devices", "POST", "/containers/create",
+          body=create({"Devices": [{"PathOnHost": "/dev/sda", "PathInContainer": "/dev/sda"}]})),
+        c("create-network-host", "POST", "/containers/create",
+          body=create({"NetworkMode": "host"})),
+        c("create-pid-host", "POST", "/containers/create", body=create({"PidMode": "host"})),
+        c("create-key-case", "POST", "/containers/create",
+          body=b'{"Image": "busybox", "hostconfig": {"PRIVILEGED": true}}'),
+        c("create-duplicate-key", "POST", "/containers/create",
+          body=b'{"Image": "busybox", "HostConfig": {"Privileged": false, "Privileged": true}}'),
+        c("create-not-json", "POST", "/containers/create", body=b"{not json"),
+        c("create-form-body", "POST", "/containers/create", headers=(form,),
+          body=_body({"Image": "busybox"})),
+        c("create-too-large", "POST", "/containers/create", body=big),
+        c("create-too-many-volumes", "POST", "/containers/create",
+          body=create({"Binds": [f"v{i}:/v{i}" for i in range(65)]})),
+        c("exec-privileged", "POST", f"/containers/{VICTIM}/exec",
+          body=_body({"Cmd": ["sh"], "Privileged": True})),
+        c("exec-allowed", "POST", f"/containers/{VICTIM}/exec", body=_body({"Cmd": ["sh"]})),
+        c("update-allowed", "POST", f"/containers/{VICTIM}/update",
+          body=_body({"Memory": 1 << 24})),
+        c("volume-create-allowed", "POST", "/volumes/create", body=_body({"Name": "v1"})),
+        # ContainerStart's handler reads no body: one that would have mattered is refused.
+        c("start-with-binds", "POST", f"/containers/{IDLE}/start",
+          body=_body({"Binds": ["/:/host"]})),
+        c("start-with-empty-body", "POST", f"/containers/{IDLE}/start", body=b"{}"),
+        c("start-without-body", "POST", f"/containers/{IDLE}/start"),
+        # Query-checked: ImageBuild's build containers.
+        c("build-network-host", "POST", "/build?networkmode=host",
+          headers=("Content-Type: application/x-tar",), body=_tar("Dockerfile", b"FROM x\n")),
+        c("build-allowed", "POST", "/build?t=app",
+          headers=("Content-Type: application/x-tar",), body=_tar("Dockerfile", b"FROM x\n")),
+        c("build-network-host-no-body", "POST", "/build?networkmode=host"),
+        # The body's shape, in every policy (body/content.py), and its order with the rest.
+        c("create-text-body", "POST", "/containers/create", headers=("Content-Type: text/plain",),
+          body=_body({"Image": "busybox"})),
+        c("create-json-charset", "POST", "/containers/create",
+          headers=("Content-Type: Application/JSON; charset=utf-8",),
+          body=_body({"Image": "busybox"})),
+        c("create-two-content-types", "POST", "/containers/create",
+          headers=(f"Content-Type: {JSON}", f"Content-Type: {JSON}"),
+          body=_body({"Image": "busybox"})),
+        c("create-non-ascii-content-type", "POST", "/containers/create",
+          headers=("Content-Type: appl\xe9cation/json",),
+          body=_body({"Image": "busybox"})),
+        c("create-too-large-form", "POST", "/containers/create", headers=(form,), body=big),
+        c("create-expect-continue", "POST", "/containers/create",
+          headers=("Expect: 100-continue",), body=create({"Privileged": True})),
+        c("create-empty-body", "POST", "/containers/create", body=b""),
+        c("kill-json-options", "POST", f"/containers/{VICTIM}/kill", body=b'{"signal": "KILL"}'),
+        c("kill-text-body", "POST", f"/containers/{VICTIM}/kill",
+          headers=("Content-Type: text/plain",), body=b"KILL"),
+        c("kill-large-body", "POST", f"/containers/{VICTIM}/kill",
+          body=b'{"x": "' + b"x" * (64 * 1024) + b'"}'),
+        c("start-null-body", "POST", f"/containers/{IDLE}/start", body=b" null "),
+        c("start-text-body", "POST", f"/containers/{IDLE}/start",
+          headers=("Content-Type: text/plain",), body=b"{}"),
+        c("build-form-body", "POST", "/build?networkmode=host", headers=(form,),
+          body=b"networkmode=host"),
+        c("build-multipart-body", "POST", "/build",
+          headers=("Content-Type: multipart/form-data; boundary=x",),
+          body=b"--x\r\nContent-Disposition: form-data; name=networkmode\r\n\r\nhost\r\n--x--"),
+        c("build-network-host-text-body", "POST", "/build?networkmode=host",
+          headers=("Content-Type: text/plain",), body=b"not a tar"),
+        c("image-import-url", "POST", "/images/create?fromSrc=http://example.com/x.tar"),
+        c("image-pull-allowed", "POST", "/images/create?fromImage=busybox&tag=latest"),
+    ]  # fmt: skip
+
+
+def redacted_corpus() -> list[Case]:
+    """A policy that redacts: the filters and queries that would tell hidden values."""
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("redacted", id, method, target, **kw)  # type: ignore[arg-type]
+
+    label = '{"label":["secret=1"]}'
+    quoted = "%7B%22label%22%3A%5B%22secret%3D1%22%5D%7D"
+    volume = "%7B%22volume%22%3A%5B%22data%22%5D%7D"
+    return [
+        c("list-allowed", "GET", "/containers/json"),
+        c("list-status-filter-allowed", "GET",
+          "/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D"),
+        c("list-label-filter", "GET", f"/containers/json?filters={quoted}"),
+        c("list-label-filter-unquoted", "GET", f"/containers/json?filters={label}"),
+        # Which comes first: the body's shape (every policy) or the redaction's query check.
+        c("list-label-filter-text-body", "GET", f"/containers/json?filters={quoted}",
+          headers=("Content-Type: text/plain",), body=b"x"),
+        c("list-label-filter-json-body", "GET", f"/containers/json?filters={quoted}",
+          body=b'{"all": true}'),
+        c("images-label-filter", "GET", f"/images/json?filters={quoted}"),
+        c("list-volume-filter", "GET", f"/containers/json?filters={volume}"),
+        c("top-ps-args-e", "GET", f"/containers/{VICTIM}/top?ps_args=e"),
+        c("top-allowed", "GET", f"/containers/{VICTIM}/top"),
+        c("logs-details", "GET", f"/containers/{VICTIM}/logs?stdout=1&details=1"),
+        c("inspect-allowed", "GET", f"/containers/{VICTIM}/json"),
+        c("kill-read-only", "POST", f"/containers/{VICTIM}/kill"),
+    ]  # fmt: skip
+
+
+def owned_corpus() -> list[Case]:
+    """Ownership mode: refusals that need no look-up, and requests decided by one."""
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("owned", id, method, target, **kw)  # type: ignore[arg-type]
+
+    alice = "user:alice"
+    tar = ("Content-Type: application/x-tar",)
+    dockerfile = _tar("Dockerfile", b"FROM x\n")
+    return [
+        c("anonymous-list", "GET", "/containers/json"),
+        c("anonymous-create", "POST", "/containers/create", body=_body({"Image": "busybox"})),
+        c("anonymous-inspect", "GET", f"/containers/{VICTIM}/json"),
+        c("anonymous-ping", "GET", "/_ping"),
+        c("anonymous-create-form-body", "POST", "/containers/create",
+          headers=("Content-Type: application/x-www-form-urlencoded",), body=b"a=b"),
+        c("anonymous-list-json-body", "GET", "/containers/json", body=b"{}"),
+        c("anonymous-images", "GET", "/images/json"),
+        c("buildkit", "POST", "/build?version=2", caller=alice, headers=tar, body=dockerfile),
+        c("buildkit-no-body", "POST", "/build?version=2", caller=alice),
+        c("container-prune-unavailable", "POST", "/containers/prune", caller=alice),
+        c("build-prune-unavailable", "POST", "/build/prune", caller=alice),
+        c("data-usage-unavailable", "GET", "/system/df", caller=alice),
+        c("hex-name", "POST", "/containers/create?name=" + "a" * 64, caller=alice,
+          body=_body({"Image": "busybox"})),
+        c("list-narrowed", "GET", "/containers/json", caller=alice),
+        c("ping", "GET", "/_ping", caller=alice),
+        c("list-bad-filters", "GET", "/containers/json?filters=%7Bnot", caller=alice),
+        c("buildkit-form-body", "POST", "/build?version=2", caller=alice,
+          headers=("Content-Type: application/x-www-form-urlencoded",), body=b"a=b"),
+        c("create-too-large", "POST", "/containers/create", caller=alice,
+          body=b'{"Image": "busybox", "Env": ["X=' + b"x" * CHECKED_BODY_LIMIT + b'"]}'),
+        c("create-log-driver-none", "POST", "/containers/create", caller=alice,
+          body=_body({"Image": "busybox", "HostConfig": {"LogConfig": {"Type": "none"}}})),
+        c("create-log-driver-none-lower-keys", "POST", "/containers/create", caller=alice,
+          body=b'{"Image": "busybox", "hostconfig": {"logconfig": {"type": "none"}}}'),
+        c("create-privileged", "POST", "/containers/create", caller=alice,
+          body=_body({"Image": "busybox", "HostConfig": {"Privileged": True}})),
+        c("foreign-owner-label", "POST", "/volumes/create", caller=alice,
+          body=_body({"Name": "v", "Labels": {"io.dockgate.owner": "user:bob"}})),
+        c("build-classic", "POST", "/build?t=app", caller=alice, headers=tar, body=dockerfile),
+        # Decided by the daemon's answer to a look-up: check says so.
+        c("inspect-lookup", "GET", f"/containers/{VICTIM}/json", caller=alice, lookup=True),
+        c("start-lookup", "POST", f"/containers/{VICTIM}/start", caller=alice, lookup=True),
+        c("create-image-lookup", "POST", "/containers/create", caller=alice,
+          body=_body({"Image": "busybox"}), lookup=True),
+        c("create-log-driver-local-lookup", "POST", "/containers/create", caller=alice,
+          body=_body({"Image": "busybox", "HostConfig": {"LogConfig": {"Type": "local"}}}),
+          lookup=True),
+        c("create-log-driver-none-volume-lookup", "POST", "/containers/create", caller=alice,
+          body=_body({"Image": "busybox", "HostConfig": {
+              "LogConfig": {"Type": "none"}, "Binds": ["data:/data"]}}), lookup=True),
+        c("list-before-lookup", "GET", f"/containers/json?before={VICTIM}", caller=alice,
+          lookup=True),
+    ]  # fmt: skip
+
+
+CORPUS = [
+    *read_only_corpus(),
+    *identity_corpus(),
+    *guarded_corpus(),
+    *redacted_corpus(),
+    *owned_corpus(),
+]
+assert len({case.param_id for case in CORPUS}) == len(CORPUS), "corpus ids must be unique"
+
+# ----- the two sides --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    status: int  # the gateway's answer; check: 0 for an allow
+    message: str | None  # the gateway's JSON `message` (None for HEAD, which has no body)
+
+    def __str__(self) -> str:
+        return "allow" if self.allowed else f"deny, {self.status}: {self.message}"
+
+
+class Deployment:
+    """The files of one set-up, and its gateway once started."""
+
+    def __init__(self, name: str, setup: Setup, directory: pathlib.Path, upstream: str) -> None:
+        self.name = name
+        self.setup = setup
+        self.policy = directory / "policy.yaml"
+        self.policy.write_text(setup.policy)
+        args = list(setup.shared_args)
+        if setup.credentials:
+            htpasswd = directory / "htpasswd"
+            htpasswd.write_text(
+                "".join(
+                    f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+                    for user, pw in PASSWORDS.items()
+                )
+            )
+            tokens = directory / "tokens"
+            created = run_dockgate(
+                "token", "create", "--name", TOKEN_NAME, "--identity", TOKEN_IDENTITY,
+                "--file", str(tokens),
+            )  # fmt: skip
+            assert created.returncode == 0, created.stderr
+            self.token = created.stdout.strip().splitlines()[-1]
+            for path in (htpasswd, tokens):
+                path.chmod(0o600)
+            args += ["--htpasswd", str(htpasswd), "--tokens", str(tokens)]
+        self.gateway = Gateway(upstream, *args, *setup.gateway_args, policy=self.policy)
+
+    def check_args(self, case: Case) -> list[str]:
+        args = ["check", "--policy", str(self.policy), *self.setup.shared_args]
+        if self.setup.credentials:
+            args.append("--auth-required")
+        args += ["--as", case.caller, "--source", case.source]
+        if case.host is not None:
+            args += ["--host", case.host]
+        if case.origin is not None:
+            args += ["--origin", case.origin]
+        if case.upgrade:
+            args.append("--upgrade")
+        for header in case.headers:
+            args += ["--header", header]
+        return args
+
+    def authorization(self, caller: str) -> str | None:
+        kind, _, name = caller.partition(":")
+        if kind == "user":
+            pair = f"{name}:{PASSWORDS[name]}".encode()
+            return "Authorization: Basic " + base64.b64encode(pair).decode()
+        if kind == "token":
+            return f"Authorization: Bearer {self.token}"
+        assert caller == "anonymous", caller
+        return None
+
+    def wire_bytes(self, case: Case) -> bytes:
+        """The bytes `dockgate check` parses, with what only the wire carries added."""
+        extra = []
+        authorization = self.authorization(case.caller)
+        if authorization is not None:
+            extra.append(authorization)
+        if case.source != "127.0.0.1":
+            extra.append(f"X-Forwarded-For: {case.source}")
+        request = CheckRequest(
+            method=case.method,
+            target=case.target,
+            caller=ANONYMOUS_IDENTITY,
+            source=case.source,
+            host=case.host,
+            origin=case.origin,
+            upgrade=case.upgrade,
+            headers=(*extra, *case.headers),
+            body=case.body,
+        )
+        return request_bytes(request)
+
+
+def daemon_answers(ex: Exchange) -> None:
+    """The fake daemon: 200 to anything (a list for the lists a held answer is read as)."""
+    ex.read_body()
+    if ex.path.endswith("/_ping"):
+        ex.respond(200, b"OK", content_type="text/plain; charset=utf-8")
+    elif ex.path.endswith(("/containers/json", "/images/json")):
+        ex.respond_json([])
+    else:
+        ex.respond_json({})
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        fake.handler = daemon_answers
+        yield fake
+    assert not fake.errors, "fake daemon errors:\n" + "\n".join(fake.errors)
+
+
+@pytest.fixture(scope="module")
+def deployments(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Deployment]]:
+    """Each set-up's gateway, started on first use and stopped at the module's end."""
+    started: dict[str, Deployment] = {}
+    with contextlib.ExitStack() as stack:
+
+        class Lazy(dict[str, Deployment]):
+            def __missing__(self, name: str) -> Deployment:
+                directory = tmp_path_factory.mktemp(name)
+                deployment = Deployment(name, SETUPS[name], directory, upstream.url)
+                stack.enter_context(running(deployment.gateway, f"the {name} gateway"))
+                started[name] = deployment
+                self[name] = deployment
+                return deployment
+
+        yield Lazy()
+
+
+def daemon_requests(fake: FakeUpstream) -> list[str]:
+    """What the daemon received, but the gateway's own start-up `_ping`."""
+    records = list(fake.requests)  # (a copy: the fake daemon's threads append to it)
+    return [f"{r.method} {r.target}" for r in records if r.header("user-agent") != STARTUP_AGENT]
+
+
+def read_response(conn: BufferedConn, *, head_request: bool) -> tuple[int, dict[str, str], bytes]:
+    status, headers = parse_head(conn.read_until(b"\r\n\r\n", 1 << 20)[:-4])
+    while 100 <= status < 200 and status != 101:  # `100 Continue` to an Expect: the answer follows
+        status, headers = parse_head(conn.read_until(b"\r\n\r\n", 1 << 20)[:-4])
+    if head_request or status < 200 or status in (204, 304):
+        return status, headers, b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        data = bytearray()
+        while not data.endswith(b"0\r\n\r\n"):
+            data += conn.read_until(b"\r\n")
+        return status, headers, dechunk(bytes(data))
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        while len(conn.buf) < length and conn._fill():
+            pass
+        body = bytes(conn.buf[:length])
+        del conn.buf[:length]
+        return status, headers, body
+    _, rest = conn.wait_closed(IO_TIMEOUT)
+    return status, headers, rest
+
+
+def through_gateway(
+    deployment: Deployment, fake: FakeUpstream, case: Case
+) -> tuple[Decision, list[str]]:
+    """The gateway's decision, and what reached the daemon meanwhile."""
+    before = len(daemon_requests(fake))
+    raw = deployment.wire_bytes(case)
+    sock = socket.create_connection(("127.0.0.1", deployment.gateway.port), timeout=IO_TIMEOUT)
+    with BufferedConn(sock, IO_TIMEOUT) as conn:
+        # A gateway that refuses from the head alone may close before the body is all sent.
+        with contextlib.suppress(OSError):
+            conn.send(raw)
+        head_request = case.method == "HEAD"
+        status, headers, body = read_response(conn, head_request=head_request)
+    reached = daemon_requests(fake)[before:]
+    relayed = "api-version" in headers  # the fake daemon's header; dockgate's answers have none
+    message = None if head_request else json_message(body)
+    return Decision(relayed and status == 200, status, message), reached
+
+
+def through_check(
+    deployment: Deployment,
+    case: Case,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+) -> tuple[int, str]:
+    """`dockgate check`'s exit status and its last line."""
+    args = deployment.check_args(case)
+    if case.body is not None:
+        body = tmp_path / "body"
+        body.write_bytes(case.body)
+        args += ["--body", str(body)]
+    capsys.readouterr()
+    status = main([*args, case.method, case.target])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines, f"check printed nothing (exit {status})"
+    return status, lines[-1]
+
+
+def check_decision(status: int, last: str, *, head_request: bool) -> Decision:
+    assert status in (ALLOW, DENY), (status, last)
+    if status == ALLOW:
+        assert last.startswith("decision:  allow ("), last
+        return Decision(True, 200, None)
+    prefix = "decision:  deny, "
+    assert last.startswith(prefix), last
+    code, _, message = last[len(prefix) :].partition(": ")
+    return Decision(False, int(code), None if head_request else message)
+
+
+# ----- the test -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case.param_id for case in CORPUS])
+def test_check_decides_as_the_gateway(
+    deployments: dict[str, Deployment],
+    upstream: FakeUpstream,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
+    case: Case,
+) -> None:
+    """`dockgate check` and the gateway take the same decision (for a refusal: the same status
+    and message); the daemon gets the request exactly when it is allowed; a request decided
+    by a look-up in the daemon is said to be (exit 3) rather than guessed."""
+    deployment = deployments[case.setup]
+    status, last = through_check(deployment, case, capsys, tmp_path)
+    if case.lookup:
+        assert status == LOOKUP, last
+        assert last.startswith("decision:  allow (") and last.endswith("else deny"), last
+        return
+    checked = check_decision(status, last, head_request=case.method == "HEAD")
+    served, reached = through_gateway(deployment, upstream, case)
+    if served.allowed:
+        assert len(reached) == 1, f"allowed, yet the daemon got {reached}"
+    else:
+        assert reached == [], f"refused ({served}), yet the daemon got {reached}"
+    assert str(checked) == str(served), f"check: {last}"
