@@ -23,9 +23,11 @@ from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.http.errors import ClientProtocolError
 from dockgate.http.request import RequestHead, RequestReader, without_body
+from dockgate.ownership.operations import SILENT_LOG_DRIVER, silent_log_problem
 from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
 from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.plan import (
+    Allowed,
     Answer,
     DrainBody,
     Forward,
@@ -39,6 +41,7 @@ from dockgate.policy.plan import (
     judge_drained,
     plan_admitted,
     plan_request,
+    refused_before_lookups,
 )
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.refusal import Refusal
@@ -168,7 +171,10 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
             if isinstance(judged, Refusal):
                 return _decide(out, judged)
             if judged.needs_daemon:
-                _explain_lookups(out, judged)
+                refusal = refused_before_lookups(step.allowed, judged)
+                if refusal is not None:
+                    return _decide(out, refusal)
+                _explain_lookups(out, step.allowed, judged)
                 return _decide_by_lookup(out, step.allowed.verdict.label)
             step = Forward(step.head, step.allowed, replayable=False)
             continue
@@ -273,13 +279,27 @@ def _guardrail_lines(found: list[tuple[str, str | None]]) -> list[str]:
     ]
 
 
-def _explain_lookups(out: list[str], judged: JudgedBody) -> None:
+def _explain_lookups(out: list[str], allowed: Allowed, judged: JudgedBody) -> None:
     for volume in judged.volumes:
         out.append(f"lookup:    volume {volume.name!r}: its options, judged by the guardrails")
+    if judged.check_image and _names_no_log_driver(allowed.operation, judged.body):
+        out.append(
+            f"lookup:    the daemon's default log driver (the body names none) must not be "
+            f"{SILENT_LOG_DRIVER!r}"
+        )
     for kind, reference in judged.named:
         out.append(f"lookup:    {kind.name} {reference!r} must be the caller's")
     if judged.check_image:
         out.append("lookup:    the image must not carry the caller's own owner label")
+
+
+def _names_no_log_driver(operation: str, body: bytes) -> bool:
+    """Whether the gateway asks the daemon for its default log driver (ownership mode: a
+    create that names none gets it, refused when it is the build steps' `none`)."""
+    try:
+        return silent_log_problem(operation, body, SILENT_LOG_DRIVER) is not None
+    except ValueError:
+        return False
 
 
 def _flush(out: list[str], trace: Trace) -> None:
