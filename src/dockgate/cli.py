@@ -306,6 +306,10 @@ def _named_variable(message: str, argv: Sequence[str]) -> str:
 def _defaults_from_environment(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
     """Give each option of `parser` the default its DOCKGATE_ variable says (for containers:
     a Swarm service or compose file sets variables, not arguments)."""
+    # What an earlier parser (an earlier `main` in the same process) found is not this
+    # environment's.
+    _ENV_LISTS.clear()
+    _ENV_NAMES.clear()
     for action in parser._actions:
         long = [o for o in action.option_strings if o.startswith("--")]
         if not long or action.dest == "help":
@@ -494,6 +498,27 @@ def _policies_and_warnings(args: argparse.Namespace) -> tuple[PolicySet, list[st
     )
 
 
+# The options `check` shares with `serve` (_policy_options), by their destination.
+_POLICY_LISTS = ("allow_origin", "allow_host", "allow_source", "deny_source")
+
+
+def _check_environment(args: argparse.Namespace) -> None:
+    """`check` decides as the gateway configured by this environment would: the DOCKGATE_
+    variables of the options it shares with `serve` apply as they do to `serve` (the command
+    line wins), and a gateway given DOCKGATE_HTPASSWD or DOCKGATE_TOKENS asks for credentials
+    (--auth-required). Without this, `check` in a gateway's container (DOCKGATE_POLICY set)
+    judged by the Tecnativa variables instead of the gateway's policy file."""
+    if args.policy is None and "--policy" in _ENV_NAMES:
+        args.policy = _ENV_NAMES["--policy"][1]
+    for dest in _POLICY_LISTS:
+        if not getattr(args, dest) and dest in _ENV_LISTS:
+            setattr(args, dest, _ENV_LISTS[dest])
+    if not args.auth_required:
+        args.auth_required = any(
+            _ENV_NAMES.get(option, ("", ""))[1].strip() for option in ("--htpasswd", "--tokens")
+        )
+
+
 def _check(args: argparse.Namespace) -> int:
     """`dockgate check`: the gateway's own admission and plan, explained (check.py)."""
     method, _, target = " ".join(args.request).strip().partition(" ")
@@ -586,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dest, values in _ENV_LISTS.items():
             if not getattr(args, dest):
                 setattr(args, dest, values)
+    if args.command == "check":
+        _check_environment(args)
     try:
         if args.command == "check":
             return _check(args)
