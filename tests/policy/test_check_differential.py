@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import pathlib
 import socket
 import tarfile
@@ -79,6 +80,7 @@ policies:
   guarded:
     rules:
       - allow: {sections: ["*"]}
+      - allow: {unknown: true}
 """
 
 REDACTED = """\
@@ -95,10 +97,25 @@ policies:
   tenants:
     ownership: true
     rules:
-      - allow: {sections: [ping, version, system, containers, images, build, volumes, networks]}
+      - allow:
+          sections: [ping, version, system, containers, images, build, commit, volumes, networks]
 bindings:
   - {policy: tenants, authenticated: true}
   - {policy: tenants, anonymous: true}
+"""
+
+# Alice may do everything; anonymous callers may probe.
+ENVIRONMENT = """\
+policies:
+  everything:
+    rules:
+      - allow: {sections: ["*"]}
+  probes:
+    rules:
+      - allow: {operations: [SystemPing, SystemPingHead, SystemVersion]}
+bindings:
+  - {policy: everything, users: [alice]}
+  - {policy: probes, anonymous: true}
 """
 
 # Users of the htpasswd file (bcrypt cost 4: the test is not about hashing) and the token.
@@ -116,10 +133,16 @@ class Setup:
     credentials: bool = False  # serve --htpasswd --tokens; check --auth-required
     gateway_args: tuple[str, ...] = ()  # serve only
     shared_args: tuple[str, ...] = ()  # serve and check alike
+    # The policy file, the credential files and `shared_args` given as DOCKGATE_ variables (a
+    # gateway configured by its container's environment, and check run in that environment).
+    by_environment: bool = False
 
 
 SETUPS = {
-    "read-only": Setup(READ_ONLY),
+    "read-only": Setup(
+        READ_ONLY,
+        shared_args=("--allow-origin", "http://dash.example", "--allow-host", "gw.example.com"),
+    ),
     "identities": Setup(
         IDENTITIES,
         credentials=True,
@@ -129,6 +152,13 @@ SETUPS = {
     "guarded": Setup(GUARDED),
     "redacted": Setup(REDACTED),
     "owned": Setup(OWNED, credentials=True),
+    "environment": Setup(
+        ENVIRONMENT,
+        credentials=True,
+        gateway_args=("--trusted-proxy", "127.0.0.1"),
+        shared_args=("--allow-host", "gw.example.com", "--allow-source", "127.0.0.1,10.1.0.0/16"),
+        by_environment=True,
+    ),
 }
 
 # ----- the corpus -----------------------------------------------------------------------------
@@ -310,6 +340,39 @@ def read_only_corpus() -> list[Case]:
         c("rebinding-host", "GET", "/_ping", host="evil.example.com"),
         c("rebinding-host-with-port", "GET", "/containers/json", host="evil.example.com:2375"),
         c("rebinding-host-ip-lookalike", "GET", "/_ping", host="127.0.0.1.evil.example"),
+        # -- --allow-origin, --allow-host, and the gateway's own origin ---------------------
+        c("allowed-origin", "GET", "/containers/json", origin="http://dash.example"),
+        c("allowed-origin-other-port", "GET", "/_ping", origin="http://dash.example:8080"),
+        c("allowed-origin-https", "GET", "/_ping", origin="https://dash.example"),
+        c("allowed-origin-read-only-create", "POST", "/containers/create",
+          origin="http://dash.example", body=PRIVILEGED_CREATE),
+        c("allowed-host", "GET", "/_ping", host="gw.example.com"),
+        c("allowed-host-port", "GET", "/containers/json", host="GW.example.com:8080"),
+        c("allowed-host-trailing-dot", "GET", "/_ping", host="gw.example.com."),
+        c("other-host", "GET", "/_ping", host="other.example.com"),
+        c("own-origin", "GET", "/_ping", host="localhost:2375", origin="http://localhost:2375"),
+        c("own-origin-default-port", "GET", "/_ping", host="localhost:80",
+          origin="http://localhost"),
+        c("own-origin-https", "GET", "/_ping", host="localhost:2375",
+          origin="https://localhost:2375"),
+        c("own-origin-allowed-host", "GET", "/_ping", host="gw.example.com",
+          origin="http://gw.example.com"),
+        c("own-origin-other-port", "GET", "/_ping", host="localhost:2375",
+          origin="http://localhost:2376"),
+        c("origin-without-host", "GET", "/_ping", host=None, origin="http://localhost"),
+        # -- bodies on reads (their handlers read none: read and dropped) -----------------
+        c("list-json-body", "GET", "/containers/json", body=b'{"all": true}'),
+        c("list-text-body", "GET", "/containers/json", headers=("Content-Type: text/plain",),
+          body=b"x"),
+        c("list-form-body", "GET", "/containers/json",
+          headers=("Content-Type: application/x-www-form-urlencoded",), body=b"all=1"),
+        c("list-large-body", "GET", "/containers/json",
+          body=b'{"x": "' + b"x" * (64 * 1024) + b'"}'),
+        c("list-expect-continue-body", "GET", "/containers/json",
+          headers=("Expect: 100-continue",), body=b"{}"),
+        # -- credentials where the gateway asks for none ------------------------------------
+        c("stray-authorization", "GET", "/containers/json",
+          headers=("Authorization: Basic YWxpY2U6YWxpY2UtcHc=",)),
         # -- allowed -----------------------------------------------------------------------
         c("allowed-containers-json", "GET", "/containers/json"),
         c("allowed-containers-json-versioned", "GET", "/v1.41/containers/json"),
@@ -366,6 +429,18 @@ def identity_corpus() -> list[Case]:
         c("alice-upgrade-on-list", "GET", "/containers/json", caller="user:alice",
           upgrade=True),
         c("alice-http10", "GET", "/containers/json", caller="user:alice", host=None),
+        c("alice-attach-upgrade", "POST", f"/containers/{VICTIM}/attach?stream=1&stdin=1",
+          caller="user:alice", upgrade=True),
+        c("alice-rebinding-origin", "GET", "/_ping", caller="user:alice", host="gw.example.com",
+          origin="http://gw.example.com"),
+        # Credentials check cannot stand for with --as: wrong ones, and unknown schemes.
+        c("wrong-password", "GET", "/_ping",
+          headers=("Authorization: Basic " + base64.b64encode(b"alice:nope").decode(),)),
+        c("unknown-user", "GET", "/_ping",
+          headers=("Authorization: Basic " + base64.b64encode(b"mallory:x").decode(),)),
+        c("unknown-token", "GET", "/_ping", headers=("Authorization: Bearer dgt_nope",)),
+        c("unknown-scheme", "GET", "/_ping", headers=("Authorization: Negotiate abc",)),
+        c("empty-authorization", "GET", "/_ping", headers=("Authorization: ",)),
     ]  # fmt: skip
 
 
@@ -460,6 +535,12 @@ def guarded_corpus() -> list[Case]:
         c("build-network-host-text-body", "POST", "/build?networkmode=host",
           headers=("Content-Type: text/plain",), body=b"not a tar"),
         c("image-import-url", "POST", "/images/create?fromSrc=http://example.com/x.tar"),
+        c("push-auth-body", "POST", "/images/busybox/push", body=b"{}"),
+        c("unknown-allowed", "GET", "/nothing/here"),
+        c("unknown-form-body", "POST", "/nothing/here",
+          headers=("Content-Type: application/x-www-form-urlencoded",), body=b"a=b"),
+        c("session-upgrade", "POST", "/session",
+          headers=("Connection: Upgrade", "Upgrade: h2c")),
         c("image-pull-allowed", "POST", "/images/create?fromImage=busybox&tag=latest"),
     ]  # fmt: skip
 
@@ -520,6 +601,20 @@ def owned_corpus() -> list[Case]:
         c("hex-name", "POST", "/containers/create?name=" + "a" * 64, caller=alice,
           body=_body({"Image": "busybox"})),
         c("list-narrowed", "GET", "/containers/json", caller=alice),
+        c("volumes-narrowed", "GET", "/volumes", caller=alice),
+        c("networks-narrowed", "GET", "/networks?filters=%7B%22driver%22%3A%5B%22bridge%22%5D%7D",
+          caller=alice),
+        c("list-owner-label-filter", "GET",
+          "/containers/json?filters=%7B%22label%22%3A%5B%22io.dockgate.owner%3Duser%3Abob%22%5D%7D",
+          caller=alice),
+        c("rename-hex-name", "POST", f"/containers/{VICTIM}/rename?name=" + "b" * 64,
+          caller=alice),
+        c("import-changes-newline", "POST",
+          "/images/create?fromSrc=-&changes=ENV%20a%3Db%0ARUN%20x", caller=alice,
+          headers=tar, body=dockerfile),
+        c("import-allowed", "POST", "/images/create?fromSrc=-", caller=alice, headers=tar,
+          body=dockerfile),
+        c("commit-lookup", "POST", f"/commit?container={VICTIM}", caller=alice, lookup=True),
         c("ping", "GET", "/_ping", caller=alice),
         c("list-bad-filters", "GET", "/containers/json?filters=%7Bnot", caller=alice),
         c("buildkit-form-body", "POST", "/build?version=2", caller=alice,
@@ -551,12 +646,33 @@ def owned_corpus() -> list[Case]:
     ]  # fmt: skip
 
 
+def environment_corpus() -> list[Case]:
+    """A gateway configured by DOCKGATE_ variables alone (a container's environment), and check
+    run in the same environment without options: the same policy, credentials and lists."""
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("environment", id, method, target, **kw)  # type: ignore[arg-type]
+
+    return [
+        c("alice-list", "GET", "/containers/json", caller="user:alice"),
+        c("alice-secrets", "GET", "/secrets", caller="user:alice"),
+        c("anonymous-ping", "GET", "/_ping"),
+        c("anonymous-list-no-rule", "GET", "/containers/json"),
+        c("anonymous-allowed-host", "GET", "/_ping", host="gw.example.com"),
+        c("anonymous-other-host", "GET", "/_ping", host="other.example.com"),
+        c("alice-allowed-source", "GET", "/_ping", caller="user:alice", source="10.1.2.3"),
+        c("alice-other-source", "GET", "/_ping", caller="user:alice", source="10.2.2.3"),
+        c("token-unbound", "GET", "/_ping", caller=f"token:{TOKEN_NAME}:{TOKEN_IDENTITY}"),
+    ]
+
+
 CORPUS = [
     *read_only_corpus(),
     *identity_corpus(),
     *guarded_corpus(),
     *redacted_corpus(),
     *owned_corpus(),
+    *environment_corpus(),
 ]
 assert len({case.param_id for case in CORPUS}) == len(CORPUS), "corpus ids must be unique"
 
@@ -576,12 +692,21 @@ class Decision:
 class Deployment:
     """The files of one set-up, and its gateway once started."""
 
-    def __init__(self, name: str, setup: Setup, directory: pathlib.Path, upstream: str) -> None:
+    def __init__(
+        self, name: str, setup: Setup, directory: pathlib.Path, upstream: FakeUpstream
+    ) -> None:
         self.name = name
+        self.upstream = upstream
         self.setup = setup
         self.policy = directory / "policy.yaml"
         self.policy.write_text(setup.policy)
-        args = list(setup.shared_args)
+        args = [] if setup.by_environment else list(setup.shared_args)
+        self.variables = {}  # DOCKGATE_ variables, for both sides
+        if setup.by_environment:
+            self.variables["DOCKGATE_POLICY"] = str(self.policy)
+            shared = iter(setup.shared_args)
+            for option, value in zip(shared, shared, strict=True):
+                self.variables["DOCKGATE_" + option[2:].upper().replace("-", "_")] = value
         if setup.credentials:
             htpasswd = directory / "htpasswd"
             htpasswd.write_text(
@@ -599,13 +724,25 @@ class Deployment:
             self.token = created.stdout.strip().splitlines()[-1]
             for path in (htpasswd, tokens):
                 path.chmod(0o600)
-            args += ["--htpasswd", str(htpasswd), "--tokens", str(tokens)]
-        self.gateway = Gateway(upstream, *args, *setup.gateway_args, policy=self.policy)
+            if setup.by_environment:
+                self.variables["DOCKGATE_HTPASSWD"] = str(htpasswd)
+                self.variables["DOCKGATE_TOKENS"] = str(tokens)
+            else:
+                args += ["--htpasswd", str(htpasswd), "--tokens", str(tokens)]
+        self.gateway = Gateway(
+            upstream.url,
+            *args,
+            *setup.gateway_args,
+            policy=None if setup.by_environment else self.policy,
+            env={**os.environ, **self.variables},
+        )
 
     def check_args(self, case: Case) -> list[str]:
-        args = ["check", "--policy", str(self.policy), *self.setup.shared_args]
-        if self.setup.credentials:
-            args.append("--auth-required")
+        args = ["check"]
+        if not self.setup.by_environment:
+            args += ["--policy", str(self.policy), *self.setup.shared_args]
+            if self.setup.credentials:
+                args.append("--auth-required")
         args += ["--as", case.caller, "--source", case.source]
         if case.host is not None:
             args += ["--host", case.host]
@@ -679,7 +816,7 @@ def deployments(
         class Lazy(dict[str, Deployment]):
             def __missing__(self, name: str) -> Deployment:
                 directory = tmp_path_factory.mktemp(name)
-                deployment = Deployment(name, SETUPS[name], directory, upstream.url)
+                deployment = Deployment(name, SETUPS[name], directory, upstream)
                 stack.enter_context(running(deployment.gateway, f"the {name} gateway"))
                 started[name] = deployment
                 self[name] = deployment
@@ -716,10 +853,9 @@ def read_response(conn: BufferedConn, *, head_request: bool) -> tuple[int, dict[
     return status, headers, rest
 
 
-def through_gateway(
-    deployment: Deployment, fake: FakeUpstream, case: Case
-) -> tuple[Decision, list[str]]:
+def through_gateway(deployment: Deployment, case: Case) -> tuple[Decision, list[str]]:
     """The gateway's decision, and what reached the daemon meanwhile."""
+    fake = deployment.upstream
     before = len(daemon_requests(fake))
     raw = deployment.wire_bytes(case)
     sock = socket.create_connection(("127.0.0.1", deployment.gateway.port), timeout=IO_TIMEOUT)
@@ -740,8 +876,11 @@ def through_check(
     case: Case,
     capsys: pytest.CaptureFixture[str],
     tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[int, str]:
     """`dockgate check`'s exit status and its last line."""
+    for name, value in deployment.variables.items():
+        monkeypatch.setenv(name, value)
     args = deployment.check_args(case)
     if case.body is not None:
         body = tmp_path / "body"
@@ -772,22 +911,22 @@ def check_decision(status: int, last: str, *, head_request: bool) -> Decision:
 @pytest.mark.parametrize("case", CORPUS, ids=[case.param_id for case in CORPUS])
 def test_check_decides_as_the_gateway(
     deployments: dict[str, Deployment],
-    upstream: FakeUpstream,
     capsys: pytest.CaptureFixture[str],
     tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
     case: Case,
 ) -> None:
     """`dockgate check` and the gateway take the same decision (for a refusal: the same status
     and message); the daemon gets the request exactly when it is allowed; a request decided
     by a look-up in the daemon is said to be (exit 3) rather than guessed."""
     deployment = deployments[case.setup]
-    status, last = through_check(deployment, case, capsys, tmp_path)
+    status, last = through_check(deployment, case, capsys, tmp_path, monkeypatch)
     if case.lookup:
         assert status == LOOKUP, last
         assert last.startswith("decision:  allow (") and last.endswith("else deny"), last
         return
     checked = check_decision(status, last, head_request=case.method == "HEAD")
-    served, reached = through_gateway(deployment, upstream, case)
+    served, reached = through_gateway(deployment, case)
     if served.allowed:
         assert len(reached) == 1, f"allowed, yet the daemon got {reached}"
     else:
