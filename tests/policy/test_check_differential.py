@@ -129,13 +129,14 @@ DENY_SOURCES = "10.66.0.0/16"
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    policy: str
+    policy: str | None  # None: no policy file, Tecnativa's variables (`variables`) describe it
     credentials: bool = False  # serve --htpasswd --tokens; check --auth-required
     gateway_args: tuple[str, ...] = ()  # serve only
     shared_args: tuple[str, ...] = ()  # serve and check alike
     # The policy file, the credential files and `shared_args` given as DOCKGATE_ variables (a
     # gateway configured by its container's environment, and check run in that environment).
     by_environment: bool = False
+    variables: tuple[tuple[str, str], ...] = ()  # more variables, for both sides
 
 
 SETUPS = {
@@ -158,6 +159,12 @@ SETUPS = {
         gateway_args=("--trusted-proxy", "127.0.0.1"),
         shared_args=("--allow-host", "gw.example.com", "--allow-source", "127.0.0.1,10.1.0.0/16"),
         by_environment=True,
+    ),
+    "tecnativa": Setup(
+        None, variables=(("CONTAINERS", "1"), ("IMAGES", "1"), ("ALLOW_START", "1"))
+    ),
+    "tecnativa-post": Setup(
+        None, variables=(("CONTAINERS", "1"), ("POST", "1"), ("EXEC", "1"), ("EVENTS", "0"))
     ),
 }
 
@@ -433,7 +440,8 @@ def identity_corpus() -> list[Case]:
           caller="user:alice", upgrade=True),
         c("alice-rebinding-origin", "GET", "/_ping", caller="user:alice", host="gw.example.com",
           origin="http://gw.example.com"),
-        # Credentials check cannot stand for with --as: wrong ones, and unknown schemes.
+        # Credentials check cannot stand for with --as: wrong ones, and unknown schemes. Last
+        # in this set-up: the gateway counts their failures against 127.0.0.1 (its throttle).
         c("wrong-password", "GET", "/_ping",
           headers=("Authorization: Basic " + base64.b64encode(b"alice:nope").decode(),)),
         c("unknown-user", "GET", "/_ping",
@@ -666,6 +674,48 @@ def environment_corpus() -> list[Case]:
     ]
 
 
+def tecnativa_corpus() -> list[Case]:
+    """No policy file: Tecnativa's variables (CONTAINERS=1, POST=1, ALLOW_START=1...)."""
+    v = VICTIM
+    read = [
+        Case("tecnativa", id, method, target)
+        for id, method, target in [
+            ("list", "GET", "/containers/json"),
+            ("inspect", "GET", f"/containers/{v}/json"),
+            ("images", "GET", "/images/json"),
+            ("events-default", "GET", "/events"),
+            ("ping", "GET", "/_ping"),
+            ("head-ping", "HEAD", "/_ping"),
+            ("version", "GET", "/version"),
+            ("info-closed", "GET", "/info"),
+            ("secrets-closed", "GET", "/secrets"),
+            ("create-needs-post", "POST", "/containers/create"),
+            ("start-allowed", "POST", f"/containers/{v}/start"),
+            ("kill-needs-post", "POST", f"/containers/{v}/kill"),
+            ("delete-needs-delete", "DELETE", f"/containers/{v}"),
+            ("image-delete-needs-delete", "DELETE", "/images/busybox"),
+            ("unknown", "GET", "/nothing/here"),
+            ("dotdot", "GET", "/containers/../secrets"),
+        ]
+    ]
+    post = [
+        Case("tecnativa-post", id, method, target, body=body)
+        for id, method, target, body in [
+            ("create", "POST", "/containers/create", _body({"Image": "busybox"})),
+            ("create-privileged", "POST", "/containers/create",
+             _body({"Image": "busybox", "HostConfig": {"Privileged": True}})),
+            ("kill", "POST", f"/containers/{v}/kill", None),
+            ("exec-create", "POST", f"/containers/{v}/exec", _body({"Cmd": ["sh"]})),
+            ("exec-privileged", "POST", f"/containers/{v}/exec",
+             _body({"Cmd": ["sh"], "Privileged": True})),
+            ("events-closed", "GET", "/events", None),
+            ("images-closed", "GET", "/images/json", None),
+            ("build-closed", "POST", "/build", None),
+        ]
+    ]  # fmt: skip
+    return read + post
+
+
 CORPUS = [
     *read_only_corpus(),
     *identity_corpus(),
@@ -673,6 +723,7 @@ CORPUS = [
     *redacted_corpus(),
     *owned_corpus(),
     *environment_corpus(),
+    *tecnativa_corpus(),
 ]
 assert len({case.param_id for case in CORPUS}) == len(CORPUS), "corpus ids must be unique"
 
@@ -698,10 +749,12 @@ class Deployment:
         self.name = name
         self.upstream = upstream
         self.setup = setup
-        self.policy = directory / "policy.yaml"
-        self.policy.write_text(setup.policy)
+        self.policy: pathlib.Path | None = None
+        if setup.policy is not None:
+            self.policy = directory / "policy.yaml"
+            self.policy.write_text(setup.policy)
         args = [] if setup.by_environment else list(setup.shared_args)
-        self.variables = {}  # DOCKGATE_ variables, for both sides
+        self.variables = dict(setup.variables)  # for both sides
         if setup.by_environment:
             self.variables["DOCKGATE_POLICY"] = str(self.policy)
             shared = iter(setup.shared_args)
@@ -740,7 +793,9 @@ class Deployment:
     def check_args(self, case: Case) -> list[str]:
         args = ["check"]
         if not self.setup.by_environment:
-            args += ["--policy", str(self.policy), *self.setup.shared_args]
+            if self.policy is not None:
+                args += ["--policy", str(self.policy)]
+            args += self.setup.shared_args
             if self.setup.credentials:
                 args.append("--auth-required")
         args += ["--as", case.caller, "--source", case.source]
