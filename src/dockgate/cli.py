@@ -201,7 +201,13 @@ def _build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--format", choices=["text", "json"], default="text")
 
     check = commands.add_parser(
-        "check", help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'"
+        "check",
+        help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'",
+        epilog="Exit status: 0 allowed, 1 denied, 2 error, 3 decided by a look-up in the daemon "
+        "(ownership, named volumes). serve's DOCKGATE_ variables apply to the options the two "
+        "share (DOCKGATE_POLICY, DOCKGATE_ALLOW_HOST, ...), and DOCKGATE_HTPASSWD or "
+        "DOCKGATE_TOKENS means --auth-required: run in a gateway's environment, check decides as "
+        "that gateway.",
     )
     # One argument ('GET /path') or two (GET /path): the shell's quoting is not the point.
     check.add_argument("request", nargs="+", metavar="METHOD /path")
