@@ -118,6 +118,21 @@ bindings:
   - {policy: probes, anonymous: true}
 """
 
+# A unix socket's callers may do everything; the loopback's may read containers.
+UNIX = """\
+policies:
+  everything:
+    rules:
+      - allow: {sections: ["*"]}
+  containers-read-only:
+    read_only: true
+    rules:
+      - allow: {sections: [containers, ping, version]}
+bindings:
+  - {policy: everything, anonymous: true, sources: {allow: [unix]}}
+  - {policy: containers-read-only, anonymous: true}
+"""
+
 # Users of the htpasswd file (bcrypt cost 4: the test is not about hashing) and the token.
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 TOKEN_NAME, TOKEN_IDENTITY = "ci", "ci-bot"
@@ -137,6 +152,7 @@ class Setup:
     # gateway configured by its container's environment, and check run in that environment).
     by_environment: bool = False
     variables: tuple[tuple[str, str], ...] = ()  # more variables, for both sides
+    unix: bool = False  # the gateway listens on a unix socket too (check --source unix)
 
 
 SETUPS = {
@@ -160,6 +176,7 @@ SETUPS = {
         shared_args=("--allow-host", "gw.example.com", "--allow-source", "127.0.0.1,10.1.0.0/16"),
         by_environment=True,
     ),
+    "unix": Setup(UNIX, unix=True),
     "tecnativa": Setup(
         None, variables=(("CONTAINERS", "1"), ("IMAGES", "1"), ("ALLOW_START", "1"))
     ),
@@ -716,6 +733,24 @@ def tecnativa_corpus() -> list[Case]:
     return read + post
 
 
+def unix_corpus() -> list[Case]:
+    """A gateway on a unix socket and on TCP: bindings and source lists by `unix`."""
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("unix", id, method, target, **kw)  # type: ignore[arg-type]
+
+    return [
+        c("unix-kill", "POST", f"/containers/{VICTIM}/kill", source="unix"),
+        c("unix-secrets", "GET", "/secrets", source="unix"),
+        c("unix-cli-host", "GET", "/_ping", source="unix", host="api.moby.localhost"),
+        c("unix-dotted-host", "GET", "/_ping", source="unix", host="gw.example.com"),
+        c("unix-foreign-origin", "GET", "/_ping", source="unix", origin=EVIL),
+        c("unix-http10", "GET", "/containers/json", source="unix", host=None),
+        c("loopback-kill-read-only", "POST", f"/containers/{VICTIM}/kill"),
+        c("loopback-list", "GET", "/containers/json"),
+    ]
+
+
 CORPUS = [
     *read_only_corpus(),
     *identity_corpus(),
@@ -723,6 +758,7 @@ CORPUS = [
     *redacted_corpus(),
     *owned_corpus(),
     *environment_corpus(),
+    *unix_corpus(),
     *tecnativa_corpus(),
 ]
 assert len({case.param_id for case in CORPUS}) == len(CORPUS), "corpus ids must be unique"
@@ -782,6 +818,10 @@ class Deployment:
                 self.variables["DOCKGATE_TOKENS"] = str(tokens)
             else:
                 args += ["--htpasswd", str(htpasswd), "--tokens", str(tokens)]
+        self.socket: pathlib.Path | None = None
+        if setup.unix:
+            self.socket = directory / "gw.sock"
+            args += ["--listen", f"unix://{self.socket}"]
         self.gateway = Gateway(
             upstream.url,
             *args,
@@ -825,7 +865,7 @@ class Deployment:
         authorization = self.authorization(case.caller)
         if authorization is not None:
             extra.append(authorization)
-        if case.source != "127.0.0.1":
+        if case.source not in ("127.0.0.1", "unix"):
             extra.append(f"X-Forwarded-For: {case.source}")
         request = CheckRequest(
             method=case.method,
@@ -873,6 +913,8 @@ def deployments(
                 directory = tmp_path_factory.mktemp(name)
                 deployment = Deployment(name, SETUPS[name], directory, upstream)
                 stack.enter_context(running(deployment.gateway, f"the {name} gateway"))
+                if deployment.socket is not None:
+                    deployment.gateway.listening(2)
                 started[name] = deployment
                 self[name] = deployment
                 return deployment
@@ -913,7 +955,13 @@ def through_gateway(deployment: Deployment, case: Case) -> tuple[Decision, list[
     fake = deployment.upstream
     before = len(daemon_requests(fake))
     raw = deployment.wire_bytes(case)
-    sock = socket.create_connection(("127.0.0.1", deployment.gateway.port), timeout=IO_TIMEOUT)
+    if case.source == "unix":
+        assert deployment.socket is not None, "a unix source needs a set-up with a unix socket"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect(str(deployment.socket))
+    else:
+        sock = socket.create_connection(("127.0.0.1", deployment.gateway.port), IO_TIMEOUT)
     with BufferedConn(sock, IO_TIMEOUT) as conn:
         # A gateway that refuses from the head alone may close before the body is all sent.
         with contextlib.suppress(OSError):
