@@ -14,8 +14,18 @@ gateway's error `message`; an allowed request reaches the daemon (and comes back
 and a refused one never does. Requests whose answer needs a look-up in the daemon (ownership)
 are not compared: check must say so (exit status 3).
 
+The set-ups (`SETUPS`, one gateway each, started on first use): a read-only policy with
+--allow-origin/--allow-host, bindings for htpasswd users, a token and anonymous callers behind a
+trusted proxy with source lists, the guardrails' defaults, redaction, ownership, a gateway
+configured by DOCKGATE_ variables alone, a unix socket, and Tecnativa's variables.
+
 The gateway still runs its own relay code (relay/connection.py, relay/steps.py) while check runs
 policy/plan.py: a disagreement here is a place where the two differ.
+
+Not compared (check has no way to say them): client certificates (a TLS listener), passwords
+and tokens themselves (`--as` names the caller; check takes any Authorization header it is given
+as wrong credentials), the throttle's 429, --held-bodies-max's 503, chunked bodies, pipelined
+requests, and the loop guard (X-Dockgate-Hop carries a token of the gateway's process).
 """
 
 from __future__ import annotations
@@ -769,7 +779,7 @@ assert len({case.param_id for case in CORPUS}) == len(CORPUS), "corpus ids must 
 @dataclasses.dataclass(frozen=True)
 class Decision:
     allowed: bool
-    status: int  # the gateway's answer; check: 0 for an allow
+    status: int  # the gateway's answer (200 from the daemon for an allow)
     message: str | None  # the gateway's JSON `message` (None for HEAD, which has no body)
 
     def __str__(self) -> str:
@@ -905,7 +915,6 @@ def deployments(
     upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Deployment]]:
     """Each set-up's gateway, started on first use and stopped at the module's end."""
-    started: dict[str, Deployment] = {}
     with contextlib.ExitStack() as stack:
 
         class Lazy(dict[str, Deployment]):
@@ -915,7 +924,6 @@ def deployments(
                 stack.enter_context(running(deployment.gateway, f"the {name} gateway"))
                 if deployment.socket is not None:
                     deployment.gateway.listening(2)
-                started[name] = deployment
                 self[name] = deployment
                 return deployment
 
