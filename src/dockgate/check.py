@@ -69,6 +69,8 @@ class CheckRequest:
     # The gateway asks for credentials (serve --htpasswd/--tokens): an anonymous caller not
     # bound as such is answered 401, as the gateway does.
     credentials_required: bool = False
+    # The listener speaks TLS (serve --tls-cert): the gateway's own origin is https://HOST.
+    tls: bool = False
 
 
 def request_bytes(request: CheckRequest) -> bytes:
@@ -100,11 +102,13 @@ def parse_head(raw: bytes) -> RequestHead:
     raise ClientProtocolError("the request head is not complete")
 
 
-def admissions_for(policies: PolicySet, *, credentials_required: bool) -> Admissions:
+def admissions_for(
+    policies: PolicySet, *, credentials_required: bool, tls: bool = False
+) -> Admissions:
     authenticator = Authenticator.from_files(None, None)
     if credentials_required:
         authenticator = _RequiredAuthenticator()
-    gatekeeper = Gatekeeper(policies, authenticated=credentials_required)
+    gatekeeper = Gatekeeper(policies, authenticated=credentials_required, tls=tls)
     throttle = FailureThrottle(ThrottleSettings())
     return Admissions(policies, gatekeeper, authenticator, throttle, AddressList())
 
@@ -130,7 +134,9 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
         head = parse_head(request_bytes(request))
     except ClientProtocolError as exc:
         return _decide(out, Refusal(400, f"dockgate: {exc.message}", "http", "malformed"))
-    admissions = admissions_for(policies, credentials_required=request.credentials_required)
+    admissions = admissions_for(
+        policies, credentials_required=request.credentials_required, tls=request.tls
+    )
     admission = _admit(admissions, head, caller, request.source)
     _explain_admission(out, policies, admission, head, request.source)
     _explain_query(out, admission, head)
