@@ -38,11 +38,13 @@ import json
 import os
 import pathlib
 import socket
+import ssl
 import tarfile
 from collections.abc import Iterator
 
 import bcrypt
 import pytest
+import trustme
 
 from dockgate.auth.identity import ANONYMOUS_IDENTITY
 from dockgate.body.guardrails import CHECKED_BODY_LIMIT
@@ -143,6 +145,22 @@ bindings:
   - {policy: containers-read-only, anonymous: true}
 """
 
+# Client certificates by CN (the gateway's default --tls-identity).
+CERTIFIED = """\
+policies:
+  everything:
+    rules:
+      - allow: {sections: ["*"]}
+  containers-read-only:
+    read_only: true
+    rules:
+      - allow: {sections: [containers, ping, version]}
+bindings:
+  - {policy: everything, certificates: [cert-alice]}
+  - {policy: containers-read-only, certificates: [cert-bob]}
+"""
+CERTIFICATES = ("cert-alice", "cert-bob", "cert-nobody")
+
 # Users of the htpasswd file (bcrypt cost 4: the test is not about hashing) and the token.
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 TOKEN_NAME, TOKEN_IDENTITY = "ci", "ci-bot"
@@ -163,6 +181,7 @@ class Setup:
     by_environment: bool = False
     variables: tuple[tuple[str, str], ...] = ()  # more variables, for both sides
     unix: bool = False  # the gateway listens on a unix socket too (check --source unix)
+    tls: bool = False  # TLS with client certificates (CERTIFICATES; check --as certificate:CN)
 
 
 SETUPS = {
@@ -187,6 +206,7 @@ SETUPS = {
         by_environment=True,
     ),
     "unix": Setup(UNIX, unix=True),
+    "certificates": Setup(CERTIFIED, tls=True),
     "tecnativa": Setup(
         None, variables=(("CONTAINERS", "1"), ("IMAGES", "1"), ("ALLOW_START", "1"))
     ),
@@ -761,6 +781,30 @@ def unix_corpus() -> list[Case]:
     ]
 
 
+def certificate_corpus() -> list[Case]:
+    """TLS listeners that require a client certificate: callers named by their CN."""
+
+    def c(id: str, method: str, target: str, cn: str, **kw: object) -> Case:
+        return Case("certificates", id, method, target, caller=f"certificate:{cn}", **kw)  # type: ignore[arg-type]
+
+    return [
+        c("alice-list", "GET", "/containers/json", "cert-alice"),
+        c("alice-kill", "POST", f"/containers/{VICTIM}/kill", "cert-alice"),
+        c("bob-list", "GET", "/containers/json", "cert-bob"),
+        c("bob-kill-read-only", "POST", f"/containers/{VICTIM}/kill", "cert-bob"),
+        c("nobody-unbound", "GET", "/_ping", "cert-nobody"),
+        c("alice-dotted-host", "GET", "/_ping", "cert-alice", host="gw.example.com"),
+        c("alice-foreign-origin", "GET", "/_ping", "cert-alice", origin=EVIL),
+        # The gateway's own origin is https:// on a TLS listener (policy/browser.py).
+        c("alice-own-origin", "GET", "/_ping", "cert-alice", host="localhost:2375",
+          origin="https://localhost:2375"),
+        c("alice-own-origin-http", "GET", "/_ping", "cert-alice", host="localhost:2375",
+          origin="http://localhost:2375"),
+        c("alice-own-origin-default-port", "GET", "/_ping", "cert-alice", host="localhost",
+          origin="https://localhost:443"),
+    ]  # fmt: skip
+
+
 CORPUS = [
     *read_only_corpus(),
     *identity_corpus(),
@@ -769,6 +813,7 @@ CORPUS = [
     *owned_corpus(),
     *environment_corpus(),
     *unix_corpus(),
+    *certificate_corpus(),
     *tecnativa_corpus(),
 ]
 assert len({case.param_id for case in CORPUS}) == len(CORPUS), "corpus ids must be unique"
@@ -828,6 +873,9 @@ class Deployment:
                 self.variables["DOCKGATE_TOKENS"] = str(tokens)
             else:
                 args += ["--htpasswd", str(htpasswd), "--tokens", str(tokens)]
+        self.client_tls: dict[str, ssl.SSLContext] = {}
+        if setup.tls:
+            args += self._pki(directory)
         self.socket: pathlib.Path | None = None
         if setup.unix:
             self.socket = directory / "gw.sock"
@@ -840,6 +888,21 @@ class Deployment:
             env={**os.environ, **self.variables},
         )
 
+    def _pki(self, directory: pathlib.Path) -> list[str]:
+        """A CA, the gateway's certificate and one client context per CN: serve's options."""
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        cert, key, client_ca = (directory / name for name in ("cert.pem", "key.pem", "ca.pem"))
+        cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+        key.write_bytes(server.private_key_pem.bytes())
+        client_ca.write_bytes(ca.cert_pem.bytes())
+        for cn in CERTIFICATES:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            ca.issue_cert(f"{cn}.clients.test", common_name=cn).configure_cert(context)
+            self.client_tls[cn] = context
+        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(client_ca)]
+
     def check_args(self, case: Case) -> list[str]:
         args = ["check"]
         if not self.setup.by_environment:
@@ -848,6 +911,8 @@ class Deployment:
             args += self.setup.shared_args
             if self.setup.credentials:
                 args.append("--auth-required")
+            if self.setup.tls:
+                args.append("--tls")
         args += ["--as", case.caller, "--source", case.source]
         if case.host is not None:
             args += ["--host", case.host]
@@ -866,6 +931,8 @@ class Deployment:
             return "Authorization: Basic " + base64.b64encode(pair).decode()
         if kind == "token":
             return f"Authorization: Bearer {self.token}"
+        if kind == "certificate":
+            return None  # the TLS handshake says it
         assert caller == "anonymous", caller
         return None
 
@@ -970,6 +1037,9 @@ def through_gateway(deployment: Deployment, case: Case) -> tuple[Decision, list[
         sock.connect(str(deployment.socket))
     else:
         sock = socket.create_connection(("127.0.0.1", deployment.gateway.port), IO_TIMEOUT)
+    kind, _, cn = case.caller.partition(":")
+    if kind == "certificate":
+        sock = deployment.client_tls[cn].wrap_socket(sock, server_hostname="localhost")
     with BufferedConn(sock, IO_TIMEOUT) as conn:
         # A gateway that refuses from the head alone may close before the body is all sent.
         with contextlib.suppress(OSError):
