@@ -17,15 +17,17 @@ are not compared: check must say so (exit status 3).
 The set-ups (`SETUPS`, one gateway each, started on first use): a read-only policy with
 --allow-origin/--allow-host, bindings for htpasswd users, a token and anonymous callers behind a
 trusted proxy with source lists, the guardrails' defaults, redaction, ownership, a gateway
-configured by DOCKGATE_ variables alone, a unix socket, and Tecnativa's variables.
+configured by DOCKGATE_ variables alone, a unix socket, TLS with client certificates, and
+Tecnativa's variables.
 
 The gateway still runs its own relay code (relay/connection.py, relay/steps.py) while check runs
 policy/plan.py: a disagreement here is a place where the two differ.
 
-Not compared (check has no way to say them): client certificates (a TLS listener), passwords
-and tokens themselves (`--as` names the caller; check takes any Authorization header it is given
-as wrong credentials), the throttle's 429, --held-bodies-max's 503, chunked bodies, pipelined
-requests, and the loop guard (X-Dockgate-Hop carries a token of the gateway's process).
+Not compared (check has no way to say them): passwords, tokens and certificates themselves
+(`--as` names the caller; check takes any Authorization header it is given as wrong
+credentials), a certificate's expiry, the throttle's 429, --held-bodies-max's 503, chunked
+bodies, pipelined requests, and the loop guard (X-Dockgate-Hop carries a token of the
+gateway's process).
 """
 
 from __future__ import annotations
