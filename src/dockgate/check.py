@@ -23,9 +23,11 @@ from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.http.errors import ClientProtocolError
 from dockgate.http.request import RequestHead, RequestReader, without_body
+from dockgate.ownership.operations import SILENT_LOG_DRIVER, silent_log_problem
 from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
 from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.plan import (
+    Allowed,
     Answer,
     DrainBody,
     Forward,
@@ -39,6 +41,7 @@ from dockgate.policy.plan import (
     judge_drained,
     plan_admitted,
     plan_request,
+    refused_before_lookups,
 )
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.refusal import Refusal
@@ -66,6 +69,8 @@ class CheckRequest:
     # The gateway asks for credentials (serve --htpasswd/--tokens): an anonymous caller not
     # bound as such is answered 401, as the gateway does.
     credentials_required: bool = False
+    # The listener speaks TLS (serve --tls-cert): the gateway's own origin is https://HOST.
+    tls: bool = False
 
 
 def request_bytes(request: CheckRequest) -> bytes:
@@ -97,11 +102,13 @@ def parse_head(raw: bytes) -> RequestHead:
     raise ClientProtocolError("the request head is not complete")
 
 
-def admissions_for(policies: PolicySet, *, credentials_required: bool) -> Admissions:
+def admissions_for(
+    policies: PolicySet, *, credentials_required: bool, tls: bool = False
+) -> Admissions:
     authenticator = Authenticator.from_files(None, None)
     if credentials_required:
         authenticator = _RequiredAuthenticator()
-    gatekeeper = Gatekeeper(policies, authenticated=credentials_required)
+    gatekeeper = Gatekeeper(policies, authenticated=credentials_required, tls=tls)
     throttle = FailureThrottle(ThrottleSettings())
     return Admissions(policies, gatekeeper, authenticator, throttle, AddressList())
 
@@ -127,7 +134,9 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
         head = parse_head(request_bytes(request))
     except ClientProtocolError as exc:
         return _decide(out, Refusal(400, f"dockgate: {exc.message}", "http", "malformed"))
-    admissions = admissions_for(policies, credentials_required=request.credentials_required)
+    admissions = admissions_for(
+        policies, credentials_required=request.credentials_required, tls=request.tls
+    )
     admission = _admit(admissions, head, caller, request.source)
     _explain_admission(out, policies, admission, head, request.source)
     _explain_query(out, admission, head)
@@ -168,7 +177,10 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
             if isinstance(judged, Refusal):
                 return _decide(out, judged)
             if judged.needs_daemon:
-                _explain_lookups(out, judged)
+                refusal = refused_before_lookups(step.allowed, judged)
+                if refusal is not None:
+                    return _decide(out, refusal)
+                _explain_lookups(out, step.allowed, judged)
                 return _decide_by_lookup(out, step.allowed.verdict.label)
             step = Forward(step.head, step.allowed, replayable=False)
             continue
@@ -273,13 +285,27 @@ def _guardrail_lines(found: list[tuple[str, str | None]]) -> list[str]:
     ]
 
 
-def _explain_lookups(out: list[str], judged: JudgedBody) -> None:
+def _explain_lookups(out: list[str], allowed: Allowed, judged: JudgedBody) -> None:
     for volume in judged.volumes:
         out.append(f"lookup:    volume {volume.name!r}: its options, judged by the guardrails")
+    if judged.check_image and _names_no_log_driver(allowed.operation, judged.body):
+        out.append(
+            f"lookup:    the daemon's default log driver (the body names none) must not be "
+            f"{SILENT_LOG_DRIVER!r}"
+        )
     for kind, reference in judged.named:
         out.append(f"lookup:    {kind.name} {reference!r} must be the caller's")
     if judged.check_image:
         out.append("lookup:    the image must not carry the caller's own owner label")
+
+
+def _names_no_log_driver(operation: str, body: bytes) -> bool:
+    """Whether the gateway asks the daemon for its default log driver (ownership mode: a
+    create that names none gets it, refused when it is the build steps' `none`)."""
+    try:
+        return silent_log_problem(operation, body, SILENT_LOG_DRIVER) is not None
+    except ValueError:
+        return False
 
 
 def _flush(out: list[str], trace: Trace) -> None:

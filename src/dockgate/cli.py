@@ -201,7 +201,13 @@ def _build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--format", choices=["text", "json"], default="text")
 
     check = commands.add_parser(
-        "check", help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'"
+        "check",
+        help="show how the policy decides a request, e.g. 'POST /v1.41/containers/create'",
+        epilog="Exit status: 0 allowed, 1 denied, 2 error, 3 decided by a look-up in the daemon "
+        "(ownership, named volumes). serve's DOCKGATE_ variables apply to the options the two "
+        "share (DOCKGATE_POLICY, DOCKGATE_ALLOW_HOST, ...), DOCKGATE_HTPASSWD or "
+        "DOCKGATE_TOKENS means --auth-required, and DOCKGATE_TLS_CERT --tls: run in a "
+        "gateway's environment, check decides as that gateway.",
     )
     # One argument ('GET /path') or two (GET /path): the shell's quoting is not the point.
     check.add_argument("request", nargs="+", metavar="METHOD /path")
@@ -231,6 +237,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="'NAME: VALUE'",
         help="another request header, e.g. 'Content-Type: application/x-tar'; repeatable",
+    )
+    check.add_argument(
+        "--tls",
+        action="store_true",
+        help="the listener speaks TLS (serve --tls-cert): the gateway's own origin is "
+        "https://HOST, not http://HOST",
     )
     check.add_argument(
         "--auth-required",
@@ -306,6 +318,10 @@ def _named_variable(message: str, argv: Sequence[str]) -> str:
 def _defaults_from_environment(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
     """Give each option of `parser` the default its DOCKGATE_ variable says (for containers:
     a Swarm service or compose file sets variables, not arguments)."""
+    # What an earlier parser (an earlier `main` in the same process) found is not this
+    # environment's.
+    _ENV_LISTS.clear()
+    _ENV_NAMES.clear()
     for action in parser._actions:
         long = [o for o in action.option_strings if o.startswith("--")]
         if not long or action.dest == "help":
@@ -494,6 +510,33 @@ def _policies_and_warnings(args: argparse.Namespace) -> tuple[PolicySet, list[st
     )
 
 
+# The options `check` shares with `serve` (_policy_options), by their destination.
+_POLICY_LISTS = ("allow_origin", "allow_host", "allow_source", "deny_source")
+
+
+def _check_from_environment(args: argparse.Namespace) -> None:
+    """`check` decides as the gateway configured by this environment would: the DOCKGATE_
+    variables of the options it shares with `serve` apply as they do to `serve` (the command
+    line wins); a gateway given DOCKGATE_HTPASSWD or DOCKGATE_TOKENS asks for credentials
+    (--auth-required), and one given DOCKGATE_TLS_CERT speaks TLS (--tls). Without this,
+    `check` in a gateway's container (DOCKGATE_POLICY set) judged by the Tecnativa variables
+    instead of the gateway's policy file."""
+    if args.policy is None and "--policy" in _ENV_NAMES:
+        args.policy = _ENV_NAMES["--policy"][1]
+    for dest in _POLICY_LISTS:
+        if not getattr(args, dest) and dest in _ENV_LISTS:
+            setattr(args, dest, _ENV_LISTS[dest])
+    if not args.auth_required:
+        args.auth_required = any(_variable(option) for option in ("--htpasswd", "--tokens"))
+    if not args.tls:
+        args.tls = bool(_variable("--tls-cert"))
+
+
+def _variable(option: str) -> str:
+    """The value the DOCKGATE_ variable of serve's `option` gives it ("" when unset)."""
+    return _ENV_NAMES.get(option, ("", ""))[1].strip()
+
+
 def _check(args: argparse.Namespace) -> int:
     """`dockgate check`: the gateway's own admission and plan, explained (check.py)."""
     method, _, target = " ".join(args.request).strip().partition(" ")
@@ -531,6 +574,7 @@ def _check(args: argparse.Namespace) -> int:
         headers=tuple(args.header),
         body=body,
         credentials_required=args.auth_required,
+        tls=args.tls,
     )
     out: list[str] = []
     status = run_check(request, policies, out)
@@ -586,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dest, values in _ENV_LISTS.items():
             if not getattr(args, dest):
                 setattr(args, dest, values)
+    if args.command == "check":
+        _check_from_environment(args)
     try:
         if args.command == "check":
             return _check(args)

@@ -40,7 +40,7 @@ from dockgate.body.guardrails import (
     check_body_cost,
     check_request,
 )
-from dockgate.body.namedvolumes import to_look_up
+from dockgate.body.namedvolumes import MAX_NAMED_VOLUMES, to_look_up
 from dockgate.body.redact import REDACTED_OPERATIONS, REDACTED_STREAMS, Redaction, query_problem
 from dockgate.body.repeated import repeated_list
 from dockgate.body.workload import NamedVolume
@@ -60,6 +60,7 @@ from dockgate.ownership.operations import (
     concerns_objects,
     hex_name_problem,
     references,
+    silent_log_problem,
     with_owner_label,
 )
 from dockgate.ownership.operations import plan as ownership_plan
@@ -360,6 +361,27 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
     return JudgedBody(body, volumes, named, owner is not None and operation in IMAGE_CHECKED)
+
+
+def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | None:
+    """What the look-ups of a judged body refuse without asking the daemon, in the order the
+    gateway takes them (relay/steps.py: the volumes' guardrails, then ownership's references):
+    more named volumes than are looked up (namedvolumes.named_volumes_problem); then, when no
+    volume look-up comes first, a create naming the build steps' log driver `none` in
+    ownership mode (its `_vouching_image`: the daemon's default is asked only when the body
+    names no driver). None: what is left needs the daemon."""
+    if len(judged.volumes) > MAX_NAMED_VOLUMES:
+        reason = f"a body may use at most {MAX_NAMED_VOLUMES} volumes by name"
+        return allowed.guardrail_refusal(BodyRefused(403, reason))
+    if judged.volumes or allowed.owner is None or allowed.operation not in IMAGE_CHECKED:
+        return None
+    try:
+        problem = silent_log_problem(allowed.operation, judged.body, None)
+    except ValueError:  # (read whole already by judge_body: not reached)
+        return None
+    if problem is None:
+        return None
+    return allowed.ownership_refusal(403, f"dockgate: {allowed.operation}: {problem}")
 
 
 def _named_objects(operation: str, owner: str, body: bytes) -> list[tuple[Kind, str]]:
