@@ -696,13 +696,14 @@ def run_check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list
     return status, out.splitlines(), err
 
 
-def test_check_shows_the_binding_and_allows(
+def test_check_shows_the_binding_and_allows_the_head(
     policy_file: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status, lines, err = run_check(
         capsys, "POST /v1.41/containers/create", "--policy", str(policy_file), "--as", "user:alice"
     )
-    assert status == 0, err
+    # 3: allowed on its head; the body, not given, decides the rest (the gateway judges it).
+    assert status == 3, err
     assert lines == [
         "request:   POST /v1.41/containers/create",
         "caller:    user alice from 127.0.0.1",
@@ -713,7 +714,7 @@ def test_check_shows_the_binding_and_allows(
         "  rule   1 allow (line 28) sections=*  matches",
         "  body       read whole to be judged",
         "guardrails: ContainerCreate bodies are checked; give one with --body FILE",
-        "decision:  allow (allow:admin:rule-1)",
+        "decision:  allow (allow:admin:rule-1) if the body passes, else deny",
     ]
 
 
@@ -758,7 +759,7 @@ def test_check_source_selects_the_binding(
 ) -> None:
     args = ("POST /v1.41/containers/create", "--policy", str(policy_file), "--as", "user:erin")
     status, lines, _ = run_check(capsys, *args, "--source", "10.9.9.9")
-    assert status == 0
+    assert status == 3  # allowed on its head; the body decides the rest
     assert lines[2] == "binding:   6 (line 17) -> policy ops"
     status, lines, _ = run_check(capsys, *args, "--source", "198.51.100.1")
     assert status == 1

@@ -1903,12 +1903,14 @@ def test_check_without_a_body(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
     policy = write_policy(tmp_path)
     status = main(["check", "--policy", str(policy), "POST /v1.41/containers/create"])
     out = capsys.readouterr().out
-    assert status == 0
+    assert status == 3  # not decided: the gateway judges the body, which was not given
     assert (
         "guardrails: ContainerCreate bodies are checked; give one with --body FILE"
         in out.splitlines()
     )
-    assert out.splitlines()[-1] == "decision:  allow (allow:ci:rule-1)"
+    assert (
+        out.splitlines()[-1] == "decision:  allow (allow:ci:rule-1) if the body passes, else deny"
+    )
 
 
 def test_check_query_checked_and_unjudged_operations(

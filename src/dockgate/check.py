@@ -7,7 +7,8 @@ for, binding, the policy's rules, the browser guard), and planned by the same `p
 `--body`). What only the daemon can tell (who owns an object a request names, a named volume's
 options) is said, not guessed: exit status 3.
 
-Exit status: 0 allow, 1 deny, 3 decided by a look-up in the daemon (see the `lookup:` lines).
+Exit status: 0 allow, 1 deny, 3 not decided by what check was given: a look-up in the daemon
+(see the `lookup:` lines), or a body the guardrails judge that `--body` did not give.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from dockgate.policy.plan import (
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.refusal import Refusal
 
-ALLOW, DENY, USAGE, LOOKUP = 0, 1, 2, 3
+# 3: not decided by what check was given: a look-up in the daemon, or a body not given.
+ALLOW, DENY, USAGE, UNDECIDED = 0, 1, 2, 3
 # Held operations that current clients send without a body: judged as sent, without --body.
 BODYLESS = frozenset({"ContainerStart"})
 # Large enough for any head a test or an operator writes; the gateway's own limit is an option.
@@ -169,8 +171,11 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
                     f"guardrails: {step.allowed.operation} bodies are checked; give one with "
                     "--body FILE"
                 )
-                out.append(f"decision:  allow ({step.allowed.verdict.label})")
-                return ALLOW
+                # Not an allow: the gateway judges the body it gets (none is a 400 for most).
+                out.append(
+                    f"decision:  allow ({step.allowed.verdict.label}) if the body passes, else deny"
+                )
+                return UNDECIDED
             _explain_guardrails(out, step, body)
             judged = judge_body(step, body, trace)
             _flush(out, trace)
@@ -320,7 +325,7 @@ def _decide(out: list[str], refusal: Refusal) -> int:
 
 def _decide_by_lookup(out: list[str], label: str) -> int:
     out.append(f"decision:  allow ({label}) if the look-ups above say so, else deny")
-    return LOOKUP
+    return UNDECIDED
 
 
 def describe_matcher(rule: Rule) -> str:
