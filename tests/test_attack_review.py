@@ -2,8 +2,8 @@
 
 Each test is one finding of the review, proven by its effect on the real daemon (a container
 wrote a file of a read-only host path, the daemon used a volume plugin the policy excludes,
-...), and marked `xfail(strict=True)`: it passes while the hole is open and fails (XPASS)
-once it is closed, so that the fix must turn the test into an ordinary one.
+...). Each was pinned as an `xfail(strict=True)` while the hole was open; all are closed,
+and each test is an ordinary one that fails if its hole reopens.
 
 Callers: a CI runner (the guardrails of examples/policies/ci-runner.yaml, one read-only host
 directory), and ownership tenants alice and bob.

@@ -73,8 +73,8 @@ pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
 
 class Hole(AssertionError):
-    """The finding itself: only this makes a test xfail (`raises=Hole`); a failed precondition
-    is an ordinary failure, never a silent xfail."""
+    """The finding itself (the review's strict xfails expected only this, `raises=Hole`); a
+    failed precondition is an ordinary failure."""
 
 
 def hole(condition: bool, message: str) -> None:

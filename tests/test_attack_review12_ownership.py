@@ -1,8 +1,8 @@
 """Attack review of issue 12's ownership changes (items 1 and 8), against the real daemon.
 
-Two tenants, alice and bob (Basic), one ownership policy. Each finding is an
-xfail(strict=True) test asserting what should hold: it fails today (the hole is open) and
-XPASSes once closed.
+Two tenants, alice and bob (Basic), one ownership policy. Each finding was pinned as an
+xfail(strict=True) test asserting what should hold; all are fixed, and each test is an ordinary
+one that failed before its fix.
 
 - A Dockerfile `LABEL` step commits through a container created from the previous step's
   image with the new labels (moby dispatchers.go dispatchLabel -> internals.go commit): the

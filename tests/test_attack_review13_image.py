@@ -9,8 +9,9 @@ the README's nginx migration runs it with examples/policies/quickstart.yaml.
   root at the next start, which the caller asks for. (The HEALTHCHECK, also run as root every
   10 s, starts /opt/dockgate/bin/python3, which `docker cp` can replace as well: no restart.)
 
-Each test is marked `xfail(strict=True)`, asserting what should hold: it fails while the hole
-is open and XPASSes once it is closed.
+Each test asserts what should hold. The first finding is closed (quickstart.yaml has ownership
+now) and its test is an ordinary one; the second stays open, an `xfail(strict=True)` that
+XPASSes once it is closed.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 dockgate, beyond the first pass's findings (tests/test_attack_review.py).
 
 Each test is one finding, proven by its effect on the real daemon (or, for the gateway's own
-robustness, by a measurement), and marked `xfail(strict=True)`: it passes while the hole is
-open and fails (XPASS) once it is closed, so that the fix must turn it into an ordinary test.
+robustness, by a measurement). Each was pinned as an `xfail(strict=True)` while the hole was
+open; the closed ones are ordinary tests now, and the tests still marked so are holes that stay
+open (their reasons say why).
 
 Callers: a CI runner (the guardrails of examples/policies/ci-runner.yaml, one read-only host
 directory), ownership tenants alice and bob, and a Tecnativa-style environment policy.

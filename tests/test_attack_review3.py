@@ -5,8 +5,9 @@ cost bound, owner labels at any depth, pinning, leading-slash references), attac
 limited caller against the real daemon.
 
 Each test is one finding, proven by its effect on the real daemon (or, for the gateway's own
-robustness, by a measurement), and marked `xfail(strict=True)`: it passes while the hole is
-open and fails (XPASS) once it is closed, so that the fix must turn it into an ordinary test.
+robustness, by a measurement). Each was pinned as an `xfail(strict=True)` while the hole was
+open; the closed ones are ordinary tests now, and the tests still marked so are holes that stay
+open (their reasons say why).
 Fixtures and helpers are the second pass's (tests/test_attack_review2.py): `ci` is a gateway
 with the CI runner's policy, `tenants` two ownership tenants.
 """

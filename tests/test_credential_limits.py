@@ -40,7 +40,7 @@ def test_the_longest_password_is_checked_and_a_longer_one_is_not() -> None:
     auth = Authenticator(htpasswd)
     found = auth.identify(_basic("alice", LONGEST))
     assert isinstance(found, PasswordCheck) and found.run()
-    assert auth.authenticate(_basic("alice", LONGEST)) == Identity("alice", BASIC)
+    assert found.identity == Identity("alice", BASIC)
     assert len(TOO_LONG.encode()) == MAX_PASSWORD_BYTES + 1
     assert auth.identify(_basic("bob", TOO_LONG)) is None  # no PasswordCheck: no hash
     assert auth.identify(_basic("nobody", "p" * 44 * 1024)) is None

@@ -1,8 +1,8 @@
 """Findings of a review of relay/connection.py / relay/upstream.py / server.py, each pinned by a
 test.
 
-Tests that fail today demonstrate a bug (the docstring says what should happen instead); tests
-that pass pin a subtle behaviour that was checked and is right. They drive a real
+Some tests demonstrated a bug when written (fixed since: the docstring says what happens now);
+the others pin a subtle behaviour that was checked and is right. They drive a real
 ``dockgate serve`` subprocess in front of the scriptable fake daemon, like test_http_edges.py.
 """
 

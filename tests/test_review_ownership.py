@@ -1,6 +1,6 @@
 """Review of ownership mode, response redaction and the proxy flow that carries them, against the
-real daemon. Each `xfail(strict=True)` test reproduces a bug: it asserts the behaviour the
-feature promises, and fails today. The tests that pass check behaviour that holds.
+real daemon. Each test asserts the behaviour the feature promises; those that reproduced a bug
+were strict xfails until it was fixed, and are ordinary tests now.
 
 Two callers, alice and bob, share one policy with `ownership: true` (guardrails as in
 tests/test_ownership.py: sharing another container's volumes and pid namespace opened, since

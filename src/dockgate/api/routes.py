@@ -3,8 +3,8 @@
 The policy decides on *operations* (``ContainerCreate``, ``ExecStart``, ...), never on raw
 paths, so this module must route a request exactly as dockerd's own router does, no more and no
 less. The table below mirrors that router; where the OpenAPI specs
-(``/work/shared/docker-api/v1.41.yaml`` and ``v1.56.yaml``) and the router disagree, the router
-wins, because it decides what actually runs.
+(moby's ``api/swagger.yaml``: v1.41 in the 20.10 tree, v1.56 today) and the router disagree, the
+router wins, because it decides what actually runs.
 
 Ground truth (moby/moby)
 ------------------------
