@@ -13,11 +13,9 @@ policy decides.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import pathlib
 import time
-from collections.abc import Iterable
 
 import pytest
 
@@ -32,48 +30,26 @@ from dockgate.auth.identity import (
     Identity,
 )
 from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressList, parse_address_list
-from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.auth.tokens import TokenFileError, Tokens, load_tokens, parse_tokens
 from dockgate.auth.tokens import create_token_line as new_token_line
-from dockgate.http.request import RequestHead, parse_head
-from dockgate.policy.admission import Admission, Admissions, ConnectionFacts, PendingAdmission
-from dockgate.policy.gatekeeper import Gatekeeper
-from dockgate.policy.loader import parse_policy_text
-from dockgate.policy.rules import PolicySet
+from dockgate.http.request import parse_head
+from dockgate.policy.admission import Admissions, ConnectionFacts
+from support.admission import (
+    CLIENT,
+    LIST,
+    POLICY,
+    admissions,
+    admit,
+    assert_refused,
+    assert_throttled,
+    facts,
+    head,
+    throttled_gate,
+)
 from support.remote import htpasswd_text as hashed_lines
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "mallory": "mallory-pw"}
 
-POLICY = """\
-sources:
-  deny: [192.0.2.0/24]
-groups:
-  ops: [carol]
-bindings:
-  - policy: admin
-    users: [alice]
-  - policy: readonly
-    users: [bob]
-  - policy: ci
-    tokens: [ci-runner]
-  - policy: admin
-    groups: [ops]
-    sources: {allow: [10.50.0.0/16]}
-  - policy: admin
-    certificates: [deploy]
-    sources: {allow: [10.50.0.0/16]}
-policies:
-  admin:
-    rules:
-      - allow: {sections: ["*"]}
-  readonly:
-    read_only: true
-    rules:
-      - allow: {sections: ["*"]}
-  ci:
-    rules:
-      - allow: {sections: [images]}
-"""
 
 WITH_ANONYMOUS = POLICY.replace(
     "policies:\n",
@@ -81,19 +57,14 @@ WITH_ANONYMOUS = POLICY.replace(
     1,
 )
 
+
 CREATE = "/v1.41/containers/create"
-LIST = "/v1.41/containers/json"
+
+
 IMAGES = "/v1.41/images/json"
+
+
 LB = "10.0.0.1"  # the trusted load balancer
-CLIENT = "198.51.100.7"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -125,79 +96,9 @@ def basic(user: str, password: str | None = None) -> str:
     return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
 
 
-def head(
-    method: str = "GET",
-    target: str = LIST,
-    authorization: str | None = None,
-    forwarded_for: Iterable[str] = (),
-) -> RequestHead:
-    lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
-    if authorization is not None:
-        lines.append(f"Authorization: {authorization}")
-    lines.extend(f"X-Forwarded-For: {value}" for value in forwarded_for)
-    return parse_head(("\r\n".join(lines) + "\r\n\r\n").encode())
-
-
-def admissions(
-    authenticator: Authenticator,
-    policy: str = POLICY,
-    *,
-    trusted: AddressList | None = None,
-    settings: ThrottleSettings | None = None,
-    clock: FakeClock | None = None,
-    proxy_protocol: bool = False,
-) -> Admissions:
-    policies: PolicySet = parse_policy_text(policy, "test.yaml")
-    return Admissions(
-        policies,
-        Gatekeeper(policies, authenticated=authenticator.required),
-        authenticator,
-        FailureThrottle(settings or ThrottleSettings(3, 5, 60.0), clock or FakeClock()),
-        trusted if trusted is not None else parse_address_list(["10.0.0.0/24"]),
-        proxy_protocol=proxy_protocol,
-    )
-
-
-def facts(source: str = CLIENT, certificate: Identity | None = None) -> ConnectionFacts:
-    return ConnectionFacts(source, source, certificate)
-
-
 @pytest.fixture
 def gate(htpasswd: Htpasswd, tokens: Tokens) -> Admissions:
     return admissions(Authenticator(htpasswd, tokens))
-
-
-def admit(
-    gate: Admissions, request: RequestHead, conn: ConnectionFacts | None = None, now: float = 0.0
-) -> Admission:
-    """The admission, after the password check when one runs (in the pool, on a loop)."""
-
-    async def admitted() -> Admission:
-        found = gate.admit(request, conn or facts(), now)
-        if isinstance(found, PendingAdmission):
-            await asyncio.wait([found.future])
-            return found.admission()
-        return found
-
-    return asyncio.run(admitted())
-
-
-def assert_refused(
-    admission: Admission, status: int, message: str, label: str, reason: str
-) -> None:
-    verdict = admission.verdict
-    assert not verdict.allowed
-    assert (verdict.status, verdict.message, verdict.label, verdict.reason) == (
-        status,
-        message,
-        label,
-        reason,
-    )
-    assert verdict.operation == "-"
-    assert verdict.policy is None
-
-
-# ----- identities and policies ------------------------------------------------------------------
 
 
 def test_two_users_get_their_own_policies_on_the_same_request(gate: Admissions) -> None:
@@ -318,9 +219,6 @@ def test_authorization_wins_over_the_certificate(gate: Admissions) -> None:
     assert bad.identity == ANONYMOUS_IDENTITY
 
 
-# ----- anonymous callers --------------------------------------------------------------------------
-
-
 def test_no_credentials_where_no_binding_takes_anonymous_is_401(gate: Admissions) -> None:
     for source in (CLIENT, "unix"):
         admission = admit(gate, head("GET", LIST), facts(source))
@@ -428,9 +326,6 @@ policies:
     assert admit(auth_gate, head("GET", LIST)).verdict.status == 401
 
 
-# ----- bad credentials ---------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "authorization",
     [
@@ -450,9 +345,6 @@ def test_bad_credentials_all_get_the_same_401(gate: Admissions, authorization: s
     assert_refused(
         admission, 401, "dockgate: invalid credentials", "deny:-:unauthenticated", "bad credentials"
     )
-
-
-# ----- global sources and X-Forwarded-For ---------------------------------------------------------
 
 
 def test_global_deny_refuses_before_credentials_are_checked(gate: Admissions) -> None:
@@ -583,33 +475,6 @@ def test_proxy_protocol_means_no_forwarded_for(
         admission = admit(gate, head("GET", LIST, basic("alice"), chain), facts(source))
         assert admission.source == source
         assert admission.verdict.allowed
-
-
-# ----- throttling ---------------------------------------------------------------------------
-
-
-def throttled_gate(
-    htpasswd: Htpasswd, tokens: Tokens, per_source: int = 3, per_user: int = 5
-) -> tuple[Admissions, FakeClock]:
-    clock = FakeClock()
-    gate = admissions(
-        Authenticator(htpasswd, tokens),
-        settings=ThrottleSettings(per_source, per_user, 60.0),
-        clock=clock,
-    )
-    return gate, clock
-
-
-def assert_throttled(admission: Admission, retry_after: int) -> None:
-    assert admission.identity == ANONYMOUS_IDENTITY
-    assert admission.retry_after == retry_after
-    assert_refused(
-        admission,
-        429,
-        "dockgate: too many failed attempts; try again later",
-        "deny:-:throttled",
-        "throttled",
-    )
 
 
 def test_429_after_n_failures_from_one_source(htpasswd: Htpasswd, tokens: Tokens) -> None:
@@ -769,9 +634,6 @@ def test_an_over_long_user_name_is_refused_before_any_bookkeeping(
     # 256 bytes is still a name (counted: one failure locks it with per_user=1).
     assert admit(gate, head("GET", LIST, basic("é" * 128, "x"))).verdict.status == 401
     assert list(gate.throttle._users) == ["é" * 128]
-
-
-# ----- the per-connection memo ------------------------------------------------------------
 
 
 def test_success_is_remembered_on_the_connection(gate: Admissions) -> None:

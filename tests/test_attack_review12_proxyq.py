@@ -37,7 +37,7 @@ import time
 from support.attack import ATTACK_MARKS, ping_seconds
 from support.daemon import PrivateDaemon
 from support.gateway import ALLOW_ALL_POLICY, Gateway, gateway_env, running
-from test_metrics import scrape
+from support.metrics import scrape
 
 pytestmark = ATTACK_MARKS
 

@@ -17,7 +17,7 @@ from dockgate.auth.authenticator import (
 from dockgate.auth.htpasswd import Htpasswd, apr1_crypt, parse_htpasswd
 from dockgate.auth.identity import BASIC, Identity
 from dockgate.auth.tokens import parse_tokens
-from test_admission import CLIENT, admit, assert_throttled, head, throttled_gate
+from support.admission import CLIENT, admit, assert_throttled, head, throttled_gate
 
 LONGEST = "é" * (MAX_PASSWORD_BYTES // 2)  # 1024 bytes of UTF-8 in 512 characters
 TOO_LONG = LONGEST + "p"

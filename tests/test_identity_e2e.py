@@ -17,13 +17,11 @@ import json
 import pathlib
 import socket
 import ssl
-import struct
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import docker
 import docker.errors
@@ -35,168 +33,83 @@ import trustme
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.rawhttp import dechunk, parse_head
+from support.identity import (
+    NO_THROTTLE,
+    Served,
+    audit_records,
+    container_exists,
+    ok,
+    proxy_v2,
+    raw_exchange,
+    raw_request,
+    request_bytes,
+    sdk_client,
+    wait_access_log,
+    wait_audit,
+)
 from support.remote import basic_header, create_token, remote_docker, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
 
+
 POLICIES = pathlib.Path(__file__).parent / "policies"
+
+
 BINDINGS_POLICY = POLICIES / "identity-bindings.yaml"
+
+
 ANONYMOUS_POLICY = POLICIES / "identity-anonymous.yaml"
+
+
 SOURCES_POLICY = POLICIES / "identity-sources.yaml"
+
+
 ALLOW_ALL_POLICY = POLICIES / "allow-all.yaml"
 
-NO_THROTTLE = ("--auth-failures", "0", "--auth-failures-per-user", "0")
-SDK_API_VERSION = "1.41"  # fixed: "auto" would ask /version before any header is set
+
 # The htpasswd and tokens files are checked for changes once a second (auth/authenticator.py).
 RELOAD_LIMIT_SECONDS = 3.0
 
+
 # Distinctive secrets: none of them may ever show up in a log.
 RUN = uuid.uuid4().hex[:12]
+
+
 PASSWORDS = {
     user: f"pw-{user}-{RUN}-sekrit"
     for user in ("alice", "bob", "carol", "dave", "ci", "cert-alice")
 }
+
+
 WRONG_PASSWORD = f"wrong-{RUN}-guess"
+
+
 BOGUS_TOKEN = f"dg_bogus{RUN}bogus{RUN}"
+
+
 REGISTRY_SECRET = f"registry-{RUN}-hunter2"
+
+
 CONFIG_SECRET = f"regconfig-{RUN}-hunter3"
+
+
 LOGIN_SECRET = f"login-{RUN}-hunter4"
+
+
 ENV_SECRET = f"env-{RUN}-hunter5"
 
+
 READ_ONLY_CREATE = "dockgate: ContainerCreate denied by policy containers-read-only (read-only)"
-
-
-# ----- helpers ----------------------------------------------------------------------------------
 
 
 def basic(user: str, password: str | None = None) -> str:
     return basic_header(user, PASSWORDS[user] if password is None else password)
 
 
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr[-2000:]!r}"
-    )
-    return proc
-
-
 def refused(proc: subprocess.CompletedProcess[str], message: str) -> None:
     """The CLI failed and showed the gateway's message as the daemon's error."""
     assert proc.returncode != 0, proc
     assert f"Error response from daemon: {message}" in proc.stderr, proc.stderr
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]  # lower-cased names; the last value of each
-    body: bytes
-
-    @property
-    def message(self) -> str | None:
-        try:
-            value = json.loads(self.body)
-        except ValueError:
-            return None
-        return value.get("message") if isinstance(value, dict) else None
-
-
-def raw_exchange(
-    port: int, data: bytes, *, source: str | None = None, timeout: float = 15
-) -> Reply:
-    """Send `data` (which should ask for `Connection: close`) and read the answer to EOF."""
-    with socket.create_connection(
-        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
-    ) as sock:
-        sock.sendall(data)
-        answer = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            answer += chunk
-    head, sep, body = answer.partition(b"\r\n\r\n")
-    assert sep, f"no complete response: {answer!r}"
-    status, headers = parse_head(head)
-    if headers.get("transfer-encoding") == "chunked":
-        body = dechunk(body)
-    return Reply(status, headers, body)
-
-
-def request_bytes(
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]] = (),
-    body: bytes = b"",
-) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", "Host: docker", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    if body or method in ("POST", "PUT"):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def raw_request(
-    port: int,
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]] = (),
-    body: bytes = b"",
-    *,
-    source: str | None = None,
-    prefix: bytes = b"",
-) -> Reply:
-    data = prefix + request_bytes(method, target, headers, body)
-    return raw_exchange(port, data, source=source)
-
-
-def audit_records(path: pathlib.Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    text = path.read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def wait_audit(
-    path: pathlib.Path, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5
-) -> dict[str, Any]:
-    """The first audit record matching `predicate`, waiting for the buffered log to flush."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [r for r in audit_records(path) if predicate(r)]
-        if found:
-            return found[0]
-        if time.monotonic() > deadline:
-            tail = "\n".join(json.dumps(r) for r in audit_records(path)[-15:])
-            raise AssertionError(f"no matching audit record in {path}; the last ones:\n{tail}")
-        time.sleep(0.05)
-
-
-def wait_access_log(gw: Gateway, predicate: Callable[[str], bool], timeout: float = 5) -> str:
-    """The first access-log line matching `predicate` (the log is flushed shortly after)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in gw.stdout():
-            if predicate(line):
-                return line
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no matching access-log line:\n{gw.stdout_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-def container_exists(daemon: PrivateDaemon, name: str) -> bool:
-    return daemon.docker("container", "inspect", name, check=False).returncode == 0
-
-
-def sdk_client(url: str, **kwargs: Any) -> docker.DockerClient:
-    return docker.DockerClient(base_url=url, version=SDK_API_VERSION, timeout=60, **kwargs)
-
-
-# ----- fixtures ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -221,24 +134,6 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
         create_token(tokens, "deploy", "deployer"),
         create_token(tokens, "impostor", "ci"),
     )
-
-
-@dataclass
-class Served:
-    gw: Gateway
-    audit: pathlib.Path
-
-    @property
-    def url(self) -> str:
-        return self.gw.url
-
-    @property
-    def port(self) -> int:
-        return self.gw.port
-
-    @property
-    def http(self) -> str:
-        return self.gw.http_base
 
 
 @pytest.fixture(scope="module")
@@ -333,9 +228,6 @@ def tls_dns_gw(
         yield Served(gw, audit)
 
 
-# ----- 1. Basic users bound to different policies -----------------------------------------------
-
-
 def test_same_run_is_allowed_for_alice_and_denied_for_bob(
     *,
     basic_gw: Served,
@@ -392,9 +284,6 @@ def test_user_without_binding_gets_403(basic_gw: Served, tmp_path: pathlib.Path,
     assert reply.message == f"dockgate: no policy is bound to user {user}"
 
 
-# ----- 2. Bearer tokens bound by name and by identity -------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("which", "allowed"),
     [("ci", True), ("deploy", False)],
@@ -448,9 +337,6 @@ def test_token_identity_is_not_its_name(
     headers = {"Authorization": f"Bearer {creds.impostor_token}"}
     proc = remote_docker(basic_gw.url, tmp_path, "ps", headers=headers)
     refused(proc, "dockgate: no policy is bound to token impostor (ci)")
-
-
-# ----- 3. Client certificates -------------------------------------------------------------------
 
 
 def test_client_certificates_get_the_policy_of_their_cn(
@@ -553,9 +439,6 @@ def test_certificate_from_another_ca_fails_the_handshake(
     assert tls_gw.gw.alive()
 
 
-# ----- 4. Groups --------------------------------------------------------------------------------
-
-
 def test_group_binding_covers_a_basic_user(
     basic_gw: Served,
     busybox_image: str,
@@ -586,9 +469,6 @@ def test_group_binding_covers_a_certificate(
         "echo", f"ops-{RUN}", cert_path=pki.clients["cert-ops"],
     )  # fmt: skip
     assert ok(proc).stdout.strip() == f"ops-{RUN}"
-
-
-# ----- 5. Anonymous callers ---------------------------------------------------------------------
 
 
 def test_anonymous_binding_allows_only_probes(
@@ -643,9 +523,6 @@ def test_without_anonymous_binding_callers_are_asked_for_credentials(
     proc = remote_docker(basic_gw.url, tmp_path, "ps")
     assert proc.returncode != 0
     assert "dockgate: authentication required" in proc.stderr
-
-
-# ----- 6. Throttling of failed logins -----------------------------------------------------------
 
 
 def _ping(gw: Gateway, authorization: str) -> requests.Response:
@@ -715,9 +592,6 @@ def test_failed_logins_throttle_the_user(daemon: PrivateDaemon, creds: Credentia
         for _ in range(4):  # more failures than bob's limit: alice is not locked
             assert _ping(gw, basic("alice", WRONG_PASSWORD)).status_code == 401
             assert _ping(gw, basic("alice")).status_code == 200
-
-
-# ----- 7. Secrets never reach a log -------------------------------------------------------------
 
 
 def _b64(text: str) -> str:
@@ -876,9 +750,6 @@ def test_secrets_never_reach_the_logs(
     assert not leaks, leaks
 
 
-# ----- 8. The audit log -------------------------------------------------------------------------
-
-
 def test_audit_records_create_and_exec(
     *,
     basic_gw: Served,
@@ -991,9 +862,6 @@ def test_audit_records_denials(
         401,
     )
     assert record["reason"] == "bad credentials"
-
-
-# ----- 9. Source addresses ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -1123,18 +991,6 @@ def test_deny_source_refuses_a_direct_client(deny_gw: Gateway, tmp_path: pathlib
     assert (reply.status, reply.body) == (200, b"OK")
 
 
-# ----- 10. The PROXY protocol -------------------------------------------------------------------
-
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-def proxy_v2(source: str, destination: str, sport: int, dport: int) -> bytes:
-    src, dst = ipaddress.ip_address(source), ipaddress.ip_address(destination)
-    family = 0x11 if src.version == 4 else 0x21
-    block = src.packed + dst.packed + struct.pack("!HH", sport, dport)
-    return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(block)) + block
-
-
 @pytest.fixture(scope="module")
 def proxy_gw(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     audit = tmp_path_factory.mktemp("proxy-audit") / "audit.jsonl"
@@ -1229,9 +1085,6 @@ def test_proxy_header_before_tls(daemon: PrivateDaemon, pki: Pki, tmp_path: path
         assert answer.startswith(b"HTTP/1.1 200 "), answer
         record = wait_audit(audit, lambda r: r["operation"] == "SystemPing")
         assert (record["source"], record["identity"]) == ("10.9.8.7", "cert-alice")
-
-
-# ----- 11. Credential files reloaded without a restart ------------------------------------------
 
 
 def _wait_status(
@@ -1334,9 +1187,6 @@ def test_credential_files_are_reloaded(daemon: PrivateDaemon, tmp_path: pathlib.
         assert sum("failed" in line for line in gw.stderr()) == 1, gw.output()
 
 
-# ----- 12. The Docker SDK for Python ------------------------------------------------------------
-
-
 def test_sdk_with_client_certificates(
     *,
     tls_gw: Served,
@@ -1410,9 +1260,6 @@ def test_sdk_with_a_custom_authorization_header(
         "bob": READ_ONLY_CREATE,
         "carol": "dockgate: no policy is bound to user carol",
     }
-
-
-# ----- start-up errors of the new options -------------------------------------------------------
 
 
 def _start_failure(daemon: PrivateDaemon, *args: str) -> tuple[int, str]:

@@ -1,6 +1,7 @@
 """Prometheus metrics on the admin listener (`GET /metrics`), against the real daemon: requests
 by operation, decision, policy and status as the clients made them; open connections; reloads;
-and, with two workers, every scrape adding up both, whichever worker answers it."""
+and, with two workers, every scrape adding up both, whichever worker answers it.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from dockgate.observe.metrics import RequestCounts, render
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.metrics import _http, scrape
 from support.procs import children
 from support.remote import basic_header, remote_docker, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
 
+
 PASSWORD = "metrics-test-password"
+
+
 POLICY = """\
 bindings:
   - {policy: pinger, users: [alice]}
@@ -33,34 +38,10 @@ policies:
 """
 
 
-def _http(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
-        conn.sendall(request)
-        raw = b""
-        while chunk := conn.recv(65536):
-            raw += chunk
-    return raw
-
-
 def _get(port: int, path: str, authorization: str | None = None) -> int:
     auth = f"Authorization: {authorization}\r\n" if authorization else ""
     raw = _http(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
     return int(raw.split(b" ")[1])
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    """Every sample of `GET /metrics`, by name and labels."""
-    raw = _http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 ") and b"text/plain; version=0.0.4" in head, head
-    samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
 
 
 def requests_of(

@@ -29,7 +29,7 @@ import trustme
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from test_identity_e2e import (
+from support.identity import (
     NO_THROTTLE,
     V2_SIGNATURE,
     Served,

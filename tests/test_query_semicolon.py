@@ -23,8 +23,7 @@ import pytest
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.remote import UnixHTTPConnection, json_call, json_exchange, remote_docker
-from test_identity_e2e import (
+from support.identity import (
     Served,
     container_exists,
     ok,
@@ -32,6 +31,7 @@ from test_identity_e2e import (
     wait_access_log,
     wait_audit,
 )
+from support.remote import UnixHTTPConnection, json_call, json_exchange, remote_docker
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 

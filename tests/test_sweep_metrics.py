@@ -23,7 +23,7 @@ import pytest
 from dockgate.observe.metrics import RequestCounts, render
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, gateway_env, running
-from test_metrics import scrape
+from support.metrics import scrape
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
