@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dockgate.observe.metrics import RequestCounts, render
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.metrics import _http, scrape
+from support.metrics import http_exchange, scrape
 from support.procs import children
 from support.remote import basic_header, remote_docker, write_htpasswd
 
@@ -40,7 +40,8 @@ policies:
 
 def _get(port: int, path: str, authorization: str | None = None) -> int:
     auth = f"Authorization: {authorization}\r\n" if authorization else ""
-    raw = _http(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    raw = http_exchange(port, request.encode())
     return int(raw.split(b" ")[1])
 
 
@@ -79,7 +80,7 @@ def test_requests_are_counted_as_the_clients_made_them(
         for _ in range(3):
             assert _get(gw.port, "/_ping", alice) == 200
         assert _get(gw.port, "/_ping") == 401
-        assert _http(gw.port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert http_exchange(gw.port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         samples = scrape(admin)
         # Malformed, before any head could be read: no operation, no decision, no policy.
         assert requests_of(samples, operation="-", decision="-", policy="-", code="400") == 1
