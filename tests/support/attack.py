@@ -1,4 +1,4 @@
-"""What the attack reviews (tests/test_attack_review*.py) share: a caller of one gateway, the
+"""What the attack reviews (tests/*/test_attacks_*.py) share: a caller of one gateway, the
 CI runner's policy, a loopback-only HTTP service, calls straight to the daemon, and the
 "does one caller stall everyone's /_ping" measurement."""
 

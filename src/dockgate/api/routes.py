@@ -56,7 +56,7 @@ the literal ``/start`` can only match a path whose last segment is ``start``; te
 in a variable stay candidates for any). Each resulting bucket is one precompiled alternation of
 the remaining candidates in registration order, so Python's ordered, backtracking alternation
 gives exactly mux's first-match-wins with greedy variables, and ``m.lastindex`` names the
-winning route. tests/test_routes.py checks this against a literal emulation of mux (every route
+winning route. tests/api/test_routes.py checks this against a literal emulation of mux (every route
 tried in order) and against a real dockerd.
 """
 
