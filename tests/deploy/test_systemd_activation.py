@@ -33,7 +33,7 @@ import trustme
 from support.daemon import PrivateDaemon, free_tcp_port, run_docker
 from support.gateway import ALLOW_ALL_POLICY, REPO, Gateway, gateway_env
 from support.procs import children
-from support.sdnotify import ActivatedGateway, NotifyListener, high_fds
+from support.sdnotify import NotifyListener, activated
 from support.streams import wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -89,39 +89,6 @@ def unix_listener(path: str, mode: int) -> socket.socket:
     os.chmod(path, mode)
     sock.listen(64)
     return sock
-
-
-def activated(
-    daemon: PrivateDaemon,
-    socks: list[socket.socket],
-    notify: NotifyListener | None,
-    *args: str,
-    names: str | None = None,
-    listen_pid: str = "$$",
-) -> ActivatedGateway:
-    """A gateway started with ``socks`` as fds 3, ... (the test keeps its own copies, as
-    systemd does)."""
-    fds = high_fds(socks)
-    env = {"LISTEN_FDS": str(len(socks))}
-    if names is not None:
-        env["LISTEN_FDNAMES"] = names
-    if notify is not None:
-        env["NOTIFY_SOCKET"] = notify.target
-    gw = ActivatedGateway(
-        daemon.host,
-        *args,
-        listen=None,
-        env=gateway_env(env),
-        cwd=REPO,
-        fds=fds,
-        listen_pid=listen_pid,
-    )
-    try:
-        gw.spawn()
-    finally:
-        for fd in fds:
-            os.close(fd)
-    return gw
 
 
 def docker(daemon: PrivateDaemon, host: str, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -1,19 +1,22 @@
-"""Attack review of issue 13's systemd socket activation (startup/systemd.py,
+"""Attack reviews of issue 13's systemd socket activation (startup/systemd.py,
 server.check_exposure): an inherited unix socket every local user may connect to must be refused
-without authentication; here a local user makes the check look at another file.
+without authentication; here a local user (nobody) makes the check look at another file.
 
-Finding (pinned as a strict xfail raising `Hole` only for the finding itself; fixed since,
-so the test passes, and would fail on the old code):
+Findings (pinned as strict xfails raising `Hole` only for the finding itself; fixed since, so
+the tests pass, and would fail on the old code):
 - the check stats the socket's *path* (systemd._unix: os.stat(getsockname())), not the socket:
   when the socket sits in a directory the attacker may write to (world-writable without the
   sticky bit), the attacker renames systemd's 0666 socket (SocketMode='s default) away and puts
   a 0600 socket file of its own at the path; the gateway then sees "mode 600", starts without
   authentication, and the attacker, an ordinary user (nobody), calls the daemon through the
-  renamed socket. The directory is not checked at all (compare sshd's StrictModes).
-
-The fix: systemd.swappable checks every directory the path is looked up in, as StrictModes
-does; a socket in a directory others may write to counts as open to all, refused without
-authentication with the directory named.
+  renamed socket. The directory is not checked at all (compare sshd's StrictModes). The fix:
+  systemd.swappable checks every directory the path is looked up in, as StrictModes does; a
+  socket in a directory others may write to counts as open to all, refused without
+  authentication with the directory named.
+- (second pass) systemd.swappable read mode bits only: a directory a POSIX ACL opens to another
+  user passed, and that user swapped the inherited 0666 socket for a link to a root file (the
+  final file need not be a socket): the gateway served the real socket without authentication.
+  The fix: a directory with an ACL is not trusted, and the file found must be a socket.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -30,8 +34,8 @@ from collections.abc import Iterator
 import pytest
 
 from support.daemon import PrivateDaemon
-from support.gateway import ALLOW_ALL_POLICY, REPO, gateway_env
-from support.sdnotify import ActivatedGateway, high_fds
+from support.gateway import ALLOW_ALL_POLICY, Gateway
+from support.sdnotify import activated
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(90)]
 
@@ -91,37 +95,39 @@ def _as_nobody(*args: str) -> subprocess.CompletedProcess[bytes]:
     )  # fmt: skip
 
 
-def test_socket_swapped_in_a_writable_directory(daemon: PrivateDaemon, open_dir: str) -> None:
-    path = os.path.join(open_dir, "dockgate.sock")
-    renamed = os.path.join(open_dir, "mine.sock")
-    # What systemd does for ListenStream=PATH with the default SocketMode=0666.
+def _systemd_socket(path: str) -> socket.socket:
+    """What systemd does for ListenStream=PATH with the default SocketMode=0666."""
     real = socket.socket(socket.AF_UNIX)
     real.bind(path)
     os.chmod(path, 0o666)
     real.listen(64)
+    return real
+
+
+def _wait_started(gw: Gateway, seconds: float = 20) -> None:
+    """Until the gateway listens, or has exited (refusing the socket)."""
+    deadline = time.monotonic() + seconds
+    while gw.alive() and "listening on" not in gw.stderr_text():
+        assert time.monotonic() < deadline, gw.stderr_text()
+        time.sleep(0.2)
+
+
+def test_socket_swapped_in_a_writable_directory(daemon: PrivateDaemon, open_dir: str) -> None:
+    path = os.path.join(open_dir, "dockgate.sock")
+    renamed = os.path.join(open_dir, "mine.sock")
+    real = _systemd_socket(path)
     try:
         # Left alone, this 0666 socket is refused without authentication (pinned by
         # test_systemd_activation). The attacker, user nobody, swaps it for a decoy:
         swap = _as_nobody("-c", SWAP, path, renamed)
         assert swap.returncode == 0, swap.stderr.decode()
         assert os.stat(path).st_uid == NOBODY
-        fds = high_fds([real])
-        gw = ActivatedGateway(
-            daemon.host, "--policy", str(ALLOW_ALL_POLICY),
-            listen=None, env=gateway_env({"LISTEN_FDS": "1"}), cwd=REPO, fds=fds,
-        )  # fmt: skip
+        gw = activated(daemon, [real], None, "--policy", str(ALLOW_ALL_POLICY))
         try:
-            gw.spawn()
-        finally:
-            for fd in fds:
-                os.close(fd)
-        try:
-            deadline = time.monotonic() + 20
-            while gw.alive() and "listening on" not in gw.stderr_text():
-                assert time.monotonic() < deadline, gw.stderr_text()
-                time.sleep(0.2)
+            _wait_started(gw)
+            deadline = time.monotonic() + 5
             while not gw.alive() and "error" not in gw.stderr_text():
-                assert time.monotonic() < deadline + 5, gw.stderr_text()  # its last words
+                assert time.monotonic() < deadline, gw.stderr_text()  # its last words
                 time.sleep(0.1)
             call = _as_nobody("-c", CALL, renamed)
             assert call.returncode == 0, call.stderr.decode()
@@ -132,6 +138,80 @@ def test_socket_swapped_in_a_writable_directory(daemon: PrivateDaemon, open_dir:
                 f"the gateway started ({gw.stderr_text().strip().splitlines()[:1]}) and user "
                 f"nobody got {answer['status']} with {len(answer.get('body') or [])} containers "
                 f"through {renamed}",
+            )
+        finally:
+            gw.stop()
+    finally:
+        real.close()
+
+
+# ----- second pass: a directory a POSIX ACL opens ----------------------------------------------
+
+# Run as nobody: move the socket at argv[1] to argv[2], and put at argv[1] a symbolic link to a
+# file root owns that nobody may not write (its mode is what the check then reads).
+SWAP_FOR_LINK = """
+import os, sys
+os.rename(sys.argv[1], sys.argv[2])
+os.symlink("/etc/passwd", sys.argv[1])
+"""
+
+
+def _acl_entry(tag: int, perm: int, qualifier: int = 0xFFFFFFFF) -> bytes:
+    return struct.pack("<HHI", tag, perm, qualifier)
+
+
+@pytest.fixture
+def acl_dir() -> Iterator[str]:
+    """A root directory, mode 0755, whose POSIX ACL lets user nobody write (what `setfacl -m
+    u:nobody:rwx DIR` does; written here as the kernel's xattr, linux/posix_acl_xattr.h). The
+    mode then shows 0775: the ACL mask in the group bits, the group root's."""
+    path = tempfile.mkdtemp(prefix="dg-a13c-")
+    os.chmod(path, 0o755)
+    acl = struct.pack("<I", 2) + b"".join(
+        (
+            _acl_entry(0x01, 7),  # ACL_USER_OBJ rwx
+            _acl_entry(0x02, 7, NOBODY),  # ACL_USER nobody rwx
+            _acl_entry(0x04, 5),  # ACL_GROUP_OBJ r-x
+            _acl_entry(0x10, 7),  # ACL_MASK rwx
+            _acl_entry(0x20, 5),  # ACL_OTHER r-x
+        )
+    )
+    try:
+        os.setxattr(path, "system.posix_acl_access", acl)
+    except OSError as exc:
+        shutil.rmtree(path, ignore_errors=True)
+        pytest.skip(f"no POSIX ACLs here: {exc}")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_socket_swapped_in_a_directory_an_acl_opens(daemon: PrivateDaemon, acl_dir: str) -> None:
+    """The socket-activation check (systemd._unix) trusts the path's directories by their mode
+    bits (StrictModes-like). A POSIX ACL entry (`setfacl -m u:nobody:rwx /run/dockgate`, as an
+    operator gives one service account access) lets user nobody rename entries in a
+    directory that shows 0775, owner and group root: not flagged. Nobody moves systemd's
+    0666 socket (SocketMode='s default) away and puts at its path a symbolic link to
+    /etc/passwd (root's, 0644, in root's directories: the chain check follows the link and
+    is content; the final file is not required to be a socket). The gateway reads "mode 644",
+    starts without authentication, and user nobody calls the daemon through the moved socket.
+    Not vacuous: the same socket left in place is refused (pinned by the systemd tests)."""
+    path = os.path.join(acl_dir, "dockgate.sock")
+    moved = os.path.join(acl_dir, "mine.sock")
+    real = _systemd_socket(path)
+    try:
+        swap = _as_nobody("-c", SWAP_FOR_LINK, path, moved)
+        assert swap.returncode == 0, swap.stderr.decode()
+        gw = activated(daemon, [real], None, "--policy", str(ALLOW_ALL_POLICY))
+        try:
+            _wait_started(gw)
+            call = _as_nobody("-c", CALL, moved)
+            assert call.returncode == 0, call.stderr.decode()
+            answer = json.loads(call.stdout)
+            assert answer["status"] != 200, (
+                f"user nobody got {answer['status']} with {len(answer.get('body') or [])} "
+                f"containers through {moved}: {gw.stderr_text().strip().splitlines()[:2]}"
             )
         finally:
             gw.stop()
