@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 import pytest
 
 from support.daemon import PrivateDaemon
+from support.dropin import settle, start_tecnativa
 from support.image import copy_image
 from support.netns import NETNS_DIR, NamespacedDaemon, namespaced_daemon
 
@@ -137,24 +137,11 @@ class LanMachine:
 
 
 def _start(node: Node, name: str, *options: str) -> None:
-    """The Tecnativa command line, with `options` (network, variables) added."""
-    node.daemon.docker(
-        "run", "-d", "--name", name, *options, "-e", "CONTAINERS=1",
-        "-v", f"{node.daemon.socket_path}:/var/run/docker.sock", node.image,
-    )  # fmt: skip
+    start_tecnativa(node.daemon, node.image, name, *options)
 
 
 def _settle(node: Node, name: str, timeout: float = 60) -> tuple[str, str]:
-    """Wait until the gateway listens or its container exits: (status, logs)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = json.loads(node.daemon.docker("inspect", name).stdout)[0]["State"]
-        logs = node.daemon.docker("logs", name).stderr.decode()
-        if state["Status"] == "exited" or "dockgate: listening on" in logs:
-            return state["Status"], logs
-        if time.monotonic() > deadline:
-            return state["Status"], logs
-        time.sleep(0.5)
+    return settle(node.daemon, name, timeout)
 
 
 def _inspect(node: Node, name: str) -> dict[str, object]:

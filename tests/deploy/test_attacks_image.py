@@ -24,20 +24,17 @@ import re
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, logs
+from support.attack import ATTACK_MARKS, QUICKSTART_POLICY, Api, host_secret_fixture, logs
 from support.daemon import PrivateDaemon, free_tcp_port
-from support.paths import REPO
 from support.remote import json_call
 
 # The session's image build counts into the first test's time: a longer timeout than the
 # other reviews' 120 s.
 pytestmark = [*(m for m in ATTACK_MARKS if m.name != "timeout"), pytest.mark.timeout(900)]
 
-QUICKSTART = REPO / "examples" / "policies" / "quickstart.yaml"
 RUN = uuid.uuid4().hex[:8]
 
 # What a caller runs with `docker exec` in the gateway's container: the image's own python3
@@ -58,15 +55,7 @@ print(call("POST", "/containers/" + sys.argv[1] + "/start"))
 """
 
 
-@pytest.fixture
-def host_secret() -> Iterator[pathlib.Path]:
-    path = pathlib.Path(f"/tmp/dg-atk13b-img-{uuid.uuid4().hex[:8]}")
-    path.write_text(f"host-only-{RUN}\n")
-    path.chmod(0o600)
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+host_secret = host_secret_fixture()
 
 
 @dataclasses.dataclass
@@ -86,6 +75,26 @@ def _ready(port: int, timeout: float = 60) -> bool:
             pass
         time.sleep(0.3)
     return False
+
+
+def _contained_gateway(
+    daemon: PrivateDaemon, image: str, name: str, policy: pathlib.Path, *options: str
+) -> Api:
+    """The image run as the README's nginx migration runs it (the socket mounted, `policy` as
+    DOCKGATE_POLICY, on the host's network) with `options` added; a caller of it, once it
+    answers. The caller removes the container `name`."""
+    port = free_tcp_port()
+    daemon.docker(
+        "run", "-d", "--name", name, "--network", "host", *options,
+        "-v", f"{daemon.socket_path}:/var/run/docker.sock",
+        "-v", f"{policy}:/etc/dockgate/policy.yaml:ro",
+        "-e", "DOCKGATE_POLICY=/etc/dockgate/policy.yaml",
+        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{port}",
+        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{free_tcp_port()}",
+        image,
+    )  # fmt: skip
+    assert _ready(port), daemon.docker("logs", name, check=False).stderr
+    return Api(_Listening(port))  # type: ignore[arg-type]
 
 
 def _exec(api: Api, container: str, cmd: list[str]) -> int | None:
@@ -125,19 +134,10 @@ def test_exec_into_the_gateways_own_container_is_not_root_with_the_socket(
     Pinned as an xfail by the attack review when quickstart.yaml had no ownership; now the
     gateway's container is not the caller's: the exec gets 404 and nothing runs."""
     gateway, escaped = f"atk13b-gw-{RUN}", f"atk13b-img-escaped-{RUN}"
-    port = free_tcp_port()
-    daemon.docker(
-        "run", "-d", "--name", gateway, "--network", "host", "--read-only",
-        "-v", f"{daemon.socket_path}:/var/run/docker.sock",
-        "-v", f"{QUICKSTART}:/etc/dockgate/policy.yaml:ro",
-        "-e", "DOCKGATE_POLICY=/etc/dockgate/policy.yaml",
-        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{port}",
-        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{free_tcp_port()}",
-        dockgate_image,
-    )  # fmt: skip
     try:
-        assert _ready(port), daemon.docker("logs", gateway, check=False).stderr
-        caller = Api(_Listening(port))  # type: ignore[arg-type]
+        caller = _contained_gateway(
+            daemon, dockgate_image, gateway, QUICKSTART_POLICY, "--read-only"
+        )
 
         # `id -u` is 0: the exec's user is the image's, root (exit 0 of `test`).
         as_root = _exec(caller, gateway, ["sh", "-c", 'test "$(id -u)" = 0'])
@@ -201,24 +201,13 @@ def test_cp_into_the_gateways_own_container_does_not_replace_its_entrypoint(
     policy = tmp_path / "policy.yaml"
     # A guarded policy without ownership (as quickstart.yaml was when the review pinned this):
     # quickstart's rules less `exec`.
-    text = re.sub(r"\n *- exec\b[^\n]*", "", QUICKSTART.read_text())
+    text = re.sub(r"\n *- exec\b[^\n]*", "", QUICKSTART_POLICY.read_text())
     text = text.replace("    ownership: true\n", "").replace("owners:\n  local: [anonymous]\n", "")
     policy.write_text(text)
     assert "- exec" not in text and "ownership" not in text.replace("# ", "").split("policies:")[1]
     gateway, escaped = f"atk13b-gw2-{RUN}", f"atk13b-img2-escaped-{RUN}"
-    port = free_tcp_port()
-    daemon.docker(
-        "run", "-d", "--name", gateway, "--network", "host",
-        "-v", f"{daemon.socket_path}:/var/run/docker.sock",
-        "-v", f"{policy}:/etc/dockgate/policy.yaml:ro",
-        "-e", "DOCKGATE_POLICY=/etc/dockgate/policy.yaml",
-        "-e", f"DOCKGATE_LISTEN=tcp://127.0.0.1:{port}",
-        "-e", f"DOCKGATE_ADMIN_LISTEN=tcp://127.0.0.1:{free_tcp_port()}",
-        dockgate_image,
-    )  # fmt: skip
     try:
-        assert _ready(port), daemon.docker("logs", gateway, check=False).stderr
-        caller = Api(_Listening(port))  # type: ignore[arg-type]
+        caller = _contained_gateway(daemon, dockgate_image, gateway, policy)
         refused, _ = caller.call("POST", f"/v1.41/containers/{gateway}/exec", {"Cmd": ["id"]})
         assert refused == 403  # no exec for this caller
         status, _ = caller.call(

@@ -26,6 +26,7 @@ import pytest
 
 from dockgate.startup.containerself import container_id_from_mountinfo
 from support.daemon import PrivateDaemon
+from support.dropin import settle, start_tecnativa
 from support.image import copy_image
 from support.netns import NamespacedDaemon, namespaced_daemon
 from support.swarm import single_node_swarm
@@ -76,24 +77,11 @@ def node(daemon: PrivateDaemon, dockgate_image: str) -> Iterator[Node]:
 
 
 def _start(node: Node, name: str, *options: str) -> None:
-    """The Tecnativa command line, with `options` (network, ports) added."""
-    node.daemon.docker(
-        "run", "-d", "--name", name, *options, "-e", "CONTAINERS=1",
-        "-v", f"{node.daemon.socket_path}:/var/run/docker.sock", node.image,
-    )  # fmt: skip
+    start_tecnativa(node.daemon, node.image, name, *options)
 
 
 def _settle(node: Node, name: str, timeout: float = 60) -> tuple[str, str]:
-    """Wait until the gateway listens or its container exits: (status, logs)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = json.loads(node.daemon.docker("inspect", name).stdout)[0]["State"]
-        logs = node.daemon.docker("logs", name).stderr.decode()
-        if state["Status"] == "exited" or "dockgate: listening on" in logs:
-            return state["Status"], logs
-        if time.monotonic() > deadline:
-            return state["Status"], logs
-        time.sleep(0.5)
+    return settle(node.daemon, name, timeout)
 
 
 def _remove(node: Node, name: str) -> None:

@@ -27,39 +27,21 @@ import shutil
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, logs
+from support.attack import ATTACK_MARKS, Api, host_secret_fixture, logs, quickstart_fixture
 from support.daemon import PrivateDaemon, find_busybox
-from support.gateway import Gateway, running
-from support.paths import REPO
 
 pytestmark = ATTACK_MARKS
 
-QUICKSTART = REPO / "examples" / "policies" / "quickstart.yaml"
 RUN = uuid.uuid4().hex[:8]
 
 
-@pytest.fixture(scope="module")
-def qs(daemon: PrivateDaemon, busybox_image: str) -> Iterator[Api]:
-    """A caller of the README's quick start: `dockgate serve --policy quickstart.yaml`
-    (127.0.0.1 only, no credentials) in front of the private daemon."""
-    with running(Gateway(daemon.host, policy=str(QUICKSTART))) as gw:
-        yield Api(gw)
+qs = quickstart_fixture()
 
 
-@pytest.fixture
-def host_secret() -> Iterator[pathlib.Path]:
-    """A file only the host has (not in any image, not mounted anywhere by the test)."""
-    path = pathlib.Path(f"/tmp/dg-atk13b-secret-{uuid.uuid4().hex[:8]}")
-    path.write_text(f"host-only-{RUN}\n")
-    path.chmod(0o600)
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+host_secret = host_secret_fixture()
 
 
 def _remove(daemon: PrivateDaemon, *names: str) -> None:

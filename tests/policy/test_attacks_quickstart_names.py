@@ -31,27 +31,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, logs
+from support.attack import ATTACK_MARKS, Api, logs, quickstart_fixture
 from support.daemon import PrivateDaemon
-from support.gateway import Gateway, running
-from support.paths import REPO
 
 pytestmark = ATTACK_MARKS
 
-QUICKSTART = REPO / "examples" / "policies" / "quickstart.yaml"
 RUN = uuid.uuid4().hex[:8]
 
 
-@pytest.fixture(scope="module")
-def qs(daemon: PrivateDaemon, busybox_image: str) -> Iterator[Api]:
-    """A caller of the README's quick start: `dockgate serve --policy quickstart.yaml`
-    (127.0.0.1 only, no credentials) in front of the private daemon."""
-    with running(Gateway(daemon.host, policy=str(QUICKSTART))) as gw:
-        yield Api(gw)
+qs = quickstart_fixture()
 
 
 def _read_volume(qs: Api, image: str, volume: str, path: str) -> tuple[int, str]:
