@@ -5,7 +5,7 @@ Unit tests pin settle_create's decisions against a fake daemon (what it removes,
 the end-to-end tests show the ordinary flows still work through the gateway against the real
 daemon (the docker CLI's and the SDK's `run -v NAME:/data` of a new and of an existing volume
 of the caller's, a create with anonymous volumes only), and measure what the check adds to
-one ContainerCreate. The races themselves are in test_attack_review12_ownership2.py.
+one ContainerCreate. The races themselves are in test_attacks_volume_swaps.py.
 """
 
 from __future__ import annotations
