@@ -207,8 +207,8 @@ def test_the_image_a_create_names_is_read_as_go_reads_it() -> None:
 
 def test_image_owners_are_cached_by_id_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Image IDs are content digests: asked once each; names are asked each time."""
-    from dockgate import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     asked: list[str] = []
 
@@ -287,8 +287,8 @@ def test_a_list_judges_each_container_and_hides_only_those_it_cannot(
 ) -> None:
     """Fails on the old code (one image look-up over the bound failed the whole list, and a
     LABEL step's container, `none` log driver, was listed)."""
-    from dockgate import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     ids = {name: name * 64 for name in "abcdef"}
     inspected = {
@@ -339,8 +339,8 @@ def test_a_list_judges_each_container_and_hides_only_those_it_cannot(
 
 
 def test_list_look_ups_run_at_most_eight_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dockgate import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     running = [0, 0]
 
@@ -368,8 +368,8 @@ def test_the_caches_keep_small_values_only(monkeypatch: pytest.MonkeyPatch) -> N
     """An image's owner label over MAX_OWNER_BYTES is kept as no label (it cannot equal any
     trusted owner); the verdict cache is bounded. Fails on the old code (the value was kept
     whole)."""
-    from dockgate import lookup  # noqa: PLC0415
     from dockgate.addresses import Address  # noqa: PLC0415
+    from dockgate.ownership import lookup  # noqa: PLC0415
 
     huge = "x" * (4 * 1024 * 1024)
 
