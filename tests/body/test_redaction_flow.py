@@ -2,121 +2,74 @@
 review of ownership mode, response redaction and the proxy flow; the ownership findings are
 tests/ownership/test_ownership_crossings.py).
 
-Anonymous callers get a read-only dashboard policy with redaction of env, mounts and labels
-(alice and bob share an ownership policy in the same file). Each test asserts what redaction
-promises; those that reproduced a bug were strict xfails until it was fixed, and are ordinary
-tests now.
+An anonymous caller under the review's dashboard policy (redaction of env, mounts and labels)
+reads a container that holds a secret. Each test asserts what redaction promises; those that
+reproduced a bug were strict xfails until it was fixed, and are ordinary tests now.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
+from support.attack import Api
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
-from support.remote import json_call, write_htpasswd
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 SECRET = "review-canary-s3cret"
 
+# The dashboard policy of the review's gateway, for every caller (all anonymous here).
 POLICY = """\
 policies:
-  shared:
-    ownership: true
-    guardrails: {volumes_from: true, namespaces: ["pid:container"]}
-    rules:
-      - allow:
-          sections: [ping, version, info, events, containers, exec, volumes, networks, images,
-                     build, commit, system, services, tasks, secrets, configs]
   dashboard:
     read_only: true
     redact: {env: true, mounts: true, labels: true}
     rules:
       - allow: {sections: [ping, version, info, containers]}
-bindings:
-  - {policy: shared, users: [alice, bob]}
-  - {policy: dashboard, anonymous: true}
 """
-
-
-def _suffix() -> str:
-    return os.urandom(4).hex()
-
-
-class Api:
-    """Plain HTTP/1.1 calls to the gateway as one caller (None: anonymous)."""
-
-    def __init__(self, gateway: Gateway, user: str | None) -> None:
-        self.gateway = gateway
-        self.user = user
-
-    def headers(self) -> dict[str, str]:
-        if self.user is None:
-            return {}
-        token = base64.b64encode(f"{self.user}:{USERS[self.user]}".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: object = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 60,
-    ) -> tuple[int, Any]:
-        sent = {**self.headers(), **(headers or {})}
-        return json_call(self.gateway.port, method, path, body, headers=sent, timeout=timeout)
-
-    def raw(self, request: bytes, timeout: float = 10) -> bytes:
-        """Send `request` as is on a new connection; everything the gateway sends until it
-        closes (or `timeout`)."""
-        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=timeout) as s:
-            s.sendall(request)
-            out = b""
-            try:
-                while chunk := s.recv(65536):
-                    out += chunk
-            except (TimeoutError, ConnectionResetError):
-                pass
-        return out
 
 
 @pytest.fixture(scope="module")
 def gw(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    base = tmp_path_factory.mktemp("review-ownership")
-    htpasswd = base / "htpasswd"
-    write_htpasswd(htpasswd, USERS)
-    policy = base / "policy.yaml"
+    policy = tmp_path_factory.mktemp("redaction-flow") / "policy.yaml"
     policy.write_text(POLICY)
-    gateway = Gateway(
-        daemon.host, "--htpasswd", str(htpasswd), "--auth-failures", "0", policy=str(policy)
-    )
-    with running(gateway) as started:
+    with running(Gateway(daemon.host, policy=str(policy))) as started:
         yield started
 
 
 @pytest.fixture
 def anonymous(gw: Gateway) -> Api:
-    return Api(gw, None)
+    return Api(gw)
 
 
-# ----- 2. response redaction -------------------------------------------------------------------
+def _raw(gw: Gateway, request: bytes, timeout: float = 10) -> bytes:
+    """Send `request` as is on a new connection; everything the gateway sends until it closes
+    (or `timeout`)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as s:
+        s.sendall(request)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out
+
+
+# ----- response redaction ----------------------------------------------------------------------
 
 
 @pytest.fixture
 def secret_container(daemon: PrivateDaemon, busybox_image: str) -> Iterator[str]:
-    name = f"dgt-rev-redact-{_suffix()}"
+    name = f"dgt-rev-redact-{os.urandom(4).hex()}"
     daemon.docker(
         "create", "--name", name, "-e", f"DB_PASSWORD={SECRET}", "--label", f"tok={SECRET}",
         busybox_image, "true",
@@ -132,24 +85,19 @@ def test_redaction_over_http11_hides_the_secret(anonymous: Api, secret_container
     assert "DB_PASSWORD=<redacted>" in body["Config"]["Env"]
 
 
-def test_redaction_is_bypassed_by_http10(
-    anonymous: Api, gw: Gateway, secret_container: str
-) -> None:
+def test_redaction_is_bypassed_by_http10(gw: Gateway, secret_container: str) -> None:
     for target in (f"/v1.41/containers/{secret_container}/json", "/v1.41/containers/json?all=1"):
-        answer = anonymous.raw(
-            f"GET {target} HTTP/1.0\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode()
-        )
+        answer = _raw(gw, f"GET {target} HTTP/1.0\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode())
         # Fixed by failing closed: an answer that ends at close is not passed on unredacted.
         assert SECRET.encode() not in answer, f"{target}: the secret went out unredacted"
         assert answer.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 502 ")), answer[:200]
 
 
-def test_access_log_counts_a_redacted_answer_once(
-    anonymous: Api, gw: Gateway, secret_container: str
-) -> None:
+def test_access_log_counts_a_redacted_answer_once(gw: Gateway, secret_container: str) -> None:
     target = f"/v1.41/containers/{secret_container}/json"
-    answer = anonymous.raw(
-        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nConnection: close\r\n\r\n".encode()
+    answer = _raw(
+        gw,
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nConnection: close\r\n\r\n".encode(),
     )
     body = answer.partition(b"\r\n\r\n")[2]
     deadline = time.monotonic() + 5
