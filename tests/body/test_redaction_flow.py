@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 
@@ -21,6 +20,7 @@ import pytest
 from support.attack import Api
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.rawhttp import until_close
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 
@@ -50,20 +50,6 @@ def anonymous(gw: Gateway) -> Api:
     return Api(gw)
 
 
-def _raw(gw: Gateway, request: bytes, timeout: float = 10) -> bytes:
-    """Send `request` as is on a new connection; everything the gateway sends until it closes
-    (or `timeout`)."""
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as s:
-        s.sendall(request)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return out
-
-
 # ----- response redaction ----------------------------------------------------------------------
 
 
@@ -87,7 +73,9 @@ def test_redaction_over_http11_hides_the_secret(anonymous: Api, secret_container
 
 def test_redaction_is_bypassed_by_http10(gw: Gateway, secret_container: str) -> None:
     for target in (f"/v1.41/containers/{secret_container}/json", "/v1.41/containers/json?all=1"):
-        answer = _raw(gw, f"GET {target} HTTP/1.0\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode())
+        answer = until_close(
+            gw.port, f"GET {target} HTTP/1.0\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode()
+        )
         # Fixed by failing closed: an answer that ends at close is not passed on unredacted.
         assert SECRET.encode() not in answer, f"{target}: the secret went out unredacted"
         assert answer.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 502 ")), answer[:200]
@@ -95,8 +83,8 @@ def test_redaction_is_bypassed_by_http10(gw: Gateway, secret_container: str) -> 
 
 def test_access_log_counts_a_redacted_answer_once(gw: Gateway, secret_container: str) -> None:
     target = f"/v1.41/containers/{secret_container}/json"
-    answer = _raw(
-        gw,
+    answer = until_close(
+        gw.port,
         f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nConnection: close\r\n\r\n".encode(),
     )
     body = answer.partition(b"\r\n\r\n")[2]

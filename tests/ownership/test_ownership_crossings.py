@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import re
-import socket
 import tarfile
 import threading
 import time
@@ -32,6 +31,7 @@ import pytest
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.rawhttp import until_close
 from support.remote import json_call, write_htpasswd
 from support.swarm import single_node_swarm
 
@@ -91,15 +91,7 @@ class Api:
     def raw(self, request: bytes, timeout: float = 10) -> bytes:
         """Send `request` as is on a new connection; everything the gateway sends until it
         closes (or `timeout`)."""
-        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=timeout) as s:
-            s.sendall(request)
-            out = b""
-            try:
-                while chunk := s.recv(65536):
-                    out += chunk
-            except (TimeoutError, ConnectionResetError):
-                pass
-        return out
+        return until_close(self.gateway.port, request, timeout)
 
 
 @pytest.fixture(scope="module")
