@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh                      # everything
 #   scripts/test.sh -k cli -x            # a subset
-#   DOCKGATE_TEST_DIRECT=1 scripts/test.sh tests/test_cli_scenarios.py   # clients straight at dockerd
+#   DOCKGATE_TEST_DIRECT=1 scripts/test.sh tests/clients/test_cli_scenarios.py   # clients straight at dockerd
 #
 # Must be run as root (it installs Debian packages and starts a private dockerd).
 set -uo pipefail
@@ -40,9 +40,9 @@ APT_PACKAGES=(
     docker.io        # dockerd (the real daemon the tests run privately), containerd, runc
     busybox-static   # /bin/busybox: the rootfs of the test image
     debootstrap      # a Debian rootfs with python3: the base of the dockgate image under test
-    docker-compose   # brings up deploy/compose.sidecar.yml in tests/test_compose.py
+    docker-compose   # brings up deploy/compose.sidecar.yml in tests/deploy/test_compose.py
     iproute2         # ip netns + veth: the Swarm and compose tests' daemons get a network of their own
-    python3-venv     # the README's quick start on Debian's own python3 (tests/test_readme_quickstart.py)
+    python3-venv     # the README's quick start on Debian's own python3 (tests/deploy/test_readme_quickstart.py)
     systemd          # systemd-analyze verify (deploy/systemd units), systemd-socket-activate
     util-linux       # nsenter, script, umount
     tar

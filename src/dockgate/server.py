@@ -219,9 +219,10 @@ class Gateway:
 
     def _install(self, policies: PolicySet) -> None:
         """Put `policies` in force for the requests that follow (at start, and on reload)."""
+        # Whether a caller authenticated is decided per request (admission passes it to every
+        # check), so the gatekeeper is given no default for it.
         self.gatekeeper = Gatekeeper(
             policies,
-            authenticated=self.authenticator.required or self.config.client_certificates_required,
             tls=self.tls is not None,  # TCP listeners speak TLS: the gateway's origin is https
         )
         tls = self.tls  # client certificates are checked again, on each request, against it

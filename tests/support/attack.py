@@ -1,6 +1,7 @@
-"""What the attack reviews (tests/test_attack_review*.py) share: a caller of one gateway, the
-CI runner's policy, a loopback-only HTTP service, calls straight to the daemon, and the
-"does one caller stall everyone's /_ping" measurement."""
+"""What the attack reviews (tests/*/test_attacks_*.py) share: a caller of one gateway, the
+CI runner's policy, a caller of the README's quick start, a file only the host has, a
+loopback-only HTTP service, calls straight to the daemon, and the "does one caller stall
+everyone's /_ping" measurement."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import socket
 import tarfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.paths import REPO
 from support.remote import (
     UnixHTTPConnection,
     basic_header,
@@ -304,6 +307,42 @@ def leftovers_fixture(
         remove_leftovers(daemon, names)
 
     return leftovers
+
+
+# ----- the README's quick start, and what only the host has ------------------------------------
+
+QUICKSTART_POLICY = REPO / "examples" / "policies" / "quickstart.yaml"
+
+
+def quickstart_fixture() -> Callable[..., Iterator[Api]]:
+    """A module-scoped `qs` fixture: a caller of the README's quick start, `dockgate serve
+    --policy quickstart.yaml` (127.0.0.1 only, no credentials) in front of the private daemon."""
+
+    @pytest.fixture(scope="module")
+    def qs(daemon: PrivateDaemon, busybox_image: str) -> Iterator[Api]:
+        with running(Gateway(daemon.host, policy=str(QUICKSTART_POLICY))) as gw:
+            yield Api(gw)
+
+    return qs
+
+
+def host_secret_fixture() -> Callable[..., Iterator[pathlib.Path]]:
+    """A `host_secret` fixture: a file only the host has (root's, 0600; in no image, mounted
+    nowhere by the test), with a content of its own, so that a test finding
+    `host_secret.read_text()` anywhere else shows it was read."""
+
+    @pytest.fixture
+    def host_secret() -> Iterator[pathlib.Path]:
+        tag = uuid.uuid4().hex[:8]
+        path = pathlib.Path(f"/tmp/dg-atk-secret-{tag}")
+        path.write_text(f"host-only-{tag}\n")
+        path.chmod(0o600)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    return host_secret
 
 
 # ----- one caller's load and everyone's /_ping -------------------------------------------------

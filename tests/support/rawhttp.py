@@ -27,6 +27,20 @@ def json_message(body: bytes) -> str | None:
     return value.get("message") if isinstance(value, dict) else None
 
 
+def until_close(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """Send `request` as is on a new connection to 127.0.0.1:`port`; everything the other end
+    sends until it closes (or `timeout`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out
+
+
 class BufferedConn:
     """A connected client socket with a read buffer: bytes read past what a call wanted stay in
     ``buf`` for the next one. Every read waits at most ``timeout`` s unless told otherwise."""

@@ -4,7 +4,8 @@
 ``@abstract``); the tests read what the gateway says on it. ``activated_command`` wraps a command
 the way systemd starts a socket-activated service: the listening sockets as fds 3, 4, ...,
 LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID set to the service's own pid (known only once it
-runs, hence a shell that sets it to ``$$`` and execs the service in place).
+runs, hence a shell that sets it to ``$$`` and execs the service in place); ``activated`` starts
+a gateway that way on the private daemon.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import socket
 import time
 import uuid
 
-from support.gateway import Gateway
+from support.daemon import PrivateDaemon
+from support.gateway import REPO, Gateway, gateway_env
 
 
 class NotifyListener:
@@ -92,3 +94,36 @@ class ActivatedGateway(Gateway):
         self.fds = fds
         self.pass_fds = tuple(fds)
         self.command = activated_command(self.command, fds, listen_pid)
+
+
+def activated(
+    daemon: PrivateDaemon,
+    socks: list[socket.socket],
+    notify: NotifyListener | None,
+    *args: str,
+    names: str | None = None,
+    listen_pid: str = "$$",
+) -> ActivatedGateway:
+    """A gateway started with ``socks`` as fds 3, ... (the test keeps its own copies, as
+    systemd does)."""
+    fds = high_fds(socks)
+    env = {"LISTEN_FDS": str(len(socks))}
+    if names is not None:
+        env["LISTEN_FDNAMES"] = names
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = notify.target
+    gw = ActivatedGateway(
+        daemon.host,
+        *args,
+        listen=None,
+        env=gateway_env(env),
+        cwd=REPO,
+        fds=fds,
+        listen_pid=listen_pid,
+    )
+    try:
+        gw.spawn()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return gw

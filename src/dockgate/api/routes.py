@@ -3,8 +3,8 @@
 The policy decides on *operations* (``ContainerCreate``, ``ExecStart``, ...), never on raw
 paths, so this module must route a request exactly as dockerd's own router does, no more and no
 less. The table below mirrors that router; where the OpenAPI specs
-(``/work/shared/docker-api/v1.41.yaml`` and ``v1.56.yaml``) and the router disagree, the router
-wins, because it decides what actually runs.
+(moby's ``api/swagger.yaml``: v1.41 in the 20.10 tree, v1.56 today) and the router disagree, the
+router wins, because it decides what actually runs.
 
 Ground truth (moby/moby)
 ------------------------
@@ -56,7 +56,7 @@ the literal ``/start`` can only match a path whose last segment is ``start``; te
 in a variable stay candidates for any). Each resulting bucket is one precompiled alternation of
 the remaining candidates in registration order, so Python's ordered, backtracking alternation
 gives exactly mux's first-match-wins with greedy variables, and ``m.lastindex`` names the
-winning route. tests/test_routes.py checks this against a literal emulation of mux (every route
+winning route. tests/api/test_routes.py checks this against a literal emulation of mux (every route
 tried in order) and against a real dockerd.
 """
 

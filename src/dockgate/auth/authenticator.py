@@ -133,16 +133,6 @@ class Authenticator:
                 return Identity(entry.identity, TOKEN, entry.name)
         return None
 
-    def authenticate(self, authorization: bytes | None) -> Identity | None:
-        """`identify` with the password check run here, on the calling thread (tools, tests)."""
-        found = self.identify(authorization)
-        if isinstance(found, PasswordCheck):
-            if not found.run():
-                return None
-            found.remember()
-            return found.identity
-        return found
-
 
 def claimed_user(authorization: bytes) -> str | None:
     """The user name a Basic header claims (unverified), for per-user throttling; None for a

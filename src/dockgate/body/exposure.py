@@ -2,8 +2,8 @@
 
 This is data: `redact.py` rewrites the answers marked REWRITTEN, `relay/steps.py` refuses the
 requests marked REFUSED (through `redact.query_problem`), and docs/policy.md lists the rest as not
-covered. tests/test_exposure.py walks both Engine API specs and fails when an operation whose answer
-holds `Env`, `Mounts`, `Binds`, `Labels`, `Volumes`, `Mountpoint`, `CreatedBy` or
+covered. tests/body/test_exposure.py walks both Engine API specs and fails when an operation whose
+answer holds `Env`, `Mounts`, `Binds`, `Labels`, `Volumes`, `Mountpoint`, `CreatedBy` or
 `ProcessConfig` is in neither this table nor `SHOWS_NONE`, so an operation of a newer API cannot
 pass unconsidered.
 

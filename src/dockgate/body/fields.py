@@ -22,7 +22,7 @@ Query strings are read as Go's url.ParseQuery does (dockgate.http.query): keys a
 of a repeated key is judged (the daemon reads the first, or all of them for list options).
 
 Fields the OpenAPI specs omit but the daemon reads carry `source`: the moby file that reads
-them (tests/test_field_classification.py checks that every other entry is in a spec).
+them (tests/body/test_field_classification.py checks that every other entry is in a spec).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ environment to its command: `ps_args=auxe` shows the very values that `redact: {
 hides in ContainerInspect. The letter is not safe behind a dash either: procps reads a command
 line that fails to parse in UNIX syntax a second time as BSD syntax with the dashes dropped, so
 `-ex` (x is not a UNIX option) and `-eHT` (H and T conflict) both print environments (checked
-against procps-ng 4.0.2, the `ps` of the test host, by tests/test_top_args.py).
+against procps-ng 4.0.2, the `ps` of the test host, by tests/body/test_top_args.py).
 
 So the arguments are judged by an allowlist: flag groups made of letters that print no
 environment in either syntax, `-o`/`o` formats of known column names, and the letter `e` only

@@ -410,7 +410,7 @@ _WALKERS: dict[str, Callable[[dict[str, object], Redaction], None]] = {
     "ConfigInspect": _spec_labels,
 }
 # The answers read whole to be redacted: every operation a walker rewrites (exposure.py's
-# REWRITTEN entries but the event stream; tests/test_exposure.py checks they agree).
+# REWRITTEN entries but the event stream; tests/body/test_exposure.py checks they agree).
 REDACTED_OPERATIONS = frozenset(_WALKERS)
 
 

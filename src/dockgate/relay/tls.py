@@ -202,19 +202,6 @@ def _field_values(cert: dict[str, Any], wanted: str) -> list[str]:
     return [cast(str, value) for k, value in cert.get("subjectAltName", ()) if k == kind]
 
 
-def peer_names(
-    cert: dict[str, Any] | None, fields: tuple[str, ...] = DEFAULT_IDENTITY_FIELDS
-) -> list[str]:
-    """The names a client certificate carries in the given fields, in that order: subject CN,
-    SAN DNS names, emails, URIs."""
-    if not cert:
-        return []
-    names: list[str] = []
-    for wanted in fields:
-        names.extend(n for n in _field_values(cert, wanted) if n and n not in names)
-    return names
-
-
 def peer_identity(
     cert: dict[str, Any] | None, fields: tuple[str, ...] = DEFAULT_IDENTITY_FIELDS
 ) -> str | None:
