@@ -1,0 +1,20 @@
+"""Fixtures of the in-process relay tests (tests/support/inprocess.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from support.inprocess import ClockLoop
+
+
+@pytest.fixture
+def loop() -> Iterator[ClockLoop]:
+    """A fresh event loop whose clock the test moves; closed after the test, which fails if
+    anything raised on it meanwhile (a callback, a task nobody awaited)."""
+    clock_loop = ClockLoop()
+    try:
+        yield clock_loop
+    finally:
+        clock_loop.shut()

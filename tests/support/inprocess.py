@@ -1,0 +1,402 @@
+"""The relay in-process: a `ClientConnection` fed bytes, a mock daemon behind it, no sockets.
+
+The way uvicorn tests its protocols (tests/protocols/test_http.py: MockTransport, MockLoop): the
+protocol object is real, the transports are recorders. A test writes what the client sends
+(`Relay.send`, `Relay.send_eof`), reads what the gateway wrote to the client (`Relay.client`),
+and plays the daemon on each upstream connection the pool opened (`Relay.daemon(n)`: what the
+gateway sent it, and `send`/`send_eof`/`drop` to answer, which reach the connection's
+`upstream_data`/`upstream_eof`/`upstream_lost` through a real `UpstreamConnection`).
+
+Everything runs on a real asyncio event loop (`ClockLoop`) whose clock only moves when the test
+says so (`advance`), so the linger after an early answer or a timeout is a step of the script,
+not a wait. Each test takes a few milliseconds.
+
+How a connection is built from the gateway's state lives in ONE function, `open_connection`:
+when `ClientConnection` takes a narrower context than the `Gateway`, that is the one place to
+change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dockgate.addresses import Address, parse_address
+from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
+from dockgate.config import ServeConfig
+from dockgate.observe.accesslog import AccessLog, AccessRecord
+from dockgate.observe.audit import AuditLog
+from dockgate.observe.metrics import RequestCounts
+from dockgate.policy.admission import Admissions, ConnectionFacts
+from dockgate.policy.gatekeeper import Gatekeeper
+from dockgate.policy.loader import parse_policy_text
+from dockgate.relay.connection import ClientConnection
+from dockgate.relay.holding import HoldBudget
+from dockgate.relay.upstream import UpstreamConnection, UpstreamPool
+
+# The relay's own tests are not about policy: everything passes, bodies are not judged
+# (tests/policies/allow-all.yaml).
+ALLOW_ALL = """
+policies:
+  allow-all:
+    guardrails: false
+    rules:
+      - allow: {sections: ["*"]}
+      - allow: {unknown: true}
+"""
+# What no test can reach: the mock pool never opens it.
+UPSTREAM = "unix:///run/dockgate-inprocess/docker.sock"
+CLIENT_PEER = ("192.0.2.7", 50123)  # TEST-NET-1: a TCP client, never a real one
+# Where the clock of a fresh loop starts (seconds; any value, only differences count).
+CLOCK_START = 1000.0
+# How many passes of the loop `settle` runs: each lets every ready callback run once, so a task
+# that awaits a few times (a connect, then its write) finishes within one settle.
+SETTLE_PASSES = 20
+
+
+class ClockLoop(asyncio.SelectorEventLoop):
+    """A real asyncio event loop whose clock stands still until `advance` moves it.
+
+    Timers (`call_later`) fire when the clock passes them, whatever the wall clock says; nothing
+    here ever blocks in the selector, since `settle` always has a callback ready.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = CLOCK_START
+        self.errors: list[dict[str, Any]] = []
+        # Anything that raised in a callback or a task nobody awaited: a test fails on it.
+        self.set_exception_handler(lambda _loop, context: self.errors.append(context))
+
+    def time(self) -> float:
+        return self.now
+
+    def settle(self) -> None:
+        """Run what is ready (callbacks, tasks) until the loop is quiet."""
+
+        async def passes() -> None:
+            for _ in range(SETTLE_PASSES):
+                await asyncio.sleep(0)
+
+        self.run_until_complete(passes())
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on, then run the timers that became due (and what they start)."""
+        self.now += seconds
+        self.settle()
+
+    def shut(self) -> None:
+        """Cancel what is left, close the loop; raise if anything failed in the background."""
+        tasks = asyncio.all_tasks(self)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            self.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.close()
+        errors, self.errors = self.errors, []
+        if errors:
+            raise AssertionError(f"errors on the event loop: {errors!r}")
+
+
+class MockTransport:
+    """One side of a connection, as asyncio's transports behave, recording what is done to it.
+
+    `data` is everything written (to the client, or to the daemon); `take()` what was written
+    since the last take. `close()` and `abort()` deliver `connection_lost` on the next pass of
+    the loop, as asyncio does; writing after either is a bug in the gateway (the bytes would be
+    lost), so it fails the test.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, protocol: asyncio.BaseProtocol, peer: object
+    ) -> None:
+        self.loop = loop
+        self.protocol = protocol
+        self.peer = peer
+        self.data = bytearray()
+        self._taken = 0
+        self.read_paused = False
+        self.pauses = 0  # pause_reading calls that paused (a count of distinct pauses)
+        self.eof_written = False
+        self.closing = False  # close() or abort() was called
+        self.aborted = False
+        self.lost = False  # connection_lost was delivered
+        self.buffered = 0  # what get_write_buffer_size answers: the test sets it
+        self.limits: tuple[int | None, int | None] | None = None
+        self.extra: dict[str, object] = {"peername": peer}
+
+    # ----- what the gateway calls -------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.extra.get(name, default)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = (high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, f"written after close: {bytes(data[:200])!r}"
+        assert not self.eof_written, f"written after write_eof: {bytes(data[:200])!r}"
+        self.data += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        assert not self.closing, "write_eof after close"
+        self.eof_written = True
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.pauses += 1
+        self.read_paused = True
+
+    def resume_reading(self) -> None:
+        self.read_paused = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.loop.call_soon(self.lose, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    # ----- what the test calls ----------------------------------------------------------------
+
+    def take(self) -> bytes:
+        """The bytes written since the last take."""
+        new = bytes(self.data[self._taken :])
+        self._taken = len(self.data)
+        return new
+
+    def lose(self, exc: Exception | None = None) -> None:
+        """The connection is gone (closed here, or reset by the peer): `connection_lost`."""
+        if self.lost:
+            return
+        self.lost = True
+        self.closing = True
+        self.protocol.connection_lost(exc)
+
+    @property
+    def closed(self) -> bool:
+        """Closed, and the protocol told so."""
+        return self.lost
+
+
+class Daemon:
+    """The daemon's end of one upstream connection the pool opened: what the gateway sent it,
+    and the daemon's moves, delivered through the real `UpstreamConnection`."""
+
+    def __init__(self, loop: ClockLoop, conn: UpstreamConnection, transport: MockTransport) -> None:
+        self.loop = loop
+        self.conn = conn
+        self.transport = transport
+
+    @property
+    def received(self) -> bytes:
+        """Everything the gateway sent on this connection."""
+        return bytes(self.transport.data)
+
+    def take(self) -> bytes:
+        return self.transport.take()
+
+    def send(self, data: bytes) -> None:
+        """The daemon writes `data` (reaches `ClientConnection.upstream_data`)."""
+        self.conn.data_received(data)
+        self.loop.settle()
+
+    def send_eof(self) -> None:
+        """The daemon half-closes (`upstream_eof`); as asyncio does, a protocol that answers
+        False has its transport closed."""
+        if not self.conn.eof_received():
+            self.transport.close()
+        self.loop.settle()
+
+    def drop(self, exc: Exception | None = None) -> None:
+        """The connection breaks (`upstream_lost`)."""
+        self.transport.lose(exc)
+        self.loop.settle()
+
+    def fill(self) -> None:
+        """The gateway's write buffer towards the daemon passes its high-water mark."""
+        self.conn.pause_writing()
+        self.loop.settle()
+
+    def drain(self) -> None:
+        """... and falls below its low-water mark again."""
+        self.conn.resume_writing()
+        self.loop.settle()
+
+    @property
+    def read_paused(self) -> bool:
+        return self.transport.read_paused
+
+    @property
+    def eof_written(self) -> bool:
+        return self.transport.eof_written
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.closing
+
+
+class MockPool(UpstreamPool):
+    """The real pool (idle connections kept, taken most recent first, released only when
+    clean), except that `connect` makes a mock connection instead of dialling the daemon.
+
+    `refuse` makes every connect fail with that error; `gate` (an event), when set, holds each
+    connect until it is set, so a test sees the gateway waiting for its upstream.
+    """
+
+    def __init__(self, loop: ClockLoop, address: Address, max_idle: int) -> None:
+        super().__init__(address, max_idle)
+        self.loop = loop
+        self.daemons: list[Daemon] = []
+        self.refuse: OSError | None = None
+        self.gate: asyncio.Event | None = None
+        self.released: list[UpstreamConnection] = []
+
+    async def connect(self) -> UpstreamConnection:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.refuse is not None:
+            raise self.refuse
+        conn = UpstreamConnection(self)
+        transport = MockTransport(self.loop, conn, peer="")
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        self.daemons.append(Daemon(self.loop, conn, transport))
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        self.released.append(conn)
+        super().release(conn)
+
+    @property
+    def idle(self) -> list[UpstreamConnection]:
+        return list(self._idle)
+
+
+class RecordedAccessLog(AccessLog):
+    """An access log that keeps its records, for the test to read."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.records: list[AccessRecord] = []
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def write(self, record: AccessRecord) -> None:
+        self.records.append(record)
+
+
+class Context:
+    """What a `ClientConnection` reads from the `Gateway` (server.py), and nothing more."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        loop: ClockLoop,
+        pool: MockPool,
+        admissions: Admissions,
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self.pool = pool
+        self.admissions = admissions
+        self.holds = HoldBudget(config.held_bodies_max)
+        self.metrics = RequestCounts()
+        self.access_log = RecordedAccessLog()
+        self.audit = AuditLog(None)
+        self.connections: set[ClientConnection] = set()
+
+    def add_certificate(self, conn: ClientConnection, facts: ConnectionFacts) -> None:
+        """Plain TCP: no client certificate."""
+
+    def expects_proxy_header(self, address: str) -> bool:
+        config = self.config
+        return config.proxy_protocol and config.trusted_proxies.contains(address)
+
+
+class Relay:
+    """One client connection through the gateway, and the daemon behind it."""
+
+    def __init__(
+        self, loop: ClockLoop, context: Context, conn: ClientConnection, client: MockTransport
+    ) -> None:
+        self.loop = loop
+        self.context = context
+        self.conn = conn
+        self.client = client
+        self.pool = context.pool
+
+    def send(self, data: bytes) -> None:
+        """The client writes `data`; the loop runs until quiet."""
+        self.conn.data_received(data)
+        self.loop.settle()
+
+    def send_eof(self) -> None:
+        """The client half-closes; as asyncio does, False from `eof_received` closes."""
+        if not self.conn.eof_received():
+            self.client.close()
+        self.loop.settle()
+
+    def daemon(self, index: int = -1) -> Daemon:
+        """The daemon's end of the `index`th upstream connection opened (the last by default)."""
+        assert self.pool.daemons, "no upstream connection was opened"
+        return self.pool.daemons[index]
+
+    @property
+    def records(self) -> list[AccessRecord]:
+        return self.context.access_log.records
+
+
+def open_connection(
+    loop: ClockLoop,
+    policy: str = ALLOW_ALL,
+    *,
+    peer: object = CLIENT_PEER,
+    authenticator: Authenticator | None = None,
+    **config: Any,
+) -> Relay:
+    """A client connection just accepted by a gateway serving `policy` (policy-file text) in
+    front of a mock daemon; `config` are `ServeConfig` fields (`header_timeout=1.0`, ...).
+
+    The one place that knows how a `ClientConnection` is made: its context, then
+    `connection_made` with a mock transport.
+    """
+    settings: dict[str, Any] = {"upstream": parse_address(UPSTREAM), **config}
+    serve = ServeConfig(**settings)
+    policies = parse_policy_text(policy, "inprocess-policy.yaml")
+    authenticator = authenticator if authenticator is not None else Authenticator()
+    gatekeeper = Gatekeeper(policies, authenticated=authenticator.required)
+    admissions = Admissions(
+        policies,
+        gatekeeper,
+        authenticator,
+        FailureThrottle(
+            ThrottleSettings(
+                per_source=serve.auth_failures,
+                per_user=serve.auth_failures_per_user,
+                window_s=serve.auth_failure_window,
+            )
+        ),
+        serve.trusted_proxies,
+        proxy_protocol=serve.proxy_protocol,
+    )
+    pool = MockPool(loop, serve.upstream, serve.upstream_pool_size)
+    context = Context(serve, loop, pool, admissions)
+    conn = ClientConnection(context)  # type: ignore[arg-type]  # the Gateway's slice it reads
+    client = MockTransport(loop, conn, peer)
+    conn.connection_made(client)  # type: ignore[arg-type]
+    loop.settle()
+    return Relay(loop, context, conn, client)
