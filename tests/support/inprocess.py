@@ -25,10 +25,13 @@ from dockgate.addresses import Address, parse_address
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.config import ServeConfig
+from dockgate.http.errors import error_response
+from dockgate.http.hops import with_hop
 from dockgate.observe.accesslog import AccessLog, AccessRecord
 from dockgate.observe.audit import AuditLog
 from dockgate.observe.metrics import RequestCounts
 from dockgate.policy.admission import Admissions, ConnectionFacts
+from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import parse_policy_text
 from dockgate.relay.connection import ClientConnection
@@ -400,3 +403,46 @@ def open_connection(
     conn.connection_made(client)  # type: ignore[arg-type]
     loop.settle()
     return Relay(loop, context, conn, client)
+
+
+# ----- bytes on the wire ---------------------------------------------------------------------
+
+
+def request(
+    method: str, target: str, *headers: str, body: bytes | None = None, host: str = "docker"
+) -> bytes:
+    """One HTTP/1.1 request as a client writes it; a `body` gets a Content-Length unless the
+    headers frame it."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", *headers]
+    framed = any(h.lower().startswith(("content-length:", "transfer-encoding:")) for h in headers)
+    if body is not None and not framed:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+def forwarded(head: bytes) -> bytes:
+    """A request head as the daemon gets it: with this gateway's hop field (http/hops.py)."""
+    return with_hop(head)
+
+
+def relayed(response: bytes) -> bytes:
+    """A daemon's response (its head, and whatever follows) as the client gets it: the browser
+    guard's headers at the end of the head."""
+    head, blank, rest = response.partition(b"\r\n\r\n")
+    assert blank, "not a whole head"
+    return head + b"\r\n" + ANSWER_HEADERS + b"\r\n" + rest
+
+
+def answer(
+    status: int = 200, body: bytes = b"", *headers: str, reason: str = "OK", length: bool = True
+) -> bytes:
+    """A daemon's response; a Content-Length for `body` unless `length` is False."""
+    lines = [f"HTTP/1.1 {status} {reason}", *headers]
+    if length:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def refusal(status: int, message: str, *, close: bool = False, head_only: bool = False) -> bytes:
+    """The gateway's own answer: Docker's {"message"} shape (http/errors.py)."""
+    return error_response(status, message, close=close, head_only=head_only)

@@ -1,0 +1,395 @@
+"""The relay's exchanges, in-process: each test is a script of the bytes a client and the daemon
+write, and asserts the exact bytes the gateway sends each way (tests/support/inprocess.py).
+
+The subprocess tests these mirror are named in each docstring; they stay the end-to-end proof,
+these pin the edge cases in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+import pytest
+
+from dockgate.relay.connection import HELD_BYTES_LIMIT
+from support.inprocess import (
+    ClockLoop,
+    answer,
+    forwarded,
+    open_connection,
+    refusal,
+    relayed,
+    request,
+)
+
+POLICIES = pathlib.Path(__file__).resolve().parents[1] / "policies"
+READ_ONLY = (POLICIES / "containers-read-only.yaml").read_text()
+GUARDED = (POLICIES / "guardrails-defaults.yaml").read_text()
+
+STOP_DENIED = "dockgate: ContainerStop denied by policy containers-read-only (read-only)"
+EMPTY_SEGMENT = "dockgate: empty path segment"
+
+
+# ----- keep-alive --------------------------------------------------------------------------------
+
+
+def test_keep_alive_reuses_the_upstream_connection(loop: ClockLoop) -> None:
+    """Sequential requests on one client connection go out on one upstream connection, given
+    back to the pool after each clean answer (test_http_edges:
+    test_keepalive_100_requests_reuse_upstream_connections)."""
+    relay = open_connection(loop)
+    for i in range(3):
+        relay.send(request("GET", f"/ka/{i}"))
+        daemon = relay.daemon()
+        assert daemon.take() == forwarded(request("GET", f"/ka/{i}"))
+        assert relay.pool.idle == []  # in use
+        daemon.send(answer(200, b"%d" % i))
+        assert relay.client.take() == relayed(answer(200, b"%d" % i))
+        assert relay.pool.idle == [daemon.conn]
+    assert len(relay.pool.daemons) == 1
+    assert len(relay.pool.released) == 3
+    assert not relay.client.closing
+    assert [r.status for r in relay.records] == [200, 200, 200]
+
+
+def test_a_connection_the_daemon_closes_is_not_pooled(loop: ClockLoop) -> None:
+    """An answer with `Connection: close` goes to the client as it is, and ends both
+    connections: the upstream one is closed, never given back to the pool."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping"))
+    daemon = relay.daemon()
+    daemon.send(answer(200, b"OK", "Connection: close"))
+    assert relay.client.data == relayed(answer(200, b"OK", "Connection: close"))
+    assert relay.pool.released == []
+    assert daemon.closed
+    assert relay.client.closed
+
+
+def test_a_client_connection_close_is_announced_and_the_daemon_s_kept(loop: ClockLoop) -> None:
+    """A client's `Connection: close` is not forwarded (it is about the client's connection);
+    the answer says `Connection: close` (RFC 9112 9.6), the client's connection closes, and the
+    daemon's goes back to the pool (test_http_edges:
+    test_connection_close_is_announced_and_honoured)."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping", "Connection: close"))
+    daemon = relay.daemon()
+    assert daemon.received == forwarded(request("GET", "/_ping"))
+    daemon.send(answer(200, b"OK"))
+    assert relay.client.data == relayed(answer(200, b"OK")).replace(
+        b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"
+    )
+    assert relay.client.closed
+    assert relay.pool.idle == [daemon.conn]
+
+
+def test_a_stale_pooled_connection_is_retried_on_a_new_one(loop: ClockLoop) -> None:
+    """A reused connection that the daemon had closed (FIN before a byte of the answer) is not a
+    502: a request without a body is sent again on a new connection (test_review_findings:
+    test_stale_pooled_tcp_connection_closed_with_fin_is_retried)."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping"))
+    stale = relay.daemon()
+    stale.send(answer(200, b"OK"))
+    stale.take()
+    relay.client.take()
+    relay.send(request("GET", "/_ping"))
+    assert stale.take() == forwarded(request("GET", "/_ping"))
+    stale.send_eof()
+    assert stale.closed
+    assert len(relay.pool.daemons) == 2
+    fresh = relay.daemon(1)
+    assert fresh.received == forwarded(request("GET", "/_ping"))
+    fresh.send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+
+
+# ----- pipelining --------------------------------------------------------------------------------
+
+
+def test_pipelined_requests_around_a_refusal_are_answered_in_order(loop: ClockLoop) -> None:
+    """Three requests in one write, the middle one denied: the first is forwarded alone, the
+    denial is answered in its place once the first answer is out, and the third then goes out
+    on the same upstream connection (test_http_edges: test_pipelined_requests_answered_in_order;
+    test_guardrails_e2e: test_keep_alive_after_a_denied_create)."""
+    relay = open_connection(loop, READ_ONLY)
+    first = request("GET", "/containers/json")
+    second = request("POST", "/containers/x/stop")
+    third = request("GET", "/containers/y/json")
+    relay.send(first + second + third)
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(first)
+    assert relay.client.data == b""  # nothing answered out of turn
+
+    daemon.send(answer(200, b"[]"))
+    assert relay.client.take() == relayed(answer(200, b"[]")) + refusal(403, STOP_DENIED)
+    assert daemon.take() == forwarded(third)
+
+    daemon.send(answer(200, b"{}"))
+    assert relay.client.take() == relayed(answer(200, b"{}"))
+    assert len(relay.pool.daemons) == 1
+    assert [(r.status, r.decision) for r in relay.records] == [
+        (200, "allow:containers-read-only:rule-1"),
+        (403, "deny:containers-read-only:read-only"),
+        (200, "allow:containers-read-only:rule-1"),
+    ]
+    assert not relay.client.closing
+
+
+def test_thousands_of_pipelined_refusals_are_answered_without_recursion(loop: ClockLoop) -> None:
+    """6,000 refused requests pipelined behind a forwarded one (more than the recursion limit,
+    and more than HELD_BYTES_LIMIT bytes): reading pauses while they wait, then each gets its
+    400 in order, iteratively, and the request after them is forwarded
+    (test_review_findings: test_many_pipelined_refused_requests)."""
+    count = 6000
+    relay = open_connection(loop)
+    refused = request("GET", "/containers//json")
+    assert len(refused) * count > HELD_BYTES_LIMIT
+    relay.send(request("GET", "/first") + refused * count + request("GET", "/_ping"))
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(request("GET", "/first"))
+    assert relay.client.read_paused  # the pipelined bytes are over the limit: reading waits
+
+    daemon.send(answer(200, b"1"))
+    assert relay.client.take() == relayed(answer(200, b"1")) + refusal(400, EMPTY_SEGMENT) * count
+    assert daemon.take() == forwarded(request("GET", "/_ping"))
+    assert not relay.client.read_paused
+    daemon.send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+    assert len(relay.records) == count + 2
+
+
+def test_a_refused_request_s_body_is_read_and_dropped(loop: ClockLoop) -> None:
+    """A refused request with a body is answered at once and the connection closes after a
+    linger; neither its body nor what is pipelined behind it reaches the daemon
+    (test_review_findings: test_refused_upload_body_never_reaches_daemon)."""
+    relay = open_connection(loop)
+    relay.send(request("POST", "/containers//create", body=b'{"Image":"x"}') + request("GET", "/x"))
+    assert relay.client.data == refusal(400, EMPTY_SEGMENT, close=True)
+    assert relay.client.eof_written
+    assert relay.pool.daemons == []
+    relay.send(b"more of the body")
+    assert relay.pool.daemons == []
+    assert not relay.client.closed
+    loop.advance(2.0)  # LINGER_SECONDS
+    assert relay.client.closed
+
+
+# ----- what the gateway answers itself -----------------------------------------------------------
+
+
+def test_a_denied_request_gets_403_with_the_policy_s_reason(loop: ClockLoop) -> None:
+    """A request the policy denies is answered 403 with Docker's {"message"} naming the policy
+    and the reason, never reaches the daemon, and keep-alive goes on (test_policy_e2e:
+    test_docker_cli_shows_the_denial)."""
+    relay = open_connection(loop, READ_ONLY)
+    relay.send(request("POST", "/containers/x/stop"))
+    assert relay.client.take() == (
+        b"HTTP/1.1 403 Forbidden\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: 89\r\n"
+        b"Server: dockgate\r\n"
+        b"Content-Security-Policy: sandbox\r\n"
+        b"X-Content-Type-Options: nosniff\r\n"
+        b"\r\n"
+        b'{"message": "dockgate: ContainerStop denied by policy containers-read-only '
+        b'(read-only)"}\n'
+    )
+    assert relay.pool.daemons == []
+    assert relay.records[-1].decision == "deny:containers-read-only:read-only"
+    relay.send(request("GET", "/containers/json"))
+    assert relay.daemon().received == forwarded(request("GET", "/containers/json"))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", "dockgate: malformed request line", id="garbage"),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: docker\r\nbad header\r\n\r\n",
+            "dockgate: invalid header field",
+            id="header-without-colon",
+        ),
+        pytest.param(
+            request("POST", "/x", "Content-Length: 5", "Content-Length: 6") + b"hello",
+            "dockgate: duplicate Content-Length",
+            id="two-content-lengths",
+        ),
+        pytest.param(
+            request("POST", "/x", "Transfer-Encoding: gzip") + b"hello",
+            "dockgate: unsupported Transfer-Encoding",
+            id="transfer-encoding-gzip",
+        ),
+    ],
+)
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_malformed_bytes_get_400_and_a_close(
+    loop: ClockLoop, data: bytes, message: str, bytewise: bool
+) -> None:
+    """Malformed bytes, whole or one byte at a time, get 400 with Docker's {"message"} shape,
+    then a close; not one byte reaches the daemon (test_http_edges:
+    test_malformed_request_is_rejected_whole, ..._bytewise)."""
+    relay = open_connection(loop)
+    if bytewise:
+        for i in range(len(data)):
+            if relay.client.closing:
+                break
+            relay.send(data[i : i + 1])
+    else:
+        relay.send(data)
+    assert relay.client.data == refusal(400, message, close=True)
+    assert relay.client.closed
+    assert relay.pool.daemons == []
+    assert relay.records[-1].status == 400
+
+
+def test_a_bad_chunk_mid_body_is_400_after_forwarding_began(loop: ClockLoop) -> None:
+    """A chunked upload is forwarded as it arrives; a malformed chunk later gets 400, the
+    upstream connection is dropped (the daemon never sees a complete request), and the
+    access log names the request (test_review_findings:
+    test_bad_chunk_mid_body_still_logs_the_forwarded_request)."""
+    relay = open_connection(loop)
+    head = request("POST", "/upload", "Transfer-Encoding: chunked")
+    relay.send(head + b"5\r\nhello\r\n")
+    daemon = relay.daemon()
+    assert daemon.received == forwarded(head) + b"5\r\nhello\r\n"
+    relay.send(b"zz\r\nbad\r\n")
+    assert relay.client.data == refusal(400, "dockgate: invalid chunk-size line", close=True)
+    assert daemon.transport.aborted
+    assert daemon.received == forwarded(head) + b"5\r\nhello\r\n"
+    assert (relay.records[-1].method, relay.records[-1].target) == ("POST", "/upload")
+
+
+def test_a_502_when_the_daemon_cannot_be_reached(loop: ClockLoop) -> None:
+    """When the pool cannot connect, the client gets 502 with a JSON {"message"} naming the
+    upstream, then a close (test_http_edges: test_unreachable_upstream_gives_json_502)."""
+    relay = open_connection(loop)
+    relay.pool.refuse = FileNotFoundError(2, "No such file or directory")
+    relay.send(request("GET", "/v1.45/containers/json"))
+    message = (
+        "cannot connect to the Docker daemon at "
+        "unix:///run/dockgate-inprocess/docker.sock: No such file or directory"
+    )
+    assert relay.client.data == refusal(502, message, close=True)
+    assert relay.client.closed
+    assert relay.records[-1].note == "upstream failed"
+
+
+def test_reading_waits_while_the_upstream_connects(loop: ClockLoop) -> None:
+    """No upstream connection yet: the client's reading pauses until one is made, then the
+    request goes out whole."""
+    relay = open_connection(loop)
+    relay.pool.gate = gate = asyncio.Event()
+    relay.send(request("POST", "/upload", body=b"abc"))
+    assert relay.client.read_paused
+    assert relay.pool.daemons == []
+    gate.set()
+    loop.settle()
+    assert not relay.client.read_paused
+    assert (
+        relay.daemon().received
+        == forwarded(request("POST", "/upload", "Content-Length: 3")) + b"abc"
+    )
+
+
+# ----- bodiless answers --------------------------------------------------------------------------
+
+
+def test_head_is_answered_without_a_body(loop: ClockLoop) -> None:
+    """HEAD: the daemon's Content-Length is relayed with no body after it, and the next request
+    on the connection is served in step (test_http_edges:
+    test_head_204_304_have_no_body_and_keep_connection)."""
+    relay = open_connection(loop)
+    relay.send(request("HEAD", "/containers/c1/json"))
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(request("HEAD", "/containers/c1/json"))
+    daemon.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    assert relay.client.take() == relayed(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    assert relay.pool.idle == [daemon.conn]
+    relay.send(request("GET", "/after"))
+    assert daemon.take() == forwarded(request("GET", "/after"))
+    daemon.send(answer(200, b"next"))
+    assert relay.client.take() == relayed(answer(200, b"next"))
+
+
+def test_a_refused_head_has_no_body(loop: ClockLoop) -> None:
+    """A HEAD the gateway refuses gets a head only, and keep-alive goes on in step
+    (test_review_findings: test_head_refusal_has_no_body)."""
+    relay = open_connection(loop)
+    relay.send(request("HEAD", "/containers//json") + request("GET", "/_ping"))
+    assert relay.client.take() == refusal(400, EMPTY_SEGMENT, head_only=True)
+    relay.daemon().send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_204_and_304_end_without_a_body(loop: ClockLoop, status: int) -> None:
+    """204 and 304 carry no body whatever they say: the exchange ends at the head and the
+    connection serves the next request."""
+    relay = open_connection(loop)
+    relay.send(request("POST", "/containers/c1/start", body=b""))
+    daemon = relay.daemon()
+    daemon.send(b"HTTP/1.1 %d X\r\n\r\n" % status)
+    assert relay.client.take() == relayed(b"HTTP/1.1 %d X\r\n\r\n" % status)
+    assert relay.pool.idle == [daemon.conn]
+
+
+# ----- held bodies -------------------------------------------------------------------------------
+
+PRIVILEGED = b'{"Image":"busybox","HostConfig":{"Privileged":true}}'
+ORDINARY = b'{"Image":"busybox","Cmd":["echo","chunked"]}'
+CREATE = "/v1.41/containers/create?name=c"
+PRIVILEGED_DENIED = (
+    "dockgate: ContainerCreate denied by policy guarded: privileged containers are not allowed"
+)
+
+
+def held(body: bytes) -> bytes:
+    """A create as the daemon gets it after the guardrails: its Content-Length (or chunked
+    framing) replaced by the length of the body judged, after the hop field."""
+    head = forwarded(request("POST", CREATE, "Content-Type: application/json"))
+    return head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_a_privileged_create_is_refused_by_the_guardrails(loop: ClockLoop) -> None:
+    """A ContainerCreate body is read whole and judged: Privileged true is a 403 with the
+    guardrail's reason, nothing reaches the daemon, and the connection stays usable
+    (test_guardrails_e2e: test_privileged_container_is_denied_by_default)."""
+    relay = open_connection(loop, GUARDED)
+    relay.send(request("POST", CREATE, "Content-Type: application/json", body=PRIVILEGED))
+    assert relay.client.take() == refusal(403, PRIVILEGED_DENIED)
+    assert relay.pool.daemons == []
+    assert relay.records[-1].decision == "deny:guarded:guardrails"
+    relay.send(request("GET", "/_ping"))
+    assert relay.daemon().received == forwarded(request("GET", "/_ping"))
+
+
+def test_a_chunked_create_is_forwarded_whole_with_a_content_length(loop: ClockLoop) -> None:
+    """An ordinary create sent chunked is held, judged, and forwarded as the bytes judged: one
+    Content-Length body, no Transfer-Encoding, only once it is whole (test_guardrails_e2e:
+    test_chunked_body_is_forwarded_with_a_content_length)."""
+    relay = open_connection(loop, GUARDED)
+    relay.send(
+        request("POST", CREATE, "Content-Type: application/json", "Transfer-Encoding: chunked")
+    )
+    for piece in (ORDINARY[:5], ORDINARY[5:12], ORDINARY[12:]):
+        relay.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+        assert relay.pool.daemons == []  # held until judged
+    relay.send(b"0\r\n\r\n")
+    daemon = relay.daemon()
+    assert daemon.received == held(ORDINARY)
+    daemon.send(answer(201, b'{"Id":"abc"}', reason="Created"))
+    assert relay.client.take() == relayed(answer(201, b'{"Id":"abc"}', reason="Created"))
+
+
+def test_a_pipelined_ordinary_create_follows_a_refused_one(loop: ClockLoop) -> None:
+    """A refused create and an ordinary one in one write: the 403 first, then the second is
+    forwarded (test_guardrails_oracle: test_pipelined_forbidden_create_after_benign_one, in
+    the other order)."""
+    relay = open_connection(loop, GUARDED)
+    ordinary = request("POST", CREATE, "Content-Type: application/json", body=ORDINARY)
+    relay.send(
+        request("POST", CREATE, "Content-Type: application/json", body=PRIVILEGED) + ordinary
+    )
+    assert relay.client.take() == refusal(403, PRIVILEGED_DENIED)
+    assert relay.daemon().received == held(ORDINARY)
