@@ -37,6 +37,7 @@ from dockgate.policy.loader import parse_policy_text
 from dockgate.relay.connection import ClientConnection
 from dockgate.relay.holding import HoldBudget
 from dockgate.relay.upstream import UpstreamConnection, UpstreamPool
+from dockgate.server import Gateway
 
 # The relay's own tests are not about policy: everything passes, bodies are not judged
 # (tests/policies/allow-all.yaml).
@@ -351,6 +352,23 @@ class Relay:
         """The client half-closes; as asyncio does, False from `eof_received` closes."""
         if not self.conn.eof_received():
             self.client.close()
+        self.loop.settle()
+
+    def fill(self) -> None:
+        """The gateway's write buffer towards the client passes its high-water mark (a slow
+        client): asyncio's `pause_writing`."""
+        self.conn.pause_writing()
+        self.loop.settle()
+
+    def drain(self) -> None:
+        """... and falls below its low-water mark again: `resume_writing`."""
+        self.conn.resume_writing()
+        self.loop.settle()
+
+    def sweep(self) -> None:
+        """One pass of the gateway's periodic sweep over this connection, at the loop's time:
+        the head and body timeouts (server.py)."""
+        Gateway._time_out(self.conn, self.loop.time())
         self.loop.settle()
 
     def daemon(self, index: int = -1) -> Daemon:
