@@ -25,7 +25,6 @@ from support.inprocess import (
 
 POLICIES = pathlib.Path(__file__).resolve().parents[1] / "policies"
 READ_ONLY = (POLICIES / "containers-read-only.yaml").read_text()
-GUARDED = (POLICIES / "guardrails-defaults.yaml").read_text()
 
 STOP_DENIED = "dockgate: ContainerStop denied by policy containers-read-only (read-only)"
 EMPTY_SEGMENT = "dockgate: empty path segment"
@@ -332,64 +331,3 @@ def test_204_and_304_end_without_a_body(loop: ClockLoop, status: int) -> None:
     daemon.send(b"HTTP/1.1 %d X\r\n\r\n" % status)
     assert relay.client.take() == relayed(b"HTTP/1.1 %d X\r\n\r\n" % status)
     assert relay.pool.idle == [daemon.conn]
-
-
-# ----- held bodies -------------------------------------------------------------------------------
-
-PRIVILEGED = b'{"Image":"busybox","HostConfig":{"Privileged":true}}'
-ORDINARY = b'{"Image":"busybox","Cmd":["echo","chunked"]}'
-CREATE = "/v1.41/containers/create?name=c"
-PRIVILEGED_DENIED = (
-    "dockgate: ContainerCreate denied by policy guarded: privileged containers are not allowed"
-)
-
-
-def held(body: bytes) -> bytes:
-    """A create as the daemon gets it after the guardrails: its Content-Length (or chunked
-    framing) replaced by the length of the body judged, after the hop field."""
-    head = forwarded(request("POST", CREATE, "Content-Type: application/json"))
-    return head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body) + body
-
-
-def test_a_privileged_create_is_refused_by_the_guardrails(loop: ClockLoop) -> None:
-    """A ContainerCreate body is read whole and judged: Privileged true is a 403 with the
-    guardrail's reason, nothing reaches the daemon, and the connection stays usable
-    (test_guardrails_e2e: test_privileged_container_is_denied_by_default)."""
-    relay = open_connection(loop, GUARDED)
-    relay.send(request("POST", CREATE, "Content-Type: application/json", body=PRIVILEGED))
-    assert relay.client.take() == refusal(403, PRIVILEGED_DENIED)
-    assert relay.pool.daemons == []
-    assert relay.records[-1].decision == "deny:guarded:guardrails"
-    relay.send(request("GET", "/_ping"))
-    assert relay.daemon().received == forwarded(request("GET", "/_ping"))
-
-
-def test_a_chunked_create_is_forwarded_whole_with_a_content_length(loop: ClockLoop) -> None:
-    """An ordinary create sent chunked is held, judged, and forwarded as the bytes judged: one
-    Content-Length body, no Transfer-Encoding, only once it is whole (test_guardrails_e2e:
-    test_chunked_body_is_forwarded_with_a_content_length)."""
-    relay = open_connection(loop, GUARDED)
-    relay.send(
-        request("POST", CREATE, "Content-Type: application/json", "Transfer-Encoding: chunked")
-    )
-    for piece in (ORDINARY[:5], ORDINARY[5:12], ORDINARY[12:]):
-        relay.send(b"%x\r\n%b\r\n" % (len(piece), piece))
-        assert relay.pool.daemons == []  # held until judged
-    relay.send(b"0\r\n\r\n")
-    daemon = relay.daemon()
-    assert daemon.received == held(ORDINARY)
-    daemon.send(answer(201, b'{"Id":"abc"}', reason="Created"))
-    assert relay.client.take() == relayed(answer(201, b'{"Id":"abc"}', reason="Created"))
-
-
-def test_a_pipelined_ordinary_create_follows_a_refused_one(loop: ClockLoop) -> None:
-    """A refused create and an ordinary one in one write: the 403 first, then the second is
-    forwarded (test_guardrails_oracle: test_pipelined_forbidden_create_after_benign_one, in
-    the other order)."""
-    relay = open_connection(loop, GUARDED)
-    ordinary = request("POST", CREATE, "Content-Type: application/json", body=ORDINARY)
-    relay.send(
-        request("POST", CREATE, "Content-Type: application/json", body=PRIVILEGED) + ordinary
-    )
-    assert relay.client.take() == refusal(403, PRIVILEGED_DENIED)
-    assert relay.daemon().received == held(ORDINARY)

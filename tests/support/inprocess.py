@@ -387,35 +387,41 @@ def open_connection(
     *,
     peer: object = CLIENT_PEER,
     authenticator: Authenticator | None = None,
+    context: Context | None = None,
     **config: Any,
 ) -> Relay:
     """A client connection just accepted by a gateway serving `policy` (policy-file text) in
     front of a mock daemon; `config` are `ServeConfig` fields (`header_timeout=1.0`, ...).
+    With `context` (another relay's), a further connection to that same gateway: its pool,
+    budget of held bodies and logs.
 
     The one place that knows how a `ClientConnection` is made: its context, then
     `connection_made` with a mock transport.
     """
-    settings: dict[str, Any] = {"upstream": parse_address(UPSTREAM), **config}
-    serve = ServeConfig(**settings)
-    policies = parse_policy_text(policy, "inprocess-policy.yaml")
-    authenticator = authenticator if authenticator is not None else Authenticator()
-    gatekeeper = Gatekeeper(policies, authenticated=authenticator.required)
-    admissions = Admissions(
-        policies,
-        gatekeeper,
-        authenticator,
-        FailureThrottle(
-            ThrottleSettings(
-                per_source=serve.auth_failures,
-                per_user=serve.auth_failures_per_user,
-                window_s=serve.auth_failure_window,
-            )
-        ),
-        serve.trusted_proxies,
-        proxy_protocol=serve.proxy_protocol,
-    )
-    pool = MockPool(loop, serve.upstream, serve.upstream_pool_size)
-    context = Context(serve, loop, pool, admissions)
+    if context is None:
+        settings: dict[str, Any] = {"upstream": parse_address(UPSTREAM), **config}
+        serve = ServeConfig(**settings)
+        policies = parse_policy_text(policy, "inprocess-policy.yaml")
+        authenticator = authenticator if authenticator is not None else Authenticator()
+        gatekeeper = Gatekeeper(policies, authenticated=authenticator.required)
+        admissions = Admissions(
+            policies,
+            gatekeeper,
+            authenticator,
+            FailureThrottle(
+                ThrottleSettings(
+                    per_source=serve.auth_failures,
+                    per_user=serve.auth_failures_per_user,
+                    window_s=serve.auth_failure_window,
+                )
+            ),
+            serve.trusted_proxies,
+            proxy_protocol=serve.proxy_protocol,
+        )
+        pool = MockPool(loop, serve.upstream, serve.upstream_pool_size)
+        context = Context(serve, loop, pool, admissions)
+    else:
+        assert policy is ALLOW_ALL and authenticator is None and not config, "the context's"
     conn = ClientConnection(context)  # type: ignore[arg-type]  # the Gateway's slice it reads
     client = MockTransport(loop, conn, peer)
     conn.connection_made(client)  # type: ignore[arg-type]
@@ -461,6 +467,9 @@ def answer(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def refusal(status: int, message: str, *, close: bool = False, head_only: bool = False) -> bytes:
-    """The gateway's own answer: Docker's {"message"} shape (http/errors.py)."""
-    return error_response(status, message, close=close, head_only=head_only)
+def refusal(
+    status: int, message: str, *, close: bool = False, head_only: bool = False, extra: bytes = b""
+) -> bytes:
+    """The gateway's own answer: Docker's {"message"} shape (http/errors.py); `extra` are whole
+    header lines (`Retry-After: 1\r\n`)."""
+    return error_response(status, message, close=close, head_only=head_only, extra_headers=extra)
