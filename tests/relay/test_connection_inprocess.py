@@ -12,6 +12,9 @@ import pathlib
 
 import pytest
 
+from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.tokens import parse_tokens, token_digest
+from dockgate.http.hops import LOOP_MESSAGE
 from dockgate.relay.connection import HELD_BYTES_LIMIT
 from support.inprocess import (
     ClockLoop,
@@ -331,3 +334,89 @@ def test_204_and_304_end_without_a_body(loop: ClockLoop, status: int) -> None:
     daemon.send(b"HTTP/1.1 %d X\r\n\r\n" % status)
     assert relay.client.take() == relayed(b"HTTP/1.1 %d X\r\n\r\n" % status)
     assert relay.pool.idle == [daemon.conn]
+
+
+# ----- more of what the gateway answers itself ---------------------------------------------------
+
+
+def test_a_request_that_came_back_is_answered_508(loop: ClockLoop) -> None:
+    """A request carrying this gateway's own hop field went round a loop: 508, never forwarded
+    (test_startup_checks: a ring of gateways)."""
+    relay = open_connection(loop)
+    relay.send(forwarded(request("GET", "/_ping")))
+    assert relay.client.take() == refusal(508, LOOP_MESSAGE)
+    assert relay.pool.daemons == []
+
+
+TOKEN = "dg_inprocess-test-token"
+TOKENS = f"ci ci {token_digest(TOKEN)}\n"
+
+
+def test_credentials_are_asked_for_and_never_forwarded(loop: ClockLoop) -> None:
+    """With a tokens file, a request without credentials is 401 with a Basic challenge; with a
+    right token it is forwarded without its Authorization header (test_auth)."""
+    tokens = Authenticator(tokens=parse_tokens(TOKENS, "tokens"))
+    relay = open_connection(loop, authenticator=tokens)
+    relay.send(request("GET", "/_ping"))
+    challenge = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
+    assert relay.client.take() == refusal(401, "dockgate: authentication required", extra=challenge)
+    relay.send(request("GET", "/_ping", f"Authorization: Bearer {TOKEN}"))
+    daemon = relay.daemon()
+    assert daemon.received == forwarded(request("GET", "/_ping"))
+    daemon.send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+    assert [r.identity for r in relay.records] == ["anonymous", "ci"]
+
+
+def test_an_http10_request_is_answered_then_closed(loop: ClockLoop) -> None:
+    """HTTP/1.0 without keep-alive: the daemon's answer (ending at its close) is relayed, then
+    the client's connection closes (test_http_edges:
+    test_http10_request_gets_response_then_close)."""
+    relay = open_connection(loop)
+    relay.send(b"GET /_ping HTTP/1.0\r\n\r\n")
+    daemon = relay.daemon()
+    assert daemon.received == forwarded(b"GET /_ping HTTP/1.0\r\n\r\n")
+    daemon.send(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nOK")
+    daemon.send_eof()
+    assert relay.client.data == relayed(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nOK")
+    assert relay.client.closed
+    assert relay.pool.idle == []
+
+
+def test_bytes_past_the_daemon_s_content_length_are_not_relayed(loop: ClockLoop) -> None:
+    """A daemon writing past its Content-Length: the extra bytes are not relayed (the client
+    would read them as the next answer) and the connection is not pooled."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping"))
+    daemon = relay.daemon()
+    daemon.send(answer(200, b"OK") + b"HTTP/1.1 200 OK\r\n\r\nsmuggled")
+    assert relay.client.data == relayed(answer(200, b"OK"))
+    assert relay.pool.idle == []
+    assert daemon.closed
+
+
+def test_a_new_connection_lost_before_the_answer_is_a_502(loop: ClockLoop) -> None:
+    """A fresh upstream connection that breaks before a byte of the answer is not retried
+    (only a reused one may be stale): 502, and the client's connection closes."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping"))
+    relay.daemon().drop(ConnectionResetError(104, "Connection reset by peer"))
+    message = "the Docker daemon closed the connection mid-response: Connection reset by peer"
+    assert relay.client.data == refusal(502, message, close=True)
+    assert relay.client.closed
+    assert len(relay.pool.daemons) == 1
+
+
+def test_the_access_log_counts_body_bytes_each_way(loop: ClockLoop) -> None:
+    """The access log counts body bytes as relayed, heads excluded: a chunked upload counts its
+    payload, a chunked answer its chunk framing as sent."""
+    relay = open_connection(loop)
+    relay.send(request("POST", "/up", "Transfer-Encoding: chunked") + b"5\r\nhello\r\n0\r\n\r\n")
+    daemon = relay.daemon()
+    body = b"3\r\nabc\r\n0\r\n\r\n"
+    daemon.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    (record,) = relay.records
+    assert (record.method, record.target, record.status) == ("POST", "/up", 200)
+    assert (record.bytes_in, record.bytes_out) == (5, len(body))
+    assert record.operation == "unknown"
+    assert relay.context.metrics.bytes_out == len(body)
