@@ -420,3 +420,66 @@ def test_the_access_log_counts_body_bytes_each_way(loop: ClockLoop) -> None:
     assert (record.bytes_in, record.bytes_out) == (5, len(body))
     assert record.operation == "unknown"
     assert relay.context.metrics.bytes_out == len(body)
+
+
+# ----- the pool's idle connections and split bytes -----------------------------------------------
+
+
+def test_an_idle_pooled_connection_the_daemon_closes_is_forgotten(loop: ClockLoop) -> None:
+    """A pooled connection the daemon closes while idle leaves the pool at once; the next
+    request opens a new one instead of failing on the dead one."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping"))
+    first = relay.daemon()
+    first.send(answer(200, b"OK"))
+    assert relay.pool.idle == [first.conn]
+    first.send_eof()
+    assert relay.pool.idle == []
+    assert first.closed
+    relay.send(request("GET", "/_ping"))
+    assert len(relay.pool.daemons) == 2
+    assert relay.daemon().received == forwarded(request("GET", "/_ping"))
+
+
+def test_an_idle_pooled_connection_the_daemon_speaks_on_is_dropped(loop: ClockLoop) -> None:
+    """The daemon never speaks first on an idle connection: one that does is dropped, not
+    handed to the next request with stray bytes in it."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping"))
+    first = relay.daemon()
+    first.send(answer(200, b"OK"))
+    first.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert first.transport.aborted
+    loop.settle()
+    assert relay.pool.idle == []
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+
+
+def test_an_answer_split_byte_by_byte_is_relayed_exactly(loop: ClockLoop) -> None:
+    """The daemon's answer arriving one byte per read (head and chunked body) reaches the client
+    byte for byte, and the exchange ends at its last byte."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/containers/json"))
+    daemon = relay.daemon()
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n[]\r\n0\r\n\r\n"
+    )
+    for i in range(len(raw)):
+        assert relay.pool.idle == []
+        daemon.send(raw[i : i + 1])
+    assert relay.client.data == relayed(raw)
+    assert relay.pool.idle == [daemon.conn]
+
+
+def test_a_client_connection_close_ends_the_pipeline(loop: ClockLoop) -> None:
+    """A request with `Connection: close` is the client's last: what is pipelined behind it is
+    never forwarded, and the connection closes after its answer."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/_ping", "Connection: close") + request("DELETE", "/containers/x"))
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(request("GET", "/_ping"))
+    daemon.send(answer(200, b"OK"))
+    assert relay.client.closed
+    assert daemon.take() == b""
+    assert len(relay.records) == 1

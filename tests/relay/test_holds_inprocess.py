@@ -168,3 +168,18 @@ def test_a_redacted_answer_is_held_and_rewritten_with_its_length(loop: ClockLoop
     )
     assert relay.pool.idle == [daemon.conn]
     assert relay.context.holds.used == 0
+
+
+def test_the_gateway_says_continue_for_a_body_it_holds(loop: ClockLoop) -> None:
+    """`Expect: 100-continue` on a body the gateway reads whole before the daemon sees the
+    request: the gateway itself answers `100 Continue`, and the daemon gets the judged body
+    without the `Expect` (it would answer a second 100)."""
+    relay = open_connection(loop, GUARDED)
+    head = request(
+        "POST", CREATE, JSON_TYPE, "Expect: 100-continue", f"Content-Length: {len(ORDINARY)}"
+    )
+    relay.send(head)
+    assert relay.client.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert relay.pool.daemons == []
+    relay.send(ORDINARY)
+    assert relay.daemon().received == held(ORDINARY)  # no Expect: the body comes with it

@@ -168,3 +168,19 @@ def test_an_attach_answered_without_hijacking_keeps_the_connection(loop: ClockLo
     )
     assert daemon.take() == forwarded(request("GET", "/_ping"))
     assert not relay.conn.tunnel
+
+
+def test_a_full_daemon_buffer_pauses_the_client_in_a_stream(loop: ClockLoop) -> None:
+    """Flow control goes on in a stream: the daemon's write buffer full (a container slow to
+    read its stdin) pauses reading from the client, and its draining resumes it; a slow client
+    pauses reading from the daemon likewise."""
+    relay = attached(loop)
+    daemon = relay.daemon()
+    daemon.fill()
+    assert relay.client.read_paused
+    daemon.drain()
+    assert not relay.client.read_paused
+    relay.fill()
+    assert daemon.read_paused
+    relay.drain()
+    assert not daemon.read_paused
