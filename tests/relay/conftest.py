@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.inprocess import ClockLoop
+from support.inprocess import ClockLoop, LookUps
 
 
 @pytest.fixture
@@ -18,3 +18,11 @@ def loop() -> Iterator[ClockLoop]:
         yield clock_loop
     finally:
         clock_loop.shut()
+
+
+@pytest.fixture
+def lookups(loop: ClockLoop, monkeypatch: pytest.MonkeyPatch) -> LookUps:
+    """The ownership look-ups of this test, answered by the test (support.inprocess.LookUps)."""
+    served = LookUps(loop)
+    served.install(monkeypatch)
+    return served

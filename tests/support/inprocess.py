@@ -19,7 +19,10 @@ change.
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
+
+import pytest
 
 from dockgate.addresses import Address, parse_address
 from dockgate.auth.authenticator import Authenticator
@@ -30,6 +33,7 @@ from dockgate.http.hops import with_hop
 from dockgate.observe.accesslog import AccessLog, AccessRecord
 from dockgate.observe.audit import AuditLog
 from dockgate.observe.metrics import RequestCounts
+from dockgate.ownership import lookup, volumes
 from dockgate.policy.admission import Admissions, ConnectionFacts
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Gatekeeper
@@ -286,6 +290,44 @@ class MockPool(UpstreamPool):
     @property
     def idle(self) -> list[UpstreamConnection]:
         return list(self._idle)
+
+
+class LookUps:
+    """The daemon's end of the ownership look-ups, which do not go through the pool: each is
+    one HTTP/1.0 exchange on a connection of its own (ownership/lookup.py `ask_json`), replaced
+    here while a test runs (`install`). Each look-up waits, in order, until the test answers
+    it (`answer`), so a test sees what the client's connection does meanwhile."""
+
+    def __init__(self, loop: ClockLoop) -> None:
+        self.loop = loop
+        self.asked: list[tuple[str, str, bytes | None]] = []  # method, path, body
+        self._waiting: collections.deque[asyncio.Future[tuple[int, object]]] = collections.deque()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # `get_json` and the rest call `ask_json` through the module; volumes.py imports it.
+        monkeypatch.setattr(lookup, "ask_json", self.ask_json)
+        monkeypatch.setattr(volumes, "ask_json", self.ask_json)
+
+    async def ask_json(
+        self, address: Address, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, object]:
+        self.asked.append((method, path, body))
+        waiting = self.loop.create_future()
+        self._waiting.append(waiting)
+        return await waiting
+
+    @property
+    def pending(self) -> int:
+        """Look-ups waiting for the daemon (one whose task was cancelled waits no more)."""
+        return sum(1 for waiting in self._waiting if not waiting.done())
+
+    def answer(self, status: int, document: object) -> None:
+        """The daemon answers the oldest look-up still waiting."""
+        while self._waiting and self._waiting[0].done():
+            self._waiting.popleft()
+        assert self._waiting, "no look-up is waiting"
+        self._waiting.popleft().set_result((status, document))
+        self.loop.settle()
 
 
 class RecordedAccessLog(AccessLog):
