@@ -143,8 +143,9 @@ def test_a_101_to_a_request_that_did_not_ask_is_a_502(loop: ClockLoop) -> None:
     head queued in `out`, not yet written), then at the EndOfResponse that follows calls
     `_upstream_failed`, which, seeing the response started, closes without the 502 and
     without the queued head: an empty reply, logged as "upstream failed mid-response" with
-    status 101. `_upstream_failed` should be reached before the head counts as sent (check
-    the 101 at the head), so that the 502 goes out."""
+    status 101 and bytes_out -127 (the head's length subtracted, never added). The 101 should
+    be refused at its head, before it counts as sent, so that the 502 goes out (same cause as
+    test_holds_inprocess.py's held answer cut short)."""
     relay = open_connection(loop)
     relay.send(request("GET", "/containers/json"))
     relay.daemon().send(HIJACK_101)
