@@ -8,16 +8,20 @@ these pin the edge cases in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import pathlib
 
+import bcrypt
 import pytest
 
 from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.htpasswd import parse_htpasswd
 from dockgate.auth.tokens import parse_tokens, token_digest
 from dockgate.http.hops import LOOP_MESSAGE
 from dockgate.relay.connection import HELD_BYTES_LIMIT
 from support.inprocess import (
     ClockLoop,
+    HeldChecks,
     answer,
     forwarded,
     open_connection,
@@ -483,3 +487,52 @@ def test_a_client_connection_close_ends_the_pipeline(loop: ClockLoop) -> None:
     assert relay.client.closed
     assert daemon.take() == b""
     assert len(relay.records) == 1
+
+
+def test_requests_pipelined_behind_a_password_check_wait_their_turn(loop: ClockLoop) -> None:
+    """A Basic password is checked off the event loop: meanwhile reading is paused and the
+    request pipelined behind it waits; once the hash says yes, the first goes out, and the
+    second after its answer, decided at once from the remembered password (test_auth_checks:
+    test_the_loop_runs_while_a_check_waits_and_the_queue_is_bounded)."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    checks = HeldChecks(loop)
+    relay = open_connection(
+        loop,
+        authenticator=Authenticator(htpasswd=parse_htpasswd(f"alice:{hashed}\n", "htpasswd")),
+        checks=checks,
+    )
+    basic = "Authorization: Basic " + base64.b64encode(b"alice:s3cret").decode()
+    relay.send(request("GET", "/first", basic) + request("GET", "/second", basic))
+    assert checks.pending_checks == 1
+    assert relay.client.read_paused
+    assert relay.pool.daemons == []
+
+    checks.finish()
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(request("GET", "/first"))
+    assert not relay.client.read_paused
+    daemon.send(answer(200, b"1"))
+    assert daemon.take() == forwarded(request("GET", "/second"))
+    assert checks.pending_checks == 0  # remembered: no second hash
+    daemon.send(answer(200, b"2"))
+    assert relay.client.data == relayed(answer(200, b"1")) + relayed(answer(200, b"2"))
+    assert [r.identity for r in relay.records] == ["alice", "alice"]
+
+
+def test_a_wrong_password_is_401_after_its_check(loop: ClockLoop) -> None:
+    """A wrong Basic password: 401 once the hash says no, and the connection goes on."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    checks = HeldChecks(loop)
+    relay = open_connection(
+        loop,
+        authenticator=Authenticator(htpasswd=parse_htpasswd(f"alice:{hashed}\n", "htpasswd")),
+        checks=checks,
+    )
+    basic = "Authorization: Basic " + base64.b64encode(b"alice:wrong").decode()
+    relay.send(request("GET", "/_ping", basic))
+    assert relay.client.data == b""
+    checks.finish()
+    challenge = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
+    assert relay.client.take() == refusal(401, "dockgate: invalid credentials", extra=challenge)
+    assert not relay.client.read_paused
+    assert relay.pool.daemons == []

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from dockgate.addresses import Address, parse_address
 from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.checks import CheckPool
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.config import ServeConfig
 from dockgate.http.errors import error_response
@@ -330,6 +332,33 @@ class LookUps:
         self.loop.settle()
 
 
+class HeldChecks(CheckPool):
+    """Password checks that wait for the test: each is run (for real, on the loop's thread)
+    when the test calls `finish`, instead of in a worker thread (auth/checks.py)."""
+
+    def __init__(self, loop: ClockLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self._waiting: collections.deque[tuple[asyncio.Future[bool], Callable[[], bool]]] = (
+            collections.deque()
+        )
+
+    def submit(self, check: Callable[[], bool]) -> asyncio.Future[bool] | None:
+        waiting = self.loop.create_future()
+        self._waiting.append((waiting, check))
+        return waiting
+
+    @property
+    def pending_checks(self) -> int:
+        return len(self._waiting)
+
+    def finish(self) -> None:
+        """The oldest check waiting runs, and its request goes on."""
+        waiting, check = self._waiting.popleft()
+        waiting.set_result(check())
+        self.loop.settle()
+
+
 class RecordedAccessLog(AccessLog):
     """An access log that keeps its records, for the test to read."""
 
@@ -429,6 +458,7 @@ def open_connection(
     *,
     peer: object = CLIENT_PEER,
     authenticator: Authenticator | None = None,
+    checks: CheckPool | None = None,
     context: Context | None = None,
     **config: Any,
 ) -> Relay:
@@ -458,12 +488,14 @@ def open_connection(
                 )
             ),
             serve.trusted_proxies,
+            checks=checks,
             proxy_protocol=serve.proxy_protocol,
         )
         pool = MockPool(loop, serve.upstream, serve.upstream_pool_size)
         context = Context(serve, loop, pool, admissions)
     else:
-        assert policy is ALLOW_ALL and authenticator is None and not config, "the context's"
+        given = (policy is not ALLOW_ALL, authenticator is not None, checks is not None, config)
+        assert not any(given), "a further connection takes its gateway's settings"
     conn = ClientConnection(context)  # type: ignore[arg-type]  # the Gateway's slice it reads
     client = MockTransport(loop, conn, peer)
     conn.connection_made(client)  # type: ignore[arg-type]
