@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.tokens import parse_tokens, token_digest
 from dockgate.relay.connection import LINGER_SECONDS
 from support.inprocess import (
     ClockLoop,
@@ -282,3 +286,34 @@ def test_an_idle_keep_alive_connection_has_the_idle_timeout(loop: ClockLoop) -> 
     relay.sweep()
     assert relay.client.closed
     assert relay.client.take() == b""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: refusals are written to a client that does not read, without bound",
+)
+def test_a_client_that_does_not_read_cannot_pile_up_answers(loop: ClockLoop) -> None:
+    """The gateway's own answers are flow-controlled like the daemon's: while the write buffer
+    towards the client is over its high mark, the gateway stops answering the requests that
+    client pipelined and stops reading from it; once the buffer drains, it goes on.
+
+    Finding (in-process, issue 14): `pause_writing` on the client side only pauses reading
+    from the daemon. Refusals (and 401s, before any authentication) are written at once for
+    each pipelined request while reading from the client never pauses, so a client that
+    sends requests and never reads its answers makes the gateway buffer every answer: here
+    1,000 refused 37-byte requests with the buffer already full still get 1,000 answers
+    written (274 kB, about 7 bytes buffered per byte received). Without credentials, over
+    one connection, memory grows until the process is killed: against a `dockgate serve`
+    subprocess, 38 MB of pipelined `GET /containers//json` (400s) sent without reading grew
+    its RSS by 204 MiB. The fix belongs with the flow
+    control object (one more pause reason: the client's own buffer full), in `_handle`'s
+    loop."""
+    tokens = Authenticator(tokens=parse_tokens(f"ci ci {token_digest('dg_x')}\n", "tokens"))
+    relay = open_connection(loop, authenticator=tokens)
+    relay.fill()
+    relay.send(request("GET", "/_ping") * 1000)
+    assert relay.client.read_paused
+    assert relay.client.data.count(b"HTTP/1.1 401 ") < 1000
+    relay.drain()
+    assert relay.client.data.count(b"HTTP/1.1 401 ") == 1000
+    assert not relay.client.read_paused
