@@ -142,6 +142,21 @@ def test_pipelined_requests_around_a_refusal_are_answered_in_order(loop: ClockLo
     assert not relay.client.closing
 
 
+def test_a_request_arriving_during_an_exchange_waits_for_its_end(loop: ClockLoop) -> None:
+    """A request (with a body) sent while the previous answer is awaited is not forwarded
+    until that answer is out: the daemon sees one request at a time on its connection."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/1"))
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(request("GET", "/1"))
+    relay.send(request("POST", "/2", body=b"ab"))
+    assert daemon.take() == b""
+    daemon.send(answer(200, b"1"))
+    assert daemon.take() == forwarded(request("POST", "/2", "Content-Length: 2")) + b"ab"
+    daemon.send(answer(200, b"2"))
+    assert relay.client.data == relayed(answer(200, b"1")) + relayed(answer(200, b"2"))
+
+
 def test_thousands_of_pipelined_refusals_are_answered_without_recursion(loop: ClockLoop) -> None:
     """6,000 refused requests pipelined behind a forwarded one (more than the recursion limit,
     and more than HELD_BYTES_LIMIT bytes): reading pauses while they wait, then each gets its
