@@ -14,6 +14,7 @@ import pytest
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.tokens import parse_tokens, token_digest
 from dockgate.relay.connection import LINGER_SECONDS
+from dockgate.relay.upstream import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
 from support.inprocess import (
     ClockLoop,
     answer,
@@ -40,6 +41,7 @@ def test_a_full_upstream_buffer_pauses_the_client_s_reading(loop: ClockLoop) -> 
     buffer towards the daemon is full, and resumes when it drains (test_http_edges:
     test_large_upload_streams_with_bounded_memory)."""
     relay = open_connection(loop)
+    assert relay.client.limits == (WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
     head = request("POST", "/upload", "Content-Length: 300000")
     relay.send(head + b"a" * 100_000)
     daemon = relay.daemon()
@@ -84,6 +86,21 @@ def test_a_slow_client_s_pause_reaches_an_upstream_connected_later(loop: ClockLo
     assert not relay.client.read_paused
     relay.drain()
     assert not daemon.read_paused
+
+
+def test_a_pooled_connection_with_a_full_buffer_pauses_the_client(loop: ClockLoop) -> None:
+    """A pooled connection handed out while its write buffer is still over the high mark (the
+    daemon has not read the last request's body): reading from the client pauses at once."""
+    relay = open_connection(loop)
+    relay.send(request("GET", "/a"))
+    daemon = relay.daemon()
+    daemon.send(answer(200, b"a"))
+    daemon.transport.buffered = WRITE_HIGH_WATER_BYTES + 1
+    relay.send(request("POST", "/b", "Content-Length: 10"))
+    assert relay.client.read_paused
+    daemon.transport.buffered = 0
+    daemon.drain()
+    assert not relay.client.read_paused
 
 
 def test_a_pooled_connection_is_paused_again_for_a_slow_client(loop: ClockLoop) -> None:

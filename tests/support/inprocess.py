@@ -9,7 +9,10 @@ gateway sent it, and `send`/`send_eof`/`drop` to answer, which reach the connect
 
 Everything runs on a real asyncio event loop (`ClockLoop`) whose clock only moves when the test
 says so (`advance`), so the linger after an early answer or a timeout is a step of the script,
-not a wait. Each test takes a few milliseconds.
+not a wait; `Relay.sweep` is one pass of the gateway's timeout sweep. Each test takes a few
+milliseconds. What does not go through the pool waits for the test too: ownership look-ups
+(`LookUps`, in place of ownership/lookup.py's `ask_json`) and password checks (`HeldChecks`,
+in place of the worker threads of auth/checks.py).
 
 How a connection is built from the gateway's state lives in ONE function, `open_connection`:
 when `ClientConnection` takes a narrower context than the `Gateway`, that is the one place to
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -45,16 +49,8 @@ from dockgate.relay.holding import HoldBudget
 from dockgate.relay.upstream import UpstreamConnection, UpstreamPool
 from dockgate.server import Gateway
 
-# The relay's own tests are not about policy: everything passes, bodies are not judged
-# (tests/policies/allow-all.yaml).
-ALLOW_ALL = """
-policies:
-  allow-all:
-    guardrails: false
-    rules:
-      - allow: {sections: ["*"]}
-      - allow: {unknown: true}
-"""
+# The relay's own tests are not about policy: everything passes, bodies are not judged.
+ALLOW_ALL = (pathlib.Path(__file__).parents[1] / "policies" / "allow-all.yaml").read_text()
 # What no test can reach: the mock pool never opens it.
 UPSTREAM = "unix:///run/dockgate-inprocess/docker.sock"
 CLIENT_PEER = ("192.0.2.7", 50123)  # TEST-NET-1: a TCP client, never a real one
@@ -83,7 +79,8 @@ class ClockLoop(asyncio.SelectorEventLoop):
         return self.now
 
     def settle(self) -> None:
-        """Run what is ready (callbacks, tasks) until the loop is quiet."""
+        """Run what is ready (callbacks, tasks, and what they make ready) for SETTLE_PASSES
+        passes of the loop: what the gateway does in reaction to one event."""
 
         async def passes() -> None:
             for _ in range(SETTLE_PASSES):
@@ -123,17 +120,15 @@ class MockTransport:
     ) -> None:
         self.loop = loop
         self.protocol = protocol
-        self.peer = peer
         self.data = bytearray()
         self._taken = 0
         self.read_paused = False
-        self.pauses = 0  # pause_reading calls that paused (a count of distinct pauses)
         self.eof_written = False
         self.closing = False  # close() or abort() was called
         self.aborted = False
         self.lost = False  # connection_lost was delivered
         self.buffered = 0  # what get_write_buffer_size answers: the test sets it
-        self.limits: tuple[int | None, int | None] | None = None
+        self.limits: tuple[int | None, int | None] | None = None  # high, low water (bytes)
         self.extra: dict[str, object] = {"peername": peer}
 
     # ----- what the gateway calls -------------------------------------------------------------
@@ -160,8 +155,6 @@ class MockTransport:
         self.eof_written = True
 
     def pause_reading(self) -> None:
-        if not self.read_paused:
-            self.pauses += 1
         self.read_paused = True
 
     def resume_reading(self) -> None:
