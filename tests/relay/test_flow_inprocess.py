@@ -20,6 +20,7 @@ from support.inprocess import (
     answer,
     forwarded,
     open_connection,
+    refusal,
     relayed,
     request,
 )
@@ -284,7 +285,8 @@ def test_a_partial_head_pipelined_behind_a_request_has_the_head_timeout(loop: Cl
     assert not relay.client.closing
     loop.advance(0.2)
     relay.sweep()
-    assert relay.client.take().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    message = "dockgate: request head not received in time"
+    assert relay.client.take() == refusal(408, message, close=True)
     assert relay.client.closed
 
 

@@ -248,6 +248,7 @@ class Daemon:
 
     @property
     def closed(self) -> bool:
+        """The gateway closed (or aborted) this connection."""
         return self.transport.closing
 
 
