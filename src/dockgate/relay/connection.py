@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from dockgate.auth.peercred import peer_uid
 from dockgate.auth.sourceaddr import UNIX_SOURCE
@@ -76,6 +76,7 @@ from dockgate.ownership.owners import owner_for
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.relay.context import ConnectionContext
 from dockgate.relay.holding import Share
 from dockgate.relay.steps import PolicySteps
 from dockgate.relay.tls import PROXY_SOURCE_INFO
@@ -88,9 +89,6 @@ from dockgate.relay.upstreamtls import describe_upstream_error
 
 # A request this gateway forwarded that came back to it (http/hops.py): never forwarded again.
 LOOP_VERDICT = Verdict(False, 508, LOOP_MESSAGE, "unknown", "deny:-:loop", reason="loop")
-
-if TYPE_CHECKING:
-    from dockgate.server import Gateway
 
 # Bytes of pipelined requests held while the current exchange runs, before reading pauses.
 HELD_BYTES_LIMIT = 256 * 1024
@@ -121,11 +119,11 @@ _PAUSE_PASSWORD = 32  # a password hash is being checked
 class ClientConnection(PolicySteps, asyncio.Protocol):
     """The downstream side of the gateway: one per accepted client connection."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: ConnectionContext) -> None:
+        self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.client = "-"
-        self.reader = RequestReader(gateway.config.max_header_bytes)
+        self.reader = RequestReader(ctx.max_header_bytes)
         # Deadline (loop time) by which the next request head must be complete; None while an
         # exchange or a tunnel is running. Checked by the gateway's periodic sweep.
         self.deadline: float | None = None
@@ -165,8 +163,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # held. Checked by the gateway's periodic sweep (--body-timeout).
         self.body_deadline: float | None = None
         # This connection's part of the process's budget for held bodies and answers.
-        self._hold_share = Share(gateway.holds)
-        self._answer_share = Share(gateway.holds)
+        self._hold_share = Share(ctx.holds)
+        self._answer_share = Share(ctx.holds)
         # Ownership mode: the caller's name, and the events that wait for a look-up.
         self._owner: str | None = None
         self._deferred: list[RequestEvent] | None = None
@@ -195,7 +193,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
-        self.gateway.metrics.connections += 1
+        self.ctx.metrics.connections += 1
         peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             host = peer[0]
@@ -206,15 +204,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.facts = ConnectionFacts(address, address)
         if address == UNIX_SOURCE:
             self.facts.uid = peer_uid(self.transport)
-        self.gateway.add_certificate(self, self.facts)
+        self.ctx.add_certificate(self.transport, self.client, self.facts)
         proxied = self.transport.get_extra_info(PROXY_SOURCE_INFO)
         if proxied is not None:  # the TLS layer read a PROXY header before the handshake
             if proxied:
                 self.facts.source = proxied
-        elif self.gateway.expects_proxy_header(address):
+        elif self.ctx.expects_proxy_header(address):
             self._proxy_header = b""
-        self.gateway.connections.add(self)
-        self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+        self.ctx.connections.add(self)
+        self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
@@ -231,7 +229,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 return
         if self._head is None and not self.reader.started:
             # First byte of a new head after an idle wait: the head timeout starts now.
-            self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+            self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
         try:
             events = self.reader.feed(data)
         except ClientProtocolError as exc:
@@ -279,7 +277,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.gateway.connections.discard(self)
+        self.ctx.connections.discard(self)
         if self._connect_task is not None:
             self._connect_task.cancel()
             self._connect_task = None
@@ -397,7 +395,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._admission = None
             self._refuse(head, LOOP_VERDICT)
             return
-        admitted = self.gateway.admissions.admit(head, self.facts, self._started)
+        admitted = self.ctx.admissions.admit(head, self.facts, self._started)
         if isinstance(admitted, PendingAdmission):
             self._await_password_check(head, admitted)
             return
@@ -429,9 +427,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._refuse(head, verdict, admission.retry_after)
             return
         self._capture = (
-            bytearray()
-            if self.gateway.audit.enabled and verdict.operation in AUDITED_BODIES
-            else None
+            bytearray() if self.ctx.audit.enabled and verdict.operation in AUDITED_BODIES else None
         )
         self._owner = None
         if head.has_body:  # (a request without a body passes whatever it says it is)
@@ -465,7 +461,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if policy is not None and policy.ownership:
             # Named by how the caller authenticated, or as `owners:` maps it (ownership/owners.py);
             # None for an anonymous caller, who owns nothing (refused by _own).
-            owners = self.gateway.admissions.policies.owners
+            owners = self.ctx.admissions.policies.owners
             self._owner = owner_for(admission.identity, owners)
             if not self._own(head, verdict):
                 return  # refused, or waiting for the daemon's answer about the object
@@ -478,25 +474,25 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         assert self._head is not None
         self._response = ResponseReader(self._head.method)
         self._retry_allowed = replayable
-        conn = self.gateway.pool.take_idle()
+        conn = self.ctx.pool.take_idle()
         if conn is not None:
             self._attach(conn)
             conn.write(raw)
         else:
             self._outbox.append(raw)
             self._pause_reading(_PAUSE_CONNECTING)
-            self._connect_task = self.gateway.loop.create_task(self._connect())
+            self._connect_task = self.ctx.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
-            conn = await self.gateway.pool.connect()
+            conn = await self.ctx.pool.connect()
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError) as exc:
             self._connect_task = None
             self._upstream_failed(
                 UpstreamError(
-                    f"cannot connect to the Docker daemon at {self.gateway.pool.address}: "
+                    f"cannot connect to the Docker daemon at {self.ctx.pool.address}: "
                     f"{describe_upstream_error(exc)}"
                 )
             )
@@ -612,7 +608,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         self._held_body = self._ignored = None
         self._end_hold()
-        seconds = self.gateway.config.body_timeout
+        seconds = self.ctx.body_timeout
         message = f"dockgate: the request body did not arrive within {seconds:g} s"
         self._refuse(head, self._denied(408, message, "body-timeout", "body timeout"))
 
@@ -821,7 +817,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._outbox = [forwarded_head(head)]
         self._response = ResponseReader(head.method)
         self._pause_reading(_PAUSE_CONNECTING)
-        self._connect_task = self.gateway.loop.create_task(self._connect())
+        self._connect_task = self.ctx.loop.create_task(self._connect())
         return True
 
     def upstream_paused(self) -> None:
@@ -847,7 +843,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         reusable = response is not None and response.done and response.keep_alive
         if upstream is not None:
             if reusable:
-                self.gateway.pool.release(upstream)
+                self.ctx.pool.release(upstream)
             else:
                 upstream.close()
         # A "Connection: close" from the daemon was relayed to the client, so it ends both.
@@ -874,12 +870,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._fail(exc)
             return None
         # Part of the next head already here: the (short) head timeout runs, not the idle one.
-        timeout = (
-            self.gateway.config.header_timeout
-            if self.reader.started
-            else self.gateway.config.idle_timeout
-        )
-        self.deadline = self.gateway.loop.time() + timeout
+        timeout = self.ctx.header_timeout if self.reader.started else self.ctx.idle_timeout
+        self.deadline = self.ctx.loop.time() + timeout
         return events
 
     # ----- tunnels -----------------------------------------------------------------------------
@@ -969,7 +961,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._apply_pause()
         if transport.can_write_eof():
             transport.write_eof()
-        self.gateway.loop.call_later(LINGER_SECONDS, self._close)
+        self.ctx.loop.call_later(LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
         self.closing = True
@@ -1002,12 +994,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _log_headless(self, status: int, note: str) -> None:
         """A request answered before its head could be read (malformed, or too slow)."""
-        self.gateway.metrics.record(
+        self.ctx.metrics.record(
             "-", decision="-", policy="-", status=status, duration=0.0, bytes_in=0, bytes_out=0
         )
-        self.gateway.access_log.write(
-            AccessRecord(self.client, "-", "-", "-", status, 0, 0, 0.0, note)
-        )
+        self.ctx.access_log.write(AccessRecord(self.client, "-", "-", "-", status, 0, 0, 0.0, note))
 
     def _log(self, note: str = "") -> None:
         """The end of an exchange: counted for the metrics, written to the access log and,
@@ -1017,7 +1007,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         verdict = self._verdict
         duration = time.monotonic() - self._started
-        self.gateway.metrics.record(
+        self.ctx.metrics.record(
             verdict.operation if verdict is not None else "-",
             decision="-" if verdict is None else "allow" if verdict.allowed else "deny",
             policy=(verdict.policy or "-") if verdict is not None else "-",
@@ -1026,13 +1016,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
         )
-        if self.gateway.access_log.enabled:
+        if self.ctx.access_log.enabled:
             self._access_line(head, duration, note)
-        if self.gateway.audit.enabled:
+        if self.ctx.audit.enabled:
             self._audit(head)
 
     def _access_line(self, head: RequestHead, duration: float, note: str) -> None:
-        self.gateway.access_log.write(
+        self.ctx.access_log.write(
             AccessRecord(
                 client=self.client,
                 method=head.method,
@@ -1071,7 +1061,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             capture is not None and len(capture) > AUDIT_BODY_LIMIT,
             registry_auth=registry_auth,
         )
-        self.gateway.audit.write(
+        self.ctx.audit.write(
             AuditRecord(
                 started=self._wall_started,
                 identity=identity.name,

@@ -102,7 +102,7 @@ from dockgate.relay.holding import Share
 if TYPE_CHECKING:
     from dockgate.policy.admission import Admission
     from dockgate.policy.rules import Policy
-    from dockgate.server import Gateway
+    from dockgate.relay.context import ConnectionContext
 
 # Reading from the client is paused while the daemon is asked who owns an object.
 PAUSE_LOOKUP = 16
@@ -131,7 +131,7 @@ class PolicySteps:
     _mount_check: MountCheck | None = None
 
     if TYPE_CHECKING:
-        gateway: Gateway
+        ctx: ConnectionContext
         transport: asyncio.Transport | None
         closing: bool
         close_after_exchange: bool
@@ -235,7 +235,7 @@ class PolicySteps:
 
     def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
         """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
-        self._lookup_task = self.gateway.loop.create_task(
+        self._lookup_task = self.ctx.loop.create_task(
             self._answering(work), name="dockgate-ownership-lookup"
         )
 
@@ -303,7 +303,7 @@ class PolicySteps:
         try:
             owner_checked = frozenset(ref for kind, ref in named if kind is VOLUME)
             problem = await named_volumes_problem(
-                self.gateway.pool.address, guardrails, volumes, self._owner, owner_checked
+                self.ctx.pool.address, guardrails, volumes, self._owner, owner_checked
             )
         except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
@@ -357,7 +357,7 @@ class PolicySteps:
                 return
             missing_volumes: list[str] = []
             for kind, reference in named:
-                found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
+                found = await find_owned(self.ctx.pool.address, kind, reference, self._owner)
                 if found is not None:
                     pins[kind.name, reference] = found.full_id
                 if found is None and kind is VOLUME:
@@ -411,7 +411,7 @@ class PolicySteps:
             # A volume name cannot be pinned: the answer waits for the mounts' check.
             check = MountCheck(head, volumes, tuple(made))
             self._mount_check = check
-            watch = self.gateway.loop.create_task(
+            watch = self.ctx.loop.create_task(
                 self._watch_mounts(check, self._owner), name="dockgate-ownership-mounts-watch"
             )
             _WATCHING.add(watch)
@@ -426,7 +426,7 @@ class PolicySteps:
         swept instead (ownedvolumes.sweep_mounts). Not tied to the connection."""
         while not check.taken:
             if self.closing or self._head is not check.head or self._mount_check is not check:
-                await sweep_mounts(self.gateway.pool.address, check.names, check.made, owner)
+                await sweep_mounts(self.ctx.pool.address, check.names, check.made, owner)
                 return
             await asyncio.sleep(MOUNT_WATCH_SECONDS)
 
@@ -435,7 +435,7 @@ class PolicySteps:
         (each while still the caller's; ownedvolumes.remove_volumes), best effort."""
         if made and self._owner is not None:
             try:
-                await remove_volumes(self.gateway.pool.address, tuple(made), self._owner)
+                await remove_volumes(self.ctx.pool.address, tuple(made), self._owner)
             except Exception:  # the request's own answer matters more
                 return
 
@@ -450,12 +450,12 @@ class PolicySteps:
         # daemon's default is asked only when the body names none.
         silent = silent_log_problem(operation, body, None)
         if silent is None and silent_log_problem(operation, body, SILENT_LOG_DRIVER) is not None:
-            address = self.gateway.pool.address
+            address = self.ctx.pool.address
             silent = silent_log_problem(operation, body, await default_log_driver(address))
         if silent is not None:
             return silent
         image = created_image(operation, body)  # read before, when the body was judged
-        if image is None or await named_image_owner(self.gateway.pool.address, image) != owner:
+        if image is None or await named_image_owner(self.ctx.pool.address, image) != owner:
             return None
         return vouching_image_problem(image, owner)
 
@@ -570,7 +570,7 @@ class PolicySteps:
             specs = volume_specs(body)
         except Unreadable:
             return None  # the daemon refuses the body itself, and creates nothing
-        address = self.gateway.pool.address
+        address = self.ctx.pool.address
         for name in names:
             created = await create_volume(address, name, specs.get(name, VolumeSpec()), self._owner)
             if created.status not in (200, 201):
@@ -598,9 +598,7 @@ class PolicySteps:
         refused: Verdict | None = None
         try:
             for reference in step.references:
-                found = await find_owned(
-                    self.gateway.pool.address, step.kind, reference, self._owner
-                )
+                found = await find_owned(self.ctx.pool.address, step.kind, reference, self._owner)
                 if found is None or found.owner != self._owner:
                     # As if it did not exist: the daemon's own answer for a missing object.
                     message = step.kind.missing.format(reference)
@@ -693,7 +691,7 @@ class PolicySteps:
         if not head.chunked and not self._hold_share.cover(head.content_length or 0):
             self._refuse_over_budget(head)
             return False
-        self.body_deadline = self.gateway.loop.time() + self.gateway.config.body_timeout
+        self.body_deadline = self.ctx.loop.time() + self.ctx.body_timeout
         if head.expect_continue:
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -782,7 +780,7 @@ class PolicySteps:
                 assert check is not None
                 check.taken = True
                 self._mount_check = None
-                self._lookup_task = self.gateway.loop.create_task(
+                self._lookup_task = self.ctx.loop.create_task(
                     self._answering(self._settled_answer(head, raw, check)),
                     name="dockgate-ownership-mounts",
                 )
@@ -791,7 +789,7 @@ class PolicySteps:
                 # The images of the listed containers are looked up first (ownership/lookup.py): the
                 # client's reading stays paused (a request is read only once the answer to the
                 # one before it is out), and the task is cancelled if the client leaves.
-                self._lookup_task = self.gateway.loop.create_task(
+                self._lookup_task = self.ctx.loop.create_task(
                     self._answering(self._vouched_answer(head, raw)),
                     name="dockgate-ownership-list",
                 )
@@ -815,7 +813,7 @@ class PolicySteps:
         assert owner is not None
         rewritten: bytes | Exception
         try:
-            rewritten = await vouched_containers(self.gateway.pool.address, raw, owner)
+            rewritten = await vouched_containers(self.ctx.pool.address, raw, owner)
             if self._redaction is not None and "ContainerList" in REDACTED_OPERATIONS:
                 rewritten = redact_response("ContainerList", rewritten, self._redaction)
         except Exception as exc:
@@ -830,9 +828,9 @@ class PolicySteps:
         client leaves meanwhile (a container of someone else's volume must not stay)."""
         owner = self._owner
         assert owner is not None
-        settling = self.gateway.loop.create_task(
+        settling = self.ctx.loop.create_task(
             settle_create(
-                self.gateway.pool.address,
+                self.ctx.pool.address,
                 head.status,
                 raw,
                 names=check.names,
