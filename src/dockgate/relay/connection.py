@@ -77,6 +77,7 @@ from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmissi
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.relay.context import ConnectionContext
+from dockgate.relay.flow import EXCHANGE_PAUSES, FlowControl, Pause
 from dockgate.relay.holding import Share
 from dockgate.relay.steps import PolicySteps
 from dockgate.relay.tls import PROXY_SOURCE_INFO
@@ -107,15 +108,6 @@ _REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-# Reasons for which reading from the client is paused; reading resumes when none is left.
-_PAUSE_UPSTREAM_FULL = 1  # the daemon is not reading fast enough
-_PAUSE_CONNECTING = 2  # no upstream connection yet
-_PAUSE_HELD = 4  # pipelined bytes waiting for the current exchange
-_PAUSE_TUNNEL_SETUP = 8  # waiting for the daemon's answer to a request that may hijack
-# 16 is steps.PAUSE_LOOKUP
-_PAUSE_PASSWORD = 32  # a password hash is being checked
-
-
 class ClientConnection(PolicySteps, asyncio.Protocol):
     """The downstream side of the gateway: one per accepted client connection."""
 
@@ -129,9 +121,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.deadline: float | None = None
         self.closing = False
         self.close_after_exchange = False  # set by a graceful shutdown
-        self._pause_reasons = 0
-        self._reading_paused = False
-        self._client_write_paused = False
+        # Why reading from the client is paused, and whether the client's writes are (flow.py).
+        self.flow = FlowControl()
         # The current exchange.
         self._head: RequestHead | None = None
         self._upstream: UpstreamConnection | None = None
@@ -192,6 +183,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.attach(self.transport)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
         self.ctx.metrics.connections += 1
         peer = self.transport.get_extra_info("peername")
@@ -238,7 +230,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if events:
             self._handle(events)
         if self.reader.request_complete and self.reader.buffered > HELD_BYTES_LIMIT:
-            self._pause_reading(_PAUSE_HELD)
+            self.flow.pause(Pause.HELD)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Take the PROXY protocol header a trusted proxy starts with; what follows is HTTP."""
@@ -298,13 +290,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._answer_share.end()
 
     def pause_writing(self) -> None:
-        self._client_write_paused = True
+        self.flow.write_paused = True
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._client_write_paused = False
+        self.flow.write_paused = False
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.resume_reading()
@@ -372,7 +364,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 if head is not None and _may_hijack(head):
                     # Bytes after this request are either the next request or raw stdin for a
                     # hijacked stream; only the daemon's answer tells which, so wait for it.
-                    self._pause_reading(_PAUSE_TUNNEL_SETUP)
+                    self.flow.pause(Pause.TUNNEL_SETUP)
                     return
         # Events after a pause are impossible: the reader stops at the end of each request.
 
@@ -406,14 +398,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         what the client sends waits, in order, as for an ownership look-up."""
         self._admission = self._verdict = None
         self._deferred = []
-        self._pause_reading(_PAUSE_PASSWORD)
+        self.flow.pause(Pause.PASSWORD)
         pending.future.add_done_callback(lambda _: self._password_checked(head, pending))
 
     def _password_checked(self, head: RequestHead, pending: PendingAdmission) -> None:
         if self.closing or self._head is not head:
             return  # the client left; the throttle was settled all the same (policy/admission.py)
         deferred, self._deferred = self._deferred, None
-        self._resume_reading(_PAUSE_PASSWORD)
+        self.flow.resume(Pause.PASSWORD)
         self._admitted(head, pending.admission())
         if deferred:
             self._handle(deferred)
@@ -480,7 +472,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             conn.write(raw)
         else:
             self._outbox.append(raw)
-            self._pause_reading(_PAUSE_CONNECTING)
+            self.flow.pause(Pause.CONNECTING)
             self._connect_task = self.ctx.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -504,17 +496,17 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._attach(conn)
         outbox, self._outbox = self._outbox, []
         conn.write(b"".join(outbox))
-        self._resume_reading(_PAUSE_CONNECTING)
+        self.flow.resume(Pause.CONNECTING)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         conn.owner = self
         self._upstream_reused = conn.reused
         self._upstream = conn
         transport = conn.transport
-        if self._client_write_paused and transport is not None:
+        if self.flow.write_paused and transport is not None:
             transport.pause_reading()
         if transport is not None and transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
-            self._pause_reading(_PAUSE_UPSTREAM_FULL)
+            self.flow.pause(Pause.UPSTREAM_FULL)
 
     def _send_upstream(self, data: bytes) -> None:
         upstream = self._upstream
@@ -816,15 +808,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             upstream.close()
         self._outbox = [forwarded_head(head)]
         self._response = ResponseReader(head.method)
-        self._pause_reading(_PAUSE_CONNECTING)
+        self.flow.pause(Pause.CONNECTING)
         self._connect_task = self.ctx.loop.create_task(self._connect())
         return True
 
     def upstream_paused(self) -> None:
-        self._pause_reading(_PAUSE_UPSTREAM_FULL)
+        self.flow.pause(Pause.UPSTREAM_FULL)
 
     def upstream_resumed(self) -> None:
-        self._resume_reading(_PAUSE_UPSTREAM_FULL)
+        self.flow.resume(Pause.UPSTREAM_FULL)
 
     def _finish_exchange(self) -> None:
         self._log()
@@ -855,7 +847,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     def _read_next_request(self) -> None:
         """Keep-alive: wait for the next request, starting with any bytes already buffered."""
         # Whatever paused reading belonged to the exchange that just ended.
-        self._resume_reading(_PAUSE_HELD | _PAUSE_TUNNEL_SETUP | _PAUSE_UPSTREAM_FULL)
+        self.flow.resume(EXCHANGE_PAUSES)
         if self._handling:
             self._parse_next = True  # the running _handle loop takes it from here
             return
@@ -880,11 +872,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.tunnel = True
         self.deadline = None
         leftover = self.reader.take_buffered()
-        self._pause_reasons &= ~(_PAUSE_TUNNEL_SETUP | _PAUSE_HELD)
         if leftover and self._upstream is not None:
             self._bytes_in += len(leftover)
             self._upstream.write(leftover)
-        self._apply_pause()
+        # Raw bytes flow from now on (the daemon's socket may still be full: that pause stays).
+        self.flow.resume(Pause.TUNNEL_SETUP | Pause.HELD)
 
     def _maybe_end_tunnel(self) -> None:
         if self._client_eof and self._upstream_eof:
@@ -957,8 +949,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self._lingering = True
-        self._pause_reasons = 0
-        self._apply_pause()
+        self.flow.clear()
         if transport.can_write_eof():
             transport.write_eof()
         self.ctx.loop.call_later(LINGER_SECONDS, self._close)
@@ -1083,29 +1074,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 details=details,
             )
         )
-
-    # ----- read pausing ------------------------------------------------------------------------
-
-    def _pause_reading(self, reason: int) -> None:
-        self._pause_reasons |= reason
-        self._apply_pause()
-
-    def _resume_reading(self, reasons: int) -> None:
-        self._pause_reasons &= ~reasons
-        self._apply_pause()
-
-    def _apply_pause(self) -> None:
-        paused = bool(self._pause_reasons)
-        if paused == self._reading_paused:
-            return
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        self._reading_paused = paused
-        if paused:
-            transport.pause_reading()
-        else:
-            transport.resume_reading()
 
 
 def _content_types(head: RequestHead) -> list[bytes]:

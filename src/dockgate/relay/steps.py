@@ -97,6 +97,7 @@ from dockgate.ownership.volumes import (
     volume_specs,
 )
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.relay.flow import FlowControl, Pause
 from dockgate.relay.holding import Share
 
 if TYPE_CHECKING:
@@ -104,8 +105,6 @@ if TYPE_CHECKING:
     from dockgate.policy.rules import Policy
     from dockgate.relay.context import ConnectionContext
 
-# Reading from the client is paused while the daemon is asked who owns an object.
-PAUSE_LOOKUP = 16
 # The checks of new containers' mounts still running (kept from garbage collection; each
 # outlives a client that leaves, so that a container mounting another's volume is removed).
 _SETTLING: set[asyncio.Task[Settled]] = set()
@@ -133,6 +132,7 @@ class PolicySteps:
     if TYPE_CHECKING:
         ctx: ConnectionContext
         transport: asyncio.Transport | None
+        flow: FlowControl
         closing: bool
         close_after_exchange: bool
         _head: RequestHead | None
@@ -169,8 +169,6 @@ class PolicySteps:
         def _send_upstream(self, data: bytes) -> None: ...
         def _upstream_failed(self, exc: GatewayError) -> None: ...
         def _handle(self, events: list[RequestEvent]) -> None: ...
-        def _pause_reading(self, reason: int) -> None: ...
-        def _resume_reading(self, reasons: int) -> None: ...
         def _finish_exchange(self) -> None: ...
         def _write_client(self, out: list[bytes]) -> None: ...
 
@@ -299,7 +297,7 @@ class PolicySteps:
     ) -> None:
         """Guardrails on the volumes a body uses by name (body/namedvolumes.py), then ownership's
         look-ups of the objects it names, if any, then on to the daemon."""
-        self._pause_reading(PAUSE_LOOKUP)
+        self.flow.pause(Pause.LOOKUP)
         try:
             owner_checked = frozenset(ref for kind, ref in named if kind is VOLUME)
             problem = await named_volumes_problem(
@@ -320,7 +318,7 @@ class PolicySteps:
             await self._check_references(head, body, named)
             return
         self._lookup_task = None
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         self._forward_held(head, body)
 
     def _lookup_ended(self, head: RequestHead) -> bool:
@@ -333,7 +331,7 @@ class PolicySteps:
         """Refuse a request whose body was held, read to its end, for a look-up: the
         connection stays usable and reading goes on."""
         self._refuse(head, verdict, body_read=True)
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         self._after_refusal()
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
@@ -344,7 +342,7 @@ class PolicySteps:
     async def _check_references(
         self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
     ) -> None:
-        self._pause_reading(PAUSE_LOOKUP)
+        self.flow.pause(Pause.LOOKUP)
         pins: dict[tuple[str, str], str] = {}
         made: list[str] = []  # the volumes the gateway creates for this request
         try:
@@ -416,7 +414,7 @@ class PolicySteps:
             )
             _WATCHING.add(watch)
             watch.add_done_callback(_WATCHING.discard)
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         self._forward_held(head, body)
 
     async def _watch_mounts(self, check: MountCheck, owner: str) -> None:
@@ -543,7 +541,7 @@ class PolicySteps:
                 self._head = with_target(head, step)
                 return True
             self._deferred = []
-            self._pause_reading(PAUSE_LOOKUP)
+            self.flow.pause(Pause.LOOKUP)
             self._start_lookup(self._check_owners(head, ordered))
             return False
         if isinstance(step, Refuse):
@@ -551,7 +549,7 @@ class PolicySteps:
             return False
         # Until the daemon answers, what the client sends waits, in order.
         self._deferred = []
-        self._pause_reading(PAUSE_LOOKUP)
+        self.flow.pause(Pause.LOOKUP)
         self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
         return False
 
@@ -623,7 +621,7 @@ class PolicySteps:
             self._head = head
             self._proceed(head)
         deferred, self._deferred = self._deferred, None
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         if deferred:
             self._handle(deferred)
 
