@@ -273,7 +273,7 @@ class Gateway:
     def _counts_now(self) -> RequestCounts:
         counts = self.metrics
         counts.open_connections = len(self.connections)
-        counts.open_tunnels = sum(1 for conn in self.connections if conn.tunnel)
+        counts.open_tunnels = sum(1 for conn in self.connections if conn.tunnel is not None)
         watched: list[tuple[str, WatchedFile[Any]]] = self.authenticator.watched()
         if self._policy_file is not None:
             watched.append(("policy", self._policy_file))

@@ -81,6 +81,7 @@ from dockgate.relay.flow import EXCHANGE_PAUSES, FlowControl, Pause
 from dockgate.relay.holding import Share
 from dockgate.relay.steps import PolicySteps
 from dockgate.relay.tls import PROXY_SOURCE_INFO
+from dockgate.relay.tunnel import Tunnel
 from dockgate.relay.upstream import (
     WRITE_HIGH_WATER_BYTES,
     WRITE_LOW_WATER_BYTES,
@@ -172,10 +173,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
         self._proxy_header: bytes | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        # Tunnel state (after a hijack): which directions are still open.
-        self.tunnel = False
-        self._client_eof = False
-        self._upstream_eof = False
+        # After a hijack: the two pumps the connection hands its bytes to (relay/tunnel.py).
+        self.tunnel: Tunnel | None = None
         self._lingering = False
 
     # ----- the client side -------------------------------------------------------------------
@@ -207,11 +206,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel:
-            self._bytes_in += len(data)
-            upstream = self._upstream
-            if upstream is not None:
-                upstream.write(data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.from_client(data)
             return
         if self._lingering:
             return
@@ -250,13 +247,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         return buffered[header.consumed :]
 
     def eof_received(self) -> bool:
-        if self.tunnel:
-            self._client_eof = True
-            upstream = self._upstream
-            transport = upstream.transport if upstream is not None else None
-            if transport is not None and transport.can_write_eof():
-                transport.write_eof()
-            self._maybe_end_tunnel()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.client_eof()  # passed on as a half-close; the daemon's output goes on
             return True
         if self._head is not None:
             # The client closed its side mid-exchange. HTTP/1.1 would allow a half-close after a
@@ -276,8 +269,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if self._lookup_task is not None:
             self._lookup_task.cancel()
             self._lookup_task = None
-        if self._head is not None or self.tunnel:
-            self._log(note="client gone" if not self.tunnel else "")
+        tunnel = self.tunnel
+        if tunnel is not None:
+            # The raw bytes relayed count as the hijacked exchange's.
+            self._bytes_in += tunnel.bytes_in
+            self._bytes_out += tunnel.bytes_out
+            self._log()
+        elif self._head is not None:
+            self._log(note="client gone")
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             # Mid-exchange: the daemon may still be streaming; this connection is not reusable.
@@ -609,10 +608,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     def upstream_data(self, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        if self.tunnel:
-            self._bytes_out += len(data)
-            transport.write(data)
-            return
         response = self._response
         if response is None:
             return
@@ -746,13 +741,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.transport.write(data)
 
     def upstream_eof(self) -> bool:
-        if self.tunnel:
-            self._upstream_eof = True
-            transport = self.transport
-            if transport is not None and not transport.is_closing() and transport.can_write_eof():
-                transport.write_eof()
-            self._maybe_end_tunnel()
-            return True
         response = self._response
         if response is None:
             return False
@@ -774,10 +762,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def upstream_lost(self, exc: Exception | None = None) -> None:
         self._upstream = None
-        if self.tunnel:
-            self._upstream_eof = True
-            self._end_tunnel()
-            return
         if self._head is None or self._response is None or self._response.done:
             return
         if self._retry_now():
@@ -869,20 +853,19 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     # ----- tunnels -----------------------------------------------------------------------------
 
     def _enter_tunnel(self) -> None:
-        self.tunnel = True
+        """Hand the connection over to a Tunnel (relay/tunnel.py): from now on the daemon's
+        connection reports to it, and what the client sends goes to it; the bytes already read
+        past the request head go first."""
         self.deadline = None
-        leftover = self.reader.take_buffered()
-        if leftover and self._upstream is not None:
-            self._bytes_in += len(leftover)
-            self._upstream.write(leftover)
+        upstream, transport = self._upstream, self.transport
+        assert upstream is not None and transport is not None  # called from upstream_data
+        tunnel = self.tunnel = Tunnel(transport, upstream, self.flow, self._end_tunnel)
+        tunnel.start(self.reader.take_buffered())
         # Raw bytes flow from now on (the daemon's socket may still be full: that pause stays).
         self.flow.resume(Pause.TUNNEL_SETUP | Pause.HELD)
 
-    def _maybe_end_tunnel(self) -> None:
-        if self._client_eof and self._upstream_eof:
-            self._end_tunnel()
-
     def _end_tunnel(self) -> None:
+        """Both directions are done, or the daemon's connection is gone: close both."""
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
@@ -972,7 +955,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def idle(self) -> bool:
         """No exchange is running: the connection waits for a request head."""
-        return self._head is None and not self.tunnel
+        return self._head is None and self.tunnel is None
 
     def head_timed_out(self) -> None:
         transport = self.transport
