@@ -4,20 +4,31 @@ Per connection, requests are served one at a time and in order (pipelined reques
 reader's buffer). An exchange ends when the daemon's response is complete; then the upstream
 connection goes back to the pool if it is clean, and the next request is read.
 
+The connection is always in one `Phase` (relay/phase.py), what it waits for: READING_HEAD, then
+ADMITTING (a password being checked), LOOKING_UP (the daemon asked who owns an object),
+HOLDING_BODY (a body read whole), FORWARDING, RELAYING_ANSWER or HOLDING_ANSWER, and back to
+READING_HEAD; or REFUSED_DRAINING (answered here, the rest of the request dropped), TUNNEL,
+LINGERING, CLOSED. Every move goes through `_enter`, which checks it against the one table of
+moves, `phase.TRANSITIONS`. The buffers an exchange carries stay data beside the phase.
+
 After a `101 Switching Protocols` (or the older `200` with a Docker raw-stream body that the
-daemon answers to a hijacked attach/exec), the connection becomes a tunnel: two one-way pumps of
-raw bytes, with a half-close passed on as a half-close (`write_eof`), closed when both are done.
+daemon answers to a hijacked attach/exec), the connection hands over to a `Tunnel`
+(relay/tunnel.py): two one-way pumps of raw bytes, with a half-close passed on as a half-close.
 
 Flow control: when one side's write buffer is over its high-water mark, reading from the other
-side pauses, so a slow reader never makes the gateway buffer a whole `docker export`.
+side pauses, so a slow reader never makes the gateway buffer a whole `docker export`. Why
+reading from the client is paused is one `FlowControl` with a flag per reason (relay/flow.py).
 
-What a bound policy adds between admission and the daemon (ownership look-ups, bodies judged
-and labelled, redaction) is in `relay/steps.py`, mixed into `ClientConnection`.
+What the connection needs from its process (configuration, loop, pool, admission, sinks) comes
+in one `ConnectionContext` (relay/context.py). What a bound policy adds between admission and the
+daemon (ownership look-ups, bodies judged and labelled, redaction) is in `relay/steps.py`, mixed
+into `ClientConnection`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import cast
 
@@ -76,9 +87,25 @@ from dockgate.ownership.owners import owner_for
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.relay import phase as phases
 from dockgate.relay.context import ConnectionContext
 from dockgate.relay.flow import EXCHANGE_PAUSES, FlowControl, Pause
 from dockgate.relay.holding import Share
+from dockgate.relay.phase import (
+    ADMITTING,
+    CLOSED,
+    FORWARDING,
+    HOLDING_ANSWER,
+    HOLDING_BODY,
+    LINGERING,
+    READING_HEAD,
+    REFUSED_DRAINING,
+    RELAYING_ANSWER,
+    TRANSITIONS,
+    TUNNEL,
+    Phase,
+    PhaseError,
+)
 from dockgate.relay.steps import PolicySteps
 from dockgate.relay.tls import PROXY_SOURCE_INFO
 from dockgate.relay.tunnel import Tunnel
@@ -120,7 +147,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # Deadline (loop time) by which the next request head must be complete; None while an
         # exchange or a tunnel is running. Checked by the gateway's periodic sweep.
         self.deadline: float | None = None
-        self.closing = False
+        # What the connection waits for (relay/phase.py); moves go through _enter.
+        self.phase = READING_HEAD
         self.close_after_exchange = False  # set by a graceful shutdown
         # Why reading from the client is paused, and whether the client's writes are (flow.py).
         self.flow = FlowControl()
@@ -137,7 +165,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._started = 0.0
         self._retry_allowed = False
         self._upstream_reused = False
-        self._refused = False
         self._handling = False  # inside _handle: finished exchanges hand over to its loop
         self._parse_next = False
         self._queued: list[RequestEvent] = []
@@ -175,7 +202,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._connect_task: asyncio.Task[None] | None = None
         # After a hijack: the two pumps the connection hands its bytes to (relay/tunnel.py).
         self.tunnel: Tunnel | None = None
-        self._lingering = False
 
     # ----- the client side -------------------------------------------------------------------
 
@@ -210,7 +236,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if tunnel is not None:
             tunnel.from_client(data)
             return
-        if self._lingering:
+        if self.phase is LINGERING:
             return
         if self._proxy_header is not None:
             data = self._read_proxy_header(data)
@@ -261,7 +287,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        if self.phase is not CLOSED:
+            self._enter(CLOSED)
         self.ctx.connections.discard(self)
         if self._connect_task is not None:
             self._connect_task.cancel()
@@ -335,17 +362,20 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             if deferred is not None:
                 deferred.append(event)  # an ownership look-up is running
                 continue
-            if self._refused:
+            phase = self.phase
+            if phase is REFUSED_DRAINING:
                 if isinstance(event, EndOfRequest):
                     self._after_refusal()
                     return
                 continue  # the body of a refused request is read and dropped
-            if self._ignored is not None:
-                self._read_ignored(event)
+            if phase is HOLDING_BODY:
+                if self._ignored is not None:
+                    self._read_ignored(event)  # a body the operation takes none of
+                else:
+                    self._hold(event)  # a body judged before it goes
                 continue
-            if self._held_body is not None:
-                self._hold(event)
-                continue
+            if phase is LINGERING or phase is CLOSED:
+                return  # what is left of the request is of no use any more
             if isinstance(event, Body):
                 self._count_body(event.data)
                 self._send_upstream(
@@ -397,6 +427,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         what the client sends waits, in order, as for an ownership look-up."""
         self._admission = self._verdict = None
         self._deferred = []
+        self._enter(ADMITTING)
         self.flow.pause(Pause.PASSWORD)
         pending.future.add_done_callback(lambda _: self._password_checked(head, pending))
 
@@ -463,6 +494,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
         assert self._head is not None
+        self._enter(FORWARDING)
         self._response = ResponseReader(self._head.method)
         self._retry_allowed = replayable
         conn = self.ctx.pool.take_idle()
@@ -524,7 +556,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         body_read: bool = False,
     ) -> None:
         """Answer a refused request here; it never reaches the daemon."""
-        self._refused = True
+        self._enter(REFUSED_DRAINING)
         self._verdict = verdict
         self._status = verdict.status
         # A refused upload is not read to its end: close after the answer (lingering, so the
@@ -548,9 +580,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._linger_close()
 
     def _after_refusal(self) -> None:
-        if self._lingering:
-            return
-        self._refused = False
+        """The refused request is read to its end: on to the next one, or close."""
+        if self.phase is not REFUSED_DRAINING:
+            return  # lingering (its body was left unread), or closed
         head, self._head = self._head, None
         if head is None or not head.keep_alive or self.close_after_exchange:
             self._close()
@@ -595,7 +627,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         """A held body did not arrive whole within --body-timeout: 408, and close."""
         self.body_deadline = None
         head = self._head
-        if head is None or (self._held_body is None and self._ignored is None):
+        if head is None or self.phase is not HOLDING_BODY:
             return
         self._held_body = self._ignored = None
         self._end_hold()
@@ -621,7 +653,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             except UpstreamError as exc:
                 self._upstream_failed(exc)
                 return
-            if self._answer_body is not None:
+            if self.phase is HOLDING_ANSWER:
                 self._collect_answer(data, done)
                 return
             if data:
@@ -639,10 +671,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # single system call.
         out: list[bytes] = []
         for event in events:
-            if self._answer_body is not None:
+            if self.phase is HOLDING_ANSWER:
                 if isinstance(event, ResponseBody):
                     self._collect_answer(event.data, done=False)
-                    if self._answer_body is None:
+                    if self.phase is not HOLDING_ANSWER:
                         return  # too large: the exchange has failed
                 elif isinstance(event, EndOfResponse):
                     self._collect_answer(b"", done=True)
@@ -674,6 +706,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 elif self._holds_answer(event.status):
                     # Held back: the answer goes out rewritten, with a new Content-Length. One
                     # that ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
+                    self._enter(HOLDING_ANSWER)
                     self._answer_head = event
                     self._answer_body = bytearray()
                     self._status = event.status
@@ -694,6 +727,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 self._bytes_out -= len(head_bytes)  # the log counts body bytes only
                 if event.informational:
                     continue
+                self._enter(RELAYING_ANSWER)
                 self._status = event.status
                 self._response_started = True
                 if (
@@ -754,7 +788,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if events:
             # An until-close body ended: so does the client's connection, as the daemon framed it.
             self.close_after_exchange = True
-            if self._answer_body is not None:
+            if self.phase is HOLDING_ANSWER:
                 self._collect_answer(b"", done=True)  # checked whole, then sent and finished
             else:
                 self._finish_exchange()
@@ -830,6 +864,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _read_next_request(self) -> None:
         """Keep-alive: wait for the next request, starting with any bytes already buffered."""
+        self._enter(READING_HEAD)
         # Whatever paused reading belonged to the exchange that just ended.
         self.flow.resume(EXCHANGE_PAUSES)
         if self._handling:
@@ -859,6 +894,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.deadline = None
         upstream, transport = self._upstream, self.transport
         assert upstream is not None and transport is not None  # called from upstream_data
+        self._enter(TUNNEL)
         tunnel = self.tunnel = Tunnel(transport, upstream, self.flow, self._end_tunnel)
         tunnel.start(self.reader.take_buffered())
         # Raw bytes flow from now on (the daemon's socket may still be full: that pause stays).
@@ -931,27 +967,47 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self._lingering = True
+        self._enter(LINGERING)
         self.flow.clear()
         if transport.can_write_eof():
             transport.write_eof()
         self.ctx.loop.call_later(LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
-        self.closing = True
+        if self.phase is not CLOSED:
+            self._enter(CLOSED)
         self.deadline = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()  # flushes what is buffered, then closes
 
     def close_now(self) -> None:
-        """Close now (shutdown deadline, or a timeout)."""
-        self.closing = True
+        """Close now (shutdown deadline, a timeout, or an illegal move)."""
+        if self.phase is not CLOSED:
+            self._enter(CLOSED)  # legal from every phase (relay/phase.py)
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def closing(self) -> bool:
+        """The connection is closed, or closing (what it still writes is flushed)."""
+        return self.phase is CLOSED
+
+    def _enter(self, phase: Phase) -> None:
+        """Move to `phase`. A move not in the table (relay/phase.py) is a bug in the relay:
+        raised under `phase.STRICT` (tests), else printed once and the connection closed."""
+        if phase in TRANSITIONS[self.phase]:
+            self.phase = phase
+            return
+        error = PhaseError(self.phase, phase)
+        if phases.STRICT or phases.first_report(self.phase, phase):
+            print(f"{error} ({self.client}); connection closed", file=sys.stderr, flush=True)
+        if phases.STRICT:
+            raise error
+        self.close_now()
 
     def idle(self) -> bool:
         """No exchange is running: the connection waits for a request head."""

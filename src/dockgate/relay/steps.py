@@ -5,6 +5,10 @@ the way: ownership look-ups (the request waits, in order, until the daemon says 
 is), bodies read whole to be judged by the guardrails and labelled with their owner, the
 objects a body names, and response redaction. The decisions themselves are pure functions in
 `body/` and `ownership/operations.py`; here they are carried out.
+
+The connection's phases (relay/phase.py) these steps enter: LOOKING_UP (`_start_lookup`),
+HOLDING_BODY (`_start_hold`); an answer held whole is HOLDING_ANSWER, entered by the
+connection when the head arrives, and stays so while its look-ups run.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ from dockgate.ownership.volumes import (
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.relay.flow import FlowControl, Pause
 from dockgate.relay.holding import Share
+from dockgate.relay.phase import HOLDING_BODY, LOOKING_UP, Phase
 
 if TYPE_CHECKING:
     from dockgate.policy.admission import Admission
@@ -133,7 +138,12 @@ class PolicySteps:
         ctx: ConnectionContext
         transport: asyncio.Transport | None
         flow: FlowControl
-        closing: bool
+        phase: Phase
+
+        @property
+        def closing(self) -> bool: ...
+        def _enter(self, phase: Phase) -> None: ...
+
         close_after_exchange: bool
         _head: RequestHead | None
         _response: ResponseReader | None
@@ -233,6 +243,7 @@ class PolicySteps:
 
     def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
         """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
+        self._enter(LOOKING_UP)
         self._lookup_task = self.ctx.loop.create_task(
             self._answering(work), name="dockgate-ownership-lookup"
         )
@@ -689,6 +700,7 @@ class PolicySteps:
         if not head.chunked and not self._hold_share.cover(head.content_length or 0):
             self._refuse_over_budget(head)
             return False
+        self._enter(HOLDING_BODY)
         self.body_deadline = self.ctx.loop.time() + self.ctx.body_timeout
         if head.expect_continue:
             assert self.transport is not None
@@ -747,8 +759,10 @@ class PolicySteps:
         return admission is not None and admission.policy is not None and admission.policy.ownership
 
     def _collect_answer(self, data: bytes, done: bool) -> None:
+        """HOLDING_ANSWER: a piece of the answer held whole; at its end, checked and sent."""
         body, head = self._answer_body, self._answer_head
-        assert body is not None and head is not None
+        if body is None or head is None:
+            return  # whole already, and being checked: nothing more belongs to it
         body += data
         if len(body) > REDACT_LIMIT:
             self._answer_body = None
