@@ -690,71 +690,84 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     self._upstream_failed(exc)
                     return
             elif isinstance(event, ResponseHead):
-                # Every head the daemon sends goes out with the browser guard's headers (before
-                # its blank line); a held answer is rewritten from this same head.
-                event.raw = event.raw[:-2] + _ANSWER_TAIL
-                if (
-                    self._redaction is not None
-                    and event.status == 200
-                    and self._operation() in REDACTED_STREAMS
-                ):
-                    if event.framing is not Framing.CHUNKED:
-                        self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
-                        return
-                    # The head goes out as it is; each event is rewritten on its way.
-                    self._redact_stream = EventStreamRedaction(self._redaction)
-                elif self._holds_answer(event.status):
-                    # Held back: the answer goes out rewritten, with a new Content-Length. One
-                    # that ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
-                    self._enter(HOLDING_ANSWER)
-                    self._answer_head = event
-                    self._answer_body = bytearray()
-                    self._status = event.status
-                    self._response_started = True
-                    continue
-                head_bytes = event.raw
-                head = self._head
-                if (
-                    not event.informational
-                    and head is not None
-                    and not head.keep_alive
-                    and event.keep_alive
-                ):
-                    # The gateway will close after this response because the client asked to;
-                    # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
-                    head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
-                out.append(head_bytes)
-                self._bytes_out -= len(head_bytes)  # the log counts body bytes only
-                if event.informational:
-                    continue
-                self._enter(RELAYING_ANSWER)
-                self._status = event.status
-                self._response_started = True
-                if (
-                    event.framing is Framing.UNTIL_CLOSE
-                    and event.raw_stream
-                    and head is not None
-                    and _may_hijack(head)
-                ):
-                    # Older hijack form: the daemon took over the connection with a 200.
-                    self._write_client(out)
-                    self._enter_tunnel()
+                if not self._on_answer_head(event, out):
+                    return  # the answer cannot be relayed: the exchange has failed
             elif isinstance(event, EndOfResponse):
-                if self._status == 101 and not (self._head and self._head.upgrade_header):
-                    # Only a request that asked to switch, and was allowed to, may become a
-                    # tunnel; a 101 to anything else is a daemon the gateway cannot follow.
-                    self._upstream_failed(UpstreamError("the daemon switched protocols unasked"))
-                    return
-                if self._status == 101:
-                    if event.trailing:
-                        out.append(event.trailing)
-                    self._write_client(out)
-                    self._enter_tunnel()
-                else:
-                    self._write_client(out)
-                    self._finish_exchange()
+                self._on_answer_end(event, out)
                 return
         self._write_client(out)
+
+    def _on_answer_head(self, event: ResponseHead, out: list[bytes]) -> bool:
+        """The daemon's answer head: held whole (HOLDING_ANSWER), or relayed (appended to
+        `out`; RELAYING_ANSWER, or a TUNNEL at once for a hijacking 200). False when the answer
+        cannot be relayed (the exchange has failed)."""
+        # Every head the daemon sends goes out with the browser guard's headers (before its
+        # blank line); a held answer is rewritten from this same head.
+        event.raw = event.raw[:-2] + _ANSWER_TAIL
+        if (
+            self._redaction is not None
+            and event.status == 200
+            and self._operation() in REDACTED_STREAMS
+        ):
+            if event.framing is not Framing.CHUNKED:
+                self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
+                return False
+            # The head goes out as it is; each event is rewritten on its way.
+            self._redact_stream = EventStreamRedaction(self._redaction)
+        elif self._holds_answer(event.status):
+            # Held back: the answer goes out rewritten, with a new Content-Length. One that
+            # ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
+            self._enter(HOLDING_ANSWER)
+            self._answer_head = event
+            self._answer_body = bytearray()
+            self._status = event.status
+            self._response_started = True
+            return True
+        head_bytes = event.raw
+        head = self._head
+        if (
+            not event.informational
+            and head is not None
+            and not head.keep_alive
+            and event.keep_alive
+        ):
+            # The gateway will close after this response because the client asked to;
+            # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
+            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+        out.append(head_bytes)
+        self._bytes_out -= len(head_bytes)  # the log counts body bytes only
+        if event.informational:
+            return True  # the final head is still to come
+        self._enter(RELAYING_ANSWER)
+        self._status = event.status
+        self._response_started = True
+        if (
+            event.framing is Framing.UNTIL_CLOSE
+            and event.raw_stream
+            and head is not None
+            and _may_hijack(head)
+        ):
+            # Older hijack form: the daemon took over the connection with a 200.
+            self._write_client(out)
+            self._enter_tunnel()
+        return True
+
+    def _on_answer_end(self, event: EndOfResponse, out: list[bytes]) -> None:
+        """The end of a relayed answer: the exchange ends, or, after a 101, the tunnel starts
+        (with the bytes the daemon sent past its head)."""
+        if self._status == 101 and not (self._head and self._head.upgrade_header):
+            # Only a request that asked to switch, and was allowed to, may become a tunnel; a
+            # 101 to anything else is a daemon the gateway cannot follow.
+            self._upstream_failed(UpstreamError("the daemon switched protocols unasked"))
+            return
+        if self._status == 101:
+            if event.trailing:
+                out.append(event.trailing)
+            self._write_client(out)
+            self._enter_tunnel()
+        else:
+            self._write_client(out)
+            self._finish_exchange()
 
     def _redacted_events(self, raw: bytes) -> bytes:
         """The daemon's chunked event bytes, rewritten by the policy's redaction."""
