@@ -357,10 +357,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._handling = False
 
     def _handle_events(self, events: list[RequestEvent]) -> None:
+        """Each request event, by the phase the connection is in when it comes. The reader
+        stops at the end of each request: a batch holds at most one request's events."""
         for event in events:
             deferred = self._deferred
             if deferred is not None:
-                deferred.append(event)  # an ownership look-up is running
+                # ADMITTING, or LOOKING_UP before the body: the events wait, in order.
+                deferred.append(event)
                 continue
             phase = self.phase
             if phase is REFUSED_DRAINING:
@@ -376,26 +379,29 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 continue
             if phase is LINGERING or phase is CLOSED:
                 return  # what is left of the request is of no use any more
-            if isinstance(event, Body):
-                self._count_body(event.data)
-                self._send_upstream(
-                    b"%x\r\n%b\r\n" % (len(event.data), event.data)
-                    if self._head is not None and self._head.chunked
-                    else event.data
-                )
-            elif isinstance(event, RequestHead):
-                self._start_exchange(event)
-            elif isinstance(event, EndOfRequest):
-                self._request_done = True
-                head = self._head
-                if head is not None and head.chunked:
-                    self._send_upstream(b"0\r\n\r\n")
-                if head is not None and _may_hijack(head):
-                    # Bytes after this request are either the next request or raw stdin for a
-                    # hijacked stream; only the daemon's answer tells which, so wait for it.
-                    self.flow.pause(Pause.TUNNEL_SETUP)
-                    return
-        # Events after a pause are impossible: the reader stops at the end of each request.
+            if isinstance(event, RequestHead):
+                self._start_exchange(event)  # READING_HEAD
+            else:
+                self._forward_request_event(event)  # FORWARDING or later
+
+    def _forward_request_event(self, event: Body | EndOfRequest) -> None:
+        """A piece of the body of a request on its way to the daemon, or its end."""
+        head = self._head
+        if isinstance(event, Body):
+            self._count_body(event.data)
+            self._send_upstream(
+                b"%x\r\n%b\r\n" % (len(event.data), event.data)
+                if head is not None and head.chunked
+                else event.data
+            )
+            return
+        self._request_done = True
+        if head is not None and head.chunked:
+            self._send_upstream(b"0\r\n\r\n")
+        if head is not None and _may_hijack(head):
+            # Bytes after this request are either the next request or raw stdin for a hijacked
+            # stream; only the daemon's answer tells which, so wait for it.
+            self.flow.pause(Pause.TUNNEL_SETUP)
 
     def _start_exchange(self, head: RequestHead) -> None:
         self.deadline = None
