@@ -5,12 +5,11 @@ for between two events (bytes from the client, bytes from the daemon, a look-up'
 timer). The work done on an event (admission, the policy's decisions, writing an answer) runs
 inside a move; a move not in `TRANSITIONS` is a bug in the relay.
 
-    READING_HEAD ──────┬─> FORWARDING ──> RELAYING_ANSWER ──> READING_HEAD (keep-alive)
-      │ (head in)       │      │                 │  └──────> LINGERING (early answer) ─> CLOSED
-      ├─> ADMITTING ────┤      └─> HOLDING_ANSWER ─> READING_HEAD
-      ├─> LOOKING_UP ───┤                        └──> TUNNEL (101, or a hijacking 200) ─> CLOSED
-      ├─> HOLDING_BODY ─┘
-      └─> REFUSED_DRAINING ──> READING_HEAD, or LINGERING (a body left unread)
+    READING_HEAD
+      ├─> ADMITTING, LOOKING_UP, HOLDING_BODY  (a request may pass through several, then on:)
+      ├─> REFUSED_DRAINING ─> READING_HEAD | LINGERING (its body left unread)
+      └─> FORWARDING ─┬─> RELAYING_ANSWER ─> READING_HEAD | LINGERING (early answer) | TUNNEL
+                      └─> HOLDING_ANSWER ──> READING_HEAD | LINGERING
 
 Every phase may move to CLOSED (the client leaves, a timeout, the daemon fails, shutdown);
 CLOSED is the end. The data an exchange carries (the buffers of a held body or answer, the
