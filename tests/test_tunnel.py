@@ -104,8 +104,10 @@ def test_upstream_lost_ends_the_tunnel_once() -> None:
     s.tunnel.start(b"")
     s.upstream.connection_lost(None)
     assert s.ended == 1 and not s.tunnel.open
+    s.tunnel.from_client(b"late")  # nothing more goes to a connection that is gone
+    assert s.daemon.written == []
     s.tunnel.client_eof()
-    assert s.ended == 1
+    assert s.ended == 1 and not s.daemon.eof_written
 
 
 def test_a_full_daemon_socket_pauses_the_client() -> None:

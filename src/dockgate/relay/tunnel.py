@@ -74,6 +74,8 @@ class Tunnel:
     # ----- client -> daemon -----------------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:
+        if self._ended:
+            return  # the daemon's connection is closed: nothing more goes to it
         self.bytes_in += len(data)
         self._upstream.write(data)
 
@@ -82,7 +84,7 @@ class Tunnel:
         daemon with a half-close, and keep relaying its output."""
         self.open &= ~Open.TO_DAEMON
         transport = self._upstream.transport
-        if transport is not None and transport.can_write_eof():
+        if not self._ended and transport is not None and transport.can_write_eof():
             transport.write_eof()
         self._end_if_done()
 
