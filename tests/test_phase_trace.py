@@ -19,7 +19,7 @@ from dockgate.http.request import RequestHead
 from dockgate.observe.accesslog import open_access_log
 from dockgate.observe.audit import open_audit_log
 from dockgate.observe.metrics import RequestCounts
-from dockgate.policy.admission import Admission, ConnectionFacts
+from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.relay.connection import ClientConnection
 from dockgate.relay.context import ConnectionContext
@@ -101,23 +101,36 @@ class FakePool:
 
 
 class FakeAdmissions:
-    """Allows every request, except those whose target contains "refuse"."""
+    """Allows every request, except those whose target contains "refuse"; one whose target
+    contains "password" waits for `checked` (a password being hashed); "start" is
+    ContainerStart (whose body the daemon does not read), anything else ContainerAttach."""
 
-    def admit(self, head: RequestHead, facts: ConnectionFacts, started: float) -> Admission:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.checked: asyncio.Future[bool] = loop.create_future()
+
+    def admit(
+        self, head: RequestHead, facts: ConnectionFacts, started: float
+    ) -> Admission | PendingAdmission:
         if "refuse" in head.target:
             verdict = Verdict(False, 403, "dockgate: no", "ContainerList", "deny:-:test")
         else:
-            verdict = Verdict(True, 0, "", "ContainerAttach", "allow:-:test")
-        return Admission(verdict, NO_AUTH_IDENTITY, facts.source)
+            operation = "ContainerStart" if "start" in head.target else "ContainerAttach"
+            verdict = Verdict(True, 0, "", operation, "allow:-:test")
+        admission = Admission(verdict, NO_AUTH_IDENTITY, facts.source)
+        if "password" in head.target:
+            return PendingAdmission(self.checked, lambda: admission)
+        return admission
 
 
 class Scene:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.pool = FakePool()
+        self.admissions = FakeAdmissions(loop)
         ctx = ConnectionContext(
             loop=loop,
             pool=cast(Any, self.pool),
-            admissions=cast(Any, FakeAdmissions()),
+            admissions=cast(Any, self.admissions),
             holds=HoldBudget(1 << 20),
             metrics=RequestCounts(),
             access_log=open_access_log("off", "text"),
@@ -225,3 +238,45 @@ def test_hijack_hands_over_to_the_tunnel(scene: Scene) -> None:
     upstream.eof_received()
     assert scene.client.closed
     assert scene.moves == [P.FORWARDING, P.RELAYING_ANSWER, P.TUNNEL, P.CLOSED]
+
+
+def test_password_check_holds_the_request_in_order(scene: Scene) -> None:
+    """While a password is checked (ADMITTING), reading pauses and the request waits; then it
+    goes on, and the request pipelined after it follows in order."""
+    scene.conn.data_received(b"GET /password HTTP/1.1\r\nHost: d\r\n\r\n" + PING)
+    assert scene.moves == [P.ADMITTING]
+    assert scene.client.read_paused and scene.pool.given == []
+    scene.admissions.checked.set_result(True)
+    scene.loop.run_until_complete(asyncio.sleep(0))  # the future's done callbacks
+    upstream, daemon = scene.daemon()
+    assert daemon.taken().startswith(b"GET /password ")
+    upstream.data_received(OK)
+    second, daemon2 = scene.daemon()
+    assert daemon2.taken().startswith(b"GET /_ping ")
+    second.data_received(OK)
+    assert scene.moves == [
+        P.ADMITTING,
+        P.FORWARDING,
+        P.RELAYING_ANSWER,
+        P.READING_HEAD,
+        P.FORWARDING,
+        P.RELAYING_ANSWER,
+        P.READING_HEAD,
+    ]
+
+
+def test_a_body_the_daemon_does_not_read_is_held_and_dropped(scene: Scene) -> None:
+    """ContainerStart with `{}`: the body is read whole (HOLDING_BODY), judged, dropped, and the
+    request goes on without it."""
+    scene.conn.data_received(
+        b"POST /containers/x/start HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{"
+    )
+    assert scene.moves == [P.HOLDING_BODY] and scene.pool.given == []
+    scene.conn.data_received(b"}")
+    upstream, daemon = scene.daemon()
+    sent = daemon.taken()
+    assert sent.startswith(b"POST /containers/x/start ") and sent.endswith(b"\r\n\r\n")
+    assert b"Content-Length: 0\r\n" in sent  # the body dropped, nothing after the head
+    upstream.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert scene.moves == [P.HOLDING_BODY, P.FORWARDING, P.RELAYING_ANSWER, P.READING_HEAD]
