@@ -18,13 +18,31 @@ from typing import Any
 
 import pytest
 
+from dockgate.relay import phase as relay_phase
 from support.clients import Cleanup, DirectEndpoint, DockerCLI, DockerPopen, GatewayLike
 from support.daemon import PrivateDaemon, free_tcp_port, run_docker
-from support.gateway import Gateway, running
+from support.gateway import ILLEGAL_MOVES, Gateway, running
 from support.image import build_dockgate_image
 from support.procs import stop_process
 
 DIRECT = os.environ.get("DOCKGATE_TEST_DIRECT", "") not in ("", "0")
+
+# Every gateway started by the tests (they inherit the environment) raises on a move between
+# connection phases that relay/phase.py's table does not allow, and prints it; the
+# `no_illegal_phase_moves` fixture below fails the test during which one was printed.
+os.environ.setdefault("DOCKGATE_STRICT_PHASES", "1")
+# Connections built in-process too (the module read the variable when imported, above).
+relay_phase.STRICT = True
+
+
+@pytest.fixture(autouse=True)
+def no_illegal_phase_moves() -> Iterator[None]:
+    """Fail a test during which a gateway made an illegal phase move (relay/phase.py)."""
+    ILLEGAL_MOVES.clear()
+    yield
+    moves, ILLEGAL_MOVES[:] = list(ILLEGAL_MOVES), []
+    if moves:
+        pytest.fail("illegal phase moves in the gateway:\n" + "\n".join(moves))
 
 
 @pytest.fixture(scope="session")

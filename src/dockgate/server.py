@@ -51,6 +51,7 @@ from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.rules import PolicySet
 from dockgate.policy.summary import summaries
 from dockgate.relay.connection import ClientConnection
+from dockgate.relay.context import ConnectionContext
 from dockgate.relay.holding import HoldBudget
 from dockgate.relay.tls import (
     PEER_CERTIFICATE_INFO,
@@ -132,18 +133,37 @@ class Gateway:
         self.metrics = RequestCounts()
         self._snapshots = loaded.snapshots
         self._snapshot_due = 0.0
+        # What each client connection uses of this process (relay/context.py).
+        self.context = ConnectionContext(
+            loop=loop,
+            pool=self.pool,
+            admissions=self.admissions,
+            holds=self.holds,
+            metrics=self.metrics,
+            access_log=self.access_log,
+            audit=self.audit,
+            max_header_bytes=config.max_header_bytes,
+            header_timeout=config.header_timeout,
+            idle_timeout=config.idle_timeout,
+            body_timeout=config.body_timeout,
+            add_certificate=self.add_certificate,
+            expects_proxy_header=self.expects_proxy_header,
+            connections=self.connections,
+        )
 
     def connection_factory(self) -> ClientConnection:
-        return ClientConnection(self)
+        return ClientConnection(self.context)
 
-    def add_certificate(self, conn: ClientConnection, facts: ConnectionFacts) -> None:
+    def add_certificate(
+        self, transport: asyncio.Transport, client: str, facts: ConnectionFacts
+    ) -> None:
         """On a TLS listener that requires client certificates: the verified certificate, to be
         checked again on each request, and the caller it names (none when it has none of the
         --tls-identity fields; none, with the reason logged once, when it names several)."""
-        if self.tls is None or self.tls.client_ca is None or conn.transport is None:
+        if self.tls is None or self.tls.client_ca is None:
             return
-        facts.peer_certificate = conn.transport.get_extra_info(PEER_CERTIFICATE_INFO)
-        cert = conn.transport.get_extra_info("peercert")
+        facts.peer_certificate = transport.get_extra_info(PEER_CERTIFICATE_INFO)
+        cert = transport.get_extra_info("peercert")
         subject = peer_subject(cert)
         try:
             name = peer_identity(cert, self.config.tls_identity)
@@ -152,7 +172,7 @@ class Gateway:
             # (SeveralNames lists the values with repr(), escaped already).
             reason = f"the client certificate {printable(subject)} names several callers: {exc}"
             facts.certificate_refusal = reason
-            print(f"dockgate: {conn.client}: {reason}; refused", file=sys.stderr, flush=True)
+            print(f"dockgate: {client}: {reason}; refused", file=sys.stderr, flush=True)
             return
         if name:
             facts.certificate = Identity(name, CERTIFICATE, subject)
@@ -216,6 +236,7 @@ class Gateway:
         if watched is None or not watched.refresh(now, force=force):
             return
         self._install(watched.value)
+        self.context.admissions = self.admissions  # for the requests that follow
 
     def _install(self, policies: PolicySet) -> None:
         """Put `policies` in force for the requests that follow (at start, and on reload)."""
@@ -253,7 +274,7 @@ class Gateway:
     def _counts_now(self) -> RequestCounts:
         counts = self.metrics
         counts.open_connections = len(self.connections)
-        counts.open_tunnels = sum(1 for conn in self.connections if conn.tunnel)
+        counts.open_tunnels = sum(1 for conn in self.connections if conn.tunnel is not None)
         watched: list[tuple[str, WatchedFile[Any]]] = self.authenticator.watched()
         if self._policy_file is not None:
             watched.append(("policy", self._policy_file))

@@ -21,6 +21,7 @@ from typing import IO, Self
 
 import pytest
 
+from dockgate.relay.phase import ILLEGAL_MOVE_MARK
 from support.procs import StartStop, terminate
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -31,6 +32,10 @@ LISTENING_RE = re.compile(r"dockgate: listening on (\S+)")
 TCP_ADDRESS_RE = re.compile(r"tcp://(?:\[[^\]]+\]|[^\s:]+):(\d+)")
 
 DRAIN_JOIN_TIMEOUT = 5.0
+
+# Lines any gateway printed about an illegal phase move (relay/phase.py; every gateway runs
+# with DOCKGATE_STRICT_PHASES=1, set by conftest.py, which fails the test they came in).
+ILLEGAL_MOVES: list[str] = []
 
 
 class GatewayError(RuntimeError):
@@ -147,6 +152,8 @@ class Gateway(StartStop):
         try:
             for raw in iter(stream.readline, b""):
                 line = raw.decode(errors="replace")
+                if ILLEGAL_MOVE_MARK in line:
+                    ILLEGAL_MOVES.append(line.rstrip("\n"))
                 with self._cond:
                     sink.append(line)
                     if watch and (m := LISTENING_RE.search(line)):

@@ -40,11 +40,12 @@ from dockgate.observe.accesslog import AccessLog, AccessRecord
 from dockgate.observe.audit import AuditLog
 from dockgate.observe.metrics import RequestCounts
 from dockgate.ownership import lookup, volumes
-from dockgate.policy.admission import Admissions, ConnectionFacts
+from dockgate.policy.admission import Admissions
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import parse_policy_text
 from dockgate.relay.connection import ClientConnection
+from dockgate.relay.context import ConnectionContext
 from dockgate.relay.holding import HoldBudget
 from dockgate.relay.upstream import UpstreamConnection, UpstreamPool
 from dockgate.server import Gateway
@@ -368,39 +369,15 @@ class RecordedAccessLog(AccessLog):
         self.records.append(record)
 
 
-class Context:
-    """What a `ClientConnection` reads from the `Gateway` (server.py), and nothing more."""
-
-    def __init__(
-        self,
-        config: ServeConfig,
-        loop: ClockLoop,
-        pool: MockPool,
-        admissions: Admissions,
-    ) -> None:
-        self.config = config
-        self.loop = loop
-        self.pool = pool
-        self.admissions = admissions
-        self.holds = HoldBudget(config.held_bodies_max)
-        self.metrics = RequestCounts()
-        self.access_log = RecordedAccessLog()
-        self.audit = AuditLog(None)
-        self.connections: set[ClientConnection] = set()
-
-    def add_certificate(self, conn: ClientConnection, facts: ConnectionFacts) -> None:
-        """Plain TCP: no client certificate."""
-
-    def expects_proxy_header(self, address: str) -> bool:
-        config = self.config
-        return config.proxy_protocol and config.trusted_proxies.contains(address)
-
-
 class Relay:
     """One client connection through the gateway, and the daemon behind it."""
 
     def __init__(
-        self, loop: ClockLoop, context: Context, conn: ClientConnection, client: MockTransport
+        self,
+        loop: ClockLoop,
+        context: ConnectionContext,
+        conn: ClientConnection,
+        client: MockTransport,
     ) -> None:
         self.loop = loop
         self.context = context
@@ -453,7 +430,7 @@ def open_connection(
     peer: object = CLIENT_PEER,
     authenticator: Authenticator | None = None,
     checks: CheckPool | None = None,
-    context: Context | None = None,
+    context: ConnectionContext | None = None,
     **config: Any,
 ) -> Relay:
     """A client connection just accepted by a gateway serving `policy` (policy-file text) in
@@ -486,11 +463,23 @@ def open_connection(
             proxy_protocol=serve.proxy_protocol,
         )
         pool = MockPool(loop, serve.upstream, serve.upstream_pool_size)
-        context = Context(serve, loop, pool, admissions)
+        context = ConnectionContext(
+            loop=loop,
+            pool=pool,
+            admissions=admissions,
+            holds=HoldBudget(serve.held_bodies_max),
+            metrics=RequestCounts(),
+            access_log=RecordedAccessLog(),
+            audit=AuditLog(None),
+            max_header_bytes=serve.max_header_bytes,
+            header_timeout=serve.header_timeout,
+            idle_timeout=serve.idle_timeout,
+            body_timeout=serve.body_timeout,
+        )
     else:
         given = (policy is not ALLOW_ALL, authenticator is not None, checks is not None, config)
         assert not any(given), "a further connection takes its gateway's settings"
-    conn = ClientConnection(context)  # type: ignore[arg-type]  # the Gateway's slice it reads
+    conn = ClientConnection(context)
     client = MockTransport(loop, conn, peer)
     conn.connection_made(client)  # type: ignore[arg-type]
     loop.settle()

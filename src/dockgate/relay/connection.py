@@ -4,22 +4,33 @@ Per connection, requests are served one at a time and in order (pipelined reques
 reader's buffer). An exchange ends when the daemon's response is complete; then the upstream
 connection goes back to the pool if it is clean, and the next request is read.
 
+The connection is always in one `Phase` (relay/phase.py), what it waits for: READING_HEAD, then
+ADMITTING (a password being checked), LOOKING_UP (the daemon asked who owns an object),
+HOLDING_BODY (a body read whole), FORWARDING, RELAYING_ANSWER or HOLDING_ANSWER, and back to
+READING_HEAD; or REFUSED_DRAINING (answered here, the rest of the request dropped), TUNNEL,
+LINGERING, CLOSED. Every move goes through `_enter`, which checks it against the one table of
+moves, `phase.TRANSITIONS`. The buffers an exchange carries stay data beside the phase.
+
 After a `101 Switching Protocols` (or the older `200` with a Docker raw-stream body that the
-daemon answers to a hijacked attach/exec), the connection becomes a tunnel: two one-way pumps of
-raw bytes, with a half-close passed on as a half-close (`write_eof`), closed when both are done.
+daemon answers to a hijacked attach/exec), the connection hands over to a `Tunnel`
+(relay/tunnel.py): two one-way pumps of raw bytes, with a half-close passed on as a half-close.
 
 Flow control: when one side's write buffer is over its high-water mark, reading from the other
-side pauses, so a slow reader never makes the gateway buffer a whole `docker export`.
+side pauses, so a slow reader never makes the gateway buffer a whole `docker export`. Why
+reading from the client is paused is one `FlowControl` with a flag per reason (relay/flow.py).
 
-What a bound policy adds between admission and the daemon (ownership look-ups, bodies judged
-and labelled, redaction) is in `relay/steps.py`, mixed into `ClientConnection`.
+What the connection needs from its process (configuration, loop, pool, admission, sinks) comes
+in one `ConnectionContext` (relay/context.py). What a bound policy adds between admission and the
+daemon (ownership look-ups, bodies judged and labelled, redaction) is in `relay/steps.py`, mixed
+into `ClientConnection`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from dockgate.auth.peercred import peer_uid
 from dockgate.auth.sourceaddr import UNIX_SOURCE
@@ -76,9 +87,28 @@ from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmissi
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict, refused_before_policy
 from dockgate.refusal import Refusal
+from dockgate.relay import phase as phases
+from dockgate.relay.context import ConnectionContext
+from dockgate.relay.flow import EXCHANGE_PAUSES, FlowControl, Pause
 from dockgate.relay.holding import Share
+from dockgate.relay.phase import (
+    ADMITTING,
+    CLOSED,
+    FORWARDING,
+    HOLDING_ANSWER,
+    HOLDING_BODY,
+    LINGERING,
+    READING_HEAD,
+    REFUSED_DRAINING,
+    RELAYING_ANSWER,
+    TRANSITIONS,
+    TUNNEL,
+    Phase,
+    PhaseError,
+)
 from dockgate.relay.steps import PolicySteps
 from dockgate.relay.tls import PROXY_SOURCE_INFO
+from dockgate.relay.tunnel import Tunnel
 from dockgate.relay.upstream import (
     WRITE_HIGH_WATER_BYTES,
     WRITE_LOW_WATER_BYTES,
@@ -88,9 +118,6 @@ from dockgate.relay.upstreamtls import describe_upstream_error
 
 # A request this gateway forwarded that came back to it (http/hops.py): never forwarded again.
 LOOP_VERDICT = refused_before_policy(Refusal(508, LOOP_MESSAGE, "loop", "loop"), "unknown")
-
-if TYPE_CHECKING:
-    from dockgate.server import Gateway
 
 # Bytes of pipelined requests held while the current exchange runs, before reading pauses.
 HELD_BYTES_LIMIT = 256 * 1024
@@ -109,31 +136,22 @@ _REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-# Reasons for which reading from the client is paused; reading resumes when none is left.
-_PAUSE_UPSTREAM_FULL = 1  # the daemon is not reading fast enough
-_PAUSE_CONNECTING = 2  # no upstream connection yet
-_PAUSE_HELD = 4  # pipelined bytes waiting for the current exchange
-_PAUSE_TUNNEL_SETUP = 8  # waiting for the daemon's answer to a request that may hijack
-# 16 is steps.PAUSE_LOOKUP
-_PAUSE_PASSWORD = 32  # a password hash is being checked
-
-
 class ClientConnection(PolicySteps, asyncio.Protocol):
     """The downstream side of the gateway: one per accepted client connection."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: ConnectionContext) -> None:
+        self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.client = "-"
-        self.reader = RequestReader(gateway.config.max_header_bytes)
+        self.reader = RequestReader(ctx.max_header_bytes)
         # Deadline (loop time) by which the next request head must be complete; None while an
         # exchange or a tunnel is running. Checked by the gateway's periodic sweep.
         self.deadline: float | None = None
-        self.closing = False
+        # What the connection waits for (relay/phase.py); moves go through _enter.
+        self.phase = READING_HEAD
         self.close_after_exchange = False  # set by a graceful shutdown
-        self._pause_reasons = 0
-        self._reading_paused = False
-        self._client_write_paused = False
+        # Why reading from the client is paused, and whether the client's writes are (flow.py).
+        self.flow = FlowControl()
         # The current exchange.
         self._head: RequestHead | None = None
         self._upstream: UpstreamConnection | None = None
@@ -147,7 +165,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._started = 0.0
         self._retry_allowed = False
         self._upstream_reused = False
-        self._refused = False
         self._handling = False  # inside _handle: finished exchanges hand over to its loop
         self._parse_next = False
         self._queued: list[RequestEvent] = []
@@ -165,8 +182,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # held. Checked by the gateway's periodic sweep (--body-timeout).
         self.body_deadline: float | None = None
         # This connection's part of the process's budget for held bodies and answers.
-        self._hold_share = Share(gateway.holds)
-        self._answer_share = Share(gateway.holds)
+        self._hold_share = Share(ctx.holds)
+        self._answer_share = Share(ctx.holds)
         # Ownership mode: the caller's name, and the events that wait for a look-up.
         self._owner: str | None = None
         self._deferred: list[RequestEvent] | None = None
@@ -183,19 +200,17 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
         self._proxy_header: bytes | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        # Tunnel state (after a hijack): which directions are still open.
-        self.tunnel = False
-        self._client_eof = False
-        self._upstream_eof = False
-        self._lingering = False
+        # After a hijack: the two pumps the connection hands its bytes to (relay/tunnel.py).
+        self.tunnel: Tunnel | None = None
 
     # ----- the client side -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.attach(self.transport)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
-        self.gateway.metrics.connections += 1
+        self.ctx.metrics.connections += 1
         peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             host = peer[0]
@@ -206,24 +221,22 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.facts = ConnectionFacts(address, address)
         if address == UNIX_SOURCE:
             self.facts.uid = peer_uid(self.transport)
-        self.gateway.add_certificate(self, self.facts)
+        self.ctx.add_certificate(self.transport, self.client, self.facts)
         proxied = self.transport.get_extra_info(PROXY_SOURCE_INFO)
         if proxied is not None:  # the TLS layer read a PROXY header before the handshake
             if proxied:
                 self.facts.source = proxied
-        elif self.gateway.expects_proxy_header(address):
+        elif self.ctx.expects_proxy_header(address):
             self._proxy_header = b""
-        self.gateway.connections.add(self)
-        self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+        self.ctx.connections.add(self)
+        self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel:
-            self._bytes_in += len(data)
-            upstream = self._upstream
-            if upstream is not None:
-                upstream.write(data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.from_client(data)
             return
-        if self._lingering:
+        if self.phase is LINGERING:
             return
         if self._proxy_header is not None:
             data = self._read_proxy_header(data)
@@ -231,7 +244,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 return
         if self._head is None and not self.reader.started:
             # First byte of a new head after an idle wait: the head timeout starts now.
-            self.deadline = self.gateway.loop.time() + self.gateway.config.header_timeout
+            self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
         try:
             events = self.reader.feed(data)
         except ClientProtocolError as exc:
@@ -240,7 +253,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if events:
             self._handle(events)
         if self.reader.request_complete and self.reader.buffered > HELD_BYTES_LIMIT:
-            self._pause_reading(_PAUSE_HELD)
+            self.flow.pause(Pause.HELD)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Take the PROXY protocol header a trusted proxy starts with; what follows is HTTP."""
@@ -260,13 +273,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         return buffered[header.consumed :]
 
     def eof_received(self) -> bool:
-        if self.tunnel:
-            self._client_eof = True
-            upstream = self._upstream
-            transport = upstream.transport if upstream is not None else None
-            if transport is not None and transport.can_write_eof():
-                transport.write_eof()
-            self._maybe_end_tunnel()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.client_eof()  # passed on as a half-close; the daemon's output goes on
             return True
         if self._head is not None:
             # The client closed its side mid-exchange. HTTP/1.1 would allow a half-close after a
@@ -278,16 +287,23 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        self.gateway.connections.discard(self)
+        if self.phase is not CLOSED:
+            self._enter(CLOSED)
+        self.ctx.connections.discard(self)
         if self._connect_task is not None:
             self._connect_task.cancel()
             self._connect_task = None
         if self._lookup_task is not None:
             self._lookup_task.cancel()
             self._lookup_task = None
-        if self._head is not None or self.tunnel:
-            self._log(note="client gone" if not self.tunnel else "")
+        tunnel = self.tunnel
+        if tunnel is not None:
+            # The raw bytes relayed count as the hijacked exchange's.
+            self._bytes_in += tunnel.bytes_in
+            self._bytes_out += tunnel.bytes_out
+            self._log()
+        elif self._head is not None:
+            self._log(note="client gone")
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             # Mid-exchange: the daemon may still be streaming; this connection is not reusable.
@@ -300,13 +316,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._answer_share.end()
 
     def pause_writing(self) -> None:
-        self._client_write_paused = True
+        self.flow.write_paused = True
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._client_write_paused = False
+        self.flow.write_paused = False
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.resume_reading()
@@ -341,42 +357,51 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._handling = False
 
     def _handle_events(self, events: list[RequestEvent]) -> None:
+        """Each request event, by the phase the connection is in when it comes. The reader
+        stops at the end of each request: a batch holds at most one request's events."""
         for event in events:
             deferred = self._deferred
             if deferred is not None:
-                deferred.append(event)  # an ownership look-up is running
+                # ADMITTING, or LOOKING_UP before the body: the events wait, in order.
+                deferred.append(event)
                 continue
-            if self._refused:
+            phase = self.phase
+            if phase is REFUSED_DRAINING:
                 if isinstance(event, EndOfRequest):
                     self._after_refusal()
                     return
                 continue  # the body of a refused request is read and dropped
-            if self._ignored is not None:
-                self._read_ignored(event)
+            if phase is HOLDING_BODY:
+                if self._ignored is not None:
+                    self._read_ignored(event)  # a body the operation takes none of
+                else:
+                    self._hold(event)  # a body judged before it goes
                 continue
-            if self._held_body is not None:
-                self._hold(event)
-                continue
-            if isinstance(event, Body):
-                self._count_body(event.data)
-                self._send_upstream(
-                    b"%x\r\n%b\r\n" % (len(event.data), event.data)
-                    if self._head is not None and self._head.chunked
-                    else event.data
-                )
-            elif isinstance(event, RequestHead):
-                self._start_exchange(event)
-            elif isinstance(event, EndOfRequest):
-                self._request_done = True
-                head = self._head
-                if head is not None and head.chunked:
-                    self._send_upstream(b"0\r\n\r\n")
-                if head is not None and _may_hijack(head):
-                    # Bytes after this request are either the next request or raw stdin for a
-                    # hijacked stream; only the daemon's answer tells which, so wait for it.
-                    self._pause_reading(_PAUSE_TUNNEL_SETUP)
-                    return
-        # Events after a pause are impossible: the reader stops at the end of each request.
+            if phase is LINGERING or phase is CLOSED:
+                return  # what is left of the request is of no use any more
+            if isinstance(event, RequestHead):
+                self._start_exchange(event)  # READING_HEAD
+            else:
+                self._forward_request_event(event)  # FORWARDING or later
+
+    def _forward_request_event(self, event: Body | EndOfRequest) -> None:
+        """A piece of the body of a request on its way to the daemon, or its end."""
+        head = self._head
+        if isinstance(event, Body):
+            self._count_body(event.data)
+            self._send_upstream(
+                b"%x\r\n%b\r\n" % (len(event.data), event.data)
+                if head is not None and head.chunked
+                else event.data
+            )
+            return
+        self._request_done = True
+        if head is not None and head.chunked:
+            self._send_upstream(b"0\r\n\r\n")
+        if head is not None and _may_hijack(head):
+            # Bytes after this request are either the next request or raw stdin for a hijacked
+            # stream; only the daemon's answer tells which, so wait for it.
+            self.flow.pause(Pause.TUNNEL_SETUP)
 
     def _start_exchange(self, head: RequestHead) -> None:
         self.deadline = None
@@ -397,7 +422,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._admission = None
             self._refuse(head, LOOP_VERDICT)
             return
-        admitted = self.gateway.admissions.admit(head, self.facts, self._started)
+        admitted = self.ctx.admissions.admit(head, self.facts, self._started)
         if isinstance(admitted, PendingAdmission):
             self._await_password_check(head, admitted)
             return
@@ -408,14 +433,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         what the client sends waits, in order, as for an ownership look-up."""
         self._admission = self._verdict = None
         self._deferred = []
-        self._pause_reading(_PAUSE_PASSWORD)
+        self._enter(ADMITTING)
+        self.flow.pause(Pause.PASSWORD)
         pending.future.add_done_callback(lambda _: self._password_checked(head, pending))
 
     def _password_checked(self, head: RequestHead, pending: PendingAdmission) -> None:
         if self.closing or self._head is not head:
             return  # the client left; the throttle was settled all the same (policy/admission.py)
         deferred, self._deferred = self._deferred, None
-        self._resume_reading(_PAUSE_PASSWORD)
+        self.flow.resume(Pause.PASSWORD)
         self._admitted(head, pending.admission())
         if deferred:
             self._handle(deferred)
@@ -429,9 +455,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._refuse(head, verdict, admission.retry_after)
             return
         self._capture = (
-            bytearray()
-            if self.gateway.audit.enabled and verdict.operation in AUDITED_BODIES
-            else None
+            bytearray() if self.ctx.audit.enabled and verdict.operation in AUDITED_BODIES else None
         )
         self._owner = None
         if head.has_body:  # (a request without a body passes whatever it says it is)
@@ -465,7 +489,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if policy is not None and policy.ownership:
             # Named by how the caller authenticated, or as `owners:` maps it (ownership/owners.py);
             # None for an anonymous caller, who owns nothing (refused by _own).
-            owners = self.gateway.admissions.policies.owners
+            owners = self.ctx.admissions.policies.owners
             self._owner = owner_for(admission.identity, owners)
             if not self._own(head, verdict):
                 return  # refused, or waiting for the daemon's answer about the object
@@ -476,27 +500,28 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
         assert self._head is not None
+        self._enter(FORWARDING)
         self._response = ResponseReader(self._head.method)
         self._retry_allowed = replayable
-        conn = self.gateway.pool.take_idle()
+        conn = self.ctx.pool.take_idle()
         if conn is not None:
             self._attach(conn)
             conn.write(raw)
         else:
             self._outbox.append(raw)
-            self._pause_reading(_PAUSE_CONNECTING)
-            self._connect_task = self.gateway.loop.create_task(self._connect())
+            self.flow.pause(Pause.CONNECTING)
+            self._connect_task = self.ctx.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
-            conn = await self.gateway.pool.connect()
+            conn = await self.ctx.pool.connect()
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError) as exc:
             self._connect_task = None
             self._upstream_failed(
                 UpstreamError(
-                    f"cannot connect to the Docker daemon at {self.gateway.pool.address}: "
+                    f"cannot connect to the Docker daemon at {self.ctx.pool.address}: "
                     f"{describe_upstream_error(exc)}"
                 )
             )
@@ -508,17 +533,17 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._attach(conn)
         outbox, self._outbox = self._outbox, []
         conn.write(b"".join(outbox))
-        self._resume_reading(_PAUSE_CONNECTING)
+        self.flow.resume(Pause.CONNECTING)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         conn.owner = self
         self._upstream_reused = conn.reused
         self._upstream = conn
         transport = conn.transport
-        if self._client_write_paused and transport is not None:
+        if self.flow.write_paused and transport is not None:
             transport.pause_reading()
         if transport is not None and transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
-            self._pause_reading(_PAUSE_UPSTREAM_FULL)
+            self.flow.pause(Pause.UPSTREAM_FULL)
 
     def _send_upstream(self, data: bytes) -> None:
         upstream = self._upstream
@@ -537,7 +562,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         body_read: bool = False,
     ) -> None:
         """Answer a refused request here; it never reaches the daemon."""
-        self._refused = True
+        self._enter(REFUSED_DRAINING)
         self._verdict = verdict
         self._status = verdict.status
         # A refused upload is not read to its end: close after the answer (lingering, so the
@@ -561,9 +586,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._linger_close()
 
     def _after_refusal(self) -> None:
-        if self._lingering:
-            return
-        self._refused = False
+        """The refused request is read to its end: on to the next one, or close."""
+        if self.phase is not REFUSED_DRAINING:
+            return  # lingering (its body was left unread), or closed
         head, self._head = self._head, None
         if head is None or not head.keep_alive or self.close_after_exchange:
             self._close()
@@ -608,11 +633,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         """A held body did not arrive whole within --body-timeout: 408, and close."""
         self.body_deadline = None
         head = self._head
-        if head is None or (self._held_body is None and self._ignored is None):
+        if head is None or self.phase is not HOLDING_BODY:
             return
         self._held_body = self._ignored = None
         self._end_hold()
-        seconds = self.gateway.config.body_timeout
+        seconds = self.ctx.body_timeout
         message = f"dockgate: the request body did not arrive within {seconds:g} s"
         self._refuse(head, self._denied(408, message, "body-timeout", "body timeout"))
 
@@ -621,10 +646,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     def upstream_data(self, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        if self.tunnel:
-            self._bytes_out += len(data)
-            transport.write(data)
-            return
         response = self._response
         if response is None:
             return
@@ -638,7 +659,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             except UpstreamError as exc:
                 self._upstream_failed(exc)
                 return
-            if self._answer_body is not None:
+            if self.phase is HOLDING_ANSWER:
                 self._collect_answer(data, done)
                 return
             if data:
@@ -656,10 +677,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # single system call.
         out: list[bytes] = []
         for event in events:
-            if self._answer_body is not None:
+            if self.phase is HOLDING_ANSWER:
                 if isinstance(event, ResponseBody):
                     self._collect_answer(event.data, done=False)
-                    if self._answer_body is None:
+                    if self.phase is not HOLDING_ANSWER:
                         return  # too large: the exchange has failed
                 elif isinstance(event, EndOfResponse):
                     self._collect_answer(b"", done=True)
@@ -675,69 +696,84 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     self._upstream_failed(exc)
                     return
             elif isinstance(event, ResponseHead):
-                # Every head the daemon sends goes out with the browser guard's headers (before
-                # its blank line); a held answer is rewritten from this same head.
-                event.raw = event.raw[:-2] + _ANSWER_TAIL
-                if (
-                    self._redaction is not None
-                    and event.status == 200
-                    and self._operation() in REDACTED_STREAMS
-                ):
-                    if event.framing is not Framing.CHUNKED:
-                        self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
-                        return
-                    # The head goes out as it is; each event is rewritten on its way.
-                    self._redact_stream = EventStreamRedaction(self._redaction)
-                elif self._holds_answer(event.status):
-                    # Held back: the answer goes out rewritten, with a new Content-Length. One
-                    # that ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
-                    self._answer_head = event
-                    self._answer_body = bytearray()
-                    self._status = event.status
-                    self._response_started = True
-                    continue
-                head_bytes = event.raw
-                head = self._head
-                if (
-                    not event.informational
-                    and head is not None
-                    and not head.keep_alive
-                    and event.keep_alive
-                ):
-                    # The gateway will close after this response because the client asked to;
-                    # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
-                    head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
-                out.append(head_bytes)
-                self._bytes_out -= len(head_bytes)  # the log counts body bytes only
-                if event.informational:
-                    continue
-                self._status = event.status
-                self._response_started = True
-                if (
-                    event.framing is Framing.UNTIL_CLOSE
-                    and event.raw_stream
-                    and head is not None
-                    and _may_hijack(head)
-                ):
-                    # Older hijack form: the daemon took over the connection with a 200.
-                    self._write_client(out)
-                    self._enter_tunnel()
+                if not self._on_answer_head(event, out):
+                    return  # the answer cannot be relayed: the exchange has failed
             elif isinstance(event, EndOfResponse):
-                if self._status == 101 and not (self._head and self._head.upgrade_header):
-                    # Only a request that asked to switch, and was allowed to, may become a
-                    # tunnel; a 101 to anything else is a daemon the gateway cannot follow.
-                    self._upstream_failed(UpstreamError("the daemon switched protocols unasked"))
-                    return
-                if self._status == 101:
-                    if event.trailing:
-                        out.append(event.trailing)
-                    self._write_client(out)
-                    self._enter_tunnel()
-                else:
-                    self._write_client(out)
-                    self._finish_exchange()
+                self._on_answer_end(event, out)
                 return
         self._write_client(out)
+
+    def _on_answer_head(self, event: ResponseHead, out: list[bytes]) -> bool:
+        """The daemon's answer head: held whole (HOLDING_ANSWER), or relayed (appended to
+        `out`; RELAYING_ANSWER, or a TUNNEL at once for a hijacking 200). False when the answer
+        cannot be relayed (the exchange has failed)."""
+        # Every head the daemon sends goes out with the browser guard's headers (before its
+        # blank line); a held answer is rewritten from this same head.
+        event.raw = event.raw[:-2] + _ANSWER_TAIL
+        if (
+            self._redaction is not None
+            and event.status == 200
+            and self._operation() in REDACTED_STREAMS
+        ):
+            if event.framing is not Framing.CHUNKED:
+                self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
+                return False
+            # The head goes out as it is; each event is rewritten on its way.
+            self._redact_stream = EventStreamRedaction(self._redaction)
+        elif self._holds_answer(event.status):
+            # Held back: the answer goes out rewritten, with a new Content-Length. One that
+            # ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
+            self._enter(HOLDING_ANSWER)
+            self._answer_head = event
+            self._answer_body = bytearray()
+            self._status = event.status
+            self._response_started = True
+            return True
+        head_bytes = event.raw
+        head = self._head
+        if (
+            not event.informational
+            and head is not None
+            and not head.keep_alive
+            and event.keep_alive
+        ):
+            # The gateway will close after this response because the client asked to;
+            # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
+            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+        out.append(head_bytes)
+        self._bytes_out -= len(head_bytes)  # the log counts body bytes only
+        if event.informational:
+            return True  # the final head is still to come
+        self._enter(RELAYING_ANSWER)
+        self._status = event.status
+        self._response_started = True
+        if (
+            event.framing is Framing.UNTIL_CLOSE
+            and event.raw_stream
+            and head is not None
+            and _may_hijack(head)
+        ):
+            # Older hijack form: the daemon took over the connection with a 200.
+            self._write_client(out)
+            self._enter_tunnel()
+        return True
+
+    def _on_answer_end(self, event: EndOfResponse, out: list[bytes]) -> None:
+        """The end of a relayed answer: the exchange ends, or, after a 101, the tunnel starts
+        (with the bytes the daemon sent past its head)."""
+        if self._status == 101 and not (self._head and self._head.upgrade_header):
+            # Only a request that asked to switch, and was allowed to, may become a tunnel; a
+            # 101 to anything else is a daemon the gateway cannot follow.
+            self._upstream_failed(UpstreamError("the daemon switched protocols unasked"))
+            return
+        if self._status == 101:
+            if event.trailing:
+                out.append(event.trailing)
+            self._write_client(out)
+            self._enter_tunnel()
+        else:
+            self._write_client(out)
+            self._finish_exchange()
 
     def _redacted_events(self, raw: bytes) -> bytes:
         """The daemon's chunked event bytes, rewritten by the policy's redaction."""
@@ -758,13 +794,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.transport.write(data)
 
     def upstream_eof(self) -> bool:
-        if self.tunnel:
-            self._upstream_eof = True
-            transport = self.transport
-            if transport is not None and not transport.is_closing() and transport.can_write_eof():
-                transport.write_eof()
-            self._maybe_end_tunnel()
-            return True
         response = self._response
         if response is None:
             return False
@@ -778,7 +807,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if events:
             # An until-close body ended: so does the client's connection, as the daemon framed it.
             self.close_after_exchange = True
-            if self._answer_body is not None:
+            if self.phase is HOLDING_ANSWER:
                 self._collect_answer(b"", done=True)  # checked whole, then sent and finished
             else:
                 self._finish_exchange()
@@ -786,10 +815,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def upstream_lost(self, exc: Exception | None = None) -> None:
         self._upstream = None
-        if self.tunnel:
-            self._upstream_eof = True
-            self._end_tunnel()
-            return
         if self._head is None or self._response is None or self._response.done:
             return
         if self._retry_now():
@@ -820,15 +845,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             upstream.close()
         self._outbox = [forwarded_head(head)]
         self._response = ResponseReader(head.method)
-        self._pause_reading(_PAUSE_CONNECTING)
-        self._connect_task = self.gateway.loop.create_task(self._connect())
+        self.flow.pause(Pause.CONNECTING)
+        self._connect_task = self.ctx.loop.create_task(self._connect())
         return True
 
     def upstream_paused(self) -> None:
-        self._pause_reading(_PAUSE_UPSTREAM_FULL)
+        self.flow.pause(Pause.UPSTREAM_FULL)
 
     def upstream_resumed(self) -> None:
-        self._resume_reading(_PAUSE_UPSTREAM_FULL)
+        self.flow.resume(Pause.UPSTREAM_FULL)
 
     def _finish_exchange(self) -> None:
         self._log()
@@ -847,7 +872,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         reusable = response is not None and response.done and response.keep_alive
         if upstream is not None:
             if reusable:
-                self.gateway.pool.release(upstream)
+                self.ctx.pool.release(upstream)
             else:
                 upstream.close()
         # A "Connection: close" from the daemon was relayed to the client, so it ends both.
@@ -858,8 +883,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _read_next_request(self) -> None:
         """Keep-alive: wait for the next request, starting with any bytes already buffered."""
+        self._enter(READING_HEAD)
         # Whatever paused reading belonged to the exchange that just ended.
-        self._resume_reading(_PAUSE_HELD | _PAUSE_TUNNEL_SETUP | _PAUSE_UPSTREAM_FULL)
+        self.flow.resume(EXCHANGE_PAUSES)
         if self._handling:
             self._parse_next = True  # the running _handle loop takes it from here
             return
@@ -874,31 +900,27 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._fail(exc)
             return None
         # Part of the next head already here: the (short) head timeout runs, not the idle one.
-        timeout = (
-            self.gateway.config.header_timeout
-            if self.reader.started
-            else self.gateway.config.idle_timeout
-        )
-        self.deadline = self.gateway.loop.time() + timeout
+        timeout = self.ctx.header_timeout if self.reader.started else self.ctx.idle_timeout
+        self.deadline = self.ctx.loop.time() + timeout
         return events
 
     # ----- tunnels -----------------------------------------------------------------------------
 
     def _enter_tunnel(self) -> None:
-        self.tunnel = True
+        """Hand the connection over to a Tunnel (relay/tunnel.py): from now on the daemon's
+        connection reports to it, and what the client sends goes to it; the bytes already read
+        past the request head go first."""
         self.deadline = None
-        leftover = self.reader.take_buffered()
-        self._pause_reasons &= ~(_PAUSE_TUNNEL_SETUP | _PAUSE_HELD)
-        if leftover and self._upstream is not None:
-            self._bytes_in += len(leftover)
-            self._upstream.write(leftover)
-        self._apply_pause()
-
-    def _maybe_end_tunnel(self) -> None:
-        if self._client_eof and self._upstream_eof:
-            self._end_tunnel()
+        upstream, transport = self._upstream, self.transport
+        assert upstream is not None and transport is not None  # called from upstream_data
+        self._enter(TUNNEL)
+        tunnel = self.tunnel = Tunnel(transport, upstream, self.flow, self._end_tunnel)
+        tunnel.start(self.reader.take_buffered())
+        # Raw bytes flow from now on (the daemon's socket may still be full: that pause stays).
+        self.flow.resume(Pause.TUNNEL_SETUP | Pause.HELD)
 
     def _end_tunnel(self) -> None:
+        """Both directions are done, or the daemon's connection is gone: close both."""
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
@@ -964,32 +986,51 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self._lingering = True
-        self._pause_reasons = 0
-        self._apply_pause()
+        self._enter(LINGERING)
+        self.flow.clear()
         if transport.can_write_eof():
             transport.write_eof()
-        self.gateway.loop.call_later(LINGER_SECONDS, self._close)
+        self.ctx.loop.call_later(LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
-        self.closing = True
+        if self.phase is not CLOSED:
+            self._enter(CLOSED)
         self.deadline = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()  # flushes what is buffered, then closes
 
     def close_now(self) -> None:
-        """Close now (shutdown deadline, or a timeout)."""
-        self.closing = True
+        """Close now (shutdown deadline, a timeout, or an illegal move)."""
+        if self.phase is not CLOSED:
+            self._enter(CLOSED)  # legal from every phase (relay/phase.py)
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
         if self.transport is not None:
             self.transport.close()
 
+    @property
+    def closing(self) -> bool:
+        """The connection is closed, or closing (what it still writes is flushed)."""
+        return self.phase is CLOSED
+
+    def _enter(self, phase: Phase) -> None:
+        """Move to `phase`. A move not in the table (relay/phase.py) is a bug in the relay:
+        raised under `phase.STRICT` (tests), else printed once and the connection closed."""
+        if phase in TRANSITIONS[self.phase]:
+            self.phase = phase
+            return
+        error = PhaseError(self.phase, phase)
+        if phases.STRICT or phases.first_report(self.phase, phase):
+            print(f"{error} ({self.client}); connection closed", file=sys.stderr, flush=True)
+        if phases.STRICT:
+            raise error
+        self.close_now()
+
     def idle(self) -> bool:
         """No exchange is running: the connection waits for a request head."""
-        return self._head is None and not self.tunnel
+        return self._head is None and self.tunnel is None
 
     def head_timed_out(self) -> None:
         transport = self.transport
@@ -1002,12 +1043,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _log_headless(self, status: int, note: str) -> None:
         """A request answered before its head could be read (malformed, or too slow)."""
-        self.gateway.metrics.record(
+        self.ctx.metrics.record(
             "-", decision="-", policy="-", status=status, duration=0.0, bytes_in=0, bytes_out=0
         )
-        self.gateway.access_log.write(
-            AccessRecord(self.client, "-", "-", "-", status, 0, 0, 0.0, note)
-        )
+        self.ctx.access_log.write(AccessRecord(self.client, "-", "-", "-", status, 0, 0, 0.0, note))
 
     def _log(self, note: str = "") -> None:
         """The end of an exchange: counted for the metrics, written to the access log and,
@@ -1017,7 +1056,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         verdict = self._verdict
         duration = time.monotonic() - self._started
-        self.gateway.metrics.record(
+        self.ctx.metrics.record(
             verdict.operation if verdict is not None else "-",
             decision="-" if verdict is None else "allow" if verdict.allowed else "deny",
             policy=(verdict.policy or "-") if verdict is not None else "-",
@@ -1026,13 +1065,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
         )
-        if self.gateway.access_log.enabled:
+        if self.ctx.access_log.enabled:
             self._access_line(head, duration, note)
-        if self.gateway.audit.enabled:
+        if self.ctx.audit.enabled:
             self._audit(head)
 
     def _access_line(self, head: RequestHead, duration: float, note: str) -> None:
-        self.gateway.access_log.write(
+        self.ctx.access_log.write(
             AccessRecord(
                 client=self.client,
                 method=head.method,
@@ -1071,7 +1110,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             capture is not None and len(capture) > AUDIT_BODY_LIMIT,
             registry_auth=registry_auth,
         )
-        self.gateway.audit.write(
+        self.ctx.audit.write(
             AuditRecord(
                 started=self._wall_started,
                 identity=identity.name,
@@ -1093,29 +1132,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 details=details,
             )
         )
-
-    # ----- read pausing ------------------------------------------------------------------------
-
-    def _pause_reading(self, reason: int) -> None:
-        self._pause_reasons |= reason
-        self._apply_pause()
-
-    def _resume_reading(self, reasons: int) -> None:
-        self._pause_reasons &= ~reasons
-        self._apply_pause()
-
-    def _apply_pause(self) -> None:
-        paused = bool(self._pause_reasons)
-        if paused == self._reading_paused:
-            return
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        self._reading_paused = paused
-        if paused:
-            transport.pause_reading()
-        else:
-            transport.resume_reading()
 
 
 def _content_types(head: RequestHead) -> list[bytes]:

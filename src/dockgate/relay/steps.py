@@ -5,6 +5,10 @@ the way: ownership look-ups (the request waits, in order, until the daemon says 
 is), bodies read whole to be judged by the guardrails and labelled with their owner, the
 objects a body names, and response redaction. The decisions themselves are pure functions in
 `body/` and `ownership/operations.py`; here they are carried out.
+
+The connection's phases (relay/phase.py) these steps enter: LOOKING_UP (`_start_lookup`),
+HOLDING_BODY (`_start_hold`); an answer held whole is HOLDING_ANSWER, entered by the
+connection when the head arrives, and stays so while its look-ups run.
 """
 
 from __future__ import annotations
@@ -98,15 +102,15 @@ from dockgate.ownership.volumes import (
 )
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.refusal import Refusal
+from dockgate.relay.flow import FlowControl, Pause
 from dockgate.relay.holding import Share
+from dockgate.relay.phase import HOLDING_BODY, LOOKING_UP, Phase
 
 if TYPE_CHECKING:
     from dockgate.policy.admission import Admission
     from dockgate.policy.rules import Policy
-    from dockgate.server import Gateway
+    from dockgate.relay.context import ConnectionContext
 
-# Reading from the client is paused while the daemon is asked who owns an object.
-PAUSE_LOOKUP = 16
 # The checks of new containers' mounts still running (kept from garbage collection; each
 # outlives a client that leaves, so that a container mounting another's volume is removed).
 _SETTLING: set[asyncio.Task[Settled]] = set()
@@ -132,9 +136,15 @@ class PolicySteps:
     _mount_check: MountCheck | None = None
 
     if TYPE_CHECKING:
-        gateway: Gateway
+        ctx: ConnectionContext
         transport: asyncio.Transport | None
-        closing: bool
+        flow: FlowControl
+        phase: Phase
+
+        @property
+        def closing(self) -> bool: ...
+        def _enter(self, phase: Phase) -> None: ...
+
         close_after_exchange: bool
         _head: RequestHead | None
         _response: ResponseReader | None
@@ -170,8 +180,6 @@ class PolicySteps:
         def _send_upstream(self, data: bytes) -> None: ...
         def _upstream_failed(self, exc: GatewayError) -> None: ...
         def _handle(self, events: list[RequestEvent]) -> None: ...
-        def _pause_reading(self, reason: int) -> None: ...
-        def _resume_reading(self, reasons: int) -> None: ...
         def _finish_exchange(self) -> None: ...
         def _write_client(self, out: list[bytes]) -> None: ...
 
@@ -236,7 +244,8 @@ class PolicySteps:
 
     def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
         """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
-        self._lookup_task = self.gateway.loop.create_task(
+        self._enter(LOOKING_UP)
+        self._lookup_task = self.ctx.loop.create_task(
             self._answering(work), name="dockgate-ownership-lookup"
         )
 
@@ -302,11 +311,11 @@ class PolicySteps:
     ) -> None:
         """Guardrails on the volumes a body uses by name (body/namedvolumes.py), then ownership's
         look-ups of the objects it names, if any, then on to the daemon."""
-        self._pause_reading(PAUSE_LOOKUP)
+        self.flow.pause(Pause.LOOKUP)
         try:
             owner_checked = frozenset(ref for kind, ref in named if kind is VOLUME)
             problem = await named_volumes_problem(
-                self.gateway.pool.address, guardrails, volumes, self._owner, owner_checked
+                self.ctx.pool.address, guardrails, volumes, self._owner, owner_checked
             )
         except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
@@ -323,7 +332,7 @@ class PolicySteps:
             await self._check_references(head, body, named)
             return
         self._lookup_task = None
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         self._forward_held(head, body)
 
     def _lookup_ended(self, head: RequestHead) -> bool:
@@ -336,7 +345,7 @@ class PolicySteps:
         """Refuse a request whose body was held, read to its end, for a look-up: the
         connection stays usable and reading goes on."""
         self._refuse(head, verdict, body_read=True)
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         self._after_refusal()
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
@@ -347,7 +356,7 @@ class PolicySteps:
     async def _check_references(
         self, head: RequestHead, body: bytes, named: list[tuple[Kind, str]]
     ) -> None:
-        self._pause_reading(PAUSE_LOOKUP)
+        self.flow.pause(Pause.LOOKUP)
         pins: dict[tuple[str, str], str] = {}
         made: list[str] = []  # the volumes the gateway creates for this request
         try:
@@ -360,7 +369,7 @@ class PolicySteps:
                 return
             missing_volumes: list[str] = []
             for kind, reference in named:
-                found = await find_owned(self.gateway.pool.address, kind, reference, self._owner)
+                found = await find_owned(self.ctx.pool.address, kind, reference, self._owner)
                 if found is not None:
                     pins[kind.name, reference] = found.full_id
                 if found is None and kind is VOLUME:
@@ -414,12 +423,12 @@ class PolicySteps:
             # A volume name cannot be pinned: the answer waits for the mounts' check.
             check = MountCheck(head, volumes, tuple(made))
             self._mount_check = check
-            watch = self.gateway.loop.create_task(
+            watch = self.ctx.loop.create_task(
                 self._watch_mounts(check, self._owner), name="dockgate-ownership-mounts-watch"
             )
             _WATCHING.add(watch)
             watch.add_done_callback(_WATCHING.discard)
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         self._forward_held(head, body)
 
     async def _watch_mounts(self, check: MountCheck, owner: str) -> None:
@@ -429,7 +438,7 @@ class PolicySteps:
         swept instead (ownedvolumes.sweep_mounts). Not tied to the connection."""
         while not check.taken:
             if self.closing or self._head is not check.head or self._mount_check is not check:
-                await sweep_mounts(self.gateway.pool.address, check.names, check.made, owner)
+                await sweep_mounts(self.ctx.pool.address, check.names, check.made, owner)
                 return
             await asyncio.sleep(MOUNT_WATCH_SECONDS)
 
@@ -438,7 +447,7 @@ class PolicySteps:
         (each while still the caller's; ownedvolumes.remove_volumes), best effort."""
         if made and self._owner is not None:
             try:
-                await remove_volumes(self.gateway.pool.address, tuple(made), self._owner)
+                await remove_volumes(self.ctx.pool.address, tuple(made), self._owner)
             except Exception:  # the request's own answer matters more
                 return
 
@@ -453,12 +462,12 @@ class PolicySteps:
         # daemon's default is asked only when the body names none.
         silent = silent_log_problem(operation, body, None)
         if silent is None and silent_log_problem(operation, body, SILENT_LOG_DRIVER) is not None:
-            address = self.gateway.pool.address
+            address = self.ctx.pool.address
             silent = silent_log_problem(operation, body, await default_log_driver(address))
         if silent is not None:
             return silent
         image = created_image(operation, body)  # read before, when the body was judged
-        if image is None or await named_image_owner(self.gateway.pool.address, image) != owner:
+        if image is None or await named_image_owner(self.ctx.pool.address, image) != owner:
             return None
         return vouching_image_problem(image, owner)
 
@@ -539,7 +548,7 @@ class PolicySteps:
                 self._head = with_target(head, step)
                 return True
             self._deferred = []
-            self._pause_reading(PAUSE_LOOKUP)
+            self.flow.pause(Pause.LOOKUP)
             self._start_lookup(self._check_owners(head, ordered))
             return False
         if isinstance(step, Refusal):
@@ -547,7 +556,7 @@ class PolicySteps:
             return False
         # Until the daemon answers, what the client sends waits, in order.
         self._deferred = []
-        self._pause_reading(PAUSE_LOOKUP)
+        self.flow.pause(Pause.LOOKUP)
         self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
         return False
 
@@ -566,7 +575,7 @@ class PolicySteps:
             specs = volume_specs(body)
         except Unreadable:
             return None  # the daemon refuses the body itself, and creates nothing
-        address = self.gateway.pool.address
+        address = self.ctx.pool.address
         for name in names:
             created = await create_volume(address, name, specs.get(name, VolumeSpec()), self._owner)
             if created.status not in (200, 201):
@@ -594,9 +603,7 @@ class PolicySteps:
         refused: Verdict | None = None
         try:
             for reference in step.references:
-                found = await find_owned(
-                    self.gateway.pool.address, step.kind, reference, self._owner
-                )
+                found = await find_owned(self.ctx.pool.address, step.kind, reference, self._owner)
                 if found is None or found.owner != self._owner:
                     # As if it did not exist: the daemon's own answer for a missing object.
                     message = step.kind.missing.format(reference)
@@ -621,7 +628,7 @@ class PolicySteps:
             self._head = head
             self._proceed(head)
         deferred, self._deferred = self._deferred, None
-        self._resume_reading(PAUSE_LOOKUP)
+        self.flow.resume(Pause.LOOKUP)
         if deferred:
             self._handle(deferred)
 
@@ -689,7 +696,8 @@ class PolicySteps:
         if not head.chunked and not self._hold_share.cover(head.content_length or 0):
             self._refuse_over_budget(head)
             return False
-        self.body_deadline = self.gateway.loop.time() + self.gateway.config.body_timeout
+        self._enter(HOLDING_BODY)
+        self.body_deadline = self.ctx.loop.time() + self.ctx.body_timeout
         if head.expect_continue:
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -747,8 +755,10 @@ class PolicySteps:
         return admission is not None and admission.policy is not None and admission.policy.ownership
 
     def _collect_answer(self, data: bytes, done: bool) -> None:
+        """HOLDING_ANSWER: a piece of the answer held whole; at its end, checked and sent."""
         body, head = self._answer_body, self._answer_head
-        assert body is not None and head is not None
+        if body is None or head is None:
+            return  # whole already, and being checked: nothing more belongs to it
         body += data
         if len(body) > REDACT_LIMIT:
             self._answer_body = None
@@ -778,7 +788,7 @@ class PolicySteps:
                 assert check is not None
                 check.taken = True
                 self._mount_check = None
-                self._lookup_task = self.gateway.loop.create_task(
+                self._lookup_task = self.ctx.loop.create_task(
                     self._answering(self._settled_answer(head, raw, check)),
                     name="dockgate-ownership-mounts",
                 )
@@ -787,7 +797,7 @@ class PolicySteps:
                 # The images of the listed containers are looked up first (ownership/lookup.py): the
                 # client's reading stays paused (a request is read only once the answer to the
                 # one before it is out), and the task is cancelled if the client leaves.
-                self._lookup_task = self.gateway.loop.create_task(
+                self._lookup_task = self.ctx.loop.create_task(
                     self._answering(self._vouched_answer(head, raw)),
                     name="dockgate-ownership-list",
                 )
@@ -811,7 +821,7 @@ class PolicySteps:
         assert owner is not None
         rewritten: bytes | Exception
         try:
-            rewritten = await vouched_containers(self.gateway.pool.address, raw, owner)
+            rewritten = await vouched_containers(self.ctx.pool.address, raw, owner)
             if self._redaction is not None and "ContainerList" in REDACTED_OPERATIONS:
                 rewritten = redact_response("ContainerList", rewritten, self._redaction)
         except Exception as exc:
@@ -826,9 +836,9 @@ class PolicySteps:
         client leaves meanwhile (a container of someone else's volume must not stay)."""
         owner = self._owner
         assert owner is not None
-        settling = self.gateway.loop.create_task(
+        settling = self.ctx.loop.create_task(
             settle_create(
-                self.gateway.pool.address,
+                self.ctx.pool.address,
                 head.status,
                 raw,
                 names=check.names,

@@ -9,8 +9,11 @@ import difflib
 from collections.abc import Iterable, Mapping
 
 from dockgate.policy.tecnativa import ALL_VARIABLES
+from dockgate.relay.phase import STRICT_VARIABLE
 
 PREFIX = "DOCKGATE_"
+# DOCKGATE_ variables read that are no option of `serve`.
+OTHER_VARIABLES = (STRICT_VARIABLE,)  # relay/phase.py: illegal phase moves raise (tests)
 # Tecnativa's variables that are not about access, which dockgate accepts and ignores.
 TECNATIVA_OTHER = ("LOG_LEVEL", "DISABLE_IPV6", "BIND_CONFIG", "SOCKET_PATH")
 # The values Tecnativa's switches take: a name that only looks like one of them, with a
@@ -25,7 +28,7 @@ def environment_warnings(
     """Warnings for `env`: DOCKGATE_ names that are no option (`options`: the known
     DOCKGATE_ names), and, when the policy comes from Tecnativa-style variables
     (`compatibility`), names close to theirs."""
-    known = sorted(set(options))
+    known = sorted(set(options).union(OTHER_VARIABLES))
     warnings = []
     for name in sorted(env):
         if name.upper().startswith(PREFIX) and name not in known:
