@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -108,6 +109,8 @@ class FakeAdmissions:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.checked: asyncio.Future[bool] = loop.create_future()
+        # What the plan reads of the policy set: no `owners:` map (no policy, no ownership).
+        self.policies = SimpleNamespace(owners={})
 
     def admit(
         self, head: RequestHead, facts: ConnectionFacts, started: float

@@ -34,18 +34,9 @@ from typing import cast
 
 from dockgate.auth.peercred import peer_uid
 from dockgate.auth.sourceaddr import UNIX_SOURCE
-from dockgate.body.content import (
-    IGNORED_BODY_LIMIT,
-    drops_body,
-    ignored_body_refusal,
-    judge_head,
-    too_large,
-)
-from dockgate.body.guardrails import (
-    Guardrails,
-)
+from dockgate.body.content import IGNORED_BODY_LIMIT
+from dockgate.body.content import too_large as too_large_to_drop
 from dockgate.body.redact import (
-    REDACTED_STREAMS,
     EventStreamRedaction,
     Redaction,
     RedactionError,
@@ -82,10 +73,20 @@ from dockgate.observe.audit import (
     audit_details,
     target_object,
 )
-from dockgate.ownership.owners import owner_for
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict, refused_before_policy
+from dockgate.policy.plan import (
+    Allowed,
+    Answer,
+    DrainBody,
+    Forward,
+    HoldBody,
+    Step,
+    judge_drained,
+    plan_admitted,
+    plan_request,
+)
 from dockgate.refusal import Refusal
 from dockgate.relay import phase as phases
 from dockgate.relay.context import ConnectionContext
@@ -117,7 +118,12 @@ from dockgate.relay.upstream import (
 from dockgate.relay.upstreamtls import describe_upstream_error
 
 # A request this gateway forwarded that came back to it (http/hops.py): never forwarded again.
-LOOP_VERDICT = refused_before_policy(Refusal(508, LOOP_MESSAGE, "loop", "loop"), "unknown")
+LOOP_REFUSAL = Refusal(508, LOOP_MESSAGE, "loop", "loop")
+
+# What happens to an answer (policy/plan.answer_handling), as names of this module: looked up
+# once per answer on the hot path.
+REWRITE_STREAM = Answer.REWRITE_STREAM
+HOLD = Answer.HOLD
 
 # Bytes of pipelined requests held while the current exchange runs, before reading pauses.
 HELD_BYTES_LIMIT = 256 * 1024
@@ -127,8 +133,6 @@ LINGER_SECONDS = 2.0
 
 # What ends every relayed response head: the browser guard's headers, then the blank line.
 _ANSWER_TAIL = ANSWER_HEADERS + b"\r\n"
-# RFC 7617: what a 401 asks for. The docker CLI sends whatever its config.json HttpHeaders say.
-_CHALLENGE = b'WWW-Authenticate: Basic realm="dockgate", charset="UTF-8"\r\n'
 
 _REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
 
@@ -175,7 +179,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._capture: bytearray | None = None
         # A body read whole before forwarding, for the guardrails of the bound policy.
         self._held_body: bytearray | None = None
-        self._held_guardrails: Guardrails | None = None
+        self._hold_step: HoldBody | None = None
+        # The allowed request's facts, from its plan (policy/plan.py); None before admission.
+        self._allowed: Allowed | None = None
         # A body read whole and dropped: the operation's handler reads none (body/content.py).
         self._ignored: bytearray | None = None
         # Loop time by which a held body (either kind) must be complete; None when none is
@@ -407,6 +413,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.deadline = None
         self._head = head
         self._redaction = None
+        self._allowed = None
         self._redact_stream = None
         self._status = 0
         self._request_done = False
@@ -419,8 +426,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if came_back(head.raw):
             # Forwarded by this very gateway and back again: a loop (http/hops.py). Answered here,
             # before anything else, so it goes round once and never again.
-            self._admission = None
-            self._refuse(head, LOOP_VERDICT)
+            self._admission = self._verdict = None
+            self._refuse(head, LOOP_REFUSAL)
             return
         admitted = self.ctx.admissions.admit(head, self.facts, self._started)
         if isinstance(admitted, PendingAdmission):
@@ -447,56 +454,42 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._handle(deferred)
 
     def _admitted(self, head: RequestHead, admission: Admission) -> None:
+        """Admission has spoken: the request's plan (policy/plan.py) says what comes next."""
         self._admission = admission
         if admission.close:  # the connection's client certificate is no longer valid
             self.close_after_exchange = True
         verdict = self._verdict = admission.verdict
-        if not verdict.allowed:
-            self._refuse(head, verdict, admission.retry_after)
-            return
         self._capture = (
-            bytearray() if self.ctx.audit.enabled and verdict.operation in AUDITED_BODIES else None
+            bytearray()
+            if verdict.allowed and self.ctx.audit.enabled and verdict.operation in AUDITED_BODIES
+            else None
         )
-        self._owner = None
-        if head.has_body:  # (a request without a body passes whatever it says it is)
-            # What the body may be, in every policy (body/content.py): form bodies never pass.
-            refusal = judge_head(
-                verdict.operation,
-                _content_types(head),
-                True,
-                None if head.chunked else head.content_length,
-            )
-            if refusal is not None:
-                self._refuse(head, self._content_verdict(refusal))
-                return
-            if drops_body(verdict.operation):
-                # Read it whole first (the policy's steps then see a request without a body).
-                if self._start_hold(head):
-                    self._ignored = bytearray()
-                return
-        self._continue_exchange(head)
+        owners = self.ctx.admissions.policies.owners
+        self._carry_out(head, plan_request(head, admission, owners))
 
-    def _continue_exchange(self, head: RequestHead) -> None:
-        """The policy's steps, once the request's shape is known to be acceptable."""
-        admission, verdict = self._admission, self._verdict
-        assert admission is not None and verdict is not None
-        policy = admission.policy
-        if policy is not None and policy.redaction.active:
-            refusal = self._label_filter_refusal(head, policy)
-            if refusal is not None:
-                self._refuse(head, refusal)
-                return
-        if policy is not None and policy.ownership:
-            # Named by how the caller authenticated, or as `owners:` maps it (ownership/owners.py);
-            # None for an anonymous caller, who owns nothing (refused by _own).
-            owners = self.ctx.admissions.policies.owners
-            self._owner = owner_for(admission.identity, owners)
-            if not self._own(head, verdict):
-                return  # refused, or waiting for the daemon's answer about the object
-            owned = self._head  # the target may have been rewritten (a narrowed list)
-            assert owned is not None
-            head = owned
-        self._proceed(head)
+    def _carry_out(self, head: RequestHead, step: Step) -> None:
+        """One step of the request's plan, carried out: the plan decides, this does the I/O."""
+        if isinstance(step, Refusal):
+            self._refuse(head, step)
+            return
+        allowed = self._allowed = step.allowed
+        self._owner = allowed.owner
+        self._redaction = allowed.redaction
+        if isinstance(step, Forward):
+            self._head = step.head  # (a narrowed list's target, rewritten)
+            self._send_head(forwarded_head(step.head), replayable=step.replayable)
+        elif isinstance(step, HoldBody):
+            self._head = step.head
+            self._hold_body(step)
+        elif isinstance(step, DrainBody):
+            # Read it whole first (the policy's steps then see a request without a body).
+            if self._start_hold(head):
+                self._ignored = bytearray()
+        else:
+            # LookUp: until the daemon answers, what the client sends waits, in order.
+            self._deferred = []
+            self.flow.pause(Pause.LOOKUP)
+            self._start_lookup(self._check_owners(step.head, step.objects))
 
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
         assert self._head is not None
@@ -553,29 +546,23 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         else:
             self._outbox.append(data)
 
-    def _refuse(
-        self,
-        head: RequestHead,
-        verdict: Verdict,
-        retry_after: int | None = None,
-        *,
-        body_read: bool = False,
-    ) -> None:
+    def _refuse(self, head: RequestHead, refusal: Refusal, *, body_read: bool = False) -> None:
         """Answer a refused request here; it never reaches the daemon."""
         self._enter(REFUSED_DRAINING)
-        self._verdict = verdict
-        self._status = verdict.status
+        verdict = self._verdict
+        if verdict is None or verdict.allowed:
+            # Refused by a step after admission (or before any: a loop): the log says which.
+            self._verdict = (
+                refused_before_policy(refusal, "unknown")
+                if verdict is None
+                else verdict.refused(refusal)
+            )
+        self._status = refusal.status
         # A refused upload is not read to its end: close after the answer (lingering, so the
         # client sees the answer rather than a reset). Without a body, keep-alive goes on.
         unread_body = head.has_body and not body_read
         closing = unread_body or not head.keep_alive or self.close_after_exchange
-        body = error_response(
-            verdict.status,
-            verdict.message,
-            close=closing,
-            head_only=head.method == "HEAD",
-            extra_headers=_refusal_headers(verdict.status, retry_after),
-        )
+        body = refusal.response(close=closing, head_only=head.method == "HEAD")
         self._bytes_out = _body_length(body)
         self._response_started = True
         assert self.transport is not None
@@ -595,22 +582,19 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         self._read_next_request()
 
-    def _content_verdict(self, refusal: Refusal) -> Verdict:
-        return self._denied(refusal.status, refusal.message, "content", "body shape")
-
     def _read_ignored(self, event: RequestEvent) -> None:
         """A body on an operation whose handler reads none: read it whole, judge it, drop it;
         then go on with the same request, without a body (the daemon gets Content-Length: 0)."""
-        ignored, head, verdict = self._ignored, self._head, self._verdict
-        assert ignored is not None and head is not None and verdict is not None
+        ignored, head, allowed = self._ignored, self._head, self._allowed
+        assert ignored is not None and head is not None and allowed is not None
         if isinstance(event, Body):
             self._count_body(event.data)
             ignored += event.data
             if len(ignored) > IGNORED_BODY_LIMIT:
                 self._ignored = None
                 self._end_hold()
-                large = Refusal(413, too_large(verdict.operation), "content", "body shape")
-                self._refuse(head, self._content_verdict(large))
+                message = too_large_to_drop(allowed.operation)
+                self._refuse(head, Refusal(413, message, "content", "body shape"))
             elif not self._grow_hold(head, len(ignored)):
                 self._ignored = None
             return
@@ -618,13 +602,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         self._ignored = None
         self._end_hold()
-        refusal = ignored_body_refusal(verdict.operation, bytes(ignored))
+        refusal = judge_drained(allowed, bytes(ignored))
         if refusal is not None:
-            self._refuse(head, self._content_verdict(refusal), body_read=True)
+            self._refuse(head, refusal, body_read=True)
             self._after_refusal()
             return
         head = self._head = without_body(head)
-        self._continue_exchange(head)
+        self._carry_out(head, plan_admitted(head, allowed))
         # The request's end, as the steps that followed expect to see it (the reader has
         # already passed it).
         self._handle_events([event])
@@ -639,7 +623,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._end_hold()
         seconds = self.ctx.body_timeout
         message = f"dockgate: the request body did not arrive within {seconds:g} s"
-        self._refuse(head, self._denied(408, message, "body-timeout", "body timeout"))
+        self._refuse(head, Refusal(408, message, "body-timeout", "body timeout"))
 
     # ----- responses ---------------------------------------------------------------------------
 
@@ -710,17 +694,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # Every head the daemon sends goes out with the browser guard's headers (before its
         # blank line); a held answer is rewritten from this same head.
         event.raw = event.raw[:-2] + _ANSWER_TAIL
-        if (
-            self._redaction is not None
-            and event.status == 200
-            and self._operation() in REDACTED_STREAMS
-        ):
+        handling = self._answer_handling(event.status)
+        if handling is REWRITE_STREAM:
+            assert self._redaction is not None
             if event.framing is not Framing.CHUNKED:
                 self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
                 return False
             # The head goes out as it is; each event is rewritten on its way.
             self._redact_stream = EventStreamRedaction(self._redaction)
-        elif self._holds_answer(event.status):
+        elif handling is HOLD:
             # Held back: the answer goes out rewritten, with a new Content-Length. One that
             # ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.
             self._enter(HOLDING_ANSWER)
@@ -1132,18 +1114,6 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 details=details,
             )
         )
-
-
-def _content_types(head: RequestHead) -> list[bytes]:
-    return [value for name, value in head.headers() if name == b"content-type"]
-
-
-def _refusal_headers(status: int, retry_after: int | None) -> bytes:
-    if status == 401:
-        return _CHALLENGE
-    if retry_after is not None:
-        return b"Retry-After: %d\r\n" % retry_after
-    return b""
 
 
 def _may_hijack(head: RequestHead) -> bool:

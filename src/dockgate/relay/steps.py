@@ -15,28 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
-from dockgate.api.target import parse_target
 from dockgate.body.guardrails import (
-    BODY_CHECKED,
     CHECKED_BODY_LIMIT,
-    QUERY_CHECKED,
     BodyRefused,
     Guardrails,
-    check_body_cost,
-    check_request,
 )
-from dockgate.body.namedvolumes import named_volumes_problem, to_look_up
+from dockgate.body.namedvolumes import named_volumes_problem
 from dockgate.body.redact import (
     REDACT_LIMIT,
     REDACTED_OPERATIONS,
     Redaction,
-    query_problem,
     redact_response,
 )
-from dockgate.body.repeated import repeated_list
 from dockgate.body.workload import NamedVolume
 from dockgate.http.chunked import ChunkedDecoder
 from dockgate.http.errors import (
@@ -58,8 +51,7 @@ from dockgate.http.request import (
 from dockgate.http.response import Framing, ResponseHead, ResponseReader
 from dockgate.observe.audit import AUDIT_BODY_LIMIT
 from dockgate.ownership.answers import SCRUBBED_ANSWERS, scrubbed_answer
-from dockgate.ownership.labels import foreign_owner_label
-from dockgate.ownership.lists import LookUpAll, list_plan
+from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.lookup import (
     Unresolved,
     default_log_driver,
@@ -69,25 +61,16 @@ from dockgate.ownership.lookup import (
 from dockgate.ownership.operations import (
     CHECKED_ANSWERS,
     IMAGE_CHECKED,
-    MAX_REFERENCES,
-    OWNED_CREATES,
-    OWNER_LABEL,
-    REFERENCING,
     SILENT_LOG_DRIVER,
     VOLUME,
     VOUCHED_LIST,
     Kind,
     checked_answer,
-    concerns_objects,
     created_image,
-    hex_name_problem,
-    references,
     refuse,
     silent_log_problem,
     vouching_image_problem,
-    with_owner_label,
 )
-from dockgate.ownership.operations import plan as ownership_plan
 from dockgate.ownership.pinning import pinned_body
 from dockgate.ownership.prefix import find_owned
 from dockgate.ownership.volumes import (
@@ -101,6 +84,19 @@ from dockgate.ownership.volumes import (
     volume_specs,
 )
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.policy.plan import (
+    Allowed,
+    Answer,
+    HoldBody,
+    JudgedBody,
+    Step,
+    answer_handling,
+    judge_body,
+    plan_forward,
+    refused_before_lookups,
+    too_large,
+    unreadable,
+)
 from dockgate.refusal import Refusal
 from dockgate.relay.flow import FlowControl, Pause
 from dockgate.relay.holding import Share
@@ -108,7 +104,6 @@ from dockgate.relay.phase import HOLDING_BODY, LOOKING_UP, Phase
 
 if TYPE_CHECKING:
     from dockgate.policy.admission import Admission
-    from dockgate.policy.rules import Policy
     from dockgate.relay.context import ConnectionContext
 
 # The checks of new containers' mounts still running (kept from garbage collection; each
@@ -154,7 +149,8 @@ class PolicySteps:
         _deferred: list[RequestEvent] | None
         _lookup_task: asyncio.Task[None] | None
         _held_body: bytearray | None
-        _held_guardrails: Guardrails | None
+        _hold_step: HoldBody | None
+        _allowed: Allowed | None
         body_deadline: float | None
         _hold_share: Share
         _answer_share: Share
@@ -168,13 +164,9 @@ class PolicySteps:
         _bytes_out: int
 
         def _refuse(
-            self,
-            head: RequestHead,
-            verdict: Verdict,
-            retry_after: int | None = None,
-            *,
-            body_read: bool = False,
+            self, head: RequestHead, refusal: Refusal, *, body_read: bool = False
         ) -> None: ...
+        def _carry_out(self, head: RequestHead, step: Step) -> None: ...
         def _after_refusal(self) -> None: ...
         def _send_head(self, raw: bytes, *, replayable: bool) -> None: ...
         def _send_upstream(self, data: bytes) -> None: ...
@@ -184,16 +176,17 @@ class PolicySteps:
         def _write_client(self, out: list[bytes]) -> None: ...
 
     def _hold(self, event: RequestEvent) -> None:
-        """A body being read whole for the guardrails: keep it, then judge and forward it."""
-        held, head = self._held_body, self._head
-        assert held is not None and head is not None
+        """HOLDING_BODY: a body read whole for the guardrails (or ownership's label); at its
+        end, judged by the plan (policy/plan.judge_body), then looked up or forwarded."""
+        held, head, hold = self._held_body, self._head, self._hold_step
+        assert held is not None and head is not None and hold is not None
         if isinstance(event, Body):
             self._count_body(event.data)
             held += event.data
             if len(held) > CHECKED_BODY_LIMIT:
                 self._held_body = None
                 self._end_hold()
-                self._refuse_too_large(head)
+                self._refuse(head, too_large(hold.allowed))
             elif not self._grow_hold(head, len(held)):
                 self._held_body = None
             return
@@ -201,46 +194,28 @@ class PolicySteps:
             return
         self._held_body = None
         self._end_hold()
-        guardrails = self._held_guardrails
-        received = body = bytes(held)
-        named: list[tuple[Kind, str]] = []
-        volumes: list[NamedVolume] = []
-        refused: Verdict | None = None
-        try:
-            # The bound on what checking it may cost (bodycost.py), before the guardrails or
-            # ownership parse it (check_request counts again: a millisecond per MiB at most).
-            check_body_cost(body)
-            if guardrails is not None:
-                query = head.target.partition("?")[2]
-                volumes = to_look_up(
-                    check_request(guardrails, self._operation(), query, body, self._params())
-                )
-        except BodyRefused as refusal:
-            refused = self._guardrail_verdict(refusal)
-        if refused is None and self._owner is not None:
-            try:
-                if self._operation() in OWNED_CREATES:
-                    body = with_owner_label(body, self._operation(), self._owner)
-                named = self._named_objects(received)
-            except (BodyRefused, ValueError, RecursionError) as exc:
-                status = exc.status if isinstance(exc, BodyRefused) else 400
-                reason = exc.reason if isinstance(exc, BodyRefused) else _unreadable(exc)
-                refused = self._refusal(status, f"dockgate: {self._operation()}: {reason}")
-        if refused is not None:
+        judged = judge_body(hold, bytes(held))
+        if isinstance(judged, JudgedBody):
+            refused = refused_before_lookups(hold.allowed, judged)
+            judged = judged if refused is None else refused
+        if isinstance(judged, Refusal):
             # The body was read to its end: the connection stays usable.
-            self._refuse(head, refused, body_read=True)
+            self._refuse(head, judged, body_read=True)
             self._after_refusal()
             return
-        if volumes and guardrails is not None:
+        if judged.volumes and hold.guardrails is not None:
             # Volumes used by name are judged on their options, which only the daemon knows.
-            self._start_lookup(self._check_named_volumes(head, body, guardrails, volumes, named))
+            work = self._check_named_volumes(
+                head, judged.body, hold.guardrails, judged.volumes, judged.named
+            )
+            self._start_lookup(work)
             return
-        if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
+        if judged.named or judged.check_image:
             # The objects the body names must be the caller's too (and a new container's
             # image must not carry the caller's label): ask the daemon first.
-            self._start_lookup(self._check_references(head, body, named))
+            self._start_lookup(self._check_references(head, judged.body, judged.named))
             return
-        self._forward_held(head, body)
+        self._forward_held(head, judged.body)
 
     def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
         """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
@@ -273,34 +248,6 @@ class PolicySteps:
         if capture is not None and len(capture) <= AUDIT_BODY_LIMIT:
             capture += data[: AUDIT_BODY_LIMIT + 1 - len(capture)]
 
-    def _named_objects(self, body: bytes) -> list[tuple[Kind, str]]:
-        """Ownership: the objects the body names (to look up), after refusing a list given
-        twice (body/repeated.py), another owner's label (ownership/labels.py) and new objects with
-        hex-only names. BodyRefused (400) for a
-        body that cannot be read here."""
-        operation = self._operation()
-        if operation in OWNED_CREATES or operation in REFERENCING:
-            # The bodies ownership reads (to label, to look up what they name).
-            repeated = repeated_list(body)  # ValueError: unreadable, refused by the caller
-            if repeated is not None:
-                raise BodyRefused(400, f"{repeated} is given twice (Go would merge the two lists)")
-            # Labels the daemon takes from deeper in the body (ownership/labels.py).
-            assert self._owner is not None
-            where = foreign_owner_label(body, self._owner)
-            if where is not None:
-                raise BodyRefused(
-                    403, f"an owner label ({OWNER_LABEL}) that is not yours at {where}"
-                )
-        problem = hex_name_problem(operation, "", body)
-        if problem is not None:
-            raise BodyRefused(400, problem)
-        if operation not in REFERENCING:
-            return []
-        named = references(operation, body)  # ValueError: unreadable, refused by the caller
-        if len(named) > MAX_REFERENCES:
-            raise BodyRefused(400, f"a body may name at most {MAX_REFERENCES} objects")
-        return named
-
     async def _check_named_volumes(
         self,
         head: RequestHead,
@@ -326,7 +273,7 @@ class PolicySteps:
             return
         if problem is not None:
             self._lookup_task = None
-            self._refuse_held(head, self._guardrail_verdict(BodyRefused(403, problem)))
+            self._refuse_held(head, self._exchange().guardrail_refusal(BodyRefused(403, problem)))
             return
         if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
             await self._check_references(head, body, named)
@@ -341,10 +288,10 @@ class PolicySteps:
         self._lookup_task = None
         return self.closing or self._head is not head
 
-    def _refuse_held(self, head: RequestHead, verdict: Verdict) -> None:
+    def _refuse_held(self, head: RequestHead, refusal: Refusal) -> None:
         """Refuse a request whose body was held, read to its end, for a look-up: the
         connection stays usable and reading goes on."""
-        self._refuse(head, verdict, body_read=True)
+        self._refuse(head, refusal, body_read=True)
         self.flow.resume(Pause.LOOKUP)
         self._after_refusal()
 
@@ -365,7 +312,7 @@ class PolicySteps:
                 if self._lookup_ended(head):
                     return
                 message = f"dockgate: {self._operation()}: {problem}"
-                self._refuse_held(head, self._refusal(403, message))
+                self._refuse_held(head, self._exchange().ownership_refusal(403, message))
                 return
             missing_volumes: list[str] = []
             for kind, reference in named:
@@ -384,7 +331,7 @@ class PolicySteps:
                     # 403, not 404: the docker CLI takes a 404 to a create for a missing image
                     # and would try to pull it.
                     message = f"dockgate: {kind.missing.format(reference)}"
-                    self._refuse_held(head, self._refusal(403, message))
+                    self._refuse_held(head, self._exchange().ownership_refusal(403, message))
                     return
             refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
@@ -396,7 +343,7 @@ class PolicySteps:
         except Unresolved as exc:
             if self._lookup_ended(head):
                 return
-            self._refuse_held(head, self._unresolved(exc))
+            self._refuse_held(head, self._exchange().unresolved(str(exc)))
             return
         except Exception as exc:  # any failure must answer, or the paused client would hang
             await self._drop_made(made)
@@ -414,8 +361,8 @@ class PolicySteps:
             await self._drop_made(made)
             if self._lookup_ended(head):
                 return
-            message = f"dockgate: {self._operation()}: {_unreadable(exc)}"
-            self._refuse_held(head, self._refusal(400, message))
+            message = f"dockgate: {self._operation()}: {unreadable(exc)}"
+            self._refuse_held(head, self._exchange().ownership_refusal(400, message))
             return
         self._lookup_task = None
         volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
@@ -474,95 +421,15 @@ class PolicySteps:
     def _operation(self) -> str:
         return self._verdict.operation if self._verdict is not None else "-"
 
-    def _params(self) -> Mapping[str, str]:
-        """The path variables of the request's route (ImagePush's image `name`)."""
-        verdict = self._verdict
-        match = verdict.match if verdict is not None else None
-        return match.params if match is not None else {}
-
-    def _guardrail_verdict(self, refusal: BodyRefused, *, raw: bool = False) -> Verdict:
-        if refusal.status == 403 and not raw:
-            return self._policy_denial("guardrails", refusal.reason)
-        verdict = self._verdict
-        assert verdict is not None
-        message = refusal.reason if raw else f"dockgate: {verdict.operation}: {refusal.reason}"
-        return self._denied(refusal.status, message, "guardrails", f"guardrails: {refusal.reason}")
-
-    def _policy_denial(self, step: str, reason: str) -> Verdict:
-        """A 403 from one of the policy's steps: "dockgate: <Op> denied by policy <P>: why"."""
-        verdict = self._verdict
-        assert verdict is not None
-        policy = verdict.policy or "-"
-        message = f"dockgate: {verdict.operation} denied by policy {policy}: {reason}"
-        return self._denied(403, message, step, f"{step}: {reason}")
-
-    def _label_filter_refusal(self, head: RequestHead, policy: Policy) -> Verdict | None:
-        """Where the policy redacts, a `label` filter would still tell hidden values by what it
-        matches, and `top?ps_args=e` would print environments: refused (redact.query_problem)."""
-        verdict = self._verdict
-        assert verdict is not None
-        query = head.target.partition("?")[2]
-        problem = query_problem(verdict.operation, query, policy.redaction)
-        return None if problem is None else self._policy_denial("redaction", problem)
-
-    def _denied(self, status: int, message: str, step: str, reason: str) -> Verdict:
-        """The request's verdict, turned into a refusal by one of the policy's steps."""
-        verdict = self._verdict
-        assert verdict is not None
-        return verdict.refused(Refusal(status, message, step, reason))
-
-    def _own(self, head: RequestHead, verdict: Verdict) -> bool:
-        """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up
-        the object the request is about. True to go on now; False when refused or waiting."""
-        owner = self._owner
-        match = verdict.match
-        assert match is not None
-        if owner is None:
-            # An anonymous caller owns nothing: what ownership would narrow, label or look
-            # up is refused; the rest (ping, version, images...) goes on as the policy says.
-            if not concerns_objects(verdict.operation, match.operation.path):
-                return True
-            message = (
-                f"dockgate: {verdict.operation}: ownership mode needs an authenticated caller "
-                "(anonymous callers own nothing)"
-            )
-            self._refuse(head, self._refusal(403, message))
-            return False
-        step = ownership_plan(
-            verdict.operation,
-            match.operation.path,
-            head.target,
-            parse_target(head.target).path,
-            owner,
-        )
-        if step is None:
-            return True
-        if isinstance(step, str):
-            try:
-                # A list ordered against containers (`before=`) names them: looked up too.
-                ordered = list_plan(verdict.operation, step)
-            except ValueError as exc:
-                self._refuse(head, self._refusal(400, f"dockgate: {exc}"))
-                return False
-            if ordered is None:
-                self._head = with_target(head, step)
-                return True
-            self._deferred = []
-            self.flow.pause(Pause.LOOKUP)
-            self._start_lookup(self._check_owners(head, ordered))
-            return False
-        if isinstance(step, Refusal):
-            self._refuse(head, self._refusal(step.status, step.message))
-            return False
-        # Until the daemon answers, what the client sends waits, in order.
-        self._deferred = []
-        self.flow.pause(Pause.LOOKUP)
-        self._start_lookup(self._check_owners(head, LookUpAll.of_one(step)))
-        return False
+    def _exchange(self) -> Allowed:
+        """The allowed request's facts, from its plan (set by ClientConnection._carry_out)."""
+        allowed = self._allowed
+        assert allowed is not None
+        return allowed
 
     async def _create_missing_volumes(
         self, body: bytes, names: list[str], made: list[str]
-    ) -> Verdict | None:
+    ) -> Refusal | None:
         """In ownership mode, the volumes a new container mounts that do not exist are created
         first, the caller's (ownership/volumes.py): a name cannot be pinned, and another caller's
         volume of that name created in between would be mounted. A refusal when one is
@@ -584,14 +451,16 @@ class PolicySteps:
                 found = await find_owned(address, VOLUME, name, self._owner)
                 if found is None:
                     message = f"dockgate: cannot create volume {name!r}: {created.message}"
-                    return self._refusal(400 if created.status == 400 else 403, message)
+                    status = 400 if created.status == 400 else 403
+                    return self._exchange().ownership_refusal(status, message)
                 if found.owner == self._owner:
                     continue  # the daemon answers the create as it would have
             elif created.owner == self._owner:
                 made.append(name)
                 continue
             # Someone else's: 403, not 404 (the docker CLI would try to pull an image).
-            return self._refusal(403, f"dockgate: {VOLUME.missing.format(name)}")
+            message = f"dockgate: {VOLUME.missing.format(name)}"
+            return self._exchange().ownership_refusal(403, message)
         return None
 
     async def _check_owners(self, head: RequestHead, step: LookUpAll) -> None:
@@ -600,7 +469,7 @@ class PolicySteps:
         missing (the kind's not-found message, with the step's status); all the caller's, the
         request goes on pinned to their full IDs."""
         full_ids: dict[str, str] = {}
-        refused: Verdict | None = None
+        refused: Refusal | None = None
         try:
             for reference in step.references:
                 found = await find_owned(self.ctx.pool.address, step.kind, reference, self._owner)
@@ -609,11 +478,11 @@ class PolicySteps:
                     message = step.kind.missing.format(reference)
                     if step.status != 404:
                         message = f"dockgate: {message}"
-                    refused = self._refusal(step.status, message)
+                    refused = self._exchange().ownership_refusal(step.status, message)
                     break
                 full_ids[reference] = found.full_id
         except Unresolved as exc:
-            refused = self._unresolved(exc)
+            refused = self._exchange().unresolved(str(exc))
         except Exception as exc:  # any failure must answer, or the paused client would hang
             self._lookup_task = None
             self._deferred = None
@@ -626,66 +495,19 @@ class PolicySteps:
         else:
             head = with_target(head, step.pin(full_ids))
             self._head = head
-            self._proceed(head)
+            self._carry_out(head, plan_forward(head, self._exchange()))
         deferred, self._deferred = self._deferred, None
         self.flow.resume(Pause.LOOKUP)
         if deferred:
             self._handle(deferred)
 
-    def _unresolved(self, exc: Unresolved) -> Verdict:
-        """A reference the daemon cannot resolve (an ambiguous name or ID prefix): a 400, as
-        the daemon answers, rather than a 502 (the gateway did not fail)."""
-        message = f"dockgate: {self._operation()}: {exc}; name it by its full ID"
-        return self._denied(400, message, "ownership", "unresolved reference")
-
-    def _refusal(self, status: int, message: str) -> Verdict:
-        reason = "bad filters" if status == 400 else "ownership"
-        return self._denied(status, message, "ownership", reason)
-
-    def _proceed(self, head: RequestHead) -> None:
-        """The request is allowed: guardrails, redaction and labels as the policy says, then
-        on to the daemon."""
-        admission, verdict = self._admission, self._verdict
-        assert admission is not None and verdict is not None
-        policy = admission.policy
-        if policy is not None and policy.redaction.rewrites(verdict.operation):
-            self._redaction = policy.redaction
-        guardrails = policy.guardrails if policy is not None else None
-        if self._owner is not None and (
-            verdict.operation in OWNED_CREATES or verdict.operation in REFERENCING
-        ):
-            self._hold_body(head, guardrails)
-            return
-        if guardrails is not None:
-            if verdict.operation in QUERY_CHECKED:
-                try:
-                    query = head.target.partition("?")[2]
-                    check_request(guardrails, verdict.operation, query, b"", self._params())
-                except BodyRefused as refusal:
-                    self._refuse(head, self._guardrail_verdict(refusal))
-                    return
-            elif verdict.operation in BODY_CHECKED:
-                self._hold_body(head, guardrails)
-                return
-        self._send_head(forwarded_head(head), replayable=not head.has_body)
-
-    def _hold_body(self, head: RequestHead, guardrails: Guardrails | None) -> None:
+    def _hold_body(self, step: HoldBody) -> None:
         """Read the body whole, judge it and label it, and only then forward it (with a
         Content-Length): the bytes checked are the bytes the daemon gets."""
-        if not head.chunked and (head.content_length or 0) > CHECKED_BODY_LIMIT:
-            self._refuse_too_large(head)  # said up front: no need to read it
-            return
-        if not self._start_hold(head):
+        if not self._start_hold(step.head):
             return
         self._held_body = bytearray()
-        self._held_guardrails = guardrails
-
-    def _refuse_too_large(self, head: RequestHead) -> None:
-        message = (
-            f"dockgate: a {self._operation()} body over {CHECKED_BODY_LIMIT} bytes cannot be "
-            "checked"
-        )
-        self._refuse(head, self._guardrail_verdict(BodyRefused(413, message), raw=True))
+        self._hold_step = step
 
     # ----- the memory and time a held body may take ---------------------------------------------
 
@@ -720,39 +542,20 @@ class PolicySteps:
             "dockgate: too many request bodies are being checked at once "
             "(--held-bodies-max); try again"
         )
-        verdict = self._denied(503, message, "held-bodies", "held bodies over budget")
-        self._refuse(head, verdict, retry_after=1)
+        refusal = Refusal(503, message, "held-bodies", "held bodies over budget", retry_after=1)
+        self._refuse(head, refusal)
 
-    def _holds_answer(self, status: int) -> bool:
-        """Whether the daemon's answer is read whole before it goes out: to be redacted, or, in
-        ownership mode, so that it shows nothing of another caller's objects."""
-        if self._redaction is None and not self._ownership_mode():
-            return False
-        operation = self._operation()
-        # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
-        if (
-            self._redaction is not None
-            and status in (200, 201)
-            and operation in REDACTED_OPERATIONS
-        ):
-            return True
-        if self._ownership_mode() and (status, operation) in SCRUBBED_ANSWERS:
-            return True
-        if self._checks_mounts():
-            return True  # whatever the status: a refused create's volumes are removed
-        return self._owner is not None and (
-            (status, operation) in CHECKED_ANSWERS or (status, operation) == VOUCHED_LIST
-        )
+    def _answer_handling(self, status: int) -> Answer:
+        """What happens to the daemon's answer with `status` (policy/plan.answer_handling)."""
+        allowed = self._allowed
+        if allowed is None:
+            return Answer.RELAY
+        return answer_handling(allowed, status, mounts_checked=self._checks_mounts())
 
     def _checks_mounts(self) -> bool:
         """Whether the answer being read is to a ContainerCreate whose mounts are checked."""
         check = self._mount_check
         return check is not None and check.head is self._head and self._owner is not None
-
-    def _ownership_mode(self) -> bool:
-        """Whether the request's policy is in ownership mode (its caller may be anonymous)."""
-        admission = self._admission
-        return admission is not None and admission.policy is not None and admission.policy.ownership
 
     def _collect_answer(self, data: bytes, done: bool) -> None:
         """HOLDING_ANSWER: a piece of the answer held whole; at its end, checked and sent."""
@@ -901,7 +704,7 @@ class PolicySteps:
 
     def _rewritten_answer(self, head: ResponseHead, raw: bytes) -> bytes | Refusal:
         operation = self._operation()
-        if self._ownership_mode() and (head.status, operation) in SCRUBBED_ANSWERS:
+        if self._exchange().ownership and (head.status, operation) in SCRUBBED_ANSWERS:
             # What it counts or names of other callers' objects (ownership/answers.py), then the
             # policy's redaction (SystemInfo's labels).
             raw = scrubbed_answer(operation, head.status, raw)
@@ -919,10 +722,3 @@ class PolicySteps:
         if self._redaction is not None and operation in REDACTED_OPERATIONS:
             return redact_response(operation, raw, self._redaction)
         return raw  # scrubbed only
-
-
-def _unreadable(exc: ValueError | RecursionError) -> str:
-    """The reason for a 400 about a body that cannot be read here."""
-    if isinstance(exc, RecursionError):
-        return "the body is nested too deeply"
-    return str(exc)
