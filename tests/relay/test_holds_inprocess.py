@@ -187,22 +187,19 @@ def test_the_gateway_says_continue_for_a_body_it_holds(loop: ClockLoop) -> None:
     assert relay.daemon().received == held(ORDINARY)  # no Expect: the body comes with it
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding: a held answer cut by the daemon ends without any answer"
-)
 @pytest.mark.parametrize("cut", ["eof", "reset"])
 def test_a_held_answer_cut_short_is_a_502(loop: ClockLoop, cut: str) -> None:
     """The daemon's connection ends in the middle of an answer held whole for redaction: not a
     byte of it has reached the client, so the client should get a 502 saying so, as it does
     when the held answer is too large.
 
-    Finding (in-process, issue 14): the client gets an empty reply (a close, no status), and
+    Finding (in-process, issue 14), fixed: the client got an empty reply (a close, no status), and
     the access log says 200 "upstream failed mid-response". Holding the answer sets
     `_response_started` (it stands for "the daemon's head arrived", relay/connection.py), and
     `_upstream_failed` takes it as "bytes went out" and only closes. `_collect_answer`
     clears it before failing for a too-large answer; `upstream_eof`/`upstream_lost` do not.
-    Same cause as the 101 finding in test_tunnel_inprocess.py: the connection needs one fact,
-    "bytes of this answer were written to the client", kept apart from "the answer began"."""
+    Same cause as the 101 finding in test_tunnel_inprocess.py; the connection now keeps the
+    fact "bytes of this answer were written to the client" (`_answer_written`) apart."""
     relay = open_connection(loop, REDACTING)
     relay.send(request("GET", "/v1.41/containers/x/json"))
     daemon = relay.daemon()

@@ -130,21 +130,17 @@ def test_the_client_leaving_a_stream_drops_the_daemon_s_connection(loop: ClockLo
     assert relay.pool.idle == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a 101 to a request that did not ask to switch closes without any answer",
-)
 def test_a_101_to_a_request_that_did_not_ask_is_a_502(loop: ClockLoop) -> None:
     """Only a request that asked to switch protocols (and was allowed to) becomes a stream: a
     101 to anything else is a daemon the gateway cannot follow, answered 502.
 
-    Finding (in-process, issue 14): the client gets no byte at all, only a close.
+    Finding (in-process, issue 14), fixed: the client got no byte at all, only a close.
     `upstream_data` takes the 101 head as a final response (`_response_started = True`, the
     head queued in `out`, not yet written), then at the EndOfResponse that follows calls
     `_upstream_failed`, which, seeing the response started, closes without the 502 and
     without the queued head: an empty reply, logged as "upstream failed mid-response" with
-    status 101 and bytes_out -127 (the head's length subtracted, never added). The 101 should
-    be refused at its head, before it counts as sent, so that the 502 goes out (same cause as
+    status 101 and bytes_out -127 (the head's length subtracted, never added). Now the 502
+    goes out: nothing of the answer was written (`_answer_written`, the same fix as
     test_holds_inprocess.py's held answer cut short)."""
     relay = open_connection(loop)
     relay.send(request("GET", "/containers/json"))

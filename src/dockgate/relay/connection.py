@@ -163,7 +163,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._response: ResponseReader | None = None
         self._status = 0
         self._request_done = False
-        self._response_started = False
+        self._response_started = False  # the daemon's answer head arrived
+        # Bytes of the answer went out to the client: after that a failure can only cut it.
+        self._answer_written = False
         self._bytes_in = 0
         self._bytes_out = 0
         self._started = 0.0
@@ -328,10 +330,16 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.flow.write_paused = False
+        flow = self.flow
+        flow.write_paused = False
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.resume_reading()
+        if flow.reasons & Pause.CLIENT_FULL:
+            # The next request waited for the client to read its answers: take it now.
+            flow.resume(Pause.CLIENT_FULL)
+            if self.phase is READING_HEAD:
+                self._take_next_request()
 
     # ----- requests ----------------------------------------------------------------------------
 
@@ -418,6 +426,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._status = 0
         self._request_done = False
         self._response_started = False
+        self._answer_written = False
         self._started = time.monotonic()
         self._wall_started = time.time()
         # The access log counts body bytes each way (heads excluded), as relayed.
@@ -771,6 +780,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self._answer_written = True
         self._bytes_out += len(data)
         assert self.transport is not None
         self.transport.write(data)
@@ -867,7 +877,20 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         """Keep-alive: wait for the next request, starting with any bytes already buffered."""
         self._enter(READING_HEAD)
         # Whatever paused reading belonged to the exchange that just ended.
-        self.flow.resume(EXCHANGE_PAUSES)
+        flow = self.flow
+        flow.resume(EXCHANGE_PAUSES)
+        self._take_next_request()
+
+    def _take_next_request(self) -> None:
+        """READING_HEAD: the next request, from the bytes already buffered or when they come."""
+        flow = self.flow
+        if flow.write_paused:
+            # The client is not reading its answers: wait for its buffer to drain before the
+            # next one (resume_writing), rather than answer what it pipelined without bound.
+            # The idle timeout bounds the wait.
+            flow.pause(Pause.CLIENT_FULL)
+            self.deadline = self.ctx.loop.time() + self.ctx.idle_timeout
+            return
         if self._handling:
             self._parse_next = True  # the running _handle loop takes it from here
             return
@@ -911,14 +934,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     # ----- endings -----------------------------------------------------------------------------
 
     def _upstream_failed(self, exc: GatewayError) -> None:
-        """The daemon could not answer: 502 if nothing was relayed yet, else cut the stream."""
+        """The daemon could not answer: 502 if nothing of the answer went out yet (an answer
+        held whole, or a head not yet written, counts as nothing), else cut the stream."""
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if not self._response_started:
+        if not self._answer_written:
             self._status = exc.status
             head = self._head
             body = error_response(

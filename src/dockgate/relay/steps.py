@@ -566,14 +566,12 @@ class PolicySteps:
         if len(body) > REDACT_LIMIT:
             self._answer_body = None
             self._answer_share.end()
-            self._response_started = False
             self._upstream_failed(UpstreamError("the answer is too large to redact"))
             return
         if not self._answer_share.cover(len(body)):
             # Answers held whole share the budget of held bodies (relay/holding.py).
             self._answer_body = None
             self._answer_share.end()
-            self._response_started = False
             message = "dockgate: too many answers are being checked at once; try again"
             self._upstream_failed(GatewayError(message, 503))
             return
@@ -612,7 +610,6 @@ class PolicySteps:
         self._send_answer(head, rewritten)
 
     def _answer_failed(self, exc: Exception) -> None:
-        self._response_started = False
         message = exc.message if isinstance(exc, ClientProtocolError) else describe_error(exc)
         self._upstream_failed(UpstreamError(f"cannot check the answer: {message}"))
 
