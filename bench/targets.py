@@ -7,6 +7,7 @@ to reach it and which processes to measure.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import os
 import pathlib
@@ -176,9 +177,11 @@ def check_auth_enforced(inst: Instance) -> None:
     """An authenticated variant must refuse a client without its credentials (else the figures
     would be those of an open gateway)."""
     if inst.headers:
-        status, _ = raw_get(replace(inst, headers=()), "/_ping")
+        # A wrong password, not none: the policy file binds anonymous callers from loopback.
+        wrong = "Authorization: Basic " + base64.b64encode(b"bench:wrong").decode()
+        status, _ = raw_get(replace(inst, headers=(wrong,)), "/_ping")
         if status != 401:
-            raise RuntimeError(f"{inst.target}: GET /_ping without credentials answered {status}")
+            raise RuntimeError(f"{inst.target}: GET /_ping with a wrong password answered {status}")
     if inst.client_cert and inst.creds is not None:
         try:
             status, _ = raw_get(replace(inst, tls=inst.creds.client_context(False)), "/_ping")
