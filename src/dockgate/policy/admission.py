@@ -45,6 +45,8 @@ from dockgate.policy.rules import Policy, PolicySet
 
 # Source addresses whose verdict under the global lists is remembered (bounded).
 SOURCE_CACHE_ENTRIES = 4096
+# Admissions of allowed and refused requests past the binding, remembered (bounded).
+ADMISSION_CACHE_ENTRIES = 4096
 
 
 @dataclass(slots=True)
@@ -131,6 +133,9 @@ class Admissions:
         self._trusts_proxies = bool(trusted_proxies) and not proxy_protocol
         self._source_rules = policies.sources if policies.sources else None
         self._permits: dict[str, bool] = {}
+        # A keep-alive client's requests get the same verdict (cached by the gatekeeper), for
+        # the same caller from the same source: the same (immutable) admission, made once.
+        self._admissions: dict[tuple[int, int, str, int], Admission] = {}
 
     def _permitted(self, rules: SourceRules, source: str) -> bool:
         permitted = self._permits.get(source)
@@ -190,7 +195,14 @@ class Admissions:
             policy=policy,
             authenticated=identity.authenticated,
         )
-        return Admission(verdict, identity, source, policy=policy)
+        # Keyed by the objects' identities, which stay unique while the cached admission holds
+        # them: cheaper than hashing a verdict, and as exact.
+        key = (id(verdict), id(identity), source, id(policy))
+        admission = self._admissions.get(key)
+        if admission is None:
+            admission = Admission(verdict, identity, source, policy=policy)
+            remember(self._admissions, key, admission, ADMISSION_CACHE_ENTRIES)
+        return admission
 
     def _identify(
         self, head: RequestHead, facts: ConnectionFacts, source: str, now: float
