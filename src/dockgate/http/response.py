@@ -117,29 +117,30 @@ class ResponseReader:
     def feed(self, data: bytes) -> list[ResponseEvent]:
         if self._head_done:
             return self._body(data)
-        self._buffer += data
+        buffer = self._buffer + data if self._buffer else data
+        self._buffer = b""
         events: list[ResponseEvent] = []
-        while not self._head_done:
-            end = self._buffer.find(b"\r\n\r\n")
+        while True:
+            end = buffer.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buffer) > MAX_RESPONSE_HEAD_BYTES:
+                if len(buffer) > MAX_RESPONSE_HEAD_BYTES:
                     raise UpstreamError("the daemon sent a response head that is too large")
+                self._buffer = buffer
                 return events
-            raw, rest = self._buffer[: end + 4], self._buffer[end + 4 :]
-            self._buffer = b""
-            head = self._parse_head(raw)
+            cut = end + 4
+            head = self._parse_head(buffer[:cut])
+            rest = buffer[cut:]
             events.append(head)
-            if head.informational:
-                self._buffer = rest
+            if 100 <= head.status < 200 and head.status != 101:  # informational: read on
+                buffer = rest
                 continue
             self._head_done = True
-            if head.framing in (Framing.NONE, Framing.SWITCHED):
+            if head.framing is Framing.NONE or head.framing is Framing.SWITCHED:
                 self.done = True
                 events.append(EndOfResponse(rest))
-                return events
-            if rest:
+            elif rest:
                 events.extend(self._body(rest))
-        return events
+            return events
 
     def relay_body(self, data: bytes) -> tuple[bytes, bool]:
         """Fast path once the head is done: (bytes to relay, whether the response is complete).
