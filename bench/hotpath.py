@@ -12,6 +12,7 @@ listener, the access log to a file).
     python3 bench/hotpath.py                        # this tree: us of gateway CPU per request
     python3 bench/hotpath.py --baseline ed6cd9a     # and the code of a git revision, alternating
     python3 bench/hotpath.py --profile cprofile     # the top functions under cProfile
+    python3 bench/hotpath.py --profile cprofile --baseline ed6cd9a   # both, one after the other
 
 With `--baseline`, the two gateways run one after the other in `--rounds` rounds and the
 ratio of their CPU per request is taken in each round (the median is printed), so that other
@@ -164,7 +165,9 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="REV", help="also the gateway at git REV")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--profile", choices=["cprofile"], help="profile this tree's gateway")
+    ap.add_argument(
+        "--profile", choices=["cprofile"], help="profile the gateway (and the baseline's)"
+    )
     ap.add_argument("--top", type=int, default=30, help="functions shown with --profile")
     ap.add_argument("--daemon", metavar="SOCKET", help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
@@ -183,14 +186,15 @@ def main() -> int:
             if args.baseline:
                 trees[f"base {args.baseline}"] = snapshot_revision(args.baseline, work / "base")
             if args.profile:
-                out = work / "profile.out"
-                proc, port = start_gateway(trees["this tree"], work / "prof", sock, out)
-                gateways.append(proc)
-                run_wrk(f"http://127.0.0.1:{port}/_ping", 1)
-                rps, us = measure(port, proc.pid, args.duration)
-                stop(proc)
-                print(f"this tree under cProfile: {rps:.0f} req/s, {us:.1f} us/req")
-                print(top_functions(out, args.top))
+                for number, (name, src) in enumerate(trees.items()):
+                    out = work / f"profile-{number}.out"
+                    proc, port = start_gateway(src, work / f"prof-{number}", sock, out)
+                    gateways.append(proc)
+                    run_wrk(f"http://127.0.0.1:{port}/_ping", 1)
+                    rps, us = measure(port, proc.pid, args.duration)
+                    stop(proc)
+                    print(f"{name} under cProfile: {rps:.0f} req/s, {us:.1f} us/req")
+                    print(top_functions(out, args.top))
                 return 0
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
             started = {}
