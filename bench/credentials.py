@@ -43,17 +43,29 @@ class Credentials:
         return ctx
 
 
-def make_credentials(directory: pathlib.Path) -> Credentials:
-    # Imported here: only the authenticated variants need them, and run.py installs trustme
-    # (if missing) after importing this module.
-    import bcrypt  # noqa: PLC0415
-    import trustme  # noqa: PLC0415
+def make_htpasswd(directory: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """An htpasswd file with one bcrypt entry for USER; (its path, the password)."""
+    import bcrypt  # noqa: PLC0415 - dockgate's runtime dependency, present where it runs
 
     directory.mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(12)
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
     htpasswd = directory / "htpasswd"
     htpasswd.write_text(f"{USER}:{hashed}\n")
+    htpasswd.chmod(0o600)
+    return htpasswd, password
+
+
+def make_credentials(
+    directory: pathlib.Path, htpasswd: tuple[pathlib.Path, str] | None = None
+) -> Credentials:
+    """The certificates, and `htpasswd` (from `make_htpasswd`; made here when not given)."""
+    # Imported here: only the authenticated variants need it, and run.py installs trustme
+    # (if missing) after importing this module.
+    import trustme  # noqa: PLC0415
+
+    directory.mkdir(parents=True, exist_ok=True)
+    htpasswd_path, password = htpasswd or make_htpasswd(directory)
 
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
@@ -72,6 +84,6 @@ def make_credentials(directory: pathlib.Path) -> Credentials:
         with open(path, "wb") as fh:
             for pem in blob.cert_chain_pems:
                 fh.write(pem.bytes())
-    for path in (htpasswd, paths["server_key"], paths["client_key"]):
+    for path in (paths["server_key"], paths["client_key"]):
         path.chmod(0o600)
-    return Credentials(htpasswd=htpasswd, user=USER, password=password, **paths)
+    return Credentials(htpasswd=htpasswd_path, user=USER, password=password, **paths)

@@ -152,6 +152,7 @@ class Bench:
             self.reaper,
             dockgate_src=self.dockgate_src,
             baseline_src=self.baseline_src,
+            env_policy=self.args.env_policy,
         )
         self.docker_env = self.daemon.env()
         if {"list"} & set(self.workloads):
@@ -393,6 +394,7 @@ class Bench:
         if py_spy is None:
             self.notes.append("profile: py-spy could not be installed")
             return
+        self.args.out.mkdir(parents=True, exist_ok=True)  # else py-spy has nowhere to write
         out = self.args.out / "profile-dockgate-ping.txt"
         secs = max(5, self.p.duration_s)
         say(f"profiling dockgate (pid {inst.proc.pid}) with py-spy during {secs}s of /_ping")
@@ -474,6 +476,7 @@ class Bench:
             Row("ping_rps", "GET /_ping, keep-alive, 32 conns: req/s", "higher"),
             Row("ping_p50", "  /_ping p50 latency, ms", "lower", "{:.2f}"),
             Row("ping_p99", "  /_ping p99 latency, ms", "lower", "{:.2f}"),
+            Row("ping_cpu", "  /_ping target CPU per request, us", "lower", base="nginx"),
             Row(
                 "list_rps",
                 f"GET /containers/json?all=1 ({self.container_count} containers): req/s",
@@ -540,6 +543,10 @@ class Bench:
                     cells[row][target] = cell
                 elif errs:
                     cells[row][target] = Cell(text="error")
+            if wl == "ping" and target != "direct":  # dockerd's own CPU is not comparable
+                cell = self._numeric(good, "target_us_per_req", flag)
+                if cell is not None:
+                    cells["ping_cpu"][target] = cell
 
     def _stream_cells(self, cells: dict[str, dict[str, Cell]], target: str) -> None:
         for wl in ("logs", "export"):
@@ -635,6 +642,7 @@ class Bench:
         main_targets = [t for t in self.targets if t not in AUTH_TARGETS]
         table = report.build_table(rows, main_targets, cells, "direct")
         auth_table, auth_lines = auth_report.section(self.samples, self.targets)
+        goals = issue_targets(cells)
         auth_title = (
             "Authenticated GET /_ping, keep-alive, 32 conns: each variant against "
             "unauthenticated `dockgate` with the same load generator in the same run (wrk "
@@ -670,6 +678,7 @@ class Bench:
             "ratios are to `direct` (dockerd's TCP port) in the same repetition; the event row "
             "shows the difference in ms; RSS per stream is compared with nginx (dockerd is not a "
             "fresh process); '!' = see notes",
+            *(["", "issue 14's targets:", *goals] if goals else []),
             *(
                 ["", auth_title + ":", "", report.to_text(auth_table), *auth_lines]
                 if auth_table
@@ -695,6 +704,7 @@ class Bench:
             "(dockerd is not a fresh process). `direct-unix` is dockerd's unix socket (wrk cannot "
             "use it). `!` marks a cell with errors, see the notes.",
             "",
+            *(["Issue 14's targets:", "", *(f"- {g}" for g in goals), ""] if goals else []),
             *(
                 [
                     auth_title + ".",
@@ -732,6 +742,44 @@ class Bench:
         }
         (self.args.out / "latest.json").write_text(json.dumps(raw, indent=1, default=str))
         return "\n".join(text_lines)
+
+
+# Issue 14's targets for `dockgate`: (row, reference column, bound, what the bound says). A
+# ratio is paired by repetition (report.compare); the event row is a difference in ms.
+ISSUE_TARGETS = (
+    ("ping_rps", "nginx", 0.85, "/_ping req/s at least 0.85x nginx's"),
+    ("ping_cpu", "nginx", 1.5, "CPU per /_ping at most 1.5x nginx's"),
+    ("ping_p50", "nginx", 1.0, "/_ping p50 at most nginx's"),
+    ("ev_last", "direct", 10.0, "one event to every stream within direct + 10 ms"),
+    ("cat_s", "direct", 1.05, "docker run -i cat within 1.05x direct"),
+    ("run_s", "direct", 1.1, "docker run --rm within 1.1x direct"),
+    ("ev_rss", "", 6.0, "idle stream memory at most 6 KiB"),
+)
+
+
+def issue_targets(cells: dict[str, dict[str, Cell]], target: str = "dockgate") -> list[str]:
+    """One line per target of issue 14 that this run measured: met or missed, and by what."""
+    lines = []
+    for key, ref, bound, what in ISSUE_TARGETS:
+        cell = cells.get(key, {}).get(target)
+        if cell is None or cell.value is None:
+            continue
+        if not ref:
+            value = cell.value
+            shown = f"{value:.1f} KiB"
+        else:
+            base = cells.get(key, {}).get(ref)
+            if base is None or base.value is None:
+                continue
+            better = "delta" if key == "ev_last" else "lower"
+            rel = report.compare(Row(key, key, better), cell, base)
+            if rel is None:
+                continue
+            value = rel
+            shown = f"{rel:+.1f} ms" if better == "delta" else f"{rel:.2f}x"
+        met = value >= bound if key == "ping_rps" else value <= bound
+        lines.append(f"{what}: {shown}, {'met' if met else 'missed'}")
+    return lines
 
 
 def with_cpu(inst: Instance, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -842,6 +890,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline",
         metavar="REV",
         help="also run `dockgate-base`: dockgate at git REV, to compare a change in one run",
+    )
+    ap.add_argument(
+        "--env-policy",
+        action="store_true",
+        help="dockgate targets without the policy file, htpasswd and admin listener: only the "
+        "Tecnativa variables, as before issue 14 (for a --baseline older than the options)",
     )
     ap.add_argument("--keep-tmp", action="store_true", help="keep target configs and logs")
     ap.add_argument(

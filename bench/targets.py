@@ -7,6 +7,7 @@ to reach it and which processes to measure.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import os
 import pathlib
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from credentials import Credentials, make_credentials
+from credentials import CLIENT_CN, USER, Credentials, make_credentials, make_htpasswd
 from procs import Proc, Reaper, process_tree
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
@@ -176,9 +177,11 @@ def check_auth_enforced(inst: Instance) -> None:
     """An authenticated variant must refuse a client without its credentials (else the figures
     would be those of an open gateway)."""
     if inst.headers:
-        status, _ = raw_get(replace(inst, headers=()), "/_ping")
+        # A wrong password, not none: the policy file binds anonymous callers from loopback.
+        wrong = "Authorization: Basic " + base64.b64encode(b"bench:wrong").decode()
+        status, _ = raw_get(replace(inst, headers=(wrong,)), "/_ping")
         if status != 401:
-            raise RuntimeError(f"{inst.target}: GET /_ping without credentials answered {status}")
+            raise RuntimeError(f"{inst.target}: GET /_ping with a wrong password answered {status}")
     if inst.client_cert and inst.creds is not None:
         try:
             status, _ = raw_get(replace(inst, tls=inst.creds.client_context(False)), "/_ping")
@@ -220,6 +223,7 @@ class Launcher:
         *,
         dockgate_src: pathlib.Path = REPO_ROOT / "src",
         baseline_src: pathlib.Path | None = None,
+        env_policy: bool = False,
     ) -> None:
         self.workdir = workdir
         self.socket = daemon_socket
@@ -228,15 +232,41 @@ class Launcher:
         self.reaper = reaper
         self.dockgate_src = dockgate_src
         self.baseline_src = baseline_src
+        # True: the gateways take the Tecnativa variables (no policy file, no htpasswd, no
+        # admin listener), as the bench ran them before issue 14 (for older --baseline code).
+        self.env_policy = env_policy
         self._count = 0
         self._creds: Credentials | None = None
+        self._htpasswd: tuple[pathlib.Path, str] | None = None
+        self._policy: pathlib.Path | None = None
+
+    @property
+    def htpasswd(self) -> tuple[pathlib.Path, str]:
+        """The htpasswd file (one bcrypt user) every gateway reads, and its password."""
+        if self._htpasswd is None:
+            self._htpasswd = make_htpasswd(self.workdir / "credentials")
+        return self._htpasswd
 
     @property
     def creds(self) -> Credentials:
         """The htpasswd file and certificates of the authenticated variants, made on first use."""
         if self._creds is None:
-            self._creds = make_credentials(self.workdir / "credentials")
+            self._creds = make_credentials(self.workdir / "credentials", self.htpasswd)
         return self._creds
+
+    def policy_args(self) -> list[str]:
+        """What every dockgate target runs with (issue 14's set-up): the policy file with
+        bindings (templates/dockgate-policy.yaml), the htpasswd file that makes its user an
+        identity, and metrics served on an admin listener of its own."""
+        if self.env_policy:
+            return []
+        if self._policy is None:
+            template = string.Template((TEMPLATES / "dockgate-policy.yaml").read_text())
+            self._policy = self.workdir / "dockgate-policy.yaml"
+            self._policy.write_text(template.substitute(user=USER, client_cn=CLIENT_CN))
+        htpasswd, _ = self.htpasswd
+        admin = f"tcp://127.0.0.1:{free_tcp_port()}"
+        return ["--policy", str(self._policy), "--htpasswd", str(htpasswd), "--admin-listen", admin]
 
     def _dir(self, target: str) -> pathlib.Path:
         self._count += 1
@@ -268,10 +298,9 @@ class Launcher:
     def _dockgate_auth(self, target: str) -> Instance:
         creds = self.creds
         if target == "dockgate+basic":
-            inst = self._dockgate(
-                target, workers=1, extra=["--htpasswd", str(creds.htpasswd)],
-                headers=(creds.basic_header,),
-            )  # fmt: skip
+            # Without the policy file (--env-policy) the htpasswd file is this variant's alone.
+            extra = ["--htpasswd", str(creds.htpasswd)] if self.env_policy else []
+            inst = self._dockgate(target, workers=1, extra=extra, headers=(creds.basic_header,))
         else:
             mtls = target == "dockgate+mtls"
             extra = ["--tls-cert", str(creds.server_cert), "--tls-key", str(creds.server_key)]
@@ -354,6 +383,7 @@ class Launcher:
         ]
         if workers != 1:
             argv += ["--workers", str(workers)]
+        argv += self.policy_args()
         argv += extra or []
         stderr = prefix / "stderr.log"
         proc = Proc(

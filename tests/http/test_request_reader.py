@@ -586,3 +586,34 @@ def test_body_does_not_count_towards_the_head_limit() -> None:
     reader = RequestReader(max_head_bytes=128)
     events = feed_pieces(reader, [raw])
     assert events[1:] == [Body(body), EndOfRequest()]
+
+
+def test_empty_lines_before_each_head_do_not_add_up_across_requests() -> None:
+    """One empty line before every request of a long keep-alive connection: each head starts
+    the count of skipped lines again, whether it came with them or in a read of its own."""
+    reader = RequestReader(max_head_bytes=64)
+    head = b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(100):
+        assert reader.feed(b"\r\n") == []
+        events = reader.feed(head)
+        assert isinstance(events[0], RequestHead) and events[1:] == [EndOfRequest()]
+        assert reader.next_request() == []
+
+
+def test_a_read_of_exactly_one_head_gives_the_events_of_the_general_path() -> None:
+    """The whole-head shortcut and the buffered path agree, with and without a body."""
+    heads = [
+        b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ]
+    for raw in heads:
+        whole, pieces = RequestReader(), RequestReader()
+        shortcut = whole.feed(raw)
+        general = pieces.feed(raw[:5]) + pieces.feed(raw[5:])
+        assert shortcut == general
+        assert whole.request_complete == pieces.request_complete
+        body = b"3\r\nabc\r\n0\r\n\r\n" if b"chunked" in raw else b"abc"
+        if b"/x" in raw:
+            assert whole.feed(body) == pieces.feed(body)
+            assert whole.request_complete and pieces.request_complete

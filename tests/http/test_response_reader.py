@@ -508,3 +508,56 @@ def test_response_head_too_large_raises() -> None:
     with pytest.raises(UpstreamError):
         for _ in range(MAX_RESPONSE_HEAD_BYTES // 1000 + 2):
             reader.feed(b"X-Pad: " + b"a" * 991 + b"\r\n")
+
+
+# ----- the head cache ---------------------------------------------------------------------------
+
+_CACHED_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Mon, 07 Dec 2026 09:00:00 GMT\r\n\r\n"
+)
+
+
+def test_a_remembered_head_frames_a_head_request_and_a_get_each_as_its_own() -> None:
+    """The same head answers a HEAD (no body) and a GET (5 bytes), in either order, however
+    often: what is remembered of a head depends on the request's method too."""
+    for method in ("HEAD", "GET", "HEAD", "GET"):
+        reader = ResponseReader(method)
+        events = reader.feed(_CACHED_HEAD + (b"hello" if method == "GET" else b""))
+        head = events[0]
+        assert isinstance(head, ResponseHead)
+        if method == "HEAD":
+            assert head.framing is Framing.NONE
+            assert events[1:] == [EndOfResponse()]
+        else:
+            assert head.framing is Framing.LENGTH
+            assert events[1:] == [ResponseBody(b"hello"), EndOfResponse()]
+        assert reader.done and reader.keep_alive
+
+
+def test_each_response_gets_a_head_of_its_own() -> None:
+    """The relay rewrites a head's bytes in place (the browser guard's headers): a remembered
+    head must not carry one response's rewrite into the next."""
+    first = ResponseReader("GET").feed(_CACHED_HEAD)[0]
+    assert isinstance(first, ResponseHead)
+    first.raw = b"rewritten"
+    second = ResponseReader("GET").feed(_CACHED_HEAD)[0]
+    assert isinstance(second, ResponseHead)
+    assert second is not first and second.raw == _CACHED_HEAD
+
+
+def test_a_remembered_chunked_head_starts_a_fresh_chunk_tracker() -> None:
+    """Two chunked answers with the same head: each reader finds its own body's end."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for _ in range(2):
+        reader = ResponseReader("GET")
+        reader.feed(head + b"3\r\nabc\r\n")
+        assert not reader.done
+        assert reader.relay_body(b"0\r\n\r\n") == (b"0\r\n\r\n", True)
+
+
+def test_an_invalid_head_is_refused_every_time() -> None:
+    """A head that fails is never remembered as if it had passed."""
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(UpstreamError, match="Content-Length"):
+            ResponseReader("GET").feed(bad)

@@ -742,3 +742,23 @@ def test_memo_is_dropped_when_a_token_is_revoked(
     revoked = admit(gate, head("GET", IMAGES, authorization), conn, start + 2)
     assert authenticator.generation == 1
     assert revoked.verdict.status == 401
+
+
+# ----- decisions remembered ---------------------------------------------------------------------
+
+
+def test_one_head_object_is_decided_for_each_caller_and_source_as_its_own(gate: Admissions) -> None:
+    """The same head object (the reader keeps parsed heads) sent by different callers and from
+    different sources, over and over: each gets its own binding's decision every time."""
+    request = head("POST", "/images/create")
+    deploy = Identity("deploy", CERTIFICATE)
+    for _ in range(3):
+        carol_in = admit(gate, request, facts("10.50.0.7", Identity("carol", CERTIFICATE)))
+        carol_out = admit(gate, request, facts(CLIENT, Identity("carol", CERTIFICATE)))
+        deploy_in = admit(gate, request, facts("10.50.0.7", deploy))
+        bob = admit(gate, head("POST", "/images/create", basic("bob")))
+        assert carol_in.verdict.allowed and carol_in.policy is not None
+        assert carol_in.policy.name == "admin" and carol_in.identity.name == "carol"
+        assert carol_out.verdict.label == "deny:-:no-binding"
+        assert deploy_in.verdict.allowed and deploy_in.identity is deploy
+        assert not bob.verdict.allowed and bob.verdict.policy == "readonly"

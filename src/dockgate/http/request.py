@@ -119,6 +119,10 @@ class RequestReader:
         state = self._state
         if state == _LENGTH and not self._buffer:
             return self._length_body(data)
+        if state == _HEAD and not self._buffer:
+            events = self._whole_head(data)
+            if events is not None:
+                return events
         if state == _DONE:
             self._buffer += data
             return []
@@ -140,27 +144,52 @@ class RequestReader:
         data, self._buffer = self._buffer, b""
         return data
 
+    def _whole_head(self, data: bytes) -> list[RequestEvent] | None:
+        """The events of `data` when it is exactly one head and nothing else (a keep-alive
+        client's usual read: one system call, one request), else None: the general path."""
+        end = data.find(b"\r\n\r\n")
+        if end <= 0 or end + 4 != len(data) or end + 4 > self._max_head_bytes:
+            return None
+        if data.startswith(b"\r\n"):
+            return None  # empty lines first: counted against the limit by _read_head
+        self.started = True
+        self._skipped = 0
+        head = parse_head_cached(data)
+        if head.chunked or head.content_length:
+            return self._started_body(head)
+        self._state = _DONE
+        return [head, _END]
+
     def _advance(self) -> list[RequestEvent]:
-        events: list[RequestEvent] = []
         if self._state == _HEAD:
             head = self._read_head()
             if head is None:
-                return events
-            events.append(head)
-            if head.chunked:
-                self._chunked = ChunkedDecoder()
-                self._state = _CHUNKED
-            elif head.content_length:
-                self._remaining = head.content_length
-                self._state = _LENGTH
-            else:
+                return []
+            if not head.chunked and not head.content_length:
                 self._state = _DONE
-                events.append(_END)
-                return events
+                return [head, _END]
+            return self._started_body(head)
+        events: list[RequestEvent] = []
         data, self._buffer = self._buffer, b""
         if self._state == _LENGTH:
             events.extend(self._length_body(data))
         elif self._state == _CHUNKED:
+            events.extend(self._chunked_body(data))
+        return events
+
+    def _started_body(self, head: RequestHead) -> list[RequestEvent]:
+        """`head` has a body: its events, with what the buffer already holds of the body."""
+        events: list[RequestEvent] = [head]
+        if head.chunked:
+            self._chunked = ChunkedDecoder()
+            self._state = _CHUNKED
+        else:
+            self._remaining = head.content_length or 0
+            self._state = _LENGTH
+        data, self._buffer = self._buffer, b""
+        if self._state == _LENGTH:
+            events.extend(self._length_body(data))
+        else:
             events.extend(self._chunked_body(data))
         return events
 
@@ -403,8 +432,24 @@ _AUTHORIZATION_HEADER = re.compile(rb"\r\nauthorization[ \t]*:[^\r]*", re.IGNORE
 _CONNECTION_HEADER = re.compile(rb"\r\n[Cc][Oo][Nn][Nn][Ee][Cc][Tt][Ii][Oo][Nn]:[^\r]*")
 
 
+# What is forwarded of a head, by its raw bytes: a pure function of them (every field of a
+# RequestHead that `_forwarded` reads is what `parse_head` read from `raw`; `with_target` and
+# `without_body` keep that true), remembered like the parsed heads, with the same bounds.
+_forwarded_cache: dict[bytes, bytes] = {}
+
+
 def forwarded_head(head: RequestHead) -> bytes:
     """The head as the daemon gets it: as received, less what belongs to the gateway."""
+    raw = head.raw
+    forwarded = _forwarded_cache.get(raw)
+    if forwarded is None:
+        forwarded = _forwarded(head)
+        if len(raw) <= HEAD_CACHE_MAX_HEAD_BYTES:
+            remember(_forwarded_cache, raw, forwarded, HEAD_CACHE_ENTRIES)
+    return forwarded
+
+
+def _forwarded(head: RequestHead) -> bytes:
     raw = head.raw
     if not head.keep_alive and head.version == (1, 1) and not head.upgrade:
         # The client's "Connection: close" is about its own connection; the one to the

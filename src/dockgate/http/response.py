@@ -14,6 +14,7 @@ from enum import Enum
 
 import httptools
 
+from dockgate.caching import remember
 from dockgate.http.errors import UpstreamError
 
 MAX_RESPONSE_HEAD_BYTES = 256 * 1024
@@ -116,29 +117,30 @@ class ResponseReader:
     def feed(self, data: bytes) -> list[ResponseEvent]:
         if self._head_done:
             return self._body(data)
-        self._buffer += data
+        buffer = self._buffer + data if self._buffer else data
+        self._buffer = b""
         events: list[ResponseEvent] = []
-        while not self._head_done:
-            end = self._buffer.find(b"\r\n\r\n")
+        while True:
+            end = buffer.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buffer) > MAX_RESPONSE_HEAD_BYTES:
+                if len(buffer) > MAX_RESPONSE_HEAD_BYTES:
                     raise UpstreamError("the daemon sent a response head that is too large")
+                self._buffer = buffer
                 return events
-            raw, rest = self._buffer[: end + 4], self._buffer[end + 4 :]
-            self._buffer = b""
-            head = self._parse_head(raw)
+            cut = end + 4
+            head = self._parse_head(buffer[:cut])
+            rest = buffer[cut:]
             events.append(head)
-            if head.informational:
-                self._buffer = rest
+            if 100 <= head.status < 200 and head.status != 101:  # informational: read on
+                buffer = rest
                 continue
             self._head_done = True
-            if head.framing in (Framing.NONE, Framing.SWITCHED):
+            if head.framing is Framing.NONE or head.framing is Framing.SWITCHED:
                 self.done = True
                 events.append(EndOfResponse(rest))
-                return events
-            if rest:
+            elif rest:
                 events.extend(self._body(rest))
-        return events
+            return events
 
     def relay_body(self, data: bytes) -> tuple[bytes, bool]:
         """Fast path once the head is done: (bytes to relay, whether the response is complete).
@@ -198,38 +200,68 @@ class ResponseReader:
         return [ResponseBody(data)] if data else []
 
     def _parse_head(self, raw: bytes) -> ResponseHead:
-        match = _STATUS_LINE.match(raw)
-        if match is None:
-            raise UpstreamError("the daemon sent an invalid status line")
-        minor, status = match.group(1), int(match.group(2))
-        # Lower-case once, then look up only the fields that decide framing, with C-speed finds.
-        lowered = raw.lower()
-        connection = (_field(raw, lowered, b"\r\nconnection:") or b"").lower()
-        keep_alive = b"close" not in connection if minor == b"1" else b"keep-alive" in connection
-        raw_stream = False
-        length_text = _field(raw, lowered, b"\r\ncontent-length:")
-        if status == 101:
-            framing = Framing.SWITCHED
-            raw_stream = _is_raw_stream(raw, lowered)
-        elif 100 <= status < 200 or status in (204, 304) or self._method == "HEAD":
-            framing = Framing.NONE
-        elif (_field(raw, lowered, b"\r\ntransfer-encoding:") or b"").lower() == b"chunked":
-            framing = Framing.CHUNKED
-            self._tracker = _ChunkTracker()
-        elif length_text is not None:
-            if not length_text.isdigit() or lowered.count(b"\r\ncontent-length:") > 1:
-                raise UpstreamError("the daemon sent an invalid Content-Length")
-            content_length = int(length_text)
-            framing = Framing.LENGTH if content_length else Framing.NONE
-            self._remaining = content_length
-        else:
-            framing = Framing.UNTIL_CLOSE
-            keep_alive = False
-            raw_stream = _is_raw_stream(raw, lowered)
+        head_request = self._method == "HEAD"
+        cache = _HEAD_REQUEST_CACHE if head_request else _HEAD_CACHE
+        facts = cache.get(raw)
+        if facts is None:
+            facts = _head_facts(raw, head_request)
+            if len(raw) <= RESPONSE_HEAD_CACHE_MAX_BYTES:
+                remember(cache, raw, facts, RESPONSE_HEAD_CACHE_ENTRIES)
+        status, framing, keep_alive, raw_stream, content_length = facts
         if not (100 <= status < 200):
             self._framing = framing
             self.keep_alive = keep_alive
+            if framing is Framing.CHUNKED:
+                self._tracker = _ChunkTracker()
+            elif framing is Framing.LENGTH:
+                self._remaining = content_length
         return ResponseHead(status, raw, framing, keep_alive, raw_stream)
+
+
+# The daemon sends the same few heads again and again (`/_ping`'s, a list's, an inspect's),
+# differing only in their Date, which changes once a second: what a head says about framing
+# is remembered by its raw bytes, so most responses cost one dict look-up instead of a parse.
+# The table is emptied when full (caching.remember); heads of unusual size are not kept, so it
+# holds at most a few hundred KiB.
+RESPONSE_HEAD_CACHE_ENTRIES = 256
+RESPONSE_HEAD_CACHE_MAX_BYTES = 1024
+# (status, framing, keep_alive, raw_stream, content_length): a pure function of the raw head
+# and of whether the request was a HEAD (whose answer has no body whatever it declares).
+_HeadFacts = tuple[int, Framing, bool, bool, int]
+_HEAD_CACHE: dict[bytes, _HeadFacts] = {}
+_HEAD_REQUEST_CACHE: dict[bytes, _HeadFacts] = {}
+
+
+def _head_facts(raw: bytes, head_request: bool) -> _HeadFacts:
+    """Read what decides framing from a complete response head; UpstreamError if invalid."""
+    match = _STATUS_LINE.match(raw)
+    if match is None:
+        raise UpstreamError("the daemon sent an invalid status line")
+    minor, status = match.group(1), int(match.group(2))
+    # Lower-case once, then look up only the fields that decide framing, with C-speed finds.
+    lowered = raw.lower()
+    connection = (_field(raw, lowered, b"\r\nconnection:") or b"").lower()
+    keep_alive = b"close" not in connection if minor == b"1" else b"keep-alive" in connection
+    raw_stream = False
+    content_length = 0
+    length_text = _field(raw, lowered, b"\r\ncontent-length:")
+    if status == 101:
+        framing = Framing.SWITCHED
+        raw_stream = _is_raw_stream(raw, lowered)
+    elif 100 <= status < 200 or status in (204, 304) or head_request:
+        framing = Framing.NONE
+    elif (_field(raw, lowered, b"\r\ntransfer-encoding:") or b"").lower() == b"chunked":
+        framing = Framing.CHUNKED
+    elif length_text is not None:
+        if not length_text.isdigit() or lowered.count(b"\r\ncontent-length:") > 1:
+            raise UpstreamError("the daemon sent an invalid Content-Length")
+        content_length = int(length_text)
+        framing = Framing.LENGTH if content_length else Framing.NONE
+    else:
+        framing = Framing.UNTIL_CLOSE
+        keep_alive = False
+        raw_stream = _is_raw_stream(raw, lowered)
+    return status, framing, keep_alive, raw_stream, content_length
 
 
 def _field(raw: bytes, lowered: bytes, marker: bytes) -> bytes | None:

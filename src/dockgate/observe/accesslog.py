@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
+from dockgate.caching import remember
 from dockgate.observe.logsink import (
     FLUSH_BUFFER_CHARS,
     FLUSH_DELAY_SECONDS,
@@ -91,9 +92,22 @@ class AccessLog(SinkLog):
                 f"dur_ms={record.duration_s * 1000:.3f} op={record.operation} "
                 # The identity may be a certificate's CN, the holder's text: one line, one
                 # field (JSON lines are escaped by json.dumps).
-                f"decision={record.decision} user={printable(record.identity, spaces=True)}{note}"
+                f"decision={record.decision} user={_user_field(record.identity)}{note}"
             )
         self._sink.write(line)
+
+
+# Callers are few and come back: the `user=` field of each identity is made once (bounded).
+USER_FIELD_ENTRIES = 1024
+_user_fields: dict[str, str] = {}
+
+
+def _user_field(identity: str) -> str:
+    field = _user_fields.get(identity)
+    if field is None:
+        field = printable(identity, spaces=True)
+        remember(_user_fields, identity, field, USER_FIELD_ENTRIES)
+    return field
 
 
 def open_access_log(target: str, fmt: str) -> AccessLog:

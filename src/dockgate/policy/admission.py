@@ -39,13 +39,15 @@ from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressList, SourceRules, forw
 from dockgate.auth.throttle import UNIX_UID_PREFIX, Charge, FailureThrottle
 from dockgate.caching import remember
 from dockgate.http.errors import ClientProtocolError
-from dockgate.http.request import RequestHead
+from dockgate.http.request import HEAD_CACHE_MAX_HEAD_BYTES, RequestHead
 from dockgate.policy.gatekeeper import Gatekeeper, Verdict, refused_before_policy
 from dockgate.policy.rules import Policy, PolicySet
 from dockgate.refusal import Refusal
 
 # Source addresses whose verdict under the global lists is remembered (bounded).
 SOURCE_CACHE_ENTRIES = 4096
+# Decisions past the caller's identification, remembered (bounded; see Admissions._decide).
+ADMISSION_CACHE_ENTRIES = 4096
 
 
 @dataclass(slots=True)
@@ -136,6 +138,8 @@ class Admissions:
         self._trusts_proxies = bool(trusted_proxies) and not proxy_protocol
         self._source_rules = policies.sources if policies.sources else None
         self._permits: dict[str, bool] = {}
+        # What _decide answered, by (head, caller, source): see there.
+        self._decided: dict[tuple[int, int, str], tuple[RequestHead, Identity, Admission]] = {}
 
     def _permitted(self, rules: SourceRules, source: str) -> bool:
         permitted = self._permits.get(source)
@@ -187,7 +191,21 @@ class Admissions:
         return Admission(verdict, NO_AUTH_IDENTITY, source)
 
     def _decide(self, head: RequestHead, identity: Identity, source: str) -> Admission:
-        """The binding for the caller, then its policy's verdict."""
+        """The binding for the caller, then its policy's verdict: a pure function of the head,
+        the caller and the source under this (immutable) policy set, remembered. A keep-alive
+        client repeats the same head (the same object: http/request.py keeps parsed heads), so
+        its requests cost one look-up. Keyed by the objects' identities, which stay unique
+        while the entry holds the objects; only ordinary heads are kept (memory stays bounded)."""
+        key = (id(head), id(identity), source)
+        known = self._decided.get(key)
+        if known is not None and known[0] is head and known[1] is identity:
+            return known[2]
+        admission = self._decided_now(head, identity, source)
+        if len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES:
+            remember(self._decided, key, (head, identity, admission), ADMISSION_CACHE_ENTRIES)
+        return admission
+
+    def _decided_now(self, head: RequestHead, identity: Identity, source: str) -> Admission:
         policy = self.policies.policy_for(identity, source)
         if policy is None:
             message = f"dockgate: no policy is bound to {identity.describe()}"

@@ -1,0 +1,238 @@
+"""The gateway's own cost per small request, without dockerd in the way.
+
+`bench/run.py` measures dockgate against a real dockerd, which takes a large, varying share of
+the machine's two cores; the gateway's CPU per request moves with it. This script puts a
+scripted daemon behind the gateway (a uvloop server in a process of its own that answers every
+request at once with the head dockerd 20.10 sends for `/_ping`, its `Date` changing each
+second), loads it with wrk over keep-alive connections, and reads the gateway's CPU time from
+`/proc`: what is left is the gateway's work per request. The gateway runs as bench/run.py's
+`dockgate` target does (the policy file with bindings, an htpasswd file, metrics on an admin
+listener, the access log to a file).
+
+    python3 bench/hotpath.py                        # this tree: us of gateway CPU per request
+    python3 bench/hotpath.py --baseline ed6cd9a     # and the code of a git revision, alternating
+    python3 bench/hotpath.py --profile cprofile     # the top functions under cProfile
+    python3 bench/hotpath.py --profile cprofile --baseline ed6cd9a   # both, one after the other
+
+With `--baseline`, the two gateways run one after the other in `--rounds` rounds and the
+ratio of their CPU per request is taken in each round (the median is printed), so that other
+work on the machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email.utils
+import os
+import pathlib
+import pstats
+import re
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+
+from credentials import CLIENT_CN, USER, make_htpasswd
+from loads import run_wrk
+from procs import cpu_seconds
+from targets import TEMPLATES, dockgate_env, free_tcp_port, snapshot_dockgate, snapshot_revision
+
+LISTENING_RE = re.compile(r"dockgate: listening on tcp://127\.0\.0\.1:(\d+)")
+START_TIMEOUT_S = 30.0
+# What dockerd 20.10 answers to `GET /_ping` (its Date is filled in each second).
+PING_HEAD = (
+    b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nCache-Control: no-cache, no-store, "
+    b"must-revalidate\r\nContent-Length: 2\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Docker-Experimental: false\r\nOstype: linux\r\nPragma: no-cache\r\n"
+    b"Server: Docker/20.10.24 (linux)\r\nDate: %s\r\n\r\nOK"
+)
+
+
+# -- the scripted daemon ---------------------------------------------------------------------
+
+
+class _Daemon(asyncio.Protocol):
+    """Answers each complete request head (requests without bodies only) at once."""
+
+    answer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        count = self.buffer.count(b"\r\n\r\n")
+        if count:
+            self.buffer = self.buffer[self.buffer.rindex(b"\r\n\r\n") + 4 :]
+            self.transport.write(_Daemon.answer * count)  # type: ignore[attr-defined]
+
+
+def serve_daemon(path: str) -> None:
+    import uvloop  # noqa: PLC0415 - a dependency of dockgate, present where it runs
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            date = email.utils.formatdate(usegmt=True).encode()
+            _Daemon.answer = PING_HEAD % date
+            loop.call_later(1.0, tick)
+
+        tick()
+        server = await loop.create_unix_server(_Daemon, path)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+# -- the gateway -----------------------------------------------------------------------------
+
+
+def start_gateway(
+    src: pathlib.Path, work: pathlib.Path, daemon: pathlib.Path, profile: pathlib.Path | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    work.mkdir(parents=True, exist_ok=True)
+    htpasswd, _ = make_htpasswd(work)
+    policy = work / "policy.yaml"
+    template = string.Template((TEMPLATES / "dockgate-policy.yaml").read_text())
+    policy.write_text(template.substitute(user=USER, client_cn=CLIENT_CN))
+    argv = [sys.executable]
+    if profile is not None:
+        argv += ["-m", "cProfile", "-o", str(profile)]
+    argv += [
+        *("-m", "dockgate", "serve", "--listen", "tcp://127.0.0.1:0"),
+        *("--upstream", f"unix://{daemon}", "--access-log", str(work / "access.log")),
+        *("--policy", str(policy), "--htpasswd", str(htpasswd)),
+        *("--admin-listen", f"tcp://127.0.0.1:{free_tcp_port()}"),
+    ]
+    stderr = work / "stderr.log"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(argv, env=dockgate_env(src), stderr=err, stdout=err)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        match = LISTENING_RE.search(stderr.read_text())
+        if match:
+            return proc, int(match.group(1))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"the gateway did not start:\n{stderr.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(port: int, pid: int, seconds: int) -> tuple[float, float]:
+    """(req/s, gateway CPU us per request) over one wrk run of keep-alive `/_ping`."""
+    before = cpu_seconds([pid])
+    res = run_wrk(f"http://127.0.0.1:{port}/_ping", seconds)
+    used = cpu_seconds([pid]) - before
+    if res["socket_errors"] or res["non2xx"] or not res["requests"]:
+        raise RuntimeError(f"wrk saw errors: {res}")
+    return res["rps"], used / res["requests"] * 1e6
+
+
+def top_functions(path: pathlib.Path, count: int) -> str:
+    stats = pstats.Stats(str(path))
+    total = sum(tt for _, _, tt, _, _ in stats.stats.values())  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+    lines = [f"cProfile, own time, {total:.2f} s in all:"]
+    for (file, line, name), (_, calls, tt, ct, _) in rows[:count]:
+        where = f"{pathlib.Path(file).name}:{line}" if line else file
+        lines.append(
+            f"  {tt / total:6.1%}  own {tt * 1e6 / max(calls, 1):6.2f} us/call  "
+            f"incl {ct / total:6.1%}  {calls:8d} calls  {name} ({where})"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", metavar="REV", help="also the gateway at git REV")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument(
+        "--profile", choices=["cprofile"], help="profile the gateway (and the baseline's)"
+    )
+    ap.add_argument("--top", type=int, default=30, help="functions shown with --profile")
+    ap.add_argument("--daemon", metavar="SOCKET", help=argparse.SUPPRESS)  # internal
+    args = ap.parse_args()
+    if args.daemon:
+        serve_daemon(args.daemon)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="dgb-hot-") as tmp:
+        work = pathlib.Path(tmp)
+        sock = work / "daemon.sock"
+        daemon = subprocess.Popen([sys.executable, __file__, "--daemon", str(sock)])
+        gateways: list[subprocess.Popen[bytes]] = []
+        try:
+            while not sock.exists():
+                time.sleep(0.05)
+            trees = {"this tree": snapshot_dockgate(work / "src")}
+            if args.baseline:
+                trees[f"base {args.baseline}"] = snapshot_revision(args.baseline, work / "base")
+            if args.profile:
+                for number, (name, src) in enumerate(trees.items()):
+                    out = work / f"profile-{number}.out"
+                    proc, port = start_gateway(src, work / f"prof-{number}", sock, out)
+                    gateways.append(proc)
+                    run_wrk(f"http://127.0.0.1:{port}/_ping", 1)
+                    rps, us = measure(port, proc.pid, args.duration)
+                    stop(proc)
+                    print(f"{name} under cProfile: {rps:.0f} req/s, {us:.1f} us/req")
+                    print(top_functions(out, args.top))
+                return 0
+            results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+            started = {}
+            for name, src in trees.items():
+                proc, port = start_gateway(src, work / name.replace(" ", "-"), sock, None)
+                gateways.append(proc)
+                started[name] = (proc, port)
+                run_wrk(f"http://127.0.0.1:{port}/_ping", 1)  # warm-up
+            for round_no in range(args.rounds):
+                names = list(trees) if round_no % 2 == 0 else list(reversed(trees))
+                for name in names:
+                    proc, port = started[name]
+                    rps, us = measure(port, proc.pid, args.duration)
+                    results[name].append((rps, us))
+                    print(f"round {round_no + 1}: {name:<16} {rps:8.0f} req/s {us:6.1f} us/req")
+            for name, samples in results.items():
+                us = statistics.median(s[1] for s in samples)
+                rps = statistics.median(s[0] for s in samples)
+                print(f"{name:<16} median {rps:8.0f} req/s, {us:6.1f} us of gateway CPU/req")
+            if args.baseline:
+                base = f"base {args.baseline}"
+                ratios = [
+                    a[1] / b[1] for a, b in zip(results["this tree"], results[base], strict=True)
+                ]
+                print(
+                    f"this tree / base, CPU per request: median {statistics.median(ratios):.2f}x "
+                    f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+                )
+        finally:
+            for proc in gateways:
+                if proc.poll() is None:
+                    stop(proc)
+            daemon.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                daemon.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(pathlib.Path(__file__).resolve().parent)
+    sys.exit(main())
