@@ -8,6 +8,8 @@ from typing import Any, cast
 
 import pytest
 
+from dockgate.observe.accesslog import AccessLog
+from dockgate.observe.audit import AuditLog
 from dockgate.relay import phase as phases
 from dockgate.relay.connection import ClientConnection
 from dockgate.relay.context import ConnectionContext
@@ -85,8 +87,8 @@ def _connection() -> tuple[ClientConnection, _Transport]:
         admissions=cast(Any, None),
         holds=HoldBudget(1024),
         metrics=cast(Any, type("Counts", (), {"connections": 0})()),
-        access_log=cast(Any, None),
-        audit=cast(Any, None),
+        access_log=AccessLog(None),  # both off
+        audit=AuditLog(None),
     )
     conn = ClientConnection(ctx)
     transport = _Transport()

@@ -122,6 +122,7 @@ LOOP_REFUSAL = Refusal(508, LOOP_MESSAGE, "loop", "loop")
 
 # What happens to an answer (policy/plan.answer_handling), as names of this module: looked up
 # once per answer on the hot path.
+RELAY = Answer.RELAY
 REWRITE_STREAM = Answer.REWRITE_STREAM
 HOLD = Answer.HOLD
 
@@ -145,6 +146,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def __init__(self, ctx: ConnectionContext) -> None:
         self.ctx = ctx
+        # Per-process switches that never change while the gateway runs: read once here rather
+        # than through two attribute look-ups and a property on every request.
+        self._access_on = ctx.access_log.enabled
+        self._audit_on = ctx.audit.enabled
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.reader = RequestReader(ctx.max_header_bytes)
@@ -204,6 +209,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # ... or the event stream, rewritten as it goes.
         self._redact_stream: EventStreamRedaction | None = None
         self._wall_started = 0.0
+        # The plan of the last request forwarded as it came (policy/plan.py, a pure function
+        # of the head, its admission and the owner table), with whether its answer is relayed
+        # as it comes: a keep-alive client repeats the same head (the same object, as is its
+        # remembered admission), so the plan is reused rather than made again.
+        self._last_plan: tuple[RequestHead, Admission, object, Forward, bool] | None = None
+        # The current exchange's answer is relayed as it comes (Answer.RELAY whatever its
+        # status): no redaction and no ownership, so no answer is held or rewritten.
+        self._plain_answer = True
         self.facts = ConnectionFacts("-", "-")
         # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
         self._proxy_header: bytes | None = None
@@ -427,8 +440,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._request_done = False
         self._response_started = False
         self._answer_written = False
+        self._plain_answer = True
         self._started = time.monotonic()
-        self._wall_started = time.time()
+        if self._audit_on:  # the wall clock is for the audit record only
+            self._wall_started = time.time()
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
@@ -470,11 +485,27 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         verdict = self._verdict = admission.verdict
         self._capture = (
             bytearray()
-            if verdict.allowed and self.ctx.audit.enabled and verdict.operation in AUDITED_BODIES
+            if self._audit_on and verdict.allowed and verdict.operation in AUDITED_BODIES
             else None
         )
         owners = self.ctx.admissions.policies.owners
-        self._carry_out(head, plan_request(head, admission, owners))
+        last = self._last_plan
+        if last is not None and last[0] is head and last[1] is admission and last[2] is owners:
+            # The same head, admitted the same way, as the last request: the same plan.
+            forward = last[3]
+            self._allowed = forward.allowed
+            self._owner = None
+            self._redaction = None
+            self._plain_answer = last[4]
+            self._head = forward.head
+            self._send_head(forwarded_head(forward.head), replayable=forward.replayable)
+            return
+        step = plan_request(head, admission, owners)
+        if isinstance(step, Forward):
+            allowed = step.allowed
+            plain = allowed.owner is None and not allowed.ownership and allowed.redaction is None
+            self._last_plan = (head, admission, owners, step, plain) if plain else None
+        self._carry_out(head, step)
 
     def _carry_out(self, head: RequestHead, step: Step) -> None:
         """One step of the request's plan, carried out: the plan decides, this does the I/O."""
@@ -484,6 +515,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         allowed = self._allowed = step.allowed
         self._owner = allowed.owner
         self._redaction = allowed.redaction
+        # (answer_handling relays every answer as it comes without redaction or ownership)
+        self._plain_answer = self._redaction is None and not allowed.ownership
         if isinstance(step, Forward):
             self._head = step.head  # (a narrowed list's target, rewritten)
             self._send_head(forwarded_head(step.head), replayable=step.replayable)
@@ -703,7 +736,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # Every head the daemon sends goes out with the browser guard's headers (before its
         # blank line); a held answer is rewritten from this same head.
         event.raw = event.raw[:-2] + _ANSWER_TAIL
-        handling = self._answer_handling(event.status)
+        handling = RELAY if self._plain_answer else self._answer_handling(event.status)
         if handling is REWRITE_STREAM:
             assert self._redaction is not None
             if event.framing is not Framing.CHUNKED:
