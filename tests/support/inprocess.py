@@ -365,8 +365,40 @@ class RecordedAccessLog(AccessLog):
     def enabled(self) -> bool:
         return True
 
-    def write(self, record: AccessRecord) -> None:
-        self.records.append(record)
+    def write_fields(  # (the relay writes its lines with write_fields)
+        self,
+        *,
+        client: str,
+        method: str,
+        target: str,
+        version: str,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        duration_s: float,
+        note: str,
+        operation: str,
+        decision: str,
+        identity: str,
+        source: str,
+    ) -> None:
+        self.records.append(
+            AccessRecord(
+                client,
+                method,
+                target,
+                version,
+                status,
+                bytes_in,
+                bytes_out,
+                duration_s,
+                note,
+                operation,
+                decision,
+                identity,
+                source,
+            )
+        )
 
 
 class Relay:

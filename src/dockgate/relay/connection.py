@@ -135,6 +135,9 @@ LINGER_SECONDS = 2.0
 # What ends every relayed response head: the browser guard's headers, then the blank line.
 _ANSWER_TAIL = ANSWER_HEADERS + b"\r\n"
 
+# The access log's HTTP version of the usual requests, made once.
+_VERSION_TEXT = {(1, 1): "1.1", (1, 0): "1.0"}
+
 _REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
 
 # Requests that may be sent again after a stale pooled connection (net/http isReplayable).
@@ -1104,28 +1107,28 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
         )
-        if self.ctx.access_log.enabled:
+        if self._access_on:
             self._access_line(head, duration, note)
-        if self.ctx.audit.enabled:
+        if self._audit_on:
             self._audit(head)
 
     def _access_line(self, head: RequestHead, duration: float, note: str) -> None:
-        self.ctx.access_log.write(
-            AccessRecord(
-                client=self.client,
-                method=head.method,
-                target=head.target,
-                version=f"{head.version[0]}.{head.version[1]}",
-                status=self._status,
-                bytes_in=self._bytes_in,
-                bytes_out=self._bytes_out,
-                duration_s=duration,
-                note=note,
-                operation=self._verdict.operation if self._verdict is not None else "-",
-                decision=self._verdict.label if self._verdict is not None else "-",
-                identity=self._admission.identity.name if self._admission is not None else "-",
-                source=self._forwarded_source(),
-            )
+        verdict, admission = self._verdict, self._admission
+        version = head.version
+        self.ctx.access_log.write_fields(
+            client=self.client,
+            method=head.method,
+            target=head.target,
+            version=_VERSION_TEXT.get(version) or f"{version[0]}.{version[1]}",
+            status=self._status,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+            duration_s=duration,
+            note=note,
+            operation=verdict.operation if verdict is not None else "-",
+            decision=verdict.label if verdict is not None else "-",
+            identity=admission.identity.name if admission is not None else "-",
+            source=self._forwarded_source(),
         )
 
     def _forwarded_source(self) -> str:
