@@ -59,6 +59,25 @@ def test_keep_alive_reuses_the_upstream_connection(loop: ClockLoop) -> None:
     assert [r.status for r in relay.records] == [200, 200, 200]
 
 
+def test_a_repeated_request_is_forwarded_and_answered_alike_each_time(loop: ClockLoop) -> None:
+    """A keep-alive client sending the same request again (the connection then reuses its plan
+    and takes the straight path for a whole answer): each goes out and comes back the same,
+    and each is logged with its own status, sizes and decision."""
+    relay = open_connection(loop)
+    ping = request("GET", "/v1.41/_ping")
+    for _ in range(3):
+        relay.send(ping)
+        daemon = relay.daemon()
+        assert daemon.take() == forwarded(ping)
+        daemon.send(answer(200, b"OK"))
+        assert relay.client.take() == relayed(answer(200, b"OK"))
+    assert len(relay.pool.daemons) == 1
+    assert [(r.status, r.bytes_out, r.operation) for r in relay.records] == [
+        (200, 2, "SystemPing")
+    ] * 3
+    assert len({r.decision for r in relay.records}) == 1
+
+
 def test_a_connection_the_daemon_closes_is_not_pooled(loop: ClockLoop) -> None:
     """An answer with `Connection: close` goes to the client as it is, and ends both
     connections: the upstream one is closed, never given back to the pool."""

@@ -172,6 +172,30 @@ def test_a_redacted_answer_is_held_and_rewritten_with_its_length(loop: ClockLoop
     assert relay.context.holds.used == 0
 
 
+def test_a_repeated_redacted_request_is_rewritten_each_time(loop: ClockLoop) -> None:
+    """The same ContainerInspect on one connection, twice in a row, then after a ping whose
+    answer goes out as it comes: each goes out as itself and each inspect's answer is held and
+    rewritten, whatever the connection remembers of the request before (a plan is reused only
+    for the same request, and only when its answers are relayed as they come)."""
+    relay = open_connection(loop, REDACTING.replace("[containers]", "[containers, ping]"))
+    inspect = json.dumps({"Id": "x", "Config": {"Env": ["DB_PASSWORD=hunter2"]}}).encode()
+    redacted = b'{"Id":"x","Config":{"Env":["DB_PASSWORD=<redacted>"]}}\n'
+    inspect_target = "/v1.41/containers/x/json"
+    for target in (inspect_target, inspect_target, "/v1.41/_ping", inspect_target):
+        relay.send(request("GET", target))
+        daemon = relay.daemon()
+        assert daemon.take() == forwarded(request("GET", target))
+        if target.endswith("/_ping"):
+            daemon.send(answer(200, b"OK"))
+            assert relay.client.take() == relayed(answer(200, b"OK"))
+            continue
+        daemon.send(answer(200, inspect, JSON_TYPE))
+        assert relay.client.take().endswith(
+            b"Content-Length: %d\r\n\r\n%b" % (len(redacted), redacted)
+        )
+    assert [r.status for r in relay.records] == [200] * 4
+
+
 def test_the_gateway_says_continue_for_a_body_it_holds(loop: ClockLoop) -> None:
     """`Expect: 100-continue` on a body the gateway reads whole before the daemon sees the
     request: the gateway itself answers `100 Continue`, and the daemon gets the judged body
