@@ -1,0 +1,75 @@
+"""The "attack your own change" review of issue 14's engine (the pure plan, the connection's
+state machine, the hot-path caches), as an outsider or a caller with limited rights.
+
+Each finding is pinned by a strict xfail that passes once it is fixed; each test drives a real
+``dockgate serve`` subprocess (in front of the fake daemon, or the real one where the effect is
+on the daemon).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from support.fake_upstream import FakeUpstream
+from support.gateway import Gateway
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as f:
+        yield f
+
+
+# ---------------------------------------------------------------------------------------------
+# A client that never reads its answers keeps its connection past every timeout
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="a client that never reads keeps its connection (fd, buffers) forever: the idle "
+    "timeout's close() waits for a flush that never comes (old engine too)",
+)
+def test_client_that_never_reads_is_closed_by_the_idle_timeout(fake: FakeUpstream) -> None:
+    """Without credentials: pipeline refused requests (400, answered by the gateway itself)
+    until the gateway stops reading (Pause.CLIENT_FULL), and never read. The idle timeout
+    (2 s here) is meant to bound that wait (`_take_next_request`); it calls `_close`, whose
+    `transport.close()` flushes what is buffered first, and the client never takes it: the
+    socket, its file descriptor and the buffered answers stay, 15 s later and for good. One
+    attacker opening such connections exhausts the gateway's descriptors (there is no
+    connection limit) while holding nothing but unread sockets of its own. The same with
+    the old engine (463dd49): the connection was never aborted there either. Expected: a
+    connection whose timeout has passed is aborted (`transport.abort()`) when what it still
+    has to write does not drain."""
+    g = Gateway(fake.url, "--idle-timeout", "2", "--header-timeout", "1").start()
+    try:
+        baseline = _fds(g.pid)
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", g.port))
+        c.setblocking(False)
+        refused = b"GET /containers//json HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            try:
+                c.send(refused)
+            except BlockingIOError:
+                time.sleep(0.05)
+        assert _fds(g.pid) == baseline + 1
+        deadline = time.monotonic() + 12  # idle (2 s) and head (1 s) timeouts, many times over
+        while time.monotonic() < deadline and _fds(g.pid) > baseline:
+            time.sleep(0.5)
+        held = _fds(g.pid) - baseline
+        c.close()
+        assert held == 0, f"the gateway still holds the connection {time.monotonic() - started:.0f} s on"
+    finally:
+        g.stop()
