@@ -70,6 +70,55 @@ def test_client_that_never_reads_is_closed_by_the_idle_timeout(fake: FakeUpstrea
             time.sleep(0.5)
         held = _fds(g.pid) - baseline
         c.close()
-        assert held == 0, f"the gateway still holds the connection {time.monotonic() - started:.0f} s on"
+        assert held == 0, (
+            f"the gateway still holds the connection {time.monotonic() - started:.0f} s on"
+        )
+    finally:
+        g.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The browser guard's Host table keeps Host values of any size
+# ---------------------------------------------------------------------------------------------
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def _refused_host(port: int, host: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BrowserGuard._host_cache keeps 1,024 Host values of up to 64 KiB each: ~60 MiB "
+    "per process held by 1,000 unauthenticated requests (old engine too)",
+)
+def test_distinct_large_host_values_do_not_grow_the_gateway(fake: FakeUpstream) -> None:
+    """The issue's hot-path tables keep only ordinary keys (heads of at most 1 KiB, verdicts
+    of targets, hosts and origins of at most 512 bytes: THREAT_MODEL's bounded tables), but the
+    browser guard's table of Host values seen (policy/browser.py, `_host_cache`, 1,024
+    entries) keeps any Host the head limit lets through. Without credentials, 1,000 requests
+    with distinct 60 KB Host values (each refused 403, DNS-rebinding protection) grew the
+    gateway's RSS by about 59 MiB (54 -> 112 MiB; the same Host 1,000 times: no growth); per
+    worker with --workers. Expected: long Host values are judged and not remembered, like the
+    verdict cache's VERDICT_CACHE_MAX_TARGET."""
+    read_only = os.path.join(
+        os.path.dirname(__file__), "..", "policies", "containers-read-only.yaml"
+    )
+    g = Gateway(fake.url, policy=read_only).start()
+    try:
+        assert _refused_host(g.port, b"evil.example").startswith(b"HTTP/1.1 403 ")
+        before = _rss_mib(g.pid)
+        for i in range(1000):
+            answer = _refused_host(g.port, b"%06d" % i + b"a" * 60_000)
+            assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+        grown = _rss_mib(g.pid) - before
+        assert grown < 16, f"RSS grew by {grown:.0f} MiB"
     finally:
         g.stop()
