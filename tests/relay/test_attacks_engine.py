@@ -9,6 +9,7 @@ on the daemon).
 from __future__ import annotations
 
 import os
+import pathlib
 import socket
 import time
 from collections.abc import Iterator
@@ -108,9 +109,7 @@ def test_distinct_large_host_values_do_not_grow_the_gateway(fake: FakeUpstream) 
     gateway's RSS by about 59 MiB (54 -> 112 MiB; the same Host 1,000 times: no growth); per
     worker with --workers. Expected: long Host values are judged and not remembered, like the
     verdict cache's VERDICT_CACHE_MAX_TARGET."""
-    read_only = os.path.join(
-        os.path.dirname(__file__), "..", "policies", "containers-read-only.yaml"
-    )
+    read_only = pathlib.Path(__file__).parents[1] / "policies" / "containers-read-only.yaml"
     g = Gateway(fake.url, policy=read_only).start()
     try:
         assert _refused_host(g.port, b"evil.example").startswith(b"HTTP/1.1 403 ")
