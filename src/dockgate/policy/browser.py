@@ -24,6 +24,9 @@ from dockgate.caching import remember
 # `api.moby.localhost` (older: `docker`), the Python SDK `localhost`.
 _CLIENT_HOST_NAMES = frozenset({"localhost", "docker"})
 HOST_CACHE_ENTRIES = 1024
+# Longer Host values are not remembered: 1,024 of 64 KiB each held ~60 MiB per process (issue
+# 14's attack review); a DNS name is at most 253 bytes, with a port 259.
+HOST_CACHE_MAX_BYTES = 512
 # On every answer (complete header lines): a document from the gateway's origin is sandboxed
 # (no scripts, an opaque origin of its own) and never sniffed into another type.
 ANSWER_HEADERS = b"Content-Security-Policy: sandbox\r\nX-Content-Type-Options: nosniff\r\n"
@@ -52,7 +55,8 @@ class BrowserGuard:
             allowed = self._host_cache.get(host)
             if allowed is None:
                 allowed = self._host_allowed(_host_name(host.decode("latin-1").strip().lower()))
-                remember(self._host_cache, host, allowed, HOST_CACHE_ENTRIES)
+                if len(host) <= HOST_CACHE_MAX_BYTES:  # a long one is judged each time
+                    remember(self._host_cache, host, allowed, HOST_CACHE_ENTRIES)
             if not allowed:
                 name = _host_name(host.decode("latin-1").strip().lower())
                 return (

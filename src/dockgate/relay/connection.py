@@ -1102,6 +1102,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.flow.write_paused:
+            # A client that does not read what it was already sent: a 408 would join the
+            # unread answers, and close() would wait forever to flush them (holding the socket
+            # and its buffers). Let go now (issue 14's attack review).
+            self._log_headless(408, "client does not read its answers")
+            self.close_now()
+            transport.abort()
+            return
         if self.reader.started:
             transport.write(error_response(408, "dockgate: request head not received in time"))
             self._log_headless(408, "head timeout")
