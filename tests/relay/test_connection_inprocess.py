@@ -570,3 +570,19 @@ def test_a_wrong_password_is_401_after_its_check(loop: ClockLoop) -> None:
     assert relay.client.take() == refusal(401, "dockgate: invalid credentials", extra=challenge)
     assert not relay.client.read_paused
     assert relay.pool.daemons == []
+
+
+def test_a_daemon_lost_after_an_informational_head_is_still_a_502(loop: ClockLoop) -> None:
+    """A 100 Continue from the daemon is not the answer: when the daemon's connection then
+    breaks, the client gets the 100 it was relayed and then the gateway's 502 (as before issue
+    14; the rewrite's "answer written" flag first counted the 100 as the answer and only
+    closed: issue 14's attack review)."""
+    relay = open_connection(loop)
+    relay.send(request("POST", "/v1.41/containers/x/wait", "Expect: 100-continue"))
+    daemon = relay.daemon()
+    daemon.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+    daemon.drop(ConnectionResetError(104, "Connection reset by peer"))
+    sent = relay.client.data
+    assert sent.startswith(b"HTTP/1.1 100 Continue\r\n")
+    assert b"HTTP/1.1 502 Bad Gateway\r\n" in sent
+    assert relay.client.closed

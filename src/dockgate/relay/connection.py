@@ -840,7 +840,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        self._answer_written = True
+        # An informational head (100 Continue) is not the answer: a failure after it still
+        # gets its 502.
+        self._answer_written = self._response_started
         self._bytes_out += len(data)
         assert self.transport is not None
         self.transport.write(data)
