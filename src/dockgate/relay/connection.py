@@ -633,15 +633,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         ignored, head, allowed = self._ignored, self._head, self._allowed
         assert ignored is not None and head is not None and allowed is not None
         if isinstance(event, Body):
-            self._count_body(event.data)
-            ignored += event.data
-            if len(ignored) > IGNORED_BODY_LIMIT:
+            if not self._keep_piece(ignored, event.data, IGNORED_BODY_LIMIT, head):
                 self._ignored = None
-                self._end_hold()
-                message = too_large_to_drop(allowed.operation)
-                self._refuse(head, Refusal(413, message, "content", "body shape"))
-            elif not self._grow_hold(head, len(ignored)):
-                self._ignored = None
+                if self.phase is HOLDING_BODY:  # over the limit, not over the budget
+                    message = too_large_to_drop(allowed.operation)
+                    self._refuse(head, Refusal(413, message, "content", "body shape"))
             return
         if not isinstance(event, EndOfRequest):
             return

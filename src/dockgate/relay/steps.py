@@ -181,14 +181,10 @@ class PolicySteps:
         held, head, hold = self._held_body, self._head, self._hold_step
         assert held is not None and head is not None and hold is not None
         if isinstance(event, Body):
-            self._count_body(event.data)
-            held += event.data
-            if len(held) > CHECKED_BODY_LIMIT:
+            if not self._keep_piece(held, event.data, CHECKED_BODY_LIMIT, head):
                 self._held_body = None
-                self._end_hold()
-                self._refuse(head, too_large(hold.allowed))
-            elif not self._grow_hold(head, len(held)):
-                self._held_body = None
+                if self.phase is HOLDING_BODY:  # over the limit, not over the budget
+                    self._refuse(head, too_large(hold.allowed))
             return
         if not isinstance(event, EndOfRequest):
             return
@@ -216,6 +212,17 @@ class PolicySteps:
             self._start_lookup(self._check_references(head, judged.body, judged.named))
             return
         self._forward_held(head, judged.body)
+
+    def _keep_piece(self, held: bytearray, data: bytes, limit: int, head: RequestHead) -> bool:
+        """A piece of a body held whole (judged, or drained): counted and kept, if the body
+        stays within `limit` and the process's budget. False when it does not: over the budget
+        it is refused here (503); over `limit` the hold is ended and the caller refuses it."""
+        self._count_body(data)
+        held += data
+        if len(held) > limit:
+            self._end_hold()
+            return False
+        return self._grow_hold(head, len(held))
 
     def _start_lookup(self, work: Coroutine[object, object, None]) -> None:
         """Run one of the look-up tasks below (the client's reading is paused meanwhile)."""
