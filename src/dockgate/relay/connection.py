@@ -697,17 +697,16 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             if done:
                 self._finish_exchange()
             return
+        if self._plain_answer and self.phase is FORWARDING:
+            whole = response.whole(data)
+            if whole is not None:
+                self._relay_whole(*whole)
+                return
         try:
             events = response.feed(data)
         except UpstreamError as exc:
             self._upstream_failed(exc)
             return
-        if len(events) == 3 and self._plain_answer and self.phase is FORWARDING:
-            first, body = events[0], events[1]
-            # (the third is the EndOfResponse: after a final head, only the body's end is)
-            if type(first) is ResponseHead and type(body) is ResponseBody and first.status >= 200:
-                self._relay_whole(first, body.data)
-                return
         # One write per read from the daemon: the head and body bytes it brought go out in a
         # single system call.
         out: list[bytes] = []
@@ -738,17 +737,19 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 return
         self._write_client(out)
 
-    def _relay_whole(self, event: ResponseHead, body: bytes) -> None:
+    def _relay_whole(self, status: int, raw: bytes, body: bytes) -> None:
         """The usual answer, straight: a final head and its whole body in one read from the
-        daemon, relayed as it comes (no redaction, no ownership), and the exchange ends. What
-        `_on_answer_head` and `_on_answer_end` do for it, without the per-event dispatch."""
-        raw = event.raw[:-2] + _ANSWER_TAIL  # the browser guard's headers, as on every head
+        daemon (ResponseReader.whole), relayed as it comes (no redaction, no ownership), and
+        the exchange ends. What `_on_answer_head` and `_on_answer_end` do for it, without
+        events or the per-event dispatch."""
+        raw = raw[:-2] + _ANSWER_TAIL  # the browser guard's headers, as on every head
         head = self._head
-        if head is not None and not head.keep_alive and event.keep_alive:
-            raw = raw[:-2] + b"Connection: close\r\n\r\n"  # as in _on_answer_head
-        event.raw = raw
+        if head is not None and not head.keep_alive:
+            response = self._response
+            if response is not None and response.keep_alive:
+                raw = raw[:-2] + b"Connection: close\r\n\r\n"  # as in _on_answer_head
         self._enter(RELAYING_ANSWER)
-        self._status = event.status
+        self._status = status
         self._response_started = self._answer_written = True
         self._bytes_out += len(body)  # the log counts body bytes only
         transport = self.transport
