@@ -48,6 +48,7 @@ from dockgate.http.errors import (
     error_response,
 )
 from dockgate.http.hops import LOOP_MESSAGE, came_back
+from dockgate.http.hops import TOKEN as HOP_TOKEN
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import (
     Body,
@@ -276,7 +277,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         if events:
             self._handle(events)
-        if self.reader.request_complete and self.reader.buffered > HELD_BYTES_LIMIT:
+        # (the size first: it is nearly always 0, and each is a property call)
+        if self.reader.buffered > HELD_BYTES_LIMIT and self.reader.request_complete:
             self.flow.pause(Pause.HELD)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
@@ -428,7 +430,12 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._request_done = True
         if head is not None and head.chunked:
             self._send_upstream(b"0\r\n\r\n")
-        if head is not None and _may_hijack(head):
+        if (
+            head is not None
+            and (head.upgrade_header or head.method == "POST")
+            and _may_hijack(head)
+        ):
+            # (the first two tests are _may_hijack's own, without the call for a GET)
             # Bytes after this request are either the next request or raw stdin for a hijacked
             # stream; only the daemon's answer tells which, so wait for it.
             self.flow.pause(Pause.TUNNEL_SETUP)
@@ -450,7 +457,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
-        if came_back(head.raw):
+        if HOP_TOKEN in head.raw and came_back(head.raw):  # (the token test without a call)
             # Forwarded by this very gateway and back again: a loop (http/hops.py). Answered here,
             # before anything else, so it goes round once and never again.
             self._admission = self._verdict = None
@@ -941,7 +948,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._enter(READING_HEAD)
         # Whatever paused reading belonged to the exchange that just ended.
         flow = self.flow
-        flow.resume(EXCHANGE_PAUSES)
+        if flow.reasons:  # (nothing paused, the usual case: no call)
+            flow.resume(EXCHANGE_PAUSES)
         if flow.write_paused or self._handling:
             self._take_next_request()
             return
