@@ -561,3 +561,54 @@ def test_an_invalid_head_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(UpstreamError, match="Content-Length"):
             ResponseReader("GET").feed(bad)
+
+
+# ----- the whole-answer shortcut (ResponseReader.whole) ---------------------------------------
+
+PING = (
+    b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+)
+WHOLE_CASES = [
+    # (method, the daemon's bytes, whether they are one whole final answer with nothing after)
+    ("GET", PING + b"OK", True),
+    ("GET", b"HTTP/1.1 204 No Content\r\n\r\n", True),
+    ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n", True),
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", True),
+    ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", True),
+    ("GET", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK", True),
+    ("GET", PING + b"O", False),  # a part of the body
+    ("GET", PING + b"OKX", False),  # more than the body
+    ("GET", PING[:-2], False),  # a part of the head
+    ("GET", b"HTTP/1.1 204 No Content\r\n\r\nX", False),
+    ("GET", b"HTTP/1.1 100 Continue\r\n\r\n" + PING + b"OK", False),
+    ("GET", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: tcp\r\n\r\n", False),
+    ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False),
+    ("GET", b"HTTP/1.1 200 OK\r\n\r\nuntil close", False),
+]
+
+
+@pytest.mark.parametrize(("method", "data", "whole"), WHOLE_CASES)
+def test_whole_answer_shortcut_agrees_with_feed(method: str, data: bytes, whole: bool) -> None:
+    """`whole` gives a whole final answer's status, head and body as `feed` reads them, leaving
+    the reader in the same state; for anything else it gives None and `feed` reads the same
+    bytes as if `whole` had not been asked (a head seen before or not)."""
+    for _ in range(2):  # a head not seen yet, then the same head again (remembered)
+        reference = ResponseReader(method)
+        expected = reference.feed(data)
+        reader = ResponseReader(method)
+        got = reader.whole(data)
+        if got is None:
+            assert reader.feed(data) == expected
+            continue
+        assert whole
+        head, *rest = expected
+        assert isinstance(head, ResponseHead)
+        body = b"".join(e.data for e in rest if isinstance(e, ResponseBody))
+        assert got == (head.status, head.raw, body)
+        assert isinstance(rest[-1], EndOfResponse)
+        assert (reader.done, reader.keep_alive, reader.head_done) == (True, head.keep_alive, True)
+    if whole:
+        assert ResponseReader(method).whole(data) is not None  # seen: the shortcut is taken
+    else:
+        assert ResponseReader(method).whole(data) is None

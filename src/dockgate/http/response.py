@@ -142,6 +142,39 @@ class ResponseReader:
                 events.extend(self._body(rest))
             return events
 
+    def whole(self, data: bytes) -> tuple[int, bytes, bytes] | None:
+        """(status, head, body) when `data` is the whole of a final answer, nothing before it
+        and nothing after: the usual read from the daemon (one head, a Content-Length body or
+        none). The reader is then done, as after `feed`. Else None, and nothing has changed:
+        `feed` takes the same bytes (informational heads, 101, chunked, until-close bodies,
+        a part of an answer or more than one).
+
+        The hot path's shortcut: no event objects are made for the usual answer."""
+        if self._head_done or self._buffer:
+            return None
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        cut = end + 4
+        raw = data[:cut]
+        cache = _HEAD_REQUEST_CACHE if self._method == "HEAD" else _HEAD_CACHE
+        facts = cache.get(raw)
+        if facts is None:
+            return None  # a head not seen yet: `feed` parses it (and remembers it)
+        status, framing, keep_alive, _, content_length = facts
+        if status < 200:
+            return None
+        if framing is Framing.LENGTH:
+            if len(data) - cut != content_length:
+                return None
+        elif framing is not Framing.NONE or cut != len(data):
+            return None
+        self._head_done = True
+        self._framing = framing
+        self.keep_alive = keep_alive
+        self.done = True
+        return status, raw, data[cut:]
+
     def relay_body(self, data: bytes) -> tuple[bytes, bool]:
         """Fast path once the head is done: (bytes to relay, whether the response is complete).
 

@@ -127,7 +127,9 @@ class AccessLog(SinkLog):
                 f"dur_ms={duration_s * 1000:.3f} op={operation} "
                 # The identity may be a certificate's CN, the holder's text: one line, one
                 # field (JSON lines are escaped by json.dumps).
-                f"decision={decision} user={_user_field(identity)}{note}"
+                # (the cached field looked up here: a call only for a new identity)
+                f"decision={decision} user={_user_fields.get(identity) or _user_field(identity)}"
+                f"{note}"
             )
         self._sink.write(line)
 

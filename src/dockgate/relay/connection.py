@@ -48,6 +48,7 @@ from dockgate.http.errors import (
     error_response,
 )
 from dockgate.http.hops import LOOP_MESSAGE, came_back
+from dockgate.http.hops import TOKEN as HOP_TOKEN
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import (
     Body,
@@ -276,7 +277,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         if events:
             self._handle(events)
-        if self.reader.request_complete and self.reader.buffered > HELD_BYTES_LIMIT:
+        # (the size first: it is nearly always 0, and each is a property call)
+        if self.reader.buffered > HELD_BYTES_LIMIT and self.reader.request_complete:
             self.flow.pause(Pause.HELD)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
@@ -428,7 +430,12 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._request_done = True
         if head is not None and head.chunked:
             self._send_upstream(b"0\r\n\r\n")
-        if head is not None and _may_hijack(head):
+        if (
+            head is not None
+            and (head.upgrade_header or head.method == "POST")
+            and _may_hijack(head)
+        ):
+            # (the first two tests are _may_hijack's own, without the call for a GET)
             # Bytes after this request are either the next request or raw stdin for a hijacked
             # stream; only the daemon's answer tells which, so wait for it.
             self.flow.pause(Pause.TUNNEL_SETUP)
@@ -450,7 +457,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # The access log counts body bytes each way (heads excluded), as relayed.
         self._bytes_in = 0
         self._bytes_out = 0
-        if came_back(head.raw):
+        if HOP_TOKEN in head.raw and came_back(head.raw):  # (the token test without a call)
             # Forwarded by this very gateway and back again: a loop (http/hops.py). Answered here,
             # before anything else, so it goes round once and never again.
             self._admission = self._verdict = None
@@ -544,7 +551,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         conn = self.ctx.pool.take_idle()
         if conn is not None:
             self._attach(conn)
-            conn.write(raw)
+            transport = conn.transport
+            assert transport is not None  # take_idle hands out open connections only
+            transport.write(raw)
         else:
             self._outbox.append(raw)
             self.flow.pause(Pause.CONNECTING)
@@ -693,17 +702,16 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             if done:
                 self._finish_exchange()
             return
+        if self._plain_answer and self.phase is FORWARDING:
+            whole = response.whole(data)
+            if whole is not None:
+                self._relay_whole(*whole)
+                return
         try:
             events = response.feed(data)
         except UpstreamError as exc:
             self._upstream_failed(exc)
             return
-        if len(events) == 3 and self._plain_answer and self.phase is FORWARDING:
-            first, body = events[0], events[1]
-            # (the third is the EndOfResponse: after a final head, only the body's end is)
-            if type(first) is ResponseHead and type(body) is ResponseBody and first.status >= 200:
-                self._relay_whole(first, body.data)
-                return
         # One write per read from the daemon: the head and body bytes it brought go out in a
         # single system call.
         out: list[bytes] = []
@@ -734,17 +742,19 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 return
         self._write_client(out)
 
-    def _relay_whole(self, event: ResponseHead, body: bytes) -> None:
+    def _relay_whole(self, status: int, raw: bytes, body: bytes) -> None:
         """The usual answer, straight: a final head and its whole body in one read from the
-        daemon, relayed as it comes (no redaction, no ownership), and the exchange ends. What
-        `_on_answer_head` and `_on_answer_end` do for it, without the per-event dispatch."""
-        raw = event.raw[:-2] + _ANSWER_TAIL  # the browser guard's headers, as on every head
+        daemon (ResponseReader.whole), relayed as it comes (no redaction, no ownership), and
+        the exchange ends. What `_on_answer_head` and `_on_answer_end` do for it, without
+        events or the per-event dispatch."""
+        raw = raw[:-2] + _ANSWER_TAIL  # the browser guard's headers, as on every head
         head = self._head
-        if head is not None and not head.keep_alive and event.keep_alive:
-            raw = raw[:-2] + b"Connection: close\r\n\r\n"  # as in _on_answer_head
-        event.raw = raw
+        if head is not None and not head.keep_alive:
+            response = self._response
+            if response is not None and response.keep_alive:
+                raw = raw[:-2] + b"Connection: close\r\n\r\n"  # as in _on_answer_head
         self._enter(RELAYING_ANSWER)
-        self._status = event.status
+        self._status = status
         self._response_started = self._answer_written = True
         self._bytes_out += len(body)  # the log counts body bytes only
         transport = self.transport
@@ -936,8 +946,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._enter(READING_HEAD)
         # Whatever paused reading belonged to the exchange that just ended.
         flow = self.flow
-        flow.resume(EXCHANGE_PAUSES)
-        self._take_next_request()
+        if flow.reasons:  # (nothing paused, the usual case: no call)
+            flow.resume(EXCHANGE_PAUSES)
+        if flow.write_paused or self._handling:
+            self._take_next_request()
+            return
+        # (what _take_next_request does in the usual case, without the call)
+        events = self._next_request_events()
+        if events:
+            self._handle(events)
 
     def _take_next_request(self) -> None:
         """READING_HEAD: the next request, from the bytes already buffered or when they come."""
@@ -1128,44 +1145,45 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         verdict = self._verdict
         duration = time.monotonic() - self._started
-        self.ctx.metrics.record(
-            verdict.operation if verdict is not None else "-",
-            decision="-" if verdict is None else "allow" if verdict.allowed else "deny",
-            policy=(verdict.policy or "-") if verdict is not None else "-",
-            status=self._status,
-            duration=duration,
-            bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out,
-        )
+        status, bytes_in, bytes_out = self._status, self._bytes_in, self._bytes_out
+        if verdict is not None:
+            operation = verdict.operation
+            self.ctx.metrics.record(
+                operation,
+                "allow" if verdict.allowed else "deny",
+                verdict.policy or "-",
+                status,
+                duration,
+                bytes_in,
+                bytes_out,
+            )
+        else:
+            operation = "-"
+            self.ctx.metrics.record("-", "-", "-", status, duration, bytes_in, bytes_out)
         if self._access_on:
-            self._access_line(head, duration, note)
+            # (the access line, written here rather than in a method of its own: one call fewer
+            # per request)
+            admission = self._admission
+            version = head.version
+            self.ctx.access_log.write_fields(
+                client=self.client,
+                method=head.method,
+                target=head.target,
+                version=_VERSION_TEXT.get(version) or f"{version[0]}.{version[1]}",
+                status=status,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                duration_s=duration,
+                note=note,
+                operation=operation,
+                decision=verdict.label if verdict is not None else "-",
+                identity=admission.identity.name if admission is not None else "-",
+                source=""
+                if admission is None or admission.source == self.facts.peer
+                else admission.source,
+            )
         if self._audit_on:
             self._audit(head)
-
-    def _access_line(self, head: RequestHead, duration: float, note: str) -> None:
-        verdict, admission = self._verdict, self._admission
-        version = head.version
-        self.ctx.access_log.write_fields(
-            client=self.client,
-            method=head.method,
-            target=head.target,
-            version=_VERSION_TEXT.get(version) or f"{version[0]}.{version[1]}",
-            status=self._status,
-            bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out,
-            duration_s=duration,
-            note=note,
-            operation=verdict.operation if verdict is not None else "-",
-            decision=verdict.label if verdict is not None else "-",
-            identity=admission.identity.name if admission is not None else "-",
-            source=self._forwarded_source(),
-        )
-
-    def _forwarded_source(self) -> str:
-        admission = self._admission
-        if admission is None or admission.source == self.facts.peer:
-            return ""
-        return admission.source
 
     def _audit(self, head: RequestHead) -> None:
         admission, verdict = self._admission, self._verdict
