@@ -1,0 +1,173 @@
+"""Second attack pass on issue 14: the hot-path shortcuts (a keep-alive client's repeated
+request reusing its plan, ResponseReader.whole on the straight path, the inline hop check).
+
+Each test drives a real ``dockgate serve`` subprocess in front of the fake daemon and checks
+the effect on the wire (what the daemon received, the bytes the client got)."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from support.fake_upstream import Exchange, FakeUpstream
+from support.gateway import Gateway
+
+pytestmark = pytest.mark.timeout(60)
+
+ALLOW = "policies:\n  p:\n    rules:\n      - allow: {sections: [ping, version, containers]}\n"
+DENY = "policies:\n  p:\n    rules:\n      - allow: {sections: [ping, version]}\n"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as f:
+        yield f
+
+
+def _answer(sock: socket.socket, timeout: float = 5) -> tuple[int, bytes, bytes]:
+    """One answer with a Content-Length body (status, head, body)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        got = sock.recv(65536)
+        if not got:
+            raise EOFError(data)
+        data += got
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        got = sock.recv(65536)
+        if not got:
+            raise EOFError(data)
+        rest += got
+    return int(head.split(b" ")[1]), head, rest
+
+
+def _settle(sock: socket.socket, wait: float = 0.5) -> bytes:
+    """Whatever else the gateway sends on `sock` within `wait` seconds."""
+    sock.settimeout(wait)
+    extra = b""
+    try:
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                break
+            extra += got
+    except TimeoutError:
+        pass
+    return extra
+
+
+def test_a_reused_plan_does_not_outlive_a_policy_reload(
+    fake: FakeUpstream, tmp_path: pathlib.Path
+) -> None:
+    """One keep-alive connection sends the same bytes three times; the policy is reloaded
+    (SIGHUP) to deny the operation between the second and the third. The third must be
+    refused (the repeated request's `_last_plan` is keyed by the admission object, new after
+    a reload): held."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW)
+    g = Gateway(fake.url, policy=str(policy)).start()
+    try:
+        request = b"GET /v1.41/containers/json HTTP/1.1\r\nHost: docker\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
+            for _ in range(2):
+                c.sendall(request)
+                assert _answer(c)[0] == 200
+            policy.write_text(DENY)
+            g.signal(signal.SIGHUP)
+            time.sleep(1.5)
+            before = len(fake.requests_for("/v1.41/containers/json"))
+            c.sendall(request)
+            status, _, _ = _answer(c)
+        assert status == 403
+        assert len(fake.requests_for("/v1.41/containers/json")) == before
+    finally:
+        g.stop()
+
+
+OK_2 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+# Per case: the daemon's answers to /x, in order (each sent in one write, so that the gateway
+# reads each in one read), the client's requests on one keep-alive connection (the head of the
+# first answer is then known to the response-head cache, and the second goes by
+# ResponseReader.whole), and what must never reach the client.
+WHOLE_CASES = {
+    "bytes-after-the-body": (
+        [OK_2, OK_2 + b"SMUGGLED"],
+        ["GET", "GET", "GET"],
+        b"SMUGGLED",
+    ),
+    "head-after-get": (
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nGETBODY!",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nGETBODY!",
+        ],
+        ["GET", "HEAD", "HEAD", "GET"],
+        b"",
+    ),
+    "204-with-length-and-bytes": (
+        [
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\nSMUGGLED",
+        ],
+        ["DELETE", "DELETE", "GET"],
+        b"SMUGGLED",
+    ),
+    "continue-and-answer-in-one-read": (
+        [b"HTTP/1.1 100 Continue\r\n\r\n" + OK_2] * 2,
+        ["GET", "GET", "GET"],
+        b"",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WHOLE_CASES))
+def test_whole_answers_are_framed_as_feed_frames_them(fake: FakeUpstream, case: str) -> None:
+    """The straight path (ResponseReader.whole, by the cached facts of an answer head) gives
+    the client exactly what `feed` would: the same bytes as the engine before the shortcut
+    (8610dab, compared by hand for these and for TE+CL, 304, Connection: close, a client's
+    Connection: close, attach answered 200 with a length, a 101 with stream bytes in the same
+    read, a 101 nobody asked for). Held."""
+    answers, methods, never = WHOLE_CASES[case]
+    sent: list[int] = []
+
+    def handler(ex: Exchange) -> None:
+        if ex.path.startswith("/x"):
+            ex.send(answers[min(len(sent), len(answers) - 1)])
+            sent.append(1)
+            return
+        ex.send(OK_2)
+
+    fake.handler = handler
+    g = Gateway(fake.url).start()
+    try:
+        got: list[bytes] = []
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
+            for method in methods:
+                c.sendall(f"{method} /x HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
+                more = _settle(c)
+                got.append(more)
+                if not more:
+                    break  # closed (the daemon's answer could not be relayed as is)
+        everything = b"".join(got)
+        if never:
+            assert never not in everything, got
+        heads = everything.count(b"HTTP/1.1 ") - everything.count(b"HTTP/1.1 100 ")
+        # Every answer the client got is one of the daemon's, each once, in order.
+        assert heads <= len(methods), got
+        if case == "head-after-get":
+            assert heads == 4 and everything.count(b"GETBODY!") == 2, got
+            assert got[1].endswith(b"\r\n\r\n") and got[2].endswith(b"\r\n\r\n"), got
+    finally:
+        g.stop()
