@@ -1,8 +1,12 @@
 """Second attack pass on issue 14: the hot-path shortcuts (a keep-alive client's repeated
 request reusing its plan, ResponseReader.whole on the straight path, the inline hop check).
 
-Each test drives a real ``dockgate serve`` subprocess in front of the fake daemon and checks
-the effect on the wire (what the daemon received, the bytes the client got)."""
+Each test drives a real ``dockgate serve`` subprocess (in front of the fake daemon, or of another
+gateway) and checks the effect on the wire (what the daemon received, the bytes the client got).
+No finding: every attack held, and each test here pins one that did (the engine before the
+shortcuts, 8610dab, gave the same bytes). A keep-alive client whose credentials are revoked
+between two identical requests is covered by tests/auth/test_identity_e2e.py
+(test_credential_files_are_reloaded)."""
 
 from __future__ import annotations
 
@@ -171,3 +175,29 @@ def test_whole_answers_are_framed_as_feed_frames_them(fake: FakeUpstream, case: 
             assert got[1].endswith(b"\r\n\r\n") and got[2].endswith(b"\r\n\r\n"), got
     finally:
         g.stop()
+
+
+def test_a_repeated_request_around_a_loop_is_refused_every_time(tmp_path: pathlib.Path) -> None:
+    """Two gateways, each the other's upstream (A -> B -> A); one keep-alive client of A sends
+    the same bytes three times, with hop fields of its own in both cases of the name. The
+    inline token test (`HOP_TOKEN in head.raw`) and B's reused plan must not let any of them
+    round again: each is answered 508, once. Held."""
+    a, b = tmp_path / "a.sock", tmp_path / "b.sock"
+    gb = Gateway(f"unix://{a}", listen=f"unix://{b}").start()
+    ga = Gateway(f"unix://{b}", listen=f"unix://{a}").start()
+    try:
+        request = (
+            b"GET /_ping HTTP/1.1\r\nHost: docker\r\nX-Dockgate-Hop: dockgate-0000\r\n"
+            b"x-dockgate-hop: dockgate-1111\r\n\r\n"
+        )
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(a))
+            statuses = []
+            for _ in range(3):
+                c.sendall(request)
+                statuses.append(_answer(c)[0])
+            assert _settle(c) == b""
+        assert statuses == [508, 508, 508]
+    finally:
+        ga.stop()
+        gb.stop()
