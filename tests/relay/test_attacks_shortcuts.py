@@ -10,10 +10,14 @@ between two identical requests is covered by tests/auth/test_identity_e2e.py
 
 from __future__ import annotations
 
+import datetime
+import importlib.util
 import pathlib
 import signal
 import socket
+import sys
 import time
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -201,3 +205,52 @@ def test_a_repeated_request_around_a_loop_is_refused_every_time(tmp_path: pathli
     finally:
         ga.stop()
         gb.stop()
+
+
+def _revalidation_helpers() -> types.ModuleType:
+    """tests/auth/test_tls_revalidation.py's small PKI and keep-alive TLS client, loaded by path
+    (its tests are not collected here: only the module object is kept)."""
+    path = pathlib.Path(__file__).parent.parent / "auth" / "test_tls_revalidation.py"
+    spec = importlib.util.spec_from_file_location("_revalidation_helpers", path)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # (its dataclasses look their module up there)
+        spec.loader.exec_module(module)
+    return module
+
+
+class _FakeDaemon:
+    def __init__(self, fake: FakeUpstream) -> None:
+        self.host = fake.url
+
+
+def test_a_repeated_request_after_the_certificate_expired_is_refused(
+    fake: FakeUpstream, tmp_path: pathlib.Path
+) -> None:
+    """A TLS client with a certificate valid for a few seconds sends the same bytes on one
+    connection before and after its notAfter. The second repeat would reuse the first's plan
+    (`_last_plan`) if admission gave the same object; it must be 401 and the connection end,
+    and the daemon must not see it. Held (admission checks the certificate first, and its
+    refusal is a new object each time)."""
+    rv = _revalidation_helpers()
+    pki = rv.make_pki(tmp_path)
+    g = rv.start_gateway(_FakeDaemon(fake), pki).start()
+    try:
+        leaf = rv.issue(pki.ca1, "alice", lifetime=datetime.timedelta(seconds=3))
+        client = rv.Client(g, pki, leaf)
+        try:
+            assert client.request("GET", "/v1.41/containers/json")[0] == 200
+            assert client.request("GET", "/v1.41/containers/json")[0] == 200
+            seen = len(fake.requests_for("/v1.41/containers/json"))
+            time.sleep(max(0.0, leaf.cert.not_valid_after_utc.timestamp() - time.time()) + 0.5)
+            status, _, body = client.request("GET", "/v1.41/containers/json")
+            assert status == 401, body
+            assert b"expired" in body
+            assert client.closed()
+        finally:
+            client.close()
+        assert len(fake.requests_for("/v1.41/containers/json")) == seen
+    finally:
+        g.stop()
