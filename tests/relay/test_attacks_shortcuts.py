@@ -11,19 +11,17 @@ between two identical requests is covered by tests/auth/test_identity_e2e.py
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import pathlib
 import signal
 import socket
-import sys
 import time
-import types
 from collections.abc import Iterator
 
 import pytest
 
 from support.fake_upstream import Exchange, FakeUpstream
 from support.gateway import Gateway
+from support.pki import Client, Pki, issue, make_pki
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -207,23 +205,18 @@ def test_a_repeated_request_around_a_loop_is_refused_every_time(tmp_path: pathli
         gb.stop()
 
 
-def _revalidation_helpers() -> types.ModuleType:
-    """tests/auth/test_tls_revalidation.py's small PKI and keep-alive TLS client, loaded by path
-    (its tests are not collected here: only the module object is kept)."""
-    path = pathlib.Path(__file__).parent.parent / "auth" / "test_tls_revalidation.py"
-    spec = importlib.util.spec_from_file_location("_revalidation_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # (its dataclasses look their module up there)
-        spec.loader.exec_module(module)
-    return module
-
-
-class _FakeDaemon:
-    def __init__(self, fake: FakeUpstream) -> None:
-        self.host = fake.url
+def _tls_gateway(fake: FakeUpstream, pki: Pki) -> Gateway:
+    """A gateway requiring client certificates (ca1's), every caller allowed the containers."""
+    policy = pki.root / "policy.yaml"
+    policy.write_text(
+        "version: 1\npolicies:\n  all:\n    rules:\n      - allow: {sections: [ping, containers]}\n"
+    )
+    return Gateway(
+        fake.url,
+        *("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)),
+        *("--tls-client-ca", str(pki.client_ca)),
+        policy=policy,
+    )
 
 
 def test_a_repeated_request_after_the_certificate_expired_is_refused(
@@ -234,12 +227,11 @@ def test_a_repeated_request_after_the_certificate_expired_is_refused(
     (`_last_plan`) if admission gave the same object; it must be 401 and the connection end,
     and the daemon must not see it. Held (admission checks the certificate first, and its
     refusal is a new object each time)."""
-    rv = _revalidation_helpers()
-    pki = rv.make_pki(tmp_path)
-    g = rv.start_gateway(_FakeDaemon(fake), pki).start()
+    pki = make_pki(tmp_path)
+    g = _tls_gateway(fake, pki).start()
     try:
-        leaf = rv.issue(pki.ca1, "alice", lifetime=datetime.timedelta(seconds=3))
-        client = rv.Client(g, pki, leaf)
+        leaf = issue(pki.ca1, "alice", lifetime=datetime.timedelta(seconds=3))
+        client = Client(g, pki, leaf)
         try:
             assert client.request("GET", "/v1.41/containers/json")[0] == 200
             assert client.request("GET", "/v1.41/containers/json")[0] == 200
