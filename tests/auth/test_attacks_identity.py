@@ -51,21 +51,12 @@ from test_throttle_e2e import (
     socket_dir,  # noqa: F401  (a fixture, found by name)
     version,
 )
-from test_tls_revalidation import (
-    Client,
-    Issuer,
-    Pki,
-    issue,
-    make_ca,
-    make_pki,
-    start_gateway,
-    wait_for_log,
-    write_pair,
-)
+from test_tls_revalidation import start_gateway, wait_for_log
 
 from dockgate.auth.htpasswd import apr1_crypt
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.pki import Client, Issuer, Pki, issue, make_ca, make_pki, write_pair
 from support.rawhttp import parse_head
 from support.remote import UnixHTTPConnection, write_htpasswd
 

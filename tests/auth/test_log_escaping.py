@@ -13,12 +13,13 @@ import pathlib
 import time
 
 import pytest
-from test_tls_revalidation import Client, issue, make_pki, start_gateway
+from test_tls_revalidation import start_gateway
 
 from dockgate.observe.accesslog import AccessLog, AccessRecord
 from dockgate.observe.logtext import printable
 from support.daemon import PrivateDaemon
 from support.gateway import running
+from support.pki import Client, issue, make_pki
 
 FORGED = '10.0.0.9:1 "GET /info HTTP/1.1" 200 user=admin'  # a CN holds 64 bytes
 

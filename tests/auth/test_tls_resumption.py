@@ -21,12 +21,13 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from test_tls_revalidation import Issuer, issue, make_ca, make_pki, start_gateway, write_pair
+from test_tls_revalidation import start_gateway
 
 from dockgate.auth.clientcerts import PeerCertificate, ResumableSessions, TrustSet
 from dockgate.relay.tls import ServerTLS, TLSProtocol
 from support.daemon import PrivateDaemon
 from support.gateway import running
+from support.pki import Issuer, issue, make_ca, make_pki, write_pair
 
 
 def _der(issuer: Issuer) -> bytes:
