@@ -42,7 +42,6 @@ from dockgate.policy.plan import (
     judge_drained,
     plan_admitted,
     plan_request,
-    refused_before_lookups,
 )
 from dockgate.policy.rules import Policy, PolicySet, Rule
 from dockgate.refusal import Refusal
@@ -182,9 +181,6 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
             if isinstance(judged, Refusal):
                 return _decide(out, judged)
             if judged.needs_daemon:
-                refusal = refused_before_lookups(step.allowed, judged)
-                if refusal is not None:
-                    return _decide(out, refusal)
                 _explain_lookups(out, step.allowed, judged)
                 return _decide_by_lookup(out, step.allowed.verdict.label)
             step = Forward(step.head, step.allowed, replayable=False)

@@ -25,7 +25,6 @@ class Refusal:
     stage: str  # the step that refused: "policy", "guardrails", "ownership", "content", ...
     reason: str  # short, for the audit record: "rule 3", "guardrails: privileged", ...
     retry_after: int | None = None  # seconds, for a 429 or 503
-    close: bool = False  # end the connection after the answer (a certificate no longer valid)
 
     def response(self, *, close: bool, head_only: bool = False) -> bytes:
         """The whole HTTP answer: Docker's error body, a challenge with a 401, Retry-After."""

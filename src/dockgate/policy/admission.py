@@ -74,9 +74,14 @@ class Admission:
     verdict: Verdict
     identity: Identity
     source: str
-    retry_after: int | None = None  # seconds, for a 429
     policy: Policy | None = None  # the bound policy, once one decided
     close: bool = False  # end the connection after the answer (its certificate is no longer valid)
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds, for a 429 or 503: its refusal's Retry-After."""
+        refusal = self.verdict.refusal
+        return None if refusal is None else refusal.retry_after
 
 
 @dataclass(slots=True)
@@ -247,7 +252,7 @@ class Admissions:
                 message = "dockgate: too many failed attempts; try again later"
                 retry = max(1, math.ceil(wait))
                 verdict = _refusal(429, message, "deny:-:throttled", "throttled", retry)
-                return Admission(verdict, ANONYMOUS_IDENTITY, source, retry)
+                return Admission(verdict, ANONYMOUS_IDENTITY, source)
             found = authenticator.identify(authorization)
             if isinstance(found, PasswordCheck):
                 return self._check_password(head, facts, source, authorization, found)
@@ -290,7 +295,7 @@ class Admissions:
             throttle.refund(charge)  # nothing was checked
             message = "dockgate: too many password checks at once; try again later"
             verdict = _refusal(503, message, "deny:-:auth-busy", "password checks busy", 1)
-            return Admission(verdict, ANONYMOUS_IDENTITY, source, retry_after=1)
+            return Admission(verdict, ANONYMOUS_IDENTITY, source)
         generation = self.authenticator.generation
         future.add_done_callback(lambda done: _settle(done, throttle, charge, check, counted))
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from dockgate.api.target import parse_target
 from dockgate.body.content import (
@@ -60,6 +60,7 @@ from dockgate.ownership.operations import (
     concerns_objects,
     hex_name_problem,
     references,
+    refuse,
     silent_log_problem,
     with_owner_label,
 )
@@ -103,9 +104,6 @@ class Allowed:
             return policy.redaction
         return None
 
-    def refusal(self, status: int, message: str, stage: str, reason: str) -> Refusal:
-        return Refusal(status, message, stage, reason)
-
     def policy_denial(self, stage: str, reason: str) -> Refusal:
         """A 403 from one of the policy's steps: "dockgate: <Op> denied by policy <P>: why"."""
         policy = self.verdict.policy or "-"
@@ -117,11 +115,6 @@ class Allowed:
             return self.policy_denial("guardrails", refused.reason)
         message = refused.reason if raw else f"dockgate: {self.operation}: {refused.reason}"
         return Refusal(refused.status, message, "guardrails", f"guardrails: {refused.reason}")
-
-    def ownership_refusal(self, status: int, message: str) -> Refusal:
-        return Refusal(
-            status, message, "ownership", "bad filters" if status == 400 else "ownership"
-        )
 
     def unresolved(self, problem: str) -> Refusal:
         """A reference the daemon cannot resolve (an ambiguous name or ID prefix): a 400, as
@@ -205,10 +198,11 @@ def plan_request(
 
 
 def admission_refusal(admission: Admission) -> Refusal:
+    """(A client certificate no longer valid also ends the connection after the answer: the
+    connection reads that from `admission.close`.)"""
     refusal = admission.verdict.refusal
     assert refusal is not None
-    # A client certificate no longer valid: the connection ends after the answer.
-    return replace(refusal, close=True) if admission.close else refusal
+    return refusal
 
 
 def judge_drained(allowed: Allowed, body: bytes) -> Refusal | None:
@@ -249,7 +243,7 @@ def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHea
             f"dockgate: {operation}: ownership mode needs an authenticated caller "
             "(anonymous callers own nothing)"
         )
-        return allowed.ownership_refusal(403, message)
+        return refuse(403, message)
     path = parse_target(head.target).path
     step = ownership_plan(operation, match.operation.path, head.target, path, owner)
     if step is None:
@@ -261,7 +255,7 @@ def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHea
             # A list ordered against containers (`before=`) names them: looked up too.
             ordered = list_plan(operation, step)
         except ValueError as exc:
-            return allowed.ownership_refusal(400, f"dockgate: {exc}")
+            return refuse(400, f"dockgate: {exc}")
         if trace is not None:
             trace.append(("ownership", f"{owner}: target rewritten to {step}"))
         if ordered is None:
@@ -329,7 +323,8 @@ class JudgedBody:
 
 
 def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
-    """A held body, whole: the guardrails' judgement, the owner label, the objects it names."""
+    """A held body, whole: the guardrails' judgement, the owner label, the objects it names,
+    and what their look-ups would refuse without asking the daemon (refused_before_lookups)."""
     allowed, head = hold.allowed, hold.head
     operation = allowed.operation
     received = body
@@ -357,10 +352,11 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         except (BodyRefused, ValueError, RecursionError) as exc:
             status = exc.status if isinstance(exc, BodyRefused) else 400
             reason = exc.reason if isinstance(exc, BodyRefused) else unreadable(exc)
-            return allowed.ownership_refusal(status, f"dockgate: {operation}: {reason}")
+            return refuse(status, f"dockgate: {operation}: {reason}")
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
-    return JudgedBody(body, volumes, named, owner is not None and operation in IMAGE_CHECKED)
+    judged = JudgedBody(body, volumes, named, owner is not None and operation in IMAGE_CHECKED)
+    return refused_before_lookups(allowed, judged) or judged
 
 
 def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | None:
@@ -381,7 +377,7 @@ def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | No
         return None
     if problem is None:
         return None
-    return allowed.ownership_refusal(403, f"dockgate: {allowed.operation}: {problem}")
+    return refuse(403, f"dockgate: {allowed.operation}: {problem}")
 
 
 def _named_objects(operation: str, owner: str, body: bytes) -> list[tuple[Kind, str]]:

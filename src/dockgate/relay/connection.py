@@ -748,11 +748,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         the exchange ends. What `_on_answer_head` and `_on_answer_end` do for it, without
         events or the per-event dispatch."""
         raw = raw[:-2] + _ANSWER_TAIL  # the browser guard's headers, as on every head
-        head = self._head
-        if head is not None and not head.keep_alive:
-            response = self._response
-            if response is not None and response.keep_alive:
-                raw = raw[:-2] + b"Connection: close\r\n\r\n"  # as in _on_answer_head
+        response = self._response
+        raw = self._announce_close(raw, response is not None and response.keep_alive)
         self._enter(RELAYING_ANSWER)
         self._status = status
         self._response_started = self._answer_written = True
@@ -761,6 +758,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         assert transport is not None
         transport.write(raw + body)
         self._finish_exchange()
+
+    def _announce_close(self, raw: bytes, answer_keeps_alive: bool) -> bytes:
+        """A final answer head as relayed: with `Connection: close` when the gateway will close
+        after it because the client asked to (RFC 9112 9.6: say so in the response, or
+        keep-alive clients see an error) and the daemon's head does not say so already."""
+        head = self._head
+        if head is None or head.keep_alive or not answer_keeps_alive:
+            return raw
+        return raw[:-2] + b"Connection: close\r\n\r\n"
 
     def _on_answer_head(self, event: ResponseHead, out: list[bytes]) -> bool:
         """The daemon's answer head: held whole (HOLDING_ANSWER), or relayed (appended to
@@ -788,15 +794,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return True
         head_bytes = event.raw
         head = self._head
-        if (
-            not event.informational
-            and head is not None
-            and not head.keep_alive
-            and event.keep_alive
-        ):
-            # The gateway will close after this response because the client asked to;
-            # RFC 9112 9.6: say so in the response, or keep-alive clients see an error.
-            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+        if not event.informational:
+            head_bytes = self._announce_close(head_bytes, event.keep_alive)
         out.append(head_bytes)
         self._bytes_out -= len(head_bytes)  # the log counts body bytes only
         if event.informational:

@@ -88,12 +88,10 @@ from dockgate.policy.plan import (
     Allowed,
     Answer,
     HoldBody,
-    JudgedBody,
     Step,
     answer_handling,
     judge_body,
     plan_forward,
-    refused_before_lookups,
     too_large,
     unreadable,
 )
@@ -174,6 +172,7 @@ class PolicySteps:
         def _handle(self, events: list[RequestEvent]) -> None: ...
         def _finish_exchange(self) -> None: ...
         def _write_client(self, out: list[bytes]) -> None: ...
+        def _announce_close(self, raw: bytes, answer_keeps_alive: bool) -> bytes: ...
 
     def _hold(self, event: RequestEvent) -> None:
         """HOLDING_BODY: a body read whole for the guardrails (or ownership's label); at its
@@ -191,9 +190,6 @@ class PolicySteps:
         self._held_body = None
         self._end_hold()
         judged = judge_body(hold, bytes(held))
-        if isinstance(judged, JudgedBody):
-            refused = refused_before_lookups(hold.allowed, judged)
-            judged = judged if refused is None else refused
         if isinstance(judged, Refusal):
             # The body was read to its end: the connection stays usable.
             self._refuse(head, judged, body_read=True)
@@ -319,7 +315,7 @@ class PolicySteps:
                 if self._lookup_ended(head):
                     return
                 message = f"dockgate: {self._operation()}: {problem}"
-                self._refuse_held(head, self._exchange().ownership_refusal(403, message))
+                self._refuse_held(head, refuse(403, message))
                 return
             missing_volumes: list[str] = []
             for kind, reference in named:
@@ -338,7 +334,7 @@ class PolicySteps:
                     # 403, not 404: the docker CLI takes a 404 to a create for a missing image
                     # and would try to pull it.
                     message = f"dockgate: {kind.missing.format(reference)}"
-                    self._refuse_held(head, self._exchange().ownership_refusal(403, message))
+                    self._refuse_held(head, refuse(403, message))
                     return
             refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
@@ -369,7 +365,7 @@ class PolicySteps:
             if self._lookup_ended(head):
                 return
             message = f"dockgate: {self._operation()}: {unreadable(exc)}"
-            self._refuse_held(head, self._exchange().ownership_refusal(400, message))
+            self._refuse_held(head, refuse(400, message))
             return
         self._lookup_task = None
         volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
@@ -459,7 +455,7 @@ class PolicySteps:
                 if found is None:
                     message = f"dockgate: cannot create volume {name!r}: {created.message}"
                     status = 400 if created.status == 400 else 403
-                    return self._exchange().ownership_refusal(status, message)
+                    return refuse(status, message)
                 if found.owner == self._owner:
                     continue  # the daemon answers the create as it would have
             elif created.owner == self._owner:
@@ -467,7 +463,7 @@ class PolicySteps:
                 continue
             # Someone else's: 403, not 404 (the docker CLI would try to pull an image).
             message = f"dockgate: {VOLUME.missing.format(name)}"
-            return self._exchange().ownership_refusal(403, message)
+            return refuse(403, message)
         return None
 
     async def _check_owners(self, head: RequestHead, step: LookUpAll) -> None:
@@ -485,7 +481,7 @@ class PolicySteps:
                     message = step.kind.missing.format(reference)
                     if step.status != 404:
                         message = f"dockgate: {message}"
-                    refused = self._exchange().ownership_refusal(step.status, message)
+                    refused = refuse(step.status, message)
                     break
                 full_ids[reference] = found.full_id
         except Unresolved as exc:
@@ -699,9 +695,9 @@ class PolicySteps:
             self._bytes_out -= answer.index(b"\r\n\r\n") + 4  # the log counts body bytes only
             self._finish_exchange()
             return
-        head_bytes = with_content_length(head.raw, len(rewritten))
-        if self._head is not None and not self._head.keep_alive and head.keep_alive:
-            head_bytes = head_bytes[:-2] + b"Connection: close\r\n\r\n"
+        head_bytes = self._announce_close(
+            with_content_length(head.raw, len(rewritten)), head.keep_alive
+        )
         self._bytes_out -= len(head_bytes)  # the log counts body bytes only
         self._write_client([head_bytes, rewritten])
         self._finish_exchange()
