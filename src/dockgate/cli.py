@@ -101,6 +101,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="all bodies and answers held whole at once, per process, beyond which 503 "
         "(bytes, or with KiB/MiB/GiB; default %(default)s)",
     )
+    serve.add_argument(
+        "--no-shared-events",
+        action="store_true",
+        help="give each GET /events stream a daemon connection of its own (default: clients "
+        "asking for the same events share one)",
+    )
     serve.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--socket-mode", default="660", metavar="OCTAL")
     serve.add_argument("--socket-group", default=None, metavar="NAME|GID")
@@ -445,6 +451,7 @@ def _serve_config_and_tls(
         auth_failure_window=args.auth_failure_window,
         audit_log=args.audit_log,
         admin_listen=parse_address(args.admin_listen) if args.admin_listen else None,
+        shared_events=not args.no_shared_events,
     )
     return config, upstream_tls
 

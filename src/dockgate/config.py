@@ -60,6 +60,8 @@ class ServeConfig(BaseModel):
     auth_failure_window: float = Field(default=60.0, gt=0)
     # The audit trail: "off", "-" (stdout) or a file; JSON lines.
     audit_log: str = "off"
+    # Clients asking for the same `GET /events` share one daemon stream (relay/eventfeed.py).
+    shared_events: bool = True
     # Health (/healthz, /readyz) on a listener of its own; None: no admin listener.
     admin_listen: Address | None = None
 

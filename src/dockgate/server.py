@@ -52,6 +52,7 @@ from dockgate.policy.rules import PolicySet
 from dockgate.policy.summary import summaries
 from dockgate.relay.connection import ClientConnection
 from dockgate.relay.context import ConnectionContext
+from dockgate.relay.eventfeed import EventFeeds
 from dockgate.relay.holding import HoldBudget
 from dockgate.relay.tls import (
     PEER_CERTIFICATE_INFO,
@@ -149,6 +150,7 @@ class Gateway:
             add_certificate=self.add_certificate,
             expects_proxy_header=self.expects_proxy_header,
             connections=self.connections,
+            event_feeds=EventFeeds(loop, self.pool) if config.shared_events else None,
         )
 
     def connection_factory(self) -> ClientConnection:

@@ -46,6 +46,7 @@ from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.loader import parse_policy_text
 from dockgate.relay.connection import ClientConnection
 from dockgate.relay.context import ConnectionContext
+from dockgate.relay.eventfeed import EventFeeds
 from dockgate.relay.holding import HoldBudget
 from dockgate.relay.upstream import UpstreamConnection, UpstreamPool
 from dockgate.server import Gateway
@@ -507,6 +508,7 @@ def open_connection(
             header_timeout=serve.header_timeout,
             idle_timeout=serve.idle_timeout,
             body_timeout=serve.body_timeout,
+            event_feeds=EventFeeds(loop, pool) if serve.shared_events else None,
         )
     else:
         given = (policy is not ALLOW_ALL, authenticator is not None, checks is not None, config)

@@ -85,6 +85,49 @@ class _ChunkTracker:
         self.complete = True
 
 
+class ChunkedDecoder:
+    """A chunked body decoded: the bytes its chunks carry, read by read (sans-IO).
+
+    For the shared event streams (relay/eventfeed.py), which frame what they relay anew for each
+    client that joins; everything else relays the daemon's framing as it is (`ResponseReader`).
+    """
+
+    __slots__ = ("_parts", "complete", "messages", "parser")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.complete = False
+        self.messages = 0
+        self.parser = httptools.HttpResponseParser(self)
+        # Primed with a synthetic head, as _ChunkTracker is: what follows is a chunked body.
+        self.parser.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_body(self, body: bytes) -> None:
+        self._parts.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def feed(self, data: bytes) -> bytes:
+        """What the chunks in `data` carry (b"" for framing alone); `complete` once the last
+        chunk is read. UpstreamError for broken framing or bytes after the end."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
+        if self.messages > 1:
+            raise UpstreamError("the daemon sent bytes after the end of a chunked response")
+        parts = self._parts
+        if not parts:
+            return b""
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        return data
+
+
 class ResponseReader:
     """Reads one response (after any 1xx) to a request made with `method`."""
 

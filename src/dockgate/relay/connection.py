@@ -91,6 +91,7 @@ from dockgate.policy.plan import (
 from dockgate.refusal import Refusal
 from dockgate.relay import phase as phases
 from dockgate.relay.context import ConnectionContext
+from dockgate.relay.eventfeed import EventFeeds, Subscription, shareable
 from dockgate.relay.flow import EXCHANGE_PAUSES, FlowControl, Pause
 from dockgate.relay.holding import Share
 from dockgate.relay.phase import (
@@ -167,7 +168,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self.flow = FlowControl()
         # The current exchange.
         self._head: RequestHead | None = None
-        self._upstream: UpstreamConnection | None = None
+        # The daemon connection the exchange went out on, or its place in a shared event stream.
+        self._upstream: UpstreamConnection | Subscription | None = None
         self._outbox: list[bytes] = []  # bytes for the daemon before its connection is ready
         self._response: ResponseReader | None = None
         self._status = 0
@@ -344,15 +346,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     def pause_writing(self) -> None:
         self.flow.write_paused = True
         upstream = self._upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.pause_reading()
+        if upstream is not None:
+            upstream.pause_reading()
 
     def resume_writing(self) -> None:
         flow = self.flow
         flow.write_paused = False
         upstream = self._upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.resume_reading()
+        if upstream is not None:
+            upstream.resume_reading()
         if flow.reasons & Pause.CLIENT_FULL:
             # The next request waited for the client to read its answers: take it now.
             flow.resume(Pause.CLIENT_FULL)
@@ -529,7 +531,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._plain_answer = self._redaction is None and not allowed.ownership
         if isinstance(step, Forward):
             self._head = step.head  # (a narrowed list's target, rewritten)
-            self._send_head(forwarded_head(step.head), replayable=step.replayable)
+            feeds = self.ctx.event_feeds
+            if feeds is not None and allowed.operation == "SystemEvents" and shareable(step.head):
+                self._join_feed(feeds, step.head)
+            else:
+                self._send_head(forwarded_head(step.head), replayable=step.replayable)
         elif isinstance(step, HoldBody):
             self._head = step.head
             self._hold_body(step)
@@ -581,6 +587,31 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         outbox, self._outbox = self._outbox, []
         conn.write(b"".join(outbox))
         self.flow.resume(Pause.CONNECTING)
+
+    def _join_feed(self, feeds: EventFeeds, head: RequestHead) -> None:
+        """A `GET /events` that others may be asking too: its place in the shared stream
+        (relay/eventfeed.py), which then reports to this exchange as its daemon connection."""
+        self._enter(FORWARDING)
+        self._last_plan = None  # (a repeat takes this way again, not _send_head's)
+        self._response = ResponseReader(head.method)
+        self._retry_allowed = self._upstream_reused = False
+        self._upstream = feeds.join(head, forwarded_head(head), self)
+
+    def feed_failed(self, exc: GatewayError) -> None:
+        """The shared stream this exchange joined has no answer for it (relay/eventfeed.py)."""
+        self._upstream = None
+        self._upstream_failed(exc)
+
+    def feed_cut(self, note: str) -> None:
+        """The shared stream left this client behind: it reads too slowly. Cut at once (its
+        socket is full: a graceful close would wait on it)."""
+        self._upstream = None
+        self._log(note=note)
+        self._head = None
+        transport = self.transport
+        self.close_now()
+        if transport is not None:
+            transport.abort()
 
     def _attach(self, conn: UpstreamConnection) -> None:
         conn.owner = self
@@ -930,7 +961,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             return
         reusable = response is not None and response.done and response.keep_alive
         if upstream is not None:
-            if reusable:
+            if reusable and isinstance(upstream, UpstreamConnection):  # (not a Subscription)
                 self.ctx.pool.release(upstream)
             else:
                 upstream.close()
@@ -991,7 +1022,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         past the request head go first."""
         self.deadline = None
         upstream, transport = self._upstream, self.transport
-        assert upstream is not None and transport is not None  # called from upstream_data
+        # (called from upstream_data; a shared event stream never switches protocols)
+        assert isinstance(upstream, UpstreamConnection) and transport is not None
         self._enter(TUNNEL)
         tunnel = self.tunnel = Tunnel(transport, upstream, self.flow, self._end_tunnel)
         tunnel.start(self.reader.take_buffered())

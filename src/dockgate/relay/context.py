@@ -2,10 +2,10 @@
 
 Built once per serving process by `server.Gateway` and handed to every `ClientConnection`
 (relay/connection.py) instead of the Gateway itself, so the relay depends on the pieces it uses
-(a slice of the configuration, the loop, the upstream pool, admission, the memory budget for
-held bodies, the metrics and log sinks, two per-listener hooks) and not on the server that
-owns them: `relay` never imports `server`. A test builds one from fakes and gets a connection
-with `ClientConnection(context)`.
+(a slice of the configuration, the loop, the upstream pool and the shared event streams,
+admission, the memory budget for held bodies, the metrics and log sinks, two per-listener
+hooks) and not on the server that owns them: `relay` never imports `server`. A test builds one
+from fakes and gets a connection with `ClientConnection(context)`.
 
 Only `admissions` changes after start: a policy reload puts a new `Admissions` in force for the
 requests that follow (`Gateway.reload` sets it here too).
@@ -22,6 +22,7 @@ from dockgate.observe.accesslog import AccessLog
 from dockgate.observe.audit import AuditLog
 from dockgate.observe.metrics import RequestCounts
 from dockgate.policy.admission import Admissions, ConnectionFacts
+from dockgate.relay.eventfeed import EventFeeds
 from dockgate.relay.holding import HoldBudget
 from dockgate.relay.upstream import UpstreamPool
 
@@ -62,5 +63,8 @@ class ConnectionContext:
     add_certificate: CertificateHook = _no_certificate
     # Whether a peer at this address starts with a PROXY protocol header (--proxy-protocol).
     expects_proxy_header: Callable[[str], bool] = _no_proxy_header
+    # The shared `GET /events` streams (relay/eventfeed.py); None: each stream its own
+    # (--no-shared-events).
+    event_feeds: EventFeeds | None = None
     # Every open client connection of the process (the sweeps and the shutdown walk it).
     connections: set[ClientConnection] = dataclasses.field(default_factory=set)

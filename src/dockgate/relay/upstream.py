@@ -81,6 +81,15 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def pause_reading(self) -> None:
+        """The client cannot take more of the answer for now."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
     def close(self) -> None:
         """Drop the connection (it will not be reused); pending writes are discarded."""
         self.owner = None
