@@ -21,8 +21,8 @@ policy's redaction of events, its access and audit lines, its limits and timeout
 
 A member whose client stops reading cannot hold the others back (one daemon connection cannot be
 paused for one of them): past `SLOW_MEMBER_BYTES` of events written while its socket stays full
-it is cut, logged as such. (The daemon itself drops events for a subscriber that falls 1,024
-events behind for 100 ms: moby pkg/pubsub.)
+it is cut, logged as such, rather than buffered without bound. (The daemon itself drops events
+for a subscriber that falls 1,024 events behind for 100 ms: moby pkg/pubsub.)
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ from dockgate.http.response import (
 from dockgate.relay.upstream import UpstreamConnection, UpstreamOwner, UpstreamPool
 from dockgate.relay.upstreamtls import describe_upstream_error
 
-# Event bytes written to a member while its client's socket stays full, beyond which it is cut:
-# about a thousand events, as many as the daemon itself buffers for a subscriber.
-SLOW_MEMBER_BYTES = 1024 * 1024
+# Event bytes written to a member while its client's socket stays full (past the write buffer's
+# high-water mark), beyond which it is cut: a few hundred events on top of the socket buffers.
+# A one-to-one stream holds at most the high-water mark (256 KiB) and then pauses the daemon
+# connection; a shared one cannot pause, so this bounds a member's memory at twice that.
+SLOW_MEMBER_BYTES = 256 * 1024
 
 # Query keys after which a stream replays the past (moby api/server/router/system: since,
 # until). Go's url.ParseQuery splits on '&' (and on ';' before Go 1.17) and unescapes keys;
