@@ -85,25 +85,18 @@ class _ChunkTracker:
         self.complete = True
 
 
-class ChunkedDecoder:
+class ChunkedDecoder(_ChunkTracker):
     """A chunked body decoded: the bytes its chunks carry, read by read (sans-IO).
 
     For the shared event streams (relay/eventfeed.py), which frame what they relay anew for each
     client that joins; everything else relays the daemon's framing as it is (`ResponseReader`).
     """
 
-    __slots__ = ("_parts", "complete", "messages", "parser")
+    __slots__ = ("_parts",)
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
-        self.complete = False
-        self.messages = 0
-        self.parser = httptools.HttpResponseParser(self)
-        # Primed with a synthetic head, as _ChunkTracker is: what follows is a chunked body.
-        self.parser.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-
-    def on_message_begin(self) -> None:
-        self.messages += 1
+        super().__init__()
 
     def on_body(self, body: bytes) -> None:
         self._parts.append(body)

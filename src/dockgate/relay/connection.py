@@ -572,12 +572,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             raise
         except (OSError, TimeoutError) as exc:
             self._connect_task = None
-            self._upstream_failed(
-                UpstreamError(
-                    f"cannot connect to the Docker daemon at {self.ctx.pool.address}: "
-                    f"{describe_upstream_error(exc)}"
-                )
-            )
+            self._upstream_failed(self.ctx.pool.connect_failure(exc))
             return
         self._connect_task = None
         if self.closing or self._head is None:

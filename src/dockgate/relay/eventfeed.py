@@ -43,7 +43,6 @@ from dockgate.http.response import (
     ResponseReader,
 )
 from dockgate.relay.upstream import UpstreamConnection, UpstreamOwner, UpstreamPool
-from dockgate.relay.upstreamtls import describe_upstream_error
 
 # Event bytes written to a member while its client's socket stays full (past the write buffer's
 # high-water mark), beyond which it is cut: a few hundred events on top of the socket buffers.
@@ -190,12 +189,7 @@ class EventFeed:
             raise
         except (OSError, TimeoutError) as exc:
             self._task = None
-            self._fail(
-                UpstreamError(
-                    f"cannot connect to the Docker daemon at {pool.address}: "
-                    f"{describe_upstream_error(exc)}"
-                )
-            )
+            self._fail(pool.connect_failure(exc))
             return
         self._task = None
         if self.phase is FeedPhase.ENDED:
@@ -336,16 +330,8 @@ class EventFeed:
     def upstream_lost(self, exc: Exception | None = None) -> None:
         """The daemon connection is gone (or broke the protocol): every member's stream ends
         as its own would have (cut, or a 502 for one that has no head yet)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
-        everyone = [*self.members, *self.joining, *self.waiting]
-        self.members, self.joining, self.waiting = {}, {}, {}
-        self._end()
-        for sub in everyone:
-            owner, sub.owner = sub.owner, None
-            if owner is not None:
-                owner.upstream_lost(exc)
+        for owner in self._end_for_all():
+            owner.upstream_lost(exc)
 
     def upstream_paused(self) -> None:
         """(The feed writes one request head: nothing to pause.)"""
@@ -355,13 +341,21 @@ class EventFeed:
 
     def _fail(self, exc: GatewayError) -> None:
         """No answer to share: everyone gets the gateway's error."""
+        for owner in self._end_for_all():
+            owner.feed_failed(exc)
+
+    def _end_for_all(self) -> list[FeedMember]:
+        """The feed ends under its members: who they were, each to be told (after, so that
+        what they do then finds the feed ended)."""
         everyone = [*self.members, *self.joining, *self.waiting]
         self.members, self.joining, self.waiting = {}, {}, {}
         self._end()
+        owners = []
         for sub in everyone:
             owner, sub.owner = sub.owner, None
             if owner is not None:
-                owner.feed_failed(exc)
+                owners.append(owner)
+        return owners
 
     def _end(self) -> None:
         """No member left, or the stream is over: the daemon connection goes."""

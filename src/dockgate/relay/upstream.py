@@ -14,7 +14,9 @@ import ssl
 from typing import Protocol, cast
 
 from dockgate.addresses import Address
+from dockgate.http.errors import UpstreamError
 from dockgate.relay.tlsclient import ClientTLS
+from dockgate.relay.upstreamtls import describe_upstream_error
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Write-buffer marks for both sides of the gateway (the client side uses them too): large
@@ -115,6 +117,12 @@ class UpstreamPool:
         self.address = address
         self.max_idle = max_idle
         self._idle: collections.deque[UpstreamConnection] = collections.deque()
+
+    def connect_failure(self, exc: OSError | TimeoutError) -> UpstreamError:
+        """What a client is told (502) when `connect` failed with `exc`."""
+        return UpstreamError(
+            f"cannot connect to the Docker daemon at {self.address}: {describe_upstream_error(exc)}"
+        )
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
