@@ -84,6 +84,17 @@ class _ChunkTracker:
     def on_message_complete(self) -> None:
         self.complete = True
 
+    def track(self, data: bytes) -> None:
+        """Read `data`; UpstreamError for broken framing or bytes after the end."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
+        if self.messages > 1:
+            # Nothing may follow a response on a connection that carries one request at a
+            # time; relaying it would put the client out of step, so the stream is cut.
+            raise UpstreamError("the daemon sent bytes after the end of a chunked response")
+
 
 class ChunkedDecoder(_ChunkTracker):
     """A chunked body decoded: the bytes its chunks carry, read by read (sans-IO).
@@ -107,12 +118,7 @@ class ChunkedDecoder(_ChunkTracker):
     def feed(self, data: bytes) -> bytes:
         """What the chunks in `data` carry (b"" for framing alone); `complete` once the last
         chunk is read. UpstreamError for broken framing or bytes after the end."""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
-        if self.messages > 1:
-            raise UpstreamError("the daemon sent bytes after the end of a chunked response")
+        self.track(data)
         parts = self._parts
         if not parts:
             return b""
@@ -227,14 +233,7 @@ class ResponseReader:
         """Feed raw chunked bytes to the tracker; True once the body is complete."""
         tracker = self._tracker
         assert tracker is not None
-        try:
-            tracker.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise UpstreamError(f"the daemon sent invalid chunked framing: {exc}") from exc
-        if tracker.messages > 1:
-            # Nothing may follow a response on a connection that carries one request at a
-            # time; relaying it would put the client out of step, so the stream is cut.
-            raise UpstreamError("the daemon sent bytes after the end of a chunked response")
+        tracker.track(data)
         if tracker.complete:
             self.done = True
         return self.done
