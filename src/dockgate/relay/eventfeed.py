@@ -247,12 +247,14 @@ class EventFeed:
         self.head = head.raw
         rest = self._early[len(head.raw) :]
         self._early = b""
-        # Everyone who joined so far starts at the first event.
-        welcome, self.waiting = self.waiting, {}
+        # Everyone who joined so far starts at the first event: all members before the first
+        # head goes out (one that fails on it must not leave the feed looking empty).
+        welcome = list(self.waiting)
+        self.members.update(self.waiting)
+        self.waiting = {}
         for sub in welcome:
             owner = sub.owner
             if owner is not None:
-                self.members[sub] = None
                 owner.upstream_data(self.head)
         try:
             events = self._decoder.feed(rest) if rest else b""
@@ -264,30 +266,33 @@ class EventFeed:
     def _relay(self, events: bytes) -> None:
         """Events the daemon sent (a read's worth, or b""), to every member, in one chunk."""
         complete = self._decoder.complete
-        late: list[Subscription] = []
-        if self.joining and events:
-            late = self._start_joining(events)
+        # Members from this read on that must not get it whole: joiners that start inside it.
+        partial = self._start_joining(events) if self.joining and events else []
         chunk = b"%x\r\n%b\r\n" % (len(events), events) if events else b""
         if complete:
             chunk += _LAST_CHUNK
             self.phase = FeedPhase.ENDED
             self.feeds.forget(self)
-            late.extend(self.joining)  # they have their head: the end is theirs too
+            # Joiners still waiting for an event's start have their head: the end is theirs.
+            partial.extend(self.joining)
+            self.members.update(self.joining)
             self.joining.clear()
         if events:
             self._at_event_start = events.endswith(b"\n")
         if chunk:
-            self._write(list(self.members), chunk)
-        for sub in late:
-            if sub.owner is not None:
-                self.members[sub] = None
-                if complete:
-                    sub.owner.upstream_data(_LAST_CHUNK)
+            if partial:
+                skip = set(partial)
+                self._write([sub for sub in self.members if sub not in skip], chunk)
+            else:
+                self._write(list(self.members), chunk)
+        if complete and partial:
+            self._write(partial, _LAST_CHUNK)
 
     def _start_joining(self, events: bytes) -> list[Subscription]:
-        """Members waiting for an event's start: they get what follows the first one that
-        ends in `events`, and the next reads in full; returned to be added after this read's
-        delivery (which they must not get whole)."""
+        """Members waiting for an event's start join the members: at once if `events` starts
+        one (they get it whole, as everyone), else with what follows the first event that ends
+        in `events` (returned: they must not get the read whole). Members before any write, so
+        that a member cut meanwhile never leaves the feed looking empty."""
         if self._at_event_start:
             self.members.update(self.joining)
             self.joining.clear()
@@ -297,6 +302,7 @@ class EventFeed:
             return []  # still inside the same event
         starting = list(self.joining)
         self.joining.clear()
+        self.members.update(dict.fromkeys(starting))
         rest = events[end + 1 :]
         if rest:
             self._write(starting, b"%x\r\n%b\r\n" % (len(rest), rest))
