@@ -1,0 +1,272 @@
+"""Issue 14, "attack your own change": the shared event streams (relay/eventfeed.py) attacked by
+a caller with limited rights, against the real daemon (and in-process where only that reaches
+the state). Findings are strict xfails; the attacks that held are plain tests."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from support.attack import ATTACK_MARKS, direct
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from support.rawhttp import BufferedConn, parse_head
+from support.remote import basic_header, write_htpasswd
+from support.streams import wait_for
+
+pytestmark = ATTACK_MARKS
+
+VOLUME_EVENTS = "/v1.41/events?filters=%7B%22type%22%3A%5B%22volume%22%5D%7D"
+CONTAINER_EVENTS = "/v1.41/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D"
+
+USERS = {"root": "root-pw", "viewer": "viewer-pw"}
+POLICY = """\
+policies:
+  everything:
+    rules:
+      - allow: {sections: ["*"]}
+  viewer:
+    redact: {env: true, mounts: true, labels: true}
+    rules:
+      - allow: {sections: [events, ping, version, volumes, containers]}
+bindings:
+  - {policy: everything, users: [root]}
+  - {policy: viewer, users: [viewer]}
+"""
+
+
+@pytest.fixture(scope="module")
+def shared(daemon: PrivateDaemon) -> Iterator[Gateway]:
+    with running(Gateway(daemon.host), "the sharing gateway") as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def unshared(daemon: PrivateDaemon) -> Iterator[Gateway]:
+    with running(Gateway(daemon.host, "--no-shared-events"), "the one-to-one gateway") as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def callers(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A sharing gateway with two callers: root (everything) and viewer (labels redacted)."""
+    base = tmp_path_factory.mktemp("eventfeed-callers")
+    write_htpasswd(base / "htpasswd", USERS)
+    (base / "policy.yaml").write_text(POLICY)
+    gateway = Gateway(
+        daemon.host,
+        *("--htpasswd", str(base / "htpasswd"), "--auth-failures", "0"),
+        policy=str(base / "policy.yaml"),
+    )
+    with running(gateway, "the gateway of two callers") as gw:
+        yield gw
+
+
+def listeners(daemon: PrivateDaemon) -> int:
+    return int(daemon.docker("info", "--format", "{{.NEventsListener}}").stdout.decode().strip())
+
+
+def open_stream(port: int, target: str, extra: str = "", timeout: float = 15) -> BufferedConn:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    conn = BufferedConn(sock, timeout)
+    conn.send(f"GET {target} HTTP/1.1\r\nHost: docker\r\n{extra}\r\n".encode())
+    return conn
+
+
+def read_head(conn: BufferedConn) -> tuple[int, dict[str, str]]:
+    return parse_head(conn.read_until(b"\r\n\r\n")[:-4])
+
+
+def next_event(conn: BufferedConn, needle: str, timeout: float = 15) -> dict[str, object]:
+    """The first event (decoded from the chunked stream) that mentions `needle`."""
+    deadline = time.monotonic() + timeout
+    body = b""
+    while time.monotonic() < deadline:
+        size_line = conn.read_until(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        assert size, "the stream ended"
+        while len(conn.buf) < size + 2:
+            assert conn._fill(), "EOF inside a chunk"
+        body += bytes(conn.buf[:size])
+        del conn.buf[: size + 2]
+        *lines, body = body.split(b"\n")
+        for line in lines:
+            if needle.encode() in line:
+                return json.loads(line)  # type: ignore[no-any-return]
+    raise AssertionError(f"no event with {needle!r}")
+
+
+def unique(prefix: str) -> str:
+    return f"dgt-{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def volume(daemon: PrivateDaemon, labels: dict[str, str] | None = None) -> str:
+    name = unique("vol")
+    status, _ = direct(daemon, "POST", "/v1.41/volumes/create", {"Name": name, "Labels": labels})
+    assert status == 201
+    return name
+
+
+def remove_volume(daemon: PrivateDaemon, name: str) -> None:
+    direct(daemon, "DELETE", f"/v1.41/volumes/{name}")
+
+
+def subscribed(daemon: PrivateDaemon, conns: list[BufferedConn], made: list[str]) -> None:
+    """Make volumes until every stream has seen one (then it receives events)."""
+    for conn in conns:
+        name = volume(daemon)
+        made.append(name)
+        next_event(conn, name)
+
+
+# ----- information between callers ------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a joiner's head carries the Date of another caller's stream: it learns that "
+    "someone watches the same events, and since when",
+)
+def test_a_joiner_head_is_its_own(shared: Gateway, daemon: PrivateDaemon) -> None:
+    first = open_stream(shared.port, VOLUME_EVENTS)
+    with first:
+        read_head(first)
+        time.sleep(3.2)
+        with open_stream(shared.port, VOLUME_EVENTS) as late:
+            _, headers = read_head(late)
+            date = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+            assert time.time() - date < 2.0, f"the joiner's Date is {time.time() - date:.1f} s old"
+
+
+def test_a_joiner_head_is_fresh_without_sharing(unshared: Gateway) -> None:
+    with open_stream(unshared.port, VOLUME_EVENTS) as first:
+        read_head(first)
+        time.sleep(2.2)
+        with open_stream(unshared.port, VOLUME_EVENTS) as late:
+            _, headers = read_head(late)
+            date = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+            assert time.time() - date < 2.0
+
+
+@pytest.mark.parametrize("first_is_root", [True, False])
+def test_redacted_caller_on_a_shared_feed_sees_no_labels(
+    callers: Gateway, daemon: PrivateDaemon, busybox_image: str, first_is_root: bool
+) -> None:
+    """root and viewer ask the same container events (same target: one feed, whichever opens
+    it): the viewer's policy redacts labels, root's does not; each sees what its own stream
+    shows."""
+    root = f"Authorization: {basic_header('root', USERS['root'])}\r\n"
+    viewer = f"Authorization: {basic_header('viewer', USERS['viewer'])}\r\n"
+    order = [root, viewer] if first_is_root else [viewer, root]
+    made: list[str] = []
+    conns = [open_stream(callers.port, CONTAINER_EVENTS, who) for who in order]
+    secret = f"secret-{uuid.uuid4().hex[:8]}"
+    try:
+        for conn in conns:
+            assert read_head(conn)[0] == 200
+        for conn in conns:  # each is in once it saw a container made after it
+            made.append(container(daemon, busybox_image, {}))
+            next_event(conn, made[-1])
+        made.append(container(daemon, busybox_image, {"dg.secret": secret}))
+        seen = {who: next_event(conn, made[-1]) for who, conn in zip(order, conns, strict=True)}
+    finally:
+        for conn in conns:
+            conn.close()
+        for cid in made:
+            direct(daemon, "DELETE", f"/v1.41/containers/{cid}?force=1")
+    assert secret in json.dumps(seen[root])
+    assert secret not in json.dumps(seen[viewer])
+
+
+def container(daemon: PrivateDaemon, image: str, labels: dict[str, str]) -> str:
+    status, created = direct(
+        daemon, "POST", "/v1.41/containers/create", {"Image": image, "Labels": labels}
+    )
+    assert status == 201, created
+    return str(created["Id"])
+
+
+# ----- what the first member sends ---------------------------------------------------------------
+
+FIRST_MEMBER_HEADERS = [
+    "Connection: close\r\n",
+    "Connection: Upgrade, close\r\nUpgrade: websocket\r\n",
+    "Connection: Upgrade\r\nUpgrade: tcp\r\n",
+    "Expect: 100-continue\r\n",
+    "Content-Length: 0\r\n",
+    "X-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\nForwarded: for=10.9.9.9\r\n",
+    "Origin: http://evil.example\r\n",
+    "Accept-Encoding: gzip\r\nTE: trailers\r\n",
+]
+
+
+def joiner_head(gateway: Gateway, first_headers: str, target: str) -> dict[str, str]:
+    """The head a plain second caller gets while a first one (with `first_headers`) holds the
+    same stream open."""
+    with open_stream(gateway.port, target, first_headers) as first:
+        status, _ = read_head(first)
+        with open_stream(gateway.port, target) as second:
+            status2, headers = read_head(second)
+    assert status2 == 200, (status, status2)
+    return headers
+
+
+@pytest.mark.parametrize("extra", FIRST_MEMBER_HEADERS)
+def test_first_member_headers_do_not_change_a_joiner_head(
+    shared: Gateway, unshared: Gateway, extra: str
+) -> None:
+    target = f"{VOLUME_EVENTS}&x={uuid.uuid4().hex[:6]}"  # a feed of this test's own
+    got = joiner_head(shared, extra, target)
+    alone = joiner_head(unshared, extra, target)
+    for headers in (got, alone):
+        headers.pop("date", None)
+    assert got == alone
+
+
+# ----- feeds that end -------------------------------------------------------------------------
+
+
+def test_members_leaving_at_every_moment_leave_no_daemon_subscriber(
+    shared: Gateway, daemon: PrivateDaemon
+) -> None:
+    """Callers that leave right after asking (before the head), right after the head, and a
+    half-close after the request: the daemon's subscriber count goes back."""
+    wait_for(lambda: listeners(daemon) == 0, timeout=20, what="no stream from earlier tests")
+    target = f"{VOLUME_EVENTS}&x={uuid.uuid4().hex[:6]}"
+    for _ in range(10):
+        conn = open_stream(shared.port, target)
+        conn.close()
+    for _ in range(5):
+        with open_stream(shared.port, target) as conn:
+            read_head(conn)
+    for _ in range(5):
+        conn = open_stream(shared.port, target)
+        conn.sock.shutdown(socket.SHUT_WR)
+        conn.wait_closed(5)
+        conn.close()
+    # A member stays while others come and go.
+    with open_stream(shared.port, target) as keep:
+        read_head(keep)
+        for _ in range(5):
+            open_stream(shared.port, target).close()
+        assert listeners(daemon) == 1
+    wait_for(lambda: listeners(daemon) == 0, timeout=20, what="the subscriptions to end")
+
+
+def test_an_error_answer_reaches_those_who_asked_and_no_one_is_stuck(shared: Gateway) -> None:
+    target = "/v1.41/events?filters=%7Bbad"
+    conns = [open_stream(shared.port, target) for _ in range(3)]
+    for conn in conns:
+        status, _ = read_head(conn)
+        assert status in (400, 500)
+        conn.close()
+    with open_stream(shared.port, target) as later:
+        assert read_head(later)[0] in (400, 500)
+    with open_stream(shared.port, VOLUME_EVENTS) as fine:
+        assert read_head(fine)[0] == 200
