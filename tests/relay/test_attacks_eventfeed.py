@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import pathlib
 import socket
 import time
 import uuid
@@ -13,7 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.attack import ATTACK_MARKS, direct
+from support.attack import (
+    ATTACK_MARKS,
+    TENANT_USERS,
+    direct,
+    running_tenants,
+    tenants_policy,
+)
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.rawhttp import BufferedConn, parse_head
@@ -83,8 +90,11 @@ def read_head(conn: BufferedConn) -> tuple[int, dict[str, str]]:
     return parse_head(conn.read_until(b"\r\n\r\n")[:-4])
 
 
-def next_event(conn: BufferedConn, needle: str, timeout: float = 15) -> dict[str, object]:
-    """The first event (decoded from the chunked stream) that mentions `needle`."""
+def next_event(
+    conn: BufferedConn, needle: str, timeout: float = 15, seen: list[bytes] | None = None
+) -> dict[str, object]:
+    """The first event (decoded from the chunked stream) that mentions `needle`; the events
+    read on the way are added to `seen`."""
     deadline = time.monotonic() + timeout
     body = b""
     while time.monotonic() < deadline:
@@ -97,6 +107,8 @@ def next_event(conn: BufferedConn, needle: str, timeout: float = 15) -> dict[str
         del conn.buf[: size + 2]
         *lines, body = body.split(b"\n")
         for line in lines:
+            if seen is not None:
+                seen.append(line)
             if needle.encode() in line:
                 return json.loads(line)  # type: ignore[no-any-return]
     raise AssertionError(f"no event with {needle!r}")
@@ -270,3 +282,37 @@ def test_an_error_answer_reaches_those_who_asked_and_no_one_is_stuck(shared: Gat
         assert read_head(later)[0] in (400, 500)
     with open_stream(shared.port, VOLUME_EVENTS) as fine:
         assert read_head(fine)[0] == 200
+
+
+# ----- ownership -----------------------------------------------------------------------------
+
+
+def test_tenants_in_ownership_mode_never_share_a_feed(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path: pathlib.Path
+) -> None:
+    """alice and bob (ownership mode) both ask `GET /events`: their narrowed targets differ, so
+    each has a daemon subscriber of its own, and bob never sees alice's container."""
+    wait_for(lambda: listeners(daemon) == 0, timeout=20, what="no stream from earlier tests")
+    policy = tenants_policy("ping, version, events, containers")
+    with running_tenants(daemon, tmp_path, policy, TENANT_USERS) as apis:
+        port = apis["alice"].gateway.port
+        streams = {
+            user: open_stream(port, "/v1.41/events", f"Authorization: {api.authorization}\r\n")
+            for user, api in apis.items()
+        }
+        try:
+            for conn in streams.values():
+                assert read_head(conn)[0] == 200
+            assert listeners(daemon) == 2
+            mine = apis["alice"].create({"Image": busybox_image})
+            theirs = apis["bob"].create({"Image": busybox_image})
+            bob_saw: list[bytes] = []
+            next_event(streams["bob"], theirs, seen=bob_saw)
+            next_event(streams["alice"], mine)
+            assert bob_saw and not any(mine.encode() in line for line in bob_saw)
+        finally:
+            for conn in streams.values():
+                conn.close()
+            for cid in (locals().get("mine"), locals().get("theirs")):
+                if cid:
+                    direct(daemon, "DELETE", f"/v1.41/containers/{cid}?force=1")
