@@ -316,3 +316,106 @@ def test_tenants_in_ownership_mode_never_share_a_feed(
             for cid in (locals().get("mine"), locals().get("theirs")):
                 if cid:
                     direct(daemon, "DELETE", f"/v1.41/containers/{cid}?force=1")
+
+
+# ----- members that do not read ------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def stalled_stream(port: int, target: str) -> socket.socket:
+    """A client that asks for `target` and never reads (a small receive buffer)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
+    return sock
+
+
+def stalled_members_load(
+    daemon: PrivateDaemon, image: str, gateway: Gateway, members: int, containers: int
+) -> tuple[int, int, float, int]:
+    """`members` clients that never read and one that does, on container events; `containers`
+    made with 128 KiB of labels each (an event as big). The gateway's RSS growth (KiB), how
+    many stalled clients were cut, the reader's slowest wait for an event, and events read."""
+    before = rss_kib(gateway.pid)
+    stalled = [stalled_stream(gateway.port, CONTAINER_EVENTS) for _ in range(members)]
+    made: list[str] = []
+    try:
+        with open_stream(gateway.port, CONTAINER_EVENTS) as reader:
+            assert read_head(reader)[0] == 200
+            made.append(container(daemon, image, {}))
+            next_event(reader, made[-1])
+            labels = {f"dg.big{i}": "x" * 1024 for i in range(128)}
+            slowest = 0.0
+            for _ in range(containers):
+                made.append(container(daemon, image, labels))
+                started = time.monotonic()
+                next_event(reader, made[-1], timeout=20)
+                slowest = max(slowest, time.monotonic() - started)
+            peak = rss_kib(gateway.pid)
+        cut = 0
+        for sock in stalled:
+            sock.setblocking(False)
+            try:
+                while sock.recv(1 << 20):
+                    pass
+                cut += 1  # EOF
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                cut += 1
+        return peak - before, cut, slowest, len(made)
+    finally:
+        for sock in stalled:
+            sock.close()
+        for cid in made:
+            direct(daemon, "DELETE", f"/v1.41/containers/{cid}?force=1")
+
+
+def test_stalled_members_cost_no_more_than_their_own_streams(
+    daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """100 callers that never read and one that does, while 5 MiB of events go by: the reader
+    is never held back, and the gateway grows no more than with a stream each."""
+    grown = {}
+    for sharing in (True, False):
+        args = () if sharing else ("--no-shared-events",)
+        with running(Gateway(daemon.host, *args)) as gw:
+            grown[sharing], cut, slowest, _ = stalled_members_load(
+                daemon, busybox_image, gw, 100, 40
+            )
+            assert slowest < 5.0
+            if sharing:
+                assert cut > 0, "stalled members are cut"
+    assert grown[True] <= grown[False] + 8 * 1024, grown
+
+
+# ----- replays -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["since", "%73ince", "%73%69%6e%63%65", "x=1&since"])
+def test_replays_spelled_otherwise_are_replayed_for_each_caller(
+    shared: Gateway, daemon: PrivateDaemon, key: str
+) -> None:
+    """Two callers ask a replay from a moment before an event, the key spelled as the daemon
+    reads it: each gets the past event (no one shares a feed that started after it)."""
+    made = volume(daemon)
+    try:
+        since = int(time.time()) - 1
+        time.sleep(1.1)  # the second caller comes later than the first's feed started
+        target = f"{VOLUME_EVENTS}&{key}={since}"
+        with open_stream(shared.port, target) as first:
+            assert read_head(first)[0] == 200
+            next_event(first, made)
+            time.sleep(1.1)
+            with open_stream(shared.port, target) as second:
+                assert read_head(second)[0] == 200
+                next_event(second, made)
+    finally:
+        remove_volume(daemon, made)
