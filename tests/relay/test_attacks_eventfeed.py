@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dockgate.relay.eventfeed import SLOW_MEMBER_BYTES
 from support.attack import (
     ATTACK_MARKS,
     TENANT_USERS,
@@ -23,6 +24,7 @@ from support.attack import (
 )
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.inprocess import ClockLoop, open_connection, relayed, request
 from support.rawhttp import BufferedConn, parse_head
 from support.remote import basic_header, write_htpasswd
 from support.streams import wait_for
@@ -419,3 +421,63 @@ def test_replays_spelled_otherwise_are_replayed_for_each_caller(
                 next_event(second, made)
     finally:
         remove_volume(daemon, made)
+
+
+# ----- in-process: states only timing reaches ----------------------------------------------------
+
+EVENTS_HEAD = (
+    b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def event(n: int, pad: int = 0) -> bytes:
+    return b'{"Type":"volume","Action":"create","Actor":{"ID":"v%d"},"p":"%b"}\n' % (
+        n,
+        b"x" * pad,
+    )
+
+
+@pytest.fixture
+def loop() -> Iterator[ClockLoop]:
+    loop = ClockLoop()
+    yield loop
+    loop.shut()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a member that stops reading, cut on the read that starts a late joiner's first "
+    "event, ends the feed under the joiner: its stream goes silent forever, no daemon behind it",
+)
+def test_a_cut_member_does_not_strand_a_late_joiner(loop: ClockLoop) -> None:
+    """Attacker A holds a stream open and stops reading; victim B joins while an event is half
+    sent. The read that ends that event pushes A past the cap: A is cut. B must go on getting
+    the events (or at least see its stream end), as its own stream would."""
+    a = open_connection(loop)
+    b = open_connection(loop, context=a.context)
+    a.send(request("GET", "/events"))
+    daemon = a.daemon()
+    daemon.send(EVENTS_HEAD)
+    a.client.take()
+    a.fill()  # A's socket is full from now on
+    big = event(0, pad=SLOW_MEMBER_BYTES)
+    half = SLOW_MEMBER_BYTES - 300
+    daemon.send(b"%x\r\n%b" % (len(big), big[:half]))  # A: unread just under the cap
+    assert not a.client.closing
+    b.send(request("GET", "/events"))
+    loop.settle()
+    assert b.client.take() == relayed(EVENTS_HEAD)
+    daemon.send(big[half:] + b"\r\n" + chunk(event(1)))  # A cut on this read; B starts at 1
+    assert a.client.aborted
+    assert b.client.take() == chunk(event(1))
+    daemon.send(chunk(event(2)))
+    # Found: the cut left no member in the feed's sets (B was held in a local list), so the
+    # feed ended and closed the daemon connection; B was then added to the dead feed: a 200
+    # stream that never sends another byte, and never ends.
+    assert not daemon.closed, "B is still a member: the daemon stream must stay"
+    assert b.client.take() == chunk(event(2))
