@@ -481,3 +481,59 @@ def test_a_cut_member_does_not_strand_a_late_joiner(loop: ClockLoop) -> None:
     # stream that never sends another byte, and never ends.
     assert not daemon.closed, "B is still a member: the daemon stream must stay"
     assert b.client.take() == chunk(event(2))
+
+
+# ----- other requests beside a running feed -------------------------------------------------------
+
+
+def test_http10_head_and_pipelined_requests_beside_a_feed(
+    shared: Gateway, daemon: PrivateDaemon
+) -> None:
+    """With a feed running: an HTTP/1.0 caller gets its own until-close stream (no chunks), a
+    HEAD its own head, and a request pipelined behind a shared stream never reaches anyone."""
+    with open_stream(shared.port, VOLUME_EVENTS) as feed:
+        assert read_head(feed)[0] == 200
+        sock = socket.create_connection(("127.0.0.1", shared.port), timeout=10)
+        with BufferedConn(sock, 10) as old:
+            old.send(f"GET {VOLUME_EVENTS} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            status, headers = read_head(old)
+            assert status == 200 and "transfer-encoding" not in headers
+            name = volume(daemon)
+            try:
+                line = old.read_until(b"\n")
+                assert line.startswith(b"{") and name.encode() in line, line[:100]
+            finally:
+                remove_volume(daemon, name)
+        sock = socket.create_connection(("127.0.0.1", shared.port), timeout=10)
+        with BufferedConn(sock, 10) as heads:
+            heads.send(f"HEAD {VOLUME_EVENTS} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
+            assert read_head(heads)[0] == 404  # the daemon has no HEAD /events
+        piped = open_stream(
+            shared.port, VOLUME_EVENTS, "\r\nGET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\n"
+        )
+        with piped:
+            assert read_head(piped)[0] == 200
+            name = volume(daemon)
+            try:
+                next_event(piped, name)
+                next_event(feed, name)
+            finally:
+                remove_volume(daemon, name)
+            assert b"OK" not in bytes(piped.buf)
+
+
+def test_gateway_stops_promptly_with_shared_streams(daemon: PrivateDaemon) -> None:
+    gw = Gateway(daemon.host).start()
+    try:
+        conns = [open_stream(gw.port, VOLUME_EVENTS) for _ in range(5)]
+        for conn in conns:
+            read_head(conn)
+        started = time.monotonic()
+        code = gw.stop(timeout=15)
+        assert time.monotonic() - started < 12, code
+        for conn in conns:
+            assert conn.wait_closed(5)[0]
+            conn.close()
+    finally:
+        gw.stop()
+    wait_for(lambda: listeners(daemon) == 0, timeout=20, what="the subscription to end")
