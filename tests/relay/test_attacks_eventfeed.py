@@ -589,3 +589,68 @@ def test_a_policy_reload_applies_to_those_who_join_a_running_feed(
             for cid in made:
                 direct(daemon, "DELETE", f"/v1.41/containers/{cid}?force=1")
     assert secret not in json.dumps(seen)
+
+
+def slow_reader_under_burst(
+    daemon: PrivateDaemon, image: str, gateway: Gateway, containers: int
+) -> tuple[int, bool]:
+    """A caller that reads its container events slowly (16 KiB every 20 ms: 800 KB/s) while
+    another makes `containers` containers with 256 KiB of labels each, as fast as it can: how
+    many of those events the slow caller read, and whether its stream was cut."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", gateway.port))
+    made: list[str] = []
+    with BufferedConn(sock, 15) as slow:
+        slow.send(f"GET {CONTAINER_EVENTS} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
+        assert read_head(slow)[0] == 200
+        try:
+            made.append(container(daemon, image, {}))
+            next_event(slow, made[-1])
+            labels = {f"dg.big{i}": "x" * 1024 for i in range(256)}
+            ids = []
+            for _ in range(containers):
+                made.append(container(daemon, image, labels))
+                ids.append(made[-1].encode())
+            got = bytearray()
+            deadline = time.monotonic() + 20
+            cut = False
+            sock.settimeout(0.02)
+            while time.monotonic() < deadline and ids[-1] not in got:
+                try:
+                    data = sock.recv(16384)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    cut = True
+                    break
+                if not data:
+                    cut = True
+                    break
+                got += data
+                time.sleep(0.02)
+            return sum(1 for cid in ids if cid in got), cut
+        finally:
+            for cid in made:
+                direct(daemon, "DELETE", f"/v1.41/containers/{cid}?force=1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a caller that bursts big events (containers with 256 KiB of labels) gets another "
+    "caller's slow but reading event stream cut, where its own stream would only lag",
+)
+def test_a_slow_reader_is_not_cut_by_another_callers_burst(
+    shared: Gateway, daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    read, cut = slow_reader_under_burst(daemon, busybox_image, shared, 24)
+    # Found: cut after about 14 of the 24 events (the one-to-one stream below reads all 24).
+    assert (read, cut) == (24, False)
+
+
+def test_a_slow_reader_keeps_its_own_stream_through_a_burst(
+    unshared: Gateway, daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """The same slow reader with a daemon stream of its own: the daemon waits for it (its
+    subscriber buffer holds 1,024 events), nothing is lost, nothing is cut."""
+    assert slow_reader_under_burst(daemon, busybox_image, unshared, 24) == (24, False)
