@@ -654,3 +654,20 @@ def test_a_slow_reader_keeps_its_own_stream_through_a_burst(
     """The same slow reader with a daemon stream of its own: the daemon waits for it (its
     subscriber buffer holds 1,024 events), nothing is lost, nothing is cut."""
     assert slow_reader_under_burst(daemon, busybox_image, unshared, 24) == (24, False)
+
+
+def test_many_distinct_targets_are_one_subscriber_each_and_all_go(
+    shared: Gateway, daemon: PrivateDaemon
+) -> None:
+    """200 streams each asking something else (a query key of their own): 200 daemon
+    subscribers, as without sharing, and none left once they close."""
+    wait_for(lambda: listeners(daemon) == 0, timeout=20, what="no stream from earlier tests")
+    conns = [open_stream(shared.port, f"{VOLUME_EVENTS}&n={n}") for n in range(200)]
+    try:
+        for conn in conns:
+            assert read_head(conn)[0] == 200
+        assert listeners(daemon) == 200
+    finally:
+        for conn in conns:
+            conn.close()
+    wait_for(lambda: listeners(daemon) == 0, timeout=20, what="the subscriptions to end")
