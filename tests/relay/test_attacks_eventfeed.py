@@ -1,6 +1,16 @@
 """Issue 14, "attack your own change": the shared event streams (relay/eventfeed.py) attacked by
 a caller with limited rights, against the real daemon (and in-process where only that reaches
-the state). Findings are strict xfails; the attacks that held are plain tests."""
+the state). Findings are strict xfails; the attacks that held are plain tests.
+
+Findings:
+- test_a_cut_member_does_not_strand_a_late_joiner: a member cut (or leaving) inside the feed's
+  delivery, while a late joiner sits in a local list, ends the feed: the joiner is added to a
+  dead feed and its 200 stream never sends another byte (in-process: timing only).
+- test_a_slow_reader_is_not_cut_by_another_callers_burst: a caller making containers with big
+  labels gets another caller's slow (reading) event stream cut; its own stream would only lag.
+- test_a_joiner_head_is_its_own: a joiner's head is the first member's, Date included: it tells
+  that someone else watches the same events, and since when.
+"""
 
 from __future__ import annotations
 
