@@ -185,34 +185,70 @@ def test_the_daemon_ending_the_stream_ends_each_exchange(loop: ClockLoop) -> Non
     assert a.daemon().take() == forwarded(request("GET", "/_ping"))
 
 
-def test_a_client_that_stops_reading_is_cut_not_the_others(loop: ClockLoop) -> None:
+def big_event() -> bytes:
+    return event(0) * (64 * 1024 // len(event(0)))
+
+
+def test_a_client_that_stops_reading_is_cut_once_the_budget_is_spent(loop: ClockLoop) -> None:
+    """Unread events of all members together may take the budget; past it, a member with more
+    than SLOW_MEMBER_BYTES unread is cut, and the others go on."""
     a, b = clients(loop, 2)
+    feeds = a.context.event_feeds
+    assert feeds is not None
+    feeds.unread_budget = 4 * SLOW_MEMBER_BYTES
     a.send(request("GET", "/events"))
     b.send(request("GET", "/events"))
     daemon = a.daemon()
     daemon.send(EVENTS_HEAD)
     b.fill()  # B's socket is full
-    big = event(0) * (64 * 1024 // len(event(0)))
     sent = 0
-    while sent <= SLOW_MEMBER_BYTES and not b.client.closing:
-        daemon.send(chunk(big))
-        sent += len(chunk(big))
+    while sent <= feeds.unread_budget and not b.client.closing:
+        daemon.send(chunk(big_event()))
+        sent += len(chunk(big_event()))
+    assert sent > feeds.unread_budget, "not cut before the budget was spent"
     assert b.client.aborted
     assert b.records[-1].note.startswith("the client read the shared event stream too slowly")
+    assert feeds.unread == 0, "what it had not read is no longer counted"
     assert not a.client.closing
     daemon.send(chunk(event(9)))
     assert a.client.data.endswith(chunk(event(9)))
     assert not daemon.closed
 
 
-def test_a_client_that_catches_up_is_not_cut(loop: ClockLoop) -> None:
+def test_a_slow_member_under_the_budget_is_not_cut(loop: ClockLoop) -> None:
+    """A reader that lags through a burst (its socket full for a while) keeps its stream while
+    the budget lasts, as its own stream would (the daemon holds 1,024 events for it)."""
     a, b = clients(loop, 2)
+    feeds = a.context.event_feeds
+    assert feeds is not None
+    feeds.unread_budget = 8 * SLOW_MEMBER_BYTES
     a.send(request("GET", "/events"))
     b.send(request("GET", "/events"))
     daemon = a.daemon()
     daemon.send(EVENTS_HEAD)
-    big = event(0) * (64 * 1024 // len(event(0)))
-    for _ in range(3 * SLOW_MEMBER_BYTES // len(big)):
+    b.fill()
+    for _ in range(6 * SLOW_MEMBER_BYTES // len(big_event())):
+        daemon.send(chunk(big_event()))
+    assert not b.client.closing
+    assert feeds.unread >= 5 * SLOW_MEMBER_BYTES
+    b.drain()
+    assert feeds.unread == 0
+    b.send_eof()
+    a.send_eof()
+    assert feeds.unread == 0 and len(feeds) == 0
+
+
+def test_a_client_that_catches_up_is_not_cut(loop: ClockLoop) -> None:
+    a, b = clients(loop, 2)
+    feeds = a.context.event_feeds
+    assert feeds is not None
+    feeds.unread_budget = 2 * SLOW_MEMBER_BYTES
+    a.send(request("GET", "/events"))
+    b.send(request("GET", "/events"))
+    daemon = a.daemon()
+    daemon.send(EVENTS_HEAD)
+    big = big_event()
+    for _ in range(3 * feeds.unread_budget // len(big)):
         b.fill()
         daemon.send(chunk(big))
         b.drain()

@@ -20,16 +20,22 @@ were its own daemon connection (`Subscription` stands in for the `UpstreamConnec
 policy's redaction of events, its access and audit lines, its limits and timeouts are its own.
 
 A member whose client stops reading cannot hold the others back (one daemon connection cannot be
-paused for one of them): past `SLOW_MEMBER_BYTES` of events written while its socket stays full
-it is cut, logged as such, rather than buffered without bound. (The daemon itself drops events
-for a subscriber that falls 1,024 events behind for 100 ms: moby pkg/pubsub.)
+paused for one of them), so what is written to it while its socket stays full is counted: the
+events not yet read by all the members of the process together may take `UNREAD_BUDGET_BYTES`;
+past that, a member with more than `SLOW_MEMBER_BYTES` of them is cut, logged as such, rather
+than buffered without bound. A slow reader alone rides out a burst of big events (another
+caller's containers with large labels) as its own stream would: the daemon holds 1,024 events
+for a slow subscriber before it drops them (moby pkg/pubsub); the budget is that cushion,
+shared. The head a joiner gets is the daemon's with a `Date` of now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import enum
 import re
+import time
 from typing import Protocol
 from urllib.parse import unquote_plus
 
@@ -44,10 +50,12 @@ from dockgate.http.response import (
 )
 from dockgate.relay.upstream import UpstreamConnection, UpstreamOwner, UpstreamPool
 
-# Event bytes written to a member while its client's socket stays full (past the write buffer's
-# high-water mark), beyond which it is cut: a few hundred events on top of the socket buffers.
-# A one-to-one stream holds at most the high-water mark (256 KiB) and then pauses the daemon
-# connection; a shared one cannot pause, so this bounds a member's memory at twice that.
+# Event bytes written to members while their clients' sockets stay full (past the write
+# buffer's high-water mark), all members of the process together: past this budget, a member
+# with more than SLOW_MEMBER_BYTES of them is cut. A one-to-one stream holds at most the
+# high-water mark (256 KiB) and then pauses its daemon connection; shared streams cost at most
+# this much more, whatever the number of members that stop reading.
+UNREAD_BUDGET_BYTES = 16 * 1024 * 1024
 SLOW_MEMBER_BYTES = 256 * 1024
 
 # Query keys after which a stream replays the past (moby api/server/router/system: since,
@@ -57,6 +65,7 @@ _QUERY_SEPARATORS = re.compile(r"[&;]")
 _REPLAY_KEYS = frozenset({"since", "until"})
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_DATE_FIELD = re.compile(rb"\r\ndate:[^\r\n]*", re.IGNORECASE)
 
 
 def shareable(head: RequestHead) -> bool:
@@ -115,6 +124,7 @@ class Subscription:
 
     def resume_reading(self) -> None:
         self.paused = False
+        self.feed.feeds.unread -= self.unread
         self.unread = 0
 
     def close(self) -> None:
@@ -143,6 +153,9 @@ class EventFeed:
         # The events relayed so far end with a whole one: a member may start at the next byte.
         self._at_event_start = True
         self._task: asyncio.Task[None] | None = None
+        # The head for joiners, with the Date of the second it was made in (_head_now).
+        self._head_second = 0
+        self._head_of_second = b""
 
     # ----- members --------------------------------------------------------------------------
 
@@ -156,6 +169,8 @@ class EventFeed:
 
     def leave(self, sub: Subscription) -> None:
         sub.owner = None
+        self.feeds.unread -= sub.unread
+        sub.unread = 0
         self.waiting.pop(sub, None)
         self.joining.pop(sub, None)
         self.members.pop(sub, None)
@@ -170,11 +185,21 @@ class EventFeed:
             return  # it left meanwhile
         del self.waiting[sub]
         if self.phase is FeedPhase.ENDED:
-            owner.upstream_data(self.head + _LAST_CHUNK)
+            owner.upstream_data(self._head_now() + _LAST_CHUNK)
             return
-        owner.upstream_data(self.head)
+        owner.upstream_data(self._head_now())
         if sub.owner is not None:
             (self.members if self._at_event_start else self.joining)[sub] = None
+
+    def _head_now(self) -> bytes:
+        """The daemon's head with today's `Date`: a joiner is not told since when the stream
+        it joins has run (another caller's, maybe)."""
+        now = int(time.time())
+        if now != self._head_second:
+            date = b"\r\nDate: " + email.utils.formatdate(now, usegmt=True).encode()
+            self._head_of_second = _DATE_FIELD.sub(lambda _: date, self.head, count=1)
+            self._head_second = now
+        return self._head_of_second
 
     # ----- the daemon side ------------------------------------------------------------------
 
@@ -310,17 +335,21 @@ class EventFeed:
 
     def _write(self, subs: list[Subscription], chunk: bytes) -> None:
         size = len(chunk)
+        feeds = self.feeds
         for sub in subs:
             owner = sub.owner
             if owner is None:
                 continue  # left while an earlier member was written to
             if sub.paused:
                 sub.unread += size
-                if sub.unread > SLOW_MEMBER_BYTES:
+                feeds.unread += size
+                if sub.unread > SLOW_MEMBER_BYTES and feeds.unread > feeds.unread_budget:
+                    sub_unread = sub.unread
                     self.leave(sub)
                     owner.feed_cut(
-                        f"the client read the shared event stream too slowly "
-                        f"({SLOW_MEMBER_BYTES // 1024} KiB of events unread)"
+                        "the client read the shared event stream too slowly "
+                        f"({sub_unread // 1024} KiB of events unread, "
+                        f"{feeds.unread_budget // 1024 // 1024} MiB for all streams)"
                     )
                     continue
             owner.upstream_data(chunk)
@@ -358,6 +387,8 @@ class EventFeed:
         self._end()
         owners = []
         for sub in everyone:
+            self.feeds.unread -= sub.unread
+            sub.unread = 0
             owner, sub.owner = sub.owner, None
             if owner is not None:
                 owners.append(owner)
@@ -378,10 +409,18 @@ class EventFeed:
 class EventFeeds:
     """The process's shared event streams, by forwarded target."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: UpstreamPool) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pool: UpstreamPool,
+        unread_budget: int = UNREAD_BUDGET_BYTES,
+    ) -> None:
         self.loop = loop
         self.pool = pool
         self._feeds: dict[str, EventFeed] = {}
+        # Event bytes written to members whose clients' sockets are full, all feeds together.
+        self.unread = 0
+        self.unread_budget = unread_budget
 
     def __len__(self) -> int:
         return len(self._feeds)
