@@ -145,3 +145,23 @@ def test_repeats_write_the_access_line_the_first_wrote(loop: ClockLoop) -> None:
         "op=SystemPing decision=allow:allow-all:rule-1 user=-"
     }
     assert lines[3].endswith("(client gone)")
+
+
+def test_a_repeat_without_an_idle_upstream_connection_opens_one(loop: ClockLoop) -> None:
+    """The daemon closed the pooled connection between two repeats: the repeat finds no idle
+    connection, waits for a new one, and goes out on it."""
+    relay = open_connection(loop)
+    relay.send(PING)
+    first = relay.daemon()
+    first.take()
+    first.send(answer(200, b"OK"))
+    relay.client.take()
+    first.send_eof()  # the daemon closes the idle connection
+    assert relay.pool.idle == []
+    relay.send(PING)
+    second = relay.daemon()
+    assert second is not first
+    assert second.take() == forwarded(PING)
+    second.send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+    assert [r.status for r in relay.records] == [200, 200]
