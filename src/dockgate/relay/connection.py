@@ -287,15 +287,19 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             data = self._read_proxy_header(data)
             if not data:
                 return
-        if self._head is None and not self.reader.started:
-            # First byte of a new head after an idle wait: the head timeout starts now.
-            self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
+        reader = self.reader
+        fresh = self._head is None and not reader.started
         try:
-            events = self.reader.feed(data)
+            events = reader.feed(data)
         except ClientProtocolError as exc:
             self._fail(exc)
             return
-        if events:
+        if not events:
+            if fresh:
+                # First bytes of a new head after an idle wait: the head timeout starts now.
+                # (A head whole at once starts its exchange, which has no head deadline.)
+                self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
+        else:
             last = self._last_plan
             if (
                 last is not None
@@ -309,7 +313,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             else:
                 self._handle(events)
         # (the size first: it is nearly always 0, and each is a property call)
-        if self.reader.buffered > HELD_BYTES_LIMIT and self.reader.request_complete:
+        if reader.buffered > HELD_BYTES_LIMIT and reader.request_complete:
             self.flow.pause(Pause.HELD)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
@@ -841,8 +845,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         the exchange ends. What `_on_answer_head` and `_on_answer_end` do for it, without
         events or the per-event dispatch."""
         raw = raw[:-2] + _ANSWER_TAIL  # the browser guard's headers, as on every head
-        response = self._response
-        raw = self._announce_close(raw, response is not None and response.keep_alive)
+        head = self._head
+        if head is not None and not head.keep_alive:  # (_announce_close's own first test)
+            response = self._response
+            raw = self._announce_close(raw, response is not None and response.keep_alive)
         if phases.STRICT:
             self._enter(RELAYING_ANSWER)
         else:  # (FORWARDING -> RELAYING_ANSWER, upstream_data's test: _DIRECT_MOVES)
