@@ -85,6 +85,7 @@ class RequestReader:
     __slots__ = (
         "_buffer",
         "_chunked",
+        "_last",
         "_max_head_bytes",
         "_remaining",
         "_skipped",
@@ -99,6 +100,9 @@ class RequestReader:
         self._remaining = 0
         self._skipped = 0  # empty lines skipped before the current head
         self._chunked: ChunkedDecoder | None = None
+        # The last head without a body that came alone in one read (`_whole_head`): a
+        # keep-alive client sends the same bytes again, taken without another look.
+        self._last: RequestHead | None = None
         # True once any byte of the next request head has arrived (for timeouts and shutdown).
         self.started = False
 
@@ -120,6 +124,13 @@ class RequestReader:
         if state == _LENGTH and not self._buffer:
             return self._length_body(data)
         if state == _HEAD and not self._buffer:
+            last = self._last
+            if last is not None and data == last.raw:
+                # (what _whole_head does for these bytes, found valid and parsed before)
+                self.started = True
+                self._skipped = 0
+                self._state = _DONE
+                return [last, _END]
             events = self._whole_head(data)
             if events is not None:
                 return events
@@ -158,6 +169,8 @@ class RequestReader:
         if head.chunked or head.content_length:
             return self._started_body(head)
         self._state = _DONE
+        if end + 4 <= HEAD_CACHE_MAX_HEAD_BYTES:  # (an ordinary head: memory stays bounded)
+            self._last = head
         return [head, _END]
 
     def _advance(self) -> list[RequestEvent]:

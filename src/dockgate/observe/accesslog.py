@@ -27,6 +27,7 @@ __all__ = [
     "FLUSH_DELAY_SECONDS",
     "AccessLog",
     "AccessRecord",
+    "LineParts",
     "open_access_log",
 ]
 
@@ -118,20 +119,79 @@ class AccessLog(SinkLog):
                 fields["note"] = note
             line = json.dumps(fields)
         else:
+            prefix, suffix = _text_parts(
+                client, method, target, version, operation, decision, identity, source
+            )
             note = f" ({note})" if note else ""
-            if source:
-                note = f" src={source}{note}"
             line = (
-                f'{client} "{method} {target} HTTP/{version}" '
-                f"{status} in={bytes_in} out={bytes_out} "
-                f"dur_ms={duration_s * 1000:.3f} op={operation} "
-                # The identity may be a certificate's CN, the holder's text: one line, one
-                # field (JSON lines are escaped by json.dumps).
-                # (the cached field looked up here: a call only for a new identity)
-                f"decision={decision} user={_user_fields.get(identity) or _user_field(identity)}"
-                f"{note}"
+                f"{prefix}{status} in={bytes_in} out={bytes_out} "
+                f"dur_ms={duration_s * 1000:.3f}{suffix}{note}"
             )
         self._sink.write(line)
+
+    def line_parts(  # noqa: PLR0917 - positional: made once per repeated exchange
+        self,
+        client: str,
+        method: str,
+        target: str,
+        version: str,
+        operation: str,
+        decision: str,
+        identity: str,
+        source: str,
+    ) -> LineParts | None:
+        """What a text line of these fields says besides the status, the byte counts and the
+        duration, for `write_parts`: the relay keeps it for a keep-alive client repeating the
+        same request the same way (issue 14's hot path). None when lines are not written as
+        text to a sink (JSON, the log off, or a subclass that keeps records)."""
+        if self._sink is None or self._json or type(self).write_fields is not _WRITE_FIELDS:
+            return None
+        prefix, suffix = _text_parts(
+            client, method, target, version, operation, decision, identity, source
+        )
+        return LineParts(prefix, suffix, self._sink)
+
+
+@dataclass(frozen=True, slots=True)
+class LineParts:
+    """A text access line less its status, byte counts and duration (`AccessLog.line_parts`)."""
+
+    prefix: str
+    suffix: str
+    sink: LineSink
+
+    def write(self, status: int, bytes_in: int, bytes_out: int, duration_s: float) -> None:
+        """The line `AccessLog.write_fields` writes for these fields with no note, byte for
+        byte (both put it together from `_text_parts`)."""
+        self.sink.write(
+            f"{self.prefix}{status} in={bytes_in} out={bytes_out} "
+            f"dur_ms={duration_s * 1000:.3f}{self.suffix}"
+        )
+
+
+_WRITE_FIELDS = AccessLog.write_fields
+
+
+def _text_parts(  # noqa: PLR0917
+    client: str,
+    method: str,
+    target: str,
+    version: str,
+    operation: str,
+    decision: str,
+    identity: str,
+    source: str,
+) -> tuple[str, str]:
+    """A text line's fields before the status, and after the duration (less the note)."""
+    prefix = f'{client} "{method} {target} HTTP/{version}" '
+    # The identity may be a certificate's CN, the holder's text: one line, one field (JSON
+    # lines are escaped by json.dumps). (the cached field looked up here: a call only for a
+    # new identity)
+    user = _user_fields.get(identity) or _user_field(identity)
+    suffix = f" op={operation} decision={decision} user={user}"
+    if source:
+        suffix += f" src={source}"
+    return prefix, suffix
 
 
 # Callers are few and come back: the `user=` field of each identity is made once (bounded).

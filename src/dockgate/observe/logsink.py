@@ -43,9 +43,10 @@ class LineSink:
         """Queue one line (without its newline; the sink ends it with one)."""
         if self._stream is None:
             return
-        line += "\n"
+        # (no newline added here: the lines are joined with one at the flush, a string fewer
+        # per line; the buffer's size counts it all the same)
         self._pending.append(line)
-        self._pending_chars += len(line)
+        self._pending_chars += len(line) + 1
         if self._pending_chars >= FLUSH_BUFFER_CHARS:
             self.flush()
         elif self._flush_handle is None:
@@ -63,7 +64,8 @@ class LineSink:
             self._flush_handle = None
         if not self._pending:
             return
-        text = "".join(self._pending)
+        self._pending.append("")  # the last line's newline
+        text = "\n".join(self._pending)
         self._pending.clear()
         self._pending_chars = 0
         if self._stream is None:

@@ -26,6 +26,7 @@ The order is fixed, and each step can refuse:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -67,6 +68,10 @@ class ConnectionFacts:
     peer_certificate: PeerCertificate | None = None
     # ... and why it names no one, when it is ambiguous (tls.SeveralNames).
     certificate_refusal: str | None = None
+    # The last request without credentials admitted on this connection: the generation of
+    # the `Admissions` that admitted it, its head, its source, and its admission
+    # (`Admissions.admit`: a keep-alive client repeats its head).
+    admitted: tuple[int, RequestHead, str, Admission] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,11 @@ def _refusal(
     """`label` is `deny:-:STAGE`: refused before any policy decided."""
     stage = label.rsplit(":", 1)[-1]
     return refused_before_policy(Refusal(status, message, stage, reason, retry_after))
+
+
+# Each `Admissions` made (one per policy load) gets a number of its own, that a connection's
+# remembered admission names rather than keep the object (and its policy set) alive.
+_GENERATIONS = itertools.count(1)
 
 
 class Admissions:
@@ -145,6 +155,7 @@ class Admissions:
         self._permits: dict[str, bool] = {}
         # What _decide answered, by (head, caller, source): see there.
         self._decided: dict[tuple[int, int, str], tuple[RequestHead, Identity, Admission]] = {}
+        self.generation = next(_GENERATIONS)
 
     def _permitted(self, rules: SourceRules, source: str) -> bool:
         permitted = self._permits.get(source)
@@ -166,6 +177,33 @@ class Admissions:
                 message = f"dockgate: {problem}; connect again with a valid certificate"
                 verdict = _refusal(401, message, "deny:-:unauthenticated", "certificate invalid")
                 return Admission(verdict, ANONYMOUS_IDENTITY, source, close=True)
+        if head.authorization is not None:
+            return self._admit_valid(head, facts, source, now)
+        # Without credentials, what follows is a pure function of this admission state
+        # (policies, trusted proxies, source lists; none changes: a reload makes a new
+        # `Admissions`), the head, and facts of the connection that never change (its source,
+        # the certificate's identity or why it names none): remembered for the connection,
+        # whose keep-alive client repeats the same head (the same object, http/request.py).
+        # Only the check of the certificate above is done again each time.
+        memo = facts.admitted
+        if (
+            memo is not None
+            and memo[0] == self.generation
+            and memo[1] is head
+            and memo[2] == source
+        ):
+            return memo[3]
+        admitted = self._admit_valid(head, facts, source, now)
+        # (an Admission always, without a password to check; ordinary heads only, as in
+        # every cache of heads: a connection keeps no large head for it)
+        if isinstance(admitted, Admission) and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES:
+            facts.admitted = (self.generation, head, source, admitted)
+        return admitted
+
+    def _admit_valid(
+        self, head: RequestHead, facts: ConnectionFacts, source: str, now: float
+    ) -> Admission | PendingAdmission:
+        """`admit`, past the check of the connection's certificate."""
         if self._trusts_proxies and self.trusted_proxies.contains(source):
             forwarded = [v for n, v in head.headers() if n == b"x-forwarded-for"]
             if forwarded:

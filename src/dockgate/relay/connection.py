@@ -66,7 +66,7 @@ from dockgate.http.response import (
     ResponseHead,
     ResponseReader,
 )
-from dockgate.observe.accesslog import AccessRecord
+from dockgate.observe.accesslog import AccessRecord, LineParts
 from dockgate.observe.audit import (
     AUDIT_BODY_LIMIT,
     AUDITED_BODIES,
@@ -74,6 +74,7 @@ from dockgate.observe.audit import (
     audit_details,
     target_object,
 )
+from dockgate.observe.metrics import RequestKey
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict, refused_before_policy
@@ -92,7 +93,7 @@ from dockgate.refusal import Refusal
 from dockgate.relay import phase as phases
 from dockgate.relay.context import ConnectionContext
 from dockgate.relay.eventfeed import EventFeeds, Subscription, shareable
-from dockgate.relay.flow import EXCHANGE_PAUSES, FlowControl, Pause
+from dockgate.relay.flow import EXCHANGE_PAUSES, NO_PAUSE, FlowControl, Pause
 from dockgate.relay.holding import Share
 from dockgate.relay.phase import (
     ADMITTING,
@@ -144,6 +145,20 @@ _REGISTRY_HEADERS = frozenset({b"x-registry-auth", b"x-registry-config"})
 
 # Requests that may be sent again after a stale pooled connection (net/http isReplayable).
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+# The last plan forwarded as it came (`ClientConnection._last_plan`): the head, its admission, the
+# owner table, the plan, whether the head may take `_repeat` (no body, no upgrade, not a POST),
+# and the head as forwarded.
+_LastPlan = tuple[RequestHead, Admission, object, Forward, bool, bytes]
+# The last exchange logged (`ClientConnection._tail`): its head, verdict, admission and status,
+# then its metrics key and access line less what changes (None when not written as text).
+_Tail = tuple[RequestHead, Verdict, Admission, int, RequestKey, LineParts | None]
+
+# Moves made by assigning `phase` on the straight path, where the phase before is known: the
+# table still says which moves exist (a test checks these are in it), and under `phase.STRICT`
+# (tests) they go through `_enter` like every other move.
+_DIRECT_MOVES = ((READING_HEAD, FORWARDING), (FORWARDING, RELAYING_ANSWER))
 
 
 class ClientConnection(PolicySteps, asyncio.Protocol):
@@ -215,11 +230,16 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # ... or the event stream, rewritten as it goes.
         self._redact_stream: EventStreamRedaction | None = None
         self._wall_started = 0.0
-        # The plan of the last request forwarded as it came (policy/plan.py, a pure function
-        # of the head, its admission and the owner table), with whether its answer is relayed
-        # as it comes: a keep-alive client repeats the same head (the same object, as is its
-        # remembered admission), so the plan is reused rather than made again.
-        self._last_plan: tuple[RequestHead, Admission, object, Forward, bool] | None = None
+        # The plan of the last request forwarded as it came whose answer is relayed as it
+        # comes (policy/plan.py, a pure function of the head, its admission and the owner
+        # table): a keep-alive client repeats the same head (the same object, as is its
+        # remembered admission), so the plan is reused rather than made again (`_admitted`),
+        # and, for a head without a body, the whole start of the exchange taken in one call
+        # (`_repeat`).
+        self._last_plan: _LastPlan | None = None
+        # What the last exchange's metrics key and access line were made of, and them: the
+        # repeated exchange of a keep-alive client is counted and logged from them (`_log`).
+        self._tail: _Tail | None = None
         # The current exchange's answer is relayed as it comes (Answer.RELAY whatever its
         # status): no redaction and no ownership, so no answer is held or rewritten.
         self._plain_answer = True
@@ -269,18 +289,33 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             data = self._read_proxy_header(data)
             if not data:
                 return
-        if self._head is None and not self.reader.started:
-            # First byte of a new head after an idle wait: the head timeout starts now.
-            self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
+        reader = self.reader
+        fresh = self._head is None and not reader.started
         try:
-            events = self.reader.feed(data)
+            events = reader.feed(data)
         except ClientProtocolError as exc:
             self._fail(exc)
             return
-        if events:
-            self._handle(events)
+        if not events:
+            if fresh:
+                # First bytes of a new head after an idle wait: the head timeout starts now.
+                # (A head whole at once starts its exchange, which has no head deadline.)
+                self.deadline = self.ctx.loop.time() + self.ctx.header_timeout
+        else:
+            last = self._last_plan
+            if (
+                last is not None
+                and events[0] is last[0]
+                and last[4]
+                and self.phase is READING_HEAD
+                and not self._handling
+                and self._deferred is None
+            ):
+                self._repeat(last, events)
+            else:
+                self._handle(events)
         # (the size first: it is nearly always 0, and each is a property call)
-        if self.reader.buffered > HELD_BYTES_LIMIT and self.reader.request_complete:
+        if reader.buffered > HELD_BYTES_LIMIT and reader.request_complete:
             self.flow.pause(Pause.HELD)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
@@ -442,7 +477,64 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             # stream; only the daemon's answer tells which, so wait for it.
             self.flow.pause(Pause.TUNNEL_SETUP)
 
-    def _start_exchange(self, head: RequestHead) -> None:
+    def _repeat(self, last: _LastPlan, events: list[RequestEvent]) -> None:
+        """READING_HEAD, and the client sent again the head of the last request forwarded as
+        planned (the same object: the reader keeps parsed heads), with no body (`events` is
+        the head and its end). What `_handle` -> `_start_exchange` -> `_admitted` ->
+        `_send_head` -> `_forward_request_event` do for it, in one call. Admission is asked
+        all the same (a reload, a certificate's expiry, a password file changed make a new
+        admission object), and only the same admission under the same owner table reuses the
+        plan; anything else goes the general way, with the admission just made."""
+        head = last[0]
+        self._started = now = time.monotonic()
+        admissions = self.ctx.admissions
+        admitted = admissions.admit(head, self.facts, now)
+        if admitted is not last[1] or admissions.policies.owners is not last[2]:
+            # (outside _handle's loop: what follows a refusal calls _handle itself)
+            self._start_exchange(head, admitted)
+            self._handle_events(events[1:])
+            return
+        admission = last[1]
+        # _start_exchange's and _admitted's work, for this plan
+        self.deadline = None
+        forward = last[3]
+        self._head = forward.head
+        self._admission = admission
+        verdict = self._verdict = admission.verdict
+        self._allowed = forward.allowed
+        self._owner = self._redaction = self._redact_stream = None
+        self._plain_answer = True
+        self._status = 0
+        self._response_started = self._answer_written = False
+        self._request_done = True  # no body: its end came with the head
+        self._bytes_in = self._bytes_out = 0
+        if self._audit_on:
+            self._wall_started = time.time()
+            self._capture = (
+                bytearray() if verdict.allowed and verdict.operation in AUDITED_BODIES else None
+            )
+        else:
+            self._capture = None
+        # _send_head's, with an idle pooled connection (the usual case)
+        conn = self.ctx.pool.take_idle()
+        if conn is None:
+            self._send_head(last[5], replayable=forward.replayable)
+            return
+        if phases.STRICT:  # (tests: every move checked, and seen by a test's recording)
+            self._enter(FORWARDING)
+        else:  # (READING_HEAD -> FORWARDING, known legal: _DIRECT_MOVES)
+            self.phase = FORWARDING
+        self._response = ResponseReader(head.method)
+        self._retry_allowed = forward.replayable
+        self._attach(conn)
+        transport = conn.transport
+        assert transport is not None  # take_idle hands out open connections only
+        transport.write(last[5])
+
+    def _start_exchange(
+        self, head: RequestHead, admitted: Admission | PendingAdmission | None = None
+    ) -> None:
+        """READING_HEAD: a request head; `admitted` when admission was asked already."""
         self.deadline = None
         self._head = head
         self._redaction = None
@@ -465,7 +557,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._admission = self._verdict = None
             self._refuse(head, LOOP_REFUSAL)
             return
-        admitted = self.ctx.admissions.admit(head, self.facts, self._started)
+        if admitted is None:
+            admitted = self.ctx.admissions.admit(head, self.facts, self._started)
         if isinstance(admitted, PendingAdmission):
             self._await_password_check(head, admitted)
             return
@@ -508,15 +601,19 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._allowed = forward.allowed
             self._owner = None
             self._redaction = None
-            self._plain_answer = last[4]
+            self._plain_answer = True
             self._head = forward.head
-            self._send_head(forwarded_head(forward.head), replayable=forward.replayable)
+            self._send_head(last[5], replayable=forward.replayable)
             return
         step = plan_request(head, admission, owners)
         if isinstance(step, Forward):
             allowed = step.allowed
             plain = allowed.owner is None and not allowed.ownership and allowed.redaction is None
-            self._last_plan = (head, admission, owners, step, plain) if plain else None
+            self._last_plan = (
+                (head, admission, owners, step, _repeatable(head), forwarded_head(step.head))
+                if plain
+                else None
+            )
         self._carry_out(head, step)
 
     def _carry_out(self, head: RequestHead, step: Step) -> None:
@@ -774,9 +871,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         the exchange ends. What `_on_answer_head` and `_on_answer_end` do for it, without
         events or the per-event dispatch."""
         raw = raw[:-2] + _ANSWER_TAIL  # the browser guard's headers, as on every head
-        response = self._response
-        raw = self._announce_close(raw, response is not None and response.keep_alive)
-        self._enter(RELAYING_ANSWER)
+        head = self._head
+        if head is not None and not head.keep_alive:  # (_announce_close's own first test)
+            response = self._response
+            raw = self._announce_close(raw, response is not None and response.keep_alive)
+        if phases.STRICT:
+            self._enter(RELAYING_ANSWER)
+        else:  # (FORWARDING -> RELAYING_ANSWER, upstream_data's test: _DIRECT_MOVES)
+            self.phase = RELAYING_ANSWER
         self._status = status
         self._response_started = self._answer_written = True
         self._bytes_out += len(body)  # the log counts body bytes only
@@ -971,7 +1073,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._enter(READING_HEAD)
         # Whatever paused reading belonged to the exchange that just ended.
         flow = self.flow
-        if flow.reasons:  # (nothing paused, the usual case: no call)
+        # (nothing paused, the usual case: no call; not `if flow.reasons`, a Python-level
+        # Flag.__bool__ call: no reason left is the one NO_PAUSE member, Flag values being
+        # cached by value)
+        if flow.reasons is not NO_PAUSE:
             flow.resume(EXCHANGE_PAUSES)
         if flow.write_paused or self._handling:
             self._take_next_request()
@@ -1172,42 +1277,88 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         verdict = self._verdict
         duration = time.monotonic() - self._started
         status, bytes_in, bytes_out = self._status, self._bytes_in, self._bytes_out
+        tail = self._tail
+        if (
+            tail is not None
+            and tail[0] is head
+            and tail[1] is verdict
+            and tail[2] is self._admission
+            and tail[3] == status
+            and not note
+        ):
+            # The same exchange as the last (a keep-alive client repeating itself): its
+            # metrics key and access line made already.
+            self.ctx.metrics.record_key(tail[4], duration, bytes_in, bytes_out)
+            line = tail[5]
+            if line is not None:
+                line.write(status, bytes_in, bytes_out, duration)
+            if self._audit_on:
+                self._audit(head)
+            return
+        self._log_first(head, note, duration)
+
+    def _log_first(self, head: RequestHead, note: str, duration: float) -> None:
+        """`_log` for an exchange unlike the last: the metrics key and the access line made
+        from the fields, and kept for the next exchange if it was admitted and has no note."""
+        verdict, admission = self._verdict, self._admission
+        status, bytes_in, bytes_out = self._status, self._bytes_in, self._bytes_out
         if verdict is not None:
             operation = verdict.operation
-            self.ctx.metrics.record(
+            key = (
                 operation,
                 "allow" if verdict.allowed else "deny",
                 verdict.policy or "-",
-                status,
-                duration,
-                bytes_in,
-                bytes_out,
+                str(status),
             )
         else:
             operation = "-"
-            self.ctx.metrics.record("-", "-", "-", status, duration, bytes_in, bytes_out)
+            key = ("-", "-", "-", str(status))
+        self.ctx.metrics.record_key(key, duration, bytes_in, bytes_out)
+        line: LineParts | None = None
         if self._access_on:
-            # (the access line, written here rather than in a method of its own: one call fewer
-            # per request)
-            admission = self._admission
+            access_log = self.ctx.access_log
             version = head.version
-            self.ctx.access_log.write_fields(
-                client=self.client,
-                method=head.method,
-                target=head.target,
-                version=_VERSION_TEXT.get(version) or f"{version[0]}.{version[1]}",
-                status=status,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                duration_s=duration,
-                note=note,
-                operation=operation,
-                decision=verdict.label if verdict is not None else "-",
-                identity=admission.identity.name if admission is not None else "-",
-                source=""
+            fields = (
+                self.client,
+                head.method,
+                head.target,
+                _VERSION_TEXT.get(version) or f"{version[0]}.{version[1]}",
+                operation,
+                verdict.label if verdict is not None else "-",
+                admission.identity.name if admission is not None else "-",
+                ""
                 if admission is None or admission.source == self.facts.peer
                 else admission.source,
             )
+            if not note:
+                line = access_log.line_parts(*fields)
+            if line is not None:
+                line.write(status, bytes_in, bytes_out, duration)
+            else:
+                client, method, target, text, operation, decision, identity, source = fields
+                access_log.write_fields(
+                    client=client,
+                    method=method,
+                    target=target,
+                    version=text,
+                    status=status,
+                    bytes_in=bytes_in,
+                    bytes_out=bytes_out,
+                    duration_s=duration,
+                    note=note,
+                    operation=operation,
+                    decision=decision,
+                    identity=identity,
+                    source=source,
+                )
+        if (
+            verdict is not None
+            and admission is not None
+            and not note
+            and (line is not None or not self._access_on)
+        ):
+            # (an access log that writes no text, e.g. JSON, takes write_fields each time)
+            self._tail = (head, verdict, admission, status, key, line)
         if self._audit_on:
             self._audit(head)
 
@@ -1248,6 +1399,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 details=details,
             )
         )
+
+
+def _repeatable(head: RequestHead) -> bool:
+    """Whether a head whose plan is kept may start its exchange by `_repeat`: its events are
+    the head and its end (no body), and nothing after it is decided by the answer (a POST or
+    an upgrade may be hijacked)."""
+    return not head.has_body and not head.upgrade_header and head.method != "POST"
 
 
 def _may_hijack(head: RequestHead) -> bool:
