@@ -16,6 +16,7 @@ The attacks that held are plain tests.
 from __future__ import annotations
 
 import pathlib
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -112,3 +113,132 @@ def test_an_idle_connection_keeps_no_large_refused_head(
         g.stop()
     assert fake.requests_for("/v1.41/containers/json") == []
     assert grown / IDLE_CONNECTIONS < 32, f"{grown} KiB for {IDLE_CONNECTIONS} idle connections"
+
+
+# ----- one request's admission serving another -------------------------------------------------
+
+
+def _request(path: str, *headers: str, method: str = "GET") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: docker", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _statuses(sock: socket.socket, request: bytes, times: int) -> list[int]:
+    out = []
+    for _ in range(times):
+        sock.sendall(request)
+        out.append(_answer(sock)[0])
+    return out
+
+
+def test_the_same_bytes_behind_two_proxy_headers_are_judged_by_each_source(
+    fake: FakeUpstream, tmp_path: pathlib.Path
+) -> None:
+    """--proxy-protocol: two connections from the trusted balancer send the same bytes (one
+    parsed head object for both: the process's head cache), one for an allowed client, one
+    for a --deny-source one, interleaved and repeated. Each connection's remembered admission
+    is its own (keyed by its source): the denied client is refused every time, before and
+    after the allowed one repeats, and the daemon sees the allowed client's requests only.
+    Held."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PING_ONLY.replace("ping, version", "ping, version, containers"))
+    g = Gateway(
+        fake.url,
+        *("--proxy-protocol", "--trusted-proxy", "127.0.0.1", "--deny-source", "203.0.113.66"),
+        policy=str(policy),
+    ).start()
+    try:
+        request = _request("/v1.41/containers/json")
+        with (
+            socket.create_connection(("127.0.0.1", g.port), timeout=5) as good,
+            socket.create_connection(("127.0.0.1", g.port), timeout=5) as bad,
+        ):
+            good.sendall(b"PROXY TCP4 198.51.100.1 10.0.0.1 5555 2375\r\n")
+            bad.sendall(b"PROXY TCP4 203.0.113.66 10.0.0.1 5555 2375\r\n")
+            seen = []
+            for _ in range(3):
+                seen += _statuses(bad, request, 2)
+                seen += _statuses(good, request, 2)
+        assert seen == [403, 403, 200, 200] * 3
+        assert len(fake.requests_for("/v1.41/containers/json")) == 6
+    finally:
+        g.stop()
+
+
+def test_forwarded_for_repeats_are_judged_by_the_forwarded_client(
+    fake: FakeUpstream, tmp_path: pathlib.Path
+) -> None:
+    """A trusted proxy (X-Forwarded-For) repeats, on one keep-alive connection, a request for
+    a denied client and one for an allowed client, alternating, each several times in a row:
+    the remembered admission of one never answers the other. Held."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PING_ONLY.replace("ping, version", "ping, version, containers"))
+    g = Gateway(
+        fake.url,
+        *("--trusted-proxy", "127.0.0.1", "--deny-source", "203.0.113.66"),
+        policy=str(policy),
+    ).start()
+    try:
+        denied = _request("/v1.41/containers/json", "X-Forwarded-For: 203.0.113.66")
+        allowed = _request("/v1.41/containers/json", "X-Forwarded-For: 198.51.100.1")
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
+            seen = []
+            for _ in range(3):
+                seen += _statuses(c, allowed, 2)
+                seen += _statuses(c, denied, 2)
+        assert seen == [200, 200, 403, 403] * 3
+        assert len(fake.requests_for("/v1.41/containers/json")) == 6
+        assert {r.header("X-Forwarded-For") for r in fake.requests_for("/v1.41/")} <= {
+            "198.51.100.1",
+            None,
+        }
+    finally:
+        g.stop()
+
+
+SOURCES_POLICY = """\
+policies:
+  p:
+    rules:
+      - allow: {{sections: [ping, version, containers]}}
+bindings:
+  - {{policy: p, anonymous: true, sources: {{allow: [{sources}]}}}}
+"""
+
+
+def test_a_repeat_after_the_binding_sources_change_is_refused(
+    fake: FakeUpstream, tmp_path: pathlib.Path
+) -> None:
+    """Anonymous callers bound from 127.0.0.0/8 only, with an htpasswd file so that a binding
+    is what admits them; a keep-alive client repeats a request, then the policy is reloaded
+    (SIGHUP) with the binding's sources narrowed to another network. The next repeat (same
+    bytes, same connection, same remembered admission before the reload) must be refused and
+    never reach the daemon; widened again, the repeat goes through. Held (the remembered
+    admission is keyed by the Admissions generation)."""
+    from support.remote import write_htpasswd
+
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, {"alice": "secret"})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SOURCES_POLICY.format(sources="127.0.0.0/8"))
+    g = Gateway(fake.url, "--htpasswd", str(htpasswd), policy=str(policy)).start()
+    try:
+        request = _request("/v1.41/containers/json")
+        path = "/v1.41/containers/json"
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
+            assert _statuses(c, request, 3) == [200, 200, 200]
+            policy.write_text(SOURCES_POLICY.format(sources="192.0.2.0/24"))
+            g.signal(signal.SIGHUP)
+            time.sleep(1.5)
+            before = len(fake.requests_for(path))
+            narrowed = _statuses(c, request, 2)
+            after = len(fake.requests_for(path))
+            policy.write_text(SOURCES_POLICY.format(sources="127.0.0.0/8"))
+            g.signal(signal.SIGHUP)
+            time.sleep(1.5)
+            widened = _statuses(c, request, 2)
+        assert narrowed[0] in (401, 403) and narrowed[1] == narrowed[0]
+        assert after == before
+        assert widened == [200, 200]
+    finally:
+        g.stop()
