@@ -25,6 +25,7 @@ import pytest
 
 from support.fake_upstream import FakeUpstream
 from support.gateway import Gateway
+from support.remote import write_htpasswd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -215,8 +216,6 @@ def test_a_repeat_after_the_binding_sources_change_is_refused(
     bytes, same connection, same remembered admission before the reload) must be refused and
     never reach the daemon; widened again, the repeat goes through. Held (the remembered
     admission is keyed by the Admissions generation)."""
-    from support.remote import write_htpasswd
-
     htpasswd = tmp_path / "htpasswd"
     write_htpasswd(htpasswd, {"alice": "secret"})
     policy = tmp_path / "policy.yaml"
