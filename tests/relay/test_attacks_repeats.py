@@ -15,20 +15,43 @@ The attacks that held are plain tests.
 
 from __future__ import annotations
 
+import base64
 import pathlib
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import bcrypt
 import pytest
 
+from dockgate.auth.authenticator import Authenticator
+from dockgate.auth.htpasswd import parse_htpasswd
+from dockgate.relay import phase as phases
+from dockgate.relay.connection import LINGER_SECONDS
+from dockgate.relay.phase import FORWARDING, ILLEGAL_MOVE_MARK, READING_HEAD
 from support.fake_upstream import FakeUpstream
 from support.gateway import Gateway
+from support.inprocess import (
+    ALLOW_ALL,
+    ClockLoop,
+    HeldChecks,
+    Relay,
+    answer,
+    forwarded,
+    open_connection,
+    refusal,
+    relayed,
+    request,
+)
 from support.remote import write_htpasswd
 
 pytestmark = pytest.mark.timeout(60)
 
+READ_ONLY = (
+    pathlib.Path(__file__).resolve().parents[1] / "policies" / "containers-read-only.yaml"
+).read_text()
 # Only /_ping and /version: anything else is refused by the policy (403), never forwarded.
 PING_ONLY = "policies:\n  p:\n    rules:\n      - allow: {sections: [ping, version]}\n"
 
@@ -241,3 +264,192 @@ def test_a_repeat_after_the_binding_sources_change_is_refused(
         assert widened == [200, 200]
     finally:
         g.stop()
+
+
+# ----- connection states, in-process -----------------------------------------------------------
+
+PING = request("GET", "/v1.41/_ping")
+
+
+def _ping_once(relay: Relay) -> None:
+    """PING out and answered, so that the connection keeps its plan, admission and tail."""
+    relay.send(PING)
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(PING)
+    daemon.send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+
+
+def _counting_repeats(relay: Relay) -> list[int]:
+    repeats: list[int] = []
+    repeat = relay.conn._repeat
+
+    def counted(*args: Any) -> None:
+        repeats.append(1)
+        repeat(*args)
+
+    relay.conn._repeat = counted  # type: ignore[method-assign]
+    return repeats
+
+
+def test_a_repeat_while_the_client_does_not_read_waits_for_the_drain(loop: ClockLoop) -> None:
+    """The client's buffer is full when an exchange ends (Pause.CLIENT_FULL); it sends the
+    same bytes again. The repeat must not start an exchange (the reader keeps it until the
+    drain): nothing reaches the daemon, and after the drain it goes out once. Held."""
+    relay = open_connection(loop)
+    _ping_once(relay)
+    relay.send(PING)
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(PING)
+    relay.fill()
+    daemon.send(answer(200, b"OK"))
+    relay.send(PING)
+    assert relay.client.read_paused
+    assert daemon.take() == b""
+    relay.drain()
+    assert daemon.take() == forwarded(PING)
+    daemon.send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK")) * 2
+    assert [r.status for r in relay.records] == [200, 200, 200]
+
+
+def test_a_repeat_behind_a_password_check_waits_its_turn(loop: ClockLoop) -> None:
+    """A Basic request whose password is being hashed (ADMITTING), then the anonymous PING the
+    connection repeated before, alone in its read: it must wait behind the check (no
+    `_repeat` out of turn), then go out after the first's answer. Held."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    checks = HeldChecks(loop)
+    relay = open_connection(
+        loop,
+        ALLOW_ALL,
+        authenticator=Authenticator(htpasswd=parse_htpasswd(f"alice:{hashed}\n", "htpasswd")),
+        checks=checks,
+    )
+    # Anonymous PING is refused here (credentials required): keep a plan with alice's head.
+    basic = "Authorization: Basic " + base64.b64encode(b"alice:s3cret").decode()
+    mine = request("GET", "/v1.41/_ping", basic)
+    relay.send(mine)
+    checks.finish()
+    daemon = relay.daemon()
+    assert daemon.take() == forwarded(request("GET", "/v1.41/_ping"))
+    daemon.send(answer(200, b"OK"))
+    relay.client.take()
+    wrong = "Authorization: Basic " + base64.b64encode(b"alice:guess").decode()
+    relay.send(request("GET", "/v1.41/version", wrong))
+    assert checks.pending_checks == 1
+    repeats = _counting_repeats(relay)
+    relay.send(mine)  # the kept plan's own bytes, while the check runs
+    assert repeats == []
+    assert daemon.take() == b""
+    checks.finish()
+    assert relay.client.take().startswith(b"HTTP/1.1 401 ")
+    assert daemon.take() == forwarded(request("GET", "/v1.41/_ping"))
+    daemon.send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+    assert [(r.status, r.identity) for r in relay.records] == [
+        (200, "alice"),
+        (401, "anonymous"),
+        (200, "alice"),
+    ]
+
+
+def test_a_repeat_while_lingering_is_dropped(loop: ClockLoop) -> None:
+    """The daemon answers an upload early: the connection lingers (reads and drops what comes,
+    then closes). The kept plan's bytes sent then must not start an exchange. Held."""
+    relay = open_connection(loop)
+    _ping_once(relay)
+    head = request("POST", "/early", "Content-Length: 100000")
+    relay.send(head + b"x" * 100)
+    daemon = relay.daemon()
+    daemon.take()
+    daemon.send(answer(400, b"{}", "Connection: close", reason="Bad"))
+    relay.client.take()
+    repeats = _counting_repeats(relay)
+    relay.send(PING)
+    assert repeats == []
+    assert [d.take() for d in relay.pool.daemons] == [b""] * len(relay.pool.daemons)
+    loop.advance(LINGER_SECONDS + 0.1)
+    assert relay.client.closed
+    assert relay.client.take() == b""
+
+
+def test_timeouts_around_repeats(loop: ClockLoop) -> None:
+    """A repeat whole in one read sets no head deadline (d14ffa3): the exchange it starts has
+    none, a partial head after it has the head timeout, an idle connection after it the idle
+    one. Held."""
+    relay = open_connection(loop, header_timeout=1.0, idle_timeout=20.0)
+    _ping_once(relay)
+    relay.send(PING)  # a repeat the daemon is slow to answer: longer than the head timeout
+    loop.advance(5.0)
+    relay.sweep()
+    assert not relay.client.closing
+    relay.daemon().send(answer(200, b"OK"))
+    assert relay.client.take() == relayed(answer(200, b"OK"))
+    loop.advance(19.0)  # idle, under the idle timeout
+    relay.sweep()
+    assert not relay.client.closing
+    relay.send(PING[:10])  # the start of the next repeat: the head timeout from now
+    loop.advance(0.9)
+    relay.sweep()
+    assert not relay.client.closing
+    loop.advance(0.2)
+    relay.sweep()
+    assert relay.client.take() == refusal(
+        408, "dockgate: request head not received in time", close=True
+    )
+    assert relay.client.closed
+
+
+def test_a_refused_repeat_then_the_kept_plan_again(loop: ClockLoop) -> None:
+    """The kept plan's request, then a request the policy refuses repeated (its admission and
+    tail remembered), then the kept plan's bytes again, then the refused ones: each answered
+    as itself, the refused never forwarded, the allowed forwarded by the kept plan. Held."""
+    relay = open_connection(loop, READ_ONLY)
+    allowed = request("GET", "/v1.41/containers/json")
+    refused = request("POST", "/v1.41/containers/x/stop")
+    statuses = []
+    for wire in (allowed, refused, refused, allowed, allowed, refused):
+        relay.send(wire)
+        if wire is allowed:
+            daemon = relay.daemon()
+            assert daemon.take() == forwarded(allowed)
+            daemon.send(answer(200, b"[]"))
+        statuses.append(int(relay.client.take().split(b" ")[1]))
+    assert statuses == [200, 403, 403, 200, 200, 403]
+    assert [(r.status, r.decision.split(":")[0]) for r in relay.records] == [
+        (s, "allow" if s == 200 else "deny") for s in statuses
+    ]
+    assert len(relay.pool.daemons) == 1
+
+
+def test_production_direct_moves_stay_legal(
+    loop: ClockLoop, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outside STRICT (production), the straight path's moves are assignments: driven through
+    repeats, pipelined repeats, a refusal between them, a full client buffer and a head split
+    in two, no move made by `_enter` is illegal (none is printed, the connection stays open),
+    and every phase the connection is seen in is one the table reaches. Held."""
+    monkeypatch.setattr(phases, "STRICT", False)
+    relay = open_connection(loop, READ_ONLY)
+    allowed = request("GET", "/v1.41/containers/json")
+    refused = request("POST", "/v1.41/containers/x/stop")
+    seen = []
+    for wire in (allowed, allowed, allowed + allowed, refused, allowed):
+        relay.send(wire)
+        seen.append(relay.conn.phase)
+        for _ in range(wire.count(b"GET ")):
+            relay.daemon().send(answer(200, b"[]"))
+            seen.append(relay.conn.phase)
+    relay.send(allowed[:7])
+    relay.send(allowed[7:])
+    relay.fill()
+    relay.daemon().send(answer(200, b"[]"))
+    relay.send(allowed)
+    relay.drain()
+    seen.append(relay.conn.phase)
+    relay.daemon().send(answer(200, b"[]"))
+    seen.append(relay.conn.phase)
+    assert ILLEGAL_MOVE_MARK not in capsys.readouterr().err
+    assert not relay.client.closing
+    assert relay.client.data.count(b"HTTP/1.1 200 ") == 7
+    assert set(seen) <= {READING_HEAD, FORWARDING}
