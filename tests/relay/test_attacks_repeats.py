@@ -45,6 +45,7 @@ from support.inprocess import (
     relayed,
     request,
 )
+from support.pki import Client, issue, make_ca, make_pki, replace
 from support.remote import write_htpasswd
 
 pytestmark = pytest.mark.timeout(60)
@@ -453,3 +454,43 @@ def test_production_direct_moves_stay_legal(
     assert not relay.client.closing
     assert relay.client.data.count(b"HTTP/1.1 200 ") == 7
     assert set(seen) <= {READING_HEAD, FORWARDING}
+
+
+# ----- certificates ----------------------------------------------------------------------------
+
+
+def test_a_repeat_after_the_client_ca_is_removed_is_refused(
+    fake: FakeUpstream, tmp_path: pathlib.Path
+) -> None:
+    """A TLS client (ca1's certificate) repeats a request on one connection; the client CA
+    file is replaced by another CA's and the gateway reloaded (SIGHUP). The next repeat (the
+    same bytes: the reader's kept head, the remembered admission, the kept plan) must be
+    refused (401) and the connection end; the daemon must not see it. Held (the certificate
+    check runs before the remembered admission, on every request)."""
+    pki = make_pki(tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("policies:\n  all:\n    rules:\n      - allow: {sections: [containers]}\n")
+    g = Gateway(
+        fake.url,
+        *("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)),
+        *("--tls-client-ca", str(pki.client_ca)),
+        policy=policy,
+    ).start()
+    try:
+        client = Client(g, pki, issue(pki.ca1, "alice"))
+        try:
+            path = "/v1.41/containers/json"
+            assert [client.request("GET", path)[0] for _ in range(3)] == [200, 200, 200]
+            seen = len(fake.requests_for(path))
+            replace(pki.client_ca, make_ca("client CA 2").pem())
+            g.signal(signal.SIGHUP)
+            time.sleep(1.5)
+            status, _, body = client.request("GET", path)
+            assert status == 401, body
+            assert b"no longer" in body
+            assert client.closed()
+        finally:
+            client.close()
+        assert len(fake.requests_for(path)) == seen
+    finally:
+        g.stop()
