@@ -31,8 +31,9 @@ from dockgate.auth.htpasswd import parse_htpasswd
 from dockgate.relay import phase as phases
 from dockgate.relay.connection import LINGER_SECONDS
 from dockgate.relay.phase import FORWARDING, ILLEGAL_MOVE_MARK, READING_HEAD
+from support.daemon import PrivateDaemon
 from support.fake_upstream import FakeUpstream
-from support.gateway import Gateway
+from support.gateway import Gateway, running
 from support.inprocess import (
     ALLOW_ALL,
     ClockLoop,
@@ -46,7 +47,7 @@ from support.inprocess import (
     request,
 )
 from support.pki import Client, issue, make_ca, make_pki, replace
-from support.remote import write_htpasswd
+from support.remote import basic_header, write_htpasswd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -494,3 +495,40 @@ def test_a_repeat_after_the_client_ca_is_removed_is_refused(
         assert len(fake.requests_for(path)) == seen
     finally:
         g.stop()
+
+
+# ----- against the real daemon -----------------------------------------------------------------
+
+IDENTITY_ANONYMOUS = (
+    pathlib.Path(__file__).resolve().parents[1] / "policies" / "identity-anonymous.yaml"
+)
+
+
+@pytest.mark.daemon
+def test_anonymous_and_authenticated_repeats_on_one_connection(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    """alice (everything) and anonymous callers (probes only) on ONE keep-alive connection,
+    each repeating the same request in turn: alice's kept plan and remembered identity never
+    serve the anonymous repeat, nor the anonymous refusal alice's; the access log names each
+    request's caller. Held."""
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, {"alice": "secret"})
+    log = tmp_path / "access.log"
+    g = Gateway(
+        daemon.host,
+        *("--htpasswd", str(htpasswd), "--access-log", str(log)),
+        policy=IDENTITY_ANONYMOUS,
+    )
+    with running(g):
+        alice = _request(
+            "/v1.41/containers/json", f"Authorization: {basic_header('alice', 'secret')}"
+        )
+        anonymous = _request("/v1.41/containers/json")
+        with socket.create_connection(("127.0.0.1", g.port), timeout=10) as c:
+            seen = []
+            for wire in (alice, anonymous, alice, anonymous):
+                seen += _statuses(c, wire, 2)
+    assert seen == [200, 200, 403, 403] * 2
+    users = [line.rsplit("user=", 1)[1] for line in log.read_text().splitlines()]
+    assert users == ["alice", "alice", "anonymous", "anonymous"] * 2
