@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import base64
 import pathlib
+import re
 import signal
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -532,3 +534,79 @@ def test_anonymous_and_authenticated_repeats_on_one_connection(
     assert seen == [200, 200, 403, 403] * 2
     users = [line.rsplit("user=", 1)[1] for line in log.read_text().splitlines()]
     assert users == ["alice", "alice", "anonymous", "anonymous"] * 2
+
+
+# ----- the log of a repeat ---------------------------------------------------------------------
+
+# What 3e654be (before the kept parts) writes for this traffic, the client's address and the
+# durations left out: each repeat's line is its first's.
+LOGGED_AS_BEFORE = [
+    ('"GET /v1.41/_ping HTTP/1.1" 200 in=0 out=2 op=SystemPing decision=allow:p:rule-1 user=-', 3),
+    (
+        '"GET /v1.41/images/json HTTP/1.1" 403 in=0 out=138 op=ImageList'
+        " decision=deny:p:no-rule-allows-it user=-",
+        2,
+    ),
+    (
+        '"HEAD /v1.41/_ping HTTP/1.1" 200 in=0 out=0 op=SystemPingHead'
+        " decision=allow:p:rule-1 user=-",
+        2,
+    ),
+    (
+        '"GET /v1.41/_ping HTTP/1.1" 200 in=0 out=2 op=SystemPing decision=allow:p:rule-1'
+        " user=- src=203.0.113.9",
+        2,
+    ),
+    ('"GET /v1.41/_ping HTTP/1.1" 400 in=0 out=51 op=- decision=deny:-:bad-xff user=-', 2),
+    (
+        '"DELETE /v1.41/containers/x HTTP/1.1" 200 in=0 out=163 op=ContainerDelete'
+        " decision=allow:p:rule-1 user=-",
+        2,
+    ),
+]
+
+
+def test_repeats_are_logged_and_counted_as_before(
+    fake: FakeUpstream, tmp_path: pathlib.Path
+) -> None:
+    """Repeats of allowed, refused, HEAD, forwarded-for, bad forwarded-for and DELETE
+    requests on one connection: the access lines made from kept parts are the lines 3e654be
+    wrote for the same traffic (compared byte for byte there, less client port and
+    duration), and the metrics count each exchange once. Held."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PING_ONLY.replace("ping, version", "ping, version, containers"))
+    log = tmp_path / "access.log"
+    g = Gateway(
+        fake.url,
+        *("--access-log", str(log), "--trusted-proxy", "127.0.0.1"),
+        *("--admin-listen", "tcp://127.0.0.1:0"),
+        policy=str(policy),
+    ).start()
+    try:
+        wires = [
+            _request("/v1.41/_ping"),
+            _request("/v1.41/images/json"),
+            _request("/v1.41/_ping", method="HEAD"),
+            _request("/v1.41/_ping", "X-Forwarded-For: 203.0.113.9"),
+            _request("/v1.41/_ping", "X-Forwarded-For: bad"),
+            _request("/v1.41/containers/x", method="DELETE"),
+        ]
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
+            for wire, (_, times) in zip(wires, LOGGED_AS_BEFORE, strict=True):
+                for _ in range(times):
+                    c.sendall(wire)
+                    if wire.startswith(b"HEAD"):
+                        c.settimeout(5)
+                        assert c.recv(65536).startswith(b"HTTP/1.1 200 ")
+                    else:
+                        _answer(c)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{g.admin_port()}/metrics").read()
+    finally:
+        g.stop()
+    lines = [
+        re.sub(r" dur_ms=[0-9.]+", "", line).split(" ", 1)[1]
+        for line in log.read_text().splitlines()
+    ]
+    assert lines == [line for line, times in LOGGED_AS_BEFORE for _ in range(times)]
+    assert b'code="200",decision="allow",operation="SystemPing",policy="p"} 5.0' in metrics
+    assert b'code="400",decision="deny",operation="-",policy="-"} 2.0' in metrics
