@@ -25,9 +25,9 @@ daemon); a repeat while the client's buffer is full, behind a password check, wh
 lingering, around the head and idle timeouts, between refusals; production (non-STRICT)
 direct moves; the access lines and metrics of repeats against 3e654be's; and random
 keep-alive traffic (repeats, pipelining, split heads, refusals) giving the same client
-bytes, daemon bytes and access lines with the shortcuts and without (here 40 seeds; 3,000
-plus 2,000 with bearer tokens in-process, and 310 against a 3e654be subprocess, while
-reviewing).
+bytes, daemon bytes, access lines and audit records with the shortcuts and without (here 40
+seeds; 3,000 plus 2,000 with bearer tokens in-process, and 310 against a 3e654be subprocess,
+text and JSON logs, while reviewing).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from dockgate.auth.htpasswd import parse_htpasswd
 from dockgate.auth.sourceaddr import parse_address_list
 from dockgate.http.request import RequestReader
 from dockgate.observe.accesslog import AccessLog
+from dockgate.observe.audit import AuditLog
+from dockgate.observe.logsink import LineSink
 from dockgate.policy.admission import Admissions, ConnectionFacts
 from dockgate.relay import connection
 from dockgate.relay import phase as phases
@@ -684,8 +686,12 @@ def _play(loop: ClockLoop, seed: int) -> tuple[bytes, list[bytes], list[str]]:
     the durations)."""
     rng = random.Random(seed)
     first = open_connection(loop, READ_ONLY, trusted_proxies=parse_address_list(["192.0.2.0/24"]))
-    stream = io.StringIO()
-    context = dataclasses.replace(first.context, access_log=AccessLog(stream))
+    stream, audited = io.StringIO(), io.StringIO()
+    context = dataclasses.replace(
+        first.context,
+        access_log=AccessLog(stream),
+        audit=AuditLog(LineSink(audited)),
+    )
     relay = open_connection(loop, context=context)
     wires = [rng.choice(TRAFFIC)]
     for _ in range(rng.randint(4, 16)):  # a keep-alive client mostly repeats itself
@@ -716,7 +722,11 @@ def _play(loop: ClockLoop, seed: int) -> tuple[bytes, list[bytes], list[str]]:
                         daemon.send(answer(200, b"[]"))
                     answered = True
     context.access_log.flush()
+    context.audit.flush()
     lines = [re.sub(r"dur_ms=[0-9.]+", "", line) for line in stream.getvalue().splitlines()]
+    lines += [
+        re.sub(r'"(time|duration_ms)":[^,}]*', "", line) for line in audited.getvalue().splitlines()
+    ]
     return bytes(relay.client.data), [d.received for d in relay.pool.daemons], lines
 
 
@@ -726,9 +736,9 @@ def test_the_shortcuts_answer_forward_and_log_as_the_general_way(
 ) -> None:
     """Random keep-alive traffic (repeats, pipelining, heads split across reads, refusals,
     HEAD, X-Forwarded-For, empty lines, a close) played twice on fresh gateways: with the
-    fourth pass's shortcuts, and with each turned off. The client's bytes, the daemon's bytes
-    and the access lines must be the same. Held (also against 3e654be, in a subprocess
-    differential of 310 random runs)."""
+    fourth pass's shortcuts, and with each turned off. The client's bytes, the daemon's bytes,
+    the access lines and the audit records must be the same. Held (also against 3e654be, in a
+    subprocess differential of 310 random runs)."""
     with_shortcuts = ClockLoop()
     try:
         fast = _play(with_shortcuts, seed)
