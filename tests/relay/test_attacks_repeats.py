@@ -3,7 +3,7 @@ by a caller with limited rights: the reader's kept head (`RequestReader._last`),
 connection's remembered admission (`ConnectionFacts.admitted`), the repeated exchange started
 in one call (`ClientConnection._repeat`) and logged from kept parts (`_tail`).
 
-Findings (xfail, strict):
+Findings (fixed since; their tests now pass):
 - test_an_idle_connection_keeps_no_large_refused_head: a refused request with a large head
   (a 60 KiB query) leaves the head pinned on the idle keep-alive connection by `_tail` (the
   last exchange's log parts: the head, and the text line's prefix with the target again),
@@ -129,11 +129,6 @@ IDLE_CONNECTIONS = 200
 BIG_QUERY = 60_000  # under --max-header-bytes (64 KiB): a head the gateway reads
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_tail keeps the last exchange's head whatever its size: a refused 60 KiB head "
-    "pins ~180 KiB of RSS per idle keep-alive connection (3e654be: ~7 KiB)",
-)
 def test_an_idle_connection_keeps_no_large_refused_head(
     fake: FakeUpstream, tmp_path: pathlib.Path
 ) -> None:

@@ -51,6 +51,7 @@ from dockgate.http.hops import LOOP_MESSAGE, came_back
 from dockgate.http.hops import TOKEN as HOP_TOKEN
 from dockgate.http.proxyproto import ProxyHeaderError, parse_proxy_header
 from dockgate.http.request import (
+    HEAD_CACHE_MAX_HEAD_BYTES,
     Body,
     EndOfRequest,
     RequestEvent,
@@ -609,9 +610,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if isinstance(step, Forward):
             allowed = step.allowed
             plain = allowed.owner is None and not allowed.ownership and allowed.redaction is None
+            # (only an ordinary head is kept, as the reader's and admission's memos: a large
+            # one would stay pinned on an idle connection for the idle timeout)
             self._last_plan = (
                 (head, admission, owners, step, _repeatable(head), forwarded_head(step.head))
-                if plain
+                if plain and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES
                 else None
             )
         self._carry_out(head, step)
@@ -1356,9 +1359,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             and admission is not None
             and not note
             and (line is not None or not self._access_on)
+            and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES
         ):
-            # (an access log that writes no text, e.g. JSON, takes write_fields each time)
+            # (an access log that writes no text, e.g. JSON, takes write_fields each time; a
+            # large head is not kept, see _last_plan)
             self._tail = (head, verdict, admission, status, key, line)
+        else:
+            self._tail = None
         if self._audit_on:
             self._audit(head)
 
