@@ -1,0 +1,254 @@
+"""Presets (`preset: NAME`) and `extends: NAME` in policy files: every shipped preset loads and
+says what it is; how a policy built on another merges, key by key; the mistakes (unknown names,
+cycles, a preset taken whole and changed) are loader errors at their line."""
+
+from __future__ import annotations
+
+import pytest
+
+from dockgate.api.routes import OPERATIONS, RouteMatch
+from dockgate.policy.loader import PolicyError, parse_policy_text
+from dockgate.policy.presetfiles import preset_names, read_preset
+from dockgate.policy.rules import Policy
+from support.paths import REPO
+
+# The presets a test here proves with the real client, and that test.
+PROVEN = {
+    "traefik": "tests/clients/test_preset_traefik.py",
+    "prometheus": "tests/clients/test_preset_prometheus.py",
+}
+NOT_PROVEN = "From documentation, not proven here"
+
+
+def _policy(text: str, name: str = "p", *, toml: bool = False) -> Policy:
+    return parse_policy_text(text, "test.yaml", toml=toml).policies[name]
+
+
+def _allows(policy: Policy, operation: str) -> bool:
+    op = OPERATIONS[operation]
+    return policy.decide(op.method, RouteMatch(op, None, {}), op.path).allowed
+
+
+def _error(text: str) -> PolicyError:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy_text(text, "test.yaml")
+    return caught.value
+
+
+def test_the_presets_of_the_issue_are_shipped() -> None:
+    """The proven presets and those written from documentation are all there (a rename
+    would empty the tests below)."""
+    assert set(preset_names()) >= {
+        "traefik",
+        "traefik-swarm",
+        "prometheus",
+        "prometheus-swarm",
+        "portainer",
+        "watchtower",
+        "homepage",
+        "dozzle",
+        "gitlab-runner",
+        "act",
+        "testcontainers",
+        "docker-compose",
+    }
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_each_preset_is_a_whole_policy_and_says_what_it_is(name: str) -> None:
+    """`policies: {x: {preset: NAME}}` loads; the header names the client, the versions and
+    the API calls, and says either which test proves it or that it is from documentation."""
+    policy = _policy(f"policies:\n  p: {{preset: {name}}}\n")
+    assert policy.rules
+    preset = read_preset(name)
+    assert preset is not None
+    header = "\n".join(preset.header)
+    assert "Client:" in header and "API calls:" in header, header
+    if name in PROVEN:
+        assert preset.proven and NOT_PROVEN not in header
+        assert PROVEN[name] in header
+        assert (REPO / PROVEN[name]).is_file()
+    else:
+        assert not preset.proven and NOT_PROVEN in header, header
+
+
+@pytest.mark.parametrize("name", ["traefik", "prometheus"])
+def test_the_proven_read_only_presets_allow_no_write(name: str) -> None:
+    """The discovery clients only read: no operation that changes anything is allowed."""
+    policy = _policy(f"policies:\n  p: {{preset: {name}}}\n")
+    assert policy.read_only
+    writes = [op for op, o in OPERATIONS.items() if o.writes and _allows(policy, op)]
+    assert writes == []
+
+
+def test_the_traefik_preset_is_exactly_what_traefik_used() -> None:
+    """No whole sections: the five operations the audit log showed, and nothing else."""
+    policy = _policy("policies:\n  p: {preset: traefik}\n")
+    allowed = {op for op in OPERATIONS if _allows(policy, op)}
+    assert allowed == {
+        "SystemPingHead",
+        "SystemVersion",
+        "ContainerList",
+        "ContainerInspect",
+        "SystemEvents",
+    }
+
+
+def test_a_preset_name_is_never_a_path() -> None:
+    """`extends: ../../x` reads no file: names are checked before anything is opened."""
+    for name in ("../traefik", "traefik.yaml", "/etc/passwd", "Traefik", ""):
+        assert read_preset(name) is None
+
+
+# ----- mistakes: loader errors at their line --------------------------------------------------
+
+
+def test_unknown_preset_is_an_error_at_its_line() -> None:
+    error = _error("policies:\n  p:\n    preset: traefk\n")
+    assert error.line == 3
+    assert "preset 'traefk'" in error.problem and "traefik" in error.problem
+
+
+def test_unknown_extends_is_an_error_at_its_line() -> None:
+    error = _error("policies:\n  p:\n    rules: []\n    extends: nothing\n")
+    assert error.line == 4
+    assert "no policy of this file and no preset" in error.problem
+
+
+def test_a_preset_taken_whole_cannot_be_changed() -> None:
+    """`preset:` with rules (or read_only, guardrails, redact, ownership) is refused, pointing
+    at `extends:`."""
+    error = _error(
+        "policies:\n  p:\n    preset: traefik\n"
+        "    rules:\n      - allow: {operations: [ImageList]}\n"
+    )
+    assert error.line == 4
+    assert "extends: traefik" in error.problem
+    error = _error("policies:\n  p:\n    preset: traefik\n    read_only: false\n")
+    assert error.line == 4
+
+
+def test_preset_and_extends_together_are_refused() -> None:
+    error = _error("policies:\n  p:\n    preset: traefik\n    extends: prometheus\n")
+    assert error.line == 4
+
+
+def test_a_cycle_of_extends_is_an_error_naming_it() -> None:
+    error = _error(
+        "default: a\npolicies:\n  a: {extends: b}\n  b: {extends: c}\n  c:\n    extends: a\n"
+    )
+    assert "a -> b -> c -> a" in error.problem
+    assert error.line is not None
+
+
+def test_a_policy_extending_its_own_name_means_the_preset() -> None:
+    """`traefik: {extends: traefik}` is the natural way to write it: the preset, no cycle."""
+    policy = _policy(
+        "policies:\n  traefik:\n    extends: traefik\n"
+        "    rules:\n      - allow: {operations: [NetworkList]}\n",
+        "traefik",
+    )
+    assert _allows(policy, "NetworkList") and _allows(policy, "ContainerList")
+
+
+# ----- how keys merge ----------------------------------------------------------------------
+
+
+def test_extends_puts_own_rules_first_then_the_bases() -> None:
+    """Own rules are numbered first; the inherited ones follow, explained by the line they
+    were written at (the base policy's) or by the `extends:` line for a preset's."""
+    text = (
+        "default: child\npolicies:\n"
+        "  base:\n"
+        "    rules:\n"
+        "      - allow: {operations: [ImageList]}\n"  # line 5
+        "  child:\n"
+        "    extends: base\n"
+        "    rules:\n"
+        "      - allow: {operations: [VolumeList]}\n"  # line 9
+        "  other:\n"
+        "    extends: prometheus\n"  # line 11
+    )
+    policies = parse_policy_text(text, "test.yaml").policies
+    child = policies["child"]
+    assert [(r.number, r.line) for r in child.rules] == [(1, 9), (2, 5)]
+    assert _allows(child, "ImageList") and _allows(child, "VolumeList")
+    assert not _allows(policies["base"], "VolumeList")
+    assert [r.line for r in policies["other"].rules] == [11]
+
+
+def test_a_deny_of_the_base_still_wins_over_an_own_allow() -> None:
+    """Denies win over allows whatever their order (rules.py): extending adds, it does not
+    reopen what the base denies."""
+    policy = _policy(
+        "policies:\n  p:\n    extends: gitlab-runner\n"
+        "    rules:\n      - allow: {operations: [ContainerPrune, SecretList, ImageSearch]}\n"
+    )
+    assert not _allows(policy, "ContainerPrune") and not _allows(policy, "SecretList")
+    assert _allows(policy, "ImageSearch") and _allows(policy, "ContainerCreate")
+
+
+def test_own_keys_override_and_guardrails_merge_key_by_key() -> None:
+    """`read_only` is the policy's own when given; `guardrails:` keys given replace the base's
+    (a list whole), the others stay the base's; `redact:` likewise."""
+    base = _policy("policies:\n  p: {preset: gitlab-runner}\n")
+    assert base.guardrails is not None and base.guardrails.require_no_new_privileges
+    policy = _policy(
+        "policies:\n  p:\n    extends: gitlab-runner\n"
+        "    guardrails:\n"
+        "      host_paths: [{path: /srv/ci-cache, read_only: true}]\n"
+        "      max_memory: 4g\n"
+    )
+    guardrails = policy.guardrails
+    assert guardrails is not None
+    assert [(r.prefix, r.read_only) for r in guardrails.host_paths] == [("/srv/ci-cache", True)]
+    assert guardrails.max_memory == 4 * 1024**3
+    assert guardrails.require_no_new_privileges  # the preset's, kept
+    assert guardrails.network_drivers == frozenset()
+
+    dozzle = _policy("policies:\n  p:\n    extends: dozzle\n    redact: {mounts: true}\n")
+    assert dozzle.redaction.env and dozzle.redaction.mounts  # env the preset's, mounts own
+    opened = _policy("policies:\n  p:\n    extends: dozzle\n    read_only: false\n")
+    assert not opened.read_only and dozzle.read_only
+
+
+def test_guardrails_false_replaces_the_bases_whole() -> None:
+    policy = _policy("policies:\n  p:\n    extends: gitlab-runner\n    guardrails: false\n")
+    assert policy.guardrails is None
+    assert _policy("policies:\n  p: {preset: gitlab-runner}\n").guardrails is not None
+
+
+def test_a_chain_of_extends_in_the_file() -> None:
+    """c extends b extends the traefik preset: each adds its rules, all are kept."""
+    text = (
+        "default: c\npolicies:\n"
+        "  b:\n    extends: traefik\n    rules:\n      - allow: {operations: [NetworkList]}\n"
+        "  c:\n    extends: b\n    rules:\n      - allow: {operations: [ImageList]}\n"
+    )
+    policy = _policy(text, "c")
+    for operation in ("ImageList", "NetworkList", "ContainerList", "SystemEvents"):
+        assert _allows(policy, operation), operation
+    assert policy.read_only and policy.redaction.env
+
+
+def test_toml_files_take_presets_too() -> None:
+    policy = _policy('[policies.p]\npreset = "prometheus"\n', toml=True)
+    assert _allows(policy, "NetworkList") and not _allows(policy, "ContainerInspect")
+
+
+def test_a_preset_policy_can_be_bound() -> None:
+    """A preset policy is a policy like any other: bindings name it."""
+    text = (
+        "policies:\n  traefik: {preset: traefik}\n  prom: {preset: prometheus}\n"
+        "bindings:\n  - {policy: traefik, users: [t]}\n  - {policy: prom, users: [p]}\n"
+    )
+    policies = parse_policy_text(text, "test.yaml")
+    assert set(policies.policies) == {"traefik", "prom"}
+
+
+def test_presets_are_package_data() -> None:
+    """The wheel carries them: pyproject's package data names the directory they are in."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"dockgate.policy" = ["presets/*.yaml"]' in pyproject
+    directory = REPO / "src" / "dockgate" / "policy" / "presets"
+    assert {p.stem for p in directory.glob("*.yaml")} == set(preset_names())
