@@ -4,6 +4,11 @@ cycles, a preset taken whole and changed) are loader errors at their line."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from dockgate.api.routes import OPERATIONS, RouteMatch
@@ -11,6 +16,8 @@ from dockgate.policy.loader import PolicyError, parse_policy_text
 from dockgate.policy.presetfiles import preset_names, read_preset
 from dockgate.policy.rules import Policy
 from support.paths import REPO
+
+SRC = REPO / "src"
 
 # The presets a test here proves with the real client, and that test.
 PROVEN = {
@@ -252,3 +259,63 @@ def test_presets_are_package_data() -> None:
     assert '"dockgate.policy" = ["presets/*.yaml"]' in pyproject
     directory = REPO / "src" / "dockgate" / "policy" / "presets"
     assert {p.stem for p in directory.glob("*.yaml")} == set(preset_names())
+
+
+# ----- the command line: what a preset is and what it expands to ------------------------------
+
+
+def _dockgate(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "dockgate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_policy_presets_lists_each_with_its_proof() -> None:
+    listed = _dockgate("policy", "presets")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines() if line.strip()}
+    for name in preset_names():
+        assert name in rows
+        assert ("proven" in rows[name].split()) == (name in PROVEN), rows[name]
+
+
+def test_policy_presets_name_shows_the_file_and_what_it_allows() -> None:
+    shown = _dockgate("policy", "presets", "prometheus")
+    assert shown.returncode == 0, shown.stderr
+    assert "- NetworkList" in shown.stdout
+    assert '# allows: policy "prometheus": read: containers (some)' in shown.stdout
+    missing = _dockgate("policy", "presets", "nope")
+    assert missing.returncode == 1 and "no preset 'nope'" in missing.stderr
+
+
+def test_check_says_what_the_policy_was_built_on(tmp_path: pathlib.Path) -> None:
+    """`dockgate check` names the preset, and the deciding rule's line is the `preset:` line."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("# Traefik\npolicies:\n  traefik:\n    preset: traefik\n")
+    checked = _dockgate("check", "--policy", str(policy), "GET /v1.41/containers/json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"policy:    traefik (from {policy}; preset traefik)" in checked.stdout
+    assert "(line 4)" in checked.stdout, checked.stdout
+    denied = _dockgate("check", "--policy", str(policy), "POST /v1.41/containers/create")
+    assert denied.returncode == 1, denied.stdout
+
+
+def test_doctor_says_what_each_policy_was_built_on(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "default: ci\npolicies:\n  base: {extends: gitlab-runner}\n  ci: {extends: base}\n"
+    )
+    policies = parse_policy_text(policy.read_text(), str(policy)).policies
+    assert policies["base"].basis == "extends preset gitlab-runner"
+    assert policies["ci"].basis == "extends base, extends preset gitlab-runner"
+    report = _dockgate(
+        "doctor", "--policy", str(policy), "--listen", "unix:///tmp/dg-presets-doctor.sock"
+    )
+    assert "ci: (extends base, extends preset gitlab-runner)" in report.stdout, report.stdout

@@ -381,8 +381,11 @@ def parse_policy_text(text: str, source: str, *, toml: bool = False) -> PolicySe
         else:
             message = first["msg"].removeprefix("Value error, ")
         raise PolicyError(source, _line_for(lines, loc), f"{where}: {message}") from None
-    spec, expanded_lines = _expand_presets(spec, source, lines)
-    return _compile(spec, source, expanded_lines)
+    spec, expanded_lines, bases = _expand_presets(spec, source, lines)
+    policy_set = _compile(spec, source, expanded_lines)
+    for name, basis in bases.items():
+        policy_set.policies[name].basis = basis
+    return policy_set
 
 
 _UNION_BOOL = "bool"
@@ -451,14 +454,16 @@ def load_preset(name: str) -> PolicySpec | None:
 
 def _expand_presets(
     spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]
-) -> tuple[PolicyFileSpec, Mapping[Location, int]]:
+) -> tuple[PolicyFileSpec, Mapping[Location, int], dict[str, str]]:
     """Every policy with `preset:` or `extends:` replaced by what it stands for, and `lines`
     extended so that an inherited rule is explained by where it was written: the base policy's
-    line in this file, or the `preset:`/`extends:` line for a preset's rule."""
+    line in this file, or the `preset:`/`extends:` line for a preset's rule. The third value
+    says, per such policy, what it was built on (`Policy.basis`)."""
     if all(p.preset is None and p.extends is None for p in spec.policies.values()):
-        return spec, lines  # the usual file: nothing to do, and nothing changes
+        return spec, lines, {}  # the usual file: nothing to do, and nothing changes
     new_lines = dict(lines)
     resolved: dict[str, PolicySpec] = {}
+    bases: dict[str, str] = {}
 
     def fail(loc: Location, problem: str) -> PolicyError:
         return PolicyError(source, _line_for(new_lines, loc), problem)
@@ -499,6 +504,7 @@ def _expand_presets(
                     f"{given[0]}, write 'extends: {own.preset}' instead",
                 )
             base = preset_spec(own.preset, (*here, "preset"), "preset")
+            bases[name] = f"preset {own.preset}"
             for index in range(len(base.rules)):
                 new_lines[(*here, "rules", rules_at + index)] = new_lines[(*here, "preset")]
         elif own.extends is not None:
@@ -508,6 +514,7 @@ def _expand_presets(
                     cycle = " -> ".join((*chain[chain.index(target) :], name, target))
                     raise fail((*here, "extends"), f"'extends:' goes round in a circle: {cycle}")
                 base = resolve(target, (*chain, name))
+                bases[name] = ", ".join(b for b in (f"extends {target}", bases.get(target)) if b)
                 for index in range(len(base.rules)):
                     copy_lines(
                         ("policies", target, "rules", index), (*here, "rules", rules_at + index)
@@ -516,6 +523,7 @@ def _expand_presets(
                     copy_lines(("policies", target, key), (*here, key))
             else:
                 base = preset_spec(target, (*here, "extends"), "extends")
+                bases[name] = f"extends preset {target}"
                 for index in range(len(base.rules)):
                     new_lines[(*here, "rules", rules_at + index)] = new_lines[(*here, "extends")]
         else:
@@ -525,7 +533,7 @@ def _expand_presets(
         return resolved[name]
 
     policies = {name: resolve(name, ()) for name in spec.policies}
-    return spec.model_copy(update={"policies": policies}), new_lines
+    return spec.model_copy(update={"policies": policies}), new_lines, bases
 
 
 def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -> PolicySet:
