@@ -4,9 +4,8 @@ labelled container as a target (Prometheus's own /api/v1/targets), every request
 allowed, and what the preset does not allow (creating a container, exec) is denied to the same
 caller.
 
-`dockerswarm_sd_configs` is not run here: the session's daemon is no swarm manager (turning it
-into one would change every other test's daemon); the `prometheus-swarm` preset is written from
-Prometheus's documentation.
+`dockerswarm_sd_configs` (the `prometheus-swarm` preset) is proven in
+test_preset_swarm_clients.py, on a swarm of its own: the session's daemon stays no swarm manager.
 """
 
 from __future__ import annotations

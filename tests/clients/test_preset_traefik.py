@@ -3,9 +3,8 @@ pointed at a dockgate whose only policy is `{preset: traefik}`, discovers a labe
 and routes a request to it, every request it makes is allowed, and what the preset does not
 allow (creating a container, exec) is denied to the same caller.
 
-The Swarm provider is not run here: the session's daemon is no swarm manager (turning it into
-one would change every other test's daemon); the preset's Swarm operations are from Traefik's
-documentation.
+The Swarm provider (the `traefik-swarm` preset) is proven in test_preset_swarm_clients.py, on a
+swarm of its own: the session's daemon stays no swarm manager.
 """
 
 from __future__ import annotations
