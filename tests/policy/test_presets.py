@@ -321,3 +321,17 @@ def test_doctor_says_what_each_policy_was_built_on(tmp_path: pathlib.Path) -> No
         "doctor", "--policy", str(policy), "--listen", "unix:///tmp/dg-presets-doctor.sock"
     )
     assert "ci: (extends base, extends preset gitlab-runner)" in report.stdout, report.stdout
+
+
+def test_a_policy_extending_itself_without_such_a_preset_is_told_so() -> None:
+    error = _error("policies:\n  mine:\n    extends: mine\n")
+    assert error.line == 3
+    assert "cannot extend itself" in error.problem
+
+
+def test_a_toml_inline_preset_explains_its_rules_by_a_line() -> None:
+    """TOML keeps no positions: an inline table's rule still gets a line of the file."""
+    text = 'default = "a"\n[policies]\na = {preset = "traefik"}\nb = {extends = "a"}\n'
+    policies = parse_policy_text(text, "test.toml", toml=True).policies
+    assert all(rule.line is not None for rule in policies["b"].rules)
+    assert policies["b"].basis == "extends a, preset traefik"

@@ -474,8 +474,18 @@ def _expand_presets(
             if loc[:width] == source_loc:
                 new_lines.setdefault((*target_loc, *loc[width:]), line)
 
+    def point_at(here: Location, key: str, index: int) -> None:
+        """A preset's rule `index` is explained by the line of this policy's `key`."""
+        line = _line_for(new_lines, (*here, key))
+        if line is not None:
+            new_lines[(*here, "rules", index)] = line
+
     def preset_spec(name: str, loc: Location, key: str) -> PolicySpec:
         found = load_preset(name)
+        if found is None and key == "extends" and loc[1] == name:
+            raise fail(
+                loc, f"extends {name!r}: a policy cannot extend itself, and no preset has that name"
+            )
         if found is None:
             others = "no policy of this file and " if key == "extends" else ""
             raise fail(
@@ -506,7 +516,7 @@ def _expand_presets(
             base = preset_spec(own.preset, (*here, "preset"), "preset")
             bases[name] = f"preset {own.preset}"
             for index in range(len(base.rules)):
-                new_lines[(*here, "rules", rules_at + index)] = new_lines[(*here, "preset")]
+                point_at(here, "preset", rules_at + index)
         elif own.extends is not None:
             target = own.extends
             if target in spec.policies and target != name:
@@ -525,7 +535,7 @@ def _expand_presets(
                 base = preset_spec(target, (*here, "extends"), "extends")
                 bases[name] = f"extends preset {target}"
                 for index in range(len(base.rules)):
-                    new_lines[(*here, "rules", rules_at + index)] = new_lines[(*here, "extends")]
+                    point_at(here, "extends", rules_at + index)
         else:
             resolved[name] = own
             return own
