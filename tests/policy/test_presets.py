@@ -27,6 +27,7 @@ PROVEN = {
     "prometheus-swarm": "tests/clients/test_preset_swarm_clients.py",
     "testcontainers": "tests/clients/test_preset_testcontainers.py",
     "act": "tests/clients/test_preset_act.py",
+    "docker-compose": "tests/clients/test_preset_compose.py",
 }
 NOT_PROVEN = "From documentation, not proven here"
 
@@ -83,7 +84,7 @@ def test_each_preset_is_a_whole_policy_and_says_what_it_is(name: str) -> None:
         assert not preset.proven and NOT_PROVEN in header, header
 
 
-@pytest.mark.parametrize("name", sorted(set(PROVEN) - {"testcontainers", "act"}))
+@pytest.mark.parametrize("name", sorted(set(PROVEN) - {"testcontainers", "act", "docker-compose"}))
 def test_the_proven_read_only_presets_allow_no_write(name: str) -> None:
     """The discovery clients only read: no operation that changes anything is allowed."""
     policy = _policy(f"policies:\n  p: {{preset: {name}}}\n")
