@@ -338,3 +338,19 @@ def test_a_toml_inline_preset_explains_its_rules_by_a_line() -> None:
     policies = parse_policy_text(text, "test.toml", toml=True).policies
     assert all(rule.line is not None for rule in policies["b"].rules)
     assert policies["b"].basis == "extends a, preset traefik"
+
+
+def test_a_broken_preset_is_an_error_naming_its_file_and_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A preset that does not parse (say, edited in an installed copy) stops the load with the
+    preset's own file and line, not a line of the policy file."""
+    from dockgate.policy import loader  # noqa: PLC0415
+    from dockgate.policy.presetfiles import PresetFile  # noqa: PLC0415
+
+    broken = PresetFile("x", "preset x (/p/x.yaml)", "# x\nread_only: true\nrulez: []\n")
+    monkeypatch.setattr(loader, "read_preset", lambda name: broken if name == "x" else None)
+    with pytest.raises(PolicyError) as caught:
+        parse_policy_text("policies:\n  p: {preset: x}\n", "test.yaml")
+    assert caught.value.source == "preset x (/p/x.yaml)"
+    assert caught.value.line == 3 and "rulez" in caught.value.problem

@@ -404,10 +404,11 @@ _REFERENCE_KEYS = frozenset({"preset", "extends"})
 
 
 def _merge_spec(own: PolicySpec, base: PolicySpec) -> PolicySpec:
-    """`own` built on `base`: own rules first (first match wins, so own denies and allows
-    come before the base's), then the base's; for every other key the one `own` gives, else
-    the base's; `guardrails:` and `redact:` mappings merged key by key (a list is replaced, not
-    extended; `guardrails: false` or `true` replaces the base's whole)."""
+    """`own` built on `base`: own rules first (numbered first, and first among the allows or
+    the denies; a deny still wins over every allow, rules.py), then the base's; for every other
+    key the one `own` gives, else the base's; `guardrails:` and `redact:` mappings merged key
+    by key (a list is replaced, not extended; `guardrails: false` or `true` replaces the base's
+    whole)."""
     values: dict[str, Any] = {"rules": [*own.rules, *base.rules]}
     for key in PolicySpec.model_fields:
         if key == "rules" or key in _REFERENCE_KEYS:
@@ -446,7 +447,9 @@ def load_preset(name: str) -> PolicySpec | None:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(p for p in first["loc"] if p not in _UNION_MEMBERS)
-        raise PolicyError(preset.source, _line_for(lines, loc), first["msg"]) from None
+        where = ".".join(str(p) for p in loc) or "top level"
+        problem = f"{where}: {first['msg'].removeprefix('Value error, ')}"
+        raise PolicyError(preset.source, _line_for(lines, loc), problem) from None
     if spec.preset is not None or spec.extends is not None:
         raise PolicyError(preset.source, None, "a preset is written out whole: no preset/extends")
     return spec
