@@ -39,6 +39,7 @@ section "system packages"
 APT_PACKAGES=(
     docker.io        # dockerd (the real daemon the tests run privately), containerd, runc
     busybox-static   # /bin/busybox: the rootfs of the test image
+    prometheus       # the real Prometheus: tests/clients/test_preset_prometheus.py (docker_sd_configs)
     debootstrap      # a Debian rootfs with python3: the base of the dockgate image under test
     docker-compose   # brings up deploy/compose.sidecar.yml in tests/deploy/test_compose.py
     iproute2         # ip netns + veth: the Swarm and compose tests' daemons get a network of their own

@@ -231,7 +231,8 @@ def _explain_admission(
     policy = admission.policy
     if policy is None:
         return
-    out.append(f"policy:    {policy.name} (from {policies.source})")
+    basis = f"; {policy.basis}" if policy.basis else ""
+    out.append(f"policy:    {policy.name} (from {policies.source}{basis})")
     if match is not None or verdict.status == 403:
         _explain_rules(out, policy, head, match)
 

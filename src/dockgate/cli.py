@@ -22,6 +22,7 @@ from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules,
 from dockgate.check import CheckRequest, run_check
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
 from dockgate.policy.loader import PolicyError, load_policy_file
+from dockgate.policy.presetlist import list_presets, show_preset
 from dockgate.policy.rules import PolicySet
 from dockgate.policy.sources import load_policies
 from dockgate.policy.tecnativa import EnvironmentError_
@@ -262,6 +263,13 @@ def _build_parser() -> argparse.ArgumentParser:
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     validate = policy_commands.add_parser("validate", help="check a policy file; exit 1 if bad")
     validate.add_argument("file")
+    presets = policy_commands.add_parser(
+        "presets",
+        help="list the shipped presets, or show one (NAME) and what it allows",
+        description="Presets are policies for well-known clients: `policies: {traefik: "
+        "{preset: traefik}}` is a whole policy (docs/presets.md).",
+    )
+    presets.add_argument("name", nargs="?", default=None)
 
     credtools.add_commands(commands)  # htpasswd add/remove/list, token create/list/revoke
     return parser
@@ -626,6 +634,21 @@ def _validate(path: str) -> int:
     return 0
 
 
+def _presets(name: str | None) -> int:
+    if name is None:
+        print("\n".join(list_presets()))
+        return 0
+    shown = show_preset(name)
+    if shown is None:
+        print(
+            f"dockgate: error: no preset {name!r} (dockgate policy presets lists them)",
+            file=sys.stderr,
+        )
+        return 1
+    print("\n".join(shown))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser()
@@ -642,6 +665,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "policy" and args.policy_command == "presets":
+            return _presets(args.name)
         if args.command == "policy":
             return _validate(args.file)
         if args.command in credtools.COMMANDS:

@@ -35,6 +35,7 @@ from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
 from dockgate.files import read_config_text
 from dockgate.ownership.owners import OWNER_NAME, parse_identity
+from dockgate.policy.presetfiles import preset_names, read_preset
 from dockgate.policy.rules import (
     ALLOW,
     DENY,
@@ -172,6 +173,10 @@ class PolicySpec(_Strict):
     rules: list[RuleSpec] = Field(default_factory=list)
     # Absent: the safe defaults; false: no body checks at all (root for whoever may create).
     guardrails: GuardrailsSpec | StrictBool | None = None
+    # A shipped preset taken whole, or a preset or policy this one builds on: both resolved
+    # before compiling (_expand_presets below, docs/presets.md).
+    preset: str | None = None
+    extends: str | None = None
 
 
 class SourcesSpec(_Strict):
@@ -376,11 +381,172 @@ def parse_policy_text(text: str, source: str, *, toml: bool = False) -> PolicySe
         else:
             message = first["msg"].removeprefix("Value error, ")
         raise PolicyError(source, _line_for(lines, loc), f"{where}: {message}") from None
-    return _compile(spec, source, lines)
+    spec, expanded_lines, bases = _expand_presets(spec, source, lines)
+    policy_set = _compile(spec, source, expanded_lines)
+    for name, basis in bases.items():
+        policy_set.policies[name].basis = basis
+    return policy_set
 
 
 _UNION_BOOL = "bool"
 _UNION_MEMBERS = frozenset({"GuardrailsSpec", _UNION_BOOL})
+
+
+# ----- presets and extends (docs/presets.md) ------------------------------------------------------
+
+# What a preset decides for a policy that takes it whole (`preset:`): such a policy may not give
+# them (`extends:` is for changing a preset). Its other keys apply as written.
+_PRESET_KEYS = ("rules", "read_only", "guardrails", "redact", "ownership")
+# Keys merged key by key (the policy's own keys over the base's); every other key is replaced
+# whole by the policy's own when it gives it, and rules are the policy's first, then the base's.
+_MERGED_PER_KEY = frozenset({"guardrails", "redact"})
+_REFERENCE_KEYS = frozenset({"preset", "extends"})
+
+
+def _merge_spec(own: PolicySpec, base: PolicySpec) -> PolicySpec:
+    """`own` built on `base`: own rules first (numbered first, and first among the allows or
+    the denies; a deny still wins over every allow, rules.py), then the base's; for every other
+    key the one `own` gives, else the base's; `guardrails:` and `redact:` mappings merged key
+    by key (a list is replaced, not extended; `guardrails: false` or `true` replaces the base's
+    whole)."""
+    values: dict[str, Any] = {"rules": [*own.rules, *base.rules]}
+    for key in PolicySpec.model_fields:
+        if key == "rules" or key in _REFERENCE_KEYS:
+            continue
+        own_value, base_value = getattr(own, key), getattr(base, key)
+        if key in own.model_fields_set:
+            if (
+                key in _MERGED_PER_KEY
+                and key in base.model_fields_set
+                and isinstance(own_value, BaseModel)
+                and isinstance(base_value, BaseModel)
+            ):
+                own_value = _merge_keys(own_value, base_value)
+            values[key] = own_value
+        elif key in base.model_fields_set:
+            values[key] = base_value
+    return PolicySpec.model_construct(_fields_set=set(values), **values)
+
+
+def _merge_keys(own: BaseModel, base: BaseModel) -> BaseModel:
+    """A mapping's keys: `own`'s where it gives them, else `base`'s."""
+    values = {key: getattr(base, key) for key in base.model_fields_set}
+    values.update({key: getattr(own, key) for key in own.model_fields_set})
+    return type(own).model_construct(_fields_set=set(values), **values)
+
+
+def load_preset(name: str) -> PolicySpec | None:
+    """The shipped preset `name` as a policy's spec, or None when there is none. A preset that
+    does not parse is a PolicyError naming the preset's file and line."""
+    preset = read_preset(name)
+    if preset is None:
+        return None
+    data, lines = _yaml_with_lines(preset.text, preset.source)
+    try:
+        spec = PolicySpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if p not in _UNION_MEMBERS)
+        where = ".".join(str(p) for p in loc) or "top level"
+        problem = f"{where}: {first['msg'].removeprefix('Value error, ')}"
+        raise PolicyError(preset.source, _line_for(lines, loc), problem) from None
+    if spec.preset is not None or spec.extends is not None:
+        raise PolicyError(preset.source, None, "a preset is written out whole: no preset/extends")
+    return spec
+
+
+def _expand_presets(
+    spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]
+) -> tuple[PolicyFileSpec, Mapping[Location, int], dict[str, str]]:
+    """Every policy with `preset:` or `extends:` replaced by what it stands for, and `lines`
+    extended so that an inherited rule is explained by where it was written: the base policy's
+    line in this file, or the `preset:`/`extends:` line for a preset's rule. The third value
+    says, per such policy, what it was built on (`Policy.basis`)."""
+    if all(p.preset is None and p.extends is None for p in spec.policies.values()):
+        return spec, lines, {}  # the usual file: nothing to do, and nothing changes
+    new_lines = dict(lines)
+    resolved: dict[str, PolicySpec] = {}
+    bases: dict[str, str] = {}
+
+    def fail(loc: Location, problem: str) -> PolicyError:
+        return PolicyError(source, _line_for(new_lines, loc), problem)
+
+    def copy_lines(source_loc: Location, target_loc: Location) -> None:
+        width = len(source_loc)
+        for loc, line in list(new_lines.items()):
+            if loc[:width] == source_loc:
+                new_lines.setdefault((*target_loc, *loc[width:]), line)
+
+    def point_at(here: Location, key: str, index: int) -> None:
+        """A preset's rule `index` is explained by the line of this policy's `key`."""
+        line = _line_for(new_lines, (*here, key))
+        if line is not None:
+            new_lines[(*here, "rules", index)] = line
+
+    def preset_spec(name: str, loc: Location, key: str) -> PolicySpec:
+        found = load_preset(name)
+        if found is None and key == "extends" and loc[1] == name:
+            raise fail(
+                loc, f"extends {name!r}: a policy cannot extend itself, and no preset has that name"
+            )
+        if found is None:
+            others = "no policy of this file and " if key == "extends" else ""
+            raise fail(
+                loc,
+                f"{key} {name!r}: {others}no preset has that name "
+                f"(presets: {', '.join(preset_names())}; `dockgate policy presets` lists them)",
+            )
+        return found
+
+    def resolve(name: str, chain: tuple[str, ...]) -> PolicySpec:
+        if name in resolved:
+            return resolved[name]
+        own = spec.policies[name]
+        here: Location = ("policies", name)
+        if own.preset is not None and own.extends is not None:
+            raise fail(
+                (*here, "extends"), "give 'preset:' (a preset whole) or 'extends:', not both"
+            )
+        rules_at = len(own.rules)  # where the inherited rules start
+        if own.preset is not None:
+            given = [key for key in _PRESET_KEYS if key in own.model_fields_set]
+            if given:
+                raise fail(
+                    (*here, given[0]),
+                    f"'preset: {own.preset}' takes the preset whole; to change its "
+                    f"{given[0]}, write 'extends: {own.preset}' instead",
+                )
+            base = preset_spec(own.preset, (*here, "preset"), "preset")
+            bases[name] = f"preset {own.preset}"
+            for index in range(len(base.rules)):
+                point_at(here, "preset", rules_at + index)
+        elif own.extends is not None:
+            target = own.extends
+            if target in spec.policies and target != name:
+                if target in chain:
+                    cycle = " -> ".join((*chain[chain.index(target) :], name, target))
+                    raise fail((*here, "extends"), f"'extends:' goes round in a circle: {cycle}")
+                base = resolve(target, (*chain, name))
+                bases[name] = ", ".join(b for b in (f"extends {target}", bases.get(target)) if b)
+                for index in range(len(base.rules)):
+                    copy_lines(
+                        ("policies", target, "rules", index), (*here, "rules", rules_at + index)
+                    )
+                for key in _MERGED_PER_KEY:
+                    copy_lines(("policies", target, key), (*here, key))
+            else:
+                base = preset_spec(target, (*here, "extends"), "extends")
+                bases[name] = f"extends preset {target}"
+                for index in range(len(base.rules)):
+                    point_at(here, "extends", rules_at + index)
+        else:
+            resolved[name] = own
+            return own
+        resolved[name] = _merge_spec(own, base)
+        return resolved[name]
+
+    policies = {name: resolve(name, ()) for name in spec.policies}
+    return spec.model_copy(update={"policies": policies}), new_lines, bases
 
 
 def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -> PolicySet:

@@ -129,6 +129,9 @@ class Policy:
         False  # callers see and touch only what they created (ownership/operations.py)
     )
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
+    # What the policy file built it on: "preset traefik", "extends ci, extends preset
+    # gitlab-runner" (policy/loader.py, docs/presets.md); "" when written out whole.
+    basis: str = ""
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:
         """Decide for a request; `path` is the decoded path (version prefix included or not)."""

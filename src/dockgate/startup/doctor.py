@@ -133,6 +133,7 @@ class PolicyRow:
     guardrails: bool
     ownership: bool
     sections: tuple[SectionAccess, ...]
+    basis: str = ""  # what the policy file built it on: "preset traefik" (Policy.basis)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +394,7 @@ def policy_facts(policies: PolicySet, *, authenticated: bool) -> PolicyFacts:
                 policy.guardrails is not None,
                 policy.ownership,
                 tuple(section_access(policy)),
+                policy.basis,
             )
         )
     sources = []
@@ -519,7 +521,7 @@ def _policy_text(policy: PolicyFacts) -> list[str]:
     lines += _table(table)
     lines.append("")
     for row in policy.rows:
-        lines.append(f"{row.name}:")
+        lines.append(f"{row.name}:" + (f" ({row.basis})" if row.basis else ""))
         lines += [line for who in row.who for line in _wrapped(who, "  ", "- ")]
     for label, values in (("Host names", policy.hosts), ("origins", policy.origins)):
         if values:
