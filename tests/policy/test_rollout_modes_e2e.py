@@ -10,6 +10,7 @@ access log's decision (stderr), and `dockgate_would_deny_total` on --admin-liste
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -26,6 +27,7 @@ from support.clients import Cleanup
 from support.daemon import PrivateDaemon, run_docker
 from support.gateway import Gateway, running
 from support.metrics import scrape
+from support.remote import write_htpasswd
 
 pytestmark = [
     pytest.mark.daemon,
@@ -323,3 +325,84 @@ def test_a_repeated_request_is_counted_each_time_and_refused_after_the_reload(
             assert _get(conn, "/v1.41/version") == 403
             assert _get(conn, "/_ping") == 200
         assert would_deny_count(gw, "pings", "SystemVersion", "no rule allows it") == 3
+
+
+# ----- ownership and redaction in warn mode -----------------------------------------------------
+
+OWNED_WARN = """\
+policies:
+  shared:
+    mode: warn
+    ownership: true
+    redact: {env: true}
+    rules:
+      - allow: {sections: [ping, version, containers, images]}
+bindings:
+  - {policy: shared, authenticated: true}
+"""
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+
+
+def user_env(gw: Gateway, daemon: PrivateDaemon, config: pathlib.Path, user: str) -> dict[str, str]:
+    """The docker CLI's environment for `user` (Basic credentials from its config.json)."""
+    config.mkdir(parents=True, exist_ok=True)
+    token = base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()
+    (config / "config.json").write_text(
+        json.dumps({"HttpHeaders": {"Authorization": f"Basic {token}"}})
+    )
+    env = cli_env(gw, daemon)
+    env["DOCKER_CONFIG"] = str(config)
+    return env
+
+
+def test_ownership_in_warn_mode_labels_lets_others_touch_and_records_it(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    tmp_path: pathlib.Path,
+    cleanup: Cleanup,
+    unique: Callable[[str], str],
+) -> None:
+    """Warn mode with ownership and redaction: alice's create is labelled as hers (a later
+    enforce finds it hers); bob sees it listed, its environment unredacted, and removes it:
+    the daemon did, and the audit record says enforce would have answered as if it were
+    missing and would have hidden the other owners' objects and the environment."""
+    name = cleanup.container(unique("warn-owned"))
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, USERS)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(OWNED_WARN)
+    audit = tmp_path / "audit.jsonl"
+    gateway = Gateway(
+        daemon.host,
+        "--htpasswd",
+        str(htpasswd),
+        "--auth-failures",
+        "0",
+        "--audit-log",
+        str(audit),
+        policy=policy,
+    )
+    with running(gateway) as gw:
+        alice = user_env(gw, daemon, tmp_path / "alice", "alice")
+        bob = user_env(gw, daemon, tmp_path / "bob", "bob")
+        made = run_docker(alice, "create", "--name", name, "-e", "SECRET=s3", busybox_image, "true")
+        assert made.returncode == 0, made.stderr
+        created = inspect(daemon, "container", name)
+        assert created is not None
+        labels = created["Config"]["Labels"]  # type: ignore[index]
+        assert labels["io.dockgate.owner"] == "user:alice"
+        listed = run_docker(bob, "ps", "-a", "--format", "{{.Names}}")
+        assert name in listed.stdout.decode().split()
+        shown = run_docker(bob, "inspect", "--format", "{{json .Config.Env}}", name)
+        assert shown.returncode == 0 and "SECRET=s3" in shown.stdout.decode()
+        removed = run_docker(bob, "rm", name)
+        assert removed.returncode == 0, removed.stderr
+        assert inspect(daemon, "container", name) is None
+        (record,) = audit_records(audit, "ContainerDelete")
+        assert record["identity"] == "bob" and record["status"] == 204
+        assert record["would_deny"]["stage"] == "ownership"  # type: ignore[index]
+        assert record["would_deny"]["status"] == 404  # type: ignore[index]
+        lists = audit_records(audit, "ContainerList")
+        assert lists and lists[0]["would_hide"] == ["objects of other owners"]
+        inspected = audit_records(audit, "ContainerInspect")
+        assert any(r.get("would_hide") == ["env"] for r in inspected)
