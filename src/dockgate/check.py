@@ -7,6 +7,9 @@ for, binding, the policy's rules, the browser guard), and planned by the same `p
 `--body`). What only the daemon can tell (who owns an object a request names, a named volume's
 options) is said, not guessed: exit status 3.
 
+A policy (or binding) in warn or audit mode (policy/modes.py): check says what the gateway does,
+forward, with the refusal it records (`warn: would deny, 403: ...`), and exits 0.
+
 Exit status: 0 allow, 1 deny, 3 not decided by what check was given: a look-up in the daemon
 (see the `lookup:` lines), or a body the guardrails judge that `--body` did not give.
 """
@@ -27,6 +30,7 @@ from dockgate.http.request import RequestHead, RequestReader, without_body
 from dockgate.ownership.operations import SILENT_LOG_DRIVER, silent_log_problem
 from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
 from dockgate.policy.gatekeeper import Gatekeeper
+from dockgate.policy.modes import ENFORCE
 from dockgate.policy.plan import (
     Allowed,
     Answer,
@@ -186,6 +190,7 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
             step = Forward(step.head, step.allowed, replayable=False)
             continue
         assert isinstance(step, Forward)
+        _explain_would_deny(out, step.allowed)
         answer = answer_handling(step.allowed, 200)
         if answer is not Answer.RELAY:
             out.append(f"answer:    {answer.value} (a 200 answer)")
@@ -233,6 +238,11 @@ def _explain_admission(
         return
     basis = f"; {policy.basis}" if policy.basis else ""
     out.append(f"policy:    {policy.name} (from {policies.source}{basis})")
+    if policy.mode != ENFORCE:
+        out.append(
+            f"mode:      {policy.mode}: the policy's refusals are recorded (would deny), "
+            "not answered"
+        )
     if match is not None or verdict.status == 403:
         _explain_rules(out, policy, head, match)
 
@@ -308,6 +318,16 @@ def _names_no_log_driver(operation: str, body: bytes) -> bool:
         return silent_log_problem(operation, body, SILENT_LOG_DRIVER) is not None
     except ValueError:
         return False
+
+
+def _explain_would_deny(out: list[str], allowed: Allowed) -> None:
+    """Warn or audit mode: the gateway forwards the request, and records this (modes.py)."""
+    refusal = allowed.verdict.would_deny
+    if refusal is not None:
+        out.append(f"{allowed.mode + ':':<10} would deny, {refusal.status}: {refusal.message}")
+    hidden = allowed.would_hide
+    if hidden:
+        out.append(f"{allowed.mode + ':':<10} would hide {', '.join(hidden)} of the answer")
 
 
 def _flush(out: list[str], trace: Trace) -> None:

@@ -239,6 +239,8 @@ class Gateway:
             return
         self._install(watched.value)
         self.context.admissions = self.admissions  # for the requests that follow
+        for warning in watched.value.mode_warnings(audited=self.config.audit_log != "off"):
+            print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
 
     def _install(self, policies: PolicySet) -> None:
         """Put `policies` in force for the requests that follow (at start, and on reload)."""
@@ -733,6 +735,8 @@ def _run(
     warnings = list(authenticator.htpasswd.warnings) if authenticator.htpasswd else []
     warnings += credential_file_warnings(config.htpasswd, config.tokens)
     warnings += unknown_binding_names(policies, authenticator)
+    # Rollout modes: every policy or binding that does not enforce (policy/modes.py).
+    warnings += policies.mode_warnings(audited=config.audit_log != "off")
     for warning in early_warnings + warnings:
         print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
     # Sockets systemd passed are already bound and listening; their unix files are systemd's.

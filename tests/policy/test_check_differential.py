@@ -147,6 +147,33 @@ bindings:
   - {policy: containers-read-only, anonymous: true}
 """
 
+# Rollout modes (policy/modes.py): the same refusals in warn mode, forwarded; carol's binding
+# enforces the same policy.
+WARNED = """\
+policies:
+  trial:
+    mode: warn
+    read_only: true
+    redact: {env: true, labels: true}
+    rules:
+      - allow: {sections: [ping, version, containers, volumes, images]}
+      - deny: {operations: [ContainerLogs]}
+  guarded-trial:
+    mode: warn
+    rules:
+      - allow: {sections: ["*"]}
+  owned-trial:
+    mode: warn
+    ownership: true
+    rules:
+      - allow: {sections: ["*"]}
+bindings:
+  - {policy: trial, users: [alice]}
+  - {policy: trial, users: [carol], mode: enforce}
+  - {policy: guarded-trial, users: [bob]}
+  - {policy: owned-trial, anonymous: true}
+"""
+
 # Client certificates by CN (the gateway's default --tls-identity).
 CERTIFIED = """\
 policies:
@@ -208,6 +235,7 @@ SETUPS = {
         by_environment=True,
     ),
     "unix": Setup(UNIX, unix=True),
+    "warned": Setup(WARNED, credentials=True),
     "certificates": Setup(CERTIFIED, tls=True),
     "tecnativa": Setup(
         None, variables=(("CONTAINERS", "1"), ("IMAGES", "1"), ("ALLOW_START", "1"))
@@ -703,6 +731,43 @@ def owned_corpus() -> list[Case]:
     ]  # fmt: skip
 
 
+def warned_corpus() -> list[Case]:
+    """Warn mode: the policy's refusals (rules, read_only, redaction's filters, guardrails,
+    ownership) forwarded; what is not the policy's still refused; a binding that enforces."""
+
+    def c(id: str, method: str, target: str, **kw: object) -> Case:
+        return Case("warned", id, method, target, **kw)  # type: ignore[arg-type]
+
+    alice, bob, carol = "user:alice", "user:bob", "user:carol"
+    quoted = "%7B%22label%22%3A%5B%22secret%3D1%22%5D%7D"
+    form = ("Content-Type: application/x-www-form-urlencoded",)
+    privileged = _body({"Image": "busybox", "HostConfig": {"Privileged": True}})
+    return [
+        c("read-only-kill", "POST", f"/containers/{VICTIM}/kill", caller=alice),
+        c("read-only-kill-enforced", "POST", f"/containers/{VICTIM}/kill", caller=carol),
+        c("deny-rule-logs", "GET", f"/containers/{VICTIM}/logs?stdout=1", caller=alice),
+        c("no-rule-secrets", "GET", "/secrets", caller=alice),
+        c("no-rule-secrets-enforced", "GET", "/secrets", caller=carol),
+        c("unknown-route", "GET", "/nothing/here", caller=alice),
+        c("label-filter", "GET", f"/containers/json?filters={quoted}", caller=alice),
+        c("top-ps-args-e", "GET", f"/containers/{VICTIM}/top?ps_args=e", caller=alice),
+        c("form-body", "POST", "/containers/create", caller=bob, headers=form, body=b"a=b"),
+        c("cross-site", "GET", "/_ping", caller=alice, origin=EVIL),
+        c("privileged-create", "POST", "/containers/create", caller=bob, body=privileged),
+        c("privileged-create-read-only", "POST", "/containers/create", caller=alice,
+          body=privileged),
+        c("create-two-values", "POST", "/containers/create", caller=bob,
+          body=b'{"Image": "busybox"} {"HostConfig": {"Privileged": true}}'),
+        c("create-too-large", "POST", "/containers/create", caller=bob,
+          body=b'{"Image": "busybox", "Env": ["X=' + b"x" * CHECKED_BODY_LIMIT + b'"]}'),
+        c("swarm-init", "POST", "/swarm/init", caller=bob, body=SWARM_INIT),
+        c("anonymous-stop", "POST", f"/containers/{VICTIM}/stop"),
+        c("anonymous-list", "GET", "/containers/json"),
+        c("anonymous-create", "POST", "/containers/create", body=_body({"Image": "busybox"})),
+        c("anonymous-prune", "POST", "/containers/prune"),
+    ]  # fmt: skip
+
+
 def environment_corpus() -> list[Case]:
     """A gateway configured by DOCKGATE_ variables alone (a container's environment), and check
     run in the same environment without options: the same policy, credentials and lists."""
@@ -815,6 +880,7 @@ CORPUS = [
     *owned_corpus(),
     *environment_corpus(),
     *unix_corpus(),
+    *warned_corpus(),
     *certificate_corpus(),
     *tecnativa_corpus(),
 ]

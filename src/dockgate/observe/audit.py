@@ -68,6 +68,12 @@ class AuditRecord:
     duration_s: float
     # from body_details, plus e.g. {"registry_auth": True} (never a header's value)
     details: Details | None = None
+    # Rollout modes (policy/modes.py, observe/modefields.py): set only for a policy not in
+    # enforce mode: its mode, what enforce would have refused ({status, stage, reason,
+    # message}) and what it would have hidden of the answer.
+    mode: str | None = None
+    would_deny: Details | None = None
+    would_hide: list[str] | None = None
 
 
 # ----- rendering --------------------------------------------------------------------------------
@@ -134,6 +140,12 @@ def render(record: AuditRecord) -> str:
     fields["duration_ms"] = round(record.duration_s * 1000, 3)
     if record.details is not None:
         fields["details"] = record.details
+    if record.mode is not None:
+        fields["mode"] = record.mode
+    if record.would_deny is not None:
+        fields["would_deny"] = record.would_deny
+    if record.would_hide:
+        fields["would_hide"] = record.would_hide
     return json.dumps(_bounded(fields, -1), ensure_ascii=True, separators=(",", ":"))
 
 

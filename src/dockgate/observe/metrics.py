@@ -32,6 +32,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from dockgate.policy.modes import metric_reason
+from dockgate.refusal import Refusal
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request durations run from a cached `/_ping` (well under a millisecond) to `logs -f` and attach
 # sessions (hours); the buckets cover both ends.
@@ -64,6 +67,13 @@ class RequestCounts:
     # Passes of the periodic sweep (timeouts, reloads, snapshots) that raised: each is logged
     # and the sweeper goes on (server.py); a count above zero is a bug worth an alert.
     sweep_failures: int = 0
+    # Rollout modes (policy/modes.py): requests let through that enforce would have refused,
+    # by (policy, operation, reason: modes.metric_reason).
+    would_deny: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def record_would_deny(self, policy: str, operation: str, refusal: Refusal) -> None:
+        key = (policy, operation, metric_reason(refusal))
+        self.would_deny[key] = self.would_deny.get(key, 0) + 1
 
     def record(  # noqa: PLR0917 - positional: the relay's call, once per request, is cheaper so
         self,
@@ -114,6 +124,8 @@ class RequestCounts:
         for name, (ok, failed) in other.reloads.items():
             mine = self.reloads.setdefault(name, [0, 0])
             mine[0], mine[1] = max(mine[0], ok), max(mine[1], failed)
+        for denied, count in other.would_deny.items():
+            self.would_deny[denied] = self.would_deny.get(denied, 0) + count
 
     def count_of(self, operation: str) -> int:
         return sum(n for (op, *_), n in self.requests.items() if op == operation)
@@ -129,6 +141,7 @@ class RequestCounts:
                 "open": [self.open_connections, self.open_tunnels],
                 "reloads": self.reloads,
                 "sweep_failures": self.sweep_failures,
+                "would_deny": [[*key, n] for key, n in self.would_deny.items()],
             }
         )
 
@@ -144,6 +157,7 @@ class RequestCounts:
         counts.open_connections, counts.open_tunnels = data["open"]
         counts.reloads = data["reloads"]
         counts.sweep_failures = data["sweep_failures"]
+        counts.would_deny = {(p, op, r): n for p, op, r, n in data.get("would_deny", [])}
         return counts
 
 
@@ -270,6 +284,17 @@ class _Collector(Collector):
             "logged, and the sweep goes on. Any is a bug.",
             value=c.sweep_failures,
         )
+
+        would_deny = CounterMetricFamily(
+            "dockgate_would_deny",
+            "Requests a policy in warn or audit mode let through that enforce mode would have "
+            "refused, by policy, operation and reason (the rule, or the step: guardrails, "
+            "ownership, redaction; the audit record has the whole reason).",
+            labels=["policy", "operation", "reason"],
+        )
+        for denied, count in sorted(c.would_deny.items()):
+            would_deny.add_metric(list(denied), count)
+        yield would_deny
 
 
 def _bound(value: float) -> str:

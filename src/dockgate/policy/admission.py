@@ -42,6 +42,7 @@ from dockgate.caching import remember
 from dockgate.http.errors import ClientProtocolError
 from dockgate.http.request import HEAD_CACHE_MAX_HEAD_BYTES, RequestHead
 from dockgate.policy.gatekeeper import Gatekeeper, Verdict, refused_before_policy
+from dockgate.policy.modes import ENFORCE, waive
 from dockgate.policy.rules import Policy, PolicySet
 from dockgate.refusal import Refusal
 
@@ -266,6 +267,12 @@ class Admissions:
             policy=policy,
             authenticated=identity.authenticated,
         )
+        refusal = verdict.refusal
+        if refusal is not None and policy.mode != ENFORCE and verdict.match is not None:
+            # Warn or audit mode: the rules' refusal recorded, the request let through
+            # (policy/modes.py). What the route table cannot place stays refused: no later
+            # step could judge it.
+            verdict = waive(verdict, refusal, policy.mode) or verdict
         return Admission(verdict, identity, source, policy=policy)
 
     def _identify(

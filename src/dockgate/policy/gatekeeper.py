@@ -38,10 +38,21 @@ class Verdict:
     policy: str | None = None  # the policy that decided, None when refused before it
     reason: str = ""  # "rule 3", "read-only", "no rule allows it", "browser", ...
     refusal: Refusal | None = None  # None: allowed
+    # In warn or audit mode (policy/modes.py): what enforce would have answered, while the
+    # request goes on (`refusal` is then None). None: nothing would have been refused.
+    would_deny: Refusal | None = None
 
     @property
     def allowed(self) -> bool:
         return self.refusal is None
+
+    @property
+    def decision(self) -> str:
+        """The metrics' decision: `allow`, `deny`, or the rollout mode (`warn`, `audit`) of a
+        request let through that enforce would have refused (the label's first part)."""
+        if self.refusal is not None:
+            return "deny"
+        return "allow" if self.would_deny is None else self.label.partition(":")[0]
 
     @property
     def status(self) -> int:

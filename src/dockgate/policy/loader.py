@@ -7,6 +7,7 @@ duplicate keys and bad patterns are all errors, never ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import posixpath
 import re
@@ -74,6 +75,9 @@ class PolicyError(ValueError):
 
 
 # ----- the file's schema --------------------------------------------------------------------
+
+
+ModeName = Literal["enforce", "warn", "audit"]
 
 
 class _Strict(BaseModel):
@@ -177,6 +181,7 @@ class PolicySpec(_Strict):
     # before compiling (_expand_presets below, docs/presets.md).
     preset: str | None = None
     extends: str | None = None
+    mode: ModeName = "enforce"  # rollout mode (policy/modes.py)
 
 
 class SourcesSpec(_Strict):
@@ -193,6 +198,7 @@ class BindingSpec(_Strict):
     anonymous: StrictBool = False
     authenticated: StrictBool = False
     sources: SourcesSpec | None = None
+    mode: ModeName | None = None  # the policy's rollout mode for these callers (modes.py)
 
     @model_validator(mode="after")
     def _names_someone(self) -> BindingSpec:
@@ -586,6 +592,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
             policy_spec.ownership,
         )
 
+    _compile_modes(spec, policies)
     bindings = _compile_bindings(spec, policies, lines, fail)
     default = spec.default
     if bindings is not None:
@@ -619,7 +626,25 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
         bindings=bindings,
         sources=_compile_sources(spec.sources, ("sources",), fail) or SourceRules(),
         owners=_compile_owners(spec, fail),
+        bound=_bound_modes(spec, policies),
     )
+
+
+def _compile_modes(spec: PolicyFileSpec, policies: Mapping[str, Policy]) -> None:
+    """Each policy's rollout mode (`policies.NAME.mode`, policy/modes.py)."""
+    for name, policy_spec in spec.policies.items():
+        policies[name].mode = policy_spec.mode
+
+
+def _bound_modes(spec: PolicyFileSpec, policies: Mapping[str, Policy]) -> dict[int, Policy]:
+    """Bindings with a mode other than their policy's: binding number -> a copy of the policy
+    in that mode (the same rules and caches; only what is done with its refusals differs)."""
+    bound: dict[int, Policy] = {}
+    for index, item in enumerate(spec.bindings or ()):
+        policy = policies[item.policy]
+        if item.mode is not None and item.mode != policy.mode:
+            bound[index + 1] = dataclasses.replace(policy, mode=item.mode)
+    return bound
 
 
 def _compile_owners(spec: PolicyFileSpec, fail: Any) -> dict[str, str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dockgate.api.target import parse_target
 from dockgate.body.content import (
@@ -50,7 +50,9 @@ from dockgate.ownership.labels import foreign_owner_label
 from dockgate.ownership.lists import LookUpAll, list_plan
 from dockgate.ownership.operations import (
     CHECKED_ANSWERS,
+    FILTERED,
     IMAGE_CHECKED,
+    LABELLED_BUILD,
     MAX_REFERENCES,
     OWNED_CREATES,
     OWNER_LABEL,
@@ -68,6 +70,7 @@ from dockgate.ownership.operations import plan as ownership_plan
 from dockgate.ownership.owners import owner_for
 from dockgate.policy.admission import Admission
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
 from dockgate.refusal import Refusal
 
@@ -98,11 +101,46 @@ class Allowed:
         return self.policy is not None and self.policy.ownership
 
     @property
-    def redaction(self) -> Redaction | None:
+    def mode(self) -> str:
+        """The rollout mode (policy/modes.py) of the bound policy, or of its binding."""
         policy = self.policy
-        if policy is not None and policy.redaction.rewrites(self.verdict.operation):
+        return policy.mode if policy is not None else ENFORCE
+
+    @property
+    def redaction(self) -> Redaction | None:
+        """What the answer hides; None in warn and audit mode too, where answers are relayed
+        as they come (the audit record's `would_hide` says what enforce would hide)."""
+        policy = self.policy
+        if (
+            policy is not None
+            and policy.mode == ENFORCE
+            and policy.redaction.rewrites(self.verdict.operation)
+        ):
             return policy.redaction
         return None
+
+    @property
+    def would_hide(self) -> list[str]:
+        """In warn or audit mode, what enforce would have hidden of this operation's answer:
+        the redacted areas (`env`, `mounts`, `labels`), and `objects of other owners` for the
+        lists ownership narrows. Empty in enforce mode, where it is hidden."""
+        policy = self.policy
+        if policy is None or policy.mode == ENFORCE:
+            return []
+        operation = self.verdict.operation
+        hidden = []
+        redaction = policy.redaction
+        if redaction.rewrites(operation):
+            hidden = [area for area in ("env", "mounts", "labels") if redaction.hides(area)]
+        if policy.ownership and operation in FILTERED:
+            hidden.append("objects of other owners")
+        return hidden
+
+    def waived(self, refusal: Refusal) -> Allowed | None:
+        """In warn or audit mode, these facts carrying a refusal of the policy's own as the
+        request's `would_deny`, to go on with (policy/modes.py); None: answer `refusal`."""
+        verdict = waive(self.verdict, refusal, self.mode)
+        return None if verdict is None else replace(self, verdict=verdict)
 
     def policy_denial(self, stage: str, reason: str) -> Refusal:
         """A 403 from one of the policy's steps: "dockgate: <Op> denied by policy <P>: why"."""
@@ -219,7 +257,11 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
         query = head.target.partition("?")[2]
         problem = query_problem(allowed.operation, query, policy.redaction)
         if problem is not None:
-            return allowed.policy_denial("redaction", problem)
+            refusal = allowed.policy_denial("redaction", problem)
+            waived = allowed.waived(refusal)
+            if waived is None:
+                return refusal
+            allowed = waived  # (and the answer goes unredacted: Allowed.redaction)
     if allowed.ownership:
         owned = _own(head, allowed, trace)
         if not isinstance(owned, RequestHead):
@@ -243,9 +285,18 @@ def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHea
             f"dockgate: {operation}: ownership mode needs an authenticated caller "
             "(anonymous callers own nothing)"
         )
-        return refuse(403, message)
+        return _waived_or(head, allowed, refuse(403, message), trace)
     path = parse_target(head.target).path
     step = ownership_plan(operation, match.operation.path, head.target, path, owner)
+    if isinstance(step, str) and (
+        (allowed.mode != ENFORCE and operation in FILTERED)
+        or (allowed.mode == AUDIT and operation == LABELLED_BUILD)
+    ):
+        # Warn and audit mode narrow no list (a client would see less than it did: the
+        # outage a rollout avoids); audit mode labels no build either (modes.py).
+        if trace is not None:
+            trace.append(("ownership", f"{allowed.mode} mode: target left as it came"))
+        return head
     if step is None:
         if trace is not None:
             trace.append(("ownership", f"{owner}: nothing to look up"))
@@ -262,10 +313,20 @@ def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHea
             return with_target(head, step)
         return LookUp(head, allowed, ordered)
     if isinstance(step, Refusal):
-        return step
+        return _waived_or(head, allowed, step, trace)
     if trace is not None:
         trace.append(("ownership", f"{owner}: {step.kind.name} {step.reference!r} looked up"))
     return LookUp(head, allowed, LookUpAll.of_one(step))
+
+
+def _waived_or(head: RequestHead, allowed: Allowed, refusal: Refusal, trace: Trace | None) -> Step:
+    """`refusal`, or in warn or audit mode the rest of the plan, carrying it."""
+    waived = allowed.waived(refusal)
+    if waived is None:
+        return refusal
+    if trace is not None:
+        trace.append((refusal.stage, f"{allowed.mode} mode: would deny, {refusal.reason}"))
+    return plan_forward(head, waived, trace)
 
 
 def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None) -> Step:
@@ -281,7 +342,15 @@ def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None
                 query = head.target.partition("?")[2]
                 check_request(guardrails, operation, query, b"", allowed.params)
             except BodyRefused as refused:
-                return allowed.guardrail_refusal(refused)
+                refusal = allowed.guardrail_refusal(refused)
+                waived = allowed.waived(refusal)
+                if waived is None:
+                    return refusal
+                if trace is not None:
+                    trace.append(
+                        ("guardrails", f"{waived.mode} mode: would deny, {refused.reason}")
+                    )
+                return Forward(head, waived, replayable=not head.has_body)
             if trace is not None:
                 trace.append(("guardrails", "query accepted"))
         elif operation in BODY_CHECKED:
@@ -316,6 +385,9 @@ class JudgedBody:
     volumes: list[NamedVolume]  # named volumes, judged on their options (namedvolumes.py)
     named: list[tuple[Kind, str]]  # the objects it names, which must be the caller's
     check_image: bool  # ownership: the image must not carry the caller's own label
+    # The request's facts as they go on: in warn or audit mode carrying what the body would
+    # have been refused for (Verdict.would_deny); the hold's own otherwise.
+    allowed: Allowed
 
     @property
     def needs_daemon(self) -> bool:
@@ -333,30 +405,60 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         # The bound on what checking it may cost (bodycost.py), before the guardrails or
         # ownership parse it (check_request counts again: a millisecond per MiB at most).
         check_body_cost(body)
-        if hold.guardrails is not None:
-            query = head.target.partition("?")[2]
+    except BodyRefused as refused:
+        return allowed.guardrail_refusal(refused)
+    if hold.guardrails is not None:
+        query = head.target.partition("?")[2]
+        try:
             volumes = to_look_up(
                 check_request(hold.guardrails, operation, query, body, allowed.params)
             )
             if trace is not None:
                 trace.append(("guardrails", "body accepted"))
-    except BodyRefused as refused:
-        return allowed.guardrail_refusal(refused)
+        except BodyRefused as refused:
+            refusal = allowed.guardrail_refusal(refused)
+            waived = allowed.waived(refusal)
+            if waived is None:
+                return refusal
+            # Warn or audit mode: recorded; its named volumes are not looked up.
+            allowed = waived
+            if trace is not None:
+                trace.append(("guardrails", f"{allowed.mode} mode: would deny, {refused.reason}"))
     named: list[tuple[Kind, str]] = []
     owner = allowed.owner
     if owner is not None:
         try:
-            if operation in OWNED_CREATES:
+            if operation in OWNED_CREATES and allowed.mode != AUDIT:
                 body = with_owner_label(body, operation, owner)
             named = _named_objects(operation, owner, received)
         except (BodyRefused, ValueError, RecursionError) as exc:
             status = exc.status if isinstance(exc, BodyRefused) else 400
             reason = exc.reason if isinstance(exc, BodyRefused) else unreadable(exc)
-            return refuse(status, f"dockgate: {operation}: {reason}")
+            refusal = refuse(status, f"dockgate: {operation}: {reason}")
+            waived = allowed.waived(refusal)
+            if waived is None:
+                return refusal
+            allowed = waived  # (recorded; the objects it names are not looked up)
+            if trace is not None:
+                trace.append(("ownership", f"{allowed.mode} mode: would deny, {reason}"))
+        if allowed.mode == AUDIT:
+            named = []  # audit mode: nothing pinned, no volume made for the caller
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
-    judged = JudgedBody(body, volumes, named, owner is not None and operation in IMAGE_CHECKED)
-    return refused_before_lookups(allowed, judged) or judged
+    judged = JudgedBody(
+        body,
+        volumes,
+        named,
+        owner is not None and operation in IMAGE_CHECKED and allowed.mode != AUDIT,
+        allowed,
+    )
+    later = refused_before_lookups(allowed, judged)
+    if later is None:
+        return judged
+    waived = allowed.waived(later)
+    if waived is None:
+        return later
+    return JudgedBody(body, [], named, check_image=False, allowed=waived)
 
 
 def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | None:
@@ -425,6 +527,10 @@ def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = Fal
     volumes are removed)."""
     redaction = allowed.redaction
     if redaction is None and not allowed.ownership:
+        return Answer.RELAY
+    if allowed.mode != ENFORCE:
+        # Warn and audit mode rewrite no answer: nothing redacted (Allowed.redaction), no
+        # answer scrubbed of other callers' objects, no create's mounts checked after it.
         return Answer.RELAY
     operation = allowed.operation
     if redaction is not None and status == 200 and operation in REDACTED_STREAMS:

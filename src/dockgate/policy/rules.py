@@ -25,6 +25,7 @@ from dockgate.auth.sourceaddr import SourceRules
 from dockgate.body.guardrails import Guardrails
 from dockgate.body.redact import Redaction
 from dockgate.caching import remember
+from dockgate.policy.modes import startup_warnings
 
 ALLOW = "allow"
 DENY = "deny"
@@ -128,6 +129,10 @@ class Policy:
     ownership: bool = (
         False  # callers see and touch only what they created (ownership/operations.py)
     )
+    # Rollout mode (policy/modes.py): "enforce", or "warn"/"audit", where the policy's
+    # refusals are recorded rather than answered. A binding's own mode is a copy of the
+    # policy with that mode (`PolicySet.bound`).
+    mode: str = "enforce"
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
     # What the policy file built it on: "preset traefik", "extends ci, extends preset
     # gitlab-runner" (policy/loader.py, docs/presets.md); "" when written out whole.
@@ -243,6 +248,8 @@ class PolicySet:
     sources: SourceRules = field(default_factory=SourceRules)  # global source address allow/deny
     # Ownership: identity key (`user:alice`) -> the owner it counts as (ownership/owners.py).
     owners: Mapping[str, str] = field(default_factory=dict)
+    # Bindings with a `mode:` of their own: binding number -> its policy in that mode.
+    bound: Mapping[int, Policy] = field(default_factory=dict)
     _bound: dict[tuple[str, str, str, str], Binding | None] = field(
         default_factory=dict, init=False, compare=False, hash=False, repr=False
     )
@@ -273,7 +280,17 @@ class PolicySet:
         if self.bindings is None:
             return self.policies[self.default]
         binding = self.binding_for(identity, source)
-        return self.policies[binding.policy] if binding is not None else None
+        if binding is None:
+            return None
+        return self.bound.get(binding.number) or self.policies[binding.policy]
+
+    def mode_warnings(self, *, audited: bool) -> list[str]:
+        """A warning line per policy and binding not in enforce mode (policy/modes.py)."""
+        return startup_warnings(
+            {name: p.mode for name, p in self.policies.items()},
+            [(number, p.name, p.mode) for number, p in sorted(self.bound.items())],
+            audited=audited,
+        )
 
 
 # Decisions remembered per (operation, method): a few hundred known pairs, plus whatever

@@ -76,6 +76,7 @@ from dockgate.observe.audit import (
     target_object,
 )
 from dockgate.observe.metrics import RequestKey
+from dockgate.observe.modefields import mode_fields
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict, refused_before_policy
@@ -501,7 +502,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         forward = last[3]
         self._head = forward.head
         self._admission = admission
-        verdict = self._verdict = admission.verdict
+        # (the plan's verdict: the admission's, or in warn mode one carrying would_deny)
+        verdict = self._verdict = forward.allowed.verdict
         self._allowed = forward.allowed
         self._owner = self._redaction = self._redact_stream = None
         self._plain_answer = True
@@ -600,6 +602,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             # The same head, admitted the same way, as the last request: the same plan.
             forward = last[3]
             self._allowed = forward.allowed
+            self._verdict = forward.allowed.verdict
             self._owner = None
             self._redaction = None
             self._plain_answer = True
@@ -625,6 +628,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._refuse(head, step)
             return
         allowed = self._allowed = step.allowed
+        # The admission's verdict, or, in warn or audit mode, the one carrying what a step of
+        # the plan would have refused (policy/modes.py).
+        self._verdict = allowed.verdict
         self._owner = allowed.owner
         self._redaction = allowed.redaction
         # (answer_handling relays every answer as it comes without redaction or ownership)
@@ -1280,6 +1286,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         verdict = self._verdict
         duration = time.monotonic() - self._started
         status, bytes_in, bytes_out = self._status, self._bytes_in, self._bytes_out
+        if verdict is not None and verdict.would_deny is not None:
+            # Warn or audit mode let through what enforce would have refused.
+            self.ctx.metrics.record_would_deny(
+                verdict.policy or "-", verdict.operation, verdict.would_deny
+            )
         tail = self._tail
         if (
             tail is not None
@@ -1307,12 +1318,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         status, bytes_in, bytes_out = self._status, self._bytes_in, self._bytes_out
         if verdict is not None:
             operation = verdict.operation
-            key = (
-                operation,
-                "allow" if verdict.allowed else "deny",
-                verdict.policy or "-",
-                str(status),
-            )
+            key = (operation, verdict.decision, verdict.policy or "-", str(status))
         else:
             operation = "-"
             key = ("-", "-", "-", str(status))
@@ -1404,6 +1410,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 bytes_out=self._bytes_out,
                 duration_s=time.monotonic() - self._started,
                 details=details,
+                **mode_fields(admission.policy, verdict, self._allowed),
             )
         )
 

@@ -84,6 +84,7 @@ from dockgate.ownership.volumes import (
     volume_specs,
 )
 from dockgate.policy.gatekeeper import Verdict
+from dockgate.policy.modes import ENFORCE
 from dockgate.policy.plan import (
     Allowed,
     Answer,
@@ -195,6 +196,9 @@ class PolicySteps:
             self._refuse(head, judged, body_read=True)
             self._after_refusal()
             return
+        # (in warn or audit mode carrying what the body would have been refused for)
+        self._allowed = judged.allowed
+        self._verdict = judged.allowed.verdict
         if judged.volumes and hold.guardrails is not None:
             # Volumes used by name are judged on their options, which only the daemon knows.
             work = self._check_named_volumes(
@@ -276,7 +280,8 @@ class PolicySteps:
             return
         if problem is not None:
             self._lookup_task = None
-            self._refuse_held(head, self._exchange().guardrail_refusal(BodyRefused(403, problem)))
+            refusal = self._exchange().guardrail_refusal(BodyRefused(403, problem))
+            self._refuse_held(head, refusal, body)
             return
         if named or (self._owner is not None and self._operation() in IMAGE_CHECKED):
             await self._check_references(head, body, named)
@@ -291,12 +296,26 @@ class PolicySteps:
         self._lookup_task = None
         return self.closing or self._head is not head
 
-    def _refuse_held(self, head: RequestHead, refusal: Refusal) -> None:
+    def _refuse_held(self, head: RequestHead, refusal: Refusal, body: bytes) -> None:
         """Refuse a request whose body was held, read to its end, for a look-up: the
-        connection stays usable and reading goes on."""
+        connection stays usable and reading goes on. In warn or audit mode a refusal of the
+        policy's is recorded instead and `body` forwarded, as judged (policy/modes.py)."""
+        waived = self._waived(refusal)
+        if waived is not None:
+            self._allowed = waived
+            self._verdict = waived.verdict
+            self.flow.resume(Pause.LOOKUP)
+            self._forward_held(head, body)
+            return
         self._refuse(head, refusal, body_read=True)
         self.flow.resume(Pause.LOOKUP)
         self._after_refusal()
+
+    def _waived(self, refusal: Refusal) -> Allowed | None:
+        """The exchange's facts carrying `refusal` as would-deny (warn or audit mode), or
+        None: answer it (Allowed.waived)."""
+        allowed = self._allowed
+        return None if allowed is None else allowed.waived(refusal)
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
         self._request_done = True
@@ -315,7 +334,7 @@ class PolicySteps:
                 if self._lookup_ended(head):
                     return
                 message = f"dockgate: {self._operation()}: {problem}"
-                self._refuse_held(head, refuse(403, message))
+                self._refuse_held(head, refuse(403, message), body)
                 return
             missing_volumes: list[str] = []
             for kind, reference in named:
@@ -334,19 +353,19 @@ class PolicySteps:
                     # 403, not 404: the docker CLI takes a 404 to a create for a missing image
                     # and would try to pull it.
                     message = f"dockgate: {kind.missing.format(reference)}"
-                    self._refuse_held(head, refuse(403, message))
+                    self._refuse_held(head, refuse(403, message), body)
                     return
             refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
                 await self._drop_made(made)  # the create does not happen
                 if self._lookup_ended(head):
                     return
-                self._refuse_held(head, refusal)
+                self._refuse_held(head, refusal, body)
                 return
         except Unresolved as exc:
             if self._lookup_ended(head):
                 return
-            self._refuse_held(head, self._exchange().unresolved(str(exc)))
+            self._refuse_held(head, self._exchange().unresolved(str(exc)), body)
             return
         except Exception as exc:  # any failure must answer, or the paused client would hang
             await self._drop_made(made)
@@ -365,11 +384,16 @@ class PolicySteps:
             if self._lookup_ended(head):
                 return
             message = f"dockgate: {self._operation()}: {unreadable(exc)}"
-            self._refuse_held(head, refuse(400, message))
+            self._refuse_held(head, refuse(400, message), body)
             return
         self._lookup_task = None
         volumes = frozenset(reference for kind, reference in named if kind is VOLUME)
-        if self._owner is not None and self._operation() == "ContainerCreate" and volumes:
+        if (
+            self._owner is not None
+            and self._operation() == "ContainerCreate"
+            and volumes
+            and self._exchange().mode == ENFORCE  # (warn, audit: no answer is checked)
+        ):
             # A volume name cannot be pinned: the answer waits for the mounts' check.
             check = MountCheck(head, volumes, tuple(made))
             self._mount_check = check
@@ -493,7 +517,11 @@ class PolicySteps:
             return
         if self._lookup_ended(head):
             return
-        if refused is not None:
+        waived = None if refused is None else self._waived(refused)
+        if waived is not None:
+            # Warn or audit mode: recorded, and the request goes on as it came.
+            self._carry_out(head, plan_forward(head, waived))
+        elif refused is not None:
             self._refuse(head, refused)
         else:
             head = with_target(head, step.pin(full_ids))

@@ -134,6 +134,7 @@ class PolicyRow:
     ownership: bool
     sections: tuple[SectionAccess, ...]
     basis: str = ""  # what the policy file built it on: "preset traefik" (Policy.basis)
+    mode: str = "enforce"  # rollout mode (policy/modes.py); a binding's own is in `who`
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +372,12 @@ def describe_binding(binding: Binding) -> str:
     return f"binding {binding.number}{where}: {'; '.join(parts) or 'nobody'}"
 
 
+def _own_mode(policies: PolicySet, number: int) -> str:
+    """`; mode warn` for a binding whose mode is not its policy's (policy/modes.py)."""
+    bound = policies.bound.get(number)
+    return "" if bound is None else f"; mode {bound.mode}"
+
+
 def policy_facts(policies: PolicySet, *, authenticated: bool) -> PolicyFacts:
     """One row per policy in force (the default one, or every bound one), as `summaries`."""
     rows = []
@@ -384,7 +391,11 @@ def policy_facts(policies: PolicySet, *, authenticated: bool) -> PolicyFacts:
                 "every caller that authenticates" if authenticated else "every caller",
             )
         else:
-            who = tuple(describe_binding(b) for b in policies.bindings if b.policy == policy.name)
+            who = tuple(
+                describe_binding(b) + _own_mode(policies, b.number)
+                for b in policies.bindings
+                if b.policy == policy.name
+            )
             who = who or ("nobody: no binding names it",)
         rows.append(
             PolicyRow(
@@ -395,6 +406,7 @@ def policy_facts(policies: PolicySet, *, authenticated: bool) -> PolicyFacts:
                 policy.ownership,
                 tuple(section_access(policy)),
                 policy.basis,
+                policy.mode,
             )
         )
     sources = []
@@ -518,6 +530,7 @@ def _policy_text(policy: PolicyFacts) -> list[str]:
         ("ownership", "ownership"),
     ):
         table.append([label, *(_yes(getattr(r, attribute)) for r in policy.rows)])
+    table.append(["mode", *(r.mode for r in policy.rows)])
     lines += _table(table)
     lines.append("")
     for row in policy.rows:

@@ -100,6 +100,12 @@ def diagnose(setup: Setup) -> Report:
         checks += checks_from(
             "policy", setup.policy_warnings, f"policies from {setup.policies.source} load"
         )
+        audited = setup.config is not None and setup.config.audit_log != "off"
+        checks += checks_from(
+            "modes",
+            setup.policies.mode_warnings(audited=audited),
+            "every policy and binding is in enforce mode",
+        )
     config = setup.config
     if config is None:
         return Report(
