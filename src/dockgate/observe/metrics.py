@@ -64,6 +64,12 @@ class RequestCounts:
     # Passes of the periodic sweep (timeouts, reloads, snapshots) that raised: each is logged
     # and the sweeper goes on (server.py); a count above zero is a bug worth an alert.
     sweep_failures: int = 0
+    # Requests refused by a policy's limits (policy/limits.py): (policy, operation, limit).
+    limited: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def count_limited(self, policy: str, operation: str, limit: str) -> None:
+        key = (policy, operation, limit)
+        self.limited[key] = self.limited.get(key, 0) + 1
 
     def record(  # noqa: PLR0917 - positional: the relay's call, once per request, is cheaper so
         self,
@@ -114,6 +120,8 @@ class RequestCounts:
         for name, (ok, failed) in other.reloads.items():
             mine = self.reloads.setdefault(name, [0, 0])
             mine[0], mine[1] = max(mine[0], ok), max(mine[1], failed)
+        for limited, count in other.limited.items():
+            self.limited[limited] = self.limited.get(limited, 0) + count
 
     def count_of(self, operation: str) -> int:
         return sum(n for (op, *_), n in self.requests.items() if op == operation)
@@ -129,6 +137,7 @@ class RequestCounts:
                 "open": [self.open_connections, self.open_tunnels],
                 "reloads": self.reloads,
                 "sweep_failures": self.sweep_failures,
+                "limited": [[*key, n] for key, n in self.limited.items()],
             }
         )
 
@@ -144,6 +153,7 @@ class RequestCounts:
         counts.open_connections, counts.open_tunnels = data["open"]
         counts.reloads = data["reloads"]
         counts.sweep_failures = data["sweep_failures"]
+        counts.limited = {(p, o, k): n for p, o, k, n in data.get("limited", ())}
         return counts
 
 
@@ -270,6 +280,17 @@ class _Collector(Collector):
             "logged, and the sweep goes on. Any is a bug.",
             value=c.sweep_failures,
         )
+
+        limited = CounterMetricFamily(
+            "dockgate_limited",
+            "Requests refused (429) by a policy's rate and concurrency limits, all workers added "
+            "up, by policy, operation and limit (rate, concurrent, streams). Limits are counted "
+            "per worker process: with dockgate_workers N a caller may get N times the limits.",
+            labels=["policy", "operation", "limit"],
+        )
+        for labels, count in sorted(c.limited.items()):
+            limited.add_metric(list(labels), count)
+        yield limited
 
 
 def _bound(value: float) -> str:

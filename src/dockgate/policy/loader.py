@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     ValidationError,
     model_validator,
@@ -35,6 +36,7 @@ from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
 from dockgate.files import read_config_text
 from dockgate.ownership.owners import OWNER_NAME, parse_identity
+from dockgate.policy.limits import Limits
 from dockgate.policy.rules import (
     ALLOW,
     DENY,
@@ -165,6 +167,16 @@ class RedactSpec(_Strict):
     labels: StrictBool = False
 
 
+class LimitsSpec(_Strict):
+    """`limits:` of a policy (policy/limits.py): per caller of the policy."""
+
+    rate: StrictFloat | None = None  # requests (tokens) per second (an integer is a number too)
+    burst: StrictInt | None = None  # default: twice the rate, rounded up
+    concurrent: StrictInt | None = None
+    streams: StrictInt | None = None
+    costs: dict[str, StrictInt] = Field(default_factory=dict)
+
+
 class PolicySpec(_Strict):
     read_only: StrictBool = False
     redact: RedactSpec = Field(default_factory=RedactSpec)
@@ -172,6 +184,7 @@ class PolicySpec(_Strict):
     rules: list[RuleSpec] = Field(default_factory=list)
     # Absent: the safe defaults; false: no body checks at all (root for whoever may create).
     guardrails: GuardrailsSpec | StrictBool | None = None
+    limits: LimitsSpec | None = None
 
 
 class SourcesSpec(_Strict):
@@ -418,6 +431,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
             guardrails,
             Redaction(redact.env, redact.mounts, redact.labels),
             policy_spec.ownership,
+            limits=_compile_limits(policy_spec.limits, ("policies", name, "limits"), fail),
         )
 
     bindings = _compile_bindings(spec, policies, lines, fail)
@@ -454,6 +468,44 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
         sources=_compile_sources(spec.sources, ("sources",), fail) or SourceRules(),
         owners=_compile_owners(spec, fail),
     )
+
+
+def _compile_limits(spec: LimitsSpec | None, loc: Location, fail: Any) -> Limits | None:
+    """`limits:`: each number positive, a burst and costs only with a rate, a cost never more
+    than the bucket holds (it could never pass), costs of known operations only."""
+    if spec is None:
+        return None
+    if spec.rate is None and spec.concurrent is None and spec.streams is None:
+        raise fail(loc, "limits: give at least one of rate, concurrent, streams")
+    rate = None
+    if spec.rate is not None:
+        rate = float(spec.rate)
+        if not (math.isfinite(rate) and rate > 0):
+            raise fail((*loc, "rate"), "limits: rate must be a positive number (per second)")
+    elif spec.burst is not None or spec.costs:
+        key = "burst" if spec.burst is not None else "costs"
+        raise fail((*loc, key), f"limits: {key} applies to a rate: give 'rate:' too")
+    burst = 0
+    if rate is not None:
+        burst = spec.burst if spec.burst is not None else max(1, math.ceil(2 * rate))
+        if burst < 1:
+            raise fail((*loc, "burst"), "limits: burst must be at least 1")
+    for key in ("concurrent", "streams"):
+        value = getattr(spec, key)
+        if value is not None and value < 1:
+            raise fail((*loc, key), f"limits: {key} must be at least 1")
+    for operation, cost in spec.costs.items():
+        if operation not in OPERATIONS:
+            close = _suggest(operation)
+            hint = f"; did you mean {close}?" if close else ""
+            raise fail((*loc, "costs", operation), f"unknown operation {operation!r}{hint}")
+        if cost < 0 or cost > burst:
+            raise fail(
+                (*loc, "costs", operation),
+                f"limits: the cost of {operation} must be 0 to the burst ({burst}): a larger "
+                "one would never pass",
+            )
+    return Limits(rate, burst, spec.concurrent, spec.streams, dict(spec.costs))
 
 
 def _compile_owners(spec: PolicyFileSpec, fail: Any) -> dict[str, str]:

@@ -25,6 +25,7 @@ from dockgate.auth.sourceaddr import SourceRules
 from dockgate.body.guardrails import Guardrails
 from dockgate.body.redact import Redaction
 from dockgate.caching import remember
+from dockgate.policy.limits import Limits
 
 ALLOW = "allow"
 DENY = "deny"
@@ -128,6 +129,7 @@ class Policy:
     ownership: bool = (
         False  # callers see and touch only what they created (ownership/operations.py)
     )
+    limits: Limits | None = None  # rate and concurrency per caller (policy/limits.py); None: off
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:

@@ -75,9 +75,15 @@ from dockgate.observe.audit import (
     target_object,
 )
 from dockgate.observe.metrics import RequestKey
-from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
+from dockgate.policy.admission import (
+    Admission,
+    ConnectionFacts,
+    PendingAdmission,
+    throttle_source,
+)
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict, refused_before_policy
+from dockgate.policy.limits import Limits, Slot, caller_key, is_stream, limit_refusal
 from dockgate.policy.plan import (
     Allowed,
     Answer,
@@ -249,6 +255,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._connect_task: asyncio.Task[None] | None = None
         # After a hijack: the two pumps the connection hands its bytes to (relay/tunnel.py).
         self.tunnel: Tunnel | None = None
+        # The current exchange's hold on its caller's concurrency under the policy's limits
+        # (policy/limits.py), taken in `_admitted`, given back in `_log` (every ending logs)
+        # and, in case, in `connection_lost`; None: the policy has no limits.
+        self._slot: Slot | None = None
 
     # ----- the client side -------------------------------------------------------------------
 
@@ -359,6 +369,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if self._lookup_task is not None:
             self._lookup_task.cancel()
             self._lookup_task = None
+        self._release_slot()  # (before the log too: a head already logged may hold none now)
         tunnel = self.tunnel
         if tunnel is not None:
             # The raw bytes relayed count as the hijacked exchange's.
@@ -593,6 +604,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             if self._audit_on and verdict.allowed and verdict.operation in AUDITED_BODIES
             else None
         )
+        policy = admission.policy
+        limits = policy.limits if policy is not None else None
+        if limits is not None and verdict.allowed:
+            assert policy is not None
+            limited = self._take_slot(head, admission, policy.name, limits)
+            if limited is not None:
+                self._refuse(head, limited)
+                return
         owners = self.ctx.admissions.policies.owners
         last = self._last_plan
         if last is not None and last[0] is head and last[1] is admission and last[2] is owners:
@@ -608,13 +627,43 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         step = plan_request(head, admission, owners)
         if isinstance(step, Forward):
             allowed = step.allowed
-            plain = allowed.owner is None and not allowed.ownership and allowed.redaction is None
+            # (a policy with limits is asked each time: `_repeat` would skip `_take_slot`)
+            plain = (
+                allowed.owner is None
+                and not allowed.ownership
+                and allowed.redaction is None
+                and limits is None
+            )
             self._last_plan = (
                 (head, admission, owners, step, _repeatable(head), forwarded_head(step.head))
                 if plain
                 else None
             )
         self._carry_out(head, step)
+
+    def _take_slot(
+        self, head: RequestHead, admission: Admission, policy: str, limits: Limits
+    ) -> Refusal | None:
+        """The one place an exchange starts under a policy's limits: its slot is held until
+        the exchange ends (`_release_slot`), or the refusal (429) over a limit."""
+        operation = admission.verdict.operation
+        stream = is_stream(operation, head.target.partition("?")[2])
+        key = caller_key(admission.identity, throttle_source(admission.source, self.facts))
+        ctx = self.ctx
+        got = ctx.limiter.start(
+            policy, key, limits, operation=operation, stream=stream, now=ctx.loop.time()
+        )
+        if isinstance(got, Slot):
+            self._slot = got
+            return None
+        ctx.metrics.count_limited(policy, operation, got.limit)
+        return limit_refusal(operation, policy, got)
+
+    def _release_slot(self) -> None:
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            slot.release()
 
     def _carry_out(self, head: RequestHead, step: Step) -> None:
         """One step of the request's plan, carried out: the plan decides, this does the I/O."""
@@ -1270,7 +1319,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _log(self, note: str = "") -> None:
         """The end of an exchange: counted for the metrics, written to the access log and,
-        when on, the audit log."""
+        when on, the audit log; its slot under the policy's limits given back."""
+        if self._slot is not None:
+            self._release_slot()
         head = self._head
         if head is None:
             return
