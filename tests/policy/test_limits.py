@@ -18,6 +18,7 @@ import textwrap
 import pytest
 
 from dockgate.auth.identity import ANONYMOUS_IDENTITY, BASIC, NO_AUTH_IDENTITY, TOKEN, Identity
+from dockgate.check import ALLOW, CheckRequest, run_check
 from dockgate.observe.metrics import RequestCounts, render
 from dockgate.policy.limits import (
     DEFAULT_COSTS,
@@ -345,3 +346,32 @@ def test_bad_limits_name_file_and_line(limits: str, line: int, problem: str) -> 
     assert raised.value.line == line, str(raised.value)
     assert problem in raised.value.problem
     assert str(raised.value).startswith(f"bad.yaml:{line}: ")
+
+
+def test_check_explains_limits_without_knowing_the_live_state() -> None:
+    policies = parse_policy_text(POLICY, "p.yaml")
+    out: list[str] = []
+    request = CheckRequest(
+        "GET", "/v1.41/containers/x/logs?follow=1&stdout=1", Identity("alice", BASIC), "10.0.0.1"
+    )
+    assert run_check(request, policies, out) == ALLOW
+    assert (
+        "limits:    limited to 20 requests/s (burst 40), 16 at once, 8 streams at once, per caller (basic:alice, each worker)"
+        in out
+    )
+    assert (
+        "           this request is a stream: costs 1 token, holds a stream slot while open; over "
+        "a limit the gateway answers 429 with Retry-After (live state, not known here)"
+    ) in out
+    out.clear()
+    build = CheckRequest("POST", "/v1.41/build", ANONYMOUS_IDENTITY, "10.0.0.2")
+    run_check(build, policies, out)
+    assert any(
+        "this request is a request: costs 30 tokens, holds a request slot" in line for line in out
+    ), out
+    assert any("per caller (source:10.0.0.2, each worker)" in line for line in out)
+    # A policy without limits says nothing of them.
+    out.clear()
+    open_policy = parse_policy_text(POLICY.replace("default: ci", "default: open"), "p.yaml")
+    run_check(CheckRequest("GET", "/_ping", ANONYMOUS_IDENTITY, "10.0.0.1"), open_policy, out)
+    assert not any(line.startswith("limits:") for line in out)
