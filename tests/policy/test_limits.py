@@ -31,6 +31,7 @@ from dockgate.policy.limits import (
     limit_refusal,
 )
 from dockgate.policy.loader import PolicyError, parse_policy_text
+from dockgate.policy.summary import summaries
 
 RATE = Limits(rate=2.0, burst=4)
 
@@ -373,3 +374,13 @@ def test_check_explains_limits_without_knowing_the_live_state() -> None:
     open_policy = parse_policy_text(POLICY.replace("default: ci", "default: open"), "p.yaml")
     run_check(CheckRequest("GET", "/_ping", ANONYMOUS_IDENTITY, "10.0.0.1"), open_policy, out)
     assert not any(line.startswith("limits:") for line in out)
+
+
+def test_the_startup_summary_names_the_limits() -> None:
+    (line,) = summaries(parse_policy_text(POLICY, "p.yaml"))  # the default policy, ci
+    assert line.endswith(
+        "[guardrails on, limited to 20 requests/s (burst 40), 16 at once, 8 streams at once "
+        "per caller and worker]"
+    ), line
+    (line,) = summaries(parse_policy_text(POLICY.replace("default: ci", "default: open"), "p"))
+    assert "limited" not in line
