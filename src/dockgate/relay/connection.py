@@ -259,6 +259,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # (policy/limits.py), taken in `_admitted`, given back in `_log` (every ending logs)
         # and, in case, in `connection_lost`; None: the policy has no limits.
         self._slot: Slot | None = None
+        # The last request's caller key and whether it is a stream, by its head and admission.
+        self._limit_memo: tuple[RequestHead, Admission, str, bool] | None = None
 
     # ----- the client side -------------------------------------------------------------------
 
@@ -627,15 +629,18 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         step = plan_request(head, admission, owners)
         if isinstance(step, Forward):
             allowed = step.allowed
-            # (a policy with limits is asked each time: `_repeat` would skip `_take_slot`)
-            plain = (
-                allowed.owner is None
-                and not allowed.ownership
-                and allowed.redaction is None
-                and limits is None
-            )
+            plain = allowed.owner is None and not allowed.ownership and allowed.redaction is None
+            # (under a policy with limits the plan is reused from here, past `_take_slot`
+            # above, but never by `_repeat`, which would skip it)
             self._last_plan = (
-                (head, admission, owners, step, _repeatable(head), forwarded_head(step.head))
+                (
+                    head,
+                    admission,
+                    owners,
+                    step,
+                    limits is None and _repeatable(head),
+                    forwarded_head(step.head),
+                )
                 if plain
                 else None
             )
@@ -647,8 +652,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         """The one place an exchange starts under a policy's limits: its slot is held until
         the exchange ends (`_release_slot`), or the refusal (429) over a limit."""
         operation = admission.verdict.operation
-        stream = is_stream(operation, head.target.partition("?")[2])
-        key = caller_key(admission.identity, throttle_source(admission.source, self.facts))
+        memo = self._limit_memo
+        if memo is not None and memo[0] is head and memo[1] is admission:
+            key, stream = memo[2], memo[3]  # a keep-alive client repeating its request
+        else:
+            stream = is_stream(operation, head.target.partition("?")[2])
+            key = caller_key(admission.identity, throttle_source(admission.source, self.facts))
+            self._limit_memo = (head, admission, key, stream)
         ctx = self.ctx
         got = ctx.limiter.start(
             policy, key, limits, operation=operation, stream=stream, now=ctx.loop.time()
