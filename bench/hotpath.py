@@ -98,7 +98,7 @@ def serve_daemon(path: str) -> None:
 
 # `--limits`: the loopback callers' policy (`bench`, the last of the template) with limits that
 # every request is checked against and none reaches (policy/limits.py; issue 15 and later).
-BENCH_LIMITS = "    limits: {rate: 1e9, burst: 1000000000, concurrent: 10000, streams: 10000}\n"
+BENCH_LIMITS = "    limits: {rate: 100000000, burst: 100000000, concurrent: 9999, streams: 9999}\n"
 
 
 def start_gateway(
