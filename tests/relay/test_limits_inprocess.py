@@ -165,3 +165,36 @@ def test_every_ending_gives_the_slot_back(loop: ClockLoop, ending: str) -> None:
         admitted(relay)
         admitted(relay, EVENTS)
     assert relay.context.metrics.limited == {}
+
+
+def test_a_repeated_keep_alive_request_is_limited_too(loop: ClockLoop) -> None:
+    """A keep-alive client repeating its request takes the connection's shortcut
+    (`ClientConnection._repeat`): the limits are checked there as on the general way."""
+    repeating = open_connection(loop, POLICY)
+    for _ in range(2):
+        forwards(repeating, LIST).send(answer(200, b"[]"))
+        assert repeating.client.take() == relayed(answer(200, b"[]"))
+    other = another(repeating)
+    pending = forwards(other, LIST)
+    repeating.send(LIST)
+    assert repeating.client.take() == refusal(429, BUSY, extra=b"Retry-After: 1\r\n")
+    assert repeating.context.metrics.limited == {("one", "ContainerList", "concurrent"): 1}
+    # The refusal ended that exchange: the next one is read, and passes once a slot is free.
+    pending.send(answer(200, b"[]"))
+    forwards(repeating, LIST).send(answer(200, b"[]"))
+    assert repeating.client.take() == relayed(answer(200, b"[]"))
+    assert [r.decision for r in repeating.records if r.status == 429] == ["deny:one:limit"]
+
+
+def test_a_repeated_request_spends_the_bucket(loop: ClockLoop) -> None:
+    """The shortcut spends tokens as the general way does, and is refused without them."""
+    relay = open_connection(loop, POLICY.replace("{concurrent: 1, streams: 1}", "{rate: 0.5}"))
+    forwards(relay, LIST).send(answer(200, b"[]"))  # the burst: twice the rate, one token
+    relay.client.take()
+    relay.send(LIST)
+    assert relay.client.take().startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+    loop.advance(2.0)  # one token back
+    forwards(relay, LIST).send(answer(200, b"[]"))
+    assert relay.client.take() == relayed(answer(200, b"[]"))
+    relay.send(LIST)
+    assert b"Retry-After: 2\r\n" in relay.client.take()

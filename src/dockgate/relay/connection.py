@@ -155,8 +155,8 @@ _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # The last plan forwarded as it came (`ClientConnection._last_plan`): the head, its admission, the
 # owner table, the plan, whether the head may take `_repeat` (no body, no upgrade, not a POST),
-# and the head as forwarded.
-_LastPlan = tuple[RequestHead, Admission, object, Forward, bool, bytes]
+# the head as forwarded, and the bound policy's limits (None: none).
+_LastPlan = tuple[RequestHead, Admission, object, Forward, bool, bytes, Limits | None]
 # The last exchange logged (`ClientConnection._tail`): its head, verdict, admission and status,
 # then its metrics key and access line less what changes (None when not written as text).
 _Tail = tuple[RequestHead, Verdict, Admission, int, RequestKey, LineParts | None]
@@ -528,6 +528,17 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             )
         else:
             self._capture = None
+        limits = last[6]
+        if limits is not None:
+            # _admitted's: the slot under the policy's limits (a plan is only ever reused for
+            # an allowed request, whose policy is known)
+            policy = admission.policy
+            assert policy is not None
+            limited = self._take_slot(head, admission, policy.name, limits)
+            if limited is not None:
+                self._refuse(head, limited)
+                self._handle_events(events[1:])  # its end: on to the next request
+                return
         # _send_head's, with an idle pooled connection (the usual case)
         conn = self.ctx.pool.take_idle()
         if conn is None:
@@ -630,16 +641,15 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if isinstance(step, Forward):
             allowed = step.allowed
             plain = allowed.owner is None and not allowed.ownership and allowed.redaction is None
-            # (under a policy with limits the plan is reused from here, past `_take_slot`
-            # above, but never by `_repeat`, which would skip it)
             self._last_plan = (
                 (
                     head,
                     admission,
                     owners,
                     step,
-                    limits is None and _repeatable(head),
+                    _repeatable(head),
                     forwarded_head(step.head),
+                    limits,
                 )
                 if plain
                 else None
