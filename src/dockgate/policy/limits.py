@@ -108,14 +108,19 @@ class Limits:
     concurrent: int | None = None  # ordinary exchanges at once
     streams: int | None = None  # long-lived exchanges at once
     costs: Mapping[str, int] = field(default_factory=dict)  # what the policy file said
+    # Every operation's cost other than 1, made once (`cost`, on every request).
+    _table: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A default never more than the bucket holds (over a small burst it would refuse
+        # always); the policy's own costs as written (the loader bounds them by the burst).
+        table = {op: min(cost, max(self.burst, 1)) for op, cost in DEFAULT_COSTS.items()}
+        table.update(self.costs)
+        object.__setattr__(self, "_table", table)
 
     def cost(self, operation: str) -> int:
-        """Tokens one request of `operation` spends: the policy's cost, else the default,
-        never more than the bucket holds (a default over a small burst would refuse always)."""
-        cost = self.costs.get(operation)
-        if cost is not None:
-            return cost
-        return min(DEFAULT_COSTS.get(operation, 1), max(self.burst, 1))
+        """Tokens one request of `operation` spends: the policy's cost, else the default."""
+        return self._table.get(operation, 1)
 
     def describe(self) -> str:
         """One line, for `dockgate check` and the startup summary."""
@@ -197,7 +202,7 @@ class Limiter:
     def __init__(self, *, max_callers: int = MAX_CALLERS) -> None:
         self._callers: dict[tuple[str, str], _Caller] = {}
         self._max_callers = max_callers
-        self._next_sweep: float | None = None
+        self._next_sweep = -math.inf  # (the first start sweeps an empty table)
 
     def __len__(self) -> int:
         return len(self._callers)
@@ -214,9 +219,7 @@ class Limiter:
     ) -> Slot | Limited:
         """An exchange of `operation` starts now for caller `key` under `policy`: its slot, or
         the limit that refuses it (nothing spent then)."""
-        if self._next_sweep is None:
-            self._next_sweep = now + SWEEP_SECONDS
-        elif now >= self._next_sweep:
+        if now >= self._next_sweep:
             self._sweep(now)
         caller = self._callers.get((policy, key))
         if caller is None:
@@ -234,17 +237,21 @@ class Limiter:
             )
         rate = limits.rate
         if rate is not None:
-            tokens = _refilled(caller, limits, now)
-            cost = limits.cost(operation)
+            burst = limits.burst
+            tokens = caller.tokens + (now - caller.at) * rate  # refilled since, up to the burst
+            if tokens > burst:
+                tokens = float(burst)
+            cost = limits._table.get(operation, 1)
             if tokens < cost:
                 caller.tokens, caller.at = tokens, now
                 wait = max(1, math.ceil((cost - tokens) / rate - 1e-9))
-                what = f"{rate:g} requests/s (burst {limits.burst})"
+                what = f"{rate:g} requests/s (burst {burst})"
                 if cost != 1:
                     what += f"; {operation} costs {cost}"
                 return Limited("rate", wait, f"limited to {what}")
-            caller.tokens, caller.at = tokens - cost, now
-            caller.full_at = now + (limits.burst - caller.tokens) / rate
+            tokens -= cost
+            caller.tokens, caller.at = tokens, now
+            caller.full_at = now + (burst - tokens) / rate
         if stream:
             caller.streaming += 1
         else:
@@ -267,9 +274,3 @@ class Limiter:
 
 def _idle(caller: _Caller, now: float) -> bool:
     return caller.running == 0 and caller.streaming == 0 and now >= caller.full_at
-
-
-def _refilled(caller: _Caller, limits: Limits, now: float) -> float:
-    assert limits.rate is not None
-    elapsed = max(0.0, now - caller.at)
-    return min(float(limits.burst), caller.tokens + elapsed * limits.rate)

@@ -1340,8 +1340,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
     def _log(self, note: str = "") -> None:
         """The end of an exchange: counted for the metrics, written to the access log and,
         when on, the audit log; its slot under the policy's limits given back."""
-        if self._slot is not None:
-            self._release_slot()
+        slot = self._slot
+        if slot is not None:  # (_release_slot, without the call)
+            self._slot = None
+            slot.release()
         head = self._head
         if head is None:
             return
