@@ -144,6 +144,9 @@ def compare_limits(rounds: int, count: int, runs: int) -> int:
             results[limits].append(us)
             name = "limits" if limits else "no limits"
             print(f"round {round_no + 1}: {name:<10} {us:6.2f} us of Python per exchange")
+    for limits, samples in results.items():
+        name = "limits" if limits else "no limits"
+        print(f"{name:<10} best {min(samples):6.2f}, median {statistics.median(samples):6.2f} us")
     ratios = [a / b for a, b in zip(results[True], results[False], strict=True)]
     print(
         f"limits / no limits: median {statistics.median(ratios):.2f}x "
