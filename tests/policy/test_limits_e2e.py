@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import pathlib
+import re
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,12 +36,13 @@ from support.gateway import Gateway, running
 from support.identity import Reply, audit_records, raw_request, wait_audit
 from support.metrics import scrape
 from support.remote import create_token, remote_docker
-from support.streams import wait_until
+from support.streams import LineReader, wait_until
 
 POLICY = """\
 bindings:
   - {policy: rated, tokens: [alice, bob]}
   - {policy: watched, tokens: [watcher]}
+  - {policy: watched-cli, tokens: [cli-watcher]}
   - {policy: costly, tokens: [builder]}
   - {policy: slots, tokens: [leaker]}
   - {policy: anon, anonymous: true}
@@ -49,6 +53,9 @@ policies:
   watched:
     rules: [{allow: {sections: ["*"]}}]
     limits: {rate: 0.001, burst: 4, streams: 1}
+  watched-cli:
+    rules: [{allow: {sections: ["*"]}}]
+    limits: {rate: 0.001, burst: 12, streams: 1}
   costly:
     rules: [{allow: {sections: ["*"]}}]
     limits: {rate: 0.001, burst: 12}
@@ -60,7 +67,7 @@ policies:
     limits: {rate: 0.001, burst: 2}
 """
 
-NAMES = ("alice", "bob", "watcher", "builder", "leaker")
+NAMES = ("alice", "bob", "watcher", "cli-watcher", "builder", "leaker")
 
 
 @dataclass
@@ -215,6 +222,72 @@ def test_an_open_stream_stays_up_while_its_caller_is_limited(
         _read_until(events, data, marker.encode())
     finally:
         events.close()
+
+
+def _docker_popen(limited: Limited, caller: str, *args: str) -> subprocess.Popen[bytes]:
+    """The docker CLI through the gateway as `caller` (its token in config.json), running."""
+    config = limited.tmp / f"docker-config-{caller}"
+    config.mkdir(exist_ok=True)
+    headers = {"Authorization": f"Bearer {limited.tokens[caller]}"}
+    (config / "config.json").write_text(json.dumps({"HttpHeaders": headers}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env["DOCKER_CONFIG"] = str(config)
+    return subprocess.Popen(
+        ["docker", "-H", limited.gw.url, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_docker_events_stays_up_while_docker_ps_and_logs_f_are_limited(
+    limited: Limited,
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    cleanup: Cleanup,
+    unique: Callable[[str], str],
+) -> None:
+    """The same, with the docker CLI: `docker events` keeps printing while `docker logs -f`
+    is refused by the streams limit and `docker ps` runs until the bucket is spent."""
+    sleeper = unique("sleeper")
+    cleanup.container(sleeper)
+    daemon.docker("run", "-d", "--name", sleeper, busybox_image, "sleep", "600")
+    events = _docker_popen(
+        limited, "cli-watcher", "events", "--format", "{{.Actor.Attributes.name}}"
+    )
+    try:
+        assert events.stdout is not None
+        printed = LineReader(events.stdout)
+        first = unique("event")
+        cleanup.container(first)
+        daemon.docker("create", "--name", first, busybox_image)
+        printed.expect(re.escape(first))  # the stream is up
+        logs = _docker_popen(limited, "cli-watcher", "logs", "-f", sleeper)
+        _, err = logs.communicate(timeout=60)
+        assert logs.returncode != 0
+        assert b"at most 1 streams at once" in err, err
+        results = []
+        for _ in range(12):  # each `docker ps` spends a token or two (its ping, the list)
+            ps = _docker_popen(limited, "cli-watcher", "ps", "-q")
+            _, err = ps.communicate(timeout=60)
+            results.append(ps.returncode)
+            if ps.returncode != 0:
+                assert b"refused by the limits of policy watched-cli" in err, err
+                break
+        assert results[0] == 0 and results[-1] != 0, results
+        # The stream was never cut: it still prints the daemon's events.
+        second = unique("event")
+        cleanup.container(second)
+        daemon.docker("create", "--name", second, busybox_image)
+        printed.expect(re.escape(second))
+        assert events.poll() is None
+    finally:
+        events.terminate()
+        events.wait(timeout=30)
+        for pipe in (events.stdout, events.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_anonymous_callers_are_limited_per_source(limited: Limited) -> None:
