@@ -256,8 +256,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # After a hijack: the two pumps the connection hands its bytes to (relay/tunnel.py).
         self.tunnel: Tunnel | None = None
         # The current exchange's hold on its caller's concurrency under the policy's limits
-        # (policy/limits.py), taken in `_admitted`, given back in `_log` (every ending logs)
-        # and, in case, in `connection_lost`; None: the policy has no limits.
+        # (policy/limits.py), taken by `_take_slot` when the exchange starts (from `_admitted`,
+        # or `_repeat` for a repeated request), given back in `_log` (every ending logs) and,
+        # in case, in `connection_lost`; None: the policy has no limits.
         self._slot: Slot | None = None
         # The last request's caller key and whether it is a stream, by its head and admission.
         self._limit_memo: tuple[RequestHead, Admission, str, bool] | None = None
@@ -674,6 +675,8 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             policy, key, limits, operation=operation, stream=stream, now=ctx.loop.time()
         )
         if isinstance(got, Slot):
+            if self._slot is not None:  # (never: the last exchange's end gave it back)
+                self._slot.release()
             self._slot = got
             return None
         ctx.metrics.count_limited(policy, operation, got.limit)
