@@ -384,3 +384,25 @@ def test_the_startup_summary_names_the_limits() -> None:
     ), line
     (line,) = summaries(parse_policy_text(POLICY.replace("default: ci", "default: open"), "p"))
     assert "limited" not in line
+
+
+def test_a_table_full_of_busy_callers_is_not_swept_for_each_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limiter = Limiter(max_callers=4)
+    limits = Limits(concurrent=1)
+    held = [start(limiter, limits, 0.0, key=f"source:{n}") for n in range(4)]
+    assert all(isinstance(slot, Slot) for slot in held)
+    passes: list[int] = []
+    real = limiter._make_room
+
+    def counted(now: float) -> None:
+        passes.append(len(limiter))
+        real(now)
+
+    monkeypatch.setattr(limiter, "_make_room", counted)
+    for n in range(4, 12):
+        assert isinstance(start(limiter, limits, 0.0, key=f"source:{n}"), Slot)
+    # Full of callers holding slots: room was made at 4 (nothing to drop), then at 8.
+    assert passes == [4, 8]
+    assert len(limiter) == 12

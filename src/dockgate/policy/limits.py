@@ -22,7 +22,9 @@ bounded: a caller's entry whose bucket is full again and who holds no slot is th
 entry, and is dropped by a sweep once per `SWEEP_SECONDS`; the table holds at most
 `MAX_CALLERS` entries, past which such idle entries go first, then those that hold no slot
 (forgetting a spent bucket hands back at most one burst: the safe direction for availability).
-Entries holding slots are bounded by the open connections.
+Entries holding slots are bounded by the open connections (when they alone fill the table,
+room is made again only once it has doubled: a pass over the table per new caller would make
+each request cost the table's size).
 """
 
 from __future__ import annotations
@@ -202,6 +204,10 @@ class Limiter:
     def __init__(self, *, max_callers: int = MAX_CALLERS) -> None:
         self._callers: dict[tuple[str, str], _Caller] = {}
         self._max_callers = max_callers
+        # The size at which room is made next: `max_callers`, or, when more callers than that
+        # hold slots (many open connections), twice what was left, so that each new caller
+        # does not cost a pass over the table.
+        self._room_at = max_callers
         self._next_sweep = -math.inf  # (the first start sweeps an empty table)
 
     def __len__(self) -> int:
@@ -223,7 +229,7 @@ class Limiter:
             self._sweep(now)
         caller = self._callers.get((policy, key))
         if caller is None:
-            if len(self._callers) >= self._max_callers:
+            if len(self._callers) >= self._room_at:
                 self._make_room(now)
             caller = self._callers[(policy, key)] = _Caller(float(limits.burst), now, now)
         if stream:
@@ -270,6 +276,7 @@ class Limiter:
         if len(self._callers) >= self._max_callers:
             busy = {k: c for k, c in self._callers.items() if c.running or c.streaming}
             self._callers = busy  # (a slot's release still finds its own entry object)
+        self._room_at = max(self._max_callers, 2 * len(self._callers))
 
 
 def _idle(caller: _Caller, now: float) -> bool:
