@@ -106,11 +106,12 @@ class Limits:
     """A policy's limits, for each of its callers; None: that limit is off."""
 
     rate: float | None = None  # tokens per second
-    burst: int = 0  # tokens the bucket holds (at least the rate, and any explicit cost)
+    burst: int = 0  # tokens the bucket holds (at least any explicit cost; with a rate, >= 1)
     concurrent: int | None = None  # ordinary exchanges at once
     streams: int | None = None  # long-lived exchanges at once
     costs: Mapping[str, int] = field(default_factory=dict)  # what the policy file said
-    # Every operation's cost other than 1, made once (`cost`, on every request).
+    # The operations whose cost is not 1 by default or as the policy says, with their cost:
+    # made once (`cost`, on every request).
     _table: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -244,7 +245,8 @@ class Limiter:
         rate = limits.rate
         if rate is not None:
             burst = limits.burst
-            tokens = caller.tokens + (now - caller.at) * rate  # refilled since, up to the burst
+            # Refilled since, up to the burst (`now` is the event loop's monotonic clock).
+            tokens = caller.tokens + (now - caller.at) * rate
             if tokens > burst:
                 tokens = float(burst)
             cost = limits._table.get(operation, 1)
