@@ -13,6 +13,7 @@ listener, the access log to a file).
     python3 bench/hotpath.py --baseline ed6cd9a     # and the code of a git revision, alternating
     python3 bench/hotpath.py --profile cprofile     # the top functions under cProfile
     python3 bench/hotpath.py --profile cprofile --baseline ed6cd9a   # both, one after the other
+    python3 bench/hotpath.py --limits --baseline HEAD  # this tree's policy with limits, vs none
 
 With `--baseline`, the two gateways run one after the other in `--rounds` rounds and the
 ratio of their CPU per request is taken in each round (the median is printed), so that other
@@ -95,14 +96,25 @@ def serve_daemon(path: str) -> None:
 # -- the gateway -----------------------------------------------------------------------------
 
 
+# `--limits`: the loopback callers' policy (`bench`, the last of the template) with limits that
+# every request is checked against and none reaches (policy/limits.py; issue 15 and later).
+BENCH_LIMITS = "    limits: {rate: 100000000, burst: 100000000, concurrent: 9999, streams: 9999}\n"
+
+
 def start_gateway(
-    src: pathlib.Path, work: pathlib.Path, daemon: pathlib.Path, profile: pathlib.Path | None
+    src: pathlib.Path,
+    work: pathlib.Path,
+    daemon: pathlib.Path,
+    profile: pathlib.Path | None,
+    *,
+    limits: bool = False,
 ) -> tuple[subprocess.Popen[bytes], int]:
     work.mkdir(parents=True, exist_ok=True)
     htpasswd, _ = make_htpasswd(work)
     policy = work / "policy.yaml"
     template = string.Template((TEMPLATES / "dockgate-policy.yaml").read_text())
-    policy.write_text(template.substitute(user=USER, client_cn=CLIENT_CN))
+    text = template.substitute(user=USER, client_cn=CLIENT_CN)
+    policy.write_text(text + BENCH_LIMITS if limits else text)
     argv = [sys.executable]
     if profile is not None:
         argv += ["-m", "cProfile", "-o", str(profile)]
@@ -169,6 +181,9 @@ def main() -> int:
         "--profile", choices=["cprofile"], help="profile the gateway (and the baseline's)"
     )
     ap.add_argument("--top", type=int, default=30, help="functions shown with --profile")
+    ap.add_argument(
+        "--limits", action="store_true", help="this tree's policy with limits (not the baseline's)"
+    )
     ap.add_argument("--daemon", metavar="SOCKET", help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
     if args.daemon:
@@ -188,7 +203,13 @@ def main() -> int:
             if args.profile:
                 for number, (name, src) in enumerate(trees.items()):
                     out = work / f"profile-{number}.out"
-                    proc, port = start_gateway(src, work / f"prof-{number}", sock, out)
+                    proc, port = start_gateway(
+                        src,
+                        work / f"prof-{number}",
+                        sock,
+                        out,
+                        limits=args.limits and name == "this tree",
+                    )
                     gateways.append(proc)
                     run_wrk(f"http://127.0.0.1:{port}/_ping", 1)
                     rps, us = measure(port, proc.pid, args.duration)
@@ -199,7 +220,13 @@ def main() -> int:
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
             started = {}
             for name, src in trees.items():
-                proc, port = start_gateway(src, work / name.replace(" ", "-"), sock, None)
+                proc, port = start_gateway(
+                    src,
+                    work / name.replace(" ", "-"),
+                    sock,
+                    None,
+                    limits=args.limits and name == "this tree",
+                )
                 gateways.append(proc)
                 started[name] = (proc, port)
                 run_wrk(f"http://127.0.0.1:{port}/_ping", 1)  # warm-up

@@ -30,6 +30,7 @@ from dockgate.http.request import RequestHead, RequestReader, without_body
 from dockgate.ownership.operations import SILENT_LOG_DRIVER, silent_log_problem
 from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
 from dockgate.policy.gatekeeper import Gatekeeper
+from dockgate.policy.limits import caller_key, is_stream
 from dockgate.policy.modes import ENFORCE
 from dockgate.policy.plan import (
     Allowed,
@@ -145,6 +146,7 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
     admission = _admit(admissions, head, caller, request.source)
     _explain_admission(out, policies, admission, head, request.source)
     _explain_query(out, admission, head)
+    _explain_limits(out, admission, head, request.source)
     trace: Trace = []
     step: Step = plan_request(head, admission, policies.owners, trace)
     body = request.body or b""
@@ -257,6 +259,36 @@ def _explain_rules(
         out.append(
             f"  rule {rule.number:>3} {rule.effect:<5} {what}{describe_matcher(rule)}  {mark}"
         )
+
+
+def _explain_limits(out: list[str], admission: Admission, head: RequestHead, source: str) -> None:
+    """A policy's limits (policy/limits.py): what this caller is limited to, and what this
+    request would spend. What the caller has spent is the gateway's live state, which a check
+    cannot know: the request may still be answered 429 there."""
+    verdict, policy = admission.verdict, admission.policy
+    if not verdict.allowed or policy is None or policy.limits is None:
+        return
+    limits = policy.limits
+    operation = verdict.operation
+    stream = is_stream(operation, head.target.partition("?")[2])
+    spends = []
+    if limits.rate is not None:
+        cost = limits.cost(operation)
+        spends.append(f"costs {cost} token{'s' if cost != 1 else ''}")
+    if stream and limits.streams is not None:
+        spends.append("holds a stream slot while open")
+    elif not stream and limits.concurrent is not None:
+        spends.append("holds a request slot until answered")
+    kind = "a stream" if stream else "a request"
+    out.append(
+        f"limits:    limited to {limits.describe()}, per caller "
+        f"({caller_key(admission.identity, source)}, each worker)"
+    )
+    out.append(
+        f"           this request is {kind}"
+        + (f": {', '.join(spends)}" if spends else "")
+        + "; over a limit the gateway answers 429 with Retry-After (live state, not known here)"
+    )
 
 
 def _explain_query(out: list[str], admission: Admission, head: RequestHead) -> None:

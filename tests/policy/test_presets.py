@@ -254,6 +254,22 @@ def test_a_chain_of_extends_in_the_file() -> None:
     assert policy.read_only and policy.redaction.env
 
 
+def test_the_rollout_mode_is_never_inherited_but_limits_are() -> None:
+    """b (warn, with limits) is extended by c: c takes b's rules and limits, not its mode; a
+    policy taking a preset whole may still say its own mode."""
+    text = (
+        "default: c\npolicies:\n"
+        "  b:\n    extends: traefik\n    mode: warn\n    limits: {rate: 5}\n"
+        "  c:\n    extends: b\n"
+        "  d:\n    preset: traefik\n    mode: audit\n"
+    )
+    policies = parse_policy_text(text, "test.yaml").policies
+    assert policies["b"].mode == "warn"
+    assert policies["c"].mode == "enforce"
+    assert policies["c"].limits is not None and policies["c"].limits.rate == 5
+    assert policies["d"].mode == "audit"
+
+
 def test_toml_files_take_presets_too() -> None:
     policy = _policy('[policies.p]\npreset = "prometheus"\n', toml=True)
     assert _allows(policy, "NetworkList") and not _allows(policy, "ContainerInspect")

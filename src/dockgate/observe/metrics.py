@@ -75,6 +75,13 @@ class RequestCounts:
         key = (policy, operation, metric_reason(refusal))
         self.would_deny[key] = self.would_deny.get(key, 0) + 1
 
+    # Requests refused by a policy's limits (policy/limits.py): (policy, operation, limit).
+    limited: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def count_limited(self, policy: str, operation: str, limit: str) -> None:
+        key = (policy, operation, limit)
+        self.limited[key] = self.limited.get(key, 0) + 1
+
     def record(  # noqa: PLR0917 - positional: the relay's call, once per request, is cheaper so
         self,
         operation: str,
@@ -126,6 +133,8 @@ class RequestCounts:
             mine[0], mine[1] = max(mine[0], ok), max(mine[1], failed)
         for denied, count in other.would_deny.items():
             self.would_deny[denied] = self.would_deny.get(denied, 0) + count
+        for limited, count in other.limited.items():
+            self.limited[limited] = self.limited.get(limited, 0) + count
 
     def count_of(self, operation: str) -> int:
         return sum(n for (op, *_), n in self.requests.items() if op == operation)
@@ -142,6 +151,7 @@ class RequestCounts:
                 "reloads": self.reloads,
                 "sweep_failures": self.sweep_failures,
                 "would_deny": [[*key, n] for key, n in self.would_deny.items()],
+                "limited": [[*key, n] for key, n in self.limited.items()],
             }
         )
 
@@ -158,6 +168,7 @@ class RequestCounts:
         counts.reloads = data["reloads"]
         counts.sweep_failures = data["sweep_failures"]
         counts.would_deny = {(p, op, r): n for p, op, r, n in data.get("would_deny", [])}
+        counts.limited = {(p, o, k): n for p, o, k, n in data.get("limited", ())}
         return counts
 
 
@@ -295,6 +306,16 @@ class _Collector(Collector):
         for denied, count in sorted(c.would_deny.items()):
             would_deny.add_metric(list(denied), count)
         yield would_deny
+        limited = CounterMetricFamily(
+            "dockgate_limited",
+            "Requests refused (429) by a policy's rate and concurrency limits, all workers added "
+            "up, by policy, operation and limit (rate, concurrent, streams). Limits are counted "
+            "per worker process: with dockgate_workers N a caller may get N times the limits.",
+            labels=["policy", "operation", "limit"],
+        )
+        for labels, count in sorted(c.limited.items()):
+            limited.add_metric(list(labels), count)
+        yield limited
 
 
 def _bound(value: float) -> str:

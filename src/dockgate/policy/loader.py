@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     ValidationError,
     model_validator,
@@ -36,6 +37,7 @@ from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
 from dockgate.files import read_config_text
 from dockgate.ownership.owners import OWNER_NAME, parse_identity
+from dockgate.policy.limits import Limits
 from dockgate.policy.presetfiles import preset_names, read_preset
 from dockgate.policy.rules import (
     ALLOW,
@@ -170,6 +172,16 @@ class RedactSpec(_Strict):
     labels: StrictBool = False
 
 
+class LimitsSpec(_Strict):
+    """`limits:` of a policy (policy/limits.py): per caller of the policy."""
+
+    rate: StrictFloat | None = None  # requests (tokens) per second (an integer is a number too)
+    burst: StrictInt | None = None  # default: twice the rate, rounded up
+    concurrent: StrictInt | None = None
+    streams: StrictInt | None = None
+    costs: dict[str, StrictInt] = Field(default_factory=dict)
+
+
 class PolicySpec(_Strict):
     read_only: StrictBool = False
     redact: RedactSpec = Field(default_factory=RedactSpec)
@@ -182,6 +194,7 @@ class PolicySpec(_Strict):
     preset: str | None = None
     extends: str | None = None
     mode: ModeName = "enforce"  # rollout mode (policy/modes.py)
+    limits: LimitsSpec | None = None
 
 
 class SourcesSpec(_Strict):
@@ -407,6 +420,9 @@ _PRESET_KEYS = ("rules", "read_only", "guardrails", "redact", "ownership")
 # whole by the policy's own when it gives it, and rules are the policy's first, then the base's.
 _MERGED_PER_KEY = frozenset({"guardrails", "redact"})
 _REFERENCE_KEYS = frozenset({"preset", "extends"})
+# Keys a policy never takes from what it builds on: its rollout mode is its own (a policy that
+# extends one in warn mode is not switched on half-way by it; docs/presets.md).
+_OWN_ONLY_KEYS = frozenset({"mode"})
 
 
 def _merge_spec(own: PolicySpec, base: PolicySpec) -> PolicySpec:
@@ -420,6 +436,10 @@ def _merge_spec(own: PolicySpec, base: PolicySpec) -> PolicySpec:
         if key == "rules" or key in _REFERENCE_KEYS:
             continue
         own_value, base_value = getattr(own, key), getattr(base, key)
+        if key in _OWN_ONLY_KEYS:
+            if key in own.model_fields_set:
+                values[key] = own_value
+            continue
         if key in own.model_fields_set:
             if (
                 key in _MERGED_PER_KEY
@@ -590,6 +610,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
             guardrails,
             Redaction(redact.env, redact.mounts, redact.labels),
             policy_spec.ownership,
+            limits=_compile_limits(policy_spec.limits, ("policies", name, "limits"), fail),
         )
 
     _compile_modes(spec, policies)
@@ -645,6 +666,44 @@ def _bound_modes(spec: PolicyFileSpec, policies: Mapping[str, Policy]) -> dict[i
         if item.mode is not None and item.mode != policy.mode:
             bound[index + 1] = dataclasses.replace(policy, mode=item.mode)
     return bound
+
+
+def _compile_limits(spec: LimitsSpec | None, loc: Location, fail: Any) -> Limits | None:
+    """`limits:`: each number positive, a burst and costs only with a rate, a cost never more
+    than the bucket holds (it could never pass), costs of known operations only."""
+    if spec is None:
+        return None
+    if spec.rate is None and spec.concurrent is None and spec.streams is None:
+        raise fail(loc, "limits: give at least one of rate, concurrent, streams")
+    rate = None
+    if spec.rate is not None:
+        rate = float(spec.rate)
+        if not (math.isfinite(rate) and rate > 0):
+            raise fail((*loc, "rate"), "limits: rate must be a positive number (per second)")
+    elif spec.burst is not None or spec.costs:
+        key = "burst" if spec.burst is not None else "costs"
+        raise fail((*loc, key), f"limits: {key} applies to a rate: give 'rate:' too")
+    burst = 0
+    if rate is not None:
+        burst = spec.burst if spec.burst is not None else max(1, math.ceil(2 * rate))
+        if burst < 1:
+            raise fail((*loc, "burst"), "limits: burst must be at least 1")
+    for key in ("concurrent", "streams"):
+        value = getattr(spec, key)
+        if value is not None and value < 1:
+            raise fail((*loc, key), f"limits: {key} must be at least 1")
+    for operation, cost in spec.costs.items():
+        if operation not in OPERATIONS:
+            close = _suggest(operation)
+            hint = f"; did you mean {close}?" if close else ""
+            raise fail((*loc, "costs", operation), f"unknown operation {operation!r}{hint}")
+        if cost < 0 or cost > burst:
+            raise fail(
+                (*loc, "costs", operation),
+                f"limits: the cost of {operation} must be 0 to the burst ({burst}): a larger "
+                "one would never pass",
+            )
+    return Limits(rate, burst, spec.concurrent, spec.streams, dict(spec.costs))
 
 
 def _compile_owners(spec: PolicyFileSpec, fail: Any) -> dict[str, str]:

@@ -25,6 +25,7 @@ from dockgate.auth.sourceaddr import SourceRules
 from dockgate.body.guardrails import Guardrails
 from dockgate.body.redact import Redaction
 from dockgate.caching import remember
+from dockgate.policy.limits import Limits
 from dockgate.policy.modes import startup_warnings
 
 ALLOW = "allow"
@@ -133,6 +134,7 @@ class Policy:
     # refusals are recorded rather than answered. A binding's own mode is a copy of the
     # policy with that mode (`PolicySet.bound`).
     mode: str = "enforce"
+    limits: Limits | None = None  # rate and concurrency per caller (policy/limits.py); None: off
     _static: dict[tuple[str, str], Decision | list[Rule]] = field(default_factory=dict)
     # What the policy file built it on: "preset traefik", "extends ci, extends preset
     # gitlab-runner" (policy/loader.py, docs/presets.md); "" when written out whole.

@@ -71,6 +71,8 @@ def policy_summary(policy: Policy) -> str:
         extras.append("guardrails on")
     if policy.ownership:
         extras.append("ownership")
+    if policy.limits is not None:
+        extras.append(f"limited to {policy.limits.describe()} per caller and worker")
     tail = f" [{', '.join(extras)}]" if extras else ""
     return f'policy "{policy.name}": {"; ".join(parts)}{tail}'
 

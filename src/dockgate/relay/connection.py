@@ -77,9 +77,15 @@ from dockgate.observe.audit import (
 )
 from dockgate.observe.metrics import RequestKey
 from dockgate.observe.modefields import mode_fields
-from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
+from dockgate.policy.admission import (
+    Admission,
+    ConnectionFacts,
+    PendingAdmission,
+    throttle_source,
+)
 from dockgate.policy.browser import ANSWER_HEADERS
 from dockgate.policy.gatekeeper import Verdict, refused_before_policy
+from dockgate.policy.limits import Limits, Slot, caller_key, is_stream, limit_refusal
 from dockgate.policy.plan import (
     Allowed,
     Answer,
@@ -151,8 +157,8 @@ _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # The last plan forwarded as it came (`ClientConnection._last_plan`): the head, its admission, the
 # owner table, the plan, whether the head may take `_repeat` (no body, no upgrade, not a POST),
-# and the head as forwarded.
-_LastPlan = tuple[RequestHead, Admission, object, Forward, bool, bytes]
+# the head as forwarded, and the bound policy's limits (None: none).
+_LastPlan = tuple[RequestHead, Admission, object, Forward, bool, bytes, Limits | None]
 # The last exchange logged (`ClientConnection._tail`): its head, verdict, admission and status,
 # then its metrics key and access line less what changes (None when not written as text).
 _Tail = tuple[RequestHead, Verdict, Admission, int, RequestKey, LineParts | None]
@@ -251,6 +257,13 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._connect_task: asyncio.Task[None] | None = None
         # After a hijack: the two pumps the connection hands its bytes to (relay/tunnel.py).
         self.tunnel: Tunnel | None = None
+        # The current exchange's hold on its caller's concurrency under the policy's limits
+        # (policy/limits.py), taken by `_take_slot` when the exchange starts (from `_admitted`,
+        # or `_repeat` for a repeated request), given back in `_log` (every ending logs) and,
+        # in case, in `connection_lost`; None: the policy has no limits.
+        self._slot: Slot | None = None
+        # The last request's caller key and whether it is a stream, by its head and admission.
+        self._limit_memo: tuple[RequestHead, Admission, str, bool] | None = None
 
     # ----- the client side -------------------------------------------------------------------
 
@@ -361,6 +374,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if self._lookup_task is not None:
             self._lookup_task.cancel()
             self._lookup_task = None
+        self._release_slot()  # (before the log too: a head already logged may hold none now)
         tunnel = self.tunnel
         if tunnel is not None:
             # The raw bytes relayed count as the hijacked exchange's.
@@ -518,6 +532,17 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             )
         else:
             self._capture = None
+        limits = last[6]
+        if limits is not None:
+            # _admitted's: the slot under the policy's limits (a plan is only ever reused for
+            # an allowed request, whose policy is known)
+            policy = admission.policy
+            assert policy is not None
+            limited = self._take_slot(head, admission, policy.name, limits)
+            if limited is not None:
+                self._refuse(head, limited)
+                self._handle_events(events[1:])  # its end: on to the next request
+                return
         # _send_head's, with an idle pooled connection (the usual case)
         conn = self.ctx.pool.take_idle()
         if conn is None:
@@ -596,6 +621,14 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             if self._audit_on and verdict.allowed and verdict.operation in AUDITED_BODIES
             else None
         )
+        policy = admission.policy
+        limits = policy.limits if policy is not None else None
+        if limits is not None and verdict.allowed:
+            assert policy is not None
+            limited = self._take_slot(head, admission, policy.name, limits)
+            if limited is not None:
+                self._refuse(head, limited)
+                return
         owners = self.ctx.admissions.policies.owners
         last = self._last_plan
         if last is not None and last[0] is head and last[1] is admission and last[2] is owners:
@@ -616,11 +649,50 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             # (only an ordinary head is kept, as the reader's and admission's memos: a large
             # one would stay pinned on an idle connection for the idle timeout)
             self._last_plan = (
-                (head, admission, owners, step, _repeatable(head), forwarded_head(step.head))
+                (
+                    head,
+                    admission,
+                    owners,
+                    step,
+                    _repeatable(head),
+                    forwarded_head(step.head),
+                    limits,
+                )
                 if plain and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES
                 else None
             )
         self._carry_out(head, step)
+
+    def _take_slot(
+        self, head: RequestHead, admission: Admission, policy: str, limits: Limits
+    ) -> Refusal | None:
+        """The one place an exchange starts under a policy's limits: its slot is held until
+        the exchange ends (`_release_slot`), or the refusal (429) over a limit."""
+        operation = admission.verdict.operation
+        memo = self._limit_memo
+        if memo is not None and memo[0] is head and memo[1] is admission:
+            key, stream = memo[2], memo[3]  # a keep-alive client repeating its request
+        else:
+            stream = is_stream(operation, head.target.partition("?")[2])
+            key = caller_key(admission.identity, throttle_source(admission.source, self.facts))
+            self._limit_memo = (head, admission, key, stream)
+        ctx = self.ctx
+        got = ctx.limiter.start(
+            policy, key, limits, operation=operation, stream=stream, now=ctx.loop.time()
+        )
+        if isinstance(got, Slot):
+            if self._slot is not None:  # (never: the last exchange's end gave it back)
+                self._slot.release()
+            self._slot = got
+            return None
+        ctx.metrics.count_limited(policy, operation, got.limit)
+        return limit_refusal(operation, policy, got)
+
+    def _release_slot(self) -> None:
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            slot.release()
 
     def _carry_out(self, head: RequestHead, step: Step) -> None:
         """One step of the request's plan, carried out: the plan decides, this does the I/O."""
@@ -1279,7 +1351,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
 
     def _log(self, note: str = "") -> None:
         """The end of an exchange: counted for the metrics, written to the access log and,
-        when on, the audit log."""
+        when on, the audit log; its slot under the policy's limits given back."""
+        slot = self._slot
+        if slot is not None:  # (_release_slot, without the call)
+            self._slot = None
+            slot.release()
         head = self._head
         if head is None:
             return

@@ -22,6 +22,7 @@ from dockgate.observe.accesslog import AccessLog
 from dockgate.observe.audit import AuditLog
 from dockgate.observe.metrics import RequestCounts
 from dockgate.policy.admission import Admissions, ConnectionFacts
+from dockgate.policy.limits import Limiter
 from dockgate.relay.eventfeed import EventFeeds
 from dockgate.relay.holding import HoldBudget
 from dockgate.relay.upstream import UpstreamPool
@@ -68,3 +69,6 @@ class ConnectionContext:
     event_feeds: EventFeeds | None = None
     # Every open client connection of the process (the sweeps and the shutdown walk it).
     connections: set[ClientConnection] = dataclasses.field(default_factory=set)
+    # Every caller's rate and concurrency state in this process (policy/limits.py): it outlives
+    # reloads, which change the limits but not what callers have spent.
+    limiter: Limiter = dataclasses.field(default_factory=Limiter)
