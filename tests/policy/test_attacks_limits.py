@@ -36,6 +36,7 @@ bindings:
   - {policy: feeds, tokens: [feeder]}
   - {policy: rated, tokens: [piper]}
   - {policy: anon, anonymous: true}
+  - {policy: owned, tokens: [owner]}
 policies:
   streamy:
     rules: [{allow: {sections: ["*"]}}]
@@ -46,12 +47,16 @@ policies:
   rated:
     rules: [{allow: {sections: ["*"]}}]
     limits: {rate: 0.001, burst: 3}
+  owned:
+    ownership: true
+    rules: [{allow: {sections: ["*"]}}]
+    limits: {concurrent: 1, streams: 1}
   anon:
     rules: [{allow: {sections: ["*"]}}]
     limits: {rate: 0.001, burst: 2}
 """
 
-NAMES = ("streamer", "feeder", "piper")
+NAMES = ("streamer", "feeder", "piper", "owner")
 
 
 @dataclass
@@ -244,3 +249,66 @@ def test_many_anonymous_sources_do_not_refill_a_spent_callers_bucket(limited: Li
     for n in range(1, 200):
         raw_request(limited.port, "GET", "/_ping", source=f"127.0.{n // 250 + 10}.{n % 250 + 1}")
     assert raw_request(limited.port, "GET", "/_ping", source="127.0.0.8").status == 429
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+def _eventually_200(limited: Limited, caller: str, target: str) -> bytes:
+    deadline = time.monotonic() + 5
+    while True:
+        sock, head = _open(limited, caller, target)
+        sock.close()
+        if head.startswith(b"HTTP/1.1 200 ") or time.monotonic() > deadline:
+            return head
+        time.sleep(0.1)
+
+
+def test_a_hijacked_attach_tunnel_holds_its_stream_slot_until_it_closes(
+    limited: Limited, daemon: PrivateDaemon, busybox_image: str, cleanup: Cleanup
+) -> None:
+    name = f"dgt-attach-{time.monotonic_ns()}"
+    cleanup.container(name)
+    daemon.docker("run", "-d", "-i", "--name", name, busybox_image, "cat")
+    for _ in range(3):
+        tunnel = socket.create_connection(("127.0.0.1", limited.port), timeout=10)
+        tunnel.sendall(
+            (
+                f"POST /v1.41/containers/{name}/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\n"
+                f"Host: docker\r\n{limited.auth('streamer')}Connection: Upgrade\r\n"
+                "Upgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = tunnel.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 101 "), data
+        tunnel.sendall(b"ping-through-tunnel\n")
+        _count_until(tunnel, data, b"ping-through-tunnel", 1)
+        # The tunnel holds the one stream slot: another stream is refused meanwhile ...
+        other, head = _open(limited, "streamer", "/v1.41/events")
+        other.close()
+        assert head.startswith(b"HTTP/1.1 429 "), head
+        # ... and gets it once the tunnel's client vanishes.
+        _reset(tunnel)
+        assert _eventually_200(limited, "streamer", "/v1.41/events").startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_gone_during_an_ownership_look_up_gives_its_slot_back(
+    limited: Limited, daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """One request at a time: a look-up (whose container is it?) abandoned by a reset, many
+    times over, never keeps the slot."""
+    for n in range(8):
+        sock = socket.create_connection(("127.0.0.1", limited.port), timeout=10)
+        sock.sendall(
+            f"GET /v1.41/containers/nonesuch-{n}/json HTTP/1.1\r\nHost: docker\r\n"
+            f"{limited.auth('owner')}\r\n".encode()
+        )
+        _reset(sock)
+    head = _eventually_200(limited, "owner", "/v1.41/containers/json")
+    assert head.startswith(b"HTTP/1.1 200 "), head
