@@ -12,6 +12,13 @@ Findings (xfail, strict: each passes once fixed):
   loses it at once (404), and once mallory's binding is switched to enforce the object is
   mallory's.
 
+- High: warn (and audit) mode leave a prune unnarrowed (`VolumePrune`, `NetworkPrune` are in
+  ownership's FILTERED, which warn treats as a list to show whole): a warn caller's
+  `POST /volumes/prune` deletes the unused volumes of every caller, enforce-bound ones
+  included, and the record says `allow`, `would_hide: ["objects of other owners"]`, no
+  `would_deny`, no `dockgate_would_deny_total`: the operator reading the would-denies before
+  enforcing never learns that enforce would have spared them.
+
 Attacks that held (plain tests): bindings of one policy in warn and enforce mode alternating
 on one keep-alive connection each get their own mode; a preset name with path tricks reads no
 file outside the presets directory; extends cannot reopen read_only.
@@ -32,6 +39,7 @@ import pytest
 
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.identity import wait_audit
 from support.remote import basic_header, json_call, write_htpasswd
 from support.swarm import single_node_swarm
 
@@ -73,10 +81,17 @@ def gw(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Itera
     policy = base / "policy.yaml"
     policy.write_text(POLICY)
     gateway = Gateway(
-        daemon.host, "--htpasswd", str(htpasswd), "--auth-failures", "0", policy=str(policy)
+        daemon.host,
+        *("--htpasswd", str(htpasswd), "--auth-failures", "0"),
+        *("--audit-log", str(base / "audit.jsonl")),
+        policy=str(policy),
     )
     with running(gateway) as started:
         yield started
+
+
+def _audit(gw: Gateway) -> pathlib.Path:
+    return pathlib.Path(gw.command[gw.command.index("--audit-log") + 1])
 
 
 @pytest.fixture
@@ -131,6 +146,35 @@ def test_a_warn_callers_update_does_not_take_another_callers_secret(
         )
     finally:
         swarm.docker("secret", "rm", secret_id, check=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="warn mode leaves a prune unnarrowed: a warn caller deletes an enforced caller's "
+    "volumes and the record says allow, no would_deny (only would_hide)",
+)
+def test_a_warn_callers_prune_spares_others_volumes_or_is_recorded(
+    gw: Gateway, alice: Api, mallory: Api, daemon: PrivateDaemon
+) -> None:
+    name = f"dgt-att-vol-{os.urandom(4).hex()}"
+    status, answer = alice.call("POST", "/v1.41/volumes/create", {"Name": name})
+    assert status == 201, answer
+    try:
+        status, pruned = mallory.call("POST", "/v1.41/volumes/prune")
+        assert status == 200, pruned
+        gone = daemon.docker("volume", "inspect", name, check=False).returncode != 0
+        record = wait_audit(
+            _audit(gw),
+            lambda r: r.get("identity") == "mallory" and r.get("operation") == "VolumePrune",
+        )
+        # Enforce would have pruned mallory's volumes only. Deleting alice's is what warn
+        # mode lets through, but then as a would-deny the operator sees before enforcing.
+        assert not gone or record.get("would_deny"), (
+            f"alice's volume pruned by mallory ({name} in {pruned.get('VolumesDeleted')}); "
+            f"recorded as {record}"
+        )
+    finally:
+        daemon.docker("volume", "rm", name, check=False)
 
 
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
