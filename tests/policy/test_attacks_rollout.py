@@ -19,6 +19,12 @@ Findings (xfail, strict: each passes once fixed):
   `would_deny`, no `dockgate_would_deny_total`: the operator reading the would-denies before
   enforcing never learns that enforce would have spared them.
 
+- Medium: audit mode's record lies about a body's references. A create mounting another
+  caller's named volume (`HostConfig.Binds: ["alices-volume:/data"]`), which enforce and warn
+  refuse (403, "no such volume"), is recorded in audit mode as `allow` with no `would_deny`
+  (audit makes no look-up for the objects a body names), although docs/policy.md says every
+  audit record carries "the decision it would have had". The container does mount alice's data.
+
 Attacks that held (plain tests): bindings of one policy in warn and enforce mode alternating
 on one keep-alive connection each get their own mode; a preset name with path tricks reads no
 file outside the presets directory; extends cannot reopen read_only.
@@ -45,7 +51,7 @@ from support.swarm import single_node_swarm
 
 pytestmark = [pytest.mark.daemon]
 
-USERS = {"alice": "alice-pw", "mallory": "mallory-pw"}
+USERS = {"alice": "alice-pw", "mallory": "mallory-pw", "audrey": "audrey-pw"}
 
 POLICY = """\
 policies:
@@ -60,6 +66,7 @@ policies:
 bindings:
   - {policy: shared, users: [alice]}
   - {policy: shared, users: [mallory], mode: warn}
+  - {policy: shared, users: [audrey], mode: audit}
 """
 
 
@@ -175,6 +182,45 @@ def test_a_warn_callers_prune_spares_others_volumes_or_is_recorded(
         )
     finally:
         daemon.docker("volume", "rm", name, check=False)
+
+
+@pytest.mark.parametrize(
+    "mode_user",
+    [
+        pytest.param(
+            "audrey",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="audit mode: a create mounting another caller's volume (enforce: 403 no "
+                "such volume) is recorded as allow with no would_deny",
+            ),
+        ),
+        "mallory",
+    ],
+)
+def test_a_create_mounting_anothers_volume_is_recorded_as_would_deny(
+    gw: Gateway, alice: Api, daemon: PrivateDaemon, busybox_image: str, mode_user: str
+) -> None:
+    """Audit (and warn) mode: a create mounting alice's volume, which enforce refuses (the
+    volume is not the caller's), goes through; its audit record must say what enforce does."""
+    suffix = os.urandom(4).hex()
+    volume, mine = f"dgt-att-v-{suffix}", f"dgt-att-m-{suffix}"
+    assert alice.call("POST", "/v1.41/volumes/create", {"Name": volume})[0] == 201
+    try:
+        body = {"Image": busybox_image, "HostConfig": {"Binds": [f"{volume}:/data"]}}
+        status, answer = Api(gw, mode_user).call(
+            "POST", f"/v1.41/containers/create?name={mine}", body
+        )
+        assert status == 201, answer
+        record = wait_audit(_audit(gw), lambda r: r.get("object") == mine)
+        assert record["mode"] in ("audit", "warn")
+        # (and the container does mount alice's volume)
+        mounts = daemon.docker("inspect", "--format", "{{json .Mounts}}", mine).stdout
+        assert volume in str(mounts)
+        assert record.get("would_deny"), record
+    finally:
+        daemon.docker("rm", "-f", mine, check=False)
+        daemon.docker("volume", "rm", volume, check=False)
 
 
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
