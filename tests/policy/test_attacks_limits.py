@@ -8,11 +8,18 @@ Findings (xfail, strict: each passes once fixed):
   unit separator, is whitespace to Python, not to Go). The gateway counts the exchange as an
   ordinary one (a `concurrent` slot), the daemon follows the log for as long as the client
   wants: a caller limited to one stream holds as many as its `concurrent` limit allows.
+  `stats?stream=0%1f` likewise (one-shot to the gateway, a stream of stats to the daemon).
+  body/redact.py's `_details_problem` already trims ASCII only for this reason; limits.py's
+  `_go_bool` does not.
 
 Attacks that held (plain tests): the slot of a shared `/events` feed comes back when its client
 vanishes (a caller allowed one stream opens it again and again); pipelined requests in one read
 each spend their own token; a HEAD or a version-less target spends like the GET; anonymous
-callers behind an untrusted peer cannot choose whose bucket they spend with X-Forwarded-For.
+callers behind an untrusted peer cannot choose whose bucket they spend with X-Forwarded-For;
+200 other sources do not refill a spent bucket; spellings Go and the gateway read alike
+(`follow=%201%20`, `TRUE`, `stream=%09true`, no `stream`) are streams; a hijacked attach tunnel
+holds its stream slot until its client resets it, then gives it back; clients reset during an
+ownership look-up never keep the one ordinary slot.
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ Findings (xfail, strict: each passes once fixed):
   limits. An operator trying a policy in audit mode to avoid an outage gets 429s.
 
 Attacks that held (plain tests): bindings of one policy in warn and enforce mode alternating
-on one keep-alive connection each get their own mode; a preset name with path tricks reads no
-file outside the presets directory; extends cannot reopen read_only.
+on one keep-alive connection each get their own mode; a warn caller's create mounting another's
+volume is recorded as would-deny; a preset name with path tricks reads no file outside the
+presets directory; extends cannot reopen what a preset denies (dashboard's logs and export).
 """
 
 from __future__ import annotations
@@ -251,9 +252,9 @@ def _exchange(sock: socket.socket, request: bytes) -> bytes:
 def test_warn_and_enforce_bindings_alternate_on_one_connection(
     gw: Gateway, daemon: PrivateDaemon, busybox_image: str
 ) -> None:
-    """alice's container, inspected by mallory (warn: forwarded) and alice-prefixed-as-mallory
-    requests alternating with an enforce caller's request for mallory's object: each gets its
-    own binding's mode, however the hot path's memos are reused."""
+    """On one keep-alive connection, mallory (warn) inspecting alice's container (forwarded)
+    alternates with alice (enforce) inspecting mallory's (404): each request gets its own
+    binding's mode, however the hot path's memos are reused."""
     name = f"dgt-att-own-{os.urandom(4).hex()}"
     created = Api(gw, "alice").call(
         "POST", f"/v1.41/containers/create?name={name}", {"Image": busybox_image}
