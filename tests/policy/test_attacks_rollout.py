@@ -30,6 +30,12 @@ Findings (xfail, strict: each passes once fixed):
   and neither docs/policy.md's "Enforced in every mode" list nor modes.py's docstring name the
   limits. An operator trying a policy in audit mode to avoid an outage gets 429s.
 
+- Low: the `homepage` preset (docs/presets.md: "read-only: ping, version, container list,
+  inspect, stats"; its header: a compromised dashboard "should learn as little as possible")
+  allows ContainerInspect with no `redact:`: `GET /containers/X/json` answers every container's
+  `Config.Env` values (passwords included). traefik, dashboard and dozzle redact env; Homepage
+  reads states and health, not the environment.
+
 Attacks that held (plain tests): bindings of one policy in warn and enforce mode alternating
 on one keep-alive connection each get their own mode; a warn caller's create mounting another's
 volume is recorded as would-deny; a preset name with path tricks reads no file outside the
@@ -341,3 +347,26 @@ def test_audit_mode_and_limits_say_the_same(daemon: PrivateDaemon, tmp_path: pat
         warning = "".join(gw.stderr_lines)
     applies_nothing = "nothing it decides is applied" in warning
     assert not (applies_nothing and 429 in statuses), (statuses, warning)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the homepage preset (read-only dashboard, 'should learn as little as possible') "
+    "hands out every container's environment values through inspect, unredacted",
+)
+def test_the_homepage_preset_does_not_hand_out_environment_values(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path: pathlib.Path
+) -> None:
+    name = f"dgt-att-env-{os.urandom(4).hex()}"
+    canary = f"canary-{os.urandom(6).hex()}"
+    daemon.docker("create", "--name", name, "-e", f"DB_PASSWORD={canary}", busybox_image)
+    try:
+        policy = tmp_path / "homepage.yaml"
+        policy.write_text("policies:\n  home:\n    preset: homepage\n")
+        gw = Gateway(daemon.host, policy=str(policy))
+        with running(gw):
+            status, answer = json_call(gw.port, "GET", f"/v1.41/containers/{name}/json")
+        assert status == 200, answer
+        assert canary not in json.dumps(answer), answer["Config"]["Env"]
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
