@@ -307,8 +307,15 @@ def _container_create(config: Struct) -> Details:
     if names:
         details["env_names"] = names
     # For `dockgate learn` (policy/learn.py): what the guardrails judge beyond the above.
-    cap_add = slice_(host, "CapAdd")
-    if isinstance(cap_add, list) and cap_add:
+    # CapAdd is a strslice (a lone string is one name); API 1.40's Capabilities adds too.
+    cap_add = [
+        name
+        for field in ("CapAdd", "Capabilities")
+        for value in (slice_(host, field, strslice=True),)
+        if isinstance(value, list)
+        for name in value
+    ]
+    if cap_add:
         details["cap_add"] = cap_add
     devices = _devices(host)
     if devices:
