@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -105,8 +106,19 @@ def teardown(s: Session, name: str, tag: str) -> None:
     s.docker("volume", "rm", f"vol-{tag}")
 
 
+def remove(daemon: PrivateDaemon, tag: str) -> None:
+    """Whatever a session left behind, straight through the daemon (after a failure)."""
+    daemon.docker("rm", "-f", f"learn-{tag}", check=False)
+    daemon.docker("network", "rm", f"net-{tag}", check=False)
+    daemon.docker("volume", "rm", f"vol-{tag}", check=False)
+    daemon.docker("image", "rm", f"learned-build:{tag}", check=False)
+
+
 def test_learned_policy_lets_the_session_through_and_refuses_the_rest(
-    daemon: PrivateDaemon, busybox_image: str, tmp_path: pathlib.Path
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    tmp_path: pathlib.Path,
+    unique: Callable[[str], str],
 ) -> None:
     """Learn from an audit-mode session, enforce the result: the session passes again (no
     request refused), the held-back requests are refused and changed nothing on the daemon."""
@@ -115,7 +127,7 @@ def test_learned_policy_lets_the_session_through_and_refuses_the_rest(
     (shared / "f").write_text("shared\n")
     other_image = "dockgate-other/busybox:latest"
     daemon.docker("tag", busybox_image, other_image)
-    tag = tmp_path.name[-8:].lower().replace("_", "")
+    tag = unique("l").rpartition("-")[2]
     recorded = tmp_path / "recorded.jsonl"
     watch = tmp_path / "watch.yaml"
     watch.write_text(AUDIT_POLICY)
@@ -123,8 +135,11 @@ def test_learned_policy_lets_the_session_through_and_refuses_the_rest(
     first.mkdir()
     with running(Gateway(daemon.host, "--audit-log", str(recorded), policy=watch), "audit") as gw:
         s = Session(gw, first)
-        name = session(s, busybox_image, shared, f"a{tag}")
-        teardown(s, name, f"a{tag}")
+        try:
+            session(s, busybox_image, shared, f"a{tag}")
+            teardown(s, f"learn-a{tag}", f"a{tag}")  # the removals are part of the session
+        finally:
+            remove(daemon, f"a{tag}")
 
     learned = tmp_path / "learned.yaml"
     proc = subprocess.run(
@@ -157,8 +172,8 @@ def test_learned_policy_lets_the_session_through_and_refuses_the_rest(
         Gateway(daemon.host, "--audit-log", str(enforced), policy=learned), "learned"
     ) as gw:
         s = Session(gw, second)
-        name = session(s, busybox_image, shared, f"b{tag}")
         try:
+            name = session(s, busybox_image, shared, f"b{tag}")
             refused = [r for r in audit_records(enforced) if r["decision"] != "allow"]
             assert refused == [], refused
             execs_before = daemon.docker("inspect", "-f", "{{json .ExecIDs}}", name).stdout
@@ -188,5 +203,7 @@ def test_learned_policy_lets_the_session_through_and_refuses_the_rest(
                 if r["decision"] == "deny"
             }
             assert {("ContainerCreate", 403), ("SwarmInit", 403), ("ContainerExec", 403)} <= denied
-        finally:
             teardown(s, name, f"b{tag}")
+        finally:
+            remove(daemon, f"b{tag}")
+            daemon.docker("image", "rm", other_image, check=False)
