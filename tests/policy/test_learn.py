@@ -166,6 +166,10 @@ def test_callers_get_a_policy_and_a_binding_each(tmp_path: pathlib.Path) -> None
     assert "- {policy: alice, users: [alice]}" in both
     assert "- {policy: ci, users: [ci]}" in both
     assert "- {policy: anonymous, anonymous: true}" in both
+    alice_token = rec("ImageList", "GET", "/v1.41/images/json", identity="alice", auth="token")
+    merged = learned([alice, alice_token], tmp_path)
+    assert merged.count("{policy: alice") == 1
+    assert "- allow: {operations: [ImageList]}" in merged
     one = learned([alice, ci], tmp_path, only="ci")
     assert "alice" not in one
     with pytest.raises(LearnError):

@@ -85,7 +85,12 @@ class Caller:
 
 
 def caller_of(record: Mapping[str, object]) -> Caller:
-    return Caller(str(record.get("identity", "-")), str(record.get("auth", "none")))
+    auth = str(record.get("auth", "none"))
+    # A binding's `users:` takes a password login and a token acting as that user alike
+    # (policy.md, bindings): one caller, one policy.
+    if auth == "token":
+        auth = "basic"
+    return Caller(str(record.get("identity", "-")), auth)
 
 
 def _client(record: Mapping[str, object]) -> str:
