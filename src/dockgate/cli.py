@@ -21,6 +21,8 @@ from dockgate.auth.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN
 from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.check import CheckRequest, run_check
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
+from dockgate.policy.learn import Learner, LearnError, ReadResult, read_records
+from dockgate.policy.learndiff import diff as learn_diff
 from dockgate.policy.loader import PolicyError, load_policy_file
 from dockgate.policy.presetlist import list_presets, show_preset
 from dockgate.policy.rules import PolicySet
@@ -258,6 +260,32 @@ def _build_parser() -> argparse.ArgumentParser:
         "caller not bound as such is answered 401",
     )
     _policy_options(check)
+
+    learn = commands.add_parser(
+        "learn",
+        help="write the tightest policy file that allows what an audit log shows",
+        description="Read audit logs (serve --audit-log) and write a policy file allowing "
+        "exactly the operations, host paths, images, ... each identity used (docs/rollout.md). "
+        "With --policy, print what that policy would have denied of the logged requests.",
+    )
+    learn.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        required=True,
+        metavar="AUDIT_LOG",
+        help="an audit log (JSON lines); '-' for stdin; repeatable",
+    )
+    learn.add_argument("--identity", default=None, metavar="NAME", help="learn only this caller")
+    learn.add_argument(
+        "--policy",
+        dest="current",
+        default=None,
+        metavar="CURRENT",
+        help="print what this policy file would have denied, grouped by reason (the learned "
+        "policy is then written only with --out)",
+    )
+    learn.add_argument("--out", default=None, metavar="FILE", help="write the policy here")
 
     policy = commands.add_parser("policy", help="policy file tools")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
@@ -634,6 +662,47 @@ def _validate(path: str) -> int:
     return 0
 
 
+def _learn(args: argparse.Namespace) -> int:
+    """`dockgate learn`: the reading and writing; policy/learn.py and learndiff.py decide."""
+    read = ReadResult()
+    for source in args.sources:
+        try:
+            if source == "-":
+                read_records(sys.stdin, read)
+            else:
+                with open(source, encoding="utf-8", errors="replace") as lines:
+                    read_records(lines, read)
+        except OSError as exc:
+            raise CallerError(f"--from {source}: {exc.strerror or exc}") from None
+    if read.bad_lines:
+        print(f"dockgate: {read.bad_lines} lines were not audit records (skipped)", file=sys.stderr)
+    records = [
+        r for r in read.records if args.identity is None or r.get("identity") == args.identity
+    ]
+    if args.current is not None:
+        current = load_policy_file(args.current)
+        print("\n".join(learn_diff(records, current).lines(args.current)))
+        if args.out is None:
+            return 0
+    learner = Learner()
+    for record in records:
+        learner.add(record)
+    try:
+        text = learner.document(args.identity, args.sources)
+    except LearnError as exc:
+        print(f"dockgate: error: {exc}", file=sys.stderr)
+        return 1
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CallerError(f"--out {args.out}: {exc.strerror or exc}") from None
+    print(f"dockgate: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def _presets(name: str | None) -> int:
     if name is None:
         print("\n".join(list_presets()))
@@ -665,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "learn":
+            return _learn(args)
         if args.command == "policy" and args.policy_command == "presets":
             return _presets(args.name)
         if args.command == "policy":

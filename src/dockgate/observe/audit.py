@@ -36,6 +36,7 @@ AUDIT_BODY_LIMIT = 256 * 1024  # bytes of a request body the gateway keeps for b
 AUDITED_BODIES = frozenset({"ContainerCreate", "ContainerExec", "ServiceCreate", "ServiceUpdate"})
 MAX_STRING_CHARS = 4096  # a longer string is cut to this many characters, the last being "…"
 ELLIPSIS = "…"
+USER_AGENT_CHARS = 256  # of a User-Agent header kept in the record
 _MAX_DEPTH = 8  # nesting kept in `details`; deeper values become "…"
 
 Details: TypeAlias = dict[str, object]
@@ -74,6 +75,9 @@ class AuditRecord:
     mode: str | None = None
     would_deny: Details | None = None
     would_hide: list[str] | None = None
+    # The request's User-Agent (first USER_AGENT_CHARS characters), for `dockgate learn`;
+    # None without one.
+    user_agent: str | None = None
 
 
 # ----- rendering --------------------------------------------------------------------------------
@@ -146,6 +150,8 @@ def render(record: AuditRecord) -> str:
         fields["would_deny"] = record.would_deny
     if record.would_hide:
         fields["would_hide"] = record.would_hide
+    if record.user_agent is not None:
+        fields["user_agent"] = record.user_agent
     return json.dumps(_bounded(fields, -1), ensure_ascii=True, separators=(",", ":"))
 
 
@@ -215,7 +221,8 @@ def _env_names(struct: Struct) -> list[str] | None:
 
 
 def _mounts(struct: Struct) -> list[dict[str, object]] | None:
-    """Type, Source and Target of each mount (never its options: driver options hold secrets)."""
+    """Type, Source and Target of each mount, and ``read_only`` when it is (never its options:
+    driver options hold secrets)."""
     mounts = slice_(struct, "Mounts")
     if not isinstance(mounts, list):
         return None
@@ -227,8 +234,54 @@ def _mounts(struct: Struct) -> list[dict[str, object]] | None:
                 value = scalar((mount,), field)
                 if value is not MISSING:
                     item[field.lower()] = value
+            if scalar((mount,), "ReadOnly") is True:
+                item["read_only"] = True
             summary.append(item)
     return summary
+
+
+# HostConfig's namespace fields and the guardrail name of each (body/guardrails.py reads the
+# same fields); only `host` and `container:X` values share a namespace, the rest are names of
+# networks or the defaults.
+_NAMESPACE_FIELDS = (
+    ("NetworkMode", "network"),
+    ("PidMode", "pid"),
+    ("IpcMode", "ipc"),
+    ("UTSMode", "uts"),
+    ("UsernsMode", "userns"),
+    ("CgroupnsMode", "cgroup"),
+)
+
+
+def _namespaces(host: Struct) -> list[str]:
+    """`network`, `pid:container`, ...: the host namespaces (and other containers') a create
+    joins, as the `namespaces` guardrail names them."""
+    found: list[str] = []
+    for field, name in _NAMESPACE_FIELDS:
+        value = scalar(host, field)
+        if value == "host":
+            found.append(name)
+        elif isinstance(value, str) and value.startswith("container:"):
+            found.append(f"{name}:container")
+    return found
+
+
+def _devices(host: Struct) -> list[object]:
+    """The host side of each `--device` (PathOnHost), and `gpus` for a device request."""
+    found: list[object] = []
+    devices = slice_(host, "Devices")
+    if isinstance(devices, list):
+        for device in devices:
+            if isinstance(device, GoObject):
+                path = scalar((device,), "PathOnHost")
+                found.append(path if path is not MISSING else "?")
+    requests = slice_(host, "DeviceRequests")
+    if isinstance(requests, list) and requests:
+        found.append("device-requests")
+    rules = slice_(host, "DeviceCgroupRules")
+    if isinstance(rules, list) and rules:
+        found.append("cgroup-rules")
+    return found
 
 
 def _put(details: Details, key: str, value: object) -> None:
@@ -253,6 +306,23 @@ def _container_create(config: Struct) -> Details:
     names = _env_names(config)
     if names:
         details["env_names"] = names
+    # For `dockgate learn` (policy/learn.py): what the guardrails judge beyond the above.
+    # CapAdd is a strslice (a lone string is one name); API 1.40's Capabilities adds too.
+    cap_add = [
+        name
+        for field in ("CapAdd", "Capabilities")
+        for value in (slice_(host, field, strslice=True),)
+        if isinstance(value, list)
+        for name in value
+    ]
+    if cap_add:
+        details["cap_add"] = cap_add
+    devices = _devices(host)
+    if devices:
+        details["devices"] = devices
+    namespaces = _namespaces(host)
+    if namespaces:
+        details["namespaces"] = namespaces
     return details
 
 
@@ -293,7 +363,9 @@ def body_details(operation: str, body: bytes, truncated: bool) -> Details | None
     """What the request body of an operation in `AUDITED_BODIES` asks the daemon to run.
 
     ContainerCreate: image, cmd, entrypoint, privileged (only if true), binds (if any), mounts
-    (type/source/target, if any), env_names. ContainerExec (exec create): cmd, user (if set),
+    (type/source/target, and read_only when true; if any), env_names, and (for `dockgate
+    learn`) cap_add, devices (host paths), namespaces (`network`, `pid:container`, ...), each
+    only if any. ContainerExec (exec create): cmd, user (if set),
     privileged (only if true), tty, env_names. ServiceCreate/ServiceUpdate: image, cmd, args
     (TaskTemplate.ContainerSpec's Image, Command, Args), mounts, env_names, and for a create the
     service's name. Absent fields are left out; a field of the wrong type is recorded as sent

@@ -71,6 +71,7 @@ from dockgate.observe.accesslog import AccessRecord, LineParts
 from dockgate.observe.audit import (
     AUDIT_BODY_LIMIT,
     AUDITED_BODIES,
+    USER_AGENT_CHARS,
     AuditRecord,
     audit_details,
     target_object,
@@ -1459,7 +1460,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         match = verdict.match
         capture, self._capture = self._capture, None
         # Registry credentials are only ever noted as present, never recorded.
-        registry_auth = any(name in _REGISTRY_HEADERS for name, _ in head.headers())
+        fields = head.headers()
+        registry_auth = any(name in _REGISTRY_HEADERS for name, _ in fields)
+        # Which client sent it (`dockgate learn` names the clients each rule was for).
+        agent = next((value for name, value in fields if name == b"user-agent"), None)
         details = audit_details(
             verdict.operation if capture is not None and verdict.allowed else "",
             bytes(capture[:AUDIT_BODY_LIMIT]) if capture is not None else b"",
@@ -1487,6 +1491,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 duration_s=time.monotonic() - self._started,
                 details=details,
                 **mode_fields(admission.policy, verdict, self._allowed),
+                user_agent=(
+                    agent[:USER_AGENT_CHARS].decode("latin-1") if agent is not None else None
+                ),
             )
         )
 
