@@ -1,7 +1,7 @@
 """Attack review of issue 15's rate and concurrency limits (policy/limits.py), as a caller with
 limited rights against a real dockgate and the real daemon.
 
-Findings (xfail, strict: each passes once fixed):
+Findings (each was a strict xfail; fixed since, their tests now pass):
 
 - Medium: the streams limit is bypassed by a spelling of `follow` (and `stream`) that Python's
   `str.strip` reads as false and Go's `strings.TrimSpace` does not: `follow=0%1f` (U+001F, a
@@ -122,11 +122,6 @@ def ticker(daemon: PrivateDaemon, busybox_image: str, cleanup: Cleanup) -> str:
     return name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streams limit bypassed: follow=0%1f is false to the gateway (str.strip), a follow "
-    "to the daemon (Go TrimSpace keeps U+001F)",
-)
 def test_a_follow_spelled_with_a_unit_separator_counts_as_a_stream(
     limited: Limited, ticker: str
 ) -> None:
@@ -152,11 +147,6 @@ def test_a_follow_spelled_with_a_unit_separator_counts_as_a_stream(
             sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streams limit bypassed: stats?stream=0%1f is one-shot to the gateway, a stream to "
-    "the daemon",
-)
 def test_a_stats_stream_spelled_with_a_unit_separator_counts_as_a_stream(
     limited: Limited, ticker: str
 ) -> None:

@@ -2,7 +2,7 @@
 (dockgate/policy/presets), as a caller with limited rights against a real dockgate and the
 real daemon.
 
-Findings (xfail, strict: each passes once fixed):
+Findings (each was a strict xfail; fixed since, their tests now pass):
 
 - Medium: a caller bound in warn mode takes another caller's swarm object for good. Updating
   alice's secret (or config, or service) is ownership's 404, waived in warn mode, but the body
@@ -129,11 +129,6 @@ def swarm(daemon: PrivateDaemon, gw: Gateway) -> Iterator[PrivateDaemon]:
         yield manager
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a warn caller's update of another's secret is relabelled with the warn caller's "
-    "owner: the enforced owner loses it, the warn caller owns it after the switch",
-)
 def test_a_warn_callers_update_does_not_take_another_callers_secret(
     alice: Api, mallory: Api, swarm: PrivateDaemon
 ) -> None:
@@ -167,11 +162,6 @@ def test_a_warn_callers_update_does_not_take_another_callers_secret(
         swarm.docker("secret", "rm", secret_id, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="warn mode leaves a prune unnarrowed: a warn caller deletes an enforced caller's "
-    "volumes and the record says allow, no would_deny (only would_hide)",
-)
 def test_a_warn_callers_prune_spares_others_volumes_or_is_recorded(
     gw: Gateway, alice: Api, mallory: Api, daemon: PrivateDaemon
 ) -> None:
@@ -199,14 +189,7 @@ def test_a_warn_callers_prune_spares_others_volumes_or_is_recorded(
 @pytest.mark.parametrize(
     "mode_user",
     [
-        pytest.param(
-            "audrey",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="audit mode: a create mounting another caller's volume (enforce: 403 no "
-                "such volume) is recorded as allow with no would_deny",
-            ),
-        ),
+        "audrey",
         "mallory",
     ],
 )
@@ -329,11 +312,6 @@ def test_extends_cannot_reopen_what_a_preset_denies(tmp_path: pathlib.Path) -> N
         assert (done.returncode == 0) is allowed, done.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit mode applies the policy's limits (429) while its startup warning says "
-    "nothing it decides is applied (and the docs' every-mode lists omit limits)",
-)
 def test_audit_mode_and_limits_say_the_same(daemon: PrivateDaemon, tmp_path: pathlib.Path) -> None:
     policy = tmp_path / "audit-limits.yaml"
     policy.write_text(
@@ -349,11 +327,6 @@ def test_audit_mode_and_limits_say_the_same(daemon: PrivateDaemon, tmp_path: pat
     assert not (applies_nothing and 429 in statuses), (statuses, warning)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the homepage preset (read-only dashboard, 'should learn as little as possible') "
-    "hands out every container's environment values through inspect, unredacted",
-)
 def test_the_homepage_preset_does_not_hand_out_environment_values(
     daemon: PrivateDaemon, busybox_image: str, tmp_path: pathlib.Path
 ) -> None:

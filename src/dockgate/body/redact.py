@@ -26,7 +26,7 @@ from dockgate.body.exposure import ENV, LABELS, MOUNTS, refused_filters, rewritt
 from dockgate.body.psargs import top_args_problem
 from dockgate.http.chunked import ChunkedDecoder
 from dockgate.http.errors import ClientProtocolError
-from dockgate.http.query import query_pairs, query_value
+from dockgate.http.query import bool_value, query_pairs, query_value
 
 # The largest answer the gateway reads whole to redact (a list of thousands of containers is
 # a few megabytes); a larger one fails closed (502) rather than passing unredacted.
@@ -131,9 +131,6 @@ _AREA_OF = {"label": "labels", "volume": "mounts"}
 # the environment variables and labels the container's log options name (`env=`, `labels=`,
 # `env-regex=`; moby daemon/logger/loginfo.go ExtraAttributes, daemon/logs.go).
 LOG_OPERATIONS = frozenset({"ContainerLogs", "ServiceLogs", "TaskLogs"})
-# What moby's httputils.BoolValue reads as false (lower-cased, spaces trimmed); any other
-# value is true.
-_FALSE_WORDS = frozenset({"", "0", "no", "false", "none"})
 
 
 def _details_problem(query: str) -> str | None:
@@ -148,8 +145,7 @@ def _details_problem(query: str) -> str | None:
     for key, value in query_pairs(query):
         if key != "details":
             continue
-        word = value.strip(" \t\n\r\v\f")
-        if not (word.isascii() and word.lower() in _FALSE_WORDS):
+        if bool_value(value):
             return (
                 "details= (log attributes: the values of the variables and labels the log "
                 "options name) is not accepted where environments or labels are redacted"

@@ -41,3 +41,19 @@ def query_pairs(query: str) -> list[tuple[str, str]]:
             (unquote_plus(raw_key, errors="replace"), unquote_plus(raw_value, errors="replace"))
         )
     return pairs
+
+
+# What moby's httputils.BoolValue reads as false once lower-cased and trimmed
+# (strings.ToLower(strings.TrimSpace(v))); any other value is true.
+_FALSE_WORDS = frozenset({"", "0", "no", "false", "none"})
+# The ASCII that Go's strings.TrimSpace trims. Python's str.strip() trims more (U+001C-U+001F):
+# "0\x1f" would read as false here and true in the daemon.
+_ASCII_SPACE = " \t\n\r\v\f"
+
+
+def bool_value(value: str) -> bool:
+    """A query value as httputils.BoolValue reads it, erring towards true: only ASCII is
+    trimmed and lower-cased, so a value Go's TrimSpace or ToLower might read otherwise
+    (non-ASCII) counts as true."""
+    word = value.strip(_ASCII_SPACE)
+    return not (word.isascii() and word.lower() in _FALSE_WORDS)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from dockgate.auth.identity import Identity
 from dockgate.auth.throttle import source_key
-from dockgate.http.query import query_value
+from dockgate.http.query import bool_value, query_value
 from dockgate.refusal import Refusal
 
 # What an operation costs when the policy does not say (tokens; most operations cost 1): what
@@ -75,18 +75,16 @@ _ALWAYS_STREAMS = frozenset(
 )
 _FOLLOWED = frozenset({"ContainerLogs", "ServiceLogs", "TaskLogs"})
 
-# moby api/server/httputils.BoolValue: these (case-insensitive, trimmed) are false, any other
-# value true; an absent key is false.
-_GO_FALSE = frozenset({"", "0", "no", "false", "none"})
 
 SWEEP_SECONDS = 60.0  # how often idle entries are looked for
 MAX_CALLERS = 10_000  # entries kept at most
 
 
 def _go_bool(value: str | None, default: bool) -> bool:
+    """moby's httputils.BoolValue (an absent key: `default`), erring towards a stream."""
     if value is None:
         return default
-    return value.strip().lower() not in _GO_FALSE
+    return bool_value(value)
 
 
 def is_stream(operation: str, query: str) -> bool:

@@ -100,6 +100,8 @@ def startup_warnings(
 
 
 def _what(mode: str) -> str:
+    # (Its rate and concurrency limits are not decisions about a request but about load: they
+    # apply in every mode, docs/policy.md "Rollout modes".)
     if mode == WARN:
-        return "its refusals are recorded, not applied"
-    return "nothing it decides is applied; every request is recorded"
+        return "its refusals are recorded, not applied (its limits still are)"
+    return "its refusals are not applied (its limits still are); every request is recorded"

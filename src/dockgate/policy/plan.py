@@ -270,6 +270,10 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
     return plan_forward(head, allowed, trace)
 
 
+# Narrowed lists that delete what they list (ownership's FILTERED).
+_PRUNES = frozenset({"VolumePrune", "NetworkPrune"})
+
+
 def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHead | Step:
     """Ownership mode (ownership.plan): narrow a list, label a build, refuse, or look up the
     object the request is about."""
@@ -289,11 +293,12 @@ def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHea
     path = parse_target(head.target).path
     step = ownership_plan(operation, match.operation.path, head.target, path, owner)
     if isinstance(step, str) and (
-        (allowed.mode != ENFORCE and operation in FILTERED)
+        (allowed.mode != ENFORCE and operation in FILTERED and operation not in _PRUNES)
         or (allowed.mode == AUDIT and operation == LABELLED_BUILD)
     ):
         # Warn and audit mode narrow no list (a client would see less than it did: the
-        # outage a rollout avoids); audit mode labels no build either (modes.py).
+        # outage a rollout avoids); audit mode labels no build either (modes.py). A prune is
+        # narrowed in every mode: pruning another caller's objects cannot be taken back.
         if trace is not None:
             trace.append(("ownership", f"{allowed.mode} mode: target left as it came"))
         return head
@@ -320,8 +325,12 @@ def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHea
 
 
 def _waived_or(head: RequestHead, allowed: Allowed, refusal: Refusal, trace: Trace | None) -> Step:
-    """`refusal`, or in warn or audit mode the rest of the plan, carrying it."""
+    """`refusal`, or in warn or audit mode the rest of the plan, carrying it: without
+    ownership's steps (a refusal of ownership's is about an object that is not the caller's,
+    which its label must not be put on: the request goes on as it came)."""
     waived = allowed.waived(refusal)
+    if waived is not None and refusal.stage == "ownership":
+        waived = replace(waived, owner=None)
     if waived is None:
         return refusal
     if trace is not None:
@@ -441,8 +450,8 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
             allowed = waived  # (recorded; the objects it names are not looked up)
             if trace is not None:
                 trace.append(("ownership", f"{allowed.mode} mode: would deny, {reason}"))
-        if allowed.mode == AUDIT:
-            named = []  # audit mode: nothing pinned, no volume made for the caller
+        # (audit mode looks them up too, to record what enforce would refuse; it pins
+        # nothing and makes no volume for the caller: relay/steps.py _check_references)
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
     judged = JudgedBody(

@@ -84,7 +84,7 @@ from dockgate.ownership.volumes import (
     volume_specs,
 )
 from dockgate.policy.gatekeeper import Verdict
-from dockgate.policy.modes import ENFORCE
+from dockgate.policy.modes import AUDIT, ENFORCE
 from dockgate.policy.plan import (
     Allowed,
     Answer,
@@ -337,6 +337,9 @@ class PolicySteps:
                 self._refuse_held(head, refuse(403, message), body)
                 return
             missing_volumes: list[str] = []
+            # Audit mode: looked up to record what enforce would refuse; nothing made, nothing
+            # pinned, the body goes as it came (policy/modes.py).
+            audit = self._allowed is not None and self._allowed.mode == AUDIT
             for kind, reference in named:
                 found = await find_owned(self.ctx.pool.address, kind, reference, self._owner)
                 if found is not None:
@@ -355,6 +358,12 @@ class PolicySteps:
                     message = f"dockgate: {kind.missing.format(reference)}"
                     self._refuse_held(head, refuse(403, message), body)
                     return
+            if audit:
+                if self._lookup_ended(head):
+                    return
+                self.flow.resume(Pause.LOOKUP)
+                self._forward_held(head, body)
+                return
             refusal = await self._create_missing_volumes(body, missing_volumes, made)
             if refusal is not None:
                 await self._drop_made(made)  # the create does not happen
@@ -519,8 +528,10 @@ class PolicySteps:
             return
         waived = None if refused is None else self._waived(refused)
         if waived is not None:
-            # Warn or audit mode: recorded, and the request goes on as it came.
-            self._carry_out(head, plan_forward(head, waived))
+            # Warn or audit mode: recorded, and the request goes on as it came, without
+            # ownership's steps: the object is not the caller's, and an update labelled with
+            # the caller's owner would hand it over (test_attacks_rollout).
+            self._carry_out(head, plan_forward(head, dataclasses.replace(waived, owner=None)))
         elif refused is not None:
             self._refuse(head, refused)
         else:
