@@ -143,7 +143,7 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
     admissions = admissions_for(
         policies, credentials_required=request.credentials_required, tls=request.tls
     )
-    admission = _admit(admissions, head, caller, request.source)
+    admission = admit_as(admissions, head, caller, request.source)
     _explain_admission(out, policies, admission, head, request.source)
     _explain_query(out, admission, head)
     _explain_limits(out, admission, head, request.source)
@@ -202,9 +202,10 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
         return ALLOW
 
 
-def _admit(admissions: Admissions, head: RequestHead, caller: Identity, source: str) -> Admission:
+def admit_as(admissions: Admissions, head: RequestHead, caller: Identity, source: str) -> Admission:
     """A caller named by --as is taken as authenticated the way it says; an anonymous or
-    certificate caller goes through `admit` itself (no Authorization header is sent)."""
+    certificate caller goes through `admit` itself (no Authorization header is sent). (Also
+    `dockgate learn --policy`'s, policy/learndiff.py.)"""
     if caller.method in ("basic", "token"):
         return admissions.judge(head, caller, source)
     facts = ConnectionFacts(source, source)

@@ -296,26 +296,32 @@ class _Collector(Collector):
             value=c.sweep_failures,
         )
 
-        would_deny = CounterMetricFamily(
+        yield _labelled_counter(
             "dockgate_would_deny",
             "Requests a policy in warn or audit mode let through that enforce mode would have "
             "refused, by policy, operation and reason (the rule, or the step: guardrails, "
             "ownership, redaction; the audit record has the whole reason).",
-            labels=["policy", "operation", "reason"],
+            ["policy", "operation", "reason"],
+            c.would_deny,
         )
-        for denied, count in sorted(c.would_deny.items()):
-            would_deny.add_metric(list(denied), count)
-        yield would_deny
-        limited = CounterMetricFamily(
+        yield _labelled_counter(
             "dockgate_limited",
             "Requests refused (429) by a policy's rate and concurrency limits, all workers added "
             "up, by policy, operation and limit (rate, concurrent, streams). Limits are counted "
             "per worker process: with dockgate_workers N a caller may get N times the limits.",
-            labels=["policy", "operation", "limit"],
+            ["policy", "operation", "limit"],
+            c.limited,
         )
-        for labels, count in sorted(c.limited.items()):
-            limited.add_metric(list(labels), count)
-        yield limited
+
+
+def _labelled_counter(
+    name: str, documentation: str, labels: list[str], counts: dict[tuple[str, str, str], int]
+) -> CounterMetricFamily:
+    """A counter family with one sample per label tuple, in a stable order."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in sorted(counts.items()):
+        family.add_metric(list(values), count)
+    return family
 
 
 def _bound(value: float) -> str:

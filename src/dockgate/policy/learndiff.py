@@ -13,15 +13,14 @@ A policy in warn or audit mode counts its would-denies as denials. Sans-IO: reco
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dockgate.auth.identity import ANONYMOUS_IDENTITY, NO_AUTH_IDENTITY, Identity
-from dockgate.check import CheckRequest, admissions_for, parse_head, request_bytes
+from dockgate.check import CheckRequest, admissions_for, admit_as, parse_head, request_bytes
 from dockgate.http.errors import ClientProtocolError
-from dockgate.http.request import RequestHead, without_body
-from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
+from dockgate.http.request import without_body
+from dockgate.policy.admission import Admissions
 from dockgate.policy.plan import (
     DrainBody,
     Forward,
@@ -191,7 +190,7 @@ def _decide(
         head = parse_head(request_bytes(request))
     except ClientProtocolError as exc:
         return Refusal(400, f"dockgate: {exc.message}", "http", "malformed")
-    admission = _admit(admissions, head, caller, source)
+    admission = admit_as(admissions, head, caller, source)
     step: Step = plan_request(head, admission, policies.owners)
     while True:
         if isinstance(step, Refusal):
@@ -215,16 +214,3 @@ def _decide(
             return LOOKUP if judged.needs_daemon else None
         assert isinstance(step, Forward)
         return step.allowed.verdict.would_deny
-
-
-def _admit(admissions: Admissions, head: RequestHead, caller: Identity, source: str) -> Admission:
-    """As check.py admits a caller named by --as: a user or token as authenticated, anyone
-    else through `admit` (no Authorization header is sent)."""
-    if caller.method in ("basic", "token"):
-        return admissions.judge(head, caller, source)
-    facts = ConnectionFacts(source, source)
-    if caller.method == "certificate":
-        facts.certificate = caller
-    admitted = admissions.admit(head, facts, time.time())
-    assert isinstance(admitted, Admission)  # no password to check: never pending
-    return admitted
