@@ -112,3 +112,108 @@ def test_learn_policy_does_not_count_as_allowed_what_the_gateway_refuses(
     record = create(**(body_details("ContainerCreate", body, False) or {}))
     result = diff([record], load_policy_file(str(current)))
     assert result.allowed == 0, "reported allowed, refused by the gateway"
+
+
+# ----- attacks that held ------------------------------------------------------------------------
+
+_BREAKOUTS = [
+    "x\ndefault: evil",
+    "x\u2028bindings: [{policy: p, anonymous: true}]",
+    "x\x85  - {policy: mallory, anonymous: true}",
+    "x\u2029y",
+    "x\ry",
+    "x\x00y",
+    'x"]}, {policy: mallory, anonymous: true',
+    "x # c",
+    "x: y",
+    "\ufeffx",
+    "x\ud800y",
+]
+
+
+@pytest.mark.parametrize("evil", _BREAKOUTS)
+def test_client_text_cannot_add_keys_bindings_or_rules(tmp_path: pathlib.Path, evil: str) -> None:
+    records = [
+        rec("SystemPing", "GET", "/_ping", identity=evil, user_agent=evil),
+        rec("SystemPing", "GET", "/_ping", user_agent=evil),
+        rec("unknown", "GET", "/v1.41/x" + evil),
+        create(
+            image="busybox",
+            binds=[f"/srv/{evil}:/a:ro"],
+            devices=[f"/dev/{evil}"],
+            cap_add=[evil],
+        ),
+        rec("ContainerExec", "POST", "/v1.41/containers/c/exec", details={"user": evil}),
+        rec("ContainerStart", "POST", "/v1.41/containers/x/start", object=evil),
+        rec(
+            "ContainerCreate",
+            "POST",
+            "/v1.41/containers/create",
+            object=evil,
+            details={"image": "busybox:" + evil},
+        ),
+    ]
+    _, policies = learn(records, tmp_path)
+    assert policies.default is None or policies.default == ""
+    bound = sorted(
+        (b.policy, sorted(b.users), sorted(b.certificates), b.anonymous) for b in policies.bindings
+    )
+    assert len(bound) == 2
+    assert all(not anonymous for *_, anonymous in bound)
+    assert sorted(users[0] for _, users, _, _ in bound) == sorted(["mallory", evil])
+    # the caller named `evil` did only a ping
+    other = next(name for name, users, _, _ in bound if users == [evil])
+    assert len(policies.policies[other].rules) == 1
+    assert not allowed(policies, create(image="busybox", binds=["/etc:/a"]))
+
+
+def test_refused_requests_teach_nothing(tmp_path: pathlib.Path) -> None:
+    refused = {
+        **create(
+            image="busybox",
+            privileged=True,
+            cap_add=["SYS_ADMIN"],
+            binds=["/:/host"],
+            namespaces=["pid"],
+            devices=["/dev/sda"],
+        ),
+        "decision": "deny",
+        "status": 403,
+    }
+    text, policies = learn([create(image="busybox"), refused], tmp_path)
+    assert "privileged: false" in text
+    assert "capabilities: []" in text
+    assert "host_paths: []" in text
+    assert "devices: false" in text
+    for body in (
+        {"privileged": True},
+        {"cap_add": ["SYS_ADMIN"]},
+        {"binds": ["/:/host"]},
+        {"namespaces": ["pid"]},
+    ):
+        assert not allowed(policies, create(image="busybox", **body)), body
+
+
+@pytest.mark.parametrize("source", ["/srv/data/", "/srv/data//", "/srv/./data"])
+def test_host_paths_are_not_widened_by_their_spelling(tmp_path: pathlib.Path, source: str) -> None:
+    _, policies = learn([create(image="busybox", binds=[f"{source}:/a:ro"])], tmp_path)
+    assert allowed(policies, create(image="busybox", binds=["/srv/data:/a:ro"]))
+    for never in ("/srv/database:/a:ro", "/srv:/a:ro", "/srv/data:/a", "/srv/data:/a:rw"):
+        assert not allowed(policies, create(image="busybox", binds=[never])), never
+    assert not allowed(
+        policies,
+        create(image="busybox", mounts=[{"type": "bind", "source": "/srv/data", "target": "/a"}]),
+    )
+
+
+def test_another_identity_is_not_merged_in(tmp_path: pathlib.Path) -> None:
+    alice = {**create(image="busybox", privileged=True, binds=["/var/run:/r"]), "identity": "alice"}
+    mine = create(image="busybox")
+    _, policies = learn([alice, mine], tmp_path, only="mallory")
+    assert [b.policy for b in policies.bindings] == ["mallory"]
+    assert not allowed(policies, alice)
+    assert not allowed(policies, create(image="busybox", privileged=True))
+    # the certificate named like a password user is a different caller with its own policy
+    cert = {**create(image="busybox", privileged=True), "auth": "certificate"}
+    _, both = learn([cert, mine], tmp_path)
+    assert not allowed(both, create(image="busybox", privileged=True))
