@@ -7,12 +7,13 @@ the session never sent. xfail(strict): a finding; plain: an attack that held."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import pytest
 
-from dockgate.body.guardrails import BodyRefused, Guardrails, check_request
-from dockgate.observe.audit import body_details
+from dockgate.body.guardrails import BodyRefused, Guardrails, HostPathRule, check_request
+from dockgate.observe.audit import MAX_STRING_CHARS, body_details
 from dockgate.policy.learn import Learner
 from dockgate.policy.learndiff import diff
 from dockgate.policy.loader import load_policy_file
@@ -217,3 +218,25 @@ def test_another_identity_is_not_merged_in(tmp_path: pathlib.Path) -> None:
     cert = {**create(image="busybox", privileged=True), "auth": "certificate"}
     _, both = learn([cert, mine], tmp_path)
     assert not allowed(both, create(image="busybox", privileged=True))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the audit log cuts a string at MAX_STRING_CHARS: a read-only bind with a long "
+    "container path (`/a/./././...`) loses its `:ro` and is learned as a read-write host path, which then "
+    "passes a read-write mount of it the session never made",
+)
+def test_a_cut_bind_is_not_learned_read_write(tmp_path: pathlib.Path) -> None:
+    # "/a/./././...": the daemon cleans the container path back to /a
+    bind = "/srv/data:/a" + "/." * (MAX_STRING_CHARS // 2) + ":ro"
+    body = json.dumps({"Image": "busybox", "HostConfig": {"Binds": [bind]}}).encode()
+    # the gateway lets it through a policy where /srv/data is read-only: a read-only mount
+    check_request(
+        Guardrails(host_paths=(HostPathRule("/srv/data", read_only=True),)),
+        "ContainerCreate",
+        "",
+        body,
+    )
+    record = create(**(body_details("ContainerCreate", body, False) or {}))
+    _, policies = learn([record], tmp_path)
+    assert not allowed(policies, create(image="busybox", binds=["/srv/data:/a"]))
