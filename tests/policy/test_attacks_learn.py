@@ -223,8 +223,8 @@ def test_another_identity_is_not_merged_in(tmp_path: pathlib.Path) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="the audit log cuts a string at MAX_STRING_CHARS: a read-only bind with a long "
-    "container path (`/a/./././...`) loses its `:ro` and is learned as a read-write host path, which then "
-    "passes a read-write mount of it the session never made",
+    "container path (`/a/./././...`) loses its `:ro` and is learned as a read-write host "
+    "path, which then passes a read-write mount of it the session never made",
 )
 def test_a_cut_bind_is_not_learned_read_write(tmp_path: pathlib.Path) -> None:
     # "/a/./././...": the daemon cleans the container path back to /a
