@@ -240,3 +240,33 @@ def test_a_cut_bind_is_not_learned_read_write(tmp_path: pathlib.Path) -> None:
     record = create(**(body_details("ContainerCreate", body, False) or {}))
     _, policies = learn([record], tmp_path)
     assert not allowed(policies, create(image="busybox", binds=["/srv/data:/a"]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`--identity anonymous` meant for the password user named `anonymous` (no name is "
+    "reserved) also takes the callers without credentials, whose identity is `anonymous` too: "
+    "the file binds `anonymous: true` to what they did (a privileged create)",
+)
+def test_identity_selection_does_not_add_an_anonymous_binding(tmp_path: pathlib.Path) -> None:
+    user = rec("SystemPing", "GET", "/_ping", identity="anonymous", auth="basic")
+    stranger = {
+        **create(image="busybox", privileged=True),
+        "identity": "anonymous",
+        "auth": "anonymous",
+    }
+    _, policies = learn([user, stranger], tmp_path, only="anonymous")
+    assert not any(b.anonymous for b in policies.bindings)
+    assert not allowed(policies, stranger)
+
+
+def test_go_json_duplicates_are_learned_as_the_daemon_reads_them(tmp_path: pathlib.Path) -> None:
+    """Last key wins, case-insensitively: the audit record says what the daemon ran."""
+    body = (
+        b'{"Image": "busybox", "HostConfig": {"Binds": ["/srv/x:/a:ro"], "binds": ["/srv/x:/a"],'
+        b' "Privileged": false, "privileged": true}}'
+    )
+    details = body_details("ContainerCreate", body, False)
+    assert details == {"image": "busybox", "binds": ["/srv/x:/a"], "privileged": True}
+    text, _ = learn([create(**details)], tmp_path)
+    assert "{path: /srv/x, read_only: false}" in text
