@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -74,6 +76,16 @@ def test_an_image_name_with_wildcards_is_not_learned_as_a_pattern(
     seen = create(image="busybox:1.36")
     bogus = {**create(image=image), "status": 400}
     _, policies = learn([seen, bogus], tmp_path)
+    if image == "*.*/*":
+        validate = [sys.executable, "-m", "dockgate", "policy", "validate"]
+        proc = subprocess.run(
+            [*validate, str(tmp_path / "learned.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     assert allowed(policies, create(image="busybox:1.36"))  # what the session ran
     never = "ghcr.io/evil/miner:1" if "." in image else "docker.io/library/ubuntu:24.04"
     if image == "[a-z]*/*":
@@ -270,3 +282,15 @@ def test_go_json_duplicates_are_learned_as_the_daemon_reads_them(tmp_path: pathl
     assert details == {"image": "busybox", "binds": ["/srv/x:/a"], "privileged": True}
     text, _ = learn([create(**details)], tmp_path)
     assert "{path: /srv/x, read_only: false}" in text
+
+
+def test_identities_that_sanitize_alike_keep_their_own_policies(tmp_path: pathlib.Path) -> None:
+    ops = rec("SystemPing", "GET", "/_ping", identity="ops")
+    twin = {**create(image="busybox", privileged=True), "identity": "ops."}
+    dash = {**create(image="busybox", binds=["/:/h"]), "identity": "-ops"}
+    _, policies = learn([twin, dash, ops], tmp_path)
+    assert len({b.policy for b in policies.bindings}) == 3
+    assert not allowed(policies, {**create(image="busybox", privileged=True), "identity": "ops"})
+    assert not allowed(policies, {**create(image="busybox", binds=["/:/h"]), "identity": "ops"})
+    assert not allowed(policies, {**create(image="busybox", privileged=True), "identity": "-ops"})
+    assert allowed(policies, twin)
