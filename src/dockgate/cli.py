@@ -276,7 +276,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="AUDIT_LOG",
         help="an audit log (JSON lines); '-' for stdin; repeatable",
     )
-    learn.add_argument("--identity", default=None, metavar="NAME", help="learn only this caller")
+    learn.add_argument(
+        "--identity",
+        default=None,
+        metavar="NAME",
+        help="learn only this caller (:anonymous for callers without credentials)",
+    )
     learn.add_argument(
         "--policy",
         dest="current",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from dockgate.api.routes import OPERATIONS
 from dockgate.body.guardrails import image_repository, normalize_capability
+from dockgate.observe.audit import ELLIPSIS
 
 # Operations that make an object the client may then address by the name it gave.
 _CREATES_BY_NAME = frozenset({"ContainerCreate"})
@@ -82,6 +83,16 @@ class Caller:
             return f"{{policy: {policy}, anonymous: true}}"
         key = "certificates" if self.auth == "certificate" else "users"
         return f"{{policy: {policy}, {key}: [{_quote(self.name)}]}}"
+
+
+# What `--identity` says to learn for the callers that sent no credentials.
+ANONYMOUS_SELECTOR = ":anonymous"
+
+
+def _selected(caller: Caller, only: str) -> bool:
+    if caller.auth in ("anonymous", "none"):
+        return only == ANONYMOUS_SELECTOR
+    return caller.name == only
 
 
 def caller_of(record: Mapping[str, object]) -> Caller:
@@ -148,6 +159,7 @@ class Learned:
     created: set[str] = field(default_factory=set)  # names given to ContainerCreate
     touched: set[str] = field(default_factory=set)  # container names/IDs addressed
     unreadable_bodies: int = 0  # body_details "unparsable" / "too large to record"
+    unlearned: set[str] = field(default_factory=set)  # values seen but not learned, and why
 
 
 class Learner:
@@ -189,6 +201,12 @@ class Learner:
         ):
             _image(learned, obj, client)
         details = record.get("details")
+        status = record.get("status")
+        if not (isinstance(status, int) and status < 400):
+            # The daemon refused it (or it never ended): what its body asked for was not done,
+            # so it widens no guardrail (the operation itself is learned: clients rely on
+            # answers such as an inspect's 404).
+            details = None
         if isinstance(details, dict):
             if "body" in details:
                 learned.unreadable_bodies += 1
@@ -200,12 +218,14 @@ class Learner:
                 _service(learned, details, client)
 
     def document(self, only: str | None = None, sources: Iterable[str] = ()) -> str:
-        """The policy file, YAML. `only`: just the callers of that identity name. Raises
-        LearnError when there is nothing to write."""
+        """The policy file, YAML. `only`: just the callers of that identity name, who logged
+        in (a user, token or certificate; callers without credentials are named by
+        ANONYMOUS_SELECTOR only: a user may well be called "anonymous"). Raises LearnError
+        when there is nothing to write."""
         chosen = [
             learned
             for caller, learned in sorted(self.callers.items())
-            if only is None or caller.name == only
+            if only is None or _selected(caller, only)
         ]
         if not chosen:
             raise LearnError(
@@ -272,6 +292,9 @@ def _policy_names(callers: list[Caller]) -> dict[Caller, str]:
 
 # ----- bodies -----------------------------------------------------------------------------------
 
+# What `images:` entries match as patterns (guardrails.py, fnmatch): never learned from a name.
+_PATTERN_CHARACTERS = frozenset("*?[]")
+
 
 def _strings(value: object) -> Iterator[str]:
     if isinstance(value, list):
@@ -279,6 +302,10 @@ def _strings(value: object) -> Iterator[str]:
 
 
 def _image(learned: Learned, reference: str, client: str) -> None:
+    if _PATTERN_CHARACTERS.intersection(reference):
+        # No image reference holds these; in `images:` they would be a pattern (fnmatch).
+        learned.unlearned.add(f"image {reference}")
+        return
     repository = image_repository(reference)
     if repository is None:
         # By image ID: its repository cannot be told, and `images` refuses it (guardrails.py).
@@ -294,7 +321,11 @@ def _host_path(learned: Learned, path: str, read_only: bool, client: str) -> Non
 
 
 def _bind(learned: Learned, bind: str, client: str) -> None:
-    """`SRC:DST[:OPTIONS]`; a source that is not absolute is a named volume."""
+    """`SRC:DST[:OPTIONS]`; a source that is not absolute is a named volume. A bind the
+    audit log cut short (its `:ro` may be what was cut) is not learned."""
+    if bind.endswith(ELLIPSIS):
+        learned.unlearned.add(f"bind {bind[:80]}")
+        return
     parts = bind.split(":")
     if len(parts) < 2 or not parts[0].startswith("/"):
         return
@@ -369,6 +400,10 @@ def _policy_lines(name: str, learned: Learned) -> list[str]:
     who = learned.caller
     out.append(f"    # identity {_comment_text(who.name)} ({who.auth}): {_total(learned)} requests")
     out.append("    # mode: warn        # first run it in warn mode (docs/rollout.md)")
+    for value in sorted(learned.unlearned)[:_MAX_CLIENTS_SHOWN]:
+        out.append(
+            f"    # not learned: {_comment_text(value)} (a pattern, or cut by the audit log)"
+        )
     if not learned.writes:
         out.append("    read_only: true    # only reads were seen")
     out += _ownership_lines(learned)
@@ -419,9 +454,14 @@ def _guardrail_lines(learned: Learned) -> list[str]:
         out.append("      privileged: false")
     out += _usage_list("capabilities", learned.capabilities, "")
     if learned.devices:
+        # `devices` opens every device or none: one harmless device (/dev/null) must not open
+        # the host's disks. Left to the operator.
         seen = ", ".join(_comment_text(d) for d in sorted(learned.devices))
         count = sum(u.count for u in learned.devices.values())
-        out.append(f"      devices: true    # {count} creates asked for {seen}")
+        out.append(
+            f"      devices: false    # {count} creates asked for {seen}: `devices: true` "
+            "would open every device of the host; set it yourself if they need it"
+        )
     else:
         out.append("      devices: false")
     if learned.host_paths:

@@ -38,6 +38,11 @@ from dockgate.refusal import Refusal
 # Not decided from what the log holds (counted apart, never as allowed or denied).
 LOOKUP = "decided by a look-up in the daemon (ownership, a named volume's options)"
 NO_BODY = "its body is judged, and the audit log does not record it"
+PARTIAL_BODY = (
+    "its body passes on the fields the audit log records (image, privileged, binds, mounts, "
+    "capabilities, devices, namespaces); the others (security options, sysctls, limits, ...) "
+    "are not recorded"
+)
 _NAMESPACE_FIELDS = {
     "network": "NetworkMode",
     "pid": "PidMode",
@@ -211,6 +216,7 @@ def _decide(
                 return judged
             if step.allowed.verdict.would_deny is not None:
                 return step.allowed.verdict.would_deny
-            return LOOKUP if judged.needs_daemon else None
+            # Rebuilt from the recorded fields only: passing them is not the gateway's allow.
+            return LOOKUP if judged.needs_daemon else PARTIAL_BODY
         assert isinstance(step, Forward)
         return step.allowed.verdict.would_deny
