@@ -76,6 +76,7 @@ from support.inprocess import (
     request,
 )
 from support.pki import Client, issue, make_ca, make_pki, replace
+from support.rawhttp import read_answer
 from support.remote import basic_header, write_htpasswd
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,29 +92,6 @@ PING_ONLY = "policies:\n  p:\n    rules:\n      - allow: {sections: [ping, versi
 def fake() -> Iterator[FakeUpstream]:
     with FakeUpstream() as f:
         yield f
-
-
-def _answer(sock: socket.socket, timeout: float = 5) -> tuple[int, bytes, bytes]:
-    """One answer with a Content-Length body (status, head, body)."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        got = sock.recv(65536)
-        if not got:
-            raise EOFError(data)
-        data += got
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(rest) < length:
-        got = sock.recv(65536)
-        if not got:
-            raise EOFError(data)
-        rest += got
-    return int(head.split(b" ")[1]), head, rest
 
 
 def _rss_kib(pid: int) -> int:
@@ -144,7 +122,7 @@ def test_an_idle_connection_keeps_no_large_refused_head(
         for _ in range(20):  # warm the process up (imports, caches) before measuring
             with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
                 c.sendall(b"GET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
-                _answer(c)
+                read_answer(c)
         time.sleep(0.3)
         before = _rss_kib(g.pid)
         for i in range(IDLE_CONNECTIONS):
@@ -154,7 +132,7 @@ def test_an_idle_connection_keeps_no_large_refused_head(
             c.sendall(
                 f"GET /v1.41/containers/json?x={query} HTTP/1.1\r\nHost: docker\r\n\r\n".encode()
             )
-            assert _answer(c)[0] == 403
+            assert read_answer(c)[0] == 403
         time.sleep(0.3)
         grown = _rss_kib(g.pid) - before
     finally:
@@ -177,7 +155,7 @@ def _statuses(sock: socket.socket, request: bytes, times: int) -> list[int]:
     out = []
     for _ in range(times):
         sock.sendall(request)
-        out.append(_answer(sock)[0])
+        out.append(read_answer(sock)[0])
     return out
 
 
@@ -621,7 +599,7 @@ def test_repeats_are_logged_and_counted_as_before(
                         c.settimeout(5)
                         assert c.recv(65536).startswith(b"HTTP/1.1 200 ")
                     else:
-                        _answer(c)
+                        read_answer(c)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{g.admin_port()}/metrics").read()
     finally:
         g.stop()

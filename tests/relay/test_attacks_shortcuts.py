@@ -22,6 +22,7 @@ import pytest
 from support.fake_upstream import Exchange, FakeUpstream
 from support.gateway import Gateway
 from support.pki import Client, Pki, issue, make_pki
+from support.rawhttp import read_answer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,29 +34,6 @@ DENY = "policies:\n  p:\n    rules:\n      - allow: {sections: [ping, version]}\
 def fake() -> Iterator[FakeUpstream]:
     with FakeUpstream() as f:
         yield f
-
-
-def _answer(sock: socket.socket, timeout: float = 5) -> tuple[int, bytes, bytes]:
-    """One answer with a Content-Length body (status, head, body)."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        got = sock.recv(65536)
-        if not got:
-            raise EOFError(data)
-        data += got
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(rest) < length:
-        got = sock.recv(65536)
-        if not got:
-            raise EOFError(data)
-        rest += got
-    return int(head.split(b" ")[1]), head, rest
 
 
 def _settle(sock: socket.socket, wait: float = 0.5) -> bytes:
@@ -88,13 +66,13 @@ def test_a_reused_plan_does_not_outlive_a_policy_reload(
         with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
             for _ in range(2):
                 c.sendall(request)
-                assert _answer(c)[0] == 200
+                assert read_answer(c)[0] == 200
             policy.write_text(DENY)
             g.signal(signal.SIGHUP)
             time.sleep(1.5)
             before = len(fake.requests_for("/v1.41/containers/json"))
             c.sendall(request)
-            status, _, _ = _answer(c)
+            status, _, _ = read_answer(c)
         assert status == 403
         assert len(fake.requests_for("/v1.41/containers/json")) == before
     finally:
@@ -197,7 +175,7 @@ def test_a_repeated_request_around_a_loop_is_refused_every_time(tmp_path: pathli
             statuses = []
             for _ in range(3):
                 c.sendall(request)
-                statuses.append(_answer(c)[0])
+                statuses.append(read_answer(c)[0])
             assert _settle(c) == b""
         assert statuses == [508, 508, 508]
     finally:

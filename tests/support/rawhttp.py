@@ -135,3 +135,26 @@ def dechunk(data: bytes) -> bytes:
         out += rest[:size]
         data = rest[size + 2 :]
     return out
+
+
+def read_answer(sock: socket.socket, timeout: float = 5) -> tuple[int, bytes, bytes]:
+    """One answer with a Content-Length body, read from a plain socket: (status, head, body)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        got = sock.recv(65536)
+        if not got:
+            raise EOFError(data)
+        data += got
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        got = sock.recv(65536)
+        if not got:
+            raise EOFError(data)
+        rest += got
+    return int(head.split(b" ")[1]), head, rest
