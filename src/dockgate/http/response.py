@@ -96,37 +96,6 @@ class _ChunkTracker:
             raise UpstreamError("the daemon sent bytes after the end of a chunked response")
 
 
-class ChunkedDecoder(_ChunkTracker):
-    """A chunked body decoded: the bytes its chunks carry, read by read (sans-IO).
-
-    For the shared event streams (relay/eventfeed.py), which frame what they relay anew for each
-    client that joins; everything else relays the daemon's framing as it is (`ResponseReader`).
-    """
-
-    __slots__ = ("_parts",)
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        super().__init__()
-
-    def on_body(self, body: bytes) -> None:
-        self._parts.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-    def feed(self, data: bytes) -> bytes:
-        """What the chunks in `data` carry (b"" for framing alone); `complete` once the last
-        chunk is read. UpstreamError for broken framing or bytes after the end."""
-        self.track(data)
-        parts = self._parts
-        if not parts:
-            return b""
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        parts.clear()
-        return data
-
-
 class ResponseReader:
     """Reads one response (after any 1xx) to a request made with `method`."""
 

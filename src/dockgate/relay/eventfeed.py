@@ -39,10 +39,10 @@ import time
 from typing import Protocol
 from urllib.parse import unquote_plus
 
-from dockgate.http.errors import GatewayError, UpstreamError
+from dockgate.http.chunked import ChunkedDecoder
+from dockgate.http.errors import ClientProtocolError, GatewayError, UpstreamError
 from dockgate.http.request import RequestHead
 from dockgate.http.response import (
-    ChunkedDecoder,
     EndOfResponse,
     Framing,
     ResponseHead,
@@ -229,7 +229,7 @@ class EventFeed:
         phase = self.phase
         if phase is FeedPhase.STREAMING:
             try:
-                events = self._decoder.feed(data)
+                events = self._decode(data)
             except UpstreamError as exc:
                 self.upstream_lost(exc)
                 return
@@ -282,15 +282,26 @@ class EventFeed:
             if owner is not None:
                 owner.upstream_data(self.head)
         try:
-            events = self._decoder.feed(rest) if rest else b""
+            events = self._decode(rest) if rest else b""
         except UpstreamError as exc:
             self.upstream_lost(exc)
             return
         self._relay(events)
 
+    def _decode(self, data: bytes) -> bytes:
+        """What the chunks in `data` carry (the strict decoder request bodies are read with,
+        http/chunked.py); UpstreamError for broken framing or bytes after the last chunk."""
+        try:
+            pieces, leftover = self._decoder.feed(data)
+        except ClientProtocolError as exc:
+            raise UpstreamError(f"the daemon sent invalid chunked framing: {exc.message}") from exc
+        if leftover:
+            raise UpstreamError("the daemon sent bytes after the end of a chunked response")
+        return b"".join(pieces)
+
     def _relay(self, events: bytes) -> None:
         """Events the daemon sent (a read's worth, or b""), to every member, in one chunk."""
-        complete = self._decoder.complete
+        complete = self._decoder.done
         # Members from this read on that must not get it whole: joiners that start inside it.
         partial = self._start_joining(events) if self.joining and events else []
         chunk = b"%x\r\n%b\r\n" % (len(events), events) if events else b""
