@@ -16,6 +16,7 @@ from dockgate.http.errors import ClientProtocolError
 from dockgate.policy.browser import BrowserGuard
 from dockgate.policy.denials import denial_message
 from dockgate.policy.rules import Policy, PolicySet
+from dockgate.policy.scopes import Scope
 from dockgate.refusal import Refusal
 
 # The only operations whose connection may switch protocols (moby: attach and exec start
@@ -41,6 +42,9 @@ class Verdict:
     # In warn or audit mode (policy/modes.py): what enforce would have answered, while the
     # request goes on (`refusal` is then None). None: nothing would have been refused.
     would_deny: Refusal | None = None
+    # Allowed only on the objects the matching rules' `objects:` cover (policy/scopes.py);
+    # None: every object.
+    scope: Scope | None = None
 
     @property
     def allowed(self) -> bool:
@@ -175,7 +179,14 @@ class Gatekeeper:
             policy = self.policies.active
         decision = policy.decide(method, match, target.path)
         if decision.allowed:
-            return Verdict(operation, decision.label, match, decision.policy, decision.reason)
+            return Verdict(
+                operation,
+                decision.label,
+                match,
+                decision.policy,
+                decision.reason,
+                scope=decision.scope,
+            )
         subject = operation if match is not None else f"unknown operation {method} {target.path}"
         # Saying what would allow it: the variables, or the rule and the policy (policy/denials.py).
         message = denial_message(

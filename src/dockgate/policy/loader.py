@@ -50,6 +50,7 @@ from dockgate.policy.rules import (
     Rule,
     compile_path_pattern,
 )
+from dockgate.policy.scopes import ObjectScope, compile_pattern, scopable
 
 Location = tuple[str | int, ...]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -86,12 +87,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ObjectsSpec(_Strict):
+    """`objects:` of an allow rule (policy/scopes.py): the existing objects it covers."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    names: list[str] | None = None
+    stacks: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> ObjectsSpec:
+        if not self.labels and self.names is None and self.stacks is None:
+            raise ValueError("'objects:' needs at least one of labels, names, stacks")
+        for field_name in ("names", "stacks"):
+            value = getattr(self, field_name)
+            if value is not None and not value:
+                raise ValueError(f"'{field_name}' is empty; leave it out to match any")
+        if any(not key for key in self.labels):
+            raise ValueError("a label key is empty")
+        return self
+
+
 class MatchSpec(_Strict):
     sections: list[str] | None = None
     operations: list[str] | None = None
     methods: list[str] | None = None
     paths: list[str] | None = None
     unknown: StrictBool = False
+    objects: ObjectsSpec | None = None
 
     @model_validator(mode="after")
     def _meaningful(self) -> MatchSpec:
@@ -114,6 +136,8 @@ class MatchSpec(_Strict):
             value = getattr(self, field_name)
             if value is not None and not value:
                 raise ValueError(f"'{field_name}' is empty; leave it out to match any")
+        if self.objects is not None and self.sections is None and self.operations is None:
+            raise ValueError("'objects:' narrows a rule's sections or operations: give them")
         return self
 
 
@@ -125,6 +149,11 @@ class RuleSpec(_Strict):
     def _one_effect(self) -> RuleSpec:
         if (self.allow is None) == (self.deny is None):
             raise ValueError("a rule is exactly one of 'allow:' or 'deny:'")
+        if self.deny is not None and self.deny.objects is not None:
+            raise ValueError(
+                "'objects:' is for allow rules only: keep objects out of the allow rules' "
+                "scopes instead (a deny looks nothing up)"
+            )
         return self
 
 
@@ -949,7 +978,35 @@ def _compile_matcher(spec: MatchSpec, loc: Location, fail: Any) -> Matcher:
             except PatternError as exc:
                 raise fail((*loc, "paths", i), str(exc)) from None
         paths = tuple(compiled)
-    return Matcher(sections, operations, methods, paths, spec.unknown)
+    objects = None
+    if spec.objects is not None:
+        objects = _compile_objects(spec.objects)
+        for i, operation in enumerate(spec.operations or ()):
+            if not scopable(OPERATIONS[operation]):
+                raise fail(
+                    (*loc, "operations", i),
+                    f"{operation} is not about objects 'objects:' can cover (containers, "
+                    "exec instances, services, tasks, networks, volumes, secrets, configs): "
+                    "allow it in a rule of its own",
+                )
+    return Matcher(sections, operations, methods, paths, spec.unknown, objects)
+
+
+def _compile_objects(spec: ObjectsSpec) -> ObjectScope:
+    """A rule's `objects:` (policy/scopes.py); its text is how explanations show it."""
+    text = []
+    if spec.labels:
+        text.append("labels=" + ",".join(f"{k}={v}" for k, v in spec.labels.items()))
+    if spec.names is not None:
+        text.append("names=" + ",".join(spec.names))
+    if spec.stacks is not None:
+        text.append("stacks=" + ",".join(spec.stacks))
+    return ObjectScope(
+        labels=tuple((key, compile_pattern(value)) for key, value in spec.labels.items()),
+        names=None if spec.names is None else tuple(compile_pattern(n) for n in spec.names),
+        stacks=None if spec.stacks is None else frozenset(spec.stacks),
+        text=" ".join(text),
+    )
 
 
 def _suggest(name: str) -> str | None:

@@ -27,6 +27,7 @@ from dockgate.body.redact import Redaction
 from dockgate.caching import remember
 from dockgate.policy.limits import Limits
 from dockgate.policy.modes import startup_warnings
+from dockgate.policy.scopes import ObjectScope, Scope, scopable
 
 ALLOW = "allow"
 DENY = "deny"
@@ -72,6 +73,9 @@ class Matcher:
     methods: frozenset[str] | None = None
     paths: tuple[re.Pattern[str], ...] | None = None
     unknown: bool = False  # matches only requests the route table cannot place
+    # Allow rules only: the existing objects the rule covers (policy/scopes.py); such a rule
+    # matches only operations about objects a scope can cover.
+    objects: ObjectScope | None = None
 
     def static_match(self, operation: Operation | None, method: str) -> bool:
         """Whether the conditions that do not depend on the concrete path hold."""
@@ -80,6 +84,8 @@ class Matcher:
         if operation is None:
             return self.unknown
         if self.unknown:
+            return False
+        if self.objects is not None and not scopable(operation):
             return False
         sections = self.sections
         if sections is not None and "*" not in sections and operation.section not in sections:
@@ -107,6 +113,9 @@ class Decision:
     policy: str
     rule: int | None  # the deciding rule, None for read-only and default deny
     reason: str  # "rule 3", "read-only", "no rule allows it"
+    # Allowed only on the objects these rules cover (policy/scopes.py): every matching allow
+    # rule had `objects:`. None: on every object.
+    scope: Scope | None = None
 
     def denial_message(self, operation: str) -> str:
         return f"dockgate: {operation} denied by policy {self.policy} ({self.reason})"
@@ -173,16 +182,24 @@ class Policy:
         return candidates
 
     def _walk(self, candidates: Iterable[Rule], path: str) -> Decision:
-        first_allow: Rule | None = None
+        first_allow: Rule | None = None  # the first allow rule without `objects:`
+        scoped: list[tuple[int, ObjectScope]] = []  # the allow rules with `objects:`
         for rule in candidates:
             if not rule.matcher.path_match(path):
                 continue
             if rule.effect == DENY:
                 return Decision(False, self.name, rule.number, f"rule {rule.number}")
-            if first_allow is None:
+            objects = rule.matcher.objects
+            if objects is not None:
+                scoped.append((rule.number, objects))
+            elif first_allow is None:
                 first_allow = rule
         if first_allow is not None:
+            # A rule covering every object makes the scoped ones moot (they are alternatives).
             return Decision(True, self.name, first_allow.number, f"rule {first_allow.number}")
+        if scoped:
+            number = scoped[0][0]
+            return Decision(True, self.name, number, f"rule {number}", Scope(tuple(scoped)))
         return Decision(False, self.name, None, "no rule allows it")
 
     def explain(self, method: str, match: RouteMatch | None, path: str) -> list[tuple[Rule, bool]]:
