@@ -31,6 +31,7 @@ from dockgate.body.content import (
     ignored_body_refusal,
     judge_head,
 )
+from dockgate.body.defaults import DEFAULTED, describe, inject, rejudged
 from dockgate.body.guardrails import (
     BODY_CHECKED,
     CHECKED_BODY_LIMIT,
@@ -85,6 +86,9 @@ class Allowed:
     verdict: Verdict  # allowed: the operation, its route match, the deciding policy's name
     policy: Policy | None  # the bound policy (None only for an unbound, ungated gateway)
     owner: str | None  # ownership mode: the caller's owner label value; None: owns nothing
+    # What the policy's defaults put into the create's body (body/defaults.py), for the audit
+    # record; in audit mode what they would have put (nothing is written). None: nothing.
+    injected: Mapping[str, object] | None = None
 
     @property
     def operation(self) -> str:
@@ -345,6 +349,9 @@ def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None
     guardrails = policy.guardrails if policy is not None else None
     if allowed.owner is not None and (operation in OWNED_CREATES or operation in REFERENCING):
         return hold_body(head, allowed, guardrails, trace)
+    if policy is not None and policy.defaults is not None and operation in DEFAULTED:
+        # The policy's defaults are written into the body: held whole, guardrails or not.
+        return hold_body(head, allowed, guardrails, trace)
     if guardrails is not None:
         if operation in QUERY_CHECKED:
             try:
@@ -454,6 +461,10 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         # nothing and makes no volume for the caller: relay/steps.py _check_references)
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
+    defaulted = _with_defaults(hold, allowed, body, trace)
+    if isinstance(defaulted, Refusal):
+        return defaulted
+    body, allowed = defaulted
     judged = JudgedBody(
         body,
         volumes,
@@ -468,6 +479,43 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     if waived is None:
         return later
     return JudgedBody(body, [], named, check_image=False, allowed=waived)
+
+
+def _with_defaults(
+    hold: HoldBody, allowed: Allowed, body: bytes, trace: Trace | None
+) -> Refusal | tuple[bytes, Allowed]:
+    """The judged body with the policy's defaults written last (body/defaults.py), and the
+    facts carrying what was written. Audit mode writes nothing and records what it would have
+    written (modes.py: the request reaches the daemon as it came). The body with its defaults
+    is judged again by the guardrails (the policy file's checks make that finding impossible:
+    policy/defaultspec.py); a finding is the gateway's refusal, in every mode."""
+    policy = allowed.policy
+    defaults = policy.defaults if policy is not None else None
+    operation = allowed.operation
+    if defaults is None or operation not in DEFAULTED:
+        return body, allowed
+    try:
+        written, injected = inject(defaults, operation, body)
+    except (ValueError, RecursionError) as exc:
+        message = f"dockgate: {operation}: {unreadable(exc)}"
+        return Refusal(400, message, "defaults", "defaults: unreadable body")
+    if not injected:
+        if trace is not None:
+            trace.append(("defaults", "nothing to add: the body sets them all"))
+        return body, allowed
+    allowed = replace(allowed, injected=injected)
+    if allowed.mode == AUDIT:
+        if trace is not None:
+            trace.append(("defaults", f"audit mode: would add {describe(injected)}"))
+        return body, allowed
+    if hold.guardrails is not None and allowed.verdict.would_deny is None:
+        problem = rejudged(hold.guardrails, operation, written)
+        if problem is not None:
+            message = f"dockgate: {operation}: the policy's defaults do not pass its guardrails: "
+            return Refusal(500, message + problem, "defaults", "defaults: guardrails")
+    if trace is not None:
+        trace.append(("defaults", f"added {describe(injected)}"))
+    return written, allowed
 
 
 def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | None:
