@@ -2,8 +2,10 @@
 services inspected on the daemon directly (and, where it tells, from inside the container).
 
 One gateway per module in front of the session's daemon, its one policy with every default and
-the safe guardrails; an audit log. The services run on a single-node swarm of their own (a
-private daemon in a network namespace: support/netns.py, as the Swarm presets' tests).
+guardrails that require a memory and CPU limit, a team label and no-new-privileges, which a
+caller that sets none of them meets through the defaults; an audit log. The services run on a
+single-node swarm of their own (a private daemon in a network namespace: support/netns.py, as
+the Swarm presets' tests).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ policies:
   web:
     rules:
       - allow: {{sections: ["*"]}}
+    guardrails:
+      max_memory: 1g
+      max_cpus: 2
+      required_labels: {{com.example.team: "*"}}
+      require_no_new_privileges: true
     defaults:
       labels: {{com.example.team: web, com.example.tier: default}}
       force_labels: {{com.example.managed: dockgate}}
@@ -184,6 +191,27 @@ def test_callers_own_limits_labels_and_log_driver_are_kept(
     assert host["PidsLimit"] == 10
     log = host["LogConfig"]
     assert isinstance(log, dict) and log["Type"] == "local"
+
+
+def test_a_callers_own_limit_over_the_guardrails_is_refused_not_lowered(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    cleanup: Cleanup,
+    gated: tuple[Gateway, pathlib.Path, pathlib.Path],
+) -> None:
+    """A caller's own memory limit above `max_memory` is kept by the defaults, so the guardrails
+    refuse the create with their message, and no container is made."""
+    gateway, _, config = gated
+    name = cleanup.container(f"dgt-defaults-over-{uuid.uuid4().hex[:8]}")
+    proc = docker_through(
+        gateway, config, "create", "--name", name, "-m", "2g", busybox_image, "true"
+    )
+    assert proc.returncode != 0
+    assert (
+        "dockgate: ContainerCreate denied by policy web: a memory limit of at most 1073741824 "
+        "bytes is required"
+    ) in proc.stderr.decode()
+    assert daemon.docker("container", "inspect", name, check=False).returncode != 0
 
 
 @pytest.mark.parametrize("spelling", OFF_SPELLINGS)

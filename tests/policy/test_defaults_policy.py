@@ -159,3 +159,43 @@ def test_the_owner_label_survives_the_defaults() -> None:
     result, _ = judged(policies, BODY, Identity("alice", BASIC))
     assert isinstance(result, JudgedBody)
     assert labels_of(result.body) == {OWNER_LABEL: "user:alice", "team": "web"}
+
+
+GUARDED = (
+    "    guardrails:\n"
+    "      max_memory: 128m\n"
+    "      required_labels: {team: '*'}\n"
+    "      require_no_new_privileges: true\n"
+)
+
+
+def test_the_guardrails_judge_the_body_with_its_defaults() -> None:
+    """A caller that sets no memory limit, no required label and no no-new-privileges passes
+    guardrails that require them when the defaults give them: what is judged is what runs."""
+    policies = parse_policy_text(policy_file(DEFAULTS, GUARDED), "p.yaml")
+    result, trace = judged(policies, BODY)
+    assert isinstance(result, JudgedBody)
+    assert ("guardrails", "body accepted") in trace
+    assert labels_of(result.body) == {"team": "web"}
+
+
+def test_a_callers_own_value_is_still_judged_as_it_came() -> None:
+    """A caller's own limit above the maximum is kept by the defaults, so refused; a caller's
+    no-new-privileges=false is taken out before the guardrails see it."""
+    policies = parse_policy_text(policy_file(DEFAULTS, GUARDED), "p.yaml")
+    over = json.dumps({"Image": "busybox", "HostConfig": {"Memory": 256 * MIB}}).encode()
+    result, _ = judged(policies, over)
+    assert isinstance(result, Refusal) and result.status == 403
+    assert "a memory limit of at most 134217728 bytes is required" in result.message
+    off = {"Image": "busybox", "HostConfig": {"SecurityOpt": ["no-new-privileges=false"]}}
+    passed, _ = judged(policies, json.dumps(off).encode())
+    assert isinstance(passed, JudgedBody)
+
+
+def test_audit_mode_judges_with_the_defaults_but_forwards_the_body_as_it_came() -> None:
+    """What audit mode records is what enforce would decide (the defaults judged with the
+    body), while nothing is written."""
+    policies = parse_policy_text(policy_file(DEFAULTS, GUARDED + "    mode: audit\n"), "p.yaml")
+    result, _ = judged(policies, BODY)
+    assert isinstance(result, JudgedBody)
+    assert result.body == BODY and result.allowed.verdict.would_deny is None

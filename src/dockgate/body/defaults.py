@@ -88,6 +88,33 @@ class Defaults:
     force_log_driver: bool = False
 
     @property
+    def judged_part(self) -> Defaults:
+        """What is written BEFORE the guardrails judge the body: labels, limits and
+        no-new-privileges, fields a caller may set itself, so the guardrails judge the values
+        that will run (a default memory meets `max_memory`, a default label
+        `required_labels`), and the bytes judged are the bytes forwarded."""
+        return Defaults(
+            labels=self.labels,
+            force_labels=self.force_labels,
+            memory=self.memory,
+            nano_cpus=self.nano_cpus,
+            pids=self.pids,
+            no_new_privileges=self.no_new_privileges,
+        )
+
+    @property
+    def operator_part(self) -> Defaults:
+        """What is written AFTER the guardrails judged the body: the cgroup parent and the log
+        driver, the operator's own values for fields the field table refuses to callers
+        (`CgroupParent`; log drivers that send to an address)."""
+        return Defaults(
+            cgroup_parent=self.cgroup_parent,
+            log_driver=self.log_driver,
+            log_options=self.log_options,
+            force_log_driver=self.force_log_driver,
+        )
+
+    @property
     def active(self) -> bool:
         return bool(
             self.labels
