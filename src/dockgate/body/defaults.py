@@ -43,11 +43,13 @@ What counts as "set" (the default is written only where it is not, except where 
   `LogDriver.Name`), with `log_options` in place of any options the body gave the daemon's
   default driver; `force_log_driver` writes it over the body's own driver too.
 
-Nothing here can make a body ask for more than the judged one did: labels and limits are
-added, `no-new-privileges` only ever turned on, and the log driver and cgroup parent are the
-operator's own values, checked when the policy is loaded against its guardrails
-(policy/defaultspec.py). `rejudged` runs the guardrails' checks again on the body as it goes
-to the daemon all the same (policy/plan.judge_body).
+Two parts are written at two moments (policy/plan.judge_body): `judged_part` (labels, limits,
+no-new-privileges: fields callers may set) before the guardrails judge the body, so that they
+judge what will run; `operator_part` (cgroup parent, log driver: the operator's own values for
+fields the field table refuses to callers) after, and the body is then judged again
+(`rejudged`). Nothing here can make a body ask for more than the caller's did: labels and
+limits are added, `no-new-privileges` only ever turned on, and the values are checked when the
+policy is loaded against its guardrails (policy/defaultspec.py).
 """
 
 from __future__ import annotations
