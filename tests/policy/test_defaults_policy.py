@@ -18,6 +18,7 @@ from dockgate.policy.loader import PolicyError, parse_policy_text
 from dockgate.policy.plan import HoldBody, JudgedBody, Trace, judge_body, plan_request
 from dockgate.policy.rules import PolicySet
 from dockgate.refusal import Refusal
+from dockgate.startup.doctor import policy_facts
 
 MIB = 1024 * 1024
 
@@ -199,3 +200,11 @@ def test_audit_mode_judges_with_the_defaults_but_forwards_the_body_as_it_came() 
     result, _ = judged(policies, BODY)
     assert isinstance(result, JudgedBody)
     assert result.body == BODY and result.allowed.verdict.would_deny is None
+
+
+def test_doctor_names_the_defaults_of_each_policy() -> None:
+    policies = parse_policy_text(policy_file(DEFAULTS), "p.yaml")
+    (row,) = policy_facts(policies, authenticated=False).rows
+    assert row.defaults == "labels team=web; memory 67108864; no new privileges true"
+    plain = parse_policy_text("policies:\n  p:\n    rules: [{allow: {sections: ['*']}}]\n", "p")
+    assert policy_facts(plain, authenticated=False).rows[0].defaults == ""

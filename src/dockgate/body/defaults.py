@@ -116,6 +116,23 @@ class Defaults:
             force_log_driver=self.force_log_driver,
         )
 
+    def summary(self) -> Injected:
+        """What is set, as `inject` records it (for `dockgate doctor`)."""
+        found: Injected = {}
+        for key in ("labels", "force_labels", "log_options"):
+            value = getattr(self, key)
+            if value:
+                found[key] = dict(value)
+        for key in ("memory", "nano_cpus", "pids", "cgroup_parent", "log_driver"):
+            value = getattr(self, key)
+            if value:
+                found[key] = value
+        if self.no_new_privileges:
+            found["no_new_privileges"] = True
+        if self.force_log_driver:
+            found["force_log_driver"] = True
+        return found
+
     @property
     def active(self) -> bool:
         return bool(
