@@ -43,6 +43,7 @@ from dockgate.policy.plan import (
     Step,
     Trace,
     answer_handling,
+    body_judged,
     judge_body,
     judge_drained,
     plan_admitted,
@@ -319,7 +320,9 @@ def _explain_guardrails(out: list[str], hold: HoldBody, body: bytes) -> None:
         return
     query = hold.head.target.partition("?")[2]
     operation = hold.allowed.operation
-    found = explain_request(guardrails, operation, query, body, hold.allowed.params)
+    # (with the policy's defaults that are judged with it: plan.body_judged)
+    judged = body_judged(hold, body)[0]
+    found = explain_request(guardrails, operation, query, judged, hold.allowed.params)
     out.extend(_guardrail_lines(found))
 
 

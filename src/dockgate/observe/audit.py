@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 from dockgate.api.routes import RouteMatch
 from dockgate.body.gojson import MISSING, GoObject, Struct, parse, scalar, slice_, struct
@@ -78,6 +79,10 @@ class AuditRecord:
     # The request's User-Agent (first USER_AGENT_CHARS characters), for `dockgate learn`;
     # None without one.
     user_agent: str | None = None
+    # A policy's defaults (body/defaults.py): what was written into the create's body, or in
+    # audit mode what would have been ({"labels": {...}, "memory": N, ...}); None: nothing.
+    injected: Details | None = None
+    would_inject: Details | None = None
 
 
 # ----- rendering --------------------------------------------------------------------------------
@@ -152,6 +157,10 @@ def render(record: AuditRecord) -> str:
         fields["would_hide"] = record.would_hide
     if record.user_agent is not None:
         fields["user_agent"] = record.user_agent
+    if record.injected:
+        fields["injected"] = record.injected
+    if record.would_inject:
+        fields["would_inject"] = record.would_inject
     return json.dumps(_bounded(fields, -1), ensure_ascii=True, separators=(",", ":"))
 
 
@@ -404,3 +413,20 @@ def audit_details(
     if registry_auth:
         details = {**(details or {}), "registry_auth": True}
     return details
+
+
+class _Injection(Protocol):
+    @property
+    def injected(self) -> Mapping[str, object] | None: ...
+    @property
+    def mode(self) -> str: ...
+
+
+def injected_fields(allowed: _Injection | None) -> dict[str, Details | None]:
+    """The record's `injected` (or, in audit mode, `would_inject`) from an allowed request's
+    facts (policy/plan.Allowed); nothing for a refused request."""
+    if allowed is None or not allowed.injected:
+        return {}
+    details = _bounded(dict(allowed.injected))
+    assert isinstance(details, dict)
+    return {"would_inject" if allowed.mode == "audit" else "injected": details}

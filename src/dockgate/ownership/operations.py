@@ -198,9 +198,19 @@ def with_owner_label(body: bytes, operation: str, owner: str) -> bytes:
         # dropped the field and always check (daemon/libnetwork/controller.go NewNetwork);
         # Go ignores the unknown key there.
         addition += b',"CheckDuplicate":true'
+    return with_members_last(text, addition)
+
+
+def with_members_last(body: bytes, members: bytes) -> bytes:
+    """A body that is one JSON object (checked by the caller) with `members` (`"Key":value`
+    pairs, comma-separated) written after all of its own: Go's decoder applies every key in
+    order, so these win over whatever the client wrote (a map merges key by key, a struct field
+    by field, a slice or a scalar is replaced). Used for the owner label and for a policy's
+    defaults (body/defaults.py)."""
+    text = body.rstrip(b" \t\r\n")
     inner = text[:-1].rstrip(b" \t\r\n")
     separator = b"" if inner.endswith(b"{") else b","
-    return inner + separator + addition + b"}"
+    return inner + separator + members + b"}"
 
 
 def with_build_label(raw_target: str, owner: str) -> str:

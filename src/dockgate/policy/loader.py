@@ -37,6 +37,7 @@ from dockgate.body.redact import Redaction
 from dockgate.body.volumeopts import NETWORK_TYPES
 from dockgate.files import read_config_text
 from dockgate.ownership.owners import OWNER_NAME, parse_identity
+from dockgate.policy.defaultspec import DefaultsSpec, compile_defaults
 from dockgate.policy.limits import Limits
 from dockgate.policy.presetfiles import preset_names, read_preset
 from dockgate.policy.rules import (
@@ -224,6 +225,7 @@ class PolicySpec(_Strict):
     extends: str | None = None
     mode: ModeName = "enforce"  # rollout mode (policy/modes.py)
     limits: LimitsSpec | None = None
+    defaults: DefaultsSpec | None = None  # put into creates (policy/defaultspec.py)
 
 
 class SourcesSpec(_Strict):
@@ -640,6 +642,14 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
             Redaction(redact.env, redact.mounts, redact.labels),
             policy_spec.ownership,
             limits=_compile_limits(policy_spec.limits, ("policies", name, "limits"), fail),
+            defaults=compile_defaults(
+                policy_spec.defaults,
+                ("policies", name, "defaults"),
+                fail,
+                guardrails,
+                ownership=policy_spec.ownership,
+                parse_size=parse_size,
+            ),
         )
 
     _compile_modes(spec, policies)

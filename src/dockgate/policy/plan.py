@@ -31,6 +31,7 @@ from dockgate.body.content import (
     ignored_body_refusal,
     judge_head,
 )
+from dockgate.body.defaults import DEFAULTED, Injected, describe, inject, rejudged
 from dockgate.body.guardrails import (
     BODY_CHECKED,
     CHECKED_BODY_LIMIT,
@@ -43,7 +44,7 @@ from dockgate.body.guardrails import (
 from dockgate.body.namedvolumes import MAX_NAMED_VOLUMES, to_look_up
 from dockgate.body.redact import REDACTED_OPERATIONS, REDACTED_STREAMS, Redaction, query_problem
 from dockgate.body.repeated import repeated_list
-from dockgate.body.workload import NamedVolume
+from dockgate.body.workload import BodyError, NamedVolume
 from dockgate.http.request import RequestHead, with_target
 from dockgate.ownership.answers import SCRUBBED_ANSWERS
 from dockgate.ownership.labels import foreign_owner_label
@@ -85,6 +86,9 @@ class Allowed:
     verdict: Verdict  # allowed: the operation, its route match, the deciding policy's name
     policy: Policy | None  # the bound policy (None only for an unbound, ungated gateway)
     owner: str | None  # ownership mode: the caller's owner label value; None: owns nothing
+    # What the policy's defaults put into the create's body (body/defaults.py), for the audit
+    # record; in audit mode what they would have put (nothing is written). None: nothing.
+    injected: Mapping[str, object] | None = None
 
     @property
     def operation(self) -> str:
@@ -345,6 +349,9 @@ def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None
     guardrails = policy.guardrails if policy is not None else None
     if allowed.owner is not None and (operation in OWNED_CREATES or operation in REFERENCING):
         return hold_body(head, allowed, guardrails, trace)
+    if policy is not None and policy.defaults is not None and operation in DEFAULTED:
+        # The policy's defaults are written into the body: held whole, guardrails or not.
+        return hold_body(head, allowed, guardrails, trace)
     if guardrails is not None:
         if operation in QUERY_CHECKED:
             try:
@@ -416,11 +423,17 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         check_body_cost(body)
     except BodyRefused as refused:
         return allowed.guardrail_refusal(refused)
+    # The policy's defaults that callers could set themselves, written first: judged with the
+    # body (what runs is what is judged); audit mode judges them but forwards the body as it
+    # came (modes.py).
+    judged_text, early = body_judged(hold, body)
+    if allowed.mode != AUDIT:
+        body = judged_text
     if hold.guardrails is not None:
         query = head.target.partition("?")[2]
         try:
             volumes = to_look_up(
-                check_request(hold.guardrails, operation, query, body, allowed.params)
+                check_request(hold.guardrails, operation, query, judged_text, allowed.params)
             )
             if trace is not None:
                 trace.append(("guardrails", "body accepted"))
@@ -454,6 +467,10 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         # nothing and makes no volume for the caller: relay/steps.py _check_references)
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
+    defaulted = _with_defaults(hold, allowed, body, early, trace)
+    if isinstance(defaulted, Refusal):
+        return defaulted
+    body, allowed = defaulted
     judged = JudgedBody(
         body,
         volumes,
@@ -468,6 +485,62 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     if waived is None:
         return later
     return JudgedBody(body, [], named, check_image=False, allowed=waived)
+
+
+def body_judged(hold: HoldBody, body: bytes) -> tuple[bytes, Injected | None]:
+    """The body as the guardrails judge it: with the policy's defaults that callers could set
+    themselves written last (body/defaults.py `judged_part`), and what they wrote; None when
+    the body cannot be read to write them (the guardrails then judge it as it came, and
+    refuse it; without guardrails, `_with_defaults` does)."""
+    policy = hold.allowed.policy
+    defaults = policy.defaults if policy is not None else None
+    if defaults is None or hold.allowed.operation not in DEFAULTED:
+        return body, {}
+    try:
+        return inject(defaults.judged_part, hold.allowed.operation, body)
+    except (ValueError, RecursionError):
+        return body, None
+
+
+def _with_defaults(
+    hold: HoldBody, allowed: Allowed, body: bytes, early: Injected | None, trace: Trace | None
+) -> Refusal | tuple[bytes, Allowed]:
+    """The judged body with the rest of the policy's defaults written last (the operator's own
+    cgroup parent and log driver: `operator_part`), and the facts carrying all that was
+    written (`early`: what `body_judged` wrote). Audit mode writes nothing and records what it
+    would have written. The body is then judged by the guardrails again (the policy file's
+    checks make a finding impossible: policy/defaultspec.py); a finding is the gateway's
+    refusal, in every mode."""
+    policy = allowed.policy
+    defaults = policy.defaults if policy is not None else None
+    operation = allowed.operation
+    if defaults is None or operation not in DEFAULTED:
+        return body, allowed
+    try:
+        if early is None:
+            raise BodyError("the body must be one JSON object")  # (refused unless waived)
+        written, late = inject(defaults.operator_part, operation, body)
+    except (ValueError, RecursionError) as exc:
+        message = f"dockgate: {operation}: {unreadable(exc)}"
+        return Refusal(400, message, "defaults", "defaults: unreadable body")
+    injected = {**early, **late}
+    if not injected:
+        if trace is not None:
+            trace.append(("defaults", "nothing to add: the body sets them all"))
+        return body, allowed
+    allowed = replace(allowed, injected=injected)
+    if allowed.mode == AUDIT:
+        if trace is not None:
+            trace.append(("defaults", f"audit mode: would add {describe(injected)}"))
+        return body, allowed
+    if hold.guardrails is not None and allowed.verdict.would_deny is None:
+        problem = rejudged(hold.guardrails, operation, written)
+        if problem is not None:
+            message = f"dockgate: {operation}: the policy's defaults do not pass its guardrails: "
+            return Refusal(500, message + problem, "defaults", "defaults: guardrails")
+    if trace is not None:
+        trace.append(("defaults", f"added {describe(injected)}"))
+    return written, allowed
 
 
 def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | None:

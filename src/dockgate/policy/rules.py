@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from dockgate.api.routes import Operation, RouteMatch
 from dockgate.auth.identity import ANONYMOUS, BASIC, CERTIFICATE, NONE, TOKEN, Identity
 from dockgate.auth.sourceaddr import SourceRules
+from dockgate.body.defaults import Defaults
 from dockgate.body.guardrails import Guardrails
 from dockgate.body.redact import Redaction
 from dockgate.caching import remember
@@ -148,6 +149,8 @@ class Policy:
     # What the policy file built it on: "preset traefik", "extends ci, extends preset
     # gitlab-runner" (policy/loader.py, docs/presets.md); "" when written out whole.
     basis: str = ""
+    # What creates are given (body/defaults.py, `defaults:`); None: nothing.
+    defaults: Defaults | None = None
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:
         """Decide for a request; `path` is the decoded path (version prefix included or not)."""

@@ -74,6 +74,7 @@ from dockgate.observe.audit import (
     USER_AGENT_CHARS,
     AuditRecord,
     audit_details,
+    injected_fields,
     target_object,
 )
 from dockgate.observe.metrics import RequestKey
@@ -1494,6 +1495,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 user_agent=(
                     agent[:USER_AGENT_CHARS].decode("latin-1") if agent is not None else None
                 ),
+                **injected_fields(self._allowed if verdict.allowed else None),
             )
         )
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from dockgate.addresses import Address
 from dockgate.auth.sourceaddr import SourceRules
+from dockgate.body.defaults import describe
 from dockgate.policy.rules import Binding, PolicySet
 from dockgate.policy.summary import SectionAccess, section_access
 
@@ -135,6 +136,7 @@ class PolicyRow:
     sections: tuple[SectionAccess, ...]
     basis: str = ""  # what the policy file built it on: "preset traefik" (Policy.basis)
     mode: str = "enforce"  # rollout mode (policy/modes.py); a binding's own is in `who`
+    defaults: str = ""  # what creates are given (body/defaults.py), in words; "": nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +409,7 @@ def policy_facts(policies: PolicySet, *, authenticated: bool) -> PolicyFacts:
                 tuple(section_access(policy)),
                 policy.basis,
                 policy.mode,
+                describe(policy.defaults.summary()) if policy.defaults is not None else "",
             )
         )
     sources = []
@@ -536,6 +539,8 @@ def _policy_text(policy: PolicyFacts) -> list[str]:
     for row in policy.rows:
         lines.append(f"{row.name}:" + (f" ({row.basis})" if row.basis else ""))
         lines += [line for who in row.who for line in _wrapped(who, "  ", "- ")]
+        if row.defaults:
+            lines += _wrapped(row.defaults, "  ", "defaults put into creates: ")
     for label, values in (("Host names", policy.hosts), ("origins", policy.origins)):
         if values:
             lines += _wrapped(", ".join(values), "", f"{label} accepted: ")
