@@ -7,6 +7,7 @@ enforce would hide. Services and tasks are on a single-node swarm of their own
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ from support.daemon import PrivateDaemon, run_docker
 from support.gateway import Gateway, running
 from support.netns import NamespacedDaemon, namespaced_daemon
 from support.procs import stop_process
+from support.remote import write_htpasswd
 from support.streams import LineReader
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(300)]
@@ -164,8 +166,26 @@ def test_networks_and_volumes_are_filtered(
     assert _ours(_cli(enforce, "volume", "ls", "--format", "{{.Name}}")) == {f"dgt-web-vol-{RUN}"}
 
 
+def _until_open(
+    reader: LineReader, daemon: PrivateDaemon, name: str, image: str, label: list[str] | None = None
+) -> None:
+    """Until the stream is open (the client's request may not have reached the gateway yet):
+    a container `name` is made and removed until its `destroy` shows on the stream."""
+    labels = ["--label", "=".join(label)] if label else []
+    for _ in range(60):
+        daemon.docker("create", "--name", name, *labels, image, "true")
+        daemon.docker("rm", name)
+        try:
+            reader.expect(rf'"Action":"destroy".*"name":"{name}"', timeout=1)
+        except AssertionError:
+            continue
+        return
+    raise AssertionError(f"the event stream never opened: {reader.lines[-5:]}")
+
+
 def test_docker_events_shows_only_the_web_containers_events(
     daemon: PrivateDaemon,
+    busybox_image: str,
     enforce: dict[str, str],
     objects: dict[str, list[str]],
 ) -> None:
@@ -184,7 +204,7 @@ def test_docker_events_shows_only_the_web_containers_events(
     try:
         assert proc.stdout is not None
         reader = LineReader(proc.stdout)
-        # The stream is open once an event of the web container arrives.
+        _until_open(reader, daemon, f"dgt-web-probe-{RUN}", busybox_image, [TEAM, "web"])
         daemon.docker("start", web)
         reader.expect(rf'"Action":"start".*"name":"{web}"', timeout=30)
         daemon.docker("start", other)
@@ -199,7 +219,7 @@ def test_docker_events_shows_only_the_web_containers_events(
         stop_process(proc)
     events = [json.loads(line) for line in seen]
     names = {e["Actor"]["Attributes"].get("name") for e in events}
-    assert names == {web}, f"events of other objects passed: {names}"
+    assert names == {web, f"dgt-web-probe-{RUN}"}, f"events of other objects passed: {names}"
     actions = [e["Action"] for e in events]
     assert {"start", "kill", "die", "stop", "destroy"} <= set(actions)
     assert {e["Type"] for e in events} == {"container"}
@@ -286,3 +306,62 @@ def _http_get(hostport: str, target: str) -> tuple[int, object]:
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+def test_a_shared_event_feed_is_filtered_per_member(
+    daemon: PrivateDaemon, busybox_image: str, work: pathlib.Path
+) -> None:
+    """Two `docker events` through one gateway share one daemon stream (the same forwarded
+    target: a scope by name narrows nothing): the scoped caller sees its container's events
+    only, the unscoped one sees both containers'."""
+    web, other = f"dgt-feed-web-{RUN}", f"dgt-feed-db-{RUN}"
+    probe = f"dgt-feed-web-probe-{RUN}"
+    (work / "htpasswd").unlink(missing_ok=True)
+    write_htpasswd(work / "htpasswd", {"admin": "admin-pass"})
+    policy = work / "policy-feed.yaml"
+    policy.write_text(
+        "bindings:\n  - {policy: admin, users: [admin]}\n  - {policy: web, anonymous: true}\n"
+        "policies:\n  admin: {rules: [{allow: {sections: ['*']}}]}\n  web:\n    rules:\n"
+        "      - allow: {sections: [ping, version]}\n"
+        "      - allow: {operations: [SystemEvents], objects: {names: ['dgt-feed-web-*']}}\n"
+    )
+    admin_config = work / "admin-config"
+    admin_config.mkdir(exist_ok=True)
+    basic = base64.b64encode(b"admin:admin-pass").decode()
+    (admin_config / "config.json").write_text(
+        json.dumps({"HttpHeaders": {"Authorization": f"Basic {basic}"}})
+    )
+    docker = shutil.which("docker") or "docker"
+    procs: list[subprocess.Popen[bytes]] = []
+    gateway = Gateway(daemon.host, "--htpasswd", str(work / "htpasswd"), policy=policy)
+    try:
+        with running(gateway) as gw:
+            readers = {}
+            for who, config in (("web", work / "config"), ("admin", admin_config)):
+                proc = subprocess.Popen(
+                    [docker, "events", "--format", "{{json .}}"],
+                    env=_env(gw, config),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                procs.append(proc)
+                assert proc.stdout is not None
+                readers[who] = LineReader(proc.stdout)
+            for reader in readers.values():
+                _until_open(reader, daemon, probe, busybox_image)
+            daemon.docker("create", "--name", web, busybox_image, "true")
+            listeners = daemon.docker("info", "--format", "{{.NEventsListener}}")
+            assert listeners.stdout.decode().strip() == "1"  # one feed for both
+            daemon.docker("create", "--name", other, busybox_image, "true")
+            daemon.docker("rm", other, web)
+            readers["admin"].expect(rf'"Action":"destroy".*"name":"{other}"', timeout=30)
+            readers["web"].expect(rf'"Action":"destroy".*"name":"{web}"', timeout=30)
+            readers["admin"].expect(rf'"Action":"destroy".*"name":"{web}"', timeout=30)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        daemon.docker("rm", "-f", web, other, check=False)
+    seen = {who: [json.loads(line) for line in r.lines] for who, r in readers.items()}
+    assert {e["Actor"]["Attributes"]["name"] for e in seen["web"]} == {probe, web}
+    assert {e["Actor"]["Attributes"]["name"] for e in seen["admin"]} == {probe, web, other}
