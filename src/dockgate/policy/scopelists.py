@@ -141,7 +141,13 @@ def scoped_list_head(
         return head, allowed
     if trace is not None:
         what = "each event" if operation in REDACTED_STREAMS else "the answer"
-        trace.append(("scope", f"{what} filtered to {scope.describe()}"))
+        how = ", tasks by their service (the service list is asked)"
+        trace.append(
+            (
+                "scope",
+                f"{what} filtered to {scope.describe()}{how if operation == 'TaskList' else ''}",
+            )
+        )
     labels = common_labels(scope) if operation in NARROWED else []
     if not labels:
         return head, allowed
