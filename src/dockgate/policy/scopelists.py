@@ -75,10 +75,12 @@ ORDERING_FILTERS = ("since", "before")
 SERVICE_MISSING = "service {} not found"
 
 # Container event attributes the daemon sets itself (daemon/events.go, and the callers that
-# pass attributes in: daemon/monitor.go die, kill.go, rename.go, resize.go, exec.go, health.go):
+# pass attributes in: daemon/monitor.go die, kill.go, rename.go, resize.go, exec.go, health.go,
+# commit.go; newer daemons add `execDuration` to `die`):
 # a label of one of these names is not what the event says.
 _CONTAINER_OWN = frozenset({"image", "name"})
 _CONTAINER_ACTION_OWN = {
+    "commit": frozenset({"comment", "imageID", "imageRef"}),
     "die": frozenset({"exitCode", "execDuration"}),
     "kill": frozenset({"signal"}),
     "rename": frozenset({"oldName"}),
