@@ -29,7 +29,10 @@ pytestmark = [pytest.mark.daemon, pytest.mark.timeout(300)]
 
 TEAM = "com.example.team"
 RUN = uuid.uuid4().hex[:8]
-SCOPED = "[ContainerList, SystemEvents, NetworkList, VolumeList, ServiceList, TaskList]"
+SCOPED = (
+    "[ContainerList, SystemEvents, NetworkList, VolumeList, ServiceList, TaskList, SecretList, "
+    "ConfigList]"
+)
 POLICY = f"""\
 policies:
   web:
@@ -239,7 +242,7 @@ def test_warn_mode_relays_lists_unfiltered_and_records_what_it_would_hide(
     ]
     lists = [r for r in records if r.get("operation") == "ContainerList"]
     assert lists, records
-    assert all("objects out of the rules' objects: scope" in r["would_hide"] for r in lists)
+    assert all("objects out of the scope" in r["would_hide"] for r in lists)
 
 
 # ----- services and tasks, on a swarm of their own ------------------------------------------------
@@ -260,6 +263,12 @@ def swarm(work: pathlib.Path) -> Iterator[tuple[NamespacedDaemon, dict[str, str]
                     *(image, "sleep", "300"),
                     timeout=60,
                 )
+                for kind in ("secret", "config"):
+                    manager.docker(
+                        *(kind, "create", "--label", f"{TEAM}={value}"),
+                        *(f"dgt-{value}-{kind}-{RUN}", "-"),
+                        input=b"x",
+                    )
             with running(_gateway(manager.host, work, "enforce")) as gw:
                 yield manager, _env(gw, work / "config")
         finally:
@@ -292,6 +301,17 @@ def test_services_and_their_tasks_are_filtered(
     filters = json.dumps({"service": {db_id: True}})
     status, body = _http_get(gateway, f"/v1.41/tasks?filters={filters}")
     assert (status, body) == (404, {"message": f"service {db_id} not found"})
+
+
+def test_secrets_and_configs_are_filtered(
+    swarm: tuple[NamespacedDaemon, dict[str, str]],
+) -> None:
+    """`docker secret ls` and `docker config ls` list the web ones only."""
+    manager, env = swarm
+    for kind in ("secret", "config"):
+        every = manager.docker(kind, "ls", "--format", "{{.Name}}").stdout.decode().split()
+        assert _ours(every) == {f"dgt-web-{kind}-{RUN}", f"dgt-db-{kind}-{RUN}"}
+        assert _ours(_cli(env, kind, "ls", "--format", "{{.Name}}")) == {f"dgt-web-{kind}-{RUN}"}
 
 
 def _http_get(hostport: str, target: str) -> tuple[int, object]:

@@ -182,7 +182,7 @@ def test_plan_narrows_and_the_answer_is_held_or_rewritten() -> None:
     assert answer_handling(events, 200) is Answer.REWRITE_STREAM
     _, warned = _allowed("/v1.41/containers/json", mode="warn")
     assert answer_handling(warned, 200) is Answer.RELAY
-    assert warned.would_hide == ["objects out of the rules' objects: scope"]
+    assert warned.would_hide == ["objects out of the scope"]
 
 
 def test_ordering_filters_are_refused_under_a_scope_and_recorded_in_warn_mode() -> None:

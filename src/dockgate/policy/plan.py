@@ -136,7 +136,7 @@ class Allowed:
         if policy.ownership and operation in FILTERED:
             hidden.append("objects of other owners")
         if scoped_list_hidden(self.verdict):
-            hidden.append("objects out of the rules' objects: scope")
+            hidden.append("objects out of the scope")
         return hidden
 
     def waived(self, refusal: Refusal) -> Allowed | None:
