@@ -374,7 +374,8 @@ def test_a_shared_event_feed_is_filtered_per_member(
             listeners = daemon.docker("info", "--format", "{{.NEventsListener}}")
             assert listeners.stdout.decode().strip() == "1"  # one feed for both
             daemon.docker("create", "--name", other, busybox_image, "true")
-            daemon.docker("rm", other, web)
+            daemon.docker("rm", other)  # one by one: the CLI removes several at once
+            daemon.docker("rm", web)
             readers["admin"].expect(rf'"Action":"destroy".*"name":"{other}"', timeout=30)
             readers["web"].expect(rf'"Action":"destroy".*"name":"{web}"', timeout=30)
             readers["admin"].expect(rf'"Action":"destroy".*"name":"{web}"', timeout=30)
