@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote_plus
 
 from dockgate.body.exposure import ENV, LABELS, MOUNTS, refused_filters, rewritten_areas
@@ -432,15 +433,21 @@ def redact_event(event: dict[str, object], r: Redaction) -> None:
     actor["Attributes"] = attributes
 
 
+# An event as a caller may see it, or None: not to be seen (policy/scopelists.py's scope).
+EventFilter = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
 class EventStreamRedaction:
     """The daemon's event stream (chunked, one JSON object a line) rewritten as it arrives:
-    chunks decoded, each complete event redacted and sent as a chunk of its own. Sans-IO:
-    `feed` takes the daemon's raw bytes and returns the client's."""
+    chunks decoded, each complete event kept or dropped by `keep` (an object scope), then
+    redacted, and sent as a chunk of its own. Sans-IO: `feed` takes the daemon's raw bytes and
+    returns the client's."""
 
-    __slots__ = ("_decoder", "_partial", "_redaction")
+    __slots__ = ("_decoder", "_keep", "_partial", "_redaction")
 
-    def __init__(self, redaction: Redaction) -> None:
+    def __init__(self, redaction: Redaction | None, keep: EventFilter | None = None) -> None:
         self._redaction = redaction
+        self._keep = keep
         self._decoder = ChunkedDecoder()
         self._partial = b""
 
@@ -470,6 +477,12 @@ class EventStreamRedaction:
             raise RedactionError("the event stream holds something that is not JSON") from None
         if not isinstance(event, dict):
             raise RedactionError("the event stream holds something that is not an event")
-        redact_event(event, self._redaction)
+        if self._keep is not None:
+            kept = self._keep(event)
+            if kept is None:
+                return b""  # dropped whole: not even an empty chunk (that would end the stream)
+            event = kept
+        if self._redaction is not None:
+            redact_event(event, self._redaction)
         body = json.dumps(event, separators=(",", ":")).encode() + b"\n"
         return b"%x\r\n%s\r\n" % (len(body), body)

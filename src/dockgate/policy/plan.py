@@ -73,6 +73,7 @@ from dockgate.policy.admission import Admission
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
+from dockgate.policy.scopelists import filters_answer, scoped_list_head, scoped_list_hidden
 from dockgate.refusal import Refusal
 
 # What each step found, in order: (step, finding). Only `dockgate check` asks for it.
@@ -138,6 +139,8 @@ class Allowed:
             hidden = [area for area in ("env", "mounts", "labels") if redaction.hides(area)]
         if policy.ownership and operation in FILTERED:
             hidden.append("objects of other owners")
+        if scoped_list_hidden(self.verdict):
+            hidden.append("objects out of the scope")
         return hidden
 
     def waived(self, refusal: Refusal) -> Allowed | None:
@@ -266,6 +269,11 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
             if waived is None:
                 return refusal
             allowed = waived  # (and the answer goes unredacted: Allowed.redaction)
+    if allowed.verdict.scope is not None:  # a list or the event stream filtered to the scope
+        scoped = scoped_list_head(head, allowed, trace)
+        if isinstance(scoped, Refusal):
+            return scoped
+        head, allowed = scoped
     if allowed.ownership:
         owned = _own(head, allowed, trace)
         if not isinstance(owned, RequestHead):
@@ -608,13 +616,18 @@ def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = Fal
     to a ContainerCreate whose mounts are checked (held whatever its status: a refused create's
     volumes are removed)."""
     redaction = allowed.redaction
-    if redaction is None and not allowed.ownership:
+    scoped = filters_answer(allowed) is not None  # (None in warn and audit mode)
+    if redaction is None and not allowed.ownership and not scoped:
         return Answer.RELAY
     if allowed.mode != ENFORCE:
         # Warn and audit mode rewrite no answer: nothing redacted (Allowed.redaction), no
         # answer scrubbed of other callers' objects, no create's mounts checked after it.
         return Answer.RELAY
     operation = allowed.operation
+    if scoped and status == 200:
+        # A list, or the event stream, filtered to the scope (policy/scopelists.py); redacted
+        # too where the policy says.
+        return Answer.REWRITE_STREAM if operation in REDACTED_STREAMS else Answer.HOLD
     if redaction is not None and status == 200 and operation in REDACTED_STREAMS:
         return Answer.REWRITE_STREAM
     # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).

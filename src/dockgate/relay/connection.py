@@ -99,6 +99,7 @@ from dockgate.policy.plan import (
     plan_admitted,
     plan_request,
 )
+from dockgate.policy.scopelists import event_filter, filters_answer
 from dockgate.refusal import Refusal
 from dockgate.relay import phase as phases
 from dockgate.relay.context import ConnectionContext
@@ -647,7 +648,12 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         step = plan_request(head, admission, owners)
         if isinstance(step, Forward):
             allowed = step.allowed
-            plain = allowed.owner is None and not allowed.ownership and allowed.redaction is None
+            plain = (
+                allowed.owner is None
+                and not allowed.ownership
+                and allowed.redaction is None
+                and filters_answer(allowed) is None
+            )
             # (only an ordinary head is kept, as the reader's and admission's memos: a large
             # one would stay pinned on an idle connection for the idle timeout)
             self._last_plan = (
@@ -707,8 +713,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         self._verdict = allowed.verdict
         self._owner = allowed.owner
         self._redaction = allowed.redaction
-        # (answer_handling relays every answer as it comes without redaction or ownership)
-        self._plain_answer = self._redaction is None and not allowed.ownership
+        # (answer_handling relays every answer as it comes without redaction, ownership or a
+        # scope's filtering)
+        self._plain_answer = (
+            self._redaction is None and not allowed.ownership and filters_answer(allowed) is None
+        )
         if isinstance(step, Forward):
             self._head = step.head  # (a narrowed list's target, rewritten)
             feeds = self.ctx.event_feeds
@@ -988,12 +997,16 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         event.raw = event.raw[:-2] + _ANSWER_TAIL
         handling = RELAY if self._plain_answer else self._answer_handling(event.status)
         if handling is REWRITE_STREAM:
-            assert self._redaction is not None
+            allowed = self._allowed
+            scope = filters_answer(allowed) if allowed is not None else None
             if event.framing is not Framing.CHUNKED:
                 self._upstream_failed(UpstreamError("cannot redact an unframed stream"))
                 return False
-            # The head goes out as it is; each event is rewritten on its way.
-            self._redact_stream = EventStreamRedaction(self._redaction)
+            # The head goes out as it is; each event is filtered to the scope (if any) and
+            # rewritten on its way.
+            self._redact_stream = EventStreamRedaction(
+                self._redaction, None if scope is None else event_filter(scope)
+            )
         elif handling is HOLD:
             # Held back: the answer goes out rewritten, with a new Content-Length. One that
             # ends at close (the daemon's answer to HTTP/1.0) ends in upstream_eof.

@@ -55,6 +55,7 @@ from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.lookup import (
     Unresolved,
     default_log_driver,
+    get_json,
     named_image_owner,
     vouched_containers,
 )
@@ -96,6 +97,16 @@ from dockgate.policy.plan import (
     too_large,
     unreadable,
 )
+from dockgate.policy.scopelists import (
+    FILTERED_LISTS,
+    SERVICE_MISSING,
+    covered_services,
+    filtered_list,
+    filtered_tasks,
+    filters_answer,
+    service_filter_problem,
+)
+from dockgate.policy.scopes import Scope
 from dockgate.refusal import Refusal
 from dockgate.relay.flow import FlowControl, Pause
 from dockgate.relay.holding import Share
@@ -626,6 +637,18 @@ class PolicySteps:
             if head.framing is Framing.CHUNKED:
                 pieces, _ = ChunkedDecoder().feed(raw)
                 raw = b"".join(pieces)
+            scope = self._list_scope(head.status)
+            if scope is not None:
+                # Only the objects the rules' `objects:` cover (policy/scopelists.py), before
+                # ownership and redaction see the answer. Tasks follow their service: the
+                # daemon's service list is asked first.
+                if self._operation() == "TaskList":
+                    self._lookup_task = self.ctx.loop.create_task(
+                        self._answering(self._scoped_tasks(head, raw, scope)),
+                        name="dockgate-scope-tasks",
+                    )
+                    return
+                raw = filtered_list(self._operation(), raw, scope)
             if self._checks_mounts():
                 check = self._mount_check
                 assert check is not None
@@ -666,6 +689,34 @@ class PolicySteps:
             rewritten = await vouched_containers(self.ctx.pool.address, raw, owner)
             if self._redaction is not None and "ContainerList" in REDACTED_OPERATIONS:
                 rewritten = redact_response("ContainerList", rewritten, self._redaction)
+        except Exception as exc:
+            rewritten = exc
+        self._looked_up_answer(head, rewritten)
+
+    def _list_scope(self, status: int) -> Scope | None:
+        """The scope a held list answer with `status` is filtered to, None: not filtered."""
+        allowed = self._allowed
+        if allowed is None or status != 200 or allowed.operation not in FILTERED_LISTS:
+            return None
+        return filters_answer(allowed)
+
+    async def _scoped_tasks(self, head: ResponseHead, raw: bytes, scope: Scope) -> None:
+        """TaskList under a scope: the tasks of the services the scope covers, from one
+        look-up of the daemon's service list (bounded: an answer over the look-up bound fails
+        the request, 502, never passes unfiltered); a `service` filter naming a service out
+        of the scope is answered as for one that does not exist."""
+        rewritten: bytes | Refusal | Exception
+        try:
+            status, services = await get_json(self.ctx.pool.address, "/services")
+            covered, every = covered_services(status, services, scope)
+            request = self._head
+            missing = (
+                None if request is None else service_filter_problem(request.target, covered, every)
+            )
+            if missing is not None:
+                rewritten = Refusal(404, SERVICE_MISSING.format(missing), "scope", "scope")
+            else:
+                rewritten = self._rewritten_answer(head, filtered_tasks(raw, covered))
         except Exception as exc:
             rewritten = exc
         self._looked_up_answer(head, rewritten)
