@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dockgate.api.target import parse_target
 from dockgate.body.content import (
@@ -72,6 +72,13 @@ from dockgate.policy.admission import Admission
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
+from dockgate.policy.scoping import (
+    SCOPED_CREATES,
+    ScopeCheck,
+    create_problem,
+    scope_lookup,
+)
+from dockgate.policy.scoping import STAGE as SCOPE_STAGE
 from dockgate.refusal import Refusal
 
 # What each step found, in order: (step, finding). Only `dockgate check` asks for it.
@@ -188,6 +195,9 @@ class LookUp:
     head: RequestHead
     allowed: Allowed
     objects: LookUpAll
+    # A request allowed only on the objects a scope covers (policy/scoping.py): the object
+    # must be covered too (and owned, when ownership asked for the look-up).
+    scope: ScopeCheck | None = None
 
 
 Step = Refusal | DrainBody | LookUp | HoldBody | Forward
@@ -265,9 +275,49 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
     if allowed.ownership:
         owned = _own(head, allowed, trace)
         if not isinstance(owned, RequestHead):
-            return owned
+            return _scoped_lookup(owned, allowed)
         head = owned
+    if allowed.verdict.scope is not None:
+        scoped = _scope(head, allowed, trace)
+        if scoped is not None:
+            return scoped
     return plan_forward(head, allowed, trace)
+
+
+def _scope(head: RequestHead, allowed: Allowed, trace: Trace | None) -> LookUp | None:
+    """A request about one object, allowed only on the objects a scope covers: looked up
+    (policy/scoping.py); None when it names no object (creates are judged on their body)."""
+    scope, match = allowed.verdict.scope, allowed.verdict.match
+    assert scope is not None and match is not None
+    path = parse_target(head.target).path
+    found = scope_lookup(allowed.operation, match.operation.path, head.target, path, scope)
+    if found is None:
+        return None
+    objects, check = found
+    if trace is not None:
+        trace.append(
+            (
+                SCOPE_STAGE,
+                f"{objects.kind.name} {objects.references[0]!r} looked up: covered by "
+                f"{scope.describe()}, it goes on pinned to its full ID; else 404 as absent",
+            )
+        )
+    return LookUp(head, allowed, objects, check)
+
+
+def _scoped_lookup(step: Step, allowed: Allowed) -> Step:
+    """Ownership's look-up of the one object a request is about checks the scope too (a
+    policy with both needs both: owned and covered)."""
+    scope, match = allowed.verdict.scope, allowed.verdict.match
+    if scope is None or match is None or not isinstance(step, LookUp):
+        return step
+    target = step.head.target
+    found = scope_lookup(
+        allowed.operation, match.operation.path, target, parse_target(target).path, scope
+    )
+    if found is None or found[0].kind is not step.objects.kind:
+        return step
+    return replace(step, scope=found[1])
 
 
 # Narrowed lists that delete what they list (ownership's FILTERED).
@@ -345,6 +395,11 @@ def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None
     guardrails = policy.guardrails if policy is not None else None
     if allowed.owner is not None and (operation in OWNED_CREATES or operation in REFERENCING):
         return hold_body(head, allowed, guardrails, trace)
+    if allowed.verdict.scope is not None and (
+        operation in SCOPED_CREATES or operation in REFERENCING
+    ):
+        # What the body makes, and the objects it names, must be covered (policy/scoping.py).
+        return hold_body(head, allowed, guardrails, trace)
     if guardrails is not None:
         if operation in QUERY_CHECKED:
             try:
@@ -397,10 +452,13 @@ class JudgedBody:
     # The request's facts as they go on: in warn or audit mode carrying what the body would
     # have been refused for (Verdict.would_deny); the hold's own otherwise.
     allowed: Allowed
+    # A scoped request (policy/scoping.py): the objects the body names, which must exist and
+    # be covered by the scope.
+    scoped: list[tuple[Kind, str]] = field(default_factory=list)
 
     @property
     def needs_daemon(self) -> bool:
-        return bool(self.volumes or self.named or self.check_image)
+        return bool(self.volumes or self.named or self.check_image or self.scoped)
 
 
 def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
@@ -454,12 +512,19 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         # nothing and makes no volume for the caller: relay/steps.py _check_references)
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
+    scoped: list[tuple[Kind, str]] = []
+    if allowed.verdict.scope is not None:
+        found = _judge_scope(allowed, head, received, trace)
+        if isinstance(found, Refusal):
+            return found
+        allowed, scoped = found
     judged = JudgedBody(
         body,
         volumes,
         named,
         owner is not None and operation in IMAGE_CHECKED and allowed.mode != AUDIT,
         allowed,
+        scoped,
     )
     later = refused_before_lookups(allowed, judged)
     if later is None:
@@ -467,7 +532,41 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     waived = allowed.waived(later)
     if waived is None:
         return later
-    return JudgedBody(body, [], named, check_image=False, allowed=waived)
+    return JudgedBody(body, [], named, check_image=False, allowed=waived, scoped=scoped)
+
+
+def _judge_scope(
+    allowed: Allowed, head: RequestHead, body: bytes, trace: Trace | None
+) -> Refusal | tuple[Allowed, list[tuple[Kind, str]]]:
+    """A scoped request's body (policy/scoping.py): what a create makes must be covered, and
+    the objects it names are to be looked up (each must exist and be covered). In warn or
+    audit mode a refusal of the policy's is recorded, and nothing named is looked up."""
+    scope = allowed.verdict.scope
+    assert scope is not None
+    operation = allowed.operation
+    try:
+        if operation in SCOPED_CREATES:
+            problem = create_problem(scope, operation, head.target.partition("?")[2], body)
+            if problem is not None:
+                refusal = allowed.policy_denial(SCOPE_STAGE, problem)
+                waived = allowed.waived(refusal)
+                if waived is None:
+                    return refusal
+                if trace is not None:
+                    trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {problem}"))
+                return waived, []
+            if trace is not None:
+                trace.append((SCOPE_STAGE, f"what it makes is covered by {scope.describe()}"))
+        named = references(operation, body) if operation in REFERENCING else []
+    except (ValueError, RecursionError) as exc:
+        message = f"dockgate: {operation}: {unreadable(exc)}"
+        return Refusal(400, message, SCOPE_STAGE, "unreadable body")
+    if len(named) > MAX_REFERENCES:
+        message = f"dockgate: {operation}: a body may name at most {MAX_REFERENCES} objects"
+        return Refusal(400, message, SCOPE_STAGE, "too many references")
+    if named and trace is not None:
+        trace.append((SCOPE_STAGE, f"names {len(named)} object(s), each must be covered"))
+    return allowed, named
 
 
 def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | None:

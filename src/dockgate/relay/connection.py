@@ -726,7 +726,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             # LookUp: until the daemon answers, what the client sends waits, in order.
             self._deferred = []
             self.flow.pause(Pause.LOOKUP)
-            self._start_lookup(self._check_owners(step.head, step.objects))
+            self._start_lookup(self._check_owners(step.head, step.objects, step.scope))
 
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
         assert self._head is not None
