@@ -75,6 +75,7 @@ from dockgate.policy.rules import Policy
 from dockgate.policy.scoping import (
     SCOPED_CREATES,
     ScopeCheck,
+    claimed,
     create_problem,
     scope_lookup,
 )
@@ -455,10 +456,13 @@ class JudgedBody:
     # A scoped request (policy/scoping.py): the objects the body names, which must exist and
     # be covered by the scope.
     scoped: list[tuple[Kind, str]] = field(default_factory=list)
+    # ... and the name a scoped create takes (a container's `/name`, a volume's): held by an
+    # object out of scope, the create is refused here (the daemon's answer would name it).
+    claims: list[tuple[Kind, str]] = field(default_factory=list)
 
     @property
     def needs_daemon(self) -> bool:
-        return bool(self.volumes or self.named or self.check_image or self.scoped)
+        return bool(self.volumes or self.named or self.check_image or self.scoped or self.claims)
 
 
 def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
@@ -513,11 +517,12 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         if trace is not None:
             trace.append(("ownership", f"labelled for {owner}; names {len(named)} object(s)"))
     scoped: list[tuple[Kind, str]] = []
+    claims: list[tuple[Kind, str]] = []
     if allowed.verdict.scope is not None:
         found = _judge_scope(allowed, head, received, trace)
         if isinstance(found, Refusal):
             return found
-        allowed, scoped = found
+        allowed, scoped, claims = found
     judged = JudgedBody(
         body,
         volumes,
@@ -525,6 +530,7 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         owner is not None and operation in IMAGE_CHECKED and allowed.mode != AUDIT,
         allowed,
         scoped,
+        claims,
     )
     later = refused_before_lookups(allowed, judged)
     if later is None:
@@ -532,21 +538,25 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     waived = allowed.waived(later)
     if waived is None:
         return later
-    return JudgedBody(body, [], named, check_image=False, allowed=waived, scoped=scoped)
+    return JudgedBody(
+        body, [], named, check_image=False, allowed=waived, scoped=scoped, claims=claims
+    )
 
 
 def _judge_scope(
     allowed: Allowed, head: RequestHead, body: bytes, trace: Trace | None
-) -> Refusal | tuple[Allowed, list[tuple[Kind, str]]]:
+) -> Refusal | tuple[Allowed, list[tuple[Kind, str]], list[tuple[Kind, str]]]:
     """A scoped request's body (policy/scoping.py): what a create makes must be covered, and
     the objects it names are to be looked up (each must exist and be covered). In warn or
     audit mode a refusal of the policy's is recorded, and nothing named is looked up."""
     scope = allowed.verdict.scope
     assert scope is not None
     operation = allowed.operation
+    query = head.target.partition("?")[2]
+    claims: list[tuple[Kind, str]] = []
     try:
         if operation in SCOPED_CREATES:
-            problem = create_problem(scope, operation, head.target.partition("?")[2], body)
+            problem = create_problem(scope, operation, query, body)
             if problem is not None:
                 refusal = allowed.policy_denial(SCOPE_STAGE, problem)
                 waived = allowed.waived(refusal)
@@ -554,9 +564,10 @@ def _judge_scope(
                     return refusal
                 if trace is not None:
                     trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {problem}"))
-                return waived, []
+                return waived, [], []
             if trace is not None:
                 trace.append((SCOPE_STAGE, f"what it makes is covered by {scope.describe()}"))
+            claims = claimed(operation, query, body)
         named = references(operation, body) if operation in REFERENCING else []
     except (ValueError, RecursionError) as exc:
         message = f"dockgate: {operation}: {unreadable(exc)}"
@@ -566,7 +577,7 @@ def _judge_scope(
         return Refusal(400, message, SCOPE_STAGE, "too many references")
     if named and trace is not None:
         trace.append((SCOPE_STAGE, f"names {len(named)} object(s), each must be covered"))
-    return allowed, named
+    return allowed, named, claims
 
 
 def refused_before_lookups(allowed: Allowed, judged: JudgedBody) -> Refusal | None:

@@ -32,7 +32,9 @@ from urllib.parse import parse_qsl
 from dockgate.body import gojson
 from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.operations import (
+    CONTAINER,
     OWNED_CREATES,
+    VOLUME,
     Kind,
     LookUp,
     object_kind,
@@ -154,6 +156,34 @@ def create_problem(scope: Scope, operation: str, query: str, body: bytes) -> str
     return (
         f"{what}{shown} would not be covered by {rules}: add the labels or choose the name it needs"
     )
+
+
+def claimed(operation: str, query: str, body: bytes) -> list[tuple[Kind, str]]:
+    """The name a create takes whose holder the daemon's answer would show: a container's
+    (its 409 names the holder's full ID: moby daemon/names.go nameConflict) as `/name`, found
+    by name only; a volume's (a create of an existing name answers 201 with that volume,
+    labels and options: moby volume/service.go Create). Held by an object out of scope, the
+    create is refused before the daemon answers (`name_taken`)."""
+    if operation not in ("ContainerCreate", "VolumeCreate"):
+        return []
+    _, name = created(operation, query, body)
+    if name is None:
+        return []
+    return [(CONTAINER, "/" + name)] if operation == "ContainerCreate" else [(VOLUME, name)]
+
+
+def name_taken(kind: Kind, reference: str) -> Refusal:
+    """A create's name (or a rename's), held by an object out of scope: a 409, as the daemon
+    answers for a name taken, naming no holder."""
+    if kind.name == "container":
+        message = (
+            f'Conflict. The container name "{reference}" is already in use by another '
+            "container. You have to remove (or rename) that container to be able to reuse "
+            "that name."
+        )
+    else:
+        message = f"dockgate: a {kind.name} named {reference!r} exists and is not in your scope"
+    return Refusal(409, message, STAGE, "name taken out of scope")
 
 
 _WHAT = {

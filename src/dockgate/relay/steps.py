@@ -55,11 +55,13 @@ from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.lookup import (
     Unresolved,
     default_log_driver,
+    find,
     named_image_owner,
     vouched_containers,
 )
 from dockgate.ownership.operations import (
     CHECKED_ANSWERS,
+    CONTAINER,
     IMAGE_CHECKED,
     SILENT_LOG_DRIVER,
     VOLUME,
@@ -102,6 +104,7 @@ from dockgate.policy.scoping import (
     ScopeCheck,
     absent,
     absent_named,
+    name_taken,
     rename_problem,
 )
 from dockgate.refusal import Refusal
@@ -207,7 +210,7 @@ class PolicySteps:
         # (in warn or audit mode carrying what the body would have been refused for)
         self._allowed = judged.allowed
         self._verdict = judged.allowed.verdict
-        if judged.scoped:
+        if judged.scoped or judged.claims:
             # A scoped request: the objects the body names must be covered first.
             self._start_lookup(self._check_scoped_references(head, judged, hold.guardrails))
             return
@@ -251,6 +254,10 @@ class PolicySteps:
                     refusal = absent_named(kind, reference)
                     break
                 pins[kind.name, reference] = found.full_id
+            for kind, reference in [] if refusal is not None else judged.claims:
+                holder = await find(self.ctx.pool.address, kind, reference)
+                if holder is not None and not scope.covers(holder.labels, holder.name):
+                    refusal = name_taken(kind, reference)
         except Unresolved as exc:
             refusal = allowed.unresolved(str(exc))
         if self._lookup_ended(head):
@@ -630,6 +637,12 @@ class PolicySteps:
         problem = rename_problem(check, found.labels)
         if problem is not None:
             return self._exchange().policy_denial("scope", problem)
+        if check.renamed:
+            # A new name held by a container out of scope: the daemon's 409 would name it.
+            taken = "/" + check.renamed
+            holder = await find(self.ctx.pool.address, CONTAINER, taken)
+            if holder is not None and not check.scope.covers(holder.labels, holder.name):
+                return name_taken(CONTAINER, taken)
         full_ids[reference] = found.full_id
         return None
 
