@@ -154,7 +154,8 @@ def create_problem(scope: Scope, operation: str, query: str, body: bytes) -> str
         return f"{what} has no name and would not be covered by {rules}: name it"
     shown = f" {name!r}" if name is not None else ""
     return (
-        f"{what}{shown} would not be covered by {rules}: add the labels or choose the name it needs"
+        f"{what}{shown} would not be covered by {rules}: add the labels (or choose the name) "
+        "it needs"
     )
 
 
