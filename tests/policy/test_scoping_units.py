@@ -236,3 +236,33 @@ def test_one_list_per_set_of_label_keys(policies: PolicySet) -> None:
         (["team"], 2),
         (["com.docker.stack.namespace"], 1),
     ]
+
+
+# ----- dockgate check --------------------------------------------------------------------------
+
+
+def _check(policies: PolicySet, method: str, target: str, body: bytes | None = None) -> list[str]:
+    from dockgate.check import CheckRequest, run_check  # noqa: PLC0415
+
+    out: list[str] = []
+    request = CheckRequest(method, target, Identity("alice", BASIC), "127.0.0.1", body=body)
+    out.append(str(run_check(request, policies, out)))
+    return out
+
+
+def test_check_shows_the_scope_and_names_the_look_up(policies: PolicySet) -> None:
+    out = _check(policies, "POST", "/v1.41/containers/web/restart")
+    assert out[-1] == "3"  # decided by a look-up in the daemon
+    assert any("objects=(labels=team=web)  matches" in line for line in out), out
+    assert "scope:     only on the objects covered by rule 1 (labels=team=web)" in out
+    assert any(
+        line.startswith("lookup:    the daemon is asked for container 'web' among the objects")
+        for line in out
+    ), out
+
+
+def test_check_says_why_a_create_is_refused(policies: PolicySet) -> None:
+    out = _check(policies, "POST", "/v1.41/containers/create?name=x", b'{"Image": "busybox"}')
+    assert out[-1] == "1"
+    assert out[-2].startswith("decision:  deny, 403: dockgate: ContainerCreate denied by policy")
+    assert "would not be covered by rule 1 (labels=team=web)" in out[-2]

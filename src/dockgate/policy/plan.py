@@ -279,13 +279,13 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
             return _scoped_lookup(owned, allowed)
         head = owned
     if allowed.verdict.scope is not None:
-        scoped = _scope(head, allowed, trace)
+        scoped = _scope(head, allowed)
         if scoped is not None:
             return scoped
     return plan_forward(head, allowed, trace)
 
 
-def _scope(head: RequestHead, allowed: Allowed, trace: Trace | None) -> LookUp | None:
+def _scope(head: RequestHead, allowed: Allowed) -> LookUp | None:
     """A request about one object, allowed only on the objects a scope covers: looked up
     (policy/scoping.py); None when it names no object (creates are judged on their body)."""
     scope, match = allowed.verdict.scope, allowed.verdict.match
@@ -294,15 +294,7 @@ def _scope(head: RequestHead, allowed: Allowed, trace: Trace | None) -> LookUp |
     found = scope_lookup(allowed.operation, match.operation.path, head.target, path, scope)
     if found is None:
         return None
-    objects, check = found
-    if trace is not None:
-        trace.append(
-            (
-                SCOPE_STAGE,
-                f"{objects.kind.name} {objects.references[0]!r} looked up: covered by "
-                f"{scope.describe()}, it goes on pinned to its full ID; else 404 as absent",
-            )
-        )
+    objects, check = found  # (`dockgate check` explains the look-up: no trace here)
     return LookUp(head, allowed, objects, check)
 
 
