@@ -250,12 +250,14 @@ def test_a_prefix_is_resolved_among_covered_containers_only(
 def test_warn_mode_lets_an_uncovered_restart_through_and_records_it(
     daemon: PrivateDaemon, containers: dict[str, str], tmp_path: pathlib.Path
 ) -> None:
-    """In warn mode the db container is restarted, and the access log says what enforce
-    would have answered (`warn:web:scope`)."""
+    """In warn mode the db container is restarted, and the access log and the audit record
+    say what enforce would have answered (`warn:web:scope`, a 404 of stage `scope`) and the
+    scope the request was allowed in."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("MODE", "warn"))
+    audit = tmp_path / "audit.jsonl"
     name = containers["db"]
-    with running(Gateway(daemon.host, policy=policy)) as gw:
+    with running(Gateway(daemon.host, "--audit-log", str(audit), policy=policy)) as gw:
         env = _env(gw, tmp_path / "cli")
         before = _started_at(daemon, name)
         done = run_docker(env, "restart", "-t", "0", name)
@@ -263,3 +265,19 @@ def test_warn_mode_lets_an_uncovered_restart_through_and_records_it(
         assert _started_at(daemon, name) != before
         line = _logged(gw, "op=ContainerRestart")
         assert "decision=warn:web:scope" in line, line
+        record = _audited(audit, "ContainerRestart")
+        assert record["would_deny"]["stage"] == "scope"  # type: ignore[index]
+        assert record["would_deny"]["status"] == 404  # type: ignore[index]
+        assert record["scope"] == "rule 2 (labels=com.example.team=web)"
+
+
+def _audited(path: pathlib.Path, operation: str) -> dict[str, object]:
+    """The first audit record of `operation` (polled for: the audit log is buffered)."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        found = [r for r in map(json.loads, lines) if r["operation"] == operation]
+        if found or time.monotonic() > deadline:
+            assert found, lines
+            return dict(found[0])
+        time.sleep(0.05)

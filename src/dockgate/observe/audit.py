@@ -78,6 +78,9 @@ class AuditRecord:
     # The request's User-Agent (first USER_AGENT_CHARS characters), for `dockgate learn`;
     # None without one.
     user_agent: str | None = None
+    # Allowed only on the objects a scope covers (policy/scopes.py): the rules, as
+    # `rule 2 (labels=team=web)`; None: no scope (every object).
+    scope: str | None = None
 
 
 # ----- rendering --------------------------------------------------------------------------------
@@ -152,6 +155,8 @@ def render(record: AuditRecord) -> str:
         fields["would_hide"] = record.would_hide
     if record.user_agent is not None:
         fields["user_agent"] = record.user_agent
+    if record.scope is not None:
+        fields["scope"] = record.scope
     return json.dumps(_bounded(fields, -1), ensure_ascii=True, separators=(",", ":"))
 
 

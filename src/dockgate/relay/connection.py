@@ -1494,6 +1494,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                 user_agent=(
                     agent[:USER_AGENT_CHARS].decode("latin-1") if agent is not None else None
                 ),
+                scope=verdict.scope.describe() if verdict.scope is not None else None,
             )
         )
 
