@@ -8,6 +8,7 @@ container exists); as refused only when the CLI prints the daemon's own "No such
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -281,3 +282,64 @@ def _audited(path: pathlib.Path, operation: str) -> dict[str, object]:
             assert found, lines
             return dict(found[0])
         time.sleep(0.05)
+
+
+OWNED_POLICY = """\
+policies:
+  web:
+    ownership: true
+    rules:
+      - allow: {sections: [ping, version]}
+      - allow:
+          operations: [ContainerCreate, ContainerStart, ContainerInspect, ContainerRestart,
+                       ContainerDelete, ContainerWait]
+          objects: {labels: {com.example.team: web}}
+bindings:
+  - {policy: web, authenticated: true}
+"""
+
+
+def test_with_ownership_an_object_must_be_owned_and_covered(
+    daemon: PrivateDaemon, busybox_image: str, tmp_path: pathlib.Path
+) -> None:
+    """In ownership mode the caller restarts its own web container only: its own container
+    out of scope, and a web container made straight on the daemon (nobody's), are absent."""
+    from support.remote import write_htpasswd  # noqa: PLC0415
+
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, {"alice": "alice-pw"})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(OWNED_POLICY)
+    suffix = os.urandom(4).hex()
+    mine, mine_out, foreign = (f"dgt-scope-{k}-{suffix}" for k in ("mine", "mineout", "foreign"))
+    gateway = Gateway(daemon.host, "--htpasswd", str(htpasswd), policy=policy)
+    try:
+        with running(gateway) as gw:
+            env = _env(gw, tmp_path / "cli")
+            token = base64.b64encode(b"alice:alice-pw").decode()
+            headers = {"HttpHeaders": {"Authorization": f"Basic {token}"}}
+            (tmp_path / "cli" / "config.json").write_text(json.dumps(headers))
+            done = run_docker(
+                env, "run", "-d", "--name", mine, "--label", f"{LABEL}=web", busybox_image,
+                "sleep", "600",
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            daemon.docker(
+                "run", "-d", "--name", foreign, "--label", f"{LABEL}=web", busybox_image,
+                "sleep", "600",
+            )  # fmt: skip
+            # Alice's own container, out of scope: made on the daemon with her owner label.
+            daemon.docker(
+                "create", "--name", mine_out, "--label", "io.dockgate.owner=user:alice",
+                "--label", f"{LABEL}=db", busybox_image, "true",
+            )  # fmt: skip
+            for name in (foreign, mine_out):
+                done = run_docker(env, "container", "inspect", name)
+                assert done.returncode != 0, name
+                assert f"No such container: {name}" in done.stderr.decode(), done.stderr
+            before = _started_at(daemon, mine)
+            done = run_docker(env, "restart", "-t", "0", mine)
+            assert done.returncode == 0, done.stderr
+            assert _started_at(daemon, mine) != before
+    finally:
+        daemon.docker("rm", "-f", mine, mine_out, foreign, check=False)

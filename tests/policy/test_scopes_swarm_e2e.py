@@ -35,7 +35,7 @@ policies:
       - allow: {sections: [ping, version]}
       - allow:
           operations: [ServiceInspect, ServiceLogs, ServiceCreate, ServiceUpdate, ServiceDelete,
-                       TaskInspect, TaskLogs]
+                       TaskInspect, TaskLogs, SecretInspect, SecretCreate]
           objects: {labels: {com.example.team: web}}
 """
 
@@ -151,3 +151,34 @@ def test_a_service_is_created_and_updated_only_within_the_scope(
         assert inspected["Spec"]["Labels"] == {LABEL: "web"}
     finally:
         daemon.docker("service", "rm", plain, labelled, check=False)
+
+
+def test_secrets_out_of_scope_are_absent_and_not_made(
+    env: dict[str, str], daemon: PrivateDaemon
+) -> None:
+    """A db secret is "not found" by name and ID; a web one is inspected; `docker secret
+    create` without the label makes no secret, with it one."""
+    suffix = os.urandom(4).hex()
+    made = {team: f"dgt-scope-{team}-secret-{suffix}" for team in ("web", "db", "new", "plain")}
+    try:
+        ids = {}
+        for team in ("web", "db"):
+            created = daemon.docker(
+                "secret", "create", "--label", f"{LABEL}={team}", made[team], "-", input=b"x"
+            )
+            ids[team] = created.stdout.decode().strip()
+        for reference in (made["db"], ids["db"], ids["db"][:5]):
+            status, body = _call(env, f"/v1.41/secrets/{reference}")
+            assert (status, body) == (404, {"message": f"secret {reference} not found"})
+        status, body = _call(env, f"/v1.41/secrets/{made['web']}")
+        assert status == 200 and body["ID"] == ids["web"], body  # type: ignore[index]
+        done = run_docker(env, "secret", "create", made["plain"], "-", input=b"x")
+        assert done.returncode != 0 and b"would not be covered" in done.stderr, done.stderr
+        assert daemon.docker("secret", "inspect", made["plain"], check=False).returncode != 0
+        done = run_docker(
+            env, "secret", "create", "--label", f"{LABEL}=web", made["new"], "-", input=b"x"
+        )
+        assert done.returncode == 0, done.stderr
+        assert daemon.docker("secret", "inspect", made["new"], check=False).returncode == 0
+    finally:
+        daemon.docker("secret", "rm", *made.values(), check=False)
