@@ -260,11 +260,13 @@ class PolicySteps:
                     refusal = name_taken(kind, reference)
         except Unresolved as exc:
             refusal = allowed.unresolved(str(exc))
-        if self._lookup_ended(head):
+        if self.closing or self._head is not head:
+            self._lookup_task = None
             return
         if refusal is not None:
             waived = self._waived(refusal)
             if waived is None:
+                self._lookup_task = None
                 self._refuse_held(head, refusal, body)
                 return
             # Warn or audit mode: recorded; the body goes on as it came, unpinned.
@@ -274,14 +276,18 @@ class PolicySteps:
                 body = pinned_body(self._operation(), body, pins)
             except (ValueError, RecursionError) as exc:
                 message = f"dockgate: {self._operation()}: {unreadable(exc)}"
+                self._lookup_task = None
                 self._refuse_held(head, Refusal(400, message, "scope", "unpinnable"), body)
                 return
+        # (the task goes on with the other look-ups: it stays the exchange's, cancelled if
+        # the client leaves)
         if judged.volumes and guardrails is not None:
             await self._check_named_volumes(head, body, guardrails, judged.volumes, judged.named)
             return
         if judged.named or judged.check_image:
             await self._check_references(head, body, judged.named)
             return
+        self._lookup_task = None
         self.flow.resume(Pause.LOOKUP)
         self._forward_held(head, body)
 
