@@ -220,8 +220,9 @@ def test_a_prefix_is_resolved_among_covered_containers_only(
     web_env: dict[str, str], containers: dict[str, str], daemon: PrivateDaemon, busybox_image: str
 ) -> None:
     """A one-digit prefix that the web container shares with out-of-scope containers finds
-    the web container (the daemon alone would call it ambiguous); a prefix only an
-    out-of-scope container fits is absent."""
+    the web container (the daemon alone would call it ambiguous); so does a prefix that is
+    also the name of a container out of scope; a prefix only an out-of-scope container fits
+    is absent."""
     web_id = _id(daemon, containers["web"])
     made: list[str] = []
     try:
@@ -237,6 +238,14 @@ def test_a_prefix_is_resolved_among_covered_containers_only(
         ambiguous = daemon.docker("container", "inspect", web_id[0], check=False)
         assert ambiguous.returncode != 0  # the daemon itself cannot tell
         done = run_docker(web_env, "container", "inspect", "-f", "{{.Id}}", web_id[0])
+        assert done.returncode == 0 and done.stdout.decode().strip() == web_id, done.stderr
+        # A name out of scope that is also the web container's ID prefix: the daemon finds
+        # the name first; among covered containers, the prefix is the web container.
+        shadow = web_id[:8]
+        made.append(
+            daemon.docker("create", "--name", shadow, busybox_image, "true").stdout.decode().strip()
+        )
+        done = run_docker(web_env, "container", "inspect", "-f", "{{.Id}}", shadow)
         assert done.returncode == 0 and done.stdout.decode().strip() == web_id, done.stderr
         prefix = other[:12]
         done = run_docker(web_env, "container", "inspect", prefix)
