@@ -266,3 +266,18 @@ def test_check_says_why_a_create_is_refused(policies: PolicySet) -> None:
     assert out[-1] == "1"
     assert out[-2].startswith("decision:  deny, 403: dockgate: ContainerCreate denied by policy")
     assert "would not be covered by rule 1 (labels=team=web)" in out[-2]
+
+
+def test_a_scoped_network_create_always_checks_for_duplicates(policies: PolicySet) -> None:
+    """(the 20.10 daemon's warning for a duplicate name names the holder's ID)"""
+    from dockgate.body import gojson  # noqa: PLC0415
+
+    for raw in (b'{"Name": "web-n", "checkDuplicate": false}', b'{"Name": "web-n"}\n'):
+        step = plan(policies, head("POST", "/v1.41/networks/create", raw))
+        assert isinstance(step, HoldBody)
+        judged = judge_body(step, raw)
+        assert isinstance(judged, JudgedBody)
+        top = gojson.parse(judged.body, strict_end=True)
+        assert isinstance(top, gojson.GoObject)
+        assert gojson.scalar((top,), "CheckDuplicate") is True
+        assert gojson.scalar((top,), "Name") == "web-n"

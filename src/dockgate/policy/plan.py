@@ -78,6 +78,7 @@ from dockgate.policy.scoping import (
     claimed,
     create_problem,
     scope_lookup,
+    with_duplicate_check,
 )
 from dockgate.policy.scoping import STAGE as SCOPE_STAGE
 from dockgate.refusal import Refusal
@@ -515,6 +516,8 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         if isinstance(found, Refusal):
             return found
         allowed, scoped, claims = found
+        if operation == "NetworkCreate" and owner is None and allowed.mode != AUDIT:
+            body = with_duplicate_check(body)  # (ownership's label adds it already)
     judged = JudgedBody(
         body,
         volumes,

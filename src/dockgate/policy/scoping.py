@@ -187,6 +187,19 @@ def name_taken(kind: Kind, reference: str) -> Refusal:
     return Refusal(409, message, STAGE, "name taken out of scope")
 
 
+def with_duplicate_check(body: bytes) -> bytes:
+    """A scoped NetworkCreate's body with `"CheckDuplicate":true` written last (Go's decoder
+    keeps the last duplicate, keys folded): without it the 20.10 daemon makes a second network
+    of a name another holds and answers with a warning naming the holder's ID (moby
+    daemon/network.go createNetwork), which may be out of scope; with it, a name taken is a
+    409 that names nobody (ownership's `with_owner_label` does the same). The body is one
+    JSON object (read whole by `created`, strict end)."""
+    text = body.rstrip(b" \t\r\n")
+    inner = text[:-1].rstrip(b" \t\r\n")
+    separator = b"" if inner.endswith(b"{") else b","
+    return inner + separator + b'"CheckDuplicate":true}'
+
+
 _WHAT = {
     "ContainerCreate": "the container",
     "NetworkCreate": "the network",
