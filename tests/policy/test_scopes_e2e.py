@@ -352,3 +352,18 @@ def test_with_ownership_an_object_must_be_owned_and_covered(
             assert _started_at(daemon, mine) != before
     finally:
         daemon.docker("rm", "-f", mine, mine_out, foreign, check=False)
+
+
+def test_a_name_held_out_of_scope_is_taken_without_naming_the_holder(
+    web_env: dict[str, str], containers: dict[str, str], daemon: PrivateDaemon, busybox_image: str
+) -> None:
+    """A covered create under the db container's name is a conflict whose message does not
+    carry the db container's ID (the daemon's own would)."""
+    name, db_id = containers["db"], _id(daemon, containers["db"])
+    done = run_docker(
+        web_env, "create", "--name", name, "--label", f"{LABEL}=web", busybox_image, "true"
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode != 0 and "is already in use by another container" in stderr, stderr
+    assert db_id not in stderr and db_id[:12] not in stderr
+    assert _id(daemon, name) == db_id  # the db container is still the one of that name
