@@ -512,7 +512,9 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     scoped: list[tuple[Kind, str]] = []
     claims: list[tuple[Kind, str]] = []
     if allowed.verdict.scope is not None:
-        found = _judge_scope(allowed, head, received, trace)
+        # The body as it goes to the daemon (an owner label added: labels merge key by key),
+        # so that what is judged is the object as it will be created.
+        found = _judge_scope(allowed, head, body, trace)
         if isinstance(found, Refusal):
             return found
         allowed, scoped, claims = found
