@@ -11,7 +11,8 @@ A policy (or binding) in warn or audit mode (policy/modes.py): check says what t
 forward, with the refusal it records (`warn: would deny, 403: ...`), and exits 0.
 
 Exit status: 0 allow, 1 deny, 3 not decided by what check was given: a look-up in the daemon
-(see the `lookup:` lines), or a body the guardrails judge that `--body` did not give.
+(see the `lookup:` lines: ownership, named volumes, object scopes), or a body the
+guardrails judge that `--body` did not give.
 """
 
 from __future__ import annotations
@@ -164,11 +165,14 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
         if isinstance(step, LookUp):
             objects = step.objects
             names = ", ".join(repr(name) for name in objects.references)
-            out.append(
-                f"lookup:    the daemon is asked whose {objects.kind.name} {names} is: the "
-                f"caller's goes on, pinned to its full ID; any other is answered "
-                f"{objects.status} as if it did not exist"
-            )
+            if step.scope is not None:
+                _explain_scoped_lookup(out, step)
+            else:
+                out.append(
+                    f"lookup:    the daemon is asked whose {objects.kind.name} {names} is: the "
+                    f"caller's goes on, pinned to its full ID; any other is answered "
+                    f"{objects.status} as if it did not exist"
+                )
             return _decide_by_lookup(out, step.allowed.verdict.label)
         if isinstance(step, HoldBody):
             if request.body is None and step.allowed.operation not in BODYLESS:
@@ -249,6 +253,8 @@ def _explain_admission(
         )
     if match is not None or verdict.status == 403:
         _explain_rules(out, policy, head, match)
+    if verdict.allowed and verdict.scope is not None:
+        out.append(f"scope:     only on the objects covered by {verdict.scope.describe()}")
 
 
 def _explain_rules(
@@ -333,6 +339,20 @@ def _guardrail_lines(found: list[tuple[str, str | None]]) -> list[str]:
     ]
 
 
+def _explain_scoped_lookup(out: list[str], step: LookUp) -> None:
+    """A request about one object allowed only within a scope (policy/scoping.py)."""
+    check, objects = step.scope, step.objects
+    assert check is not None
+    owned = " and the caller's" if step.allowed.owner is not None else ""
+    out.append(
+        f"lookup:    the daemon is asked for {objects.kind.name} {objects.references[0]!r} "
+        f"among the objects covered by {check.scope.describe()}: covered{owned}, it goes on "
+        "pinned to its full ID; otherwise it is answered 404 as if it did not exist"
+    )
+    if check.renamed is not None:
+        out.append(f"lookup:    its new name {check.renamed!r} must be covered too")
+
+
 def _explain_lookups(out: list[str], allowed: Allowed, judged: JudgedBody) -> None:
     for volume in judged.volumes:
         out.append(f"lookup:    volume {volume.name!r}: its options, judged by the guardrails")
@@ -340,6 +360,16 @@ def _explain_lookups(out: list[str], allowed: Allowed, judged: JudgedBody) -> No
         out.append(
             f"lookup:    the daemon's default log driver (the body names none) must not be "
             f"{SILENT_LOG_DRIVER!r}"
+        )
+    for kind, reference in judged.scoped:
+        out.append(
+            f"lookup:    {kind.name} {reference!r} must exist and be covered by the scope "
+            "(else 403, as if it did not exist)"
+        )
+    for kind, reference in judged.claims:
+        out.append(
+            f"lookup:    the {kind.name} name {reference!r} must not be held by an object out "
+            "of the scope (else 409)"
         )
     for kind, reference in judged.named:
         out.append(f"lookup:    {kind.name} {reference!r} must be the caller's")
@@ -393,4 +423,6 @@ def describe_matcher(rule: Rule) -> str:
             parts.append(f"{name}={shown if len(shown) < 60 else shown[:57] + '...'}")
     if m.paths is not None:
         parts.append("paths=" + ",".join(p.pattern for p in m.paths))
+    if m.objects is not None:
+        parts.append(f"objects=({m.objects.text})")
     return " ".join(parts)

@@ -83,6 +83,9 @@ class AuditRecord:
     # audit mode what would have been ({"labels": {...}, "memory": N, ...}); None: nothing.
     injected: Details | None = None
     would_inject: Details | None = None
+    # Allowed only on the objects a scope covers (policy/scopes.py): the rules, as
+    # `rule 2 (labels=team=web)`; None: no scope (every object).
+    scope: str | None = None
 
 
 # ----- rendering --------------------------------------------------------------------------------
@@ -161,6 +164,8 @@ def render(record: AuditRecord) -> str:
         fields["injected"] = record.injected
     if record.would_inject:
         fields["would_inject"] = record.would_inject
+    if record.scope is not None:
+        fields["scope"] = record.scope
     return json.dumps(_bounded(fields, -1), ensure_ascii=True, separators=(",", ":"))
 
 

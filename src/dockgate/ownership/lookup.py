@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from dockgate.addresses import Address
@@ -58,6 +59,10 @@ class Unresolved(Exception):
 class Found:
     full_id: str  # the object's full ID (a volume's name)
     owner: str | None  # its owner label, for exec instances and tasks their parent's
+    # What an object scope (policy/scopes.py) matches, as inspected: its labels and its name
+    # (a container's without the leading `/`); for exec instances and tasks their parent's.
+    labels: Mapping[str, str] = field(default_factory=dict)
+    name: str = ""
 
 
 async def get_json(address: Address, path: str) -> tuple[int, object]:
@@ -156,16 +161,40 @@ async def find(address: Address, kind: Kind, reference: str) -> Found | None:
         raise LookupError_(f"no {kind.id_field} in the daemon's {kind.name} answer")
     parent = PARENT_FIELD.get(kind.name)
     if parent is None:
+        labels, name = scope_facts(answer, kind)
         if kind is CONTAINER:
-            return Found(full_id, await CONTAINER_VERDICTS.verdict(address, full_id, answer))
-        return Found(full_id, owner_of(answer, kind))
-    field, parent_kind = parent
-    parent_id = answer.get(field)
+            owner = await CONTAINER_VERDICTS.verdict(address, full_id, answer)
+            return Found(full_id, owner, labels, name)
+        return Found(full_id, owner_of(answer, kind), labels, name)
+    parent_field, parent_kind = parent
+    parent_id = answer.get(parent_field)
     if not isinstance(parent_id, str) or not parent_id:
         return Found(full_id, None)
-    # An exec instance is its container's: the container's trusted owner (above).
+    # An exec instance is its container's: the container's trusted owner (above), and what a
+    # scope matches of it is the container's (a task's, its service's).
     found_parent = await find(address, parent_kind, parent_id)
-    return Found(full_id, found_parent.owner if found_parent is not None else None)
+    if found_parent is None:
+        return Found(full_id, None)
+    return Found(full_id, found_parent.owner, found_parent.labels, found_parent.name)
+
+
+def scope_facts(answer: dict[str, object], kind: Kind) -> tuple[dict[str, str], str]:
+    """An inspect answer's labels (where `kind.labels` says) and name, as a scope matches
+    them: a container's `Name` without its leading `/` (moby stores `/web`), a swarm object's
+    `Spec.Name`, a network's or volume's `Name`. Labels that are not strings match nothing."""
+    node: object = answer
+    for key in kind.labels:
+        node = node.get(key) if isinstance(node, dict) else None
+    labels = (
+        {k: v for k, v in node.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(node, dict)
+        else {}
+    )
+    where: object = answer.get("Spec") if kind.labels[:1] == ("Spec",) else answer
+    name = where.get("Name") if isinstance(where, dict) else None
+    if not isinstance(name, str):
+        return labels, ""
+    return labels, name.removeprefix("/") if kind is CONTAINER else name
 
 
 # ----- images: whose owner label they carry ------------------------------------------------------

@@ -42,8 +42,9 @@ AUDIT: Final = "audit"
 MODES: Final[tuple[Mode, ...]] = (ENFORCE, WARN, AUDIT)
 
 # The steps whose refusals are the policy's: what its author wrote (rules, read_only,
-# guardrails, ownership, redaction), and so what a rollout mode may record instead of apply.
-POLICY_STAGES: Final = frozenset({"policy", "guardrails", "ownership", "redaction"})
+# guardrails, ownership, redaction, object scopes), and so what a rollout mode may record
+# instead of apply.
+POLICY_STAGES: Final = frozenset({"policy", "guardrails", "ownership", "redaction", "scope"})
 # Of their statuses, the decisions: 403 denied, and ownership's answers as if an object were
 # absent (404, and 409 for a name taken by another caller's object). A 400 (a body or filter
 # that cannot be read as the daemon reads it) and a 413 (over a size or cost bound) protect the

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dockgate.api.target import parse_target
 from dockgate.body.content import (
@@ -74,6 +74,15 @@ from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
 from dockgate.policy.scopelists import filters_answer, scoped_list_head, scoped_list_hidden
+from dockgate.policy.scoping import (
+    SCOPED_CREATES,
+    ScopeCheck,
+    claimed,
+    create_problem,
+    scope_lookup,
+    with_duplicate_check,
+)
+from dockgate.policy.scoping import STAGE as SCOPE_STAGE
 from dockgate.refusal import Refusal
 
 # What each step found, in order: (step, finding). Only `dockgate check` asks for it.
@@ -195,6 +204,9 @@ class LookUp:
     head: RequestHead
     allowed: Allowed
     objects: LookUpAll
+    # A request allowed only on the objects a scope covers (policy/scoping.py): the object
+    # must be covered too (and owned, when ownership asked for the look-up).
+    scope: ScopeCheck | None = None
 
 
 Step = Refusal | DrainBody | LookUp | HoldBody | Forward
@@ -277,9 +289,41 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
     if allowed.ownership:
         owned = _own(head, allowed, trace)
         if not isinstance(owned, RequestHead):
-            return owned
+            return _scoped_lookup(owned, allowed)
         head = owned
+    if allowed.verdict.scope is not None:  # a request about one object: looked up first
+        looked_up = _scope(head, allowed)
+        if looked_up is not None:
+            return looked_up
     return plan_forward(head, allowed, trace)
+
+
+def _scope(head: RequestHead, allowed: Allowed) -> LookUp | None:
+    """A request about one object, allowed only on the objects a scope covers: looked up
+    (policy/scoping.py); None when it names no object (creates are judged on their body)."""
+    scope, match = allowed.verdict.scope, allowed.verdict.match
+    assert scope is not None and match is not None
+    path = parse_target(head.target).path
+    found = scope_lookup(allowed.operation, match.operation.path, head.target, path, scope)
+    if found is None:
+        return None
+    objects, check = found  # (`dockgate check` explains the look-up: no trace here)
+    return LookUp(head, allowed, objects, check)
+
+
+def _scoped_lookup(step: Step, allowed: Allowed) -> Step:
+    """Ownership's look-up of the one object a request is about checks the scope too (a
+    policy with both needs both: owned and covered)."""
+    scope, match = allowed.verdict.scope, allowed.verdict.match
+    if scope is None or match is None or not isinstance(step, LookUp):
+        return step
+    target = step.head.target
+    found = scope_lookup(
+        allowed.operation, match.operation.path, target, parse_target(target).path, scope
+    )
+    if found is None or found[0].kind is not step.objects.kind:
+        return step
+    return replace(step, scope=found[1])
 
 
 # Narrowed lists that delete what they list (ownership's FILTERED).
@@ -360,6 +404,11 @@ def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None
     if policy is not None and policy.defaults is not None and operation in DEFAULTED:
         # The policy's defaults are written into the body: held whole, guardrails or not.
         return hold_body(head, allowed, guardrails, trace)
+    if allowed.verdict.scope is not None and (
+        operation in SCOPED_CREATES or operation in REFERENCING
+    ):
+        # What the body makes, and the objects it names, must be covered (policy/scoping.py).
+        return hold_body(head, allowed, guardrails, trace)
     if guardrails is not None:
         if operation in QUERY_CHECKED:
             try:
@@ -412,10 +461,16 @@ class JudgedBody:
     # The request's facts as they go on: in warn or audit mode carrying what the body would
     # have been refused for (Verdict.would_deny); the hold's own otherwise.
     allowed: Allowed
+    # A scoped request (policy/scoping.py): the objects the body names, which must exist and
+    # be covered by the scope.
+    scoped: list[tuple[Kind, str]] = field(default_factory=list)
+    # ... and the name a scoped create takes (a container's `/name`, a volume's): held by an
+    # object out of scope, the create is refused here (the daemon's answer would name it).
+    claims: list[tuple[Kind, str]] = field(default_factory=list)
 
     @property
     def needs_daemon(self) -> bool:
-        return bool(self.volumes or self.named or self.check_image)
+        return bool(self.volumes or self.named or self.check_image or self.scoped or self.claims)
 
 
 def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
@@ -479,12 +534,25 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     if isinstance(defaulted, Refusal):
         return defaulted
     body, allowed = defaulted
+    scoped: list[tuple[Kind, str]] = []
+    claims: list[tuple[Kind, str]] = []
+    if allowed.verdict.scope is not None:
+        # The body as it goes to the daemon (an owner label added: labels merge key by key),
+        # so that what is judged is the object as it will be created.
+        found = _judge_scope(allowed, head, body, trace)
+        if isinstance(found, Refusal):
+            return found
+        allowed, scoped, claims = found
+        if operation == "NetworkCreate" and owner is None and allowed.mode != AUDIT:
+            body = with_duplicate_check(body)  # (ownership's label adds it already)
     judged = JudgedBody(
         body,
         volumes,
         named,
         owner is not None and operation in IMAGE_CHECKED and allowed.mode != AUDIT,
         allowed,
+        scoped,
+        claims,
     )
     later = refused_before_lookups(allowed, judged)
     if later is None:
@@ -492,7 +560,46 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     waived = allowed.waived(later)
     if waived is None:
         return later
-    return JudgedBody(body, [], named, check_image=False, allowed=waived)
+    return JudgedBody(
+        body, [], named, check_image=False, allowed=waived, scoped=scoped, claims=claims
+    )
+
+
+def _judge_scope(
+    allowed: Allowed, head: RequestHead, body: bytes, trace: Trace | None
+) -> Refusal | tuple[Allowed, list[tuple[Kind, str]], list[tuple[Kind, str]]]:
+    """A scoped request's body (policy/scoping.py): what a create makes must be covered, and
+    the objects it names are to be looked up (each must exist and be covered). In warn or
+    audit mode a refusal of the policy's is recorded, and nothing named is looked up."""
+    scope = allowed.verdict.scope
+    assert scope is not None
+    operation = allowed.operation
+    query = head.target.partition("?")[2]
+    claims: list[tuple[Kind, str]] = []
+    try:
+        if operation in SCOPED_CREATES:
+            problem = create_problem(scope, operation, query, body)
+            if problem is not None:
+                refusal = allowed.policy_denial(SCOPE_STAGE, problem)
+                waived = allowed.waived(refusal)
+                if waived is None:
+                    return refusal
+                if trace is not None:
+                    trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {problem}"))
+                return waived, [], []
+            if trace is not None:
+                trace.append((SCOPE_STAGE, f"what it makes is covered by {scope.describe()}"))
+            claims = claimed(operation, query, body)
+        named = references(operation, body) if operation in REFERENCING else []
+    except (ValueError, RecursionError) as exc:
+        message = f"dockgate: {operation}: {unreadable(exc)}"
+        return Refusal(400, message, SCOPE_STAGE, "unreadable body")
+    if len(named) > MAX_REFERENCES:
+        message = f"dockgate: {operation}: a body may name at most {MAX_REFERENCES} objects"
+        return Refusal(400, message, SCOPE_STAGE, "too many references")
+    if named and trace is not None:
+        trace.append((SCOPE_STAGE, f"names {len(named)} object(s), each must be covered"))
+    return allowed, named, claims
 
 
 def body_judged(hold: HoldBody, body: bytes) -> tuple[bytes, Injected | None]:

@@ -736,7 +736,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             # LookUp: until the daemon answers, what the client sends waits, in order.
             self._deferred = []
             self.flow.pause(Pause.LOOKUP)
-            self._start_lookup(self._check_owners(step.head, step.objects))
+            self._start_lookup(self._check_owners(step.head, step.objects, step.scope))
 
     def _send_head(self, raw: bytes, *, replayable: bool) -> None:
         assert self._head is not None
@@ -1509,6 +1509,7 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
                     agent[:USER_AGENT_CHARS].decode("latin-1") if agent is not None else None
                 ),
                 **injected_fields(self._allowed if verdict.allowed else None),
+                scope=verdict.scope.describe() if verdict.scope is not None else None,
             )
         )
 

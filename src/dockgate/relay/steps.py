@@ -55,12 +55,14 @@ from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.lookup import (
     Unresolved,
     default_log_driver,
+    find,
     get_json,
     named_image_owner,
     vouched_containers,
 )
 from dockgate.ownership.operations import (
     CHECKED_ANSWERS,
+    CONTAINER,
     IMAGE_CHECKED,
     SILENT_LOG_DRIVER,
     VOLUME,
@@ -74,6 +76,7 @@ from dockgate.ownership.operations import (
 )
 from dockgate.ownership.pinning import pinned_body
 from dockgate.ownership.prefix import find_owned
+from dockgate.ownership.scopefind import find_covered
 from dockgate.ownership.volumes import (
     Settled,
     Unreadable,
@@ -90,6 +93,7 @@ from dockgate.policy.plan import (
     Allowed,
     Answer,
     HoldBody,
+    JudgedBody,
     Step,
     answer_handling,
     judge_body,
@@ -107,6 +111,13 @@ from dockgate.policy.scopelists import (
     service_filter_problem,
 )
 from dockgate.policy.scopes import Scope
+from dockgate.policy.scoping import (
+    ScopeCheck,
+    absent,
+    absent_named,
+    name_taken,
+    rename_problem,
+)
 from dockgate.refusal import Refusal
 from dockgate.relay.flow import FlowControl, Pause
 from dockgate.relay.holding import Share
@@ -210,6 +221,10 @@ class PolicySteps:
         # (in warn or audit mode carrying what the body would have been refused for)
         self._allowed = judged.allowed
         self._verdict = judged.allowed.verdict
+        if judged.scoped or judged.claims:
+            # A scoped request: the objects the body names must be covered first.
+            self._start_lookup(self._check_scoped_references(head, judged, hold.guardrails))
+            return
         if judged.volumes and hold.guardrails is not None:
             # Volumes used by name are judged on their options, which only the daemon knows.
             work = self._check_named_volumes(
@@ -223,6 +238,69 @@ class PolicySteps:
             self._start_lookup(self._check_references(head, judged.body, judged.named))
             return
         self._forward_held(head, judged.body)
+
+    async def _check_scoped_references(
+        self, head: RequestHead, judged: JudgedBody, guardrails: Guardrails | None
+    ) -> None:
+        """A scoped request's body (policy/scoping.py): each object it names must exist and be
+        covered by the scope (found among the covered objects, ownership/scopefind.py), or
+        the request is refused (403, worded as missing: as if it did not exist). A volume
+        that does not exist is refused the same way (the daemon would make it without
+        labels, outside the scope; and a different answer would tell an existing volume out
+        of scope from none). Then on to the guardrails' and ownership's look-ups, if any;
+        without ownership the body is pinned to the full IDs checked."""
+        self.flow.pause(Pause.LOOKUP)
+        allowed = judged.allowed
+        scope = allowed.verdict.scope
+        assert scope is not None
+        body = judged.body
+        pins: dict[tuple[str, str], str] = {}
+        refusal: Refusal | None = None
+        try:
+            for kind, reference in judged.scoped:
+                found = await find_covered(
+                    self.ctx.pool.address, kind, reference, scope, self._owner
+                )
+                if found is None:
+                    refusal = absent_named(kind, reference)
+                    break
+                pins[kind.name, reference] = found.full_id
+            for kind, reference in [] if refusal is not None else judged.claims:
+                holder = await find(self.ctx.pool.address, kind, reference)
+                if holder is not None and not scope.covers(holder.labels, holder.name):
+                    refusal = name_taken(kind, reference)
+        except Unresolved as exc:
+            refusal = allowed.unresolved(str(exc))
+        if self.closing or self._head is not head:
+            self._lookup_task = None
+            return
+        if refusal is not None:
+            waived = self._waived(refusal)
+            if waived is None:
+                self._lookup_task = None
+                self._refuse_held(head, refusal, body)
+                return
+            # Warn or audit mode: recorded; the body goes on as it came, unpinned.
+            self._allowed, self._verdict, pins = waived, waived.verdict, {}
+        if pins and self._owner is None and allowed.mode != AUDIT:
+            try:
+                body = pinned_body(self._operation(), body, pins)
+            except (ValueError, RecursionError) as exc:
+                message = f"dockgate: {self._operation()}: {unreadable(exc)}"
+                self._lookup_task = None
+                self._refuse_held(head, Refusal(400, message, "scope", "unpinnable"), body)
+                return
+        # (the task goes on with the other look-ups: it stays the exchange's, cancelled if
+        # the client leaves)
+        if judged.volumes and guardrails is not None:
+            await self._check_named_volumes(head, body, guardrails, judged.volumes, judged.named)
+            return
+        if judged.named or judged.check_image:
+            await self._check_references(head, body, judged.named)
+            return
+        self._lookup_task = None
+        self.flow.resume(Pause.LOOKUP)
+        self._forward_held(head, body)
 
     def _keep_piece(self, held: bytearray, data: bytes, limit: int, head: RequestHead) -> bool:
         """A piece of a body held whole (judged, or drained): counted and kept, if the body
@@ -510,15 +588,24 @@ class PolicySteps:
             return refuse(403, message)
         return None
 
-    async def _check_owners(self, head: RequestHead, step: LookUpAll) -> None:
+    async def _check_owners(
+        self, head: RequestHead, step: LookUpAll, scope: ScopeCheck | None = None
+    ) -> None:
         """The objects a request names must be the caller's (ownership.LookUp, or several of
         them for a list's filters, ownership/lists.py): the first that is not is answered as
         missing (the kind's not-found message, with the step's status); all the caller's, the
-        request goes on pinned to their full IDs."""
+        request goes on pinned to their full IDs. With a `scope` (policy/scoping.py), the
+        object must be covered too (found among the covered objects only,
+        ownership/scopefind.py), and must be the caller's only in ownership mode."""
         full_ids: dict[str, str] = {}
         refused: Refusal | None = None
         try:
             for reference in step.references:
+                if scope is not None:
+                    refused = await self._scoped_lookup(step.kind, reference, scope, full_ids)
+                    if refused is not None:
+                        break
+                    continue
                 found = await find_owned(self.ctx.pool.address, step.kind, reference, self._owner)
                 if found is None or found.owner != self._owner:
                     # As if it did not exist: the daemon's own answer for a missing object.
@@ -553,6 +640,28 @@ class PolicySteps:
         self.flow.resume(Pause.LOOKUP)
         if deferred:
             self._handle(deferred)
+
+    async def _scoped_lookup(
+        self, kind: Kind, reference: str, check: ScopeCheck, full_ids: dict[str, str]
+    ) -> Refusal | None:
+        """One object of a scoped request: covered (and the caller's, in ownership mode), its
+        full ID kept in `full_ids`; else the daemon's 404 for a missing object. Unresolved
+        when it names several covered objects."""
+        owner = self._owner
+        found = await find_covered(self.ctx.pool.address, kind, reference, check.scope, owner)
+        if found is None or (owner is not None and found.owner != owner):
+            return absent(kind, reference)
+        problem = rename_problem(check, found.labels)
+        if problem is not None:
+            return self._exchange().policy_denial("scope", problem)
+        if check.renamed:
+            # A new name held by a container out of scope: the daemon's 409 would name it.
+            taken = "/" + check.renamed
+            holder = await find(self.ctx.pool.address, CONTAINER, taken)
+            if holder is not None and not check.scope.covers(holder.labels, holder.name):
+                return name_taken(CONTAINER, taken)
+        full_ids[reference] = found.full_id
+        return None
 
     def _hold_body(self, step: HoldBody) -> None:
         """Read the body whole, judge it and label it, and only then forward it (with a

@@ -1,0 +1,213 @@
+"""Object scopes enforced on requests about one object and on creates (the pure part).
+
+A request allowed with a `Verdict.scope` (policy/scopes.py) is judged here without I/O:
+
+- about one object (its path names it: `/containers/web/restart`, `/exec/ID/start`,
+  `/services/ID/logs`, ...): a look-up (`scope_lookup`), which the relay carries out
+  (relay/steps.py `_check_owners`, with ownership/scopefind.py): the object, found among the
+  covered objects only, must be covered; then the request goes on pinned to its full ID, else
+  it is answered the daemon's 404 for a missing object (`absent`), as if it did not exist;
+- a create (ContainerCreate, NetworkCreate, VolumeCreate, ServiceCreate, SecretCreate,
+  ConfigCreate) and an update carrying a whole spec (ServiceUpdate, SecretUpdate,
+  ConfigUpdate: after the look-up of the object its path names): the object as the body
+  makes it must be covered (`create_problem`), its labels and name read as the daemon decodes
+  the body (body/gojson.py);
+- a rename (ContainerRename): the container, under its new name, must still be covered
+  (`rename_problem`, after the look-up);
+- the objects a body names (ownership.references: networks, containers, volumes, secrets,
+  configs a create joins, shares, mounts; the container of a NetworkConnect): each must exist
+  and be covered too, judged by the relay (`_check_scoped_references`).
+
+Only the body's labels count for a create: the daemon merges the image's labels into a new
+container's under every key the body does not set, but that is known only after the create;
+later requests about the container judge its inspect, image labels included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from dockgate.body import gojson
+from dockgate.ownership.lists import LookUpAll
+from dockgate.ownership.operations import (
+    CONTAINER,
+    OWNED_CREATES,
+    VOLUME,
+    Kind,
+    LookUp,
+    object_kind,
+    reference_of,
+    with_reference,
+)
+from dockgate.policy.scopes import SCOPED_KINDS, Scope
+from dockgate.refusal import Refusal
+
+STAGE = "scope"
+# Creates and whole-spec updates whose body makes an object a scope must cover.
+SCOPED_CREATES = OWNED_CREATES
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeCheck:
+    """What the look-up of a scoped request's object checks besides its existence."""
+
+    scope: Scope
+    renamed: str | None = None  # ContainerRename: the new name, which must be covered too
+
+
+def scope_lookup(
+    operation: str, template: str, raw_target: str, path: str, scope: Scope
+) -> tuple[LookUpAll, ScopeCheck] | None:
+    """The look-up of the one object a request is about, or None when it names none (a
+    create, a list, the event stream)."""
+    kind = object_kind(operation, template)
+    if kind is None or kind.name not in SCOPED_KINDS:
+        return None
+    found = reference_of(path, kind)
+    if found is None:
+        return None
+    index, reference = found
+    step = LookUp(kind, reference, lambda full_id: with_reference(raw_target, index, full_id))
+    return LookUpAll.of_one(step), ScopeCheck(scope, _new_name(operation, raw_target))
+
+
+def _new_name(operation: str, raw_target: str) -> str | None:
+    """A rename's new name as the daemon stores it, without its leading `/` (the router reads
+    `r.Form.Get("name")`: the first value; moby daemon/rename.go adds the `/` back)."""
+    if operation != "ContainerRename":
+        return None
+    query = raw_target.partition("?")[2]
+    name = next((v for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"), "")
+    return name.removeprefix("/")
+
+
+def absent(kind: Kind, reference: str) -> Refusal:
+    """The daemon's own answer for a missing object (what an object out of scope gets)."""
+    return Refusal(404, kind.missing.format(reference), STAGE, "out of scope")
+
+
+def absent_named(kind: Kind, reference: str) -> Refusal:
+    """An object a body names that is out of scope or missing: 403, not 404 (the docker CLI
+    takes a 404 to a create for a missing image and would pull it), worded as missing. A
+    volume gets a hint, the same whether it is missing or out of scope: the daemon would make
+    a missing one without labels, outside the scope, so it must be made first."""
+    message = f"dockgate: {kind.missing.format(reference)}"
+    if kind.name == "volume":
+        message += (
+            " (a volume named in a scoped request must exist and be covered: create it first"
+            " with the labels the scope needs)"
+        )
+    return Refusal(403, message, STAGE, "out of scope")
+
+
+def rename_problem(check: ScopeCheck, labels: Mapping[str, str]) -> str | None:
+    """Why a covered container may not take its new name (it would leave the scope)."""
+    if check.renamed is None or check.scope.covers(labels, check.renamed):
+        return None
+    return (
+        f"the container renamed {check.renamed!r} would not be covered by "
+        f"{check.scope.describe()}: choose a name the scope covers"
+    )
+
+
+def created(operation: str, query: str, body: bytes) -> tuple[dict[str, str], str | None]:
+    """The labels and name of the object a create (or whole-spec update) body makes, as the
+    daemon decodes it: a container's `Labels` and the `name` query parameter (the first
+    value, without its leading `/`), a network's or volume's `Labels` and `Name`, a service's,
+    secret's or config's spec `Labels` and `Name`. A name left empty is None: the daemon makes
+    one up. ValueError for a body that cannot be read here."""
+    top = gojson.parse(body, strict_end=True)
+    if not isinstance(top, gojson.GoObject):
+        raise ValueError("the body must be one JSON object")  # noqa: TRY004 - a 400
+    one = (top,)
+    labels: dict[str, str] = {}
+    for key, value in (gojson.mapping(one, "Labels") or {}).items():
+        if value is None:
+            labels[key] = ""  # Go leaves a map's string element at its zero value
+        elif isinstance(value, str):
+            labels[key] = value
+        else:
+            raise ValueError(f"the label {key!r} is not a string")
+    if operation == "ContainerCreate":
+        given = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"]
+        name: object = given[0].removeprefix("/") if given else ""
+    else:
+        name = gojson.scalar(one, "Name")
+    return labels, name if isinstance(name, str) and name else None
+
+
+def create_problem(scope: Scope, operation: str, query: str, body: bytes) -> str | None:
+    """Why the object a create body makes would not be covered, or None. ValueError for a
+    body that cannot be read here."""
+    labels, name = created(operation, query, body)
+    if name is not None and scope.covers(labels, name):
+        return None
+    if name is None and any(
+        rule.names is None and rule.covers(labels, "") for _, rule in scope.rules
+    ):
+        return None  # covered whatever name the daemon makes up
+    what = _WHAT.get(operation, "the object")
+    rules = scope.describe()
+    if name is None and any(rule.names is not None for _, rule in scope.rules):
+        return f"{what} has no name and would not be covered by {rules}: name it"
+    shown = f" {name!r}" if name is not None else ""
+    return (
+        f"{what}{shown} would not be covered by {rules}: add the labels (or choose the name) "
+        "it needs"
+    )
+
+
+def claimed(operation: str, query: str, body: bytes) -> list[tuple[Kind, str]]:
+    """The name a create takes whose holder the daemon's answer would show: a container's
+    (its 409 names the holder's full ID: moby daemon/names.go nameConflict) as `/name`, found
+    by name only; a volume's (a create of an existing name answers 201 with that volume,
+    labels and options: moby volume/service.go Create). Held by an object out of scope, the
+    create is refused before the daemon answers (`name_taken`)."""
+    if operation not in ("ContainerCreate", "VolumeCreate"):
+        return []
+    _, name = created(operation, query, body)
+    if name is None:
+        return []
+    return [(CONTAINER, "/" + name)] if operation == "ContainerCreate" else [(VOLUME, name)]
+
+
+def name_taken(kind: Kind, reference: str) -> Refusal:
+    """A create's name (or a rename's), held by an object out of scope: a 409, as the daemon
+    answers for a name taken, naming no holder."""
+    if kind.name == "container":
+        message = (
+            f'Conflict. The container name "{reference}" is already in use by another '
+            "container. You have to remove (or rename) that container to be able to reuse "
+            "that name."
+        )
+    else:
+        message = f"dockgate: a {kind.name} named {reference!r} exists and is not in your scope"
+    return Refusal(409, message, STAGE, "name taken out of scope")
+
+
+def with_duplicate_check(body: bytes) -> bytes:
+    """A scoped NetworkCreate's body with `"CheckDuplicate":true` written last (Go's decoder
+    keeps the last duplicate, keys folded): without it the 20.10 daemon makes a second network
+    of a name another holds and answers with a warning naming the holder's ID (moby
+    daemon/network.go createNetwork), which may be out of scope; with it, a name taken is a
+    409 that names nobody (ownership's `with_owner_label` does the same). The body is one
+    JSON object (read whole by `created`, strict end)."""
+    text = body.rstrip(b" \t\r\n")
+    inner = text[:-1].rstrip(b" \t\r\n")
+    separator = b"" if inner.endswith(b"{") else b","
+    return inner + separator + b'"CheckDuplicate":true}'
+
+
+_WHAT = {
+    "ContainerCreate": "the container",
+    "NetworkCreate": "the network",
+    "VolumeCreate": "the volume",
+    "ServiceCreate": "the service",
+    "ServiceUpdate": "the service as updated",
+    "SecretCreate": "the secret",
+    "SecretUpdate": "the secret as updated",
+    "ConfigCreate": "the config",
+    "ConfigUpdate": "the config as updated",
+}
