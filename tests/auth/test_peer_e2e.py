@@ -1,0 +1,260 @@
+"""The calling container as the identity, for real: containers that share dockgate's unix
+socket (bind-mounted into them) get the policies their labels bind, an unlabelled container
+none, a host process its uid binding; a caller that exited before dockgate read it is refused,
+also when its PID was given to a process inside a bound container (PID reuse).
+
+The containers run tests/support/unixget.c, built static, as their HTTP client; what they got
+is what they print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+from support.remote import UnixHTTPConnection
+from support.unixget import build_unixget
+
+UID = os.getuid()
+POLICY = f"""\
+bindings:
+  - policy: lister
+    container: {{labels: {{dockgate.role: lister}}}}
+  - policy: pinger
+    container: {{labels: {{dockgate.role: "ping*"}}}}
+  - policy: host
+    uids: [{UID}]
+policies:
+  lister:
+    rules:
+      - allow: {{operations: [ContainerList, SystemPing]}}
+  pinger:
+    rules:
+      - allow: {{operations: [SystemPing]}}
+  host:
+    rules:
+      - allow: {{operations: [SystemVersion]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def unixget(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return build_unixget(tmp_path_factory.mktemp("unixget"))
+
+
+@pytest.fixture(scope="module")
+def socket_dir() -> Iterator[pathlib.Path]:
+    # (short: AF_UNIX paths are at most 108 bytes; traversable by the unprivileged caller)
+    path = pathlib.Path(tempfile.mkdtemp(prefix="dgpeer-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+@pytest.fixture(scope="module")
+def peer_gateway(
+    daemon: PrivateDaemon, socket_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    policy = tmp_path_factory.mktemp("policy") / "peer.yaml"
+    policy.write_text(POLICY)
+    gateway = Gateway(
+        daemon.host,
+        *("--socket-mode", "666", "--access-log", "-"),
+        listen=f"unix://{socket_dir / 'gw.sock'}",
+        policy=str(policy),
+    )
+    with running(gateway, "the peer gateway") as gw:
+        yield gw
+
+
+@dataclasses.dataclass
+class Containers:
+    """Containers that call the gateway through its socket, mounted into them at /dg."""
+
+    daemon: PrivateDaemon
+    image: str
+    unixget: pathlib.Path
+    socket_dir: pathlib.Path
+
+    def ask(self, name: str, labels: dict[str, str], method: str, path: str) -> tuple[int, object]:
+        """`method path` sent from inside a new container `name` with `labels`: the status
+        and body it got."""
+        label_args = [a for key, value in labels.items() for a in ("--label", f"{key}={value}")]
+        proc = self.daemon.docker(
+            *("run", "--rm", "--name", name, *label_args),
+            *("-v", f"{self.socket_dir}:/dg", "-v", f"{self.unixget}:/unixget:ro"),
+            *(self.image, "/unixget", "/dg/gw.sock", method, path),
+        )
+        return _answer(proc.stdout)
+
+
+@pytest.fixture
+def containers(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    unixget: pathlib.Path,
+    socket_dir: pathlib.Path,
+    peer_gateway: Gateway,
+) -> Containers:
+    return Containers(daemon, busybox_image, unixget, socket_dir)
+
+
+def _answer(raw: bytes) -> tuple[int, object]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        size, _, rest = body.partition(b"\r\n")
+        body = rest[: int(size, 16)]
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode()
+
+
+def test_two_containers_on_one_socket_get_the_policies_their_labels_bind(
+    containers: Containers, peer_gateway: Gateway
+) -> None:
+    """The lister container lists containers (itself among them: the daemon's answer came
+    through); the pinger container, on the same socket, is refused the list, allowed a ping."""
+    lister = f"dgt-lister-{os.urandom(4).hex()}"
+    pinger = f"dgt-pinger-{os.urandom(4).hex()}"
+    status, listed = containers.ask(
+        lister, {"dockgate.role": "lister"}, "GET", "/v1.41/containers/json"
+    )
+    assert status == 200, listed
+    assert isinstance(listed, list)
+    assert [f"/{lister}"] in [entry["Names"] for entry in listed]
+    status, body = containers.ask(
+        pinger, {"dockgate.role": "ping-only"}, "GET", "/v1.41/containers/json"
+    )
+    assert status == 403
+    assert isinstance(body, dict)
+    assert body["message"].startswith('dockgate: no rule of policy "pinger" allows ContainerList')
+    status, body = containers.ask(pinger, {"dockgate.role": "ping-only"}, "GET", "/_ping")
+    assert (status, body) == (200, "OK")
+    # the access log names the callers by their containers
+    assert any(line.rstrip().endswith(f" user={lister}") for line in peer_gateway.stdout())
+    assert any(line.rstrip().endswith(f" user={pinger}") for line in peer_gateway.stdout())
+
+
+def test_an_unlabelled_container_gets_no_policy(
+    containers: Containers, peer_gateway: Gateway
+) -> None:
+    """No binding names it: 403, and it does not fall back to the host's uid binding (it runs
+    as root, as the host process bound by uid does)."""
+    name = f"dgt-stray-{os.urandom(4).hex()}"
+    status, body = containers.ask(name, {"other": "x"}, "GET", "/v1.41/version")
+    assert (status, body) == (403, {"message": f"dockgate: no policy is bound to container {name}"})
+
+
+def test_a_host_process_gets_its_uid_binding(
+    unixget: pathlib.Path, socket_dir: pathlib.Path, peer_gateway: Gateway
+) -> None:
+    """This test's process (in no container) is `uid:N`: its binding allows the version, not
+    the list; another uid, bound by nothing, gets no policy."""
+    path = str(socket_dir / "gw.sock")
+    conn = UnixHTTPConnection(path)
+    conn.request("GET", "/v1.41/version")
+    answer = conn.getresponse()
+    version = json.loads(answer.read())
+    assert answer.status == 200 and "ApiVersion" in version
+    conn.request("GET", "/v1.41/containers/json")
+    answer = conn.getresponse()
+    assert answer.status == 403
+    message = json.loads(answer.read())["message"]
+    assert message.startswith('dockgate: no rule of policy "host" allows ContainerList')
+    conn.close()
+    if os.getuid() != 0:
+        return
+    other = _as_nobody(unixget, socket_dir, "/v1.41/version")
+    assert other.startswith(b"HTTP/1.1 403 ")
+    assert b"no policy is bound to anonymous callers" in other
+
+
+def _as_nobody(unixget: pathlib.Path, socket_dir: pathlib.Path, target: str) -> bytes:
+    """The raw answer to `GET target` sent by a host process of uid/gid 65534 (unixget, copied
+    where that user may run it)."""
+    runnable = socket_dir / "unixget"
+    shutil.copy(unixget, runnable)
+    runnable.chmod(0o755)
+    try:
+        proc = subprocess.run(
+            [str(runnable), str(socket_dir / "gw.sock"), "GET", target],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        runnable.unlink()
+    return proc.stdout
+
+
+# ----- the peer gone before dockgate reads it -------------------------------------------------
+
+# A child that connects, hands its connection to this process (SCM_RIGHTS) and exits: the
+# connection's peer credentials stay the child's (taken at connect), its process is gone.
+_CONNECT_AND_LEAVE = """
+import socket, sys
+parent = socket.socket(fileno=int(sys.argv[2]))
+conn = socket.socket(socket.AF_UNIX)
+conn.connect(sys.argv[1])
+socket.send_fds(parent, [b"x"], [conn.fileno()])
+"""
+
+
+def _connection_of_a_gone_process(path: str) -> tuple[socket.socket, int]:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CONNECT_AND_LEAVE, path, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+        )
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        assert child.wait(timeout=60) == 0  # exited and reaped: its PID is free
+    return socket.socket(fileno=fds[0]), child.pid
+
+
+def _ask(conn: socket.socket, target: str) -> bytes:
+    conn.sendall(f"GET {target} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".encode())
+    out = b""
+    while chunk := conn.recv(65536):
+        out += chunk
+    conn.close()
+    return out
+
+
+def test_a_caller_that_exited_before_it_was_read_is_refused(
+    socket_dir: pathlib.Path, peer_gateway: Gateway
+) -> None:
+    """The gateway is stopped while the child connects (the kernel queues the connection) and
+    leaves; when it runs again, the peer's PID names no process: refused with the reason, not
+    taken for a host process of its uid (which has a binding)."""
+    peer_gateway.signal(signal.SIGSTOP)
+    try:
+        conn, pid = _connection_of_a_gone_process(str(socket_dir / "gw.sock"))
+    finally:
+        peer_gateway.signal(signal.SIGCONT)
+    answer = _ask(conn, "/v1.41/version")
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert (
+        f"the calling process (pid {pid}) exited before dockgate could identify it".encode()
+        in answer
+    )
