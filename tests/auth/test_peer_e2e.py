@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from dockgate.auth.cgroup import container_ids
+from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 from support.remote import UnixHTTPConnection
@@ -233,7 +235,7 @@ def _connection_of_a_gone_process(path: str) -> tuple[socket.socket, int]:
 
 
 def _ask(conn: socket.socket, target: str) -> bytes:
-    conn.sendall(f"GET {target} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".encode())
+    conn.sendall(f"GET {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
     out = b""
     while chunk := conn.recv(65536):
         out += chunk
@@ -258,3 +260,93 @@ def test_a_caller_that_exited_before_it_was_read_is_refused(
         f"the calling process (pid {pid}) exited before dockgate could identify it".encode()
         in answer
     )
+
+
+NS_LAST_PID = pathlib.Path("/proc/sys/kernel/ns_last_pid")
+PID_ATTEMPTS = 200  # other processes on the machine may take the PID first: try again
+
+
+def _process_with_pid(pid: int) -> subprocess.Popen[bytes]:
+    """A `sleep` that has PID `pid` (the kernel gives the PID after ns_last_pid to the next
+    process it makes: root may set it, for checkpoint/restore)."""
+    for _ in range(PID_ATTEMPTS):
+        NS_LAST_PID.write_text(str(pid - 1))
+        proc = subprocess.Popen(["sleep", "300"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"no process got PID {pid} in {PID_ATTEMPTS} attempts")
+
+
+def _move_into_container(pid: int, container_pid: int) -> None:
+    """Put process `pid` into the cgroup of the container whose process is `container_pid`
+    (as root: cgroup.procs), so that /proc/PID/cgroup names that container."""
+    for line in pathlib.Path(f"/proc/{container_pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and pathlib.Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            procs = pathlib.Path(f"/sys/fs/cgroup{path}/cgroup.procs")  # cgroup v2
+        elif controllers == "pids":
+            procs = pathlib.Path(f"/sys/fs/cgroup/pids{path}/cgroup.procs")  # v1
+        else:
+            continue
+        procs.write_text(str(pid))
+        return
+    raise AssertionError(f"no cgroup of process {container_pid} to move into")
+
+
+def test_a_pid_reused_inside_a_bound_container_does_not_lend_its_container(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    socket_dir: pathlib.Path,
+    peer_gateway: Gateway,
+    cleanup: Cleanup,
+) -> None:
+    """The caller connects and exits while the gateway is stopped; before the gateway runs
+    again, its PID is given to a process put inside a container the lister binding names,
+    which started before the connection was accepted (so its start time cannot tell). The
+    peer's pidfd (SO_PEERPIDFD) does: the caller is refused as gone, never taken for the
+    lister container (whose policy would allow the list)."""
+    if not NS_LAST_PID.exists():
+        pytest.skip("the kernel has no ns_last_pid (CONFIG_CHECKPOINT_RESTORE)")
+    if not _kernel_gives_peer_pidfds():
+        pytest.skip("the kernel gives no SO_PEERPIDFD (Linux 6.5): THREAT_MODEL.md says so")
+    name = f"dgt-bound-{os.urandom(4).hex()}"
+    cleanup.container(name)
+    daemon.docker(
+        *("run", "-d", "--name", name, "--label", "dockgate.role=lister", busybox_image),
+        *("sleep", "300"),
+    )
+    inspected = daemon.docker("inspect", "-f", "{{.Id}} {{.State.Pid}}", name).stdout.split()
+    container_id, container_pid = inspected[0].decode(), int(inspected[1])
+    # what this machine's dockerd writes names the container (auth/cgroup.py)
+    cgroup_text = pathlib.Path(f"/proc/{container_pid}/cgroup").read_text()
+    assert container_ids(cgroup_text) == (container_id,), cgroup_text
+    peer_gateway.signal(signal.SIGSTOP)
+    impostor = None
+    try:
+        conn, pid = _connection_of_a_gone_process(str(socket_dir / "gw.sock"))
+        impostor = _process_with_pid(pid)
+        _move_into_container(pid, container_pid)
+        assert container_id in container_ids(pathlib.Path(f"/proc/{pid}/cgroup").read_text())
+    finally:
+        peer_gateway.signal(signal.SIGCONT)
+    try:
+        answer = _ask(conn, "/v1.41/containers/json")
+    finally:
+        if impostor is not None:
+            impostor.kill()
+            impostor.wait()
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert f"the calling process (pid {pid}) exited".encode() in answer
+
+
+def _kernel_gives_peer_pidfds() -> bool:
+    left, right = socket.socketpair()
+    with left, right:
+        try:
+            fd = left.getsockopt(socket.SOL_SOCKET, 77, 4)  # SO_PEERPIDFD
+        except OSError:
+            return False
+        os.close(int.from_bytes(fd, sys.byteorder))
+        return True

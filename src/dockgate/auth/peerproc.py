@@ -25,6 +25,7 @@ Pure apart from the file reads, under a `proc` root the tests replace with a fak
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import platform
 import signal
@@ -86,6 +87,8 @@ class PidfdCheck:
         self._fd = fd
 
     def alive(self) -> bool:
+        if self._fd < 0:
+            return False  # the kernel said the peer is gone when asked for its pidfd
         try:
             signal.pidfd_send_signal(self._fd, 0)
         except ProcessLookupError:
@@ -118,8 +121,11 @@ def peer_cred(
     if pidfd and _SO_PEERPIDFD is not None and pid > 0:
         try:
             fd = struct.unpack("i", sock.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD, 4))[0]
-        except OSError:
-            pass  # an older kernel (or the peer is gone): the start time checks alone
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                # Kernels before pidfds of reaped processes: the peer has exited.
+                check = PidfdCheck(-1)
+            # else an older kernel (ENOPROTOOPT): the start time checks alone
         else:
             check = PidfdCheck(fd)
     return PeerCred(int(pid), int(uid), int(gid)), check
