@@ -957,6 +957,15 @@ def _compile_peer_keys(item: BindingSpec, loc: Location, fail: Any) -> dict[str,
             labels=tuple((k, compile_value_pattern(v)) for k, v in sorted(spec.labels.items())),
             names=tuple(compile_value_pattern(n.removeprefix("/")) for n in spec.names),
             images=tuple(compile_value_pattern(i) for i in spec.images),
+            shown="; ".join(
+                f"{what} {text}"
+                for what, text in (
+                    ("labels", ", ".join(f"{k}={v}" for k, v in sorted(spec.labels.items()))),
+                    ("names", ", ".join(spec.names)),
+                    ("images", ", ".join(spec.images)),
+                )
+                if text
+            ),
         )
     services = [*item.services, *([item.service] if item.service is not None else [])]
     for i, service in enumerate(services):

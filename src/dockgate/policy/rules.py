@@ -219,6 +219,7 @@ class ContainerMatch:
     labels: tuple[tuple[str, re.Pattern[str]], ...] = ()
     names: tuple[re.Pattern[str], ...] = ()
     images: tuple[re.Pattern[str], ...] = ()
+    shown: str = ""  # as written, for explanations: `labels dockgate.role=proxy; names ci-*`
 
     def matches(self, facts: ContainerFacts) -> bool:
         if self.labels:
