@@ -26,7 +26,7 @@ import pytest
 from dockgate.auth.cgroup import container_ids
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
-from support.gateway import Gateway, running
+from support.gateway import Gateway, run_dockgate, running
 from support.remote import UnixHTTPConnection
 from support.unixget import build_unixget
 
@@ -69,11 +69,16 @@ def socket_dir() -> Iterator[pathlib.Path]:
 
 
 @pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("policy") / "peer.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+@pytest.fixture(scope="module")
 def peer_gateway(
-    daemon: PrivateDaemon, socket_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+    daemon: PrivateDaemon, socket_dir: pathlib.Path, policy: pathlib.Path
 ) -> Iterator[Gateway]:
-    policy = tmp_path_factory.mktemp("policy") / "peer.yaml"
-    policy.write_text(POLICY)
     gateway = Gateway(
         daemon.host,
         *("--socket-mode", "666", "--access-log", "-"),
@@ -152,6 +157,35 @@ def test_two_containers_on_one_socket_get_the_policies_their_labels_bind(
     # the access log names the callers by their containers
     assert any(line.rstrip().endswith(f" user={lister}") for line in peer_gateway.stdout())
     assert any(line.rstrip().endswith(f" user={pinger}") for line in peer_gateway.stdout())
+
+
+@pytest.mark.parametrize(
+    ("labels", "target"),
+    [
+        ({"dockgate.role": "lister"}, "/v1.41/containers/json"),
+        ({"dockgate.role": "ping-only"}, "/v1.41/containers/json"),
+        ({"dockgate.role": "ping-only"}, "/_ping"),
+        ({"other": "x"}, "/_ping"),
+    ],
+)
+def test_check_as_a_container_decides_as_the_gateway_did(
+    containers: Containers, policy: pathlib.Path, labels: dict[str, str], target: str
+) -> None:
+    """`dockgate check --as container:NAME --container-label ...` gives the status and
+    message the container got through the gateway."""
+    name = f"dgt-check-{os.urandom(4).hex()}"
+    status, body = containers.ask(name, labels, "GET", target)
+    label_args = [a for k, v in labels.items() for a in ("--container-label", f"{k}={v}")]
+    checked = run_dockgate(
+        *("check", "--policy", str(policy), "GET", target, "--as", f"container:{name}"),
+        *label_args,
+    )
+    decision = checked.stdout.splitlines()[-1]
+    if status == 200:
+        assert checked.returncode == 0 and decision.startswith("decision:  allow"), checked
+    else:
+        assert isinstance(body, dict)
+        assert decision == f"decision:  deny, {status}: {body['message']}", checked.stdout
 
 
 def test_an_unlabelled_container_gets_no_policy(
