@@ -26,6 +26,7 @@ import pytest
 from dockgate.auth.cgroup import container_ids
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
+from support.fake_upstream import Exchange, FakeUpstream, default_handler
 from support.gateway import Gateway, run_dockgate, running
 from support.remote import UnixHTTPConnection
 from support.unixget import build_unixget
@@ -101,13 +102,19 @@ class Containers:
     def ask(self, name: str, labels: dict[str, str], method: str, path: str) -> tuple[int, object]:
         """`method path` sent from inside a new container `name` with `labels`: the status
         and body it got."""
+        return _answer(self.raw(name, labels, method, path))
+
+    def raw(
+        self, name: str, labels: dict[str, str], method: str, path: str, count: int = 1
+    ) -> bytes:
+        """What the container got for `count` such requests pipelined in one write."""
         label_args = [a for key, value in labels.items() for a in ("--label", f"{key}={value}")]
         proc = self.daemon.docker(
             *("run", "--rm", "--name", name, *label_args),
             *("-v", f"{self.socket_dir}:/dg", "-v", f"{self.unixget}:/unixget:ro"),
-            *(self.image, "/unixget", "/dg/gw.sock", method, path),
+            *(self.image, "/unixget", "/dg/gw.sock", method, path, str(count)),
         )
-        return _answer(proc.stdout)
+        return proc.stdout
 
 
 @pytest.fixture
@@ -157,6 +164,17 @@ def test_two_containers_on_one_socket_get_the_policies_their_labels_bind(
     # the access log names the callers by their containers
     assert any(line.rstrip().endswith(f" user={lister}") for line in peer_gateway.stdout())
     assert any(line.rstrip().endswith(f" user={pinger}") for line in peer_gateway.stdout())
+
+
+def test_requests_pipelined_behind_the_first_wait_for_the_peer_in_order(
+    containers: Containers,
+) -> None:
+    """A new container's first connection waits for the daemon's answer about it; the three
+    requests it sent at once are all answered, in order, under its policy."""
+    name = f"dgt-pipeline-{os.urandom(4).hex()}"
+    raw = containers.raw(name, {"dockgate.role": "ping-x"}, "GET", "/_ping", 3)
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 3, raw
+    assert raw.endswith(b"OK")
 
 
 @pytest.mark.parametrize(
@@ -384,3 +402,38 @@ def _kernel_gives_peer_pidfds() -> bool:
             return False
         os.close(int.from_bytes(fd, sys.byteorder))
         return True
+
+
+def test_a_daemon_that_cannot_say_which_container_calls_is_a_502(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    unixget: pathlib.Path,
+    policy: pathlib.Path,
+) -> None:
+    """The gateway's daemon (a fake here) answers the container look-up with a 500: the
+    container's request gets a 502 that says why, at once (no hang), never another policy."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="dgpeer-", dir="/tmp"))
+    directory.chmod(0o755)
+    with FakeUpstream() as fake:
+
+        def handler(exchange: Exchange) -> None:
+            if exchange.path.startswith("/containers/"):
+                exchange.respond_json({"message": "boom"}, status=500, close=True)
+            else:
+                default_handler(exchange)
+
+        fake.handler = handler
+        gateway = Gateway(fake.url, listen=f"unix://{directory / 'gw.sock'}", policy=str(policy))
+        try:
+            with running(gateway, "the gateway in front of a failing daemon"):
+                containers = Containers(daemon, busybox_image, unixget, directory)
+                name = f"dgt-nodaemon-{os.urandom(4).hex()}"
+                status, body = containers.ask(name, {"dockgate.role": "lister"}, "GET", "/_ping")
+        finally:
+            for child in directory.iterdir():
+                child.unlink()
+            directory.rmdir()
+    assert status == 502
+    assert isinstance(body, dict)
+    assert body["message"].startswith("dockgate: cannot identify the calling container: ")
+    assert "the daemon answered 500 to a look-up of container " in body["message"]
