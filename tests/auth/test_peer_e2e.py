@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +30,7 @@ from support.daemon import PrivateDaemon
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
 from support.gateway import Gateway, run_dockgate, running
 from support.remote import UnixHTTPConnection
+from support.swarm import single_node_swarm
 from support.unixget import build_unixget
 
 UID = os.getuid()
@@ -38,6 +40,8 @@ bindings:
     container: {{labels: {{dockgate.role: lister}}}}
   - policy: pinger
     container: {{labels: {{dockgate.role: "ping*"}}}}
+  - policy: lister
+    service: dgtpeer_lister
   - policy: host
     uids: [{UID}]
 policies:
@@ -437,3 +441,56 @@ def test_a_daemon_that_cannot_say_which_container_calls_is_a_502(
     assert isinstance(body, dict)
     assert body["message"].startswith("dockgate: cannot identify the calling container: ")
     assert "the daemon answered 500 to a look-up of container " in body["message"]
+
+
+# ----- Swarm services ----------------------------------------------------------------------------
+
+
+def _task_output(daemon: PrivateDaemon, service: str) -> bytes:
+    """What the (one, run-once) task of `service` printed, once it exited."""
+    label = f"label=com.docker.swarm.service.name={service}"
+    for _ in range(TASK_POLLS):
+        done = daemon.docker("ps", "-aq", "--filter", label, "--filter", "status=exited")
+        ids = done.stdout.decode().split()
+        if ids:
+            return daemon.docker("logs", ids[0]).stdout
+        time.sleep(0.5)
+    states = daemon.docker("service", "ps", "--no-trunc", service, check=False)
+    raise AssertionError(f"the task of {service} did not run: {states.stdout!r}")
+
+
+TASK_POLLS = 240  # half-seconds for a task to be scheduled, run and exit
+
+
+def test_the_tasks_of_a_bound_swarm_service_get_its_policy(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    unixget: pathlib.Path,
+    socket_dir: pathlib.Path,
+    peer_gateway: Gateway,
+) -> None:
+    """On a single-node swarm, a task of `dgtpeer_lister` (a stack `dgtpeer`'s service
+    `lister`: bound by `service:`) lists containers through the socket; a task of another
+    service, carrying the same kind of label with another name, gets no policy."""
+    with single_node_swarm(daemon, joined_ok=True):
+        answers = {}
+        for service in ("dgtpeer_lister", "dgtpeer_other"):
+            daemon.docker(
+                *("service", "create", "--detach", "--name", service),
+                *("--restart-condition", "none", "--no-resolve-image"),
+                *("--mount", f"type=bind,source={socket_dir},target=/dg"),
+                *("--mount", f"type=bind,source={unixget},target=/unixget,readonly"),
+                *(busybox_image, "/unixget", "/dg/gw.sock", "GET", "/v1.41/containers/json"),
+            )
+            try:
+                answers[service] = _answer(_task_output(daemon, service))
+            finally:
+                daemon.docker("service", "rm", service, check=False)
+    status, listed = answers["dgtpeer_lister"]
+    assert status == 200 and isinstance(listed, list), listed
+    assert any(
+        entry["Labels"].get("com.docker.swarm.service.name") == "dgtpeer_lister" for entry in listed
+    )
+    status, body = answers["dgtpeer_other"]
+    assert status == 403 and isinstance(body, dict)
+    assert body["message"].startswith("dockgate: no policy is bound to container dgtpeer_other.1.")
