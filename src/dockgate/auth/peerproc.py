@@ -1,7 +1,10 @@
 """The process at the other end of a unix-socket connection, read from /proc with its PID.
 
 The kernel records the peer's pid, uid and gid at connect() (SO_PEERCRED, unix(7)); the client
-cannot choose them. The uid and gid stay right for the connection's life; the pid does not:
+cannot choose them. The uid is read for every unix-socket client (`peer_cred`): the failure
+throttle counts each local user apart (auth/throttle.py), since every unix-socket client has
+the source "unix" and 20 wrong passwords from any local user throttled every local client
+(issue 12, item 3). The uid and gid stay right for the connection's life; the pid does not:
 the peer may exit, and its PID be given to another process, before dockgate reads
 /proc/PID. What /proc says is therefore only taken when it is the peer's:
 
