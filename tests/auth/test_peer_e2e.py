@@ -494,3 +494,65 @@ def test_the_tasks_of_a_bound_swarm_service_get_its_policy(
     status, body = answers["dgtpeer_other"]
     assert status == 403 and isinstance(body, dict)
     assert body["message"].startswith("dockgate: no policy is bound to container dgtpeer_other.1.")
+
+
+# ----- a reload that makes bindings name peers -------------------------------------------------
+
+BEFORE_RELOAD = """\
+bindings:
+  - {policy: anyone, anonymous: true}
+policies:
+  anyone: {rules: [{allow: {operations: [SystemVersion, SystemPing]}}]}
+"""
+AFTER_RELOAD = f"""\
+bindings:
+  - {{policy: local, uids: [{UID}]}}
+policies:
+  local: {{rules: [{{allow: {{operations: [SystemPing]}}}}]}}
+"""
+
+
+def test_a_reload_that_binds_peers_identifies_open_connections_too(
+    daemon: PrivateDaemon, tmp_path: pathlib.Path
+) -> None:
+    """A keep-alive connection opened under a policy without peer bindings repeats its request
+    after a reload that binds its uid: it is identified then (its process read at that
+    moment), and decided by the uid's policy, not as the anonymous caller it was."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="dgpeer-", dir="/tmp"))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BEFORE_RELOAD)
+    path = str(directory / "gw.sock")
+    gateway = Gateway(daemon.host, listen=f"unix://{path}", policy=str(policy))
+    try:
+        with running(gateway, "the reloading gateway"):
+            kept = UnixHTTPConnection(path)
+            assert _get(kept, "/v1.41/version")[0] == 200  # anonymous, forwarded
+            policy.write_text(AFTER_RELOAD)
+            gateway.signal(signal.SIGHUP)
+            for _ in range(TASK_POLLS):  # until a new connection is decided by the new policy
+                fresh = UnixHTTPConnection(path)
+                answer = _get(fresh, "/v1.41/version")
+                fresh.close()
+                if answer[0] == 403:
+                    break
+                time.sleep(0.1)
+            status, message = _get(kept, "/v1.41/version")
+            kept.close()
+    finally:
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()
+    assert status == 403
+    assert message.startswith('dockgate: no rule of policy "local" allows SystemVersion')
+
+
+def _get(conn: UnixHTTPConnection, target: str) -> tuple[int, str]:
+    conn.request("GET", target)
+    answer = conn.getresponse()
+    body = answer.read()
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return answer.status, body.decode()
+    message = document.get("message", "") if isinstance(document, dict) else ""
+    return answer.status, str(message)

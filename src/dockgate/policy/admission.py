@@ -121,6 +121,12 @@ def _refusal(
     return refused_before_policy(Refusal(status, message, stage, reason, retry_after))
 
 
+# A unix-socket caller asked about before its peer is identified (the relay waits for it first:
+# only ever seen when a reload made bindings name peers, and never remembered).
+PEER_PENDING = Refusal(
+    503, "dockgate: the calling process is not identified yet", "peer", "peer pending", 1
+)
+
 # Each `Admissions` made (one per policy load) gets a number of its own, that a connection's
 # remembered admission names rather than keep the object (and its policy set) alive.
 _GENERATIONS = itertools.count(1)
@@ -210,7 +216,11 @@ class Admissions:
         admitted = self._admit_valid(head, facts, source, now)
         # (an Admission always, without a password to check; ordinary heads only, as in
         # every cache of heads: a connection keeps no large head for it)
-        if isinstance(admitted, Admission) and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES:
+        if (
+            isinstance(admitted, Admission)
+            and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES
+            and admitted.verdict.refusal is not PEER_PENDING  # (it is known the next time)
+        ):
             facts.admitted = (self.generation, head, source, admitted)
         return admitted
 
@@ -347,13 +357,7 @@ class Admissions:
         caller = facts.caller
         if caller is None:
             # Never admitted before its peer is known (the relay waits for it): not anonymous.
-            caller = Refusal(
-                503,
-                "dockgate: the calling process is not identified yet",
-                "peer",
-                "peer pending",
-                1,
-            )
+            caller = PEER_PENDING
         if isinstance(caller, Refusal):
             return Admission(refused_before_policy(caller), ANONYMOUS_IDENTITY, source)
         if caller.method == CONTAINER or self.policies.binding_for(caller, source) is not None:

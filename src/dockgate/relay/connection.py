@@ -605,10 +605,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._refuse(head, LOOP_REFUSAL)
             return
         if admitted is None:
-            if self.facts.caller is None and self._peer_pending():
+            admissions = self.ctx.admissions
+            if admissions.peer_bound and self._peer_pending():
                 self._await_peer(head)
                 return
-            admitted = self.ctx.admissions.admit(head, self.facts, self._started)
+            admitted = admissions.admit(head, self.facts, self._started)
         if isinstance(admitted, PendingAdmission):
             self._await_password_check(head, admitted)
             return
