@@ -30,6 +30,7 @@ from dockgate.auth.peerproc import PeerCred, PeerProcess, PeerProcesses, Unident
 from dockgate.auth.sourceaddr import UNIX_SOURCE
 from dockgate.ownership.owners import identity_key, parse_identity
 from dockgate.policy.admission import ConnectionFacts
+from dockgate.policy.limits import caller_key
 from dockgate.policy.loader import PolicyError, parse_policy_text
 from dockgate.refusal import Refusal
 from support.admission import admissions, facts, head
@@ -427,3 +428,12 @@ def test_tcp_callers_are_never_named_by_a_peer() -> None:
     conn.caller = _container("traefik", {"dockgate.role": "proxy"})  # (never set for TCP)
     admitted = _admit(None, "/_ping", conn)
     assert admitted.policy is not None and admitted.policy.name == "anyone"
+
+
+def test_limits_count_each_container_and_host_uid_apart() -> None:
+    # (not every root container as the one source "unix uid 0")
+    web = _container("web", {})
+    assert caller_key(web, "unix:uid:0") == f"container:{ID}"
+    assert caller_key(Identity("uid:1000", PROCESS, "gid:1000"), "unix:uid:1000") == (
+        "process:uid:1000"
+    )
