@@ -53,7 +53,7 @@ policies:
       - allow: {{operations: [SystemPing]}}
   host:
     rules:
-      - allow: {{operations: [SystemVersion]}}
+      - allow: {{operations: [SystemVersion, ContainerCreate]}}
 """
 
 
@@ -263,6 +263,39 @@ def _as_nobody(unixget: pathlib.Path, socket_dir: pathlib.Path, target: str) -> 
     finally:
         runnable.unlink()
     return proc.stdout
+
+
+def test_a_create_with_labels_a_container_binding_names_is_refused(
+    socket_dir: pathlib.Path, peer_gateway: Gateway, busybox_image: str, cleanup: Cleanup
+) -> None:
+    """The host process may create containers, but not one labelled as a bound caller: given
+    the socket, it would call as the lister (or the pinger, by its `ping*` pattern). Other
+    labels are created (and the daemon has the container)."""
+    path = str(socket_dir / "gw.sock")
+    for role, binding in (("lister", "binding 1 (policy lister)"), ("ping-me", "binding 2")):
+        status, message = _create(path, busybox_image, {"dockgate.role": role})
+        assert status == 403, message
+        assert (
+            f"labels dockgate.role={role} would make the container a caller bound by {binding}"
+            in (message)
+        )
+    name = f"dgt-created-{os.urandom(4).hex()}"
+    cleanup.container(name)
+    status, message = _create(path, busybox_image, {"dockgate.role": "web"}, name)
+    assert status == 201, message
+
+
+def _create(
+    path: str, image: str, labels: dict[str, str], name: str | None = None
+) -> tuple[int, str]:
+    conn = UnixHTTPConnection(path)
+    target = "/v1.41/containers/create" + (f"?name={name}" if name else "")
+    body = json.dumps({"Image": image, "Cmd": ["true"], "Labels": labels})
+    conn.request("POST", target, body=body, headers={"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    raw = answer.read()
+    conn.close()
+    return answer.status, raw.decode()
 
 
 # ----- the peer gone before dockgate reads it -------------------------------------------------

@@ -5,6 +5,7 @@ uid and gid, and admission of a caller its peer names."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from dockgate.auth.peerlookup import (
 )
 from dockgate.auth.peerproc import PeerCred, PeerProcess, PeerProcesses, Unidentified, start_time
 from dockgate.auth.sourceaddr import UNIX_SOURCE
+from dockgate.body.guardrails import BodyRefused, Guardrails, check_request, explain_request
 from dockgate.ownership.owners import identity_key, parse_identity
 from dockgate.policy.admission import ConnectionFacts
 from dockgate.policy.limits import caller_key
@@ -437,3 +439,62 @@ def test_limits_count_each_container_and_host_uid_apart() -> None:
     assert caller_key(Identity("uid:1000", PROCESS, "gid:1000"), "unix:uid:1000") == (
         "process:uid:1000"
     )
+
+
+def test_policies_refuse_creates_labelled_as_a_bound_container_unless_they_allow_it() -> None:
+    policies = parse_policy_text(
+        """\
+bindings:
+  - {policy: proxy, container: {labels: {dockgate.role: proxy, tier: "front*"}}}
+  - {policy: named, container: {names: [web]}}
+  - {policy: deployer, users: [ops]}
+  - {policy: ci, users: [ci]}
+policies:
+  proxy: {rules: [{allow: {sections: ["*"]}}]}
+  named: {rules: [{allow: {sections: ["*"]}}]}
+  deployer: {rules: [{allow: {sections: ["*"]}}], guardrails: {peer_labels: true}}
+  ci: {rules: [{allow: {sections: ["*"]}}]}
+""",
+        "p.yaml",
+    )
+    ci = policies.policies["ci"].guardrails
+    deployer = policies.policies["deployer"].guardrails
+    assert ci is not None and deployer is not None
+    assert [b for b, _ in ci.peer_labels] == ["binding 1 (policy proxy)"]  # labels only
+    assert deployer.peer_labels == ()
+
+    def problem(guardrails: Guardrails, labels: dict[str, str]) -> str | None:
+        body = json.dumps({"Image": "busybox", "Labels": labels}).encode()
+        try:
+            check_request(guardrails, "ContainerCreate", "", body)
+        except BodyRefused as refused:
+            return refused.reason
+        return None
+
+    assert problem(ci, {"dockgate.role": "proxy", "tier": "frontend"}) == (
+        "labels dockgate.role=proxy, tier=frontend would make the container a caller bound by "
+        "binding 1 (policy proxy) on the unix socket (allowed with the guardrail peer_labels: true)"
+    )
+    assert problem(ci, {"dockgate.role": "proxy"}) is None  # not every condition
+    assert problem(ci, {"dockgate.role": "proxy", "tier": "back"}) is None
+    assert problem(deployer, {"dockgate.role": "proxy", "tier": "frontend"}) is None
+    service = json.dumps(
+        {
+            "Name": "x",
+            "TaskTemplate": {
+                "ContainerSpec": {
+                    "Image": "busybox",
+                    "Labels": {"dockgate.role": "proxy", "tier": "front"},
+                }
+            },
+        }
+    ).encode()
+    with pytest.raises(BodyRefused) as refused:
+        check_request(ci, "ServiceCreate", "", service)
+    assert "would make the container a caller bound by binding 1" in refused.value.reason
+    # `dockgate check --body` lists the check where it applies (and only there)
+    body = json.dumps({"Image": "b", "Labels": {"dockgate.role": "proxy", "tier": "f"}}).encode()
+    assert ("peer_labels", problem(ci, {"dockgate.role": "proxy", "tier": "f"})) in (
+        explain_request(ci, "ContainerCreate", "", body)
+    )
+    assert "peer_labels" not in dict(explain_request(Guardrails(), "ContainerCreate", "", body))

@@ -166,6 +166,8 @@ class GuardrailsSpec(_Strict):
     plugin_privileges: StrictBool = False
     swarm: StrictBool = False
     buildkit: StrictBool = False
+    # May create containers that container bindings would name (_guard_peer_labels)
+    peer_labels: StrictBool = False
 
 
 class RedactSpec(_Strict):
@@ -645,6 +647,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
 
     _compile_modes(spec, policies)
     bindings = _compile_bindings(spec, policies, lines, fail)
+    _guard_peer_labels(spec, policies, bindings)
     default = spec.default
     if bindings is not None:
         if default is not None:
@@ -990,6 +993,27 @@ def _compile_peer_keys(item: BindingSpec, loc: Location, fail: Any) -> dict[str,
             "authenticated (write two bindings)",
         )
     return keys
+
+
+def _guard_peer_labels(
+    spec: PolicyFileSpec, policies: Mapping[str, Policy], bindings: Sequence[Binding] | None
+) -> None:
+    """Each policy's guardrails learn the label conditions of the container bindings, so a
+    create whose labels meet one is refused (body/guardrails.py `_peer_labels`), unless its
+    guardrails say `peer_labels: true`. Policies without guardrails (`guardrails: false`)
+    check no body at all, this included."""
+    conditions = tuple(
+        (f"binding {b.number} (policy {b.policy})", b.container.labels)
+        for b in bindings or ()
+        if b.container is not None and b.container.labels
+    )
+    if not conditions:
+        return
+    for name, policy in policies.items():
+        given = spec.policies[name].guardrails
+        allowed = isinstance(given, GuardrailsSpec) and given.peer_labels
+        if policy.guardrails is not None and not allowed:
+            policy.guardrails = dataclasses.replace(policy.guardrails, peer_labels=conditions)
 
 
 def _compile_matcher(spec: MatchSpec, loc: Location, fail: Any) -> Matcher:
