@@ -46,6 +46,8 @@ APT_PACKAGES=(
     python3-venv     # the README's quick start on Debian's own python3 (tests/deploy/test_readme_quickstart.py)
     systemd          # systemd-analyze verify (deploy/systemd units), systemd-socket-activate
     util-linux       # nsenter, script, umount
+    gcc              # builds tests/support/unixget.c static: the HTTP client of the containers
+    libc6-dev        #   that call dockgate's socket in tests/auth/test_peer_e2e.py
     tar
     ca-certificates
 )

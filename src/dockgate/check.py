@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from dockgate.api.routes import RouteMatch
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.identity import Identity
-from dockgate.auth.sourceaddr import AddressList
+from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressList
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
 from dockgate.http.errors import ClientProtocolError
@@ -216,6 +216,10 @@ def admit_as(admissions: Admissions, head: RequestHead, caller: Identity, source
     facts = ConnectionFacts(source, source)
     if caller.method == "certificate":
         facts.certificate = caller
+    elif caller.method in ("container", "process"):
+        # a unix-socket peer (cli.py --as container:NAME, process:UID): on the unix socket
+        facts = ConnectionFacts(UNIX_SOURCE, UNIX_SOURCE)
+        facts.caller = caller
     admitted = admissions.admit(head, facts, time.time())
     assert isinstance(admitted, Admission)  # no password to check: never pending
     return admitted

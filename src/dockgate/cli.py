@@ -17,7 +17,17 @@ from pydantic import ValidationError
 from dockgate import __version__
 from dockgate.addresses import AddressError, parse_address, shown_address
 from dockgate.auth import credtools
-from dockgate.auth.identity import ANONYMOUS_IDENTITY, BASIC, CERTIFICATE, TOKEN, Identity
+from dockgate.auth.identity import (
+    ANONYMOUS_IDENTITY,
+    BASIC,
+    CERTIFICATE,
+    CONTAINER,
+    PROCESS,
+    TOKEN,
+    ContainerFacts,
+    Identity,
+)
+from dockgate.auth.peerlookup import SERVICE_LABEL
 from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.check import CheckRequest, run_check
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
@@ -228,8 +238,22 @@ def _build_parser() -> argparse.ArgumentParser:
         dest="caller",
         default=None,
         metavar="WHO",
-        help="the caller: user:NAME, token:TOKEN-NAME:IDENTITY, certificate:NAME or anonymous "
-        "(default: anonymous)",
+        help="the caller: user:NAME, token:TOKEN-NAME:IDENTITY, certificate:NAME, anonymous "
+        "(default), or a unix-socket peer: container:NAME (with --container-label, "
+        "--container-image, --container-service) or process:UID[:GID]",
+    )
+    check.add_argument(
+        "--container-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --as container:NAME, a label of the calling container (repeatable)",
+    )
+    check.add_argument(
+        "--container-image", default="", metavar="IMAGE", help="... its image, as created"
+    )
+    check.add_argument(
+        "--container-service", default="", metavar="NAME", help="... its Swarm service"
     )
     check.add_argument(
         "--source", default="127.0.0.1", metavar="ADDR", help="the client address to assume"
@@ -614,8 +638,9 @@ def _check(args: argparse.Namespace) -> int:
     request = CheckRequest(
         method=method,
         target=target,
-        caller=_caller(args.caller),
-        source=args.source,
+        caller=_peer_caller(args) or _caller(args.caller),
+        # a unix-socket peer calls on the unix socket
+        source=UNIX_SOURCE if _is_peer(args.caller) else args.source,
         host=args.host,
         origin=args.origin,
         upgrade=args.upgrade,
@@ -645,6 +670,48 @@ def _caller(text: str | None) -> Identity:
     raise CallerError(
         f"--as {text!r}: use user:NAME, token:TOKEN-NAME:IDENTITY, certificate:NAME or anonymous"
     )
+
+
+def _is_peer(text: str | None) -> bool:
+    return text is not None and text.partition(":")[0] in ("container", "process")
+
+
+def _peer_caller(args: argparse.Namespace) -> Identity | None:
+    """`--as container:NAME` (with --container-label, --container-image, --container-service)
+    or `--as process:UID[:GID]`: a caller its unix-socket peer names (auth/peerlookup.py);
+    None for another --as."""
+    text = args.caller
+    given = args.container_label or args.container_image or args.container_service
+    if not _is_peer(text):
+        if given:
+            raise CallerError("--container-label/-image/-service go with --as container:NAME")
+        return None
+    kind, _, rest = text.partition(":")
+    if kind == "process":
+        uid, _, gid = rest.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise CallerError(f"--as {text!r}: use process:UID or process:UID:GID")
+        if given:
+            raise CallerError("--container-label/-image/-service go with --as container:NAME")
+        return Identity(f"uid:{int(uid)}", PROCESS, f"gid:{int(gid or uid)}")
+    name = rest.removeprefix("/")
+    if not name:
+        raise CallerError(f"--as {text!r}: use container:NAME")
+    labels = []
+    for item in args.container_label:
+        key, equals, value = item.partition("=")
+        if not key or not equals:
+            raise CallerError(f"--container-label {item!r}: give it as KEY=VALUE")
+        labels.append((key, value))
+    service = args.container_service or dict(labels).get(SERVICE_LABEL, "")
+    facts = ContainerFacts(
+        id="0" * 64,  # (no container: the binding never looks at the ID)
+        name=name,
+        labels=tuple(sorted(labels)),
+        image=args.container_image,
+        service=service,
+    )
+    return Identity(name, CONTAINER, facts.id, container=facts)
 
 
 class CallerError(ValueError):

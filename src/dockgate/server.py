@@ -72,6 +72,7 @@ from dockgate.startup.checks import (
     ping_upstream,
     refuse_own_listener,
 )
+from dockgate.startup.peerns import peer_warnings
 from dockgate.startup.systemd import (
     ActivationError,
     Inherited,
@@ -737,6 +738,8 @@ def _run(
     warnings += unknown_binding_names(policies, authenticator)
     # Rollout modes: every policy or binding that does not enforce (policy/modes.py).
     warnings += policies.mode_warnings(audited=config.audit_log != "off")
+    # Bindings by the unix-socket peer: a unix listener, and the host's PID namespace.
+    warnings += peer_warnings(policies, list(config.listen))
     for warning in early_warnings + warnings:
         print(f"dockgate: warning: {warning}", file=sys.stderr, flush=True)
     # Sockets systemd passed are already bound and listening; their unix files are systemd's.

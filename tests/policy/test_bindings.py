@@ -522,7 +522,8 @@ def test_a_binding_naming_nobody_is_an_error(nobody: str) -> None:
     )
     assert error.problem == (
         "bindings.1: a binding names who it is for: users, groups, certificates, tokens, "
-        "anonymous: true or authenticated: true"
+        "anonymous: true or authenticated: true (or, by the unix-socket peer: "
+        "container, service, uids or gids)"
     )
 
 

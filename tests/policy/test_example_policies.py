@@ -151,6 +151,13 @@ EXERCISES: dict[str, list[tuple[str, str, bool]]] = {
         ("GET", "/services", False),
         ("POST", "/containers/{c}/stop", False),
     ],
+    # Reached by this test's process, a host process of no bound uid: anonymous, health only.
+    "shared-socket.yaml": [
+        ("GET", "/_ping", True),
+        ("GET", "/version", True),
+        ("GET", "/containers/json", False),
+        ("POST", "/containers/{c}/stop", False),
+    ],
     "watchtower.yaml": [
         ("GET", "/_ping", True),
         ("GET", "/containers/json", True),

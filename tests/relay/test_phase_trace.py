@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from dockgate.auth.identity import NO_AUTH_IDENTITY
+from dockgate.auth.identity import CONTAINER, NO_AUTH_IDENTITY, Identity
 from dockgate.http.request import RequestHead
 from dockgate.observe.accesslog import open_access_log
 from dockgate.observe.audit import open_audit_log
@@ -23,6 +23,7 @@ from dockgate.observe.metrics import RequestCounts
 from dockgate.policy.admission import Admission, ConnectionFacts, PendingAdmission
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.refusal import Refusal
+from dockgate.relay import connection as connection_module
 from dockgate.relay.connection import ClientConnection
 from dockgate.relay.context import ConnectionContext
 from dockgate.relay.holding import HoldBudget
@@ -111,6 +112,8 @@ class FakeAdmissions:
         self.checked: asyncio.Future[bool] = loop.create_future()
         # What the plan reads of the policy set: no `owners:` map (no policy, no ownership).
         self.policies = SimpleNamespace(owners={})
+        # Whether unix-socket clients are named by their peer (a test sets it before connecting).
+        self.peer_bound = False
 
     def admit(
         self, head: RequestHead, facts: ConnectionFacts, started: float
@@ -128,10 +131,17 @@ class FakeAdmissions:
 
 
 class Scene:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        peer: object = ("127.0.0.1", 40000),
+        *,
+        peers: bool = False,
+    ) -> None:
         self.loop = loop
         self.pool = FakePool()
         self.admissions = FakeAdmissions(loop)
+        self.admissions.peer_bound = peers
         ctx = ConnectionContext(
             loop=loop,
             pool=cast(Any, self.pool),
@@ -150,7 +160,7 @@ class Scene:
             self.moves.append(phase)
 
         self.conn._enter = recording  # type: ignore[method-assign]
-        self.client = MockTransport()
+        self.client = MockTransport(peer)
         self.conn.connection_made(cast(Any, self.client))
 
     def daemon(self, index: int = -1) -> tuple[UpstreamConnection, MockTransport]:
@@ -285,3 +295,45 @@ def test_a_body_the_daemon_does_not_read_is_held_and_dropped(scene: Scene) -> No
     assert b"Content-Length: 0\r\n" in sent  # the body dropped, nothing after the head
     upstream.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert scene.moves == [P.HOLDING_BODY, P.FORWARDING, P.RELAYING_ANSWER, P.READING_HEAD]
+
+
+def test_a_unix_callers_first_request_waits_for_its_peer_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where bindings name peers, a unix-socket client's first request waits (IDENTIFYING_PEER,
+    reading paused) until the daemon says which container calls; then it and the request
+    pipelined after it go on, in order, admitted as that container."""
+    loop = asyncio.new_event_loop()
+    answer: asyncio.Future[Identity] = loop.create_future()
+
+    async def identify(*_: object) -> Identity:
+        return await answer
+
+    monkeypatch.setattr(connection_module, "settled", lambda *_: None)  # the daemon is asked
+    monkeypatch.setattr(connection_module, "identify_peer", identify)
+    try:
+        scene = Scene(loop, peer="", peers=True)  # (a unix socket's peer name is "")
+        scene.conn.data_received(PING + PING)
+        assert scene.moves == [P.IDENTIFYING_PEER]
+        assert scene.client.read_paused and scene.pool.given == []
+        web = Identity("web", CONTAINER, "f" * 64)
+        answer.set_result(web)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))
+        assert scene.conn.facts.caller is web and not scene.client.read_paused
+        upstream, daemon = scene.daemon()
+        assert daemon.taken().startswith(b"GET /_ping ")
+        upstream.data_received(OK)
+        second, _ = scene.daemon()
+        second.data_received(OK)
+        assert scene.moves == [
+            P.IDENTIFYING_PEER,
+            P.FORWARDING,
+            P.RELAYING_ANSWER,
+            P.READING_HEAD,
+            P.FORWARDING,
+            P.RELAYING_ANSWER,
+            P.READING_HEAD,
+        ]
+    finally:
+        loop.close()

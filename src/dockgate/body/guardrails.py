@@ -13,6 +13,7 @@ import fnmatch
 import ipaddress
 import json
 import posixpath
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -152,6 +153,11 @@ class Guardrails:
     runtimes: frozenset[str] | None = None  # None: any; "" is the daemon's default
     images: tuple[str, ...] | None = None  # repository patterns; None: any
     required_labels: Mapping[str, str] = field(default_factory=dict)  # name -> value pattern
+    # The label conditions of the policy set's container bindings (docs/policy.md, "The calling
+    # container as the identity"): a container or service created with labels that meet every
+    # condition of one would call as that binding's caller; refused unless the policy says
+    # `peer_labels: true` (then empty). Each: (which binding, ((label, value pattern), ...)).
+    peer_labels: tuple[tuple[str, tuple[tuple[str, re.Pattern[str]], ...]], ...] = ()
     max_memory: int | None = None  # bytes
     max_nano_cpus: int | None = None
     volume_drivers: frozenset[str] = frozenset()  # besides `local`
@@ -292,7 +298,12 @@ def explain_request(
             str(exc) if isinstance(exc, BodyError) else "the request body is not one JSON value"
         )
         return [("read", reason)]
-    found = [(check.__name__.lstrip("_"), check(guardrails, workload)) for check in _CHECKS]
+    found = [
+        (check.__name__.lstrip("_"), check(guardrails, workload))
+        for check in _CHECKS
+        # (listed only where the policy file has container bindings by labels)
+        if check is not _peer_labels or guardrails.peer_labels
+    ]
     table: str | None = None
     try:
         _check_fields(guardrails, operation, query_pairs(query), None)
@@ -497,6 +508,26 @@ def _labels(g: Guardrails, w: Workload) -> str | None:
     return None
 
 
+def _peer_labels(g: Guardrails, w: Workload) -> str | None:
+    """Labels that would make the new container (or a service's task containers) a caller
+    some container binding names, on dockgate's unix socket: whoever may create it could then
+    call as that binding's caller (THREAT_MODEL.md)."""
+    if not g.peer_labels or w.kind not in ("container", "service"):
+        return None
+    labels = w.labels
+    for binding, conditions in g.peer_labels:
+        if all(
+            (value := labels.get(key)) is not None and pattern.fullmatch(value)
+            for key, pattern in conditions
+        ):
+            shown = ", ".join(f"{key}={labels[key]}" for key, _ in conditions)
+            return (
+                f"labels {shown} would make the container a caller bound by {binding} on the "
+                "unix socket (allowed with the guardrail peer_labels: true)"
+            )
+    return None
+
+
 def _resources(g: Guardrails, w: Workload) -> str | None:
     if w.kind not in ("container", "service", "update"):
         return None
@@ -549,6 +580,7 @@ _CHECKS = (
     _resources,
     _host_ports,
     _exec_user,
+    _peer_labels,
 )
 
 

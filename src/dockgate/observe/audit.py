@@ -53,6 +53,8 @@ class AuditRecord:
     # configured at all
     identity: str
     auth: str  # "basic" | "token" | "certificate" | "anonymous" | "none"
+    # | "container" | "process": named by the unix-socket peer (auth/peerlookup.py); the
+    # detail is the container's full ID, or `gid:N`
     auth_detail: str  # token name, or the certificate subject; "" otherwise
     # effective client address ("10.0.0.7", "unix"), after trusted X-Forwarded-For / PROXY
     source: str

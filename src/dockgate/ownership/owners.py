@@ -25,13 +25,28 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from dockgate.auth.identity import BASIC, CERTIFICATE, TOKEN, Identity
+from dockgate.auth.identity import BASIC, CERTIFICATE, CONTAINER, PROCESS, TOKEN, Identity
 
 ANONYMOUS_KEY = "anonymous"
 # The prefixes an identity is written with, in labels and in `owners:`; `certificate:` is
 # accepted in the policy file as the CLI writes it (`--as certificate:NAME`).
-_PREFIXES = {BASIC: "user", TOKEN: "token", CERTIFICATE: "cert"}
-_WRITTEN = {"user": "user", "token": "token", "cert": "cert", "certificate": "cert"}
+# A caller named by its unix-socket peer (docs/policy.md, "The calling container as the
+# identity") owns as `container:NAME` or `process:uid:N`.
+_PREFIXES = {
+    BASIC: "user",
+    TOKEN: "token",
+    CERTIFICATE: "cert",
+    CONTAINER: "container",
+    PROCESS: "process",
+}
+_WRITTEN = {
+    "user": "user",
+    "token": "token",
+    "cert": "cert",
+    "certificate": "cert",
+    "container": "container",
+    "process": "process",
+}
 OWNER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 
 

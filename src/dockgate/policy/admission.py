@@ -19,6 +19,11 @@ The order is fixed, and each step can refuse:
    header, a verified client certificate names the caller (401 when it names several: two
    CNs); without either, the caller is anonymous, which is asked for credentials (401) where
    authentication is configured and no binding takes anonymous callers;
+   where bindings name unix-socket peers (container, service, uids, gids), a unix-socket
+   caller without credentials is named by its peer: its container (a binding or 403, never
+   the anonymous binding), or a host process a uid/gid binding names (others stay anonymous);
+   a peer that could not be identified is refused (403, or 502 when the daemon could not be
+   asked);
 3. the binding: the first binding for this identity and source names the policy; none is 403;
 4. the policy's verdict on the request (policy/gatekeeper.py).
 """
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from dockgate.auth.authenticator import Authenticator, PasswordCheck, claimed_user
 from dockgate.auth.checks import CheckPool
 from dockgate.auth.clientcerts import PeerCertificate, TrustSet
-from dockgate.auth.identity import ANONYMOUS_IDENTITY, NO_AUTH_IDENTITY, Identity
+from dockgate.auth.identity import ANONYMOUS_IDENTITY, CONTAINER, NO_AUTH_IDENTITY, Identity
 from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressList, SourceRules, forwarded_client
 from dockgate.auth.throttle import UNIX_UID_PREFIX, Charge, FailureThrottle
 from dockgate.caching import remember
@@ -73,6 +78,11 @@ class ConnectionFacts:
     # the `Admissions` that admitted it, its head, its source, and its admission
     # (`Admissions.admit`: a keep-alive client repeats its head).
     admitted: tuple[int, RequestHead, str, Admission] | None = None
+    # A unix-socket client's caller as its peer names it (auth/peerlookup.py), once known:
+    # its container, or a host process; or why its requests are refused (a peer that could
+    # not be identified, a daemon that could not be asked). None: not identified (a TCP
+    # client, or no binding names peers). Fixed for the connection's life, as SO_PEERCRED is.
+    caller: Identity | Refusal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +121,12 @@ def _refusal(
     return refused_before_policy(Refusal(status, message, stage, reason, retry_after))
 
 
+# A unix-socket caller asked about before its peer is identified (the relay waits for it first:
+# only ever seen when a reload made bindings name peers, and never remembered).
+PEER_PENDING = Refusal(
+    503, "dockgate: the calling process is not identified yet", "peer", "peer pending", 1
+)
+
 # Each `Admissions` made (one per policy load) gets a number of its own, that a connection's
 # remembered admission names rather than keep the object (and its policy set) alive.
 _GENERATIONS = itertools.count(1)
@@ -144,6 +160,9 @@ class Admissions:
         self._anonymous_bound = policies.bindings is not None and any(
             b.anonymous for b in policies.bindings
         )
+        # Unix-socket clients are named by their peer (relay/connection.py identifies it
+        # before their first request is admitted).
+        self.peer_bound = policies.names_peers
         # Decided once: most deployments use neither, and the hot path then skips both.
         # Behind --proxy-protocol the trusted proxies are layer-4 balancers, which never write
         # X-Forwarded-For: the header is the client's own, and is never read. The client's
@@ -197,7 +216,11 @@ class Admissions:
         admitted = self._admit_valid(head, facts, source, now)
         # (an Admission always, without a password to check; ordinary heads only, as in
         # every cache of heads: a connection keeps no large head for it)
-        if isinstance(admitted, Admission) and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES:
+        if (
+            isinstance(admitted, Admission)
+            and len(head.raw) <= HEAD_CACHE_MAX_HEAD_BYTES
+            and admitted.verdict.refusal is not PEER_PENDING  # (it is known the next time)
+        ):
             facts.admitted = (self.generation, head, source, admitted)
         return admitted
 
@@ -313,6 +336,10 @@ class Admissions:
             message = f"dockgate: {facts.certificate_refusal}"
             verdict = _refusal(401, message, "deny:-:unauthenticated", "ambiguous certificate")
             return Admission(verdict, ANONYMOUS_IDENTITY, source)
+        if self.peer_bound and facts.peer == UNIX_SOURCE:
+            peer = self._peer_caller(facts, source)
+            if peer is not None:
+                return peer
         if not authenticator.required:
             return NO_AUTH_IDENTITY
         if self._anonymous_bound and self.policies.binding_for(ANONYMOUS_IDENTITY, source):
@@ -321,6 +348,21 @@ class Admissions:
             401, "dockgate: authentication required", "deny:-:unauthenticated", "no credentials"
         )
         return Admission(verdict, ANONYMOUS_IDENTITY, source)
+
+    def _peer_caller(self, facts: ConnectionFacts, source: str) -> Identity | Admission | None:
+        """A unix-socket client without credentials, where bindings name peers: its container
+        (bound or refused: a container never falls back to the anonymous binding), or a host
+        process that a uid/gid binding names; None for a host process no binding names, which
+        stays anonymous as before (docs/policy.md, "The calling container as the identity")."""
+        caller = facts.caller
+        if caller is None:
+            # Never admitted before its peer is known (the relay waits for it): not anonymous.
+            caller = PEER_PENDING
+        if isinstance(caller, Refusal):
+            return Admission(refused_before_policy(caller), ANONYMOUS_IDENTITY, source)
+        if caller.method == CONTAINER or self.policies.binding_for(caller, source) is not None:
+            return caller
+        return None
 
     def _check_password(
         self,

@@ -33,7 +33,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dockgate.auth.identity import Identity
+from dockgate.auth.identity import CONTAINER, PROCESS, Identity
 from dockgate.auth.throttle import source_key
 from dockgate.http.query import bool_value, query_value
 from dockgate.refusal import Refusal
@@ -194,6 +194,12 @@ def caller_key(identity: Identity, counted_source: str) -> str:
     counts sources (`counted_source`: admission.throttle_source, a unix client by its uid)."""
     if identity.authenticated:
         return f"{identity.method}:{identity.name}"
+    if identity.method == CONTAINER:
+        # A caller its unix-socket peer names (auth/peerlookup.py): each container apart (by
+        # its ID, which a rename keeps), not every root container as "unix uid 0".
+        return f"container:{identity.detail}"
+    if identity.method == PROCESS:
+        return f"process:{identity.name}"
     return "source:" + source_key(counted_source)
 
 

@@ -44,12 +44,14 @@ from dockgate.policy.rules import (
     ALLOW,
     DENY,
     Binding,
+    ContainerMatch,
     Matcher,
     PatternError,
     Policy,
     PolicySet,
     Rule,
     compile_path_pattern,
+    compile_value_pattern,
 )
 from dockgate.policy.scopes import ObjectScope, compile_pattern, scopable
 
@@ -194,6 +196,8 @@ class GuardrailsSpec(_Strict):
     plugin_privileges: StrictBool = False
     swarm: StrictBool = False
     buildkit: StrictBool = False
+    # May create containers that container bindings would name (_guard_peer_labels)
+    peer_labels: StrictBool = False
 
 
 class RedactSpec(_Strict):
@@ -233,6 +237,22 @@ class SourcesSpec(_Strict):
     deny: list[str] = Field(default_factory=list)
 
 
+class ContainerBindingSpec(_Strict):
+    """A binding's `container:` (docs/policy.md, "The calling container as the identity")."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    names: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> ContainerBindingSpec:
+        if not (self.labels or self.names or self.images):
+            raise ValueError(
+                "'container:' needs labels, names or images (any container: labels {KEY: '*'})"
+            )
+        return self
+
+
 class BindingSpec(_Strict):
     policy: str
     users: list[str] = Field(default_factory=list)
@@ -243,6 +263,12 @@ class BindingSpec(_Strict):
     authenticated: StrictBool = False
     sources: SourcesSpec | None = None
     mode: ModeName | None = None  # the policy's rollout mode for these callers (modes.py)
+    # The unix-socket peer (_compile_peer_keys)
+    container: ContainerBindingSpec | None = None
+    service: str | None = None
+    services: list[str] = Field(default_factory=list)
+    uids: list[StrictInt] = Field(default_factory=list)
+    gids: list[StrictInt] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _names_someone(self) -> BindingSpec:
@@ -253,10 +279,16 @@ class BindingSpec(_Strict):
             or self.tokens
             or self.anonymous
             or self.authenticated
+            or self.container is not None
+            or self.service is not None
+            or self.services
+            or self.uids
+            or self.gids
         ):
             raise ValueError(
                 "a binding names who it is for: users, groups, certificates, tokens, "
-                "anonymous: true or authenticated: true"
+                "anonymous: true or authenticated: true (or, by the unix-socket peer: "
+                "container, service, uids or gids)"
             )
         return self
 
@@ -654,6 +686,7 @@ def _compile(spec: PolicyFileSpec, source: str, lines: Mapping[Location, int]) -
 
     _compile_modes(spec, policies)
     bindings = _compile_bindings(spec, policies, lines, fail)
+    _guard_peer_labels(spec, policies, bindings)
     default = spec.default
     if bindings is not None:
         if default is not None:
@@ -945,9 +978,81 @@ def _compile_bindings(
                 authenticated=item.authenticated,
                 sources=_compile_sources(item.sources, (*loc, "sources"), fail, unix_exempt=False),
                 line=_line_for(lines, loc),
+                **_compile_peer_keys(item, loc, fail),
             )
         )
     return tuple(bindings)
+
+
+def _compile_peer_keys(item: BindingSpec, loc: Location, fail: Any) -> dict[str, Any]:
+    """A binding's peer keys (`container:`, `service:`/`services:`, `uids:`, `gids:`) as
+    `Binding` fields (docs/policy.md, "The calling container as the identity")."""
+    keys: dict[str, Any] = {}
+    spec = item.container
+    if spec is not None:
+        for key in spec.labels:
+            if not key or "*" in key:
+                raise fail(
+                    (*loc, "container", "labels", key), f"label key {key!r}: a key is written whole"
+                )
+        keys["container"] = ContainerMatch(
+            labels=tuple((k, compile_value_pattern(v)) for k, v in sorted(spec.labels.items())),
+            names=tuple(compile_value_pattern(n.removeprefix("/")) for n in spec.names),
+            images=tuple(compile_value_pattern(i) for i in spec.images),
+            shown="; ".join(
+                f"{what} {text}"
+                for what, text in (
+                    ("labels", ", ".join(f"{k}={v}" for k, v in sorted(spec.labels.items()))),
+                    ("names", ", ".join(spec.names)),
+                    ("images", ", ".join(spec.images)),
+                )
+                if text
+            ),
+        )
+    services = [*item.services, *([item.service] if item.service is not None else [])]
+    for i, service in enumerate(services):
+        if not _NAME.fullmatch(service):
+            raise fail(
+                (*loc, "services" if i < len(item.services) else "service"),
+                f"service name {service!r}",
+            )
+    if services:
+        keys["services"] = frozenset(services)
+    for key in ("uids", "gids"):
+        values = getattr(item, key)
+        for i, value in enumerate(values):
+            if value < 0:
+                raise fail((*loc, key, i), f"{key}: {value} is not an id")
+        if values:
+            keys[key] = frozenset(values)
+    if keys and (item.anonymous or item.authenticated):
+        raise fail(
+            (*loc, "container" if spec is not None else next(iter(keys))),
+            "a binding by the unix-socket peer names its callers: not with anonymous or "
+            "authenticated (write two bindings)",
+        )
+    return keys
+
+
+def _guard_peer_labels(
+    spec: PolicyFileSpec, policies: Mapping[str, Policy], bindings: Sequence[Binding] | None
+) -> None:
+    """Each policy's guardrails learn the label conditions of the container bindings, so a
+    create whose labels meet one is refused (body/guardrails.py `_peer_labels`), unless its
+    guardrails say `peer_labels: true`. Policies without guardrails (`guardrails: false`)
+    check no body at all, this included."""
+    conditions = tuple(
+        (f"binding {b.number} (policy {b.policy})", b.container.labels)
+        for b in bindings or ()
+        if b.container is not None and b.container.labels
+    )
+    if not conditions:
+        return
+    for name, policy in policies.items():
+        given = spec.policies[name].guardrails
+        allowed = isinstance(given, GuardrailsSpec) and given.peer_labels
+        if policy.guardrails is not None and not allowed:
+            policy.guardrails = dataclasses.replace(policy.guardrails, peer_labels=conditions)
 
 
 def _compile_matcher(spec: MatchSpec, loc: Location, fail: Any) -> Matcher:

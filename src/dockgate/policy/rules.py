@@ -20,7 +20,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dockgate.api.routes import Operation, RouteMatch
-from dockgate.auth.identity import ANONYMOUS, BASIC, CERTIFICATE, NONE, TOKEN, Identity
+from dockgate.auth.identity import (
+    ANONYMOUS,
+    BASIC,
+    CERTIFICATE,
+    CONTAINER,
+    NONE,
+    PROCESS,
+    TOKEN,
+    ContainerFacts,
+    Identity,
+)
 from dockgate.auth.sourceaddr import SourceRules
 from dockgate.body.defaults import Defaults
 from dockgate.body.guardrails import Guardrails
@@ -215,6 +225,34 @@ class Policy:
         ]
 
 
+def compile_value_pattern(pattern: str) -> re.Pattern[str]:
+    """A container binding's pattern (a label value, a name, an image): `*` is any run of
+    characters (`*` alone: any value, `proxy-*`: a prefix), everything else literal."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerMatch:
+    """A binding's `container:`: every given condition holds (a label pattern for each label
+    given; the name matches one of `names`; the image one of `images`)."""
+
+    labels: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    names: tuple[re.Pattern[str], ...] = ()
+    images: tuple[re.Pattern[str], ...] = ()
+    shown: str = ""  # as written, for explanations: `labels dockgate.role=proxy; names ci-*`
+
+    def matches(self, facts: ContainerFacts) -> bool:
+        if self.labels:
+            labels = dict(facts.labels)
+            for key, pattern in self.labels:
+                value = labels.get(key)
+                if value is None or not pattern.fullmatch(value):
+                    return False
+        if self.names and not any(p.fullmatch(facts.name) for p in self.names):
+            return False
+        return not self.images or any(p.fullmatch(facts.image) for p in self.images)
+
+
 @dataclass(frozen=True, slots=True)
 class Binding:
     """Who gets a policy: any listed identity matches (lists are alternatives), and the
@@ -231,6 +269,17 @@ class Binding:
     authenticated: bool = False  # any authenticated caller
     sources: SourceRules | None = None
     line: int | None = None
+    # The unix-socket peer (docs/policy.md, "The calling container as the identity"): callers
+    # without credentials named by their container or, outside any container, by uid/gid.
+    container: ContainerMatch | None = None
+    services: frozenset[str] = frozenset()  # Swarm services whose task containers match
+    uids: frozenset[int] = frozenset()  # host processes (in no container) of these uids
+    gids: frozenset[int] = frozenset()  # ... or of these gids
+
+    @property
+    def names_peers(self) -> bool:
+        """Whether it binds callers by their unix-socket peer."""
+        return bool(self.container is not None or self.services or self.uids or self.gids)
 
     def matches(self, identity: Identity, source: str) -> bool:
         if not self._identity_matches(identity):
@@ -241,6 +290,21 @@ class Binding:
         method = identity.method
         if method in (ANONYMOUS, NONE):
             return self.anonymous
+        # A peer matches only the peer keys: never `authenticated: true`, never a group member
+        # or user of the same name (a container named `alice` is not the user alice).
+        if method == CONTAINER:
+            facts = identity.container
+            if facts is None:
+                return False
+            if facts.service and facts.service in self.services:
+                return True
+            return self.container is not None and self.container.matches(facts)
+        if method == PROCESS:
+            uid = identity.name.removeprefix("uid:")
+            gid = identity.detail.removeprefix("gid:")
+            return (uid.isdigit() and int(uid) in self.uids) or (
+                gid.isdigit() and int(gid) in self.gids
+            )
         if self.authenticated or identity.name in self.members:
             return True
         if method == BASIC:
@@ -275,6 +339,12 @@ class PolicySet:
     _bound: dict[tuple[str, str, str, str], Binding | None] = field(
         default_factory=dict, init=False, compare=False, hash=False, repr=False
     )
+
+    @property
+    def names_peers(self) -> bool:
+        """Whether a binding names callers by their unix-socket peer (container, service, uid,
+        gid): unix-socket connections then identify their peer before their first request."""
+        return any(b.names_peers for b in self.bindings or ())
 
     @property
     def active(self) -> Policy:

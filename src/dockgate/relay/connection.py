@@ -32,7 +32,9 @@ import sys
 import time
 from typing import cast
 
-from dockgate.auth.peercred import peer_uid
+from dockgate.auth.identity import Identity
+from dockgate.auth.peerlookup import CONTAINERS, PEER_PROCESSES, identify_peer, settled
+from dockgate.auth.peerproc import PeerProcess, Unidentified, boot_ticks, peer_cred
 from dockgate.auth.sourceaddr import UNIX_SOURCE
 from dockgate.body.content import IGNORED_BODY_LIMIT
 from dockgate.body.content import too_large as too_large_to_drop
@@ -45,6 +47,7 @@ from dockgate.http.errors import (
     ClientProtocolError,
     GatewayError,
     UpstreamError,
+    describe_error,
     error_response,
 )
 from dockgate.http.hops import LOOP_MESSAGE, came_back
@@ -112,6 +115,7 @@ from dockgate.relay.phase import (
     FORWARDING,
     HOLDING_ANSWER,
     HOLDING_BODY,
+    IDENTIFYING_PEER,
     LINGERING,
     READING_HEAD,
     REFUSED_DRAINING,
@@ -258,6 +262,11 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # With --proxy-protocol, bytes from a trusted proxy before its PROXY header is whole.
         self._proxy_header: bytes | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        # A unix-socket client: when it was accepted (boot clock ticks: a process started
+        # later cannot be its peer, auth/peerproc.py), and the daemon look-up of its
+        # container while one runs (`_identify_peer`).
+        self._accepted_ticks = 0
+        self._peer_task: asyncio.Task[None] | None = None
         # After a hijack: the two pumps the connection hands its bytes to (relay/tunnel.py).
         self.tunnel: Tunnel | None = None
         # The current exchange's hold on its caller's concurrency under the policy's limits
@@ -285,7 +294,12 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self.client = address = UNIX_SOURCE
         self.facts = ConnectionFacts(address, address)
         if address == UNIX_SOURCE:
-            self.facts.uid = peer_uid(self.transport)
+            self._accepted_ticks = boot_ticks()
+            got = peer_cred(self.transport)
+            self.facts.uid = got[0].uid if got is not None else None
+            if self.ctx.admissions.peer_bound:
+                # Bindings name peers: identify it now, while its process surely runs.
+                self._identify_peer()
         self.ctx.add_certificate(self.transport, self.client, self.facts)
         proxied = self.transport.get_extra_info(PROXY_SOURCE_INFO)
         if proxied is not None:  # the TLS layer read a PROXY header before the handshake
@@ -377,6 +391,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         if self._lookup_task is not None:
             self._lookup_task.cancel()
             self._lookup_task = None
+        if self._peer_task is not None:
+            self._peer_task.cancel()
+            self._peer_task = None
         self._release_slot()  # (before the log too: a head already logged may hold none now)
         tunnel = self.tunnel
         if tunnel is not None:
@@ -509,8 +526,9 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         admissions = self.ctx.admissions
         admitted = admissions.admit(head, self.facts, now)
         if admitted is not last[1] or admissions.policies.owners is not last[2]:
-            # (outside _handle's loop: what follows a refusal calls _handle itself)
-            self._start_exchange(head, admitted)
+            # (outside _handle's loop: what follows a refusal calls _handle itself; a reload
+            # that made bindings name peers first identifies this connection's peer)
+            self._start_exchange(head, None if self._peer_pending() else admitted)
             self._handle_events(events[1:])
             return
         admission = last[1]
@@ -589,11 +607,92 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
             self._refuse(head, LOOP_REFUSAL)
             return
         if admitted is None:
-            admitted = self.ctx.admissions.admit(head, self.facts, self._started)
+            admissions = self.ctx.admissions
+            if admissions.peer_bound and self._peer_pending():
+                self._await_peer(head)
+                return
+            admitted = admissions.admit(head, self.facts, self._started)
         if isinstance(admitted, PendingAdmission):
             self._await_password_check(head, admitted)
             return
         self._admitted(head, admitted)
+
+    # ----- the unix-socket peer as the caller ------------------------------------------------
+
+    def _peer_pending(self) -> bool:
+        """A unix-socket client whose peer is not identified yet, where bindings name peers."""
+        facts = self.facts
+        return (
+            facts.caller is None
+            and facts.peer == UNIX_SOURCE
+            and self.ctx.admissions.peer_bound
+            and self.transport is not None
+        )
+
+    def _identify_peer(self) -> None:
+        """Read the peer's process now (auth/peerproc.py: checked to be the one that
+        connected); name it at once when no daemon look-up is needed, or start the look-up."""
+        if self._peer_task is not None or self.transport is None:
+            return
+        got = peer_cred(self.transport, pidfd=True)
+        read: PeerProcess | Unidentified
+        if got is None:
+            read = Unidentified("the platform does not say which process is calling")
+        else:
+            cred, pidfd = got
+            try:
+                read = PEER_PROCESSES.read(cred, self._accepted_ticks, pidfd)
+            finally:
+                if pidfd is not None:
+                    pidfd.close()
+        known = settled(read, CONTAINERS)
+        if known is not None:
+            self._peer_identified(known)
+            return
+        self._peer_task = self.ctx.loop.create_task(
+            self._look_up_peer(read), name="dockgate-peer-lookup"
+        )
+
+    async def _look_up_peer(self, read: PeerProcess | Unidentified) -> None:
+        try:
+            caller = await identify_peer(self.ctx.pool.address, read, CONTAINERS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure must answer, or the first request would hang
+            message = f"dockgate: cannot identify the calling container: {describe_error(exc)}"
+            caller = Refusal(502, message, "peer", "peer look-up failed")
+        self._peer_task = None
+        if not self.closing:
+            self._peer_identified(caller)
+
+    def _peer_identified(self, caller: Identity | Refusal) -> None:
+        """The caller is known (or refused): a request that waited for it goes on."""
+        self.facts.caller = caller
+        if isinstance(caller, Refusal) and caller.status == 502:
+            self.close_after_exchange = True  # a later connection asks the daemon again
+        head = self._head
+        if self.phase is not IDENTIFYING_PEER or head is None:
+            return
+        deferred, self._deferred = self._deferred, None
+        self.flow.resume(Pause.PEER)
+        admitted = self.ctx.admissions.admit(head, self.facts, self._started)
+        if isinstance(admitted, PendingAdmission):
+            self._await_password_check(head, admitted)
+            if deferred and self._deferred is not None:
+                self._deferred[:0] = deferred  # (the password check's wait takes them on)
+            return
+        self._admitted(head, admitted)
+        if deferred:
+            self._handle(deferred)
+
+    def _await_peer(self, head: RequestHead) -> None:
+        """The first request of a unix-socket client waits, paused, until its peer is known;
+        what the client sends meanwhile waits in order, as for a password check."""
+        self._admission = self._verdict = None
+        self._deferred = []
+        self._enter(IDENTIFYING_PEER)
+        self.flow.pause(Pause.PEER)
+        self._identify_peer()  # (started at accept, unless a reload made peers matter since)
 
     def _await_password_check(self, head: RequestHead, pending: PendingAdmission) -> None:
         """The password is being hashed in a worker thread (auth/checks.py): until it is done,

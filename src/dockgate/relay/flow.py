@@ -27,6 +27,7 @@ class Pause(enum.Flag):
     TUNNEL_SETUP = enum.auto()  # waiting for the answer to a request that may hijack
     LOOKUP = enum.auto()  # the daemon is asked who owns an object (relay/steps.py)
     PASSWORD = enum.auto()  # a password hash is being checked (auth/checks.py)
+    PEER = enum.auto()  # the unix-socket peer is being identified (auth/peerlookup.py)
     # The client does not read its answers: no further pipelined request is taken (and none
     # read) until its write buffer drains, so the gateway's own answers (refusals, 401s before
     # any authentication) cannot pile up in memory for a client that only sends.

@@ -6,6 +6,7 @@ timer). The work done on an event (admission, the policy's decisions, writing an
 inside a move; a move not in `TRANSITIONS` is a bug in the relay.
 
     READING_HEAD
+      ├─> IDENTIFYING_PEER (a unix-socket client's first request: who is calling)
       ├─> ADMITTING, LOOKING_UP, HOLDING_BODY  (a request may pass through several, then on:)
       ├─> REFUSED_DRAINING ─> READING_HEAD | LINGERING (its body left unread)
       └─> FORWARDING ─┬─> RELAYING_ANSWER ─> READING_HEAD | LINGERING (early answer) | TUNNEL
@@ -36,6 +37,9 @@ class Phase(enum.Enum):
     __hash__ = object.__hash__
 
     READING_HEAD = "reading head"  # idle, or part of the next request head is in
+    # A unix-socket client's first request waits while its peer is identified: its process
+    # read from /proc, its container asked of the daemon (auth/peerlookup.py).
+    IDENTIFYING_PEER = "identifying peer"
     ADMITTING = "admitting"  # a password is being checked in a worker thread
     LOOKING_UP = "looking up"  # the daemon is asked who owns what the request names
     HOLDING_BODY = "holding body"  # a body read whole: to be judged, or dropped (no handler)
@@ -51,6 +55,7 @@ class Phase(enum.Enum):
 # The members as module constants, for the relay's hot paths: `Phase.X` is a look-up on the
 # enum class (about 75 ns in CPython 3.11), and phases are tested on every read.
 READING_HEAD = Phase.READING_HEAD
+IDENTIFYING_PEER = Phase.IDENTIFYING_PEER
 ADMITTING = Phase.ADMITTING
 LOOKING_UP = Phase.LOOKING_UP
 HOLDING_BODY = Phase.HOLDING_BODY
@@ -68,12 +73,17 @@ _P = Phase
 _MOVES: dict[Phase, frozenset[Phase]] = {
     _P.READING_HEAD: frozenset(
         {
+            _P.IDENTIFYING_PEER,
             _P.ADMITTING,
             _P.LOOKING_UP,
             _P.HOLDING_BODY,
             _P.FORWARDING,
             _P.REFUSED_DRAINING,
         }
+    ),
+    # The caller known: the request is admitted, as it would have been at once.
+    _P.IDENTIFYING_PEER: frozenset(
+        {_P.ADMITTING, _P.LOOKING_UP, _P.HOLDING_BODY, _P.FORWARDING, _P.REFUSED_DRAINING}
     ),
     # The password checked: the request goes the way a request admitted at once would.
     _P.ADMITTING: frozenset({_P.LOOKING_UP, _P.HOLDING_BODY, _P.FORWARDING, _P.REFUSED_DRAINING}),

@@ -365,6 +365,14 @@ def describe_binding(binding: Binding) -> str:
         parts.append("every authenticated caller")
     if binding.anonymous:
         parts.append("callers without credentials")
+    # By the unix-socket peer (docs/policy.md, "The calling container as the identity")
+    if binding.container is not None:
+        parts.append(f"containers with {binding.container.shown}")
+    if binding.services:
+        parts.append(f"tasks of services {', '.join(sorted(binding.services))}")
+    for label, ids in (("uids", binding.uids), ("gids", binding.gids)):
+        if ids:
+            parts.append(f"host processes of {label} {', '.join(map(str, sorted(ids)))}")
     if binding.sources is not None:
         if binding.sources.allow:
             parts.append(f"from {binding.sources.allow}")

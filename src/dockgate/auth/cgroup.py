@@ -1,0 +1,46 @@
+"""Which container a process is in, from its `/proc/PID/cgroup`: a pure parser.
+
+Each line is `HIERARCHY-ID:CONTROLLERS:PATH` (cgroups(7)); cgroup v1 has a line per hierarchy,
+v2 one line `0::PATH`, a hybrid host both. Container runtimes name the container's cgroup by
+its 64-hex ID, in a few shapes (what this machine's dockerd writes is pinned by
+tests/auth/test_peer_e2e.py):
+
+- `/docker/<ID>`: dockerd with the cgroupfs driver (moby daemon/oci_linux.go, cgroup parent
+  `/docker`);
+- `/system.slice/docker-<ID>.scope`: dockerd with the systemd driver;
+- `/kubepods/besteffort/pod<UID>/<ID>`, `/kubepods.slice/.../cri-containerd-<ID>.scope`,
+  `.../crio-<ID>.scope`, `/machine.slice/libpod-<ID>.scope`: containerd, CRI-O, podman;
+- `/system.slice/containerd.service/kubepods-...:cri-containerd:<ID>` (containerd's systemd
+  driver writes the unit and the ID after colons);
+- nested (docker in docker): `/docker/<OUTER>/docker/<INNER>`.
+
+A process is named by every ID its paths carry, the OUTERMOST first: the daemon dockgate
+fronts knows the outer container (dind's inner containers are the inner daemon's), and a
+process that could write cgroups (a privileged container) cannot pose as another container by
+making a sub-cgroup named after it, since its own container comes first
+(auth/peerlookup.py takes the first ID the daemon knows).
+"""
+
+from __future__ import annotations
+
+import re
+
+# One path component that names a container: the ID alone, or after a runtime's prefix
+# (`docker-`, `cri-containerd-`, `crio-`, `libpod-`, `...:cri-containerd:`), optionally with
+# systemd's `.scope`. A component of another length (a pod UID, a 32-hex machine ID) is not.
+_COMPONENT = re.compile(r"(?:[A-Za-z0-9_.:-]*[-:])?([0-9a-f]{64})(?:\.scope)?")
+
+
+def container_ids(cgroup_text: str) -> tuple[str, ...]:
+    """The container IDs the process's cgroup paths name, outermost first, each once; empty
+    when the process is in no container (a host process: `/`, `/user.slice/...`)."""
+    found: list[str] = []
+    for line in cgroup_text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue  # not a cgroup line: ignored, as the kernel never writes one
+        for component in parts[2].split("/"):
+            match = _COMPONENT.fullmatch(component)
+            if match is not None and match.group(1) not in found:
+                found.append(match.group(1))
+    return tuple(found)
