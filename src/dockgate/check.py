@@ -17,18 +17,22 @@ guardrails judge that `--body` did not give.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from dockgate.addresses import Address
 from dockgate.api.routes import RouteMatch
 from dockgate.auth.authenticator import Authenticator
 from dockgate.auth.identity import Identity
 from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressList
 from dockgate.auth.throttle import FailureThrottle, ThrottleSettings
 from dockgate.body.guardrails import BODY_CHECKED, QUERY_CHECKED, explain_request
-from dockgate.http.errors import ClientProtocolError
-from dockgate.http.request import RequestHead, RequestReader, without_body
+from dockgate.http.errors import ClientProtocolError, describe_error
+from dockgate.http.request import RequestHead, RequestReader, with_target, without_body
+from dockgate.ownership.lookup import Found, LookupError_, Unresolved
 from dockgate.ownership.operations import SILENT_LOG_DRIVER, silent_log_problem
+from dockgate.ownership.scopefind import judge_scoped
 from dockgate.policy.admission import Admission, Admissions, ConnectionFacts
 from dockgate.policy.gatekeeper import Gatekeeper
 from dockgate.policy.limits import caller_key, is_stream
@@ -48,6 +52,7 @@ from dockgate.policy.plan import (
     judge_body,
     judge_drained,
     plan_admitted,
+    plan_forward,
     plan_request,
 )
 from dockgate.policy.rules import Policy, PolicySet, Rule
@@ -79,6 +84,9 @@ class CheckRequest:
     credentials_required: bool = False
     # The listener speaks TLS (serve --tls-cert): the gateway's own origin is https://HOST.
     tls: bool = False
+    # --upstream: the daemon to ask the look-up of a scoped request about one object (read
+    # only: lists and inspects); None: such a request is "decided by a look-up" (exit 3).
+    upstream: Address | None = None
 
 
 def request_bytes(request: CheckRequest) -> bytes:
@@ -165,6 +173,12 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
         if isinstance(step, LookUp):
             objects = step.objects
             names = ", ".join(repr(name) for name in objects.references)
+            if step.scope is not None and request.upstream is not None:
+                asked = _ask_scoped(out, step, request.upstream)
+                if isinstance(asked, int):
+                    return asked
+                step = asked
+                continue
             if step.scope is not None:
                 _explain_scoped_lookup(out, step)
             else:
@@ -355,6 +369,44 @@ def _explain_scoped_lookup(out: list[str], step: LookUp) -> None:
     )
     if check.renamed is not None:
         out.append(f"lookup:    its new name {check.renamed!r} must be covered too")
+
+
+def _ask_scoped(out: list[str], step: LookUp, upstream: Address) -> Step | int:
+    """`--upstream`: the scoped look-up done as the gateway does it (scopefind.judge_scoped),
+    and the step the gateway takes next; an exit status when the daemon cannot be asked."""
+    check, objects, allowed = step.scope, step.objects, step.allowed
+    assert check is not None
+    reference = objects.references[0]
+    try:
+        judged = asyncio.run(judge_scoped(upstream, objects.kind, reference, check, allowed.owner))
+    except Unresolved as exc:
+        return _decide(out, allowed.unresolved(str(exc)))
+    except (LookupError_, OSError) as exc:
+        out.append(f"lookup:    the daemon could not be asked: {describe_error(exc)}")
+        return USAGE
+    refusal = None
+    if isinstance(judged, str):
+        refusal = allowed.policy_denial("scope", judged)
+    elif isinstance(judged, Refusal):
+        refusal = judged
+    if refusal is not None:
+        out.append(
+            f"lookup:    {objects.kind.name} {reference!r}: not covered by "
+            f"{check.scope.describe()} (or absent)"
+        )
+        waived = allowed.waived(refusal)
+        if waived is None:
+            return refusal
+        out.append(f"{waived.mode + ':':<10} would deny, {refusal.status}: {refusal.message}")
+        return plan_forward(step.head, replace(waived, owner=None))
+    assert isinstance(judged, Found)
+    rule = check.scope.covering_rule(judged.labels, judged.name)
+    out.append(
+        f"lookup:    {objects.kind.name} {reference!r} is {judged.full_id}, covered by rule "
+        f"{rule}: pinned to its full ID"
+    )
+    head = with_target(step.head, objects.pin({reference: judged.full_id}))
+    return plan_forward(head, allowed)
 
 
 def _explain_lookups(out: list[str], allowed: Allowed, judged: JudgedBody) -> None:

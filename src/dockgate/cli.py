@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from dockgate import __version__
-from dockgate.addresses import AddressError, parse_address, shown_address
+from dockgate.addresses import Address, AddressError, parse_address, shown_address
 from dockgate.auth import credtools
 from dockgate.auth.identity import (
     ANONYMOUS_IDENTITY,
@@ -276,6 +276,13 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the listener speaks TLS (serve --tls-cert): the gateway's own origin is "
         "https://HOST, not http://HOST",
+    )
+    check.add_argument(
+        "--upstream",
+        default=None,
+        metavar="ADDR",
+        help="a daemon (unix:///path or tcp://HOST:PORT, plain) to ask the look-up of a "
+        "request about one object under a scope (objects:): lists and inspects only",
     )
     check.add_argument(
         "--auth-required",
@@ -648,11 +655,23 @@ def _check(args: argparse.Namespace) -> int:
         body=body,
         credentials_required=args.auth_required,
         tls=args.tls,
+        upstream=_check_upstream(args.upstream),
     )
     out: list[str] = []
     status = run_check(request, policies, out)
     print("\n".join(out))
     return status
+
+
+def _check_upstream(text: str | None) -> Address | None:
+    """check's `--upstream`: a plain daemon address (no TLS options: check asks read-only
+    look-ups, run it where the socket is)."""
+    if text is None:
+        return None
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise CallerError(f"--upstream {exc}") from None
 
 
 def _caller(text: str | None) -> Identity:

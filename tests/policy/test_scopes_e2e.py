@@ -12,6 +12,8 @@ import base64
 import json
 import os
 import pathlib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -367,3 +369,43 @@ def test_a_name_held_out_of_scope_is_taken_without_naming_the_holder(
     assert done.returncode != 0 and "is already in use by another container" in stderr, stderr
     assert db_id not in stderr and db_id[:12] not in stderr
     assert _id(daemon, name) == db_id  # the db container is still the one of that name
+
+
+def _check(policy: pathlib.Path, *args: str) -> tuple[int, str]:
+    """`dockgate check --policy POLICY ARGS...`: its exit status and output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dockgate", "check", "--policy", str(policy), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_check_with_upstream_decides_a_scoped_lookup_as_the_gateway(
+    web_env: dict[str, str],
+    containers: dict[str, str],
+    daemon: PrivateDaemon,
+    tmp_path: pathlib.Path,
+) -> None:
+    """`dockgate check --upstream` asks the daemon the scoped look-up the gateway asks: a
+    covered container is allowed, pinned to its full ID (by name and by prefix); an uncovered
+    one is the same 404 the gateway answers, by name and by prefix."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("MODE", "enforce"))
+    web, db = containers["web"], containers["db"]
+    upstream = ("--upstream", daemon.host)
+    for reference in (web, _id(daemon, web)[:12]):
+        status, out = _check(policy, *upstream, f"GET /v1.41/containers/{reference}/json")
+        assert status == 0, out
+        assert f"forwarded: GET /v1.41/containers/{_id(daemon, web)}/json" in out
+    for reference in (db, _id(daemon, db)[:12]):
+        status, out = _check(policy, *upstream, f"GET /v1.41/containers/{reference}/json")
+        assert status == 1, out
+        code, answer = _get(web_env, f"/v1.41/containers/{reference}/json")
+        assert code == 404
+        assert f"decision:  deny, 404: {answer['message']}" in out
+    # Without --upstream the same request is decided by a look-up: exit 3.
+    status, out = _check(policy, f"GET /v1.41/containers/{db}/json")
+    assert status == 3, out

@@ -47,6 +47,8 @@ from dockgate.ownership.operations import (
     Kind,
 )
 from dockgate.policy.scopes import STACK_LABEL, ObjectScope, Scope, labels_of
+from dockgate.policy.scoping import ScopeCheck, absent, name_taken, rename_problem
+from dockgate.refusal import Refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,30 @@ async def find_covered(
     found = await find(address, kind, reference)
     if found is None or not scope.covers(found.labels, found.name):
         return None
+    return found
+
+
+async def judge_scoped(
+    address: Address, kind: Kind, reference: str, check: ScopeCheck, owner: str | None
+) -> Found | Refusal | str:
+    """The one object a scoped request is about, judged as the gateway does (relay/steps.py)
+    and `dockgate check --upstream` explains: `Found`, covered (and carrying the caller's
+    owner label, in ownership mode): go on pinned to its full ID; a `Refusal`: absent as far
+    as the caller may tell (the daemon's own 404), or a new name held out of scope (409); a
+    `str`: a rename out of the scope, refused by the policy with that reason. Unresolved when
+    it names several covered objects; LookupError_ when the daemon cannot be asked."""
+    found = await find_covered(address, kind, reference, check.scope, owner)
+    if found is None or (owner is not None and found.owner != owner):
+        return absent(kind, reference)
+    problem = rename_problem(check, found.labels)
+    if problem is not None:
+        return problem
+    if check.renamed:
+        # A new name held by a container out of scope: the daemon's 409 would name it.
+        taken = "/" + check.renamed
+        holder = await find(address, CONTAINER, taken)
+        if holder is not None and not check.scope.covers(holder.labels, holder.name):
+            return name_taken(CONTAINER, taken)
     return found
 
 

@@ -62,7 +62,6 @@ from dockgate.ownership.lookup import (
 )
 from dockgate.ownership.operations import (
     CHECKED_ANSWERS,
-    CONTAINER,
     IMAGE_CHECKED,
     SILENT_LOG_DRIVER,
     VOLUME,
@@ -76,7 +75,7 @@ from dockgate.ownership.operations import (
 )
 from dockgate.ownership.pinning import pinned_body
 from dockgate.ownership.prefix import find_owned
-from dockgate.ownership.scopefind import find_covered
+from dockgate.ownership.scopefind import find_covered, judge_scoped
 from dockgate.ownership.volumes import (
     Settled,
     Unreadable,
@@ -113,10 +112,8 @@ from dockgate.policy.scopelists import (
 from dockgate.policy.scopes import Scope
 from dockgate.policy.scoping import (
     ScopeCheck,
-    absent,
     absent_named,
     name_taken,
-    rename_problem,
 )
 from dockgate.refusal import Refusal
 from dockgate.relay.flow import FlowControl, Pause
@@ -644,23 +641,14 @@ class PolicySteps:
     async def _scoped_lookup(
         self, kind: Kind, reference: str, check: ScopeCheck, full_ids: dict[str, str]
     ) -> Refusal | None:
-        """One object of a scoped request: covered (and the caller's, in ownership mode), its
-        full ID kept in `full_ids`; else the daemon's 404 for a missing object. Unresolved
-        when it names several covered objects."""
-        owner = self._owner
-        found = await find_covered(self.ctx.pool.address, kind, reference, check.scope, owner)
-        if found is None or (owner is not None and found.owner != owner):
-            return absent(kind, reference)
-        problem = rename_problem(check, found.labels)
-        if problem is not None:
-            return self._exchange().policy_denial("scope", problem)
-        if check.renamed:
-            # A new name held by a container out of scope: the daemon's 409 would name it.
-            taken = "/" + check.renamed
-            holder = await find(self.ctx.pool.address, CONTAINER, taken)
-            if holder is not None and not check.scope.covers(holder.labels, holder.name):
-                return name_taken(CONTAINER, taken)
-        full_ids[reference] = found.full_id
+        """One object of a scoped request (scopefind.judge_scoped): covered, its full ID kept
+        in `full_ids`; else the refusal."""
+        judged = await judge_scoped(self.ctx.pool.address, kind, reference, check, self._owner)
+        if isinstance(judged, str):
+            return self._exchange().policy_denial("scope", judged)
+        if isinstance(judged, Refusal):
+            return judged
+        full_ids[reference] = judged.full_id
         return None
 
     def _hold_body(self, step: HoldBody) -> None:
