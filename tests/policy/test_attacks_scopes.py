@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from support.attack import ATTACK_MARKS, Api, direct
 from support.daemon import PrivateDaemon
-from support.gateway import Gateway, running
+from support.gateway import Gateway, run_dockgate, running
 from support.rawhttp import dechunk, until_close
 from support.swarm import single_node_swarm
 
@@ -635,3 +636,34 @@ def test_a_covered_service_plants_containers_in_another_scope(
         assert "db" not in planted, (status, created, planted)
     finally:
         swarm.docker("service", "rm", name, check=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`dockgate check` says a scoped ServiceUpdate moving the service out of the scope "
+    "is allowed if the look-up finds it covered; the gateway refuses it (403) after that look-up",
+)
+def test_check_agrees_with_the_gateway_on_an_update_leaving_the_scope(
+    service_apis: dict[str, Api], swarm: PrivateDaemon, handed_over: str,
+    tmp_path: pathlib.Path,
+) -> None:  # fmt: skip
+    """The web service updated to the db label: the gateway answers 403 (the service as
+    updated would not be covered) and the service stays web's; `dockgate check` with the
+    same policy, target and body prints `allow ... if the look-ups above say so`."""
+    api = service_apis["guarded"]
+    status, current = api.call("GET", f"/v1.41/services/{handed_over}")
+    assert status == 200, current
+    spec = current["Spec"] | {"Labels": {LABEL: "db"}}
+    target = f"/v1.41/services/{handed_over}/update?version={current['Version']['Index']}"
+    status, answer = api.call("POST", target, spec)
+    assert status == 403, answer
+    assert _service_team(swarm, handed_over) == "web"
+    base = tmp_path
+    (base / "policy.yaml").write_text(SERVICE_POLICY.replace("GUARDRAILS", "guardrails: true"))
+    (base / "body.json").write_text(json.dumps(spec))
+    checked = run_dockgate(
+        *("check", "--policy", str(base / "policy.yaml"), "--body", str(base / "body.json")),
+        *("POST", target),
+    )
+    decision = next(line for line in checked.stdout.splitlines() if line.startswith("decision:"))
+    assert "deny" in decision and "allow" not in decision, checked.stdout
