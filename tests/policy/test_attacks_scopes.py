@@ -667,3 +667,34 @@ def test_check_agrees_with_the_gateway_on_an_update_leaving_the_scope(
     )
     decision = next(line for line in checked.stdout.splitlines() if line.startswith("decision:"))
     assert "deny" in decision and "allow" not in decision, checked.stdout
+
+
+def test_a_rename_form_body_does_not_take_the_container_out_of_a_names_scope(
+    named_api: Api, daemon: PrivateDaemon, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    """Go's ParseForm reads a form body of a POST and lets it win over the query: a rename to
+    `web-…` in the query and `db-…` in an `application/x-www-form-urlencoded` body."""
+    suffix = os.urandom(4).hex()
+    web, web2, db = f"web-ren-{suffix}", f"web-ren2-{suffix}", f"db-ren-{suffix}"
+    cid = daemon.docker("create", "--name", web, busybox_image, "true").stdout.decode().strip()
+    leftovers["container"].append(cid)
+    body = f"name={db}".encode()
+    port = named_api.gateway.port
+    request = (
+        f"POST /v1.41/containers/{web}/rename?name={web2} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nConnection: close\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    answer = until_close(port, request)
+    name = _inspect(daemon, cid)["Name"]
+    assert name in (f"/{web}", f"/{web2}"), (name, answer[:300])
+
+
+def test_an_http10_list_is_filtered_too(api: Api, pair: dict[str, str]) -> None:
+    """An HTTP/1.0 list, whose answer the daemon ends by closing, is filtered as well."""
+    port = api.gateway.port
+    request = f"GET /v1.41/containers/json?all=1 HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    answer = until_close(port, request.encode())
+    assert pair["web_id"].encode() in answer or b" 502 " in answer[:20], answer[:300]
+    assert pair["db_id"].encode() not in answer
