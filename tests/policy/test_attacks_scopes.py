@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct
+from support.attack import ATTACK_MARKS, Api, build_context, direct
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, run_dockgate, running
 from support.rawhttp import dechunk, until_close
@@ -40,8 +40,11 @@ policies:
       - allow:
           operations: {CONTAINER_OPS}
           objects: {{labels: {{{LABEL}: web}}}}
-      - allow: {{sections: [commit]}}
+      - allow: {{sections: [commit, build]}}
       - allow: {{operations: [ImageInspect, ImageDelete]}}
+    guardrails:
+      volumes_from: true
+      namespaces: ["network:container", "pid:container", "ipc:container"]
 """
 NAMES_POLICY = f"""\
 policies:
@@ -268,7 +271,8 @@ def test_a_covered_create_cannot_join_or_borrow_the_db_container(
         status, answer = api.call("POST", "/v1.41/containers/create", {**body, "HostConfig": host})
         if status == 201:
             leftovers["container"].append(answer["Id"])
-        assert status in (400, 403), (host, status, answer)
+        assert status == 403, (host, status, answer)
+        assert "No such container" in answer["message"], (host, answer)
     # duplicate keys: gateway and daemon both keep the last HostConfig
     raw = (
         b'{"Image":"%s","Cmd":["true"],"Labels":{"%s":"web"},'
@@ -780,3 +784,50 @@ def test_an_out_of_scope_network_answers_as_a_missing_one_byte_for_byte(
             assert seen == missing, (seen, missing)
     finally:
         daemon.docker("network", "rm", name, check=False)
+
+
+SERVE = "httpd -f -p 127.0.0.1:9999 -h /www"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ImageBuild networkmode=container:X is not scoped: a caller allowed `build` runs "
+    "build steps in an out-of-scope container's network namespace (its loopback services)",
+)
+def test_a_build_joins_an_out_of_scope_containers_network(
+    api: Api, daemon: PrivateDaemon, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    """The db container serves a secret on its own 127.0.0.1:9999 only. A covered create with
+    `--network container:db` is refused by the scope (test above); a classic build with
+    `networkmode=container:db` is not, and its RUN step reads the secret. (Ownership mode
+    looks up a build's networkmode; the scope does not.)"""
+    db = f"db-net-{os.urandom(4).hex()}"
+    daemon.docker(
+        *("run", "-d", "--name", db, "--label", f"{LABEL}=db", busybox_image),
+        *(
+            "sh",
+            "-c",
+            "mkdir /www; echo loopback-db-secret > /www/s; httpd -f -p 127.0.0.1:9999 -h /www",
+        ),
+    )
+    leftovers["container"].append(db)
+    deadline = time.monotonic() + 10
+    while (
+        b"loopback-db-secret"
+        not in daemon.docker(
+            "exec", db, "wget", "-qO-", "http://127.0.0.1:9999/s", check=False
+        ).stdout
+    ):
+        assert time.monotonic() < deadline, "the db container's server did not start"
+        time.sleep(0.2)
+    tag = f"atk-build-{os.urandom(3).hex()}:x"
+    leftovers["image"].append(tag)
+    dockerfile = f"FROM {busybox_image}\nRUN wget -qO- http://127.0.0.1:9999/s || true\n".encode()
+    context = build_context({"Dockerfile": dockerfile})
+    target = f"/v1.41/build?t={tag}&rm=1&networkmode=container:{db}"
+    status, answer = api.call(
+        "POST", target, context, headers={"Content-Type": "application/x-tar"}
+    )
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
+    assert "loopback-db-secret" not in text, (status, text[-600:])
+    assert status in (403, 404), (status, text[-600:])
