@@ -831,3 +831,17 @@ def test_a_build_joins_an_out_of_scope_containers_network(
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else json.dumps(answer)
     assert "loopback-db-secret" not in text, (status, text[-600:])
     assert status in (403, 404), (status, text[-600:])
+
+
+def test_a_covered_network_cannot_disconnect_or_connect_the_db_container(
+    net_api: Api, pair: dict[str, str], web_net: str, daemon: PrivateDaemon
+) -> None:
+    """NetworkDisconnect (forced) of db from web-net, by name and by ID prefix, and a connect
+    of db to it by ID: refused, and db stays connected (once)."""
+    for reference in (pair["db"], pair["db_id"][:12], pair["db_id"]):
+        for action, extra in (("disconnect", {"Force": True}), ("connect", {})):
+            body = {"Container": reference, **extra}
+            status, answer = net_api.call("POST", f"/v1.41/networks/{web_net}/{action}", body)
+            assert status in (403, 404), (action, reference, status, answer)
+    _, network = direct(daemon, "GET", f"/v1.41/networks/{web_net}")
+    assert list(network["Containers"]) == [pair["db_id"]]
