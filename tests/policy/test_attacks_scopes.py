@@ -845,3 +845,39 @@ def test_a_covered_network_cannot_disconnect_or_connect_the_db_container(
             assert status in (403, 404), (action, reference, status, answer)
     _, network = direct(daemon, "GET", f"/v1.41/networks/{web_net}")
     assert list(network["Containers"]) == [pair["db_id"]]
+
+
+def test_a_covered_create_cannot_mount_an_out_of_scope_volume(
+    api: Api, daemon: PrivateDaemon, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    """A db volume in Binds (modes), in Mounts (key spellings Go folds, a duplicated Mounts)
+    of a create labelled web: refused, no container made."""
+    vol = f"dbvol-{os.urandom(4).hex()}"
+    daemon.docker("volume", "create", "--label", f"{LABEL}=db", vol)
+    try:
+        base = {"Image": busybox_image, "Cmd": ["true"], "Labels": {LABEL: "web"}}
+        hosts: list[dict[str, Any]] = [
+            {"Binds": [f"{vol}:/data"]},
+            {"Binds": [f"{vol}:/data:ro,nocopy"]},
+            {"Mounts": [{"Type": "volume", "Source": vol, "Target": "/data"}]},
+            {"mounts": [{"type": "volume", "source": vol, "target": "/data"}]},
+            {"Mounts": [{"TYPE": "volume", "SOURCE": vol, "TARGET": "/data"}]},
+        ]
+        for host in hosts:
+            status, answer = api.call(
+                "POST", "/v1.41/containers/create", base | {"HostConfig": host}
+            )
+            if status == 201:
+                leftovers["container"].append(answer["Id"])
+            assert status == 403, (host, status, answer)
+        raw = (
+            b'{"Image":"%s","Labels":{"%s":"web"},"HostConfig":{"Mounts":[{"Type":"volume",'
+            b'"Source":"%s","Target":"/d"}]},"HostConfig":{"Binds":null}}'
+            % (busybox_image.encode(), LABEL.encode(), vol.encode())
+        )
+        status, answer = api.call("POST", "/v1.41/containers/create", raw)
+        if status == 201:
+            leftovers["container"].append(answer["Id"])
+        assert status in (400, 403), (status, answer)
+    finally:
+        daemon.docker("volume", "rm", "-f", vol, check=False)
