@@ -289,15 +289,16 @@ def test_label_spellings_do_not_make_a_db_create_covered(
     api: Api, busybox_image: str, leftovers: dict[str, list[str]]
 ) -> None:
     """Duplicate and case-variant `Labels` keys: what the daemon stores is what was judged."""
-    image = busybox_image.encode()
     bodies = [
-        b'{"Image":"%s","Labels":{"%s":"web"},"labels":{"%s":"db"}}',
-        b'{"Image":"%s","Labels":{"%s":"web","%s":"db"}}',
-        b'{"Image":"%s","LABELS":{"%s":"db"},"Labels":{"%s":"web"}}',
+        b'{"Image":"IMG","Labels":{"KEY":"web"},"labels":{"KEY":"db"}}',
+        b'{"Image":"IMG","Labels":{"KEY":"web","KEY":"db"}}',
+        b'{"Image":"IMG","LABELS":{"KEY":"db"},"Labels":{"KEY":"web"}}',
+        b'{"Image":"IMG","Labels":{"KEY":"web","com\\u002eexample.team":"db"}}',
+        b'{"Image":"IMG","Labels":{"KEY":"web"},"L\\u0061bels":{"KEY":"db"}}',
+        b'{"Image":"IMG","Labels":{"KEY":"web"},"Label\xc5\xbf":{"KEY":"db"}}',
     ]
-    key = LABEL.encode()
     for template in bodies:
-        raw = template % (image, key, key)
+        raw = template.replace(b"IMG", busybox_image.encode()).replace(b"KEY", LABEL.encode())
         status, answer = api.call("POST", "/v1.41/containers/create", raw)
         if status == 201:
             leftovers["container"].append(answer["Id"])
