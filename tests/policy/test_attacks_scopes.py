@@ -899,3 +899,28 @@ def test_system_df_beside_a_scope_lists_out_of_scope_containers(
     assert status == 200, answer
     listed = json.dumps(answer.get("Containers"))
     assert pair["db_id"] not in listed and pair["db"] not in listed, listed[:300]
+
+
+def test_a_covered_create_cannot_join_an_out_of_scope_network_behind_a_predefined_key(
+    api: Api, daemon: PrivateDaemon, busybox_image: str, leftovers: dict[str, list[str]]
+) -> None:
+    """An endpoint keyed `bridge` (predefined: not an object) whose NetworkID (which the
+    daemon prefers to the key) is the db network's, in the spellings Go folds: refused."""
+    name = f"db-net2-{os.urandom(4).hex()}"
+    net_id = daemon.docker("network", "create", "--label", f"{LABEL}=db", name).stdout
+    net_id_text = net_id.decode().strip()
+    try:
+        for key, field in (("bridge", "NetworkID"), ("bridge", "networkid"), ("none", "NetworkId")):
+            body = {
+                "Image": busybox_image,
+                "Cmd": ["true"],
+                "Labels": {LABEL: "web"},
+                "HostConfig": {"NetworkMode": key},
+                "NetworkingConfig": {"EndpointsConfig": {key: {field: net_id_text}}},
+            }
+            status, answer = api.call("POST", "/v1.41/containers/create", body)
+            if status == 201:
+                leftovers["container"].append(answer["Id"])
+            assert status == 403, (key, field, status, answer)
+    finally:
+        daemon.docker("network", "rm", name, check=False)
