@@ -317,6 +317,9 @@ def test_event_stream_redaction_whatever_the_chunking() -> None:
             "propagation": "", "read/write": "true"}}},
         {"Type": "network", "Action": "connect", "Actor": {"ID": "n1", "Attributes": {
             "container": "c1", "name": "bridge", "type": "bridge"}}},
+        {"Type": "container", "Action": "commit", "Actor": {"ID": "c1", "Attributes": {
+            "image": "busybox", "name": "web", "comment": "c", "imageID": "sha256:1",
+            "imageRef": "r:1", "secret.label": "s3cret"}}},  # the daemon's own, kept
     ]  # fmt: skip
     text = b"".join(json.dumps(e).encode() + b"\n" for e in events)
     # Chunk boundaries inside events, and two events in one chunk.
@@ -336,6 +339,10 @@ def test_event_stream_redaction_whatever_the_chunking() -> None:
         assert got[3]["Actor"]["Attributes"] == {"name": "busybox:x"}
         assert got[4]["Actor"]["Attributes"] == {"container": "c1", "driver": "local"}
         assert got[5] == events[5]  # nothing to hide in a network event
+        assert got[6]["Actor"]["Attributes"] == {
+            "image": "busybox", "name": "web", "comment": "c", "imageID": "sha256:1",
+            "imageRef": "r:1",
+        }  # fmt: skip
 
 
 def test_an_event_stream_that_cannot_be_redacted_is_cut() -> None:

@@ -41,9 +41,12 @@ MAX_EVENT_BYTES = 1024 * 1024
 # The actor attributes the daemon sets itself on container and image events (moby's
 # daemon/events.go and its callers): every other attribute there is one of the object's labels.
 # The daemon copies the labels in first, so a label may only hide under a name the daemon then
-# writes over (image, name), or under one of the few that belong to one action.
-_CONTAINER_ATTRIBUTES = frozenset({"image", "name"})
-_CONTAINER_ACTION_ATTRIBUTES = {
+# writes over (image, name), or under one of the few that belong to one action (daemon/
+# monitor.go die, kill.go, rename.go, resize.go, exec.go, commit.go; newer daemons add
+# `execDuration` to `die`). Object scopes read the same table (policy/scopelists.py).
+CONTAINER_ATTRIBUTES = frozenset({"image", "name"})
+CONTAINER_ACTION_ATTRIBUTES = {
+    "commit": frozenset({"comment", "imageID", "imageRef"}),
     "die": frozenset({"exitCode", "execDuration"}),
     "kill": frozenset({"signal"}),
     "rename": frozenset({"oldName"}),
@@ -423,7 +426,7 @@ def redact_event(event: dict[str, object], r: Redaction) -> None:
     if r.labels and kind == "container":
         # "exec_start: sh -c ..." and "health_status: healthy" carry more after the colon.
         action = str(event.get("Action", "")).partition(":")[0]
-        kept = _CONTAINER_ATTRIBUTES | _CONTAINER_ACTION_ATTRIBUTES.get(action, frozenset())
+        kept = CONTAINER_ATTRIBUTES | CONTAINER_ACTION_ATTRIBUTES.get(action, frozenset())
     elif r.labels and kind == "image":
         kept = _IMAGE_ATTRIBUTES
     if kept is not None:

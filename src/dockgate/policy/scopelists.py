@@ -51,7 +51,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from dockgate.api.daemonjson import daemon_array, daemon_object
-from dockgate.body.redact import REDACTED_STREAMS
+from dockgate.body.redact import (
+    CONTAINER_ACTION_ATTRIBUTES,
+    CONTAINER_ATTRIBUTES,
+    REDACTED_STREAMS,
+)
 from dockgate.http.query import query_pairs
 from dockgate.http.request import RequestHead, with_target
 from dockgate.policy.modes import ENFORCE
@@ -74,22 +78,6 @@ ORDERING_FILTERS = ("since", "before")
 # The daemon's task list answers 404 with this for a `service` it cannot resolve.
 SERVICE_MISSING = "service {} not found"
 
-# Container event attributes the daemon sets itself (daemon/events.go, and the callers that
-# pass attributes in: daemon/monitor.go die, kill.go, rename.go, resize.go, exec.go, health.go,
-# commit.go; newer daemons add `execDuration` to `die`):
-# a label of one of these names is not what the event says.
-_CONTAINER_OWN = frozenset({"image", "name"})
-_CONTAINER_ACTION_OWN = {
-    "commit": frozenset({"comment", "imageID", "imageRef"}),
-    "die": frozenset({"exitCode", "execDuration"}),
-    "kill": frozenset({"signal"}),
-    "rename": frozenset({"oldName"}),
-    "resize": frozenset({"height", "width"}),
-    "exec_create": frozenset({"execID"}),
-    "exec_start": frozenset({"execID"}),
-    "exec_die": frozenset({"execID", "exitCode"}),
-    "exec_detach": frozenset({"execID"}),
-}
 # Event types named by the object's name alone, and what is taken out of them.
 _NAMED_TYPES = frozenset({"network", "volume", "service", "secret", "config"})
 _FOREIGN_ATTRIBUTES = frozenset({"container", "destination", "propagation", "read/write"})
@@ -404,7 +392,9 @@ def scoped_event(event: dict[str, Any], scope: Scope) -> dict[str, Any] | None:
             return None
         # "exec_start: sh -c ..." and "health_status: healthy" carry more after the colon.
         action = str(event.get("Action", "")).partition(":")[0]
-        own = _CONTAINER_OWN | _CONTAINER_ACTION_OWN.get(action, frozenset())
+        # (the daemon's own attributes, body/redact.py: a label of such a name is not what the
+        # event says)
+        own = CONTAINER_ATTRIBUTES | CONTAINER_ACTION_ATTRIBUTES.get(action, frozenset())
         labels = {k: v for k, v in labels_of(attributes).items() if k not in own}
         return event if scope.covers(labels, name) else None
     if kind in _NAMED_TYPES:
