@@ -8,6 +8,7 @@ tests that assert what should happen; attacks that held are plain tests.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pathlib
@@ -359,12 +360,11 @@ def test_an_image_label_does_not_make_a_created_container_a_bound_caller(  # noq
     reason="a plain container labelled com.docker.swarm.service.name=<bound service> gets the "
     "service binding's policy: a caller allowed ContainerCreate only poses as a Swarm task",
 )
+@pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_a_plain_container_with_a_swarm_service_label_is_not_that_services_task(
     daemon: PrivateDaemon,
     busybox_image: str,
     socket_dir: pathlib.Path,
-    unixget: pathlib.Path,
-    peer_gateway: Gateway,
     cleanup: Cleanup,
 ) -> None:
     """No swarm at all: the creator (no ServiceCreate in its rules) creates a container with
@@ -380,12 +380,11 @@ def test_a_plain_container_with_a_swarm_service_label_is_not_that_services_task(
     assert answer[0] != 200, answer
 
 
+@pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_the_creator_itself_is_not_the_lister(
     daemon: PrivateDaemon,
     busybox_image: str,
     socket_dir: pathlib.Path,
-    unixget: pathlib.Path,
-    peer_gateway: Gateway,
     cleanup: Cleanup,
 ) -> None:
     """The control for the two above: a container the creator makes without those labels
@@ -440,8 +439,6 @@ def test_the_peer_is_never_used_on_a_tcp_listener(peer_gateway: Gateway) -> None
 
 
 def _tcp(gateway: Gateway, method: str, target: str) -> tuple[int, object]:
-    import http.client
-
     host, port = gateway.url.removeprefix("tcp://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
