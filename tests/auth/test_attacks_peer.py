@@ -448,3 +448,115 @@ def _tcp(gateway: Gateway, method: str, target: str) -> tuple[int, object]:
     finally:
         conn.close()
     return answer.status, json.loads(raw)
+
+
+# ----- a host process of the container process's uid takes its connection -------------------
+
+# `peerhold hold SOCKET`: connect and keep the connection idle (a client's keep-alive pool, an
+# event watcher's). `peerhold steal PID FD METHOD PATH`: take descriptor FD of process PID
+# (pidfd_open + pidfd_getfd: the ptrace access check, which a process of the same uid passes
+# where Yama does not restrict it) and send one request on it.
+_PEERHOLD_C = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "hold") == 0) {
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un a;
+        memset(&a, 0, sizeof a);
+        a.sun_family = AF_UNIX;
+        strncpy(a.sun_path, argv[2], sizeof a.sun_path - 1);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+            perror("connect");
+            return 1;
+        }
+        printf("fd %d\n", fd);
+        fflush(stdout);
+        for (;;) pause();
+    }
+    if (argc == 6 && strcmp(argv[1], "steal") == 0) {
+        int pidfd = syscall(434, atoi(argv[2]), 0);
+        if (pidfd < 0) { perror("pidfd_open"); return 1; }
+        int fd = syscall(438, pidfd, atoi(argv[3]), 0);
+        if (fd < 0) { perror("pidfd_getfd"); return 1; }
+        char req[4096];
+        int n = snprintf(req, sizeof req,
+                         "%s %s HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+                         argv[4], argv[5]);
+        if (write(fd, req, n) != n) { perror("write"); return 1; }
+        char buf[65536];
+        ssize_t r;
+        while ((r = read(fd, buf, sizeof buf)) > 0) fwrite(buf, 1, r, stdout);
+        return 0;
+    }
+    fprintf(stderr, "usage: peerhold hold SOCKET | steal PID FD METHOD PATH\n");
+    return 2;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def peerhold(socket_dir: pathlib.Path) -> pathlib.Path:
+    tools = socket_dir / "tools"
+    tools.mkdir(exist_ok=True)
+    source = tools / "peerhold.c"
+    source.write_text(_PEERHOLD_C)
+    binary = tools / "peerhold"
+    subprocess.run(
+        ["cc", "-static", "-O2", "-o", str(binary), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    binary.chmod(0o755)
+    return binary
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a host user whose uid runs a bound container's process takes its connection "
+    "(pidfd_getfd) and calls as that container",
+)
+@pytest.mark.usefixtures("peer_gateway")
+def test_a_host_process_of_the_same_uid_cannot_call_as_the_container(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    socket_dir: pathlib.Path,
+    peerhold: pathlib.Path,
+    cleanup: Cleanup,
+) -> None:
+    """A container the lister binding names runs as uid 65534 (`--user`, as images with a
+    non-root USER do) and holds a connection to the socket. Host uid 65534 (anonymous: ping
+    only) takes that descriptor and lists containers on it as the lister."""
+    name = f"dgt-holder-{os.urandom(4).hex()}"
+    cleanup.container(name)
+    daemon.docker(
+        *("run", "-d", "--name", name, "--user", f"{NOBODY}:{NOBODY}"),
+        *("--label", "dockgate.role=lister", "-v", f"{socket_dir}:/dg:ro", busybox_image),
+        *("/dg/tools/peerhold", "hold", "/dg/gw.sock"),
+    )
+    pid = int(daemon.docker("inspect", "-f", "{{.State.Pid}}", name).stdout)
+    for _ in range(100):
+        if b"fd 3" in daemon.docker("logs", name).stdout:
+            break
+        time.sleep(0.1)
+    proc = subprocess.run(
+        [str(peerhold), "steal", str(pid), "3", "GET", "/v1.41/containers/json"],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return  # the descriptor could not be taken
+    status, body = _answer(proc.stdout)
+    assert status != 200, (status, body)
