@@ -15,6 +15,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pytest
 from dockgate.auth.cgroup import container_ids
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
+from support.fake_upstream import Exchange, FakeUpstream, default_handler
 from support.gateway import Gateway, running
 from support.remote import UnixHTTPConnection
 from support.unixget import build_unixget
@@ -560,3 +562,90 @@ def test_a_host_process_of_the_same_uid_cannot_call_as_the_container(
         return  # the descriptor could not be taken
     status, body = _answer(proc.stdout)
     assert status != 200, (status, body)
+
+
+# ----- a daemon slow to say which container calls ----------------------------------------------
+
+SLOW_POLICY = """\
+bindings:
+  - policy: lister
+    container: {labels: {dockgate.role: lister}}
+  - policy: anon
+    anonymous: true
+policies:
+  lister:
+    rules:
+      - allow: {operations: [ContainerList, SystemPing]}
+  anon:
+    rules:
+      - allow: {operations: [SystemPing]}
+"""
+
+
+def test_a_daemon_that_never_answers_the_look_up_holds_the_caller_only_for_the_timeout(
+    unixget: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Held: a process in a cgroup named like a container (put there by root, as a container
+    of this daemon's would be) calls while the daemon (a fake) never answers the look-up of
+    that container: it gets a 502 within the look-up's timeout, and a host process calling
+    meanwhile on the same socket is answered at once."""
+    root = _cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy")
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="dgslow-", dir="/tmp"))
+    directory.chmod(0o755)
+    policy = tmp_path / "slow.yaml"
+    policy.write_text(SLOW_POLICY)
+    release = threading.Event()
+    cgroup = root / f"docker-{os.urandom(32).hex()}.scope"
+    cgroup.mkdir()
+    try:
+        with FakeUpstream() as fake:
+
+            def handler(exchange: Exchange) -> None:
+                if exchange.path.startswith("/containers/"):
+                    release.wait(60)
+                    exchange.respond_json({"message": "late"}, status=500, close=True)
+                else:
+                    default_handler(exchange)
+
+            fake.handler = handler
+            gateway = Gateway(
+                fake.url,
+                *("--socket-mode", "666"),
+                listen=f"unix://{directory / 'gw.sock'}",
+                policy=str(policy),
+            )
+            with running(gateway, "the gateway in front of a daemon that never answers"):
+                started = time.monotonic()
+                caller = subprocess.Popen(
+                    [
+                        "sh",
+                        "-c",
+                        f'echo $$ > "{cgroup}/cgroup.procs"; exec "$0" "$1" GET /_ping',
+                        str(unixget),
+                        str(directory / "gw.sock"),
+                    ],
+                    stdout=subprocess.PIPE,
+                )
+                time.sleep(0.5)
+                conn = UnixHTTPConnection(str(directory / "gw.sock"))
+                conn.request("GET", "/_ping")
+                host_answer = conn.getresponse()
+                host_status = host_answer.status
+                host_answer.read()
+                conn.close()
+                host_took = time.monotonic() - started
+                out, _ = caller.communicate(timeout=30)
+                took = time.monotonic() - started
+                release.set()
+    finally:
+        release.set()
+        _remove_cgroup(cgroup)
+        shutil.rmtree(directory, ignore_errors=True)
+    assert host_status == 200 and host_took < 5, (host_status, host_took)
+    status, body = _answer(out)
+    assert status == 502, (status, body)
+    assert isinstance(body, dict)
+    assert body["message"].startswith("dockgate: cannot identify the calling container")
+    assert took < 15, took
