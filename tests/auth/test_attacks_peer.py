@@ -26,7 +26,7 @@ from dockgate.auth.cgroup import container_ids
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
-from support.gateway import Gateway, running
+from support.gateway import Gateway, run_dockgate, running
 from support.remote import UnixHTTPConnection
 from support.unixget import build_unixget
 
@@ -649,3 +649,45 @@ def test_a_daemon_that_never_answers_the_look_up_holds_the_caller_only_for_the_t
     assert isinstance(body, dict)
     assert body["message"].startswith("dockgate: cannot identify the calling container")
     assert took < 15, took
+
+
+# ----- defaults that would make a created container a bound caller --------------------------
+
+DEFAULTED_POLICY = """\
+bindings:
+  - policy: lister
+    container: {labels: {dockgate.role: lister}}
+  - policy: creator
+    uids: [0]
+policies:
+  lister:
+    rules:
+      - allow: {operations: [ContainerList]}
+  creator:
+    rules:
+      - allow: {operations: [ContainerCreate]}
+    defaults:
+      labels: {dockgate.role: lister}
+"""
+
+
+def test_a_default_label_that_a_binding_names_is_judged_by_peer_labels(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Held: a policy whose `defaults:` would label every container it creates as a bound
+    caller does not hand that binding to its creates: the label is written before the
+    guardrails judge the body, and peer_labels refuses it (`dockgate check` decides as the
+    gateway does)."""
+    policy = tmp_path / "defaulted.yaml"
+    policy.write_text(DEFAULTED_POLICY)
+    body = tmp_path / "create.json"
+    body.write_text('{"Image": "busybox"}')
+    checked = run_dockgate(
+        *("check", "--policy", str(policy), "--as", "process:0"),
+        *("POST", "/v1.41/containers/create", "--body", str(body)),
+    )
+    decision = checked.stdout.splitlines()[-1]
+    assert decision.startswith("decision:  deny, 403: "), checked.stdout
+    assert "labels dockgate.role=lister would make the container a caller bound by binding 1" in (
+        decision
+    )
