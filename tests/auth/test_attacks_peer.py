@@ -27,10 +27,11 @@ from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
 from support.gateway import Gateway, run_dockgate, running
-from support.remote import UnixHTTPConnection
+from support.remote import UnixHTTPConnection, basic_header, write_htpasswd
 from support.unixget import build_unixget
 
 NOBODY = 65534
+ALICE_PASSWORD = "alice-secret-16b"
 SERVICE = "dgtatk_lister"
 
 
@@ -63,12 +64,17 @@ bindings:
     service: {SERVICE}
   - policy: creator
     uids: [0]
+  - policy: alice
+    users: [alice]
   - policy: anon
     anonymous: true
 policies:
   lister:
     rules:
       - allow: {{operations: [ContainerList, SystemPing]}}
+  alice:
+    rules:
+      - allow: {{operations: [SystemVersion]}}
   creator:
     rules:
       - allow:
@@ -86,9 +92,11 @@ policies:
 def peer_gateway(daemon: PrivateDaemon, socket_dir: pathlib.Path) -> Iterator[Gateway]:
     policy = socket_dir / "policy.yaml"
     policy.write_text(_policy(socket_dir))
+    htpasswd = socket_dir / "htpasswd"
+    write_htpasswd(htpasswd, {"alice": ALICE_PASSWORD})
     gateway = Gateway(
         daemon.host,
-        *("--socket-mode", "666", "--access-log", "-"),
+        *("--socket-mode", "666", "--access-log", "-", "--htpasswd", str(htpasswd)),
         *("--listen", "tcp://127.0.0.1:0"),
         listen=f"unix://{socket_dir / 'gw.sock'}",
         policy=str(policy),
@@ -691,3 +699,46 @@ def test_a_default_label_that_a_binding_names_is_judged_by_peer_labels(
     assert "labels dockgate.role=lister would make the container a caller bound by binding 1" in (
         decision
     )
+
+
+# ----- credentials and a peer ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status", "start"),
+    [
+        (None, 403, 'dockgate: no rule of policy "creator" allows SystemVersion'),
+        ("alice", 200, None),
+        ("wrong", 401, None),
+        ("Bearer not-a-token", 401, None),
+        ("Basic !!!", 401, None),
+    ],
+)
+def test_credentials_name_a_unix_caller_whatever_its_peer(
+    socket_dir: pathlib.Path,
+    peer_gateway: Gateway,
+    authorization: str | None,
+    status: int,
+    start: str | None,
+) -> None:
+    """Held: this host process (uid 0: the creator by its peer) is alice with her password
+    (her policy allows the version, the creator's does not), and refused with 401 for any
+    other Authorization (wrong password, an unknown token, a malformed header), never taken
+    for its peer (or anonymous) instead."""
+    headers = {}
+    if authorization == "alice":
+        headers["Authorization"] = basic_header("alice", ALICE_PASSWORD)
+    elif authorization == "wrong":
+        headers["Authorization"] = basic_header("alice", "not-her-password")
+    elif authorization is not None:
+        headers["Authorization"] = authorization
+    conn = UnixHTTPConnection(str(socket_dir / "gw.sock"))
+    try:
+        conn.request("GET", "/v1.41/version", headers=headers)
+        answer = conn.getresponse()
+        body = json.loads(answer.read())
+    finally:
+        conn.close()
+    assert answer.status == status, body
+    if start is not None:
+        assert body["message"].startswith(start), body
