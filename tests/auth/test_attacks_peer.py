@@ -567,7 +567,8 @@ def test_a_host_process_of_the_same_uid_cannot_call_as_the_container(
         check=False,
     )
     if proc.returncode != 0:
-        return  # the descriptor could not be taken
+        # Yama's ptrace_scope (1 and up), or a kernel before 5.6: this machine stops the steal
+        pytest.skip(f"the descriptor could not be taken: {proc.stderr.decode(errors='replace')}")
     status, body = _answer(proc.stdout)
     assert status != 200, (status, body)
 
