@@ -743,3 +743,38 @@ def test_credentials_name_a_unix_caller_whatever_its_peer(
     assert answer.status == status, body
     if start is not None:
         assert body["message"].startswith(start), body
+
+
+# ----- a container of another daemon on the same host ------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a root container of another daemon on the host (its ID unknown to the fronted "
+    "daemon) is taken for a host process of uid 0 and gets the uids: [0] binding",
+)
+def test_a_container_of_another_daemon_is_not_a_host_process(
+    socket_dir: pathlib.Path, unixget: pathlib.Path, peer_gateway: Gateway
+) -> None:
+    """A second dockerd on the same host (rootful: another team's, a CI runner's) runs a
+    container as root with dockgate's socket mounted. The fronted daemon does not know its
+    ID, so dockgate takes it for a host process `uid:0` and gives it `creator`, the host
+    root's binding; THREAT_MODEL.md says a containerised process never takes a uids binding
+    (a root container is not the host's root)."""
+    base = pathlib.Path(tempfile.mkdtemp(prefix="dg2-", dir="/tmp"))
+    other = PrivateDaemon(base)
+    try:
+        other.start()
+        image = other.make_busybox_image()
+        proc = other.docker(
+            *("run", "--rm", "--network", "none", "-v", f"{socket_dir}:/dg:ro", image),
+            *("/dg/tools/unixget", "/dg/gw.sock", "POST", "/v1.41/commit?container=x"),
+        )
+    finally:
+        other.cleanup()
+    status, body = _answer(proc.stdout)
+    time.sleep(0.2)  # (the access log line is written after the answer)
+    logged = [line for line in peer_gateway.stdout() if "/commit?container=x" in line]
+    # The creator's policy allows ImageCommit: the daemon then answers 404, no container x.
+    # Refused as unidentified (or anonymous: the anonymous policy has no ImageCommit) is 403.
+    assert status == 403, (status, body, logged[-1:])
