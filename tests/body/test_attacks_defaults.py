@@ -186,3 +186,28 @@ def test_a_chunked_create_body_gets_the_defaults(
         conn.close()
     assert answer.status == 201, text
     _assert_defaulted(daemon, name)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        '"labels": {"com.example.managed": "mine"}',
+        '"LABELS": {"com.example.managed": "mine"}, "Labels": null',
+        '"Labels": {"com.example.managed": "mine"}, "labels": {"com.example.managed": "mine2"}',
+        '"Label\\u017f": {"com.example.managed": "mine"}',
+        '"Labels": {"com.example.managed": null}',
+        '"Labels": {"com.example.managed": "dockgate", "com.example.managed": "mine"}',
+    ],
+)
+def test_a_forced_label_is_stored_whatever_the_callers_spelling(
+    daemon: PrivateDaemon, busybox_image: str, cleanup: Cleanup, gated: Gateway, labels: str
+) -> None:
+    """Held: `force_labels` is what the daemon stores, however the caller spelled its own
+    value of that label (keys in other cases, maps given twice, null, duplicates)."""
+    raw = f'{{"Image": {json.dumps(busybox_image)}, "Cmd": ["true"], {labels}}}'
+    status, text, name = _create(gated, cleanup, "1.41", raw)
+    assert status == 201, text
+    config, _ = _stored(daemon, name)
+    stored = config.get("Labels") or {}
+    assert isinstance(stored, dict)
+    assert stored.get("com.example.managed") == "dockgate", stored
