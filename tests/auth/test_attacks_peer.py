@@ -30,6 +30,8 @@ from support.gateway import Gateway, run_dockgate, running
 from support.remote import UnixHTTPConnection, basic_header, write_htpasswd
 from support.unixget import build_unixget
 
+pytestmark = pytest.mark.daemon
+
 NOBODY = 65534
 ALICE_PASSWORD = "alice-secret-16b"
 SERVICE = "dgtatk_lister"
@@ -48,7 +50,7 @@ def socket_dir() -> Iterator[pathlib.Path]:
 def unixget(socket_dir: pathlib.Path) -> pathlib.Path:
     """The static client, where uid 65534 and containers (bind mount) can run it."""
     tools = socket_dir / "tools"
-    tools.mkdir()
+    tools.mkdir(exist_ok=True)
     tools.chmod(0o755)
     binary = build_unixget(tools)
     binary.chmod(0o755)
@@ -516,6 +518,7 @@ int main(int argc, char **argv) {
 def peerhold(socket_dir: pathlib.Path) -> pathlib.Path:
     tools = socket_dir / "tools"
     tools.mkdir(exist_ok=True)
+    tools.chmod(0o755)
     source = tools / "peerhold.c"
     source.write_text(_PEERHOLD_C)
     binary = tools / "peerhold"
