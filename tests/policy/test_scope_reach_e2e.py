@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from support.attack import Api
+from support.attack import Api, build_context
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
 
@@ -39,7 +39,7 @@ policies:
           operations: [ContainerRestart, ContainerInspect, ContainerRename, ImageCommit]
           objects: {{labels: {{{LABEL}: web}}}}
       - allow: {{operations: [ContainerCreate, ContainerStart, ContainerWait, ContainerLogs,
-                              ContainerDelete, ImageInspect]}}
+                              ContainerDelete, ImageInspect, ImageBuild]}}
 """
 
 
@@ -164,3 +164,33 @@ def test_hex_only_names_are_refused(
     assert status == 400, answer
     assert _inspect(daemon, short)["Id"] == pair["db_id"]
     assert _inspect(daemon, pair["web"])["Name"] == f"/{pair['web']}"
+
+
+def test_a_build_joins_only_a_covered_container_or_network(
+    api: Api, pair: dict[str, str], daemon: PrivateDaemon, busybox_image: str, made: list[str]
+) -> None:
+    """An unscoped build whose `networkmode` is the web container (by name) runs, pinned; one
+    naming a network the scope does not cover (labelled db), by name or ID prefix, or the db
+    container behind a duplicated `networkmode` (the first is read): 404, no image."""
+    net = f"db-reach-net-{os.urandom(3).hex()}"
+    net_id = daemon.docker("network", "create", "--label", f"{LABEL}=db", net).stdout
+    tag = f"reach-build-{os.urandom(3).hex()}"
+    made.extend([f"{tag}:web", f"{tag}:db"])
+    context = build_context({"Dockerfile": f"FROM {busybox_image}\nRUN true\n".encode()})
+    headers = {"Content-Type": "application/x-tar"}
+    try:
+        target = f"/v1.41/build?t={tag}:web&rm=1&networkmode=container:{pair['web']}"
+        status, answer = api.call("POST", target, context, headers=headers)
+        assert status == 200, answer
+        assert _exists(daemon, f"{tag}:web"), answer
+        for mode in (
+            net,
+            net_id.decode().strip()[:12],
+            f"container:{pair['db']}&networkmode=container:{pair['web']}",
+        ):
+            target = f"/v1.41/build?t={tag}:db&rm=1&networkmode={mode}"
+            status, answer = api.call("POST", target, context, headers=headers)
+            assert status == 404, (mode, status, answer)
+            assert not _exists(daemon, f"{tag}:db"), mode
+    finally:
+        daemon.docker("network", "rm", net, check=False)

@@ -99,6 +99,8 @@ def test_the_reach_is_the_union_of_the_scoped_rules(policies: PolicySet) -> None
         ("/commit?container=db&repo=r", CONTAINER, "db", "/commit?repo=r&container=ID"),
         # r.FormValue: the first value; every `container` is replaced by the one judged
         ("/commit?container=db&container=web", CONTAINER, "db", "/commit?container=ID"),
+        # Go's ParseQuery decodes keys as values
+        ("/commit?contain%65r=db", CONTAINER, "db", "/commit?container=ID"),
         ("/build?networkmode=container:db&t=x", CONTAINER, "db", None),
         ("/build?networkmode=dbnet", NETWORK, "dbnet", "/build?networkmode=ID"),
     ],
