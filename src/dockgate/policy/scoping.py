@@ -16,7 +16,14 @@ A request allowed with a `Verdict.scope` (policy/scopes.py) is judged here witho
   (`rename_problem`, after the look-up);
 - the objects a body names (ownership.references: networks, containers, volumes, secrets,
   configs a create joins, shares, mounts; the container of a NetworkConnect): each must exist
-  and be covered too, judged by the relay (`_check_scoped_references`).
+  and be covered too, judged by the relay (`_check_scoped_references`);
+- a service's task containers (`task_problem`): their `ContainerSpec.Labels` must be covered;
+  a rollback, whose spec is not in the request, is refused (`rollback_problem`).
+
+In a policy with `objects:` rules, what a request reaches indirectly is judged even when the
+rule that allowed it has none, by the policy's reach (Policy.reach, the union of its scopes):
+a commit's container and a build's `networkmode` (`indirect_lookup`, looked up as above), the
+objects a body names; hex-only new names and `system df` are refused there (policy/plan.py).
 
 Only the body's labels count for a create: the daemon merges the image's labels into a new
 container's under every key the body does not set, but that is known only after the create;
