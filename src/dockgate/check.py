@@ -160,6 +160,9 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
     trace: Trace = []
     step: Step = plan_request(head, admission, policies.owners, trace)
     body = request.body or b""
+    # A look-up the gateway does before the rest (without --upstream, taken to pass): the
+    # decision is then an allow only "if the look-ups say so".
+    pending_lookup: str | None = None
     while True:
         _flush(out, trace)
         if isinstance(step, Refusal):
@@ -181,6 +184,14 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
                 continue
             if step.scope is not None:
                 _explain_scoped_lookup(out, step)
+                # The gateway goes on with the pinned request once the object is found
+                # covered: a whole-spec update's body is then judged (it must leave the
+                # object covered), which may refuse it whatever the look-up finds.
+                after = plan_forward(step.head, step.allowed, trace)
+                if isinstance(after, HoldBody):
+                    pending_lookup = step.allowed.verdict.label
+                    step = after
+                    continue
             else:
                 out.append(
                     f"lookup:    the daemon is asked whose {objects.kind.name} {names} is: the "
@@ -208,6 +219,8 @@ def run_check(request: CheckRequest, policies: PolicySet, out: list[str]) -> int
             if judged.needs_daemon:
                 _explain_lookups(out, step.allowed, judged)
                 return _decide_by_lookup(out, step.allowed.verdict.label)
+            if pending_lookup is not None:
+                return _decide_by_lookup(out, pending_lookup)
             step = Forward(step.head, step.allowed, replayable=False)
             continue
         assert isinstance(step, Forward)

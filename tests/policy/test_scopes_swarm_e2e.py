@@ -128,7 +128,8 @@ def test_service_logs_follow_the_service(env: dict[str, str], services: dict[str
 def test_a_service_is_created_and_updated_only_within_the_scope(
     env: dict[str, str], daemon: PrivateDaemon, busybox_image: str
 ) -> None:
-    """Without the label the service is not created; with it, it is; an update that drops the
+    """Without the label the service is not created, nor with it on the service only (its
+    task containers would not be covered); with it on both, it is; an update that drops the
     label is refused and the label stays on the daemon."""
     suffix = os.urandom(4).hex()
     plain, labelled = f"dgt-scope-plain-{suffix}", f"dgt-scope-lab-{suffix}"
@@ -140,6 +141,12 @@ def test_a_service_is_created_and_updated_only_within_the_scope(
         done = run_docker(
             env, *create, "--name", labelled, "--label", f"{LABEL}=web",
             busybox_image, "sleep", "60",
+        )  # fmt: skip
+        assert done.returncode != 0 and b"task containers" in done.stderr, done.stderr
+        assert daemon.docker("service", "inspect", labelled, check=False).returncode != 0
+        done = run_docker(
+            env, *create, "--name", labelled, "--label", f"{LABEL}=web",
+            "--container-label", f"{LABEL}=web", busybox_image, "sleep", "60",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         done = run_docker(

@@ -74,12 +74,16 @@ from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
 from dockgate.policy.scopelists import filters_answer, scoped_list_head, scoped_list_hidden
+from dockgate.policy.scopes import Scope
 from dockgate.policy.scoping import (
     SCOPED_CREATES,
     ScopeCheck,
     claimed,
     create_problem,
+    indirect_lookup,
+    rollback_problem,
     scope_lookup,
+    task_problem,
     with_duplicate_check,
 )
 from dockgate.policy.scoping import STAGE as SCOPE_STAGE
@@ -113,6 +117,18 @@ class Allowed:
     @property
     def ownership(self) -> bool:
         return self.policy is not None and self.policy.ownership
+
+    @property
+    def reach(self) -> Scope | None:
+        """What the existing objects this request reaches indirectly (a commit's container, a
+        build's network, what a create or update body names) must be covered by: the
+        allowing rules' scope when the request is scoped, else the union of the policy's
+        `objects:` (Policy.reach); None in a policy without `objects:`, where they are not
+        judged (policy/scopes.py reach_of)."""
+        scope = self.verdict.scope
+        if scope is not None:
+            return scope
+        return self.policy.reach if self.policy is not None else None
 
     @property
     def mode(self) -> str:
@@ -281,6 +297,11 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
             if waived is None:
                 return refusal
             allowed = waived  # (and the answer goes unredacted: Allowed.redaction)
+    if allowed.reach is not None:  # a policy with `objects:` rules (policy/scopes.py)
+        reached = _reach_head(head, allowed, trace)
+        if isinstance(reached, Refusal):
+            return reached
+        allowed = reached
     if allowed.verdict.scope is not None:  # a list or the event stream filtered to the scope
         scoped = scoped_list_head(head, allowed, trace)
         if isinstance(scoped, Refusal):
@@ -295,7 +316,50 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
         looked_up = _scope(head, allowed)
         if looked_up is not None:
             return looked_up
+    elif allowed.reach is not None:  # an unscoped commit or build: what it reaches, first
+        indirect = indirect_lookup(allowed.operation, head.target, allowed.reach)
+        if indirect is not None:
+            return LookUp(head, allowed, *indirect)
     return plan_forward(head, allowed, trace)
+
+
+# Operations whose answer reports every object of the daemon, which a scope cannot narrow
+# (as in ownership mode: ownership/operations.py UNAVAILABLE).
+_UNSCOPABLE = frozenset({"SystemDataUsage"})
+
+
+def _reach_head(head: RequestHead, allowed: Allowed, trace: Trace | None) -> Refusal | Allowed:
+    """What a policy with `objects:` rules refuses of any request it allows, from the head
+    alone: `system df` (it lists every container, image and volume with their names and
+    labels), a new container name of hex digits only (it would take a reference to another
+    object's short ID: the daemon resolves a name before an ID prefix), a rollback (the
+    previous spec is not in the request). In warn or audit mode recorded instead."""
+    operation = allowed.operation
+    query = head.target.partition("?")[2]
+    problem = None
+    status = 403
+    if operation in _UNSCOPABLE:
+        problem = (
+            f"{operation} reports every object of the daemon, which object scopes cannot "
+            "narrow: it is not available in a policy with `objects:` rules"
+        )
+    elif operation in ("ContainerCreate", "ContainerRename"):
+        problem = hex_name_problem(operation, query, b"")
+        status = 400
+    else:
+        problem = rollback_problem(operation, query)
+    if problem is None:
+        return allowed
+    if status == 400:
+        refusal = Refusal(400, f"dockgate: {operation}: {problem}", SCOPE_STAGE, "hex name")
+    else:
+        refusal = allowed.policy_denial(SCOPE_STAGE, problem)
+    waived = allowed.waived(refusal)
+    if waived is None:
+        return refusal
+    if trace is not None:
+        trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {problem}"))
+    return waived
 
 
 def _scope(head: RequestHead, allowed: Allowed) -> LookUp | None:
@@ -315,12 +379,16 @@ def _scoped_lookup(step: Step, allowed: Allowed) -> Step:
     """Ownership's look-up of the one object a request is about checks the scope too (a
     policy with both needs both: owned and covered)."""
     scope, match = allowed.verdict.scope, allowed.verdict.match
-    if scope is None or match is None or not isinstance(step, LookUp):
+    reach = allowed.reach
+    if reach is None or match is None or not isinstance(step, LookUp):
         return step
     target = step.head.target
-    found = scope_lookup(
-        allowed.operation, match.operation.path, target, parse_target(target).path, scope
-    )
+    if scope is None:  # an unscoped commit or build: what it reaches must be covered
+        found = indirect_lookup(allowed.operation, target, reach)
+    else:
+        found = scope_lookup(
+            allowed.operation, match.operation.path, target, parse_target(target).path, scope
+        )
     if found is None or found[0].kind is not step.objects.kind:
         return step
     return replace(step, scope=found[1])
@@ -404,10 +472,10 @@ def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None
     if policy is not None and policy.defaults is not None and operation in DEFAULTED:
         # The policy's defaults are written into the body: held whole, guardrails or not.
         return hold_body(head, allowed, guardrails, trace)
-    if allowed.verdict.scope is not None and (
-        operation in SCOPED_CREATES or operation in REFERENCING
-    ):
-        # What the body makes, and the objects it names, must be covered (policy/scoping.py).
+    if allowed.reach is not None and (operation in SCOPED_CREATES or operation in REFERENCING):
+        # What the body makes, and the objects it names, must be covered (policy/scoping.py):
+        # the objects it names by the policy's reach even when the rule allowing it is not
+        # scoped.
         return hold_body(head, allowed, guardrails, trace)
     if guardrails is not None:
         if operation in QUERY_CHECKED:
@@ -536,14 +604,19 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     body, allowed = defaulted
     scoped: list[tuple[Kind, str]] = []
     claims: list[tuple[Kind, str]] = []
-    if allowed.verdict.scope is not None:
+    if allowed.reach is not None:
         # The body as it goes to the daemon (an owner label added: labels merge key by key),
         # so that what is judged is the object as it will be created.
         found = _judge_scope(allowed, head, body, trace)
         if isinstance(found, Refusal):
             return found
         allowed, scoped, claims = found
-        if operation == "NetworkCreate" and owner is None and allowed.mode != AUDIT:
+        if (
+            operation == "NetworkCreate"
+            and owner is None
+            and allowed.mode != AUDIT
+            and allowed.verdict.scope is not None
+        ):
             body = with_duplicate_check(body)  # (ownership's label adds it already)
     judged = JudgedBody(
         body,
@@ -568,17 +641,31 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
 def _judge_scope(
     allowed: Allowed, head: RequestHead, body: bytes, trace: Trace | None
 ) -> Refusal | tuple[Allowed, list[tuple[Kind, str]], list[tuple[Kind, str]]]:
-    """A scoped request's body (policy/scoping.py): what a create makes must be covered, and
-    the objects it names are to be looked up (each must exist and be covered). In warn or
-    audit mode a refusal of the policy's is recorded, and nothing named is looked up."""
+    """A body in a policy with `objects:` rules (policy/scoping.py): what a scoped create
+    makes (and a scoped service's task containers) must be covered, a new object's name may
+    not be hex digits only, and the objects it names are to be looked up (each must exist and
+    be covered by the request's reach: Allowed.reach). In warn or audit mode a refusal of
+    the policy's is recorded, and nothing named is looked up."""
     scope = allowed.verdict.scope
-    assert scope is not None
+    reach = allowed.reach
+    assert reach is not None
     operation = allowed.operation
     query = head.target.partition("?")[2]
     claims: list[tuple[Kind, str]] = []
     try:
-        if operation in SCOPED_CREATES:
-            problem = create_problem(scope, operation, query, body)
+        hex_name = hex_name_problem(operation, "", body) if operation in SCOPED_CREATES else None
+        if hex_name is not None:
+            refusal = Refusal(400, f"dockgate: {operation}: {hex_name}", SCOPE_STAGE, "hex name")
+            waived = allowed.waived(refusal)
+            if waived is None:
+                return refusal
+            if trace is not None:
+                trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {hex_name}"))
+            return waived, [], []
+        if scope is not None and operation in SCOPED_CREATES:
+            problem = create_problem(scope, operation, query, body) or task_problem(
+                scope, operation, body
+            )
             if problem is not None:
                 refusal = allowed.policy_denial(SCOPE_STAGE, problem)
                 waived = allowed.waived(refusal)

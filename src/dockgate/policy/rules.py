@@ -38,7 +38,7 @@ from dockgate.body.redact import Redaction
 from dockgate.caching import remember
 from dockgate.policy.limits import Limits
 from dockgate.policy.modes import startup_warnings
-from dockgate.policy.scopes import ObjectScope, Scope, scopable
+from dockgate.policy.scopes import ObjectScope, Scope, reach_of, scopable
 
 ALLOW = "allow"
 DENY = "deny"
@@ -161,6 +161,16 @@ class Policy:
     basis: str = ""
     # What creates are given (body/defaults.py, `defaults:`); None: nothing.
     defaults: Defaults | None = None
+    # The union of the scopes of the policy's allow rules with `objects:` (policy/scopes.py
+    # `reach_of`), computed from the rules: the objects a request of this policy may reach
+    # indirectly (a commit's container, a build's network, what a create joins). None: the
+    # policy has no such rule, and nothing is judged.
+    reach: Scope | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.reach = reach_of(
+            (r.number, r.matcher.objects) for r in self.rules if r.effect == ALLOW
+        )
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:
         """Decide for a request; `path` is the decoded path (version prefix included or not)."""

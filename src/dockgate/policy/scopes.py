@@ -27,18 +27,24 @@ Semantics, documented in docs/policy.md ("Scopes over existing objects"):
   look objects up, and an object kept out must be kept out of the allow rules' scopes);
 - a rule with `objects:` matches only operations about objects of the kinds it can cover
   (containers and their exec instances, services and their tasks, networks, volumes, secrets,
-  configs: one by name or ID, their lists, their creates, and the event stream); other
+  configs: one by name or ID, their lists, their creates, and the event stream; a commit, by
+  the container it reads); other
   operations of its sections (images, prunes, ping, ...) need a rule without `objects:`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dockgate.api.routes import Operation
-from dockgate.ownership.operations import FILTERED, OWNED_CREATES, object_kind
+from dockgate.ownership.operations import (
+    FILTERED,
+    OWNED_CREATES,
+    QUERY_REFERENCES,
+    object_kind,
+)
 
 STACK_LABEL = "com.docker.stack.namespace"
 
@@ -54,12 +60,15 @@ SCOPED_LISTS = frozenset(FILTERED - {"NetworkPrune", "VolumePrune"})
 # Creates a scope judges (the created object must be covered). Updates that carry a whole spec
 # (ServiceUpdate, SecretUpdate, ConfigUpdate) also name an object by path: both apply.
 SCOPED_CREATES = OWNED_CREATES
+# Operations whose object is named by a query parameter, not the path: a commit's container
+# (ownership/operations.py QUERY_REFERENCES). A rule with `objects:` may name them.
+QUERY_SCOPED = frozenset(QUERY_REFERENCES)
 
 
 def scopable(operation: Operation) -> bool:
     """Whether a rule with `objects:` can match this operation."""
     name = operation.name
-    if name in SCOPED_LISTS or name in SCOPED_CREATES:
+    if name in SCOPED_LISTS or name in SCOPED_CREATES or name in QUERY_SCOPED:
         return True
     kind = object_kind(name, operation.path)
     return kind is not None and kind.name in SCOPED_KINDS
@@ -109,6 +118,17 @@ class Scope:
     def describe(self) -> str:
         """For messages and `dockgate check`: `rule 1 (labels=team=web) or rule 3 (...)`."""
         return " or ".join(f"rule {number} ({scope.text})" for number, scope in self.rules)
+
+
+def reach_of(rules: Iterable[tuple[int, ObjectScope | None]]) -> Scope | None:
+    """A policy's reach: the union of its allow rules' `objects:` (numbered), None when no
+    rule has one. In such a policy every existing object a request reaches *indirectly* (not
+    the object its path names: the container a commit reads, the network or container a
+    build joins, the objects a create or update body names) must be covered by it, whichever
+    rule allowed the request: a rule without `objects:` allows an operation, not a way into
+    the objects the scoped rules keep apart (docs/policy.md "Scopes over existing objects")."""
+    scoped = tuple((number, objects) for number, objects in rules if objects is not None)
+    return Scope(scoped) if scoped else None
 
 
 def labels_of(value: object) -> dict[str, str]:

@@ -16,7 +16,14 @@ A request allowed with a `Verdict.scope` (policy/scopes.py) is judged here witho
   (`rename_problem`, after the look-up);
 - the objects a body names (ownership.references: networks, containers, volumes, secrets,
   configs a create joins, shares, mounts; the container of a NetworkConnect): each must exist
-  and be covered too, judged by the relay (`_check_scoped_references`).
+  and be covered too, judged by the relay (`_check_scoped_references`);
+- a service's task containers (`task_problem`): their `ContainerSpec.Labels` must be covered;
+  a rollback, whose spec is not in the request, is refused (`rollback_problem`).
+
+In a policy with `objects:` rules, what a request reaches indirectly is judged even when the
+rule that allowed it has none, by the policy's reach (Policy.reach, the union of its scopes):
+a commit's container and a build's `networkmode` (`indirect_lookup`, looked up as above), the
+objects a body names; hex-only new names and `system df` are refused there (policy/plan.py).
 
 Only the body's labels count for a create: the daemon merges the image's labels into a new
 container's under every key the body does not set, but that is known only after the create;
@@ -27,13 +34,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, urlencode
 
 from dockgate.body import gojson
+from dockgate.http.query import query_value
 from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.operations import (
     CONTAINER,
+    LABELLED_BUILD,
+    NETWORK,
     OWNED_CREATES,
+    QUERY_REFERENCES,
     VOLUME,
     Kind,
     LookUp,
@@ -41,6 +52,7 @@ from dockgate.ownership.operations import (
     reference_of,
     with_reference,
 )
+from dockgate.ownership.pinning import PREDEFINED_NETWORKS
 from dockgate.policy.scopes import SCOPED_KINDS, Scope
 from dockgate.refusal import Refusal
 
@@ -62,6 +74,8 @@ def scope_lookup(
 ) -> tuple[LookUpAll, ScopeCheck] | None:
     """The look-up of the one object a request is about, or None when it names none (a
     create, a list, the event stream)."""
+    if operation in QUERY_REFERENCES:
+        return indirect_lookup(operation, raw_target, scope)
     kind = object_kind(operation, template)
     if kind is None or kind.name not in SCOPED_KINDS:
         return None
@@ -118,24 +132,114 @@ def created(operation: str, query: str, body: bytes) -> tuple[dict[str, str], st
     value, without its leading `/`), a network's or volume's `Labels` and `Name`, a service's,
     secret's or config's spec `Labels` and `Name`. A name left empty is None: the daemon makes
     one up. ValueError for a body that cannot be read here."""
-    top = gojson.parse(body, strict_end=True)
-    if not isinstance(top, gojson.GoObject):
-        raise ValueError("the body must be one JSON object")  # noqa: TRY004 - a 400
-    one = (top,)
-    labels: dict[str, str] = {}
-    for key, value in (gojson.mapping(one, "Labels") or {}).items():
-        if value is None:
-            labels[key] = ""  # Go leaves a map's string element at its zero value
-        elif isinstance(value, str):
-            labels[key] = value
-        else:
-            raise ValueError(f"the label {key!r} is not a string")
+    one = _one(body)
+    labels = _labels(one)
     if operation == "ContainerCreate":
         given = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "name"]
         name: object = given[0].removeprefix("/") if given else ""
     else:
         name = gojson.scalar(one, "Name")
     return labels, name if isinstance(name, str) and name else None
+
+
+def _one(body: bytes) -> gojson.Struct:
+    top = gojson.parse(body, strict_end=True)
+    if not isinstance(top, gojson.GoObject):
+        raise ValueError("the body must be one JSON object")  # noqa: TRY004 - a 400
+    return (top,)
+
+
+def _labels(struct: gojson.Struct) -> dict[str, str]:
+    """A `Labels` map as Go decodes it into `map[string]string`. ValueError for a value that
+    is not a string."""
+    labels: dict[str, str] = {}
+    for key, value in (gojson.mapping(struct, "Labels") or {}).items():
+        if value is None:
+            labels[key] = ""  # Go leaves a map's string element at its zero value
+        elif isinstance(value, str):
+            labels[key] = value
+        else:
+            raise ValueError(f"the label {key!r} is not a string")
+    return labels
+
+
+def task_problem(scope: Scope, operation: str, body: bytes) -> str | None:
+    """Why the containers a service's tasks run would not be covered, or None. The daemon
+    labels a task's container with `TaskTemplate.ContainerSpec.Labels` (not the service's
+    own `Labels`: swarmkit's container adapter), which is where `docker stack deploy` puts the
+    stack label too; the container is named `<service>.<slot>.<task ID>`, chosen by swarmkit,
+    so a `names` condition is judged on the service's name, which the container's begins
+    with. A spec without a ContainerSpec runs no container. ValueError for a body that
+    cannot be read here."""
+    if operation not in ("ServiceCreate", "ServiceUpdate"):
+        return None
+    one = _one(body)
+    task = gojson.struct(one, "TaskTemplate", pointer=False)
+    spec = gojson.struct(task, "ContainerSpec", pointer=True)
+    if not spec:
+        return None
+    name = gojson.scalar(one, "Name")
+    if scope.covers(_labels(spec), name if isinstance(name, str) else ""):
+        return None
+    return (
+        f"the service's task containers (TaskTemplate.ContainerSpec.Labels) would not be "
+        f"covered by {scope.describe()}: give them the labels the scope needs "
+        "(docker service create --container-label)"
+    )
+
+
+def rollback_problem(operation: str, query: str) -> str | None:
+    """A ServiceUpdate with `rollback=previous` makes the daemon deploy the service's
+    PreviousSpec and ignore the body (moby daemon/cluster/services.go UpdateService: the
+    router reads `r.URL.Query().Get("rollback")`, the first value; "" and "none" are no
+    rollback, anything else but "previous" is an error). The previous spec is not in the
+    request, and may be out of the scope: refused."""
+    if operation != "ServiceUpdate":
+        return None
+    if query_value(query, "rollback") in (None, "", "none"):
+        return None
+    return (
+        "rollback= deploys the service's previous spec, which the scope cannot judge: "
+        "update the service with the spec it should have"
+    )
+
+
+def indirect_lookup(
+    operation: str, raw_target: str, scope: Scope
+) -> tuple[LookUpAll, ScopeCheck] | None:
+    """The existing object a request's query reaches besides the one its path names, which
+    must be covered too: a commit's `container` (the container whose files it reads), a
+    build's `networkmode` (`container:X`, whose namespaces the build steps join, or a
+    network; the predefined ones are not objects: ownership/pinning.py). Both read as the
+    daemon does (`r.FormValue`: the first value). None when it reaches none."""
+    query = raw_target.partition("?")[2]
+    parameter = QUERY_REFERENCES.get(operation)
+    prefix = ""
+    kind = CONTAINER
+    if parameter is not None:
+        reference = query_value(query, parameter) or ""
+    elif operation == LABELLED_BUILD:
+        parameter = "networkmode"
+        reference = query_value(query, parameter) or ""
+        if reference in PREDEFINED_NETWORKS:
+            return None
+        if reference.startswith("container:"):
+            prefix, reference = "container:", reference.partition(":")[2]
+        else:
+            kind = NETWORK
+    else:
+        return None
+    if not reference:
+        return None  # (the daemon refuses a commit of no container)
+    name = parameter
+
+    def pin(full_id: str) -> str:
+        path, _, rest = raw_target.partition("?")
+        kept = [(k, v) for k, v in parse_qsl(rest, keep_blank_values=True) if k != name]
+        kept.append((name, prefix + full_id))
+        return path + "?" + urlencode(kept, quote_via=quote)
+
+    return LookUpAll.of_one(LookUp(kind, reference, pin)), ScopeCheck(scope)
 
 
 def create_problem(scope: Scope, operation: str, query: str, body: bytes) -> str | None:

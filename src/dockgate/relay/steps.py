@@ -248,7 +248,7 @@ class PolicySteps:
         without ownership the body is pinned to the full IDs checked."""
         self.flow.pause(Pause.LOOKUP)
         allowed = judged.allowed
-        scope = allowed.verdict.scope
+        scope = allowed.reach  # (the policy's reach when the rule allowing it is unscoped)
         assert scope is not None
         body = judged.body
         pins: dict[tuple[str, str], str] = {}
