@@ -17,16 +17,17 @@ from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.plan import Allowed, Answer, answer_handling, plan_admitted
 from dockgate.policy.scopelists import (
+    GatewayQuery,
     common_labels,
     covered_services,
     event_filter,
     filtered_list,
     filtered_tasks,
+    gateway_query,
     narrowed_target,
     primary_name,
-    resolve_service,
     scoped_event,
-    service_filter_problem,
+    service_filter_ids,
 )
 from dockgate.policy.scopes import STACK_LABEL, Scope
 from dockgate.refusal import Refusal
@@ -119,22 +120,84 @@ def test_tasks_follow_their_service_and_a_service_filter_out_of_scope_is_missing
     scope = _scope(WEB)
     services = [
         {"ID": "aaa111", "Spec": {"Name": "web", "Labels": {"team": "web"}}},
+        {"ID": "aab222", "Spec": {"Name": "web2", "Labels": {"team": "web"}}},
         {"ID": "bbb222", "Spec": {"Name": "db", "Labels": {}}},
     ]
     covered, every = covered_services(200, services, scope)
-    assert covered == {"aaa111"}
+    assert covered == {"aaa111", "aab222"}
     tasks = [{"ID": "t1", "ServiceID": "aaa111"}, {"ID": "t2", "ServiceID": "bbb222"}, {"ID": "t3"}]
-    assert [t["ID"] for t in json.loads(filtered_tasks(json.dumps(tasks).encode(), covered))] == [
-        "t1"
-    ]
-    assert resolve_service("web", every) == services[0]
-    assert resolve_service("bb", every) == services[1]  # a unique ID prefix
-    assert resolve_service("", every) is None
-    target = '/v1.41/tasks?filters={"service":{"db":true}}'
-    assert service_filter_problem(target, covered, every) == "db"
-    assert service_filter_problem('/tasks?filters={"service":["aaa"]}', covered, every) is None
+    body = json.dumps(tasks).encode()
+    assert [t["ID"] for t in json.loads(filtered_tasks(body, covered, None))] == ["t1"]
+    assert json.loads(filtered_tasks(body, covered, frozenset({"aab222"}))) == []
+    assert service_filter_ids(("web",), covered, every) == {"aaa111"}
+    assert service_filter_ids(("aab", "aaa111"), covered, every) == {"aab222", "aaa111"}
+    # Out of scope by name, by ID, by a prefix only it has: the daemon's "not found".
+    for reference in ("db", "bbb222", "b", "nothing"):
+        missing = service_filter_ids((reference,), covered, every)
+        assert isinstance(missing, Refusal), reference
+        assert (missing.status, missing.message) == (404, f"service {reference} not found")
+    # A prefix several covered services share: ambiguous, counting only those ("" is the
+    # prefix of every ID, as for the daemon).
+    for reference in ("aa", ""):
+        ambiguous = service_filter_ids((reference,), covered, every)
+        assert isinstance(ambiguous, Refusal)
+        assert ambiguous.message == f"service {reference} is ambiguous (2 matches found)"
     with pytest.raises(ValueError):
         covered_services(500, None, scope)
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded", "limit"),
+    [
+        ("/v1.41/containers/json?limit=2", "/v1.41/containers/json?all=1", 2),
+        ("/containers/json?all=0&limit=%2B3&size=1", "/containers/json?size=1&all=1", 3),
+        ("/containers/json?limit=1&limit=9&all=1", "/containers/json?all=1", 1),
+    ],
+)
+def test_a_list_limit_is_taken_out_and_applied_by_the_gateway(
+    target: str, forwarded: str, limit: int
+) -> None:
+    """`limit` over 0 (the first value, as Atoi reads it) is applied after filtering; the
+    daemon then lists every container, as its `limit` would (stopped ones too)."""
+    assert gateway_query("ContainerList", target) == (forwarded, GatewayQuery(limit=limit))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/containers/json",
+        "/containers/json?limit=",
+        "/containers/json?limit=0",
+        "/containers/json?limit=-4",
+        "/containers/json?limit=x",  # the daemon fails on it, telling nothing of objects
+        "/containers/json?limit=1_0",
+        "/containers/json?limit=%201",
+        "/containers/json?limit=&limit=3",  # the daemon reads the first value only
+        "/containers/json?limit=99999999999999999999",
+    ],
+)
+def test_a_limit_the_daemon_does_not_apply_is_left_to_it(target: str) -> None:
+    assert gateway_query("ContainerList", target) is None
+
+
+def test_a_task_service_filter_is_taken_out_in_either_json_form() -> None:
+    listed = quote(json.dumps({"service": ["web", "aa"], "desired-state": ["running"]}))
+    target, query = gateway_query("TaskList", f"/v1.41/tasks?filters={listed}&x=1") or ("", None)
+    assert query == GatewayQuery(services=("web", "aa"))
+    assert parse_qsl(target.partition("?")[2]) == [
+        ("x", "1"),
+        ("filters", '{"desired-state":["running"]}'),
+    ]
+    mapped = quote(json.dumps({"service": {"web": True}}))
+    second = quote(json.dumps({"service": ["db"]}))
+    target, query = gateway_query("TaskList", f"/tasks?filters={mapped}&filters={second}") or (
+        "",
+        None,
+    )
+    assert query == GatewayQuery(services=("web",))
+    assert parse_qsl(target.partition("?")[2]) == [("filters", "{}")]
+    for filters in ("", "x", json.dumps({"node": ["n"]}), json.dumps({"service": "web"})):
+        assert gateway_query("TaskList", f"/tasks?filters={quote(filters)}") is None
 
 
 def test_narrowing_uses_only_labels_every_rule_requires_exactly() -> None:

@@ -73,7 +73,12 @@ from dockgate.policy.admission import Admission
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
-from dockgate.policy.scopelists import filters_answer, scoped_list_head, scoped_list_hidden
+from dockgate.policy.scopelists import (
+    GatewayQuery,
+    filters_answer,
+    scoped_list_head,
+    scoped_list_hidden,
+)
 from dockgate.policy.scoping import (
     SCOPED_CREATES,
     ScopeCheck,
@@ -99,6 +104,9 @@ class Allowed:
     # What the policy's defaults put into the create's body (body/defaults.py), for the audit
     # record; in audit mode what they would have put (nothing is written). None: nothing.
     injected: Mapping[str, object] | None = None
+    # A scoped list's query parts the gateway applies itself to the filtered answer, taken
+    # out of the forwarded request (policy/scopelists.py GatewayQuery). None: none.
+    scoped_query: GatewayQuery | None = None
 
     @property
     def operation(self) -> str:
