@@ -387,11 +387,6 @@ def test_a_covered_container_named_as_db_short_id_captures_its_references(
     assert seen["Id"] == pair["db_id"], (status, answer, status_direct, seen.get("Name"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a covered container's list entry keeps every link alias in Names: `/db-x/w` "
-    "names an out-of-scope container that links to it",
-)
 def test_list_names_of_a_covered_container_tell_of_an_out_of_scope_linker(
     api: Api, pair: dict[str, str], daemon: PrivateDaemon, busybox_image: str,
     leftovers: dict[str, list[str]],
@@ -440,11 +435,6 @@ def web_net(daemon: PrivateDaemon, pair: dict[str, str]) -> Iterator[str]:
     daemon.docker("network", "rm", name, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NetworkInspect of a covered network lists the out-of-scope containers attached "
-    "to it (ID, name, addresses), which the scoped event stream takes care to hide",
-)
 def test_inspect_of_a_covered_network_shows_out_of_scope_containers(
     net_api: Api, pair: dict[str, str], web_net: str
 ) -> None:

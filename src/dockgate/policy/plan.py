@@ -73,6 +73,7 @@ from dockgate.policy.admission import Admission
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
+from dockgate.policy.scopeanswers import SCOPED_ANSWERS
 from dockgate.policy.scopelists import (
     GatewayQuery,
     filters_answer,
@@ -725,6 +726,17 @@ class Answer(enum.Enum):
     HOLD = "hold"  # read whole, checked and rewritten, then sent with a new Content-Length
 
 
+def scoped_answer_rewritten(allowed: Allowed, status: int) -> bool:
+    """Whether this answer, about one object a scope covers, is rewritten not to name objects
+    out of the scope (policy/scopeanswers.py; enforce mode only, as lists)."""
+    return (
+        status == 200
+        and allowed.verdict.scope is not None
+        and allowed.mode == ENFORCE
+        and allowed.operation in SCOPED_ANSWERS
+    )
+
+
 def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = False) -> Answer:
     """Whether the answer is read whole before it goes out: to be redacted, or, in ownership
     mode, so that it shows nothing of another caller's objects. `mounts_checked`: the answer is
@@ -732,6 +744,7 @@ def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = Fal
     volumes are removed)."""
     redaction = allowed.redaction
     scoped = filters_answer(allowed) is not None  # (None in warn and audit mode)
+    scoped = scoped or scoped_answer_rewritten(allowed, status)
     if redaction is None and not allowed.ownership and not scoped:
         return Answer.RELAY
     if allowed.mode != ENFORCE:
@@ -745,6 +758,8 @@ def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = Fal
         return Answer.REWRITE_STREAM if operation in REDACTED_STREAMS else Answer.HOLD
     if redaction is not None and status == 200 and operation in REDACTED_STREAMS:
         return Answer.REWRITE_STREAM
+    if scoped_answer_rewritten(allowed, status):
+        return Answer.HOLD
     # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
     if redaction is not None and status in (200, 201) and operation in REDACTED_OPERATIONS:
         return Answer.HOLD

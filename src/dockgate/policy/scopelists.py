@@ -56,6 +56,7 @@ from dockgate.body.redact import REDACTED_STREAMS
 from dockgate.http.query import query_pairs, query_value
 from dockgate.http.request import RequestHead, with_target
 from dockgate.policy.modes import ENFORCE
+from dockgate.policy.scopeanswers import own_names, without_members
 from dockgate.policy.scopes import SCOPED_LISTS, STACK_LABEL, Scope, labels_of
 from dockgate.refusal import Refusal
 
@@ -246,8 +247,23 @@ _ITEM_FACTS: dict[str, ItemFacts] = {
 }
 
 
+# What of a kept item names objects out of the scope, taken out (policy/scopeanswers.py).
+_ITEM_SCRUBS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "ContainerList": own_names,
+    "NetworkList": without_members,
+}
+
+
 def _covered(items: list[Any], facts: ItemFacts, scope: Scope) -> list[Any]:
     return [item for item in items if isinstance(item, dict) and scope.covers(*facts(item))]
+
+
+def _scrubbed(operation: str, items: list[Any]) -> list[Any]:
+    scrub = _ITEM_SCRUBS.get(operation)
+    if scrub is not None:
+        for item in items:
+            scrub(item)
+    return items
 
 
 def filtered_list(operation: str, body: bytes, scope: Scope, limit: int | None = None) -> bytes:
@@ -257,7 +273,7 @@ def filtered_list(operation: str, body: bytes, scope: Scope, limit: int | None =
     facts = _ITEM_FACTS[operation]
     try:
         if operation != "VolumeList":
-            entries = _covered(daemon_array(operation, body), facts, scope)
+            entries = _scrubbed(operation, _covered(daemon_array(operation, body), facts, scope))
             return json.dumps(entries if limit is None else entries[:limit]).encode() + b"\n"
         document = daemon_object(operation, body)
     except (ValueError, TypeError) as exc:

@@ -97,9 +97,11 @@ from dockgate.policy.plan import (
     answer_handling,
     judge_body,
     plan_forward,
+    scoped_answer_rewritten,
     too_large,
     unreadable,
 )
+from dockgate.policy.scopeanswers import scoped_answer
 from dockgate.policy.scopelists import (
     FILTERED_LISTS,
     covered_services,
@@ -747,6 +749,10 @@ class PolicySteps:
                 query = self._allowed.scoped_query if self._allowed is not None else None
                 limit = query.limit if query is not None else None
                 raw = filtered_list(self._operation(), raw, scope, limit)
+            elif self._allowed is not None and scoped_answer_rewritten(self._allowed, head.status):
+                # A covered object's answer naming objects out of the scope (a network's
+                # attached containers): taken out, before redaction sees it.
+                raw = scoped_answer(self._operation(), raw)
             if self._checks_mounts():
                 check = self._mount_check
                 assert check is not None
