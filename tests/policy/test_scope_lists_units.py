@@ -6,7 +6,7 @@ daemon in test_scope_lists.py."""
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote
 
 import pytest
 
@@ -311,3 +311,47 @@ def test_the_stream_drops_events_whole_and_ends_as_the_daemons() -> None:
     lines = [line for line in out.split(b"\r\n") if line.startswith(b"{")]
     assert [json.loads(line)["Actor"]["Attributes"] for line in lines] == [{"name": "a"}]
     assert out.endswith(b"0\r\n\r\n")
+
+
+def test_the_plan_carries_what_the_gateway_applies_and_warn_mode_leaves_it() -> None:
+    """A scoped list's `limit` and a task list's `service` filter leave the forwarded request
+    for `Allowed.scoped_query`; in warn mode (no filtering) the request goes on as it came."""
+    head, allowed = _allowed("/v1.41/containers/json?limit=3")
+    trace: list[tuple[str, str]] = []
+    step = plan_admitted(head, allowed, trace)  # type: ignore[arg-type]
+    assert not isinstance(step, Refusal)
+    assert "limit" not in step.head.target and "all=1" in step.head.target
+    assert step.allowed.scoped_query == GatewayQuery(limit=3)
+    assert ("scope", "the limit applied by dockgate, among covered objects") in trace
+    filters = quote(json.dumps({"service": ["web"]}))
+    head, allowed = _allowed(f"/v1.41/tasks?filters={filters}")
+    step = plan_admitted(head, allowed)  # type: ignore[arg-type]
+    assert not isinstance(step, Refusal)
+    assert "service" not in unquote(step.head.target)
+    assert step.allowed.scoped_query == GatewayQuery(services=("web",))
+    head, warned = _allowed("/v1.41/containers/json?limit=3", mode="warn")
+    step = plan_admitted(head, warned)  # type: ignore[arg-type]
+    assert not isinstance(step, Refusal)
+    assert step.head.target == head.target and step.allowed.scoped_query is None
+
+
+def test_a_limit_cuts_the_filtered_list_in_the_daemons_order() -> None:
+    entries = [
+        {"Names": [f"/{name}"], "Labels": {"team": team}}
+        for name, team in (("db3", "db"), ("web2", "web"), ("db1", "db"), ("web1", "web"))
+    ]
+    body = json.dumps(entries).encode()
+    kept = json.loads(filtered_list("ContainerList", body, _scope(WEB), 1))
+    assert [c["Names"] for c in kept] == [["/web2"]]
+    assert len(json.loads(filtered_list("ContainerList", body, _scope(WEB), 5))) == 2
+
+
+def test_listed_covered_objects_name_no_linker_and_no_attached_container() -> None:
+    containers = [{"Names": ["/db/w", "/web", "/x/y/z"], "Labels": {"team": "web"}}]
+    kept = json.loads(filtered_list("ContainerList", json.dumps(containers).encode(), _scope(WEB)))
+    assert kept == [{"Names": ["/web"], "Labels": {"team": "web"}}]
+    networks = [
+        {"Name": "n", "Labels": {"team": "web"}, "Containers": {"id": {}}, "Services": None}
+    ]
+    kept = json.loads(filtered_list("NetworkList", json.dumps(networks).encode(), _scope(WEB)))
+    assert kept == [{"Name": "n", "Labels": {"team": "web"}, "Containers": {}, "Services": None}]
