@@ -392,7 +392,11 @@ def test_list_names_of_a_covered_container_tell_of_an_out_of_scope_linker(
     leftovers: dict[str, list[str]],
 ) -> None:  # fmt: skip
     """The admin runs a db-side container linked to the web one (`--link web:w`): the daemon
-    adds `/<linker>/w` to the web container's Names. The caller's `docker ps` shows it."""
+    adds `/<linker>/w` to the web container's Names. The caller's `docker ps` showed it; now
+    only the web container's own name is listed. Its inspect never named the linker (it
+    shows the links the container made, not those made to it), and a `name` filter on the
+    linker's name does not find the web container through the alias (the daemon matches the
+    filter on the container's own name too: moby daemon/list.go includeContainerInList)."""
     linker = f"db-linker-{os.urandom(4).hex()}"
     daemon.docker(
         *("run", "-d", "--name", linker, "--label", f"{LABEL}=db", "--link", f"{pair['web']}:w"),
@@ -404,6 +408,13 @@ def test_list_names_of_a_covered_container_tell_of_an_out_of_scope_linker(
     names = [n for c in listed for n in c["Names"]]
     assert f"/{pair['web']}" in names
     assert not any(linker in n for n in names), names
+    _, direct_listed = direct(daemon, "GET", "/v1.41/containers/json?all=1")
+    assert any(f"/{linker}/w" in c["Names"] for c in direct_listed)  # (the daemon lists it)
+    status, seen = api.call("GET", f"/v1.41/containers/{pair['web']}/json")
+    assert status == 200 and linker not in json.dumps(seen), seen
+    filters = quote(json.dumps({"name": [linker]}))
+    status, found = api.call("GET", f"/v1.41/containers/json?all=1&filters={filters}")
+    assert (status, found) == (200, []), found
 
 
 NET_POLICY = """\
@@ -445,6 +456,38 @@ def test_inspect_of_a_covered_network_shows_out_of_scope_containers(
     assert status == 200, answer
     text = json.dumps(answer)
     assert pair["db_id"] not in text and pair["db"] not in text, answer.get("Containers")
+
+
+def test_verbose_inspect_of_a_covered_overlay_shows_no_out_of_scope_service(
+    net_api: Api, swarm: PrivateDaemon, busybox_image: str
+) -> None:
+    """On a swarm, `verbose=true` adds the services with tasks on the network (names, VIPs,
+    task names and addresses): a db service on the caller's web-* overlay is not shown."""
+    suffix = os.urandom(4).hex()
+    network, service = f"web-ov-{suffix}", f"db-ovsvc-{suffix}"
+    swarm.docker("network", "create", "--driver", "overlay", "--attachable", network)
+    try:
+        swarm.docker(
+            *("service", "create", "--detach", "--no-resolve-image", "--name", service),
+            *("--network", network, "--label", f"{LABEL}=db", busybox_image, "sleep", "600"),
+        )
+        target = f"/v1.41/networks/{network}?verbose=true"
+        for _ in range(120):  # until the daemon's own answer lists the service's task
+            _, seen = direct(swarm, "GET", target)
+            if service in json.dumps(seen.get("Services") or {}):
+                break
+            time.sleep(0.5)
+        assert service in json.dumps(seen.get("Services") or {}), seen
+        status, answer = net_api.call("GET", target)
+        assert status == 200, answer
+        assert answer["Name"] == network and answer["Services"] == {}, answer
+        assert service not in json.dumps(answer), answer
+    finally:
+        swarm.docker("service", "rm", service, check=False)
+        for _ in range(60):  # the task's endpoint goes some time after the service
+            if swarm.docker("network", "rm", network, check=False).returncode == 0:
+                break
+            time.sleep(0.5)
 
 
 def test_connect_events_of_a_covered_network_hide_the_container(
