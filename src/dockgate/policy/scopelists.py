@@ -10,11 +10,14 @@ on what each item carries (docs/policy.md, "Lists and events under a scope"):
   v20.10.24 daemon/list.go transformContainer, container.Names);
 - networks, volumes: `Labels`, `Name`; services, secrets, configs: `Spec.Labels`, `Spec.Name`;
 - tasks follow their service: their `ServiceID` must be a covered service, which takes one
-  look-up of the daemon's service list per task list (`covered_services`). A task list
-  filtered by `service` (the docker CLI's `service ps`) names services the daemon resolved
-  (full ID, name, ID prefix: daemon/cluster/helpers.go getService) before answering; one that
-  is out of the scope is answered `404 service X not found`, as one that does not exist, so
-  that the answer tells nothing of it (`service_filter_problem`).
+  look-up of the daemon's service list per task list (`covered_services`).
+
+What the daemon would apply among every object, telling of uncovered ones by its effect or
+its error, is taken out of the forwarded request and applied here to the filtered answer
+(`GatewayQuery`, `gateway_query`): ContainerList's `limit`, TaskList's `service` filter
+(resolved among the covered services only: `service_filter_ids`). A kept item's references to
+objects others attached to it (a container's link aliases, a network's containers) are taken
+out too (policy/scopeanswers.py).
 
 Where every rule of the scope requires the same exact label (or the same single stack), the
 label is also merged into the request's `filters` (`narrowed_target`): the daemon then answers
