@@ -149,6 +149,34 @@ def test_a_scope_by_names_is_filtered_by_the_gateway_alone(
     assert f"dgt-web-impostor-{RUN}" in names  # (covered by its name: no label needed)
 
 
+def test_docker_ps_last_n_counts_only_covered_containers(
+    daemon: PrivateDaemon, work: pathlib.Path, objects: dict[str, list[str]], busybox_image: str
+) -> None:
+    """`docker ps -n N` and `-l` under a scope: the N newest covered containers, in the
+    daemon's order, as if the uncovered ones did not exist; the daemon itself, asked the same,
+    answers the uncovered container made last."""
+    late = f"dgt-late-{RUN}"
+    daemon.docker("create", "--name", late, busybox_image, "true")
+    policy = work / "policy-last.yaml"
+    policy.write_text(
+        "policies:\n  p:\n    rules:\n      - allow: {sections: [ping, version]}\n"
+        f"      - allow: {{operations: [ContainerList], objects: {{names: ['dgt-web-*-{RUN}']}}}}\n"
+    )
+    try:
+        newest = daemon.docker("ps", "-n", "1", "--format", "{{.Names}}").stdout.decode().split()
+        assert newest == [late]
+        with running(Gateway(daemon.host, policy=policy)) as gw:
+            env = _env(gw, work / "config")
+            one = _cli(env, "ps", "-n", "1", "--format", "{{.Names}}")
+            latest = _cli(env, "ps", "-l", "--format", "{{.Names}}")
+            two = _cli(env, "ps", "-n", "2", "--format", "{{.Names}}")
+    finally:
+        daemon.docker("rm", "-f", late, check=False)
+    # (made in this order by `objects`: web-a, web-b, db, web-impostor, web-case)
+    assert one == latest == [f"dgt-web-case-{RUN}"]
+    assert two == [f"dgt-web-case-{RUN}", f"dgt-web-impostor-{RUN}"]
+
+
 def test_ordering_filters_are_refused_under_a_scope(
     enforce: dict[str, str], objects: dict[str, list[str]]
 ) -> None:

@@ -6,7 +6,7 @@ daemon in test_scope_lists.py."""
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote
 
 import pytest
 
@@ -17,16 +17,17 @@ from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.plan import Allowed, Answer, answer_handling, plan_admitted
 from dockgate.policy.scopelists import (
+    GatewayQuery,
     common_labels,
     covered_services,
     event_filter,
     filtered_list,
     filtered_tasks,
+    gateway_query,
     narrowed_target,
     primary_name,
-    resolve_service,
     scoped_event,
-    service_filter_problem,
+    service_filter_ids,
 )
 from dockgate.policy.scopes import STACK_LABEL, Scope
 from dockgate.refusal import Refusal
@@ -119,22 +120,84 @@ def test_tasks_follow_their_service_and_a_service_filter_out_of_scope_is_missing
     scope = _scope(WEB)
     services = [
         {"ID": "aaa111", "Spec": {"Name": "web", "Labels": {"team": "web"}}},
+        {"ID": "aab222", "Spec": {"Name": "web2", "Labels": {"team": "web"}}},
         {"ID": "bbb222", "Spec": {"Name": "db", "Labels": {}}},
     ]
     covered, every = covered_services(200, services, scope)
-    assert covered == {"aaa111"}
+    assert covered == {"aaa111", "aab222"}
     tasks = [{"ID": "t1", "ServiceID": "aaa111"}, {"ID": "t2", "ServiceID": "bbb222"}, {"ID": "t3"}]
-    assert [t["ID"] for t in json.loads(filtered_tasks(json.dumps(tasks).encode(), covered))] == [
-        "t1"
-    ]
-    assert resolve_service("web", every) == services[0]
-    assert resolve_service("bb", every) == services[1]  # a unique ID prefix
-    assert resolve_service("", every) is None
-    target = '/v1.41/tasks?filters={"service":{"db":true}}'
-    assert service_filter_problem(target, covered, every) == "db"
-    assert service_filter_problem('/tasks?filters={"service":["aaa"]}', covered, every) is None
+    body = json.dumps(tasks).encode()
+    assert [t["ID"] for t in json.loads(filtered_tasks(body, covered, None))] == ["t1"]
+    assert json.loads(filtered_tasks(body, covered, frozenset({"aab222"}))) == []
+    assert service_filter_ids(("web",), covered, every) == {"aaa111"}
+    assert service_filter_ids(("aab", "aaa111"), covered, every) == {"aab222", "aaa111"}
+    # Out of scope by name, by ID, by a prefix only it has: the daemon's "not found".
+    for reference in ("db", "bbb222", "b", "nothing"):
+        missing = service_filter_ids((reference,), covered, every)
+        assert isinstance(missing, Refusal), reference
+        assert (missing.status, missing.message) == (404, f"service {reference} not found")
+    # A prefix several covered services share: ambiguous, counting only those ("" is the
+    # prefix of every ID, as for the daemon).
+    for reference in ("aa", ""):
+        ambiguous = service_filter_ids((reference,), covered, every)
+        assert isinstance(ambiguous, Refusal)
+        assert ambiguous.message == f"service {reference} is ambiguous (2 matches found)"
     with pytest.raises(ValueError):
         covered_services(500, None, scope)
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded", "limit"),
+    [
+        ("/v1.41/containers/json?limit=2", "/v1.41/containers/json?all=1", 2),
+        ("/containers/json?all=0&limit=%2B3&size=1", "/containers/json?size=1&all=1", 3),
+        ("/containers/json?limit=1&limit=9&all=1", "/containers/json?all=1", 1),
+    ],
+)
+def test_a_list_limit_is_taken_out_and_applied_by_the_gateway(
+    target: str, forwarded: str, limit: int
+) -> None:
+    """`limit` over 0 (the first value, as Atoi reads it) is applied after filtering; the
+    daemon then lists every container, as its `limit` would (stopped ones too)."""
+    assert gateway_query("ContainerList", target) == (forwarded, GatewayQuery(limit=limit))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/containers/json",
+        "/containers/json?limit=",
+        "/containers/json?limit=0",
+        "/containers/json?limit=-4",
+        "/containers/json?limit=x",  # the daemon fails on it, telling nothing of objects
+        "/containers/json?limit=1_0",
+        "/containers/json?limit=%201",
+        "/containers/json?limit=&limit=3",  # the daemon reads the first value only
+        "/containers/json?limit=99999999999999999999",
+    ],
+)
+def test_a_limit_the_daemon_does_not_apply_is_left_to_it(target: str) -> None:
+    assert gateway_query("ContainerList", target) is None
+
+
+def test_a_task_service_filter_is_taken_out_in_either_json_form() -> None:
+    listed = quote(json.dumps({"service": ["web", "aa"], "desired-state": ["running"]}))
+    target, query = gateway_query("TaskList", f"/v1.41/tasks?filters={listed}&x=1") or ("", None)
+    assert query == GatewayQuery(services=("web", "aa"))
+    assert parse_qsl(target.partition("?")[2]) == [
+        ("x", "1"),
+        ("filters", '{"desired-state":["running"]}'),
+    ]
+    mapped = quote(json.dumps({"service": {"web": True}}))
+    second = quote(json.dumps({"service": ["db"]}))
+    target, query = gateway_query("TaskList", f"/tasks?filters={mapped}&filters={second}") or (
+        "",
+        None,
+    )
+    assert query == GatewayQuery(services=("web",))
+    assert parse_qsl(target.partition("?")[2]) == [("filters", "{}")]
+    for filters in ("", "x", json.dumps({"node": ["n"]}), json.dumps({"service": "web"})):
+        assert gateway_query("TaskList", f"/tasks?filters={quote(filters)}") is None
 
 
 def test_narrowing_uses_only_labels_every_rule_requires_exactly() -> None:
@@ -248,3 +311,47 @@ def test_the_stream_drops_events_whole_and_ends_as_the_daemons() -> None:
     lines = [line for line in out.split(b"\r\n") if line.startswith(b"{")]
     assert [json.loads(line)["Actor"]["Attributes"] for line in lines] == [{"name": "a"}]
     assert out.endswith(b"0\r\n\r\n")
+
+
+def test_the_plan_carries_what_the_gateway_applies_and_warn_mode_leaves_it() -> None:
+    """A scoped list's `limit` and a task list's `service` filter leave the forwarded request
+    for `Allowed.scoped_query`; in warn mode (no filtering) the request goes on as it came."""
+    head, allowed = _allowed("/v1.41/containers/json?limit=3")
+    trace: list[tuple[str, str]] = []
+    step = plan_admitted(head, allowed, trace)  # type: ignore[arg-type]
+    assert not isinstance(step, Refusal)
+    assert "limit" not in step.head.target and "all=1" in step.head.target
+    assert step.allowed.scoped_query == GatewayQuery(limit=3)
+    assert ("scope", "the limit applied by dockgate, among covered objects") in trace
+    filters = quote(json.dumps({"service": ["web"]}))
+    head, allowed = _allowed(f"/v1.41/tasks?filters={filters}")
+    step = plan_admitted(head, allowed)  # type: ignore[arg-type]
+    assert not isinstance(step, Refusal)
+    assert "service" not in unquote(step.head.target)
+    assert step.allowed.scoped_query == GatewayQuery(services=("web",))
+    head, warned = _allowed("/v1.41/containers/json?limit=3", mode="warn")
+    step = plan_admitted(head, warned)  # type: ignore[arg-type]
+    assert not isinstance(step, Refusal)
+    assert step.head.target == head.target and step.allowed.scoped_query is None
+
+
+def test_a_limit_cuts_the_filtered_list_in_the_daemons_order() -> None:
+    entries = [
+        {"Names": [f"/{name}"], "Labels": {"team": team}}
+        for name, team in (("db3", "db"), ("web2", "web"), ("db1", "db"), ("web1", "web"))
+    ]
+    body = json.dumps(entries).encode()
+    kept = json.loads(filtered_list("ContainerList", body, _scope(WEB), 1))
+    assert [c["Names"] for c in kept] == [["/web2"]]
+    assert len(json.loads(filtered_list("ContainerList", body, _scope(WEB), 5))) == 2
+
+
+def test_listed_covered_objects_name_no_linker_and_no_attached_container() -> None:
+    containers = [{"Names": ["/db/w", "/web", "/x/y/z"], "Labels": {"team": "web"}}]
+    kept = json.loads(filtered_list("ContainerList", json.dumps(containers).encode(), _scope(WEB)))
+    assert kept == [{"Names": ["/web"], "Labels": {"team": "web"}}]
+    networks = [
+        {"Name": "n", "Labels": {"team": "web"}, "Containers": {"id": {}}, "Services": None}
+    ]
+    kept = json.loads(filtered_list("NetworkList", json.dumps(networks).encode(), _scope(WEB)))
+    assert kept == [{"Name": "n", "Labels": {"team": "web"}, "Containers": {}, "Services": None}]

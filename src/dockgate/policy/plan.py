@@ -73,7 +73,13 @@ from dockgate.policy.admission import Admission
 from dockgate.policy.gatekeeper import Verdict
 from dockgate.policy.modes import AUDIT, ENFORCE, waive
 from dockgate.policy.rules import Policy
-from dockgate.policy.scopelists import filters_answer, scoped_list_head, scoped_list_hidden
+from dockgate.policy.scopeanswers import SCOPED_ANSWERS
+from dockgate.policy.scopelists import (
+    GatewayQuery,
+    filters_answer,
+    scoped_list_head,
+    scoped_list_hidden,
+)
 from dockgate.policy.scopes import Scope
 from dockgate.policy.scoping import (
     SCOPED_CREATES,
@@ -103,6 +109,9 @@ class Allowed:
     # What the policy's defaults put into the create's body (body/defaults.py), for the audit
     # record; in audit mode what they would have put (nothing is written). None: nothing.
     injected: Mapping[str, object] | None = None
+    # A scoped list's query parts the gateway applies itself to the filtered answer, taken
+    # out of the forwarded request (policy/scopelists.py GatewayQuery). None: none.
+    scoped_query: GatewayQuery | None = None
 
     @property
     def operation(self) -> str:
@@ -804,6 +813,17 @@ class Answer(enum.Enum):
     HOLD = "hold"  # read whole, checked and rewritten, then sent with a new Content-Length
 
 
+def scoped_answer_rewritten(allowed: Allowed, status: int) -> bool:
+    """Whether this answer, about one object a scope covers, is rewritten not to name objects
+    out of the scope (policy/scopeanswers.py; enforce mode only, as lists)."""
+    return (
+        status == 200
+        and allowed.verdict.scope is not None
+        and allowed.mode == ENFORCE
+        and allowed.operation in SCOPED_ANSWERS
+    )
+
+
 def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = False) -> Answer:
     """Whether the answer is read whole before it goes out: to be redacted, or, in ownership
     mode, so that it shows nothing of another caller's objects. `mounts_checked`: the answer is
@@ -811,6 +831,7 @@ def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = Fal
     volumes are removed)."""
     redaction = allowed.redaction
     scoped = filters_answer(allowed) is not None  # (None in warn and audit mode)
+    scoped = scoped or scoped_answer_rewritten(allowed, status)
     if redaction is None and not allowed.ownership and not scoped:
         return Answer.RELAY
     if allowed.mode != ENFORCE:
@@ -824,6 +845,8 @@ def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = Fal
         return Answer.REWRITE_STREAM if operation in REDACTED_STREAMS else Answer.HOLD
     if redaction is not None and status == 200 and operation in REDACTED_STREAMS:
         return Answer.REWRITE_STREAM
+    if scoped_answer_rewritten(allowed, status):
+        return Answer.HOLD
     # 201: VolumeCreate answers with the volume, an existing one too (its labels, options).
     if redaction is not None and status in (200, 201) and operation in REDACTED_OPERATIONS:
         return Answer.HOLD

@@ -10,11 +10,14 @@ on what each item carries (docs/policy.md, "Lists and events under a scope"):
   v20.10.24 daemon/list.go transformContainer, container.Names);
 - networks, volumes: `Labels`, `Name`; services, secrets, configs: `Spec.Labels`, `Spec.Name`;
 - tasks follow their service: their `ServiceID` must be a covered service, which takes one
-  look-up of the daemon's service list per task list (`covered_services`). A task list
-  filtered by `service` (the docker CLI's `service ps`) names services the daemon resolved
-  (full ID, name, ID prefix: daemon/cluster/helpers.go getService) before answering; one that
-  is out of the scope is answered `404 service X not found`, as one that does not exist, so
-  that the answer tells nothing of it (`service_filter_problem`).
+  look-up of the daemon's service list per task list (`covered_services`).
+
+What the daemon would apply among every object, telling of uncovered ones by its effect or
+its error, is taken out of the forwarded request and applied here to the filtered answer
+(`GatewayQuery`, `gateway_query`): ContainerList's `limit`, TaskList's `service` filter
+(resolved among the covered services only: `service_filter_ids`). A kept item's references to
+objects others attached to it (a container's link aliases, a network's containers) are taken
+out too (policy/scopeanswers.py).
 
 Where every rule of the scope requires the same exact label (or the same single stack), the
 label is also merged into the request's `filters` (`narrowed_target`): the daemon then answers
@@ -47,8 +50,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode
 
 from dockgate.api.daemonjson import daemon_array, daemon_object
 from dockgate.body.redact import (
@@ -56,9 +60,10 @@ from dockgate.body.redact import (
     CONTAINER_ATTRIBUTES,
     REDACTED_STREAMS,
 )
-from dockgate.http.query import query_pairs
+from dockgate.http.query import query_pairs, query_value
 from dockgate.http.request import RequestHead, with_target
 from dockgate.policy.modes import ENFORCE
+from dockgate.policy.scopeanswers import own_names, without_members
 from dockgate.policy.scopes import SCOPED_LISTS, STACK_LABEL, Scope, labels_of
 from dockgate.refusal import Refusal
 
@@ -75,8 +80,13 @@ NARROWED = frozenset(FILTERED_LISTS - {"TaskList"} | REDACTED_STREAMS)
 # finds or fails on (moby daemon/list.go foldFilter): under a scope they would tell whether an
 # uncovered container exists, and which were created before or after it.
 ORDERING_FILTERS = ("since", "before")
-# The daemon's task list answers 404 with this for a `service` it cannot resolve.
+# The daemon's task list answers 404 with this for a `service` it cannot resolve, 400 with the
+# second for one several services fit (moby daemon/cluster/helpers.go getService).
 SERVICE_MISSING = "service {} not found"
+SERVICE_AMBIGUOUS = "service {} is ambiguous ({} matches found)"
+# Go's strconv.Atoi: an optional sign and ASCII digits (the daemon reads `limit` so).
+_GO_INT = re.compile(r"[+-]?[0-9]+")
+_GO_INT_MAX = 2**63 - 1
 
 # Event types named by the object's name alone, and what is taken out of them.
 _NAMED_TYPES = frozenset({"network", "volume", "service", "secret", "config"})
@@ -85,6 +95,29 @@ _FOREIGN_ATTRIBUTES = frozenset({"container", "destination", "propagation", "rea
 
 class ScopeFilterError(ValueError):
     """An answer that cannot be filtered: it is not passed on (502)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayQuery:
+    """What of a scoped list's query the gateway applies itself, to the filtered answer,
+    having taken it out of the request the daemon gets: applied by the daemon, it would be
+    applied among every object, and its effect (or its error) would tell of uncovered ones.
+
+    - `limit`: ContainerList's `limit`, when over 0: the daemon lists the N newest
+      containers, counting uncovered ones (moby daemon/list.go: `limit` also lists stopped
+      containers, as `all`). The request goes on with `all=1` and no `limit`; the filtered
+      answer, in the daemon's order (newest first), is cut to N here: exactly what the
+      daemon would answer if only the covered containers existed.
+    - `services`: TaskList's `service` filter values. The daemon resolves each among every
+      service (a 404 for one it cannot find, a 400 "ambiguous (N matches found)" counting
+      services out of the scope); here each is resolved among the covered services only
+      (full ID, name, ID prefix, as getService), the tasks kept by the resolved full IDs,
+      and a value that fits none answered as the daemon answers a missing service, whether
+      it is missing or out of the scope (`service_filter_ids`).
+    """
+
+    limit: int | None = None
+    services: tuple[str, ...] = ()
 
 
 # ----- the plan's questions ---------------------------------------------------------------------
@@ -138,6 +171,16 @@ def scoped_list_head(
                 f"{what} filtered to {scope.describe()}{how if operation == 'TaskList' else ''}",
             )
         )
+    try:
+        taken = gateway_query(operation, head.target)
+    except ValueError as exc:
+        return Refusal(400, f"dockgate: {exc}", "scope", "bad filters")
+    if taken is not None:
+        target, query = taken
+        head, allowed = with_target(head, target), replace(allowed, scoped_query=query)
+        if trace is not None:
+            what = "limit" if query.limit is not None else "service filter"
+            trace.append(("scope", f"the {what} applied by dockgate, among covered objects"))
     labels = common_labels(scope) if operation in NARROWED else []
     if not labels:
         return head, allowed
@@ -195,18 +238,34 @@ _ITEM_FACTS: dict[str, ItemFacts] = {
 }
 
 
+# What of a kept item names objects out of the scope, taken out (policy/scopeanswers.py).
+_ITEM_SCRUBS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "ContainerList": own_names,
+    "NetworkList": without_members,
+}
+
+
 def _covered(items: list[Any], facts: ItemFacts, scope: Scope) -> list[Any]:
     return [item for item in items if isinstance(item, dict) and scope.covers(*facts(item))]
 
 
-def filtered_list(operation: str, body: bytes, scope: Scope) -> bytes:
-    """The daemon's 200 answer to a list (not TaskList) with only the items `scope` covers.
+def _scrubbed(operation: str, items: list[Any]) -> list[Any]:
+    scrub = _ITEM_SCRUBS.get(operation)
+    if scrub is not None:
+        for item in items:
+            scrub(item)
+    return items
+
+
+def filtered_list(operation: str, body: bytes, scope: Scope, limit: int | None = None) -> bytes:
+    """The daemon's 200 answer to a list (not TaskList) with only the items `scope` covers,
+    the first `limit` of them (in the daemon's order) when one is given (`GatewayQuery`).
     ScopeFilterError for an answer that is not the JSON the daemon sends."""
     facts = _ITEM_FACTS[operation]
     try:
         if operation != "VolumeList":
-            entries = daemon_array(operation, body)
-            return json.dumps(_covered(entries, facts, scope)).encode() + b"\n"
+            entries = _scrubbed(operation, _covered(daemon_array(operation, body), facts, scope))
+            return json.dumps(entries if limit is None else entries[:limit]).encode() + b"\n"
         document = daemon_object(operation, body)
     except (ValueError, TypeError) as exc:
         raise ScopeFilterError(str(exc)) from None
@@ -233,41 +292,44 @@ def covered_services(
     return covered, every
 
 
-def filtered_tasks(body: bytes, covered: frozenset[str]) -> bytes:
-    """The daemon's 200 answer to a task list with only the tasks of covered services."""
+def service_filter_ids(
+    references: tuple[str, ...], covered: frozenset[str], services: list[dict[str, Any]]
+) -> frozenset[str] | Refusal:
+    """A task list's `service` filter values (`GatewayQuery.services`, in the order the
+    daemon resolves them) resolved among the covered services only, as getService resolves
+    them among all: a full ID, else an exact name, else an ID prefix. The full IDs to keep
+    tasks of; or the daemon's own answer for the first value that fits no covered service
+    (404, missing and out of scope alike) or several (400, counting covered ones only)."""
+    mine = [s for s in services if s.get("ID") in covered]
+    ids: set[str] = set()
+    for reference in references:
+        fits = [s["ID"] for s in mine if s["ID"] == reference]
+        fits = fits or [s["ID"] for s in mine if _spec_item(s)[1] == reference]
+        fits = fits or [s["ID"] for s in mine if str(s["ID"]).startswith(reference)]
+        if not fits:
+            return Refusal(404, SERVICE_MISSING.format(reference), "scope", "scope")
+        if len(fits) > 1:
+            message = SERVICE_AMBIGUOUS.format(reference, len(fits))
+            return Refusal(400, message, "scope", "scope")
+        ids.add(fits[0])
+    return frozenset(ids)
+
+
+def filtered_tasks(body: bytes, covered: frozenset[str], services: frozenset[str] | None) -> bytes:
+    """The daemon's 200 answer to a task list with only the tasks of covered services (of
+    `services` among them, when the caller's `service` filter named some)."""
     try:
         entries = daemon_array("TaskList", body)
     except (ValueError, TypeError) as exc:
         raise ScopeFilterError(str(exc)) from None
-    kept = [t for t in entries if isinstance(t, dict) and t.get("ServiceID") in covered]
+    kept = [
+        t
+        for t in entries
+        if isinstance(t, dict)
+        and t.get("ServiceID") in covered
+        and (services is None or t.get("ServiceID") in services)
+    ]
     return json.dumps(kept).encode() + b"\n"
-
-
-def resolve_service(reference: str, services: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The service the daemon takes `reference` to name, as getService does: a full ID, else
-    an exact name, else an ID prefix shared by no other service. None: none (or ambiguous,
-    which the daemon refuses before answering 200)."""
-    for service in services:
-        if service.get("ID") == reference:
-            return service
-    for service in services:
-        if _spec_item(service)[1] == reference:
-            return service
-    by_prefix = [s for s in services if str(s.get("ID", "")).startswith(reference)]
-    return by_prefix[0] if len(by_prefix) == 1 and reference else None
-
-
-def service_filter_problem(
-    target: str, covered: frozenset[str], services: list[dict[str, Any]]
-) -> str | None:
-    """A task list's `service` filter values (as forwarded) that name a service out of the
-    scope: the first, to be answered `404 service X not found` as if it did not exist. None:
-    every one names a covered service."""
-    for reference in _filter_values(target, "service"):
-        found = resolve_service(reference, services)
-        if found is None or found.get("ID") not in covered:
-            return reference
-    return None
 
 
 def _filter_values(target: str, key: str) -> list[str]:
@@ -302,6 +364,56 @@ def ordering_problem(operation: str, target: str) -> str | None:
             "they are not accepted under an object scope"
         )
     return None
+
+
+def gateway_query(operation: str, target: str) -> tuple[str, GatewayQuery] | None:
+    """A scoped list's target without what the gateway applies itself (`GatewayQuery`), and
+    that: ContainerList's `limit` over 0, TaskList's `service` filter. None: nothing to take
+    (absent, or a value the daemon fails on before listing anything: its error then tells
+    nothing of other objects, and is left to it)."""
+    query = target.partition("?")[2]
+    if operation == "ContainerList":
+        given = query_value(query, "limit")  # r.Form.Get("limit"), then strconv.Atoi
+        if not given or not _GO_INT.fullmatch(given):
+            return None
+        limit = int(given)
+        if limit <= 0 or limit > _GO_INT_MAX:
+            return None  # no limit at all for the daemon (or its range error)
+        # `limit` lists stopped containers too, as `all` does (daemon/list.go).
+        return _without(target, {"limit", "all"}, ["all=1"]), GatewayQuery(limit=limit)
+    if operation == "TaskList":
+        written = query_value(query, "filters")  # the daemon reads the first `filters`
+        try:
+            filters = json.loads(written) if written else None
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(filters, dict) or "service" not in filters:
+            return None
+        given = filters.pop("service")
+        # Both JSON forms: {"service": ["a"]} and {"service": {"a": true}} (filters.FromJSON).
+        if not isinstance(given, (list, dict)) or not all(isinstance(v, str) for v in given):
+            return None
+        try:
+            rest = json.dumps(filters, separators=(",", ":"))
+        except (ValueError, RecursionError):
+            return None
+        stripped = _without(target, {"filters"}, ["filters=" + quote(rest, safe="")])
+        return stripped, GatewayQuery(services=tuple(given))
+    return None
+
+
+def _without(target: str, keys: set[str], added: list[str]) -> str:
+    """`target` without its query pairs named one of `keys` (as the daemon decodes the
+    names), with the `added` pairs (already encoded) at its end; the others kept as they
+    came."""
+    path, _, query = target.partition("?")
+    kept = [
+        pair
+        for pair in query.split("&")
+        if pair and unquote_plus(pair.partition("=")[0], errors="replace") not in keys
+    ]
+    kept.extend(added)
+    return path + ("?" + "&".join(kept) if kept else "")
 
 
 def _exact(pattern: re.Pattern[str]) -> str | None:

@@ -101,6 +101,7 @@ from dockgate.policy.plan import (
     judge_drained,
     plan_admitted,
     plan_request,
+    scoped_answer_rewritten,
 )
 from dockgate.policy.scopelists import event_filter, filters_answer
 from dockgate.refusal import Refusal
@@ -815,7 +816,10 @@ class ClientConnection(PolicySteps, asyncio.Protocol):
         # (answer_handling relays every answer as it comes without redaction, ownership or a
         # scope's filtering)
         self._plain_answer = (
-            self._redaction is None and not allowed.ownership and filters_answer(allowed) is None
+            self._redaction is None
+            and not allowed.ownership
+            and filters_answer(allowed) is None
+            and not scoped_answer_rewritten(allowed, 200)
         )
         if isinstance(step, Forward):
             self._head = step.head  # (a narrowed list's target, rewritten)

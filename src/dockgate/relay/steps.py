@@ -97,17 +97,18 @@ from dockgate.policy.plan import (
     answer_handling,
     judge_body,
     plan_forward,
+    scoped_answer_rewritten,
     too_large,
     unreadable,
 )
+from dockgate.policy.scopeanswers import scoped_answer
 from dockgate.policy.scopelists import (
     FILTERED_LISTS,
-    SERVICE_MISSING,
     covered_services,
     filtered_list,
     filtered_tasks,
     filters_answer,
-    service_filter_problem,
+    service_filter_ids,
 )
 from dockgate.policy.scopes import Scope
 from dockgate.policy.scoping import (
@@ -745,7 +746,13 @@ class PolicySteps:
                         name="dockgate-scope-tasks",
                     )
                     return
-                raw = filtered_list(self._operation(), raw, scope)
+                query = self._allowed.scoped_query if self._allowed is not None else None
+                limit = query.limit if query is not None else None
+                raw = filtered_list(self._operation(), raw, scope, limit)
+            elif self._allowed is not None and scoped_answer_rewritten(self._allowed, head.status):
+                # A covered object's answer naming objects out of the scope (a network's
+                # attached containers): taken out, before redaction sees it.
+                raw = scoped_answer(self._operation(), raw)
             if self._checks_mounts():
                 check = self._mount_check
                 assert check is not None
@@ -806,14 +813,17 @@ class PolicySteps:
         try:
             status, services = await get_json(self.ctx.pool.address, "/services")
             covered, every = covered_services(status, services, scope)
-            request = self._head
-            missing = (
-                None if request is None else service_filter_problem(request.target, covered, every)
+            allowed = self._allowed
+            query = allowed.scoped_query if allowed is not None else None
+            wanted = (
+                service_filter_ids(query.services, covered, every)
+                if query is not None and query.services
+                else None
             )
-            if missing is not None:
-                rewritten = Refusal(404, SERVICE_MISSING.format(missing), "scope", "scope")
+            if isinstance(wanted, Refusal):
+                rewritten = wanted
             else:
-                rewritten = self._rewritten_answer(head, filtered_tasks(raw, covered))
+                rewritten = self._rewritten_answer(head, filtered_tasks(raw, covered, wanted))
         except Exception as exc:
             rewritten = exc
         self._looked_up_answer(head, rewritten)
