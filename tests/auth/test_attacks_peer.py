@@ -213,11 +213,6 @@ exec "$UNIXGET" "$SOCK" GET /v1.41/containers/json
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unprivileged host process in its own delegated cgroup named docker-<ID>.scope "
-    "is taken for container <ID> and gets its binding's policy",
-)
 def test_a_host_process_in_a_cgroup_named_after_a_container_is_not_that_container(  # noqa: PLR0917 - fixtures
     daemon: PrivateDaemon,
     busybox_image: str,
@@ -367,11 +362,6 @@ def test_an_image_label_does_not_make_a_created_container_a_bound_caller(  # noq
     assert answer[0] != 200, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plain container labelled com.docker.swarm.service.name=<bound service> gets the "
-    "service binding's policy: a caller allowed ContainerCreate only poses as a Swarm task",
-)
 @pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_a_plain_container_with_a_swarm_service_label_is_not_that_services_task(
     daemon: PrivateDaemon,
@@ -751,11 +741,6 @@ def test_credentials_name_a_unix_caller_whatever_its_peer(
 # ----- a container of another daemon on the same host ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a root container of another daemon on the host (its ID unknown to the fronted "
-    "daemon) is taken for a host process of uid 0 and gets the uids: [0] binding",
-)
 def test_a_container_of_another_daemon_is_not_a_host_process(
     socket_dir: pathlib.Path, unixget: pathlib.Path, peer_gateway: Gateway
 ) -> None:

@@ -28,9 +28,11 @@ Pure apart from the file reads, under a `proc` root the tests replace with a fak
 from __future__ import annotations
 
 import asyncio
+import datetime
 import errno
 import os
 import platform
+import re
 import signal
 import socket
 import struct
@@ -40,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dockgate.auth.cgroup import container_ids
+from dockgate.auth.cgroup import Cgroups, cgroup_paths, container_ids
 from dockgate.caching import Recent
 
 PROC = Path("/proc")
@@ -72,6 +74,9 @@ class PeerProcess:
     cred: PeerCred
     started: int  # clock ticks since boot
     containers: tuple[str, ...]  # the IDs its cgroups name, outermost first; () on the host
+    # Its cgroup in each hierarchy: it is container ID only when these are that container's
+    # main process's, or below (auth/cgroup.py `within`, auth/peerlookup.py).
+    cgroups: Cgroups = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +164,7 @@ class PeerProcesses:
     ) -> None:
         self._proc = proc
         self._read_text = read_text  # (tests: a /proc whose files change between reads)
-        self._known: Recent[tuple[int, int], tuple[str, ...]] = Recent(size)
+        self._known: Recent[tuple[int, int], tuple[tuple[str, ...], Cgroups]] = Recent(size)
 
     def read(
         self, cred: PeerCred, accepted: int, pidfd: PidfdCheck | None = None
@@ -186,16 +191,63 @@ class PeerProcesses:
             started = start_time(read_text(where / "stat"))
             if started > accepted:
                 return reused
-            containers = self._known.get((pid, started))
-            if containers is None:
-                containers = container_ids(read_text(where / "cgroup"))
+            known = self._known.get((pid, started))
+            if known is None:
+                text = read_text(where / "cgroup")
+                known = (container_ids(text), cgroup_paths(text))
                 if start_time(read_text(where / "stat")) != started:
                     return reused
-                self._known.put((pid, started), containers)
+                self._known.put((pid, started), known)
         except (OSError, ValueError, IndexError):
             # FileNotFoundError/ProcessLookupError: gone; a stat that does not parse: not the
             # kernel's (no guess either way)
             return gone
         if pidfd is not None and not pidfd.alive():
             return gone
-        return PeerProcess(cred, started, containers)
+        return PeerProcess(cred, started, known[0], known[1])
+
+    def main_process(self, pid: int, container_id: str, started_at: str) -> Cgroups | None:
+        """The cgroups of container `container_id`'s main process (`State.Pid`, started at
+        `State.StartedAt` by the daemon's inspect), or None when that PID is not it (any
+        more): gone, its cgroup not naming the container, or a process started after the
+        container was (the PID reused since the main process exited)."""
+        where = self._proc / str(pid)
+        started_wall = _wall_seconds(started_at)
+        if pid <= 0 or started_wall is None:
+            return None
+        read_text = self._read_text
+        try:
+            started = start_time(read_text(where / "stat"))
+            text = read_text(where / "cgroup")
+            if start_time(read_text(where / "stat")) != started:
+                return None
+        except (OSError, ValueError, IndexError):
+            return None
+        if container_id not in container_ids(text):
+            return None
+        # The main process starts (runc init, exec'd into the entrypoint: one PID) before
+        # the daemon records StartedAt (moby daemon/start.go SetRunning, after containerd's
+        # start returns): a process that started well after it is not the main process.
+        boot_wall = time.time() - boot_ticks() / CLOCK_TICKS_PER_SECOND
+        if boot_wall + started / CLOCK_TICKS_PER_SECOND > started_wall + MAIN_START_SLACK_SECONDS:
+            return None
+        return cgroup_paths(text)
+
+
+# How much later than the daemon's StartedAt the main process's start may appear: the two
+# clocks compared (the wall clock and the boot clock) may be stepped apart by NTP.
+MAIN_START_SLACK_SECONDS = 30.0
+_STARTED_AT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?Z")
+
+
+def _wall_seconds(started_at: str) -> float | None:
+    """State.StartedAt (RFC 3339 in UTC, to the nanosecond: Go's time.Time JSON) as seconds
+    since the epoch; None when it is not that (`0001-01-01T00:00:00Z`: never started)."""
+    match = _STARTED_AT.fullmatch(started_at)
+    if match is None:
+        return None
+    base = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+    seconds = base.replace(tzinfo=datetime.UTC).timestamp()
+    if seconds <= 0:
+        return None
+    return seconds + float(match.group(2) or 0)
