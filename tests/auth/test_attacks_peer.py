@@ -319,11 +319,6 @@ def _caller_body(
     return body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peer_labels judges only the create body's labels: an image carrying "
-    "dockgate.role=lister (committed with changes=LABEL) gives its containers the lister policy",
-)
 def test_an_image_label_does_not_make_a_created_container_a_bound_caller(  # noqa: PLR0917 - fixtures
     daemon: PrivateDaemon,
     busybox_image: str,
