@@ -375,6 +375,9 @@ def test_a_plain_container_with_a_swarm_service_label_is_not_that_services_task(
     assert status == 201, body
     answer = _run_caller(daemon, socket_dir, caller)
     assert answer[0] != 200, answer
+    # (no swarm here: not a task of any service, and bound by nothing)
+    assert isinstance(answer[1], dict), answer
+    assert answer[1]["message"].startswith("dockgate: no policy is bound to container "), answer
 
 
 @pytest.mark.usefixtures("unixget", "peer_gateway")
@@ -764,3 +767,5 @@ def test_a_container_of_another_daemon_is_not_a_host_process(
     # The creator's policy allows ImageCommit: the daemon then answers 404, no container x.
     # Refused as unidentified (or anonymous: the anonymous policy has no ImageCommit) is 403.
     assert status == 403, (status, body, logged[-1:])
+    assert isinstance(body, dict), body
+    assert "which the daemon behind dockgate does not know" in body["message"], body
