@@ -28,6 +28,7 @@ from support.daemon import PrivateDaemon
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
 from support.gateway import Gateway, run_dockgate, running
 from support.remote import UnixHTTPConnection, basic_header, write_htpasswd
+from support.swarm import single_node_swarm
 from support.unixget import build_unixget
 
 pytestmark = pytest.mark.daemon
@@ -376,6 +377,49 @@ def test_a_plain_container_with_a_swarm_service_label_is_not_that_services_task(
     answer = _run_caller(daemon, socket_dir, caller)
     assert answer[0] != 200, answer
     # (no swarm here: not a task of any service, and bound by nothing)
+    assert isinstance(answer[1], dict), answer
+    assert answer[1]["message"].startswith("dockgate: no policy is bound to container "), answer
+
+
+@pytest.mark.usefixtures("unixget", "peer_gateway")
+def test_a_container_copying_a_real_tasks_labels_is_not_that_task(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    socket_dir: pathlib.Path,
+    cleanup: Cleanup,
+) -> None:
+    """Held (the fix of the attack above): on a single-node swarm running a task of the bound
+    service, the creator makes a plain container carrying every label of that task (its task
+    ID, service ID and name): the swarm says the task's container is another, so it is no
+    task of the service and bound by nothing."""
+    with single_node_swarm(daemon, joined_ok=True):
+        daemon.docker(
+            *("service", "create", "--detach", "--name", SERVICE, "--no-resolve-image"),
+            *(busybox_image, "sleep", "300"),
+        )
+        try:
+            task_labels: dict[str, str] = {}
+            for _ in range(240):
+                found = daemon.docker(
+                    *("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={SERVICE}")
+                ).stdout.split()
+                if found:
+                    task_labels = json.loads(
+                        daemon.docker(
+                            "inspect", "-f", "{{json .Config.Labels}}", found[0].decode()
+                        ).stdout
+                    )
+                    break
+                time.sleep(0.5)
+            assert "com.docker.swarm.task.id" in task_labels, task_labels
+            caller = f"dgt-copytask-{os.urandom(4).hex()}"
+            create = _caller_body(busybox_image, socket_dir, task_labels)
+            status, body = _create(socket_dir, caller, create, cleanup)
+            assert status == 201, body
+            answer = _run_caller(daemon, socket_dir, caller)
+        finally:
+            daemon.docker("service", "rm", SERVICE, check=False)
+    assert answer[0] == 403, answer
     assert isinstance(answer[1], dict), answer
     assert answer[1]["message"].startswith("dockgate: no policy is bound to container "), answer
 
