@@ -174,3 +174,28 @@ def test_check_says_the_image_is_looked_up(tmp_path: pathlib.Path) -> None:
     )
     assert "lookup:    the labels of image 'registry.local/tool:1'" in checked.stdout
     assert "allow" in checked.stdout.splitlines()[-1] and "look" in checked.stdout.splitlines()[-1]
+
+
+def test_in_warn_mode_the_image_labels_refusal_is_recorded_and_the_create_made(
+    daemon: PrivateDaemon,
+    labelled_image: str,
+    tmp_path: pathlib.Path,
+    cleanup: Cleanup,
+) -> None:
+    """A rollout mode records the image-label refusal (as any guardrail's) and forwards the
+    create: the container is made, with the image's label, and the access log says warn."""
+    policy = tmp_path / "warn.yaml"
+    policy.write_text(POLICY.replace("  creator:\n", "  creator:\n    mode: warn\n"))
+    name = f"dgt-imgwarn-{os.urandom(4).hex()}"
+    cleanup.container(name)
+    gateway = Gateway(
+        daemon.host, "--access-log", "-", listen="tcp://127.0.0.1:0", policy=str(policy)
+    )
+    with running(gateway, "the warn-mode gateway") as gw:
+        status, body = _post(gw, f"/v1.41/containers/create?name={name}", {"Image": labelled_image})
+    logged = "\n".join(gateway.stdout())  # (all of it, the gateway stopped)
+    assert status == 201, body
+    stored = daemon.docker("inspect", "-f", "{{json .Config.Labels}}", name).stdout
+    assert json.loads(stored) == {"dockgate.role": "lister"}
+    line = next(line for line in logged.splitlines() if "/containers/create" in line)
+    assert "decision=warn:creator:guardrails" in line, line
