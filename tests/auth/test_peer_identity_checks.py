@@ -7,7 +7,6 @@ themselves run against the real daemon in test_attacks_peer.py."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +18,9 @@ from dockgate.auth.cgroup import cgroup_paths, container_ids, within
 from dockgate.auth.identity import CONTAINER, PROCESS, Identity
 from dockgate.auth.peerlookup import ContainerDirectory, identify_peer, settled
 from dockgate.auth.peerproc import (
-    CLOCK_TICKS_PER_SECOND,
     PeerCred,
     PeerProcess,
     PeerProcesses,
-    boot_ticks,
 )
 from dockgate.refusal import Refusal
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
@@ -93,9 +90,7 @@ def _stat(pid: int, started: int) -> str:
     return f"{pid} (sleep) {' '.join(fields)}\n"
 
 
-def _rfc3339(seconds_ago: float) -> str:
-    moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds_ago)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"  # (Go writes nanoseconds)
+STARTED_AT = "2026-12-07T15:00:00.123456789Z"
 
 
 def _fake_proc(files: dict[str, str]) -> Callable[[Path], str]:
@@ -108,32 +103,30 @@ def _fake_proc(files: dict[str, str]) -> Callable[[Path], str]:
     return read
 
 
-def _main(cgroup: str, started_ticks_ago: float) -> dict[str, str]:
-    started = boot_ticks() - int(started_ticks_ago)
+MAIN_START = 99_000  # the main process's start, in boot ticks
+
+
+def _main(cgroup: str, started: int = MAIN_START) -> dict[str, str]:
     return {f"/proc/{MAIN_PID}/stat": _stat(MAIN_PID, started), f"/proc/{MAIN_PID}/cgroup": cgroup}
 
 
-def test_the_main_process_is_read_when_it_is_the_containers() -> None:
-    processes = PeerProcesses(read_text=_fake_proc(_main(HYBRID_MAIN, 10 * CLOCK_TICKS_PER_SECOND)))
-    assert processes.main_process(MAIN_PID, ID, _rfc3339(9)) == cgroup_paths(HYBRID_MAIN)
-
-
-def test_a_main_pid_reused_by_a_later_process_is_not_the_container() -> None:
-    # the container started an hour ago; the process with its State.Pid started now
-    processes = PeerProcesses(read_text=_fake_proc(_main(HYBRID_MAIN, 0)))
-    assert processes.main_process(MAIN_PID, ID, _rfc3339(3600)) is None
+def test_the_main_process_is_read_when_its_cgroup_names_the_container() -> None:
+    processes = PeerProcesses(read_text=_fake_proc(_main(HYBRID_MAIN)))
+    assert processes.main_process(MAIN_PID, ID) == (MAIN_START, cgroup_paths(HYBRID_MAIN))
+    assert processes.same_process(MAIN_PID, MAIN_START)
+    assert not processes.same_process(MAIN_PID, MAIN_START + 1)
 
 
 def test_a_main_pid_whose_cgroup_does_not_name_the_container_is_not_it() -> None:
-    files = _main(f"0::/docker/{OTHER}\n", 10 * CLOCK_TICKS_PER_SECOND)
-    processes = PeerProcesses(read_text=_fake_proc(files))
-    assert processes.main_process(MAIN_PID, ID, _rfc3339(9)) is None
+    processes = PeerProcesses(read_text=_fake_proc(_main(f"0::/docker/{OTHER}\n")))
+    assert processes.main_process(MAIN_PID, ID) is None
 
 
-@pytest.mark.parametrize("started_at", ["0001-01-01T00:00:00Z", "", "yesterday"])
-def test_a_container_that_never_started_has_no_main_process(started_at: str) -> None:
-    processes = PeerProcesses(read_text=_fake_proc(_main(HYBRID_MAIN, 10)))
-    assert processes.main_process(MAIN_PID, ID, started_at) is None
+def test_a_main_pid_that_is_gone_is_not_it() -> None:
+    processes = PeerProcesses(read_text=_fake_proc({}))
+    assert processes.main_process(MAIN_PID, ID) is None
+    assert processes.main_process(0, ID) is None
+    assert not processes.same_process(MAIN_PID, MAIN_START)
 
 
 # ----- naming the caller, against a fake daemon ------------------------------------------------
@@ -147,7 +140,7 @@ def _inspect(container_id: str, labels: dict[str, str], running: bool = True) ->
         "State": {
             "Running": running,
             "Pid": MAIN_PID if running else 0,
-            "StartedAt": _rfc3339(9),
+            "StartedAt": STARTED_AT,
         },
     }
 
@@ -160,12 +153,16 @@ class Daemon:
         self.tasks: dict[str, object] = {}
         self.task_status = 200
         self.asked: list[str] = []
+        # Called at each container inspect with how many were asked: the main process
+        # changing under dockgate's reads.
+        self.on_inspect: Callable[[int], None] = lambda _: None
 
     def __call__(self, exchange: Exchange) -> None:
         path = exchange.path.partition("?")[0]
         self.asked.append(path)
         parts = path.strip("/").split("/")
         if parts[0] == "containers" and parts[1] in self.containers:
+            self.on_inspect(sum(1 for asked in self.asked if asked.startswith("/containers/")))
             exchange.respond_json(self.containers[parts[1]])
         elif parts[0] == "tasks" and self.task_status != 200:
             exchange.respond_json({"message": "This node is not a swarm manager."}, 503)
@@ -198,8 +195,9 @@ def _identify(
     return asyncio.run(identify_peer(parse_address(url), read, directory))
 
 
-def _directory() -> ContainerDirectory:
-    files = _main(f"0::/system.slice/docker-{ID}.scope\n", 10 * CLOCK_TICKS_PER_SECOND)
+def _directory(files: dict[str, str] | None = None) -> ContainerDirectory:
+    if files is None:
+        files = _main(f"0::/system.slice/docker-{ID}.scope\n")
     return ContainerDirectory(time.monotonic, processes=PeerProcesses(read_text=_fake_proc(files)))
 
 
@@ -244,11 +242,7 @@ def test_a_known_container_inside_an_unknown_one_is_the_known_one(
     daemon, url = fake_daemon
     daemon.containers[ID] = _inspect(ID, {})
     main = f"0::/system.slice/docker-{OTHER}.scope/docker/{ID}\n"
-    files = _main(main, 10 * CLOCK_TICKS_PER_SECOND)
-    directory = ContainerDirectory(
-        time.monotonic, processes=PeerProcesses(read_text=_fake_proc(files))
-    )
-    caller = _identify(url, main, directory)
+    caller = _identify(url, main, _directory(_main(main)))
     assert isinstance(caller, Identity) and caller.detail == ID
 
 
@@ -263,6 +257,34 @@ def test_a_stopped_container_holds_no_caller_and_is_asked_again(
     daemon.containers[ID] = _inspect(ID, {})
     caller = _identify(url, peer, directory)
     assert isinstance(caller, Identity) and caller.method == CONTAINER
+
+
+@pytest.mark.parametrize("change", ["another process took the pid", "the daemon names another"])
+def test_a_main_pid_that_changes_while_it_is_read_is_not_taken(
+    fake_daemon: tuple[Daemon, str], change: str
+) -> None:
+    """The main process exits and its PID goes to another process (one in a cgroup named
+    after the container) while dockgate reads it: the second inspect, or the PID's start
+    time after it, tells; the caller is asked to connect again (502), never identified by
+    the other process's cgroup."""
+    daemon, url = fake_daemon
+    daemon.containers[ID] = _inspect(ID, {"dockgate.role": "lister"})
+    impostor = f"0::/dgt-user-x/docker-{ID}.scope\n"
+    files = _main(impostor)
+    directory = _directory(files)
+
+    def on_inspect(count: int) -> None:
+        if count != 2:
+            return
+        if change == "another process took the pid":
+            files[f"/proc/{MAIN_PID}/stat"] = _stat(MAIN_PID, MAIN_START + 500)
+        else:
+            daemon.containers[ID] = {**_inspect(ID, {}), "State": {"Running": False, "Pid": 0}}
+
+    daemon.on_inspect = on_inspect
+    caller = _identify(url, impostor, directory, uid=65534)
+    assert isinstance(caller, Refusal) and caller.status == 502, caller
+    assert f"the main process of container {ID} cannot be read" in caller.message
 
 
 def _task(container_id: str, state: str = "running") -> object:

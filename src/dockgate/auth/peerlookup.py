@@ -9,7 +9,7 @@ the `Refusal` its requests get:
   inspected (`GET /containers/ID/json`); the first container the process is REALLY in is the
   caller, `Identity(NAME, CONTAINER, ID, container=ContainerFacts)`: its cgroup in every
   hierarchy is the cgroup of the container's main process (`State.Pid`, checked to be that
-  process: its cgroup names the ID, it started no later than `State.StartedAt`) or below it
+  process: its cgroup names the ID, and the daemon still names it once it was read) or below it
   (auth/cgroup.py `within`). A cgroup path that only NAMES a container proves nothing: an
   unprivileged user makes `<its delegated cgroup>/docker-<ID>.scope` (issue 16's attack);
   such a process, all of whose IDs are the daemon's containers it is not in, is the host
@@ -150,20 +150,7 @@ class ContainerDirectory:
         facts = container_facts(answer)
         if facts is None or facts.id != container_id:
             raise LookupError_(f"the daemon's answer about container {container_id} is not one")
-        assert isinstance(answer, dict)  # (container_facts said so)
-        state = answer.get("State")
-        pid = state.get("Pid") if isinstance(state, dict) else None
-        running = isinstance(state, dict) and state.get("Running") is True
-        cgroups: Cgroups = ()
-        if running and isinstance(pid, int) and not isinstance(pid, bool):
-            found = self._proc.main_process(pid, container_id, facts.started_at)
-            if found is None:
-                # Running by the daemon's word, its main process not to be read as such:
-                # it has just exited (or restarts). Asked again by the next connection.
-                raise LookupError_(
-                    f"the main process of container {container_id} cannot be read (pid {pid})"
-                )
-            cgroups = found
+        cgroups = await self._main_cgroups(address, container_id, answer)
         service = await swarm_service(address, container_id, facts.labels)
         if service != facts.service:
             facts = dataclasses.replace(facts, service=service)
@@ -171,6 +158,48 @@ class ContainerDirectory:
         if cgroups:
             self._kept.put(container_id, _Kept(known, now))
         return known
+
+    async def _main_cgroups(self, address: Address, container_id: str, answer: object) -> Cgroups:
+        """The cgroups of the container's main process (`State.Pid`), () when it is not
+        running. The PID is read in /proc, then the daemon asked again: the process read is
+        the main process only if the daemon still names that PID (same start, still
+        running) AFTER the read, and the PID still holds the process read after that. A PID
+        the main process left and another process took (one that made a cgroup named after
+        the container, issue 16's attack) fails the check, unless the daemon has not yet
+        noticed the exit by its second answer (milliseconds: THREAT_MODEL.md). No wall
+        clock is compared: a host clock stepped after boot (no RTC, a VM) must not break
+        identification."""
+        pid, started_at = _main_pid(answer)
+        if pid is None:
+            return ()
+        read = self._proc.main_process(pid, container_id)
+        unreadable = LookupError_(
+            f"the main process of container {container_id} cannot be read (pid {pid}): it "
+            "exited or restarts; connect again"
+        )
+        if read is None:
+            raise unreadable
+        try:
+            status, again = await get_json(address, f"/containers/{container_id}/json")
+        except TooLarge:
+            raise unreadable from None
+        if status != 200 or _main_pid(again) != (pid, started_at):
+            raise unreadable
+        if not self._proc.same_process(pid, read[0]):
+            raise unreadable
+        return read[1]
+
+
+def _main_pid(answer: object) -> tuple[int | None, str]:
+    """A running container's `State.Pid` and `State.StartedAt`; (None, "") when it is not
+    running."""
+    state = answer.get("State") if isinstance(answer, dict) else None
+    if not isinstance(state, dict) or state.get("Running") is not True:
+        return None, ""
+    pid, started_at = state.get("Pid"), state.get("StartedAt")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None, ""
+    return pid, started_at if isinstance(started_at, str) else ""
 
 
 TASK_LABEL = "com.docker.swarm.task.id"  # set by swarmkit on every task container

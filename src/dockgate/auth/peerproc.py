@@ -28,11 +28,9 @@ Pure apart from the file reads, under a `proc` root the tests replace with a fak
 from __future__ import annotations
 
 import asyncio
-import datetime
 import errno
 import os
 import platform
-import re
 import signal
 import socket
 import struct
@@ -206,15 +204,15 @@ class PeerProcesses:
             return gone
         return PeerProcess(cred, started, known[0], known[1])
 
-    def main_process(self, pid: int, container_id: str, started_at: str) -> Cgroups | None:
-        """The cgroups of container `container_id`'s main process (`State.Pid`, started at
-        `State.StartedAt` by the daemon's inspect), or None when that PID is not it (any
-        more): gone, its cgroup not naming the container, or a process started after the
-        container was (the PID reused since the main process exited)."""
-        where = self._proc / str(pid)
-        started_wall = _wall_seconds(started_at)
-        if pid <= 0 or started_wall is None:
+    def main_process(self, pid: int, container_id: str) -> tuple[int, Cgroups] | None:
+        """The start time and cgroups of the process `pid` the daemon says is container
+        `container_id`'s main one (`State.Pid`), or None when it is not (any more): gone,
+        replaced while read, or its cgroup not naming the container. Whether it is still the
+        main process once the daemon has been asked again is `same_process`'s to say
+        (auth/peerlookup.py: a PID reused since the main process exited is not it)."""
+        if pid <= 0:
             return None
+        where = self._proc / str(pid)
         read_text = self._read_text
         try:
             started = start_time(read_text(where / "stat"))
@@ -225,29 +223,12 @@ class PeerProcesses:
             return None
         if container_id not in container_ids(text):
             return None
-        # The main process starts (runc init, exec'd into the entrypoint: one PID) before
-        # the daemon records StartedAt (moby daemon/start.go SetRunning, after containerd's
-        # start returns): a process that started well after it is not the main process.
-        boot_wall = time.time() - boot_ticks() / CLOCK_TICKS_PER_SECOND
-        if boot_wall + started / CLOCK_TICKS_PER_SECOND > started_wall + MAIN_START_SLACK_SECONDS:
-            return None
-        return cgroup_paths(text)
+        return started, cgroup_paths(text)
 
-
-# How much later than the daemon's StartedAt the main process's start may appear: the two
-# clocks compared (the wall clock and the boot clock) may be stepped apart by NTP.
-MAIN_START_SLACK_SECONDS = 30.0
-_STARTED_AT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?Z")
-
-
-def _wall_seconds(started_at: str) -> float | None:
-    """State.StartedAt (RFC 3339 in UTC, to the nanosecond: Go's time.Time JSON) as seconds
-    since the epoch; None when it is not that (`0001-01-01T00:00:00Z`: never started)."""
-    match = _STARTED_AT.fullmatch(started_at)
-    if match is None:
-        return None
-    base = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
-    seconds = base.replace(tzinfo=datetime.UTC).timestamp()
-    if seconds <= 0:
-        return None
-    return seconds + float(match.group(2) or 0)
+    def same_process(self, pid: int, started: int) -> bool:
+        """Whether `pid` is still the process that started at `started` (a PID and a start
+        time name one process)."""
+        try:
+            return start_time(self._read_text(self._proc / str(pid) / "stat")) == started
+        except (OSError, ValueError, IndexError):
+            return False
