@@ -1,5 +1,5 @@
 """The peer_labels guardrail judges the labels a created container WILL have: the daemon
-copies its image's labels onto it where the create sets none (moby daemon/create.go), so an
+copies its image's labels onto it where the create sets none (moby daemon/commit.go merge), so an
 image labelled as a bound caller would hand that binding to every container made from it
 (issue 16's attack 2; body/guardrails.py image_peer_label_problem, relay/steps.py
 _check_peer_image). Real gateway, real daemon; and the pure check on its own."""

@@ -865,11 +865,11 @@ def image_peer_label_problem(
     g: Guardrails, operation: str, body: bytes, image: str, image_labels: Mapping[str, str]
 ) -> str | None:
     """`_peer_labels` on the labels the new container WILL have: the daemon copies each label
-    of its image the create does not set (moby daemon/create.go, runconfig merge; swarmkit's
-    task containers likewise), so an image committed or built with `LABEL dockgate.role=...`
-    would make a container created from it, with no label in the body, a bound caller
-    (issue 16's attack). None: no problem, or a body the guardrails already judged
-    unreadable (refused there)."""
+    of its image the create does not set (moby daemon/commit.go `merge`, which the create
+    calls; swarmkit's task containers likewise), so an image committed or built with
+    `LABEL dockgate.role=...` would make a container created from it, with no label in the
+    body, a bound caller (issue 16's attack). None: no problem, or a body the guardrails
+    already judged unreadable (refused there)."""
     reader = _READERS.get(operation)
     if not g.peer_labels or not image_labels or reader is None:
         return None

@@ -267,7 +267,7 @@ async def named_image(address: Address, name: str) -> dict[str, object] | None:
 
 async def named_image_labels(address: Address, name: str) -> dict[str, str]:
     """The labels the image `name` gives the containers created from it (`Config.Labels`:
-    the daemon copies each one the create does not set, moby daemon/create.go merge); empty
+    the daemon copies each one the create does not set: moby daemon/commit.go `merge`); empty
     when it has none or the daemon does not find it."""
     answer = await named_image(address, name)
     config = answer.get("Config") if answer is not None else None
