@@ -17,8 +17,10 @@ tests/auth/test_peer_e2e.py):
 A process is named by every ID its paths carry, the OUTERMOST first: the daemon dockgate
 fronts knows the outer container (dind's inner containers are the inner daemon's), and a
 process that could write cgroups (a privileged container) cannot pose as another container by
-making a sub-cgroup named after it, since its own container comes first
-(auth/peerlookup.py takes the first ID the daemon knows).
+making a sub-cgroup named after it, since its own container comes first. A path that names a
+container is only a candidate: the process is in it when its cgroups are the container's main
+process's or below (`within`, with `cgroup_paths`; auth/peerlookup.py), since anyone with a
+delegated cgroup (every systemd user session) can name a sub-cgroup after any container.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ the peer may exit, and its PID be given to another process, before dockgate read
   (microseconds on a gateway that keeps up; the kernel has to cycle through pid_max in between)
   is not seen: said in THREAT_MODEL.md.
 
+The main process of a container the peer's cgroup names is read here too (`main_process`,
+`same_process`): its cgroups are the container's, which the peer must be in or below.
+
 A peer that cannot be read this way is `Unidentified`, with the reason the caller is told: it
 is neither in a container nor a host process, and is refused rather than guessed at
 (relay/connection.py).
