@@ -444,6 +444,11 @@ def _explain_lookups(out: list[str], allowed: Allowed, judged: JudgedBody) -> No
         out.append(f"lookup:    {kind.name} {reference!r} must be the caller's")
     if judged.check_image:
         out.append("lookup:    the image must not carry the caller's own owner label")
+    if judged.peer_image is not None:
+        out.append(
+            f"lookup:    the labels of image {judged.peer_image!r}, which the container gets "
+            "where the body sets none, must not make it a caller a container binding names"
+        )
 
 
 def _names_no_log_driver(operation: str, body: bytes) -> bool:

@@ -27,7 +27,6 @@ from dockgate.auth.identity import (
     ContainerFacts,
     Identity,
 )
-from dockgate.auth.peerlookup import SERVICE_LABEL
 from dockgate.auth.sourceaddr import UNIX_SOURCE, AddressListError, SourceRules, parse_address_list
 from dockgate.check import CheckRequest, run_check
 from dockgate.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, ServeConfig
@@ -722,7 +721,9 @@ def _peer_caller(args: argparse.Namespace) -> Identity | None:
         if not key or not equals:
             raise CallerError(f"--container-label {item!r}: give it as KEY=VALUE")
         labels.append((key, value))
-    service = args.container_service or dict(labels).get(SERVICE_LABEL, "")
+    # (never from the label: the gateway takes a container's service from the swarm only,
+    # auth/peerlookup.py swarm_service)
+    service = args.container_service
     facts = ContainerFacts(
         id="0" * 64,  # (no container: the binding never looks at the ID)
         name=name,

@@ -28,6 +28,7 @@ from support.daemon import PrivateDaemon
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
 from support.gateway import Gateway, run_dockgate, running
 from support.remote import UnixHTTPConnection, basic_header, write_htpasswd
+from support.swarm import single_node_swarm
 from support.unixget import build_unixget
 
 pytestmark = pytest.mark.daemon
@@ -213,11 +214,6 @@ exec "$UNIXGET" "$SOCK" GET /v1.41/containers/json
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unprivileged host process in its own delegated cgroup named docker-<ID>.scope "
-    "is taken for container <ID> and gets its binding's policy",
-)
 def test_a_host_process_in_a_cgroup_named_after_a_container_is_not_that_container(  # noqa: PLR0917 - fixtures
     daemon: PrivateDaemon,
     busybox_image: str,
@@ -324,11 +320,6 @@ def _caller_body(
     return body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peer_labels judges only the create body's labels: an image carrying "
-    "dockgate.role=lister (committed with changes=LABEL) gives its containers the lister policy",
-)
 def test_an_image_label_does_not_make_a_created_container_a_bound_caller(  # noqa: PLR0917 - fixtures
     daemon: PrivateDaemon,
     busybox_image: str,
@@ -367,11 +358,6 @@ def test_an_image_label_does_not_make_a_created_container_a_bound_caller(  # noq
     assert answer[0] != 200, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plain container labelled com.docker.swarm.service.name=<bound service> gets the "
-    "service binding's policy: a caller allowed ContainerCreate only poses as a Swarm task",
-)
 @pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_a_plain_container_with_a_swarm_service_label_is_not_that_services_task(
     daemon: PrivateDaemon,
@@ -390,6 +376,52 @@ def test_a_plain_container_with_a_swarm_service_label_is_not_that_services_task(
     assert status == 201, body
     answer = _run_caller(daemon, socket_dir, caller)
     assert answer[0] != 200, answer
+    # (no swarm here: not a task of any service, and bound by nothing)
+    assert isinstance(answer[1], dict), answer
+    assert answer[1]["message"].startswith("dockgate: no policy is bound to container "), answer
+
+
+@pytest.mark.usefixtures("unixget", "peer_gateway")
+def test_a_container_copying_a_real_tasks_labels_is_not_that_task(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    socket_dir: pathlib.Path,
+    cleanup: Cleanup,
+) -> None:
+    """Held (the fix of the attack above): on a single-node swarm running a task of the bound
+    service, the creator makes a plain container carrying every label of that task (its task
+    ID, service ID and name): the swarm says the task's container is another, so it is no
+    task of the service and bound by nothing."""
+    with single_node_swarm(daemon, joined_ok=True):
+        daemon.docker(
+            *("service", "create", "--detach", "--name", SERVICE, "--no-resolve-image"),
+            *(busybox_image, "sleep", "300"),
+        )
+        try:
+            task_labels: dict[str, str] = {}
+            for _ in range(240):
+                found = daemon.docker(
+                    *("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={SERVICE}")
+                ).stdout.split()
+                if found:
+                    task_labels = json.loads(
+                        daemon.docker(
+                            "inspect", "-f", "{{json .Config.Labels}}", found[0].decode()
+                        ).stdout
+                    )
+                    break
+                time.sleep(0.5)
+            assert "com.docker.swarm.task.id" in task_labels, task_labels
+            caller = f"dgt-copytask-{os.urandom(4).hex()}"
+            create = _caller_body(busybox_image, socket_dir, task_labels)
+            status, body = _create(socket_dir, caller, create, cleanup)
+            assert status == 201, body
+            answer = _run_caller(daemon, socket_dir, caller)
+        finally:
+            daemon.docker("service", "rm", SERVICE, check=False)
+    assert answer[0] == 403, answer
+    assert isinstance(answer[1], dict), answer
+    assert answer[1]["message"].startswith("dockgate: no policy is bound to container "), answer
 
 
 @pytest.mark.usefixtures("unixget", "peer_gateway")
@@ -534,8 +566,11 @@ def peerhold(socket_dir: pathlib.Path) -> pathlib.Path:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a host user whose uid runs a bound container's process takes its connection "
-    "(pidfd_getfd) and calls as that container",
+    reason="a documented limit (THREAT_MODEL.md, docs/policy.md): a host user whose uid runs a "
+    "bound container's process takes its connection (pidfd_getfd) and calls as that container; "
+    "dockgate cannot tell who writes into a connected socket. Mitigations are the operator's: a "
+    "uid no host user has, user namespaces, or kernel.yama.ptrace_scope >= 2 (which makes this "
+    "test skip)",
 )
 @pytest.mark.usefixtures("peer_gateway")
 def test_a_host_process_of_the_same_uid_cannot_call_as_the_container(
@@ -751,11 +786,6 @@ def test_credentials_name_a_unix_caller_whatever_its_peer(
 # ----- a container of another daemon on the same host ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a root container of another daemon on the host (its ID unknown to the fronted "
-    "daemon) is taken for a host process of uid 0 and gets the uids: [0] binding",
-)
 def test_a_container_of_another_daemon_is_not_a_host_process(
     socket_dir: pathlib.Path, unixget: pathlib.Path, peer_gateway: Gateway
 ) -> None:
@@ -781,3 +811,5 @@ def test_a_container_of_another_daemon_is_not_a_host_process(
     # The creator's policy allows ImageCommit: the daemon then answers 404, no container x.
     # Refused as unidentified (or anonymous: the anonymous policy has no ImageCommit) is 403.
     assert status == 403, (status, body, logged[-1:])
+    assert isinstance(body, dict), body
+    assert "which the daemon behind dockgate does not know" in body["message"], body

@@ -17,8 +17,10 @@ tests/auth/test_peer_e2e.py):
 A process is named by every ID its paths carry, the OUTERMOST first: the daemon dockgate
 fronts knows the outer container (dind's inner containers are the inner daemon's), and a
 process that could write cgroups (a privileged container) cannot pose as another container by
-making a sub-cgroup named after it, since its own container comes first
-(auth/peerlookup.py takes the first ID the daemon knows).
+making a sub-cgroup named after it, since its own container comes first. A path that names a
+container is only a candidate: the process is in it when its cgroups are the container's main
+process's or below (`within`, with `cgroup_paths`; auth/peerlookup.py), since anyone with a
+delegated cgroup (every systemd user session) can name a sub-cgroup after any container.
 """
 
 from __future__ import annotations
@@ -44,3 +46,40 @@ def container_ids(cgroup_text: str) -> tuple[str, ...]:
             if match is not None and match.group(1) not in found:
                 found.append(match.group(1))
     return tuple(found)
+
+
+# ----- the cgroup a process is in, per hierarchy -------------------------------------------------
+
+# (hierarchy `ID:CONTROLLERS`, path) for each line of /proc/PID/cgroup, in the file's order.
+Cgroups = tuple[tuple[str, str], ...]
+
+
+def cgroup_paths(cgroup_text: str) -> Cgroups:
+    """Each hierarchy the process is in, with its path there (cgroups(7))."""
+    found: list[tuple[str, str]] = []
+    for line in cgroup_text.splitlines():
+        parts = line.split(":", 2)  # (a path may hold colons: containerd's systemd units)
+        if len(parts) == 3:
+            found.append((f"{parts[0]}:{parts[1]}", parts[2]))
+    return tuple(found)
+
+
+def within(peer: Cgroups, main: Cgroups) -> bool:
+    """Whether a process in `peer` is in the cgroup of a container whose main process is in
+    `main`, or below it, in every hierarchy (v1 and v2): processes exec'd into a container
+    join its main process's cgroups, and only a process inside the container (its root, with
+    a cgroup namespace or systemd in it) can make cgroups below. A path NAMING a container is
+    not enough: an unprivileged user can make `<its own delegated cgroup>/docker-<ID>.scope`
+    (systemd delegates `user@UID.service` to every logged-in user; issue 16's attack)."""
+    if not main or len(peer) != len(main):
+        return False
+    where = dict(main)
+    if len(where) != len(main):
+        return False  # the kernel never lists a hierarchy twice
+    for hierarchy, path in peer:
+        top = where.get(hierarchy)
+        if top is None:
+            return False
+        if path != top and not path.startswith(top.rstrip("/") + "/"):
+            return False
+    return True

@@ -18,6 +18,9 @@ the peer may exit, and its PID be given to another process, before dockgate read
   (microseconds on a gateway that keeps up; the kernel has to cycle through pid_max in between)
   is not seen: said in THREAT_MODEL.md.
 
+The main process of a container the peer's cgroup names is read here too (`main_process`,
+`same_process`): its cgroups are the container's, which the peer must be in or below.
+
 A peer that cannot be read this way is `Unidentified`, with the reason the caller is told: it
 is neither in a container nor a host process, and is refused rather than guessed at
 (relay/connection.py).
@@ -40,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dockgate.auth.cgroup import container_ids
+from dockgate.auth.cgroup import Cgroups, cgroup_paths, container_ids
 from dockgate.caching import Recent
 
 PROC = Path("/proc")
@@ -72,6 +75,9 @@ class PeerProcess:
     cred: PeerCred
     started: int  # clock ticks since boot
     containers: tuple[str, ...]  # the IDs its cgroups name, outermost first; () on the host
+    # Its cgroup in each hierarchy: it is container ID only when these are that container's
+    # main process's, or below (auth/cgroup.py `within`, auth/peerlookup.py).
+    cgroups: Cgroups = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +165,7 @@ class PeerProcesses:
     ) -> None:
         self._proc = proc
         self._read_text = read_text  # (tests: a /proc whose files change between reads)
-        self._known: Recent[tuple[int, int], tuple[str, ...]] = Recent(size)
+        self._known: Recent[tuple[int, int], tuple[tuple[str, ...], Cgroups]] = Recent(size)
 
     def read(
         self, cred: PeerCred, accepted: int, pidfd: PidfdCheck | None = None
@@ -186,16 +192,46 @@ class PeerProcesses:
             started = start_time(read_text(where / "stat"))
             if started > accepted:
                 return reused
-            containers = self._known.get((pid, started))
-            if containers is None:
-                containers = container_ids(read_text(where / "cgroup"))
+            known = self._known.get((pid, started))
+            if known is None:
+                text = read_text(where / "cgroup")
+                known = (container_ids(text), cgroup_paths(text))
                 if start_time(read_text(where / "stat")) != started:
                     return reused
-                self._known.put((pid, started), containers)
+                self._known.put((pid, started), known)
         except (OSError, ValueError, IndexError):
             # FileNotFoundError/ProcessLookupError: gone; a stat that does not parse: not the
             # kernel's (no guess either way)
             return gone
         if pidfd is not None and not pidfd.alive():
             return gone
-        return PeerProcess(cred, started, containers)
+        return PeerProcess(cred, started, known[0], known[1])
+
+    def main_process(self, pid: int, container_id: str) -> tuple[int, Cgroups] | None:
+        """The start time and cgroups of the process `pid` the daemon says is container
+        `container_id`'s main one (`State.Pid`), or None when it is not (any more): gone,
+        replaced while read, or its cgroup not naming the container. Whether it is still the
+        main process once the daemon has been asked again is `same_process`'s to say
+        (auth/peerlookup.py: a PID reused since the main process exited is not it)."""
+        if pid <= 0:
+            return None
+        where = self._proc / str(pid)
+        read_text = self._read_text
+        try:
+            started = start_time(read_text(where / "stat"))
+            text = read_text(where / "cgroup")
+            if start_time(read_text(where / "stat")) != started:
+                return None
+        except (OSError, ValueError, IndexError):
+            return None
+        if container_id not in container_ids(text):
+            return None
+        return started, cgroup_paths(text)
+
+    def same_process(self, pid: int, started: int) -> bool:
+        """Whether `pid` is still the process that started at `started` (a PID and a start
+        time name one process)."""
+        try:
+            return start_time(self._read_text(self._proc / str(pid) / "stat")) == started
+        except (OSError, ValueError, IndexError):
+            return False

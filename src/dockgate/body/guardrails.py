@@ -859,3 +859,26 @@ def _check_plugin(g: Guardrails, parsed: object) -> None:
         raise BodyRefused(400, "the body must be a list of plugin privileges")
     if parsed and not g.plugin_privileges:
         raise BodyRefused(403, "plugins that ask for privileges are not allowed")
+
+
+def image_peer_label_problem(
+    g: Guardrails, operation: str, body: bytes, image: str, image_labels: Mapping[str, str]
+) -> str | None:
+    """`_peer_labels` on the labels the new container WILL have: the daemon copies each label
+    of its image the create does not set (moby daemon/commit.go `merge`, which the create
+    calls; swarmkit's task containers likewise), so an image committed or built with
+    `LABEL dockgate.role=...` would make a container created from it, with no label in the
+    body, a bound caller (issue 16's attack). None: no problem, or a body the guardrails
+    already judged unreadable (refused there)."""
+    reader = _READERS.get(operation)
+    if not g.peer_labels or not image_labels or reader is None:
+        return None
+    try:
+        workload = reader(_parse(body))
+    except (BodyRefused, BodyError, ValueError, RecursionError):
+        return None
+    workload.labels = {**image_labels, **workload.labels}
+    problem = _peer_labels(g, workload)
+    if problem is None:
+        return None
+    return f"the image {image!r} gives the container its labels: {problem}"

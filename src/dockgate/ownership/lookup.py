@@ -249,13 +249,32 @@ async def named_image_owner(address: Address, name: str) -> str | None:
     """The owner label of the image `name` (a name, tag, digest or ID, resolved by the daemon
     now); None when it has none, or when the daemon does not find it (the create that names it
     then fails the same way, or the client pulls it and asks again)."""
+    answer = await named_image(address, name)
+    return None if answer is None else image_owner_of(answer)
+
+
+async def named_image(address: Address, name: str) -> dict[str, object] | None:
+    """The daemon's inspect answer for the image `name` (resolved by the daemon now), or None
+    when it does not find it (not an image the daemon would create from either)."""
     name = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     status, answer = await get_json(address, f"/images/{quote(name, safe='/:@')}/json")
     if status in (400, 404) or 300 <= status < 400:
         return None  # not an image the daemon would create from either
     if status != 200 or not isinstance(answer, dict):
         raise LookupError_(f"the daemon answered {status} to a look-up of image {name}")
-    return image_owner_of(answer)
+    return answer
+
+
+async def named_image_labels(address: Address, name: str) -> dict[str, str]:
+    """The labels the image `name` gives the containers created from it (`Config.Labels`:
+    the daemon copies each one the create does not set: moby daemon/commit.go `merge`); empty
+    when it has none or the daemon does not find it."""
+    answer = await named_image(address, name)
+    config = answer.get("Config") if answer is not None else None
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    if not isinstance(labels, dict):
+        return {}
+    return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 # ----- the daemon's default log driver ----------------------------------------------------------

@@ -61,6 +61,7 @@ from dockgate.ownership.operations import (
     VOUCHED_LIST,
     Kind,
     concerns_objects,
+    created_image,
     hex_name_problem,
     references,
     refuse,
@@ -544,10 +545,21 @@ class JudgedBody:
     # ... and the name a scoped create takes (a container's `/name`, a volume's): held by an
     # object out of scope, the create is refused here (the daemon's answer would name it).
     claims: list[tuple[Kind, str]] = field(default_factory=list)
+    # Where the guardrails refuse labels that container bindings name (peer_labels): the
+    # image whose labels the new container (or a service's tasks) will also carry, judged
+    # with the body's (body/guardrails.py image_peer_label_problem) once looked up.
+    peer_image: str | None = None
 
     @property
     def needs_daemon(self) -> bool:
-        return bool(self.volumes or self.named or self.check_image or self.scoped or self.claims)
+        return bool(
+            self.volumes
+            or self.named
+            or self.check_image
+            or self.scoped
+            or self.claims
+            or self.peer_image
+        )
 
 
 def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
@@ -635,6 +647,7 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         allowed,
         scoped,
         claims,
+        _peer_image(hold, allowed, body),
     )
     later = refused_before_lookups(allowed, judged)
     if later is None:
@@ -645,6 +658,24 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     return JudgedBody(
         body, [], named, check_image=False, allowed=waived, scoped=scoped, claims=claims
     )
+
+
+def _peer_image(hold: HoldBody, allowed: Allowed, body: bytes) -> str | None:
+    """The image to look up for the peer_labels guardrail (`JudgedBody.peer_image`): a
+    container's or service's create (or update) under guardrails that refuse bound labels,
+    unless the guardrails' refusal was already recorded (warn or audit mode)."""
+    guardrails = hold.guardrails
+    if (
+        guardrails is None
+        or not guardrails.peer_labels
+        or allowed.operation not in IMAGE_CHECKED
+        or allowed.verdict.would_deny is not None
+    ):
+        return None
+    try:
+        return created_image(allowed.operation, body)
+    except (ValueError, RecursionError):
+        return None  # (the daemon refuses the body itself)
 
 
 def _judge_scope(

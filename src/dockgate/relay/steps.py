@@ -22,6 +22,7 @@ from dockgate.body.guardrails import (
     CHECKED_BODY_LIMIT,
     BodyRefused,
     Guardrails,
+    image_peer_label_problem,
 )
 from dockgate.body.namedvolumes import named_volumes_problem
 from dockgate.body.redact import (
@@ -57,6 +58,7 @@ from dockgate.ownership.lookup import (
     default_log_driver,
     find,
     get_json,
+    named_image_labels,
     named_image_owner,
     vouched_containers,
 )
@@ -219,6 +221,10 @@ class PolicySteps:
         # (in warn or audit mode carrying what the body would have been refused for)
         self._allowed = judged.allowed
         self._verdict = judged.allowed.verdict
+        if judged.peer_image is not None and hold.guardrails is not None:
+            # The labels the image gives the new container are judged with the body's first.
+            self._start_lookup(self._check_peer_image(head, judged, hold.guardrails))
+            return
         if judged.scoped or judged.claims:
             # A scoped request: the objects the body names must be covered first.
             self._start_lookup(self._check_scoped_references(head, judged, hold.guardrails))
@@ -235,6 +241,49 @@ class PolicySteps:
             # image must not carry the caller's label): ask the daemon first.
             self._start_lookup(self._check_references(head, judged.body, judged.named))
             return
+        self._forward_held(head, judged.body)
+
+    async def _check_peer_image(
+        self, head: RequestHead, judged: JudgedBody, guardrails: Guardrails
+    ) -> None:
+        """The peer_labels guardrail on the labels the new container will have, its image's
+        included (body/guardrails.py image_peer_label_problem; an image the daemon does not
+        know passes: the create fails the same way, or the client pulls it and asks again,
+        and is judged then). Then on to the request's other look-ups, if any."""
+        self.flow.pause(Pause.LOOKUP)
+        image = judged.peer_image
+        assert image is not None
+        labels = await named_image_labels(self.ctx.pool.address, image)
+        problem = image_peer_label_problem(
+            guardrails, self._operation(), judged.body, image, labels
+        )
+        if self.closing or self._head is not head:
+            self._lookup_task = None
+            return
+        if problem is not None:
+            refusal = judged.allowed.guardrail_refusal(BodyRefused(403, problem))
+            if self._waived(refusal) is None:
+                self._lookup_task = None
+                self._refuse_held(head, refusal, judged.body)
+                return
+            # Warn or audit mode: recorded (the other look-ups still run, as when the
+            # guardrails' own refusal is waived before them).
+            waived = self._waived(refusal)
+            assert waived is not None
+            self._allowed, self._verdict = waived, waived.verdict
+        if judged.scoped or judged.claims:
+            await self._check_scoped_references(head, judged, guardrails)
+            return
+        if judged.volumes:
+            await self._check_named_volumes(
+                head, judged.body, guardrails, judged.volumes, judged.named
+            )
+            return
+        if judged.named or judged.check_image:
+            await self._check_references(head, judged.body, judged.named)
+            return
+        self._lookup_task = None
+        self.flow.resume(Pause.LOOKUP)
         self._forward_held(head, judged.body)
 
     async def _check_scoped_references(
