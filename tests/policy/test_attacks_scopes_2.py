@@ -1,0 +1,226 @@
+"""Second attack review of issue 16's object scopes, after the first round's fixes
+(tests/policy/test_attacks_scopes.py): a caller whose policy allows container operations only
+on the containers labelled `com.example.team=web` (or named `web-*`) looks for side doors the
+fixes missed: link-alias route shapes, body fields naming containers, the `limit` rewrite.
+
+A finding is an `xfail(strict=True)` test whose assertions say what should hold; an attack
+that held is a plain test. Each claim is checked on the daemon or in what the caller read."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.attack import ATTACK_MARKS, Api, direct, logs
+from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
+
+pytestmark = ATTACK_MARKS
+
+LABEL = "com.example.team"
+CONTAINER_OPS = """[ContainerRestart, ContainerLogs, ContainerExec, ExecStart, ExecInspect,
+                       ContainerInspect, ContainerCreate, ContainerStart, ContainerDelete,
+                       ContainerWait, ContainerList, SystemEvents, ContainerArchive,
+                       ContainerAttach, ContainerTop, ContainerKill, ContainerUpdate]"""
+LABEL_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: {CONTAINER_OPS}
+          objects: {{labels: {{{LABEL}: web}}}}
+"""
+NAMES_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: {CONTAINER_OPS}
+          objects: {{names: ["web-*"]}}
+"""
+
+
+def _gateway(
+    daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory, text: str
+) -> Iterator[Api]:
+    base = tmp_path_factory.mktemp("attackscopes2")
+    policy = base / "policy.yaml"
+    policy.write_text(text)
+    with running(Gateway(daemon.host, policy=policy)) as gw:
+        yield Api(gw)
+
+
+@pytest.fixture(scope="module")
+def api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A caller whose containers are those labelled com.example.team=web."""
+    yield from _gateway(daemon, tmp_path_factory, LABEL_POLICY)
+
+
+@pytest.fixture(scope="module")
+def named_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A caller whose containers are those named web-*."""
+    yield from _gateway(daemon, tmp_path_factory, NAMES_POLICY)
+
+
+@pytest.fixture(scope="module")
+def pair(daemon: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, str]]:
+    """A running web container and a running db one made on the daemon; the db one linked to
+    the web one under the alias `w` (`docker run --link web:w`), as another team's container
+    may be. Keys: web, db (names), web_id, db_id."""
+    suffix = os.urandom(4).hex()
+    names = {"web": f"web-atk2-{suffix}", "db": f"db-atk2-{suffix}"}
+    daemon.docker(
+        *("run", "-d", "--name", names["web"], "--label", f"{LABEL}=web", busybox_image),
+        *("sleep", "600"),
+    )
+    daemon.docker(
+        *("run", "-d", "--name", names["db"], "--label", f"{LABEL}=db"),
+        *("--link", f"{names['web']}:w", busybox_image, "sleep", "600"),
+    )
+    ids = {f"{team}_id": _inspect(daemon, name)["Id"] for team, name in names.items()}
+    yield names | ids
+    daemon.docker("rm", "-f", *names.values(), check=False)
+
+
+@pytest.fixture
+def leftovers(daemon: PrivateDaemon) -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    if made:
+        daemon.docker("rm", "-f", *made, check=False)
+
+
+def _inspect(daemon: PrivateDaemon, name: str) -> dict[str, Any]:
+    answer = json.loads(daemon.docker("inspect", name).stdout)[0]
+    assert isinstance(answer, dict)
+    return answer
+
+
+# ----- attacks that held ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["api", "named_api"])
+def test_link_alias_path_tells_nothing_of_an_out_of_scope_linker(
+    which: str, request: pytest.FixtureRequest, pair: dict[str, str]
+) -> None:
+    """`GET /containers/<db>/w/json`: the daemon registers the db container's link alias
+    `/<db>/w` as a name of the web container, and the gateway resolves a reference among the
+    covered containers' listed `Names`, aliases included: the answer is the web container's
+    inspect (200) on the daemon. Held: the gateway answers it as the daemon answers a missing
+    container, the same as for a linker that does not exist."""
+    caller: Api = request.getfixturevalue(which)
+    status, _ = caller.call("GET", f"/v1.41/containers/{pair['db']}/w/json")
+    missing, _ = caller.call("GET", f"/v1.41/containers/nosuch-{pair['db']}/w/json")
+    assert missing == 404
+    assert status == missing, status
+
+
+def test_endpoint_links_to_an_out_of_scope_container_reach_nothing(
+    api: Api, pair: dict[str, str], busybox_image: str, leftovers: list[str]
+) -> None:
+    """A covered container created with `NetworkingConfig.EndpointsConfig.bridge.Links`
+    naming the db container (a field the scope's body check does not look at): the daemon
+    takes it, but the new container gets no host entry for db."""
+    body = {
+        "Image": busybox_image,
+        "Cmd": ["cat", "/etc/hosts"],
+        "Labels": {LABEL: "web"},
+        "NetworkingConfig": {"EndpointsConfig": {"bridge": {"Links": [f"{pair['db']}:dbx"]}}},
+    }
+    status, answer = api.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers.append(answer["Id"])
+    hosts = _hosts_of(api, answer["Id"]) if status == 201 else ""
+    assert "dbx" not in hosts, hosts
+    assert pair["db_id"][:12] not in hosts, hosts
+
+
+def _hosts_of(api: Api, cid: str) -> str:
+    status, _ = api.call("POST", f"/v1.41/containers/{cid}/start")
+    assert status == 204
+    api.call("POST", f"/v1.41/containers/{cid}/wait")
+    return logs(api, cid)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"Cgroup": "container:{db}"},
+        {"UTSMode": "container:{db}"},
+        {"UsernsMode": "container:{db}"},
+        {"CgroupnsMode": "container:{db}"},
+    ],
+)
+def test_other_container_modes_naming_db_are_refused(
+    api: Api, pair: dict[str, str], busybox_image: str, leftovers: list[str], field: dict[str, str]
+) -> None:
+    """HostConfig fields of the `container:X` form besides network/pid/ipc: refused."""
+    host = {k: v.format(db=pair["db"]) for k, v in field.items()}
+    body = {"Image": busybox_image, "Labels": {LABEL: "web"}, "HostConfig": host}
+    status, answer = api.call("POST", "/v1.41/containers/create", body)
+    if status == 201:
+        leftovers.append(answer["Id"])
+    assert status == 403, answer
+
+
+def test_exec_instance_of_db_is_absent(
+    api: Api, pair: dict[str, str], daemon: PrivateDaemon
+) -> None:
+    """An exec instance made on the db container by someone else: inspecting or starting it
+    by its exact ID is answered as a missing exec instance."""
+    status, made = direct(
+        daemon,
+        "POST",
+        f"/v1.41/containers/{pair['db_id']}/exec",
+        {"Cmd": ["cat", "/etc/hostname"], "AttachStdout": True},
+    )
+    assert status == 201, made
+    exec_id = made["Id"]
+    status, answer = api.call("GET", f"/v1.41/exec/{exec_id}/json")
+    assert status == 404, answer
+    assert pair["db_id"] not in json.dumps(answer)
+    status, answer = api.call("POST", f"/v1.41/exec/{exec_id}/start", {"Detach": True})
+    assert status == 404, answer
+    status, after = direct(daemon, "GET", f"/v1.41/exec/{exec_id}/json")
+    assert after["Running"] is False and after["ExitCode"] is None, after
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=1",
+        "limit=%2B1",
+        "limit=01",
+        "limit=1&limit=5",
+        "l%69mit=1",
+        "limit=1&all=0",
+        "all=0&limit=1&limit=7",
+    ],
+)
+def test_limit_spellings_count_covered_containers_only(
+    named_api: Api, daemon: PrivateDaemon, busybox_image: str, leftovers: list[str], query: str
+) -> None:
+    """A web container, then a newer db one: every spelling of `limit` the daemon reads as 1
+    answers the web container (the gateway applies it after filtering), never []."""
+    suffix = os.urandom(4).hex()
+    web, db = f"web-lim2-{suffix}", f"db-lim2-{suffix}"
+    for name in (web, db):
+        daemon.docker("create", "--name", name, busybox_image, "true")
+        leftovers.append(name)
+    status, listed = named_api.call("GET", f"/v1.41/containers/json?{query}")
+    assert status == 200, listed
+    assert [c["Names"] for c in listed] == [[f"/{web}"]], listed
+
+
+def test_limit_with_a_plus_read_as_a_space_tells_nothing(
+    named_api: Api, daemon: PrivateDaemon, busybox_image: str, leftovers: list[str]
+) -> None:
+    """`limit=+1`: the daemon reads ` 1` and fails (the same answer whatever exists)."""
+    status, answer = named_api.call("GET", "/v1.41/containers/json?limit=+1")
+    assert status in (400, 500), answer
