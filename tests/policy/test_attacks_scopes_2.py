@@ -35,6 +35,19 @@ policies:
           operations: {CONTAINER_OPS}
           objects: {{labels: {{{LABEL}: web}}}}
 """
+# The container rule as above; network inspects given `objects:` so that their `Containers`
+# maps are emptied (as docs/policy.md advises), every network covered; an unscoped commit.
+MIXED_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: {CONTAINER_OPS}
+          objects: {{labels: {{{LABEL}: web}}}}
+      - allow: {{operations: [NetworkInspect, NetworkList], objects: {{names: ["*"]}}}}
+      - allow: {{sections: [commit]}}
+"""
 NAMES_POLICY = f"""\
 policies:
   web:
@@ -69,6 +82,12 @@ def named_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
+def mixed_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A caller of MIXED_POLICY: containers labelled web; every network; commits."""
+    yield from _gateway(daemon, tmp_path_factory, MIXED_POLICY)
+
+
+@pytest.fixture(scope="module")
 def pair(daemon: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, str]]:
     """A running web container and a running db one made on the daemon; the db one linked to
     the web one under the alias `w` (`docker run --link web:w`), as another team's container
@@ -81,7 +100,8 @@ def pair(daemon: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, str]]:
     )
     daemon.docker(
         *("run", "-d", "--name", names["db"], "--label", f"{LABEL}=db"),
-        *("--link", f"{names['web']}:w", busybox_image, "sleep", "600"),
+        *("--link", f"{names['web']}:w", busybox_image),
+        *("sh", "-c", "echo top-db-secret > /secret; sleep 600"),
     )
     ids = {f"{team}_id": _inspect(daemon, name)["Id"] for team, name in names.items()}
     yield names | ids
@@ -100,6 +120,38 @@ def _inspect(daemon: PrivateDaemon, name: str) -> dict[str, Any]:
     answer = json.loads(daemon.docker("inspect", name).stdout)[0]
     assert isinstance(answer, dict)
     return answer
+
+
+# ----- findings -------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the policy's reach is the union of every rule's objects: whatever kind it is "
+    "about: a network rule's names: ['*'] puts every container in reach of an unscoped commit",
+)
+def test_network_rule_scope_opens_every_container_to_a_commit(
+    mixed_api: Api, pair: dict[str, str], daemon: PrivateDaemon
+) -> None:
+    """MIXED_POLICY scopes containers to the web label and gives network inspects
+    `objects: {names: ["*"]}` (docs/policy.md: "give it `objects:` too to have the maps
+    emptied"). The reach that judges an unscoped commit's `container=` is the union of all
+    `objects:`, network rules' included, so it covers every container by name: `docker commit
+    <db>` succeeds, and a web-labelled container of the image prints the db's /secret."""
+    repo = f"stolen2-{os.urandom(3).hex()}"
+    output = ""
+    try:
+        status, answer = mixed_api.call(
+            "POST", f"/v1.41/commit?container={pair['db']}&repo={repo}&tag=x"
+        )
+        if status == 201:
+            body = {"Image": f"{repo}:x", "Cmd": ["cat", "/secret"], "Labels": {LABEL: "web"}}
+            cid, output = mixed_api.run(body)
+            daemon.docker("rm", "-f", cid, check=False)
+    finally:
+        daemon.docker("rmi", "-f", f"{repo}:x", check=False)
+    assert "top-db-secret" not in output, (status, answer, output)
+    assert status == 404, (status, answer)
 
 
 # ----- attacks that held ------------------------------------------------------------------------
