@@ -276,3 +276,36 @@ def test_limit_with_a_plus_read_as_a_space_tells_nothing(
     """`limit=+1`: the daemon reads ` 1` and fails (the same answer whatever exists)."""
     status, answer = named_api.call("GET", "/v1.41/containers/json?limit=+1")
     assert status in (400, 500), answer
+
+
+@pytest.mark.parametrize("which", ["api", "named_api"])
+@pytest.mark.parametrize("rest", ["json", "archive?path=/secret", "logs?stdout=1"])
+def test_a_covered_containers_link_alias_path_does_not_reach_the_linked_one(
+    which: str,
+    rest: str,
+    request: pytest.FixtureRequest,
+    pair: dict[str, str],
+    web_linker: str,
+) -> None:
+    """An admin-made web container linked to db (`--link db:dbl`): the daemon resolves
+    `/containers/<web>/dbl/...` to the db container (the link alias is one of its names). The
+    gateway judges `<web>` and pins it to its full ID, which the daemon cannot resolve with
+    `/dbl` after it: 404, nothing of db."""
+    caller: Api = request.getfixturevalue(which)
+    status, answer = caller.call("GET", f"/v1.41/containers/{web_linker}/dbl/{rest}")
+    assert status == 404, answer
+    assert pair["db_id"] not in json.dumps(answer)
+    assert "top-db-secret" not in json.dumps(answer)
+
+
+@pytest.fixture(scope="module")
+def web_linker(daemon: PrivateDaemon, pair: dict[str, str], busybox_image: str) -> Iterator[str]:
+    """A web container the admin ran linked to the db one under the alias `dbl`. Its name."""
+    name = f"web-lnk-{os.urandom(3).hex()}"
+    daemon.docker(
+        *("run", "-d", "--name", name, "--label", f"{LABEL}=web"),
+        *("--link", f"{pair['db']}:dbl", busybox_image, "sleep", "600"),
+    )
+    assert _inspect(daemon, f"{name}/dbl")["Id"] == pair["db_id"]
+    yield name
+    daemon.docker("rm", "-f", name, check=False)
