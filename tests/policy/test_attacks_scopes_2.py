@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -47,6 +48,21 @@ policies:
           objects: {{labels: {{{LABEL}: web}}}}
       - allow: {{operations: [NetworkInspect, NetworkList], objects: {{names: ["*"]}}}}
       - allow: {{sections: [commit]}}
+"""
+# The container rule as above, an unscoped commit, and the guardrails that let a create share
+# a container's volumes or namespaces (the scope then judges which container).
+SHARING_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: {CONTAINER_OPS}
+          objects: {{labels: {{{LABEL}: web}}}}
+      - allow: {{sections: [commit]}}
+    guardrails:
+      volumes_from: true
+      namespaces: ["network:container", "pid:container", "ipc:container"]
 """
 NAMES_POLICY = f"""\
 policies:
@@ -85,6 +101,13 @@ def named_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -
 def mixed_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller of MIXED_POLICY: containers labelled web; every network; commits."""
     yield from _gateway(daemon, tmp_path_factory, MIXED_POLICY)
+
+
+@pytest.fixture(scope="module")
+def sharing_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A caller of SHARING_POLICY: containers labelled web, volumes-from and container
+    namespaces of covered ones, commits."""
+    yield from _gateway(daemon, tmp_path_factory, SHARING_POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +175,49 @@ def test_network_rule_scope_opens_every_container_to_a_commit(
         daemon.docker("rmi", "-f", f"{repo}:x", check=False)
     assert "top-db-secret" not in output, (status, answer, output)
     assert status == 404, (status, answer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a body's or commit's container reference is resolved among the covered "
+    "containers' listed Names, link aliases included: `<db>/w` tells that db exists and links",
+)
+@pytest.mark.parametrize("how", ["commit", "VolumesFrom", "NetworkMode", "PidMode"])
+def test_link_alias_reference_tells_of_an_out_of_scope_linker(  # noqa: PLR0917 - fixtures
+    sharing_api: Api,
+    pair: dict[str, str],
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    leftovers: list[str],
+    how: str,
+) -> None:
+    """The db container (out of scope) was run with `--link <web>:w`: the daemon lists
+    `/<db>/w` among the web container's `Names`. A reference to `<db>/w` (a commit's
+    `container=`, a scoped create's `VolumesFrom` or `container:` mode) is found among the
+    covered containers by that alias and allowed (pinned to web), where the same reference
+    with a db name that does not exist is refused as missing: the caller learns that an
+    out-of-scope container of that name exists and links to web as `w`, which dropping the
+    aliases from `docker ps` (first round) was to keep from it."""
+
+    def attempt(reference: str) -> int:
+        if how == "commit":
+            repo = f"alias-{os.urandom(3).hex()}"
+            target = f"/v1.41/commit?container={quote(reference)}&repo={repo}&tag=x"
+            status, answer = sharing_api.call("POST", target)
+            if status == 201:
+                daemon.docker("rmi", "-f", f"{repo}:x", check=False)
+            return status
+        value = reference if how == "VolumesFrom" else f"container:{reference}"
+        host = {how: [value] if how == "VolumesFrom" else value}
+        body = {"Image": busybox_image, "Labels": {LABEL: "web"}, "HostConfig": host}
+        status, answer = sharing_api.call("POST", "/v1.41/containers/create", body)
+        if status == 201:
+            leftovers.append(answer["Id"])
+        return status
+
+    missing = attempt(f"nosuch-{pair['db']}/w")
+    assert missing in (403, 404)
+    assert attempt(f"{pair['db']}/w") == missing
 
 
 # ----- attacks that held ------------------------------------------------------------------------
