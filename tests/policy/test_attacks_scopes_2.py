@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +20,7 @@ import pytest
 from support.attack import ATTACK_MARKS, Api, direct, logs
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.swarm import single_node_swarm
 
 pytestmark = ATTACK_MARKS
 
@@ -375,3 +377,102 @@ def web_linker(daemon: PrivateDaemon, pair: dict[str, str], busybox_image: str) 
     assert _inspect(daemon, f"{name}/dbl")["Id"] == pair["db_id"]
     yield name
     daemon.docker("rm", "-f", name, check=False)
+
+
+# ----- services on a single-node swarm ----------------------------------------------------------
+
+SERVICE_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: [ServiceInspect, ServiceUpdate, ServiceList, ServiceLogs, TaskList,
+                       TaskInspect, ServiceCreate, ServiceDelete]
+          objects: {{labels: {{{LABEL}: web}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def swarm(daemon: PrivateDaemon) -> Iterator[PrivateDaemon]:
+    with single_node_swarm(daemon):
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def service_api(swarm: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A caller whose services are those labelled web (guardrails on)."""
+    yield from _gateway(swarm, tmp_path_factory, SERVICE_POLICY)
+
+
+@pytest.fixture(scope="module")
+def swarm_objects(swarm: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, str]]:
+    """Made by the admin: a web service (labelled web, its containers too) and a db one, one
+    replica each; a db volume, a db overlay network, a db secret. Names by key; IDs as
+    `<key>_id` for the services."""
+    suffix = os.urandom(4).hex()
+    made = {k: f"{k}-sw-{suffix}" for k in ("web", "db", "dbvol", "dbnet", "dbsecret")}
+    swarm.docker("volume", "create", "--label", f"{LABEL}=db", made["dbvol"])
+    swarm.docker(
+        *("network", "create", "--driver", "overlay", "--label", f"{LABEL}=db"), made["dbnet"]
+    )
+    swarm.docker("secret", "create", "--label", f"{LABEL}=db", made["dbsecret"], "-", input=b"s")
+    for team in ("web", "db"):
+        created = swarm.docker(
+            *("service", "create", "--detach", "--no-resolve-image", "--replicas", "1"),
+            *("--name", made[team], "--label", f"{LABEL}={team}"),
+            *("--container-label", f"{LABEL}={team}", busybox_image, "sleep", "600"),
+        )
+        made[f"{team}_id"] = created.stdout.decode().strip()
+    yield made
+    swarm.docker("service", "rm", made["web"], made["db"], check=False)
+    swarm.docker("secret", "rm", made["dbsecret"], check=False)
+    for _ in range(20):
+        done = swarm.docker("network", "rm", made["dbnet"], check=False).returncode == 0
+        if done:
+            break
+        time.sleep(0.5)
+    swarm.docker("volume", "rm", "-f", made["dbvol"], check=False)
+
+
+def _tasks(api: Api, filters: object) -> tuple[int, Any]:
+    return api.call("GET", "/v1.41/tasks?filters=" + quote(json.dumps(filters)))
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"service": ["{db}"]},
+        {"service": ["{DB}"]},
+        {"service": ["{db_id}"]},
+        {"service": {"{db}": True}},
+        {"service": {"{db}": False}},
+        {"service": ["{web}", "{db}"]},
+        {"service": ["{db}"], "name": ["{db}"]},
+    ],
+)
+def test_task_list_service_filter_on_db_is_answered_as_missing(
+    service_api: Api, swarm_objects: dict[str, str], filters: dict[str, Any]
+) -> None:
+    """However the db service is named in a task list's `service` filter (its name, upper
+    case, its ID, either JSON form, beside the web one): the same answer as for a service
+    that does not exist, and no task of db."""
+    values = swarm_objects | {"DB": swarm_objects["db"].upper()}
+
+    def spelled(value: str) -> str:
+        return value.format(**values)
+
+    given = {
+        k: (
+            [spelled(v) for v in vs]
+            if isinstance(vs, list)
+            else {spelled(v): b for v, b in vs.items()}
+        )
+        for k, vs in filters.items()
+    }
+    status, answer = _tasks(service_api, given)
+    db_value = next(v for v in given["service"] if v != swarm_objects["web"])
+    missing_status, missing_answer = _tasks(service_api, {"service": ["no-such-svc"]})
+    assert db_value == swarm_objects["db_id"] or swarm_objects["db_id"] not in json.dumps(answer)
+    assert missing_status == 404, missing_answer
+    assert (status, answer) == (404, {"message": f"service {db_value} not found"})
