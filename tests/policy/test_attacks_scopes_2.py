@@ -476,3 +476,64 @@ def test_task_list_service_filter_on_db_is_answered_as_missing(
     assert db_value == swarm_objects["db_id"] or swarm_objects["db_id"] not in json.dumps(answer)
     assert missing_status == 404, missing_answer
     assert (status, answer) == (404, {"message": f"service {db_value} not found"})
+
+
+def _web_spec(name: str, image: str, **task: Any) -> dict[str, Any]:
+    container = {"Image": image, "Command": ["sleep", "600"], "Labels": {LABEL: "web"}}
+    container |= task.pop("ContainerSpec", {})
+    return {
+        "Name": name,
+        "Labels": {LABEL: "web"},
+        "TaskTemplate": {"ContainerSpec": container, **task},
+        "Mode": {"Replicated": {"Replicas": 0}},
+    }
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"ContainerSpec": {"Mounts": [{"Type": "VOLUME", "Source": "{dbvol}", "Target": "/d"}]}},
+        {"ContainerSpec": {"mounts": [{"type": "volume", "source": "{dbvol}", "target": "/d"}]}},
+        {"Networks": [{"Target": "{dbnet}"}]},
+        {"ContainerSpec": {"Secrets": [{"SecretName": "{dbsecret}", "File": {"Name": "s"}}]}},
+        {"top": {"Networks": [{"Target": "{dbnet}"}]}},
+        {},  # the control: the plain web spec is allowed
+    ],
+)
+@pytest.mark.parametrize("how", ["create", "update"])
+def test_a_web_service_cannot_take_db_volumes_networks_or_secrets(  # noqa: PLR0917 - fixtures
+    service_api: Api,
+    swarm: PrivateDaemon,
+    swarm_objects: dict[str, str],
+    busybox_image: str,
+    extra: dict[str, Any],
+    how: str,
+) -> None:
+    """A web service (created, or the admin's web service updated) whose spec mounts the db
+    volume (the mount type in any case, keys in any case), joins the db network (in the task
+    template or the legacy top-level `Networks`) or takes the db secret: refused, nothing made
+    or changed."""
+    task = json.loads(json.dumps(extra).replace("{dbvol}", swarm_objects["dbvol"]))
+    task = json.loads(json.dumps(task).replace("{dbnet}", swarm_objects["dbnet"]))
+    task = json.loads(json.dumps(task).replace("{dbsecret}", swarm_objects["dbsecret"]))
+    top = task.pop("top", {})
+    if how == "create":
+        name = f"web-take-{os.urandom(3).hex()}"
+        spec = _web_spec(name, busybox_image, **task) | top
+        status, answer = service_api.call("POST", "/v1.41/services/create", spec)
+        if status == 201:
+            swarm.docker("service", "rm", name, check=False)
+    else:
+        _, current = direct(swarm, "GET", f"/v1.41/services/{swarm_objects['web_id']}")
+        spec = _web_spec(swarm_objects["web"], busybox_image, **task) | top
+        version = current["Version"]["Index"]
+        target = f"/v1.41/services/{swarm_objects['web_id']}/update?version={version}"
+        status, answer = service_api.call("POST", target, spec)
+        _, after = direct(swarm, "GET", f"/v1.41/services/{swarm_objects['web_id']}")
+        if extra:
+            assert after["Version"] == current["Version"], after
+    if extra:
+        assert status == 403, answer
+        assert any(w in answer["message"] for w in ("not found", "no such")), answer
+    else:
+        assert status in (200, 201), answer
