@@ -379,6 +379,64 @@ def web_linker(daemon: PrivateDaemon, pair: dict[str, str], busybox_image: str) 
     daemon.docker("rm", "-f", name, check=False)
 
 
+VOLUME_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: {CONTAINER_OPS}
+          objects: {{labels: {{{LABEL}: web}}}}
+      - allow:
+          operations: [VolumeCreate, VolumeInspect, VolumeDelete]
+          objects: {{labels: {{{LABEL}: web}}}}
+"""
+
+
+@pytest.mark.parametrize("how", ["VolumeCreate", "inline anonymous", "inline named"])
+def test_a_web_volume_bound_to_the_db_volumes_data_is_refused(
+    daemon: PrivateDaemon,
+    tmp_path_factory: pytest.TempPathFactory,
+    busybox_image: str,
+    how: str,
+) -> None:
+    """A web-labelled volume (made by VolumeCreate, or inline in a container's `Mounts`)
+    whose local driver options bind the db volume's data directory: refused."""
+    root = json.loads(daemon.docker("info", "--format", "{{json .DockerRootDir}}").stdout)
+    volume = f"dbv-{os.urandom(3).hex()}"
+    daemon.docker("volume", "create", "--label", f"{LABEL}=db", volume)
+    options = {"type": "none", "o": "bind", "device": f"{root}/volumes/{volume}/_data"}
+    made: list[str] = []
+    try:
+        for caller in _gateway(daemon, tmp_path_factory, VOLUME_POLICY):
+            if how == "VolumeCreate":
+                body: dict[str, Any] = {
+                    "Name": f"web-{volume}",
+                    "Labels": {LABEL: "web"},
+                    "DriverOpts": options,
+                }
+                status, answer = caller.call("POST", "/v1.41/volumes/create", body)
+            else:
+                config = {"Name": "local", "Options": options}
+                mount = {
+                    "Type": "volume",
+                    "Target": "/d",
+                    "VolumeOptions": {"DriverConfig": config},
+                }
+                if how == "inline named":
+                    mount["Source"] = f"web-{volume}"
+                body = {"Image": busybox_image, "Labels": {LABEL: "web"}}
+                body["HostConfig"] = {"Mounts": [mount]}
+                status, answer = caller.call("POST", "/v1.41/containers/create", body)
+                if status == 201:
+                    made.append(answer["Id"])
+            assert status == 403, answer
+    finally:
+        if made:
+            daemon.docker("rm", "-f", *made, check=False)
+        daemon.docker("volume", "rm", "-f", volume, f"web-{volume}", check=False)
+
+
 # ----- services on a single-node swarm ----------------------------------------------------------
 
 SERVICE_POLICY = f"""\
