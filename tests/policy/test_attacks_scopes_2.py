@@ -595,3 +595,50 @@ def test_a_web_service_cannot_take_db_volumes_networks_or_secrets(  # noqa: PLR0
         assert any(w in answer["message"] for w in ("not found", "no such")), answer
     else:
         assert status in (200, 201), answer
+
+
+def test_service_list_with_status_shows_the_web_service_only(
+    service_api: Api, swarm_objects: dict[str, str]
+) -> None:
+    """`GET /services?status=true` (running/desired task counts): only the web service."""
+    status, listed = service_api.call("GET", "/v1.41/services?status=true")
+    assert status == 200, listed
+    assert [s["ID"] for s in listed] == [swarm_objects["web_id"]], listed
+    assert swarm_objects["db_id"] not in json.dumps(listed)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"container": ["{db}"]},
+        {"container": ["{db_id}"]},
+        {"label": [f"{LABEL}=db"]},
+        {"type": ["container"], "container": ["{db}", "{web}"]},
+    ],
+)
+def test_replayed_events_naming_db_show_nothing_of_it(
+    api: Api, pair: dict[str, str], daemon: PrivateDaemon, filters: dict[str, list[str]]
+) -> None:
+    """`docker events --since 0 --until now --filter container=<db>` (and by ID, by the db
+    label): the daemon replays the db container's create/start events; none reaches the
+    caller, the web container's do when asked for."""
+    given = {k: [v.format(**pair) for v in vs] for k, vs in filters.items()}
+    now = int(time.time()) + 1
+    target = f"/v1.41/events?since=0&until={now}&filters={quote(json.dumps(given))}"
+    status, raw = api.call("GET", target)
+    assert status == 200
+    text = raw.decode() if isinstance(raw, bytes) else json.dumps(raw)
+    assert pair["db_id"] not in text
+    assert pair["db"] not in text
+    if pair["web"] in given.get("container", []):
+        assert pair["web_id"] in text
+
+
+def test_limit_with_before_is_refused(named_api: Api, pair: dict[str, str]) -> None:
+    """`limit` with the legacy `before` (or a `before` filter): refused, as `before` alone."""
+    for query in (
+        f"limit=1&before={pair['db']}",
+        "limit=1&filters=" + quote(json.dumps({"before": [pair["db"]]})),
+    ):
+        status, answer = named_api.call("GET", f"/v1.41/containers/json?{query}")
+        assert status == 403, answer
