@@ -222,6 +222,51 @@ def test_link_alias_reference_tells_of_an_out_of_scope_linker(  # noqa: PLR0917 
     assert attempt(f"{pair['db']}/w") == missing
 
 
+PRUNE_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: {CONTAINER_OPS}
+          objects: {{labels: {{{LABEL}: web}}}}
+      - allow: {{operations: [ContainerPrune, VolumePrune, NetworkPrune]}}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="prunes allowed by a rule without objects: remove (and name) the stopped db "
+    "containers, unused volumes and networks: the policy's reach does not judge them",
+)
+@pytest.mark.parametrize("kind", ["containers", "volumes", "networks"])
+def test_an_unscoped_prune_removes_out_of_scope_objects(
+    daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory, busybox_image: str, kind: str
+) -> None:
+    """docs/policy.md: "A policy with `objects:` rules reaches only covered objects, whichever
+    rule allows a request"; `system df` is refused for telling of every object. A prune allowed
+    by a rule without `objects:` beside the web-scoped container rule removes the db team's
+    stopped container (or unused volume, or network) and answers its ID or name."""
+    name = f"db-prune-{os.urandom(3).hex()}"
+    if kind == "containers":
+        daemon.docker("create", "--name", name, "--label", f"{LABEL}=db", busybox_image, "true")
+    elif kind == "volumes":
+        daemon.docker("volume", "create", "--label", f"{LABEL}=db", name)
+    else:
+        daemon.docker("network", "create", "--label", f"{LABEL}=db", name)
+    inspect = {"containers": "container", "volumes": "volume", "networks": "network"}[kind]
+    try:
+        for caller in _gateway(daemon, tmp_path_factory, PRUNE_POLICY):
+            # Only the db object, so as not to remove other tests' objects.
+            filters = quote(json.dumps({"label": [f"{LABEL}=db"]}))
+            status, answer = caller.call("POST", f"/v1.41/{kind}/prune?filters={filters}")
+            still = daemon.docker(inspect, "inspect", name, check=False).returncode == 0
+            assert still, (status, answer)
+            assert name not in json.dumps(answer), answer
+    finally:
+        daemon.docker(inspect, "rm", name, check=False)
+
+
 # ----- attacks that held ------------------------------------------------------------------------
 
 
