@@ -687,3 +687,32 @@ def test_limit_with_before_is_refused(named_api: Api, pair: dict[str, str]) -> N
     ):
         status, answer = named_api.call("GET", f"/v1.41/containers/json?{query}")
         assert status == 403, answer
+
+
+@pytest.mark.parametrize("key", ["id", "name", "node", "desired-state", "service+id"])
+def test_task_list_other_filters_show_no_db_task(
+    service_api: Api, swarm: PrivateDaemon, swarm_objects: dict[str, str], key: str
+) -> None:
+    """A task list filtered by the db task's ID, the db service's name (a task's name is
+    `<service>.<slot>`), this node, a desired state, or the web service and the db task's
+    ID: no task of the db service in the answer."""
+    deadline = time.monotonic() + 15
+    db_tasks: list[dict[str, Any]] = []
+    while not db_tasks and time.monotonic() < deadline:
+        filters = quote(json.dumps({"service": [swarm_objects["db_id"]]}))
+        _, db_tasks = direct(swarm, "GET", f"/v1.41/tasks?filters={filters}")
+        time.sleep(0.2)
+    assert db_tasks
+    _, info = direct(swarm, "GET", "/v1.41/info")
+    node = info["Swarm"]["NodeID"]
+    given = {
+        "id": {"id": [db_tasks[0]["ID"]]},
+        "name": {"name": [swarm_objects["db"]]},
+        "node": {"node": [node]},
+        "desired-state": {"desired-state": ["running"]},
+        "service+id": {"service": [swarm_objects["web"]], "id": [db_tasks[0]["ID"]]},
+    }[key]
+    status, answer = _tasks(service_api, given)
+    assert status == 200, answer
+    assert all(t["ServiceID"] == swarm_objects["web_id"] for t in answer), answer
+    assert swarm_objects["db_id"] not in json.dumps(answer)
