@@ -716,3 +716,31 @@ def test_task_list_other_filters_show_no_db_task(
     assert status == 200, answer
     assert all(t["ServiceID"] == swarm_objects["web_id"] for t in answer), answer
     assert swarm_objects["db_id"] not in json.dumps(answer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="swarm IDs are base36, not hex: a service named as another service's short ID "
+    "(with a letter past f) is not refused and takes that short ID over on the daemon",
+)
+def test_a_service_named_as_the_db_services_short_id_takes_it_over(
+    service_api: Api, swarm: PrivateDaemon, swarm_objects: dict[str, str], busybox_image: str
+) -> None:
+    """docs/policy.md refuses new names made of hex digits only: the daemon resolves a name
+    before an ID prefix, so an object named as another's short ID would take every later
+    reference to that short ID. Service (and secret, config) IDs are 25 characters of
+    [0-9a-z]: the db service's short ID has letters past `f`, passes the hex check, and
+    `docker service inspect <short ID>` then answers the web caller's service."""
+    db_id = swarm_objects["db_id"]
+    length = next(n for n in range(6, 26) if any(c not in "0123456789abcdef" for c in db_id[:n]))
+    short = db_id[:length]
+    status, answer = service_api.call(
+        "POST", "/v1.41/services/create", _web_spec(short, busybox_image)
+    )
+    try:
+        _, found = direct(swarm, "GET", f"/v1.41/services/{short}")
+        assert found.get("ID") == db_id, found
+        assert status == 400, answer
+    finally:
+        if status == 201:
+            swarm.docker("service", "rm", answer["ID"], check=False)
