@@ -744,3 +744,41 @@ def test_a_service_named_as_the_db_services_short_id_takes_it_over(
     finally:
         if status == 201:
             swarm.docker("service", "rm", answer["ID"], check=False)
+
+
+SECRET_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: [SecretCreate, SecretInspect, SecretList, SecretDelete]
+          objects: {{labels: {{{LABEL}: web}}}}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="swarm IDs are base36: a secret named as another secret's short ID (a letter past "
+    "f) is not refused and takes that short ID over on the daemon",
+)
+def test_a_secret_named_as_the_db_secrets_short_id_takes_it_over(
+    swarm: PrivateDaemon, swarm_objects: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """As for services: `docker secret inspect <short ID of the db secret>` then answers the
+    web caller's secret."""
+    _, db_secret = direct(swarm, "GET", f"/v1.41/secrets/{swarm_objects['dbsecret']}")
+    db_id = db_secret["ID"]
+    length = next(n for n in range(6, 26) if any(c not in "0123456789abcdef" for c in db_id[:n]))
+    short = db_id[:length]
+    body = {"Name": short, "Labels": {LABEL: "web"}, "Data": "d2Vi"}
+    status, answer = 0, None
+    try:
+        for caller in _gateway(swarm, tmp_path_factory, SECRET_POLICY):
+            status, answer = caller.call("POST", "/v1.41/secrets/create", body)
+        _, found = direct(swarm, "GET", f"/v1.41/secrets/{short}")
+        assert found.get("ID") == db_id, found
+        assert status == 400, answer
+    finally:
+        if status == 201:
+            swarm.docker("secret", "rm", answer["ID"], check=False)
