@@ -267,6 +267,59 @@ def test_an_unscoped_prune_removes_out_of_scope_objects(
         daemon.docker(inspect, "rm", name, check=False)
 
 
+# Containers by name; the services of the `shop` stack readable; an unscoped commit.
+STACK_MIXED_POLICY = """\
+policies:
+  web:
+    rules:
+      - allow: {sections: [ping, version]}
+      - allow:
+          operations: [ContainerInspect, ContainerCreate, ContainerStart, ContainerLogs,
+                       ContainerWait, ContainerDelete]
+          objects: {names: ["web-*"]}
+      - allow: {operations: [ServiceInspect, ServiceList, TaskList], objects: {stacks: [shop]}}
+      - allow: {sections: [commit]}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the reach is the union of every rule's objects: a read-only service rule's "
+    "stacks: [shop] puts the shop stack's containers in reach of an unscoped commit",
+)
+def test_a_stack_service_rule_opens_the_stacks_containers_to_a_commit(
+    daemon: PrivateDaemon,
+    tmp_path_factory: pytest.TempPathFactory,
+    busybox_image: str,
+) -> None:
+    """The names-scoped variant: containers `web-*`; the `shop` stack's services may only be
+    read. A container of the stack (labelled `com.docker.stack.namespace=shop`, as a stack's
+    task containers are; here the db one) is not covered by the container rule, yet
+    `docker commit` of it is allowed and its files read back."""
+    name = f"db-shop-{os.urandom(3).hex()}"
+    daemon.docker(
+        *("run", "-d", "--name", name, "--label", "com.docker.stack.namespace=shop"),
+        *(busybox_image, "sh", "-c", "echo shop-db-secret > /secret; sleep 600"),
+    )
+    repo = f"stolen3-{os.urandom(3).hex()}"
+    output, status, answer = "", 0, None
+    try:
+        for caller in _gateway(daemon, tmp_path_factory, STACK_MIXED_POLICY):
+            inspected, _ = caller.call("GET", f"/v1.41/containers/{name}/json")
+            assert inspected == 404
+            target = f"/v1.41/commit?container={name}&repo={repo}&tag=x"
+            status, answer = caller.call("POST", target)
+            if status == 201:
+                body = {"Image": f"{repo}:x", "Cmd": ["cat", "/secret"]}
+                cid, output = caller.run(body, name=f"web-{repo}")
+                daemon.docker("rm", "-f", cid, check=False)
+        assert "shop-db-secret" not in output, (status, answer, output)
+        assert status == 404, (status, answer)
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
+        daemon.docker("rmi", "-f", f"{repo}:x", check=False)
+
+
 # ----- attacks that held ------------------------------------------------------------------------
 
 
