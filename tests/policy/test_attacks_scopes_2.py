@@ -20,6 +20,7 @@ import pytest
 from support.attack import ATTACK_MARKS, Api, direct, logs
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, running
+from support.rawhttp import until_close
 from support.swarm import single_node_swarm
 
 pytestmark = ATTACK_MARKS
@@ -835,3 +836,44 @@ def test_a_secret_named_as_the_db_secrets_short_id_takes_it_over(
     finally:
         if status == 201:
             swarm.docker("secret", "rm", answer["ID"], check=False)
+
+
+RENAME_POLICY = f"""\
+policies:
+  web:
+    rules:
+      - allow: {{sections: [ping, version]}}
+      - allow:
+          operations: [ContainerRename, ContainerInspect]
+          objects: {{labels: {{{LABEL}: web}}}}
+"""
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "Application/X-WWW-Form-Urlencoded; charset=utf-8"],
+)
+def test_a_hex_name_in_a_rename_form_body_is_refused(
+    daemon: PrivateDaemon,
+    tmp_path_factory: pytest.TempPathFactory,
+    busybox_image: str,
+    content_type: str,
+) -> None:
+    """A rename whose query names `web-…` and whose form body (which Go's ParseForm lets win)
+    names a hex-only name, a short ID to take over: refused, the container keeps its name."""
+    name = f"web-hx-{os.urandom(3).hex()}"
+    made = daemon.docker("create", "--name", name, "--label", f"{LABEL}=web", busybox_image)
+    cid = made.stdout.decode().strip()
+    try:
+        for caller in _gateway(daemon, tmp_path_factory, RENAME_POLICY):
+            body = b"name=abc123"
+            request = (
+                f"POST /v1.41/containers/{cid}/rename?name=web-ok HTTP/1.1\r\nHost: x\r\n"
+                f"Connection: close\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            answer = until_close(caller.gateway.port, request)
+            assert answer.startswith(b"HTTP/1.1 4"), answer[:200]
+        assert _inspect(daemon, cid)["Name"] == f"/{name}"
+    finally:
+        daemon.docker("rm", "-f", cid, check=False)
