@@ -1,7 +1,9 @@
 """Second attack review of issue 16's object scopes, after the first round's fixes
 (tests/policy/test_attacks_scopes.py): a caller whose policy allows container operations only
 on the containers labelled `com.example.team=web` (or named `web-*`) looks for side doors the
-fixes missed: link-alias route shapes, body fields naming containers, the `limit` rewrite.
+fixes missed: link-alias route shapes and references, body fields naming containers, the
+`limit` rewrite, the policy's reach in policies mixing scoped and unscoped rules (commits,
+prunes), task-list filters, service and secret names on a single-node swarm.
 
 A finding is an `xfail(strict=True)` test whose assertions say what should hold; an attack
 that held is a plain test. Each claim is checked on the daemon or in what the caller read."""
