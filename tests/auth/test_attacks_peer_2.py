@@ -1,0 +1,118 @@
+"""Attacks on the calling container as the identity, second round (issue 16's fixes), against
+the real daemon.
+
+The same gateway and callers as tests/auth/test_attacks_peer.py (its fixtures and helpers are
+reused): the creator (host root) may create, start and commit, with the peer_labels guardrail;
+a container labelled dockgate.role=lister is the lister. Findings are `xfail(strict)` tests
+that assert what should happen; attacks that held are plain tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import threading
+import time
+import urllib.parse
+
+import pytest
+from test_attacks_peer import (  # the first round's gateway and helpers
+    _caller_body,
+    _create,
+    _request,
+    _run_caller,
+    peer_gateway,
+    socket_dir,
+    unixget,
+)
+
+from support.clients import Cleanup
+from support.daemon import PrivateDaemon
+
+pytestmark = pytest.mark.daemon
+
+__all__ = ["peer_gateway", "socket_dir", "unixget"]  # (fixtures: used by name)
+
+
+def _labels(daemon: PrivateDaemon, ref: str) -> dict[str, str]:
+    answer = daemon.docker("inspect", "-f", "{{json .Config.Labels}}", ref, check=False)
+    if answer.returncode != 0:
+        return {}
+    return json.loads(answer.stdout) or {}
+
+
+# ----- the image's labels, judged on a name the daemon resolves again at create --------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="peer_labels judges the image a name resolves to at the look-up, but the create "
+    "forwards the name: a commit that retags it in between gives the container the bound label",
+)
+@pytest.mark.usefixtures("unixget", "peer_gateway")
+def test_an_image_retagged_during_the_create_does_not_label_the_container(
+    daemon: PrivateDaemon, busybox_image: str, socket_dir: pathlib.Path, cleanup: Cleanup
+) -> None:
+    """The creator commits, again and again, to one tag an unlabelled image and one labelled
+    dockgate.role=lister (ImageCommit is allowed it), while it creates containers from that
+    tag. A create whose look-up saw the unlabelled image but whose daemon resolved the labelled
+    one makes a container labelled as the lister, which then lists: no container created by
+    the creator may carry the label."""
+    base = f"dgt-base-{os.urandom(4).hex()}"
+    status, body = _create(socket_dir, base, {"Image": busybox_image, "Cmd": ["true"]}, cleanup)
+    assert status == 201, body
+    repo = f"dgt-atk-flip-{os.urandom(4).hex()}"
+    cleanup.image(f"{repo}:flip")
+    stop = threading.Event()
+    commits: list[int] = []
+
+    def flip() -> None:
+        labelled = False
+        while not stop.is_set():
+            query = {"container": base, "repo": repo, "tag": "flip"}
+            if labelled:
+                query["changes"] = "LABEL dockgate.role=lister"
+            done, _ = _request(socket_dir, "POST", f"/v1.41/commit?{urllib.parse.urlencode(query)}")
+            commits.append(done)
+            labelled = not labelled
+
+    status, body = _request(
+        socket_dir,
+        "POST",
+        f"/v1.41/commit?{urllib.parse.urlencode({'container': base, 'repo': repo, 'tag': 'flip'})}",
+    )
+    assert status == 201, body
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    made: list[str] = []
+    won = ""
+    refused = 0
+    deadline = time.monotonic() + 12
+    try:
+        while time.monotonic() < deadline and not won:
+            name = f"dgt-flip-{os.urandom(4).hex()}"
+            status, body = _request(
+                socket_dir,
+                "POST",
+                f"/v1.41/containers/create?name={name}",
+                _caller_body(f"{repo}:flip", socket_dir),
+            )
+            if status == 403:
+                refused += 1
+                continue
+            assert status == 201, body
+            made.append(name)
+            if _labels(daemon, name).get("dockgate.role") == "lister":
+                won = name
+    finally:
+        stop.set()
+        flipper.join(30)
+        losers = [name for name in made if name != won]
+        if losers:
+            daemon.docker("rm", "-f", *losers, check=False)
+    if won:
+        cleanup.container(won)
+        answer = _run_caller(daemon, socket_dir, won)
+        assert answer[0] != 200, (answer, len(made), refused, len(commits))
+    assert not won, (won, len(made), refused, len(commits))
