@@ -18,6 +18,7 @@ import urllib.parse
 
 import pytest
 from test_attacks_peer import (  # the first round's gateway and helpers
+    _bound_container,
     _caller_body,
     _create,
     _request,
@@ -116,3 +117,42 @@ def test_an_image_retagged_during_the_create_does_not_label_the_container(
         answer = _run_caller(daemon, socket_dir, won)
         assert answer[0] != 200, (answer, len(made), refused, len(commits))
     assert not won, (won, len(made), refused, len(commits))
+
+
+# ----- a created container placed in a bound container's cgroup ------------------------------
+
+
+def _victim_cgroup(daemon: PrivateDaemon, pid: int) -> str:
+    """The bound container's cgroup (its main process's, in the first hierarchy that names
+    it): what `--cgroup-parent` would put a new container below."""
+    text = pathlib.Path(f"/proc/{pid}/cgroup").read_text()
+    for line in text.splitlines():
+        path = line.split(":", 2)[2]
+        if len(path) > 64:
+            return path
+    raise AssertionError(text)
+
+
+@pytest.mark.parametrize("field", ["CgroupParent", "Cgroup"])
+@pytest.mark.usefixtures("unixget", "peer_gateway")
+def test_a_create_below_or_in_a_bound_containers_cgroup_is_refused(
+    daemon: PrivateDaemon,
+    busybox_image: str,
+    socket_dir: pathlib.Path,
+    cleanup: Cleanup,
+    field: str,
+) -> None:
+    """Held: the creator asks for a container whose cgroup is below a running lister's
+    (`HostConfig.CgroupParent` = its cgroup: every process of the new container would be
+    `within` it, its ID named first) or is the lister's (`HostConfig.Cgroup` =
+    `container:<ID>`): both fields are refused at create."""
+    container_id, pid = _bound_container(daemon, busybox_image, cleanup)
+    value = _victim_cgroup(daemon, pid) if field == "CgroupParent" else f"container:{container_id}"
+    body = _caller_body(busybox_image, socket_dir)
+    host = body["HostConfig"]
+    assert isinstance(host, dict)
+    host[field] = value
+    name = f"dgt-cgparent-{os.urandom(4).hex()}"
+    status, answer = _create(socket_dir, name, body, cleanup)
+    assert status == 403, (status, answer)
+    assert isinstance(answer, dict) and field in answer["message"], answer
