@@ -133,7 +133,7 @@ def _victim_cgroup(daemon: PrivateDaemon, pid: int) -> str:
     raise AssertionError(text)
 
 
-@pytest.mark.parametrize("field", ["CgroupParent", "Cgroup"])
+@pytest.mark.parametrize("field", ["CgroupParent", "Cgroup", "PidMode"])
 @pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_a_create_below_or_in_a_bound_containers_cgroup_is_refused(
     daemon: PrivateDaemon,
@@ -145,7 +145,9 @@ def test_a_create_below_or_in_a_bound_containers_cgroup_is_refused(
     """Held: the creator asks for a container whose cgroup is below a running lister's
     (`HostConfig.CgroupParent` = its cgroup: every process of the new container would be
     `within` it, its ID named first) or is the lister's (`HostConfig.Cgroup` =
-    `container:<ID>`): both fields are refused at create."""
+    `container:<ID>`), or one in its PID namespace (`HostConfig.PidMode` = `container:<ID>`:
+    its root could take the lister's connected socket, pidfd_getfd): all are refused at
+    create."""
     container_id, pid = _bound_container(daemon, busybox_image, cleanup)
     value = _victim_cgroup(daemon, pid) if field == "CgroupParent" else f"container:{container_id}"
     body = _caller_body(busybox_image, socket_dir)
@@ -155,4 +157,6 @@ def test_a_create_below_or_in_a_bound_containers_cgroup_is_refused(
     name = f"dgt-cgparent-{os.urandom(4).hex()}"
     status, answer = _create(socket_dir, name, body, cleanup)
     assert status == 403, (status, answer)
-    assert isinstance(answer, dict) and field in answer["message"], answer
+    assert isinstance(answer, dict), answer
+    expected = field if field != "PidMode" else "joining another container's pid namespace"
+    assert expected in answer["message"], answer
