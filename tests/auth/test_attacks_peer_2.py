@@ -9,18 +9,27 @@ that assert what should happen; attacks that held are plain tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
 
 import pytest
 from test_attacks_peer import (  # the first round's gateway and helpers
+    SLOW_POLICY,
+    _answer,
     _bound_container,
     _caller_body,
     _create,
+    _delegated_cgroup,
+    _remove_cgroup,
     _request,
     _run_caller,
     peer_gateway,
@@ -30,8 +39,11 @@ from test_attacks_peer import (  # the first round's gateway and helpers
 
 from support.clients import Cleanup
 from support.daemon import PrivateDaemon
+from support.gateway import Gateway, running
 
 pytestmark = pytest.mark.daemon
+
+NOBODY = 65534
 
 __all__ = ["peer_gateway", "socket_dir", "unixget"]  # (fixtures: used by name)
 
@@ -160,3 +172,118 @@ def test_a_create_below_or_in_a_bound_containers_cgroup_is_refused(
     assert isinstance(answer, dict), answer
     expected = field if field != "PidMode" else "joining another container's pid namespace"
     assert expected in answer["message"], answer
+
+
+# ----- look-ups a host user's cgroup path makes the gateway ask ------------------------------
+
+
+class _CountingProxy:
+    """A unix-socket relay to the real daemon that counts the container look-ups sent."""
+
+    def __init__(self, daemon_socket: str, path: pathlib.Path) -> None:
+        self.lookups = 0
+        self._daemon = daemon_socket
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self._daemon)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if count:
+                    self.lookups += data.count(b"GET /containers/")
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            src.close()  # (each socket is one pump's source)
+
+    def close(self) -> None:
+        self._server.close()
+
+
+# As uid 65534 in its delegated cgroup: a chain of DEPTH nested cgroups, each named by a fresh
+# random 64-hex "container ID" (no container of the daemon's), then one call.
+_CHAIN = r"""
+set -e
+cd "$DELEG"
+i=0
+while [ $i -lt "$DEPTH" ]; do
+    id=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    mkdir "$id"
+    cd "$id"
+    i=$((i + 1))
+done
+echo $$ > cgroup.procs
+exec "$UNIXGET" "$SOCK" GET /_ping
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an anonymous host user's cgroup path naming N made-up container IDs makes the "
+    "gateway inspect N containers on the daemon for one connection (fresh IDs each time: no "
+    "cache); no cap",
+)
+def test_a_host_users_cgroup_path_cannot_make_the_gateway_ask_about_many_containers(
+    daemon: PrivateDaemon, unixget: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """uid 65534 (the anonymous policy: ping only) nests 40 cgroups in the subtree delegated to
+    it, each named by a random 64-hex ID, and pings once: the gateway asks the daemon about
+    each ID before refusing the caller as in an unknown container. One connection should cost
+    a bounded, small number of look-ups (the first unknown ID already decides the refusal)."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="dgstorm-", dir="/tmp"))
+    directory.chmod(0o755)
+    policy = tmp_path / "storm.yaml"
+    policy.write_text(SLOW_POLICY)
+    proxy = _CountingProxy(daemon.host.removeprefix("unix://"), directory / "daemon.sock")
+    delegated = _delegated_cgroup(NOBODY)
+    try:
+        gateway = Gateway(
+            f"unix://{directory / 'daemon.sock'}",
+            *("--socket-mode", "666"),
+            listen=f"unix://{directory / 'gw.sock'}",
+            policy=str(policy),
+        )
+        with running(gateway, "the gateway behind a counting relay"):
+            before = proxy.lookups
+            script = (
+                f'echo $$ > "{delegated}/cgroup.procs"; '
+                f'exec setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups sh -c "$CHAIN"'
+            )
+            env = {
+                "CHAIN": _CHAIN,
+                "DEPTH": "40",
+                "DELEG": str(delegated),
+                "UNIXGET": str(unixget),
+                "SOCK": str(directory / "gw.sock"),
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            }
+            proc = subprocess.run(
+                ["sh", "-c", script], env=env, capture_output=True, timeout=60, check=False
+            )
+            asked = proxy.lookups - before
+    finally:
+        proxy.close()
+        _remove_cgroup(delegated)
+        shutil.rmtree(directory, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr
+    status, body = _answer(proc.stdout)
+    assert status == 403, (status, body)
+    assert isinstance(body, dict) and "does not know" in body["message"], body
+    assert asked <= 4, asked
