@@ -287,3 +287,81 @@ def test_a_host_users_cgroup_path_cannot_make_the_gateway_ask_about_many_contain
     assert status == 403, (status, body)
     assert isinstance(body, dict) and "does not know" in body["message"], body
     assert asked <= 4, asked
+
+
+# ----- a process of a known container outside its main process's cgroup ---------------------
+
+
+def _hierarchy_dir(controllers: str) -> pathlib.Path:
+    """Where this host mounts the hierarchy a /proc/PID/cgroup line names."""
+    if controllers == "":
+        return UNIFIED if (UNIFIED / "cgroup.controllers").exists() else pathlib.Path(CGROUP_FS)
+    return pathlib.Path(CGROUP_FS) / controllers.removeprefix("name=")
+
+
+CGROUP_FS = "/sys/fs/cgroup"
+UNIFIED = pathlib.Path(CGROUP_FS) / "unified"
+
+
+def _move_main_below(pid: int) -> list[pathlib.Path]:
+    """Move the container's main process into `init`, a sub-cgroup of its cgroup, in every
+    hierarchy: what systemd as a container's PID 1 does first (init.scope). Returns the
+    cgroups made."""
+    made: list[pathlib.Path] = []
+    for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        top = _hierarchy_dir(controllers)
+        if not top.is_dir():
+            pytest.skip(f"no mount of hierarchy {controllers!r} at {top}")
+        where = top / path.lstrip("/") / "init"
+        where.mkdir()
+        made.append(where)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if (where / name).exists():
+                (where / name).write_text((where.parent / name).read_text())
+        (where / "cgroup.procs").write_text(str(pid))
+    return made
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a process of a bound container that is not in its main process's cgroup (main in "
+    "a sub-cgroup, as systemd as PID 1 does) is taken for a host process and gets the host "
+    "uid's binding (creator) instead of a refusal or the container's",
+)
+@pytest.mark.usefixtures("unixget", "peer_gateway")
+def test_a_container_process_outside_its_main_process_cgroup_is_not_a_host_process(
+    daemon: PrivateDaemon, busybox_image: str, socket_dir: pathlib.Path, cleanup: Cleanup
+) -> None:
+    """A running lister (root in it, no user namespace: uid 0 as on the host) whose main
+    process sits in a sub-cgroup of the container's cgroup `init` (as systemd in a container
+    puts itself); a process exec'd into it (runc joins the container's cgroup, above `init`)
+    commits: it is in a container the daemon knows, so it must not be the host's uid 0, bound
+    to `creator` (which may commit); it gets through to the daemon (404, no container x)."""
+    name = f"dgt-sysd-{os.urandom(4).hex()}"
+    cleanup.container(name)
+    daemon.docker(
+        *("run", "-d", "--name", name, "--label", "dockgate.role=lister"),
+        *("-v", f"{socket_dir}:/dg:ro", busybox_image, "sleep", "300"),
+    )
+    pid = int(daemon.docker("inspect", "-f", "{{.State.Pid}}", name).stdout)
+    made = _move_main_below(pid)
+    try:
+        proc = daemon.docker(
+            *("exec", name, "/dg/tools/unixget", "/dg/gw.sock"),
+            *("POST", "/v1.41/commit?container=x"),
+            check=False,
+        )
+    finally:
+        daemon.docker("rm", "-f", name, check=False)
+        for where in made:
+            for _ in range(50):
+                try:
+                    where.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+    status, body = _answer(proc.stdout)
+    assert status == 403, (status, body)
