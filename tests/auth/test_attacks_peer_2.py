@@ -365,3 +365,26 @@ def test_a_container_process_outside_its_main_process_cgroup_is_not_a_host_proce
                     time.sleep(0.1)
     status, body = _answer(proc.stdout)
     assert status == 403, (status, body)
+
+
+@pytest.mark.usefixtures("unixget", "peer_gateway")
+def test_a_process_execd_into_a_bound_container_is_that_container(
+    daemon: PrivateDaemon, busybox_image: str, socket_dir: pathlib.Path, cleanup: Cleanup
+) -> None:
+    """The control for the finding above: with the main process where docker put it, a
+    process exec'd into the lister (root, as the host's root) is the lister, refused the
+    commit by its policy, never the host's uid 0."""
+    name = f"dgt-exec-{os.urandom(4).hex()}"
+    cleanup.container(name)
+    daemon.docker(
+        *("run", "-d", "--name", name, "--label", "dockgate.role=lister"),
+        *("-v", f"{socket_dir}:/dg:ro", busybox_image, "sleep", "300"),
+    )
+    proc = daemon.docker(
+        *("exec", name, "/dg/tools/unixget", "/dg/gw.sock"),
+        *("POST", "/v1.41/commit?container=x"),
+    )
+    status, body = _answer(proc.stdout)
+    assert status == 403, (status, body)
+    assert isinstance(body, dict), body
+    assert body["message"].startswith('dockgate: no rule of policy "lister" allows ImageCommit')
