@@ -5,6 +5,11 @@ The same gateway and callers as tests/auth/test_attacks_peer.py (its fixtures an
 reused): the creator (host root) may create, start and commit, with the peer_labels guardrail;
 a container labelled dockgate.role=lister is the lister. Findings are `xfail(strict)` tests
 that assert what should happen; attacks that held are plain tests.
+
+Covered: the image peer_labels judges versus the one the create gets (a tag moved in
+between), creates in or below a bound container's cgroup or in its PID namespace, the
+number of look-ups a host user's cgroup path costs, and a process of a known container that
+is not in its main process's cgroup (taken for a host process).
 """
 
 from __future__ import annotations
