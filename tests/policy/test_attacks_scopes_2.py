@@ -153,11 +153,6 @@ def _inspect(daemon: PrivateDaemon, name: str) -> dict[str, Any]:
 # ----- findings -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the policy's reach is the union of every rule's objects: whatever kind it is "
-    "about: a network rule's names: ['*'] puts every container in reach of an unscoped commit",
-)
 def test_network_rule_scope_opens_every_container_to_a_commit(
     mixed_api: Api, pair: dict[str, str], daemon: PrivateDaemon
 ) -> None:
@@ -285,11 +280,6 @@ policies:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reach is the union of every rule's objects: a read-only service rule's "
-    "stacks: [shop] puts the shop stack's containers in reach of an unscoped commit",
-)
 def test_a_stack_service_rule_opens_the_stacks_containers_to_a_commit(
     daemon: PrivateDaemon,
     tmp_path_factory: pytest.TempPathFactory,

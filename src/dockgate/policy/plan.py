@@ -81,7 +81,7 @@ from dockgate.policy.scopelists import (
     scoped_list_head,
     scoped_list_hidden,
 )
-from dockgate.policy.scopes import Scope
+from dockgate.policy.scopes import Reach
 from dockgate.policy.scoping import (
     SCOPED_CREATES,
     ScopeCheck,
@@ -129,15 +129,16 @@ class Allowed:
         return self.policy is not None and self.policy.ownership
 
     @property
-    def reach(self) -> Scope | None:
+    def reach(self) -> Reach | None:
         """What the existing objects this request reaches indirectly (a commit's container, a
         build's network, what a create or update body names) must be covered by: the
         allowing rules' scope when the request is scoped, else the union of the policy's
         `objects:` (Policy.reach); None in a policy without `objects:`, where they are not
-        judged (policy/scopes.py reach_of)."""
+        judged (policy/scopes.py reach_of). Per kind (`Reach.of`): a scoped request's scope
+        judges every kind; the policy's reach, each kind by the rules about it."""
         scope = self.verdict.scope
         if scope is not None:
-            return scope
+            return Reach.whole(scope)
         return self.policy.reach if self.policy is not None else None
 
     @property
@@ -718,6 +719,8 @@ def _judge_scope(
                 trace.append((SCOPE_STAGE, f"what it makes is covered by {scope.describe()}"))
             claims = claimed(operation, query, body)
         named = references(operation, body) if operation in REFERENCING else []
+        # Objects of a kind the reach does not scope are not judged (policy/scopes.py).
+        named = [(kind, ref) for kind, ref in named if reach.of(kind.name) is not None]
     except (ValueError, RecursionError) as exc:
         message = f"dockgate: {operation}: {unreadable(exc)}"
         return Refusal(400, message, SCOPE_STAGE, "unreadable body")

@@ -53,7 +53,7 @@ from dockgate.ownership.operations import (
     with_reference,
 )
 from dockgate.ownership.pinning import PREDEFINED_NETWORKS
-from dockgate.policy.scopes import SCOPED_KINDS, Scope
+from dockgate.policy.scopes import SCOPED_KINDS, Reach, Scope
 from dockgate.refusal import Refusal
 
 STAGE = "scope"
@@ -205,13 +205,14 @@ def rollback_problem(operation: str, query: str) -> str | None:
 
 
 def indirect_lookup(
-    operation: str, raw_target: str, scope: Scope
+    operation: str, raw_target: str, reach: Reach | Scope
 ) -> tuple[LookUpAll, ScopeCheck] | None:
     """The existing object a request's query reaches besides the one its path names, which
     must be covered too: a commit's `container` (the container whose files it reads), a
     build's `networkmode` (`container:X`, whose namespaces the build steps join, or a
     network; the predefined ones are not objects: ownership/pinning.py). Both read as the
-    daemon does (`r.FormValue`: the first value). None when it reaches none."""
+    daemon does (`r.FormValue`: the first value). None when it reaches none, or an object of
+    a kind the reach does not scope (policy/scopes.py `Reach.of`)."""
     query = raw_target.partition("?")[2]
     parameter = QUERY_REFERENCES.get(operation)
     prefix = ""
@@ -231,6 +232,9 @@ def indirect_lookup(
         return None
     if not reference:
         return None  # (the daemon refuses a commit of no container)
+    scope = reach.of(kind.name) if isinstance(reach, Reach) else reach
+    if scope is None:
+        return None  # (the policy scopes no object of that kind)
     name = parameter
 
     def pin(full_id: str) -> str:

@@ -298,13 +298,15 @@ class PolicySteps:
         without ownership the body is pinned to the full IDs checked."""
         self.flow.pause(Pause.LOOKUP)
         allowed = judged.allowed
-        scope = allowed.reach  # (the policy's reach when the rule allowing it is unscoped)
-        assert scope is not None
+        reach = allowed.reach  # (the policy's reach when the rule allowing it is unscoped)
+        assert reach is not None
         body = judged.body
         pins: dict[tuple[str, str], str] = {}
         refusal: Refusal | None = None
         try:
             for kind, reference in judged.scoped:
+                scope = reach.of(kind.name)
+                assert scope is not None  # (plan.py keeps only the kinds the reach scopes)
                 found = await find_covered(
                     self.ctx.pool.address, kind, reference, scope, self._owner
                 )
@@ -314,7 +316,12 @@ class PolicySteps:
                 pins[kind.name, reference] = found.full_id
             for kind, reference in [] if refusal is not None else judged.claims:
                 holder = await find(self.ctx.pool.address, kind, reference)
-                if holder is not None and not scope.covers(holder.labels, holder.name):
+                scope = reach.of(kind.name)  # (a scoped create's: every kind)
+                if (
+                    holder is not None
+                    and scope is not None
+                    and not scope.covers(holder.labels, holder.name)
+                ):
                     refusal = name_taken(kind, reference)
         except Unresolved as exc:
             refusal = allowed.unresolved(str(exc))
