@@ -292,3 +292,52 @@ def test_an_object_of_a_kind_no_scoped_rule_is_about_is_not_judged(
     found = judged(policies, "/v1.41/containers/create", body)
     assert isinstance(found, JudgedBody), found
     assert [(k.name, r) for k, r in found.scoped] == [("container", "db")]
+
+
+PRUNES = """\
+bindings:
+  - {policy: containers, users: [carl]}
+  - {policy: warned, users: [wanda]}
+policies:
+  containers:
+    rules:
+      - allow: {operations: [ContainerRestart], objects: {labels: {team: web}}}
+      - allow: {operations: [ContainerPrune, VolumePrune, NetworkPrune, ImagePrune, BuildPrune]}
+  warned:
+    mode: warn
+    rules:
+      - allow: {operations: [ContainerRestart, VolumeInspect], objects: {labels: {team: web}}}
+      - allow: {operations: [ContainerPrune, VolumePrune, NetworkPrune]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("user", "target", "refused"),
+    [
+        ("carl", "/v1.41/containers/prune", True),
+        # the policy scopes no volume or network, nor images or the build cache
+        ("carl", "/v1.41/volumes/prune", False),
+        ("carl", "/v1.41/networks/prune", False),
+        ("carl", "/v1.41/images/prune", False),
+        ("carl", "/v1.41/build/prune", False),
+        ("wanda", "/v1.41/containers/prune", True),
+        ("wanda", "/v1.41/volumes/prune", True),
+        ("wanda", "/v1.41/networks/prune", False),
+    ],
+)
+def test_a_prune_of_a_kind_the_reach_scopes_is_refused(
+    user: str, target: str, refused: bool
+) -> None:
+    """A prune deletes what the daemon's exact-label filters find, which a scope cannot
+    narrow: refused (403) where the reach scopes its kind; in warn mode recorded instead."""
+    policies = parse_policy_text(PRUNES, "policy.yaml")
+    step = plan(policies, head("POST", target), user)
+    if not refused:
+        assert isinstance(step, Forward | HoldBody), step
+        assert step.allowed.verdict.would_deny is None
+    elif user == "wanda":
+        assert isinstance(step, Forward | HoldBody), step
+        assert step.allowed.verdict.would_deny is not None
+    else:
+        assert isinstance(step, Refusal) and step.status == 403, step
+        assert "one by one" in step.message, step.message

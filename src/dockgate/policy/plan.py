@@ -337,22 +337,36 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
 # Operations whose answer reports every object of the daemon, which a scope cannot narrow
 # (as in ownership mode: ownership/operations.py UNAVAILABLE).
 _UNSCOPABLE = frozenset({"SystemDataUsage"})
+# Prunes, by the kind they delete: the daemon narrows a prune by exact labels only (no names,
+# no patterns, no stacks by any other label), and deletes (and names) what it finds, which no
+# filtering of the answer can take back. Refused where the reach scopes that kind. (ImagePrune
+# and BuildPrune delete images and build cache, which no scope is about.)
+_PRUNED_KINDS = {"ContainerPrune": "container", "VolumePrune": "volume", "NetworkPrune": "network"}
 
 
 def _reach_head(head: RequestHead, allowed: Allowed, trace: Trace | None) -> Refusal | Allowed:
     """What a policy with `objects:` rules refuses of any request it allows, from the head
     alone: `system df` (it lists every container, image and volume with their names and
-    labels), a new container name of hex digits only (it would take a reference to another
-    object's short ID: the daemon resolves a name before an ID prefix), a rollback (the
-    previous spec is not in the request). In warn or audit mode recorded instead."""
+    labels), a prune of a kind the reach scopes (it deletes and names objects out of it), a
+    new container name of hex digits only (it would take a reference to another object's
+    short ID: the daemon resolves a name before an ID prefix), a rollback (the previous spec
+    is not in the request). In warn or audit mode recorded instead."""
     operation = allowed.operation
     query = head.target.partition("?")[2]
     problem = None
     status = 403
+    reach = allowed.reach
+    assert reach is not None
+    pruned = _PRUNED_KINDS.get(operation)
     if operation in _UNSCOPABLE:
         problem = (
             f"{operation} reports every object of the daemon, which object scopes cannot "
             "narrow: it is not available in a policy with `objects:` rules"
+        )
+    elif pruned is not None and reach.of(pruned) is not None:
+        problem = (
+            f"{operation} cannot be narrowed to the {pruned}s the policy's `objects:` rules "
+            f"cover (a prune's filters take exact labels only): remove {pruned}s one by one"
         )
     elif operation in ("ContainerCreate", "ContainerRename"):
         problem = hex_name_problem(operation, query, b"")
