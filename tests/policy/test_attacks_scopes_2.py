@@ -177,11 +177,6 @@ def test_network_rule_scope_opens_every_container_to_a_commit(
     assert status == 404, (status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a body's or commit's container reference is resolved among the covered "
-    "containers' listed Names, link aliases included: `<db>/w` tells that db exists and links",
-)
 @pytest.mark.parametrize("how", ["commit", "VolumesFrom", "NetworkMode", "PidMode"])
 def test_link_alias_reference_tells_of_an_out_of_scope_linker(  # noqa: PLR0917 - fixtures
     sharing_api: Api,

@@ -15,7 +15,7 @@ from dockgate.check import admissions_for, parse_head
 from dockgate.http.request import RequestHead
 from dockgate.ownership.lookup import Unresolved
 from dockgate.ownership.operations import CONTAINER, EXEC, NETWORK, SERVICE, TASK, VOLUME
-from dockgate.ownership.scopefind import _lists, _resolved, _scope_name
+from dockgate.ownership.scopefind import _lists, _own_names, _resolved, _scope_name
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.plan import HoldBody, JudgedBody, LookUp, Step, judge_body, plan_request
 from dockgate.policy.rules import PolicySet
@@ -211,6 +211,18 @@ def test_resolution_is_as_the_daemons_among_covered_objects_only() -> None:
     assert _resolved(CONTAINER, "/ab12", covered) is None  # `/...` is a name only
     with pytest.raises(Unresolved):
         _resolved(CONTAINER, "ab", covered)
+
+
+def test_a_container_is_resolved_by_its_own_name_never_a_link_alias() -> None:
+    """The daemon lists `/db/w` among web's `Names` when db was run `--link web:w`: that
+    alias is db's, and resolving `db/w` to web would tell that db exists and links to it."""
+    names = _own_names(CONTAINER, ["/db/w", "/web", "/other/x"])
+    assert names == ["/web"]
+    covered = {"ab12" + "0" * 60: names}
+    assert _resolved(CONTAINER, "db/w", covered) is None
+    assert _resolved(CONTAINER, "/db/w", covered) is None
+    assert _resolved(CONTAINER, "web", covered) == "ab12" + "0" * 60
+    assert _own_names(SERVICE, ["a/b"]) == ["a/b"]  # (other kinds have one name, as listed)
 
 
 def test_a_containers_scope_name_is_its_own_not_a_link_alias() -> None:

@@ -130,7 +130,7 @@ async def covered_objects(
 ) -> dict[str, list[str]]:
     """The objects of `kind` (containers, networks, services, secrets, configs) that `scope`
     covers by what their list entries say: full ID -> names (a container's as listed,
-    `/web`)."""
+    `/web`; its own name only, never the `/linker/alias` names of legacy links)."""
     listed = _LISTED[kind.name]
     covered: dict[str, list[str]] = {}
     for keys, rules in _lists(scope):
@@ -142,6 +142,7 @@ async def covered_objects(
             if entry is None:
                 continue
             full_id, labels, names = entry
+            names = _own_names(kind, names)
             if any(rule.covers(labels, _scope_name(kind, names)) for rule in rules):
                 covered[full_id] = names
     return covered
@@ -189,6 +190,17 @@ def _entry(
         name = where.get("Name")
         names = [name] if isinstance(name, str) else []
     return full_id, labels_of(where.get("Labels")), names
+
+
+def _own_names(kind: Kind, names: list[str]) -> list[str]:
+    """The names an object is resolved by among the covered ones: a container's own (`/web`),
+    never a legacy link's alias, listed among the linked container's `Names` as
+    `/linker/alias`: the daemon resolves `linker/alias` to the linked container, so resolving
+    it among the covered ones would tell that an out-of-scope `linker` exists and links to it
+    (the same reference with a linker that does not exist is absent)."""
+    if kind is not CONTAINER:
+        return names
+    return [n for n in names if n.startswith("/") and "/" not in n[1:]]
 
 
 def _scope_name(kind: Kind, names: list[str]) -> str:
