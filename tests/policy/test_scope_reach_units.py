@@ -341,3 +341,15 @@ def test_a_prune_of_a_kind_the_reach_scopes_is_refused(
     else:
         assert isinstance(step, Refusal) and step.status == 403, step
         assert "one by one" in step.message, step.message
+
+
+def test_a_scoped_kinds_create_named_like_an_id_prefix_is_looked_up(policies: PolicySet) -> None:
+    """The web policy scopes services: a ServiceCreate named `k3q9z` (base 36) is to be
+    checked against the services' IDs; `shop-1` (a `-`) is not."""
+    body = {"Name": "k3q9z", "Labels": {"team": "web"}}
+    found = judged(policies, "/v1.41/services/create", body)
+    assert isinstance(found, JudgedBody), found
+    assert [(k.name, n) for k, n in found.id_names] == [("service", "k3q9z")]
+    assert found.needs_daemon and found.scope_lookups
+    found = judged(policies, "/v1.41/services/create", {"Name": "shop-1"})
+    assert isinstance(found, JudgedBody) and found.id_names == [], found

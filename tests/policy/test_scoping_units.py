@@ -19,7 +19,13 @@ from dockgate.ownership.scopefind import _lists, _own_names, _resolved, _scope_n
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.plan import HoldBody, JudgedBody, LookUp, Step, judge_body, plan_request
 from dockgate.policy.rules import PolicySet
-from dockgate.policy.scoping import claimed, create_problem, created, rename_problem
+from dockgate.policy.scoping import (
+    claimed,
+    create_problem,
+    created,
+    id_like_name,
+    rename_problem,
+)
 from dockgate.refusal import Refusal
 
 POLICY = """\
@@ -293,3 +299,23 @@ def test_a_scoped_network_create_always_checks_for_duplicates(policies: PolicySe
         assert isinstance(top, gojson.GoObject)
         assert gojson.scalar((top,), "CheckDuplicate") is True
         assert gojson.scalar((top,), "Name") == "web-n"
+
+
+@pytest.mark.parametrize(
+    ("operation", "name", "expected"),
+    [
+        ("ServiceCreate", "k3q9z", ("service", "k3q9z")),
+        ("SecretCreate", "abc", ("secret", "abc")),
+        ("ConfigCreate", "z" * 25, ("config", "z" * 25)),
+        ("ConfigCreate", "z" * 26, None),  # longer than an ID
+        ("ServiceCreate", "web-1", None),  # a character no ID has
+        ("ServiceCreate", "Web", None),  # upper case: no ID has it
+        ("NetworkCreate", "abc", None),  # (hex IDs: the hex-only check)
+    ],
+)
+def test_a_swarm_name_that_could_start_an_id_is_to_be_looked_up(
+    operation: str, name: str, expected: tuple[str, str] | None
+) -> None:
+    found = id_like_name(operation, json.dumps({"Name": name}).encode())
+    assert (None if found is None else (found[0].name, found[1])) == expected
+    assert id_like_name(operation, b"{") is None

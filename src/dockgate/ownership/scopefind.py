@@ -255,3 +255,22 @@ async def _covered_task(
     if len(fits) > 1:
         raise Unresolved(f"the daemon cannot tell which task {reference!r} names")
     return next(iter(fits), None)
+
+
+async def id_prefix_taken(address: Address, kind: Kind, name: str) -> bool:
+    """Whether `name` is the start of an existing swarm object's ID of `kind` (a service,
+    secret or config): one list, narrowed by the daemon to the IDs with that prefix (the
+    `id` filter is swarmkit's IDPrefixes: moby daemon/cluster/filters.go), checked here
+    again. Whatever the object, in scope or not: the answer names none. LookupError_ when
+    the daemon cannot be asked."""
+    listed = _LISTED[kind.name]
+    target = listed.path + "filters=" + quote(json.dumps({"id": [name]}))
+    status, answer = await get_json(address, target)
+    if status != 200 or not isinstance(answer, list):
+        raise LookupError_(f"the daemon answered {status} to a list of {kind.name}s")
+    return any(
+        isinstance(item, dict)
+        and isinstance(item.get(listed.id_field), str)
+        and item[listed.id_field].startswith(name)
+        for item in answer
+    )

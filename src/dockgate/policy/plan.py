@@ -87,6 +87,7 @@ from dockgate.policy.scoping import (
     ScopeCheck,
     claimed,
     create_problem,
+    id_like_name,
     indirect_lookup,
     rollback_problem,
     scope_lookup,
@@ -564,6 +565,9 @@ class JudgedBody:
     # image whose labels the new container (or a service's tasks) will also carry, judged
     # with the body's (body/guardrails.py image_peer_label_problem) once looked up.
     peer_image: str | None = None
+    # A swarm create in a policy whose reach scopes its kind: a name that could be the start
+    # of an existing object's ID (policy/scoping.py id_like_name), refused if it is.
+    id_names: list[tuple[Kind, str]] = field(default_factory=list)
 
     @property
     def needs_daemon(self) -> bool:
@@ -574,7 +578,13 @@ class JudgedBody:
             or self.scoped
             or self.claims
             or self.peer_image
+            or self.id_names
         )
+
+    @property
+    def scope_lookups(self) -> bool:
+        """Whether the relay checks scoped references first (relay/steps.py)."""
+        return bool(self.scoped or self.claims or self.id_names)
 
 
 def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
@@ -640,6 +650,7 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     body, allowed = defaulted
     scoped: list[tuple[Kind, str]] = []
     claims: list[tuple[Kind, str]] = []
+    id_names: list[tuple[Kind, str]] = []
     if allowed.reach is not None:
         # The body as it goes to the daemon (an owner label added: labels merge key by key),
         # so that what is judged is the object as it will be created.
@@ -647,6 +658,12 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         if isinstance(found, Refusal):
             return found
         allowed, scoped, claims = found
+        id_name = id_like_name(operation, body)
+        reach = allowed.reach
+        if id_name is not None and reach is not None and reach.of(id_name[0].name) is not None:
+            id_names.append(id_name)
+            if trace is not None:
+                trace.append((SCOPE_STAGE, f"the name {id_name[1]!r} must start no ID"))
         if (
             operation == "NetworkCreate"
             and owner is None
@@ -663,6 +680,7 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         scoped,
         claims,
         _peer_image(hold, allowed, body),
+        id_names,
     )
     later = refused_before_lookups(allowed, judged)
     if later is None:
@@ -671,7 +689,14 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     if waived is None:
         return later
     return JudgedBody(
-        body, [], named, check_image=False, allowed=waived, scoped=scoped, claims=claims
+        body,
+        [],
+        named,
+        check_image=False,
+        allowed=waived,
+        scoped=scoped,
+        claims=claims,
+        id_names=id_names,
     )
 
 

@@ -32,6 +32,7 @@ later requests about the container judge its inspect, image labels included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
@@ -40,11 +41,14 @@ from dockgate.body import gojson
 from dockgate.http.query import query_value
 from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.operations import (
+    CONFIG,
     CONTAINER,
     LABELLED_BUILD,
     NETWORK,
     OWNED_CREATES,
     QUERY_REFERENCES,
+    SECRET,
+    SERVICE,
     VOLUME,
     Kind,
     LookUp,
@@ -293,6 +297,45 @@ def name_taken(kind: Kind, reference: str) -> Refusal:
     else:
         message = f"dockgate: a {kind.name} named {reference!r} exists and is not in your scope"
     return Refusal(409, message, STAGE, "name taken out of scope")
+
+
+# Swarm objects' creates, by the kind they make. Their IDs are 25 characters of [0-9a-z]
+# (swarmkit identity.NewID); swarmkit resolves a reference as a full ID, then a name, then an
+# ID prefix (controlapi getService, getSecret, getConfig), so a new object named as the start
+# of another's ID takes every later reference by that prefix. A service cannot be renamed
+# (swarmkit controlapi errRenameNotSupported), nor a secret or config (only their labels
+# change): the create is the only way to such a name.
+SWARM_CREATES = {"ServiceCreate": SERVICE, "SecretCreate": SECRET, "ConfigCreate": CONFIG}
+SWARM_ID_CHARACTERS = 25
+_ID_LIKE = re.compile(f"[0-9a-z]{{1,{SWARM_ID_CHARACTERS}}}")
+
+
+def id_like_name(operation: str, body: bytes) -> tuple[Kind, str] | None:
+    """The name a swarm create gives its object when it could be the start of an existing
+    object's ID of that kind (base 36, at most 25 characters): to be looked up (one list,
+    ownership/scopefind.py `id_prefix_taken`). None for other names, other operations and a
+    body that cannot be read (refused elsewhere, or by the daemon)."""
+    kind = SWARM_CREATES.get(operation)
+    if kind is None:
+        return None
+    try:
+        _, name = created(operation, "", body)
+    except (ValueError, RecursionError):
+        return None
+    if name is None or not _ID_LIKE.fullmatch(name):
+        return None
+    return kind, name
+
+
+def id_name_taken(operation: str, kind: Kind, name: str) -> Refusal:
+    """A swarm create's name that is the start of an existing object's ID: 400, as a hex-only
+    name is (ownership/operations.py hex_name_problem), naming no object."""
+    message = (
+        f"dockgate: {operation}: the name {name!r} is the start of an existing {kind.name}'s "
+        f"ID, and the daemon resolves a name before an ID prefix: choose a name with a "
+        "character other than [0-9a-z] (a '-' or '_'), or a longer one"
+    )
+    return Refusal(400, message, STAGE, "ID prefix name")
 
 
 def with_duplicate_check(body: bytes) -> bytes:

@@ -77,7 +77,7 @@ from dockgate.ownership.operations import (
 )
 from dockgate.ownership.pinning import pinned_body
 from dockgate.ownership.prefix import find_owned
-from dockgate.ownership.scopefind import find_covered, judge_scoped
+from dockgate.ownership.scopefind import find_covered, id_prefix_taken, judge_scoped
 from dockgate.ownership.volumes import (
     Settled,
     Unreadable,
@@ -116,6 +116,7 @@ from dockgate.policy.scopes import Scope
 from dockgate.policy.scoping import (
     ScopeCheck,
     absent_named,
+    id_name_taken,
     name_taken,
 )
 from dockgate.refusal import Refusal
@@ -225,7 +226,7 @@ class PolicySteps:
             # The labels the image gives the new container are judged with the body's first.
             self._start_lookup(self._check_peer_image(head, judged, hold.guardrails))
             return
-        if judged.scoped or judged.claims:
+        if judged.scope_lookups:
             # A scoped request: the objects the body names must be covered first.
             self._start_lookup(self._check_scoped_references(head, judged, hold.guardrails))
             return
@@ -271,7 +272,7 @@ class PolicySteps:
             waived = self._waived(refusal)
             assert waived is not None
             self._allowed, self._verdict = waived, waived.verdict
-        if judged.scoped or judged.claims:
+        if judged.scope_lookups:
             await self._check_scoped_references(head, judged, guardrails)
             return
         if judged.volumes:
@@ -323,6 +324,9 @@ class PolicySteps:
                     and not scope.covers(holder.labels, holder.name)
                 ):
                     refusal = name_taken(kind, reference)
+            for kind, name in [] if refusal is not None else judged.id_names:
+                if await id_prefix_taken(self.ctx.pool.address, kind, name):
+                    refusal = id_name_taken(self._operation(), kind, name)
         except Unresolved as exc:
             refusal = allowed.unresolved(str(exc))
         if self.closing or self._head is not head:
