@@ -170,10 +170,10 @@ class Policy:
     basis: str = ""
     # What creates are given (body/defaults.py, `defaults:`); None: nothing.
     defaults: Defaults | None = None
-    # The union of the scopes of the policy's allow rules with `objects:` (policy/scopes.py
-    # `reach_of`), computed from the rules: the objects a request of this policy may reach
-    # indirectly (a commit's container, a build's network, what a create joins). None: the
-    # policy has no such rule, and nothing is judged.
+    # Per kind of object, the union of the scopes of the policy's allow rules with `objects:`
+    # about that kind (policy/scopes.py `reach_of`), computed from the rules: the objects a
+    # request of this policy may reach indirectly (a commit's container, a build's network,
+    # what a create joins). None: the policy has no such rule, and nothing is judged.
     reach: Reach | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:

@@ -11,9 +11,10 @@ did not exist when no rule covers it, and otherwise pins the request to the full
 objects covered; a create is refused unless what it creates would be covered.
 
 This module is the pure part: the scope of one rule (`ObjectScope`), the union of the scopes of
-the allow rules that matched a request (`Scope`), and which operations a scope can apply to
-(`scopable`). Matching is on what the daemon stores and answers: the object's labels as a map
-(keys exact, as Go compares map keys) and its name (a container's without the leading `/`).
+the allow rules that matched a request (`Scope`), the policy's reach per kind of object
+(`Reach`, `reach_of`), and which operations a scope can apply to (`scopable`). Matching is
+on what the daemon stores and answers: the object's labels as a map (keys exact, as Go
+compares map keys) and its name (a container's without the leading `/`).
 
 Semantics, documented in docs/policy.md ("Scopes over existing objects"):
 - the conditions given in one `objects:` must all hold; a list (`names`, `stacks`) means any;

@@ -21,9 +21,12 @@ A request allowed with a `Verdict.scope` (policy/scopes.py) is judged here witho
   a rollback, whose spec is not in the request, is refused (`rollback_problem`).
 
 In a policy with `objects:` rules, what a request reaches indirectly is judged even when the
-rule that allowed it has none, by the policy's reach (Policy.reach, the union of its scopes):
-a commit's container and a build's `networkmode` (`indirect_lookup`, looked up as above), the
-objects a body names; hex-only new names and `system df` are refused there (policy/plan.py).
+rule that allowed it has none, by the policy's reach for the object's kind (Policy.reach,
+policy/scopes.py `Reach.of`: per kind, the union of the scopes of the rules about that kind;
+a kind no scoped rule is about is not judged): a commit's container and a build's
+`networkmode` (`indirect_lookup`, looked up as above), the objects a body names; hex-only new
+names, `system df` and prunes of scoped kinds are refused there (policy/plan.py), and a swarm
+create's name that starts an existing ID is looked up (`id_like_name`).
 
 Only the body's labels count for a create: the daemon merges the image's labels into a new
 container's under every key the body does not set, but that is known only after the create;
