@@ -440,6 +440,11 @@ def _explain_lookups(out: list[str], allowed: Allowed, judged: JudgedBody) -> No
             f"lookup:    the {kind.name} name {reference!r} must not be held by an object out "
             "of the scope (else 409)"
         )
+    for kind, name in judged.id_names:
+        out.append(
+            f"lookup:    the {kind.name} name {name!r} must not be the start of an existing "
+            f"{kind.name}'s ID (else 400)"
+        )
     for kind, reference in judged.named:
         out.append(f"lookup:    {kind.name} {reference!r} must be the caller's")
     if judged.check_image:

@@ -448,6 +448,7 @@ def test_inspect_of_a_covered_network_shows_out_of_scope_containers(
     assert pair["db_id"] not in text and pair["db"] not in text, answer.get("Containers")
 
 
+@pytest.mark.timeout(420)  # (the precondition's waits: up to 180 s + 120 s under load)
 def test_verbose_inspect_of_a_covered_overlay_shows_no_out_of_scope_service(
     net_api: Api, swarm: PrivateDaemon, busybox_image: str
 ) -> None:
@@ -462,12 +463,30 @@ def test_verbose_inspect_of_a_covered_overlay_shows_no_out_of_scope_service(
             *("--network", network, "--label", f"{LABEL}=db", busybox_image, "sleep", "600"),
         )
         target = f"/v1.41/networks/{network}?verbose=true"
-        for _ in range(120):  # until the daemon's own answer lists the service's task
+        # The precondition, in two waits (a loaded machine schedules and starts the task
+        # slowly): the service's task running, then the daemon's own verbose answer listing
+        # it (the network's service records follow the task's endpoint).
+        tasks = "/v1.41/tasks?filters=" + quote(json.dumps({"service": [service]}))
+        states: list[object] = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            _, listed = direct(swarm, "GET", tasks)
+            states = [t.get("Status", {}).get("State") for t in listed or []]
+            if "running" in states:
+                break
+            time.sleep(0.5)
+        assert "running" in states, f"the task of {service} never ran in 180 s: {states}"
+        seen: dict[str, object] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
             _, seen = direct(swarm, "GET", target)
             if service in json.dumps(seen.get("Services") or {}):
                 break
             time.sleep(0.5)
-        assert service in json.dumps(seen.get("Services") or {}), seen
+        assert service in json.dumps(seen.get("Services") or {}), (
+            f"the daemon's verbose inspect never listed the running {service} in 120 s",
+            seen,
+        )
         status, answer = net_api.call("GET", target)
         assert status == 200, answer
         assert answer["Name"] == network and answer["Services"] == {}, answer

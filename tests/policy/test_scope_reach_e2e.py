@@ -38,6 +38,8 @@ policies:
       - allow:
           operations: [ContainerRestart, ContainerInspect, ContainerRename, ImageCommit]
           objects: {{labels: {{{LABEL}: web}}}}
+      # (networks are scoped too, for the build's `networkmode`: the reach is per kind)
+      - allow: {{operations: [NetworkInspect], objects: {{labels: {{{LABEL}: web}}}}}}
       - allow: {{operations: [ContainerCreate, ContainerStart, ContainerWait, ContainerLogs,
                               ContainerDelete, ImageInspect, ImageBuild]}}
 """

@@ -83,13 +83,22 @@ def judged(policies: PolicySet, target: str, body: object, user: str = "alice") 
     return judge_body(step, raw)
 
 
-def test_the_reach_is_the_union_of_the_scoped_rules(policies: PolicySet) -> None:
-    """Computed at load, numbered by rule; None in a policy without `objects:`."""
+def test_the_reach_is_per_kind_the_union_of_the_rules_about_it(policies: PolicySet) -> None:
+    """Computed at load, numbered by rule, per kind: a kind's reach is the union of the
+    scoped rules matching some operation about that kind (rule 2 creates services only, so
+    it says nothing of containers); a kind no scoped rule is about has none; None in a policy
+    without `objects:`."""
     reach = policies.policies["web"].reach
     assert reach is not None
-    assert [number for number, _ in reach.rules] == [1, 2]
-    assert reach.covers({"team": "web"}, "x") and reach.covers({}, "shop-1")
-    assert not reach.covers({"team": "db"}, "db-1")
+    containers, services = reach.of("container"), reach.of("service")
+    assert containers is not None and services is not None
+    assert [number for number, _ in containers.rules] == [1]
+    assert [number for number, _ in services.rules] == [1, 2]
+    assert reach.of("exec") == containers and reach.of("task") == services
+    assert services.covers({"team": "web"}, "x") and services.covers({}, "shop-1")
+    assert not containers.covers({}, "shop-1")
+    assert not services.covers({"team": "db"}, "db-1")
+    assert reach.of("network") is None and reach.of("volume") is None
     assert policies.policies["plain"].reach is None
 
 
@@ -141,7 +150,9 @@ def test_an_unscoped_commit_or_build_is_looked_up_in_the_reach(policies: PolicyS
     for target in ("/v1.41/commit?container=db", "/v1.41/build?networkmode=container:db"):
         step = plan(policies, head("POST", target))
         assert isinstance(step, LookUp), (target, step)
-        assert step.scope is not None and step.scope.scope == policies.policies["web"].reach
+        reach = policies.policies["web"].reach
+        assert reach is not None
+        assert step.scope is not None and step.scope.scope == reach.of("container")
     # (a scoped ImageCommit rule: the same look-up, by the rule's own scope)
     step = plan(policies, head("POST", "/v1.41/commit?container=web&repo=x"))
     assert isinstance(step, LookUp) and step.scope is not None
@@ -222,7 +233,8 @@ def _service(name: str, container_labels: object, key: str = "ContainerSpec") ->
 
 
 def test_a_scoped_service_must_leave_its_task_containers_covered(policies: PolicySet) -> None:
-    reach = policies.policies["web"].reach
+    whole = policies.policies["web"].reach
+    reach = whole.of("service") if whole is not None else None
     assert reach is not None
     ok = task_problem(reach, "ServiceCreate", json.dumps(_service("s", {"team": "web"})).encode())
     assert ok is None
@@ -258,3 +270,86 @@ def test_an_unscoped_create_names_objects_to_be_covered(policies: PolicySet) -> 
     # without references: nothing to look up, the create goes on unjudged
     found = judged(policies, "/v1.41/containers/create", {"Image": "x"})
     assert isinstance(found, JudgedBody) and not found.needs_daemon
+
+
+def test_an_object_of_a_kind_no_scoped_rule_is_about_is_not_judged(
+    policies: PolicySet,
+) -> None:
+    """The reach is per kind: the web policy scopes containers and services, not networks or
+    volumes, so an unscoped build's network and the networks and volumes an unscoped create
+    names are not looked up (the containers it names still are)."""
+    step = plan(policies, head("POST", "/v1.41/build?networkmode=dbnet"))
+    assert isinstance(step, Forward), step
+    body = {
+        "Image": "x",
+        "HostConfig": {"NetworkMode": "dbnet", "Mounts": [{"Type": "volume", "Source": "dbvol"}]},
+        "NetworkingConfig": {"EndpointsConfig": {"other": {}}},
+    }
+    found = judged(policies, "/v1.41/containers/create", body)
+    assert isinstance(found, JudgedBody), found
+    assert found.scoped == []
+    body["HostConfig"] = {"NetworkMode": "container:db"}
+    found = judged(policies, "/v1.41/containers/create", body)
+    assert isinstance(found, JudgedBody), found
+    assert [(k.name, r) for k, r in found.scoped] == [("container", "db")]
+
+
+PRUNES = """\
+bindings:
+  - {policy: containers, users: [carl]}
+  - {policy: warned, users: [wanda]}
+policies:
+  containers:
+    rules:
+      - allow: {operations: [ContainerRestart], objects: {labels: {team: web}}}
+      - allow: {operations: [ContainerPrune, VolumePrune, NetworkPrune, ImagePrune, BuildPrune]}
+  warned:
+    mode: warn
+    rules:
+      - allow: {operations: [ContainerRestart, VolumeInspect], objects: {labels: {team: web}}}
+      - allow: {operations: [ContainerPrune, VolumePrune, NetworkPrune]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("user", "target", "refused"),
+    [
+        ("carl", "/v1.41/containers/prune", True),
+        # the policy scopes no volume or network, nor images or the build cache
+        ("carl", "/v1.41/volumes/prune", False),
+        ("carl", "/v1.41/networks/prune", False),
+        ("carl", "/v1.41/images/prune", False),
+        ("carl", "/v1.41/build/prune", False),
+        ("wanda", "/v1.41/containers/prune", True),
+        ("wanda", "/v1.41/volumes/prune", True),
+        ("wanda", "/v1.41/networks/prune", False),
+    ],
+)
+def test_a_prune_of_a_kind_the_reach_scopes_is_refused(
+    user: str, target: str, refused: bool
+) -> None:
+    """A prune deletes what the daemon's exact-label filters find, which a scope cannot
+    narrow: refused (403) where the reach scopes its kind; in warn mode recorded instead."""
+    policies = parse_policy_text(PRUNES, "policy.yaml")
+    step = plan(policies, head("POST", target), user)
+    if not refused:
+        assert isinstance(step, Forward | HoldBody), step
+        assert step.allowed.verdict.would_deny is None
+    elif user == "wanda":
+        assert isinstance(step, Forward | HoldBody), step
+        assert step.allowed.verdict.would_deny is not None
+    else:
+        assert isinstance(step, Refusal) and step.status == 403, step
+        assert "one by one" in step.message, step.message
+
+
+def test_a_scoped_kinds_create_named_like_an_id_prefix_is_looked_up(policies: PolicySet) -> None:
+    """The web policy scopes services: a ServiceCreate named `k3q9z` (base 36) is to be
+    checked against the services' IDs; `shop-1` (a `-`) is not."""
+    body = {"Name": "k3q9z", "Labels": {"team": "web"}}
+    found = judged(policies, "/v1.41/services/create", body)
+    assert isinstance(found, JudgedBody), found
+    assert [(k.name, n) for k, n in found.id_names] == [("service", "k3q9z")]
+    assert found.needs_daemon and found.scope_lookups
+    found = judged(policies, "/v1.41/services/create", {"Name": "shop-1"})
+    assert isinstance(found, JudgedBody) and found.id_names == [], found

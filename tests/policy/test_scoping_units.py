@@ -15,11 +15,17 @@ from dockgate.check import admissions_for, parse_head
 from dockgate.http.request import RequestHead
 from dockgate.ownership.lookup import Unresolved
 from dockgate.ownership.operations import CONTAINER, EXEC, NETWORK, SERVICE, TASK, VOLUME
-from dockgate.ownership.scopefind import _lists, _resolved, _scope_name
+from dockgate.ownership.scopefind import _lists, _own_names, _resolved, _scope_name
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.plan import HoldBody, JudgedBody, LookUp, Step, judge_body, plan_request
 from dockgate.policy.rules import PolicySet
-from dockgate.policy.scoping import claimed, create_problem, created, rename_problem
+from dockgate.policy.scoping import (
+    claimed,
+    create_problem,
+    created,
+    id_like_name,
+    rename_problem,
+)
 from dockgate.refusal import Refusal
 
 POLICY = """\
@@ -213,6 +219,18 @@ def test_resolution_is_as_the_daemons_among_covered_objects_only() -> None:
         _resolved(CONTAINER, "ab", covered)
 
 
+def test_a_container_is_resolved_by_its_own_name_never_a_link_alias() -> None:
+    """The daemon lists `/db/w` among web's `Names` when db was run `--link web:w`: that
+    alias is db's, and resolving `db/w` to web would tell that db exists and links to it."""
+    names = _own_names(CONTAINER, ["/db/w", "/web", "/other/x"])
+    assert names == ["/web"]
+    covered = {"ab12" + "0" * 60: names}
+    assert _resolved(CONTAINER, "db/w", covered) is None
+    assert _resolved(CONTAINER, "/db/w", covered) is None
+    assert _resolved(CONTAINER, "web", covered) == "ab12" + "0" * 60
+    assert _own_names(SERVICE, ["a/b"]) == ["a/b"]  # (other kinds have one name, as listed)
+
+
 def test_a_containers_scope_name_is_its_own_not_a_link_alias() -> None:
     assert _scope_name(CONTAINER, ["/other/alias", "/web"]) == "web"
     assert _scope_name(NETWORK, ["n"]) == "n"
@@ -281,3 +299,23 @@ def test_a_scoped_network_create_always_checks_for_duplicates(policies: PolicySe
         assert isinstance(top, gojson.GoObject)
         assert gojson.scalar((top,), "CheckDuplicate") is True
         assert gojson.scalar((top,), "Name") == "web-n"
+
+
+@pytest.mark.parametrize(
+    ("operation", "name", "expected"),
+    [
+        ("ServiceCreate", "k3q9z", ("service", "k3q9z")),
+        ("SecretCreate", "abc", ("secret", "abc")),
+        ("ConfigCreate", "z" * 25, ("config", "z" * 25)),
+        ("ConfigCreate", "z" * 26, None),  # longer than an ID
+        ("ServiceCreate", "web-1", None),  # a character no ID has
+        ("ServiceCreate", "Web", None),  # upper case: no ID has it
+        ("NetworkCreate", "abc", None),  # (hex IDs: the hex-only check)
+    ],
+)
+def test_a_swarm_name_that_could_start_an_id_is_to_be_looked_up(
+    operation: str, name: str, expected: tuple[str, str] | None
+) -> None:
+    found = id_like_name(operation, json.dumps({"Name": name}).encode())
+    assert (None if found is None else (found[0].name, found[1])) == expected
+    assert id_like_name(operation, b"{") is None

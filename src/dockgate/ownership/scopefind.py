@@ -130,7 +130,7 @@ async def covered_objects(
 ) -> dict[str, list[str]]:
     """The objects of `kind` (containers, networks, services, secrets, configs) that `scope`
     covers by what their list entries say: full ID -> names (a container's as listed,
-    `/web`)."""
+    `/web`; its own name only, never the `/linker/alias` names of legacy links)."""
     listed = _LISTED[kind.name]
     covered: dict[str, list[str]] = {}
     for keys, rules in _lists(scope):
@@ -142,6 +142,7 @@ async def covered_objects(
             if entry is None:
                 continue
             full_id, labels, names = entry
+            names = _own_names(kind, names)
             if any(rule.covers(labels, _scope_name(kind, names)) for rule in rules):
                 covered[full_id] = names
     return covered
@@ -189,6 +190,17 @@ def _entry(
         name = where.get("Name")
         names = [name] if isinstance(name, str) else []
     return full_id, labels_of(where.get("Labels")), names
+
+
+def _own_names(kind: Kind, names: list[str]) -> list[str]:
+    """The names an object is resolved by among the covered ones: a container's own (`/web`),
+    never a legacy link's alias, listed among the linked container's `Names` as
+    `/linker/alias`: the daemon resolves `linker/alias` to the linked container, so resolving
+    it among the covered ones would tell that an out-of-scope `linker` exists and links to it
+    (the same reference with a linker that does not exist is absent)."""
+    if kind is not CONTAINER:
+        return names
+    return [n for n in names if n.startswith("/") and "/" not in n[1:]]
 
 
 def _scope_name(kind: Kind, names: list[str]) -> str:
@@ -243,3 +255,22 @@ async def _covered_task(
     if len(fits) > 1:
         raise Unresolved(f"the daemon cannot tell which task {reference!r} names")
     return next(iter(fits), None)
+
+
+async def id_prefix_taken(address: Address, kind: Kind, name: str) -> bool:
+    """Whether `name` is the start of an existing swarm object's ID of `kind` (a service,
+    secret or config): one list, narrowed by the daemon to the IDs with that prefix (the
+    `id` filter is swarmkit's IDPrefixes: moby daemon/cluster/filters.go), checked here
+    again. Whatever the object, in scope or not: the answer names none. LookupError_ when
+    the daemon cannot be asked."""
+    listed = _LISTED[kind.name]
+    target = listed.path + "filters=" + quote(json.dumps({"id": [name]}))
+    status, answer = await get_json(address, target)
+    if status != 200 or not isinstance(answer, list):
+        raise LookupError_(f"the daemon answered {status} to a list of {kind.name}s")
+    return any(
+        isinstance(item, dict)
+        and isinstance(item.get(listed.id_field), str)
+        and item[listed.id_field].startswith(name)
+        for item in answer
+    )

@@ -81,12 +81,13 @@ from dockgate.policy.scopelists import (
     scoped_list_head,
     scoped_list_hidden,
 )
-from dockgate.policy.scopes import Scope
+from dockgate.policy.scopes import Reach
 from dockgate.policy.scoping import (
     SCOPED_CREATES,
     ScopeCheck,
     claimed,
     create_problem,
+    id_like_name,
     indirect_lookup,
     rollback_problem,
     scope_lookup,
@@ -129,15 +130,16 @@ class Allowed:
         return self.policy is not None and self.policy.ownership
 
     @property
-    def reach(self) -> Scope | None:
+    def reach(self) -> Reach | None:
         """What the existing objects this request reaches indirectly (a commit's container, a
         build's network, what a create or update body names) must be covered by: the
         allowing rules' scope when the request is scoped, else the union of the policy's
         `objects:` (Policy.reach); None in a policy without `objects:`, where they are not
-        judged (policy/scopes.py reach_of)."""
+        judged (policy/scopes.py reach_of). Per kind (`Reach.of`): a scoped request's scope
+        judges every kind; the policy's reach, each kind by the rules about it."""
         scope = self.verdict.scope
         if scope is not None:
-            return scope
+            return Reach.whole(scope)
         return self.policy.reach if self.policy is not None else None
 
     @property
@@ -336,22 +338,36 @@ def plan_admitted(head: RequestHead, allowed: Allowed, trace: Trace | None = Non
 # Operations whose answer reports every object of the daemon, which a scope cannot narrow
 # (as in ownership mode: ownership/operations.py UNAVAILABLE).
 _UNSCOPABLE = frozenset({"SystemDataUsage"})
+# Prunes, by the kind they delete: the daemon narrows a prune by exact labels only (no names,
+# no patterns, no stacks by any other label), and deletes (and names) what it finds, which no
+# filtering of the answer can take back. Refused where the reach scopes that kind. (ImagePrune
+# and BuildPrune delete images and build cache, which no scope is about.)
+_PRUNED_KINDS = {"ContainerPrune": "container", "VolumePrune": "volume", "NetworkPrune": "network"}
 
 
 def _reach_head(head: RequestHead, allowed: Allowed, trace: Trace | None) -> Refusal | Allowed:
     """What a policy with `objects:` rules refuses of any request it allows, from the head
     alone: `system df` (it lists every container, image and volume with their names and
-    labels), a new container name of hex digits only (it would take a reference to another
-    object's short ID: the daemon resolves a name before an ID prefix), a rollback (the
-    previous spec is not in the request). In warn or audit mode recorded instead."""
+    labels), a prune of a kind the reach scopes (it deletes and names objects out of it), a
+    new container name of hex digits only (it would take a reference to another object's
+    short ID: the daemon resolves a name before an ID prefix), a rollback (the previous spec
+    is not in the request). In warn or audit mode recorded instead."""
     operation = allowed.operation
     query = head.target.partition("?")[2]
     problem = None
     status = 403
+    reach = allowed.reach
+    assert reach is not None
+    pruned = _PRUNED_KINDS.get(operation)
     if operation in _UNSCOPABLE:
         problem = (
             f"{operation} reports every object of the daemon, which object scopes cannot "
             "narrow: it is not available in a policy with `objects:` rules"
+        )
+    elif pruned is not None and reach.of(pruned) is not None:
+        problem = (
+            f"{operation} cannot be narrowed to the {pruned}s the policy's `objects:` rules "
+            f"cover (a prune's filters take exact labels only): remove {pruned}s one by one"
         )
     elif operation in ("ContainerCreate", "ContainerRename"):
         problem = hex_name_problem(operation, query, b"")
@@ -549,6 +565,9 @@ class JudgedBody:
     # image whose labels the new container (or a service's tasks) will also carry, judged
     # with the body's (body/guardrails.py image_peer_label_problem) once looked up.
     peer_image: str | None = None
+    # A swarm create in a policy whose reach scopes its kind: a name that could be the start
+    # of an existing object's ID (policy/scoping.py id_like_name), refused if it is.
+    id_names: list[tuple[Kind, str]] = field(default_factory=list)
 
     @property
     def needs_daemon(self) -> bool:
@@ -559,7 +578,13 @@ class JudgedBody:
             or self.scoped
             or self.claims
             or self.peer_image
+            or self.id_names
         )
+
+    @property
+    def scope_lookups(self) -> bool:
+        """Whether the relay checks scoped references first (relay/steps.py)."""
+        return bool(self.scoped or self.claims or self.id_names)
 
 
 def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refusal | JudgedBody:
@@ -625,6 +650,7 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     body, allowed = defaulted
     scoped: list[tuple[Kind, str]] = []
     claims: list[tuple[Kind, str]] = []
+    id_names: list[tuple[Kind, str]] = []
     if allowed.reach is not None:
         # The body as it goes to the daemon (an owner label added: labels merge key by key),
         # so that what is judged is the object as it will be created.
@@ -632,6 +658,12 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         if isinstance(found, Refusal):
             return found
         allowed, scoped, claims = found
+        id_name = id_like_name(operation, body)
+        reach = allowed.reach
+        if id_name is not None and reach is not None and reach.of(id_name[0].name) is not None:
+            id_names.append(id_name)
+            if trace is not None:
+                trace.append((SCOPE_STAGE, f"the name {id_name[1]!r} must start no ID"))
         if (
             operation == "NetworkCreate"
             and owner is None
@@ -648,6 +680,7 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
         scoped,
         claims,
         _peer_image(hold, allowed, body),
+        id_names,
     )
     later = refused_before_lookups(allowed, judged)
     if later is None:
@@ -656,7 +689,14 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     if waived is None:
         return later
     return JudgedBody(
-        body, [], named, check_image=False, allowed=waived, scoped=scoped, claims=claims
+        body,
+        [],
+        named,
+        check_image=False,
+        allowed=waived,
+        scoped=scoped,
+        claims=claims,
+        id_names=id_names,
     )
 
 
@@ -718,6 +758,8 @@ def _judge_scope(
                 trace.append((SCOPE_STAGE, f"what it makes is covered by {scope.describe()}"))
             claims = claimed(operation, query, body)
         named = references(operation, body) if operation in REFERENCING else []
+        # Objects of a kind the reach does not scope are not judged (policy/scopes.py).
+        named = [(kind, ref) for kind, ref in named if reach.of(kind.name) is not None]
     except (ValueError, RecursionError) as exc:
         message = f"dockgate: {operation}: {unreadable(exc)}"
         return Refusal(400, message, SCOPE_STAGE, "unreadable body")

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from dockgate.api.routes import Operation, RouteMatch
+from dockgate.api.routes import OPERATIONS, Operation, RouteMatch
 from dockgate.auth.identity import (
     ANONYMOUS,
     BASIC,
@@ -38,7 +38,7 @@ from dockgate.body.redact import Redaction
 from dockgate.caching import remember
 from dockgate.policy.limits import Limits
 from dockgate.policy.modes import startup_warnings
-from dockgate.policy.scopes import ObjectScope, Scope, reach_of, scopable
+from dockgate.policy.scopes import ObjectScope, Reach, Scope, reach_kind, reach_of, scopable
 
 ALLOW = "allow"
 DENY = "deny"
@@ -109,6 +109,15 @@ class Matcher:
         return any(p.fullmatch(path) for p in self.paths)
 
 
+def _reach_kinds(matcher: Matcher) -> frozenset[str]:
+    """The kinds of object a rule with `objects:` is about (policy/scopes.py `reach_kind`):
+    those of the operations it can match, whatever their path (computed once, at load)."""
+    if matcher.objects is None:
+        return frozenset()
+    kinds = (reach_kind(op) for op in OPERATIONS.values() if matcher.static_match(op, op.method))
+    return frozenset(kind for kind in kinds if kind is not None)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     number: int  # 1-based, in file order within its policy
@@ -161,15 +170,17 @@ class Policy:
     basis: str = ""
     # What creates are given (body/defaults.py, `defaults:`); None: nothing.
     defaults: Defaults | None = None
-    # The union of the scopes of the policy's allow rules with `objects:` (policy/scopes.py
-    # `reach_of`), computed from the rules: the objects a request of this policy may reach
-    # indirectly (a commit's container, a build's network, what a create joins). None: the
-    # policy has no such rule, and nothing is judged.
-    reach: Scope | None = field(init=False, default=None)
+    # Per kind of object, the union of the scopes of the policy's allow rules with `objects:`
+    # about that kind (policy/scopes.py `reach_of`), computed from the rules: the objects a
+    # request of this policy may reach indirectly (a commit's container, a build's network,
+    # what a create joins). None: the policy has no such rule, and nothing is judged.
+    reach: Reach | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.reach = reach_of(
-            (r.number, r.matcher.objects) for r in self.rules if r.effect == ALLOW
+            (r.number, r.matcher.objects, _reach_kinds(r.matcher))
+            for r in self.rules
+            if r.effect == ALLOW
         )
 
     def decide(self, method: str, match: RouteMatch | None, path: str) -> Decision:

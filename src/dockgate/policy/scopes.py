@@ -11,9 +11,10 @@ did not exist when no rule covers it, and otherwise pins the request to the full
 objects covered; a create is refused unless what it creates would be covered.
 
 This module is the pure part: the scope of one rule (`ObjectScope`), the union of the scopes of
-the allow rules that matched a request (`Scope`), and which operations a scope can apply to
-(`scopable`). Matching is on what the daemon stores and answers: the object's labels as a map
-(keys exact, as Go compares map keys) and its name (a container's without the leading `/`).
+the allow rules that matched a request (`Scope`), the policy's reach per kind of object
+(`Reach`, `reach_of`), and which operations a scope can apply to (`scopable`). Matching is
+on what the daemon stores and answers: the object's labels as a map (keys exact, as Go
+compares map keys) and its name (a container's without the leading `/`).
 
 Semantics, documented in docs/policy.md ("Scopes over existing objects"):
 - the conditions given in one `objects:` must all hold; a list (`names`, `stacks`) means any;
@@ -120,15 +121,83 @@ class Scope:
         return " or ".join(f"rule {number} ({scope.text})" for number, scope in self.rules)
 
 
-def reach_of(rules: Iterable[tuple[int, ObjectScope | None]]) -> Scope | None:
-    """A policy's reach: the union of its allow rules' `objects:` (numbered), None when no
-    rule has one. In such a policy every existing object a request reaches *indirectly* (not
-    the object its path names: the container a commit reads, the network or container a
-    build joins, the objects a create or update body names) must be covered by it, whichever
-    rule allowed the request: a rule without `objects:` allows an operation, not a way into
-    the objects the scoped rules keep apart (docs/policy.md "Scopes over existing objects")."""
-    scoped = tuple((number, objects) for number, objects in rules if objects is not None)
-    return Scope(scoped) if scoped else None
+# The kind a scoped rule's operation is about, for the policy's reach (`reach_of`): by the
+# first segment of its path (`/containers/{id}/exec`, `/exec/{id}/start` and `/commit` are
+# about containers; `/tasks` about services). The event stream is about every kind and none:
+# a rule scoping only it puts nothing in reach.
+_REACH_KINDS = {
+    "containers": "container",
+    "exec": "container",
+    "commit": "container",
+    "networks": "network",
+    "volumes": "volume",
+    "services": "service",
+    "tasks": "service",
+    "secrets": "secret",
+    "configs": "config",
+}
+# Kinds judged through another's scope (ownership/operations.py PARENT_FIELD).
+_PARENT_KIND = {"exec": "container", "task": "service"}
+
+
+def reach_kind(operation: Operation) -> str | None:
+    """The kind of object a scopable operation is about, for the reach; None for the event
+    stream and for operations a rule with `objects:` cannot match."""
+    if not scopable(operation):
+        return None
+    return _REACH_KINDS.get(operation.path.split("/")[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """What the existing objects a request reaches indirectly must be covered by, per kind
+    (`of`). A policy's reach (`reach_of`) holds, for each kind, the union of the scopes of
+    the allow rules matching some operation about that kind: a network rule's scope says
+    nothing of containers. A scoped request's reach is its own scope, for every kind
+    (`Reach.every`)."""
+
+    kinds: tuple[tuple[str, Scope], ...] = ()
+    every: Scope | None = None
+
+    @classmethod
+    def whole(cls, scope: Scope) -> Reach:
+        return cls(every=scope)
+
+    def of(self, kind: str) -> Scope | None:
+        """The scope for objects of `kind` (ownership/operations.py Kind.name), None when the
+        policy scopes no object of that kind: references to one are not judged."""
+        if self.every is not None:
+            return self.every
+        kind = _PARENT_KIND.get(kind, kind)
+        return next((scope for name, scope in self.kinds if name == kind), None)
+
+    def describe(self) -> str:
+        if self.every is not None:
+            return self.every.describe()
+        return "; ".join(f"{kind}s: {scope.describe()}" for kind, scope in self.kinds)
+
+
+def reach_of(rules: Iterable[tuple[int, ObjectScope | None, Iterable[str]]]) -> Reach | None:
+    """A policy's reach: for each kind, the union of the `objects:` (numbered) of the allow
+    rules about that kind (`reach_kind` of the operations they match); None when no rule
+    has `objects:`. In such a policy every existing object of a scoped kind a request
+    reaches *indirectly* (not the object its path names: the container a commit reads, the
+    network or container a build joins, the objects a create or update body names) must be
+    covered by the reach for its kind, whichever rule allowed the request: a rule without
+    `objects:` allows an operation, not a way into the objects the scoped rules keep apart
+    (docs/policy.md "Scopes over existing objects"). An object of a kind no scoped rule is
+    about is not judged: the policy does not scope that kind."""
+    by_kind: dict[str, list[tuple[int, ObjectScope]]] = {}
+    scoped = False
+    for number, objects, kinds in rules:
+        if objects is None:
+            continue
+        scoped = True
+        for kind in sorted(set(kinds)):
+            by_kind.setdefault(kind, []).append((number, objects))
+    if not scoped:
+        return None
+    return Reach(tuple((kind, Scope(tuple(found))) for kind, found in sorted(by_kind.items())))
 
 
 def labels_of(value: object) -> dict[str, str]:

@@ -21,9 +21,12 @@ A request allowed with a `Verdict.scope` (policy/scopes.py) is judged here witho
   a rollback, whose spec is not in the request, is refused (`rollback_problem`).
 
 In a policy with `objects:` rules, what a request reaches indirectly is judged even when the
-rule that allowed it has none, by the policy's reach (Policy.reach, the union of its scopes):
-a commit's container and a build's `networkmode` (`indirect_lookup`, looked up as above), the
-objects a body names; hex-only new names and `system df` are refused there (policy/plan.py).
+rule that allowed it has none, by the policy's reach for the object's kind (Policy.reach,
+policy/scopes.py `Reach.of`: per kind, the union of the scopes of the rules about that kind;
+a kind no scoped rule is about is not judged): a commit's container and a build's
+`networkmode` (`indirect_lookup`, looked up as above), the objects a body names; hex-only new
+names, `system df` and prunes of scoped kinds are refused there (policy/plan.py), and a swarm
+create's name that starts an existing ID is looked up (`id_like_name`).
 
 Only the body's labels count for a create: the daemon merges the image's labels into a new
 container's under every key the body does not set, but that is known only after the create;
@@ -32,6 +35,7 @@ later requests about the container judge its inspect, image labels included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
@@ -40,11 +44,14 @@ from dockgate.body import gojson
 from dockgate.http.query import query_value
 from dockgate.ownership.lists import LookUpAll
 from dockgate.ownership.operations import (
+    CONFIG,
     CONTAINER,
     LABELLED_BUILD,
     NETWORK,
     OWNED_CREATES,
     QUERY_REFERENCES,
+    SECRET,
+    SERVICE,
     VOLUME,
     Kind,
     LookUp,
@@ -53,7 +60,7 @@ from dockgate.ownership.operations import (
     with_reference,
 )
 from dockgate.ownership.pinning import PREDEFINED_NETWORKS
-from dockgate.policy.scopes import SCOPED_KINDS, Scope
+from dockgate.policy.scopes import SCOPED_KINDS, Reach, Scope
 from dockgate.refusal import Refusal
 
 STAGE = "scope"
@@ -205,13 +212,14 @@ def rollback_problem(operation: str, query: str) -> str | None:
 
 
 def indirect_lookup(
-    operation: str, raw_target: str, scope: Scope
+    operation: str, raw_target: str, reach: Reach | Scope
 ) -> tuple[LookUpAll, ScopeCheck] | None:
     """The existing object a request's query reaches besides the one its path names, which
     must be covered too: a commit's `container` (the container whose files it reads), a
     build's `networkmode` (`container:X`, whose namespaces the build steps join, or a
     network; the predefined ones are not objects: ownership/pinning.py). Both read as the
-    daemon does (`r.FormValue`: the first value). None when it reaches none."""
+    daemon does (`r.FormValue`: the first value). None when it reaches none, or an object of
+    a kind the reach does not scope (policy/scopes.py `Reach.of`)."""
     query = raw_target.partition("?")[2]
     parameter = QUERY_REFERENCES.get(operation)
     prefix = ""
@@ -231,6 +239,9 @@ def indirect_lookup(
         return None
     if not reference:
         return None  # (the daemon refuses a commit of no container)
+    scope = reach.of(kind.name) if isinstance(reach, Reach) else reach
+    if scope is None:
+        return None  # (the policy scopes no object of that kind)
     name = parameter
 
     def pin(full_id: str) -> str:
@@ -289,6 +300,45 @@ def name_taken(kind: Kind, reference: str) -> Refusal:
     else:
         message = f"dockgate: a {kind.name} named {reference!r} exists and is not in your scope"
     return Refusal(409, message, STAGE, "name taken out of scope")
+
+
+# Swarm objects' creates, by the kind they make. Their IDs are 25 characters of [0-9a-z]
+# (swarmkit identity.NewID); swarmkit resolves a reference as a full ID, then a name, then an
+# ID prefix (controlapi getService, getSecret, getConfig), so a new object named as the start
+# of another's ID takes every later reference by that prefix. A service cannot be renamed
+# (swarmkit controlapi errRenameNotSupported), nor a secret or config (only their labels
+# change): the create is the only way to such a name.
+SWARM_CREATES = {"ServiceCreate": SERVICE, "SecretCreate": SECRET, "ConfigCreate": CONFIG}
+SWARM_ID_CHARACTERS = 25
+_ID_LIKE = re.compile(f"[0-9a-z]{{1,{SWARM_ID_CHARACTERS}}}")
+
+
+def id_like_name(operation: str, body: bytes) -> tuple[Kind, str] | None:
+    """The name a swarm create gives its object when it could be the start of an existing
+    object's ID of that kind (base 36, at most 25 characters): to be looked up (one list,
+    ownership/scopefind.py `id_prefix_taken`). None for other names, other operations and a
+    body that cannot be read (refused elsewhere, or by the daemon)."""
+    kind = SWARM_CREATES.get(operation)
+    if kind is None:
+        return None
+    try:
+        _, name = created(operation, "", body)
+    except (ValueError, RecursionError):
+        return None
+    if name is None or not _ID_LIKE.fullmatch(name):
+        return None
+    return kind, name
+
+
+def id_name_taken(operation: str, kind: Kind, name: str) -> Refusal:
+    """A swarm create's name that is the start of an existing object's ID: 400, as a hex-only
+    name is (ownership/operations.py hex_name_problem), naming no object."""
+    message = (
+        f"dockgate: {operation}: the name {name!r} is the start of an existing {kind.name}'s "
+        f"ID, and the daemon resolves a name before an ID prefix: choose a name with a "
+        "character other than [0-9a-z] (a '-' or '_'), or a longer one"
+    )
+    return Refusal(400, message, STAGE, "ID prefix name")
 
 
 def with_duplicate_check(body: bytes) -> bytes:

@@ -77,7 +77,7 @@ from dockgate.ownership.operations import (
 )
 from dockgate.ownership.pinning import pinned_body
 from dockgate.ownership.prefix import find_owned
-from dockgate.ownership.scopefind import find_covered, judge_scoped
+from dockgate.ownership.scopefind import find_covered, id_prefix_taken, judge_scoped
 from dockgate.ownership.volumes import (
     Settled,
     Unreadable,
@@ -116,6 +116,7 @@ from dockgate.policy.scopes import Scope
 from dockgate.policy.scoping import (
     ScopeCheck,
     absent_named,
+    id_name_taken,
     name_taken,
 )
 from dockgate.refusal import Refusal
@@ -225,7 +226,7 @@ class PolicySteps:
             # The labels the image gives the new container are judged with the body's first.
             self._start_lookup(self._check_peer_image(head, judged, hold.guardrails))
             return
-        if judged.scoped or judged.claims:
+        if judged.scope_lookups:
             # A scoped request: the objects the body names must be covered first.
             self._start_lookup(self._check_scoped_references(head, judged, hold.guardrails))
             return
@@ -271,7 +272,7 @@ class PolicySteps:
             waived = self._waived(refusal)
             assert waived is not None
             self._allowed, self._verdict = waived, waived.verdict
-        if judged.scoped or judged.claims:
+        if judged.scope_lookups:
             await self._check_scoped_references(head, judged, guardrails)
             return
         if judged.volumes:
@@ -298,13 +299,15 @@ class PolicySteps:
         without ownership the body is pinned to the full IDs checked."""
         self.flow.pause(Pause.LOOKUP)
         allowed = judged.allowed
-        scope = allowed.reach  # (the policy's reach when the rule allowing it is unscoped)
-        assert scope is not None
+        reach = allowed.reach  # (the policy's reach when the rule allowing it is unscoped)
+        assert reach is not None
         body = judged.body
         pins: dict[tuple[str, str], str] = {}
         refusal: Refusal | None = None
         try:
             for kind, reference in judged.scoped:
+                scope = reach.of(kind.name)
+                assert scope is not None  # (plan.py keeps only the kinds the reach scopes)
                 found = await find_covered(
                     self.ctx.pool.address, kind, reference, scope, self._owner
                 )
@@ -314,8 +317,16 @@ class PolicySteps:
                 pins[kind.name, reference] = found.full_id
             for kind, reference in [] if refusal is not None else judged.claims:
                 holder = await find(self.ctx.pool.address, kind, reference)
-                if holder is not None and not scope.covers(holder.labels, holder.name):
+                scope = reach.of(kind.name)  # (a scoped create's: every kind)
+                if (
+                    holder is not None
+                    and scope is not None
+                    and not scope.covers(holder.labels, holder.name)
+                ):
                     refusal = name_taken(kind, reference)
+            for kind, name in [] if refusal is not None else judged.id_names:
+                if await id_prefix_taken(self.ctx.pool.address, kind, name):
+                    refusal = id_name_taken(self._operation(), kind, name)
         except Unresolved as exc:
             refusal = allowed.unresolved(str(exc))
         if self.closing or self._head is not head:
