@@ -63,11 +63,6 @@ def _labels(daemon: PrivateDaemon, ref: str) -> dict[str, str]:
 # ----- the image's labels, judged on a name the daemon resolves again at create --------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peer_labels judges the image a name resolves to at the look-up, but the create "
-    "forwards the name: a commit that retags it in between gives the container the bound label",
-)
 @pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_an_image_retagged_during_the_create_does_not_label_the_container(
     daemon: PrivateDaemon, busybox_image: str, socket_dir: pathlib.Path, cleanup: Cleanup
