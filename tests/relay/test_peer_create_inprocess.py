@@ -8,6 +8,8 @@ look-ups are answered by the test (support.inprocess.LookUps)."""
 from __future__ import annotations
 
 import json
+import time
+import urllib.parse
 
 import pytest
 
@@ -93,3 +95,27 @@ def test_an_unbound_container_s_answer_goes_out_as_it_came(relay: Relay, lookups
     assert head.startswith(b"HTTP/1.1 201 "), head
     assert body == CREATED
     assert not any(method == "DELETE" for method, _, _ in lookups.asked)
+
+
+def test_a_client_leaving_before_the_answer_has_its_create_swept(
+    loop: ClockLoop, relay: Relay, lookups: LookUps
+) -> None:
+    """The client gone after its create was forwarded, before the answer: the gateway never
+    learns the ID, so it looks for the container (a bound label key, its name) and removes it
+    when bound."""
+    body = json.dumps({"Image": "flip:t"}).encode()
+    relay.send(request("POST", "/v1.41/containers/create?name=c", AUTH, body=body))
+    lookups.answer(200, {"Id": "sha256:" + "a" * 64, "Config": {"Labels": None}})
+    assert relay.daemon().received  # forwarded
+    relay.client.lose(ConnectionResetError())
+    loop.advance(1.0)  # (the watch looks every MOUNT_WATCH_SECONDS)
+    method, path, _ = lookups.asked[-1]
+    assert (method, path.partition("?")[0]) == ("GET", "/containers/json"), lookups.asked
+    assert "dockgate.role" in urllib.parse.unquote(path)
+    created = int(time.time())
+    lookups.answer(200, [{"Id": ID, "Names": ["/c"], "Created": created}])
+    assert lookups.asked[-1] == ("GET", f"/containers/{ID}/json", None)
+    labels = {"dockgate.role": "lister"}
+    lookups.answer(200, {"Id": ID, "Config": {"Image": "flip:t", "Labels": labels}})
+    assert lookups.asked[-1] == ("DELETE", f"/containers/{ID}?force=1&v=1", None)
+    lookups.answer(204, None)
