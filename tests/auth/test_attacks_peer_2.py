@@ -63,11 +63,6 @@ def _labels(daemon: PrivateDaemon, ref: str) -> dict[str, str]:
 # ----- the image's labels, judged on a name the daemon resolves again at create --------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peer_labels judges the image a name resolves to at the look-up, but the create "
-    "forwards the name: a commit that retags it in between gives the container the bound label",
-)
 @pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_an_image_retagged_during_the_create_does_not_label_the_container(
     daemon: PrivateDaemon, busybox_image: str, socket_dir: pathlib.Path, cleanup: Cleanup
@@ -239,12 +234,6 @@ exec "$UNIXGET" "$SOCK" GET /_ping
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an anonymous host user's cgroup path naming N made-up container IDs makes the "
-    "gateway inspect N containers on the daemon for one connection (fresh IDs each time: no "
-    "cache); no cap",
-)
 def test_a_host_users_cgroup_path_cannot_make_the_gateway_ask_about_many_containers(
     daemon: PrivateDaemon, unixget: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -328,12 +317,6 @@ def _move_main_below(pid: int) -> list[pathlib.Path]:
     return made
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a process of a bound container that is not in its main process's cgroup (main in "
-    "a sub-cgroup, as systemd as PID 1 does) is taken for a host process and gets the host "
-    "uid's binding (creator) instead of a refusal or the container's",
-)
 @pytest.mark.usefixtures("unixget", "peer_gateway")
 def test_a_container_process_outside_its_main_process_cgroup_is_not_a_host_process(
     daemon: PrivateDaemon, busybox_image: str, socket_dir: pathlib.Path, cleanup: Cleanup
@@ -370,6 +353,7 @@ def test_a_container_process_outside_its_main_process_cgroup_is_not_a_host_proce
                     time.sleep(0.1)
     status, body = _answer(proc.stdout)
     assert status == 403, (status, body)
+    assert isinstance(body, dict) and "not in its main process's cgroup" in body["message"], body
 
 
 @pytest.mark.usefixtures("unixget", "peer_gateway")

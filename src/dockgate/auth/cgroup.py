@@ -83,3 +83,35 @@ def within(peer: Cgroups, main: Cgroups) -> bool:
         if path != top and not path.startswith(top.rstrip("/") + "/"):
             return False
     return True
+
+
+def _container_root(path: str, container_id: str) -> str | None:
+    """The cgroup docker made for the container in one hierarchy: `path` (its main process's
+    there) up to and including the first component naming `container_id` (`/docker/<ID>`,
+    `/system.slice/docker-<ID>.scope`); None when no component names it."""
+    components = path.split("/")
+    for index, component in enumerate(components):
+        match = _COMPONENT.fullmatch(component)
+        if match is not None and match.group(1) == container_id:
+            return "/".join(components[: index + 1])
+    return None
+
+
+def inside_container(peer: Cgroups, main: Cgroups, container_id: str) -> bool:
+    """Whether a process in `peer` is, in any hierarchy, at or below the cgroup docker made
+    for the container (`_container_root` of its main process's path there), though perhaps
+    not within its main process's cgroup (`within`): systemd as a container's PID 1 moves
+    itself to `<ctr>/init.scope`, and a process exec'd in lands in `<ctr>` (runc joins the
+    container's cgroup). Only root on the host, or the container's own root, can put a
+    process there (the runtime's cgroups belong to root; a delegated user tree is elsewhere),
+    so such a process is the container's, never a host user's, whatever its uid. Any one
+    hierarchy is enough: this only ever turns a peer away (auth/peerlookup.py)."""
+    where = dict(main)
+    for hierarchy, path in peer:
+        top = where.get(hierarchy)
+        root = _container_root(top, container_id) if top is not None else None
+        if root is None or root == "":
+            continue
+        if path == root or path.startswith(root + "/"):
+            return True
+    return False

@@ -35,12 +35,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from dockgate.addresses import Address
-from dockgate.auth.cgroup import Cgroups, within
+from dockgate.auth.cgroup import Cgroups, inside_container, within
 from dockgate.auth.identity import CONTAINER, PROCESS, ContainerFacts, Identity
 from dockgate.auth.peerproc import PeerProcess, PeerProcesses, Unidentified
 from dockgate.caching import Recent
@@ -51,6 +51,12 @@ SERVICE_LABEL = "com.docker.swarm.service.name"  # set by swarmkit on every task
 FACTS_SECONDS = 30.0  # how long a container's facts are kept (its name may change)
 CONTAINERS_CACHED = 4096
 PEER_STAGE = "peer"
+# The container IDs of one peer's cgroup asked of the daemon, at most: docker (1), docker in
+# docker (2), a dind inside a Kubernetes pod or a sysbox-style nested runtime (3), one to
+# spare. A host user's delegated cgroup tree can name any number of made-up IDs, each a
+# look-up (issue 16, second round): past this many the peer is refused (an unknown ID among
+# the first ones names it as in another daemon's container; else too many IDs).
+MAX_CONTAINER_IDS = 4
 
 
 def container_facts(answer: object) -> ContainerFacts | None:
@@ -271,21 +277,47 @@ def _unknown(container_id: str) -> Refusal:
     return Refusal(403, message, PEER_STAGE, "peer in an unknown container")
 
 
-def _named(
-    read: PeerProcess, found: Sequence[tuple[str, Known]], directory: ContainerDirectory
+def _judged(read: PeerProcess, container_id: str, known: Known) -> Identity | Refusal | None:
+    """What one container ID the peer's cgroup names says of the peer: the container, when
+    the peer is within its main process's cgroup (auth/cgroup.py `within`); a refusal when
+    the daemon knows no such container (another daemon's: a process in a container is never
+    a host process), or when the peer is inside the cgroup docker made for it but not within
+    its main process's (`inside_container`: a process of that container, which must not pass
+    for a host process, nor for the container, whose main process's cgroup it left); None
+    when the path only names the container (a host user's cgroup named after it)."""
+    if known.identity is None:
+        return None  # (refused once no later ID is the peer's: `_host`)
+    if within(read.cgroups, known.cgroups):
+        return known.identity
+    if inside_container(read.cgroups, known.cgroups, container_id):
+        message = (
+            f"dockgate: the calling process is in container {container_id[:12]}'s cgroup but "
+            "not in its main process's cgroup or below (systemd as the container's PID 1?): "
+            "it cannot be identified as the container, nor as a host process"
+        )
+        return Refusal(403, message, PEER_STAGE, "peer outside its container's main cgroup")
+    return None
+
+
+def _too_many(read: PeerProcess) -> Refusal:
+    message = (
+        f"dockgate: the calling process's cgroup names {len(read.containers)} container IDs, "
+        f"more than the {MAX_CONTAINER_IDS} dockgate asks about, and it is in none of the "
+        "first ones"
+    )
+    return Refusal(403, message, PEER_STAGE, "peer cgroup names too many containers")
+
+
+def _host(
+    read: PeerProcess, unknown: str | None, directory: ContainerDirectory
 ) -> Identity | Refusal:
-    """The caller, from what the daemon says of each container ID the peer's cgroup names
-    (outermost first): the first the peer is really in (its main process's cgroup or
-    below, auth/cgroup.py `within`); else, if an ID names no container of the daemon's, a
-    refusal (the peer is in another daemon's container, not on the host); else (IDs of the
-    daemon's containers the peer is not in: a host process in a cgroup named after one) the
-    host process it is."""
-    for _, known in found:
-        if known.identity is not None and within(read.cgroups, known.cgroups):
-            return known.identity
-    for container_id, known in found:
-        if known.identity is None:
-            return _unknown(container_id)
+    """The peer once no ID it names has decided: refused if one was an ID the daemon does
+    not know (a process in a container is never a host process) or its cgroup named more
+    IDs than were asked about; else the host process it is."""
+    if unknown is not None:
+        return _unknown(unknown)
+    if len(read.containers) > MAX_CONTAINER_IDS:
+        return _too_many(read)
     return directory.process(read.cred.uid, read.cred.gid)
 
 
@@ -293,16 +325,20 @@ def settled(
     read: PeerProcess | Unidentified, directory: ContainerDirectory
 ) -> Identity | Refusal | None:
     """`identify_peer`'s answer when the daemon need not be asked (no container, or the ones
-    kept); None when it must be."""
+    kept); None when it must be. The same walk as `identify_peer`'s, over what is kept."""
     if isinstance(read, Unidentified):
         return Refusal(403, f"dockgate: {read.reason}", PEER_STAGE, "peer unidentified")
-    found: list[tuple[str, Known]] = []
-    for container_id in read.containers:
+    unknown: str | None = None
+    for container_id in read.containers[:MAX_CONTAINER_IDS]:
         known = directory.known(container_id)
         if known is None:
             return None
-        found.append((container_id, known))
-    return _named(read, found, directory)
+        judged = _judged(read, container_id, known)
+        if judged is not None:
+            return judged
+        if known.identity is None and unknown is None:
+            unknown = container_id
+    return _host(read, unknown, directory)
 
 
 async def identify_peer(
@@ -311,14 +347,22 @@ async def identify_peer(
     """The caller the peer names, or the refusal for its requests (see the module's doc)."""
     if isinstance(read, Unidentified):
         return Refusal(403, f"dockgate: {read.reason}", PEER_STAGE, "peer unidentified")
-    found: list[tuple[str, Known]] = []
-    for container_id in read.containers:
+    # Outermost first, at most MAX_CONTAINER_IDS look-ups however many made-up IDs a path
+    # names, stopping at the first ID that decides. An unknown ID does not stop the walk: a
+    # later one may be the daemon's own container (dockgate fronting a daemon in a container).
+    unknown: str | None = None
+    for container_id in read.containers[:MAX_CONTAINER_IDS]:
         try:
-            found.append((container_id, await directory.container(address, container_id)))
+            known = await directory.container(address, container_id)
         except LookupError_ as exc:
             message = f"dockgate: cannot identify the calling container: {exc}"
             return Refusal(502, message, PEER_STAGE, "peer look-up failed")
-    return _named(read, found, directory)
+        judged = _judged(read, container_id, known)
+        if judged is not None:
+            return judged
+        if known.identity is None and unknown is None:
+            unknown = container_id
+    return _host(read, unknown, directory)
 
 
 # The process's memos: peers read from /proc, containers asked of the daemon.

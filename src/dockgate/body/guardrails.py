@@ -882,3 +882,15 @@ def image_peer_label_problem(
     if problem is None:
         return None
     return f"the image {image!r} gives the container its labels: {problem}"
+
+
+def stored_peer_label_problem(g: Guardrails, labels: Mapping[str, str]) -> str | None:
+    """`_peer_labels` on a created container's labels as the daemon stored them
+    (`Config.Labels`: the body's and its image's, merged at the create): the judgement made
+    on the body and the image looked up before the create, made again on what the daemon
+    did, since the image's name is resolved again at the create (a tag moved in between:
+    issue 16, second round; auth/peercreate.py)."""
+    problem = _peer_labels(g, Workload("container", labels=dict(labels)))
+    if problem is None:
+        return None
+    return f"the new container got its labels from its image: {problem}"

@@ -900,8 +900,11 @@ def scoped_answer_rewritten(allowed: Allowed, status: int) -> bool:
 def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = False) -> Answer:
     """Whether the answer is read whole before it goes out: to be redacted, or, in ownership
     mode, so that it shows nothing of another caller's objects. `mounts_checked`: the answer is
-    to a ContainerCreate whose mounts are checked (held whatever its status: a refused create's
-    volumes are removed)."""
+    to a ContainerCreate whose new container is checked, its mounts in ownership mode or its
+    labels under the peer_labels guardrail (held whatever its status: a refused create's
+    volumes are removed; relay/steps.py MountCheck)."""
+    if mounts_checked and allowed.mode == ENFORCE:
+        return Answer.HOLD
     redaction = allowed.redaction
     scoped = filters_answer(allowed) is not None  # (None in warn and audit mode)
     scoped = scoped or scoped_answer_rewritten(allowed, status)
@@ -924,8 +927,6 @@ def answer_handling(allowed: Allowed, status: int, *, mounts_checked: bool = Fal
     if redaction is not None and status in (200, 201) and operation in REDACTED_OPERATIONS:
         return Answer.HOLD
     if allowed.ownership and (status, operation) in SCRUBBED_ANSWERS:
-        return Answer.HOLD
-    if mounts_checked:
         return Answer.HOLD
     if allowed.owner is not None and (
         (status, operation) in CHECKED_ANSWERS or (status, operation) == VOUCHED_LIST

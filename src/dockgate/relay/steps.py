@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
+from dockgate.auth.peercreate import settle_peer_create, sweep_peer_create
 from dockgate.body.guardrails import (
     CHECKED_BODY_LIMIT,
     BodyRefused,
@@ -79,7 +82,6 @@ from dockgate.ownership.pinning import pinned_body
 from dockgate.ownership.prefix import find_owned
 from dockgate.ownership.scopefind import find_covered, id_prefix_taken, judge_scoped
 from dockgate.ownership.volumes import (
-    Settled,
     Unreadable,
     VolumeSpec,
     create_volume,
@@ -130,20 +132,30 @@ if TYPE_CHECKING:
 
 # The checks of new containers' mounts still running (kept from garbage collection; each
 # outlives a client that leaves, so that a container mounting another's volume is removed).
-_SETTLING: set[asyncio.Task[Settled]] = set()
+_SETTLING: set[asyncio.Task[bytes | Refusal | Exception]] = set()
 _WATCHING: set[asyncio.Task[None]] = set()
 MOUNT_WATCH_SECONDS = 0.25  # how often a pending check looks whether its client is gone
 
 
 @dataclasses.dataclass(slots=True)
 class MountCheck:
-    """A ContainerCreate forwarded in ownership mode that mounts named volumes: its answer is
-    held until the new container's mounts are checked (ownedvolumes.settle_create)."""
+    """A ContainerCreate whose new container is checked before its answer goes out (the
+    answer held whole): in ownership mode, when it mounts named volumes, its mounts
+    (ownedvolumes.settle_create); under the peer_labels guardrail, its labels as the daemon
+    stored them (auth/peercreate.py settle_peer_create: the image's name is resolved again
+    at the create). Either or both."""
 
     head: RequestHead
-    names: frozenset[str]
+    names: frozenset[str]  # named volumes to check (ownership), or none
     made: tuple[str, ...]  # the volumes the gateway created for it
     taken: bool = False  # its answer arrived and is being checked
+    owner: str | None = None  # (the mounts' owner, for the sweep)
+    # The peer_labels guardrail, with the create's image name, its `name` (or None) and
+    # when it was forwarded (Unix seconds), for the sweep when the client leaves.
+    peer: Guardrails | None = None
+    image: str = ""
+    name: str | None = None
+    since: int = 0
 
 
 class PolicySteps:
@@ -151,6 +163,9 @@ class PolicySteps:
 
     # Set for the exchange of the request it names only (see _checks_mounts).
     _mount_check: MountCheck | None = None
+    # A ContainerCreate the peer_labels guardrail judges again once made (auth/peercreate.py):
+    # (its head, the guardrails, its image name, its `name`), until it is forwarded.
+    _peer_after: tuple[RequestHead, Guardrails, str, str | None] | None = None
 
     if TYPE_CHECKING:
         ctx: ConnectionContext
@@ -181,6 +196,7 @@ class PolicySteps:
         _answer_head: ResponseHead | None
         _answer_body: bytearray | None
         _request_done: bool
+        _plain_answer: bool
         _response_started: bool
         _bytes_in: int
         _bytes_out: int
@@ -272,6 +288,13 @@ class PolicySteps:
             waived = self._waived(refusal)
             assert waived is not None
             self._allowed, self._verdict = waived, waived.verdict
+        elif self._operation() == "ContainerCreate" and self._exchange().mode == ENFORCE:
+            # The daemon resolves the image's name again at the create: the new container is
+            # judged again as made (auth/peercreate.py), its answer held until then. Set up
+            # when the create is forwarded (_forward_held): a later look-up may refuse it.
+            query = parse_qs(head.target.partition("?")[2])
+            names = query.get("name")
+            self._peer_after = (head, guardrails, image, names[0] if names else None)
         if judged.scope_lookups:
             await self._check_scoped_references(head, judged, guardrails)
             return
@@ -465,6 +488,10 @@ class PolicySteps:
         return None if allowed is None else allowed.waived(refusal)
 
     def _forward_held(self, head: RequestHead, body: bytes) -> None:
+        after, self._peer_after = self._peer_after, None
+        if after is not None and after[0] is head:
+            _, guardrails, image, name = after
+            self._check_after_create(head, peer=guardrails, image=image, name=name)
         self._request_done = True
         self._send_head(with_content_length(forwarded_head(head), len(body)), replayable=False)
         self._send_upstream(body)
@@ -551,24 +578,58 @@ class PolicySteps:
             and self._exchange().mode == ENFORCE  # (warn, audit: no answer is checked)
         ):
             # A volume name cannot be pinned: the answer waits for the mounts' check.
-            check = MountCheck(head, volumes, tuple(made))
-            self._mount_check = check
-            watch = self.ctx.loop.create_task(
-                self._watch_mounts(check, self._owner), name="dockgate-ownership-mounts-watch"
-            )
-            _WATCHING.add(watch)
-            watch.add_done_callback(_WATCHING.discard)
+            self._check_after_create(head, names=volumes, made=tuple(made), owner=self._owner)
         self.flow.resume(Pause.LOOKUP)
         self._forward_held(head, body)
 
-    async def _watch_mounts(self, check: MountCheck, owner: str) -> None:
+    def _check_after_create(
+        self,
+        head: RequestHead,
+        *,
+        names: frozenset[str] = frozenset(),
+        made: tuple[str, ...] = (),
+        owner: str | None = None,
+        peer: Guardrails | None = None,
+        image: str = "",
+        name: str | None = None,
+    ) -> None:
+        """The ContainerCreate `head`'s answer is to be held and the new container checked
+        (MountCheck): added to the check already set for it (the peer_labels look-up comes
+        before ownership's), else a new check, watched until its answer arrives."""
+        self._plain_answer = False  # (the answer is held: connection.py relays a plain one)
+        check = self._mount_check
+        if check is not None and check.head is head:
+            if names:
+                check.names, check.made, check.owner = names, made, owner
+            if peer is not None:
+                check.peer, check.image, check.name = peer, image, name
+            return
+        check = MountCheck(head, names, made, owner=owner, peer=peer, image=image, name=name)
+        check.since = int(time.time())
+        self._mount_check = check
+        watch = self.ctx.loop.create_task(
+            self._watch_mounts(check), name="dockgate-create-check-watch"
+        )
+        _WATCHING.add(watch)
+        watch.add_done_callback(_WATCHING.discard)
+
+    async def _watch_mounts(self, check: MountCheck) -> None:
         """Until the create's answer arrives: if the exchange ends without it (the client
         gone, which closes the upstream connection; the upstream failed), the container may
         exist, unchecked, its ID unknown: the caller's containers mounting those names are
-        swept instead (ownedvolumes.sweep_mounts). Not tied to the connection."""
+        swept instead (ownedvolumes.sweep_mounts), and, under peer_labels, the containers
+        the create may have made (auth/peercreate.py sweep_peer_create). A create refused
+        before it was forwarded made nothing and is not swept. Not tied to the
+        connection."""
         while not check.taken:
             if self.closing or self._head is not check.head or self._mount_check is not check:
-                await sweep_mounts(self.ctx.pool.address, check.names, check.made, owner)
+                if check.names and check.owner is not None:
+                    address = self.ctx.pool.address
+                    await sweep_mounts(address, check.names, check.made, check.owner)
+                if check.peer is not None:
+                    await sweep_peer_create(
+                        self.ctx.pool.address, check.peer, check.name, check.image, check.since
+                    )
                 return
             await asyncio.sleep(MOUNT_WATCH_SECONDS)
 
@@ -764,9 +825,14 @@ class PolicySteps:
         return answer_handling(allowed, status, mounts_checked=self._checks_mounts())
 
     def _checks_mounts(self) -> bool:
-        """Whether the answer being read is to a ContainerCreate whose mounts are checked."""
+        """Whether the answer being read is to a ContainerCreate whose new container is
+        checked (its mounts in ownership mode, its labels under peer_labels: MountCheck)."""
         check = self._mount_check
-        return check is not None and check.head is self._head and self._owner is not None
+        return (
+            check is not None
+            and check.head is self._head
+            and (self._owner is not None or check.peer is not None)
+        )
 
     def _collect_answer(self, data: bytes, done: bool) -> None:
         """HOLDING_ANSWER: a piece of the answer held whole; at its end, checked and sent."""
@@ -894,33 +960,47 @@ class PolicySteps:
         else it is removed, and the client answered as for another's volume (403, as the
         check before the create) or 502 when the check failed. The check runs on when the
         client leaves meanwhile (a container of someone else's volume must not stay)."""
-        owner = self._owner
-        assert owner is not None
         settling = self.ctx.loop.create_task(
-            settle_create(
-                self.ctx.pool.address,
-                head.status,
-                raw,
-                names=check.names,
-                made=check.made,
-                owner=owner,
-            ),
-            name="dockgate-ownership-settle",
+            self._settling(head, raw, check), name="dockgate-create-settle"
         )
         _SETTLING.add(settling)
         settling.add_done_callback(_SETTLING.discard)
         rewritten: bytes | Refusal | Exception
         try:
-            settled = await asyncio.shield(settling)
-            if settled.foreign is not None:
-                rewritten = refuse(403, f"dockgate: {VOLUME.missing.format(settled.foreign)}")
-            elif settled.failure is not None:
-                rewritten = UpstreamError(settled.failure)
-            else:
+            rewritten = await asyncio.shield(settling)
+            if not isinstance(rewritten, (Refusal, Exception)):
                 rewritten = self._rewritten_answer(head, raw)
         except Exception as exc:
             rewritten = exc
         self._looked_up_answer(head, rewritten)
+
+    async def _settling(
+        self, head: ResponseHead, raw: bytes, check: MountCheck
+    ) -> bytes | Refusal | Exception:
+        """The checks of a new container (MountCheck), run on when the client leaves: its
+        labels as stored (peer_labels), then its mounts (ownership; whose settle_create also
+        removes the volumes made for a create the daemon refused). The answer as it came
+        when both pass, else why not (the container removed)."""
+        address = self.ctx.pool.address
+        if check.peer is not None:
+            peer = await settle_peer_create(address, head.status, raw, check.peer)
+            if peer.problem is not None or peer.failure is not None:
+                if check.names and check.owner is not None:
+                    await remove_volumes(address, check.made, check.owner)
+                if peer.problem is not None and peer.failure is None:
+                    allowed = self._allowed
+                    assert allowed is not None
+                    return allowed.guardrail_refusal(BodyRefused(403, peer.problem))
+                return UpstreamError(peer.failure or "")
+        if check.names and check.owner is not None:
+            settled = await settle_create(
+                address, head.status, raw, names=check.names, made=check.made, owner=check.owner
+            )
+            if settled.foreign is not None:
+                return refuse(403, f"dockgate: {VOLUME.missing.format(settled.foreign)}")
+            if settled.failure is not None:
+                return UpstreamError(settled.failure)
+        return raw
 
     def _looked_up_answer(self, head: ResponseHead, rewritten: bytes | Refusal | Exception) -> None:
         """The look-ups an answer waited for are over: the answer (or why it cannot be checked)
