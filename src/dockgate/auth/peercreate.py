@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from dockgate.addresses import Address
 from dockgate.body.guardrails import Guardrails, stored_peer_label_problem
 from dockgate.ownership.lookup import LookupError_, ask_json, get_json
+from dockgate.ownership.volumes import FULL_CONTAINER_ID, created_id
 
-_FULL_ID = re.compile(r"[0-9a-f]{64}")
 SWEEP_DELAYS = (0.0, 1.0, 4.0)  # seconds before each sweep (a create lands in milliseconds)
 # How far before the create was forwarded a swept container's `Created` may be: the daemon
 # stamps it when it registers the container, after dockgate sent it (same host, same clock).
@@ -54,7 +53,7 @@ async def settle_peer_create(
     conditions or cannot be read."""
     if status != 201:
         return PeerSettled()
-    container_id = _created_id(raw)
+    container_id = created_id(raw)
     if container_id is None:
         return PeerSettled(failure="the daemon's answer to the create names no container")
     try:
@@ -101,16 +100,6 @@ async def _removed(address: Address, container_id: str, why: str) -> str:
     return ""
 
 
-def _created_id(raw: bytes) -> str | None:
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        return None
-    found = answer.get("Id") if isinstance(answer, dict) else None
-    # A full ID only: it goes into a path as it is.
-    return found if isinstance(found, str) and _FULL_ID.fullmatch(found) else None
-
-
 async def sweep_peer_create(
     address: Address, guardrails: Guardrails, name: str | None, image: str, since: int
 ) -> None:
@@ -153,7 +142,7 @@ def _swept(entry: object, name: str | None, since: int) -> str | None:
     if not isinstance(entry, dict):
         return None
     found, created, names = entry.get("Id"), entry.get("Created"), entry.get("Names")
-    if not (isinstance(found, str) and _FULL_ID.fullmatch(found)):
+    if not (isinstance(found, str) and FULL_CONTAINER_ID.fullmatch(found)):
         return None
     if not isinstance(created, int) or created < since - SWEEP_SLACK_SECONDS:
         return None

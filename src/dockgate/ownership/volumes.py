@@ -189,7 +189,7 @@ async def settle_create(
     if status != 201:
         await remove_volumes(address, made, owner)
         return Settled()
-    container_id = _created_id(raw)
+    container_id = created_id(raw)
     if container_id is None:
         await remove_volumes(address, made, owner)
         return Settled(failure="the daemon's answer to the create names no container")
@@ -206,17 +206,18 @@ async def settle_create(
     return Settled(foreign=foreign)
 
 
-def _created_id(raw: bytes) -> str | None:
+def created_id(raw: bytes) -> str | None:
+    """The full ID a ContainerCreate's 201 answer names, None for an answer that names none."""
     try:
         answer = json.loads(raw)
     except ValueError:
         return None
     found = answer.get("Id") if isinstance(answer, dict) else None
     # A full ID only: it goes into a path as it is.
-    return found if isinstance(found, str) and _FULL_ID.fullmatch(found) else None
+    return found if isinstance(found, str) and FULL_CONTAINER_ID.fullmatch(found) else None
 
 
-_FULL_ID = re.compile(r"[0-9a-f]{64}")
+FULL_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 async def foreign_mount(
@@ -293,7 +294,7 @@ async def sweep_mounts(
                     continue
                 for entry in listed:
                     found = entry.get("Id") if isinstance(entry, dict) else None
-                    if not (isinstance(found, str) and _FULL_ID.fullmatch(found)):
+                    if not (isinstance(found, str) and FULL_CONTAINER_ID.fullmatch(found)):
                         continue
                     if await foreign_mount(address, found, names, owner) is not None:
                         await _remove_container(address, found)
