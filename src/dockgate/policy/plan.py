@@ -380,12 +380,7 @@ def _reach_head(head: RequestHead, allowed: Allowed, trace: Trace | None) -> Ref
         refusal = Refusal(400, f"dockgate: {operation}: {problem}", SCOPE_STAGE, "hex name")
     else:
         refusal = allowed.policy_denial(SCOPE_STAGE, problem)
-    waived = allowed.waived(refusal)
-    if waived is None:
-        return refusal
-    if trace is not None:
-        trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {problem}"))
-    return waived
+    return _waive(allowed, refusal, trace, problem)
 
 
 def _scope(head: RequestHead, allowed: Allowed) -> LookUp | None:
@@ -474,6 +469,19 @@ def _own(head: RequestHead, allowed: Allowed, trace: Trace | None) -> RequestHea
     return LookUp(head, allowed, LookUpAll.of_one(step))
 
 
+def _waive(
+    allowed: Allowed, refusal: Refusal, trace: Trace | None, reason: str
+) -> Allowed | Refusal:
+    """`refusal` in enforce mode; in warn or audit mode the request's facts carrying it as
+    would-deny (Allowed.waived), and a trace line under the refusal's stage."""
+    waived = allowed.waived(refusal)
+    if waived is None:
+        return refusal
+    if trace is not None:
+        trace.append((refusal.stage, f"{waived.mode} mode: would deny, {reason}"))
+    return waived
+
+
 def _waived_or(head: RequestHead, allowed: Allowed, refusal: Refusal, trace: Trace | None) -> Step:
     """`refusal`, or in warn or audit mode the rest of the plan, carrying it: without
     ownership's steps (a refusal of ownership's is about an object that is not the caller's,
@@ -509,14 +517,9 @@ def plan_forward(head: RequestHead, allowed: Allowed, trace: Trace | None = None
                 query = head.target.partition("?")[2]
                 check_request(guardrails, operation, query, b"", allowed.params)
             except BodyRefused as refused:
-                refusal = allowed.guardrail_refusal(refused)
-                waived = allowed.waived(refusal)
-                if waived is None:
-                    return refusal
-                if trace is not None:
-                    trace.append(
-                        ("guardrails", f"{waived.mode} mode: would deny, {refused.reason}")
-                    )
+                waived = _waive(allowed, allowed.guardrail_refusal(refused), trace, refused.reason)
+                if isinstance(waived, Refusal):
+                    return waived
                 return Forward(head, waived, replayable=not head.has_body)
             if trace is not None:
                 trace.append(("guardrails", "query accepted"))
@@ -615,14 +618,10 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
             if trace is not None:
                 trace.append(("guardrails", "body accepted"))
         except BodyRefused as refused:
-            refusal = allowed.guardrail_refusal(refused)
-            waived = allowed.waived(refusal)
-            if waived is None:
-                return refusal
-            # Warn or audit mode: recorded; its named volumes are not looked up.
-            allowed = waived
-            if trace is not None:
-                trace.append(("guardrails", f"{allowed.mode} mode: would deny, {refused.reason}"))
+            waived = _waive(allowed, allowed.guardrail_refusal(refused), trace, refused.reason)
+            if isinstance(waived, Refusal):
+                return waived
+            allowed = waived  # (recorded; its named volumes are not looked up)
     named: list[tuple[Kind, str]] = []
     owner = allowed.owner
     if owner is not None:
@@ -634,12 +633,10 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
             status = exc.status if isinstance(exc, BodyRefused) else 400
             reason = exc.reason if isinstance(exc, BodyRefused) else unreadable(exc)
             refusal = refuse(status, f"dockgate: {operation}: {reason}")
-            waived = allowed.waived(refusal)
-            if waived is None:
-                return refusal
+            waived = _waive(allowed, refusal, trace, reason)
+            if isinstance(waived, Refusal):
+                return waived
             allowed = waived  # (recorded; the objects it names are not looked up)
-            if trace is not None:
-                trace.append(("ownership", f"{allowed.mode} mode: would deny, {reason}"))
         # (audit mode looks them up too, to record what enforce would refuse; it pins
         # nothing and makes no volume for the caller: relay/steps.py _check_references)
         if trace is not None:
@@ -685,15 +682,15 @@ def judge_body(hold: HoldBody, body: bytes, trace: Trace | None = None) -> Refus
     later = refused_before_lookups(allowed, judged)
     if later is None:
         return judged
-    waived = allowed.waived(later)
-    if waived is None:
+    carried = allowed.waived(later)
+    if carried is None:
         return later
     return JudgedBody(
         body,
         [],
         named,
         check_image=False,
-        allowed=waived,
+        allowed=carried,
         scoped=scoped,
         claims=claims,
         id_names=id_names,
@@ -736,24 +733,16 @@ def _judge_scope(
         hex_name = hex_name_problem(operation, "", body) if operation in SCOPED_CREATES else None
         if hex_name is not None:
             refusal = Refusal(400, f"dockgate: {operation}: {hex_name}", SCOPE_STAGE, "hex name")
-            waived = allowed.waived(refusal)
-            if waived is None:
-                return refusal
-            if trace is not None:
-                trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {hex_name}"))
-            return waived, [], []
+            waived = _waive(allowed, refusal, trace, hex_name)
+            return waived if isinstance(waived, Refusal) else (waived, [], [])
         if scope is not None and operation in SCOPED_CREATES:
             problem = create_problem(scope, operation, query, body) or task_problem(
                 scope, operation, body
             )
             if problem is not None:
                 refusal = allowed.policy_denial(SCOPE_STAGE, problem)
-                waived = allowed.waived(refusal)
-                if waived is None:
-                    return refusal
-                if trace is not None:
-                    trace.append((SCOPE_STAGE, f"{waived.mode} mode: would deny, {problem}"))
-                return waived, [], []
+                waived = _waive(allowed, refusal, trace, problem)
+                return waived if isinstance(waived, Refusal) else (waived, [], [])
             if trace is not None:
                 trace.append((SCOPE_STAGE, f"what it makes is covered by {scope.describe()}"))
             claims = claimed(operation, query, body)
