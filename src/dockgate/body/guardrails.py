@@ -39,6 +39,7 @@ from dockgate.body.workload import (
     volume_create,
 )
 from dockgate.http.query import query_pairs
+from dockgate.policy.scopes import labels_match
 
 # Operations whose body is read whole and judged before it is forwarded: by the guardrails'
 # readers (workload.py) and by the field table (fields.py). ExecStart's body (Detach, Tty,
@@ -516,10 +517,7 @@ def _peer_labels(g: Guardrails, w: Workload) -> str | None:
         return None
     labels = w.labels
     for binding, conditions in g.peer_labels:
-        if all(
-            (value := labels.get(key)) is not None and pattern.fullmatch(value)
-            for key, pattern in conditions
-        ):
+        if labels_match(conditions, labels):
             shown = ", ".join(f"{key}={labels[key]}" for key, _ in conditions)
             return (
                 f"labels {shown} would make the container a caller bound by {binding} on the "

@@ -51,7 +51,6 @@ from dockgate.policy.rules import (
     PolicySet,
     Rule,
     compile_path_pattern,
-    compile_value_pattern,
 )
 from dockgate.policy.scopes import ObjectScope, compile_pattern, scopable
 
@@ -996,9 +995,9 @@ def _compile_peer_keys(item: BindingSpec, loc: Location, fail: Any) -> dict[str,
                     (*loc, "container", "labels", key), f"label key {key!r}: a key is written whole"
                 )
         keys["container"] = ContainerMatch(
-            labels=tuple((k, compile_value_pattern(v)) for k, v in sorted(spec.labels.items())),
-            names=tuple(compile_value_pattern(n.removeprefix("/")) for n in spec.names),
-            images=tuple(compile_value_pattern(i) for i in spec.images),
+            labels=tuple((k, compile_pattern(v)) for k, v in sorted(spec.labels.items())),
+            names=tuple(compile_pattern(n.removeprefix("/")) for n in spec.names),
+            images=tuple(compile_pattern(i) for i in spec.images),
             shown="; ".join(
                 f"{what} {text}"
                 for what, text in (

@@ -38,7 +38,15 @@ from dockgate.body.redact import Redaction
 from dockgate.caching import remember
 from dockgate.policy.limits import Limits
 from dockgate.policy.modes import startup_warnings
-from dockgate.policy.scopes import ObjectScope, Reach, Scope, reach_kind, reach_of, scopable
+from dockgate.policy.scopes import (
+    ObjectScope,
+    Reach,
+    Scope,
+    labels_match,
+    reach_kind,
+    reach_of,
+    scopable,
+)
 
 ALLOW = "allow"
 DENY = "deny"
@@ -246,12 +254,6 @@ class Policy:
         ]
 
 
-def compile_value_pattern(pattern: str) -> re.Pattern[str]:
-    """A container binding's pattern (a label value, a name, an image): `*` is any run of
-    characters (`*` alone: any value, `proxy-*`: a prefix), everything else literal."""
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-
-
 @dataclass(frozen=True, slots=True)
 class ContainerMatch:
     """A binding's `container:`: every given condition holds (a label pattern for each label
@@ -263,12 +265,8 @@ class ContainerMatch:
     shown: str = ""  # as written, for explanations: `labels dockgate.role=proxy; names ci-*`
 
     def matches(self, facts: ContainerFacts) -> bool:
-        if self.labels:
-            labels = dict(facts.labels)
-            for key, pattern in self.labels:
-                value = labels.get(key)
-                if value is None or not pattern.fullmatch(value):
-                    return False
+        if self.labels and not labels_match(self.labels, dict(facts.labels)):
+            return False
         if self.names and not any(p.fullmatch(facts.name) for p in self.names):
             return False
         return not self.images or any(p.fullmatch(facts.image) for p in self.images)

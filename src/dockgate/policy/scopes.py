@@ -80,6 +80,19 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
+def labels_match(
+    conditions: tuple[tuple[str, re.Pattern[str]], ...], labels: Mapping[str, str]
+) -> bool:
+    """Every (key, value pattern) condition holds: the label is there (keys exact, as Go
+    compares map keys) and its whole value matches. Scopes, container bindings
+    (policy/rules.py ContainerMatch) and the peer_labels guardrail judge labels this way."""
+    for key, pattern in conditions:
+        found = labels.get(key)
+        if found is None or not pattern.fullmatch(found):
+            return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectScope:
     """The objects one rule covers: every given condition must hold."""
@@ -90,10 +103,8 @@ class ObjectScope:
     text: str = ""  # as written, for explanations: "labels=team=web names=web-*"
 
     def covers(self, labels: Mapping[str, str], name: str) -> bool:
-        for key, value in self.labels:
-            found = labels.get(key)
-            if found is None or not value.fullmatch(found):
-                return False
+        if not labels_match(self.labels, labels):
+            return False
         if self.names is not None and not any(p.fullmatch(name) for p in self.names):
             return False
         return self.stacks is None or labels.get(STACK_LABEL) in self.stacks
