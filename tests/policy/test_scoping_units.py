@@ -15,7 +15,8 @@ from dockgate.check import admissions_for, parse_head
 from dockgate.http.request import RequestHead
 from dockgate.ownership.lookup import Unresolved
 from dockgate.ownership.operations import CONTAINER, EXEC, NETWORK, SERVICE, TASK, VOLUME
-from dockgate.ownership.scopefind import _lists, _own_names, _resolved, _scope_name
+from dockgate.ownership.prefix import resolve_among
+from dockgate.ownership.scopefind import _lists, _own_names, _scope_name
 from dockgate.policy.loader import parse_policy_text
 from dockgate.policy.plan import HoldBody, JudgedBody, LookUp, Step, judge_body, plan_request
 from dockgate.policy.rules import PolicySet
@@ -210,13 +211,14 @@ def test_create_problem_with_patterns() -> None:
 
 def test_resolution_is_as_the_daemons_among_covered_objects_only() -> None:
     covered = {"ab12" + "0" * 60: ["/web"], "ab34" + "0" * 60: ["/ab3"], "cd" + "0" * 62: ["/x"]}
-    assert _resolved(CONTAINER, "web", covered) == "ab12" + "0" * 60
-    assert _resolved(CONTAINER, "ab3", covered) == "ab34" + "0" * 60  # a name before a prefix
-    assert _resolved(CONTAINER, "cd", covered) == "cd" + "0" * 62
-    assert _resolved(CONTAINER, "ef", covered) is None
-    assert _resolved(CONTAINER, "/ab12", covered) is None  # `/...` is a name only
+    objects = list(covered.items())
+    assert resolve_among(CONTAINER, "web", objects) == "ab12" + "0" * 60
+    assert resolve_among(CONTAINER, "ab3", objects) == "ab34" + "0" * 60  # a name before a prefix
+    assert resolve_among(CONTAINER, "cd", objects) == "cd" + "0" * 62
+    assert resolve_among(CONTAINER, "ef", objects) is None
+    assert resolve_among(CONTAINER, "/ab12", objects) is None  # `/...` is a name only
     with pytest.raises(Unresolved):
-        _resolved(CONTAINER, "ab", covered)
+        resolve_among(CONTAINER, "ab", objects)
 
 
 def test_a_container_is_resolved_by_its_own_name_never_a_link_alias() -> None:
@@ -224,10 +226,10 @@ def test_a_container_is_resolved_by_its_own_name_never_a_link_alias() -> None:
     alias is db's, and resolving `db/w` to web would tell that db exists and links to it."""
     names = _own_names(CONTAINER, ["/db/w", "/web", "/other/x"])
     assert names == ["/web"]
-    covered = {"ab12" + "0" * 60: names}
-    assert _resolved(CONTAINER, "db/w", covered) is None
-    assert _resolved(CONTAINER, "/db/w", covered) is None
-    assert _resolved(CONTAINER, "web", covered) == "ab12" + "0" * 60
+    objects = [("ab12" + "0" * 60, names)]
+    assert resolve_among(CONTAINER, "db/w", objects) is None
+    assert resolve_among(CONTAINER, "/db/w", objects) is None
+    assert resolve_among(CONTAINER, "web", objects) == "ab12" + "0" * 60
     assert _own_names(SERVICE, ["a/b"]) == ["a/b"]  # (other kinds have one name, as listed)
 
 

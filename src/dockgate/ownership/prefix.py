@@ -38,6 +38,7 @@ task ID prefix stays the daemon's ambiguity).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -189,6 +190,16 @@ def resolved(kind: Kind, reference: str, items: list[object]) -> str | None:
         full_id = item.get(listed.id_field)
         if isinstance(full_id, str) and full_id:
             objects.append((full_id, _names(item, listed)))
+    return resolve_among(kind, reference, objects)
+
+
+def resolve_among(
+    kind: Kind, reference: str, objects: Sequence[tuple[str, list[str]]]
+) -> str | None:
+    """The full ID of the one object among `objects` (full ID, names as the list writes them)
+    that `reference` names as the daemon resolves it: a full ID, then a name, then an ID
+    prefix (object scopes resolve among the covered objects the same way: scopefind.py).
+    None when none does; Unresolved when several do."""
     if kind is CONTAINER and reference.startswith("/"):
         # By name only (lookup.find: no ID starts with `/`).
         steps = [[i for i, names in objects if reference in names]]

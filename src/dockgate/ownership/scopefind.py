@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -46,6 +45,7 @@ from dockgate.ownership.operations import (
     TASK,
     Kind,
 )
+from dockgate.ownership.prefix import resolve_among
 from dockgate.policy.scopes import STACK_LABEL, ObjectScope, Scope, labels_of
 from dockgate.policy.scoping import ScopeCheck, absent, name_taken, rename_problem
 from dockgate.refusal import Refusal
@@ -89,9 +89,8 @@ async def find_covered(
         if kind is TASK:
             resolved_id = await _covered_task(address, reference, scope, owner)
         else:
-            resolved_id = _resolved(
-                kind, reference, await covered_objects(address, kind, scope, owner)
-            )
+            covered = await covered_objects(address, kind, scope, owner)
+            resolved_id = resolve_among(kind, reference, list(covered.items()))
         if resolved_id is None:
             return None
         reference = resolved_id
@@ -210,26 +209,6 @@ def _scope_name(kind: Kind, names: list[str]) -> str:
         return names[0] if names else ""
     own = [n[1:] for n in names if n.startswith("/") and "/" not in n[1:]]
     return own[0] if own else ""
-
-
-def _resolved(kind: Kind, reference: str, covered: Mapping[str, list[str]]) -> str | None:
-    """As the daemon resolves a reference, among `covered` only: a full ID, then a name,
-    then an ID prefix (ownership/prefix.py resolved). A container's `/web` is by name only."""
-    if kind is CONTAINER and reference.startswith("/"):
-        steps = [[i for i, names in covered.items() if reference in names]]
-    else:
-        bare = "/" + reference if kind is CONTAINER else reference
-        steps = [
-            [i for i in covered if i == reference],
-            [i for i, names in covered.items() if bare in names],
-            [i for i in covered if i.startswith(reference)],
-        ]
-    for fits in steps:
-        if len(fits) == 1:
-            return fits[0]
-        if fits:
-            raise Unresolved(f"the daemon cannot tell which {kind.name} {reference!r} names")
-    return None
 
 
 async def _covered_task(
