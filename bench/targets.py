@@ -316,24 +316,8 @@ class Launcher:
     def _nginx(self) -> Instance:
         prefix = self._dir("nginx")
         port = free_tcp_port()
-        conf = prefix / "nginx.conf"
-        template = string.Template((TEMPLATES / "nginx.conf").read_text())
-        conf.write_text(template.substitute(prefix=prefix, socket=self.socket, port=port))
         proc = Proc(
-            "nginx",
-            [
-                "nginx",
-                "-c",
-                str(conf),
-                "-p",
-                str(prefix),
-                "-e",
-                str(prefix / "error.log"),
-                "-g",
-                "daemon off;",
-            ],
-            prefix / "stdout.log",
-            self.reaper,
+            "nginx", nginx_argv(prefix, self.socket, port), prefix / "stdout.log", self.reaper
         )
         inst = Instance("nginx", port, None, proc.tree, proc)
         self._ready(inst, proc)
@@ -480,6 +464,16 @@ def dockgate_available(src: pathlib.Path) -> tuple[bool, str]:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         return False, err[-1] if err else f"exit status {proc.returncode}"
     return True, ""
+
+
+def nginx_argv(prefix: pathlib.Path, socket_path: pathlib.Path, port: int) -> list[str]:
+    """nginx in the foreground with templates/nginx.conf (written under `prefix`), proxying
+    127.0.0.1:`port` to the daemon's unix socket."""
+    conf = prefix / "nginx.conf"
+    template = string.Template((TEMPLATES / "nginx.conf").read_text())
+    conf.write_text(template.substitute(prefix=prefix, socket=socket_path, port=port))
+    error_log = str(prefix / "error.log")
+    return ["nginx", "-c", str(conf), "-p", str(prefix), "-e", error_log, "-g", "daemon off;"]
 
 
 def render_haproxy(prefix: pathlib.Path, socket_path: pathlib.Path, port: int, close: bool) -> str:
