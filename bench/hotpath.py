@@ -17,6 +17,7 @@ listener, the access log to a file).
     python3 bench/hotpath.py --nginx                # and nginx (bench's template) in the rounds
     python3 bench/hotpath.py --nginx --profile perf # where each one's CPU goes, by binary
     python3 bench/hotpath.py --nginx --bare         # and a Python relay doing nothing else
+    python3 bench/hotpath.py --src /tmp/built/src   # and the package under a path, as it is
 
 `--nginx` puts nginx, as bench/run.py runs it (templates/nginx.conf: two workers, upstream
 keep-alive, an access log), in front of the same scripted daemon: its CPU per request (all its
@@ -26,6 +27,9 @@ and splits its CPU per request by where it ran: the kernel (the system calls and
 network stack, which nginx pays too), the interpreter, uvloop, httptools, libc, nginx.
 `--bare` adds bench/barerelay.py, a Python relay on uvloop that only relays (no parsing, no
 policy, no log): the least any gateway written on this loop pays per request.
+
+`--src PATH` adds the gateway run from the package under PATH as it is there, not copied: a
+built copy of src/, such as one compiled with mypyc (docs/mypyc.md).
 
 With `--baseline`, the two gateways run one after the other in `--rounds` rounds and the
 ratio of their CPU per request is taken in each round (the median is printed), so that other
@@ -206,7 +210,7 @@ def measure(port: int, pids: list[int], seconds: int) -> tuple[float, float]:
     return res["rps"], used / res["requests"] * 1e6
 
 
-# Where a sample ran, by the file perf names (its base name): what each share is spent on.
+# Where a sample ran, by the file perf names (in its base name): what each share is spent on.
 PERF_PLACES = (
     ("kernel", ("[kernel",)),
     ("interpreter", ("libpython", "python3")),
@@ -214,6 +218,8 @@ PERF_PLACES = (
     ("httptools", ("parser.cpython", "url_parser.cpython")),
     ("libc", ("libc.so", "libc-")),
     ("nginx", ("nginx",)),
+    # A gateway compiled with mypyc (--src): the shared library of its modules, HASH__mypyc.*.
+    ("compiled", ("__mypyc.",)),
 )
 
 
@@ -232,7 +238,7 @@ def perf_split(data: pathlib.Path) -> dict[str, float]:
             continue
         share, dso = float(fields[0][:-1]) / 100, fields[1]
         place = next(
-            (name for name, marks in PERF_PLACES if any(dso.startswith(m) for m in marks)),
+            (name for name, marks in PERF_PLACES if any(m in dso for m in marks)),
             "other",
         )
         shares[place] = shares.get(place, 0.0) + share
@@ -280,6 +286,12 @@ def top_functions(path: pathlib.Path, count: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", metavar="REV", help="also the gateway at git REV")
+    ap.add_argument(
+        "--src",
+        metavar="PATH",
+        type=pathlib.Path,
+        help="also the package under PATH (absolute), as it is",
+    )
     ap.add_argument("--nginx", action="store_true", help="also nginx, as bench/run.py runs it")
     ap.add_argument("--bare", action="store_true", help="also bench/barerelay.py (the floor)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -309,6 +321,8 @@ def main() -> int:
             trees = {"this tree": snapshot_dockgate(work / "src")}
             if args.baseline:
                 trees[f"base {args.baseline}"] = snapshot_revision(args.baseline, work / "base")
+            if args.src:
+                trees["src"] = args.src.resolve()
             if args.profile == "cprofile":
                 for number, (name, src) in enumerate(trees.items()):
                     out = work / f"profile-{number}.out"
@@ -338,7 +352,7 @@ def main() -> int:
                     pids = process_tree(proc.pid)
                     print(measure_perf(name, port, pids, args.duration, work))
                 return 0
-            compare_rounds(started, args.rounds, args.duration, args.baseline)
+            compare_rounds(started, args.rounds, args.duration, args.baseline, args.src)
         finally:
             for proc, _ in started.values():
                 if proc.poll() is None:
@@ -354,6 +368,7 @@ def compare_rounds(
     rounds: int,
     duration: int,
     baseline: str | None,
+    src: pathlib.Path | None = None,
 ) -> None:
     """Each subject in turn, in `rounds` rounds (alternating order); medians and the ratios of
     this tree to the others, taken round by round so that other work hits both alike."""
@@ -370,6 +385,7 @@ def compare_rounds(
         rps = statistics.median(s[0] for s in samples)
         print(f"{name:<16} median {rps:8.0f} req/s, {us:6.1f} us of CPU/req")
     others = [f"base {baseline}"] if baseline else []
+    others += ["src"] if src else []
     others += [name for name in ("nginx", "bare relay") if name in started]
     for other in others:
         pairs = list(zip(results["this tree"], results[other], strict=True))
