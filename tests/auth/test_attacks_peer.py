@@ -27,7 +27,7 @@ from support.clients import Cleanup
 from support.daemon import PrivateDaemon
 from support.fake_upstream import Exchange, FakeUpstream, default_handler
 from support.gateway import Gateway, run_dockgate, running
-from support.remote import UnixHTTPConnection, basic_header, write_htpasswd
+from support.remote import UnixHTTPConnection, basic_header, json_exchange, write_htpasswd
 from support.swarm import single_node_swarm
 from support.unixget import build_unixget
 
@@ -124,19 +124,7 @@ def _request(
     socket_dir: pathlib.Path, method: str, target: str, body: object = None
 ) -> tuple[int, object]:
     """`method target` from this test's process (a host process of uid 0: the creator)."""
-    conn = UnixHTTPConnection(str(socket_dir / "gw.sock"))
-    try:
-        payload = None if body is None else json.dumps(body)
-        headers = {} if body is None else {"Content-Type": "application/json"}
-        conn.request(method, target, body=payload, headers=headers)
-        answer = conn.getresponse()
-        raw = answer.read()
-    finally:
-        conn.close()
-    try:
-        return answer.status, json.loads(raw)
-    except ValueError:
-        return answer.status, raw.decode(errors="replace")
+    return json_exchange(UnixHTTPConnection(str(socket_dir / "gw.sock")), method, target, body)
 
 
 def _bound_container(
@@ -484,14 +472,7 @@ def test_the_peer_is_never_used_on_a_tcp_listener(peer_gateway: Gateway) -> None
 
 def _tcp(gateway: Gateway, method: str, target: str) -> tuple[int, object]:
     host, port = gateway.url.removeprefix("tcp://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, target)
-        answer = conn.getresponse()
-        raw = answer.read()
-    finally:
-        conn.close()
-    return answer.status, json.loads(raw)
+    return json_exchange(http.client.HTTPConnection(host, int(port), timeout=30), method, target)
 
 
 # ----- a host process of the container process's uid takes its connection -------------------
@@ -772,13 +753,8 @@ def test_credentials_name_a_unix_caller_whatever_its_peer(
     elif authorization is not None:
         headers["Authorization"] = authorization
     conn = UnixHTTPConnection(str(socket_dir / "gw.sock"))
-    try:
-        conn.request("GET", "/v1.41/version", headers=headers)
-        answer = conn.getresponse()
-        body = json.loads(answer.read())
-    finally:
-        conn.close()
-    assert answer.status == status, body
+    got, body = json_exchange(conn, "GET", "/v1.41/version", headers=headers)
+    assert got == status, body
     if start is not None:
         assert body["message"].startswith(start), body
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, build_context, direct
+from support.attack import ATTACK_MARKS, Api, build_context, direct, leftovers_fixture, policy_api
 from support.daemon import PrivateDaemon
 from support.gateway import Gateway, run_dockgate, running
 from support.rawhttp import dechunk, until_close
@@ -57,26 +57,16 @@ policies:
 """
 
 
-def _gateway(
-    daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory, text: str
-) -> Iterator[Api]:
-    base = tmp_path_factory.mktemp("attackscopes")
-    policy = base / "policy.yaml"
-    policy.write_text(text)
-    with running(Gateway(daemon.host, policy=policy)) as gw:
-        yield Api(gw)
-
-
 @pytest.fixture(scope="module")
 def api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller whose containers are those labelled com.example.team=web."""
-    yield from _gateway(daemon, tmp_path_factory, LABEL_POLICY)
+    yield from policy_api(daemon, tmp_path_factory, LABEL_POLICY)
 
 
 @pytest.fixture(scope="module")
 def named_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller whose containers are those named web-*."""
-    yield from _gateway(daemon, tmp_path_factory, NAMES_POLICY)
+    yield from policy_api(daemon, tmp_path_factory, NAMES_POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -90,25 +80,12 @@ def pair(daemon: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, str]]:
             *("run", "-d", "--name", name, "--label", f"{LABEL}={team}", busybox_image),
             *("sh", "-c", f"echo top-{team}-secret > /secret; echo hello-{team}; sleep 600"),
         )
-    ids = {f"{team}_id": _inspect(daemon, name)["Id"] for team, name in names.items()}
+    ids = {f"{team}_id": daemon.inspect(name)["Id"] for team, name in names.items()}
     yield names | ids
     daemon.docker("rm", "-f", *names.values(), check=False)
 
 
-@pytest.fixture
-def leftovers(daemon: PrivateDaemon) -> Iterator[dict[str, list[str]]]:
-    made: dict[str, list[str]] = {"container": [], "image": []}
-    yield made
-    if made["container"]:
-        daemon.docker("rm", "-f", *made["container"], check=False)
-    if made["image"]:
-        daemon.docker("rmi", "-f", *made["image"], check=False)
-
-
-def _inspect(daemon: PrivateDaemon, name: str) -> dict[str, Any]:
-    answer = json.loads(daemon.docker("inspect", name).stdout)[0]
-    assert isinstance(answer, dict)
-    return answer
+leftovers = leftovers_fixture(("container", "image"))
 
 
 def _raw(api: Api, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -238,9 +215,9 @@ def test_a_link_alias_behind_a_covered_container_is_not_reached(
         assert b"hello-db" not in body and pair["db_id"].encode() not in body
     status, _ = _raw(api, "POST", f"/v1.41/containers/{web2}/db/restart?t=0")
     assert status in (400, 404)
-    started = _inspect(daemon, pair["db"])["State"]["StartedAt"]
+    started = daemon.inspect(pair["db"])["State"]["StartedAt"]
     time.sleep(0.1)
-    assert _inspect(daemon, pair["db"])["State"]["StartedAt"] == started
+    assert daemon.inspect(pair["db"])["State"]["StartedAt"] == started
 
 
 def test_a_covered_create_cannot_join_or_borrow_the_db_container(
@@ -422,7 +399,7 @@ policies:
 @pytest.fixture(scope="module")
 def net_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller whose networks are those named web-*."""
-    yield from _gateway(daemon, tmp_path_factory, NET_POLICY)
+    yield from policy_api(daemon, tmp_path_factory, NET_POLICY)
 
 
 @pytest.fixture
@@ -711,7 +688,7 @@ def test_a_rename_form_body_does_not_take_the_container_out_of_a_names_scope(
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     answer = until_close(port, request)
-    name = _inspect(daemon, cid)["Name"]
+    name = daemon.inspect(cid)["Name"]
     assert name in (f"/{web}", f"/{web2}"), (name, answer[:300])
 
 

@@ -19,9 +19,8 @@ from urllib.parse import quote
 
 import pytest
 
-from support.attack import ATTACK_MARKS, Api, direct, logs
+from support.attack import ATTACK_MARKS, Api, direct, logs, policy_api
 from support.daemon import PrivateDaemon
-from support.gateway import Gateway, running
 from support.rawhttp import until_close
 from support.swarm import single_node_swarm
 
@@ -80,39 +79,29 @@ policies:
 """
 
 
-def _gateway(
-    daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory, text: str
-) -> Iterator[Api]:
-    base = tmp_path_factory.mktemp("attackscopes2")
-    policy = base / "policy.yaml"
-    policy.write_text(text)
-    with running(Gateway(daemon.host, policy=policy)) as gw:
-        yield Api(gw)
-
-
 @pytest.fixture(scope="module")
 def api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller whose containers are those labelled com.example.team=web."""
-    yield from _gateway(daemon, tmp_path_factory, LABEL_POLICY)
+    yield from policy_api(daemon, tmp_path_factory, LABEL_POLICY)
 
 
 @pytest.fixture(scope="module")
 def named_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller whose containers are those named web-*."""
-    yield from _gateway(daemon, tmp_path_factory, NAMES_POLICY)
+    yield from policy_api(daemon, tmp_path_factory, NAMES_POLICY)
 
 
 @pytest.fixture(scope="module")
 def mixed_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller of MIXED_POLICY: containers labelled web; every network; commits."""
-    yield from _gateway(daemon, tmp_path_factory, MIXED_POLICY)
+    yield from policy_api(daemon, tmp_path_factory, MIXED_POLICY)
 
 
 @pytest.fixture(scope="module")
 def sharing_api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller of SHARING_POLICY: containers labelled web, volumes-from and container
     namespaces of covered ones, commits."""
-    yield from _gateway(daemon, tmp_path_factory, SHARING_POLICY)
+    yield from policy_api(daemon, tmp_path_factory, SHARING_POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +120,7 @@ def pair(daemon: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, str]]:
         *("--link", f"{names['web']}:w", busybox_image),
         *("sh", "-c", "echo top-db-secret > /secret; sleep 600"),
     )
-    ids = {f"{team}_id": _inspect(daemon, name)["Id"] for team, name in names.items()}
+    ids = {f"{team}_id": daemon.inspect(name)["Id"] for team, name in names.items()}
     yield names | ids
     daemon.docker("rm", "-f", *names.values(), check=False)
 
@@ -142,12 +131,6 @@ def leftovers(daemon: PrivateDaemon) -> Iterator[list[str]]:
     yield made
     if made:
         daemon.docker("rm", "-f", *made, check=False)
-
-
-def _inspect(daemon: PrivateDaemon, name: str) -> dict[str, Any]:
-    answer = json.loads(daemon.docker("inspect", name).stdout)[0]
-    assert isinstance(answer, dict)
-    return answer
 
 
 # ----- findings -------------------------------------------------------------------------------
@@ -249,7 +232,7 @@ def test_an_unscoped_prune_removes_out_of_scope_objects(
         daemon.docker("network", "create", "--label", f"{LABEL}=db", name)
     inspect = {"containers": "container", "volumes": "volume", "networks": "network"}[kind]
     try:
-        for caller in _gateway(daemon, tmp_path_factory, PRUNE_POLICY):
+        for caller in policy_api(daemon, tmp_path_factory, PRUNE_POLICY):
             # Only the db object, so as not to remove other tests' objects.
             filters = quote(json.dumps({"label": [f"{LABEL}=db"]}))
             status, answer = caller.call("POST", f"/v1.41/{kind}/prune?filters={filters}")
@@ -292,7 +275,7 @@ def test_a_stack_service_rule_opens_the_stacks_containers_to_a_commit(
     repo = f"stolen3-{os.urandom(3).hex()}"
     output, status, answer = "", 0, None
     try:
-        for caller in _gateway(daemon, tmp_path_factory, STACK_MIXED_POLICY):
+        for caller in policy_api(daemon, tmp_path_factory, STACK_MIXED_POLICY):
             inspected, _ = caller.call("GET", f"/v1.41/containers/{name}/json")
             assert inspected == 404
             target = f"/v1.41/commit?container={name}&repo={repo}&tag=x"
@@ -460,7 +443,7 @@ def web_linker(daemon: PrivateDaemon, pair: dict[str, str], busybox_image: str) 
         *("run", "-d", "--name", name, "--label", f"{LABEL}=web"),
         *("--link", f"{pair['db']}:dbl", busybox_image, "sleep", "600"),
     )
-    assert _inspect(daemon, f"{name}/dbl")["Id"] == pair["db_id"]
+    assert daemon.inspect(f"{name}/dbl")["Id"] == pair["db_id"]
     yield name
     daemon.docker("rm", "-f", name, check=False)
 
@@ -494,7 +477,7 @@ def test_a_web_volume_bound_to_the_db_volumes_data_is_refused(
     options = {"type": "none", "o": "bind", "device": f"{root}/volumes/{volume}/_data"}
     made: list[str] = []
     try:
-        for caller in _gateway(daemon, tmp_path_factory, VOLUME_POLICY):
+        for caller in policy_api(daemon, tmp_path_factory, VOLUME_POLICY):
             if how == "VolumeCreate":
                 body: dict[str, Any] = {
                     "Name": f"web-{volume}",
@@ -546,7 +529,7 @@ def swarm(daemon: PrivateDaemon) -> Iterator[PrivateDaemon]:
 @pytest.fixture(scope="module")
 def service_api(swarm: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A caller whose services are those labelled web (guardrails on)."""
-    yield from _gateway(swarm, tmp_path_factory, SERVICE_POLICY)
+    yield from policy_api(swarm, tmp_path_factory, SERVICE_POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -768,8 +751,7 @@ def test_a_service_named_as_the_db_services_short_id_takes_it_over(
     [0-9a-z]: the db service's short ID has letters past `f`, passes the hex check, and
     `docker service inspect <short ID>` then answers the web caller's service."""
     db_id = swarm_objects["db_id"]
-    length = next(n for n in range(6, 26) if any(c not in "0123456789abcdef" for c in db_id[:n]))
-    short = db_id[:length]
+    short = _short_id_with_a_letter(db_id)
     status, answer = service_api.call(
         "POST", "/v1.41/services/create", _web_spec(short, busybox_image)
     )
@@ -780,6 +762,13 @@ def test_a_service_named_as_the_db_services_short_id_takes_it_over(
     finally:
         if status == 201:
             swarm.docker("service", "rm", answer["ID"], check=False)
+
+
+def _short_id_with_a_letter(swarm_id: str) -> str:
+    """The shortest prefix (at least 6 characters, as the CLI shows) of a swarm object's ID
+    that is not all hex digits: a name that passes the gateway's hex-name check."""
+    length = next(n for n in range(6, 26) if any(c not in "0123456789abcdef" for c in swarm_id[:n]))
+    return swarm_id[:length]
 
 
 SECRET_POLICY = f"""\
@@ -800,12 +789,11 @@ def test_a_secret_named_as_the_db_secrets_short_id_takes_it_over(
     web caller's secret."""
     _, db_secret = direct(swarm, "GET", f"/v1.41/secrets/{swarm_objects['dbsecret']}")
     db_id = db_secret["ID"]
-    length = next(n for n in range(6, 26) if any(c not in "0123456789abcdef" for c in db_id[:n]))
-    short = db_id[:length]
+    short = _short_id_with_a_letter(db_id)
     body = {"Name": short, "Labels": {LABEL: "web"}, "Data": "d2Vi"}
     status, answer = 0, None
     try:
-        for caller in _gateway(swarm, tmp_path_factory, SECRET_POLICY):
+        for caller in policy_api(swarm, tmp_path_factory, SECRET_POLICY):
             status, answer = caller.call("POST", "/v1.41/secrets/create", body)
         _, found = direct(swarm, "GET", f"/v1.41/secrets/{short}")
         assert found.get("ID") == db_id, found
@@ -842,7 +830,7 @@ def test_a_hex_name_in_a_rename_form_body_is_refused(
     made = daemon.docker("create", "--name", name, "--label", f"{LABEL}=web", busybox_image)
     cid = made.stdout.decode().strip()
     try:
-        for caller in _gateway(daemon, tmp_path_factory, RENAME_POLICY):
+        for caller in policy_api(daemon, tmp_path_factory, RENAME_POLICY):
             body = b"name=abc123"
             request = (
                 f"POST /v1.41/containers/{cid}/rename?name=web-ok HTTP/1.1\r\nHost: x\r\n"
@@ -851,7 +839,7 @@ def test_a_hex_name_in_a_rename_form_body_is_refused(
             ).encode() + body
             answer = until_close(caller.gateway.port, request)
             assert answer.startswith(b"HTTP/1.1 4"), answer[:200]
-        assert _inspect(daemon, cid)["Name"] == f"/{name}"
+        assert daemon.inspect(cid)["Name"] == f"/{name}"
     finally:
         daemon.docker("rm", "-f", cid, check=False)
 
@@ -867,7 +855,7 @@ def test_a_base36_name_that_starts_no_id_is_created(
     body = {"Name": name, "Labels": {LABEL: "web"}, "Data": "d2Vi"}
     status, answer = 0, None
     try:
-        for caller in _gateway(swarm, tmp_path_factory, SECRET_POLICY):
+        for caller in policy_api(swarm, tmp_path_factory, SECRET_POLICY):
             status, answer = caller.call("POST", "/v1.41/secrets/create", body)
         assert status == 201, answer
         _, found = direct(swarm, "GET", f"/v1.41/secrets/{name}")

@@ -6,16 +6,14 @@ checked on the daemon (what it made, what it stores)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from support.attack import Api, build_context
+from support.attack import Api, build_context, policy_api
 from support.daemon import PrivateDaemon
-from support.gateway import Gateway, running
 
 pytestmark = [
     pytest.mark.daemon,
@@ -47,10 +45,7 @@ policies:
 
 @pytest.fixture(scope="module")
 def api(daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    policy = tmp_path_factory.mktemp("reach") / "policy.yaml"
-    policy.write_text(POLICY)
-    with running(Gateway(daemon.host, policy=policy)) as gw:
-        yield Api(gw)
+    yield from policy_api(daemon, tmp_path_factory, POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +58,7 @@ def pair(daemon: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, str]]:
             *("run", "-d", "--name", name, "--label", f"{LABEL}={team}", busybox_image),
             *("sh", "-c", f"echo {team}-reach-secret > /secret; sleep 600"),
         )
-    ids = {f"{team}_id": _inspect(daemon, name)["Id"] for team, name in names.items()}
+    ids = {f"{team}_id": daemon.inspect(name)["Id"] for team, name in names.items()}
     yield names | ids
     daemon.docker("rm", "-f", *names.values(), check=False)
 
@@ -76,12 +71,6 @@ def made(daemon: PrivateDaemon) -> Iterator[list[str]]:
     for item in found:
         daemon.docker("rm", "-f", item, check=False)
         daemon.docker("rmi", "-f", item, check=False)
-
-
-def _inspect(daemon: PrivateDaemon, name: str) -> dict[str, Any]:
-    answer = json.loads(daemon.docker("inspect", name).stdout)[0]
-    assert isinstance(answer, dict)
-    return answer
 
 
 def _exists(daemon: PrivateDaemon, name: str) -> bool:
@@ -126,7 +115,7 @@ def test_an_unscoped_create_joins_a_covered_container(
     }
     status, answer = api.call("POST", f"/v1.41/containers/create?name={name}", body)
     assert status == 201, answer
-    assert _inspect(daemon, name)["HostConfig"]["PidMode"] == f"container:{pair['web_id']}"
+    assert daemon.inspect(name)["HostConfig"]["PidMode"] == f"container:{pair['web_id']}"
 
 
 def test_a_commit_reads_only_a_covered_container(
@@ -138,7 +127,7 @@ def test_a_commit_reads_only_a_covered_container(
     made.append(f"{repo}:web")
     status, answer = api.call("POST", f"/v1.41/commit?container={pair['web']}&repo={repo}&tag=web")
     assert status == 201, answer
-    assert _inspect(daemon, f"{repo}:web")["Id"] == answer["Id"]
+    assert daemon.inspect(f"{repo}:web")["Id"] == answer["Id"]
     for target in (
         f"/v1.41/commit?container={pair['db']}&repo={repo}&tag=db",
         f"/v1.41/commit?container={pair['db_id'][:12]}&repo={repo}&tag=db",
@@ -164,8 +153,8 @@ def test_hex_only_names_are_refused(
     assert status == 400, answer
     status, answer = api.call("POST", f"/v1.41/containers/{pair['web']}/rename?name={short}")
     assert status == 400, answer
-    assert _inspect(daemon, short)["Id"] == pair["db_id"]
-    assert _inspect(daemon, pair["web"])["Name"] == f"/{pair['web']}"
+    assert daemon.inspect(short)["Id"] == pair["db_id"]
+    assert daemon.inspect(pair["web"])["Name"] == f"/{pair['web']}"
 
 
 def test_a_build_joins_only_a_covered_container_or_network(

@@ -87,20 +87,14 @@ def containers(daemon: PrivateDaemon, busybox_image: str) -> Iterator[dict[str, 
     daemon.docker("rm", "-f", *names.values(), check=False)
 
 
-def _inspect(daemon: PrivateDaemon, name: str) -> dict[str, object]:
-    answer = json.loads(daemon.docker("inspect", name).stdout)[0]
-    assert isinstance(answer, dict)
-    return answer
-
-
 def _started_at(daemon: PrivateDaemon, name: str) -> str:
-    state = _inspect(daemon, name)["State"]
+    state = daemon.inspect(name)["State"]
     assert isinstance(state, dict)
     return str(state["StartedAt"])
 
 
 def _id(daemon: PrivateDaemon, name: str) -> str:
-    return str(_inspect(daemon, name)["Id"])
+    return str(daemon.inspect(name)["Id"])
 
 
 def test_a_covered_container_is_restarted_by_name_and_by_id_prefix(
@@ -213,7 +207,7 @@ def test_create_without_the_label_is_refused_and_with_it_works(
             busybox_image, "sleep", "60",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert _inspect(daemon, labelled)["Config"]["Labels"][LABEL] == "web"  # type: ignore[index]
+        assert daemon.inspect(labelled)["Config"]["Labels"][LABEL] == "web"
     finally:
         daemon.docker("rm", "-f", plain, labelled, check=False)
 

@@ -275,6 +275,17 @@ def loopback_service(handler: type[LoopbackHandler]) -> Iterator[tuple[int, list
 # ----- straight to the daemon ------------------------------------------------------------------
 
 
+def policy_api(
+    daemon: PrivateDaemon, tmp_path_factory: pytest.TempPathFactory, text: str
+) -> Iterator[Api]:
+    """A caller of a dockgate running the policy file `text` in front of the private daemon
+    (a generator for a fixture: the gateway stops when it ends)."""
+    policy = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    policy.write_text(text)
+    with running(Gateway(daemon.host, policy=policy)) as gw:
+        yield Api(gw)
+
+
 def direct(daemon: PrivateDaemon, method: str, path: str, body: object = None) -> tuple[int, Any]:
     """One call straight to the daemon (no gateway): what the daemon does with a request."""
     return json_exchange(UnixHTTPConnection(str(daemon.socket_path)), method, path, body)
@@ -282,12 +293,12 @@ def direct(daemon: PrivateDaemon, method: str, path: str, body: object = None) -
 
 def remove_leftovers(daemon: PrivateDaemon, names: Mapping[str, list[str]]) -> None:
     """Remove straight on the daemon the objects a test noted under "container", "volume",
-    "network" and (if the test's fixture has it) "image"."""
-    if names["container"]:
+    "network" and "image" (the kinds its fixture has)."""
+    if names.get("container"):
         daemon.docker("rm", "-f", *names["container"], check=False)
-    if names["volume"]:
+    if names.get("volume"):
         daemon.docker("volume", "rm", "-f", *names["volume"], check=False)
-    for network in names["network"]:
+    for network in names.get("network", ()):
         daemon.docker("network", "rm", network, check=False)
     if names.get("image"):
         daemon.docker("rmi", "-f", *names["image"], check=False)

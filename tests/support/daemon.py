@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -26,6 +27,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from support.procs import StartStop, pid_alive, terminate
 
@@ -342,6 +344,13 @@ class PrivateDaemon(StartStop):
                 proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr
             )
         return proc
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        """What ``docker inspect NAME`` says of one object on this daemon (not through any
+        gateway): the state a test checks for the effect of a request."""
+        answer = json.loads(self.docker("inspect", name).stdout)[0]
+        assert isinstance(answer, dict)
+        return answer
 
     # -- images ------------------------------------------------------------------------------
 
