@@ -242,23 +242,30 @@ class PolicySteps:
             # The labels the image gives the new container are judged with the body's first.
             self._start_lookup(self._check_peer_image(head, judged, hold.guardrails))
             return
-        if judged.scope_lookups:
-            # A scoped request: the objects the body names must be covered first.
-            self._start_lookup(self._check_scoped_references(head, judged, hold.guardrails))
-            return
-        if judged.volumes and hold.guardrails is not None:
-            # Volumes used by name are judged on their options, which only the daemon knows.
-            work = self._check_named_volumes(
-                head, judged.body, hold.guardrails, judged.volumes, judged.named
-            )
+        work = self._body_lookup(head, judged, hold.guardrails)
+        if work is not None:
             self._start_lookup(work)
             return
+        self._forward_held(head, judged.body)
+
+    def _body_lookup(
+        self, head: RequestHead, judged: JudgedBody, guardrails: Guardrails | None
+    ) -> Coroutine[object, object, None] | None:
+        """The look-up a judged body still needs before it is forwarded (each ends by
+        forwarding or refusing it), or None: none."""
+        if judged.scope_lookups:
+            # A scoped request: the objects the body names must be covered first.
+            return self._check_scoped_references(head, judged, guardrails)
+        if judged.volumes and guardrails is not None:
+            # Volumes used by name are judged on their options, which only the daemon knows.
+            return self._check_named_volumes(
+                head, judged.body, guardrails, judged.volumes, judged.named
+            )
         if judged.named or judged.check_image:
             # The objects the body names must be the caller's too (and a new container's
             # image must not carry the caller's label): ask the daemon first.
-            self._start_lookup(self._check_references(head, judged.body, judged.named))
-            return
-        self._forward_held(head, judged.body)
+            return self._check_references(head, judged.body, judged.named)
+        return None
 
     async def _check_peer_image(
         self, head: RequestHead, judged: JudgedBody, guardrails: Guardrails
@@ -295,16 +302,9 @@ class PolicySteps:
             query = parse_qs(head.target.partition("?")[2])
             names = query.get("name")
             self._peer_after = (head, guardrails, image, names[0] if names else None)
-        if judged.scope_lookups:
-            await self._check_scoped_references(head, judged, guardrails)
-            return
-        if judged.volumes:
-            await self._check_named_volumes(
-                head, judged.body, guardrails, judged.volumes, judged.named
-            )
-            return
-        if judged.named or judged.check_image:
-            await self._check_references(head, judged.body, judged.named)
+        work = self._body_lookup(head, judged, guardrails)
+        if work is not None:
+            await work
             return
         self._lookup_task = None
         self.flow.resume(Pause.LOOKUP)
