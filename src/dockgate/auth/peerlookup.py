@@ -137,10 +137,10 @@ class ContainerDirectory:
     async def container(self, address: Address, container_id: str) -> Known:
         """The container `container_id` as a caller, and its main process's cgroups.
         LookupError_ when the daemon cannot be asked."""
+        kept = self.known(container_id)
+        if kept is not None:
+            return kept
         now = self._clock()
-        kept = self._kept.get(container_id)
-        if kept is not None and now - kept.at < FACTS_SECONDS:
-            return kept.known
         try:
             status, answer = await get_json(address, f"/containers/{container_id}/json")
         except TooLarge:
