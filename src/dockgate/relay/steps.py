@@ -286,14 +286,13 @@ class PolicySteps:
             return
         if problem is not None:
             refusal = judged.allowed.guardrail_refusal(BodyRefused(403, problem))
-            if self._waived(refusal) is None:
+            waived = self._waived(refusal)
+            if waived is None:
                 self._lookup_task = None
                 self._refuse_held(head, refusal, judged.body)
                 return
             # Warn or audit mode: recorded (the other look-ups still run, as when the
             # guardrails' own refusal is waived before them).
-            waived = self._waived(refusal)
-            assert waived is not None
             self._allowed, self._verdict = waived, waived.verdict
         elif self._operation() == "ContainerCreate" and self._exchange().mode == ENFORCE:
             # The daemon resolves the image's name again at the create: the new container is
